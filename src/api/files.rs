@@ -1,0 +1,195 @@
+//! `/upload/image` and `/view`: files in the input, output and temp folders.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use actix_files::NamedFile;
+use actix_multipart::Multipart;
+use actix_web::http::header::{ContentDisposition, DispositionParam, DispositionType};
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::api::error::ApiError;
+use crate::api::AppState;
+use crate::paths::{self, FolderType, PathError};
+
+/// `POST /upload/image`: multipart fields `image` (the file), `type`, `subfolder`, `overwrite`.
+pub async fn upload_image(state: web::Data<AppState>, mut payload: Multipart) -> Result<HttpResponse, ApiError> {
+    let limit = state.config.max_upload_bytes;
+    let mut image: Option<(String, Vec<u8>)> = None;
+    let mut folder_type = String::from("input");
+    let mut subfolder = String::new();
+    let mut overwrite = false;
+    let mut total = 0usize;
+    while let Some(field) = payload.next().await {
+        let mut field = field.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+        let name = field.name().unwrap_or_default().to_owned();
+        let filename = field.content_disposition().and_then(|cd| cd.get_filename()).map(str::to_owned);
+        let mut data = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+            total += chunk.len();
+            if total > limit {
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "upload is larger than the limit of {} MB",
+                    limit / (1024 * 1024)
+                )));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        let text = || String::from_utf8_lossy(&data).trim().to_owned();
+        match name.as_str() {
+            "image" => {
+                let filename = filename
+                    .filter(|f| !f.is_empty())
+                    .ok_or_else(|| ApiError::BadRequest("the image part has no file name".into()))?;
+                image = Some((filename, data));
+            }
+            "type" => folder_type = text(),
+            "subfolder" => subfolder = text(),
+            "overwrite" => overwrite = matches!(text().as_str(), "true" | "1"),
+            _ => {}
+        }
+    }
+    let (filename, data) = image.ok_or_else(|| ApiError::BadRequest("no 'image' file part in the upload".into()))?;
+    let folder = FolderType::parse(if folder_type.is_empty() { "input" } else { &folder_type })
+        .ok_or_else(|| ApiError::BadRequest(format!("type must be input, output or temp, got '{folder_type}'")))?;
+    // Browsers may send a path; only its last part names the file.
+    let filename = filename.rsplit(['/', '\\']).next().unwrap_or_default().to_owned();
+    if filename.is_empty() || filename == "." || filename == ".." {
+        return Err(ApiError::BadRequest("invalid file name".into()));
+    }
+    let base = state.exec.dirs().folder(folder).to_path_buf();
+    let sub = subfolder.clone();
+    let final_name = web::block(move || store_upload(&base, &sub, &filename, &data, overwrite))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(HttpResponse::Ok().json(json!({"name": final_name, "subfolder": subfolder, "type": folder.name()})))
+}
+
+fn store_upload(base: &Path, subfolder: &str, filename: &str, data: &[u8], overwrite: bool) -> Result<String, ApiError> {
+    let path_error = |e: PathError| ApiError::BadRequest(e.to_string());
+    let mut name = filename.to_owned();
+    let mut path = paths::resolve_new(base, subfolder, &name).map_err(path_error)?;
+    if !overwrite {
+        let digest = Sha256::digest(data);
+        let (stem, ext) = match filename.rsplit_once('.') {
+            Some((stem, ext)) => (stem.to_owned(), format!(".{ext}")),
+            None => (filename.to_owned(), String::new()),
+        };
+        let mut counter = 1;
+        while path.exists() {
+            // The same bytes under the same name are reused as they are, as ComfyUI does.
+            if std::fs::read(&path).is_ok_and(|existing| Sha256::digest(&existing) == digest) {
+                return Ok(name);
+            }
+            name = format!("{stem} ({counter}){ext}");
+            path = paths::resolve_new(base, subfolder, &name).map_err(path_error)?;
+            counter += 1;
+        }
+    }
+    // Write to a temporary name and rename, so a failed upload never leaves half a file.
+    let temporary = path.with_extension(format!("upload-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&temporary, data).map_err(|e| ApiError::Internal(e.to_string()))?;
+    std::fs::rename(&temporary, &path).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        ApiError::Internal(e.to_string())
+    })?;
+    Ok(name)
+}
+
+#[derive(serde::Deserialize)]
+pub struct ViewQuery {
+    filename: Option<String>,
+    #[serde(rename = "type")]
+    folder_type: Option<String>,
+    subfolder: Option<String>,
+    preview: Option<String>,
+    channel: Option<String>,
+}
+
+/// `GET /view`: a file from input, output or temp; never anything outside them.
+pub async fn view(state: web::Data<AppState>, req: HttpRequest, query: web::Query<ViewQuery>) -> Result<HttpResponse, ApiError> {
+    let Some(filename) = query.filename.as_deref() else {
+        return Err(ApiError::NotFound("filename is required".into()));
+    };
+    let (filename, annotated) = paths::split_annotation(filename);
+    if filename.starts_with('/') || filename.starts_with('\\') || filename.contains("..") {
+        return Err(ApiError::BadRequest(format!("invalid file name '{filename}'")));
+    }
+    let folder = match (annotated, query.folder_type.as_deref()) {
+        (Some(folder), _) => folder,
+        (None, None) | (None, Some("")) => FolderType::Output,
+        (None, Some(name)) => FolderType::parse(name)
+            .ok_or_else(|| ApiError::BadRequest(format!("type must be input, output or temp, got '{name}'")))?,
+    };
+    let subfolder = query.subfolder.as_deref().unwrap_or("");
+    let filename = Path::new(filename).file_name().and_then(|f| f.to_str()).unwrap_or_default();
+    let base = state.exec.dirs().folder(folder);
+    let path = match paths::resolve_existing(base, subfolder, filename) {
+        Ok(Some(path)) => path,
+        Ok(None) => return Err(ApiError::NotFound(format!("no file '{filename}' in {}", folder.name()))),
+        Err(PathError::Empty(_)) => return Err(ApiError::NotFound("filename is required".into())),
+        Err(e) => return Err(ApiError::Forbidden(e.to_string())),
+    };
+
+    if query.channel.is_some() || query.preview.is_some() {
+        let channel = query.channel.clone().unwrap_or_else(|| "rgba".into());
+        let preview = query.preview.clone();
+        let bytes = web::block(move || convert_image(&path, &channel, preview.as_deref()))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        return Ok(HttpResponse::Ok().content_type(bytes.1).body(bytes.0));
+    }
+
+    let mut file = NamedFile::open_async(&path).await.map_err(|e| ApiError::NotFound(e.to_string()))?;
+    let mime = mime_guess::from_path(&path).first_or_octet_stream();
+    // Never let a browser run a stored file as a page or script.
+    let mime = match mime.subtype().as_str() {
+        "html" | "javascript" | "css" | "xhtml+xml" | "svg+xml" => mime_guess::mime::APPLICATION_OCTET_STREAM,
+        _ => mime,
+    };
+    file = file.set_content_type(mime).set_content_disposition(ContentDisposition {
+        disposition: DispositionType::Inline,
+        parameters: vec![DispositionParam::Filename(filename.to_owned())],
+    });
+    Ok(file.into_response(&req))
+}
+
+/// `channel=rgb|a` and `preview=webp|jpeg[;quality]` re-encodings.
+fn convert_image(path: &Path, channel: &str, preview: Option<&str>) -> Result<(Vec<u8>, &'static str), ApiError> {
+    let image = image::open(path).map_err(|e| ApiError::BadRequest(format!("not an image: {e}")))?;
+    let mut image = match channel {
+        "rgb" => image::DynamicImage::ImageRgb8(image.to_rgb8()),
+        "a" => {
+            let rgba = image.to_rgba8();
+            let mut alpha = image::RgbaImage::new(rgba.width(), rgba.height());
+            for (out, px) in alpha.pixels_mut().zip(rgba.pixels()) {
+                *out = image::Rgba([0, 0, 0, px[3]]);
+            }
+            image::DynamicImage::ImageRgba8(alpha)
+        }
+        _ => image,
+    };
+    let mut out = Cursor::new(Vec::new());
+    match preview.map(|p| p.split(';').collect::<Vec<_>>()) {
+        Some(parts) if parts.first() == Some(&"jpeg") && channel != "a" => {
+            let quality = parts.get(1).and_then(|q| q.parse::<u8>().ok()).unwrap_or(90).clamp(1, 100);
+            image = image::DynamicImage::ImageRgb8(image.to_rgb8());
+            let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+            image.write_with_encoder(encoder).map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok((out.into_inner(), "image/jpeg"))
+        }
+        Some(_) => {
+            // The image crate encodes WebP losslessly only; quality is ignored.
+            image.write_to(&mut out, image::ImageFormat::WebP).map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok((out.into_inner(), "image/webp"))
+        }
+        None => {
+            image.write_to(&mut out, image::ImageFormat::Png).map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok((out.into_inner(), "image/png"))
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Read-only information: `/object_info`, `/system_stats`, `/models`, `/embeddings`,
+//! `/extensions`, `/features`.
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Map, Value as Json};
+
+use crate::api::error::ApiError;
+use crate::api::object_info::node_info;
+use crate::api::AppState;
+use crate::paths::MODEL_FOLDERS;
+
+/// `GET /object_info`.
+pub async fn object_info(state: web::Data<AppState>) -> HttpResponse {
+    let state = state.into_inner();
+    let body = web::block(move || {
+        let dirs = state.exec.dirs();
+        let map: Map<String, Json> =
+            state.exec.registry().specs().map(|spec| (spec.class_type.to_owned(), node_info(spec, dirs))).collect();
+        Json::Object(map)
+    })
+    .await
+    .unwrap_or_else(|_| json!({}));
+    HttpResponse::Ok().json(body)
+}
+
+/// `GET /object_info/{class}`: `{}` when unknown, still 200.
+pub async fn object_info_one(state: web::Data<AppState>, path: web::Path<String>) -> HttpResponse {
+    let class = path.into_inner();
+    let mut map = Map::new();
+    if let Some(spec) = state.exec.registry().spec(&class) {
+        map.insert(class, node_info(spec, state.exec.dirs()));
+    }
+    HttpResponse::Ok().json(Json::Object(map))
+}
+
+/// Total and available memory in bytes, from `/proc/meminfo` where there is one.
+fn memory() -> (u64, u64) {
+    let Ok(text) = std::fs::read_to_string("/proc/meminfo") else { return (0, 0) };
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("MemTotal:"), field("MemAvailable:"))
+}
+
+/// `GET /system_stats`.
+pub async fn system_stats(state: web::Data<AppState>) -> HttpResponse {
+    let (total, free) = memory();
+    let (_, cache_used, cache_budget, _) = state.exec.cache_state();
+    HttpResponse::Ok().json(json!({
+        "system": {
+            "os": std::env::consts::OS,
+            "ram_total": total,
+            "ram_free": free,
+            "comfyui_version": concat!("weft-", env!("CARGO_PKG_VERSION")),
+            "required_frontend_version": null,
+            "installed_templates_version": null,
+            "required_templates_version": null,
+            "python_version": "none (Weft is a Rust binary)",
+            "pytorch_version": "none (candle)",
+            "embedded_python": false,
+            "argv": std::env::args().collect::<Vec<_>>(),
+        },
+        "devices": [{
+            "name": "cpu",
+            "type": "cpu",
+            "index": null,
+            "vram_total": total,
+            "vram_free": free,
+            "torch_vram_total": cache_budget,
+            "torch_vram_free": cache_budget.saturating_sub(cache_used),
+        }],
+    }))
+}
+
+/// `GET /models`: the model folder names.
+pub async fn models() -> HttpResponse {
+    HttpResponse::Ok().json(MODEL_FOLDERS)
+}
+
+/// `GET /models/{folder}`: files in a model folder; 404 for an unknown folder.
+pub async fn models_in(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let folder = path.into_inner();
+    let files = state
+        .exec
+        .dirs()
+        .list_models(&folder)
+        .ok_or_else(|| ApiError::NotFound(format!("no model folder named '{folder}'")))?;
+    Ok(HttpResponse::Ok().json(files))
+}
+
+/// `GET /embeddings`: embedding names without extension.
+pub async fn embeddings(state: web::Data<AppState>) -> HttpResponse {
+    let names: Vec<String> = state
+        .exec
+        .dirs()
+        .list_models("embeddings")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| f.rsplit_once('.').map_or(f.clone(), |(stem, _)| stem.to_owned()))
+        .collect();
+    HttpResponse::Ok().json(names)
+}
+
+/// `GET /extensions`: Weft loads no frontend extensions.
+pub async fn extensions() -> HttpResponse {
+    HttpResponse::Ok().json(Vec::<String>::new())
+}
+
+/// `GET /features`.
+pub async fn features(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "supports_preview_metadata": true,
+        "max_upload_size": state.config.max_upload_bytes as f64,
+    }))
+}

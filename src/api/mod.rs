@@ -1,0 +1,131 @@
+//! The HTTP and WebSocket API, wire-compatible with ComfyUI, plus Weft's own routes under
+//! `/api/weft/`.
+//!
+//! Invariant: the only layer that knows ComfyUI's HTTP shapes. Handlers are thin: they parse,
+//! call `exec` (or `store` for reads) and map the result; no handler waits on a node. Errors become
+//! responses only in `error.rs`.
+
+pub mod error;
+mod files;
+mod info;
+pub mod object_info;
+mod prompt;
+mod weft;
+pub mod ws;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::dev::ServiceResponse;
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+use serde_json::Value as Json;
+
+use crate::api::error::ApiError;
+use crate::exec::Executor;
+
+pub use ws::Hub;
+
+/// Settings the API needs.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub max_upload_bytes: usize,
+    /// The built editor (`web/dist`); `None` or missing serves a page that says how to build it.
+    pub web_root: Option<PathBuf>,
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    pub exec: Arc<Executor>,
+    pub hub: Hub,
+    pub config: ApiConfig,
+}
+
+/// Parses a JSON body whatever its Content-Type (ComfyUI's clients send JSON as form data).
+pub fn parse_json_body(body: &[u8]) -> Result<Json, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Json::Object(Default::default()));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))
+}
+
+/// The ComfyUI routes; registered at `/` and again under `/api`.
+fn comfy_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/prompt", web::post().to(prompt::post_prompt))
+        .route("/prompt", web::get().to(prompt::get_prompt))
+        .route("/queue", web::get().to(prompt::get_queue))
+        .route("/queue", web::post().to(prompt::post_queue))
+        .route("/history", web::get().to(prompt::get_history))
+        .route("/history", web::post().to(prompt::post_history))
+        .route("/history/{prompt_id}", web::get().to(prompt::get_history_entry))
+        .route("/interrupt", web::post().to(prompt::post_interrupt))
+        .route("/free", web::post().to(prompt::post_free))
+        .route("/object_info", web::get().to(info::object_info))
+        .route("/object_info/{class}", web::get().to(info::object_info_one))
+        .route("/system_stats", web::get().to(info::system_stats))
+        .route("/models", web::get().to(info::models))
+        .route("/models/{folder}", web::get().to(info::models_in))
+        .route("/embeddings", web::get().to(info::embeddings))
+        .route("/extensions", web::get().to(info::extensions))
+        .route("/features", web::get().to(info::features))
+        .route("/upload/image", web::post().to(files::upload_image))
+        .route("/view", web::get().to(files::view))
+        .route("/ws", web::get().to(ws::connect));
+}
+
+/// Registers every route on an actix app.
+pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        let max_body = state.config.max_upload_bytes;
+        let web_root = state.config.web_root.clone();
+        cfg.app_data(state)
+            .app_data(web::PayloadConfig::new(max_body))
+            .service(web::scope("/api/weft").configure(weft::routes))
+            .service(web::scope("/api").configure(comfy_routes))
+            .configure(comfy_routes);
+        match web_root.filter(|root| root.join("index.html").is_file()) {
+            Some(root) => {
+                cfg.service(actix_files::Files::new("/", root).index_file("index.html"));
+            }
+            None => {
+                cfg.route("/", web::get().to(editor_missing));
+            }
+        }
+    }
+}
+
+async fn editor_missing() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(
+        "<!doctype html><title>Weft</title><h1>Weft is running</h1>\
+         <p>The editor is not built. The API is available at <code>/prompt</code>, <code>/object_info</code>, \
+         <code>/ws</code>; see the README.</p>",
+    )
+}
+
+/// ComfyUI's origin guard: when the server is on loopback and a browser sends both Host and
+/// Origin, their host names must agree; otherwise 403. Stops other web pages from driving a local
+/// server. Use with `actix_web::middleware::from_fn`.
+pub async fn origin_guard(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>, actix_web::Error> {
+    let host_of = |value: &str| -> String {
+        let without_scheme = value.split("://").last().unwrap_or(value);
+        let authority = without_scheme.split('/').next().unwrap_or_default();
+        if let Some(rest) = authority.strip_prefix('[') {
+            rest.split(']').next().unwrap_or_default().to_ascii_lowercase()
+        } else {
+            authority.split(':').next().unwrap_or_default().to_ascii_lowercase()
+        }
+    };
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(host_of);
+    let origin = req.headers().get(header::ORIGIN).and_then(|h| h.to_str().ok()).map(host_of);
+    let loopback = |h: &str| h == "localhost" || h == "::1" || h.starts_with("127.");
+    if let (Some(host), Some(origin)) = (host, origin) {
+        if loopback(&host) && host != origin {
+            let response = HttpResponse::Forbidden().body("origin does not match host");
+            return Ok(req.into_response(response).map_into_right_body());
+        }
+    }
+    next.call(req).await.map(ServiceResponse::map_into_left_body)
+}

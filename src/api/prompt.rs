@@ -1,0 +1,188 @@
+//! `/prompt`, `/queue`, `/history`, `/interrupt`, `/free`.
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Map, Value as Json};
+
+use crate::api::error::{node_errors_json, submit_error, ApiError};
+use crate::api::{parse_json_body, AppState};
+use crate::exec::Submission;
+use crate::store::{PromptRow, PromptStatus};
+
+/// `POST /prompt`: validate, queue, answer with the id. Nothing runs in the handler.
+pub async fn post_prompt(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let body = parse_json_body(&body)?;
+    let Some(prompt) = body.get("prompt").cloned() else {
+        return Err(ApiError::Prompt(json!({
+            "error": {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}},
+            "node_errors": {},
+        })));
+    };
+    let prompt = if crate::graph::Workflow::looks_like_editor_format(&prompt) {
+        return Err(ApiError::BadRequest(
+            "this is an editor-format workflow (nodes and links); queue the API format (\"Export (API)\" in the editor)".into(),
+        ));
+    } else {
+        prompt
+    };
+    let extra_data = match body.get("extra_data") {
+        None | Some(Json::Null) => Map::new(),
+        Some(Json::Object(map)) => map.clone(),
+        Some(_) => return Err(ApiError::BadRequest("extra_data must be a JSON object".into())),
+    };
+    let client_id = body.get("client_id").and_then(Json::as_str).map(str::to_owned);
+    let front = body.get("front").is_some_and(|f| f.as_bool().unwrap_or(!f.is_null()));
+    let number = match body.get("number") {
+        None | Some(Json::Null) => None,
+        Some(n) => Some(n.as_f64().ok_or_else(|| ApiError::BadRequest("number must be a number".into()))?),
+    };
+    let prompt_id = match body.get("prompt_id") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) if s.is_empty() => None,
+        Some(Json::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    };
+    let targets = match body.get("partial_execution_targets") {
+        None | Some(Json::Null) => None,
+        Some(Json::Array(items)) => Some(items.iter().map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string())).collect()),
+        Some(_) => return Err(ApiError::BadRequest("partial_execution_targets must be a list of node ids".into())),
+    };
+    let submission = Submission { prompt, extra_data, client_id, front, number, prompt_id, targets };
+    match state.exec.submit(submission).await {
+        Ok(submitted) => Ok(HttpResponse::Ok().json(json!({
+            "prompt_id": submitted.prompt_id,
+            "number": number_json(submitted.number),
+            "node_errors": node_errors_json(&submitted.node_errors, state.exec.registry(), state.exec.dirs()),
+        }))),
+        Err(e) => Err(submit_error(e, state.exec.registry(), state.exec.dirs())),
+    }
+}
+
+/// ComfyUI's numbers are ints unless a client sent a float.
+fn number_json(number: f64) -> Json {
+    if number.fract() == 0.0 && number.abs() < 9.0e15 {
+        Json::from(number as i64)
+    } else {
+        json!(number)
+    }
+}
+
+/// `GET /prompt`.
+pub async fn get_prompt(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let remaining = state.exec.store().queue_remaining().await?;
+    Ok(HttpResponse::Ok().json(json!({"exec_info": {"queue_remaining": remaining}})))
+}
+
+fn queue_item(row: &PromptRow) -> Json {
+    json!([number_json(row.number), row.prompt_id, row.prompt, row.extra_data, row.outputs_to_execute])
+}
+
+/// `GET /queue`: running and pending items, pending in the order they will run.
+pub async fn get_queue(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let running = state.exec.store().running().await?;
+    let pending = state.exec.store().pending().await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "queue_running": running.iter().map(queue_item).collect::<Vec<_>>(),
+        "queue_pending": pending.iter().map(queue_item).collect::<Vec<_>>(),
+    })))
+}
+
+fn id_list(value: Option<&Json>) -> Vec<String> {
+    value
+        .and_then(Json::as_array)
+        .map(|ids| ids.iter().map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string())).collect())
+        .unwrap_or_default()
+}
+
+/// `POST /queue`: `{"clear": true}` and/or `{"delete": [ids]}`.
+pub async fn post_queue(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let body = parse_json_body(&body)?;
+    if body.get("clear").and_then(Json::as_bool).unwrap_or(false) {
+        state.exec.clear_pending().await?;
+    }
+    let ids = id_list(body.get("delete"));
+    if !ids.is_empty() {
+        state.exec.delete_pending(&ids).await?;
+    }
+    Ok(HttpResponse::Ok().finish())
+}
+
+/// One history entry in ComfyUI's shape.
+pub fn history_entry(row: &PromptRow) -> Json {
+    let status_str = if row.status == PromptStatus::Done { "success" } else { "error" };
+    let mut status = json!({
+        "status_str": status_str,
+        "completed": row.status == PromptStatus::Done,
+        "messages": row.status_messages.clone().unwrap_or(json!([])),
+    });
+    if let Some(reason) = &row.reason {
+        // Weft addition: why a prompt did not complete (for example, a crash while it ran).
+        status["reason"] = Json::from(reason.as_str());
+    }
+    json!({
+        "prompt": queue_item(row),
+        "outputs": row.outputs.clone().unwrap_or(json!({})),
+        "status": status,
+        "meta": row.meta.clone().unwrap_or(json!({})),
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub struct HistoryQuery {
+    max_items: Option<String>,
+    offset: Option<String>,
+}
+
+fn parse_count(name: &str, value: Option<&String>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|v| v.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("{name} must be an integer, got '{v}'"))))
+        .transpose()
+}
+
+/// `GET /history`.
+pub async fn get_history(state: web::Data<AppState>, query: web::Query<HistoryQuery>) -> Result<HttpResponse, ApiError> {
+    let max_items = parse_count("max_items", query.max_items.as_ref())?;
+    let offset = parse_count("offset", query.offset.as_ref())?;
+    let rows = state.exec.store().history(max_items, offset).await?;
+    let map: Map<String, Json> = rows.iter().map(|r| (r.prompt_id.clone(), history_entry(r))).collect();
+    Ok(HttpResponse::Ok().json(Json::Object(map)))
+}
+
+/// `GET /history/{prompt_id}`: the entry, or `{}`.
+pub async fn get_history_entry(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let prompt_id = path.into_inner();
+    let mut map = Map::new();
+    if let Some(row) = state.exec.store().history_entry(&prompt_id).await? {
+        map.insert(prompt_id, history_entry(&row));
+    }
+    Ok(HttpResponse::Ok().json(Json::Object(map)))
+}
+
+/// `POST /history`: `{"clear": true}` and/or `{"delete": [ids]}`.
+pub async fn post_history(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let body = parse_json_body(&body)?;
+    if body.get("clear").and_then(Json::as_bool).unwrap_or(false) {
+        state.exec.store().clear_history().await?;
+    }
+    let ids = id_list(body.get("delete"));
+    if !ids.is_empty() {
+        state.exec.store().delete_history(&ids).await?;
+    }
+    Ok(HttpResponse::Ok().finish())
+}
+
+/// `POST /interrupt`: optional `{"prompt_id"}`; a body that is not JSON counts as `{}`.
+pub async fn post_interrupt(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    let body: Json = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let prompt_id = body.get("prompt_id").and_then(Json::as_str);
+    state.exec.interrupt(prompt_id);
+    HttpResponse::Ok().finish()
+}
+
+/// `POST /free`: `{"unload_models": bool, "free_memory": bool}`.
+pub async fn post_free(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let body = parse_json_body(&body)?;
+    let unload = body.get("unload_models").and_then(Json::as_bool).unwrap_or(false);
+    let free = body.get("free_memory").and_then(Json::as_bool).unwrap_or(false);
+    state.exec.free(unload, free);
+    Ok(HttpResponse::Ok().finish())
+}

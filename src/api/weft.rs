@@ -1,0 +1,212 @@
+//! Weft's own endpoints under `/api/weft/`: queue control beyond ComfyUI, cache inspection and
+//! the workflow library.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value as Json};
+
+use crate::api::error::ApiError;
+use crate::api::AppState;
+use crate::store::{WorkflowRow, WorkflowVersionRow};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/queue/state", web::get().to(queue_state))
+        .route("/queue/pause", web::post().to(pause))
+        .route("/queue/resume", web::post().to(resume))
+        .route("/queue/{id}/cancel", web::post().to(cancel))
+        .route("/queue/{id}/front", web::post().to(front))
+        .route("/queue/{id}/requeue", web::post().to(requeue))
+        .route("/cache", web::get().to(cache))
+        .route("/workflows", web::get().to(list_workflows))
+        .route("/workflows", web::post().to(create_workflow))
+        .route("/workflows/{id}", web::get().to(get_workflow))
+        .route("/workflows/{id}", web::put().to(update_workflow))
+        .route("/workflows/{id}", web::delete().to(delete_workflow))
+        .route("/workflows/{id}/versions", web::get().to(workflow_versions))
+        .route("/workflows/{id}/versions/{version}/restore", web::post().to(restore_version));
+}
+
+async fn queue_state(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.exec.store();
+    Ok(HttpResponse::Ok().json(json!({
+        "paused": state.exec.is_paused(),
+        "running": state.exec.running_prompt(),
+        "pending": store.pending().await?.iter().map(|p| p.prompt_id.clone()).collect::<Vec<_>>(),
+    })))
+}
+
+async fn pause(state: web::Data<AppState>) -> HttpResponse {
+    state.exec.pause();
+    HttpResponse::Ok().json(json!({"paused": true}))
+}
+
+async fn resume(state: web::Data<AppState>) -> HttpResponse {
+    state.exec.resume();
+    HttpResponse::Ok().json(json!({"paused": false}))
+}
+
+async fn cancel(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if state.exec.cancel(&id).await? {
+        Ok(HttpResponse::Ok().json(json!({"cancelled": id})))
+    } else {
+        Err(ApiError::NotFound(format!("prompt '{id}' is not pending or running")))
+    }
+}
+
+async fn front(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if state.exec.move_to_front(&id).await? {
+        Ok(HttpResponse::Ok().json(json!({"moved": id})))
+    } else {
+        Err(ApiError::NotFound(format!("prompt '{id}' is not pending")))
+    }
+}
+
+async fn requeue(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    match state.exec.requeue(&id).await? {
+        Some(number) => Ok(HttpResponse::Ok().json(json!({"prompt_id": id, "number": number}))),
+        None => Err(ApiError::NotFound(format!("prompt '{id}' is not a finished prompt that can be queued again"))),
+    }
+}
+
+/// What the cache holds and what the last prompt did, node by node.
+async fn cache(state: web::Data<AppState>) -> HttpResponse {
+    let (entries, used, budget, report) = state.exec.cache_state();
+    let entries: Vec<Json> = entries
+        .iter()
+        .map(|e| {
+            json!({"key": e.key.short_hex(), "class_type": e.class_type, "node_id": e.node_id, "bytes": e.bytes, "hits": e.hits})
+        })
+        .collect();
+    let last_prompt = report.map(|r| {
+        json!({
+            "prompt_id": r.prompt_id,
+            "nodes": r.nodes.iter().map(|n| json!({
+                "node_id": n.node_id,
+                "class_type": n.class_type,
+                "status": n.status.as_str(),
+                "reason": n.reason,
+                "key": n.key,
+                "millis": n.millis,
+            })).collect::<Vec<_>>(),
+        })
+    });
+    HttpResponse::Ok().json(json!({"used_bytes": used, "budget_bytes": budget, "entries": entries, "last_prompt": last_prompt}))
+}
+
+#[derive(Deserialize)]
+struct WorkflowBody<'a> {
+    name: Option<String>,
+    description: Option<String>,
+    #[serde(borrow)]
+    workflow: Option<&'a RawValue>,
+}
+
+fn workflow_json(row: &WorkflowRow, with_content: bool) -> Json {
+    let mut value = json!({
+        "id": row.id,
+        "name": row.name,
+        "description": row.description,
+        "version": row.version,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    });
+    if with_content {
+        value["workflow"] = serde_json::from_str(&row.content).unwrap_or(Json::Null);
+    }
+    value
+}
+
+fn parse_body(body: &[u8]) -> Result<WorkflowBody<'_>, ApiError> {
+    let parsed: WorkflowBody<'_> =
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    match parsed.workflow {
+        None => Err(ApiError::BadRequest("field 'workflow' (the editor-format workflow) is required".into())),
+        Some(raw) if !raw.get().trim_start().starts_with('{') => {
+            Err(ApiError::BadRequest("field 'workflow' must be a JSON object".into()))
+        }
+        Some(_) => Ok(parsed),
+    }
+}
+
+async fn list_workflows(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let rows = state.exec.store().workflows().await?;
+    Ok(HttpResponse::Ok().json(rows.iter().map(|r| workflow_json(r, false)).collect::<Vec<_>>()))
+}
+
+async fn create_workflow(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let parsed = parse_body(&body)?;
+    let name = parsed.name.filter(|n| !n.trim().is_empty()).ok_or_else(|| ApiError::BadRequest("field 'name' is required".into()))?;
+    let content = parsed.workflow.map(RawValue::get).unwrap_or("{}");
+    let id = uuid::Uuid::new_v4().to_string();
+    let row = state.exec.store().create_workflow(&id, &name, parsed.description.as_deref().unwrap_or(""), content).await?;
+    Ok(HttpResponse::Created().json(workflow_json(&row, false)))
+}
+
+/// The stored workflow, with the editor JSON exactly as it was saved.
+async fn get_workflow(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let row = state.exec.store().workflow(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no workflow '{id}'")))?;
+    // Built by hand so the workflow's own bytes are returned untouched.
+    let head = workflow_json(&row, false).to_string();
+    let body = format!("{},\"workflow\":{}}}", head.trim_end_matches('}'), row.content);
+    Ok(HttpResponse::Ok().content_type("application/json").body(body))
+}
+
+async fn update_workflow(state: web::Data<AppState>, path: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let parsed = parse_body(&body)?;
+    let current = state.exec.store().workflow(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no workflow '{id}'")))?;
+    let name = parsed.name.filter(|n| !n.trim().is_empty()).unwrap_or(current.name);
+    let description = parsed.description.unwrap_or(current.description);
+    let content = parsed.workflow.map(RawValue::get).unwrap_or("{}");
+    let row = state
+        .exec
+        .store()
+        .update_workflow(&id, &name, &description, content)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no workflow '{id}'")))?;
+    Ok(HttpResponse::Ok().json(workflow_json(&row, false)))
+}
+
+async fn delete_workflow(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if state.exec.store().delete_workflow(&id).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound(format!("no workflow '{id}'")))
+    }
+}
+
+fn version_json(row: &WorkflowVersionRow) -> Json {
+    json!({"version": row.version, "name": row.name, "description": row.description, "saved_at": row.saved_at})
+}
+
+async fn workflow_versions(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let versions = state.exec.store().workflow_versions(&id).await?;
+    if versions.is_empty() {
+        return Err(ApiError::NotFound(format!("no workflow '{id}'")));
+    }
+    Ok(HttpResponse::Ok().json(versions.iter().map(version_json).collect::<Vec<_>>()))
+}
+
+/// Saves an old version's content as the newest version (nothing is overwritten).
+async fn restore_version(state: web::Data<AppState>, path: web::Path<(String, i64)>) -> Result<HttpResponse, ApiError> {
+    let (id, version) = path.into_inner();
+    let versions = state.exec.store().workflow_versions(&id).await?;
+    let old = versions
+        .iter()
+        .find(|v| v.version == version)
+        .ok_or_else(|| ApiError::NotFound(format!("workflow '{id}' has no version {version}")))?;
+    let row = state
+        .exec
+        .store()
+        .update_workflow(&id, &old.name, &old.description, &old.content)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no workflow '{id}'")))?;
+    Ok(HttpResponse::Ok().json(workflow_json(&row, false)))
+}

@@ -1,0 +1,146 @@
+//! Wiring: builds the store, registry, executor and HTTP server from a configuration. With
+//! `main.rs`, the only code that sees every layer; tests start servers through it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use actix_web::{middleware, web, App, HttpServer};
+use serde_json::Value as Json;
+
+use crate::api::{self, ApiConfig, AppState, Hub};
+use crate::exec::{Event, ExecConfig, Executor, Submission};
+use crate::nodes::Registry;
+use crate::paths::DataDirs;
+use crate::store::Store;
+
+/// Everything `weft serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub models_dir: PathBuf,
+    pub max_upload_mb: usize,
+    pub cache_budget_mb: usize,
+    pub test_nodes: bool,
+    pub write_metadata: bool,
+    pub web_root: Option<PathBuf>,
+    pub http_workers: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for a server rooted at `data_dir`, listening on loopback.
+    pub fn new(data_dir: &Path) -> ServerConfig {
+        ServerConfig {
+            listen: "127.0.0.1".into(),
+            port: 8188,
+            data_dir: data_dir.to_path_buf(),
+            models_dir: PathBuf::from("models"),
+            max_upload_mb: 100,
+            cache_budget_mb: 4096,
+            test_nodes: false,
+            write_metadata: true,
+            web_root: None,
+            http_workers: 2,
+        }
+    }
+}
+
+/// A started server.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub exec: Arc<Executor>,
+    pub server: actix_web::dev::Server,
+}
+
+async fn build_executor(
+    dirs: DataDirs,
+    db_path: &Path,
+    test_nodes: bool,
+    config: ExecConfig,
+) -> anyhow::Result<(Arc<Executor>, tokio::sync::mpsc::UnboundedReceiver<crate::exec::Envelope>)> {
+    dirs.create().with_context(|| format!("cannot create the data folders under {}", dirs.root.display()))?;
+    let store = Store::open(db_path).await.with_context(|| format!("cannot open the database {}", db_path.display()))?;
+    let registry = if test_nodes { Registry::with_test_nodes() } else { Registry::standard() };
+    Ok(Executor::start(store, Arc::new(registry), Arc::new(dirs), config).await?)
+}
+
+/// Opens the store (running migrations, recovering from a crash), starts the worker and binds the
+/// HTTP server. The returned `server` future must be awaited or spawned.
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    let dirs = DataDirs::new(&config.data_dir, &config.models_dir);
+    let exec_config = ExecConfig { cache_budget: config.cache_budget_mb << 20, write_metadata: config.write_metadata };
+    let (exec, events) = build_executor(dirs, &config.data_dir.join("weft.db"), config.test_nodes, exec_config).await?;
+
+    let hub = Hub::default();
+    actix_web::rt::spawn(hub.clone().route(events));
+    actix_web::rt::spawn(Arc::clone(&exec).run_worker());
+
+    let state = web::Data::new(AppState {
+        exec: Arc::clone(&exec),
+        hub,
+        config: ApiConfig { max_upload_bytes: config.max_upload_mb << 20, web_root: config.web_root.clone() },
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(middleware::from_fn(api::origin_guard))
+            .wrap(middleware::Logger::new("%r %s %Dms").log_target("weft::http"))
+            .configure(api::configure(state.clone()))
+    })
+    .workers(config.http_workers.max(1))
+    .disable_signals()
+    .bind((config.listen.as_str(), config.port))
+    .with_context(|| format!("cannot listen on {}:{}", config.listen, config.port))?;
+    let addr = *server.addrs().first().context("the server bound no address")?;
+    Ok(RunningServer { addr, exec, server: server.run() })
+}
+
+/// The result of `weft run`.
+pub struct HeadlessResult {
+    pub outputs: Json,
+    pub error: Option<String>,
+}
+
+/// Runs one API-format workflow without a server; progress goes to `on_event`.
+pub async fn run_headless(
+    workflow: Json,
+    data_dir: &Path,
+    models_dir: &Path,
+    mut on_event: impl FnMut(&Event),
+) -> anyhow::Result<HeadlessResult> {
+    let dirs = DataDirs::new(data_dir, models_dir);
+    // A private queue, so a headless run never takes or disturbs a server's prompts.
+    let queue_dir = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let (exec, mut events) = build_executor(dirs, &queue_dir.path().join("run.db"), false, ExecConfig::default()).await?;
+    let submitted = match exec.submit(Submission { prompt: workflow, ..Submission::default() }).await {
+        Ok(s) => s,
+        Err(crate::exec::SubmitError::Invalid { failure, node_errors }) => {
+            let mut lines = vec![format!("{failure:?}")];
+            for node in node_errors {
+                for e in node.errors {
+                    lines.push(format!("node {} ({}): {}: {}", node.node_id, node.class_type, e.message, e.details));
+                }
+            }
+            anyhow::bail!("the workflow is not valid:\n  {}", lines.join("\n  "));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let worker = tokio::spawn(Arc::clone(&exec).run_worker());
+    let mut error = None;
+    while let Some(envelope) = events.recv().await {
+        on_event(&envelope.event);
+        match &envelope.event {
+            Event::ExecutionError(info) => {
+                error = Some(format!("node {} ({}) failed: {}", info.node_id, info.node_type, info.exception_message))
+            }
+            Event::ExecutionInterrupted { .. } => error = Some("interrupted".into()),
+            Event::Executing { prompt_id, node: None } if *prompt_id == submitted.prompt_id => break,
+            _ => {}
+        }
+    }
+    worker.abort();
+    let entry = exec.store().history_entry(&submitted.prompt_id).await?;
+    Ok(HeadlessResult { outputs: entry.and_then(|e| e.outputs).unwrap_or(Json::Null), error })
+}

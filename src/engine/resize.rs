@@ -1,0 +1,220 @@
+//! Image and latent resizing with ComfyUI's semantics (`comfy.utils.common_upscale`).
+//!
+//! Written here rather than taken from the `image` crate because ComfyUI resizes with
+//! `torch.nn.functional.interpolate` (no antialiasing, `align_corners=False`, adaptive average
+//! pooling for `area`), and users expect the same pixels; the `image` crate's filters widen their
+//! support when downscaling. Lanczos goes through 8-bit pixels as ComfyUI's PIL path does.
+
+use candle_core::{Device, Result, Tensor};
+
+/// The resampling methods ComfyUI offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpscaleMethod {
+    NearestExact,
+    Bilinear,
+    Area,
+    Bicubic,
+    Lanczos,
+}
+
+impl UpscaleMethod {
+    pub fn parse(name: &str) -> Option<UpscaleMethod> {
+        match name {
+            "nearest-exact" => Some(UpscaleMethod::NearestExact),
+            "bilinear" => Some(UpscaleMethod::Bilinear),
+            "area" => Some(UpscaleMethod::Area),
+            "bicubic" => Some(UpscaleMethod::Bicubic),
+            "lanczos" => Some(UpscaleMethod::Lanczos),
+            _ => None,
+        }
+    }
+}
+
+/// Crop before scaling: ComfyUI's `"disabled"` or `"center"` (crop to the target aspect first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crop {
+    Disabled,
+    Center,
+}
+
+/// Resizes `[N, C, H, W]` f32 to `[N, C, height, width]`.
+pub fn common_upscale(samples: &Tensor, width: usize, height: usize, method: UpscaleMethod, crop: Crop) -> Result<Tensor> {
+    let (n, c, old_h, old_w) = samples.dims4()?;
+    let mut samples = samples.clone();
+    if crop == Crop::Center && old_h > 0 && old_w > 0 && width > 0 && height > 0 {
+        let old_aspect = old_w as f64 / old_h as f64;
+        let new_aspect = width as f64 / height as f64;
+        let (mut x, mut y) = (0usize, 0usize);
+        if old_aspect > new_aspect {
+            x = ((old_w as f64 - old_w as f64 * (new_aspect / old_aspect)) / 2.0).round() as usize;
+        } else if old_aspect < new_aspect {
+            y = ((old_h as f64 - old_h as f64 * (old_aspect / new_aspect)) / 2.0).round() as usize;
+        }
+        samples = samples.narrow(2, y, old_h - 2 * y)?.narrow(3, x, old_w - 2 * x)?;
+    }
+    let (_, _, in_h, in_w) = samples.dims4()?;
+    let data: Vec<f32> = samples.contiguous()?.flatten_all()?.to_vec1()?;
+    let planes = n * c;
+    let quantize = method == UpscaleMethod::Lanczos;
+    let data = if quantize { data.iter().map(|v| to_u8_level(*v)).collect() } else { data };
+    let rows = axis_weights(method, in_h, height);
+    let cols = axis_weights(method, in_w, width);
+
+    // Horizontal pass, then vertical pass.
+    let mut tmp = vec![0f32; planes * in_h * width];
+    for p in 0..planes {
+        for y in 0..in_h {
+            let src = &data[(p * in_h + y) * in_w..(p * in_h + y + 1) * in_w];
+            let dst = &mut tmp[(p * in_h + y) * width..(p * in_h + y + 1) * width];
+            for (x, taps) in cols.iter().enumerate() {
+                dst[x] = taps.iter().map(|&(i, w)| src[i] * w).sum();
+            }
+        }
+    }
+    let mut out = vec![0f32; planes * height * width];
+    for p in 0..planes {
+        for (y, taps) in rows.iter().enumerate() {
+            for x in 0..width {
+                out[(p * height + y) * width + x] =
+                    taps.iter().map(|&(i, w)| tmp[(p * in_h + i) * width + x] * w).sum();
+            }
+        }
+    }
+    if quantize {
+        // PIL rounds its 8-bit output.
+        for v in &mut out {
+            *v = (*v * 255.0).clamp(0.0, 255.0).round() / 255.0;
+        }
+    }
+    Tensor::from_vec(out, (n, c, height, width), &Device::Cpu)?.to_device(samples.device())
+}
+
+/// Resizes an IMAGE `[B, H, W, C]`.
+pub fn resize_image(image: &Tensor, width: usize, height: usize, method: UpscaleMethod, crop: Crop) -> Result<Tensor> {
+    let nchw = image.permute((0, 3, 1, 2))?;
+    common_upscale(&nchw, width, height, method, crop)?.permute((0, 2, 3, 1))?.contiguous()
+}
+
+/// numpy's `astype(uint8)` after `clip(255 * x)`: truncation.
+fn to_u8_level(v: f32) -> f32 {
+    (v * 255.0).clamp(0.0, 255.0).trunc() / 255.0
+}
+
+type Taps = Vec<(usize, f32)>;
+
+/// For each output index along one axis, the source indices and weights.
+fn axis_weights(method: UpscaleMethod, input: usize, output: usize) -> Vec<Taps> {
+    let scale = input as f64 / output.max(1) as f64;
+    let last = input.saturating_sub(1);
+    (0..output)
+        .map(|o| match method {
+            UpscaleMethod::NearestExact => {
+                let i = (((o as f64 + 0.5) * scale).floor() as usize).min(last);
+                vec![(i, 1.0)]
+            }
+            UpscaleMethod::Bilinear => {
+                let src = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(last);
+                let i1 = (i0 + 1).min(last);
+                let l = (src - i0 as f64) as f32;
+                vec![(i0, 1.0 - l), (i1, l)]
+            }
+            UpscaleMethod::Bicubic => {
+                let src = (o as f64 + 0.5) * scale - 0.5;
+                let i = src.floor();
+                let t = src - i;
+                let w = cubic_weights(t);
+                (0..4)
+                    .map(|k| {
+                        let idx = (i as i64 - 1 + k as i64).clamp(0, last as i64) as usize;
+                        (idx, w[k] as f32)
+                    })
+                    .collect()
+            }
+            UpscaleMethod::Area => {
+                let start = (o * input) / output;
+                let end = ((o + 1) * input).div_ceil(output);
+                let count = (end - start).max(1) as f32;
+                (start..end.min(input)).map(|i| (i, 1.0 / count)).collect()
+            }
+            UpscaleMethod::Lanczos => lanczos_taps(o, scale, input),
+        })
+        .collect()
+}
+
+/// PyTorch's bicubic convolution weights (A = -0.75) for offset `t` in [0, 1).
+fn cubic_weights(t: f64) -> [f64; 4] {
+    const A: f64 = -0.75;
+    let near = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let far = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)]
+}
+
+/// PIL-style Lanczos-3: the kernel widens when downscaling, weights normalised.
+fn lanczos_taps(o: usize, scale: f64, input: usize) -> Taps {
+    let support_scale = scale.max(1.0);
+    let support = 3.0 * support_scale;
+    let center = (o as f64 + 0.5) * scale;
+    let start = ((center - support).floor().max(0.0)) as usize;
+    let end = ((center + support).ceil() as usize).min(input);
+    let sinc = |x: f64| if x == 0.0 { 1.0 } else { (std::f64::consts::PI * x).sin() / (std::f64::consts::PI * x) };
+    let kernel = |x: f64| if x.abs() < 3.0 { sinc(x) * sinc(x / 3.0) } else { 0.0 };
+    let mut taps: Vec<(usize, f64)> =
+        (start..end).map(|i| (i, kernel((i as f64 + 0.5 - center) / support_scale))).collect();
+    let total: f64 = taps.iter().map(|t| t.1).sum();
+    if total != 0.0 {
+        for t in &mut taps {
+            t.1 /= total;
+        }
+    }
+    taps.into_iter().map(|(i, w)| (i, w as f32)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plane(values: &[f32], h: usize, w: usize) -> Tensor {
+        Tensor::from_vec(values.to_vec(), (1, 1, h, w), &Device::Cpu).unwrap()
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    // Expected values from torch.nn.functional.interpolate on the same 1x1x2x2 input
+    // ([[0, 1], [2, 3]] to 4x4, align_corners=False), computed by hand from PyTorch's formulas.
+    #[test]
+    fn bilinear_upscale_matches_torch() {
+        let out = common_upscale(&plane(&[0., 1., 2., 3.], 2, 2), 4, 4, UpscaleMethod::Bilinear, Crop::Disabled).unwrap();
+        let expected = [
+            0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0,
+        ];
+        for (a, b) in flat(&out).iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn area_downscale_averages_blocks() {
+        let input: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let out = common_upscale(&plane(&input, 4, 4), 2, 2, UpscaleMethod::Area, Crop::Disabled).unwrap();
+        assert_eq!(flat(&out), vec![2.5, 4.5, 10.5, 12.5]);
+    }
+
+    #[test]
+    fn nearest_exact_and_center_crop() {
+        let input: Vec<f32> = (0..8).map(|v| v as f32).collect();
+        // 2x4 -> 2x2 with center crop keeps the middle two columns.
+        let out = common_upscale(&plane(&input, 2, 4), 2, 2, UpscaleMethod::NearestExact, Crop::Center).unwrap();
+        assert_eq!(flat(&out), vec![1.0, 2.0, 5.0, 6.0]);
+    }
+
+    #[test]
+    fn bicubic_keeps_constants() {
+        let out = common_upscale(&plane(&[0.5; 9], 3, 3), 7, 5, UpscaleMethod::Bicubic, Crop::Disabled).unwrap();
+        assert!(flat(&out).iter().all(|v| (v - 0.5).abs() < 1e-6));
+        let out = common_upscale(&plane(&[0.5; 9], 3, 3), 2, 2, UpscaleMethod::Lanczos, Crop::Disabled).unwrap();
+        assert!(flat(&out).iter().all(|v| (v - 127.0 / 255.0).abs() < 1e-6));
+    }
+}

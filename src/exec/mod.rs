@@ -1,0 +1,368 @@
+//! Execution: accepting prompts into the durable queue, the worker that runs them one at a time,
+//! the output cache, events, interrupts and panic isolation.
+//!
+//! Invariant: nodes run only here, on blocking threads, never on the HTTP workers. A prompt is
+//! committed to the store before its id is returned. Knows nothing of HTTP (`api` calls the methods
+//! of `Executor` and forwards its `Envelope`s).
+
+pub mod cache;
+pub mod events;
+mod run;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tokio::sync::{mpsc, Notify};
+
+use crate::graph::validate::{coerced_prompt, compare_node_ids};
+use crate::graph::workflow::WorkflowFormatError;
+use crate::graph::{validate, NodeErrors, PromptError, Signature, Workflow};
+use crate::nodes::Registry;
+use crate::paths::DataDirs;
+use crate::store::{NewPrompt, Store, StoreError};
+
+pub use cache::{CachedOutput, EntryInfo, OutputCache};
+pub use events::{Envelope, Event, ExecutionErrorInfo, Route};
+pub use run::{NodeReport, NodeReportStatus, PromptReport};
+
+/// Settings of the executor.
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    /// Byte budget of the output cache.
+    pub cache_budget: usize,
+    /// Write the prompt and workflow into saved PNGs.
+    pub write_metadata: bool,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig { cache_budget: 4 << 30, write_metadata: true }
+    }
+}
+
+/// A prompt to queue, as `POST /prompt` gives it.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    pub prompt: Json,
+    pub extra_data: serde_json::Map<String, Json>,
+    pub client_id: Option<String>,
+    pub front: bool,
+    pub number: Option<f64>,
+    pub prompt_id: Option<String>,
+    pub targets: Option<Vec<String>>,
+}
+
+/// A queued prompt.
+#[derive(Debug)]
+pub struct Submitted {
+    pub prompt_id: String,
+    pub number: f64,
+    /// Errors of outputs that will not run (the others do).
+    pub node_errors: Vec<NodeErrors>,
+}
+
+/// Why a prompt was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{0}")]
+    Format(#[from] WorkflowFormatError),
+    #[error("prompt failed validation")]
+    Invalid { failure: PromptError, node_errors: Vec<NodeErrors> },
+    #[error("prompt id '{0}' is already queued or running")]
+    DuplicateId(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The executor and its queue; shared by the API and the worker task.
+pub struct Executor {
+    store: Store,
+    registry: Arc<Registry>,
+    dirs: Arc<DataDirs>,
+    config: ExecConfig,
+    runtime: tokio::runtime::Handle,
+    cache: Mutex<OutputCache>,
+    last_signatures: Mutex<HashMap<String, Signature>>,
+    last_report: Mutex<Option<PromptReport>>,
+    events: mpsc::UnboundedSender<Envelope>,
+    interrupt: Arc<AtomicBool>,
+    running: Mutex<Option<String>>,
+    paused: AtomicBool,
+    wake: Notify,
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (node panics are caught,
+/// but a poisoned lock must never take the server down).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Executor {
+    /// Builds the executor and recovers from an earlier crash: prompts left running are marked
+    /// interrupted. Returns the executor and the stream of its events.
+    pub async fn start(
+        store: Store,
+        registry: Arc<Registry>,
+        dirs: Arc<DataDirs>,
+        config: ExecConfig,
+    ) -> Result<(Arc<Executor>, mpsc::UnboundedReceiver<Envelope>), StoreError> {
+        let recovered = store.recover_interrupted("the server stopped while this prompt was running").await?;
+        for id in &recovered {
+            tracing::warn!(prompt_id = %id, "prompt was running when the server stopped; marked interrupted");
+        }
+        let (events, receiver) = mpsc::unbounded_channel();
+        let executor = Arc::new(Executor {
+            store,
+            registry,
+            dirs,
+            cache: Mutex::new(OutputCache::new(config.cache_budget)),
+            config,
+            runtime: tokio::runtime::Handle::current(),
+            last_signatures: Mutex::new(HashMap::new()),
+            last_report: Mutex::new(None),
+            events,
+            interrupt: Arc::new(AtomicBool::new(false)),
+            running: Mutex::new(None),
+            paused: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        Ok((executor, receiver))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn dirs(&self) -> &DataDirs {
+        &self.dirs
+    }
+
+    fn emit(&self, route: Route, event: Event) {
+        // The receiver only goes away when the server shuts down.
+        let _ = self.events.send(Envelope { route, event });
+    }
+
+    async fn emit_status(&self) {
+        match self.store.queue_remaining().await {
+            Ok(queue_remaining) => self.emit(Route::Broadcast, Event::Status { queue_remaining }),
+            Err(e) => tracing::error!("cannot count the queue: {e:#}"),
+        }
+    }
+
+    /// Validates and queues a prompt. The prompt is committed before this returns.
+    #[tracing::instrument(skip_all, fields(prompt_id))]
+    pub async fn submit(self: &Arc<Self>, submission: Submission) -> Result<Submitted, SubmitError> {
+        let workflow = Workflow::from_api_json(&submission.prompt)?;
+        let this = Arc::clone(self);
+        let targets = submission.targets.clone();
+        let prompt = submission.prompt.clone();
+        let validation = tokio::task::spawn_blocking(move || {
+            let catalog = this.registry.catalog(&this.dirs);
+            let validation = validate(&workflow, &catalog, targets.as_deref());
+            let coerced = validation.plan.as_ref().map(|plan| coerced_prompt(&prompt, plan));
+            (validation, coerced)
+        })
+        .await
+        .map_err(|e| SubmitError::Invalid {
+            failure: PromptError::InvalidPrompt { message: "validation crashed".into(), details: e.to_string() },
+            node_errors: vec![],
+        })?;
+        let (validation, coerced) = validation;
+        let (Some(plan), Some(coerced)) = (validation.plan, coerced) else {
+            return Err(SubmitError::Invalid {
+                failure: validation.failure.unwrap_or(PromptError::OutputsFailed),
+                node_errors: validation.node_errors,
+            });
+        };
+
+        let prompt_id = submission.prompt_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        tracing::Span::current().record("prompt_id", prompt_id.as_str());
+        if self.store.is_queued(&prompt_id).await? {
+            return Err(SubmitError::DuplicateId(prompt_id));
+        }
+        let number = match submission.number {
+            Some(n) => n,
+            None => {
+                let counter = self.store.next_number().await?;
+                if submission.front {
+                    -counter
+                } else {
+                    counter
+                }
+            }
+        };
+        let mut extra_data = submission.extra_data;
+        if let Some(client_id) = &submission.client_id {
+            extra_data.insert("client_id".into(), Json::from(client_id.as_str()));
+        }
+        self.store
+            .enqueue(&NewPrompt {
+                prompt_id: prompt_id.clone(),
+                number,
+                prompt: coerced,
+                extra_data: Json::Object(extra_data),
+                outputs_to_execute: plan.outputs().to_vec(),
+                client_id: submission.client_id,
+            })
+            .await?;
+        tracing::info!(number, outputs = plan.outputs().len(), "prompt queued");
+        self.wake.notify_one();
+        self.emit_status().await;
+        Ok(Submitted { prompt_id, number, node_errors: validation.node_errors })
+    }
+
+    /// The worker loop: runs queued prompts one at a time, forever.
+    pub async fn run_worker(self: Arc<Self>) {
+        loop {
+            if self.paused.load(Ordering::SeqCst) {
+                self.wait_for_work().await;
+                continue;
+            }
+            let claimed = match self.store.claim_next().await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::error!("cannot read the queue: {e:#}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let Some(row) = claimed else {
+                self.wait_for_work().await;
+                continue;
+            };
+            self.run_one(row).await;
+        }
+    }
+
+    async fn wait_for_work(&self) {
+        // The timeout is a safety net only; every state change notifies.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.wake.notified()).await;
+    }
+
+    async fn run_one(self: &Arc<Self>, row: crate::store::PromptRow) {
+        let prompt_id = row.prompt_id.clone();
+        let client = row.client_id.clone();
+        *lock(&self.running) = Some(prompt_id.clone());
+        self.interrupt.store(false, Ordering::SeqCst);
+        self.emit_status().await;
+
+        let span = tracing::info_span!("prompt", prompt_id = %prompt_id);
+        let this = Arc::clone(self);
+        let outcome = tokio::task::spawn_blocking(move || span.in_scope(|| this.execute(&row))).await;
+        let outcome = outcome.unwrap_or_else(|e| run::Outcome::crashed(&prompt_id, &e.to_string()));
+
+        if let Err(e) = self
+            .store
+            .finish(&prompt_id, outcome.status, outcome.reason.as_deref(), &outcome.outputs, &Json::from(outcome.messages_json()), &outcome.meta)
+            .await
+        {
+            tracing::error!(prompt_id = %prompt_id, "cannot record the result: {e:#}");
+        }
+        *lock(&self.running) = None;
+        self.emit_status().await;
+        self.emit(Route::Client(client), Event::Executing { prompt_id, node: None });
+    }
+
+    /// The id of the prompt being run.
+    pub fn running_prompt(&self) -> Option<String> {
+        lock(&self.running).clone()
+    }
+
+    /// Stops the running prompt at its next check. With an id, only if that prompt is running.
+    /// Returns whether an interrupt was raised.
+    pub fn interrupt(&self, prompt_id: Option<&str>) -> bool {
+        let running = self.running_prompt();
+        match (prompt_id, running) {
+            (Some(wanted), Some(running)) if wanted == running => {
+                self.interrupt.store(true, Ordering::SeqCst);
+                true
+            }
+            (Some(_), _) => false,
+            (None, running) => {
+                self.interrupt.store(true, Ordering::SeqCst);
+                running.is_some()
+            }
+        }
+    }
+
+    /// Cancels a pending prompt, or interrupts it if it is running. False if it is neither.
+    pub async fn cancel(&self, prompt_id: &str) -> Result<bool, StoreError> {
+        if self.interrupt(Some(prompt_id)) {
+            return Ok(true);
+        }
+        let cancelled = !self.store.cancel_pending(&[prompt_id.to_owned()]).await?.is_empty();
+        if cancelled {
+            self.emit_status().await;
+        }
+        Ok(cancelled)
+    }
+
+    /// `POST /queue` `delete`: removes pending prompts.
+    pub async fn delete_pending(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.store.cancel_pending(ids).await?;
+        self.emit_status().await;
+        Ok(())
+    }
+
+    /// `POST /queue` `clear`: removes every pending prompt.
+    pub async fn clear_pending(&self) -> Result<(), StoreError> {
+        self.store.cancel_all_pending().await?;
+        self.emit_status().await;
+        Ok(())
+    }
+
+    pub async fn move_to_front(&self, prompt_id: &str) -> Result<bool, StoreError> {
+        self.store.move_to_front(prompt_id).await
+    }
+
+    /// Puts a finished prompt (for example one interrupted by a crash) back in the queue.
+    pub async fn requeue(&self, prompt_id: &str) -> Result<Option<f64>, StoreError> {
+        let number = self.store.requeue(prompt_id).await?;
+        if number.is_some() {
+            self.wake.notify_one();
+            self.emit_status().await;
+        }
+        Ok(number)
+    }
+
+    /// Stops taking new prompts; the running one finishes.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// `POST /free`: `free_memory` drops the output cache. Model unloading has nothing to unload
+    /// until models are loaded through the engine's model manager.
+    pub fn free(&self, _unload_models: bool, free_memory: bool) {
+        if free_memory {
+            lock(&self.cache).clear();
+            lock(&self.last_signatures).clear();
+        }
+    }
+
+    /// The cache's entries and budget, and what the last prompt did node by node.
+    pub fn cache_state(&self) -> (Vec<EntryInfo>, usize, usize, Option<PromptReport>) {
+        let cache = lock(&self.cache);
+        (cache.entries(), cache.used_bytes(), cache.budget_bytes(), lock(&self.last_report).clone())
+    }
+
+    /// Sorts node ids for display, numerically where they are numbers.
+    pub fn sort_ids(ids: &mut [String]) {
+        ids.sort_by(|a, b| compare_node_ids(a, b));
+    }
+}

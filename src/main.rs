@@ -1,0 +1,152 @@
+//! The `weft` command: `weft serve` runs the server, `weft run` executes one workflow headless.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use weft::app::{self, ServerConfig};
+use weft::exec::Event;
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "A node-graph image-generation workflow server, wire-compatible with ComfyUI")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (HTTP + WebSocket API and the editor).
+    Serve(ServeArgs),
+    /// Execute one workflow file (API format) without a server, writing its outputs.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; loopback by default.
+    #[arg(long, default_value = "127.0.0.1")]
+    listen: String,
+    #[arg(long, default_value_t = 8188)]
+    port: u16,
+    /// Where the database, input, output and temp folders live.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Where model weights live (checkpoints/, loras/, vae/, controlnet/, …).
+    #[arg(long, default_value = "models")]
+    models_dir: PathBuf,
+    /// Largest accepted request body, in MB.
+    #[arg(long, default_value_t = 100)]
+    max_upload_size: usize,
+    /// Memory budget of the node output cache, in MB.
+    #[arg(long, default_value_t = 4096)]
+    cache_size: usize,
+    /// Do not write the prompt and workflow into saved PNGs.
+    #[arg(long)]
+    disable_metadata: bool,
+    /// The built editor to serve at `/`.
+    #[arg(long, default_value = "web/dist")]
+    web_root: PathBuf,
+    /// Also register the test node pack (slow, failing and panicking nodes).
+    #[arg(long, hide = true)]
+    test_nodes: bool,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The workflow file (API format).
+    workflow: PathBuf,
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "models")]
+    models_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = actix_web::rt::System::new().block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Run(args) => run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = ServerConfig::new(&args.data_dir);
+    config.listen = args.listen;
+    config.port = args.port;
+    config.models_dir = args.models_dir;
+    config.max_upload_mb = args.max_upload_size;
+    config.cache_budget_mb = args.cache_size;
+    config.write_metadata = !args.disable_metadata;
+    config.web_root = Some(args.web_root);
+    config.test_nodes = args.test_nodes;
+    let running = app::start(config).await?;
+    tracing::info!("Weft listening on http://{}", running.addr);
+    let handle = running.server.handle();
+    actix_web::rt::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("shutting down");
+            handle.stop(true).await;
+        }
+    });
+    running.server.await.context("the HTTP server stopped with an error")
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.workflow)
+        .with_context(|| format!("cannot read {}", args.workflow.display()))?;
+    let workflow: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", args.workflow.display()))?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:30} [{bar:30}] {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let result = app::run_headless(workflow, &args.data_dir, &args.models_dir, |event| match event {
+        Event::Executing { node: Some(node), .. } => {
+            bar.set_message(format!("node {node}"));
+            bar.set_length(0);
+            bar.set_position(0);
+        }
+        Event::Progress { value, max, .. } => {
+            bar.set_length(*max);
+            bar.set_position(*value);
+        }
+        _ => bar.tick(),
+    })
+    .await?;
+    bar.finish_and_clear();
+    if let Some(error) = result.error {
+        anyhow::bail!("{error}");
+    }
+    if let Some(outputs) = result.outputs.as_object() {
+        for (node, ui) in outputs {
+            for image in ui["images"].as_array().into_iter().flatten() {
+                let sub = image["subfolder"].as_str().unwrap_or("");
+                let folder = image["type"].as_str().unwrap_or("output");
+                let name = image["filename"].as_str().unwrap_or("");
+                let path = args.data_dir.join(folder).join(sub).join(name);
+                println!("node {node}: {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}

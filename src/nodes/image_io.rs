@@ -1,0 +1,359 @@
+//! Reading and writing image files: LoadImage, SaveImage, PreviewImage.
+
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::graph::spec::build::*;
+use crate::graph::spec::{ComboOptions, FileList, Freshness, HiddenInput, InputKind, NodeSpec};
+use crate::graph::{ConstValue, SlotType};
+use crate::nodes::{FileRef, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Ui, Value};
+use crate::paths::{self, DataDirs, FolderType};
+
+pub fn register(registry: &mut Registry) {
+    registry.add(LoadImage);
+    registry.add(SaveImage);
+    registry.add(PreviewImage);
+}
+
+/// Loads an image from the input folder: IMAGE (RGB) and MASK (1 − alpha, or zeros 64×64).
+pub struct LoadImage;
+
+impl LoadImage {
+    fn path(dirs: &DataDirs, name: &str) -> Result<PathBuf, String> {
+        let (name, folder) = paths::split_annotation(name);
+        let base = dirs.folder(folder.unwrap_or(FolderType::Input));
+        let (subfolder, filename) = match name.rsplit_once('/') {
+            Some((sub, file)) => (sub, file),
+            None => ("", name),
+        };
+        match paths::resolve_existing(base, subfolder, filename) {
+            Ok(Some(path)) => Ok(path),
+            Ok(None) => Err(format!("Invalid image file: {name}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl Node for LoadImage {
+    fn spec(&self) -> NodeSpec {
+        NodeSpec {
+            class_type: "LoadImage",
+            display_name: "Load Image",
+            category: "image",
+            description: "Loads an image from the input folder; the mask is the inverted alpha channel.",
+            inputs: vec![required(
+                "image",
+                InputKind::Combo {
+                    options: ComboOptions::Files(FileList::InputImages),
+                    default: None,
+                    image_upload: true,
+                },
+            )],
+            hidden: vec![],
+            outputs: vec![output(SlotType::IMAGE, "IMAGE"), output(SlotType::MASK, "MASK")],
+            output_node: false,
+            freshness: Freshness::ReadsFiles,
+            self_validated: &["image"],
+            python_module: "nodes",
+        }
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let name = inputs.string("image")?;
+        let path = Self::path(&ctx.dirs, name).map_err(|m| NodeError::input("image", m))?;
+        let (image, mask) = load_image_file(&path)?;
+        Ok(NodeOutput::values(vec![Value::Image(image), Value::Mask(mask)]))
+    }
+
+    fn fingerprint(&self, dirs: &DataDirs, constants: &[(String, ConstValue)]) -> Result<String, NodeError> {
+        let Some((_, ConstValue::String(name))) = constants.iter().find(|(n, _)| n == "image") else {
+            return Ok(String::new());
+        };
+        let path = Self::path(dirs, name).map_err(|m| NodeError::input("image", m))?;
+        let bytes = std::fs::read(&path).map_err(|e| NodeError::file(path.display(), e))?;
+        Ok(hex::encode(Sha256::digest(&bytes)))
+    }
+
+    fn check_input(&self, dirs: &DataDirs, _input: &str, value: &ConstValue) -> Result<(), String> {
+        match value {
+            ConstValue::String(name) => Self::path(dirs, name).map(|_| ()),
+            _ => Err("image must be a file name".into()),
+        }
+    }
+}
+
+/// Decodes an image file (EXIF orientation applied) into IMAGE `[1,H,W,3]` and MASK `[1,H,W]`.
+pub fn load_image_file(path: &Path) -> Result<(Tensor, Tensor), NodeError> {
+    use image::ImageDecoder;
+    let shown = path.display();
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| NodeError::file(&shown, e))?
+        .with_guessed_format()
+        .map_err(|e| NodeError::file(&shown, e))?;
+    let mut decoder = reader.into_decoder().map_err(|e| NodeError::file(&shown, format!("cannot decode image: {e}")))?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut decoded =
+        image::DynamicImage::from_decoder(decoder).map_err(|e| NodeError::file(&shown, format!("cannot decode image: {e}")))?;
+    decoded.apply_orientation(orientation);
+    let has_alpha = decoded.color().has_alpha();
+    let rgba = decoded.to_rgba32f();
+    let (w, h) = (rgba.width() as usize, rgba.height() as usize);
+    let raw = rgba.into_raw();
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    let mut mask = Vec::with_capacity(w * h);
+    for px in raw.chunks_exact(4) {
+        rgb.extend_from_slice(&px[..3]);
+        mask.push(1.0 - px[3]);
+    }
+    let image = Tensor::from_vec(rgb, (1, h, w, 3), &Device::Cpu)?;
+    let mask = if has_alpha {
+        Tensor::from_vec(mask, (1, h, w), &Device::Cpu)?
+    } else {
+        Tensor::zeros((1, 64, 64), DType::F32, &Device::Cpu)?
+    };
+    Ok((image, mask))
+}
+
+/// Saves images to the output folder as PNG with the workflow embedded.
+pub struct SaveImage;
+
+impl Node for SaveImage {
+    fn spec(&self) -> NodeSpec {
+        NodeSpec {
+            class_type: "SaveImage",
+            display_name: "Save Image",
+            category: "image",
+            description: "Saves the input images to your output directory.",
+            inputs: vec![
+                required("images", link(SlotType::IMAGE)),
+                required("filename_prefix", string("ComfyUI")),
+            ],
+            hidden: vec![("prompt", HiddenInput::Prompt), ("extra_pnginfo", HiddenInput::ExtraPngInfo)],
+            outputs: vec![],
+            output_node: true,
+            freshness: Freshness::Pure,
+            self_validated: &[],
+            python_module: "nodes",
+        }
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let images = inputs.image("images")?;
+        let prefix = inputs.string("filename_prefix")?;
+        let refs = save_images(ctx, images, prefix, FolderType::Output, png::Compression::Default)?;
+        Ok(NodeOutput { values: vec![], ui: Some(Ui { images: refs, ..Ui::default() }) })
+    }
+}
+
+/// Saves images to the temp folder (wiped at start) for display only.
+pub struct PreviewImage;
+
+impl Node for PreviewImage {
+    fn spec(&self) -> NodeSpec {
+        NodeSpec {
+            class_type: "PreviewImage",
+            display_name: "Preview Image",
+            category: "image",
+            description: "Saves the input images to the temp folder for display.",
+            inputs: vec![required("images", link(SlotType::IMAGE))],
+            hidden: vec![("prompt", HiddenInput::Prompt), ("extra_pnginfo", HiddenInput::ExtraPngInfo)],
+            outputs: vec![],
+            output_node: true,
+            freshness: Freshness::Pure,
+            self_validated: &[],
+            python_module: "nodes",
+        }
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let images = inputs.image("images")?;
+        let suffix: String = {
+            let mut rng = rand::thread_rng();
+            (0..5).map(|_| rng.gen_range(b'a'..=b'z') as char).collect()
+        };
+        let prefix = format!("ComfyUI_temp_{suffix}");
+        let refs = save_images(ctx, images, &prefix, FolderType::Temp, png::Compression::Fast)?;
+        Ok(NodeOutput { values: vec![], ui: Some(Ui { images: refs, ..Ui::default() }) })
+    }
+}
+
+/// Writes each image of a batch as `<prefix>_<counter:05>_.png`, following ComfyUI's
+/// `get_save_image_path` (placeholders, subfolders in the prefix, counter after the highest).
+fn save_images(
+    ctx: &NodeContext,
+    images: &Tensor,
+    prefix: &str,
+    folder: FolderType,
+    compression: png::Compression,
+) -> Result<Vec<FileRef>, NodeError> {
+    let (batch, height, width, channels) = images.dims4().map_err(|_| {
+        NodeError::input("images", format!("expected an IMAGE [B,H,W,C], got shape {:?}", images.dims()))
+    })?;
+    if !(1..=4).contains(&channels) {
+        return Err(NodeError::input("images", format!("an image has 1 to 4 channels, got {channels}")));
+    }
+    let prefix = expand_placeholders(prefix, width, height);
+    let (subfolder, name) = match prefix.rsplit_once('/') {
+        Some((sub, name)) => (sub.to_owned(), name.to_owned()),
+        None => (String::new(), prefix.clone()),
+    };
+    let base = ctx.dirs.folder(folder);
+    let dir = paths::join_relative(base, &subfolder).map_err(|e| NodeError::input("filename_prefix", e.to_string()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| NodeError::file(dir.display(), e))?;
+    let mut counter = next_counter(&dir, &name);
+
+    let images = images.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let mut refs = Vec::with_capacity(batch);
+    for b in 0..batch {
+        ctx.check_interrupt()?;
+        let pixels: Vec<f32> = images.get(b)?.flatten_all()?.to_vec1()?;
+        // ComfyUI: clip(255 * x, 0, 255).astype(uint8), a truncation.
+        let bytes: Vec<u8> = pixels.iter().map(|v| (v * 255.0).clamp(0.0, 255.0) as u8).collect();
+        let file_name_base = name.replace("%batch_num%", &b.to_string());
+        let filename = format!("{file_name_base}_{counter:05}_.png");
+        let path = paths::resolve_new(base, &subfolder, &filename)
+            .map_err(|e| NodeError::input("filename_prefix", e.to_string()))?;
+        let mut chunks: Vec<(String, String)> = Vec::new();
+        if ctx.write_metadata {
+            chunks.push(("prompt".into(), ctx.prompt.to_string()));
+            if let Some(extra) = ctx.extra_pnginfo.as_deref().and_then(|e| e.as_object()) {
+                for (key, value) in extra {
+                    chunks.push((key.clone(), value.to_string()));
+                }
+            }
+        }
+        write_png(&path, &bytes, width, height, channels, &chunks, compression)?;
+        refs.push(FileRef { filename, subfolder: subfolder.clone(), folder_type: folder.name().to_owned() });
+        counter += 1;
+    }
+    Ok(refs)
+}
+
+fn expand_placeholders(prefix: &str, width: usize, height: usize) -> String {
+    let now = chrono_like_now();
+    prefix
+        .replace("%width%", &width.to_string())
+        .replace("%height%", &height.to_string())
+        .replace("%year%", &now.0.to_string())
+        .replace("%month%", &format!("{:02}", now.1))
+        .replace("%day%", &format!("{:02}", now.2))
+        .replace("%hour%", &format!("{:02}", now.3))
+        .replace("%minute%", &format!("{:02}", now.4))
+        .replace("%second%", &format!("{:02}", now.5))
+}
+
+/// (year, month, day, hour, minute, second) in UTC, from the civil-from-days algorithm; a date
+/// crate for six numbers is not worth the dependency.
+fn chrono_like_now() -> (i64, u32, u32, u32, u32, u32) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, (rem / 3600) as u32, ((rem % 3600) / 60) as u32, (rem % 60) as u32)
+}
+
+/// 1 + the highest counter among files named `<name>_NNNNN_…` in `dir`.
+fn next_counter(dir: &Path, name: &str) -> u64 {
+    let mut highest = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let Some(file) = file.to_str() else { continue };
+            let Some(rest) = file.strip_prefix(name).and_then(|r| r.strip_prefix('_')) else { continue };
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if digits.len() >= 5 && rest[digits.len()..].starts_with('_') {
+                if let Ok(n) = digits.parse::<u64>() {
+                    highest = highest.max(n);
+                }
+            }
+        }
+    }
+    highest + 1
+}
+
+/// Writes 8-bit pixels as PNG with `tEXt` chunks.
+pub fn write_png(
+    path: &Path,
+    bytes: &[u8],
+    width: usize,
+    height: usize,
+    channels: usize,
+    text_chunks: &[(String, String)],
+    compression: png::Compression,
+) -> Result<(), NodeError> {
+    let shown = path.display();
+    let file = std::fs::File::create(path).map_err(|e| NodeError::file(&shown, e))?;
+    let (w, h) = (
+        u32::try_from(width).map_err(|_| NodeError::file(&shown, "image too wide"))?,
+        u32::try_from(height).map_err(|_| NodeError::file(&shown, "image too tall"))?,
+    );
+    let mut encoder = png::Encoder::new(BufWriter::new(file), w, h);
+    encoder.set_color(match channels {
+        1 => png::ColorType::Grayscale,
+        2 => png::ColorType::GrayscaleAlpha,
+        3 => png::ColorType::Rgb,
+        _ => png::ColorType::Rgba,
+    });
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(compression);
+    for (key, value) in text_chunks {
+        encoder
+            .add_text_chunk(key.clone(), value.clone())
+            .map_err(|e| NodeError::file(&shown, format!("cannot add text chunk {key}: {e}")))?;
+    }
+    let mut writer = encoder.write_header().map_err(|e| NodeError::file(&shown, e))?;
+    writer.write_image_data(bytes).map_err(|e| NodeError::file(&shown, e))?;
+    writer.finish().map_err(|e| NodeError::file(&shown, e))?;
+    Ok(())
+}
+
+/// Encodes 8-bit RGB pixels as PNG in memory (previews).
+pub fn encode_png(bytes: &[u8], width: usize, height: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, width as u32, height as u32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.set_compression(png::Compression::Fast);
+        if let Ok(mut writer) = encoder.write_header() {
+            let _ = writer.write_image_data(bytes);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_continues_after_highest() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ComfyUI_00001_.png", "ComfyUI_00007_.png", "ComfyUI_x_00009_.png", "Other_00020_.png"] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        assert_eq!(next_counter(dir.path(), "ComfyUI"), 8);
+        assert_eq!(next_counter(dir.path(), "New"), 1);
+    }
+
+    #[test]
+    fn date_placeholders_expand() {
+        let s = expand_placeholders("img_%width%x%height%_%year%", 64, 32);
+        assert!(s.starts_with("img_64x32_20"), "{s}");
+    }
+}

@@ -1,0 +1,254 @@
+//! Node classes: each declares itself once (`Node::spec`) and runs on typed inputs (`Node::run`).
+//! The `Registry` lists them all and feeds validation (as a `graph::Catalog`), `/object_info` and
+//! the docs.
+//!
+//! Invariant: nodes know nothing of HTTP, SQL or the queue. They see the outside world only through
+//! `NodeContext` (folders, progress, interrupt), which `exec` fills in. Adding a node touches one
+//! file here (its family's), plus its test.
+
+pub mod image_io;
+pub mod image_ops;
+pub mod testing;
+mod value;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::graph::spec::{ComboOptions, FileList, NodeSpec};
+use crate::graph::{Catalog, ConstValue};
+use crate::paths::DataDirs;
+
+pub use value::{Inputs, Value};
+
+/// One node class.
+pub trait Node: Send + Sync + 'static {
+    /// The declaration; called once, when the registry is built.
+    fn spec(&self) -> NodeSpec;
+
+    /// Computes the outputs. Long loops call `ctx.check_interrupt()` between steps.
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError>;
+
+    /// For nodes that read files (`Freshness::ReadsFiles`): a token that changes whenever what
+    /// they read changes, usually the file's content hash. Joins the cache key.
+    fn fingerprint(&self, _dirs: &DataDirs, _constants: &[(String, ConstValue)]) -> Result<String, NodeError> {
+        Ok(String::new())
+    }
+
+    /// Checks an input listed in `NodeSpec::self_validated` (ComfyUI's `VALIDATE_INPUTS`).
+    fn check_input(&self, _dirs: &DataDirs, _input: &str, _value: &ConstValue) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// What a node produced: one value per declared output, and what to show in the editor.
+#[derive(Debug, Default)]
+pub struct NodeOutput {
+    pub values: Vec<Value>,
+    pub ui: Option<Ui>,
+}
+
+impl NodeOutput {
+    pub fn values(values: Vec<Value>) -> NodeOutput {
+        NodeOutput { values, ui: None }
+    }
+}
+
+/// A node's `ui` dictionary (`executed.output` and history `outputs[node]`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Ui {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<FileRef>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub text: Vec<String>,
+}
+
+/// A file a node wrote, as clients fetch it through `/view`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FileRef {
+    pub filename: String,
+    pub subfolder: String,
+    #[serde(rename = "type")]
+    pub folder_type: String,
+}
+
+/// Why a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("input '{input}': {message}")]
+    Input { input: String, message: String },
+    #[error("interrupted")]
+    Interrupted,
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl NodeError {
+    pub fn input(input: &str, message: impl Into<String>) -> NodeError {
+        NodeError::Input { input: input.to_owned(), message: message.into() }
+    }
+
+    pub fn file(path: impl std::fmt::Display, message: impl std::fmt::Display) -> NodeError {
+        NodeError::File { path: path.to_string(), message: message.to_string() }
+    }
+
+    /// The `exception_type` reported in `execution_error`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            NodeError::Input { .. } => "weft.InputError",
+            NodeError::Interrupted => "weft.Interrupted",
+            NodeError::File { .. } => "weft.FileError",
+            NodeError::Tensor(_) => "weft.TensorError",
+            NodeError::Failed(_) => "weft.NodeError",
+        }
+    }
+}
+
+/// Receives a running node's progress. Implemented by `exec`.
+pub trait Reporter: Send + Sync {
+    fn progress(&self, node_id: &str, value: u64, max: u64);
+    fn preview(&self, node_id: &str, png_or_jpeg: Vec<u8>, is_png: bool);
+}
+
+/// What a running node may see of the world.
+pub struct NodeContext {
+    pub node_id: String,
+    pub prompt_id: String,
+    pub dirs: Arc<DataDirs>,
+    /// The whole prompt (ComfyUI's hidden `PROMPT`), for image metadata.
+    pub prompt: Arc<Json>,
+    /// `extra_data.extra_pnginfo` (hidden `EXTRA_PNGINFO`).
+    pub extra_pnginfo: Option<Arc<Json>>,
+    pub reporter: Arc<dyn Reporter>,
+    pub interrupt: Arc<AtomicBool>,
+    /// PNG text chunks are written unless the server runs with `--disable-metadata`.
+    pub write_metadata: bool,
+}
+
+impl NodeContext {
+    /// Returns `Err(Interrupted)` once an interrupt was requested.
+    pub fn check_interrupt(&self) -> Result<(), NodeError> {
+        if self.interrupt.load(Ordering::Relaxed) {
+            Err(NodeError::Interrupted)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reports step `value` of `max` (a `progress` event).
+    pub fn progress(&self, value: u64, max: u64) {
+        self.reporter.progress(&self.node_id, value, max);
+    }
+}
+
+struct Entry {
+    spec: NodeSpec,
+    node: Box<dyn Node>,
+}
+
+/// Every node class Weft knows, in registration order.
+pub struct Registry {
+    entries: Vec<Entry>,
+    by_name: HashMap<&'static str, usize>,
+}
+
+impl Registry {
+    /// The nodes a server offers.
+    pub fn standard() -> Registry {
+        let mut registry = Registry { entries: Vec::new(), by_name: HashMap::new() };
+        image_io::register(&mut registry);
+        image_ops::register(&mut registry);
+        registry
+    }
+
+    /// The standard nodes plus the test pack (`testing.rs`), for tests and `--test-nodes`.
+    pub fn with_test_nodes() -> Registry {
+        let mut registry = Registry::standard();
+        testing::register(&mut registry);
+        registry
+    }
+
+    pub fn add(&mut self, node: impl Node) {
+        let spec = node.spec();
+        debug_assert!(!self.by_name.contains_key(spec.class_type), "node {} registered twice", spec.class_type);
+        self.by_name.insert(spec.class_type, self.entries.len());
+        self.entries.push(Entry { spec, node: Box::new(node) });
+    }
+
+    pub fn spec(&self, class_type: &str) -> Option<&NodeSpec> {
+        self.by_name.get(class_type).map(|&i| &self.entries[i].spec)
+    }
+
+    pub fn node(&self, class_type: &str) -> Option<&dyn Node> {
+        self.by_name.get(class_type).map(|&i| self.entries[i].node.as_ref())
+    }
+
+    /// All declarations, in registration order.
+    pub fn specs(&self) -> impl Iterator<Item = &NodeSpec> {
+        self.entries.iter().map(|e| &e.spec)
+    }
+
+    /// A validation view that resolves file lists against `dirs`.
+    pub fn catalog<'a>(&'a self, dirs: &'a DataDirs) -> RegistryCatalog<'a> {
+        RegistryCatalog { registry: self, dirs }
+    }
+}
+
+/// Resolves the options of a combo against the folders now.
+pub fn combo_options(dirs: &DataDirs, options: &ComboOptions) -> Vec<String> {
+    match options {
+        ComboOptions::Static(list) => list.iter().map(|s| (*s).to_owned()).collect(),
+        ComboOptions::Files(FileList::InputImages) => dirs.list_input_images(),
+        ComboOptions::Files(FileList::Models(folder)) => dirs.list_models(folder).unwrap_or_default(),
+    }
+}
+
+/// The registry seen by validation.
+pub struct RegistryCatalog<'a> {
+    registry: &'a Registry,
+    dirs: &'a DataDirs,
+}
+
+impl Catalog for RegistryCatalog<'_> {
+    fn spec(&self, class_type: &str) -> Option<&NodeSpec> {
+        self.registry.spec(class_type)
+    }
+
+    fn combo_options(&self, options: &ComboOptions) -> Vec<String> {
+        combo_options(self.dirs, options)
+    }
+
+    fn check_input(&self, spec: &NodeSpec, input: &str, value: &ConstValue) -> Result<(), String> {
+        match self.registry.node(spec.class_type) {
+            Some(node) => node.check_input(self.dirs, input, value),
+            None => Err(format!("unknown node class {}", spec.class_type)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_declaration_is_consistent() {
+        let registry = Registry::with_test_nodes();
+        for spec in registry.specs() {
+            let mut names = std::collections::HashSet::new();
+            for input in &spec.inputs {
+                assert!(names.insert(input.name), "{}: input {} declared twice", spec.class_type, input.name);
+            }
+            for name in spec.self_validated {
+                assert!(spec.input(name).is_some(), "{}: self-validated {} is not an input", spec.class_type, name);
+            }
+            assert!(!spec.category.is_empty(), "{} has no category", spec.class_type);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Where Weft keeps files, and the one place that turns user-given names into paths.
+//!
+//! Every path a request or a workflow names goes through `resolve` (or `resolve_new`), which refuses
+//! absolute paths, `..`, and symlinks that lead out of the folder. Imports no other Weft layer.
+
+use std::path::{Component, Path, PathBuf};
+
+/// The model folders ComfyUI lists under `/models`, in its order; the folder name on disk is the same.
+pub const MODEL_FOLDERS: &[&str] = &[
+    "checkpoints",
+    "configs",
+    "loras",
+    "vae",
+    "text_encoders",
+    "diffusion_models",
+    "clip_vision",
+    "style_models",
+    "embeddings",
+    "diffusers",
+    "vae_approx",
+    "controlnet",
+    "gligen",
+    "upscale_models",
+    "hypernetworks",
+    "photomaker",
+    "classifiers",
+];
+
+/// File extensions that count as model weights in model-folder listings.
+pub const MODEL_EXTENSIONS: &[&str] = &["safetensors", "sft", "ckpt", "pt", "pth", "bin", "pkl"];
+
+/// Image file extensions LoadImage lists.
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"];
+
+/// The three data folders a client may name with `type=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolderType {
+    Input,
+    Output,
+    Temp,
+}
+
+impl FolderType {
+    pub fn parse(name: &str) -> Option<FolderType> {
+        match name {
+            "input" => Some(FolderType::Input),
+            "output" => Some(FolderType::Output),
+            "temp" => Some(FolderType::Temp),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FolderType::Input => "input",
+            FolderType::Output => "output",
+            FolderType::Temp => "temp",
+        }
+    }
+}
+
+/// The folders of one Weft instance.
+#[derive(Debug, Clone)]
+pub struct DataDirs {
+    pub root: PathBuf,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub temp: PathBuf,
+    pub models: PathBuf,
+}
+
+/// Why a user-given name cannot be used as a path.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("path '{0}' is absolute; give a name relative to the folder")]
+    Absolute(String),
+    #[error("path '{0}' contains '..'")]
+    ParentComponent(String),
+    #[error("path '{0}' leads outside its folder")]
+    Escapes(String),
+    #[error("path '{0}' is empty")]
+    Empty(String),
+}
+
+impl DataDirs {
+    /// Lays out the folders under `root` (models may live elsewhere).
+    pub fn new(root: &Path, models: &Path) -> DataDirs {
+        DataDirs {
+            root: root.to_path_buf(),
+            input: root.join("input"),
+            output: root.join("output"),
+            temp: root.join("temp"),
+            models: models.to_path_buf(),
+        }
+    }
+
+    /// Creates the folders that do not exist yet and empties `temp`, as ComfyUI does at start.
+    pub fn create(&self) -> std::io::Result<()> {
+        if self.temp.exists() {
+            std::fs::remove_dir_all(&self.temp)?;
+        }
+        for dir in [&self.root, &self.input, &self.output, &self.temp, &self.models] {
+            std::fs::create_dir_all(dir)?;
+        }
+        for folder in MODEL_FOLDERS {
+            let _ = std::fs::create_dir_all(self.models.join(folder));
+        }
+        Ok(())
+    }
+
+    pub fn folder(&self, folder: FolderType) -> &Path {
+        match folder {
+            FolderType::Input => &self.input,
+            FolderType::Output => &self.output,
+            FolderType::Temp => &self.temp,
+        }
+    }
+
+    pub fn model_folder(&self, name: &str) -> Option<PathBuf> {
+        let name = match name {
+            "clip" => "text_encoders",
+            "unet" => "diffusion_models",
+            other => other,
+        };
+        MODEL_FOLDERS.contains(&name).then(|| self.models.join(name))
+    }
+
+    /// Model files under a model folder, recursively, as sorted `sub/name.ext` strings.
+    pub fn list_models(&self, folder: &str) -> Option<Vec<String>> {
+        let dir = self.model_folder(folder)?;
+        let mut files = Vec::new();
+        list_files_recursive(&dir, &dir, &mut files, MODEL_EXTENSIONS, 8);
+        files.sort();
+        Some(files)
+    }
+
+    /// Image files at the top level of the input folder, sorted (LoadImage's list).
+    pub fn list_input_images(&self) -> Vec<String> {
+        let mut files = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.input) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_file() && has_extension(&path, IMAGE_EXTENSIONS) {
+                    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                        files.push(name.to_owned());
+                    }
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+}
+
+/// Splits ComfyUI's annotated names: `"x.png [output]"` → (`"x.png"`, Some(Output)).
+pub fn split_annotation(name: &str) -> (&str, Option<FolderType>) {
+    for folder in [FolderType::Input, FolderType::Output, FolderType::Temp] {
+        let suffix = format!(" [{}]", folder.name());
+        if let Some(stripped) = name.strip_suffix(&suffix) {
+            return (stripped, Some(folder));
+        }
+    }
+    (name, None)
+}
+
+/// Checks that `relative` is a plain relative path (no root, no `..`) and joins it to `base`.
+pub fn join_relative(base: &Path, relative: &str) -> Result<PathBuf, PathError> {
+    let path = Path::new(relative);
+    let mut joined = base.to_path_buf();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => joined.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(PathError::ParentComponent(relative.to_owned())),
+            Component::RootDir | Component::Prefix(_) => return Err(PathError::Absolute(relative.to_owned())),
+        }
+    }
+    if relative.contains('\\') && relative.split('\\').any(|p| p == "..") {
+        return Err(PathError::ParentComponent(relative.to_owned()));
+    }
+    Ok(joined)
+}
+
+/// Resolves an existing file `subfolder/filename` inside `base`, following symlinks only when the
+/// real file is still inside `base`.
+pub fn resolve_existing(base: &Path, subfolder: &str, filename: &str) -> Result<Option<PathBuf>, PathError> {
+    let shown = if subfolder.is_empty() { filename.to_owned() } else { format!("{subfolder}/{filename}") };
+    if filename.is_empty() {
+        return Err(PathError::Empty(shown));
+    }
+    let dir = join_relative(base, subfolder)?;
+    let path = join_relative(&dir, filename)?;
+    let Ok(real) = path.canonicalize() else { return Ok(None) };
+    let real_base = base.canonicalize().map_err(|_| PathError::Escapes(shown.clone()))?;
+    if !real.starts_with(&real_base) {
+        return Err(PathError::Escapes(shown));
+    }
+    Ok(real.is_file().then_some(real))
+}
+
+/// Resolves where a new file `subfolder/filename` goes inside `base`, creating the subfolder.
+pub fn resolve_new(base: &Path, subfolder: &str, filename: &str) -> Result<PathBuf, PathError> {
+    let shown = format!("{subfolder}/{filename}");
+    if filename.is_empty() || filename.contains('/') || filename.contains('\\') {
+        return Err(PathError::Escapes(shown));
+    }
+    let dir = join_relative(base, subfolder)?;
+    std::fs::create_dir_all(&dir).map_err(|_| PathError::Escapes(shown.clone()))?;
+    let real_dir = dir.canonicalize().map_err(|_| PathError::Escapes(shown.clone()))?;
+    let real_base = base.canonicalize().map_err(|_| PathError::Escapes(shown.clone()))?;
+    if !real_dir.starts_with(&real_base) {
+        return Err(PathError::Escapes(shown));
+    }
+    let path = real_dir.join(filename);
+    // A symlink already sitting at the target name must not redirect the write.
+    if path.is_symlink() {
+        return Err(PathError::Escapes(shown));
+    }
+    Ok(path)
+}
+
+fn has_extension(path: &Path, extensions: &[&str]) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+fn list_files_recursive(root: &Path, dir: &Path, out: &mut Vec<String>, extensions: &[&str], depth: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if depth > 0 {
+                list_files_recursive(root, &path, out, extensions, depth - 1);
+            }
+        } else if has_extension(&path, extensions) {
+            if let Ok(relative) = path.strip_prefix(root) {
+                let parts: Vec<String> =
+                    relative.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+                out.push(parts.join("/"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_only() {
+        let base = Path::new("/data/input");
+        assert_eq!(join_relative(base, "a/b.png").unwrap(), PathBuf::from("/data/input/a/b.png"));
+        assert_eq!(join_relative(base, "../x").unwrap_err(), PathError::ParentComponent("../x".into()));
+        assert_eq!(join_relative(base, "/etc/passwd").unwrap_err(), PathError::Absolute("/etc/passwd".into()));
+        assert!(join_relative(base, "a\\..\\..\\x").is_err());
+    }
+
+    #[test]
+    fn annotations() {
+        assert_eq!(split_annotation("x.png [output]"), ("x.png", Some(FolderType::Output)));
+        assert_eq!(split_annotation("x.png"), ("x.png", None));
+    }
+
+    #[test]
+    fn symlink_out_of_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("out");
+        std::fs::create_dir_all(&base).unwrap();
+        let secret = dir.path().join("secret.txt");
+        std::fs::write(&secret, "x").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&secret, base.join("link.txt")).unwrap();
+        #[cfg(unix)]
+        assert_eq!(resolve_existing(&base, "", "link.txt").unwrap_err(), PathError::Escapes("link.txt".into()));
+        std::fs::write(base.join("ok.txt"), "y").unwrap();
+        assert!(resolve_existing(&base, "", "ok.txt").unwrap().is_some());
+        assert!(resolve_existing(&base, "", "missing.txt").unwrap().is_none());
+    }
+}
