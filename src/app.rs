@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use actix_web::{middleware, web, App, HttpServer};
+use anyhow::Context;
 use serde_json::Value as Json;
 
 use crate::api::{self, ApiConfig, AppState, Hub};
@@ -60,10 +60,24 @@ async fn build_executor(
     db_path: &Path,
     test_nodes: bool,
     config: ExecConfig,
-) -> anyhow::Result<(Arc<Executor>, tokio::sync::mpsc::UnboundedReceiver<crate::exec::Envelope>)> {
-    dirs.create().with_context(|| format!("cannot create the data folders under {}", dirs.root.display()))?;
-    let store = Store::open(db_path).await.with_context(|| format!("cannot open the database {}", db_path.display()))?;
-    let registry = if test_nodes { Registry::with_test_nodes() } else { Registry::standard() };
+) -> anyhow::Result<(
+    Arc<Executor>,
+    tokio::sync::mpsc::UnboundedReceiver<crate::exec::Envelope>,
+)> {
+    dirs.create().with_context(|| {
+        format!(
+            "cannot create the data folders under {}",
+            dirs.root.display()
+        )
+    })?;
+    let store = Store::open(db_path)
+        .await
+        .with_context(|| format!("cannot open the database {}", db_path.display()))?;
+    let registry = if test_nodes {
+        Registry::with_test_nodes()
+    } else {
+        Registry::standard()
+    };
     Ok(Executor::start(store, Arc::new(registry), Arc::new(dirs), config).await?)
 }
 
@@ -71,8 +85,17 @@ async fn build_executor(
 /// HTTP server. The returned `server` future must be awaited or spawned.
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let dirs = DataDirs::new(&config.data_dir, &config.models_dir);
-    let exec_config = ExecConfig { cache_budget: config.cache_budget_mb << 20, write_metadata: config.write_metadata };
-    let (exec, events) = build_executor(dirs, &config.data_dir.join("weft.db"), config.test_nodes, exec_config).await?;
+    let exec_config = ExecConfig {
+        cache_budget: config.cache_budget_mb << 20,
+        write_metadata: config.write_metadata,
+    };
+    let (exec, events) = build_executor(
+        dirs,
+        &config.data_dir.join("weft.db"),
+        config.test_nodes,
+        exec_config,
+    )
+    .await?;
 
     let hub = Hub::default();
     actix_web::rt::spawn(hub.clone().route(events));
@@ -81,7 +104,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let state = web::Data::new(AppState {
         exec: Arc::clone(&exec),
         hub,
-        config: ApiConfig { max_upload_bytes: config.max_upload_mb << 20, web_root: config.web_root.clone() },
+        config: ApiConfig {
+            max_upload_bytes: config.max_upload_mb << 20,
+            web_root: config.web_root.clone(),
+        },
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -93,8 +119,15 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     .disable_signals()
     .bind((config.listen.as_str(), config.port))
     .with_context(|| format!("cannot listen on {}:{}", config.listen, config.port))?;
-    let addr = *server.addrs().first().context("the server bound no address")?;
-    Ok(RunningServer { addr, exec, server: server.run() })
+    let addr = *server
+        .addrs()
+        .first()
+        .context("the server bound no address")?;
+    Ok(RunningServer {
+        addr,
+        exec,
+        server: server.run(),
+    })
 }
 
 /// The result of `weft run`.
@@ -113,14 +146,32 @@ pub async fn run_headless(
     let dirs = DataDirs::new(data_dir, models_dir);
     // A private queue, so a headless run never takes or disturbs a server's prompts.
     let queue_dir = tempfile::tempdir().context("cannot create a temporary folder")?;
-    let (exec, mut events) = build_executor(dirs, &queue_dir.path().join("run.db"), false, ExecConfig::default()).await?;
-    let submitted = match exec.submit(Submission { prompt: workflow, ..Submission::default() }).await {
+    let (exec, mut events) = build_executor(
+        dirs,
+        &queue_dir.path().join("run.db"),
+        false,
+        ExecConfig::default(),
+    )
+    .await?;
+    let submitted = match exec
+        .submit(Submission {
+            prompt: workflow,
+            ..Submission::default()
+        })
+        .await
+    {
         Ok(s) => s,
-        Err(crate::exec::SubmitError::Invalid { failure, node_errors }) => {
+        Err(crate::exec::SubmitError::Invalid {
+            failure,
+            node_errors,
+        }) => {
             let mut lines = vec![format!("{failure:?}")];
             for node in node_errors {
                 for e in node.errors {
-                    lines.push(format!("node {} ({}): {}: {}", node.node_id, node.class_type, e.message, e.details));
+                    lines.push(format!(
+                        "node {} ({}): {}: {}",
+                        node.node_id, node.class_type, e.message, e.details
+                    ));
                 }
             }
             anyhow::bail!("the workflow is not valid:\n  {}", lines.join("\n  "));
@@ -133,14 +184,23 @@ pub async fn run_headless(
         on_event(&envelope.event);
         match &envelope.event {
             Event::ExecutionError(info) => {
-                error = Some(format!("node {} ({}) failed: {}", info.node_id, info.node_type, info.exception_message))
+                error = Some(format!(
+                    "node {} ({}) failed: {}",
+                    info.node_id, info.node_type, info.exception_message
+                ))
             }
             Event::ExecutionInterrupted { .. } => error = Some("interrupted".into()),
-            Event::Executing { prompt_id, node: None } if *prompt_id == submitted.prompt_id => break,
+            Event::Executing {
+                prompt_id,
+                node: None,
+            } if *prompt_id == submitted.prompt_id => break,
             _ => {}
         }
     }
     worker.abort();
     let entry = exec.store().history_entry(&submitted.prompt_id).await?;
-    Ok(HeadlessResult { outputs: entry.and_then(|e| e.outputs).unwrap_or(Json::Null), error })
+    Ok(HeadlessResult {
+        outputs: entry.and_then(|e| e.outputs).unwrap_or(Json::Null),
+        error,
+    })
 }

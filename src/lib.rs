@@ -5,11 +5,11 @@
 //! cache, events), `api` (HTTP and WebSocket). `paths` is a leaf shared by `nodes` and `api`;
 //! `app` wires everything together.
 
-pub mod graph;
-pub mod paths;
-pub mod engine;
-pub mod nodes;
-pub mod store;
-pub mod exec;
 pub mod api;
 pub mod app;
+pub mod engine;
+pub mod exec;
+pub mod graph;
+pub mod nodes;
+pub mod paths;
+pub mod store;

@@ -10,7 +10,11 @@ use weft::app::{self, ServerConfig};
 use weft::exec::Event;
 
 #[derive(Parser)]
-#[command(name = "weft", version, about = "A node-graph image-generation workflow server, wire-compatible with ComfyUI")]
+#[command(
+    name = "weft",
+    version,
+    about = "A node-graph image-generation workflow server, wire-compatible with ComfyUI"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,31 +111,41 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             handle.stop(true).await;
         }
     });
-    running.server.await.context("the HTTP server stopped with an error")
+    running
+        .server
+        .await
+        .context("the HTTP server stopped with an error")
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.workflow)
         .with_context(|| format!("cannot read {}", args.workflow.display()))?;
-    let workflow: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", args.workflow.display()))?;
+    let workflow: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", args.workflow.display()))?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg:30} [{bar:30}] {pos}/{len}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let result = app::run_headless(workflow, &args.data_dir, &args.models_dir, |event| match event {
-        Event::Executing { node: Some(node), .. } => {
-            bar.set_message(format!("node {node}"));
-            bar.set_length(0);
-            bar.set_position(0);
-        }
-        Event::Progress { value, max, .. } => {
-            bar.set_length(*max);
-            bar.set_position(*value);
-        }
-        _ => bar.tick(),
-    })
+    let result = app::run_headless(
+        workflow,
+        &args.data_dir,
+        &args.models_dir,
+        |event| match event {
+            Event::Executing {
+                node: Some(node), ..
+            } => {
+                bar.set_message(format!("node {node}"));
+                bar.set_length(0);
+                bar.set_position(0);
+            }
+            Event::Progress { value, max, .. } => {
+                bar.set_length(*max);
+                bar.set_position(*value);
+            }
+            _ => bar.tick(),
+        },
+    )
     .await?;
     bar.finish_and_clear();
     if let Some(error) = result.error {

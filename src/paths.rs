@@ -99,7 +99,13 @@ impl DataDirs {
         if self.temp.exists() {
             std::fs::remove_dir_all(&self.temp)?;
         }
-        for dir in [&self.root, &self.input, &self.output, &self.temp, &self.models] {
+        for dir in [
+            &self.root,
+            &self.input,
+            &self.output,
+            &self.temp,
+            &self.models,
+        ] {
             std::fs::create_dir_all(dir)?;
         }
         for folder in MODEL_FOLDERS {
@@ -122,7 +128,9 @@ impl DataDirs {
             "unet" => "diffusion_models",
             other => other,
         };
-        MODEL_FOLDERS.contains(&name).then(|| self.models.join(name))
+        MODEL_FOLDERS
+            .contains(&name)
+            .then(|| self.models.join(name))
     }
 
     /// Model files under a model folder, recursively, as sorted `sub/name.ext` strings.
@@ -172,7 +180,9 @@ pub fn join_relative(base: &Path, relative: &str) -> Result<PathBuf, PathError> 
             Component::Normal(part) => joined.push(part),
             Component::CurDir => {}
             Component::ParentDir => return Err(PathError::ParentComponent(relative.to_owned())),
-            Component::RootDir | Component::Prefix(_) => return Err(PathError::Absolute(relative.to_owned())),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(PathError::Absolute(relative.to_owned()))
+            }
         }
     }
     if relative.contains('\\') && relative.split('\\').any(|p| p == "..") {
@@ -183,15 +193,27 @@ pub fn join_relative(base: &Path, relative: &str) -> Result<PathBuf, PathError> 
 
 /// Resolves an existing file `subfolder/filename` inside `base`, following symlinks only when the
 /// real file is still inside `base`.
-pub fn resolve_existing(base: &Path, subfolder: &str, filename: &str) -> Result<Option<PathBuf>, PathError> {
-    let shown = if subfolder.is_empty() { filename.to_owned() } else { format!("{subfolder}/{filename}") };
+pub fn resolve_existing(
+    base: &Path,
+    subfolder: &str,
+    filename: &str,
+) -> Result<Option<PathBuf>, PathError> {
+    let shown = if subfolder.is_empty() {
+        filename.to_owned()
+    } else {
+        format!("{subfolder}/{filename}")
+    };
     if filename.is_empty() {
         return Err(PathError::Empty(shown));
     }
     let dir = join_relative(base, subfolder)?;
     let path = join_relative(&dir, filename)?;
-    let Ok(real) = path.canonicalize() else { return Ok(None) };
-    let real_base = base.canonicalize().map_err(|_| PathError::Escapes(shown.clone()))?;
+    let Ok(real) = path.canonicalize() else {
+        return Ok(None);
+    };
+    let real_base = base
+        .canonicalize()
+        .map_err(|_| PathError::Escapes(shown.clone()))?;
     if !real.starts_with(&real_base) {
         return Err(PathError::Escapes(shown));
     }
@@ -206,8 +228,12 @@ pub fn resolve_new(base: &Path, subfolder: &str, filename: &str) -> Result<PathB
     }
     let dir = join_relative(base, subfolder)?;
     std::fs::create_dir_all(&dir).map_err(|_| PathError::Escapes(shown.clone()))?;
-    let real_dir = dir.canonicalize().map_err(|_| PathError::Escapes(shown.clone()))?;
-    let real_base = base.canonicalize().map_err(|_| PathError::Escapes(shown.clone()))?;
+    let real_dir = dir
+        .canonicalize()
+        .map_err(|_| PathError::Escapes(shown.clone()))?;
+    let real_base = base
+        .canonicalize()
+        .map_err(|_| PathError::Escapes(shown.clone()))?;
     if !real_dir.starts_with(&real_base) {
         return Err(PathError::Escapes(shown));
     }
@@ -225,8 +251,16 @@ fn has_extension(path: &Path, extensions: &[&str]) -> bool {
         .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
-fn list_files_recursive(root: &Path, dir: &Path, out: &mut Vec<String>, extensions: &[&str], depth: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+fn list_files_recursive(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<String>,
+    extensions: &[&str],
+    depth: usize,
+) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -235,8 +269,10 @@ fn list_files_recursive(root: &Path, dir: &Path, out: &mut Vec<String>, extensio
             }
         } else if has_extension(&path, extensions) {
             if let Ok(relative) = path.strip_prefix(root) {
-                let parts: Vec<String> =
-                    relative.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+                let parts: Vec<String> = relative
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
                 out.push(parts.join("/"));
             }
         }
@@ -250,15 +286,27 @@ mod tests {
     #[test]
     fn relative_paths_only() {
         let base = Path::new("/data/input");
-        assert_eq!(join_relative(base, "a/b.png").unwrap(), PathBuf::from("/data/input/a/b.png"));
-        assert_eq!(join_relative(base, "../x").unwrap_err(), PathError::ParentComponent("../x".into()));
-        assert_eq!(join_relative(base, "/etc/passwd").unwrap_err(), PathError::Absolute("/etc/passwd".into()));
+        assert_eq!(
+            join_relative(base, "a/b.png").unwrap(),
+            PathBuf::from("/data/input/a/b.png")
+        );
+        assert_eq!(
+            join_relative(base, "../x").unwrap_err(),
+            PathError::ParentComponent("../x".into())
+        );
+        assert_eq!(
+            join_relative(base, "/etc/passwd").unwrap_err(),
+            PathError::Absolute("/etc/passwd".into())
+        );
         assert!(join_relative(base, "a\\..\\..\\x").is_err());
     }
 
     #[test]
     fn annotations() {
-        assert_eq!(split_annotation("x.png [output]"), ("x.png", Some(FolderType::Output)));
+        assert_eq!(
+            split_annotation("x.png [output]"),
+            ("x.png", Some(FolderType::Output))
+        );
         assert_eq!(split_annotation("x.png"), ("x.png", None));
     }
 
@@ -272,9 +320,14 @@ mod tests {
         #[cfg(unix)]
         std::os::unix::fs::symlink(&secret, base.join("link.txt")).unwrap();
         #[cfg(unix)]
-        assert_eq!(resolve_existing(&base, "", "link.txt").unwrap_err(), PathError::Escapes("link.txt".into()));
+        assert_eq!(
+            resolve_existing(&base, "", "link.txt").unwrap_err(),
+            PathError::Escapes("link.txt".into())
+        );
         std::fs::write(base.join("ok.txt"), "y").unwrap();
         assert!(resolve_existing(&base, "", "ok.txt").unwrap().is_some());
-        assert!(resolve_existing(&base, "", "missing.txt").unwrap().is_none());
+        assert!(resolve_existing(&base, "", "missing.txt")
+            .unwrap()
+            .is_none());
     }
 }

@@ -56,8 +56,12 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let body = match self {
             ApiError::Prompt(body) => body.clone(),
-            ApiError::BadRequest(message) => prompt_error_body("invalid_request", message, message, json!({})),
-            ApiError::Internal(_) => json!({"error": {"type": "internal_error", "message": "internal server error"}}),
+            ApiError::BadRequest(message) => {
+                prompt_error_body("invalid_request", message, message, json!({}))
+            }
+            ApiError::Internal(_) => {
+                json!({"error": {"type": "internal_error", "message": "internal server error"}})
+            }
             other => json!({"error": {"type": error_type(other), "message": other.to_string()}}),
         };
         HttpResponse::build(self.status_code()).json(body)
@@ -84,9 +88,12 @@ fn prompt_error_body(kind: &str, message: &str, details: &str, node_errors: Json
 /// Renders a rejected submission as ComfyUI does.
 pub fn submit_error(error: SubmitError, registry: &Registry, dirs: &DataDirs) -> ApiError {
     match error {
-        SubmitError::Format(e) => {
-            ApiError::Prompt(prompt_error_body("invalid_prompt", "Invalid prompt", &e.to_string(), json!({})))
-        }
+        SubmitError::Format(e) => ApiError::Prompt(prompt_error_body(
+            "invalid_prompt",
+            "Invalid prompt",
+            &e.to_string(),
+            json!({}),
+        )),
         SubmitError::DuplicateId(id) => ApiError::Prompt(prompt_error_body(
             "duplicate_prompt_id",
             "Prompt id already queued",
@@ -94,7 +101,10 @@ pub fn submit_error(error: SubmitError, registry: &Registry, dirs: &DataDirs) ->
             json!({}),
         )),
         SubmitError::Store(e) => e.into(),
-        SubmitError::Invalid { failure, node_errors } => {
+        SubmitError::Invalid {
+            failure,
+            node_errors,
+        } => {
             let body = match failure {
                 PromptError::InvalidPrompt { message, details } => {
                     prompt_error_body("invalid_prompt", &message, &details, json!({}))
@@ -105,7 +115,11 @@ pub fn submit_error(error: SubmitError, registry: &Registry, dirs: &DataDirs) ->
                 PromptError::OutputsFailed => {
                     let details: Vec<String> = node_errors
                         .iter()
-                        .flat_map(|n| n.errors.iter().map(|e| format!("{}: {}", e.message, e.details)))
+                        .flat_map(|n| {
+                            n.errors
+                                .iter()
+                                .map(|e| format!("{}: {}", e.message, e.details))
+                        })
                         .collect();
                     prompt_error_body(
                         "prompt_outputs_failed_validation",
@@ -124,7 +138,11 @@ pub fn submit_error(error: SubmitError, registry: &Registry, dirs: &DataDirs) ->
 pub fn node_errors_json(node_errors: &[NodeErrors], registry: &Registry, dirs: &DataDirs) -> Json {
     let mut map = Map::new();
     for node in node_errors {
-        let errors: Vec<Json> = node.errors.iter().map(|e| error_json(e, &node.class_type, registry, dirs)).collect();
+        let errors: Vec<Json> = node
+            .errors
+            .iter()
+            .map(|e| error_json(e, &node.class_type, registry, dirs))
+            .collect();
         map.insert(
             node.node_id.clone(),
             json!({"errors": errors, "dependent_outputs": node.dependent_outputs, "class_type": node.class_type}),

@@ -16,7 +16,10 @@ use crate::api::AppState;
 use crate::paths::{self, FolderType, PathError};
 
 /// `POST /upload/image`: multipart fields `image` (the file), `type`, `subfolder`, `overwrite`.
-pub async fn upload_image(state: web::Data<AppState>, mut payload: Multipart) -> Result<HttpResponse, ApiError> {
+pub async fn upload_image(
+    state: web::Data<AppState>,
+    mut payload: Multipart,
+) -> Result<HttpResponse, ApiError> {
     let limit = state.config.max_upload_bytes;
     let mut image: Option<(String, Vec<u8>)> = None;
     let mut folder_type = String::from("input");
@@ -24,12 +27,17 @@ pub async fn upload_image(state: web::Data<AppState>, mut payload: Multipart) ->
     let mut overwrite = false;
     let mut total = 0usize;
     while let Some(field) = payload.next().await {
-        let mut field = field.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+        let mut field =
+            field.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
         let name = field.name().unwrap_or_default().to_owned();
-        let filename = field.content_disposition().and_then(|cd| cd.get_filename()).map(str::to_owned);
+        let filename = field
+            .content_disposition()
+            .and_then(|cd| cd.get_filename())
+            .map(str::to_owned);
         let mut data = Vec::new();
         while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+            let chunk = chunk
+                .map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
             total += chunk.len();
             if total > limit {
                 return Err(ApiError::PayloadTooLarge(format!(
@@ -42,9 +50,9 @@ pub async fn upload_image(state: web::Data<AppState>, mut payload: Multipart) ->
         let text = || String::from_utf8_lossy(&data).trim().to_owned();
         match name.as_str() {
             "image" => {
-                let filename = filename
-                    .filter(|f| !f.is_empty())
-                    .ok_or_else(|| ApiError::BadRequest("the image part has no file name".into()))?;
+                let filename = filename.filter(|f| !f.is_empty()).ok_or_else(|| {
+                    ApiError::BadRequest("the image part has no file name".into())
+                })?;
                 image = Some((filename, data));
             }
             "type" => folder_type = text(),
@@ -53,11 +61,24 @@ pub async fn upload_image(state: web::Data<AppState>, mut payload: Multipart) ->
             _ => {}
         }
     }
-    let (filename, data) = image.ok_or_else(|| ApiError::BadRequest("no 'image' file part in the upload".into()))?;
-    let folder = FolderType::parse(if folder_type.is_empty() { "input" } else { &folder_type })
-        .ok_or_else(|| ApiError::BadRequest(format!("type must be input, output or temp, got '{folder_type}'")))?;
+    let (filename, data) =
+        image.ok_or_else(|| ApiError::BadRequest("no 'image' file part in the upload".into()))?;
+    let folder = FolderType::parse(if folder_type.is_empty() {
+        "input"
+    } else {
+        &folder_type
+    })
+    .ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "type must be input, output or temp, got '{folder_type}'"
+        ))
+    })?;
     // Browsers may send a path; only its last part names the file.
-    let filename = filename.rsplit(['/', '\\']).next().unwrap_or_default().to_owned();
+    let filename = filename
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     if filename.is_empty() || filename == "." || filename == ".." {
         return Err(ApiError::BadRequest("invalid file name".into()));
     }
@@ -66,10 +87,17 @@ pub async fn upload_image(state: web::Data<AppState>, mut payload: Multipart) ->
     let final_name = web::block(move || store_upload(&base, &sub, &filename, &data, overwrite))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(HttpResponse::Ok().json(json!({"name": final_name, "subfolder": subfolder, "type": folder.name()})))
+    Ok(HttpResponse::Ok()
+        .json(json!({"name": final_name, "subfolder": subfolder, "type": folder.name()})))
 }
 
-fn store_upload(base: &Path, subfolder: &str, filename: &str, data: &[u8], overwrite: bool) -> Result<String, ApiError> {
+fn store_upload(
+    base: &Path,
+    subfolder: &str,
+    filename: &str,
+    data: &[u8],
+    overwrite: bool,
+) -> Result<String, ApiError> {
     let path_error = |e: PathError| ApiError::BadRequest(e.to_string());
     let mut name = filename.to_owned();
     let mut path = paths::resolve_new(base, subfolder, &name).map_err(path_error)?;
@@ -111,26 +139,41 @@ pub struct ViewQuery {
 }
 
 /// `GET /view`: a file from input, output or temp; never anything outside them.
-pub async fn view(state: web::Data<AppState>, req: HttpRequest, query: web::Query<ViewQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn view(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<ViewQuery>,
+) -> Result<HttpResponse, ApiError> {
     let Some(filename) = query.filename.as_deref() else {
         return Err(ApiError::NotFound("filename is required".into()));
     };
     let (filename, annotated) = paths::split_annotation(filename);
     if filename.starts_with('/') || filename.starts_with('\\') || filename.contains("..") {
-        return Err(ApiError::BadRequest(format!("invalid file name '{filename}'")));
+        return Err(ApiError::BadRequest(format!(
+            "invalid file name '{filename}'"
+        )));
     }
     let folder = match (annotated, query.folder_type.as_deref()) {
         (Some(folder), _) => folder,
         (None, None) | (None, Some("")) => FolderType::Output,
-        (None, Some(name)) => FolderType::parse(name)
-            .ok_or_else(|| ApiError::BadRequest(format!("type must be input, output or temp, got '{name}'")))?,
+        (None, Some(name)) => FolderType::parse(name).ok_or_else(|| {
+            ApiError::BadRequest(format!("type must be input, output or temp, got '{name}'"))
+        })?,
     };
     let subfolder = query.subfolder.as_deref().unwrap_or("");
-    let filename = Path::new(filename).file_name().and_then(|f| f.to_str()).unwrap_or_default();
+    let filename = Path::new(filename)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or_default();
     let base = state.exec.dirs().folder(folder);
     let path = match paths::resolve_existing(base, subfolder, filename) {
         Ok(Some(path)) => path,
-        Ok(None) => return Err(ApiError::NotFound(format!("no file '{filename}' in {}", folder.name()))),
+        Ok(None) => {
+            return Err(ApiError::NotFound(format!(
+                "no file '{filename}' in {}",
+                folder.name()
+            )))
+        }
         Err(PathError::Empty(_)) => return Err(ApiError::NotFound("filename is required".into())),
         Err(e) => return Err(ApiError::Forbidden(e.to_string())),
     };
@@ -144,23 +187,34 @@ pub async fn view(state: web::Data<AppState>, req: HttpRequest, query: web::Quer
         return Ok(HttpResponse::Ok().content_type(bytes.1).body(bytes.0));
     }
 
-    let mut file = NamedFile::open_async(&path).await.map_err(|e| ApiError::NotFound(e.to_string()))?;
+    let mut file = NamedFile::open_async(&path)
+        .await
+        .map_err(|e| ApiError::NotFound(e.to_string()))?;
     let mime = mime_guess::from_path(&path).first_or_octet_stream();
     // Never let a browser run a stored file as a page or script.
     let mime = match mime.subtype().as_str() {
-        "html" | "javascript" | "css" | "xhtml+xml" | "svg+xml" => mime_guess::mime::APPLICATION_OCTET_STREAM,
+        "html" | "javascript" | "css" | "xhtml+xml" | "svg+xml" => {
+            mime_guess::mime::APPLICATION_OCTET_STREAM
+        }
         _ => mime,
     };
-    file = file.set_content_type(mime).set_content_disposition(ContentDisposition {
-        disposition: DispositionType::Inline,
-        parameters: vec![DispositionParam::Filename(filename.to_owned())],
-    });
+    file = file
+        .set_content_type(mime)
+        .set_content_disposition(ContentDisposition {
+            disposition: DispositionType::Inline,
+            parameters: vec![DispositionParam::Filename(filename.to_owned())],
+        });
     Ok(file.into_response(&req))
 }
 
 /// `channel=rgb|a` and `preview=webp|jpeg[;quality]` re-encodings.
-fn convert_image(path: &Path, channel: &str, preview: Option<&str>) -> Result<(Vec<u8>, &'static str), ApiError> {
-    let image = image::open(path).map_err(|e| ApiError::BadRequest(format!("not an image: {e}")))?;
+fn convert_image(
+    path: &Path,
+    channel: &str,
+    preview: Option<&str>,
+) -> Result<(Vec<u8>, &'static str), ApiError> {
+    let image =
+        image::open(path).map_err(|e| ApiError::BadRequest(format!("not an image: {e}")))?;
     let mut image = match channel {
         "rgb" => image::DynamicImage::ImageRgb8(image.to_rgb8()),
         "a" => {
@@ -176,19 +230,29 @@ fn convert_image(path: &Path, channel: &str, preview: Option<&str>) -> Result<(V
     let mut out = Cursor::new(Vec::new());
     match preview.map(|p| p.split(';').collect::<Vec<_>>()) {
         Some(parts) if parts.first() == Some(&"jpeg") && channel != "a" => {
-            let quality = parts.get(1).and_then(|q| q.parse::<u8>().ok()).unwrap_or(90).clamp(1, 100);
+            let quality = parts
+                .get(1)
+                .and_then(|q| q.parse::<u8>().ok())
+                .unwrap_or(90)
+                .clamp(1, 100);
             image = image::DynamicImage::ImageRgb8(image.to_rgb8());
             let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
-            image.write_with_encoder(encoder).map_err(|e| ApiError::Internal(e.to_string()))?;
+            image
+                .write_with_encoder(encoder)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
             Ok((out.into_inner(), "image/jpeg"))
         }
         Some(_) => {
             // The image crate encodes WebP losslessly only; quality is ignored.
-            image.write_to(&mut out, image::ImageFormat::WebP).map_err(|e| ApiError::Internal(e.to_string()))?;
+            image
+                .write_to(&mut out, image::ImageFormat::WebP)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
             Ok((out.into_inner(), "image/webp"))
         }
         None => {
-            image.write_to(&mut out, image::ImageFormat::Png).map_err(|e| ApiError::Internal(e.to_string()))?;
+            image
+                .write_to(&mut out, image::ImageFormat::Png)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
             Ok((out.into_inner(), "image/png"))
         }
     }

@@ -14,8 +14,12 @@ pub async fn object_info(state: web::Data<AppState>) -> HttpResponse {
     let state = state.into_inner();
     let body = web::block(move || {
         let dirs = state.exec.dirs();
-        let map: Map<String, Json> =
-            state.exec.registry().specs().map(|spec| (spec.class_type.to_owned(), node_info(spec, dirs))).collect();
+        let map: Map<String, Json> = state
+            .exec
+            .registry()
+            .specs()
+            .map(|spec| (spec.class_type.to_owned(), node_info(spec, dirs)))
+            .collect();
         Json::Object(map)
     })
     .await
@@ -35,7 +39,9 @@ pub async fn object_info_one(state: web::Data<AppState>, path: web::Path<String>
 
 /// Total and available memory in bytes, from `/proc/meminfo` where there is one.
 fn memory() -> (u64, u64) {
-    let Ok(text) = std::fs::read_to_string("/proc/meminfo") else { return (0, 0) };
+    let Ok(text) = std::fs::read_to_string("/proc/meminfo") else {
+        return (0, 0);
+    };
     let field = |name: &str| {
         text.lines()
             .find(|l| l.starts_with(name))
@@ -82,7 +88,10 @@ pub async fn models() -> HttpResponse {
 }
 
 /// `GET /models/{folder}`: files in a model folder; 404 for an unknown folder.
-pub async fn models_in(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn models_in(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let folder = path.into_inner();
     let files = state
         .exec
@@ -100,7 +109,10 @@ pub async fn embeddings(state: web::Data<AppState>) -> HttpResponse {
         .list_models("embeddings")
         .unwrap_or_default()
         .into_iter()
-        .map(|f| f.rsplit_once('.').map_or(f.clone(), |(stem, _)| stem.to_owned()))
+        .map(|f| {
+            f.rsplit_once('.')
+                .map_or(f.clone(), |(stem, _)| stem.to_owned())
+        })
         .collect();
     HttpResponse::Ok().json(names)
 }

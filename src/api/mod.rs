@@ -46,7 +46,8 @@ pub fn parse_json_body(body: &[u8]) -> Result<Json, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Json::Object(Default::default()));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))
 }
 
 /// The ComfyUI routes; registered at `/` and again under `/api`.
@@ -57,7 +58,10 @@ fn comfy_routes(cfg: &mut web::ServiceConfig) {
         .route("/queue", web::post().to(prompt::post_queue))
         .route("/history", web::get().to(prompt::get_history))
         .route("/history", web::post().to(prompt::post_history))
-        .route("/history/{prompt_id}", web::get().to(prompt::get_history_entry))
+        .route(
+            "/history/{prompt_id}",
+            web::get().to(prompt::get_history_entry),
+        )
         .route("/interrupt", web::post().to(prompt::post_interrupt))
         .route("/free", web::post().to(prompt::post_free))
         .route("/object_info", web::get().to(info::object_info))
@@ -108,18 +112,36 @@ async fn editor_missing() -> HttpResponse {
 pub async fn origin_guard(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
-) -> Result<ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>, actix_web::Error> {
+) -> Result<
+    ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
+    actix_web::Error,
+> {
     let host_of = |value: &str| -> String {
         let without_scheme = value.split("://").last().unwrap_or(value);
         let authority = without_scheme.split('/').next().unwrap_or_default();
         if let Some(rest) = authority.strip_prefix('[') {
-            rest.split(']').next().unwrap_or_default().to_ascii_lowercase()
+            rest.split(']')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase()
         } else {
-            authority.split(':').next().unwrap_or_default().to_ascii_lowercase()
+            authority
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase()
         }
     };
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(host_of);
-    let origin = req.headers().get(header::ORIGIN).and_then(|h| h.to_str().ok()).map(host_of);
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(host_of);
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|h| h.to_str().ok())
+        .map(host_of);
     let loopback = |h: &str| h == "localhost" || h == "::1" || h.starts_with("127.");
     if let (Some(host), Some(origin)) = (host, origin) {
         if loopback(&host) && host != origin {
@@ -127,5 +149,7 @@ pub async fn origin_guard(
             return Ok(req.into_response(response).map_into_right_body());
         }
     }
-    next.call(req).await.map(ServiceResponse::map_into_left_body)
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
 }

@@ -12,14 +12,22 @@ pub fn node_info(spec: &NodeSpec, dirs: &DataDirs) -> Json {
     let mut optional = Map::new();
     let mut hidden = Map::new();
     for input in &spec.inputs {
-        let target = if input.optional { &mut optional } else { &mut required };
+        let target = if input.optional {
+            &mut optional
+        } else {
+            &mut required
+        };
         target.insert(input.name.to_owned(), input_config(input, dirs, usize::MAX));
     }
     for (name, kind) in &spec.hidden {
         hidden.insert((*name).to_owned(), Json::from(kind.comfy_name()));
     }
     let order = |optional: bool| -> Vec<&str> {
-        spec.inputs.iter().filter(|i| i.optional == optional).map(|i| i.name).collect()
+        spec.inputs
+            .iter()
+            .filter(|i| i.optional == optional)
+            .map(|i| i.name)
+            .collect()
     };
     let mut input = Map::new();
     input.insert("required".into(), Json::Object(required));
@@ -35,7 +43,10 @@ pub fn node_info(spec: &NodeSpec, dirs: &DataDirs) -> Json {
         input_order.insert("optional".into(), json!(order(true)));
     }
     if !spec.hidden.is_empty() {
-        input_order.insert("hidden".into(), json!(spec.hidden.iter().map(|(n, _)| *n).collect::<Vec<_>>()));
+        input_order.insert(
+            "hidden".into(),
+            json!(spec.hidden.iter().map(|(n, _)| *n).collect::<Vec<_>>()),
+        );
     }
     let mut info = json!({
         "input": input,
@@ -51,7 +62,11 @@ pub fn node_info(spec: &NodeSpec, dirs: &DataDirs) -> Json {
         "output_node": spec.output_node,
     });
     if spec.outputs.iter().any(|o| o.tooltip.is_some()) {
-        info["output_tooltips"] = json!(spec.outputs.iter().map(|o| o.tooltip.unwrap_or("")).collect::<Vec<_>>());
+        info["output_tooltips"] = json!(spec
+            .outputs
+            .iter()
+            .map(|o| o.tooltip.unwrap_or(""))
+            .collect::<Vec<_>>());
     }
     info
 }
@@ -61,7 +76,13 @@ pub fn node_info(spec: &NodeSpec, dirs: &DataDirs) -> Json {
 pub fn input_config(input: &InputSpec, dirs: &DataDirs, max_list: usize) -> Json {
     let mut options = Map::new();
     let type_part = match &input.kind {
-        InputKind::Int { default, min, max, step, control_after_generate } => {
+        InputKind::Int {
+            default,
+            min,
+            max,
+            step,
+            control_after_generate,
+        } => {
             options.insert("default".into(), int_json(*default));
             options.insert("min".into(), int_json(*min));
             options.insert("max".into(), int_json(*max));
@@ -71,7 +92,13 @@ pub fn input_config(input: &InputSpec, dirs: &DataDirs, max_list: usize) -> Json
             }
             Json::from("INT")
         }
-        InputKind::Float { default, min, max, step, round } => {
+        InputKind::Float {
+            default,
+            min,
+            max,
+            step,
+            round,
+        } => {
             options.insert("default".into(), json!(default));
             options.insert("min".into(), json!(min));
             options.insert("max".into(), json!(max));
@@ -81,7 +108,11 @@ pub fn input_config(input: &InputSpec, dirs: &DataDirs, max_list: usize) -> Json
             }
             Json::from("FLOAT")
         }
-        InputKind::String { default, multiline, dynamic_prompts } => {
+        InputKind::String {
+            default,
+            multiline,
+            dynamic_prompts,
+        } => {
             options.insert("default".into(), Json::from(*default));
             if *multiline {
                 options.insert("multiline".into(), Json::Bool(true));
@@ -95,7 +126,11 @@ pub fn input_config(input: &InputSpec, dirs: &DataDirs, max_list: usize) -> Json
             options.insert("default".into(), Json::Bool(*default));
             Json::from("BOOLEAN")
         }
-        InputKind::Combo { options: list, default, image_upload } => {
+        InputKind::Combo {
+            options: list,
+            default,
+            image_upload,
+        } => {
             if let Some(default) = default {
                 options.insert("default".into(), Json::from(*default));
             }

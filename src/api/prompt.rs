@@ -9,7 +9,10 @@ use crate::exec::Submission;
 use crate::store::{PromptRow, PromptStatus};
 
 /// `POST /prompt`: validate, queue, answer with the id. Nothing runs in the handler.
-pub async fn post_prompt(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn post_prompt(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let body = parse_json_body(&body)?;
     let Some(prompt) = body.get("prompt").cloned() else {
         return Err(ApiError::Prompt(json!({
@@ -27,13 +30,25 @@ pub async fn post_prompt(state: web::Data<AppState>, body: web::Bytes) -> Result
     let extra_data = match body.get("extra_data") {
         None | Some(Json::Null) => Map::new(),
         Some(Json::Object(map)) => map.clone(),
-        Some(_) => return Err(ApiError::BadRequest("extra_data must be a JSON object".into())),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "extra_data must be a JSON object".into(),
+            ))
+        }
     };
-    let client_id = body.get("client_id").and_then(Json::as_str).map(str::to_owned);
-    let front = body.get("front").is_some_and(|f| f.as_bool().unwrap_or(!f.is_null()));
+    let client_id = body
+        .get("client_id")
+        .and_then(Json::as_str)
+        .map(str::to_owned);
+    let front = body
+        .get("front")
+        .is_some_and(|f| f.as_bool().unwrap_or(!f.is_null()));
     let number = match body.get("number") {
         None | Some(Json::Null) => None,
-        Some(n) => Some(n.as_f64().ok_or_else(|| ApiError::BadRequest("number must be a number".into()))?),
+        Some(n) => Some(
+            n.as_f64()
+                .ok_or_else(|| ApiError::BadRequest("number must be a number".into()))?,
+        ),
     };
     let prompt_id = match body.get("prompt_id") {
         None | Some(Json::Null) => None,
@@ -43,10 +58,31 @@ pub async fn post_prompt(state: web::Data<AppState>, body: web::Bytes) -> Result
     };
     let targets = match body.get("partial_execution_targets") {
         None | Some(Json::Null) => None,
-        Some(Json::Array(items)) => Some(items.iter().map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string())).collect()),
-        Some(_) => return Err(ApiError::BadRequest("partial_execution_targets must be a list of node ids".into())),
+        Some(Json::Array(items)) => Some(
+            items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| i.to_string())
+                })
+                .collect(),
+        ),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "partial_execution_targets must be a list of node ids".into(),
+            ))
+        }
     };
-    let submission = Submission { prompt, extra_data, client_id, front, number, prompt_id, targets };
+    let submission = Submission {
+        prompt,
+        extra_data,
+        client_id,
+        front,
+        number,
+        prompt_id,
+        targets,
+    };
     match state.exec.submit(submission).await {
         Ok(submitted) => Ok(HttpResponse::Ok().json(json!({
             "prompt_id": submitted.prompt_id,
@@ -73,7 +109,13 @@ pub async fn get_prompt(state: web::Data<AppState>) -> Result<HttpResponse, ApiE
 }
 
 fn queue_item(row: &PromptRow) -> Json {
-    json!([number_json(row.number), row.prompt_id, row.prompt, row.extra_data, row.outputs_to_execute])
+    json!([
+        number_json(row.number),
+        row.prompt_id,
+        row.prompt,
+        row.extra_data,
+        row.outputs_to_execute
+    ])
 }
 
 /// `GET /queue`: running and pending items, pending in the order they will run.
@@ -89,12 +131,23 @@ pub async fn get_queue(state: web::Data<AppState>) -> Result<HttpResponse, ApiEr
 fn id_list(value: Option<&Json>) -> Vec<String> {
     value
         .and_then(Json::as_array)
-        .map(|ids| ids.iter().map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string())).collect())
+        .map(|ids| {
+            ids.iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| i.to_string())
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// `POST /queue`: `{"clear": true}` and/or `{"delete": [ids]}`.
-pub async fn post_queue(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn post_queue(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let body = parse_json_body(&body)?;
     if body.get("clear").and_then(Json::as_bool).unwrap_or(false) {
         state.exec.clear_pending().await?;
@@ -108,7 +161,11 @@ pub async fn post_queue(state: web::Data<AppState>, body: web::Bytes) -> Result<
 
 /// One history entry in ComfyUI's shape.
 pub fn history_entry(row: &PromptRow) -> Json {
-    let status_str = if row.status == PromptStatus::Done { "success" } else { "error" };
+    let status_str = if row.status == PromptStatus::Done {
+        "success"
+    } else {
+        "error"
+    };
     let mut status = json!({
         "status_str": status_str,
         "completed": row.status == PromptStatus::Done,
@@ -134,21 +191,33 @@ pub struct HistoryQuery {
 
 fn parse_count(name: &str, value: Option<&String>) -> Result<Option<i64>, ApiError> {
     value
-        .map(|v| v.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("{name} must be an integer, got '{v}'"))))
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| ApiError::BadRequest(format!("{name} must be an integer, got '{v}'")))
+        })
         .transpose()
 }
 
 /// `GET /history`.
-pub async fn get_history(state: web::Data<AppState>, query: web::Query<HistoryQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn get_history(
+    state: web::Data<AppState>,
+    query: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, ApiError> {
     let max_items = parse_count("max_items", query.max_items.as_ref())?;
     let offset = parse_count("offset", query.offset.as_ref())?;
     let rows = state.exec.store().history(max_items, offset).await?;
-    let map: Map<String, Json> = rows.iter().map(|r| (r.prompt_id.clone(), history_entry(r))).collect();
+    let map: Map<String, Json> = rows
+        .iter()
+        .map(|r| (r.prompt_id.clone(), history_entry(r)))
+        .collect();
     Ok(HttpResponse::Ok().json(Json::Object(map)))
 }
 
 /// `GET /history/{prompt_id}`: the entry, or `{}`.
-pub async fn get_history_entry(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get_history_entry(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let prompt_id = path.into_inner();
     let mut map = Map::new();
     if let Some(row) = state.exec.store().history_entry(&prompt_id).await? {
@@ -158,7 +227,10 @@ pub async fn get_history_entry(state: web::Data<AppState>, path: web::Path<Strin
 }
 
 /// `POST /history`: `{"clear": true}` and/or `{"delete": [ids]}`.
-pub async fn post_history(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn post_history(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let body = parse_json_body(&body)?;
     if body.get("clear").and_then(Json::as_bool).unwrap_or(false) {
         state.exec.store().clear_history().await?;
@@ -179,10 +251,19 @@ pub async fn post_interrupt(state: web::Data<AppState>, body: web::Bytes) -> Htt
 }
 
 /// `POST /free`: `{"unload_models": bool, "free_memory": bool}`.
-pub async fn post_free(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn post_free(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let body = parse_json_body(&body)?;
-    let unload = body.get("unload_models").and_then(Json::as_bool).unwrap_or(false);
-    let free = body.get("free_memory").and_then(Json::as_bool).unwrap_or(false);
+    let unload = body
+        .get("unload_models")
+        .and_then(Json::as_bool)
+        .unwrap_or(false);
+    let free = body
+        .get("free_memory")
+        .and_then(Json::as_bool)
+        .unwrap_or(false);
     state.exec.free(unload, free);
     Ok(HttpResponse::Ok().finish())
 }

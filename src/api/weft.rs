@@ -24,7 +24,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/workflows/{id}", web::put().to(update_workflow))
         .route("/workflows/{id}", web::delete().to(delete_workflow))
         .route("/workflows/{id}/versions", web::get().to(workflow_versions))
-        .route("/workflows/{id}/versions/{version}/restore", web::post().to(restore_version));
+        .route(
+            "/workflows/{id}/versions/{version}/restore",
+            web::post().to(restore_version),
+        );
 }
 
 async fn queue_state(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -46,16 +49,24 @@ async fn resume(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"paused": false}))
 }
 
-async fn cancel(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn cancel(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     if state.exec.cancel(&id).await? {
         Ok(HttpResponse::Ok().json(json!({"cancelled": id})))
     } else {
-        Err(ApiError::NotFound(format!("prompt '{id}' is not pending or running")))
+        Err(ApiError::NotFound(format!(
+            "prompt '{id}' is not pending or running"
+        )))
     }
 }
 
-async fn front(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn front(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     if state.exec.move_to_front(&id).await? {
         Ok(HttpResponse::Ok().json(json!({"moved": id})))
@@ -64,11 +75,16 @@ async fn front(state: web::Data<AppState>, path: web::Path<String>) -> Result<Ht
     }
 }
 
-async fn requeue(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn requeue(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     match state.exec.requeue(&id).await? {
         Some(number) => Ok(HttpResponse::Ok().json(json!({"prompt_id": id, "number": number}))),
-        None => Err(ApiError::NotFound(format!("prompt '{id}' is not a finished prompt that can be queued again"))),
+        None => Err(ApiError::NotFound(format!(
+            "prompt '{id}' is not a finished prompt that can be queued again"
+        ))),
     }
 }
 
@@ -121,46 +137,93 @@ fn workflow_json(row: &WorkflowRow, with_content: bool) -> Json {
 }
 
 fn parse_body(body: &[u8]) -> Result<WorkflowBody<'_>, ApiError> {
-    let parsed: WorkflowBody<'_> =
-        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let parsed: WorkflowBody<'_> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     match parsed.workflow {
-        None => Err(ApiError::BadRequest("field 'workflow' (the editor-format workflow) is required".into())),
-        Some(raw) if !raw.get().trim_start().starts_with('{') => {
-            Err(ApiError::BadRequest("field 'workflow' must be a JSON object".into()))
-        }
+        None => Err(ApiError::BadRequest(
+            "field 'workflow' (the editor-format workflow) is required".into(),
+        )),
+        Some(raw) if !raw.get().trim_start().starts_with('{') => Err(ApiError::BadRequest(
+            "field 'workflow' must be a JSON object".into(),
+        )),
         Some(_) => Ok(parsed),
     }
 }
 
 async fn list_workflows(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let rows = state.exec.store().workflows().await?;
-    Ok(HttpResponse::Ok().json(rows.iter().map(|r| workflow_json(r, false)).collect::<Vec<_>>()))
+    Ok(HttpResponse::Ok().json(
+        rows.iter()
+            .map(|r| workflow_json(r, false))
+            .collect::<Vec<_>>(),
+    ))
 }
 
-async fn create_workflow(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+async fn create_workflow(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let parsed = parse_body(&body)?;
-    let name = parsed.name.filter(|n| !n.trim().is_empty()).ok_or_else(|| ApiError::BadRequest("field 'name' is required".into()))?;
+    let name = parsed
+        .name
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| ApiError::BadRequest("field 'name' is required".into()))?;
     let content = parsed.workflow.map(RawValue::get).unwrap_or("{}");
     let id = uuid::Uuid::new_v4().to_string();
-    let row = state.exec.store().create_workflow(&id, &name, parsed.description.as_deref().unwrap_or(""), content).await?;
+    let row = state
+        .exec
+        .store()
+        .create_workflow(
+            &id,
+            &name,
+            parsed.description.as_deref().unwrap_or(""),
+            content,
+        )
+        .await?;
     Ok(HttpResponse::Created().json(workflow_json(&row, false)))
 }
 
 /// The stored workflow, with the editor JSON exactly as it was saved.
-async fn get_workflow(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn get_workflow(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    let row = state.exec.store().workflow(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no workflow '{id}'")))?;
+    let row = state
+        .exec
+        .store()
+        .workflow(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no workflow '{id}'")))?;
     // Built by hand so the workflow's own bytes are returned untouched.
     let head = workflow_json(&row, false).to_string();
-    let body = format!("{},\"workflow\":{}}}", head.trim_end_matches('}'), row.content);
-    Ok(HttpResponse::Ok().content_type("application/json").body(body))
+    let body = format!(
+        "{},\"workflow\":{}}}",
+        head.trim_end_matches('}'),
+        row.content
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
-async fn update_workflow(state: web::Data<AppState>, path: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+async fn update_workflow(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     let parsed = parse_body(&body)?;
-    let current = state.exec.store().workflow(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no workflow '{id}'")))?;
-    let name = parsed.name.filter(|n| !n.trim().is_empty()).unwrap_or(current.name);
+    let current = state
+        .exec
+        .store()
+        .workflow(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no workflow '{id}'")))?;
+    let name = parsed
+        .name
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or(current.name);
     let description = parsed.description.unwrap_or(current.description);
     let content = parsed.workflow.map(RawValue::get).unwrap_or("{}");
     let row = state
@@ -172,7 +235,10 @@ async fn update_workflow(state: web::Data<AppState>, path: web::Path<String>, bo
     Ok(HttpResponse::Ok().json(workflow_json(&row, false)))
 }
 
-async fn delete_workflow(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn delete_workflow(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     if state.exec.store().delete_workflow(&id).await? {
         Ok(HttpResponse::NoContent().finish())
@@ -185,7 +251,10 @@ fn version_json(row: &WorkflowVersionRow) -> Json {
     json!({"version": row.version, "name": row.name, "description": row.description, "saved_at": row.saved_at})
 }
 
-async fn workflow_versions(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn workflow_versions(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     let versions = state.exec.store().workflow_versions(&id).await?;
     if versions.is_empty() {
@@ -195,7 +264,10 @@ async fn workflow_versions(state: web::Data<AppState>, path: web::Path<String>) 
 }
 
 /// Saves an old version's content as the newest version (nothing is overwritten).
-async fn restore_version(state: web::Data<AppState>, path: web::Path<(String, i64)>) -> Result<HttpResponse, ApiError> {
+async fn restore_version(
+    state: web::Data<AppState>,
+    path: web::Path<(String, i64)>,
+) -> Result<HttpResponse, ApiError> {
     let (id, version) = path.into_inner();
     let versions = state.exec.store().workflow_versions(&id).await?;
     let old = versions

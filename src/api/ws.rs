@@ -57,7 +57,9 @@ impl Hub {
         let clients = self.lock();
         let targets: Vec<&Client> = match &envelope.route {
             Route::Broadcast | Route::ClientOrBroadcast(None) => clients.values().collect(),
-            Route::Client(Some(id)) | Route::ClientOrBroadcast(Some(id)) => clients.get(id).into_iter().collect(),
+            Route::Client(Some(id)) | Route::ClientOrBroadcast(Some(id)) => {
+                clients.get(id).into_iter().collect()
+            }
             Route::Client(None) => Vec::new(),
         };
         if let Event::Preview { image, .. } = &envelope.event {
@@ -73,7 +75,8 @@ impl Hub {
             }
             return;
         }
-        let text = json!({"type": envelope.event.name(), "data": envelope.event.data()}).to_string();
+        let text =
+            json!({"type": envelope.event.name(), "data": envelope.event.data()}).to_string();
         for client in targets {
             let _ = client.sender.send(Frame::Text(text.clone()));
         }
@@ -120,13 +123,27 @@ pub async fn connect(
         .clone()
         .filter(|id| !id.is_empty())
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let wants_previews = query.preview.as_deref().is_some_and(|p| p == "1" || p == "true");
-    let previews = Arc::new(AtomicU8::new(if wants_previews { PREVIEWS_PLAIN } else { PREVIEWS_NONE }));
+    let wants_previews = query
+        .preview
+        .as_deref()
+        .is_some_and(|p| p == "1" || p == "true");
+    let previews = Arc::new(AtomicU8::new(if wants_previews {
+        PREVIEWS_PLAIN
+    } else {
+        PREVIEWS_NONE
+    }));
     let (sender, mut outgoing) = mpsc::unbounded_channel();
     let hub = state.hub.clone();
     let connection = hub.next_connection.fetch_add(1, Ordering::Relaxed);
     // A new socket with the same client id replaces the old one, as in ComfyUI.
-    hub.lock().insert(sid.clone(), Client { sender: sender.clone(), previews: Arc::clone(&previews), connection });
+    hub.lock().insert(
+        sid.clone(),
+        Client {
+            sender: sender.clone(),
+            previews: Arc::clone(&previews),
+            connection,
+        },
+    );
 
     let queue_remaining = state.exec.store().queue_remaining().await.unwrap_or(0);
     let hello = json!({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": queue_remaining}}, "sid": sid}});
@@ -175,7 +192,10 @@ pub async fn connect(
             }
         }
         let mut clients = hub.lock();
-        if clients.get(&sid).is_some_and(|c| c.connection == connection) {
+        if clients
+            .get(&sid)
+            .is_some_and(|c| c.connection == connection)
+        {
             clients.remove(&sid);
         }
         drop(clients);
@@ -189,8 +209,17 @@ fn feature_flags(text: &str, previews: &AtomicU8, max_upload: usize) -> Option<S
     if message["type"] != "feature_flags" {
         return None;
     }
-    let with_metadata = message["data"]["supports_preview_metadata"].as_bool().unwrap_or(false);
-    previews.store(if with_metadata { PREVIEWS_WITH_METADATA } else { PREVIEWS_PLAIN }, Ordering::Relaxed);
+    let with_metadata = message["data"]["supports_preview_metadata"]
+        .as_bool()
+        .unwrap_or(false);
+    previews.store(
+        if with_metadata {
+            PREVIEWS_WITH_METADATA
+        } else {
+            PREVIEWS_PLAIN
+        },
+        Ordering::Relaxed,
+    );
     Some(
         json!({"type": "feature_flags", "data": {"supports_preview_metadata": true, "max_upload_size": max_upload as f64}})
             .to_string(),

@@ -38,7 +38,13 @@ pub enum Crop {
 }
 
 /// Resizes `[N, C, H, W]` f32 to `[N, C, height, width]`.
-pub fn common_upscale(samples: &Tensor, width: usize, height: usize, method: UpscaleMethod, crop: Crop) -> Result<Tensor> {
+pub fn common_upscale(
+    samples: &Tensor,
+    width: usize,
+    height: usize,
+    method: UpscaleMethod,
+    crop: Crop,
+) -> Result<Tensor> {
     let (n, c, old_h, old_w) = samples.dims4()?;
     let mut samples = samples.clone();
     if crop == Crop::Center && old_h > 0 && old_w > 0 && width > 0 && height > 0 {
@@ -50,13 +56,19 @@ pub fn common_upscale(samples: &Tensor, width: usize, height: usize, method: Ups
         } else if old_aspect < new_aspect {
             y = ((old_h as f64 - old_h as f64 * (old_aspect / new_aspect)) / 2.0).round() as usize;
         }
-        samples = samples.narrow(2, y, old_h - 2 * y)?.narrow(3, x, old_w - 2 * x)?;
+        samples = samples
+            .narrow(2, y, old_h - 2 * y)?
+            .narrow(3, x, old_w - 2 * x)?;
     }
     let (_, _, in_h, in_w) = samples.dims4()?;
     let data: Vec<f32> = samples.contiguous()?.flatten_all()?.to_vec1()?;
     let planes = n * c;
     let quantize = method == UpscaleMethod::Lanczos;
-    let data = if quantize { data.iter().map(|v| to_u8_level(*v)).collect() } else { data };
+    let data = if quantize {
+        data.iter().map(|v| to_u8_level(*v)).collect()
+    } else {
+        data
+    };
     let rows = axis_weights(method, in_h, height);
     let cols = axis_weights(method, in_w, width);
 
@@ -75,8 +87,10 @@ pub fn common_upscale(samples: &Tensor, width: usize, height: usize, method: Ups
     for p in 0..planes {
         for (y, taps) in rows.iter().enumerate() {
             for x in 0..width {
-                out[(p * height + y) * width + x] =
-                    taps.iter().map(|&(i, w)| tmp[(p * in_h + i) * width + x] * w).sum();
+                out[(p * height + y) * width + x] = taps
+                    .iter()
+                    .map(|&(i, w)| tmp[(p * in_h + i) * width + x] * w)
+                    .sum();
             }
         }
     }
@@ -90,9 +104,17 @@ pub fn common_upscale(samples: &Tensor, width: usize, height: usize, method: Ups
 }
 
 /// Resizes an IMAGE `[B, H, W, C]`.
-pub fn resize_image(image: &Tensor, width: usize, height: usize, method: UpscaleMethod, crop: Crop) -> Result<Tensor> {
+pub fn resize_image(
+    image: &Tensor,
+    width: usize,
+    height: usize,
+    method: UpscaleMethod,
+    crop: Crop,
+) -> Result<Tensor> {
     let nchw = image.permute((0, 3, 1, 2))?;
-    common_upscale(&nchw, width, height, method, crop)?.permute((0, 2, 3, 1))?.contiguous()
+    common_upscale(&nchw, width, height, method, crop)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()
 }
 
 /// numpy's `astype(uint8)` after `clip(255 * x)`: truncation.
@@ -157,10 +179,23 @@ fn lanczos_taps(o: usize, scale: f64, input: usize) -> Taps {
     let center = (o as f64 + 0.5) * scale;
     let start = ((center - support).floor().max(0.0)) as usize;
     let end = ((center + support).ceil() as usize).min(input);
-    let sinc = |x: f64| if x == 0.0 { 1.0 } else { (std::f64::consts::PI * x).sin() / (std::f64::consts::PI * x) };
-    let kernel = |x: f64| if x.abs() < 3.0 { sinc(x) * sinc(x / 3.0) } else { 0.0 };
-    let mut taps: Vec<(usize, f64)> =
-        (start..end).map(|i| (i, kernel((i as f64 + 0.5 - center) / support_scale))).collect();
+    let sinc = |x: f64| {
+        if x == 0.0 {
+            1.0
+        } else {
+            (std::f64::consts::PI * x).sin() / (std::f64::consts::PI * x)
+        }
+    };
+    let kernel = |x: f64| {
+        if x.abs() < 3.0 {
+            sinc(x) * sinc(x / 3.0)
+        } else {
+            0.0
+        }
+    };
+    let mut taps: Vec<(usize, f64)> = (start..end)
+        .map(|i| (i, kernel((i as f64 + 0.5 - center) / support_scale)))
+        .collect();
     let total: f64 = taps.iter().map(|t| t.1).sum();
     if total != 0.0 {
         for t in &mut taps {
@@ -186,7 +221,14 @@ mod tests {
     // ([[0, 1], [2, 3]] to 4x4, align_corners=False), computed by hand from PyTorch's formulas.
     #[test]
     fn bilinear_upscale_matches_torch() {
-        let out = common_upscale(&plane(&[0., 1., 2., 3.], 2, 2), 4, 4, UpscaleMethod::Bilinear, Crop::Disabled).unwrap();
+        let out = common_upscale(
+            &plane(&[0., 1., 2., 3.], 2, 2),
+            4,
+            4,
+            UpscaleMethod::Bilinear,
+            Crop::Disabled,
+        )
+        .unwrap();
         let expected = [
             0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0,
         ];
@@ -198,7 +240,14 @@ mod tests {
     #[test]
     fn area_downscale_averages_blocks() {
         let input: Vec<f32> = (0..16).map(|v| v as f32).collect();
-        let out = common_upscale(&plane(&input, 4, 4), 2, 2, UpscaleMethod::Area, Crop::Disabled).unwrap();
+        let out = common_upscale(
+            &plane(&input, 4, 4),
+            2,
+            2,
+            UpscaleMethod::Area,
+            Crop::Disabled,
+        )
+        .unwrap();
         assert_eq!(flat(&out), vec![2.5, 4.5, 10.5, 12.5]);
     }
 
@@ -206,15 +255,36 @@ mod tests {
     fn nearest_exact_and_center_crop() {
         let input: Vec<f32> = (0..8).map(|v| v as f32).collect();
         // 2x4 -> 2x2 with center crop keeps the middle two columns.
-        let out = common_upscale(&plane(&input, 2, 4), 2, 2, UpscaleMethod::NearestExact, Crop::Center).unwrap();
+        let out = common_upscale(
+            &plane(&input, 2, 4),
+            2,
+            2,
+            UpscaleMethod::NearestExact,
+            Crop::Center,
+        )
+        .unwrap();
         assert_eq!(flat(&out), vec![1.0, 2.0, 5.0, 6.0]);
     }
 
     #[test]
     fn bicubic_keeps_constants() {
-        let out = common_upscale(&plane(&[0.5; 9], 3, 3), 7, 5, UpscaleMethod::Bicubic, Crop::Disabled).unwrap();
+        let out = common_upscale(
+            &plane(&[0.5; 9], 3, 3),
+            7,
+            5,
+            UpscaleMethod::Bicubic,
+            Crop::Disabled,
+        )
+        .unwrap();
         assert!(flat(&out).iter().all(|v| (v - 0.5).abs() < 1e-6));
-        let out = common_upscale(&plane(&[0.5; 9], 3, 3), 2, 2, UpscaleMethod::Lanczos, Crop::Disabled).unwrap();
+        let out = common_upscale(
+            &plane(&[0.5; 9], 3, 3),
+            2,
+            2,
+            UpscaleMethod::Lanczos,
+            Crop::Disabled,
+        )
+        .unwrap();
         assert!(flat(&out).iter().all(|v| (v - 127.0 / 255.0).abs() < 1e-6));
     }
 }

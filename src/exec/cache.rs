@@ -81,7 +81,13 @@ impl OutputCache {
 
     /// Stores an output, evicting the least recently used entries to stay within budget. An output
     /// larger than the whole budget is not stored.
-    pub fn insert(&mut self, key: CacheKey, output: CachedOutput, class_type: &'static str, node_id: &str) {
+    pub fn insert(
+        &mut self,
+        key: CacheKey,
+        output: CachedOutput,
+        class_type: &'static str,
+        node_id: &str,
+    ) {
         let bytes = output.values.iter().map(Value::byte_size).sum::<usize>() + 64;
         if bytes > self.budget {
             return;
@@ -91,14 +97,28 @@ impl OutputCache {
             self.used -= old.bytes;
         }
         while self.used + bytes > self.budget {
-            let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| *k) else { break };
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
             self.evict(oldest);
         }
         self.used += bytes;
         self.evicted.remove(&key);
         self.entries.insert(
             key,
-            Entry { output, bytes, last_used: self.clock, hits: 0, class_type, node_id: node_id.to_owned() },
+            Entry {
+                output,
+                bytes,
+                last_used: self.clock,
+                hits: 0,
+                class_type,
+                node_id: node_id.to_owned(),
+            },
         );
     }
 
@@ -158,7 +178,10 @@ mod tests {
     use super::*;
 
     fn output(text_len: usize) -> CachedOutput {
-        CachedOutput { values: Arc::new(vec![Value::String("x".repeat(text_len))]), ui: None }
+        CachedOutput {
+            values: Arc::new(vec![Value::String("x".repeat(text_len))]),
+            ui: None,
+        }
     }
 
     #[test]
@@ -173,6 +196,9 @@ mod tests {
         assert!(!cache.contains(&key(2)) && cache.was_evicted(&key(2)));
         assert!(cache.used_bytes() <= 1000);
         cache.insert(key(4), output(5000), "A", "4");
-        assert!(!cache.contains(&key(4)), "larger than the budget is not stored");
+        assert!(
+            !cache.contains(&key(4)),
+            "larger than the budget is not stored"
+        );
     }
 }

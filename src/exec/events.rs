@@ -27,17 +27,52 @@ pub struct Envelope {
 /// An executor event, named as ComfyUI names it on the WebSocket.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Status { queue_remaining: i64 },
-    ExecutionStart { prompt_id: String, timestamp: i64 },
-    ExecutionCached { prompt_id: String, nodes: Vec<String>, timestamp: i64 },
-    Executing { prompt_id: String, node: Option<String> },
-    Progress { prompt_id: String, node: String, value: u64, max: u64 },
-    Executed { prompt_id: String, node: String, output: Json },
-    ExecutionSuccess { prompt_id: String, timestamp: i64 },
+    Status {
+        queue_remaining: i64,
+    },
+    ExecutionStart {
+        prompt_id: String,
+        timestamp: i64,
+    },
+    ExecutionCached {
+        prompt_id: String,
+        nodes: Vec<String>,
+        timestamp: i64,
+    },
+    Executing {
+        prompt_id: String,
+        node: Option<String>,
+    },
+    Progress {
+        prompt_id: String,
+        node: String,
+        value: u64,
+        max: u64,
+    },
+    Executed {
+        prompt_id: String,
+        node: String,
+        output: Json,
+    },
+    ExecutionSuccess {
+        prompt_id: String,
+        timestamp: i64,
+    },
     ExecutionError(Box<ExecutionErrorInfo>),
-    ExecutionInterrupted { prompt_id: String, node_id: Option<String>, node_type: Option<String>, executed: Vec<String>, timestamp: i64 },
+    ExecutionInterrupted {
+        prompt_id: String,
+        node_id: Option<String>,
+        node_type: Option<String>,
+        executed: Vec<String>,
+        timestamp: i64,
+    },
     /// A binary preview frame (a sampler step image).
-    Preview { prompt_id: String, node: String, image: Vec<u8>, is_png: bool },
+    Preview {
+        prompt_id: String,
+        node: String,
+        image: Vec<u8>,
+        is_png: bool,
+    },
 }
 
 /// The body of `execution_error`.
@@ -75,22 +110,49 @@ impl Event {
     /// The `data` field, exactly as ComfyUI sends it (`comfyui-api.md` §1.4).
     pub fn data(&self) -> Json {
         match self {
-            Event::Status { queue_remaining } => json!({"status": {"exec_info": {"queue_remaining": queue_remaining}}}),
-            Event::ExecutionStart { prompt_id, timestamp } => json!({"prompt_id": prompt_id, "timestamp": timestamp}),
-            Event::ExecutionCached { prompt_id, nodes, timestamp } => {
+            Event::Status { queue_remaining } => {
+                json!({"status": {"exec_info": {"queue_remaining": queue_remaining}}})
+            }
+            Event::ExecutionStart {
+                prompt_id,
+                timestamp,
+            } => json!({"prompt_id": prompt_id, "timestamp": timestamp}),
+            Event::ExecutionCached {
+                prompt_id,
+                nodes,
+                timestamp,
+            } => {
                 json!({"nodes": nodes, "prompt_id": prompt_id, "timestamp": timestamp})
             }
-            Event::Executing { prompt_id, node: Some(node) } => {
+            Event::Executing {
+                prompt_id,
+                node: Some(node),
+            } => {
                 json!({"node": node, "display_node": node, "prompt_id": prompt_id})
             }
-            Event::Executing { prompt_id, node: None } => json!({"node": null, "prompt_id": prompt_id}),
-            Event::Progress { prompt_id, node, value, max } => {
+            Event::Executing {
+                prompt_id,
+                node: None,
+            } => json!({"node": null, "prompt_id": prompt_id}),
+            Event::Progress {
+                prompt_id,
+                node,
+                value,
+                max,
+            } => {
                 json!({"value": value, "max": max, "prompt_id": prompt_id, "node": node})
             }
-            Event::Executed { prompt_id, node, output } => {
+            Event::Executed {
+                prompt_id,
+                node,
+                output,
+            } => {
                 json!({"node": node, "display_node": node, "output": output, "prompt_id": prompt_id})
             }
-            Event::ExecutionSuccess { prompt_id, timestamp } => json!({"prompt_id": prompt_id, "timestamp": timestamp}),
+            Event::ExecutionSuccess {
+                prompt_id,
+                timestamp,
+            } => json!({"prompt_id": prompt_id, "timestamp": timestamp}),
             Event::ExecutionError(info) => json!({
                 "prompt_id": info.prompt_id,
                 "node_id": info.node_id,
@@ -103,14 +165,25 @@ impl Event {
                 "current_outputs": info.current_outputs,
                 "timestamp": info.timestamp,
             }),
-            Event::ExecutionInterrupted { prompt_id, node_id, node_type, executed, timestamp } => json!({
+            Event::ExecutionInterrupted {
+                prompt_id,
+                node_id,
+                node_type,
+                executed,
+                timestamp,
+            } => json!({
                 "prompt_id": prompt_id,
                 "node_id": node_id,
                 "node_type": node_type,
                 "executed": executed,
                 "timestamp": timestamp,
             }),
-            Event::Preview { prompt_id, node, is_png, .. } => json!({
+            Event::Preview {
+                prompt_id,
+                node,
+                is_png,
+                ..
+            } => json!({
                 "node_id": node,
                 "prompt_id": prompt_id,
                 "display_node_id": node,

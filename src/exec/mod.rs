@@ -39,7 +39,10 @@ pub struct ExecConfig {
 
 impl Default for ExecConfig {
     fn default() -> Self {
-        ExecConfig { cache_budget: 4 << 30, write_metadata: true }
+        ExecConfig {
+            cache_budget: 4 << 30,
+            write_metadata: true,
+        }
     }
 }
 
@@ -70,7 +73,10 @@ pub enum SubmitError {
     #[error("{0}")]
     Format(#[from] WorkflowFormatError),
     #[error("prompt failed validation")]
-    Invalid { failure: PromptError, node_errors: Vec<NodeErrors> },
+    Invalid {
+        failure: PromptError,
+        node_errors: Vec<NodeErrors>,
+    },
     #[error("prompt id '{0}' is already queued or running")]
     DuplicateId(String),
     #[error(transparent)]
@@ -90,6 +96,8 @@ pub struct Executor {
     events: mpsc::UnboundedSender<Envelope>,
     interrupt: Arc<AtomicBool>,
     running: Mutex<Option<String>>,
+    /// Cancels that arrived while a prompt was being claimed, applied as soon as it starts.
+    cancel_requested: Mutex<std::collections::HashSet<String>>,
     paused: AtomicBool,
     wake: Notify,
 }
@@ -97,7 +105,9 @@ pub struct Executor {
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (node panics are caught,
 /// but a poisoned lock must never take the server down).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Executor {
@@ -109,7 +119,9 @@ impl Executor {
         dirs: Arc<DataDirs>,
         config: ExecConfig,
     ) -> Result<(Arc<Executor>, mpsc::UnboundedReceiver<Envelope>), StoreError> {
-        let recovered = store.recover_interrupted("the server stopped while this prompt was running").await?;
+        let recovered = store
+            .recover_interrupted("the server stopped while this prompt was running")
+            .await?;
         for id in &recovered {
             tracing::warn!(prompt_id = %id, "prompt was running when the server stopped; marked interrupted");
         }
@@ -126,6 +138,7 @@ impl Executor {
             events,
             interrupt: Arc::new(AtomicBool::new(false)),
             running: Mutex::new(None),
+            cancel_requested: Mutex::new(Default::default()),
             paused: AtomicBool::new(false),
             wake: Notify::new(),
         });
@@ -158,7 +171,10 @@ impl Executor {
 
     /// Validates and queues a prompt. The prompt is committed before this returns.
     #[tracing::instrument(skip_all, fields(prompt_id))]
-    pub async fn submit(self: &Arc<Self>, submission: Submission) -> Result<Submitted, SubmitError> {
+    pub async fn submit(
+        self: &Arc<Self>,
+        submission: Submission,
+    ) -> Result<Submitted, SubmitError> {
         let workflow = Workflow::from_api_json(&submission.prompt)?;
         let this = Arc::clone(self);
         let targets = submission.targets.clone();
@@ -166,12 +182,18 @@ impl Executor {
         let validation = tokio::task::spawn_blocking(move || {
             let catalog = this.registry.catalog(&this.dirs);
             let validation = validate(&workflow, &catalog, targets.as_deref());
-            let coerced = validation.plan.as_ref().map(|plan| coerced_prompt(&prompt, plan));
+            let coerced = validation
+                .plan
+                .as_ref()
+                .map(|plan| coerced_prompt(&prompt, plan));
             (validation, coerced)
         })
         .await
         .map_err(|e| SubmitError::Invalid {
-            failure: PromptError::InvalidPrompt { message: "validation crashed".into(), details: e.to_string() },
+            failure: PromptError::InvalidPrompt {
+                message: "validation crashed".into(),
+                details: e.to_string(),
+            },
             node_errors: vec![],
         })?;
         let (validation, coerced) = validation;
@@ -182,7 +204,9 @@ impl Executor {
             });
         };
 
-        let prompt_id = submission.prompt_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let prompt_id = submission
+            .prompt_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         tracing::Span::current().record("prompt_id", prompt_id.as_str());
         if self.store.is_queued(&prompt_id).await? {
             return Err(SubmitError::DuplicateId(prompt_id));
@@ -215,7 +239,11 @@ impl Executor {
         tracing::info!(number, outputs = plan.outputs().len(), "prompt queued");
         self.wake.notify_one();
         self.emit_status().await;
-        Ok(Submitted { prompt_id, number, node_errors: validation.node_errors })
+        Ok(Submitted {
+            prompt_id,
+            number,
+            node_errors: validation.node_errors,
+        })
     }
 
     /// The worker loop: runs queued prompts one at a time, forever.
@@ -250,24 +278,40 @@ impl Executor {
         let prompt_id = row.prompt_id.clone();
         let client = row.client_id.clone();
         *lock(&self.running) = Some(prompt_id.clone());
-        self.interrupt.store(false, Ordering::SeqCst);
+        let cancelled_while_claiming = lock(&self.cancel_requested).remove(&prompt_id);
+        self.interrupt
+            .store(cancelled_while_claiming, Ordering::SeqCst);
         self.emit_status().await;
 
         let span = tracing::info_span!("prompt", prompt_id = %prompt_id);
         let this = Arc::clone(self);
-        let outcome = tokio::task::spawn_blocking(move || span.in_scope(|| this.execute(&row))).await;
+        let outcome =
+            tokio::task::spawn_blocking(move || span.in_scope(|| this.execute(&row))).await;
         let outcome = outcome.unwrap_or_else(|e| run::Outcome::crashed(&prompt_id, &e.to_string()));
 
         if let Err(e) = self
             .store
-            .finish(&prompt_id, outcome.status, outcome.reason.as_deref(), &outcome.outputs, &Json::from(outcome.messages_json()), &outcome.meta)
+            .finish(
+                &prompt_id,
+                outcome.status,
+                outcome.reason.as_deref(),
+                &outcome.outputs,
+                &Json::from(outcome.messages_json()),
+                &outcome.meta,
+            )
             .await
         {
             tracing::error!(prompt_id = %prompt_id, "cannot record the result: {e:#}");
         }
         *lock(&self.running) = None;
         self.emit_status().await;
-        self.emit(Route::Client(client), Event::Executing { prompt_id, node: None });
+        self.emit(
+            Route::Client(client),
+            Event::Executing {
+                prompt_id,
+                node: None,
+            },
+        );
     }
 
     /// The id of the prompt being run.
@@ -297,11 +341,27 @@ impl Executor {
         if self.interrupt(Some(prompt_id)) {
             return Ok(true);
         }
-        let cancelled = !self.store.cancel_pending(&[prompt_id.to_owned()]).await?.is_empty();
+        let cancelled = !self
+            .store
+            .cancel_pending(&[prompt_id.to_owned()])
+            .await?
+            .is_empty();
         if cancelled {
             self.emit_status().await;
+            return Ok(true);
         }
-        Ok(cancelled)
+        // Claimed by the worker but not started yet: interrupt it as soon as it starts.
+        let claimed = self
+            .store
+            .running()
+            .await?
+            .iter()
+            .any(|p| p.prompt_id == prompt_id);
+        if claimed {
+            lock(&self.cancel_requested).insert(prompt_id.to_owned());
+            self.interrupt(Some(prompt_id));
+        }
+        Ok(claimed)
     }
 
     /// `POST /queue` `delete`: removes pending prompts.
@@ -358,7 +418,12 @@ impl Executor {
     /// The cache's entries and budget, and what the last prompt did node by node.
     pub fn cache_state(&self) -> (Vec<EntryInfo>, usize, usize, Option<PromptReport>) {
         let cache = lock(&self.cache);
-        (cache.entries(), cache.used_bytes(), cache.budget_bytes(), lock(&self.last_report).clone())
+        (
+            cache.entries(),
+            cache.used_bytes(),
+            cache.budget_bytes(),
+            lock(&self.last_report).clone(),
+        )
     }
 
     /// Sorts node ids for display, numerically where they are numbers.

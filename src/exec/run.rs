@@ -30,7 +30,9 @@ impl Outcome {
             status: PromptStatus::Failed,
             reason: Some(format!("the executor crashed: {why}")),
             outputs: json!({}),
-            messages: vec![json!(["execution_error", {"prompt_id": prompt_id, "exception_message": why}])],
+            messages: vec![
+                json!(["execution_error", {"prompt_id": prompt_id, "exception_message": why}]),
+            ],
             meta: json!({}),
         }
     }
@@ -87,21 +89,34 @@ impl Reporter for EventReporter {
     fn progress(&self, node_id: &str, value: u64, max: u64) {
         self.executor.emit(
             Route::ClientOrBroadcast(self.client.clone()),
-            Event::Progress { prompt_id: self.prompt_id.clone(), node: node_id.to_owned(), value, max },
+            Event::Progress {
+                prompt_id: self.prompt_id.clone(),
+                node: node_id.to_owned(),
+                value,
+                max,
+            },
         );
     }
 
     fn preview(&self, node_id: &str, image: Vec<u8>, is_png: bool) {
         self.executor.emit(
             Route::ClientOrBroadcast(self.client.clone()),
-            Event::Preview { prompt_id: self.prompt_id.clone(), node: node_id.to_owned(), image, is_png },
+            Event::Preview {
+                prompt_id: self.prompt_id.clone(),
+                node: node_id.to_owned(),
+                image,
+                is_png,
+            },
         );
     }
 }
 
 enum Stop {
     Failed(Box<ExecutionErrorInfo>),
-    Interrupted { node_id: Option<String>, node_type: Option<String> },
+    Interrupted {
+        node_id: Option<String>,
+        node_type: Option<String>,
+    },
 }
 
 impl Executor {
@@ -116,7 +131,13 @@ impl Executor {
             }
             self.emit(Route::Client(client.clone()), event);
         };
-        send(Event::ExecutionStart { prompt_id: prompt_id.clone(), timestamp: now_ms() }, true);
+        send(
+            Event::ExecutionStart {
+                prompt_id: prompt_id.clone(),
+                timestamp: now_ms(),
+            },
+            true,
+        );
 
         let mut outputs = Map::new();
         let mut meta = Map::new();
@@ -125,12 +146,21 @@ impl Executor {
 
         let (status, reason) = match result {
             Ok(()) => {
-                send(Event::ExecutionSuccess { prompt_id: prompt_id.clone(), timestamp: now_ms() }, true);
+                send(
+                    Event::ExecutionSuccess {
+                        prompt_id: prompt_id.clone(),
+                        timestamp: now_ms(),
+                    },
+                    true,
+                );
                 (PromptStatus::Done, None)
             }
             Err(Stop::Failed(mut info)) => {
                 info.executed = executed.clone();
-                let reason = format!("node {} ({}) failed: {}", info.node_id, info.node_type, info.exception_message);
+                let reason = format!(
+                    "node {} ({}) failed: {}",
+                    info.node_id, info.node_type, info.exception_message
+                );
                 tracing::warn!(node_id = %info.node_id, "{reason}");
                 send(Event::ExecutionError(info), true);
                 (PromptStatus::Failed, Some(reason))
@@ -145,10 +175,19 @@ impl Executor {
                 };
                 messages.push(event.history_message());
                 self.emit(Route::ClientOrBroadcast(client.clone()), event);
-                (PromptStatus::Interrupted, Some("interrupted on request".to_owned()))
+                (
+                    PromptStatus::Interrupted,
+                    Some("interrupted on request".to_owned()),
+                )
             }
         };
-        Outcome { status, reason, outputs: Json::Object(outputs), messages, meta: Json::Object(meta) }
+        Outcome {
+            status,
+            reason,
+            outputs: Json::Object(outputs),
+            messages,
+            meta: Json::Object(meta),
+        }
     }
 
     fn execute_plan(
@@ -179,10 +218,21 @@ impl Executor {
                             PlanInput::Link { .. } => None,
                         })
                         .collect();
-                    let node_impl = self.registry.node(node.class_type).expect("planned nodes are registered");
+                    let node_impl = self
+                        .registry
+                        .node(node.class_type)
+                        .expect("planned nodes are registered");
                     match node_impl.fingerprint(&self.dirs, &constants) {
                         Ok(token) => Some(token),
-                        Err(e) => return Err(self.failure(prompt_id, &node.id, node.class_type, &e, Json::Null)),
+                        Err(e) => {
+                            return Err(self.failure(
+                                prompt_id,
+                                &node.id,
+                                node.class_type,
+                                &e,
+                                Json::Null,
+                            ))
+                        }
                     }
                 }
             });
@@ -201,7 +251,11 @@ impl Executor {
             Executor::sort_ids(&mut cached_ids);
             let mut use_cache = vec![false; nodes.len()];
             let mut to_run = vec![false; nodes.len()];
-            let mut stack: Vec<usize> = plan.outputs().iter().filter_map(|id| plan.index_of(id)).collect();
+            let mut stack: Vec<usize> = plan
+                .outputs()
+                .iter()
+                .filter_map(|id| plan.index_of(id))
+                .collect();
             while let Some(i) = stack.pop() {
                 if use_cache[i] || to_run[i] {
                     continue;
@@ -219,7 +273,14 @@ impl Executor {
             }
             (cached_ids, use_cache, to_run)
         };
-        send(Event::ExecutionCached { prompt_id: prompt_id.to_owned(), nodes: cached_ids, timestamp: now_ms() }, true);
+        send(
+            Event::ExecutionCached {
+                prompt_id: prompt_id.to_owned(),
+                nodes: cached_ids,
+                timestamp: now_ms(),
+            },
+            true,
+        );
 
         let previous = lock(&self.last_signatures).clone();
         let mut report = Vec::with_capacity(nodes.len());
@@ -241,17 +302,32 @@ impl Executor {
                     let Some(cached) = cached else {
                         // Evicted between the lookup and now (another prompt cannot run meanwhile,
                         // but `/free` can): treat as a failure rather than guess.
-                        let error = NodeError::Failed("cached output was freed while the prompt ran; queue it again".into());
-                        return Err(self.failure(prompt_id, &node.id, node.class_type, &error, Json::Null));
+                        let error = NodeError::Failed(
+                            "cached output was freed while the prompt ran; queue it again".into(),
+                        );
+                        return Err(self.failure(
+                            prompt_id,
+                            &node.id,
+                            node.class_type,
+                            &error,
+                            Json::Null,
+                        ));
                     };
                     if spec.output_node {
-                        let ui = cached.ui.as_ref().map(|ui| serde_json::to_value(ui).unwrap_or(Json::Null));
+                        let ui = cached
+                            .ui
+                            .as_ref()
+                            .map(|ui| serde_json::to_value(ui).unwrap_or(Json::Null));
                         if let Some(ui) = &ui {
                             outputs.insert(node.id.clone(), ui.clone());
                             meta.insert(node.id.clone(), node_meta(&node.id));
                         }
                         send(
-                            Event::Executed { prompt_id: prompt_id.to_owned(), node: node.id.clone(), output: ui.unwrap_or(Json::Null) },
+                            Event::Executed {
+                                prompt_id: prompt_id.to_owned(),
+                                node: node.id.clone(),
+                                output: ui.unwrap_or(Json::Null),
+                            },
                             false,
                         );
                     }
@@ -279,9 +355,18 @@ impl Executor {
                 }
                 let reason = self.miss_reason(spec.freshness, signature, previous.get(&node.id));
                 if self.interrupt.load(std::sync::atomic::Ordering::SeqCst) {
-                    return Err(Stop::Interrupted { node_id: Some(node.id.clone()), node_type: Some(node.class_type.to_owned()) });
+                    return Err(Stop::Interrupted {
+                        node_id: Some(node.id.clone()),
+                        node_type: Some(node.class_type.to_owned()),
+                    });
                 }
-                send(Event::Executing { prompt_id: prompt_id.to_owned(), node: Some(node.id.clone()) }, false);
+                send(
+                    Event::Executing {
+                        prompt_id: prompt_id.to_owned(),
+                        node: Some(node.id.clone()),
+                    },
+                    false,
+                );
 
                 let inputs = Inputs::new(
                     node.inputs
@@ -299,7 +384,12 @@ impl Executor {
                         .collect(),
                 );
                 let current_inputs = || {
-                    Json::Object(inputs.iter().map(|(n, v)| (n.to_owned(), Json::Array(vec![v.summary()]))).collect())
+                    Json::Object(
+                        inputs
+                            .iter()
+                            .map(|(n, v)| (n.to_owned(), Json::Array(vec![v.summary()])))
+                            .collect(),
+                    )
                 };
                 let ctx = NodeContext {
                     node_id: node.id.clone(),
@@ -311,25 +401,45 @@ impl Executor {
                     interrupt: Arc::clone(&self.interrupt),
                     write_metadata: self.config.write_metadata,
                 };
-                let node_impl = self.registry.node(node.class_type).expect("planned nodes are registered");
-                let span = tracing::info_span!("node", node_id = %node.id, class_type = node.class_type);
+                let node_impl = self
+                    .registry
+                    .node(node.class_type)
+                    .expect("planned nodes are registered");
+                let span =
+                    tracing::info_span!("node", node_id = %node.id, class_type = node.class_type);
                 let started = Instant::now();
-                let result = span.in_scope(|| catch_unwind(AssertUnwindSafe(|| node_impl.run(&ctx, &inputs))));
+                let result = span
+                    .in_scope(|| catch_unwind(AssertUnwindSafe(|| node_impl.run(&ctx, &inputs))));
                 let millis = started.elapsed().as_secs_f64() * 1000.0;
                 let output = match result {
                     Ok(Ok(output)) => output,
                     Ok(Err(NodeError::Interrupted)) => {
-                        return Err(Stop::Interrupted { node_id: Some(node.id.clone()), node_type: Some(node.class_type.to_owned()) })
+                        return Err(Stop::Interrupted {
+                            node_id: Some(node.id.clone()),
+                            node_type: Some(node.class_type.to_owned()),
+                        })
                     }
                     Ok(Err(error)) => {
                         report.push(failed_report(node, signature, &error.to_string(), millis));
-                        return Err(self.failure(prompt_id, &node.id, node.class_type, &error, current_inputs()));
+                        return Err(self.failure(
+                            prompt_id,
+                            &node.id,
+                            node.class_type,
+                            &error,
+                            current_inputs(),
+                        ));
                     }
                     Err(panic) => {
                         let message = panic_message(&panic);
                         let error = NodeError::Failed(format!("node panicked: {message}"));
                         report.push(failed_report(node, signature, &message, millis));
-                        let mut info = self.failure(prompt_id, &node.id, node.class_type, &error, current_inputs());
+                        let mut info = self.failure(
+                            prompt_id,
+                            &node.id,
+                            node.class_type,
+                            &error,
+                            current_inputs(),
+                        );
                         if let Stop::Failed(info) = &mut info {
                             info.exception_type = "weft.Panic".into();
                         }
@@ -338,13 +448,28 @@ impl Executor {
                 };
                 if let Err(message) = check_outputs(spec, &output.values) {
                     let error = NodeError::Failed(message);
-                    return Err(self.failure(prompt_id, &node.id, node.class_type, &error, current_inputs()));
+                    return Err(self.failure(
+                        prompt_id,
+                        &node.id,
+                        node.class_type,
+                        &error,
+                        current_inputs(),
+                    ));
                 }
                 executed.push(node.id.clone());
-                let cached = CachedOutput { values: Arc::new(output.values), ui: output.ui };
+                let cached = CachedOutput {
+                    values: Arc::new(output.values),
+                    ui: output.ui,
+                };
                 if let Some(ui) = &cached.ui {
                     for image in &ui.images {
-                        let record = self.store.record_image(prompt_id, &node.id, &image.filename, &image.subfolder, &image.folder_type);
+                        let record = self.store.record_image(
+                            prompt_id,
+                            &node.id,
+                            &image.filename,
+                            &image.subfolder,
+                            &image.folder_type,
+                        );
                         if let Err(e) = self.runtime.block_on(record) {
                             tracing::error!("cannot record image {}: {e:#}", image.filename);
                         }
@@ -352,10 +477,22 @@ impl Executor {
                     let ui_json = serde_json::to_value(ui).unwrap_or(Json::Null);
                     outputs.insert(node.id.clone(), ui_json.clone());
                     meta.insert(node.id.clone(), node_meta(&node.id));
-                    send(Event::Executed { prompt_id: prompt_id.to_owned(), node: node.id.clone(), output: ui_json }, false);
+                    send(
+                        Event::Executed {
+                            prompt_id: prompt_id.to_owned(),
+                            node: node.id.clone(),
+                            output: ui_json,
+                        },
+                        false,
+                    );
                 }
                 if spec.freshness != Freshness::Always {
-                    lock(&self.cache).insert(signature.key, cached.clone(), node.class_type, &node.id);
+                    lock(&self.cache).insert(
+                        signature.key,
+                        cached.clone(),
+                        node.class_type,
+                        &node.id,
+                    );
                 }
                 report.push(NodeReport {
                     node_id: node.id.clone(),
@@ -374,7 +511,10 @@ impl Executor {
         for (node, signature) in nodes.iter().zip(signatures) {
             last.insert(node.id.clone(), signature);
         }
-        *lock(&self.last_report) = Some(PromptReport { prompt_id: prompt_id.to_owned(), nodes: report });
+        *lock(&self.last_report) = Some(PromptReport {
+            prompt_id: prompt_id.to_owned(),
+            nodes: report,
+        });
         outcome
     }
 
@@ -394,12 +534,21 @@ impl Executor {
                 timestamp: now_ms(),
             }))
         };
-        let workflow = Workflow::from_api_json(&row.prompt).map_err(|e| fail("", "", e.to_string()))?;
+        let workflow =
+            Workflow::from_api_json(&row.prompt).map_err(|e| fail("", "", e.to_string()))?;
         let catalog = self.registry.catalog(&self.dirs);
         let validation = validate(&workflow, &catalog, Some(&row.outputs_to_execute));
         if let Some(errors) = validation.node_errors.first() {
-            let first = errors.errors.first().map(|e| format!("{}: {}", e.message, e.details)).unwrap_or_default();
-            return Err(fail(&errors.node_id, &errors.class_type, format!("no longer valid: {first}")));
+            let first = errors
+                .errors
+                .first()
+                .map(|e| format!("{}: {}", e.message, e.details))
+                .unwrap_or_default();
+            return Err(fail(
+                &errors.node_id,
+                &errors.class_type,
+                format!("no longer valid: {first}"),
+            ));
         }
         validation.plan.ok_or_else(|| {
             let message = match validation.failure {
@@ -411,10 +560,19 @@ impl Executor {
     }
 
     fn spec_of(&self, class_type: &str) -> &crate::graph::NodeSpec {
-        self.registry.spec(class_type).expect("planned nodes are registered")
+        self.registry
+            .spec(class_type)
+            .expect("planned nodes are registered")
     }
 
-    fn failure(&self, prompt_id: &str, node_id: &str, node_type: &str, error: &NodeError, current_inputs: Json) -> Stop {
+    fn failure(
+        &self,
+        prompt_id: &str,
+        node_id: &str,
+        node_type: &str,
+        error: &NodeError,
+        current_inputs: Json,
+    ) -> Stop {
         let mut traceback = vec![error.to_string()];
         let mut source = std::error::Error::source(error);
         while let Some(cause) = source {
@@ -437,7 +595,12 @@ impl Executor {
 
     /// Explains why a node was not found in the cache, comparing with its last run under the
     /// same node id.
-    fn miss_reason(&self, freshness: Freshness, signature: &Signature, previous: Option<&Signature>) -> String {
+    fn miss_reason(
+        &self,
+        freshness: Freshness,
+        signature: &Signature,
+        previous: Option<&Signature>,
+    ) -> String {
         if freshness == Freshness::Always {
             return "never cached: the node re-runs every time".into();
         }
@@ -478,7 +641,12 @@ fn node_meta(node_id: &str) -> Json {
     json!({"node_id": node_id, "display_node": node_id, "parent_node": null, "real_node_id": node_id})
 }
 
-fn failed_report(node: &crate::graph::PlanNode, signature: &Signature, reason: &str, millis: f64) -> NodeReport {
+fn failed_report(
+    node: &crate::graph::PlanNode,
+    signature: &Signature,
+    reason: &str,
+    millis: f64,
+) -> NodeReport {
     NodeReport {
         node_id: node.id.clone(),
         class_type: node.class_type,

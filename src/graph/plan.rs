@@ -24,7 +24,9 @@ impl ConstValue {
                     Json::from(i.to_string())
                 }
             }
-            ConstValue::Float(f) => serde_json::Number::from_f64(*f).map(Json::Number).unwrap_or(Json::Null),
+            ConstValue::Float(f) => serde_json::Number::from_f64(*f)
+                .map(Json::Number)
+                .unwrap_or(Json::Null),
             ConstValue::String(s) => Json::from(s.as_str()),
             ConstValue::Bool(b) => Json::from(*b),
         }
@@ -45,7 +47,10 @@ impl ConstValue {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanInput {
     /// Output `slot` of the plan node at index `node` (always earlier in the order).
-    Link { node: usize, slot: usize },
+    Link {
+        node: usize,
+        slot: usize,
+    },
     Const(ConstValue),
 }
 
@@ -133,7 +138,11 @@ impl Plan {
                 hasher.update([0]);
                 hasher.update(digest);
             }
-            signatures.push(Signature { key: CacheKey(hasher.finalize().into()), inputs, freshness });
+            signatures.push(Signature {
+                key: CacheKey(hasher.finalize().into()),
+                inputs,
+                freshness,
+            });
         }
         signatures
     }

@@ -188,11 +188,21 @@ pub mod build {
     use super::*;
 
     pub fn required(name: &'static str, kind: InputKind) -> InputSpec {
-        InputSpec { name, kind, optional: false, tooltip: None }
+        InputSpec {
+            name,
+            kind,
+            optional: false,
+            tooltip: None,
+        }
     }
 
     pub fn optional(name: &'static str, kind: InputKind) -> InputSpec {
-        InputSpec { name, kind, optional: true, tooltip: None }
+        InputSpec {
+            name,
+            kind,
+            optional: true,
+            tooltip: None,
+        }
     }
 
     pub fn link(ty: SlotType) -> InputKind {
@@ -200,11 +210,23 @@ pub mod build {
     }
 
     pub fn int(default: i128, min: i128, max: i128) -> InputKind {
-        InputKind::Int { default, min, max, step: 1, control_after_generate: false }
+        InputKind::Int {
+            default,
+            min,
+            max,
+            step: 1,
+            control_after_generate: false,
+        }
     }
 
     pub fn int_step(default: i128, min: i128, max: i128, step: i128) -> InputKind {
-        InputKind::Int { default, min, max, step, control_after_generate: false }
+        InputKind::Int {
+            default,
+            min,
+            max,
+            step,
+            control_after_generate: false,
+        }
     }
 
     pub fn seed() -> InputKind {
@@ -218,15 +240,29 @@ pub mod build {
     }
 
     pub fn float(default: f64, min: f64, max: f64, step: f64) -> InputKind {
-        InputKind::Float { default, min, max, step, round: None }
+        InputKind::Float {
+            default,
+            min,
+            max,
+            step,
+            round: None,
+        }
     }
 
     pub fn string(default: &'static str) -> InputKind {
-        InputKind::String { default, multiline: false, dynamic_prompts: false }
+        InputKind::String {
+            default,
+            multiline: false,
+            dynamic_prompts: false,
+        }
     }
 
     pub fn multiline(default: &'static str) -> InputKind {
-        InputKind::String { default, multiline: true, dynamic_prompts: true }
+        InputKind::String {
+            default,
+            multiline: true,
+            dynamic_prompts: true,
+        }
     }
 
     pub fn boolean(default: bool) -> InputKind {
@@ -234,11 +270,19 @@ pub mod build {
     }
 
     pub fn combo(options: &'static [&'static str]) -> InputKind {
-        InputKind::Combo { options: ComboOptions::Static(options), default: None, image_upload: false }
+        InputKind::Combo {
+            options: ComboOptions::Static(options),
+            default: None,
+            image_upload: false,
+        }
     }
 
     pub fn output(ty: SlotType, name: &'static str) -> OutputSpec {
-        OutputSpec { ty, name, tooltip: None }
+        OutputSpec {
+            ty,
+            name,
+            tooltip: None,
+        }
     }
 }
 

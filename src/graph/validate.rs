@@ -124,8 +124,16 @@ pub struct Validation {
 ///
 /// `targets` restricts the outputs to run (`partial_execution_targets`); ids that are not output
 /// nodes are ignored, as in ComfyUI.
-pub fn validate(workflow: &Workflow, catalog: &dyn Catalog, targets: Option<&[String]>) -> Validation {
-    let fail = |failure| Validation { plan: None, failure: Some(failure), node_errors: Vec::new() };
+pub fn validate(
+    workflow: &Workflow,
+    catalog: &dyn Catalog,
+    targets: Option<&[String]>,
+) -> Validation {
+    let fail = |failure| Validation {
+        plan: None,
+        failure: Some(failure),
+        node_errors: Vec::new(),
+    };
 
     // 1. Every node must name a known class; ComfyUI stops at the first that doesn't.
     let mut specs: HashMap<&str, &NodeSpec> = HashMap::new();
@@ -158,8 +166,12 @@ pub fn validate(workflow: &Workflow, catalog: &dyn Catalog, targets: Option<&[St
     }
 
     // 3. Local checks of every node reachable from an output, and the dependency graph.
-    let index_of: HashMap<&str, usize> =
-        workflow.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+    let index_of: HashMap<&str, usize> = workflow
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
     let mut graph: DiGraph<usize, ()> = DiGraph::new();
     let mut graph_index: HashMap<usize, NodeIndex> = HashMap::new();
     let mut local: HashMap<usize, LocalResult> = HashMap::new();
@@ -172,7 +184,9 @@ pub fn validate(workflow: &Workflow, catalog: &dyn Catalog, targets: Option<&[St
         let result = check_node_locally(workflow, &specs, catalog, i);
         let from = *graph_index.entry(i).or_insert_with(|| graph.add_node(i));
         for &parent in &result.parents {
-            let to = *graph_index.entry(parent).or_insert_with(|| graph.add_node(parent));
+            let to = *graph_index
+                .entry(parent)
+                .or_insert_with(|| graph.add_node(parent));
             graph.add_edge(to, from, ());
             queue.push_back(parent);
         }
@@ -183,15 +197,22 @@ pub fn validate(workflow: &Workflow, catalog: &dyn Catalog, targets: Option<&[St
     // 4. Cycles: every strongly connected component with more than one node, or a self-link.
     for component in petgraph::algo::kosaraju_scc(&graph) {
         let is_cycle = component.len() > 1
-            || component.first().is_some_and(|&n| graph.contains_edge(n, n));
+            || component
+                .first()
+                .is_some_and(|&n| graph.contains_edge(n, n));
         if !is_cycle {
             continue;
         }
-        let mut ids: Vec<&str> = component.iter().map(|&n| workflow.nodes[graph[n]].id.as_str()).collect();
+        let mut ids: Vec<&str> = component
+            .iter()
+            .map(|&n| workflow.nodes[graph[n]].id.as_str())
+            .collect();
         ids.sort_by(|a, b| compare_node_ids(a, b));
         let cycle = cycle_path(&ids, workflow, &index_of);
         for id in &ids {
-            let result = local.get_mut(&index_of[id]).expect("cycle nodes were visited");
+            let result = local
+                .get_mut(&index_of[id])
+                .expect("cycle nodes were visited");
             result.errors.push(NodeError::new(
                 ErrorKind::DependencyCycle,
                 "Dependency cycle detected",
@@ -205,12 +226,19 @@ pub fn validate(workflow: &Workflow, catalog: &dyn Catalog, targets: Option<&[St
     let mut good_outputs = Vec::new();
     for &output in &outputs {
         let ancestors = ancestors_of(index_of[output], &local);
-        let bad: Vec<usize> = ancestors.iter().copied().filter(|i| !local[i].errors.is_empty()).collect();
+        let bad: Vec<usize> = ancestors
+            .iter()
+            .copied()
+            .filter(|i| !local[i].errors.is_empty())
+            .collect();
         if bad.is_empty() {
             good_outputs.push(output);
         }
         for i in bad {
-            node_errors_by_index.entry(i).or_default().push(output.to_owned());
+            node_errors_by_index
+                .entry(i)
+                .or_default()
+                .push(output.to_owned());
         }
     }
     let mut node_errors: Vec<NodeErrors> = node_errors_by_index
@@ -225,11 +253,19 @@ pub fn validate(workflow: &Workflow, catalog: &dyn Catalog, targets: Option<&[St
     node_errors.sort_by_key(|e| index_of[e.node_id.as_str()]);
 
     if good_outputs.is_empty() {
-        return Validation { plan: None, failure: Some(PromptError::OutputsFailed), node_errors };
+        return Validation {
+            plan: None,
+            failure: Some(PromptError::OutputsFailed),
+            node_errors,
+        };
     }
 
     let plan = build_plan(workflow, &specs, &local, &index_of, &good_outputs);
-    Validation { plan: Some(plan), failure: None, node_errors }
+    Validation {
+        plan: Some(plan),
+        failure: None,
+        node_errors,
+    }
 }
 
 /// Orders workflow node ids for display and tie-breaking: numeric ids numerically, then the rest
@@ -259,13 +295,21 @@ fn check_node_locally(
 ) -> LocalResult {
     let node = &workflow.nodes[index];
     let spec = specs[node.id.as_str()];
-    let mut result = LocalResult { errors: Vec::new(), parents: Vec::new(), inputs: Vec::new() };
+    let mut result = LocalResult {
+        errors: Vec::new(),
+        parents: Vec::new(),
+        inputs: Vec::new(),
+    };
     for input in &spec.inputs {
         let Some(raw) = node.input(input.name) else {
             if !input.optional {
                 result.errors.push(
-                    NodeError::new(ErrorKind::RequiredInputMissing, "Required input is missing", input.name)
-                        .on_input(input.name),
+                    NodeError::new(
+                        ErrorKind::RequiredInputMissing,
+                        "Required input is missing",
+                        input.name,
+                    )
+                    .on_input(input.name),
                 );
             }
             continue;
@@ -279,23 +323,44 @@ fn check_node_locally(
                 )
                 .on_input(input.name),
             ),
-            RawInput::Link { node: source_id, slot } => {
-                match check_link(workflow, specs, input.name, input.kind.type_name(), source_id, *slot) {
+            RawInput::Link {
+                node: source_id,
+                slot,
+            } => {
+                match check_link(
+                    workflow,
+                    specs,
+                    input.name,
+                    input.kind.type_name(),
+                    source_id,
+                    *slot,
+                ) {
                     Ok(source_index) => {
                         result.parents.push(source_index);
                         // Resolved to a plan index when the plan is built.
                         result.inputs.push((
                             input.name.to_owned(),
-                            PlanInput::Link { node: source_index, slot: *slot },
+                            PlanInput::Link {
+                                node: source_index,
+                                slot: *slot,
+                            },
                         ));
                     }
-                    Err(error) => result.errors.push(error),
+                    Err((error, existing_source)) => {
+                        // Keep walking into a source that exists, so its own errors are reported too.
+                        result.parents.extend(existing_source);
+                        result.errors.push(error);
+                    }
                 }
             }
-            RawInput::Const(value) => match check_constant(spec, input.name, &input.kind, value, catalog) {
-                Ok(value) => result.inputs.push((input.name.to_owned(), PlanInput::Const(value))),
-                Err(error) => result.errors.push(error.on_input(input.name)),
-            },
+            RawInput::Const(value) => {
+                match check_constant(spec, input.name, &input.kind, value, catalog) {
+                    Ok(value) => result
+                        .inputs
+                        .push((input.name.to_owned(), PlanInput::Const(value))),
+                    Err(error) => result.errors.push(error.on_input(input.name)),
+                }
+            }
         }
     }
     result
@@ -308,33 +373,43 @@ fn check_link(
     declared_type: &str,
     source_id: &str,
     slot: usize,
-) -> Result<usize, NodeError> {
+) -> Result<usize, (NodeError, Option<usize>)> {
     let bad = |details: String| {
-        let mut error = NodeError::new(ErrorKind::BadLinkedInput, "Bad linked input", details).on_input(input_name);
+        let mut error = NodeError::new(ErrorKind::BadLinkedInput, "Bad linked input", details)
+            .on_input(input_name);
         error.linked_node = Some((source_id.to_owned(), slot));
         error
     };
     let Some(source_index) = workflow.nodes.iter().position(|n| n.id == source_id) else {
-        return Err(bad(format!("{input_name}: linked node '{source_id}' does not exist")));
+        return Err((
+            bad(format!(
+                "{input_name}: linked node '{source_id}' does not exist"
+            )),
+            None,
+        ));
     };
     let source_spec = specs[source_id];
     let Some(output) = source_spec.outputs.get(slot) else {
-        return Err(bad(format!(
+        let error = bad(format!(
             "{input_name}: node '{source_id}' ({}) has no output {slot}; it has {}",
             source_spec.class_type,
             source_spec.outputs.len()
-        )));
+        ));
+        return Err((error, Some(source_index)));
     };
     if !types_compatible(output.ty.0, declared_type) {
         let mut error = NodeError::new(
             ErrorKind::ReturnTypeMismatch,
             "Return type mismatch between linked nodes",
-            format!("{input_name}, received_type({}) mismatch input_type({declared_type})", output.ty.0),
+            format!(
+                "{input_name}, received_type({}) mismatch input_type({declared_type})",
+                output.ty.0
+            ),
         )
         .on_input(input_name);
         error.received_type = Some(output.ty.0.to_owned());
         error.linked_node = Some((source_id.to_owned(), slot));
-        return Err(error);
+        return Err((error, Some(source_index)));
     }
     Ok(source_index)
 }
@@ -349,7 +424,10 @@ fn check_constant(
     let coerced = coerce(kind, value).map_err(|exception| {
         let mut error = NodeError::new(
             ErrorKind::InvalidInputType,
-            format!("Failed to convert an input value to a {} value", kind.type_name()),
+            format!(
+                "Failed to convert an input value to a {} value",
+                kind.type_name()
+            ),
             format!("{name}, {}, {exception}", python_repr(value)),
         );
         error.received_value = Some(value.clone());
@@ -376,18 +454,38 @@ fn check_constant(
     match (kind, &coerced) {
         (InputKind::Int { min, max, .. }, ConstValue::Int(v)) => {
             if v < min {
-                return Err(out_of_range(ErrorKind::ValueSmallerThanMin, "smaller than min", min.to_string(), v.to_string()));
+                return Err(out_of_range(
+                    ErrorKind::ValueSmallerThanMin,
+                    "smaller than min",
+                    min.to_string(),
+                    v.to_string(),
+                ));
             }
             if v > max {
-                return Err(out_of_range(ErrorKind::ValueBiggerThanMax, "bigger than max", max.to_string(), v.to_string()));
+                return Err(out_of_range(
+                    ErrorKind::ValueBiggerThanMax,
+                    "bigger than max",
+                    max.to_string(),
+                    v.to_string(),
+                ));
             }
         }
         (InputKind::Float { min, max, .. }, ConstValue::Float(v)) => {
             if v < min {
-                return Err(out_of_range(ErrorKind::ValueSmallerThanMin, "smaller than min", fmt_float(*min), fmt_float(*v)));
+                return Err(out_of_range(
+                    ErrorKind::ValueSmallerThanMin,
+                    "smaller than min",
+                    fmt_float(*min),
+                    fmt_float(*v),
+                ));
             }
             if v > max {
-                return Err(out_of_range(ErrorKind::ValueBiggerThanMax, "bigger than max", fmt_float(*max), fmt_float(*v)));
+                return Err(out_of_range(
+                    ErrorKind::ValueBiggerThanMax,
+                    "bigger than max",
+                    fmt_float(*max),
+                    fmt_float(*v),
+                ));
             }
         }
         (InputKind::Combo { options, .. }, ConstValue::String(v)) => {
@@ -398,7 +496,11 @@ fn check_constant(
                 } else {
                     format!("{list:?}")
                 };
-                let mut error = NodeError::new(ErrorKind::ValueNotInList, "Value not in list", format!("{name}: '{v}' not in {shown}"));
+                let mut error = NodeError::new(
+                    ErrorKind::ValueNotInList,
+                    "Value not in list",
+                    format!("{name}: '{v}' not in {shown}"),
+                );
                 error.received_value = Some(value.clone());
                 return Err(error);
             }
@@ -420,7 +522,10 @@ fn coerce(kind: &InputKind, value: &Json) -> Result<ConstValue, String> {
             Json::String(s) => Ok(ConstValue::String(s.clone())),
             other => Ok(ConstValue::String(python_str(other))),
         },
-        InputKind::Link(ty) => Err(format!("input of type {} takes a link to another node, not a constant", ty.0)),
+        InputKind::Link(ty) => Err(format!(
+            "input of type {} takes a link to another node, not a constant",
+            ty.0
+        )),
     }
 }
 
@@ -447,7 +552,10 @@ fn coerce_int(value: &Json) -> Result<i128, String> {
                 .parse::<i128>()
                 .map_err(|_| format!("invalid literal for int() with base 10: '{s}'"))
         }
-        Json::Null => Err("int() argument must be a string, a bytes-like object or a real number, not 'NoneType'".into()),
+        Json::Null => Err(
+            "int() argument must be a string, a bytes-like object or a real number, not 'NoneType'"
+                .into(),
+        ),
         Json::Array(_) | Json::Object(_) => {
             Err("int() argument must be a string, a bytes-like object or a real number".into())
         }
@@ -464,11 +572,17 @@ fn coerce_float(value: &Json) -> Result<f64, String> {
                 "inf" | "+inf" | "infinity" | "+infinity" => Ok(f64::INFINITY),
                 "-inf" | "-infinity" => Ok(f64::NEG_INFINITY),
                 "nan" | "+nan" | "-nan" => Ok(f64::NAN),
-                _ => t.parse::<f64>().map_err(|_| format!("could not convert string to float: '{s}'")),
+                _ => t
+                    .parse::<f64>()
+                    .map_err(|_| format!("could not convert string to float: '{s}'")),
             }
         }
-        Json::Null => Err("float() argument must be a string or a real number, not 'NoneType'".into()),
-        Json::Array(_) | Json::Object(_) => Err("float() argument must be a string or a real number".into()),
+        Json::Null => {
+            Err("float() argument must be a string or a real number, not 'NoneType'".into())
+        }
+        Json::Array(_) | Json::Object(_) => {
+            Err("float() argument must be a string or a real number".into())
+        }
     }
 }
 
@@ -526,7 +640,9 @@ fn ancestors_of(start: usize, local: &HashMap<usize, LocalResult>) -> BTreeSet<u
 /// A readable path through a cycle's nodes: "1 -> 2 -> 1".
 fn cycle_path(ids: &[&str], workflow: &Workflow, index_of: &HashMap<&str, usize>) -> String {
     let members: HashSet<&str> = ids.iter().copied().collect();
-    let Some(&start) = ids.first() else { return String::new() };
+    let Some(&start) = ids.first() else {
+        return String::new();
+    };
     let mut path = vec![start];
     let mut current = start;
     // Follow links that stay inside the component until we come back to the start.
@@ -573,8 +689,12 @@ fn build_plan(
         }
     }
     let key = |i: usize| NodeKey(workflow.nodes[i].id.clone(), i);
-    let mut ready: BTreeSet<NodeKey> =
-        needed.iter().copied().filter(|i| remaining_parents[i] == 0).map(key).collect();
+    let mut ready: BTreeSet<NodeKey> = needed
+        .iter()
+        .copied()
+        .filter(|i| remaining_parents[i] == 0)
+        .map(key)
+        .collect();
     let mut order = Vec::with_capacity(needed.len());
     while let Some(next) = ready.pop_first() {
         let i = next.1;
@@ -588,7 +708,8 @@ fn build_plan(
         }
     }
 
-    let position: HashMap<usize, usize> = order.iter().enumerate().map(|(pos, &i)| (i, pos)).collect();
+    let position: HashMap<usize, usize> =
+        order.iter().enumerate().map(|(pos, &i)| (i, pos)).collect();
     let nodes = order
         .iter()
         .map(|&i| {
@@ -598,13 +719,20 @@ fn build_plan(
                 .iter()
                 .map(|(name, input)| {
                     let input = match input {
-                        PlanInput::Link { node, slot } => PlanInput::Link { node: position[node], slot: *slot },
+                        PlanInput::Link { node, slot } => PlanInput::Link {
+                            node: position[node],
+                            slot: *slot,
+                        },
                         PlanInput::Const(v) => PlanInput::Const(v.clone()),
                     };
                     (name.clone(), input)
                 })
                 .collect();
-            PlanNode { id: node.id.clone(), class_type: specs[node.id.as_str()].class_type, inputs }
+            PlanNode {
+                id: node.id.clone(),
+                class_type: specs[node.id.as_str()].class_type,
+                inputs,
+            }
         })
         .collect();
     let outputs = good_outputs.iter().map(|s| (*s).to_owned()).collect();
@@ -631,7 +759,10 @@ impl Ord for NodeKey {
 pub fn coerced_prompt(original: &Json, plan: &Plan) -> Json {
     let mut prompt = original.clone();
     for node in plan.nodes() {
-        let Some(inputs) = prompt.get_mut(&node.id).and_then(|n| n.get_mut("inputs")).and_then(Json::as_object_mut)
+        let Some(inputs) = prompt
+            .get_mut(&node.id)
+            .and_then(|n| n.get_mut("inputs"))
+            .and_then(Json::as_object_mut)
         else {
             continue;
         };

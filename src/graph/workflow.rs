@@ -53,15 +53,23 @@ impl Workflow {
         let object = prompt.as_object().ok_or(WorkflowFormatError::NotAnObject)?;
         let mut nodes = Vec::with_capacity(object.len());
         for (id, node) in object {
-            let node_object =
-                node.as_object().ok_or_else(|| WorkflowFormatError::NodeNotAnObject(id.clone()))?;
-            let class_type = node_object.get("class_type").and_then(Json::as_str).map(str::to_owned);
+            let node_object = node
+                .as_object()
+                .ok_or_else(|| WorkflowFormatError::NodeNotAnObject(id.clone()))?;
+            let class_type = node_object
+                .get("class_type")
+                .and_then(Json::as_str)
+                .map(str::to_owned);
             let inputs = match node_object.get("inputs") {
                 None | Some(Json::Null) => Vec::new(),
                 Some(Json::Object(map)) => parse_inputs(map),
                 Some(_) => return Err(WorkflowFormatError::InputsNotAnObject(id.clone())),
             };
-            nodes.push(WorkflowNode { id: id.clone(), class_type, inputs });
+            nodes.push(WorkflowNode {
+                id: id.clone(),
+                class_type,
+                inputs,
+            });
         }
         Ok(Workflow { nodes })
     }
@@ -77,7 +85,9 @@ impl Workflow {
 }
 
 fn parse_inputs(map: &Map<String, Json>) -> Vec<(String, RawInput)> {
-    map.iter().map(|(name, value)| (name.clone(), parse_input(value))).collect()
+    map.iter()
+        .map(|(name, value)| (name.clone(), parse_input(value)))
+        .collect()
 }
 
 fn parse_input(value: &Json) -> RawInput {
@@ -86,7 +96,10 @@ fn parse_input(value: &Json) -> RawInput {
             // ComfyUI treats any list as a link; element 0 must be a node id string.
             if items.len() == 2 {
                 if let (Some(node), Some(slot)) = (items[0].as_str(), slot_index(&items[1])) {
-                    return RawInput::Link { node: node.to_owned(), slot };
+                    return RawInput::Link {
+                        node: node.to_owned(),
+                        slot,
+                    };
                 }
             }
             RawInput::BadLink(value.clone())
@@ -103,7 +116,10 @@ fn slot_index(value: &Json) -> Option<usize> {
         return usize::try_from(u).ok();
     }
     // Python clients sometimes send 0.0; accept integral floats as ComfyUI does.
-    value.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 1e9).map(|f| f as usize)
+    value
+        .as_f64()
+        .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 1e9)
+        .map(|f| f as usize)
 }
 
 #[cfg(test)]
@@ -120,7 +136,13 @@ mod tests {
         }))
         .unwrap();
         let node = wf.node("3").unwrap();
-        assert_eq!(node.input("a"), Some(&RawInput::Link { node: "4".into(), slot: 0 }));
+        assert_eq!(
+            node.input("a"),
+            Some(&RawInput::Link {
+                node: "4".into(),
+                slot: 0
+            })
+        );
         assert_eq!(node.input("b"), Some(&RawInput::Const(json!(5))));
         assert_eq!(node.input("c"), Some(&RawInput::Const(json!([1, 2]))));
         assert!(matches!(node.input("d"), Some(RawInput::BadLink(_))));
@@ -129,7 +151,10 @@ mod tests {
 
     #[test]
     fn outer_shape_errors() {
-        assert_eq!(Workflow::from_api_json(&json!([1])).unwrap_err(), WorkflowFormatError::NotAnObject);
+        assert_eq!(
+            Workflow::from_api_json(&json!([1])).unwrap_err(),
+            WorkflowFormatError::NotAnObject
+        );
         assert_eq!(
             Workflow::from_api_json(&json!({"1": 5})).unwrap_err(),
             WorkflowFormatError::NodeNotAnObject("1".into())

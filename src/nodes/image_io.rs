@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 use crate::graph::spec::build::*;
 use crate::graph::spec::{ComboOptions, FileList, Freshness, HiddenInput, InputKind, NodeSpec};
 use crate::graph::{ConstValue, SlotType};
-use crate::nodes::{FileRef, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Ui, Value};
+use crate::nodes::{
+    FileRef, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Ui, Value,
+};
 use crate::paths::{self, DataDirs, FolderType};
 
 pub fn register(registry: &mut Registry) {
@@ -44,7 +46,8 @@ impl Node for LoadImage {
             class_type: "LoadImage",
             display_name: "Load Image",
             category: "image",
-            description: "Loads an image from the input folder; the mask is the inverted alpha channel.",
+            description:
+                "Loads an image from the input folder; the mask is the inverted alpha channel.",
             inputs: vec![required(
                 "image",
                 InputKind::Combo {
@@ -54,7 +57,10 @@ impl Node for LoadImage {
                 },
             )],
             hidden: vec![],
-            outputs: vec![output(SlotType::IMAGE, "IMAGE"), output(SlotType::MASK, "MASK")],
+            outputs: vec![
+                output(SlotType::IMAGE, "IMAGE"),
+                output(SlotType::MASK, "MASK"),
+            ],
             output_node: false,
             freshness: Freshness::ReadsFiles,
             self_validated: &["image"],
@@ -66,11 +72,19 @@ impl Node for LoadImage {
         let name = inputs.string("image")?;
         let path = Self::path(&ctx.dirs, name).map_err(|m| NodeError::input("image", m))?;
         let (image, mask) = load_image_file(&path)?;
-        Ok(NodeOutput::values(vec![Value::Image(image), Value::Mask(mask)]))
+        Ok(NodeOutput::values(vec![
+            Value::Image(image),
+            Value::Mask(mask),
+        ]))
     }
 
-    fn fingerprint(&self, dirs: &DataDirs, constants: &[(String, ConstValue)]) -> Result<String, NodeError> {
-        let Some((_, ConstValue::String(name))) = constants.iter().find(|(n, _)| n == "image") else {
+    fn fingerprint(
+        &self,
+        dirs: &DataDirs,
+        constants: &[(String, ConstValue)],
+    ) -> Result<String, NodeError> {
+        let Some((_, ConstValue::String(name))) = constants.iter().find(|(n, _)| n == "image")
+        else {
             return Ok(String::new());
         };
         let path = Self::path(dirs, name).map_err(|m| NodeError::input("image", m))?;
@@ -94,10 +108,14 @@ pub fn load_image_file(path: &Path) -> Result<(Tensor, Tensor), NodeError> {
         .map_err(|e| NodeError::file(&shown, e))?
         .with_guessed_format()
         .map_err(|e| NodeError::file(&shown, e))?;
-    let mut decoder = reader.into_decoder().map_err(|e| NodeError::file(&shown, format!("cannot decode image: {e}")))?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut decoded =
-        image::DynamicImage::from_decoder(decoder).map_err(|e| NodeError::file(&shown, format!("cannot decode image: {e}")))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| NodeError::file(&shown, format!("cannot decode image: {e}")))?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut decoded = image::DynamicImage::from_decoder(decoder)
+        .map_err(|e| NodeError::file(&shown, format!("cannot decode image: {e}")))?;
     decoded.apply_orientation(orientation);
     let has_alpha = decoded.color().has_alpha();
     let rgba = decoded.to_rgba32f();
@@ -132,7 +150,10 @@ impl Node for SaveImage {
                 required("images", link(SlotType::IMAGE)),
                 required("filename_prefix", string("ComfyUI")),
             ],
-            hidden: vec![("prompt", HiddenInput::Prompt), ("extra_pnginfo", HiddenInput::ExtraPngInfo)],
+            hidden: vec![
+                ("prompt", HiddenInput::Prompt),
+                ("extra_pnginfo", HiddenInput::ExtraPngInfo),
+            ],
             outputs: vec![],
             output_node: true,
             freshness: Freshness::Pure,
@@ -144,8 +165,20 @@ impl Node for SaveImage {
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let images = inputs.image("images")?;
         let prefix = inputs.string("filename_prefix")?;
-        let refs = save_images(ctx, images, prefix, FolderType::Output, png::Compression::Default)?;
-        Ok(NodeOutput { values: vec![], ui: Some(Ui { images: refs, ..Ui::default() }) })
+        let refs = save_images(
+            ctx,
+            images,
+            prefix,
+            FolderType::Output,
+            png::Compression::Default,
+        )?;
+        Ok(NodeOutput {
+            values: vec![],
+            ui: Some(Ui {
+                images: refs,
+                ..Ui::default()
+            }),
+        })
     }
 }
 
@@ -160,7 +193,10 @@ impl Node for PreviewImage {
             category: "image",
             description: "Saves the input images to the temp folder for display.",
             inputs: vec![required("images", link(SlotType::IMAGE))],
-            hidden: vec![("prompt", HiddenInput::Prompt), ("extra_pnginfo", HiddenInput::ExtraPngInfo)],
+            hidden: vec![
+                ("prompt", HiddenInput::Prompt),
+                ("extra_pnginfo", HiddenInput::ExtraPngInfo),
+            ],
             outputs: vec![],
             output_node: true,
             freshness: Freshness::Pure,
@@ -176,8 +212,20 @@ impl Node for PreviewImage {
             (0..5).map(|_| rng.gen_range(b'a'..=b'z') as char).collect()
         };
         let prefix = format!("ComfyUI_temp_{suffix}");
-        let refs = save_images(ctx, images, &prefix, FolderType::Temp, png::Compression::Fast)?;
-        Ok(NodeOutput { values: vec![], ui: Some(Ui { images: refs, ..Ui::default() }) })
+        let refs = save_images(
+            ctx,
+            images,
+            &prefix,
+            FolderType::Temp,
+            png::Compression::Fast,
+        )?;
+        Ok(NodeOutput {
+            values: vec![],
+            ui: Some(Ui {
+                images: refs,
+                ..Ui::default()
+            }),
+        })
     }
 }
 
@@ -191,10 +239,16 @@ fn save_images(
     compression: png::Compression,
 ) -> Result<Vec<FileRef>, NodeError> {
     let (batch, height, width, channels) = images.dims4().map_err(|_| {
-        NodeError::input("images", format!("expected an IMAGE [B,H,W,C], got shape {:?}", images.dims()))
+        NodeError::input(
+            "images",
+            format!("expected an IMAGE [B,H,W,C], got shape {:?}", images.dims()),
+        )
     })?;
     if !(1..=4).contains(&channels) {
-        return Err(NodeError::input("images", format!("an image has 1 to 4 channels, got {channels}")));
+        return Err(NodeError::input(
+            "images",
+            format!("an image has 1 to 4 channels, got {channels}"),
+        ));
     }
     let prefix = expand_placeholders(prefix, width, height);
     let (subfolder, name) = match prefix.rsplit_once('/') {
@@ -202,7 +256,8 @@ fn save_images(
         None => (String::new(), prefix.clone()),
     };
     let base = ctx.dirs.folder(folder);
-    let dir = paths::join_relative(base, &subfolder).map_err(|e| NodeError::input("filename_prefix", e.to_string()))?;
+    let dir = paths::join_relative(base, &subfolder)
+        .map_err(|e| NodeError::input("filename_prefix", e.to_string()))?;
     std::fs::create_dir_all(&dir).map_err(|e| NodeError::file(dir.display(), e))?;
     let mut counter = next_counter(&dir, &name);
 
@@ -212,7 +267,10 @@ fn save_images(
         ctx.check_interrupt()?;
         let pixels: Vec<f32> = images.get(b)?.flatten_all()?.to_vec1()?;
         // ComfyUI: clip(255 * x, 0, 255).astype(uint8), a truncation.
-        let bytes: Vec<u8> = pixels.iter().map(|v| (v * 255.0).clamp(0.0, 255.0) as u8).collect();
+        let bytes: Vec<u8> = pixels
+            .iter()
+            .map(|v| (v * 255.0).clamp(0.0, 255.0) as u8)
+            .collect();
         let file_name_base = name.replace("%batch_num%", &b.to_string());
         let filename = format!("{file_name_base}_{counter:05}_.png");
         let path = paths::resolve_new(base, &subfolder, &filename)
@@ -227,7 +285,11 @@ fn save_images(
             }
         }
         write_png(&path, &bytes, width, height, channels, &chunks, compression)?;
-        refs.push(FileRef { filename, subfolder: subfolder.clone(), folder_type: folder.name().to_owned() });
+        refs.push(FileRef {
+            filename,
+            subfolder: subfolder.clone(),
+            folder_type: folder.name().to_owned(),
+        });
         counter += 1;
     }
     Ok(refs)
@@ -264,7 +326,14 @@ fn chrono_like_now() -> (i64, u32, u32, u32, u32, u32) {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, (rem / 3600) as u32, ((rem % 3600) / 60) as u32, (rem % 60) as u32)
+    (
+        year,
+        month,
+        day,
+        (rem / 3600) as u32,
+        ((rem % 3600) / 60) as u32,
+        (rem % 60) as u32,
+    )
 }
 
 /// 1 + the highest counter among files named `<name>_NNNNN_…` in `dir`.
@@ -274,7 +343,9 @@ fn next_counter(dir: &Path, name: &str) -> u64 {
         for entry in entries.flatten() {
             let file = entry.file_name();
             let Some(file) = file.to_str() else { continue };
-            let Some(rest) = file.strip_prefix(name).and_then(|r| r.strip_prefix('_')) else { continue };
+            let Some(rest) = file.strip_prefix(name).and_then(|r| r.strip_prefix('_')) else {
+                continue;
+            };
             let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
             if digits.len() >= 5 && rest[digits.len()..].starts_with('_') {
                 if let Ok(n) = digits.parse::<u64>() {
@@ -316,8 +387,12 @@ pub fn write_png(
             .add_text_chunk(key.clone(), value.clone())
             .map_err(|e| NodeError::file(&shown, format!("cannot add text chunk {key}: {e}")))?;
     }
-    let mut writer = encoder.write_header().map_err(|e| NodeError::file(&shown, e))?;
-    writer.write_image_data(bytes).map_err(|e| NodeError::file(&shown, e))?;
+    let mut writer = encoder
+        .write_header()
+        .map_err(|e| NodeError::file(&shown, e))?;
+    writer
+        .write_image_data(bytes)
+        .map_err(|e| NodeError::file(&shown, e))?;
     writer.finish().map_err(|e| NodeError::file(&shown, e))?;
     Ok(())
 }
@@ -344,7 +419,12 @@ mod tests {
     #[test]
     fn counter_continues_after_highest() {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["ComfyUI_00001_.png", "ComfyUI_00007_.png", "ComfyUI_x_00009_.png", "Other_00020_.png"] {
+        for f in [
+            "ComfyUI_00001_.png",
+            "ComfyUI_00007_.png",
+            "ComfyUI_x_00009_.png",
+            "Other_00020_.png",
+        ] {
             std::fs::write(dir.path().join(f), b"").unwrap();
         }
         assert_eq!(next_counter(dir.path(), "ComfyUI"), 8);

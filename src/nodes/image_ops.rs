@@ -47,13 +47,17 @@ fn spec(
 
 fn method(inputs: &Inputs) -> Result<UpscaleMethod, NodeError> {
     let name = inputs.string("upscale_method")?;
-    UpscaleMethod::parse(name).ok_or_else(|| NodeError::input("upscale_method", format!("unknown method '{name}'")))
+    UpscaleMethod::parse(name)
+        .ok_or_else(|| NodeError::input("upscale_method", format!("unknown method '{name}'")))
 }
 
 fn image_size(image: &Tensor) -> Result<(usize, usize, usize, usize), NodeError> {
-    image
-        .dims4()
-        .map_err(|_| NodeError::input("image", format!("expected an IMAGE [B,H,W,C], got shape {:?}", image.dims())))
+    image.dims4().map_err(|_| {
+        NodeError::input(
+            "image",
+            format!("expected an IMAGE [B,H,W,C], got shape {:?}", image.dims()),
+        )
+    })
 }
 
 /// Resizes to a width and height; 0 keeps the aspect ratio from the other side.
@@ -81,7 +85,11 @@ impl Node for ImageScale {
         let (_, h, w, _) = image_size(image)?;
         let mut width = inputs.usize("width")?;
         let mut height = inputs.usize("height")?;
-        let crop = if inputs.string("crop")? == "center" { Crop::Center } else { Crop::Disabled };
+        let crop = if inputs.string("crop")? == "center" {
+            Crop::Center
+        } else {
+            Crop::Disabled
+        };
         if width == 0 && height == 0 {
             return Ok(NodeOutput::values(vec![Value::Image(image.clone())]));
         }
@@ -170,7 +178,9 @@ impl Node for ImageInvert {
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let image = inputs.image("image")?;
-        Ok(NodeOutput::values(vec![Value::Image(image.affine(-1.0, 1.0)?)]))
+        Ok(NodeOutput::values(vec![Value::Image(
+            image.affine(-1.0, 1.0)?,
+        )]))
     }
 }
 
@@ -183,7 +193,10 @@ impl Node for ImageBatch {
             "ImageBatch",
             "Batch Images",
             "image",
-            vec![required("image1", link(SlotType::IMAGE)), required("image2", link(SlotType::IMAGE))],
+            vec![
+                required("image1", link(SlotType::IMAGE)),
+                required("image2", link(SlotType::IMAGE)),
+            ],
             vec![output(SlotType::IMAGE, "IMAGE")],
         )
     }
@@ -194,12 +207,18 @@ impl Node for ImageBatch {
         let (_, h1, w1, c1) = image_size(first)?;
         let (_, h2, w2, c2) = image_size(&second)?;
         if c1 != c2 {
-            return Err(NodeError::input("image2", format!("has {c2} channels but image1 has {c1}")));
+            return Err(NodeError::input(
+                "image2",
+                format!("has {c2} channels but image1 has {c1}"),
+            ));
         }
         if (h1, w1) != (h2, w2) {
             second = resize_image(&second, w1, h1, UpscaleMethod::Bilinear, Crop::Center)?;
         }
-        Ok(NodeOutput::values(vec![Value::Image(Tensor::cat(&[first, &second], 0)?)]))
+        Ok(NodeOutput::values(vec![Value::Image(Tensor::cat(
+            &[first, &second],
+            0,
+        )?)]))
     }
 }
 
@@ -220,15 +239,22 @@ impl Node for ImagePadForOutpaint {
                 required("bottom", int_step(0, 0, MAX_RESOLUTION, 8)),
                 required("feathering", int(40, 0, MAX_RESOLUTION)),
             ],
-            vec![output(SlotType::IMAGE, "IMAGE"), output(SlotType::MASK, "MASK")],
+            vec![
+                output(SlotType::IMAGE, "IMAGE"),
+                output(SlotType::MASK, "MASK"),
+            ],
         )
     }
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let image = inputs.image("image")?;
         let (b, h, w, c) = image_size(image)?;
-        let (left, top, right, bottom) =
-            (inputs.usize("left")?, inputs.usize("top")?, inputs.usize("right")?, inputs.usize("bottom")?);
+        let (left, top, right, bottom) = (
+            inputs.usize("left")?,
+            inputs.usize("top")?,
+            inputs.usize("right")?,
+            inputs.usize("bottom")?,
+        );
         let feathering = inputs.usize("feathering")?;
         let (new_h, new_w) = (h + top + bottom, w + left + right);
         ctx.check_interrupt()?;
@@ -264,7 +290,10 @@ impl Node for ImagePadForOutpaint {
         }
         let image = Tensor::from_vec(out, (b, new_h, new_w, c), &Device::Cpu)?;
         let mask = Tensor::from_vec(mask, (1, new_h, new_w), &Device::Cpu)?;
-        Ok(NodeOutput::values(vec![Value::Image(image), Value::Mask(mask)]))
+        Ok(NodeOutput::values(vec![
+            Value::Image(image),
+            Value::Mask(mask),
+        ]))
     }
 }
 
@@ -283,7 +312,13 @@ impl Node for EmptyImage {
                 required("batch_size", int(1, 1, 4096)),
                 required(
                     "color",
-                    InputKind::Int { default: 0, min: 0, max: 0xFFFFFF, step: 1, control_after_generate: false },
+                    InputKind::Int {
+                        default: 0,
+                        min: 0,
+                        max: 0xFFFFFF,
+                        step: 1,
+                        control_after_generate: false,
+                    },
                 ),
             ],
             vec![output(SlotType::IMAGE, "IMAGE")],
@@ -291,10 +326,21 @@ impl Node for EmptyImage {
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let (w, h, b) = (inputs.usize("width")?, inputs.usize("height")?, inputs.usize("batch_size")?);
-        let pixels = w.checked_mul(h).and_then(|p| p.checked_mul(b)).filter(|p| *p <= 1 << 30).ok_or_else(|| {
-            NodeError::input("batch_size", format!("{b} images of {w}x{h} is more than Weft will allocate at once"))
-        })?;
+        let (w, h, b) = (
+            inputs.usize("width")?,
+            inputs.usize("height")?,
+            inputs.usize("batch_size")?,
+        );
+        let pixels = w
+            .checked_mul(h)
+            .and_then(|p| p.checked_mul(b))
+            .filter(|p| *p <= 1 << 30)
+            .ok_or_else(|| {
+                NodeError::input(
+                    "batch_size",
+                    format!("{b} images of {w}x{h} is more than Weft will allocate at once"),
+                )
+            })?;
         let color = inputs.int("color")?;
         let channel = |shift: u32| ((color >> shift) & 0xFF) as f32 / 255.0;
         let rgb = [channel(16), channel(8), channel(0)];

@@ -34,12 +34,21 @@ pub trait Node: Send + Sync + 'static {
 
     /// For nodes that read files (`Freshness::ReadsFiles`): a token that changes whenever what
     /// they read changes, usually the file's content hash. Joins the cache key.
-    fn fingerprint(&self, _dirs: &DataDirs, _constants: &[(String, ConstValue)]) -> Result<String, NodeError> {
+    fn fingerprint(
+        &self,
+        _dirs: &DataDirs,
+        _constants: &[(String, ConstValue)],
+    ) -> Result<String, NodeError> {
         Ok(String::new())
     }
 
     /// Checks an input listed in `NodeSpec::self_validated` (ComfyUI's `VALIDATE_INPUTS`).
-    fn check_input(&self, _dirs: &DataDirs, _input: &str, _value: &ConstValue) -> Result<(), String> {
+    fn check_input(
+        &self,
+        _dirs: &DataDirs,
+        _input: &str,
+        _value: &ConstValue,
+    ) -> Result<(), String> {
         Ok(())
     }
 }
@@ -92,11 +101,17 @@ pub enum NodeError {
 
 impl NodeError {
     pub fn input(input: &str, message: impl Into<String>) -> NodeError {
-        NodeError::Input { input: input.to_owned(), message: message.into() }
+        NodeError::Input {
+            input: input.to_owned(),
+            message: message.into(),
+        }
     }
 
     pub fn file(path: impl std::fmt::Display, message: impl std::fmt::Display) -> NodeError {
-        NodeError::File { path: path.to_string(), message: message.to_string() }
+        NodeError::File {
+            path: path.to_string(),
+            message: message.to_string(),
+        }
     }
 
     /// The `exception_type` reported in `execution_error`.
@@ -162,7 +177,10 @@ pub struct Registry {
 impl Registry {
     /// The nodes a server offers.
     pub fn standard() -> Registry {
-        let mut registry = Registry { entries: Vec::new(), by_name: HashMap::new() };
+        let mut registry = Registry {
+            entries: Vec::new(),
+            by_name: HashMap::new(),
+        };
         image_io::register(&mut registry);
         image_ops::register(&mut registry);
         registry
@@ -177,9 +195,16 @@ impl Registry {
 
     pub fn add(&mut self, node: impl Node) {
         let spec = node.spec();
-        debug_assert!(!self.by_name.contains_key(spec.class_type), "node {} registered twice", spec.class_type);
+        debug_assert!(
+            !self.by_name.contains_key(spec.class_type),
+            "node {} registered twice",
+            spec.class_type
+        );
         self.by_name.insert(spec.class_type, self.entries.len());
-        self.entries.push(Entry { spec, node: Box::new(node) });
+        self.entries.push(Entry {
+            spec,
+            node: Box::new(node),
+        });
     }
 
     pub fn spec(&self, class_type: &str) -> Option<&NodeSpec> {
@@ -187,7 +212,9 @@ impl Registry {
     }
 
     pub fn node(&self, class_type: &str) -> Option<&dyn Node> {
-        self.by_name.get(class_type).map(|&i| self.entries[i].node.as_ref())
+        self.by_name
+            .get(class_type)
+            .map(|&i| self.entries[i].node.as_ref())
     }
 
     /// All declarations, in registration order.
@@ -197,7 +224,10 @@ impl Registry {
 
     /// A validation view that resolves file lists against `dirs`.
     pub fn catalog<'a>(&'a self, dirs: &'a DataDirs) -> RegistryCatalog<'a> {
-        RegistryCatalog { registry: self, dirs }
+        RegistryCatalog {
+            registry: self,
+            dirs,
+        }
     }
 }
 
@@ -206,7 +236,9 @@ pub fn combo_options(dirs: &DataDirs, options: &ComboOptions) -> Vec<String> {
     match options {
         ComboOptions::Static(list) => list.iter().map(|s| (*s).to_owned()).collect(),
         ComboOptions::Files(FileList::InputImages) => dirs.list_input_images(),
-        ComboOptions::Files(FileList::Models(folder)) => dirs.list_models(folder).unwrap_or_default(),
+        ComboOptions::Files(FileList::Models(folder)) => {
+            dirs.list_models(folder).unwrap_or_default()
+        }
     }
 }
 
@@ -243,12 +275,26 @@ mod tests {
         for spec in registry.specs() {
             let mut names = std::collections::HashSet::new();
             for input in &spec.inputs {
-                assert!(names.insert(input.name), "{}: input {} declared twice", spec.class_type, input.name);
+                assert!(
+                    names.insert(input.name),
+                    "{}: input {} declared twice",
+                    spec.class_type,
+                    input.name
+                );
             }
             for name in spec.self_validated {
-                assert!(spec.input(name).is_some(), "{}: self-validated {} is not an input", spec.class_type, name);
+                assert!(
+                    spec.input(name).is_some(),
+                    "{}: self-validated {} is not an input",
+                    spec.class_type,
+                    name
+                );
             }
-            assert!(!spec.category.is_empty(), "{} has no category", spec.class_type);
+            assert!(
+                !spec.category.is_empty(),
+                "{} has no category",
+                spec.class_type
+            );
         }
     }
 }

@@ -16,9 +16,14 @@ pub fn register(registry: &mut Registry) {
     registry.add(TestSleep);
     registry.add(TestFail);
     registry.add(TestPanic);
+    registry.add(TestPreview);
 }
 
-fn spec(class_type: &'static str, inputs: Vec<crate::graph::spec::InputSpec>, outputs: Vec<crate::graph::spec::OutputSpec>) -> NodeSpec {
+fn spec(
+    class_type: &'static str,
+    inputs: Vec<crate::graph::spec::InputSpec>,
+    outputs: Vec<crate::graph::spec::OutputSpec>,
+) -> NodeSpec {
     NodeSpec {
         class_type,
         display_name: class_type,
@@ -52,14 +57,24 @@ impl Node for StubImage {
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let (h, w, b) = (inputs.usize("height")?, inputs.usize("width")?, inputs.usize("batch_size")?);
+        let (h, w, b) = (
+            inputs.usize("height")?,
+            inputs.usize("width")?,
+            inputs.usize("batch_size")?,
+        );
         let n = b * h * w * 3;
         let data: Vec<f32> = match inputs.string("content")? {
             "WHITE" => vec![1.0; n],
             "BLACK" => vec![0.0; n],
-            _ => (0..n as u64).map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % 1000) as f32 / 999.0).collect(),
+            _ => (0..n as u64)
+                .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % 1000) as f32 / 999.0)
+                .collect(),
         };
-        Ok(NodeOutput::values(vec![Value::Image(Tensor::from_vec(data, (b, h, w, 3), &Device::Cpu)?)]))
+        Ok(NodeOutput::values(vec![Value::Image(Tensor::from_vec(
+            data,
+            (b, h, w, 3),
+            &Device::Cpu,
+        )?)]))
     }
 }
 
@@ -70,13 +85,19 @@ impl Node for TestSleep {
     fn spec(&self) -> NodeSpec {
         spec(
             "TestSleep",
-            vec![required("value", link(SlotType::ANY)), required("seconds", float(2.0, 0.0, 3600.0, 0.01))],
+            vec![
+                required("value", link(SlotType::ANY)),
+                required("seconds", float(2.0, 0.0, 3600.0, 0.01)),
+            ],
             vec![output(SlotType::ANY, "value")],
         )
     }
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let value = inputs.get("value").cloned().ok_or_else(|| NodeError::input("value", "missing"))?;
+        let value = inputs
+            .get("value")
+            .cloned()
+            .ok_or_else(|| NodeError::input("value", "missing"))?;
         let total = Duration::from_secs_f64(inputs.float("seconds")?);
         let start = Instant::now();
         let steps = 20u64;
@@ -84,7 +105,9 @@ impl Node for TestSleep {
             let until = total.mul_f64(step as f64 / steps as f64);
             while start.elapsed() < until {
                 ctx.check_interrupt()?;
-                std::thread::sleep(Duration::from_millis(5).min(until - start.elapsed().min(until)));
+                std::thread::sleep(
+                    Duration::from_millis(5).min(until - start.elapsed().min(until)),
+                );
             }
             ctx.progress(step, steps);
         }
@@ -99,7 +122,10 @@ impl Node for TestFail {
     fn spec(&self) -> NodeSpec {
         spec(
             "TestFail",
-            vec![required("value", link(SlotType::ANY)), required("message", string("test failure"))],
+            vec![
+                required("value", link(SlotType::ANY)),
+                required("message", string("test failure")),
+            ],
             vec![output(SlotType::ANY, "value")],
         )
     }
@@ -114,10 +140,37 @@ pub struct TestPanic;
 
 impl Node for TestPanic {
     fn spec(&self) -> NodeSpec {
-        spec("TestPanic", vec![required("value", link(SlotType::ANY))], vec![output(SlotType::ANY, "value")])
+        spec(
+            "TestPanic",
+            vec![required("value", link(SlotType::ANY))],
+            vec![output(SlotType::ANY, "value")],
+        )
     }
 
     fn run(&self, _ctx: &NodeContext, _inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         panic!("TestPanic node panicked on purpose")
+    }
+}
+
+/// Sends one 4×4 PNG preview frame, as a sampler does on each step.
+pub struct TestPreview;
+
+impl Node for TestPreview {
+    fn spec(&self) -> NodeSpec {
+        spec(
+            "TestPreview",
+            vec![required("value", link(SlotType::ANY))],
+            vec![output(SlotType::ANY, "value")],
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let value = inputs
+            .get("value")
+            .cloned()
+            .ok_or_else(|| NodeError::input("value", "missing"))?;
+        let png = crate::nodes::image_io::encode_png(&[200u8; 4 * 4 * 3], 4, 4);
+        ctx.reporter.preview(&ctx.node_id, png, true);
+        Ok(NodeOutput::values(vec![value]))
     }
 }

@@ -47,9 +47,12 @@ impl Value {
             Value::Float(f) => ConstValue::Float(*f).to_json(),
             Value::String(s) => ConstValue::String(s.clone()).summary(),
             Value::Bool(b) => serde_json::Value::from(*b),
-            Value::Image(t) | Value::Mask(t) => {
-                serde_json::Value::from(format!("{} {:?} {:?}", self.slot_type().0, t.dims(), t.dtype()))
-            }
+            Value::Image(t) | Value::Mask(t) => serde_json::Value::from(format!(
+                "{} {:?} {:?}",
+                self.slot_type().0,
+                t.dims(),
+                t.dtype()
+            )),
         }
     }
 
@@ -83,11 +86,15 @@ impl Inputs {
     }
 
     fn required(&self, name: &str) -> Result<&Value, NodeError> {
-        self.get(name).ok_or_else(|| NodeError::input(name, "required input is missing"))
+        self.get(name)
+            .ok_or_else(|| NodeError::input(name, "required input is missing"))
     }
 
     fn wrong(name: &str, wanted: &str, got: &Value) -> NodeError {
-        NodeError::input(name, format!("expected {wanted}, got {}", got.slot_type().0))
+        NodeError::input(
+            name,
+            format!("expected {wanted}, got {}", got.slot_type().0),
+        )
     }
 
     pub fn int(&self, name: &str) -> Result<i128, NodeError> {
@@ -100,7 +107,8 @@ impl Inputs {
     /// An INT input that must fit in `usize` (sizes, counts, offsets).
     pub fn usize(&self, name: &str) -> Result<usize, NodeError> {
         let value = self.int(name)?;
-        usize::try_from(value).map_err(|_| NodeError::input(name, format!("{value} is not a valid size")))
+        usize::try_from(value)
+            .map_err(|_| NodeError::input(name, format!("{value} is not a valid size")))
     }
 
     pub fn float(&self, name: &str) -> Result<f64, NodeError> {

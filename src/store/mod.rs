@@ -12,7 +12,9 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 pub use prompts::{NewPrompt, PromptRow, PromptStatus};
 pub use workflows::{WorkflowRow, WorkflowVersionRow};
@@ -21,11 +23,17 @@ pub use workflows::{WorkflowRow, WorkflowVersionRow};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error while {doing}: {source}")]
-    Sql { doing: &'static str, source: sqlx::Error },
+    Sql {
+        doing: &'static str,
+        source: sqlx::Error,
+    },
     #[error("could not run database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored JSON for prompt '{prompt_id}' is corrupt: {source}")]
-    CorruptJson { prompt_id: String, source: serde_json::Error },
+    CorruptJson {
+        prompt_id: String,
+        source: serde_json::Error,
+    },
 }
 
 pub(crate) trait SqlContext<T> {
@@ -68,5 +76,8 @@ impl Store {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

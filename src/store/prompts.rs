@@ -72,11 +72,15 @@ pub struct PromptRow {
     pub meta: Option<Json>,
 }
 
-const COLUMNS: &str = "seq, prompt_id, number, status, prompt, extra_data, outputs_to_execute, client_id, \
+const COLUMNS: &str =
+    "seq, prompt_id, number, status, prompt, extra_data, outputs_to_execute, client_id, \
      reason, created_at, started_at, finished_at, outputs, status_messages, meta";
 
 fn parse_json(prompt_id: &str, text: &str) -> Result<Json, StoreError> {
-    serde_json::from_str(text).map_err(|source| StoreError::CorruptJson { prompt_id: prompt_id.to_owned(), source })
+    serde_json::from_str(text).map_err(|source| StoreError::CorruptJson {
+        prompt_id: prompt_id.to_owned(),
+        source,
+    })
 }
 
 fn parse_optional_json(prompt_id: &str, text: Option<String>) -> Result<Option<Json>, StoreError> {
@@ -85,7 +89,8 @@ fn parse_optional_json(prompt_id: &str, text: Option<String>) -> Result<Option<J
 
 fn row_to_prompt(row: &SqliteRow) -> Result<PromptRow, StoreError> {
     let prompt_id: String = row.get("prompt_id");
-    let outputs_to_execute: Json = parse_json(&prompt_id, row.get::<&str, _>("outputs_to_execute"))?;
+    let outputs_to_execute: Json =
+        parse_json(&prompt_id, row.get::<&str, _>("outputs_to_execute"))?;
     Ok(PromptRow {
         seq: row.get("seq"),
         number: row.get("number"),
@@ -94,7 +99,11 @@ fn row_to_prompt(row: &SqliteRow) -> Result<PromptRow, StoreError> {
         extra_data: parse_json(&prompt_id, row.get::<&str, _>("extra_data"))?,
         outputs_to_execute: outputs_to_execute
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default(),
         client_id: row.get("client_id"),
         reason: row.get("reason"),
@@ -125,7 +134,11 @@ impl Store {
     /// Stores a new pending prompt. Replaces an older prompt with the same id that is no longer
     /// queued or running (ComfyUI lets a client reuse a prompt id; its history is overwritten).
     pub async fn enqueue(&self, item: &NewPrompt) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.doing("starting to enqueue")?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("starting to enqueue")?;
         let busy: Option<String> = sqlx::query_scalar(
             "SELECT status FROM prompts WHERE prompt_id = ? AND status IN ('pending', 'running')",
         )
@@ -136,7 +149,10 @@ impl Store {
         if busy.is_some() {
             return Err(StoreError::Sql {
                 doing: "enqueueing",
-                source: sqlx::Error::Protocol(format!("prompt id '{}' is already queued", item.prompt_id)),
+                source: sqlx::Error::Protocol(format!(
+                    "prompt id '{}' is already queued",
+                    item.prompt_id
+                )),
             });
         }
         sqlx::query("DELETE FROM prompts WHERE prompt_id = ?")
@@ -177,7 +193,11 @@ impl Store {
     /// Takes the first pending prompt (lowest number, then oldest) and marks it running, in one
     /// transaction, so two workers could never take the same prompt.
     pub async fn claim_next(&self) -> Result<Option<PromptRow>, StoreError> {
-        let mut tx = self.pool.begin().await.doing("starting to claim a prompt")?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("starting to claim a prompt")?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM prompts WHERE status = 'pending' ORDER BY number, seq LIMIT 1"
         ))
@@ -229,11 +249,17 @@ impl Store {
     /// After a restart: prompts left running by a crash become interrupted history entries with a
     /// reason. Returns their ids. Pending prompts are untouched and run in their original order.
     pub async fn recover_interrupted(&self, reason: &str) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.pool.begin().await.doing("starting crash recovery")?;
-        let ids: Vec<String> = sqlx::query_scalar("SELECT prompt_id FROM prompts WHERE status = 'running' ORDER BY seq")
-            .fetch_all(&mut *tx)
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
             .await
-            .doing("finding prompts left running")?;
+            .doing("starting crash recovery")?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT prompt_id FROM prompts WHERE status = 'running' ORDER BY seq",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .doing("finding prompts left running")?;
         let now = now_ms();
         for id in &ids {
             let messages = serde_json::json!([[
@@ -270,10 +296,12 @@ impl Store {
 
     /// The prompt being run, if any.
     pub async fn running(&self) -> Result<Vec<PromptRow>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM prompts WHERE status = 'running' ORDER BY seq"))
-            .fetch_all(&self.pool)
-            .await
-            .doing("listing running prompts")?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM prompts WHERE status = 'running' ORDER BY seq"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .doing("listing running prompts")?;
         rows_to_prompts(&rows)
     }
 
@@ -306,27 +334,35 @@ impl Store {
 
     /// Cancels every pending prompt; returns how many.
     pub async fn cancel_all_pending(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query("UPDATE prompts SET status = 'cancelled', finished_at = ? WHERE status = 'pending'")
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await
-            .doing("clearing the queue")?;
+        let done = sqlx::query(
+            "UPDATE prompts SET status = 'cancelled', finished_at = ? WHERE status = 'pending'",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .doing("clearing the queue")?;
         Ok(done.rows_affected())
     }
 
     /// Moves a pending prompt ahead of every other pending one. False if it is not pending.
     pub async fn move_to_front(&self, prompt_id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.doing("starting to reorder the queue")?;
-        let min: Option<f64> = sqlx::query_scalar("SELECT MIN(number) FROM prompts WHERE status = 'pending'")
-            .fetch_one(&mut *tx)
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
             .await
-            .doing("reading the queue front")?;
-        let done = sqlx::query("UPDATE prompts SET number = ? WHERE prompt_id = ? AND status = 'pending'")
-            .bind(min.unwrap_or(0.0) - 1.0)
-            .bind(prompt_id)
-            .execute(&mut *tx)
-            .await
-            .doing("moving a prompt to the front")?;
+            .doing("starting to reorder the queue")?;
+        let min: Option<f64> =
+            sqlx::query_scalar("SELECT MIN(number) FROM prompts WHERE status = 'pending'")
+                .fetch_one(&mut *tx)
+                .await
+                .doing("reading the queue front")?;
+        let done =
+            sqlx::query("UPDATE prompts SET number = ? WHERE prompt_id = ? AND status = 'pending'")
+                .bind(min.unwrap_or(0.0) - 1.0)
+                .bind(prompt_id)
+                .execute(&mut *tx)
+                .await
+                .doing("moving a prompt to the front")?;
         tx.commit().await.doing("committing the new order")?;
         Ok(done.rows_affected() > 0)
     }
@@ -350,7 +386,11 @@ impl Store {
 
     /// History entries, oldest first. `offset`/`max_items` follow ComfyUI: without an offset,
     /// `max_items` takes the newest entries.
-    pub async fn history(&self, max_items: Option<i64>, offset: Option<i64>) -> Result<Vec<PromptRow>, StoreError> {
+    pub async fn history(
+        &self,
+        max_items: Option<i64>,
+        offset: Option<i64>,
+    ) -> Result<Vec<PromptRow>, StoreError> {
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM prompts WHERE in_history = 1")
             .fetch_one(&self.pool)
             .await
@@ -373,17 +413,22 @@ impl Store {
 
     /// Any stored prompt by id (queued, running or finished).
     pub async fn prompt(&self, prompt_id: &str) -> Result<Option<PromptRow>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM prompts WHERE prompt_id = ?"))
-            .bind(prompt_id)
-            .fetch_optional(&self.pool)
-            .await
-            .doing("reading a prompt")?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM prompts WHERE prompt_id = ?"
+        ))
+        .bind(prompt_id)
+        .fetch_optional(&self.pool)
+        .await
+        .doing("reading a prompt")?;
         row.as_ref().map(row_to_prompt).transpose()
     }
 
     /// One history entry, or None while it is not finished.
     pub async fn history_entry(&self, prompt_id: &str) -> Result<Option<PromptRow>, StoreError> {
-        Ok(self.prompt(prompt_id).await?.filter(|p| p.outputs.is_some()))
+        Ok(self
+            .prompt(prompt_id)
+            .await?
+            .filter(|p| p.outputs.is_some()))
     }
 
     /// Removes finished prompts from history (the queue is untouched).
@@ -455,12 +500,21 @@ mod tests {
         store.enqueue(&item("b", 1.0)).await.unwrap();
         store.enqueue(&item("c", -2.0)).await.unwrap();
         assert_eq!(store.next_number().await.unwrap(), 3.0);
-        let order: Vec<String> = store.pending().await.unwrap().into_iter().map(|p| p.prompt_id).collect();
+        let order: Vec<String> = store
+            .pending()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.prompt_id)
+            .collect();
         assert_eq!(order, ["c", "a", "b"]);
         assert!(store.move_to_front("b").await.unwrap());
         let claimed = store.claim_next().await.unwrap().unwrap();
         assert_eq!(claimed.prompt_id, "b");
-        assert!(store.enqueue(&item("b", 5.0)).await.is_err(), "a running id cannot be reused");
+        assert!(
+            store.enqueue(&item("b", 5.0)).await.is_err(),
+            "a running id cannot be reused"
+        );
 
         // Simulate a crash: reopen the same file.
         drop(store);
@@ -471,7 +525,13 @@ mod tests {
         assert_eq!(entry.reason.as_deref(), Some("killed"));
         assert_eq!(store.queue_remaining().await.unwrap(), 2);
         assert!(store.requeue("b").await.unwrap().is_some());
-        let order: Vec<String> = store.pending().await.unwrap().into_iter().map(|p| p.prompt_id).collect();
+        let order: Vec<String> = store
+            .pending()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.prompt_id)
+            .collect();
         assert_eq!(order, ["c", "a", "b"]);
     }
 
@@ -482,15 +542,34 @@ mod tests {
         for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
             store.enqueue(&item(id, i as f64)).await.unwrap();
             let p = store.claim_next().await.unwrap().unwrap();
-            store.finish(&p.prompt_id, PromptStatus::Done, None, &json!({}), &json!([]), &json!({})).await.unwrap();
+            store
+                .finish(
+                    &p.prompt_id,
+                    PromptStatus::Done,
+                    None,
+                    &json!({}),
+                    &json!([]),
+                    &json!({}),
+                )
+                .await
+                .unwrap();
         }
         let ids = |rows: Vec<PromptRow>| rows.into_iter().map(|p| p.prompt_id).collect::<Vec<_>>();
-        assert_eq!(ids(store.history(None, None).await.unwrap()), ["a", "b", "c", "d"]);
+        assert_eq!(
+            ids(store.history(None, None).await.unwrap()),
+            ["a", "b", "c", "d"]
+        );
         assert_eq!(ids(store.history(Some(2), None).await.unwrap()), ["c", "d"]);
-        assert_eq!(ids(store.history(Some(2), Some(1)).await.unwrap()), ["b", "c"]);
+        assert_eq!(
+            ids(store.history(Some(2), Some(1)).await.unwrap()),
+            ["b", "c"]
+        );
         assert_eq!(ids(store.history(None, Some(3)).await.unwrap()), ["d"]);
         assert!(store.history(None, Some(9)).await.unwrap().is_empty());
         store.delete_history(&["b".into()]).await.unwrap();
-        assert_eq!(ids(store.history(None, None).await.unwrap()), ["a", "c", "d"]);
+        assert_eq!(
+            ids(store.history(None, None).await.unwrap()),
+            ["a", "c", "d"]
+        );
     }
 }

@@ -41,9 +41,19 @@ fn to_workflow(row: &sqlx::sqlite::SqliteRow) -> WorkflowRow {
 
 impl Store {
     /// Saves a new workflow as version 1.
-    pub async fn create_workflow(&self, id: &str, name: &str, description: &str, content: &str) -> Result<WorkflowRow, StoreError> {
+    pub async fn create_workflow(
+        &self,
+        id: &str,
+        name: &str,
+        description: &str,
+        content: &str,
+    ) -> Result<WorkflowRow, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await.doing("starting to save a workflow")?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("starting to save a workflow")?;
         sqlx::query(
             "INSERT INTO workflows (id, name, description, version, content, created_at, updated_at) VALUES (?, ?, ?, 1, ?, ?, ?)",
         )
@@ -89,13 +99,19 @@ impl Store {
         content: &str,
     ) -> Result<Option<WorkflowRow>, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await.doing("starting to update a workflow")?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("starting to update a workflow")?;
         let version: Option<i64> = sqlx::query_scalar("SELECT version FROM workflows WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await
             .doing("reading a workflow version")?;
-        let Some(version) = version else { return Ok(None) };
+        let Some(version) = version else {
+            return Ok(None);
+        };
         let next = version + 1;
         sqlx::query("UPDATE workflows SET name = ?, description = ?, version = ?, content = ?, updated_at = ? WHERE id = ?")
             .bind(name)
@@ -153,11 +169,12 @@ impl Store {
 
     /// Every kept version of a workflow, oldest first.
     pub async fn workflow_versions(&self, id: &str) -> Result<Vec<WorkflowVersionRow>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM workflow_versions WHERE workflow_id = ? ORDER BY version")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await
-            .doing("listing workflow versions")?;
+        let rows =
+            sqlx::query("SELECT * FROM workflow_versions WHERE workflow_id = ? ORDER BY version")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await
+                .doing("listing workflow versions")?;
         Ok(rows
             .iter()
             .map(|row| WorkflowVersionRow {

@@ -1,0 +1,268 @@
+//! Starting a real server on a free loopback port with a fresh data folder, and typed helpers to
+//! drive it over HTTP and WebSocket.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use awc::ws;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value as Json};
+use weft::app::{self, ServerConfig};
+use weft::exec::Executor;
+
+pub struct TestApp {
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub exec: Arc<Executor>,
+    client: awc::Client,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = ServerConfig::new(&dir.path().join("data"));
+    config.port = 0;
+    config.models_dir = dir.path().join("models");
+    config.test_nodes = true;
+    config.http_workers = 1;
+    adjust(&mut config);
+    let running = app::start(config).await.expect("server starts");
+    actix_web::rt::spawn(running.server);
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish();
+    TestApp {
+        base: format!("http://{}", running.addr),
+        dir,
+        exec: running.exec,
+        client,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Json) {
+        let mut response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let body = response.body().limit(64 << 20).await.expect("body");
+        (status, serde_json::from_slice(&body).unwrap_or(Json::Null))
+    }
+
+    pub async fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let mut response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let body = response.body().limit(64 << 20).await.expect("body");
+        (status, body.to_vec())
+    }
+
+    pub async fn post(&self, path: &str, body: Json) -> (u16, Json) {
+        self.post_raw(path, body.to_string().into_bytes(), "application/json")
+            .await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>, content_type: &str) -> (u16, Json) {
+        let mut response = self
+            .client
+            .post(self.url(path))
+            .insert_header(("content-type", content_type))
+            .send_body(body)
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let body = response.body().limit(64 << 20).await.expect("body");
+        (status, serde_json::from_slice(&body).unwrap_or(Json::Null))
+    }
+
+    /// Queues a prompt and returns its id; panics unless accepted.
+    pub async fn queue(&self, prompt: Json, client_id: &str) -> String {
+        let (status, body) = self
+            .post("/prompt", json!({"prompt": prompt, "client_id": client_id}))
+            .await;
+        assert_eq!(status, 200, "prompt rejected: {body}");
+        body["prompt_id"].as_str().expect("prompt id").to_owned()
+    }
+
+    pub async fn ws(&self, client_id: &str) -> WsClient {
+        let url = format!(
+            "{}/ws?clientId={client_id}",
+            self.base.replace("http://", "ws://")
+        );
+        let (_, connection) = self
+            .client
+            .ws(url)
+            .connect()
+            .await
+            .expect("websocket connects");
+        let mut client = WsClient { connection };
+        let hello = client.next_json().await.expect("status on connect");
+        assert_eq!(hello["type"], "status");
+        assert_eq!(hello["data"]["sid"], client_id);
+        client
+    }
+
+    /// Waits until the prompt is in history (polling, for tests without a socket).
+    pub async fn wait_history(&self, prompt_id: &str) -> Json {
+        for _ in 0..600 {
+            let (_, body) = self.get(&format!("/history/{prompt_id}")).await;
+            if let Some(entry) = body.get(prompt_id) {
+                return entry.clone();
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("prompt {prompt_id} did not finish in 30 s");
+    }
+}
+
+pub struct WsClient {
+    connection: actix_codec::Framed<awc::BoxedSocket, ws::Codec>,
+}
+
+pub enum WsFrame {
+    Text(Json),
+    Binary(Vec<u8>),
+}
+
+impl WsClient {
+    pub async fn next_frame(&mut self) -> Option<WsFrame> {
+        loop {
+            let frame =
+                actix_web::rt::time::timeout(Duration::from_secs(30), self.connection.next())
+                    .await
+                    .ok()??
+                    .ok()?;
+            match frame {
+                ws::Frame::Text(bytes) => {
+                    return serde_json::from_slice(&bytes).ok().map(WsFrame::Text)
+                }
+                ws::Frame::Binary(bytes) => return Some(WsFrame::Binary(bytes.to_vec())),
+                ws::Frame::Ping(bytes) => {
+                    let _ = self.connection.send(ws::Message::Pong(bytes)).await;
+                }
+                ws::Frame::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn next_json(&mut self) -> Option<Json> {
+        loop {
+            match self.next_frame().await? {
+                WsFrame::Text(json) => return Some(json),
+                WsFrame::Binary(_) => continue,
+            }
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.connection
+            .send(ws::Message::Text(text.to_owned().into()))
+            .await
+            .expect("send");
+    }
+
+    /// Reads events until `executing {node: null}` for `prompt_id`; returns every text event.
+    pub async fn until_done(&mut self, prompt_id: &str) -> Vec<Json> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next_json().await {
+            let done = event["type"] == "executing"
+                && event["data"]["node"].is_null()
+                && event["data"]["prompt_id"] == prompt_id;
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+        panic!("socket closed before prompt {prompt_id} finished; got {events:#?}");
+    }
+}
+
+/// Event names in order, leaving out `status` and `progress`.
+pub fn names(events: &[Json]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] != "status" && e["type"] != "progress")
+        .map(|e| match e["type"].as_str() {
+            Some("executing") if !e["data"]["node"].is_null() => {
+                format!("executing:{}", e["data"]["node"].as_str().unwrap_or("?"))
+            }
+            Some("executed") => format!("executed:{}", e["data"]["node"].as_str().unwrap_or("?")),
+            Some(other) => other.to_owned(),
+            None => "?".into(),
+        })
+        .collect()
+}
+
+pub fn find<'a>(events: &'a [Json], kind: &str) -> Option<&'a Json> {
+    events
+        .iter()
+        .find(|e| e["type"] == kind)
+        .map(|e| &e["data"])
+}
+
+/// Reads a PNG's size and text chunks.
+pub fn read_png(path: &Path) -> (u32, u32, Vec<(String, String)>, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(path).expect("png exists"),
+    ));
+    let mut reader = decoder.read_info().expect("png header");
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    reader.next_frame(&mut pixels).expect("png frame");
+    let info = reader.info();
+    let texts = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|t| (t.keyword.clone(), t.text.clone()))
+        .collect();
+    (info.width, info.height, texts, pixels)
+}
+
+/// A small graph of utility nodes: StubImage → ImageInvert → SaveImage.
+pub fn invert_graph(prefix: &str) -> Json {
+    json!({
+        "1": {"class_type": "StubImage", "inputs": {"content": "BLACK", "height": 16, "width": 24, "batch_size": 1}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}}
+    })
+}
+
+struct NoReporter;
+
+impl weft::nodes::Reporter for NoReporter {
+    fn progress(&self, _: &str, _: u64, _: u64) {}
+    fn preview(&self, _: &str, _: Vec<u8>, _: bool) {}
+}
+
+/// A context for calling a node directly, outside a prompt (for checks of exact values).
+pub fn context(app: &TestApp) -> weft::nodes::NodeContext {
+    weft::nodes::NodeContext {
+        node_id: "direct".into(),
+        prompt_id: "direct".into(),
+        dirs: Arc::new(app.exec.dirs().clone()),
+        prompt: Arc::new(json!({})),
+        extra_pnginfo: None,
+        reporter: Arc::new(NoReporter),
+        interrupt: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        write_metadata: false,
+    }
+}

@@ -1,0 +1,188 @@
+//! Durability: a server killed with SIGKILL while a prompt runs loses nothing (issue 2).
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+
+struct Server {
+    child: Child,
+    base: String,
+    client: awc::Client,
+}
+
+impl Server {
+    async fn start(data: &Path, models: &Path, port: u16) -> Server {
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", "--test-nodes", "--port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--models-dir")
+            .arg(models)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("weft starts");
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: awc::Client::default(),
+        };
+        for _ in 0..400 {
+            if server
+                .client
+                .get(format!("{}/prompt", server.base))
+                .send()
+                .await
+                .is_ok()
+            {
+                return server;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("weft did not start listening on {port}");
+    }
+
+    async fn get(&self, path: &str) -> Json {
+        let mut response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request");
+        serde_json::from_slice(&response.body().await.expect("body")).unwrap_or(Json::Null)
+    }
+
+    async fn post(&self, path: &str, body: Json) -> (u16, Json) {
+        let mut response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .send_json(&body)
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (
+            status,
+            serde_json::from_slice(&response.body().await.expect("body")).unwrap_or(Json::Null),
+        )
+    }
+
+    async fn queue(&self, prompt: Json) -> String {
+        let (status, body) = self.post("/prompt", json!({"prompt": prompt})).await;
+        assert_eq!(status, 200, "{body}");
+        body["prompt_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn wait_history(&self, id: &str) -> Json {
+        for _ in 0..1200 {
+            let history = self.get(&format!("/history/{id}")).await;
+            if let Some(entry) = history.get(id) {
+                return entry.clone();
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{id} never finished");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn graph(prefix: &str, sleep: f64) -> Json {
+    json!({
+        "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8, "batch_size": 1}},
+        "2": {"class_type": "TestSleep", "inputs": {"value": ["1", 0], "seconds": sleep}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}}
+    })
+}
+
+#[actix_web::test]
+async fn sigkill_while_running_loses_no_prompt_and_keeps_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, models) = (dir.path().join("data"), dir.path().join("models"));
+    let port = free_port();
+    let server = Server::start(&data, &models, port).await;
+
+    let done_before = server.queue(graph("before", 0.0)).await;
+    server.wait_history(&done_before).await;
+    let running = server.queue(graph("running", 60.0)).await;
+    let second = server.queue(graph("second", 0.0)).await;
+    let third = server.queue(graph("third", 0.0)).await;
+    // Wait until the long prompt is running, then kill the server without warning.
+    for _ in 0..400 {
+        let queue = server.get("/queue").await;
+        if queue["queue_running"][0][1] == running.as_str() {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut server = server;
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().unwrap();
+    drop(server);
+
+    let server = Server::start(&data, &models, free_port()).await;
+    // The pending prompts run after the restart, in their original order.
+    let second_entry = server.wait_history(&second).await;
+    let third_entry = server.wait_history(&third).await;
+    assert_eq!(second_entry["status"]["status_str"], "success");
+    assert_eq!(third_entry["status"]["status_str"], "success");
+    let history = server.get("/history").await;
+    let order: Vec<&String> = history.as_object().unwrap().keys().collect();
+    assert_eq!(order, [&done_before, &running, &second, &third]);
+    // The one that was running is interrupted, with a reason.
+    let entry = &history[&running];
+    assert_eq!(entry["status"]["status_str"], "error");
+    assert_eq!(entry["status"]["completed"], false);
+    assert!(
+        entry["status"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("server stopped"),
+        "{entry}"
+    );
+    assert_eq!(entry["status"]["messages"][0][0], "execution_interrupted");
+    // History from before the crash is intact.
+    assert_eq!(
+        history[&done_before]["outputs"]["3"]["images"][0]["filename"],
+        "before_00001_.png"
+    );
+
+    // One call re-queues the interrupted prompt; it runs again under the same id.
+    let (status, body) = server
+        .post(&format!("/api/weft/queue/{running}/requeue"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let queue = server.get("/queue").await;
+    let queued: Vec<&str> = queue["queue_running"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(queue["queue_pending"].as_array().unwrap())
+        .map(|item| item[1].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        queued,
+        [running.as_str()],
+        "{queue} {}",
+        server.get(&format!("/history/{running}")).await
+    );
+    let (status, _) = server
+        .post(&format!("/api/weft/queue/{running}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+}
