@@ -46,6 +46,13 @@ impl Hub {
         self.clients.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn remove_if_current(&self, sid: &str, connection: u64) {
+        let mut clients = self.lock();
+        if clients.get(sid).is_some_and(|c| c.connection == connection) {
+            clients.remove(sid);
+        }
+    }
+
     /// Forwards executor events to clients until the executor goes away.
     pub async fn route(self, mut events: mpsc::UnboundedReceiver<Envelope>) {
         while let Some(envelope) = events.recv().await {
@@ -191,14 +198,7 @@ pub async fn connect(
                 }
             }
         }
-        let mut clients = hub.lock();
-        if clients
-            .get(&sid)
-            .is_some_and(|c| c.connection == connection)
-        {
-            clients.remove(&sid);
-        }
-        drop(clients);
+        hub.remove_if_current(&sid, connection);
         let _ = session.close(None).await;
     });
     Ok(response)

@@ -168,7 +168,7 @@ impl OutputCache {
                 last_used: e.last_used,
             })
             .collect();
-        list.sort_by(|a, b| b.last_used.cmp(&a.last_used));
+        list.sort_by_key(|e| std::cmp::Reverse(e.last_used));
         list
     }
 }

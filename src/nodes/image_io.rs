@@ -259,11 +259,11 @@ fn save_images(
     let dir = paths::join_relative(base, &subfolder)
         .map_err(|e| NodeError::input("filename_prefix", e.to_string()))?;
     std::fs::create_dir_all(&dir).map_err(|e| NodeError::file(dir.display(), e))?;
-    let mut counter = next_counter(&dir, &name);
+    let first_counter = next_counter(&dir, &name);
 
     let images = images.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
     let mut refs = Vec::with_capacity(batch);
-    for b in 0..batch {
+    for (b, counter) in (0..batch).zip(first_counter..) {
         ctx.check_interrupt()?;
         let pixels: Vec<f32> = images.get(b)?.flatten_all()?.to_vec1()?;
         // ComfyUI: clip(255 * x, 0, 255).astype(uint8), a truncation.
@@ -290,7 +290,6 @@ fn save_images(
             subfolder: subfolder.clone(),
             folder_type: folder.name().to_owned(),
         });
-        counter += 1;
     }
     Ok(refs)
 }
