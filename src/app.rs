@@ -99,7 +99,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 
     let hub = Hub::default();
     actix_web::rt::spawn(hub.clone().route(events));
-    actix_web::rt::spawn(Arc::clone(&exec).run_worker());
+    exec.spawn_worker().context("cannot start the worker thread")?;
 
     let state = web::Data::new(AppState {
         exec: Arc::clone(&exec),
@@ -178,7 +178,7 @@ pub async fn run_headless(
         }
         Err(e) => return Err(e.into()),
     };
-    let worker = tokio::spawn(Arc::clone(&exec).run_worker());
+    exec.spawn_worker().context("cannot start the worker thread")?;
     let mut error = None;
     while let Some(envelope) = events.recv().await {
         on_event(&envelope.event);
@@ -197,7 +197,6 @@ pub async fn run_headless(
             _ => {}
         }
     }
-    worker.abort();
     let entry = exec.store().history_entry(&submitted.prompt_id).await?;
     Ok(HeadlessResult {
         outputs: entry.and_then(|e| e.outputs).unwrap_or(Json::Null),

@@ -89,7 +89,6 @@ pub struct Executor {
     registry: Arc<Registry>,
     dirs: Arc<DataDirs>,
     config: ExecConfig,
-    runtime: tokio::runtime::Handle,
     cache: Mutex<OutputCache>,
     last_signatures: Mutex<HashMap<String, Signature>>,
     last_report: Mutex<Option<PromptReport>>,
@@ -132,7 +131,6 @@ impl Executor {
             dirs,
             cache: Mutex::new(OutputCache::new(config.cache_budget)),
             config,
-            runtime: tokio::runtime::Handle::current(),
             last_signatures: Mutex::new(HashMap::new()),
             last_report: Mutex::new(None),
             events,
@@ -243,6 +241,18 @@ impl Executor {
             prompt_id,
             number,
             node_errors: validation.node_errors,
+        })
+    }
+
+    /// Starts the worker on a thread of its own with its own runtime, so it is independent of
+    /// whichever runtime serves HTTP (and of that runtime shutting down mid-query).
+    pub fn spawn_worker(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let this = Arc::clone(self);
+        std::thread::Builder::new().name("weft-worker".into()).spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(this.run_worker()),
+                Err(e) => tracing::error!("cannot start the worker runtime: {e}"),
+            }
         })
     }
 

@@ -470,7 +470,7 @@ impl Executor {
                             &image.subfolder,
                             &image.folder_type,
                         );
-                        if let Err(e) = self.runtime.block_on(record) {
+                        if let Err(e) = tokio::runtime::Handle::current().block_on(record) {
                             tracing::error!("cannot record image {}: {e:#}", image.filename);
                         }
                     }

@@ -1,0 +1,54 @@
+// UI state: toasts, side panel, search box, context menu.
+
+import { create } from 'zustand';
+
+export interface Toast {
+  id: number;
+  kind: 'info' | 'error' | 'success';
+  text: string;
+}
+
+export type Panel = 'nodes' | 'queue' | 'history' | 'library' | null;
+
+export interface SearchState {
+  screen: { x: number; y: number };
+  flow: { x: number; y: number };
+  from?: { nodeId: string; handle: string };
+}
+
+export interface MenuState {
+  screen: { x: number; y: number };
+  flow: { x: number; y: number };
+  nodeId?: string;
+  items?: { label: string; action: () => void; disabled?: boolean }[];
+}
+
+interface UiState {
+  toasts: Toast[];
+  panel: Panel;
+  search: SearchState | null;
+  menu: MenuState | null;
+  setPanel(p: Panel): void;
+  openSearch(s: SearchState | null): void;
+  openMenu(m: MenuState | null): void;
+  dismiss(id: number): void;
+}
+
+let seq = 0;
+
+export const useUi = create<UiState>()((set) => ({
+  toasts: [],
+  panel: 'nodes',
+  search: null,
+  menu: null,
+  setPanel: (panel) => set((s) => ({ panel: s.panel === panel ? null : panel })),
+  openSearch: (search) => set({ search, menu: null }),
+  openMenu: (menu) => set({ menu, search: null }),
+  dismiss: (id) => set((s) => ({ toasts: s.toasts.filter((t) => t.id !== id) })),
+}));
+
+export function toast(kind: Toast['kind'], text: string, ms = kind === 'error' ? 8000 : 3500) {
+  const id = ++seq;
+  useUi.setState((s) => ({ toasts: [...s.toasts.slice(-4), { id, kind, text }] }));
+  setTimeout(() => useUi.getState().dismiss(id), ms);
+}
