@@ -21,7 +21,10 @@ fn graph_200() -> Json {
     let mut graph = serde_json::Map::new();
     graph.insert("0".into(), json!({"class_type": "StubImage", "inputs": {"content": "BLACK", "height": 8, "width": 8, "batch_size": 1}}));
     for i in 1..=198 {
-        graph.insert(i.to_string(), json!({"class_type": "ImageInvert", "inputs": {"image": [(i - 1).to_string(), 0]}}));
+        graph.insert(
+            i.to_string(),
+            json!({"class_type": "ImageInvert", "inputs": {"image": [(i - 1).to_string(), 0]}}),
+        );
     }
     graph.insert("199".into(), json!({"class_type": "SaveImage", "inputs": {"images": ["198", 0], "filename_prefix": "bench"}}));
     Json::Object(graph)
@@ -41,10 +44,20 @@ fn bench_scheduling() {
     let prompt = graph_200();
 
     let mut cache = OutputCache::new(1 << 30);
-    let plan = validate(&Workflow::from_api_json(&prompt).unwrap(), &catalog, None).plan.unwrap();
+    let plan = validate(&Workflow::from_api_json(&prompt).unwrap(), &catalog, None)
+        .plan
+        .unwrap();
     let freshness = vec![None; plan.nodes().len()];
     for signature in plan.signatures(&freshness) {
-        cache.insert(signature.key, CachedOutput { values: Arc::new(vec![Value::Int(0)]), ui: None }, "ImageInvert", "x");
+        cache.insert(
+            signature.key,
+            CachedOutput {
+                values: Arc::new(vec![Value::Int(0)]),
+                ui: None,
+            },
+            "ImageInvert",
+            "x",
+        );
     }
 
     let mut parse = Vec::new();
@@ -62,17 +75,30 @@ fn bench_scheduling() {
         let signatures = plan.signatures(&freshness);
         keys.push(t.elapsed());
         let t = Instant::now();
-        let hits = signatures.iter().filter(|s| cache.get(&s.key).is_some()).count();
+        let hits = signatures
+            .iter()
+            .filter(|s| cache.get(&s.key).is_some())
+            .count();
         lookups.push(t.elapsed());
         assert_eq!(hits, 200);
     }
-    let total = median(parse.clone()) + median(validation.clone()) + median(keys.clone()) + median(lookups.clone());
+    let total = median(parse.clone())
+        + median(validation.clone())
+        + median(keys.clone())
+        + median(lookups.clone());
     println!("scheduling a 200-node graph (median of 200 runs, in process):");
     println!("  parse API JSON              {:>10.1?}", median(parse));
-    println!("  validate + topological plan {:>10.1?}", median(validation));
+    println!(
+        "  validate + topological plan {:>10.1?}",
+        median(validation)
+    );
     println!("  cache keys (200 signatures) {:>10.1?}", median(keys));
     println!("  cache lookups (200 hits)    {:>10.1?}", median(lookups));
-    println!("  total                       {:>10.1?}  ({:.2} µs per node)", total, total.as_secs_f64() * 1e6 / 200.0);
+    println!(
+        "  total                       {:>10.1?}  ({:.2} µs per node)",
+        total,
+        total.as_secs_f64() * 1e6 / 200.0
+    );
 }
 
 async fn bench_cached_requeue() {
@@ -85,19 +111,30 @@ async fn bench_cached_requeue() {
     let base = format!("http://{}", running.addr);
     actix_web::rt::spawn(running.server);
     let client = awc::Client::default();
-    let (_, mut socket) = client.ws(format!("{}/ws?clientId=bench", base.replace("http", "ws"))).connect().await.unwrap();
+    let (_, mut socket) = client
+        .ws(format!("{}/ws?clientId=bench", base.replace("http", "ws")))
+        .connect()
+        .await
+        .unwrap();
     let body = json!({"prompt": graph_200(), "client_id": "bench"});
 
     let mut timings = Vec::new();
     for _ in 0..31 {
         let t = Instant::now();
-        let mut response = client.post(format!("{base}/prompt")).send_json(&body).await.unwrap();
+        let mut response = client
+            .post(format!("{base}/prompt"))
+            .send_json(&body)
+            .await
+            .unwrap();
         let answer: Json = serde_json::from_slice(&response.body().await.unwrap()).unwrap();
         let prompt_id = answer["prompt_id"].as_str().unwrap().to_owned();
         while let Some(Ok(frame)) = socket.next().await {
             if let ws::Frame::Text(bytes) = frame {
                 let event: Json = serde_json::from_slice(&bytes).unwrap();
-                if event["type"] == "executing" && event["data"]["node"].is_null() && event["data"]["prompt_id"] == prompt_id.as_str() {
+                if event["type"] == "executing"
+                    && event["data"]["node"].is_null()
+                    && event["data"]["prompt_id"] == prompt_id.as_str()
+                {
                     break;
                 }
             }
@@ -108,7 +145,10 @@ async fn bench_cached_requeue() {
     let cached = timings;
     println!("server round trip, 200-node graph (POST /prompt until `executing` null on /ws):");
     println!("  first run (all 200 nodes execute)  {:>10.1?}", first);
-    println!("  fully cached re-queue, median of 30 {:>10.1?}", median(cached));
+    println!(
+        "  fully cached re-queue, median of 30 {:>10.1?}",
+        median(cached)
+    );
 }
 
 fn main() {

@@ -99,7 +99,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 
     let hub = Hub::default();
     actix_web::rt::spawn(hub.clone().route(events));
-    exec.spawn_worker().context("cannot start the worker thread")?;
+    exec.spawn_worker()
+        .context("cannot start the worker thread")?;
 
     let state = web::Data::new(AppState {
         exec: Arc::clone(&exec),
@@ -178,7 +179,8 @@ pub async fn run_headless(
         }
         Err(e) => return Err(e.into()),
     };
-    exec.spawn_worker().context("cannot start the worker thread")?;
+    exec.spawn_worker()
+        .context("cannot start the worker thread")?;
     let mut error = None;
     while let Some(envelope) = events.recv().await {
         on_event(&envelope.event);

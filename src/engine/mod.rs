@@ -1,6 +1,15 @@
-//! Tensor maths: image resizing now; the diffusion models, samplers and preprocessors join here.
+//! Tensor maths on candle: the diffusion models (CLIP text encoders, UNet, VAE), their loaders and
+//! key maps, the samplers and schedulers, tokenization, and image resizing.
 //!
 //! Invariant: knows nothing about graphs, HTTP, SQL or tokio, so it can be tested with tensors
 //! alone.
 
+pub mod clip;
+pub mod load;
+pub mod preprocess;
 pub mod resize;
+pub mod sampling;
+pub mod synth;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;

@@ -248,12 +248,17 @@ impl Executor {
     /// whichever runtime serves HTTP (and of that runtime shutting down mid-query).
     pub fn spawn_worker(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let this = Arc::clone(self);
-        std::thread::Builder::new().name("weft-worker".into()).spawn(move || {
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime.block_on(this.run_worker()),
-                Err(e) => tracing::error!("cannot start the worker runtime: {e}"),
-            }
-        })
+        std::thread::Builder::new()
+            .name("weft-worker".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(this.run_worker()),
+                    Err(e) => tracing::error!("cannot start the worker runtime: {e}"),
+                }
+            })
     }
 
     /// The worker loop: runs queued prompts one at a time, forever.

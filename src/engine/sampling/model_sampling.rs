@@ -1,0 +1,268 @@
+//! ComfyUI's `ModelSamplingDiscrete` (`comfy/model_sampling.py`): the 1000-step VP schedule of SD1.x,
+//! SD2.x and SDXL expressed in sigma space, plus the eps / v-prediction denoiser formulas.
+//!
+//! Precision follows ComfyUI: the beta schedule and cumulative products are computed in f64, then the
+//! sigma table and its logarithm are stored as f32 (`set_sigmas` casts with `.float()`), and the
+//! timestep <-> sigma conversions run in f32 on those tables.
+
+use candle_core::{Result, Tensor};
+
+/// How the 1000 betas are laid out (`make_beta_schedule` in ComfyUI's LDM utilities).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BetaSchedule {
+    /// LDM "linear": `linspace(sqrt(start), sqrt(end), n)^2` (diffusers calls this "scaled_linear").
+    Linear,
+    /// LDM "sqrt_linear": `linspace(start, end, n)` (diffusers "linear").
+    SqrtLinear,
+}
+
+/// What the network predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    /// Noise prediction (SD1.x, SD2.x base 512, SDXL).
+    Eps,
+    /// v-prediction (SD2.x 768-v).
+    V,
+}
+
+/// Plain data describing a discrete schedule; presets cover every SD model ComfyUI's defaults build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub beta_schedule: BetaSchedule,
+    pub linear_start: f64,
+    pub linear_end: f64,
+    pub timesteps: usize,
+    pub prediction: Prediction,
+}
+
+impl Config {
+    /// SD1.x / SD2.x-base / SDXL: "linear" 0.00085..0.012 over 1000 steps, eps prediction.
+    pub fn sd_eps() -> Self {
+        Self {
+            beta_schedule: BetaSchedule::Linear,
+            linear_start: 0.00085,
+            linear_end: 0.012,
+            timesteps: 1000,
+            prediction: Prediction::Eps,
+        }
+    }
+
+    /// SD2.x 768-v: same schedule, v-prediction.
+    pub fn sd_v() -> Self {
+        Self {
+            prediction: Prediction::V,
+            ..Self::sd_eps()
+        }
+    }
+}
+
+/// The discrete VP schedule in sigma space.
+#[derive(Debug, Clone)]
+pub struct ModelSamplingDiscrete {
+    sigmas: Vec<f32>,
+    log_sigmas: Vec<f32>,
+    prediction: Prediction,
+}
+
+/// torch's CPU `linspace` for one element: the first half counts up from `start`, the second half
+/// counts down from `end` (`RangeFactoriesKernel.cpp`), which keeps both endpoints exact.
+pub(crate) fn linspace_f64(start: f64, end: f64, steps: usize) -> Vec<f64> {
+    if steps == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (steps - 1) as f64;
+    let halfway = steps / 2;
+    (0..steps)
+        .map(|i| {
+            if i < halfway {
+                start + step * i as f64
+            } else {
+                end - step * (steps - i - 1) as f64
+            }
+        })
+        .collect()
+}
+
+/// `linspace_f64` evaluated in f32 arithmetic, as torch does for a float32 output.
+pub(crate) fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    if steps == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (steps - 1) as f32;
+    let halfway = steps / 2;
+    (0..steps)
+        .map(|i| {
+            if i < halfway {
+                start + step * i as f32
+            } else {
+                end - step * (steps - i - 1) as f32
+            }
+        })
+        .collect()
+}
+
+impl ModelSamplingDiscrete {
+    /// Builds the sigma table from a schedule description.
+    pub fn new(cfg: &Config) -> Self {
+        let n = cfg.timesteps.max(2);
+        let betas: Vec<f64> = match cfg.beta_schedule {
+            BetaSchedule::Linear => linspace_f64(cfg.linear_start.sqrt(), cfg.linear_end.sqrt(), n)
+                .into_iter()
+                .map(|b| b * b)
+                .collect(),
+            BetaSchedule::SqrtLinear => linspace_f64(cfg.linear_start, cfg.linear_end, n),
+        };
+        let mut alphas_cumprod = 1.0f64;
+        let mut sigmas = Vec::with_capacity(n);
+        let mut log_sigmas = Vec::with_capacity(n);
+        for beta in betas {
+            alphas_cumprod *= 1.0 - beta;
+            let sigma = ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt();
+            sigmas.push(sigma as f32);
+            log_sigmas.push(sigma.ln() as f32);
+        }
+        Self {
+            sigmas,
+            log_sigmas,
+            prediction: cfg.prediction,
+        }
+    }
+
+    /// The f32 sigma table, index = timestep (ascending).
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    /// Prediction type the denoiser formulas use.
+    pub fn prediction(&self) -> Prediction {
+        self.prediction
+    }
+
+    /// Smallest sigma (timestep 0): 0.0291675 for SD.
+    pub fn sigma_min(&self) -> f32 {
+        self.sigmas[0]
+    }
+
+    /// Largest sigma (timestep 999): 14.614642 for SD.
+    pub fn sigma_max(&self) -> f32 {
+        self.sigmas[self.sigmas.len() - 1]
+    }
+
+    /// `timestep(sigma)`: index of the table entry nearest in log space (first one on ties).
+    pub fn timestep(&self, sigma: f32) -> usize {
+        let log_sigma = sigma.ln();
+        let mut best = 0;
+        let mut best_dist = f32::INFINITY;
+        for (i, ls) in self.log_sigmas.iter().enumerate() {
+            let dist = (log_sigma - ls).abs();
+            if dist < best_dist {
+                best = i;
+                best_dist = dist;
+            }
+        }
+        best
+    }
+
+    /// `sigma(timestep)`: log-linear interpolation of the table at a fractional timestep (f32 maths).
+    pub fn sigma(&self, timestep: f32) -> f32 {
+        let last = (self.sigmas.len() - 1) as f32;
+        let t = timestep.clamp(0.0, last);
+        let low = t.floor();
+        let high = t.ceil();
+        let w = t - low;
+        let log_sigma =
+            (1.0 - w) * self.log_sigmas[low as usize] + w * self.log_sigmas[high as usize];
+        log_sigma.exp()
+    }
+
+    /// `percent_to_sigma`: 0% is "before the start" (a huge sigma), 100% is sigma 0.
+    pub fn percent_to_sigma(&self, percent: f64) -> f64 {
+        if percent <= 0.0 {
+            return 999_999_999.9;
+        }
+        if percent >= 1.0 {
+            return 0.0;
+        }
+        let percent = 1.0 - percent;
+        self.sigma((percent * 999.0) as f32) as f64
+    }
+
+    /// ComfyUI's `max_denoise`: the first sigma is at (or above) the top of the schedule.
+    pub fn is_max_denoise(&self, first_sigma: f64) -> bool {
+        let max_sigma = self.sigma_max() as f64;
+        (max_sigma - first_sigma).abs() <= 1e-5 * max_sigma.abs().max(first_sigma.abs())
+            || first_sigma > max_sigma
+    }
+
+    /// Scales the sampler state for the network input: `x / sqrt(sigma^2 + 1)`. Shape preserved.
+    pub fn calculate_input(&self, sigma: f64, x: &Tensor) -> Result<Tensor> {
+        x.affine(1.0 / (sigma * sigma + 1.0).sqrt(), 0.0)
+    }
+
+    /// Turns the network output into the denoised estimate D(x, sigma). Shapes `[B, C, H, W]`.
+    /// eps: `x - sigma * eps`; v: `x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1)`.
+    pub fn calculate_denoised(
+        &self,
+        sigma: f64,
+        model_output: &Tensor,
+        model_input: &Tensor,
+    ) -> Result<Tensor> {
+        match self.prediction {
+            Prediction::Eps => model_input - model_output.affine(sigma, 0.0)?,
+            Prediction::V => {
+                let s2 = sigma * sigma + 1.0;
+                model_input.affine(1.0 / s2, 0.0)? - model_output.affine(sigma / s2.sqrt(), 0.0)?
+            }
+        }
+    }
+
+    /// The sampler's starting point: `latent + noise * sigma`, or `latent + noise * sqrt(1 + sigma^2)`
+    /// for a full denoise (ComfyUI's `noise_scaling` with `max_denoise`). Shapes `[B, C, H, W]`.
+    pub fn noise_scaling(
+        &self,
+        sigma: f64,
+        noise: &Tensor,
+        latent: &Tensor,
+        max_denoise: bool,
+    ) -> Result<Tensor> {
+        let scale = if max_denoise {
+            (1.0 + sigma * sigma).sqrt()
+        } else {
+            sigma
+        };
+        noise.affine(scale, 0.0)? + latent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sd_table_endpoints() {
+        let ms = ModelSamplingDiscrete::new(&Config::sd_eps());
+        assert!(
+            (ms.sigma_min() - 0.029_167_5).abs() < 1e-6,
+            "{}",
+            ms.sigma_min()
+        );
+        assert!(
+            (ms.sigma_max() - 14.614_642).abs() < 1e-5,
+            "{}",
+            ms.sigma_max()
+        );
+        assert_eq!(ms.timestep(ms.sigma_max()), 999);
+        assert_eq!(ms.timestep(ms.sigma_min()), 0);
+        // exp(f32 ln sigma) is within an ulp or two of the table value, as in torch.
+        assert!((ms.sigma(999.0) - ms.sigma_max()).abs() < 1e-5);
+        assert!(ms.is_max_denoise(ms.sigma_max() as f64));
+        assert!(!ms.is_max_denoise(10.0));
+    }
+
+    #[test]
+    fn linspace_hits_endpoints() {
+        let v = linspace_f32(999.0, 0.0, 7);
+        assert_eq!(v[0], 999.0);
+        assert_eq!(v[6], 0.0);
+    }
+}

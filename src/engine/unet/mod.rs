@@ -1,0 +1,505 @@
+//! Weft's own `UNet2DConditionModel` (SD1.x, SD2.x, SDXL base and refiner) in diffusers layout.
+//!
+//! The weight tree is diffusers' (`down_blocks.0.resnets.0.conv1.weight`, ...). LDM single-file
+//! checkpoints are renamed at the loading boundary (`crate::engine::load`), never here.
+
+pub mod blocks;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+
+use crate::engine::unet::blocks::{
+    conv_same, sinusoidal_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, TimestepEmbedding,
+    Transformer2D, Transformer2DConfig, Upsample2D,
+};
+
+/// How attention heads are chosen per level.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttentionHeads {
+    /// A fixed number of heads per level (SD1.x: 8 everywhere). This is what diffusers' config
+    /// field `attention_head_dim` really holds: diffusers uses it as the head *count*.
+    PerLevel(Vec<usize>),
+    /// A fixed head width; heads = channels / width (LDM `num_head_channels`, 64 for SD2/XL).
+    HeadDim(usize),
+}
+
+/// Architecture of a [`UNet2DConditionModel`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct UNetConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Output channels per level (diffusers `block_out_channels`).
+    pub block_out_channels: Vec<usize>,
+    /// Resnets per down level (up levels have one more).
+    pub layers_per_block: usize,
+    /// Transformer blocks per level; 0 = no attention at that level.
+    pub transformer_depth: Vec<usize>,
+    /// Transformer blocks of the mid block's attention.
+    pub mid_transformer_depth: usize,
+    pub heads: AttentionHeads,
+    /// Cross-attention context width (768 SD1, 1024 SD2, 2048 SDXL, 1280 refiner).
+    pub context_dim: usize,
+    /// Linear (SD2/XL) or 1x1 conv (SD1) projection in and out of each transformer.
+    pub use_linear_projection: bool,
+    /// Width of the `y` vector fed to `add_embedding` (SDXL 2816, refiner 2560); `None` for SD1/2.
+    pub adm_in_channels: Option<usize>,
+    pub norm_num_groups: usize,
+    pub norm_eps: f64,
+}
+
+impl UNetConfig {
+    /// Stable Diffusion 1.x.
+    pub fn sd15() -> Self {
+        Self {
+            in_channels: 4,
+            out_channels: 4,
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: 2,
+            transformer_depth: vec![1, 1, 1, 0],
+            mid_transformer_depth: 1,
+            heads: AttentionHeads::PerLevel(vec![8, 8, 8, 8]),
+            context_dim: 768,
+            use_linear_projection: false,
+            adm_in_channels: None,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+        }
+    }
+
+    /// Stable Diffusion 2.x (512 base and 768-v share the architecture). diffusers writes
+    /// `attention_head_dim: [5, 10, 20, 20]`, which it uses as head counts: 320/5 = 64, so every
+    /// head is 64 wide, the same as LDM's `num_head_channels: 64`.
+    pub fn sd21() -> Self {
+        Self {
+            context_dim: 1024,
+            use_linear_projection: true,
+            heads: AttentionHeads::HeadDim(64),
+            ..Self::sd15()
+        }
+    }
+
+    /// SDXL base: 3 levels, no attention on the first, transformer depth [0, 2, 10] (mid 10),
+    /// `add_embedding` from 2816 = pooled 1280 + 6 x 256 size embeddings.
+    pub fn sdxl_base() -> Self {
+        Self {
+            in_channels: 4,
+            out_channels: 4,
+            block_out_channels: vec![320, 640, 1280],
+            layers_per_block: 2,
+            transformer_depth: vec![0, 2, 10],
+            mid_transformer_depth: 10,
+            heads: AttentionHeads::HeadDim(64),
+            context_dim: 2048,
+            use_linear_projection: true,
+            adm_in_channels: Some(2816),
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+        }
+    }
+
+    /// SDXL refiner: 384 channels x [1, 2, 4, 4], attention depth 4 on the two middle levels and
+    /// the mid block, context 1280 (bigG only), `add_embedding` from 2560 = pooled 1280 +
+    /// 5 x 256 (original size, crop, aesthetic score).
+    pub fn sdxl_refiner() -> Self {
+        Self {
+            in_channels: 4,
+            out_channels: 4,
+            block_out_channels: vec![384, 768, 1536, 1536],
+            layers_per_block: 2,
+            transformer_depth: vec![0, 4, 4, 0],
+            mid_transformer_depth: 4,
+            heads: AttentionHeads::HeadDim(64),
+            context_dim: 1280,
+            use_linear_projection: true,
+            adm_in_channels: Some(2560),
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+        }
+    }
+
+    /// Heads of the attention at `level` with `channels` channels.
+    pub fn heads_at(&self, level: usize, channels: usize) -> usize {
+        match &self.heads {
+            AttentionHeads::PerLevel(v) => v.get(level).copied().or(v.last().copied()).unwrap_or(1),
+            AttentionHeads::HeadDim(d) => (channels / (*d).max(1)).max(1),
+        }
+    }
+
+    /// Time embedding width (4 x the first level's channels).
+    pub fn time_embed_dim(&self) -> usize {
+        self.block_out_channels.first().copied().unwrap_or(0) * 4
+    }
+
+    /// Checks the invariants the model builder relies on.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let levels = self.block_out_channels.len();
+        if levels == 0 {
+            return Err("unet config has no levels".into());
+        }
+        if self.transformer_depth.len() != levels {
+            return Err(format!(
+                "unet config has {} transformer depths for {levels} levels",
+                self.transformer_depth.len()
+            ));
+        }
+        if let AttentionHeads::PerLevel(v) = &self.heads {
+            if v.is_empty() {
+                return Err("unet config has an empty head list".into());
+            }
+        }
+        if self.layers_per_block == 0 || self.norm_num_groups == 0 {
+            return Err(
+                "unet config needs at least one resnet per level and one norm group".into(),
+            );
+        }
+        for &c in &self.block_out_channels {
+            if c == 0 || c % self.norm_num_groups != 0 {
+                return Err(format!(
+                    "{c} channels do not split into {} groups",
+                    self.norm_num_groups
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// ControlNet residuals in diffusers order: `down[0]` is added to the `conv_in` output skip, then
+/// one per resnet/attention pair and downsampler; `mid` is added after the mid block.
+#[derive(Debug, Clone)]
+pub struct ControlResiduals {
+    pub down: Vec<Tensor>,
+    pub mid: Tensor,
+}
+
+#[derive(Debug)]
+struct DownLevel {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Transformer2D>,
+    downsampler: Option<Downsample2D>,
+    span: tracing::Span,
+}
+
+#[derive(Debug)]
+struct UpLevel {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Transformer2D>,
+    upsampler: Option<Upsample2D>,
+    span: tracing::Span,
+}
+
+/// The denoising UNet of SD1.x/SD2.x/SDXL.
+#[derive(Debug)]
+pub struct UNet2DConditionModel {
+    conv_in: Conv2d,
+    time_embedding: TimestepEmbedding,
+    add_embedding: Option<TimestepEmbedding>,
+    down: Vec<DownLevel>,
+    mid_resnets: [ResnetBlock2D; 2],
+    mid_attention: Transformer2D,
+    up: Vec<UpLevel>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    config: UNetConfig,
+    dtype: DType,
+    device: Device,
+    span: tracing::Span,
+}
+
+impl UNet2DConditionModel {
+    /// Builds the model from diffusers-named weights under `vb`.
+    pub fn new(vb: VarBuilder, cfg: &UNetConfig) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::Msg)?;
+        let ch = &cfg.block_out_channels;
+        let levels = ch.len();
+        let temb = cfg.time_embed_dim();
+        let groups = cfg.norm_num_groups;
+        let resnet = |vb: VarBuilder, i: usize, o: usize| {
+            ResnetBlock2D::new(
+                vb,
+                ResnetConfig {
+                    in_channels: i,
+                    out_channels: o,
+                    temb_channels: Some(temb),
+                    groups,
+                    eps: cfg.norm_eps,
+                },
+            )
+        };
+        let transformer = |vb: VarBuilder, level: usize, c: usize, depth: usize| {
+            Transformer2D::new(
+                vb,
+                Transformer2DConfig {
+                    channels: c,
+                    context_dim: cfg.context_dim,
+                    heads: cfg.heads_at(level, c),
+                    depth,
+                    groups,
+                    use_linear_projection: cfg.use_linear_projection,
+                },
+            )
+        };
+
+        let conv_in = conv_same(cfg.in_channels, ch[0], 3, vb.pp("conv_in"))?;
+        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], temb)?;
+        let add_embedding = match cfg.adm_in_channels {
+            Some(adm) => Some(TimestepEmbedding::new(vb.pp("add_embedding"), adm, temb)?),
+            None => None,
+        };
+
+        // Channels of every skip, in push order, so the up path knows what it concatenates.
+        let mut skips = vec![ch[0]];
+        let mut down = Vec::with_capacity(levels);
+        let vb_down = vb.pp("down_blocks");
+        let mut prev = ch[0];
+        for (level, &out) in ch.iter().enumerate() {
+            let vb_l = vb_down.pp(level);
+            let depth = cfg.transformer_depth[level];
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..cfg.layers_per_block {
+                let input = if j == 0 { prev } else { out };
+                resnets.push(resnet(vb_l.pp("resnets").pp(j), input, out)?);
+                if depth > 0 {
+                    attentions.push(transformer(vb_l.pp("attentions").pp(j), level, out, depth)?);
+                }
+                skips.push(out);
+            }
+            let downsampler = if level + 1 < levels {
+                skips.push(out);
+                Some(Downsample2D::new(
+                    vb_l.pp("downsamplers").pp(0),
+                    out,
+                    false,
+                )?)
+            } else {
+                None
+            };
+            prev = out;
+            let span = tracing::trace_span!("down_block", level);
+            down.push(DownLevel {
+                resnets,
+                attentions,
+                downsampler,
+                span,
+            });
+        }
+
+        let last = ch[levels - 1];
+        let vb_mid = vb.pp("mid_block");
+        let mid_resnets = [
+            resnet(vb_mid.pp("resnets").pp(0), last, last)?,
+            resnet(vb_mid.pp("resnets").pp(1), last, last)?,
+        ];
+        let mid_attention = transformer(
+            vb_mid.pp("attentions").pp(0),
+            levels - 1,
+            last,
+            cfg.mid_transformer_depth,
+        )?;
+
+        let mut up = Vec::with_capacity(levels);
+        let vb_up = vb.pp("up_blocks");
+        let mut prev = last;
+        for i in 0..levels {
+            let level = levels - 1 - i;
+            let out = ch[level];
+            let depth = cfg.transformer_depth[level];
+            let vb_l = vb_up.pp(i);
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..=cfg.layers_per_block {
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| candle_core::Error::Msg("unet skip bookkeeping".into()))?;
+                let input = if j == 0 { prev } else { out };
+                resnets.push(resnet(vb_l.pp("resnets").pp(j), input + skip, out)?);
+                if depth > 0 {
+                    attentions.push(transformer(vb_l.pp("attentions").pp(j), level, out, depth)?);
+                }
+            }
+            let upsampler = if i + 1 < levels {
+                Some(Upsample2D::new(vb_l.pp("upsamplers").pp(0), out)?)
+            } else {
+                None
+            };
+            prev = out;
+            let span = tracing::trace_span!("up_block", level = i);
+            up.push(UpLevel {
+                resnets,
+                attentions,
+                upsampler,
+                span,
+            });
+        }
+
+        let conv_norm_out =
+            candle_nn::group_norm(groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))?;
+        let conv_out = conv_same(ch[0], cfg.out_channels, 3, vb.pp("conv_out"))?;
+        Ok(Self {
+            conv_in,
+            time_embedding,
+            add_embedding,
+            down,
+            mid_resnets,
+            mid_attention,
+            up,
+            conv_norm_out,
+            conv_out,
+            config: cfg.clone(),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+            span: tracing::trace_span!("unet"),
+        })
+    }
+
+    /// The architecture this model was built with.
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of ControlNet down residuals this UNet takes (12 for SD1.5, 9 for SDXL).
+    pub fn num_skips(&self) -> usize {
+        1 + self
+            .down
+            .iter()
+            .map(|l| l.resnets.len() + usize::from(l.downsampler.is_some()))
+            .sum::<usize>()
+    }
+
+    /// One denoiser evaluation.
+    ///
+    /// - `xs`: [B, C_in, H, W] latents (any float dtype; computed in the model dtype and returned
+    ///   in `xs`'s dtype).
+    /// - `timesteps`: [B] f32 (discrete timestep values, fractional allowed); the sinusoidal
+    ///   embedding is computed in f32 even for f16 models.
+    /// - `context`: [B, N, context_dim].
+    /// - `y`: [B, adm_in_channels] for SDXL (see [`sdxl_adm`]); must be `None` for SD1/2.
+    /// - `control`: ControlNet residuals, already scaled by the strength.
+    ///
+    /// Returns [B, C_out, H, W].
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+        control: Option<&ControlResiduals>,
+    ) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let in_dtype = xs.dtype();
+        let (batch, _, _, _) = xs.dims4()?;
+        let t: Vec<f32> = timesteps.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        if t.len() != batch {
+            candle_core::bail!("unet got {} timesteps for a batch of {batch}", t.len());
+        }
+        let xs = xs.to_dtype(self.dtype)?;
+        let context = context.to_dtype(self.dtype)?;
+
+        let t_emb = sinusoidal_embedding(&t, self.config.block_out_channels[0], &self.device)?;
+        let mut emb = self.time_embedding.forward(&t_emb.to_dtype(self.dtype)?)?;
+        match (&self.add_embedding, y) {
+            (Some(add), Some(y)) => {
+                emb = (emb + add.forward(&y.to_dtype(self.dtype)?)?)?;
+            }
+            (Some(_), None) => candle_core::bail!("this unet needs the y (adm) vector"),
+            (None, Some(_)) => candle_core::bail!("this unet takes no y (adm) vector"),
+            (None, None) => {}
+        }
+
+        let mut h = self.conv_in.forward(&xs)?;
+        let mut skips = vec![h.clone()];
+        for level in &self.down {
+            let _enter = level.span.enter();
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                h = resnet.forward(&h, Some(&emb))?;
+                if let Some(attn) = level.attentions.get(j) {
+                    h = attn.forward(&h, &context)?;
+                }
+                skips.push(h.clone());
+            }
+            if let Some(down) = &level.downsampler {
+                h = down.forward(&h)?;
+                skips.push(h.clone());
+            }
+        }
+
+        if let Some(control) = control {
+            if control.down.len() != skips.len() {
+                candle_core::bail!(
+                    "controlnet gave {} down residuals, this unet has {} skips",
+                    control.down.len(),
+                    skips.len()
+                );
+            }
+            for (skip, residual) in skips.iter_mut().zip(control.down.iter()) {
+                *skip = (&*skip + residual.to_dtype(self.dtype)?)?;
+            }
+        }
+
+        {
+            let _enter = tracing::trace_span!("mid_block").entered();
+            h = self.mid_resnets[0].forward(&h, Some(&emb))?;
+            h = self.mid_attention.forward(&h, &context)?;
+            h = self.mid_resnets[1].forward(&h, Some(&emb))?;
+        }
+        if let Some(control) = control {
+            h = (h + control.mid.to_dtype(self.dtype)?)?;
+        }
+
+        for level in &self.up {
+            let _enter = level.span.enter();
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| candle_core::Error::Msg("unet skip bookkeeping".into()))?;
+                h = Tensor::cat(&[&h, &skip], 1)?;
+                h = resnet.forward(&h, Some(&emb))?;
+                if let Some(attn) = level.attentions.get(j) {
+                    h = attn.forward(&h, &context)?;
+                }
+            }
+            if let Some(upsampler) = &level.upsampler {
+                // Upsample to the size of the skip it meets next, which also covers latents whose
+                // size is not a multiple of 2^levels (diffusers' `upsample_size`).
+                let (_, _, sh, sw) = skips
+                    .last()
+                    .ok_or_else(|| candle_core::Error::Msg("unet skip bookkeeping".into()))?
+                    .dims4()?;
+                h = upsampler.forward(&h, sh, sw)?;
+            }
+        }
+
+        let h = self.conv_norm_out.forward(&h)?.silu()?;
+        self.conv_out.forward(&h)?.to_dtype(in_dtype)
+    }
+}
+
+/// SDXL's `y` vector: `[pooled, E(v_0), E(v_1), ...]` where E is the 256-wide sinusoidal
+/// embedding (computed in f32) of each size value, as diffusers' `add_time_proj`.
+///
+/// - base: `values` = [orig_h, orig_w, crop_top, crop_left, target_h, target_w] (2816 wide)
+/// - refiner: `values` = [orig_h, orig_w, crop_top, crop_left, aesthetic_score] (2560 wide)
+///
+/// `pooled`: [B, P]; `values`: one row of size values per batch item. Returns [B, P + 256 n] f32.
+pub fn sdxl_adm(pooled: &Tensor, values: &[Vec<f32>]) -> Result<Tensor> {
+    let (batch, _) = pooled.dims2()?;
+    if values.len() != batch {
+        candle_core::bail!(
+            "sdxl adm got {} size rows for a batch of {batch}",
+            values.len()
+        );
+    }
+    let n = values.first().map(|v| v.len()).unwrap_or(0);
+    if values.iter().any(|v| v.len() != n) {
+        candle_core::bail!("sdxl adm size rows have different lengths");
+    }
+    let flat: Vec<f32> = values.iter().flatten().copied().collect();
+    let emb = sinusoidal_embedding(&flat, 256, pooled.device())?.reshape((batch, n * 256))?;
+    Tensor::cat(&[&pooled.to_dtype(DType::F32)?, &emb], 1)
+}

@@ -1,0 +1,761 @@
+"""Reference fixtures for the samplers and schedulers (src/engine/sampling/{schedulers,samplers}).
+
+Run: `python sampling/scripts/sampler_reference.py` (needs torch, numpy, scipy, safetensors).
+Writes sampling/tests/fixtures/sampler_reference.safetensors.
+
+The maths is ComfyUI's: the scheduler functions of comfy/samplers.py, ModelSamplingDiscrete of
+comfy/model_sampling.py and the sample_* functions of comfy/k_diffusion/sampling.py, transcribed
+here for an eps model (alpha = 1, no rectified-flow branches, default options), with ComfyUI's model
+wrapper replaced by an analytic denoiser: data ~ N(mu, s^2) per element gives the exact denoiser
+D(x, sigma) = (s^2 x + sigma^2 mu) / (s^2 + sigma^2). A CFG pair (mu_cond, mu_uncond, scale 3) gives
+the cfg_pp samplers their uncond prediction. Noise: comfy/sample.py prepare_noise(seed=42) and, for the
+ancestral samplers, ComfyUI's default_noise_sampler (CPU generator seeded with seed + 1).
+SDE samplers that use torchsde's BrownianTree run with a plain-randn stand-in noise sampler (see below).
+"""
+import math, os
+from functools import partial
+import numpy as np
+import scipy.stats
+import torch
+from safetensors.torch import save_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "..", "tests", "fixtures", "sampling", "sampler_reference.safetensors")
+SEED = 42
+STEPS = 10
+S_DATA = 0.5
+CFG = 3.0
+
+
+# ---- comfy/model_sampling.py ModelSamplingDiscrete (eps) ----
+class MS:
+    def __init__(self):
+        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+        ac = torch.cumprod(1. - betas, dim=0)
+        sigmas = ((1 - ac) / ac) ** 0.5
+        self.sigmas = sigmas.float()
+        self.log_sigmas = sigmas.log().float()
+        self.sigma_min = self.sigmas[0]
+        self.sigma_max = self.sigmas[-1]
+
+    def timestep(self, sigma):
+        log_sigma = sigma.log()
+        dists = log_sigma - self.log_sigmas[:, None]
+        return dists.abs().argmin(dim=0).view(sigma.shape)
+
+    def sigma(self, timestep):
+        t = torch.clamp(timestep.float(), min=0, max=(len(self.sigmas) - 1))
+        low_idx, high_idx, w = t.floor().long(), t.ceil().long(), t.frac()
+        log_sigma = (1 - w) * self.log_sigmas[low_idx] + w * self.log_sigmas[high_idx]
+        return log_sigma.exp()
+
+    def percent_to_sigma(self, percent):
+        if percent <= 0.0: return 999999999.9
+        if percent >= 1.0: return 0.0
+        return self.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
+
+
+# ---- schedulers (comfy/samplers.py, comfy/k_diffusion/sampling.py) ----
+def append_zero(x):
+    return torch.cat([x, x.new_zeros([1])])
+
+def get_sigmas_karras(n, sigma_min, sigma_max, rho=7.):
+    ramp = torch.linspace(0, 1, n)
+    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return append_zero((max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho)
+
+def get_sigmas_exponential(n, sigma_min, sigma_max):
+    return append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp())
+
+def simple_scheduler(s, steps):
+    sigs = []
+    ss = len(s.sigmas) / steps
+    for x in range(steps):
+        sigs += [float(s.sigmas[-(1 + int(x * ss))])]
+    return torch.FloatTensor(sigs + [0.0])
+
+def ddim_scheduler(s, steps):
+    x = 1
+    if math.isclose(float(s.sigmas[x]), 0, abs_tol=0.00001):
+        steps += 1; sigs = []
+    else:
+        sigs = [0.0]
+    ss = max(len(s.sigmas) // steps, 1)
+    while x < len(s.sigmas):
+        sigs += [float(s.sigmas[x])]; x += ss
+    return torch.FloatTensor(sigs[::-1])
+
+def normal_scheduler(s, steps, sgm=False):
+    start, end = s.timestep(s.sigma_max), s.timestep(s.sigma_min)
+    append = True
+    if sgm:
+        timesteps = torch.linspace(start, end, steps + 1)[:-1]
+    else:
+        if math.isclose(float(s.sigma(end)), 0, abs_tol=0.00001):
+            steps += 1; append = False
+        timesteps = torch.linspace(start, end, steps)
+    sigs = [float(s.sigma(ts)) for ts in timesteps]
+    return torch.FloatTensor(sigs + ([0.0] if append else []))
+
+def beta_scheduler(s, steps, alpha=0.6, beta=0.6):
+    total = len(s.sigmas) - 1
+    ts = np.rint(scipy.stats.beta.ppf(1 - np.linspace(0, 1, steps, endpoint=False), alpha, beta) * total)
+    sigs, last_t = [], -1
+    for t in ts:
+        if t != last_t:
+            sigs += [float(s.sigmas[int(t)])]
+        last_t = t
+    return torch.FloatTensor(sigs + [0.0])
+
+def linear_quadratic_schedule(s, steps, threshold_noise=0.025, linear_steps=None):
+    if steps == 1:
+        sched = [1.0, 0.0]
+    else:
+        if linear_steps is None: linear_steps = steps // 2
+        lin = [i * threshold_noise / linear_steps for i in range(linear_steps)]
+        diff = linear_steps - threshold_noise * steps
+        qs = steps - linear_steps
+        qc = diff / (linear_steps * qs ** 2)
+        lc = threshold_noise / linear_steps - 2 * diff / (qs ** 2)
+        const = qc * (linear_steps ** 2)
+        quad = [qc * (i ** 2) + lc * i + const for i in range(linear_steps, steps)]
+        sched = [1.0 - x for x in lin + quad + [1.0]]
+    return torch.FloatTensor(sched) * s.sigma_max.cpu()
+
+def kl_optimal_scheduler(n, sigma_min, sigma_max):
+    adj = torch.arange(n, dtype=torch.float).div_(n - 1)
+    sigmas = adj.new_zeros(n + 1)
+    sigmas[:-1] = (adj * math.atan(sigma_min) + (1 - adj) * math.atan(sigma_max)).tan_()
+    return sigmas
+
+SCHEDULERS = {
+    "simple": lambda ms, n: simple_scheduler(ms, n),
+    "sgm_uniform": lambda ms, n: normal_scheduler(ms, n, sgm=True),
+    "karras": lambda ms, n: get_sigmas_karras(n, float(ms.sigma_min), float(ms.sigma_max)),
+    "exponential": lambda ms, n: get_sigmas_exponential(n, float(ms.sigma_min), float(ms.sigma_max)),
+    "ddim_uniform": lambda ms, n: ddim_scheduler(ms, n),
+    "beta": lambda ms, n: beta_scheduler(ms, n),
+    "normal": lambda ms, n: normal_scheduler(ms, n),
+    "linear_quadratic": lambda ms, n: linear_quadratic_schedule(ms, n),
+    "kl_optimal": lambda ms, n: kl_optimal_scheduler(n, float(ms.sigma_min), float(ms.sigma_max)),
+}
+DISCARD = {"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"}
+
+def ksampler_sigmas(ms, scheduler, sampler, steps):
+    if sampler in DISCARD:
+        s = SCHEDULERS[scheduler](ms, steps + 1)
+        return torch.cat([s[:-2], s[-1:]])
+    return SCHEDULERS[scheduler](ms, steps)
+
+
+# ---- analytic CFG denoiser standing in for comfy's CFGGuider ----
+class Model:
+    def __init__(self, mu_c, mu_u):
+        self.mu_c, self.mu_u, self.uncond = mu_c, mu_u, None
+    def d(self, x, sigma, mu):
+        s2 = sigma * sigma
+        return (S_DATA ** 2 * x + s2 * mu) / (S_DATA ** 2 + s2)
+    def __call__(self, x, sigma):
+        sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)[0]
+        c, u = self.d(x, sigma, self.mu_c), self.d(x, sigma, self.mu_u)
+        self.uncond = u
+        return u + (c - u) * CFG
+
+
+# ---- samplers: comfy/k_diffusion/sampling.py (eps branches, defaults) ----
+def to_d(x, sigma, denoised):
+    return (x - denoised) / sigma
+
+def get_ancestral_step(sigma_from, sigma_to, eta=1.):
+    if not eta:
+        return sigma_to, 0.
+    sigma_up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
+    sigma_down = (sigma_to ** 2 - sigma_up ** 2) ** 0.5
+    return sigma_down, sigma_up
+
+def default_noise_sampler(x, seed):
+    g = torch.Generator(device="cpu"); g.manual_seed(seed + 1)
+    return lambda sigma, sigma_next: torch.randn(x.size(), dtype=x.dtype, generator=g)
+
+def sample_euler(model, x, sigmas, ns):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+    return x
+
+def sample_euler_ancestral(model, x, sigmas, ns):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        sd, su = get_ancestral_step(sigmas[i], sigmas[i + 1])
+        if sd == 0:
+            x = denoised
+        else:
+            x = x + to_d(x, sigmas[i], denoised) * (sd - sigmas[i]) + ns(sigmas[i], sigmas[i + 1]) * su
+    return x
+
+def sample_euler_ancestral_cfg_pp(model, x, sigmas, ns, eta=1., s_noise=1.):
+    lambda_fn = lambda s: s.log().neg()
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i]); uncond = model.uncond
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            alpha_s = sigmas[i] * lambda_fn(sigmas[i]).exp()
+            alpha_t = sigmas[i + 1] * lambda_fn(sigmas[i + 1]).exp()
+            d = to_d(x, sigmas[i], alpha_s * uncond)
+            sd, su = get_ancestral_step(sigmas[i] / alpha_s, sigmas[i + 1] / alpha_t, eta=eta)
+            sd = alpha_t * sd
+            x = alpha_t * denoised + sd * d
+            if eta > 0 and s_noise > 0:
+                x = x + alpha_t * ns(sigmas[i], sigmas[i + 1]) * s_noise * su
+    return x
+
+def sample_euler_cfg_pp(model, x, sigmas, ns):
+    return sample_euler_ancestral_cfg_pp(model, x, sigmas, ns, eta=0.0, s_noise=0.0)
+
+def sample_heun(model, x, sigmas, ns):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        d = to_d(x, sigmas[i], denoised)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigmas[i + 1]))
+            x = x + (d + d_2) / 2 * dt
+    return x
+
+def sample_heunpp2(model, x, sigmas, ns):
+    s_end = sigmas[-1]
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        d = to_d(x, sigmas[i], denoised)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == s_end:
+            x = x + d * dt
+        elif sigmas[i + 2] == s_end:
+            x_2 = x + d * dt
+            d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigmas[i + 1]))
+            w2 = sigmas[i + 1] / (2 * sigmas[0]); w1 = 1 - w2
+            x = x + (d * w1 + d_2 * w2) * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigmas[i + 1]))
+            x_3 = x_2 + d_2 * (sigmas[i + 2] - sigmas[i + 1])
+            d_3 = to_d(x_3, sigmas[i + 2], model(x_3, sigmas[i + 2]))
+            w = 3 * sigmas[0]; w2 = sigmas[i + 1] / w; w3 = sigmas[i + 2] / w; w1 = 1 - w2 - w3
+            x = x + (w1 * d + w2 * d_2 + w3 * d_3) * dt
+    return x
+
+def sample_dpm_2(model, x, sigmas, ns):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        d = to_d(x, sigmas[i], denoised)
+        if sigmas[i + 1] == 0:
+            x = x + d * (sigmas[i + 1] - sigmas[i])
+        else:
+            sigma_mid = sigmas[i].log().lerp(sigmas[i + 1].log(), 0.5).exp()
+            x_2 = x + d * (sigma_mid - sigmas[i])
+            d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid))
+            x = x + d_2 * (sigmas[i + 1] - sigmas[i])
+    return x
+
+def sample_dpm_2_ancestral(model, x, sigmas, ns):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        sd, su = get_ancestral_step(sigmas[i], sigmas[i + 1])
+        d = to_d(x, sigmas[i], denoised)
+        if sd == 0:
+            x = x + d * (sd - sigmas[i])
+        else:
+            sigma_mid = sigmas[i].log().lerp(sd.log(), 0.5).exp()
+            x_2 = x + d * (sigma_mid - sigmas[i])
+            d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid))
+            x = x + d_2 * (sd - sigmas[i])
+            x = x + ns(sigmas[i], sigmas[i + 1]) * su
+    return x
+
+def linear_multistep_coeff(order, t, i, j):
+    from scipy import integrate
+    def fn(tau):
+        prod = 1.
+        for k in range(order):
+            if j == k: continue
+            prod *= (tau - t[i - k]) / (t[i - j] - t[i - k])
+        return prod
+    return integrate.quad(fn, t[i], t[i + 1], epsrel=1e-4)[0]
+
+def sample_lms(model, x, sigmas, ns, order=4):
+    sigmas_cpu = sigmas.numpy()
+    ds = []
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        ds.append(to_d(x, sigmas[i], denoised))
+        if len(ds) > order: ds.pop(0)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            cur = min(i + 1, order)
+            coeffs = [linear_multistep_coeff(cur, sigmas_cpu, i, j) for j in range(cur)]
+            x = x + sum(c * d for c, d in zip(coeffs, reversed(ds)))
+    return x
+
+def sample_dpm_fast(model, x, sigmas, ns):
+    sigma_min = sigmas[-1]
+    if sigma_min == 0: sigma_min = sigmas[-2]
+    n = len(sigmas) - 1
+    sig = lambda t: t.neg().exp()
+    tf = lambda s: -s.log()
+    def eps(x, t):
+        return (x - model(x, sig(t))) / sig(t)
+    def step1(x, t, tn, e):
+        return x - sig(tn) * (tn - t).expm1() * e
+    def step2(x, t, tn, e, r1=1 / 2):
+        h = tn - t; s1 = t + r1 * h
+        u1 = x - sig(s1) * (r1 * h).expm1() * e
+        e1 = eps(u1, s1)
+        return x - sig(tn) * h.expm1() * e - sig(tn) / (2 * r1) * h.expm1() * (e1 - e)
+    def step3(x, t, tn, e, r1=1 / 3, r2=2 / 3):
+        h = tn - t; s1 = t + r1 * h; s2 = t + r2 * h
+        u1 = x - sig(s1) * (r1 * h).expm1() * e
+        e1 = eps(u1, s1)
+        u2 = x - sig(s2) * (r2 * h).expm1() * e - sig(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (e1 - e)
+        e2 = eps(u2, s2)
+        return x - sig(tn) * h.expm1() * e - sig(tn) / r2 * (h.expm1() / h - 1) * (e2 - e)
+    t_start, t_end = tf(torch.tensor(float(sigmas[0]))), tf(torch.tensor(float(sigma_min)))
+    m = math.floor(n / 3) + 1
+    ts = torch.linspace(t_start, t_end, m + 1)
+    orders = [3] * (m - 2) + [2, 1] if n % 3 == 0 else [3] * (m - 1) + [n % 3]
+    for i in range(len(orders)):
+        t, tn = ts[i], ts[i + 1]
+        e = eps(x, t)
+        x = [None, step1, step2, step3][orders[i]](x, t, tn, e)
+    return x
+
+def sample_dpmpp_2s_ancestral(model, x, sigmas, ns, cfg_pp=False):
+    sigma_fn = lambda t: t.neg().exp()
+    t_fn = lambda s: s.log().neg()
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i]); uncond = model.uncond
+        guidance = denoised - uncond
+        base = uncond if cfg_pp else denoised
+        sd, su = get_ancestral_step(sigmas[i], sigmas[i + 1])
+        if sd == 0:
+            x = x + to_d(x, sigmas[i], base) * (sd - sigmas[i])
+        else:
+            t, t_next = t_fn(sigmas[i]), t_fn(sd)
+            h = t_next - t; s = t + h / 2
+            x_2 = (sigma_fn(s) / sigma_fn(t)) * x - (-h * 0.5).expm1() * base
+            d2 = model(x_2, sigma_fn(s))
+            if cfg_pp: d2 = model.uncond
+            x = (sigma_fn(t_next) / sigma_fn(t)) * x - (-h).expm1() * d2
+        if sigmas[i + 1] > 0:
+            x = x + ns(sigmas[i], sigmas[i + 1]) * su
+        if cfg_pp:
+            x += guidance
+    return x
+
+def sample_dpmpp_2m(model, x, sigmas, ns):
+    sigma_fn = lambda t: t.neg().exp(); t_fn = lambda s: s.log().neg()
+    old = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        t, t_next = t_fn(sigmas[i]), t_fn(sigmas[i + 1])
+        h = t_next - t
+        if old is None or sigmas[i + 1] == 0:
+            x = (sigma_fn(t_next) / sigma_fn(t)) * x - (-h).expm1() * denoised
+        else:
+            r = (t - t_fn(sigmas[i - 1])) / h
+            dd = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
+            x = (sigma_fn(t_next) / sigma_fn(t)) * x - (-h).expm1() * dd
+        old = denoised
+    return x
+
+def sample_dpmpp_2m_cfg_pp(model, x, sigmas, ns):
+    t_fn = lambda s: s.log().neg()
+    old_u = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i]); uncond = model.uncond
+        t, t_next = t_fn(sigmas[i]), t_fn(sigmas[i + 1])
+        h = t_next - t
+        if old_u is None or sigmas[i + 1] == 0:
+            mix = -torch.exp(-h) * uncond
+        else:
+            r = (t - t_fn(sigmas[i - 1])) / h
+            mix = -torch.exp(-h) * uncond - torch.expm1(-h) * (1 / (2 * r)) * (denoised - old_u)
+        x = denoised + mix + torch.exp(-h) * x
+        old_u = uncond
+    return x
+
+def sample_ddpm(model, x, sigmas, ns):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        sigma, sigma_prev = sigmas[i], sigmas[i + 1]
+        xin = x / torch.sqrt(1.0 + sigma ** 2.0)
+        noise = (x - denoised) / sigma
+        ac = 1 / ((sigma * sigma) + 1); acp = 1 / ((sigma_prev * sigma_prev) + 1); alpha = ac / acp
+        mu = (1.0 / alpha).sqrt() * (xin - (1 - alpha) * noise / (1 - ac).sqrt())
+        if sigma_prev > 0:
+            mu += ((1 - alpha) * (1. - acp) / (1. - ac)).sqrt() * ns(sigma, sigma_prev)
+        x = mu
+        if sigmas[i + 1] != 0:
+            x *= torch.sqrt(1.0 + sigmas[i + 1] ** 2.0)
+    return x
+
+def sample_lcm(model, x, sigmas, ns):
+    for i in range(len(sigmas) - 1):
+        x = model(x, sigmas[i])
+        if sigmas[i + 1] > 0:
+            x = ns(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] + x
+    return x
+
+def sample_ipndm(model, x, sigmas, ns, max_order=4):
+    buf = []; x_next = x
+    for i in range(len(sigmas) - 1):
+        tc, tn = sigmas[i], sigmas[i + 1]
+        xc = x_next
+        denoised = model(xc, tc)
+        d = (xc - denoised) / tc
+        order = min(max_order, i + 1)
+        if tn == 0: x_next = denoised
+        elif order == 1: x_next = xc + (tn - tc) * d
+        elif order == 2: x_next = xc + (tn - tc) * (3 * d - buf[-1]) / 2
+        elif order == 3: x_next = xc + (tn - tc) * (23 * d - 16 * buf[-1] + 5 * buf[-2]) / 12
+        else: x_next = xc + (tn - tc) * (55 * d - 59 * buf[-1] + 37 * buf[-2] - 9 * buf[-3]) / 24
+        if len(buf) == max_order - 1:
+            for k in range(max_order - 2): buf[k] = buf[k + 1]
+            buf[-1] = d
+        else:
+            buf.append(d)
+    return x_next
+
+def sample_ipndm_v(model, x, sigmas, ns, max_order=4):
+    buf = []; x_next = x; t_steps = sigmas
+    for i in range(len(sigmas) - 1):
+        tc, tn = sigmas[i], sigmas[i + 1]
+        xc = x_next
+        denoised = model(xc, tc)
+        d = (xc - denoised) / tc
+        order = min(max_order, i + 1)
+        if tn == 0:
+            x_next = denoised
+        elif order == 1:
+            x_next = xc + (tn - tc) * d
+        elif order == 2:
+            h_n = tn - tc; h_n_1 = tc - t_steps[i - 1]
+            c1 = (2 + (h_n / h_n_1)) / 2; c2 = -(h_n / h_n_1) / 2
+            x_next = xc + (tn - tc) * (c1 * d + c2 * buf[-1])
+        elif order == 3:
+            h_n = tn - tc; h_n_1 = tc - t_steps[i - 1]; h_n_2 = t_steps[i - 1] - t_steps[i - 2]
+            temp = (1 - h_n / (3 * (h_n + h_n_1)) * (h_n * (h_n + h_n_1)) / (h_n_1 * (h_n_1 + h_n_2))) / 2
+            c1 = (2 + (h_n / h_n_1)) / 2 + temp
+            c2 = -(h_n / h_n_1) / 2 - (1 + h_n_1 / h_n_2) * temp
+            c3 = temp * h_n_1 / h_n_2
+            x_next = xc + (tn - tc) * (c1 * d + c2 * buf[-1] + c3 * buf[-2])
+        else:
+            h_n = tn - tc; h_n_1 = tc - t_steps[i - 1]; h_n_2 = t_steps[i - 1] - t_steps[i - 2]; h_n_3 = t_steps[i - 2] - t_steps[i - 3]
+            temp1 = (1 - h_n / (3 * (h_n + h_n_1)) * (h_n * (h_n + h_n_1)) / (h_n_1 * (h_n_1 + h_n_2))) / 2
+            temp2 = ((1 - h_n / (3 * (h_n + h_n_1))) / 2 + (1 - h_n / (2 * (h_n + h_n_1))) * h_n / (6 * (h_n + h_n_1 + h_n_2))) \
+                * (h_n * (h_n + h_n_1) * (h_n + h_n_1 + h_n_2)) / (h_n_1 * (h_n_1 + h_n_2) * (h_n_1 + h_n_2 + h_n_3))
+            c1 = (2 + (h_n / h_n_1)) / 2 + temp1 + temp2
+            c2 = -(h_n / h_n_1) / 2 - (1 + h_n_1 / h_n_2) * temp1 - (1 + (h_n_1 / h_n_2) + (h_n_1 * (h_n_1 + h_n_2) / (h_n_2 * (h_n_2 + h_n_3)))) * temp2
+            c3 = temp1 * h_n_1 / h_n_2 + ((h_n_1 / h_n_2) + (h_n_1 * (h_n_1 + h_n_2) / (h_n_2 * (h_n_2 + h_n_3))) * (1 + h_n_2 / h_n_3)) * temp2
+            c4 = -temp2 * (h_n_1 * (h_n_1 + h_n_2) / (h_n_2 * (h_n_2 + h_n_3))) * h_n_1 / h_n_2
+            x_next = xc + (tn - tc) * (c1 * d + c2 * buf[-1] + c3 * buf[-2] + c4 * buf[-3])
+        if len(buf) == max_order - 1:
+            for k in range(max_order - 2): buf[k] = buf[k + 1]
+            buf[-1] = d
+        else:
+            buf.append(d)
+    return x_next
+
+def res_multistep(model, x, sigmas, ns, eta=1., cfg_pp=False):
+    sigma_fn = lambda t: t.neg().exp(); t_fn = lambda s: s.log().neg()
+    phi1_fn = lambda t: torch.expm1(t) / t
+    phi2_fn = lambda t: (phi1_fn(t) - 1.0) / t
+    old_sigma_down = old_denoised = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i]); uncond = model.uncond
+        sd, su = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
+        if sd == 0 or old_denoised is None:
+            if cfg_pp:
+                x = denoised + to_d(x, sigmas[i], uncond) * sd
+            else:
+                x = x + to_d(x, sigmas[i], denoised) * (sd - sigmas[i])
+        else:
+            t, t_old, t_next, t_prev = t_fn(sigmas[i]), t_fn(old_sigma_down), t_fn(sd), t_fn(sigmas[i - 1])
+            h = t_next - t
+            c2 = (t_prev - t_old) / h
+            p1, p2 = phi1_fn(-h), phi2_fn(-h)
+            b1 = torch.nan_to_num(p1 - p2 / c2, nan=0.0); b2 = torch.nan_to_num(p2 / c2, nan=0.0)
+            if cfg_pp:
+                x = x + (denoised - uncond)
+                x = sigma_fn(h) * x + h * (b1 * uncond + b2 * old_denoised)
+            else:
+                x = sigma_fn(h) * x + h * (b1 * denoised + b2 * old_denoised)
+        if sigmas[i + 1] > 0:
+            x = x + ns(sigmas[i], sigmas[i + 1]) * su
+        old_denoised = uncond if cfg_pp else denoised
+        old_sigma_down = sd
+    return x
+
+def sample_gradient_estimation(model, x, sigmas, ns, ge_gamma=2., cfg_pp=False):
+    old_d = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i]); uncond = model.uncond
+        d = to_d(x, sigmas[i], uncond if cfg_pp else denoised)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            x = denoised + d * sigmas[i + 1] if cfg_pp else x + d * dt
+            if i >= 1:
+                x = x + (ge_gamma - 1) * (d - old_d) * dt
+        old_d = d
+    return x
+
+def sample_er_sde(model, x, sigmas, ns, s_noise=1.0, max_stage=3):
+    scaler = lambda v: v * ((v ** 0.3).exp() + 10.0)
+    pts = torch.arange(0, 200.0, dtype=torch.float32)
+    er = sigmas.log().neg().neg().exp()
+    old_den = old_den_d = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        stage = min(max_stage, i + 1)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            ls, lt = er[i], er[i + 1]
+            alpha_s = sigmas[i] / ls; alpha_t = sigmas[i + 1] / lt
+            r = scaler(lt) / scaler(ls)
+            x = alpha_t / alpha_s * r * x + alpha_t * (1 - r) * denoised
+            if stage >= 2:
+                dt = lt - ls
+                step = -dt / 200.0
+                pos = lt + pts * step
+                sp = scaler(pos)
+                s = torch.sum(1 / sp) * step
+                den_d = (denoised - old_den) / (ls - er[i - 1])
+                x = x + alpha_t * (dt + s * scaler(lt)) * den_d
+                if stage >= 3:
+                    s_u = torch.sum((pos - ls) / sp) * step
+                    den_u = (den_d - old_den_d) / ((ls - er[i - 2]) / 2)
+                    x = x + alpha_t * ((dt ** 2) / 2 + s_u * scaler(lt)) * den_u
+                old_den_d = den_d
+            x = x + alpha_t * ns(sigmas[i], sigmas[i + 1]) * s_noise * (lt ** 2 - ls ** 2 * r ** 2).sqrt().nan_to_num(nan=0.0)
+        old_den = denoised
+    return x
+
+def ei1(h): return torch.expm1(h)
+def ei2(h): return (torch.expm1(h) - h) / h
+
+def sample_seeds_2(model, x, sigmas, ns, eta=1., r=0.5):
+    fac = 1 / (2 * r)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised; continue
+        ls, lt = -sigmas[i].log(), -sigmas[i + 1].log()
+        h = lt - ls; h_eta = h * (eta + 1)
+        ls1 = torch.lerp(ls, lt, r); s1 = (-ls1).exp()
+        x_2 = s1 / sigmas[i] * (-r * h * eta).exp() * x - (s1 * ls1.exp()) * ei1(-r * h_eta) * denoised
+        sde = (-2 * r * h * eta).expm1().neg().sqrt() * ns(sigmas[i], s1)
+        x_2 = x_2 + sde * s1
+        d2 = model(x_2, s1)
+        dd = torch.lerp(denoised, d2, fac)
+        alpha_t = sigmas[i + 1] * lt.exp()
+        x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * ei1(-h_eta) * dd
+        seg = (r - 1) * h * eta
+        sde = sde * seg.exp() + seg.mul(2).expm1().neg().sqrt() * ns(s1, sigmas[i + 1])
+        x = x + sde * sigmas[i + 1]
+    return x
+
+def sample_seeds_3(model, x, sigmas, ns, eta=1., r_1=1. / 3, r_2=2. / 3):
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised; continue
+        ls, lt = -sigmas[i].log(), -sigmas[i + 1].log()
+        h = lt - ls; h_eta = h * (eta + 1)
+        l1, l2 = torch.lerp(ls, lt, r_1), torch.lerp(ls, lt, r_2)
+        s1, s2 = (-l1).exp(), (-l2).exp()
+        a1, a2, at = s1 * l1.exp(), s2 * l2.exp(), sigmas[i + 1] * lt.exp()
+        x_2 = s1 / sigmas[i] * (-r_1 * h * eta).exp() * x - a1 * ei1(-r_1 * h_eta) * denoised
+        sde = (-2 * r_1 * h * eta).expm1().neg().sqrt() * ns(sigmas[i], s1)
+        x_2 = x_2 + sde * s1
+        d2 = model(x_2, s1)
+        a3_2 = r_2 / r_1 * ei2(-r_2 * h_eta); a3_1 = ei1(-r_2 * h_eta) - a3_2
+        x_3 = s2 / sigmas[i] * (-r_2 * h * eta).exp() * x - a2 * (a3_1 * denoised + a3_2 * d2)
+        seg = (r_1 - r_2) * h * eta
+        sde = sde * seg.exp() + seg.mul(2).expm1().neg().sqrt() * ns(s1, s2)
+        x_3 = x_3 + sde * s2
+        d3 = model(x_3, s2)
+        b3 = ei2(-h_eta) / r_2; b1 = ei1(-h_eta) - b3
+        x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - at * (b1 * denoised + b3 * d3)
+        seg = (r_2 - 1) * h * eta
+        sde = sde * seg.exp() + seg.mul(2).expm1().neg().sqrt() * ns(s2, sigmas[i + 1])
+        x = x + sde * sigmas[i + 1]
+    return x
+
+# SDE samplers: ComfyUI draws their noise from torchsde's BrownianTree(seed). Here (as in the Rust
+# NoiseSource::Brownian) the noise sampler is a plain CPU generator seeded with `seed` giving one
+# randn(x.shape) per queried interval, so the sampler maths is compared exactly; torchsde's own
+# increments are not reproduced.
+def brownian_standin(x, seed):
+    g = torch.Generator(device="cpu"); g.manual_seed(seed)
+    return lambda sigma, sigma_next: torch.randn(x.size(), dtype=x.dtype, generator=g)
+
+def sample_dpmpp_sde(model, x, sigmas, ns, eta=1., s_noise=1., r=1 / 2):
+    sigma_fn = lambda l: l.neg().exp(); lambda_fn = lambda s: s.log().neg()
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            lambda_s, lambda_t = lambda_fn(sigmas[i]), lambda_fn(sigmas[i + 1])
+            h = lambda_t - lambda_s
+            lambda_s_1 = lambda_s + r * h
+            fac = 1 / (2 * r)
+            sigma_s_1 = sigma_fn(lambda_s_1)
+            alpha_s = sigmas[i] * lambda_s.exp(); alpha_s_1 = sigma_s_1 * lambda_s_1.exp(); alpha_t = sigmas[i + 1] * lambda_t.exp()
+            sd, su = get_ancestral_step(lambda_s.neg().exp(), lambda_s_1.neg().exp(), eta)
+            h_ = sd.log().neg() - lambda_s
+            x_2 = (alpha_s_1 / alpha_s) * (-h_).exp() * x - alpha_s_1 * (-h_).expm1() * denoised
+            x_2 = x_2 + alpha_s_1 * ns(sigmas[i], sigma_s_1) * s_noise * su
+            denoised_2 = model(x_2, sigma_s_1)
+            sd, su = get_ancestral_step(lambda_s.neg().exp(), lambda_t.neg().exp(), eta)
+            h_ = sd.log().neg() - lambda_s
+            denoised_d = (1 - fac) * denoised + fac * denoised_2
+            x = (alpha_t / alpha_s) * (-h_).exp() * x - alpha_t * (-h_).expm1() * denoised_d
+            x = x + alpha_t * ns(sigmas[i], sigmas[i + 1]) * s_noise * su
+    return x
+
+def sample_dpmpp_2m_sde(model, x, sigmas, ns, eta=1., s_noise=1., solver_type='midpoint'):
+    lambda_fn = lambda s: s.log().neg()
+    old_denoised = None; h, h_last = None, None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            lambda_s, lambda_t = lambda_fn(sigmas[i]), lambda_fn(sigmas[i + 1])
+            h = lambda_t - lambda_s
+            h_eta = h * (eta + 1)
+            alpha_t = sigmas[i + 1] * lambda_t.exp()
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            if old_denoised is not None:
+                r = h_last / h
+                if solver_type == 'heun':
+                    x = x + alpha_t * ((-h_eta).expm1().neg() / (-h_eta) + 1) * (1 / r) * (denoised - old_denoised)
+                else:
+                    x = x + 0.5 * alpha_t * (-h_eta).expm1().neg() * (1 / r) * (denoised - old_denoised)
+            x = x + ns(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+        old_denoised = denoised
+        h_last = h
+    return x
+
+def sample_dpmpp_3m_sde(model, x, sigmas, ns, eta=1., s_noise=1.):
+    lambda_fn = lambda s: s.log().neg()
+    denoised_1, denoised_2 = None, None
+    h, h_1, h_2 = None, None, None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            lambda_s, lambda_t = lambda_fn(sigmas[i]), lambda_fn(sigmas[i + 1])
+            h = lambda_t - lambda_s
+            h_eta = h * (eta + 1)
+            alpha_t = sigmas[i + 1] * lambda_t.exp()
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            if h_2 is not None:
+                r0 = h_1 / h; r1 = h_2 / h
+                d1_0 = (denoised - denoised_1) / r0
+                d1_1 = (denoised_1 - denoised_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + (alpha_t * phi_2) * d1 - (alpha_t * phi_3) * d2
+            elif h_1 is not None:
+                r = h_1 / h
+                d = (denoised - denoised_1) / r
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                x = x + (alpha_t * phi_2) * d
+            x = x + ns(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+        denoised_1, denoised_2 = denoised, denoised_1
+        h_1, h_2 = h, h_1
+    return x
+
+BROWNIAN = {
+    "dpmpp_sde": sample_dpmpp_sde,
+    "dpmpp_sde_gpu": sample_dpmpp_sde,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "dpmpp_2m_sde_gpu": sample_dpmpp_2m_sde,
+    "dpmpp_2m_sde_heun": partial(sample_dpmpp_2m_sde, solver_type='heun'),
+    "dpmpp_2m_sde_heun_gpu": partial(sample_dpmpp_2m_sde, solver_type='heun'),
+    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
+    "dpmpp_3m_sde_gpu": sample_dpmpp_3m_sde,
+}
+SAMPLERS = {
+    "euler": sample_euler,
+    "euler_cfg_pp": sample_euler_cfg_pp,
+    "euler_ancestral": sample_euler_ancestral,
+    "euler_ancestral_cfg_pp": sample_euler_ancestral_cfg_pp,
+    "heun": sample_heun,
+    "heunpp2": sample_heunpp2,
+    "dpm_2": sample_dpm_2,
+    "dpm_2_ancestral": sample_dpm_2_ancestral,
+    "lms": sample_lms,
+    "dpm_fast": sample_dpm_fast,
+    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
+    "dpmpp_2s_ancestral_cfg_pp": partial(sample_dpmpp_2s_ancestral, cfg_pp=True),
+    "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_2m_cfg_pp": sample_dpmpp_2m_cfg_pp,
+    "ddpm": sample_ddpm,
+    "lcm": sample_lcm,
+    "ipndm": sample_ipndm,
+    "ipndm_v": sample_ipndm_v,
+    "res_multistep": partial(res_multistep, eta=0., cfg_pp=False),
+    "res_multistep_cfg_pp": partial(res_multistep, eta=0., cfg_pp=True),
+    "res_multistep_ancestral": partial(res_multistep, eta=1., cfg_pp=False),
+    "res_multistep_ancestral_cfg_pp": partial(res_multistep, eta=1., cfg_pp=True),
+    "gradient_estimation": sample_gradient_estimation,
+    "gradient_estimation_cfg_pp": partial(sample_gradient_estimation, cfg_pp=True),
+    "er_sde": sample_er_sde,
+    "seeds_2": sample_seeds_2,
+    "seeds_3": sample_seeds_3,
+    "ddim": sample_euler,  # ComfyUI maps ddim to sample_euler.
+}
+SAMPLERS.update({k: v for k, v in BROWNIAN.items()})
+
+
+def main():
+    ms = MS()
+    torch.manual_seed(123)
+    mu_c = torch.randn(1, 4, 8, 8) * 0.5
+    mu_u = torch.randn(1, 4, 8, 8) * 0.5
+    g = torch.manual_seed(SEED)
+    noise = torch.randn([1, 4, 8, 8], generator=g)
+    latent = torch.zeros_like(noise)
+    out = {"mu_cond": mu_c, "mu_uncond": mu_u, "noise": noise}
+    for sched in SCHEDULERS:
+        for n in [1, 2, 3, 5, 10, 25]:
+            out[f"sigmas/{sched}/{n}"] = SCHEDULERS[sched](ms, n).float()
+    for name, fn in SAMPLERS.items():
+        for sched in SCHEDULERS:
+            sigmas = ksampler_sigmas(ms, sched, name, STEPS).float()
+            sigma_max = float(ms.sigma_max)
+            max_denoise = math.isclose(sigma_max, float(sigmas[0]), rel_tol=1e-05) or float(sigmas[0]) > sigma_max
+            x = noise * (torch.sqrt(1.0 + sigmas[0] ** 2.0) if max_denoise else sigmas[0]) + latent
+            model = Model(mu_c, mu_u)
+            ns = brownian_standin(x, SEED) if name in BROWNIAN else default_noise_sampler(x, SEED)
+            with torch.no_grad():
+                out[f"sample/{name}/{sched}"] = fn(model, x, sigmas, ns).float().contiguous()
+    save_file({k: v.contiguous() for k, v in out.items()}, OUT, metadata={"torch_version": torch.__version__})
+    print("wrote", OUT, os.path.getsize(OUT), "bytes")
+
+
+if __name__ == "__main__":
+    main()
