@@ -88,6 +88,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let exec_config = ExecConfig {
         cache_budget: config.cache_budget_mb << 20,
         write_metadata: config.write_metadata,
+        ..ExecConfig::default()
     };
     let (exec, events) = build_executor(
         dirs,

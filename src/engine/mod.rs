@@ -5,7 +5,9 @@
 //! alone.
 
 pub mod clip;
+pub mod diffusion;
 pub mod load;
+pub mod manager;
 pub mod preprocess;
 pub mod resize;
 pub mod sampling;

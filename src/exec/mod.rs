@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::graph::validate::{coerced_prompt, compare_node_ids};
 use crate::graph::workflow::WorkflowFormatError;
 use crate::graph::{validate, NodeErrors, PromptError, Signature, Workflow};
+use crate::engine::manager::ModelManager;
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
 use crate::store::{NewPrompt, Store, StoreError};
@@ -35,6 +36,8 @@ pub struct ExecConfig {
     pub cache_budget: usize,
     /// Write the prompt and workflow into saved PNGs.
     pub write_metadata: bool,
+    /// Byte budget of loaded model weights kept between prompts.
+    pub model_budget: usize,
 }
 
 impl Default for ExecConfig {
@@ -42,6 +45,7 @@ impl Default for ExecConfig {
         ExecConfig {
             cache_budget: 4 << 30,
             write_metadata: true,
+            model_budget: 16 << 30,
         }
     }
 }
@@ -90,6 +94,7 @@ pub struct Executor {
     dirs: Arc<DataDirs>,
     config: ExecConfig,
     cache: Mutex<OutputCache>,
+    models: Arc<ModelManager>,
     last_signatures: Mutex<HashMap<String, Signature>>,
     last_report: Mutex<Option<PromptReport>>,
     events: mpsc::UnboundedSender<Envelope>,
@@ -130,6 +135,7 @@ impl Executor {
             registry,
             dirs,
             cache: Mutex::new(OutputCache::new(config.cache_budget)),
+            models: Arc::new(ModelManager::new(config.model_budget, candle_core::Device::Cpu, candle_core::DType::F32)),
             config,
             last_signatures: Mutex::new(HashMap::new()),
             last_report: Mutex::new(None),
@@ -145,6 +151,11 @@ impl Executor {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// (number of loaded model files, bytes of weights).
+    pub fn model_stats(&self) -> (usize, usize) {
+        self.models.stats()
     }
 
     pub fn registry(&self) -> &Registry {
@@ -421,9 +432,12 @@ impl Executor {
         self.paused.load(Ordering::SeqCst)
     }
 
-    /// `POST /free`: `free_memory` drops the output cache. Model unloading has nothing to unload
-    /// until models are loaded through the engine's model manager.
-    pub fn free(&self, _unload_models: bool, free_memory: bool) {
+    /// `POST /free`: `unload_models` drops loaded weights, `free_memory` also the output cache
+    /// (which holds references to models).
+    pub fn free(&self, unload_models: bool, free_memory: bool) {
+        if unload_models || free_memory {
+            self.models.unload_all();
+        }
         if free_memory {
             lock(&self.cache).clear();
             lock(&self.last_signatures).clear();

@@ -400,6 +400,7 @@ impl Executor {
                     reporter: Arc::clone(&reporter),
                     interrupt: Arc::clone(&self.interrupt),
                     write_metadata: self.config.write_metadata,
+                    models: Arc::clone(&self.models),
                 };
                 let node_impl = self
                     .registry

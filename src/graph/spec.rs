@@ -19,6 +19,14 @@ impl SlotType {
     pub const IMAGE: SlotType = SlotType("IMAGE");
     pub const MASK: SlotType = SlotType("MASK");
     pub const LATENT: SlotType = SlotType("LATENT");
+    pub const MODEL: SlotType = SlotType("MODEL");
+    pub const CLIP: SlotType = SlotType("CLIP");
+    pub const VAE: SlotType = SlotType("VAE");
+    pub const CONDITIONING: SlotType = SlotType("CONDITIONING");
+    pub const SAMPLER: SlotType = SlotType("SAMPLER");
+    pub const SIGMAS: SlotType = SlotType("SIGMAS");
+    pub const NOISE: SlotType = SlotType("NOISE");
+    pub const GUIDER: SlotType = SlotType("GUIDER");
 
     pub fn name(self) -> &'static str {
         self.0

@@ -6,8 +6,12 @@
 //! `NodeContext` (folders, progress, interrupt), which `exec` fills in. Adding a node touches one
 //! file here (its family's), plus its test.
 
+pub mod conditioning;
 pub mod image_io;
 pub mod image_ops;
+pub mod latent;
+pub mod loaders;
+pub mod sampling;
 pub mod testing;
 mod value;
 
@@ -20,9 +24,10 @@ use serde_json::Value as Json;
 
 use crate::graph::spec::{ComboOptions, FileList, NodeSpec};
 use crate::graph::{Catalog, ConstValue};
+use crate::engine::manager::ModelManager;
 use crate::paths::DataDirs;
 
-pub use value::{Inputs, Value};
+pub use value::{Clip, Guider, Inputs, Latent, NoiseSource, Value};
 
 /// One node class.
 pub trait Node: Send + Sync + 'static {
@@ -114,6 +119,11 @@ impl NodeError {
         }
     }
 
+    /// A failure of the engine, with what was being done.
+    pub fn engine(doing: &str, error: impl std::fmt::Display) -> NodeError {
+        NodeError::Failed(format!("{doing}: {error}"))
+    }
+
     /// The `exception_type` reported in `execution_error`.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -145,6 +155,8 @@ pub struct NodeContext {
     pub interrupt: Arc<AtomicBool>,
     /// PNG text chunks are written unless the server runs with `--disable-metadata`.
     pub write_metadata: bool,
+    /// Loaded models shared by every prompt.
+    pub models: Arc<ModelManager>,
 }
 
 impl NodeContext {
@@ -161,6 +173,40 @@ impl NodeContext {
     pub fn progress(&self, value: u64, max: u64) {
         self.reporter.progress(&self.node_id, value, max);
     }
+
+    /// Sends a preview image (a `PREVIEW_IMAGE` frame) of 8-bit RGB pixels.
+    pub fn preview_rgb(&self, pixels: &[u8], width: usize, height: usize) {
+        let png = image_io::encode_png(pixels, width, height);
+        self.reporter.preview(&self.node_id, png, true);
+    }
+
+    /// The path of `name` in a model folder, refusing names that leave it.
+    pub fn model_path(&self, folder: &str, input: &str, name: &str) -> Result<std::path::PathBuf, NodeError> {
+        model_file(&self.dirs, folder, name).map_err(|m| NodeError::input(input, m))
+    }
+}
+
+/// Resolves a model file name (`sub/x.safetensors`) inside a model folder.
+pub fn model_file(dirs: &DataDirs, folder: &str, name: &str) -> Result<std::path::PathBuf, String> {
+    let base = dirs.model_folder(folder).ok_or_else(|| format!("no model folder named {folder}"))?;
+    let (subfolder, file) = name.rsplit_once('/').unwrap_or(("", name));
+    match crate::paths::resolve_existing(&base, subfolder, file) {
+        Ok(Some(path)) => Ok(path),
+        Ok(None) => Err(format!("model file '{name}' not found in models/{folder}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A fingerprint of a model file that changes when the file does: size and modification time
+/// (hashing gigabytes on every prompt would cost more than it saves).
+pub fn file_fingerprint(dirs: &DataDirs, folder: &str, constants: &[(String, ConstValue)], input: &str) -> Result<String, NodeError> {
+    let Some((_, ConstValue::String(name))) = constants.iter().find(|(n, _)| n == input) else {
+        return Ok(String::new());
+    };
+    let path = model_file(dirs, folder, name).map_err(|m| NodeError::input(input, m))?;
+    let meta = std::fs::metadata(&path).map_err(|e| NodeError::file(path.display(), e))?;
+    let modified = meta.modified().ok().and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    Ok(format!("{}:{}:{}", path.display(), meta.len(), modified))
 }
 
 struct Entry {
@@ -181,6 +227,10 @@ impl Registry {
             entries: Vec::new(),
             by_name: HashMap::new(),
         };
+        loaders::register(&mut registry);
+        conditioning::register(&mut registry);
+        latent::register(&mut registry);
+        sampling::register(&mut registry);
         image_io::register(&mut registry);
         image_ops::register(&mut registry);
         registry

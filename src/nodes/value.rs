@@ -1,9 +1,53 @@
 //! Runtime values that flow along links, and the typed view a node gets of its inputs.
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 
+use crate::engine::clip::encode::TextEncoder;
+use crate::engine::diffusion::{CondEntry, DiffusionModel};
+use crate::engine::vae::AutoEncoderKL;
 use crate::graph::{ConstValue, SlotType};
 use crate::nodes::NodeError;
+
+/// ComfyUI's CLIP: a text encoder and the layer to stop at (`CLIPSetLastLayer`).
+#[derive(Debug, Clone)]
+pub struct Clip {
+    pub encoder: Arc<TextEncoder>,
+    pub clip_skip: Option<isize>,
+}
+
+/// ComfyUI's LATENT: `{"samples", "noise_mask"?, "batch_index"?}`, samples unscaled (VAE space).
+#[derive(Debug, Clone)]
+pub struct Latent {
+    /// `[B, C, h, w]` f32.
+    pub samples: Tensor,
+    /// `[B or 1, 1, h', w']`; 1 where sampling may change the latent.
+    pub noise_mask: Option<Tensor>,
+    pub batch_index: Option<Vec<usize>>,
+}
+
+impl Latent {
+    pub fn new(samples: Tensor) -> Latent {
+        Latent { samples, noise_mask: None, batch_index: None }
+    }
+}
+
+/// ComfyUI's NOISE: where the initial noise comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoiseSource {
+    Random(u64),
+    Disabled,
+}
+
+/// ComfyUI's GUIDER: a model with its conditioning and CFG scale.
+#[derive(Debug, Clone)]
+pub struct Guider {
+    pub model: Arc<DiffusionModel>,
+    pub positive: Arc<Vec<CondEntry>>,
+    pub negative: Option<Arc<Vec<CondEntry>>>,
+    pub cfg: f64,
+}
 
 /// A value on a link or a constant input.
 #[derive(Debug, Clone)]
@@ -16,6 +60,16 @@ pub enum Value {
     Image(Tensor),
     /// `[B, H, W]` f32 in 0..1.
     Mask(Tensor),
+    Model(Arc<DiffusionModel>),
+    Clip(Clip),
+    Vae(Arc<AutoEncoderKL>),
+    Conditioning(Arc<Vec<CondEntry>>),
+    Latent(Latent),
+    /// A sampler name from `SAMPLER_NAMES`.
+    Sampler(Arc<str>),
+    Sigmas(Arc<Vec<f32>>),
+    Noise(NoiseSource),
+    Guider(Arc<Guider>),
 }
 
 impl Value {
@@ -28,6 +82,15 @@ impl Value {
             Value::Bool(_) => SlotType::BOOLEAN,
             Value::Image(_) => SlotType::IMAGE,
             Value::Mask(_) => SlotType::MASK,
+            Value::Model(_) => SlotType::MODEL,
+            Value::Clip(_) => SlotType::CLIP,
+            Value::Vae(_) => SlotType::VAE,
+            Value::Conditioning(_) => SlotType::CONDITIONING,
+            Value::Latent(_) => SlotType::LATENT,
+            Value::Sampler(_) => SlotType::SAMPLER,
+            Value::Sigmas(_) => SlotType::SIGMAS,
+            Value::Noise(_) => SlotType::NOISE,
+            Value::Guider(_) => SlotType::GUIDER,
         }
     }
 
@@ -36,7 +99,13 @@ impl Value {
         match self {
             Value::Int(_) | Value::Float(_) | Value::Bool(_) => 16,
             Value::String(s) => 24 + s.len(),
-            Value::Image(t) | Value::Mask(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Value::Image(t) | Value::Mask(t) => tensor_bytes(t),
+            // Models are owned by the model manager; a cached reference costs nothing extra.
+            Value::Model(_) | Value::Clip(_) | Value::Vae(_) | Value::Guider(_) => 64,
+            Value::Conditioning(list) => list.iter().map(CondEntry::byte_size).sum(),
+            Value::Latent(l) => tensor_bytes(&l.samples) + l.noise_mask.as_ref().map_or(0, tensor_bytes),
+            Value::Sampler(_) | Value::Noise(_) => 32,
+            Value::Sigmas(s) => s.len() * 4,
         }
     }
 
@@ -53,6 +122,12 @@ impl Value {
                 t.dims(),
                 t.dtype()
             )),
+            Value::Latent(l) => serde_json::Value::from(format!("LATENT {:?}", l.samples.dims())),
+            Value::Model(m) => serde_json::Value::from(format!("MODEL {:?}", m.family)),
+            Value::Conditioning(c) => serde_json::Value::from(format!("CONDITIONING ({} entries)", c.len())),
+            Value::Sampler(name) => serde_json::Value::from(format!("SAMPLER {name}")),
+            Value::Sigmas(s) => serde_json::Value::from(format!("SIGMAS ({} values)", s.len())),
+            other => serde_json::Value::from(other.slot_type().0),
         }
     }
 
@@ -64,6 +139,10 @@ impl Value {
             ConstValue::Bool(b) => Value::Bool(*b),
         }
     }
+}
+
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
 }
 
 /// A node's inputs by name, with typed getters that name the input in their errors.
@@ -147,3 +226,26 @@ impl Inputs {
         }
     }
 }
+
+macro_rules! getter {
+    ($name:ident, $variant:ident, $ty:ty, $type_name:literal) => {
+        impl Inputs {
+            pub fn $name(&self, name: &str) -> Result<&$ty, NodeError> {
+                match self.required(name)? {
+                    Value::$variant(v) => Ok(v),
+                    other => Err(Self::wrong(name, $type_name, other)),
+                }
+            }
+        }
+    };
+}
+
+getter!(model, Model, Arc<DiffusionModel>, "MODEL");
+getter!(clip, Clip, Clip, "CLIP");
+getter!(vae, Vae, Arc<AutoEncoderKL>, "VAE");
+getter!(conditioning, Conditioning, Arc<Vec<CondEntry>>, "CONDITIONING");
+getter!(latent, Latent, Latent, "LATENT");
+getter!(sampler, Sampler, Arc<str>, "SAMPLER");
+getter!(sigmas, Sigmas, Arc<Vec<f32>>, "SIGMAS");
+getter!(noise, Noise, NoiseSource, "NOISE");
+getter!(guider, Guider, Arc<Guider>, "GUIDER");

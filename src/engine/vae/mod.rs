@@ -6,7 +6,7 @@
 
 pub mod tiled;
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, GroupNorm, VarBuilder};
 
 use crate::engine::unet::blocks::{
@@ -292,6 +292,11 @@ pub struct AutoEncoderKL {
 }
 
 impl AutoEncoderKL {
+    /// The dtype of the weights (inputs must be converted to it).
+    pub fn dtype(&self) -> DType {
+        self.quant_conv.weight().dtype()
+    }
+
     /// Builds the VAE from diffusers-named weights under `vb`.
     pub fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         if cfg.block_out_channels.is_empty() || cfg.norm_num_groups == 0 {

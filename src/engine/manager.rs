@@ -1,0 +1,202 @@
+//! The model manager: loaded checkpoints and VAEs shared by every prompt, keyed by file identity
+//! (path, size, modification time), within a memory budget, least recently used unloaded first.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::engine::clip::convert::{hf_clip_from_ldm, infer_clip_config, openclip_to_hf, strip_prefix};
+use crate::engine::clip::encode::TextEncoder;
+use crate::engine::clip::model::ClipTextModel;
+use crate::engine::diffusion::DiffusionModel;
+use crate::engine::load::checkpoint::{load_checkpoint, load_vae_file, ClipComponent};
+use crate::engine::load::detect::ModelFamily;
+use crate::engine::load::{LoadError, LoadErrorKind};
+use crate::engine::tokenizer::ClipBpe;
+use crate::engine::vae::AutoEncoderKL;
+
+/// Everything a single-file checkpoint gives (ComfyUI's MODEL, CLIP, VAE).
+#[derive(Debug)]
+pub struct LoadedCheckpoint {
+    pub model: Arc<DiffusionModel>,
+    pub clip: Option<Arc<TextEncoder>>,
+    pub vae: Option<Arc<AutoEncoderKL>>,
+    pub bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileKey {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileKey {
+    fn of(path: &Path) -> Result<FileKey, LoadError> {
+        let meta = std::fs::metadata(path).map_err(|e| LoadError { path: path.to_path_buf(), kind: LoadErrorKind::Io(e) })?;
+        Ok(FileKey { path: path.to_path_buf(), len: meta.len(), modified: meta.modified().ok() })
+    }
+}
+
+enum Loaded {
+    Checkpoint(Arc<LoadedCheckpoint>),
+    Vae(Arc<AutoEncoderKL>),
+}
+
+struct Entry {
+    loaded: Loaded,
+    bytes: usize,
+    last_used: u64,
+}
+
+/// Loaded models by file.
+pub struct ModelManager {
+    budget: usize,
+    device: Device,
+    dtype: DType,
+    state: Mutex<(HashMap<FileKey, Entry>, u64)>,
+}
+
+/// The CLIP BPE vocabulary, built once (it is expensive).
+pub fn bpe() -> Arc<ClipBpe> {
+    static BPE: OnceLock<Arc<ClipBpe>> = OnceLock::new();
+    Arc::clone(BPE.get_or_init(|| Arc::new(ClipBpe::new())))
+}
+
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
+impl ModelManager {
+    /// A manager that keeps at most `budget` bytes of weights loaded (the model in use is never
+    /// unloaded while a prompt holds it; the budget only decides what stays cached).
+    pub fn new(budget: usize, device: Device, dtype: DType) -> ModelManager {
+        ModelManager { budget, device, dtype, state: Mutex::new((HashMap::new(), 0)) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<FileKey, Entry>, u64)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The checkpoint at `path`, loaded once while it stays unchanged on disk.
+    pub fn checkpoint(&self, path: &Path) -> Result<Arc<LoadedCheckpoint>, LoadError> {
+        let key = FileKey::of(path)?;
+        if let Some(Loaded::Checkpoint(found)) = self.touch(&key) {
+            return Ok(found);
+        }
+        let loaded = Arc::new(self.load_checkpoint(path)?);
+        self.insert(key, Loaded::Checkpoint(Arc::clone(&loaded)), loaded.bytes);
+        Ok(loaded)
+    }
+
+    /// A standalone VAE file, with the latent scale of the family it will be used with.
+    pub fn vae(&self, path: &Path, scale: f64) -> Result<Arc<AutoEncoderKL>, LoadError> {
+        let key = FileKey::of(path)?;
+        if let Some(Loaded::Vae(found)) = self.touch(&key) {
+            if (found.config().scaling_factor - scale).abs() < 1e-9 {
+                return Ok(found);
+            }
+        }
+        let vae = Arc::new(load_vae_file(path, scale, self.dtype, &self.device)?);
+        let bytes = std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(0);
+        self.insert(key, Loaded::Vae(Arc::clone(&vae)), bytes);
+        Ok(vae)
+    }
+
+    fn touch(&self, key: &FileKey) -> Option<Loaded> {
+        let mut guard = self.lock();
+        let (entries, clock) = &mut *guard;
+        *clock += 1;
+        let now = *clock;
+        entries.get_mut(key).map(|entry| {
+            entry.last_used = now;
+            match &entry.loaded {
+                Loaded::Checkpoint(c) => Loaded::Checkpoint(Arc::clone(c)),
+                Loaded::Vae(v) => Loaded::Vae(Arc::clone(v)),
+            }
+        })
+    }
+
+    fn insert(&self, key: FileKey, loaded: Loaded, bytes: usize) {
+        let mut guard = self.lock();
+        let (entries, clock) = &mut *guard;
+        *clock += 1;
+        // A changed file replaces the old entry for the same path.
+        entries.retain(|k, _| k.path != key.path);
+        let mut used: usize = entries.values().map(|e| e.bytes).sum();
+        while used + bytes > self.budget {
+            let Some(oldest) = entries.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone()) else { break };
+            if let Some(entry) = entries.remove(&oldest) {
+                tracing::info!(path = %oldest.path.display(), "unloading model to stay within the memory budget");
+                used -= entry.bytes;
+            }
+        }
+        entries.insert(key, Entry { loaded, bytes, last_used: *clock });
+    }
+
+    /// Unloads every model (`POST /free` with `unload_models`).
+    pub fn unload_all(&self) {
+        self.lock().0.clear();
+    }
+
+    /// (number of loaded files, bytes of weights).
+    pub fn stats(&self) -> (usize, usize) {
+        let guard = self.lock();
+        (guard.0.len(), guard.0.values().map(|e| e.bytes).sum())
+    }
+
+    fn load_checkpoint(&self, path: &Path) -> Result<LoadedCheckpoint, LoadError> {
+        let checkpoint = load_checkpoint(path, self.dtype, &self.device)?;
+        let family = checkpoint.detected.family;
+        let clip_bytes: usize = checkpoint.clip.iter().flat_map(|c| c.tensors.values()).map(tensor_bytes).sum();
+        let clip = if checkpoint.clip.is_empty() {
+            None
+        } else {
+            let encoder = text_encoder(family, &checkpoint.clip, self.dtype, &self.device)
+                .map_err(|message| LoadError { path: path.to_path_buf(), kind: LoadErrorKind::BadConfig(message) })?;
+            Some(Arc::new(encoder))
+        };
+        let file_bytes = std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(0);
+        let model_bytes = file_bytes.saturating_sub(clip_bytes);
+        let model = Arc::new(DiffusionModel::new(checkpoint.unet, family, checkpoint.detected.prediction, model_bytes));
+        Ok(LoadedCheckpoint { model, clip, vae: checkpoint.vae.map(Arc::new), bytes: file_bytes })
+    }
+}
+
+/// One text encoder from a checkpoint component, converted to HF names.
+fn clip_model(component: &ClipComponent, dtype: DType, device: &Device) -> Result<ClipTextModel, String> {
+    let is_openclip = component.tensors.keys().any(|k| k.starts_with("model."));
+    let hf = if is_openclip {
+        openclip_to_hf(&strip_prefix(&component.tensors, "model.")).map_err(|e| format!("{}: {e}", component.prefix))?
+    } else {
+        hf_clip_from_ldm(&component.tensors, "transformer.")
+    };
+    let config = infer_clip_config(&hf).map_err(|e| format!("text encoder under {}: {e}", component.prefix))?;
+    let hf: HashMap<String, Tensor> = hf
+        .into_iter()
+        .map(|(k, t)| t.to_dtype(dtype).map(|t| (k, t)))
+        .collect::<candle_core::Result<_>>()
+        .map_err(|e| e.to_string())?;
+    let vb = VarBuilder::from_tensors(hf, dtype, device);
+    ClipTextModel::new(vb, &config).map_err(|e| format!("text encoder under {}: {e}", component.prefix))
+}
+
+/// Builds the family's text encoder from a checkpoint's CLIP components.
+pub fn text_encoder(family: ModelFamily, components: &[ClipComponent], dtype: DType, device: &Device) -> Result<TextEncoder, String> {
+    let find = |prefix: &str| components.iter().find(|c| c.prefix == prefix);
+    let first = || components.first().ok_or_else(|| "the checkpoint has no text encoder".to_owned());
+    match family {
+        ModelFamily::Sd1 => Ok(TextEncoder::sd1(clip_model(first()?, dtype, device)?, bpe())),
+        ModelFamily::Sd2 => Ok(TextEncoder::sd2(clip_model(first()?, dtype, device)?, bpe())),
+        ModelFamily::SdxlBase => {
+            let l = find("conditioner.embedders.0.").ok_or("SDXL checkpoint lacks conditioner.embedders.0 (CLIP-L)")?;
+            let g = find("conditioner.embedders.1.").ok_or("SDXL checkpoint lacks conditioner.embedders.1 (OpenCLIP-bigG)")?;
+            Ok(TextEncoder::sdxl(clip_model(l, dtype, device)?, clip_model(g, dtype, device)?, bpe()))
+        }
+        ModelFamily::SdxlRefiner => Ok(TextEncoder::sdxl_refiner(clip_model(first()?, dtype, device)?, bpe())),
+    }
+}

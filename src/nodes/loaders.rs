@@ -1,0 +1,138 @@
+//! Model loaders: CheckpointLoaderSimple, CheckpointLoader, VAELoader.
+
+use std::sync::Arc;
+
+use crate::graph::spec::build::*;
+use crate::graph::spec::{ComboOptions, FileList, Freshness, InputKind, NodeSpec, OutputSpec};
+use crate::graph::{ConstValue, SlotType};
+use crate::nodes::{file_fingerprint, Clip, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
+use crate::paths::DataDirs;
+
+pub fn register(registry: &mut Registry) {
+    registry.add(CheckpointLoaderSimple);
+    registry.add(CheckpointLoader);
+    registry.add(VaeLoader);
+}
+
+fn files(folder: &'static str) -> InputKind {
+    InputKind::Combo { options: ComboOptions::Files(FileList::Models(folder)), default: None, image_upload: false }
+}
+
+fn loader_spec(class_type: &'static str, display_name: &'static str, category: &'static str, inputs: Vec<crate::graph::spec::InputSpec>, outputs: Vec<OutputSpec>, description: &'static str) -> NodeSpec {
+    NodeSpec {
+        class_type,
+        display_name,
+        category,
+        description,
+        inputs,
+        hidden: vec![],
+        outputs,
+        output_node: false,
+        freshness: Freshness::ReadsFiles,
+        self_validated: &[],
+        python_module: "nodes",
+    }
+}
+
+fn checkpoint_outputs() -> Vec<OutputSpec> {
+    vec![
+        OutputSpec { ty: SlotType::MODEL, name: "MODEL", tooltip: Some("The model used for denoising latents.") },
+        OutputSpec { ty: SlotType::CLIP, name: "CLIP", tooltip: Some("The CLIP model used for encoding text prompts.") },
+        OutputSpec { ty: SlotType::VAE, name: "VAE", tooltip: Some("The VAE model used for encoding and decoding images to and from latent space.") },
+    ]
+}
+
+fn load_checkpoint(ctx: &NodeContext, name: &str) -> Result<NodeOutput, NodeError> {
+    let path = ctx.model_path("checkpoints", "ckpt_name", name)?;
+    let loaded = ctx.models.checkpoint(&path).map_err(|e| NodeError::input("ckpt_name", e.to_string()))?;
+    let clip = loaded
+        .clip
+        .as_ref()
+        .ok_or_else(|| NodeError::input("ckpt_name", format!("{name} has no text encoder weights")))?;
+    let vae = loaded
+        .vae
+        .as_ref()
+        .ok_or_else(|| NodeError::input("ckpt_name", format!("{name} has no VAE weights; load one with VAELoader")))?;
+    Ok(NodeOutput::values(vec![
+        Value::Model(Arc::clone(&loaded.model)),
+        Value::Clip(Clip { encoder: Arc::clone(clip), clip_skip: None }),
+        Value::Vae(Arc::clone(vae)),
+    ]))
+}
+
+/// Loads a single-file checkpoint (SD1.x, SD2.x, SDXL base or refiner, detected from its weights).
+pub struct CheckpointLoaderSimple;
+
+impl Node for CheckpointLoaderSimple {
+    fn spec(&self) -> NodeSpec {
+        loader_spec(
+            "CheckpointLoaderSimple",
+            "Load Checkpoint",
+            "loaders",
+            vec![required("ckpt_name", files("checkpoints"))],
+            checkpoint_outputs(),
+            "Loads a diffusion model checkpoint, diffusion models are used to denoise latents.",
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        load_checkpoint(ctx, inputs.string("ckpt_name")?)
+    }
+
+    fn fingerprint(&self, dirs: &DataDirs, constants: &[(String, ConstValue)]) -> Result<String, NodeError> {
+        file_fingerprint(dirs, "checkpoints", constants, "ckpt_name")
+    }
+}
+
+/// ComfyUI's deprecated loader with a config file; Weft detects the architecture from the
+/// weights, so the config is accepted and not needed.
+pub struct CheckpointLoader;
+
+impl Node for CheckpointLoader {
+    fn spec(&self) -> NodeSpec {
+        loader_spec(
+            "CheckpointLoader",
+            "Load Checkpoint With Config (DEPRECATED)",
+            "advanced/loaders",
+            vec![required("config_name", files("configs")), required("ckpt_name", files("checkpoints"))],
+            checkpoint_outputs(),
+            "The config is ignored: the architecture is detected from the weights.",
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        load_checkpoint(ctx, inputs.string("ckpt_name")?)
+    }
+
+    fn fingerprint(&self, dirs: &DataDirs, constants: &[(String, ConstValue)]) -> Result<String, NodeError> {
+        file_fingerprint(dirs, "checkpoints", constants, "ckpt_name")
+    }
+}
+
+/// Loads a standalone VAE (LDM or diffusers names).
+pub struct VaeLoader;
+
+impl Node for VaeLoader {
+    fn spec(&self) -> NodeSpec {
+        loader_spec(
+            "VAELoader",
+            "Load VAE",
+            "loaders",
+            vec![required("vae_name", files("vae"))],
+            vec![output(SlotType::VAE, "VAE")],
+            "",
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let name = inputs.string("vae_name")?;
+        let path = ctx.model_path("vae", "vae_name", name)?;
+        // Latents are stored unscaled (ComfyUI's convention), so the scale is not used here.
+        let vae = ctx.models.vae(&path, 0.18215).map_err(|e| NodeError::input("vae_name", e.to_string()))?;
+        Ok(NodeOutput::values(vec![Value::Vae(vae)]))
+    }
+
+    fn fingerprint(&self, dirs: &DataDirs, constants: &[(String, ConstValue)]) -> Result<String, NodeError> {
+        file_fingerprint(dirs, "vae", constants, "vae_name")
+    }
+}
