@@ -137,7 +137,13 @@ impl DataDirs {
     pub fn list_models(&self, folder: &str) -> Option<Vec<String>> {
         let dir = self.model_folder(folder)?;
         let mut files = Vec::new();
-        list_files_recursive(&dir, &dir, &mut files, MODEL_EXTENSIONS, 8);
+        // Config files are YAML, everything else weights.
+        let extensions: &[&str] = if folder == "configs" {
+            &["yaml", "yml", "json"]
+        } else {
+            MODEL_EXTENSIONS
+        };
+        list_files_recursive(&dir, &dir, &mut files, extensions, 8);
         files.sort();
         Some(files)
     }

@@ -264,6 +264,10 @@ pub fn context(app: &TestApp) -> weft::nodes::NodeContext {
         reporter: Arc::new(NoReporter),
         interrupt: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         write_metadata: false,
-        models: Arc::new(weft::engine::manager::ModelManager::new(1 << 30, candle_core::Device::Cpu, candle_core::DType::F32)),
+        models: Arc::new(weft::engine::manager::ModelManager::new(
+            1 << 30,
+            candle_core::Device::Cpu,
+            candle_core::DType::F32,
+        )),
     }
 }

@@ -28,7 +28,12 @@ impl LatentFormat {
         LatentFormat {
             channels: 4,
             scale_factor: 0.18215,
-            rgb_factors: [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]],
+            rgb_factors: [
+                [0.3512, 0.2297, 0.3227],
+                [0.3250, 0.4974, 0.2350],
+                [-0.2829, 0.1762, 0.2721],
+                [-0.2120, -0.2616, -0.7177],
+            ],
             rgb_bias: [0.0; 3],
         }
     }
@@ -37,7 +42,12 @@ impl LatentFormat {
         LatentFormat {
             channels: 4,
             scale_factor: 0.13025,
-            rgb_factors: [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
+            rgb_factors: [
+                [0.3651, 0.4232, 0.4341],
+                [-0.2533, -0.0042, 0.1068],
+                [0.1076, 0.1111, -0.0362],
+                [-0.3165, -0.2492, -0.2188],
+            ],
             rgb_bias: [0.1084, -0.0175, -0.0011],
         }
     }
@@ -51,7 +61,10 @@ impl LatentFormat {
 
     /// An 8-bit RGB preview of the first latent of a batch, `[B, C, h, w]` → (pixels, w, h).
     pub fn preview_rgb(&self, latent: &Tensor) -> Result<(Vec<u8>, usize, usize)> {
-        let first = latent.get(0)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let first = latent
+            .get(0)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
         let (c, h, w) = first.dims3()?;
         let data: Vec<f32> = first.flatten_all()?.to_vec1()?;
         let mut out = Vec::with_capacity(h * w * 3);
@@ -81,17 +94,32 @@ pub struct DiffusionModel {
 }
 
 impl DiffusionModel {
-    pub fn new(unet: UNet2DConditionModel, family: ModelFamily, prediction: Prediction, bytes: usize) -> Self {
+    pub fn new(
+        unet: UNet2DConditionModel,
+        family: ModelFamily,
+        prediction: Prediction,
+        bytes: usize,
+    ) -> Self {
         let sampling = ModelSamplingDiscrete::new(&match prediction {
             Prediction::Epsilon => SamplingConfig::sd_eps(),
             Prediction::V => SamplingConfig::sd_v(),
         });
-        DiffusionModel { unet, family, prediction, sampling, latent: LatentFormat::for_family(family), bytes }
+        DiffusionModel {
+            unet,
+            family,
+            prediction,
+            sampling,
+            latent: LatentFormat::for_family(family),
+            bytes,
+        }
     }
 
     /// Whether conditioning needs SDXL's pooled/size vector.
     pub fn uses_adm(&self) -> bool {
-        matches!(self.family, ModelFamily::SdxlBase | ModelFamily::SdxlRefiner)
+        matches!(
+            self.family,
+            ModelFamily::SdxlBase | ModelFamily::SdxlRefiner
+        )
     }
 }
 
@@ -106,9 +134,19 @@ pub enum PromptType {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Area {
     /// `(height, width, y, x)` in latent pixels (ComfyUI stores pixel/8).
-    Latent { height: usize, width: usize, y: usize, x: usize },
+    Latent {
+        height: usize,
+        width: usize,
+        y: usize,
+        x: usize,
+    },
     /// Fractions of the latent (ConditioningSetAreaPercentage).
-    Percentage { height: f64, width: f64, y: f64, x: f64 },
+    Percentage {
+        height: f64,
+        width: f64,
+        y: f64,
+        x: f64,
+    },
 }
 
 /// SDXL size conditioning; missing values default as ComfyUI's `encode_adm` does.
@@ -127,8 +165,14 @@ pub struct SizeConditioning {
 pub trait ControlHint: Send + Sync + std::fmt::Debug {
     /// Residuals for the UNet input `x_in` (already `c_in`-scaled) at `sigma`, or `None` when the
     /// control is not active at this sigma.
-    fn residuals(&self, x_in: &Tensor, timesteps: &Tensor, sigma: f64, context: &Tensor, y: Option<&Tensor>)
-        -> Result<Option<ControlResiduals>>;
+    fn residuals(
+        &self,
+        x_in: &Tensor,
+        timesteps: &Tensor,
+        sigma: f64,
+        context: &Tensor,
+        y: Option<&Tensor>,
+    ) -> Result<Option<ControlResiduals>>;
 }
 
 /// One entry of a CONDITIONING list (`[context, {pooled_output, area, mask, strength, …}]`).
@@ -165,7 +209,9 @@ impl CondEntry {
 
     pub fn byte_size(&self) -> usize {
         let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        bytes(&self.context) + self.pooled.as_ref().map_or(0, bytes) + self.mask.as_ref().map_or(0, bytes)
+        bytes(&self.context)
+            + self.pooled.as_ref().map_or(0, bytes)
+            + self.mask.as_ref().map_or(0, bytes)
     }
 }
 
@@ -213,15 +259,27 @@ impl<'a> CfgDenoiser<'a> {
             Some(list) => prepare(model, list, latent_shape, PromptType::Negative)?,
             None => Vec::new(),
         };
-        let need_uncond = !negative.is_empty() && (sampler_needs_uncond || (cfg - 1.0).abs() > 1e-9);
-        Ok(CfgDenoiser { model, positive, negative, cfg, need_uncond, inpaint: None })
+        let need_uncond =
+            !negative.is_empty() && (sampler_needs_uncond || (cfg - 1.0).abs() > 1e-9);
+        Ok(CfgDenoiser {
+            model,
+            positive,
+            negative,
+            cfg,
+            need_uncond,
+            inpaint: None,
+        })
     }
 
     /// Keeps the latent outside `mask` (1 = resample) fixed, as ComfyUI's `KSamplerX0Inpaint`.
     /// `mask`: `[B or 1, 1 or C, h, w]` already at latent size; `latent` the scaled input latent.
     pub fn with_inpaint(mut self, mask: Tensor, latent: Tensor, noise: Tensor) -> Result<Self> {
         let mask = mask.broadcast_as(latent.shape())?.contiguous()?;
-        self.inpaint = Some(Inpaint { mask, latent, noise });
+        self.inpaint = Some(Inpaint {
+            mask,
+            latent,
+            noise,
+        });
         Ok(self)
     }
 
@@ -245,10 +303,23 @@ impl<'a> CfgDenoiser<'a> {
                 Some(hint) => hint.residuals(&x_in, &timesteps, sigma, &context, y.as_ref())?,
                 None => None,
             };
-            let output = self.model.unet.forward(&x_in.to_dtype(dtype)?, &timesteps, &context, y.as_ref(), control.as_ref())?;
-            let denoised = self.model.sampling.calculate_denoised(sigma, &output.to_dtype(DType::F32)?, &x_area)?;
+            let output = self.model.unet.forward(
+                &x_in.to_dtype(dtype)?,
+                &timesteps,
+                &context,
+                y.as_ref(),
+                control.as_ref(),
+            )?;
+            let denoised = self.model.sampling.calculate_denoised(
+                sigma,
+                &output.to_dtype(DType::F32)?,
+                &x_area,
+            )?;
             let weighted = (denoised * &cond.mult)?;
-            out = out.slice_assign(&[0..batch, 0..channels, ay..ay + ah, ax..ax + aw], &(out.narrow(2, ay, ah)?.narrow(3, ax, aw)? + weighted)?)?;
+            out = out.slice_assign(
+                &[0..batch, 0..channels, ay..ay + ah, ax..ax + aw],
+                &(out.narrow(2, ay, ah)?.narrow(3, ax, aw)? + weighted)?,
+            )?;
             counts = counts.slice_assign(
                 &[0..batch, 0..channels, ay..ay + ah, ax..ax + aw],
                 &(counts.narrow(2, ay, ah)?.narrow(3, ax, aw)? + &cond.mult)?,
@@ -278,15 +349,25 @@ impl Denoiser for CfgDenoiser<'_> {
         };
         let apply_mask = |t: Tensor| -> Result<Tensor> {
             match &self.inpaint {
-                Some(inpaint) => (t * &inpaint.mask)? + (&inpaint.latent * inpaint.mask.affine(-1.0, 1.0)?)?,
+                Some(inpaint) => {
+                    (t * &inpaint.mask)? + (&inpaint.latent * inpaint.mask.affine(-1.0, 1.0)?)?
+                }
                 None => Ok(t),
             }
         };
-        Ok(Denoised { cond: apply_mask(result)?, uncond: uncond.map(apply_mask).transpose()? })
+        Ok(Denoised {
+            cond: apply_mask(result)?,
+            uncond: uncond.map(apply_mask).transpose()?,
+        })
     }
 }
 
-fn prepare(model: &DiffusionModel, list: &[CondEntry], latent_shape: &[usize], prompt_type: PromptType) -> Result<Vec<PreparedCond>> {
+fn prepare(
+    model: &DiffusionModel,
+    list: &[CondEntry],
+    latent_shape: &[usize],
+    prompt_type: PromptType,
+) -> Result<Vec<PreparedCond>> {
     let &[batch, channels, h, w] = latent_shape else {
         candle_core::bail!("latent must be [B, C, h, w], got {latent_shape:?}");
     };
@@ -313,12 +394,22 @@ fn prepare(model: &DiffusionModel, list: &[CondEntry], latent_shape: &[usize], p
             None => None,
         };
         let mut area = match &entry.area {
-            Some(Area::Latent { height, width, y, x }) => {
+            Some(Area::Latent {
+                height,
+                width,
+                y,
+                x,
+            }) => {
                 let ah = (*height).min(h.saturating_sub(*y)).max(1);
                 let aw = (*width).min(w.saturating_sub(*x)).max(1);
                 (ah, aw, (*y).min(h - ah), (*x).min(w - aw))
             }
-            Some(Area::Percentage { height, width, y, x }) => {
+            Some(Area::Percentage {
+                height,
+                width,
+                y,
+                x,
+            }) => {
                 let ah = ((height * h as f64).round() as usize).clamp(1, h);
                 let aw = ((width * w as f64).round() as usize).clamp(1, w);
                 let ay = ((y * h as f64).round() as usize).min(h - ah);
@@ -334,8 +425,13 @@ fn prepare(model: &DiffusionModel, list: &[CondEntry], latent_shape: &[usize], p
         let mult = match &mask {
             Some(mask) => {
                 let m = mask.narrow(1, ay, ah)?.narrow(2, ax, aw)?;
-                let m = if m.dim(0)? == batch { m } else { m.narrow(0, 0, 1)?.repeat((batch, 1, 1))? };
-                (m.unsqueeze(1)?.repeat((1, channels, 1, 1))? * (entry.mask_strength * entry.strength))?
+                let m = if m.dim(0)? == batch {
+                    m
+                } else {
+                    m.narrow(0, 0, 1)?.repeat((batch, 1, 1))?
+                };
+                (m.unsqueeze(1)?.repeat((1, channels, 1, 1))?
+                    * (entry.mask_strength * entry.strength))?
             }
             None => {
                 let mut rows = vec![entry.strength as f32; ah];
@@ -348,11 +444,23 @@ fn prepare(model: &DiffusionModel, list: &[CondEntry], latent_shape: &[usize], p
                 }
                 let rows = Tensor::from_vec(rows, (ah, 1), &device)?;
                 let cols = Tensor::from_vec(cols, (1, aw), &device)?;
-                rows.broadcast_mul(&cols)?.reshape((1, 1, ah, aw))?.repeat((batch, channels, 1, 1))?
+                rows.broadcast_mul(&cols)?
+                    .reshape((1, 1, ah, aw))?
+                    .repeat((batch, channels, 1, 1))?
             }
         };
-        let y = if model.uses_adm() { Some(adm_vector(model, entry, h, w, prompt_type)?) } else { None };
-        prepared.push(PreparedCond { context: entry.context.clone(), y, area, mult, control: entry.control.clone() });
+        let y = if model.uses_adm() {
+            Some(adm_vector(model, entry, h, w, prompt_type)?)
+        } else {
+            None
+        };
+        prepared.push(PreparedCond {
+            context: entry.context.clone(),
+            y,
+            area,
+            mult,
+            control: entry.control.clone(),
+        });
     }
     Ok(prepared)
 }
@@ -392,12 +500,24 @@ fn mask_bounds(mask: &Tensor, h: usize, w: usize) -> Result<(usize, usize, usize
 }
 
 /// SDXL's `y`: pooled output plus size embeddings (`SDXL.encode_adm` / `SDXLRefiner.encode_adm`).
-fn adm_vector(model: &DiffusionModel, entry: &CondEntry, h: usize, w: usize, prompt_type: PromptType) -> Result<Tensor> {
+fn adm_vector(
+    model: &DiffusionModel,
+    entry: &CondEntry,
+    h: usize,
+    w: usize,
+    prompt_type: PromptType,
+) -> Result<Tensor> {
     let pooled = match &entry.pooled {
         Some(p) => p.to_dtype(DType::F32)?,
-        None => candle_core::bail!("this SDXL model needs a pooled text output; use a CLIP from an SDXL checkpoint"),
+        None => candle_core::bail!(
+            "this SDXL model needs a pooled text output; use a CLIP from an SDXL checkpoint"
+        ),
     };
-    let pooled = if pooled.rank() == 1 { pooled.unsqueeze(0)? } else { pooled.narrow(0, 0, 1)? };
+    let pooled = if pooled.rank() == 1 {
+        pooled.unsqueeze(0)?
+    } else {
+        pooled.narrow(0, 0, 1)?
+    };
     let s = &entry.size;
     let width = s.width.unwrap_or((w * 8) as f32);
     let height = s.height.unwrap_or((h * 8) as f32);
@@ -405,10 +525,27 @@ fn adm_vector(model: &DiffusionModel, entry: &CondEntry, h: usize, w: usize, pro
     let crop_h = s.crop_h.unwrap_or(0.0);
     let values = match model.family {
         ModelFamily::SdxlRefiner => {
-            let default_score = if prompt_type == PromptType::Negative { 2.5 } else { 6.0 };
-            vec![height, width, crop_h, crop_w, s.aesthetic_score.unwrap_or(default_score)]
+            let default_score = if prompt_type == PromptType::Negative {
+                2.5
+            } else {
+                6.0
+            };
+            vec![
+                height,
+                width,
+                crop_h,
+                crop_w,
+                s.aesthetic_score.unwrap_or(default_score),
+            ]
         }
-        _ => vec![height, width, crop_h, crop_w, s.target_height.unwrap_or(height), s.target_width.unwrap_or(width)],
+        _ => vec![
+            height,
+            width,
+            crop_h,
+            crop_w,
+            s.target_height.unwrap_or(height),
+            s.target_width.unwrap_or(width),
+        ],
     };
     sdxl_adm(&pooled, &[values])
 }

@@ -9,7 +9,9 @@ use std::time::SystemTime;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::engine::clip::convert::{hf_clip_from_ldm, infer_clip_config, openclip_to_hf, strip_prefix};
+use crate::engine::clip::convert::{
+    hf_clip_from_ldm, infer_clip_config, openclip_to_hf, strip_prefix,
+};
 use crate::engine::clip::encode::TextEncoder;
 use crate::engine::clip::model::ClipTextModel;
 use crate::engine::diffusion::DiffusionModel;
@@ -37,8 +39,15 @@ struct FileKey {
 
 impl FileKey {
     fn of(path: &Path) -> Result<FileKey, LoadError> {
-        let meta = std::fs::metadata(path).map_err(|e| LoadError { path: path.to_path_buf(), kind: LoadErrorKind::Io(e) })?;
-        Ok(FileKey { path: path.to_path_buf(), len: meta.len(), modified: meta.modified().ok() })
+        let meta = std::fs::metadata(path).map_err(|e| LoadError {
+            path: path.to_path_buf(),
+            kind: LoadErrorKind::Io(e),
+        })?;
+        Ok(FileKey {
+            path: path.to_path_buf(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
     }
 }
 
@@ -75,7 +84,12 @@ impl ModelManager {
     /// A manager that keeps at most `budget` bytes of weights loaded (the model in use is never
     /// unloaded while a prompt holds it; the budget only decides what stays cached).
     pub fn new(budget: usize, device: Device, dtype: DType) -> ModelManager {
-        ModelManager { budget, device, dtype, state: Mutex::new((HashMap::new(), 0)) }
+        ModelManager {
+            budget,
+            device,
+            dtype,
+            state: Mutex::new((HashMap::new(), 0)),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<FileKey, Entry>, u64)> {
@@ -102,7 +116,9 @@ impl ModelManager {
             }
         }
         let vae = Arc::new(load_vae_file(path, scale, self.dtype, &self.device)?);
-        let bytes = std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(0);
+        let bytes = std::fs::metadata(path)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
         self.insert(key, Loaded::Vae(Arc::clone(&vae)), bytes);
         Ok(vae)
     }
@@ -129,13 +145,26 @@ impl ModelManager {
         entries.retain(|k, _| k.path != key.path);
         let mut used: usize = entries.values().map(|e| e.bytes).sum();
         while used + bytes > self.budget {
-            let Some(oldest) = entries.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone()) else { break };
+            let Some(oldest) = entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
             if let Some(entry) = entries.remove(&oldest) {
                 tracing::info!(path = %oldest.path.display(), "unloading model to stay within the memory budget");
                 used -= entry.bytes;
             }
         }
-        entries.insert(key, Entry { loaded, bytes, last_used: *clock });
+        entries.insert(
+            key,
+            Entry {
+                loaded,
+                bytes,
+                last_used: *clock,
+            },
+        );
     }
 
     /// Unloads every model (`POST /free` with `unload_models`).
@@ -152,51 +181,102 @@ impl ModelManager {
     fn load_checkpoint(&self, path: &Path) -> Result<LoadedCheckpoint, LoadError> {
         let checkpoint = load_checkpoint(path, self.dtype, &self.device)?;
         let family = checkpoint.detected.family;
-        let clip_bytes: usize = checkpoint.clip.iter().flat_map(|c| c.tensors.values()).map(tensor_bytes).sum();
+        let clip_bytes: usize = checkpoint
+            .clip
+            .iter()
+            .flat_map(|c| c.tensors.values())
+            .map(tensor_bytes)
+            .sum();
         let clip = if checkpoint.clip.is_empty() {
             None
         } else {
             let encoder = text_encoder(family, &checkpoint.clip, self.dtype, &self.device)
-                .map_err(|message| LoadError { path: path.to_path_buf(), kind: LoadErrorKind::BadConfig(message) })?;
+                .map_err(|message| LoadError {
+                    path: path.to_path_buf(),
+                    kind: LoadErrorKind::BadConfig(message),
+                })?;
             Some(Arc::new(encoder))
         };
-        let file_bytes = std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(0);
+        let file_bytes = std::fs::metadata(path)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
         let model_bytes = file_bytes.saturating_sub(clip_bytes);
-        let model = Arc::new(DiffusionModel::new(checkpoint.unet, family, checkpoint.detected.prediction, model_bytes));
-        Ok(LoadedCheckpoint { model, clip, vae: checkpoint.vae.map(Arc::new), bytes: file_bytes })
+        let model = Arc::new(DiffusionModel::new(
+            checkpoint.unet,
+            family,
+            checkpoint.detected.prediction,
+            model_bytes,
+        ));
+        Ok(LoadedCheckpoint {
+            model,
+            clip,
+            vae: checkpoint.vae.map(Arc::new),
+            bytes: file_bytes,
+        })
     }
 }
 
 /// One text encoder from a checkpoint component, converted to HF names.
-fn clip_model(component: &ClipComponent, dtype: DType, device: &Device) -> Result<ClipTextModel, String> {
+fn clip_model(
+    component: &ClipComponent,
+    dtype: DType,
+    device: &Device,
+) -> Result<ClipTextModel, String> {
     let is_openclip = component.tensors.keys().any(|k| k.starts_with("model."));
     let hf = if is_openclip {
-        openclip_to_hf(&strip_prefix(&component.tensors, "model.")).map_err(|e| format!("{}: {e}", component.prefix))?
+        openclip_to_hf(&strip_prefix(&component.tensors, "model."))
+            .map_err(|e| format!("{}: {e}", component.prefix))?
     } else {
         hf_clip_from_ldm(&component.tensors, "transformer.")
     };
-    let config = infer_clip_config(&hf).map_err(|e| format!("text encoder under {}: {e}", component.prefix))?;
+    let config = infer_clip_config(&hf)
+        .map_err(|e| format!("text encoder under {}: {e}", component.prefix))?;
     let hf: HashMap<String, Tensor> = hf
         .into_iter()
         .map(|(k, t)| t.to_dtype(dtype).map(|t| (k, t)))
         .collect::<candle_core::Result<_>>()
         .map_err(|e| e.to_string())?;
     let vb = VarBuilder::from_tensors(hf, dtype, device);
-    ClipTextModel::new(vb, &config).map_err(|e| format!("text encoder under {}: {e}", component.prefix))
+    ClipTextModel::new(vb, &config)
+        .map_err(|e| format!("text encoder under {}: {e}", component.prefix))
 }
 
 /// Builds the family's text encoder from a checkpoint's CLIP components.
-pub fn text_encoder(family: ModelFamily, components: &[ClipComponent], dtype: DType, device: &Device) -> Result<TextEncoder, String> {
+pub fn text_encoder(
+    family: ModelFamily,
+    components: &[ClipComponent],
+    dtype: DType,
+    device: &Device,
+) -> Result<TextEncoder, String> {
     let find = |prefix: &str| components.iter().find(|c| c.prefix == prefix);
-    let first = || components.first().ok_or_else(|| "the checkpoint has no text encoder".to_owned());
+    let first = || {
+        components
+            .first()
+            .ok_or_else(|| "the checkpoint has no text encoder".to_owned())
+    };
     match family {
-        ModelFamily::Sd1 => Ok(TextEncoder::sd1(clip_model(first()?, dtype, device)?, bpe())),
-        ModelFamily::Sd2 => Ok(TextEncoder::sd2(clip_model(first()?, dtype, device)?, bpe())),
+        ModelFamily::Sd1 => Ok(TextEncoder::sd1(
+            clip_model(first()?, dtype, device)?,
+            bpe(),
+        )),
+        ModelFamily::Sd2 => Ok(TextEncoder::sd2(
+            clip_model(first()?, dtype, device)?,
+            bpe(),
+        )),
         ModelFamily::SdxlBase => {
-            let l = find("conditioner.embedders.0.").ok_or("SDXL checkpoint lacks conditioner.embedders.0 (CLIP-L)")?;
-            let g = find("conditioner.embedders.1.").ok_or("SDXL checkpoint lacks conditioner.embedders.1 (OpenCLIP-bigG)")?;
-            Ok(TextEncoder::sdxl(clip_model(l, dtype, device)?, clip_model(g, dtype, device)?, bpe()))
+            let l = find("conditioner.embedders.0.")
+                .ok_or("SDXL checkpoint lacks conditioner.embedders.0 (CLIP-L)")?;
+            let g = find("conditioner.embedders.1.")
+                .ok_or("SDXL checkpoint lacks conditioner.embedders.1 (OpenCLIP-bigG)")?;
+            Ok(TextEncoder::sdxl(
+                clip_model(l, dtype, device)?,
+                clip_model(g, dtype, device)?,
+                bpe(),
+            ))
         }
-        ModelFamily::SdxlRefiner => Ok(TextEncoder::sdxl_refiner(clip_model(first()?, dtype, device)?, bpe())),
+        ModelFamily::SdxlRefiner => Ok(TextEncoder::sdxl_refiner(
+            clip_model(first()?, dtype, device)?,
+            bpe(),
+        )),
     }
 }

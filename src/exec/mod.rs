@@ -17,10 +17,10 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use tokio::sync::{mpsc, Notify};
 
+use crate::engine::manager::ModelManager;
 use crate::graph::validate::{coerced_prompt, compare_node_ids};
 use crate::graph::workflow::WorkflowFormatError;
 use crate::graph::{validate, NodeErrors, PromptError, Signature, Workflow};
-use crate::engine::manager::ModelManager;
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
 use crate::store::{NewPrompt, Store, StoreError};
@@ -135,7 +135,11 @@ impl Executor {
             registry,
             dirs,
             cache: Mutex::new(OutputCache::new(config.cache_budget)),
-            models: Arc::new(ModelManager::new(config.model_budget, candle_core::Device::Cpu, candle_core::DType::F32)),
+            models: Arc::new(ModelManager::new(
+                config.model_budget,
+                candle_core::Device::Cpu,
+                candle_core::DType::F32,
+            )),
             config,
             last_signatures: Mutex::new(HashMap::new()),
             last_report: Mutex::new(None),

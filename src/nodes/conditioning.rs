@@ -58,7 +58,9 @@ fn value(list: Vec<CondEntry>) -> Value {
 }
 
 fn encode_tokens(clip: &Clip, tokens: &PromptTokens) -> Result<Encoded, NodeError> {
-    clip.encoder.encode_tokens(tokens, clip.clip_skip).map_err(|e| NodeError::input("clip", format!("text encoding failed: {e}")))
+    clip.encoder
+        .encode_tokens(tokens, clip.clip_skip)
+        .map_err(|e| NodeError::input("clip", format!("text encoding failed: {e}")))
 }
 
 /// Encodes a prompt (ComfyUI's weighting syntax, chunks of 75 tokens).
@@ -70,7 +72,10 @@ impl Node for ClipTextEncode {
             "CLIPTextEncode",
             "CLIP Text Encode (Prompt)",
             "conditioning",
-            vec![required("text", multiline("")), required("clip", link(SlotType::CLIP))],
+            vec![
+                required("text", multiline("")),
+                required("clip", link(SlotType::CLIP)),
+            ],
             conditioning_out(),
         );
         spec.description = "Encodes a text prompt using a CLIP model into an embedding that can be used to guide the diffusion model towards generating specific images.";
@@ -81,7 +86,10 @@ impl Node for ClipTextEncode {
         let clip = inputs.clip("clip")?;
         let tokens = clip.encoder.tokenize(inputs.string("text")?, None);
         let encoded = encode_tokens(clip, &tokens)?;
-        Ok(NodeOutput::values(vec![value(vec![CondEntry::new(encoded.context, Some(encoded.pooled))])]))
+        Ok(NodeOutput::values(vec![value(vec![CondEntry::new(
+            encoded.context,
+            Some(encoded.pooled),
+        )])]))
     }
 }
 
@@ -94,7 +102,10 @@ impl Node for ClipSetLastLayer {
             "CLIPSetLastLayer",
             "CLIP Set Last Layer",
             "conditioning",
-            vec![required("clip", link(SlotType::CLIP)), required("stop_at_clip_layer", int(-1, -24, -1))],
+            vec![
+                required("clip", link(SlotType::CLIP)),
+                required("stop_at_clip_layer", int(-1, -24, -1)),
+            ],
             vec![output(SlotType::CLIP, "CLIP")],
         )
     }
@@ -102,7 +113,10 @@ impl Node for ClipSetLastLayer {
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let mut clip = inputs.clip("clip")?.clone();
         let layer = inputs.int("stop_at_clip_layer")?;
-        clip.clip_skip = Some(isize::try_from(layer).map_err(|_| NodeError::input("stop_at_clip_layer", "out of range"))?);
+        clip.clip_skip = Some(
+            isize::try_from(layer)
+                .map_err(|_| NodeError::input("stop_at_clip_layer", "out of range"))?,
+        );
         Ok(NodeOutput::values(vec![Value::Clip(clip)]))
     }
 }
@@ -138,7 +152,10 @@ impl Node for ClipTextEncodeSdxl {
         let g = clip.encoder.tokenize(inputs.string("text_g")?, None).g;
         let l = clip.encoder.tokenize(inputs.string("text_l")?, None).l;
         let (Some(mut g), Some(mut l)) = (g, l) else {
-            return Err(NodeError::input("clip", "CLIPTextEncodeSDXL needs an SDXL CLIP (CLIP-L and OpenCLIP-bigG)"));
+            return Err(NodeError::input(
+                "clip",
+                "CLIPTextEncodeSDXL needs an SDXL CLIP (CLIP-L and OpenCLIP-bigG)",
+            ));
         };
         // ComfyUI pads the shorter prompt with empty chunks so both have as many chunks.
         let empty = clip.encoder.tokenize("", None);
@@ -148,7 +165,13 @@ impl Node for ClipTextEncodeSdxl {
         while g.len() < l.len() {
             g.extend(empty.g.clone().unwrap_or_default());
         }
-        let encoded = encode_tokens(clip, &PromptTokens { l: Some(l), g: Some(g) })?;
+        let encoded = encode_tokens(
+            clip,
+            &PromptTokens {
+                l: Some(l),
+                g: Some(g),
+            },
+        )?;
         let mut entry = CondEntry::new(encoded.context, Some(encoded.pooled));
         let size = |name: &str| inputs.int(name).map(|v| v as f32);
         entry.size.width = Some(size("width")?);
@@ -204,7 +227,10 @@ impl Node for ConditioningCombine {
             "ConditioningCombine",
             "Conditioning (Combine)",
             "conditioning",
-            vec![required("conditioning_1", link(SlotType::CONDITIONING)), required("conditioning_2", link(SlotType::CONDITIONING))],
+            vec![
+                required("conditioning_1", link(SlotType::CONDITIONING)),
+                required("conditioning_2", link(SlotType::CONDITIONING)),
+            ],
             conditioning_out(),
         )
     }
@@ -221,7 +247,10 @@ fn fit_tokens(from: &Tensor, like: &Tensor) -> Result<Tensor, NodeError> {
     let (_, n_from, width) = from.dims3()?;
     let (_, n_to, width_to) = like.dims3()?;
     if width != width_to {
-        return Err(NodeError::input("conditioning_from", format!("its context is {width} wide, conditioning_to's is {width_to}")));
+        return Err(NodeError::input(
+            "conditioning_from",
+            format!("its context is {width} wide, conditioning_to's is {width_to}"),
+        ));
     }
     let cut = from.narrow(1, 0, n_from.min(n_to))?;
     if n_from >= n_to {
@@ -232,7 +261,10 @@ fn fit_tokens(from: &Tensor, like: &Tensor) -> Result<Tensor, NodeError> {
 }
 
 fn first_entry<'a>(inputs: &'a Inputs, name: &str) -> Result<&'a CondEntry, NodeError> {
-    inputs.conditioning(name)?.first().ok_or_else(|| NodeError::input(name, "the conditioning is empty"))
+    inputs
+        .conditioning(name)?
+        .first()
+        .ok_or_else(|| NodeError::input(name, "the conditioning is empty"))
 }
 
 /// `to · s + from · (1 − s)`, token by token (ComfyUI's ConditioningAverage).
@@ -282,7 +314,10 @@ impl Node for ConditioningConcat {
             "ConditioningConcat",
             "Conditioning (Concat)",
             "conditioning",
-            vec![required("conditioning_to", link(SlotType::CONDITIONING)), required("conditioning_from", link(SlotType::CONDITIONING))],
+            vec![
+                required("conditioning_to", link(SlotType::CONDITIONING)),
+                required("conditioning_from", link(SlotType::CONDITIONING)),
+            ],
             conditioning_out(),
         )
     }
@@ -292,17 +327,29 @@ impl Node for ConditioningConcat {
         let mut out = Vec::new();
         for entry in inputs.conditioning("conditioning_to")?.iter() {
             if entry.context.dim(2)? != from.context.dim(2)? {
-                return Err(NodeError::input("conditioning_from", "the two conditionings come from different text encoders"));
+                return Err(NodeError::input(
+                    "conditioning_from",
+                    "the two conditionings come from different text encoders",
+                ));
             }
             let mut new = entry.clone();
-            new.context = Tensor::cat(&[&entry.context, &from.context.to_dtype(entry.context.dtype())?], 1)?;
+            new.context = Tensor::cat(
+                &[
+                    &entry.context,
+                    &from.context.to_dtype(entry.context.dtype())?,
+                ],
+                1,
+            )?;
             out.push(new);
         }
         Ok(NodeOutput::values(vec![value(out)]))
     }
 }
 
-fn map_entries(inputs: &Inputs, edit: impl Fn(&mut CondEntry) -> Result<(), NodeError>) -> Result<NodeOutput, NodeError> {
+fn map_entries(
+    inputs: &Inputs,
+    edit: impl Fn(&mut CondEntry) -> Result<(), NodeError>,
+) -> Result<NodeOutput, NodeError> {
     let mut out = inputs.conditioning("conditioning")?.as_ref().clone();
     for entry in &mut out {
         edit(entry)?;
@@ -407,7 +454,11 @@ impl Node for ConditioningSetMask {
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let mask = inputs.mask("mask")?;
-        let mask = if mask.rank() < 3 { mask.unsqueeze(0)? } else { mask.clone() };
+        let mask = if mask.rank() < 3 {
+            mask.unsqueeze(0)?
+        } else {
+            mask.clone()
+        };
         let strength = inputs.float("strength")?;
         let bounds = inputs.string("set_cond_area")? == "mask bounds";
         map_entries(inputs, |entry| {

@@ -31,7 +31,13 @@ pub fn register(registry: &mut Registry) {
     registry.add(VaeEncodeForInpaint);
 }
 
-fn spec(class_type: &'static str, display_name: &'static str, category: &'static str, inputs: Vec<InputSpec>, outputs: Vec<OutputSpec>) -> NodeSpec {
+fn spec(
+    class_type: &'static str,
+    display_name: &'static str,
+    category: &'static str,
+    inputs: Vec<InputSpec>,
+    outputs: Vec<OutputSpec>,
+) -> NodeSpec {
     NodeSpec {
         class_type,
         display_name,
@@ -56,12 +62,21 @@ fn latent_value(latent: Latent) -> NodeOutput {
 }
 
 fn samples_dims(latent: &Latent, input: &str) -> Result<(usize, usize, usize, usize), NodeError> {
-    latent.samples.dims4().map_err(|_| NodeError::input(input, format!("expected a latent [B,C,h,w], got {:?}", latent.samples.dims())))
+    latent.samples.dims4().map_err(|_| {
+        NodeError::input(
+            input,
+            format!(
+                "expected a latent [B,C,h,w], got {:?}",
+                latent.samples.dims()
+            ),
+        )
+    })
 }
 
 fn method(inputs: &Inputs) -> Result<UpscaleMethod, NodeError> {
     let name = inputs.string("upscale_method")?;
-    UpscaleMethod::parse(name).ok_or_else(|| NodeError::input("upscale_method", format!("unknown method '{name}'")))
+    UpscaleMethod::parse(name)
+        .ok_or_else(|| NodeError::input("upscale_method", format!("unknown method '{name}'")))
 }
 
 /// A batch of zero latents (4 channels, 1/8 of the image size).
@@ -85,18 +100,35 @@ impl Node for EmptyLatentImage {
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let (w, h, b) = (inputs.usize("width")? / 8, inputs.usize("height")? / 8, inputs.usize("batch_size")?);
+        let (w, h, b) = (
+            inputs.usize("width")? / 8,
+            inputs.usize("height")? / 8,
+            inputs.usize("batch_size")?,
+        );
         if b.saturating_mul(4 * w * h) > 1 << 30 {
-            return Err(NodeError::input("batch_size", format!("{b} latents of {w}x{h} is more than Weft will allocate at once")));
+            return Err(NodeError::input(
+                "batch_size",
+                format!("{b} latents of {w}x{h} is more than Weft will allocate at once"),
+            ));
         }
         let samples = Tensor::zeros((b, 4, h, w), DType::F32, &candle_core::Device::Cpu)?;
         Ok(latent_value(Latent::new(samples)))
     }
 }
 
-fn upscale_latent(latent: &Latent, width: usize, height: usize, method: UpscaleMethod, crop: Crop) -> Result<Latent, NodeError> {
+fn upscale_latent(
+    latent: &Latent,
+    width: usize,
+    height: usize,
+    method: UpscaleMethod,
+    crop: Crop,
+) -> Result<Latent, NodeError> {
     let samples = common_upscale(&latent.samples, width, height, method, crop)?;
-    Ok(Latent { samples, noise_mask: latent.noise_mask.clone(), batch_index: latent.batch_index.clone() })
+    Ok(Latent {
+        samples,
+        noise_mask: latent.noise_mask.clone(),
+        batch_index: latent.batch_index.clone(),
+    })
 }
 
 /// Resizes latents to an image size (0 keeps the aspect ratio, at least 64 pixels).
@@ -136,8 +168,18 @@ impl Node for LatentUpscale {
             width = width.max(64);
             height = height.max(64);
         }
-        let crop = if inputs.string("crop")? == "center" { Crop::Center } else { Crop::Disabled };
-        Ok(latent_value(upscale_latent(latent, width / 8, height / 8, method(inputs)?, crop)?))
+        let crop = if inputs.string("crop")? == "center" {
+            Crop::Center
+        } else {
+            Crop::Disabled
+        };
+        Ok(latent_value(upscale_latent(
+            latent,
+            width / 8,
+            height / 8,
+            method(inputs)?,
+            crop,
+        )?))
     }
 }
 
@@ -165,7 +207,13 @@ impl Node for LatentUpscaleBy {
         let scale = inputs.float("scale_by")?;
         let width = ((w as f64 * scale).round() as usize).max(1);
         let height = ((h as f64 * scale).round() as usize).max(1);
-        Ok(latent_value(upscale_latent(latent, width, height, method(inputs)?, Crop::Disabled)?))
+        Ok(latent_value(upscale_latent(
+            latent,
+            width,
+            height,
+            method(inputs)?,
+            Crop::Disabled,
+        )?))
     }
 }
 
@@ -195,15 +243,26 @@ impl Node for LatentComposite {
         let (b, c, h, w) = samples_dims(to, "samples_to")?;
         let (fb, fc, fh, fw) = samples_dims(from, "samples_from")?;
         if fc != c {
-            return Err(NodeError::input("samples_from", format!("has {fc} channels but samples_to has {c}")));
+            return Err(NodeError::input(
+                "samples_from",
+                format!("has {fc} channels but samples_to has {c}"),
+            ));
         }
-        let (x, y, feather) = (inputs.usize("x")? / 8, inputs.usize("y")? / 8, inputs.usize("feather")? / 8);
+        let (x, y, feather) = (
+            inputs.usize("x")? / 8,
+            inputs.usize("y")? / 8,
+            inputs.usize("feather")? / 8,
+        );
         if x >= w || y >= h {
             return Ok(latent_value(to.clone()));
         }
         let (ph, pw) = (fh.min(h - y), fw.min(w - x));
         let mut dest: Vec<f32> = to.samples.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let src: Vec<f32> = from.samples.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let src: Vec<f32> = from
+            .samples
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
         // ComfyUI's feather ramps 1/feather … 1 from each edge that is not on the border.
         let weight = |i: usize, n: usize, at_start: bool, at_end: bool| -> f32 {
             let mut m = 1.0f32;
@@ -222,7 +281,8 @@ impl Node for LatentComposite {
             for ci in 0..c {
                 for yy in 0..ph {
                     for xx in 0..pw {
-                        let m = weight(yy, ph, y == 0, y + ph == h) * weight(xx, pw, x == 0, x + pw == w);
+                        let m = weight(yy, ph, y == 0, y + ph == h)
+                            * weight(xx, pw, x == 0, x + pw == w);
                         let d = ((bi * c + ci) * h + y + yy) * w + x + xx;
                         let s = ((sb * c + ci) * fh + yy) * fw + xx;
                         dest[d] = src[s] * m + dest[d] * (1.0 - m);
@@ -231,7 +291,11 @@ impl Node for LatentComposite {
             }
         }
         let samples = Tensor::from_vec(dest, (b, c, h, w), to.samples.device())?;
-        Ok(latent_value(Latent { samples, noise_mask: to.noise_mask.clone(), batch_index: to.batch_index.clone() }))
+        Ok(latent_value(Latent {
+            samples,
+            noise_mask: to.noise_mask.clone(),
+            batch_index: to.batch_index.clone(),
+        }))
     }
 }
 
@@ -265,7 +329,11 @@ impl Node for LatentBlend {
         }
         let factor = inputs.float("blend_factor")?;
         let samples = ((&a.samples * factor)? + (other * (1.0 - factor))?)?;
-        Ok(latent_value(Latent { samples, noise_mask: a.noise_mask.clone(), batch_index: a.batch_index.clone() }))
+        Ok(latent_value(Latent {
+            samples,
+            noise_mask: a.noise_mask.clone(),
+            batch_index: a.batch_index.clone(),
+        }))
     }
 }
 
@@ -296,7 +364,11 @@ impl Node for LatentFromBatch {
         let noise_mask = match &latent.noise_mask {
             Some(mask) if mask.dim(0)? > 1 => {
                 let mb = mask.dim(0)?;
-                let mask = if mb < b { mask.repeat((b.div_ceil(mb), 1, 1, 1))?.narrow(0, 0, b)? } else { mask.clone() };
+                let mask = if mb < b {
+                    mask.repeat((b.div_ceil(mb), 1, 1, 1))?.narrow(0, 0, b)?
+                } else {
+                    mask.clone()
+                };
                 Some(mask.narrow(0, start, length)?)
             }
             other => other.clone(),
@@ -305,7 +377,11 @@ impl Node for LatentFromBatch {
             Some(indices) => indices.iter().skip(start).take(length).copied().collect(),
             None => (start..start + length).collect(),
         });
-        Ok(latent_value(Latent { samples, noise_mask, batch_index }))
+        Ok(latent_value(Latent {
+            samples,
+            noise_mask,
+            batch_index,
+        }))
     }
 }
 
@@ -318,7 +394,10 @@ impl Node for RepeatLatentBatch {
             "RepeatLatentBatch",
             "Repeat Latent Batch",
             "latent/batch",
-            vec![required("samples", link(SlotType::LATENT)), required("amount", int(1, 1, 64))],
+            vec![
+                required("samples", link(SlotType::LATENT)),
+                required("amount", int(1, 1, 64)),
+            ],
             latent_out(),
         )
     }
@@ -334,9 +413,15 @@ impl Node for RepeatLatentBatch {
         // ComfyUI offsets the repeated indices so each copy gets its own noise.
         let batch_index = latent.batch_index.as_ref().map(|indices| {
             let offset = indices.iter().max().map_or(0, |m| m + 1);
-            (0..amount).flat_map(|r| indices.iter().map(move |i| i + r * offset)).collect()
+            (0..amount)
+                .flat_map(|r| indices.iter().map(move |i| i + r * offset))
+                .collect()
         });
-        Ok(latent_value(Latent { samples, noise_mask, batch_index }))
+        Ok(latent_value(Latent {
+            samples,
+            noise_mask,
+            batch_index,
+        }))
     }
 }
 
@@ -349,7 +434,10 @@ impl Node for SetLatentNoiseMask {
             "SetLatentNoiseMask",
             "Set Latent Noise Mask",
             "latent/inpaint",
-            vec![required("samples", link(SlotType::LATENT)), required("mask", link(SlotType::MASK))],
+            vec![
+                required("samples", link(SlotType::LATENT)),
+                required("mask", link(SlotType::MASK)),
+            ],
             latent_out(),
         )
     }
@@ -360,7 +448,12 @@ impl Node for SetLatentNoiseMask {
         let dims = mask.dims().to_vec();
         let (h, w) = match dims.as_slice() {
             [.., h, w] if dims.len() >= 2 => (*h, *w),
-            _ => return Err(NodeError::input("mask", format!("expected a mask [B,H,W], got {dims:?}"))),
+            _ => {
+                return Err(NodeError::input(
+                    "mask",
+                    format!("expected a mask [B,H,W], got {dims:?}"),
+                ))
+            }
         };
         latent.noise_mask = Some(mask.to_dtype(DType::F32)?.reshape(((), 1, h, w))?);
         Ok(latent_value(latent))
@@ -368,16 +461,33 @@ impl Node for SetLatentNoiseMask {
 }
 
 fn image_to_vae(image: &Tensor, input: &str) -> Result<Tensor, NodeError> {
-    let (_, _, _, c) = image.dims4().map_err(|_| NodeError::input(input, format!("expected an IMAGE [B,H,W,C], got {:?}", image.dims())))?;
+    let (_, _, _, c) = image.dims4().map_err(|_| {
+        NodeError::input(
+            input,
+            format!("expected an IMAGE [B,H,W,C], got {:?}", image.dims()),
+        )
+    })?;
     if c < 3 {
-        return Err(NodeError::input(input, format!("an image for the VAE needs 3 channels, got {c}")));
+        return Err(NodeError::input(
+            input,
+            format!("an image for the VAE needs 3 channels, got {c}"),
+        ));
     }
     // RGB only (ComfyUI drops alpha), [-1, 1], channels first.
-    Ok(image.narrow(3, 0, 3)?.permute((0, 3, 1, 2))?.affine(2.0, -1.0)?.contiguous()?)
+    Ok(image
+        .narrow(3, 0, 3)?
+        .permute((0, 3, 1, 2))?
+        .affine(2.0, -1.0)?
+        .contiguous()?)
 }
 
 fn vae_to_image(decoded: &Tensor) -> Result<Tensor, NodeError> {
-    Ok(decoded.to_dtype(DType::F32)?.affine(0.5, 0.5)?.clamp(0f32, 1f32)?.permute((0, 2, 3, 1))?.contiguous()?)
+    Ok(decoded
+        .to_dtype(DType::F32)?
+        .affine(0.5, 0.5)?
+        .clamp(0f32, 1f32)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()?)
 }
 
 /// Crops an image to a multiple of the VAE's downscale factor, centred (`vae_encode_crop_pixels`).
@@ -385,9 +495,14 @@ fn crop_to_factor(image: &Tensor, factor: usize) -> Result<Tensor, NodeError> {
     let (_, h, w, _) = image.dims4()?;
     let (nh, nw) = ((h / factor) * factor, (w / factor) * factor);
     if nh == 0 || nw == 0 {
-        return Err(NodeError::input("pixels", format!("image {w}x{h} is smaller than the VAE's {factor}-pixel cell")));
+        return Err(NodeError::input(
+            "pixels",
+            format!("image {w}x{h} is smaller than the VAE's {factor}-pixel cell"),
+        ));
     }
-    Ok(image.narrow(1, (h % factor) / 2, nh)?.narrow(2, (w % factor) / 2, nw)?)
+    Ok(image
+        .narrow(1, (h % factor) / 2, nh)?
+        .narrow(2, (w % factor) / 2, nw)?)
 }
 
 fn check_latent_channels(vae: &AutoEncoderKL, latent: &Latent) -> Result<(), NodeError> {
@@ -412,7 +527,10 @@ impl Node for VaeDecode {
             "VAEDecode",
             "VAE Decode",
             "latent",
-            vec![required("samples", link(SlotType::LATENT)), required("vae", link(SlotType::VAE))],
+            vec![
+                required("samples", link(SlotType::LATENT)),
+                required("vae", link(SlotType::VAE)),
+            ],
             vec![output(SlotType::IMAGE, "IMAGE")],
         )
     }
@@ -429,7 +547,9 @@ impl Node for VaeDecode {
             let decoded = vae.decode(&to_vae_dtype(vae, &latent.samples.narrow(0, b, 1)?)?)?;
             images.push(vae_to_image(&decoded)?);
         }
-        Ok(NodeOutput::values(vec![Value::Image(Tensor::cat(&images, 0)?)]))
+        Ok(NodeOutput::values(vec![Value::Image(Tensor::cat(
+            &images, 0,
+        )?)]))
     }
 }
 
@@ -442,7 +562,10 @@ impl Node for VaeEncode {
             "VAEEncode",
             "VAE Encode",
             "latent",
-            vec![required("pixels", link(SlotType::IMAGE)), required("vae", link(SlotType::VAE))],
+            vec![
+                required("pixels", link(SlotType::IMAGE)),
+                required("vae", link(SlotType::VAE)),
+            ],
             latent_out(),
         )
     }
@@ -451,7 +574,10 @@ impl Node for VaeEncode {
         let vae = inputs.vae("vae")?;
         let pixels = crop_to_factor(inputs.image("pixels")?, vae.config().downscale_factor())?;
         let x = image_to_vae(&pixels, "pixels")?;
-        let latent = vae.encode(&to_vae_dtype(vae, &x)?)?.mode().to_dtype(DType::F32)?;
+        let latent = vae
+            .encode(&to_vae_dtype(vae, &x)?)?
+            .mode()
+            .to_dtype(DType::F32)?;
         Ok(latent_value(Latent::new(latent)))
     }
 }
@@ -485,7 +611,9 @@ impl Node for VaeDecodeTiled {
         let tile = (inputs.usize("tile_size")? / f).max(1);
         let overlap = (inputs.usize("overlap")? / f).min(tile / 4);
         let decoded = vae.decode_tiled(&to_vae_dtype(vae, &latent.samples)?, tile, overlap)?;
-        Ok(NodeOutput::values(vec![Value::Image(vae_to_image(&decoded)?)]))
+        Ok(NodeOutput::values(vec![Value::Image(vae_to_image(
+            &decoded,
+        )?)]))
     }
 }
 
@@ -516,7 +644,9 @@ impl Node for VaeEncodeTiled {
         let x = image_to_vae(&pixels, "pixels")?;
         let tile = inputs.usize("tile_size")?;
         let overlap = inputs.usize("overlap")?.min(tile / 4);
-        let latent = vae.encode_tiled(&to_vae_dtype(vae, &x)?, tile, overlap)?.to_dtype(DType::F32)?;
+        let latent = vae
+            .encode_tiled(&to_vae_dtype(vae, &x)?, tile, overlap)?
+            .to_dtype(DType::F32)?;
         Ok(latent_value(Latent::new(latent)))
     }
 }
@@ -545,28 +675,52 @@ impl Node for VaeEncodeForInpaint {
         let vae = inputs.vae("vae")?;
         let factor = vae.config().downscale_factor().max(1);
         let pixels = inputs.image("pixels")?;
-        let (_, h, w, _) = pixels.dims4().map_err(|_| NodeError::input("pixels", "expected an IMAGE [B,H,W,C]"))?;
+        let (_, h, w, _) = pixels
+            .dims4()
+            .map_err(|_| NodeError::input("pixels", "expected an IMAGE [B,H,W,C]"))?;
         let mask = inputs.mask("mask")?;
         let mask = match mask.rank() {
             2 => mask.unsqueeze(0)?,
             3 => mask.clone(),
-            _ => return Err(NodeError::input("mask", format!("expected a mask [B,H,W], got {:?}", mask.dims()))),
+            _ => {
+                return Err(NodeError::input(
+                    "mask",
+                    format!("expected a mask [B,H,W], got {:?}", mask.dims()),
+                ))
+            }
         };
-        let mask = common_upscale(&mask.unsqueeze(1)?.to_dtype(DType::F32)?, w, h, UpscaleMethod::Bilinear, Crop::Disabled)?;
+        let mask = common_upscale(
+            &mask.unsqueeze(1)?.to_dtype(DType::F32)?,
+            w,
+            h,
+            UpscaleMethod::Bilinear,
+            Crop::Disabled,
+        )?;
         let (nh, nw) = ((h / factor) * factor, (w / factor) * factor);
         let (oy, ox) = ((h % factor) / 2, (w % factor) / 2);
         let pixels = pixels.narrow(1, oy, nh)?.narrow(2, ox, nw)?;
         let mask = mask.narrow(2, oy, nh)?.narrow(3, ox, nw)?;
         let rounded = mask.round()?;
         let grow = inputs.usize("grow_mask_by")?;
-        let grown = if grow == 0 { rounded.clone() } else { grow_mask(&rounded, grow)? };
+        let grown = if grow == 0 {
+            rounded.clone()
+        } else {
+            grow_mask(&rounded, grow)?
+        };
         // Masked pixels become 0.5 grey: (p - 0.5) · (1 − m) + 0.5.
         let keep = rounded.affine(-1.0, 1.0)?.permute((0, 2, 3, 1))?;
         let rgb = pixels.narrow(3, 0, 3)?;
         let greyed = (rgb.affine(1.0, -0.5)?.broadcast_mul(&keep)? + 0.5)?;
         let x = image_to_vae(&greyed, "pixels")?;
-        let latent = vae.encode(&to_vae_dtype(vae, &x)?)?.mode().to_dtype(DType::F32)?;
-        Ok(latent_value(Latent { samples: latent, noise_mask: Some(grown.round()?), batch_index: None }))
+        let latent = vae
+            .encode(&to_vae_dtype(vae, &x)?)?
+            .mode()
+            .to_dtype(DType::F32)?;
+        Ok(latent_value(Latent {
+            samples: latent,
+            noise_mask: Some(grown.round()?),
+            batch_index: None,
+        }))
     }
 }
 
@@ -577,5 +731,8 @@ fn grow_mask(mask: &Tensor, k: usize) -> Result<Tensor, NodeError> {
     let grown = mask.conv2d(&kernel, padding, 1, 1, 1)?;
     let (_, _, h, w) = mask.dims4()?;
     let (_, _, gh, gw) = grown.dims4()?;
-    Ok(grown.narrow(2, 0, h.min(gh))?.narrow(3, 0, w.min(gw))?.clamp(0f32, 1f32)?)
+    Ok(grown
+        .narrow(2, 0, h.min(gh))?
+        .narrow(3, 0, w.min(gw))?
+        .clamp(0f32, 1f32)?)
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use crate::graph::spec::build::*;
 use crate::graph::spec::{ComboOptions, FileList, Freshness, InputKind, NodeSpec, OutputSpec};
 use crate::graph::{ConstValue, SlotType};
-use crate::nodes::{file_fingerprint, Clip, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
+use crate::nodes::{
+    file_fingerprint, Clip, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value,
+};
 use crate::paths::DataDirs;
 
 pub fn register(registry: &mut Registry) {
@@ -15,10 +17,21 @@ pub fn register(registry: &mut Registry) {
 }
 
 fn files(folder: &'static str) -> InputKind {
-    InputKind::Combo { options: ComboOptions::Files(FileList::Models(folder)), default: None, image_upload: false }
+    InputKind::Combo {
+        options: ComboOptions::Files(FileList::Models(folder)),
+        default: None,
+        image_upload: false,
+    }
 }
 
-fn loader_spec(class_type: &'static str, display_name: &'static str, category: &'static str, inputs: Vec<crate::graph::spec::InputSpec>, outputs: Vec<OutputSpec>, description: &'static str) -> NodeSpec {
+fn loader_spec(
+    class_type: &'static str,
+    display_name: &'static str,
+    category: &'static str,
+    inputs: Vec<crate::graph::spec::InputSpec>,
+    outputs: Vec<OutputSpec>,
+    description: &'static str,
+) -> NodeSpec {
     NodeSpec {
         class_type,
         display_name,
@@ -36,26 +49,47 @@ fn loader_spec(class_type: &'static str, display_name: &'static str, category: &
 
 fn checkpoint_outputs() -> Vec<OutputSpec> {
     vec![
-        OutputSpec { ty: SlotType::MODEL, name: "MODEL", tooltip: Some("The model used for denoising latents.") },
-        OutputSpec { ty: SlotType::CLIP, name: "CLIP", tooltip: Some("The CLIP model used for encoding text prompts.") },
-        OutputSpec { ty: SlotType::VAE, name: "VAE", tooltip: Some("The VAE model used for encoding and decoding images to and from latent space.") },
+        OutputSpec {
+            ty: SlotType::MODEL,
+            name: "MODEL",
+            tooltip: Some("The model used for denoising latents."),
+        },
+        OutputSpec {
+            ty: SlotType::CLIP,
+            name: "CLIP",
+            tooltip: Some("The CLIP model used for encoding text prompts."),
+        },
+        OutputSpec {
+            ty: SlotType::VAE,
+            name: "VAE",
+            tooltip: Some(
+                "The VAE model used for encoding and decoding images to and from latent space.",
+            ),
+        },
     ]
 }
 
 fn load_checkpoint(ctx: &NodeContext, name: &str) -> Result<NodeOutput, NodeError> {
     let path = ctx.model_path("checkpoints", "ckpt_name", name)?;
-    let loaded = ctx.models.checkpoint(&path).map_err(|e| NodeError::input("ckpt_name", e.to_string()))?;
-    let clip = loaded
-        .clip
-        .as_ref()
-        .ok_or_else(|| NodeError::input("ckpt_name", format!("{name} has no text encoder weights")))?;
-    let vae = loaded
-        .vae
-        .as_ref()
-        .ok_or_else(|| NodeError::input("ckpt_name", format!("{name} has no VAE weights; load one with VAELoader")))?;
+    let loaded = ctx
+        .models
+        .checkpoint(&path)
+        .map_err(|e| NodeError::input("ckpt_name", e.to_string()))?;
+    let clip = loaded.clip.as_ref().ok_or_else(|| {
+        NodeError::input("ckpt_name", format!("{name} has no text encoder weights"))
+    })?;
+    let vae = loaded.vae.as_ref().ok_or_else(|| {
+        NodeError::input(
+            "ckpt_name",
+            format!("{name} has no VAE weights; load one with VAELoader"),
+        )
+    })?;
     Ok(NodeOutput::values(vec![
         Value::Model(Arc::clone(&loaded.model)),
-        Value::Clip(Clip { encoder: Arc::clone(clip), clip_skip: None }),
+        Value::Clip(Clip {
+            encoder: Arc::clone(clip),
+            clip_skip: None,
+        }),
         Value::Vae(Arc::clone(vae)),
     ]))
 }
@@ -79,7 +113,11 @@ impl Node for CheckpointLoaderSimple {
         load_checkpoint(ctx, inputs.string("ckpt_name")?)
     }
 
-    fn fingerprint(&self, dirs: &DataDirs, constants: &[(String, ConstValue)]) -> Result<String, NodeError> {
+    fn fingerprint(
+        &self,
+        dirs: &DataDirs,
+        constants: &[(String, ConstValue)],
+    ) -> Result<String, NodeError> {
         file_fingerprint(dirs, "checkpoints", constants, "ckpt_name")
     }
 }
@@ -94,7 +132,10 @@ impl Node for CheckpointLoader {
             "CheckpointLoader",
             "Load Checkpoint With Config (DEPRECATED)",
             "advanced/loaders",
-            vec![required("config_name", files("configs")), required("ckpt_name", files("checkpoints"))],
+            vec![
+                required("config_name", files("configs")),
+                required("ckpt_name", files("checkpoints")),
+            ],
             checkpoint_outputs(),
             "The config is ignored: the architecture is detected from the weights.",
         )
@@ -104,7 +145,11 @@ impl Node for CheckpointLoader {
         load_checkpoint(ctx, inputs.string("ckpt_name")?)
     }
 
-    fn fingerprint(&self, dirs: &DataDirs, constants: &[(String, ConstValue)]) -> Result<String, NodeError> {
+    fn fingerprint(
+        &self,
+        dirs: &DataDirs,
+        constants: &[(String, ConstValue)],
+    ) -> Result<String, NodeError> {
         file_fingerprint(dirs, "checkpoints", constants, "ckpt_name")
     }
 }
@@ -128,11 +173,18 @@ impl Node for VaeLoader {
         let name = inputs.string("vae_name")?;
         let path = ctx.model_path("vae", "vae_name", name)?;
         // Latents are stored unscaled (ComfyUI's convention), so the scale is not used here.
-        let vae = ctx.models.vae(&path, 0.18215).map_err(|e| NodeError::input("vae_name", e.to_string()))?;
+        let vae = ctx
+            .models
+            .vae(&path, 0.18215)
+            .map_err(|e| NodeError::input("vae_name", e.to_string()))?;
         Ok(NodeOutput::values(vec![Value::Vae(vae)]))
     }
 
-    fn fingerprint(&self, dirs: &DataDirs, constants: &[(String, ConstValue)]) -> Result<String, NodeError> {
+    fn fingerprint(
+        &self,
+        dirs: &DataDirs,
+        constants: &[(String, ConstValue)],
+    ) -> Result<String, NodeError> {
         file_fingerprint(dirs, "vae", constants, "vae_name")
     }
 }

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::engine::manager::ModelManager;
 use crate::graph::spec::{ComboOptions, FileList, NodeSpec};
 use crate::graph::{Catalog, ConstValue};
-use crate::engine::manager::ModelManager;
 use crate::paths::DataDirs;
 
 pub use value::{Clip, Guider, Inputs, Latent, NoiseSource, Value};
@@ -181,14 +181,21 @@ impl NodeContext {
     }
 
     /// The path of `name` in a model folder, refusing names that leave it.
-    pub fn model_path(&self, folder: &str, input: &str, name: &str) -> Result<std::path::PathBuf, NodeError> {
+    pub fn model_path(
+        &self,
+        folder: &str,
+        input: &str,
+        name: &str,
+    ) -> Result<std::path::PathBuf, NodeError> {
         model_file(&self.dirs, folder, name).map_err(|m| NodeError::input(input, m))
     }
 }
 
 /// Resolves a model file name (`sub/x.safetensors`) inside a model folder.
 pub fn model_file(dirs: &DataDirs, folder: &str, name: &str) -> Result<std::path::PathBuf, String> {
-    let base = dirs.model_folder(folder).ok_or_else(|| format!("no model folder named {folder}"))?;
+    let base = dirs
+        .model_folder(folder)
+        .ok_or_else(|| format!("no model folder named {folder}"))?;
     let (subfolder, file) = name.rsplit_once('/').unwrap_or(("", name));
     match crate::paths::resolve_existing(&base, subfolder, file) {
         Ok(Some(path)) => Ok(path),
@@ -199,13 +206,22 @@ pub fn model_file(dirs: &DataDirs, folder: &str, name: &str) -> Result<std::path
 
 /// A fingerprint of a model file that changes when the file does: size and modification time
 /// (hashing gigabytes on every prompt would cost more than it saves).
-pub fn file_fingerprint(dirs: &DataDirs, folder: &str, constants: &[(String, ConstValue)], input: &str) -> Result<String, NodeError> {
+pub fn file_fingerprint(
+    dirs: &DataDirs,
+    folder: &str,
+    constants: &[(String, ConstValue)],
+    input: &str,
+) -> Result<String, NodeError> {
     let Some((_, ConstValue::String(name))) = constants.iter().find(|(n, _)| n == input) else {
         return Ok(String::new());
     };
     let path = model_file(dirs, folder, name).map_err(|m| NodeError::input(input, m))?;
     let meta = std::fs::metadata(&path).map_err(|e| NodeError::file(path.display(), e))?;
-    let modified = meta.modified().ok().and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
     Ok(format!("{}:{}:{}", path.display(), meta.len(), modified))
 }
 

@@ -12,12 +12,15 @@ use crate::engine::diffusion::{prepare_noise_mask, CfgDenoiser, CondEntry, Diffu
 use crate::engine::sampling::rng::prepare_noise;
 use crate::engine::sampling::samplers::{Interrupted, Sampler, StepInfo, SAMPLER_NAMES};
 use crate::engine::sampling::schedulers::{
-    exponential, karras, ksampler_sigmas, sd_turbo, split_sigmas, step_window, Scheduler, SCHEDULER_NAMES,
+    exponential, karras, ksampler_sigmas, sd_turbo, split_sigmas, step_window, Scheduler,
+    SCHEDULER_NAMES,
 };
 use crate::graph::spec::build::*;
 use crate::graph::spec::{Freshness, InputKind, InputSpec, NodeSpec, OutputSpec};
 use crate::graph::SlotType;
-use crate::nodes::{Guider, Inputs, Latent, Node, NodeContext, NodeError, NodeOutput, NoiseSource, Registry, Value};
+use crate::nodes::{
+    Guider, Inputs, Latent, Node, NodeContext, NodeError, NodeOutput, NoiseSource, Registry, Value,
+};
 
 pub fn register(registry: &mut Registry) {
     registry.add(KSampler);
@@ -36,7 +39,13 @@ pub fn register(registry: &mut Registry) {
     registry.add(BasicGuider);
 }
 
-fn spec(class_type: &'static str, display_name: &'static str, category: &'static str, inputs: Vec<InputSpec>, outputs: Vec<OutputSpec>) -> NodeSpec {
+fn spec(
+    class_type: &'static str,
+    display_name: &'static str,
+    category: &'static str,
+    inputs: Vec<InputSpec>,
+    outputs: Vec<OutputSpec>,
+) -> NodeSpec {
     NodeSpec {
         class_type,
         display_name,
@@ -53,7 +62,13 @@ fn spec(class_type: &'static str, display_name: &'static str, category: &'static
 }
 
 fn cfg_input() -> InputKind {
-    InputKind::Float { default: 8.0, min: 0.0, max: 100.0, step: 0.1, round: Some(0.01) }
+    InputKind::Float {
+        default: 8.0,
+        min: 0.0,
+        max: 100.0,
+        step: 0.1,
+        round: Some(0.01),
+    }
 }
 
 fn steps_input() -> InputKind {
@@ -70,7 +85,8 @@ fn scheduler_names() -> InputKind {
 
 fn seed_of(inputs: &Inputs, name: &str) -> Result<u64, NodeError> {
     let seed = inputs.int(name)?;
-    u64::try_from(seed).map_err(|_| NodeError::input(name, format!("{seed} is not a valid seed (0 to 2^64-1)")))
+    u64::try_from(seed)
+        .map_err(|_| NodeError::input(name, format!("{seed} is not a valid seed (0 to 2^64-1)")))
 }
 
 fn parse_sampler(name: &str, input: &str) -> Result<Sampler, NodeError> {
@@ -98,13 +114,19 @@ struct SamplingJob<'a> {
 fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Latent), NodeError> {
     let model = job.model;
     let samples = job.latent.samples.to_dtype(DType::F32)?;
-    let (_, channels, _, _) = samples
-        .dims4()
-        .map_err(|_| NodeError::input("latent_image", format!("expected a latent [B,C,h,w], got {:?}", samples.dims())))?;
+    let (_, channels, _, _) = samples.dims4().map_err(|_| {
+        NodeError::input(
+            "latent_image",
+            format!("expected a latent [B,C,h,w], got {:?}", samples.dims()),
+        )
+    })?;
     if channels != model.latent.channels {
         return Err(NodeError::input(
             "latent_image",
-            format!("the model takes {}-channel latents, this one has {channels}", model.latent.channels),
+            format!(
+                "the model takes {}-channel latents, this one has {channels}",
+                model.latent.channels
+            ),
         ));
     }
     if job.sigmas.len() <= 1 {
@@ -114,16 +136,37 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
     let scale = model.latent.scale_factor;
     let scaled = (&samples * scale)?;
     let (noise, seed) = match job.noise {
-        NoiseSource::Random(seed) => (prepare_noise(&shape, seed, job.latent.batch_index.as_deref(), samples.device())?, seed),
+        NoiseSource::Random(seed) => (
+            prepare_noise(
+                &shape,
+                seed,
+                job.latent.batch_index.as_deref(),
+                samples.device(),
+            )?,
+            seed,
+        ),
         NoiseSource::Disabled => (samples.zeros_like()?, 0),
     };
     let first_sigma = job.sigmas[0] as f64;
     let max_denoise = model.sampling.is_max_denoise(first_sigma);
-    let x = model.sampling.noise_scaling(first_sigma, &noise, &scaled, max_denoise)?;
+    let x = model
+        .sampling
+        .noise_scaling(first_sigma, &noise, &scaled, max_denoise)?;
     let needs_uncond = job.sampler.name().contains("cfg_pp");
-    let mut denoiser = CfgDenoiser::new(model, job.positive, job.negative, job.cfg, &shape, needs_uncond)?;
+    let mut denoiser = CfgDenoiser::new(
+        model,
+        job.positive,
+        job.negative,
+        job.cfg,
+        &shape,
+        needs_uncond,
+    )?;
     if let Some(mask) = &job.latent.noise_mask {
-        denoiser = denoiser.with_inpaint(prepare_noise_mask(mask, &shape)?, scaled.clone(), noise.clone())?;
+        denoiser = denoiser.with_inpaint(
+            prepare_noise_mask(mask, &shape)?,
+            scaled.clone(),
+            noise.clone(),
+        )?;
     }
 
     let mut last_denoised: Option<Tensor> = None;
@@ -138,7 +181,9 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
         last_denoised = Some(step.denoised.clone());
         Ok(())
     };
-    let result = job.sampler.sample(&mut denoiser, &x, &job.sigmas, seed, &mut callback);
+    let result = job
+        .sampler
+        .sample(&mut denoiser, &x, &job.sigmas, seed, &mut callback);
     let result = match result {
         Ok(result) => result,
         Err(e) if ctx.check_interrupt().is_err() => {
@@ -152,7 +197,11 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
         Some(d) => (d / scale)?,
         None => out.clone(),
     };
-    let keep = |samples: Tensor| Latent { samples, noise_mask: job.latent.noise_mask.clone(), batch_index: job.latent.batch_index.clone() };
+    let keep = |samples: Tensor| Latent {
+        samples,
+        noise_mask: job.latent.noise_mask.clone(),
+        batch_index: job.latent.batch_index.clone(),
+    };
     Ok((keep(out), keep(denoised)))
 }
 
@@ -190,7 +239,13 @@ impl Node for KSampler {
         let sampler = parse_sampler(sampler_name, "sampler_name")?;
         let scheduler = parse_scheduler(inputs.string("scheduler")?)?;
         let steps = inputs.usize("steps")?;
-        let sigmas = ksampler_sigmas(&model.sampling, scheduler, sampler_name, steps, inputs.float("denoise")?);
+        let sigmas = ksampler_sigmas(
+            &model.sampling,
+            scheduler,
+            sampler_name,
+            steps,
+            inputs.float("denoise")?,
+        );
         let (out, _) = run_sampler(
             ctx,
             SamplingJob {
@@ -247,8 +302,12 @@ impl Node for KSamplerAdvanced {
         let full = ksampler_sigmas(&model.sampling, scheduler, sampler_name, steps, 1.0);
         let force_full_denoise = inputs.string("return_with_leftover_noise")? != "enable";
         let latent = inputs.latent("latent_image")?;
-        let Some(sigmas) = step_window(&full, Some(inputs.usize("start_at_step")?), Some(inputs.usize("end_at_step")?), force_full_denoise)
-        else {
+        let Some(sigmas) = step_window(
+            &full,
+            Some(inputs.usize("start_at_step")?),
+            Some(inputs.usize("end_at_step")?),
+            force_full_denoise,
+        ) else {
             // ComfyUI returns the input latent when the window starts past the schedule.
             return Ok(NodeOutput::values(vec![Value::Latent(latent.clone())]));
         };
@@ -275,7 +334,10 @@ impl Node for KSamplerAdvanced {
 }
 
 fn two_latents() -> Vec<OutputSpec> {
-    vec![output(SlotType::LATENT, "output"), output(SlotType::LATENT, "denoised_output")]
+    vec![
+        output(SlotType::LATENT, "output"),
+        output(SlotType::LATENT, "denoised_output"),
+    ]
 }
 
 /// Sampling with an explicit sampler and sigmas.
@@ -304,7 +366,11 @@ impl Node for SamplerCustom {
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let seed = seed_of(inputs, "noise_seed")?;
-        let noise = if inputs.bool("add_noise")? { NoiseSource::Random(seed) } else { NoiseSource::Disabled };
+        let noise = if inputs.bool("add_noise")? {
+            NoiseSource::Random(seed)
+        } else {
+            NoiseSource::Disabled
+        };
         let (out, denoised) = run_sampler(
             ctx,
             SamplingJob {
@@ -318,7 +384,10 @@ impl Node for SamplerCustom {
                 latent: inputs.latent("latent_image")?,
             },
         )?;
-        Ok(NodeOutput::values(vec![Value::Latent(out), Value::Latent(denoised)]))
+        Ok(NodeOutput::values(vec![
+            Value::Latent(out),
+            Value::Latent(denoised),
+        ]))
     }
 }
 
@@ -357,7 +426,10 @@ impl Node for SamplerCustomAdvanced {
                 latent: inputs.latent("latent_image")?,
             },
         )?;
-        Ok(NodeOutput::values(vec![Value::Latent(out), Value::Latent(denoised)]))
+        Ok(NodeOutput::values(vec![
+            Value::Latent(out),
+            Value::Latent(denoised),
+        ]))
     }
 }
 
@@ -417,7 +489,11 @@ impl Node for BasicScheduler {
         if denoise <= 0.0 {
             return Ok(sigmas_value(Vec::new()));
         }
-        let total = if denoise < 1.0 { (steps as f64 / denoise) as usize } else { steps };
+        let total = if denoise < 1.0 {
+            (steps as f64 / denoise) as usize
+        } else {
+            steps
+        };
         let sigmas = scheduler.sigmas(&model.sampling, total);
         let keep = (steps + 1).min(sigmas.len());
         Ok(sigmas_value(sigmas[sigmas.len() - keep..].to_vec()))
@@ -425,7 +501,13 @@ impl Node for BasicScheduler {
 }
 
 fn sigma_input(default: f64) -> InputKind {
-    InputKind::Float { default, min: 0.0, max: 5000.0, step: 0.01, round: None }
+    InputKind::Float {
+        default,
+        min: 0.0,
+        max: 5000.0,
+        step: 0.01,
+        round: None,
+    }
 }
 
 /// Karras sigmas with explicit bounds.
@@ -448,7 +530,12 @@ impl Node for KarrasScheduler {
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        Ok(sigmas_value(karras(inputs.usize("steps")?, inputs.float("sigma_min")?, inputs.float("sigma_max")?, inputs.float("rho")?)))
+        Ok(sigmas_value(karras(
+            inputs.usize("steps")?,
+            inputs.float("sigma_min")?,
+            inputs.float("sigma_max")?,
+            inputs.float("rho")?,
+        )))
     }
 }
 
@@ -471,7 +558,11 @@ impl Node for ExponentialScheduler {
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        Ok(sigmas_value(exponential(inputs.usize("steps")?, inputs.float("sigma_min")?, inputs.float("sigma_max")?)))
+        Ok(sigmas_value(exponential(
+            inputs.usize("steps")?,
+            inputs.float("sigma_min")?,
+            inputs.float("sigma_max")?,
+        )))
     }
 }
 
@@ -495,7 +586,11 @@ impl Node for SdTurboScheduler {
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let model = inputs.model("model")?;
-        Ok(sigmas_value(sd_turbo(&model.sampling, inputs.usize("steps")?, inputs.float("denoise")?)))
+        Ok(sigmas_value(sd_turbo(
+            &model.sampling,
+            inputs.usize("steps")?,
+            inputs.float("denoise")?,
+        )))
     }
 }
 
@@ -508,14 +603,23 @@ impl Node for SplitSigmas {
             "SplitSigmas",
             "SplitSigmas",
             "sampling/custom_sampling/sigmas",
-            vec![required("sigmas", link(SlotType::SIGMAS)), required("step", int(0, 0, 10000))],
-            vec![output(SlotType::SIGMAS, "high_sigmas"), output(SlotType::SIGMAS, "low_sigmas")],
+            vec![
+                required("sigmas", link(SlotType::SIGMAS)),
+                required("step", int(0, 0, 10000)),
+            ],
+            vec![
+                output(SlotType::SIGMAS, "high_sigmas"),
+                output(SlotType::SIGMAS, "low_sigmas"),
+            ],
         )
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let (high, low) = split_sigmas(inputs.sigmas("sigmas")?, inputs.usize("step")?);
-        Ok(NodeOutput::values(vec![Value::Sigmas(Arc::new(high)), Value::Sigmas(Arc::new(low))]))
+        Ok(NodeOutput::values(vec![
+            Value::Sigmas(Arc::new(high)),
+            Value::Sigmas(Arc::new(low)),
+        ]))
     }
 }
 
@@ -534,7 +638,9 @@ impl Node for RandomNoise {
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        Ok(NodeOutput::values(vec![Value::Noise(NoiseSource::Random(seed_of(inputs, "noise_seed")?))]))
+        Ok(NodeOutput::values(vec![Value::Noise(NoiseSource::Random(
+            seed_of(inputs, "noise_seed")?,
+        ))]))
     }
 }
 
@@ -543,11 +649,19 @@ pub struct DisableNoise;
 
 impl Node for DisableNoise {
     fn spec(&self) -> NodeSpec {
-        spec("DisableNoise", "DisableNoise", "sampling/custom_sampling/noise", vec![], vec![output(SlotType::NOISE, "NOISE")])
+        spec(
+            "DisableNoise",
+            "DisableNoise",
+            "sampling/custom_sampling/noise",
+            vec![],
+            vec![output(SlotType::NOISE, "NOISE")],
+        )
     }
 
     fn run(&self, _ctx: &NodeContext, _inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        Ok(NodeOutput::values(vec![Value::Noise(NoiseSource::Disabled)]))
+        Ok(NodeOutput::values(vec![Value::Noise(
+            NoiseSource::Disabled,
+        )]))
     }
 }
 
@@ -590,7 +704,10 @@ impl Node for BasicGuider {
             "BasicGuider",
             "BasicGuider",
             "sampling/custom_sampling/guiders",
-            vec![required("model", link(SlotType::MODEL)), required("conditioning", link(SlotType::CONDITIONING))],
+            vec![
+                required("model", link(SlotType::MODEL)),
+                required("conditioning", link(SlotType::CONDITIONING)),
+            ],
             vec![output(SlotType::GUIDER, "GUIDER")],
         )
     }

@@ -29,7 +29,11 @@ pub struct Latent {
 
 impl Latent {
     pub fn new(samples: Tensor) -> Latent {
-        Latent { samples, noise_mask: None, batch_index: None }
+        Latent {
+            samples,
+            noise_mask: None,
+            batch_index: None,
+        }
     }
 }
 
@@ -103,7 +107,9 @@ impl Value {
             // Models are owned by the model manager; a cached reference costs nothing extra.
             Value::Model(_) | Value::Clip(_) | Value::Vae(_) | Value::Guider(_) => 64,
             Value::Conditioning(list) => list.iter().map(CondEntry::byte_size).sum(),
-            Value::Latent(l) => tensor_bytes(&l.samples) + l.noise_mask.as_ref().map_or(0, tensor_bytes),
+            Value::Latent(l) => {
+                tensor_bytes(&l.samples) + l.noise_mask.as_ref().map_or(0, tensor_bytes)
+            }
             Value::Sampler(_) | Value::Noise(_) => 32,
             Value::Sigmas(s) => s.len() * 4,
         }
@@ -124,7 +130,9 @@ impl Value {
             )),
             Value::Latent(l) => serde_json::Value::from(format!("LATENT {:?}", l.samples.dims())),
             Value::Model(m) => serde_json::Value::from(format!("MODEL {:?}", m.family)),
-            Value::Conditioning(c) => serde_json::Value::from(format!("CONDITIONING ({} entries)", c.len())),
+            Value::Conditioning(c) => {
+                serde_json::Value::from(format!("CONDITIONING ({} entries)", c.len()))
+            }
             Value::Sampler(name) => serde_json::Value::from(format!("SAMPLER {name}")),
             Value::Sigmas(s) => serde_json::Value::from(format!("SIGMAS ({} values)", s.len())),
             other => serde_json::Value::from(other.slot_type().0),
@@ -243,7 +251,12 @@ macro_rules! getter {
 getter!(model, Model, Arc<DiffusionModel>, "MODEL");
 getter!(clip, Clip, Clip, "CLIP");
 getter!(vae, Vae, Arc<AutoEncoderKL>, "VAE");
-getter!(conditioning, Conditioning, Arc<Vec<CondEntry>>, "CONDITIONING");
+getter!(
+    conditioning,
+    Conditioning,
+    Arc<Vec<CondEntry>>,
+    "CONDITIONING"
+);
 getter!(latent, Latent, Latent, "LATENT");
 getter!(sampler, Sampler, Arc<str>, "SAMPLER");
 getter!(sigmas, Sigmas, Arc<Vec<f32>>, "SIGMAS");

@@ -280,7 +280,7 @@ impl SimpleBackend for Recorder {
 }
 
 /// HF names back to an OpenCLIP checkpoint layout (the inverse of `openclip_to_hf`, test only).
-fn to_openclip(hf: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+pub(crate) fn to_openclip(hf: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
     let mut out = HashMap::new();
     let mut qkv: HashMap<(String, String), [Option<Tensor>; 3]> = HashMap::new();
     for (k, t) in hf {

@@ -28,7 +28,7 @@ fn keymap(name: &str) -> Vec<(String, String, Vec<usize>)> {
 }
 
 /// LDM-named tensors holding the synthetic weights of their diffusers names.
-fn ldm_tensors(name: &str, prefix: &str, dtype: DType) -> HashMap<String, Tensor> {
+pub(crate) fn ldm_tensors(name: &str, prefix: &str, dtype: DType) -> HashMap<String, Tensor> {
     keymap(name)
         .into_iter()
         .map(|(ldm, diff, shape)| {

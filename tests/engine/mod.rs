@@ -1,10 +1,10 @@
 //! Engine parity tests against committed reference fixtures (`tools/parity/*.py` regenerate them).
 
-mod clip_parity;
-mod load;
-mod preprocess_parity;
-mod rng_parity;
-mod sampler_parity;
-mod unet_parity;
-mod util;
-mod vae_parity;
+pub(crate) mod clip_parity;
+pub(crate) mod load;
+pub(crate) mod preprocess_parity;
+pub(crate) mod rng_parity;
+pub(crate) mod sampler_parity;
+pub(crate) mod unet_parity;
+pub(crate) mod util;
+pub(crate) mod vae_parity;

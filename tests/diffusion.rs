@@ -1,0 +1,372 @@
+//! The diffusion nodes through the real server on tiny checkpoints (issues 3 and 4).
+
+use serde_json::{json, Value as Json};
+
+use crate::helpers::{find, read_png, spawn_app, TestApp};
+use crate::models::install_all;
+
+async fn app_with_models() -> TestApp {
+    let app = spawn_app().await;
+    install_all(&app.dir.path().join("models"));
+    app
+}
+
+/// ComfyUI's default workflow (API format, as the frontend sends it) on a tiny checkpoint.
+fn default_workflow(ckpt: &str, sampler: &str, scheduler: &str, seed: u64, prefix: &str) -> Json {
+    json!({
+        "3": {"inputs": {"seed": seed, "steps": 3, "cfg": 8, "sampler_name": sampler, "scheduler": scheduler, "denoise": 1,
+                         "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]},
+              "class_type": "KSampler", "_meta": {"title": "KSampler"}},
+        "4": {"inputs": {"ckpt_name": ckpt}, "class_type": "CheckpointLoaderSimple", "_meta": {"title": "Load Checkpoint"}},
+        "5": {"inputs": {"width": 64, "height": 64, "batch_size": 1}, "class_type": "EmptyLatentImage"},
+        "6": {"inputs": {"text": "beautiful scenery nature glass bottle landscape, , purple galaxy bottle,", "clip": ["4", 1]}, "class_type": "CLIPTextEncode"},
+        "7": {"inputs": {"text": "text, watermark", "clip": ["4", 1]}, "class_type": "CLIPTextEncode"},
+        "8": {"inputs": {"samples": ["3", 0], "vae": ["4", 2]}, "class_type": "VAEDecode"},
+        "9": {"inputs": {"filename_prefix": prefix, "images": ["8", 0]}, "class_type": "SaveImage"}
+    })
+}
+
+async fn run_ok(app: &TestApp, prompt: Json) -> Json {
+    let (status, body) = app
+        .post(
+            "/prompt",
+            json!({"prompt": prompt, "extra_data": {"extra_pnginfo": {"workflow": {"nodes": []}}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
+    assert_eq!(
+        entry["status"]["status_str"], "success",
+        "{:#}",
+        entry["status"]
+    );
+    entry
+}
+
+fn pixels_ok(pixels: &[u8]) -> bool {
+    // Random weights make noise, but never a blank or constant image.
+    let first = pixels[0];
+    pixels.iter().any(|&p| p != first)
+}
+
+#[actix_web::test]
+async fn the_default_workflow_runs_on_tiny_sd1_sd2_sdxl_checkpoints() {
+    let app = app_with_models().await;
+    let mut ws = app.ws("d").await;
+    for (ckpt, prefix) in [
+        ("tiny_sd1.safetensors", "sd1"),
+        ("tiny_sd2.safetensors", "sd2"),
+        ("tiny_sdxl.safetensors", "sdxl"),
+    ] {
+        let (status, body) = app
+            .post(
+                "/prompt",
+                json!({"prompt": default_workflow(ckpt, "euler", "normal", 156680208700286, prefix), "client_id": "d",
+                       "extra_data": {"extra_pnginfo": {"workflow": {"nodes": [], "links": []}}}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let id = body["prompt_id"].as_str().unwrap().to_owned();
+        let events = ws.until_done(&id).await;
+        assert!(
+            find(&events, "execution_success").is_some(),
+            "{prefix}: {events:#?}"
+        );
+        // One progress event per sampler step.
+        let steps: Vec<u64> = events
+            .iter()
+            .filter(|e| e["type"] == "progress" && e["data"]["node"] == "3")
+            .map(|e| e["data"]["value"].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps, [1, 2, 3], "{prefix}");
+        let (w, h, texts, pixels) =
+            read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png")));
+        // The tiny VAE has two downsamplings: an 8×8 latent decodes to 32×32.
+        assert_eq!((w, h), (32, 32), "{prefix}");
+        assert!(pixels_ok(&pixels), "{prefix}");
+        assert!(
+            texts.iter().any(|(k, _)| k == "prompt") && texts.iter().any(|(k, _)| k == "workflow")
+        );
+    }
+    let (_, stats) = app.get("/system_stats").await;
+    assert!(stats["devices"][0]["name"].is_string());
+}
+
+#[actix_web::test]
+async fn the_same_seed_gives_the_same_image_and_another_seed_does_not() {
+    let app = app_with_models().await;
+    run_ok(
+        &app,
+        default_workflow("tiny_sd1.safetensors", "euler_ancestral", "karras", 42, "a"),
+    )
+    .await;
+    app.post("/free", json!({"unload_models": true, "free_memory": true}))
+        .await;
+    run_ok(
+        &app,
+        default_workflow("tiny_sd1.safetensors", "euler_ancestral", "karras", 42, "b"),
+    )
+    .await;
+    run_ok(
+        &app,
+        default_workflow("tiny_sd1.safetensors", "euler_ancestral", "karras", 43, "c"),
+    )
+    .await;
+    let (_, _, _, a) = read_png(&app.data_dir().join("output/a_00001_.png"));
+    let (_, _, _, b) = read_png(&app.data_dir().join("output/b_00001_.png"));
+    let (_, _, _, c) = read_png(&app.data_dir().join("output/c_00001_.png"));
+    assert_eq!(
+        a, b,
+        "a fresh load and the same seed reproduce the image exactly"
+    );
+    assert_ne!(a, c);
+    // Changing only the seed re-ran the sampler and what follows, not the loader or the encoders.
+    let (_, cache) = app.get("/api/weft/cache").await;
+    let status = |id: &str| {
+        cache["last_prompt"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == id)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(status("4"), "cached");
+    assert_eq!(status("6"), "cached");
+    assert_eq!(status("3"), "executed");
+    let reason = cache["last_prompt"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == "3")
+        .unwrap()["reason"]
+        .clone();
+    assert_eq!(reason, "input 'seed' changed");
+}
+
+#[actix_web::test]
+async fn every_sampler_and_scheduler_runs_through_the_server() {
+    use weft::engine::sampling::samplers::SAMPLER_NAMES;
+    use weft::engine::sampling::schedulers::SCHEDULER_NAMES;
+    let app = app_with_models().await;
+    // One prompt: a KSampler per sampler, cycling through the schedulers so each is used.
+    let mut prompt = default_workflow("tiny_sd1.safetensors", "euler", "normal", 7, "unused");
+    let graph = prompt.as_object_mut().unwrap();
+    graph.remove("3");
+    graph.remove("8");
+    graph.remove("9");
+    for (i, sampler) in SAMPLER_NAMES.iter().enumerate() {
+        let scheduler = SCHEDULER_NAMES[i % SCHEDULER_NAMES.len()];
+        graph.insert(format!("k{i}"), json!({"class_type": "KSampler", "inputs": {
+            "seed": 7, "steps": 3, "cfg": 5.0, "sampler_name": sampler, "scheduler": scheduler, "denoise": 1.0,
+            "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}}));
+        graph.insert(format!("d{i}"), json!({"class_type": "VAEDecode", "inputs": {"samples": [format!("k{i}"), 0], "vae": ["4", 2]}}));
+        graph.insert(format!("s{i}"), json!({"class_type": "SaveImage", "inputs": {"images": [format!("d{i}"), 0], "filename_prefix": format!("sampler_{sampler}")}}));
+    }
+    let entry = run_ok(&app, prompt).await;
+    assert_eq!(
+        entry["outputs"].as_object().unwrap().len(),
+        SAMPLER_NAMES.len()
+    );
+    for sampler in SAMPLER_NAMES {
+        let (_, _, _, pixels) = read_png(
+            &app.data_dir()
+                .join(format!("output/sampler_{sampler}_00001_.png")),
+        );
+        assert!(pixels_ok(&pixels), "{sampler} gave a constant image");
+    }
+    // The lists in /object_info are exactly what runs.
+    let (_, info) = app.get("/object_info/KSampler").await;
+    assert_eq!(
+        info["KSampler"]["input"]["required"]["sampler_name"][0],
+        json!(SAMPLER_NAMES)
+    );
+    assert_eq!(
+        info["KSampler"]["input"]["required"]["scheduler"][0],
+        json!(SCHEDULER_NAMES)
+    );
+    assert_eq!(
+        info["KSampler"]["input"]["required"]["seed"][1]["max"],
+        json!(u64::MAX)
+    );
+}
+
+#[actix_web::test]
+async fn sdxl_base_and_refiner_split_with_ksampler_advanced() {
+    let app = app_with_models().await;
+    let prompt = json!({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sdxl.safetensors"}},
+        "12": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sdxl_refiner.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "6": {"class_type": "CLIPTextEncodeSDXL", "inputs": {"clip": ["4", 1], "width": 1024, "height": 1024, "crop_w": 0, "crop_h": 0,
+               "target_width": 1024, "target_height": 1024, "text_g": "a lighthouse", "text_l": "a lighthouse, oil painting"}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "blurry"}},
+        "15": {"class_type": "CLIPTextEncodeSDXLRefiner", "inputs": {"clip": ["12", 1], "ascore": 6.0, "width": 1024, "height": 1024, "text": "a lighthouse"}},
+        "16": {"class_type": "CLIPTextEncodeSDXLRefiner", "inputs": {"clip": ["12", 1], "ascore": 2.5, "width": 1024, "height": 1024, "text": "blurry"}},
+        "10": {"class_type": "KSamplerAdvanced", "inputs": {"model": ["4", 0], "add_noise": "enable", "noise_seed": 721897303308196_u64,
+               "steps": 6, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0],
+               "latent_image": ["5", 0], "start_at_step": 0, "end_at_step": 4, "return_with_leftover_noise": "enable"}},
+        "11": {"class_type": "KSamplerAdvanced", "inputs": {"model": ["12", 0], "add_noise": "disable", "noise_seed": 0,
+               "steps": 6, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal", "positive": ["15", 0], "negative": ["16", 0],
+               "latent_image": ["10", 0], "start_at_step": 4, "end_at_step": 10000, "return_with_leftover_noise": "disable"}},
+        "17": {"class_type": "VAEDecode", "inputs": {"samples": ["11", 0], "vae": ["12", 2]}},
+        "19": {"class_type": "SaveImage", "inputs": {"images": ["17", 0], "filename_prefix": "refined"}}
+    });
+    let mut ws = app.ws("x").await;
+    let (_, body) = app
+        .post("/prompt", json!({"prompt": prompt, "client_id": "x"}))
+        .await;
+    let id = body["prompt_id"].as_str().unwrap().to_owned();
+    let events = ws.until_done(&id).await;
+    assert!(find(&events, "execution_success").is_some(), "{events:#?}");
+    let progress = |node: &str| {
+        events
+            .iter()
+            .filter(|e| e["type"] == "progress" && e["data"]["node"] == node)
+            .count()
+    };
+    assert_eq!(progress("10"), 4, "base runs steps 0-4");
+    assert_eq!(progress("11"), 2, "refiner finishes steps 4-6");
+    assert!(
+        app.data_dir().join("output/refined_00002_.png").exists(),
+        "a batch of two"
+    );
+}
+
+#[actix_web::test]
+async fn conditioning_latent_and_custom_sampling_nodes_run_in_graphs() {
+    let app = app_with_models().await;
+    let models = app.dir.path().join("models");
+    std::fs::write(models.join("configs/v1-inference.yaml"), "model: {}\n").unwrap();
+    // A standalone VAE in LDM names (no prefix).
+    let vae = crate::engine::load::ldm_tensors("vae_tiny", "", candle_core::DType::F32);
+    candle_core::safetensors::save(&vae, models.join("vae/tiny_vae.safetensors")).unwrap();
+    std::fs::write(
+        app.data_dir().join("input/photo.png"),
+        crate::server::png_bytes(64, 64, [180, 90, 30, 200]),
+    )
+    .unwrap();
+
+    let prompt = json!({
+        "ckpt": {"class_type": "CheckpointLoader", "inputs": {"config_name": "v1-inference.yaml", "ckpt_name": "tiny_sd1.safetensors"}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "tiny_vae.safetensors"}},
+        "skip": {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["ckpt", 1], "stop_at_clip_layer": -2}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["skip", 0], "text": "(a red boat:1.3) on a lake, [calm] water"}},
+        "pos2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "mountains"}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "ugly"}},
+        "area": {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["pos2", 0], "width": 64, "height": 64, "x": 0, "y": 0, "strength": 1.0}},
+        "pct": {"class_type": "ConditioningSetAreaPercentage", "inputs": {"conditioning": ["pos2", 0], "width": 0.5, "height": 1.0, "x": 0.5, "y": 0.0, "strength": 0.8}},
+        "load": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+        "masked": {"class_type": "ConditioningSetMask", "inputs": {"conditioning": ["pos", 0], "mask": ["load", 1], "strength": 1.0, "set_cond_area": "mask bounds"}},
+        "comb": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["area", 0], "conditioning_2": ["pct", 0]}},
+        "comb2": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["comb", 0], "conditioning_2": ["masked", 0]}},
+        "avg": {"class_type": "ConditioningAverage", "inputs": {"conditioning_to": ["comb2", 0], "conditioning_from": ["pos2", 0], "conditioning_to_strength": 0.7}},
+        "cat": {"class_type": "ConditioningConcat", "inputs": {"conditioning_to": ["neg", 0], "conditioning_from": ["pos2", 0]}},
+        "zero": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["cat", 0]}},
+        "enc": {"class_type": "VAEEncode", "inputs": {"pixels": ["load", 0], "vae": ["vae", 0]}},
+        "enct": {"class_type": "VAEEncodeTiled", "inputs": {"pixels": ["load", 0], "vae": ["ckpt", 2], "tile_size": 64, "overlap": 0, "temporal_size": 64, "temporal_overlap": 8}},
+        "blend": {"class_type": "LatentBlend", "inputs": {"samples1": ["enc", 0], "samples2": ["enct", 0], "blend_factor": 0.5}},
+        "up": {"class_type": "LatentUpscale", "inputs": {"samples": ["blend", 0], "upscale_method": "bilinear", "width": 0, "height": 96, "crop": "disabled"}},
+        "upby": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["blend", 0], "upscale_method": "area", "scale_by": 0.5}},
+        "comp": {"class_type": "LatentComposite", "inputs": {"samples_to": ["blend", 0], "samples_from": ["upby", 0], "x": 8, "y": 8, "feather": 8}},
+        "rep": {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["comp", 0], "amount": 3}},
+        "pick": {"class_type": "LatentFromBatch", "inputs": {"samples": ["rep", 0], "batch_index": 1, "length": 2}},
+        "nm": {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["pick", 0], "mask": ["load", 1]}},
+        "k": {"class_type": "KSampler", "inputs": {"model": ["ckpt", 0], "seed": 5, "steps": 3, "cfg": 6.0, "sampler_name": "dpmpp_2m",
+              "scheduler": "karras", "positive": ["avg", 0], "negative": ["zero", 0], "latent_image": ["nm", 0], "denoise": 0.6}},
+        "sel": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler_ancestral"}},
+        "sch": {"class_type": "BasicScheduler", "inputs": {"model": ["ckpt", 0], "scheduler": "simple", "steps": 4, "denoise": 0.8}},
+        "split": {"class_type": "SplitSigmas", "inputs": {"sigmas": ["sch", 0], "step": 2}},
+        "kar": {"class_type": "KarrasScheduler", "inputs": {"steps": 3, "sigma_max": 14.614642, "sigma_min": 0.0291675, "rho": 7.0}},
+        "exp": {"class_type": "ExponentialScheduler", "inputs": {"steps": 3, "sigma_max": 14.614642, "sigma_min": 0.0291675}},
+        "turbo": {"class_type": "SDTurboScheduler", "inputs": {"model": ["ckpt", 0], "steps": 2, "denoise": 1.0}},
+        "custom": {"class_type": "SamplerCustom", "inputs": {"model": ["ckpt", 0], "add_noise": true, "noise_seed": 9, "cfg": 4.0,
+                   "positive": ["pos", 0], "negative": ["neg", 0], "sampler": ["sel", 0], "sigmas": ["kar", 0], "latent_image": ["up", 0]}},
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 11}},
+        "nonoise": {"class_type": "DisableNoise", "inputs": {}},
+        "guide": {"class_type": "CFGGuider", "inputs": {"model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "cfg": 3.0}},
+        "basic": {"class_type": "BasicGuider", "inputs": {"model": ["ckpt", 0], "conditioning": ["pos", 0]}},
+        "adv": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["noise", 0], "guider": ["guide", 0], "sampler": ["sel", 0],
+                "sigmas": ["split", 0], "latent_image": ["blend", 0]}},
+        "adv2": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["nonoise", 0], "guider": ["basic", 0], "sampler": ["sel", 0],
+                 "sigmas": ["split", 1], "latent_image": ["adv", 0]}},
+        "adv3": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["noise", 0], "guider": ["basic", 0], "sampler": ["sel", 0],
+                 "sigmas": ["exp", 0], "latent_image": ["blend", 0]}},
+        "adv4": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["noise", 0], "guider": ["basic", 0], "sampler": ["sel", 0],
+                 "sigmas": ["turbo", 0], "latent_image": ["blend", 0]}},
+        "inp": {"class_type": "VAEEncodeForInpaint", "inputs": {"pixels": ["load", 0], "vae": ["ckpt", 2], "mask": ["load", 1], "grow_mask_by": 6}},
+        "kinp": {"class_type": "KSampler", "inputs": {"model": ["ckpt", 0], "seed": 1, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                 "scheduler": "normal", "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["inp", 0], "denoise": 1.0}},
+        "dec1": {"class_type": "VAEDecode", "inputs": {"samples": ["k", 0], "vae": ["ckpt", 2]}},
+        "dec2": {"class_type": "VAEDecodeTiled", "inputs": {"samples": ["custom", 1], "vae": ["vae", 0], "tile_size": 64, "overlap": 32, "temporal_size": 64, "temporal_overlap": 8}},
+        "dec3": {"class_type": "VAEDecode", "inputs": {"samples": ["adv2", 0], "vae": ["ckpt", 2]}},
+        "dec4": {"class_type": "VAEDecode", "inputs": {"samples": ["adv3", 0], "vae": ["ckpt", 2]}},
+        "dec5": {"class_type": "VAEDecode", "inputs": {"samples": ["adv4", 1], "vae": ["ckpt", 2]}},
+        "dec6": {"class_type": "VAEDecode", "inputs": {"samples": ["kinp", 0], "vae": ["ckpt", 2]}},
+        "s1": {"class_type": "SaveImage", "inputs": {"images": ["dec1", 0], "filename_prefix": "k"}},
+        "s2": {"class_type": "SaveImage", "inputs": {"images": ["dec2", 0], "filename_prefix": "custom"}},
+        "s3": {"class_type": "SaveImage", "inputs": {"images": ["dec3", 0], "filename_prefix": "adv"}},
+        "s4": {"class_type": "PreviewImage", "inputs": {"images": ["dec4", 0]}},
+        "s5": {"class_type": "PreviewImage", "inputs": {"images": ["dec5", 0]}},
+        "s6": {"class_type": "SaveImage", "inputs": {"images": ["dec6", 0], "filename_prefix": "inpaint"}}
+    });
+    run_ok(&app, prompt).await;
+    // LatentFromBatch took 2 of the 3 repeats.
+    assert!(app.data_dir().join("output/k_00002_.png").exists());
+    assert!(!app.data_dir().join("output/k_00003_.png").exists());
+    // LatentUpscale to height 96 keeps the aspect: a 12×12 latent decodes to 48×48.
+    let (w, h, _, _) = read_png(&app.data_dir().join("output/custom_00001_.png"));
+    assert_eq!((w, h), (48, 48));
+}
+
+#[actix_web::test]
+async fn bad_checkpoints_fail_on_their_node_with_a_clear_error() {
+    let app = app_with_models().await;
+    let dir = app.dir.path().join("models/checkpoints");
+    let good = std::fs::read(dir.join("tiny_sd1.safetensors")).unwrap();
+    std::fs::write(dir.join("truncated.safetensors"), &good[..good.len() / 2]).unwrap();
+    let mut lying = good.clone();
+    lying[..8].copy_from_slice(&(good.len() as u64 * 4).to_le_bytes());
+    std::fs::write(dir.join("lying_header.safetensors"), &lying).unwrap();
+    std::fs::write(dir.join("empty.safetensors"), b"").unwrap();
+    let mut other = std::collections::HashMap::new();
+    other.insert(
+        "some.other.model.weight".to_string(),
+        candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap(),
+    );
+    candle_core::safetensors::save(&other, dir.join("unknown_family.safetensors")).unwrap();
+    for (file, expect) in [
+        ("truncated.safetensors", "truncated"),
+        ("lying_header.safetensors", "header"),
+        ("empty.safetensors", "empty.safetensors"),
+        ("unknown_family.safetensors", "unknown model family"),
+    ] {
+        let (_, body) = app
+            .post(
+                "/prompt",
+                json!({"prompt": default_workflow(file, "euler", "normal", 1, "bad")}),
+            )
+            .await;
+        let id = body["prompt_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file}: {body}"))
+            .to_owned();
+        let entry = app.wait_history(&id).await;
+        assert_eq!(entry["status"]["status_str"], "error", "{file}");
+        let error = &entry["status"]["messages"][2][1];
+        assert_eq!(error["node_id"], "4", "{file}: {error}");
+        let message = error["exception_message"].as_str().unwrap();
+        assert!(
+            message.contains(file),
+            "{file}: message does not name the file: {message}"
+        );
+        assert!(message.to_lowercase().contains(expect), "{file}: {message}");
+    }
+    // The server is still up and runs a good prompt.
+    run_ok(
+        &app,
+        default_workflow("tiny_sd1.safetensors", "euler", "normal", 1, "good"),
+    )
+    .await;
+}
