@@ -61,7 +61,7 @@ fn clip_weights(
         intermediate_size: hidden * 2,
         num_hidden_layers: 2,
         // The loader's convention for narrow test encoders: 16-wide heads (64 for real ones).
-        num_attention_heads: if hidden % 64 == 0 {
+        num_attention_heads: if hidden.is_multiple_of(64) {
             hidden / 64
         } else {
             hidden / 16

@@ -179,7 +179,7 @@ fn samplers_match_comfyui() {
             } else {
                 1e-5
             };
-            if !(err <= tol) {
+            if err.is_nan() || err > tol {
                 failures.push(format!("{key}: max abs error {err:e}"));
             }
         }

@@ -147,7 +147,7 @@ impl TorchGenerator {
             normal_fill_16(&mut data[i..i + 16], kernel);
             i += 16;
         }
-        if numel % 16 != 0 {
+        if !numel.is_multiple_of(16) {
             // Torch rewinds to the last 16 elements and draws 16 fresh uniforms for them.
             let tail = &mut data[numel - 16..];
             for v in tail.iter_mut() {

@@ -35,7 +35,7 @@ pub(super) fn dpm_fast(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor>
         .into_iter()
         .map(|t| t as f64)
         .collect();
-    let orders: Vec<usize> = if n % 3 == 0 {
+    let orders: Vec<usize> = if n.is_multiple_of(3) {
         [vec![3; m.saturating_sub(2)], vec![2, 1]].concat()
     } else {
         [vec![3; m - 1], vec![n % 3]].concat()
