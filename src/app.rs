@@ -167,7 +167,11 @@ pub async fn run_headless(
             failure,
             node_errors,
         }) => {
-            let mut lines = vec![format!("{failure:?}")];
+            let mut lines = match failure {
+                crate::graph::PromptError::InvalidPrompt { message, details } => vec![format!("{message} {details}")],
+                crate::graph::PromptError::NoOutputs => vec!["it has no output node (SaveImage, PreviewImage, …)".to_owned()],
+                crate::graph::PromptError::OutputsFailed => Vec::new(),
+            };
             for node in node_errors {
                 for e in node.errors {
                     lines.push(format!(

@@ -3,6 +3,7 @@
 //! End-to-end tests: one binary, one module per area. Each starts the real server on a free
 //! loopback port with a fresh data folder.
 
+mod cli;
 mod diffusion;
 mod engine;
 mod helpers;
