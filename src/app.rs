@@ -168,8 +168,12 @@ pub async fn run_headless(
             node_errors,
         }) => {
             let mut lines = match failure {
-                crate::graph::PromptError::InvalidPrompt { message, details } => vec![format!("{message} {details}")],
-                crate::graph::PromptError::NoOutputs => vec!["it has no output node (SaveImage, PreviewImage, …)".to_owned()],
+                crate::graph::PromptError::InvalidPrompt { message, details } => {
+                    vec![format!("{message} {details}")]
+                }
+                crate::graph::PromptError::NoOutputs => {
+                    vec!["it has no output node (SaveImage, PreviewImage, …)".to_owned()]
+                }
                 crate::graph::PromptError::OutputsFailed => Vec::new(),
             };
             for node in node_errors {

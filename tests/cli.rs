@@ -5,7 +5,11 @@ use std::process::Command;
 use serde_json::json;
 
 fn weft(args: &[&str], dir: &std::path::Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_weft")).args(args).current_dir(dir).output().expect("weft runs")
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("weft runs")
 }
 
 #[test]
@@ -18,7 +22,11 @@ fn weft_run_writes_outputs_and_reports_failures() {
     });
     std::fs::write(dir.path().join("ok.json"), workflow.to_string()).unwrap();
     let out = weft(&["run", "ok.json"], dir.path());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("headless_00001_.png"), "{stdout}");
     assert!(dir.path().join("data/output/headless_00001_.png").exists());
@@ -30,7 +38,10 @@ fn weft_run_writes_outputs_and_reports_failures() {
     let out = weft(&["run", "bad.json"], dir.path());
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("node 1 (EmptyImage)") && stderr.contains("smaller than min"), "{stderr}");
+    assert!(
+        stderr.contains("node 1 (EmptyImage)") && stderr.contains("smaller than min"),
+        "{stderr}"
+    );
 
     // Not JSON, and a missing file.
     std::fs::write(dir.path().join("garbage.json"), "{nope").unwrap();

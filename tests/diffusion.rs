@@ -370,3 +370,98 @@ async fn bad_checkpoints_fail_on_their_node_with_a_clear_error() {
     )
     .await;
 }
+
+#[actix_web::test]
+async fn standalone_text_encoders_and_textual_inversions() {
+    use weft::engine::clip::ClipActivation;
+    let app = app_with_models().await;
+    let models = app.dir.path().join("models");
+    let save = |name: &str, tensors: std::collections::HashMap<String, candle_core::Tensor>| {
+        candle_core::safetensors::save(&tensors, models.join(name)).unwrap();
+    };
+    save(
+        "text_encoders/clip_l_tiny.safetensors",
+        crate::models::clip_weights(48, None, ClipActivation::QuickGelu),
+    );
+    save(
+        "text_encoders/sdxl_l_tiny.safetensors",
+        crate::models::clip_weights(32, None, ClipActivation::QuickGelu),
+    );
+    save(
+        "text_encoders/sdxl_g_tiny.safetensors",
+        crate::models::clip_weights(32, Some(32), ClipActivation::Gelu),
+    );
+    let mut embedding = std::collections::HashMap::new();
+    embedding.insert(
+        "emb_params".to_string(),
+        weft::engine::synth::synth_tensor("embedding.style", (2, 48)).unwrap(),
+    );
+    save("embeddings/style.safetensors", embedding);
+
+    let graph = |text: &str, prefix: &str| {
+        json!({
+            "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd1.safetensors"}},
+            "c": {"class_type": "CLIPLoader", "inputs": {"clip_name": "clip_l_tiny.safetensors", "type": "stable_diffusion"}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["c", 0], "text": text}},
+            "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["c", 0], "text": ""}},
+            "3": {"class_type": "KSampler", "inputs": {"model": ["4", 0], "seed": 3, "steps": 2, "cfg": 7.0, "sampler_name": "euler",
+                  "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}}
+        })
+    };
+    run_ok(&app, graph("a boat, embedding:style", "with")).await;
+    run_ok(&app, graph("a boat, embedding:nothing_here", "without")).await;
+    run_ok(&app, graph("a boat,", "plain")).await;
+    let (_, _, _, with) = read_png(&app.data_dir().join("output/with_00001_.png"));
+    let (_, _, _, without) = read_png(&app.data_dir().join("output/without_00001_.png"));
+    let (_, _, _, plain) = read_png(&app.data_dir().join("output/plain_00001_.png"));
+    assert!(
+        with != plain,
+        "the textual inversion changes the conditioning"
+    );
+    // A missing embedding is skipped with a warning, as ComfyUI does: the prompt still runs.
+    assert!(with != without);
+
+    // SDXL's two encoders from separate files, in either order.
+    for (first, second) in [
+        ("sdxl_l_tiny.safetensors", "sdxl_g_tiny.safetensors"),
+        ("sdxl_g_tiny.safetensors", "sdxl_l_tiny.safetensors"),
+    ] {
+        let prompt = json!({
+            "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sdxl.safetensors"}},
+            "c": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": first, "clip_name2": second, "type": "sdxl"}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["c", 0], "text": "a boat"}},
+            "3": {"class_type": "KSampler", "inputs": {"model": ["4", 0], "seed": 3, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                  "scheduler": "normal", "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "dual"}}
+        });
+        run_ok(&app, prompt).await;
+    }
+    // Two CLIP-L files are not an SDXL pair: a clear error on the loader.
+    let (_, body) = app
+        .post("/prompt", json!({"prompt": {
+            "c": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "sdxl_l_tiny.safetensors", "clip_name2": "sdxl_l_tiny.safetensors", "type": "sdxl"}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["c", 0], "text": "a boat"}},
+            "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sdxl.safetensors"}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "3": {"class_type": "KSampler", "inputs": {"model": ["4", 0], "seed": 3, "steps": 1, "cfg": 1.0, "sampler_name": "euler",
+                  "scheduler": "normal", "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "bad"}}
+        }}))
+        .await;
+    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
+    let error = &entry["status"]["messages"][2][1];
+    assert_eq!(error["node_id"], "c");
+    assert!(
+        error["exception_message"]
+            .as_str()
+            .unwrap()
+            .contains("OpenCLIP-bigG"),
+        "{error}"
+    );
+}

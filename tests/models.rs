@@ -50,7 +50,7 @@ impl SimpleBackend for Recorder {
 }
 
 /// The HF-named weights of a tiny CLIP text model.
-fn clip_weights(
+pub(crate) fn clip_weights(
     hidden: usize,
     projection: Option<usize>,
     act: ClipActivation,

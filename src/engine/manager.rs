@@ -216,6 +216,46 @@ impl ModelManager {
     }
 }
 
+/// A standalone text-encoder file (ComfyUI's `models/text_encoders`): HF transformers names, with
+/// or without a `text_model.` level, or OpenCLIP names.
+pub fn clip_file(path: &Path, dtype: DType, device: &Device) -> Result<ClipTextModel, LoadError> {
+    let fail = |message: String| LoadError {
+        path: path.to_path_buf(),
+        kind: LoadErrorKind::BadConfig(message),
+    };
+    let sd = crate::engine::load::file::StateDict::open(path)?;
+    let tensors = sd.get_prefixed("")?;
+    let component = if tensors
+        .keys()
+        .any(|k| k.starts_with("transformer.resblocks.") || k == "token_embedding.weight")
+    {
+        ClipComponent {
+            prefix: String::new(),
+            tensors: prefixed(tensors, "model."),
+        }
+    } else if tensors
+        .keys()
+        .any(|k| k.starts_with("text_model.") || k.starts_with("encoder."))
+    {
+        ClipComponent {
+            prefix: String::new(),
+            tensors: prefixed(tensors, "transformer."),
+        }
+    } else {
+        return Err(fail(
+            "no CLIP text encoder weights (text_model.* or transformer.resblocks.*)".into(),
+        ));
+    };
+    clip_model(&component, dtype, device).map_err(fail)
+}
+
+fn prefixed(tensors: HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+    tensors
+        .into_iter()
+        .map(|(k, t)| (format!("{prefix}{k}"), t))
+        .collect()
+}
+
 /// One text encoder from a checkpoint component, converted to HF names.
 fn clip_model(
     component: &ClipComponent,

@@ -7,11 +7,14 @@ use candle_core::{DType, Tensor};
 
 use crate::engine::clip::encode::{Conditioning as Encoded, PromptTokens};
 use crate::engine::diffusion::{Area, CondEntry};
+use crate::engine::load::file::StateDict;
+use crate::engine::tokenizer::EmbeddingLookup;
 use crate::graph::spec::build::*;
 use crate::graph::spec::{Freshness, InputSpec, NodeSpec, OutputSpec};
 use crate::graph::SlotType;
 use crate::nodes::image_ops::MAX_RESOLUTION;
 use crate::nodes::{Clip, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
+use crate::paths::DataDirs;
 
 pub fn register(registry: &mut Registry) {
     registry.add(ClipTextEncode);
@@ -55,6 +58,60 @@ fn conditioning_out() -> Vec<OutputSpec> {
 
 fn value(list: Vec<CondEntry>) -> Value {
     Value::Conditioning(Arc::new(list))
+}
+
+/// Textual inversions from `models/embeddings` (`embedding:name` in a prompt), found and read as
+/// ComfyUI's `load_embed` does: `name`, `name.safetensors`, `.pt`, `.bin`; the tensor for this
+/// encoder (`clip_l`/`clip_g` in SDXL files), else `string_to_param`, else the first tensor.
+struct EmbeddingFiles<'a> {
+    dirs: &'a DataDirs,
+}
+
+impl EmbeddingLookup for EmbeddingFiles<'_> {
+    fn lookup(&self, name: &str, key: &str, dim: usize) -> Option<Tensor> {
+        let base = self.dirs.model_folder("embeddings")?;
+        let path = ["", ".safetensors", ".pt", ".bin", ".ckpt"]
+            .iter()
+            .find_map(|ext| {
+                let candidate = crate::paths::join_relative(&base, &format!("{name}{ext}")).ok()?;
+                candidate.is_file().then_some(candidate)
+            });
+        let Some(path) = path else {
+            tracing::warn!("embedding {name} not found in models/embeddings");
+            return None;
+        };
+        let tensors = match StateDict::open(&path).and_then(|sd| sd.get_prefixed("")) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("cannot read embedding {name}: {e}");
+                return None;
+            }
+        };
+        let mut keys: Vec<&String> = tensors.keys().collect();
+        keys.sort();
+        let chosen = tensors
+            .get(key)
+            .or_else(|| {
+                keys.iter()
+                    .find(|k| k.starts_with("string_to_param"))
+                    .and_then(|k| tensors.get(*k))
+            })
+            .or_else(|| keys.first().and_then(|k| tensors.get(*k)))?;
+        let vectors = chosen.to_dtype(DType::F32).ok()?;
+        let vectors = if vectors.rank() == 1 {
+            vectors.unsqueeze(0).ok()?
+        } else {
+            vectors
+        };
+        if vectors.rank() != 2 || vectors.dim(1).ok()? != dim {
+            tracing::warn!(
+                "embedding {name} has shape {:?}, this text encoder needs [n, {dim}]",
+                vectors.dims()
+            );
+            return None;
+        }
+        Some(vectors)
+    }
 }
 
 fn encode_tokens(clip: &Clip, tokens: &PromptTokens) -> Result<Encoded, NodeError> {
@@ -147,10 +204,17 @@ impl Node for ClipTextEncodeSdxl {
         spec
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let clip = inputs.clip("clip")?;
-        let g = clip.encoder.tokenize(inputs.string("text_g")?, None).g;
-        let l = clip.encoder.tokenize(inputs.string("text_l")?, None).l;
+        let embeddings = EmbeddingFiles { dirs: &ctx.dirs };
+        let g = clip
+            .encoder
+            .tokenize(inputs.string("text_g")?, Some(&embeddings))
+            .g;
+        let l = clip
+            .encoder
+            .tokenize(inputs.string("text_l")?, Some(&embeddings))
+            .l;
         let (Some(mut g), Some(mut l)) = (g, l) else {
             return Err(NodeError::input(
                 "clip",
@@ -206,9 +270,12 @@ impl Node for ClipTextEncodeSdxlRefiner {
         spec
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let clip = inputs.clip("clip")?;
-        let tokens = clip.encoder.tokenize(inputs.string("text")?, None);
+        let embeddings = EmbeddingFiles { dirs: &ctx.dirs };
+        let tokens = clip
+            .encoder
+            .tokenize(inputs.string("text")?, Some(&embeddings));
         let encoded = encode_tokens(clip, &tokens)?;
         let mut entry = CondEntry::new(encoded.context, Some(encoded.pooled));
         entry.size.aesthetic_score = Some(inputs.float("ascore")? as f32);

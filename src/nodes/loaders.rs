@@ -2,6 +2,10 @@
 
 use std::sync::Arc;
 
+use candle_core::{DType, Device};
+
+use crate::engine::clip::encode::TextEncoder;
+use crate::engine::manager::{bpe, clip_file};
 use crate::graph::spec::build::*;
 use crate::graph::spec::{ComboOptions, FileList, Freshness, InputKind, NodeSpec, OutputSpec};
 use crate::graph::{ConstValue, SlotType};
@@ -14,6 +18,8 @@ pub fn register(registry: &mut Registry) {
     registry.add(CheckpointLoaderSimple);
     registry.add(CheckpointLoader);
     registry.add(VaeLoader);
+    registry.add(ClipLoader);
+    registry.add(DualClipLoader);
 }
 
 fn files(folder: &'static str) -> InputKind {
@@ -186,5 +192,106 @@ impl Node for VaeLoader {
         constants: &[(String, ConstValue)],
     ) -> Result<String, NodeError> {
         file_fingerprint(dirs, "vae", constants, "vae_name")
+    }
+}
+
+/// Loads a standalone text encoder (CLIP-L for SD1, OpenCLIP-H for SD2, told apart by width).
+pub struct ClipLoader;
+
+impl Node for ClipLoader {
+    fn spec(&self) -> NodeSpec {
+        loader_spec(
+            "CLIPLoader",
+            "Load CLIP",
+            "advanced/loaders",
+            vec![
+                required("clip_name", files("text_encoders")),
+                required("type", combo(&["stable_diffusion"])),
+            ],
+            vec![output(SlotType::CLIP, "CLIP")],
+            "Loads a text encoder file: CLIP-L for SD1.x, OpenCLIP-H for SD2.x.",
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let name = inputs.string("clip_name")?;
+        let path = ctx.model_path("text_encoders", "clip_name", name)?;
+        let model = clip_file(&path, DType::F32, &Device::Cpu)
+            .map_err(|e| NodeError::input("clip_name", e.to_string()))?;
+        // SD2's OpenCLIP-H is 1024 wide; everything else is treated as SD1's CLIP-L.
+        let encoder = if model.hidden_size() == 1024 {
+            TextEncoder::sd2(model, bpe())
+        } else {
+            TextEncoder::sd1(model, bpe())
+        };
+        Ok(NodeOutput::values(vec![Value::Clip(Clip {
+            encoder: Arc::new(encoder),
+            clip_skip: None,
+        })]))
+    }
+
+    fn fingerprint(
+        &self,
+        dirs: &DataDirs,
+        constants: &[(String, ConstValue)],
+    ) -> Result<String, NodeError> {
+        file_fingerprint(dirs, "text_encoders", constants, "clip_name")
+    }
+}
+
+/// Loads SDXL's two text encoders; which file is CLIP-L and which OpenCLIP-bigG is read from the
+/// weights (bigG has the text projection), so the order does not matter.
+pub struct DualClipLoader;
+
+impl Node for DualClipLoader {
+    fn spec(&self) -> NodeSpec {
+        loader_spec(
+            "DualCLIPLoader",
+            "DualCLIPLoader",
+            "advanced/loaders",
+            vec![
+                required("clip_name1", files("text_encoders")),
+                required("clip_name2", files("text_encoders")),
+                required("type", combo(&["sdxl"])),
+            ],
+            vec![output(SlotType::CLIP, "CLIP")],
+            "Loads SDXL's CLIP-L and OpenCLIP-bigG text encoders.",
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let load = |input: &str| -> Result<_, NodeError> {
+            let path = ctx.model_path("text_encoders", input, inputs.string(input)?)?;
+            clip_file(&path, DType::F32, &Device::Cpu)
+                .map_err(|e| NodeError::input(input, e.to_string()))
+        };
+        let (first, second) = (load("clip_name1")?, load("clip_name2")?);
+        let (l, g) = match (first.config().projection_dim.is_some(), second.config().projection_dim.is_some()) {
+            (false, true) => (first, second),
+            (true, false) => (second, first),
+            _ => {
+                return Err(NodeError::input(
+                    "clip_name2",
+                    "SDXL needs one CLIP-L (no text projection) and one OpenCLIP-bigG (with a text projection)",
+                ))
+            }
+        };
+        let encoder = TextEncoder::sdxl(l, g, bpe());
+        Ok(NodeOutput::values(vec![Value::Clip(Clip {
+            encoder: Arc::new(encoder),
+            clip_skip: None,
+        })]))
+    }
+
+    fn fingerprint(
+        &self,
+        dirs: &DataDirs,
+        constants: &[(String, ConstValue)],
+    ) -> Result<String, NodeError> {
+        Ok(format!(
+            "{}|{}",
+            file_fingerprint(dirs, "text_encoders", constants, "clip_name1")?,
+            file_fingerprint(dirs, "text_encoders", constants, "clip_name2")?
+        ))
     }
 }
