@@ -90,6 +90,12 @@ async fn the_default_workflow_runs_on_tiny_sd1_sd2_sdxl_checkpoints() {
     }
     let (_, stats) = app.get("/system_stats").await;
     assert!(stats["devices"][0]["name"].is_string());
+    assert_eq!(stats["weft"]["models_loaded"], 3);
+    assert!(stats["weft"]["model_bytes"].as_u64().unwrap() > 0);
+    // POST /free unloads them.
+    app.post("/free", json!({"unload_models": true})).await;
+    let (_, stats) = app.get("/system_stats").await;
+    assert_eq!(stats["weft"]["models_loaded"], 0);
 }
 
 #[actix_web::test]

@@ -56,6 +56,7 @@ fn memory() -> (u64, u64) {
 pub async fn system_stats(state: web::Data<AppState>) -> HttpResponse {
     let (total, free) = memory();
     let (_, cache_used, cache_budget, _) = state.exec.cache_state();
+    let (models_loaded, model_bytes) = state.exec.model_stats();
     HttpResponse::Ok().json(json!({
         "system": {
             "os": std::env::consts::OS,
@@ -79,6 +80,13 @@ pub async fn system_stats(state: web::Data<AppState>) -> HttpResponse {
             "torch_vram_total": cache_budget,
             "torch_vram_free": cache_budget.saturating_sub(cache_used),
         }],
+        // Weft addition: what the model manager and the output cache hold.
+        "weft": {
+            "models_loaded": models_loaded,
+            "model_bytes": model_bytes,
+            "cache_bytes": cache_used,
+            "cache_budget_bytes": cache_budget,
+        },
     }))
 }
 
