@@ -5,6 +5,7 @@
 //! alone.
 
 pub mod clip;
+pub mod controlnet;
 pub mod load;
 pub mod preprocess;
 pub mod resize;
