@@ -1,6 +1,7 @@
 //! Engine parity tests against committed reference fixtures (`tools/parity/*.py` regenerate them).
 
 mod clip_parity;
+mod controlnet_parity;
 mod load;
 mod preprocess_parity;
 mod rng_parity;
