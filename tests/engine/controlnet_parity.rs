@@ -52,7 +52,11 @@ fn config(name: &str) -> ControlNetConfig {
 
 /// (ldm or tencentarc key, diffusers key, shape) rows of a committed key map.
 fn keymap(name: &str) -> Vec<(String, String, Vec<usize>)> {
-    let text = std::fs::read_to_string(path(name)).unwrap();
+    keymap_at(&path(name))
+}
+
+fn keymap_at(file: &Path) -> Vec<(String, String, Vec<usize>)> {
+    let text = std::fs::read_to_string(file).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -184,7 +188,11 @@ fn controlnet_loads_from_ldm_and_diffusers_files() {
             folder.join("config.json"),
         )
         .unwrap();
-        let model = load_controlnet_diffusers_dir(&folder, DType::F32, &Device::Cpu).unwrap();
+        let loaded = load_controlnet_diffusers_dir(&folder, DType::F32, &Device::Cpu).unwrap();
+        assert!(!loaded.global_average_pooling);
+        let ControlModel::ControlNet(model) = loaded.model else {
+            panic!("{} is not a controlnet", folder.display());
+        };
         let (res, out) = check_controlnet(&model, name, &unet);
         assert!(
             res < TOL && out < TOL,
@@ -404,7 +412,13 @@ fn adapters_match_diffusers() {
         let diffusers = write_weights(dir.path(), &format!("{name}.safetensors"), &rows, |r| {
             Some(r.1.clone())
         });
-        for file in [&tencentarc, &diffusers] {
+        let mut files = vec![tencentarc, diffusers];
+        // The script also pickles one adapter (TencentARC's .pth format).
+        let pickled = path(&format!("adapter_{name}.pth"));
+        if pickled.is_file() {
+            files.push(pickled);
+        }
+        for file in &files {
             let ControlModel::Adapter(adapter) =
                 load_control(file, DType::F32, &Device::Cpu).unwrap().model
             else {
@@ -444,4 +458,111 @@ fn adapter_and_controlnet_residuals_combine() {
     assert!(max_abs_diff(&a, get(&fx, "out_control")) < TOL);
     let b = unet.forward(x, t, ctx, None, Some(&res)).unwrap();
     assert_eq!(max_abs_diff(&a, &b), 0.0);
+}
+
+/// Control-LoRA against ComfyUI's recipe (`ControlLora.pre_run` + `ControlLoraOps`), computed
+/// here: the expected ControlNet has the base UNet's encoder weights plus `up @ down` on every
+/// 2-D+ weight of the encoder, and the file's own hint block, zero convs and (overridden) norms.
+/// No reference implementation is installed, so this checks our plumbing against the formula;
+/// tolerance 1e-5.
+#[test]
+fn control_lora_builds_on_the_base_unet() {
+    use weft::engine::controlnet::control_lora::load_control_lora;
+    use weft::engine::load::file::StateDict;
+    let dir = tempfile::tempdir().unwrap();
+    // The base: the tiny SD1 UNet as an LDM checkpoint.
+    let unet_rows = keymap_at(&crate::engine::util::fixture_path("keymap_sd1_tiny.json"));
+    let base = write_weights(dir.path(), "base.safetensors", &unet_rows, |r| {
+        Some(format!("model.diffusion_model.{}", r.0))
+    });
+    let rank = 2;
+    let mut file: HashMap<String, Tensor> = HashMap::new();
+    let mut expected: HashMap<String, Tensor> = HashMap::new();
+    for (ldm, name, shape) in keymap("keymap_controlnet_sd1_tiny.json") {
+        let own = synth_tensor(&name, shape.as_slice()).unwrap();
+        let is_control = ldm.starts_with("input_hint_block")
+            || ldm.starts_with("zero_convs")
+            || ldm.starts_with("middle_block_out");
+        if is_control {
+            file.insert(ldm, own.clone());
+            expected.insert(name, own);
+        } else if shape.len() >= 2 {
+            let (out, fan_in) = (shape[0], shape.iter().skip(1).product::<usize>());
+            let mut up_shape = vec![out, rank];
+            let mut down_shape = vec![rank];
+            down_shape.extend(&shape[1..]);
+            if shape.len() == 4 {
+                up_shape.extend([1, 1]);
+            }
+            let up =
+                (synth_tensor(&format!("up.{name}"), up_shape.as_slice()).unwrap() * 0.3).unwrap();
+            let down = synth_tensor(&format!("down.{name}"), down_shape.as_slice()).unwrap();
+            let delta = up
+                .reshape((out, rank))
+                .unwrap()
+                .matmul(&down.reshape((rank, fan_in)).unwrap())
+                .unwrap()
+                .reshape(shape.as_slice())
+                .unwrap();
+            let module = ldm.strip_suffix(".weight").unwrap();
+            file.insert(format!("{module}.up"), up);
+            file.insert(format!("{module}.down"), down);
+            expected.insert(name, (own + delta).unwrap());
+        } else if ldm.starts_with("middle_block") {
+            // The file overrides the mid block's biases and norms.
+            let other = synth_tensor(&format!("override.{name}"), shape.as_slice()).unwrap();
+            file.insert(ldm, other.clone());
+            expected.insert(name, other);
+        } else {
+            expected.insert(name, own);
+        }
+    }
+    file.insert(
+        "lora_controlnet".into(),
+        Tensor::new(&[1f32], &Device::Cpu).unwrap(),
+    );
+    let lora = dir.path().join("control-lora-tiny.safetensors");
+    candle_core::safetensors::save(&file, &lora).unwrap();
+
+    let unet_cfg = tiny_unet_config("sd1_tiny");
+    let base = std::sync::Arc::new(StateDict::open(&base).unwrap());
+    let model = load_control_lora(
+        &lora,
+        base,
+        "model.diffusion_model.",
+        &unet_cfg,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let reference = ControlNetModel::new(
+        candle_nn::VarBuilder::from_tensors(expected, DType::F32, &Device::Cpu),
+        &ControlNetConfig::for_unet(&unet_cfg),
+    )
+    .unwrap();
+    let fx = fixture("controlnet_sd1_tiny.safetensors");
+    let (x, t, ctx) = (get(&fx, "x"), get(&fx, "t"), get(&fx, "context"));
+    let hint = get(&fx, "hint");
+    let got = model.forward(x, t, ctx, None, hint).unwrap();
+    let want = reference.forward(x, t, ctx, None, hint).unwrap();
+    let mut err = max_abs_diff(&got.mid, &want.mid);
+    for (a, b) in got.down.iter().zip(&want.down) {
+        err = err.max(max_abs_diff(a, b));
+    }
+    println!("control-lora sd1_tiny: residuals {err:.3e}");
+    assert!(err < 1e-5, "{err}");
+    // The deltas and overrides matter: the plain synthetic ControlNet differs.
+    let plain = ControlNetModel::new(
+        synth_var_builder(DType::F32, &Device::Cpu),
+        &ControlNetConfig::for_unet(&unet_cfg),
+    )
+    .unwrap()
+    .forward(x, t, ctx, None, hint)
+    .unwrap();
+    assert!(max_abs_diff(&plain.mid, &got.mid) > 1e-2);
+    // The plain loader says what the file is.
+    let msg = load_control(&lora, DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("control-lora"), "{msg}");
 }

@@ -19,6 +19,7 @@ tests/fixtures/controlnet/:
   layouts adds at the same places ComfyUI's T2IAdapter control does).
 - keymap_adapter_<name>.json: [tencentarc_key, diffusers_key, shape]; the TencentARC (ComfyUI) names are the inverse of
   ComfyUI's `load_t2i_adapter` diffusers -> ComfyUI renaming.
+- adapter_light_sd1_tiny.pth: that adapter's weights under TencentARC names as a torch zip pickle, for the .pth path.
 
 Run: /opt/refpy/bin/python tools/parity/controlnet_reference.py   (deterministic; CPU; seconds)
 """
@@ -163,6 +164,10 @@ def controlnet_fixture(name, unet_name, overrides):
           f"control changes the UNet output by {(out - plain).abs().max():.4f}")
 
 
+# Adapters also written as a torch pickle (the smallest, to keep the fixtures small).
+PICKLED = {"light_sd1_tiny"}
+
+
 def adapter_diffusers_to_tencentarc(key: str, kind: str, num_res_blocks: int) -> str:
     """Inverse of ComfyUI's load_t2i_adapter renaming (full: body.{i}.resnets.{j} -> body.{i*nrb+j}, body.{i}.in_conv ->
     body.{i*nrb}.in_conv; light: body.{i}.resnets.{j} -> body.{i}.body.{j})."""
@@ -191,6 +196,10 @@ def adapter_fixture(name, unet_name, akw):
     assert len({r[0] for r in rows}) == len(rows)
     with open(os.path.join(OUT, f"keymap_adapter_{name}.json"), "w") as f:
         json.dump(sorted(rows), f, indent=0)
+    if name in PICKLED:
+        # A TencentARC-style .pth (torch zip pickle of the renamed state dict) for the pickle path.
+        sd = adapter.state_dict()
+        torch.save({ta: sd[d] for ta, d, _ in sorted(rows)}, os.path.join(OUT, f"adapter_{name}.pth"))
     tensors, added = inputs(kwargs, pooled_dim, n_sizes, 8765)
     with torch.no_grad():
         features = adapter(tensors["hint"])

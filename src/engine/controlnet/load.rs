@@ -16,8 +16,10 @@
 //! config. Safetensors and pickles are read through [`StateDict`]. Errors name the file and the
 //! tensor.
 //!
-//! Not supported, each with an error that says so: Control-LoRA files (`lora_controlnet`, which
-//! need the base UNet's weights), "difference" ControlNets (`difference`, the same), union
+//! Control-LoRA files (`lora_controlnet`) are recognised here and built by
+//! [`crate::engine::controlnet::control_lora`], which needs the base model's weights too.
+//!
+//! Not supported, each with an error that says so: "difference" ControlNets (`difference`, the same), union
 //! ControlNets (ControlNet++, `task_embedding`), adapters with `skep` or strided-conv
 //! downsampling (`down_opt.op`), and Stable Cascade ControlNets.
 
@@ -48,6 +50,9 @@ pub enum ControlFileKind {
     ControlNetDiffusers,
     /// A T2I-Adapter, in diffusers (`adapter.` prefix) or TencentARC names.
     Adapter { diffusers_names: bool },
+    /// A Stability Control-LoRA (`lora_controlnet` marker): LDM names, low-rank deltas against
+    /// the base UNet; see [`crate::engine::controlnet::control_lora`].
+    ControlLora,
 }
 
 /// A loaded control model.
@@ -70,10 +75,7 @@ pub struct LoadedControl {
 pub fn classify(sd: &StateDict) -> Result<ControlFileKind, LoadErrorKind> {
     let unsupported = |what: &str| Err(LoadErrorKind::UnsupportedFormat(what.to_string()));
     if sd.contains("lora_controlnet") {
-        return unsupported(
-            "control-lora files hold low-rank deltas against the base model's unet and are not \
-             supported yet",
-        );
+        return Ok(ControlFileKind::ControlLora);
     }
     if sd.contains("difference") {
         return unsupported(
@@ -126,6 +128,7 @@ pub fn load_control(
     let sd = Arc::new(StateDict::open(path)?);
     let kind = classify(&sd).map_err(|k| LoadError::new(path, k))?;
     let model = match kind {
+        ControlFileKind::ControlLora => return Err(LoadError::new(path, needs_base())),
         ControlFileKind::Adapter { diffusers_names } => {
             ControlModel::Adapter(load_adapter_from(&sd, diffusers_names, dtype, device)?)
         }
@@ -151,22 +154,35 @@ pub fn load_controlnet(
 ) -> Result<ControlNetModel, LoadError> {
     let sd = Arc::new(StateDict::open(path)?);
     let kind = classify(&sd).map_err(|k| LoadError::new(path, k))?;
-    if let ControlFileKind::Adapter { .. } = kind {
-        return Err(LoadError::new(
-            path,
-            LoadErrorKind::UnsupportedFormat("this is a t2i-adapter, not a controlnet".into()),
-        ));
+    match kind {
+        ControlFileKind::Adapter { .. } => {
+            return Err(LoadError::new(
+                path,
+                LoadErrorKind::UnsupportedFormat("this is a t2i-adapter, not a controlnet".into()),
+            ))
+        }
+        ControlFileKind::ControlLora => return Err(LoadError::new(path, needs_base())),
+        _ => {}
     }
     load_controlnet_from(&sd, &kind, dtype, device)
 }
 
+fn needs_base() -> LoadErrorKind {
+    LoadErrorKind::UnsupportedFormat(
+        "this is a control-lora: it is built from the base model's unet, load it with \
+         control_lora::load_control_lora"
+            .into(),
+    )
+}
+
 /// Loads a diffusers ControlNet folder (`config.json` + `diffusion_pytorch_model[.fp16]
-/// .safetensors`); the config is checked against the weights' shapes.
+/// .safetensors`); the config is checked against the weights' shapes, and its
+/// `global_pool_conditions` (shuffle) turns on global average pooling.
 pub fn load_controlnet_diffusers_dir(
     dir: &Path,
     dtype: DType,
     device: &Device,
-) -> Result<ControlNetModel, LoadError> {
+) -> Result<LoadedControl, LoadError> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| LoadError::new(&cfg_path, e))?;
     let value: serde_json::Value = serde_json::from_str(&text)
@@ -196,12 +212,20 @@ pub fn load_controlnet_diffusers_dir(
             )),
         ));
     }
-    build_mapped(&sd, names, dtype, device, |vb| {
+    let model = build_mapped(&sd, names, dtype, device, |vb| {
         ControlNetModel::new(vb, &from_json)
+    })?;
+    let pooled = value
+        .get("global_pool_conditions")
+        .and_then(|v| v.as_bool());
+    Ok(LoadedControl {
+        model: ControlModel::ControlNet(Box::new(model)),
+        global_average_pooling: pooled == Some(true),
     })
 }
 
-/// Parses a diffusers ControlNet `config.json`.
+/// Parses a diffusers ControlNet `config.json` (its `global_pool_conditions` is a property of the
+/// control, not of the architecture: see [`load_controlnet_diffusers_dir`]).
 pub fn controlnet_config_from_diffusers(
     value: &serde_json::Value,
 ) -> Result<ControlNetConfig, String> {
@@ -221,17 +245,6 @@ pub fn controlnet_config_from_diffusers(
             })
             .ok_or("bad conditioning_embedding_out_channels")?,
     };
-    if value
-        .get("global_pool_conditions")
-        .and_then(|v| v.as_bool())
-        == Some(true)
-    {
-        return Err(
-            "global_pool_conditions controlnets: load the weights file and set global average \
-             pooling on the control instead"
-                .into(),
-        );
-    }
     let cfg = ControlNetConfig {
         encoder,
         hint_channels,
@@ -352,7 +365,7 @@ fn identity_names(sd: &StateDict, prefix: &str) -> HashMap<String, String> {
 }
 
 /// The largest `N` + 1 over model names `{prefix}N.…`, 0 when there are none.
-fn count_indexed(names: &HashMap<String, String>, prefix: &str) -> usize {
+pub(crate) fn count_indexed(names: &HashMap<String, String>, prefix: &str) -> usize {
     names
         .keys()
         .filter_map(|k| {
@@ -587,11 +600,28 @@ fn detect_adapter(
     Ok(cfg)
 }
 
+/// Where one model tensor comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// A tensor of the file.
+    Key(String),
+    /// A tensor of the base model's file (Control-LoRA: the weights the file leaves out).
+    BaseKey(String),
+    /// Control-LoRA: the base model's `base` plus `up @ down` from the file, both flattened from
+    /// their second dimension on (ComfyUI's `ControlLoraOps`).
+    LowRank {
+        base: String,
+        up: String,
+        down: String,
+    },
+}
+
 /// A `VarBuilder` backend serving model (diffusers) names from file keys, converting dtypes,
 /// remembering which keys were used and the first problem, so it can be reported with the file.
 struct MappedBackend {
     sd: Arc<StateDict>,
-    names: HashMap<String, String>,
+    base: Option<Arc<StateDict>>,
+    names: HashMap<String, Source>,
     used: Arc<Mutex<HashSet<String>>>,
     problem: Arc<Mutex<Option<LoadErrorKind>>>,
 }
@@ -605,15 +635,52 @@ impl MappedBackend {
         candle_core::Error::Msg(msg)
     }
 
+    fn file_tensor(&self, key: &str) -> candle_core::Result<Tensor> {
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(key.to_string());
+        }
+        self.sd.get(key).map_err(|e| self.record(e.kind))
+    }
+
+    fn base_tensor(&self, key: &str) -> candle_core::Result<Tensor> {
+        let base = self.base.as_ref().ok_or_else(|| {
+            self.record(LoadErrorKind::MissingTensor(format!(
+                "{key} (no base model)"
+            )))
+        })?;
+        base.get(key).map_err(|e| {
+            self.record(LoadErrorKind::BadConfig(format!(
+                "base model '{}': {}",
+                base.path().display(),
+                e.kind
+            )))
+        })
+    }
+
+    /// The tensor for `name` and the key to name in a shape error.
     fn read(&self, name: &str) -> candle_core::Result<(String, Tensor)> {
-        let Some(key) = self.names.get(name) else {
+        let Some(source) = self.names.get(name) else {
             return Err(self.record(LoadErrorKind::MissingTensor(name.to_string())));
         };
-        if let Ok(mut used) = self.used.lock() {
-            used.insert(key.clone());
+        match source {
+            Source::Key(key) => Ok((key.clone(), self.file_tensor(key)?)),
+            Source::BaseKey(key) => Ok((key.clone(), self.base_tensor(key)?)),
+            Source::LowRank { base, up, down } => {
+                let w = self.base_tensor(base)?;
+                let up_t = self.file_tensor(up)?.to_dtype(DType::F32)?;
+                let down_t = self.file_tensor(down)?.to_dtype(DType::F32)?;
+                let delta = up_t.flatten_from(1)?.matmul(&down_t.flatten_from(1)?)?;
+                if delta.elem_count() != w.elem_count() {
+                    return Err(self.record(LoadErrorKind::BadShape {
+                        name: up.clone(),
+                        expected: w.dims().to_vec(),
+                        found: delta.dims().to_vec(),
+                    }));
+                }
+                let sum = (w.to_dtype(DType::F32)? + delta.reshape(w.dims())?)?;
+                Ok((up.clone(), sum))
+            }
         }
-        let t = self.sd.get(key).map_err(|e| self.record(e.kind))?;
-        Ok((key.clone(), t))
     }
 }
 
@@ -655,11 +722,35 @@ fn build_mapped<T>(
     device: &Device,
     build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
 ) -> Result<T, LoadError> {
+    let names = names
+        .into_iter()
+        .map(|(n, k)| (n, Source::Key(k)))
+        .collect();
+    build_sourced(sd, None, names, dtype, device, build)
+}
+
+/// [`build_mapped`] with tensors from a base model's file too (Control-LoRA).
+pub(crate) fn build_sourced<T>(
+    sd: &Arc<StateDict>,
+    base: Option<Arc<StateDict>>,
+    names: HashMap<String, Source>,
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
+) -> Result<T, LoadError> {
     let problem = Arc::new(Mutex::new(None));
     let used = Arc::new(Mutex::new(HashSet::new()));
-    let mapped: Vec<String> = names.values().cloned().collect();
+    let mapped: Vec<String> = names
+        .values()
+        .flat_map(|s| match s {
+            Source::Key(k) => vec![k.clone()],
+            Source::BaseKey(_) => vec![],
+            Source::LowRank { up, down, .. } => vec![up.clone(), down.clone()],
+        })
+        .collect();
     let backend = MappedBackend {
         sd: sd.clone(),
+        base,
         names,
         used: used.clone(),
         problem: problem.clone(),

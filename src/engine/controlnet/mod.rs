@@ -12,12 +12,14 @@
 //! - [`load`]: files in the LDM (`control_model.`-prefixed or bare) and diffusers layouts,
 //!   safetensors or pickle, with the config read off the tensor shapes, family detection and the
 //!   compatibility check against a UNet.
+//! - [`control_lora`]: Stability's Control-LoRA files, built on the base model's UNet weights.
 //!
 //! Weight names are diffusers' (`controlnet_cond_embedding.blocks.0.weight`,
 //! `controlnet_down_blocks.3.weight`); LDM names are renamed in [`load`].
 
 pub mod adapter;
 pub mod apply;
+pub mod control_lora;
 pub mod load;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
