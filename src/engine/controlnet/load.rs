@@ -19,9 +19,11 @@
 //! Control-LoRA files (`lora_controlnet`) are recognised here and built by
 //! [`crate::engine::controlnet::control_lora`], which needs the base model's weights too.
 //!
-//! Not supported, each with an error that says so: "difference" ControlNets (`difference`, the same), union
-//! ControlNets (ControlNet++, `task_embedding`), adapters with `skep` or strided-conv
-//! downsampling (`down_opt.op`), and Stable Cascade ControlNets.
+//! Not supported, each with an error that says so: "difference" ControlNets (`difference`,
+//! deltas to add to the base model's weights), union ControlNets (ControlNet++,
+//! `task_embedding`), and adapters with `skep` or strided-conv downsampling (`down_opt.op`).
+//! Stable Cascade ControlNets are not recognised (an unknown-format error listing the keys looked
+//! for), nor are pickles that nest the weights under an `adapter` key.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
