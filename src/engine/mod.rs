@@ -5,6 +5,7 @@
 //! alone.
 
 pub mod clip;
+pub mod controlnet;
 pub mod diffusion;
 pub mod load;
 pub mod manager;

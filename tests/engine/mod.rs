@@ -1,6 +1,7 @@
 //! Engine parity tests against committed reference fixtures (`tools/parity/*.py` regenerate them).
 
 pub(crate) mod clip_parity;
+pub(crate) mod controlnet_parity;
 pub(crate) mod load;
 pub(crate) mod preprocess_parity;
 pub(crate) mod rng_parity;

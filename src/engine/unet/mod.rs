@@ -173,33 +173,33 @@ pub struct ControlResiduals {
 }
 
 #[derive(Debug)]
-struct DownLevel {
-    resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<Transformer2D>,
-    downsampler: Option<Downsample2D>,
-    span: tracing::Span,
+pub(crate) struct DownLevel {
+    pub(crate) resnets: Vec<ResnetBlock2D>,
+    pub(crate) attentions: Vec<Transformer2D>,
+    pub(crate) downsampler: Option<Downsample2D>,
+    pub(crate) span: tracing::Span,
 }
 
 #[derive(Debug)]
-struct UpLevel {
-    resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<Transformer2D>,
-    upsampler: Option<Upsample2D>,
-    span: tracing::Span,
+pub(crate) struct UpLevel {
+    pub(crate) resnets: Vec<ResnetBlock2D>,
+    pub(crate) attentions: Vec<Transformer2D>,
+    pub(crate) upsampler: Option<Upsample2D>,
+    pub(crate) span: tracing::Span,
 }
 
 /// The denoising UNet of SD1.x/SD2.x/SDXL.
 #[derive(Debug)]
 pub struct UNet2DConditionModel {
-    conv_in: Conv2d,
-    time_embedding: TimestepEmbedding,
-    add_embedding: Option<TimestepEmbedding>,
-    down: Vec<DownLevel>,
-    mid_resnets: [ResnetBlock2D; 2],
-    mid_attention: Transformer2D,
-    up: Vec<UpLevel>,
-    conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
+    pub(crate) conv_in: Conv2d,
+    pub(crate) time_embedding: TimestepEmbedding,
+    pub(crate) add_embedding: Option<TimestepEmbedding>,
+    pub(crate) down: Vec<DownLevel>,
+    pub(crate) mid_resnets: [ResnetBlock2D; 2],
+    pub(crate) mid_attention: Transformer2D,
+    pub(crate) up: Vec<UpLevel>,
+    pub(crate) conv_norm_out: GroupNorm,
+    pub(crate) conv_out: Conv2d,
     config: UNetConfig,
     dtype: DType,
     device: Device,
