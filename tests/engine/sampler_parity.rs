@@ -1,5 +1,6 @@
 //! Parity of schedulers and samplers against `sampling/scripts/sampler_reference.py`, which runs
-//! ComfyUI's scheduler functions and `comfy/k_diffusion/sampling.py` sampler maths (eps model) in torch
+//! ComfyUI's scheduler functions and sampler maths (eps model; `comfy/k_diffusion/sampling.py`, `deis.py`,
+//! `sa_solver.py`, `comfy/extra_samplers/uni_pc.py`) in torch
 //! with an analytic CFG denoiser (data ~ N(mu, 0.5^2): D = (s^2 x + sigma^2 mu) / (s^2 + sigma^2), cfg 3)
 //! on a [1,4,8,8] latent, seed 42, 10 steps, for every (sampler, scheduler) pair.
 //! Tolerances: sigmas 1e-5 relative (+1e-6 absolute); final latents 1e-5 max abs error, for the
@@ -174,7 +175,13 @@ fn samplers_match_comfyui() {
             // cancellations in ipndm_v / lms on linear_quadratic, 2m_cfg_pp, 3m_sde): an f64 run of the
             // same python maths differs from the f32 fixture by the same amount (3.1e-4 for
             // ipndm_v/linear_quadratic, 1.6e-5 lms, 1.7e-5 2m_cfg_pp, 1.1e-5 3m_sde), while we use f64.
-            let tol = if ROUNDING_LIMITED.contains(&key.as_str()) {
+            // FIXME: dpm_adaptive's step-size controller starts from error estimates at f32 rounding
+            // level (~1e-6), so rounding differences move every later step: the same python maths
+            // run in f64 differs from the f32 fixture by 0.6e-3..1.3e-3 (linear_quadratic 2e-6),
+            // and we differ from it by at most 7.2e-4. Checked at 2e-3.
+            let tol = if sampler.name() == "dpm_adaptive" {
+                2e-3
+            } else if ROUNDING_LIMITED.contains(&key.as_str()) {
                 5e-4
             } else {
                 1e-5
@@ -254,5 +261,10 @@ fn names_are_comfyui_names_in_order() {
         );
         assert_eq!(Sampler::from_name(name).expect("parses").name(), *name);
     }
-    assert!(Sampler::from_name("uni_pc").is_err());
+    assert_eq!(
+        SAMPLER_NAMES.len(),
+        COMFY.len(),
+        "every ComfyUI sampler is implemented"
+    );
+    assert!(Sampler::from_name("not_a_sampler").is_err());
 }

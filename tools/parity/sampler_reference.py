@@ -4,7 +4,8 @@ Run: `python sampling/scripts/sampler_reference.py` (needs torch, numpy, scipy, 
 Writes sampling/tests/fixtures/sampler_reference.safetensors.
 
 The maths is ComfyUI's: the scheduler functions of comfy/samplers.py, ModelSamplingDiscrete of
-comfy/model_sampling.py and the sample_* functions of comfy/k_diffusion/sampling.py, transcribed
+comfy/model_sampling.py, the sample_* functions of comfy/k_diffusion/sampling.py (with deis.py and
+sa_solver.py) and sample_unipc of comfy/extra_samplers/uni_pc.py, transcribed
 here for an eps model (alpha = 1, no rectified-flow branches, default options), with ComfyUI's model
 wrapper replaced by an analytic denoiser: data ~ N(mu, s^2) per element gives the exact denoiser
 D(x, sigma) = (s^2 x + sigma^2 mu) / (s^2 + sigma^2). A CFG pair (mu_cond, mu_uncond, scale 3) gives
@@ -598,6 +599,308 @@ def sample_seeds_3(model, x, sigmas, ns, eta=1., r_1=1. / 3, r_2=2. / 3):
         x = x + sde * sigmas[i + 1]
     return x
 
+# ---- comfy/k_diffusion/sampling.py DPMSolver.dpm_solver_adaptive via ComfyUI's dpm_adaptive wrapper ----
+class PIDStepSizeController:
+    def __init__(self, h, pcoeff, icoeff, dcoeff, order=1, accept_safety=0.81, eps=1e-8):
+        self.h = h
+        self.b1 = (pcoeff + icoeff + dcoeff) / order
+        self.b2 = -(pcoeff + 2 * dcoeff) / order
+        self.b3 = dcoeff / order
+        self.accept_safety, self.eps, self.errs = accept_safety, eps, []
+    def propose_step(self, error):
+        inv_error = 1 / (float(error) + self.eps)
+        if not self.errs:
+            self.errs = [inv_error, inv_error, inv_error]
+        self.errs[0] = inv_error
+        factor = self.errs[0] ** self.b1 * self.errs[1] ** self.b2 * self.errs[2] ** self.b3
+        factor = 1 + math.atan(factor - 1)
+        accept = factor >= self.accept_safety
+        if accept:
+            self.errs[2] = self.errs[1]
+            self.errs[1] = self.errs[0]
+        self.h *= factor
+        return accept
+
+def sample_dpm_adaptive(model, x, sigmas, ns, order=3, rtol=0.05, atol=0.0078, h_init=0.05, pcoeff=0., icoeff=1., dcoeff=0., accept_safety=0.81):
+    sigma_min = sigmas[-1]
+    if sigma_min == 0:
+        sigma_min = sigmas[-2]
+    sig = lambda t: t.neg().exp()
+    def eps(cache, key, x, t):
+        if key in cache:
+            return cache[key], cache
+        e = (x - model(x, sig(t))) / sig(t)
+        return e, {key: e, **cache}
+    def step2(x, t, tn, r1=1 / 2, cache=None):
+        h = tn - t
+        e, cache = eps(cache, 'eps', x, t)
+        s1 = t + r1 * h
+        u1 = x - sig(s1) * (r1 * h).expm1() * e
+        e1, cache = eps(cache, 'eps_r1', u1, s1)
+        return x - sig(tn) * h.expm1() * e - sig(tn) / (2 * r1) * h.expm1() * (e1 - e), cache
+    def step3(x, t, tn, r1=1 / 3, r2=2 / 3, cache=None):
+        h = tn - t
+        e, cache = eps(cache, 'eps', x, t)
+        s1, s2 = t + r1 * h, t + r2 * h
+        u1 = x - sig(s1) * (r1 * h).expm1() * e
+        e1, cache = eps(cache, 'eps_r1', u1, s1)
+        u2 = x - sig(s2) * (r2 * h).expm1() * e - sig(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (e1 - e)
+        e2, cache = eps(cache, 'eps_r2', u2, s2)
+        return x - sig(tn) * h.expm1() * e - sig(tn) / r2 * (h.expm1() / h - 1) * (e2 - e), cache
+    t_start, t_end = -torch.tensor(sigmas[0]).log(), -torch.tensor(sigma_min).log()
+    forward = t_end > t_start
+    h_init = abs(h_init) * (1 if forward else -1)
+    atol, rtol = torch.tensor(atol), torch.tensor(rtol)
+    s, x_prev = t_start, x
+    pid = PIDStepSizeController(h_init, pcoeff, icoeff, dcoeff, order, accept_safety)
+    while s < t_end - 1e-5 if forward else s > t_end + 1e-5:
+        t = torch.minimum(t_end, s + pid.h) if forward else torch.maximum(t_end, s + pid.h)
+        cache = {}
+        _, cache = eps(cache, 'eps', x, s)
+        x_low, cache = step2(x, s, t, r1=1 / 3, cache=cache)
+        x_high, cache = step3(x, s, t, cache=cache)
+        delta = torch.maximum(atol, rtol * torch.maximum(x_low.abs(), x_prev.abs()))
+        error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
+        if pid.propose_step(error):
+            x_prev = x_low
+            x = x_high
+            s = t
+    return x
+
+
+# ---- comfy/k_diffusion/sa_solver.py + sampling.py sample_sa_solver (defaults, eps model) ----
+def _sa_exponential_coeffs(s, t, solver_order, tau_t):
+    tau_mul = 1 + tau_t ** 2
+    h = t - s
+    p = torch.arange(solver_order, dtype=s.dtype)
+    product_terms_factored = (t ** p - s ** p * (-tau_mul * h).exp())
+    recursive_depth_mat = p.unsqueeze(1) - p.unsqueeze(0)
+    log_factorial = (p + 1).lgamma()
+    recursive_coeff_mat = log_factorial.unsqueeze(1) - log_factorial.unsqueeze(0)
+    if tau_t > 0:
+        recursive_coeff_mat = recursive_coeff_mat - (recursive_depth_mat * math.log(tau_mul))
+    signs = torch.where(recursive_depth_mat % 2 == 0, 1.0, -1.0)
+    recursive_coeff_mat = (recursive_coeff_mat.exp() * signs).tril()
+    return recursive_coeff_mat @ product_terms_factored
+
+def _sa_b_coeffs(sigma_next, curr_lambdas, lambda_s, lambda_t, tau_t):
+    n = curr_lambdas.shape[0]
+    exp_integral_coeffs = _sa_exponential_coeffs(lambda_s, lambda_t, n, tau_t)
+    vandermonde_matrix_T = torch.vander(curr_lambdas, n, increasing=True).T
+    lagrange_integrals = torch.linalg.solve(vandermonde_matrix_T, exp_integral_coeffs)
+    return sigma_next * lambda_t.exp() * lagrange_integrals
+
+def sample_sa_solver(model, x, sigmas, ns, predictor_order=3, corrector_order=4, use_pece=False):
+    lambdas = sigmas.log().neg()
+    start_sigma, end_sigma = MS().percent_to_sigma(0.2), MS().percent_to_sigma(0.8)
+    tau_func = lambda sigma: 1.0 if start_sigma >= sigma.item() >= end_sigma else 0.0
+    max_used_order = max(predictor_order, corrector_order)
+    x_pred = x
+    h, tau_t, noise, pred_list = 0.0, 0.0, 0.0, []
+    lower_order_to_end = sigmas[-1].item() == 0
+    for i in range(len(sigmas) - 1):
+        denoised = model(x_pred, sigmas[i])
+        pred_list.append(denoised)
+        pred_list = pred_list[-max_used_order:]
+        p_used = min(predictor_order, len(pred_list))
+        c_used = 0 if i == 0 or (sigmas[i + 1] == 0 and not use_pece) else min(corrector_order, len(pred_list))
+        if lower_order_to_end:
+            p_used = min(p_used, len(sigmas) - 2 - i)
+            c_used = min(c_used, len(sigmas) - 1 - i)
+        if c_used == 0:
+            x = x_pred
+        else:
+            b = _sa_b_coeffs(sigmas[i], lambdas[i - c_used + 1:i + 1], lambdas[i - 1], lambdas[i], tau_t)
+            pred_mat = torch.stack(pred_list[-c_used:], dim=1)
+            corr_res = torch.tensordot(pred_mat, b, dims=([1], [0]))
+            x = sigmas[i] / sigmas[i - 1] * (-(tau_t ** 2) * h).exp() * x + corr_res
+            if tau_t > 0:
+                x = x + noise
+            if use_pece:
+                denoised = model(x, sigmas[i])
+                pred_list[-1] = denoised
+        if sigmas[i + 1] == 0:
+            x_pred = denoised
+        else:
+            tau_t = tau_func(sigmas[i + 1])
+            b = _sa_b_coeffs(sigmas[i + 1], lambdas[i - p_used + 1:i + 1], lambdas[i], lambdas[i + 1], tau_t)
+            pred_mat = torch.stack(pred_list[-p_used:], dim=1)
+            pred_res = torch.tensordot(pred_mat, b, dims=([1], [0]))
+            h = lambdas[i + 1] - lambdas[i]
+            x_pred = sigmas[i + 1] / sigmas[i] * (-(tau_t ** 2) * h).exp() * x + pred_res
+            if tau_t > 0:
+                noise = ns(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * tau_t ** 2 * h).expm1().neg().sqrt()
+                x_pred = x_pred + noise
+    return x_pred
+
+
+# ---- comfy/k_diffusion/deis.py (deis_mode='tab') + sampling.py sample_deis ----
+def _deis_edm2t(edm_steps, epsilon_s=1e-3, sigma_min=0.002, sigma_max=80):
+    vp_sigma_inv = lambda beta_d, beta_min: lambda sigma: ((beta_min ** 2 + 2 * beta_d * (sigma ** 2 + 1).log()).sqrt() - beta_min) / beta_d
+    vp_beta_d = 2 * (np.log(torch.tensor(sigma_min).cpu() ** 2 + 1) / epsilon_s - np.log(torch.tensor(sigma_max).cpu() ** 2 + 1)) / (epsilon_s - 1)
+    vp_beta_min = np.log(torch.tensor(sigma_max).cpu() ** 2 + 1) - 0.5 * vp_beta_d
+    t_steps = vp_sigma_inv(vp_beta_d.clone().detach().cpu(), vp_beta_min.clone().detach().cpu())(edm_steps.clone().detach().cpu())
+    return t_steps, vp_beta_min, vp_beta_d + vp_beta_min
+
+def _deis_integrand(beta_0, beta_1, taus):
+    with torch.enable_grad():
+        taus = taus.clone().requires_grad_(True)
+        alpha = torch.exp(-0.5 * taus ** 2 * (beta_1 - beta_0) - taus * beta_0)
+        alpha.log().sum().backward()
+        d = taus.grad
+    return -0.5 * d / torch.sqrt(alpha.detach() * (1 - alpha.detach()))
+
+def _deis_coeff_list(t_steps, max_order, N=10000):
+    t_steps, beta_0, beta_1 = _deis_edm2t(t_steps)
+    C = []
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        order = min(i + 1, max_order)
+        if order == 1:
+            C.append([])
+            continue
+        taus = torch.linspace(t_cur, t_next, N)
+        dtau = (t_next - t_cur) / N
+        prev_t = t_steps[[i - k for k in range(order)]]
+        integrand = _deis_integrand(beta_0, beta_1, taus)
+        coeff = []
+        for j in range(order):
+            poly = 1
+            for k in range(prev_t.shape[0]):
+                if k != j:
+                    poly *= (taus - prev_t[k]) / (prev_t[j] - prev_t[k])
+            coeff.append(torch.sum(integrand * poly) * dtau)
+        C.append(coeff)
+    return C
+
+def sample_deis(model, x, sigmas, ns, max_order=3):
+    coeff_list = _deis_coeff_list(sigmas, max_order)
+    buf = []
+    for i in range(len(sigmas) - 1):
+        t_cur, t_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, t_cur)
+        d = (x - denoised) / t_cur
+        order = min(max_order, i + 1)
+        if t_next <= 0:
+            order = 1
+        if order == 1:
+            xn = x + (t_next - t_cur) * d
+        elif order == 2:
+            c0, c1 = coeff_list[i]
+            xn = x + c0 * d + c1 * buf[-1]
+        else:
+            c0, c1, c2 = coeff_list[i]
+            xn = x + c0 * d + c1 * buf[-1] + c2 * buf[-2]
+        if len(buf) == max_order - 1:
+            for k in range(max_order - 2):
+                buf[k] = buf[k + 1]
+            buf[-1] = d
+        else:
+            buf.append(d)
+        x = xn
+    return x
+
+
+# ---- comfy/extra_samplers/uni_pc.py: sample_unipc (SigmaConvert VP view, multistep B(h) UniPC) ----
+def _vp_log_mean(sigma):
+    return 0.5 * torch.log(1 / ((sigma * sigma) + 1))
+
+def _vp_alpha(t):
+    return torch.exp(_vp_log_mean(t))
+
+def _vp_std(t):
+    return torch.sqrt(1. - torch.exp(2. * _vp_log_mean(t)))
+
+def _vp_lambda(t):
+    lm = _vp_log_mean(t)
+    return lm - 0.5 * torch.log(1. - torch.exp(2. * lm))
+
+def _unipc_bh_update(model_fn, x, model_prev_list, t_prev_list, t, order, variant, use_corrector=True):
+    t_prev_0 = t_prev_list[-1]
+    lambda_prev_0, lambda_t = _vp_lambda(t_prev_0), _vp_lambda(t)
+    model_prev_0 = model_prev_list[-1]
+    sigma_prev_0, sigma_t = _vp_std(t_prev_0), _vp_std(t)
+    alpha_t = torch.exp(_vp_log_mean(t))
+    h = lambda_t - lambda_prev_0
+    rks, D1s = [], []
+    for i in range(1, order):
+        rk = ((_vp_lambda(t_prev_list[-(i + 1)]) - lambda_prev_0) / h)[0]
+        rks.append(rk)
+        D1s.append((model_prev_list[-(i + 1)] - model_prev_0) / rk)
+    rks.append(1.)
+    rks = torch.tensor(rks)
+    hh = -h[0]
+    h_phi_1 = torch.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1
+    factorial_i = 1
+    B_h = hh if variant == 'bh1' else torch.expm1(hh)
+    R, b = [], []
+    for i in range(1, order + 1):
+        R.append(torch.pow(rks, i - 1))
+        b.append(h_phi_k * factorial_i / B_h)
+        factorial_i *= (i + 1)
+        h_phi_k = h_phi_k / hh - 1 / factorial_i
+    R = torch.stack(R)
+    b = torch.tensor(b)
+    if len(D1s) > 0:
+        D1s = torch.stack(D1s, dim=1)
+        rhos_p = torch.tensor([0.5]) if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
+    else:
+        D1s = None
+    if use_corrector:
+        rhos_c = torch.tensor([0.5]) if order == 1 else torch.linalg.solve(R, b)
+    model_t = None
+    x_t_ = (sigma_t / sigma_prev_0)[:, None, None, None] * x - (alpha_t * h_phi_1)[:, None, None, None] * model_prev_0
+    pred_res = torch.einsum('k,bkchw->bchw', rhos_p, D1s) if D1s is not None else 0
+    x_t = x_t_ - (alpha_t * B_h)[:, None, None, None] * pred_res
+    if use_corrector:
+        model_t = model_fn(x_t, t)
+        corr_res = torch.einsum('k,bkchw->bchw', rhos_c[:-1], D1s) if D1s is not None else 0
+        D1_t = model_t - model_prev_0
+        x_t = x_t_ - (alpha_t * B_h)[:, None, None, None] * (corr_res + rhos_c[-1] * D1_t)
+    return x_t, model_t
+
+def sample_unipc(model, x, sigmas, ns, variant='bh1'):
+    timesteps = sigmas.clone()
+    if sigmas[-1] == 0:
+        timesteps[-1] = 0.001
+    noise = x / torch.sqrt(1.0 + timesteps[0] ** 2.0)
+
+    def model_fn(xv, t):  # model_wrapper(predict_eps_sigma) + UniPC.data_prediction_fn
+        sigma = t.view(t.shape[:1] + (1,) * (xv.ndim - 1))
+        inp = xv * ((sigma ** 2 + 1.0) ** 0.5)
+        eps = (inp - model(inp, t)) / sigma
+        return (xv - _vp_std(t)[:, None, None, None] * eps) / _vp_alpha(t)[:, None, None, None]
+
+    order = min(3, len(timesteps) - 2)
+    steps = len(timesteps) - 1
+    x = noise
+    for step_index in range(steps):
+        if step_index == 0:
+            vec_t = timesteps[0].expand((x.shape[0]))
+            model_prev_list = [model_fn(x, vec_t)]
+            t_prev_list = [vec_t]
+        elif step_index < order:
+            vec_t = timesteps[step_index].expand(x.shape[0])
+            x, model_x = _unipc_bh_update(model_fn, x, model_prev_list, t_prev_list, vec_t, step_index, variant)
+            model_prev_list.append(model_x)
+            t_prev_list.append(vec_t)
+        else:
+            extra = 1 if step_index == steps - 1 else 0
+            for step in range(step_index, step_index + 1 + extra):
+                vec_t = timesteps[step].expand(x.shape[0])
+                step_order = min(order, steps + 1 - step)
+                x, model_x = _unipc_bh_update(model_fn, x, model_prev_list, t_prev_list, vec_t, step_order, variant, use_corrector=step != steps)
+                for i in range(order - 1):
+                    t_prev_list[i] = t_prev_list[i + 1]
+                    model_prev_list[i] = model_prev_list[i + 1]
+                t_prev_list[-1] = vec_t
+                if step < steps:
+                    if model_x is None:
+                        model_x = model_fn(x, vec_t)
+                    model_prev_list[-1] = model_x
+    return x / _vp_alpha(timesteps[-1])
+
+
 # SDE samplers: ComfyUI draws their noise from torchsde's BrownianTree(seed). Here (as in the Rust
 # NoiseSource::Brownian) the noise sampler is a plain CPU generator seeded with `seed` giving one
 # randn(x.shape) per queried interval, so the sampler maths is compared exactly; torchsde's own
@@ -709,6 +1012,7 @@ SAMPLERS = {
     "dpm_2_ancestral": sample_dpm_2_ancestral,
     "lms": sample_lms,
     "dpm_fast": sample_dpm_fast,
+    "dpm_adaptive": sample_dpm_adaptive,
     "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
     "dpmpp_2s_ancestral_cfg_pp": partial(sample_dpmpp_2s_ancestral, cfg_pp=True),
     "dpmpp_2m": sample_dpmpp_2m,
@@ -726,7 +1030,12 @@ SAMPLERS = {
     "er_sde": sample_er_sde,
     "seeds_2": sample_seeds_2,
     "seeds_3": sample_seeds_3,
+    "sa_solver": sample_sa_solver,
+    "sa_solver_pece": partial(sample_sa_solver, use_pece=True),
     "ddim": sample_euler,  # ComfyUI maps ddim to sample_euler.
+    "deis": sample_deis,
+    "uni_pc": sample_unipc,
+    "uni_pc_bh2": partial(sample_unipc, variant="bh2"),
 }
 SAMPLERS.update({k: v for k, v in BROWNIAN.items()})
 

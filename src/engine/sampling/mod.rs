@@ -20,6 +20,13 @@ pub enum SamplingError {
     Interrupted { step: usize },
     #[error("sampler '{sampler}' needs the unconditional prediction but the denoiser gave none")]
     MissingUncond { sampler: &'static str },
+    #[error("sampler '{sampler}' cannot run on these sigmas: {reason}")]
+    InvalidSigmas {
+        sampler: &'static str,
+        reason: String,
+    },
+    #[error("sampler '{sampler}' diverged at attempt {step} (non-finite error estimate)")]
+    Diverged { sampler: &'static str, step: usize },
     #[error("tensor error in sampler '{sampler}': {source}")]
     Tensor {
         sampler: &'static str,

@@ -11,16 +11,23 @@
 //! `BrownianTree` in ComfyUI; here [`NoiseSource::Brownian`] gives independent unit-normal increments
 //! per queried interval from a generator seeded with `seed`. That has the right distribution for
 //! every interval the samplers query (each interval is queried once and intervals do not overlap),
-//! but it is not bit-identical to torchsde.
+//! but it is not bit-identical to torchsde. sa_solver(_pece) uses the default noise sampler, as in
+//! ComfyUI.
+//!
+//! Callback quirks kept from ComfyUI: uni_pc(_bh2) reports after each step with the VP-scaled state
+//! (`x / sqrt(1 + sigma^2)`); dpm_adaptive reports every attempt (accepted or rejected) after it ran.
 
 mod ancestral;
 mod basic;
 mod dpm;
 mod multistep;
+mod sa_solver;
 mod sde;
+mod unipc;
 
 use candle_core::Tensor;
 
+use crate::engine::sampling::model_sampling::{Config, ModelSamplingDiscrete};
 use crate::engine::sampling::rng::TorchGenerator;
 use crate::engine::sampling::SamplingError;
 
@@ -93,6 +100,7 @@ samplers! {
     Dpm2Ancestral => "dpm_2_ancestral",
     Lms => "lms",
     DpmFast => "dpm_fast",
+    DpmAdaptive => "dpm_adaptive",
     Dpmpp2sAncestral => "dpmpp_2s_ancestral",
     Dpmpp2sAncestralCfgPp => "dpmpp_2s_ancestral_cfg_pp",
     DpmppSde => "dpmpp_sde",
@@ -109,6 +117,7 @@ samplers! {
     Lcm => "lcm",
     Ipndm => "ipndm",
     IpndmV => "ipndm_v",
+    Deis => "deis",
     ResMultistep => "res_multistep",
     ResMultistepCfgPp => "res_multistep_cfg_pp",
     ResMultistepAncestral => "res_multistep_ancestral",
@@ -118,7 +127,11 @@ samplers! {
     ErSde => "er_sde",
     Seeds2 => "seeds_2",
     Seeds3 => "seeds_3",
+    SaSolver => "sa_solver",
+    SaSolverPece => "sa_solver_pece",
     Ddim => "ddim",
+    UniPc => "uni_pc",
+    UniPcBh2 => "uni_pc_bh2",
 }
 
 /// Which noise a sampler consumes (see the module docs).
@@ -157,7 +170,9 @@ impl Sampler {
             | ResMultistepAncestralCfgPp
             | ErSde
             | Seeds2
-            | Seeds3 => NoiseKind::Default,
+            | Seeds3
+            | SaSolver
+            | SaSolverPece => NoiseKind::Default,
             DpmppSde | DpmppSdeGpu | Dpmpp2mSde | Dpmpp2mSdeGpu | Dpmpp2mSdeHeun
             | Dpmpp2mSdeHeunGpu | Dpmpp3mSde | Dpmpp3mSdeGpu => NoiseKind::Brownian,
             _ => NoiseKind::None,
@@ -213,6 +228,7 @@ impl Sampler {
             Dpm2Ancestral => ancestral::dpm_2_ancestral(&mut ctx, x, &sigmas),
             Lms => basic::lms(&mut ctx, x, &sigmas),
             DpmFast => dpm::dpm_fast(&mut ctx, x, &sigmas),
+            DpmAdaptive => dpm::dpm_adaptive(&mut ctx, x, &sigmas),
             Dpmpp2sAncestral => ancestral::dpmpp_2s_ancestral(&mut ctx, x, &sigmas),
             Dpmpp2sAncestralCfgPp => ancestral::dpmpp_2s_ancestral_cfg_pp(&mut ctx, x, &sigmas),
             // The *_gpu variants only move ComfyUI's Brownian tree to the GPU; the maths is the same.
@@ -226,6 +242,7 @@ impl Sampler {
             Lcm => ancestral::lcm(&mut ctx, x, &sigmas),
             Ipndm => multistep::ipndm(&mut ctx, x, &sigmas),
             IpndmV => multistep::ipndm_v(&mut ctx, x, &sigmas),
+            Deis => multistep::deis(&mut ctx, x, &sigmas),
             ResMultistep => multistep::res_multistep(&mut ctx, x, &sigmas, 0.0, false),
             ResMultistepCfgPp => multistep::res_multistep(&mut ctx, x, &sigmas, 0.0, true),
             ResMultistepAncestral => multistep::res_multistep(&mut ctx, x, &sigmas, 1.0, false),
@@ -235,8 +252,22 @@ impl Sampler {
             ErSde => sde::er_sde(&mut ctx, x, &sigmas),
             Seeds2 => sde::seeds_2(&mut ctx, x, &sigmas),
             Seeds3 => sde::seeds_3(&mut ctx, x, &sigmas),
+            SaSolver => sa_solver::sa_solver(&mut ctx, x, &sigmas, false, sa_solver_tau_interval()),
+            SaSolverPece => {
+                sa_solver::sa_solver(&mut ctx, x, &sigmas, true, sa_solver_tau_interval())
+            }
+            UniPc => unipc::uni_pc(&mut ctx, x, &sigmas, false),
+            UniPcBh2 => unipc::uni_pc(&mut ctx, x, &sigmas, true),
         }
     }
+}
+
+/// ComfyUI's default SA-Solver SDE interval `(percent_to_sigma(0.2), percent_to_sigma(0.8))`, taken
+/// from the SD1/SDXL discrete schedule (linear betas 0.00085..0.012), which every eps/v model this
+/// engine runs shares.
+fn sa_solver_tau_interval() -> (f64, f64) {
+    let ms = ModelSamplingDiscrete::new(&Config::sd_eps());
+    (ms.percent_to_sigma(0.2), ms.percent_to_sigma(0.8))
 }
 
 enum NoiseSource {
