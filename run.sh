@@ -25,11 +25,10 @@ case "${1:-}" in
         shift
         cargo test --locked "$@"
         if [ -f web/package.json ] && [ -z "${WEFT_SKIP_WEB_TESTS:-}" ]; then
-            (cd web && npm ci --no-audit --no-fund && npm test)
-            if [ -x web/scripts/e2e.sh ]; then
-                cargo build --locked
-                WEFT_BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/weft" web/scripts/e2e.sh
-            fi
+            # The editor: unit tests, the production build, then browser tests against the real
+            # server binary the cargo tests just built.
+            (cd web && npm ci --no-audit --no-fund && npm test && npm run build)
+            WEFT_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/weft" npm --prefix web run e2e
         fi
         ;;
     *)

@@ -1,7 +1,7 @@
 // A node on the canvas: title, typed sockets, widgets, live state (running, progress, previews,
 // outputs, cached, errors), and placeholders for missing node types.
 
-import { memo, useEffect, useMemo, useState } from 'react';
+import { memo, useEffect, useMemo, useRef, useState } from 'react';
 import { Handle, NodeResizer, Position, useUpdateNodeInternals } from '@xyflow/react';
 import type { NodeProps } from '@xyflow/react';
 import { useGraph, inHandle, outHandle, widgetHandle } from '../store/graph';
@@ -14,10 +14,17 @@ import { typeColor } from '../lib/sockets';
 import { viewUrl } from '../lib/api';
 import { ImagePreview, Widget } from './Widgets';
 
+// The handles with a link, per target node; rebuilt once per edges array (not once per node).
+let keyEdges: unknown = null;
+let keyByNode = new Map<string, string>();
 function connectedKey(edges: { target: string; targetHandle?: string | null }[], id: string): string {
-  const slots: string[] = [];
-  for (const e of edges) if (e.target === id && e.targetHandle) slots.push(e.targetHandle);
-  return slots.sort().join(',');
+  if (edges !== keyEdges) {
+    const slots = new Map<string, string[]>();
+    for (const e of edges) if (e.targetHandle) (slots.get(e.target) ?? slots.set(e.target, []).get(e.target)!).push(e.targetHandle);
+    keyByNode = new Map([...slots].map(([k, v]) => [k, v.sort().join(',')]));
+    keyEdges = edges;
+  }
+  return keyByNode.get(id) ?? '';
 }
 
 function Slot({ side, index, type, label, highlight, extra }: { side: 'in' | 'out'; index: number; type: string; label: string; highlight?: boolean; extra?: React.ReactNode }) {
@@ -71,7 +78,7 @@ function Outputs({ id }: { id: string }) {
   const text = useExec((s) => s.outputText[id]);
   if (!images?.length && !preview && !text) return null;
   return (
-    <div className="wn-outputs nodrag nowheel">
+    <div className={`wn-outputs nodrag nowheel${preview || (images?.length ?? 0) === 1 ? ' single' : ''}`}>
       {preview ? (
         <img className="wn-preview" src={preview} alt="preview" data-preview="1" />
       ) : (
@@ -166,7 +173,14 @@ export const ComfyNodeView = memo(function ComfyNodeView({ id, data, selected }:
   const layout = useMemo(() => (def ? nodeLayout(def) : null), [def]);
   const converted = useMemo(() => new Set(data.inputs.filter((i) => i.widget).map((i) => i.widget!.name)), [data.inputs]);
   const slotKey = `${data.inputs.length}:${data.outputs.length}:${[...converted].join(',')}:${collapsed}`;
-  useEffect(() => updateInternals(id), [id, slotKey, updateInternals]);
+  // React Flow measures a new node itself; re-measure its handles only when its sockets change
+  // (a forced update per node on mount costs a layout each).
+  const lastSlotKey = useRef(slotKey);
+  useEffect(() => {
+    if (lastSlotKey.current === slotKey) return;
+    lastSlotKey.current = slotKey;
+    updateInternals(id);
+  }, [id, slotKey, updateInternals]);
 
   const values = Array.isArray(data.widgets_values) ? data.widgets_values : [];
   const setWidget = (i: number, v: unknown, commit: boolean) => useGraph.getState().setWidget(id, i, v, commit);

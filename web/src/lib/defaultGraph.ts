@@ -1,6 +1,6 @@
 // The graph a new editor starts with. Configurable, first match wins:
 //   1. localStorage `weft.defaultWorkflow` (editor JSON), set from the File menu or by tests;
-//   2. `default-workflow.json` next to index.html in the web root (an operator's choice);
+//   2. the editor URL's `?default=<url>` (editor JSON fetched from the same server);
 //   3. ComfyUI's own default graph, when the server has all of its node types;
 //   4. a small image graph built from the nodes every Weft server has.
 
@@ -55,14 +55,15 @@ export function configuredDefault(): Workflow | null {
 export async function chooseDefaultGraph(defs: ObjectInfo, fetchImpl: typeof fetch = fetch): Promise<Workflow> {
   const configured = configuredDefault();
   if (configured) return configured;
-  try {
-    const res = await fetchImpl('default-workflow.json', { cache: 'no-store' });
-    if (res.ok && (res.headers.get('content-type') ?? '').includes('json')) {
-      const data = await res.json();
+  const url = typeof location !== 'undefined' ? new URLSearchParams(location.search).get('default') : null;
+  if (url) {
+    try {
+      const res = await fetchImpl(url, { cache: 'no-store' });
+      const data = res.ok ? await res.json() : null;
       if (data && Array.isArray(data.nodes)) return normalizeWorkflow(data);
+    } catch {
+      /* fall through to the built-in graphs */
     }
-  } catch {
-    /* none configured */
   }
   if (usable(COMFY_DEFAULT_GRAPH, defs)) return normalizeWorkflow(COMFY_DEFAULT_GRAPH);
   if (usable(BASIC_IMAGE_GRAPH, defs)) return normalizeWorkflow(BASIC_IMAGE_GRAPH);

@@ -2,6 +2,8 @@
 
 import type { NodeDef, ObjectInfo } from './types';
 
+const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
 function subsequence(q: string, s: string): boolean {
   let i = 0;
   for (const c of s) if (c === q[i]) i++;
@@ -15,7 +17,7 @@ export function displayName(def: NodeDef): string {
 export function searchNodes(defs: ObjectInfo, query: string, limit = 60): NodeDef[] {
   const all = Object.values(defs).filter((d) => !d.deprecated);
   const q = query.trim().toLowerCase();
-  if (!q) return all.sort((a, b) => (a.category ?? '').localeCompare(b.category ?? '') || displayName(a).localeCompare(displayName(b))).slice(0, limit);
+  if (!q) return all.sort((a, b) => cmp(a.category ?? '', b.category ?? '') || cmp(displayName(a).toLowerCase(), displayName(b).toLowerCase())).slice(0, limit);
   const scored: [number, NodeDef][] = [];
   for (const d of all) {
     const dn = displayName(d).toLowerCase();
@@ -30,7 +32,7 @@ export function searchNodes(defs: ObjectInfo, query: string, limit = 60): NodeDe
     else if (subsequence(q.replace(/\s+/g, ''), dn) || subsequence(q.replace(/\s+/g, ''), name)) score = 5;
     if (score >= 0) scored.push([score, d]);
   }
-  scored.sort((a, b) => a[0] - b[0] || displayName(a[1]).length - displayName(b[1]).length || displayName(a[1]).localeCompare(displayName(b[1])));
+  scored.sort((a, b) => a[0] - b[0] || displayName(a[1]).length - displayName(b[1]).length || cmp(displayName(a[1]), displayName(b[1])));
   return scored.slice(0, limit).map((x) => x[1]);
 }
 
@@ -57,8 +59,8 @@ export function categoryTree(defs: ObjectInfo): CategoryTree {
     cur.nodes.push(d);
   }
   const sort = (t: CategoryTree) => {
-    t.children.sort((a, b) => a.name.localeCompare(b.name));
-    t.nodes.sort((a, b) => displayName(a).localeCompare(displayName(b)));
+    t.children.sort((a, b) => cmp(a.name.toLowerCase(), b.name.toLowerCase()));
+    t.nodes.sort((a, b) => cmp(displayName(a).toLowerCase(), displayName(b).toLowerCase()));
     t.children.forEach(sort);
   };
   sort(root);

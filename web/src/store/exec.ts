@@ -19,6 +19,7 @@ export interface NodeError {
   input?: string;
   type?: string;
   inputs?: Record<string, unknown>;
+  source: 'validation' | 'execution';
 }
 
 export interface ExecState {
@@ -88,7 +89,12 @@ export const useExec = create<ExecState>()((set, get) => {
           cached: {},
           executed: {},
           previews: {},
-          nodeErrors: {},
+          // Validation errors of this prompt stay; errors of the last execution go.
+          nodeErrors: Object.fromEntries(
+            Object.entries(get().nodeErrors)
+              .map(([id, errs]) => [id, errs.filter((e) => e.source === 'validation')] as const)
+              .filter(([, errs]) => errs.length),
+          ),
         });
         break;
       case 'execution_cached': {
@@ -141,6 +147,7 @@ export const useExec = create<ExecState>()((set, get) => {
           type: String(d.exception_type ?? 'error'),
           message: String(d.exception_message ?? 'execution failed'),
           inputs,
+          source: 'execution',
         };
         set((s) => ({
           nodeErrors: node ? { ...s.nodeErrors, [node]: [err] } : s.nodeErrors,
@@ -272,6 +279,7 @@ export function validationErrors(ne: NodeErrors): Record<string, NodeError[]> {
       message: e.message,
       details: e.details,
       input: e.extra_info?.input_name,
+      source: 'validation' as const,
     }));
   }
   return out;

@@ -124,7 +124,8 @@ export function nodeFromWf(n: WfNode): CNode {
   return {
     id: String(n.id),
     type: 'comfy',
-    position: { x: n.pos[0], y: n.pos[1] },
+    // ComfyUI's pos is the top-left of the body; the title bar sits above it.
+    position: { x: n.pos[0], y: n.pos[1] - TITLE_HEIGHT },
     width: Math.max(60, n.size[0]),
     data,
     dragHandle: '.wn-title',
@@ -180,8 +181,8 @@ export function workflowFromFlow(nodes: AnyNode[], edges: Edge[], meta: Meta): W
   for (const n of nodes) {
     if (n.type === 'wgroup') {
       const d = n.data as GroupData;
-      const w = n.measured?.width ?? n.width ?? 300;
-      const h = n.measured?.height ?? n.height ?? 200;
+      const w = n.width ?? n.measured?.width ?? 300;
+      const h = n.height ?? n.measured?.height ?? 200;
       const g: WfGroup = { id: Number(n.id.slice(6)), title: d.title, bounding: [n.position.x, n.position.y, w, h], ...d.rest };
       if (d.color) g.color = d.color;
       if (d.font_size) g.font_size = d.font_size;
@@ -203,7 +204,7 @@ export function workflowFromFlow(nodes: AnyNode[], edges: Edge[], meta: Meta): W
     const node: WfNode = {
       id,
       type: d.type,
-      pos: [n.position.x, n.position.y],
+      pos: [n.position.x, n.position.y + TITLE_HEIGHT],
       size: [width, d.size[1]],
       flags: d.flags,
       order: 0,
@@ -433,7 +434,7 @@ export const useGraph = create<GraphState>()((set, get) => {
       const def = defFor(s.defs, type);
       if (!def) return null;
       const id = Math.max(s.meta.last_node_id, ...s.nodes.filter((n) => n.type === 'comfy').map((n) => Number(n.id))) + 1;
-      const wf = newNode(def, id, [Math.round(pos.x), Math.round(pos.y)], defaultWidgetValues(def));
+      const wf = newNode(def, id, [Math.round(pos.x), Math.round(pos.y) + TITLE_HEIGHT], defaultWidgetValues(def));
       if (type === 'PrimitiveNode') wf.widgets_values = [];
       if (type === 'Reroute') {
         wf.inputs = [{ name: '', type: '*', link: null }];
@@ -585,7 +586,7 @@ export const useGraph = create<GraphState>()((set, get) => {
       if (!clip || (!clip.nodes?.length && !clip.groups?.length)) return 0;
       const s = get();
       const xs = [...clip.nodes.map((n) => n.pos[0]), ...clip.groups.map((g) => g.bounding[0])];
-      const ys = [...clip.nodes.map((n) => n.pos[1]), ...clip.groups.map((g) => g.bounding[1])];
+      const ys = [...clip.nodes.map((n) => n.pos[1] - TITLE_HEIGHT), ...clip.groups.map((g) => g.bounding[1])];
       const minX = Math.min(...xs);
       const minY = Math.min(...ys);
       const dx = at ? at.x - minX : 40;

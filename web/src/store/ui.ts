@@ -28,6 +28,8 @@ interface UiState {
   panel: Panel;
   search: SearchState | null;
   menu: MenuState | null;
+  /** Fit the view once the loaded nodes are measured. */
+  pendingFit: boolean;
   setPanel(p: Panel): void;
   openSearch(s: SearchState | null): void;
   openMenu(m: MenuState | null): void;
@@ -41,6 +43,7 @@ export const useUi = create<UiState>()((set) => ({
   panel: 'nodes',
   search: null,
   menu: null,
+  pendingFit: false,
   setPanel: (panel) => set((s) => ({ panel: s.panel === panel ? null : panel })),
   openSearch: (search) => set({ search, menu: null }),
   openMenu: (menu) => set({ menu, search: null }),
