@@ -86,7 +86,11 @@ pub enum EditorErrorKind {
 }
 
 impl EditorError {
-    pub(crate) fn new(node_id: Option<&str>, field: impl Into<String>, kind: EditorErrorKind) -> Self {
+    pub(crate) fn new(
+        node_id: Option<&str>,
+        field: impl Into<String>,
+        kind: EditorErrorKind,
+    ) -> Self {
         EditorError {
             node_id: node_id.map(str::to_owned),
             field: field.into(),

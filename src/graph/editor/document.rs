@@ -200,10 +200,9 @@ fn collect_subgraphs<'a>(
         let definition = definition
             .as_object()
             .ok_or_else(|| EditorError::structure(None, &field, "must be a JSON object"))?;
-        let id = definition
-            .get("id")
-            .and_then(Json::as_str)
-            .ok_or_else(|| EditorError::structure(None, format!("{field}.id"), "must be a string"))?;
+        let id = definition.get("id").and_then(Json::as_str).ok_or_else(|| {
+            EditorError::structure(None, format!("{field}.id"), "must be a string")
+        })?;
         let graph = parse_graph(definition, &format!("{field}."))?;
         let inputs = parse_io(definition, "inputs", &graph, &field)?;
         let outputs = parse_io(definition, "outputs", &graph, &field)?;
@@ -247,7 +246,10 @@ fn parse_io(
             .and_then(Json::as_str)
             .unwrap_or_default()
             .to_owned();
-        let slot_type = slot.get("type").map(type_name).unwrap_or_else(|| "*".into());
+        let slot_type = slot
+            .get("type")
+            .map(type_name)
+            .unwrap_or_else(|| "*".into());
         let mut link_ids: Vec<String> = slot
             .get("linkIds")
             .and_then(Json::as_array)
@@ -343,10 +345,9 @@ pub(crate) fn parse_graph<'a>(
 }
 
 fn parse_node<'a>(node: &'a Json, field: &str) -> Result<Node<'a>, EditorError> {
-    let id = node
-        .get("id")
-        .and_then(id_string)
-        .ok_or_else(|| EditorError::structure(None, format!("{field}.id"), "must be a number or a string"))?;
+    let id = node.get("id").and_then(id_string).ok_or_else(|| {
+        EditorError::structure(None, format!("{field}.id"), "must be a number or a string")
+    })?;
     parse_node_as(node, field, id)
 }
 
@@ -370,7 +371,10 @@ pub(crate) fn parse_node_as<'a>(
             .as_i64()
             .ok_or_else(|| EditorError::structure(Some(&id), "mode", "must be an integer"))?,
     };
-    let title = object.get("title").and_then(Json::as_str).map(str::to_owned);
+    let title = object
+        .get("title")
+        .and_then(Json::as_str)
+        .map(str::to_owned);
     let inputs = match object.get("inputs") {
         None | Some(Json::Null) => Vec::new(),
         Some(Json::Array(list)) => list
@@ -378,7 +382,13 @@ pub(crate) fn parse_node_as<'a>(
             .enumerate()
             .map(|(i, input)| parse_input(input, &id, i))
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(EditorError::structure(Some(&id), "inputs", "must be a list")),
+        Some(_) => {
+            return Err(EditorError::structure(
+                Some(&id),
+                "inputs",
+                "must be a list",
+            ))
+        }
     };
     let outputs = match object.get("outputs") {
         None | Some(Json::Null) => Vec::new(),
@@ -387,7 +397,13 @@ pub(crate) fn parse_node_as<'a>(
             .enumerate()
             .map(|(i, output)| parse_output(output, &id, i))
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(EditorError::structure(Some(&id), "outputs", "must be a list")),
+        Some(_) => {
+            return Err(EditorError::structure(
+                Some(&id),
+                "outputs",
+                "must be a list",
+            ))
+        }
     };
     let widgets_values = match object.get("widgets_values") {
         None | Some(Json::Null) => WidgetValues::Absent,
@@ -431,7 +447,10 @@ fn parse_input(input: &Json, node_id: &str, index: usize) -> Result<InputSlot, E
             .and_then(Json::as_str)
             .unwrap_or_default()
             .to_owned(),
-        slot_type: object.get("type").map(type_name).unwrap_or_else(|| "*".into()),
+        slot_type: object
+            .get("type")
+            .map(type_name)
+            .unwrap_or_else(|| "*".into()),
         link,
         widget: object
             .get("widget")
@@ -452,7 +471,10 @@ fn parse_output(output: &Json, node_id: &str, index: usize) -> Result<OutputSlot
             .and_then(Json::as_str)
             .unwrap_or_default()
             .to_owned(),
-        slot_type: object.get("type").map(type_name).unwrap_or_else(|| "*".into()),
+        slot_type: object
+            .get("type")
+            .map(type_name)
+            .unwrap_or_else(|| "*".into()),
         links: object
             .get("links")
             .and_then(Json::as_array)

@@ -73,7 +73,10 @@ struct Scope<'d> {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Resolved {
     /// Output `slot` of the node at `origin` in `Flat::execs`.
-    Link { origin: usize, slot: usize },
+    Link {
+        origin: usize,
+        slot: usize,
+    },
     /// The value of a subgraph instance's widget.
     Widget(Json),
     Unconnected,
@@ -183,8 +186,13 @@ impl<'d> Expander<'d, '_> {
                 }
                 stack.push(&definition.id);
                 let inner_enabled = enabled && !node.is_muted_or_bypassed();
-                let inner_scope =
-                    self.expand(&definition.graph, Some(index), &exec_id, inner_enabled, stack)?;
+                let inner_scope = self.expand(
+                    &definition.graph,
+                    Some(index),
+                    &exec_id,
+                    inner_enabled,
+                    stack,
+                )?;
                 stack.pop();
                 self.instantiate(index, definition, inner_scope);
             }
@@ -280,7 +288,9 @@ impl<'d> Expander<'d, '_> {
                 for k in positions {
                     promoted[k] = values.get(cursor).filter(|v| !v.is_null()).cloned();
                     cursor += 1;
-                    if with_controls && self.promotes_seed(inner_scope, &definition.inputs[k].link_ids) {
+                    if with_controls
+                        && self.promotes_seed(inner_scope, &definition.inputs[k].link_ids)
+                    {
                         cursor += 1;
                     }
                 }

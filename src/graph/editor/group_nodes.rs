@@ -14,8 +14,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use serde_json::{Map, Value as Json};
 
 use crate::graph::editor::document::{
-    parse_node_as, slot_index, GroupWidget, Graph, IoSlot, Link, LinkEnd, Node,
-    Subgraph, SubgraphKind,
+    parse_node_as, slot_index, Graph, GroupWidget, IoSlot, Link, LinkEnd, Node, Subgraph,
+    SubgraphKind,
 };
 use crate::graph::editor::EditorError;
 use crate::graph::spec::{InputKind, NodeSpec};
@@ -99,7 +99,10 @@ pub(crate) fn build<'a>(
                 .unwrap_or("*")
                 .to_owned();
             links_to.insert((to, to_slot), (from, from_slot, link_type));
-            links_from.entry((from, from_slot)).or_default().push((to, to_slot));
+            links_from
+                .entry((from, from_slot))
+                .or_default()
+                .push((to, to_slot));
         }
     }
     let external: HashSet<(usize, usize)> = match data.get("external") {
@@ -123,7 +126,7 @@ pub(crate) fn build<'a>(
             output.links.clear();
         }
     }
-    let mut internal: Vec<(&(usize, usize), &(usize, usize, String))> = links_to.iter().collect();
+    let mut internal: Vec<_> = links_to.iter().collect();
     internal.sort();
     for (&(to, to_slot), (from, from_slot, link_type)) in internal {
         let id = format!("inner:{to}:{to_slot}");
@@ -183,7 +186,10 @@ pub(crate) fn build<'a>(
                 let optional = spec.inputs.iter().filter(|i| i.optional);
                 let mut socket_position = 0;
                 for input in required.chain(optional) {
-                    let editor_slot = nodes[index].inputs.iter().position(|i| i.name == input.name);
+                    let editor_slot = nodes[index]
+                        .inputs
+                        .iter()
+                        .position(|i| i.name == input.name);
                     if input.kind.is_widget() {
                         let is_converted = editor_slot.is_some_and(|s| {
                             nodes[index].inputs[s].widget.as_deref() == Some(input.name)
@@ -225,7 +231,14 @@ pub(crate) fn build<'a>(
             Inner::Reroute => {
                 if !links_to.contains_key(&(index, 0)) && !nodes[index].inputs.is_empty() {
                     let slot_type = nodes[index].inputs[0].slot_type.clone();
-                    add_input(&mut graph, &mut nodes, index, 0, slot_type.clone(), slot_type);
+                    add_input(
+                        &mut graph,
+                        &mut nodes,
+                        index,
+                        0,
+                        slot_type.clone(),
+                        slot_type,
+                    );
                 }
             }
             Inner::Primitive => {

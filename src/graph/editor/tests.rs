@@ -22,7 +22,9 @@ impl Catalog for TestCatalog {
     fn combo_options(&self, options: &ComboOptions) -> Vec<String> {
         match options {
             ComboOptions::Static(list) => list.iter().map(|s| (*s).to_owned()).collect(),
-            ComboOptions::Files(FileList::Models("checkpoints")) => vec!["model.safetensors".into()],
+            ComboOptions::Files(FileList::Models("checkpoints")) => {
+                vec!["model.safetensors".into()]
+            }
             ComboOptions::Files(FileList::Models(_)) => Vec::new(),
             ComboOptions::Files(FileList::InputImages) => vec!["example.png".into()],
         }
@@ -241,7 +243,12 @@ fn layout_puts_nodes_in_columns_by_depth_without_overlap() {
     let rect = |id: u64| {
         let n = nodes.iter().find(|n| n["id"] == json!(id)).unwrap();
         let f = |v: &Json| v.as_f64().unwrap();
-        (f(&n["pos"][0]), f(&n["pos"][1]), f(&n["size"][0]), f(&n["size"][1]))
+        (
+            f(&n["pos"][0]),
+            f(&n["pos"][1]),
+            f(&n["size"][0]),
+            f(&n["size"][1]),
+        )
     };
     // Loader (depth 0) < text encoders and latent (1) < sampler (2) < decode (3) < save (4).
     let x = |id| rect(id).0;
@@ -255,10 +262,8 @@ fn layout_puts_nodes_in_columns_by_depth_without_overlap() {
             let (ax, ay, aw, ah) = rect(a);
             let (bx, by, bw, bh) = rect(b);
             // Title bars (30 px) sit above `pos`.
-            let apart = ax + aw <= bx
-                || bx + bw <= ax
-                || ay + ah <= by - 30.0
-                || by + bh <= ay - 30.0;
+            let apart =
+                ax + aw <= bx || bx + bw <= ax || ay + ah <= by - 30.0 || by + bh <= ay - 30.0;
             assert!(apart, "nodes {a} and {b} overlap");
         }
     }
@@ -374,7 +379,11 @@ fn reroutes_pass_links_through() {
             json!({"id": 6, "type": "Reroute", "inputs": [{"name": "", "type": "*", "link": 2}],
                    "outputs": [{"name": "", "type": "VAE", "links": [3]}]}),
         ],
-        json!([[1, 1, 2, 5, 0, "VAE"], [2, 5, 0, 6, 0, "VAE"], [3, 6, 0, 9, 1, "VAE"]]),
+        json!([
+            [1, 1, 2, 5, 0, "VAE"],
+            [2, 5, 0, 6, 0, "VAE"],
+            [3, 6, 0, 9, 1, "VAE"]
+        ]),
     ));
     assert_eq!(conversion.prompt["9"]["inputs"], json!({"vae": ["1", 2]}));
     assert!(conversion.prompt.get("5").is_none());
@@ -389,7 +398,11 @@ fn a_reroute_cycle_is_an_error() {
             json!({"id": 6, "type": "Reroute", "inputs": [{"name": "", "type": "*", "link": 4}],
                    "outputs": [{"name": "", "type": "VAE", "links": [2]}]}),
         ],
-        json!([[2, 6, 0, 5, 0, "VAE"], [3, 5, 0, 9, 1, "VAE"], [4, 5, 0, 6, 0, "VAE"]]),
+        json!([
+            [2, 6, 0, 5, 0, "VAE"],
+            [3, 5, 0, 9, 1, "VAE"],
+            [4, 5, 0, 6, 0, "VAE"]
+        ]),
     ));
     assert_eq!(kind, EditorErrorKind::LinkCycle);
     assert!(matches!(node.as_deref(), Some("5" | "6")));
@@ -532,7 +545,10 @@ fn converted_widgets_use_their_link() {
         json!({"inputs": {}, "class_type": "MyIntSource",
                "_meta": {"title": "MyIntSource", "widgets_values": [7]}})
     );
-    assert_eq!(conversion.missing_node_types, vec!["MyIntSource".to_owned()]);
+    assert_eq!(
+        conversion.missing_node_types,
+        vec!["MyIntSource".to_owned()]
+    );
 }
 
 #[test]
@@ -542,7 +558,10 @@ fn image_upload_and_list_values() {
         {"id": 2, "type": "SaveImage", "widgets_values": [[1, 2]]}
     ], "links": []});
     let conversion = convert(graph);
-    assert_eq!(conversion.prompt["1"]["inputs"], json!({"image": "photo.png"}));
+    assert_eq!(
+        conversion.prompt["1"]["inputs"],
+        json!({"image": "photo.png"})
+    );
     assert_eq!(
         conversion.prompt["2"]["inputs"],
         json!({"filename_prefix": {"__value__": [1, 2]}})
@@ -556,7 +575,10 @@ fn dynamic_prompts_take_the_first_choice() {
         {"id": 1, "type": "CLIPTextEncode", "widgets_values": ["a {red|blue} car // note"]}
     ], "links": []});
     let conversion = convert(graph);
-    assert_eq!(conversion.prompt["1"]["inputs"]["text"], json!("a red car "));
+    assert_eq!(
+        conversion.prompt["1"]["inputs"]["text"],
+        json!("a red car ")
+    );
     assert!(conversion.warnings[0].contains("first option"));
 }
 
@@ -670,7 +692,10 @@ fn nested_subgraphs_get_one_prefix_per_level() {
         conversion.prompt["7:3:5"]["inputs"],
         json!({"text": "nested", "clip": ["1", 1]})
     );
-    assert_eq!(conversion.prompt["2"]["inputs"]["positive"], json!(["7:3:5", 0]));
+    assert_eq!(
+        conversion.prompt["2"]["inputs"]["positive"],
+        json!(["7:3:5", 0])
+    );
 }
 
 /// A chain of `levels` subgraphs, each holding one instance of the next; the last holds a
@@ -686,14 +711,21 @@ fn nested_chain(levels: usize) -> Json {
         subgraphs.push(json!({"id": format!("level{level}"), "name": "level",
                               "inputs": [], "outputs": [], "nodes": [inner], "links": []}));
     }
-    v1_workflow(json!([{"id": 1, "type": "level0"}]), json!([]), json!(subgraphs))
+    v1_workflow(
+        json!([{"id": 1, "type": "level0"}]),
+        json!([]),
+        json!(subgraphs),
+    )
 }
 
 #[test]
 fn subgraphs_may_nest_32_deep_but_not_deeper() {
     let conversion = convert(nested_chain(32));
     let id = vec!["1"; 33].join(":");
-    assert_eq!(conversion.prompt[&id]["class_type"], json!("CheckpointLoaderSimple"));
+    assert_eq!(
+        conversion.prompt[&id]["class_type"],
+        json!("CheckpointLoaderSimple")
+    );
 
     let (node, _, kind) = error_kind(nested_chain(33));
     assert_eq!(kind, EditorErrorKind::TooDeep);
@@ -831,5 +863,76 @@ fn v1_links_at_the_root_are_read() {
                 "type": "VAE", "parentId": 3}]),
         json!([]),
     );
-    assert_eq!(convert(graph).prompt["2"]["inputs"], json!({"vae": ["1", 2]}));
+    assert_eq!(
+        convert(graph).prompt["2"]["inputs"],
+        json!({"vae": ["1", 2]})
+    );
+}
+
+#[test]
+fn bypassed_subgraphs_and_pass_through_outputs() {
+    let subgraph_id = "11111111-2222-3333-4444-555555555555";
+    // Instance 12 is bypassed: the sampler's CONDITIONING input finds no input of that type on
+    // it and is left unconnected; the decoder behind a bypassed "Pass" subgraph gets the VAE.
+    let pass = json!({
+        "id": "pass", "name": "Pass",
+        "inputs": [{"id": "i", "name": "vae", "type": "VAE", "linkIds": [1]}],
+        "outputs": [{"id": "o", "name": "vae", "type": "VAE", "linkIds": [1]}],
+        "nodes": [],
+        "links": [{"id": 1, "origin_id": -10, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "VAE"}]
+    });
+    let graph = v1_workflow(
+        json!([
+            {"id": 1, "type": "CheckpointLoaderSimple", "outputs": [
+                {"name": "MODEL", "type": "MODEL", "links": []},
+                {"name": "CLIP", "type": "CLIP", "links": [10]},
+                {"name": "VAE", "type": "VAE", "links": [12]}], "widgets_values": ["model.safetensors"]},
+            {"id": 12, "type": subgraph_id, "mode": 4, "inputs": [
+                {"name": "clip", "type": "CLIP", "link": 10},
+                {"name": "text", "type": "STRING", "widget": {"name": "text"}, "link": null}],
+             "outputs": [{"name": "CONDITIONING", "type": "CONDITIONING", "links": [11]}],
+             "widgets_values": ["x"]},
+            {"id": 2, "type": "KSampler", "inputs": [
+                {"name": "positive", "type": "CONDITIONING", "link": 11}],
+             "widgets_values": [1, "fixed", 20, 7, "euler", "normal", 1]},
+            {"id": 3, "type": "pass", "inputs": [{"name": "vae", "type": "VAE", "link": 12}],
+             "outputs": [{"name": "vae", "type": "VAE", "links": [13]}]},
+            {"id": 4, "type": "VAEDecode", "inputs": [{"name": "vae", "type": "VAE", "link": 13}]}
+        ]),
+        json!([
+            {"id": 10, "origin_id": 1, "origin_slot": 1, "target_id": 12, "target_slot": 0, "type": "CLIP"},
+            {"id": 11, "origin_id": 12, "origin_slot": 0, "target_id": 2, "target_slot": 0, "type": "CONDITIONING"},
+            {"id": 12, "origin_id": 1, "origin_slot": 2, "target_id": 3, "target_slot": 0, "type": "VAE"},
+            {"id": 13, "origin_id": 3, "origin_slot": 0, "target_id": 4, "target_slot": 1, "type": "VAE"}
+        ]),
+        json!([encode_subgraph(), pass]),
+    );
+    let conversion = convert(graph);
+    let prompt = conversion.prompt.as_object().unwrap();
+    let mut ids: Vec<&str> = prompt.keys().map(String::as_str).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["1", "2", "4"]);
+    assert_eq!(prompt["2"]["inputs"].get("positive"), None);
+    assert_eq!(prompt["4"]["inputs"], json!({"vae": ["1", 2]}));
+}
+
+#[test]
+fn expansion_is_capped() {
+    // 400 nodes in a subgraph, instanced 300 times: 120,000 nodes.
+    let loaders: Vec<Json> = (1..=400)
+        .map(|id| json!({"id": id, "type": "CheckpointLoaderSimple", "widgets_values": ["model.safetensors"]}))
+        .collect();
+    let instances: Vec<Json> = (1..=300)
+        .map(|id| json!({"id": id, "type": "big"}))
+        .collect();
+    let graph = v1_workflow(
+        json!([{"id": 1, "type": "many"}]),
+        json!([]),
+        json!([
+            {"id": "big", "name": "big", "inputs": [], "outputs": [], "nodes": loaders, "links": []},
+            {"id": "many", "name": "many", "inputs": [], "outputs": [], "nodes": instances, "links": []}
+        ]),
+    );
+    let (_, _, kind) = error_kind(graph);
+    assert_eq!(kind, EditorErrorKind::TooManyNodes);
 }

@@ -18,7 +18,10 @@ use crate::graph::validate::Catalog;
 /// converting back restores them.
 pub(crate) const UNKNOWN_INPUTS_PROPERTY: &str = "weft_api_inputs";
 
-pub(crate) fn convert(editor: &Json, catalog: &dyn Catalog) -> Result<EditorConversion, EditorError> {
+pub(crate) fn convert(
+    editor: &Json,
+    catalog: &dyn Catalog,
+) -> Result<EditorConversion, EditorError> {
     let document = Document::parse(editor)?;
     let mut missing = BTreeSet::new();
     let mut groups = HashMap::new();
@@ -262,7 +265,11 @@ fn find_missing_models(
                 .entry(folder)
                 .or_insert_with(|| catalog.combo_options(options));
             if !files.iter().any(|f| f == value) {
-                missing.push((exec.exec_id.clone(), input.name.to_owned(), value.to_owned()));
+                missing.push((
+                    exec.exec_id.clone(),
+                    input.name.to_owned(),
+                    value.to_owned(),
+                ));
             }
         }
     }

@@ -106,8 +106,10 @@ pub(crate) fn convert(prompt: &Json, catalog: &dyn Catalog) -> Result<Json, Edit
     // Links, numbered in target order.
     let mut links: Vec<Json> = Vec::new();
     let mut input_links: Vec<Vec<Option<usize>>> = Vec::with_capacity(nodes.len());
-    let mut output_links: Vec<Vec<Vec<usize>>> =
-        output_counts.iter().map(|&count| vec![Vec::new(); count]).collect();
+    let mut output_links: Vec<Vec<Vec<usize>>> = output_counts
+        .iter()
+        .map(|&count| vec![Vec::new(); count])
+        .collect();
     let mut parents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for (target, inputs) in editor_inputs.iter().enumerate() {
         let mut ids = Vec::with_capacity(inputs.len());
@@ -268,7 +270,9 @@ fn read_node<'p>(
                         };
                         ApiInput::Link { source, slot }
                     }
-                    Json::Object(wrapped) if wrapped.len() == 1 && wrapped.contains_key("__value__") => {
+                    Json::Object(wrapped)
+                        if wrapped.len() == 1 && wrapped.contains_key("__value__") =>
+                    {
                         ApiInput::Const(&wrapped["__value__"])
                     }
                     other => ApiInput::Const(other),
@@ -372,7 +376,9 @@ fn widgets_values_of(node: &ApiNode<'_>, spec: &NodeSpec, catalog: &dyn Catalog)
 }
 
 fn output_type<'n>(node: &'n ApiNode<'_>, slot: usize) -> Option<&'n str> {
-    node.spec.and_then(|s| s.outputs.get(slot)).map(|o| o.ty.name())
+    node.spec
+        .and_then(|s| s.outputs.get(slot))
+        .map(|o| o.ty.name())
 }
 
 /// Integer ids are written as numbers, as the editor does; others (`12:5`) stay strings.
@@ -389,7 +395,15 @@ fn estimate_size(node: &ApiNode<'_>, inputs: usize, outputs: usize) -> [f64; 2] 
             let multiline = spec
                 .inputs
                 .iter()
-                .filter(|i| matches!(i.kind, InputKind::String { multiline: true, .. }))
+                .filter(|i| {
+                    matches!(
+                        i.kind,
+                        InputKind::String {
+                            multiline: true,
+                            ..
+                        }
+                    )
+                })
                 .count();
             (widget_slots(spec).len() - multiline, multiline)
         }
@@ -461,17 +475,21 @@ fn lay_out(parents: &[Vec<usize>], sizes: &[[f64; 2]]) -> Layout {
     }
 
     // A node without sources sits just left of its nearest consumer rather than in column 0.
-    for node in 0..count {
-        if parents[node].is_empty() {
-            if let Some(nearest) = children[node].iter().map(|&c| depth[c]).min() {
-                depth[node] = nearest.saturating_sub(1);
-            }
+    let source_depths: Vec<Option<usize>> = (0..count)
+        .map(|node| {
+            let nearest = children[node].iter().map(|&child| depth[child]).min();
+            nearest.filter(|_| parents[node].is_empty())
+        })
+        .collect();
+    for (node_depth, nearest) in depth.iter_mut().zip(source_depths) {
+        if let Some(nearest) = nearest {
+            *node_depth = nearest.saturating_sub(1);
         }
     }
 
     let mut columns: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for node in 0..count {
-        columns.entry(depth[node]).or_default().push(node);
+    for (node, &node_depth) in depth.iter().enumerate() {
+        columns.entry(node_depth).or_default().push(node);
     }
     let mut positions = vec![[0.0, 0.0]; count];
     let mut placed = vec![false; count];

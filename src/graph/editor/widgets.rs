@@ -178,10 +178,10 @@ fn strip_comments(text: &str) -> String {
     let mut rest = text;
     while let Some(start) = rest.find('/') {
         let after = &rest[start + 1..];
-        if after.starts_with('*') {
-            if let Some(end) = after[1..].find("*/") {
+        if let Some(block) = after.strip_prefix('*') {
+            if let Some(end) = block.find("*/") {
                 out.push_str(&rest[..start]);
-                rest = &after[1 + end + 2..];
+                rest = &block[end + 2..];
                 continue;
             }
         }
