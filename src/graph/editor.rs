@@ -11,10 +11,18 @@
 //! larger than `MAX_EDITOR_WORKFLOW_BYTES` before parsing them; the conversion itself caps subgraph
 //! nesting and the number of nodes after expansion, so a small file cannot expand without bound.
 //!
-//! What is not reproduced: the frontend picks one option of each dynamic prompt `{a|b}` at random,
-//! where we take the first; `PrimitiveNode` text replacements (`%date%`) are left as written; and a
-//! combo's `control_after_generate` slots are only known where `NodeSpec` declares them (it has no
-//! such flag for combos today).
+//! What is not reproduced exactly:
+//! - the frontend picks one option of each dynamic prompt `{a|b}` at random; we take the first;
+//! - `PrimitiveNode` text replacements (`%date%`) are left as written (with a warning);
+//! - a combo's `control_after_generate` slots are only known where `NodeSpec` declares them (it has
+//!   no such flag for combos today);
+//! - a PrimitiveNode feeding a node of an unknown class cannot name the widget it sets, so that
+//!   node's `_meta.widgets_values` keep their saved value;
+//! - legacy group nodes follow `GroupNodeConfig` for the usual cases (inner widgets in order, seeds
+//!   with their control slot, primitives, converted widgets, `external` outputs) but ignore
+//!   renamed or hidden group inputs (`config`) and group nodes nested in group nodes;
+//! - inside a muted or bypassed subgraph instance nothing is sent (the frontend leaves the inner
+//!   nodes' own modes alone; a file cannot say per instance).
 
 mod document;
 mod flatten;

@@ -66,6 +66,8 @@ struct Scope<'d> {
     container: Option<usize>,
     /// False inside a muted or bypassed container: its nodes are not sent.
     enabled: bool,
+    /// Inside a legacy group node, whose widgets already set what its primitives feed.
+    in_group: bool,
     exec_of: HashMap<&'d str, usize>,
 }
 
@@ -125,10 +127,18 @@ impl<'d> Expander<'d, '_> {
         stack: &mut Vec<&'d str>,
     ) -> Result<usize, EditorError> {
         let scope = self.flat.scopes.len();
+        let in_group = container.is_some_and(|c| {
+            matches!(
+                self.flat.execs[c].role,
+                Role::Container { definition, .. }
+                    if matches!(definition.kind, SubgraphKind::LegacyGroup { .. })
+            )
+        });
         self.flat.scopes.push(Scope {
             graph,
             container,
             enabled,
+            in_group,
             exec_of: HashMap::new(),
         });
         for node in &graph.nodes {
@@ -566,6 +576,7 @@ impl<'d> Flat<'d> {
     fn apply_primitives(&mut self) {
         let primitives: Vec<usize> = (0..self.execs.len())
             .filter(|&i| matches!(self.execs[i].role, Role::Primitive))
+            .filter(|&i| !self.scopes[self.execs[i].scope].in_group)
             .collect();
         for primitive in primitives {
             let node = self.execs[primitive].node;

@@ -936,3 +936,44 @@ fn expansion_is_capped() {
     let (_, _, kind) = error_kind(graph);
     assert_eq!(kind, EditorErrorKind::TooManyNodes);
 }
+
+#[test]
+fn expanded_ids_may_not_collide() {
+    let subgraph_id = "11111111-2222-3333-4444-555555555555";
+    let graph = v1_workflow(
+        json!([
+            {"id": 12, "type": subgraph_id, "widgets_values": ["x"]},
+            {"id": "12:5", "type": "VAEDecode"}
+        ]),
+        json!([]),
+        json!([encode_subgraph()]),
+    );
+    let (node, field, _) = error_kind(graph);
+    assert_eq!((node.as_deref(), field.as_str()), (Some("12:5"), "id"));
+}
+
+#[test]
+fn a_group_node_widget_sets_what_an_inner_primitive_feeds() {
+    // The group's widgets: the primitive's value (with its control slot), then the latent's
+    // height and batch size; its width is converted and fed by the primitive inside.
+    let graph = json!({"nodes": [
+        {"id": 20, "type": "workflow>Size", "widgets_values": [640, "fixed", 480, 2]}
+    ], "links": [], "extra": {"groupNodes": {"Size": {
+        "nodes": [
+            {"id": 8, "type": "PrimitiveNode", "outputs": [{"name": "INT", "type": "INT",
+                "widget": {"name": "width"}, "links": [1]}], "widgets_values": [999, "fixed"]},
+            {"id": 9, "type": "EmptyLatentImage", "inputs": [
+                {"name": "width", "type": "INT", "widget": {"name": "width"}, "link": 1}],
+             "outputs": [{"name": "LATENT", "type": "LATENT", "links": []}],
+             "widgets_values": [512, 512, 1]}
+        ],
+        "links": [[0, 0, 1, 0, 8, "INT"]],
+        "external": [[1, 0, "LATENT"]]
+    }}}});
+    let conversion = convert(graph);
+    assert_eq!(
+        conversion.prompt,
+        json!({"20:1": {"inputs": {"width": 640, "height": 480, "batch_size": 2},
+                        "class_type": "EmptyLatentImage", "_meta": {"title": "Empty Latent Image"}}})
+    );
+}

@@ -46,6 +46,14 @@ pub(crate) fn convert(
             continue;
         }
         let (id, node) = build_node(&flat, index, catalog, &mut warnings)?;
+        // A node id written as "12:5" can meet the expansion of node 5 in instance 12.
+        if prompt.contains_key(&id) {
+            return Err(EditorError::structure(
+                Some(&id),
+                "id",
+                "two nodes get this id once subgraphs are expanded",
+            ));
+        }
         prompt.insert(id, node);
     }
     drop_links_to_absent_nodes(&mut prompt, &mut warnings);
