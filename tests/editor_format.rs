@@ -51,7 +51,7 @@ const WORKFLOWS: [&str; 18] = [
 ];
 
 /// The files with a hand-written expected prompt.
-const EXPECTED: [&str; 8] = [
+const EXPECTED: [&str; 10] = [
     "default",
     "lora",
     "sdxl_simple_example",
@@ -60,6 +60,8 @@ const EXPECTED: [&str; 8] = [
     "sdxlturbo_example",
     "inpaint_example",
     "hiresfix_latent_workflow",
+    "sdxl_revision_text_prompts",
+    "area_composition",
 ];
 
 /// `comfy.samplers.KSampler.SAMPLERS` (comfyui-api.md §4).
