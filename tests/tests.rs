@@ -1,10 +1,12 @@
 #![recursion_limit = "512"]
 
-//! End-to-end tests: one binary, one module per area. Each starts the real server on a free
-//! loopback port with a fresh data folder.
+//! End-to-end tests: one binary, one module per area. Most start the real server on a free
+//! loopback port with a fresh data folder; `engine` and `editor_format` check pure functions
+//! against committed reference fixtures.
 
 mod cli;
 mod diffusion;
+mod editor_format;
 mod engine;
 mod helpers;
 mod image_nodes;

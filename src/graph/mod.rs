@@ -4,6 +4,7 @@
 //! Invariant: this layer does no IO, has no async code and imports no other Weft layer.
 //! Validation never runs a node; what it needs from the registry comes through `Catalog`.
 
+pub mod editor;
 pub mod plan;
 pub mod spec;
 pub mod validate;
