@@ -155,9 +155,31 @@ pub async fn run_headless(
         ExecConfig::default(),
     )
     .await?;
+    // Editor-format files (what the editor and ComfyUI save) are converted first, and embedded
+    // in the saved images as their workflow.
+    let mut extra_data = serde_json::Map::new();
+    let workflow = if crate::graph::Workflow::looks_like_editor_format(&workflow) {
+        let catalog = exec.registry().catalog(exec.dirs());
+        let converted = crate::graph::editor::editor_to_api(&workflow, &catalog)
+            .context("cannot convert the editor workflow")?;
+        if !converted.missing_node_types.is_empty() {
+            anyhow::bail!(
+                "the workflow uses node types Weft does not have: {}",
+                converted.missing_node_types.join(", ")
+            );
+        }
+        extra_data.insert(
+            "extra_pnginfo".into(),
+            serde_json::json!({"workflow": workflow}),
+        );
+        converted.prompt
+    } else {
+        workflow
+    };
     let submitted = match exec
         .submit(Submission {
             prompt: workflow,
+            extra_data,
             ..Submission::default()
         })
         .await

@@ -598,13 +598,25 @@ fn weft_declarations_convert_templates_like_comfyui() {
             }
             prompt
         };
-        assert_eq!(strip_titles(conversion.prompt), strip_titles(expected), "{name}");
+        assert_eq!(
+            strip_titles(conversion.prompt),
+            strip_titles(expected),
+            "{name}"
+        );
         checked.push(name);
     }
     // FIXME: grows as the LoRA, ControlNet and CLIP-vision nodes land.
     assert_eq!(
         checked,
-        ["default", "sdxl_simple_example", "image2image", "sdxlturbo_example", "inpaint_example", "hiresfix_latent_workflow", "area_composition"]
+        [
+            "default",
+            "sdxl_simple_example",
+            "image2image",
+            "sdxlturbo_example",
+            "inpaint_example",
+            "hiresfix_latent_workflow",
+            "area_composition"
+        ]
     );
 }
 
@@ -698,7 +710,10 @@ fn with_weft_registry_only_the_diffusion_nodes_are_missing() {
     let lora = &convert("lora", &registry).prompt["11"];
     assert_eq!(lora["class_type"], json!("LoraLoader"));
     assert_eq!(lora["inputs"]["model"], json!(["4", 0]));
-    assert_eq!(lora["_meta"]["widgets_values"], json!(["blindbox_v1_mix.safetensors", 0.75, 1]));
+    assert_eq!(
+        lora["_meta"]["widgets_values"],
+        json!(["blindbox_v1_mix.safetensors", 0.75, 1])
+    );
 }
 
 #[test]

@@ -123,14 +123,14 @@ impl TestApp {
 
     /// Waits until the prompt is in history (polling, for tests without a socket).
     pub async fn wait_history(&self, prompt_id: &str) -> Json {
-        for _ in 0..600 {
+        for _ in 0..2400 {
             let (_, body) = self.get(&format!("/history/{prompt_id}")).await;
             if let Some(entry) = body.get(prompt_id) {
                 return entry.clone();
             }
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("prompt {prompt_id} did not finish in 30 s");
+        panic!("prompt {prompt_id} did not finish in 120 s");
     }
 }
 

@@ -13,3 +13,4 @@ mod image_nodes;
 mod models;
 mod restart;
 pub(crate) mod server;
+mod workflow_files;

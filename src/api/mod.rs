@@ -5,6 +5,7 @@
 //! call `exec` (or `store` for reads) and map the result; no handler waits on a node. Errors become
 //! responses only in `error.rs`.
 
+pub mod convert;
 pub mod error;
 mod files;
 mod info;
@@ -84,7 +85,11 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
         let web_root = state.config.web_root.clone();
         cfg.app_data(state)
             .app_data(web::PayloadConfig::new(max_body))
-            .service(web::scope("/api/weft").configure(weft::routes))
+            .service(
+                web::scope("/api/weft")
+                    .configure(weft::routes)
+                    .configure(convert::routes),
+            )
             .service(web::scope("/api").configure(comfy_routes))
             .configure(comfy_routes);
         match web_root.filter(|root| root.join("index.html").is_file()) {

@@ -20,14 +20,7 @@ pub async fn post_prompt(
             "node_errors": {},
         })));
     };
-    let prompt = if crate::graph::Workflow::looks_like_editor_format(&prompt) {
-        return Err(ApiError::BadRequest(
-            "this is an editor-format workflow (nodes and links); queue the API format (\"Export (API)\" in the editor)".into(),
-        ));
-    } else {
-        prompt
-    };
-    let extra_data = match body.get("extra_data") {
+    let mut extra_data = match body.get("extra_data") {
         None | Some(Json::Null) => Map::new(),
         Some(Json::Object(map)) => map.clone(),
         Some(_) => {
@@ -35,6 +28,20 @@ pub async fn post_prompt(
                 "extra_data must be a JSON object".into(),
             ))
         }
+    };
+    // Weft addition: an editor-format workflow is converted here, and kept as the workflow that
+    // saved images embed.
+    let prompt = if crate::graph::Workflow::looks_like_editor_format(&prompt) {
+        let converted = crate::api::convert::editor_to_prompt(&state, &prompt)?;
+        let pnginfo = extra_data
+            .entry("extra_pnginfo")
+            .or_insert_with(|| json!({}));
+        if let Some(info) = pnginfo.as_object_mut() {
+            info.entry("workflow").or_insert(prompt);
+        }
+        converted
+    } else {
+        prompt
     };
     let client_id = body
         .get("client_id")

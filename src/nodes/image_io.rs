@@ -277,10 +277,10 @@ fn save_images(
             .map_err(|e| NodeError::input("filename_prefix", e.to_string()))?;
         let mut chunks: Vec<(String, String)> = Vec::new();
         if ctx.write_metadata {
-            chunks.push(("prompt".into(), ctx.prompt.to_string()));
+            chunks.push(("prompt".into(), ascii_json(&ctx.prompt)));
             if let Some(extra) = ctx.extra_pnginfo.as_deref().and_then(|e| e.as_object()) {
                 for (key, value) in extra {
-                    chunks.push((key.clone(), value.to_string()));
+                    chunks.push((key.clone(), ascii_json(value)));
                 }
             }
         }
@@ -356,6 +356,25 @@ fn next_counter(dir: &Path, name: &str) -> u64 {
     highest + 1
 }
 
+/// JSON with every non-ASCII character escaped (`\u00e9`), as Python's `json.dumps` writes it:
+/// PNG `tEXt` chunks must be Latin-1, and ComfyUI's readers expect this form.
+fn ascii_json(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    let mut out = String::with_capacity(text.len());
+    // Outside string literals JSON is ASCII, so escaping every non-ASCII char is always valid.
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
 /// Writes 8-bit pixels as PNG with `tEXt` chunks.
 pub fn write_png(
     path: &Path,
@@ -428,6 +447,17 @@ mod tests {
         }
         assert_eq!(next_counter(dir.path(), "ComfyUI"), 8);
         assert_eq!(next_counter(dir.path(), "New"), 1);
+    }
+
+    #[test]
+    fn metadata_json_is_ascii_and_round_trips() {
+        let value = serde_json::json!({"text": "café 🌄", "n": 1});
+        let text = ascii_json(&value);
+        assert!(text.is_ascii(), "{text}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            value
+        );
     }
 
     #[test]

@@ -1,0 +1,142 @@
+//! `POST /api/weft/convert`: editor format ⇄ API format, and workflows recovered from PNGs.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value as Json};
+
+use crate::api::error::ApiError;
+use crate::api::AppState;
+use crate::graph::editor::{
+    api_to_editor, editor_to_api, EditorConversion, MAX_EDITOR_WORKFLOW_BYTES,
+};
+use crate::graph::Workflow;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/convert", web::post().to(convert));
+}
+
+fn conversion(state: &AppState, editor: &Json) -> Result<EditorConversion, ApiError> {
+    let catalog = state.exec.registry().catalog(state.exec.dirs());
+    editor_to_api(editor, &catalog)
+        .map_err(|e| ApiError::BadRequest(format!("cannot convert the editor workflow: {e}")))
+}
+
+/// Converts an editor workflow for queueing; a workflow with node types Weft lacks is refused,
+/// naming them.
+pub fn editor_to_prompt(state: &AppState, editor: &Json) -> Result<Json, ApiError> {
+    let converted = conversion(state, editor)?;
+    if !converted.missing_node_types.is_empty() {
+        let names = converted.missing_node_types.join(", ");
+        return Err(ApiError::Prompt(json!({
+            "error": {
+                "type": "missing_node_type",
+                "message": format!("Cannot execute because this workflow uses node types Weft does not have: {names}"),
+                "details": names,
+                "extra_info": {"missing_node_types": converted.missing_node_types},
+            },
+            "node_errors": {},
+        })));
+    }
+    Ok(converted.prompt)
+}
+
+/// The text chunks of a PNG (`prompt`, `workflow`, …).
+fn png_text(bytes: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let reader = decoder
+        .read_info()
+        .map_err(|e| ApiError::BadRequest(format!("not a readable PNG: {e}")))?;
+    let info = reader.info();
+    let mut chunks: Vec<(String, String)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|t| (t.keyword.clone(), t.text.clone()))
+        .collect();
+    for t in &info.compressed_latin1_text {
+        if let Ok(text) = t.get_text() {
+            chunks.push((t.keyword.clone(), text));
+        }
+    }
+    for t in &info.utf8_text {
+        if let Ok(text) = t.get_text() {
+            chunks.push((t.keyword.clone(), text));
+        }
+    }
+    Ok(chunks)
+}
+
+fn conversion_json(converted: EditorConversion) -> Json {
+    json!({
+        "prompt": converted.prompt,
+        "missing_node_types": converted.missing_node_types,
+        "missing_models": converted.missing_models.iter().map(|(node, input, value)| json!({"node_id": node, "input": input, "value": value})).collect::<Vec<_>>(),
+        "warnings": converted.warnings,
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub struct ConvertQuery {
+    to: Option<String>,
+}
+
+/// Body: an editor workflow (→ `{prompt, missing_node_types, missing_models, warnings}`), an API
+/// prompt with `?to=editor` (→ the editor workflow), or a PNG (→ `{workflow, prompt}` as embedded,
+/// with the API prompt converted from the workflow when the PNG has only that).
+async fn convert(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+    query: web::Query<ConvertQuery>,
+) -> Result<HttpResponse, ApiError> {
+    if body.len() > MAX_EDITOR_WORKFLOW_BYTES {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "a workflow is limited to {} MB",
+            MAX_EDITOR_WORKFLOW_BYTES / (1024 * 1024)
+        )));
+    }
+    let is_png = body.starts_with(b"\x89PNG\r\n\x1a\n")
+        || req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("image/png"));
+    if is_png {
+        let chunks = png_text(&body)?;
+        let chunk = |key: &str| {
+            chunks
+                .iter()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, v)| serde_json::from_str::<Json>(v).ok())
+        };
+        let workflow = chunk("workflow");
+        let mut prompt = chunk("prompt");
+        if workflow.is_none() && prompt.is_none() {
+            return Err(ApiError::BadRequest(
+                "the PNG has no embedded workflow or prompt".into(),
+            ));
+        }
+        if prompt.is_none() {
+            if let Some(workflow) = &workflow {
+                prompt = Some(conversion(&state, workflow)?.prompt);
+            }
+        }
+        return Ok(HttpResponse::Ok().json(json!({"workflow": workflow, "prompt": prompt})));
+    }
+    let input: Json = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    if query.to.as_deref() == Some("editor") {
+        let prompt = input.get("prompt").cloned().unwrap_or(input);
+        let catalog = state.exec.registry().catalog(state.exec.dirs());
+        let editor = api_to_editor(&prompt, &catalog)
+            .map_err(|e| ApiError::BadRequest(format!("cannot convert the prompt: {e}")))?;
+        return Ok(HttpResponse::Ok().json(editor));
+    }
+    let editor = input
+        .get("workflow")
+        .filter(|w| Workflow::looks_like_editor_format(w))
+        .cloned()
+        .unwrap_or(input);
+    if !Workflow::looks_like_editor_format(&editor) {
+        return Err(ApiError::BadRequest("expected an editor-format workflow (with nodes and links); use ?to=editor to convert an API prompt".into()));
+    }
+    Ok(HttpResponse::Ok().json(conversion_json(conversion(&state, &editor)?)))
+}

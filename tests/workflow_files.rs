@@ -1,0 +1,221 @@
+//! Editor-format workflow files through the server: ComfyUI's own templates queued as they are,
+//! conversion both ways, workflows recovered from PNGs, and `weft run` on editor files (issue 6).
+
+use serde_json::{json, Value as Json};
+
+use crate::helpers::{read_png, spawn_app, TestApp};
+use crate::models::{write_checkpoint, Tiny};
+
+fn template(name: &str) -> Json {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/editor/workflows/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The template with its image size and step counts cut to what tiny models run in seconds on
+/// two cores (the graph itself is unchanged).
+fn small(name: &str) -> Json {
+    let mut workflow = template(name);
+    for node in workflow["nodes"].as_array_mut().unwrap() {
+        let kind = node["type"].as_str().unwrap_or("").to_owned();
+        let Some(values) = node["widgets_values"].as_array_mut() else {
+            continue;
+        };
+        match kind.as_str() {
+            "EmptyLatentImage" => {
+                values[0] = json!(64);
+                values[1] = json!(64);
+            }
+            "KSampler" => values[2] = json!(3),
+            _ => {}
+        }
+    }
+    workflow
+}
+
+fn expected(name: &str) -> Json {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/editor/expected/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A server whose models folder has tiny checkpoints under the names the templates use.
+async fn app_with_template_models() -> TestApp {
+    let app = spawn_app().await;
+    let checkpoints = app.dir.path().join("models/checkpoints");
+    write_checkpoint(
+        &checkpoints.join("v1-5-pruned-emaonly-fp16.safetensors"),
+        Tiny::Sd1,
+    );
+    write_checkpoint(
+        &checkpoints.join("sd_xl_turbo_1.0_fp16.safetensors"),
+        Tiny::Sdxl,
+    );
+    app
+}
+
+#[actix_web::test]
+async fn comfyui_templates_queue_as_editor_files_and_run() {
+    let app = app_with_template_models().await;
+    // The ComfyUI default graph, exactly as the frontend saves it.
+    let (status, body) = app
+        .post("/prompt", json!({"prompt": template("default")}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["prompt_id"].as_str().unwrap().to_owned();
+    let entry = app.wait_history(&id).await;
+    assert_eq!(
+        entry["status"]["status_str"], "success",
+        "{:#}",
+        entry["status"]
+    );
+    // The queued prompt is the converted API graph.
+    let mut stored = entry["prompt"][2].clone();
+    let mut reference = expected("default");
+    reference["3"]["inputs"]["steps"] = json!(3);
+    reference["5"]["inputs"]["width"] = json!(64);
+    reference["5"]["inputs"]["height"] = json!(64);
+    for prompt in [&mut stored, &mut reference] {
+        for node in prompt.as_object_mut().unwrap().values_mut() {
+            node.as_object_mut().unwrap().remove("_meta");
+        }
+    }
+    assert_eq!(stored, reference);
+    // The saved image carries the editor workflow, so it can be dropped back into an editor.
+    let image = &entry["outputs"]["9"]["images"][0];
+    let path = app
+        .data_dir()
+        .join("output")
+        .join(image["filename"].as_str().unwrap());
+    let (_, _, texts, _) = read_png(&path);
+    let workflow: Json =
+        serde_json::from_str(&texts.iter().find(|(k, _)| k == "workflow").unwrap().1).unwrap();
+    assert_eq!(workflow["nodes"], small("default")["nodes"]);
+
+    // SDXL-Turbo's template: SamplerCustom, SDTurboScheduler, KSamplerSelect.
+    let (status, body) = app
+        .post("/prompt", json!({"prompt": template("sdxlturbo_example")}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
+    assert_eq!(
+        entry["status"]["status_str"], "success",
+        "{:#}",
+        entry["status"]
+    );
+
+    // A template that needs nodes Weft lacks is refused with their names, nothing queued.
+    let (status, body) = app
+        .post("/prompt", json!({"prompt": template("esrgan_example")}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["type"], "missing_node_type");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("UpscaleModelLoader"),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn convert_endpoint_both_ways_and_from_png() {
+    let app = app_with_template_models().await;
+    let (status, converted) = app.post("/api/weft/convert", template("default")).await;
+    assert_eq!(status, 200, "{converted}");
+    assert_eq!(converted["prompt"], expected("default"));
+    assert_eq!(converted["missing_node_types"], json!([]));
+    assert_eq!(converted["missing_models"], json!([]));
+    // lora.json names models this server does not have and a node type it may lack.
+    let (_, lora) = app.post("/api/weft/convert", template("lora")).await;
+    assert!(
+        lora["missing_models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["value"] == "dreamshaper_8.safetensors"),
+        "{lora}"
+    );
+
+    // API → editor → API is stable.
+    let (status, editor) = app
+        .post(
+            "/api/weft/convert?to=editor",
+            json!({"prompt": converted["prompt"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{editor}");
+    assert!(editor["nodes"].as_array().unwrap().len() == 7);
+    let (_, again) = app.post("/api/weft/convert", editor).await;
+    assert_eq!(again["prompt"], converted["prompt"]);
+
+    // A PNG saved by a run gives back its workflow and prompt.
+    let (_, body) = app
+        .post("/prompt", json!({"prompt": template("default")}))
+        .await;
+    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
+    let name = entry["outputs"]["9"]["images"][0]["filename"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let png = std::fs::read(app.data_dir().join("output").join(&name)).unwrap();
+    let (status, recovered) = app.post_raw("/api/weft/convert", png, "image/png").await;
+    assert_eq!(status, 200, "{recovered}");
+    assert_eq!(recovered["workflow"]["nodes"], template("default")["nodes"]);
+    assert_eq!(recovered["prompt"]["3"]["class_type"], "KSampler");
+
+    // Bad input: not JSON, not a workflow, a PNG without chunks, a link to a missing node.
+    let (status, _) = app
+        .post_raw("/api/weft/convert", b"{nope".to_vec(), "application/json")
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = app.post("/api/weft/convert", json!({"hello": 1})).await;
+    assert_eq!(status, 400);
+    let (status, _) = app
+        .post_raw(
+            "/api/weft/convert",
+            crate::server::png_bytes(2, 2, [0, 0, 0, 255]),
+            "image/png",
+        )
+        .await;
+    assert_eq!(status, 400);
+    let mut broken = template("default");
+    broken["links"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!([99, 1234, 0, 3, 0, "MODEL"]));
+    broken["nodes"][3]["inputs"][0]["link"] = json!(99);
+    let (status, body) = app.post("/api/weft/convert", broken).await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn weft_run_accepts_editor_files() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(
+        &dir.path()
+            .join("models/checkpoints/v1-5-pruned-emaonly-fp16.safetensors"),
+        Tiny::Sd1,
+    );
+    std::fs::write(
+        dir.path().join("default.json"),
+        template("default").to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["run", "default.json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("_00001_.png"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
