@@ -147,7 +147,7 @@ impl WsClient {
     pub async fn next_frame(&mut self) -> Option<WsFrame> {
         loop {
             let frame =
-                actix_web::rt::time::timeout(Duration::from_secs(30), self.connection.next())
+                actix_web::rt::time::timeout(Duration::from_secs(120), self.connection.next())
                     .await
                     .ok()??
                     .ok()?;
