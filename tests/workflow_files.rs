@@ -59,7 +59,7 @@ async fn comfyui_templates_queue_as_editor_files_and_run() {
     let app = app_with_template_models().await;
     // The ComfyUI default graph, exactly as the frontend saves it.
     let (status, body) = app
-        .post("/prompt", json!({"prompt": template("default")}))
+        .post("/prompt", json!({"prompt": small("default")}))
         .await;
     assert_eq!(status, 200, "{body}");
     let id = body["prompt_id"].as_str().unwrap().to_owned();
@@ -78,6 +78,12 @@ async fn comfyui_templates_queue_as_editor_files_and_run() {
     for prompt in [&mut stored, &mut reference] {
         for node in prompt.as_object_mut().unwrap().values_mut() {
             node.as_object_mut().unwrap().remove("_meta");
+            // Queued prompts hold coerced constants (cfg 8 becomes 8.0, as in ComfyUI).
+            for value in node["inputs"].as_object_mut().unwrap().values_mut() {
+                if let Some(f) = value.as_f64().filter(|_| value.is_number()) {
+                    *value = json!(f);
+                }
+            }
         }
     }
     assert_eq!(stored, reference);
@@ -94,7 +100,7 @@ async fn comfyui_templates_queue_as_editor_files_and_run() {
 
     // SDXL-Turbo's template: SamplerCustom, SDTurboScheduler, KSamplerSelect.
     let (status, body) = app
-        .post("/prompt", json!({"prompt": template("sdxlturbo_example")}))
+        .post("/prompt", json!({"prompt": small("sdxlturbo_example")}))
         .await;
     assert_eq!(status, 200, "{body}");
     let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
@@ -152,7 +158,7 @@ async fn convert_endpoint_both_ways_and_from_png() {
 
     // A PNG saved by a run gives back its workflow and prompt.
     let (_, body) = app
-        .post("/prompt", json!({"prompt": template("default")}))
+        .post("/prompt", json!({"prompt": small("default")}))
         .await;
     let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
     let name = entry["outputs"]["9"]["images"][0]["filename"]
@@ -162,7 +168,7 @@ async fn convert_endpoint_both_ways_and_from_png() {
     let png = std::fs::read(app.data_dir().join("output").join(&name)).unwrap();
     let (status, recovered) = app.post_raw("/api/weft/convert", png, "image/png").await;
     assert_eq!(status, 200, "{recovered}");
-    assert_eq!(recovered["workflow"]["nodes"], template("default")["nodes"]);
+    assert_eq!(recovered["workflow"]["nodes"], small("default")["nodes"]);
     assert_eq!(recovered["prompt"]["3"]["class_type"], "KSampler");
 
     // Bad input: not JSON, not a workflow, a PNG without chunks, a link to a missing node.
@@ -200,7 +206,7 @@ fn weft_run_accepts_editor_files() {
     );
     std::fs::write(
         dir.path().join("default.json"),
-        template("default").to_string(),
+        small("default").to_string(),
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
