@@ -6,6 +6,7 @@
 
 pub mod clip;
 pub mod load;
+pub mod lora;
 pub mod preprocess;
 pub mod resize;
 pub mod sampling;
