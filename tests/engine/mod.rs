@@ -2,6 +2,7 @@
 
 mod clip_parity;
 mod load;
+mod lora_parity;
 mod preprocess_parity;
 mod rng_parity;
 mod sampler_parity;
