@@ -470,6 +470,19 @@ fn write_lora(dir: &Path, name: &str, tensors: &[(&str, &[usize])]) -> PathBuf {
 const Q: &str = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
 
 #[test]
+fn ordinary_torch_pickles_pass_the_pickle_check() {
+    // An LDM-style checkpoint (weights under "state_dict", an int beside them, f16 and bf16
+    // storages) and a plain state dict, both written by torch.save (unet_vae_reference.py).
+    for name in ["tiny_ldm.ckpt", "tiny_plain.pt"] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/unet")
+            .join(name);
+        let file = LoraFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!file.tensors().is_empty(), "{name}");
+    }
+}
+
+#[test]
 fn broken_files_give_errors_naming_the_file() {
     let model = TinyModel::new("sd1");
     let keys = model.keys();
@@ -497,6 +510,12 @@ fn broken_files_give_errors_naming_the_file() {
     let e = open_err(&fixture("bad_global.pt"), &keys);
     assert!(
         matches!(&e.kind, LoraErrorKind::BadPickle(m) if m.contains("system")),
+        "{e}"
+    );
+    println!("{e}");
+    let e = open_err(&fixture("bad_shape.pt"), &keys);
+    assert!(
+        matches!(&e.kind, LoraErrorKind::BadTensor { reason, .. } if reason.contains("needs more data")),
         "{e}"
     );
     println!("{e}");

@@ -14,8 +14,8 @@ What it does:
   plus plain PEFT attention names: a Weft extension, see below), LoCon (conv, Tucker lora_mid),
   LoHa (linear, conv, Tucker), LoKr (full/factorised halves, conv Tucker), full diffs
   (diff, diff_b, w_norm/b_norm, generic diffusion_model. names, a bias target), DoRA (input and
-  output axis, conv, on LoHa), one torch zip pickle (.pt, f16 and bf16), and two pickles that must be
-  refused (a foreign global, an unknown opcode).
+  output axis, conv, on LoHa), one torch zip pickle (.pt, f16 and bf16), and three pickles that must
+  be refused (a foreign global, an unknown opcode, a shape larger than the file).
 - Applies them with a transcription of ComfyUI's code: the key maps of comfy/lora.py
   (model_lora_keys_unet with comfy/utils.py unet_to_diffusers, model_lora_keys_clip), load_lora,
   and the adapters' calculate_weight (comfy/weight_adapter/{lora,loha,lokr,base}.py, the "diff" patch
@@ -524,6 +524,8 @@ def bad_pickles():
     with_global = dict(lora)
     with_global["lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight"] = Evil()
     torch.save(with_global, os.path.join(OUT, "bad_global.pt"))
+    # A tensor whose shape claims far more data than the file holds (a stride-0 view).
+    torch.save({"lora_unet_x.lora_up.weight": torch.zeros(4).expand(1 << 20, 4)}, os.path.join(OUT, "bad_shape.pt"))
     # A valid zip whose data.pkl uses an opcode the reader does not know (0xfe).
     with zipfile.ZipFile(os.path.join(OUT, "bad_opcode.pt"), "w", zipfile.ZIP_STORED) as z:
         for name, data in [("bad_opcode/data.pkl", b"\x80\x02}q\x00\xfe."), ("bad_opcode/version", b"3\n")]:

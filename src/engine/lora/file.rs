@@ -53,7 +53,24 @@ impl LoraFile {
         }
         let mut tensors = HashMap::with_capacity(sd.shapes().len());
         for name in sd.shapes().keys() {
-            let tensor = sd.get(name).map_err(|e| err(LoraErrorKind::Load(e.kind)))?;
+            // candle's pickle reader is defensive but not audited for panics on crafted strides;
+            // a panic here becomes an error naming the tensor.
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sd.get(name)));
+            let tensor = match read {
+                Ok(Ok(tensor)) => tensor,
+                Ok(Err(e)) => {
+                    return Err(err(LoraErrorKind::BadTensor {
+                        key: name.clone(),
+                        reason: e.kind.to_string(),
+                    }))
+                }
+                Err(_) => {
+                    return Err(err(LoraErrorKind::BadTensor {
+                        key: name.clone(),
+                        reason: "the tensor reader failed on its data".into(),
+                    }))
+                }
+            };
             tensors.insert(name.clone(), tensor);
         }
         Self::from_tensors(path, tensors)
