@@ -12,8 +12,9 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-/// The most objects candle's reader may build for one pickle (a LoRA needs a few per tensor).
-const MAX_OBJECTS: u64 = 50_000_000;
+/// The most objects candle's reader may build for one pickle (a torch state dict needs a few
+/// dozen per tensor, so this allows well over 100k tensors while bounding memory to ~1 GB).
+const MAX_OBJECTS: u64 = 5_000_000;
 
 /// The globals a torch state dict uses.
 fn allowed_global(module: &str, name: &str) -> bool {
