@@ -1,5 +1,6 @@
-//! Tensor maths on candle: the diffusion models (CLIP text encoders, UNet, VAE), their loaders and
-//! key maps, the samplers and schedulers, tokenization, and image resizing.
+//! Tensor maths on candle: the diffusion models (CLIP text encoders, UNet, VAE, ControlNet), their
+//! loaders and key maps, LoRA, the samplers and schedulers, tokenization, preprocessors and image
+//! resizing.
 //!
 //! Invariant: knows nothing about graphs, HTTP, SQL or tokio, so it can be tested with tensors
 //! alone.
@@ -8,6 +9,7 @@ pub mod clip;
 pub mod controlnet;
 pub mod diffusion;
 pub mod load;
+pub mod lora;
 pub mod manager;
 pub mod preprocess;
 pub mod resize;

@@ -3,6 +3,7 @@
 pub(crate) mod clip_parity;
 pub(crate) mod controlnet_parity;
 pub(crate) mod load;
+pub(crate) mod lora_parity;
 pub(crate) mod preprocess_parity;
 pub(crate) mod rng_parity;
 pub(crate) mod sampler_parity;
