@@ -471,3 +471,45 @@ async fn standalone_text_encoders_and_textual_inversions() {
         "{error}"
     );
 }
+
+#[actix_web::test]
+async fn interrupting_a_sampler_stops_it_between_steps_and_previews_reach_clients_that_asked() {
+    let app = app_with_models().await;
+    let mut ws = app.ws("s").await;
+    ws.send_text(r#"{"type":"feature_flags","data":{"supports_preview_metadata":true}}"#)
+        .await;
+    let mut prompt = default_workflow("tiny_sd1.safetensors", "euler", "normal", 1, "long");
+    prompt["3"]["inputs"]["steps"] = json!(2000);
+    let (_, body) = app
+        .post("/prompt", json!({"prompt": prompt, "client_id": "s"}))
+        .await;
+    let id = body["prompt_id"].as_str().unwrap().to_owned();
+    // Wait for a few sampler steps and a preview frame, then interrupt.
+    let mut previews = 0;
+    let mut steps = 0;
+    while steps < 3 || previews == 0 {
+        match ws.next_frame().await.expect("frames") {
+            crate::helpers::WsFrame::Binary(frame) => {
+                assert_eq!(&frame[..4], &4u32.to_be_bytes());
+                previews += 1;
+            }
+            crate::helpers::WsFrame::Text(event) => {
+                if event["type"] == "progress" && event["data"]["node"] == "3" {
+                    assert_eq!(event["data"]["max"], 2000);
+                    steps += 1;
+                }
+            }
+        }
+    }
+    app.post("/interrupt", json!({"prompt_id": id})).await;
+    let events = ws.until_done(&id).await;
+    let interrupted = find(&events, "execution_interrupted").expect("interrupted");
+    assert_eq!(interrupted["node_id"], "3");
+    let last_step = events
+        .iter()
+        .filter(|e| e["type"] == "progress")
+        .filter_map(|e| e["data"]["value"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(last_step < 2000, "stopped between steps, at {last_step}");
+}
