@@ -266,3 +266,111 @@ async fn load_image_mask_is_one_minus_alpha() {
         "no alpha: a 64x64 zero mask, as ComfyUI"
     );
 }
+
+fn checkerboard_png(size: u32, cell: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, size, size);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let data: Vec<u8> = (0..size * size)
+            .flat_map(|i| {
+                let (x, y) = (i % size, i / size);
+                let v = if (x / cell + y / cell) % 2 == 0 {
+                    230
+                } else {
+                    20
+                };
+                [v, v, (y * 255 / size) as u8 / 4 + v / 2]
+            })
+            .collect();
+        encoder
+            .write_header()
+            .unwrap()
+            .write_image_data(&data)
+            .unwrap();
+    }
+    out
+}
+
+#[actix_web::test]
+async fn controlnet_preprocessors_run_in_a_graph() {
+    let app = spawn_app().await;
+    std::fs::write(
+        app.data_dir().join("input/board.png"),
+        checkerboard_png(64, 16),
+    )
+    .unwrap();
+    let nodes = [
+        (
+            "Canny",
+            json!({"low_threshold": 0.4, "high_threshold": 0.8}),
+        ),
+        (
+            "CannyEdgePreprocessor",
+            json!({"low_threshold": 100, "high_threshold": 200, "resolution": 64}),
+        ),
+        (
+            "Scribble_XDoG_Preprocessor",
+            json!({"threshold": 32, "resolution": 64}),
+        ),
+        (
+            "LineartStandardPreprocessor",
+            json!({"guassian_sigma": 6.0, "intensity_threshold": 8, "resolution": 64}),
+        ),
+        (
+            "BinaryPreprocessor",
+            json!({"bin_threshold": 100, "resolution": 64}),
+        ),
+        ("ColorPreprocessor", json!({"resolution": 64})),
+        ("ShufflePreprocessor", json!({"seed": 42, "resolution": 64})),
+        (
+            "TilePreprocessor",
+            json!({"pyrUp_iters": 3, "resolution": 64}),
+        ),
+        (
+            "WeftNormalFromDepth",
+            json!({"a": 6.28, "bg_threshold": 0.1, "resolution": 64}),
+        ),
+    ];
+    let mut graph = serde_json::Map::new();
+    graph.insert(
+        "load".into(),
+        json!({"class_type": "LoadImage", "inputs": {"image": "board.png"}}),
+    );
+    for (i, (class, inputs)) in nodes.iter().enumerate() {
+        let mut inputs = inputs.clone();
+        inputs["image"] = json!(["load", 0]);
+        graph.insert(
+            format!("p{i}"),
+            json!({"class_type": class, "inputs": inputs}),
+        );
+        graph.insert(
+            format!("s{i}"),
+            save(json!([format!("p{i}"), 0]), &format!("pre_{class}")),
+        );
+    }
+    let id = app.queue(Json::Object(graph), "pre").await;
+    let entry = app.wait_history(&id).await;
+    assert_eq!(
+        entry["status"]["status_str"], "success",
+        "{:#}",
+        entry["status"]
+    );
+    for (class, _) in nodes {
+        let (w, h, _, pixels) = read_png(
+            &app.data_dir()
+                .join(format!("output/pre_{class}_00001_.png")),
+        );
+        assert_eq!((w, h), (64, 64), "{class}");
+        assert!(
+            pixels.iter().any(|&p| p != pixels[0]),
+            "{class} gave a constant image"
+        );
+    }
+    // ComfyUI's Canny on a checkerboard: edges along the cell borders, nothing inside a cell.
+    let (_, _, _, edges) = read_png(&app.data_dir().join("output/pre_Canny_00001_.png"));
+    let at = |x: usize, y: usize| edges[(y * 64 + x) * 3];
+    assert_eq!(at(8, 8), 0);
+    assert!((0..64).any(|y| at(15, y) == 255 || at(16, y) == 255));
+}

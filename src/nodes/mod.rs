@@ -11,6 +11,7 @@ pub mod image_io;
 pub mod image_ops;
 pub mod latent;
 pub mod loaders;
+pub mod preprocessors;
 pub mod sampling;
 pub mod testing;
 mod value;
@@ -249,6 +250,7 @@ impl Registry {
         sampling::register(&mut registry);
         image_io::register(&mut registry);
         image_ops::register(&mut registry);
+        preprocessors::register(&mut registry);
         registry
     }
 
