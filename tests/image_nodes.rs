@@ -276,7 +276,7 @@ fn checkerboard_png(size: u32, cell: u32) -> Vec<u8> {
         let data: Vec<u8> = (0..size * size)
             .flat_map(|i| {
                 let (x, y) = (i % size, i / size);
-                let v = if (x / cell + y / cell) % 2 == 0 {
+                let v = if (x / cell + y / cell).is_multiple_of(2) {
                     230
                 } else {
                     20
