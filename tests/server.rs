@@ -859,3 +859,87 @@ async fn preview_frames_go_only_to_clients_that_asked() {
     }
     assert_eq!(binary, 0);
 }
+
+#[actix_web::test]
+async fn the_workflow_library_keeps_every_version_byte_for_byte() {
+    let app = spawn_app().await;
+    // Unusual spacing and number spellings must come back exactly as sent.
+    let v1 =
+        r#"{"nodes": [ {"id":1, "pos":[1.50, 2e2]} ], "links":[], "extra": {"note": "caf\u00e9"}}"#;
+    let body = format!(r#"{{"name": "mine", "description": "first", "workflow": {v1}}}"#);
+    let (status, created) = app
+        .post_raw("/api/weft/workflows", body.into_bytes(), "application/json")
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (_, raw) = app.get_bytes(&format!("/api/weft/workflows/{id}")).await;
+    let text = String::from_utf8(raw).unwrap();
+    assert!(text.ends_with(&format!(r#""workflow":{v1}}}"#)), "{text}");
+    let (_, one) = app.get(&format!("/api/weft/workflows/{id}")).await;
+    assert_eq!(one["version"], 1);
+
+    let v2 = r#"{"nodes":[],"links":[]}"#;
+    let (status, updated) = app
+        .post_raw(
+            &format!("/api/weft/workflows/{id}"),
+            Vec::new(),
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, 404, "POST to an id is not an update: {updated}");
+    let client = awc::Client::default();
+    let response = client
+        .put(app.url(&format!("/api/weft/workflows/{id}")))
+        .insert_header(("content-type", "application/json"))
+        .send_body(format!(r#"{{"workflow": {v2}}}"#))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let (_, versions) = app.get(&format!("/api/weft/workflows/{id}/versions")).await;
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+    let (status, _) = app
+        .post(
+            &format!("/api/weft/workflows/{id}/versions/1/restore"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, raw) = app.get_bytes(&format!("/api/weft/workflows/{id}")).await;
+    assert!(String::from_utf8(raw)
+        .unwrap()
+        .ends_with(&format!(r#""workflow":{v1}}}"#)));
+    let (_, list) = app.get("/api/weft/workflows").await;
+    assert_eq!(list[0]["version"], 3);
+    assert_eq!(list[0]["name"], "mine");
+
+    // Bad input changes nothing.
+    let (status, _) = app
+        .post_raw(
+            "/api/weft/workflows",
+            b"{not json".to_vec(),
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = app
+        .post(
+            "/api/weft/workflows",
+            json!({"name": "x", "workflow": [1, 2]}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = app
+        .post("/api/weft/workflows", json!({"workflow": {}}))
+        .await;
+    assert_eq!(status, 400, "a name is required");
+    let (_, list) = app.get("/api/weft/workflows").await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let response = client
+        .delete(app.url(&format!("/api/weft/workflows/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    let (status, _) = app.get(&format!("/api/weft/workflows/{id}")).await;
+    assert_eq!(status, 404);
+}

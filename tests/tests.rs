@@ -8,6 +8,7 @@ mod cli;
 mod diffusion;
 mod editor_format;
 mod engine;
+mod examples;
 mod helpers;
 mod image_nodes;
 mod models;
