@@ -11,6 +11,7 @@ mod engine;
 mod examples;
 mod helpers;
 mod image_nodes;
+mod lora_nodes;
 mod models;
 mod restart;
 pub(crate) mod server;

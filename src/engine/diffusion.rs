@@ -91,6 +91,8 @@ pub struct DiffusionModel {
     pub latent: LatentFormat,
     /// Bytes of weights held, for memory budgets.
     pub bytes: usize,
+    /// The UNet's diffusers-named weights (shared with the model), for LoRA patching.
+    pub weights: Option<Arc<std::collections::HashMap<String, Tensor>>>,
 }
 
 impl DiffusionModel {
@@ -111,7 +113,14 @@ impl DiffusionModel {
             sampling,
             latent: LatentFormat::for_family(family),
             bytes,
+            weights: None,
         }
+    }
+
+    /// Keeps the weights the UNet was built from.
+    pub fn with_weights(mut self, weights: std::collections::HashMap<String, Tensor>) -> Self {
+        self.weights = Some(Arc::new(weights));
+        self
     }
 
     /// Whether conditioning needs SDXL's pooled/size vector.

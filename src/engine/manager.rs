@@ -15,10 +15,15 @@ use crate::engine::clip::convert::{
 use crate::engine::clip::encode::TextEncoder;
 use crate::engine::clip::model::ClipTextModel;
 use crate::engine::diffusion::DiffusionModel;
-use crate::engine::load::checkpoint::{load_checkpoint, load_vae_file, ClipComponent};
-use crate::engine::load::detect::ModelFamily;
+use crate::engine::load::checkpoint::{
+    clip_components, load_vae_file, load_vae_ldm, split_components, unet_ldm_names, ClipComponent,
+    UNET_PREFIX,
+};
+use crate::engine::load::detect::{detect_unet, detect_vae_ldm, distinguishing_keys, ModelFamily};
+use crate::engine::load::file::StateDict;
 use crate::engine::load::{LoadError, LoadErrorKind};
 use crate::engine::tokenizer::ClipBpe;
+use crate::engine::unet::UNet2DConditionModel;
 use crate::engine::vae::AutoEncoderKL;
 
 /// Everything a single-file checkpoint gives (ComfyUI's MODEL, CLIP, VAE).
@@ -179,38 +184,64 @@ impl ModelManager {
     }
 
     fn load_checkpoint(&self, path: &Path) -> Result<LoadedCheckpoint, LoadError> {
-        let checkpoint = load_checkpoint(path, self.dtype, &self.device)?;
-        let family = checkpoint.detected.family;
-        let clip_bytes: usize = checkpoint
-            .clip
-            .iter()
-            .flat_map(|c| c.tensors.values())
-            .map(tensor_bytes)
-            .sum();
-        let clip = if checkpoint.clip.is_empty() {
+        let fail = |kind: LoadErrorKind| LoadError {
+            path: path.to_path_buf(),
+            kind,
+        };
+        let sd = Arc::new(StateDict::open(path)?);
+        let components = split_components(&sd);
+        let prefix = components.unet.clone().ok_or_else(|| {
+            fail(LoadErrorKind::UnknownFamily {
+                looked_for: distinguishing_keys(UNET_PREFIX),
+            })
+        })?;
+        let detected = detect_unet(&sd, &prefix).map_err(fail)?;
+        // The UNet is built from a map of its diffusers-named weights, which the model keeps: a
+        // LoRA patches a copy-on-write copy of that map without reading the file again.
+        let mut weights = HashMap::new();
+        for (name, key) in unet_ldm_names(&sd, &prefix, detected.config.layers_per_block) {
+            let tensor = sd
+                .get(&key)?
+                .to_dtype(self.dtype)
+                .map_err(|e| fail(LoadErrorKind::Tensor(e)))?;
+            weights.insert(name, tensor);
+        }
+        let vb = VarBuilder::from_tensors(weights.clone(), self.dtype, &self.device);
+        let unet = UNet2DConditionModel::new(vb, &detected.config)
+            .map_err(|e| fail(LoadErrorKind::Tensor(e)))?;
+        let vae = match &components.vae {
+            Some(vae_prefix) => {
+                let cfg = detect_vae_ldm(&sd, vae_prefix, detected.family.latent_scale())
+                    .map_err(fail)?;
+                Some(Arc::new(load_vae_ldm(
+                    &sd,
+                    vae_prefix,
+                    &cfg,
+                    self.dtype,
+                    &self.device,
+                )?))
+            }
+            None => None,
+        };
+        let clips = clip_components(&sd, &components)?;
+        let family = detected.family;
+        let clip = if clips.is_empty() {
             None
         } else {
-            let encoder = text_encoder(family, &checkpoint.clip, self.dtype, &self.device)
-                .map_err(|message| LoadError {
-                    path: path.to_path_buf(),
-                    kind: LoadErrorKind::BadConfig(message),
-                })?;
+            let encoder = text_encoder(family, &clips, self.dtype, &self.device)
+                .map_err(|m| fail(LoadErrorKind::BadConfig(m)))?;
             Some(Arc::new(encoder))
         };
         let file_bytes = std::fs::metadata(path)
             .map(|m| m.len() as usize)
             .unwrap_or(0);
-        let model_bytes = file_bytes.saturating_sub(clip_bytes);
-        let model = Arc::new(DiffusionModel::new(
-            checkpoint.unet,
-            family,
-            checkpoint.detected.prediction,
-            model_bytes,
-        ));
+        let model_bytes: usize = weights.values().map(tensor_bytes).sum();
+        let model = DiffusionModel::new(unet, family, detected.prediction, model_bytes)
+            .with_weights(weights);
         Ok(LoadedCheckpoint {
-            model,
+            model: Arc::new(model),
             clip,
-            vae: checkpoint.vae.map(Arc::new),
+            vae,
             bytes: file_bytes,
         })
     }
@@ -246,7 +277,9 @@ pub fn clip_file(path: &Path, dtype: DType, device: &Device) -> Result<ClipTextM
             "no CLIP text encoder weights (text_model.* or transformer.resblocks.*)".into(),
         ));
     };
-    clip_model(&component, dtype, device).map_err(fail)
+    clip_model(&component, dtype, device)
+        .map(|(model, _)| model)
+        .map_err(fail)
 }
 
 fn prefixed(tensors: HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
@@ -261,7 +294,7 @@ fn clip_model(
     component: &ClipComponent,
     dtype: DType,
     device: &Device,
-) -> Result<ClipTextModel, String> {
+) -> Result<(ClipTextModel, HashMap<String, Tensor>), String> {
     let is_openclip = component.tensors.keys().any(|k| k.starts_with("model."));
     let hf = if is_openclip {
         openclip_to_hf(&strip_prefix(&component.tensors, "model."))
@@ -276,9 +309,24 @@ fn clip_model(
         .map(|(k, t)| t.to_dtype(dtype).map(|t| (k, t)))
         .collect::<candle_core::Result<_>>()
         .map_err(|e| e.to_string())?;
-    let vb = VarBuilder::from_tensors(hf, dtype, device);
-    ClipTextModel::new(vb, &config)
-        .map_err(|e| format!("text encoder under {}: {e}", component.prefix))
+    let vb = VarBuilder::from_tensors(hf.clone(), dtype, device);
+    let model = ClipTextModel::new(vb, &config)
+        .map_err(|e| format!("text encoder under {}: {e}", component.prefix))?;
+    Ok((model, hf))
+}
+
+/// Builds a text model from HF-named weights (after a LoRA patched them).
+pub fn clip_from_weights(
+    weights: &HashMap<String, Tensor>,
+    dtype: DType,
+    device: &Device,
+) -> Result<ClipTextModel, String> {
+    let config = infer_clip_config(weights).map_err(|e| e.to_string())?;
+    ClipTextModel::new(
+        VarBuilder::from_tensors(weights.clone(), dtype, device),
+        &config,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Builds the family's text encoder from a checkpoint's CLIP components.
@@ -294,29 +342,27 @@ pub fn text_encoder(
             .first()
             .ok_or_else(|| "the checkpoint has no text encoder".to_owned())
     };
-    match family {
-        ModelFamily::Sd1 => Ok(TextEncoder::sd1(
-            clip_model(first()?, dtype, device)?,
-            bpe(),
-        )),
-        ModelFamily::Sd2 => Ok(TextEncoder::sd2(
-            clip_model(first()?, dtype, device)?,
-            bpe(),
-        )),
+    let encoder = match family {
+        ModelFamily::Sd1 => {
+            let (l, lw) = clip_model(first()?, dtype, device)?;
+            TextEncoder::sd1(l, bpe()).with_weights(Some(lw), None)
+        }
+        ModelFamily::Sd2 => {
+            let (h, hw) = clip_model(first()?, dtype, device)?;
+            TextEncoder::sd2(h, bpe()).with_weights(None, Some(hw))
+        }
         ModelFamily::SdxlBase => {
             let l = find("conditioner.embedders.0.")
                 .ok_or("SDXL checkpoint lacks conditioner.embedders.0 (CLIP-L)")?;
             let g = find("conditioner.embedders.1.")
                 .ok_or("SDXL checkpoint lacks conditioner.embedders.1 (OpenCLIP-bigG)")?;
-            Ok(TextEncoder::sdxl(
-                clip_model(l, dtype, device)?,
-                clip_model(g, dtype, device)?,
-                bpe(),
-            ))
+            let ((l, lw), (g, gw)) = (clip_model(l, dtype, device)?, clip_model(g, dtype, device)?);
+            TextEncoder::sdxl(l, g, bpe()).with_weights(Some(lw), Some(gw))
         }
-        ModelFamily::SdxlRefiner => Ok(TextEncoder::sdxl_refiner(
-            clip_model(first()?, dtype, device)?,
-            bpe(),
-        )),
-    }
+        ModelFamily::SdxlRefiner => {
+            let (g, gw) = clip_model(first()?, dtype, device)?;
+            TextEncoder::sdxl_refiner(g, bpe()).with_weights(None, Some(gw))
+        }
+    };
+    Ok(encoder)
 }

@@ -11,6 +11,7 @@ pub mod image_io;
 pub mod image_ops;
 pub mod latent;
 pub mod loaders;
+pub mod lora;
 pub mod preprocessors;
 pub mod sampling;
 pub mod testing;
@@ -245,6 +246,7 @@ impl Registry {
             by_name: HashMap::new(),
         };
         loaders::register(&mut registry);
+        lora::register(&mut registry);
         conditioning::register(&mut registry);
         latent::register(&mut registry);
         sampling::register(&mut registry);

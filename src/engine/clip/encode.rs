@@ -7,6 +7,7 @@
 //! the same position of the empty prompt's encoding, chunks are concatenated along the sequence
 //! axis, and the pooled output comes from the first chunk. Outputs are f32 like ComfyUI's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
@@ -358,7 +359,13 @@ pub struct TextEncoder {
     kind: TextEncoderKind,
     clip_l: Option<(SdTokenizer, ClipEncoder)>,
     clip_g: Option<(SdTokenizer, ClipEncoder)>,
+    /// The HF-named weights the encoders were built from (CLIP-L; OpenCLIP H or bigG), kept so a
+    /// LoRA can patch copies of them.
+    weights: (Option<Arc<Weights>>, Option<Arc<Weights>>),
 }
+
+/// HF-named weights of one text model.
+pub type Weights = HashMap<String, Tensor>;
 
 impl TextEncoder {
     /// SD1: CLIP-L.
@@ -372,6 +379,7 @@ impl TextEncoder {
                 ClipEncoderConfig::sd1_clip_l(),
             )),
             clip_g: None,
+            weights: (None, None),
         }
     }
 
@@ -386,6 +394,7 @@ impl TextEncoder {
                 SdTokenizerConfig::open_clip_h(),
                 ClipEncoderConfig::sd2_clip_h(),
             )),
+            weights: (None, None),
         }
     }
 
@@ -405,6 +414,7 @@ impl TextEncoder {
                 SdTokenizerConfig::open_clip_bigg(),
                 ClipEncoderConfig::sdxl_clip_g(),
             )),
+            weights: (None, None),
         }
     }
 
@@ -419,12 +429,28 @@ impl TextEncoder {
                 SdTokenizerConfig::open_clip_bigg(),
                 ClipEncoderConfig::sdxl_clip_g(),
             )),
+            weights: (None, None),
         }
     }
 
     /// The model family.
     pub fn kind(&self) -> TextEncoderKind {
         self.kind
+    }
+
+    /// Keeps the weights the encoders were built from (CLIP-L, then OpenCLIP H or bigG).
+    pub fn with_weights(
+        mut self,
+        l: Option<HashMap<String, Tensor>>,
+        g: Option<HashMap<String, Tensor>>,
+    ) -> Self {
+        self.weights = (l.map(Arc::new), g.map(Arc::new));
+        self
+    }
+
+    /// The weights kept by [`Self::with_weights`].
+    pub fn weights(&self) -> (Option<&Weights>, Option<&Weights>) {
+        (self.weights.0.as_deref(), self.weights.1.as_deref())
     }
 
     /// The CLIP-L tokenizer and encoder, if this family has one.
