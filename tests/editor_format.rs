@@ -605,11 +605,12 @@ fn weft_declarations_convert_templates_like_comfyui() {
         );
         checked.push(name);
     }
-    // FIXME: grows as the LoRA, ControlNet and CLIP-vision nodes land.
+    // FIXME: grows as the ControlNet and CLIP-vision nodes land.
     assert_eq!(
         checked,
         [
             "default",
+            "lora",
             "sdxl_simple_example",
             "image2image",
             "sdxlturbo_example",
@@ -706,14 +707,15 @@ fn with_weft_registry_only_the_diffusion_nodes_are_missing() {
         let again = editor_to_api(&editor, &registry).unwrap();
         assert_eq!(again.prompt, conversion.prompt, "{name}");
     }
-    // A node type Weft lacks (here LoraLoader) keeps its links and its raw widget values.
-    let lora = &convert("lora", &registry).prompt["11"];
-    assert_eq!(lora["class_type"], json!("LoraLoader"));
-    assert_eq!(lora["inputs"]["model"], json!(["4", 0]));
+    // A node type Weft lacks (here ControlNetLoader) keeps its raw widget values, and the node it
+    // feeds keeps the link.
+    let controlnet = convert("controlnet_example", &registry).prompt;
+    assert_eq!(controlnet["12"]["class_type"], json!("ControlNetLoader"));
     assert_eq!(
-        lora["_meta"]["widgets_values"],
-        json!(["blindbox_v1_mix.safetensors", 0.75, 1])
+        controlnet["12"]["_meta"]["widgets_values"],
+        json!(["control_v11p_sd15_scribble_fp16.safetensors"])
     );
+    assert_eq!(controlnet["32"]["inputs"]["control_net"], json!(["12", 0]));
 }
 
 #[test]
