@@ -37,6 +37,15 @@ fn every_example_workflow_runs_with_weft_run() {
         &checkpoints.join("sd_xl_refiner_1.0.safetensors"),
         Tiny::SdxlRefiner,
     );
+    std::fs::create_dir_all(dir.path().join("models/loras")).unwrap();
+    for name in ["style_a", "style_b"] {
+        let lora = crate::lora_nodes::kohya_lora(name);
+        candle_core::safetensors::save(
+            &lora,
+            dir.path().join(format!("models/loras/{name}.safetensors")),
+        )
+        .unwrap();
+    }
     std::fs::create_dir_all(dir.path().join("data/input")).unwrap();
     std::fs::write(
         dir.path().join("data/input/example.png"),
@@ -52,7 +61,7 @@ fn every_example_workflow_runs_with_weft_run() {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     names.sort();
-    assert!(names.len() >= 5, "{names:?}");
+    assert!(names.len() >= 6, "{names:?}");
     for path in names {
         let workflow: Json =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

@@ -33,7 +33,7 @@ fn template(name: &str) -> Json {
 
 /// A kohya LoRA for the tiny SD1 checkpoint: one UNet attention projection and one text-encoder
 /// projection, rank 4.
-fn kohya_lora(salt: &str) -> HashMap<String, Tensor> {
+pub(crate) fn kohya_lora(salt: &str) -> HashMap<String, Tensor> {
     let mut tensors = HashMap::new();
     let mut module = |name: &str, out_dim: usize, in_dim: usize| {
         tensors.insert(

@@ -225,3 +225,18 @@ fn weft_run_accepts_editor_files() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[actix_web::test]
+async fn oversized_workflows_are_refused_before_parsing() {
+    let app = spawn_app().await;
+    // 51 MB of valid-looking JSON: over the 50 MB editor-workflow limit.
+    let mut body = String::from(r#"{"nodes": [], "links": [], "extra": {"padding": ""#);
+    body.push_str(&"x".repeat(51 * 1024 * 1024));
+    body.push_str(r#""}}"#);
+    let (status, answer) = app
+        .post_raw("/api/weft/convert", body.into_bytes(), "application/json")
+        .await;
+    assert_eq!(status, 413, "{answer}");
+    let (_, list) = app.get("/api/weft/workflows").await;
+    assert_eq!(list, json!([]), "nothing stored");
+}
