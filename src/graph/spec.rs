@@ -285,6 +285,30 @@ pub mod build {
         }
     }
 
+    /// A node declaration with the usual defaults: pure, not an output node, no hidden inputs,
+    /// from ComfyUI's `nodes` module. Callers override fields with struct-update syntax.
+    pub fn node(
+        class_type: &'static str,
+        display_name: &'static str,
+        category: &'static str,
+        inputs: Vec<InputSpec>,
+        outputs: Vec<OutputSpec>,
+    ) -> NodeSpec {
+        NodeSpec {
+            class_type,
+            display_name,
+            category,
+            description: "",
+            inputs,
+            hidden: vec![],
+            outputs,
+            output_node: false,
+            freshness: Freshness::Pure,
+            self_validated: &[],
+            python_module: "nodes",
+        }
+    }
+
     pub fn output(ty: SlotType, name: &'static str) -> OutputSpec {
         OutputSpec {
             ty,

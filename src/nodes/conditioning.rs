@@ -10,7 +10,7 @@ use crate::engine::diffusion::{Area, CondEntry};
 use crate::engine::load::file::StateDict;
 use crate::engine::tokenizer::EmbeddingLookup;
 use crate::graph::spec::build::*;
-use crate::graph::spec::{Freshness, InputSpec, NodeSpec, OutputSpec};
+use crate::graph::spec::{InputSpec, NodeSpec, OutputSpec};
 use crate::graph::SlotType;
 use crate::nodes::image_ops::MAX_RESOLUTION;
 use crate::nodes::{Clip, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
@@ -37,19 +37,7 @@ fn spec(
     inputs: Vec<InputSpec>,
     outputs: Vec<OutputSpec>,
 ) -> NodeSpec {
-    NodeSpec {
-        class_type,
-        display_name,
-        category,
-        description: "",
-        inputs,
-        hidden: vec![],
-        outputs,
-        output_node: false,
-        freshness: Freshness::Pure,
-        self_validated: &[],
-        python_module: "nodes",
-    }
+    node(class_type, display_name, category, inputs, outputs)
 }
 
 fn conditioning_out() -> Vec<OutputSpec> {

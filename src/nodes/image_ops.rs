@@ -4,7 +4,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::engine::resize::{resize_image, Crop, UpscaleMethod};
 use crate::graph::spec::build::*;
-use crate::graph::spec::{Freshness, InputKind, NodeSpec};
+use crate::graph::spec::{InputKind, NodeSpec};
 use crate::graph::SlotType;
 use crate::nodes::{Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
 
@@ -30,19 +30,7 @@ fn spec(
     inputs: Vec<crate::graph::spec::InputSpec>,
     outputs: Vec<crate::graph::spec::OutputSpec>,
 ) -> NodeSpec {
-    NodeSpec {
-        class_type,
-        display_name,
-        category,
-        description: "",
-        inputs,
-        hidden: vec![],
-        outputs,
-        output_node: false,
-        freshness: Freshness::Pure,
-        self_validated: &[],
-        python_module: "nodes",
-    }
+    node(class_type, display_name, category, inputs, outputs)
 }
 
 fn method(inputs: &Inputs) -> Result<UpscaleMethod, NodeError> {

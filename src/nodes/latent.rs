@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor};
 use crate::engine::resize::{common_upscale, Crop, UpscaleMethod};
 use crate::engine::vae::AutoEncoderKL;
 use crate::graph::spec::build::*;
-use crate::graph::spec::{Freshness, InputSpec, NodeSpec, OutputSpec};
+use crate::graph::spec::{InputSpec, NodeSpec, OutputSpec};
 use crate::graph::SlotType;
 use crate::nodes::image_ops::MAX_RESOLUTION;
 use crate::nodes::{Inputs, Latent, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
@@ -38,19 +38,7 @@ fn spec(
     inputs: Vec<InputSpec>,
     outputs: Vec<OutputSpec>,
 ) -> NodeSpec {
-    NodeSpec {
-        class_type,
-        display_name,
-        category,
-        description: "",
-        inputs,
-        hidden: vec![],
-        outputs,
-        output_node: false,
-        freshness: Freshness::Pure,
-        self_validated: &[],
-        python_module: "nodes",
-    }
+    node(class_type, display_name, category, inputs, outputs)
 }
 
 fn latent_out() -> Vec<OutputSpec> {

@@ -39,17 +39,9 @@ fn loader_spec(
     description: &'static str,
 ) -> NodeSpec {
     NodeSpec {
-        class_type,
-        display_name,
-        category,
         description,
-        inputs,
-        hidden: vec![],
-        outputs,
-        output_node: false,
         freshness: Freshness::ReadsFiles,
-        self_validated: &[],
-        python_module: "nodes",
+        ..node(class_type, display_name, category, inputs, outputs)
     }
 }
 

@@ -47,17 +47,9 @@ fn spec(
     outputs: Vec<OutputSpec>,
 ) -> NodeSpec {
     NodeSpec {
-        class_type,
-        display_name,
-        category: "loaders",
         description: "LoRAs are used to modify diffusion and CLIP models, altering the way in which latents are denoised such as applying styles. Multiple LoRA nodes can be linked together.",
-        inputs,
-        hidden: vec![],
-        outputs,
-        output_node: false,
         freshness: Freshness::ReadsFiles,
-        self_validated: &[],
-        python_module: "nodes",
+        ..node(class_type, display_name, "loaders", inputs, outputs)
     }
 }
 

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 
 use crate::engine::preprocess::{self, cv::Interpolation};
 use crate::graph::spec::build::*;
-use crate::graph::spec::{Freshness, InputSpec, NodeSpec};
+use crate::graph::spec::{InputSpec, NodeSpec};
 use crate::graph::SlotType;
 use crate::nodes::{Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
 
@@ -30,17 +30,14 @@ fn spec(
     inputs: Vec<InputSpec>,
 ) -> NodeSpec {
     NodeSpec {
-        class_type,
-        display_name,
-        category,
-        description: "",
-        inputs,
-        hidden: vec![],
-        outputs: vec![output(SlotType::IMAGE, "IMAGE")],
-        output_node: false,
-        freshness: Freshness::Pure,
-        self_validated: &[],
         python_module,
+        ..node(
+            class_type,
+            display_name,
+            category,
+            inputs,
+            vec![output(SlotType::IMAGE, "IMAGE")],
+        )
     }
 }
 

@@ -16,7 +16,7 @@ use crate::engine::sampling::schedulers::{
     SCHEDULER_NAMES,
 };
 use crate::graph::spec::build::*;
-use crate::graph::spec::{Freshness, InputKind, InputSpec, NodeSpec, OutputSpec};
+use crate::graph::spec::{InputKind, InputSpec, NodeSpec, OutputSpec};
 use crate::graph::SlotType;
 use crate::nodes::{
     Guider, Inputs, Latent, Node, NodeContext, NodeError, NodeOutput, NoiseSource, Registry, Value,
@@ -47,17 +47,8 @@ fn spec(
     outputs: Vec<OutputSpec>,
 ) -> NodeSpec {
     NodeSpec {
-        class_type,
-        display_name,
-        category,
-        description: "",
-        inputs,
-        hidden: vec![],
-        outputs,
-        output_node: false,
-        freshness: Freshness::Pure,
-        self_validated: &[],
         python_module: "comfy_extras.nodes_custom_sampler",
+        ..node(class_type, display_name, category, inputs, outputs)
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 
 use crate::graph::spec::build::*;
-use crate::graph::spec::{Freshness, NodeSpec};
+use crate::graph::spec::NodeSpec;
 use crate::graph::SlotType;
 use crate::nodes::{Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
 
@@ -25,17 +25,8 @@ fn spec(
     outputs: Vec<crate::graph::spec::OutputSpec>,
 ) -> NodeSpec {
     NodeSpec {
-        class_type,
-        display_name: class_type,
-        category: "_for_testing",
-        description: "",
-        inputs,
-        hidden: vec![],
-        outputs,
-        output_node: false,
-        freshness: Freshness::Pure,
-        self_validated: &[],
         python_module: "custom_nodes.testing-pack",
+        ..node(class_type, class_type, "_for_testing", inputs, outputs)
     }
 }
 
