@@ -1,28 +1,11 @@
 //! Every example in `workflows/` runs with `weft run` on tiny checkpoints named as the examples
 //! expect (sizes and step counts cut so each takes seconds on two cores).
 
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
+
+use crate::helpers::shrink_editor_workflow;
 
 use crate::models::{write_checkpoint, Tiny};
-
-fn shrink(mut workflow: Json) -> Json {
-    for node in workflow["nodes"].as_array_mut().unwrap() {
-        let kind = node["type"].as_str().unwrap_or("").to_owned();
-        let Some(values) = node["widgets_values"].as_array_mut() else {
-            continue;
-        };
-        match kind.as_str() {
-            "EmptyLatentImage" => {
-                values[0] = json!(64);
-                values[1] = json!(64);
-            }
-            "KSampler" => values[2] = json!(3),
-            "ImageScaleToTotalPixels" => values[1] = json!(0.01),
-            _ => {}
-        }
-    }
-    workflow
-}
 
 #[test]
 fn every_example_workflow_runs_with_weft_run() {
@@ -71,7 +54,7 @@ fn every_example_workflow_runs_with_weft_run() {
             path.display()
         );
         let file = dir.path().join(path.file_name().unwrap());
-        std::fs::write(&file, shrink(workflow).to_string()).unwrap();
+        std::fs::write(&file, shrink_editor_workflow(workflow).to_string()).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
             .arg("run")
             .arg(&file)

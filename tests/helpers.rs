@@ -271,3 +271,32 @@ pub fn context(app: &TestApp) -> weft::nodes::NodeContext {
         )),
     }
 }
+
+/// One of ComfyUI's editor-format templates in `tests/fixtures/editor/workflows/`.
+pub fn comfy_template(name: &str) -> Json {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/editor/workflows/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).expect("template exists"))
+        .expect("template is JSON")
+}
+
+/// An editor workflow with its image sizes and step counts cut to what tiny models run in a
+/// second on two cores; the graph itself is unchanged.
+pub fn shrink_editor_workflow(mut workflow: Json) -> Json {
+    for node in workflow["nodes"].as_array_mut().expect("editor workflow") {
+        let kind = node["type"].as_str().unwrap_or("").to_owned();
+        let Some(values) = node["widgets_values"].as_array_mut() else {
+            continue;
+        };
+        match kind.as_str() {
+            "EmptyLatentImage" => {
+                values[0] = json!(64);
+                values[1] = json!(64);
+            }
+            "KSampler" => values[2] = json!(3),
+            "ImageScaleToTotalPixels" => values[1] = json!(0.01),
+            _ => {}
+        }
+    }
+    workflow
+}

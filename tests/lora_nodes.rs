@@ -7,28 +7,11 @@ use candle_core::Tensor;
 use serde_json::{json, Value as Json};
 use weft::engine::synth::synth_tensor;
 
-use crate::helpers::{read_png, spawn_app, TestApp};
+use crate::helpers::{comfy_template, read_png, shrink_editor_workflow, spawn_app, TestApp};
 use crate::models::{write_checkpoint, Tiny};
 
 fn template(name: &str) -> Json {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("tests/fixtures/editor/workflows/{name}.json"));
-    let mut workflow: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    for node in workflow["nodes"].as_array_mut().unwrap() {
-        let kind = node["type"].as_str().unwrap_or("").to_owned();
-        let Some(values) = node["widgets_values"].as_array_mut() else {
-            continue;
-        };
-        match kind.as_str() {
-            "EmptyLatentImage" => {
-                values[0] = json!(64);
-                values[1] = json!(64);
-            }
-            "KSampler" => values[2] = json!(3),
-            _ => {}
-        }
-    }
-    workflow
+    shrink_editor_workflow(comfy_template(name))
 }
 
 /// A kohya LoRA for the tiny SD1 checkpoint: one UNet attention projection and one text-encoder
