@@ -605,13 +605,14 @@ fn weft_declarations_convert_templates_like_comfyui() {
         );
         checked.push(name);
     }
-    // FIXME: grows as the ControlNet and CLIP-vision nodes land.
+    // FIXME: grows as the upscale-model, GLIGEN and CLIP-vision nodes land.
     assert_eq!(
         checked,
         [
             "default",
             "lora",
             "sdxl_simple_example",
+            "controlnet_example",
             "image2image",
             "sdxlturbo_example",
             "inpaint_example",
@@ -707,15 +708,15 @@ fn with_weft_registry_only_the_diffusion_nodes_are_missing() {
         let again = editor_to_api(&editor, &registry).unwrap();
         assert_eq!(again.prompt, conversion.prompt, "{name}");
     }
-    // A node type Weft lacks (here ControlNetLoader) keeps its raw widget values, and the node it
-    // feeds keeps the link.
-    let controlnet = convert("controlnet_example", &registry).prompt;
-    assert_eq!(controlnet["12"]["class_type"], json!("ControlNetLoader"));
+    // A node type Weft lacks (here UpscaleModelLoader) keeps its raw widget values, and the node
+    // it feeds keeps the link.
+    let esrgan = convert("esrgan_example", &registry).prompt;
+    assert_eq!(esrgan["13"]["class_type"], json!("UpscaleModelLoader"));
     assert_eq!(
-        controlnet["12"]["_meta"]["widgets_values"],
-        json!(["control_v11p_sd15_scribble_fp16.safetensors"])
+        esrgan["13"]["_meta"]["widgets_values"],
+        json!(["RealESRGAN_x4plus.safetensors"])
     );
-    assert_eq!(controlnet["32"]["inputs"]["control_net"], json!(["12", 0]));
+    assert_eq!(esrgan["14"]["inputs"]["upscale_model"], json!(["13", 0]));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! against committed reference fixtures.
 
 mod cli;
+mod controlnet_nodes;
 mod diffusion;
 mod editor_format;
 mod engine;

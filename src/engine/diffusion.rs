@@ -173,7 +173,7 @@ pub struct SizeConditioning {
 /// A ControlNet-like source of residuals attached to a conditioning entry.
 pub trait ControlHint: Send + Sync + std::fmt::Debug {
     /// Residuals for the UNet input `x_in` (already `c_in`-scaled) at `sigma`, or `None` when the
-    /// control is not active at this sigma.
+    /// control is not active at this sigma. `unet` is the model being controlled.
     fn residuals(
         &self,
         x_in: &Tensor,
@@ -181,6 +181,7 @@ pub trait ControlHint: Send + Sync + std::fmt::Debug {
         sigma: f64,
         context: &Tensor,
         y: Option<&Tensor>,
+        unet: &UNet2DConditionModel,
     ) -> Result<Option<ControlResiduals>>;
 }
 
@@ -309,7 +310,14 @@ impl<'a> CfgDenoiser<'a> {
                 None => None,
             };
             let control = match &cond.control {
-                Some(hint) => hint.residuals(&x_in, &timesteps, sigma, &context, y.as_ref())?,
+                Some(hint) => hint.residuals(
+                    &x_in,
+                    &timesteps,
+                    sigma,
+                    &context,
+                    y.as_ref(),
+                    &self.model.unet,
+                )?,
                 None => None,
             };
             let output = self.model.unet.forward(

@@ -27,6 +27,7 @@ impl SlotType {
     pub const SIGMAS: SlotType = SlotType("SIGMAS");
     pub const NOISE: SlotType = SlotType("NOISE");
     pub const GUIDER: SlotType = SlotType("GUIDER");
+    pub const CONTROL_NET: SlotType = SlotType("CONTROL_NET");
 
     pub fn name(self) -> &'static str {
         self.0

@@ -7,6 +7,7 @@
 //! file here (its family's), plus its test.
 
 pub mod conditioning;
+pub mod controlnet;
 pub mod image_io;
 pub mod image_ops;
 pub mod latent;
@@ -248,6 +249,7 @@ impl Registry {
         loaders::register(&mut registry);
         lora::register(&mut registry);
         conditioning::register(&mut registry);
+        controlnet::register(&mut registry);
         latent::register(&mut registry);
         sampling::register(&mut registry);
         image_io::register(&mut registry);

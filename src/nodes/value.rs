@@ -74,6 +74,7 @@ pub enum Value {
     Sigmas(Arc<Vec<f32>>),
     Noise(NoiseSource),
     Guider(Arc<Guider>),
+    ControlNet(Arc<crate::engine::controlnet::ControlNetModel>),
 }
 
 impl Value {
@@ -95,6 +96,7 @@ impl Value {
             Value::Sigmas(_) => SlotType::SIGMAS,
             Value::Noise(_) => SlotType::NOISE,
             Value::Guider(_) => SlotType::GUIDER,
+            Value::ControlNet(_) => SlotType::CONTROL_NET,
         }
     }
 
@@ -105,7 +107,11 @@ impl Value {
             Value::String(s) => 24 + s.len(),
             Value::Image(t) | Value::Mask(t) => tensor_bytes(t),
             // Models are owned by the model manager; a cached reference costs nothing extra.
-            Value::Model(_) | Value::Clip(_) | Value::Vae(_) | Value::Guider(_) => 64,
+            Value::Model(_)
+            | Value::Clip(_)
+            | Value::Vae(_)
+            | Value::Guider(_)
+            | Value::ControlNet(_) => 64,
             Value::Conditioning(list) => list.iter().map(CondEntry::byte_size).sum(),
             Value::Latent(l) => {
                 tensor_bytes(&l.samples) + l.noise_mask.as_ref().map_or(0, tensor_bytes)
@@ -262,3 +268,9 @@ getter!(sampler, Sampler, Arc<str>, "SAMPLER");
 getter!(sigmas, Sigmas, Arc<Vec<f32>>, "SIGMAS");
 getter!(noise, Noise, NoiseSource, "NOISE");
 getter!(guider, Guider, Arc<Guider>, "GUIDER");
+getter!(
+    control_net,
+    ControlNet,
+    Arc<crate::engine::controlnet::ControlNetModel>,
+    "CONTROL_NET"
+);

@@ -51,7 +51,7 @@ fn config(name: &str) -> ControlNetConfig {
 }
 
 /// (ldm or tencentarc key, diffusers key, shape) rows of a committed key map.
-fn keymap(name: &str) -> Vec<(String, String, Vec<usize>)> {
+pub(crate) fn keymap(name: &str) -> Vec<(String, String, Vec<usize>)> {
     keymap_at(&path(name))
 }
 
@@ -61,7 +61,7 @@ fn keymap_at(file: &Path) -> Vec<(String, String, Vec<usize>)> {
 }
 
 /// Writes the synthetic weights of `rows` under `file_key(row)` as a safetensors file.
-fn write_weights(
+pub(crate) fn write_weights(
     dir: &Path,
     file: &str,
     rows: &[(String, String, Vec<usize>)],

@@ -1,0 +1,232 @@
+//! ControlNet through the server: ComfyUI's three ControlNet templates on tiny files, strength 0
+//! and the start/end window, stacking, and bad inputs (issue 7).
+
+use serde_json::{json, Value as Json};
+
+use crate::helpers::{comfy_template, read_png, shrink_editor_workflow, spawn_app, TestApp};
+use crate::models::{write_checkpoint, Tiny};
+
+/// Writes the tiny SD1 ControlNet (the parity fixture's architecture, synthetic weights) in the LDM
+/// layout under `control_model.`.
+fn write_controlnet(dir: &std::path::Path, name: &str) {
+    let rows = crate::engine::controlnet_parity::keymap("keymap_controlnet_sd1_tiny.json");
+    crate::engine::controlnet_parity::write_weights(dir, name, &rows, |r| {
+        Some(format!("control_model.{}", r.0))
+    });
+}
+
+async fn app_with_controlnets() -> TestApp {
+    let app = spawn_app().await;
+    let models = app.dir.path().join("models");
+    for ckpt in [
+        "DreamShaper_8_pruned.safetensors",
+        "architecturerealmix_v11.safetensors",
+        "awpainting_v14.safetensors",
+        "tiny_sd1.safetensors",
+    ] {
+        write_checkpoint(&models.join("checkpoints").join(ckpt), Tiny::Sd1);
+    }
+    write_checkpoint(
+        &models.join("checkpoints/tiny_sdxl.safetensors"),
+        Tiny::Sdxl,
+    );
+    for cn in [
+        "control_v11p_sd15_scribble_fp16.safetensors",
+        "control_v11f1p_sd15_depth_fp16.safetensors",
+        "control_v11p_sd15_openpose_fp16.safetensors",
+    ] {
+        write_controlnet(&models.join("controlnet"), cn);
+    }
+    let vae = crate::engine::load::ldm_tensors("vae_tiny", "", candle_core::DType::F32);
+    candle_core::safetensors::save(
+        &vae,
+        models.join("vae/vae-ft-mse-840000-ema-pruned.safetensors"),
+    )
+    .unwrap();
+    for image in [
+        "controlnet_example_input_image.png",
+        "depth_controlnet_input_image.png",
+        "mixing_controlnets_scribble_input.png",
+        "mixing_controlnets_pose_input.png",
+        "hint.png",
+    ] {
+        std::fs::write(
+            app.data_dir().join("input").join(image),
+            crate::server::png_bytes(48, 40, [200, 60, 20, 255]),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        app.data_dir().join("input/hint_alpha.png"),
+        crate::server::png_bytes(37, 53, [10, 200, 60, 90]),
+    )
+    .unwrap();
+    app
+}
+
+async fn run(app: &TestApp, prompt: Json) -> Json {
+    let (status, body) = app.post("/prompt", json!({"prompt": prompt})).await;
+    assert_eq!(status, 200, "{body}");
+    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
+    assert_eq!(
+        entry["status"]["status_str"], "success",
+        "{:#}",
+        entry["status"]
+    );
+    entry
+}
+
+#[actix_web::test]
+async fn comfyui_controlnet_templates_run_on_tiny_files() {
+    let app = app_with_controlnets().await;
+    for name in [
+        "controlnet_example",
+        "depth_controlnet",
+        "mixing_controlnets",
+    ] {
+        let entry = run(&app, shrink_editor_workflow(comfy_template(name))).await;
+        assert!(!entry["outputs"].as_object().unwrap().is_empty(), "{name}");
+    }
+}
+
+/// A txt2img graph with one ControlNet on both conditionings.
+fn graph(strength: f64, start: f64, end: f64, image: &str, ckpt: &str, prefix: &str) -> Json {
+    json!({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "a house"}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "blurry"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "l": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "c": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "control_v11p_sd15_scribble_fp16.safetensors"}},
+        "a": {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["6", 0], "negative": ["7", 0], "control_net": ["c", 0],
+              "image": ["l", 0], "strength": strength, "start_percent": start, "end_percent": end}},
+        "3": {"class_type": "KSampler", "inputs": {"model": ["4", 0], "seed": 8, "steps": 4, "cfg": 5.0, "sampler_name": "euler",
+              "scheduler": "normal", "positive": ["a", 0], "negative": ["a", 1], "latent_image": ["5", 0], "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}}
+    })
+}
+
+fn without_controlnet(prefix: &str) -> Json {
+    let mut g = graph(1.0, 0.0, 1.0, "hint.png", "tiny_sd1.safetensors", prefix);
+    let graph = g.as_object_mut().unwrap();
+    for id in ["l", "c", "a"] {
+        graph.remove(id);
+    }
+    graph["3"]["inputs"]["positive"] = json!(["6", 0]);
+    graph["3"]["inputs"]["negative"] = json!(["7", 0]);
+    g
+}
+
+fn pixels(app: &TestApp, prefix: &str) -> Vec<u8> {
+    read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png"))).3
+}
+
+#[actix_web::test]
+async fn strength_zero_and_the_step_window_leave_the_result_as_without_controlnet() {
+    let app = app_with_controlnets().await;
+    run(&app, without_controlnet("plain")).await;
+    run(
+        &app,
+        graph(1.0, 0.0, 1.0, "hint.png", "tiny_sd1.safetensors", "full"),
+    )
+    .await;
+    run(
+        &app,
+        graph(0.0, 0.0, 1.0, "hint.png", "tiny_sd1.safetensors", "zero"),
+    )
+    .await;
+    // A window at the very end of the schedule (sigma 0): no sampled sigma falls inside it.
+    run(
+        &app,
+        graph(1.0, 1.0, 1.0, "hint.png", "tiny_sd1.safetensors", "late"),
+    )
+    .await;
+    // A window covering only the first step: the control acts, the result differs from both.
+    run(
+        &app,
+        graph(1.0, 0.0, 0.2, "hint.png", "tiny_sd1.safetensors", "early"),
+    )
+    .await;
+    let plain = pixels(&app, "plain");
+    assert!(
+        pixels(&app, "full") != plain,
+        "the ControlNet changes the image"
+    );
+    assert!(
+        pixels(&app, "zero") == plain,
+        "strength 0 is the same as no ControlNet"
+    );
+    assert!(
+        pixels(&app, "late") == plain,
+        "outside the window no residuals are added"
+    );
+    let early = pixels(&app, "early");
+    assert!(early != plain && early != pixels(&app, "full"));
+
+    // Two ControlNets stack (their residuals add): different from one.
+    let mut stacked = graph(1.0, 0.0, 1.0, "hint.png", "tiny_sd1.safetensors", "stacked");
+    stacked["b"] = json!({"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["a", 0], "negative": ["a", 1], "control_net": ["c", 0],
+        "image": ["l", 0], "strength": 0.5, "start_percent": 0.0, "end_percent": 1.0}});
+    stacked["3"]["inputs"]["positive"] = json!(["b", 0]);
+    stacked["3"]["inputs"]["negative"] = json!(["b", 1]);
+    run(&app, stacked).await;
+    assert!(pixels(&app, "stacked") != pixels(&app, "full"));
+
+    // A hint of odd size with alpha is resized and its alpha dropped.
+    run(
+        &app,
+        graph(
+            1.0,
+            0.0,
+            1.0,
+            "hint_alpha.png",
+            "tiny_sd1.safetensors",
+            "alpha",
+        ),
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn wrong_family_and_corrupt_controlnets_are_clear_errors() {
+    let app = app_with_controlnets().await;
+    // An SD1 ControlNet on an SDXL model: the error names the mismatch, on the sampler.
+    let (_, body) = app
+        .post(
+            "/prompt",
+            json!({"prompt": graph(1.0, 0.0, 1.0, "hint.png", "tiny_sdxl.safetensors", "xl")}),
+        )
+        .await;
+    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
+    assert_eq!(entry["status"]["status_str"], "error");
+    let error = &entry["status"]["messages"][2][1];
+    assert_eq!(error["node_id"], "3", "{error}");
+    assert!(
+        error["exception_message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("controlnet"),
+        "{error}"
+    );
+
+    let dir = app.dir.path().join("models/controlnet");
+    let good = std::fs::read(dir.join("control_v11p_sd15_scribble_fp16.safetensors")).unwrap();
+    std::fs::write(dir.join("broken.safetensors"), &good[..good.len() / 3]).unwrap();
+    let mut prompt = graph(1.0, 0.0, 1.0, "hint.png", "tiny_sd1.safetensors", "broken");
+    prompt["c"]["inputs"]["control_net_name"] = json!("broken.safetensors");
+    let (_, body) = app.post("/prompt", json!({"prompt": prompt})).await;
+    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
+    let error = &entry["status"]["messages"][2][1];
+    assert_eq!(error["node_id"], "c", "{error}");
+    assert!(
+        error["exception_message"]
+            .as_str()
+            .unwrap()
+            .contains("broken.safetensors"),
+        "{error}"
+    );
+    // Still serving.
+    run(&app, without_controlnet("after")).await;
+}
