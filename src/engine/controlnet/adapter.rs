@@ -354,10 +354,6 @@ impl T2IAdapter {
 ///
 /// Arguments and result as `UNet2DConditionModel::forward`; `adapter.input` must have one entry
 /// per skip (`unet.num_skips()`), each `None` or shaped like that skip.
-///
-/// This repeats `UNet2DConditionModel::forward` with one extra addition per encoder block; it
-/// belongs in the UNet's own forward (an `input` slot next to `ControlResiduals`), which the
-/// worktree rules leave to the UNet's owner.
 pub fn unet_forward_with_adapter(
     unet: &UNet2DConditionModel,
     xs: &Tensor,
@@ -367,104 +363,13 @@ pub fn unet_forward_with_adapter(
     control: Option<&ControlResiduals>,
     adapter: &AdapterResiduals,
 ) -> Result<Tensor> {
-    let _enter = tracing::trace_span!("unet_with_adapter").entered();
-    let dtype = unet.dtype();
-    let in_dtype = xs.dtype();
-    let (batch, _, _, _) = xs.dims4()?;
-    let t: Vec<f32> = timesteps.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    if t.len() != batch {
-        candle_core::bail!("unet got {} timesteps for a batch of {batch}", t.len());
-    }
-    let num_skips = unet.num_skips();
-    if adapter.input.len() != num_skips {
-        candle_core::bail!(
-            "adapter gave {} input residuals, this unet has {num_skips} input blocks",
-            adapter.input.len()
-        );
-    }
-    let xs = xs.to_dtype(dtype)?;
-    let context = context.to_dtype(dtype)?;
-    let t_emb = crate::engine::unet::blocks::sinusoidal_embedding(
-        &t,
-        unet.config().block_out_channels[0],
-        xs.device(),
-    )?;
-    let mut emb = unet.time_embedding.forward(&t_emb.to_dtype(dtype)?)?;
-    match (&unet.add_embedding, y) {
-        (Some(add), Some(y)) => emb = (emb + add.forward(&y.to_dtype(dtype)?)?)?,
-        (Some(_), None) => candle_core::bail!("this unet needs the y (adm) vector"),
-        (None, Some(_)) => candle_core::bail!("this unet takes no y (adm) vector"),
-        (None, None) => {}
-    }
-
-    let mut residuals = adapter.input.iter();
-    let mut add_input = |h: Tensor| -> Result<Tensor> {
-        match residuals.next() {
-            Some(Some(r)) => h + r.to_dtype(dtype)?,
-            _ => Ok(h),
-        }
-    };
-    let mut h = add_input(unet.conv_in.forward(&xs)?)?;
-    let mut skips = vec![h.clone()];
-    for level in &unet.down {
-        let _enter = level.span.enter();
-        for (j, resnet) in level.resnets.iter().enumerate() {
-            h = resnet.forward(&h, Some(&emb))?;
-            if let Some(attn) = level.attentions.get(j) {
-                h = attn.forward(&h, &context)?;
-            }
-            h = add_input(h)?;
-            skips.push(h.clone());
-        }
-        if let Some(down) = &level.downsampler {
-            h = add_input(down.forward(&h)?)?;
-            skips.push(h.clone());
-        }
-    }
-    if let Some(control) = control {
-        if control.down.len() != skips.len() {
-            candle_core::bail!(
-                "controlnet gave {} down residuals, this unet has {} skips",
-                control.down.len(),
-                skips.len()
-            );
-        }
-        for (skip, residual) in skips.iter_mut().zip(control.down.iter()) {
-            *skip = (&*skip + residual.to_dtype(dtype)?)?;
-        }
-    }
-    {
-        let _enter = tracing::trace_span!("mid_block").entered();
-        h = unet.mid_resnets[0].forward(&h, Some(&emb))?;
-        h = unet.mid_attention.forward(&h, &context)?;
-        h = unet.mid_resnets[1].forward(&h, Some(&emb))?;
-    }
-    if let Some(mid) = &adapter.mid {
-        h = (h + mid.to_dtype(dtype)?)?;
-    }
-    if let Some(control) = control {
-        h = (h + control.mid.to_dtype(dtype)?)?;
-    }
-    for level in &unet.up {
-        let _enter = level.span.enter();
-        for (j, resnet) in level.resnets.iter().enumerate() {
-            let skip = skips
-                .pop()
-                .ok_or_else(|| candle_core::Error::Msg("unet skip bookkeeping".into()))?;
-            h = Tensor::cat(&[&h, &skip], 1)?;
-            h = resnet.forward(&h, Some(&emb))?;
-            if let Some(attn) = level.attentions.get(j) {
-                h = attn.forward(&h, &context)?;
-            }
-        }
-        if let Some(upsampler) = &level.upsampler {
-            let (_, _, sh, sw) = skips
-                .last()
-                .ok_or_else(|| candle_core::Error::Msg("unet skip bookkeeping".into()))?
-                .dims4()?;
-            h = upsampler.forward(&h, sh, sw)?;
-        }
-    }
-    let h = unet.conv_norm_out.forward(&h)?.silu()?;
-    unet.conv_out.forward(&h)?.to_dtype(in_dtype)
+    unet.forward_with_encoder_additions(
+        xs,
+        timesteps,
+        context,
+        y,
+        control,
+        &adapter.input,
+        adapter.mid.as_ref(),
+    )
 }

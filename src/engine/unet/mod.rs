@@ -391,7 +391,32 @@ impl UNet2DConditionModel {
         y: Option<&Tensor>,
         control: Option<&ControlResiduals>,
     ) -> Result<Tensor> {
+        self.forward_with_encoder_additions(xs, timesteps, context, y, control, &[], None)
+    }
+
+    /// [`Self::forward`] with T2I-Adapter features added inside the encoder: `input[k]` (when
+    /// present) is added to the output of the k-th encoder block (conv_in, each resnet/attention
+    /// pair, each downsampler; [`Self::num_skips`] entries, or none at all), before it is kept as
+    /// a skip and fed on; `mid` is added after the mid block.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_encoder_additions(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+        control: Option<&ControlResiduals>,
+        input: &[Option<Tensor>],
+        mid: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let _enter = self.span.enter();
+        if !input.is_empty() && input.len() != self.num_skips() {
+            candle_core::bail!(
+                "adapter gave {} input residuals, this unet has {} input blocks",
+                input.len(),
+                self.num_skips()
+            );
+        }
         let in_dtype = xs.dtype();
         let (batch, _, _, _) = xs.dims4()?;
         let t: Vec<f32> = timesteps.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -412,7 +437,14 @@ impl UNet2DConditionModel {
             (None, None) => {}
         }
 
-        let mut h = self.conv_in.forward(&xs)?;
+        let mut additions = input.iter();
+        let mut add_input = |h: Tensor| -> Result<Tensor> {
+            match additions.next() {
+                Some(Some(r)) => h + r.to_dtype(self.dtype)?,
+                _ => Ok(h),
+            }
+        };
+        let mut h = add_input(self.conv_in.forward(&xs)?)?;
         let mut skips = vec![h.clone()];
         for level in &self.down {
             let _enter = level.span.enter();
@@ -421,10 +453,11 @@ impl UNet2DConditionModel {
                 if let Some(attn) = level.attentions.get(j) {
                     h = attn.forward(&h, &context)?;
                 }
+                h = add_input(h)?;
                 skips.push(h.clone());
             }
             if let Some(down) = &level.downsampler {
-                h = down.forward(&h)?;
+                h = add_input(down.forward(&h)?)?;
                 skips.push(h.clone());
             }
         }
@@ -447,6 +480,9 @@ impl UNet2DConditionModel {
             h = self.mid_resnets[0].forward(&h, Some(&emb))?;
             h = self.mid_attention.forward(&h, &context)?;
             h = self.mid_resnets[1].forward(&h, Some(&emb))?;
+        }
+        if let Some(mid) = mid {
+            h = (h + mid.to_dtype(self.dtype)?)?;
         }
         if let Some(control) = control {
             h = (h + control.mid.to_dtype(self.dtype)?)?;
