@@ -1,5 +1,6 @@
 //! Running one prompt: plan, cache lookups, node calls in order, events and the history record.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +14,9 @@ use crate::graph::spec::{types_compatible, Freshness};
 use crate::graph::{validate, ConstValue, Plan, PlanInput, Signature, Workflow};
 use crate::nodes::{Inputs, NodeContext, NodeError, Reporter, Value};
 use crate::store::{now_ms, PromptRow, PromptStatus};
+
+/// How many node signatures are kept to explain cache misses.
+const MAX_REMEMBERED_SIGNATURES: usize = 10_000;
 
 /// How a prompt ended, ready to store.
 pub(crate) struct Outcome {
@@ -282,7 +286,14 @@ impl Executor {
             true,
         );
 
-        let previous = lock(&self.last_signatures).clone();
+        // Only this plan's nodes are looked up, so copy just those.
+        let previous: HashMap<String, Signature> = {
+            let last = lock(&self.last_signatures);
+            nodes
+                .iter()
+                .filter_map(|n| last.get(&n.id).map(|s| (n.id.clone(), s.clone())))
+                .collect()
+        };
         let mut report = Vec::with_capacity(nodes.len());
         let mut results: Vec<Option<CachedOutput>> = vec![None; nodes.len()];
         let reporter: Arc<dyn Reporter> = Arc::new(EventReporter {
@@ -509,6 +520,10 @@ impl Executor {
         })();
 
         let mut last = lock(&self.last_signatures);
+        // Clients may use fresh node ids on every prompt; keep the memory of past runs bounded.
+        if last.len() > MAX_REMEMBERED_SIGNATURES {
+            last.clear();
+        }
         for (node, signature) in nodes.iter().zip(signatures) {
             last.insert(node.id.clone(), signature);
         }
