@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod engine;
 pub mod exec;
+pub mod generate;
 pub mod graph;
 pub mod nodes;
 pub mod paths;

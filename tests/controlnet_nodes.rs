@@ -8,7 +8,7 @@ use crate::models::{write_checkpoint, Tiny};
 
 /// Writes the tiny SD1 ControlNet (the parity fixture's architecture, synthetic weights) in the LDM
 /// layout under `control_model.`.
-fn write_controlnet(dir: &std::path::Path, name: &str) {
+pub(crate) fn write_controlnet(dir: &std::path::Path, name: &str) {
     let rows = crate::engine::controlnet_parity::keymap("keymap_controlnet_sd1_tiny.json");
     crate::engine::controlnet_parity::write_weights(dir, name, &rows, |r| {
         Some(format!("control_model.{}", r.0))

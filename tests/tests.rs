@@ -10,6 +10,7 @@ mod diffusion;
 mod editor_format;
 mod engine;
 mod examples;
+mod generate;
 mod helpers;
 mod image_nodes;
 mod lora_nodes;

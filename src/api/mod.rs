@@ -8,6 +8,7 @@
 pub mod convert;
 pub mod error;
 mod files;
+mod generate;
 mod info;
 pub mod object_info;
 mod prompt;
@@ -88,6 +89,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .service(
                 web::scope("/api/weft")
                     .configure(weft::routes)
+                    .configure(generate::routes)
                     .configure(convert::routes),
             )
             .service(web::scope("/api").configure(comfy_routes))

@@ -101,7 +101,7 @@ pub async fn post_prompt(
 }
 
 /// ComfyUI's numbers are ints unless a client sent a float.
-fn number_json(number: f64) -> Json {
+pub(crate) fn number_json(number: f64) -> Json {
     if number.fract() == 0.0 && number.abs() < 9.0e15 {
         Json::from(number as i64)
     } else {

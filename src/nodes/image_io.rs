@@ -1,4 +1,4 @@
-//! Reading and writing image files: LoadImage, SaveImage, PreviewImage.
+//! Reading and writing image files: LoadImage, LoadImageMask, SaveImage, PreviewImage.
 
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use crate::paths::{self, DataDirs, FolderType};
 
 pub fn register(registry: &mut Registry) {
     registry.add(LoadImage);
+    registry.add(LoadImageMask);
     registry.add(SaveImage);
     registry.add(PreviewImage);
 }
@@ -100,8 +101,9 @@ impl Node for LoadImage {
     }
 }
 
-/// Decodes an image file (EXIF orientation applied) into IMAGE `[1,H,W,3]` and MASK `[1,H,W]`.
-pub fn load_image_file(path: &Path) -> Result<(Tensor, Tensor), NodeError> {
+/// An image file decoded to RGBA in 0–1 (EXIF orientation applied): pixels, width, height, and
+/// whether the file had an alpha channel.
+fn decode_rgba(path: &Path) -> Result<(Vec<f32>, usize, usize, bool), NodeError> {
     use image::ImageDecoder;
     let shown = path.display();
     let reader = image::ImageReader::open(path)
@@ -120,7 +122,12 @@ pub fn load_image_file(path: &Path) -> Result<(Tensor, Tensor), NodeError> {
     let has_alpha = decoded.color().has_alpha();
     let rgba = decoded.to_rgba32f();
     let (w, h) = (rgba.width() as usize, rgba.height() as usize);
-    let raw = rgba.into_raw();
+    Ok((rgba.into_raw(), w, h, has_alpha))
+}
+
+/// Decodes an image file (EXIF orientation applied) into IMAGE `[1,H,W,3]` and MASK `[1,H,W]`.
+pub fn load_image_file(path: &Path) -> Result<(Tensor, Tensor), NodeError> {
+    let (raw, w, h, has_alpha) = decode_rgba(path)?;
     let mut rgb = Vec::with_capacity(w * h * 3);
     let mut mask = Vec::with_capacity(w * h);
     for px in raw.chunks_exact(4) {
@@ -134,6 +141,73 @@ pub fn load_image_file(path: &Path) -> Result<(Tensor, Tensor), NodeError> {
         Tensor::zeros((1, 64, 64), DType::F32, &Device::Cpu)?
     };
     Ok((image, mask))
+}
+
+/// Loads one channel of an input image as a MASK (ComfyUI's LoadImageMask): red, green or blue
+/// as they are, alpha inverted (an image without alpha counts as opaque: an empty mask).
+pub struct LoadImageMask;
+
+const MASK_CHANNELS: &[&str] = &["alpha", "red", "green", "blue"];
+
+impl Node for LoadImageMask {
+    fn spec(&self) -> NodeSpec {
+        NodeSpec {
+            class_type: "LoadImageMask",
+            display_name: "Load Image (as Mask)",
+            category: "mask",
+            description: "Loads one channel of an image from the input folder as a mask.",
+            inputs: vec![
+                required(
+                    "image",
+                    InputKind::Combo {
+                        options: ComboOptions::Files(FileList::InputImages),
+                        default: None,
+                        image_upload: true,
+                    },
+                ),
+                required("channel", combo(MASK_CHANNELS)),
+            ],
+            hidden: vec![],
+            outputs: vec![output(SlotType::MASK, "MASK")],
+            output_node: false,
+            freshness: Freshness::ReadsFiles,
+            self_validated: &["image"],
+            python_module: "nodes",
+        }
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let name = inputs.string("image")?;
+        let channel = inputs.string("channel")?;
+        let index = MASK_CHANNELS
+            .iter()
+            .position(|c| *c == channel)
+            .ok_or_else(|| NodeError::input("channel", format!("unknown channel '{channel}'")))?;
+        let path = LoadImage::path(&ctx.dirs, name).map_err(|m| NodeError::input("image", m))?;
+        let (raw, w, h, _) = decode_rgba(&path)?;
+        // RGBA order: alpha is the fourth value.
+        let mask: Vec<f32> = match index {
+            0 => raw.chunks_exact(4).map(|px| 1.0 - px[3]).collect(),
+            c => raw.chunks_exact(4).map(|px| px[c - 1]).collect(),
+        };
+        Ok(NodeOutput::values(vec![Value::Mask(Tensor::from_vec(
+            mask,
+            (1, h, w),
+            &Device::Cpu,
+        )?)]))
+    }
+
+    fn fingerprint(
+        &self,
+        dirs: &DataDirs,
+        constants: &[(String, ConstValue)],
+    ) -> Result<String, NodeError> {
+        LoadImage.fingerprint(dirs, constants)
+    }
+
+    fn check_input(&self, dirs: &DataDirs, input: &str, value: &ConstValue) -> Result<(), String> {
+        LoadImage.check_input(dirs, input, value)
+    }
 }
 
 /// Saves images to the output folder as PNG with the workflow embedded.

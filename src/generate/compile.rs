@@ -1,0 +1,485 @@
+//! Request → API-format graph. The graph uses only ordinary nodes, so what runs is exactly what a
+//! user would get by building it in the editor; node ids are numbered in the order below, so the
+//! same request always compiles to the same graph.
+
+use serde_json::{json, Map, Value as Json};
+
+use crate::engine::load::detect::{ModelFamily, Prediction};
+use crate::generate::models::{self, family_name};
+use crate::generate::request::{
+    ControlNetEntry, ControlType, GenerateRequest, LoraRef, RequestError,
+};
+use crate::generate::schedulers;
+use crate::paths::DataDirs;
+
+/// Defaults a request may leave out.
+pub const DEFAULT_STEPS: u32 = 20;
+pub const DEFAULT_GUIDANCE: f64 = 7.5;
+pub const DEFAULT_REFINER_SWITCH: f64 = 0.8;
+/// img2img without a mask keeps some of the image unless told otherwise.
+pub const DEFAULT_IMG2IMG_DENOISE: f64 = 0.75;
+pub const DEFAULT_FILENAME_PREFIX: &str = "weft";
+/// VAEEncodeForInpaint's mask growth, ComfyUI's default.
+const INPAINT_GROW_MASK: u32 = 6;
+/// ComfyUI's refiner aesthetic scores (its SDXL refiner example).
+const REFINER_ASCORE_POSITIVE: f64 = 6.0;
+const REFINER_ASCORE_NEGATIVE: f64 = 2.5;
+
+/// A compiled request: the graph and the values that were decided for the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    /// ComfyUI API format.
+    pub prompt: Json,
+    /// What the defaults became, for the response.
+    pub resolved: Json,
+}
+
+/// Builds API-format graphs with sequential ids.
+struct Graph {
+    nodes: Map<String, Json>,
+}
+
+type Link = Json;
+
+impl Graph {
+    fn add(&mut self, class_type: &str, title: &str, inputs: Json) -> String {
+        let id = (self.nodes.len() + 1).to_string();
+        self.nodes.insert(
+            id.clone(),
+            json!({"inputs": inputs, "class_type": class_type, "_meta": {"title": title}}),
+        );
+        id
+    }
+}
+
+fn out(id: &str, slot: usize) -> Link {
+    json!([id, slot])
+}
+
+fn default_side(family: ModelFamily, prediction: Prediction) -> u32 {
+    match (family, prediction) {
+        (ModelFamily::SdxlBase | ModelFamily::SdxlRefiner, _) => 1024,
+        (ModelFamily::Sd2, Prediction::V) => 768,
+        _ => 512,
+    }
+}
+
+/// Compiles `req`. `seed` is used when the request has none.
+pub fn compile(
+    req: &GenerateRequest,
+    dirs: &DataDirs,
+    seed: u64,
+) -> Result<Compiled, RequestError> {
+    let mut g = Graph { nodes: Map::new() };
+
+    // Models.
+    let base = match &req.model.base {
+        Some(name) => models::resolve_model(dirs, "checkpoints", name, "model.base")?,
+        None => models::only_checkpoint(dirs)?,
+    };
+    let detected = models::checkpoint_family(dirs, &base, "model.base")?;
+    let family = detected.family;
+    if family == ModelFamily::SdxlRefiner {
+        return Err(RequestError::new(
+            "model.base",
+            format!(
+                "'{base}' is an SDXL refiner; give it as model.refiner with an SDXL base model"
+            ),
+        ));
+    }
+    let refiner = match &req.model.refiner {
+        None => None,
+        Some(name) => {
+            let name = models::resolve_model(dirs, "checkpoints", name, "model.refiner")?;
+            let found = models::checkpoint_family(dirs, &name, "model.refiner")?.family;
+            if found != ModelFamily::SdxlRefiner {
+                return Err(RequestError::new(
+                    "model.refiner",
+                    format!(
+                        "'{name}' is an {} model, not an SDXL refiner",
+                        family_name(found)
+                    ),
+                ));
+            }
+            if family != ModelFamily::SdxlBase {
+                return Err(RequestError::new(
+                    "model.refiner",
+                    format!(
+                        "an SDXL refiner needs an SDXL base model; '{base}' is {}",
+                        family_name(family)
+                    ),
+                ));
+            }
+            Some(name)
+        }
+    };
+    let vae_name = req
+        .model
+        .vae
+        .as_deref()
+        .map(|name| models::resolve_model(dirs, "vae", name, "model.vae"))
+        .transpose()?;
+
+    // Sampling settings.
+    let (sampler, implied) =
+        schedulers::sampler(req.scheduler.kind.as_deref().unwrap_or(schedulers::DEFAULT))
+            .map_err(|m| RequestError::new("scheduler.type", m))?;
+    let scheduler = match req.scheduler.schedule.as_deref() {
+        None => implied,
+        Some(s) => schedulers::check_scheduler(s)
+            .map_err(|m| RequestError::new("scheduler.scheduler", m))?,
+    };
+    let steps = req.scheduler.steps.unwrap_or(DEFAULT_STEPS);
+    let cfg = req.hyper.guidance_scale.unwrap_or(DEFAULT_GUIDANCE);
+    let seed = req.hyper.seed.unwrap_or(seed);
+
+    // Images.
+    let init = req
+        .init_image
+        .as_deref()
+        .map(|name| models::input_image(dirs, name, "init_image"))
+        .transpose()?;
+    let mask = req
+        .mask_image
+        .as_deref()
+        .map(|name| models::input_image(dirs, name, "mask_image"))
+        .transpose()?;
+    if mask.is_some() && init.is_none() {
+        return Err(RequestError::new(
+            "mask_image",
+            "inpainting needs init_image: the mask says which part of it to repaint",
+        ));
+    }
+    let batch_size = req.hyper.batch_size.unwrap_or(1);
+    if init.is_some() && batch_size > 1 {
+        return Err(RequestError::new(
+            "hyperparameters.batch_size",
+            format!("init_image is a batch of 1 image; a batch_size of {batch_size} is larger than the image batch"),
+        ));
+    }
+    let fallback = default_side(family, detected.prediction);
+    let (width, height) = match &init {
+        Some((_, (w, h))) => (
+            req.hyper.width.unwrap_or(*w),
+            req.hyper.height.unwrap_or(*h),
+        ),
+        None => (
+            req.hyper.width.unwrap_or(fallback),
+            req.hyper.height.unwrap_or(fallback),
+        ),
+    };
+    let denoise = req.hyper.denoise.unwrap_or(match (&init, &mask) {
+        (Some(_), None) => DEFAULT_IMG2IMG_DENOISE,
+        _ => 1.0,
+    });
+    let refiner_switch = req.hyper.refiner_switch.unwrap_or(DEFAULT_REFINER_SWITCH);
+
+    // Model, LoRAs, text.
+    let ckpt = g.add(
+        "CheckpointLoaderSimple",
+        "Base model",
+        json!({"ckpt_name": base}),
+    );
+    let (mut model, mut clip, mut vae) = (out(&ckpt, 0), out(&ckpt, 1), out(&ckpt, 2));
+    for lora in &req.loras {
+        let name = match &lora.lora {
+            LoraRef::Name(name) => models::resolve_model(dirs, "loras", name, &lora.field)?,
+            LoraRef::Path(path) => {
+                models::resolve_model(dirs, "loras", path, &format!("{}.path", lora.field))?
+            }
+        };
+        let m = req.global_lora_multiplier;
+        let id = g.add(
+            "LoraLoader",
+            &format!("LoRA {}", strip_ext(&name)),
+            json!({
+                "model": model, "clip": clip, "lora_name": name,
+                "strength_model": lora.weight * m, "strength_clip": lora.clip_weight * m,
+            }),
+        );
+        (model, clip) = (out(&id, 0), out(&id, 1));
+    }
+    if let Some(skip) = req.hyper.clip_skip.filter(|&s| s > 1) {
+        let id = g.add(
+            "CLIPSetLastLayer",
+            "CLIP skip",
+            json!({"clip": clip, "stop_at_clip_layer": -(skip as i64)}),
+        );
+        clip = out(&id, 0);
+    }
+    let pos = g.add(
+        "CLIPTextEncode",
+        "Prompt",
+        json!({"text": req.prompt, "clip": clip}),
+    );
+    let neg = g.add(
+        "CLIPTextEncode",
+        "Negative prompt",
+        json!({"text": req.negative_prompt, "clip": clip}),
+    );
+    let (mut positive, mut negative) = (out(&pos, 0), out(&neg, 0));
+    if let Some(name) = &vae_name {
+        let id = g.add("VAELoader", "VAE", json!({"vae_name": name}));
+        vae = out(&id, 0);
+    }
+
+    // Input images, loaded once each.
+    let mut loaded: Vec<(String, String)> = Vec::new();
+    let mut load_image = |g: &mut Graph, name: &str| -> Link {
+        if let Some((_, id)) = loaded.iter().find(|(n, _)| n == name) {
+            return out(id, 0);
+        }
+        let id = g.add("LoadImage", &format!("Load {name}"), json!({"image": name}));
+        loaded.push((name.to_owned(), id.clone()));
+        out(&id, 0)
+    };
+
+    // ControlNets, chained on the base conditioning.
+    let mut control_loaders: Vec<(String, String)> = Vec::new();
+    for entry in &req.controlnets {
+        let name = match &entry.model {
+            Some(model) => {
+                models::resolve_controlnet(dirs, model, family, &format!("{}.model", entry.field))?
+            }
+            None => models::find_controlnet(dirs, entry.kind, family, &entry.field)?,
+        };
+        let (image_name, preprocess) = match (&entry.condition_image, &init) {
+            (Some(image), _) => (
+                models::input_image(dirs, image, &format!("{}.condition_image", entry.field))?.0,
+                entry.preprocess.unwrap_or(false),
+            ),
+            (None, Some((init_name, _))) => (init_name.clone(), entry.preprocess.unwrap_or(true)),
+            (None, None) => {
+                return Err(RequestError::new(
+                    format!("{}.condition_image", entry.field),
+                    "required: there is no init_image to use as the condition image",
+                ))
+            }
+        };
+        let mut hint = load_image(&mut g, &image_name);
+        if preprocess {
+            hint = preprocessor(&mut g, entry, hint, width.min(height))?;
+        }
+        let loader = match control_loaders.iter().find(|(n, _)| *n == name) {
+            Some((_, id)) => id.clone(),
+            None => {
+                let id = g.add(
+                    "ControlNetLoader",
+                    &format!("ControlNet {}", entry.kind.name()),
+                    json!({"control_net_name": name}),
+                );
+                control_loaders.push((name.clone(), id.clone()));
+                id
+            }
+        };
+        let id = g.add(
+            "ControlNetApplyAdvanced",
+            &format!("Apply ControlNet {}", entry.kind.name()),
+            json!({
+                "positive": positive, "negative": negative, "control_net": out(&loader, 0),
+                "image": hint, "strength": entry.scale,
+                "start_percent": entry.start, "end_percent": entry.end,
+            }),
+        );
+        (positive, negative) = (out(&id, 0), out(&id, 1));
+    }
+
+    // The starting latent.
+    let latent = match (&init, &mask) {
+        (None, _) => {
+            let id = g.add(
+                "EmptyLatentImage",
+                "Empty latent",
+                json!({"width": width, "height": height, "batch_size": batch_size}),
+            );
+            out(&id, 0)
+        }
+        (Some((name, (w, h))), mask) => {
+            let mut pixels = load_image(&mut g, name);
+            if (width, height) != (*w, *h) {
+                let id = g.add(
+                    "ImageScale",
+                    "Resize init image",
+                    json!({"image": pixels, "upscale_method": "lanczos", "width": width, "height": height, "crop": "center"}),
+                );
+                pixels = out(&id, 0);
+            }
+            match mask {
+                None => {
+                    let id = g.add(
+                        "VAEEncode",
+                        "Encode init image",
+                        json!({"pixels": pixels, "vae": vae}),
+                    );
+                    out(&id, 0)
+                }
+                Some((mask_name, _)) => {
+                    let m = g.add(
+                        "LoadImageMask",
+                        &format!("Load mask {mask_name}"),
+                        json!({"image": mask_name, "channel": "red"}),
+                    );
+                    if denoise >= 1.0 {
+                        let id = g.add(
+                            "VAEEncodeForInpaint",
+                            "Encode for inpainting",
+                            json!({"pixels": pixels, "vae": vae, "mask": out(&m, 0), "grow_mask_by": INPAINT_GROW_MASK}),
+                        );
+                        out(&id, 0)
+                    } else {
+                        let e = g.add(
+                            "VAEEncode",
+                            "Encode init image",
+                            json!({"pixels": pixels, "vae": vae}),
+                        );
+                        let id = g.add(
+                            "SetLatentNoiseMask",
+                            "Inpaint mask",
+                            json!({"samples": out(&e, 0), "mask": out(&m, 0)}),
+                        );
+                        out(&id, 0)
+                    }
+                }
+            }
+        }
+    };
+
+    // Sampling.
+    let samples = match &refiner {
+        None => {
+            let id = g.add(
+                "KSampler",
+                "Sampler",
+                json!({
+                    "model": model, "seed": seed, "steps": steps, "cfg": cfg,
+                    "sampler_name": sampler, "scheduler": scheduler,
+                    "positive": positive, "negative": negative, "latent_image": latent,
+                    "denoise": denoise,
+                }),
+            );
+            out(&id, 0)
+        }
+        Some(refiner_name) => {
+            // KSamplerAdvanced has no denoise: img2img starts part-way through the schedule.
+            let start = ((steps as f64) * (1.0 - denoise)).round() as u32;
+            let switch = (((steps as f64) * refiner_switch).round() as u32).clamp(start, steps);
+            let r = g.add(
+                "CheckpointLoaderSimple",
+                "Refiner model",
+                json!({"ckpt_name": refiner_name}),
+            );
+            let refiner_text = |g: &mut Graph, title: &str, text: &str, ascore: f64| {
+                let id = g.add(
+                    "CLIPTextEncodeSDXLRefiner",
+                    title,
+                    json!({"ascore": ascore, "width": width, "height": height, "text": text, "clip": out(&r, 1)}),
+                );
+                out(&id, 0)
+            };
+            let rpos = refiner_text(
+                &mut g,
+                "Refiner prompt",
+                &req.prompt,
+                REFINER_ASCORE_POSITIVE,
+            );
+            let rneg = refiner_text(
+                &mut g,
+                "Refiner negative prompt",
+                &req.negative_prompt,
+                REFINER_ASCORE_NEGATIVE,
+            );
+            let b = g.add(
+                "KSamplerAdvanced",
+                "Base sampler",
+                json!({
+                    "model": model, "add_noise": "enable", "noise_seed": seed, "steps": steps,
+                    "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
+                    "positive": positive, "negative": negative, "latent_image": latent,
+                    "start_at_step": start, "end_at_step": switch,
+                    "return_with_leftover_noise": "enable",
+                }),
+            );
+            let id = g.add(
+                "KSamplerAdvanced",
+                "Refiner sampler",
+                json!({
+                    "model": out(&r, 0), "add_noise": "disable", "noise_seed": seed, "steps": steps,
+                    "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
+                    "positive": rpos, "negative": rneg, "latent_image": out(&b, 0),
+                    "start_at_step": switch, "end_at_step": 10000,
+                    "return_with_leftover_noise": "disable",
+                }),
+            );
+            out(&id, 0)
+        }
+    };
+    let decoded = g.add(
+        "VAEDecode",
+        "Decode",
+        json!({"samples": samples, "vae": vae}),
+    );
+    g.add(
+        "SaveImage",
+        "Save",
+        json!({
+            "images": out(&decoded, 0),
+            "filename_prefix": req.filename_prefix.as_deref().unwrap_or(DEFAULT_FILENAME_PREFIX),
+        }),
+    );
+
+    Ok(Compiled {
+        prompt: Json::Object(g.nodes),
+        resolved: json!({
+            "model": {"base": base, "family": family_name(family), "refiner": refiner, "vae": vae_name},
+            "sampler_name": sampler, "scheduler": scheduler, "steps": steps, "cfg": cfg,
+            "seed": seed, "width": width, "height": height, "batch_size": batch_size,
+            "denoise": denoise,
+            "refiner_switch": refiner.as_ref().map(|_| refiner_switch),
+        }),
+    })
+}
+
+fn strip_ext(name: &str) -> &str {
+    let file = name.rsplit('/').next().unwrap_or(name);
+    file.rsplit_once('.').map_or(file, |(stem, _)| stem)
+}
+
+/// Inserts the preprocessor for `entry`'s type; types that need an estimator model are refused.
+fn preprocessor(
+    g: &mut Graph,
+    entry: &ControlNetEntry,
+    image: Link,
+    short_side: u32,
+) -> Result<Link, RequestError> {
+    // The aux pack's preprocessors work at a resolution (short side); the apply node resizes
+    // their output to the latent anyway, so work at the output's short side.
+    let resolution = short_side.clamp(64, 16384);
+    let id = match entry.kind {
+        ControlType::Canny => g.add(
+            "Canny",
+            "Canny edges",
+            json!({"image": image, "low_threshold": 0.4, "high_threshold": 0.8}),
+        ),
+        ControlType::Scribble => g.add(
+            "Scribble_XDoG_Preprocessor",
+            "Scribble lines",
+            json!({"image": image, "threshold": 32, "resolution": resolution}),
+        ),
+        ControlType::Lineart => g.add(
+            "LineartStandardPreprocessor",
+            "Lineart",
+            json!({"image": image, "guassian_sigma": 6.0, "intensity_threshold": 8, "resolution": resolution}),
+        ),
+        other => {
+            return Err(RequestError::new(
+                format!("{}.preprocess_condition", entry.field),
+                format!(
+                    "Weft has no {} preprocessor yet (it needs an estimator model); pass a ready {} map as condition_image with preprocess_condition: false",
+                    other.name(),
+                    other.name()
+                ),
+            ))
+        }
+    };
+    Ok(out(&id, 0))
+}
