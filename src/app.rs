@@ -10,10 +10,34 @@ use anyhow::Context;
 use serde_json::Value as Json;
 
 use crate::api::{self, ApiConfig, AppState, Hub};
+use crate::engine::device::DeviceChoice;
 use crate::exec::{Event, ExecConfig, Executor, Submission};
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
 use crate::store::Store;
+
+/// Where the models run (`--device`, `--dtype`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ComputeConfig {
+    pub device: DeviceChoice,
+    /// `None`: the device's default (f32 on the CPU, f16 on GPUs).
+    pub dtype: Option<candle_core::DType>,
+}
+
+impl ComputeConfig {
+    /// Opens the device, failing before anything starts when it cannot be used.
+    fn open(self) -> anyhow::Result<(candle_core::Device, candle_core::DType)> {
+        let device = self
+            .device
+            .open()
+            .with_context(|| format!("cannot use device {}", self.device))?;
+        let dtype = self
+            .device
+            .check_dtype(self.dtype.unwrap_or(self.device.default_dtype()))?;
+        tracing::info!(device = %self.device, ?dtype, "models run on {} in {dtype:?}", self.device);
+        Ok((device, dtype))
+    }
+}
 
 /// Everything `weft serve` can be told.
 #[derive(Debug, Clone)]
@@ -28,6 +52,7 @@ pub struct ServerConfig {
     pub write_metadata: bool,
     pub web_root: Option<PathBuf>,
     pub http_workers: usize,
+    pub compute: ComputeConfig,
 }
 
 impl ServerConfig {
@@ -44,6 +69,7 @@ impl ServerConfig {
             write_metadata: true,
             web_root: None,
             http_workers: 2,
+            compute: ComputeConfig::default(),
         }
     }
 }
@@ -85,9 +111,12 @@ async fn build_executor(
 /// HTTP server. The returned `server` future must be awaited or spawned.
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let dirs = DataDirs::new(&config.data_dir, &config.models_dir);
+    let (device, dtype) = config.compute.open()?;
     let exec_config = ExecConfig {
         cache_budget: config.cache_budget_mb << 20,
         write_metadata: config.write_metadata,
+        device,
+        dtype,
         ..ExecConfig::default()
     };
     let (exec, events) = build_executor(
@@ -143,16 +172,22 @@ pub async fn run_headless(
     workflow: Json,
     data_dir: &Path,
     models_dir: &Path,
+    compute: ComputeConfig,
     mut on_event: impl FnMut(&Event),
 ) -> anyhow::Result<HeadlessResult> {
     let dirs = DataDirs::new(data_dir, models_dir);
+    let (device, dtype) = compute.open()?;
     // A private queue, so a headless run never takes or disturbs a server's prompts.
     let queue_dir = tempfile::tempdir().context("cannot create a temporary folder")?;
     let (exec, mut events) = build_executor(
         dirs,
         &queue_dir.path().join("run.db"),
         false,
-        ExecConfig::default(),
+        ExecConfig {
+            device,
+            dtype,
+            ..ExecConfig::default()
+        },
     )
     .await?;
     // Editor-format files (what the editor and ComfyUI save) are converted first, and embedded

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use weft::app::{self, ServerConfig};
+use weft::app::{self, ComputeConfig, ServerConfig};
 use weft::exec::Event;
 
 #[derive(Parser)]
@@ -56,6 +56,29 @@ struct ServeArgs {
     /// Also register the test node pack (slow, failing and panicking nodes).
     #[arg(long, hide = true)]
     test_nodes: bool,
+    #[command(flatten)]
+    compute: ComputeArgs,
+}
+
+/// Where the models run.
+#[derive(clap::Args)]
+struct ComputeArgs {
+    /// cpu, cuda, cuda:N, metal or metal:N (GPU backends need a build with `--features cuda` or
+    /// `--features metal`).
+    #[arg(long, default_value = "cpu", value_parser = clap::value_parser!(weft::engine::device::DeviceChoice))]
+    device: weft::engine::device::DeviceChoice,
+    /// f32, f16 or bf16 for the model weights [default: f32 on the CPU, f16 on GPUs].
+    #[arg(long, value_parser = weft::engine::device::parse_dtype)]
+    dtype: Option<candle_core::DType>,
+}
+
+impl ComputeArgs {
+    fn config(&self) -> ComputeConfig {
+        ComputeConfig {
+            device: self.device,
+            dtype: self.dtype,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -66,6 +89,8 @@ struct RunArgs {
     data_dir: PathBuf,
     #[arg(long, default_value = "models")]
     models_dir: PathBuf,
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 fn main() -> ExitCode {
@@ -102,6 +127,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.write_metadata = !args.disable_metadata;
     config.web_root = Some(args.web_root);
     config.test_nodes = args.test_nodes;
+    config.compute = args.compute.config();
     let running = app::start(config).await?;
     tracing::info!("Weft listening on http://{}", running.addr);
     let handle = running.server.handle();
@@ -131,6 +157,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         workflow,
         &args.data_dir,
         &args.models_dir,
+        args.compute.config(),
         |event| match event {
             Event::Executing {
                 node: Some(node), ..

@@ -52,3 +52,31 @@ fn weft_run_writes_outputs_and_reports_failures() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read missing.json"));
 }
+
+#[test]
+fn a_device_or_dtype_this_build_cannot_use_stops_the_command_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflow = dir.path().join("w.json");
+    std::fs::write(&workflow, "{}").unwrap();
+    let w = workflow.to_str().unwrap();
+    if !cfg!(feature = "cuda") {
+        let out = weft(&["run", w, "--device", "cuda:0"], dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("cannot use device cuda:0"), "{stderr}");
+        assert!(stderr.contains("--features cuda"), "{stderr}");
+        let out = weft(&["serve", "--port", "0", "--device", "cuda"], dir.path());
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
+    }
+    let out = weft(&["run", w, "--dtype", "bf16"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("BF16 is not supported on cpu; use f32 or f16"),
+        "{stderr}"
+    );
+    // Parse errors come from clap, naming the flag.
+    let out = weft(&["run", w, "--device", "tpu"], dir.path());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device 'tpu'"));
+}

@@ -513,3 +513,51 @@ async fn interrupting_a_sampler_stops_it_between_steps_and_previews_reach_client
         .unwrap_or(0);
     assert!(last_step < 2000, "stopped between steps, at {last_step}");
 }
+
+/// Models in f16 (as on a GPU) with node values in f32: every model boundary converts,
+/// the default graph runs on SD1 and SDXL, and the image is the f32
+/// image up to half-precision rounding.
+#[actix_web::test]
+async fn half_precision_weights_run_every_model_and_match_f32_closely() {
+    let reference = app_with_models().await;
+    let mut expected = Vec::new();
+    for ckpt in ["tiny_sd1.safetensors", "tiny_sdxl.safetensors"] {
+        run_ok(
+            &reference,
+            default_workflow(ckpt, "euler", "normal", 7, "f32"),
+        )
+        .await;
+    }
+    for i in 1..=2 {
+        let file = reference.data_dir().join(format!("output/f32_{i:05}_.png"));
+        expected.push(read_png(&file).3);
+    }
+    {
+        let (dtype, tolerance) = (candle_core::DType::F16, 1.0);
+        let app = crate::helpers::spawn_app_with(|c| c.compute.dtype = Some(dtype)).await;
+        install_all(&app.dir.path().join("models"));
+        let (_, stats) = app.get("/system_stats").await;
+        assert_eq!(stats["weft"]["dtype"], format!("{dtype:?}").to_lowercase());
+        for (i, ckpt) in ["tiny_sd1.safetensors", "tiny_sdxl.safetensors"]
+            .into_iter()
+            .enumerate()
+        {
+            run_ok(&app, default_workflow(ckpt, "euler", "normal", 7, "half")).await;
+            let file = app
+                .data_dir()
+                .join(format!("output/half_{:05}_.png", i + 1));
+            let pixels = read_png(&file).3;
+            let mean_diff = pixels
+                .iter()
+                .zip(&expected[i])
+                .map(|(a, b)| (*a as f64 - *b as f64).abs())
+                .sum::<f64>()
+                / pixels.len() as f64;
+            eprintln!("{dtype:?} {ckpt}: mean pixel difference {mean_diff:.3} from f32");
+            assert!(
+                mean_diff < tolerance,
+                "{dtype:?} {ckpt}: mean pixel difference {mean_diff:.3} from f32"
+            );
+        }
+    }
+}

@@ -57,6 +57,16 @@ pub async fn system_stats(state: web::Data<AppState>) -> HttpResponse {
     let (total, free) = memory();
     let (_, cache_used, cache_budget, _) = state.exec.cache_state();
     let (models_loaded, model_bytes) = state.exec.model_stats();
+    let (device, dtype) = state.exec.compute();
+    let (name, kind, index) = match device.location() {
+        candle_core::DeviceLocation::Cpu => ("cpu".to_owned(), "cpu", Json::Null),
+        candle_core::DeviceLocation::Cuda { gpu_id } => {
+            (format!("cuda:{gpu_id}"), "cuda", json!(gpu_id))
+        }
+        candle_core::DeviceLocation::Metal { gpu_id } => {
+            (format!("mps:{gpu_id}"), "mps", json!(gpu_id))
+        }
+    };
     HttpResponse::Ok().json(json!({
         "system": {
             "os": std::env::consts::OS,
@@ -72,9 +82,9 @@ pub async fn system_stats(state: web::Data<AppState>) -> HttpResponse {
             "argv": std::env::args().collect::<Vec<_>>(),
         },
         "devices": [{
-            "name": "cpu",
-            "type": "cpu",
-            "index": null,
+            "name": name,
+            "type": kind,
+            "index": index,
             "vram_total": total,
             "vram_free": free,
             "torch_vram_total": cache_budget,
@@ -82,6 +92,7 @@ pub async fn system_stats(state: web::Data<AppState>) -> HttpResponse {
         }],
         // Weft addition: what the model manager and the output cache hold.
         "weft": {
+            "dtype": format!("{dtype:?}").to_lowercase(),
             "models_loaded": models_loaded,
             "model_bytes": model_bytes,
             "cache_bytes": cache_used,

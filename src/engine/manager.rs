@@ -97,6 +97,16 @@ impl ModelManager {
         }
     }
 
+    /// The device the models run on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype model weights are converted to at load.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<FileKey, Entry>, u64)> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

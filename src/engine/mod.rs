@@ -7,6 +7,7 @@
 
 pub mod clip;
 pub mod controlnet;
+pub mod device;
 pub mod diffusion;
 pub mod load;
 pub mod lora;

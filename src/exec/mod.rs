@@ -38,6 +38,9 @@ pub struct ExecConfig {
     pub write_metadata: bool,
     /// Byte budget of loaded model weights kept between prompts.
     pub model_budget: usize,
+    /// Where the models run, and in which dtype (`engine::device`).
+    pub device: candle_core::Device,
+    pub dtype: candle_core::DType,
 }
 
 impl Default for ExecConfig {
@@ -46,6 +49,8 @@ impl Default for ExecConfig {
             cache_budget: 4 << 30,
             write_metadata: true,
             model_budget: 16 << 30,
+            device: candle_core::Device::Cpu,
+            dtype: candle_core::DType::F32,
         }
     }
 }
@@ -137,8 +142,8 @@ impl Executor {
             cache: Mutex::new(OutputCache::new(config.cache_budget)),
             models: Arc::new(ModelManager::new(
                 config.model_budget,
-                candle_core::Device::Cpu,
-                candle_core::DType::F32,
+                config.device.clone(),
+                config.dtype,
             )),
             config,
             last_signatures: Mutex::new(HashMap::new()),
@@ -160,6 +165,11 @@ impl Executor {
     /// (number of loaded model files, bytes of weights).
     pub fn model_stats(&self) -> (usize, usize) {
         self.models.stats()
+    }
+
+    /// The compute device and dtype of the models.
+    pub fn compute(&self) -> (&candle_core::Device, candle_core::DType) {
+        (self.models.device(), self.models.dtype())
     }
 
     pub fn registry(&self) -> &Registry {

@@ -266,12 +266,14 @@ pub fn input_image(
     let (subfolder, file) = name.rsplit_once('/').unwrap_or(("", &name));
     let path = match paths::resolve_existing(&dirs.input, subfolder, file) {
         Ok(Some(path)) => path,
-        Ok(None) => return Err(RequestError::new(
-            field,
-            format!(
+        Ok(None) => {
+            return Err(RequestError::new(
+                field,
+                format!(
                 "no image '{name}' in the input folder; upload it first with POST /upload/image"
             ),
-        )),
+            ))
+        }
         Err(e) => return Err(RequestError::new(field, e.to_string())),
     };
     let size = image::image_dimensions(&path)

@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Tensor};
 
+use crate::engine::device::{to_compute, to_host};
 use crate::engine::resize::{common_upscale, Crop, UpscaleMethod};
 use crate::engine::vae::AutoEncoderKL;
 use crate::graph::spec::build::*;
@@ -470,8 +471,7 @@ fn image_to_vae(image: &Tensor, input: &str) -> Result<Tensor, NodeError> {
 }
 
 fn vae_to_image(decoded: &Tensor) -> Result<Tensor, NodeError> {
-    Ok(decoded
-        .to_dtype(DType::F32)?
+    Ok(to_host(decoded)?
         .affine(0.5, 0.5)?
         .clamp(0f32, 1f32)?
         .permute((0, 2, 3, 1))?
@@ -502,8 +502,9 @@ fn check_latent_channels(vae: &AutoEncoderKL, latent: &Latent) -> Result<(), Nod
     Ok(())
 }
 
+/// A VAE input on the VAE's device, in its dtype.
 fn to_vae_dtype(vae: &AutoEncoderKL, t: &Tensor) -> Result<Tensor, NodeError> {
-    Ok(t.to_dtype(vae.dtype())?)
+    Ok(to_compute(t, vae.device(), vae.dtype())?)
 }
 
 /// Latents to images.
@@ -565,7 +566,7 @@ impl Node for VaeEncode {
         let latent = vae
             .encode(&to_vae_dtype(vae, &x)?)?
             .mode()
-            .to_dtype(DType::F32)?;
+            .apply(&to_host)?;
         Ok(latent_value(Latent::new(latent)))
     }
 }
@@ -634,7 +635,7 @@ impl Node for VaeEncodeTiled {
         let overlap = inputs.usize("overlap")?.min(tile / 4);
         let latent = vae
             .encode_tiled(&to_vae_dtype(vae, &x)?, tile, overlap)?
-            .to_dtype(DType::F32)?;
+            .apply(&to_host)?;
         Ok(latent_value(Latent::new(latent)))
     }
 }
@@ -703,7 +704,7 @@ impl Node for VaeEncodeForInpaint {
         let latent = vae
             .encode(&to_vae_dtype(vae, &x)?)?
             .mode()
-            .to_dtype(DType::F32)?;
+            .apply(&to_host)?;
         Ok(latent_value(Latent {
             samples: latent,
             noise_mask: Some(grown.round()?),

@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
-
 use crate::engine::clip::encode::TextEncoder;
 use crate::engine::manager::{bpe, clip_file};
 use crate::graph::spec::build::*;
@@ -208,7 +206,7 @@ impl Node for ClipLoader {
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let name = inputs.string("clip_name")?;
         let path = ctx.model_path("text_encoders", "clip_name", name)?;
-        let model = clip_file(&path, DType::F32, &Device::Cpu)
+        let model = clip_file(&path, ctx.models.dtype(), ctx.models.device())
             .map_err(|e| NodeError::input("clip_name", e.to_string()))?;
         // SD2's OpenCLIP-H is 1024 wide; everything else is treated as SD1's CLIP-L.
         let encoder = if model.hidden_size() == 1024 {
@@ -254,7 +252,7 @@ impl Node for DualClipLoader {
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let load = |input: &str| -> Result<_, NodeError> {
             let path = ctx.model_path("text_encoders", input, inputs.string(input)?)?;
-            clip_file(&path, DType::F32, &Device::Cpu)
+            clip_file(&path, ctx.models.dtype(), ctx.models.device())
                 .map_err(|e| NodeError::input(input, e.to_string()))
         };
         let (first, second) = (load("clip_name1")?, load("clip_name2")?);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use crate::engine::clip::encode::{TextEncoder, TextEncoderKind};
@@ -149,7 +149,7 @@ fn patch_model(
         .ok_or_else(|| NodeError::input("model", "no weights to patch"))?;
     let patched = apply(base, &[(lora.patch(Component::Unet), strength)])
         .map_err(|e| NodeError::input("lora_name", e.to_string()))?;
-    let vb = VarBuilder::from_tensors(patched.clone(), model.unet.dtype(), &Device::Cpu);
+    let vb = VarBuilder::from_tensors(patched.clone(), model.unet.dtype(), model.unet.device());
     let unet = UNet2DConditionModel::new(vb, model.unet.config())
         .map_err(|e| NodeError::engine("rebuilding the patched model", e))?;
     Ok(Arc::new(
@@ -172,11 +172,13 @@ fn patch_encoder(
     };
     let patched = apply(weights, &[(lora.patch(component), strength)])
         .map_err(|e| NodeError::input("lora_name", e.to_string()))?;
-    let dtype = weights
+    let (dtype, device) = weights
         .values()
         .next()
-        .map_or(candle_core::DType::F32, Tensor::dtype);
-    let model = clip_from_weights(&patched, dtype, &Device::Cpu)
+        .map_or((candle_core::DType::F32, candle_core::Device::Cpu), |t| {
+            (t.dtype(), t.device().clone())
+        });
+    let model = clip_from_weights(&patched, dtype, &device)
         .map_err(|e| NodeError::engine("rebuilding the patched text encoder", e))?;
     Ok(Some((model, patched)))
 }

@@ -7,10 +7,11 @@
 //! the same position of the empty prompt's encoding, chunks are concatenated along the sequence
 //! axis, and the pooled output comes from the first chunk. Outputs are f32 like ComfyUI's.
 
+use crate::engine::device::to_host;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::engine::clip::model::{ClipForwardOptions, ClipTextModel};
 use crate::engine::clip::ClipError;
@@ -185,12 +186,12 @@ impl ClipEncoder {
             (ClipLayer::Hidden(_), Some(h)) => h,
             _ => out.last_hidden_state,
         }
-        .to_dtype(DType::F32)?;
+        .apply(&to_host)?;
         let pooled = match (self.cfg.return_projected_pooled, out.projected) {
             (true, Some(p)) => p,
             _ => out.pooled,
         };
-        let pooled = pooled.narrow(0, 0, 1)?.to_dtype(DType::F32)?;
+        let pooled = to_host(&pooled.narrow(0, 0, 1)?)?;
 
         if chunks.is_empty() {
             // Only the empty prompt was encoded.
@@ -564,7 +565,7 @@ mod tests {
     use crate::engine::clip::model::{ClipActivation, ClipConfig};
     use crate::engine::synth::SynthBackend;
     use crate::engine::tokenizer::WeightedToken;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
     use candle_nn::VarBuilder;
 
     fn tiny(dtype: DType) -> ClipTextModel {

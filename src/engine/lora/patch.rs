@@ -382,7 +382,12 @@ pub fn apply(
                 },
             )
         })?;
-        let mut weight = base.to_dtype(DType::F32).map_err(|source| {
+        // Patched on the CPU, where the LoRA's factors are, in f32, then put back where the base
+        // weight lives in its dtype (no transfer at all when that is the CPU).
+        let host = base
+            .to_device(&candle_core::Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F32));
+        let mut weight = host.map_err(|source| {
             LoraError::new(
                 first_path,
                 LoraErrorKind::Patch {
@@ -402,15 +407,18 @@ pub fn apply(
                 )
             })?;
         }
-        let weight = weight.to_dtype(base.dtype()).map_err(|source| {
-            LoraError::new(
-                first_path,
-                LoraErrorKind::Patch {
-                    key: key.to_string(),
-                    source,
-                },
-            )
-        })?;
+        let weight = weight
+            .to_dtype(base.dtype())
+            .and_then(|t| t.to_device(base.device()))
+            .map_err(|source| {
+                LoraError::new(
+                    first_path,
+                    LoraErrorKind::Patch {
+                        key: key.to_string(),
+                        source,
+                    },
+                )
+            })?;
         out.insert(key.to_string(), weight);
     }
     Ok(out)

@@ -363,6 +363,11 @@ impl UNet2DConditionModel {
         self.dtype
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Number of ControlNet down residuals this UNet takes (12 for SD1.5, 9 for SDXL).
     pub fn num_skips(&self) -> usize {
         1 + self

@@ -297,6 +297,11 @@ impl AutoEncoderKL {
         self.quant_conv.weight().dtype()
     }
 
+    /// The device the weights live on (inputs must be moved to it).
+    pub fn device(&self) -> &candle_core::Device {
+        self.quant_conv.weight().device()
+    }
+
     /// Builds the VAE from diffusers-named weights under `vb`.
     pub fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         if cfg.block_out_channels.is_empty() || cfg.norm_num_groups == 0 {
