@@ -47,7 +47,7 @@ async fn app_with_models() -> TestApp {
     );
     let vae = crate::engine::load::ldm_tensors("vae_tiny", "", candle_core::DType::F32);
     candle_core::safetensors::save(&vae, models.join("vae/sdxl_vae.safetensors")).unwrap();
-    // SD1 LoRAs in kohya's format, and an SDXL one (the parity fixture, tiny SDXL's keys).
+    // SD1 LoRAs in kohya's format, and an SDXL one.
     for (name, salt) in [("art_style", "art"), ("landscape", "land")] {
         candle_core::safetensors::save(
             &crate::lora_nodes::kohya_lora(salt),

@@ -22,6 +22,15 @@ pub fn register(registry: &mut Registry) {
     registry.add(PreviewImage);
 }
 
+/// The input folder's images, with an upload button in the editor.
+fn input_images() -> InputKind {
+    InputKind::Combo {
+        options: ComboOptions::Files(FileList::InputImages),
+        default: None,
+        image_upload: true,
+    }
+}
+
 /// Loads an image from the input folder: IMAGE (RGB) and MASK (1 − alpha, or zeros 64×64).
 pub struct LoadImage;
 
@@ -49,14 +58,7 @@ impl Node for LoadImage {
             category: "image",
             description:
                 "Loads an image from the input folder; the mask is the inverted alpha channel.",
-            inputs: vec![required(
-                "image",
-                InputKind::Combo {
-                    options: ComboOptions::Files(FileList::InputImages),
-                    default: None,
-                    image_upload: true,
-                },
-            )],
+            inputs: vec![required("image", input_images())],
             hidden: vec![],
             outputs: vec![
                 output(SlotType::IMAGE, "IMAGE"),
@@ -157,14 +159,7 @@ impl Node for LoadImageMask {
             category: "mask",
             description: "Loads one channel of an image from the input folder as a mask.",
             inputs: vec![
-                required(
-                    "image",
-                    InputKind::Combo {
-                        options: ComboOptions::Files(FileList::InputImages),
-                        default: None,
-                        image_upload: true,
-                    },
-                ),
+                required("image", input_images()),
                 required("channel", combo(MASK_CHANNELS)),
             ],
             hidden: vec![],

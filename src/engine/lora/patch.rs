@@ -382,43 +382,30 @@ pub fn apply(
                 },
             )
         })?;
-        // Patched on the CPU, where the LoRA's factors are, in f32, then put back where the base
-        // weight lives in its dtype (no transfer at all when that is the CPU).
-        let host = base
-            .to_device(&candle_core::Device::Cpu)
-            .and_then(|t| t.to_dtype(DType::F32));
-        let mut weight = host.map_err(|source| {
+        let failed = |path, source| {
             LoraError::new(
-                first_path,
+                path,
                 LoraErrorKind::Patch {
                     key: key.to_string(),
                     source,
                 },
             )
-        })?;
+        };
+        // Patched on the CPU, where the LoRA's factors are, in f32, then put back where the base
+        // weight lives in its dtype (no transfer at all when that is the CPU).
+        let mut weight = base
+            .to_device(&candle_core::Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .map_err(|source| failed(first_path, source))?;
         for (adapter, strength, path) in list {
-            weight = adapter.patch(&weight, strength).map_err(|source| {
-                LoraError::new(
-                    path,
-                    LoraErrorKind::Patch {
-                        key: key.to_string(),
-                        source,
-                    },
-                )
-            })?;
+            weight = adapter
+                .patch(&weight, strength)
+                .map_err(|source| failed(path, source))?;
         }
         let weight = weight
             .to_dtype(base.dtype())
             .and_then(|t| t.to_device(base.device()))
-            .map_err(|source| {
-                LoraError::new(
-                    first_path,
-                    LoraErrorKind::Patch {
-                        key: key.to_string(),
-                        source,
-                    },
-                )
-            })?;
+            .map_err(|source| failed(first_path, source))?;
         out.insert(key.to_string(), weight);
     }
     Ok(out)
