@@ -16,8 +16,8 @@
 //! config. Safetensors and pickles are read through [`StateDict`]. Errors name the file and the
 //! tensor.
 //!
-//! Control-LoRA files (`lora_controlnet`) are recognised here and built by
-//! [`crate::engine::controlnet::control_lora`], which needs the base model's weights too.
+//! Control-LoRA files (`lora_controlnet`) are recognised and opened here; the ControlNet is built
+//! by [`crate::engine::controlnet::control_lora`] from the base model's weights when sampling.
 //!
 //! Not supported, each with an error that says so: "difference" ControlNets (`difference`,
 //! deltas to add to the base model's weights), union ControlNets (ControlNet++,
@@ -33,6 +33,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::engine::controlnet::adapter::{AdapterKind, T2IAdapter, T2IAdapterConfig};
+use crate::engine::controlnet::control_lora::{BaseWeights, ControlLora};
 use crate::engine::controlnet::{ControlNetConfig, ControlNetModel};
 use crate::engine::load::checkpoint::unet_config_from_diffusers;
 use crate::engine::load::file::StateDict;
@@ -62,6 +63,8 @@ pub enum ControlFileKind {
 pub enum ControlModel {
     ControlNet(Box<ControlNetModel>),
     Adapter(T2IAdapter),
+    /// A Control-LoRA, built into a ControlNet on the model it is sampled with.
+    ControlLora(ControlLora),
 }
 
 /// A loaded control file.
@@ -130,7 +133,9 @@ pub fn load_control(
     let sd = Arc::new(StateDict::open(path)?);
     let kind = classify(&sd).map_err(|k| LoadError::new(path, k))?;
     let model = match kind {
-        ControlFileKind::ControlLora => return Err(LoadError::new(path, needs_base())),
+        ControlFileKind::ControlLora => {
+            ControlModel::ControlLora(ControlLora::from_state_dict(sd)?)
+        }
         ControlFileKind::Adapter { diffusers_names } => {
             ControlModel::Adapter(load_adapter_from(&sd, diffusers_names, dtype, device)?)
         }
@@ -171,8 +176,8 @@ pub fn load_controlnet(
 
 fn needs_base() -> LoadErrorKind {
     LoadErrorKind::UnsupportedFormat(
-        "this is a control-lora: it is built from the base model's unet, load it with \
-         control_lora::load_control_lora"
+        "this is a control-lora: it is built on the base model's unet when sampling; load it \
+         with load_control"
             .into(),
     )
 }
@@ -607,7 +612,8 @@ fn detect_adapter(
 pub(crate) enum Source {
     /// A tensor of the file.
     Key(String),
-    /// A tensor of the base model's file (Control-LoRA: the weights the file leaves out).
+    /// A tensor of the base model's diffusers-named UNet weights (Control-LoRA: the weights the
+    /// file leaves out).
     BaseKey(String),
     /// Control-LoRA: the base model's `base` plus `up @ down` from the file, both flattened from
     /// their second dimension on (ComfyUI's `ControlLoraOps`).
@@ -622,7 +628,7 @@ pub(crate) enum Source {
 /// remembering which keys were used and the first problem, so it can be reported with the file.
 struct MappedBackend {
     sd: Arc<StateDict>,
-    base: Option<Arc<StateDict>>,
+    base: Option<Arc<BaseWeights>>,
     names: HashMap<String, Source>,
     used: Arc<Mutex<HashSet<String>>>,
     problem: Arc<Mutex<Option<LoadErrorKind>>>,
@@ -650,11 +656,9 @@ impl MappedBackend {
                 "{key} (no base model)"
             )))
         })?;
-        base.get(key).map_err(|e| {
+        base.get(key).cloned().ok_or_else(|| {
             self.record(LoadErrorKind::BadConfig(format!(
-                "base model '{}': {}",
-                base.path().display(),
-                e.kind
+                "the base model has no unet weight '{key}'"
             )))
         })
     }
@@ -734,7 +738,7 @@ fn build_mapped<T>(
 /// [`build_mapped`] with tensors from a base model's file too (Control-LoRA).
 pub(crate) fn build_sourced<T>(
     sd: &Arc<StateDict>,
-    base: Option<Arc<StateDict>>,
+    base: Option<Arc<BaseWeights>>,
     names: HashMap<String, Source>,
     dtype: DType,
     device: &Device,
