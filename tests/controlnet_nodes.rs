@@ -289,7 +289,7 @@ fn stack(mut g: Json, control: &str, strength: f64) -> Json {
     g
 }
 
-async fn sampler_error(app: &TestApp, prompt: Json) -> Json {
+async fn run_error(app: &TestApp, prompt: Json) -> Json {
     let (status, body) = app.post("/prompt", json!({"prompt": prompt})).await;
     assert_eq!(status, 200, "{body}");
     let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
@@ -373,7 +373,7 @@ async fn t2i_adapters_apply_in_sampling_with_strength_window_and_stacking() {
     // An adapter of the other family: the sampler's error names the apply node, its input and
     // both families.
     for (control, ckpt) in [(xl, sd1), (adapter, sdxl)] {
-        let error = sampler_error(&app, graph_with(control, 1.0, 0.0, 1.0, ckpt, "wrong")).await;
+        let error = run_error(&app, graph_with(control, 1.0, 0.0, 1.0, ckpt, "wrong")).await;
         assert_eq!(error["node_id"], "3", "{error}");
         let message = error["exception_message"].as_str().unwrap();
         for part in ["control_net of node 'a'", "t2i-adapter", "sdxl", "sd1"] {
@@ -424,7 +424,7 @@ async fn control_lora_is_built_on_the_sampled_model() {
     assert!(pixels(&app, "control_lora_stacked") != pixels(&app, "control_lora"));
 
     // On an SDXL model the families are named.
-    let error = sampler_error(
+    let error = run_error(
         &app,
         graph_with(
             lora,
@@ -440,5 +440,120 @@ async fn control_lora_is_built_on_the_sampled_model() {
     let message = error["exception_message"].as_str().unwrap();
     for part in ["control_net of node 'a'", "control-lora", "sdxl", "sd1"] {
         assert!(message.contains(part), "{part}: {message}");
+    }
+}
+
+#[actix_web::test]
+async fn diff_controlnet_loader_adds_the_model_and_union_files_are_refused() {
+    use candle_core::{Device, Tensor};
+    let app = app_with_controlnets().await;
+    let models = app.dir.path().join("models");
+    let scribble = "control_v11p_sd15_scribble_fp16.safetensors";
+    // The difference form of the scribble ControlNet for tiny_sd1: every weight the model's UNet
+    // also has, minus the model's (ComfyUI's `difference` files).
+    let full =
+        candle_core::safetensors::load(models.join("controlnet").join(scribble), &Device::Cpu)
+            .unwrap();
+    let ckpt = candle_core::safetensors::load(
+        models.join("checkpoints/tiny_sd1.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut diff = std::collections::HashMap::new();
+    let mut subtracted = 0;
+    for (key, t) in &full {
+        let base = key
+            .strip_prefix("control_model.")
+            .and_then(|rest| ckpt.get(&format!("model.diffusion_model.{rest}")));
+        let value = match base {
+            Some(b) => {
+                subtracted += 1;
+                (t - b).unwrap()
+            }
+            None => t.clone(),
+        };
+        diff.insert(key.clone(), value);
+    }
+    assert!(subtracted > 10);
+    diff.insert(
+        "difference".to_string(),
+        Tensor::new(&[1f32], &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&diff, models.join("controlnet/diff_scribble.safetensors"))
+        .unwrap();
+    let diff_loader = |control: &str, prefix: &str| {
+        let mut g = graph_with(control, 1.0, 0.0, 1.0, "tiny_sd1.safetensors", prefix);
+        g["c"] = json!({"class_type": "DiffControlNetLoader",
+            "inputs": {"model": ["4", 0], "control_net_name": control}});
+        g
+    };
+
+    run(&app, without_controlnet("plain")).await;
+    run(
+        &app,
+        graph_with(scribble, 1.0, 0.0, 1.0, "tiny_sd1.safetensors", "full"),
+    )
+    .await;
+    run(&app, diff_loader("diff_scribble.safetensors", "diff")).await;
+    run(&app, diff_loader(scribble, "diff_loader_plain_file")).await;
+    let full = pixels(&app, "full");
+    assert!(full != pixels(&app, "plain"));
+    // (file - model) + model is the file up to f32 rounding.
+    let diff = pixels(&app, "diff");
+    let max = full
+        .iter()
+        .zip(&diff)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(max <= 1, "difference controlnet differs by {max} levels");
+    assert!(pixels(&app, "diff_loader_plain_file") == full);
+
+    // The plain loader cannot add the model: it says which loader can.
+    let error = run_error(
+        &app,
+        graph_with(
+            "diff_scribble.safetensors",
+            1.0,
+            0.0,
+            1.0,
+            "tiny_sd1.safetensors",
+            "no",
+        ),
+    )
+    .await;
+    assert_eq!(error["node_id"], "c", "{error}");
+    let message = error["exception_message"].as_str().unwrap();
+    for part in ["diff_scribble.safetensors", "DiffControlNetLoader"] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+
+    // A union (ControlNet++) file: refused with the file named, by both loaders.
+    let mut union =
+        candle_core::safetensors::load(models.join("controlnet").join(scribble), &Device::Cpu)
+            .unwrap();
+    union.insert(
+        "task_embedding".to_string(),
+        Tensor::zeros((8, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&union, models.join("controlnet/union_promax.safetensors"))
+        .unwrap();
+    for prompt in [
+        graph_with(
+            "union_promax.safetensors",
+            1.0,
+            0.0,
+            1.0,
+            "tiny_sd1.safetensors",
+            "u",
+        ),
+        diff_loader("union_promax.safetensors", "u2"),
+    ] {
+        let error = run_error(&app, prompt).await;
+        assert_eq!(error["node_id"], "c", "{error}");
+        let message = error["exception_message"].as_str().unwrap();
+        for part in ["union_promax.safetensors", "union"] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::engine::controlnet::apply::{AppliedControl, ControlTiming};
-use crate::engine::controlnet::load::{load_control, LoadedControl};
+use crate::engine::controlnet::load::{load_control, load_control_on, LoadedControl};
 use crate::engine::diffusion::{CondEntry, ControlHint};
 use crate::engine::sampling::model_sampling::{Config as SamplingConfig, ModelSamplingDiscrete};
 use crate::graph::spec::build::*;
@@ -88,8 +88,8 @@ impl Node for ControlNetLoader {
     }
 }
 
-/// ComfyUI's loader for "difference" ControlNets; ordinary ControlNets load the same way, and
-/// difference files are refused with a clear error.
+/// ComfyUI's loader for "difference" ControlNets, whose encoder weights are added to the model's
+/// (LoRA patches included); every other control file loads as with ControlNetLoader.
 pub struct DiffControlNetLoader;
 
 impl Node for DiffControlNetLoader {
@@ -102,7 +102,18 @@ impl Node for DiffControlNetLoader {
     }
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        load(ctx, inputs)
+        let model = inputs.model("model")?;
+        let base = model
+            .weights
+            .as_ref()
+            .ok_or_else(|| NodeError::input("model", "the model keeps no weights to add to"))?;
+        let name = inputs.string("control_net_name")?;
+        let path = ctx.model_path("controlnet", "control_net_name", name)?;
+        let loaded = load_control_on(&path, base, DType::F32, &Device::Cpu)
+            .map_err(|e| NodeError::input("control_net_name", e.to_string()))?;
+        Ok(NodeOutput::values(vec![Value::ControlNet(Arc::new(
+            loaded,
+        ))]))
     }
 
     fn fingerprint(

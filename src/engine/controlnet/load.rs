@@ -19,8 +19,11 @@
 //! Control-LoRA files (`lora_controlnet`) are recognised and opened here; the ControlNet is built
 //! by [`crate::engine::controlnet::control_lora`] from the base model's weights when sampling.
 //!
-//! Not supported, each with an error that says so: "difference" ControlNets (`difference`,
-//! deltas to add to the base model's weights), union ControlNets (ControlNet++,
+//! "Difference" ControlNets (a `difference` marker; the encoder weights are deltas to the base
+//! model's) load with [`load_control_on`], which adds the base model's UNet weights as ComfyUI's
+//! `load_controlnet(path, model)` does; [`load_control`] refuses them.
+//!
+//! Not supported, each with an error that says so: union ControlNets (ControlNet++,
 //! `task_embedding`), and adapters with `skep` or strided-conv downsampling (`down_opt.op`).
 //! Stable Cascade ControlNets are not recognised (an unknown-format error listing the keys looked
 //! for), nor are pickles that nest the weights under an `adapter` key.
@@ -49,6 +52,9 @@ pub const CONTROL_MODEL_PREFIX: &str = "control_model.";
 pub enum ControlFileKind {
     /// A ControlNet in LDM layout; `prefix` is `control_model.` or empty.
     ControlNetLdm { prefix: String },
+    /// A "difference" ControlNet in LDM layout: the weights the base UNet also has are deltas to
+    /// it.
+    ControlNetDifference { prefix: String },
     /// A ControlNet in diffusers layout.
     ControlNetDiffusers,
     /// A T2I-Adapter, in diffusers (`adapter.` prefix) or TencentARC names.
@@ -82,13 +88,18 @@ pub fn classify(sd: &StateDict) -> Result<ControlFileKind, LoadErrorKind> {
     if sd.contains("lora_controlnet") {
         return Ok(ControlFileKind::ControlLora);
     }
-    if sd.contains("difference") {
-        return unsupported(
-            "difference controlnets need the base model's weights added and are not supported",
-        );
-    }
     if sd.contains("task_embedding") || sd.contains("control_add_embedding.linear_1.weight") {
         return unsupported("union (controlnet++) controlnets are not supported");
+    }
+    if sd.contains("difference") {
+        for prefix in [CONTROL_MODEL_PREFIX, ""] {
+            if sd.contains(&format!("{prefix}zero_convs.0.0.weight")) {
+                return Ok(ControlFileKind::ControlNetDifference {
+                    prefix: prefix.to_string(),
+                });
+            }
+        }
+        return unsupported("a difference controlnet without LDM zero_convs is not supported");
     }
     if sd.contains("controlnet_cond_embedding.conv_in.weight") {
         return Ok(ControlFileKind::ControlNetDiffusers);
@@ -124,15 +135,43 @@ pub fn classify(sd: &StateDict) -> Result<ControlFileKind, LoadErrorKind> {
     })
 }
 
-/// Loads any supported control file (ComfyUI's `ControlNetLoader`), in `dtype`.
+/// Loads any supported control file (ComfyUI's `ControlNetLoader`), in `dtype`. Difference
+/// ControlNets need the base model: see [`load_control_on`].
 pub fn load_control(
     path: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedControl, LoadError> {
+    load_control_inner(path, None, dtype, device)
+}
+
+/// [`load_control`] for a file meant for the model whose diffusers-named UNet weights are `base`
+/// (ComfyUI's `DiffControlNetLoader`): a difference ControlNet gets `base` added to every weight
+/// the UNet also has; other files load as [`load_control`] loads them.
+pub fn load_control_on(
+    path: &Path,
+    base: &Arc<BaseWeights>,
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedControl, LoadError> {
+    load_control_inner(path, Some(base), dtype, device)
+}
+
+fn load_control_inner(
+    path: &Path,
+    base: Option<&Arc<BaseWeights>>,
     dtype: DType,
     device: &Device,
 ) -> Result<LoadedControl, LoadError> {
     let sd = Arc::new(StateDict::open(path)?);
     let kind = classify(&sd).map_err(|k| LoadError::new(path, k))?;
     let model = match kind {
+        ControlFileKind::ControlNetDifference { prefix } => {
+            let base = base.ok_or_else(|| LoadError::new(path, needs_model()))?;
+            ControlModel::ControlNet(Box::new(load_difference_from(
+                &sd, &prefix, base, dtype, device,
+            )?))
+        }
         ControlFileKind::ControlLora => {
             ControlModel::ControlLora(ControlLora::from_state_dict(sd)?)
         }
@@ -169,9 +208,51 @@ pub fn load_controlnet(
             ))
         }
         ControlFileKind::ControlLora => return Err(LoadError::new(path, needs_base())),
+        ControlFileKind::ControlNetDifference { .. } => {
+            return Err(LoadError::new(path, needs_model()))
+        }
         _ => {}
     }
     load_controlnet_from(&sd, &kind, dtype, device)
+}
+
+fn needs_model() -> LoadErrorKind {
+    LoadErrorKind::UnsupportedFormat(
+        "this is a difference controlnet: its weights are added to the base model's; load it with \
+         DiffControlNetLoader and the model"
+            .into(),
+    )
+}
+
+/// Builds a difference ControlNet: every weight whose name the base UNet also has is the file's
+/// plus the base's (in f32), the rest (hint block, zero convs) is the file's.
+fn load_difference_from(
+    sd: &Arc<StateDict>,
+    prefix: &str,
+    base: &Arc<BaseWeights>,
+    dtype: DType,
+    device: &Device,
+) -> Result<ControlNetModel, LoadError> {
+    let err = |k| LoadError::new(sd.path(), k);
+    let names = controlnet_ldm_names(sd, prefix).map_err(err)?;
+    let cfg = detect_controlnet(sd, &names).map_err(err)?;
+    let sources = names
+        .into_iter()
+        .map(|(name, key)| {
+            let source = if base.contains_key(&name) {
+                Source::Difference {
+                    key,
+                    base: name.clone(),
+                }
+            } else {
+                Source::Key(key)
+            };
+            (name, source)
+        })
+        .collect();
+    build_sourced(sd, Some(Arc::clone(base)), sources, dtype, device, |vb| {
+        ControlNetModel::new(vb, &cfg)
+    })
 }
 
 fn needs_base() -> LoadErrorKind {
@@ -622,6 +703,8 @@ pub(crate) enum Source {
         up: String,
         down: String,
     },
+    /// A difference ControlNet: the file's `key` plus the base model's `base`.
+    Difference { key: String, base: String },
 }
 
 /// A `VarBuilder` backend serving model (diffusers) names from file keys, converting dtypes,
@@ -686,6 +769,19 @@ impl MappedBackend {
                 let sum = (w.to_dtype(DType::F32)? + delta.reshape(w.dims())?)?;
                 Ok((up.clone(), sum))
             }
+            Source::Difference { key, base } => {
+                let d = self.file_tensor(key)?;
+                let w = self.base_tensor(base)?;
+                if d.dims() != w.dims() {
+                    return Err(self.record(LoadErrorKind::BadShape {
+                        name: key.clone(),
+                        expected: w.dims().to_vec(),
+                        found: d.dims().to_vec(),
+                    }));
+                }
+                let sum = (d.to_dtype(DType::F32)? + w.to_dtype(DType::F32)?)?;
+                Ok((key.clone(), sum))
+            }
         }
     }
 }
@@ -749,7 +845,7 @@ pub(crate) fn build_sourced<T>(
     let mapped: Vec<String> = names
         .values()
         .flat_map(|s| match s {
-            Source::Key(k) => vec![k.clone()],
+            Source::Key(k) | Source::Difference { key: k, .. } => vec![k.clone()],
             Source::BaseKey(_) => vec![],
             Source::LowRank { up, down, .. } => vec![up.clone(), down.clone()],
         })
