@@ -131,8 +131,8 @@ pub struct ControlTiming {
 }
 
 /// A control applied to conditioning: the loaded model, its hint image, strength and window.
-/// Share one between every entry it was applied to, so cached work (adapter features, the
-/// resized hint) is done once.
+/// Share one between every entry it was applied to (ComfyUI shares one control object between
+/// the positive and negative lists), so adapter features are computed once for all of them.
 #[derive(Debug)]
 pub struct AppliedControl {
     control: Arc<LoadedControl>,
