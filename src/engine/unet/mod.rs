@@ -645,3 +645,57 @@ pub fn sdxl_adm(pooled: &Tensor, values: &[Vec<f32>]) -> Result<Tensor> {
     let emb = sinusoidal_embedding(&flat, 256, pooled.device())?.reshape((batch, n * 256))?;
     Tensor::cat(&[&pooled.to_dtype(DType::F32)?, &emb], 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(v: f32) -> Tensor {
+        Tensor::full(v, (1, 1, 2, 2), &Device::Cpu).unwrap()
+    }
+
+    fn value(t: &Tensor) -> f32 {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]
+    }
+
+    #[test]
+    fn controls_sum_part_by_part_and_slot_by_slot() {
+        let controlnet = UNetControl {
+            residuals: Some(ControlResiduals {
+                down: vec![full(1.0), full(2.0)],
+                mid: full(3.0),
+            }),
+            encoder: None,
+        };
+        let adapter = |first: Option<f32>, mid: Option<f32>| UNetControl {
+            residuals: None,
+            encoder: Some(EncoderAdditions {
+                input: vec![first.map(full), None],
+                mid: mid.map(full),
+            }),
+        };
+        let sum = controlnet
+            .sum(&adapter(Some(0.5), None))
+            .unwrap()
+            .sum(&adapter(Some(0.25), Some(4.0)))
+            .unwrap()
+            .sum(&controlnet)
+            .unwrap();
+        let residuals = sum.residuals.unwrap();
+        assert_eq!(value(&residuals.down[1]), 4.0);
+        assert_eq!(value(&residuals.mid), 6.0);
+        let encoder = sum.encoder.unwrap();
+        assert_eq!(value(encoder.input[0].as_ref().unwrap()), 0.75);
+        assert!(encoder.input[1].is_none());
+        assert_eq!(value(encoder.mid.as_ref().unwrap()), 4.0);
+        // Controls for different UNets do not combine.
+        let short = UNetControl {
+            residuals: None,
+            encoder: Some(EncoderAdditions {
+                input: vec![None],
+                mid: None,
+            }),
+        };
+        assert!(adapter(None, None).sum(&short).is_err());
+    }
+}
