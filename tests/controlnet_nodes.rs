@@ -230,3 +230,330 @@ async fn wrong_family_and_corrupt_controlnets_are_clear_errors() {
     // Still serving.
     run(&app, without_controlnet("after")).await;
 }
+
+/// Writes a tiny T2I-Adapter (a parity fixture's architecture, synthetic weights): `names` picks
+/// the TencentARC/ComfyUI key (`true`) or the diffusers key of each row.
+fn write_adapter(dir: &std::path::Path, fixture: &str, name: &str, tencentarc: bool) {
+    let rows = crate::engine::controlnet_parity::keymap(&format!("keymap_adapter_{fixture}.json"));
+    crate::engine::controlnet_parity::write_weights(dir, name, &rows, |r| {
+        Some(if tencentarc { r.0.clone() } else { r.1.clone() })
+    });
+}
+
+/// The tiny ControlNets plus T2I-Adapters (SD1 full and light, SDXL) and an SD1 Control-LoRA.
+async fn app_with_adapters() -> TestApp {
+    let app = app_with_controlnets().await;
+    let dir = app.dir.path().join("models/controlnet");
+    write_adapter(
+        &dir,
+        "full_sd1_tiny",
+        "t2iadapter_canny_sd15v2.safetensors",
+        true,
+    );
+    write_adapter(&dir, "light_sd1_tiny", "t2iadapter_light.safetensors", true);
+    write_adapter(
+        &dir,
+        "xl_sdxl_tiny",
+        "t2i-adapter-canny-sdxl.safetensors",
+        false,
+    );
+    candle_core::safetensors::save(
+        &crate::engine::controlnet_parity::control_lora_tensors(),
+        dir.join("control-lora-canny-rank128.safetensors"),
+    )
+    .unwrap();
+    app
+}
+
+/// [`graph`] with another control file.
+fn graph_with(
+    control: &str,
+    strength: f64,
+    start: f64,
+    end: f64,
+    ckpt: &str,
+    prefix: &str,
+) -> Json {
+    let mut g = graph(strength, start, end, "hint.png", ckpt, prefix);
+    g["c"]["inputs"]["control_net_name"] = json!(control);
+    g
+}
+
+/// Adds a second apply node `b` (loading `control`) after `a`, feeding the sampler.
+fn stack(mut g: Json, control: &str, strength: f64) -> Json {
+    g["c2"] = json!({"class_type": "ControlNetLoader", "inputs": {"control_net_name": control}});
+    g["b"] = json!({"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["a", 0], "negative": ["a", 1],
+        "control_net": ["c2", 0], "image": ["l", 0], "strength": strength, "start_percent": 0.0, "end_percent": 1.0}});
+    g["3"]["inputs"]["positive"] = json!(["b", 0]);
+    g["3"]["inputs"]["negative"] = json!(["b", 1]);
+    g
+}
+
+async fn run_error(app: &TestApp, prompt: Json) -> Json {
+    let (status, body) = app.post("/prompt", json!({"prompt": prompt})).await;
+    assert_eq!(status, 200, "{body}");
+    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
+    assert_eq!(entry["status"]["status_str"], "error");
+    entry["status"]["messages"][2][1].clone()
+}
+
+#[actix_web::test]
+async fn t2i_adapters_apply_in_sampling_with_strength_window_and_stacking() {
+    let app = app_with_adapters().await;
+    let adapter = "t2iadapter_canny_sd15v2.safetensors";
+    let sd1 = "tiny_sd1.safetensors";
+    run(&app, without_controlnet("plain")).await;
+    run(&app, graph_with(adapter, 1.0, 0.0, 1.0, sd1, "adapter")).await;
+    run(
+        &app,
+        graph_with(adapter, 0.0, 0.0, 1.0, sd1, "adapter_zero"),
+    )
+    .await;
+    // A window at the very end of the schedule: no sampled sigma falls inside it.
+    run(
+        &app,
+        graph_with(adapter, 1.0, 1.0, 1.0, sd1, "adapter_late"),
+    )
+    .await;
+    run(
+        &app,
+        graph_with(adapter, 1.0, 0.0, 0.2, sd1, "adapter_early"),
+    )
+    .await;
+    let plain = pixels(&app, "plain");
+    let full = pixels(&app, "adapter");
+    assert!(full != plain, "the adapter changes the image");
+    assert!(
+        pixels(&app, "adapter_zero") == plain,
+        "strength 0 is no adapter"
+    );
+    assert!(
+        pixels(&app, "adapter_late") == plain,
+        "outside the window nothing is added"
+    );
+    let early = pixels(&app, "adapter_early");
+    assert!(early != plain && early != full);
+
+    // A ControlNet and an adapter stack; so do two adapters (full and light).
+    let controlnet = "control_v11p_sd15_scribble_fp16.safetensors";
+    run(
+        &app,
+        graph_with(controlnet, 1.0, 0.0, 1.0, sd1, "controlnet"),
+    )
+    .await;
+    run(
+        &app,
+        stack(
+            graph_with(controlnet, 1.0, 0.0, 1.0, sd1, "cn_adapter"),
+            adapter,
+            1.0,
+        ),
+    )
+    .await;
+    let both = pixels(&app, "cn_adapter");
+    assert!(both != pixels(&app, "controlnet") && both != full);
+    run(
+        &app,
+        stack(
+            graph_with(adapter, 1.0, 0.0, 1.0, sd1, "two_adapters"),
+            "t2iadapter_light.safetensors",
+            0.5,
+        ),
+    )
+    .await;
+    assert!(pixels(&app, "two_adapters") != full);
+
+    // The SDXL adapter (diffusers names) on the SDXL model, its last feature on the mid block.
+    let xl = "t2i-adapter-canny-sdxl.safetensors";
+    let sdxl = "tiny_sdxl.safetensors";
+    run(&app, graph_with(xl, 1.0, 0.0, 1.0, sdxl, "xl")).await;
+    run(&app, graph_with(xl, 0.0, 0.0, 1.0, sdxl, "xl_zero")).await;
+    assert!(pixels(&app, "xl") != pixels(&app, "xl_zero"));
+
+    // An adapter of the other family: the sampler's error names the apply node, its input and
+    // both families.
+    for (control, ckpt) in [(xl, sd1), (adapter, sdxl)] {
+        let error = run_error(&app, graph_with(control, 1.0, 0.0, 1.0, ckpt, "wrong")).await;
+        assert_eq!(error["node_id"], "3", "{error}");
+        let message = error["exception_message"].as_str().unwrap();
+        for part in ["control_net of node 'a'", "t2i-adapter", "sdxl", "sd1"] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+    }
+}
+
+#[actix_web::test]
+async fn control_lora_is_built_on_the_sampled_model() {
+    let app = app_with_adapters().await;
+    let lora = "control-lora-canny-rank128.safetensors";
+    run(&app, without_controlnet("plain")).await;
+    run(
+        &app,
+        graph_with(lora, 1.0, 0.0, 1.0, "tiny_sd1.safetensors", "control_lora"),
+    )
+    .await;
+    run(
+        &app,
+        graph_with(
+            lora,
+            1.0,
+            1.0,
+            1.0,
+            "tiny_sd1.safetensors",
+            "control_lora_late",
+        ),
+    )
+    .await;
+    let plain = pixels(&app, "plain");
+    assert!(pixels(&app, "control_lora") != plain);
+    assert!(pixels(&app, "control_lora_late") == plain);
+    // Stacked with a ControlNet, and again on the same model (the built ControlNet is reused).
+    let stacked = stack(
+        graph_with(
+            lora,
+            1.0,
+            0.0,
+            1.0,
+            "tiny_sd1.safetensors",
+            "control_lora_stacked",
+        ),
+        "control_v11p_sd15_scribble_fp16.safetensors",
+        1.0,
+    );
+    run(&app, stacked).await;
+    assert!(pixels(&app, "control_lora_stacked") != pixels(&app, "control_lora"));
+
+    // On an SDXL model the families are named.
+    let error = run_error(
+        &app,
+        graph_with(
+            lora,
+            1.0,
+            0.0,
+            1.0,
+            "tiny_sdxl.safetensors",
+            "control_lora_xl",
+        ),
+    )
+    .await;
+    assert_eq!(error["node_id"], "3", "{error}");
+    let message = error["exception_message"].as_str().unwrap();
+    for part in ["control_net of node 'a'", "control-lora", "sdxl", "sd1"] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+}
+
+#[actix_web::test]
+async fn diff_controlnet_loader_adds_the_model_and_union_files_are_refused() {
+    use candle_core::{Device, Tensor};
+    let app = app_with_controlnets().await;
+    let models = app.dir.path().join("models");
+    let scribble = "control_v11p_sd15_scribble_fp16.safetensors";
+    // The difference form of the scribble ControlNet for tiny_sd1: every weight the model's UNet
+    // also has, minus the model's (ComfyUI's `difference` files).
+    let full =
+        candle_core::safetensors::load(models.join("controlnet").join(scribble), &Device::Cpu)
+            .unwrap();
+    let ckpt = candle_core::safetensors::load(
+        models.join("checkpoints/tiny_sd1.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut diff = std::collections::HashMap::new();
+    let mut subtracted = 0;
+    for (key, t) in &full {
+        let base = key
+            .strip_prefix("control_model.")
+            .and_then(|rest| ckpt.get(&format!("model.diffusion_model.{rest}")));
+        let value = match base {
+            Some(b) => {
+                subtracted += 1;
+                (t - b).unwrap()
+            }
+            None => t.clone(),
+        };
+        diff.insert(key.clone(), value);
+    }
+    assert!(subtracted > 10);
+    diff.insert(
+        "difference".to_string(),
+        Tensor::new(&[1f32], &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&diff, models.join("controlnet/diff_scribble.safetensors"))
+        .unwrap();
+    let diff_loader = |control: &str, prefix: &str| {
+        let mut g = graph_with(control, 1.0, 0.0, 1.0, "tiny_sd1.safetensors", prefix);
+        g["c"] = json!({"class_type": "DiffControlNetLoader",
+            "inputs": {"model": ["4", 0], "control_net_name": control}});
+        g
+    };
+
+    run(&app, without_controlnet("plain")).await;
+    run(
+        &app,
+        graph_with(scribble, 1.0, 0.0, 1.0, "tiny_sd1.safetensors", "full"),
+    )
+    .await;
+    run(&app, diff_loader("diff_scribble.safetensors", "diff")).await;
+    run(&app, diff_loader(scribble, "diff_loader_plain_file")).await;
+    let full = pixels(&app, "full");
+    assert!(full != pixels(&app, "plain"));
+    // (file - model) + model is the file up to f32 rounding.
+    let diff = pixels(&app, "diff");
+    let max = full
+        .iter()
+        .zip(&diff)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(max <= 1, "difference controlnet differs by {max} levels");
+    assert!(pixels(&app, "diff_loader_plain_file") == full);
+
+    // The plain loader cannot add the model: it says which loader can.
+    let error = run_error(
+        &app,
+        graph_with(
+            "diff_scribble.safetensors",
+            1.0,
+            0.0,
+            1.0,
+            "tiny_sd1.safetensors",
+            "no",
+        ),
+    )
+    .await;
+    assert_eq!(error["node_id"], "c", "{error}");
+    let message = error["exception_message"].as_str().unwrap();
+    for part in ["diff_scribble.safetensors", "DiffControlNetLoader"] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+
+    // A union (ControlNet++) file: refused with the file named, by both loaders.
+    let mut union =
+        candle_core::safetensors::load(models.join("controlnet").join(scribble), &Device::Cpu)
+            .unwrap();
+    union.insert(
+        "task_embedding".to_string(),
+        Tensor::zeros((8, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&union, models.join("controlnet/union_promax.safetensors"))
+        .unwrap();
+    for prompt in [
+        graph_with(
+            "union_promax.safetensors",
+            1.0,
+            0.0,
+            1.0,
+            "tiny_sd1.safetensors",
+            "u",
+        ),
+        diff_loader("union_promax.safetensors", "u2"),
+    ] {
+        let error = run_error(&app, prompt).await;
+        assert_eq!(error["node_id"], "c", "{error}");
+        let message = error["exception_message"].as_str().unwrap();
+        for part in ["union_promax.safetensors", "union"] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+    }
+}

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use crate::engine::load::detect::{ModelFamily, Prediction};
 use crate::engine::sampling::model_sampling::{Config as SamplingConfig, ModelSamplingDiscrete};
 use crate::engine::sampling::samplers::{Denoised, Denoiser};
-use crate::engine::unet::{sdxl_adm, ControlResiduals, UNet2DConditionModel};
+use crate::engine::unet::{sdxl_adm, UNet2DConditionModel, UNetControl};
 
 /// How a family's latents look: channels, the VAE scale, and the fast latent→RGB projection used
 /// for previews (`comfy/latent_formats.py`).
@@ -170,19 +170,20 @@ pub struct SizeConditioning {
     pub aesthetic_score: Option<f32>,
 }
 
-/// A ControlNet-like source of residuals attached to a conditioning entry.
+/// A control (ControlNet, T2I-Adapter, ...) attached to a conditioning entry.
 pub trait ControlHint: Send + Sync + std::fmt::Debug {
-    /// Residuals for the UNet input `x_in` (already `c_in`-scaled) at `sigma`, or `None` when the
-    /// control is not active at this sigma. `unet` is the model being controlled.
-    fn residuals(
+    /// What this control adds to the UNet evaluation of `x_in` (already `c_in`-scaled) at `sigma`,
+    /// scaled by its strength, or `None` when it is not active at this sigma. `model` is the model
+    /// being sampled; `context` and `y` are the entry's, in the UNet's dtype and batch.
+    fn control(
         &self,
         x_in: &Tensor,
         timesteps: &Tensor,
         sigma: f64,
         context: &Tensor,
         y: Option<&Tensor>,
-        unet: &UNet2DConditionModel,
-    ) -> Result<Option<ControlResiduals>>;
+        model: &DiffusionModel,
+    ) -> Result<Option<UNetControl>>;
 }
 
 /// One entry of a CONDITIONING list (`[context, {pooled_output, area, mask, strength, …}]`).
@@ -199,7 +200,8 @@ pub struct CondEntry {
     pub set_area_to_bounds: bool,
     pub strength: f64,
     pub size: SizeConditioning,
-    pub control: Option<Arc<dyn ControlHint>>,
+    /// Controls in the order they were applied; what they add is summed.
+    pub controls: Vec<Arc<dyn ControlHint>>,
 }
 
 impl CondEntry {
@@ -213,7 +215,7 @@ impl CondEntry {
             set_area_to_bounds: false,
             strength: 1.0,
             size: SizeConditioning::default(),
-            control: None,
+            controls: Vec::new(),
         }
     }
 
@@ -233,7 +235,7 @@ struct PreparedCond {
     area: (usize, usize, usize, usize),
     /// `[B, C, area_h, area_w]` weights.
     mult: Tensor,
-    control: Option<Arc<dyn ControlHint>>,
+    controls: Vec<Arc<dyn ControlHint>>,
 }
 
 /// The CFG denoiser over conditioning lists, with optional inpainting mask.
@@ -309,23 +311,20 @@ impl<'a> CfgDenoiser<'a> {
                 Some(y) => Some(y.to_dtype(dtype)?.repeat((batch, 1))?),
                 None => None,
             };
-            let control = match &cond.control {
-                Some(hint) => hint.residuals(
-                    &x_in,
-                    &timesteps,
-                    sigma,
-                    &context,
-                    y.as_ref(),
-                    &self.model.unet,
-                )?,
-                None => None,
-            };
-            let output = self.model.unet.forward(
+            let mut control = UNetControl::default();
+            for hint in &cond.controls {
+                let own =
+                    hint.control(&x_in, &timesteps, sigma, &context, y.as_ref(), self.model)?;
+                if let Some(own) = own {
+                    control = control.sum(&own)?;
+                }
+            }
+            let output = self.model.unet.forward_controlled(
                 &x_in.to_dtype(dtype)?,
                 &timesteps,
                 &context,
                 y.as_ref(),
-                control.as_ref(),
+                &control,
             )?;
             let denoised = self.model.sampling.calculate_denoised(
                 sigma,
@@ -476,7 +475,7 @@ fn prepare(
             y,
             area,
             mult,
-            control: entry.control.clone(),
+            controls: entry.controls.clone(),
         });
     }
     Ok(prepared)

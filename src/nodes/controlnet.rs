@@ -1,20 +1,20 @@
 //! ControlNet nodes: ControlNetLoader, DiffControlNetLoader, ControlNetApply and
-//! ControlNetApplyAdvanced, with ComfyUI's semantics: the hint image is resized to the latent size
-//! × 8 (nearest-exact, centre crop), residuals are scaled by the strength and only added while the
-//! sigma is inside the start/end window, and several ControlNets on one conditioning add up.
+//! ControlNetApplyAdvanced, with ComfyUI's semantics. A CONTROL_NET is a ControlNet, a T2I-Adapter
+//! or a Control-LoRA (see `engine::controlnet::apply::AppliedControl` for how each is evaluated):
+//! the hint image is resized to the latent size × 8 (nearest-exact, centre crop), residuals and
+//! adapter features are scaled by the strength and only added while the sigma is inside the
+//! start/end window, and several controls on one conditioning add up. Whether a control fits the
+//! model is only known when sampling, so that error comes from the sampler and names the apply
+//! node and its `control_net` input.
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Result as CandleResult, Tensor};
+use candle_core::{DType, Device, Tensor};
 
-use crate::engine::controlnet::apply::{
-    active_at_sigma, prepare_hint, scale_residuals, sum_residuals, ControlScaling,
-};
-use crate::engine::controlnet::load::{load_control, ControlModel};
-use crate::engine::controlnet::{check_compatible, ControlNetModel};
+use crate::engine::controlnet::apply::{AppliedControl, ControlTiming};
+use crate::engine::controlnet::load::{load_control, load_control_on, LoadedControl};
 use crate::engine::diffusion::{CondEntry, ControlHint};
 use crate::engine::sampling::model_sampling::{Config as SamplingConfig, ModelSamplingDiscrete};
-use crate::engine::unet::{ControlResiduals, UNet2DConditionModel};
 use crate::graph::spec::build::*;
 use crate::graph::spec::{ComboOptions, FileList, Freshness, InputKind, NodeSpec};
 use crate::graph::{ConstValue, SlotType};
@@ -30,68 +30,6 @@ pub fn register(registry: &mut Registry) {
     registry.add(ControlNetApplyAdvanced);
 }
 
-/// One ControlNet applied to a conditioning entry, chained to the ones applied before it.
-#[derive(Debug)]
-struct ControlNetHint {
-    model: Arc<ControlNetModel>,
-    /// `[B, 3, H, W]` in 0..1, as given; resized to the latent at each call.
-    hint: Tensor,
-    strength: f64,
-    sigma_start: f64,
-    sigma_end: f64,
-    previous: Option<Arc<dyn ControlHint>>,
-}
-
-impl ControlHint for ControlNetHint {
-    fn residuals(
-        &self,
-        x_in: &Tensor,
-        timesteps: &Tensor,
-        sigma: f64,
-        context: &Tensor,
-        y: Option<&Tensor>,
-        unet: &UNet2DConditionModel,
-    ) -> CandleResult<Option<ControlResiduals>> {
-        let previous = match &self.previous {
-            Some(previous) => previous.residuals(x_in, timesteps, sigma, context, y, unet)?,
-            None => None,
-        };
-        let own = if active_at_sigma(sigma, self.sigma_start, self.sigma_end) {
-            check_compatible(self.model.config(), unet.config())
-                .map_err(candle_core::Error::Msg)?;
-            let (batch, _, h, w) = x_in.dims4()?;
-            let mut hint = prepare_hint(&self.hint, h, w, 8)?;
-            let hint_batch = hint.dim(0)?;
-            if hint_batch != batch {
-                // ComfyUI repeats the hint batch to cover the latent batch.
-                hint = hint
-                    .repeat((batch.div_ceil(hint_batch), 1, 1, 1))?
-                    .narrow(0, 0, batch)?;
-            }
-            let hint = hint.to_dtype(self.model.dtype())?;
-            let raw = self.model.forward(
-                &x_in.to_dtype(self.model.dtype())?,
-                timesteps,
-                &context.to_dtype(self.model.dtype())?,
-                y,
-                &hint,
-            )?;
-            Some(scale_residuals(
-                &raw,
-                self.strength,
-                ControlScaling::Constant,
-            )?)
-        } else {
-            None
-        };
-        Ok(match (previous, own) {
-            (Some(a), Some(b)) => Some(sum_residuals(&a, &b)?),
-            (a, None) => a,
-            (None, b) => b,
-        })
-    }
-}
-
 fn control_net_names() -> InputKind {
     InputKind::Combo {
         options: ComboOptions::Files(FileList::Models("controlnet")),
@@ -105,13 +43,9 @@ fn load(ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
     let path = ctx.model_path("controlnet", "control_net_name", name)?;
     let loaded = load_control(&path, DType::F32, &Device::Cpu)
         .map_err(|e| NodeError::input("control_net_name", e.to_string()))?;
-    match loaded.model {
-        ControlModel::ControlNet(model) => Ok(NodeOutput::values(vec![Value::ControlNet(Arc::from(model))])),
-        ControlModel::Adapter(_) => Err(NodeError::input(
-            "control_net_name",
-            format!("{name} is a T2I-Adapter; Weft loads it but does not apply adapters in sampling yet"),
-        )),
-    }
+    Ok(NodeOutput::values(vec![Value::ControlNet(Arc::new(
+        loaded,
+    ))]))
 }
 
 fn loader_spec(
@@ -132,7 +66,8 @@ fn loader_spec(
     }
 }
 
-/// Loads a ControlNet (LDM or diffusers layout, safetensors or pickle).
+/// Loads a ControlNet (LDM or diffusers layout, safetensors or pickle), a T2I-Adapter or a
+/// Control-LoRA.
 pub struct ControlNetLoader;
 
 impl Node for ControlNetLoader {
@@ -153,8 +88,8 @@ impl Node for ControlNetLoader {
     }
 }
 
-/// ComfyUI's loader for "difference" ControlNets; ordinary ControlNets load the same way, and
-/// difference files are refused with a clear error.
+/// ComfyUI's loader for "difference" ControlNets, whose encoder weights are added to the model's
+/// (LoRA patches included); every other control file loads as with ControlNetLoader.
 pub struct DiffControlNetLoader;
 
 impl Node for DiffControlNetLoader {
@@ -167,7 +102,18 @@ impl Node for DiffControlNetLoader {
     }
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        load(ctx, inputs)
+        let model = inputs.model("model")?;
+        let base = model
+            .weights
+            .as_ref()
+            .ok_or_else(|| NodeError::input("model", "the model keeps no weights to add to"))?;
+        let name = inputs.string("control_net_name")?;
+        let path = ctx.model_path("controlnet", "control_net_name", name)?;
+        let loaded = load_control_on(&path, base, DType::F32, &Device::Cpu)
+            .map_err(|e| NodeError::input("control_net_name", e.to_string()))?;
+        Ok(NodeOutput::values(vec![Value::ControlNet(Arc::new(
+            loaded,
+        ))]))
     }
 
     fn fingerprint(
@@ -194,40 +140,50 @@ fn hint_of(inputs: &Inputs) -> Result<Tensor, NodeError> {
     Ok(image.narrow(3, 0, 3)?.permute((0, 3, 1, 2))?.contiguous()?)
 }
 
+/// Applies one control to every entry of each list; the entries share it.
 fn attach(
-    list: &[CondEntry],
-    model: &Arc<ControlNetModel>,
-    hint: &Tensor,
-    strength: f64,
-    window: (f64, f64),
-) -> Value {
-    let list = list
+    lists: &[&Arc<Vec<CondEntry>>],
+    control: &Arc<LoadedControl>,
+    hint: Tensor,
+    timing: ControlTiming,
+    origin: String,
+) -> Vec<Value> {
+    let applied: Arc<dyn ControlHint> = Arc::new(AppliedControl::new(
+        Arc::clone(control),
+        hint,
+        timing,
+        origin,
+    ));
+    lists
         .iter()
-        .map(|entry| {
-            let mut entry = entry.clone();
-            let control: Arc<dyn ControlHint> = Arc::new(ControlNetHint {
-                model: Arc::clone(model),
-                hint: hint.clone(),
-                strength,
-                sigma_start: window.0,
-                sigma_end: window.1,
-                previous: entry.control.take(),
-            });
-            entry.control = Some(control);
-            entry
+        .map(|list| {
+            let list = list
+                .iter()
+                .map(|entry| {
+                    let mut entry = entry.clone();
+                    entry.controls.push(Arc::clone(&applied));
+                    entry
+                })
+                .collect();
+            Value::Conditioning(Arc::new(list))
         })
-        .collect();
-    Value::Conditioning(Arc::new(list))
+        .collect()
 }
 
-/// The sigma window of start/end percents, as ComfyUI's `percent_to_sigma` gives it (the SD
-/// schedule; eps and v models share it).
-fn sigma_window(start: f64, end: f64) -> (f64, f64) {
+/// Names the `control_net` input of the apply node, for sampling-time errors.
+fn origin(ctx: &NodeContext, class_type: &str) -> String {
+    format!("control_net of node '{}' ({class_type})", ctx.node_id)
+}
+
+/// The strength and the sigma window of start/end percents, as ComfyUI's `percent_to_sigma`
+/// gives it (the SD schedule; eps and v models share it).
+fn timing(strength: f64, start: f64, end: f64) -> ControlTiming {
     let sampling = ModelSamplingDiscrete::new(&SamplingConfig::sd_eps());
-    (
-        sampling.percent_to_sigma(start),
-        sampling.percent_to_sigma(end),
-    )
+    ControlTiming {
+        strength,
+        sigma_start: sampling.percent_to_sigma(start),
+        sigma_end: sampling.percent_to_sigma(end),
+    }
 }
 
 /// Applies a ControlNet to one conditioning (ComfyUI's deprecated node).
@@ -249,7 +205,7 @@ impl Node for ControlNetApply {
         )
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let conditioning = inputs.conditioning("conditioning")?;
         let strength = inputs.float("strength")?;
         if strength == 0.0 {
@@ -257,15 +213,15 @@ impl Node for ControlNetApply {
                 conditioning,
             ))]));
         }
-        let model = inputs.control_net("control_net")?;
+        let control = inputs.control_net("control_net")?;
         let hint = hint_of(inputs)?;
-        Ok(NodeOutput::values(vec![attach(
-            conditioning,
-            model,
-            &hint,
-            strength,
-            sigma_window(0.0, 1.0),
-        )]))
+        Ok(NodeOutput::values(attach(
+            &[conditioning],
+            control,
+            hint,
+            timing(strength, 0.0, 1.0),
+            origin(ctx, "ControlNetApply"),
+        )))
     }
 }
 
@@ -295,7 +251,7 @@ impl Node for ControlNetApplyAdvanced {
         )
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let positive = inputs.conditioning("positive")?;
         let negative = inputs.conditioning("negative")?;
         let strength = inputs.float("strength")?;
@@ -312,12 +268,14 @@ impl Node for ControlNetApplyAdvanced {
                 format!("start_percent {start} is after end_percent {end}"),
             ));
         }
-        let model = inputs.control_net("control_net")?;
+        let control = inputs.control_net("control_net")?;
         let hint = hint_of(inputs)?;
-        let window = sigma_window(start, end);
-        Ok(NodeOutput::values(vec![
-            attach(positive, model, &hint, strength, window),
-            attach(negative, model, &hint, strength, window),
-        ]))
+        Ok(NodeOutput::values(attach(
+            &[positive, negative],
+            control,
+            hint,
+            timing(strength, start, end),
+            origin(ctx, "ControlNetApplyAdvanced"),
+        )))
     }
 }

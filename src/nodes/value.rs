@@ -74,7 +74,8 @@ pub enum Value {
     Sigmas(Arc<Vec<f32>>),
     Noise(NoiseSource),
     Guider(Arc<Guider>),
-    ControlNet(Arc<crate::engine::controlnet::ControlNetModel>),
+    /// A ControlNet, T2I-Adapter or Control-LoRA.
+    ControlNet(Arc<crate::engine::controlnet::load::LoadedControl>),
 }
 
 impl Value {
@@ -271,6 +272,6 @@ getter!(guider, Guider, Arc<Guider>, "GUIDER");
 getter!(
     control_net,
     ControlNet,
-    Arc<crate::engine::controlnet::ControlNetModel>,
+    Arc<crate::engine::controlnet::load::LoadedControl>,
     "CONTROL_NET"
 );

@@ -11,19 +11,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use weft::engine::controlnet::adapter::{
-    unet_forward_with_adapter, AdapterKind, T2IAdapter, T2IAdapterConfig,
-};
-use weft::engine::controlnet::apply::{
-    scale_residuals, sum_residuals, ControlScaling, SOFT_INJECTION_BASE,
-};
+use weft::engine::controlnet::adapter::{AdapterKind, T2IAdapter, T2IAdapterConfig};
+use weft::engine::controlnet::apply::{scale_residuals, ControlScaling, SOFT_INJECTION_BASE};
 use weft::engine::controlnet::load::{
     controlnet_config_from_diffusers, load_control, load_controlnet, load_controlnet_diffusers_dir,
     ControlModel,
 };
 use weft::engine::controlnet::{check_compatible, ControlNetConfig, ControlNetModel};
 use weft::engine::synth::{synth_tensor, synth_var_builder};
-use weft::engine::unet::{sdxl_adm, AttentionHeads, UNet2DConditionModel, UNetConfig};
+use weft::engine::unet::{
+    sdxl_adm, AttentionHeads, EncoderAdditions, UNet2DConditionModel, UNetConfig, UNetControl,
+};
 
 use crate::engine::util::{get, max_abs_diff, tiny_unet_config};
 
@@ -265,7 +263,7 @@ fn strength_zero_leaves_the_unet_unchanged() {
         let expected = (r * (2.0 * SOFT_INJECTION_BASE.powi((n - k) as i32))).unwrap();
         assert!(max_abs_diff(s, &expected) < 1e-6);
     }
-    let twice = sum_residuals(&res, &res).unwrap();
+    let twice = res.sum(&res).unwrap();
     assert!(max_abs_diff(&twice.mid, &(&res.mid * 2.0).unwrap()) < 1e-6);
 }
 
@@ -383,12 +381,18 @@ fn check_adapter(adapter: &T2IAdapter, name: &str, unet: &UNet2DConditionModel) 
         err = err.max(max_abs_diff(f, get(&fx, &format!("feature_{k}"))));
     }
     let strength = get(&fx, "strength").to_vec1::<f32>().unwrap()[0];
-    let residuals = adapter
+    let additions = adapter
         .residuals(&features, unet.num_skips(), unet.config().layers_per_block)
         .unwrap()
         .scaled(f64::from(strength))
         .unwrap();
-    let out = unet_forward_with_adapter(unet, x, t, ctx, y.as_ref(), None, &residuals).unwrap();
+    let control = UNetControl {
+        residuals: None,
+        encoder: Some(additions),
+    };
+    let out = unet
+        .forward_controlled(x, t, ctx, y.as_ref(), &control)
+        .unwrap();
     (err, max_abs_diff(&out, get(&fx, "out_adapter")))
 }
 
@@ -450,14 +454,55 @@ fn adapter_and_controlnet_residuals_combine() {
     .unwrap();
     let (x, t, ctx) = (get(&fx, "x"), get(&fx, "t"), get(&fx, "context"));
     let res = model.forward(x, t, ctx, None, get(&fx, "hint")).unwrap();
-    let empty = weft::engine::controlnet::adapter::AdapterResiduals {
+    let empty = EncoderAdditions {
         input: vec![None; unet.num_skips()],
         mid: None,
     };
-    let a = unet_forward_with_adapter(&unet, x, t, ctx, None, Some(&res), &empty).unwrap();
+    let control = UNetControl {
+        residuals: Some(res.clone()),
+        encoder: Some(empty),
+    };
+    let a = unet.forward_controlled(x, t, ctx, None, &control).unwrap();
     assert!(max_abs_diff(&a, get(&fx, "out_control")) < TOL);
     let b = unet.forward(x, t, ctx, None, Some(&res)).unwrap();
     assert_eq!(max_abs_diff(&a, &b), 0.0);
+}
+
+/// The tensors of a tiny SD1 Control-LoRA laid out like Stability's files, for the tiny SD1 UNet:
+/// the ControlNet's own layers (hint block, zero convs, mid block out) in full, a rank-2 `up`/`down`
+/// pair for every 2-D+ encoder weight, the mid block's biases and norms overridden, and the marker.
+pub(crate) fn control_lora_tensors() -> HashMap<String, Tensor> {
+    let rank = 2;
+    let mut file: HashMap<String, Tensor> = HashMap::new();
+    for (ldm, name, shape) in keymap("keymap_controlnet_sd1_tiny.json") {
+        let is_control = ldm.starts_with("input_hint_block")
+            || ldm.starts_with("zero_convs")
+            || ldm.starts_with("middle_block_out");
+        if is_control {
+            file.insert(ldm, synth_tensor(&name, shape.as_slice()).unwrap());
+        } else if shape.len() >= 2 {
+            let mut up_shape = vec![shape[0], rank];
+            let mut down_shape = vec![rank];
+            down_shape.extend(&shape[1..]);
+            if shape.len() == 4 {
+                up_shape.extend([1, 1]);
+            }
+            let up =
+                (synth_tensor(&format!("up.{name}"), up_shape.as_slice()).unwrap() * 0.3).unwrap();
+            let down = synth_tensor(&format!("down.{name}"), down_shape.as_slice()).unwrap();
+            let module = ldm.strip_suffix(".weight").unwrap();
+            file.insert(format!("{module}.up"), up);
+            file.insert(format!("{module}.down"), down);
+        } else if ldm.starts_with("middle_block") {
+            let other = synth_tensor(&format!("override.{name}"), shape.as_slice()).unwrap();
+            file.insert(ldm, other);
+        }
+    }
+    file.insert(
+        "lora_controlnet".into(),
+        Tensor::new(&[1f32], &Device::Cpu).unwrap(),
+    );
+    file
 }
 
 /// Control-LoRA against ComfyUI's recipe (`ControlLora.pre_run` + `ControlLoraOps`), computed
@@ -467,74 +512,51 @@ fn adapter_and_controlnet_residuals_combine() {
 /// tolerance 1e-5.
 #[test]
 fn control_lora_builds_on_the_base_unet() {
-    use weft::engine::controlnet::control_lora::load_control_lora;
-    use weft::engine::load::file::StateDict;
+    use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
-    // The base: the tiny SD1 UNet as an LDM checkpoint.
-    let unet_rows = keymap_at(&crate::engine::util::fixture_path("keymap_sd1_tiny.json"));
-    let base = write_weights(dir.path(), "base.safetensors", &unet_rows, |r| {
-        Some(format!("model.diffusion_model.{}", r.0))
-    });
-    let rank = 2;
-    let mut file: HashMap<String, Tensor> = HashMap::new();
-    let mut expected: HashMap<String, Tensor> = HashMap::new();
-    for (ldm, name, shape) in keymap("keymap_controlnet_sd1_tiny.json") {
-        let own = synth_tensor(&name, shape.as_slice()).unwrap();
-        let is_control = ldm.starts_with("input_hint_block")
-            || ldm.starts_with("zero_convs")
-            || ldm.starts_with("middle_block_out");
-        if is_control {
-            file.insert(ldm, own.clone());
-            expected.insert(name, own);
-        } else if shape.len() >= 2 {
-            let (out, fan_in) = (shape[0], shape.iter().skip(1).product::<usize>());
-            let mut up_shape = vec![out, rank];
-            let mut down_shape = vec![rank];
-            down_shape.extend(&shape[1..]);
-            if shape.len() == 4 {
-                up_shape.extend([1, 1]);
-            }
-            let up =
-                (synth_tensor(&format!("up.{name}"), up_shape.as_slice()).unwrap() * 0.3).unwrap();
-            let down = synth_tensor(&format!("down.{name}"), down_shape.as_slice()).unwrap();
-            let delta = up
-                .reshape((out, rank))
-                .unwrap()
-                .matmul(&down.reshape((rank, fan_in)).unwrap())
-                .unwrap()
-                .reshape(shape.as_slice())
-                .unwrap();
-            let module = ldm.strip_suffix(".weight").unwrap();
-            file.insert(format!("{module}.up"), up);
-            file.insert(format!("{module}.down"), down);
-            expected.insert(name, (own + delta).unwrap());
-        } else if ldm.starts_with("middle_block") {
-            // The file overrides the mid block's biases and norms.
-            let other = synth_tensor(&format!("override.{name}"), shape.as_slice()).unwrap();
-            file.insert(ldm, other.clone());
-            expected.insert(name, other);
-        } else {
-            expected.insert(name, own);
-        }
-    }
-    file.insert(
-        "lora_controlnet".into(),
-        Tensor::new(&[1f32], &Device::Cpu).unwrap(),
-    );
+    let file = control_lora_tensors();
     let lora = dir.path().join("control-lora-tiny.safetensors");
     candle_core::safetensors::save(&file, &lora).unwrap();
 
+    // The base: the tiny SD1 UNet's encoder, diffusers names, as a model keeps them.
+    let mut base: HashMap<String, Tensor> = HashMap::new();
+    let mut expected: HashMap<String, Tensor> = HashMap::new();
+    for (ldm, name, shape) in keymap("keymap_controlnet_sd1_tiny.json") {
+        let own = synth_tensor(&name, shape.as_slice()).unwrap();
+        let module = ldm.strip_suffix(".weight").unwrap_or(&ldm);
+        let want = if let Some(t) = file.get(&ldm) {
+            t.clone()
+        } else if let (Some(up), Some(down)) = (
+            file.get(&format!("{module}.up")),
+            file.get(&format!("{module}.down")),
+        ) {
+            let delta = up
+                .flatten_from(1)
+                .unwrap()
+                .matmul(&down.flatten_from(1).unwrap())
+                .unwrap()
+                .reshape(shape.as_slice())
+                .unwrap();
+            (&own + delta).unwrap()
+        } else {
+            own.clone()
+        };
+        if !file.contains_key(&ldm) || ldm.starts_with("middle_block.") {
+            base.insert(name.clone(), own);
+        }
+        expected.insert(name, want);
+    }
+    let base = Arc::new(base);
+
     let unet_cfg = tiny_unet_config("sd1_tiny");
-    let base = std::sync::Arc::new(StateDict::open(&base).unwrap());
-    let model = load_control_lora(
-        &lora,
-        base,
-        "model.diffusion_model.",
-        &unet_cfg,
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let ControlModel::ControlLora(control_lora) =
+        load_control(&lora, DType::F32, &Device::Cpu).unwrap().model
+    else {
+        panic!("not recognised as a control-lora");
+    };
+    let model = control_lora
+        .for_model(&base, &unet_cfg, DType::F32, &Device::Cpu)
+        .unwrap();
     let reference = ControlNetModel::new(
         candle_nn::VarBuilder::from_tensors(expected, DType::F32, &Device::Cpu),
         &ControlNetConfig::for_unet(&unet_cfg),
@@ -560,9 +582,26 @@ fn control_lora_builds_on_the_base_unet() {
     .forward(x, t, ctx, None, hint)
     .unwrap();
     assert!(max_abs_diff(&plain.mid, &got.mid) > 1e-2);
-    // The plain loader says what the file is.
-    let msg = load_control(&lora, DType::F32, &Device::Cpu)
+
+    // Built once per base model: the same weights give the same ControlNet, other weights (a
+    // LoRA-patched copy) a new one.
+    let again = control_lora
+        .for_model(&base, &unet_cfg, DType::F32, &Device::Cpu)
+        .unwrap();
+    assert!(Arc::ptr_eq(&model, &again));
+    let copy = Arc::new((*base).clone());
+    let other = control_lora
+        .for_model(&copy, &unet_cfg, DType::F32, &Device::Cpu)
+        .unwrap();
+    assert!(!Arc::ptr_eq(&model, &other));
+
+    // The ControlNet-only loader says what the file is; an SDXL model is refused by family.
+    let msg = load_controlnet(&lora, DType::F32, &Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("control-lora"), "{msg}");
+    let msg = control_lora
+        .check_compatible(&tiny_unet_config("sdxl_tiny"))
+        .unwrap_err();
+    assert!(msg.contains("sdxl") && msg.contains("sd1"), "{msg}");
 }

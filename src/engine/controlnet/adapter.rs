@@ -18,7 +18,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, VarBuilder};
 
 use crate::engine::unet::blocks::conv_same;
-use crate::engine::unet::{ControlResiduals, UNet2DConditionModel};
+use crate::engine::unet::{EncoderAdditions, UNetConfig};
 
 /// The adapter architectures ComfyUI loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,31 +87,6 @@ impl T2IAdapterConfig {
             return Err("light adapter channels must be multiples of 4".into());
         }
         Ok(())
-    }
-}
-
-/// Residuals that enter the UNet's encoder: `input[k]` is added to the hidden state right after
-/// skip `k` is produced (diffusers skip order: 0 = conv_in, then each resnet/attention pair and
-/// downsampler), before it is stored as a skip and fed to the next block; `mid` is added after
-/// the mid block.
-#[derive(Debug, Clone)]
-pub struct AdapterResiduals {
-    pub input: Vec<Option<Tensor>>,
-    pub mid: Option<Tensor>,
-}
-
-impl AdapterResiduals {
-    /// Every residual times `strength`.
-    pub fn scaled(&self, strength: f64) -> Result<Self> {
-        let scale = |t: &Tensor| t.affine(strength, 0.0);
-        Ok(Self {
-            input: self
-                .input
-                .iter()
-                .map(|t| t.as_ref().map(scale).transpose())
-                .collect::<Result<_>>()?,
-            mid: self.mid.as_ref().map(scale).transpose()?,
-        })
     }
 }
 
@@ -319,7 +294,7 @@ impl T2IAdapter {
         features: &[Tensor],
         num_skips: usize,
         layers_per_block: usize,
-    ) -> Result<AdapterResiduals> {
+    ) -> Result<EncoderAdditions> {
         let per = layers_per_block + 1;
         let mut input: Vec<Option<Tensor>> = vec![None; num_skips];
         let mut mid = None;
@@ -345,31 +320,63 @@ impl T2IAdapter {
                 None => candle_core::bail!("adapter has more levels than the model"),
             }
         }
-        Ok(AdapterResiduals { input, mid })
+        Ok(EncoderAdditions { input, mid })
     }
 }
 
-/// One UNet evaluation with T2I-Adapter residuals (and optionally ControlNet residuals), as
-/// ComfyUI's UNet applies its `input`, `middle` and `output` controls.
+/// Checks that an adapter's features fit a UNet: the family (SDXL adapters need an SDXL UNet, SD1
+/// adapters a UNet without a `y` input), no more levels than the UNet has, and each feature's
+/// channels equal to the channels where it is added.
 ///
-/// Arguments and result as `UNet2DConditionModel::forward`; `adapter.input` must have one entry
-/// per skip (`unet.num_skips()`), each `None` or shaped like that skip.
-pub fn unet_forward_with_adapter(
-    unet: &UNet2DConditionModel,
-    xs: &Tensor,
-    timesteps: &Tensor,
-    context: &Tensor,
-    y: Option<&Tensor>,
-    control: Option<&ControlResiduals>,
-    adapter: &AdapterResiduals,
-) -> Result<Tensor> {
-    unet.forward_with_encoder_additions(
-        xs,
-        timesteps,
-        context,
-        y,
-        control,
-        &adapter.input,
-        adapter.mid.as_ref(),
-    )
+/// The error is a lowercase sentence naming both sides, for the node to show.
+pub fn check_compatible(
+    adapter: &T2IAdapterConfig,
+    unet: &UNetConfig,
+) -> std::result::Result<(), String> {
+    let unet_family = match unet.adm_in_channels {
+        Some(_) => "sdxl",
+        None => "sd1.x/sd2.x",
+    };
+    let (adapter_family, fits) = match adapter.kind {
+        AdapterKind::FullXl => ("sdxl", unet.adm_in_channels.is_some()),
+        AdapterKind::Full | AdapterKind::Light => ("sd1.x", unet.adm_in_channels.is_none()),
+    };
+    if !fits {
+        return Err(format!(
+            "this is an {adapter_family} t2i-adapter and the model is {unet_family}; use an \
+             adapter made for the model's family"
+        ));
+    }
+    let ch = &unet.block_out_channels;
+    // Channels where each feature is added: the end of level i (SD1), or after level 0's
+    // downsampler, the ends of levels 1 and 2, and the mid block (SDXL).
+    let targets: Vec<Option<usize>> = match adapter.kind {
+        AdapterKind::Full | AdapterKind::Light => (0..adapter.channels.len())
+            .map(|i| ch.get(i).copied())
+            .collect(),
+        AdapterKind::FullXl => vec![ch.first(), ch.get(1), ch.get(2), ch.last()]
+            .into_iter()
+            .map(|c| c.copied())
+            .collect(),
+    };
+    if adapter.channels.len() > targets.len() || targets.iter().any(Option::is_none) {
+        return Err(format!(
+            "the t2i-adapter has {} levels and the model {}",
+            adapter.channels.len(),
+            ch.len()
+        ));
+    }
+    if adapter
+        .channels
+        .iter()
+        .zip(&targets)
+        .any(|(a, t)| Some(*a) != *t)
+    {
+        return Err(format!(
+            "the t2i-adapter's feature channels {:?} do not match the model's {:?}",
+            adapter.channels,
+            targets.iter().flatten().collect::<Vec<_>>()
+        ));
+    }
+    Ok(())
 }

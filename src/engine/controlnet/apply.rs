@@ -9,11 +9,21 @@
 //!   `*_shuffle`).
 //! - several ControlNets on one cond sum their residuals.
 //! - a control applies only while the sampling position is inside its [start, end] window.
+//! - [`AppliedControl`]: one loaded control with its hint, strength and window, as the sampler
+//!   evaluates it (ComfyUI's `ControlNet`, `T2IAdapter` and `ControlLora` objects): ControlNets run
+//!   every step; T2I-Adapter features are computed once per hint and latent size and added inside
+//!   the encoder; Control-LoRAs are built on the sampled model's weights, once per model.
+
+use std::sync::{Arc, Mutex};
 
 use candle_core::{Result, Tensor};
 
+use crate::engine::controlnet::adapter::{self, T2IAdapter};
+use crate::engine::controlnet::load::{ControlModel, LoadedControl};
+use crate::engine::controlnet::{check_compatible, ControlNetModel};
+use crate::engine::diffusion::{ControlHint, DiffusionModel};
 use crate::engine::resize::{common_upscale, Crop, UpscaleMethod};
-use crate::engine::unet::ControlResiduals;
+use crate::engine::unet::{ControlResiduals, EncoderAdditions, UNetControl};
 
 /// The base of soft-injection scaling (lllyasviel `cldm`: `0.825 ** (12 - i)`).
 pub const SOFT_INJECTION_BASE: f64 = 0.825;
@@ -75,27 +85,6 @@ pub fn global_average_pool(residuals: &ControlResiduals) -> Result<ControlResidu
     })
 }
 
-/// The sum of two controls' residuals (several ControlNets applied to the same cond).
-pub fn sum_residuals(a: &ControlResiduals, b: &ControlResiduals) -> Result<ControlResiduals> {
-    if a.down.len() != b.down.len() {
-        candle_core::bail!(
-            "cannot combine controls with {} and {} down residuals",
-            a.down.len(),
-            b.down.len()
-        );
-    }
-    let down = a
-        .down
-        .iter()
-        .zip(&b.down)
-        .map(|(x, y)| x + y.to_dtype(x.dtype())?)
-        .collect::<Result<Vec<_>>>()?;
-    Ok(ControlResiduals {
-        down,
-        mid: (&a.mid + b.mid.to_dtype(a.mid.dtype())?)?,
-    })
-}
-
 /// Whether a control with window [`start`, `end`] (fractions of the schedule, ComfyUI's
 /// `start_percent`/`end_percent`) applies at `sigma_percent`, the schedule position of the current
 /// sigma (0 = first, 1 = last). Both ends are inclusive, as ComfyUI's sigma comparison is.
@@ -131,6 +120,200 @@ pub fn prepare_hint(
     common_upscale(image, w, h, UpscaleMethod::NearestExact, Crop::Center)
 }
 
+/// How strongly and when an [`AppliedControl`] acts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ControlTiming {
+    /// Multiplies every residual or feature.
+    pub strength: f64,
+    /// Active while `sigma_end <= sigma <= sigma_start` (see [`active_at_sigma`]).
+    pub sigma_start: f64,
+    pub sigma_end: f64,
+}
+
+/// A control applied to conditioning: the loaded model, its hint image, strength and window.
+/// Share one between every entry it was applied to (ComfyUI shares one control object between
+/// the positive and negative lists), so adapter features are computed once for all of them.
+#[derive(Debug)]
+pub struct AppliedControl {
+    control: Arc<LoadedControl>,
+    /// `[B, C, H, W]` in 0..1, as given; resized to the latent when used.
+    hint: Tensor,
+    timing: ControlTiming,
+    /// Where the control was applied, to start error messages with (for example "control_net of
+    /// node '12' (ControlNetApplyAdvanced)").
+    origin: String,
+    /// T2I-Adapter features for the last latent size.
+    features: Mutex<Option<AdapterFeatures>>,
+}
+
+#[derive(Debug)]
+struct AdapterFeatures {
+    latent_size: (usize, usize),
+    /// One per adapter level, for the hint's own batch, unscaled.
+    features: Vec<Tensor>,
+}
+
+impl AppliedControl {
+    pub fn new(
+        control: Arc<LoadedControl>,
+        hint: Tensor,
+        timing: ControlTiming,
+        origin: impl Into<String>,
+    ) -> Self {
+        AppliedControl {
+            control,
+            hint,
+            timing,
+            origin: origin.into(),
+            features: Mutex::new(None),
+        }
+    }
+
+    fn error(&self, message: impl std::fmt::Display) -> candle_core::Error {
+        candle_core::Error::Msg(format!("{}: {message}", self.origin))
+    }
+
+    /// A ControlNet's scaled residuals for `x_in`.
+    fn controlnet_residuals(
+        &self,
+        net: &ControlNetModel,
+        x_in: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+    ) -> Result<ControlResiduals> {
+        let (batch, _, h, w) = x_in.dims4()?;
+        let hint = prepare_hint(&self.hint, h, w, net.config().hint_downscale())?;
+        let hint = repeat_to_batch(&hint, batch)?.to_dtype(net.dtype())?;
+        let raw = net.forward(
+            &x_in.to_dtype(net.dtype())?,
+            timesteps,
+            &context.to_dtype(net.dtype())?,
+            y,
+            &hint,
+        )?;
+        let raw = if self.control.global_average_pooling {
+            global_average_pool(&raw)?
+        } else {
+            raw
+        };
+        scale_residuals(&raw, self.timing.strength, ControlScaling::Constant)
+    }
+
+    /// A T2I-Adapter's scaled encoder additions for a latent batch of `batch` x `h` x `w`. The
+    /// features are computed on the first call for a latent size and reused (ComfyUI keeps
+    /// `control_input` until the hint size changes).
+    fn adapter_additions(
+        &self,
+        adapter: &T2IAdapter,
+        batch: usize,
+        h: usize,
+        w: usize,
+        model: &DiffusionModel,
+    ) -> Result<EncoderAdditions> {
+        let features = {
+            let mut cache = self.features.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.as_ref() {
+                Some(c) if c.latent_size == (h, w) => c.features.clone(),
+                _ => {
+                    let (hint_h, hint_w) = adapter.hint_size(h, w);
+                    let (_, _, ih, iw) = self.hint.dims4()?;
+                    let hint = if (ih, iw) == (hint_h, hint_w) {
+                        self.hint.clone()
+                    } else {
+                        common_upscale(
+                            &self.hint,
+                            hint_w,
+                            hint_h,
+                            UpscaleMethod::NearestExact,
+                            Crop::Center,
+                        )?
+                    };
+                    let features = adapter.forward(&hint)?;
+                    *cache = Some(AdapterFeatures {
+                        latent_size: (h, w),
+                        features: features.clone(),
+                    });
+                    features
+                }
+            }
+        };
+        let features = features
+            .iter()
+            .map(|f| repeat_to_batch(f, batch))
+            .collect::<Result<Vec<_>>>()?;
+        let unet = &model.unet;
+        adapter
+            .residuals(&features, unet.num_skips(), unet.config().layers_per_block)?
+            .scaled(self.timing.strength)
+    }
+}
+
+impl ControlHint for AppliedControl {
+    fn control(
+        &self,
+        x_in: &Tensor,
+        timesteps: &Tensor,
+        sigma: f64,
+        context: &Tensor,
+        y: Option<&Tensor>,
+        model: &DiffusionModel,
+    ) -> Result<Option<UNetControl>> {
+        let timing = &self.timing;
+        if !active_at_sigma(sigma, timing.sigma_start, timing.sigma_end) {
+            return Ok(None);
+        }
+        let unet = &model.unet;
+        let control = match &self.control.model {
+            ControlModel::ControlNet(net) => {
+                check_compatible(net.config(), unet.config()).map_err(|e| self.error(e))?;
+                UNetControl {
+                    residuals: Some(self.controlnet_residuals(net, x_in, timesteps, context, y)?),
+                    encoder: None,
+                }
+            }
+            ControlModel::ControlLora(lora) => {
+                lora.check_compatible(unet.config())
+                    .map_err(|e| self.error(e))?;
+                let weights = model.weights.as_ref().ok_or_else(|| {
+                    self.error("the model keeps no weights to build the control-lora on")
+                })?;
+                let net = lora
+                    .for_model(weights, unet.config(), unet.dtype(), unet.device())
+                    .map_err(|e| self.error(e))?;
+                UNetControl {
+                    residuals: Some(self.controlnet_residuals(&net, x_in, timesteps, context, y)?),
+                    encoder: None,
+                }
+            }
+            ControlModel::Adapter(adapter) => {
+                adapter::check_compatible(adapter.config(), unet.config())
+                    .map_err(|e| self.error(e))?;
+                let (batch, _, h, w) = x_in.dims4()?;
+                UNetControl {
+                    residuals: None,
+                    encoder: Some(self.adapter_additions(adapter, batch, h, w, model)?),
+                }
+            }
+        };
+        Ok(Some(control))
+    }
+}
+
+/// Repeats a batch to cover `batch` items, as ComfyUI's `broadcast_image_to` does (whole copies,
+/// then a part; a longer batch is cut).
+fn repeat_to_batch(t: &Tensor, batch: usize) -> Result<Tensor> {
+    let own = t.dim(0)?;
+    if own == batch {
+        return Ok(t.clone());
+    }
+    if own == 0 {
+        candle_core::bail!("empty hint batch");
+    }
+    t.repeat((batch.div_ceil(own), 1, 1, 1))?
+        .narrow(0, 0, batch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +347,101 @@ mod tests {
         assert!(!active_at_sigma(14.6, 10.0, 0.0));
         assert!(!active_at_sigma(0.5, 10.0, 1.0));
         assert!(active_at_sigma(1.0, 10.0, 1.0));
+    }
+
+    /// A tiny SD1 model and a full adapter for it, both with synthetic weights.
+    fn tiny_model_and_adapter() -> (DiffusionModel, Arc<LoadedControl>) {
+        use crate::engine::controlnet::adapter::{AdapterKind, T2IAdapterConfig};
+        use crate::engine::load::detect::{ModelFamily, Prediction};
+        use crate::engine::synth::synth_var_builder;
+        use crate::engine::unet::{AttentionHeads, UNet2DConditionModel, UNetConfig};
+        use candle_core::{DType, Device};
+        let unet = UNetConfig {
+            block_out_channels: vec![32, 64, 64],
+            transformer_depth: vec![1, 1, 0],
+            heads: AttentionHeads::PerLevel(vec![8, 8, 8]),
+            context_dim: 48,
+            ..UNetConfig::sd15()
+        };
+        let vb = || synth_var_builder(DType::F32, &Device::Cpu);
+        let unet = UNet2DConditionModel::new(vb(), &unet).unwrap();
+        let model = DiffusionModel::new(unet, ModelFamily::Sd1, Prediction::Epsilon, 0);
+        let cfg = T2IAdapterConfig {
+            kind: AdapterKind::Full,
+            hint_channels: 3,
+            channels: vec![32, 64, 64],
+            num_res_blocks: 2,
+            kernel_size: 1,
+        };
+        let control = LoadedControl {
+            model: ControlModel::Adapter(T2IAdapter::new(vb(), &cfg).unwrap()),
+            global_average_pooling: false,
+        };
+        (model, Arc::new(control))
+    }
+
+    #[test]
+    fn adapter_features_are_computed_once_per_latent_size() {
+        let (model, control) = tiny_model_and_adapter();
+        let dev = candle_core::Device::Cpu;
+        let hint = Tensor::full(0.5f32, (1, 3, 40, 48), &dev).unwrap();
+        let timing = ControlTiming {
+            strength: 0.5,
+            sigma_start: 100.0,
+            sigma_end: 1.0,
+        };
+        let applied = AppliedControl::new(control, hint, timing, "test");
+        let x = Tensor::ones((2, 4, 8, 8), candle_core::DType::F32, &dev).unwrap();
+        let t = Tensor::new(&[500f32, 500.0], &dev).unwrap();
+        let ctx = Tensor::zeros((2, 4, 48), candle_core::DType::F32, &dev).unwrap();
+        let eval = |x: &Tensor, sigma: f64| {
+            applied
+                .control(x, &t, sigma, &ctx, None, &model)
+                .unwrap()
+                .map(|c| c.encoder.expect("adapters add to the encoder"))
+        };
+        let max = |a: &EncoderAdditions| {
+            let mut m = 0f32;
+            for t in a.input.iter().flatten() {
+                m = m.max(
+                    t.abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_scalar()
+                        .unwrap(),
+                );
+            }
+            m
+        };
+        // Outside the window: nothing.
+        assert!(eval(&x, 0.5).is_none());
+        let first = eval(&x, 10.0).unwrap();
+        assert_eq!(first.input.len(), model.unet.num_skips());
+        // Feature i after the last resnet of level i, for the whole batch.
+        let placed: Vec<usize> = (0..first.input.len())
+            .filter(|&k| first.input[k].is_some())
+            .collect();
+        assert_eq!(placed, vec![2, 5, 8]);
+        assert_eq!(first.input[2].as_ref().unwrap().dims(), &[2, 32, 8, 8]);
+        assert!(first.mid.is_none());
+        assert!(max(&first) > 0.0);
+        // Reused: zeroing the cache zeroes what is added at the same size...
+        {
+            let mut cache = applied.features.lock().unwrap();
+            let cached = cache.as_mut().unwrap();
+            assert_eq!(cached.latent_size, (8, 8));
+            cached.features = cached
+                .features
+                .iter()
+                .map(|f| f.zeros_like().unwrap())
+                .collect();
+        }
+        assert_eq!(max(&eval(&x, 5.0).unwrap()), 0.0);
+        // ...and another latent size computes them again.
+        let x16 = Tensor::ones((2, 4, 16, 16), candle_core::DType::F32, &dev).unwrap();
+        assert!(max(&eval(&x16, 5.0).unwrap()) > 0.0);
     }
 }

@@ -16,11 +16,14 @@
 //! config. Safetensors and pickles are read through [`StateDict`]. Errors name the file and the
 //! tensor.
 //!
-//! Control-LoRA files (`lora_controlnet`) are recognised here and built by
-//! [`crate::engine::controlnet::control_lora`], which needs the base model's weights too.
+//! Control-LoRA files (`lora_controlnet`) are recognised and opened here; the ControlNet is built
+//! by [`crate::engine::controlnet::control_lora`] from the base model's weights when sampling.
 //!
-//! Not supported, each with an error that says so: "difference" ControlNets (`difference`,
-//! deltas to add to the base model's weights), union ControlNets (ControlNet++,
+//! "Difference" ControlNets (a `difference` marker; the encoder weights are deltas to the base
+//! model's) load with [`load_control_on`], which adds the base model's UNet weights as ComfyUI's
+//! `load_controlnet(path, model)` does; [`load_control`] refuses them.
+//!
+//! Not supported, each with an error that says so: union ControlNets (ControlNet++,
 //! `task_embedding`), and adapters with `skep` or strided-conv downsampling (`down_opt.op`).
 //! Stable Cascade ControlNets are not recognised (an unknown-format error listing the keys looked
 //! for), nor are pickles that nest the weights under an `adapter` key.
@@ -33,6 +36,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::engine::controlnet::adapter::{AdapterKind, T2IAdapter, T2IAdapterConfig};
+use crate::engine::controlnet::control_lora::{BaseWeights, ControlLora};
 use crate::engine::controlnet::{ControlNetConfig, ControlNetModel};
 use crate::engine::load::checkpoint::unet_config_from_diffusers;
 use crate::engine::load::file::StateDict;
@@ -48,6 +52,9 @@ pub const CONTROL_MODEL_PREFIX: &str = "control_model.";
 pub enum ControlFileKind {
     /// A ControlNet in LDM layout; `prefix` is `control_model.` or empty.
     ControlNetLdm { prefix: String },
+    /// A "difference" ControlNet in LDM layout: the weights the base UNet also has are deltas to
+    /// it.
+    ControlNetDifference { prefix: String },
     /// A ControlNet in diffusers layout.
     ControlNetDiffusers,
     /// A T2I-Adapter, in diffusers (`adapter.` prefix) or TencentARC names.
@@ -62,6 +69,8 @@ pub enum ControlFileKind {
 pub enum ControlModel {
     ControlNet(Box<ControlNetModel>),
     Adapter(T2IAdapter),
+    /// A Control-LoRA, built into a ControlNet on the model it is sampled with.
+    ControlLora(ControlLora),
 }
 
 /// A loaded control file.
@@ -79,13 +88,18 @@ pub fn classify(sd: &StateDict) -> Result<ControlFileKind, LoadErrorKind> {
     if sd.contains("lora_controlnet") {
         return Ok(ControlFileKind::ControlLora);
     }
-    if sd.contains("difference") {
-        return unsupported(
-            "difference controlnets need the base model's weights added and are not supported",
-        );
-    }
     if sd.contains("task_embedding") || sd.contains("control_add_embedding.linear_1.weight") {
         return unsupported("union (controlnet++) controlnets are not supported");
+    }
+    if sd.contains("difference") {
+        for prefix in [CONTROL_MODEL_PREFIX, ""] {
+            if sd.contains(&format!("{prefix}zero_convs.0.0.weight")) {
+                return Ok(ControlFileKind::ControlNetDifference {
+                    prefix: prefix.to_string(),
+                });
+            }
+        }
+        return unsupported("a difference controlnet without LDM zero_convs is not supported");
     }
     if sd.contains("controlnet_cond_embedding.conv_in.weight") {
         return Ok(ControlFileKind::ControlNetDiffusers);
@@ -121,16 +135,46 @@ pub fn classify(sd: &StateDict) -> Result<ControlFileKind, LoadErrorKind> {
     })
 }
 
-/// Loads any supported control file (ComfyUI's `ControlNetLoader`), in `dtype`.
+/// Loads any supported control file (ComfyUI's `ControlNetLoader`), in `dtype`. Difference
+/// ControlNets need the base model: see [`load_control_on`].
 pub fn load_control(
     path: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedControl, LoadError> {
+    load_control_inner(path, None, dtype, device)
+}
+
+/// [`load_control`] for a file meant for the model whose diffusers-named UNet weights are `base`
+/// (ComfyUI's `DiffControlNetLoader`): a difference ControlNet gets `base` added to every weight
+/// the UNet also has; other files load as [`load_control`] loads them.
+pub fn load_control_on(
+    path: &Path,
+    base: &Arc<BaseWeights>,
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedControl, LoadError> {
+    load_control_inner(path, Some(base), dtype, device)
+}
+
+fn load_control_inner(
+    path: &Path,
+    base: Option<&Arc<BaseWeights>>,
     dtype: DType,
     device: &Device,
 ) -> Result<LoadedControl, LoadError> {
     let sd = Arc::new(StateDict::open(path)?);
     let kind = classify(&sd).map_err(|k| LoadError::new(path, k))?;
     let model = match kind {
-        ControlFileKind::ControlLora => return Err(LoadError::new(path, needs_base())),
+        ControlFileKind::ControlNetDifference { prefix } => {
+            let base = base.ok_or_else(|| LoadError::new(path, needs_model()))?;
+            ControlModel::ControlNet(Box::new(load_difference_from(
+                &sd, &prefix, base, dtype, device,
+            )?))
+        }
+        ControlFileKind::ControlLora => {
+            ControlModel::ControlLora(ControlLora::from_state_dict(sd)?)
+        }
         ControlFileKind::Adapter { diffusers_names } => {
             ControlModel::Adapter(load_adapter_from(&sd, diffusers_names, dtype, device)?)
         }
@@ -164,15 +208,57 @@ pub fn load_controlnet(
             ))
         }
         ControlFileKind::ControlLora => return Err(LoadError::new(path, needs_base())),
+        ControlFileKind::ControlNetDifference { .. } => {
+            return Err(LoadError::new(path, needs_model()))
+        }
         _ => {}
     }
     load_controlnet_from(&sd, &kind, dtype, device)
 }
 
+fn needs_model() -> LoadErrorKind {
+    LoadErrorKind::UnsupportedFormat(
+        "this is a difference controlnet: its weights are added to the base model's; load it with \
+         DiffControlNetLoader and the model"
+            .into(),
+    )
+}
+
+/// Builds a difference ControlNet: every weight whose name the base UNet also has is the file's
+/// plus the base's (in f32), the rest (hint block, zero convs) is the file's.
+fn load_difference_from(
+    sd: &Arc<StateDict>,
+    prefix: &str,
+    base: &Arc<BaseWeights>,
+    dtype: DType,
+    device: &Device,
+) -> Result<ControlNetModel, LoadError> {
+    let err = |k| LoadError::new(sd.path(), k);
+    let names = controlnet_ldm_names(sd, prefix).map_err(err)?;
+    let cfg = detect_controlnet(sd, &names).map_err(err)?;
+    let sources = names
+        .into_iter()
+        .map(|(name, key)| {
+            let source = if base.contains_key(&name) {
+                Source::Difference {
+                    key,
+                    base: name.clone(),
+                }
+            } else {
+                Source::Key(key)
+            };
+            (name, source)
+        })
+        .collect();
+    build_sourced(sd, Some(Arc::clone(base)), sources, dtype, device, |vb| {
+        ControlNetModel::new(vb, &cfg)
+    })
+}
+
 fn needs_base() -> LoadErrorKind {
     LoadErrorKind::UnsupportedFormat(
-        "this is a control-lora: it is built from the base model's unet, load it with \
-         control_lora::load_control_lora"
+        "this is a control-lora: it is built on the base model's unet when sampling; load it \
+         with load_control"
             .into(),
     )
 }
@@ -607,7 +693,8 @@ fn detect_adapter(
 pub(crate) enum Source {
     /// A tensor of the file.
     Key(String),
-    /// A tensor of the base model's file (Control-LoRA: the weights the file leaves out).
+    /// A tensor of the base model's diffusers-named UNet weights (Control-LoRA: the weights the
+    /// file leaves out).
     BaseKey(String),
     /// Control-LoRA: the base model's `base` plus `up @ down` from the file, both flattened from
     /// their second dimension on (ComfyUI's `ControlLoraOps`).
@@ -616,13 +703,15 @@ pub(crate) enum Source {
         up: String,
         down: String,
     },
+    /// A difference ControlNet: the file's `key` plus the base model's `base`.
+    Difference { key: String, base: String },
 }
 
 /// A `VarBuilder` backend serving model (diffusers) names from file keys, converting dtypes,
 /// remembering which keys were used and the first problem, so it can be reported with the file.
 struct MappedBackend {
     sd: Arc<StateDict>,
-    base: Option<Arc<StateDict>>,
+    base: Option<Arc<BaseWeights>>,
     names: HashMap<String, Source>,
     used: Arc<Mutex<HashSet<String>>>,
     problem: Arc<Mutex<Option<LoadErrorKind>>>,
@@ -650,11 +739,9 @@ impl MappedBackend {
                 "{key} (no base model)"
             )))
         })?;
-        base.get(key).map_err(|e| {
+        base.get(key).cloned().ok_or_else(|| {
             self.record(LoadErrorKind::BadConfig(format!(
-                "base model '{}': {}",
-                base.path().display(),
-                e.kind
+                "the base model has no unet weight '{key}'"
             )))
         })
     }
@@ -681,6 +768,19 @@ impl MappedBackend {
                 }
                 let sum = (w.to_dtype(DType::F32)? + delta.reshape(w.dims())?)?;
                 Ok((up.clone(), sum))
+            }
+            Source::Difference { key, base } => {
+                let d = self.file_tensor(key)?;
+                let w = self.base_tensor(base)?;
+                if d.dims() != w.dims() {
+                    return Err(self.record(LoadErrorKind::BadShape {
+                        name: key.clone(),
+                        expected: w.dims().to_vec(),
+                        found: d.dims().to_vec(),
+                    }));
+                }
+                let sum = (d.to_dtype(DType::F32)? + w.to_dtype(DType::F32)?)?;
+                Ok((key.clone(), sum))
             }
         }
     }
@@ -734,7 +834,7 @@ fn build_mapped<T>(
 /// [`build_mapped`] with tensors from a base model's file too (Control-LoRA).
 pub(crate) fn build_sourced<T>(
     sd: &Arc<StateDict>,
-    base: Option<Arc<StateDict>>,
+    base: Option<Arc<BaseWeights>>,
     names: HashMap<String, Source>,
     dtype: DType,
     device: &Device,
@@ -745,7 +845,7 @@ pub(crate) fn build_sourced<T>(
     let mapped: Vec<String> = names
         .values()
         .flat_map(|s| match s {
-            Source::Key(k) => vec![k.clone()],
+            Source::Key(k) | Source::Difference { key: k, .. } => vec![k.clone()],
             Source::BaseKey(_) => vec![],
             Source::LowRank { up, down, .. } => vec![up.clone(), down.clone()],
         })

@@ -5,14 +5,15 @@
 //! - this file: [`ControlNetConfig`] and [`ControlNetModel`], a copy of the UNet's encoder (built
 //!   from the UNet's own blocks) plus the hint embedding and the zero convolutions. It produces
 //!   the [`ControlResiduals`] that `UNet2DConditionModel::forward` takes.
-//! - [`apply`]: strength (constant or soft injection), global average pooling, summing several
-//!   controls, and the start/end percent window.
-//! - [`adapter`]: T2I-Adapters (SD1 full and light, SDXL full), whose residuals enter the UNet's
-//!   encoder rather than its skips, and the UNet forward that takes them.
+//! - [`apply`]: strength (constant or soft injection), global average pooling, the start/end
+//!   percent window, and [`apply::AppliedControl`], the `ControlHint` the sampler evaluates for
+//!   every kind of control.
+//! - [`adapter`]: T2I-Adapters (SD1 full and light, SDXL full), whose features enter the UNet's
+//!   encoder (`EncoderAdditions`) rather than its skips.
 //! - [`load`]: files in the LDM (`control_model.`-prefixed or bare) and diffusers layouts,
 //!   safetensors or pickle, with the config read off the tensor shapes, family detection and the
 //!   compatibility check against a UNet.
-//! - [`control_lora`]: Stability's Control-LoRA files, built on the base model's UNet weights.
+//! - [`control_lora`]: Stability's Control-LoRA files, built on the sampled model's UNet weights.
 //!
 //! Weight names are diffusers' (`controlnet_cond_embedding.blocks.0.weight`,
 //! `controlnet_down_blocks.3.weight`); LDM names are renamed in [`load`].

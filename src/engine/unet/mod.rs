@@ -172,6 +172,101 @@ pub struct ControlResiduals {
     pub mid: Tensor,
 }
 
+impl ControlResiduals {
+    /// The sum of two ControlNets' residuals, in `self`'s dtypes.
+    pub fn sum(&self, other: &ControlResiduals) -> Result<ControlResiduals> {
+        if self.down.len() != other.down.len() {
+            candle_core::bail!(
+                "cannot combine controls with {} and {} down residuals",
+                self.down.len(),
+                other.down.len()
+            );
+        }
+        let down = self
+            .down
+            .iter()
+            .zip(&other.down)
+            .map(|(a, b)| a + b.to_dtype(a.dtype())?)
+            .collect::<Result<Vec<_>>>()?;
+        let mid = (&self.mid + other.mid.to_dtype(self.mid.dtype())?)?;
+        Ok(ControlResiduals { down, mid })
+    }
+}
+
+/// T2I-Adapter features that enter the UNet's encoder (ComfyUI's `input` and `middle` controls):
+/// `input[k]`, when present, is added to the hidden state right after skip `k` is produced
+/// (diffusers skip order: 0 = conv_in, then each resnet/attention pair and downsampler), before it
+/// is kept as a skip and fed to the next block; `mid` is added after the mid block.
+#[derive(Debug, Clone)]
+pub struct EncoderAdditions {
+    pub input: Vec<Option<Tensor>>,
+    pub mid: Option<Tensor>,
+}
+
+impl EncoderAdditions {
+    /// Every addition times `strength`.
+    pub fn scaled(&self, strength: f64) -> Result<Self> {
+        let scale = |t: &Tensor| t.affine(strength, 0.0);
+        Ok(Self {
+            input: self
+                .input
+                .iter()
+                .map(|t| t.as_ref().map(scale).transpose())
+                .collect::<Result<_>>()?,
+            mid: self.mid.as_ref().map(scale).transpose()?,
+        })
+    }
+
+    /// The sum of two adapters' additions, slot by slot (ComfyUI's `control_merge`).
+    pub fn sum(&self, other: &EncoderAdditions) -> Result<EncoderAdditions> {
+        fn add(a: Option<&Tensor>, b: Option<&Tensor>) -> Result<Option<Tensor>> {
+            Ok(match (a, b) {
+                (Some(a), Some(b)) => Some((a + b.to_dtype(a.dtype())?)?),
+                (a, b) => a.or(b).cloned(),
+            })
+        }
+        if self.input.len() != other.input.len() {
+            candle_core::bail!(
+                "cannot combine adapters with {} and {} input slots",
+                self.input.len(),
+                other.input.len()
+            );
+        }
+        let input = self
+            .input
+            .iter()
+            .zip(&other.input)
+            .map(|(a, b)| add(a.as_ref(), b.as_ref()))
+            .collect::<Result<_>>()?;
+        let mid = add(self.mid.as_ref(), other.mid.as_ref())?;
+        Ok(EncoderAdditions { input, mid })
+    }
+}
+
+/// Everything the controls on one conditioning add to a UNet evaluation: ControlNet residuals on
+/// the skips and after the mid block, T2I-Adapter additions inside the encoder. Several controls
+/// add up ([`UNetControl::sum`]).
+#[derive(Debug, Clone, Default)]
+pub struct UNetControl {
+    pub residuals: Option<ControlResiduals>,
+    pub encoder: Option<EncoderAdditions>,
+}
+
+impl UNetControl {
+    /// Both controls at once: each part is the sum of the parts present.
+    pub fn sum(&self, other: &UNetControl) -> Result<UNetControl> {
+        let residuals = match (&self.residuals, &other.residuals) {
+            (Some(a), Some(b)) => Some(a.sum(b)?),
+            (a, b) => a.as_ref().or(b.as_ref()).cloned(),
+        };
+        let encoder = match (&self.encoder, &other.encoder) {
+            (Some(a), Some(b)) => Some(a.sum(b)?),
+            (a, b) => a.as_ref().or(b.as_ref()).cloned(),
+        };
+        Ok(UNetControl { residuals, encoder })
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct DownLevel {
     pub(crate) resnets: Vec<ResnetBlock2D>,
@@ -396,24 +491,30 @@ impl UNet2DConditionModel {
         y: Option<&Tensor>,
         control: Option<&ControlResiduals>,
     ) -> Result<Tensor> {
-        self.forward_with_encoder_additions(xs, timesteps, context, y, control, &[], None)
+        let control = UNetControl {
+            residuals: control.cloned(),
+            encoder: None,
+        };
+        self.forward_controlled(xs, timesteps, context, y, &control)
     }
 
-    /// [`Self::forward`] with T2I-Adapter features added inside the encoder: `input[k]` (when
-    /// present) is added to the output of the k-th encoder block (conv_in, each resnet/attention
-    /// pair, each downsampler; [`Self::num_skips`] entries, or none at all), before it is kept as
-    /// a skip and fed on; `mid` is added after the mid block.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_with_encoder_additions(
+    /// [`Self::forward`] with every kind of control: ControlNet residuals added to the skips and
+    /// after the mid block, and T2I-Adapter additions inside the encoder (`control.encoder.input`
+    /// has [`Self::num_skips`] entries, each `None` or shaped like that skip; see
+    /// [`EncoderAdditions`]), all already scaled by their strengths.
+    pub fn forward_controlled(
         &self,
         xs: &Tensor,
         timesteps: &Tensor,
         context: &Tensor,
         y: Option<&Tensor>,
-        control: Option<&ControlResiduals>,
-        input: &[Option<Tensor>],
-        mid: Option<&Tensor>,
+        control: &UNetControl,
     ) -> Result<Tensor> {
+        let (input, mid) = match &control.encoder {
+            Some(e) => (e.input.as_slice(), e.mid.as_ref()),
+            None => (&[][..], None),
+        };
+        let control = control.residuals.as_ref();
         let _enter = self.span.enter();
         if !input.is_empty() && input.len() != self.num_skips() {
             candle_core::bail!(
@@ -543,4 +644,58 @@ pub fn sdxl_adm(pooled: &Tensor, values: &[Vec<f32>]) -> Result<Tensor> {
     let flat: Vec<f32> = values.iter().flatten().copied().collect();
     let emb = sinusoidal_embedding(&flat, 256, pooled.device())?.reshape((batch, n * 256))?;
     Tensor::cat(&[&pooled.to_dtype(DType::F32)?, &emb], 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(v: f32) -> Tensor {
+        Tensor::full(v, (1, 1, 2, 2), &Device::Cpu).unwrap()
+    }
+
+    fn value(t: &Tensor) -> f32 {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]
+    }
+
+    #[test]
+    fn controls_sum_part_by_part_and_slot_by_slot() {
+        let controlnet = UNetControl {
+            residuals: Some(ControlResiduals {
+                down: vec![full(1.0), full(2.0)],
+                mid: full(3.0),
+            }),
+            encoder: None,
+        };
+        let adapter = |first: Option<f32>, mid: Option<f32>| UNetControl {
+            residuals: None,
+            encoder: Some(EncoderAdditions {
+                input: vec![first.map(full), None],
+                mid: mid.map(full),
+            }),
+        };
+        let sum = controlnet
+            .sum(&adapter(Some(0.5), None))
+            .unwrap()
+            .sum(&adapter(Some(0.25), Some(4.0)))
+            .unwrap()
+            .sum(&controlnet)
+            .unwrap();
+        let residuals = sum.residuals.unwrap();
+        assert_eq!(value(&residuals.down[1]), 4.0);
+        assert_eq!(value(&residuals.mid), 6.0);
+        let encoder = sum.encoder.unwrap();
+        assert_eq!(value(encoder.input[0].as_ref().unwrap()), 0.75);
+        assert!(encoder.input[1].is_none());
+        assert_eq!(value(encoder.mid.as_ref().unwrap()), 4.0);
+        // Controls for different UNets do not combine.
+        let short = UNetControl {
+            residuals: None,
+            encoder: Some(EncoderAdditions {
+                input: vec![None],
+                mid: None,
+            }),
+        };
+        assert!(adapter(None, None).sum(&short).is_err());
+    }
 }
