@@ -4,6 +4,7 @@
 //! Follows `comfy/samplers.py` (`calc_cond_batch`, `get_area_and_mult`, `cfg_function`,
 //! `KSamplerX0Inpaint`) and `comfy/model_base.py` (`SDXL.encode_adm`, `SDXLRefiner.encode_adm`).
 
+use crate::engine::device::{to_compute, to_host};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -303,12 +304,17 @@ impl<'a> CfgDenoiser<'a> {
         for cond in list {
             let (ah, aw, ay, ax) = cond.area;
             let x_area = x.narrow(2, ay, ah)?.narrow(3, ax, aw)?.contiguous()?;
-            let x_in = self.model.sampling.calculate_input(sigma, &x_area)?;
-            let dtype = self.model.unet.dtype();
-            let timesteps = Tensor::full(timestep, batch, x.device())?;
-            let context = cond.context.to_dtype(dtype)?.repeat((batch, 1, 1))?;
+            // The sampler's values are f32 on the host; the model's inputs go to its device.
+            let (dtype, device) = (self.model.unet.dtype(), self.model.unet.device());
+            let x_in = to_compute(
+                &self.model.sampling.calculate_input(sigma, &x_area)?,
+                device,
+                dtype,
+            )?;
+            let timesteps = Tensor::full(timestep, batch, device)?;
+            let context = to_compute(&cond.context, device, dtype)?.repeat((batch, 1, 1))?;
             let y = match &cond.y {
-                Some(y) => Some(y.to_dtype(dtype)?.repeat((batch, 1))?),
+                Some(y) => Some(to_compute(y, device, dtype)?.repeat((batch, 1))?),
                 None => None,
             };
             let mut control = UNetControl::default();
@@ -320,17 +326,16 @@ impl<'a> CfgDenoiser<'a> {
                 }
             }
             let output = self.model.unet.forward_controlled(
-                &x_in.to_dtype(dtype)?,
+                &x_in,
                 &timesteps,
                 &context,
                 y.as_ref(),
                 &control,
             )?;
-            let denoised = self.model.sampling.calculate_denoised(
-                sigma,
-                &output.to_dtype(DType::F32)?,
-                &x_area,
-            )?;
+            let denoised =
+                self.model
+                    .sampling
+                    .calculate_denoised(sigma, &to_host(&output)?, &x_area)?;
             let weighted = (denoised * &cond.mult)?;
             out = out.slice_assign(
                 &[0..batch, 0..channels, ay..ay + ah, ax..ax + aw],

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 
 use crate::engine::controlnet::apply::{AppliedControl, ControlTiming};
 use crate::engine::controlnet::load::{load_control, load_control_on, LoadedControl};
@@ -41,7 +41,7 @@ fn control_net_names() -> InputKind {
 fn load(ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
     let name = inputs.string("control_net_name")?;
     let path = ctx.model_path("controlnet", "control_net_name", name)?;
-    let loaded = load_control(&path, DType::F32, &Device::Cpu)
+    let loaded = load_control(&path, ctx.models.dtype(), ctx.models.device())
         .map_err(|e| NodeError::input("control_net_name", e.to_string()))?;
     Ok(NodeOutput::values(vec![Value::ControlNet(Arc::new(
         loaded,
@@ -109,7 +109,7 @@ impl Node for DiffControlNetLoader {
             .ok_or_else(|| NodeError::input("model", "the model keeps no weights to add to"))?;
         let name = inputs.string("control_net_name")?;
         let path = ctx.model_path("controlnet", "control_net_name", name)?;
-        let loaded = load_control_on(&path, base, DType::F32, &Device::Cpu)
+        let loaded = load_control_on(&path, base, ctx.models.dtype(), ctx.models.device())
             .map_err(|e| NodeError::input("control_net_name", e.to_string()))?;
         Ok(NodeOutput::values(vec![Value::ControlNet(Arc::new(
             loaded,

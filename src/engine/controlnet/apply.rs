@@ -14,6 +14,7 @@
 //!   every step; T2I-Adapter features are computed once per hint and latent size and added inside
 //!   the encoder; Control-LoRAs are built on the sampled model's weights, once per model.
 
+use crate::engine::device::to_compute;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Result, Tensor};
@@ -184,7 +185,7 @@ impl AppliedControl {
     ) -> Result<ControlResiduals> {
         let (batch, _, h, w) = x_in.dims4()?;
         let hint = prepare_hint(&self.hint, h, w, net.config().hint_downscale())?;
-        let hint = repeat_to_batch(&hint, batch)?.to_dtype(net.dtype())?;
+        let hint = to_compute(&repeat_to_batch(&hint, batch)?, x_in.device(), net.dtype())?;
         let raw = net.forward(
             &x_in.to_dtype(net.dtype())?,
             timesteps,
@@ -229,7 +230,7 @@ impl AppliedControl {
                             Crop::Center,
                         )?
                     };
-                    let features = adapter.forward(&hint)?;
+                    let features = adapter.forward(&hint.to_device(model.unet.device())?)?;
                     *cache = Some(AdapterFeatures {
                         latent_size: (h, w),
                         features: features.clone(),

@@ -739,11 +739,13 @@ impl MappedBackend {
                 "{key} (no base model)"
             )))
         })?;
-        base.get(key).cloned().ok_or_else(|| {
+        let weight = base.get(key).ok_or_else(|| {
             self.record(LoadErrorKind::BadConfig(format!(
                 "the base model has no unet weight '{key}'"
             )))
-        })
+        })?;
+        // Combined with the file's tensors on the host; the builder moves the result to the device.
+        weight.to_device(&Device::Cpu)
     }
 
     /// The tensor for `name` and the key to name in a shape error.
