@@ -133,9 +133,25 @@ impl DataDirs {
             .then(|| self.models.join(name))
     }
 
-    /// Model files under a model folder, recursively, as sorted `sub/name.ext` strings.
+    /// The folders a model folder name covers, main one first: ComfyUI also reads T2I-Adapters
+    /// from `t2i_adapter/`, text encoders from the older `clip/` and diffusion models from
+    /// `unet/`, so layouts copied from ComfyUI work unchanged.
+    pub fn model_folders(&self, name: &str) -> Option<Vec<PathBuf>> {
+        let main = self.model_folder(name)?;
+        let extra: &[&str] = match main.file_name().and_then(|n| n.to_str()) {
+            Some("controlnet") => &["t2i_adapter"],
+            Some("text_encoders") => &["clip"],
+            Some("diffusion_models") => &["unet"],
+            _ => &[],
+        };
+        let mut folders = vec![main];
+        folders.extend(extra.iter().map(|e| self.models.join(e)));
+        Some(folders)
+    }
+
+    /// Model files under a model folder (and its older or extra names), recursively, as sorted
+    /// `sub/name.ext` strings.
     pub fn list_models(&self, folder: &str) -> Option<Vec<String>> {
-        let dir = self.model_folder(folder)?;
         let mut files = Vec::new();
         // Config files are YAML, everything else weights.
         let extensions: &[&str] = if folder == "configs" {
@@ -143,8 +159,11 @@ impl DataDirs {
         } else {
             MODEL_EXTENSIONS
         };
-        list_files_recursive(&dir, &dir, &mut files, extensions, 8);
+        for dir in self.model_folders(folder)? {
+            list_files_recursive(&dir, &dir, &mut files, extensions, 8);
+        }
         files.sort();
+        files.dedup();
         Some(files)
     }
 
@@ -287,6 +306,32 @@ fn list_files_recursive(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn model_folders_include_comfyuis_extra_names() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = super::DataDirs::new(root.path(), &root.path().join("models"));
+        for (folder, file) in [
+            ("controlnet", "a.safetensors"),
+            ("t2i_adapter", "b.safetensors"),
+            ("clip", "c.safetensors"),
+            ("text_encoders", "c.safetensors"),
+        ] {
+            let dir = root.path().join("models").join(folder);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(file), b"x").unwrap();
+        }
+        assert_eq!(
+            dirs.list_models("controlnet").unwrap(),
+            ["a.safetensors", "b.safetensors"]
+        );
+        // The same name in both folders is listed once; the main folder wins.
+        assert_eq!(dirs.list_models("clip").unwrap(), ["c.safetensors"]);
+        let found = crate::nodes::model_file(&dirs, "text_encoders", "c.safetensors").unwrap();
+        assert!(found.parent().unwrap().ends_with("text_encoders"));
+        let adapter = crate::nodes::model_file(&dirs, "controlnet", "b.safetensors").unwrap();
+        assert!(adapter.parent().unwrap().ends_with("t2i_adapter"));
+    }
+
     use super::*;
 
     #[test]

@@ -250,7 +250,15 @@ async fn app_with_adapters() -> TestApp {
         "t2iadapter_canny_sd15v2.safetensors",
         true,
     );
-    write_adapter(&dir, "light_sd1_tiny", "t2iadapter_light.safetensors", true);
+    // ComfyUI's other ControlNet folder: the loader lists and finds files there too.
+    let t2i_dir = app.dir.path().join("models/t2i_adapter");
+    std::fs::create_dir_all(&t2i_dir).unwrap();
+    write_adapter(
+        &t2i_dir,
+        "light_sd1_tiny",
+        "t2iadapter_light.safetensors",
+        true,
+    );
     write_adapter(
         &dir,
         "xl_sdxl_tiny",

@@ -194,17 +194,21 @@ impl NodeContext {
     }
 }
 
-/// Resolves a model file name (`sub/x.safetensors`) inside a model folder.
+/// Resolves a model file name (`sub/x.safetensors`) inside a model folder (the first of its
+/// folders that has it, as ComfyUI's `get_full_path`).
 pub fn model_file(dirs: &DataDirs, folder: &str, name: &str) -> Result<std::path::PathBuf, String> {
-    let base = dirs
-        .model_folder(folder)
+    let bases = dirs
+        .model_folders(folder)
         .ok_or_else(|| format!("no model folder named {folder}"))?;
     let (subfolder, file) = name.rsplit_once('/').unwrap_or(("", name));
-    match crate::paths::resolve_existing(&base, subfolder, file) {
-        Ok(Some(path)) => Ok(path),
-        Ok(None) => Err(format!("model file '{name}' not found in models/{folder}")),
-        Err(e) => Err(e.to_string()),
+    for base in &bases {
+        match crate::paths::resolve_existing(base, subfolder, file) {
+            Ok(Some(path)) => return Ok(path),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
     }
+    Err(format!("model file '{name}' not found in models/{folder}"))
 }
 
 /// A fingerprint of a model file that changes when the file does: size and modification time
