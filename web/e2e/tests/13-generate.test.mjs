@@ -37,6 +37,10 @@ export async function run({ server, page }) {
   const { prompt_id: promptId, prompt, workflow } = generated.json;
   await waitFor(async () => (await api(server.url, `/history/${promptId}`)).json[promptId], { timeout: 120000, what: 'the generated prompt ran' });
 
+  // Two saves: the library lists several entries, newest first.
+  const older = await api(server.url, '/api/weft/workflows', { name: 'Generated lighthouse (draft)', workflow });
+  assert.equal(older.status, 201, JSON.stringify(older.json));
+  await new Promise((r) => setTimeout(r, 5));
   const saved = await api(server.url, '/api/weft/workflows', { name: 'Generated lighthouse', workflow });
   assert.equal(saved.status, 201, JSON.stringify(saved.json));
 
@@ -44,9 +48,11 @@ export async function run({ server, page }) {
   await page.getByTestId('tab-library').click();
   const item = page.locator('.lib-item[data-name="Generated lighthouse"]');
   await item.waitFor();
+  const names = await page.locator('.lib-item').evaluateAll((els) => els.map((e) => e.getAttribute('data-name')));
+  assert.ok(names.indexOf('Generated lighthouse') < names.indexOf('Generated lighthouse (draft)'), names.join(', '));
   await item.locator('.lib-open').click();
   const classes = Object.values(prompt).map((n) => n.class_type).sort();
-  await waitFor(async () => (await graphState(page)).nodes.length === classes.length, { what: 'the generated graph opened' });
+  await waitFor(async () => (await graphState(page)).doc.libraryId === saved.json.id, { what: 'the generated graph opened' });
   const st = await graphState(page);
   assert.deepEqual(st.nodes.map((n) => n.type).sort(), classes);
   const sampler = st.nodes.find((n) => n.type === 'KSampler');

@@ -187,7 +187,7 @@ export function LibraryPanel() {
   const reload = useCallback(() => {
     void api
       .library()
-      .then((rows) => setItems(rows.sort((a, b) => b.updated_at.localeCompare(a.updated_at))))
+      .then((rows) => setItems(rows.sort((a, b) => b.updated_at - a.updated_at)))
       .catch((e) => toast('error', `Library: ${(e as Error).message}`));
   }, []);
   useEffect(() => {

@@ -81,8 +81,9 @@ export interface LibraryItem {
   name: string;
   description: string;
   version: number;
-  created_at: string;
-  updated_at: string;
+  /** Milliseconds since the epoch. */
+  created_at: number;
+  updated_at: number;
   workflow?: Workflow;
 }
 
@@ -90,7 +91,8 @@ export interface LibraryVersion {
   version: number;
   name: string;
   description: string;
-  saved_at: string;
+  /** Milliseconds since the epoch. */
+  saved_at: number;
 }
 
 export interface QueuePromptResult {
