@@ -87,6 +87,13 @@ async fn comfyui_controlnet_templates_run_on_tiny_files() {
         let entry = run(&app, shrink_editor_workflow(comfy_template(name))).await;
         assert!(!entry["outputs"].as_object().unwrap().is_empty(), "{name}");
     }
+    // The ControlNets are held by the model manager, within its budget, like checkpoints.
+    // Three checkpoints, the VAE and the three ControlNets.
+    let (_, stats) = app.get("/system_stats").await;
+    assert_eq!(stats["weft"]["models_loaded"], 7, "{}", stats["weft"]);
+    app.post("/free", json!({"unload_models": true})).await;
+    let (_, stats) = app.get("/system_stats").await;
+    assert_eq!(stats["weft"]["models_loaded"], 0);
 }
 
 /// A txt2img graph with one ControlNet on both conditionings.

@@ -1,4 +1,4 @@
-//! The model manager: loaded checkpoints and VAEs shared by every prompt, keyed by file identity
+//! The model manager: loaded checkpoints, VAEs and control models shared by every prompt, keyed by file identity
 //! (path, size, modification time), within a memory budget, least recently used unloaded first.
 
 use std::collections::HashMap;
@@ -14,6 +14,7 @@ use crate::engine::clip::convert::{
 };
 use crate::engine::clip::encode::TextEncoder;
 use crate::engine::clip::model::ClipTextModel;
+use crate::engine::controlnet::load::{load_control, LoadedControl};
 use crate::engine::diffusion::DiffusionModel;
 use crate::engine::load::checkpoint::{
     clip_components, load_vae_file, load_vae_ldm, split_components, unet_ldm_names, ClipComponent,
@@ -59,6 +60,7 @@ impl FileKey {
 enum Loaded {
     Checkpoint(Arc<LoadedCheckpoint>),
     Vae(Arc<AutoEncoderKL>),
+    Control(Arc<LoadedControl>),
 }
 
 struct Entry {
@@ -138,6 +140,20 @@ impl ModelManager {
         Ok(vae)
     }
 
+    /// A ControlNet, T2I-Adapter or Control-LoRA file (ControlNetLoader), loaded once while it
+    /// stays unchanged on disk and counted against the budget like a checkpoint.
+    pub fn control(&self, path: &Path) -> Result<Arc<LoadedControl>, LoadError> {
+        let key = FileKey::of(path)?;
+        if let Some(Loaded::Control(found)) = self.touch(&key) {
+            return Ok(found);
+        }
+        let control = Arc::new(load_control(path, self.dtype, &self.device)?);
+        // The file's size stands for the weights' (they are loaded in about the stored width).
+        let bytes = key.len as usize;
+        self.insert(key, Loaded::Control(Arc::clone(&control)), bytes);
+        Ok(control)
+    }
+
     fn touch(&self, key: &FileKey) -> Option<Loaded> {
         let mut guard = self.lock();
         let (entries, clock) = &mut *guard;
@@ -148,6 +164,7 @@ impl ModelManager {
             match &entry.loaded {
                 Loaded::Checkpoint(c) => Loaded::Checkpoint(Arc::clone(c)),
                 Loaded::Vae(v) => Loaded::Vae(Arc::clone(v)),
+                Loaded::Control(c) => Loaded::Control(Arc::clone(c)),
             }
         })
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use crate::engine::controlnet::apply::{AppliedControl, ControlTiming};
-use crate::engine::controlnet::load::{load_control, load_control_on, LoadedControl};
+use crate::engine::controlnet::load::{load_control_on, LoadedControl};
 use crate::engine::diffusion::{CondEntry, ControlHint};
 use crate::engine::sampling::model_sampling::{Config as SamplingConfig, ModelSamplingDiscrete};
 use crate::graph::spec::build::*;
@@ -41,11 +41,11 @@ fn control_net_names() -> InputKind {
 fn load(ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
     let name = inputs.string("control_net_name")?;
     let path = ctx.model_path("controlnet", "control_net_name", name)?;
-    let loaded = load_control(&path, ctx.models.dtype(), ctx.models.device())
+    let loaded = ctx
+        .models
+        .control(&path)
         .map_err(|e| NodeError::input("control_net_name", e.to_string()))?;
-    Ok(NodeOutput::values(vec![Value::ControlNet(Arc::new(
-        loaded,
-    ))]))
+    Ok(NodeOutput::values(vec![Value::ControlNet(loaded)]))
 }
 
 fn loader_spec(
