@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub models_dir: PathBuf,
     pub max_upload_mb: usize,
     pub cache_budget_mb: usize,
+    /// Memory budget of loaded model weights kept between prompts.
+    pub model_budget_mb: usize,
     pub test_nodes: bool,
     pub write_metadata: bool,
     pub web_root: Option<PathBuf>,
@@ -65,6 +67,7 @@ impl ServerConfig {
             models_dir: PathBuf::from("models"),
             max_upload_mb: 100,
             cache_budget_mb: 4096,
+            model_budget_mb: 16384,
             test_nodes: false,
             write_metadata: true,
             web_root: None,
@@ -114,6 +117,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (device, dtype) = config.compute.open()?;
     let exec_config = ExecConfig {
         cache_budget: config.cache_budget_mb << 20,
+        model_budget: config.model_budget_mb << 20,
         write_metadata: config.write_metadata,
         device,
         dtype,

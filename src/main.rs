@@ -47,6 +47,10 @@ struct ServeArgs {
     /// Memory budget of the node output cache, in MB.
     #[arg(long, default_value_t = 4096)]
     cache_size: usize,
+    /// Memory budget of loaded models (checkpoints, VAEs, ControlNets) kept between prompts, in
+    /// MB; least recently used ones are unloaded first.
+    #[arg(long, default_value_t = 16384)]
+    model_cache_size: usize,
     /// Do not write the prompt and workflow into saved PNGs.
     #[arg(long)]
     disable_metadata: bool,
@@ -124,6 +128,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.models_dir = args.models_dir;
     config.max_upload_mb = args.max_upload_size;
     config.cache_budget_mb = args.cache_size;
+    config.model_budget_mb = args.model_cache_size;
     config.write_metadata = !args.disable_metadata;
     config.web_root = Some(args.web_root);
     config.test_nodes = args.test_nodes;
