@@ -121,7 +121,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         write_metadata: config.write_metadata,
         device,
         dtype,
-        ..ExecConfig::default()
     };
     let (exec, events) = build_executor(
         dirs,

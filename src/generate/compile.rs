@@ -37,6 +37,10 @@ pub struct Compiled {
 /// Builds API-format graphs with sequential ids.
 struct Graph {
     nodes: Map<String, Json>,
+    /// Input images already loaded (name, node id): each file is loaded once.
+    images: Vec<(String, String)>,
+    /// ControlNet files already loaded (name, node id).
+    control_loaders: Vec<(String, String)>,
 }
 
 type Link = Json;
@@ -49,6 +53,28 @@ impl Graph {
             json!({"inputs": inputs, "class_type": class_type, "_meta": {"title": title}}),
         );
         id
+    }
+
+    fn load_image(&mut self, name: &str) -> Link {
+        if let Some((_, id)) = self.images.iter().find(|(n, _)| n == name) {
+            return out(id, 0);
+        }
+        let id = self.add("LoadImage", &format!("Load {name}"), json!({"image": name}));
+        self.images.push((name.to_owned(), id.clone()));
+        out(&id, 0)
+    }
+
+    fn load_controlnet(&mut self, name: &str, kind: ControlType) -> Link {
+        if let Some((_, id)) = self.control_loaders.iter().find(|(n, _)| n == name) {
+            return out(id, 0);
+        }
+        let id = self.add(
+            "ControlNetLoader",
+            &format!("ControlNet {}", kind.name()),
+            json!({"control_net_name": name}),
+        );
+        self.control_loaders.push((name.to_owned(), id.clone()));
+        out(&id, 0)
     }
 }
 
@@ -64,15 +90,16 @@ fn default_side(family: ModelFamily, prediction: Prediction) -> u32 {
     }
 }
 
-/// Compiles `req`. `seed` is used when the request has none.
-pub fn compile(
-    req: &GenerateRequest,
-    dirs: &DataDirs,
-    seed: u64,
-) -> Result<Compiled, RequestError> {
-    let mut g = Graph { nodes: Map::new() };
+/// The files a request names, found and checked.
+struct Models {
+    base: String,
+    family: ModelFamily,
+    prediction: Prediction,
+    refiner: Option<String>,
+    vae: Option<String>,
+}
 
-    // Models.
+fn resolve_models(req: &GenerateRequest, dirs: &DataDirs) -> Result<Models, RequestError> {
     let base = match &req.model.base {
         Some(name) => models::resolve_model(dirs, "checkpoints", name, "model.base")?,
         None => models::only_checkpoint(dirs)?,
@@ -113,14 +140,46 @@ pub fn compile(
             Some(name)
         }
     };
-    let vae_name = req
+    let vae = req
         .model
         .vae
         .as_deref()
         .map(|name| models::resolve_model(dirs, "vae", name, "model.vae"))
         .transpose()?;
+    Ok(Models {
+        base,
+        family,
+        prediction: detected.prediction,
+        refiner,
+        vae,
+    })
+}
 
-    // Sampling settings.
+/// An input image: its name as LoadImage takes it, and its size.
+type InputImage = (String, (u32, u32));
+
+/// Every value the graph uses, defaults applied.
+struct Settings {
+    sampler: String,
+    scheduler: String,
+    steps: u32,
+    cfg: f64,
+    seed: u64,
+    width: u32,
+    height: u32,
+    batch_size: u32,
+    denoise: f64,
+    refiner_switch: f64,
+    init: Option<InputImage>,
+    mask: Option<InputImage>,
+}
+
+fn resolve_settings(
+    req: &GenerateRequest,
+    dirs: &DataDirs,
+    models: &Models,
+    seed: u64,
+) -> Result<Settings, RequestError> {
     let (sampler, implied) =
         schedulers::sampler(req.scheduler.kind.as_deref().unwrap_or(schedulers::DEFAULT))
             .map_err(|m| RequestError::new("scheduler.type", m))?;
@@ -129,11 +188,6 @@ pub fn compile(
         Some(s) => schedulers::check_scheduler(s)
             .map_err(|m| RequestError::new("scheduler.scheduler", m))?,
     };
-    let steps = req.scheduler.steps.unwrap_or(DEFAULT_STEPS);
-    let cfg = req.hyper.guidance_scale.unwrap_or(DEFAULT_GUIDANCE);
-    let seed = req.hyper.seed.unwrap_or(seed);
-
-    // Images.
     let init = req
         .init_image
         .as_deref()
@@ -157,28 +211,51 @@ pub fn compile(
             format!("init_image is a batch of 1 image; a batch_size of {batch_size} is larger than the image batch"),
         ));
     }
-    let fallback = default_side(family, detected.prediction);
-    let (width, height) = match &init {
-        Some((_, (w, h))) => (
-            req.hyper.width.unwrap_or(*w),
-            req.hyper.height.unwrap_or(*h),
-        ),
-        None => (
-            req.hyper.width.unwrap_or(fallback),
-            req.hyper.height.unwrap_or(fallback),
-        ),
+    let (default_w, default_h) = match &init {
+        Some((_, size)) => *size,
+        None => {
+            let side = default_side(models.family, models.prediction);
+            (side, side)
+        }
     };
-    let denoise = req.hyper.denoise.unwrap_or(match (&init, &mask) {
-        (Some(_), None) => DEFAULT_IMG2IMG_DENOISE,
-        _ => 1.0,
-    });
-    let refiner_switch = req.hyper.refiner_switch.unwrap_or(DEFAULT_REFINER_SWITCH);
+    Ok(Settings {
+        sampler,
+        scheduler,
+        steps: req.scheduler.steps.unwrap_or(DEFAULT_STEPS),
+        cfg: req.hyper.guidance_scale.unwrap_or(DEFAULT_GUIDANCE),
+        seed: req.hyper.seed.unwrap_or(seed),
+        width: req.hyper.width.unwrap_or(default_w),
+        height: req.hyper.height.unwrap_or(default_h),
+        batch_size,
+        denoise: req.hyper.denoise.unwrap_or(match (&init, &mask) {
+            (Some(_), None) => DEFAULT_IMG2IMG_DENOISE,
+            _ => 1.0,
+        }),
+        refiner_switch: req.hyper.refiner_switch.unwrap_or(DEFAULT_REFINER_SWITCH),
+        init,
+        mask,
+    })
+}
+
+/// Compiles `req`. `seed` is used when the request has none.
+pub fn compile(
+    req: &GenerateRequest,
+    dirs: &DataDirs,
+    seed: u64,
+) -> Result<Compiled, RequestError> {
+    let models = resolve_models(req, dirs)?;
+    let set = resolve_settings(req, dirs, &models, seed)?;
+    let mut g = Graph {
+        nodes: Map::new(),
+        images: Vec::new(),
+        control_loaders: Vec::new(),
+    };
 
     // Model, LoRAs, text.
     let ckpt = g.add(
         "CheckpointLoaderSimple",
         "Base model",
-        json!({"ckpt_name": base}),
+        json!({"ckpt_name": models.base}),
     );
     let (mut model, mut clip, mut vae) = (out(&ckpt, 0), out(&ckpt, 1), out(&ckpt, 2));
     for lora in &req.loras {
@@ -217,201 +294,41 @@ pub fn compile(
         "Negative prompt",
         json!({"text": req.negative_prompt, "clip": clip}),
     );
-    let (mut positive, mut negative) = (out(&pos, 0), out(&neg, 0));
-    if let Some(name) = &vae_name {
+    if let Some(name) = &models.vae {
         let id = g.add("VAELoader", "VAE", json!({"vae_name": name}));
         vae = out(&id, 0);
     }
 
-    // Input images, loaded once each.
-    let mut loaded: Vec<(String, String)> = Vec::new();
-    let mut load_image = |g: &mut Graph, name: &str| -> Link {
-        if let Some((_, id)) = loaded.iter().find(|(n, _)| n == name) {
-            return out(id, 0);
-        }
-        let id = g.add("LoadImage", &format!("Load {name}"), json!({"image": name}));
-        loaded.push((name.to_owned(), id.clone()));
-        out(&id, 0)
-    };
-
-    // ControlNets, chained on the base conditioning.
-    let mut control_loaders: Vec<(String, String)> = Vec::new();
-    for entry in &req.controlnets {
-        let name = match &entry.model {
-            Some(model) => {
-                models::resolve_controlnet(dirs, model, family, &format!("{}.model", entry.field))?
-            }
-            None => models::find_controlnet(dirs, entry.kind, family, &entry.field)?,
-        };
-        let (image_name, preprocess) = match (&entry.condition_image, &init) {
-            (Some(image), _) => (
-                models::input_image(dirs, image, &format!("{}.condition_image", entry.field))?.0,
-                entry.preprocess.unwrap_or(false),
-            ),
-            (None, Some((init_name, _))) => (init_name.clone(), entry.preprocess.unwrap_or(true)),
-            (None, None) => {
-                return Err(RequestError::new(
-                    format!("{}.condition_image", entry.field),
-                    "required: there is no init_image to use as the condition image",
-                ))
-            }
-        };
-        let mut hint = load_image(&mut g, &image_name);
-        if preprocess {
-            hint = preprocessor(&mut g, entry, hint, width.min(height))?;
-        }
-        let loader = match control_loaders.iter().find(|(n, _)| *n == name) {
-            Some((_, id)) => id.clone(),
-            None => {
-                let id = g.add(
-                    "ControlNetLoader",
-                    &format!("ControlNet {}", entry.kind.name()),
-                    json!({"control_net_name": name}),
-                );
-                control_loaders.push((name.clone(), id.clone()));
-                id
-            }
-        };
-        let id = g.add(
-            "ControlNetApplyAdvanced",
-            &format!("Apply ControlNet {}", entry.kind.name()),
-            json!({
-                "positive": positive, "negative": negative, "control_net": out(&loader, 0),
-                "image": hint, "strength": entry.scale,
-                "start_percent": entry.start, "end_percent": entry.end,
-            }),
-        );
-        (positive, negative) = (out(&id, 0), out(&id, 1));
-    }
-
-    // The starting latent.
-    let latent = match (&init, &mask) {
-        (None, _) => {
-            let id = g.add(
-                "EmptyLatentImage",
-                "Empty latent",
-                json!({"width": width, "height": height, "batch_size": batch_size}),
-            );
-            out(&id, 0)
-        }
-        (Some((name, (w, h))), mask) => {
-            let mut pixels = load_image(&mut g, name);
-            if (width, height) != (*w, *h) {
-                let id = g.add(
-                    "ImageScale",
-                    "Resize init image",
-                    json!({"image": pixels, "upscale_method": "lanczos", "width": width, "height": height, "crop": "center"}),
-                );
-                pixels = out(&id, 0);
-            }
-            match mask {
-                None => {
-                    let id = g.add(
-                        "VAEEncode",
-                        "Encode init image",
-                        json!({"pixels": pixels, "vae": vae}),
-                    );
-                    out(&id, 0)
-                }
-                Some((mask_name, _)) => {
-                    let m = g.add(
-                        "LoadImageMask",
-                        &format!("Load mask {mask_name}"),
-                        json!({"image": mask_name, "channel": "red"}),
-                    );
-                    if denoise >= 1.0 {
-                        let id = g.add(
-                            "VAEEncodeForInpaint",
-                            "Encode for inpainting",
-                            json!({"pixels": pixels, "vae": vae, "mask": out(&m, 0), "grow_mask_by": INPAINT_GROW_MASK}),
-                        );
-                        out(&id, 0)
-                    } else {
-                        let e = g.add(
-                            "VAEEncode",
-                            "Encode init image",
-                            json!({"pixels": pixels, "vae": vae}),
-                        );
-                        let id = g.add(
-                            "SetLatentNoiseMask",
-                            "Inpaint mask",
-                            json!({"samples": out(&e, 0), "mask": out(&m, 0)}),
-                        );
-                        out(&id, 0)
-                    }
-                }
-            }
-        }
-    };
-
-    // Sampling.
-    let samples = match &refiner {
+    let (positive, negative) = add_controlnets(
+        &mut g,
+        req,
+        dirs,
+        &models,
+        &set,
+        (out(&pos, 0), out(&neg, 0)),
+    )?;
+    let latent = add_latent(&mut g, &set, &vae);
+    let samples = match &models.refiner {
         None => {
             let id = g.add(
                 "KSampler",
                 "Sampler",
                 json!({
-                    "model": model, "seed": seed, "steps": steps, "cfg": cfg,
-                    "sampler_name": sampler, "scheduler": scheduler,
+                    "model": model, "seed": set.seed, "steps": set.steps, "cfg": set.cfg,
+                    "sampler_name": set.sampler, "scheduler": set.scheduler,
                     "positive": positive, "negative": negative, "latent_image": latent,
-                    "denoise": denoise,
+                    "denoise": set.denoise,
                 }),
             );
             out(&id, 0)
         }
-        Some(refiner_name) => {
-            // KSamplerAdvanced has no denoise: img2img starts part-way through the schedule.
-            let start = ((steps as f64) * (1.0 - denoise)).round() as u32;
-            let switch = (((steps as f64) * refiner_switch).round() as u32).clamp(start, steps);
-            let r = g.add(
-                "CheckpointLoaderSimple",
-                "Refiner model",
-                json!({"ckpt_name": refiner_name}),
-            );
-            let refiner_text = |g: &mut Graph, title: &str, text: &str, ascore: f64| {
-                let id = g.add(
-                    "CLIPTextEncodeSDXLRefiner",
-                    title,
-                    json!({"ascore": ascore, "width": width, "height": height, "text": text, "clip": out(&r, 1)}),
-                );
-                out(&id, 0)
-            };
-            let rpos = refiner_text(
-                &mut g,
-                "Refiner prompt",
-                &req.prompt,
-                REFINER_ASCORE_POSITIVE,
-            );
-            let rneg = refiner_text(
-                &mut g,
-                "Refiner negative prompt",
-                &req.negative_prompt,
-                REFINER_ASCORE_NEGATIVE,
-            );
-            let b = g.add(
-                "KSamplerAdvanced",
-                "Base sampler",
-                json!({
-                    "model": model, "add_noise": "enable", "noise_seed": seed, "steps": steps,
-                    "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
-                    "positive": positive, "negative": negative, "latent_image": latent,
-                    "start_at_step": start, "end_at_step": switch,
-                    "return_with_leftover_noise": "enable",
-                }),
-            );
-            let id = g.add(
-                "KSamplerAdvanced",
-                "Refiner sampler",
-                json!({
-                    "model": out(&r, 0), "add_noise": "disable", "noise_seed": seed, "steps": steps,
-                    "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
-                    "positive": rpos, "negative": rneg, "latent_image": out(&b, 0),
-                    "start_at_step": switch, "end_at_step": 10000,
-                    "return_with_leftover_noise": "disable",
-                }),
-            );
-            out(&id, 0)
-        }
+        Some(refiner) => add_refiner_split(
+            &mut g,
+            req,
+            &set,
+            refiner,
+            (model, positive, negative, latent),
+        ),
     };
     let decoded = g.add(
         "VAEDecode",
@@ -430,13 +347,174 @@ pub fn compile(
     Ok(Compiled {
         prompt: Json::Object(g.nodes),
         resolved: json!({
-            "model": {"base": base, "family": family_name(family), "refiner": refiner, "vae": vae_name},
-            "sampler_name": sampler, "scheduler": scheduler, "steps": steps, "cfg": cfg,
-            "seed": seed, "width": width, "height": height, "batch_size": batch_size,
-            "denoise": denoise,
-            "refiner_switch": refiner.as_ref().map(|_| refiner_switch),
+            "model": {"base": models.base, "family": family_name(models.family), "refiner": models.refiner, "vae": models.vae},
+            "sampler_name": set.sampler, "scheduler": set.scheduler, "steps": set.steps,
+            "cfg": set.cfg, "seed": set.seed, "width": set.width, "height": set.height,
+            "batch_size": set.batch_size, "denoise": set.denoise,
+            "refiner_switch": models.refiner.as_ref().map(|_| set.refiner_switch),
         }),
     })
+}
+
+/// The ControlNets, chained on the base model's conditioning in request order; returns the
+/// controlled (positive, negative).
+fn add_controlnets(
+    g: &mut Graph,
+    req: &GenerateRequest,
+    dirs: &DataDirs,
+    models: &Models,
+    set: &Settings,
+    (mut positive, mut negative): (Link, Link),
+) -> Result<(Link, Link), RequestError> {
+    for entry in &req.controlnets {
+        let name = match &entry.model {
+            Some(model) => models::resolve_controlnet(
+                dirs,
+                model,
+                models.family,
+                &format!("{}.model", entry.field),
+            )?,
+            None => models::find_controlnet(dirs, entry.kind, models.family, &entry.field)?,
+        };
+        let (image_name, preprocess) = match (&entry.condition_image, &set.init) {
+            (Some(image), _) => (
+                models::input_image(dirs, image, &format!("{}.condition_image", entry.field))?.0,
+                entry.preprocess.unwrap_or(false),
+            ),
+            (None, Some((init_name, _))) => (init_name.clone(), entry.preprocess.unwrap_or(true)),
+            (None, None) => {
+                return Err(RequestError::new(
+                    format!("{}.condition_image", entry.field),
+                    "required: there is no init_image to use as the condition image",
+                ))
+            }
+        };
+        let mut hint = g.load_image(&image_name);
+        if preprocess {
+            hint = preprocessor(g, entry, hint, set.width.min(set.height))?;
+        }
+        let control_net = g.load_controlnet(&name, entry.kind);
+        let id = g.add(
+            "ControlNetApplyAdvanced",
+            &format!("Apply ControlNet {}", entry.kind.name()),
+            json!({
+                "positive": positive, "negative": negative, "control_net": control_net,
+                "image": hint, "strength": entry.scale,
+                "start_percent": entry.start, "end_percent": entry.end,
+            }),
+        );
+        (positive, negative) = (out(&id, 0), out(&id, 1));
+    }
+    Ok((positive, negative))
+}
+
+/// The starting latent: empty (txt2img), the encoded init image (img2img), or the encoded init
+/// image with the mask (inpainting: VAEEncodeForInpaint at full denoise, SetLatentNoiseMask below).
+fn add_latent(g: &mut Graph, set: &Settings, vae: &Link) -> Link {
+    let Some((name, size)) = &set.init else {
+        let id = g.add(
+            "EmptyLatentImage",
+            "Empty latent",
+            json!({"width": set.width, "height": set.height, "batch_size": set.batch_size}),
+        );
+        return out(&id, 0);
+    };
+    let mut pixels = g.load_image(name);
+    if (set.width, set.height) != *size {
+        let id = g.add(
+            "ImageScale",
+            "Resize init image",
+            json!({"image": pixels, "upscale_method": "lanczos", "width": set.width, "height": set.height, "crop": "center"}),
+        );
+        pixels = out(&id, 0);
+    }
+    let encode = |g: &mut Graph, pixels: &Link| {
+        let id = g.add(
+            "VAEEncode",
+            "Encode init image",
+            json!({"pixels": pixels, "vae": vae}),
+        );
+        out(&id, 0)
+    };
+    let Some((mask_name, _)) = &set.mask else {
+        return encode(g, &pixels);
+    };
+    let mask = g.add(
+        "LoadImageMask",
+        &format!("Load mask {mask_name}"),
+        json!({"image": mask_name, "channel": "red"}),
+    );
+    if set.denoise >= 1.0 {
+        let id = g.add(
+            "VAEEncodeForInpaint",
+            "Encode for inpainting",
+            json!({"pixels": pixels, "vae": vae, "mask": out(&mask, 0), "grow_mask_by": INPAINT_GROW_MASK}),
+        );
+        return out(&id, 0);
+    }
+    let encoded = encode(g, &pixels);
+    let id = g.add(
+        "SetLatentNoiseMask",
+        "Inpaint mask",
+        json!({"samples": encoded, "mask": out(&mask, 0)}),
+    );
+    out(&id, 0)
+}
+
+/// ComfyUI's base + refiner split: the base runs steps `start..switch` and hands its leftover
+/// noise to the refiner, which finishes.
+fn add_refiner_split(
+    g: &mut Graph,
+    req: &GenerateRequest,
+    set: &Settings,
+    refiner: &str,
+    (model, positive, negative, latent): (Link, Link, Link, Link),
+) -> Link {
+    // KSamplerAdvanced has no denoise: img2img starts part-way through the schedule.
+    let start = ((set.steps as f64) * (1.0 - set.denoise)).round() as u32;
+    let switch = (((set.steps as f64) * set.refiner_switch).round() as u32).clamp(start, set.steps);
+    let r = g.add(
+        "CheckpointLoaderSimple",
+        "Refiner model",
+        json!({"ckpt_name": refiner}),
+    );
+    let mut refiner_text = |title: &str, text: &str, ascore: f64| {
+        let id = g.add(
+            "CLIPTextEncodeSDXLRefiner",
+            title,
+            json!({"ascore": ascore, "width": set.width, "height": set.height, "text": text, "clip": out(&r, 1)}),
+        );
+        out(&id, 0)
+    };
+    let rpos = refiner_text("Refiner prompt", &req.prompt, REFINER_ASCORE_POSITIVE);
+    let rneg = refiner_text(
+        "Refiner negative prompt",
+        &req.negative_prompt,
+        REFINER_ASCORE_NEGATIVE,
+    );
+    let b = g.add(
+        "KSamplerAdvanced",
+        "Base sampler",
+        json!({
+            "model": model, "add_noise": "enable", "noise_seed": set.seed, "steps": set.steps,
+            "cfg": set.cfg, "sampler_name": set.sampler, "scheduler": set.scheduler,
+            "positive": positive, "negative": negative, "latent_image": latent,
+            "start_at_step": start, "end_at_step": switch,
+            "return_with_leftover_noise": "enable",
+        }),
+    );
+    let id = g.add(
+        "KSamplerAdvanced",
+        "Refiner sampler",
+        json!({
+            "model": out(&r, 0), "add_noise": "disable", "noise_seed": set.seed, "steps": set.steps,
+            "cfg": set.cfg, "sampler_name": set.sampler, "scheduler": set.scheduler,
+            "positive": rpos, "negative": rneg, "latent_image": out(&b, 0),
+            "start_at_step": switch, "end_at_step": 10000,
+            "return_with_leftover_noise": "disable",
+        }),
+    );
+    out(&id, 0)
 }
 
 fn strip_ext(name: &str) -> &str {
