@@ -59,10 +59,12 @@ fn conv(
     let runs = runs_for(b * c_in * hw * hw * k * k);
     let reference = candle_nn::Conv2d::new(w.clone(), Some(bias.clone()), cfg);
     let candle_ms = time_ms(runs, || reference.forward(&x))?;
+    let ours = weft::engine::ops::conv::Conv2d::new(w, Some(bias), cfg);
+    let weft_ms = time_ms(runs, || ours.forward(&x))?;
     report(
         &format!("conv{k}x{k}/s{stride} ({b},{c_in},{hw},{hw})->{c_out}"),
         candle_ms,
-        None,
+        Some(weft_ms),
     );
     Ok(())
 }

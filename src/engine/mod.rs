@@ -11,6 +11,7 @@ pub mod diffusion;
 pub mod load;
 pub mod lora;
 pub mod manager;
+pub mod ops;
 pub mod preprocess;
 pub mod resize;
 pub mod sampling;

@@ -4,7 +4,9 @@
 //! `diffusers.UNet2DConditionModel` is limited by float rounding only.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+
+use crate::engine::ops::conv::{conv2d, Conv2d};
 
 /// A 3x3 (or other odd) convolution with "same" padding.
 pub(crate) fn conv_same(
@@ -17,7 +19,7 @@ pub(crate) fn conv_same(
         padding: kernel / 2,
         ..Default::default()
     };
-    candle_nn::conv2d(in_channels, out_channels, kernel, cfg, vb)
+    conv2d(in_channels, out_channels, kernel, cfg, vb)
 }
 
 /// ResnetBlock2D: GroupNorm-SiLU-conv twice, an optional time embedding added in between, and a
@@ -59,7 +61,7 @@ impl ResnetBlock2D {
         let norm2 = candle_nn::group_norm(cfg.groups, cfg.out_channels, cfg.eps, vb.pp("norm2"))?;
         let conv2 = conv_same(cfg.out_channels, cfg.out_channels, 3, vb.pp("conv2"))?;
         let conv_shortcut = if cfg.in_channels != cfg.out_channels {
-            Some(candle_nn::conv2d(
+            Some(conv2d(
                 cfg.in_channels,
                 cfg.out_channels,
                 1,
@@ -279,13 +281,7 @@ impl Transformer2D {
             if cfg.use_linear_projection {
                 Ok(Projection::Linear(candle_nn::linear(c, c, vb)?))
             } else {
-                Ok(Projection::Conv(candle_nn::conv2d(
-                    c,
-                    c,
-                    1,
-                    Default::default(),
-                    vb,
-                )?))
+                Ok(Projection::Conv(conv2d(c, c, 1, Default::default(), vb)?))
             }
         };
         let proj_in = proj(vb.pp("proj_in"))?;
@@ -344,7 +340,7 @@ impl Downsample2D {
             padding: if asymmetric_pad { 0 } else { 1 },
             ..Default::default()
         };
-        let conv = candle_nn::conv2d(channels, channels, 3, cfg, vb.pp("conv"))?;
+        let conv = conv2d(channels, channels, 3, cfg, vb.pp("conv"))?;
         Ok(Self {
             conv,
             asymmetric_pad,

@@ -7,7 +7,9 @@
 pub mod tiled;
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use crate::engine::ops::conv::{conv2d, Conv2d};
 
 use crate::engine::unet::blocks::{
     conv_same, scaled_dot_product, Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D,
@@ -316,20 +318,8 @@ impl AutoEncoderKL {
         Ok(Self {
             encoder: Encoder::new(vb.pp("encoder"), cfg)?,
             decoder: Decoder::new(vb.pp("decoder"), cfg)?,
-            quant_conv: candle_nn::conv2d(
-                2 * lc,
-                2 * lc,
-                1,
-                Default::default(),
-                vb.pp("quant_conv"),
-            )?,
-            post_quant_conv: candle_nn::conv2d(
-                lc,
-                lc,
-                1,
-                Default::default(),
-                vb.pp("post_quant_conv"),
-            )?,
+            quant_conv: conv2d(2 * lc, 2 * lc, 1, Default::default(), vb.pp("quant_conv"))?,
+            post_quant_conv: conv2d(lc, lc, 1, Default::default(), vb.pp("post_quant_conv"))?,
             config: cfg.clone(),
         })
     }
