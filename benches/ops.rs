@@ -73,13 +73,15 @@ fn group_norm(dev: &Device, b: usize, c: usize, hw: usize) -> Result<()> {
     let x = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?;
     let gamma = Tensor::randn(1f32, 0.1, c, dev)?;
     let beta = Tensor::randn(0f32, 0.1, c, dev)?;
-    let reference = candle_nn::GroupNorm::new(gamma, beta, c, 32, 1e-5)?;
+    let reference = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, 32, 1e-5)?;
     let runs = runs_for(b * c * hw * hw);
     let candle_ms = time_ms(runs, || reference.forward(&x)?.silu())?;
+    let ours = weft::engine::ops::norm::GroupNorm::new(gamma, beta, c, 32, 1e-5)?;
+    let weft_ms = time_ms(runs, || ours.forward_silu(&x))?;
     report(
         &format!("group_norm+silu ({b},{c},{hw},{hw})"),
         candle_ms,
-        None,
+        Some(weft_ms),
     );
     Ok(())
 }
@@ -93,10 +95,13 @@ fn attention(dev: &Device, bh: usize, n: usize, m: usize, d: usize) -> Result<()
         let scores = (q.matmul(&k.t()?)? * scale)?;
         candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)
     })?;
+    let weft_ms = time_ms(1, || {
+        weft::engine::ops::attention::scaled_dot_product(&q, &k, &v)
+    })?;
     report(
         &format!("attention bh={bh} n={n} m={m} d={d}"),
         candle_ms,
-        None,
+        Some(weft_ms),
     );
     Ok(())
 }

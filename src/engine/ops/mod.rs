@@ -5,4 +5,5 @@
 
 pub mod attention;
 pub mod conv;
+pub mod math;
 pub mod norm;

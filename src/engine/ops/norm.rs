@@ -4,12 +4,15 @@
 //! mul, add), each a full pass over the activations with its own allocation, and the SiLU that
 //! follows it in every resnet is one more. On the CPU in f32 this does it in one kernel: per
 //! (image, group), the mean and variance (accumulated in f64) over a contiguous block, then one
-//! pass that writes `x * scale + shift`, with the SiLU fused when asked. Other devices and dtypes
+//! pass that writes `x * scale + shift`, with the SiLU fused when asked (and vectorised, see
+//! [`crate::engine::ops::math`]). Other devices and dtypes
 //! use candle-nn's GroupNorm (and candle's SiLU).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
+
+use crate::engine::ops::math;
 
 /// GroupNorm over [B, C, ...] with a per-channel scale and shift, read from `vb` like
 /// `candle_nn::group_norm` (`weight`, `bias`).
@@ -155,20 +158,32 @@ impl CustomOp3 for GroupNormOp {
                         let shift = f64::from(bias[first_channel + c]) - mean * scale;
                         let (scale, shift) = (scale as f32, shift as f32);
                         if self.silu {
-                            for (d, &s) in dst.iter_mut().zip(src) {
-                                let y = s * scale + shift;
-                                *d = y / (1.0 + (-y).exp());
-                            }
+                            scale_shift_silu(src, scale, shift, dst);
                         } else {
-                            for (d, &s) in dst.iter_mut().zip(src) {
-                                *d = s * scale + shift;
-                            }
+                            scale_shift(src, scale, shift, dst);
                         }
                     }
                 });
         }
         Ok((CpuStorage::F32(dst), Shape::from_dims(dims)))
     }
+}
+
+/// `dst = src * scale + shift`.
+fn scale_shift(src: &[f32], scale: f32, shift: f32, dst: &mut [f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s * scale + shift;
+    }
+}
+
+/// `dst = silu(src * scale + shift)`, vectorised (see [`crate::engine::ops::math`]).
+fn scale_shift_silu(src: &[f32], scale: f32, shift: f32, dst: &mut [f32]) {
+    pulp::Arch::new().dispatch(|| {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            let y = s * scale + shift;
+            *d = y / (1.0 + math::exp(-y));
+        }
+    })
 }
 
 /// Sum of `xs` in f64, eight independent lanes so that it vectorises.
