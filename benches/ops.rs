@@ -137,6 +137,9 @@ fn main() -> Result<()> {
         conv(&dev, 1, 512, 512, 128, 3, 1)?;
         conv(&dev, 1, 256, 256, 256, 3, 1)?;
         conv(&dev, 1, 128, 128, 512, 3, 1)?;
+        // The VAE's two largest convolutions, right after upsampling.
+        conv(&dev, 1, 512, 512, 256, 3, 1)?;
+        conv(&dev, 1, 256, 256, 512, 3, 1)?;
     }
     if on("norm") {
         group_norm(&dev, 2, 320, 64)?;

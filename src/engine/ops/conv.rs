@@ -6,13 +6,16 @@
 //! CPU in f32 with one group, the im2col matrix is built in `[C_in*kh*kw, pixels]` order from whole
 //! input rows, for at most [`COL_BUDGET`] floats at a time (a chunk of images, or of output rows
 //! when one image is larger: a 512x512x128 input would otherwise need a 1.2 GB buffer), and the
-//! weight seen as `[C_out, C_in*kh*kw]` multiplies it, so the product is already NCHW. A 1x1
-//! stride-1 unpadded convolution is that matmul on the input itself. Other devices, dtypes and
-//! grouped convolutions use candle's conv2d.
+//! weight seen as `[C_out, C_in*kh*kw]` multiplies it, so the product is already NCHW and is
+//! written, bias added, straight into its place in the output. A 1x1 stride-1 unpadded
+//! convolution is that matmul on the input itself. Other devices, dtypes and grouped
+//! convolutions use candle's conv2d.
 
 use std::ops::Range;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, DType, Device, InplaceOp3, Layout, Module, Result, Shape, Tensor,
+};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
@@ -85,19 +88,19 @@ pub fn conv2d_forward(
     let cpu_kernel = matches!(xs.device(), Device::Cpu)
         && xs.dtype() == DType::F32
         && weight.dtype() == DType::F32
+        && bias.is_none_or(|b| b.dtype() == DType::F32)
         && config.groups == 1;
-    let out = if cpu_kernel {
-        cpu_conv2d(xs, weight, config)?
-    } else {
-        xs.conv2d_with_algo(
-            weight,
-            config.padding,
-            config.stride,
-            config.dilation,
-            config.groups,
-            config.cudnn_fwd_algo,
-        )?
-    };
+    if cpu_kernel {
+        return cpu_conv2d(xs, weight, bias, config);
+    }
+    let out = xs.conv2d_with_algo(
+        weight,
+        config.padding,
+        config.stride,
+        config.dilation,
+        config.groups,
+        config.cudnn_fwd_algo,
+    )?;
     match bias {
         None => Ok(out),
         Some(bias) => out.broadcast_add(&bias.reshape((1, bias.dims1()?, 1, 1))?),
@@ -144,7 +147,12 @@ impl Geometry {
     }
 }
 
-fn cpu_conv2d(xs: &Tensor, weight: &Tensor, config: &Conv2dConfig) -> Result<Tensor> {
+fn cpu_conv2d(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    config: &Conv2dConfig,
+) -> Result<Tensor> {
     let (batch, channels, height, width) = xs.dims4()?;
     let (c_out, w_channels, kernel_h, kernel_w) = weight.dims4()?;
     if w_channels != channels {
@@ -164,6 +172,28 @@ fn cpu_conv2d(xs: &Tensor, weight: &Tensor, config: &Conv2dConfig) -> Result<Ten
     let k = geometry.patch_len();
     let weight = weight.contiguous()?.reshape((c_out, k))?;
     let xs = xs.contiguous()?;
+    let bias = match bias {
+        Some(bias) if bias.dims1()? == c_out => bias.contiguous()?,
+        Some(bias) => candle_core::bail!(
+            "conv2d bias has {} values for {c_out} output channels",
+            bias.elem_count()
+        ),
+        None => Tensor::zeros(c_out, DType::F32, xs.device())?,
+    };
+    // Every matmul result is written (plus the bias) straight into its place in `out`, so there
+    // is no concatenation and no separate pass for the bias.
+    let out = Tensor::zeros((batch, c_out, out_h, out_w), DType::F32, xs.device())?;
+    let place = |product: &Tensor, images: Range<usize>, rows: Range<usize>| {
+        out.inplace_op3(
+            product,
+            &bias,
+            &PlaceProduct {
+                images,
+                rows,
+                out_w,
+            },
+        )
+    };
 
     let per_image = k * out_h * out_w;
     let pointwise = kernel_h == 1 && kernel_w == 1 && config.stride == 1 && config.padding == 0;
@@ -171,52 +201,106 @@ fn cpu_conv2d(xs: &Tensor, weight: &Tensor, config: &Conv2dConfig) -> Result<Ten
     // small enough that copying them side by side into one matmul pays (below).
     if pointwise && (batch == 1 || per_image > COL_BUDGET / 4) {
         let pixels = xs.reshape((batch, channels, height * width))?;
-        return weight
-            .broadcast_matmul(&pixels)?
-            .reshape((batch, c_out, out_h, out_w));
+        for image in 0..batch {
+            place(
+                &weight.matmul(&pixels.get(image)?)?,
+                image..image + 1,
+                0..out_h,
+            )?;
+        }
+        return Ok(out);
     }
 
     if per_image <= COL_BUDGET {
         // Whole images, side by side in the columns of one matmul: small late-level images then
         // give one [C_out, K] x [K, images*pixels] product instead of several thin ones.
         let images_per_chunk = (COL_BUDGET / per_image.max(1)).clamp(1, batch.max(1));
-        let mut outs = Vec::new();
         for first in (0..batch).step_by(images_per_chunk) {
             let images = first..(first + images_per_chunk).min(batch);
-            let count = images.len();
             let col = xs.apply_op1_no_bwd(&Im2Col {
                 geometry,
-                images,
+                images: images.clone(),
                 rows: 0..out_h,
             })?;
-            let out = weight.matmul(&col)?.reshape((c_out, count, out_h, out_w))?;
-            outs.push(if count == 1 {
-                out.reshape((1, c_out, out_h, out_w))?
-            } else {
-                out.transpose(0, 1)?.contiguous()?
-            });
+            place(&weight.matmul(&col)?, images, 0..out_h)?;
         }
-        return Tensor::cat(&outs, 0);
+        return Ok(out);
     }
 
     // One image at a time, in chunks of output rows.
     let rows_per_chunk = (COL_BUDGET / (k * out_w).max(1)).clamp(1, out_h);
-    let mut outs = Vec::with_capacity(batch);
     for image in 0..batch {
-        let mut pieces = Vec::new();
         for first in (0..out_h).step_by(rows_per_chunk) {
             let rows = first..(first + rows_per_chunk).min(out_h);
-            let count = rows.len();
             let col = xs.apply_op1_no_bwd(&Im2Col {
                 geometry,
                 images: image..image + 1,
-                rows,
+                rows: rows.clone(),
             })?;
-            pieces.push(weight.matmul(&col)?.reshape((1, c_out, count, out_w))?);
+            place(&weight.matmul(&col)?, image..image + 1, rows)?;
         }
-        outs.push(Tensor::cat(&pieces, 2)?);
     }
-    Tensor::cat(&outs, 0)
+    Ok(out)
+}
+
+/// Writes a matmul product [C_out, images*rows*W_out] (images side by side, as [`Im2Col`] lays
+/// them out) plus the bias into rows `rows` of `images` of the [B, C_out, H_out, W_out] output.
+struct PlaceProduct {
+    images: Range<usize>,
+    rows: Range<usize>,
+    out_w: usize,
+}
+
+impl InplaceOp3 for PlaceProduct {
+    fn name(&self) -> &'static str {
+        "weft-conv-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        out: &mut CpuStorage,
+        out_layout: &Layout,
+        product: &CpuStorage,
+        product_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<()> {
+        let product = contiguous_f32(product, product_layout)?;
+        let bias = contiguous_f32(bias, bias_layout)?;
+        let (start, end) = out_layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("conv output must be contiguous".into()))?;
+        let CpuStorage::F32(out) = out else {
+            candle_core::bail!("conv output must be f32");
+        };
+        let (_, c_out, out_h, _) = out_layout.shape().dims4()?;
+        let pixels = self.rows.len() * self.out_w;
+        let row_len = self.images.len() * pixels;
+        let first = self.rows.start * self.out_w;
+        out[start..end]
+            .par_chunks_mut(out_h * self.out_w)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let (image, channel) = (plane / c_out, plane % c_out);
+                if !self.images.contains(&image) {
+                    return;
+                }
+                let offset = channel * row_len + (image - self.images.start) * pixels;
+                let src = &product[offset..offset + pixels];
+                let b = bias[channel];
+                for (d, &s) in dst[first..first + pixels].iter_mut().zip(src) {
+                    *d = s + b;
+                }
+            });
+        Ok(())
+    }
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("conv needs contiguous tensors".into()))?;
+    Ok(&storage.as_slice::<f32>()?[start..end])
 }
 
 /// The im2col matrix of `images` for the output rows `rows`: [C_in*kh*kw, images*rows*W_out],
@@ -235,10 +319,7 @@ impl CustomOp1 for Im2Col {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = &self.geometry;
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("im2col needs a contiguous input".into()))?;
-        let data = &storage.as_slice::<f32>()?[start..end];
+        let data = contiguous_f32(storage, layout)?;
         let (_, out_w) = g.out_size()?;
         let plane = g.height * g.width;
         let taps = g.kernel_h * g.kernel_w;
