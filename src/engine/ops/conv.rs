@@ -19,9 +19,10 @@ use candle_core::{
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-/// Most floats one im2col chunk may hold (32 MiB). In `benches/ops.rs` 2 Mi and 32 Mi floats
-/// were both slower at the VAE shapes.
-const COL_BUDGET: usize = 8 << 20;
+/// Most floats one im2col chunk may hold (8 MiB). In `benches/ops.rs` this beat 4, 6 and 8 Mi
+/// floats at the VAE's 256- and 128-channel shapes (by 15-25%) and tied at the UNet's; 16 Mi and
+/// more were far slower (each chunk then goes to a fresh mmap, zeroed by the kernel).
+const COL_BUDGET: usize = 2 << 20;
 
 /// A 2-D convolution layer with the same weights and names as `candle_nn::Conv2d`.
 #[derive(Debug, Clone)]
@@ -497,10 +498,14 @@ mod tests {
     }
 
     #[test]
-    fn chunked_rows_match_candle() {
-        // 64 channels x 9 taps x 128 x 128 pixels is above the im2col budget, so the output rows
+    fn chunked_rows_and_images_match_candle() {
+        // 16 channels x 9 taps x 128 x 128 pixels is above the im2col budget, so the output rows
         // are split into chunks.
-        check((2, 64, 128, 128), (8, 3, 3), cfg(1, 1, 1));
+        check((2, 16, 128, 128), (8, 3, 3), cfg(1, 1, 1));
+        // 16 x 9 x 100 x 100 fits once but not twice: one image per matmul.
+        check((3, 16, 100, 100), (5, 3, 3), cfg(1, 1, 1));
+        // Large 1x1 inputs go image by image straight into the matmul.
+        check((2, 64, 100, 100), (7, 1, 1), cfg(0, 1, 1));
     }
 
     #[test]
