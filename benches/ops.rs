@@ -141,6 +141,21 @@ fn main() -> Result<()> {
         conv(&dev, 1, 512, 512, 256, 3, 1)?;
         conv(&dev, 1, 256, 256, 512, 3, 1)?;
     }
+    if on("upconv") {
+        // The VAE's upsampler before its last level: nearest 2x, then a 3x3 conv.
+        let x = Tensor::randn(0f32, 1.0, (1, 256, 256, 256), &dev)?;
+        let w = (Tensor::randn(0f32, 1.0, (256, 256, 3, 3), &dev)? * 0.02)?;
+        let cfg = candle_nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let ours = weft::engine::ops::conv::Conv2d::new(w, None, cfg);
+        let separate = time_ms(1, || ours.forward(&x.upsample_nearest2d(512, 512)?))?;
+        let fused = time_ms(1, || ours.forward_upsampled_2x(&x))?;
+        println!(
+            "upsample 2x + conv3x3 (1,256,256,256)->256: separate {separate:.1} ms, fused {fused:.1} ms"
+        );
+    }
     if on("norm") {
         group_norm(&dev, 2, 320, 64)?;
         group_norm(&dev, 2, 1280, 16)?;

@@ -55,6 +55,19 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// The convolution of `xs` upsampled 2x by nearest neighbour ([B, C, 2H, 2W]), as the UNet's
+    /// and VAE's upsamplers do. On the CPU the im2col reads the small input directly, so the
+    /// upsampled tensor (268 MB before the VAE's last level) is never built.
+    pub fn forward_upsampled_2x(&self, xs: &Tensor) -> Result<Tensor> {
+        if uses_cpu_kernel(xs, &self.weight, self.bias.as_ref(), &self.config) {
+            return cpu_conv2d(xs, &self.weight, self.bias.as_ref(), &self.config, 2);
+        }
+        let (_, _, h, w) = xs.dims4()?;
+        self.forward(&xs.upsample_nearest2d(2 * h, 2 * w)?)
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         conv2d_forward(xs, &self.weight, self.bias.as_ref(), &self.config)
@@ -86,13 +99,8 @@ pub fn conv2d_forward(
     bias: Option<&Tensor>,
     config: &Conv2dConfig,
 ) -> Result<Tensor> {
-    let cpu_kernel = matches!(xs.device(), Device::Cpu)
-        && xs.dtype() == DType::F32
-        && weight.dtype() == DType::F32
-        && bias.is_none_or(|b| b.dtype() == DType::F32)
-        && config.groups == 1;
-    if cpu_kernel {
-        return cpu_conv2d(xs, weight, bias, config);
+    if uses_cpu_kernel(xs, weight, bias, config) {
+        return cpu_conv2d(xs, weight, bias, config, 1);
     }
     let out = xs.conv2d_with_algo(
         weight,
@@ -108,6 +116,19 @@ pub fn conv2d_forward(
     }
 }
 
+fn uses_cpu_kernel(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    config: &Conv2dConfig,
+) -> bool {
+    matches!(xs.device(), Device::Cpu)
+        && xs.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && bias.is_none_or(|b| b.dtype() == DType::F32)
+        && config.groups == 1
+}
+
 /// Sizes of one convolution, in the input's terms.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
@@ -119,6 +140,9 @@ struct Geometry {
     stride: usize,
     padding: usize,
     dilation: usize,
+    /// Nearest-neighbour factor from the stored input to `height` x `width` (1: none; a power
+    /// of two, so that the source index is a shift).
+    upsample: usize,
 }
 
 impl Geometry {
@@ -153,8 +177,10 @@ fn cpu_conv2d(
     weight: &Tensor,
     bias: Option<&Tensor>,
     config: &Conv2dConfig,
+    upsample: usize,
 ) -> Result<Tensor> {
-    let (batch, channels, height, width) = xs.dims4()?;
+    let (batch, channels, source_h, source_w) = xs.dims4()?;
+    let (height, width) = (source_h * upsample, source_w * upsample);
     let (c_out, w_channels, kernel_h, kernel_w) = weight.dims4()?;
     if w_channels != channels {
         candle_core::bail!("conv2d input has {channels} channels, the kernel expects {w_channels}");
@@ -168,6 +194,7 @@ fn cpu_conv2d(
         stride: config.stride,
         padding: config.padding,
         dilation: config.dilation,
+        upsample,
     };
     let (out_h, out_w) = geometry.out_size()?;
     let k = geometry.patch_len();
@@ -197,7 +224,11 @@ fn cpu_conv2d(
     };
 
     let per_image = k * out_h * out_w;
-    let pointwise = kernel_h == 1 && kernel_w == 1 && config.stride == 1 && config.padding == 0;
+    let pointwise = kernel_h == 1
+        && kernel_w == 1
+        && config.stride == 1
+        && config.padding == 0
+        && upsample == 1;
     // A 1x1 convolution is a matmul on the input itself, image by image, unless the images are
     // small enough that copying them side by side into one matmul pays (below).
     if pointwise && (batch == 1 || per_image > COL_BUDGET / 4) {
@@ -322,7 +353,7 @@ impl CustomOp1 for Im2Col {
         let g = &self.geometry;
         let data = contiguous_f32(storage, layout)?;
         let (_, out_w) = g.out_size()?;
-        let plane = g.height * g.width;
+        let plane = (g.height / g.upsample) * (g.width / g.upsample);
         let taps = g.kernel_h * g.kernel_w;
         let pixels = self.rows.len() * out_w;
         let images = self.images.len();
@@ -366,6 +397,7 @@ fn fill_channel(
 ) {
     let pixels = rows.len() * out_w;
     let (stride, padding, dilation) = (g.stride, g.padding as isize, g.dilation);
+    let (shift, source_w) = (g.upsample.trailing_zeros(), g.width / g.upsample);
     for i in 0..g.kernel_h {
         for j in 0..g.kernel_w {
             let row = (i * g.kernel_w + j) * place.row_len + place.offset;
@@ -381,15 +413,15 @@ fn fill_channel(
                 if in_y < 0 || in_y >= g.height as isize {
                     continue;
                 }
-                let src_row = &src[in_y as usize * g.width..][..g.width];
+                let src_row = &src[(in_y as usize >> shift) * source_w..][..source_w];
                 let out_row = &mut tap[r * out_w..][..out_w];
-                if stride == 1 {
+                if stride == 1 && shift == 0 {
                     let from = (x_lo as isize + x_shift) as usize;
                     out_row[x_lo..x_hi].copy_from_slice(&src_row[from..from + (x_hi - x_lo)]);
                 } else {
                     for (x, out) in out_row[x_lo..x_hi].iter_mut().enumerate() {
                         let in_x = ((x_lo + x) * stride) as isize + x_shift;
-                        *out = src_row[in_x as usize];
+                        *out = src_row[in_x as usize >> shift];
                     }
                 }
             }
@@ -485,6 +517,31 @@ mod tests {
         check((1, 2, 12, 10), (2, 3, 3), cfg(2, 1, 2));
         check((2, 3, 6, 9), (4, 2, 4), cfg(0, 1, 1));
         check((1, 2, 5, 5), (3, 3, 3), cfg(4, 1, 1));
+    }
+
+    #[test]
+    fn upsampled_input_matches_candle() {
+        let dev = Device::Cpu;
+        for (batch, c_in, h, w, stride) in [(2, 3, 5, 7, 1), (1, 4, 8, 6, 1), (2, 2, 3, 5, 2)] {
+            let xs = Tensor::randn(0f32, 1.0, (batch, c_in, h, w), &dev).unwrap();
+            let weight = Tensor::randn(0f32, 1.0, (4, c_in, 3, 3), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+            let layer = Conv2d::new(weight.clone(), Some(bias.clone()), cfg(1, stride, 1));
+            let expected = candle_nn::Conv2d::new(weight, Some(bias), cfg(1, stride, 1))
+                .forward(&xs.upsample_nearest2d(2 * h, 2 * w).unwrap())
+                .unwrap();
+            let got = layer.forward_upsampled_2x(&xs).unwrap();
+            assert_eq!(got.dims(), expected.dims());
+            let diff = (got - expected)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-4, "max abs diff {diff}");
+        }
     }
 
     #[test]

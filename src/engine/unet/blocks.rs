@@ -364,6 +364,10 @@ impl Upsample2D {
 
     /// [B, C, H, W] -> [B, C, out_h, out_w] (2x unless the skip it meets has another size).
     pub(crate) fn forward(&self, xs: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+        let (_, _, h, w) = xs.dims4()?;
+        if (out_h, out_w) == (2 * h, 2 * w) {
+            return self.conv.forward_upsampled_2x(xs);
+        }
         self.conv.forward(&xs.upsample_nearest2d(out_h, out_w)?)
     }
 }
