@@ -280,7 +280,9 @@ fn one_hint_is_shared_by_the_batch() {
     let one = model.forward(x, t, ctx, None, &hint).unwrap();
     let both = Tensor::cat(&[&hint, &hint], 0).unwrap();
     let two = model.forward(x, t, ctx, None, &both).unwrap();
-    assert!(max_abs_diff(&one.mid, &two.mid) < 1e-6);
+    // Not bit-equal: on the CPU, small images of a batch share one matmul (engine::ops::conv), so
+    // the rounding depends on the batch size; a hint that was not shared would differ by O(1).
+    assert!(max_abs_diff(&one.mid, &two.mid) < 1e-5);
     let wrong = get(&fx, "hint").narrow(2, 0, 32).unwrap();
     let err = model.forward(x, t, ctx, None, &wrong).unwrap_err();
     assert!(err.to_string().contains("hint"), "{err}");

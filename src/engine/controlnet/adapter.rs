@@ -15,8 +15,9 @@
 //! The strength multiplies every feature (ComfyUI's `control_merge`).
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 
+use crate::engine::ops::conv::{conv2d, Conv2d};
 use crate::engine::unet::blocks::conv_same;
 use crate::engine::unet::{EncoderAdditions, UNetConfig};
 
@@ -198,7 +199,7 @@ impl T2IAdapter {
                 AdapterKind::Light => {
                     let input = if i == 0 { cin } else { ch[i - 1] };
                     let mid = out / 4;
-                    let one = |i, o, vb| candle_nn::conv2d(i, o, 1, Default::default(), vb);
+                    let one = |i, o, vb| conv2d(i, o, 1, Default::default(), vb);
                     AdapterLevel {
                         down: cfg.downsamples(i),
                         in_conv: Some(one(input, mid, vb_l.pp("in_conv"))?),

@@ -24,9 +24,10 @@ pub mod control_lora;
 pub mod load;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::engine::load::detect::ModelFamily;
+use crate::engine::ops::conv::{conv2d, Conv2d};
 use crate::engine::unet::blocks::{
     conv_same, sinusoidal_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, TimestepEmbedding,
     Transformer2D, Transformer2DConfig,
@@ -199,13 +200,7 @@ impl HintEmbedding {
                 stride: 2,
                 ..Default::default()
             };
-            blocks.push(candle_nn::conv2d(
-                c_in,
-                c_out,
-                3,
-                stride2,
-                vb_blocks.pp(2 * i + 1),
-            )?);
+            blocks.push(conv2d(c_in, c_out, 3, stride2, vb_blocks.pp(2 * i + 1))?);
         }
         let conv_out = conv_same(last, out_channels, 3, vb.pp("conv_out"))?;
         Ok(Self {
@@ -288,8 +283,7 @@ impl ControlNetModel {
                 },
             )
         };
-        let zero_conv =
-            |vb: VarBuilder, c: usize| candle_nn::conv2d(c, c, 1, Default::default(), vb);
+        let zero_conv = |vb: VarBuilder, c: usize| conv2d(c, c, 1, Default::default(), vb);
 
         let conv_in = conv_same(enc.in_channels, ch[0], 3, vb.pp("conv_in"))?;
         let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], temb)?;

@@ -3,8 +3,12 @@
 //! These follow diffusers exactly (exact erf GELU in GeGLU, f32 softmax), so parity with
 //! `diffusers.UNet2DConditionModel` is limited by float rounding only.
 
-use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder};
+
+use crate::engine::ops::attention::scaled_dot_product;
+use crate::engine::ops::conv::{conv2d, Conv2d};
+use crate::engine::ops::norm::{group_norm, GroupNorm};
 
 /// A 3x3 (or other odd) convolution with "same" padding.
 pub(crate) fn conv_same(
@@ -17,7 +21,7 @@ pub(crate) fn conv_same(
         padding: kernel / 2,
         ..Default::default()
     };
-    candle_nn::conv2d(in_channels, out_channels, kernel, cfg, vb)
+    conv2d(in_channels, out_channels, kernel, cfg, vb)
 }
 
 /// ResnetBlock2D: GroupNorm-SiLU-conv twice, an optional time embedding added in between, and a
@@ -46,7 +50,7 @@ pub(crate) struct ResnetConfig {
 
 impl ResnetBlock2D {
     pub(crate) fn new(vb: VarBuilder, cfg: ResnetConfig) -> Result<Self> {
-        let norm1 = candle_nn::group_norm(cfg.groups, cfg.in_channels, cfg.eps, vb.pp("norm1"))?;
+        let norm1 = group_norm(cfg.groups, cfg.in_channels, cfg.eps, vb.pp("norm1"))?;
         let conv1 = conv_same(cfg.in_channels, cfg.out_channels, 3, vb.pp("conv1"))?;
         let time_emb_proj = match cfg.temb_channels {
             Some(t) => Some(candle_nn::linear(
@@ -56,10 +60,10 @@ impl ResnetBlock2D {
             )?),
             None => None,
         };
-        let norm2 = candle_nn::group_norm(cfg.groups, cfg.out_channels, cfg.eps, vb.pp("norm2"))?;
+        let norm2 = group_norm(cfg.groups, cfg.out_channels, cfg.eps, vb.pp("norm2"))?;
         let conv2 = conv_same(cfg.out_channels, cfg.out_channels, 3, vb.pp("conv2"))?;
         let conv_shortcut = if cfg.in_channels != cfg.out_channels {
-            Some(candle_nn::conv2d(
+            Some(conv2d(
                 cfg.in_channels,
                 cfg.out_channels,
                 1,
@@ -85,7 +89,7 @@ impl ResnetBlock2D {
     /// Returns [B, C_out, H, W].
     pub(crate) fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let h = self.conv1.forward(&self.norm1.forward(xs)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let t = proj
@@ -96,26 +100,13 @@ impl ResnetBlock2D {
             }
             _ => h,
         };
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(xs)?,
             None => xs.clone(),
         };
         shortcut + h
     }
-}
-
-/// Scaled dot-product attention over [B, heads, N, D] tensors, softmax in f32.
-pub(crate) fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let dtype = q.dtype();
-    let head_dim = q.dim(D::Minus1)?;
-    let scale = 1.0 / (head_dim as f64).sqrt();
-    let q = q.to_dtype(DType::F32)?;
-    let k = k.to_dtype(DType::F32)?;
-    let v = v.to_dtype(DType::F32)?;
-    let scores = (q.matmul(&k.t()?)? * scale)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    probs.matmul(&v)?.to_dtype(dtype)
 }
 
 /// Multi-head attention as in diffusers `Attention` (to_q/to_k/to_v without bias in the UNet,
@@ -274,18 +265,12 @@ pub(crate) struct Transformer2D {
 impl Transformer2D {
     pub(crate) fn new(vb: VarBuilder, cfg: Transformer2DConfig) -> Result<Self> {
         let c = cfg.channels;
-        let norm = candle_nn::group_norm(cfg.groups, c, 1e-6, vb.pp("norm"))?;
+        let norm = group_norm(cfg.groups, c, 1e-6, vb.pp("norm"))?;
         let proj = |vb: VarBuilder| -> Result<Projection> {
             if cfg.use_linear_projection {
                 Ok(Projection::Linear(candle_nn::linear(c, c, vb)?))
             } else {
-                Ok(Projection::Conv(candle_nn::conv2d(
-                    c,
-                    c,
-                    1,
-                    Default::default(),
-                    vb,
-                )?))
+                Ok(Projection::Conv(conv2d(c, c, 1, Default::default(), vb)?))
             }
         };
         let proj_in = proj(vb.pp("proj_in"))?;
@@ -344,7 +329,7 @@ impl Downsample2D {
             padding: if asymmetric_pad { 0 } else { 1 },
             ..Default::default()
         };
-        let conv = candle_nn::conv2d(channels, channels, 3, cfg, vb.pp("conv"))?;
+        let conv = conv2d(channels, channels, 3, cfg, vb.pp("conv"))?;
         Ok(Self {
             conv,
             asymmetric_pad,
@@ -379,6 +364,10 @@ impl Upsample2D {
 
     /// [B, C, H, W] -> [B, C, out_h, out_w] (2x unless the skip it meets has another size).
     pub(crate) fn forward(&self, xs: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+        let (_, _, h, w) = xs.dims4()?;
+        if (out_h, out_w) == (2 * h, 2 * w) {
+            return self.conv.forward_upsampled_2x(xs);
+        }
         self.conv.forward(&xs.upsample_nearest2d(out_h, out_w)?)
     }
 }

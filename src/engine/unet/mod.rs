@@ -6,7 +6,10 @@
 pub mod blocks;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::engine::ops::conv::Conv2d;
+use crate::engine::ops::norm::{group_norm, GroupNorm};
 
 use crate::engine::unet::blocks::{
     conv_same, sinusoidal_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, TimestepEmbedding,
@@ -428,8 +431,7 @@ impl UNet2DConditionModel {
             });
         }
 
-        let conv_norm_out =
-            candle_nn::group_norm(groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = group_norm(groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = conv_same(ch[0], cfg.out_channels, 3, vb.pp("conv_out"))?;
         Ok(Self {
             conv_in,
@@ -617,7 +619,7 @@ impl UNet2DConditionModel {
             }
         }
 
-        let h = self.conv_norm_out.forward(&h)?.silu()?;
+        let h = self.conv_norm_out.forward_silu(&h)?;
         self.conv_out.forward(&h)?.to_dtype(in_dtype)
     }
 }

@@ -7,10 +7,14 @@
 pub mod tiled;
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::engine::ops::attention::scaled_dot_product;
+use crate::engine::ops::conv::{conv2d, Conv2d};
+use crate::engine::ops::norm::{group_norm, GroupNorm};
 
 use crate::engine::unet::blocks::{
-    conv_same, scaled_dot_product, Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D,
+    conv_same, Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D,
 };
 
 /// Architecture and latent scaling of an [`AutoEncoderKL`].
@@ -69,7 +73,7 @@ struct AttentionBlock {
 impl AttentionBlock {
     fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         Ok(Self {
-            group_norm: candle_nn::group_norm(groups, channels, 1e-6, vb.pp("group_norm"))?,
+            group_norm: group_norm(groups, channels, 1e-6, vb.pp("group_norm"))?,
             to_q: candle_nn::linear(channels, channels, vb.pp("to_q"))?,
             to_k: candle_nn::linear(channels, channels, vb.pp("to_k"))?,
             to_v: candle_nn::linear(channels, channels, vb.pp("to_v"))?,
@@ -171,7 +175,7 @@ impl Encoder {
             conv_in,
             down,
             mid: MidBlock::new(vb.pp("mid_block"), last, g)?,
-            conv_norm_out: candle_nn::group_norm(g, last, 1e-6, vb.pp("conv_norm_out"))?,
+            conv_norm_out: group_norm(g, last, 1e-6, vb.pp("conv_norm_out"))?,
             conv_out: conv_same(last, 2 * cfg.latent_channels, 3, vb.pp("conv_out"))?,
             span: tracing::trace_span!("vae_encoder"),
         })
@@ -189,8 +193,7 @@ impl Encoder {
             }
         }
         let h = self.mid.forward(&h)?;
-        self.conv_out
-            .forward(&self.conv_norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)
     }
 }
 
@@ -235,7 +238,7 @@ impl Decoder {
             conv_in,
             mid,
             up,
-            conv_norm_out: candle_nn::group_norm(g, prev, 1e-6, vb.pp("conv_norm_out"))?,
+            conv_norm_out: group_norm(g, prev, 1e-6, vb.pp("conv_norm_out"))?,
             conv_out: conv_same(prev, cfg.out_channels, 3, vb.pp("conv_out"))?,
             span: tracing::trace_span!("vae_decoder"),
         })
@@ -254,8 +257,7 @@ impl Decoder {
                 h = u.forward(&h, hh * 2, ww * 2)?;
             }
         }
-        self.conv_out
-            .forward(&self.conv_norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)
     }
 }
 
@@ -321,20 +323,8 @@ impl AutoEncoderKL {
         Ok(Self {
             encoder: Encoder::new(vb.pp("encoder"), cfg)?,
             decoder: Decoder::new(vb.pp("decoder"), cfg)?,
-            quant_conv: candle_nn::conv2d(
-                2 * lc,
-                2 * lc,
-                1,
-                Default::default(),
-                vb.pp("quant_conv"),
-            )?,
-            post_quant_conv: candle_nn::conv2d(
-                lc,
-                lc,
-                1,
-                Default::default(),
-                vb.pp("post_quant_conv"),
-            )?,
+            quant_conv: conv2d(2 * lc, 2 * lc, 1, Default::default(), vb.pp("quant_conv"))?,
+            post_quant_conv: conv2d(lc, lc, 1, Default::default(), vb.pp("post_quant_conv"))?,
             config: cfg.clone(),
         })
     }

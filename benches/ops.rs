@@ -1,0 +1,173 @@
+//! Per-op CPU timings at the hot shapes of the SD1.5 UNet step (batch 2, 64x64 latent) and the
+//! VAE decode to 512x512, f32: candle's generic op next to Weft's own (`weft::engine::ops`).
+//!
+//! Run: cargo bench --bench ops [-- FILTER]
+use std::time::Instant;
+
+use candle_core::{Device, Module, Result, Tensor};
+
+/// Median wall time of `f` in milliseconds over `runs` runs after one warm-up.
+fn time_ms(runs: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
+    let _ = f()?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let out = f()?;
+        // CPU ops are synchronous; touching the result keeps the work from being skipped.
+        let _ = out.dims();
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn report(name: &str, candle_ms: f64, weft_ms: Option<f64>) {
+    match weft_ms {
+        Some(w) => println!(
+            "{name:<44} candle {candle_ms:>9.1} ms   weft {w:>9.1} ms   x{:.2}",
+            candle_ms / w
+        ),
+        None => println!("{name:<44} candle {candle_ms:>9.1} ms"),
+    }
+}
+
+fn runs_for(elems: usize) -> usize {
+    if elems > 20_000_000 {
+        1
+    } else {
+        3
+    }
+}
+
+fn conv(
+    dev: &Device,
+    b: usize,
+    c_in: usize,
+    c_out: usize,
+    hw: usize,
+    k: usize,
+    stride: usize,
+) -> Result<()> {
+    let x = Tensor::randn(0f32, 1.0, (b, c_in, hw, hw), dev)?;
+    let w = (Tensor::randn(0f32, 1.0, (c_out, c_in, k, k), dev)? * 0.02)?;
+    let bias = Tensor::randn(0f32, 1.0, c_out, dev)?;
+    let cfg = candle_nn::Conv2dConfig {
+        padding: k / 2,
+        stride,
+        ..Default::default()
+    };
+    let runs = runs_for(b * c_in * hw * hw * k * k);
+    let reference = candle_nn::Conv2d::new(w.clone(), Some(bias.clone()), cfg);
+    let candle_ms = time_ms(runs, || reference.forward(&x))?;
+    let ours = weft::engine::ops::conv::Conv2d::new(w, Some(bias), cfg);
+    let weft_ms = time_ms(runs, || ours.forward(&x))?;
+    report(
+        &format!("conv{k}x{k}/s{stride} ({b},{c_in},{hw},{hw})->{c_out}"),
+        candle_ms,
+        Some(weft_ms),
+    );
+    Ok(())
+}
+
+fn group_norm(dev: &Device, b: usize, c: usize, hw: usize) -> Result<()> {
+    let x = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?;
+    let gamma = Tensor::randn(1f32, 0.1, c, dev)?;
+    let beta = Tensor::randn(0f32, 0.1, c, dev)?;
+    let reference = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, 32, 1e-5)?;
+    let runs = runs_for(b * c * hw * hw);
+    let candle_ms = time_ms(runs, || reference.forward(&x)?.silu())?;
+    let ours = weft::engine::ops::norm::GroupNorm::new(gamma, beta, c, 32, 1e-5)?;
+    let weft_ms = time_ms(runs, || ours.forward_silu(&x))?;
+    report(
+        &format!("group_norm+silu ({b},{c},{hw},{hw})"),
+        candle_ms,
+        Some(weft_ms),
+    );
+    Ok(())
+}
+
+fn attention(dev: &Device, bh: usize, n: usize, m: usize, d: usize) -> Result<()> {
+    let q = Tensor::randn(0f32, 1.0, (1, bh, n, d), dev)?;
+    let k = Tensor::randn(0f32, 1.0, (1, bh, m, d), dev)?;
+    let v = Tensor::randn(0f32, 1.0, (1, bh, m, d), dev)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let candle_ms = time_ms(1, || {
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)
+    })?;
+    let weft_ms = time_ms(1, || {
+        weft::engine::ops::attention::scaled_dot_product(&q, &k, &v)
+    })?;
+    report(
+        &format!("attention bh={bh} n={n} m={m} d={d}"),
+        candle_ms,
+        Some(weft_ms),
+    );
+    Ok(())
+}
+
+fn matmul(dev: &Device, m: usize, k: usize, n: usize) -> Result<()> {
+    let a = Tensor::randn(0f32, 1.0, (m, k), dev)?;
+    let b = Tensor::randn(0f32, 1.0, (k, n), dev)?;
+    let ms = time_ms(3, || a.matmul(&b))?;
+    let gflops = 2.0 * (m * k * n) as f64 / (ms * 1e6);
+    println!("matmul {m}x{k}x{n}: {ms:.1} ms ({gflops:.0} GFLOP/s)");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let dev = Device::Cpu;
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let on = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    println!("threads: {}", candle_core::utils::get_num_threads());
+    if on("matmul") {
+        matmul(&dev, 1024, 1024, 1024)?;
+        matmul(&dev, 320, 2880, 4096)?;
+    }
+    if on("conv") {
+        // UNet, batch 2.
+        conv(&dev, 2, 320, 320, 64, 3, 1)?;
+        conv(&dev, 2, 640, 640, 32, 3, 1)?;
+        conv(&dev, 2, 1280, 1280, 16, 3, 1)?;
+        conv(&dev, 2, 320, 320, 64, 3, 2)?;
+        conv(&dev, 2, 320, 320, 64, 1, 1)?;
+        conv(&dev, 2, 4, 320, 64, 3, 1)?;
+        // VAE decoder, batch 1.
+        conv(&dev, 1, 512, 512, 64, 3, 1)?;
+        conv(&dev, 1, 512, 512, 128, 3, 1)?;
+        conv(&dev, 1, 256, 256, 256, 3, 1)?;
+        conv(&dev, 1, 128, 128, 512, 3, 1)?;
+        // The VAE's two largest convolutions, right after upsampling.
+        conv(&dev, 1, 512, 512, 256, 3, 1)?;
+        conv(&dev, 1, 256, 256, 512, 3, 1)?;
+    }
+    if on("upconv") {
+        // The VAE's upsampler before its last level: nearest 2x, then a 3x3 conv.
+        let x = Tensor::randn(0f32, 1.0, (1, 256, 256, 256), &dev)?;
+        let w = (Tensor::randn(0f32, 1.0, (256, 256, 3, 3), &dev)? * 0.02)?;
+        let cfg = candle_nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let ours = weft::engine::ops::conv::Conv2d::new(w, None, cfg);
+        let separate = time_ms(1, || ours.forward(&x.upsample_nearest2d(512, 512)?))?;
+        let fused = time_ms(1, || ours.forward_upsampled_2x(&x))?;
+        println!(
+            "upsample 2x + conv3x3 (1,256,256,256)->256: separate {separate:.1} ms, fused {fused:.1} ms"
+        );
+    }
+    if on("norm") {
+        group_norm(&dev, 2, 320, 64)?;
+        group_norm(&dev, 2, 1280, 16)?;
+        group_norm(&dev, 1, 512, 128)?;
+        group_norm(&dev, 1, 128, 512)?;
+    }
+    if on("attention") {
+        // UNet level-0 self-attention (batch 2 x 8 heads, 4096 tokens, 40 wide) and cross-attention.
+        attention(&dev, 16, 4096, 4096, 40)?;
+        attention(&dev, 16, 4096, 77, 40)?;
+        // VAE mid-block attention at 64x64 (one head, 512 wide).
+        attention(&dev, 1, 4096, 4096, 512)?;
+    }
+    Ok(())
+}
