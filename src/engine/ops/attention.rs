@@ -125,14 +125,7 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (batch, heads, keys, dim), &dev).unwrap();
         let got = scaled_dot_product(&q, &k, &v).unwrap();
         assert_eq!(got.dims(), &[batch, heads, queries, dim]);
-        let diff = (got - reference(&q, &k, &v))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::engine::ops::max_abs_diff(&got, &reference(&q, &k, &v));
         assert!(diff < 1e-4, "max abs diff {diff}");
     }
 
@@ -161,14 +154,7 @@ mod tests {
         };
         let (q, k, v) = (heads(9), heads(11), heads(11));
         let got = scaled_dot_product(&q, &k, &v).unwrap();
-        let diff = (got - reference(&q, &k, &v))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::engine::ops::max_abs_diff(&got, &reference(&q, &k, &v));
         assert!(diff < 1e-4, "max abs diff {diff}");
     }
 }

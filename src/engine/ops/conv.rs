@@ -476,14 +476,7 @@ mod tests {
             .unwrap();
         let got = conv2d_forward(&xs, &weight, Some(&bias), &config).unwrap();
         assert_eq!(got.dims(), expected.dims());
-        let diff = (got - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::engine::ops::max_abs_diff(&got, &expected);
         assert!(diff < 1e-4, "max abs diff {diff}");
     }
 
@@ -532,14 +525,7 @@ mod tests {
                 .unwrap();
             let got = layer.forward_upsampled_2x(&xs).unwrap();
             assert_eq!(got.dims(), expected.dims());
-            let diff = (got - expected)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::engine::ops::max_abs_diff(&got, &expected);
             assert!(diff < 1e-4, "max abs diff {diff}");
         }
     }
@@ -575,14 +561,7 @@ mod tests {
         let weight = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev).unwrap();
         let layer = Conv2d::new(weight.clone(), None, cfg(1, 1, 1));
         let expected = xs.conv2d(&weight, 1, 1, 1, 1).unwrap();
-        let diff = (layer.forward(&xs).unwrap() - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::engine::ops::max_abs_diff(&layer.forward(&xs).unwrap(), &expected);
         assert!(diff < 1e-4, "max abs diff {diff}");
     }
 }

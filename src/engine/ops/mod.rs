@@ -7,3 +7,13 @@ pub mod attention;
 pub mod conv;
 pub mod math;
 pub mod norm;
+
+/// The largest absolute difference between two tensors, for the ops' tests.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of one shape")
+}

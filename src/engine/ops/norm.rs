@@ -223,17 +223,6 @@ mod tests {
 
     use crate::engine::ops::norm::GroupNorm;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     /// Compares [`GroupNorm`] (plain and with SiLU) with candle-nn's on a random input whose mean
     /// is far from zero.
     fn check(dims: &[usize], groups: usize, eps: f64) {
@@ -246,9 +235,12 @@ mod tests {
             candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps).unwrap();
         let ours = GroupNorm::new(weight, bias, channels, groups, eps).unwrap();
         let expected = reference.forward(&xs).unwrap();
-        let diff = max_diff(&ours.forward(&xs).unwrap(), &expected);
+        let diff = crate::engine::ops::max_abs_diff(&ours.forward(&xs).unwrap(), &expected);
         assert!(diff < 1e-4, "group norm max abs diff {diff}");
-        let diff = max_diff(&ours.forward_silu(&xs).unwrap(), &expected.silu().unwrap());
+        let diff = crate::engine::ops::max_abs_diff(
+            &ours.forward_silu(&xs).unwrap(),
+            &expected.silu().unwrap(),
+        );
         assert!(diff < 1e-4, "group norm + silu max abs diff {diff}");
     }
 
@@ -277,7 +269,7 @@ mod tests {
         let reference =
             candle_nn::GroupNorm::new(weight.clone(), bias.clone(), 8, 4, 1e-5).unwrap();
         let ours = GroupNorm::new(weight, bias, 8, 4, 1e-5).unwrap();
-        let diff = max_diff(
+        let diff = crate::engine::ops::max_abs_diff(
             &ours.forward(&xs).unwrap(),
             &reference.forward(&xs).unwrap(),
         );

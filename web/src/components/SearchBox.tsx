@@ -16,12 +16,12 @@ export function SearchBox() {
   const [sel, setSel] = useState(0);
   const input = useRef<HTMLInputElement>(null);
 
+  // Cleared on close as well as on open, so a reopened box never shows the last query's
+  // results for a frame.
   useEffect(() => {
-    if (search) {
-      setQ('');
-      setSel(0);
-      setTimeout(() => input.current?.focus(), 0);
-    }
+    setQ('');
+    setSel(0);
+    if (search) setTimeout(() => input.current?.focus(), 0);
   }, [search]);
 
   // When opened from a dragged link, only offer nodes with a compatible socket.
