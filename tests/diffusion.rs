@@ -514,7 +514,7 @@ async fn interrupting_a_sampler_stops_it_between_steps_and_previews_reach_client
     assert!(last_step < 2000, "stopped between steps, at {last_step}");
 }
 
-/// Models in f16 (as on a GPU) with node values in f32: every model boundary converts,
+/// Models in f16 (as on a GPU; the VAE stays in f32, as ComfyUI keeps it) with node values in f32: every model boundary converts,
 /// the default graph runs on SD1 and SDXL, and the image is the f32
 /// image up to half-precision rounding.
 #[actix_web::test]

@@ -109,6 +109,15 @@ impl ModelManager {
         self.dtype
     }
 
+    /// The VAEs' dtype: f32 when the models run in f16, because the SD and SDXL VAE decoders
+    /// overflow f16 (black or NaN images; ComfyUI keeps VAEs out of f16 for the same reason).
+    pub fn vae_dtype(&self) -> DType {
+        match self.dtype {
+            DType::F16 => DType::F32,
+            other => other,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<FileKey, Entry>, u64)> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -132,7 +141,7 @@ impl ModelManager {
                 return Ok(found);
             }
         }
-        let vae = Arc::new(load_vae_file(path, scale, self.dtype, &self.device)?);
+        let vae = Arc::new(load_vae_file(path, scale, self.vae_dtype(), &self.device)?);
         let bytes = std::fs::metadata(path)
             .map(|m| m.len() as usize)
             .unwrap_or(0);
@@ -244,7 +253,7 @@ impl ModelManager {
                     &sd,
                     vae_prefix,
                     &cfg,
-                    self.dtype,
+                    self.vae_dtype(),
                     &self.device,
                 )?))
             }
@@ -392,4 +401,17 @@ pub fn text_encoder(
         }
     };
     Ok(encoder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vaes_stay_out_of_f16() {
+        let vae_dtype = |dtype| ModelManager::new(0, Device::Cpu, dtype).vae_dtype();
+        assert_eq!(vae_dtype(DType::F16), DType::F32);
+        assert_eq!(vae_dtype(DType::BF16), DType::BF16);
+        assert_eq!(vae_dtype(DType::F32), DType::F32);
+    }
 }
