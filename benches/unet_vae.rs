@@ -1,8 +1,8 @@
 //! Times one SD1.5-size UNet step (batch 2, 4x64x64 latent, context 77x768) and one VAE decode to
-//! 512x512 on the CPU, with synthetic weights, f32. Compare with unet/scripts/unet_vae_bench.py
+//! 512x512 on the CPU, with synthetic weights, f32. Compare with tools/parity/unet_vae_bench.py
 //! (PyTorch/diffusers, same shapes, same output format).
 //!
-//! Run: cargo run --release -p wip-unet --example bench_unet_vae
+//! Run: cargo bench --bench unet_vae
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
