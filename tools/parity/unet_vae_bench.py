@@ -2,7 +2,7 @@
 
 One SD1.5-size UNet step (batch 2, 4x64x64 latent, context 77x768) and one VAE decode to 512x512,
 f32 on the CPU, random weights (timing does not depend on the values).
-Run: /opt/refpy/bin/python unet/scripts/unet_vae_bench.py
+Run: /opt/refpy/bin/python tools/parity/unet_vae_bench.py
 """
 import resource
 import time
