@@ -209,8 +209,17 @@ pub fn parse(body: &Json) -> Result<GenerateRequest> {
         filename_prefix: non_empty(
             opt_string(obj, "filename_prefix", "filename_prefix")?,
             "filename_prefix",
-        )?,
+        )?
+        .map(|prefix| relative_prefix(prefix, "filename_prefix"))
+        .transpose()?,
     })
+}
+
+/// A file name prefix that stays inside the output folder (`sub/name` is fine).
+fn relative_prefix(prefix: String, field: &str) -> Result<String> {
+    crate::paths::join_relative(std::path::Path::new(""), &prefix)
+        .map_err(|e| RequestError::new(field, e.to_string()))?;
+    Ok(prefix)
 }
 
 fn parse_model(value: Option<&Json>) -> Result<ModelChoice> {
@@ -761,6 +770,14 @@ mod tests {
             (json!({"prompt": "x", "model": 5}), "model"),
             (json!({"prompt": "x", "model": {"base": ""}}), "model.base"),
             (json!({"prompt": "x", "negative": "y"}), "negative"),
+            (
+                json!({"prompt": "x", "filename_prefix": "../escape"}),
+                "filename_prefix",
+            ),
+            (
+                json!({"prompt": "x", "filename_prefix": "/abs/name"}),
+                "filename_prefix",
+            ),
             (
                 json!({"prompt": "x", "lora_config": {"global_weight_multiplier": true}}),
                 "lora_config.global_weight_multiplier",
