@@ -21,6 +21,8 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value as Json};
 
+use crate::helpers::COMFY_SAMPLERS;
+
 use weft::graph::editor::{api_to_editor, editor_to_api, EditorConversion, EditorErrorKind};
 use weft::graph::spec::build::*;
 use weft::graph::spec::{
@@ -62,52 +64,6 @@ const EXPECTED: [&str; 10] = [
     "hiresfix_latent_workflow",
     "sdxl_revision_text_prompts",
     "area_composition",
-];
-
-/// `comfy.samplers.KSampler.SAMPLERS` (comfyui-api.md §4).
-const SAMPLERS: &[&str] = &[
-    "euler",
-    "euler_cfg_pp",
-    "euler_ancestral",
-    "euler_ancestral_cfg_pp",
-    "heun",
-    "heunpp2",
-    "dpm_2",
-    "dpm_2_ancestral",
-    "lms",
-    "dpm_fast",
-    "dpm_adaptive",
-    "dpmpp_2s_ancestral",
-    "dpmpp_2s_ancestral_cfg_pp",
-    "dpmpp_sde",
-    "dpmpp_sde_gpu",
-    "dpmpp_2m",
-    "dpmpp_2m_cfg_pp",
-    "dpmpp_2m_sde",
-    "dpmpp_2m_sde_gpu",
-    "dpmpp_2m_sde_heun",
-    "dpmpp_2m_sde_heun_gpu",
-    "dpmpp_3m_sde",
-    "dpmpp_3m_sde_gpu",
-    "ddpm",
-    "lcm",
-    "ipndm",
-    "ipndm_v",
-    "deis",
-    "res_multistep",
-    "res_multistep_cfg_pp",
-    "res_multistep_ancestral",
-    "res_multistep_ancestral_cfg_pp",
-    "gradient_estimation",
-    "gradient_estimation_cfg_pp",
-    "er_sde",
-    "seeds_2",
-    "seeds_3",
-    "sa_solver",
-    "sa_solver_pece",
-    "ddim",
-    "uni_pc",
-    "uni_pc_bh2",
 ];
 
 /// `comfy.samplers.KSampler.SCHEDULERS`.
@@ -227,7 +183,7 @@ fn dimension(default: i128, min: i128) -> InputKind {
 }
 
 fn catalog() -> TestCatalog {
-    let sampling = |name| required(name, combo(SAMPLERS));
+    let sampling = |name| required(name, combo(COMFY_SAMPLERS));
     TestCatalog {
         registry: Registry::standard(),
         core: vec![

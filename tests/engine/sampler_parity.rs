@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
+
+use crate::helpers::COMFY_SAMPLERS;
 use weft::engine::sampling::model_sampling::{Config, ModelSamplingDiscrete};
 use weft::engine::sampling::rng::prepare_noise;
 use weft::engine::sampling::samplers::{Denoised, Denoiser, Sampler, StepInfo, SAMPLER_NAMES};
@@ -209,51 +211,7 @@ fn samplers_match_comfyui() {
 #[test]
 fn names_are_comfyui_names_in_order() {
     // SAMPLER_NAMES must be a subsequence of ComfyUI's KSampler.SAMPLERS.
-    const COMFY: &[&str] = &[
-        "euler",
-        "euler_cfg_pp",
-        "euler_ancestral",
-        "euler_ancestral_cfg_pp",
-        "heun",
-        "heunpp2",
-        "dpm_2",
-        "dpm_2_ancestral",
-        "lms",
-        "dpm_fast",
-        "dpm_adaptive",
-        "dpmpp_2s_ancestral",
-        "dpmpp_2s_ancestral_cfg_pp",
-        "dpmpp_sde",
-        "dpmpp_sde_gpu",
-        "dpmpp_2m",
-        "dpmpp_2m_cfg_pp",
-        "dpmpp_2m_sde",
-        "dpmpp_2m_sde_gpu",
-        "dpmpp_2m_sde_heun",
-        "dpmpp_2m_sde_heun_gpu",
-        "dpmpp_3m_sde",
-        "dpmpp_3m_sde_gpu",
-        "ddpm",
-        "lcm",
-        "ipndm",
-        "ipndm_v",
-        "deis",
-        "res_multistep",
-        "res_multistep_cfg_pp",
-        "res_multistep_ancestral",
-        "res_multistep_ancestral_cfg_pp",
-        "gradient_estimation",
-        "gradient_estimation_cfg_pp",
-        "er_sde",
-        "seeds_2",
-        "seeds_3",
-        "sa_solver",
-        "sa_solver_pece",
-        "ddim",
-        "uni_pc",
-        "uni_pc_bh2",
-    ];
-    let mut it = COMFY.iter();
+    let mut it = COMFY_SAMPLERS.iter();
     for name in SAMPLER_NAMES {
         assert!(
             it.any(|c| c == name),
@@ -263,7 +221,7 @@ fn names_are_comfyui_names_in_order() {
     }
     assert_eq!(
         SAMPLER_NAMES.len(),
-        COMFY.len(),
+        COMFY_SAMPLERS.len(),
         "every ComfyUI sampler is implemented"
     );
     assert!(Sampler::from_name("not_a_sampler").is_err());
