@@ -277,47 +277,7 @@ pub fn detect_vae_ldm(
     prefix: &str,
     scaling_factor: f64,
 ) -> Result<VaeConfig, LoadErrorKind> {
-    let shape = |k: &str| sd.shape(&format!("{prefix}{k}"));
-    let looked_for = || LoadErrorKind::UnknownFamily {
-        looked_for: vec![
-            format!("{prefix}encoder.conv_in.weight"),
-            format!("{prefix}decoder.conv_in.weight"),
-        ],
-    };
-    let conv_in = shape("encoder.conv_in.weight")
-        .filter(|s| s.len() == 4)
-        .ok_or_else(looked_for)?;
-    let dec_in = shape("decoder.conv_in.weight")
-        .filter(|s| s.len() == 4)
-        .ok_or_else(looked_for)?;
-    let dec_out = shape("decoder.conv_out.weight")
-        .filter(|s| s.len() == 4)
-        .ok_or_else(looked_for)?;
-    let mut channels = Vec::new();
-    while let Some(s) = shape(&format!(
-        "encoder.down.{}.block.0.conv1.weight",
-        channels.len()
-    )) {
-        channels.push(s.first().copied().unwrap_or(0));
-    }
-    let mut layers = 0;
-    while sd.contains(&format!(
-        "{prefix}encoder.down.0.block.{layers}.conv1.weight"
-    )) {
-        layers += 1;
-    }
-    if channels.is_empty() || layers == 0 {
-        return Err(bad(format!("no {prefix}encoder.down.N.block.M weights")));
-    }
-    Ok(VaeConfig {
-        in_channels: conv_in[1],
-        out_channels: dec_out[0],
-        block_out_channels: channels,
-        layers_per_block: layers,
-        latent_channels: dec_in[1],
-        norm_num_groups: 32,
-        scaling_factor,
-    })
+    detect_vae(sd, prefix, scaling_factor, "down.{level}.block.{layer}")
 }
 
 /// Infers the VAE architecture from diffusers-layout keys under `prefix` (a `vae/` weights file
@@ -327,39 +287,50 @@ pub fn detect_vae_diffusers(
     prefix: &str,
     scaling_factor: f64,
 ) -> Result<VaeConfig, LoadErrorKind> {
+    detect_vae(
+        sd,
+        prefix,
+        scaling_factor,
+        "down_blocks.{level}.resnets.{layer}",
+    )
+}
+
+/// The two layouts differ only in how an encoder block is named: `block` with `{level}` and
+/// `{layer}` in it.
+fn detect_vae(
+    sd: &StateDict,
+    prefix: &str,
+    scaling_factor: f64,
+    block: &str,
+) -> Result<VaeConfig, LoadErrorKind> {
     let shape = |k: &str| sd.shape(&format!("{prefix}{k}"));
+    let block_conv = |level: usize, layer: usize| {
+        let name = block
+            .replace("{level}", &level.to_string())
+            .replace("{layer}", &layer.to_string());
+        format!("encoder.{name}.conv1.weight")
+    };
     let looked_for = || LoadErrorKind::UnknownFamily {
         looked_for: vec![
             format!("{prefix}encoder.conv_in.weight"),
             format!("{prefix}decoder.conv_in.weight"),
         ],
     };
-    let conv_in = shape("encoder.conv_in.weight")
-        .filter(|s| s.len() == 4)
-        .ok_or_else(looked_for)?;
-    let dec_in = shape("decoder.conv_in.weight")
-        .filter(|s| s.len() == 4)
-        .ok_or_else(looked_for)?;
-    let dec_out = shape("decoder.conv_out.weight")
-        .filter(|s| s.len() == 4)
-        .ok_or_else(looked_for)?;
+    let conv4 = |k: &str| shape(k).filter(|s| s.len() == 4).ok_or_else(looked_for);
+    let conv_in = conv4("encoder.conv_in.weight")?;
+    let dec_in = conv4("decoder.conv_in.weight")?;
+    let dec_out = conv4("decoder.conv_out.weight")?;
     let mut channels = Vec::new();
-    while let Some(s) = shape(&format!(
-        "encoder.down_blocks.{}.resnets.0.conv1.weight",
-        channels.len()
-    )) {
+    while let Some(s) = shape(&block_conv(channels.len(), 0)) {
         channels.push(s.first().copied().unwrap_or(0));
     }
     let mut layers = 0;
-    while sd.contains(&format!(
-        "{prefix}encoder.down_blocks.0.resnets.{layers}.conv1.weight"
-    )) {
+    while shape(&block_conv(0, layers)).is_some() {
         layers += 1;
     }
     if channels.is_empty() || layers == 0 {
-        return Err(bad(format!(
-            "no {prefix}encoder.down_blocks.N.resnets.M weights"
-        )));
+        let pattern = block.replace("{level}", "N").replace("{layer}", "M");
+        return Err(bad(format!("no {prefix}encoder.{pattern} weights")));
     }
     Ok(VaeConfig {
         in_channels: conv_in[1],
