@@ -1,11 +1,15 @@
 //! Times one SD1.5-size UNet step (batch 2, 4x64x64 latent, context 77x768) and one VAE decode to
-//! 512x512 on the CPU, with synthetic weights, f32. Compare with tools/parity/unet_vae_bench.py
-//! (PyTorch/diffusers, same shapes, same output format).
+//! 512x512, with synthetic weights. Compare with tools/parity/unet_vae_bench.py (PyTorch/diffusers,
+//! same shapes, same output format).
 //!
-//! Run: cargo bench --bench unet_vae
+//! Run: cargo bench --bench unet_vae                      (CPU, f32)
+//!      WEFT_BENCH_DEVICE=cuda WEFT_BENCH_DTYPE=f16 cargo bench --features cuda --bench unet_vae
+//! On a GPU each figure is the median of 5 runs after one warm-up (the first run loads kernels);
+//! on the CPU one run, which takes seconds.
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use weft::engine::device::{gpu_memory, parse_dtype, DeviceChoice};
 use weft::engine::synth::synth_var_builder;
 use weft::engine::unet::{UNet2DConditionModel, UNetConfig};
 use weft::engine::vae::{AutoEncoderKL, VaeConfig};
@@ -18,40 +22,76 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn main() -> candle_core::Result<()> {
-    let device = Device::Cpu;
-    let threads = candle_core::utils::get_num_threads();
-    println!("device: cpu ({threads} threads), dtype f32");
+/// Seconds for `run`, as the median of `runs` after `warmups` (the device synchronised around each).
+fn time(
+    device: &Device,
+    warmups: usize,
+    runs: usize,
+    mut run: impl FnMut() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<f64> {
+    for _ in 0..warmups {
+        run()?;
+    }
+    device.synchronize()?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let out = run()?;
+        // Reading a value makes sure the work is done before the clock stops.
+        let _ = out.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn main() -> anyhow::Result<()> {
+    let choice: DeviceChoice = std::env::var("WEFT_BENCH_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let dtype = match std::env::var("WEFT_BENCH_DTYPE") {
+        Ok(d) => choice.check_dtype(parse_dtype(&d).map_err(anyhow::Error::msg)?)?,
+        Err(_) => DType::F32,
+    };
+    let device = choice.open()?;
+    let (warmups, runs) = if device.is_cpu() { (0, 1) } else { (1, 5) };
+    match choice {
+        DeviceChoice::Cpu => println!(
+            "device: cpu ({} threads), dtype {dtype:?}",
+            candle_core::utils::get_num_threads()
+        ),
+        other => println!("device: {other}, dtype {dtype:?}"),
+    }
 
     let t0 = Instant::now();
-    let unet =
-        UNet2DConditionModel::new(synth_var_builder(DType::F32, &device), &UNetConfig::sd15())?;
+    let unet = UNet2DConditionModel::new(synth_var_builder(dtype, &device), &UNetConfig::sd15())?;
     println!(
         "unet build (synthetic weights): {:.2} s",
         t0.elapsed().as_secs_f64()
     );
-    let x = Tensor::randn(0f32, 1.0, (2, 4, 64, 64), &device)?;
+    let x = Tensor::randn(0f32, 1.0, (2, 4, 64, 64), &device)?.to_dtype(dtype)?;
     let t = Tensor::new(&[999f32, 999.0], &device)?;
-    let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), &device)?;
-    let t0 = Instant::now();
-    let out = unet.forward(&x, &t, &ctx, None, None)?;
-    // CPU ops are synchronous; reading a value makes sure the work is done before the clock stops.
-    let _ = out.sum_all()?.to_scalar::<f32>()?;
-    println!(
-        "unet step sd15 batch 2 64x64: {:.2} s",
-        t0.elapsed().as_secs_f64()
-    );
+    let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), &device)?.to_dtype(dtype)?;
+    let secs = time(&device, warmups, runs, || {
+        unet.forward(&x, &t, &ctx, None, None)
+    })?;
+    println!("unet step sd15 batch 2 64x64: {secs:.3} s");
     drop(unet);
 
-    let vae = AutoEncoderKL::new(synth_var_builder(DType::F32, &device), &VaeConfig::sd())?;
-    let z = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?;
-    let t0 = Instant::now();
-    let img = vae.decode(&z)?;
-    let _ = img.sum_all()?.to_scalar::<f32>()?;
-    println!("vae decode 512x512: {:.2} s", t0.elapsed().as_secs_f64());
+    let vae = AutoEncoderKL::new(synth_var_builder(dtype, &device), &VaeConfig::sd())?;
+    let z = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?.to_dtype(dtype)?;
+    let secs = time(&device, warmups, runs, || vae.decode(&z))?;
+    println!("vae decode 512x512: {secs:.3} s");
     match peak_rss_mib() {
         Some(mib) => println!("peak rss: {mib:.0} MiB"),
         None => println!("peak rss: unavailable"),
+    }
+    if let Some((total, free)) = gpu_memory(&device) {
+        println!(
+            "gpu memory in use at the end: {:.0} MiB",
+            (total - free) as f64 / (1024.0 * 1024.0)
+        );
     }
     Ok(())
 }

@@ -68,6 +68,15 @@ fn a_device_or_dtype_this_build_cannot_use_stops_the_command_with_a_clear_error(
         let out = weft(&["serve", "--port", "0", "--device", "cuda"], dir.path());
         assert_eq!(out.status.code(), Some(2));
         assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
+    } else {
+        // Built with CUDA: a device that is not there (no GPU, or an index past the last one) is
+        // the driver's reason, said once, and exit status 2 — not a panic.
+        let out = weft(&["run", w, "--device", "cuda:99"], dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("cannot use device cuda:99: "), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(stderr.matches("DriverError").count(), 1, "{stderr}");
     }
     let out = weft(&["run", w, "--dtype", "bf16"], dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);

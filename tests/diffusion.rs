@@ -1,6 +1,9 @@
 //! The diffusion nodes through the real server on tiny checkpoints (issues 3 and 4).
 
+use candle_core::DType;
 use serde_json::{json, Value as Json};
+use weft::app::ComputeConfig;
+use weft::engine::device::DeviceChoice;
 
 use crate::helpers::{find, read_png, spawn_app, TestApp};
 use crate::models::install_all;
@@ -514,13 +517,10 @@ async fn interrupting_a_sampler_stops_it_between_steps_and_previews_reach_client
     assert!(last_step < 2000, "stopped between steps, at {last_step}");
 }
 
-/// Models in f16 (as on a GPU; the VAE stays in f32, as ComfyUI keeps it) with node values in f32: every model boundary converts,
-/// the default graph runs on SD1 and SDXL, and the image is the f32
-/// image up to half-precision rounding.
-#[actix_web::test]
-async fn half_precision_weights_run_every_model_and_match_f32_closely() {
+/// The default graph's images on the CPU in f32, for SD1 and SDXL: the reference the other
+/// precisions and devices are held to.
+async fn f32_cpu_images() -> Vec<Vec<u8>> {
     let reference = app_with_models().await;
-    let mut expected = Vec::new();
     for ckpt in ["tiny_sd1.safetensors", "tiny_sdxl.safetensors"] {
         run_ok(
             &reference,
@@ -528,36 +528,81 @@ async fn half_precision_weights_run_every_model_and_match_f32_closely() {
         )
         .await;
     }
-    for i in 1..=2 {
-        let file = reference.data_dir().join(format!("output/f32_{i:05}_.png"));
-        expected.push(read_png(&file).3);
+    (1..=2)
+        .map(|i| read_png(&reference.data_dir().join(format!("output/f32_{i:05}_.png"))).3)
+        .collect()
+}
+
+/// Runs the default graph on SD1 and SDXL with models on `compute` and checks each image is the
+/// CPU f32 image up to rounding (mean difference under `tolerance` pixel levels).
+async fn matches_f32_cpu(expected: &[Vec<u8>], compute: ComputeConfig, tolerance: f64) {
+    let dtype = compute
+        .dtype
+        .map_or("default".into(), |d| format!("{d:?}").to_lowercase());
+    let label = format!("{} {dtype}", compute.device);
+    let app = crate::helpers::spawn_app_with(|c| c.compute = compute).await;
+    install_all(&app.dir.path().join("models"));
+    let (_, stats) = app.get("/system_stats").await;
+    assert_eq!(stats["weft"]["device"], compute.device.to_string());
+    if compute.dtype.is_some() {
+        assert_eq!(stats["weft"]["dtype"], dtype);
     }
+    for (i, ckpt) in ["tiny_sd1.safetensors", "tiny_sdxl.safetensors"]
+        .into_iter()
+        .enumerate()
     {
-        let (dtype, tolerance) = (candle_core::DType::F16, 1.0);
-        let app = crate::helpers::spawn_app_with(|c| c.compute.dtype = Some(dtype)).await;
-        install_all(&app.dir.path().join("models"));
-        let (_, stats) = app.get("/system_stats").await;
-        assert_eq!(stats["weft"]["dtype"], format!("{dtype:?}").to_lowercase());
-        for (i, ckpt) in ["tiny_sd1.safetensors", "tiny_sdxl.safetensors"]
-            .into_iter()
-            .enumerate()
-        {
-            run_ok(&app, default_workflow(ckpt, "euler", "normal", 7, "half")).await;
-            let file = app
-                .data_dir()
-                .join(format!("output/half_{:05}_.png", i + 1));
-            let pixels = read_png(&file).3;
-            let mean_diff = pixels
-                .iter()
-                .zip(&expected[i])
-                .map(|(a, b)| (*a as f64 - *b as f64).abs())
-                .sum::<f64>()
-                / pixels.len() as f64;
-            eprintln!("{dtype:?} {ckpt}: mean pixel difference {mean_diff:.3} from f32");
-            assert!(
-                mean_diff < tolerance,
-                "{dtype:?} {ckpt}: mean pixel difference {mean_diff:.3} from f32"
-            );
-        }
+        run_ok(&app, default_workflow(ckpt, "euler", "normal", 7, "other")).await;
+        let file = app
+            .data_dir()
+            .join(format!("output/other_{:05}_.png", i + 1));
+        let pixels = read_png(&file).3;
+        let mean_diff = pixels
+            .iter()
+            .zip(&expected[i])
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .sum::<f64>()
+            / pixels.len() as f64;
+        eprintln!("{label} {ckpt}: mean pixel difference {mean_diff:.3} from f32 on the cpu");
+        assert!(
+            mean_diff < tolerance,
+            "{label} {ckpt}: mean pixel difference {mean_diff:.3} from f32 on the cpu"
+        );
+    }
+}
+
+/// Models in f16 (as on a GPU; the VAE stays in f32, as ComfyUI keeps it) with node values in
+/// f32: every model boundary converts, the default graph runs on SD1 and SDXL, and the image is
+/// the f32 image up to half-precision rounding.
+#[actix_web::test]
+async fn half_precision_weights_run_every_model_and_match_f32_closely() {
+    let expected = f32_cpu_images().await;
+    let compute = ComputeConfig {
+        device: DeviceChoice::Cpu,
+        dtype: Some(DType::F16),
+    };
+    matches_f32_cpu(&expected, compute, 1.0).await;
+}
+
+/// The same on a GPU, in every dtype it supports. Runs only where `WEFT_TEST_DEVICE` names one
+/// (`cuda`, `cuda:1`, `metal`) in a build with its feature: `tools/check-gpu.sh` sets it. CI has
+/// no GPU, so there the test only says that it was skipped.
+#[actix_web::test]
+async fn a_gpu_runs_the_default_graph_in_every_dtype_and_matches_the_cpu() {
+    let Ok(device) = std::env::var("WEFT_TEST_DEVICE") else {
+        eprintln!("skipped: set WEFT_TEST_DEVICE=cuda (or metal) in a GPU build to run it");
+        return;
+    };
+    let device: DeviceChoice = device.parse().expect("WEFT_TEST_DEVICE names a device");
+    let expected = f32_cpu_images().await;
+    let dtypes: &[(DType, f64)] = match device {
+        DeviceChoice::Cuda(_) => &[(DType::F32, 0.5), (DType::F16, 1.0), (DType::BF16, 3.0)],
+        _ => &[(DType::F32, 0.5), (DType::F16, 1.0)],
+    };
+    for &(dtype, tolerance) in dtypes {
+        let compute = ComputeConfig {
+            device,
+            dtype: Some(dtype),
+        };
+        matches_f32_cpu(&expected, compute, tolerance).await;
     }
 }

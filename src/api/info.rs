@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value as Json};
 use crate::api::error::ApiError;
 use crate::api::object_info::node_info;
 use crate::api::AppState;
+use crate::engine::device::gpu_memory;
 use crate::paths::MODEL_FOLDERS;
 
 /// `GET /object_info`.
@@ -58,14 +59,22 @@ pub async fn system_stats(state: web::Data<AppState>) -> HttpResponse {
     let (_, cache_used, cache_budget, _) = state.exec.cache_state();
     let (models_loaded, model_bytes) = state.exec.model_stats();
     let (device, dtype) = state.exec.compute();
-    let (name, kind, index) = match device.location() {
-        candle_core::DeviceLocation::Cpu => ("cpu".to_owned(), "cpu", Json::Null),
-        candle_core::DeviceLocation::Cuda { gpu_id } => {
-            (format!("cuda:{gpu_id}"), "cuda", json!(gpu_id))
-        }
-        candle_core::DeviceLocation::Metal { gpu_id } => {
-            (format!("mps:{gpu_id}"), "mps", json!(gpu_id))
-        }
+    let (vram_total, vram_free) = gpu_memory(device).unwrap_or((total, free));
+    // ComfyUI names Apple GPUs as torch does ("mps"); the `weft` block uses `--device`'s names.
+    let (name, kind, index, weft_name) = match device.location() {
+        candle_core::DeviceLocation::Cpu => ("cpu".to_owned(), "cpu", Json::Null, "cpu".to_owned()),
+        candle_core::DeviceLocation::Cuda { gpu_id } => (
+            format!("cuda:{gpu_id}"),
+            "cuda",
+            json!(gpu_id),
+            format!("cuda:{gpu_id}"),
+        ),
+        candle_core::DeviceLocation::Metal { gpu_id } => (
+            format!("mps:{gpu_id}"),
+            "mps",
+            json!(gpu_id),
+            format!("metal:{gpu_id}"),
+        ),
     };
     HttpResponse::Ok().json(json!({
         "system": {
@@ -85,13 +94,14 @@ pub async fn system_stats(state: web::Data<AppState>) -> HttpResponse {
             "name": name,
             "type": kind,
             "index": index,
-            "vram_total": total,
-            "vram_free": free,
+            "vram_total": vram_total,
+            "vram_free": vram_free,
             "torch_vram_total": cache_budget,
             "torch_vram_free": cache_budget.saturating_sub(cache_used),
         }],
         // Weft addition: what the model manager and the output cache hold.
         "weft": {
+            "device": weft_name,
             "dtype": format!("{dtype:?}").to_lowercase(),
             "models_loaded": models_loaded,
             "model_bytes": model_bytes,

@@ -59,10 +59,13 @@ impl fmt::Display for DeviceChoice {
 pub enum DeviceError {
     #[error("this weft was built without {feature} support; rebuild with `cargo build --release --features {feature}`")]
     NotCompiled { feature: &'static str },
-    #[error("cannot open {device}: {source}")]
+    /// The backend is built in but the device is not there (no GPU, no driver, a wrong index).
+    #[error("{reason}")]
     Open {
         device: DeviceChoice,
-        source: candle_core::Error,
+        // Not a `source`: the message is the reason (callers say which device), and error chains
+        // would print it twice.
+        reason: candle_core::Error,
     },
     #[error("{dtype:?} is not supported on {device}; use {supported}")]
     Dtype {
@@ -86,9 +89,14 @@ impl DeviceChoice {
             DeviceChoice::Cuda(i) => Device::new_cuda(i),
             DeviceChoice::Metal(i) => Device::new_metal(i),
         };
-        opened.map_err(|source| DeviceError::Open {
+        opened.map_err(|reason| DeviceError::Open {
             device: self,
-            source,
+            // candle prints the backtrace it captured (under RUST_BACKTRACE) inside the message;
+            // the driver's reason is what a user needs.
+            reason: match reason {
+                candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                other => other,
+            },
         })
     }
 
@@ -126,6 +134,18 @@ pub fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
         "bf16" | "bfloat16" => Ok(DType::BF16),
         other => Err(format!("unknown dtype '{other}'; use f32, f16 or bf16")),
     }
+}
+
+/// `(total, free)` bytes of a GPU's own memory, as its driver reports them; `None` for the CPU
+/// and for Metal, whose memory is the system's (unified), and when the driver cannot say.
+pub fn gpu_memory(device: &Device) -> Option<(u64, u64)> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+        return Some((total as u64, free as u64));
+    }
+    let _ = device;
+    None
 }
 
 /// A model input moved to the model's device and dtype (no copy when it is already there).
