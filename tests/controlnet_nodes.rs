@@ -402,11 +402,22 @@ async fn control_lora_is_built_on_the_sampled_model() {
     let app = app_with_adapters().await;
     let lora = "control-lora-canny-rank128.safetensors";
     run(&app, without_controlnet("plain")).await;
+    let model_bytes = |stats: &serde_json::Value| stats["weft"]["model_bytes"].as_u64().unwrap();
+    let before = model_bytes(&app.get("/system_stats").await.1);
     run(
         &app,
         graph_with(lora, 1.0, 0.0, 1.0, "tiny_sd1.safetensors", "control_lora"),
     )
     .await;
+    // The ControlNet built from the file counts against the model budget, beside the file.
+    let file_len = std::fs::metadata(app.dir.path().join("models/controlnet").join(lora))
+        .unwrap()
+        .len();
+    let after = model_bytes(&app.get("/system_stats").await.1);
+    assert!(
+        after > before + file_len,
+        "{before} + {file_len} -> {after}"
+    );
     run(
         &app,
         graph_with(

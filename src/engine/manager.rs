@@ -14,7 +14,7 @@ use crate::engine::clip::convert::{
 };
 use crate::engine::clip::encode::TextEncoder;
 use crate::engine::clip::model::ClipTextModel;
-use crate::engine::controlnet::load::{load_control, LoadedControl};
+use crate::engine::controlnet::load::{load_control, ControlModel, LoadedControl};
 use crate::engine::diffusion::DiffusionModel;
 use crate::engine::load::checkpoint::{
     clip_components, load_vae_file, load_vae_ldm, split_components, unet_ldm_names, ClipComponent,
@@ -67,6 +67,21 @@ struct Entry {
     loaded: Loaded,
     bytes: usize,
     last_used: u64,
+}
+
+impl Entry {
+    /// The bytes the entry holds now: its file's weights, and for a Control-LoRA the ControlNet
+    /// built from it on the sampled model (built later, while sampling).
+    fn bytes(&self) -> usize {
+        let built = match &self.loaded {
+            Loaded::Control(control) => match &control.model {
+                ControlModel::ControlLora(lora) => lora.built_bytes(),
+                _ => 0,
+            },
+            _ => 0,
+        };
+        self.bytes + built
+    }
 }
 
 /// Loaded models by file.
@@ -184,7 +199,7 @@ impl ModelManager {
         *clock += 1;
         // A changed file replaces the old entry for the same path.
         entries.retain(|k, _| k.path != key.path);
-        let mut used: usize = entries.values().map(|e| e.bytes).sum();
+        let mut used: usize = entries.values().map(Entry::bytes).sum();
         while used + bytes > self.budget {
             let Some(oldest) = entries
                 .iter()
@@ -195,7 +210,7 @@ impl ModelManager {
             };
             if let Some(entry) = entries.remove(&oldest) {
                 tracing::info!(path = %oldest.path.display(), "unloading model to stay within the memory budget");
-                used -= entry.bytes;
+                used -= entry.bytes();
             }
         }
         entries.insert(
@@ -216,7 +231,7 @@ impl ModelManager {
     /// (number of loaded files, bytes of weights).
     pub fn stats(&self) -> (usize, usize) {
         let guard = self.lock();
-        (guard.0.len(), guard.0.values().map(|e| e.bytes).sum())
+        (guard.0.len(), guard.0.values().map(Entry::bytes).sum())
     }
 
     fn load_checkpoint(&self, path: &Path) -> Result<LoadedCheckpoint, LoadError> {

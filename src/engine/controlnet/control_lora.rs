@@ -48,7 +48,16 @@ pub struct ControlLora {
     /// Whether the file touches `label_emb` (SDXL's `y` embedding).
     has_label_emb: bool,
     /// The ControlNet built for the last base model, by the identity of its weights.
-    built: Mutex<Option<(Weak<BaseWeights>, Arc<ControlNetModel>)>>,
+    built: Mutex<Option<Built>>,
+}
+
+#[derive(Debug)]
+struct Built {
+    base: Weak<BaseWeights>,
+    model: Arc<ControlNetModel>,
+    /// Bytes of weights the build added (the file's weights and the low-rank products; weights
+    /// taken unchanged from the base model are shared with it).
+    bytes: usize,
 }
 
 impl ControlLora {
@@ -124,28 +133,41 @@ impl ControlLora {
         device: &Device,
     ) -> Result<Arc<ControlNetModel>, LoadError> {
         let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((weights, model)) = built.as_ref() {
+        if let Some(b) = built.as_ref() {
             // The weak reference keeps the allocation, so an equal pointer is the same map.
-            if std::ptr::eq(weights.as_ptr(), Arc::as_ptr(base)) {
-                return Ok(Arc::clone(model));
+            if std::ptr::eq(b.base.as_ptr(), Arc::as_ptr(base)) {
+                return Ok(Arc::clone(&b.model));
             }
         }
         // Drop the previous ControlNet before building the next.
         *built = None;
-        let model = Arc::new(self.build(base, unet, dtype, device)?);
-        *built = Some((Arc::downgrade(base), Arc::clone(&model)));
+        let (model, bytes) = self.build(base, unet, dtype, device)?;
+        let model = Arc::new(model);
+        *built = Some(Built {
+            base: Arc::downgrade(base),
+            model: Arc::clone(&model),
+            bytes,
+        });
         Ok(model)
     }
 
-    /// Builds the ControlNet on `base` (a UNet of architecture `unet`, diffusers names). Weights
-    /// are converted to `dtype`; the low-rank products are computed in f32.
-    pub fn build(
+    /// Bytes of weights held by the ControlNet built for the last model (0 before the first
+    /// build), so the model manager can count them against its budget.
+    pub fn built_bytes(&self) -> usize {
+        let built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        built.as_ref().map_or(0, |b| b.bytes)
+    }
+
+    /// Builds the ControlNet on `base` (a UNet of architecture `unet`, diffusers names), with the
+    /// bytes of weights it adds. Weights are converted to `dtype`; the low-rank products are
+    /// computed in f32.
+    fn build(
         &self,
         base: &Arc<BaseWeights>,
         unet: &UNetConfig,
         dtype: DType,
         device: &Device,
-    ) -> Result<ControlNetModel, LoadError> {
+    ) -> Result<(ControlNetModel, usize), LoadError> {
         let sd = &self.sd;
         let err = |kind| LoadError::new(sd.path(), kind);
         self.check_compatible(unet)
@@ -222,8 +244,17 @@ impl ControlLora {
             hint_channels: hint_in[1],
             hint_block_channels,
         };
-        build_sourced(sd, Some(Arc::clone(base)), names, dtype, device, |vb| {
+        let elements: usize = names
+            .values()
+            .map(|source| match source {
+                Source::Key(key) => sd.shape(key).map_or(0, |s| s.iter().product()),
+                Source::LowRank { base: b, .. } => base.get(b).map_or(0, |t| t.elem_count()),
+                Source::BaseKey(_) | Source::Difference { .. } => 0,
+            })
+            .sum();
+        let model = build_sourced(sd, Some(Arc::clone(base)), names, dtype, device, |vb| {
             ControlNetModel::new(vb, &cfg)
-        })
+        })?;
+        Ok((model, elements * dtype.size_in_bytes()))
     }
 }
