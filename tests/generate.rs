@@ -7,7 +7,7 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::helpers::{read_png, spawn_app, TestApp};
+use crate::helpers::{read_png, spawn_app, spawn_app_with, TestApp};
 use crate::models::{write_checkpoint, Tiny};
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -34,7 +34,11 @@ fn png(width: u32, height: u32, f: impl Fn(u32, u32) -> [u8; 4]) -> Vec<u8> {
 }
 
 async fn app_with_models() -> TestApp {
-    let app = spawn_app().await;
+    app_with_models_on(|_| {}).await
+}
+
+async fn app_with_models_on(adjust: impl FnOnce(&mut weft::app::ServerConfig)) -> TestApp {
+    let app = spawn_app_with(adjust).await;
     let models = app.dir.path().join("models");
     write_checkpoint(&models.join("checkpoints/sd15_tiny.safetensors"), Tiny::Sd1);
     write_checkpoint(
@@ -537,4 +541,56 @@ async fn bad_requests_are_400s_naming_the_field_and_nothing_is_queued() {
     // The server is still serving.
     let (status, _) = app.post("/api/weft/generate/compile", base).await;
     assert_eq!(status, 200);
+}
+
+/// Queues `request` and returns the pixels of its images, in output order.
+async fn generated_pixels(app: &TestApp, name: &str, request: &Json) -> Vec<Vec<u8>> {
+    let (status, body) = app.post("/api/weft/generate", request.clone()).await;
+    assert_eq!(status, 200, "{name}: {body:#}");
+    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
+    assert_eq!(
+        entry["status"]["status_str"], "success",
+        "{name}: {:#}",
+        entry["status"]
+    );
+    let mut files: Vec<String> = entry["outputs"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|o| o["images"].as_array())
+        .flatten()
+        .map(|image| image["filename"].as_str().unwrap().to_string())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| read_png(&app.data_dir().join("output").join(f)).3)
+        .collect()
+}
+
+/// Every request shape (LoRA stacks patched on the host, ControlNet hints, VAE encode for img2img
+/// and inpainting, SDXL with its refiner) with the models in f16: each model boundary converts,
+/// as on a GPU, and the images are the f32 ones up to half-precision rounding.
+#[actix_web::test]
+async fn every_request_shape_runs_with_f16_models_close_to_f32() {
+    let full = app_with_models().await;
+    let half = app_with_models_on(|c| c.compute.dtype = Some(candle_core::DType::F16)).await;
+    for (name, request) in cases() {
+        let expected = generated_pixels(&full, name, &request).await;
+        let got = generated_pixels(&half, name, &request).await;
+        assert_eq!(got.len(), expected.len(), "{name}");
+        for (a, b) in got.iter().zip(&expected) {
+            let mean_diff = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (*x as f64 - *y as f64).abs())
+                .sum::<f64>()
+                / a.len() as f64;
+            eprintln!("{name}: f16 mean pixel difference {mean_diff:.3} from f32");
+            assert!(
+                mean_diff < 2.0,
+                "{name}: f16 mean pixel difference {mean_diff:.3}"
+            );
+        }
+    }
 }
