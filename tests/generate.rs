@@ -7,7 +7,7 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::helpers::{read_png, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{read_png, spawn_app_with, TestApp};
 use crate::models::{write_checkpoint, Tiny};
 
 fn fixture(name: &str) -> std::path::PathBuf {
