@@ -1064,6 +1064,33 @@ mod tests {
     }
 
     #[test]
+    fn union_keys_keep_their_names_in_both_layouts() {
+        for (key, name) in [
+            (
+                "transformer_layes.0.attn.in_proj.weight",
+                "transformer_layes.0.attn.in_proj_weight",
+            ),
+            (
+                "transformer_layes.0.attn.in_proj_bias",
+                "transformer_layes.0.attn.in_proj_bias",
+            ),
+            ("task_embedding", "task_embedding"),
+            (
+                "control_add_embedding.linear_2.bias",
+                "control_add_embedding.linear_2.bias",
+            ),
+        ] {
+            assert_eq!(union_key_to_diffusers(key).as_deref(), Some(name), "{key}");
+            assert_eq!(
+                controlnet_ldm_to_diffusers(key, 2, 8).as_deref(),
+                Some(name),
+                "{key}"
+            );
+        }
+        assert_eq!(union_key_to_diffusers("zero_convs.0.0.weight"), None);
+    }
+
+    #[test]
     fn tencentarc_adapter_keys_map_like_comfyui() {
         let full = [
             ("conv_in.weight", "adapter.conv_in.weight"),

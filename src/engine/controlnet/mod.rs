@@ -14,6 +14,8 @@
 //!   safetensors or pickle, with the config read off the tensor shapes, family detection and the
 //!   compatibility check against a UNet.
 //! - [`control_lora`]: Stability's Control-LoRA files, built on the sampled model's UNet weights.
+//! - [`union`]: the parts a union ControlNet (ControlNet++) adds, and its control types; a union
+//!   ControlNet is a [`ControlNetModel`] with [`ControlNetConfig::union`] set.
 //!
 //! Weight names are diffusers' (`controlnet_cond_embedding.blocks.0.weight`,
 //! `controlnet_down_blocks.3.weight`); LDM names are renamed in [`load`].

@@ -223,3 +223,19 @@ fn out_of_range(t: usize, n: usize) -> candle_core::Error {
         n.saturating_sub(1)
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_are_comfyuis() {
+        assert_eq!(union_type_index("openpose"), Some(0));
+        assert_eq!(
+            union_type_index("canny/lineart/anime_lineart/mlsd"),
+            Some(3)
+        );
+        assert_eq!(union_type_index("repaint"), Some(7));
+        assert_eq!(union_type_index("auto"), None);
+    }
+}
