@@ -7,6 +7,10 @@
 //! The same models are built three ways: from the synthetic backend, from an LDM single file and
 //! from a diffusers file, both written here at test time from the committed key maps (whose LDM
 //! names the script validated with diffusers' `convert_controlnet_checkpoint`).
+//!
+//! The union ControlNet (`union_controlnet_*`) is checked against
+//! tools/parity/controlnet_union_reference.py: a tiny diffusers `ControlNetUnionModel` with a
+//! control type, ComfyUI's per-item merge and "auto".
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

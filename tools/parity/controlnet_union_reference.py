@@ -9,7 +9,8 @@ fills every weight with the shared synthetic generator (synth.py) and writes to 
   images), and residuals (down_<k>, mid; conditioning scale 1) for three cases:
   - `typed_`: diffusers' forward as is, control type TYPE, the one hint repeated over the batch (what diffusers'
     pipelines do: every batch item gets the same control image).
-  - `distinct_`: control type TYPE, a different hint per batch item, with ComfyUI's semantics. diffusers feeds the
+  - `distinct_`: control type TYPE, a different hint per batch item (the second far out of range, see below), with
+    ComfyUI's semantics. diffusers feeds the
     [B, tokens, C] sequence to an `nn.MultiheadAttention` built without `batch_first`, so its attention runs over the
     batch, mixing the items' hints; ComfyUI's `union_controlnet_merge` attends over each item's own tokens (one: its
     hint's). Emulated here by running diffusers' transformer layers on one batch item at a time, which is exactly
@@ -103,6 +104,11 @@ def main():
 
     tensors, added = inputs(kwargs, pooled_dim, n_sizes, 2468)
     hints = tensors.pop("hint")
+    # The synthetic hint embedding all but erases its input from the pooled features (two random
+    # images differ there by 2e-4), so the second hint is far out of range (30 + noise): then the
+    # items' tokens differ (by 0.08) and diffusers' batch mixing shows, which ComfyUI's per-item
+    # merge must not do.
+    hints = torch.stack([hints[0], 30.0 + hints[1]])
     tensors["hints"] = hints
     tensors["hint"] = hints[:1].clone()
     batch = tensors["x"].shape[0]
@@ -120,6 +126,7 @@ def main():
         return down, mid
 
     typed = run("typed_", tensors["hint"].expand(batch, -1, -1, -1), one_hot, TYPE)
+    mixed = run("mixed_", hints, one_hot, TYPE)
     layers = cn.transformer_layes
     cn.transformer_layes = torch.nn.ModuleList([PerItem(layers)])
     # With equal hints, ComfyUI's per-item attention is diffusers' batch attention.
@@ -127,7 +134,11 @@ def main():
     assert all((a - b).abs().max() < 1e-5 for a, b in zip(list(typed[0]) + [typed[1]], list(check[0]) + [check[1]]))
     run("distinct_", hints, one_hot, TYPE)
     cn.transformer_layes = layers
-    for k in [k for k in tensors if k.startswith("check_")]:
+    mixing = max((m - tensors[f"distinct_down_{k}"]).abs().max() for k, m in enumerate(mixed[0]))
+    assert mixing > 1e-3, mixing
+    print(f"distinct hints: diffusers' batch attention differs from ComfyUI's per-item merge by {mixing:.4f} "
+          "(max over down residuals)")
+    for k in [k for k in tensors if k.startswith(("check_", "mixed_"))]:
         del tensors[k]
     projs = cn.spatial_ch_projs
     cn.spatial_ch_projs = Zero(width)
