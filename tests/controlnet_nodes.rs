@@ -470,7 +470,7 @@ async fn control_lora_is_built_on_the_sampled_model() {
 }
 
 #[actix_web::test]
-async fn diff_controlnet_loader_adds_the_model_and_union_files_are_refused() {
+async fn diff_controlnet_loader_adds_the_model_and_partial_union_files_are_refused() {
     use candle_core::{Device, Tensor};
     let app = app_with_controlnets().await;
     let models = app.dir.path().join("models");
@@ -554,12 +554,13 @@ async fn diff_controlnet_loader_adds_the_model_and_union_files_are_refused() {
         assert!(message.contains(part), "{part}: {message}");
     }
 
-    // A union (ControlNet++) file: refused with the file named, by both loaders.
+    // A file with only part of the union (ControlNet++) tensors: refused by both loaders, naming
+    // the file and the missing tensor.
     let mut union =
         candle_core::safetensors::load(models.join("controlnet").join(scribble), &Device::Cpu)
             .unwrap();
     union.insert(
-        "task_embedding".to_string(),
+        "control_model.task_embedding".to_string(),
         Tensor::zeros((8, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
     );
     candle_core::safetensors::save(&union, models.join("controlnet/union_promax.safetensors"))
@@ -578,8 +579,136 @@ async fn diff_controlnet_loader_adds_the_model_and_union_files_are_refused() {
         let error = run_error(&app, prompt).await;
         assert_eq!(error["node_id"], "c", "{error}");
         let message = error["exception_message"].as_str().unwrap();
-        for part in ["union_promax.safetensors", "union"] {
+        for part in [
+            "union_promax.safetensors",
+            "control_add_embedding.linear_1.weight",
+        ] {
             assert!(message.contains(part), "{part}: {message}");
         }
     }
+}
+
+/// Writes the tiny SDXL union ControlNet (the parity fixture's architecture, synthetic weights)
+/// under diffusers names, as xinsir's release is, with `types` control types (the fixture has 8).
+fn write_union(dir: &std::path::Path, name: &str, types: usize) {
+    let rows = crate::engine::controlnet_parity::keymap("keymap_controlnet_union_sdxl_tiny.json");
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|(ldm, diffusers, mut shape)| {
+            if diffusers == "task_embedding" {
+                shape[0] = types;
+            } else if diffusers == "control_add_embedding.linear_1.weight" {
+                shape[1] = shape[1] / 8 * types;
+            }
+            (ldm, diffusers, shape)
+        })
+        .collect();
+    crate::engine::controlnet_parity::write_weights(dir, name, &rows, |r| Some(r.1.clone()));
+}
+
+/// [`graph_with`] with a SetUnionControlNetType node `u` of `kind` between loader and apply node.
+fn union_graph(control: &str, kind: &str, ckpt: &str, prefix: &str) -> Json {
+    let mut g = graph_with(control, 1.0, 0.0, 1.0, ckpt, prefix);
+    g["u"] = json!({"class_type": "SetUnionControlNetType",
+        "inputs": {"control_net": ["c", 0], "type": kind}});
+    g["a"]["inputs"]["control_net"] = json!(["u", 0]);
+    g
+}
+
+#[actix_web::test]
+async fn union_controlnet_runs_with_each_type_and_auto() {
+    let app = app_with_controlnets().await;
+    // Declared as ComfyUI declares it.
+    let (_, info) = app.get("/object_info/SetUnionControlNetType").await;
+    let node = &info["SetUnionControlNetType"];
+    assert_eq!(node["category"], "conditioning/controlnet", "{node}");
+    assert_eq!(node["output"], json!(["CONTROL_NET"]), "{node}");
+    assert_eq!(
+        node["input"]["required"]["type"][0],
+        json!([
+            "auto",
+            "openpose",
+            "depth",
+            "hed/pidi/scribble/ted",
+            "canny/lineart/anime_lineart/mlsd",
+            "normal",
+            "segment",
+            "tile",
+            "repaint"
+        ]),
+        "{node}"
+    );
+    let dir = app.dir.path().join("models/controlnet");
+    let union = "controlnet-union-sdxl-1.0-promax.safetensors";
+    write_union(&dir, union, 8);
+    write_union(&dir, "controlnet-union-sdxl-1.0.safetensors", 6);
+    let sdxl = "tiny_sdxl.safetensors";
+    let canny = "canny/lineart/anime_lineart/mlsd";
+    run(&app, union_graph(union, canny, sdxl, "canny")).await;
+    run(&app, union_graph(union, "depth", sdxl, "depth")).await;
+    run(&app, union_graph(union, "auto", sdxl, "auto")).await;
+    run(&app, graph_with(union, 1.0, 0.0, 1.0, sdxl, "untyped")).await;
+    let mut diff = union_graph(union, canny, sdxl, "diff_loader");
+    diff["c"] = json!({"class_type": "DiffControlNetLoader",
+        "inputs": {"model": ["4", 0], "control_net_name": union}});
+    run(&app, diff).await;
+    let mut plain = without_controlnet("sdxl_plain");
+    plain["4"]["inputs"]["ckpt_name"] = json!(sdxl);
+    run(&app, plain).await;
+
+    let canny_px = pixels(&app, "canny");
+    assert!(
+        canny_px != pixels(&app, "depth"),
+        "the type changes the image"
+    );
+    assert!(canny_px != pixels(&app, "auto"));
+    assert!(pixels(&app, "auto") != pixels(&app, "sdxl_plain"));
+    // No SetUnionControlNetType is "auto" (ComfyUI's empty control_type), and
+    // DiffControlNetLoader loads a union file as ControlNetLoader does.
+    assert!(pixels(&app, "untyped") == pixels(&app, "auto"));
+    assert!(pixels(&app, "diff_loader") == canny_px);
+
+    // A type the file was not trained with: refused on the type node.
+    let error = run_error(
+        &app,
+        union_graph(
+            "controlnet-union-sdxl-1.0.safetensors",
+            "repaint",
+            sdxl,
+            "repaint",
+        ),
+    )
+    .await;
+    assert_eq!(error["node_id"], "u", "{error}");
+    let message = error["exception_message"].as_str().unwrap();
+    for part in ["repaint", "6 types", "type"] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    // Names outside ComfyUI's list fail validation.
+    let (status, body) = app
+        .post(
+            "/prompt",
+            json!({"prompt": union_graph(union, "lineart", sdxl, "bad")}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // The union file on an SD1 model: the family error, on the sampler.
+    let error = run_error(
+        &app,
+        union_graph(union, canny, "tiny_sd1.safetensors", "sd1"),
+    )
+    .await;
+    assert_eq!(error["node_id"], "3", "{error}");
+    let message = error["exception_message"].as_str().unwrap();
+    for part in ["control_net of node 'a'", "sdxl controlnet", "sd1"] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+
+    // On a plain ControlNet the type is kept and ignored, as in ComfyUI.
+    let scribble = "control_v11p_sd15_scribble_fp16.safetensors";
+    let sd1 = "tiny_sd1.safetensors";
+    run(&app, union_graph(scribble, "depth", sd1, "scribble_typed")).await;
+    run(&app, graph_with(scribble, 1.0, 0.0, 1.0, sd1, "scribble")).await;
+    assert!(pixels(&app, "scribble_typed") == pixels(&app, "scribble"));
 }

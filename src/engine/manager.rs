@@ -74,7 +74,7 @@ impl Entry {
     /// built from it on the sampled model (built later, while sampling).
     fn bytes(&self) -> usize {
         let built = match &self.loaded {
-            Loaded::Control(control) => match &control.model {
+            Loaded::Control(control) => match control.model.as_ref() {
                 ControlModel::ControlLora(lora) => lora.built_bytes(),
                 _ => 0,
             },

@@ -1,5 +1,5 @@
-//! ControlNet nodes: ControlNetLoader, DiffControlNetLoader, ControlNetApply and
-//! ControlNetApplyAdvanced, with ComfyUI's semantics. A CONTROL_NET is a ControlNet, a T2I-Adapter
+//! ControlNet nodes: ControlNetLoader, DiffControlNetLoader, SetUnionControlNetType,
+//! ControlNetApply and ControlNetApplyAdvanced, with ComfyUI's semantics. A CONTROL_NET is a ControlNet, a T2I-Adapter
 //! or a Control-LoRA (see `engine::controlnet::apply::AppliedControl` for how each is evaluated):
 //! the hint image is resized to the latent size × 8 (nearest-exact, centre crop), residuals and
 //! adapter features are scaled by the strength and only added while the sigma is inside the
@@ -12,7 +12,8 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use crate::engine::controlnet::apply::{AppliedControl, ControlTiming};
-use crate::engine::controlnet::load::{load_control_on, LoadedControl};
+use crate::engine::controlnet::load::{load_control_on, ControlModel, LoadedControl};
+use crate::engine::controlnet::union::{union_type_index, UNION_CONTROL_TYPES};
 use crate::engine::diffusion::{CondEntry, ControlHint};
 use crate::engine::sampling::model_sampling::{Config as SamplingConfig, ModelSamplingDiscrete};
 use crate::graph::spec::build::*;
@@ -26,6 +27,7 @@ use crate::paths::DataDirs;
 pub fn register(registry: &mut Registry) {
     registry.add(ControlNetLoader);
     registry.add(DiffControlNetLoader);
+    registry.add(SetUnionControlNetType);
     registry.add(ControlNetApply);
     registry.add(ControlNetApplyAdvanced);
 }
@@ -122,6 +124,62 @@ impl Node for DiffControlNetLoader {
         constants: &[(String, ConstValue)],
     ) -> Result<String, NodeError> {
         file_fingerprint(dirs, "controlnet", constants, "control_net_name")
+    }
+}
+
+/// ComfyUI's `type` options: "auto" (no type), then its `UNION_CONTROL_TYPES`.
+const UNION_TYPE_OPTIONS: [&str; 9] = [
+    "auto",
+    UNION_CONTROL_TYPES[0],
+    UNION_CONTROL_TYPES[1],
+    UNION_CONTROL_TYPES[2],
+    UNION_CONTROL_TYPES[3],
+    UNION_CONTROL_TYPES[4],
+    UNION_CONTROL_TYPES[5],
+    UNION_CONTROL_TYPES[6],
+    UNION_CONTROL_TYPES[7],
+];
+
+/// Sets the control type of a union (ControlNet++) ControlNet; "auto" clears it. Like ComfyUI, a
+/// copy of the control is returned (the model is shared) and any other control passes through
+/// with the type kept and ignored. A type the union model was not trained with (the original
+/// controlnet-union-sdxl-1.0 knows 6, "promax" 8) is refused here rather than when sampling.
+pub struct SetUnionControlNetType;
+
+impl Node for SetUnionControlNetType {
+    fn spec(&self) -> NodeSpec {
+        node(
+            "SetUnionControlNetType",
+            "SetUnionControlNetType",
+            "conditioning/controlnet",
+            vec![
+                required("control_net", link(SlotType::CONTROL_NET)),
+                required("type", combo(&UNION_TYPE_OPTIONS)),
+            ],
+            vec![output(SlotType::CONTROL_NET, "CONTROL_NET")],
+        )
+    }
+
+    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let control = inputs.control_net("control_net")?;
+        let name = inputs.string("type")?;
+        let control_type = union_type_index(name);
+        if let (ControlModel::ControlNet(net), Some(t)) = (control.model.as_ref(), control_type) {
+            let known = net.config().union.as_ref().map(|u| u.num_control_types);
+            if let Some(n) = known.filter(|&n| t >= n) {
+                return Err(NodeError::input(
+                    "type",
+                    format!(
+                        "'{name}' is control type {t}, and this union controlnet knows {n} types \
+                         ({})",
+                        UNION_CONTROL_TYPES[..n.min(UNION_CONTROL_TYPES.len())].join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(NodeOutput::values(vec![Value::ControlNet(Arc::new(
+            control.with_control_type(control_type),
+        ))]))
     }
 }
 

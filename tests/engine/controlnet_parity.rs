@@ -7,6 +7,10 @@
 //! The same models are built three ways: from the synthetic backend, from an LDM single file and
 //! from a diffusers file, both written here at test time from the committed key maps (whose LDM
 //! names the script validated with diffusers' `convert_controlnet_checkpoint`).
+//!
+//! The union ControlNet (`union_controlnet_*`) is checked against
+//! tools/parity/controlnet_union_reference.py: a tiny diffusers `ControlNetUnionModel` with a
+//! control type, ComfyUI's per-item merge and "auto".
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -158,7 +162,7 @@ fn controlnet_loads_from_ldm_and_diffusers_files() {
         });
         for file in [&ldm, &diffusers] {
             let loaded = load_control(file, DType::F32, &Device::Cpu).unwrap();
-            let ControlModel::ControlNet(model) = loaded.model else {
+            let ControlModel::ControlNet(model) = loaded.model.as_ref() else {
                 panic!("{} is not a controlnet", file.display());
             };
             assert!(
@@ -166,7 +170,7 @@ fn controlnet_loads_from_ldm_and_diffusers_files() {
                 "{name}: detected {:?}",
                 model.config()
             );
-            let (res, out) = check_controlnet(&model, name, &unet);
+            let (res, out) = check_controlnet(model, name, &unet);
             println!(
                 "controlnet {name} ({}): residuals {res:.3e}, unet out {out:.3e}",
                 file.file_name().unwrap().to_string_lossy()
@@ -188,10 +192,10 @@ fn controlnet_loads_from_ldm_and_diffusers_files() {
         .unwrap();
         let loaded = load_controlnet_diffusers_dir(&folder, DType::F32, &Device::Cpu).unwrap();
         assert!(!loaded.global_average_pooling);
-        let ControlModel::ControlNet(model) = loaded.model else {
+        let ControlModel::ControlNet(model) = loaded.model.as_ref() else {
             panic!("{} is not a controlnet", folder.display());
         };
-        let (res, out) = check_controlnet(&model, name, &unet);
+        let (res, out) = check_controlnet(model, name, &unet);
         assert!(
             res < TOL && out < TOL,
             "{name} folder: residuals {res}, out {out}"
@@ -425,13 +429,12 @@ fn adapters_match_diffusers() {
             files.push(pickled);
         }
         for file in &files {
-            let ControlModel::Adapter(adapter) =
-                load_control(file, DType::F32, &Device::Cpu).unwrap().model
-            else {
+            let loaded = load_control(file, DType::F32, &Device::Cpu).unwrap();
+            let ControlModel::Adapter(adapter) = loaded.model.as_ref() else {
                 panic!("{} is not an adapter", file.display());
             };
             assert_eq!(adapter.config(), &cfg, "{name}");
-            let (feat, out) = check_adapter(&adapter, name, &unet);
+            let (feat, out) = check_adapter(adapter, name, &unet);
             println!(
                 "adapter {name} ({}): features {feat:.3e}, unet out {out:.3e}",
                 file.file_name().unwrap().to_string_lossy()
@@ -551,9 +554,8 @@ fn control_lora_builds_on_the_base_unet() {
     let base = Arc::new(base);
 
     let unet_cfg = tiny_unet_config("sd1_tiny");
-    let ControlModel::ControlLora(control_lora) =
-        load_control(&lora, DType::F32, &Device::Cpu).unwrap().model
-    else {
+    let loaded = load_control(&lora, DType::F32, &Device::Cpu).unwrap();
+    let ControlModel::ControlLora(control_lora) = loaded.model.as_ref() else {
         panic!("not recognised as a control-lora");
     };
     let model = control_lora
@@ -606,4 +608,139 @@ fn control_lora_builds_on_the_base_unet() {
         .check_compatible(&tiny_unet_config("sdxl_tiny"))
         .unwrap_err();
     assert!(msg.contains("sdxl") && msg.contains("sd1"), "{msg}");
+}
+
+/// The union ControlNet fixture (tools/parity/controlnet_union_reference.py).
+const UNION: &str = "union_sdxl_tiny";
+
+/// Max abs error of `model` against the union fixture's three cases: diffusers with one hint for
+/// the batch and a control type, ComfyUI's per-item merge with a hint per item, and "auto".
+fn check_union(model: &ControlNetModel) -> f32 {
+    let fx = fixture(&format!("controlnet_{UNION}.safetensors"));
+    let y = adm(&fx);
+    let (x, t, ctx) = (get(&fx, "x"), get(&fx, "t"), get(&fx, "context"));
+    let kind = get(&fx, "type").to_vec1::<f32>().unwrap()[0] as usize;
+    let mut worst = 0f32;
+    for (case, hint, control_type) in [
+        ("typed_", "hint", Some(kind)),
+        ("distinct_", "hints", Some(kind)),
+        ("auto_", "hints", None),
+    ] {
+        let res = model
+            .forward_typed(x, t, ctx, y.as_ref(), get(&fx, hint), control_type)
+            .unwrap();
+        let mut err = max_abs_diff(&res.mid, get(&fx, &format!("{case}mid")));
+        for (k, d) in res.down.iter().enumerate() {
+            err = err.max(max_abs_diff(d, get(&fx, &format!("{case}down_{k}"))));
+        }
+        println!("union controlnet {case}: residuals {err:.3e}");
+        worst = worst.max(err);
+    }
+    worst
+}
+
+#[test]
+fn union_controlnet_matches_diffusers_and_comfyui() {
+    let cfg = config(UNION);
+    let union = cfg.union.clone().expect("a union config");
+    assert_eq!((union.num_control_types, union.channels), (8, 32));
+    let model = ControlNetModel::new(synth_var_builder(DType::F32, &Device::Cpu), &cfg).unwrap();
+    assert!(model.is_union());
+    let err = check_union(&model);
+    assert!(err < TOL, "union residuals {err}");
+    // The type matters, and one the model was not trained with is refused.
+    let fx = fixture(&format!("controlnet_{UNION}.safetensors"));
+    let y = adm(&fx);
+    let (x, t, ctx, hint) = (
+        get(&fx, "x"),
+        get(&fx, "t"),
+        get(&fx, "context"),
+        get(&fx, "hint"),
+    );
+    let depth = model
+        .forward_typed(x, t, ctx, y.as_ref(), hint, Some(1))
+        .unwrap();
+    assert!(max_abs_diff(&depth.mid, get(&fx, "typed_mid")) > 1e-3);
+    let err = model
+        .forward_typed(x, t, ctx, y.as_ref(), hint, Some(8))
+        .unwrap_err();
+    assert!(err.to_string().contains("knows 8 types"), "{err}");
+    // A plain ControlNet ignores the type (ComfyUI passes it in kwargs its forward ignores).
+    let plain = ControlNetModel::new(
+        synth_var_builder(DType::F32, &Device::Cpu),
+        &config("sdxl_tiny"),
+    )
+    .unwrap();
+    let sd = fixture("controlnet_sdxl_tiny.safetensors");
+    let sy = adm(&sd);
+    let (sx, st, sc, sh) = (
+        get(&sd, "x"),
+        get(&sd, "t"),
+        get(&sd, "context"),
+        get(&sd, "hint"),
+    );
+    let a = plain.forward(sx, st, sc, sy.as_ref(), sh).unwrap();
+    let b = plain
+        .forward_typed(sx, st, sc, sy.as_ref(), sh, Some(3))
+        .unwrap();
+    assert_eq!(max_abs_diff(&a.mid, &b.mid), 0.0);
+}
+
+#[test]
+fn union_controlnet_loads_from_comfyui_and_diffusers_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = keymap(&format!("keymap_controlnet_{UNION}.json"));
+    // The LDM names with ComfyUI's `attn.in_proj.weight`, bare and under `control_model.`.
+    let ldm = write_weights(dir.path(), "union_ldm.safetensors", &rows, |r| {
+        Some(r.0.clone())
+    });
+    let pth_style = write_weights(dir.path(), "union_prefixed.safetensors", &rows, |r| {
+        Some(format!("control_model.{}", r.0))
+    });
+    // xinsir's release: diffusers names in one safetensors file.
+    let diffusers = write_weights(dir.path(), "union.safetensors", &rows, |r| {
+        Some(r.1.clone())
+    });
+    for file in [&ldm, &pth_style, &diffusers] {
+        let loaded = load_control(file, DType::F32, &Device::Cpu).unwrap();
+        let ControlModel::ControlNet(model) = loaded.model.as_ref() else {
+            panic!("{} is not a controlnet", file.display());
+        };
+        assert!(
+            same_architecture(model.config(), &config(UNION)),
+            "detected {:?}",
+            model.config()
+        );
+        let err = check_union(model);
+        assert!(err < TOL, "{}: union residuals {err}", file.display());
+    }
+    // A diffusers folder with its config.json.
+    let folder = dir.path().join("union_dir");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(
+        &diffusers,
+        folder.join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(
+        path(&format!("controlnet_config_{UNION}.json")),
+        folder.join("config.json"),
+    )
+    .unwrap();
+    let loaded = load_controlnet_diffusers_dir(&folder, DType::F32, &Device::Cpu).unwrap();
+    let ControlModel::ControlNet(model) = loaded.model.as_ref() else {
+        panic!("the folder is not a controlnet");
+    };
+    assert!(check_union(model) < TOL);
+    // Part of the union tensors: refused, naming what is missing.
+    let partial = write_weights(dir.path(), "partial.safetensors", &rows, |r| {
+        (!r.1.starts_with("control_add_embedding.")).then(|| r.1.clone())
+    });
+    let err = load_control(&partial, DType::F32, &Device::Cpu).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("partial.safetensors")
+            && msg.contains("control_add_embedding.linear_1.weight"),
+        "{msg}"
+    );
 }

@@ -22,6 +22,8 @@ tests/fixtures/controlnet/:
 - adapter_light_sd1_tiny.pth: that adapter's weights under TencentARC names as a torch zip pickle, for the .pth path.
 
 Run: /opt/refpy/bin/python tools/parity/controlnet_reference.py   (deterministic; CPU; seconds)
+
+The union ControlNet (ControlNet++) fixture comes from controlnet_union_reference.py, which reuses this script's helpers.
 """
 import json
 import os

@@ -186,12 +186,13 @@ impl AppliedControl {
         let (batch, _, h, w) = x_in.dims4()?;
         let hint = prepare_hint(&self.hint, h, w, net.config().hint_downscale())?;
         let hint = to_compute(&repeat_to_batch(&hint, batch)?, x_in.device(), net.dtype())?;
-        let raw = net.forward(
+        let raw = net.forward_typed(
             &x_in.to_dtype(net.dtype())?,
             timesteps,
             &context.to_dtype(net.dtype())?,
             y,
             &hint,
+            self.control.control_type,
         )?;
         let raw = if self.control.global_average_pooling {
             global_average_pool(&raw)?
@@ -265,7 +266,7 @@ impl ControlHint for AppliedControl {
             return Ok(None);
         }
         let unet = &model.unet;
-        let control = match &self.control.model {
+        let control = match self.control.model.as_ref() {
             ControlModel::ControlNet(net) => {
                 check_compatible(net.config(), unet.config()).map_err(|e| self.error(e))?;
                 UNetControl {
@@ -374,10 +375,10 @@ mod tests {
             num_res_blocks: 2,
             kernel_size: 1,
         };
-        let control = LoadedControl {
-            model: ControlModel::Adapter(T2IAdapter::new(vb(), &cfg).unwrap()),
-            global_average_pooling: false,
-        };
+        let control = LoadedControl::new(
+            ControlModel::Adapter(T2IAdapter::new(vb(), &cfg).unwrap()),
+            false,
+        );
         (model, Arc::new(control))
     }
 

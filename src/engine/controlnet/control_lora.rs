@@ -243,6 +243,7 @@ impl ControlLora {
             encoder: unet.clone(),
             hint_channels: hint_in[1],
             hint_block_channels,
+            union: None,
         };
         let elements: usize = names
             .values()

@@ -23,8 +23,15 @@
 //! model's) load with [`load_control_on`], which adds the base model's UNet weights as ComfyUI's
 //! `load_controlnet(path, model)` does; [`load_control`] refuses them.
 //!
-//! Not supported, each with an error that says so: union ControlNets (ControlNet++,
-//! `task_embedding`), and adapters with `skep` or strided-conv downsampling (`down_opt.op`).
+//! Union ControlNets (ControlNet++, xinsir's controlnet-union-sdxl-1.0: `task_embedding`,
+//! `transformer_layes.N`, `spatial_ch_projs`, `control_add_embedding`) load in either layout: the
+//! union tensors keep their names in both, except the attention's input projection, which
+//! diffusers (`nn.MultiheadAttention`) calls `attn.in_proj_weight` / `in_proj_bias` and ComfyUI,
+//! after converting a diffusers file, `attn.in_proj.weight` / `.bias`; both are accepted. (ComfyUI
+//! itself only builds the union parts for diffusers-named files and ignores them in LDM-named ones.)
+//!
+//! Not supported, each with an error that says so: adapters with `skep` or strided-conv
+//! downsampling (`down_opt.op`).
 //! Stable Cascade ControlNets are not recognised (an unknown-format error listing the keys looked
 //! for), nor are pickles that nest the weights under an `adapter` key.
 
@@ -37,6 +44,7 @@ use candle_nn::VarBuilder;
 
 use crate::engine::controlnet::adapter::{AdapterKind, T2IAdapter, T2IAdapterConfig};
 use crate::engine::controlnet::control_lora::{BaseWeights, ControlLora};
+use crate::engine::controlnet::union::UnionConfig;
 use crate::engine::controlnet::{ControlNetConfig, ControlNetModel};
 use crate::engine::load::checkpoint::unet_config_from_diffusers;
 use crate::engine::load::file::StateDict;
@@ -76,10 +84,37 @@ pub enum ControlModel {
 /// A loaded control file.
 #[derive(Debug)]
 pub struct LoadedControl {
-    pub model: ControlModel,
+    /// Shared by the copies [`LoadedControl::with_control_type`] makes.
+    pub model: Arc<ControlModel>,
     /// Shuffle ControlNets average their residuals over space; ComfyUI decides it by the file name
     /// (`*_shuffle`, `*_shuffle_fp16`), and so do we.
     pub global_average_pooling: bool,
+    /// The union control type (an index into
+    /// [`crate::engine::controlnet::union::UNION_CONTROL_TYPES`]) set by SetUnionControlNetType;
+    /// `None` is "auto". Kept, and ignored, for controls that are not union ControlNets, as
+    /// ComfyUI keeps it in their `extra_args`.
+    pub control_type: Option<usize>,
+}
+
+impl LoadedControl {
+    /// A loaded control, with no control type set.
+    pub fn new(model: ControlModel, global_average_pooling: bool) -> Self {
+        Self {
+            model: Arc::new(model),
+            global_average_pooling,
+            control_type: None,
+        }
+    }
+
+    /// A copy sharing the model, with `control_type` set (ComfyUI's `SetUnionControlNetType`
+    /// copies the control and sets its `control_type` extra argument).
+    pub fn with_control_type(&self, control_type: Option<usize>) -> Self {
+        Self {
+            model: Arc::clone(&self.model),
+            global_average_pooling: self.global_average_pooling,
+            control_type,
+        }
+    }
 }
 
 /// Tells the kind of control file from its keys (ComfyUI's `load_controlnet` order).
@@ -87,9 +122,6 @@ pub fn classify(sd: &StateDict) -> Result<ControlFileKind, LoadErrorKind> {
     let unsupported = |what: &str| Err(LoadErrorKind::UnsupportedFormat(what.to_string()));
     if sd.contains("lora_controlnet") {
         return Ok(ControlFileKind::ControlLora);
-    }
-    if sd.contains("task_embedding") || sd.contains("control_add_embedding.linear_1.weight") {
-        return unsupported("union (controlnet++) controlnets are not supported");
     }
     if sd.contains("difference") {
         for prefix in [CONTROL_MODEL_PREFIX, ""] {
@@ -186,10 +218,10 @@ fn load_control_inner(
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or_default();
-    Ok(LoadedControl {
+    Ok(LoadedControl::new(
         model,
-        global_average_pooling: stem.ends_with("_shuffle") || stem.ends_with("_shuffle_fp16"),
-    })
+        stem.ends_with("_shuffle") || stem.ends_with("_shuffle_fp16"),
+    ))
 }
 
 /// Loads a ControlNet file (either layout); a T2I-Adapter file is an error.
@@ -281,7 +313,7 @@ pub fn load_controlnet_diffusers_dir(
         dir,
         "diffusion_pytorch_model",
     )?);
-    let names = identity_names(&sd, "");
+    let names = diffusers_names(&sd);
     let from_shapes = detect_controlnet(&sd, &names).map_err(|k| LoadError::new(sd.path(), k))?;
     // Heads cannot be read off shapes; everything else must agree.
     let comparable = |c: &ControlNetConfig| ControlNetConfig {
@@ -290,6 +322,7 @@ pub fn load_controlnet_diffusers_dir(
             out_channels: 0,
             ..c.encoder.clone()
         },
+        union: c.union.clone().map(|u| UnionConfig { heads: 0, ..u }),
         ..c.clone()
     };
     if comparable(&from_json) != comparable(&from_shapes) {
@@ -306,10 +339,10 @@ pub fn load_controlnet_diffusers_dir(
     let pooled = value
         .get("global_pool_conditions")
         .and_then(|v| v.as_bool());
-    Ok(LoadedControl {
-        model: ControlModel::ControlNet(Box::new(model)),
-        global_average_pooling: pooled == Some(true),
-    })
+    Ok(LoadedControl::new(
+        ControlModel::ControlNet(Box::new(model)),
+        pooled == Some(true),
+    ))
 }
 
 /// Parses a diffusers ControlNet `config.json` (its `global_pool_conditions` is a property of the
@@ -333,13 +366,65 @@ pub fn controlnet_config_from_diffusers(
             })
             .ok_or("bad conditioning_embedding_out_channels")?,
     };
+    // diffusers `ControlNetUnionModel` (its defaults where a field is missing).
+    let union = if value.get("num_control_type").is_some() {
+        let field = |name: &str, default: u64| -> Result<usize, String> {
+            match value.get(name) {
+                None | Some(serde_json::Value::Null) => Ok(default as usize),
+                Some(v) => v
+                    .as_u64()
+                    .map(|v| v as usize)
+                    .ok_or_else(|| format!("bad {name}")),
+            }
+        };
+        Some(UnionConfig {
+            num_control_types: field("num_control_type", 6)?,
+            channels: field("num_trans_channel", 320)?,
+            heads: field("num_trans_head", 8)?,
+            layers: field("num_trans_layer", 1)?,
+            type_embed_dim: field("addition_time_embed_dim", 256)?,
+        })
+    } else {
+        None
+    };
     let cfg = ControlNetConfig {
         encoder,
         hint_channels,
         hint_block_channels,
+        union,
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The tensors a union ControlNet adds, under the same names in both layouts.
+const UNION_PREFIXES: [&str; 4] = [
+    "task_embedding",
+    "transformer_layes.",
+    "spatial_ch_projs.",
+    "control_add_embedding.",
+];
+
+/// The model (diffusers) name of a union tensor key: ComfyUI's `attn.in_proj.weight` becomes
+/// `nn.MultiheadAttention`'s `attn.in_proj_weight`. `None` for other keys.
+pub fn union_key_to_diffusers(key: &str) -> Option<String> {
+    UNION_PREFIXES
+        .iter()
+        .any(|p| key.starts_with(p))
+        .then(|| key.replace(".attn.in_proj.", ".attn.in_proj_"))
+}
+
+/// Model names for a diffusers-layout ControlNet file (identity, union tensors normalised).
+fn diffusers_names(sd: &StateDict) -> HashMap<String, String> {
+    sd.shapes()
+        .keys()
+        .map(|k| {
+            (
+                union_key_to_diffusers(k).unwrap_or_else(|| k.clone()),
+                k.clone(),
+            )
+        })
+        .collect()
 }
 
 /// Maps one LDM ControlNet key (prefix removed) to its diffusers name; `None` for keys that are
@@ -378,6 +463,9 @@ pub fn controlnet_ldm_to_diffusers(
     }
     if key.starts_with("output_blocks.") || key.starts_with("out.") {
         return None;
+    }
+    if let Some(name) = union_key_to_diffusers(key) {
+        return Some(name);
     }
     unet_ldm_to_diffusers(key, layers_per_block)
 }
@@ -526,6 +614,7 @@ pub fn detect_controlnet(
         );
     }
 
+    let union = detect_union(sd, names)?;
     let mut cfg = ControlNetConfig {
         encoder: crate::engine::unet::UNetConfig {
             in_channels: conv_in[1],
@@ -543,6 +632,7 @@ pub fn detect_controlnet(
         },
         hint_channels: hint_in[1],
         hint_block_channels,
+        union,
     };
     // SD1 uses 8 heads per level (LDM `num_heads: 8`), SD2 and SDXL 64-wide heads; the shapes
     // cannot tell, the family can.
@@ -551,6 +641,52 @@ pub fn detect_controlnet(
     }
     cfg.validate().map_err(LoadErrorKind::BadConfig)?;
     Ok(cfg)
+}
+
+/// The union parts' architecture from diffusers-named shapes; `None` for a plain ControlNet. A
+/// file with some union tensors but not the rest is refused, naming the first missing one.
+fn detect_union(
+    sd: &StateDict,
+    names: &HashMap<String, String>,
+) -> Result<Option<UnionConfig>, LoadErrorKind> {
+    let shape = |n: &str| names.get(n).and_then(|k| sd.shape(k));
+    let task = shape("task_embedding");
+    let add = shape("control_add_embedding.linear_1.weight");
+    if task.is_none() && add.is_none() {
+        return Ok(None);
+    }
+    let require = |n: &str, rank: usize| {
+        shape(n)
+            .filter(|s| s.len() == rank)
+            .ok_or_else(|| LoadErrorKind::MissingTensor(n.to_string()))
+    };
+    let task = require("task_embedding", 2)?;
+    let add = require("control_add_embedding.linear_1.weight", 2)?;
+    let (num_control_types, channels) = (task[0], task[1]);
+    if num_control_types == 0 || !add[1].is_multiple_of(num_control_types) {
+        return Err(LoadErrorKind::BadConfig(format!(
+            "control_add_embedding takes {} inputs, not a multiple of the {num_control_types} \
+             control types of task_embedding",
+            add[1]
+        )));
+    }
+    // Layers are counted by their attention; each must be complete (the builder names a gap).
+    let layers = (0..)
+        .take_while(|i| shape(&format!("transformer_layes.{i}.attn.in_proj_weight")).is_some())
+        .count();
+    if layers == 0 {
+        return Err(LoadErrorKind::MissingTensor(
+            "transformer_layes.0.attn.in_proj_weight".into(),
+        ));
+    }
+    Ok(Some(UnionConfig {
+        num_control_types,
+        channels,
+        // Not in the shapes; every release (and diffusers' and ComfyUI's code) uses 8.
+        heads: 8,
+        layers,
+        type_embed_dim: add[1] / num_control_types,
+    }))
 }
 
 fn load_controlnet_from(
@@ -564,7 +700,7 @@ fn load_controlnet_from(
         ControlFileKind::ControlNetLdm { prefix } => {
             controlnet_ldm_names(sd, prefix).map_err(err)?
         }
-        _ => identity_names(sd, ""),
+        _ => diffusers_names(sd),
     };
     let cfg = detect_controlnet(sd, &names).map_err(err)?;
     build_mapped(sd, names, dtype, device, |vb| {
@@ -925,6 +1061,33 @@ mod tests {
             controlnet_ldm_to_diffusers("output_blocks.0.0.in_layers.0.weight", 2, 8),
             None
         );
+    }
+
+    #[test]
+    fn union_keys_keep_their_names_in_both_layouts() {
+        for (key, name) in [
+            (
+                "transformer_layes.0.attn.in_proj.weight",
+                "transformer_layes.0.attn.in_proj_weight",
+            ),
+            (
+                "transformer_layes.0.attn.in_proj_bias",
+                "transformer_layes.0.attn.in_proj_bias",
+            ),
+            ("task_embedding", "task_embedding"),
+            (
+                "control_add_embedding.linear_2.bias",
+                "control_add_embedding.linear_2.bias",
+            ),
+        ] {
+            assert_eq!(union_key_to_diffusers(key).as_deref(), Some(name), "{key}");
+            assert_eq!(
+                controlnet_ldm_to_diffusers(key, 2, 8).as_deref(),
+                Some(name),
+                "{key}"
+            );
+        }
+        assert_eq!(union_key_to_diffusers("zero_convs.0.0.weight"), None);
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   safetensors or pickle, with the config read off the tensor shapes, family detection and the
 //!   compatibility check against a UNet.
 //! - [`control_lora`]: Stability's Control-LoRA files, built on the sampled model's UNet weights.
+//! - [`union`]: the parts a union ControlNet (ControlNet++) adds, and its control types; a union
+//!   ControlNet is a [`ControlNetModel`] with [`ControlNetConfig::union`] set.
 //!
 //! Weight names are diffusers' (`controlnet_cond_embedding.blocks.0.weight`,
 //! `controlnet_down_blocks.3.weight`); LDM names are renamed in [`load`].
@@ -22,6 +24,7 @@ pub mod adapter;
 pub mod apply;
 pub mod control_lora;
 pub mod load;
+pub mod union;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -47,6 +50,8 @@ pub struct ControlNetConfig {
     /// 16, 32, 96, 256 in every released model). Each stage after the first halves the size, so
     /// the hint is `2^(len - 1)` (8) times the latent size.
     pub hint_block_channels: Vec<usize>,
+    /// The union (ControlNet++) parts, for union ControlNets.
+    pub union: Option<union::UnionConfig>,
 }
 
 impl ControlNetConfig {
@@ -57,6 +62,7 @@ impl ControlNetConfig {
             encoder: unet.clone(),
             hint_channels: 3,
             hint_block_channels: vec![16, 32, 96, 256],
+            union: None,
         }
     }
 
@@ -112,6 +118,9 @@ impl ControlNetConfig {
                 "controlnet hint embedding has {} stages, expected 1 to 8",
                 self.hint_block_channels.len()
             ));
+        }
+        if let Some(u) = &self.union {
+            u.validate(self.encoder.block_out_channels[0])?;
         }
         Ok(())
     }
@@ -243,6 +252,7 @@ pub struct ControlNetModel {
     mid_attention: Transformer2D,
     zero_convs: Vec<Conv2d>,
     mid_out: Conv2d,
+    union: Option<union::UnionBlocks>,
     config: ControlNetConfig,
     dtype: DType,
     device: Device,
@@ -343,6 +353,10 @@ impl ControlNetModel {
             enc.mid_transformer_depth,
         )?;
         let mid_out = zero_conv(vb.pp("controlnet_mid_block"), last)?;
+        let union = match &cfg.union {
+            Some(u) => Some(union::UnionBlocks::new(vb.clone(), u, ch[0], temb)?),
+            None => None,
+        };
         Ok(Self {
             conv_in,
             time_embedding,
@@ -353,6 +367,7 @@ impl ControlNetModel {
             mid_attention,
             zero_convs,
             mid_out,
+            union,
             config: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
@@ -383,6 +398,8 @@ impl ControlNetModel {
     ///
     /// Returns unscaled residuals in `xs`'s dtype: `down` has [`ControlNetConfig::num_down_residuals`]
     /// tensors shaped like the UNet's skips, `mid` is shaped like the mid block's output.
+    ///
+    /// A union ControlNet runs as with no control type set ("auto"); see [`Self::forward_typed`].
     pub fn forward(
         &self,
         xs: &Tensor,
@@ -390,6 +407,26 @@ impl ControlNetModel {
         context: &Tensor,
         y: Option<&Tensor>,
         hint: &Tensor,
+    ) -> Result<ControlResiduals> {
+        self.forward_typed(xs, timesteps, context, y, hint, None)
+    }
+
+    /// Whether this is a union (ControlNet++) ControlNet.
+    pub fn is_union(&self) -> bool {
+        self.union.is_some()
+    }
+
+    /// [`Self::forward`] with a union control type (an index into
+    /// [`union::UNION_CONTROL_TYPES`]); `None` is ComfyUI's "auto". Plain ControlNets ignore the
+    /// type, as ComfyUI's do; a union ControlNet refuses a type beyond those it was trained with.
+    pub fn forward_typed(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+        hint: &Tensor,
+        control_type: Option<usize>,
     ) -> Result<ControlResiduals> {
         let _enter = self.span.enter();
         let in_dtype = xs.dtype();
@@ -423,6 +460,9 @@ impl ControlNetModel {
         let t_emb =
             sinusoidal_embedding(&t, self.config.encoder.block_out_channels[0], &self.device)?;
         let mut emb = self.time_embedding.forward(&t_emb.to_dtype(self.dtype)?)?;
+        if let Some(u) = &self.union {
+            emb = emb.broadcast_add(&u.type_embedding(control_type, self.dtype)?)?;
+        }
         match (&self.add_embedding, y) {
             (Some(add), Some(y)) => emb = (emb + add.forward(&y.to_dtype(self.dtype)?)?)?,
             (Some(_), None) => candle_core::bail!("this controlnet needs the y (adm) vector"),
@@ -432,6 +472,11 @@ impl ControlNetModel {
 
         // The hint is embedded once per distinct image, then repeated over the batch.
         let guided = self.hint_embedding.forward(&hint.to_dtype(self.dtype)?)?;
+        // Per hint item, so repeating over the batch afterwards gives the same result.
+        let guided = match (&self.union, control_type) {
+            (Some(u), Some(t)) => u.merge(&guided, t)?,
+            _ => guided,
+        };
         let guided = if hint_batch == batch || hint_batch == 1 {
             guided
         } else {
