@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::helpers::{comfy_template, read_png, shrink_editor_workflow, spawn_app, TestApp};
+use crate::helpers::{comfy_template, read_png, shrink_editor_workflow, TestApp};
 use crate::models::{write_checkpoint, Tiny};
 
 /// Writes the tiny SD1 ControlNet (the parity fixture's architecture, synthetic weights) in the LDM
@@ -16,7 +16,11 @@ pub(crate) fn write_controlnet(dir: &std::path::Path, name: &str) {
 }
 
 async fn app_with_controlnets() -> TestApp {
-    let app = spawn_app().await;
+    app_with_controlnets_on(|_| {}).await
+}
+
+async fn app_with_controlnets_on(adjust: impl FnOnce(&mut weft::app::ServerConfig)) -> TestApp {
+    let app = crate::helpers::spawn_app_with(adjust).await;
     let models = app.dir.path().join("models");
     for ckpt in [
         "DreamShaper_8_pruned.safetensors",
@@ -65,15 +69,7 @@ async fn app_with_controlnets() -> TestApp {
 }
 
 async fn run(app: &TestApp, prompt: Json) -> Json {
-    let (status, body) = app.post("/prompt", json!({"prompt": prompt})).await;
-    assert_eq!(status, 200, "{body}");
-    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
-    assert_eq!(
-        entry["status"]["status_str"], "success",
-        "{:#}",
-        entry["status"]
-    );
-    entry
+    app.queue_ok("/prompt", json!({"prompt": prompt})).await
 }
 
 #[actix_web::test]
@@ -249,7 +245,11 @@ fn write_adapter(dir: &std::path::Path, fixture: &str, name: &str, tencentarc: b
 
 /// The tiny ControlNets plus T2I-Adapters (SD1 full and light, SDXL) and an SD1 Control-LoRA.
 async fn app_with_adapters() -> TestApp {
-    let app = app_with_controlnets().await;
+    app_with_adapters_on(|_| {}).await
+}
+
+async fn app_with_adapters_on(adjust: impl FnOnce(&mut weft::app::ServerConfig)) -> TestApp {
+    let app = app_with_controlnets_on(adjust).await;
     let dir = app.dir.path().join("models/controlnet");
     write_adapter(
         &dir,
@@ -711,4 +711,70 @@ async fn union_controlnet_runs_with_each_type_and_auto() {
     run(&app, union_graph(scribble, "depth", sd1, "scribble_typed")).await;
     run(&app, graph_with(scribble, 1.0, 0.0, 1.0, sd1, "scribble")).await;
     assert!(pixels(&app, "scribble_typed") == pixels(&app, "scribble"));
+}
+
+/// Every kind of control file with the models in f16 (each model boundary converts, as on a GPU):
+/// T2I-Adapters, a Control-LoRA built in f16 on the f16 model, a union ControlNet with a type, and
+/// a ControlNet and adapter stacked; each image is the f32 one up to half-precision rounding.
+#[actix_web::test]
+async fn every_control_kind_runs_with_f16_models_close_to_f32() {
+    let (sd1, sdxl) = ("tiny_sd1.safetensors", "tiny_sdxl.safetensors");
+    let union = "controlnet-union-sdxl-1.0-promax.safetensors";
+    let graphs = [
+        graph_with(
+            "t2iadapter_canny_sd15v2.safetensors",
+            1.0,
+            0.0,
+            1.0,
+            sd1,
+            "adapter",
+        ),
+        graph_with(
+            "t2i-adapter-canny-sdxl.safetensors",
+            1.0,
+            0.0,
+            1.0,
+            sdxl,
+            "adapter_xl",
+        ),
+        graph_with(
+            "control-lora-canny-rank128.safetensors",
+            1.0,
+            0.0,
+            1.0,
+            sd1,
+            "control_lora",
+        ),
+        union_graph(union, "depth", sdxl, "union"),
+        stack(
+            graph_with(
+                "t2iadapter_light.safetensors",
+                0.8,
+                0.0,
+                1.0,
+                sd1,
+                "stacked",
+            ),
+            "control_v11p_sd15_scribble_fp16.safetensors",
+            0.7,
+        ),
+    ];
+    let full = app_with_adapters().await;
+    let half = app_with_adapters_on(|c| c.compute.dtype = Some(candle_core::DType::F16)).await;
+    for app in [&full, &half] {
+        write_union(&app.dir.path().join("models/controlnet"), union, 8);
+        for graph in &graphs {
+            run(app, graph.clone()).await;
+        }
+    }
+    for graph in &graphs {
+        let prefix = graph["9"]["inputs"]["filename_prefix"].as_str().unwrap();
+        let label = format!("{prefix} in f16 against f32");
+        crate::helpers::assert_close_pixels(
+            &label,
+            &pixels(&half, prefix),
+            &pixels(&full, prefix),
+            1.0,
+        );
+    }
 }

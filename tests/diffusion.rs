@@ -30,20 +30,11 @@ fn default_workflow(ckpt: &str, sampler: &str, scheduler: &str, seed: u64, prefi
 }
 
 async fn run_ok(app: &TestApp, prompt: Json) -> Json {
-    let (status, body) = app
-        .post(
-            "/prompt",
-            json!({"prompt": prompt, "extra_data": {"extra_pnginfo": {"workflow": {"nodes": []}}}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
-    assert_eq!(
-        entry["status"]["status_str"], "success",
-        "{:#}",
-        entry["status"]
-    );
-    entry
+    app.queue_ok(
+        "/prompt",
+        json!({"prompt": prompt, "extra_data": {"extra_pnginfo": {"workflow": {"nodes": []}}}}),
+    )
+    .await
 }
 
 fn pixels_ok(pixels: &[u8]) -> bool {
@@ -556,17 +547,8 @@ async fn matches_f32_cpu(expected: &[Vec<u8>], compute: ComputeConfig, tolerance
             .data_dir()
             .join(format!("output/other_{:05}_.png", i + 1));
         let pixels = read_png(&file).3;
-        let mean_diff = pixels
-            .iter()
-            .zip(&expected[i])
-            .map(|(a, b)| (*a as f64 - *b as f64).abs())
-            .sum::<f64>()
-            / pixels.len() as f64;
-        eprintln!("{label} {ckpt}: mean pixel difference {mean_diff:.3} from f32 on the cpu");
-        assert!(
-            mean_diff < tolerance,
-            "{label} {ckpt}: mean pixel difference {mean_diff:.3} from f32 on the cpu"
-        );
+        let label = format!("{label} {ckpt} against f32 on the cpu");
+        crate::helpers::assert_close_pixels(&label, &pixels, &expected[i], tolerance);
     }
 }
 

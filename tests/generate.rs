@@ -544,15 +544,8 @@ async fn bad_requests_are_400s_naming_the_field_and_nothing_is_queued() {
 }
 
 /// Queues `request` and returns the pixels of its images, in output order.
-async fn generated_pixels(app: &TestApp, name: &str, request: &Json) -> Vec<Vec<u8>> {
-    let (status, body) = app.post("/api/weft/generate", request.clone()).await;
-    assert_eq!(status, 200, "{name}: {body:#}");
-    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
-    assert_eq!(
-        entry["status"]["status_str"], "success",
-        "{name}: {:#}",
-        entry["status"]
-    );
+async fn generated_pixels(app: &TestApp, request: &Json) -> Vec<Vec<u8>> {
+    let entry = app.queue_ok("/api/weft/generate", request.clone()).await;
     let mut files: Vec<String> = entry["outputs"]
         .as_object()
         .unwrap()
@@ -576,21 +569,12 @@ async fn every_request_shape_runs_with_f16_models_close_to_f32() {
     let full = app_with_models().await;
     let half = app_with_models_on(|c| c.compute.dtype = Some(candle_core::DType::F16)).await;
     for (name, request) in cases() {
-        let expected = generated_pixels(&full, name, &request).await;
-        let got = generated_pixels(&half, name, &request).await;
+        let expected = generated_pixels(&full, &request).await;
+        let got = generated_pixels(&half, &request).await;
         assert_eq!(got.len(), expected.len(), "{name}");
-        for (a, b) in got.iter().zip(&expected) {
-            let mean_diff = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (*x as f64 - *y as f64).abs())
-                .sum::<f64>()
-                / a.len() as f64;
-            eprintln!("{name}: f16 mean pixel difference {mean_diff:.3} from f32");
-            assert!(
-                mean_diff < 2.0,
-                "{name}: f16 mean pixel difference {mean_diff:.3}"
-            );
+        for (got, expected) in got.iter().zip(&expected) {
+            let label = format!("{name} in f16 against f32");
+            crate::helpers::assert_close_pixels(&label, got, expected, 1.0);
         }
     }
 }

@@ -132,6 +132,20 @@ impl TestApp {
         }
         panic!("prompt {prompt_id} did not finish in 120 s");
     }
+
+    /// Posts `request` to a queueing route (`/prompt`, `/api/weft/generate`), waits for the
+    /// prompt and returns its history entry, asserting that it was queued and succeeded.
+    pub async fn queue_ok(&self, path: &str, request: Json) -> Json {
+        let (status, body) = self.post(path, request).await;
+        assert_eq!(status, 200, "{body:#}");
+        let entry = self.wait_history(body["prompt_id"].as_str().unwrap()).await;
+        assert_eq!(
+            entry["status"]["status_str"], "success",
+            "{:#}",
+            entry["status"]
+        );
+        entry
+    }
 }
 
 pub struct WsClient {
@@ -347,3 +361,21 @@ pub const COMFY_SAMPLERS: &[&str] = &[
     "uni_pc",
     "uni_pc_bh2",
 ];
+
+/// Asserts two 8-bit images differ by less than `tolerance` levels on average (printing the
+/// figure, which the notes report) and returns the mean difference.
+pub fn assert_close_pixels(label: &str, got: &[u8], expected: &[u8], tolerance: f64) -> f64 {
+    assert_eq!(got.len(), expected.len(), "{label}: image sizes differ");
+    let mean_diff = got
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .sum::<f64>()
+        / got.len() as f64;
+    eprintln!("{label}: mean pixel difference {mean_diff:.3}");
+    assert!(
+        mean_diff < tolerance,
+        "{label}: mean pixel difference {mean_diff:.3}, tolerance {tolerance}"
+    );
+    mean_diff
+}

@@ -71,14 +71,7 @@ async fn app_with_loras() -> TestApp {
 }
 
 async fn run(app: &TestApp, workflow: Json) -> (Json, Vec<u8>) {
-    let (status, body) = app.post("/prompt", json!({"prompt": workflow})).await;
-    assert_eq!(status, 200, "{body}");
-    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
-    assert_eq!(
-        entry["status"]["status_str"], "success",
-        "{:#}",
-        entry["status"]
-    );
+    let entry = app.queue_ok("/prompt", json!({"prompt": workflow})).await;
     let image = entry["outputs"]
         .as_object()
         .unwrap()

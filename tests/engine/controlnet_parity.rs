@@ -37,6 +37,19 @@ const CONTROLNETS: [(&str, &str); 3] = [
     ("sdxl_mid_tiny", "sdxl_tiny"),
 ];
 
+/// A diffusers ControlNet folder in `dir`: `weights` beside fixture `name`'s config.json.
+fn diffusers_folder(dir: &Path, weights: &Path, name: &str) -> PathBuf {
+    let folder = dir.join(format!("{name}_dir"));
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(weights, folder.join("diffusion_pytorch_model.safetensors")).unwrap();
+    std::fs::copy(
+        path(&format!("controlnet_config_{name}.json")),
+        folder.join("config.json"),
+    )
+    .unwrap();
+    folder
+}
+
 fn path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/controlnet")
@@ -178,18 +191,7 @@ fn controlnet_loads_from_ldm_and_diffusers_files() {
             assert!(res < TOL && out < TOL, "{name}: residuals {res}, out {out}");
         }
         // A diffusers folder: config.json next to the weights.
-        let folder = dir.path().join(format!("{name}_dir"));
-        std::fs::create_dir(&folder).unwrap();
-        std::fs::copy(
-            &diffusers,
-            folder.join("diffusion_pytorch_model.safetensors"),
-        )
-        .unwrap();
-        std::fs::copy(
-            path(&format!("controlnet_config_{name}.json")),
-            folder.join("config.json"),
-        )
-        .unwrap();
+        let folder = diffusers_folder(dir.path(), &diffusers, name);
         let loaded = load_controlnet_diffusers_dir(&folder, DType::F32, &Device::Cpu).unwrap();
         assert!(!loaded.global_average_pooling);
         let ControlModel::ControlNet(model) = loaded.model.as_ref() else {
@@ -715,18 +717,7 @@ fn union_controlnet_loads_from_comfyui_and_diffusers_names() {
         assert!(err < TOL, "{}: union residuals {err}", file.display());
     }
     // A diffusers folder with its config.json.
-    let folder = dir.path().join("union_dir");
-    std::fs::create_dir(&folder).unwrap();
-    std::fs::copy(
-        &diffusers,
-        folder.join("diffusion_pytorch_model.safetensors"),
-    )
-    .unwrap();
-    std::fs::copy(
-        path(&format!("controlnet_config_{UNION}.json")),
-        folder.join("config.json"),
-    )
-    .unwrap();
+    let folder = diffusers_folder(dir.path(), &diffusers, UNION);
     let loaded = load_controlnet_diffusers_dir(&folder, DType::F32, &Device::Cpu).unwrap();
     let ControlModel::ControlNet(model) = loaded.model.as_ref() else {
         panic!("the folder is not a controlnet");
