@@ -590,7 +590,7 @@ async fn diff_controlnet_loader_adds_the_model_and_partial_union_files_are_refus
 
 /// Writes the tiny SDXL union ControlNet (the parity fixture's architecture, synthetic weights)
 /// under diffusers names, as xinsir's release is, with `types` control types (the fixture has 8).
-fn write_union(dir: &std::path::Path, name: &str, types: usize) {
+pub(crate) fn write_union(dir: &std::path::Path, name: &str, types: usize) {
     let rows = crate::engine::controlnet_parity::keymap("keymap_controlnet_union_sdxl_tiny.json");
     let rows: Vec<_> = rows
         .into_iter()

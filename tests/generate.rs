@@ -79,6 +79,12 @@ async fn app_with_models_on(adjust: impl FnOnce(&mut weft::app::ServerConfig)) -
         &rows,
         |r| Some(format!("control_model.{}", r.0)),
     );
+    // A union ControlNet (ControlNet++) for SDXL: the SDXL types without their own file use it.
+    crate::controlnet_nodes::write_union(
+        &controlnets,
+        "controlnet-union-sdxl-1.0-promax.safetensors",
+        8,
+    );
     let input = app.data_dir().join("input");
     std::fs::write(
         input.join("start.png"),
@@ -208,6 +214,19 @@ fn cases() -> Vec<(&'static str, Json)> {
                 "init_image": "start.png", "mask_image": "mask.png",
                 "scheduler": {"type": "UniPC", "steps": 2},
                 "hyperparameters": {"seed": 5, "denoise": 0.5},
+            }),
+        ),
+        (
+            // No SDXL depth or pose file: both use the union ControlNet, one loader, a type each.
+            "union_controlnet_sdxl",
+            json!({
+                "prompt": "a house", "model": "sd_xl_base_tiny",
+                "controlnet": [
+                    {"type": "depth", "condition_image": "photo.png", "preprocess_condition": false},
+                    {"type": "pose", "conditioning_scale": 0.5, "condition_image": "start.png"},
+                ],
+                "scheduler": {"steps": 2},
+                "hyperparameters": {"seed": 11, "width": 64, "height": 64},
             }),
         ),
         (

@@ -367,7 +367,7 @@ fn add_controlnets(
     (mut positive, mut negative): (Link, Link),
 ) -> Result<(Link, Link), RequestError> {
     for entry in &req.controlnets {
-        let name = match &entry.model {
+        let choice = match &entry.model {
             Some(model) => models::resolve_controlnet(
                 dirs,
                 model,
@@ -393,7 +393,15 @@ fn add_controlnets(
         if preprocess {
             hint = preprocessor(g, entry, hint, set.width.min(set.height))?;
         }
-        let control_net = g.load_controlnet(&name, entry.kind);
+        let mut control_net = g.load_controlnet(&choice.name, entry.kind);
+        if choice.union {
+            let id = g.add(
+                "SetUnionControlNetType",
+                &format!("Union type {}", entry.kind.name()),
+                json!({"control_net": control_net, "type": entry.kind.union_type()}),
+            );
+            control_net = out(&id, 0);
+        }
         let id = g.add(
             "ControlNetApplyAdvanced",
             &format!("Apply ControlNet {}", entry.kind.name()),

@@ -2,12 +2,9 @@
 //! optional), ControlNets by type keyword and family, input images; and reading a checkpoint's
 //! or ControlNet's family off its header without loading its weights.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::engine::controlnet::load::{
-    classify, controlnet_ldm_names, detect_controlnet, ControlFileKind,
-};
+use crate::engine::controlnet::load::controlnet_config_of;
 use crate::engine::load::detect::{detect_unet, DetectedUnet, ModelFamily};
 use crate::engine::load::file::StateDict;
 use crate::generate::request::{ControlType, RequestError};
@@ -132,22 +129,29 @@ pub fn checkpoint_family(
         .map_err(|k| RequestError::new(field, format!("cannot use '{name}': {k}")))
 }
 
-/// The family a control file is for; `None` when its header does not say (adapters and
-/// control-LoRAs are checked by the apply node when it runs).
-fn control_family(path: &Path) -> Result<Option<ModelFamily>, String> {
+/// What a control file's header says: the family it is for (`None` for adapters and
+/// control-LoRAs, which the apply node checks when it runs) and whether it is a union ControlNet.
+#[derive(Debug, Clone, Copy)]
+struct ControlInfo {
+    family: Option<ModelFamily>,
+    union: bool,
+}
+
+fn control_info(path: &Path) -> Result<ControlInfo, String> {
     let sd = StateDict::open(path).map_err(|e| e.to_string())?;
-    let kind = classify(&sd).map_err(|k| k.to_string())?;
-    let names: HashMap<String, String> = match &kind {
-        ControlFileKind::ControlNetLdm { prefix } => {
-            controlnet_ldm_names(&sd, prefix).map_err(|k| k.to_string())?
-        }
-        ControlFileKind::ControlNetDiffusers => {
-            sd.shapes().keys().map(|k| (k.clone(), k.clone())).collect()
-        }
-        _ => return Ok(None),
-    };
-    let config = detect_controlnet(&sd, &names).map_err(|k| k.to_string())?;
-    Ok(Some(config.family()))
+    let config = controlnet_config_of(&sd).map_err(|k| k.to_string())?;
+    Ok(ControlInfo {
+        family: config.as_ref().map(|c| c.family()),
+        union: config.is_some_and(|c| c.union.is_some()),
+    })
+}
+
+/// The ControlNet file chosen for a request entry.
+#[derive(Debug, Clone)]
+pub struct ControlChoice {
+    pub name: String,
+    /// A union (ControlNet++) file: the graph sets its control type.
+    pub union: bool,
 }
 
 pub fn family_name(family: ModelFamily) -> &'static str {
@@ -179,15 +183,18 @@ pub fn resolve_controlnet(
     wanted: &str,
     family: ModelFamily,
     field: &str,
-) -> Result<String, RequestError> {
+) -> Result<ControlChoice, RequestError> {
     let name = resolve_model(dirs, "controlnet", wanted, field)?;
     let path = model_path(dirs, "controlnet", &name, field)?;
-    match control_family(&path) {
+    match control_info(&path) {
         Err(why) => Err(RequestError::new(
             field,
             format!("cannot use '{name}': {why}"),
         )),
-        Ok(Some(found)) if found != family => Err(RequestError::new(
+        Ok(ControlInfo {
+            family: Some(found),
+            ..
+        }) if found != family => Err(RequestError::new(
             field,
             format!(
                 "'{name}' is a {} ControlNet but the base model is {}",
@@ -195,44 +202,68 @@ pub fn resolve_controlnet(
                 family_name(family)
             ),
         )),
-        Ok(_) => Ok(name),
+        Ok(info) => Ok(ControlChoice {
+            name,
+            union: info.union,
+        }),
     }
 }
 
-/// Finds the one ControlNet in `models/controlnet` for `kind` and `family`.
+/// Finds the one ControlNet in `models/controlnet` for `kind` and `family`: a file whose name has
+/// the type's keyword, or else a union ControlNet of the family (one file for every type).
 pub fn find_controlnet(
     dirs: &DataDirs,
     kind: ControlType,
     family: ModelFamily,
     field: &str,
-) -> Result<String, RequestError> {
+) -> Result<ControlChoice, RequestError> {
     let listed = dirs.list_models("controlnet").unwrap_or_default();
-    let by_name: Vec<&String> = listed
-        .iter()
-        .filter(|n| {
-            let lower = file_name(n).to_ascii_lowercase();
-            keywords(kind).iter().any(|k| lower.contains(k))
-        })
-        .collect();
     let mut fitting = Vec::new();
+    let mut unions = Vec::new();
     let mut other = Vec::new();
-    for name in by_name {
+    for name in &listed {
+        let lower = file_name(name).to_ascii_lowercase();
+        let by_name = keywords(kind).iter().any(|k| lower.contains(k));
         let Ok(path) = model_path(dirs, "controlnet", name, field) else {
             continue;
         };
-        match control_family(&path) {
-            Ok(Some(found)) if found == family => fitting.push(name.clone()),
-            Ok(None) => fitting.push(name.clone()),
-            Ok(Some(found)) => other.push(format!("{name} ({})", family_name(found))),
-            Err(why) => other.push(format!("{name} (unreadable: {why})")),
+        let info = match control_info(&path) {
+            Ok(info) => info,
+            Err(why) if by_name => {
+                other.push(format!("{name} (unreadable: {why})"));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let choice = ControlChoice {
+            name: name.clone(),
+            union: info.union,
+        };
+        match info.family {
+            Some(found) if found != family => {
+                if by_name {
+                    other.push(format!("{name} ({})", family_name(found)));
+                }
+            }
+            _ if by_name => fitting.push(choice),
+            _ if info.union => unions.push(choice),
+            _ => {}
         }
     }
+    if fitting.is_empty() {
+        fitting = unions;
+    }
+    let names = |choices: &[ControlChoice]| {
+        listing(&choices.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
+    };
     match fitting.len() {
         1 => Ok(fitting.remove(0)),
-        0 => Err(RequestError::new(
-            field,
-            format!(
-                "no {} ControlNet for {} in models/controlnet (looked for names containing {}); {}; name one with 'model'",
+        0 => {
+            Err(RequestError::new(
+                field,
+                format!(
+                "no {} ControlNet for {} in models/controlnet (looked for names containing {}, \
+                 then union ControlNets); {}; name one with 'model'",
                 kind.name(),
                 family_name(family),
                 keywords(kind).iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(" or "),
@@ -242,14 +273,15 @@ pub fn find_controlnet(
                     format!("not usable: {}", listing(&other))
                 }
             ),
-        )),
+            ))
+        }
         _ => Err(RequestError::new(
             field,
             format!(
                 "several {} ControlNets for {} match: {}; name one with 'model'",
                 kind.name(),
                 family_name(family),
-                listing(&fitting)
+                names(&fitting)
             ),
         )),
     }

@@ -104,6 +104,21 @@ impl ControlType {
         }
     }
 
+    /// The control type a union ControlNet takes for this kind (ComfyUI's
+    /// `SetUnionControlNetType` names).
+    pub fn union_type(self) -> &'static str {
+        match self {
+            ControlType::Canny | ControlType::Mlsd | ControlType::Lineart => {
+                "canny/lineart/anime_lineart/mlsd"
+            }
+            ControlType::Depth => "depth",
+            ControlType::Pose => "openpose",
+            ControlType::Scribble => "hed/pidi/scribble/ted",
+            ControlType::Normal => "normal",
+            ControlType::Segmentation => "segment",
+        }
+    }
+
     fn parse(name: &str) -> Option<ControlType> {
         let name = name.trim().to_ascii_lowercase();
         let name = match name.as_str() {

@@ -689,6 +689,30 @@ fn detect_union(
     }))
 }
 
+/// Model names of a ControlNet file of `kind` (LDM or diffusers layout).
+fn controlnet_names(
+    sd: &StateDict,
+    kind: &ControlFileKind,
+) -> Result<HashMap<String, String>, LoadErrorKind> {
+    match kind {
+        ControlFileKind::ControlNetLdm { prefix } => controlnet_ldm_names(sd, prefix),
+        _ => Ok(diffusers_names(sd)),
+    }
+}
+
+/// A ControlNet file's architecture read from its header alone (family, union parts), for
+/// choosing files without loading them; `None` for adapters and Control-LoRAs, whose family
+/// shows only against a model.
+pub fn controlnet_config_of(sd: &StateDict) -> Result<Option<ControlNetConfig>, LoadErrorKind> {
+    let kind = classify(sd)?;
+    match kind {
+        ControlFileKind::ControlNetLdm { .. } | ControlFileKind::ControlNetDiffusers => {
+            detect_controlnet(sd, &controlnet_names(sd, &kind)?).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 fn load_controlnet_from(
     sd: &Arc<StateDict>,
     kind: &ControlFileKind,
@@ -696,12 +720,7 @@ fn load_controlnet_from(
     device: &Device,
 ) -> Result<ControlNetModel, LoadError> {
     let err = |k| LoadError::new(sd.path(), k);
-    let names = match kind {
-        ControlFileKind::ControlNetLdm { prefix } => {
-            controlnet_ldm_names(sd, prefix).map_err(err)?
-        }
-        _ => diffusers_names(sd),
-    };
+    let names = controlnet_names(sd, kind).map_err(err)?;
     let cfg = detect_controlnet(sd, &names).map_err(err)?;
     build_mapped(sd, names, dtype, device, |vb| {
         ControlNetModel::new(vb, &cfg)
