@@ -240,11 +240,10 @@ pub fn find_controlnet(
             union: info.union,
         };
         match info.family {
-            Some(found) if found != family => {
-                if by_name {
-                    other.push(format!("{name} ({})", family_name(found)));
-                }
+            Some(found) if found != family && by_name => {
+                other.push(format!("{name} ({})", family_name(found)));
             }
+            Some(found) if found != family => {}
             _ if by_name => fitting.push(choice),
             _ if info.union => unions.push(choice),
             _ => {}
