@@ -92,6 +92,40 @@ async fn the_default_workflow_runs_on_tiny_sd1_sd2_sdxl_checkpoints() {
     assert_eq!(stats["weft"]["models_loaded"], 0);
 }
 
+/// Models are keyed by their content: one file under two names loads once, and a name whose file
+/// is replaced by other bytes loads the new model.
+#[actix_web::test]
+async fn one_file_under_two_names_loads_once_and_a_replaced_file_reloads() {
+    let app = app_with_models().await;
+    let checkpoints = app.dir.path().join("models/checkpoints");
+    let copy = checkpoints.join("copy.safetensors");
+    std::fs::copy(checkpoints.join("tiny_sd1.safetensors"), &copy).unwrap();
+    let loaded = |stats: Json| stats["weft"]["models_loaded"].as_u64().unwrap();
+    run_ok(
+        &app,
+        default_workflow("tiny_sd1.safetensors", "euler", "normal", 5, "original"),
+    )
+    .await;
+    run_ok(
+        &app,
+        default_workflow("copy.safetensors", "euler", "normal", 5, "copy"),
+    )
+    .await;
+    assert_eq!(loaded(app.get("/system_stats").await.1), 1);
+    let pixels =
+        |prefix: &str| read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png"))).3;
+    assert!(pixels("copy") == pixels("original"));
+
+    std::fs::copy(checkpoints.join("tiny_sd2.safetensors"), &copy).unwrap();
+    run_ok(
+        &app,
+        default_workflow("copy.safetensors", "euler", "normal", 5, "replaced"),
+    )
+    .await;
+    assert_eq!(loaded(app.get("/system_stats").await.1), 2);
+    assert!(pixels("replaced") != pixels("original"));
+}
+
 #[actix_web::test]
 async fn the_same_seed_gives_the_same_image_and_another_seed_does_not() {
     let app = app_with_models().await;

@@ -1,5 +1,7 @@
-//! The model manager: loaded checkpoints, VAEs and control models shared by every prompt, keyed by file identity
-//! (path, size, modification time), within a memory budget, least recently used unloaded first.
+//! The model manager: loaded checkpoints, VAEs and control models shared by every prompt, keyed by
+//! the SHA-256 of the file's content (one file under two names loads once), within a memory
+//! budget, least recently used unloaded first. The hash of a file is computed once per file
+//! identity (path, size, modification time), so an unchanged file is read for hashing only once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +10,7 @@ use std::time::SystemTime;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use sha2::{Digest, Sha256};
 
 use crate::engine::clip::convert::{
     hf_clip_from_ldm, infer_clip_config, openclip_to_hf, strip_prefix,
@@ -45,15 +48,27 @@ struct FileKey {
 
 impl FileKey {
     fn of(path: &Path) -> Result<FileKey, LoadError> {
-        let meta = std::fs::metadata(path).map_err(|e| LoadError {
-            path: path.to_path_buf(),
-            kind: LoadErrorKind::Io(e),
-        })?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| LoadError::new(path, LoadErrorKind::Io(e)))?;
         Ok(FileKey {
             path: path.to_path_buf(),
             len: meta.len(),
             modified: meta.modified().ok(),
         })
+    }
+}
+
+/// The SHA-256 of a model file's bytes (the hash model sites publish).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ContentHash([u8; 32]);
+
+impl ContentHash {
+    fn of_file(path: &Path) -> Result<ContentHash, LoadError> {
+        let io = |e| LoadError::new(path, LoadErrorKind::Io(e));
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher).map_err(io)?;
+        Ok(ContentHash(hasher.finalize().into()))
     }
 }
 
@@ -65,8 +80,18 @@ enum Loaded {
 
 struct Entry {
     loaded: Loaded,
+    /// The path it was loaded from (for logs, and so a changed file drops its old entry).
+    path: PathBuf,
     bytes: usize,
     last_used: u64,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<ContentHash, Entry>,
+    /// Hashes already computed, by file identity.
+    hashes: HashMap<FileKey, ContentHash>,
+    clock: u64,
 }
 
 impl Entry {
@@ -89,7 +114,7 @@ pub struct ModelManager {
     budget: usize,
     device: Device,
     dtype: DType,
-    state: Mutex<(HashMap<FileKey, Entry>, u64)>,
+    state: Mutex<State>,
 }
 
 /// The CLIP BPE vocabulary, built once (it is expensive).
@@ -110,7 +135,7 @@ impl ModelManager {
             budget,
             device,
             dtype,
-            state: Mutex::new((HashMap::new(), 0)),
+            state: Mutex::new(State::default()),
         }
     }
 
@@ -133,24 +158,43 @@ impl ModelManager {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<FileKey, Entry>, u64)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The content hash of the file at `path`, computed on the first call for this version of the
+    /// file (outside the lock: hashing a checkpoint reads gigabytes).
+    fn key(&self, path: &Path) -> Result<ContentHash, LoadError> {
+        let file = FileKey::of(path)?;
+        if let Some(hash) = self.lock().hashes.get(&file) {
+            return Ok(*hash);
+        }
+        let hash = ContentHash::of_file(path)?;
+        let mut state = self.lock();
+        state.hashes.retain(|k, _| k.path != file.path);
+        state.hashes.insert(file, hash);
+        Ok(hash)
     }
 
     /// The checkpoint at `path`, loaded once while it stays unchanged on disk.
     pub fn checkpoint(&self, path: &Path) -> Result<Arc<LoadedCheckpoint>, LoadError> {
-        let key = FileKey::of(path)?;
+        let key = self.key(path)?;
         if let Some(Loaded::Checkpoint(found)) = self.touch(&key) {
             return Ok(found);
         }
         let loaded = Arc::new(self.load_checkpoint(path)?);
-        self.insert(key, Loaded::Checkpoint(Arc::clone(&loaded)), loaded.bytes);
+        self.insert(
+            key,
+            path,
+            Loaded::Checkpoint(Arc::clone(&loaded)),
+            loaded.bytes,
+        );
         Ok(loaded)
     }
 
     /// A standalone VAE file, with the latent scale of the family it will be used with.
     pub fn vae(&self, path: &Path, scale: f64) -> Result<Arc<AutoEncoderKL>, LoadError> {
-        let key = FileKey::of(path)?;
+        let key = self.key(path)?;
         if let Some(Loaded::Vae(found)) = self.touch(&key) {
             if (found.config().scaling_factor - scale).abs() < 1e-9 {
                 return Ok(found);
@@ -160,30 +204,31 @@ impl ModelManager {
         let bytes = std::fs::metadata(path)
             .map(|m| m.len() as usize)
             .unwrap_or(0);
-        self.insert(key, Loaded::Vae(Arc::clone(&vae)), bytes);
+        self.insert(key, path, Loaded::Vae(Arc::clone(&vae)), bytes);
         Ok(vae)
     }
 
     /// A ControlNet, T2I-Adapter or Control-LoRA file (ControlNetLoader), loaded once while it
     /// stays unchanged on disk and counted against the budget like a checkpoint.
     pub fn control(&self, path: &Path) -> Result<Arc<LoadedControl>, LoadError> {
-        let key = FileKey::of(path)?;
+        let key = self.key(path)?;
         if let Some(Loaded::Control(found)) = self.touch(&key) {
             return Ok(found);
         }
         let control = Arc::new(load_control(path, self.dtype, &self.device)?);
         // The file's size stands for the weights' (they are loaded in about the stored width).
-        let bytes = key.len as usize;
-        self.insert(key, Loaded::Control(Arc::clone(&control)), bytes);
+        let bytes = std::fs::metadata(path)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
+        self.insert(key, path, Loaded::Control(Arc::clone(&control)), bytes);
         Ok(control)
     }
 
-    fn touch(&self, key: &FileKey) -> Option<Loaded> {
-        let mut guard = self.lock();
-        let (entries, clock) = &mut *guard;
-        *clock += 1;
-        let now = *clock;
-        entries.get_mut(key).map(|entry| {
+    fn touch(&self, key: &ContentHash) -> Option<Loaded> {
+        let mut state = self.lock();
+        state.clock += 1;
+        let now = state.clock;
+        state.entries.get_mut(key).map(|entry| {
             entry.last_used = now;
             match &entry.loaded {
                 Loaded::Checkpoint(c) => Loaded::Checkpoint(Arc::clone(c)),
@@ -193,23 +238,24 @@ impl ModelManager {
         })
     }
 
-    fn insert(&self, key: FileKey, loaded: Loaded, bytes: usize) {
-        let mut guard = self.lock();
-        let (entries, clock) = &mut *guard;
-        *clock += 1;
+    fn insert(&self, key: ContentHash, path: &Path, loaded: Loaded, bytes: usize) {
+        let mut state = self.lock();
+        state.clock += 1;
+        let now = state.clock;
+        let entries = &mut state.entries;
         // A changed file replaces the old entry for the same path.
-        entries.retain(|k, _| k.path != key.path);
+        entries.retain(|_, e| e.path != path);
         let mut used: usize = entries.values().map(Entry::bytes).sum();
         while used + bytes > self.budget {
             let Some(oldest) = entries
                 .iter()
                 .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| k.clone())
+                .map(|(k, _)| *k)
             else {
                 break;
             };
             if let Some(entry) = entries.remove(&oldest) {
-                tracing::info!(path = %oldest.path.display(), "unloading model to stay within the memory budget");
+                tracing::info!(path = %entry.path.display(), "unloading model to stay within the memory budget");
                 used -= entry.bytes();
             }
         }
@@ -217,21 +263,25 @@ impl ModelManager {
             key,
             Entry {
                 loaded,
+                path: path.to_path_buf(),
                 bytes,
-                last_used: *clock,
+                last_used: now,
             },
         );
     }
 
     /// Unloads every model (`POST /free` with `unload_models`).
     pub fn unload_all(&self) {
-        self.lock().0.clear();
+        self.lock().entries.clear();
     }
 
     /// (number of loaded files, bytes of weights).
     pub fn stats(&self) -> (usize, usize) {
-        let guard = self.lock();
-        (guard.0.len(), guard.0.values().map(Entry::bytes).sum())
+        let state = self.lock();
+        (
+            state.entries.len(),
+            state.entries.values().map(Entry::bytes).sum(),
+        )
     }
 
     fn load_checkpoint(&self, path: &Path) -> Result<LoadedCheckpoint, LoadError> {
