@@ -86,14 +86,6 @@ struct Entry {
     last_used: u64,
 }
 
-#[derive(Default)]
-struct State {
-    entries: HashMap<ContentHash, Entry>,
-    /// Hashes already computed, by file identity.
-    hashes: HashMap<FileKey, ContentHash>,
-    clock: u64,
-}
-
 impl Entry {
     /// The bytes the entry holds now: its file's weights, and for a Control-LoRA the ControlNet
     /// built from it on the sampled model (built later, while sampling).
@@ -107,6 +99,14 @@ impl Entry {
         };
         self.bytes + built
     }
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<ContentHash, Entry>,
+    /// Hashes already computed, by file identity.
+    hashes: HashMap<FileKey, ContentHash>,
+    clock: u64,
 }
 
 /// Loaded models by file.
