@@ -10,7 +10,7 @@ use anyhow::Context;
 use serde_json::Value as Json;
 
 use crate::api::{self, ApiConfig, AppState, Hub};
-use crate::engine::device::DeviceChoice;
+use crate::engine::device::{default_model_budget, DeviceChoice};
 use crate::exec::{Event, ExecConfig, Executor, Submission};
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
@@ -49,7 +49,8 @@ pub struct ServerConfig {
     pub max_upload_mb: usize,
     pub cache_budget_mb: usize,
     /// Memory budget of loaded model weights kept between prompts.
-    pub model_budget_mb: usize,
+    /// `None`: [`default_model_budget`] for the device.
+    pub model_budget_mb: Option<usize>,
     pub test_nodes: bool,
     pub write_metadata: bool,
     pub web_root: Option<PathBuf>,
@@ -67,7 +68,7 @@ impl ServerConfig {
             models_dir: PathBuf::from("models"),
             max_upload_mb: 100,
             cache_budget_mb: 4096,
-            model_budget_mb: 16384,
+            model_budget_mb: None,
             test_nodes: false,
             write_metadata: true,
             web_root: None,
@@ -117,7 +118,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (device, dtype) = config.compute.open()?;
     let exec_config = ExecConfig {
         cache_budget: config.cache_budget_mb << 20,
-        model_budget: config.model_budget_mb << 20,
+        model_budget: config
+            .model_budget_mb
+            .map_or_else(|| default_model_budget(&device), |mb| mb << 20),
         write_metadata: config.write_metadata,
         device,
         dtype,
@@ -187,6 +190,7 @@ pub async fn run_headless(
         &queue_dir.path().join("run.db"),
         false,
         ExecConfig {
+            model_budget: default_model_budget(&device),
             device,
             dtype,
             ..ExecConfig::default()

@@ -48,9 +48,10 @@ struct ServeArgs {
     #[arg(long, default_value_t = 4096)]
     cache_size: usize,
     /// Memory budget of loaded models (checkpoints, VAEs, ControlNets) kept between prompts, in
-    /// MB; least recently used ones are unloaded first.
-    #[arg(long, default_value_t = 16384)]
-    model_cache_size: usize,
+    /// MB; least recently used ones are unloaded first. Default: 16384, or three quarters of a
+    /// GPU's own memory when that is less.
+    #[arg(long)]
+    model_cache_size: Option<usize>,
     /// Do not write the prompt and workflow into saved PNGs.
     #[arg(long)]
     disable_metadata: bool,

@@ -126,6 +126,41 @@ async fn one_file_under_two_names_loads_once_and_a_replaced_file_reloads() {
     assert!(pixels("replaced") != pixels("original"));
 }
 
+/// Over the model budget the least recently used model is unloaded: with room for two of the
+/// three checkpoints, SD1 used after SD2 stays and SD2 goes when SDXL loads.
+#[actix_web::test]
+async fn the_least_recently_used_model_is_unloaded_over_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = dir.path().join("checkpoints");
+    install_all(dir.path());
+    let size = |name: &str| std::fs::metadata(checkpoints.join(name)).unwrap().len();
+    let (sd1, sd2, sdxl) = (
+        size("tiny_sd1.safetensors"),
+        size("tiny_sd2.safetensors"),
+        size("tiny_sdxl.safetensors"),
+    );
+    let budget_mb = (sd1 + sd2.max(sdxl)).div_ceil(1 << 20);
+    assert!(budget_mb << 20 < sd1 + sd2 + sdxl, "the three must not fit");
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.model_budget_mb = Some(budget_mb as usize);
+    })
+    .await;
+    install_all(&app.dir.path().join("models"));
+    let run =
+        |ckpt: &'static str, seed: u64| default_workflow(ckpt, "euler", "normal", seed, "lru");
+    run_ok(&app, run("tiny_sd1.safetensors", 1)).await;
+    run_ok(&app, run("tiny_sd2.safetensors", 1)).await;
+    let (_, body) = app.get("/system_stats").await;
+    assert_eq!(body["weft"]["model_bytes"], sd1 + sd2);
+    // Clear the node cache (not the models) so the SD1 loader runs again and uses its model.
+    app.post("/free", json!({"free_memory": true})).await;
+    run_ok(&app, run("tiny_sd1.safetensors", 2)).await;
+    run_ok(&app, run("tiny_sdxl.safetensors", 1)).await;
+    let (_, body) = app.get("/system_stats").await;
+    assert_eq!(body["weft"]["models_loaded"], 2, "{}", body["weft"]);
+    assert_eq!(body["weft"]["model_bytes"], sd1 + sdxl, "{}", body["weft"]);
+}
+
 #[actix_web::test]
 async fn the_same_seed_gives_the_same_image_and_another_seed_does_not() {
     let app = app_with_models().await;

@@ -148,6 +148,20 @@ pub fn gpu_memory(device: &Device) -> Option<(u64, u64)> {
     None
 }
 
+/// The model budget when none is given: 16 GiB, or three quarters of a GPU's own memory when
+/// that is less (the rest is for activations while sampling).
+pub fn default_model_budget(device: &Device) -> usize {
+    model_budget_for(gpu_memory(device).map(|(total, _)| total))
+}
+
+fn model_budget_for(gpu_total: Option<u64>) -> usize {
+    const DEFAULT: usize = 16 << 30;
+    match gpu_total {
+        Some(total) => DEFAULT.min((total / 4 * 3) as usize),
+        None => DEFAULT,
+    }
+}
+
 /// A model input moved to the model's device and dtype (no copy when it is already there).
 pub fn to_compute(t: &Tensor, device: &Device, dtype: DType) -> Result<Tensor> {
     t.to_device(device)?.to_dtype(dtype)
@@ -188,6 +202,15 @@ mod tests {
             assert!(e.contains("--features metal"), "{e}");
         }
         assert!(DeviceChoice::Cpu.open().unwrap().is_cpu());
+    }
+
+    #[test]
+    fn the_default_model_budget_fits_the_gpu() {
+        let gib = 1u64 << 30;
+        assert_eq!(model_budget_for(None), 16 << 30);
+        assert_eq!(model_budget_for(Some(8 * gib)), 6 << 30);
+        assert_eq!(model_budget_for(Some(141 * gib)), 16 << 30);
+        assert_eq!(default_model_budget(&Device::Cpu), 16 << 30);
     }
 
     #[test]
