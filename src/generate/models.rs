@@ -218,39 +218,39 @@ pub fn find_controlnet(
     field: &str,
 ) -> Result<ControlChoice, RequestError> {
     let listed = dirs.list_models("controlnet").unwrap_or_default();
-    let mut fitting = Vec::new();
-    let mut unions = Vec::new();
-    let mut other = Vec::new();
-    for name in &listed {
+    let (by_name, rest): (Vec<&String>, Vec<&String>) = listed.iter().partition(|name| {
         let lower = file_name(name).to_ascii_lowercase();
-        let by_name = keywords(kind).iter().any(|k| lower.contains(k));
-        let Ok(path) = model_path(dirs, "controlnet", name, field) else {
-            continue;
-        };
-        let info = match control_info(&path) {
-            Ok(info) => info,
-            Err(why) if by_name => {
-                other.push(format!("{name} (unreadable: {why})"));
-                continue;
-            }
-            Err(_) => continue,
-        };
-        let choice = ControlChoice {
-            name: name.clone(),
-            union: info.union,
-        };
-        match info.family {
-            Some(found) if found != family && by_name => {
-                other.push(format!("{name} ({})", family_name(found)));
-            }
-            Some(found) if found != family => {}
-            _ if by_name => fitting.push(choice),
-            _ if info.union => unions.push(choice),
-            _ => {}
+        keywords(kind).iter().any(|k| lower.contains(k))
+    });
+    // `None`: the listed name has no usable path (skipped).
+    let info = |name: &str| {
+        let path = model_path(dirs, "controlnet", name, field).ok()?;
+        Some(control_info(&path))
+    };
+    let choice = |name: &str, info: ControlInfo| ControlChoice {
+        name: name.to_owned(),
+        union: info.union,
+    };
+    let mut fitting = Vec::new();
+    let mut other = Vec::new();
+    for name in by_name {
+        match info(name) {
+            Some(Ok(found)) => match found.family {
+                Some(f) if f != family => other.push(format!("{name} ({})", family_name(f))),
+                _ => fitting.push(choice(name, found)),
+            },
+            Some(Err(why)) => other.push(format!("{name} (unreadable: {why})")),
+            None => {}
         }
     }
+    // Only when no file is named for the type are the other headers read, for union files.
     if fitting.is_empty() {
-        fitting = unions;
+        fitting = rest
+            .into_iter()
+            .filter_map(|name| Some((name, info(name)?.ok()?)))
+            .filter(|(_, found)| found.union && found.family.is_none_or(|f| f == family))
+            .map(|(name, found)| choice(name, found))
+            .collect();
     }
     let names = |choices: &[ControlChoice]| {
         listing(&choices.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
