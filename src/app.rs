@@ -10,7 +10,10 @@ use anyhow::Context;
 use serde_json::Value as Json;
 
 use crate::api::{self, ApiConfig, AppState, Hub};
+use candle_core::DType;
+
 use crate::engine::device::{default_model_budget, DeviceChoice};
+use crate::engine::memory::{human, MemoryProbe};
 use crate::exec::{Event, ExecConfig, Executor, Submission};
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
@@ -25,18 +28,52 @@ pub struct ComputeConfig {
 }
 
 impl ComputeConfig {
-    /// Opens the device, failing before anything starts when it cannot be used.
-    fn open(self) -> anyhow::Result<(candle_core::Device, candle_core::DType)> {
+    /// Opens the device, failing before anything starts when it cannot be used; returns it
+    /// with the weights' dtype (`None`: each file's own precision).
+    fn open(self) -> anyhow::Result<(candle_core::Device, Option<candle_core::DType>)> {
         let device = self
             .device
             .open()
             .with_context(|| format!("cannot use device {}", self.device))?;
-        let dtype = self
-            .device
-            .check_dtype(self.dtype.unwrap_or(self.device.default_dtype()))?;
-        tracing::info!(device = %self.device, ?dtype, "models run on {} in {dtype:?}", self.device);
+        let dtype = match self.dtype.or(self.device.default_dtype()) {
+            Some(dtype) => Some(self.device.check_dtype(dtype)?),
+            None => None,
+        };
+        let compute = crate::engine::device::compute_dtype(&device, dtype.unwrap_or(DType::F32));
+        match dtype {
+            Some(weights) => tracing::info!(device = %self.device,
+                "models run on {} with {weights:?} weights, computing in {compute:?}", self.device),
+            None => tracing::info!(device = %self.device,
+                "models run on {} with weights kept as stored (f16/bf16 stay half size), computing in {compute:?}",
+                self.device),
+        }
         Ok((device, dtype))
     }
+}
+
+/// The model budget: `--model-cache-size` when given, else the default for the device and the
+/// memory limit; logged with the reason.
+fn model_budget(
+    given_mb: Option<usize>,
+    device: &candle_core::Device,
+    probe: &MemoryProbe,
+) -> usize {
+    let reading = probe.read();
+    let (budget, why) = match given_mb {
+        Some(mb) => (mb << 20, "--model-cache-size".to_owned()),
+        None => default_model_budget(device, &reading),
+    };
+    tracing::info!(
+        budget,
+        limit = reading.limit,
+        available = reading.available,
+        "model budget {}: {why}; memory limit in force {} ({}), {} available now",
+        human(budget as u64),
+        human(reading.limit),
+        reading.source,
+        human(reading.available)
+    );
+    budget
 }
 
 /// Everything `weft serve` can be told.
@@ -49,8 +86,10 @@ pub struct ServerConfig {
     pub max_upload_mb: usize,
     pub cache_budget_mb: usize,
     /// Memory budget of loaded model weights kept between prompts.
-    /// `None`: [`default_model_budget`] for the device.
+    /// `None`: [`default_model_budget`] for the device and the memory limit.
     pub model_budget_mb: Option<usize>,
+    /// Where the memory limit is read from (tests inject their own files).
+    pub memory: MemoryProbe,
     pub test_nodes: bool,
     pub write_metadata: bool,
     pub web_root: Option<PathBuf>,
@@ -69,6 +108,7 @@ impl ServerConfig {
             max_upload_mb: 100,
             cache_budget_mb: 4096,
             model_budget_mb: None,
+            memory: MemoryProbe::default(),
             test_nodes: false,
             write_metadata: true,
             web_root: None,
@@ -118,9 +158,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (device, dtype) = config.compute.open()?;
     let exec_config = ExecConfig {
         cache_budget: config.cache_budget_mb << 20,
-        model_budget: config
-            .model_budget_mb
-            .map_or_else(|| default_model_budget(&device), |mb| mb << 20),
+        model_budget: model_budget(config.model_budget_mb, &device, &config.memory),
+        memory: config.memory.clone(),
         write_metadata: config.write_metadata,
         device,
         dtype,
@@ -190,7 +229,7 @@ pub async fn run_headless(
         &queue_dir.path().join("run.db"),
         false,
         ExecConfig {
-            model_budget: default_model_budget(&device),
+            model_budget: model_budget(None, &device, &MemoryProbe::default()),
             device,
             dtype,
             ..ExecConfig::default()

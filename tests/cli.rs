@@ -78,11 +78,11 @@ fn a_device_or_dtype_this_build_cannot_use_stops_the_command_with_a_clear_error(
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert_eq!(stderr.matches("DriverError").count(), 1, "{stderr}");
     }
-    let out = weft(&["run", w, "--dtype", "bf16"], dir.path());
+    let out = weft(&["run", w, "--dtype", "int8"], dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("BF16 is not supported on cpu; use f32 or f16"),
+        stderr.contains("unknown dtype 'int8'; use f32, f16 or bf16"),
         "{stderr}"
     );
     // Parse errors come from clap, naming the flag.

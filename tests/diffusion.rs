@@ -133,7 +133,8 @@ async fn the_least_recently_used_model_is_unloaded_over_the_budget() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoints = dir.path().join("checkpoints");
     install_all(dir.path());
-    let size = |name: &str| std::fs::metadata(checkpoints.join(name)).unwrap().len();
+    // Models count what their weights take in memory (here f32, the file less its header).
+    let size = |name: &str| crate::models::tensor_bytes(&checkpoints.join(name));
     let (sd1, sd2, sdxl) = (
         size("tiny_sd1.safetensors"),
         size("tiny_sd2.safetensors"),
@@ -605,7 +606,7 @@ async fn matches_f32_cpu(expected: &[Vec<u8>], compute: ComputeConfig, tolerance
     let (_, stats) = app.get("/system_stats").await;
     assert_eq!(stats["weft"]["device"], compute.device.to_string());
     if compute.dtype.is_some() {
-        assert_eq!(stats["weft"]["dtype"], dtype);
+        assert_eq!(stats["weft"]["weight_dtype"], dtype);
     }
     for (i, ckpt) in ["tiny_sd1.safetensors", "tiny_sdxl.safetensors"]
         .into_iter()
@@ -621,17 +622,19 @@ async fn matches_f32_cpu(expected: &[Vec<u8>], compute: ComputeConfig, tolerance
     }
 }
 
-/// Models in f16 (as on a GPU; the VAE stays in f32, as ComfyUI keeps it) with node values in
-/// f32: every model boundary converts, the default graph runs on SD1 and SDXL, and the image is
-/// the f32 image up to half-precision rounding.
+/// Weights kept in f16 and in bf16 (the VAE stays in f32, as ComfyUI keeps it), arithmetic in
+/// f32 on the CPU: every layer widens its weights, the default graph runs on SD1 and SDXL, and
+/// the image is the f32 image up to the weights' rounding.
 #[actix_web::test]
 async fn half_precision_weights_run_every_model_and_match_f32_closely() {
     let expected = f32_cpu_images().await;
-    let compute = ComputeConfig {
-        device: DeviceChoice::Cpu,
-        dtype: Some(DType::F16),
-    };
-    matches_f32_cpu(&expected, compute, 1.0).await;
+    for (dtype, tolerance) in [(DType::F16, 1.0), (DType::BF16, 2.0)] {
+        let compute = ComputeConfig {
+            device: DeviceChoice::Cpu,
+            dtype: Some(dtype),
+        };
+        matches_f32_cpu(&expected, compute, tolerance).await;
+    }
 }
 
 /// The same on a GPU, in every dtype it supports. Runs only where `WEFT_TEST_DEVICE` names one

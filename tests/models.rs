@@ -140,6 +140,13 @@ fn sd2_context() -> usize {
 }
 
 /// Writes the four tiny checkpoints into `models/checkpoints/` of a test app.
+/// Bytes a tiny checkpoint's tensors take in memory (its f32 data: the file after the header).
+pub fn tensor_bytes(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).expect("checkpoint");
+    let header = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    bytes.len() as u64 - 8 - header
+}
+
 pub fn install_all(models: &Path) {
     let dir = models.join("checkpoints");
     for (name, family) in [

@@ -14,6 +14,7 @@ mod generate;
 mod helpers;
 mod image_nodes;
 mod lora_nodes;
+mod memory;
 mod models;
 mod restart;
 pub(crate) mod server;

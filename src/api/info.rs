@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value as Json};
 use crate::api::error::ApiError;
 use crate::api::object_info::node_info;
 use crate::api::AppState;
-use crate::engine::device::gpu_memory;
+use crate::engine::device::{compute_dtype, gpu_memory};
 use crate::paths::MODEL_FOLDERS;
 
 /// `GET /object_info`.
@@ -57,8 +57,10 @@ fn memory() -> (u64, u64) {
 pub async fn system_stats(state: web::Data<AppState>) -> HttpResponse {
     let (total, free) = memory();
     let (_, cache_used, cache_budget, _) = state.exec.cache_state();
-    let (models_loaded, model_bytes) = state.exec.model_stats();
-    let (device, dtype) = state.exec.compute();
+    let models = state.exec.model_stats();
+    let (device, weights) = state.exec.compute();
+    let compute = compute_dtype(device, weights.unwrap_or(candle_core::DType::F32));
+    let name_of = |d: candle_core::DType| format!("{d:?}").to_lowercase();
     let (vram_total, vram_free) = gpu_memory(device).unwrap_or((total, free));
     // ComfyUI names Apple GPUs as torch does ("mps"); the `weft` block uses `--device`'s names.
     let (name, kind, index, weft_name) = match device.location() {
@@ -102,11 +104,16 @@ pub async fn system_stats(state: web::Data<AppState>) -> HttpResponse {
         // Weft addition: what the model manager and the output cache hold.
         "weft": {
             "device": weft_name,
-            "dtype": format!("{dtype:?}").to_lowercase(),
-            "models_loaded": models_loaded,
-            "model_bytes": model_bytes,
+            "dtype": name_of(compute),
+            "weight_dtype": weights.map_or_else(|| "stored".to_owned(), name_of),
+            "models_loaded": models.models,
+            "model_bytes": models.bytes,
+            "model_budget_bytes": models.budget,
             "cache_bytes": cache_used,
             "cache_budget_bytes": cache_budget,
+            "memory_limit_bytes": models.memory.limit,
+            "memory_limit_source": models.memory.source.to_string(),
+            "memory_available_bytes": models.memory.available,
         },
     }))
 }

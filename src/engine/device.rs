@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use crate::engine::memory::{self, MemoryReading};
+
 /// A device named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
@@ -100,29 +102,53 @@ impl DeviceChoice {
         })
     }
 
-    /// The dtype models use when none is asked for: f32 on the CPU (candle's CPU kernels are
-    /// fastest and exact there), f16 on GPUs (half the memory; SD weights ship in f16).
-    pub fn default_dtype(self) -> DType {
+    /// The weights' dtype when none is asked for: on the CPU `None`, the precision each file is
+    /// stored in (f16 and bf16 kept, half the memory of f32; the arithmetic is f32 all the same,
+    /// see [`compute_dtype`]); f16 on GPUs (SD weights ship in f16).
+    pub fn default_dtype(self) -> Option<DType> {
         match self {
-            DeviceChoice::Cpu => DType::F32,
-            DeviceChoice::Cuda(_) | DeviceChoice::Metal(_) => DType::F16,
+            DeviceChoice::Cpu => None,
+            DeviceChoice::Cuda(_) | DeviceChoice::Metal(_) => Some(DType::F16),
         }
     }
 
-    /// Checks a requested dtype: f32 and f16 everywhere, bf16 on CUDA only (candle's CPU matmul
-    /// has no bf16 kernel, and Metal's bf16 support depends on the chip).
+    /// Checks a requested weight dtype: f32 and f16 everywhere, bf16 on CUDA and on the CPU
+    /// (where weights are widened to f32 per layer), not on Metal (its bf16 support depends on
+    /// the chip).
     pub fn check_dtype(self, dtype: DType) -> std::result::Result<DType, DeviceError> {
         match (self, dtype) {
-            (_, DType::F32 | DType::F16) | (DeviceChoice::Cuda(_), DType::BF16) => Ok(dtype),
+            (_, DType::F32 | DType::F16)
+            | (DeviceChoice::Cuda(_) | DeviceChoice::Cpu, DType::BF16) => Ok(dtype),
             (device, dtype) => Err(DeviceError::Dtype {
                 dtype,
                 device,
                 supported: match device {
-                    DeviceChoice::Cuda(_) => "f32, f16 or bf16",
-                    _ => "f32 or f16",
+                    DeviceChoice::Metal(_) => "f32 or f16",
+                    _ => "f32, f16 or bf16",
                 },
             }),
         }
+    }
+}
+
+/// The dtype a model with weights in `weights` computes in on `device`: f32 on the CPU whatever
+/// the weights (each layer widens its weights per call, [`crate::engine::ops::cast`]; f16
+/// arithmetic there is slower and less exact), the weights' own on a GPU.
+pub fn compute_dtype(device: &Device, weights: DType) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        weights
+    }
+}
+
+/// The dtype weights stored in `stored` are kept in: `requested` (`--dtype`) when given, else
+/// `stored` itself when it is f16 or bf16 and f32 otherwise (f64 and integer tensors).
+pub fn weight_dtype(requested: Option<DType>, stored: DType) -> DType {
+    match (requested, stored) {
+        (Some(dtype), _) => dtype,
+        (None, DType::F16 | DType::BF16) => stored,
+        (None, _) => DType::F32,
     }
 }
 
@@ -148,21 +174,35 @@ pub fn gpu_memory(device: &Device) -> Option<(u64, u64)> {
     None
 }
 
-/// The model budget when none is given: 16 GiB, or three quarters of a GPU's own memory when
-/// that is less (the rest is for activations while sampling).
-pub fn default_model_budget(device: &Device) -> usize {
-    model_budget_for(gpu_memory(device).map(|(total, _)| total))
+/// The model budget when none is given, and why: on the CPU (and Metal's unified memory)
+/// [`memory::MODEL_BUDGET_FRACTION`] of the smaller of the memory limit in force (a container's
+/// cgroup limit, or the machine's memory) and what is available now; on a CUDA GPU three
+/// quarters of its own memory (the rest is for activations while sampling).
+pub fn default_model_budget(device: &Device, memory: &MemoryReading) -> (usize, String) {
+    model_budget_for(gpu_memory(device).map(|(total, _)| total), memory)
 }
 
-fn model_budget_for(gpu_total: Option<u64>) -> usize {
-    const DEFAULT: usize = 16 << 30;
+fn model_budget_for(gpu_total: Option<u64>, reading: &MemoryReading) -> (usize, String) {
     match gpu_total {
-        Some(total) => DEFAULT.min((total / 4 * 3) as usize),
-        None => DEFAULT,
+        Some(total) => (
+            (total / 4 * 3) as usize,
+            format!("three quarters of the GPU's {}", memory::human(total)),
+        ),
+        None => {
+            let budget = memory::default_model_budget(reading);
+            let why = format!(
+                "{:.0}% of the smaller of {} ({}) and the {} available at start",
+                memory::MODEL_BUDGET_FRACTION * 100.0,
+                reading.source,
+                memory::human(reading.limit),
+                memory::human(reading.available)
+            );
+            (budget.min(usize::MAX as u64) as usize, why)
+        }
     }
 }
 
-/// A model input moved to the model's device and dtype (no copy when it is already there).
+/// A model input moved to the model's device and compute dtype (no copy when it is already there).
 pub fn to_compute(t: &Tensor, device: &Device, dtype: DType) -> Result<Tensor> {
     t.to_device(device)?.to_dtype(dtype)
 }
@@ -205,21 +245,38 @@ mod tests {
     }
 
     #[test]
-    fn the_default_model_budget_fits_the_gpu() {
+    fn the_default_model_budget_fits_the_memory() {
         let gib = 1u64 << 30;
-        assert_eq!(model_budget_for(None), 16 << 30);
-        assert_eq!(model_budget_for(Some(8 * gib)), 6 << 30);
-        assert_eq!(model_budget_for(Some(141 * gib)), 16 << 30);
-        assert_eq!(default_model_budget(&Device::Cpu), 16 << 30);
+        let reading = MemoryReading {
+            limit: 12 * gib,
+            available: 20 * gib,
+            source: memory::LimitSource::CgroupV2,
+        };
+        let (budget, why) = model_budget_for(None, &reading);
+        assert_eq!(budget, 9 << 30);
+        assert!(
+            why.contains("memory.max") && why.contains("12.0 GiB"),
+            "{why}"
+        );
+        assert_eq!(model_budget_for(Some(8 * gib), &reading).0, 6 << 30);
+        assert_eq!(
+            model_budget_for(Some(141 * gib), &reading).0,
+            (141 * gib / 4 * 3) as usize
+        );
     }
 
     #[test]
     fn dtypes() {
         assert_eq!(parse_dtype("fp16").unwrap(), DType::F16);
-        assert_eq!(DeviceChoice::Cpu.default_dtype(), DType::F32);
-        assert_eq!(DeviceChoice::Cuda(0).default_dtype(), DType::F16);
+        assert_eq!(DeviceChoice::Cpu.default_dtype(), None);
+        assert_eq!(DeviceChoice::Cuda(0).default_dtype(), Some(DType::F16));
         assert!(DeviceChoice::Metal(0).check_dtype(DType::BF16).is_err());
-        assert!(DeviceChoice::Cpu.check_dtype(DType::BF16).is_err());
+        assert!(DeviceChoice::Cpu.check_dtype(DType::BF16).is_ok());
+        assert_eq!(weight_dtype(None, DType::F16), DType::F16);
+        assert_eq!(weight_dtype(None, DType::BF16), DType::BF16);
+        assert_eq!(weight_dtype(None, DType::F64), DType::F32);
+        assert_eq!(weight_dtype(Some(DType::F32), DType::F16), DType::F32);
+        assert_eq!(compute_dtype(&Device::Cpu, DType::F16), DType::F32);
         assert!(DeviceChoice::Cuda(0).check_dtype(DType::BF16).is_ok());
         assert!(DeviceChoice::Cpu.check_dtype(DType::U8).is_err());
     }

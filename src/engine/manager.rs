@@ -1,9 +1,20 @@
-//! The model manager: loaded checkpoints, VAEs and control models shared by every prompt, keyed by
-//! the SHA-256 of the file's content (one file under two names loads once), within a memory
-//! budget, least recently used unloaded first. The hash of a file is computed once per file
-//! identity (path, size, modification time), so an unchanged file is read for hashing only once.
+//! The model manager: loaded checkpoints, VAEs and control models shared by every prompt, within
+//! a memory budget taken from the machine's real limit, least recently used unloaded first.
+//!
+//! Identity: one file under two names loads once, a replaced file loads anew. A file is known by
+//! its inode, size and modification time (a symlink or hard link is the same file at no cost);
+//! another file is compared by content only when it could be the same (same size, same first
+//! and last MiB), and only then is its SHA-256 computed. So a multi-GB file is never read twice
+//! on the way to its first load.
+//!
+//! Memory: before a load the model's bytes are estimated from the file's header (in the dtype
+//! the weights will be kept in); least recently used models are unloaded until it fits the
+//! budget, and the memory actually available (`engine::memory`, cgroup limit and `MemAvailable`)
+//! is checked; if it still cannot fit, the load fails with [`OutOfMemory`] and nothing is
+//! loaded. Nodes ask [`ModelManager::ensure_free`] before large activations (sampling, VAE).
 
 use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
@@ -18,14 +29,16 @@ use crate::engine::clip::convert::{
 use crate::engine::clip::encode::TextEncoder;
 use crate::engine::clip::model::ClipTextModel;
 use crate::engine::controlnet::load::{load_control, ControlModel, LoadedControl};
+use crate::engine::device::weight_dtype;
 use crate::engine::diffusion::DiffusionModel;
 use crate::engine::load::checkpoint::{
     clip_components, load_vae_file, load_vae_ldm, split_components, unet_ldm_names, ClipComponent,
-    UNET_PREFIX,
+    UNET_PREFIX, VAE_PREFIX,
 };
 use crate::engine::load::detect::{detect_unet, detect_vae_ldm, distinguishing_keys, ModelFamily};
 use crate::engine::load::file::StateDict;
 use crate::engine::load::{LoadError, LoadErrorKind};
+use crate::engine::memory::{self, MemoryProbe, MemoryReading, OutOfMemory};
 use crate::engine::tokenizer::ClipBpe;
 use crate::engine::unet::UNet2DConditionModel;
 use crate::engine::vae::AutoEncoderKL;
@@ -36,40 +49,71 @@ pub struct LoadedCheckpoint {
     pub model: Arc<DiffusionModel>,
     pub clip: Option<Arc<TextEncoder>>,
     pub vae: Option<Arc<AutoEncoderKL>>,
+    /// Bytes of the weights in memory.
     pub bytes: usize,
 }
 
+/// A file as the file system knows it: the same inode, size and time is the same bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct FileKey {
-    path: PathBuf,
+struct FileId {
+    dev: u64,
+    inode: u64,
     len: u64,
     modified: Option<SystemTime>,
+    /// Where inodes are not available, the path stands for the file.
+    path: Option<PathBuf>,
 }
 
-impl FileKey {
-    fn of(path: &Path) -> Result<FileKey, LoadError> {
+impl FileId {
+    fn of(path: &Path) -> Result<FileId, LoadError> {
         let meta =
             std::fs::metadata(path).map_err(|e| LoadError::new(path, LoadErrorKind::Io(e)))?;
-        Ok(FileKey {
-            path: path.to_path_buf(),
+        #[cfg(unix)]
+        let (dev, inode, path) = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino(), None)
+        };
+        #[cfg(not(unix))]
+        let (dev, inode, path) = (0, 0, Some(path.to_path_buf()));
+        Ok(FileId {
+            dev,
+            inode,
             len: meta.len(),
             modified: meta.modified().ok(),
+            path,
         })
     }
 }
 
-/// The SHA-256 of a model file's bytes (the hash model sites publish).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct ContentHash([u8; 32]);
+/// A SHA-256: of the whole file, or of its size with its first and last MiB (the probe that
+/// decides whether the whole needs comparing).
+type Digest32 = [u8; 32];
 
-impl ContentHash {
-    fn of_file(path: &Path) -> Result<ContentHash, LoadError> {
-        let io = |e| LoadError::new(path, LoadErrorKind::Io(e));
-        let mut file = std::fs::File::open(path).map_err(io)?;
-        let mut hasher = Sha256::new();
-        std::io::copy(&mut file, &mut hasher).map_err(io)?;
-        Ok(ContentHash(hasher.finalize().into()))
+/// Bytes read from each end of a file for its probe.
+const PROBE_BYTES: u64 = 1 << 20;
+
+fn probe_digest(path: &Path, len: u64) -> std::io::Result<Digest32> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    hasher.update(len.to_le_bytes());
+    let mut buf = vec![0u8; PROBE_BYTES.min(len) as usize];
+    file.read_exact(&mut buf)?;
+    hasher.update(&buf);
+    if len > PROBE_BYTES {
+        let tail = PROBE_BYTES.min(len - PROBE_BYTES);
+        file.seek(SeekFrom::Start(len - tail))?;
+        buf.truncate(tail as usize);
+        file.read_exact(&mut buf)?;
+        hasher.update(&buf);
     }
+    Ok(hasher.finalize().into())
+}
+
+fn content_digest(path: &Path) -> std::io::Result<Digest32> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finalize().into())
 }
 
 enum Loaded {
@@ -78,17 +122,46 @@ enum Loaded {
     Control(Arc<LoadedControl>),
 }
 
+impl Loaded {
+    fn share(&self) -> Loaded {
+        match self {
+            Loaded::Checkpoint(c) => Loaded::Checkpoint(Arc::clone(c)),
+            Loaded::Vae(v) => Loaded::Vae(Arc::clone(v)),
+            Loaded::Control(c) => Loaded::Control(Arc::clone(c)),
+        }
+    }
+
+    /// Whether anything beside the manager holds it (a running prompt, the output cache).
+    fn in_use(&self) -> bool {
+        match self {
+            Loaded::Checkpoint(c) => {
+                Arc::strong_count(c) > 1
+                    || Arc::strong_count(&c.model) > 1
+                    || c.clip.as_ref().is_some_and(|x| Arc::strong_count(x) > 1)
+                    || c.vae.as_ref().is_some_and(|x| Arc::strong_count(x) > 1)
+            }
+            Loaded::Vae(v) => Arc::strong_count(v) > 1,
+            Loaded::Control(c) => Arc::strong_count(c) > 1,
+        }
+    }
+}
+
 struct Entry {
     loaded: Loaded,
     /// The path it was loaded from (for logs, and so a changed file drops its old entry).
     path: PathBuf,
+    /// Every file identity known to hold these bytes.
+    ids: Vec<FileId>,
+    probe: Digest32,
+    /// The whole file's SHA-256, computed only when another file's probe matched.
+    digest: Option<Digest32>,
     bytes: usize,
     last_used: u64,
 }
 
 impl Entry {
-    /// The bytes the entry holds now: its file's weights, and for a Control-LoRA the ControlNet
-    /// built from it on the sampled model (built later, while sampling).
+    /// The bytes the entry holds now: its weights, and for a Control-LoRA the ControlNet built
+    /// from it on the sampled model (built later, while sampling).
     fn bytes(&self) -> usize {
         let built = match &self.loaded {
             Loaded::Control(control) => match control.model.as_ref() {
@@ -103,17 +176,24 @@ impl Entry {
 
 #[derive(Default)]
 struct State {
-    entries: HashMap<ContentHash, Entry>,
-    /// Hashes already computed, by file identity.
-    hashes: HashMap<FileKey, ContentHash>,
+    entries: Vec<Entry>,
+    /// Digests of files that were compared in full, by identity.
+    digests: HashMap<FileId, Digest32>,
     clock: u64,
 }
+
+/// Asks the rest of the server to let go of model handles and cached values (the executor's
+/// output cache) when memory is short; returns the bytes of values it dropped.
+pub type Reclaimer = Box<dyn Fn() -> usize + Send + Sync>;
 
 /// Loaded models by file.
 pub struct ModelManager {
     budget: usize,
     device: Device,
-    dtype: DType,
+    /// `--dtype`: the weights' dtype, or `None` to keep each file's own precision.
+    weights: Option<DType>,
+    probe: MemoryProbe,
+    reclaimer: OnceLock<Reclaimer>,
     state: Mutex<State>,
 }
 
@@ -127,16 +207,45 @@ fn tensor_bytes(t: &Tensor) -> usize {
     t.elem_count() * t.dtype().size_in_bytes()
 }
 
+/// What the manager holds, for `/system_stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelStats {
+    pub models: usize,
+    /// Bytes of the weights of loaded models.
+    pub bytes: usize,
+    /// The model budget in force.
+    pub budget: usize,
+    pub memory: MemoryReading,
+}
+
 impl ModelManager {
-    /// A manager that keeps at most `budget` bytes of weights loaded (the model in use is never
-    /// unloaded while a prompt holds it; the budget only decides what stays cached).
-    pub fn new(budget: usize, device: Device, dtype: DType) -> ModelManager {
+    /// A manager that keeps at most `budget` bytes of weights loaded between prompts, with
+    /// weights in `weights` (`None`: each file's own precision, f16 and bf16 kept), reading the
+    /// machine's memory figures from the usual files.
+    pub fn new(budget: usize, device: Device, weights: impl Into<Option<DType>>) -> ModelManager {
+        Self::with_probe(budget, device, weights.into(), MemoryProbe::default())
+    }
+
+    /// [`ModelManager::new`] with the memory figures read through `probe`.
+    pub fn with_probe(
+        budget: usize,
+        device: Device,
+        weights: Option<DType>,
+        probe: MemoryProbe,
+    ) -> ModelManager {
         ModelManager {
             budget,
             device,
-            dtype,
+            weights,
+            probe,
+            reclaimer: OnceLock::new(),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Installs what is asked to drop cached values when memory is short (once).
+    pub fn set_reclaimer(&self, reclaimer: Reclaimer) {
+        let _ = self.reclaimer.set(reclaimer);
     }
 
     /// The device the models run on.
@@ -144,130 +253,292 @@ impl ModelManager {
         &self.device
     }
 
-    /// The dtype model weights are converted to at load.
-    pub fn dtype(&self) -> DType {
-        self.dtype
+    /// The weights' dtype asked for (`None`: each file's own).
+    pub fn weights(&self) -> Option<DType> {
+        self.weights
     }
 
-    /// The VAEs' dtype: f32 when the models run in f16, because the SD and SDXL VAE decoders
-    /// overflow f16 (black or NaN images; ComfyUI keeps VAEs out of f16 for the same reason).
+    /// The dtype weights stored as `stored` are kept in.
+    pub fn weight_dtype(&self, stored: DType) -> DType {
+        weight_dtype(self.weights, stored)
+    }
+
+    /// The dtype the weights of the file at `path` are kept in (read from its header).
+    pub fn file_weight_dtype(&self, path: &Path) -> Result<DType, LoadError> {
+        Ok(self.weight_dtype(StateDict::open(path)?.float_dtype("")))
+    }
+
+    /// The VAEs' dtype: f32 unless f32 weights were refused: the SD and SDXL VAE decoders
+    /// overflow f16 (black or NaN images; ComfyUI keeps VAEs out of f16 for the same reason),
+    /// and VAEs are small, so on the CPU they stay in f32 even when the rest is kept in f16.
     pub fn vae_dtype(&self) -> DType {
-        match self.dtype {
-            DType::F16 => DType::F32,
-            other => other,
+        match self.weights {
+            Some(DType::BF16) => DType::BF16,
+            _ => DType::F32,
         }
+    }
+
+    /// The memory figures now.
+    pub fn memory(&self) -> MemoryReading {
+        self.probe.read()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The content hash of the file at `path`, computed on the first call for this version of the
-    /// file (outside the lock: hashing a checkpoint reads gigabytes).
-    fn key(&self, path: &Path) -> Result<ContentHash, LoadError> {
-        let file = FileKey::of(path)?;
-        if let Some(hash) = self.lock().hashes.get(&file) {
-            return Ok(*hash);
+    /// The loaded entry holding the bytes of the file at `path`, if any: by identity, else by
+    /// content when the probe matches (the whole file is hashed only then).
+    fn find(&self, path: &Path) -> Result<(Option<usize>, FileId, Digest32), LoadError> {
+        let id = FileId::of(path)?;
+        let io = |e| LoadError::new(path, LoadErrorKind::Io(e));
+        {
+            let state = self.lock();
+            if let Some(i) = state.entries.iter().position(|e| e.ids.contains(&id)) {
+                let probe = state.entries[i].probe;
+                return Ok((Some(i), id, probe));
+            }
         }
-        let hash = ContentHash::of_file(path)?;
+        let probe = probe_digest(path, id.len).map_err(io)?;
+        let candidates: Vec<(PathBuf, Option<Digest32>)> = self
+            .lock()
+            .entries
+            .iter()
+            .filter(|e| e.probe == probe)
+            .map(|e| (e.path.clone(), e.digest))
+            .collect();
+        for (other, known) in candidates {
+            let mine = self.digest(path, &id)?;
+            let theirs = match known {
+                Some(d) => d,
+                None => {
+                    let other_id = FileId::of(&other)?;
+                    let d = self.digest(&other, &other_id)?;
+                    let mut state = self.lock();
+                    if let Some(e) = state.entries.iter_mut().find(|e| e.path == other) {
+                        e.digest = Some(d);
+                    }
+                    d
+                }
+            };
+            if mine == theirs {
+                let mut state = self.lock();
+                if let Some(i) = state.entries.iter().position(|e| e.digest == Some(mine)) {
+                    state.entries[i].ids.push(id.clone());
+                    return Ok((Some(i), id, probe));
+                }
+            }
+        }
+        Ok((None, id, probe))
+    }
+
+    /// The SHA-256 of a whole file, memoised by identity (outside the lock: it reads gigabytes).
+    fn digest(&self, path: &Path, id: &FileId) -> Result<Digest32, LoadError> {
+        if let Some(d) = self.lock().digests.get(id) {
+            return Ok(*d);
+        }
+        let d = content_digest(path).map_err(|e| LoadError::new(path, LoadErrorKind::Io(e)))?;
+        self.lock().digests.insert(id.clone(), d);
+        Ok(d)
+    }
+
+    /// The loaded model of `path`, or `load` run after making room for `estimate` bytes.
+    fn get_or_load(
+        &self,
+        path: &Path,
+        reuse: impl Fn(&Loaded) -> bool,
+        estimate: usize,
+        load: impl FnOnce() -> Result<(Loaded, usize), LoadError>,
+    ) -> Result<Loaded, LoadError> {
+        let (found, id, probe) = self.find(path)?;
+        if let Some(i) = found {
+            let mut state = self.lock();
+            state.clock += 1;
+            let now = state.clock;
+            if let Some(entry) = state.entries.get_mut(i).filter(|e| reuse(&e.loaded)) {
+                entry.last_used = now;
+                return Ok(entry.loaded.share());
+            }
+        }
+        self.make_room(
+            estimate,
+            Some(path),
+            &format!("loading '{}'", path.display()),
+        )
+        .map_err(|oom| LoadError::new(path, LoadErrorKind::OutOfMemory(oom)))?;
+        let (loaded, bytes) = load()?;
+        let shared = loaded.share();
         let mut state = self.lock();
-        state.hashes.retain(|k, _| k.path != file.path);
-        state.hashes.insert(file, hash);
-        Ok(hash)
+        state.clock += 1;
+        let now = state.clock;
+        // A changed file replaces the old entry for the same path.
+        state.entries.retain(|e| e.path != path);
+        state.entries.push(Entry {
+            loaded,
+            path: path.to_path_buf(),
+            ids: vec![id],
+            probe,
+            digest: None,
+            bytes,
+            last_used: now,
+        });
+        Ok(shared)
+    }
+
+    /// Unloads least recently used models until `needed` more bytes fit the budget, then checks
+    /// the memory actually available; when that is short, unloads every other model and asks the
+    /// output cache to let go before giving up. `loading`: the file about to be loaded (its old
+    /// entry goes anyway).
+    fn make_room(
+        &self,
+        needed: usize,
+        loading: Option<&Path>,
+        what: &str,
+    ) -> Result<(), OutOfMemory> {
+        {
+            let mut state = self.lock();
+            if let Some(path) = loading {
+                state.entries.retain(|e| e.path != path);
+            }
+            while state.entries.iter().map(Entry::bytes).sum::<usize>() + needed > self.budget
+                && loading.is_some()
+            {
+                if !Self::unload_oldest(&mut state, |_| true) {
+                    break;
+                }
+            }
+        }
+        let fits = |r: &MemoryReading| r.available.saturating_sub(memory::RESERVE) >= needed as u64;
+        let mut reading = self.probe.read();
+        if fits(&reading) {
+            return Ok(());
+        }
+        // First what nobody else holds, then ask the cache to let go and unload the rest.
+        loop {
+            let unloaded = Self::unload_oldest(&mut self.lock(), |e| !e.loaded.in_use());
+            reading = self.probe.read();
+            if fits(&reading) {
+                return Ok(());
+            }
+            if !unloaded {
+                break;
+            }
+        }
+        if let Some(reclaim) = self.reclaimer.get() {
+            reclaim();
+        }
+        while Self::unload_oldest(&mut self.lock(), |_| true) {}
+        reading = self.probe.read();
+        if fits(&reading) {
+            return Ok(());
+        }
+        Err(OutOfMemory {
+            what: what.to_owned(),
+            needed: needed as u64 + memory::RESERVE,
+            available: reading.available,
+            limit: reading.limit,
+            limit_source: reading.source,
+            advice: if loading.is_some() {
+                "give the server more memory, keep fewer models in the graph, or store the \
+                 weights in half precision (--dtype f16)"
+                    .into()
+            } else {
+                "use a smaller image or batch, or give the server more memory".into()
+            },
+        })
+    }
+
+    fn unload_oldest(state: &mut State, eligible: impl Fn(&Entry) -> bool) -> bool {
+        let Some(oldest) = state
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| eligible(e))
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(i, _)| i)
+        else {
+            return false;
+        };
+        let entry = state.entries.remove(oldest);
+        tracing::info!(path = %entry.path.display(), bytes = entry.bytes(),
+            "unloading model to make room");
+        true
+    }
+
+    /// Makes sure `needed` bytes can be allocated for `what` (activations of a sampler or a VAE),
+    /// unloading models that nothing uses and cached values if they must go; a clear error when
+    /// the memory is not there even then.
+    pub fn ensure_free(&self, needed: u64, what: &str) -> Result<(), OutOfMemory> {
+        self.make_room(needed as usize, None, what)
+    }
+
+    /// Whether `needed` bytes are available now, without unloading anything.
+    pub fn fits_now(&self, needed: u64) -> bool {
+        self.probe.read().available.saturating_sub(memory::RESERVE) >= needed
     }
 
     /// The checkpoint at `path`, loaded once while it stays unchanged on disk.
     pub fn checkpoint(&self, path: &Path) -> Result<Arc<LoadedCheckpoint>, LoadError> {
-        let key = self.key(path)?;
-        if let Some(Loaded::Checkpoint(found)) = self.touch(&key) {
-            return Ok(found);
-        }
-        let loaded = Arc::new(self.load_checkpoint(path)?);
-        self.insert(
-            key,
+        let sd = StateDict::open(path)?;
+        let weights = self.weight_dtype(sd.float_dtype(UNET_PREFIX));
+        let vae = self.vae_dtype();
+        let estimate = sd.loaded_bytes(VAE_PREFIX, |_| vae) + sd.loaded_bytes("", |_| weights)
+            - sd.loaded_bytes(VAE_PREFIX, |_| weights);
+        let loaded = self.get_or_load(
             path,
-            Loaded::Checkpoint(Arc::clone(&loaded)),
-            loaded.bytes,
-        );
-        Ok(loaded)
+            |l| matches!(l, Loaded::Checkpoint(_)),
+            estimate,
+            || {
+                let ckpt = self.load_checkpoint(sd, weights, estimate)?;
+                let bytes = ckpt.bytes;
+                Ok((Loaded::Checkpoint(Arc::new(ckpt)), bytes))
+            },
+        )?;
+        match loaded {
+            Loaded::Checkpoint(c) => Ok(c),
+            _ => unreachable!("reuse only accepts checkpoints"),
+        }
     }
 
     /// A standalone VAE file, with the latent scale of the family it will be used with.
     pub fn vae(&self, path: &Path, scale: f64) -> Result<Arc<AutoEncoderKL>, LoadError> {
-        let key = self.key(path)?;
-        if let Some(Loaded::Vae(found)) = self.touch(&key) {
-            if (found.config().scaling_factor - scale).abs() < 1e-9 {
-                return Ok(found);
-            }
+        let dtype = self.vae_dtype();
+        let estimate = StateDict::open(path)?.loaded_bytes("", |_| dtype);
+        let loaded = self.get_or_load(
+            path,
+            |l| matches!(l, Loaded::Vae(v) if (v.config().scaling_factor - scale).abs() < 1e-9),
+            estimate,
+            || {
+                let vae = load_vae_file(path, scale, dtype, &self.device)?;
+                Ok((Loaded::Vae(Arc::new(vae)), estimate))
+            },
+        )?;
+        match loaded {
+            Loaded::Vae(v) => Ok(v),
+            _ => unreachable!("reuse only accepts VAEs"),
         }
-        let vae = Arc::new(load_vae_file(path, scale, self.vae_dtype(), &self.device)?);
-        let bytes = std::fs::metadata(path)
-            .map(|m| m.len() as usize)
-            .unwrap_or(0);
-        self.insert(key, path, Loaded::Vae(Arc::clone(&vae)), bytes);
-        Ok(vae)
     }
 
     /// A ControlNet, T2I-Adapter or Control-LoRA file (ControlNetLoader), loaded once while it
     /// stays unchanged on disk and counted against the budget like a checkpoint.
     pub fn control(&self, path: &Path) -> Result<Arc<LoadedControl>, LoadError> {
-        let key = self.key(path)?;
-        if let Some(Loaded::Control(found)) = self.touch(&key) {
-            return Ok(found);
-        }
-        let control = Arc::new(load_control(path, self.dtype, &self.device)?);
-        // The file's size stands for the weights' (they are loaded in about the stored width).
-        let bytes = std::fs::metadata(path)
-            .map(|m| m.len() as usize)
-            .unwrap_or(0);
-        self.insert(key, path, Loaded::Control(Arc::clone(&control)), bytes);
-        Ok(control)
-    }
-
-    fn touch(&self, key: &ContentHash) -> Option<Loaded> {
-        let mut state = self.lock();
-        state.clock += 1;
-        let now = state.clock;
-        state.entries.get_mut(key).map(|entry| {
-            entry.last_used = now;
-            match &entry.loaded {
-                Loaded::Checkpoint(c) => Loaded::Checkpoint(Arc::clone(c)),
-                Loaded::Vae(v) => Loaded::Vae(Arc::clone(v)),
-                Loaded::Control(c) => Loaded::Control(Arc::clone(c)),
-            }
-        })
-    }
-
-    fn insert(&self, key: ContentHash, path: &Path, loaded: Loaded, bytes: usize) {
-        let mut state = self.lock();
-        state.clock += 1;
-        let now = state.clock;
-        let entries = &mut state.entries;
-        // A changed file replaces the old entry for the same path.
-        entries.retain(|_, e| e.path != path);
-        let mut used: usize = entries.values().map(Entry::bytes).sum();
-        while used + bytes > self.budget {
-            let Some(oldest) = entries
-                .iter()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| *k)
-            else {
-                break;
-            };
-            if let Some(entry) = entries.remove(&oldest) {
-                tracing::info!(path = %entry.path.display(), "unloading model to stay within the memory budget");
-                used -= entry.bytes();
-            }
-        }
-        entries.insert(
-            key,
-            Entry {
-                loaded,
-                path: path.to_path_buf(),
-                bytes,
-                last_used: now,
+        let sd = StateDict::open(path)?;
+        let dtype = self.weight_dtype(sd.float_dtype(""));
+        let estimate = sd.loaded_bytes("", |_| dtype);
+        drop(sd);
+        let loaded = self.get_or_load(
+            path,
+            |l| matches!(l, Loaded::Control(_)),
+            estimate,
+            || {
+                let control = load_control(path, dtype, &self.device)?;
+                Ok((Loaded::Control(Arc::new(control)), estimate))
             },
-        );
+        )?;
+        match loaded {
+            Loaded::Control(c) => Ok(c),
+            _ => unreachable!("reuse only accepts control models"),
+        }
     }
 
     /// Unloads every model (`POST /free` with `unload_models`).
@@ -275,21 +546,37 @@ impl ModelManager {
         self.lock().entries.clear();
     }
 
-    /// (number of loaded files, bytes of weights).
-    pub fn stats(&self) -> (usize, usize) {
-        let state = self.lock();
-        (
-            state.entries.len(),
-            state.entries.values().map(Entry::bytes).sum(),
-        )
+    /// What is loaded, the budget and the memory figures now.
+    pub fn stats(&self) -> ModelStats {
+        let (models, bytes) = {
+            let state = self.lock();
+            (
+                state.entries.len(),
+                state.entries.iter().map(Entry::bytes).sum(),
+            )
+        };
+        ModelStats {
+            models,
+            bytes,
+            budget: self.budget,
+            memory: self.probe.read(),
+        }
     }
 
-    fn load_checkpoint(&self, path: &Path) -> Result<LoadedCheckpoint, LoadError> {
+    /// Builds a checkpoint's models from `sd`, tensor by tensor: each is read from the memory map
+    /// and converted (when its dtype changes) before the next, and the map is closed when done.
+    fn load_checkpoint(
+        &self,
+        sd: StateDict,
+        dtype: DType,
+        bytes: usize,
+    ) -> Result<LoadedCheckpoint, LoadError> {
+        let path = sd.path().to_path_buf();
         let fail = |kind: LoadErrorKind| LoadError {
-            path: path.to_path_buf(),
+            path: path.clone(),
             kind,
         };
-        let sd = Arc::new(StateDict::open(path)?);
+        let sd = Arc::new(sd);
         let components = split_components(&sd);
         let prefix = components.unet.clone().ok_or_else(|| {
             fail(LoadErrorKind::UnknownFamily {
@@ -303,11 +590,12 @@ impl ModelManager {
         for (name, key) in unet_ldm_names(&sd, &prefix, detected.config.layers_per_block) {
             let tensor = sd
                 .get(&key)?
-                .to_dtype(self.dtype)
+                .to_dtype(dtype)
+                .and_then(|t| t.to_device(&self.device))
                 .map_err(|e| fail(LoadErrorKind::Tensor(e)))?;
             weights.insert(name, tensor);
         }
-        let vb = VarBuilder::from_tensors(weights.clone(), self.dtype, &self.device);
+        let vb = VarBuilder::from_tensors(weights.clone(), dtype, &self.device);
         let unet = UNet2DConditionModel::new(vb, &detected.config)
             .map_err(|e| fail(LoadErrorKind::Tensor(e)))?;
         let vae = match &components.vae {
@@ -329,13 +617,11 @@ impl ModelManager {
         let clip = if clips.is_empty() {
             None
         } else {
-            let encoder = text_encoder(family, &clips, self.dtype, &self.device)
+            let encoder = text_encoder(family, &clips, dtype, &self.device)
                 .map_err(|m| fail(LoadErrorKind::BadConfig(m)))?;
             Some(Arc::new(encoder))
         };
-        let file_bytes = std::fs::metadata(path)
-            .map(|m| m.len() as usize)
-            .unwrap_or(0);
+        drop(clips);
         let model_bytes: usize = weights.values().map(tensor_bytes).sum();
         let model = DiffusionModel::new(unet, family, detected.prediction, model_bytes)
             .with_weights(weights);
@@ -343,7 +629,7 @@ impl ModelManager {
             model: Arc::new(model),
             clip,
             vae,
-            bytes: file_bytes,
+            bytes,
         })
     }
 }
@@ -474,9 +760,10 @@ mod tests {
 
     #[test]
     fn vaes_stay_out_of_f16() {
-        let vae_dtype = |dtype| ModelManager::new(0, Device::Cpu, dtype).vae_dtype();
-        assert_eq!(vae_dtype(DType::F16), DType::F32);
-        assert_eq!(vae_dtype(DType::BF16), DType::BF16);
-        assert_eq!(vae_dtype(DType::F32), DType::F32);
+        let vae_dtype = |dtype: Option<DType>| ModelManager::new(0, Device::Cpu, dtype).vae_dtype();
+        assert_eq!(vae_dtype(Some(DType::F16)), DType::F32);
+        assert_eq!(vae_dtype(None), DType::F32);
+        assert_eq!(vae_dtype(Some(DType::BF16)), DType::BF16);
+        assert_eq!(vae_dtype(Some(DType::F32)), DType::F32);
     }
 }

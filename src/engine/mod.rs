@@ -12,6 +12,7 @@ pub mod diffusion;
 pub mod load;
 pub mod lora;
 pub mod manager;
+pub mod memory;
 pub mod ops;
 pub mod preprocess;
 pub mod resize;

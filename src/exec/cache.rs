@@ -140,10 +140,25 @@ impl OutputCache {
         self.evicted.contains(key)
     }
 
-    /// Drops everything (`/free` with `free_memory`).
-    pub fn clear(&mut self) {
+    /// Drops everything (`/free` with `free_memory`, or when memory is short); returns the bytes
+    /// it held.
+    pub fn clear(&mut self) -> usize {
         self.entries.clear();
-        self.used = 0;
+        std::mem::take(&mut self.used)
+    }
+
+    /// Drops the entries that keep models alive (`/free` with `unload_models`), so that the
+    /// models' memory is released, not just their slot in the model manager.
+    pub fn drop_models(&mut self) {
+        let keys: Vec<CacheKey> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.output.values.iter().any(Value::holds_model))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            self.evict(key);
+        }
     }
 
     pub fn used_bytes(&self) -> usize {

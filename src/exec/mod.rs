@@ -38,9 +38,12 @@ pub struct ExecConfig {
     pub write_metadata: bool,
     /// Byte budget of loaded model weights kept between prompts.
     pub model_budget: usize,
-    /// Where the models run, and in which dtype (`engine::device`).
+    /// Where the models run (`engine::device`).
     pub device: candle_core::Device,
-    pub dtype: candle_core::DType,
+    /// The weights' dtype (`--dtype`); `None`: each file's own precision.
+    pub dtype: Option<candle_core::DType>,
+    /// Where the memory limit and what is available are read from.
+    pub memory: crate::engine::memory::MemoryProbe,
 }
 
 impl Default for ExecConfig {
@@ -50,7 +53,8 @@ impl Default for ExecConfig {
             write_metadata: true,
             model_budget: 16 << 30,
             device: candle_core::Device::Cpu,
-            dtype: candle_core::DType::F32,
+            dtype: None,
+            memory: Default::default(),
         }
     }
 }
@@ -140,10 +144,11 @@ impl Executor {
             registry,
             dirs,
             cache: Mutex::new(OutputCache::new(config.cache_budget)),
-            models: Arc::new(ModelManager::new(
+            models: Arc::new(ModelManager::with_probe(
                 config.model_budget,
                 config.device.clone(),
                 config.dtype,
+                config.memory.clone(),
             )),
             config,
             last_signatures: Mutex::new(HashMap::new()),
@@ -155,6 +160,12 @@ impl Executor {
             paused: AtomicBool::new(false),
             wake: Notify::new(),
         });
+        // When memory is short the manager may ask for the cached outputs back: they hold model
+        // handles (a loader's MODEL, CLIP, VAE) and tensors that keep memory alive.
+        let weak = Arc::downgrade(&executor);
+        executor.models.set_reclaimer(Box::new(move || {
+            weak.upgrade().map_or(0, |exec| lock(&exec.cache).clear())
+        }));
         Ok((executor, receiver))
     }
 
@@ -162,14 +173,14 @@ impl Executor {
         &self.store
     }
 
-    /// (number of loaded model files, bytes of weights).
-    pub fn model_stats(&self) -> (usize, usize) {
+    /// What the model manager holds, its budget and the memory figures now.
+    pub fn model_stats(&self) -> crate::engine::manager::ModelStats {
         self.models.stats()
     }
 
-    /// The compute device and dtype of the models.
-    pub fn compute(&self) -> (&candle_core::Device, candle_core::DType) {
-        (self.models.device(), self.models.dtype())
+    /// The device of the models and the weights' dtype asked for (`None`: as stored).
+    pub fn compute(&self) -> (&candle_core::Device, Option<candle_core::DType>) {
+        (self.models.device(), self.models.weights())
     }
 
     pub fn registry(&self) -> &Registry {
@@ -451,6 +462,7 @@ impl Executor {
     pub fn free(&self, unload_models: bool, free_memory: bool) {
         if unload_models || free_memory {
             self.models.unload_all();
+            lock(&self.cache).drop_models();
         }
         if free_memory {
             lock(&self.cache).clear();

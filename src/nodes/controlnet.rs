@@ -46,7 +46,7 @@ fn load(ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
     let loaded = ctx
         .models
         .control(&path)
-        .map_err(|e| NodeError::input("control_net_name", e.to_string()))?;
+        .map_err(|e| NodeError::model_load("control_net_name", e))?;
     Ok(NodeOutput::values(vec![Value::ControlNet(loaded)]))
 }
 
@@ -111,8 +111,11 @@ impl Node for DiffControlNetLoader {
             .ok_or_else(|| NodeError::input("model", "the model keeps no weights to add to"))?;
         let name = inputs.string("control_net_name")?;
         let path = ctx.model_path("controlnet", "control_net_name", name)?;
-        let loaded = load_control_on(&path, base, ctx.models.dtype(), ctx.models.device())
-            .map_err(|e| NodeError::input("control_net_name", e.to_string()))?;
+        let loaded = ctx
+            .models
+            .file_weight_dtype(&path)
+            .and_then(|dtype| load_control_on(&path, base, dtype, ctx.models.device()))
+            .map_err(|e| NodeError::model_load("control_net_name", e))?;
         Ok(NodeOutput::values(vec![Value::ControlNet(Arc::new(
             loaded,
         ))]))

@@ -4,6 +4,8 @@
 use candle_core::{DType, Tensor};
 
 use crate::engine::device::{to_compute, to_host};
+use crate::engine::manager::ModelManager;
+use crate::engine::memory;
 use crate::engine::resize::{common_upscale, Crop, UpscaleMethod};
 use crate::engine::vae::AutoEncoderKL;
 use crate::graph::spec::build::*;
@@ -507,6 +509,49 @@ fn to_vae_dtype(vae: &AutoEncoderKL, t: &Tensor) -> Result<Tensor, NodeError> {
     Ok(to_compute(t, vae.device(), vae.dtype())?)
 }
 
+/// ComfyUI's tile for the automatic fallback, in latent pixels (512 image pixels), and overlap.
+const AUTO_TILE: (usize, usize) = (64, 16);
+
+/// How VAEDecode decodes one `h` x `w` latent: whole (`None`) when its activations fit the
+/// memory available now, else in tiles (`Some((tile, overlap))`, as ComfyUI falls back to tiles
+/// when a decode runs out of memory), unloading unused models only if even the tiles do not fit.
+/// A clear error when nothing fits.
+fn decode_plan(
+    models: &ModelManager,
+    size: usize,
+    h: usize,
+    w: usize,
+) -> Result<Option<(usize, usize)>, NodeError> {
+    if models.fits_now(memory::vae_decode_bytes(1, h, w, size)) {
+        return Ok(None);
+    }
+    let (tile, overlap) = AUTO_TILE;
+    let tiled = memory::vae_decode_bytes(1, h.min(tile), w.min(tile), size);
+    let what = format!("decoding a {h}x{w} latent in tiles");
+    models
+        .ensure_free(tiled, &what)
+        .map_err(|e| NodeError::out_of_memory("samples", e))?;
+    tracing::info!(
+        h,
+        w,
+        "the full decode would not fit in memory; decoding in tiles"
+    );
+    Ok(Some((tile, overlap)))
+}
+
+/// Makes room for a whole-frame encode of `x` ([B, 3, H, W]) or says it cannot fit.
+fn ensure_encode_memory(
+    ctx: &NodeContext,
+    vae: &AutoEncoderKL,
+    x: &Tensor,
+) -> Result<(), NodeError> {
+    let (b, _, h, w) = x.dims4()?;
+    let needed = memory::vae_encode_bytes(b, h, w, vae.dtype().size_in_bytes());
+    ctx.models
+        .ensure_free(needed, &format!("encoding {b} image(s) of {w}x{h}"))
+        .map_err(|e| NodeError::out_of_memory("pixels", e))
+}
+
 /// Latents to images.
 pub struct VaeDecode;
 
@@ -528,12 +573,17 @@ impl Node for VaeDecode {
         let latent = inputs.latent("samples")?;
         let vae = inputs.vae("vae")?;
         check_latent_channels(vae, latent)?;
-        let batch = latent.samples.dim(0)?;
+        let (batch, _, h, w) = latent.samples.dims4()?;
+        let tiled = decode_plan(&ctx.models, vae.dtype().size_in_bytes(), h, w)?;
         let mut images = Vec::with_capacity(batch);
         // One latent at a time keeps peak memory at one image's activations.
         for b in 0..batch {
             ctx.check_interrupt()?;
-            let decoded = vae.decode(&to_vae_dtype(vae, &latent.samples.narrow(0, b, 1)?)?)?;
+            let one = to_vae_dtype(vae, &latent.samples.narrow(0, b, 1)?)?;
+            let decoded = match tiled {
+                Some((tile, overlap)) => vae.decode_tiled(&one, tile, overlap)?,
+                None => vae.decode(&one)?,
+            };
             images.push(vae_to_image(&decoded)?);
         }
         Ok(NodeOutput::values(vec![Value::Image(Tensor::cat(
@@ -559,10 +609,11 @@ impl Node for VaeEncode {
         )
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let vae = inputs.vae("vae")?;
         let pixels = crop_to_factor(inputs.image("pixels")?, vae.config().downscale_factor())?;
         let x = image_to_vae(&pixels, "pixels")?;
+        ensure_encode_memory(ctx, vae, &x)?;
         let latent = vae
             .encode(&to_vae_dtype(vae, &x)?)?
             .mode()
@@ -660,7 +711,7 @@ impl Node for VaeEncodeForInpaint {
         )
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let vae = inputs.vae("vae")?;
         let factor = vae.config().downscale_factor().max(1);
         let pixels = inputs.image("pixels")?;
@@ -701,6 +752,7 @@ impl Node for VaeEncodeForInpaint {
         let rgb = pixels.narrow(3, 0, 3)?;
         let greyed = (rgb.affine(1.0, -0.5)?.broadcast_mul(&keep)? + 0.5)?;
         let x = image_to_vae(&greyed, "pixels")?;
+        ensure_encode_memory(ctx, vae, &x)?;
         let latent = vae
             .encode(&to_vae_dtype(vae, &x)?)?
             .mode()
@@ -724,4 +776,49 @@ fn grow_mask(mask: &Tensor, k: usize) -> Result<Tensor, NodeError> {
         .narrow(2, 0, h.min(gh))?
         .narrow(3, 0, w.min(gw))?
         .clamp(0f32, 1f32)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::memory::{MemoryProbe, RESERVE};
+
+    /// A manager on a fake machine with `free` bytes beyond the reserve.
+    fn manager_with_free(dir: &std::path::Path, free: u64) -> ModelManager {
+        std::fs::create_dir_all(dir.join("cgroup")).unwrap();
+        std::fs::write(
+            dir.join("meminfo"),
+            "MemTotal: 67108864 kB\nMemAvailable: 67108864 kB\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("self_cgroup"), "0::/\n").unwrap();
+        std::fs::write(dir.join("cgroup/memory.max"), (free + RESERVE).to_string()).unwrap();
+        let probe = MemoryProbe {
+            cgroup_root: dir.join("cgroup"),
+            self_cgroup: dir.join("self_cgroup"),
+            meminfo: dir.join("meminfo"),
+        };
+        ModelManager::with_probe(1 << 30, candle_core::Device::Cpu, None, probe)
+    }
+
+    #[test]
+    fn the_decode_goes_to_tiles_only_when_the_whole_frame_does_not_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        // An 80x80 latent: whole 3.65 GB by ComfyUI's estimate, a 64x64 tile 2.28 GB.
+        assert_eq!(
+            decode_plan(&manager_with_free(dir.path(), 4 << 30), 4, 80, 80).unwrap(),
+            None
+        );
+        assert_eq!(
+            decode_plan(&manager_with_free(dir.path(), 3 << 30), 4, 80, 80).unwrap(),
+            Some(AUTO_TILE)
+        );
+        let err = decode_plan(&manager_with_free(dir.path(), 1 << 30), 4, 80, 80).unwrap_err();
+        assert_eq!(err.type_name(), "weft.OutOfMemory");
+        assert!(
+            err.to_string()
+                .contains("decoding a 80x80 latent in tiles needs"),
+            "{err}"
+        );
+    }
 }

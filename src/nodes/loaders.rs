@@ -70,7 +70,7 @@ fn load_checkpoint(ctx: &NodeContext, name: &str) -> Result<NodeOutput, NodeErro
     let loaded = ctx
         .models
         .checkpoint(&path)
-        .map_err(|e| NodeError::input("ckpt_name", e.to_string()))?;
+        .map_err(|e| NodeError::model_load("ckpt_name", e))?;
     let clip = loaded.clip.as_ref().ok_or_else(|| {
         NodeError::input("ckpt_name", format!("{name} has no text encoder weights"))
     })?;
@@ -172,7 +172,7 @@ impl Node for VaeLoader {
         let vae = ctx
             .models
             .vae(&path, 0.18215)
-            .map_err(|e| NodeError::input("vae_name", e.to_string()))?;
+            .map_err(|e| NodeError::model_load("vae_name", e))?;
         Ok(NodeOutput::values(vec![Value::Vae(vae)]))
     }
 
@@ -206,8 +206,11 @@ impl Node for ClipLoader {
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let name = inputs.string("clip_name")?;
         let path = ctx.model_path("text_encoders", "clip_name", name)?;
-        let model = clip_file(&path, ctx.models.dtype(), ctx.models.device())
-            .map_err(|e| NodeError::input("clip_name", e.to_string()))?;
+        let model = ctx
+            .models
+            .file_weight_dtype(&path)
+            .and_then(|dtype| clip_file(&path, dtype, ctx.models.device()))
+            .map_err(|e| NodeError::model_load("clip_name", e))?;
         // SD2's OpenCLIP-H is 1024 wide; everything else is treated as SD1's CLIP-L.
         let encoder = if model.hidden_size() == 1024 {
             TextEncoder::sd2(model, bpe())
@@ -252,8 +255,10 @@ impl Node for DualClipLoader {
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let load = |input: &str| -> Result<_, NodeError> {
             let path = ctx.model_path("text_encoders", input, inputs.string(input)?)?;
-            clip_file(&path, ctx.models.dtype(), ctx.models.device())
-                .map_err(|e| NodeError::input(input, e.to_string()))
+            ctx.models
+                .file_weight_dtype(&path)
+                .and_then(|dtype| clip_file(&path, dtype, ctx.models.device()))
+                .map_err(|e| NodeError::model_load(input, e))
         };
         let (first, second) = (load("clip_name1")?, load("clip_name2")?);
         let (l, g) = match (first.config().projection_dim.is_some(), second.config().projection_dim.is_some()) {

@@ -105,6 +105,12 @@ pub enum NodeError {
     Tensor(#[from] candle_core::Error),
     #[error("{0}")]
     Failed(String),
+    /// Not enough memory, even after unloading what could be unloaded (`weft.OutOfMemory`).
+    #[error("input '{input}': {source}")]
+    OutOfMemory {
+        input: String,
+        source: crate::engine::memory::OutOfMemory,
+    },
 }
 
 impl NodeError {
@@ -122,6 +128,26 @@ impl NodeError {
         }
     }
 
+    /// A model file that did not load through input `input`; running out of memory stays
+    /// recognisable as such.
+    pub fn model_load(input: &str, error: crate::engine::load::LoadError) -> NodeError {
+        match error.kind {
+            crate::engine::load::LoadErrorKind::OutOfMemory(source) => NodeError::OutOfMemory {
+                input: input.to_owned(),
+                source,
+            },
+            _ => NodeError::input(input, error.to_string()),
+        }
+    }
+
+    /// Memory for a computation on `input` was not there.
+    pub fn out_of_memory(input: &str, source: crate::engine::memory::OutOfMemory) -> NodeError {
+        NodeError::OutOfMemory {
+            input: input.to_owned(),
+            source,
+        }
+    }
+
     /// A failure of the engine, with what was being done.
     pub fn engine(doing: &str, error: impl std::fmt::Display) -> NodeError {
         NodeError::Failed(format!("{doing}: {error}"))
@@ -135,6 +161,7 @@ impl NodeError {
             NodeError::File { .. } => "weft.FileError",
             NodeError::Tensor(_) => "weft.TensorError",
             NodeError::Failed(_) => "weft.NodeError",
+            NodeError::OutOfMemory { .. } => "weft.OutOfMemory",
         }
     }
 }

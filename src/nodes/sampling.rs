@@ -9,6 +9,7 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 
 use crate::engine::diffusion::{prepare_noise_mask, CfgDenoiser, CondEntry, DiffusionModel};
+use crate::engine::memory;
 use crate::engine::sampling::rng::prepare_noise;
 use crate::engine::sampling::samplers::{Interrupted, Sampler, StepInfo, SAMPLER_NAMES};
 use crate::engine::sampling::schedulers::{
@@ -124,6 +125,15 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
         return Ok((job.latent.clone(), job.latent.clone()));
     }
     let shape = samples.dims().to_vec();
+    // Positive and negative run as one batch.
+    let (batch, h, w) = (shape[0] * 2, shape[2], shape[3]);
+    let needed = memory::unet_activation_bytes(batch, h, w, model.unet.dtype().size_in_bytes());
+    ctx.models
+        .ensure_free(
+            needed,
+            &format!("sampling {} latent(s) of {w}x{h}", shape[0]),
+        )
+        .map_err(|e| NodeError::out_of_memory("latent_image", e))?;
     let scale = model.latent.scale_factor;
     let scaled = (&samples * scale)?;
     let (noise, seed) = match job.noise {

@@ -101,6 +101,18 @@ impl Value {
         }
     }
 
+    /// Whether it keeps a model's weights alive (a loader's or a LoRA's output).
+    pub fn holds_model(&self) -> bool {
+        matches!(
+            self,
+            Value::Model(_)
+                | Value::Clip(_)
+                | Value::Vae(_)
+                | Value::Guider(_)
+                | Value::ControlNet(_)
+        )
+    }
+
     /// Bytes held, for the cache budget.
     pub fn byte_size(&self) -> usize {
         match self {

@@ -4,11 +4,12 @@
 //! end token, and its projection.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{
-    embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::VarBuilder;
 
 use crate::engine::clip::ClipError;
+use crate::engine::ops::layers::{
+    embedding, layer_norm, linear, linear_no_bias, Embedding, LayerNorm, Linear,
+};
 
 /// Activation of the MLP blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,9 +188,9 @@ impl ClipTextModel {
         self.cfg.hidden_size
     }
 
-    /// The dtype of the weights.
+    /// The dtype it computes in (f32 on the CPU whatever the weights').
     pub fn dtype(&self) -> DType {
-        self.token_embedding.embeddings().dtype()
+        self.token_embedding.dtype()
     }
 
     /// The device of the weights.

@@ -236,7 +236,7 @@ impl T2IAdapter {
             conv_in,
             levels,
             config: cfg.clone(),
-            dtype: vb.dtype(),
+            dtype: crate::engine::device::compute_dtype(vb.device(), vb.dtype()),
             span: tracing::trace_span!("t2i_adapter"),
         })
     }

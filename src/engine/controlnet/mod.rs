@@ -369,7 +369,7 @@ impl ControlNetModel {
             mid_out,
             union,
             config: cfg.clone(),
-            dtype: vb.dtype(),
+            dtype: crate::engine::device::compute_dtype(vb.device(), vb.dtype()),
             device: vb.device().clone(),
             span: tracing::trace_span!("controlnet"),
         })

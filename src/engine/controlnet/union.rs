@@ -13,8 +13,9 @@
 //! plain ControlNet path; so do we.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
+use crate::engine::ops::layers::{self, LayerNorm, Linear};
 use crate::engine::unet::blocks::{sinusoidal_embedding, TimestepEmbedding};
 
 /// ComfyUI's control types (`comfy/cldm/control_types.py`), by index; "auto" is no type.
@@ -78,8 +79,7 @@ impl UnionConfig {
 #[derive(Debug)]
 struct ResidualAttentionBlock {
     ln_1: LayerNorm,
-    in_proj_weight: Tensor,
-    in_proj_bias: Tensor,
+    in_proj: Linear,
     out_proj: Linear,
     ln_2: LayerNorm,
     c_fc: Linear,
@@ -91,13 +91,16 @@ impl ResidualAttentionBlock {
     fn new(vb: VarBuilder, c: usize, heads: usize) -> Result<Self> {
         let attn = vb.pp("attn");
         Ok(Self {
-            ln_1: candle_nn::layer_norm(c, 1e-5, vb.pp("ln_1"))?,
-            in_proj_weight: attn.get((3 * c, c), "in_proj_weight")?,
-            in_proj_bias: attn.get(3 * c, "in_proj_bias")?,
-            out_proj: candle_nn::linear(c, c, attn.pp("out_proj"))?,
-            ln_2: candle_nn::layer_norm(c, 1e-5, vb.pp("ln_2"))?,
-            c_fc: candle_nn::linear(c, 4 * c, vb.pp("mlp").pp("c_fc"))?,
-            c_proj: candle_nn::linear(4 * c, c, vb.pp("mlp").pp("c_proj"))?,
+            ln_1: layers::layer_norm(c, 1e-5, vb.pp("ln_1"))?,
+            // PyTorch's MultiheadAttention packs q, k and v in one projection.
+            in_proj: Linear::new(
+                attn.get((3 * c, c), "in_proj_weight")?,
+                Some(attn.get(3 * c, "in_proj_bias")?),
+            ),
+            out_proj: layers::linear(c, c, attn.pp("out_proj"))?,
+            ln_2: layers::layer_norm(c, 1e-5, vb.pp("ln_2"))?,
+            c_fc: layers::linear(c, 4 * c, vb.pp("mlp").pp("c_fc"))?,
+            c_proj: layers::linear(4 * c, c, vb.pp("mlp").pp("c_proj"))?,
             heads,
         })
     }
@@ -106,9 +109,7 @@ impl ResidualAttentionBlock {
     fn attention(&self, x: &Tensor) -> Result<Tensor> {
         let (b, s, c) = x.dims3()?;
         let (h, d) = (self.heads, c / self.heads);
-        let qkv = x
-            .broadcast_matmul(&self.in_proj_weight.t()?)?
-            .broadcast_add(&self.in_proj_bias)?;
+        let qkv = self.in_proj.forward(x)?;
         let split = |i: usize| -> Result<Tensor> {
             qkv.narrow(2, i * c, c)?
                 .reshape((b, s, h, d))?
@@ -162,7 +163,7 @@ impl UnionBlocks {
         Ok(Self {
             task_embedding: vb.get((cfg.num_control_types, c), "task_embedding")?,
             layers,
-            spatial_ch_projs: candle_nn::linear(c, hint_out, vb.pp("spatial_ch_projs"))?,
+            spatial_ch_projs: layers::linear(c, hint_out, vb.pp("spatial_ch_projs"))?,
             control_add_embedding: TimestepEmbedding::new(
                 vb.pp("control_add_embedding"),
                 cfg.type_embed_dim * cfg.num_control_types,
@@ -199,10 +200,8 @@ impl UnionBlocks {
         if control_type >= n {
             return Err(out_of_range(control_type, n));
         }
-        let task = self
-            .task_embedding
-            .get(control_type)?
-            .to_dtype(guided.dtype())?;
+        let task = self.task_embedding.get(control_type)?;
+        let task = crate::engine::ops::cast::to_dtype(&task, guided.dtype())?;
         let feat = guided
             .mean(D::Minus1)?
             .mean(D::Minus1)?

@@ -1,18 +1,96 @@
-//! Reading tensor files: safetensors (memory-mapped, header checked first) and PyTorch zip pickles
-//! (`candle_core::pickle`, which interprets the pickle opcodes without executing any code).
+//! Reading tensor files: safetensors (header checked first, then each tensor read from the file
+//! when asked for) and PyTorch zip pickles (`candle_core::pickle`, which interprets the pickle
+//! opcodes without executing any code).
+//!
+//! Why not a memory map for safetensors: the mapped pages of a multi-GB checkpoint count in the
+//! process's resident memory until the map is closed, on top of the weights copied out of it.
+//! Read tensor by tensor, the file's pages are only page cache, which the kernel reclaims, so a
+//! load's peak is the model's own weights.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{Device, Tensor};
+use std::io::{Seek, SeekFrom};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor};
 
 use crate::engine::load::{LoadError, LoadErrorKind};
 
 enum Source {
-    Safetensors(MmapedSafetensors),
+    Safetensors(Vec<Shard>),
     Pickle(candle_core::pickle::PthTensors),
+}
+
+/// One safetensors file: its handle, where its data starts, and where each tensor lies.
+struct Shard {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+    data_start: u64,
+    tensors: HashMap<String, TensorEntry>,
+}
+
+/// A tensor's place in a safetensors file.
+#[derive(Debug, Clone)]
+struct TensorEntry {
+    /// `None`: a dtype candle cannot hold (reading it is an error naming the dtype).
+    dtype: Result<DType, String>,
+    shape: Vec<usize>,
+    begin: u64,
+    end: u64,
+}
+
+impl Shard {
+    fn open(path: &Path) -> Result<Shard, LoadError> {
+        let err = |kind: LoadErrorKind| LoadError::new(path, kind);
+        let mut file = std::fs::File::open(path).map_err(|e| err(e.into()))?;
+        let file_len = file.metadata().map_err(|e| err(e.into()))?.len();
+        let mut head = [0u8; 8];
+        if read_up_to(&mut file, &mut head).map_err(|e| err(e.into()))? < 8 {
+            return Err(err(LoadErrorKind::Truncated {
+                file_len,
+                needed: 8,
+            }));
+        }
+        let header_len = u64::from_le_bytes(head);
+        let tensors = check_safetensors_header(path, &mut file, header_len, file_len)?;
+        Ok(Shard {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            data_start: 8 + header_len,
+            tensors,
+        })
+    }
+
+    fn read(&self, name: &str, entry: &TensorEntry) -> Result<Tensor, LoadError> {
+        let err = |kind: LoadErrorKind| LoadError::new(&self.path, kind);
+        let dtype = entry.dtype.clone().map_err(|d| {
+            err(LoadErrorKind::UnsupportedFormat(format!(
+                "tensor '{name}' has dtype {d}, which Weft cannot read"
+            )))
+        })?;
+        let len = (entry.end - entry.begin) as usize;
+        let expected = entry
+            .shape
+            .iter()
+            .try_fold(dtype.size_in_bytes(), |n, &d| n.checked_mul(d));
+        if expected != Some(len) {
+            let elements: usize = entry.shape.iter().fold(1, |n, &d| n.saturating_mul(d));
+            return Err(err(LoadErrorKind::BadHeader(format!(
+                "tensor '{name}' has {len} bytes for {elements} {dtype:?} values"
+            ))));
+        }
+        let mut bytes = vec![0u8; len];
+        {
+            let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            file.seek(SeekFrom::Start(self.data_start + entry.begin))
+                .and_then(|_| file.read_exact(&mut bytes))
+                .map_err(|e| err(e.into()))?;
+        }
+        Tensor::from_raw_buffer(&bytes, dtype, &entry.shape, &Device::Cpu)
+            .map_err(|e| err(LoadErrorKind::Tensor(e)))
+    }
 }
 
 /// A read-only set of named tensors from one checkpoint file (or a sharded safetensors set).
@@ -20,6 +98,8 @@ enum Source {
 pub struct StateDict {
     path: PathBuf,
     shapes: HashMap<String, Vec<usize>>,
+    /// Each tensor's stored dtype (`None` where the format has one candle cannot hold).
+    dtypes: HashMap<String, Option<DType>>,
     source: Source,
 }
 
@@ -55,22 +135,8 @@ impl StateDict {
                 needed: 8,
             }));
         }
-        check_safetensors_header(path, &mut file, u64::from_le_bytes(head), file_len)?;
-        // SAFETY: the file is mapped read-only; like every mmap it must not be truncated by another
-        // process while mapped, which is the model directory's contract.
-        #[allow(unsafe_code)]
-        let st = unsafe { MmapedSafetensors::new(path) }
-            .map_err(|e| err(LoadErrorKind::BadHeader(e.to_string())))?;
-        let shapes = st
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.shape().to_vec()))
-            .collect();
-        Ok(Self {
-            path: path.to_path_buf(),
-            shapes,
-            source: Source::Safetensors(st),
-        })
+        drop(file);
+        Ok(Self::from_shards(path, vec![Shard::open(path)?]))
     }
 
     /// Opens several safetensors shards as one set (diffusers `*.safetensors.index.json`).
@@ -81,35 +147,26 @@ impl StateDict {
                 LoadErrorKind::NotACheckpoint("no shard files".into()),
             )
         })?;
-        for p in paths {
-            let mut file = std::fs::File::open(p).map_err(|e| LoadError::new(p, e))?;
-            let file_len = file.metadata().map_err(|e| LoadError::new(p, e))?.len();
-            let mut head = [0u8; 8];
-            if read_up_to(&mut file, &mut head).map_err(|e| LoadError::new(p, e))? < 8 {
-                return Err(LoadError::new(
-                    p,
-                    LoadErrorKind::Truncated {
-                        file_len,
-                        needed: 8,
-                    },
-                ));
-            }
-            check_safetensors_header(p, &mut file, u64::from_le_bytes(head), file_len)?;
+        let shards = paths
+            .iter()
+            .map(|p| Shard::open(p))
+            .collect::<Result<Vec<_>, LoadError>>()?;
+        Ok(Self::from_shards(first, shards))
+    }
+
+    fn from_shards(first: &Path, shards: Vec<Shard>) -> Self {
+        let mut shapes = HashMap::new();
+        let mut dtypes = HashMap::new();
+        for (name, entry) in shards.iter().flat_map(|s| &s.tensors) {
+            shapes.insert(name.clone(), entry.shape.clone());
+            dtypes.insert(name.clone(), entry.dtype.clone().ok());
         }
-        // SAFETY: as in `open`.
-        #[allow(unsafe_code)]
-        let st = unsafe { MmapedSafetensors::multi(paths) }
-            .map_err(|e| LoadError::new(first, LoadErrorKind::BadHeader(e.to_string())))?;
-        let shapes = st
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.shape().to_vec()))
-            .collect();
-        Ok(Self {
-            path: first.clone(),
+        Self {
+            path: first.to_path_buf(),
             shapes,
-            source: Source::Safetensors(st),
-        })
+            dtypes,
+            source: Source::Safetensors(shards),
+        }
     }
 
     fn open_pickle(path: &Path) -> Result<Self, LoadError> {
@@ -138,9 +195,15 @@ impl StateDict {
             .iter()
             .map(|(k, info)| (k.clone(), info.layout.shape().dims().to_vec()))
             .collect();
+        let dtypes = pth
+            .tensor_infos()
+            .iter()
+            .map(|(k, info)| (k.clone(), Some(info.dtype)))
+            .collect();
         Ok(Self {
             path: path.to_path_buf(),
             shapes,
+            dtypes,
             source: Source::Pickle(pth),
         })
     }
@@ -160,6 +223,47 @@ impl StateDict {
         self.shapes.get(name).map(|v| v.as_slice())
     }
 
+    /// The float dtype most of the weights under `prefix` are stored in (by element count);
+    /// f32 when there are none.
+    pub fn float_dtype(&self, prefix: &str) -> DType {
+        let mut counts: HashMap<DType, usize> = HashMap::new();
+        for (name, dtype) in &self.dtypes {
+            if let (true, Some(dtype)) = (name.starts_with(prefix), dtype) {
+                if dtype.is_float() {
+                    let len = self.shapes.get(name).map_or(0, |s| s.iter().product());
+                    *counts.entry(*dtype).or_default() += len;
+                }
+            }
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(dtype, len)| (*len, dtype.size_in_bytes()))
+            .map_or(DType::F32, |(dtype, _)| dtype)
+    }
+
+    /// Bytes the tensors under `prefix` take once loaded, each float tensor in the dtype
+    /// `weights` gives for its stored one; computed from the header alone.
+    pub fn loaded_bytes(&self, prefix: &str, weights: impl Fn(DType) -> DType) -> usize {
+        self.shapes
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(name, shape)| {
+                let stored = self
+                    .dtypes
+                    .get(name)
+                    .copied()
+                    .flatten()
+                    .unwrap_or(DType::F32);
+                let dtype = if stored.is_float() {
+                    weights(stored)
+                } else {
+                    stored
+                };
+                shape.iter().product::<usize>() * dtype.size_in_bytes()
+            })
+            .sum()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.shapes.contains_key(name)
     }
@@ -173,7 +277,18 @@ impl StateDict {
             ));
         }
         let tensor = match &self.source {
-            Source::Safetensors(st) => st.load(name, &Device::Cpu),
+            Source::Safetensors(shards) => {
+                return match shards
+                    .iter()
+                    .find_map(|s| s.tensors.get(name).map(|e| (s, e)))
+                {
+                    Some((shard, entry)) => shard.read(name, entry),
+                    None => Err(LoadError::new(
+                        &self.path,
+                        LoadErrorKind::MissingTensor(name.into()),
+                    )),
+                }
+            }
             Source::Pickle(pth) => match pth.get(name) {
                 Ok(Some(t)) => Ok(t),
                 Ok(None) => {
@@ -211,14 +326,14 @@ fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize
     Ok(n)
 }
 
-/// Checks a safetensors header against the file size before mapping it, so truncated files and
-/// lying headers give precise errors.
+/// Reads a safetensors header and checks it against the file size, so truncated files and lying
+/// headers give precise errors before any tensor is read; returns where each tensor lies.
 fn check_safetensors_header(
     path: &Path,
     file: &mut std::fs::File,
     header_len: u64,
     file_len: u64,
-) -> Result<(), LoadError> {
+) -> Result<HashMap<String, TensorEntry>, LoadError> {
     let err = |kind| LoadError::new(path, kind);
     let available = file_len.saturating_sub(8);
     if header_len > available {
@@ -243,6 +358,7 @@ fn check_safetensors_header(
         ))
     })?;
     let mut data_end = 0u64;
+    let mut tensors = HashMap::with_capacity(entries.len());
     for (name, entry) in entries {
         if name == "__metadata__" {
             continue;
@@ -263,10 +379,42 @@ fn check_safetensors_header(
             ))));
         }
         data_end = data_end.max(offsets.1);
+        let dtype_name = entry.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| {
+            err(LoadErrorKind::BadHeader(format!(
+                "tensor '{name}' has no dtype"
+            )))
+        })?;
+        let shape = entry
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|dims| {
+                dims.iter()
+                    .map(|d| d.as_u64().map(|d| d as usize))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| {
+                err(LoadErrorKind::BadHeader(format!(
+                    "tensor '{name}' has no valid shape"
+                )))
+            })?;
+        tensors.insert(
+            name.clone(),
+            TensorEntry {
+                // Safetensors names dtypes "F16", "BF16", "F8_E4M3"; candle "f16", "f8e4m3".
+                dtype: dtype_name
+                    .to_ascii_lowercase()
+                    .replace('_', "")
+                    .parse::<DType>()
+                    .map_err(|_| dtype_name.to_owned()),
+                shape,
+                begin: offsets.0,
+                end: offsets.1,
+            },
+        );
     }
     let needed = 8 + header_len + data_end;
     if needed > file_len {
         return Err(err(LoadErrorKind::Truncated { file_len, needed }));
     }
-    Ok(())
+    Ok(tensors)
 }

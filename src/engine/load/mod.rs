@@ -51,6 +51,8 @@ pub enum LoadErrorKind {
     BadConfig(String),
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
+    #[error("{0}")]
+    OutOfMemory(crate::engine::memory::OutOfMemory),
 }
 
 impl LoadError {

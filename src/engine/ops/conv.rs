@@ -19,6 +19,8 @@ use candle_core::{
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
+use crate::engine::ops::cast;
+
 /// Most floats one im2col chunk may hold (8 MiB). In `benches/ops.rs` this beat 4, 6 and 8 Mi
 /// floats at the VAE's 256- and 128-channel shapes (by 15-25%) and tied at the UNet's; 16 Mi and
 /// more were far slower (each chunk then goes to a fresh mmap, zeroed by the kernel).
@@ -60,17 +62,29 @@ impl Conv2d {
     /// and VAE's upsamplers do. On the CPU the im2col reads the small input directly, so the
     /// upsampled tensor (268 MB before the VAE's last level) is never built.
     pub fn forward_upsampled_2x(&self, xs: &Tensor) -> Result<Tensor> {
-        if uses_cpu_kernel(xs, &self.weight, self.bias.as_ref(), &self.config) {
-            return cpu_conv2d(xs, &self.weight, self.bias.as_ref(), &self.config, 2);
+        if uses_cpu_kernel(xs, &self.config) {
+            let (weight, bias) = self.weights_as(xs.dtype())?;
+            return cpu_conv2d(xs, &weight, bias.as_ref(), &self.config, 2);
         }
         let (_, _, h, w) = xs.dims4()?;
         self.forward(&xs.upsample_nearest2d(2 * h, 2 * w)?)
     }
 }
 
+impl Conv2d {
+    /// The weight and bias widened to `dtype` (the same tensors when they are stored in it).
+    fn weights_as(&self, dtype: DType) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((
+            cast::to_dtype(&self.weight, dtype)?,
+            cast::to_dtype_opt(self.bias.as_ref(), dtype)?,
+        ))
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        conv2d_forward(xs, &self.weight, self.bias.as_ref(), &self.config)
+        let (weight, bias) = self.weights_as(xs.dtype())?;
+        conv2d_forward(xs, &weight, bias.as_ref(), &self.config)
     }
 }
 
@@ -91,15 +105,16 @@ pub fn conv2d(
     ))
 }
 
-/// `xs`: [B, C_in, H, W]; `weight`: [C_out, C_in / groups, kh, kw]; `bias`: [C_out].
-/// Returns [B, C_out, H_out, W_out], the same as candle's `conv2d` plus the bias.
+/// `xs`: [B, C_in, H, W]; `weight`: [C_out, C_in / groups, kh, kw]; `bias`: [C_out], both in
+/// the dtype of `xs`. Returns [B, C_out, H_out, W_out], the same as candle's `conv2d` plus the
+/// bias.
 pub fn conv2d_forward(
     xs: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     config: &Conv2dConfig,
 ) -> Result<Tensor> {
-    if uses_cpu_kernel(xs, weight, bias, config) {
+    if uses_cpu_kernel(xs, config) && weight.dtype() == DType::F32 {
         return cpu_conv2d(xs, weight, bias, config, 1);
     }
     let out = xs.conv2d_with_algo(
@@ -116,17 +131,9 @@ pub fn conv2d_forward(
     }
 }
 
-fn uses_cpu_kernel(
-    xs: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    config: &Conv2dConfig,
-) -> bool {
-    matches!(xs.device(), Device::Cpu)
-        && xs.dtype() == DType::F32
-        && weight.dtype() == DType::F32
-        && bias.is_none_or(|b| b.dtype() == DType::F32)
-        && config.groups == 1
+/// Whether our kernel runs `xs` (the weights are widened to its dtype first).
+fn uses_cpu_kernel(xs: &Tensor, config: &Conv2dConfig) -> bool {
+    matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 && config.groups == 1
 }
 
 /// Sizes of one convolution, in the input's terms.

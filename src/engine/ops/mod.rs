@@ -4,7 +4,9 @@
 //! CUDA and Metal builds go through candle as before. Each file says what candle's op did wrong.
 
 pub mod attention;
+pub mod cast;
 pub mod conv;
+pub mod layers;
 pub mod math;
 pub mod norm;
 

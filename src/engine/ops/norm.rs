@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Module, Result, 
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::engine::ops::math;
+use crate::engine::ops::{cast, math};
 
 /// GroupNorm over [B, C, ...] with a per-channel scale and shift, read from `vb` like
 /// `candle_nn::group_norm` (`weight`, `bias`).
@@ -22,8 +22,6 @@ pub struct GroupNorm {
     bias: Tensor,
     eps: f64,
     num_groups: usize,
-    /// candle-nn's layer on the same tensors, for devices and dtypes without our kernel.
-    fallback: candle_nn::GroupNorm,
 }
 
 impl GroupNorm {
@@ -34,15 +32,33 @@ impl GroupNorm {
         num_groups: usize,
         eps: f64,
     ) -> Result<Self> {
-        let fallback =
-            candle_nn::GroupNorm::new(weight.clone(), bias.clone(), num_channels, num_groups, eps)?;
+        if weight.dims1()? != num_channels || bias.dims1()? != num_channels {
+            candle_core::bail!("group norm of {num_channels} channels got other-sized weights");
+        }
+        if num_channels % num_groups != 0 {
+            candle_core::bail!("{num_channels} channels do not split into {num_groups} groups");
+        }
         Ok(Self {
             weight,
             bias,
             eps,
             num_groups,
-            fallback,
         })
+    }
+
+    /// The scale and shift widened to the input's dtype, for the kernel or candle-nn's layer.
+    fn params(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            cast::to_dtype(&self.weight, xs.dtype())?,
+            cast::to_dtype(&self.bias, xs.dtype())?,
+        ))
+    }
+
+    /// candle-nn's GroupNorm, for devices and dtypes without our kernel.
+    fn fallback(&self, xs: &Tensor) -> Result<Tensor> {
+        let (weight, bias) = self.params(xs)?;
+        let channels = weight.dims1()?;
+        candle_nn::GroupNorm::new(weight, bias, channels, self.num_groups, self.eps)?.forward(xs)
     }
 
     /// `silu(group_norm(xs))`, the pre-activation of every resnet convolution.
@@ -50,16 +66,12 @@ impl GroupNorm {
         if self.uses_cpu_kernel(xs) {
             self.cpu_forward(xs, true)
         } else {
-            self.fallback.forward(xs)?.silu()
+            self.fallback(xs)?.silu()
         }
     }
 
     fn uses_cpu_kernel(&self, xs: &Tensor) -> bool {
-        matches!(xs.device(), Device::Cpu)
-            && xs.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && self.bias.dtype() == DType::F32
-            && xs.rank() >= 3
+        matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 && xs.rank() >= 3
     }
 
     fn cpu_forward(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
@@ -76,8 +88,9 @@ impl GroupNorm {
             eps: self.eps,
             silu,
         };
+        let (weight, bias) = self.params(xs)?;
         xs.contiguous()?
-            .apply_op3_no_bwd(&self.weight.contiguous()?, &self.bias.contiguous()?, &op)
+            .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op)
     }
 }
 
@@ -86,7 +99,7 @@ impl Module for GroupNorm {
         if self.uses_cpu_kernel(xs) {
             self.cpu_forward(xs, false)
         } else {
-            self.fallback.forward(xs)
+            self.fallback(xs)
         }
     }
 }

@@ -4,10 +4,11 @@
 //! `diffusers.UNet2DConditionModel` is limited by float rounding only.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::engine::ops::attention::scaled_dot_product;
 use crate::engine::ops::conv::{conv2d, Conv2d};
+use crate::engine::ops::layers::{self, LayerNorm, Linear};
 use crate::engine::ops::norm::{group_norm, GroupNorm};
 
 /// A 3x3 (or other odd) convolution with "same" padding.
@@ -53,11 +54,7 @@ impl ResnetBlock2D {
         let norm1 = group_norm(cfg.groups, cfg.in_channels, cfg.eps, vb.pp("norm1"))?;
         let conv1 = conv_same(cfg.in_channels, cfg.out_channels, 3, vb.pp("conv1"))?;
         let time_emb_proj = match cfg.temb_channels {
-            Some(t) => Some(candle_nn::linear(
-                t,
-                cfg.out_channels,
-                vb.pp("time_emb_proj"),
-            )?),
+            Some(t) => Some(layers::linear(t, cfg.out_channels, vb.pp("time_emb_proj"))?),
             None => None,
         };
         let norm2 = group_norm(cfg.groups, cfg.out_channels, cfg.eps, vb.pp("norm2"))?;
@@ -133,15 +130,15 @@ impl Attention {
         let inner = heads * head_dim;
         let lin = |i, o, vb| {
             if qkv_bias {
-                candle_nn::linear(i, o, vb)
+                layers::linear(i, o, vb)
             } else {
-                candle_nn::linear_no_bias(i, o, vb)
+                layers::linear_no_bias(i, o, vb)
             }
         };
         let to_q = lin(query_dim, inner, vb.pp("to_q"))?;
         let to_k = lin(context_dim, inner, vb.pp("to_k"))?;
         let to_v = lin(context_dim, inner, vb.pp("to_v"))?;
-        let to_out = candle_nn::linear(inner, query_dim, vb.pp("to_out").pp("0"))?;
+        let to_out = layers::linear(inner, query_dim, vb.pp("to_out").pp("0"))?;
         let span = tracing::trace_span!("attention");
         Ok(Self {
             to_q,
@@ -185,8 +182,8 @@ struct FeedForward {
 impl FeedForward {
     fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         let inner = dim * 4;
-        let proj = candle_nn::linear(dim, inner * 2, vb.pp("net").pp("0").pp("proj"))?;
-        let out = candle_nn::linear(inner, dim, vb.pp("net").pp("2"))?;
+        let proj = layers::linear(dim, inner * 2, vb.pp("net").pp("0").pp("proj"))?;
+        let out = layers::linear(inner, dim, vb.pp("net").pp("2"))?;
         Ok(Self { proj, out, inner })
     }
 
@@ -213,11 +210,11 @@ impl BasicTransformerBlock {
     fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
         let head_dim = dim / heads;
         Ok(Self {
-            norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            norm1: layers::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
             attn1: Attention::new(vb.pp("attn1"), dim, dim, heads, head_dim, false)?,
-            norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            norm2: layers::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
             attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads, head_dim, false)?,
-            norm3: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            norm3: layers::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
             ff: FeedForward::new(vb.pp("ff"), dim)?,
             span: tracing::trace_span!("transformer_block"),
         })
@@ -268,7 +265,7 @@ impl Transformer2D {
         let norm = group_norm(cfg.groups, c, 1e-6, vb.pp("norm"))?;
         let proj = |vb: VarBuilder| -> Result<Projection> {
             if cfg.use_linear_projection {
-                Ok(Projection::Linear(candle_nn::linear(c, c, vb)?))
+                Ok(Projection::Linear(layers::linear(c, c, vb)?))
             } else {
                 Ok(Projection::Conv(conv2d(c, c, 1, Default::default(), vb)?))
             }
@@ -407,8 +404,8 @@ pub(crate) struct TimestepEmbedding {
 impl TimestepEmbedding {
     pub(crate) fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
         Ok(Self {
-            linear_1: candle_nn::linear(in_dim, out_dim, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(out_dim, out_dim, vb.pp("linear_2"))?,
+            linear_1: layers::linear(in_dim, out_dim, vb.pp("linear_1"))?,
+            linear_2: layers::linear(out_dim, out_dim, vb.pp("linear_2"))?,
         })
     }
 

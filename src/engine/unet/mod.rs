@@ -444,7 +444,7 @@ impl UNet2DConditionModel {
             conv_norm_out,
             conv_out,
             config: cfg.clone(),
-            dtype: vb.dtype(),
+            dtype: crate::engine::device::compute_dtype(vb.device(), vb.dtype()),
             device: vb.device().clone(),
             span: tracing::trace_span!("unet"),
         })
@@ -455,7 +455,7 @@ impl UNet2DConditionModel {
         &self.config
     }
 
-    /// The dtype of the weights.
+    /// The dtype it computes in: f32 on the CPU, the weights' on a GPU.
     pub fn dtype(&self) -> DType {
         self.dtype
     }

@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 
 use crate::engine::ops::attention::scaled_dot_product;
 use crate::engine::ops::conv::{conv2d, Conv2d};
+use crate::engine::ops::layers;
 use crate::engine::ops::norm::{group_norm, GroupNorm};
 
 use crate::engine::unet::blocks::{
@@ -63,10 +64,10 @@ impl VaeConfig {
 #[derive(Debug)]
 struct AttentionBlock {
     group_norm: GroupNorm,
-    to_q: candle_nn::Linear,
-    to_k: candle_nn::Linear,
-    to_v: candle_nn::Linear,
-    to_out: candle_nn::Linear,
+    to_q: layers::Linear,
+    to_k: layers::Linear,
+    to_v: layers::Linear,
+    to_out: layers::Linear,
     span: tracing::Span,
 }
 
@@ -74,10 +75,10 @@ impl AttentionBlock {
     fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
         Ok(Self {
             group_norm: group_norm(groups, channels, 1e-6, vb.pp("group_norm"))?,
-            to_q: candle_nn::linear(channels, channels, vb.pp("to_q"))?,
-            to_k: candle_nn::linear(channels, channels, vb.pp("to_k"))?,
-            to_v: candle_nn::linear(channels, channels, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(channels, channels, vb.pp("to_out").pp("0"))?,
+            to_q: layers::linear(channels, channels, vb.pp("to_q"))?,
+            to_k: layers::linear(channels, channels, vb.pp("to_k"))?,
+            to_v: layers::linear(channels, channels, vb.pp("to_v"))?,
+            to_out: layers::linear(channels, channels, vb.pp("to_out").pp("0"))?,
             span: tracing::trace_span!("vae_attention"),
         })
     }
@@ -294,9 +295,10 @@ pub struct AutoEncoderKL {
 }
 
 impl AutoEncoderKL {
-    /// The dtype of the weights (inputs must be converted to it).
+    /// The dtype it computes in (inputs must be converted to it): f32 on the CPU.
     pub fn dtype(&self) -> DType {
-        self.quant_conv.weight().dtype()
+        let weight = self.quant_conv.weight();
+        crate::engine::device::compute_dtype(weight.device(), weight.dtype())
     }
 
     /// The device the weights live on (inputs must be moved to it).

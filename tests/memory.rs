@@ -1,0 +1,211 @@
+//! Memory: the budget taken from the (injected) container limit, models and activations refused
+//! with a clear `weft.OutOfMemory` when they cannot fit, the next prompt still running, the VAE
+//! falling back to tiles, and `/system_stats` and `/free` showing and releasing memory.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value as Json};
+use weft::engine::memory::{MemoryProbe, RESERVE};
+
+use crate::helpers::{find, read_png, spawn_app_with, TestApp};
+use crate::models::{install_all, tensor_bytes};
+
+/// A fake machine: `/proc/meminfo`, `/proc/self/cgroup` and a cgroup v2 folder, rewritten at
+/// will (the server reads them again before every load and every large computation).
+struct FakeMemory {
+    dir: tempfile::TempDir,
+}
+
+impl FakeMemory {
+    fn new() -> FakeMemory {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cgroup")).unwrap();
+        std::fs::write(
+            dir.path().join("meminfo"),
+            "MemTotal:       67108864 kB\nMemAvailable:   67108864 kB\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("self_cgroup"), "0::/\n").unwrap();
+        let fake = FakeMemory { dir };
+        fake.set_free(64 << 30);
+        fake
+    }
+
+    fn probe(&self) -> MemoryProbe {
+        MemoryProbe {
+            cgroup_root: self.dir.path().join("cgroup"),
+            self_cgroup: self.dir.path().join("self_cgroup"),
+            meminfo: self.dir.path().join("meminfo"),
+        }
+    }
+
+    /// A container limit leaving `free` bytes for Weft beyond its reserve.
+    fn set_free(&self, free: u64) {
+        let cgroup: PathBuf = self.dir.path().join("cgroup");
+        std::fs::write(cgroup.join("memory.max"), format!("{}\n", free + RESERVE)).unwrap();
+        std::fs::write(cgroup.join("memory.current"), "0\n").unwrap();
+    }
+}
+
+/// A one-step txt2img graph (the seed decides which cached work it can share).
+fn graph(ckpt: &str, size: u64, decode: Json, prefix: &str, seed: u64) -> Json {
+    json!({
+        "3": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": 1, "cfg": 8, "sampler_name": "euler",
+              "scheduler": "normal", "denoise": 1, "model": ["4", 0], "positive": ["6", 0],
+              "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "8": decode,
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": ["8", 0]}}
+    })
+}
+
+fn decode() -> Json {
+    json!({"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}})
+}
+
+/// Queues `prompt` and returns its `execution_error`, if any.
+async fn run(app: &TestApp, prompt: Json) -> Option<Json> {
+    let mut ws = app.ws("mem").await;
+    let id = app.queue(prompt, "mem").await;
+    let events = ws.until_done(&id).await;
+    find(&events, "execution_error").cloned()
+}
+
+#[actix_web::test]
+async fn the_budget_follows_the_limit_and_what_cannot_fit_fails_clearly_while_the_server_goes_on() {
+    let fake = FakeMemory::new();
+    fake.set_free(4 << 30);
+    let app = spawn_app_with(|c| c.memory = fake.probe()).await;
+    install_all(&app.dir.path().join("models"));
+    let ckpt = app
+        .dir
+        .path()
+        .join("models/checkpoints/tiny_sd1.safetensors");
+
+    // The default budget is three quarters of the limit in force, and it is reported.
+    let (_, stats) = app.get("/system_stats").await;
+    let limit = (4u64 << 30) + RESERVE;
+    assert_eq!(
+        stats["weft"]["memory_limit_bytes"], limit,
+        "{}",
+        stats["weft"]
+    );
+    assert_eq!(stats["weft"]["model_budget_bytes"], limit / 4 * 3);
+    assert!(stats["weft"]["memory_limit_source"]
+        .as_str()
+        .unwrap()
+        .contains("memory.max"));
+
+    // A latent whose sampling needs more than there is: a clear error on the sampler.
+    let error = run(
+        &app,
+        graph("tiny_sd1.safetensors", 4096, decode(), "big", 1),
+    )
+    .await;
+    let error = error.expect("the huge latent must be refused");
+    assert_eq!(error["node_type"], "KSampler");
+    assert_eq!(error["exception_type"], "weft.OutOfMemory");
+    let message = error["exception_message"].as_str().unwrap();
+    assert!(
+        message.starts_with("input 'latent_image': sampling 1 latent(s) of 512x512 needs"),
+        "{message}"
+    );
+    assert!(
+        message.contains("available") && message.contains("memory.max"),
+        "{message}"
+    );
+
+    // The next prompt runs.
+    assert_eq!(
+        run(
+            &app,
+            graph("tiny_sd1.safetensors", 64, decode(), "small", 2)
+        )
+        .await,
+        None
+    );
+    let (_, stats) = app.get("/system_stats").await;
+    assert_eq!(stats["weft"]["model_bytes"], tensor_bytes(&ckpt));
+
+    // `/free` releases the models and the cached values that hold them.
+    app.post("/free", json!({"unload_models": true})).await;
+    let (_, stats) = app.get("/system_stats").await;
+    assert_eq!(stats["weft"]["model_bytes"], 0);
+    assert_eq!(stats["weft"]["models_loaded"], 0);
+
+    // A checkpoint larger than the memory left: refused on its loader, naming the file.
+    fake.set_free(tensor_bytes(&ckpt) / 2);
+    let error = run(&app, graph("tiny_sd1.safetensors", 64, decode(), "load", 3)).await;
+    let error = error.expect("the load must be refused");
+    assert_eq!(error["node_type"], "CheckpointLoaderSimple");
+    assert_eq!(error["exception_type"], "weft.OutOfMemory");
+    let message = error["exception_message"].as_str().unwrap();
+    assert!(
+        message.starts_with("input 'ckpt_name': loading '")
+            && message.contains("tiny_sd1.safetensors"),
+        "{message}"
+    );
+    let (_, stats) = app.get("/system_stats").await;
+    assert_eq!(
+        stats["weft"]["models_loaded"], 0,
+        "nothing half-loaded stays"
+    );
+
+    // Memory back: the same graph runs.
+    fake.set_free(4 << 30);
+    assert_eq!(
+        run(
+            &app,
+            graph("tiny_sd1.safetensors", 64, decode(), "again", 4)
+        )
+        .await,
+        None
+    );
+}
+
+/// A decode whose whole frame would not fit runs in ComfyUI's fallback tiles, exactly as
+/// VAEDecodeTiled with those tiles does.
+#[actix_web::test]
+async fn a_decode_that_does_not_fit_whole_falls_back_to_tiles() {
+    let fake = FakeMemory::new();
+    let app = spawn_app_with(|c| c.memory = fake.probe()).await;
+    install_all(&app.dir.path().join("models"));
+    let ckpt = "tiny_sd1.safetensors";
+    // 640 pixels: an 80x80 latent. Whole: 2178*64*6400*4 bytes (3.6 GB); a 64x64 tile: 2.3 GB.
+    // "tiles" and "auto" share a seed, so their sampling is cached and only the decoders differ;
+    // "whole" has its own, or its cached decode would stand in for "auto".
+    assert_eq!(
+        run(&app, graph(ckpt, 640, decode(), "whole", 5)).await,
+        None
+    );
+    let pixels =
+        |prefix: &str| read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png")));
+    // VAEDecodeTiled takes image pixels: ComfyUI's fallback tiles (64 latent pixels, overlap 16)
+    // in this VAE's scale.
+    let scale = pixels("whole").0 as u64 / 80;
+    let tiled = json!({"class_type": "VAEDecodeTiled", "inputs": {"samples": ["3", 0], "vae": ["4", 2],
+        "tile_size": 64 * scale, "overlap": 16 * scale, "temporal_size": 64, "temporal_overlap": 8}});
+    assert_eq!(run(&app, graph(ckpt, 640, tiled, "tiles", 6)).await, None);
+    fake.set_free(3 << 30);
+    assert_eq!(run(&app, graph(ckpt, 640, decode(), "auto", 6)).await, None);
+    assert_eq!(
+        pixels("auto").3,
+        pixels("tiles").3,
+        "the fallback decodes in ComfyUI's tiles"
+    );
+
+    // Not even a tile fits: a clear error on the decoder.
+    fake.set_free(1 << 30);
+    let error = run(&app, graph(ckpt, 648, decode(), "none", 8))
+        .await
+        .expect("refused");
+    assert_eq!(error["node_type"], "VAEDecode");
+    assert_eq!(error["exception_type"], "weft.OutOfMemory");
+    assert!(error["exception_message"]
+        .as_str()
+        .unwrap()
+        .contains("decoding a 81x81 latent in tiles"));
+}
