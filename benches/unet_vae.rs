@@ -2,14 +2,17 @@
 //! 512x512, with synthetic weights. Compare with tools/parity/unet_vae_bench.py (PyTorch/diffusers,
 //! same shapes, same output format).
 //!
-//! Run: cargo bench --bench unet_vae                      (CPU, f32)
+//! Run: cargo bench --bench unet_vae                      (CPU: f32 weights, then f16-stored)
+//!      WEFT_BENCH_DTYPE=bf16 cargo bench --bench unet_vae (CPU: bf16-stored weights only)
 //!      WEFT_BENCH_DEVICE=cuda WEFT_BENCH_DTYPE=f16 cargo bench --features cuda --bench unet_vae
-//! On a GPU each figure is the median of 5 runs after one warm-up (the first run loads kernels);
-//! on the CPU one run, which takes seconds.
+//! On the CPU the arithmetic is f32 whatever the weights' dtype (they are widened per layer), so
+//! the f16-stored step is compared with the f32 one back to back. On a GPU each figure is the
+//! median of 5 runs after one warm-up (the first run loads kernels); on the CPU one run after one
+//! warm-up, each taking seconds.
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use weft::engine::device::{gpu_memory, parse_dtype, DeviceChoice};
+use weft::engine::device::{compute_dtype, gpu_memory, parse_dtype, DeviceChoice};
 use weft::engine::synth::synth_var_builder;
 use weft::engine::unet::{UNet2DConditionModel, UNetConfig};
 use weft::engine::vae::{AutoEncoderKL, VaeConfig};
@@ -50,37 +53,51 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| "cpu".into())
         .parse()
         .map_err(anyhow::Error::msg)?;
-    let dtype = match std::env::var("WEFT_BENCH_DTYPE") {
-        Ok(d) => choice.check_dtype(parse_dtype(&d).map_err(anyhow::Error::msg)?)?,
-        Err(_) => DType::F32,
-    };
     let device = choice.open()?;
-    let (warmups, runs) = if device.is_cpu() { (0, 1) } else { (1, 5) };
+    let dtypes = match std::env::var("WEFT_BENCH_DTYPE") {
+        Ok(d) => vec![choice.check_dtype(parse_dtype(&d).map_err(anyhow::Error::msg)?)?],
+        Err(_) if device.is_cpu() => vec![DType::F32, DType::F16],
+        Err(_) => vec![DType::F32],
+    };
+    let (warmups, runs) = if device.is_cpu() { (1, 1) } else { (1, 5) };
     match choice {
         DeviceChoice::Cpu => println!(
-            "device: cpu ({} threads), dtype {dtype:?}",
+            "device: cpu ({} threads), weights {dtypes:?}, arithmetic f32",
             candle_core::utils::get_num_threads()
         ),
-        other => println!("device: {other}, dtype {dtype:?}"),
+        other => println!("device: {other}, dtype {dtypes:?}"),
     }
 
-    let t0 = Instant::now();
-    let unet = UNet2DConditionModel::new(synth_var_builder(dtype, &device), &UNetConfig::sd15())?;
-    println!(
-        "unet build (synthetic weights): {:.2} s",
-        t0.elapsed().as_secs_f64()
-    );
-    let x = Tensor::randn(0f32, 1.0, (2, 4, 64, 64), &device)?.to_dtype(dtype)?;
-    let t = Tensor::new(&[999f32, 999.0], &device)?;
-    let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), &device)?.to_dtype(dtype)?;
-    let secs = time(&device, warmups, runs, || {
-        unet.forward(&x, &t, &ctx, None, None)
-    })?;
-    println!("unet step sd15 batch 2 64x64: {secs:.3} s");
-    drop(unet);
+    let mut steps = Vec::new();
+    for &dtype in &dtypes {
+        let compute = compute_dtype(&device, dtype);
+        let t0 = Instant::now();
+        let unet =
+            UNet2DConditionModel::new(synth_var_builder(dtype, &device), &UNetConfig::sd15())?;
+        println!(
+            "unet build ({dtype:?} synthetic weights): {:.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 64, 64), &device)?.to_dtype(compute)?;
+        let t = Tensor::new(&[999f32, 999.0], &device)?;
+        let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), &device)?.to_dtype(compute)?;
+        let secs = time(&device, warmups, runs, || {
+            unet.forward(&x, &t, &ctx, None, None)
+        })?;
+        println!("unet step sd15 batch 2 64x64, {dtype:?} weights: {secs:.3} s");
+        steps.push(secs);
+    }
+    if let [f32_step, f16_step] = steps[..] {
+        println!(
+            "f16-stored / f32 unet step: {:.3}x",
+            f16_step / f32_step
+        );
+    }
 
+    // VAEs stay in f32 on the CPU (Weft keeps them there, as ComfyUI does).
+    let dtype = if device.is_cpu() { DType::F32 } else { dtypes[0] };
     let vae = AutoEncoderKL::new(synth_var_builder(dtype, &device), &VaeConfig::sd())?;
-    let z = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?.to_dtype(dtype)?;
+    let z = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?.to_dtype(vae.dtype())?;
     let secs = time(&device, warmups, runs, || vae.decode(&z))?;
     println!("vae decode 512x512: {secs:.3} s");
     match peak_rss_mib() {
