@@ -88,14 +88,15 @@ fn main() -> anyhow::Result<()> {
         steps.push(secs);
     }
     if let [f32_step, f16_step] = steps[..] {
-        println!(
-            "f16-stored / f32 unet step: {:.3}x",
-            f16_step / f32_step
-        );
+        println!("f16-stored / f32 unet step: {:.3}x", f16_step / f32_step);
     }
 
     // VAEs stay in f32 on the CPU (Weft keeps them there, as ComfyUI does).
-    let dtype = if device.is_cpu() { DType::F32 } else { dtypes[0] };
+    let dtype = if device.is_cpu() {
+        DType::F32
+    } else {
+        dtypes[0]
+    };
     let vae = AutoEncoderKL::new(synth_var_builder(dtype, &device), &VaeConfig::sd())?;
     let z = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?.to_dtype(vae.dtype())?;
     let secs = time(&device, warmups, runs, || vae.decode(&z))?;

@@ -209,3 +209,40 @@ async fn a_decode_that_does_not_fit_whole_falls_back_to_tiles() {
         .unwrap()
         .contains("decoding a 81x81 latent in tiles"));
 }
+
+/// An f16 checkpoint stays f16 in memory by default and computes in f32: the same pixels, to
+/// the bit, as the same file loaded with `--dtype f32`, in less memory.
+#[actix_web::test]
+async fn an_f16_checkpoint_stays_half_size_and_gives_the_f32_pixels() {
+    let stored = spawn_app_with(|_| {}).await;
+    let widened = spawn_app_with(|c| c.compute.dtype = Some(candle_core::DType::F32)).await;
+    let mut bytes = Vec::new();
+    let mut images = Vec::new();
+    for app in [&stored, &widened] {
+        let models = app.dir.path().join("models");
+        install_all(&models);
+        let f32_file = models.join("checkpoints/tiny_sd1.safetensors");
+        let tensors = candle_core::safetensors::load(&f32_file, &candle_core::Device::Cpu).unwrap();
+        let half: std::collections::HashMap<_, _> = tensors
+            .into_iter()
+            .map(|(k, t)| (k, t.to_dtype(candle_core::DType::F16).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&half, models.join("checkpoints/half.safetensors")).unwrap();
+        assert_eq!(
+            run(app, graph("half.safetensors", 64, decode(), "half", 9)).await,
+            None
+        );
+        let (_, stats) = app.get("/system_stats").await;
+        bytes.push(stats["weft"]["model_bytes"].as_u64().unwrap());
+        images.push(read_png(&app.data_dir().join("output/half_00001_.png")).3);
+    }
+    assert_eq!(
+        images[0], images[1],
+        "widening f16 weights per layer is exact"
+    );
+    // UNet and CLIP at 2 bytes, the VAE kept at 4.
+    assert!(bytes[0] * 10 < bytes[1] * 6, "{bytes:?}");
+    let (_, stats) = stored.get("/system_stats").await;
+    assert_eq!(stats["weft"]["weight_dtype"], "stored");
+    assert_eq!(stats["weft"]["dtype"], "f32");
+}
