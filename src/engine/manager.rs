@@ -416,6 +416,7 @@ impl ModelManager {
         // First what nobody else holds, then ask the cache to let go and unload the rest.
         loop {
             let unloaded = Self::unload_oldest(&mut self.lock(), |e| !e.loaded.in_use());
+            memory::return_freed_memory();
             reading = self.probe.read();
             if fits(&reading) {
                 return Ok(());
@@ -428,6 +429,7 @@ impl ModelManager {
             reclaim();
         }
         while Self::unload_oldest(&mut self.lock(), |_| true) {}
+        memory::return_freed_memory();
         reading = self.probe.read();
         if fits(&reading) {
             return Ok(());
@@ -544,6 +546,7 @@ impl ModelManager {
     /// Unloads every model (`POST /free` with `unload_models`).
     pub fn unload_all(&self) {
         self.lock().entries.clear();
+        memory::return_freed_memory();
     }
 
     /// What is loaded, the budget and the memory figures now.

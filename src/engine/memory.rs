@@ -192,6 +192,20 @@ pub struct OutOfMemory {
     pub advice: String,
 }
 
+/// Hands the memory of freed tensors back to the system now. glibc keeps freed blocks below its
+/// (adaptive) mmap threshold in its heaps, so a model's weights, mostly tensors of 1 to 30 MB, can
+/// stay counted against the container after the model is unloaded; the next memory check would
+/// then refuse what in fact fits.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free lists and returns
+    // whole free pages with madvise.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The default model budget: this fraction of the smaller of the limit and what was available
 /// at start. The rest is for activations while sampling and decoding, the output cache and the
 /// server.

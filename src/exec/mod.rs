@@ -460,13 +460,14 @@ impl Executor {
     /// `POST /free`: `unload_models` drops loaded weights, `free_memory` also the output cache
     /// (which holds references to models).
     pub fn free(&self, unload_models: bool, free_memory: bool) {
-        if unload_models || free_memory {
-            self.models.unload_all();
-            lock(&self.cache).drop_models();
-        }
+        // The cache lets go first, so the models' memory is free when the manager returns it.
         if free_memory {
             lock(&self.cache).clear();
             lock(&self.last_signatures).clear();
+        }
+        if unload_models || free_memory {
+            lock(&self.cache).drop_models();
+            self.models.unload_all();
         }
     }
 

@@ -296,6 +296,18 @@ impl Executor {
         };
         let mut report = Vec::with_capacity(nodes.len());
         let mut results: Vec<Option<CachedOutput>> = vec![None; nodes.len()];
+        // How many nodes still to run read each node's outputs. A value nobody will read again
+        // is let go at once (the output cache may keep it), so that when memory is short the
+        // manager can unload a model the rest of the prompt no longer needs, such as the SDXL
+        // base before the refiner loads.
+        let mut readers = vec![0usize; nodes.len()];
+        for (i, node) in nodes.iter().enumerate() {
+            if to_run[i] {
+                for j in parents(node) {
+                    readers[j] += 1;
+                }
+            }
+        }
         let reporter: Arc<dyn Reporter> = Arc::new(EventReporter {
             executor: Arc::clone(self),
             prompt_id: prompt_id.to_owned(),
@@ -515,6 +527,14 @@ impl Executor {
                     millis: Some(millis),
                 });
                 results[i] = Some(cached);
+                for j in parents(node).chain([i]) {
+                    if j != i {
+                        readers[j] -= 1;
+                    }
+                    if readers[j] == 0 {
+                        results[j] = None;
+                    }
+                }
             }
             Ok(())
         })();
@@ -651,6 +671,14 @@ impl Executor {
             changes.join(", ")
         }
     }
+}
+
+/// The plan positions of the nodes whose outputs `node` reads, once per link.
+fn parents(node: &crate::graph::PlanNode) -> impl Iterator<Item = usize> + '_ {
+    node.inputs.iter().filter_map(|(_, input)| match input {
+        PlanInput::Link { node, .. } => Some(*node),
+        PlanInput::Const(_) => None,
+    })
 }
 
 fn node_meta(node_id: &str) -> Json {
