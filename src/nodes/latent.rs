@@ -643,13 +643,22 @@ impl Node for VaeDecodeTiled {
         )
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let latent = inputs.latent("samples")?;
         let vae = inputs.vae("vae")?;
         check_latent_channels(vae, latent)?;
         let f = vae.config().downscale_factor().max(1);
         let tile = (inputs.usize("tile_size")? / f).max(1);
         let overlap = (inputs.usize("overlap")? / f).min(tile / 4);
+        let (b, _, h, w) = latent.samples.dims4()?;
+        let needed =
+            memory::vae_decode_bytes(b, h.min(tile), w.min(tile), vae.dtype().size_in_bytes());
+        ctx.models
+            .ensure_free(
+                needed,
+                &format!("decoding {b} latent(s) in {tile}x{tile} tiles"),
+            )
+            .map_err(|e| NodeError::out_of_memory("tile_size", e))?;
         let decoded = vae.decode_tiled(&to_vae_dtype(vae, &latent.samples)?, tile, overlap)?;
         Ok(NodeOutput::values(vec![Value::Image(vae_to_image(
             &decoded,
@@ -678,12 +687,21 @@ impl Node for VaeEncodeTiled {
         )
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let vae = inputs.vae("vae")?;
         let pixels = crop_to_factor(inputs.image("pixels")?, vae.config().downscale_factor())?;
         let x = image_to_vae(&pixels, "pixels")?;
         let tile = inputs.usize("tile_size")?;
         let overlap = inputs.usize("overlap")?.min(tile / 4);
+        let (b, _, h, w) = x.dims4()?;
+        let needed =
+            memory::vae_encode_bytes(b, h.min(tile), w.min(tile), vae.dtype().size_in_bytes());
+        ctx.models
+            .ensure_free(
+                needed,
+                &format!("encoding {b} image(s) in {tile}x{tile} tiles"),
+            )
+            .map_err(|e| NodeError::out_of_memory("tile_size", e))?;
         let latent = vae
             .encode_tiled(&to_vae_dtype(vae, &x)?, tile, overlap)?
             .apply(&to_host)?;
