@@ -547,9 +547,11 @@ fn ensure_encode_memory(
 ) -> Result<(), NodeError> {
     let (b, _, h, w) = x.dims4()?;
     let needed = memory::vae_encode_bytes(b, h, w, vae.dtype().size_in_bytes());
-    ctx.models
-        .ensure_free(needed, &format!("encoding {b} image(s) of {w}x{h}"))
-        .map_err(|e| NodeError::out_of_memory("pixels", e))
+    ctx.reserve_memory(
+        "pixels",
+        needed,
+        &format!("encoding {b} image(s) of {w}x{h}"),
+    )
 }
 
 /// Latents to images.
@@ -653,12 +655,8 @@ impl Node for VaeDecodeTiled {
         let (b, _, h, w) = latent.samples.dims4()?;
         let needed =
             memory::vae_decode_bytes(b, h.min(tile), w.min(tile), vae.dtype().size_in_bytes());
-        ctx.models
-            .ensure_free(
-                needed,
-                &format!("decoding {b} latent(s) in {tile}x{tile} tiles"),
-            )
-            .map_err(|e| NodeError::out_of_memory("tile_size", e))?;
+        let what = format!("decoding {b} latent(s) in {tile}x{tile} tiles");
+        ctx.reserve_memory("tile_size", needed, &what)?;
         let decoded = vae.decode_tiled(&to_vae_dtype(vae, &latent.samples)?, tile, overlap)?;
         Ok(NodeOutput::values(vec![Value::Image(vae_to_image(
             &decoded,
@@ -696,12 +694,8 @@ impl Node for VaeEncodeTiled {
         let (b, _, h, w) = x.dims4()?;
         let needed =
             memory::vae_encode_bytes(b, h.min(tile), w.min(tile), vae.dtype().size_in_bytes());
-        ctx.models
-            .ensure_free(
-                needed,
-                &format!("encoding {b} image(s) in {tile}x{tile} tiles"),
-            )
-            .map_err(|e| NodeError::out_of_memory("tile_size", e))?;
+        let what = format!("encoding {b} image(s) in {tile}x{tile} tiles");
+        ctx.reserve_memory("tile_size", needed, &what)?;
         let latent = vae
             .encode_tiled(&to_vae_dtype(vae, &x)?, tile, overlap)?
             .apply(&to_host)?;

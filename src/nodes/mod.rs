@@ -190,6 +190,14 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
+    /// Makes sure `bytes` can be allocated for `what` (activations), unloading unused models if
+    /// need be; `weft.OutOfMemory` on `input` when they cannot be found.
+    pub fn reserve_memory(&self, input: &str, bytes: u64, what: &str) -> Result<(), NodeError> {
+        self.models
+            .ensure_free(bytes, what)
+            .map_err(|e| NodeError::out_of_memory(input, e))
+    }
+
     /// Returns `Err(Interrupted)` once an interrupt was requested.
     pub fn check_interrupt(&self) -> Result<(), NodeError> {
         if self.interrupt.load(Ordering::Relaxed) {

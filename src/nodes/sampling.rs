@@ -128,12 +128,8 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
     // Positive and negative run as one batch.
     let (batch, h, w) = (shape[0] * 2, shape[2], shape[3]);
     let needed = memory::unet_activation_bytes(batch, h, w, model.unet.dtype().size_in_bytes());
-    ctx.models
-        .ensure_free(
-            needed,
-            &format!("sampling {} latent(s) of {w}x{h}", shape[0]),
-        )
-        .map_err(|e| NodeError::out_of_memory("latent_image", e))?;
+    let what = format!("sampling {} latent(s) of {w}x{h}", shape[0]);
+    ctx.reserve_memory("latent_image", needed, &what)?;
     let scale = model.latent.scale_factor;
     let scaled = (&samples * scale)?;
     let (noise, seed) = match job.noise {
