@@ -342,26 +342,32 @@ impl ModelManager {
         Ok(d)
     }
 
-    /// The loaded model of `path`, or `load` run after making room for `estimate` bytes.
+    /// The loaded model of `path`, or `load` run after making room for the bytes `estimate`
+    /// reads off the file's header (only on a miss).
     fn get_or_load(
         &self,
         path: &Path,
         reuse: impl Fn(&Loaded) -> bool,
-        estimate: usize,
+        estimate: impl FnOnce() -> Result<usize, LoadError>,
         load: impl FnOnce() -> Result<(Loaded, usize), LoadError>,
     ) -> Result<Loaded, LoadError> {
         let (found, id, probe) = self.find(path)?;
-        if let Some(i) = found {
+        if found.is_some() {
             let mut state = self.lock();
             state.clock += 1;
             let now = state.clock;
-            if let Some(entry) = state.entries.get_mut(i).filter(|e| reuse(&e.loaded)) {
+            // Looked up again by identity: `/free` may have run since `find`.
+            let entry = state
+                .entries
+                .iter_mut()
+                .find(|e| e.ids.contains(&id) && reuse(&e.loaded));
+            if let Some(entry) = entry {
                 entry.last_used = now;
                 return Ok(entry.loaded.share());
             }
         }
         self.make_room(
-            estimate,
+            estimate()?,
             Some(path),
             &format!("loading '{}'", path.display()),
         )
@@ -481,18 +487,22 @@ impl ModelManager {
 
     /// The checkpoint at `path`, loaded once while it stays unchanged on disk.
     pub fn checkpoint(&self, path: &Path) -> Result<Arc<LoadedCheckpoint>, LoadError> {
-        let sd = StateDict::open(path)?;
-        let weights = self.weight_dtype(sd.float_dtype(UNET_PREFIX));
-        let vae = self.vae_dtype();
-        let estimate = sd.loaded_bytes(VAE_PREFIX, |_| vae) + sd.loaded_bytes("", |_| weights)
-            - sd.loaded_bytes(VAE_PREFIX, |_| weights);
+        // UNet and text encoders in the weights' dtype, the VAE in its own.
+        let plan = || -> Result<(StateDict, DType, usize), LoadError> {
+            let sd = StateDict::open(path)?;
+            let weights = self.weight_dtype(sd.float_dtype(UNET_PREFIX));
+            let vae = self.vae_dtype();
+            let bytes = sd.loaded_bytes(VAE_PREFIX, |_| vae) + sd.loaded_bytes("", |_| weights)
+                - sd.loaded_bytes(VAE_PREFIX, |_| weights);
+            Ok((sd, weights, bytes))
+        };
         let loaded = self.get_or_load(
             path,
             |l| matches!(l, Loaded::Checkpoint(_)),
-            estimate,
+            || Ok(plan()?.2),
             || {
-                let ckpt = self.load_checkpoint(sd, weights, estimate)?;
-                let bytes = ckpt.bytes;
+                let (sd, weights, bytes) = plan()?;
+                let ckpt = self.load_checkpoint(sd, weights, bytes)?;
                 Ok((Loaded::Checkpoint(Arc::new(ckpt)), bytes))
             },
         )?;
@@ -505,14 +515,14 @@ impl ModelManager {
     /// A standalone VAE file, with the latent scale of the family it will be used with.
     pub fn vae(&self, path: &Path, scale: f64) -> Result<Arc<AutoEncoderKL>, LoadError> {
         let dtype = self.vae_dtype();
-        let estimate = StateDict::open(path)?.loaded_bytes("", |_| dtype);
+        let estimate = || Ok(StateDict::open(path)?.loaded_bytes("", |_| dtype));
         let loaded = self.get_or_load(
             path,
             |l| matches!(l, Loaded::Vae(v) if (v.config().scaling_factor - scale).abs() < 1e-9),
             estimate,
             || {
                 let vae = load_vae_file(path, scale, dtype, &self.device)?;
-                Ok((Loaded::Vae(Arc::new(vae)), estimate))
+                Ok((Loaded::Vae(Arc::new(vae)), estimate()?))
             },
         )?;
         match loaded {
@@ -524,17 +534,19 @@ impl ModelManager {
     /// A ControlNet, T2I-Adapter or Control-LoRA file (ControlNetLoader), loaded once while it
     /// stays unchanged on disk and counted against the budget like a checkpoint.
     pub fn control(&self, path: &Path) -> Result<Arc<LoadedControl>, LoadError> {
-        let sd = StateDict::open(path)?;
-        let dtype = self.weight_dtype(sd.float_dtype(""));
-        let estimate = sd.loaded_bytes("", |_| dtype);
-        drop(sd);
+        let plan = || -> Result<(DType, usize), LoadError> {
+            let sd = StateDict::open(path)?;
+            let dtype = self.weight_dtype(sd.float_dtype(""));
+            Ok((dtype, sd.loaded_bytes("", |_| dtype)))
+        };
         let loaded = self.get_or_load(
             path,
             |l| matches!(l, Loaded::Control(_)),
-            estimate,
+            || Ok(plan()?.1),
             || {
+                let (dtype, bytes) = plan()?;
                 let control = load_control(path, dtype, &self.device)?;
-                Ok((Loaded::Control(Arc::new(control)), estimate))
+                Ok((Loaded::Control(Arc::new(control)), bytes))
             },
         )?;
         match loaded {
