@@ -296,6 +296,16 @@ impl Executor {
         };
         let mut report = Vec::with_capacity(nodes.len());
         let mut results: Vec<Option<CachedOutput>> = vec![None; nodes.len()];
+        // Cached outputs are taken now: a node that runs first may need memory, and the manager
+        // may then empty the cache.
+        {
+            let mut cache = lock(&self.cache);
+            for (i, signature) in signatures.iter().enumerate() {
+                if use_cache[i] {
+                    results[i] = cache.get(&signature.key);
+                }
+            }
+        }
         // How many nodes still to run read each node's outputs. A value nobody will read again
         // is let go at once (the output cache may keep it), so that when memory is short the
         // manager can unload a model the rest of the prompt no longer needs, such as the SDXL
@@ -321,8 +331,7 @@ impl Executor {
                 let spec = self.spec_of(node.class_type);
                 let signature = &signatures[i];
                 if use_cache[i] {
-                    let cached = lock(&self.cache).get(&signature.key);
-                    let Some(cached) = cached else {
+                    let Some(cached) = results[i].clone() else {
                         // Evicted between the lookup and now (another prompt cannot run meanwhile,
                         // but `/free` can): treat as a failure rather than guess.
                         let error = NodeError::Failed(
@@ -362,7 +371,6 @@ impl Executor {
                         key: signature.key.short_hex(),
                         millis: None,
                     });
-                    results[i] = Some(cached);
                     continue;
                 }
                 if !to_run[i] {
