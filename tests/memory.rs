@@ -246,3 +246,52 @@ async fn an_f16_checkpoint_stays_half_size_and_gives_the_f32_pixels() {
     assert_eq!(stats["weft"]["weight_dtype"], "stored");
     assert_eq!(stats["weft"]["dtype"], "f32");
 }
+
+/// Resizes whose result cannot fit are refused before anything is allocated (the 48 GB and
+/// 274 GB allocations that used to abort the process), and the server goes on.
+#[actix_web::test]
+async fn a_resize_too_large_for_memory_is_refused_not_an_abort() {
+    let fake = FakeMemory::new();
+    fake.set_free(8 << 30);
+    let app = spawn_app_with(|c| {
+        c.memory = fake.probe();
+        c.test_nodes = true;
+    })
+    .await;
+    let images = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 4096, "color": 0}},
+        "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact",
+              "width": 16384, "height": 16384, "crop": "disabled"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}
+    });
+    let latents = json!({
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 16, "height": 16, "batch_size": 4096}},
+        "2": {"class_type": "LatentUpscale", "inputs": {"samples": ["1", 0], "upscale_method": "nearest-exact",
+              "width": 16384, "height": 16384, "crop": "disabled"}},
+        "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["4", 2]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd1.safetensors"}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}
+    });
+    install_all(&app.dir.path().join("models"));
+    for (graph, class, input) in [
+        (images, "ImageScale", "image"),
+        (latents, "LatentUpscale", "samples"),
+    ] {
+        let error = run(&app, graph).await.expect("refused");
+        assert_eq!(error["node_type"], class);
+        assert_eq!(error["exception_type"], "weft.OutOfMemory");
+        let message = error["exception_message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("input '{input}': resizing 4096 ")),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        run(
+            &app,
+            graph("tiny_sd1.safetensors", 64, decode(), "after", 1)
+        )
+        .await,
+        None
+    );
+}

@@ -8,6 +8,23 @@ use crate::graph::spec::{InputKind, NodeSpec};
 use crate::graph::SlotType;
 use crate::nodes::{Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
 
+/// `image` resized to `width` x `height`, after making sure the result and the resize's
+/// intermediates (about three times the result in f32) fit in memory.
+fn scaled(
+    ctx: &NodeContext,
+    image: &Tensor,
+    width: usize,
+    height: usize,
+    method: UpscaleMethod,
+    crop: Crop,
+) -> Result<Tensor, NodeError> {
+    let (b, _, _, c) = image.dims4()?;
+    let bytes = 3 * 4 * (b as u64) * (c as u64) * (width as u64) * (height as u64);
+    let what = format!("resizing {b} image(s) to {width}x{height}");
+    ctx.reserve_memory("image", bytes, &what)?;
+    Ok(resize_image(image, width, height, method, crop)?)
+}
+
 /// ComfyUI's `MAX_RESOLUTION`.
 pub const MAX_RESOLUTION: i128 = 16384;
 const UPSCALE_METHODS: &[&str] = &["nearest-exact", "bilinear", "area", "bicubic", "lanczos"];
@@ -68,7 +85,7 @@ impl Node for ImageScale {
         )
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let image = inputs.image("image")?;
         let (_, h, w, _) = image_size(image)?;
         let mut width = inputs.usize("width")?;
@@ -86,7 +103,7 @@ impl Node for ImageScale {
         } else if height == 0 {
             height = ((h as f64 * width as f64 / w as f64).round() as usize).max(1);
         }
-        let out = resize_image(image, width, height, method(inputs)?, crop)?;
+        let out = scaled(ctx, image, width, height, method(inputs)?, crop)?;
         Ok(NodeOutput::values(vec![Value::Image(out)]))
     }
 }
@@ -109,13 +126,13 @@ impl Node for ImageScaleBy {
         )
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let image = inputs.image("image")?;
         let (_, h, w, _) = image_size(image)?;
         let scale = inputs.float("scale_by")?;
         let width = ((w as f64 * scale).round() as usize).max(1);
         let height = ((h as f64 * scale).round() as usize).max(1);
-        let out = resize_image(image, width, height, method(inputs)?, Crop::Disabled)?;
+        let out = scaled(ctx, image, width, height, method(inputs)?, Crop::Disabled)?;
         Ok(NodeOutput::values(vec![Value::Image(out)]))
     }
 }
@@ -138,14 +155,14 @@ impl Node for ImageScaleToTotalPixels {
         )
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let image = inputs.image("image")?;
         let (_, h, w, _) = image_size(image)?;
         let total = inputs.float("megapixels")? * 1024.0 * 1024.0;
         let scale = (total / (w as f64 * h as f64)).sqrt();
         let width = ((w as f64 * scale).round() as usize).max(1);
         let height = ((h as f64 * scale).round() as usize).max(1);
-        let out = resize_image(image, width, height, method(inputs)?, Crop::Disabled)?;
+        let out = scaled(ctx, image, width, height, method(inputs)?, Crop::Disabled)?;
         Ok(NodeOutput::values(vec![Value::Image(out)]))
     }
 }
@@ -189,7 +206,7 @@ impl Node for ImageBatch {
         )
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let first = inputs.image("image1")?;
         let mut second = inputs.image("image2")?.clone();
         let (_, h1, w1, c1) = image_size(first)?;
@@ -201,7 +218,7 @@ impl Node for ImageBatch {
             ));
         }
         if (h1, w1) != (h2, w2) {
-            second = resize_image(&second, w1, h1, UpscaleMethod::Bilinear, Crop::Center)?;
+            second = scaled(ctx, &second, w1, h1, UpscaleMethod::Bilinear, Crop::Center)?;
         }
         Ok(NodeOutput::values(vec![Value::Image(Tensor::cat(
             &[first, &second],

@@ -107,13 +107,20 @@ impl Node for EmptyLatentImage {
     }
 }
 
+/// `latent` resized to `width` x `height` latent pixels, after making sure the result and the
+/// resize's intermediates (about three times the result) fit in memory.
 fn upscale_latent(
+    ctx: &NodeContext,
     latent: &Latent,
     width: usize,
     height: usize,
     method: UpscaleMethod,
     crop: Crop,
 ) -> Result<Latent, NodeError> {
+    let (b, c, _, _) = latent.samples.dims4()?;
+    let bytes = 3 * 4 * (b as u64) * (c as u64) * (width as u64) * (height as u64);
+    let what = format!("resizing {b} latent(s) to {width}x{height}");
+    ctx.reserve_memory("samples", bytes, &what)?;
     let samples = common_upscale(&latent.samples, width, height, method, crop)?;
     Ok(Latent {
         samples,
@@ -142,7 +149,7 @@ impl Node for LatentUpscale {
         )
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let latent = inputs.latent("samples")?;
         let (_, _, h, w) = samples_dims(latent, "samples")?;
         let (mut width, mut height) = (inputs.usize("width")?, inputs.usize("height")?);
@@ -165,6 +172,7 @@ impl Node for LatentUpscale {
             Crop::Disabled
         };
         Ok(latent_value(upscale_latent(
+            ctx,
             latent,
             width / 8,
             height / 8,
@@ -192,13 +200,14 @@ impl Node for LatentUpscaleBy {
         )
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let latent = inputs.latent("samples")?;
         let (_, _, h, w) = samples_dims(latent, "samples")?;
         let scale = inputs.float("scale_by")?;
         let width = ((w as f64 * scale).round() as usize).max(1);
         let height = ((h as f64 * scale).round() as usize).max(1);
         Ok(latent_value(upscale_latent(
+            ctx,
             latent,
             width,
             height,
