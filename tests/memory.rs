@@ -48,13 +48,13 @@ impl FakeMemory {
 }
 
 /// A one-step txt2img graph (the seed decides which cached work it can share).
-fn graph(ckpt: &str, size: u64, decode: Json, prefix: &str, seed: u64) -> Json {
+fn graph(ckpt: &str, (width, height): (u64, u64), decode: Json, prefix: &str, seed: u64) -> Json {
     json!({
         "3": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": 1, "cfg": 8, "sampler_name": "euler",
               "scheduler": "normal", "denoise": 1, "model": ["4", 0], "positive": ["6", 0],
               "negative": ["7", 0], "latent_image": ["5", 0]}},
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
         "8": decode,
@@ -102,7 +102,7 @@ async fn the_budget_follows_the_limit_and_what_cannot_fit_fails_clearly_while_th
     // A latent whose sampling needs more than there is: a clear error on the sampler.
     let error = run(
         &app,
-        graph("tiny_sd1.safetensors", 4096, decode(), "big", 1),
+        graph("tiny_sd1.safetensors", (4096, 4096), decode(), "big", 1),
     )
     .await;
     let error = error.expect("the huge latent must be refused");
@@ -122,7 +122,7 @@ async fn the_budget_follows_the_limit_and_what_cannot_fit_fails_clearly_while_th
     assert_eq!(
         run(
             &app,
-            graph("tiny_sd1.safetensors", 64, decode(), "small", 2)
+            graph("tiny_sd1.safetensors", (64, 64), decode(), "small", 2)
         )
         .await,
         None
@@ -138,7 +138,11 @@ async fn the_budget_follows_the_limit_and_what_cannot_fit_fails_clearly_while_th
 
     // A checkpoint larger than the memory left: refused on its loader, naming the file.
     fake.set_free(tensor_bytes(&ckpt) / 2);
-    let error = run(&app, graph("tiny_sd1.safetensors", 64, decode(), "load", 3)).await;
+    let error = run(
+        &app,
+        graph("tiny_sd1.safetensors", (64, 64), decode(), "load", 3),
+    )
+    .await;
     let error = error.expect("the load must be refused");
     assert_eq!(error["node_type"], "CheckpointLoaderSimple");
     assert_eq!(error["exception_type"], "weft.OutOfMemory");
@@ -159,7 +163,7 @@ async fn the_budget_follows_the_limit_and_what_cannot_fit_fails_clearly_while_th
     assert_eq!(
         run(
             &app,
-            graph("tiny_sd1.safetensors", 64, decode(), "again", 4)
+            graph("tiny_sd1.safetensors", (64, 64), decode(), "again", 4)
         )
         .await,
         None
@@ -174,23 +178,27 @@ async fn a_decode_that_does_not_fit_whole_falls_back_to_tiles() {
     let app = spawn_app_with(|c| c.memory = fake.probe()).await;
     install_all(&app.dir.path().join("models"));
     let ckpt = "tiny_sd1.safetensors";
-    // 640 pixels: an 80x80 latent. Whole: 2178*64*6400*4 bytes (3.6 GB); a 64x64 tile: 2.3 GB.
+    // 576x64 pixels: a 72x8 latent. Whole: 2178*64*576*4 bytes (321 MB); a 64-wide tile 285 MB.
     // "tiles" and "auto" share a seed, so their sampling is cached and only the decoders differ;
     // "whole" has its own, or its cached decode would stand in for "auto".
+    let size = (576, 64);
     assert_eq!(
-        run(&app, graph(ckpt, 640, decode(), "whole", 5)).await,
+        run(&app, graph(ckpt, size, decode(), "whole", 5)).await,
         None
     );
     let pixels =
         |prefix: &str| read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png")));
     // VAEDecodeTiled takes image pixels: ComfyUI's fallback tiles (64 latent pixels, overlap 16)
     // in this VAE's scale.
-    let scale = pixels("whole").0 as u64 / 80;
+    let scale = pixels("whole").0 as u64 / 72;
     let tiled = json!({"class_type": "VAEDecodeTiled", "inputs": {"samples": ["3", 0], "vae": ["4", 2],
         "tile_size": 64 * scale, "overlap": 16 * scale, "temporal_size": 64, "temporal_overlap": 8}});
-    assert_eq!(run(&app, graph(ckpt, 640, tiled, "tiles", 6)).await, None);
-    fake.set_free(3 << 30);
-    assert_eq!(run(&app, graph(ckpt, 640, decode(), "auto", 6)).await, None);
+    assert_eq!(run(&app, graph(ckpt, size, tiled, "tiles", 6)).await, None);
+    fake.set_free(300 << 20);
+    assert_eq!(
+        run(&app, graph(ckpt, size, decode(), "auto", 6)).await,
+        None
+    );
     assert_eq!(
         pixels("auto").3,
         pixels("tiles").3,
@@ -198,16 +206,17 @@ async fn a_decode_that_does_not_fit_whole_falls_back_to_tiles() {
     );
 
     // Not even a tile fits: a clear error on the decoder.
-    fake.set_free(1 << 30);
-    let error = run(&app, graph(ckpt, 648, decode(), "none", 8))
+    fake.set_free(100 << 20);
+    let error = run(&app, graph(ckpt, (584, 64), decode(), "none", 8))
         .await
         .expect("refused");
     assert_eq!(error["node_type"], "VAEDecode");
     assert_eq!(error["exception_type"], "weft.OutOfMemory");
-    assert!(error["exception_message"]
-        .as_str()
-        .unwrap()
-        .contains("decoding a 81x81 latent in tiles"));
+    let message = error["exception_message"].as_str().unwrap();
+    assert!(
+        message.contains("decoding a 8x73 latent in tiles"),
+        "{message}"
+    );
 }
 
 /// An f16 checkpoint stays f16 in memory by default and computes in f32: the same pixels, to
@@ -229,7 +238,11 @@ async fn an_f16_checkpoint_stays_half_size_and_gives_the_f32_pixels() {
             .collect();
         candle_core::safetensors::save(&half, models.join("checkpoints/half.safetensors")).unwrap();
         assert_eq!(
-            run(app, graph("half.safetensors", 64, decode(), "half", 9)).await,
+            run(
+                app,
+                graph("half.safetensors", (64, 64), decode(), "half", 9)
+            )
+            .await,
             None
         );
         let (_, stats) = app.get("/system_stats").await;
@@ -289,7 +302,7 @@ async fn a_resize_too_large_for_memory_is_refused_not_an_abort() {
     assert_eq!(
         run(
             &app,
-            graph("tiny_sd1.safetensors", 64, decode(), "after", 1)
+            graph("tiny_sd1.safetensors", (64, 64), decode(), "after", 1)
         )
         .await,
         None
