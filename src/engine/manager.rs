@@ -287,16 +287,17 @@ impl ModelManager {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The loaded entry holding the bytes of the file at `path`, if any: by identity, else by
-    /// content when the probe matches (the whole file is hashed only then).
-    fn find(&self, path: &Path) -> Result<(Option<usize>, FileId, Digest32), LoadError> {
+    /// The file's identity and probe, and whether a loaded entry holds its bytes: known by
+    /// identity, else by content when the probe matches (the whole file is hashed only then; a
+    /// match adds this identity to the entry).
+    fn find(&self, path: &Path) -> Result<(bool, FileId, Digest32), LoadError> {
         let id = FileId::of(path)?;
         let io = |e| LoadError::new(path, LoadErrorKind::Io(e));
         {
             let state = self.lock();
             if let Some(i) = state.entries.iter().position(|e| e.ids.contains(&id)) {
                 let probe = state.entries[i].probe;
-                return Ok((Some(i), id, probe));
+                return Ok((true, id, probe));
             }
         }
         let probe = probe_digest(path, id.len).map_err(io)?;
@@ -325,11 +326,11 @@ impl ModelManager {
                 let mut state = self.lock();
                 if let Some(i) = state.entries.iter().position(|e| e.digest == Some(mine)) {
                     state.entries[i].ids.push(id.clone());
-                    return Ok((Some(i), id, probe));
+                    return Ok((true, id, probe));
                 }
             }
         }
-        Ok((None, id, probe))
+        Ok((false, id, probe))
     }
 
     /// The SHA-256 of a whole file, memoised by identity (outside the lock: it reads gigabytes).
@@ -351,8 +352,8 @@ impl ModelManager {
         estimate: impl FnOnce() -> Result<usize, LoadError>,
         load: impl FnOnce() -> Result<(Loaded, usize), LoadError>,
     ) -> Result<Loaded, LoadError> {
-        let (found, id, probe) = self.find(path)?;
-        if found.is_some() {
+        let (known, id, probe) = self.find(path)?;
+        if known {
             let mut state = self.lock();
             state.clock += 1;
             let now = state.clock;
