@@ -35,7 +35,7 @@ impl GroupNorm {
         if weight.dims1()? != num_channels || bias.dims1()? != num_channels {
             candle_core::bail!("group norm of {num_channels} channels got other-sized weights");
         }
-        if num_channels % num_groups != 0 {
+        if num_groups == 0 || !num_channels.is_multiple_of(num_groups) {
             candle_core::bail!("{num_channels} channels do not split into {num_groups} groups");
         }
         Ok(Self {
