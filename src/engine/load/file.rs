@@ -230,7 +230,10 @@ impl StateDict {
         for (name, dtype) in &self.dtypes {
             if let (true, Some(dtype)) = (name.starts_with(prefix), dtype) {
                 if dtype.is_float() {
-                    let len = self.shapes.get(name).map_or(0, |s| s.iter().product());
+                    let len = self
+                        .shapes
+                        .get(name)
+                        .map_or(0, |s| s.iter().fold(1usize, |n, &d| n.saturating_mul(d)));
                     *counts.entry(*dtype).or_default() += len;
                 }
             }
@@ -259,7 +262,9 @@ impl StateDict {
                 } else {
                     stored
                 };
-                shape.iter().product::<usize>() * dtype.size_in_bytes()
+                shape
+                    .iter()
+                    .fold(dtype.size_in_bytes(), |n, &d| n.saturating_mul(d))
             })
             .sum()
     }
@@ -397,15 +402,31 @@ fn check_safetensors_header(
                     "tensor '{name}' has no valid shape"
                 )))
             })?;
+        // Safetensors names dtypes "F16", "BF16", "F8_E4M3"; candle "f16", "f8e4m3".
+        let dtype = dtype_name
+            .to_ascii_lowercase()
+            .replace('_', "")
+            .parse::<DType>()
+            .map_err(|_| dtype_name.to_owned());
+        // The shape must account for the bytes exactly, so that sizes computed from the header
+        // (memory estimates) can neither overflow nor lie.
+        if let Ok(dtype) = dtype {
+            let bytes = shape
+                .iter()
+                .try_fold(dtype.size_in_bytes() as u64, |n, &d| {
+                    n.checked_mul(d as u64)
+                });
+            if bytes != Some(offsets.1 - offsets.0) {
+                return Err(err(LoadErrorKind::BadHeader(format!(
+                    "tensor '{name}' has shape {shape:?} of {dtype:?} but {} bytes",
+                    offsets.1 - offsets.0
+                ))));
+            }
+        }
         tensors.insert(
             name.clone(),
             TensorEntry {
-                // Safetensors names dtypes "F16", "BF16", "F8_E4M3"; candle "f16", "f8e4m3".
-                dtype: dtype_name
-                    .to_ascii_lowercase()
-                    .replace('_', "")
-                    .parse::<DType>()
-                    .map_err(|_| dtype_name.to_owned()),
+                dtype,
                 shape,
                 begin: offsets.0,
                 end: offsets.1,
@@ -417,4 +438,42 @@ fn check_safetensors_header(
         return Err(err(LoadErrorKind::Truncated { file_len, needed }));
     }
     Ok(tensors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file with one tensor `t` whose header says `shape` and `dtype` over `bytes`
+    /// bytes of data.
+    fn file(dir: &Path, shape: &str, dtype: &str, bytes: usize) -> PathBuf {
+        let header =
+            format!(r#"{{"t":{{"dtype":"{dtype}","shape":{shape},"data_offsets":[0,{bytes}]}}}}"#);
+        let mut data = (header.len() as u64).to_le_bytes().to_vec();
+        data.extend(header.as_bytes());
+        data.extend(vec![0u8; bytes]);
+        let path = dir.join(format!("{dtype}-{bytes}.safetensors"));
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_shape_that_does_not_match_its_bytes_is_refused_before_any_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = StateDict::open(&file(dir.path(), "[2,3]", "F16", 12)).unwrap();
+        assert_eq!(ok.get("t").unwrap().dims(), &[2, 3]);
+        assert_eq!(ok.float_dtype(""), DType::F16);
+        assert_eq!(ok.loaded_bytes("", |_| DType::F32), 24);
+        for (shape, bytes) in [
+            ("[1000,1000]", 16),
+            ("[4294967296,4294967296,4294967296]", 16),
+        ] {
+            let e = StateDict::open(&file(dir.path(), shape, "F32", bytes)).unwrap_err();
+            assert!(e.to_string().contains("tensor 't' has shape"), "{e}");
+        }
+        // A dtype Weft cannot hold is refused when the tensor is read, naming it.
+        let odd = StateDict::open(&file(dir.path(), "[4]", "BOOL", 4)).unwrap();
+        let e = odd.get("t").unwrap_err().to_string();
+        assert!(e.contains("dtype BOOL"), "{e}");
+    }
 }
