@@ -66,6 +66,21 @@ fn decode() -> Json {
     json!({"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}})
 }
 
+/// Queues `prompt` and checks that it ran without an error.
+async fn run_ok(app: &TestApp, prompt: Json) {
+    assert_eq!(run(app, prompt).await, None);
+}
+
+/// The message of `error`, a `weft.OutOfMemory` on a node of class `node_type`.
+fn out_of_memory_on(error: &Json, node_type: &str) -> String {
+    assert_eq!(error["node_type"], node_type, "{error}");
+    assert_eq!(error["exception_type"], "weft.OutOfMemory", "{error}");
+    error["exception_message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Queues `prompt` and returns its `execution_error`, if any.
 async fn run(app: &TestApp, prompt: Json) -> Option<Json> {
     let mut ws = app.ws("mem").await;
@@ -106,9 +121,7 @@ async fn the_budget_follows_the_limit_and_what_cannot_fit_fails_clearly_while_th
     )
     .await;
     let error = error.expect("the huge latent must be refused");
-    assert_eq!(error["node_type"], "KSampler");
-    assert_eq!(error["exception_type"], "weft.OutOfMemory");
-    let message = error["exception_message"].as_str().unwrap();
+    let message = out_of_memory_on(&error, "KSampler");
     assert!(
         message.starts_with("input 'latent_image': sampling 1 latent(s) of 512x512 needs"),
         "{message}"
@@ -119,14 +132,11 @@ async fn the_budget_follows_the_limit_and_what_cannot_fit_fails_clearly_while_th
     );
 
     // The next prompt runs.
-    assert_eq!(
-        run(
-            &app,
-            graph("tiny_sd1.safetensors", (64, 64), decode(), "small", 2)
-        )
-        .await,
-        None
-    );
+    run_ok(
+        &app,
+        graph("tiny_sd1.safetensors", (64, 64), decode(), "small", 2),
+    )
+    .await;
     let (_, stats) = app.get("/system_stats").await;
     assert_eq!(stats["weft"]["model_bytes"], tensor_bytes(&ckpt));
 
@@ -144,9 +154,7 @@ async fn the_budget_follows_the_limit_and_what_cannot_fit_fails_clearly_while_th
     )
     .await;
     let error = error.expect("the load must be refused");
-    assert_eq!(error["node_type"], "CheckpointLoaderSimple");
-    assert_eq!(error["exception_type"], "weft.OutOfMemory");
-    let message = error["exception_message"].as_str().unwrap();
+    let message = out_of_memory_on(&error, "CheckpointLoaderSimple");
     assert!(
         message.starts_with("input 'ckpt_name': loading '")
             && message.contains("tiny_sd1.safetensors"),
@@ -160,14 +168,11 @@ async fn the_budget_follows_the_limit_and_what_cannot_fit_fails_clearly_while_th
 
     // Memory back: the same graph runs.
     fake.set_free(4 << 30);
-    assert_eq!(
-        run(
-            &app,
-            graph("tiny_sd1.safetensors", (64, 64), decode(), "again", 4)
-        )
-        .await,
-        None
-    );
+    run_ok(
+        &app,
+        graph("tiny_sd1.safetensors", (64, 64), decode(), "again", 4),
+    )
+    .await;
 }
 
 /// A decode whose whole frame would not fit runs in ComfyUI's fallback tiles, exactly as
@@ -182,10 +187,7 @@ async fn a_decode_that_does_not_fit_whole_falls_back_to_tiles() {
     // "tiles" and "auto" share a seed, so their sampling is cached and only the decoders differ;
     // "whole" has its own, or its cached decode would stand in for "auto".
     let size = (576, 64);
-    assert_eq!(
-        run(&app, graph(ckpt, size, decode(), "whole", 5)).await,
-        None
-    );
+    run_ok(&app, graph(ckpt, size, decode(), "whole", 5)).await;
     let pixels =
         |prefix: &str| read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png")));
     // VAEDecodeTiled takes image pixels: ComfyUI's fallback tiles (64 latent pixels, overlap 16)
@@ -193,12 +195,9 @@ async fn a_decode_that_does_not_fit_whole_falls_back_to_tiles() {
     let scale = pixels("whole").0 as u64 / 72;
     let tiled = json!({"class_type": "VAEDecodeTiled", "inputs": {"samples": ["3", 0], "vae": ["4", 2],
         "tile_size": 64 * scale, "overlap": 16 * scale, "temporal_size": 64, "temporal_overlap": 8}});
-    assert_eq!(run(&app, graph(ckpt, size, tiled, "tiles", 6)).await, None);
+    run_ok(&app, graph(ckpt, size, tiled, "tiles", 6)).await;
     fake.set_free(300 << 20);
-    assert_eq!(
-        run(&app, graph(ckpt, size, decode(), "auto", 6)).await,
-        None
-    );
+    run_ok(&app, graph(ckpt, size, decode(), "auto", 6)).await;
     assert_eq!(
         pixels("auto").3,
         pixels("tiles").3,
@@ -210,9 +209,7 @@ async fn a_decode_that_does_not_fit_whole_falls_back_to_tiles() {
     let error = run(&app, graph(ckpt, (584, 64), decode(), "none", 8))
         .await
         .expect("refused");
-    assert_eq!(error["node_type"], "VAEDecode");
-    assert_eq!(error["exception_type"], "weft.OutOfMemory");
-    let message = error["exception_message"].as_str().unwrap();
+    let message = out_of_memory_on(&error, "VAEDecode");
     assert!(
         message.contains("decoding a 8x73 latent in tiles"),
         "{message}"
@@ -237,14 +234,11 @@ async fn an_f16_checkpoint_stays_half_size_and_gives_the_f32_pixels() {
             .map(|(k, t)| (k, t.to_dtype(candle_core::DType::F16).unwrap()))
             .collect();
         candle_core::safetensors::save(&half, models.join("checkpoints/half.safetensors")).unwrap();
-        assert_eq!(
-            run(
-                app,
-                graph("half.safetensors", (64, 64), decode(), "half", 9)
-            )
-            .await,
-            None
-        );
+        run_ok(
+            app,
+            graph("half.safetensors", (64, 64), decode(), "half", 9),
+        )
+        .await;
         let (_, stats) = app.get("/system_stats").await;
         bytes.push(stats["weft"]["model_bytes"].as_u64().unwrap());
         images.push(read_png(&app.data_dir().join("output/half_00001_.png")).3);
@@ -291,20 +285,15 @@ async fn a_resize_too_large_for_memory_is_refused_not_an_abort() {
         (latents, "LatentUpscale", "samples"),
     ] {
         let error = run(&app, graph).await.expect("refused");
-        assert_eq!(error["node_type"], class);
-        assert_eq!(error["exception_type"], "weft.OutOfMemory");
-        let message = error["exception_message"].as_str().unwrap();
+        let message = out_of_memory_on(&error, class);
         assert!(
             message.starts_with(&format!("input '{input}': resizing 4096 ")),
             "{message}"
         );
     }
-    assert_eq!(
-        run(
-            &app,
-            graph("tiny_sd1.safetensors", (64, 64), decode(), "after", 1)
-        )
-        .await,
-        None
-    );
+    run_ok(
+        &app,
+        graph("tiny_sd1.safetensors", (64, 64), decode(), "after", 1),
+    )
+    .await;
 }
