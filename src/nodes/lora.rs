@@ -149,7 +149,13 @@ fn patch_model(
         .ok_or_else(|| NodeError::input("model", "no weights to patch"))?;
     let patched = apply(base, &[(lora.patch(Component::Unet), strength)])
         .map_err(|e| NodeError::input("lora_name", e.to_string()))?;
-    let vb = VarBuilder::from_tensors(patched.clone(), model.unet.dtype(), model.unet.device());
+    // The patched weights keep the model's storage dtype (f16 stays f16 on the CPU; the UNet
+    // widens per layer), not its compute dtype.
+    let dtype = patched
+        .values()
+        .next()
+        .map_or(candle_core::DType::F32, |t| t.dtype());
+    let vb = VarBuilder::from_tensors(patched.clone(), dtype, model.unet.device());
     let unet = UNet2DConditionModel::new(vb, model.unet.config())
         .map_err(|e| NodeError::engine("rebuilding the patched model", e))?;
     Ok(Arc::new(
