@@ -104,8 +104,13 @@ impl TestApp {
     }
 
     pub async fn ws(&self, client_id: &str) -> WsClient {
+        self.ws_with(client_id, "").await
+    }
+
+    /// [`TestApp::ws`] with more query parameters (`&preview=0`).
+    pub async fn ws_with(&self, client_id: &str, query: &str) -> WsClient {
         let url = format!(
-            "{}/ws?clientId={client_id}",
+            "{}/ws?clientId={client_id}{query}",
             self.base.replace("http://", "ws://")
         );
         let (_, connection) = self

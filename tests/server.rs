@@ -805,8 +805,18 @@ async fn browsers_from_other_origins_are_refused() {
     assert_eq!(response.status().as_u16(), 200);
 }
 
+/// The next binary frame on `ws`.
+async fn next_binary(ws: &mut crate::helpers::WsClient) -> Vec<u8> {
+    loop {
+        match ws.next_frame().await.expect("frames") {
+            WsFrame::Binary(bytes) => break bytes,
+            WsFrame::Text(_) => continue,
+        }
+    }
+}
+
 #[actix_web::test]
-async fn preview_frames_go_only_to_clients_that_asked() {
+async fn preview_frames_go_to_every_client_of_the_prompt_as_comfyui_sends_them() {
     let app = spawn_app().await;
     let mut with_metadata = app.ws("meta").await;
     with_metadata
@@ -815,9 +825,11 @@ async fn preview_frames_go_only_to_clients_that_asked() {
     let reply = with_metadata.next_json().await.unwrap();
     assert_eq!(reply["type"], "feature_flags");
     assert_eq!(reply["data"]["supports_preview_metadata"], true);
-    let mut silent = app.ws("silent").await;
+    let mut plain = app.ws("plain").await;
+    let mut silent = app.ws_with("silent", "&preview=0").await;
 
-    // No client id: previews are broadcast, but only to clients that asked for them.
+    // No client id: previews are broadcast, type 4 (with metadata) to the client that supports
+    // it, type 1 to the others (as ComfyUI, and as older frontends need), none to `preview=0`.
     let graph = json!({
         "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8, "batch_size": 1}},
         "2": {"class_type": "TestPreview", "inputs": {"value": ["1", 0]}},
@@ -825,12 +837,7 @@ async fn preview_frames_go_only_to_clients_that_asked() {
     });
     let (_, body) = app.post("/prompt", json!({"prompt": graph})).await;
     let first = body["prompt_id"].as_str().unwrap().to_owned();
-    let frame = loop {
-        match with_metadata.next_frame().await.expect("frames") {
-            WsFrame::Binary(bytes) => break bytes,
-            WsFrame::Text(_) => continue,
-        }
-    };
+    let frame = next_binary(&mut with_metadata).await;
     assert_eq!(&frame[..4], &4u32.to_be_bytes());
     let metadata_len = u32::from_be_bytes(frame[4..8].try_into().unwrap()) as usize;
     let metadata: Json = serde_json::from_slice(&frame[8..8 + metadata_len]).unwrap();
@@ -838,6 +845,10 @@ async fn preview_frames_go_only_to_clients_that_asked() {
     assert_eq!(metadata["prompt_id"], first.as_str());
     assert_eq!(metadata["image_type"], "image/png");
     assert_eq!(&frame[8 + metadata_len..8 + metadata_len + 4], b"\x89PNG");
+    let frame = next_binary(&mut plain).await;
+    assert_eq!(&frame[..4], &1u32.to_be_bytes(), "type 1: a preview image");
+    assert_eq!(&frame[4..8], &2u32.to_be_bytes(), "format 2: PNG");
+    assert_eq!(&frame[8..12], b"\x89PNG");
     app.wait_history(&first).await;
 
     // The silent client then runs a prompt of its own; everything before it arrived in order,

@@ -2,9 +2,10 @@
 //!
 //! Routing follows ComfyUI: `status` goes to everyone; execution events only to the submitting
 //! client; progress and previews to the submitting client, or to everyone when the prompt has no
-//! client id. Deliberate difference: binary preview frames go only to clients that asked for them,
-//! by sending a `feature_flags` message (they then get type 4 frames if they support preview
-//! metadata, type 1 otherwise) or by connecting with `?preview=1` (type 1).
+//! client id. Binary previews are type 1 frames, as ComfyUI sends every client (older frontends
+//! rely on it); a client that announced `supports_preview_metadata` in its `feature_flags` gets
+//! type 4 frames instead. Weft addition: `?preview=0` on the socket's URL turns them off, for
+//! scripts that read only text.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -130,14 +131,14 @@ pub async fn connect(
         .clone()
         .filter(|id| !id.is_empty())
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let wants_previews = query
+    let no_previews = query
         .preview
         .as_deref()
-        .is_some_and(|p| p == "1" || p == "true");
-    let previews = Arc::new(AtomicU8::new(if wants_previews {
-        PREVIEWS_PLAIN
-    } else {
+        .is_some_and(|p| p == "0" || p == "false");
+    let previews = Arc::new(AtomicU8::new(if no_previews {
         PREVIEWS_NONE
+    } else {
+        PREVIEWS_PLAIN
     }));
     let (sender, mut outgoing) = mpsc::unbounded_channel();
     let hub = state.hub.clone();
