@@ -245,6 +245,22 @@ pub fn resolve_existing(
     Ok(real.is_file().then_some(real))
 }
 
+/// Resolves an existing model file `subfolder/filename` inside the model folder `base`. The name is
+/// checked as everywhere (no `..`, no root), but symlinks inside the folder are followed wherever
+/// they point: they were put there by whoever runs the server (ComfyUI users link model files and
+/// folders from other disks), unlike the names in requests.
+pub fn resolve_model(
+    base: &Path,
+    subfolder: &str,
+    filename: &str,
+) -> Result<Option<PathBuf>, PathError> {
+    if filename.is_empty() {
+        return Err(PathError::Empty(format!("{subfolder}/{filename}")));
+    }
+    let path = join_relative(&join_relative(base, subfolder)?, filename)?;
+    Ok(path.is_file().then_some(path))
+}
+
 /// Resolves where a new file `subfolder/filename` goes inside `base`, creating the subfolder.
 pub fn resolve_new(base: &Path, subfolder: &str, filename: &str) -> Result<PathBuf, PathError> {
     let shown = format!("{subfolder}/{filename}");

@@ -660,3 +660,57 @@ async fn a_gpu_runs_the_default_graph_in_every_dtype_and_matches_the_cpu() {
         matches_f32_cpu(&expected, compute, tolerance).await;
     }
 }
+
+/// Model files and folders symlinked into `models/` from elsewhere load, as ComfyUI users keep
+/// them; names in requests still cannot leave the folder.
+#[cfg(unix)]
+#[actix_web::test]
+async fn a_checkpoint_symlinked_from_outside_the_models_folder_loads() {
+    let app = spawn_app().await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    install_all(elsewhere.path());
+    let checkpoints = app.dir.path().join("models/checkpoints");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    std::os::unix::fs::symlink(
+        elsewhere.path().join("checkpoints/tiny_sd1.safetensors"),
+        checkpoints.join("linked.safetensors"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        elsewhere.path().join("checkpoints"),
+        checkpoints.join("disk2"),
+    )
+    .unwrap();
+    let (_, listed) = app.get("/models/checkpoints").await;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .contains(&json!("linked.safetensors")),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .contains(&json!("disk2/tiny_sd2.safetensors")),
+        "{listed}"
+    );
+    run_ok(
+        &app,
+        default_workflow("linked.safetensors", "euler", "normal", 1, "linked"),
+    )
+    .await;
+    run_ok(
+        &app,
+        default_workflow("disk2/tiny_sd2.safetensors", "euler", "normal", 1, "disk2"),
+    )
+    .await;
+    let (status, body) = app
+        .post(
+            "/prompt",
+            json!({"prompt": default_workflow("../../x.safetensors", "euler", "normal", 1, "x")}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+}

@@ -237,7 +237,7 @@ pub fn model_file(dirs: &DataDirs, folder: &str, name: &str) -> Result<std::path
         .ok_or_else(|| format!("no model folder named {folder}"))?;
     let (subfolder, file) = name.rsplit_once('/').unwrap_or(("", name));
     for base in &bases {
-        match crate::paths::resolve_existing(base, subfolder, file) {
+        match crate::paths::resolve_model(base, subfolder, file) {
             Ok(Some(path)) => return Ok(path),
             Ok(None) => {}
             Err(e) => return Err(e.to_string()),
