@@ -90,6 +90,11 @@ pub struct ServerConfig {
     pub model_budget_mb: Option<usize>,
     /// Where the memory limit is read from (tests inject their own files).
     pub memory: MemoryProbe,
+    /// ComfyUI's `--input-directory`, `--output-directory`, `--temp-directory`; `None`: the
+    /// folder of that name in `data_dir`.
+    pub input_dir: Option<PathBuf>,
+    pub output_dir: Option<PathBuf>,
+    pub temp_dir: Option<PathBuf>,
     pub test_nodes: bool,
     pub write_metadata: bool,
     pub web_root: Option<PathBuf>,
@@ -109,6 +114,9 @@ impl ServerConfig {
             cache_budget_mb: 4096,
             model_budget_mb: None,
             memory: MemoryProbe::default(),
+            input_dir: None,
+            output_dir: None,
+            temp_dir: None,
             test_nodes: false,
             write_metadata: true,
             web_root: None,
@@ -154,7 +162,16 @@ async fn build_executor(
 /// Opens the store (running migrations, recovering from a crash), starts the worker and binds the
 /// HTTP server. The returned `server` future must be awaited or spawned.
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
-    let dirs = DataDirs::new(&config.data_dir, &config.models_dir);
+    let mut dirs = DataDirs::new(&config.data_dir, &config.models_dir);
+    for (dir, given) in [
+        (&mut dirs.input, &config.input_dir),
+        (&mut dirs.output, &config.output_dir),
+        (&mut dirs.temp, &config.temp_dir),
+    ] {
+        if let Some(given) = given {
+            *dir = given.clone();
+        }
+    }
     let (device, dtype) = config.compute.open()?;
     let exec_config = ExecConfig {
         cache_budget: config.cache_budget_mb << 20,

@@ -38,9 +38,23 @@ struct ServeArgs {
     /// Where the database, input, output and temp folders live.
     #[arg(long, default_value = "data")]
     data_dir: PathBuf,
-    /// Where model weights live (checkpoints/, loras/, vae/, controlnet/, …).
-    #[arg(long, default_value = "models")]
-    models_dir: PathBuf,
+    /// Where model weights live (checkpoints/, loras/, vae/, controlnet/, …). Default: `models`,
+    /// or `models` under --base-directory.
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
+    /// ComfyUI's `--base-directory`: models/, input/, output/ and temp/ under this folder (the
+    /// database stays in --data-dir).
+    #[arg(long)]
+    base_directory: Option<PathBuf>,
+    /// ComfyUI's `--input-directory`: where LoadImage reads and uploads go.
+    #[arg(long)]
+    input_directory: Option<PathBuf>,
+    /// ComfyUI's `--output-directory`: where SaveImage writes.
+    #[arg(long)]
+    output_directory: Option<PathBuf>,
+    /// ComfyUI's `--temp-directory`: where PreviewImage writes (emptied at start).
+    #[arg(long)]
+    temp_directory: Option<PathBuf>,
     /// Largest accepted request body, in MB.
     #[arg(long, default_value_t = 100)]
     max_upload_size: usize,
@@ -48,8 +62,9 @@ struct ServeArgs {
     #[arg(long, default_value_t = 4096)]
     cache_size: usize,
     /// Memory budget of loaded models (checkpoints, VAEs, ControlNets) kept between prompts, in
-    /// MB; least recently used ones are unloaded first. Default: 16384, or three quarters of a
-    /// GPU's own memory when that is less.
+    /// MB; least recently used ones are unloaded first. Default: 75% of the smaller of the memory
+    /// limit in force (the container's cgroup limit, else the machine's memory) and what is
+    /// available at start; on a CUDA GPU three quarters of its own memory.
     #[arg(long)]
     model_cache_size: Option<usize>,
     /// Do not write the prompt and workflow into saved PNGs.
@@ -126,7 +141,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(&args.data_dir);
     config.listen = args.listen;
     config.port = args.port;
-    config.models_dir = args.models_dir;
+    let base = args.base_directory;
+    let under_base = |name: &str| base.as_ref().map(|b| b.join(name));
+    config.models_dir = args
+        .models_dir
+        .or_else(|| under_base("models"))
+        .unwrap_or_else(|| PathBuf::from("models"));
+    config.input_dir = args.input_directory.or_else(|| under_base("input"));
+    config.output_dir = args.output_directory.or_else(|| under_base("output"));
+    config.temp_dir = args.temp_directory.or_else(|| under_base("temp"));
     config.max_upload_mb = args.max_upload_size;
     config.cache_budget_mb = args.cache_size;
     config.model_budget_mb = args.model_cache_size;

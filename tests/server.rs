@@ -954,3 +954,33 @@ async fn the_workflow_library_keeps_every_version_byte_for_byte() {
     let (status, _) = app.get(&format!("/api/weft/workflows/{id}")).await;
     assert_eq!(status, 404);
 }
+
+/// ComfyUI's `--input-directory` and `--output-directory`: uploads, LoadImage, SaveImage and
+/// `/view` use the folders given.
+#[actix_web::test]
+async fn input_and_output_folders_can_live_elsewhere() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (input, output) = (elsewhere.path().join("in"), elsewhere.path().join("out"));
+    let app = spawn_app_with(|c| {
+        c.input_dir = Some(input.clone());
+        c.output_dir = Some(output.clone());
+    })
+    .await;
+    let (body, ct) = multipart(&[("image", Some("pic.png"), &png_bytes(4, 4, [9, 9, 9, 255]))]);
+    let (status, answer) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(input.join("pic.png").is_file());
+    let graph = json!({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "pic.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "moved"}}
+    });
+    let id = app.queue(graph, "dirs").await;
+    let history = app.wait_history(&id).await;
+    assert_eq!(history["status"]["status_str"], "success", "{history}");
+    assert!(output.join("moved_00001_.png").is_file());
+    assert!(!app.data_dir().join("output/moved_00001_.png").exists());
+    let (status, _) = app
+        .get_bytes("/view?filename=moved_00001_.png&type=output")
+        .await;
+    assert_eq!(status, 200);
+}
