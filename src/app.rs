@@ -95,6 +95,8 @@ pub struct ServerConfig {
     pub input_dir: Option<PathBuf>,
     pub output_dir: Option<PathBuf>,
     pub temp_dir: Option<PathBuf>,
+    /// ComfyUI's `--extra-model-paths-config` files.
+    pub extra_model_paths: Vec<PathBuf>,
     pub test_nodes: bool,
     pub write_metadata: bool,
     pub web_root: Option<PathBuf>,
@@ -117,6 +119,7 @@ impl ServerConfig {
             input_dir: None,
             output_dir: None,
             temp_dir: None,
+            extra_model_paths: Vec::new(),
             test_nodes: false,
             write_metadata: true,
             web_root: None,
@@ -171,6 +174,21 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         if let Some(given) = given {
             *dir = given.clone();
         }
+    }
+    for file in &config.extra_model_paths {
+        let (folders, skipped) =
+            crate::paths::read_extra_model_paths(file).map_err(anyhow::Error::msg)?;
+        for extra in &folders {
+            tracing::info!(folder = %extra.folder, path = %extra.path.display(), "extra model folder");
+        }
+        if !skipped.is_empty() {
+            tracing::info!(
+                "{}: no Weft model folder for {}",
+                file.display(),
+                skipped.join(", ")
+            );
+        }
+        dirs.extra_models.extend(folders);
     }
     let (device, dtype) = config.compute.open()?;
     let exec_config = ExecConfig {

@@ -46,6 +46,10 @@ struct ServeArgs {
     /// database stays in --data-dir).
     #[arg(long)]
     base_directory: Option<PathBuf>,
+    /// ComfyUI's `extra_model_paths.yaml` (more model folders, e.g. an A1111 install's); may be
+    /// given more than once.
+    #[arg(long, num_args = 1..)]
+    extra_model_paths_config: Vec<PathBuf>,
     /// ComfyUI's `--input-directory`: where LoadImage reads and uploads go.
     #[arg(long)]
     input_directory: Option<PathBuf>,
@@ -147,6 +151,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .models_dir
         .or_else(|| under_base("models"))
         .unwrap_or_else(|| PathBuf::from("models"));
+    config.extra_model_paths = args.extra_model_paths_config;
     config.input_dir = args.input_directory.or_else(|| under_base("input"));
     config.output_dir = args.output_directory.or_else(|| under_base("output"));
     config.temp_dir = args.temp_directory.or_else(|| under_base("temp"));

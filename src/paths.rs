@@ -67,6 +67,95 @@ pub struct DataDirs {
     pub output: PathBuf,
     pub temp: PathBuf,
     pub models: PathBuf,
+    /// More folders per model folder name, from ComfyUI's `extra_model_paths.yaml`
+    /// ([`read_extra_model_paths`]); `first`: searched before `models/` (`is_default: true`).
+    pub extra_models: Vec<ExtraModelFolder>,
+}
+
+/// One folder that `extra_model_paths.yaml` adds to a model folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraModelFolder {
+    /// The model folder name it adds to (`checkpoints`, `loras`, …).
+    pub folder: String,
+    pub path: PathBuf,
+    /// Searched before Weft's own folder (the section said `is_default: true`).
+    pub first: bool,
+}
+
+/// The canonical name of a model folder, with ComfyUI's older names (`clip`, `unet`) mapped.
+fn canonical_folder(name: &str) -> &str {
+    match name {
+        "clip" => "text_encoders",
+        "unet" => "diffusion_models",
+        other => other,
+    }
+}
+
+/// Reads ComfyUI's `extra_model_paths.yaml`: sections (`a111:`, `comfyui:`, any name) with an
+/// optional `base_path` (relative to the file's folder; `~` expanded), an optional `is_default`,
+/// and model folder names whose values are one path per line, relative to `base_path`. Folder
+/// names Weft has no models for are skipped (and named in the second list).
+pub fn read_extra_model_paths(file: &Path) -> Result<(Vec<ExtraModelFolder>, Vec<String>), String> {
+    let shown = file.display();
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text)
+        .map_err(|e| format!("{shown} is not valid YAML: {e}"))?;
+    let yaml_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let expand = |p: &str| -> PathBuf {
+        match (p.strip_prefix("~/"), &home) {
+            (Some(rest), Some(home)) => home.join(rest),
+            _ => PathBuf::from(p),
+        }
+    };
+    let mut folders = Vec::new();
+    let mut skipped = Vec::new();
+    let Some(sections) = docs.first().and_then(|d| d.as_hash()) else {
+        return Ok((folders, skipped));
+    };
+    for (section, body) in sections {
+        let section = section.as_str().unwrap_or("?");
+        let entries = body
+            .as_hash()
+            .ok_or_else(|| format!("{shown}: section '{section}' is not a mapping"))?;
+        let text_of = |key: &str| {
+            entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .and_then(|(_, v)| v.as_str())
+        };
+        let base = text_of("base_path").map(|b| yaml_dir.join(expand(b.trim())));
+        let first = entries
+            .iter()
+            .any(|(k, v)| k.as_str() == Some("is_default") && v.as_bool() == Some(true));
+        for (key, value) in entries {
+            let Some(name) = key.as_str() else { continue };
+            if name == "base_path" || name == "is_default" {
+                continue;
+            }
+            let folder = canonical_folder(name);
+            if !MODEL_FOLDERS.contains(&folder) {
+                skipped.push(format!("{section}.{name}"));
+                continue;
+            }
+            let Some(lines) = value.as_str() else {
+                return Err(format!("{shown}: '{section}.{name}' is not a path"));
+            };
+            for line in lines.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                let path = expand(line);
+                let path = match &base {
+                    Some(base) => base.join(path),
+                    None => yaml_dir.join(path),
+                };
+                folders.push(ExtraModelFolder {
+                    folder: folder.to_owned(),
+                    path,
+                    first,
+                });
+            }
+        }
+    }
+    Ok((folders, skipped))
 }
 
 /// Why a user-given name cannot be used as a path.
@@ -91,6 +180,7 @@ impl DataDirs {
             output: root.join("output"),
             temp: root.join("temp"),
             models: models.to_path_buf(),
+            extra_models: Vec::new(),
         }
     }
 
@@ -123,11 +213,7 @@ impl DataDirs {
     }
 
     pub fn model_folder(&self, name: &str) -> Option<PathBuf> {
-        let name = match name {
-            "clip" => "text_encoders",
-            "unet" => "diffusion_models",
-            other => other,
-        };
+        let name = canonical_folder(name);
         MODEL_FOLDERS
             .contains(&name)
             .then(|| self.models.join(name))
@@ -144,8 +230,17 @@ impl DataDirs {
             Some("diffusion_models") => &["unet"],
             _ => &[],
         };
-        let mut folders = vec![main];
+        let canonical = canonical_folder(name);
+        let added = |first: bool| {
+            self.extra_models
+                .iter()
+                .filter(move |e| e.folder == canonical && e.first == first)
+                .map(|e| e.path.clone())
+        };
+        let mut folders: Vec<PathBuf> = added(true).collect();
+        folders.push(main);
         folders.extend(extra.iter().map(|e| self.models.join(e)));
+        folders.extend(added(false));
         Some(folders)
     }
 

@@ -714,3 +714,54 @@ async fn a_checkpoint_symlinked_from_outside_the_models_folder_loads() {
         .await;
     assert_eq!(status, 400, "{body}");
 }
+
+/// ComfyUI's `extra_model_paths.yaml`: an A1111 install's folders (several paths in one entry,
+/// `base_path` relative to the file) are listed and load; a malformed file stops the server
+/// before it starts, naming the file.
+#[actix_web::test]
+async fn extra_model_paths_add_an_a1111_install_s_folders() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let webui = elsewhere.path().join("webui");
+    install_all(&webui.join("staging"));
+    std::fs::create_dir_all(webui.join("models")).unwrap();
+    std::fs::rename(
+        webui.join("staging/checkpoints"),
+        webui.join("models/Stable-diffusion"),
+    )
+    .unwrap();
+    let yaml = elsewhere.path().join("extra_model_paths.yaml");
+    std::fs::write(
+        &yaml,
+        "a111:\n    base_path: webui/\n    checkpoints: |\n        models/Stable-diffusion\n        models/Other\n    configs: models/Stable-diffusion\n    hypernetworks: models/hypernetworks\n",
+    )
+    .unwrap();
+    let app = crate::helpers::spawn_app_with(|c| c.extra_model_paths = vec![yaml.clone()]).await;
+    let (_, listed) = app.get("/models/checkpoints").await;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .contains(&json!("tiny_sd1.safetensors")),
+        "{listed}"
+    );
+    run_ok(
+        &app,
+        default_workflow("tiny_sd1.safetensors", "euler", "normal", 1, "a111"),
+    )
+    .await;
+
+    std::fs::write(&yaml, "a111: [not, a, mapping]\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = weft::app::ServerConfig::new(dir.path());
+    config.port = 0;
+    config.extra_model_paths = vec![yaml.clone()];
+    let error = weft::app::start(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("extra_model_paths.yaml") && error.contains("not a mapping"),
+        "{error}"
+    );
+}
