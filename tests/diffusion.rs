@@ -661,6 +661,13 @@ async fn a_gpu_runs_the_default_graph_in_every_dtype_and_matches_the_cpu() {
     }
 }
 
+/// Checks that `/models/{folder}` lists `name`.
+async fn assert_lists(app: &crate::helpers::TestApp, folder: &str, name: &str) {
+    let (_, listed) = app.get(&format!("/models/{folder}")).await;
+    let names = listed.as_array().cloned().unwrap_or_default();
+    assert!(names.contains(&json!(name)), "{listed}");
+}
+
 /// Model files and folders symlinked into `models/` from elsewhere load, as ComfyUI users keep
 /// them; names in requests still cannot leave the folder.
 #[cfg(unix)]
@@ -681,21 +688,8 @@ async fn a_checkpoint_symlinked_from_outside_the_models_folder_loads() {
         checkpoints.join("disk2"),
     )
     .unwrap();
-    let (_, listed) = app.get("/models/checkpoints").await;
-    assert!(
-        listed
-            .as_array()
-            .unwrap()
-            .contains(&json!("linked.safetensors")),
-        "{listed}"
-    );
-    assert!(
-        listed
-            .as_array()
-            .unwrap()
-            .contains(&json!("disk2/tiny_sd2.safetensors")),
-        "{listed}"
-    );
+    assert_lists(&app, "checkpoints", "linked.safetensors").await;
+    assert_lists(&app, "checkpoints", "disk2/tiny_sd2.safetensors").await;
     run_ok(
         &app,
         default_workflow("linked.safetensors", "euler", "normal", 1, "linked"),
@@ -736,14 +730,7 @@ async fn extra_model_paths_add_an_a1111_install_s_folders() {
     )
     .unwrap();
     let app = crate::helpers::spawn_app_with(|c| c.extra_model_paths = vec![yaml.clone()]).await;
-    let (_, listed) = app.get("/models/checkpoints").await;
-    assert!(
-        listed
-            .as_array()
-            .unwrap()
-            .contains(&json!("tiny_sd1.safetensors")),
-        "{listed}"
-    );
+    assert_lists(&app, "checkpoints", "tiny_sd1.safetensors").await;
     run_ok(
         &app,
         default_workflow("tiny_sd1.safetensors", "euler", "normal", 1, "a111"),
