@@ -343,14 +343,14 @@ impl ModelManager {
         Ok(d)
     }
 
-    /// The loaded model of `path`, or `load` run after making room for the bytes `estimate`
-    /// reads off the file's header (only on a miss).
-    fn get_or_load(
+    /// The loaded model of `path`, or, on a miss, `plan` (which reads the file's header once:
+    /// the model's bytes and what the load needs) and then `load` after making room for them.
+    fn get_or_load<P>(
         &self,
         path: &Path,
         reuse: impl Fn(&Loaded) -> bool,
-        estimate: impl FnOnce() -> Result<usize, LoadError>,
-        load: impl FnOnce() -> Result<(Loaded, usize), LoadError>,
+        plan: impl FnOnce() -> Result<(usize, P), LoadError>,
+        load: impl FnOnce(P) -> Result<Loaded, LoadError>,
     ) -> Result<Loaded, LoadError> {
         let (known, id, probe) = self.find(path)?;
         if known {
@@ -367,13 +367,10 @@ impl ModelManager {
                 return Ok(entry.loaded.share());
             }
         }
-        self.make_room(
-            estimate()?,
-            Some(path),
-            &format!("loading '{}'", path.display()),
-        )
-        .map_err(|oom| LoadError::new(path, LoadErrorKind::OutOfMemory(oom)))?;
-        let (loaded, bytes) = load()?;
+        let (bytes, planned) = plan()?;
+        self.make_room(bytes, Some(path), &format!("loading '{}'", path.display()))
+            .map_err(|oom| LoadError::new(path, LoadErrorKind::OutOfMemory(oom)))?;
+        let loaded = load(planned)?;
         let shared = loaded.share();
         let mut state = self.lock();
         state.clock += 1;
@@ -488,23 +485,21 @@ impl ModelManager {
 
     /// The checkpoint at `path`, loaded once while it stays unchanged on disk.
     pub fn checkpoint(&self, path: &Path) -> Result<Arc<LoadedCheckpoint>, LoadError> {
-        // UNet and text encoders in the weights' dtype, the VAE in its own.
-        let plan = || -> Result<(StateDict, DType, usize), LoadError> {
-            let sd = StateDict::open(path)?;
-            let weights = self.weight_dtype(sd.float_dtype(UNET_PREFIX));
-            let vae = self.vae_dtype();
-            let bytes = sd.loaded_bytes(VAE_PREFIX, |_| vae) + sd.loaded_bytes("", |_| weights)
-                - sd.loaded_bytes(VAE_PREFIX, |_| weights);
-            Ok((sd, weights, bytes))
-        };
         let loaded = self.get_or_load(
             path,
             |l| matches!(l, Loaded::Checkpoint(_)),
-            || Ok(plan()?.2),
             || {
-                let (sd, weights, bytes) = plan()?;
+                // UNet and text encoders in the weights' dtype, the VAE in its own.
+                let sd = StateDict::open(path)?;
+                let weights = self.weight_dtype(sd.float_dtype(UNET_PREFIX));
+                let vae = self.vae_dtype();
+                let bytes = sd.loaded_bytes(VAE_PREFIX, |_| vae) + sd.loaded_bytes("", |_| weights)
+                    - sd.loaded_bytes(VAE_PREFIX, |_| weights);
+                Ok((bytes, (sd, weights, bytes)))
+            },
+            |(sd, weights, bytes)| {
                 let ckpt = self.load_checkpoint(sd, weights, bytes)?;
-                Ok((Loaded::Checkpoint(Arc::new(ckpt)), bytes))
+                Ok(Loaded::Checkpoint(Arc::new(ckpt)))
             },
         )?;
         match loaded {
@@ -516,14 +511,13 @@ impl ModelManager {
     /// A standalone VAE file, with the latent scale of the family it will be used with.
     pub fn vae(&self, path: &Path, scale: f64) -> Result<Arc<AutoEncoderKL>, LoadError> {
         let dtype = self.vae_dtype();
-        let estimate = || Ok(StateDict::open(path)?.loaded_bytes("", |_| dtype));
         let loaded = self.get_or_load(
             path,
             |l| matches!(l, Loaded::Vae(v) if (v.config().scaling_factor - scale).abs() < 1e-9),
-            estimate,
-            || {
+            || Ok((StateDict::open(path)?.loaded_bytes("", |_| dtype), ())),
+            |()| {
                 let vae = load_vae_file(path, scale, dtype, &self.device)?;
-                Ok((Loaded::Vae(Arc::new(vae)), estimate()?))
+                Ok(Loaded::Vae(Arc::new(vae)))
             },
         )?;
         match loaded {
@@ -535,19 +529,17 @@ impl ModelManager {
     /// A ControlNet, T2I-Adapter or Control-LoRA file (ControlNetLoader), loaded once while it
     /// stays unchanged on disk and counted against the budget like a checkpoint.
     pub fn control(&self, path: &Path) -> Result<Arc<LoadedControl>, LoadError> {
-        let plan = || -> Result<(DType, usize), LoadError> {
-            let sd = StateDict::open(path)?;
-            let dtype = self.weight_dtype(sd.float_dtype(""));
-            Ok((dtype, sd.loaded_bytes("", |_| dtype)))
-        };
         let loaded = self.get_or_load(
             path,
             |l| matches!(l, Loaded::Control(_)),
-            || Ok(plan()?.1),
             || {
-                let (dtype, bytes) = plan()?;
+                let sd = StateDict::open(path)?;
+                let dtype = self.weight_dtype(sd.float_dtype(""));
+                Ok((sd.loaded_bytes("", |_| dtype), dtype))
+            },
+            |dtype| {
                 let control = load_control(path, dtype, &self.device)?;
-                Ok((Loaded::Control(Arc::new(control)), bytes))
+                Ok(Loaded::Control(Arc::new(control)))
             },
         )?;
         match loaded {
