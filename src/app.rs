@@ -25,6 +25,11 @@ pub struct ComputeConfig {
     pub device: DeviceChoice,
     /// `None`: the device's default (f32 on the CPU, f16 on GPUs).
     pub dtype: Option<candle_core::DType>,
+    /// `--gpu-memory`: MB of the GPU's memory for model weights; a checkpoint beyond it keeps
+    /// the rest of its weights in RAM and streams them per layer. `None`: three quarters of the
+    /// GPU's memory. The command line takes it for GPUs only; on the CPU (tests) the split is
+    /// bookkeeping, both halves in RAM.
+    pub gpu_memory_mb: Option<usize>,
 }
 
 impl ComputeConfig {
@@ -51,17 +56,22 @@ impl ComputeConfig {
     }
 }
 
-/// The model budget: `--model-cache-size` when given, else the default for the device and the
-/// memory limit; logged with the reason.
+/// The model budget: `--gpu-memory` or `--model-cache-size` when given, else the default for
+/// the device and the memory limit; logged with the reason.
 fn model_budget(
     given_mb: Option<usize>,
+    gpu_memory_mb: Option<usize>,
     device: &candle_core::Device,
     probe: &MemoryProbe,
 ) -> usize {
     let reading = probe.read();
-    let (budget, why) = match given_mb {
-        Some(mb) => (mb << 20, "--model-cache-size".to_owned()),
-        None => default_model_budget(device, &reading),
+    let (budget, why) = match (gpu_memory_mb, given_mb) {
+        (Some(mb), _) => (
+            mb << 20,
+            "--gpu-memory (weights beyond it stay in RAM)".to_owned(),
+        ),
+        (None, Some(mb)) => (mb << 20, "--model-cache-size".to_owned()),
+        (None, None) => default_model_budget(device, &reading),
     };
     tracing::info!(
         budget,
@@ -193,7 +203,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (device, dtype) = config.compute.open()?;
     let exec_config = ExecConfig {
         cache_budget: config.cache_budget_mb << 20,
-        model_budget: model_budget(config.model_budget_mb, &device, &config.memory),
+        model_budget: model_budget(
+            config.model_budget_mb,
+            config.compute.gpu_memory_mb,
+            &device,
+            &config.memory,
+        ),
+        offload: config.compute.gpu_memory_mb.is_some(),
         memory: config.memory.clone(),
         write_metadata: config.write_metadata,
         device,
@@ -264,7 +280,13 @@ pub async fn run_headless(
         &queue_dir.path().join("run.db"),
         false,
         ExecConfig {
-            model_budget: model_budget(None, &device, &MemoryProbe::default()),
+            model_budget: model_budget(
+                None,
+                compute.gpu_memory_mb,
+                &device,
+                &MemoryProbe::default(),
+            ),
+            offload: compute.gpu_memory_mb.is_some(),
             device,
             dtype,
             ..ExecConfig::default()

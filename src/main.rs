@@ -94,14 +94,26 @@ struct ComputeArgs {
     /// f32, f16 or bf16 for the model weights [default: f32 on the CPU, f16 on GPUs].
     #[arg(long, value_parser = weft::engine::device::parse_dtype)]
     dtype: Option<candle_core::DType>,
+    /// MB of the GPU's memory for model weights (default: three quarters of it). A checkpoint
+    /// that does not fit keeps the rest of its weights in RAM and moves them to the GPU layer by
+    /// layer while sampling (slower, instead of failing), as ComfyUI's lowvram mode does.
+    #[arg(long, value_name = "MB")]
+    gpu_memory: Option<usize>,
 }
 
 impl ComputeArgs {
-    fn config(&self) -> ComputeConfig {
-        ComputeConfig {
+    fn config(&self) -> anyhow::Result<ComputeConfig> {
+        if self.gpu_memory.is_some() && self.device == weft::engine::device::DeviceChoice::Cpu {
+            anyhow::bail!(
+                "--gpu-memory applies to a GPU (--device cuda); on the CPU the memory for models is \
+                 --model-cache-size"
+            );
+        }
+        Ok(ComputeConfig {
             device: self.device,
             dtype: self.dtype,
-        }
+            gpu_memory_mb: self.gpu_memory,
+        })
     }
 }
 
@@ -161,7 +173,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.write_metadata = !args.disable_metadata;
     config.web_root = Some(args.web_root);
     config.test_nodes = args.test_nodes;
-    config.compute = args.compute.config();
+    config.compute = args.compute.config()?;
     let running = app::start(config).await?;
     tracing::info!("Weft listening on http://{}", running.addr);
     let handle = running.server.handle();
@@ -191,7 +203,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         workflow,
         &args.data_dir,
         &args.models_dir,
-        args.compute.config(),
+        args.compute.config()?,
         |event| match event {
             Event::Executing {
                 node: Some(node), ..

@@ -85,6 +85,12 @@ fn a_device_or_dtype_this_build_cannot_use_stops_the_command_with_a_clear_error(
         stderr.contains("unknown dtype 'int8'; use f32, f16 or bf16"),
         "{stderr}"
     );
+    // --gpu-memory is the GPU's budget: on the CPU it says which option to use instead.
+    let out = weft(&["run", w, "--gpu-memory", "4000"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--gpu-memory applies to a GPU"), "{stderr}");
+    assert!(stderr.contains("--model-cache-size"), "{stderr}");
     // Parse errors come from clap, naming the flag.
     let out = weft(&["run", w, "--device", "tpu"], dir.path());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device 'tpu'"));

@@ -632,6 +632,7 @@ async fn half_precision_weights_run_every_model_and_match_f32_closely() {
         let compute = ComputeConfig {
             device: DeviceChoice::Cpu,
             dtype: Some(dtype),
+            gpu_memory_mb: None,
         };
         matches_f32_cpu(&expected, compute, tolerance).await;
     }
@@ -656,9 +657,18 @@ async fn a_gpu_runs_the_default_graph_in_every_dtype_and_matches_the_cpu() {
         let compute = ComputeConfig {
             device,
             dtype: Some(dtype),
+            gpu_memory_mb: None,
         };
         matches_f32_cpu(&expected, compute, tolerance).await;
     }
+    // Partial loading: 1 MB of GPU memory for weights, so most of each UNet stays in RAM and
+    // crosses to the GPU layer by layer; the same image all the same.
+    let compute = ComputeConfig {
+        device,
+        dtype: Some(DType::F16),
+        gpu_memory_mb: Some(1),
+    };
+    matches_f32_cpu(&expected, compute, 1.0).await;
 }
 
 /// Checks that `/models/{folder}` lists `name`.

@@ -297,3 +297,48 @@ async fn a_resize_too_large_for_memory_is_refused_not_an_abort() {
     )
     .await;
 }
+
+/// Partial loading, as on a GPU too small for the model (`--gpu-memory`): on the CPU the split
+/// is bookkeeping (both halves in RAM), which checks the plan, the accounting and that a model
+/// built from placed weights, LoRA-patched too, gives the same image as a whole one.
+#[actix_web::test]
+async fn a_checkpoint_beyond_the_gpu_budget_loads_partially_and_gives_the_same_pixels() {
+    let whole = spawn_app_with(|_| {}).await;
+    let partial = spawn_app_with(|c| c.compute.gpu_memory_mb = Some(1)).await;
+    let mut images = Vec::new();
+    for app in [&whole, &partial] {
+        let models = app.dir.path().join("models");
+        install_all(&models);
+        candle_core::safetensors::save(
+            &crate::lora_nodes::kohya_lora("partial"),
+            models.join("loras/partial.safetensors"),
+        )
+        .unwrap();
+        run_ok(
+            app,
+            graph("tiny_sdxl.safetensors", (64, 64), decode(), "p", 4),
+        )
+        .await;
+        let mut lora = graph("tiny_sd1.safetensors", (64, 64), decode(), "p", 4);
+        lora["10"] = json!({"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1],
+            "lora_name": "partial.safetensors", "strength_model": 1.0, "strength_clip": 1.0}});
+        lora["3"]["inputs"]["model"] = json!(["10", 0]);
+        run_ok(app, lora).await;
+        images.push(
+            [1, 2].map(|i| read_png(&app.data_dir().join(format!("output/p_{i:05}_.png"))).3),
+        );
+    }
+    assert_eq!(images[0], images[1], "placed weights give the same image");
+    let (_, stats) = whole.get("/system_stats").await;
+    assert_eq!(stats["weft"]["model_offloaded_bytes"], 0);
+    let (_, stats) = partial.get("/system_stats").await;
+    assert_eq!(stats["weft"]["model_budget_bytes"], 1 << 20);
+    let offloaded = stats["weft"]["model_offloaded_bytes"].as_u64().unwrap();
+    let loaded = stats["weft"]["model_bytes"].as_u64().unwrap();
+    // The SDXL model went to make room; the SD1 one is in, nearly all of its UNet in "RAM".
+    assert_eq!(stats["weft"]["models_loaded"], 1, "{stats}");
+    assert!(
+        offloaded > 0 && offloaded < loaded,
+        "{offloaded} of {loaded}"
+    );
+}

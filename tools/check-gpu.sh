@@ -4,7 +4,8 @@
 #   tools/check-gpu.sh metal   needs macOS with Xcode's command-line tools
 # 1. builds the server, tests and benches with the backend's cargo feature;
 # 2. runs the whole test suite in that build (models on the CPU: the build must not change it);
-# 3. where a GPU is present: the default graph on SD1 and SDXL on the GPU in every dtype it supports,
+# 3. where a GPU is present: the default graph on SD1 and SDXL on the GPU in every dtype it supports
+#    and partially loaded (weights streamed from RAM per layer),
 #    compared with the CPU in f32 (tests/diffusion.rs), and the UNet/VAE bench on it in f16, beside
 #    PyTorch on the same shapes when a CUDA-enabled torch is importable.
 set -euo pipefail
@@ -35,7 +36,7 @@ cargo build --locked --features "$backend" --tests --benches
 echo "== the whole test suite in the $backend build"
 cargo test --locked --features "$backend"
 if has_gpu; then
-    echo "== the default graph on the GPU, every dtype, against the CPU in f32"
+    echo "== the default graph on the GPU, every dtype and partially loaded (--gpu-memory 1), against the CPU in f32"
     WEFT_TEST_DEVICE="$backend" cargo test --locked --features "$backend" --test tests \
         diffusion::a_gpu_runs_the_default_graph -- --nocapture
     echo "== bench: weft on the GPU, f16"

@@ -109,6 +109,7 @@ pub async fn system_stats(state: web::Data<AppState>) -> HttpResponse {
             "models_loaded": models.models,
             "model_bytes": models.bytes,
             "model_budget_bytes": models.budget,
+            "model_offloaded_bytes": models.offloaded,
             "cache_bytes": cache_used,
             "cache_budget_bytes": cache_budget,
             "memory_limit_bytes": models.memory.limit,

@@ -12,6 +12,11 @@
 //! budget, and the memory actually available (`engine::memory`, cgroup limit and `MemAvailable`)
 //! is checked; if it still cannot fit, the load fails with [`OutOfMemory`] and nothing is
 //! loaded. Nodes ask [`ModelManager::ensure_free`] before large activations (sampling, VAE).
+//!
+//! GPUs: the budget is the GPU's (`--gpu-memory`, else three quarters of its memory). A
+//! checkpoint that does not fit it even after unloading the others is loaded partially, the
+//! diffusion model's weights that do not fit kept in RAM and streamed per layer while sampling
+//! ([`crate::engine::load::placement`], ComfyUI's lowvram), instead of failing.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -37,6 +42,7 @@ use crate::engine::load::checkpoint::{
 };
 use crate::engine::load::detect::{detect_unet, detect_vae_ldm, distinguishing_keys, ModelFamily};
 use crate::engine::load::file::StateDict;
+use crate::engine::load::placement::{placed_var_builder, Placement};
 use crate::engine::load::{LoadError, LoadErrorKind};
 use crate::engine::memory::{self, MemoryProbe, MemoryReading, OutOfMemory};
 use crate::engine::tokenizer::ClipBpe;
@@ -156,6 +162,8 @@ struct Entry {
     /// The whole file's SHA-256, computed only when another file's probe matched.
     digest: Option<Digest32>,
     bytes: usize,
+    /// Of `bytes`, those kept in RAM by a partial load (not counted against a GPU's budget).
+    offloaded: usize,
     last_used: u64,
 }
 
@@ -170,7 +178,7 @@ impl Entry {
             },
             _ => 0,
         };
-        self.bytes + built
+        self.bytes - self.offloaded + built
     }
 }
 
@@ -190,6 +198,8 @@ pub type Reclaimer = Box<dyn Fn() -> usize + Send + Sync>;
 pub struct ModelManager {
     budget: usize,
     device: Device,
+    /// Whether a checkpoint bigger than what the budget has left loads partially (GPUs).
+    offload: bool,
     /// `--dtype`: the weights' dtype, or `None` to keep each file's own precision.
     weights: Option<DType>,
     probe: MemoryProbe,
@@ -215,6 +225,8 @@ pub struct ModelStats {
     pub bytes: usize,
     /// The model budget in force.
     pub budget: usize,
+    /// Bytes of weights kept in RAM by partial loads and streamed to the GPU per layer.
+    pub offloaded: usize,
     pub memory: MemoryReading,
 }
 
@@ -235,12 +247,21 @@ impl ModelManager {
     ) -> ModelManager {
         ModelManager {
             budget,
+            offload: !device.is_cpu(),
             device,
             weights,
             probe,
             reclaimer: OnceLock::new(),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Whether checkpoints bigger than the budget load partially (see the module's doc): on by
+    /// default on a GPU; on the CPU both halves would be in RAM, so it is bookkeeping only, which
+    /// is how tests exercise it.
+    pub fn with_offload(mut self, offload: bool) -> Self {
+        self.offload = offload;
+        self
     }
 
     /// Installs what is asked to drop cached values when memory is short (once).
@@ -344,13 +365,14 @@ impl ModelManager {
     }
 
     /// The loaded model of `path`, or, on a miss, `plan` (which reads the file's header once:
-    /// the model's bytes and what the load needs) and then `load` after making room for them.
+    /// the model's bytes and what the load needs) and then `load` after making room for them,
+    /// told how many of the bytes may go on the device (all, unless it can load partially).
     fn get_or_load<P>(
         &self,
         path: &Path,
         reuse: impl Fn(&Loaded) -> bool,
         plan: impl FnOnce() -> Result<(usize, P), LoadError>,
-        load: impl FnOnce(P) -> Result<Loaded, LoadError>,
+        load: impl FnOnce(P, usize) -> Result<(Loaded, usize), LoadError>,
     ) -> Result<Loaded, LoadError> {
         let (known, id, probe) = self.find(path)?;
         if known {
@@ -368,9 +390,14 @@ impl ModelManager {
             }
         }
         let (bytes, planned) = plan()?;
-        self.make_room(bytes, Some(path), &format!("loading '{}'", path.display()))
-            .map_err(|oom| LoadError::new(path, LoadErrorKind::OutOfMemory(oom)))?;
-        let loaded = load(planned)?;
+        let what = format!("loading '{}'", path.display());
+        let on_device = if self.offload {
+            self.device_room(bytes, path, &what)
+        } else {
+            self.make_room(bytes, Some(path), &what).map(|()| bytes)
+        }
+        .map_err(|oom| LoadError::new(path, LoadErrorKind::OutOfMemory(oom)))?;
+        let (loaded, offloaded) = load(planned, on_device)?;
         let shared = loaded.share();
         let mut state = self.lock();
         state.clock += 1;
@@ -384,6 +411,7 @@ impl ModelManager {
             probe,
             digest: None,
             bytes,
+            offloaded,
             last_used: now,
         });
         Ok(shared)
@@ -454,6 +482,25 @@ impl ModelManager {
         })
     }
 
+    /// With offloading: unloads least recently used models until `needed` bytes fit the
+    /// budget, or none is left to unload, and returns how many may go on the device; the rest
+    /// must fit in RAM, checked as any allocation.
+    fn device_room(&self, needed: usize, loading: &Path, what: &str) -> Result<usize, OutOfMemory> {
+        let on_device = {
+            let mut state = self.lock();
+            state.entries.retain(|e| e.path != loading);
+            let used = |state: &State| state.entries.iter().map(Entry::bytes).sum::<usize>();
+            while used(&state) + needed > self.budget {
+                if !Self::unload_oldest(&mut state, |_| true) {
+                    break;
+                }
+            }
+            needed.min(self.budget.saturating_sub(used(&state)))
+        };
+        self.make_room(needed - on_device, None, what)?;
+        Ok(on_device)
+    }
+
     fn unload_oldest(state: &mut State, eligible: impl Fn(&Entry) -> bool) -> bool {
         let Some(oldest) = state
             .entries
@@ -497,9 +544,9 @@ impl ModelManager {
                     - sd.loaded_bytes(VAE_PREFIX, |_| weights);
                 Ok((bytes, (sd, weights, bytes)))
             },
-            |(sd, weights, bytes)| {
-                let ckpt = self.load_checkpoint(sd, weights, bytes)?;
-                Ok(Loaded::Checkpoint(Arc::new(ckpt)))
+            |(sd, weights, bytes), on_device| {
+                let (ckpt, offloaded) = self.load_checkpoint(sd, weights, bytes, on_device)?;
+                Ok((Loaded::Checkpoint(Arc::new(ckpt)), offloaded))
             },
         )?;
         match loaded {
@@ -515,9 +562,10 @@ impl ModelManager {
             path,
             |l| matches!(l, Loaded::Vae(v) if (v.config().scaling_factor - scale).abs() < 1e-9),
             || Ok((StateDict::open(path)?.loaded_bytes("", |_| dtype), ())),
-            |()| {
+            // VAEs are small: always whole on the device.
+            |(), _| {
                 let vae = load_vae_file(path, scale, dtype, &self.device)?;
-                Ok(Loaded::Vae(Arc::new(vae)))
+                Ok((Loaded::Vae(Arc::new(vae)), 0))
             },
         )?;
         match loaded {
@@ -537,9 +585,10 @@ impl ModelManager {
                 let dtype = self.weight_dtype(sd.float_dtype(""));
                 Ok((sd.loaded_bytes("", |_| dtype), dtype))
             },
-            |dtype| {
+            // Control models run beside the UNet on every step: whole on the device.
+            |dtype, _| {
                 let control = load_control(path, dtype, &self.device)?;
-                Ok(Loaded::Control(Arc::new(control)))
+                Ok((Loaded::Control(Arc::new(control)), 0))
             },
         )?;
         match loaded {
@@ -556,29 +605,34 @@ impl ModelManager {
 
     /// What is loaded, the budget and the memory figures now.
     pub fn stats(&self) -> ModelStats {
-        let (models, bytes) = {
+        let (models, bytes, offloaded) = {
             let state = self.lock();
             (
                 state.entries.len(),
-                state.entries.iter().map(Entry::bytes).sum(),
+                state.entries.iter().map(|e| e.bytes() + e.offloaded).sum(),
+                state.entries.iter().map(|e| e.offloaded).sum(),
             )
         };
         ModelStats {
             models,
             bytes,
             budget: self.budget,
+            offloaded,
             memory: self.probe.read(),
         }
     }
 
-    /// Builds a checkpoint's models from `sd`, tensor by tensor: each is read from the memory map
-    /// and converted (when its dtype changes) before the next, and the map is closed when done.
+    /// Builds a checkpoint's models from `sd`, tensor by tensor: each is read from the file and
+    /// converted (when its dtype changes) before the next. `on_device`: how many of its `bytes`
+    /// may go on the device; the UNet weights beyond that stay in RAM (a partial load). Returns
+    /// the checkpoint and the bytes kept in RAM.
     fn load_checkpoint(
         &self,
         sd: StateDict,
         dtype: DType,
         bytes: usize,
-    ) -> Result<LoadedCheckpoint, LoadError> {
+        on_device: usize,
+    ) -> Result<(LoadedCheckpoint, usize), LoadError> {
         let path = sd.path().to_path_buf();
         let fail = |kind: LoadErrorKind| LoadError {
             path: path.clone(),
@@ -594,16 +648,39 @@ impl ModelManager {
         let detected = detect_unet(&sd, &prefix).map_err(fail)?;
         // The UNet is built from a map of its diffusers-named weights, which the model keeps: a
         // LoRA patches a copy-on-write copy of that map without reading the file again.
+        let names = unet_ldm_names(&sd, &prefix, detected.config.layers_per_block);
+        let placement = if on_device >= bytes {
+            Placement::resident(bytes)
+        } else {
+            // The text encoders and the VAE are whole on the device; the UNet gets the rest.
+            let unet_bytes = sd.loaded_bytes(&prefix, |_| dtype);
+            let sizes: Vec<(&str, usize)> = names
+                .iter()
+                .map(|(name, key)| (name.as_str(), sd.tensor_loaded_bytes(key, |_| dtype)))
+                .collect();
+            Placement::plan(sizes, on_device.saturating_sub(bytes - unet_bytes))
+        };
+        if placement.is_partial() {
+            tracing::info!(
+                path = %path.display(),
+                on_device = placement.device_bytes(),
+                in_ram = placement.host_bytes(),
+                "partial load: {} of the diffusion model on {:?}, {} kept in RAM and moved per layer while sampling",
+                memory::human(placement.device_bytes() as u64),
+                self.device.location(),
+                memory::human(placement.host_bytes() as u64)
+            );
+        }
         let mut weights = HashMap::new();
-        for (name, key) in unet_ldm_names(&sd, &prefix, detected.config.layers_per_block) {
+        for (name, key) in names {
             let tensor = sd
                 .get(&key)?
                 .to_dtype(dtype)
-                .and_then(|t| t.to_device(&self.device))
+                .and_then(|t| t.to_device(&placement.device_for(&name, &self.device)))
                 .map_err(|e| fail(LoadErrorKind::Tensor(e)))?;
             weights.insert(name, tensor);
         }
-        let vb = VarBuilder::from_tensors(weights.clone(), dtype, &self.device);
+        let vb = placed_var_builder(weights.clone(), dtype, &self.device);
         let unet = UNet2DConditionModel::new(vb, &detected.config)
             .map_err(|e| fail(LoadErrorKind::Tensor(e)))?;
         let vae = match &components.vae {
@@ -633,12 +710,13 @@ impl ModelManager {
         let model_bytes: usize = weights.values().map(tensor_bytes).sum();
         let model = DiffusionModel::new(unet, family, detected.prediction, model_bytes)
             .with_weights(weights);
-        Ok(LoadedCheckpoint {
+        let checkpoint = LoadedCheckpoint {
             model: Arc::new(model),
             clip,
             vae,
             bytes,
-        })
+        };
+        Ok((checkpoint, placement.host_bytes()))
     }
 }
 

@@ -44,6 +44,9 @@ pub struct ExecConfig {
     pub dtype: Option<candle_core::DType>,
     /// Where the memory limit and what is available are read from.
     pub memory: crate::engine::memory::MemoryProbe,
+    /// Load checkpoints beyond the model budget partially (always on for GPUs; see
+    /// `engine::load::placement`).
+    pub offload: bool,
 }
 
 impl Default for ExecConfig {
@@ -55,6 +58,7 @@ impl Default for ExecConfig {
             device: candle_core::Device::Cpu,
             dtype: None,
             memory: Default::default(),
+            offload: false,
         }
     }
 }
@@ -144,12 +148,15 @@ impl Executor {
             registry,
             dirs,
             cache: Mutex::new(OutputCache::new(config.cache_budget)),
-            models: Arc::new(ModelManager::with_probe(
-                config.model_budget,
-                config.device.clone(),
-                config.dtype,
-                config.memory.clone(),
-            )),
+            models: Arc::new(
+                ModelManager::with_probe(
+                    config.model_budget,
+                    config.device.clone(),
+                    config.dtype,
+                    config.memory.clone(),
+                )
+                .with_offload(config.offload || !config.device.is_cpu()),
+            ),
             config,
             last_signatures: Mutex::new(HashMap::new()),
             last_report: Mutex::new(None),

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
 use crate::engine::clip::encode::{TextEncoder, TextEncoderKind};
 use crate::engine::diffusion::DiffusionModel;
+use crate::engine::load::placement::placed_var_builder;
 use crate::engine::lora::{
     apply, Component, KeyMap, Lora, LoraFile, TextEncoderWeights, UnetWeights,
 };
@@ -155,7 +155,8 @@ fn patch_model(
         .values()
         .next()
         .map_or(candle_core::DType::F32, |t| t.dtype());
-    let vb = VarBuilder::from_tensors(patched.clone(), dtype, model.unet.device());
+    // Each patched weight stays where the model kept it (RAM after a partial load).
+    let vb = placed_var_builder(patched.clone(), dtype, model.unet.device());
     let unet = UNet2DConditionModel::new(vb, model.unet.config())
         .map_err(|e| NodeError::engine("rebuilding the patched model", e))?;
     Ok(Arc::new(

@@ -248,25 +248,31 @@ impl StateDict {
     /// `weights` gives for its stored one; computed from the header alone.
     pub fn loaded_bytes(&self, prefix: &str, weights: impl Fn(DType) -> DType) -> usize {
         self.shapes
-            .iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(name, shape)| {
-                let stored = self
-                    .dtypes
-                    .get(name)
-                    .copied()
-                    .flatten()
-                    .unwrap_or(DType::F32);
-                let dtype = if stored.is_float() {
-                    weights(stored)
-                } else {
-                    stored
-                };
-                shape
-                    .iter()
-                    .fold(dtype.size_in_bytes(), |n, &d| n.saturating_mul(d))
-            })
+            .keys()
+            .filter(|name| name.starts_with(prefix))
+            .map(|name| self.tensor_loaded_bytes(name, &weights))
             .sum()
+    }
+
+    /// Bytes the tensor `name` takes once loaded, as [`Self::loaded_bytes`]; 0 when absent.
+    pub fn tensor_loaded_bytes(&self, name: &str, weights: impl Fn(DType) -> DType) -> usize {
+        let Some(shape) = self.shapes.get(name) else {
+            return 0;
+        };
+        let stored = self
+            .dtypes
+            .get(name)
+            .copied()
+            .flatten()
+            .unwrap_or(DType::F32);
+        let dtype = if stored.is_float() {
+            weights(stored)
+        } else {
+            stored
+        };
+        shape
+            .iter()
+            .fold(dtype.size_in_bytes(), |n, &d| n.saturating_mul(d))
     }
 
     pub fn contains(&self, name: &str) -> bool {

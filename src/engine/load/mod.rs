@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod detect;
 pub mod file;
 pub mod keymap;
+pub mod placement;
 
 use std::path::{Path, PathBuf};
 

@@ -32,9 +32,20 @@ pub fn to_dtype(t: &Tensor, dtype: DType) -> Result<Tensor> {
     }
 }
 
-/// An optional tensor (a bias) in `dtype`.
-pub fn to_dtype_opt(t: Option<&Tensor>, dtype: DType) -> Result<Option<Tensor>> {
-    t.map(|t| to_dtype(t, dtype)).transpose()
+/// A layer's weight ready to meet its input `xs`: on `xs`'s device (a weight kept in RAM by a
+/// partial load, `engine::load::placement`, crosses to the GPU here, per call) and in its dtype.
+pub fn operand(weight: &Tensor, xs: &Tensor) -> Result<Tensor> {
+    let weight = if weight.device().same_device(xs.device()) {
+        weight.clone()
+    } else {
+        weight.to_device(xs.device())?
+    };
+    to_dtype(&weight, xs.dtype())
+}
+
+/// An optional weight (a bias) as [`operand`].
+pub fn operand_opt(weight: Option<&Tensor>, xs: &Tensor) -> Result<Option<Tensor>> {
+    weight.map(|w| operand(w, xs)).transpose()
 }
 
 struct Widen;

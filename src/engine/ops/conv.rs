@@ -63,7 +63,7 @@ impl Conv2d {
     /// upsampled tensor (268 MB before the VAE's last level) is never built.
     pub fn forward_upsampled_2x(&self, xs: &Tensor) -> Result<Tensor> {
         if uses_cpu_kernel(xs, &self.config) {
-            let (weight, bias) = self.weights_as(xs.dtype())?;
+            let (weight, bias) = self.weights_for(xs)?;
             return cpu_conv2d(xs, &weight, bias.as_ref(), &self.config, 2);
         }
         let (_, _, h, w) = xs.dims4()?;
@@ -72,18 +72,18 @@ impl Conv2d {
 }
 
 impl Conv2d {
-    /// The weight and bias widened to `dtype` (the same tensors when they are stored in it).
-    fn weights_as(&self, dtype: DType) -> Result<(Tensor, Option<Tensor>)> {
+    /// The weight and bias on `xs`'s device in its dtype (the same tensors when they are).
+    fn weights_for(&self, xs: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         Ok((
-            cast::to_dtype(&self.weight, dtype)?,
-            cast::to_dtype_opt(self.bias.as_ref(), dtype)?,
+            cast::operand(&self.weight, xs)?,
+            cast::operand_opt(self.bias.as_ref(), xs)?,
         ))
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (weight, bias) = self.weights_as(xs.dtype())?;
+        let (weight, bias) = self.weights_for(xs)?;
         conv2d_forward(xs, &weight, bias.as_ref(), &self.config)
     }
 }

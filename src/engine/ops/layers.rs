@@ -8,7 +8,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::engine::device::compute_dtype;
-use crate::engine::ops::cast::{to_dtype, to_dtype_opt};
+use crate::engine::ops::cast::{operand, operand_opt, to_dtype};
 
 /// `x W^T + b`, as `candle_nn::Linear`.
 #[derive(Debug, Clone)]
@@ -34,10 +34,9 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let dtype = xs.dtype();
         candle_nn::Linear::new(
-            to_dtype(&self.weight, dtype)?,
-            to_dtype_opt(self.bias.as_ref(), dtype)?,
+            operand(&self.weight, xs)?,
+            operand_opt(self.bias.as_ref(), xs)?,
         )
         .forward(xs)
     }
@@ -65,10 +64,9 @@ pub struct LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let dtype = xs.dtype();
         candle_nn::LayerNorm::new(
-            to_dtype(&self.weight, dtype)?,
-            to_dtype(&self.bias, dtype)?,
+            operand(&self.weight, xs)?,
+            operand(&self.bias, xs)?,
             self.eps,
         )
         .forward(xs)
@@ -103,8 +101,13 @@ impl Module for Embedding {
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let mut dims = ids.dims().to_vec();
         dims.push(self.embeddings.dim(1)?);
-        let rows = self.embeddings.index_select(&ids.flatten_all()?, 0)?;
-        to_dtype(&rows, self.dtype())?.reshape(dims)
+        let ids_device = ids.device();
+        // Looked up where the table is (RAM after a partial load), sent where the ids are.
+        let ids = ids.flatten_all()?.to_device(self.embeddings.device())?;
+        let rows = self.embeddings.index_select(&ids, 0)?;
+        to_dtype(&rows, self.dtype())?
+            .to_device(ids_device)?
+            .reshape(dims)
     }
 }
 

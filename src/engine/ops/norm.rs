@@ -46,11 +46,11 @@ impl GroupNorm {
         })
     }
 
-    /// The scale and shift widened to the input's dtype, for the kernel or candle-nn's layer.
+    /// The scale and shift on the input's device in its dtype, for the kernel or candle-nn's layer.
     fn params(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((
-            cast::to_dtype(&self.weight, xs.dtype())?,
-            cast::to_dtype(&self.bias, xs.dtype())?,
+            cast::operand(&self.weight, xs)?,
+            cast::operand(&self.bias, xs)?,
         ))
     }
 
