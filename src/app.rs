@@ -298,7 +298,7 @@ pub async fn run_headless(
     let mut extra_data = serde_json::Map::new();
     let workflow = if crate::graph::Workflow::looks_like_editor_format(&workflow) {
         let catalog = exec.registry().catalog(exec.dirs());
-        let converted = crate::graph::editor::editor_to_api(&workflow, &catalog)
+        let converted = crate::editor_format::editor_to_api(&workflow, &catalog)
             .context("cannot convert the editor workflow")?;
         if !converted.missing_node_types.is_empty() {
             anyhow::bail!(

@@ -1,16 +1,21 @@
 //! Weft: a node-graph image-generation workflow server, wire-compatible with ComfyUI.
 //!
-//! Layers, in reading order (see ARCHITECTURE.md): `graph` (workflows, declarations, validation,
-//! plans), `engine` (tensor maths), `nodes` (node classes), `store` (SQLite), `exec` (queue worker,
-//! cache, events), `api` (HTTP and WebSocket). `paths` is a leaf shared by `nodes` and `api`;
-//! `app` wires everything together.
+//! The server crate. Layers, in reading order (see ARCHITECTURE.md): the library crates `graph`
+//! (workflows, declarations, validation, plans), `editor_format` (ComfyUI's editor format),
+//! `engine` (tensor maths) and `store` (SQLite), re-exported here; then `nodes` (node classes),
+//! `exec` (queue worker, cache, events), `generate` (the one-request compiler), `api` (HTTP and
+//! WebSocket). `paths` turns names into files for `nodes`, `generate` and `api`; `app` wires
+//! everything together.
 
 pub mod api;
 pub mod app;
-pub mod engine;
 pub mod exec;
 pub mod generate;
-pub mod graph;
 pub mod nodes;
 pub mod paths;
-pub mod store;
+
+// The library crates, under the names the server's modules use.
+pub use weft_editor_format as editor_format;
+pub use weft_engine as engine;
+pub use weft_graph as graph;
+pub use weft_store as store;

@@ -23,7 +23,7 @@ use serde_json::{json, Value as Json};
 
 use crate::helpers::COMFY_SAMPLERS;
 
-use weft::graph::editor::{api_to_editor, editor_to_api, EditorConversion, EditorErrorKind};
+use weft::editor_format::{api_to_editor, editor_to_api, EditorConversion, EditorErrorKind};
 use weft::graph::spec::build::*;
 use weft::graph::spec::{
     ComboOptions, FileList, Freshness, InputKind, InputSpec, NodeSpec, OutputSpec, SlotType,

@@ -5,7 +5,7 @@ use serde_json::{json, Value as Json};
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
-use crate::graph::editor::{
+use crate::editor_format::{
     api_to_editor, editor_to_api, EditorConversion, MAX_EDITOR_WORKFLOW_BYTES,
 };
 use crate::graph::Workflow;

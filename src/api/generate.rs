@@ -7,9 +7,9 @@ use serde_json::{json, Map, Value as Json};
 
 use crate::api::error::{node_errors_json, submit_error, ApiError};
 use crate::api::{parse_json_body, AppState};
+use crate::editor_format::api_to_editor;
 use crate::exec::Submission;
 use crate::generate::{self, Compiled, GenerateRequest, RequestError};
-use crate::graph::editor::api_to_editor;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/generate", web::post().to(post_generate))

@@ -1,4 +1,4 @@
-"""Reference fixtures for Weft's LoRA loader (src/engine/lora/, tests/engine/lora_parity.rs).
+"""Reference fixtures for Weft's LoRA loader (crates/weft-engine/src/lora/, tests/engine/lora_parity.rs).
 
 Run: /opt/refpy/bin/python tools/parity/lora_reference.py   (deterministic, CPU, seconds)
 Needs: torch, diffusers, transformers, safetensors, numpy.
@@ -29,7 +29,7 @@ What it does:
 - keymaps.json: per model, the number and sha256 of ComfyUI's key map lines
   "<lora module>\t<component>/<canonical key>\n" (sorted), plus a few sample lines.
 
-Weft extension (documented in src/engine/lora/keys.rs): plain diffusers/PEFT names for attention
+Weft extension (documented in crates/weft-engine/src/lora/keys.rs): plain diffusers/PEFT names for attention
 layers ("unet.<diffusers key>" with "to_q", not "processor.to_q"), which diffusers writes and
 ComfyUI does not map. The transcription adds them only where WEFT_EXTENSIONS is used, and the key
 map digests exclude them.

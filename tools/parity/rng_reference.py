@@ -1,4 +1,4 @@
-"""Reference fixtures for the torch-compatible generator (src/engine/sampling/rng.rs).
+"""Reference fixtures for the torch-compatible generator (crates/weft-engine/src/sampling/rng.rs).
 
 Run with a torch CPU install: `python sampling/scripts/rng_reference.py`. It re-runs itself with
 ATEN_CPU_CAPABILITY=default to also record torch's non-SIMD normal kernel. Writes

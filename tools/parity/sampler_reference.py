@@ -1,4 +1,4 @@
-"""Reference fixtures for the samplers and schedulers (src/engine/sampling/{schedulers,samplers}).
+"""Reference fixtures for the samplers and schedulers (crates/weft-engine/src/sampling/{schedulers,samplers}).
 
 Run: `python sampling/scripts/sampler_reference.py` (needs torch, numpy, scipy, safetensors).
 Writes sampling/tests/fixtures/sampler_reference.safetensors.

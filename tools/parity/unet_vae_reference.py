@@ -14,7 +14,7 @@ small inputs/outputs to unet/tests/fixtures/:
   diffusers state dict.
 - unet_config_<name>.json / vae_config_tiny.json: the diffusers config.json of each tiny model
 - tiny_ldm.ckpt / tiny_plain.pt: tiny torch pickles (f16/bf16/f32 synthetic tensors) for the .ckpt reader
-- synth_expected.txt: a few generator values checked bit-exactly by src/engine/synth.rs.
+- synth_expected.txt: a few generator values checked bit-exactly by crates/weft-engine/src/synth.rs.
 
 Run: /opt/refpy/bin/python unet/scripts/unet_vae_reference.py   (deterministic; CPU; seconds)
 """

@@ -1,0 +1,519 @@
+//! Spatial guidance for the UNet: ControlNet (lllyasviel's `cldm`, diffusers `ControlNetModel`)
+//! and T2I-Adapter (TencentARC, diffusers `T2IAdapter`), with ComfyUI's ways of scaling, timing
+//! and combining their residuals.
+//!
+//! - this file: [`ControlNetConfig`] and [`ControlNetModel`], a copy of the UNet's encoder (built
+//!   from the UNet's own blocks) plus the hint embedding and the zero convolutions. It produces
+//!   the [`ControlResiduals`] that `UNet2DConditionModel::forward` takes.
+//! - [`apply`]: strength (constant or soft injection), global average pooling, the start/end
+//!   percent window, and [`apply::AppliedControl`], the `ControlHint` the sampler evaluates for
+//!   every kind of control.
+//! - [`adapter`]: T2I-Adapters (SD1 full and light, SDXL full), whose features enter the UNet's
+//!   encoder (`EncoderAdditions`) rather than its skips.
+//! - [`load`]: files in the LDM (`control_model.`-prefixed or bare) and diffusers layouts,
+//!   safetensors or pickle, with the config read off the tensor shapes, family detection and the
+//!   compatibility check against a UNet.
+//! - [`control_lora`]: Stability's Control-LoRA files, built on the sampled model's UNet weights.
+//! - [`union`]: the parts a union ControlNet (ControlNet++) adds, and its control types; a union
+//!   ControlNet is a [`ControlNetModel`] with [`ControlNetConfig::union`] set.
+//!
+//! Weight names are diffusers' (`controlnet_cond_embedding.blocks.0.weight`,
+//! `controlnet_down_blocks.3.weight`); LDM names are renamed in [`load`].
+
+pub mod adapter;
+pub mod apply;
+pub mod control_lora;
+pub mod load;
+pub mod union;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::load::detect::ModelFamily;
+use crate::ops::conv::{conv2d, Conv2d};
+use crate::unet::blocks::{
+    conv_same, sinusoidal_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, TimestepEmbedding,
+    Transformer2D, Transformer2DConfig,
+};
+use crate::unet::{ControlResiduals, UNetConfig};
+
+/// Architecture of a [`ControlNetModel`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlNetConfig {
+    /// The encoder, described as the UNet it copies: levels, resnets per level, transformer depths
+    /// (which "mid"/"small" SDXL ControlNets reduce), heads, context width, `y` width.
+    /// `out_channels` is unused.
+    pub encoder: UNetConfig,
+    /// Channels of the hint image (3: RGB in [0, 1]).
+    pub hint_channels: usize,
+    /// Channels of the hint embedding's stages (diffusers `conditioning_embedding_out_channels`,
+    /// 16, 32, 96, 256 in every released model). Each stage after the first halves the size, so
+    /// the hint is `2^(len - 1)` (8) times the latent size.
+    pub hint_block_channels: Vec<usize>,
+    /// The union (ControlNet++) parts, for union ControlNets.
+    pub union: Option<union::UnionConfig>,
+}
+
+impl ControlNetConfig {
+    /// The ControlNet of a UNet with the standard hint embedding (what `ControlNetModel.from_unet`
+    /// and lllyasviel's training scripts build).
+    pub fn for_unet(unet: &UNetConfig) -> Self {
+        Self {
+            encoder: unet.clone(),
+            hint_channels: 3,
+            hint_block_channels: vec![16, 32, 96, 256],
+            union: None,
+        }
+    }
+
+    /// SD1.x ControlNets (lllyasviel/ControlNet, ControlNet 1.1).
+    pub fn sd15() -> Self {
+        Self::for_unet(&UNetConfig::sd15())
+    }
+
+    /// SD2.x ControlNets.
+    pub fn sd21() -> Self {
+        Self::for_unet(&UNetConfig::sd21())
+    }
+
+    /// Full-size SDXL ControlNets (diffusers controlnet-*-sdxl-1.0).
+    pub fn sdxl() -> Self {
+        Self::for_unet(&UNetConfig::sdxl_base())
+    }
+
+    /// The model family whose UNet this ControlNet controls, by the same rules as checkpoint
+    /// detection: a `y` input means SDXL, linear transformer projections SD2, else SD1.
+    pub fn family(&self) -> ModelFamily {
+        let e = &self.encoder;
+        match e.adm_in_channels {
+            Some(a) if a == 2560 || a.checked_sub(5 * 256) == Some(e.context_dim) => {
+                ModelFamily::SdxlRefiner
+            }
+            Some(_) => ModelFamily::SdxlBase,
+            None if e.use_linear_projection => ModelFamily::Sd2,
+            None => ModelFamily::Sd1,
+        }
+    }
+
+    /// Down residuals produced: `conv_in`, one per resnet, one per downsampler (12 SD1, 9 SDXL).
+    pub fn num_down_residuals(&self) -> usize {
+        let levels = self.encoder.block_out_channels.len();
+        1 + levels * self.encoder.layers_per_block + levels.saturating_sub(1)
+    }
+
+    /// How many times larger than the latent the hint is (8).
+    pub fn hint_downscale(&self) -> usize {
+        let stages = self.hint_block_channels.len().saturating_sub(1) as u32;
+        1usize.checked_shl(stages).unwrap_or(usize::MAX)
+    }
+
+    /// Checks the invariants the model builder relies on.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.encoder.validate()?;
+        if self.hint_channels == 0 {
+            return Err("controlnet config has no hint channels".into());
+        }
+        if self.hint_block_channels.is_empty() || self.hint_block_channels.len() > 8 {
+            return Err(format!(
+                "controlnet hint embedding has {} stages, expected 1 to 8",
+                self.hint_block_channels.len()
+            ));
+        }
+        if let Some(u) = &self.union {
+            u.validate(self.encoder.block_out_channels[0])?;
+        }
+        Ok(())
+    }
+}
+
+/// Which family a UNet config belongs to (the rules of [`ControlNetConfig::family`]).
+fn unet_family(unet: &UNetConfig) -> ModelFamily {
+    ControlNetConfig::for_unet(unet).family()
+}
+
+/// Checks that a ControlNet can control a UNet: same family, and residuals of the UNet's skip
+/// count, channels and latent width. Transformer depths may differ ("mid"/"small" SDXL
+/// ControlNets).
+///
+/// The error is a lowercase sentence naming both sides, for the node to show.
+pub fn check_compatible(
+    controlnet: &ControlNetConfig,
+    unet: &UNetConfig,
+) -> std::result::Result<(), String> {
+    let (cf, uf) = (controlnet.family(), unet_family(unet));
+    let name = |f: ModelFamily| match f {
+        ModelFamily::Sd1 => "sd1.x",
+        ModelFamily::Sd2 => "sd2.x",
+        ModelFamily::SdxlBase => "sdxl",
+        ModelFamily::SdxlRefiner => "sdxl refiner",
+    };
+    let e = &controlnet.encoder;
+    if cf != uf || e.context_dim != unet.context_dim || e.adm_in_channels != unet.adm_in_channels {
+        return Err(format!(
+            "this is an {} controlnet (context width {}, y width {}) and the model is {} (context \
+             width {}, y width {}); use a controlnet made for the model's family",
+            name(cf),
+            e.context_dim,
+            e.adm_in_channels.unwrap_or(0),
+            name(uf),
+            unet.context_dim,
+            unet.adm_in_channels.unwrap_or(0),
+        ));
+    }
+    if e.block_out_channels != unet.block_out_channels
+        || e.layers_per_block != unet.layers_per_block
+    {
+        return Err(format!(
+            "the controlnet's levels {:?} x {} resnets do not match the model's {:?} x {}",
+            e.block_out_channels,
+            e.layers_per_block,
+            unet.block_out_channels,
+            unet.layers_per_block
+        ));
+    }
+    // Inpainting UNets take 9 channels (latent + mask + masked image); the ControlNet still sees
+    // the plain latent, so compare with the UNet's output (latent) width.
+    if e.in_channels != unet.out_channels {
+        return Err(format!(
+            "the controlnet takes {}-channel latents and the model produces {}",
+            e.in_channels, unet.out_channels
+        ));
+    }
+    Ok(())
+}
+
+/// The hint embedding (LDM `input_hint_block`, diffusers `controlnet_cond_embedding`): conv_in,
+/// then per stage a same-size conv and a stride-2 conv, then conv_out, SiLU after all but the
+/// last.
+#[derive(Debug)]
+struct HintEmbedding {
+    conv_in: Conv2d,
+    blocks: Vec<Conv2d>,
+    conv_out: Conv2d,
+    span: tracing::Span,
+}
+
+impl HintEmbedding {
+    fn new(vb: VarBuilder, cfg: &ControlNetConfig, out_channels: usize) -> Result<Self> {
+        let ch = &cfg.hint_block_channels;
+        let first = ch.first().copied().unwrap_or(16);
+        let last = ch.last().copied().unwrap_or(first);
+        let conv_in = conv_same(cfg.hint_channels, first, 3, vb.pp("conv_in"))?;
+        let vb_blocks = vb.pp("blocks");
+        let mut blocks = Vec::with_capacity(2 * ch.len().saturating_sub(1));
+        for (i, pair) in ch.windows(2).enumerate() {
+            let (c_in, c_out) = (pair[0], pair[1]);
+            blocks.push(conv_same(c_in, c_in, 3, vb_blocks.pp(2 * i))?);
+            let stride2 = Conv2dConfig {
+                padding: 1,
+                stride: 2,
+                ..Default::default()
+            };
+            blocks.push(conv2d(c_in, c_out, 3, stride2, vb_blocks.pp(2 * i + 1))?);
+        }
+        let conv_out = conv_same(last, out_channels, 3, vb.pp("conv_out"))?;
+        Ok(Self {
+            conv_in,
+            blocks,
+            conv_out,
+            span: tracing::trace_span!("hint_embedding"),
+        })
+    }
+
+    /// [B, C_hint, H, W] -> [B, C0, H / 2^stages, W / 2^stages].
+    fn forward(&self, hint: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let mut h = self.conv_in.forward(hint)?.silu()?;
+        for conv in &self.blocks {
+            h = conv.forward(&h)?.silu()?;
+        }
+        self.conv_out.forward(&h)
+    }
+}
+
+#[derive(Debug)]
+struct EncoderLevel {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Transformer2D>,
+    downsampler: Option<Downsample2D>,
+    span: tracing::Span,
+}
+
+/// A ControlNet: the UNet's encoder and mid block fed with the latent plus the embedded hint, with
+/// a 1x1 "zero" convolution on every skip and on the mid block's output.
+#[derive(Debug)]
+pub struct ControlNetModel {
+    conv_in: Conv2d,
+    time_embedding: TimestepEmbedding,
+    add_embedding: Option<TimestepEmbedding>,
+    hint_embedding: HintEmbedding,
+    down: Vec<EncoderLevel>,
+    mid_resnets: [ResnetBlock2D; 2],
+    mid_attention: Transformer2D,
+    zero_convs: Vec<Conv2d>,
+    mid_out: Conv2d,
+    union: Option<union::UnionBlocks>,
+    config: ControlNetConfig,
+    dtype: DType,
+    device: Device,
+    span: tracing::Span,
+}
+
+impl ControlNetModel {
+    /// Builds the model from diffusers-named weights under `vb`.
+    pub fn new(vb: VarBuilder, cfg: &ControlNetConfig) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::Msg)?;
+        let enc = &cfg.encoder;
+        let ch = &enc.block_out_channels;
+        let levels = ch.len();
+        let temb = enc.time_embed_dim();
+        let groups = enc.norm_num_groups;
+        let resnet = |vb: VarBuilder, i: usize, o: usize| {
+            ResnetBlock2D::new(
+                vb,
+                ResnetConfig {
+                    in_channels: i,
+                    out_channels: o,
+                    temb_channels: Some(temb),
+                    groups,
+                    eps: enc.norm_eps,
+                },
+            )
+        };
+        let transformer = |vb: VarBuilder, level: usize, c: usize, depth: usize| {
+            Transformer2D::new(
+                vb,
+                Transformer2DConfig {
+                    channels: c,
+                    context_dim: enc.context_dim,
+                    heads: enc.heads_at(level, c),
+                    depth,
+                    groups,
+                    use_linear_projection: enc.use_linear_projection,
+                },
+            )
+        };
+        let zero_conv = |vb: VarBuilder, c: usize| conv2d(c, c, 1, Default::default(), vb);
+
+        let conv_in = conv_same(enc.in_channels, ch[0], 3, vb.pp("conv_in"))?;
+        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], temb)?;
+        let add_embedding = match enc.adm_in_channels {
+            Some(adm) => Some(TimestepEmbedding::new(vb.pp("add_embedding"), adm, temb)?),
+            None => None,
+        };
+        let hint_embedding = HintEmbedding::new(vb.pp("controlnet_cond_embedding"), cfg, ch[0])?;
+
+        let vb_zero = vb.pp("controlnet_down_blocks");
+        let mut zero_convs = vec![zero_conv(vb_zero.pp(0), ch[0])?];
+        let mut down = Vec::with_capacity(levels);
+        let vb_down = vb.pp("down_blocks");
+        let mut prev = ch[0];
+        for (level, &out) in ch.iter().enumerate() {
+            let vb_l = vb_down.pp(level);
+            let depth = enc.transformer_depth[level];
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..enc.layers_per_block {
+                let input = if j == 0 { prev } else { out };
+                resnets.push(resnet(vb_l.pp("resnets").pp(j), input, out)?);
+                if depth > 0 {
+                    attentions.push(transformer(vb_l.pp("attentions").pp(j), level, out, depth)?);
+                }
+                zero_convs.push(zero_conv(vb_zero.pp(zero_convs.len()), out)?);
+            }
+            let downsampler = if level + 1 < levels {
+                zero_convs.push(zero_conv(vb_zero.pp(zero_convs.len()), out)?);
+                Some(Downsample2D::new(
+                    vb_l.pp("downsamplers").pp(0),
+                    out,
+                    false,
+                )?)
+            } else {
+                None
+            };
+            prev = out;
+            down.push(EncoderLevel {
+                resnets,
+                attentions,
+                downsampler,
+                span: tracing::trace_span!("controlnet_down_block", level),
+            });
+        }
+
+        let last = ch[levels - 1];
+        let vb_mid = vb.pp("mid_block");
+        let mid_resnets = [
+            resnet(vb_mid.pp("resnets").pp(0), last, last)?,
+            resnet(vb_mid.pp("resnets").pp(1), last, last)?,
+        ];
+        let mid_attention = transformer(
+            vb_mid.pp("attentions").pp(0),
+            levels - 1,
+            last,
+            enc.mid_transformer_depth,
+        )?;
+        let mid_out = zero_conv(vb.pp("controlnet_mid_block"), last)?;
+        let union = match &cfg.union {
+            Some(u) => Some(union::UnionBlocks::new(vb.clone(), u, ch[0], temb)?),
+            None => None,
+        };
+        Ok(Self {
+            conv_in,
+            time_embedding,
+            add_embedding,
+            hint_embedding,
+            down,
+            mid_resnets,
+            mid_attention,
+            zero_convs,
+            mid_out,
+            union,
+            config: cfg.clone(),
+            dtype: crate::device::compute_dtype(vb.device(), vb.dtype()),
+            device: vb.device().clone(),
+            span: tracing::trace_span!("controlnet"),
+        })
+    }
+
+    /// The architecture this model was built with.
+    pub fn config(&self) -> &ControlNetConfig {
+        &self.config
+    }
+
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Runs the ControlNet on one denoiser input.
+    ///
+    /// - `xs`: [B, C, h, w], the same (c_in-scaled) latent the UNet gets.
+    /// - `timesteps`: `[B]` f32, the UNet's timesteps.
+    /// - `context`: [B, N, context_dim] (ComfyUI: the cond's `crossattn_controlnet` if set, else
+    ///   its `c_crossattn`).
+    /// - `y`: [B, adm_in_channels] for SDXL, `None` otherwise.
+    /// - `hint`: [1 or a divisor of B, hint_channels, 8h, 8w], RGB in [0, 1] (see
+    ///   [`apply::prepare_hint`]); a smaller batch is repeated, as ComfyUI's
+    ///   `broadcast_image_to` does.
+    ///
+    /// Returns unscaled residuals in `xs`'s dtype: `down` has [`ControlNetConfig::num_down_residuals`]
+    /// tensors shaped like the UNet's skips, `mid` is shaped like the mid block's output.
+    ///
+    /// A union ControlNet runs as with no control type set ("auto"); see [`Self::forward_typed`].
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+        hint: &Tensor,
+    ) -> Result<ControlResiduals> {
+        self.forward_typed(xs, timesteps, context, y, hint, None)
+    }
+
+    /// Whether this is a union (ControlNet++) ControlNet.
+    pub fn is_union(&self) -> bool {
+        self.union.is_some()
+    }
+
+    /// [`Self::forward`] with a union control type (an index into
+    /// [`union::UNION_CONTROL_TYPES`]); `None` is ComfyUI's "auto". Plain ControlNets ignore the
+    /// type, as ComfyUI's do; a union ControlNet refuses a type beyond those it was trained with.
+    pub fn forward_typed(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+        hint: &Tensor,
+        control_type: Option<usize>,
+    ) -> Result<ControlResiduals> {
+        let _enter = self.span.enter();
+        let in_dtype = xs.dtype();
+        let (batch, _, h, w) = xs.dims4()?;
+        let t: Vec<f32> = timesteps.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        if t.len() != batch {
+            candle_core::bail!(
+                "controlnet got {} timesteps for a batch of {batch}",
+                t.len()
+            );
+        }
+        let (hint_batch, hint_c, hint_h, hint_w) = hint.dims4()?;
+        let f = self.config.hint_downscale();
+        if hint_c != self.config.hint_channels || hint_h != h * f || hint_w != w * f {
+            candle_core::bail!(
+                "controlnet hint is {hint_c}x{hint_h}x{hint_w}, expected {}x{}x{} for a {h}x{w} \
+                 latent",
+                self.config.hint_channels,
+                h * f,
+                w * f
+            );
+        }
+        if hint_batch == 0 || batch % hint_batch != 0 {
+            candle_core::bail!(
+                "controlnet hint batch {hint_batch} does not divide the batch {batch}"
+            );
+        }
+        let xs = xs.to_dtype(self.dtype)?;
+        let context = context.to_dtype(self.dtype)?;
+
+        let t_emb =
+            sinusoidal_embedding(&t, self.config.encoder.block_out_channels[0], &self.device)?;
+        let mut emb = self.time_embedding.forward(&t_emb.to_dtype(self.dtype)?)?;
+        if let Some(u) = &self.union {
+            emb = emb.broadcast_add(&u.type_embedding(control_type, self.dtype)?)?;
+        }
+        match (&self.add_embedding, y) {
+            (Some(add), Some(y)) => emb = (emb + add.forward(&y.to_dtype(self.dtype)?)?)?,
+            (Some(_), None) => candle_core::bail!("this controlnet needs the y (adm) vector"),
+            (None, Some(_)) => candle_core::bail!("this controlnet takes no y (adm) vector"),
+            (None, None) => {}
+        }
+
+        // The hint is embedded once per distinct image, then repeated over the batch.
+        let guided = self.hint_embedding.forward(&hint.to_dtype(self.dtype)?)?;
+        // Per hint item, so repeating over the batch afterwards gives the same result.
+        let guided = match (&self.union, control_type) {
+            (Some(u), Some(t)) => u.merge(&guided, t)?,
+            _ => guided,
+        };
+        let guided = if hint_batch == batch || hint_batch == 1 {
+            guided
+        } else {
+            Tensor::cat(&vec![&guided; batch / hint_batch], 0)?
+        };
+        let mut h = self.conv_in.forward(&xs)?.broadcast_add(&guided)?;
+
+        let mut zero_convs = self.zero_convs.iter();
+        let mut zero = |t: &Tensor| -> Result<Tensor> {
+            let conv = zero_convs.next().ok_or_else(|| {
+                candle_core::Error::Msg("controlnet zero conv bookkeeping".into())
+            })?;
+            conv.forward(t)?.to_dtype(in_dtype)
+        };
+        let mut down = Vec::with_capacity(self.zero_convs.len());
+        down.push(zero(&h)?);
+        for level in &self.down {
+            let _enter = level.span.enter();
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                h = resnet.forward(&h, Some(&emb))?;
+                if let Some(attn) = level.attentions.get(j) {
+                    h = attn.forward(&h, &context)?;
+                }
+                down.push(zero(&h)?);
+            }
+            if let Some(downsampler) = &level.downsampler {
+                h = downsampler.forward(&h)?;
+                down.push(zero(&h)?);
+            }
+        }
+        {
+            let _enter = tracing::trace_span!("controlnet_mid_block").entered();
+            h = self.mid_resnets[0].forward(&h, Some(&emb))?;
+            h = self.mid_attention.forward(&h, &context)?;
+            h = self.mid_resnets[1].forward(&h, Some(&emb))?;
+        }
+        let mid = self.mid_out.forward(&h)?.to_dtype(in_dtype)?;
+        Ok(ControlResiduals { down, mid })
+    }
+}

@@ -1,0 +1,600 @@
+//! A diffusion model ready to sample: the UNet with its model sampling and latent format, the
+//! conditioning entries ComfyUI attaches to prompts, and the CFG denoiser the samplers call.
+//!
+//! Follows `comfy/samplers.py` (`calc_cond_batch`, `get_area_and_mult`, `cfg_function`,
+//! `KSamplerX0Inpaint`) and `comfy/model_base.py` (`SDXL.encode_adm`, `SDXLRefiner.encode_adm`).
+
+use crate::device::{to_compute, to_host};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use crate::load::detect::{ModelFamily, Prediction};
+use crate::sampling::model_sampling::{Config as SamplingConfig, ModelSamplingDiscrete};
+use crate::sampling::samplers::{Denoised, Denoiser};
+use crate::unet::{sdxl_adm, UNet2DConditionModel, UNetControl};
+
+/// How a family's latents look: channels, the VAE scale, and the fast latent→RGB projection used
+/// for previews (`comfy/latent_formats.py`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentFormat {
+    pub channels: usize,
+    pub scale_factor: f64,
+    pub rgb_factors: [[f32; 3]; 4],
+    pub rgb_bias: [f32; 3],
+}
+
+impl LatentFormat {
+    pub fn sd15() -> Self {
+        LatentFormat {
+            channels: 4,
+            scale_factor: 0.18215,
+            rgb_factors: [
+                [0.3512, 0.2297, 0.3227],
+                [0.3250, 0.4974, 0.2350],
+                [-0.2829, 0.1762, 0.2721],
+                [-0.2120, -0.2616, -0.7177],
+            ],
+            rgb_bias: [0.0; 3],
+        }
+    }
+
+    pub fn sdxl() -> Self {
+        LatentFormat {
+            channels: 4,
+            scale_factor: 0.13025,
+            rgb_factors: [
+                [0.3651, 0.4232, 0.4341],
+                [-0.2533, -0.0042, 0.1068],
+                [0.1076, 0.1111, -0.0362],
+                [-0.3165, -0.2492, -0.2188],
+            ],
+            rgb_bias: [0.1084, -0.0175, -0.0011],
+        }
+    }
+
+    pub fn for_family(family: ModelFamily) -> Self {
+        match family {
+            ModelFamily::Sd1 | ModelFamily::Sd2 => Self::sd15(),
+            ModelFamily::SdxlBase | ModelFamily::SdxlRefiner => Self::sdxl(),
+        }
+    }
+
+    /// An 8-bit RGB preview of the first latent of a batch, `[B, C, h, w]` → (pixels, w, h).
+    pub fn preview_rgb(&self, latent: &Tensor) -> Result<(Vec<u8>, usize, usize)> {
+        let first = latent
+            .get(0)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
+        let (c, h, w) = first.dims3()?;
+        let data: Vec<f32> = first.flatten_all()?.to_vec1()?;
+        let mut out = Vec::with_capacity(h * w * 3);
+        for p in 0..h * w {
+            for rgb in 0..3 {
+                let mut v = self.rgb_bias[rgb];
+                for ch in 0..c.min(4) {
+                    v += data[ch * h * w + p] * self.rgb_factors[ch][rgb];
+                }
+                out.push((((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0) as u8);
+            }
+        }
+        Ok((out, w, h))
+    }
+}
+
+/// A UNet with everything needed to sample it.
+#[derive(Debug)]
+pub struct DiffusionModel {
+    pub unet: UNet2DConditionModel,
+    pub family: ModelFamily,
+    pub prediction: Prediction,
+    pub sampling: ModelSamplingDiscrete,
+    pub latent: LatentFormat,
+    /// Bytes of weights held, for memory budgets.
+    pub bytes: usize,
+    /// The UNet's diffusers-named weights (shared with the model), for LoRA patching.
+    pub weights: Option<Arc<std::collections::HashMap<String, Tensor>>>,
+}
+
+impl DiffusionModel {
+    pub fn new(
+        unet: UNet2DConditionModel,
+        family: ModelFamily,
+        prediction: Prediction,
+        bytes: usize,
+    ) -> Self {
+        let sampling = ModelSamplingDiscrete::new(&match prediction {
+            Prediction::Epsilon => SamplingConfig::sd_eps(),
+            Prediction::V => SamplingConfig::sd_v(),
+        });
+        DiffusionModel {
+            unet,
+            family,
+            prediction,
+            sampling,
+            latent: LatentFormat::for_family(family),
+            bytes,
+            weights: None,
+        }
+    }
+
+    /// Keeps the weights the UNet was built from.
+    pub fn with_weights(mut self, weights: std::collections::HashMap<String, Tensor>) -> Self {
+        self.weights = Some(Arc::new(weights));
+        self
+    }
+
+    /// Whether conditioning needs SDXL's pooled/size vector.
+    pub fn uses_adm(&self) -> bool {
+        matches!(
+            self.family,
+            ModelFamily::SdxlBase | ModelFamily::SdxlRefiner
+        )
+    }
+}
+
+/// Which side of CFG a conditioning list is (the SDXL refiner's aesthetic score depends on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptType {
+    Positive,
+    Negative,
+}
+
+/// Where a conditioning entry applies, in latent units.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Area {
+    /// `(height, width, y, x)` in latent pixels (ComfyUI stores pixel/8).
+    Latent {
+        height: usize,
+        width: usize,
+        y: usize,
+        x: usize,
+    },
+    /// Fractions of the latent (ConditioningSetAreaPercentage).
+    Percentage {
+        height: f64,
+        width: f64,
+        y: f64,
+        x: f64,
+    },
+}
+
+/// SDXL size conditioning; missing values default as ComfyUI's `encode_adm` does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SizeConditioning {
+    pub width: Option<f32>,
+    pub height: Option<f32>,
+    pub crop_w: Option<f32>,
+    pub crop_h: Option<f32>,
+    pub target_width: Option<f32>,
+    pub target_height: Option<f32>,
+    pub aesthetic_score: Option<f32>,
+}
+
+/// A control (ControlNet, T2I-Adapter, ...) attached to a conditioning entry.
+pub trait ControlHint: Send + Sync + std::fmt::Debug {
+    /// What this control adds to the UNet evaluation of `x_in` (already `c_in`-scaled) at `sigma`,
+    /// scaled by its strength, or `None` when it is not active at this sigma. `model` is the model
+    /// being sampled; `context` and `y` are the entry's, in the UNet's dtype and batch.
+    fn control(
+        &self,
+        x_in: &Tensor,
+        timesteps: &Tensor,
+        sigma: f64,
+        context: &Tensor,
+        y: Option<&Tensor>,
+        model: &DiffusionModel,
+    ) -> Result<Option<UNetControl>>;
+}
+
+/// One entry of a CONDITIONING list (`[context, {pooled_output, area, mask, strength, …}]`).
+#[derive(Debug, Clone)]
+pub struct CondEntry {
+    /// `[1, tokens, context_dim]`.
+    pub context: Tensor,
+    /// `[1, pooled_dim]`, when the encoder has one.
+    pub pooled: Option<Tensor>,
+    pub area: Option<Area>,
+    /// `[1 or B, H, W]` at any resolution; resized to the latent at sampling time.
+    pub mask: Option<Tensor>,
+    pub mask_strength: f64,
+    pub set_area_to_bounds: bool,
+    pub strength: f64,
+    pub size: SizeConditioning,
+    /// Controls in the order they were applied; what they add is summed.
+    pub controls: Vec<Arc<dyn ControlHint>>,
+}
+
+impl CondEntry {
+    pub fn new(context: Tensor, pooled: Option<Tensor>) -> Self {
+        CondEntry {
+            context,
+            pooled,
+            area: None,
+            mask: None,
+            mask_strength: 1.0,
+            set_area_to_bounds: false,
+            strength: 1.0,
+            size: SizeConditioning::default(),
+            controls: Vec::new(),
+        }
+    }
+
+    pub fn byte_size(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        bytes(&self.context)
+            + self.pooled.as_ref().map_or(0, bytes)
+            + self.mask.as_ref().map_or(0, bytes)
+    }
+}
+
+/// A conditioning entry resolved against a latent: area, multiplier and SDXL vector.
+struct PreparedCond {
+    context: Tensor,
+    y: Option<Tensor>,
+    /// (height, width, y, x) in latent pixels.
+    area: (usize, usize, usize, usize),
+    /// `[B, C, area_h, area_w]` weights.
+    mult: Tensor,
+    controls: Vec<Arc<dyn ControlHint>>,
+}
+
+/// The CFG denoiser over conditioning lists, with optional inpainting mask.
+pub struct CfgDenoiser<'a> {
+    model: &'a DiffusionModel,
+    positive: Vec<PreparedCond>,
+    negative: Vec<PreparedCond>,
+    cfg: f64,
+    /// Skip the negative side at cfg 1 (ComfyUI's cfg1 optimisation), unless the sampler needs it.
+    need_uncond: bool,
+    inpaint: Option<Inpaint>,
+}
+
+struct Inpaint {
+    /// 1 where the sampler may change the latent, `[B, C, h, w]`.
+    mask: Tensor,
+    latent: Tensor,
+    noise: Tensor,
+}
+
+impl<'a> CfgDenoiser<'a> {
+    /// Prepares conditioning for latents of `latent_shape` (`[B, C, h, w]`).
+    pub fn new(
+        model: &'a DiffusionModel,
+        positive: &[CondEntry],
+        negative: Option<&[CondEntry]>,
+        cfg: f64,
+        latent_shape: &[usize],
+        sampler_needs_uncond: bool,
+    ) -> Result<Self> {
+        let positive = prepare(model, positive, latent_shape, PromptType::Positive)?;
+        let negative = match negative {
+            Some(list) => prepare(model, list, latent_shape, PromptType::Negative)?,
+            None => Vec::new(),
+        };
+        let need_uncond =
+            !negative.is_empty() && (sampler_needs_uncond || (cfg - 1.0).abs() > 1e-9);
+        Ok(CfgDenoiser {
+            model,
+            positive,
+            negative,
+            cfg,
+            need_uncond,
+            inpaint: None,
+        })
+    }
+
+    /// Keeps the latent outside `mask` (1 = resample) fixed, as ComfyUI's `KSamplerX0Inpaint`.
+    /// `mask`: `[B or 1, 1 or C, h, w]` already at latent size; `latent` the scaled input latent.
+    pub fn with_inpaint(mut self, mask: Tensor, latent: Tensor, noise: Tensor) -> Result<Self> {
+        let mask = mask.broadcast_as(latent.shape())?.contiguous()?;
+        self.inpaint = Some(Inpaint {
+            mask,
+            latent,
+            noise,
+        });
+        Ok(self)
+    }
+
+    fn eval_list(&self, list: &[PreparedCond], x: &Tensor, sigma: f64) -> Result<Tensor> {
+        let (batch, channels, h, w) = x.dims4()?;
+        let mut out = Tensor::zeros((batch, channels, h, w), DType::F32, x.device())?;
+        let mut counts = Tensor::full(1e-37f32, (batch, channels, h, w), x.device())?;
+        let timestep = self.model.sampling.timestep(sigma as f32) as f32;
+        for cond in list {
+            let (ah, aw, ay, ax) = cond.area;
+            let x_area = x.narrow(2, ay, ah)?.narrow(3, ax, aw)?.contiguous()?;
+            // The sampler's values are f32 on the host; the model's inputs go to its device.
+            let (dtype, device) = (self.model.unet.dtype(), self.model.unet.device());
+            let x_in = to_compute(
+                &self.model.sampling.calculate_input(sigma, &x_area)?,
+                device,
+                dtype,
+            )?;
+            let timesteps = Tensor::full(timestep, batch, device)?;
+            let context = to_compute(&cond.context, device, dtype)?.repeat((batch, 1, 1))?;
+            let y = match &cond.y {
+                Some(y) => Some(to_compute(y, device, dtype)?.repeat((batch, 1))?),
+                None => None,
+            };
+            let mut control = UNetControl::default();
+            for hint in &cond.controls {
+                let own =
+                    hint.control(&x_in, &timesteps, sigma, &context, y.as_ref(), self.model)?;
+                if let Some(own) = own {
+                    control = control.sum(&own)?;
+                }
+            }
+            let output = self.model.unet.forward_controlled(
+                &x_in,
+                &timesteps,
+                &context,
+                y.as_ref(),
+                &control,
+            )?;
+            let denoised =
+                self.model
+                    .sampling
+                    .calculate_denoised(sigma, &to_host(&output)?, &x_area)?;
+            let weighted = (denoised * &cond.mult)?;
+            out = out.slice_assign(
+                &[0..batch, 0..channels, ay..ay + ah, ax..ax + aw],
+                &(out.narrow(2, ay, ah)?.narrow(3, ax, aw)? + weighted)?,
+            )?;
+            counts = counts.slice_assign(
+                &[0..batch, 0..channels, ay..ay + ah, ax..ax + aw],
+                &(counts.narrow(2, ay, ah)?.narrow(3, ax, aw)? + &cond.mult)?,
+            )?;
+        }
+        out / counts
+    }
+}
+
+impl Denoiser for CfgDenoiser<'_> {
+    fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Denoised> {
+        let x = match &self.inpaint {
+            Some(inpaint) => {
+                let known = (&inpaint.latent + inpaint.noise.affine(sigma, 0.0)?)?;
+                let keep = inpaint.mask.affine(-1.0, 1.0)?;
+                ((x * &inpaint.mask)? + (known * &keep)?)?
+            }
+            None => x.clone(),
+        };
+        let cond = self.eval_list(&self.positive, &x, sigma)?;
+        let (result, uncond) = if self.need_uncond {
+            let uncond = self.eval_list(&self.negative, &x, sigma)?;
+            let result = (&uncond + ((&cond - &uncond)? * self.cfg)?)?;
+            (result, Some(uncond))
+        } else {
+            (cond, None)
+        };
+        let apply_mask = |t: Tensor| -> Result<Tensor> {
+            match &self.inpaint {
+                Some(inpaint) => {
+                    (t * &inpaint.mask)? + (&inpaint.latent * inpaint.mask.affine(-1.0, 1.0)?)?
+                }
+                None => Ok(t),
+            }
+        };
+        Ok(Denoised {
+            cond: apply_mask(result)?,
+            uncond: uncond.map(apply_mask).transpose()?,
+        })
+    }
+}
+
+fn prepare(
+    model: &DiffusionModel,
+    list: &[CondEntry],
+    latent_shape: &[usize],
+    prompt_type: PromptType,
+) -> Result<Vec<PreparedCond>> {
+    let &[batch, channels, h, w] = latent_shape else {
+        candle_core::bail!("latent must be [B, C, h, w], got {latent_shape:?}");
+    };
+    let device = Device::Cpu;
+    let mut prepared = Vec::with_capacity(list.len());
+    for entry in list {
+        // The mask at latent size, and the area it bounds.
+        let mask = match &entry.mask {
+            Some(mask) => {
+                let mask = match mask.rank() {
+                    2 => mask.unsqueeze(0)?,
+                    _ => mask.clone(),
+                };
+                let resized = crate::resize::common_upscale(
+                    &mask.unsqueeze(1)?.to_dtype(DType::F32)?,
+                    w,
+                    h,
+                    crate::resize::UpscaleMethod::Bilinear,
+                    crate::resize::Crop::Disabled,
+                )?
+                .squeeze(1)?;
+                Some(resized)
+            }
+            None => None,
+        };
+        let mut area = match &entry.area {
+            Some(Area::Latent {
+                height,
+                width,
+                y,
+                x,
+            }) => {
+                let ah = (*height).min(h.saturating_sub(*y)).max(1);
+                let aw = (*width).min(w.saturating_sub(*x)).max(1);
+                (ah, aw, (*y).min(h - ah), (*x).min(w - aw))
+            }
+            Some(Area::Percentage {
+                height,
+                width,
+                y,
+                x,
+            }) => {
+                let ah = ((height * h as f64).round() as usize).clamp(1, h);
+                let aw = ((width * w as f64).round() as usize).clamp(1, w);
+                let ay = ((y * h as f64).round() as usize).min(h - ah);
+                let ax = ((x * w as f64).round() as usize).min(w - aw);
+                (ah, aw, ay, ax)
+            }
+            None => (h, w, 0, 0),
+        };
+        if let (Some(mask), true) = (&mask, entry.set_area_to_bounds) {
+            area = mask_bounds(mask, h, w)?;
+        }
+        let (ah, aw, ay, ax) = area;
+        let mult = match &mask {
+            Some(mask) => {
+                let m = mask.narrow(1, ay, ah)?.narrow(2, ax, aw)?;
+                let m = if m.dim(0)? == batch {
+                    m
+                } else {
+                    m.narrow(0, 0, 1)?.repeat((batch, 1, 1))?
+                };
+                (m.unsqueeze(1)?.repeat((1, channels, 1, 1))?
+                    * (entry.mask_strength * entry.strength))?
+            }
+            None => {
+                let mut rows = vec![entry.strength as f32; ah];
+                let mut cols = vec![1.0f32; aw];
+                if entry.area.is_some() {
+                    // ComfyUI feathers the edges of an area that does not touch the border over 8
+                    // latent pixels.
+                    feather(&mut rows, ay != 0, ay + ah < h);
+                    feather(&mut cols, ax != 0, ax + aw < w);
+                }
+                let rows = Tensor::from_vec(rows, (ah, 1), &device)?;
+                let cols = Tensor::from_vec(cols, (1, aw), &device)?;
+                rows.broadcast_mul(&cols)?
+                    .reshape((1, 1, ah, aw))?
+                    .repeat((batch, channels, 1, 1))?
+            }
+        };
+        let y = if model.uses_adm() {
+            Some(adm_vector(model, entry, h, w, prompt_type)?)
+        } else {
+            None
+        };
+        prepared.push(PreparedCond {
+            context: entry.context.clone(),
+            y,
+            area,
+            mult,
+            controls: entry.controls.clone(),
+        });
+    }
+    Ok(prepared)
+}
+
+fn feather(values: &mut [f32], start: bool, end: bool) {
+    const RR: usize = 8;
+    let n = values.len();
+    for t in 0..RR.min(n) {
+        let factor = (t + 1) as f32 / RR as f32;
+        if start {
+            values[t] *= factor;
+        }
+        if end {
+            values[n - 1 - t] *= factor;
+        }
+    }
+}
+
+/// The bounding box `(h, w, y, x)` of the non-zero part of a `[B, h, w]` mask.
+fn mask_bounds(mask: &Tensor, h: usize, w: usize) -> Result<(usize, usize, usize, usize)> {
+    let flat: Vec<f32> = mask.max(0)?.flatten_all()?.to_vec1()?;
+    let (mut y0, mut y1, mut x0, mut x1) = (h, 0, w, 0);
+    for y in 0..h {
+        for x in 0..w {
+            if flat[y * w + x] > 0.0 {
+                y0 = y0.min(y);
+                y1 = y1.max(y + 1);
+                x0 = x0.min(x);
+                x1 = x1.max(x + 1);
+            }
+        }
+    }
+    if y1 <= y0 || x1 <= x0 {
+        return Ok((h, w, 0, 0));
+    }
+    Ok((y1 - y0, x1 - x0, y0, x0))
+}
+
+/// SDXL's `y`: pooled output plus size embeddings (`SDXL.encode_adm` / `SDXLRefiner.encode_adm`).
+fn adm_vector(
+    model: &DiffusionModel,
+    entry: &CondEntry,
+    h: usize,
+    w: usize,
+    prompt_type: PromptType,
+) -> Result<Tensor> {
+    let pooled = match &entry.pooled {
+        Some(p) => p.to_dtype(DType::F32)?,
+        None => candle_core::bail!(
+            "this SDXL model needs a pooled text output; use a CLIP from an SDXL checkpoint"
+        ),
+    };
+    let pooled = if pooled.rank() == 1 {
+        pooled.unsqueeze(0)?
+    } else {
+        pooled.narrow(0, 0, 1)?
+    };
+    let s = &entry.size;
+    let width = s.width.unwrap_or((w * 8) as f32);
+    let height = s.height.unwrap_or((h * 8) as f32);
+    let crop_w = s.crop_w.unwrap_or(0.0);
+    let crop_h = s.crop_h.unwrap_or(0.0);
+    let values = match model.family {
+        ModelFamily::SdxlRefiner => {
+            let default_score = if prompt_type == PromptType::Negative {
+                2.5
+            } else {
+                6.0
+            };
+            vec![
+                height,
+                width,
+                crop_h,
+                crop_w,
+                s.aesthetic_score.unwrap_or(default_score),
+            ]
+        }
+        _ => vec![
+            height,
+            width,
+            crop_h,
+            crop_w,
+            s.target_height.unwrap_or(height),
+            s.target_width.unwrap_or(width),
+        ],
+    };
+    sdxl_adm(&pooled, &[values])
+}
+
+/// Broadcasts a noise mask `[B?, h', w']` or `[B, 1, h', w']` to the latent's shape, resized
+/// bilinearly as ComfyUI's `prepare_mask` does.
+pub fn prepare_noise_mask(mask: &Tensor, latent_shape: &[usize]) -> Result<Tensor> {
+    let &[batch, channels, h, w] = latent_shape else {
+        candle_core::bail!("latent must be [B, C, h, w], got {latent_shape:?}");
+    };
+    let mask = match mask.rank() {
+        2 => mask.unsqueeze(0)?.unsqueeze(0)?,
+        3 => mask.unsqueeze(1)?,
+        _ => mask.narrow(1, 0, 1)?,
+    };
+    let resized = crate::resize::common_upscale(
+        &mask.to_dtype(DType::F32)?,
+        w,
+        h,
+        crate::resize::UpscaleMethod::Bilinear,
+        crate::resize::Crop::Disabled,
+    )?;
+    let b = resized.dim(0)?;
+    let resized = if b == batch {
+        resized
+    } else {
+        let repeats = batch.div_ceil(b);
+        resized.repeat((repeats, 1, 1, 1))?.narrow(0, 0, batch)?
+    };
+    resized.repeat((1, channels, 1, 1))?.contiguous()
+}

@@ -1,0 +1,25 @@
+//! Tensor maths on candle: the diffusion models (CLIP text encoders, UNet, VAE, ControlNet), their
+//! loaders and key maps, LoRA, the samplers and schedulers, tokenization, preprocessors and image
+//! resizing.
+//!
+//! Invariant: knows nothing about graphs, HTTP, SQL or tokio, so it can be tested with tensors
+//! alone.
+
+#![warn(missing_docs)]
+
+pub mod clip;
+pub mod controlnet;
+pub mod device;
+pub mod diffusion;
+pub mod load;
+pub mod lora;
+pub mod manager;
+pub mod memory;
+pub mod ops;
+pub mod preprocess;
+pub mod resize;
+pub mod sampling;
+pub mod synth;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;

@@ -1,0 +1,344 @@
+//! Model family detection and architecture inference from checkpoint keys and shapes, as
+//! ComfyUI's `comfy/model_detection.py` + `supported_models.py` do, but structural rather than
+//! matched against the real sizes only, so tiny test checkpoints are recognised with their real
+//! (tiny) config.
+//!
+//! Rules (UNet keys in LDM layout, prefix removed):
+//! - `label_emb.0.0.weight` present (adm input of width `a`): SDXL-class. Refiner when `a == 2560`
+//!   or `a - 5*256 == context_dim` (the refiner's pooled vector is as wide as its bigG-only
+//!   context); otherwise base (`a == 2816`, or `a - 6*256 > 0`).
+//! - otherwise SD2 when the transformers project linearly (`proj_in.weight` is 2-D), SD1 when they
+//!   use 1x1 convs.
+//! - heads: SD1 uses 8 heads per level (LDM `num_heads: 8`); SD2/SDXL use 64-wide heads.
+//!
+//! Prediction type: a `v_pred` key marks v-prediction (`ztsnr` adds zero terminal SNR), as ComfyUI
+//! honours. SD2 checkpoints carry no marker; ComfyUI guesses v-prediction when the population std
+//! of `output_blocks.11.1.transformer_blocks.0.norm1.bias` (the last output block's first norm) is
+//! above 0.09 for 4-channel (non-inpaint) models; we do the same on the last output block. It is
+//! a heuristic and the result says so. SDXL-Turbo (and other distilled SDXL models) cannot be told
+//! apart from SDXL base by weights: they are reported as `SdxlBase`.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::load::file::StateDict;
+use crate::load::LoadErrorKind;
+use crate::unet::{AttentionHeads, UNetConfig};
+use crate::vae::VaeConfig;
+
+/// The model families Weft runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFamily {
+    Sd1,
+    Sd2,
+    SdxlBase,
+    SdxlRefiner,
+}
+
+impl ModelFamily {
+    /// The VAE latent scaling factor of the family.
+    pub fn latent_scale(self) -> f64 {
+        match self {
+            Self::Sd1 | Self::Sd2 => 0.18215,
+            Self::SdxlBase | Self::SdxlRefiner => 0.13025,
+        }
+    }
+}
+
+/// What the denoiser predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    V,
+}
+
+/// How the prediction type was decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PredictionSource {
+    /// A marker key in the file (`v_pred`).
+    KeyMarker(String),
+    /// ComfyUI's SD2 weight-statistic guess: population std of this tensor.
+    WeightStatistic { key: String, std: f64 },
+    /// Nothing says otherwise: the family default.
+    FamilyDefault,
+}
+
+/// Everything read off a UNet's weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectedUnet {
+    pub family: ModelFamily,
+    pub config: UNetConfig,
+    pub prediction: Prediction,
+    /// Zero terminal SNR (`ztsnr` marker) for v-prediction models.
+    pub zero_terminal_snr: bool,
+    pub prediction_source: PredictionSource,
+}
+
+/// The keys detection distinguishes families by (reported when nothing matches).
+pub fn distinguishing_keys(prefix: &str) -> Vec<String> {
+    [
+        "input_blocks.0.0.weight",
+        "out.2.weight",
+        "label_emb.0.0.weight",
+        "input_blocks.N.1.proj_in.weight",
+        "input_blocks.N.1.transformer_blocks.0.attn2.to_k.weight",
+    ]
+    .iter()
+    .map(|k| format!("{prefix}{k}"))
+    .collect()
+}
+
+fn unknown(prefix: &str) -> LoadErrorKind {
+    LoadErrorKind::UnknownFamily {
+        looked_for: distinguishing_keys(prefix),
+    }
+}
+
+fn bad(msg: String) -> LoadErrorKind {
+    LoadErrorKind::BadConfig(msg)
+}
+
+/// Infers the UNet architecture and family from LDM-layout keys under `prefix`.
+pub fn detect_unet(sd: &StateDict, prefix: &str) -> Result<DetectedUnet, LoadErrorKind> {
+    let shapes: HashMap<&str, &[usize]> = sd
+        .shapes()
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k, v.as_slice())))
+        .collect();
+    let shape = |k: &str| shapes.get(k).copied();
+    let conv_in = shape("input_blocks.0.0.weight")
+        .filter(|s| s.len() == 4)
+        .ok_or_else(|| unknown(prefix))?;
+    let out_channels = shape("out.2.weight")
+        .and_then(|s| s.first().copied())
+        .ok_or_else(|| unknown(prefix))?;
+
+    // Block indices that exist, and which of them are downsamplers.
+    let mut input_ids = BTreeSet::new();
+    let mut down_ids = BTreeSet::new();
+    for k in shapes.keys() {
+        if let Some(rest) = k.strip_prefix("input_blocks.") {
+            if let Some((n, tail)) = rest.split_once('.') {
+                if let Ok(n) = n.parse::<usize>() {
+                    input_ids.insert(n);
+                    if tail.starts_with("0.op.") {
+                        down_ids.insert(n);
+                    }
+                }
+            }
+        }
+    }
+    let levels = down_ids.len() + 1;
+    let blocks = input_ids.len().saturating_sub(1);
+    if blocks < levels || (blocks - down_ids.len()) % levels != 0 {
+        return Err(bad(format!(
+            "{blocks} input blocks do not split into {levels} levels"
+        )));
+    }
+    let layers_per_block = (blocks - down_ids.len()) / levels;
+    let per = layers_per_block + 1;
+
+    let depth_of = |block: &str| -> usize {
+        let p = format!("{block}.transformer_blocks.");
+        shapes
+            .keys()
+            .filter_map(|k| {
+                k.strip_prefix(p.as_str())?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |m| m + 1)
+    };
+    let mut block_out_channels = Vec::with_capacity(levels);
+    let mut transformer_depth = Vec::with_capacity(levels);
+    for i in 0..levels {
+        let n = per * i + 1;
+        let c = shape(&format!("input_blocks.{n}.0.out_layers.3.weight"))
+            .and_then(|s| s.first().copied())
+            .ok_or_else(|| {
+                bad(format!(
+                    "missing {prefix}input_blocks.{n}.0.out_layers.3.weight"
+                ))
+            })?;
+        block_out_channels.push(c);
+        transformer_depth.push(depth_of(&format!("input_blocks.{n}.1")));
+    }
+    // Our UNet uses the same depth on the way up; refuse files that do not (e.g. SSD-1B style
+    // pruned decoders) rather than load them wrongly.
+    for i in 0..levels {
+        let n = per * i;
+        let up = depth_of(&format!("output_blocks.{n}.1"));
+        if up != transformer_depth[levels - 1 - i] {
+            return Err(bad(format!(
+                "output block {n} has transformer depth {up}, its input level has {}",
+                transformer_depth[levels - 1 - i]
+            )));
+        }
+    }
+    let mid_transformer_depth = depth_of("middle_block.1");
+
+    let attn_key = shapes
+        .keys()
+        .filter(|k| k.ends_with("transformer_blocks.0.attn2.to_k.weight"))
+        .min()
+        .copied()
+        .ok_or_else(|| unknown(prefix))?;
+    let context_dim = shape(attn_key)
+        .and_then(|s| s.get(1).copied())
+        .ok_or_else(|| unknown(prefix))?;
+    let proj_key = attn_key.replace("transformer_blocks.0.attn2.to_k.weight", "proj_in.weight");
+    let use_linear_projection = shape(&proj_key)
+        .map(|s| s.len() == 2)
+        .ok_or_else(|| unknown(prefix))?;
+    let adm_in_channels = shape("label_emb.0.0.weight").and_then(|s| s.get(1).copied());
+
+    let family = match adm_in_channels {
+        Some(a) if a == 2560 || a.checked_sub(5 * 256) == Some(context_dim) => {
+            ModelFamily::SdxlRefiner
+        }
+        Some(a) if a == 2816 || a > 6 * 256 => ModelFamily::SdxlBase,
+        Some(_) => return Err(unknown(prefix)),
+        None if use_linear_projection => ModelFamily::Sd2,
+        None => ModelFamily::Sd1,
+    };
+    let heads = match family {
+        ModelFamily::Sd1 => AttentionHeads::PerLevel(vec![8; levels]),
+        _ => AttentionHeads::HeadDim(64),
+    };
+    let config = UNetConfig {
+        in_channels: conv_in[1],
+        out_channels,
+        block_out_channels,
+        layers_per_block,
+        transformer_depth,
+        mid_transformer_depth,
+        heads,
+        context_dim,
+        use_linear_projection,
+        adm_in_channels,
+        norm_num_groups: 32,
+        norm_eps: 1e-5,
+    };
+    config.validate().map_err(bad)?;
+
+    let (prediction, zero_terminal_snr, prediction_source) = if sd.contains("v_pred") {
+        (
+            Prediction::V,
+            sd.contains("ztsnr"),
+            PredictionSource::KeyMarker("v_pred".into()),
+        )
+    } else if family == ModelFamily::Sd2 && config.in_channels == 4 {
+        let last = levels * per - 1;
+        let key = format!("{prefix}output_blocks.{last}.1.transformer_blocks.0.norm1.bias");
+        match sd.get(&key).ok().and_then(|t| population_std(&t)) {
+            Some(std) => {
+                let p = if std > 0.09 {
+                    Prediction::V
+                } else {
+                    Prediction::Epsilon
+                };
+                (p, false, PredictionSource::WeightStatistic { key, std })
+            }
+            None => (Prediction::Epsilon, false, PredictionSource::FamilyDefault),
+        }
+    } else {
+        (Prediction::Epsilon, false, PredictionSource::FamilyDefault)
+    };
+    Ok(DetectedUnet {
+        family,
+        config,
+        prediction,
+        zero_terminal_snr,
+        prediction_source,
+    })
+}
+
+fn population_std(t: &candle_core::Tensor) -> Option<f64> {
+    let v: Vec<f64> = t
+        .to_dtype(candle_core::DType::F64)
+        .ok()?
+        .flatten_all()
+        .ok()?
+        .to_vec1()
+        .ok()?;
+    if v.is_empty() {
+        return None;
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    Some((v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt())
+}
+
+/// Infers the VAE architecture from LDM-layout keys under `prefix` (e.g. `first_stage_model.`).
+pub fn detect_vae_ldm(
+    sd: &StateDict,
+    prefix: &str,
+    scaling_factor: f64,
+) -> Result<VaeConfig, LoadErrorKind> {
+    detect_vae(sd, prefix, scaling_factor, "down.{level}.block.{layer}")
+}
+
+/// Infers the VAE architecture from diffusers-layout keys under `prefix` (a `vae/` weights file
+/// without its config.json, e.g. a standalone fp16-fix VAE).
+pub fn detect_vae_diffusers(
+    sd: &StateDict,
+    prefix: &str,
+    scaling_factor: f64,
+) -> Result<VaeConfig, LoadErrorKind> {
+    detect_vae(
+        sd,
+        prefix,
+        scaling_factor,
+        "down_blocks.{level}.resnets.{layer}",
+    )
+}
+
+/// The two layouts differ only in how an encoder block is named: `block` with `{level}` and
+/// `{layer}` in it.
+fn detect_vae(
+    sd: &StateDict,
+    prefix: &str,
+    scaling_factor: f64,
+    block: &str,
+) -> Result<VaeConfig, LoadErrorKind> {
+    let shape = |k: &str| sd.shape(&format!("{prefix}{k}"));
+    let block_conv = |level: usize, layer: usize| {
+        let name = block
+            .replace("{level}", &level.to_string())
+            .replace("{layer}", &layer.to_string());
+        format!("encoder.{name}.conv1.weight")
+    };
+    let looked_for = || LoadErrorKind::UnknownFamily {
+        looked_for: vec![
+            format!("{prefix}encoder.conv_in.weight"),
+            format!("{prefix}decoder.conv_in.weight"),
+        ],
+    };
+    let conv4 = |k: &str| shape(k).filter(|s| s.len() == 4).ok_or_else(looked_for);
+    let conv_in = conv4("encoder.conv_in.weight")?;
+    let dec_in = conv4("decoder.conv_in.weight")?;
+    let dec_out = conv4("decoder.conv_out.weight")?;
+    let mut channels = Vec::new();
+    while let Some(s) = shape(&block_conv(channels.len(), 0)) {
+        channels.push(s.first().copied().unwrap_or(0));
+    }
+    let mut layers = 0;
+    while shape(&block_conv(0, layers)).is_some() {
+        layers += 1;
+    }
+    if channels.is_empty() || layers == 0 {
+        let pattern = block.replace("{level}", "N").replace("{layer}", "M");
+        return Err(bad(format!("no {prefix}encoder.{pattern} weights")));
+    }
+    Ok(VaeConfig {
+        in_channels: conv_in[1],
+        out_channels: dec_out[0],
+        block_out_channels: channels,
+        layers_per_block: layers,
+        latent_channels: dec_in[1],
+        norm_num_groups: 32,
+        scaling_factor,
+    })
+}

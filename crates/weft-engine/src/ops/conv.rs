@@ -1,0 +1,574 @@
+//! 2-D convolution for the UNet, the VAE and ControlNet.
+//!
+//! Why our own: candle 0.11's CPU conv2d builds each 512-pixel im2col tile with one strided write
+//! per element, after a single-threaded NCHW -> NHWC copy of the whole input. At the SD shapes it
+//! ran at a third to a quarter of the speed of the matmul it feeds (`benches/ops.rs`). Here, on the
+//! CPU in f32 with one group, the im2col matrix is built in `[C_in*kh*kw, pixels]` order from whole
+//! input rows, for at most `COL_BUDGET` floats at a time (a chunk of images, or of output rows
+//! when one image is larger: a 512x512x128 input would otherwise need a 1.2 GB buffer), and the
+//! weight seen as `[C_out, C_in*kh*kw]` multiplies it, so the product is already NCHW and is
+//! written, bias added, straight into its place in the output. A 1x1 stride-1 unpadded
+//! convolution is that matmul on the input itself. Other devices, dtypes and grouped
+//! convolutions use candle's conv2d.
+
+use std::ops::Range;
+
+use candle_core::{
+    CpuStorage, CustomOp1, DType, Device, InplaceOp3, Layout, Module, Result, Shape, Tensor,
+};
+use candle_nn::{Conv2dConfig, VarBuilder};
+use rayon::prelude::*;
+
+use crate::ops::cast;
+
+/// Most floats one im2col chunk may hold (8 MiB). In `benches/ops.rs` this beat 4, 6 and 8 Mi
+/// floats at the VAE's 256- and 128-channel shapes (by 15-25%) and tied at the UNet's; 16 Mi and
+/// more were far slower (each chunk then goes to a fresh mmap, zeroed by the kernel).
+const COL_BUDGET: usize = 2 << 20;
+
+/// A 2-D convolution layer with the same weights and names as `candle_nn::Conv2d`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: Conv2dConfig,
+}
+
+impl Conv2d {
+    /// `weight`: `[C_out, C_in / groups, kh, kw]`; `bias`: `[C_out]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Self {
+        Self {
+            weight,
+            bias,
+            config,
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.config
+    }
+}
+
+impl Conv2d {
+    /// The convolution of `xs` upsampled 2x by nearest neighbour ([B, C, 2H, 2W]), as the UNet's
+    /// and VAE's upsamplers do. On the CPU the im2col reads the small input directly, so the
+    /// upsampled tensor (268 MB before the VAE's last level) is never built.
+    pub fn forward_upsampled_2x(&self, xs: &Tensor) -> Result<Tensor> {
+        if uses_cpu_kernel(xs, &self.config) {
+            let (weight, bias) = self.weights_for(xs)?;
+            return cpu_conv2d(xs, &weight, bias.as_ref(), &self.config, 2);
+        }
+        let (_, _, h, w) = xs.dims4()?;
+        self.forward(&xs.upsample_nearest2d(2 * h, 2 * w)?)
+    }
+}
+
+impl Conv2d {
+    /// The weight and bias on `xs`'s device in its dtype (the same tensors when they are).
+    fn weights_for(&self, xs: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((
+            cast::operand(&self.weight, xs)?,
+            cast::operand_opt(self.bias.as_ref(), xs)?,
+        ))
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (weight, bias) = self.weights_for(xs)?;
+        conv2d_forward(xs, &weight, bias.as_ref(), &self.config)
+    }
+}
+
+/// A square-kernel convolution with bias, read from `vb` like `candle_nn::conv2d` (`weight`,
+/// `bias`).
+pub fn conv2d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: usize,
+    config: Conv2dConfig,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let layer = candle_nn::conv2d(in_channels, out_channels, kernel_size, config, vb)?;
+    Ok(Conv2d::new(
+        layer.weight().clone(),
+        layer.bias().cloned(),
+        config,
+    ))
+}
+
+/// `xs`: `[B, C_in, H, W]`; `weight`: `[C_out, C_in / groups, kh, kw]`; `bias`: `[C_out]`, both in
+/// the dtype of `xs`. Returns [B, C_out, H_out, W_out], the same as candle's `conv2d` plus the
+/// bias.
+pub fn conv2d_forward(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    config: &Conv2dConfig,
+) -> Result<Tensor> {
+    if uses_cpu_kernel(xs, config) && weight.dtype() == DType::F32 {
+        return cpu_conv2d(xs, weight, bias, config, 1);
+    }
+    let out = xs.conv2d_with_algo(
+        weight,
+        config.padding,
+        config.stride,
+        config.dilation,
+        config.groups,
+        config.cudnn_fwd_algo,
+    )?;
+    match bias {
+        None => Ok(out),
+        Some(bias) => out.broadcast_add(&bias.reshape((1, bias.dims1()?, 1, 1))?),
+    }
+}
+
+/// Whether our kernel runs `xs` (the weights are widened to its dtype first).
+fn uses_cpu_kernel(xs: &Tensor, config: &Conv2dConfig) -> bool {
+    matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 && config.groups == 1
+}
+
+/// Sizes of one convolution, in the input's terms.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    channels: usize,
+    height: usize,
+    width: usize,
+    kernel_h: usize,
+    kernel_w: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    /// Nearest-neighbour factor from the stored input to `height` x `width` (1: none; a power
+    /// of two, so that the source index is a shift).
+    upsample: usize,
+}
+
+impl Geometry {
+    fn out_len(&self, len: usize, kernel: usize) -> Result<usize> {
+        let span = self.dilation * (kernel - 1) + 1;
+        let padded = len + 2 * self.padding;
+        if kernel == 0 || self.stride == 0 || padded < span {
+            candle_core::bail!(
+                "conv2d kernel of {kernel} (dilation {}) does not fit an input of {len} padded by {}",
+                self.dilation,
+                self.padding
+            );
+        }
+        Ok((padded - span) / self.stride + 1)
+    }
+
+    fn out_size(&self) -> Result<(usize, usize)> {
+        Ok((
+            self.out_len(self.height, self.kernel_h)?,
+            self.out_len(self.width, self.kernel_w)?,
+        ))
+    }
+
+    /// Rows of the im2col matrix: C_in * kh * kw.
+    fn patch_len(&self) -> usize {
+        self.channels * self.kernel_h * self.kernel_w
+    }
+}
+
+fn cpu_conv2d(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    config: &Conv2dConfig,
+    upsample: usize,
+) -> Result<Tensor> {
+    let (batch, channels, source_h, source_w) = xs.dims4()?;
+    let (height, width) = (source_h * upsample, source_w * upsample);
+    let (c_out, w_channels, kernel_h, kernel_w) = weight.dims4()?;
+    if w_channels != channels {
+        candle_core::bail!("conv2d input has {channels} channels, the kernel expects {w_channels}");
+    }
+    let geometry = Geometry {
+        channels,
+        height,
+        width,
+        kernel_h,
+        kernel_w,
+        stride: config.stride,
+        padding: config.padding,
+        dilation: config.dilation,
+        upsample,
+    };
+    let (out_h, out_w) = geometry.out_size()?;
+    let k = geometry.patch_len();
+    let weight = weight.contiguous()?.reshape((c_out, k))?;
+    let xs = xs.contiguous()?;
+    let bias = match bias {
+        Some(bias) if bias.dims1()? == c_out => bias.contiguous()?,
+        Some(bias) => candle_core::bail!(
+            "conv2d bias has {} values for {c_out} output channels",
+            bias.elem_count()
+        ),
+        None => Tensor::zeros(c_out, DType::F32, xs.device())?,
+    };
+    // Every matmul result is written (plus the bias) straight into its place in `out`, so there
+    // is no concatenation and no separate pass for the bias.
+    let out = Tensor::zeros((batch, c_out, out_h, out_w), DType::F32, xs.device())?;
+    let place = |product: &Tensor, images: Range<usize>, rows: Range<usize>| {
+        out.inplace_op3(
+            product,
+            &bias,
+            &PlaceProduct {
+                images,
+                rows,
+                out_w,
+            },
+        )
+    };
+
+    let per_image = k * out_h * out_w;
+    let pointwise = kernel_h == 1
+        && kernel_w == 1
+        && config.stride == 1
+        && config.padding == 0
+        && upsample == 1;
+    // A 1x1 convolution is a matmul on the input itself, image by image, unless the images are
+    // small enough that copying them side by side into one matmul pays (below).
+    if pointwise && (batch == 1 || per_image > COL_BUDGET / 4) {
+        let pixels = xs.reshape((batch, channels, height * width))?;
+        for image in 0..batch {
+            place(
+                &weight.matmul(&pixels.get(image)?)?,
+                image..image + 1,
+                0..out_h,
+            )?;
+        }
+        return Ok(out);
+    }
+
+    if per_image <= COL_BUDGET {
+        // Whole images, side by side in the columns of one matmul: small late-level images then
+        // give one [C_out, K] x [K, images*pixels] product instead of several thin ones.
+        let images_per_chunk = (COL_BUDGET / per_image.max(1)).clamp(1, batch.max(1));
+        for first in (0..batch).step_by(images_per_chunk) {
+            let images = first..(first + images_per_chunk).min(batch);
+            let col = xs.apply_op1_no_bwd(&Im2Col {
+                geometry,
+                images: images.clone(),
+                rows: 0..out_h,
+            })?;
+            place(&weight.matmul(&col)?, images, 0..out_h)?;
+        }
+        return Ok(out);
+    }
+
+    // One image at a time, in chunks of output rows.
+    let rows_per_chunk = (COL_BUDGET / (k * out_w).max(1)).clamp(1, out_h);
+    for image in 0..batch {
+        for first in (0..out_h).step_by(rows_per_chunk) {
+            let rows = first..(first + rows_per_chunk).min(out_h);
+            let col = xs.apply_op1_no_bwd(&Im2Col {
+                geometry,
+                images: image..image + 1,
+                rows: rows.clone(),
+            })?;
+            place(&weight.matmul(&col)?, image..image + 1, rows)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a matmul product [C_out, images*rows*W_out] (images side by side, as [`Im2Col`] lays
+/// them out) plus the bias into rows `rows` of `images` of the [B, C_out, H_out, W_out] output.
+struct PlaceProduct {
+    images: Range<usize>,
+    rows: Range<usize>,
+    out_w: usize,
+}
+
+impl InplaceOp3 for PlaceProduct {
+    fn name(&self) -> &'static str {
+        "weft-conv-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        out: &mut CpuStorage,
+        out_layout: &Layout,
+        product: &CpuStorage,
+        product_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<()> {
+        let product = contiguous_f32(product, product_layout)?;
+        let bias = contiguous_f32(bias, bias_layout)?;
+        let (start, end) = out_layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("conv output must be contiguous".into()))?;
+        let CpuStorage::F32(out) = out else {
+            candle_core::bail!("conv output must be f32");
+        };
+        let (_, c_out, out_h, _) = out_layout.shape().dims4()?;
+        let pixels = self.rows.len() * self.out_w;
+        let row_len = self.images.len() * pixels;
+        let first = self.rows.start * self.out_w;
+        out[start..end]
+            .par_chunks_mut(out_h * self.out_w)
+            .enumerate()
+            .for_each(|(plane, dst)| {
+                let (image, channel) = (plane / c_out, plane % c_out);
+                if !self.images.contains(&image) {
+                    return;
+                }
+                let offset = channel * row_len + (image - self.images.start) * pixels;
+                let src = &product[offset..offset + pixels];
+                let b = bias[channel];
+                for (d, &s) in dst[first..first + pixels].iter_mut().zip(src) {
+                    *d = s + b;
+                }
+            });
+        Ok(())
+    }
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("conv needs contiguous tensors".into()))?;
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+/// The im2col matrix of `images` for the output rows `rows`: [C_in*kh*kw, images*rows*W_out],
+/// row `(c, i, j)` holding input channel `c` shifted by kernel tap `(i, j)` for each image in
+/// turn, zero outside the input.
+struct Im2Col {
+    geometry: Geometry,
+    images: Range<usize>,
+    rows: Range<usize>,
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "weft-im2col"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        let data = contiguous_f32(storage, layout)?;
+        let (_, out_w) = g.out_size()?;
+        let plane = (g.height / g.upsample) * (g.width / g.upsample);
+        let taps = g.kernel_h * g.kernel_w;
+        let pixels = self.rows.len() * out_w;
+        let images = self.images.len();
+        let row_len = images * pixels;
+        let mut col = vec![0f32; g.patch_len() * row_len];
+        if row_len > 0 {
+            col.par_chunks_mut(taps * row_len)
+                .enumerate()
+                .for_each(|(channel, dst)| {
+                    for (i, image) in self.images.clone().enumerate() {
+                        let offset = (image * g.channels + channel) * plane;
+                        let src = &data[offset..offset + plane];
+                        let place = Placement {
+                            offset: i * pixels,
+                            row_len,
+                        };
+                        fill_channel(g, src, &self.rows, out_w, place, dst);
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(col), Shape::from((g.patch_len(), row_len))))
+    }
+}
+
+/// Where one image's pixels go in the im2col rows.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    offset: usize,
+    row_len: usize,
+}
+
+/// Writes the kh*kw shifted copies of one input channel `src` ([H, W]) into `dst`
+/// ([kh*kw, row_len], zero on entry), at `place.offset` in each row.
+fn fill_channel(
+    g: &Geometry,
+    src: &[f32],
+    rows: &Range<usize>,
+    out_w: usize,
+    place: Placement,
+    dst: &mut [f32],
+) {
+    let pixels = rows.len() * out_w;
+    let (stride, padding, dilation) = (g.stride, g.padding as isize, g.dilation);
+    let (shift, source_w) = (g.upsample.trailing_zeros(), g.width / g.upsample);
+    for i in 0..g.kernel_h {
+        for j in 0..g.kernel_w {
+            let row = (i * g.kernel_w + j) * place.row_len + place.offset;
+            let tap = &mut dst[row..row + pixels];
+            // Input column of output column x: x * stride + x_shift.
+            let x_shift = (j * dilation) as isize - padding;
+            let (x_lo, x_hi) = valid_columns(out_w, stride, x_shift, g.width);
+            if x_lo >= x_hi {
+                continue;
+            }
+            for (r, y) in rows.clone().enumerate() {
+                let in_y = (y * stride + i * dilation) as isize - padding;
+                if in_y < 0 || in_y >= g.height as isize {
+                    continue;
+                }
+                let src_row = &src[(in_y as usize >> shift) * source_w..][..source_w];
+                let out_row = &mut tap[r * out_w..][..out_w];
+                if stride == 1 && shift == 0 {
+                    let from = (x_lo as isize + x_shift) as usize;
+                    out_row[x_lo..x_hi].copy_from_slice(&src_row[from..from + (x_hi - x_lo)]);
+                } else {
+                    for (x, out) in out_row[x_lo..x_hi].iter_mut().enumerate() {
+                        let in_x = ((x_lo + x) * stride) as isize + x_shift;
+                        *out = src_row[in_x as usize >> shift];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The output columns `x_lo..x_hi` whose input column `x * stride + shift` lies in `0..width`.
+fn valid_columns(out_w: usize, stride: usize, shift: isize, width: usize) -> (usize, usize) {
+    let stride_i = stride as isize;
+    // Smallest x with x * stride + shift >= 0.
+    let lo = if shift >= 0 {
+        0
+    } else {
+        ((-shift + stride_i - 1) / stride_i) as usize
+    };
+    // Smallest x with x * stride + shift >= width.
+    let end = width as isize - shift;
+    let hi = if end <= 0 {
+        0
+    } else {
+        ((end + stride_i - 1) / stride_i) as usize
+    };
+    (lo.min(out_w), hi.min(out_w))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Module, Tensor};
+    use candle_nn::Conv2dConfig;
+
+    use crate::ops::conv::{conv2d_forward, Conv2d};
+
+    /// Compares [`conv2d_forward`] with candle's conv2d (plus bias) on random inputs.
+    fn check(
+        (batch, c_in, height, width): (usize, usize, usize, usize),
+        (c_out, kernel_h, kernel_w): (usize, usize, usize),
+        config: Conv2dConfig,
+    ) {
+        let dev = Device::Cpu;
+        let xs = Tensor::randn(0f32, 1.0, (batch, c_in, height, width), &dev).unwrap();
+        let weight = Tensor::randn(
+            0f32,
+            1.0,
+            (c_out, c_in / config.groups, kernel_h, kernel_w),
+            &dev,
+        )
+        .unwrap();
+        let bias = Tensor::randn(0f32, 1.0, c_out, &dev).unwrap();
+        let expected = candle_nn::Conv2d::new(weight.clone(), Some(bias.clone()), config)
+            .forward(&xs)
+            .unwrap();
+        let got = conv2d_forward(&xs, &weight, Some(&bias), &config).unwrap();
+        assert_eq!(got.dims(), expected.dims());
+        let diff = crate::ops::max_abs_diff(&got, &expected);
+        assert!(diff < 1e-4, "max abs diff {diff}");
+    }
+
+    fn cfg(padding: usize, stride: usize, dilation: usize) -> Conv2dConfig {
+        Conv2dConfig {
+            padding,
+            stride,
+            dilation,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn same_padding_3x3_matches_candle() {
+        check((2, 5, 7, 9), (6, 3, 3), cfg(1, 1, 1));
+        check((1, 3, 1, 1), (2, 3, 3), cfg(1, 1, 1));
+    }
+
+    #[test]
+    fn stride_2_and_odd_sizes_match_candle() {
+        check((2, 4, 9, 7), (3, 3, 3), cfg(1, 2, 1));
+        check((1, 4, 10, 8), (5, 3, 3), cfg(0, 2, 1));
+        check((3, 2, 11, 6), (4, 3, 3), cfg(2, 3, 1));
+    }
+
+    #[test]
+    fn other_kernels_padding_and_dilation_match_candle() {
+        check((2, 3, 8, 8), (4, 1, 1), cfg(0, 1, 1));
+        check((2, 3, 8, 8), (4, 1, 1), cfg(1, 2, 1));
+        check((1, 3, 12, 10), (2, 5, 5), cfg(2, 1, 1));
+        check((1, 2, 12, 10), (2, 3, 3), cfg(2, 1, 2));
+        check((2, 3, 6, 9), (4, 2, 4), cfg(0, 1, 1));
+        check((1, 2, 5, 5), (3, 3, 3), cfg(4, 1, 1));
+    }
+
+    #[test]
+    fn upsampled_input_matches_candle() {
+        let dev = Device::Cpu;
+        for (batch, c_in, h, w, stride) in [(2, 3, 5, 7, 1), (1, 4, 8, 6, 1), (2, 2, 3, 5, 2)] {
+            let xs = Tensor::randn(0f32, 1.0, (batch, c_in, h, w), &dev).unwrap();
+            let weight = Tensor::randn(0f32, 1.0, (4, c_in, 3, 3), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+            let layer = Conv2d::new(weight.clone(), Some(bias.clone()), cfg(1, stride, 1));
+            let expected = candle_nn::Conv2d::new(weight, Some(bias), cfg(1, stride, 1))
+                .forward(&xs.upsample_nearest2d(2 * h, 2 * w).unwrap())
+                .unwrap();
+            let got = layer.forward_upsampled_2x(&xs).unwrap();
+            assert_eq!(got.dims(), expected.dims());
+            let diff = crate::ops::max_abs_diff(&got, &expected);
+            assert!(diff < 1e-4, "max abs diff {diff}");
+        }
+    }
+
+    #[test]
+    fn groups_fall_back_to_candle() {
+        let groups = Conv2dConfig {
+            padding: 1,
+            groups: 2,
+            ..Default::default()
+        };
+        check((2, 4, 6, 6), (6, 3, 3), groups);
+    }
+
+    #[test]
+    fn chunked_rows_and_images_match_candle() {
+        // 16 channels x 9 taps x 128 x 128 pixels is above the im2col budget, so the output rows
+        // are split into chunks.
+        check((2, 16, 128, 128), (8, 3, 3), cfg(1, 1, 1));
+        // 16 x 9 x 100 x 100 fits once but not twice: one image per matmul.
+        check((3, 16, 100, 100), (5, 3, 3), cfg(1, 1, 1));
+        // Large 1x1 inputs go image by image straight into the matmul.
+        check((2, 64, 100, 100), (7, 1, 1), cfg(0, 1, 1));
+    }
+
+    #[test]
+    fn non_contiguous_input_matches_candle() {
+        let dev = Device::Cpu;
+        let xs = Tensor::randn(0f32, 1.0, (2, 9, 7, 3), &dev)
+            .unwrap()
+            .permute((0, 3, 1, 2))
+            .unwrap();
+        let weight = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev).unwrap();
+        let layer = Conv2d::new(weight.clone(), None, cfg(1, 1, 1));
+        let expected = xs.conv2d(&weight, 1, 1, 1, 1).unwrap();
+        let diff = crate::ops::max_abs_diff(&layer.forward(&xs).unwrap(), &expected);
+        assert!(diff < 1e-4, "max abs diff {diff}");
+    }
+}

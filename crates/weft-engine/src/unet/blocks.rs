@@ -1,0 +1,416 @@
+//! Building blocks shared by the UNet, the VAE and (later) ControlNet, in diffusers layout.
+//!
+//! These follow diffusers exactly (exact erf GELU in GeGLU, f32 softmax), so parity with
+//! `diffusers.UNet2DConditionModel` is limited by float rounding only.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::ops::attention::scaled_dot_product;
+use crate::ops::conv::{conv2d, Conv2d};
+use crate::ops::layers::{self, LayerNorm, Linear};
+use crate::ops::norm::{group_norm, GroupNorm};
+
+/// A 3x3 (or other odd) convolution with "same" padding.
+pub(crate) fn conv_same(
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: kernel / 2,
+        ..Default::default()
+    };
+    conv2d(in_channels, out_channels, kernel, cfg, vb)
+}
+
+/// ResnetBlock2D: GroupNorm-SiLU-conv twice, an optional time embedding added in between, and a
+/// 1x1 shortcut when the channel count changes.
+#[derive(Debug)]
+pub(crate) struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    span: tracing::Span,
+}
+
+/// Settings of a [`ResnetBlock2D`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResnetConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// `None` for the VAE, which has no time embedding.
+    pub temb_channels: Option<usize>,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+impl ResnetBlock2D {
+    pub(crate) fn new(vb: VarBuilder, cfg: ResnetConfig) -> Result<Self> {
+        let norm1 = group_norm(cfg.groups, cfg.in_channels, cfg.eps, vb.pp("norm1"))?;
+        let conv1 = conv_same(cfg.in_channels, cfg.out_channels, 3, vb.pp("conv1"))?;
+        let time_emb_proj = match cfg.temb_channels {
+            Some(t) => Some(layers::linear(t, cfg.out_channels, vb.pp("time_emb_proj"))?),
+            None => None,
+        };
+        let norm2 = group_norm(cfg.groups, cfg.out_channels, cfg.eps, vb.pp("norm2"))?;
+        let conv2 = conv_same(cfg.out_channels, cfg.out_channels, 3, vb.pp("conv2"))?;
+        let conv_shortcut = if cfg.in_channels != cfg.out_channels {
+            Some(conv2d(
+                cfg.in_channels,
+                cfg.out_channels,
+                1,
+                Default::default(),
+                vb.pp("conv_shortcut"),
+            )?)
+        } else {
+            None
+        };
+        let span = tracing::trace_span!("resnet");
+        Ok(Self {
+            norm1,
+            conv1,
+            time_emb_proj,
+            norm2,
+            conv2,
+            conv_shortcut,
+            span,
+        })
+    }
+
+    /// `xs`: [B, C_in, H, W]; `temb`: [B, T] (already SiLU-free; the SiLU is applied here).
+    /// Returns [B, C_out, H, W].
+    pub(crate) fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let h = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
+        let h = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => {
+                let t = proj
+                    .forward(&temb.silu()?)?
+                    .unsqueeze(D::Minus1)?
+                    .unsqueeze(D::Minus1)?;
+                h.broadcast_add(&t)?
+            }
+            _ => h,
+        };
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => conv.forward(xs)?,
+            None => xs.clone(),
+        };
+        shortcut + h
+    }
+}
+
+/// Multi-head attention as in diffusers `Attention` (to_q/to_k/to_v without bias in the UNet,
+/// with bias in the VAE; to_out.0 with bias).
+#[derive(Debug)]
+pub(crate) struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    span: tracing::Span,
+}
+
+impl Attention {
+    pub(crate) fn new(
+        vb: VarBuilder,
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+        qkv_bias: bool,
+    ) -> Result<Self> {
+        let inner = heads * head_dim;
+        let lin = |i, o, vb| {
+            if qkv_bias {
+                layers::linear(i, o, vb)
+            } else {
+                layers::linear_no_bias(i, o, vb)
+            }
+        };
+        let to_q = lin(query_dim, inner, vb.pp("to_q"))?;
+        let to_k = lin(context_dim, inner, vb.pp("to_k"))?;
+        let to_v = lin(context_dim, inner, vb.pp("to_v"))?;
+        let to_out = layers::linear(inner, query_dim, vb.pp("to_out").pp("0"))?;
+        let span = tracing::trace_span!("attention");
+        Ok(Self {
+            to_q,
+            to_k,
+            to_v,
+            to_out,
+            heads,
+            span,
+        })
+    }
+
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, n, c) = xs.dims3()?;
+        xs.reshape((b, n, self.heads, c / self.heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// `xs`: [B, N, C]; `context`: [B, M, C_ctx] (self-attention when `None`). Returns [B, N, C].
+    pub(crate) fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let context = context.unwrap_or(xs);
+        let q = self.split_heads(&self.to_q.forward(xs)?)?;
+        let k = self.split_heads(&self.to_k.forward(context)?)?;
+        let v = self.split_heads(&self.to_v.forward(context)?)?;
+        let out = scaled_dot_product(&q, &k, &v)?;
+        let (b, h, n, d) = out.dims4()?;
+        let out = out.transpose(1, 2)?.reshape((b, n, h * d))?;
+        self.to_out.forward(&out)
+    }
+}
+
+/// GeGLU feed-forward: proj to 2*inner, value * gelu(gate) with the exact erf GELU, then back.
+#[derive(Debug)]
+struct FeedForward {
+    proj: Linear,
+    out: Linear,
+    inner: usize,
+}
+
+impl FeedForward {
+    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        let inner = dim * 4;
+        let proj = layers::linear(dim, inner * 2, vb.pp("net").pp("0").pp("proj"))?;
+        let out = layers::linear(inner, dim, vb.pp("net").pp("2"))?;
+        Ok(Self { proj, out, inner })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let h = self.proj.forward(xs)?;
+        let value = h.narrow(D::Minus1, 0, self.inner)?;
+        let gate = h.narrow(D::Minus1, self.inner, self.inner)?;
+        self.out.forward(&(value * gate.gelu_erf()?)?)
+    }
+}
+
+#[derive(Debug)]
+struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+    span: tracing::Span,
+}
+
+impl BasicTransformerBlock {
+    fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
+        let head_dim = dim / heads;
+        Ok(Self {
+            norm1: layers::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            attn1: Attention::new(vb.pp("attn1"), dim, dim, heads, head_dim, false)?,
+            norm2: layers::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads, head_dim, false)?,
+            norm3: layers::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            ff: FeedForward::new(vb.pp("ff"), dim)?,
+            span: tracing::trace_span!("transformer_block"),
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
+        let xs = (self
+            .attn2
+            .forward(&self.norm2.forward(&xs)?, Some(context))?
+            + &xs)?;
+        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+    }
+}
+
+/// Input/output projection of a [`Transformer2D`]: a 1x1 conv (SD1) or a linear layer (SD2/XL).
+#[derive(Debug)]
+enum Projection {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+/// Settings of a [`Transformer2D`] (diffusers `Transformer2DModel`, LDM `SpatialTransformer`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Transformer2DConfig {
+    pub channels: usize,
+    pub context_dim: usize,
+    pub heads: usize,
+    pub depth: usize,
+    pub groups: usize,
+    pub use_linear_projection: bool,
+}
+
+/// GroupNorm, projection in, `depth` transformer blocks, projection out, residual.
+#[derive(Debug)]
+pub(crate) struct Transformer2D {
+    norm: GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Projection,
+    span: tracing::Span,
+}
+
+impl Transformer2D {
+    pub(crate) fn new(vb: VarBuilder, cfg: Transformer2DConfig) -> Result<Self> {
+        let c = cfg.channels;
+        let norm = group_norm(cfg.groups, c, 1e-6, vb.pp("norm"))?;
+        let proj = |vb: VarBuilder| -> Result<Projection> {
+            if cfg.use_linear_projection {
+                Ok(Projection::Linear(layers::linear(c, c, vb)?))
+            } else {
+                Ok(Projection::Conv(conv2d(c, c, 1, Default::default(), vb)?))
+            }
+        };
+        let proj_in = proj(vb.pp("proj_in"))?;
+        let vb_blocks = vb.pp("transformer_blocks");
+        let blocks = (0..cfg.depth)
+            .map(|i| BasicTransformerBlock::new(vb_blocks.pp(i), c, cfg.context_dim, cfg.heads))
+            .collect::<Result<Vec<_>>>()?;
+        let proj_out = proj(vb.pp("proj_out"))?;
+        let span = tracing::trace_span!("transformer2d", depth = cfg.depth);
+        Ok(Self {
+            norm,
+            proj_in,
+            blocks,
+            proj_out,
+            span,
+        })
+    }
+
+    /// `xs`: [B, C, H, W]; `context`: [B, M, C_ctx]. Returns [B, C, H, W].
+    pub(crate) fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let (b, c, h, w) = xs.dims4()?;
+        let to_tokens =
+            |t: &Tensor| -> Result<Tensor> { t.permute((0, 2, 3, 1))?.reshape((b, h * w, c)) };
+        let normed = self.norm.forward(xs)?;
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
+            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context)?;
+        }
+        let to_image = |t: &Tensor| -> Result<Tensor> {
+            t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()
+        };
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_image(&tokens)?)?,
+            Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)?,
+        };
+        out + xs
+    }
+}
+
+/// Stride-2 3x3 convolution (`downsamplers.0.conv`). `asymmetric_pad` is the VAE variant, which
+/// pads right/bottom by one and uses no conv padding.
+#[derive(Debug)]
+pub(crate) struct Downsample2D {
+    conv: Conv2d,
+    asymmetric_pad: bool,
+}
+
+impl Downsample2D {
+    pub(crate) fn new(vb: VarBuilder, channels: usize, asymmetric_pad: bool) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            stride: 2,
+            padding: if asymmetric_pad { 0 } else { 1 },
+            ..Default::default()
+        };
+        let conv = conv2d(channels, channels, 3, cfg, vb.pp("conv"))?;
+        Ok(Self {
+            conv,
+            asymmetric_pad,
+        })
+    }
+
+    /// [B, C, H, W] -> [B, C, ceil(H/2), ceil(W/2)].
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if self.asymmetric_pad {
+            let xs = xs
+                .pad_with_zeros(D::Minus1, 0, 1)?
+                .pad_with_zeros(D::Minus2, 0, 1)?;
+            self.conv.forward(&xs)
+        } else {
+            self.conv.forward(xs)
+        }
+    }
+}
+
+/// Nearest-neighbour upsampling followed by a 3x3 conv (`upsamplers.0.conv`).
+#[derive(Debug)]
+pub(crate) struct Upsample2D {
+    conv: Conv2d,
+}
+
+impl Upsample2D {
+    pub(crate) fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
+        Ok(Self {
+            conv: conv_same(channels, channels, 3, vb.pp("conv"))?,
+        })
+    }
+
+    /// [B, C, H, W] -> [B, C, out_h, out_w] (2x unless the skip it meets has another size).
+    pub(crate) fn forward(&self, xs: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+        let (_, _, h, w) = xs.dims4()?;
+        if (out_h, out_w) == (2 * h, 2 * w) {
+            return self.conv.forward_upsampled_2x(xs);
+        }
+        self.conv.forward(&xs.upsample_nearest2d(out_h, out_w)?)
+    }
+}
+
+/// Sinusoidal embedding [cos(t f_k), sin(t f_k)] with f_k = exp(-ln(10000) k / (dim/2)), computed
+/// in f32 on the host exactly in the order diffusers' `get_timestep_embedding` uses, whatever the
+/// model dtype. `values`: one scalar per row. Returns [rows, dim] f32.
+pub fn sinusoidal_embedding(
+    values: &[f32],
+    dim: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let half = dim / 2;
+    let log_period = (10000f64).ln() as f32;
+    let freqs: Vec<f32> = (0..half)
+        .map(|k| ((-log_period * k as f32) / half as f32).exp())
+        .collect();
+    let mut out = Vec::with_capacity(values.len() * dim);
+    for &t in values {
+        out.extend(freqs.iter().map(|f| (t * f).cos()));
+        out.extend(freqs.iter().map(|f| (t * f).sin()));
+        // Odd sizes get a zero column, as in diffusers.
+        if dim % 2 == 1 {
+            out.push(0.0);
+        }
+    }
+    Tensor::from_vec(out, (values.len(), dim), device)
+}
+
+/// diffusers `TimestepEmbedding`: linear_1, SiLU, linear_2.
+#[derive(Debug)]
+pub(crate) struct TimestepEmbedding {
+    linear_1: Linear,
+    linear_2: Linear,
+}
+
+impl TimestepEmbedding {
+    pub(crate) fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self {
+            linear_1: layers::linear(in_dim, out_dim, vb.pp("linear_1"))?,
+            linear_2: layers::linear(out_dim, out_dim, vb.pp("linear_2"))?,
+        })
+    }
+
+    /// [B, in_dim] -> [B, out_dim].
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.linear_2.forward(&self.linear_1.forward(xs)?.silu()?)
+    }
+}

@@ -1,0 +1,703 @@
+//! Weft's own `UNet2DConditionModel` (SD1.x, SD2.x, SDXL base and refiner) in diffusers layout.
+//!
+//! The weight tree is diffusers' (`down_blocks.0.resnets.0.conv1.weight`, ...). LDM single-file
+//! checkpoints are renamed at the loading boundary (`crate::load`), never here.
+
+pub mod blocks;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::ops::conv::Conv2d;
+use crate::ops::norm::{group_norm, GroupNorm};
+
+use crate::unet::blocks::{
+    conv_same, sinusoidal_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, TimestepEmbedding,
+    Transformer2D, Transformer2DConfig, Upsample2D,
+};
+
+/// How attention heads are chosen per level.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttentionHeads {
+    /// A fixed number of heads per level (SD1.x: 8 everywhere). This is what diffusers' config
+    /// field `attention_head_dim` really holds: diffusers uses it as the head *count*.
+    PerLevel(Vec<usize>),
+    /// A fixed head width; heads = channels / width (LDM `num_head_channels`, 64 for SD2/XL).
+    HeadDim(usize),
+}
+
+/// Architecture of a [`UNet2DConditionModel`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct UNetConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Output channels per level (diffusers `block_out_channels`).
+    pub block_out_channels: Vec<usize>,
+    /// Resnets per down level (up levels have one more).
+    pub layers_per_block: usize,
+    /// Transformer blocks per level; 0 = no attention at that level.
+    pub transformer_depth: Vec<usize>,
+    /// Transformer blocks of the mid block's attention.
+    pub mid_transformer_depth: usize,
+    pub heads: AttentionHeads,
+    /// Cross-attention context width (768 SD1, 1024 SD2, 2048 SDXL, 1280 refiner).
+    pub context_dim: usize,
+    /// Linear (SD2/XL) or 1x1 conv (SD1) projection in and out of each transformer.
+    pub use_linear_projection: bool,
+    /// Width of the `y` vector fed to `add_embedding` (SDXL 2816, refiner 2560); `None` for SD1/2.
+    pub adm_in_channels: Option<usize>,
+    pub norm_num_groups: usize,
+    pub norm_eps: f64,
+}
+
+impl UNetConfig {
+    /// Stable Diffusion 1.x.
+    pub fn sd15() -> Self {
+        Self {
+            in_channels: 4,
+            out_channels: 4,
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: 2,
+            transformer_depth: vec![1, 1, 1, 0],
+            mid_transformer_depth: 1,
+            heads: AttentionHeads::PerLevel(vec![8, 8, 8, 8]),
+            context_dim: 768,
+            use_linear_projection: false,
+            adm_in_channels: None,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+        }
+    }
+
+    /// Stable Diffusion 2.x (512 base and 768-v share the architecture). diffusers writes
+    /// `attention_head_dim: [5, 10, 20, 20]`, which it uses as head counts: 320/5 = 64, so every
+    /// head is 64 wide, the same as LDM's `num_head_channels: 64`.
+    pub fn sd21() -> Self {
+        Self {
+            context_dim: 1024,
+            use_linear_projection: true,
+            heads: AttentionHeads::HeadDim(64),
+            ..Self::sd15()
+        }
+    }
+
+    /// SDXL base: 3 levels, no attention on the first, transformer depth [0, 2, 10] (mid 10),
+    /// `add_embedding` from 2816 = pooled 1280 + 6 x 256 size embeddings.
+    pub fn sdxl_base() -> Self {
+        Self {
+            in_channels: 4,
+            out_channels: 4,
+            block_out_channels: vec![320, 640, 1280],
+            layers_per_block: 2,
+            transformer_depth: vec![0, 2, 10],
+            mid_transformer_depth: 10,
+            heads: AttentionHeads::HeadDim(64),
+            context_dim: 2048,
+            use_linear_projection: true,
+            adm_in_channels: Some(2816),
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+        }
+    }
+
+    /// SDXL refiner: 384 channels x [1, 2, 4, 4], attention depth 4 on the two middle levels and
+    /// the mid block, context 1280 (bigG only), `add_embedding` from 2560 = pooled 1280 +
+    /// 5 x 256 (original size, crop, aesthetic score).
+    pub fn sdxl_refiner() -> Self {
+        Self {
+            in_channels: 4,
+            out_channels: 4,
+            block_out_channels: vec![384, 768, 1536, 1536],
+            layers_per_block: 2,
+            transformer_depth: vec![0, 4, 4, 0],
+            mid_transformer_depth: 4,
+            heads: AttentionHeads::HeadDim(64),
+            context_dim: 1280,
+            use_linear_projection: true,
+            adm_in_channels: Some(2560),
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+        }
+    }
+
+    /// Heads of the attention at `level` with `channels` channels.
+    pub fn heads_at(&self, level: usize, channels: usize) -> usize {
+        match &self.heads {
+            AttentionHeads::PerLevel(v) => v.get(level).copied().or(v.last().copied()).unwrap_or(1),
+            AttentionHeads::HeadDim(d) => (channels / (*d).max(1)).max(1),
+        }
+    }
+
+    /// Time embedding width (4 x the first level's channels).
+    pub fn time_embed_dim(&self) -> usize {
+        self.block_out_channels.first().copied().unwrap_or(0) * 4
+    }
+
+    /// Checks the invariants the model builder relies on.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let levels = self.block_out_channels.len();
+        if levels == 0 {
+            return Err("unet config has no levels".into());
+        }
+        if self.transformer_depth.len() != levels {
+            return Err(format!(
+                "unet config has {} transformer depths for {levels} levels",
+                self.transformer_depth.len()
+            ));
+        }
+        if let AttentionHeads::PerLevel(v) = &self.heads {
+            if v.is_empty() {
+                return Err("unet config has an empty head list".into());
+            }
+        }
+        if self.layers_per_block == 0 || self.norm_num_groups == 0 {
+            return Err(
+                "unet config needs at least one resnet per level and one norm group".into(),
+            );
+        }
+        for &c in &self.block_out_channels {
+            if c == 0 || c % self.norm_num_groups != 0 {
+                return Err(format!(
+                    "{c} channels do not split into {} groups",
+                    self.norm_num_groups
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// ControlNet residuals in diffusers order: `down[0]` is added to the `conv_in` output skip, then
+/// one per resnet/attention pair and downsampler; `mid` is added after the mid block.
+#[derive(Debug, Clone)]
+pub struct ControlResiduals {
+    pub down: Vec<Tensor>,
+    pub mid: Tensor,
+}
+
+impl ControlResiduals {
+    /// The sum of two ControlNets' residuals, in `self`'s dtypes.
+    pub fn sum(&self, other: &ControlResiduals) -> Result<ControlResiduals> {
+        if self.down.len() != other.down.len() {
+            candle_core::bail!(
+                "cannot combine controls with {} and {} down residuals",
+                self.down.len(),
+                other.down.len()
+            );
+        }
+        let down = self
+            .down
+            .iter()
+            .zip(&other.down)
+            .map(|(a, b)| a + b.to_dtype(a.dtype())?)
+            .collect::<Result<Vec<_>>>()?;
+        let mid = (&self.mid + other.mid.to_dtype(self.mid.dtype())?)?;
+        Ok(ControlResiduals { down, mid })
+    }
+}
+
+/// T2I-Adapter features that enter the UNet's encoder (ComfyUI's `input` and `middle` controls):
+/// `input[k]`, when present, is added to the hidden state right after skip `k` is produced
+/// (diffusers skip order: 0 = conv_in, then each resnet/attention pair and downsampler), before it
+/// is kept as a skip and fed to the next block; `mid` is added after the mid block.
+#[derive(Debug, Clone)]
+pub struct EncoderAdditions {
+    pub input: Vec<Option<Tensor>>,
+    pub mid: Option<Tensor>,
+}
+
+impl EncoderAdditions {
+    /// Every addition times `strength`.
+    pub fn scaled(&self, strength: f64) -> Result<Self> {
+        let scale = |t: &Tensor| t.affine(strength, 0.0);
+        Ok(Self {
+            input: self
+                .input
+                .iter()
+                .map(|t| t.as_ref().map(scale).transpose())
+                .collect::<Result<_>>()?,
+            mid: self.mid.as_ref().map(scale).transpose()?,
+        })
+    }
+
+    /// The sum of two adapters' additions, slot by slot (ComfyUI's `control_merge`).
+    pub fn sum(&self, other: &EncoderAdditions) -> Result<EncoderAdditions> {
+        fn add(a: Option<&Tensor>, b: Option<&Tensor>) -> Result<Option<Tensor>> {
+            Ok(match (a, b) {
+                (Some(a), Some(b)) => Some((a + b.to_dtype(a.dtype())?)?),
+                (a, b) => a.or(b).cloned(),
+            })
+        }
+        if self.input.len() != other.input.len() {
+            candle_core::bail!(
+                "cannot combine adapters with {} and {} input slots",
+                self.input.len(),
+                other.input.len()
+            );
+        }
+        let input = self
+            .input
+            .iter()
+            .zip(&other.input)
+            .map(|(a, b)| add(a.as_ref(), b.as_ref()))
+            .collect::<Result<_>>()?;
+        let mid = add(self.mid.as_ref(), other.mid.as_ref())?;
+        Ok(EncoderAdditions { input, mid })
+    }
+}
+
+/// Everything the controls on one conditioning add to a UNet evaluation: ControlNet residuals on
+/// the skips and after the mid block, T2I-Adapter additions inside the encoder. Several controls
+/// add up ([`UNetControl::sum`]).
+#[derive(Debug, Clone, Default)]
+pub struct UNetControl {
+    pub residuals: Option<ControlResiduals>,
+    pub encoder: Option<EncoderAdditions>,
+}
+
+impl UNetControl {
+    /// Both controls at once: each part is the sum of the parts present.
+    pub fn sum(&self, other: &UNetControl) -> Result<UNetControl> {
+        let residuals = match (&self.residuals, &other.residuals) {
+            (Some(a), Some(b)) => Some(a.sum(b)?),
+            (a, b) => a.as_ref().or(b.as_ref()).cloned(),
+        };
+        let encoder = match (&self.encoder, &other.encoder) {
+            (Some(a), Some(b)) => Some(a.sum(b)?),
+            (a, b) => a.as_ref().or(b.as_ref()).cloned(),
+        };
+        Ok(UNetControl { residuals, encoder })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct DownLevel {
+    pub(crate) resnets: Vec<ResnetBlock2D>,
+    pub(crate) attentions: Vec<Transformer2D>,
+    pub(crate) downsampler: Option<Downsample2D>,
+    pub(crate) span: tracing::Span,
+}
+
+#[derive(Debug)]
+pub(crate) struct UpLevel {
+    pub(crate) resnets: Vec<ResnetBlock2D>,
+    pub(crate) attentions: Vec<Transformer2D>,
+    pub(crate) upsampler: Option<Upsample2D>,
+    pub(crate) span: tracing::Span,
+}
+
+/// The denoising UNet of SD1.x/SD2.x/SDXL.
+#[derive(Debug)]
+pub struct UNet2DConditionModel {
+    pub(crate) conv_in: Conv2d,
+    pub(crate) time_embedding: TimestepEmbedding,
+    pub(crate) add_embedding: Option<TimestepEmbedding>,
+    pub(crate) down: Vec<DownLevel>,
+    pub(crate) mid_resnets: [ResnetBlock2D; 2],
+    pub(crate) mid_attention: Transformer2D,
+    pub(crate) up: Vec<UpLevel>,
+    pub(crate) conv_norm_out: GroupNorm,
+    pub(crate) conv_out: Conv2d,
+    config: UNetConfig,
+    dtype: DType,
+    device: Device,
+    span: tracing::Span,
+}
+
+impl UNet2DConditionModel {
+    /// Builds the model from diffusers-named weights under `vb`.
+    pub fn new(vb: VarBuilder, cfg: &UNetConfig) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::Msg)?;
+        let ch = &cfg.block_out_channels;
+        let levels = ch.len();
+        let temb = cfg.time_embed_dim();
+        let groups = cfg.norm_num_groups;
+        let resnet = |vb: VarBuilder, i: usize, o: usize| {
+            ResnetBlock2D::new(
+                vb,
+                ResnetConfig {
+                    in_channels: i,
+                    out_channels: o,
+                    temb_channels: Some(temb),
+                    groups,
+                    eps: cfg.norm_eps,
+                },
+            )
+        };
+        let transformer = |vb: VarBuilder, level: usize, c: usize, depth: usize| {
+            Transformer2D::new(
+                vb,
+                Transformer2DConfig {
+                    channels: c,
+                    context_dim: cfg.context_dim,
+                    heads: cfg.heads_at(level, c),
+                    depth,
+                    groups,
+                    use_linear_projection: cfg.use_linear_projection,
+                },
+            )
+        };
+
+        let conv_in = conv_same(cfg.in_channels, ch[0], 3, vb.pp("conv_in"))?;
+        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], temb)?;
+        let add_embedding = match cfg.adm_in_channels {
+            Some(adm) => Some(TimestepEmbedding::new(vb.pp("add_embedding"), adm, temb)?),
+            None => None,
+        };
+
+        // Channels of every skip, in push order, so the up path knows what it concatenates.
+        let mut skips = vec![ch[0]];
+        let mut down = Vec::with_capacity(levels);
+        let vb_down = vb.pp("down_blocks");
+        let mut prev = ch[0];
+        for (level, &out) in ch.iter().enumerate() {
+            let vb_l = vb_down.pp(level);
+            let depth = cfg.transformer_depth[level];
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..cfg.layers_per_block {
+                let input = if j == 0 { prev } else { out };
+                resnets.push(resnet(vb_l.pp("resnets").pp(j), input, out)?);
+                if depth > 0 {
+                    attentions.push(transformer(vb_l.pp("attentions").pp(j), level, out, depth)?);
+                }
+                skips.push(out);
+            }
+            let downsampler = if level + 1 < levels {
+                skips.push(out);
+                Some(Downsample2D::new(
+                    vb_l.pp("downsamplers").pp(0),
+                    out,
+                    false,
+                )?)
+            } else {
+                None
+            };
+            prev = out;
+            let span = tracing::trace_span!("down_block", level);
+            down.push(DownLevel {
+                resnets,
+                attentions,
+                downsampler,
+                span,
+            });
+        }
+
+        let last = ch[levels - 1];
+        let vb_mid = vb.pp("mid_block");
+        let mid_resnets = [
+            resnet(vb_mid.pp("resnets").pp(0), last, last)?,
+            resnet(vb_mid.pp("resnets").pp(1), last, last)?,
+        ];
+        let mid_attention = transformer(
+            vb_mid.pp("attentions").pp(0),
+            levels - 1,
+            last,
+            cfg.mid_transformer_depth,
+        )?;
+
+        let mut up = Vec::with_capacity(levels);
+        let vb_up = vb.pp("up_blocks");
+        let mut prev = last;
+        for i in 0..levels {
+            let level = levels - 1 - i;
+            let out = ch[level];
+            let depth = cfg.transformer_depth[level];
+            let vb_l = vb_up.pp(i);
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..=cfg.layers_per_block {
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| candle_core::Error::Msg("unet skip bookkeeping".into()))?;
+                let input = if j == 0 { prev } else { out };
+                resnets.push(resnet(vb_l.pp("resnets").pp(j), input + skip, out)?);
+                if depth > 0 {
+                    attentions.push(transformer(vb_l.pp("attentions").pp(j), level, out, depth)?);
+                }
+            }
+            let upsampler = if i + 1 < levels {
+                Some(Upsample2D::new(vb_l.pp("upsamplers").pp(0), out)?)
+            } else {
+                None
+            };
+            prev = out;
+            let span = tracing::trace_span!("up_block", level = i);
+            up.push(UpLevel {
+                resnets,
+                attentions,
+                upsampler,
+                span,
+            });
+        }
+
+        let conv_norm_out = group_norm(groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))?;
+        let conv_out = conv_same(ch[0], cfg.out_channels, 3, vb.pp("conv_out"))?;
+        Ok(Self {
+            conv_in,
+            time_embedding,
+            add_embedding,
+            down,
+            mid_resnets,
+            mid_attention,
+            up,
+            conv_norm_out,
+            conv_out,
+            config: cfg.clone(),
+            dtype: crate::device::compute_dtype(vb.device(), vb.dtype()),
+            device: vb.device().clone(),
+            span: tracing::trace_span!("unet"),
+        })
+    }
+
+    /// The architecture this model was built with.
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    /// The dtype it computes in: f32 on the CPU, the weights' on a GPU.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Number of ControlNet down residuals this UNet takes (12 for SD1.5, 9 for SDXL).
+    pub fn num_skips(&self) -> usize {
+        1 + self
+            .down
+            .iter()
+            .map(|l| l.resnets.len() + usize::from(l.downsampler.is_some()))
+            .sum::<usize>()
+    }
+
+    /// One denoiser evaluation.
+    ///
+    /// - `xs`: [B, C_in, H, W] latents (any float dtype; computed in the model dtype and returned
+    ///   in `xs`'s dtype).
+    /// - `timesteps`: `[B]` f32 (discrete timestep values, fractional allowed); the sinusoidal
+    ///   embedding is computed in f32 even for f16 models.
+    /// - `context`: [B, N, context_dim].
+    /// - `y`: [B, adm_in_channels] for SDXL (see [`sdxl_adm`]); must be `None` for SD1/2.
+    /// - `control`: ControlNet residuals, already scaled by the strength.
+    ///
+    /// Returns [B, C_out, H, W].
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+        control: Option<&ControlResiduals>,
+    ) -> Result<Tensor> {
+        let control = UNetControl {
+            residuals: control.cloned(),
+            encoder: None,
+        };
+        self.forward_controlled(xs, timesteps, context, y, &control)
+    }
+
+    /// [`Self::forward`] with every kind of control: ControlNet residuals added to the skips and
+    /// after the mid block, and T2I-Adapter additions inside the encoder (`control.encoder.input`
+    /// has [`Self::num_skips`] entries, each `None` or shaped like that skip; see
+    /// [`EncoderAdditions`]), all already scaled by their strengths.
+    pub fn forward_controlled(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+        control: &UNetControl,
+    ) -> Result<Tensor> {
+        let (input, mid) = match &control.encoder {
+            Some(e) => (e.input.as_slice(), e.mid.as_ref()),
+            None => (&[][..], None),
+        };
+        let control = control.residuals.as_ref();
+        let _enter = self.span.enter();
+        if !input.is_empty() && input.len() != self.num_skips() {
+            candle_core::bail!(
+                "adapter gave {} input residuals, this unet has {} input blocks",
+                input.len(),
+                self.num_skips()
+            );
+        }
+        let in_dtype = xs.dtype();
+        let (batch, _, _, _) = xs.dims4()?;
+        let t: Vec<f32> = timesteps.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        if t.len() != batch {
+            candle_core::bail!("unet got {} timesteps for a batch of {batch}", t.len());
+        }
+        let xs = xs.to_dtype(self.dtype)?;
+        let context = context.to_dtype(self.dtype)?;
+
+        let t_emb = sinusoidal_embedding(&t, self.config.block_out_channels[0], &self.device)?;
+        let mut emb = self.time_embedding.forward(&t_emb.to_dtype(self.dtype)?)?;
+        match (&self.add_embedding, y) {
+            (Some(add), Some(y)) => {
+                emb = (emb + add.forward(&y.to_dtype(self.dtype)?)?)?;
+            }
+            (Some(_), None) => candle_core::bail!("this unet needs the y (adm) vector"),
+            (None, Some(_)) => candle_core::bail!("this unet takes no y (adm) vector"),
+            (None, None) => {}
+        }
+
+        let mut additions = input.iter();
+        let mut add_input = |h: Tensor| -> Result<Tensor> {
+            match additions.next() {
+                Some(Some(r)) => h + r.to_dtype(self.dtype)?,
+                _ => Ok(h),
+            }
+        };
+        let mut h = add_input(self.conv_in.forward(&xs)?)?;
+        let mut skips = vec![h.clone()];
+        for level in &self.down {
+            let _enter = level.span.enter();
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                h = resnet.forward(&h, Some(&emb))?;
+                if let Some(attn) = level.attentions.get(j) {
+                    h = attn.forward(&h, &context)?;
+                }
+                h = add_input(h)?;
+                skips.push(h.clone());
+            }
+            if let Some(down) = &level.downsampler {
+                h = add_input(down.forward(&h)?)?;
+                skips.push(h.clone());
+            }
+        }
+
+        if let Some(control) = control {
+            if control.down.len() != skips.len() {
+                candle_core::bail!(
+                    "controlnet gave {} down residuals, this unet has {} skips",
+                    control.down.len(),
+                    skips.len()
+                );
+            }
+            for (skip, residual) in skips.iter_mut().zip(control.down.iter()) {
+                *skip = (&*skip + residual.to_dtype(self.dtype)?)?;
+            }
+        }
+
+        {
+            let _enter = tracing::trace_span!("mid_block").entered();
+            h = self.mid_resnets[0].forward(&h, Some(&emb))?;
+            h = self.mid_attention.forward(&h, &context)?;
+            h = self.mid_resnets[1].forward(&h, Some(&emb))?;
+        }
+        if let Some(mid) = mid {
+            h = (h + mid.to_dtype(self.dtype)?)?;
+        }
+        if let Some(control) = control {
+            h = (h + control.mid.to_dtype(self.dtype)?)?;
+        }
+
+        for level in &self.up {
+            let _enter = level.span.enter();
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| candle_core::Error::Msg("unet skip bookkeeping".into()))?;
+                h = Tensor::cat(&[&h, &skip], 1)?;
+                h = resnet.forward(&h, Some(&emb))?;
+                if let Some(attn) = level.attentions.get(j) {
+                    h = attn.forward(&h, &context)?;
+                }
+            }
+            if let Some(upsampler) = &level.upsampler {
+                // Upsample to the size of the skip it meets next, which also covers latents whose
+                // size is not a multiple of 2^levels (diffusers' `upsample_size`).
+                let (_, _, sh, sw) = skips
+                    .last()
+                    .ok_or_else(|| candle_core::Error::Msg("unet skip bookkeeping".into()))?
+                    .dims4()?;
+                h = upsampler.forward(&h, sh, sw)?;
+            }
+        }
+
+        let h = self.conv_norm_out.forward_silu(&h)?;
+        self.conv_out.forward(&h)?.to_dtype(in_dtype)
+    }
+}
+
+/// SDXL's `y` vector: `[pooled, E(v_0), E(v_1), ...]` where E is the 256-wide sinusoidal
+/// embedding (computed in f32) of each size value, as diffusers' `add_time_proj`.
+///
+/// - base: `values` = [orig_h, orig_w, crop_top, crop_left, target_h, target_w] (2816 wide)
+/// - refiner: `values` = [orig_h, orig_w, crop_top, crop_left, aesthetic_score] (2560 wide)
+///
+/// `pooled`: [B, P]; `values`: one row of size values per batch item. Returns [B, P + 256 n] f32.
+pub fn sdxl_adm(pooled: &Tensor, values: &[Vec<f32>]) -> Result<Tensor> {
+    let (batch, _) = pooled.dims2()?;
+    if values.len() != batch {
+        candle_core::bail!(
+            "sdxl adm got {} size rows for a batch of {batch}",
+            values.len()
+        );
+    }
+    let n = values.first().map(|v| v.len()).unwrap_or(0);
+    if values.iter().any(|v| v.len() != n) {
+        candle_core::bail!("sdxl adm size rows have different lengths");
+    }
+    let flat: Vec<f32> = values.iter().flatten().copied().collect();
+    let emb = sinusoidal_embedding(&flat, 256, pooled.device())?.reshape((batch, n * 256))?;
+    Tensor::cat(&[&pooled.to_dtype(DType::F32)?, &emb], 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(v: f32) -> Tensor {
+        Tensor::full(v, (1, 1, 2, 2), &Device::Cpu).unwrap()
+    }
+
+    fn value(t: &Tensor) -> f32 {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]
+    }
+
+    #[test]
+    fn controls_sum_part_by_part_and_slot_by_slot() {
+        let controlnet = UNetControl {
+            residuals: Some(ControlResiduals {
+                down: vec![full(1.0), full(2.0)],
+                mid: full(3.0),
+            }),
+            encoder: None,
+        };
+        let adapter = |first: Option<f32>, mid: Option<f32>| UNetControl {
+            residuals: None,
+            encoder: Some(EncoderAdditions {
+                input: vec![first.map(full), None],
+                mid: mid.map(full),
+            }),
+        };
+        let sum = controlnet
+            .sum(&adapter(Some(0.5), None))
+            .unwrap()
+            .sum(&adapter(Some(0.25), Some(4.0)))
+            .unwrap()
+            .sum(&controlnet)
+            .unwrap();
+        let residuals = sum.residuals.unwrap();
+        assert_eq!(value(&residuals.down[1]), 4.0);
+        assert_eq!(value(&residuals.mid), 6.0);
+        let encoder = sum.encoder.unwrap();
+        assert_eq!(value(encoder.input[0].as_ref().unwrap()), 0.75);
+        assert!(encoder.input[1].is_none());
+        assert_eq!(value(encoder.mid.as_ref().unwrap()), 4.0);
+        // Controls for different UNets do not combine.
+        let short = UNetControl {
+            residuals: None,
+            encoder: Some(EncoderAdditions {
+                input: vec![None],
+                mid: None,
+            }),
+        };
+        assert!(adapter(None, None).sum(&short).is_err());
+    }
+}

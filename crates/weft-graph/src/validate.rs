@@ -1,0 +1,776 @@
+//! Validation: a raw `Workflow` becomes a typed, ordered `Plan`, or per-node errors.
+//!
+//! Follows ComfyUI's `validate_prompt` (see `comfyui-api.md` §3.1): unknown classes stop everything;
+//! otherwise every output node is checked with all its ancestors, good outputs still run and bad ones
+//! are reported with the nodes that caused them. Unlike ComfyUI, a dependency cycle is detected
+//! explicitly and named (ComfyUI recurses until Python's stack gives out).
+//!
+//! The walk is iterative, so a very deep graph cannot overflow the stack.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde_json::Value as Json;
+
+use crate::plan::{ConstValue, Plan, PlanInput, PlanNode};
+use crate::spec::{types_compatible, ComboOptions, InputKind, NodeSpec};
+use crate::workflow::{RawInput, Workflow};
+
+/// What validation needs to know about node classes. Implemented by the node registry, which may do
+/// IO (listing model folders, checking that an input file exists); validation itself does none.
+pub trait Catalog {
+    fn spec(&self, class_type: &str) -> Option<&NodeSpec>;
+    /// The options of a combo, resolved now (file lists are read at validation time).
+    fn combo_options(&self, options: &ComboOptions) -> Vec<String>;
+    /// The node's own check of an input it validates itself (ComfyUI's `VALIDATE_INPUTS`).
+    fn check_input(&self, spec: &NodeSpec, input: &str, value: &ConstValue) -> Result<(), String>;
+}
+
+/// The kind of one per-node validation error; `type_name` is ComfyUI's `type` string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    RequiredInputMissing,
+    BadLinkedInput,
+    ReturnTypeMismatch,
+    InvalidInputType,
+    ValueSmallerThanMin,
+    ValueBiggerThanMax,
+    ValueNotInList,
+    CustomValidationFailed,
+    DependencyCycle,
+}
+
+impl ErrorKind {
+    pub fn type_name(self) -> &'static str {
+        match self {
+            ErrorKind::RequiredInputMissing => "required_input_missing",
+            ErrorKind::BadLinkedInput => "bad_linked_input",
+            ErrorKind::ReturnTypeMismatch => "return_type_mismatch",
+            ErrorKind::InvalidInputType => "invalid_input_type",
+            ErrorKind::ValueSmallerThanMin => "value_smaller_than_min",
+            ErrorKind::ValueBiggerThanMax => "value_bigger_than_max",
+            ErrorKind::ValueNotInList => "value_not_in_list",
+            ErrorKind::CustomValidationFailed => "custom_validation_failed",
+            ErrorKind::DependencyCycle => "dependency_cycle",
+        }
+    }
+}
+
+/// One problem with one node, in ComfyUI's wording.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub details: String,
+    pub input_name: Option<String>,
+    pub received_type: Option<String>,
+    pub received_value: Option<Json>,
+    pub linked_node: Option<(String, usize)>,
+    pub exception_message: Option<String>,
+}
+
+impl NodeError {
+    fn new(kind: ErrorKind, message: impl Into<String>, details: impl Into<String>) -> Self {
+        NodeError {
+            kind,
+            message: message.into(),
+            details: details.into(),
+            input_name: None,
+            received_type: None,
+            received_value: None,
+            linked_node: None,
+            exception_message: None,
+        }
+    }
+
+    fn on_input(mut self, name: &str) -> Self {
+        self.input_name = Some(name.to_owned());
+        self
+    }
+}
+
+/// All errors of one node, as `node_errors[id]` reports them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeErrors {
+    pub node_id: String,
+    pub class_type: String,
+    pub errors: Vec<NodeError>,
+    pub dependent_outputs: Vec<String>,
+}
+
+/// Why a prompt cannot run at all.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptError {
+    /// `invalid_prompt`: a node lacks `class_type` or names an unknown class.
+    InvalidPrompt { message: String, details: String },
+    /// `prompt_no_outputs`.
+    NoOutputs,
+    /// `prompt_outputs_failed_validation`: every output failed; see the node errors.
+    OutputsFailed,
+}
+
+/// The result of validating a workflow.
+#[derive(Debug)]
+pub struct Validation {
+    /// Present when at least one output validated.
+    pub plan: Option<Plan>,
+    pub failure: Option<PromptError>,
+    /// Nodes with their own errors, in workflow order.
+    pub node_errors: Vec<NodeErrors>,
+}
+
+/// Validates `workflow` and builds the plan of what its good outputs need.
+///
+/// `targets` restricts the outputs to run (`partial_execution_targets`); ids that are not output
+/// nodes are ignored, as in ComfyUI.
+pub fn validate(
+    workflow: &Workflow,
+    catalog: &dyn Catalog,
+    targets: Option<&[String]>,
+) -> Validation {
+    let fail = |failure| Validation {
+        plan: None,
+        failure: Some(failure),
+        node_errors: Vec::new(),
+    };
+
+    // 1. Every node must name a known class; ComfyUI stops at the first that doesn't.
+    let mut specs: HashMap<&str, &NodeSpec> = HashMap::new();
+    for node in &workflow.nodes {
+        let Some(class_type) = node.class_type.as_deref() else {
+            return fail(PromptError::InvalidPrompt {
+                message: "Cannot execute because a node is missing the class_type property.".into(),
+                details: format!("Node ID '#{}'", node.id),
+            });
+        };
+        let Some(spec) = catalog.spec(class_type) else {
+            return fail(PromptError::InvalidPrompt {
+                message: format!("Cannot execute because node {class_type} does not exist."),
+                details: format!("Node ID '#{}'", node.id),
+            });
+        };
+        specs.insert(node.id.as_str(), spec);
+    }
+
+    // 2. Outputs, in workflow order.
+    let outputs: Vec<&str> = workflow
+        .nodes
+        .iter()
+        .filter(|n| specs[n.id.as_str()].output_node)
+        .filter(|n| targets.is_none_or(|t| t.iter().any(|id| id == &n.id)))
+        .map(|n| n.id.as_str())
+        .collect();
+    if outputs.is_empty() {
+        return fail(PromptError::NoOutputs);
+    }
+
+    // 3. Local checks of every node reachable from an output, and the dependency graph.
+    let index_of: HashMap<&str, usize> = workflow
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
+    let mut graph: DiGraph<usize, ()> = DiGraph::new();
+    let mut graph_index: HashMap<usize, NodeIndex> = HashMap::new();
+    let mut local: HashMap<usize, LocalResult> = HashMap::new();
+    let mut queue: VecDeque<usize> = outputs.iter().map(|id| index_of[id]).collect();
+    while let Some(i) = queue.pop_front() {
+        if local.contains_key(&i) {
+            continue;
+        }
+        let node = &workflow.nodes[i];
+        let result = check_node_locally(workflow, &specs, catalog, i);
+        let from = *graph_index.entry(i).or_insert_with(|| graph.add_node(i));
+        for &parent in &result.parents {
+            let to = *graph_index
+                .entry(parent)
+                .or_insert_with(|| graph.add_node(parent));
+            graph.add_edge(to, from, ());
+            queue.push_back(parent);
+        }
+        let _ = node;
+        local.insert(i, result);
+    }
+
+    // 4. Cycles: every strongly connected component with more than one node, or a self-link.
+    for component in petgraph::algo::kosaraju_scc(&graph) {
+        let is_cycle = component.len() > 1
+            || component
+                .first()
+                .is_some_and(|&n| graph.contains_edge(n, n));
+        if !is_cycle {
+            continue;
+        }
+        let mut ids: Vec<&str> = component
+            .iter()
+            .map(|&n| workflow.nodes[graph[n]].id.as_str())
+            .collect();
+        ids.sort_by(|a, b| compare_node_ids(a, b));
+        let cycle = cycle_path(&ids, workflow, &index_of);
+        for id in &ids {
+            let result = local
+                .get_mut(&index_of[id])
+                .expect("cycle nodes were visited");
+            result.errors.push(NodeError::new(
+                ErrorKind::DependencyCycle,
+                "Dependency cycle detected",
+                format!("node '{id}' depends on itself through {cycle}"),
+            ));
+        }
+    }
+
+    // 5. An output is good when it and every ancestor are free of errors.
+    let mut node_errors_by_index: HashMap<usize, Vec<String>> = HashMap::new();
+    let mut good_outputs = Vec::new();
+    for &output in &outputs {
+        let ancestors = ancestors_of(index_of[output], &local);
+        let bad: Vec<usize> = ancestors
+            .iter()
+            .copied()
+            .filter(|i| !local[i].errors.is_empty())
+            .collect();
+        if bad.is_empty() {
+            good_outputs.push(output);
+        }
+        for i in bad {
+            node_errors_by_index
+                .entry(i)
+                .or_default()
+                .push(output.to_owned());
+        }
+    }
+    let mut node_errors: Vec<NodeErrors> = node_errors_by_index
+        .into_iter()
+        .map(|(i, dependent_outputs)| NodeErrors {
+            node_id: workflow.nodes[i].id.clone(),
+            class_type: specs[workflow.nodes[i].id.as_str()].class_type.to_owned(),
+            errors: local[&i].errors.clone(),
+            dependent_outputs,
+        })
+        .collect();
+    node_errors.sort_by_key(|e| index_of[e.node_id.as_str()]);
+
+    if good_outputs.is_empty() {
+        return Validation {
+            plan: None,
+            failure: Some(PromptError::OutputsFailed),
+            node_errors,
+        };
+    }
+
+    let plan = build_plan(workflow, &specs, &local, &index_of, &good_outputs);
+    Validation {
+        plan: Some(plan),
+        failure: None,
+        node_errors,
+    }
+}
+
+/// Orders workflow node ids for display and tie-breaking: numeric ids numerically, then the rest
+/// as strings, so "9" comes before "10".
+pub fn compare_node_ids(a: &str, b: &str) -> Ordering {
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        (Ok(_), Err(_)) => Ordering::Less,
+        (Err(_), Ok(_)) => Ordering::Greater,
+        (Err(_), Err(_)) => a.cmp(b),
+    }
+}
+
+struct LocalResult {
+    errors: Vec<NodeError>,
+    /// Indices of linked source nodes that exist.
+    parents: Vec<usize>,
+    /// Declared inputs, coerced, in declaration order.
+    inputs: Vec<(String, PlanInput)>,
+}
+
+fn check_node_locally(
+    workflow: &Workflow,
+    specs: &HashMap<&str, &NodeSpec>,
+    catalog: &dyn Catalog,
+    index: usize,
+) -> LocalResult {
+    let node = &workflow.nodes[index];
+    let spec = specs[node.id.as_str()];
+    let mut result = LocalResult {
+        errors: Vec::new(),
+        parents: Vec::new(),
+        inputs: Vec::new(),
+    };
+    for input in &spec.inputs {
+        let Some(raw) = node.input(input.name) else {
+            if !input.optional {
+                result.errors.push(
+                    NodeError::new(
+                        ErrorKind::RequiredInputMissing,
+                        "Required input is missing",
+                        input.name,
+                    )
+                    .on_input(input.name),
+                );
+            }
+            continue;
+        };
+        match raw {
+            RawInput::BadLink(_) => result.errors.push(
+                NodeError::new(
+                    ErrorKind::BadLinkedInput,
+                    "Bad linked input, must be a length-2 list of [string, int]",
+                    input.name,
+                )
+                .on_input(input.name),
+            ),
+            RawInput::Link {
+                node: source_id,
+                slot,
+            } => {
+                match check_link(
+                    workflow,
+                    specs,
+                    input.name,
+                    input.kind.type_name(),
+                    source_id,
+                    *slot,
+                ) {
+                    Ok(source_index) => {
+                        result.parents.push(source_index);
+                        // Resolved to a plan index when the plan is built.
+                        result.inputs.push((
+                            input.name.to_owned(),
+                            PlanInput::Link {
+                                node: source_index,
+                                slot: *slot,
+                            },
+                        ));
+                    }
+                    Err((error, existing_source)) => {
+                        // Keep walking into a source that exists, so its own errors are reported too.
+                        result.parents.extend(existing_source);
+                        result.errors.push(error);
+                    }
+                }
+            }
+            RawInput::Const(value) => {
+                match check_constant(spec, input.name, &input.kind, value, catalog) {
+                    Ok(value) => result
+                        .inputs
+                        .push((input.name.to_owned(), PlanInput::Const(value))),
+                    Err(error) => result.errors.push(error.on_input(input.name)),
+                }
+            }
+        }
+    }
+    result
+}
+
+fn check_link(
+    workflow: &Workflow,
+    specs: &HashMap<&str, &NodeSpec>,
+    input_name: &str,
+    declared_type: &str,
+    source_id: &str,
+    slot: usize,
+) -> Result<usize, (NodeError, Option<usize>)> {
+    let bad = |details: String| {
+        let mut error = NodeError::new(ErrorKind::BadLinkedInput, "Bad linked input", details)
+            .on_input(input_name);
+        error.linked_node = Some((source_id.to_owned(), slot));
+        error
+    };
+    let Some(source_index) = workflow.nodes.iter().position(|n| n.id == source_id) else {
+        return Err((
+            bad(format!(
+                "{input_name}: linked node '{source_id}' does not exist"
+            )),
+            None,
+        ));
+    };
+    let source_spec = specs[source_id];
+    let Some(output) = source_spec.outputs.get(slot) else {
+        let error = bad(format!(
+            "{input_name}: node '{source_id}' ({}) has no output {slot}; it has {}",
+            source_spec.class_type,
+            source_spec.outputs.len()
+        ));
+        return Err((error, Some(source_index)));
+    };
+    if !types_compatible(output.ty.0, declared_type) {
+        let mut error = NodeError::new(
+            ErrorKind::ReturnTypeMismatch,
+            "Return type mismatch between linked nodes",
+            format!(
+                "{input_name}, received_type({}) mismatch input_type({declared_type})",
+                output.ty.0
+            ),
+        )
+        .on_input(input_name);
+        error.received_type = Some(output.ty.0.to_owned());
+        error.linked_node = Some((source_id.to_owned(), slot));
+        return Err((error, Some(source_index)));
+    }
+    Ok(source_index)
+}
+
+fn check_constant(
+    spec: &NodeSpec,
+    name: &str,
+    kind: &InputKind,
+    value: &Json,
+    catalog: &dyn Catalog,
+) -> Result<ConstValue, NodeError> {
+    let coerced = coerce(kind, value).map_err(|exception| {
+        let mut error = NodeError::new(
+            ErrorKind::InvalidInputType,
+            format!(
+                "Failed to convert an input value to a {} value",
+                kind.type_name()
+            ),
+            format!("{name}, {}, {exception}", python_repr(value)),
+        );
+        error.received_value = Some(value.clone());
+        error.exception_message = Some(exception);
+        error
+    })?;
+
+    if spec.self_validated.contains(&name) {
+        return match catalog.check_input(spec, name, &coerced) {
+            Ok(()) => Ok(coerced),
+            Err(reason) => Err(NodeError::new(
+                ErrorKind::CustomValidationFailed,
+                "Custom validation failed for node",
+                format!("{name} - {reason}"),
+            )),
+        };
+    }
+
+    let out_of_range = |kind: ErrorKind, word: &str, limit: String, shown: String| {
+        let mut error = NodeError::new(kind, format!("Value {shown} {word} of {limit}"), name);
+        error.received_value = Some(value.clone());
+        error
+    };
+    match (kind, &coerced) {
+        (InputKind::Int { min, max, .. }, ConstValue::Int(v)) => {
+            if v < min {
+                return Err(out_of_range(
+                    ErrorKind::ValueSmallerThanMin,
+                    "smaller than min",
+                    min.to_string(),
+                    v.to_string(),
+                ));
+            }
+            if v > max {
+                return Err(out_of_range(
+                    ErrorKind::ValueBiggerThanMax,
+                    "bigger than max",
+                    max.to_string(),
+                    v.to_string(),
+                ));
+            }
+        }
+        (InputKind::Float { min, max, .. }, ConstValue::Float(v)) => {
+            if v < min {
+                return Err(out_of_range(
+                    ErrorKind::ValueSmallerThanMin,
+                    "smaller than min",
+                    fmt_float(*min),
+                    fmt_float(*v),
+                ));
+            }
+            if v > max {
+                return Err(out_of_range(
+                    ErrorKind::ValueBiggerThanMax,
+                    "bigger than max",
+                    fmt_float(*max),
+                    fmt_float(*v),
+                ));
+            }
+        }
+        (InputKind::Combo { options, .. }, ConstValue::String(v)) => {
+            let list = catalog.combo_options(options);
+            if !list.iter().any(|o| o == v) {
+                let shown = if list.len() > 20 {
+                    format!("(list of length {})", list.len())
+                } else {
+                    format!("{list:?}")
+                };
+                let mut error = NodeError::new(
+                    ErrorKind::ValueNotInList,
+                    "Value not in list",
+                    format!("{name}: '{v}' not in {shown}"),
+                );
+                error.received_value = Some(value.clone());
+                return Err(error);
+            }
+        }
+        _ => {}
+    }
+    Ok(coerced)
+}
+
+/// Converts a constant to the declared type with Python's rules, as ComfyUI does
+/// (`int("5")` works, `int("5.0")` fails, `bool("false")` is true).
+fn coerce(kind: &InputKind, value: &Json) -> Result<ConstValue, String> {
+    match kind {
+        InputKind::Int { .. } => coerce_int(value).map(ConstValue::Int),
+        InputKind::Float { .. } => coerce_float(value).map(ConstValue::Float),
+        InputKind::String { .. } => Ok(ConstValue::String(python_str(value))),
+        InputKind::Boolean { .. } => Ok(ConstValue::Bool(python_truthy(value))),
+        InputKind::Combo { .. } => match value {
+            Json::String(s) => Ok(ConstValue::String(s.clone())),
+            other => Ok(ConstValue::String(python_str(other))),
+        },
+        InputKind::Link(ty) => Err(format!(
+            "input of type {} takes a link to another node, not a constant",
+            ty.0
+        )),
+    }
+}
+
+fn coerce_int(value: &Json) -> Result<i128, String> {
+    match value {
+        Json::Bool(b) => Ok(i128::from(*b)),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Ok(i128::from(i))
+            } else if let Some(u) = n.as_u64() {
+                Ok(i128::from(u))
+            } else {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.is_finite() {
+                    Ok(f.trunc() as i128)
+                } else {
+                    Err(format!("cannot convert float {f} to integer"))
+                }
+            }
+        }
+        Json::String(s) => {
+            let trimmed = s.trim().replace('_', "");
+            trimmed
+                .parse::<i128>()
+                .map_err(|_| format!("invalid literal for int() with base 10: '{s}'"))
+        }
+        Json::Null => Err(
+            "int() argument must be a string, a bytes-like object or a real number, not 'NoneType'"
+                .into(),
+        ),
+        Json::Array(_) | Json::Object(_) => {
+            Err("int() argument must be a string, a bytes-like object or a real number".into())
+        }
+    }
+}
+
+fn coerce_float(value: &Json) -> Result<f64, String> {
+    match value {
+        Json::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
+        Json::Number(n) => n.as_f64().ok_or_else(|| "number out of range".to_string()),
+        Json::String(s) => {
+            let t = s.trim().to_ascii_lowercase();
+            match t.as_str() {
+                "inf" | "+inf" | "infinity" | "+infinity" => Ok(f64::INFINITY),
+                "-inf" | "-infinity" => Ok(f64::NEG_INFINITY),
+                "nan" | "+nan" | "-nan" => Ok(f64::NAN),
+                _ => t
+                    .parse::<f64>()
+                    .map_err(|_| format!("could not convert string to float: '{s}'")),
+            }
+        }
+        Json::Null => {
+            Err("float() argument must be a string or a real number, not 'NoneType'".into())
+        }
+        Json::Array(_) | Json::Object(_) => {
+            Err("float() argument must be a string or a real number".into())
+        }
+    }
+}
+
+fn python_truthy(value: &Json) -> bool {
+    match value {
+        Json::Null => false,
+        Json::Bool(b) => *b,
+        Json::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Json::String(s) => !s.is_empty(),
+        Json::Array(a) => !a.is_empty(),
+        Json::Object(o) => !o.is_empty(),
+    }
+}
+
+fn python_str(value: &Json) -> String {
+    match value {
+        Json::String(s) => s.clone(),
+        Json::Null => "None".into(),
+        Json::Bool(true) => "True".into(),
+        Json::Bool(false) => "False".into(),
+        Json::Number(n) if n.is_f64() => fmt_float(n.as_f64().unwrap_or(0.0)),
+        other => other.to_string(),
+    }
+}
+
+fn python_repr(value: &Json) -> String {
+    match value {
+        Json::String(s) => s.clone(),
+        other => python_str(other),
+    }
+}
+
+/// Formats a float as Python's `str(float)` does for ordinary values (`1.0`, `0.5`).
+pub fn fmt_float(f: f64) -> String {
+    if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e16 {
+        format!("{f:.1}")
+    } else {
+        format!("{f}")
+    }
+}
+
+fn ancestors_of(start: usize, local: &HashMap<usize, LocalResult>) -> BTreeSet<usize> {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![start];
+    while let Some(i) = stack.pop() {
+        if seen.insert(i) {
+            if let Some(result) = local.get(&i) {
+                stack.extend(result.parents.iter().copied());
+            }
+        }
+    }
+    seen
+}
+
+/// A readable path through a cycle's nodes: "1 -> 2 -> 1".
+fn cycle_path(ids: &[&str], workflow: &Workflow, index_of: &HashMap<&str, usize>) -> String {
+    let members: HashSet<&str> = ids.iter().copied().collect();
+    let Some(&start) = ids.first() else {
+        return String::new();
+    };
+    let mut path = vec![start];
+    let mut current = start;
+    // Follow links that stay inside the component until we come back to the start.
+    for _ in 0..ids.len() {
+        let node = &workflow.nodes[index_of[current]];
+        let next = node.inputs.iter().find_map(|(_, raw)| match raw {
+            RawInput::Link { node, .. } if members.contains(node.as_str()) => Some(node.as_str()),
+            _ => None,
+        });
+        match next {
+            Some(next) => {
+                path.push(next);
+                if next == start {
+                    break;
+                }
+                current = next;
+            }
+            None => break,
+        }
+    }
+    path.join(" -> ")
+}
+
+fn build_plan(
+    workflow: &Workflow,
+    specs: &HashMap<&str, &NodeSpec>,
+    local: &HashMap<usize, LocalResult>,
+    index_of: &HashMap<&str, usize>,
+    good_outputs: &[&str],
+) -> Plan {
+    let mut needed = BTreeSet::new();
+    for output in good_outputs {
+        needed.extend(ancestors_of(index_of[output], local));
+    }
+
+    // Kahn's algorithm, ties broken by node id so the order users see is stable.
+    let mut remaining_parents: HashMap<usize, usize> = HashMap::new();
+    let mut children: HashMap<usize, Vec<usize>> = HashMap::new();
+    for &i in &needed {
+        let parents: BTreeSet<usize> = local[&i].parents.iter().copied().collect();
+        remaining_parents.insert(i, parents.len());
+        for p in parents {
+            children.entry(p).or_default().push(i);
+        }
+    }
+    let key = |i: usize| NodeKey(workflow.nodes[i].id.clone(), i);
+    let mut ready: BTreeSet<NodeKey> = needed
+        .iter()
+        .copied()
+        .filter(|i| remaining_parents[i] == 0)
+        .map(key)
+        .collect();
+    let mut order = Vec::with_capacity(needed.len());
+    while let Some(next) = ready.pop_first() {
+        let i = next.1;
+        order.push(i);
+        for &child in children.get(&i).map(Vec::as_slice).unwrap_or(&[]) {
+            let count = remaining_parents.get_mut(&child).expect("child is needed");
+            *count -= 1;
+            if *count == 0 {
+                ready.insert(key(child));
+            }
+        }
+    }
+
+    let position: HashMap<usize, usize> =
+        order.iter().enumerate().map(|(pos, &i)| (i, pos)).collect();
+    let nodes = order
+        .iter()
+        .map(|&i| {
+            let node = &workflow.nodes[i];
+            let inputs = local[&i]
+                .inputs
+                .iter()
+                .map(|(name, input)| {
+                    let input = match input {
+                        PlanInput::Link { node, slot } => PlanInput::Link {
+                            node: position[node],
+                            slot: *slot,
+                        },
+                        PlanInput::Const(v) => PlanInput::Const(v.clone()),
+                    };
+                    (name.clone(), input)
+                })
+                .collect();
+            PlanNode {
+                id: node.id.clone(),
+                class_type: specs[node.id.as_str()].class_type,
+                inputs,
+            }
+        })
+        .collect();
+    let outputs = good_outputs.iter().map(|s| (*s).to_owned()).collect();
+    Plan::new(nodes, outputs)
+}
+
+#[derive(PartialEq, Eq)]
+struct NodeKey(String, usize);
+
+impl PartialOrd for NodeKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for NodeKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare_node_ids(&self.0, &other.0).then(self.1.cmp(&other.1))
+    }
+}
+
+/// Writes validated constants back into an API-format prompt, as ComfyUI stores the coerced prompt
+/// in the queue and history (`{"__value__": …}` unwrapped, `"5"` stored as `5` for an INT input).
+pub fn coerced_prompt(original: &Json, plan: &Plan) -> Json {
+    let mut prompt = original.clone();
+    for node in plan.nodes() {
+        let Some(inputs) = prompt
+            .get_mut(&node.id)
+            .and_then(|n| n.get_mut("inputs"))
+            .and_then(Json::as_object_mut)
+        else {
+            continue;
+        };
+        for (name, input) in &node.inputs {
+            if let PlanInput::Const(value) = input {
+                inputs.insert(name.clone(), value.to_json());
+            }
+        }
+    }
+    prompt
+}

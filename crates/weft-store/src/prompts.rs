@@ -1,0 +1,575 @@
+//! The queue and history: one row per prompt, from acceptance to deletion.
+
+use serde_json::Value as Json;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use crate::{now_ms, SqlContext, Store, StoreError};
+
+/// Where a prompt is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Interrupted,
+    Cancelled,
+}
+
+impl PromptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromptStatus::Pending => "pending",
+            PromptStatus::Running => "running",
+            PromptStatus::Done => "done",
+            PromptStatus::Failed => "failed",
+            PromptStatus::Interrupted => "interrupted",
+            PromptStatus::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> PromptStatus {
+        match s {
+            "pending" => PromptStatus::Pending,
+            "running" => PromptStatus::Running,
+            "done" => PromptStatus::Done,
+            "failed" => PromptStatus::Failed,
+            "interrupted" => PromptStatus::Interrupted,
+            _ => PromptStatus::Cancelled,
+        }
+    }
+}
+
+/// A prompt to put in the queue.
+#[derive(Debug, Clone)]
+pub struct NewPrompt {
+    pub prompt_id: String,
+    pub number: f64,
+    pub prompt: Json,
+    pub extra_data: Json,
+    pub outputs_to_execute: Vec<String>,
+    pub client_id: Option<String>,
+}
+
+/// One stored prompt with its history parts.
+#[derive(Debug, Clone)]
+pub struct PromptRow {
+    pub seq: i64,
+    pub prompt_id: String,
+    pub number: f64,
+    pub status: PromptStatus,
+    pub prompt: Json,
+    pub extra_data: Json,
+    pub outputs_to_execute: Vec<String>,
+    pub client_id: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub outputs: Option<Json>,
+    pub status_messages: Option<Json>,
+    pub meta: Option<Json>,
+}
+
+const COLUMNS: &str =
+    "seq, prompt_id, number, status, prompt, extra_data, outputs_to_execute, client_id, \
+     reason, created_at, started_at, finished_at, outputs, status_messages, meta";
+
+fn parse_json(prompt_id: &str, text: &str) -> Result<Json, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::CorruptJson {
+        prompt_id: prompt_id.to_owned(),
+        source,
+    })
+}
+
+fn parse_optional_json(prompt_id: &str, text: Option<String>) -> Result<Option<Json>, StoreError> {
+    text.map(|t| parse_json(prompt_id, &t)).transpose()
+}
+
+fn row_to_prompt(row: &SqliteRow) -> Result<PromptRow, StoreError> {
+    let prompt_id: String = row.get("prompt_id");
+    let outputs_to_execute: Json =
+        parse_json(&prompt_id, row.get::<&str, _>("outputs_to_execute"))?;
+    Ok(PromptRow {
+        seq: row.get("seq"),
+        number: row.get("number"),
+        status: PromptStatus::parse(row.get::<&str, _>("status")),
+        prompt: parse_json(&prompt_id, row.get::<&str, _>("prompt"))?,
+        extra_data: parse_json(&prompt_id, row.get::<&str, _>("extra_data"))?,
+        outputs_to_execute: outputs_to_execute
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        client_id: row.get("client_id"),
+        reason: row.get("reason"),
+        created_at: row.get("created_at"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+        outputs: parse_optional_json(&prompt_id, row.get("outputs"))?,
+        status_messages: parse_optional_json(&prompt_id, row.get("status_messages"))?,
+        meta: parse_optional_json(&prompt_id, row.get("meta"))?,
+        prompt_id,
+    })
+}
+
+fn rows_to_prompts(rows: &[SqliteRow]) -> Result<Vec<PromptRow>, StoreError> {
+    rows.iter().map(row_to_prompt).collect()
+}
+
+impl Store {
+    /// The next queue number: one more than any number handed out so far.
+    pub async fn next_number(&self) -> Result<f64, StoreError> {
+        let max: Option<f64> = sqlx::query_scalar("SELECT MAX(ABS(number)) FROM prompts")
+            .fetch_one(&self.pool)
+            .await
+            .doing("reading the queue counter")?;
+        Ok(max.map_or(0.0, |m| m.floor() + 1.0))
+    }
+
+    /// Stores a new pending prompt. Replaces an older prompt with the same id that is no longer
+    /// queued or running (ComfyUI lets a client reuse a prompt id; its history is overwritten).
+    pub async fn enqueue(&self, item: &NewPrompt) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("starting to enqueue")?;
+        let busy: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM prompts WHERE prompt_id = ? AND status IN ('pending', 'running')",
+        )
+        .bind(&item.prompt_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .doing("checking the prompt id")?;
+        if busy.is_some() {
+            return Err(StoreError::Sql {
+                doing: "enqueueing",
+                source: sqlx::Error::Protocol(format!(
+                    "prompt id '{}' is already queued",
+                    item.prompt_id
+                )),
+            });
+        }
+        sqlx::query("DELETE FROM prompts WHERE prompt_id = ?")
+            .bind(&item.prompt_id)
+            .execute(&mut *tx)
+            .await
+            .doing("replacing an old prompt with the same id")?;
+        sqlx::query(
+            "INSERT INTO prompts (prompt_id, number, status, prompt, extra_data, outputs_to_execute, client_id, created_at) \
+             VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)",
+        )
+        .bind(&item.prompt_id)
+        .bind(item.number)
+        .bind(item.prompt.to_string())
+        .bind(item.extra_data.to_string())
+        .bind(Json::from(item.outputs_to_execute.clone()).to_string())
+        .bind(&item.client_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .doing("storing a new prompt")?;
+        tx.commit().await.doing("committing a new prompt")?;
+        Ok(())
+    }
+
+    /// True when a prompt with this id is pending or running.
+    pub async fn is_queued(&self, prompt_id: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM prompts WHERE prompt_id = ? AND status IN ('pending', 'running')",
+        )
+        .bind(prompt_id)
+        .fetch_one(&self.pool)
+        .await
+        .doing("looking up a prompt")?;
+        Ok(n > 0)
+    }
+
+    /// Takes the first pending prompt (lowest number, then oldest) and marks it running, in one
+    /// transaction, so two workers could never take the same prompt.
+    pub async fn claim_next(&self) -> Result<Option<PromptRow>, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("starting to claim a prompt")?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM prompts WHERE status = 'pending' ORDER BY number, seq LIMIT 1"
+        ))
+        .fetch_optional(&mut *tx)
+        .await
+        .doing("finding the next prompt")?;
+        let Some(row) = row else { return Ok(None) };
+        let mut prompt = row_to_prompt(&row)?;
+        let now = now_ms();
+        sqlx::query("UPDATE prompts SET status = 'running', started_at = ? WHERE seq = ?")
+            .bind(now)
+            .bind(prompt.seq)
+            .execute(&mut *tx)
+            .await
+            .doing("marking a prompt running")?;
+        tx.commit().await.doing("committing a claimed prompt")?;
+        prompt.status = PromptStatus::Running;
+        prompt.started_at = Some(now);
+        Ok(Some(prompt))
+    }
+
+    /// Records how a prompt ended and makes it part of the history.
+    pub async fn finish(
+        &self,
+        prompt_id: &str,
+        status: PromptStatus,
+        reason: Option<&str>,
+        outputs: &Json,
+        status_messages: &Json,
+        meta: &Json,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE prompts SET status = ?, reason = ?, finished_at = ?, outputs = ?, status_messages = ?, meta = ?, \
+             in_history = 1 WHERE prompt_id = ?",
+        )
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(now_ms())
+        .bind(outputs.to_string())
+        .bind(status_messages.to_string())
+        .bind(meta.to_string())
+        .bind(prompt_id)
+        .execute(&self.pool)
+        .await
+        .doing("recording a finished prompt")?;
+        Ok(())
+    }
+
+    /// After a restart: prompts left running by a crash become interrupted history entries with a
+    /// reason. Returns their ids. Pending prompts are untouched and run in their original order.
+    pub async fn recover_interrupted(&self, reason: &str) -> Result<Vec<String>, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("starting crash recovery")?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT prompt_id FROM prompts WHERE status = 'running' ORDER BY seq",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .doing("finding prompts left running")?;
+        let now = now_ms();
+        for id in &ids {
+            let messages = serde_json::json!([[
+                "execution_interrupted",
+                {"prompt_id": id, "node_id": null, "node_type": null, "executed": [], "timestamp": now, "reason": reason}
+            ]]);
+            sqlx::query(
+                "UPDATE prompts SET status = 'interrupted', reason = ?, finished_at = ?, \
+                 outputs = COALESCE(outputs, '{}'), status_messages = ?, meta = COALESCE(meta, '{}'), in_history = 1 \
+                 WHERE prompt_id = ?",
+            )
+            .bind(reason)
+            .bind(now)
+            .bind(messages.to_string())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .doing("marking a prompt interrupted")?;
+        }
+        tx.commit().await.doing("committing crash recovery")?;
+        Ok(ids)
+    }
+
+    /// Pending prompts in the order they will run.
+    pub async fn pending(&self) -> Result<Vec<PromptRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM prompts WHERE status = 'pending' ORDER BY number, seq"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .doing("listing pending prompts")?;
+        rows_to_prompts(&rows)
+    }
+
+    /// The prompt being run, if any.
+    pub async fn running(&self) -> Result<Vec<PromptRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM prompts WHERE status = 'running' ORDER BY seq"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .doing("listing running prompts")?;
+        rows_to_prompts(&rows)
+    }
+
+    /// Pending plus running, as `queue_remaining` counts them.
+    pub async fn queue_remaining(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM prompts WHERE status IN ('pending', 'running')")
+            .fetch_one(&self.pool)
+            .await
+            .doing("counting the queue")
+    }
+
+    /// Cancels pending prompts by id; returns the ids that were pending.
+    pub async fn cancel_pending(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut cancelled = Vec::new();
+        for id in ids {
+            let done = sqlx::query(
+                "UPDATE prompts SET status = 'cancelled', finished_at = ? WHERE prompt_id = ? AND status = 'pending'",
+            )
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .doing("cancelling a prompt")?;
+            if done.rows_affected() > 0 {
+                cancelled.push(id.clone());
+            }
+        }
+        Ok(cancelled)
+    }
+
+    /// Cancels every pending prompt; returns how many.
+    pub async fn cancel_all_pending(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE prompts SET status = 'cancelled', finished_at = ? WHERE status = 'pending'",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .doing("clearing the queue")?;
+        Ok(done.rows_affected())
+    }
+
+    /// Moves a pending prompt ahead of every other pending one. False if it is not pending.
+    pub async fn move_to_front(&self, prompt_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("starting to reorder the queue")?;
+        let min: Option<f64> =
+            sqlx::query_scalar("SELECT MIN(number) FROM prompts WHERE status = 'pending'")
+                .fetch_one(&mut *tx)
+                .await
+                .doing("reading the queue front")?;
+        let done =
+            sqlx::query("UPDATE prompts SET number = ? WHERE prompt_id = ? AND status = 'pending'")
+                .bind(min.unwrap_or(0.0) - 1.0)
+                .bind(prompt_id)
+                .execute(&mut *tx)
+                .await
+                .doing("moving a prompt to the front")?;
+        tx.commit().await.doing("committing the new order")?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Puts a finished (interrupted, failed, cancelled or done) prompt back at the end of the
+    /// queue under the same id. Returns its new number, or None if no such finished prompt exists.
+    pub async fn requeue(&self, prompt_id: &str) -> Result<Option<f64>, StoreError> {
+        let number = self.next_number().await?;
+        let done = sqlx::query(
+            "UPDATE prompts SET status = 'pending', number = ?, reason = NULL, started_at = NULL, finished_at = NULL, \
+             outputs = NULL, status_messages = NULL, meta = NULL, in_history = 0 \
+             WHERE prompt_id = ? AND status NOT IN ('pending', 'running')",
+        )
+        .bind(number)
+        .bind(prompt_id)
+        .execute(&self.pool)
+        .await
+        .doing("re-queueing a prompt")?;
+        Ok((done.rows_affected() > 0).then_some(number))
+    }
+
+    /// History entries, oldest first. `offset`/`max_items` follow ComfyUI: without an offset,
+    /// `max_items` takes the newest entries.
+    pub async fn history(
+        &self,
+        max_items: Option<i64>,
+        offset: Option<i64>,
+    ) -> Result<Vec<PromptRow>, StoreError> {
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM prompts WHERE in_history = 1")
+            .fetch_one(&self.pool)
+            .await
+            .doing("counting history")?;
+        let (start, count) = match (offset, max_items) {
+            (Some(offset), max) => (offset.max(0), max.unwrap_or(total).max(0)),
+            (None, Some(max)) => ((total - max.max(0)).max(0), max.max(0)),
+            (None, None) => (0, total),
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM prompts WHERE in_history = 1 ORDER BY finished_at, seq LIMIT ? OFFSET ?"
+        ))
+        .bind(count)
+        .bind(start)
+        .fetch_all(&self.pool)
+        .await
+        .doing("reading history")?;
+        rows_to_prompts(&rows)
+    }
+
+    /// Any stored prompt by id (queued, running or finished).
+    pub async fn prompt(&self, prompt_id: &str) -> Result<Option<PromptRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM prompts WHERE prompt_id = ?"
+        ))
+        .bind(prompt_id)
+        .fetch_optional(&self.pool)
+        .await
+        .doing("reading a prompt")?;
+        row.as_ref().map(row_to_prompt).transpose()
+    }
+
+    /// One history entry, or None while it is not finished.
+    pub async fn history_entry(&self, prompt_id: &str) -> Result<Option<PromptRow>, StoreError> {
+        Ok(self
+            .prompt(prompt_id)
+            .await?
+            .filter(|p| p.outputs.is_some()))
+    }
+
+    /// Removes finished prompts from history (the queue is untouched).
+    pub async fn delete_history(&self, ids: &[String]) -> Result<(), StoreError> {
+        for id in ids {
+            sqlx::query("DELETE FROM prompts WHERE prompt_id = ? AND in_history = 1")
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .doing("deleting a history entry")?;
+        }
+        Ok(())
+    }
+
+    pub async fn clear_history(&self) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM prompts WHERE in_history = 1")
+            .execute(&self.pool)
+            .await
+            .doing("clearing history")?;
+        Ok(())
+    }
+
+    /// Records an image a node wrote.
+    pub async fn record_image(
+        &self,
+        prompt_id: &str,
+        node_id: &str,
+        filename: &str,
+        subfolder: &str,
+        folder_type: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO images (prompt_id, node_id, filename, subfolder, folder_type, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(prompt_id)
+        .bind(node_id)
+        .bind(filename)
+        .bind(subfolder)
+        .bind(folder_type)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .doing("recording an image")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn item(id: &str, number: f64) -> NewPrompt {
+        NewPrompt {
+            prompt_id: id.into(),
+            number,
+            prompt: json!({}),
+            extra_data: json!({}),
+            outputs_to_execute: vec!["9".into()],
+            client_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn queue_order_claim_and_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite")).await.unwrap();
+        store.enqueue(&item("a", 0.0)).await.unwrap();
+        store.enqueue(&item("b", 1.0)).await.unwrap();
+        store.enqueue(&item("c", -2.0)).await.unwrap();
+        assert_eq!(store.next_number().await.unwrap(), 3.0);
+        let order: Vec<String> = store
+            .pending()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.prompt_id)
+            .collect();
+        assert_eq!(order, ["c", "a", "b"]);
+        assert!(store.move_to_front("b").await.unwrap());
+        let claimed = store.claim_next().await.unwrap().unwrap();
+        assert_eq!(claimed.prompt_id, "b");
+        assert!(
+            store.enqueue(&item("b", 5.0)).await.is_err(),
+            "a running id cannot be reused"
+        );
+
+        // Simulate a crash: reopen the same file.
+        drop(store);
+        let store = Store::open(&dir.path().join("db.sqlite")).await.unwrap();
+        assert_eq!(store.recover_interrupted("killed").await.unwrap(), ["b"]);
+        let entry = store.history_entry("b").await.unwrap().unwrap();
+        assert_eq!(entry.status, PromptStatus::Interrupted);
+        assert_eq!(entry.reason.as_deref(), Some("killed"));
+        assert_eq!(store.queue_remaining().await.unwrap(), 2);
+        assert!(store.requeue("b").await.unwrap().is_some());
+        let order: Vec<String> = store
+            .pending()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.prompt_id)
+            .collect();
+        assert_eq!(order, ["c", "a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn history_paging_follows_comfyui() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite")).await.unwrap();
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            store.enqueue(&item(id, i as f64)).await.unwrap();
+            let p = store.claim_next().await.unwrap().unwrap();
+            store
+                .finish(
+                    &p.prompt_id,
+                    PromptStatus::Done,
+                    None,
+                    &json!({}),
+                    &json!([]),
+                    &json!({}),
+                )
+                .await
+                .unwrap();
+        }
+        let ids = |rows: Vec<PromptRow>| rows.into_iter().map(|p| p.prompt_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.history(None, None).await.unwrap()),
+            ["a", "b", "c", "d"]
+        );
+        assert_eq!(ids(store.history(Some(2), None).await.unwrap()), ["c", "d"]);
+        assert_eq!(
+            ids(store.history(Some(2), Some(1)).await.unwrap()),
+            ["b", "c"]
+        );
+        assert_eq!(ids(store.history(None, Some(3)).await.unwrap()), ["d"]);
+        assert!(store.history(None, Some(9)).await.unwrap().is_empty());
+        store.delete_history(&["b".into()]).await.unwrap();
+        assert_eq!(
+            ids(store.history(None, None).await.unwrap()),
+            ["a", "c", "d"]
+        );
+    }
+}
