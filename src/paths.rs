@@ -219,6 +219,24 @@ impl DataDirs {
             .then(|| self.models.join(name))
     }
 
+    /// Resolves a model file name (`sub/x.safetensors`) inside the model folder `folder`: the
+    /// first of its folders that has it, as ComfyUI's `get_full_path`. The error is a sentence
+    /// for the user (the caller names the node and input).
+    pub fn model_file(&self, folder: &str, name: &str) -> Result<PathBuf, String> {
+        let bases = self
+            .model_folders(folder)
+            .ok_or_else(|| format!("no model folder named {folder}"))?;
+        let (subfolder, file) = name.rsplit_once('/').unwrap_or(("", name));
+        for base in &bases {
+            match resolve_model(base, subfolder, file) {
+                Ok(Some(path)) => return Ok(path),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(format!("model file '{name}' not found in models/{folder}"))
+    }
+
     /// The folders a model folder name covers, main one first: ComfyUI also reads T2I-Adapters
     /// from `t2i_adapter/`, text encoders from the older `clip/` and diffusion models from
     /// `unet/`, so layouts copied from ComfyUI work unchanged.
@@ -437,9 +455,9 @@ mod tests {
         );
         // The same name in both folders is listed once; the main folder wins.
         assert_eq!(dirs.list_models("clip").unwrap(), ["c.safetensors"]);
-        let found = crate::nodes::model_file(&dirs, "text_encoders", "c.safetensors").unwrap();
+        let found = dirs.model_file("text_encoders", "c.safetensors").unwrap();
         assert!(found.parent().unwrap().ends_with("text_encoders"));
-        let adapter = crate::nodes::model_file(&dirs, "controlnet", "b.safetensors").unwrap();
+        let adapter = dirs.model_file("controlnet", "b.safetensors").unwrap();
         assert!(adapter.parent().unwrap().ends_with("t2i_adapter"));
     }
 

@@ -4,7 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value as Json};
 
 use crate::api::error::ApiError;
-use crate::api::AppState;
+use crate::api::{blocking, AppState};
 use crate::editor_format::{
     api_to_editor, editor_to_api, EditorConversion, MAX_EDITOR_WORKFLOW_BYTES,
 };
@@ -99,8 +99,20 @@ async fn convert(
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("image/png"));
+    // Conversion lists model folders (to report missing models): off the async workers.
+    let to_editor = query.to.as_deref() == Some("editor");
+    let response = blocking(move || convert_body(&state, &body, is_png, to_editor)).await?;
+    Ok(HttpResponse::Ok().json(response))
+}
+
+fn convert_body(
+    state: &AppState,
+    body: &[u8],
+    is_png: bool,
+    to_editor: bool,
+) -> Result<Json, ApiError> {
     if is_png {
-        let chunks = png_text(&body)?;
+        let chunks = png_text(body)?;
         let chunk = |key: &str| {
             chunks
                 .iter()
@@ -116,19 +128,19 @@ async fn convert(
         }
         if prompt.is_none() {
             if let Some(workflow) = &workflow {
-                prompt = Some(conversion(&state, workflow)?.prompt);
+                prompt = Some(conversion(state, workflow)?.prompt);
             }
         }
-        return Ok(HttpResponse::Ok().json(json!({"workflow": workflow, "prompt": prompt})));
+        return Ok(json!({"workflow": workflow, "prompt": prompt}));
     }
-    let input: Json = serde_json::from_slice(&body)
+    let input: Json = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
-    if query.to.as_deref() == Some("editor") {
+    if to_editor {
         let prompt = input.get("prompt").cloned().unwrap_or(input);
         let catalog = state.exec.registry().catalog(state.exec.dirs());
         let editor = api_to_editor(&prompt, &catalog)
             .map_err(|e| ApiError::BadRequest(format!("cannot convert the prompt: {e}")))?;
-        return Ok(HttpResponse::Ok().json(editor));
+        return Ok(editor);
     }
     let editor = input
         .get("workflow")
@@ -138,5 +150,5 @@ async fn convert(
     if !Workflow::looks_like_editor_format(&editor) {
         return Err(ApiError::BadRequest("expected an editor-format workflow (with nodes and links); use ?to=editor to convert an API prompt".into()));
     }
-    Ok(HttpResponse::Ok().json(conversion_json(conversion(&state, &editor)?)))
+    Ok(conversion_json(conversion(state, &editor)?))
 }

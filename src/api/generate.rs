@@ -6,7 +6,7 @@ use rand::Rng;
 use serde_json::{json, Map, Value as Json};
 
 use crate::api::error::{node_errors_json, submit_error, ApiError};
-use crate::api::{parse_json_body, AppState};
+use crate::api::{blocking, parse_json_body, AppState};
 use crate::editor_format::api_to_editor;
 use crate::exec::Submission;
 use crate::generate::{self, Compiled, GenerateRequest, RequestError};
@@ -47,11 +47,20 @@ fn compile(
     Ok((request, body, compiled, workflow))
 }
 
+/// [`compile`] off the async workers: it reads checkpoint headers and lists model folders.
+async fn compile_blocking(
+    state: &web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<(GenerateRequest, Json, Compiled, Json), ApiError> {
+    let state = state.clone();
+    blocking(move || compile(&state, &body)).await
+}
+
 async fn post_compile(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, _, compiled, workflow) = compile(&state, &body)?;
+    let (_, _, compiled, workflow) = compile_blocking(&state, body).await?;
     Ok(HttpResponse::Ok().json(json!({
         "prompt": compiled.prompt,
         "workflow": workflow,
@@ -63,7 +72,7 @@ async fn post_generate(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let (request, body, compiled, workflow) = compile(&state, &body)?;
+    let (request, body, compiled, workflow) = compile_blocking(&state, body).await?;
     let mut extra_data = Map::new();
     // Saved images embed the editor workflow, as images from the editor do, and the request.
     extra_data.insert(

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value as Json};
 
 use crate::api::error::ApiError;
 use crate::api::object_info::node_info;
-use crate::api::AppState;
+use crate::api::{blocking, AppState};
 use crate::engine::device::{compute_dtype, gpu_memory};
 use crate::paths::MODEL_FOLDERS;
 
@@ -130,20 +130,21 @@ pub async fn models_in(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let folder = path.into_inner();
-    let files = state
-        .exec
-        .dirs()
-        .list_models(&folder)
-        .ok_or_else(|| ApiError::NotFound(format!("no model folder named '{folder}'")))?;
+    let files = blocking(move || {
+        state
+            .exec
+            .dirs()
+            .list_models(&folder)
+            .ok_or_else(|| ApiError::NotFound(format!("no model folder named '{folder}'")))
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(files))
 }
 
 /// `GET /embeddings`: embedding names without extension.
-pub async fn embeddings(state: web::Data<AppState>) -> HttpResponse {
-    let names: Vec<String> = state
-        .exec
-        .dirs()
-        .list_models("embeddings")
+pub async fn embeddings(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let files = blocking(move || Ok(state.exec.dirs().list_models("embeddings"))).await?;
+    let names: Vec<String> = files
         .unwrap_or_default()
         .into_iter()
         .map(|f| {
@@ -151,7 +152,7 @@ pub async fn embeddings(state: web::Data<AppState>) -> HttpResponse {
                 .map_or(f.clone(), |(stem, _)| stem.to_owned())
         })
         .collect();
-    HttpResponse::Ok().json(names)
+    Ok(HttpResponse::Ok().json(names))
 }
 
 /// `GET /extensions`: Weft loads no frontend extensions.

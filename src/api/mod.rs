@@ -2,8 +2,8 @@
 //! `/api/weft/`.
 //!
 //! Invariant: the only layer that knows ComfyUI's HTTP shapes. Handlers are thin: they parse,
-//! call `exec` (or `store` for reads) and map the result; no handler waits on a node. Errors become
-//! responses only in `error.rs`.
+//! call `exec` (or `store` for reads) and map the result; no handler waits on a node, and file IO
+//! runs on the blocking pool ([`blocking`]). Errors become responses only in `error.rs`.
 
 pub mod convert;
 pub mod error;
@@ -41,6 +41,17 @@ pub struct AppState {
     pub exec: Arc<Executor>,
     pub hub: Hub,
     pub config: ApiConfig,
+}
+
+/// Runs `work` on actix's blocking pool: anything that reads files (checkpoint headers, model
+/// folder listings for combos, images) must not stall the async workers that serve every other
+/// request and socket.
+pub async fn blocking<R: Send + 'static>(
+    work: impl FnOnce() -> Result<R, ApiError> + Send + 'static,
+) -> Result<R, ApiError> {
+    web::block(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("a blocking task failed: {e}")))?
 }
 
 /// Parses a JSON body whatever its Content-Type (ComfyUI's clients send JSON as form data).

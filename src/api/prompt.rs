@@ -32,7 +32,11 @@ pub async fn post_prompt(
     // Weft addition: an editor-format workflow is converted here, and kept as the workflow that
     // saved images embed.
     let prompt = if crate::graph::Workflow::looks_like_editor_format(&prompt) {
-        let converted = crate::api::convert::editor_to_prompt(&state, &prompt)?;
+        let converted = {
+            let (state, prompt) = (state.clone(), prompt.clone());
+            crate::api::blocking(move || crate::api::convert::editor_to_prompt(&state, &prompt))
+                .await?
+        };
         let pnginfo = extra_data
             .entry("extra_pnginfo")
             .or_insert_with(|| json!({}));

@@ -225,25 +225,8 @@ impl NodeContext {
         input: &str,
         name: &str,
     ) -> Result<std::path::PathBuf, NodeError> {
-        model_file(&self.dirs, folder, name).map_err(|m| NodeError::input(input, m))
+        self.dirs.model_file(folder, name).map_err(|m| NodeError::input(input, m))
     }
-}
-
-/// Resolves a model file name (`sub/x.safetensors`) inside a model folder (the first of its
-/// folders that has it, as ComfyUI's `get_full_path`).
-pub fn model_file(dirs: &DataDirs, folder: &str, name: &str) -> Result<std::path::PathBuf, String> {
-    let bases = dirs
-        .model_folders(folder)
-        .ok_or_else(|| format!("no model folder named {folder}"))?;
-    let (subfolder, file) = name.rsplit_once('/').unwrap_or(("", name));
-    for base in &bases {
-        match crate::paths::resolve_model(base, subfolder, file) {
-            Ok(Some(path)) => return Ok(path),
-            Ok(None) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Err(format!("model file '{name}' not found in models/{folder}"))
 }
 
 /// A fingerprint of a model file that changes when the file does: size and modification time
@@ -257,7 +240,7 @@ pub fn file_fingerprint(
     let Some((_, ConstValue::String(name))) = constants.iter().find(|(n, _)| n == input) else {
         return Ok(String::new());
     };
-    let path = model_file(dirs, folder, name).map_err(|m| NodeError::input(input, m))?;
+    let path = dirs.model_file(folder, name).map_err(|m| NodeError::input(input, m))?;
     let meta = std::fs::metadata(&path).map_err(|e| NodeError::file(path.display(), e))?;
     let modified = meta
         .modified()
