@@ -73,6 +73,7 @@ pub struct EditorError {
     pub node_id: Option<String>,
     /// Where in the node or document: `inputs[2].link`, `widgets_values`, `links[7]`.
     pub field: String,
+    /// What is wrong there.
     pub kind: EditorErrorKind,
 }
 
@@ -83,14 +84,21 @@ pub enum EditorErrorKind {
     /// The JSON does not have the shape of the format at all.
     InvalidStructure(String),
     /// A link comes from a node that is not in the workflow.
-    MissingNode { origin_id: String },
+    MissingNode {
+        /// The missing source node's id, as the link gives it (local to its subgraph).
+        origin_id: String,
+    },
     /// Following links through reroutes, bypassed nodes or subgraph borders comes back to where it
     /// started.
     LinkCycle,
     /// Subgraphs nest deeper than `MAX_SUBGRAPH_DEPTH`.
     TooDeep,
     /// A subgraph contains an instance of itself.
-    RecursiveSubgraph { subgraph_id: String },
+    RecursiveSubgraph {
+        /// The definition's id, which its instance nodes use as `type`: a UUID for a subgraph,
+        /// `workflow>Name` for a legacy group node.
+        subgraph_id: String,
+    },
     /// Expanding subgraphs gives more than `MAX_EXPANDED_NODES` nodes.
     TooManyNodes,
 }

@@ -15,9 +15,12 @@ use crate::memory::{self, MemoryReading};
 /// A device named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
+    /// The CPU (`cpu`); the default.
     #[default]
     Cpu,
+    /// A CUDA GPU by index (`cuda`, `cuda:N`, `gpu:N`); needs the `cuda` feature.
     Cuda(usize),
+    /// A Metal GPU by index (`metal`, `metal:N`, `mps`); needs the `metal` feature.
     Metal(usize),
 }
 
@@ -59,20 +62,30 @@ impl fmt::Display for DeviceChoice {
 /// Why a device cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
+    /// The backend for this device was not compiled into the binary.
     #[error("this weft was built without {feature} support; rebuild with `cargo build --release --features {feature}`")]
-    NotCompiled { feature: &'static str },
+    NotCompiled {
+        /// The cargo feature that enables it (`cuda` or `metal`).
+        feature: &'static str,
+    },
     /// The backend is built in but the device is not there (no GPU, no driver, a wrong index).
     #[error("{reason}")]
     Open {
+        /// The device that failed to open.
         device: DeviceChoice,
+        /// The backend's error, without its backtrace.
         // Not a `source`: the message is the reason (callers say which device), and error chains
         // would print it twice.
         reason: candle_core::Error,
     },
+    /// The requested weight dtype is not supported on this device.
     #[error("{dtype:?} is not supported on {device}; use {supported}")]
     Dtype {
+        /// The dtype asked for.
         dtype: DType,
+        /// The device it was asked for on.
         device: DeviceChoice,
+        /// The dtypes that device accepts, for the message.
         supported: &'static str,
     },
 }

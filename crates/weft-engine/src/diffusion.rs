@@ -18,13 +18,18 @@ use crate::unet::{sdxl_adm, UNet2DConditionModel, UNetControl};
 /// for previews (`comfy/latent_formats.py`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatentFormat {
+    /// Latent channels (4 for SD1.x/SD2.x/SDXL).
     pub channels: usize,
+    /// Multiplier from VAE latents to the model's latent space (`0.18215` SD1.x, `0.13025` SDXL).
     pub scale_factor: f64,
+    /// Per latent channel (rows), its contribution to R, G and B for previews.
     pub rgb_factors: [[f32; 3]; 4],
+    /// Added to each RGB value before the preview is mapped from `[-1, 1]` to 0–255.
     pub rgb_bias: [f32; 3],
 }
 
 impl LatentFormat {
+    /// SD1.x/SD2.x latents (ComfyUI's `SD15`).
     pub fn sd15() -> Self {
         LatentFormat {
             channels: 4,
@@ -39,6 +44,7 @@ impl LatentFormat {
         }
     }
 
+    /// SDXL latents (ComfyUI's `SDXL`).
     pub fn sdxl() -> Self {
         LatentFormat {
             channels: 4,
@@ -53,6 +59,7 @@ impl LatentFormat {
         }
     }
 
+    /// The latent format a model family uses.
     pub fn for_family(family: ModelFamily) -> Self {
         match family {
             ModelFamily::Sd1 | ModelFamily::Sd2 => Self::sd15(),
@@ -85,10 +92,15 @@ impl LatentFormat {
 /// A UNet with everything needed to sample it.
 #[derive(Debug)]
 pub struct DiffusionModel {
+    /// The denoising network.
     pub unet: UNet2DConditionModel,
+    /// Which architecture the checkpoint was detected as.
     pub family: ModelFamily,
+    /// What the UNet predicts (epsilon or v), which picks the sampling config.
     pub prediction: Prediction,
+    /// The sigma schedule and input/output scaling (ComfyUI's `ModelSamplingDiscrete`).
     pub sampling: ModelSamplingDiscrete,
+    /// How this family's latents are scaled and previewed.
     pub latent: LatentFormat,
     /// Bytes of weights held, for memory budgets.
     pub bytes: usize,
@@ -97,6 +109,8 @@ pub struct DiffusionModel {
 }
 
 impl DiffusionModel {
+    /// Wraps `unet` with the family's latent format and the discrete model sampling for
+    /// `prediction`; no weights are kept (see [`DiffusionModel::with_weights`]).
     pub fn new(
         unet: UNet2DConditionModel,
         family: ModelFamily,
@@ -136,7 +150,9 @@ impl DiffusionModel {
 /// Which side of CFG a conditioning list is (the SDXL refiner's aesthetic score depends on it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PromptType {
+    /// The prompt CFG steers towards; the SDXL refiner's default aesthetic score is 6.0.
     Positive,
+    /// The prompt CFG steers away from; the SDXL refiner's default aesthetic score is 2.5.
     Negative,
 }
 
@@ -145,16 +161,24 @@ pub enum PromptType {
 pub enum Area {
     /// `(height, width, y, x)` in latent pixels (ComfyUI stores pixel/8).
     Latent {
+        /// Rows covered.
         height: usize,
+        /// Columns covered.
         width: usize,
+        /// Top row.
         y: usize,
+        /// Left column.
         x: usize,
     },
     /// Fractions of the latent (ConditioningSetAreaPercentage).
     Percentage {
+        /// Fraction of the latent's height covered.
         height: f64,
+        /// Fraction of the latent's width covered.
         width: f64,
+        /// Top edge as a fraction of the height.
         y: f64,
+        /// Left edge as a fraction of the width.
         x: f64,
     },
 }
@@ -162,12 +186,19 @@ pub enum Area {
 /// SDXL size conditioning; missing values default as ComfyUI's `encode_adm` does.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SizeConditioning {
+    /// Original image width in pixels; `None` = the latent width × 8.
     pub width: Option<f32>,
+    /// Original image height in pixels; `None` = the latent height × 8.
     pub height: Option<f32>,
+    /// Left crop offset in pixels; `None` = 0.
     pub crop_w: Option<f32>,
+    /// Top crop offset in pixels; `None` = 0.
     pub crop_h: Option<f32>,
+    /// Target width in pixels (SDXL base only); `None` = `width`.
     pub target_width: Option<f32>,
+    /// Target height in pixels (SDXL base only); `None` = `height`.
     pub target_height: Option<f32>,
+    /// Aesthetic score (SDXL refiner only); `None` = 6.0 positive, 2.5 negative.
     pub aesthetic_score: Option<f32>,
 }
 
@@ -194,18 +225,25 @@ pub struct CondEntry {
     pub context: Tensor,
     /// `[1, pooled_dim]`, when the encoder has one.
     pub pooled: Option<Tensor>,
+    /// Where the entry applies; `None` = the whole latent (ComfyUI's `area`).
     pub area: Option<Area>,
     /// `[1 or B, H, W]` at any resolution; resized to the latent at sampling time.
     pub mask: Option<Tensor>,
+    /// Multiplier on `mask` (ComfyUI's `mask_strength`).
     pub mask_strength: f64,
+    /// Shrink the area to the mask's non-zero bounding box (ComfyUI's `set_area_to_bounds`).
     pub set_area_to_bounds: bool,
+    /// Weight of this entry's prediction where it applies (ComfyUI's `strength`); areas are
+    /// feathered over 8 latent pixels at inner edges.
     pub strength: f64,
+    /// SDXL size/crop/aesthetic conditioning for the `y` vector.
     pub size: SizeConditioning,
     /// Controls in the order they were applied; what they add is summed.
     pub controls: Vec<Arc<dyn ControlHint>>,
 }
 
 impl CondEntry {
+    /// An entry covering the whole latent at strength 1 with no mask, controls or size overrides.
     pub fn new(context: Tensor, pooled: Option<Tensor>) -> Self {
         CondEntry {
             context,
@@ -220,6 +258,7 @@ impl CondEntry {
         }
     }
 
+    /// Bytes held by the context, pooled and mask tensors (controls not counted).
     pub fn byte_size(&self) -> usize {
         let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         bytes(&self.context)

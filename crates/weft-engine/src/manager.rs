@@ -50,8 +50,11 @@ use crate::vae::AutoEncoderKL;
 /// Everything a single-file checkpoint gives (ComfyUI's MODEL, CLIP, VAE).
 #[derive(Debug)]
 pub struct LoadedCheckpoint {
+    /// The UNet, ready to sample (MODEL).
     pub model: Arc<DiffusionModel>,
+    /// The text encoder(s) (CLIP); `None` when the file has no text encoder weights.
     pub clip: Option<Arc<TextEncoder>>,
+    /// The VAE; `None` when the file has no `first_stage_model.` weights.
     pub vae: Option<Arc<AutoEncoderKL>>,
     /// Bytes of the weights in memory.
     pub bytes: usize,
@@ -218,6 +221,7 @@ fn tensor_bytes(t: &Tensor) -> usize {
 /// What the manager holds, for `/system_stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelStats {
+    /// Files loaded (checkpoints, VAEs, ControlNets).
     pub models: usize,
     /// Bytes of the weights of loaded models.
     pub bytes: usize,
@@ -225,6 +229,7 @@ pub struct ModelStats {
     pub budget: usize,
     /// Bytes of weights kept in RAM by partial loads and streamed to the GPU per layer.
     pub offloaded: usize,
+    /// The process's memory limit and what is available now.
     pub memory: MemoryReading,
 }
 

@@ -48,8 +48,11 @@ pub struct MemoryReading {
 /// Where the limit in force came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitSource {
+    /// The cgroup v2 `memory.max`.
     CgroupV2,
+    /// The cgroup v1 `memory.limit_in_bytes`.
     CgroupV1,
+    /// The machine's memory (`MemTotal` in `/proc/meminfo`).
     MemTotal,
 }
 
@@ -184,9 +187,13 @@ fn stat_field(path: &Path, field: &str) -> Option<u64> {
 pub struct OutOfMemory {
     /// What needed the memory ("loading 'x.safetensors'", "sampling 2 x 128x128 latents").
     pub what: String,
+    /// Bytes it needs, including the headroom kept free ([`RESERVE`]).
     pub needed: u64,
+    /// Bytes that could be allocated when it was checked.
     pub available: u64,
+    /// The process's memory limit in bytes.
     pub limit: u64,
+    /// Which figure set `limit`.
     pub limit_source: LimitSource,
     /// What to change.
     pub advice: String,

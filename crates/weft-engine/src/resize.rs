@@ -10,14 +10,21 @@ use candle_core::{Device, Result, Tensor};
 /// The resampling methods ComfyUI offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpscaleMethod {
+    /// `nearest-exact`: the source pixel whose centre is nearest.
     NearestExact,
+    /// `bilinear`: linear interpolation between the two nearest source pixels per axis.
     Bilinear,
+    /// `area`: the mean of the covered source pixels (adaptive average pooling).
     Area,
+    /// `bicubic`: PyTorch's cubic convolution (A = -0.75) over 4 source pixels per axis.
     Bicubic,
+    /// `lanczos`: PIL's Lanczos-3 on 8-bit quantized values.
     Lanczos,
 }
 
 impl UpscaleMethod {
+    /// The method for ComfyUI's `upscale_method` name (`"nearest-exact"`, `"bilinear"`, ...);
+    /// `None` for an unknown name.
     pub fn parse(name: &str) -> Option<UpscaleMethod> {
         match name {
             "nearest-exact" => Some(UpscaleMethod::NearestExact),
@@ -33,7 +40,9 @@ impl UpscaleMethod {
 /// Crop before scaling: ComfyUI's `"disabled"` or `"center"` (crop to the target aspect first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Crop {
+    /// Scale the whole input, changing its aspect ratio if needed.
     Disabled,
+    /// Cut equal margins off the longer axis to the target aspect, then scale.
     Center,
 }
 

@@ -6,13 +6,18 @@ use sha2::{Digest, Sha256};
 /// A constant input after coercion to its declared type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConstValue {
+    /// An `INT` input's value.
     Int(i128),
+    /// A `FLOAT` input's value.
     Float(f64),
+    /// A `STRING` input's text, or the chosen option of a `COMBO`.
     String(String),
+    /// A `BOOLEAN` input's value.
     Bool(bool),
 }
 
 impl ConstValue {
+    /// The value as JSON; integers beyond `u64` become strings and non-finite floats null.
     pub fn to_json(&self) -> Json {
         match self {
             ConstValue::Int(i) => {
@@ -48,22 +53,28 @@ impl ConstValue {
 pub enum PlanInput {
     /// Output `slot` of the plan node at index `node` (always earlier in the order).
     Link {
+        /// Index of the source node in [`Plan::nodes`].
         node: usize,
+        /// Index of the source node's output, from 0.
         slot: usize,
     },
+    /// A constant, coerced to the input's declared type and range-checked.
     Const(ConstValue),
 }
 
 /// One node to run.
 #[derive(Debug, Clone)]
 pub struct PlanNode {
+    /// The node's id in the workflow (`"3"`).
     pub id: String,
+    /// The node class, as its `NodeSpec` spells it.
     pub class_type: &'static str,
     /// Declared inputs that are present, in declaration order.
     pub inputs: Vec<(String, PlanInput)>,
 }
 
 impl PlanNode {
+    /// The input called `name`, or None when it is absent (an optional input left out).
     pub fn input(&self, name: &str) -> Option<&PlanInput> {
         self.inputs.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
@@ -82,14 +93,17 @@ impl Plan {
         Plan { nodes, outputs }
     }
 
+    /// The nodes to run, in execution order; every link points to an earlier node.
     pub fn nodes(&self) -> &[PlanNode] {
         &self.nodes
     }
 
+    /// The ids of the output nodes that validated, in workflow order.
     pub fn outputs(&self) -> &[String] {
         &self.outputs
     }
 
+    /// The position of the node with workflow id `id` in [`Plan::nodes`], or None if it is not planned.
     pub fn index_of(&self, id: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.id == id)
     }
@@ -151,9 +165,12 @@ impl Plan {
 /// A node's cache key with the parts it was made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signature {
+    /// The key the node's outputs are cached under.
     pub key: CacheKey,
     /// Per-input digests, sorted by input name.
     pub inputs: Vec<(String, [u8; 32])>,
+    /// The outside-world token that went into the key (a file hash, or a unique token for
+    /// never-cached nodes); None for pure nodes.
     pub freshness: Option<String>,
 }
 
@@ -184,6 +201,7 @@ fn hash_const(hasher: &mut Sha256, value: &ConstValue) {
 pub struct CacheKey(pub [u8; 32]);
 
 impl CacheKey {
+    /// The first 8 bytes as 16 lowercase hex digits, for logs and progress events.
     pub fn short_hex(&self) -> String {
         hex::encode(&self.0[..8])
     }

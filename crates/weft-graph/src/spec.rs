@@ -10,25 +10,44 @@
 pub struct SlotType(pub &'static str);
 
 impl SlotType {
+    /// `*`: accepts and matches every type.
     pub const ANY: SlotType = SlotType("*");
+    /// An integer constant (Rust `i128`, so the full `u64` seed range fits).
     pub const INT: SlotType = SlotType("INT");
+    /// A floating-point constant (`f64`).
     pub const FLOAT: SlotType = SlotType("FLOAT");
+    /// A text constant.
     pub const STRING: SlotType = SlotType("STRING");
+    /// A true/false constant.
     pub const BOOLEAN: SlotType = SlotType("BOOLEAN");
+    /// A choice from a list of strings (ComfyUI sends the list itself as the type).
     pub const COMBO: SlotType = SlotType("COMBO");
+    /// A batch of images, `[B, H, W, C]` f32 in 0..1.
     pub const IMAGE: SlotType = SlotType("IMAGE");
+    /// A batch of masks, `[B, H, W]` f32 in 0..1.
     pub const MASK: SlotType = SlotType("MASK");
+    /// Latent samples `[B, C, h, w]`, with an optional noise mask.
     pub const LATENT: SlotType = SlotType("LATENT");
+    /// A loaded diffusion model (UNet), possibly patched (LoRA, …).
     pub const MODEL: SlotType = SlotType("MODEL");
+    /// A loaded text encoder with its tokenizer.
     pub const CLIP: SlotType = SlotType("CLIP");
+    /// A loaded VAE that encodes images to latents and decodes them back.
     pub const VAE: SlotType = SlotType("VAE");
+    /// Encoded prompts with their options (area, strength, ControlNet, …).
     pub const CONDITIONING: SlotType = SlotType("CONDITIONING");
+    /// A sampling algorithm picked by name (`euler`, `dpmpp_2m`, …).
     pub const SAMPLER: SlotType = SlotType("SAMPLER");
+    /// A noise schedule: the sigma of each step, descending to the last.
     pub const SIGMAS: SlotType = SlotType("SIGMAS");
+    /// A source of initial noise (seeded or disabled).
     pub const NOISE: SlotType = SlotType("NOISE");
+    /// What predicts the denoised latent at each step (model plus conditioning and CFG).
     pub const GUIDER: SlotType = SlotType("GUIDER");
+    /// A loaded ControlNet, T2I-Adapter or Control-LoRA.
     pub const CONTROL_NET: SlotType = SlotType("CONTROL_NET");
 
+    /// The type name as ComfyUI spells it, e.g. `"IMAGE"`.
     pub fn name(self) -> &'static str {
         self.0
     }
@@ -69,31 +88,51 @@ pub enum FileList {
 /// What kind of value an input takes, with its widget options.
 #[derive(Debug, Clone)]
 pub enum InputKind {
+    /// An integer widget (`INT`).
     Int {
+        /// The value the editor fills in for a new node.
         default: i128,
+        /// The smallest accepted value; smaller constants fail validation.
         min: i128,
+        /// The largest accepted value; larger constants fail validation.
         max: i128,
+        /// The widget's increment; sent to the editor, not checked by validation.
         step: i128,
         /// Adds the editor's hidden "control after generate" widget (seed inputs).
         control_after_generate: bool,
     },
+    /// A floating-point widget (`FLOAT`).
     Float {
+        /// The value the editor fills in for a new node.
         default: f64,
+        /// The smallest accepted value; smaller constants fail validation.
         min: f64,
+        /// The largest accepted value; larger constants fail validation.
         max: f64,
+        /// The widget's increment; sent to the editor, not checked by validation.
         step: f64,
+        /// The precision the editor rounds typed values to; None leaves the editor's default.
         round: Option<f64>,
     },
+    /// A text widget (`STRING`).
     String {
+        /// The text the editor fills in for a new node.
         default: &'static str,
+        /// Shown as a multi-line text box rather than a one-line field.
         multiline: bool,
+        /// The editor expands `{a|b}` choices in it before queueing (ComfyUI's `dynamicPrompts`).
         dynamic_prompts: bool,
     },
+    /// A toggle widget (`BOOLEAN`).
     Boolean {
+        /// The value the editor fills in for a new node.
         default: bool,
     },
+    /// A drop-down of strings (`COMBO`); a constant outside the options fails validation.
     Combo {
+        /// Where the allowed values come from.
         options: ComboOptions,
+        /// The preselected option; None lets the editor pick the first.
         default: Option<&'static str>,
         /// LoadImage's upload button.
         image_upload: bool,
@@ -124,21 +163,29 @@ impl InputKind {
 /// One declared input.
 #[derive(Debug, Clone)]
 pub struct InputSpec {
+    /// The input's key in the workflow's `inputs` object (`"seed"`, `"model"`).
     pub name: &'static str,
+    /// The value or link type it takes, with widget options.
     pub kind: InputKind,
+    /// Listed under `optional` in `/object_info`; a missing optional input is not an error.
     pub optional: bool,
+    /// Hover text for the editor; None for no tooltip.
     pub tooltip: Option<&'static str>,
 }
 
 /// A hidden input the executor injects (`PROMPT`, `EXTRA_PNGINFO`, `UNIQUE_ID`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HiddenInput {
+    /// `PROMPT`: the whole API-format workflow being run.
     Prompt,
+    /// `EXTRA_PNGINFO`: the client's `extra_data.extra_pnginfo` (usually the editor workflow).
     ExtraPngInfo,
+    /// `UNIQUE_ID`: the id of the node being run.
     UniqueId,
 }
 
 impl HiddenInput {
+    /// The name ComfyUI uses for it in `/object_info` (`"PROMPT"`, …).
     pub fn comfy_name(self) -> &'static str {
         match self {
             HiddenInput::Prompt => "PROMPT",
@@ -151,8 +198,11 @@ impl HiddenInput {
 /// One declared output.
 #[derive(Debug, Clone)]
 pub struct OutputSpec {
+    /// The type of the value this output gives.
     pub ty: SlotType,
+    /// The label shown on the output socket (`/object_info`'s `output_name`).
     pub name: &'static str,
+    /// Hover text for the editor (`output_tooltips`); None for no tooltip.
     pub tooltip: Option<&'static str>,
 }
 
@@ -170,14 +220,23 @@ pub enum Freshness {
 /// The whole declaration of a node class.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
+    /// The class name workflows use in `class_type` (`"KSampler"`).
     pub class_type: &'static str,
+    /// The title the editor shows (`"KSampler (Advanced)"`).
     pub display_name: &'static str,
+    /// The editor's menu path, `/`-separated (`"sampling/custom_sampling"`).
     pub category: &'static str,
+    /// A one-paragraph explanation for the editor; may be empty.
     pub description: &'static str,
+    /// Declared inputs, required and optional, in display order.
     pub inputs: Vec<InputSpec>,
+    /// Hidden inputs the executor fills in, each under the name the node reads it by.
     pub hidden: Vec<(&'static str, HiddenInput)>,
+    /// Declared outputs, in slot order (links address them by index).
     pub outputs: Vec<OutputSpec>,
+    /// A sink such as SaveImage: validation and execution start from these nodes.
     pub output_node: bool,
+    /// What besides its inputs the node's cache key must cover.
     pub freshness: Freshness,
     /// The node checks its own constants (ComfyUI's `VALIDATE_INPUTS`): range and list checks are
     /// skipped for these inputs and the node's `validate` hook runs instead.
@@ -187,6 +246,7 @@ pub struct NodeSpec {
 }
 
 impl NodeSpec {
+    /// The declared input called `name`, or None if the class has no such input.
     pub fn input(&self, name: &str) -> Option<&InputSpec> {
         self.inputs.iter().find(|i| i.name == name)
     }
@@ -196,6 +256,7 @@ impl NodeSpec {
 pub mod build {
     use super::*;
 
+    /// A required input with no tooltip.
     pub fn required(name: &'static str, kind: InputKind) -> InputSpec {
         InputSpec {
             name,
@@ -205,6 +266,7 @@ pub mod build {
         }
     }
 
+    /// An optional input with no tooltip.
     pub fn optional(name: &'static str, kind: InputKind) -> InputSpec {
         InputSpec {
             name,
@@ -214,10 +276,12 @@ pub mod build {
         }
     }
 
+    /// A socket that takes a link of type `ty`.
     pub fn link(ty: SlotType) -> InputKind {
         InputKind::Link(ty)
     }
 
+    /// An integer widget with step 1.
     pub fn int(default: i128, min: i128, max: i128) -> InputKind {
         InputKind::Int {
             default,
@@ -228,6 +292,7 @@ pub mod build {
         }
     }
 
+    /// An integer widget with the given step.
     pub fn int_step(default: i128, min: i128, max: i128, step: i128) -> InputKind {
         InputKind::Int {
             default,
@@ -238,6 +303,7 @@ pub mod build {
         }
     }
 
+    /// A seed widget: 0 to `u64::MAX`, default 0, with "control after generate".
     pub fn seed() -> InputKind {
         InputKind::Int {
             default: 0,
@@ -248,6 +314,7 @@ pub mod build {
         }
     }
 
+    /// A float widget, without a `round` option.
     pub fn float(default: f64, min: f64, max: f64, step: f64) -> InputKind {
         InputKind::Float {
             default,
@@ -258,6 +325,7 @@ pub mod build {
         }
     }
 
+    /// A one-line text widget without dynamic prompts.
     pub fn string(default: &'static str) -> InputKind {
         InputKind::String {
             default,
@@ -266,6 +334,7 @@ pub mod build {
         }
     }
 
+    /// A multi-line text widget with dynamic prompts, as prompt boxes use.
     pub fn multiline(default: &'static str) -> InputKind {
         InputKind::String {
             default,
@@ -274,10 +343,12 @@ pub mod build {
         }
     }
 
+    /// A toggle widget.
     pub fn boolean(default: bool) -> InputKind {
         InputKind::Boolean { default }
     }
 
+    /// A drop-down of fixed options, no default (the editor picks the first).
     pub fn combo(options: &'static [&'static str]) -> InputKind {
         InputKind::Combo {
             options: ComboOptions::Static(options),
@@ -310,6 +381,7 @@ pub mod build {
         }
     }
 
+    /// An output of type `ty` labelled `name`, with no tooltip.
     pub fn output(ty: SlotType, name: &'static str) -> OutputSpec {
         OutputSpec {
             ty,

@@ -20,6 +20,7 @@ use crate::workflow::{RawInput, Workflow};
 /// What validation needs to know about node classes. Implemented by the node registry, which may do
 /// IO (listing model folders, checking that an input file exists); validation itself does none.
 pub trait Catalog {
+    /// The declaration of `class_type`, or None when no such node class is registered.
     fn spec(&self, class_type: &str) -> Option<&NodeSpec>;
     /// The options of a combo, resolved now (file lists are read at validation time).
     fn combo_options(&self, options: &ComboOptions) -> Vec<String>;
@@ -30,18 +31,28 @@ pub trait Catalog {
 /// The kind of one per-node validation error; `type_name` is ComfyUI's `type` string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
+    /// `required_input_missing`: a required input is absent.
     RequiredInputMissing,
+    /// `bad_linked_input`: a malformed link, or one to a missing node or output slot.
     BadLinkedInput,
+    /// `return_type_mismatch`: the linked output's type does not fit the input.
     ReturnTypeMismatch,
+    /// `invalid_input_type`: a constant that cannot be converted to the input's type.
     InvalidInputType,
+    /// `value_smaller_than_min`: a number below the input's `min`.
     ValueSmallerThanMin,
+    /// `value_bigger_than_max`: a number above the input's `max`.
     ValueBiggerThanMax,
+    /// `value_not_in_list`: a combo value that is not one of the options.
     ValueNotInList,
+    /// `custom_validation_failed`: the node's own check (`VALIDATE_INPUTS`) rejected a value.
     CustomValidationFailed,
+    /// `dependency_cycle`: the node depends on itself through its links (Weft only).
     DependencyCycle,
 }
 
 impl ErrorKind {
+    /// ComfyUI's `type` string for this error (`"value_not_in_list"`).
     pub fn type_name(self) -> &'static str {
         match self {
             ErrorKind::RequiredInputMissing => "required_input_missing",
@@ -60,13 +71,21 @@ impl ErrorKind {
 /// One problem with one node, in ComfyUI's wording.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeError {
+    /// What went wrong; gives the error's `type`.
     pub kind: ErrorKind,
+    /// ComfyUI's short `message` (`"Value not in list"`).
     pub message: String,
+    /// ComfyUI's `details`: the specifics, usually starting with the input name.
     pub details: String,
+    /// The input at fault (`extra_info.input_name`); None for node-wide errors such as cycles.
     pub input_name: Option<String>,
+    /// The linked output's type, for a return type mismatch (`extra_info.received_type`).
     pub received_type: Option<String>,
+    /// The rejected constant as sent (`extra_info.received_value`), for errors about a value.
     pub received_value: Option<Json>,
+    /// The link at fault as `(source node id, output slot)` (`extra_info.linked_node`).
     pub linked_node: Option<(String, usize)>,
+    /// Why a conversion failed, worded like Python's exception (`extra_info.exception_message`).
     pub exception_message: Option<String>,
 }
 
@@ -93,9 +112,13 @@ impl NodeError {
 /// All errors of one node, as `node_errors[id]` reports them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeErrors {
+    /// The failing node's id in the workflow.
     pub node_id: String,
+    /// The failing node's class.
     pub class_type: String,
+    /// Its own errors, in input declaration order (cycle errors last).
     pub errors: Vec<NodeError>,
+    /// Ids of the output nodes that cannot run because of this node.
     pub dependent_outputs: Vec<String>,
 }
 
@@ -103,7 +126,12 @@ pub struct NodeErrors {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PromptError {
     /// `invalid_prompt`: a node lacks `class_type` or names an unknown class.
-    InvalidPrompt { message: String, details: String },
+    InvalidPrompt {
+        /// ComfyUI's `message`, naming the problem.
+        message: String,
+        /// ComfyUI's `details`, naming the node (`"Node ID '#3'"`).
+        details: String,
+    },
     /// `prompt_no_outputs`.
     NoOutputs,
     /// `prompt_outputs_failed_validation`: every output failed; see the node errors.
@@ -115,6 +143,7 @@ pub enum PromptError {
 pub struct Validation {
     /// Present when at least one output validated.
     pub plan: Option<Plan>,
+    /// Why the prompt cannot run at all; None when `plan` is present.
     pub failure: Option<PromptError>,
     /// Nodes with their own errors, in workflow order.
     pub node_errors: Vec<NodeErrors>,

@@ -8,7 +8,12 @@ use serde_json::{Map, Value as Json};
 #[derive(Debug, Clone, PartialEq)]
 pub enum RawInput {
     /// `["<node id>", <output index>]`.
-    Link { node: String, slot: usize },
+    Link {
+        /// The id of the node the value comes from.
+        node: String,
+        /// The index of that node's output, from 0.
+        slot: usize,
+    },
     /// A list that is not a well-formed link (ComfyUI's `bad_linked_input`).
     BadLink(Json),
     /// A constant; `{"__value__": [...]}` is already unwrapped.
@@ -18,12 +23,16 @@ pub enum RawInput {
 /// One node of an API-format workflow.
 #[derive(Debug, Clone)]
 pub struct WorkflowNode {
+    /// The node's key in the workflow object (usually a number as a string, `"3"`).
     pub id: String,
+    /// The node class it names; None when `class_type` is missing or not a string.
     pub class_type: Option<String>,
+    /// Every input as written, declared or not, in the file's order.
     pub inputs: Vec<(String, RawInput)>,
 }
 
 impl WorkflowNode {
+    /// The input called `name`, or None if the workflow does not give it.
     pub fn input(&self, name: &str) -> Option<&RawInput> {
         self.inputs.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
@@ -32,16 +41,20 @@ impl WorkflowNode {
 /// An API-format workflow, nodes in the order the file lists them.
 #[derive(Debug, Clone, Default)]
 pub struct Workflow {
+    /// The nodes, in the order the file lists them.
     pub nodes: Vec<WorkflowNode>,
 }
 
 /// Why a JSON document is not an API-format workflow at all.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum WorkflowFormatError {
+    /// The top level is not a JSON object.
     #[error("the prompt must be a JSON object of nodes keyed by id")]
     NotAnObject,
+    /// The node with this id is not a JSON object.
     #[error("node '{0}' must be a JSON object with class_type and inputs")]
     NodeNotAnObject(String),
+    /// The node with this id has an `inputs` that is neither an object nor null.
     #[error("node '{0}': inputs must be a JSON object")]
     InputsNotAnObject(String),
 }
@@ -74,6 +87,7 @@ impl Workflow {
         Ok(Workflow { nodes })
     }
 
+    /// The node with id `id`, or None if there is none.
     pub fn node(&self, id: &str) -> Option<&WorkflowNode> {
         self.nodes.iter().find(|n| n.id == id)
     }

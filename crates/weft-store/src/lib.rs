@@ -24,16 +24,23 @@ pub use workflows::{WorkflowRow, WorkflowVersionRow};
 /// A store failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A query or transaction failed (also returned when `enqueue` finds the id already queued).
     #[error("database error while {doing}: {source}")]
     Sql {
+        /// What the store was doing, as a phrase for the message (`"reading a workflow"`).
         doing: &'static str,
+        /// The underlying sqlx error.
         source: sqlx::Error,
     },
+    /// The schema migrations failed while opening the database.
     #[error("could not run database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A prompt row holds text that does not parse as JSON.
     #[error("stored JSON for prompt '{prompt_id}' is corrupt: {source}")]
     CorruptJson {
+        /// The id of the prompt whose row is corrupt.
         prompt_id: String,
+        /// The JSON parse error.
         source: serde_json::Error,
     },
 }

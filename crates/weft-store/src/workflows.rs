@@ -8,22 +8,34 @@ use crate::{now_ms, SqlContext, Store, StoreError};
 /// The current version of a saved workflow.
 #[derive(Debug, Clone)]
 pub struct WorkflowRow {
+    /// The workflow's id, chosen by the caller at creation (the server uses a UUID).
     pub id: String,
+    /// The name shown in workflow lists.
     pub name: String,
+    /// Free text about the workflow; empty when none was given.
     pub description: String,
+    /// The current version number: 1 at creation, one more per update.
     pub version: i64,
+    /// The workflow document (editor-format JSON), byte for byte as saved.
     pub content: String,
+    /// When version 1 was saved, in milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// When the current version was saved, in milliseconds since the Unix epoch.
     pub updated_at: i64,
 }
 
 /// One kept version.
 #[derive(Debug, Clone)]
 pub struct WorkflowVersionRow {
+    /// The version number, from 1.
     pub version: i64,
+    /// The workflow's name as of this version.
     pub name: String,
+    /// The workflow's description as of this version; may be empty.
     pub description: String,
+    /// The workflow document of this version, byte for byte as saved.
     pub content: String,
+    /// When this version was saved, in milliseconds since the Unix epoch.
     pub saved_at: i64,
 }
 
@@ -139,6 +151,7 @@ impl Store {
         self.workflow(id).await
     }
 
+    /// The current version of the workflow `id`, or None if there is no such workflow.
     pub async fn workflow(&self, id: &str) -> Result<Option<WorkflowRow>, StoreError> {
         let row = sqlx::query("SELECT * FROM workflows WHERE id = ?")
             .bind(id)

@@ -37,6 +37,7 @@ pub enum AdapterKind {
 /// Architecture of a [`T2IAdapter`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct T2IAdapterConfig {
+    /// Which architecture (full, full SDXL or light).
     pub kind: AdapterKind,
     /// Channels of the hint the adapter was trained on: 3 (RGB) or 1 (ComfyUI averages RGB hints
     /// to grey for those).

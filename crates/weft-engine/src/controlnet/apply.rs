@@ -35,7 +35,10 @@ pub enum ControlScaling {
     /// Every residual times the strength (ComfyUI).
     Constant,
     /// Down residual `k` of `n` times `strength * base^(n - k)`, mid times `strength`.
-    Soft { base: f64 },
+    Soft {
+        /// The per-residual factor ([`SOFT_INJECTION_BASE`] in lllyasviel's code).
+        base: f64,
+    },
 }
 
 /// The factor for each of `n_down` down residuals and for the mid residual.
@@ -128,6 +131,7 @@ pub struct ControlTiming {
     pub strength: f64,
     /// Active while `sigma_end <= sigma <= sigma_start` (see [`active_at_sigma`]).
     pub sigma_start: f64,
+    /// Lowest sigma at which the control acts (`percent_to_sigma(end_percent)`; 0 for end 1).
     pub sigma_end: f64,
 }
 
@@ -155,6 +159,8 @@ struct AdapterFeatures {
 }
 
 impl AppliedControl {
+    /// Applies `control` with `hint` (`[B, C, H, W]`, values in 0..1, any size) and `timing`;
+    /// `origin` prefixes its error messages (for example "control_net of node '12'").
     pub fn new(
         control: Arc<LoadedControl>,
         hint: Tensor,

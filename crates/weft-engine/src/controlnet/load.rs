@@ -59,14 +59,23 @@ pub const CONTROL_MODEL_PREFIX: &str = "control_model.";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlFileKind {
     /// A ControlNet in LDM layout; `prefix` is `control_model.` or empty.
-    ControlNetLdm { prefix: String },
+    ControlNetLdm {
+        /// The key prefix of its weights.
+        prefix: String,
+    },
     /// A "difference" ControlNet in LDM layout: the weights the base UNet also has are deltas to
     /// it.
-    ControlNetDifference { prefix: String },
+    ControlNetDifference {
+        /// The key prefix of its weights (`control_model.` or empty).
+        prefix: String,
+    },
     /// A ControlNet in diffusers layout.
     ControlNetDiffusers,
     /// A T2I-Adapter, in diffusers (`adapter.` prefix) or TencentARC names.
-    Adapter { diffusers_names: bool },
+    Adapter {
+        /// `true` for diffusers names, `false` for TencentARC's.
+        diffusers_names: bool,
+    },
     /// A Stability Control-LoRA (`lora_controlnet` marker): LDM names, low-rank deltas against
     /// the base UNet; see [`crate::controlnet::control_lora`].
     ControlLora,
@@ -75,7 +84,9 @@ pub enum ControlFileKind {
 /// A loaded control model.
 #[derive(Debug)]
 pub enum ControlModel {
+    /// A ControlNet (plain, difference-merged or union), giving residuals for the UNet's skips.
     ControlNet(Box<ControlNetModel>),
+    /// A T2I-Adapter, giving features added inside the UNet's encoder.
     Adapter(T2IAdapter),
     /// A Control-LoRA, built into a ControlNet on the model it is sampled with.
     ControlLora(ControlLora),

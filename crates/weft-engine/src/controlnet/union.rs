@@ -52,6 +52,8 @@ pub struct UnionConfig {
 }
 
 impl UnionConfig {
+    /// Checks that no part is empty, the heads divide the width, and the width equals
+    /// `hint_out`, the hint embedding's output channels; the error says what is wrong.
     pub fn validate(&self, hint_out: usize) -> std::result::Result<(), String> {
         if self.num_control_types == 0 || self.channels == 0 || self.layers == 0 {
             return Err(format!(

@@ -42,8 +42,12 @@ pub struct ClipComponent {
 /// The prefixes of the components a single-file checkpoint holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Components {
+    /// The UNet's prefix (`model.diffusion_model.`, or empty for a bare UNet file); `None` when
+    /// the file has no UNet.
     pub unet: Option<String>,
+    /// `first_stage_model.` when the file has VAE weights.
     pub vae: Option<String>,
+    /// Text encoder prefixes in order (`cond_stage_model.`, `conditioner.embedders.N.`).
     pub clip: Vec<String>,
 }
 
@@ -251,7 +255,9 @@ pub fn load_vae_ldm(
 /// A loaded single-file checkpoint.
 #[derive(Debug)]
 pub struct Checkpoint {
+    /// Family, config and prediction type read off the UNet weights.
     pub detected: DetectedUnet,
+    /// The diffusion model, on the requested device and dtype.
     pub unet: UNet2DConditionModel,
     /// `None` when the file has no `first_stage_model.` weights.
     pub vae: Option<AutoEncoderKL>,
@@ -517,8 +523,11 @@ fn identity_names(sd: &StateDict) -> HashMap<String, String> {
 /// A diffusers pipeline folder, loaded.
 #[derive(Debug)]
 pub struct DiffusersPipeline {
+    /// Family and config from `unet/config.json`; prediction from the scheduler config.
     pub detected: DetectedUnet,
+    /// The `unet/` model.
     pub unet: UNet2DConditionModel,
+    /// The `vae/` model.
     pub vae: AutoEncoderKL,
     /// `("text_encoder", weights)`, `("text_encoder_2", weights)`: HF transformers names, raw.
     pub text_encoders: Vec<(String, HashMap<String, Tensor>)>,

@@ -28,9 +28,13 @@ use crate::vae::VaeConfig;
 /// The model families Weft runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelFamily {
+    /// Stable Diffusion 1.x (CLIP ViT-L context, 1x1-conv transformer projections).
     Sd1,
+    /// Stable Diffusion 2.x (OpenCLIP ViT-H context, linear transformer projections).
     Sd2,
+    /// SDXL base (and distilled variants such as SDXL-Turbo).
     SdxlBase,
+    /// The SDXL refiner (bigG-only context, aesthetic-score conditioning).
     SdxlRefiner,
 }
 
@@ -47,7 +51,9 @@ impl ModelFamily {
 /// What the denoiser predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prediction {
+    /// The added noise (`eps`), as most SD1.x/SDXL models.
     Epsilon,
+    /// The velocity `v` (`v_prediction`), as SD2.x 768 models.
     V,
 }
 
@@ -57,7 +63,12 @@ pub enum PredictionSource {
     /// A marker key in the file (`v_pred`).
     KeyMarker(String),
     /// ComfyUI's SD2 weight-statistic guess: population std of this tensor.
-    WeightStatistic { key: String, std: f64 },
+    WeightStatistic {
+        /// The tensor measured.
+        key: String,
+        /// Its population standard deviation (v-prediction above 0.09).
+        std: f64,
+    },
     /// Nothing says otherwise: the family default.
     FamilyDefault,
 }
@@ -65,11 +76,15 @@ pub enum PredictionSource {
 /// Everything read off a UNet's weights.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DetectedUnet {
+    /// The architecture family.
     pub family: ModelFamily,
+    /// The UNet's shape, inferred from the weights.
     pub config: UNetConfig,
+    /// What the model predicts.
     pub prediction: Prediction,
     /// Zero terminal SNR (`ztsnr` marker) for v-prediction models.
     pub zero_terminal_snr: bool,
+    /// What `prediction` was decided from.
     pub prediction_source: PredictionSource,
 }
 

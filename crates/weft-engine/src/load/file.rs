@@ -275,6 +275,7 @@ impl StateDict {
             .fold(dtype.size_in_bytes(), |n, &d| n.saturating_mul(d))
     }
 
+    /// Whether the file holds a tensor called `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.shapes.contains_key(name)
     }

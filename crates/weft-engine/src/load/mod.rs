@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 #[error("cannot load '{}': {kind}", path.display())]
 pub struct LoadError {
+    /// The file (or config/index file) that could not be loaded.
     pub path: PathBuf,
+    /// What is wrong with it.
     pub kind: LoadErrorKind,
 }
 
@@ -24,34 +26,62 @@ pub struct LoadError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoadErrorKind {
+    /// Opening or reading the file failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The file ends before the data its header describes.
     #[error("file is truncated: it has {file_len} bytes but its tensors need {needed}")]
-    Truncated { file_len: u64, needed: u64 },
+    Truncated {
+        /// The file's length in bytes.
+        file_len: u64,
+        /// The length in bytes the header and tensor data require.
+        needed: u64,
+    },
+    /// The safetensors header length runs past the end of the file.
     #[error(
         "safetensors header claims {claimed} bytes but only {available} follow the length field"
     )]
-    HeaderTooLarge { claimed: u64, available: u64 },
+    HeaderTooLarge {
+        /// The header length the file's first 8 bytes state.
+        claimed: u64,
+        /// The bytes after the length field.
+        available: u64,
+    },
+    /// The safetensors header is malformed (not JSON, bad dtype, shape or offsets); says why.
     #[error("bad safetensors header: {0}")]
     BadHeader(String),
+    /// The file holds no tensors that could be read (an empty pickle, no shards); says why.
     #[error("not a checkpoint: {0}")]
     NotACheckpoint(String),
+    /// A known kind of file this engine does not load; says which.
     #[error("unsupported format: {0}")]
     UnsupportedFormat(String),
+    /// No architecture's marker tensors were found.
     #[error("unknown model family: looked for {}", looked_for.join(", "))]
-    UnknownFamily { looked_for: Vec<String> },
+    UnknownFamily {
+        /// The tensor names that were checked.
+        looked_for: Vec<String>,
+    },
+    /// A tensor the model needs is not in the file; holds its name.
     #[error("missing tensor '{0}'")]
     MissingTensor(String),
+    /// A tensor's stored shape does not match the model's.
     #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
     BadShape {
+        /// The tensor's name in the file.
         name: String,
+        /// The shape the model expects.
         expected: Vec<usize>,
+        /// The shape stored in the file.
         found: Vec<usize>,
     },
+    /// A `config.json` or shard index, or the config the weights imply, is invalid; says why.
     #[error("bad model config: {0}")]
     BadConfig(String),
+    /// A tensor operation failed while reading or building the model.
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// The model does not fit in the memory budget.
     #[error("{0}")]
     OutOfMemory(crate::memory::OutOfMemory),
 }

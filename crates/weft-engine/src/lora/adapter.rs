@@ -66,6 +66,7 @@ impl Adapter {
         }
     }
 
+    /// Which adapter type the module is (LoRA/LoCon, LoHa, LoKr or a full diff).
     pub fn kind(&self) -> AdapterKind {
         match self.weights {
             Weights::Lora { .. } => AdapterKind::Lora,

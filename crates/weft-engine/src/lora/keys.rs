@@ -29,6 +29,7 @@ use crate::load::keymap::unet_ldm_to_diffusers;
 /// A model part a LoRA can patch, each with its own canonical weight map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Component {
+    /// The diffusion UNet (diffusers names).
     Unet,
     /// CLIP ViT-L (SD1.x, SDXL's first encoder).
     ClipL,
@@ -54,7 +55,9 @@ impl Component {
 /// depend on.
 #[derive(Debug, Clone, Copy)]
 pub struct UnetWeights<'a> {
+    /// The UNet's weights by diffusers name.
     pub weights: &'a HashMap<String, Tensor>,
+    /// Resnets per down block (diffusers' `layers_per_block`: 2 for SD1.x/SD2.x/SDXL).
     pub layers_per_block: usize,
 }
 
@@ -62,18 +65,28 @@ pub struct UnetWeights<'a> {
 /// (`lora_te_` is CLIP-L on SD1/SDXL, ViT-H on SD2, bigG on the refiner).
 #[derive(Debug, Clone, Copy)]
 pub enum TextEncoderWeights<'a> {
+    /// No text encoder loaded: text encoder modules are skipped.
     None,
+    /// SD1.x: `lora_te_`/`lora_te1_` are CLIP-L.
     Sd1 {
+        /// CLIP ViT-L weights by HF transformers name.
         clip_l: &'a HashMap<String, Tensor>,
     },
+    /// SD2.x: `lora_te_`/`lora_te1_` are OpenCLIP ViT-H.
     Sd2 {
+        /// OpenCLIP ViT-H weights by HF transformers name.
         clip_h: &'a HashMap<String, Tensor>,
     },
+    /// SDXL base: `lora_te_`/`lora_te1_` are CLIP-L, `lora_te2_` bigG.
     Sdxl {
+        /// CLIP ViT-L weights by HF transformers name.
         clip_l: &'a HashMap<String, Tensor>,
+        /// OpenCLIP bigG weights by HF transformers name.
         clip_g: &'a HashMap<String, Tensor>,
     },
+    /// The SDXL refiner: `lora_te_`/`lora_prior_te_` are its only encoder, bigG.
     SdxlRefiner {
+        /// OpenCLIP bigG weights by HF transformers name.
         clip_g: &'a HashMap<String, Tensor>,
     },
 }
@@ -126,6 +139,7 @@ impl KeyMap {
         self.targets.len()
     }
 
+    /// Whether no module name is known (no component loaded).
     pub fn is_empty(&self) -> bool {
         self.targets.is_empty()
     }

@@ -33,7 +33,9 @@ use crate::load::LoadErrorKind;
 #[derive(Debug, thiserror::Error)]
 #[error("lora '{}': {kind}", path.display())]
 pub struct LoraError {
+    /// The adapter file.
     pub path: PathBuf,
+    /// What is wrong with it.
     pub kind: LoraErrorKind,
 }
 
@@ -44,20 +46,32 @@ pub enum LoraErrorKind {
     /// The file could not be read (IO, truncated, not a tensor file, malformed pickle).
     #[error("{0}")]
     Load(LoadErrorKind),
+    /// The file has zero bytes.
     #[error("the file is empty")]
     Empty,
     /// A zip pickle with something a tensor file never holds (a foreign global, an opcode the
     /// reader does not know, a length past the end, an object graph that expands without bound).
     #[error("refusing the pickle: {0}")]
     BadPickle(String),
+    /// The adapter holds no tensors.
     #[error("the file holds no tensors")]
     NoTensors,
     /// A tensor that cannot serve its role (a non-float factor, an alpha that is not a scalar).
     #[error("tensor '{key}': {reason}")]
-    BadTensor { key: String, reason: String },
+    BadTensor {
+        /// The tensor's name in the file.
+        key: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// One half of a factor pair without the other.
     #[error("module '{key}' needs tensor '{missing}', which the file lacks")]
-    MissingPartner { key: String, missing: String },
+    MissingPartner {
+        /// The LoRA module (file key without its suffix).
+        key: String,
+        /// The tensor name that is absent.
+        missing: String,
+    },
     /// An adapter whose factors do not multiply out to its target weight.
     #[error(
         "'{key}' does not fit weight '{target}' of shape {expected:?}: {reason}{}",
@@ -66,15 +80,23 @@ pub enum LoraErrorKind {
     ShapeMismatch {
         /// The LoRA module (file key without its suffix).
         key: String,
+        /// The model weight it targets (canonical name).
         target: String,
+        /// That weight's shape.
         expected: Vec<usize>,
+        /// How the factors fail to fit.
         reason: String,
         /// Further modules that do not fit either.
         others: usize,
     },
     /// An adapter type ComfyUI knows but Weft does not implement (GLoRA, OFT, BOFT, ...).
     #[error("tensor '{key}' belongs to a {kind} adapter, which is not supported")]
-    Unsupported { key: String, kind: &'static str },
+    Unsupported {
+        /// The first tensor of that adapter type in the file.
+        key: String,
+        /// The adapter type's name.
+        kind: &'static str,
+    },
     /// The LoRA was made for a different model family.
     #[error(
         "made for another model: its cross-attention layers take {lora_context}-wide context{}, \
@@ -83,10 +105,16 @@ pub enum LoraErrorKind {
         family_suffix(*lora_context), family_suffix(*model_context)
     )]
     FamilyMismatch {
+        /// Context width the LoRA's cross-attention key/value factors take (768 SD1.x, 1024
+        /// SD2.x, 2048 SDXL, 1280 SDXL refiner).
         lora_context: usize,
+        /// Context width the model's cross-attention takes.
         model_context: usize,
+        /// Modules that match no weight of the model.
         unmatched: usize,
+        /// Modules that match a weight of another shape.
         mismatched: usize,
+        /// Modules counted: matched plus unmatched.
         total: usize,
     },
     /// Most of the file's modules match no weight of the model.
@@ -96,17 +124,25 @@ pub enum LoraErrorKind {
         first.join(", ")
     )]
     MostlyUnmatched {
+        /// Modules that match no weight.
         unmatched: usize,
+        /// Modules counted: matched plus unmatched.
         total: usize,
+        /// Up to five of the unmatched tensor names, sorted.
         first: Vec<String>,
     },
     /// The patch targets a weight the map does not hold.
     #[error("weight '{key}' is not in the model's weights")]
-    MissingWeight { key: String },
+    MissingWeight {
+        /// The weight's canonical name.
+        key: String,
+    },
     /// A tensor operation failed while patching `key`.
     #[error("cannot patch weight '{key}': {source}")]
     Patch {
+        /// The weight's canonical name.
         key: String,
+        /// The tensor error.
         source: candle_core::Error,
     },
 }

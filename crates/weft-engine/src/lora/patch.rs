@@ -29,6 +29,7 @@ impl LoraPatch {
         &self.targets
     }
 
+    /// Whether the file patches nothing in this component.
     pub fn is_empty(&self) -> bool {
         self.targets.is_empty()
     }
@@ -61,6 +62,7 @@ pub struct Lora {
 }
 
 impl Lora {
+    /// The adapter file this was mapped from.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -75,6 +77,7 @@ impl Lora {
         }
     }
 
+    /// Module count and the file keys that were unmatched, skipped or ignored.
     pub fn report(&self) -> &LoraReport {
         &self.report
     }

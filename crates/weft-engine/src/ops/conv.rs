@@ -44,14 +44,17 @@ impl Conv2d {
         }
     }
 
+    /// The kernel, `[C_out, C_in / groups, kh, kw]`, in its stored dtype.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    /// The bias, `[C_out]`; `None` when the layer has none.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
 
+    /// Padding, stride, dilation and groups.
     pub fn config(&self) -> &Conv2dConfig {
         &self.config
     }

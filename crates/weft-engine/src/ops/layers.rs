@@ -23,10 +23,12 @@ impl Linear {
         Self { weight, bias }
     }
 
+    /// The weight, `[out, in]`, in its stored dtype.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    /// The bias, `[out]`; `None` when the layer has none.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
@@ -87,6 +89,7 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    /// The table, `[vocab, dim]`, in its stored dtype.
     pub fn embeddings(&self) -> &Tensor {
         &self.embeddings
     }

@@ -25,6 +25,8 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
+    /// A GroupNorm of `num_channels` channels in `num_groups` groups; `weight` and `bias` are
+    /// `[num_channels]`. Fails when their size differs or the groups do not divide the channels.
     pub fn new(
         weight: Tensor,
         bias: Tensor,

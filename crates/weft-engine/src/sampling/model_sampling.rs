@@ -28,10 +28,15 @@ pub enum Prediction {
 /// Plain data describing a discrete schedule; presets cover every SD model ComfyUI's defaults build.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// How the betas are spaced between `linear_start` and `linear_end`.
     pub beta_schedule: BetaSchedule,
+    /// The first beta (`0.00085` for SD).
     pub linear_start: f64,
+    /// The last beta (`0.012` for SD).
     pub linear_end: f64,
+    /// Number of discrete timesteps (1000 for SD).
     pub timesteps: usize,
+    /// Whether the model predicts noise or v.
     pub prediction: Prediction,
 }
 

@@ -28,14 +28,23 @@ pub const DISCARD_PENULTIMATE_SIGMA_SAMPLERS: &[&str] =
 /// One of the nine KSampler schedulers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheduler {
+    /// `simple`: evenly spaced entries of the model's sigma table.
     Simple,
+    /// `sgm_uniform`: uniform in timestep, without the end point.
     SgmUniform,
+    /// `karras`: Karras et al. (rho = 7) between the model's sigma min and max.
     Karras,
+    /// `exponential`: log-uniform between the model's sigma min and max.
     Exponential,
+    /// `ddim_uniform`: every `1000/steps`-th table entry, as DDIM.
     DdimUniform,
+    /// `beta`: timesteps at Beta(0.6, 0.6) quantiles.
     Beta,
+    /// `normal`: uniform in timestep, end point included.
     Normal,
+    /// `linear_quadratic`: linear then quadratic (Mochi's schedule).
     LinearQuadratic,
+    /// `kl_optimal`: the KL-optimal schedule (uniform in `atan(sigma)`).
     KlOptimal,
 }
 

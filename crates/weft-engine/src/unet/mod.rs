@@ -29,7 +29,9 @@ pub enum AttentionHeads {
 /// Architecture of a [`UNet2DConditionModel`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct UNetConfig {
+    /// Channels of the latent input (4; 9 for inpainting models).
     pub in_channels: usize,
+    /// Channels of the prediction (4).
     pub out_channels: usize,
     /// Output channels per level (diffusers `block_out_channels`).
     pub block_out_channels: Vec<usize>,
@@ -39,6 +41,7 @@ pub struct UNetConfig {
     pub transformer_depth: Vec<usize>,
     /// Transformer blocks of the mid block's attention.
     pub mid_transformer_depth: usize,
+    /// How many attention heads each level uses.
     pub heads: AttentionHeads,
     /// Cross-attention context width (768 SD1, 1024 SD2, 2048 SDXL, 1280 refiner).
     pub context_dim: usize,
@@ -46,7 +49,9 @@ pub struct UNetConfig {
     pub use_linear_projection: bool,
     /// Width of the `y` vector fed to `add_embedding` (SDXL 2816, refiner 2560); `None` for SD1/2.
     pub adm_in_channels: Option<usize>,
+    /// Groups of every GroupNorm (32).
     pub norm_num_groups: usize,
+    /// Epsilon of every GroupNorm (`1e-5`).
     pub norm_eps: f64,
 }
 
@@ -171,7 +176,9 @@ impl UNetConfig {
 /// one per resnet/attention pair and downsampler; `mid` is added after the mid block.
 #[derive(Debug, Clone)]
 pub struct ControlResiduals {
+    /// One `[B, C, H, W]` per encoder skip, shaped like that skip.
     pub down: Vec<Tensor>,
+    /// `[B, C, H, W]` shaped like the mid block's output.
     pub mid: Tensor,
 }
 
@@ -202,7 +209,10 @@ impl ControlResiduals {
 /// is kept as a skip and fed to the next block; `mid` is added after the mid block.
 #[derive(Debug, Clone)]
 pub struct EncoderAdditions {
+    /// One slot per encoder skip (or none at all), each `[B, C, H, W]` like its skip; `None`
+    /// where nothing is added.
     pub input: Vec<Option<Tensor>>,
+    /// Added to the mid block's output; `None` when nothing is.
     pub mid: Option<Tensor>,
 }
 
@@ -251,7 +261,9 @@ impl EncoderAdditions {
 /// add up ([`UNetControl::sum`]).
 #[derive(Debug, Clone, Default)]
 pub struct UNetControl {
+    /// ControlNet residuals; `None` when no ControlNet is active.
     pub residuals: Option<ControlResiduals>,
+    /// T2I-Adapter additions; `None` when no adapter is active.
     pub encoder: Option<EncoderAdditions>,
 }
 

@@ -19,11 +19,17 @@ use crate::unet::blocks::{conv_same, Downsample2D, ResnetBlock2D, ResnetConfig, 
 /// Architecture and latent scaling of an [`AutoEncoderKL`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct VaeConfig {
+    /// Image channels the encoder takes (3, RGB).
     pub in_channels: usize,
+    /// Image channels the decoder gives (3, RGB).
     pub out_channels: usize,
+    /// Channels per level, encoder order (diffusers `block_out_channels`; `[128, 256, 512, 512]`).
     pub block_out_channels: Vec<usize>,
+    /// Resnets per encoder level (decoder levels have one more).
     pub layers_per_block: usize,
+    /// Latent channels (4).
     pub latent_channels: usize,
+    /// Groups of every GroupNorm (32).
     pub norm_num_groups: usize,
     /// Multiplies raw latents before the UNet sees them (and divides before decoding).
     pub scaling_factor: f64,

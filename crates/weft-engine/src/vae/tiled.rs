@@ -12,6 +12,7 @@ use candle_core::{DType, Result, Tensor};
 pub struct TileOptions {
     /// (height, width) of a tile.
     pub tile: (usize, usize),
+    /// Pixels shared by neighbouring tiles, blended linearly.
     pub overlap: usize,
     /// Output pixels per input pixel (decode) or input pixels per output pixel (encode).
     pub scale: usize,

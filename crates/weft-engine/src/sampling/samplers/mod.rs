@@ -72,7 +72,12 @@ macro_rules! samplers {
     ($($variant:ident => $name:literal,)*) => {
         /// A sampler that is implemented here, named as in ComfyUI.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum Sampler { $($variant,)* }
+        pub enum Sampler {
+            $(
+                #[doc = concat!("ComfyUI's `", $name, "`.")]
+                $variant,
+            )*
+        }
 
         /// Names of the implemented samplers, in ComfyUI's `KSampler.SAMPLERS` order.
         pub const SAMPLER_NAMES: &[&str] = &[$($name,)*];
