@@ -13,6 +13,7 @@ pub mod exec;
 pub mod generate;
 pub mod nodes;
 pub mod paths;
+pub mod wire;
 
 // The library crates, under the names the server's modules use.
 pub use weft_editor_format as editor_format;

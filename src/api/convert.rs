@@ -9,6 +9,7 @@ use crate::editor_format::{
     api_to_editor, editor_to_api, EditorConversion, MAX_EDITOR_WORKFLOW_BYTES,
 };
 use crate::graph::Workflow;
+use crate::wire::errors::prompt_error;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/convert", web::post().to(convert));
@@ -26,15 +27,15 @@ pub fn editor_to_prompt(state: &AppState, editor: &Json) -> Result<Json, ApiErro
     let converted = conversion(state, editor)?;
     if !converted.missing_node_types.is_empty() {
         let names = converted.missing_node_types.join(", ");
-        return Err(ApiError::Prompt(json!({
-            "error": {
-                "type": "missing_node_type",
-                "message": format!("Cannot execute because this workflow uses node types Weft does not have: {names}"),
-                "details": names,
-                "extra_info": {"missing_node_types": converted.missing_node_types},
-            },
-            "node_errors": {},
-        })));
+        return Err(ApiError::Prompt(prompt_error(
+            "missing_node_type",
+            &format!(
+                "Cannot execute because this workflow uses node types Weft does not have: {names}"
+            ),
+            &names,
+            json!({"missing_node_types": converted.missing_node_types}),
+            json!({}),
+        )));
     }
     Ok(converted.prompt)
 }

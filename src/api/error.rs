@@ -4,13 +4,14 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{json, Map, Value as Json};
 
-use crate::api::object_info::input_config;
 use crate::exec::SubmitError;
 use crate::graph::validate::NodeError;
 use crate::graph::{NodeErrors, PromptError};
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
 use crate::store::StoreError;
+use crate::wire::errors::{plain_error, prompt_error};
+use crate::wire::object_info::input_config;
 
 /// An API failure.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +60,8 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(message) => {
                 prompt_error_body("invalid_request", message, message, json!({}))
             }
-            ApiError::Internal(_) => {
-                json!({"error": {"type": "internal_error", "message": "internal server error"}})
-            }
-            other => json!({"error": {"type": error_type(other), "message": other.to_string()}}),
+            ApiError::Internal(_) => plain_error("internal_error", "internal server error"),
+            other => plain_error(error_type(other), &other.to_string()),
         };
         HttpResponse::build(self.status_code()).json(body)
     }
@@ -79,10 +78,7 @@ fn error_type(error: &ApiError) -> &'static str {
 }
 
 fn prompt_error_body(kind: &str, message: &str, details: &str, node_errors: Json) -> Json {
-    json!({
-        "error": {"type": kind, "message": message, "details": details, "extra_info": {}},
-        "node_errors": node_errors,
-    })
+    prompt_error(kind, message, details, json!({}), node_errors)
 }
 
 /// Renders a rejected submission as ComfyUI does.

@@ -10,6 +10,8 @@ use crate::api::{blocking, parse_json_body, AppState};
 use crate::editor_format::api_to_editor;
 use crate::exec::Submission;
 use crate::generate::{self, Compiled, GenerateRequest, RequestError};
+use crate::wire::errors::prompt_error;
+use crate::wire::queue::number_json;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/generate", web::post().to(post_generate))
@@ -17,15 +19,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 fn request_error(e: RequestError) -> ApiError {
-    ApiError::Prompt(json!({
-        "error": {
-            "type": "invalid_generate_request",
-            "message": e.to_string(),
-            "details": e.message,
-            "extra_info": {"field": e.field},
-        },
-        "node_errors": {},
-    }))
+    ApiError::Prompt(prompt_error(
+        "invalid_generate_request",
+        &e.to_string(),
+        &e.message,
+        json!({"field": e.field}),
+        json!({}),
+    ))
 }
 
 /// Parses and compiles a body; a request without a seed gets a random one (as the editor's
@@ -91,7 +91,7 @@ async fn post_generate(
     match state.exec.submit(submission).await {
         Ok(submitted) => Ok(HttpResponse::Ok().json(json!({
             "prompt_id": submitted.prompt_id,
-            "number": crate::api::prompt::number_json(submitted.number),
+            "number": number_json(submitted.number),
             "node_errors": node_errors_json(&submitted.node_errors, state.exec.registry(), state.exec.dirs()),
             "prompt": compiled.prompt,
             "workflow": workflow,

@@ -5,10 +5,10 @@ use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value as Json};
 
 use crate::api::error::ApiError;
-use crate::api::object_info::node_info;
 use crate::api::{blocking, AppState};
 use crate::engine::device::{compute_dtype, gpu_memory};
 use crate::paths::MODEL_FOLDERS;
+use crate::wire::object_info::node_info;
 
 /// `GET /object_info`.
 pub async fn object_info(state: web::Data<AppState>) -> HttpResponse {

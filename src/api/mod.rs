@@ -10,7 +10,6 @@ pub mod error;
 mod files;
 mod generate;
 mod info;
-pub mod object_info;
 mod prompt;
 mod weft;
 pub mod ws;

@@ -6,7 +6,8 @@ use serde_json::{json, Map, Value as Json};
 use crate::api::error::{node_errors_json, submit_error, ApiError};
 use crate::api::{parse_json_body, AppState};
 use crate::exec::Submission;
-use crate::store::{PromptRow, PromptStatus};
+use crate::wire::errors::prompt_error;
+use crate::wire::queue::{exec_info, history_entry, number_json, queue_item};
 
 /// `POST /prompt`: validate, queue, answer with the id. Nothing runs in the handler.
 pub async fn post_prompt(
@@ -15,10 +16,13 @@ pub async fn post_prompt(
 ) -> Result<HttpResponse, ApiError> {
     let body = parse_json_body(&body)?;
     let Some(prompt) = body.get("prompt").cloned() else {
-        return Err(ApiError::Prompt(json!({
-            "error": {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}},
-            "node_errors": {},
-        })));
+        return Err(ApiError::Prompt(prompt_error(
+            "no_prompt",
+            "No prompt provided",
+            "No prompt provided",
+            json!({}),
+            json!({}),
+        )));
     };
     let mut extra_data = match body.get("extra_data") {
         None | Some(Json::Null) => Map::new(),
@@ -104,29 +108,10 @@ pub async fn post_prompt(
     }
 }
 
-/// ComfyUI's numbers are ints unless a client sent a float.
-pub(crate) fn number_json(number: f64) -> Json {
-    if number.fract() == 0.0 && number.abs() < 9.0e15 {
-        Json::from(number as i64)
-    } else {
-        json!(number)
-    }
-}
-
 /// `GET /prompt`.
 pub async fn get_prompt(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let remaining = state.exec.store().queue_remaining().await?;
-    Ok(HttpResponse::Ok().json(json!({"exec_info": {"queue_remaining": remaining}})))
-}
-
-fn queue_item(row: &PromptRow) -> Json {
-    json!([
-        number_json(row.number),
-        row.prompt_id,
-        row.prompt,
-        row.extra_data,
-        row.outputs_to_execute
-    ])
+    Ok(HttpResponse::Ok().json(exec_info(remaining)))
 }
 
 /// `GET /queue`: running and pending items, pending in the order they will run.
@@ -168,30 +153,6 @@ pub async fn post_queue(
         state.exec.delete_pending(&ids).await?;
     }
     Ok(HttpResponse::Ok().finish())
-}
-
-/// One history entry in ComfyUI's shape.
-pub fn history_entry(row: &PromptRow) -> Json {
-    let status_str = if row.status == PromptStatus::Done {
-        "success"
-    } else {
-        "error"
-    };
-    let mut status = json!({
-        "status_str": status_str,
-        "completed": row.status == PromptStatus::Done,
-        "messages": row.status_messages.clone().unwrap_or(json!([])),
-    });
-    if let Some(reason) = &row.reason {
-        // Weft addition: why a prompt did not complete (for example, a crash while it ran).
-        status["reason"] = Json::from(reason.as_str());
-    }
-    json!({
-        "prompt": queue_item(row),
-        "outputs": row.outputs.clone().unwrap_or(json!({})),
-        "status": status,
-        "meta": row.meta.clone().unwrap_or(json!({})),
-    })
 }
 
 #[derive(serde::Deserialize)]

@@ -154,7 +154,9 @@ pub async fn connect(
     );
 
     let queue_remaining = state.exec.store().queue_remaining().await.unwrap_or(0);
-    let hello = json!({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": queue_remaining}}, "sid": sid}});
+    let mut data = crate::wire::queue::status(queue_remaining);
+    data["sid"] = Json::from(sid.as_str());
+    let hello = json!({"type": "status", "data": data});
     let _ = sender.send(Frame::Text(hello.to_string()));
     if let Some(running) = state.exec.running_prompt() {
         tracing::debug!(sid = %sid, prompt_id = %running, "client connected while a prompt runs");

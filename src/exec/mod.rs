@@ -6,8 +6,7 @@
 //! of `Executor` and forwards its `Envelope`s).
 
 pub mod cache;
-pub mod events;
-mod run;
+pub mod run;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,9 +24,28 @@ use crate::nodes::Registry;
 use crate::paths::DataDirs;
 use crate::store::{NewPrompt, Store, StoreError};
 
+pub use crate::wire::{Event, ExecutionErrorInfo};
 pub use cache::{CachedOutput, EntryInfo, OutputCache};
-pub use events::{Envelope, Event, ExecutionErrorInfo, Route};
 pub use run::{NodeReport, NodeReportStatus, PromptReport};
+
+/// Who should receive an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Every connected client (`status`).
+    Broadcast,
+    /// The submitting client only; dropped when the prompt has no client id (execution events).
+    Client(Option<String>),
+    /// The submitting client, or everyone when the prompt has no client id (progress, previews,
+    /// `execution_interrupted`).
+    ClientOrBroadcast(Option<String>),
+}
+
+/// One event, with where it goes.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub route: Route,
+    pub event: Event,
+}
 
 /// Settings of the executor.
 #[derive(Debug, Clone)]
@@ -136,8 +154,11 @@ impl Executor {
         dirs: Arc<DataDirs>,
         config: ExecConfig,
     ) -> Result<(Arc<Executor>, mpsc::UnboundedReceiver<Envelope>), StoreError> {
+        const REASON: &str = "the server stopped while this prompt was running";
         let recovered = store
-            .recover_interrupted("the server stopped while this prompt was running")
+            .recover_interrupted(REASON, |id, now| {
+                crate::wire::queue::interrupted_by_restart(id, now, REASON)
+            })
             .await?;
         for id in &recovered {
             tracing::warn!(prompt_id = %id, "prompt was running when the server stopped; marked interrupted");

@@ -8,12 +8,14 @@ use std::time::Instant;
 use serde_json::{json, Map, Value as Json};
 
 use crate::exec::cache::CachedOutput;
-use crate::exec::events::{Event, ExecutionErrorInfo, Route};
 use crate::exec::{lock, Executor};
+use crate::exec::{Event, ExecutionErrorInfo, Route};
 use crate::graph::spec::{types_compatible, Freshness};
 use crate::graph::{validate, ConstValue, Plan, PlanInput, Signature, Workflow};
 use crate::nodes::{Inputs, NodeContext, NodeError, Reporter, Value};
 use crate::store::{now_ms, PromptRow, PromptStatus};
+use crate::wire::errors::{exception_type, PANIC, VALIDATION_ERROR};
+use crate::wire::queue::{executor_crashed, node_meta};
 
 /// How many node signatures are kept to explain cache misses.
 const MAX_REMEMBERED_SIGNATURES: usize = 10_000;
@@ -34,9 +36,7 @@ impl Outcome {
             status: PromptStatus::Failed,
             reason: Some(format!("the executor crashed: {why}")),
             outputs: json!({}),
-            messages: vec![
-                json!(["execution_error", {"prompt_id": prompt_id, "exception_message": why}]),
-            ],
+            messages: vec![executor_crashed(prompt_id, why)],
             meta: json!({}),
         }
     }
@@ -473,7 +473,7 @@ impl Executor {
                             current_inputs(),
                         );
                         if let Stop::Failed(info) = &mut info {
-                            info.exception_type = "weft.Panic".into();
+                            info.exception_type = PANIC.into();
                         }
                         return Err(info);
                     }
@@ -571,7 +571,7 @@ impl Executor {
                 node_type: node_type.to_owned(),
                 executed: vec![],
                 exception_message: message,
-                exception_type: "weft.ValidationError".into(),
+                exception_type: VALIDATION_ERROR.into(),
                 traceback: vec![],
                 current_inputs: json!({}),
                 current_outputs: vec![],
@@ -629,7 +629,7 @@ impl Executor {
             node_type: node_type.to_owned(),
             executed: vec![],
             exception_message: error.to_string(),
-            exception_type: error.type_name().to_owned(),
+            exception_type: exception_type(error).to_owned(),
             traceback,
             current_inputs,
             current_outputs: vec![],
@@ -687,10 +687,6 @@ fn parents(node: &crate::graph::PlanNode) -> impl Iterator<Item = usize> + '_ {
         PlanInput::Link { node, .. } => Some(*node),
         PlanInput::Const(_) => None,
     })
-}
-
-fn node_meta(node_id: &str) -> Json {
-    json!({"node_id": node_id, "display_node": node_id, "parent_node": null, "real_node_id": node_id})
 }
 
 fn failed_report(

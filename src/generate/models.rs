@@ -106,7 +106,8 @@ fn model_path(
     name: &str,
     field: &str,
 ) -> Result<PathBuf, RequestError> {
-    dirs.model_file(folder, name).map_err(|m| RequestError::new(field, m))
+    dirs.model_file(folder, name)
+        .map_err(|m| RequestError::new(field, m))
 }
 
 /// Reads a checkpoint's family from its keys and shapes (the file is memory-mapped; only the

@@ -152,18 +152,6 @@ impl NodeError {
     pub fn engine(doing: &str, error: impl std::fmt::Display) -> NodeError {
         NodeError::Failed(format!("{doing}: {error}"))
     }
-
-    /// The `exception_type` reported in `execution_error`.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            NodeError::Input { .. } => "weft.InputError",
-            NodeError::Interrupted => "weft.Interrupted",
-            NodeError::File { .. } => "weft.FileError",
-            NodeError::Tensor(_) => "weft.TensorError",
-            NodeError::Failed(_) => "weft.NodeError",
-            NodeError::OutOfMemory { .. } => "weft.OutOfMemory",
-        }
-    }
 }
 
 /// Receives a running node's progress. Implemented by `exec`.
@@ -225,7 +213,9 @@ impl NodeContext {
         input: &str,
         name: &str,
     ) -> Result<std::path::PathBuf, NodeError> {
-        self.dirs.model_file(folder, name).map_err(|m| NodeError::input(input, m))
+        self.dirs
+            .model_file(folder, name)
+            .map_err(|m| NodeError::input(input, m))
     }
 }
 
@@ -240,7 +230,9 @@ pub fn file_fingerprint(
     let Some((_, ConstValue::String(name))) = constants.iter().find(|(n, _)| n == input) else {
         return Ok(String::new());
     };
-    let path = dirs.model_file(folder, name).map_err(|m| NodeError::input(input, m))?;
+    let path = dirs
+        .model_file(folder, name)
+        .map_err(|m| NodeError::input(input, m))?;
     let meta = std::fs::metadata(&path).map_err(|e| NodeError::file(path.display(), e))?;
     let modified = meta
         .modified()

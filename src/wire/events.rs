@@ -1,28 +1,9 @@
-//! What the executor reports while it works.
+//! What the executor reports while it works, and each event's JSON as ComfyUI sends it.
 //!
-//! The JSON of each event (`data`) is built here because the same JSON is also stored in the
-//! history's `status.messages`; `api` only frames and routes it.
+//! The same JSON goes out on the socket and into the history's `status.messages`; `exec` builds
+//! the typed events, `api` frames and routes them.
 
 use serde_json::{json, Value as Json};
-
-/// Who should receive an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// Every connected client (`status`).
-    Broadcast,
-    /// The submitting client only; dropped when the prompt has no client id (execution events).
-    Client(Option<String>),
-    /// The submitting client, or everyone when the prompt has no client id (progress, previews,
-    /// `execution_interrupted`).
-    ClientOrBroadcast(Option<String>),
-}
-
-/// One event, with where it goes.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub route: Route,
-    pub event: Event,
-}
 
 /// An executor event, named as ComfyUI names it on the WebSocket.
 #[derive(Debug, Clone)]
@@ -110,9 +91,7 @@ impl Event {
     /// The `data` field, exactly as ComfyUI sends it (`comfyui-api.md` §1.4).
     pub fn data(&self) -> Json {
         match self {
-            Event::Status { queue_remaining } => {
-                json!({"status": {"exec_info": {"queue_remaining": queue_remaining}}})
-            }
+            Event::Status { queue_remaining } => super::queue::status(*queue_remaining),
             Event::ExecutionStart {
                 prompt_id,
                 timestamp,

@@ -9,15 +9,22 @@ use crate::{now_ms, SqlContext, Store, StoreError};
 /// Where a prompt is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PromptStatus {
+    /// Queued, waiting for its turn.
     Pending,
+    /// Claimed by the executor and being run.
     Running,
+    /// Finished successfully; in the history.
     Done,
+    /// A node or the executor failed; in the history with a reason.
     Failed,
+    /// Stopped on request, or left running by a crash and recovered at restart; in the history.
     Interrupted,
+    /// Taken off the queue before it ran; not in the history.
     Cancelled,
 }
 
 impl PromptStatus {
+    /// The value stored in the `status` column (`"pending"`, `"done"`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             PromptStatus::Pending => "pending",
@@ -44,31 +51,52 @@ impl PromptStatus {
 /// A prompt to put in the queue.
 #[derive(Debug, Clone)]
 pub struct NewPrompt {
+    /// The prompt's id, a UUID chosen by the client or the server.
     pub prompt_id: String,
+    /// ComfyUI's queue `number`: lower runs first; negative for prompts sent with `front`.
     pub number: f64,
+    /// The API-format workflow to run.
     pub prompt: Json,
+    /// ComfyUI's `extra_data` object (`extra_pnginfo`, `client_id`, …).
     pub extra_data: Json,
+    /// Ids of the output nodes to run (those that validated).
     pub outputs_to_execute: Vec<String>,
+    /// The WebSocket client that submitted it, for routing progress events; None if not given.
     pub client_id: Option<String>,
 }
 
 /// One stored prompt with its history parts.
 #[derive(Debug, Clone)]
 pub struct PromptRow {
+    /// Insertion order, increasing; breaks ties between equal queue numbers.
     pub seq: i64,
+    /// The prompt's id, a UUID chosen by the client or the server.
     pub prompt_id: String,
+    /// ComfyUI's queue `number`: lower runs first; negative for prompts sent with `front`.
     pub number: f64,
+    /// Where the prompt is in its life.
     pub status: PromptStatus,
+    /// The API-format workflow to run.
     pub prompt: Json,
+    /// ComfyUI's `extra_data` object, as stored at submission.
     pub extra_data: Json,
+    /// Ids of the output nodes to run.
     pub outputs_to_execute: Vec<String>,
+    /// The WebSocket client that submitted it; None if not given.
     pub client_id: Option<String>,
+    /// Why it did not complete (failed or interrupted); None otherwise.
     pub reason: Option<String>,
+    /// When it was accepted, in milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// When it started running, in milliseconds since the Unix epoch; None if it never ran.
     pub started_at: Option<i64>,
+    /// When it finished or was cancelled, in milliseconds since the Unix epoch; None before that.
     pub finished_at: Option<i64>,
+    /// The history's `outputs`, by node id (`{"9": {"images": [...]}}`); None until finished.
     pub outputs: Option<Json>,
+    /// The history's `status.messages`, `[event, data]` pairs; None until finished.
     pub status_messages: Option<Json>,
+    /// The history's `meta`, by output node id; None until finished.
     pub meta: Option<Json>,
 }
 
@@ -248,7 +276,13 @@ impl Store {
 
     /// After a restart: prompts left running by a crash become interrupted history entries with a
     /// reason. Returns their ids. Pending prompts are untouched and run in their original order.
-    pub async fn recover_interrupted(&self, reason: &str) -> Result<Vec<String>, StoreError> {
+    /// `messages(prompt_id, now)` gives the history messages to store for each (the store keeps
+    /// documents opaque; their shape is the caller's).
+    pub async fn recover_interrupted(
+        &self,
+        reason: &str,
+        messages: impl Fn(&str, i64) -> serde_json::Value,
+    ) -> Result<Vec<String>, StoreError> {
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -262,10 +296,7 @@ impl Store {
         .doing("finding prompts left running")?;
         let now = now_ms();
         for id in &ids {
-            let messages = serde_json::json!([[
-                "execution_interrupted",
-                {"prompt_id": id, "node_id": null, "node_type": null, "executed": [], "timestamp": now, "reason": reason}
-            ]]);
+            let messages = messages(id, now);
             sqlx::query(
                 "UPDATE prompts SET status = 'interrupted', reason = ?, finished_at = ?, \
                  outputs = COALESCE(outputs, '{}'), status_messages = ?, meta = COALESCE(meta, '{}'), in_history = 1 \
@@ -443,6 +474,7 @@ impl Store {
         Ok(())
     }
 
+    /// Removes every history entry; pending and running prompts are untouched.
     pub async fn clear_history(&self) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM prompts WHERE in_history = 1")
             .execute(&self.pool)
@@ -519,7 +551,13 @@ mod tests {
         // Simulate a crash: reopen the same file.
         drop(store);
         let store = Store::open(&dir.path().join("db.sqlite")).await.unwrap();
-        assert_eq!(store.recover_interrupted("killed").await.unwrap(), ["b"]);
+        assert_eq!(
+            store
+                .recover_interrupted("killed", |_, _| json!([]))
+                .await
+                .unwrap(),
+            ["b"]
+        );
         let entry = store.history_entry("b").await.unwrap().unwrap();
         assert_eq!(entry.status, PromptStatus::Interrupted);
         assert_eq!(entry.reason.as_deref(), Some("killed"));

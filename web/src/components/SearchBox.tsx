@@ -1,9 +1,10 @@
 // The floating search box opened by double-clicking the canvas (or dropping a link on it).
 
-import { useEffect, useMemo, useRef, useState } from 'react';
+import { useMemo, useState } from 'react';
 import { useGraph } from '../store/graph';
 import type { CNode } from '../store/graph';
 import { useUi } from '../store/ui';
+import type { SearchState } from '../store/ui';
 import { displayName, searchNodes } from '../lib/search';
 import { VIRTUAL_DEFS, defFor } from '../lib/workflow';
 import { typesCompatible } from '../lib/sockets';
@@ -11,22 +12,19 @@ import { nodeLayout } from '../lib/widgets';
 
 export function SearchBox() {
   const search = useUi((s) => s.search);
+  // Keyed by the opening: each box starts empty and focused on mount, with no effect that
+  // clears or focuses it a moment later (keys typed in between used to be lost or wiped).
+  return search ? <Box key={search.id} search={search} /> : null;
+}
+
+function Box({ search }: { search: SearchState }) {
   const defs = useGraph((s) => s.defs);
   const [q, setQ] = useState('');
   const [sel, setSel] = useState(0);
-  const input = useRef<HTMLInputElement>(null);
-
-  // Cleared on close as well as on open, so a reopened box never shows the last query's
-  // results for a frame.
-  useEffect(() => {
-    setQ('');
-    setSel(0);
-    if (search) setTimeout(() => input.current?.focus(), 0);
-  }, [search]);
 
   // When opened from a dragged link, only offer nodes with a compatible socket.
   const filterType = useMemo(() => {
-    if (!search?.from) return null;
+    if (!search.from) return null;
     const g = useGraph.getState();
     const n = g.nodes.find((x) => x.id === search.from!.nodeId) as CNode | undefined;
     if (!n) return null;
@@ -35,9 +33,9 @@ export function SearchBox() {
     return type ? { type, wantInput: h.startsWith('o') } : null;
   }, [search]);
 
-  const results = useMemo(() => {
+  const resultsFor = (query: string) => {
     const all = { ...defs, ...VIRTUAL_DEFS };
-    let r = searchNodes(all, q, 200);
+    let r = searchNodes(all, query, 200);
     if (filterType) {
       r = r.filter((d) => {
         if (filterType.wantInput) {
@@ -48,10 +46,13 @@ export function SearchBox() {
       });
     }
     return r.slice(0, 40);
-  }, [defs, q, filterType]);
+  };
+  const results = useMemo(() => resultsFor(q), [defs, q, filterType]);
 
-  if (!search) return null;
-  const close = () => useUi.getState().openSearch(null);
+  // Only this opening: a blur timer of a box already closed must not close the next one.
+  const close = () => {
+    if (useUi.getState().search?.id === search.id) useUi.getState().openSearch(null);
+  };
   const choose = (name: string) => {
     useGraph.getState().addNode(name, search.flow, search.from);
     close();
@@ -60,7 +61,7 @@ export function SearchBox() {
   return (
     <div className="searchbox" style={{ left: search.screen.x, top: search.screen.y }} onMouseDown={(e) => e.stopPropagation()} data-testid="searchbox">
       <input
-        ref={input}
+        autoFocus
         value={q}
         placeholder={filterType ? `Search nodes accepting ${filterType.type}…` : 'Search nodes…'}
         onChange={(e) => {
@@ -72,7 +73,13 @@ export function SearchBox() {
           if (e.key === 'Escape') close();
           else if (e.key === 'ArrowDown') setSel((s) => Math.min(results.length - 1, s + 1));
           else if (e.key === 'ArrowUp') setSel((s) => Math.max(0, s - 1));
-          else if (e.key === 'Enter' && results[sel]) choose(results[sel].name);
+          else if (e.key === 'Enter') {
+            // What the box holds now, even if the list has not re-rendered since the last key.
+            const value = e.currentTarget.value;
+            const list = value === q ? results : resultsFor(value);
+            const pick = list[value === q ? sel : 0];
+            if (pick) choose(pick.name);
+          }
         }}
         onBlur={() => setTimeout(close, 150)}
       />

@@ -11,6 +11,8 @@ export interface Toast {
 export type Panel = 'nodes' | 'queue' | 'history' | 'library' | null;
 
 export interface SearchState {
+  /** Set by `openSearch`: a new box per opening, so no state survives from the last one. */
+  id?: number;
   screen: { x: number; y: number };
   flow: { x: number; y: number };
   from?: { nodeId: string; handle: string };
@@ -37,6 +39,7 @@ interface UiState {
 }
 
 let seq = 0;
+let searchSeq = 0;
 
 export const useUi = create<UiState>()((set) => ({
   toasts: [],
@@ -45,7 +48,7 @@ export const useUi = create<UiState>()((set) => ({
   menu: null,
   pendingFit: false,
   setPanel: (panel) => set((s) => ({ panel: s.panel === panel ? null : panel })),
-  openSearch: (search) => set({ search, menu: null }),
+  openSearch: (search) => set({ search: search && { ...search, id: ++searchSeq }, menu: null }),
   openMenu: (menu) => set({ menu, search: null }),
   dismiss: (id) => set((s) => ({ toasts: s.toasts.filter((t) => t.id !== id) })),
 }));
