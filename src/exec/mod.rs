@@ -17,6 +17,7 @@ use serde_json::Value as Json;
 use tokio::sync::{mpsc, Notify};
 
 use crate::engine::manager::ModelManager;
+use crate::graph::spec::Freshness;
 use crate::graph::validate::{coerced_prompt, compare_node_ids};
 use crate::graph::workflow::WorkflowFormatError;
 use crate::graph::{validate, NodeErrors, PromptError, Signature, Workflow};
@@ -365,7 +366,7 @@ impl Executor {
         let span = tracing::info_span!("prompt", prompt_id = %prompt_id);
         let this = Arc::clone(self);
         let outcome =
-            tokio::task::spawn_blocking(move || span.in_scope(|| this.execute(&row))).await;
+            tokio::task::spawn_blocking(move || span.in_scope(|| run::execute(&this, &row))).await;
         let outcome = outcome.unwrap_or_else(|e| run::Outcome::crashed(&prompt_id, &e.to_string()));
 
         if let Err(e) = self
@@ -513,5 +514,60 @@ impl Executor {
     /// Sorts node ids for display, numerically where they are numbers.
     pub fn sort_ids(ids: &mut [String]) {
         ids.sort_by(|a, b| compare_node_ids(a, b));
+    }
+
+    pub(crate) fn spec_of(&self, class_type: &str) -> &crate::graph::NodeSpec {
+        self.registry
+            .spec(class_type)
+            .expect("planned nodes are registered")
+    }
+
+    pub(crate) fn node_impl(&self, class_type: &str) -> &dyn crate::nodes::Node {
+        self.registry
+            .node(class_type)
+            .expect("planned nodes are registered")
+    }
+
+    /// Explains why a node was not found in the cache, comparing with its last run under the
+    /// same node id.
+    pub(crate) fn miss_reason(
+        &self,
+        freshness: Freshness,
+        signature: &Signature,
+        previous: Option<&Signature>,
+    ) -> String {
+        if freshness == Freshness::Always {
+            return "never cached: the node re-runs every time".into();
+        }
+        if lock(&self.cache).was_evicted(&signature.key) {
+            return "evicted from the cache to stay within its memory budget".into();
+        }
+        let Some(previous) = previous else {
+            return "not computed before".into();
+        };
+        if previous.key == signature.key {
+            return "cache was cleared since the last run".into();
+        }
+        let mut changes = Vec::new();
+        if previous.freshness != signature.freshness {
+            changes.push("the file it reads changed".to_owned());
+        }
+        for (name, digest) in &signature.inputs {
+            match previous.inputs.iter().find(|(n, _)| n == name) {
+                Some((_, old)) if old == digest => {}
+                Some(_) => changes.push(format!("input '{name}' changed")),
+                None => changes.push(format!("input '{name}' was added")),
+            }
+        }
+        for (name, _) in &previous.inputs {
+            if !signature.inputs.iter().any(|(n, _)| n == name) {
+                changes.push(format!("input '{name}' was removed"));
+            }
+        }
+        if changes.is_empty() {
+            "the node class changed".into()
+        } else {
+            changes.join(", ")
+        }
     }
 }

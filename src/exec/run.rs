@@ -1,4 +1,5 @@
-//! Running one prompt: plan, cache lookups, node calls in order, events and the history record.
+//! Running one prompt: plan, cache walk, node calls in order, events and the history record
+//! ([`PromptRun`]).
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -11,8 +12,10 @@ use crate::exec::cache::CachedOutput;
 use crate::exec::{lock, Executor};
 use crate::exec::{Event, ExecutionErrorInfo, Route};
 use crate::graph::spec::{types_compatible, Freshness};
-use crate::graph::{validate, ConstValue, Plan, PlanInput, Signature, Workflow};
-use crate::nodes::{Inputs, NodeContext, NodeError, Reporter, Value};
+use crate::graph::{
+    validate, CacheKey, ConstValue, Plan, PlanInput, PlanNode, Signature, Workflow,
+};
+use crate::nodes::{Inputs, NodeContext, NodeError, NodeOutput, Reporter, Value};
 use crate::store::{now_ms, PromptRow, PromptStatus};
 use crate::wire::errors::{exception_type, PANIC, VALIDATION_ERROR};
 use crate::wire::queue::{executor_crashed, node_meta};
@@ -77,6 +80,35 @@ impl NodeReportStatus {
 }
 
 /// The per-node report of one prompt.
+impl NodeReport {
+    fn new(
+        node: &PlanNode,
+        signature: &Signature,
+        status: NodeReportStatus,
+        reason: impl Into<String>,
+        millis: Option<f64>,
+    ) -> NodeReport {
+        NodeReport {
+            node_id: node.id.clone(),
+            class_type: node.class_type,
+            status,
+            reason: reason.into(),
+            key: signature.key.short_hex(),
+            millis,
+        }
+    }
+
+    fn failed(node: &PlanNode, signature: &Signature, reason: &str, millis: f64) -> NodeReport {
+        Self::new(
+            node,
+            signature,
+            NodeReportStatus::Failed,
+            reason,
+            Some(millis),
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PromptReport {
     pub prompt_id: String,
@@ -123,447 +155,144 @@ enum Stop {
     },
 }
 
-impl Executor {
-    /// Runs one claimed prompt on the current (blocking) thread.
-    pub(crate) fn execute(self: &Arc<Self>, row: &PromptRow) -> Outcome {
-        let prompt_id = row.prompt_id.clone();
-        let client = row.client_id.clone();
-        let mut messages = Vec::new();
-        let mut send = |event: Event, record: bool| {
-            if record {
-                messages.push(event.history_message());
-            }
-            self.emit(Route::Client(client.clone()), event);
-        };
-        send(
-            Event::ExecutionStart {
-                prompt_id: prompt_id.clone(),
-                timestamp: now_ms(),
-            },
-            true,
-        );
-
-        let mut outputs = Map::new();
-        let mut meta = Map::new();
-        let mut executed: Vec<String> = Vec::new();
-        let result = self.execute_plan(row, &mut send, &mut outputs, &mut meta, &mut executed);
-
-        let (status, reason) = match result {
-            Ok(()) => {
-                send(
-                    Event::ExecutionSuccess {
-                        prompt_id: prompt_id.clone(),
-                        timestamp: now_ms(),
-                    },
-                    true,
-                );
-                (PromptStatus::Done, None)
-            }
-            Err(Stop::Failed(mut info)) => {
-                info.executed = executed.clone();
-                let reason = format!(
-                    "node {} ({}) failed: {}",
-                    info.node_id, info.node_type, info.exception_message
-                );
-                tracing::warn!(node_id = %info.node_id, "{reason}");
-                send(Event::ExecutionError(info), true);
-                (PromptStatus::Failed, Some(reason))
-            }
-            Err(Stop::Interrupted { node_id, node_type }) => {
-                let event = Event::ExecutionInterrupted {
-                    prompt_id: prompt_id.clone(),
-                    node_id: node_id.clone(),
-                    node_type,
-                    executed: executed.clone(),
-                    timestamp: now_ms(),
-                };
-                messages.push(event.history_message());
-                self.emit(Route::ClientOrBroadcast(client.clone()), event);
-                (
-                    PromptStatus::Interrupted,
-                    Some("interrupted on request".to_owned()),
-                )
-            }
-        };
-        Outcome {
-            status,
-            reason,
-            outputs: Json::Object(outputs),
-            messages,
-            meta: Json::Object(meta),
+impl Stop {
+    fn interrupted_at(node: &PlanNode) -> Stop {
+        Stop::Interrupted {
+            node_id: Some(node.id.clone()),
+            node_type: Some(node.class_type.to_owned()),
         }
     }
+}
 
-    fn execute_plan(
-        self: &Arc<Self>,
-        row: &PromptRow,
-        send: &mut dyn FnMut(Event, bool),
-        outputs: &mut Map<String, Json>,
-        meta: &mut Map<String, Json>,
-        executed: &mut Vec<String>,
-    ) -> Result<(), Stop> {
-        let prompt_id = row.prompt_id.as_str();
-        let plan = self.plan_for(row)?;
-        let nodes = plan.nodes();
+/// Runs one claimed prompt on the current (blocking) thread.
+pub(crate) fn execute(exec: &Arc<Executor>, row: &PromptRow) -> Outcome {
+    let mut run = PromptRun {
+        exec,
+        row,
+        prompt: Arc::new(row.prompt.clone()),
+        extra_pnginfo: row.extra_data.get("extra_pnginfo").cloned().map(Arc::new),
+        reporter: Arc::new(EventReporter {
+            executor: Arc::clone(exec),
+            prompt_id: row.prompt_id.clone(),
+            client: row.client_id.clone(),
+        }),
+        messages: Vec::new(),
+        outputs: Map::new(),
+        meta: Map::new(),
+        executed: Vec::new(),
+        report: Vec::new(),
+    };
+    run.send(
+        Event::ExecutionStart {
+            prompt_id: row.prompt_id.clone(),
+            timestamp: now_ms(),
+        },
+        true,
+    );
+    let result = run.run();
+    run.finish(result)
+}
 
-        // Freshness tokens: file hashes for nodes that read files, a unique token for never-cached.
-        let mut freshness = Vec::with_capacity(nodes.len());
-        for node in nodes {
-            let spec = self.spec_of(node.class_type);
-            freshness.push(match spec.freshness {
-                Freshness::Pure => None,
-                Freshness::Always => Some(uuid::Uuid::new_v4().to_string()),
-                Freshness::ReadsFiles => {
-                    let constants: Vec<(String, ConstValue)> = node
-                        .inputs
-                        .iter()
-                        .filter_map(|(n, i)| match i {
-                            PlanInput::Const(c) => Some((n.clone(), c.clone())),
-                            PlanInput::Link { .. } => None,
-                        })
-                        .collect();
-                    let node_impl = self
-                        .registry
-                        .node(node.class_type)
-                        .expect("planned nodes are registered");
-                    match node_impl.fingerprint(&self.dirs, &constants) {
-                        Ok(token) => Some(token),
-                        Err(e) => {
-                            return Err(self.failure(
-                                prompt_id,
-                                &node.id,
-                                node.class_type,
-                                &e,
-                                Json::Null,
-                            ))
-                        }
-                    }
-                }
-            });
+/// One prompt's run, in named steps: [`PromptRun::plan`] (validate again),
+/// [`PromptRun::freshness`] and the plan's signatures, the [`CacheWalk`], then per node
+/// [`PromptRun::replay`] (cached), [`PromptRun::call`] (run) and [`PromptRun::record`], with
+/// [`Values`] holding what later nodes still read; [`PromptRun::remember`] keeps what explains
+/// the next run's cache misses.
+struct PromptRun<'a> {
+    exec: &'a Arc<Executor>,
+    row: &'a PromptRow,
+    /// What every node's context shares: the prompt (saved into images), the workflow to embed,
+    /// where progress goes.
+    prompt: Arc<Json>,
+    extra_pnginfo: Option<Arc<Json>>,
+    reporter: Arc<dyn Reporter>,
+    /// The history's `status.messages`.
+    messages: Vec<Json>,
+    /// The history's `outputs` and `meta`, by node id.
+    outputs: Map<String, Json>,
+    meta: Map<String, Json>,
+    /// Nodes that ran, in order (`execution_error`'s and `execution_interrupted`'s `executed`).
+    executed: Vec<String>,
+    /// `/api/weft/cache`'s explanation of this prompt.
+    report: Vec<NodeReport>,
+}
+
+impl PromptRun<'_> {
+    fn prompt_id(&self) -> &str {
+        &self.row.prompt_id
+    }
+
+    /// Sends `event` to the prompt's client, and keeps it in the history when `record`.
+    fn send(&mut self, event: Event, record: bool) {
+        if record {
+            self.messages.push(event.history_message());
         }
-        let signatures = plan.signatures(&freshness);
+        self.exec
+            .emit(Route::Client(self.row.client_id.clone()), event);
+    }
 
-        // What is cached, and what must run: walk up from the outputs, stopping at cached nodes.
-        let (cached_ids, use_cache, to_run) = {
-            let cache = lock(&self.cache);
-            let mut cached_ids: Vec<String> = nodes
-                .iter()
-                .zip(&signatures)
-                .filter(|(_, s)| cache.contains(&s.key))
-                .map(|(n, _)| n.id.clone())
-                .collect();
-            Executor::sort_ids(&mut cached_ids);
-            let mut use_cache = vec![false; nodes.len()];
-            let mut to_run = vec![false; nodes.len()];
-            let mut stack: Vec<usize> = plan
-                .outputs()
-                .iter()
-                .filter_map(|id| plan.index_of(id))
-                .collect();
-            while let Some(i) = stack.pop() {
-                if use_cache[i] || to_run[i] {
-                    continue;
-                }
-                if cache.contains(&signatures[i].key) {
-                    use_cache[i] = true;
-                } else {
-                    to_run[i] = true;
-                    for (_, input) in &nodes[i].inputs {
-                        if let PlanInput::Link { node, .. } = input {
-                            stack.push(*node);
-                        }
-                    }
-                }
-            }
-            (cached_ids, use_cache, to_run)
+    fn run(&mut self) -> Result<(), Stop> {
+        let plan = self.plan()?;
+        let freshness = self.freshness(&plan)?;
+        let signatures = plan.signatures(&freshness);
+        let walk = {
+            let cache = lock(&self.exec.cache);
+            CacheWalk::new(&plan, &signatures, |key| cache.contains(key))
         };
-        send(
+        self.send(
             Event::ExecutionCached {
-                prompt_id: prompt_id.to_owned(),
-                nodes: cached_ids,
+                prompt_id: self.prompt_id().to_owned(),
+                nodes: walk.cached_ids.clone(),
                 timestamp: now_ms(),
             },
             true,
         );
-
-        // Only this plan's nodes are looked up, so copy just those.
-        let previous: HashMap<String, Signature> = {
-            let last = lock(&self.last_signatures);
-            nodes
-                .iter()
-                .filter_map(|n| last.get(&n.id).map(|s| (n.id.clone(), s.clone())))
-                .collect()
-        };
-        let mut report = Vec::with_capacity(nodes.len());
-        let mut results: Vec<Option<CachedOutput>> = vec![None; nodes.len()];
         // Cached outputs are taken now: a node that runs first may need memory, and the manager
         // may then empty the cache.
-        {
-            let mut cache = lock(&self.cache);
-            for (i, signature) in signatures.iter().enumerate() {
-                if use_cache[i] {
-                    results[i] = cache.get(&signature.key);
-                }
-            }
-        }
-        // How many nodes still to run read each node's outputs. A value nobody will read again
-        // is let go at once (the output cache may keep it), so that when memory is short the
-        // manager can unload a model the rest of the prompt no longer needs, such as the SDXL
-        // base before the refiner loads.
-        let mut readers = vec![0usize; nodes.len()];
-        for (i, node) in nodes.iter().enumerate() {
-            if to_run[i] {
-                for j in parents(node) {
-                    readers[j] += 1;
-                }
-            }
-        }
-        let reporter: Arc<dyn Reporter> = Arc::new(EventReporter {
-            executor: Arc::clone(self),
-            prompt_id: prompt_id.to_owned(),
-            client: row.client_id.clone(),
-        });
-        let prompt_json = Arc::new(row.prompt.clone());
-        let extra_pnginfo = row.extra_data.get("extra_pnginfo").cloned().map(Arc::new);
-
-        let outcome = (|| {
-            for (i, node) in nodes.iter().enumerate() {
-                let spec = self.spec_of(node.class_type);
+        let cached = {
+            let mut cache = lock(&self.exec.cache);
+            signatures
+                .iter()
+                .zip(&walk.use_cache)
+                .map(|(s, &used)| if used { cache.get(&s.key) } else { None })
+                .collect()
+        };
+        let mut values = Values::new(&plan, &walk.to_run, cached);
+        let previous = self.previous_signatures(&plan);
+        let result = (|| {
+            for (i, node) in plan.nodes().iter().enumerate() {
                 let signature = &signatures[i];
-                if use_cache[i] {
-                    let Some(cached) = results[i].clone() else {
-                        // Evicted between the lookup and now (another prompt cannot run meanwhile,
-                        // but `/free` can): treat as a failure rather than guess.
-                        let error = NodeError::Failed(
-                            "cached output was freed while the prompt ran; queue it again".into(),
-                        );
-                        return Err(self.failure(
-                            prompt_id,
-                            &node.id,
-                            node.class_type,
-                            &error,
-                            Json::Null,
-                        ));
-                    };
-                    if spec.output_node {
-                        let ui = cached
-                            .ui
-                            .as_ref()
-                            .map(|ui| serde_json::to_value(ui).unwrap_or(Json::Null));
-                        if let Some(ui) = &ui {
-                            outputs.insert(node.id.clone(), ui.clone());
-                            meta.insert(node.id.clone(), node_meta(&node.id));
-                        }
-                        send(
-                            Event::Executed {
-                                prompt_id: prompt_id.to_owned(),
-                                node: node.id.clone(),
-                                output: ui.unwrap_or(Json::Null),
-                            },
-                            false,
-                        );
-                    }
-                    report.push(NodeReport {
-                        node_id: node.id.clone(),
-                        class_type: node.class_type,
-                        status: NodeReportStatus::Cached,
-                        reason: "same class, inputs and upstream as a cached result".into(),
-                        key: signature.key.short_hex(),
-                        millis: None,
-                    });
-                    continue;
-                }
-                if !to_run[i] {
-                    report.push(NodeReport {
-                        node_id: node.id.clone(),
-                        class_type: node.class_type,
-                        status: NodeReportStatus::NotRun,
-                        reason: "only feeds nodes whose outputs were cached".into(),
-                        key: signature.key.short_hex(),
-                        millis: None,
-                    });
-                    continue;
-                }
-                let reason = self.miss_reason(spec.freshness, signature, previous.get(&node.id));
-                if self.interrupt.load(std::sync::atomic::Ordering::SeqCst) {
-                    return Err(Stop::Interrupted {
-                        node_id: Some(node.id.clone()),
-                        node_type: Some(node.class_type.to_owned()),
-                    });
-                }
-                send(
-                    Event::Executing {
-                        prompt_id: prompt_id.to_owned(),
-                        node: Some(node.id.clone()),
-                    },
-                    false,
-                );
-
-                let inputs = Inputs::new(
-                    node.inputs
-                        .iter()
-                        .map(|(name, input)| {
-                            let value = match input {
-                                PlanInput::Const(c) => Value::from_const(c),
-                                PlanInput::Link { node: j, slot } => results[*j]
-                                    .as_ref()
-                                    .and_then(|r| r.values.get(*slot).cloned())
-                                    .expect("parents run before children and produced their declared outputs"),
-                            };
-                            (name.clone(), value)
-                        })
-                        .collect(),
-                );
-                let current_inputs = || {
-                    Json::Object(
-                        inputs
-                            .iter()
-                            .map(|(n, v)| (n.to_owned(), Json::Array(vec![v.summary()])))
-                            .collect(),
-                    )
-                };
-                let ctx = NodeContext {
-                    node_id: node.id.clone(),
-                    prompt_id: prompt_id.to_owned(),
-                    dirs: Arc::clone(&self.dirs),
-                    prompt: Arc::clone(&prompt_json),
-                    extra_pnginfo: extra_pnginfo.clone(),
-                    reporter: Arc::clone(&reporter),
-                    interrupt: Arc::clone(&self.interrupt),
-                    write_metadata: self.config.write_metadata,
-                    models: Arc::clone(&self.models),
-                };
-                let node_impl = self
-                    .registry
-                    .node(node.class_type)
-                    .expect("planned nodes are registered");
-                let span =
-                    tracing::info_span!("node", node_id = %node.id, class_type = node.class_type);
-                let started = Instant::now();
-                let result = span
-                    .in_scope(|| catch_unwind(AssertUnwindSafe(|| node_impl.run(&ctx, &inputs))));
-                let millis = started.elapsed().as_secs_f64() * 1000.0;
-                let output = match result {
-                    Ok(Ok(output)) => output,
-                    Ok(Err(NodeError::Interrupted)) => {
-                        return Err(Stop::Interrupted {
-                            node_id: Some(node.id.clone()),
-                            node_type: Some(node.class_type.to_owned()),
-                        })
-                    }
-                    Ok(Err(error)) => {
-                        report.push(failed_report(node, signature, &error.to_string(), millis));
-                        return Err(self.failure(
-                            prompt_id,
-                            &node.id,
-                            node.class_type,
-                            &error,
-                            current_inputs(),
-                        ));
-                    }
-                    Err(panic) => {
-                        let message = panic_message(&panic);
-                        let error = NodeError::Failed(format!("node panicked: {message}"));
-                        report.push(failed_report(node, signature, &message, millis));
-                        let mut info = self.failure(
-                            prompt_id,
-                            &node.id,
-                            node.class_type,
-                            &error,
-                            current_inputs(),
-                        );
-                        if let Stop::Failed(info) = &mut info {
-                            info.exception_type = PANIC.into();
-                        }
-                        return Err(info);
-                    }
-                };
-                if let Err(message) = check_outputs(spec, &output.values) {
-                    let error = NodeError::Failed(message);
-                    return Err(self.failure(
-                        prompt_id,
-                        &node.id,
-                        node.class_type,
-                        &error,
-                        current_inputs(),
+                if walk.use_cache[i] {
+                    self.replay(node, signature, values.get(i))?;
+                } else if walk.to_run[i] {
+                    let reason = self.exec.miss_reason(
+                        self.exec.spec_of(node.class_type).freshness,
+                        signature,
+                        previous.get(&node.id),
+                    );
+                    let inputs = values.inputs(node);
+                    let (output, millis) = self.call(node, signature, &inputs)?;
+                    let output = self.record(node, signature, output, reason, millis);
+                    values.store(&plan, i, output);
+                } else {
+                    self.report.push(NodeReport::new(
+                        node,
+                        signature,
+                        NodeReportStatus::NotRun,
+                        "only feeds nodes whose outputs were cached",
+                        None,
                     ));
-                }
-                executed.push(node.id.clone());
-                let cached = CachedOutput {
-                    values: Arc::new(output.values),
-                    ui: output.ui,
-                };
-                if let Some(ui) = &cached.ui {
-                    for image in &ui.images {
-                        let record = self.store.record_image(
-                            prompt_id,
-                            &node.id,
-                            &image.filename,
-                            &image.subfolder,
-                            &image.folder_type,
-                        );
-                        if let Err(e) = tokio::runtime::Handle::current().block_on(record) {
-                            tracing::error!("cannot record image {}: {e:#}", image.filename);
-                        }
-                    }
-                    let ui_json = serde_json::to_value(ui).unwrap_or(Json::Null);
-                    outputs.insert(node.id.clone(), ui_json.clone());
-                    meta.insert(node.id.clone(), node_meta(&node.id));
-                    send(
-                        Event::Executed {
-                            prompt_id: prompt_id.to_owned(),
-                            node: node.id.clone(),
-                            output: ui_json,
-                        },
-                        false,
-                    );
-                }
-                if spec.freshness != Freshness::Always {
-                    lock(&self.cache).insert(
-                        signature.key,
-                        cached.clone(),
-                        node.class_type,
-                        &node.id,
-                    );
-                }
-                report.push(NodeReport {
-                    node_id: node.id.clone(),
-                    class_type: node.class_type,
-                    status: NodeReportStatus::Executed,
-                    reason,
-                    key: signature.key.short_hex(),
-                    millis: Some(millis),
-                });
-                results[i] = Some(cached);
-                for j in parents(node).chain([i]) {
-                    if j != i {
-                        readers[j] -= 1;
-                    }
-                    if readers[j] == 0 {
-                        results[j] = None;
-                    }
                 }
             }
             Ok(())
         })();
-
-        let mut last = lock(&self.last_signatures);
-        // Clients may use fresh node ids on every prompt; keep the memory of past runs bounded.
-        if last.len() > MAX_REMEMBERED_SIGNATURES {
-            last.clear();
-        }
-        for (node, signature) in nodes.iter().zip(signatures) {
-            last.insert(node.id.clone(), signature);
-        }
-        *lock(&self.last_report) = Some(PromptReport {
-            prompt_id: prompt_id.to_owned(),
-            nodes: report,
-        });
-        outcome
+        self.remember(&plan, signatures);
+        result
     }
 
     /// Validates the stored prompt again (files may have changed since it was queued).
-    fn plan_for(&self, row: &PromptRow) -> Result<Plan, Stop> {
+    fn plan(&self) -> Result<Plan, Stop> {
+        let row = self.row;
         let fail = |node_id: &str, node_type: &str, message: String| {
             Stop::Failed(Box::new(ExecutionErrorInfo {
                 prompt_id: row.prompt_id.clone(),
@@ -580,7 +309,7 @@ impl Executor {
         };
         let workflow =
             Workflow::from_api_json(&row.prompt).map_err(|e| fail("", "", e.to_string()))?;
-        let catalog = self.registry.catalog(&self.dirs);
+        let catalog = self.exec.registry.catalog(&self.exec.dirs);
         let validation = validate(&workflow, &catalog, Some(&row.outputs_to_execute));
         if let Some(errors) = validation.node_errors.first() {
             let first = errors
@@ -603,20 +332,235 @@ impl Executor {
         })
     }
 
-    fn spec_of(&self, class_type: &str) -> &crate::graph::NodeSpec {
-        self.registry
-            .spec(class_type)
-            .expect("planned nodes are registered")
+    /// Freshness tokens for the signatures: file fingerprints for nodes that read files, a unique
+    /// token for nodes never cached, nothing for pure nodes.
+    fn freshness(&self, plan: &Plan) -> Result<Vec<Option<String>>, Stop> {
+        plan.nodes()
+            .iter()
+            .map(|node| match self.exec.spec_of(node.class_type).freshness {
+                Freshness::Pure => Ok(None),
+                Freshness::Always => Ok(Some(uuid::Uuid::new_v4().to_string())),
+                Freshness::ReadsFiles => {
+                    let constants: Vec<(String, ConstValue)> = node
+                        .inputs
+                        .iter()
+                        .filter_map(|(n, i)| match i {
+                            PlanInput::Const(c) => Some((n.clone(), c.clone())),
+                            PlanInput::Link { .. } => None,
+                        })
+                        .collect();
+                    self.exec
+                        .node_impl(node.class_type)
+                        .fingerprint(&self.exec.dirs, &constants)
+                        .map(Some)
+                        .map_err(|e| self.failure(node, &e, Json::Null))
+                }
+            })
+            .collect()
     }
 
-    fn failure(
-        &self,
-        prompt_id: &str,
-        node_id: &str,
-        node_type: &str,
-        error: &NodeError,
-        current_inputs: Json,
-    ) -> Stop {
+    /// The last signatures of this plan's node ids (only those are looked up, so only those are
+    /// copied).
+    fn previous_signatures(&self, plan: &Plan) -> HashMap<String, Signature> {
+        let last = lock(&self.exec.last_signatures);
+        plan.nodes()
+            .iter()
+            .filter_map(|n| last.get(&n.id).map(|s| (n.id.clone(), s.clone())))
+            .collect()
+    }
+
+    /// A node whose outputs come from the cache: its UI is sent and recorded again, as ComfyUI
+    /// does.
+    fn replay(
+        &mut self,
+        node: &PlanNode,
+        signature: &Signature,
+        cached: Option<&CachedOutput>,
+    ) -> Result<(), Stop> {
+        let Some(cached) = cached else {
+            // Freed between the lookup and now (another prompt cannot run meanwhile, but `/free`
+            // can): a failure rather than a guess.
+            let error = NodeError::Failed(
+                "cached output was freed while the prompt ran; queue it again".into(),
+            );
+            return Err(self.failure(node, &error, Json::Null));
+        };
+        if self.exec.spec_of(node.class_type).output_node {
+            let ui = cached
+                .ui
+                .as_ref()
+                .map(|ui| serde_json::to_value(ui).unwrap_or(Json::Null));
+            if let Some(ui) = &ui {
+                self.outputs.insert(node.id.clone(), ui.clone());
+                self.meta.insert(node.id.clone(), node_meta(&node.id));
+            }
+            self.send(
+                Event::Executed {
+                    prompt_id: self.prompt_id().to_owned(),
+                    node: node.id.clone(),
+                    output: ui.unwrap_or(Json::Null),
+                },
+                false,
+            );
+        }
+        self.report.push(NodeReport::new(
+            node,
+            signature,
+            NodeReportStatus::Cached,
+            "same class, inputs and upstream as a cached result",
+            None,
+        ));
+        Ok(())
+    }
+
+    /// Runs a node (under `catch_unwind`), after checking for an interrupt; returns its checked
+    /// output and how long it took.
+    fn call(
+        &mut self,
+        node: &PlanNode,
+        signature: &Signature,
+        inputs: &Inputs,
+    ) -> Result<(NodeOutput, f64), Stop> {
+        if self
+            .exec
+            .interrupt
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(Stop::interrupted_at(node));
+        }
+        self.send(
+            Event::Executing {
+                prompt_id: self.prompt_id().to_owned(),
+                node: Some(node.id.clone()),
+            },
+            false,
+        );
+        let current_inputs = || {
+            Json::Object(
+                inputs
+                    .iter()
+                    .map(|(n, v)| (n.to_owned(), Json::Array(vec![v.summary()])))
+                    .collect(),
+            )
+        };
+        let ctx = NodeContext {
+            node_id: node.id.clone(),
+            prompt_id: self.prompt_id().to_owned(),
+            dirs: Arc::clone(&self.exec.dirs),
+            prompt: Arc::clone(&self.prompt),
+            extra_pnginfo: self.extra_pnginfo.clone(),
+            reporter: Arc::clone(&self.reporter),
+            interrupt: Arc::clone(&self.exec.interrupt),
+            write_metadata: self.exec.config.write_metadata,
+            models: Arc::clone(&self.exec.models),
+        };
+        let node_impl = self.exec.node_impl(node.class_type);
+        let span = tracing::info_span!("node", node_id = %node.id, class_type = node.class_type);
+        let started = Instant::now();
+        let result =
+            span.in_scope(|| catch_unwind(AssertUnwindSafe(|| node_impl.run(&ctx, inputs))));
+        let millis = started.elapsed().as_secs_f64() * 1000.0;
+        let output = match result {
+            Ok(Ok(output)) => output,
+            Ok(Err(NodeError::Interrupted)) => return Err(Stop::interrupted_at(node)),
+            Ok(Err(error)) => {
+                self.report.push(NodeReport::failed(
+                    node,
+                    signature,
+                    &error.to_string(),
+                    millis,
+                ));
+                return Err(self.failure(node, &error, current_inputs()));
+            }
+            Err(panic) => {
+                let message = panic_message(&panic);
+                let error = NodeError::Failed(format!("node panicked: {message}"));
+                self.report
+                    .push(NodeReport::failed(node, signature, &message, millis));
+                let mut stop = self.failure(node, &error, current_inputs());
+                if let Stop::Failed(info) = &mut stop {
+                    info.exception_type = PANIC.into();
+                }
+                return Err(stop);
+            }
+        };
+        if let Err(message) = check_outputs(self.exec.spec_of(node.class_type), &output.values) {
+            return Err(self.failure(node, &NodeError::Failed(message), current_inputs()));
+        }
+        Ok((output, millis))
+    }
+
+    /// Records a node that ran: its saved images in the store, its UI in the history and on the
+    /// socket, its output in the cache (unless it is never cached) and in the report.
+    fn record(
+        &mut self,
+        node: &PlanNode,
+        signature: &Signature,
+        output: NodeOutput,
+        reason: String,
+        millis: f64,
+    ) -> CachedOutput {
+        self.executed.push(node.id.clone());
+        let cached = CachedOutput {
+            values: Arc::new(output.values),
+            ui: output.ui,
+        };
+        if let Some(ui) = &cached.ui {
+            for image in &ui.images {
+                let record = self.exec.store.record_image(
+                    self.prompt_id(),
+                    &node.id,
+                    &image.filename,
+                    &image.subfolder,
+                    &image.folder_type,
+                );
+                if let Err(e) = tokio::runtime::Handle::current().block_on(record) {
+                    tracing::error!("cannot record image {}: {e:#}", image.filename);
+                }
+            }
+            let ui_json = serde_json::to_value(ui).unwrap_or(Json::Null);
+            self.outputs.insert(node.id.clone(), ui_json.clone());
+            self.meta.insert(node.id.clone(), node_meta(&node.id));
+            self.send(
+                Event::Executed {
+                    prompt_id: self.prompt_id().to_owned(),
+                    node: node.id.clone(),
+                    output: ui_json,
+                },
+                false,
+            );
+        }
+        if self.exec.spec_of(node.class_type).freshness != Freshness::Always {
+            lock(&self.exec.cache).insert(signature.key, cached.clone(), node.class_type, &node.id);
+        }
+        self.report.push(NodeReport::new(
+            node,
+            signature,
+            NodeReportStatus::Executed,
+            reason,
+            Some(millis),
+        ));
+        cached
+    }
+
+    /// Keeps this prompt's signatures (to explain the next run's misses) and its report.
+    fn remember(&mut self, plan: &Plan, signatures: Vec<Signature>) {
+        let mut last = lock(&self.exec.last_signatures);
+        // Clients may use fresh node ids on every prompt; keep the memory of past runs bounded.
+        if last.len() > MAX_REMEMBERED_SIGNATURES {
+            last.clear();
+        }
+        for (node, signature) in plan.nodes().iter().zip(signatures) {
+            last.insert(node.id.clone(), signature);
+        }
+        *lock(&self.exec.last_report) = Some(PromptReport {
+            prompt_id: self.prompt_id().to_owned(),
+            nodes: std::mem::take(&mut self.report),
+        });
+    }
+
+    /// A node's failure as `execution_error` reports it, with the error's causes as traceback.
+    fn failure(&self, node: &PlanNode, error: &NodeError, current_inputs: Json) -> Stop {
         let mut traceback = vec![error.to_string()];
         let mut source = std::error::Error::source(error);
         while let Some(cause) = source {
@@ -624,9 +568,9 @@ impl Executor {
             source = cause.source();
         }
         Stop::Failed(Box::new(ExecutionErrorInfo {
-            prompt_id: prompt_id.to_owned(),
-            node_id: node_id.to_owned(),
-            node_type: node_type.to_owned(),
+            prompt_id: self.prompt_id().to_owned(),
+            node_id: node.id.clone(),
+            node_type: node.class_type.to_owned(),
             executed: vec![],
             exception_message: error.to_string(),
             exception_type: exception_type(error).to_owned(),
@@ -637,72 +581,175 @@ impl Executor {
         }))
     }
 
-    /// Explains why a node was not found in the cache, comparing with its last run under the
-    /// same node id.
-    fn miss_reason(
-        &self,
-        freshness: Freshness,
-        signature: &Signature,
-        previous: Option<&Signature>,
-    ) -> String {
-        if freshness == Freshness::Always {
-            return "never cached: the node re-runs every time".into();
-        }
-        if lock(&self.cache).was_evicted(&signature.key) {
-            return "evicted from the cache to stay within its memory budget".into();
-        }
-        let Some(previous) = previous else {
-            return "not computed before".into();
+    /// The last event and the history record of how the prompt ended.
+    fn finish(mut self, result: Result<(), Stop>) -> Outcome {
+        let prompt_id = self.prompt_id().to_owned();
+        let (status, reason) = match result {
+            Ok(()) => {
+                self.send(
+                    Event::ExecutionSuccess {
+                        prompt_id,
+                        timestamp: now_ms(),
+                    },
+                    true,
+                );
+                (PromptStatus::Done, None)
+            }
+            Err(Stop::Failed(mut info)) => {
+                info.executed = self.executed.clone();
+                let reason = format!(
+                    "node {} ({}) failed: {}",
+                    info.node_id, info.node_type, info.exception_message
+                );
+                tracing::warn!(node_id = %info.node_id, "{reason}");
+                self.send(Event::ExecutionError(info), true);
+                (PromptStatus::Failed, Some(reason))
+            }
+            Err(Stop::Interrupted { node_id, node_type }) => {
+                let event = Event::ExecutionInterrupted {
+                    prompt_id,
+                    node_id,
+                    node_type,
+                    executed: self.executed.clone(),
+                    timestamp: now_ms(),
+                };
+                self.messages.push(event.history_message());
+                self.exec
+                    .emit(Route::ClientOrBroadcast(self.row.client_id.clone()), event);
+                (
+                    PromptStatus::Interrupted,
+                    Some("interrupted on request".to_owned()),
+                )
+            }
         };
-        if previous.key == signature.key {
-            return "cache was cleared since the last run".into();
+        Outcome {
+            status,
+            reason,
+            outputs: Json::Object(self.outputs),
+            messages: self.messages,
+            meta: Json::Object(self.meta),
         }
-        let mut changes = Vec::new();
-        if previous.freshness != signature.freshness {
-            changes.push("the file it reads changed".to_owned());
-        }
-        for (name, digest) in &signature.inputs {
-            match previous.inputs.iter().find(|(n, _)| n == name) {
-                Some((_, old)) if old == digest => {}
-                Some(_) => changes.push(format!("input '{name}' changed")),
-                None => changes.push(format!("input '{name}' was added")),
+    }
+}
+
+/// Which nodes' outputs come from the cache and which must run: a walk up from the outputs that
+/// stops at cached nodes, so a cached node's ancestors neither run nor are read.
+#[derive(Debug, PartialEq, Eq)]
+struct CacheWalk {
+    /// Every node of the plan in the cache, sorted as ComfyUI sorts ids (`execution_cached`).
+    cached_ids: Vec<String>,
+    /// By plan position: the output is taken from the cache.
+    use_cache: Vec<bool>,
+    /// By plan position: the node runs.
+    to_run: Vec<bool>,
+}
+
+impl CacheWalk {
+    fn new(plan: &Plan, signatures: &[Signature], cached: impl Fn(&CacheKey) -> bool) -> Self {
+        let nodes = plan.nodes();
+        let mut cached_ids: Vec<String> = nodes
+            .iter()
+            .zip(signatures)
+            .filter(|(_, s)| cached(&s.key))
+            .map(|(n, _)| n.id.clone())
+            .collect();
+        Executor::sort_ids(&mut cached_ids);
+        let mut use_cache = vec![false; nodes.len()];
+        let mut to_run = vec![false; nodes.len()];
+        let mut stack: Vec<usize> = plan
+            .outputs()
+            .iter()
+            .filter_map(|id| plan.index_of(id))
+            .collect();
+        while let Some(i) = stack.pop() {
+            if use_cache[i] || to_run[i] {
+                continue;
+            }
+            if cached(&signatures[i].key) {
+                use_cache[i] = true;
+            } else {
+                to_run[i] = true;
+                stack.extend(parents(&nodes[i]));
             }
         }
-        for (name, _) in &previous.inputs {
-            if !signature.inputs.iter().any(|(n, _)| n == name) {
-                changes.push(format!("input '{name}' was removed"));
+        CacheWalk {
+            cached_ids,
+            use_cache,
+            to_run,
+        }
+    }
+}
+
+/// The values of a running prompt by plan position, each let go as soon as no node left to run
+/// reads it (the output cache may keep it), so that when memory is short the manager can unload
+/// a model the rest of the prompt no longer needs, such as the SDXL base before the refiner loads.
+struct Values {
+    results: Vec<Option<CachedOutput>>,
+    /// How many nodes still to run read each node's outputs.
+    readers: Vec<usize>,
+}
+
+impl Values {
+    /// `cached`: the outputs taken from the cache, by plan position.
+    fn new(plan: &Plan, to_run: &[bool], cached: Vec<Option<CachedOutput>>) -> Self {
+        let mut readers = vec![0usize; plan.nodes().len()];
+        for (node, _) in plan.nodes().iter().zip(to_run).filter(|(_, &run)| run) {
+            for j in parents(node) {
+                readers[j] += 1;
             }
         }
-        if changes.is_empty() {
-            "the node class changed".into()
-        } else {
-            changes.join(", ")
+        Values {
+            results: cached,
+            readers,
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&CachedOutput> {
+        self.results[i].as_ref()
+    }
+
+    /// `node`'s inputs: constants, and its parents' outputs (which run before it).
+    fn inputs(&self, node: &PlanNode) -> Inputs {
+        Inputs::new(
+            node.inputs
+                .iter()
+                .map(|(name, input)| {
+                    let value = match input {
+                        PlanInput::Const(c) => Value::from_const(c),
+                        PlanInput::Link { node: j, slot } => self.results[*j]
+                            .as_ref()
+                            .and_then(|r| r.values.get(*slot).cloned())
+                            .expect(
+                                "parents run before children and produced their declared outputs",
+                            ),
+                    };
+                    (name.clone(), value)
+                })
+                .collect(),
+        )
+    }
+
+    /// Keeps the output of the node at `i`, which has run, and lets go of what no node left to
+    /// run reads: its parents', and its own when nothing reads it.
+    fn store(&mut self, plan: &Plan, i: usize, output: CachedOutput) {
+        self.results[i] = Some(output);
+        for j in parents(&plan.nodes()[i]).chain([i]) {
+            if j != i {
+                self.readers[j] -= 1;
+            }
+            if self.readers[j] == 0 {
+                self.results[j] = None;
+            }
         }
     }
 }
 
 /// The plan positions of the nodes whose outputs `node` reads, once per link.
-fn parents(node: &crate::graph::PlanNode) -> impl Iterator<Item = usize> + '_ {
+fn parents(node: &PlanNode) -> impl Iterator<Item = usize> + '_ {
     node.inputs.iter().filter_map(|(_, input)| match input {
         PlanInput::Link { node, .. } => Some(*node),
         PlanInput::Const(_) => None,
     })
-}
-
-fn failed_report(
-    node: &crate::graph::PlanNode,
-    signature: &Signature,
-    reason: &str,
-    millis: f64,
-) -> NodeReport {
-    NodeReport {
-        node_id: node.id.clone(),
-        class_type: node.class_type,
-        status: NodeReportStatus::Failed,
-        reason: reason.to_owned(),
-        key: signature.key.short_hex(),
-        millis: Some(millis),
-    }
 }
 
 /// A node must return one value per declared output, each of a compatible type.
@@ -734,5 +781,127 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "unknown panic".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nodes::Registry;
+    use crate::paths::DataDirs;
+
+    /// `1` EmptyImage feeds two branches to PreviewImage: ImageInvert `2` → `3`, ImageScaleBy `4` →
+    /// `5`. (Two identical branches would share one cache key.)
+    fn plan() -> Plan {
+        let prompt = json!({
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+            "4": {"class_type": "ImageScaleBy", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact", "scale_by": 2.0}},
+            "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = DataDirs::new(dir.path(), &dir.path().join("models"));
+        let registry = Registry::standard();
+        let workflow = Workflow::from_api_json(&prompt).unwrap();
+        validate(&workflow, &registry.catalog(&dirs), None)
+            .plan
+            .unwrap()
+    }
+
+    fn signatures(plan: &Plan) -> Vec<Signature> {
+        plan.signatures(&vec![None; plan.nodes().len()])
+    }
+
+    /// The plan positions of node ids flagged in `flags`, as ids.
+    fn ids(plan: &Plan, flags: &[bool]) -> Vec<String> {
+        let mut ids: Vec<String> = plan
+            .nodes()
+            .iter()
+            .zip(flags)
+            .filter(|(_, &f)| f)
+            .map(|(n, _)| n.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn walk_with_cached(plan: &Plan, cached: &[&str]) -> CacheWalk {
+        let signatures = signatures(plan);
+        let keys: Vec<CacheKey> = cached
+            .iter()
+            .map(|id| signatures[plan.index_of(id).unwrap()].key)
+            .collect();
+        CacheWalk::new(plan, &signatures, |key| keys.contains(key))
+    }
+
+    #[test]
+    fn with_an_empty_cache_every_node_runs() {
+        let plan = plan();
+        let walk = walk_with_cached(&plan, &[]);
+        assert_eq!(ids(&plan, &walk.to_run), ["1", "2", "3", "4", "5"]);
+        assert!(walk.use_cache.iter().all(|&c| !c) && walk.cached_ids.is_empty());
+    }
+
+    #[test]
+    fn the_walk_stops_at_cached_nodes_and_keeps_shared_parents_that_others_need() {
+        let plan = plan();
+        // `2` cached: `3` reads it from the cache, but `1` still runs for `4`.
+        let walk = walk_with_cached(&plan, &["2"]);
+        assert_eq!(ids(&plan, &walk.to_run), ["1", "3", "4", "5"]);
+        assert_eq!(ids(&plan, &walk.use_cache), ["2"]);
+        // Both branches cached: `1` neither runs nor is read.
+        let walk = walk_with_cached(&plan, &["4", "2"]);
+        assert_eq!(ids(&plan, &walk.to_run), ["3", "5"]);
+        assert_eq!(ids(&plan, &walk.use_cache), ["2", "4"]);
+        assert_eq!(walk.cached_ids, ["2", "4"], "sorted as ComfyUI sorts ids");
+        // A cached output node is taken whole; a cached node nobody needs is listed, not used.
+        let walk = walk_with_cached(&plan, &["3", "1"]);
+        assert_eq!(ids(&plan, &walk.to_run), ["4", "5"]);
+        assert_eq!(ids(&plan, &walk.use_cache), ["1", "3"]);
+    }
+
+    fn output(tag: i128) -> CachedOutput {
+        CachedOutput {
+            values: Arc::new(vec![Value::Int(tag)]),
+            ui: None,
+        }
+    }
+
+    #[test]
+    fn a_value_is_let_go_once_no_node_left_to_run_reads_it() {
+        let plan = plan();
+        let walk = walk_with_cached(&plan, &[]);
+        let mut values = Values::new(&plan, &walk.to_run, vec![None; 5]);
+        let at = |id: &str| plan.index_of(id).unwrap();
+        assert_eq!(values.readers[at("1")], 2);
+        values.store(&plan, at("1"), output(1));
+        values.store(&plan, at("2"), output(2));
+        // `4` still reads `1`; `2` is read by `3`.
+        assert!(values.get(at("1")).is_some() && values.get(at("2")).is_some());
+        let inputs = values.inputs(&plan.nodes()[at("4")]);
+        assert!(matches!(inputs.get("image"), Some(Value::Int(1))));
+        values.store(&plan, at("4"), output(4));
+        assert!(values.get(at("1")).is_none(), "its last reader ran");
+        values.store(&plan, at("3"), output(3));
+        assert!(values.get(at("2")).is_none());
+        assert!(
+            values.get(at("3")).is_none(),
+            "nothing reads an output node's values"
+        );
+    }
+
+    #[test]
+    fn cached_values_count_no_readers_for_nodes_that_do_not_run() {
+        let plan = plan();
+        let walk = walk_with_cached(&plan, &["2"]);
+        let at = |id: &str| plan.index_of(id).unwrap();
+        let mut cached = vec![None; 5];
+        cached[at("2")] = Some(output(2));
+        let mut values = Values::new(&plan, &walk.to_run, cached);
+        assert_eq!(values.readers[at("2")], 1, "only `3` runs and reads it");
+        assert_eq!(values.readers[at("1")], 1, "only `4`: `2` does not run");
+        values.store(&plan, at("3"), output(3));
+        assert!(values.get(at("2")).is_none());
     }
 }
