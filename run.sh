@@ -2,6 +2,8 @@
 # The two set-up commands of the README:
 #   ./run.sh serve [weft serve options]   build the editor if needed, then run the server (release)
 #   ./run.sh test                          run the whole test suite
+#   ./run.sh comfy-frontend [options]      the same server with ComfyUI's own web frontend
+#                                          (comfyui-frontend-package from PyPI, fetched once)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,7 +17,36 @@ build_editor() {
     fi
 }
 
+# ComfyUI's official frontend: the `comfyui-frontend-package` wheel from PyPI, unpacked once into
+# a cache folder; prints the folder of its static files. WEFT_COMFY_FRONTEND_VERSION picks the
+# version (the one the browser test pins by default).
+COMFY_FRONTEND_VERSION="${WEFT_COMFY_FRONTEND_VERSION:-1.58.1}"
+comfy_frontend() {
+    local dir="${XDG_CACHE_HOME:-$HOME/.cache}/weft/comfyui-frontend/$COMFY_FRONTEND_VERSION"
+    if [ ! -f "$dir/static/index.html" ]; then
+        command -v python3 >/dev/null 2>&1 || { echo "python3 (with pip) is needed to fetch the ComfyUI frontend" >&2; exit 1; }
+        local tmp
+        tmp="$(mktemp -d)"
+        python3 -m pip download --quiet --no-deps --only-binary=:all: \
+            "comfyui-frontend-package==$COMFY_FRONTEND_VERSION" -d "$tmp" >&2
+        rm -rf "$dir.partial" && mkdir -p "$dir.partial"
+        python3 -m zipfile -e "$tmp"/comfyui_frontend_package-*.whl "$dir.partial"
+        rm -rf "$dir" && mkdir -p "$dir"
+        mv "$dir.partial/comfyui_frontend_package/static" "$dir/static"
+        rm -rf "$dir.partial" "$tmp"
+    fi
+    echo "$dir/static"
+}
+
 case "${1:-}" in
+    comfy-frontend)
+        shift
+        static="$(comfy_frontend)"
+        exec cargo run --release --locked -- serve --web-root "$static" "$@"
+        ;;
+    comfy-frontend-path)
+        comfy_frontend
+        ;;
     serve)
         shift
         build_editor
@@ -32,7 +63,7 @@ case "${1:-}" in
         fi
         ;;
     *)
-        echo "usage: ./run.sh serve [options] | ./run.sh test" >&2
+        echo "usage: ./run.sh serve [options] | ./run.sh test | ./run.sh comfy-frontend [options]" >&2
         exit 2
         ;;
 esac
