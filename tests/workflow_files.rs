@@ -165,8 +165,31 @@ async fn convert_endpoint_both_ways_and_from_png() {
         .unwrap()
         .push(json!([99, 1234, 0, 3, 0, "MODEL"]));
     broken["nodes"][3]["inputs"][0]["link"] = json!(99);
-    let (status, body) = app.post("/api/weft/convert", broken).await;
+    let (status, body) = app.post("/api/weft/convert", broken.clone()).await;
     assert_eq!(status, 400, "{body}");
+    // A PNG whose only chunk is that workflow still gives the workflow back (an editor can open
+    // it), with no prompt and the reason.
+    let mut png = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut png, 1, 1);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder
+            .add_itxt_chunk("workflow".into(), broken.to_string())
+            .unwrap();
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&[0, 0, 0, 255]).unwrap();
+    }
+    let (status, body) = app.post_raw("/api/weft/convert", png, "image/png").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["workflow"]["nodes"], broken["nodes"]);
+    assert_eq!(body["prompt"], Json::Null);
+    assert!(
+        body["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("cannot convert"),
+        "{body}"
+    );
 }
 
 #[test]

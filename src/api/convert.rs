@@ -127,12 +127,18 @@ fn convert_body(
                 "the PNG has no embedded workflow or prompt".into(),
             ));
         }
+        // The workflow alone is enough to open the image in an editor: a prompt that cannot be
+        // made from it is reported beside it, not instead of it.
+        let mut warnings = Vec::new();
         if prompt.is_none() {
             if let Some(workflow) = &workflow {
-                prompt = Some(conversion(state, workflow)?.prompt);
+                match conversion(state, workflow) {
+                    Ok(converted) => prompt = Some(converted.prompt),
+                    Err(e) => warnings.push(e.to_string()),
+                }
             }
         }
-        return Ok(json!({"workflow": workflow, "prompt": prompt}));
+        return Ok(json!({"workflow": workflow, "prompt": prompt, "warnings": warnings}));
     }
     let input: Json = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;

@@ -204,3 +204,30 @@ export async function clickEdge(page, id) {
   if (!p) throw new Error(`no edge ${id}`);
   await page.mouse.click(p.x, p.y);
 }
+
+/** Drops a file (bytes) onto the canvas, as a user dragging it from the desktop. */
+export async function dropFile(page, bytes, fileName, type = 'image/png') {
+  await page.evaluate(
+    ({ b64, fileName, type }) => {
+      const bin = atob(b64);
+      const arr = new Uint8Array(bin.length);
+      for (let i = 0; i < bin.length; i++) arr[i] = bin.charCodeAt(i);
+      const dt = new DataTransfer();
+      dt.items.add(new File([arr], fileName, { type }));
+      const target = document.querySelector('.react-flow__pane');
+      const r = target.getBoundingClientRect();
+      const opts = { dataTransfer: dt, bubbles: true, cancelable: true, clientX: r.left + 200, clientY: r.top + 200 };
+      target.dispatchEvent(new DragEvent('dragenter', opts));
+      target.dispatchEvent(new DragEvent('dragover', opts));
+      target.dispatchEvent(new DragEvent('drop', opts));
+    },
+    { b64: Buffer.from(bytes).toString('base64'), fileName, type },
+  );
+}
+
+/** Clicks Workflow → Export API JSON and returns the downloaded prompt. */
+export async function exportApiJson(page) {
+  await page.getByTestId('menu-workflow').click();
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByText('Export API JSON').click()]);
+  return JSON.parse(fs.readFileSync(await download.path(), 'utf8'));
+}

@@ -48,11 +48,14 @@ function Toasts() {
 function MissingBanner() {
   const nodes = useGraph((s) => s.nodes);
   const defs = useGraph((s) => s.defs);
+  const definitions = useGraph((s) => s.meta.top.definitions);
+  const extra = useGraph((s) => s.meta.extra);
   const missing = useMemo(() => {
     const types = new Set<string>();
     for (const n of nodes) if (n.type === 'comfy') types.add((n as CNode).data.type);
-    return missingTypes({ nodes: [...types].map((type, i) => ({ id: i, type, pos: [0, 0], size: [0, 0] })) } as never, defs);
-  }, [nodes, defs]);
+    const wfNodes = [...types].map((type, i) => ({ id: i, type, pos: [0, 0] as [number, number], size: [0, 0] as [number, number] }));
+    return missingTypes({ nodes: wfNodes, definitions, extra }, defs);
+  }, [nodes, defs, definitions, extra]);
   if (!missing.length) return null;
   return (
     <div className="missing-banner" data-testid="missing-banner">

@@ -3,9 +3,8 @@
 import type { ReactFlowInstance } from '@xyflow/react';
 import { api } from './lib/api';
 import type { HistoryEntry } from './lib/api';
-import { apiToWorkflow, graphToPrompt } from './lib/convert';
 import { chooseDefaultGraph, DEFAULT_WORKFLOW_KEY } from './lib/defaultGraph';
-import { download, openFile } from './lib/files';
+import { download, openFile, promptToWorkflow } from './lib/files';
 import type { Workflow } from './lib/types';
 import { emptyWorkflow, missingTypes, normalizeWorkflow } from './lib/workflow';
 import { useGraph } from './store/graph';
@@ -49,7 +48,7 @@ export function loadDocument(wf: Workflow, doc: DocInfo, opts?: { keepView?: boo
 
 export async function importFile(file: File) {
   try {
-    const opened = await openFile(file, useGraph.getState().defs);
+    const opened = await openFile(file);
     loadDocument(opened.workflow, { name: opened.name });
     const what = { workflow: 'workflow', api: 'API prompt', 'png-workflow': 'workflow from PNG', 'png-prompt': 'prompt from PNG' }[opened.source];
     toast('success', `Opened ${what}: ${opened.name}`);
@@ -125,15 +124,29 @@ export function exportEditorJson() {
   download(`${g.doc.name || 'workflow'}.json`, g.toWorkflow());
 }
 
-export function exportApiJson() {
+/** Downloads the API prompt the server makes of the graph (what queueing it would run). */
+export async function exportApiJson() {
   const g = useGraph.getState();
-  download(`${g.doc.name || 'workflow'}_api.json`, graphToPrompt(g.toWorkflow(), g.defs).output);
+  const name = g.doc.name || 'workflow';
+  try {
+    const converted = await api.toApi(g.toWorkflow());
+    download(`${name}_api.json`, converted.prompt);
+    if (converted.missing_node_types.length) toast('error', `Missing node types: ${converted.missing_node_types.join(', ')}`);
+    for (const w of converted.warnings) toast('info', w);
+  } catch (e) {
+    toast('error', `Export failed: ${(e as Error).message}`);
+  }
 }
 
-export function restoreFromHistory(entry: HistoryEntry) {
+export async function restoreFromHistory(entry: HistoryEntry) {
   const wf = entry.extra?.extra_pnginfo?.workflow;
-  const defs = useGraph.getState().defs;
-  const workflow = wf && Array.isArray(wf.nodes) ? normalizeWorkflow(wf) : apiToWorkflow(entry.prompt, defs);
+  let workflow: Workflow;
+  try {
+    workflow = wf && Array.isArray(wf.nodes) ? normalizeWorkflow(wf) : await promptToWorkflow(entry.prompt);
+  } catch (e) {
+    toast('error', `Restore failed: ${(e as Error).message}`);
+    return;
+  }
   loadDocument(workflow, { name: `History #${entry.number}` });
   // Show that run's outputs on its nodes.
   const outputs: Record<string, NonNullable<HistoryEntry['outputs'][string]['images']>> = {};

@@ -10,7 +10,7 @@ import { sleepGraph } from '../graphs.mjs';
 export const name = 'import: default.json by file input, placeholders for missing nodes, export round trip, API JSON';
 
 const shared = path.join(process.env.COMFY_WORKFLOWS_DIR ?? '/work/shared/comfy-workflows', 'default.json');
-const defaultJson = fs.existsSync(shared) ? shared : path.join(WEB_DIR, 'src/test/fixtures/default.json');
+const defaultJson = fs.existsSync(shared) ? shared : path.join(WEB_DIR, '../tests/fixtures/editor/workflows/default.json');
 
 export async function run({ server, page, objectInfo }) {
   await openEditor(page, server.url);

@@ -1,7 +1,7 @@
-// Drop PNGs made by Weft onto the canvas: the `workflow` chunk comes back; a PNG with only a
-// `prompt` chunk is converted from API format.
+// Drop PNGs made by Weft onto the canvas: the server reads them (POST /api/weft/convert); the
+// `workflow` chunk comes back; a PNG with only a `prompt` chunk is converted from API format.
 import assert from 'node:assert/strict';
-import { api, graphState, openEditor, screenshot, useDefaultGraph, waitFor } from '../harness.mjs';
+import { api, dropFile, graphState, openEditor, screenshot, useDefaultGraph, waitFor } from '../harness.mjs';
 import { failGraph, sleepGraph } from '../graphs.mjs';
 
 export const name = 'png: drop a Weft PNG, get its workflow (then its prompt) back';
@@ -17,25 +17,6 @@ async function makePng(server, prompt, workflow) {
   const img = Object.values(entry.outputs).flatMap((o) => o.images ?? [])[0];
   const q = new URLSearchParams(img);
   return Buffer.from(await (await fetch(`${server.url}/view?${q}`)).arrayBuffer());
-}
-
-async function dropFile(page, bytes, fileName) {
-  await page.evaluate(
-    ({ b64, fileName }) => {
-      const bin = atob(b64);
-      const arr = new Uint8Array(bin.length);
-      for (let i = 0; i < bin.length; i++) arr[i] = bin.charCodeAt(i);
-      const dt = new DataTransfer();
-      dt.items.add(new File([arr], fileName, { type: 'image/png' }));
-      const target = document.querySelector('.react-flow__pane');
-      const r = target.getBoundingClientRect();
-      const opts = { dataTransfer: dt, bubbles: true, cancelable: true, clientX: r.left + 200, clientY: r.top + 200 };
-      target.dispatchEvent(new DragEvent('dragenter', opts));
-      target.dispatchEvent(new DragEvent('dragover', opts));
-      target.dispatchEvent(new DragEvent('drop', opts));
-    },
-    { b64: bytes.toString('base64'), fileName },
-  );
 }
 
 export async function run({ server, page, ctx }) {

@@ -1,5 +1,6 @@
 // A node on the canvas: title, typed sockets, widgets, live state (running, progress, previews,
-// outputs, cached, errors), and placeholders for missing node types.
+// outputs, cached, errors), subgraph instances and group nodes (the server runs their inside),
+// and placeholders for missing node types.
 
 import { memo, useEffect, useMemo, useRef, useState } from 'react';
 import { Handle, NodeResizer, Position, useUpdateNodeInternals } from '@xyflow/react';
@@ -7,7 +8,7 @@ import type { NodeProps } from '@xyflow/react';
 import { useGraph, inHandle, outHandle, widgetHandle } from '../store/graph';
 import type { CNode, ComfyNodeData, GNode } from '../store/graph';
 import { useExec, primitiveSpec } from '../store/exec';
-import { defFor, TITLE_HEIGHT } from '../lib/workflow';
+import { containerTypes, defFor, TITLE_HEIGHT } from '../lib/workflow';
 import { defaultWidgetValue, nodeLayout } from '../lib/widgets';
 import type { WidgetKind, WidgetSpec } from '../lib/widgets';
 import { typeColor } from '../lib/sockets';
@@ -140,7 +141,7 @@ function ProgressBar({ id }: { id: string }) {
   );
 }
 
-function useNodeClasses(id: string, data: ComfyNodeData, selected: boolean, missing: boolean) {
+function useNodeClasses(id: string, data: ComfyNodeData, selected: boolean, missing: boolean, container: boolean) {
   const running = useExec((s) => s.runningNodeId === id);
   const hasError = useExec((s) => !!s.nodeErrors[id]?.length);
   const cached = useExec((s) => !!s.cached[id]);
@@ -155,6 +156,7 @@ function useNodeClasses(id: string, data: ComfyNodeData, selected: boolean, miss
     data.mode === 2 && 'wn-muted',
     data.mode === 4 && 'wn-bypassed',
     missing && 'wn-missing',
+    container && 'wn-container',
     data.flags?.collapsed && 'wn-collapsed',
   ]
     .filter(Boolean)
@@ -164,10 +166,12 @@ function useNodeClasses(id: string, data: ComfyNodeData, selected: boolean, miss
 export const ComfyNodeView = memo(function ComfyNodeView({ id, data, selected }: NodeProps<CNode>) {
   const defs = useGraph((s) => s.defs);
   const def = defFor(defs, data.type);
+  // A subgraph instance or group node: defined by the document, not by the server.
+  const container = useGraph((s) => (def ? undefined : containerTypes({ definitions: s.meta.top.definitions, extra: s.meta.extra }).get(data.type)));
   const connected = useGraph((s) => connectedKey(s.edges, id));
   const errorInputs = useExec((s) => s.nodeErrors[id]?.map((e) => e.input).filter(Boolean).join(',') ?? '');
   const updateInternals = useUpdateNodeInternals();
-  const classes = useNodeClasses(id, data, !!selected, !def);
+  const classes = useNodeClasses(id, data, !!selected, !def && !container, !!container);
   const collapsed = !!data.flags?.collapsed;
 
   const layout = useMemo(() => (def ? nodeLayout(def) : null), [def]);
@@ -198,6 +202,8 @@ export const ComfyNodeView = memo(function ComfyNodeView({ id, data, selected }:
   }
 
   const fallbackTitle = def?.display_name || data.type;
+  // A subgraph instance's values are its promoted widgets: its widget inputs, in order.
+  const promoted = container?.kind === 'subgraph' ? data.inputs.filter((i) => i.widget).map((i) => i.widget!.name) : [];
   const rows = Math.max(data.inputs.length, data.outputs.length);
   const widgets: { spec: WidgetSpec; index: number }[] = [];
   let primitive: { spec: WidgetSpec } | null = null;
@@ -239,9 +245,14 @@ export const ComfyNodeView = memo(function ComfyNodeView({ id, data, selected }:
       style={{ minHeight: collapsed ? undefined : data.size[1] + TITLE_HEIGHT, background: data.bgcolor }}
     >
       <NodeResizer isVisible={!!selected && !collapsed} minWidth={80} minHeight={40} lineClassName="wn-resize-line" handleClassName="wn-resize-handle" />
-      <Title id={id} data={data} fallback={def ? fallbackTitle : `${data.type}`} extra={<ExecBadges id={id} />} />
+      <Title id={id} data={data} fallback={def ? fallbackTitle : container ? container.name : data.type} extra={<ExecBadges id={id} />} />
       <ProgressBar id={id} />
-      {!def && !collapsed && (
+      {container && !collapsed && (
+        <div className="wn-container-note" data-container={container.kind}>
+          {container.kind === 'subgraph' ? 'Subgraph' : 'Group node'} · {container.nodeCount} node{container.nodeCount === 1 ? '' : 's'} inside
+        </div>
+      )}
+      {!def && !container && !collapsed && (
         <div className="wn-missing-note">
           Missing node type <b>{data.type}</b>: not installed on this server.
         </div>
@@ -260,7 +271,7 @@ export const ComfyNodeView = memo(function ComfyNodeView({ id, data, selected }:
                   label={inp.label ?? inp.localized_name ?? inp.name}
                   highlight={errorInputs.split(',').includes(inp.name)}
                   extra={
-                    inp.widget && !connectedSet.has(inHandle(i)) && !collapsed ? (
+                    inp.widget && !container && !connectedSet.has(inHandle(i)) && !collapsed ? (
                       <button
                         className="wn-unconvert nodrag"
                         title="Convert back to a widget"
@@ -306,7 +317,8 @@ export const ComfyNodeView = memo(function ComfyNodeView({ id, data, selected }:
           {!def && Array.isArray(data.widgets_values) && data.widgets_values.length > 0 && (
             <div className="wn-missing-values">
               {data.widgets_values.map((v, i) => (
-                <div key={i} className="wn-missing-value">
+                <div key={i} className="wn-missing-value" data-value-index={i}>
+                  {promoted[i] ? `${promoted[i]}: ` : ''}
                   {typeof v === 'string' ? v.slice(0, 80) : JSON.stringify(v)?.slice(0, 80)}
                 </div>
               ))}

@@ -116,7 +116,7 @@ export function HistoryPanel() {
           const status = h.status?.status_str ?? '';
           return (
             <div key={h.prompt_id} className={`gallery-item status-${status}`} data-prompt-id={h.prompt_id} title="Click to restore this workflow">
-              <div className="gallery-thumbs" onClick={() => restoreFromHistory(h)}>
+              <div className="gallery-thumbs" onClick={() => void restoreFromHistory(h)}>
                 {images.slice(0, 4).map((img, i) => (
                   <img key={i} src={viewUrl(img, true)} alt={img.filename} loading="lazy" />
                 ))}

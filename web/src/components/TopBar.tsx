@@ -65,7 +65,7 @@ export function TopBar() {
         <button onClick={() => void saveToLibrary(false)}>Save to library (Ctrl+S)</button>
         <button onClick={() => void saveToLibrary(true)}>Save as new</button>
         <button onClick={exportEditorJson}>Export editor JSON</button>
-        <button onClick={exportApiJson}>Export API JSON</button>
+        <button onClick={() => void exportApiJson()}>Export API JSON</button>
         <button onClick={setCurrentAsDefault}>Use this graph as the default</button>
         <button onClick={resetDefault}>Reset the default graph</button>
       </MenuButton>

@@ -26,7 +26,10 @@ export function apiUrl(path: string): string {
 async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
   const init: RequestInit = { method, headers: {} };
   if (body instanceof FormData) init.body = body;
-  else if (body !== undefined) {
+  else if (body instanceof Blob) {
+    init.body = body;
+    if (body.type) (init.headers as Record<string, string>)['Content-Type'] = body.type;
+  } else if (body !== undefined) {
     init.body = JSON.stringify(body);
     (init.headers as Record<string, string>)['Content-Type'] = 'application/json';
   }
@@ -101,10 +104,38 @@ export interface QueuePromptResult {
   node_errors: NodeErrors;
 }
 
+/** `POST /api/weft/convert` of an editor workflow (src/api/convert.rs). */
+export interface EditorConversion {
+  prompt: ApiPrompt;
+  /** Node types the server lacks, inside subgraphs and group nodes too; kept in `prompt` as given. */
+  missing_node_types: string[];
+  /** Model-file combo values that are not among the server's files. */
+  missing_models: { node_id: string; input: string; value: string }[];
+  /** What was repaired or guessed, one sentence each. */
+  warnings: string[];
+}
+
+/** `POST /api/weft/convert` of a PNG: its embedded `workflow` and `prompt` (either may be null). */
+export interface PngDocuments {
+  workflow: unknown;
+  prompt: unknown;
+}
+
 export const api = {
   objectInfo: () => request<ObjectInfo>('GET', '/object_info'),
-  queuePrompt: (body: { prompt: ApiPrompt; client_id: string; extra_data: Record<string, unknown>; front?: boolean }) =>
+  /**
+   * Queues a prompt. `prompt` may be an editor workflow: the server converts it (subgraphs, group
+   * nodes, bypass, primitives) and embeds it as `extra_pnginfo.workflow` unless one is given.
+   */
+  queuePrompt: (body: { prompt: Workflow | ApiPrompt; client_id: string; extra_data?: Record<string, unknown>; front?: boolean }) =>
     request<QueuePromptResult>('POST', '/prompt', body),
+  /** Editor workflow → API prompt, as the server would queue it. */
+  toApi: (workflow: Workflow) => request<EditorConversion>('POST', '/api/weft/convert', workflow),
+  /** API prompt → editor workflow, laid out in columns. */
+  toEditor: (prompt: ApiPrompt) => request<Workflow>('POST', '/api/weft/convert?to=editor', prompt),
+  /** The workflow and prompt a PNG carries (the prompt converted from the workflow when only that is there). */
+  pngDocuments: (png: Uint8Array) =>
+    request<PngDocuments>('POST', '/api/weft/convert', new Blob([png as BlobPart], { type: 'image/png' })),
   async queue(): Promise<{ running: QueueItem[]; pending: QueueItem[] }> {
     const q = await request<{ queue_running: unknown[][]; queue_pending: unknown[][] }>('GET', '/queue');
     return {

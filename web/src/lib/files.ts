@@ -1,9 +1,10 @@
 // Opening dropped or chosen files (editor JSON, API JSON, PNG with metadata) and downloads.
+// Converting between formats and reading PNG metadata is the server's (`POST /api/weft/convert`):
+// the editor keeps no second copy of that logic.
 
-import type { ObjectInfo, Workflow } from './types';
+import { api } from './api';
+import type { ApiPrompt, Workflow } from './types';
 import { detectJson, normalizeWorkflow } from './workflow';
-import { apiToWorkflow } from './convert';
-import { isPng, workflowFromPng } from './png';
 
 export interface Opened {
   workflow: Workflow;
@@ -11,31 +12,45 @@ export interface Opened {
   name: string;
 }
 
-export async function openFile(file: Blob & { name?: string }, defs: ObjectInfo): Promise<Opened> {
+const PNG_SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10];
+
+export function isPng(bytes: Uint8Array): boolean {
+  return bytes.length >= 8 && PNG_SIGNATURE.every((b, i) => bytes[i] === b);
+}
+
+const NOT_A_WORKFLOW = 'Not a workflow: expected editor JSON, API JSON or a PNG with an embedded workflow';
+
+/** An API prompt as an editor workflow, converted and laid out by the server. */
+export async function promptToWorkflow(prompt: ApiPrompt): Promise<Workflow> {
+  return normalizeWorkflow(await api.toEditor(prompt));
+}
+
+export async function openFile(file: Blob & { name?: string }): Promise<Opened> {
   const name = (file.name ?? 'workflow').replace(/\.(json|png)$/i, '');
   const bytes = new Uint8Array(await file.arrayBuffer());
   if (isPng(bytes)) {
-    const found = await workflowFromPng(bytes);
-    if (found.workflow) {
-      const d = detectJson(found.workflow);
-      if (d.kind === 'workflow') return { workflow: d.workflow, source: 'png-workflow', name };
+    let found;
+    try {
+      found = await api.pngDocuments(bytes);
+    } catch (e) {
+      throw new Error(`This PNG carries no workflow (${(e as Error).message})`);
     }
-    if (found.prompt) {
-      const d = detectJson(found.prompt);
-      if (d.kind === 'api') return { workflow: apiToWorkflow(d.prompt, defs), source: 'png-prompt', name };
-    }
+    const wf = found.workflow ? detectJson(found.workflow) : null;
+    if (wf?.kind === 'workflow') return { workflow: wf.workflow, source: 'png-workflow', name };
+    const prompt = found.prompt ? detectJson(found.prompt) : null;
+    if (prompt?.kind === 'api') return { workflow: await promptToWorkflow(prompt.prompt), source: 'png-prompt', name };
     throw new Error('This PNG carries no workflow');
   }
   let data: unknown;
   try {
     data = JSON.parse(new TextDecoder().decode(bytes));
   } catch {
-    throw new Error('Not a workflow: expected editor JSON, API JSON or a PNG with an embedded workflow');
+    throw new Error(NOT_A_WORKFLOW);
   }
   const d = detectJson(data);
-  if (d.kind === 'workflow') return { workflow: normalizeWorkflow(d.workflow), source: 'workflow', name };
-  if (d.kind === 'api') return { workflow: apiToWorkflow(d.prompt, defs), source: 'api', name };
-  throw new Error('Not a workflow: expected editor JSON, API JSON or a PNG with an embedded workflow');
+  if (d.kind === 'workflow') return { workflow: d.workflow, source: 'workflow', name };
+  if (d.kind === 'api') return { workflow: await promptToWorkflow(d.prompt), source: 'api', name };
+  throw new Error(NOT_A_WORKFLOW);
 }
 
 export function download(filename: string, data: unknown) {

@@ -124,5 +124,87 @@ export interface NodeErrors {
   };
 }
 
-/** Node types that exist only in the editor (never sent to the server). */
-export const VIRTUAL_TYPES = new Set(['Reroute', 'PrimitiveNode', 'Note', 'MarkdownNote']);
+
+/** A node's `output` in `executed` and in the history (`ui` of ComfyUI's nodes). */
+export interface NodeOutput {
+  images?: ImageRef[];
+  text?: string | string[];
+  [k: string]: unknown;
+}
+
+// Socket events (`/ws`), as the server sends them (src/wire/events.rs). Node ids are execution
+// ids: a node inside a subgraph or group node is `<container id>:<inner id>` (nested: `12:5:3`).
+
+export interface StatusEvent {
+  type: 'status';
+  data: { status: { exec_info: { queue_remaining: number } }; sid?: string };
+}
+export interface ExecutionStartEvent {
+  type: 'execution_start';
+  data: { prompt_id: string; timestamp: number };
+}
+export interface ExecutionCachedEvent {
+  type: 'execution_cached';
+  data: { prompt_id: string; nodes: string[]; timestamp: number };
+}
+/** `node: null` ends the prompt. */
+export interface ExecutingEvent {
+  type: 'executing';
+  data: { prompt_id: string; node: string | null; display_node?: string };
+}
+export interface ProgressEvent {
+  type: 'progress';
+  data: { prompt_id: string; node: string; value: number; max: number };
+}
+export interface ExecutedEvent {
+  type: 'executed';
+  data: { prompt_id: string; node: string; display_node?: string; output: NodeOutput };
+}
+export interface ExecutionSuccessEvent {
+  type: 'execution_success';
+  data: { prompt_id: string; timestamp: number };
+}
+export interface ExecutionErrorEvent {
+  type: 'execution_error';
+  data: {
+    prompt_id: string;
+    node_id: string;
+    node_type: string;
+    executed: string[];
+    exception_message: string;
+    exception_type: string;
+    traceback: string[];
+    current_inputs: Record<string, unknown> | unknown[];
+    current_outputs: string[];
+    timestamp: number;
+  };
+}
+export interface ExecutionInterruptedEvent {
+  type: 'execution_interrupted';
+  data: { prompt_id: string; node_id: string | null; node_type: string | null; executed: string[]; timestamp: number };
+}
+/** The server's answer to the client's `feature_flags`. */
+export interface FeatureFlagsEvent {
+  type: 'feature_flags';
+  data: { supports_preview_metadata?: boolean; max_upload_size?: number };
+}
+/** A binary frame: a sampler step image (type 1, or type 4 with its metadata). */
+export interface PreviewEvent {
+  type: 'preview';
+  data: { nodeId?: string; promptId?: string; blob: Blob };
+}
+
+export type ServerEvent =
+  | StatusEvent
+  | ExecutionStartEvent
+  | ExecutionCachedEvent
+  | ExecutingEvent
+  | ProgressEvent
+  | ExecutedEvent
+  | ExecutionSuccessEvent
+  | ExecutionErrorEvent
+  | ExecutionInterruptedEvent
+  | FeatureFlagsEvent
+  | PreviewEvent;
+
+export type ServerEventType = ServerEvent['type'];

@@ -2,7 +2,7 @@
 // slots line up with them (ComfyUI frontend rules: widgets in input order, control slots after
 // seeds, the LoadImage upload slot).
 
-import type { NodeDef } from './types';
+import type { NodeDef, ObjectInfo, WfNode } from './types';
 
 export type WidgetKind =
   | 'INT'
@@ -196,4 +196,22 @@ export function applyControl(
   if (next < min) next = min;
   if (next > max) next = max;
   return w.kind === 'INT' ? Math.round(next) : next;
+}
+
+/**
+ * The widgets of a node that have a control after generate (seeds and the like), as
+ * `[controlled widget index, mode, control widget index]`; applied after each queue.
+ */
+export function controlledWidgets(node: Pick<WfNode, 'type' | 'widgets_values'>, defs: ObjectInfo): [number, ControlMode, number][] {
+  const def = defs[node.type];
+  if (!def || !Array.isArray(node.widgets_values)) return [];
+  const values = node.widgets_values;
+  const widgets = nodeLayout(def).widgets;
+  const out: [number, ControlMode, number][] = [];
+  widgets.forEach((w, i) => {
+    if (w.kind !== 'CONTROL') return;
+    const target = widgets.findIndex((x) => x.name === w.target && x.serialize);
+    if (target >= 0) out.push([target, controlMode(values[i]), i]);
+  });
+  return out;
 }

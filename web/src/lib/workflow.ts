@@ -1,7 +1,6 @@
 // Editor-format (ComfyUI UI v0.4) workflows: detection, normalisation and helpers.
 
 import type { ApiPrompt, LinkTuple, NodeDef, ObjectInfo, WfInput, WfNode, WfOutput, Workflow } from './types';
-import { VIRTUAL_TYPES } from './types';
 import { nodeLayout } from './widgets';
 
 export const TITLE_HEIGHT = 30;
@@ -27,12 +26,65 @@ export const VIRTUAL_DEFS: ObjectInfo = {
   },
 };
 
-export function isVirtual(type: string): boolean {
-  return VIRTUAL_TYPES.has(type);
-}
-
 export function defFor(defs: ObjectInfo, type: string): NodeDef | undefined {
   return defs[type] ?? VIRTUAL_DEFS[type];
+}
+
+/** A node type the document defines itself: a subgraph, or a legacy group node. */
+export interface ContainerDef {
+  kind: 'subgraph' | 'group-node';
+  name: string;
+  /** Nodes directly inside. */
+  nodeCount: number;
+}
+
+/** Where a document keeps its own node types: `definitions.subgraphs` and `extra.groupNodes`. */
+export interface ContainerSource {
+  definitions?: unknown;
+  extra?: Record<string, unknown>;
+}
+
+function collectSubgraphs(definitions: unknown, out: Map<string, ContainerDef>, depth: number) {
+  const list = (definitions as { subgraphs?: unknown } | null | undefined)?.subgraphs;
+  if (!Array.isArray(list) || depth > 32) return;
+  for (const sg of list) {
+    if (!sg || typeof sg !== 'object') continue;
+    const o = sg as Record<string, unknown>;
+    if (typeof o.id !== 'string') continue;
+    out.set(o.id, { kind: 'subgraph', name: String(o.name ?? 'Subgraph'), nodeCount: Array.isArray(o.nodes) ? o.nodes.length : 0 });
+    // Older saves nest definitions inside definitions; all share one namespace.
+    collectSubgraphs(o.definitions, out, depth + 1);
+  }
+}
+
+const NONE = {};
+const containerCache = new WeakMap<object, WeakMap<object, Map<string, ContainerDef>>>();
+const asKey = (v: unknown): object => (v && typeof v === 'object' ? v : NONE);
+
+/**
+ * The node types a document defines, by type: subgraph instances use the definition's id, legacy
+ * group nodes `workflow>Name` (older files `workflow/Name`). The server expands both when it
+ * converts; the editor shows them as nodes with the sockets the file gives them. Memoised on the
+ * identity of the two sources, so store selectors can call it.
+ */
+export function containerTypes(doc: ContainerSource): Map<string, ContainerDef> {
+  const groups = doc.extra?.groupNodes;
+  const byGroups = containerCache.get(asKey(doc.definitions)) ?? new WeakMap<object, Map<string, ContainerDef>>();
+  containerCache.set(asKey(doc.definitions), byGroups);
+  const hit = byGroups.get(asKey(groups));
+  if (hit) return hit;
+  const map = new Map<string, ContainerDef>();
+  collectSubgraphs(doc.definitions, map, 0);
+  if (groups && typeof groups === 'object' && !Array.isArray(groups)) {
+    for (const [name, g] of Object.entries(groups as Record<string, unknown>)) {
+      const nodes = (g as { nodes?: unknown } | null)?.nodes;
+      const info: ContainerDef = { kind: 'group-node', name, nodeCount: Array.isArray(nodes) ? nodes.length : 0 };
+      map.set(`workflow>${name}`, info);
+      map.set(`workflow/${name}`, info);
+    }
+  }
+  byGroups.set(asKey(groups), map);
+  return map;
 }
 
 export function emptyWorkflow(): Workflow {
@@ -106,8 +158,11 @@ export function normalizeWorkflow(raw: unknown): Workflow {
     nodes.push(node);
   }
   const byId = new Map(nodes.map((n) => [n.id, n]));
-  // Drop unlinked widget inputs (newer frontends list every widget as an input).
+  const containers = containerTypes({ definitions: src.definitions, extra: src.extra as Record<string, unknown> | undefined });
+  // Drop unlinked widget inputs (newer frontends list every widget as an input). A subgraph
+  // instance keeps its inputs as written: they are its promoted widgets, in definition order.
   for (const node of nodes) {
+    if (containers.has(node.type)) continue;
     const inputs = node.inputs as WfInput[];
     const keep: number[] = [];
     inputs.forEach((inp, i) => {
@@ -196,10 +251,15 @@ export function executionOrder(wf: Workflow): number[] {
   return order;
 }
 
-/** Node types used by a workflow that neither the server nor the editor knows. */
-export function missingTypes(wf: Workflow, defs: ObjectInfo): string[] {
+/**
+ * Node types used at the top of a workflow that neither the server, the editor nor the document
+ * (subgraphs, group nodes) defines. Types missing inside subgraphs are the server's to report
+ * when it converts the workflow.
+ */
+export function missingTypes(wf: Pick<Workflow, 'nodes'> & ContainerSource, defs: ObjectInfo): string[] {
+  const containers = containerTypes(wf);
   const out = new Set<string>();
-  for (const n of wf.nodes) if (!defFor(defs, n.type)) out.add(n.type);
+  for (const n of wf.nodes) if (!defFor(defs, n.type) && !containers.has(n.type)) out.add(n.type);
   return [...out].sort();
 }
 

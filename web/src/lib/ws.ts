@@ -1,25 +1,52 @@
-// The /ws event stream: JSON events and binary preview frames, reconnecting when dropped.
+// The /ws event stream: JSON events and binary preview frames, as one typed union
+// (`ServerEvent`), reconnecting when dropped.
 
 import { apiUrl } from './api';
-
-export type WsEvent = { type: string; data: Record<string, unknown> };
-export type PreviewFrame = { nodeId?: string; promptId?: string; blob: Blob };
+import type { PreviewEvent, ServerEvent, ServerEventType } from './types';
 
 export interface WsHandlers {
-  onEvent(e: WsEvent): void;
-  onPreview(p: PreviewFrame): void;
+  onEvent(e: ServerEvent): void;
   onOpen?(): void;
   onClose?(): void;
 }
 
+/** The JSON events the editor understands; a `Record` so a new event type must be listed here. */
+const JSON_EVENTS: Record<Exclude<ServerEventType, 'preview'>, true> = {
+  status: true,
+  execution_start: true,
+  execution_cached: true,
+  executing: true,
+  progress: true,
+  executed: true,
+  execution_success: true,
+  execution_error: true,
+  execution_interrupted: true,
+  feature_flags: true,
+};
+
+/** Parses a text frame; other servers' and extensions' event types give null. */
+export function parseEvent(text: string): ServerEvent | null {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) return null;
+  const { type, data } = raw as { type?: unknown; data?: unknown };
+  if (typeof type !== 'string' || !Object.hasOwn(JSON_EVENTS, type)) return null;
+  const body = data && typeof data === 'object' && !Array.isArray(data) ? data : {};
+  return { type, data: body } as ServerEvent;
+}
+
 /** Parses a binary frame: type 1 (format + image) or type 4 (metadata JSON + image). */
-export function parseBinaryFrame(buf: ArrayBuffer): PreviewFrame | null {
+export function parseBinaryFrame(buf: ArrayBuffer): PreviewEvent | null {
   if (buf.byteLength < 8) return null;
   const view = new DataView(buf);
   const type = view.getUint32(0);
   if (type === 1) {
     const format = view.getUint32(4);
-    return { blob: new Blob([buf.slice(8)], { type: format === 2 ? 'image/png' : 'image/jpeg' }) };
+    return { type: 'preview', data: { blob: new Blob([buf.slice(8)], { type: format === 2 ? 'image/png' : 'image/jpeg' }) } };
   }
   if (type === 4) {
     const len = view.getUint32(4);
@@ -31,9 +58,12 @@ export function parseBinaryFrame(buf: ArrayBuffer): PreviewFrame | null {
       /* ignore */
     }
     return {
-      nodeId: meta.node_id !== undefined ? String(meta.display_node_id ?? meta.node_id) : undefined,
-      promptId: meta.prompt_id !== undefined ? String(meta.prompt_id) : undefined,
-      blob: new Blob([buf.slice(8 + len)], { type: String(meta.image_type ?? 'image/jpeg') }),
+      type: 'preview',
+      data: {
+        nodeId: meta.node_id !== undefined ? String(meta.display_node_id ?? meta.node_id) : undefined,
+        promptId: meta.prompt_id !== undefined ? String(meta.prompt_id) : undefined,
+        blob: new Blob([buf.slice(8 + len)], { type: String(meta.image_type ?? 'image/jpeg') }),
+      },
     };
   }
   return null;
@@ -55,17 +85,8 @@ export function connectWs(clientId: string, h: WsHandlers): () => void {
       h.onOpen?.();
     };
     ws.onmessage = (m) => {
-      if (typeof m.data === 'string') {
-        try {
-          const e = JSON.parse(m.data) as WsEvent;
-          if (e && typeof e.type === 'string') h.onEvent({ type: e.type, data: e.data ?? {} });
-        } catch {
-          /* ignore */
-        }
-      } else if (m.data instanceof ArrayBuffer) {
-        const p = parseBinaryFrame(m.data);
-        if (p) h.onPreview(p);
-      }
+      const e = typeof m.data === 'string' ? parseEvent(m.data) : m.data instanceof ArrayBuffer ? parseBinaryFrame(m.data) : null;
+      if (e) h.onEvent(e);
     };
     ws.onclose = () => {
       h.onClose?.();

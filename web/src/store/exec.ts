@@ -4,11 +4,9 @@ import { create } from 'zustand';
 import { api, ApiError } from '../lib/api';
 import type { HistoryEntry, QueueItem } from '../lib/api';
 import { connectWs } from '../lib/ws';
-import type { PreviewFrame, WsEvent } from '../lib/ws';
-import type { ImageRef, NodeErrors } from '../lib/types';
-import { graphToPrompt, controlledWidgets } from '../lib/convert';
-import { missingTypes, defFor } from '../lib/workflow';
-import { applyControl, nodeLayout } from '../lib/widgets';
+import type { ImageRef, NodeErrors, ServerEvent } from '../lib/types';
+import { defFor } from '../lib/workflow';
+import { applyControl, controlledWidgets, nodeLayout } from '../lib/widgets';
 import { useGraph } from './graph';
 import type { ComfyNodeData, CNode } from './graph';
 import { toast } from './ui';
@@ -68,112 +66,144 @@ function storedClientId(): string {
 let refreshTimer: ReturnType<typeof setTimeout> | undefined;
 let started = false;
 
-export const useExec = create<ExecState>()((set, get) => {
-  const onEvent = (e: WsEvent) => {
-    const d = e.data;
-    const pid = d.prompt_id !== undefined ? String(d.prompt_id) : undefined;
-    switch (e.type) {
-      case 'status': {
-        const remaining = Number((d.status as { exec_info?: { queue_remaining?: number } })?.exec_info?.queue_remaining ?? 0);
-        set({ queueRemaining: remaining });
-        clearTimeout(refreshTimer);
-        refreshTimer = setTimeout(() => void get().refreshQueue(), 100);
-        break;
-      }
-      case 'execution_start':
-        for (const url of Object.values(get().previews)) URL.revokeObjectURL(url);
-        set({
-          runningPromptId: pid ?? null,
-          runningNodeId: null,
-          progress: {},
-          cached: {},
-          executed: {},
-          previews: {},
-          // Validation errors of this prompt stay; errors of the last execution go.
-          nodeErrors: Object.fromEntries(
-            Object.entries(get().nodeErrors)
-              .map(([id, errs]) => [id, errs.filter((e) => e.source === 'validation')] as const)
-              .filter(([, errs]) => errs.length),
-          ),
-        });
-        break;
-      case 'execution_cached': {
-        const cached: Record<string, true> = {};
-        for (const n of (d.nodes as unknown[]) ?? []) cached[String(n)] = true;
-        set({ cached });
-        break;
-      }
-      case 'executing': {
-        const node = d.node === null || d.node === undefined ? null : String(d.display_node ?? d.node);
-        if (node === null) {
-          set({ runningNodeId: null, runningPromptId: null, progress: {} });
-          void get().refreshQueue();
-          void get().refreshHistory();
-        } else {
-          set((s) => ({ runningNodeId: node, runningPromptId: pid ?? s.runningPromptId, executed: { ...s.executed, [node]: true } }));
-        }
-        break;
-      }
-      case 'progress': {
-        const node = String(d.node ?? get().runningNodeId ?? '');
-        if (!node) break;
-        set((s) => ({ progress: { ...s.progress, [node]: { value: Number(d.value), max: Number(d.max) || 1 } } }));
-        break;
-      }
-      case 'executed': {
-        const node = String(d.display_node ?? d.node);
-        const output = (d.output ?? {}) as { images?: ImageRef[]; text?: unknown };
-        set((s) => {
-          const next: Partial<ExecState> = { executed: { ...s.executed, [node]: true } };
-          if (output.images) next.outputs = { ...s.outputs, [node]: output.images };
-          if (output.text !== undefined) next.outputText = { ...s.outputText, [node]: [output.text].flat().join('\n') };
-          if (s.previews[node]) {
-            URL.revokeObjectURL(s.previews[node]);
-            const previews = { ...s.previews };
-            delete previews[node];
-            next.previews = previews;
-          }
-          return next;
-        });
-        break;
-      }
-      case 'execution_success':
-        set({ lastResult: { promptId: pid ?? '', status: 'success' } });
-        break;
-      case 'execution_error': {
-        const node = String(d.node_id ?? '');
-        const inputs = d.current_inputs && !Array.isArray(d.current_inputs) ? (d.current_inputs as Record<string, unknown>) : undefined;
-        const err: NodeError = {
-          type: String(d.exception_type ?? 'error'),
-          message: String(d.exception_message ?? 'execution failed'),
-          inputs,
-          source: 'execution',
-        };
-        set((s) => ({
-          nodeErrors: node ? { ...s.nodeErrors, [node]: [err] } : s.nodeErrors,
-          lastResult: { promptId: pid ?? '', status: 'error' },
-          runningNodeId: null,
-        }));
-        toast('error', `Error in ${String(d.node_type ?? 'node')} #${node}: ${err.message}`);
-        break;
-      }
-      case 'execution_interrupted':
-        set({ lastResult: { promptId: pid ?? '', status: 'interrupted' }, runningNodeId: null });
-        toast('info', 'Execution interrupted');
-        break;
+/**
+ * The canvas node an execution id belongs to: the server runs the inside of subgraph instances
+ * and group nodes under ids like `12:5` (`12:5:3` nested), which the editor shows on node `12`.
+ */
+export function canvasNodeId(execId: string): string {
+  const i = execId.indexOf(':');
+  return i < 0 ? execId : execId.slice(0, i);
+}
+
+/** How an inner node is named in a message shown on its container. */
+function innerLabel(execId: string, type: string | null | undefined): string {
+  return execId.includes(':') ? `${type ?? 'node'} ${execId}: ` : '';
+}
+
+/** Makes the switch below exhaustive: a new `ServerEvent` variant fails to type-check here. */
+function unhandled(_event: never): void {}
+
+/** Applies one socket event to the store. */
+export function handleServerEvent(e: ServerEvent): void {
+  const set = useExec.setState;
+  const get = useExec.getState;
+  switch (e.type) {
+    case 'status': {
+      set({ queueRemaining: Number(e.data.status?.exec_info?.queue_remaining ?? 0) });
+      clearTimeout(refreshTimer);
+      refreshTimer = setTimeout(() => void get().refreshQueue(), 100);
+      break;
     }
-  };
+    case 'execution_start':
+      for (const url of Object.values(get().previews)) URL.revokeObjectURL(url);
+      set({
+        runningPromptId: e.data.prompt_id,
+        runningNodeId: null,
+        progress: {},
+        cached: {},
+        executed: {},
+        previews: {},
+        // Validation errors of this prompt stay; errors of the last execution go.
+        nodeErrors: Object.fromEntries(
+          Object.entries(get().nodeErrors)
+            .map(([id, errs]) => [id, errs.filter((x) => x.source === 'validation')] as const)
+            .filter(([, errs]) => errs.length),
+        ),
+      });
+      break;
+    case 'execution_cached': {
+      const cached: Record<string, true> = {};
+      for (const n of e.data.nodes ?? []) cached[canvasNodeId(String(n))] = true;
+      set({ cached });
+      break;
+    }
+    case 'executing': {
+      const { node: raw, display_node, prompt_id } = e.data;
+      if (raw === null || raw === undefined) {
+        set({ runningNodeId: null, runningPromptId: null, progress: {} });
+        void get().refreshQueue();
+        void get().refreshHistory();
+        break;
+      }
+      const node = canvasNodeId(String(display_node ?? raw));
+      set((s) => {
+        // A container with a node that runs is no longer "all cached".
+        const cached = s.cached[node] ? { ...s.cached } : s.cached;
+        if (cached !== s.cached) delete cached[node];
+        return { runningNodeId: node, runningPromptId: prompt_id ?? s.runningPromptId, executed: { ...s.executed, [node]: true }, cached };
+      });
+      break;
+    }
+    case 'progress': {
+      const node = e.data.node !== undefined && e.data.node !== null ? canvasNodeId(String(e.data.node)) : get().runningNodeId;
+      if (!node) break;
+      const { value, max } = e.data;
+      set((s) => ({ progress: { ...s.progress, [node]: { value: Number(value), max: Number(max) || 1 } } }));
+      break;
+    }
+    case 'executed': {
+      const node = canvasNodeId(String(e.data.display_node ?? e.data.node));
+      const output = e.data.output ?? {};
+      set((s) => {
+        const next: Partial<ExecState> = { executed: { ...s.executed, [node]: true } };
+        if (output.images) next.outputs = { ...s.outputs, [node]: output.images };
+        if (output.text !== undefined) next.outputText = { ...s.outputText, [node]: [output.text].flat().join('\n') };
+        if (s.previews[node]) {
+          URL.revokeObjectURL(s.previews[node]);
+          const previews = { ...s.previews };
+          delete previews[node];
+          next.previews = previews;
+        }
+        return next;
+      });
+      break;
+    }
+    case 'execution_success':
+      set({ lastResult: { promptId: e.data.prompt_id, status: 'success' } });
+      break;
+    case 'execution_error': {
+      const d = e.data;
+      const execId = String(d.node_id ?? '');
+      const node = canvasNodeId(execId);
+      const inputs = d.current_inputs && !Array.isArray(d.current_inputs) ? d.current_inputs : undefined;
+      const err: NodeError = {
+        type: String(d.exception_type ?? 'error'),
+        message: `${innerLabel(execId, d.node_type)}${d.exception_message ?? 'execution failed'}`,
+        inputs,
+        source: 'execution',
+      };
+      set((s) => ({
+        nodeErrors: node ? { ...s.nodeErrors, [node]: [err] } : s.nodeErrors,
+        lastResult: { promptId: d.prompt_id, status: 'error' },
+        runningNodeId: null,
+      }));
+      toast('error', `Error in ${d.node_type ?? 'node'} #${execId}: ${d.exception_message ?? 'execution failed'}`);
+      break;
+    }
+    case 'execution_interrupted':
+      set({ lastResult: { promptId: e.data.prompt_id, status: 'interrupted' }, runningNodeId: null });
+      toast('info', 'Execution interrupted');
+      break;
+    case 'feature_flags':
+      // The server's answer to ours; nothing to change.
+      break;
+    case 'preview': {
+      const id = e.data.nodeId ?? get().runningNodeId;
+      if (!id) break;
+      const node = canvasNodeId(id);
+      const url = URL.createObjectURL(e.data.blob);
+      set((s) => {
+        if (s.previews[node]) URL.revokeObjectURL(s.previews[node]);
+        return { previews: { ...s.previews, [node]: url } };
+      });
+      break;
+    }
+    default:
+      unhandled(e);
+  }
+}
 
-  const onPreview = (p: PreviewFrame) => {
-    const node = p.nodeId ?? get().runningNodeId;
-    if (!node) return;
-    const url = URL.createObjectURL(p.blob);
-    set((s) => {
-      if (s.previews[node]) URL.revokeObjectURL(s.previews[node]);
-      return { previews: { ...s.previews, [node]: url } };
-    });
-  };
-
+export const useExec = create<ExecState>()((set, get) => {
   return {
     clientId: storedClientId(),
     connected: false,
@@ -197,8 +227,7 @@ export const useExec = create<ExecState>()((set, get) => {
       if (started) return;
       started = true;
       connectWs(get().clientId, {
-        onEvent,
-        onPreview,
+        onEvent: handleServerEvent,
         onOpen: () => {
           set({ connected: true });
           void get().refreshQueue();
@@ -233,22 +262,12 @@ export const useExec = create<ExecState>()((set, get) => {
       const count = Math.max(1, Math.min(100, opts?.count ?? 1));
       let last: string | null = null;
       for (let i = 0; i < count; i++) {
-        const g = useGraph.getState();
-        const wf = g.toWorkflow();
-        const missing = missingTypes(wf, g.defs);
-        if (missing.length) {
-          toast('error', `Cannot queue: missing node types ${missing.join(', ')}`);
-          return null;
-        }
-        const { output } = graphToPrompt(wf, g.defs);
+        // The editor workflow goes as it is: the server converts it to API format (subgraphs, group
+        // nodes, bypass, primitives), refuses node types it lacks, and embeds it in the images.
+        const workflow = useGraph.getState().toWorkflow();
         set({ nodeErrors: {} });
         try {
-          const res = await api.queuePrompt({
-            prompt: output,
-            client_id: get().clientId,
-            extra_data: { extra_pnginfo: { workflow: wf } },
-            front: opts?.front,
-          });
+          const res = await api.queuePrompt({ prompt: workflow, client_id: get().clientId, front: opts?.front });
           last = res.prompt_id;
           set((s) => ({ myPrompts: { ...s.myPrompts, [res.prompt_id]: true } }));
           if (res.node_errors && Object.keys(res.node_errors).length) set({ nodeErrors: validationErrors(res.node_errors) });
@@ -257,8 +276,9 @@ export const useExec = create<ExecState>()((set, get) => {
           if (e instanceof ApiError && e.body && typeof e.body === 'object') {
             const body = e.body as { error?: { message?: string; details?: string }; node_errors?: NodeErrors };
             set({ nodeErrors: validationErrors(body.node_errors ?? {}) });
-            const detail = body.error?.details ? `: ${body.error.details}` : '';
-            toast('error', `${body.error?.message ?? e.message}${detail}`);
+            const message = body.error?.message ?? e.message;
+            const details = body.error?.details;
+            toast('error', details && !message.includes(details) ? `${message}: ${details}` : message);
           } else {
             toast('error', `Queue failed: ${(e as Error).message}`);
           }
@@ -271,16 +291,20 @@ export const useExec = create<ExecState>()((set, get) => {
   };
 });
 
+/** The server's `node_errors` by canvas node; errors inside a container land on the container. */
 export function validationErrors(ne: NodeErrors): Record<string, NodeError[]> {
   const out: Record<string, NodeError[]> = {};
   for (const [id, v] of Object.entries(ne ?? {})) {
-    out[id] = (v.errors ?? []).map((e) => ({
+    const inner = id.includes(':');
+    const errors = (v.errors ?? []).map((e) => ({
       type: e.type,
-      message: e.message,
+      message: `${innerLabel(id, v.class_type)}${e.message}`,
       details: e.details,
-      input: e.extra_info?.input_name,
+      // An inner node's input is not a socket of the container.
+      input: inner ? undefined : e.extra_info?.input_name,
       source: 'validation' as const,
     }));
+    (out[canvasNodeId(id)] ??= []).push(...errors);
   }
   return out;
 }
@@ -304,8 +328,7 @@ export function applyControlAfterGenerate() {
       }
       continue;
     }
-    const wf = { id: Number(n.id), type: d.type, pos: [0, 0] as [number, number], size: d.size, widgets_values: d.widgets_values };
-    const controls = controlledWidgets(wf, g.defs);
+    const controls = controlledWidgets(d, g.defs);
     if (!controls.length) continue;
     const def = defFor(g.defs, d.type)!;
     const widgets = nodeLayout(def).widgets;

@@ -3,9 +3,8 @@ import { useGraph } from './graph';
 import type { CNode } from './graph';
 import { applyControlAfterGenerate } from './exec';
 import { normalizeWorkflow } from '../lib/workflow';
-import { graphToPrompt } from '../lib/convert';
 import { sdDefs } from '../test/fixtures/sd-defs';
-import defaultJson from '../test/fixtures/default.json';
+import { template } from '../test/shared-fixtures';
 import type { Workflow } from '../lib/types';
 
 // A minimal localStorage for the clipboard and draft.
@@ -20,6 +19,7 @@ const mem = new Map<string, string>();
 };
 
 const g = () => useGraph.getState();
+const defaultJson = template('default');
 
 function chain(): Workflow {
   return normalizeWorkflow({
@@ -83,14 +83,13 @@ describe('graph store', () => {
     n2 = wf.nodes.find((n) => n.id === 2)!;
     expect(n2.inputs!.map((i) => i.name)).toEqual(['image', 'top']);
     expect(wf.links[0].slice(3, 5)).toEqual([2, 1]);
-    // The primitive took the widget's type and value, and feeds the prompt.
+    // The primitive took the widget's type and value; the link into 'top' is typed INT.
     const p = wf.nodes.find((n) => n.type === 'PrimitiveNode')!;
     expect(p.outputs![0]).toMatchObject({ type: 'INT', widget: { name: 'top' } });
+    expect(p.widgets_values).toEqual([0, 'fixed']);
+    expect(wf.links[0][5]).toBe('INT');
     g().setWidget(String(p.id), 0, 24);
-    g().connect({ source: '1', sourceHandle: 'o0', target: '2', targetHandle: 'i0' });
-    g().connect({ source: '2', sourceHandle: 'o0', target: '3', targetHandle: 'i0' });
-    const prompt = graphToPrompt(g().toWorkflow(), sdDefs).output;
-    expect(prompt['2'].inputs).toMatchObject({ top: 24, left: 0, image: ['1', 0] });
+    expect(g().toWorkflow().nodes.find((n) => n.id === p.id)!.widgets_values).toEqual([24, 'fixed']);
   });
 
   it('connecting onto a widget handle converts the widget', () => {
