@@ -237,7 +237,7 @@ pub fn validate(
             .map(|&n| workflow.nodes[graph[n]].id.as_str())
             .collect();
         ids.sort_by(|a, b| compare_node_ids(a, b));
-        let cycle = cycle_path(&ids, workflow, &index_of);
+        let cycle = cycle_path(&ids, &local, workflow, &index_of);
         for id in &ids {
             let result = local
                 .get_mut(&index_of[id])
@@ -457,7 +457,7 @@ fn check_constant(
                 "Failed to convert an input value to a {} value",
                 kind.type_name()
             ),
-            format!("{name}, {}, {exception}", python_repr(value)),
+            format!("{name}, {}, {exception}", python_str(value)),
         );
         error.received_value = Some(value.clone());
         error.exception_message = Some(exception);
@@ -519,11 +519,14 @@ fn check_constant(
         }
         (InputKind::Combo { options, .. }, ConstValue::String(v)) => {
             let list = catalog.combo_options(options);
-            if !list.iter().any(|o| o == v) {
+            // Python's `val not in options`: the options are strings, so a number or a boolean
+            // never matches, not even 1 against the option "1" (`v` is its str(), for the
+            // message only).
+            if !value.is_string() || !list.iter().any(|o| o == v) {
                 let shown = if list.len() > 20 {
                     format!("(list of length {})", list.len())
                 } else {
-                    format!("{list:?}")
+                    python_repr_list(&list)
                 };
                 let mut error = NodeError::new(
                     ErrorKind::ValueNotInList,
@@ -575,19 +578,20 @@ fn coerce_int(value: &Json) -> Result<i128, String> {
                 }
             }
         }
-        Json::String(s) => {
-            let trimmed = s.trim().replace('_', "");
-            trimmed
-                .parse::<i128>()
-                .map_err(|_| format!("invalid literal for int() with base 10: '{s}'"))
-        }
+        Json::String(s) => parse_python_int(s).ok_or_else(|| {
+            format!(
+                "invalid literal for int() with base 10: {}",
+                python_repr_str(s)
+            )
+        }),
         Json::Null => Err(
             "int() argument must be a string, a bytes-like object or a real number, not 'NoneType'"
                 .into(),
         ),
-        Json::Array(_) | Json::Object(_) => {
-            Err("int() argument must be a string, a bytes-like object or a real number".into())
-        }
+        Json::Array(_) | Json::Object(_) => Err(format!(
+            "int() argument must be a string, a bytes-like object or a real number, not '{}'",
+            python_type_name(value)
+        )),
     }
 }
 
@@ -595,24 +599,86 @@ fn coerce_float(value: &Json) -> Result<f64, String> {
     match value {
         Json::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
         Json::Number(n) => n.as_f64().ok_or_else(|| "number out of range".to_string()),
-        Json::String(s) => {
-            let t = s.trim().to_ascii_lowercase();
-            match t.as_str() {
-                "inf" | "+inf" | "infinity" | "+infinity" => Ok(f64::INFINITY),
-                "-inf" | "-infinity" => Ok(f64::NEG_INFINITY),
-                "nan" | "+nan" | "-nan" => Ok(f64::NAN),
-                _ => t
-                    .parse::<f64>()
-                    .map_err(|_| format!("could not convert string to float: '{s}'")),
-            }
-        }
+        Json::String(s) => parse_python_float(s)
+            .ok_or_else(|| format!("could not convert string to float: {}", python_repr_str(s))),
         Json::Null => {
             Err("float() argument must be a string or a real number, not 'NoneType'".into())
         }
-        Json::Array(_) | Json::Object(_) => {
-            Err("float() argument must be a string or a real number".into())
-        }
+        Json::Array(_) | Json::Object(_) => Err(format!(
+            "float() argument must be a string or a real number, not '{}'",
+            python_type_name(value)
+        )),
     }
+}
+
+/// Python's `int(s)` in base 10: surrounding whitespace, an optional sign, then digits with single
+/// underscores allowed only between two digits ("1_000"; not "_5", "5_" or "1__0").
+///
+/// Unlike Python, only ASCII digits are accepted, and values beyond `i128` fail.
+fn parse_python_int(s: &str) -> Option<i128> {
+    let t = python_strip(s);
+    if !underscores_between_digits(t) {
+        return None;
+    }
+    let (sign, digits) = match t.as_bytes().first() {
+        Some(b'+') => ("", &t[1..]),
+        Some(b'-') => ("-", &t[1..]),
+        _ => ("", t),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
+        return None;
+    }
+    let digits: String = digits.chars().filter(|&c| c != '_').collect();
+    format!("{sign}{digits}").parse().ok()
+}
+
+/// Python's `float(s)`: surrounding whitespace, then a decimal literal ("1.5", ".5", "1.", "1e-3")
+/// whose digit runs may hold single underscores between digits ("1_000.2_5"), or inf, infinity
+/// or nan in any case, each with an optional sign.
+fn parse_python_float(s: &str) -> Option<f64> {
+    let t = python_strip(s).to_ascii_lowercase();
+    if !underscores_between_digits(&t) {
+        return None;
+    }
+    let t: String = t.chars().filter(|&c| c != '_').collect();
+    let (negative, unsigned) = match t.as_bytes().first() {
+        Some(b'+') => (false, &t[1..]),
+        Some(b'-') => (true, &t[1..]),
+        _ => (false, t.as_str()),
+    };
+    if unsigned.starts_with(['+', '-']) {
+        return None;
+    }
+    let magnitude = match unsigned {
+        "inf" | "infinity" => f64::INFINITY,
+        "nan" => f64::NAN,
+        // Digits, a point and an exponent; Rust's parser then takes the same forms as Python's.
+        _ if unsigned
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'+' | b'-')) =>
+        {
+            unsigned.parse::<f64>().ok()?
+        }
+        _ => return None,
+    };
+    Some(if negative { -magnitude } else { magnitude })
+}
+
+/// Strips what Python's `int()` and `float()` strip: Unicode whitespace, but not the ASCII
+/// separators \x1c to \x1f that `str.isspace` counts too (`int("\x1c5")` fails).
+fn python_strip(s: &str) -> &str {
+    s.trim()
+}
+
+/// Python's rule for underscores in numbers: each one sits between two digits.
+fn underscores_between_digits(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'_'
+            || (i > 0
+                && bytes[i - 1].is_ascii_digit()
+                && bytes.get(i + 1).is_some_and(u8::is_ascii_digit))
+    })
 }
 
 fn python_truthy(value: &Json) -> bool {
@@ -626,30 +692,169 @@ fn python_truthy(value: &Json) -> bool {
     }
 }
 
+/// The name of a JSON value's Python type, as it appears in Python's `TypeError` messages.
+fn python_type_name(value: &Json) -> &'static str {
+    match value {
+        Json::Null => "NoneType",
+        Json::Bool(_) => "bool",
+        Json::Number(n) if n.is_f64() => "float",
+        Json::Number(_) => "int",
+        Json::String(_) => "str",
+        Json::Array(_) => "list",
+        Json::Object(_) => "dict",
+    }
+}
+
+/// Python's `str()` of a JSON value as `json.loads` gives it: a string as is, anything else as its
+/// `repr()` (`None`, `True`, `1.0`, `[1, 'a']`, `{'k': None}`).
 fn python_str(value: &Json) -> String {
     match value {
         Json::String(s) => s.clone(),
+        other => python_repr(other),
+    }
+}
+
+/// Python's `repr()` of a JSON value as `json.loads` gives it.
+fn python_repr(value: &Json) -> String {
+    match value {
         Json::Null => "None".into(),
         Json::Bool(true) => "True".into(),
         Json::Bool(false) => "False".into(),
-        Json::Number(n) if n.is_f64() => fmt_float(n.as_f64().unwrap_or(0.0)),
-        other => other.to_string(),
+        Json::Number(n) => match (n.is_f64(), n.as_f64()) {
+            (true, Some(f)) => fmt_float(f),
+            _ => n.to_string(),
+        },
+        Json::String(s) => python_repr_str(s),
+        Json::Array(items) => {
+            let items: Vec<String> = items.iter().map(python_repr).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Json::Object(entries) => {
+            let entries: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{}: {}", python_repr_str(k), python_repr(v)))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        }
     }
 }
 
-fn python_repr(value: &Json) -> String {
-    match value {
-        Json::String(s) => s.clone(),
-        other => python_str(other),
-    }
+/// Python's `repr()` (and `str()`) of a list of strings: `['a', "it's"]`.
+fn python_repr_list(items: &[String]) -> String {
+    let items: Vec<String> = items.iter().map(|s| python_repr_str(s)).collect();
+    format!("[{}]", items.join(", "))
 }
 
-/// Formats a float as Python's `str(float)` does for ordinary values (`1.0`, `0.5`).
-pub fn fmt_float(f: f64) -> String {
-    if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e16 {
-        format!("{f:.1}")
+/// Python's `repr()` of a string: single quotes unless it holds a single quote and no double
+/// quote; backslashes, the quote, \t, \n, \r and unprintable characters escaped.
+fn python_repr_str(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
     } else {
-        format!("{f}")
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_ascii() || python_printable(c) => out.push(c),
+            c if (c as u32) <= 0xff => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) <= 0xffff => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push_str(&format!("\\U{:08x}", c as u32)),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+/// Python's `str.isprintable` for a non-ASCII character: false for the general categories Cc, Cf,
+/// Co, Cs, Zl, Zp, Zs and Cn. Unassigned code points other than the noncharacters are taken as
+/// printable: which ones are unassigned depends on the Python version's Unicode database.
+fn python_printable(c: char) -> bool {
+    const NOT_PRINTABLE: &[(u32, u32)] = &[
+        // Zs (space separators; U+0020 is ASCII and printable).
+        (0x00a0, 0x00a0),
+        (0x1680, 0x1680),
+        (0x2000, 0x200a),
+        (0x202f, 0x202f),
+        (0x205f, 0x205f),
+        (0x3000, 0x3000),
+        // Zl, Zp.
+        (0x2028, 0x2029),
+        // Cf (format characters).
+        (0x00ad, 0x00ad),
+        (0x0600, 0x0605),
+        (0x061c, 0x061c),
+        (0x06dd, 0x06dd),
+        (0x070f, 0x070f),
+        (0x0890, 0x0891),
+        (0x08e2, 0x08e2),
+        (0x180e, 0x180e),
+        (0x200b, 0x200f),
+        (0x202a, 0x202e),
+        (0x2060, 0x2064),
+        (0x2066, 0x206f),
+        (0xfeff, 0xfeff),
+        (0xfff9, 0xfffb),
+        (0x110bd, 0x110bd),
+        (0x110cd, 0x110cd),
+        (0x13430, 0x1343f),
+        (0x1bca0, 0x1bca3),
+        (0x1d173, 0x1d17a),
+        (0xe0001, 0xe0001),
+        (0xe0020, 0xe007f),
+        // Co (private use).
+        (0xe000, 0xf8ff),
+        (0xf0000, 0xffffd),
+        (0x100000, 0x10fffd),
+        // Cn: the noncharacters U+FDD0 to U+FDEF (the U+xxFFFE/U+xxFFFF ones are checked below).
+        (0xfdd0, 0xfdef),
+    ];
+    let code = c as u32;
+    !c.is_control()
+        && code & 0xfffe != 0xfffe
+        && !NOT_PRINTABLE
+            .iter()
+            .any(|&(low, high)| (low..=high).contains(&code))
+}
+
+/// Formats a float as Python's `repr(float)` (and `str(float)`) does: the shortest digits that
+/// read back the same, with `.0` on whole numbers (`1.0`, `0.5`), and an exponent below 1e-4 or
+/// from 1e16 on (`1e-05`, `1e+16`).
+pub fn fmt_float(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    // `{:e}` gives the same shortest digits in scientific form: "1.5e20", "-1e-5", "0e0".
+    let scientific = format!("{f:e}");
+    let (mantissa, exponent) = scientific
+        .split_once('e')
+        .expect("`{:e}` always writes an exponent");
+    let exponent: i32 = exponent.parse().expect("`{:e}` writes an integer exponent");
+    if f == 0.0 || (-4..16).contains(&exponent) {
+        let plain = format!("{f}");
+        if plain.contains('.') {
+            plain
+        } else {
+            format!("{plain}.0")
+        }
+    } else {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exponent.unsigned_abs())
     }
 }
 
@@ -666,33 +871,54 @@ fn ancestors_of(start: usize, local: &HashMap<usize, LocalResult>) -> BTreeSet<u
     seen
 }
 
-/// A readable path through a cycle's nodes: "1 -> 2 -> 1".
-fn cycle_path(ids: &[&str], workflow: &Workflow, index_of: &HashMap<&str, usize>) -> String {
-    let members: HashSet<&str> = ids.iter().copied().collect();
-    let Some(&start) = ids.first() else {
+/// A real cycle through a strongly connected component's first node, as readable text:
+/// "1 -> 3 -> 2 -> 1", each node followed by a node that one of its inputs links to.
+///
+/// Follows only the links that validation follows (declared inputs, as in `parents`), inside the
+/// component, breadth first in input declaration order, so the path is a shortest cycle through
+/// the first node and always comes back to it.
+fn cycle_path(
+    ids: &[&str],
+    local: &HashMap<usize, LocalResult>,
+    workflow: &Workflow,
+    index_of: &HashMap<&str, usize>,
+) -> String {
+    let Some(&start_id) = ids.first() else {
         return String::new();
     };
-    let mut path = vec![start];
-    let mut current = start;
-    // Follow links that stay inside the component until we come back to the start.
-    for _ in 0..ids.len() {
-        let node = &workflow.nodes[index_of[current]];
-        let next = node.inputs.iter().find_map(|(_, raw)| match raw {
-            RawInput::Link { node, .. } if members.contains(node.as_str()) => Some(node.as_str()),
-            _ => None,
-        });
-        match next {
-            Some(next) => {
-                path.push(next);
-                if next == start {
-                    break;
-                }
-                current = next;
+    let members: HashSet<usize> = ids.iter().map(|id| index_of[id]).collect();
+    let start = index_of[start_id];
+    // For each node reached, the node whose input led to it.
+    let mut reached_from: HashMap<usize, usize> = HashMap::new();
+    let mut queue = VecDeque::from([start]);
+    let mut closing = None;
+    'search: while let Some(i) = queue.pop_front() {
+        for &parent in &local[&i].parents {
+            if parent == start {
+                closing = Some(i);
+                break 'search;
             }
-            None => break,
+            if members.contains(&parent) && !reached_from.contains_key(&parent) {
+                reached_from.insert(parent, i);
+                queue.push_back(parent);
+            }
         }
     }
-    path.join(" -> ")
+    let Some(mut i) = closing else {
+        // Not reachable for a real component; name its members rather than nothing.
+        return ids.join(", ");
+    };
+    let mut path = vec![start];
+    while i != start {
+        path.push(i);
+        i = reached_from[&i];
+    }
+    path.push(start);
+    path.reverse();
+    path.iter()
+        .map(|&i| workflow.nodes[i].id.as_str())
+        .collect::<Vec<_>>()
+        .join(" -> ")
 }
 
 fn build_plan(

@@ -4,7 +4,9 @@
 mod support;
 
 use serde_json::{json, Value as Json};
-use support::{errors_of, failing_ids, only_error, order, plan, txt2img, TestCatalog};
+use support::{
+    errors_of, failing_ids, only_error, order, plan, txt2img, TestCatalog, AWKWARD, LOOKALIKES,
+};
 use weft_graph::validate::{
     coerced_prompt, compare_node_ids, fmt_float, ErrorKind, NodeError, PromptError, Validation,
 };
@@ -1518,12 +1520,10 @@ fn fmt_float_matches_python_for_ordinary_values() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Known bugs (ignored until fixed in validate.rs)
+// Fixed bugs, and Python's str()/repr() in messages
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "bug: cycle_path follows the first in-component link of each node, so it can loop in a \
-            sub-cycle and never come back to the node it names (\"1 -> 2 -> 3 -> 2\")"]
 fn cycle_path_returns_to_its_start() {
     // 1 <-> 2 and 2 <-> 3 form one strongly connected component {1, 2, 3}.
     let v = TestCatalog::new().check(json!({
@@ -1541,8 +1541,6 @@ fn cycle_path_returns_to_its_start() {
 }
 
 #[test]
-#[ignore = "bug: cycle_path walks every raw input, undeclared ones included, so it can name a \
-            dependency that validation ignores (\"1 -> 2 -> 1\" where 1 only depends on 3)"]
 fn cycle_path_follows_only_declared_links() {
     // Real dependencies: 1 -> 3 -> 2 -> 1. Node 1 also has an undeclared input pointing at 2.
     let v = TestCatalog::new().check(json!({
@@ -1557,16 +1555,12 @@ fn cycle_path_follows_only_declared_links() {
 }
 
 #[test]
-#[ignore = "bug: value_not_in_list details print the options with Rust's Debug (`[\"a\", \"b\"]`), \
-            not Python's str() of the list (`['a', 'b']`) that ComfyUI sends"]
 fn value_not_in_list_details_match_comfyui() {
     let e = widget_error("c", json!("d"));
     assert_eq!(e.details, "c: 'd' not in ['a', 'b', 'c']");
 }
 
 #[test]
-#[ignore = "bug: coerce_int removes every underscore (Python's int() rejects \"_5\" and \"1__0\") \
-            and coerce_float allows none (Python's float(\"1_000.5\") is 1000.5)"]
 fn numeric_underscores_follow_python() {
     assert_eq!(
         widget_error("i", json!("_5")).kind,
@@ -1581,4 +1575,207 @@ fn numeric_underscores_follow_python() {
         ErrorKind::InvalidInputType
     );
     assert_eq!(widget_value("f", json!("0.2_5")), ConstValue::Float(0.25));
+}
+
+/// The single error that `input = value` gives on a `Choices` node (id "1").
+fn choices_error(input: &str, value: Json) -> NodeError {
+    let v = TestCatalog::new()
+        .check(json!({"1": {"class_type": "Choices", "inputs": { input: value }}}));
+    assert_eq!(
+        v.failure,
+        Some(PromptError::OutputsFailed),
+        "{input} = {value}"
+    );
+    only_error(&v, "1").clone()
+}
+
+#[test]
+fn cycle_path_is_a_shortest_cycle_through_the_first_node() {
+    // One component {1, 2, 3, 4}: 1 -> 2 -> 3 -> 4 -> 1 and the shortcut 1 -> 4 (input b).
+    let v = TestCatalog::new().check(json!({
+        "1": {"class_type": "Sink", "inputs": {"a": ["2", 0], "b": ["4", 0]}},
+        "2": {"class_type": "Pass", "inputs": {"a": ["3", 0]}},
+        "3": {"class_type": "Pass", "inputs": {"a": ["4", 0], "b": ["2", 0]}},
+        "4": {"class_type": "Pass", "inputs": {"a": ["1", 0]}}
+    }));
+    for id in ["1", "2", "3", "4"] {
+        assert_eq!(
+            only_error(&v, id).details,
+            format!("node '{id}' depends on itself through 1 -> 4 -> 1")
+        );
+    }
+}
+
+#[test]
+fn cycle_path_ignores_undeclared_self_links() {
+    // An undeclared input linking a node to itself is not a dependency: no cycle at all.
+    let v = TestCatalog::new().check(json!({
+        "1": {"class_type": "Sink", "inputs": {"a": ["2", 0]}},
+        "2": {"class_type": "Pass", "inputs": {"extra": ["2", 0]}}
+    }));
+    assert!(v.node_errors.is_empty(), "{:#?}", v.node_errors);
+    assert_eq!(order(plan(&v)), ["2", "1"]);
+}
+
+#[test]
+fn non_string_combo_values_never_match() {
+    // ComfyUI checks `val not in options` on the value as sent, and 1 != "1" in Python.
+    for (value, shown) in [
+        (json!(1), "1"),
+        (json!(2.5), "2.5"),
+        (json!(true), "True"),
+        (json!(null), "None"),
+        (json!({"__value__": [1, 2]}), "[1, 2]"),
+    ] {
+        let e = choices_error("n", value.clone());
+        assert_eq!(e.kind, ErrorKind::ValueNotInList, "{value}");
+        assert_eq!(
+            e.details,
+            format!("n: '{shown}' not in ['1', '2.5', 'True', 'None', '[1, 2]']")
+        );
+        assert_eq!(e.input_name.as_deref(), Some("n"));
+    }
+    assert_eq!(choices_error("n", json!(1)).received_value, Some(json!(1)));
+    // The same options as strings are accepted.
+    for option in LOOKALIKES {
+        let v = TestCatalog::new()
+            .check(json!({"1": {"class_type": "Choices", "inputs": {"n": option}}}));
+        assert_eq!(
+            plan(&v).nodes()[0].input("n"),
+            Some(&PlanInput::Const(ConstValue::String((*option).to_owned())))
+        );
+    }
+}
+
+#[test]
+fn value_not_in_list_options_use_pythons_string_repr() {
+    let e = choices_error("q", json!("nope"));
+    assert_eq!(AWKWARD.len(), 9);
+    assert_eq!(
+        e.details,
+        concat!(
+            r#"q: 'nope' not in ["it's", 'say "hi"', 'both \' and "', 'back\\slash', "#,
+            r#"'tab\there\nnew\rline', 'bell\x07del\x7f', 'café 猫', "#,
+            r#"'nbsp\xa0zwsp\u200bsoft\xad', 'private\ue000astral🐱tag\U000e0041']"#
+        )
+    );
+    // The value itself is shown with str() inside the quotes ComfyUI adds: not escaped.
+    let e = choices_error("q", json!("isn't\n"));
+    assert!(
+        e.details.starts_with("q: 'isn't\n' not in [\"it's\", "),
+        "{}",
+        e.details
+    );
+}
+
+#[test]
+fn constants_are_shown_with_pythons_str() {
+    // str() of a list or dict is its repr(): `[1, 2]`, not JSON's `[1,2]`.
+    let s = |v: Json| widget_value("s", v);
+    assert_eq!(
+        s(json!({"__value__": [1, 2]})),
+        ConstValue::String("[1, 2]".into())
+    );
+    assert_eq!(
+        s(json!({"__value__": ["a", "it's", null, true, 1.5, 1e16, []]})),
+        ConstValue::String(r#"['a', "it's", None, True, 1.5, 1e+16, []]"#.into())
+    );
+    assert_eq!(
+        s(json!({"k": {"n": [0.00001]}, "e": {}})),
+        ConstValue::String("{'k': {'n': [1e-05]}, 'e': {}}".into())
+    );
+    assert_eq!(s(json!(1e16)), ConstValue::String("1e+16".into()));
+
+    // The same str() in an invalid_input_type error's details, and Python's type names.
+    let e = widget_error("i", json!({"__value__": [1, "a"]}));
+    assert_eq!(
+        e.exception_message.as_deref(),
+        Some("int() argument must be a string, a bytes-like object or a real number, not 'list'")
+    );
+    assert_eq!(
+        e.details,
+        "i, [1, 'a'], int() argument must be a string, a bytes-like object or a real number, not 'list'"
+    );
+    let e = widget_error("f", json!({"a": 1}));
+    assert_eq!(
+        e.exception_message.as_deref(),
+        Some("float() argument must be a string or a real number, not 'dict'")
+    );
+    assert_eq!(
+        e.details,
+        "f, {'a': 1}, float() argument must be a string or a real number, not 'dict'"
+    );
+}
+
+#[test]
+fn conversion_errors_quote_the_string_as_python_repr_does() {
+    let e = widget_error("i", json!("it's"));
+    assert_eq!(
+        e.exception_message.as_deref(),
+        Some(r#"invalid literal for int() with base 10: "it's""#)
+    );
+    assert_eq!(
+        e.details,
+        r#"i, it's, invalid literal for int() with base 10: "it's""#
+    );
+    let e = widget_error("f", json!("a\\b\n"));
+    assert_eq!(
+        e.exception_message.as_deref(),
+        Some(r"could not convert string to float: 'a\\b\n'")
+    );
+}
+
+#[test]
+fn more_numeric_strings_follow_python() {
+    let int = |v: &str| widget_value("i", json!(v));
+    assert_eq!(int("1_0"), ConstValue::Int(10));
+    assert_eq!(int("-1_0"), ConstValue::Int(-10));
+    assert_eq!(int("\u{a0}5\u{3000}"), ConstValue::Int(5));
+    assert_eq!(int("0_0_7"), ConstValue::Int(7));
+    for bad in [
+        "+_5", "-_5", "_", "1_ 0", "\u{1c}5", "+-5", "--5", "0x5", "5e0",
+    ] {
+        let e = widget_error("i", json!(bad));
+        assert_eq!(e.kind, ErrorKind::InvalidInputType, "{bad:?}");
+    }
+
+    let float = |v: &str| widget_value("f", json!(v));
+    assert_eq!(float("0.2_5"), ConstValue::Float(0.25));
+    assert_eq!(float("0_0.5"), ConstValue::Float(0.5));
+    assert_eq!(float("1_0e-1_0"), ConstValue::Float(1e-9));
+    assert_eq!(float("1."), ConstValue::Float(1.0));
+    assert_eq!(float("+.5"), ConstValue::Float(0.5));
+    for bad in [
+        "_0.5", "0.5_", "0_.5", "0._5", "1__0.0", "1_e1", "1e_1", "in_f", "--0.5", "+-0.5", ".",
+        "5e", "e5", "0x1p-2",
+    ] {
+        let e = widget_error("f", json!(bad));
+        assert_eq!(e.kind, ErrorKind::InvalidInputType, "{bad:?}");
+        assert_eq!(
+            e.exception_message,
+            Some(format!("could not convert string to float: '{bad}'"))
+        );
+    }
+    // \x1c is whitespace to str.isspace() but float() does not strip it.
+    let e = widget_error("f", json!("\u{1c}0.5"));
+    assert_eq!(
+        e.exception_message.as_deref(),
+        Some(r"could not convert string to float: '\x1c0.5'")
+    );
+}
+
+#[test]
+fn fmt_float_matches_python_repr_for_all_magnitudes() {
+    assert_eq!(fmt_float(1e16), "1e+16");
+    assert_eq!(fmt_float(1e15), "1000000000000000.0");
+    assert_eq!(fmt_float(9999999999999998.0), "9999999999999998.0");
+    assert_eq!(fmt_float(123456789012345680.0), "1.2345678901234568e+17");
+    assert_eq!(fmt_float(1.5e20), "1.5e+20");
+    assert_eq!(fmt_float(1e100), "1e+100");
+    assert_eq!(fmt_float(-1e16), "-1e+16");
+    assert_eq!(fmt_float(0.0001), "0.0001");
+    assert_eq!(fmt_float(0.00001), "1e-05");
+    assert_eq!(fmt_float(2.5e-7), "2.5e-07");
+    assert_eq!(fmt_float(-0.0), "-0.0");
+    assert_eq!(fmt_float(f64::NAN), "nan");
 }

@@ -3,7 +3,8 @@
 //! The declarations imitate the server's real nodes (checkpoint loader, text encoder, sampler, …)
 //! plus a few nodes made for testing: `Widgets` (an output node whose inputs are all optional
 //! widgets, to test constants one at a time), `Pass`/`Sink` (wildcard sockets, to build arbitrary
-//! graph shapes) and `Checked` (an input the node validates itself).
+//! graph shapes), `Checked` (an input the node validates itself) and `Choices` (combos whose
+//! options look like other types or need escaping in Python's repr).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,6 +19,22 @@ use weft_graph::{validate, ConstValue, Plan, SlotType, Workflow};
 pub const MANY: &[&str] = &[
     "o00", "o01", "o02", "o03", "o04", "o05", "o06", "o07", "o08", "o09", "o10", "o11", "o12",
     "o13", "o14", "o15", "o16", "o17", "o18", "o19", "o20", "o21", "o22", "o23", "o24",
+];
+
+/// Options that look like the str() of a number, a boolean, None and a list.
+pub const LOOKALIKES: &[&str] = &["1", "2.5", "True", "None", "[1, 2]"];
+
+/// Options whose Python repr needs the other quote or escapes.
+pub const AWKWARD: &[&str] = &[
+    "it's",
+    "say \"hi\"",
+    "both ' and \"",
+    "back\\slash",
+    "tab\there\nnew\rline",
+    "bell\u{7}del\u{7f}",
+    "caf\u{e9} \u{732b}",
+    "nbsp\u{a0}zwsp\u{200b}soft\u{ad}",
+    "private\u{e000}astral\u{1f431}tag\u{e0041}",
 ];
 
 /// The catalog: specs by class name, file lists, and a log of `check_input` calls.
@@ -198,6 +215,19 @@ fn specs() -> Vec<NodeSpec> {
             vec![required("value", int(0, -1000, 1000))],
             vec![output(SlotType::INT, "INT")],
         ),
+        NodeSpec {
+            output_node: true,
+            ..node(
+                "Choices",
+                "Choices",
+                "testing",
+                vec![
+                    optional("n", combo(LOOKALIKES)),
+                    optional("q", combo(AWKWARD)),
+                ],
+                vec![],
+            )
+        },
         NodeSpec {
             output_node: true,
             self_validated: &["level"],
