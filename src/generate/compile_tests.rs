@@ -362,6 +362,120 @@ golden! {
         "init_image": "input/start.png", "mask_image": "input/mask.png",
         "lora_config": {"global_weight_multiplier": 1.0},
     }),
+
+    // Defaults that depend on the model.
+
+    /// Nothing but a prompt and an SD1 model: 512², 20 steps, euler/normal, cfg 7.5, the
+    /// caller's seed, the "weft" prefix.
+    sd1_defaults: json!({"prompt": "a cat", "model": "sd15_tiny"}),
+    /// SDXL base: 1024².
+    sdxl_defaults: json!({"prompt": "a cat", "model": "sd_xl_base_tiny"}),
+    /// SD2 epsilon (no marker, the weight statistic says epsilon): 512².
+    sd2_defaults: json!({"prompt": "a cat", "model": "sd2_tiny"}),
+    /// SD2 v-prediction (`v_pred` marker): 768².
+    sd2_v_defaults: json!({"prompt": "a cat", "model": "sd2_v_tiny"}),
+
+    // Other request options.
+
+    /// A friendly scheduler with its scheduler overridden, cfg, a batch, a negative prompt, CLIP
+    /// skip 1 (no CLIPSetLastLayer), an output subfolder prefix.
+    sampling_options: json!({
+        "prompt": "a cat", "negative_prompt": "dogs", "model": "sd15_tiny",
+        "scheduler": {"type": "DPM++ 2M", "scheduler": "beta", "steps": 12},
+        "hyperparameters": {"guidance_scale": 4.0, "seed": 99, "width": 64, "height": 96, "batch_size": 3, "clip_skip": 1},
+        "filename_prefix": "runs/cat",
+    }),
+    /// The scheduler as a plain string: a ComfyUI sampler name, scheduler "normal".
+    comfy_sampler_name: json!({"prompt": "a cat", "model": "sd15_tiny", "scheduler": "dpmpp_2m_sde_gpu", "hyperparameters": {"width": 64, "height": 64}}),
+    /// img2img with nothing else: the init image's size, denoise 0.75, VAEEncode.
+    img2img: json!({"prompt": "a cat", "model": "sd15_tiny", "init_image": "start.png"}),
+    /// img2img resized to the requested size (ImageScale), encoded with the requested VAE.
+    img2img_resized_vae: json!({
+        "prompt": "a cat", "model": {"base": "sd15_tiny", "vae": "sdxl_vae"},
+        "init_image": "start.png",
+        "hyperparameters": {"width": 96, "height": 64, "denoise": 0.4},
+    }),
+    /// img2img from a 100×75 image: the size defaults to the image's, not rounded to a multiple
+    /// of 8 (the request parser refuses such a width; VAEEncode crops to 96×72).
+    img2img_size_not_multiple_of_8: json!({"prompt": "a cat", "model": "sd15_tiny", "init_image": "wide.png"}),
+
+    // ControlNets.
+
+    /// Each preprocessor Weft has: scribble and lineart from the init image (preprocessed by
+    /// default), canny from its own image with preprocess_condition; the preprocessors work at
+    /// the short side, at least 64. Lineart has two SD1 files, so the request names one.
+    controlnet_preprocessors: json!({
+        "prompt": "a house", "model": "sd15_tiny", "init_image": "start.png",
+        "controlnet": [
+            "scribble:0.7",
+            {"type": "lineart", "model": "control_v11p_sd15_lineart"},
+            {"type": "canny", "condition_image": "photo.png", "preprocess_condition": true, "control_guidance_start": 0.2, "control_guidance_end": 0.8},
+        ],
+        "hyperparameters": {"width": 48, "height": 48, "seed": 1},
+    }),
+    /// Two entries of one file: one ControlNetLoader; an image from a subfolder of input; an
+    /// init image used as it is (preprocess_condition false); a disabled entry skipped.
+    controlnet_shared_loader: json!({
+        "prompt": "a house", "model": "sd15_tiny", "init_image": "start.png",
+        "controlnet": [
+            {"type": "canny", "preprocess_condition": false, "conditioning_scale": 0.3},
+            {"type": "canny", "condition_image": "input/maps/depth.png", "conditioning_scale": 0.9},
+            {"type": "depth", "enabled": false},
+        ],
+        "hyperparameters": {"seed": 1},
+    }),
+    /// SDXL: canny has its own file; the other types fall back to the union file with their
+    /// union type; a union file named with `model` gets its type too.
+    union_controlnet_types: json!({
+        "prompt": "a house", "model": "sd_xl_base_tiny",
+        "controlnet": [
+            {"type": "canny", "condition_image": "photo.png", "preprocess_condition": false},
+            {"type": "scribble", "condition_image": "photo.png"},
+            {"type": "normal", "condition_image": "photo.png"},
+            {"type": "seg", "condition_image": "photo.png"},
+            {"type": "mlsd", "condition_image": "photo.png"},
+            {"type": "lineart", "condition_image": "photo.png"},
+            {"type": "canny", "model": "controlnet-union-sdxl-1.0-promax", "condition_image": "photo.png"},
+        ],
+        "hyperparameters": {"width": 64, "height": 64, "seed": 1},
+    }),
+
+    // The refiner with an init image.
+
+    /// img2img with a refiner: KSamplerAdvanced starts at steps × (1 - denoise) = 5 and the
+    /// refiner takes over at the default switch 0.8 (step 8); the refiner's size conditioning is
+    /// the init image's.
+    sdxl_refiner_img2img: json!({
+        "prompt": "a cat", "model": {"base": "sd_xl_base_tiny", "refiner": "sd_xl_refiner_tiny"},
+        "init_image": "start.png",
+        "scheduler": {"steps": 10},
+        "hyperparameters": {"denoise": 0.5, "seed": 2},
+    }),
+    /// Inpainting below full denoise with a refiner: SetLatentNoiseMask into the split.
+    sdxl_refiner_inpaint_partial_denoise: json!({
+        "prompt": "a cat", "model": {"base": "sd_xl_base_tiny", "refiner": "sd_xl_refiner_tiny"},
+        "init_image": "start.png", "mask_image": "mask.png",
+        "scheduler": {"steps": 8},
+        "hyperparameters": {"denoise": 0.75, "refiner_switch": 0.5, "seed": 2},
+    }),
+    /// A switch before the img2img start (0.5 × 10 = 5 < 10 × (1 - 0.3) = 7) is clamped to the
+    /// start: the base sampler's window is empty (7..7), so it returns the encoded image without
+    /// adding noise, and the refiner (add_noise disabled) starts at step 7 on a clean latent.
+    /// Recorded as compiled today; the noise is lost, so this is a behaviour to fix in the
+    /// compiler (or to refuse), not one to keep.
+    sdxl_refiner_switch_before_start: json!({
+        "prompt": "a cat", "model": {"base": "sd_xl_base_tiny", "refiner": "sd_xl_refiner_tiny"},
+        "init_image": "start.png",
+        "scheduler": {"steps": 10},
+        "hyperparameters": {"denoise": 0.3, "refiner_switch": 0.5, "seed": 2},
+    }),
+    /// The same in txt2img with refiner_switch 0 (the parser allows 0..=1): the base window is
+    /// 0..0, so the empty latent reaches the refiner without noise. Recorded as compiled today.
+    sdxl_refiner_switch_zero: json!({
+        "prompt": "a cat", "model": {"base": "sd_xl_base_tiny", "refiner": "sd_xl_refiner_tiny"},
+        "scheduler": {"steps": 4},
+        "hyperparameters": {"width": 64, "height": 64, "refiner_switch": 0.0, "seed": 2},
+    }),
 }
 
 #[test]
@@ -418,4 +532,27 @@ fn the_same_request_compiles_to_the_same_graph() {
         layout.compile(&request).unwrap(),
         layout.compile(&request).unwrap()
     );
+}
+
+#[test]
+fn the_base_model_defaults_to_the_only_checkpoint() {
+    let layout = Layout::empty();
+    write_checkpoint(
+        &layout.model("checkpoints/sub/only.safetensors"),
+        "sd1_tiny",
+        &[],
+    );
+    let compiled = layout.compile(&json!({"prompt": "a cat"})).unwrap();
+    assert_eq!(
+        compiled.prompt["1"]["inputs"]["ckpt_name"],
+        "sub/only.safetensors"
+    );
+    assert_eq!(compiled.resolved["model"]["base"], "sub/only.safetensors");
+    assert_eq!(compiled.resolved["model"]["family"], "SD1.x");
+    // The seed argument is used when the request has none, and the request's otherwise.
+    assert_eq!(compiled.resolved["seed"], SEED);
+    let seeded = layout
+        .compile(&json!({"prompt": "a cat", "hyperparameters": {"seed": 0}}))
+        .unwrap();
+    assert_eq!(seeded.resolved["seed"], 0);
 }
