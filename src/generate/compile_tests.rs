@@ -1,5 +1,6 @@
 //! Unit tests of the compiler, without a server: each request shape compiles against a data
-//! folder of tiny model files and is compared with its golden file.
+//! folder of tiny model files and is compared with its golden file, and each error `compile` can
+//! return names the request field at fault.
 //!
 //! Golden files: `tests/fixtures/generate/compile/<case>.json`, one per case in [`CASES`], each
 //! holding the request, what `resolved` reports and the expected API-format graph (`prompt`).
@@ -555,4 +556,234 @@ fn the_base_model_defaults_to_the_only_checkpoint() {
         .compile(&json!({"prompt": "a cat", "hyperparameters": {"seed": 0}}))
         .unwrap();
     assert_eq!(seeded.resolved["seed"], 0);
+}
+
+/// Compiles `request` against `layout`, expecting an error naming `field` whose message has
+/// `words`.
+fn assert_refused(layout: &Layout, request: Json, field: &str, words: &str) {
+    let e = match layout.compile(&request) {
+        Ok(_) => panic!("{request} compiled; expected an error on {field}"),
+        Err(e) => e,
+    };
+    assert_eq!(e.field, field, "{request} → {e}");
+    assert!(
+        e.message.contains(words),
+        "{request} → {e}; expected '{words}'"
+    );
+}
+
+#[test]
+fn an_empty_checkpoint_folder_is_refused_on_model_base() {
+    assert_refused(
+        &Layout::empty(),
+        json!({"prompt": "x"}),
+        "model.base",
+        "models/checkpoints is empty",
+    );
+}
+
+#[test]
+fn model_errors_name_the_model_field() {
+    let layout = Layout::full();
+    let cases = [
+        (json!({"model": "nope"}), "model.base", "no model 'nope'"),
+        (
+            json!({}),
+            "model.base",
+            "required when models/checkpoints has several files",
+        ),
+        (
+            json!({"model": "sd_xl_refiner_tiny"}),
+            "model.base",
+            "is an SDXL refiner",
+        ),
+        (
+            json!({"model": "not_a_checkpoint"}),
+            "model.base",
+            "no diffusion model weights",
+        ),
+        (
+            json!({"model": "half_unet"}),
+            "model.base",
+            "cannot use 'half_unet.safetensors'",
+        ),
+        (
+            json!({"model": "broken"}),
+            "model.base",
+            "broken.safetensors",
+        ),
+        (
+            json!({"model": {"base": "sd_xl_base_tiny", "refiner": "nope"}}),
+            "model.refiner",
+            "no model 'nope'",
+        ),
+        (
+            json!({"model": {"base": "sd_xl_base_tiny", "refiner": "broken"}}),
+            "model.refiner",
+            "broken.safetensors",
+        ),
+        (
+            json!({"model": {"base": "sd_xl_base_tiny", "refiner": "sd15_tiny"}}),
+            "model.refiner",
+            "is an SD1.x model, not an SDXL refiner",
+        ),
+        (
+            json!({"model": {"base": "sd15_tiny", "refiner": "sd_xl_refiner_tiny"}}),
+            "model.refiner",
+            "needs an SDXL base model; 'sd15_tiny.safetensors' is SD1.x",
+        ),
+        (
+            json!({"model": {"base": "sd2_tiny", "refiner": "sd_xl_refiner_tiny"}}),
+            "model.refiner",
+            "is SD2.x",
+        ),
+        (
+            json!({"model": {"base": "sd15_tiny", "vae": "nope"}}),
+            "model.vae",
+            "no model 'nope' in models/vae",
+        ),
+    ];
+    for (mut request, field, words) in cases {
+        request["prompt"] = json!("x");
+        assert_refused(&layout, request, field, words);
+    }
+}
+
+#[test]
+fn setting_errors_name_their_field() {
+    let layout = Layout::full();
+    let cases = [
+        (
+            json!({"scheduler": {"type": "Turbo Magic"}}),
+            "scheduler.type",
+            "unknown scheduler type 'Turbo Magic'",
+        ),
+        (
+            json!({"scheduler": "Turbo Magic"}),
+            "scheduler.type",
+            "unknown scheduler type",
+        ),
+        (
+            json!({"scheduler": {"type": "Euler", "scheduler": "fast"}}),
+            "scheduler.scheduler",
+            "unknown scheduler 'fast'",
+        ),
+        (
+            json!({"init_image": "nope.png"}),
+            "init_image",
+            "no image 'nope.png'",
+        ),
+        (json!({"init_image": "../secret.png"}), "init_image", ".."),
+        (
+            json!({"init_image": "broken.png"}),
+            "init_image",
+            "cannot read image 'broken.png'",
+        ),
+        (
+            json!({"init_image": "start.png", "mask_image": "nope.png"}),
+            "mask_image",
+            "no image 'nope.png'",
+        ),
+        (
+            json!({"mask_image": "mask.png"}),
+            "mask_image",
+            "inpainting needs init_image",
+        ),
+        (
+            json!({"init_image": "start.png", "hyperparameters": {"batch_size": 2}}),
+            "hyperparameters.batch_size",
+            "a batch_size of 2 is larger than the image batch",
+        ),
+    ];
+    for (mut request, field, words) in cases {
+        request["prompt"] = json!("x");
+        request["model"] = json!("sd15_tiny");
+        assert_refused(&layout, request, field, words);
+    }
+}
+
+#[test]
+fn lora_errors_name_the_entry() {
+    let layout = Layout::full();
+    let cases = [
+        (
+            json!(["missing_lora"]),
+            "lora[0]",
+            "no model 'missing_lora' in models/loras",
+        ),
+        (
+            json!(["art_style", {"path": "models/loras/gone.safetensors"}]),
+            "lora[1].path",
+            "no model 'gone.safetensors'",
+        ),
+        (
+            json!("dup"),
+            "lora",
+            "'dup' matches several files in models/loras: a/dup.safetensors, b/dup.safetensors",
+        ),
+        (
+            json!([{"name": "off", "enabled": false}, {"name": "dup", "weight": 0.5}]),
+            "lora[1]",
+            "matches several files",
+        ),
+    ];
+    for (loras, field, words) in cases {
+        let request = json!({"prompt": "x", "model": "sd15_tiny", "lora": loras});
+        assert_refused(&layout, request, field, words);
+    }
+}
+
+#[test]
+fn controlnet_errors_name_the_entry() {
+    let layout = Layout::full();
+    let cases = [
+        (json!([{"type": "canny", "model": "nope"}]), "controlnet[0].model", "no model 'nope' in models/controlnet"),
+        (json!([{"type": "canny", "model": "controlnet_canny_sdxl_tiny"}]), "controlnet[0].model", "is a SDXL ControlNet but the base model is SD1.x"),
+        (json!([{"type": "mlsd", "model": "control_broken_mlsd"}]), "controlnet[0].model", "cannot use 'control_broken_mlsd.safetensors'"),
+        (json!(["canny", "pose"]), "controlnet[1]", "no pose ControlNet for SD1.x"),
+        (json!(["lineart:0.5"]), "controlnet[0]", "several lineart ControlNets for SD1.x match: control_v11p_sd15_lineart.safetensors, control_v11p_sd15s2_lineart_anime.safetensors"),
+        (json!("mlsd"), "controlnet", "not usable: control_broken_mlsd.safetensors (unreadable"),
+        (json!([{"type": "canny", "condition_image": "nope.png"}]), "controlnet[0].condition_image", "no image 'nope.png'"),
+        (json!([{"type": "canny", "condition_image": "broken.png"}]), "controlnet[0].condition_image", "cannot read image"),
+    ];
+    for (controlnets, field, words) in cases {
+        let request = json!({"prompt": "x", "model": "sd15_tiny", "init_image": "start.png", "controlnet": controlnets});
+        assert_refused(&layout, request, field, words);
+    }
+    // Without an init image a ControlNet needs its own image.
+    assert_refused(
+        &layout,
+        json!({"prompt": "x", "model": "sd15_tiny", "controlnet": ["canny", "depth"]}),
+        "controlnet[0].condition_image",
+        "there is no init_image",
+    );
+    // A named file of another family is refused the other way round too.
+    assert_refused(
+        &layout,
+        json!({"prompt": "x", "model": "sd_xl_base_tiny", "controlnet": [{"type": "canny", "model": "control_v11p_sd15_canny", "condition_image": "photo.png"}]}),
+        "controlnet[0].model",
+        "is a SD1.x ControlNet but the base model is SDXL",
+    );
+}
+
+#[test]
+fn types_without_a_preprocessor_are_refused_on_preprocess_condition() {
+    let layout = Layout::full();
+    for kind in ["depth", "pose", "normal", "segmentation", "mlsd"] {
+        // From the init image, preprocessing is the default.
+        let from_init = json!({"type": kind, "model": "control_v11p_sd15_canny"});
+        // From its own image, only when asked for.
+        let asked = json!({"type": kind, "model": "control_v11p_sd15_canny", "condition_image": "photo.png", "preprocess_condition": true});
+        for (i, entry) in [from_init, asked].into_iter().enumerate() {
+            let mut controlnets = vec![json!("canny"); i];
+            controlnets.push(entry);
+            let request = json!({"prompt": "x", "model": "sd15_tiny", "init_image": "start.png", "controlnet": controlnets});
+            assert_refused(
+                &layout,
+                request,
+                &format!("controlnet[{i}].preprocess_condition"),
+                &format!("Weft has no {kind} preprocessor yet"),
+            );
+        }
+    }
 }
