@@ -569,3 +569,7 @@ fn preprocessor(
     };
     Ok(out(&id, 0))
 }
+
+#[cfg(test)]
+#[path = "compile_tests.rs"]
+mod tests;
