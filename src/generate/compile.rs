@@ -211,11 +211,23 @@ fn resolve_settings(
             format!("init_image is a batch of 1 image; a batch_size of {batch_size} is larger than the image batch"),
         ));
     }
-    let (default_w, default_h) = match &init {
-        Some((_, size)) => *size,
-        None => {
+    let (width, height) = match (&init, req.hyper.width, req.hyper.height) {
+        (_, Some(w), Some(h)) => (w, h),
+        // From the init image: a side not given keeps the image's aspect ratio, and sizes are
+        // rounded down to multiples of 8 (what the VAE encodes), so `resolved` is the output's.
+        (Some((_, (iw, ih))), w, h) => {
+            let (iw, ih) = (*iw as f64, *ih as f64);
+            let (w, h) = match (w, h) {
+                (Some(w), None) => (w as f64, w as f64 * ih / iw),
+                (None, Some(h)) => (h as f64 * iw / ih, h as f64),
+                _ => (iw, ih),
+            };
+            let multiple_of_8 = |x: f64| ((x.round() as u32) / 8 * 8).max(8);
+            (multiple_of_8(w), multiple_of_8(h))
+        }
+        (None, w, h) => {
             let side = default_side(models.family, models.prediction);
-            (side, side)
+            (w.unwrap_or(side), h.unwrap_or(side))
         }
     };
     Ok(Settings {
@@ -224,8 +236,8 @@ fn resolve_settings(
         steps: req.scheduler.steps.unwrap_or(DEFAULT_STEPS),
         cfg: req.hyper.guidance_scale.unwrap_or(DEFAULT_GUIDANCE),
         seed: req.hyper.seed.unwrap_or(seed),
-        width: req.hyper.width.unwrap_or(default_w),
-        height: req.hyper.height.unwrap_or(default_h),
+        width,
+        height,
         batch_size,
         denoise: req.hyper.denoise.unwrap_or(match (&init, &mask) {
             (Some(_), None) => DEFAULT_IMG2IMG_DENOISE,
@@ -470,7 +482,9 @@ fn add_latent(g: &mut Graph, set: &Settings, vae: &Link) -> Link {
 }
 
 /// ComfyUI's base + refiner split: the base runs steps `start..switch` and hands its leftover
-/// noise to the refiner, which finishes.
+/// noise to the refiner, which finishes. When the switch falls at or before the start (an img2img
+/// that starts late, or `refiner_switch` 0) the base would have no steps and hand over a latent
+/// with no noise in it; the refiner then adds the noise and runs alone.
 fn add_refiner_split(
     g: &mut Graph,
     req: &GenerateRequest,
@@ -500,6 +514,20 @@ fn add_refiner_split(
         &req.negative_prompt,
         REFINER_ASCORE_NEGATIVE,
     );
+    if switch <= start {
+        let id = g.add(
+            "KSamplerAdvanced",
+            "Refiner sampler",
+            json!({
+                "model": out(&r, 0), "add_noise": "enable", "noise_seed": set.seed, "steps": set.steps,
+                "cfg": set.cfg, "sampler_name": set.sampler, "scheduler": set.scheduler,
+                "positive": rpos, "negative": rneg, "latent_image": latent,
+                "start_at_step": start, "end_at_step": 10000,
+                "return_with_leftover_noise": "disable",
+            }),
+        );
+        return out(&id, 0);
+    }
     let b = g.add(
         "KSamplerAdvanced",
         "Base sampler",

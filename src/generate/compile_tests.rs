@@ -396,9 +396,13 @@ golden! {
         "init_image": "start.png",
         "hyperparameters": {"width": 96, "height": 64, "denoise": 0.4},
     }),
-    /// img2img from a 100×75 image: the size defaults to the image's, not rounded to a multiple
-    /// of 8 (the request parser refuses such a width; VAEEncode crops to 96×72).
+    /// img2img from a 100×75 image: the size defaults to the image's rounded down to multiples of
+    /// 8, 96×72 (what the VAE encodes, and what the request parser would accept).
     img2img_size_not_multiple_of_8: json!({"prompt": "a cat", "model": "sd15_tiny", "init_image": "wide.png"}),
+    /// One side given: the other keeps the image's aspect ratio (100×75 at width 200: height 150,
+    /// rounded down to a multiple of 8, 144).
+    img2img_one_side_keeps_the_aspect_ratio: json!({"prompt": "a cat", "model": "sd15_tiny", "init_image": "wide.png",
+        "hyperparameters": {"width": 200}}),
 
     // ControlNets.
 
@@ -459,19 +463,17 @@ golden! {
         "scheduler": {"steps": 8},
         "hyperparameters": {"denoise": 0.75, "refiner_switch": 0.5, "seed": 2},
     }),
-    /// A switch before the img2img start (0.5 × 10 = 5 < 10 × (1 - 0.3) = 7) is clamped to the
-    /// start: the base sampler's window is empty (7..7), so it returns the encoded image without
-    /// adding noise, and the refiner (add_noise disabled) starts at step 7 on a clean latent.
-    /// Recorded as compiled today; the noise is lost, so this is a behaviour to fix in the
-    /// compiler (or to refuse), not one to keep.
+    /// A switch before the img2img start (0.5 × 10 = 5 < 10 × (1 - 0.3) = 7): the base would have
+    /// an empty window (7..7) and hand over the encoded image without noise, so the refiner runs
+    /// alone from step 7 and adds the noise itself.
     sdxl_refiner_switch_before_start: json!({
         "prompt": "a cat", "model": {"base": "sd_xl_base_tiny", "refiner": "sd_xl_refiner_tiny"},
         "init_image": "start.png",
         "scheduler": {"steps": 10},
         "hyperparameters": {"denoise": 0.3, "refiner_switch": 0.5, "seed": 2},
     }),
-    /// The same in txt2img with refiner_switch 0 (the parser allows 0..=1): the base window is
-    /// 0..0, so the empty latent reaches the refiner without noise. Recorded as compiled today.
+    /// The same in txt2img with refiner_switch 0 (the parser allows 0..=1): the refiner alone,
+    /// adding the noise, from step 0.
     sdxl_refiner_switch_zero: json!({
         "prompt": "a cat", "model": {"base": "sd_xl_base_tiny", "refiner": "sd_xl_refiner_tiny"},
         "scheduler": {"steps": 4},
