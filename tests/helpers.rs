@@ -23,6 +23,8 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestApp {
+    // Log lines go to the ring `/internal/logs` serves (one per test process), not the terminal.
+    weft::logs::install_capture_only();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = ServerConfig::new(&dir.path().join("data"));
     config.port = 0;
