@@ -10,6 +10,7 @@ pub mod error;
 mod files;
 mod generate;
 mod info;
+mod jobs;
 mod prompt;
 mod weft;
 pub mod ws;
@@ -62,7 +63,8 @@ pub fn parse_json_body(body: &[u8]) -> Result<Json, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))
 }
 
-/// The ComfyUI routes; registered at `/` and again under `/api`.
+/// The ComfyUI routes; registered at `/` and again under `/api` (`/api/jobs` under `/api` only,
+/// as in ComfyUI).
 fn comfy_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/prompt", web::post().to(prompt::post_prompt))
         .route("/prompt", web::get().to(prompt::get_prompt))
@@ -89,6 +91,12 @@ fn comfy_routes(cfg: &mut web::ServiceConfig) {
         .route("/ws", web::get().to(ws::connect));
 }
 
+/// ComfyUI routes that exist under `/api` only (ComfyUI declares them with the prefix).
+fn api_only_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/jobs", web::get().to(jobs::list))
+        .route("/jobs/{id}", web::get().to(jobs::get));
+}
+
 /// Registers every route on an actix app.
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
@@ -102,7 +110,11 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .configure(generate::routes)
                     .configure(convert::routes),
             )
-            .service(web::scope("/api").configure(comfy_routes))
+            .service(
+                web::scope("/api")
+                    .configure(api_only_routes)
+                    .configure(comfy_routes),
+            )
             .configure(comfy_routes);
         match web_root.filter(|root| root.join("index.html").is_file()) {
             Some(root) => {
