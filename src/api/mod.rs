@@ -10,7 +10,9 @@ pub mod error;
 mod files;
 mod generate;
 mod info;
+mod internal;
 mod jobs;
+mod models;
 mod prompt;
 mod weft;
 pub mod ws;
@@ -63,8 +65,8 @@ pub fn parse_json_body(body: &[u8]) -> Result<Json, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))
 }
 
-/// The ComfyUI routes; registered at `/` and again under `/api` (`/api/jobs` under `/api` only,
-/// as in ComfyUI).
+/// The ComfyUI routes; registered at `/` and again under `/api`. (`/internal/*` is served at its
+/// path only, `/api/jobs` under `/api` only, as in ComfyUI.)
 fn comfy_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/prompt", web::post().to(prompt::post_prompt))
         .route("/prompt", web::get().to(prompt::get_prompt))
@@ -88,6 +90,16 @@ fn comfy_routes(cfg: &mut web::ServiceConfig) {
         .route("/features", web::get().to(info::features))
         .route("/upload/image", web::post().to(files::upload_image))
         .route("/view", web::get().to(files::view))
+        .route(
+            "/view_metadata/{folder}",
+            web::get().to(models::view_metadata),
+        )
+        .route("/experiment/models", web::get().to(models::folders))
+        .route("/experiment/models/{folder}", web::get().to(models::files))
+        .route(
+            "/experiment/models/preview/{folder}/{path_index}/{filename:.*}",
+            web::get().to(models::preview),
+        )
         .route("/ws", web::get().to(ws::connect));
 }
 
@@ -115,6 +127,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .configure(api_only_routes)
                     .configure(comfy_routes),
             )
+            .service(web::scope("/internal").configure(internal::routes))
             .configure(comfy_routes);
         match web_root.filter(|root| root.join("index.html").is_file()) {
             Some(root) => {
