@@ -225,6 +225,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 
     let hub = Hub::default();
     actix_web::rt::spawn(hub.clone().route(events));
+    actix_web::rt::spawn(hub.clone().forward_logs(crate::logs::subscribe()));
     exec.spawn_worker()
         .context("cannot start the worker thread")?;
 

@@ -4,13 +4,14 @@
 //! (workflows, declarations, validation, plans), `editor_format` (ComfyUI's editor format),
 //! `engine` (tensor maths) and `store` (SQLite), re-exported here; then `nodes` (node classes),
 //! `exec` (queue worker, cache, events), `generate` (the one-request compiler), `api` (HTTP and
-//! WebSocket). `paths` turns names into files for `nodes`, `generate` and `api`; `app` wires
-//! everything together.
+//! WebSocket). `paths` turns names into files for `nodes`, `generate` and `api`; `logs` keeps recent
+//! log lines for `api`; `app` wires everything together.
 
 pub mod api;
 pub mod app;
 pub mod exec;
 pub mod generate;
+pub mod logs;
 pub mod nodes;
 pub mod paths;
 pub mod wire;

@@ -130,12 +130,15 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::prelude::*;
+    // Printed to stderr, and the recent lines kept for `/internal/logs` (the frontend's terminal).
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(weft::logs::layer())
         .init();
     let cli = Cli::parse();
     let result = actix_web::rt::System::new().block_on(async move {

@@ -4,6 +4,7 @@
 //! absolute paths, `..`, and symlinks that lead out of the folder. Imports no other Weft layer.
 
 use std::path::{Component, Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The model folders ComfyUI lists under `/models`, in its order; the folder name on disk is the same.
 pub const MODEL_FOLDERS: &[&str] = &[
@@ -171,6 +172,45 @@ pub enum PathError {
     Empty(String),
 }
 
+/// A model file in the model browser's listing (`/experiment/models/{folder}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelFileEntry {
+    /// `sub/name.ext`, relative to the folder it was found in.
+    pub name: String,
+    /// Which of the model folder's paths ([`DataDirs::model_folders`]) it is in.
+    pub path_index: usize,
+    pub size: u64,
+    /// Seconds since the epoch.
+    pub modified: f64,
+    /// Seconds since the epoch (on Unix the inode's change time, as Python's `getctime`).
+    pub created: f64,
+}
+
+/// What may show a model in the model browser: images beside it, and the safetensors file whose
+/// metadata may hold cover images.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelPreviews {
+    /// `{stem}.{image}` first, then `{stem}.preview.{image}`, each sorted by name.
+    pub images: Vec<PathBuf>,
+    /// `{stem}.safetensors` beside them, when there is one.
+    pub safetensors: Option<PathBuf>,
+}
+
+/// Why a model browser request names no place to look.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelLookupError {
+    #[error("no model folder named '{0}'")]
+    UnknownFolder(String),
+    #[error("path_index {index} is out of range: models/{folder} has {count} path(s), listed by /experiment/models")]
+    PathIndex {
+        folder: String,
+        index: usize,
+        count: usize,
+    },
+    #[error("filename: {0}")]
+    Name(#[from] PathError),
+}
+
 impl DataDirs {
     /// Lays out the folders under `root` (models may live elsewhere).
     pub fn new(root: &Path, models: &Path) -> DataDirs {
@@ -273,7 +313,7 @@ impl DataDirs {
             MODEL_EXTENSIONS
         };
         for dir in self.model_folders(folder)? {
-            list_files_recursive(&dir, &dir, &mut files, extensions, 8);
+            list_files_recursive(&dir, &dir, &mut files, extensions, 8, true);
         }
         files.sort();
         files.dedup();
@@ -296,6 +336,137 @@ impl DataDirs {
         files.sort();
         files
     }
+}
+
+impl DataDirs {
+    /// Model files under every path of a model folder, for the model browser: hidden files and
+    /// folders (and `.git`) left out, each path's files sorted by name, with their size and times.
+    /// `None` for an unknown folder.
+    pub fn list_model_entries(&self, folder: &str) -> Option<Vec<ModelFileEntry>> {
+        let mut entries = Vec::new();
+        for (path_index, dir) in self.model_folders(folder)?.iter().enumerate() {
+            let mut names = Vec::new();
+            list_files_recursive(dir, dir, &mut names, MODEL_EXTENSIONS, 8, false);
+            names.sort();
+            for name in names {
+                let Ok(metadata) = std::fs::metadata(dir.join(&name)) else {
+                    continue;
+                };
+                entries.push(ModelFileEntry {
+                    name,
+                    path_index,
+                    size: metadata.len(),
+                    modified: seconds(metadata.modified().ok()),
+                    created: changed_seconds(&metadata),
+                });
+            }
+        }
+        Some(entries)
+    }
+
+    /// Where the model browser looks for a model's preview: beside `filename` in the model
+    /// folder's `path_index`th path. `filename` may have subfolders but not `..` nor a root; the
+    /// model itself need not exist.
+    pub fn model_previews(
+        &self,
+        folder: &str,
+        path_index: usize,
+        filename: &str,
+    ) -> Result<ModelPreviews, ModelLookupError> {
+        let folders = self
+            .model_folders(folder)
+            .ok_or_else(|| ModelLookupError::UnknownFolder(folder.to_owned()))?;
+        let base = folders
+            .get(path_index)
+            .ok_or_else(|| ModelLookupError::PathIndex {
+                folder: folder.to_owned(),
+                index: path_index,
+                count: folders.len(),
+            })?;
+        if filename.is_empty() {
+            return Err(PathError::Empty(filename.to_owned()).into());
+        }
+        let model = join_relative(base, filename)?;
+        let (Some(dir), Some(name)) = (model.parent(), model.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(PathError::Empty(filename.to_owned()).into());
+        };
+        let stem = split_extension(name).0;
+        let preview_stem = format!("{stem}.preview");
+        let mut exact = Vec::new();
+        let mut marked = Vec::new();
+        let mut safetensors = None;
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Some(candidate) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let (candidate_stem, extension) = split_extension(candidate);
+            if !path.is_file() {
+                continue;
+            }
+            if candidate_stem == stem && extension.eq_ignore_ascii_case("safetensors") {
+                safetensors = Some(path.clone());
+            }
+            if !has_extension(&path, IMAGE_EXTENSIONS) {
+                continue;
+            }
+            if candidate_stem == stem {
+                exact.push(path);
+            } else if candidate_stem == preview_stem {
+                marked.push(path);
+            }
+        }
+        exact.sort();
+        marked.sort();
+        exact.extend(marked);
+        Ok(ModelPreviews {
+            images: exact,
+            safetensors,
+        })
+    }
+
+    /// Visible files at the top level of a data folder, newest first (`/internal/files/{type}`).
+    pub fn list_folder_files(&self, folder: FolderType) -> Vec<String> {
+        let mut files: Vec<(SystemTime, String)> = std::fs::read_dir(self.folder(folder))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let metadata = std::fs::metadata(entry.path()).ok()?;
+                (!name.starts_with('.') && metadata.is_file())
+                    .then(|| (metadata.modified().unwrap_or(UNIX_EPOCH), name))
+            })
+            .collect();
+        files.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        files.into_iter().map(|(_, name)| name).collect()
+    }
+}
+
+/// `("x.preview", "png")` for `x.preview.png`, as Python's `os.path.splitext` (a leading dot
+/// does not start an extension).
+fn split_extension(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(dot) if name[..dot].chars().any(|c| c != '.') => (&name[..dot], &name[dot + 1..]),
+        _ => (name, ""),
+    }
+}
+
+fn seconds(time: Option<SystemTime>) -> f64 {
+    time.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(unix)]
+fn changed_seconds(metadata: &std::fs::Metadata) -> f64 {
+    use std::os::unix::fs::MetadataExt;
+    metadata.ctime() as f64 + metadata.ctime_nsec() as f64 / 1e9
+}
+
+#[cfg(not(unix))]
+fn changed_seconds(metadata: &std::fs::Metadata) -> f64 {
+    seconds(metadata.created().ok())
 }
 
 /// Splits ComfyUI's annotated names: `"x.png [output]"` → (`"x.png"`, Some(Output)).
@@ -405,21 +576,29 @@ fn has_extension(path: &Path, extensions: &[&str]) -> bool {
         .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// Files with one of `extensions` under `dir`, as `/`-joined paths relative to `root`;
+/// `hidden`: also names starting with a dot (never `.git`).
 fn list_files_recursive(
     root: &Path,
     dir: &Path,
     out: &mut Vec<String>,
     extensions: &[&str],
     depth: usize,
+    hidden: bool,
 ) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == ".git" || (!hidden && name.starts_with('.')) {
+            continue;
+        }
         if path.is_dir() {
             if depth > 0 {
-                list_files_recursive(root, &path, out, extensions, depth - 1);
+                list_files_recursive(root, &path, out, extensions, depth - 1, hidden);
             }
         } else if has_extension(&path, extensions) {
             if let Ok(relative) = path.strip_prefix(root) {
@@ -509,5 +688,86 @@ mod tests {
         assert!(resolve_existing(&base, "", "missing.txt")
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn extensions_split_as_python_does() {
+        assert_eq!(split_extension("x.preview.png"), ("x.preview", "png"));
+        assert_eq!(split_extension("x"), ("x", ""));
+        assert_eq!(split_extension(".hidden"), (".hidden", ""));
+        assert_eq!(split_extension("..x.png"), ("..x", "png"));
+    }
+
+    #[test]
+    fn model_browser_listings_and_previews() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = DataDirs::new(root.path(), &root.path().join("models"));
+        let loras = root.path().join("models/loras");
+        std::fs::create_dir_all(loras.join("sub")).unwrap();
+        std::fs::create_dir_all(loras.join(".hidden")).unwrap();
+        for name in [
+            "b.safetensors",
+            "b.preview.jpg",
+            "b.png",
+            "b.txt",
+            "sub/a.pt",
+            ".hidden/c.pt",
+            ".d.pt",
+        ] {
+            std::fs::write(loras.join(name), b"xx").unwrap();
+        }
+        let entries = dirs.list_model_entries("loras").unwrap();
+        let names: Vec<(&str, usize, u64)> = entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.path_index, e.size))
+            .collect();
+        assert_eq!(names, [("b.safetensors", 0, 2), ("sub/a.pt", 0, 2)]);
+        assert!(entries[0].modified > 1.0e9 && entries[0].created > 1.0e9);
+        assert!(dirs.list_model_entries("nope").is_none());
+
+        let previews = dirs.model_previews("loras", 0, "b.safetensors").unwrap();
+        assert_eq!(
+            previews.images,
+            [loras.join("b.png"), loras.join("b.preview.jpg")]
+        );
+        assert_eq!(previews.safetensors, Some(loras.join("b.safetensors")));
+        let none = dirs.model_previews("loras", 0, "sub/a.pt").unwrap();
+        assert_eq!(none, ModelPreviews::default());
+        assert_eq!(
+            dirs.model_previews("loras", 5, "b.safetensors")
+                .unwrap_err(),
+            ModelLookupError::PathIndex {
+                folder: "loras".into(),
+                index: 5,
+                count: 1
+            }
+        );
+        assert!(matches!(
+            dirs.model_previews("loras", 0, "../checkpoints/x.pt"),
+            Err(ModelLookupError::Name(PathError::ParentComponent(_)))
+        ));
+        assert!(matches!(
+            dirs.model_previews("nope", 0, "x.pt"),
+            Err(ModelLookupError::UnknownFolder(_))
+        ));
+    }
+
+    #[test]
+    fn folder_files_are_listed_newest_first() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = DataDirs::new(root.path(), &root.path().join("models"));
+        dirs.create().unwrap();
+        for (name, age) in [("old.png", 100), ("new.png", 0), (".DS_Store", 0)] {
+            let path = dirs.input.join(name);
+            std::fs::write(&path, b"x").unwrap();
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(SystemTime::now() - std::time::Duration::from_secs(age))
+                .unwrap();
+        }
+        std::fs::create_dir_all(dirs.input.join("folder")).unwrap();
+        assert_eq!(
+            dirs.list_folder_files(FolderType::Input),
+            ["new.png", "old.png"]
+        );
     }
 }

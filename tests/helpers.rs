@@ -23,6 +23,8 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestApp {
+    // Log lines go to the ring `/internal/logs` serves (one per test process), not the terminal.
+    weft::logs::install_capture_only();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = ServerConfig::new(&dir.path().join("data"));
     config.port = 0;
@@ -74,6 +76,38 @@ impl TestApp {
         let status = response.status().as_u16();
         let body = response.body().limit(64 << 20).await.expect("body");
         (status, body.to_vec())
+    }
+
+    /// Status, Content-Type and body.
+    pub async fn get_typed(&self, path: &str) -> (u16, String, Vec<u8>) {
+        let mut response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = response.body().limit(64 << 20).await.expect("body");
+        (status, content_type, body.to_vec())
+    }
+
+    pub async fn patch(&self, path: &str, body: Json) -> (u16, Json) {
+        let mut response = self
+            .client
+            .patch(self.url(path))
+            .insert_header(("content-type", "application/json"))
+            .send_body(body.to_string())
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let body = response.body().limit(64 << 20).await.expect("body");
+        (status, serde_json::from_slice(&body).unwrap_or(Json::Null))
     }
 
     pub async fn post(&self, path: &str, body: Json) -> (u16, Json) {

@@ -687,7 +687,7 @@ async fn view_refuses_paths_outside_the_data_folders() {
     assert_eq!(status, 404);
 }
 
-fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> (Vec<u8>, String) {
+pub fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> (Vec<u8>, String) {
     let boundary = "weftboundary1234";
     let mut body = Vec::new();
     for (name, filename, data) in fields {

@@ -5,6 +5,7 @@
 //! against committed reference fixtures.
 
 mod cli;
+mod comfy_routes;
 mod controlnet_nodes;
 mod diffusion;
 mod editor_format;

@@ -10,7 +10,7 @@ use crate::graph::{NodeErrors, PromptError};
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
 use crate::store::StoreError;
-use crate::wire::errors::{plain_error, prompt_error};
+use crate::wire::errors::{message_error, plain_error, prompt_error};
 use crate::wire::object_info::input_config;
 
 /// An API failure.
@@ -32,6 +32,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("internal error")]
     Internal(String),
+    /// ComfyUI's bare `{"error": message}` body with this status (the jobs API and the internal
+    /// routes answer errors so).
+    #[error("{1}")]
+    Plain(StatusCode, String),
 }
 
 impl From<StoreError> for ApiError {
@@ -51,6 +55,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Plain(status, _) => *status,
         }
     }
 
@@ -61,6 +66,7 @@ impl ResponseError for ApiError {
                 prompt_error_body("invalid_request", message, message, json!({}))
             }
             ApiError::Internal(_) => plain_error("internal_error", "internal server error"),
+            ApiError::Plain(_, message) => message_error(message),
             other => plain_error(error_type(other), &other.to_string()),
         };
         HttpResponse::build(self.status_code()).json(body)

@@ -1,7 +1,9 @@
-//! `/upload/image` and `/view`: files in the input, output and temp folders.
+//! `/upload/image` and `/view`: files in the input, output and temp folders; the upload form and
+//! naming that `/upload/mask` (`api::mask`) shares.
 
+use std::collections::HashMap;
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use actix_files::NamedFile;
 use actix_multipart::Multipart;
@@ -12,19 +14,29 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::api::error::ApiError;
-use crate::api::AppState;
+use crate::api::{blocking, AppState};
 use crate::paths::{self, FolderType, PathError};
 
-/// `POST /upload/image`: multipart fields `image` (the file), `type`, `subfolder`, `overwrite`.
-pub async fn upload_image(
-    state: web::Data<AppState>,
+/// An image upload as ComfyUI's upload routes take it: the `image` file part and the `type`,
+/// `subfolder` and `overwrite` fields, plus any other text field by name.
+pub(crate) struct UploadForm {
+    /// The file's name (its last path part only).
+    pub filename: String,
+    pub data: Vec<u8>,
+    pub folder: FolderType,
+    pub subfolder: String,
+    pub overwrite: bool,
+    /// Other text fields (`original_ref` for masks).
+    pub fields: HashMap<String, String>,
+}
+
+/// Reads an upload's multipart body, refusing more than `limit` bytes in all.
+pub(crate) async fn read_upload_form(
     mut payload: Multipart,
-) -> Result<HttpResponse, ApiError> {
-    let limit = state.config.max_upload_bytes;
+    limit: usize,
+) -> Result<UploadForm, ApiError> {
     let mut image: Option<(String, Vec<u8>)> = None;
-    let mut folder_type = String::from("input");
-    let mut subfolder = String::new();
-    let mut overwrite = false;
+    let mut fields = HashMap::new();
     let mut total = 0usize;
     while let Some(field) = payload.next().await {
         let mut field =
@@ -47,22 +59,18 @@ pub async fn upload_image(
             }
             data.extend_from_slice(&chunk);
         }
-        let text = || String::from_utf8_lossy(&data).trim().to_owned();
-        match name.as_str() {
-            "image" => {
-                let filename = filename.filter(|f| !f.is_empty()).ok_or_else(|| {
-                    ApiError::BadRequest("the image part has no file name".into())
-                })?;
-                image = Some((filename, data));
-            }
-            "type" => folder_type = text(),
-            "subfolder" => subfolder = text(),
-            "overwrite" => overwrite = matches!(text().as_str(), "true" | "1"),
-            _ => {}
+        if name == "image" {
+            let filename = filename
+                .filter(|f| !f.is_empty())
+                .ok_or_else(|| ApiError::BadRequest("the image part has no file name".into()))?;
+            image = Some((filename, data));
+        } else {
+            fields.insert(name, String::from_utf8_lossy(&data).trim().to_owned());
         }
     }
     let (filename, data) =
         image.ok_or_else(|| ApiError::BadRequest("no 'image' file part in the upload".into()))?;
+    let folder_type = fields.remove("type").unwrap_or_default();
     let folder = FolderType::parse(if folder_type.is_empty() {
         "input"
     } else {
@@ -73,6 +81,10 @@ pub async fn upload_image(
             "type must be input, output or temp, got '{folder_type}'"
         ))
     })?;
+    let subfolder = fields.remove("subfolder").unwrap_or_default();
+    let overwrite = fields
+        .remove("overwrite")
+        .is_some_and(|o| matches!(o.as_str(), "true" | "1"));
     // Browsers may send a path; only its last part names the file.
     let filename = filename
         .rsplit(['/', '\\'])
@@ -82,50 +94,94 @@ pub async fn upload_image(
     if filename.is_empty() || filename == "." || filename == ".." {
         return Err(ApiError::BadRequest("invalid file name".into()));
     }
-    let base = state.exec.dirs().folder(folder).to_path_buf();
-    let sub = subfolder.clone();
-    let final_name = web::block(move || store_upload(&base, &sub, &filename, &data, overwrite))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(HttpResponse::Ok()
-        .json(json!({"name": final_name, "subfolder": subfolder, "type": folder.name()})))
+    Ok(UploadForm {
+        filename,
+        data,
+        folder,
+        subfolder,
+        overwrite,
+        fields,
+    })
 }
 
-fn store_upload(
+/// Where an upload goes.
+pub(crate) enum Destination {
+    /// A file of that name already holds the uploaded bytes; it is reused as it is, as ComfyUI
+    /// does, and nothing is written.
+    Same(String),
+    /// Write the file here, under this name.
+    New(String, PathBuf),
+}
+
+/// The name an upload gets: its own, or, unless `overwrite`, `stem (n).ext` for the first `n`
+/// that is free. `uploaded` is what ComfyUI compares with an existing file of the same name.
+pub(crate) fn upload_destination(
     base: &Path,
     subfolder: &str,
     filename: &str,
-    data: &[u8],
+    uploaded: &[u8],
     overwrite: bool,
-) -> Result<String, ApiError> {
+) -> Result<Destination, ApiError> {
     let path_error = |e: PathError| ApiError::BadRequest(e.to_string());
     let mut name = filename.to_owned();
     let mut path = paths::resolve_new(base, subfolder, &name).map_err(path_error)?;
     if !overwrite {
-        let digest = Sha256::digest(data);
+        let digest = Sha256::digest(uploaded);
         let (stem, ext) = match filename.rsplit_once('.') {
             Some((stem, ext)) => (stem.to_owned(), format!(".{ext}")),
             None => (filename.to_owned(), String::new()),
         };
         let mut counter = 1;
         while path.exists() {
-            // The same bytes under the same name are reused as they are, as ComfyUI does.
             if std::fs::read(&path).is_ok_and(|existing| Sha256::digest(&existing) == digest) {
-                return Ok(name);
+                return Ok(Destination::Same(name));
             }
             name = format!("{stem} ({counter}){ext}");
             path = paths::resolve_new(base, subfolder, &name).map_err(path_error)?;
             counter += 1;
         }
     }
-    // Write to a temporary name and rename, so a failed upload never leaves half a file.
+    Ok(Destination::New(name, path))
+}
+
+/// Writes to a temporary name and renames, so a failed upload never leaves half a file.
+pub(crate) fn write_whole(path: &Path, data: &[u8]) -> Result<(), ApiError> {
     let temporary = path.with_extension(format!("upload-{}", uuid::Uuid::new_v4().simple()));
     std::fs::write(&temporary, data).map_err(|e| ApiError::Internal(e.to_string()))?;
-    std::fs::rename(&temporary, &path).map_err(|e| {
+    std::fs::rename(&temporary, path).map_err(|e| {
         let _ = std::fs::remove_file(&temporary);
         ApiError::Internal(e.to_string())
-    })?;
-    Ok(name)
+    })
+}
+
+/// The body ComfyUI's upload routes answer with.
+pub(crate) fn uploaded(name: &str, subfolder: &str, folder: FolderType) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"name": name, "subfolder": subfolder, "type": folder.name()}))
+}
+
+/// `POST /upload/image`: multipart fields `image` (the file), `type`, `subfolder`, `overwrite`.
+pub async fn upload_image(
+    state: web::Data<AppState>,
+    payload: Multipart,
+) -> Result<HttpResponse, ApiError> {
+    let form = read_upload_form(payload, state.config.max_upload_bytes).await?;
+    let (folder, subfolder) = (form.folder, form.subfolder.clone());
+    let base = state.exec.dirs().folder(folder).to_path_buf();
+    let name = blocking(move || {
+        let UploadForm {
+            filename,
+            data,
+            subfolder,
+            overwrite,
+            ..
+        } = form;
+        match upload_destination(&base, &subfolder, &filename, &data, overwrite)? {
+            Destination::Same(name) => Ok(name),
+            Destination::New(name, path) => write_whole(&path, &data).map(|()| name),
+        }
+    })
+    .await?;
+    Ok(uploaded(&name, &subfolder, folder))
 }
 
 #[derive(serde::Deserialize)]

@@ -6,11 +6,17 @@
 //! runs on the blocking pool ([`blocking`]). Errors become responses only in `error.rs`.
 
 pub mod convert;
+mod custom_nodes;
 pub mod error;
 mod files;
 mod generate;
 mod info;
+mod internal;
+mod jobs;
+mod mask;
+mod models;
 mod prompt;
+mod templates;
 mod weft;
 pub mod ws;
 
@@ -62,7 +68,8 @@ pub fn parse_json_body(body: &[u8]) -> Result<Json, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))
 }
 
-/// The ComfyUI routes; registered at `/` and again under `/api`.
+/// The ComfyUI routes; registered at `/` and again under `/api`. (`/internal/*` and
+/// `/templates/*` are served at their paths only, `/api/jobs` under `/api` only, as in ComfyUI.)
 fn comfy_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/prompt", web::post().to(prompt::post_prompt))
         .route("/prompt", web::get().to(prompt::get_prompt))
@@ -85,8 +92,38 @@ fn comfy_routes(cfg: &mut web::ServiceConfig) {
         .route("/extensions", web::get().to(info::extensions))
         .route("/features", web::get().to(info::features))
         .route("/upload/image", web::post().to(files::upload_image))
+        .route("/upload/mask", web::post().to(mask::upload_mask))
         .route("/view", web::get().to(files::view))
+        .route(
+            "/view_metadata/{folder}",
+            web::get().to(models::view_metadata),
+        )
+        .route("/experiment/models", web::get().to(models::folders))
+        .route("/experiment/models/{folder}", web::get().to(models::files))
+        .route(
+            "/experiment/models/preview/{folder}/{path_index}/{filename:.*}",
+            web::get().to(models::preview),
+        )
+        .route("/i18n", web::get().to(custom_nodes::i18n))
+        .route(
+            "/workflow_templates",
+            web::get().to(custom_nodes::workflow_templates),
+        )
+        .route(
+            "/global_subgraphs",
+            web::get().to(custom_nodes::global_subgraphs),
+        )
+        .route(
+            "/global_subgraphs/{id}",
+            web::get().to(custom_nodes::global_subgraph),
+        )
         .route("/ws", web::get().to(ws::connect));
+}
+
+/// ComfyUI routes that exist under `/api` only (ComfyUI declares them with the prefix).
+fn api_only_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/jobs", web::get().to(jobs::list))
+        .route("/jobs/{id}", web::get().to(jobs::get));
 }
 
 /// Registers every route on an actix app.
@@ -102,7 +139,13 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .configure(generate::routes)
                     .configure(convert::routes),
             )
-            .service(web::scope("/api").configure(comfy_routes))
+            .service(
+                web::scope("/api")
+                    .configure(api_only_routes)
+                    .configure(comfy_routes),
+            )
+            .service(web::scope("/internal").configure(internal::routes))
+            .service(web::scope("/templates").configure(templates::routes))
             .configure(comfy_routes);
         match web_root.filter(|root| root.join("index.html").is_file()) {
             Some(root) => {

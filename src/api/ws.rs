@@ -5,19 +5,21 @@
 //! client id. Binary previews are type 1 frames, as ComfyUI sends every client (older frontends
 //! rely on it); a client that announced `supports_preview_metadata` in its `feature_flags` gets
 //! type 4 frames instead. Weft addition: `?preview=0` on the socket's URL turns them off, for
-//! scripts that read only text.
+//! scripts that read only text. Clients that subscribed through `/internal/logs/subscribe` also get
+//! a `logs` event with each batch of new log lines.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::api::AppState;
 use crate::exec::{Envelope, Event, Route};
+use crate::logs::LogEntry;
 
 const PREVIEWS_NONE: u8 = 0;
 const PREVIEWS_PLAIN: u8 = 1;
@@ -40,6 +42,8 @@ struct Client {
 pub struct Hub {
     clients: Arc<Mutex<HashMap<String, Client>>>,
     next_connection: Arc<std::sync::atomic::AtomicU64>,
+    /// Clients that asked for `logs` events (`PATCH /internal/logs/subscribe`).
+    log_subscribers: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Hub {
@@ -51,6 +55,60 @@ impl Hub {
         let mut clients = self.lock();
         if clients.get(sid).is_some_and(|c| c.connection == connection) {
             clients.remove(sid);
+        }
+    }
+
+    fn log_subscribers(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.log_subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts or stops sending `logs` events to a client.
+    pub fn subscribe_logs(&self, client_id: &str, enabled: bool) {
+        let mut subscribers = self.log_subscribers();
+        if enabled {
+            subscribers.insert(client_id.to_owned());
+        } else {
+            subscribers.remove(client_id);
+        }
+    }
+
+    /// Sends new log lines to the clients that subscribed, batching the lines that arrived
+    /// together, until the log ring goes away. A subscriber whose socket has closed is dropped, as
+    /// ComfyUI does.
+    pub async fn forward_logs(self, mut lines: broadcast::Receiver<LogEntry>) {
+        loop {
+            let first = match lines.recv().await {
+                Ok(line) => line,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let mut batch = vec![first];
+            while let Ok(line) = lines.try_recv() {
+                batch.push(line);
+            }
+            let subscribers: Vec<String> = self.log_subscribers().iter().cloned().collect();
+            if subscribers.is_empty() {
+                continue;
+            }
+            let text = crate::wire::logs::event(&batch).to_string();
+            let mut gone = Vec::new();
+            {
+                let clients = self.lock();
+                for id in subscribers {
+                    match clients.get(&id) {
+                        Some(client) => {
+                            let _ = client.sender.send(Frame::Text(text.clone()));
+                        }
+                        None => gone.push(id),
+                    }
+                }
+            }
+            let mut subscribers = self.log_subscribers();
+            for id in gone {
+                subscribers.remove(&id);
+            }
         }
     }
 

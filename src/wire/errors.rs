@@ -40,3 +40,8 @@ pub fn prompt_error(
 pub fn plain_error(kind: &str, message: &str) -> Json {
     json!({"error": {"type": kind, "message": message}})
 }
+
+/// The bare `{"error": message}` body that ComfyUI's jobs and internal routes answer errors with.
+pub fn message_error(message: &str) -> Json {
+    json!({ "error": message })
+}

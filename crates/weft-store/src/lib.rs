@@ -1,5 +1,5 @@
-//! Durable state in SQLite (through sqlx): the prompt queue and its history, saved workflows and
-//! image records. The schema lives in `migrations/`, which run at open.
+//! Durable state in SQLite (through sqlx): the prompt queue and its history (also listed as jobs),
+//! saved workflows and image records. The schema lives in `migrations/`, which run at open.
 //!
 //! Invariant: the only place with SQL. Imports no other Weft layer; documents are opaque JSON here.
 //! A prompt row is written (and committed) before its id is handed to the client, so a crash never
@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+mod jobs;
 mod prompts;
 mod workflows;
 
@@ -18,6 +19,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use jobs::{JobFilter, JobOrder};
 pub use prompts::{NewPrompt, PromptRow, PromptStatus};
 pub use workflows::{WorkflowRow, WorkflowVersionRow};
 

@@ -100,7 +100,7 @@ pub struct PromptRow {
     pub meta: Option<Json>,
 }
 
-const COLUMNS: &str =
+pub(crate) const COLUMNS: &str =
     "seq, prompt_id, number, status, prompt, extra_data, outputs_to_execute, client_id, \
      reason, created_at, started_at, finished_at, outputs, status_messages, meta";
 
@@ -145,7 +145,7 @@ fn row_to_prompt(row: &SqliteRow) -> Result<PromptRow, StoreError> {
     })
 }
 
-fn rows_to_prompts(rows: &[SqliteRow]) -> Result<Vec<PromptRow>, StoreError> {
+pub(crate) fn rows_to_prompts(rows: &[SqliteRow]) -> Result<Vec<PromptRow>, StoreError> {
     rows.iter().map(row_to_prompt).collect()
 }
 
