@@ -72,7 +72,12 @@ pub fn interrupted_by_restart(prompt_id: &str, timestamp: i64, reason: &str) -> 
     ]])
 }
 
-/// The history message of a prompt whose worker failed (node panics are caught; this is the rest).
+/// The history message of a prompt whose worker failed (node panics are caught; this is the rest):
+/// an `execution_error` with every field clients parse, on no node.
 pub fn executor_crashed(prompt_id: &str, why: &str) -> Json {
-    json!(["execution_error", {"prompt_id": prompt_id, "exception_message": why}])
+    json!(["execution_error", {
+        "prompt_id": prompt_id, "node_id": "", "node_type": "", "executed": [],
+        "exception_message": why, "exception_type": "weft.ExecutorError", "traceback": [why],
+        "current_inputs": {}, "current_outputs": [], "timestamp": crate::store::now_ms(),
+    }])
 }
