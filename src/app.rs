@@ -105,6 +105,9 @@ pub struct ServerConfig {
     pub input_dir: Option<PathBuf>,
     pub output_dir: Option<PathBuf>,
     pub temp_dir: Option<PathBuf>,
+    /// ComfyUI's `--user-directory` (settings and the frontend's files, one folder per user);
+    /// `None`: `user` in `data_dir`.
+    pub user_dir: Option<PathBuf>,
     /// ComfyUI's `--extra-model-paths-config` files.
     pub extra_model_paths: Vec<PathBuf>,
     pub test_nodes: bool,
@@ -129,6 +132,7 @@ impl ServerConfig {
             input_dir: None,
             output_dir: None,
             temp_dir: None,
+            user_dir: None,
             extra_model_paths: Vec::new(),
             test_nodes: false,
             write_metadata: true,
@@ -180,6 +184,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         (&mut dirs.input, &config.input_dir),
         (&mut dirs.output, &config.output_dir),
         (&mut dirs.temp, &config.temp_dir),
+        (&mut dirs.user, &config.user_dir),
     ] {
         if let Some(given) = given {
             *dir = given.clone();
