@@ -37,12 +37,15 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("weft starts");
-        let server = Server {
+        let mut server = Server {
             child,
             base: format!("http://127.0.0.1:{port}"),
             client: awc::Client::default(),
         };
         for _ in 0..400 {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("weft exited before listening on {port}: {status}");
+            }
             if server
                 .client
                 .get(format!("{}/prompt", server.base))
