@@ -18,6 +18,7 @@ use crate::exec::{Event, ExecConfig, Executor, Submission};
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
 use crate::store::Store;
+use crate::userdata::UserFiles;
 
 /// Where the models run (`--device`, `--dtype`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -228,6 +229,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     )
     .await?;
 
+    let user = Arc::new(UserFiles::new(&exec.dirs().user, exec.store().clone()));
+    match user.import_workflow_files().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("{n} workflow file(s) from the user folder saved in the library"),
+        Err(e) => tracing::warn!("cannot import the user folder's workflow files: {e}"),
+    }
+
     let hub = Hub::default();
     actix_web::rt::spawn(hub.clone().route(events));
     exec.spawn_worker()
@@ -240,6 +248,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             max_upload_bytes: config.max_upload_mb << 20,
             web_root: config.web_root.clone(),
         },
+        user,
     });
     let server = HttpServer::new(move || {
         App::new()

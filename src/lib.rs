@@ -4,8 +4,9 @@
 //! (workflows, declarations, validation, plans), `editor_format` (ComfyUI's editor format),
 //! `engine` (tensor maths) and `store` (SQLite), re-exported here; then `nodes` (node classes),
 //! `exec` (queue worker, cache, events), `generate` (the one-request compiler), `api` (HTTP and
-//! WebSocket). `paths` turns names into files for `nodes`, `generate` and `api`; `app` wires
-//! everything together.
+//! WebSocket). `paths` turns names into files for `nodes`, `generate` and `api`; `userdata` is
+//! the user folder (settings, the frontend's files, the workflow library as `workflows/`) for
+//! `api`; `app` wires everything together.
 
 pub mod api;
 pub mod app;
@@ -13,6 +14,7 @@ pub mod exec;
 pub mod generate;
 pub mod nodes;
 pub mod paths;
+pub mod userdata;
 pub mod wire;
 
 // The library crates, under the names the server's modules use.
