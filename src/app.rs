@@ -18,6 +18,7 @@ use crate::exec::{Event, ExecConfig, Executor, Submission};
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
 use crate::store::Store;
+use crate::userdata::UserFiles;
 
 /// Where the models run (`--device`, `--dtype`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -105,6 +106,9 @@ pub struct ServerConfig {
     pub input_dir: Option<PathBuf>,
     pub output_dir: Option<PathBuf>,
     pub temp_dir: Option<PathBuf>,
+    /// ComfyUI's `--user-directory` (settings and the frontend's files, one folder per user);
+    /// `None`: `user` in `data_dir`.
+    pub user_dir: Option<PathBuf>,
     /// ComfyUI's `--extra-model-paths-config` files.
     pub extra_model_paths: Vec<PathBuf>,
     pub test_nodes: bool,
@@ -129,6 +133,7 @@ impl ServerConfig {
             input_dir: None,
             output_dir: None,
             temp_dir: None,
+            user_dir: None,
             extra_model_paths: Vec::new(),
             test_nodes: false,
             write_metadata: true,
@@ -180,6 +185,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         (&mut dirs.input, &config.input_dir),
         (&mut dirs.output, &config.output_dir),
         (&mut dirs.temp, &config.temp_dir),
+        (&mut dirs.user, &config.user_dir),
     ] {
         if let Some(given) = given {
             *dir = given.clone();
@@ -223,6 +229,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     )
     .await?;
 
+    let user = Arc::new(UserFiles::new(&exec.dirs().user, exec.store().clone()));
+    match user.import_workflow_files().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("{n} workflow file(s) from the user folder saved in the library"),
+        Err(e) => tracing::warn!("cannot import the user folder's workflow files: {e}"),
+    }
+
     let hub = Hub::default();
     actix_web::rt::spawn(hub.clone().route(events));
     actix_web::rt::spawn(hub.clone().forward_logs(crate::logs::subscribe()));
@@ -236,6 +249,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             max_upload_bytes: config.max_upload_mb << 20,
             web_root: config.web_root.clone(),
         },
+        user,
     });
     let server = HttpServer::new(move || {
         App::new()

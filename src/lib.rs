@@ -5,7 +5,8 @@
 //! `engine` (tensor maths) and `store` (SQLite), re-exported here; then `nodes` (node classes),
 //! `exec` (queue worker, cache, events), `generate` (the one-request compiler), `api` (HTTP and
 //! WebSocket). `paths` turns names into files for `nodes`, `generate` and `api`; `logs` keeps recent
-//! log lines for `api`; `app` wires everything together.
+//! log lines for `api`; `userdata` is the user folder (settings, the frontend's files, the workflow
+//! library as `workflows/`) for `api`; `app` wires everything together.
 
 pub mod api;
 pub mod app;
@@ -14,6 +15,7 @@ pub mod generate;
 pub mod logs;
 pub mod nodes;
 pub mod paths;
+pub mod userdata;
 pub mod wire;
 
 // The library crates, under the names the server's modules use.

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (HTTP + WebSocket API and the editor).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Execute one workflow file (API format) without a server, writing its outputs.
     Run(RunArgs),
 }
@@ -59,6 +59,11 @@ struct ServeArgs {
     /// ComfyUI's `--temp-directory`: where PreviewImage writes (emptied at start).
     #[arg(long)]
     temp_directory: Option<PathBuf>,
+    /// ComfyUI's `--user-directory`: the frontend's settings and files (`default/`), its
+    /// workflows being the workflow library. Default: `user` under --base-directory, else under
+    /// --data-dir.
+    #[arg(long)]
+    user_directory: Option<PathBuf>,
     /// Largest accepted request body, in MB.
     #[arg(long, default_value_t = 100)]
     max_upload_size: usize,
@@ -143,7 +148,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = actix_web::rt::System::new().block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Run(args) => run(args).await,
         }
     });
@@ -170,6 +175,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.input_dir = args.input_directory.or_else(|| under_base("input"));
     config.output_dir = args.output_directory.or_else(|| under_base("output"));
     config.temp_dir = args.temp_directory.or_else(|| under_base("temp"));
+    config.user_dir = args.user_directory.or_else(|| under_base("user"));
     config.max_upload_mb = args.max_upload_size;
     config.cache_budget_mb = args.cache_size;
     config.model_budget_mb = args.model_cache_size;

@@ -68,6 +68,9 @@ pub struct DataDirs {
     pub output: PathBuf,
     pub temp: PathBuf,
     pub models: PathBuf,
+    /// ComfyUI's user directory (`--user-directory`): one folder per user (`default/`) with the
+    /// frontend's settings and files; see `crate::userdata`.
+    pub user: PathBuf,
     /// More folders per model folder name, from ComfyUI's `extra_model_paths.yaml`
     /// ([`read_extra_model_paths`]); `first`: searched before `models/` (`is_default: true`).
     pub extra_models: Vec<ExtraModelFolder>,
@@ -220,6 +223,7 @@ impl DataDirs {
             output: root.join("output"),
             temp: root.join("temp"),
             models: models.to_path_buf(),
+            user: root.join("user"),
             extra_models: Vec::new(),
         }
     }
@@ -235,6 +239,7 @@ impl DataDirs {
             &self.output,
             &self.temp,
             &self.models,
+            &self.user,
         ] {
             std::fs::create_dir_all(dir)?;
         }
@@ -529,6 +534,23 @@ pub fn resolve_existing(
     Ok(real.is_file().then_some(real))
 }
 
+/// Resolves an existing file or folder `relative` inside `base` (`""` or `.`: `base` itself),
+/// following symlinks only when the real path is still inside `base`; None when nothing is
+/// there (or `base` itself does not exist).
+pub fn resolve_existing_any(base: &Path, relative: &str) -> Result<Option<PathBuf>, PathError> {
+    let path = join_relative(base, relative)?;
+    let Ok(real) = path.canonicalize() else {
+        return Ok(None);
+    };
+    let real_base = base
+        .canonicalize()
+        .map_err(|_| PathError::Escapes(relative.to_owned()))?;
+    if !real.starts_with(&real_base) {
+        return Err(PathError::Escapes(relative.to_owned()));
+    }
+    Ok(Some(real))
+}
+
 /// Resolves an existing model file `subfolder/filename` inside the model folder `base`. The name is
 /// checked as everywhere (no `..`, no root), but symlinks inside the folder are followed wherever
 /// they point: they were put there by whoever runs the server (ComfyUI users link model files and
@@ -769,5 +791,43 @@ mod tests {
             dirs.list_folder_files(FolderType::Input),
             ["new.png", "old.png"]
         );
+    }
+
+    #[test]
+    fn existing_files_and_folders_stay_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("user");
+        assert_eq!(
+            resolve_existing_any(&base, "").unwrap(),
+            None,
+            "no base yet"
+        );
+        std::fs::create_dir_all(base.join("sub")).unwrap();
+        let real_base = base.canonicalize().unwrap();
+        assert_eq!(
+            resolve_existing_any(&base, ".").unwrap(),
+            Some(real_base.clone())
+        );
+        assert_eq!(
+            resolve_existing_any(&base, "sub").unwrap(),
+            Some(real_base.join("sub"))
+        );
+        assert_eq!(resolve_existing_any(&base, "sub/none").unwrap(), None);
+        assert!(matches!(
+            resolve_existing_any(&base, "../user"),
+            Err(PathError::ParentComponent(_))
+        ));
+        assert!(matches!(
+            resolve_existing_any(&base, "/etc"),
+            Err(PathError::Absolute(_))
+        ));
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(dir.path(), base.join("up")).unwrap();
+            assert_eq!(
+                resolve_existing_any(&base, "up").unwrap_err(),
+                PathError::Escapes("up".into())
+            );
+        }
     }
 }

@@ -7,30 +7,45 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
-struct Server {
+/// `weft serve` as a child process (killed when dropped), for tests that stop and start it.
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     client: awc::Client,
 }
 
 impl Server {
-    async fn start(data: &Path, models: &Path, port: u16) -> Server {
+    pub(crate) async fn start(data: &Path, models: &Path, port: u16) -> Server {
+        Server::start_with(data, models, port, &[]).await
+    }
+
+    /// [`Server::start`] with more command-line arguments.
+    pub(crate) async fn start_with(
+        data: &Path,
+        models: &Path,
+        port: u16,
+        more: &[&std::ffi::OsStr],
+    ) -> Server {
         let child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(["serve", "--test-nodes", "--port", &port.to_string()])
             .arg("--data-dir")
             .arg(data)
             .arg("--models-dir")
             .arg(models)
+            .args(more)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("weft starts");
-        let server = Server {
+        let mut server = Server {
             child,
             base: format!("http://127.0.0.1:{port}"),
             client: awc::Client::default(),
         };
         for _ in 0..400 {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("weft exited before listening on {port}: {status}");
+            }
             if server
                 .client
                 .get(format!("{}/prompt", server.base))
@@ -45,7 +60,7 @@ impl Server {
         panic!("weft did not start listening on {port}");
     }
 
-    async fn get(&self, path: &str) -> Json {
+    pub(crate) async fn get(&self, path: &str) -> Json {
         let mut response = self
             .client
             .get(format!("{}{path}", self.base))
@@ -55,7 +70,7 @@ impl Server {
         serde_json::from_slice(&response.body().await.expect("body")).unwrap_or(Json::Null)
     }
 
-    async fn post(&self, path: &str, body: Json) -> (u16, Json) {
+    pub(crate) async fn post(&self, path: &str, body: Json) -> (u16, Json) {
         let mut response = self
             .client
             .post(format!("{}{path}", self.base))
@@ -89,12 +104,19 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Server {
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub(crate) fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -19,4 +19,5 @@ mod memory;
 mod models;
 mod restart;
 pub(crate) mod server;
+mod userdata;
 mod workflow_files;

@@ -10,6 +10,7 @@ use crate::graph::{NodeErrors, PromptError};
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
 use crate::store::StoreError;
+use crate::userdata::UserDataError;
 use crate::wire::errors::{message_error, plain_error, prompt_error};
 use crate::wire::object_info::input_config;
 
@@ -43,6 +44,22 @@ impl From<StoreError> for ApiError {
         // Logged with its cause chain; the client sees a generic 500.
         tracing::error!("store error: {e:#}");
         ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<UserDataError> for ApiError {
+    fn from(e: UserDataError) -> Self {
+        match e {
+            UserDataError::Path(crate::paths::PathError::Empty(path)) => {
+                ApiError::BadRequest(format!("path '{path}' is empty"))
+            }
+            UserDataError::Path(e) => ApiError::Forbidden(e.to_string()),
+            UserDataError::BadRequest(message) => ApiError::BadRequest(message),
+            UserDataError::NotFound(message) => ApiError::NotFound(message),
+            UserDataError::Exists(message) => ApiError::Conflict(message),
+            UserDataError::Io(message) => ApiError::Internal(message),
+            UserDataError::Store(e) => e.into(),
+        }
     }
 }
 

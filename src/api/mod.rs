@@ -16,7 +16,9 @@ mod jobs;
 mod mask;
 mod models;
 mod prompt;
+mod settings;
 mod templates;
+mod userdata;
 mod weft;
 pub mod ws;
 
@@ -30,6 +32,7 @@ use serde_json::Value as Json;
 
 use crate::api::error::ApiError;
 use crate::exec::Executor;
+use crate::userdata::UserFiles;
 
 pub use ws::Hub;
 
@@ -46,6 +49,8 @@ pub struct AppState {
     pub exec: Arc<Executor>,
     pub hub: Hub,
     pub config: ApiConfig,
+    /// The user folder (settings, the frontend's files, the workflow library as `workflows/`).
+    pub user: Arc<UserFiles>,
 }
 
 /// Runs `work` on actix's blocking pool: anything that reads files (checkpoint headers, model
@@ -117,6 +122,21 @@ fn comfy_routes(cfg: &mut web::ServiceConfig) {
             "/global_subgraphs/{id}",
             web::get().to(custom_nodes::global_subgraph),
         )
+        .route("/users", web::get().to(userdata::get_users))
+        .route("/users", web::post().to(userdata::post_users))
+        .route("/userdata", web::get().to(userdata::list))
+        .route("/v2/userdata", web::get().to(userdata::tree))
+        .route("/userdata/{file}", web::get().to(userdata::get_file))
+        .route("/userdata/{file}", web::post().to(userdata::post_file))
+        .route("/userdata/{file}", web::delete().to(userdata::delete_file))
+        .route(
+            "/userdata/{file}/move/{dest}",
+            web::post().to(userdata::move_file),
+        )
+        .route("/settings", web::get().to(settings::get_settings))
+        .route("/settings", web::post().to(settings::post_settings))
+        .route("/settings/{id}", web::get().to(settings::get_setting))
+        .route("/settings/{id}", web::post().to(settings::post_setting))
         .route("/ws", web::get().to(ws::connect));
 }
 

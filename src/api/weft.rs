@@ -9,6 +9,7 @@ use serde_json::{json, Value as Json};
 use crate::api::error::ApiError;
 use crate::api::AppState;
 use crate::store::{WorkflowRow, WorkflowVersionRow};
+use crate::userdata::{workflow_file_name, WORKFLOWS};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/queue/state", web::get().to(queue_state))
@@ -127,6 +128,7 @@ fn workflow_json(row: &WorkflowRow, with_content: bool) -> Json {
         "name": row.name,
         "description": row.description,
         "version": row.version,
+        "path": format!("{WORKFLOWS}/{}", row.file),
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     });
@@ -178,6 +180,7 @@ async fn create_workflow(
             &name,
             parsed.description.as_deref().unwrap_or(""),
             content,
+            &workflow_file_name(&name),
         )
         .await?;
     Ok(HttpResponse::Created().json(workflow_json(&row, false)))
@@ -220,18 +223,28 @@ async fn update_workflow(
         .workflow(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no workflow '{id}'")))?;
-    let name = parsed
+    let renamed = parsed
         .name
-        .filter(|n| !n.trim().is_empty())
-        .unwrap_or(current.name);
+        .filter(|n| !n.trim().is_empty() && *n != current.name);
+    let name = renamed.clone().unwrap_or(current.name);
     let description = parsed.description.unwrap_or(current.description);
     let content = parsed.workflow.map(RawValue::get).unwrap_or("{}");
-    let row = state
-        .exec
-        .store()
+    let store = state.exec.store();
+    let mut row = store
         .update_workflow(&id, &name, &description, content)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no workflow '{id}'")))?;
+    // A new name renames the file too (in the same folder), so `/userdata` shows the name.
+    if let Some(name) = renamed {
+        let file = match current.file.rsplit_once('/') {
+            Some((folder, _)) => format!("{folder}/{}", workflow_file_name(&name)),
+            None => workflow_file_name(&name),
+        };
+        row = store
+            .rename_workflow_file(&id, &file)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no workflow '{id}'")))?;
+    }
     Ok(HttpResponse::Ok().json(workflow_json(&row, false)))
 }
 

@@ -21,7 +21,9 @@ use sqlx::sqlite::{
 
 pub use jobs::{JobFilter, JobOrder};
 pub use prompts::{NewPrompt, PromptRow, PromptStatus};
-pub use workflows::{WorkflowRow, WorkflowVersionRow};
+pub use workflows::{
+    FileImport, FileMove, FileSave, WorkflowFileRow, WorkflowRow, WorkflowVersionRow,
+};
 
 /// A store failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
