@@ -35,20 +35,21 @@
 //! Stable Cascade ControlNets are not recognised (an unknown-format error listing the keys looked
 //! for), nor are pickles that nest the weights under an `adapter` key.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device};
 
 use crate::controlnet::adapter::{AdapterKind, T2IAdapter, T2IAdapterConfig};
-use crate::controlnet::control_lora::{BaseWeights, ControlLora};
+use crate::controlnet::base::{BaseSource, BaseWeights};
+use crate::controlnet::control_lora::ControlLora;
 use crate::controlnet::union::UnionConfig;
 use crate::controlnet::{ControlNetConfig, ControlNetModel};
 use crate::load::checkpoint::unet_config_from_diffusers;
 use crate::load::file::StateDict;
 use crate::load::keymap::unet_ldm_to_diffusers;
+use crate::load::renaming::Renaming;
 use crate::load::{LoadError, LoadErrorKind};
 use crate::unet::AttentionHeads;
 
@@ -283,19 +284,19 @@ fn load_difference_from(
         .into_iter()
         .map(|(name, key)| {
             let source = if base.contains_key(&name) {
-                Source::Difference {
+                BaseSource::Difference {
                     key,
                     base: name.clone(),
                 }
             } else {
-                Source::Key(key)
+                BaseSource::Key(key)
             };
             (name, source)
         })
         .collect();
-    build_sourced(sd, Some(Arc::clone(base)), sources, dtype, device, |vb| {
-        ControlNetModel::new(vb, &cfg)
-    })
+    Renaming::with_context(sources, Arc::clone(base))
+        .warn_unused(UNUSED_WARNING)
+        .build(sd, dtype, device, |vb| ControlNetModel::new(vb, &cfg))
 }
 
 fn needs_base() -> LoadErrorKind {
@@ -344,9 +345,12 @@ pub fn load_controlnet_diffusers_dir(
             )),
         ));
     }
-    let model = build_mapped(&sd, names, dtype, device, |vb| {
-        ControlNetModel::new(vb, &from_json)
-    })?;
+    let model =
+        Renaming::new(names)
+            .warn_unused(UNUSED_WARNING)
+            .build(&sd, dtype, device, |vb| {
+                ControlNetModel::new(vb, &from_json)
+            })?;
     let pooled = value
         .get("global_pool_conditions")
         .and_then(|v| v.as_bool());
@@ -733,9 +737,9 @@ fn load_controlnet_from(
     let err = |k| LoadError::new(sd.path(), k);
     let names = controlnet_names(sd, kind).map_err(err)?;
     let cfg = detect_controlnet(sd, &names).map_err(err)?;
-    build_mapped(sd, names, dtype, device, |vb| {
-        ControlNetModel::new(vb, &cfg)
-    })
+    Renaming::new(names)
+        .warn_unused(UNUSED_WARNING)
+        .build(sd, dtype, device, |vb| ControlNetModel::new(vb, &cfg))
 }
 
 fn load_adapter_from(
@@ -767,7 +771,9 @@ fn load_adapter_from(
             .collect()
     };
     let cfg = detect_adapter(sd, &names, light).map_err(err)?;
-    build_mapped(sd, names, dtype, device, |vb| T2IAdapter::new(vb, &cfg))
+    Renaming::new(names)
+        .warn_unused(UNUSED_WARNING)
+        .build(sd, dtype, device, |vb| T2IAdapter::new(vb, &cfg))
 }
 
 /// Number of resnets per level in TencentARC full adapters (ComfyUI: `nums_rb=2`).
@@ -854,196 +860,8 @@ fn detect_adapter(
     Ok(cfg)
 }
 
-/// Where one model tensor comes from.
-#[derive(Debug, Clone)]
-pub(crate) enum Source {
-    /// A tensor of the file.
-    Key(String),
-    /// A tensor of the base model's diffusers-named UNet weights (Control-LoRA: the weights the
-    /// file leaves out).
-    BaseKey(String),
-    /// Control-LoRA: the base model's `base` plus `up @ down` from the file, both flattened from
-    /// their second dimension on (ComfyUI's `ControlLoraOps`).
-    LowRank {
-        base: String,
-        up: String,
-        down: String,
-    },
-    /// A difference ControlNet: the file's `key` plus the base model's `base`.
-    Difference { key: String, base: String },
-}
-
-/// A `VarBuilder` backend serving model (diffusers) names from file keys, converting dtypes,
-/// remembering which keys were used and the first problem, so it can be reported with the file.
-struct MappedBackend {
-    sd: Arc<StateDict>,
-    base: Option<Arc<BaseWeights>>,
-    names: HashMap<String, Source>,
-    used: Arc<Mutex<HashSet<String>>>,
-    problem: Arc<Mutex<Option<LoadErrorKind>>>,
-}
-
-impl MappedBackend {
-    fn record(&self, kind: LoadErrorKind) -> candle_core::Error {
-        let msg = kind.to_string();
-        if let Ok(mut p) = self.problem.lock() {
-            p.get_or_insert(kind);
-        }
-        candle_core::Error::Msg(msg)
-    }
-
-    fn file_tensor(&self, key: &str) -> candle_core::Result<Tensor> {
-        if let Ok(mut used) = self.used.lock() {
-            used.insert(key.to_string());
-        }
-        self.sd.get(key).map_err(|e| self.record(e.kind))
-    }
-
-    fn base_tensor(&self, key: &str) -> candle_core::Result<Tensor> {
-        let base = self.base.as_ref().ok_or_else(|| {
-            self.record(LoadErrorKind::MissingTensor(format!(
-                "{key} (no base model)"
-            )))
-        })?;
-        let weight = base.get(key).ok_or_else(|| {
-            self.record(LoadErrorKind::BadConfig(format!(
-                "the base model has no unet weight '{key}'"
-            )))
-        })?;
-        // Combined with the file's tensors on the host; the builder moves the result to the device.
-        weight.to_device(&Device::Cpu)
-    }
-
-    /// The tensor for `name` and the key to name in a shape error.
-    fn read(&self, name: &str) -> candle_core::Result<(String, Tensor)> {
-        let Some(source) = self.names.get(name) else {
-            return Err(self.record(LoadErrorKind::MissingTensor(name.to_string())));
-        };
-        match source {
-            Source::Key(key) => Ok((key.clone(), self.file_tensor(key)?)),
-            Source::BaseKey(key) => Ok((key.clone(), self.base_tensor(key)?)),
-            Source::LowRank { base, up, down } => {
-                let w = self.base_tensor(base)?;
-                let up_t = self.file_tensor(up)?.to_dtype(DType::F32)?;
-                let down_t = self.file_tensor(down)?.to_dtype(DType::F32)?;
-                let delta = up_t.flatten_from(1)?.matmul(&down_t.flatten_from(1)?)?;
-                if delta.elem_count() != w.elem_count() {
-                    return Err(self.record(LoadErrorKind::BadShape {
-                        name: up.clone(),
-                        expected: w.dims().to_vec(),
-                        found: delta.dims().to_vec(),
-                    }));
-                }
-                let sum = (w.to_dtype(DType::F32)? + delta.reshape(w.dims())?)?;
-                Ok((up.clone(), sum))
-            }
-            Source::Difference { key, base } => {
-                let d = self.file_tensor(key)?;
-                let w = self.base_tensor(base)?;
-                if d.dims() != w.dims() {
-                    return Err(self.record(LoadErrorKind::BadShape {
-                        name: key.clone(),
-                        expected: w.dims().to_vec(),
-                        found: d.dims().to_vec(),
-                    }));
-                }
-                let sum = (d.to_dtype(DType::F32)? + w.to_dtype(DType::F32)?)?;
-                Ok((key.clone(), sum))
-            }
-        }
-    }
-}
-
-impl candle_nn::var_builder::SimpleBackend for MappedBackend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let (key, t) = self.read(name)?;
-        if t.dims() != s.dims() {
-            return Err(self.record(LoadErrorKind::BadShape {
-                name: key,
-                expected: s.dims().to_vec(),
-                found: t.dims().to_vec(),
-            }));
-        }
-        t.to_dtype(dtype)?.to_device(dev)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.read(name)?.1.to_dtype(dtype)?.to_device(dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.names.contains_key(name)
-    }
-}
-
-/// Builds a model from `sd` through `names` (model name -> file key). Failures become a
-/// [`LoadError`] naming the file and the tensor; mapped keys the model did not use are logged.
-fn build_mapped<T>(
-    sd: &Arc<StateDict>,
-    names: HashMap<String, String>,
-    dtype: DType,
-    device: &Device,
-    build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
-) -> Result<T, LoadError> {
-    let names = names
-        .into_iter()
-        .map(|(n, k)| (n, Source::Key(k)))
-        .collect();
-    build_sourced(sd, None, names, dtype, device, build)
-}
-
-/// [`build_mapped`] with tensors from a base model's file too (Control-LoRA).
-pub(crate) fn build_sourced<T>(
-    sd: &Arc<StateDict>,
-    base: Option<Arc<BaseWeights>>,
-    names: HashMap<String, Source>,
-    dtype: DType,
-    device: &Device,
-    build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
-) -> Result<T, LoadError> {
-    let problem = Arc::new(Mutex::new(None));
-    let used = Arc::new(Mutex::new(HashSet::new()));
-    let mapped: Vec<String> = names
-        .values()
-        .flat_map(|s| match s {
-            Source::Key(k) | Source::Difference { key: k, .. } => vec![k.clone()],
-            Source::BaseKey(_) => vec![],
-            Source::LowRank { up, down, .. } => vec![up.clone(), down.clone()],
-        })
-        .collect();
-    let backend = MappedBackend {
-        sd: sd.clone(),
-        base,
-        names,
-        used: used.clone(),
-        problem: problem.clone(),
-    };
-    let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
-    let model = build(vb).map_err(|e| {
-        let recorded = problem.lock().ok().and_then(|mut p| p.take());
-        LoadError::new(sd.path(), recorded.unwrap_or(LoadErrorKind::Tensor(e)))
-    })?;
-    if let Ok(used) = used.lock() {
-        let mut unused: Vec<&String> = mapped.iter().filter(|k| !used.contains(*k)).collect();
-        if !unused.is_empty() {
-            unused.sort();
-            tracing::warn!(
-                file = %sd.path().display(),
-                count = unused.len(),
-                first = ?unused.iter().take(5).collect::<Vec<_>>(),
-                "control model file has weights the model does not use"
-            );
-        }
-    }
-    Ok(model)
-}
+/// What is logged when a control file has tensors the model does not use.
+pub(crate) const UNUSED_WARNING: &str = "control model file has weights the model does not use";
 
 #[cfg(test)]
 mod tests {

@@ -23,6 +23,7 @@
 
 pub mod adapter;
 pub mod apply;
+pub mod base;
 pub mod control_lora;
 pub mod load;
 pub mod union;
