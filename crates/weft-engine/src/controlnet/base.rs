@@ -1,7 +1,7 @@
 //! ControlNets built on the sampled model's own UNet weights: Control-LoRAs
 //! ([`crate::controlnet::control_lora`]) start from them and add low-rank deltas, difference
-//! ControlNets ([`crate::controlnet::load::load_control_on`]) store their weights as deltas to
-//! them.
+//! ControlNets (`difference.rs`, loaded by [`crate::controlnet::load::load_control_on`]) store
+//! their weights as deltas to them.
 //!
 //! [`BaseWeights`] are those weights; `BaseSource` says where each ControlNet tensor comes
 //! from, and reads it for the loading boundary's renaming backend (`crate::load::renaming`).

@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex, Weak};
 use candle_core::{DType, Device};
 
 use crate::controlnet::base::{BaseSource, BaseWeights};
-use crate::controlnet::load::{controlnet_ldm_to_diffusers, UNUSED_WARNING};
+use crate::controlnet::format::UNUSED_WARNING;
+use crate::controlnet::keymap::controlnet_ldm_to_diffusers;
 use crate::controlnet::{ControlNetConfig, ControlNetModel};
 use crate::load::file::StateDict;
 use crate::load::renaming::Renaming;

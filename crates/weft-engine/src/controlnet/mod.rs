@@ -5,28 +5,39 @@
 //! - this file: [`ControlNetConfig`] and [`ControlNetModel`], the UNet's own encoder half
 //!   (`unet/encoder.rs`: embeddings, `conv_in`, down blocks, mid block) plus the hint embedding
 //!   and the zero convolutions. It produces the [`ControlResiduals`] that
-//!   `UNet2DConditionModel::forward` takes.
+//!   `UNet2DConditionModel::forward` takes. [`check_compatible`] checks a ControlNet against a
+//!   UNet.
 //! - [`apply`]: strength (constant or soft injection), global average pooling, the start/end
 //!   percent window, and [`apply::AppliedControl`], the `ControlHint` the sampler evaluates for
 //!   every kind of control.
 //! - [`adapter`]: T2I-Adapters (SD1 full and light, SDXL full), whose features enter the UNet's
 //!   encoder (`EncoderAdditions`) rather than its skips.
-//! - [`load`]: files in the LDM (`control_model.`-prefixed or bare) and diffusers layouts,
-//!   safetensors or pickle, with the config read off the tensor shapes, family detection and the
-//!   compatibility check against a UNet.
-//! - [`control_lora`]: Stability's Control-LoRA files, built on the sampled model's UNet weights.
 //! - [`union`]: the parts a union ControlNet (ControlNet++) adds, and its control types; a union
 //!   ControlNet is a [`ControlNetModel`] with [`ControlNetConfig::union`] set.
+//! - [`control_lora`]: Stability's Control-LoRA files, built on the sampled model's UNet weights
+//!   ([`base`]: those weights and the sources that read them).
+//!
+//! Loading, a file per job: [`load`] (the entry points: any control file, safetensors or pickle,
+//! in the LDM (`control_model.`-prefixed or bare) or diffusers layout), [`format`](mod@format) (what a file
+//! holds), [`keymap`] (LDM and diffusers names), [`detect`] (the config, read off the tensor
+//! shapes or a `config.json`), [`union_file`] (union ControlNets' tensors), [`adapter_file`]
+//! (T2I-Adapter files) and `difference` (difference ControlNets, built on the base model).
 //!
 //! Weight names are diffusers' (`controlnet_cond_embedding.blocks.0.weight`,
-//! `controlnet_down_blocks.3.weight`); LDM names are renamed in [`load`].
+//! `controlnet_down_blocks.3.weight`); LDM names are renamed in [`keymap`].
 
 pub mod adapter;
+pub mod adapter_file;
 pub mod apply;
 pub mod base;
 pub mod control_lora;
+pub mod detect;
+pub(crate) mod difference;
+pub mod format;
+pub mod keymap;
 pub mod load;
 pub mod union;
+pub mod union_file;
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
