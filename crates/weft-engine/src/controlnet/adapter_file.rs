@@ -12,8 +12,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 
 use crate::controlnet::adapter::{AdapterKind, T2IAdapter, T2IAdapterConfig};
-use crate::controlnet::detect::count_indexed;
 use crate::controlnet::format::UNUSED_WARNING;
+use crate::load::detect::count_indexed;
 use crate::load::file::StateDict;
 use crate::load::renaming::Renaming;
 use crate::load::{LoadError, LoadErrorKind};
@@ -100,8 +100,8 @@ fn detect_adapter(
             .filter(|s| s.len() == 4)
             .ok_or_else(|| LoadErrorKind::MissingTensor(n.to_string()))
     };
-    let levels = count_indexed(names, "adapter.body.");
-    let num_res_blocks = count_indexed(names, "adapter.body.0.resnets.");
+    let levels = count_indexed(names.keys(), "adapter.body.");
+    let num_res_blocks = count_indexed(names.keys(), "adapter.body.0.resnets.");
     if levels == 0 || num_res_blocks == 0 {
         return Err(LoadErrorKind::MissingTensor(
             "adapter.body.0.resnets.0.block1.weight".into(),

@@ -10,6 +10,7 @@ use crate::controlnet::keymap::controlnet_names;
 use crate::controlnet::union_file::{detect_union, union_config_from_diffusers};
 use crate::controlnet::ControlNetConfig;
 use crate::load::checkpoint::unet_config_from_diffusers;
+use crate::load::detect::count_indexed;
 use crate::load::file::StateDict;
 use crate::load::LoadErrorKind;
 use crate::unet::AttentionHeads;
@@ -46,21 +47,6 @@ pub fn controlnet_config_from_diffusers(
     Ok(cfg)
 }
 
-/// The largest `N` + 1 over model names `{prefix}N.…`, 0 when there are none.
-pub(crate) fn count_indexed(names: &HashMap<String, String>, prefix: &str) -> usize {
-    names
-        .keys()
-        .filter_map(|k| {
-            k.strip_prefix(prefix)?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .max()
-        .map_or(0, |m| m + 1)
-}
-
 /// Infers a ControlNet's architecture from its tensor shapes; `names` maps diffusers names to
 /// the file's keys.
 pub fn detect_controlnet(
@@ -74,8 +60,8 @@ pub fn detect_controlnet(
             .ok_or_else(|| LoadErrorKind::MissingTensor(n.to_string()))
     };
     let conv_in = require("conv_in.weight", 4)?;
-    let levels = count_indexed(names, "down_blocks.");
-    let layers_per_block = count_indexed(names, "down_blocks.0.resnets.");
+    let levels = count_indexed(names.keys(), "down_blocks.");
+    let layers_per_block = count_indexed(names.keys(), "down_blocks.0.resnets.");
     if levels == 0 || layers_per_block == 0 {
         return Err(LoadErrorKind::MissingTensor(
             "down_blocks.0.resnets.0.conv1.weight".into(),
@@ -86,11 +72,12 @@ pub fn detect_controlnet(
     for i in 0..levels {
         block_out_channels.push(require(&format!("down_blocks.{i}.resnets.0.conv1.weight"), 4)?[0]);
         transformer_depth.push(count_indexed(
-            names,
+            names.keys(),
             &format!("down_blocks.{i}.attentions.0.transformer_blocks."),
         ));
     }
-    let mid_transformer_depth = count_indexed(names, "mid_block.attentions.0.transformer_blocks.");
+    let mid_transformer_depth =
+        count_indexed(names.keys(), "mid_block.attentions.0.transformer_blocks.");
     if mid_transformer_depth == 0 {
         return Err(LoadErrorKind::BadConfig(
             "the controlnet's mid block has no attention (mid_block.attentions.0), which is not \
@@ -104,7 +91,7 @@ pub fn detect_controlnet(
     let adm_in_channels = shape("add_embedding.linear_1.weight").and_then(|s| s.get(1).copied());
 
     let hint_in = require("controlnet_cond_embedding.conv_in.weight", 4)?;
-    let hint_blocks = count_indexed(names, "controlnet_cond_embedding.blocks.");
+    let hint_blocks = count_indexed(names.keys(), "controlnet_cond_embedding.blocks.");
     if !hint_blocks.is_multiple_of(2) {
         return Err(LoadErrorKind::BadConfig(format!(
             "controlnet_cond_embedding has {hint_blocks} blocks, expected pairs"
