@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::engine::controlnet::load::controlnet_config_of;
+use crate::engine::controlnet::detect::controlnet_config_of;
 use crate::engine::load::detect::{detect_unet, DetectedUnet, ModelFamily};
 use crate::engine::load::file::StateDict;
 use crate::generate::request::{ControlType, RequestError};

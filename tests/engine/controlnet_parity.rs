@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use weft::engine::controlnet::adapter::{AdapterKind, T2IAdapter, T2IAdapterConfig};
 use weft::engine::controlnet::apply::{scale_residuals, ControlScaling, SOFT_INJECTION_BASE};
+use weft::engine::controlnet::detect::controlnet_config_from_diffusers;
 use weft::engine::controlnet::load::{
-    controlnet_config_from_diffusers, load_control, load_controlnet, load_controlnet_diffusers_dir,
-    ControlModel,
+    load_control, load_controlnet, load_controlnet_diffusers_dir, ControlModel,
 };
 use weft::engine::controlnet::{check_compatible, ControlNetConfig, ControlNetModel};
 use weft::engine::synth::{synth_tensor, synth_var_builder};

@@ -22,19 +22,19 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 
-use crate::controlnet::load::{build_sourced, controlnet_ldm_to_diffusers, Source};
+use crate::controlnet::base::{BaseSource, BaseWeights};
+use crate::controlnet::format::UNUSED_WARNING;
+use crate::controlnet::keymap::controlnet_ldm_to_diffusers;
 use crate::controlnet::{ControlNetConfig, ControlNetModel};
 use crate::load::file::StateDict;
+use crate::load::renaming::Renaming;
 use crate::load::{LoadError, LoadErrorKind};
 use crate::unet::UNetConfig;
 
 /// The marker key of Control-LoRA files.
 pub const CONTROL_LORA_MARKER: &str = "lora_controlnet";
-
-/// Diffusers-named UNet weights of a base model.
-pub type BaseWeights = HashMap<String, Tensor>;
 
 /// An opened Control-LoRA file, waiting for the model it will be built on.
 #[derive(Debug)]
@@ -175,7 +175,7 @@ impl ControlLora {
         let lpb = unet.layers_per_block;
 
         // The base UNet's encoder, then the file on top of it.
-        let mut names: HashMap<String, Source> = base
+        let mut names: HashMap<String, BaseSource> = base
             .keys()
             .filter(|name| {
                 [
@@ -188,7 +188,7 @@ impl ControlLora {
                 .iter()
                 .any(|p| name.starts_with(p))
             })
-            .map(|name| (name.clone(), Source::BaseKey(name.clone())))
+            .map(|name| (name.clone(), BaseSource::BaseKey(name.clone())))
             .collect();
         let mut file_names = HashMap::new();
         for key in sd.shapes().keys() {
@@ -200,7 +200,7 @@ impl ControlLora {
             };
             file_names.insert(name.clone(), key.clone());
             let Some(module) = name.strip_suffix(".up") else {
-                names.insert(name, Source::Key(key.clone()));
+                names.insert(name, BaseSource::Key(key.clone()));
                 continue;
             };
             let weight = format!("{module}.weight");
@@ -209,7 +209,7 @@ impl ControlLora {
                 return Err(err(LoadErrorKind::MissingTensor(down)));
             }
             let base_key = match names.get(&weight) {
-                Some(Source::BaseKey(k)) => k.clone(),
+                Some(BaseSource::BaseKey(k)) => k.clone(),
                 _ => {
                     return Err(err(LoadErrorKind::BadConfig(format!(
                         "'{key}' has no base weight '{weight}' in the model's unet"
@@ -218,7 +218,7 @@ impl ControlLora {
             };
             names.insert(
                 weight,
-                Source::LowRank {
+                BaseSource::LowRank {
                     base: base_key,
                     up: key.clone(),
                     down,
@@ -248,14 +248,14 @@ impl ControlLora {
         let elements: usize = names
             .values()
             .map(|source| match source {
-                Source::Key(key) => sd.shape(key).map_or(0, |s| s.iter().product()),
-                Source::LowRank { base: b, .. } => base.get(b).map_or(0, |t| t.elem_count()),
-                Source::BaseKey(_) | Source::Difference { .. } => 0,
+                BaseSource::Key(key) => sd.shape(key).map_or(0, |s| s.iter().product()),
+                BaseSource::LowRank { base: b, .. } => base.get(b).map_or(0, |t| t.elem_count()),
+                BaseSource::BaseKey(_) | BaseSource::Difference { .. } => 0,
             })
             .sum();
-        let model = build_sourced(sd, Some(Arc::clone(base)), names, dtype, device, |vb| {
-            ControlNetModel::new(vb, &cfg)
-        })?;
+        let model = Renaming::with_context(names, Arc::clone(base))
+            .warn_unused(UNUSED_WARNING)
+            .build(sd, dtype, device, |vb| ControlNetModel::new(vb, &cfg))?;
         Ok((model, elements * dtype.size_in_bytes()))
     }
 }

@@ -2,39 +2,50 @@
 //! and T2I-Adapter (TencentARC, diffusers `T2IAdapter`), with ComfyUI's ways of scaling, timing
 //! and combining their residuals.
 //!
-//! - this file: [`ControlNetConfig`] and [`ControlNetModel`], a copy of the UNet's encoder (built
-//!   from the UNet's own blocks) plus the hint embedding and the zero convolutions. It produces
-//!   the [`ControlResiduals`] that `UNet2DConditionModel::forward` takes.
+//! - this file: [`ControlNetConfig`] and [`ControlNetModel`], the UNet's own encoder half
+//!   (`unet/encoder.rs`: embeddings, `conv_in`, down blocks, mid block) plus the hint embedding
+//!   and the zero convolutions. It produces the [`ControlResiduals`] that
+//!   `UNet2DConditionModel::forward` takes. [`check_compatible`] checks a ControlNet against a
+//!   UNet.
 //! - [`apply`]: strength (constant or soft injection), global average pooling, the start/end
 //!   percent window, and [`apply::AppliedControl`], the `ControlHint` the sampler evaluates for
 //!   every kind of control.
 //! - [`adapter`]: T2I-Adapters (SD1 full and light, SDXL full), whose features enter the UNet's
 //!   encoder (`EncoderAdditions`) rather than its skips.
-//! - [`load`]: files in the LDM (`control_model.`-prefixed or bare) and diffusers layouts,
-//!   safetensors or pickle, with the config read off the tensor shapes, family detection and the
-//!   compatibility check against a UNet.
-//! - [`control_lora`]: Stability's Control-LoRA files, built on the sampled model's UNet weights.
 //! - [`union`]: the parts a union ControlNet (ControlNet++) adds, and its control types; a union
 //!   ControlNet is a [`ControlNetModel`] with [`ControlNetConfig::union`] set.
+//! - [`control_lora`]: Stability's Control-LoRA files, built on the sampled model's UNet weights
+//!   ([`base`]: those weights and the sources that read them).
+//!
+//! Loading, a file per job: [`load`] (the entry points: any control file, safetensors or pickle,
+//! in the LDM (`control_model.`-prefixed or bare) or diffusers layout), [`format`](mod@format) (what a file
+//! holds), [`keymap`] (LDM and diffusers names), [`detect`] (the config, read off the tensor
+//! shapes or a `config.json`), [`union_file`] (union ControlNets' tensors), [`adapter_file`]
+//! (T2I-Adapter files) and `difference` (difference ControlNets, built on the base model).
 //!
 //! Weight names are diffusers' (`controlnet_cond_embedding.blocks.0.weight`,
-//! `controlnet_down_blocks.3.weight`); LDM names are renamed in [`load`].
+//! `controlnet_down_blocks.3.weight`); LDM names are renamed in [`keymap`].
 
 pub mod adapter;
+pub mod adapter_file;
 pub mod apply;
+pub mod base;
 pub mod control_lora;
+pub mod detect;
+pub(crate) mod difference;
+pub mod format;
+pub mod keymap;
 pub mod load;
 pub mod union;
+pub mod union_file;
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::load::detect::ModelFamily;
 use crate::ops::conv::{conv2d, Conv2d};
-use crate::unet::blocks::{
-    conv_same, sinusoidal_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, TimestepEmbedding,
-    Transformer2D, Transformer2DConfig,
-};
+use crate::unet::blocks::conv_same;
+use crate::unet::encoder::UNetEncoder;
 use crate::unet::{ControlResiduals, UNetConfig};
 
 /// Architecture of a [`ControlNetModel`].
@@ -231,31 +242,16 @@ impl HintEmbedding {
     }
 }
 
-#[derive(Debug)]
-struct EncoderLevel {
-    resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<Transformer2D>,
-    downsampler: Option<Downsample2D>,
-    span: tracing::Span,
-}
-
 /// A ControlNet: the UNet's encoder and mid block fed with the latent plus the embedded hint, with
 /// a 1x1 "zero" convolution on every skip and on the mid block's output.
 #[derive(Debug)]
 pub struct ControlNetModel {
-    conv_in: Conv2d,
-    time_embedding: TimestepEmbedding,
-    add_embedding: Option<TimestepEmbedding>,
+    encoder: UNetEncoder,
     hint_embedding: HintEmbedding,
-    down: Vec<EncoderLevel>,
-    mid_resnets: [ResnetBlock2D; 2],
-    mid_attention: Transformer2D,
     zero_convs: Vec<Conv2d>,
     mid_out: Conv2d,
     union: Option<union::UnionBlocks>,
     config: ControlNetConfig,
-    dtype: DType,
-    device: Device,
     span: tracing::Span,
 }
 
@@ -265,112 +261,35 @@ impl ControlNetModel {
         cfg.validate().map_err(candle_core::Error::Msg)?;
         let enc = &cfg.encoder;
         let ch = &enc.block_out_channels;
-        let levels = ch.len();
-        let temb = enc.time_embed_dim();
-        let groups = enc.norm_num_groups;
-        let resnet = |vb: VarBuilder, i: usize, o: usize| {
-            ResnetBlock2D::new(
-                vb,
-                ResnetConfig {
-                    in_channels: i,
-                    out_channels: o,
-                    temb_channels: Some(temb),
-                    groups,
-                    eps: enc.norm_eps,
-                },
-            )
-        };
-        let transformer = |vb: VarBuilder, level: usize, c: usize, depth: usize| {
-            Transformer2D::new(
-                vb,
-                Transformer2DConfig {
-                    channels: c,
-                    context_dim: enc.context_dim,
-                    heads: enc.heads_at(level, c),
-                    depth,
-                    groups,
-                    use_linear_projection: enc.use_linear_projection,
-                },
-            )
-        };
         let zero_conv = |vb: VarBuilder, c: usize| conv2d(c, c, 1, Default::default(), vb);
 
-        let conv_in = conv_same(enc.in_channels, ch[0], 3, vb.pp("conv_in"))?;
-        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], temb)?;
-        let add_embedding = match enc.adm_in_channels {
-            Some(adm) => Some(TimestepEmbedding::new(vb.pp("add_embedding"), adm, temb)?),
-            None => None,
-        };
+        let encoder = UNetEncoder::new(vb.clone(), enc, "controlnet")?;
         let hint_embedding = HintEmbedding::new(vb.pp("controlnet_cond_embedding"), cfg, ch[0])?;
-
         let vb_zero = vb.pp("controlnet_down_blocks");
-        let mut zero_convs = vec![zero_conv(vb_zero.pp(0), ch[0])?];
-        let mut down = Vec::with_capacity(levels);
-        let vb_down = vb.pp("down_blocks");
-        let mut prev = ch[0];
-        for (level, &out) in ch.iter().enumerate() {
-            let vb_l = vb_down.pp(level);
-            let depth = enc.transformer_depth[level];
-            let mut resnets = Vec::new();
-            let mut attentions = Vec::new();
-            for j in 0..enc.layers_per_block {
-                let input = if j == 0 { prev } else { out };
-                resnets.push(resnet(vb_l.pp("resnets").pp(j), input, out)?);
-                if depth > 0 {
-                    attentions.push(transformer(vb_l.pp("attentions").pp(j), level, out, depth)?);
-                }
-                zero_convs.push(zero_conv(vb_zero.pp(zero_convs.len()), out)?);
-            }
-            let downsampler = if level + 1 < levels {
-                zero_convs.push(zero_conv(vb_zero.pp(zero_convs.len()), out)?);
-                Some(Downsample2D::new(
-                    vb_l.pp("downsamplers").pp(0),
-                    out,
-                    false,
-                )?)
-            } else {
-                None
-            };
-            prev = out;
-            down.push(EncoderLevel {
-                resnets,
-                attentions,
-                downsampler,
-                span: tracing::trace_span!("controlnet_down_block", level),
-            });
-        }
-
-        let last = ch[levels - 1];
-        let vb_mid = vb.pp("mid_block");
-        let mid_resnets = [
-            resnet(vb_mid.pp("resnets").pp(0), last, last)?,
-            resnet(vb_mid.pp("resnets").pp(1), last, last)?,
-        ];
-        let mid_attention = transformer(
-            vb_mid.pp("attentions").pp(0),
-            levels - 1,
-            last,
-            enc.mid_transformer_depth,
-        )?;
+        let zero_convs = encoder
+            .skip_channels()
+            .iter()
+            .enumerate()
+            .map(|(k, &c)| zero_conv(vb_zero.pp(k), c))
+            .collect::<Result<Vec<_>>>()?;
+        let last = ch[ch.len() - 1];
         let mid_out = zero_conv(vb.pp("controlnet_mid_block"), last)?;
         let union = match &cfg.union {
-            Some(u) => Some(union::UnionBlocks::new(vb.clone(), u, ch[0], temb)?),
+            Some(u) => Some(union::UnionBlocks::new(
+                vb.clone(),
+                u,
+                ch[0],
+                enc.time_embed_dim(),
+            )?),
             None => None,
         };
         Ok(Self {
-            conv_in,
-            time_embedding,
-            add_embedding,
+            encoder,
             hint_embedding,
-            down,
-            mid_resnets,
-            mid_attention,
             zero_convs,
             mid_out,
             union,
             config: cfg.clone(),
-            dtype: crate::device::compute_dtype(vb.device(), vb.dtype()),
-            device: vb.device().clone(),
             span: tracing::trace_span!("controlnet"),
         })
     }
@@ -382,7 +301,7 @@ impl ControlNetModel {
 
     /// The dtype of the weights.
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.encoder.dtype()
     }
 
     /// Runs the ControlNet on one denoiser input.
@@ -430,14 +349,9 @@ impl ControlNetModel {
     ) -> Result<ControlResiduals> {
         let _enter = self.span.enter();
         let in_dtype = xs.dtype();
+        let dtype = self.dtype();
         let (batch, _, h, w) = xs.dims4()?;
-        let t: Vec<f32> = timesteps.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        if t.len() != batch {
-            candle_core::bail!(
-                "controlnet got {} timesteps for a batch of {batch}",
-                t.len()
-            );
-        }
+        let t = self.encoder.timesteps(timesteps, batch)?;
         let (hint_batch, hint_c, hint_h, hint_w) = hint.dims4()?;
         let f = self.config.hint_downscale();
         if hint_c != self.config.hint_channels || hint_h != h * f || hint_w != w * f {
@@ -454,24 +368,17 @@ impl ControlNetModel {
                 "controlnet hint batch {hint_batch} does not divide the batch {batch}"
             );
         }
-        let xs = xs.to_dtype(self.dtype)?;
-        let context = context.to_dtype(self.dtype)?;
+        let xs = xs.to_dtype(dtype)?;
+        let context = context.to_dtype(dtype)?;
 
-        let t_emb =
-            sinusoidal_embedding(&t, self.config.encoder.block_out_channels[0], &self.device)?;
-        let mut emb = self.time_embedding.forward(&t_emb.to_dtype(self.dtype)?)?;
-        if let Some(u) = &self.union {
-            emb = emb.broadcast_add(&u.type_embedding(control_type, self.dtype)?)?;
-        }
-        match (&self.add_embedding, y) {
-            (Some(add), Some(y)) => emb = (emb + add.forward(&y.to_dtype(self.dtype)?)?)?,
-            (Some(_), None) => candle_core::bail!("this controlnet needs the y (adm) vector"),
-            (None, Some(_)) => candle_core::bail!("this controlnet takes no y (adm) vector"),
-            (None, None) => {}
-        }
+        let control_type_emb = match &self.union {
+            Some(u) => Some(u.type_embedding(control_type, dtype)?),
+            None => None,
+        };
+        let emb = self.encoder.embedding(&t, control_type_emb.as_ref(), y)?;
 
         // The hint is embedded once per distinct image, then repeated over the batch.
-        let guided = self.hint_embedding.forward(&hint.to_dtype(self.dtype)?)?;
+        let guided = self.hint_embedding.forward(&hint.to_dtype(dtype)?)?;
         // Per hint item, so repeating over the batch afterwards gives the same result.
         let guided = match (&self.union, control_type) {
             (Some(u), Some(t)) => u.merge(&guided, t)?,
@@ -482,37 +389,17 @@ impl ControlNetModel {
         } else {
             Tensor::cat(&vec![&guided; batch / hint_batch], 0)?
         };
-        let mut h = self.conv_in.forward(&xs)?.broadcast_add(&guided)?;
-
-        let mut zero_convs = self.zero_convs.iter();
-        let mut zero = |t: &Tensor| -> Result<Tensor> {
-            let conv = zero_convs.next().ok_or_else(|| {
+        let mut down = Vec::with_capacity(self.zero_convs.len());
+        let h = self.encoder.down(&xs, &emb, &context, |k, h| {
+            // The hint enters after conv_in, before the first skip.
+            let h = if k == 0 { h.broadcast_add(&guided)? } else { h };
+            let zero = self.zero_convs.get(k).ok_or_else(|| {
                 candle_core::Error::Msg("controlnet zero conv bookkeeping".into())
             })?;
-            conv.forward(t)?.to_dtype(in_dtype)
-        };
-        let mut down = Vec::with_capacity(self.zero_convs.len());
-        down.push(zero(&h)?);
-        for level in &self.down {
-            let _enter = level.span.enter();
-            for (j, resnet) in level.resnets.iter().enumerate() {
-                h = resnet.forward(&h, Some(&emb))?;
-                if let Some(attn) = level.attentions.get(j) {
-                    h = attn.forward(&h, &context)?;
-                }
-                down.push(zero(&h)?);
-            }
-            if let Some(downsampler) = &level.downsampler {
-                h = downsampler.forward(&h)?;
-                down.push(zero(&h)?);
-            }
-        }
-        {
-            let _enter = tracing::trace_span!("controlnet_mid_block").entered();
-            h = self.mid_resnets[0].forward(&h, Some(&emb))?;
-            h = self.mid_attention.forward(&h, &context)?;
-            h = self.mid_resnets[1].forward(&h, Some(&emb))?;
-        }
+            down.push(zero.forward(&h)?.to_dtype(in_dtype)?);
+            Ok(h)
+        })?;
+        let h = self.encoder.mid(&h, &emb, &context)?;
         let mid = self.mid_out.forward(&h)?.to_dtype(in_dtype)?;
         Ok(ControlResiduals { down, mid })
     }

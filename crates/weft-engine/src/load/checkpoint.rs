@@ -3,15 +3,15 @@
 //! A single-file checkpoint is split by prefix: `model.diffusion_model.` (UNet),
 //! `first_stage_model.` (VAE), and the text encoders under `cond_stage_model.` (SD1/SD2) or
 //! `conditioner.embedders.N.` (SDXL); text encoder weights are returned raw (prefix removed) for
-//! the CLIP loader to convert. Weights are renamed to diffusers names through a renaming
-//! `VarBuilder` backend and converted once to the model dtype as they are read.
+//! the CLIP loader to convert. Weights are renamed to diffusers names through the renaming
+//! `VarBuilder` backend (`load::renaming`) and converted once to the model dtype as they
+//! are read.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Tensor};
 
 use crate::load::detect::{
     detect_unet, detect_vae_diffusers, detect_vae_ldm, DetectedUnet, ModelFamily, Prediction,
@@ -19,6 +19,7 @@ use crate::load::detect::{
 };
 use crate::load::file::StateDict;
 use crate::load::keymap::{invert, unet_ldm_to_diffusers, vae_ldm_to_diffusers};
+use crate::load::renaming::Renaming;
 use crate::load::{LoadError, LoadErrorKind};
 use crate::unet::{AttentionHeads, UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoEncoderKL, VaeConfig};
@@ -105,99 +106,6 @@ pub fn clip_components(
         .collect()
 }
 
-/// A `VarBuilder` backend that serves model (diffusers) names from file keys, reshaping
-/// [C, C, 1, 1] convs to [C, C] linears where the model asks for that, converting dtypes, and
-/// remembering the first problem so it can be reported with the file's name.
-struct RenamingBackend {
-    sd: Arc<StateDict>,
-    names: HashMap<String, String>,
-    problem: Arc<Mutex<Option<LoadErrorKind>>>,
-}
-
-impl RenamingBackend {
-    fn record(&self, kind: LoadErrorKind) -> candle_core::Error {
-        let msg = kind.to_string();
-        if let Ok(mut p) = self.problem.lock() {
-            p.get_or_insert(kind);
-        }
-        candle_core::Error::Msg(msg)
-    }
-}
-
-impl candle_nn::var_builder::SimpleBackend for RenamingBackend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let Some(key) = self.names.get(name) else {
-            return Err(self.record(LoadErrorKind::MissingTensor(name.to_string())));
-        };
-        let t = self.sd.get(key).map_err(|e| self.record(e.kind))?;
-        let t = if t.dims() == s.dims() {
-            t
-        } else {
-            // Only trailing singleton dims may differ (LDM VAE attention stores 1x1 convs).
-            let strip = |d: &[usize]| {
-                let mut d = d.to_vec();
-                while d.len() > 2 && d.last() == Some(&1) {
-                    d.pop();
-                }
-                d
-            };
-            if strip(t.dims()) != strip(s.dims()) {
-                return Err(self.record(LoadErrorKind::BadShape {
-                    name: key.clone(),
-                    expected: s.dims().to_vec(),
-                    found: t.dims().to_vec(),
-                }));
-            }
-            t.reshape(s)?
-        };
-        t.to_dtype(dtype)?.to_device(dev)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let Some(key) = self.names.get(name) else {
-            return Err(self.record(LoadErrorKind::MissingTensor(name.to_string())));
-        };
-        self.sd
-            .get(key)
-            .map_err(|e| self.record(e.kind))?
-            .to_dtype(dtype)?
-            .to_device(dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.names.contains_key(name)
-    }
-}
-
-/// Builds a model from `sd` through `names` (model name -> file key), turning failures into a
-/// [`LoadError`] that names the file and the tensor.
-fn build_with<T>(
-    sd: &Arc<StateDict>,
-    names: HashMap<String, String>,
-    dtype: DType,
-    device: &Device,
-    build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
-) -> Result<T, LoadError> {
-    let problem = Arc::new(Mutex::new(None));
-    let backend = RenamingBackend {
-        sd: sd.clone(),
-        names,
-        problem: problem.clone(),
-    };
-    let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
-    build(vb).map_err(|e| {
-        let recorded = problem.lock().ok().and_then(|mut p| p.take());
-        LoadError::new(sd.path(), recorded.unwrap_or(LoadErrorKind::Tensor(e)))
-    })
-}
-
 /// Diffusers name -> file key for the LDM UNet under `prefix`.
 pub fn unet_ldm_names(
     sd: &StateDict,
@@ -235,9 +143,9 @@ pub fn load_unet_ldm(
     device: &Device,
 ) -> Result<UNet2DConditionModel, LoadError> {
     let names = unet_ldm_names(sd, prefix, cfg.layers_per_block);
-    build_with(sd, names, dtype, device, |vb| {
-        UNet2DConditionModel::new(vb, cfg)
-    })
+    Renaming::new(names)
+        .squeeze_trailing_ones()
+        .build(sd, dtype, device, |vb| UNet2DConditionModel::new(vb, cfg))
 }
 
 /// Builds the VAE from LDM-named weights under `prefix`.
@@ -249,7 +157,9 @@ pub fn load_vae_ldm(
     device: &Device,
 ) -> Result<AutoEncoderKL, LoadError> {
     let names = vae_ldm_names(sd, prefix, cfg.block_out_channels.len());
-    build_with(sd, names, dtype, device, |vb| AutoEncoderKL::new(vb, cfg))
+    Renaming::new(names)
+        .squeeze_trailing_ones()
+        .build(sd, dtype, device, |vb| AutoEncoderKL::new(vb, cfg))
 }
 
 /// A loaded single-file checkpoint.
@@ -327,7 +237,9 @@ pub fn load_vae_file(
                 .keys()
                 .filter_map(|k| Some((k.strip_prefix(prefix)?.to_string(), k.clone())))
                 .collect();
-            return build_with(&sd, names, dtype, device, |vb| AutoEncoderKL::new(vb, &cfg));
+            return Renaming::new(names)
+                .squeeze_trailing_ones()
+                .build(&sd, dtype, device, |vb| AutoEncoderKL::new(vb, &cfg));
         }
     }
     Err(LoadError::new(
@@ -543,9 +455,11 @@ pub fn load_unet_diffusers(
     let (config, family) = unet_config_from_diffusers(&read_json(&cfg_path)?)
         .map_err(|e| LoadError::new(&cfg_path, LoadErrorKind::BadConfig(e)))?;
     let sd = Arc::new(open_component(dir, "diffusion_pytorch_model")?);
-    let unet = build_with(&sd, identity_names(&sd), dtype, device, |vb| {
-        UNet2DConditionModel::new(vb, &config)
-    })?;
+    let unet = Renaming::new(identity_names(&sd))
+        .squeeze_trailing_ones()
+        .build(&sd, dtype, device, |vb| {
+            UNet2DConditionModel::new(vb, &config)
+        })?;
     // The folder's scheduler config says what the model predicts.
     let sched = dir
         .parent()
@@ -586,9 +500,9 @@ pub fn load_vae_diffusers(
     let cfg = vae_config_from_diffusers(&read_json(&cfg_path)?)
         .map_err(|e| LoadError::new(&cfg_path, LoadErrorKind::BadConfig(e)))?;
     let sd = Arc::new(open_component(dir, "diffusion_pytorch_model")?);
-    build_with(&sd, identity_names(&sd), dtype, device, |vb| {
-        AutoEncoderKL::new(vb, &cfg)
-    })
+    Renaming::new(identity_names(&sd))
+        .squeeze_trailing_ones()
+        .build(&sd, dtype, device, |vb| AutoEncoderKL::new(vb, &cfg))
 }
 
 /// Loads a diffusers pipeline folder: unet/, vae/, and the raw weights of text_encoder/ and

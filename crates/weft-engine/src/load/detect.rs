@@ -152,20 +152,8 @@ pub fn detect_unet(sd: &StateDict, prefix: &str) -> Result<DetectedUnet, LoadErr
     let layers_per_block = (blocks - down_ids.len()) / levels;
     let per = layers_per_block + 1;
 
-    let depth_of = |block: &str| -> usize {
-        let p = format!("{block}.transformer_blocks.");
-        shapes
-            .keys()
-            .filter_map(|k| {
-                k.strip_prefix(p.as_str())?
-                    .split('.')
-                    .next()?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .max()
-            .map_or(0, |m| m + 1)
-    };
+    let depth_of =
+        |block: &str| count_indexed(shapes.keys(), &format!("{block}.transformer_blocks."));
     let mut block_out_channels = Vec::with_capacity(levels);
     let mut transformer_depth = Vec::with_capacity(levels);
     for i in 0..levels {
@@ -356,4 +344,23 @@ fn detect_vae(
         norm_num_groups: 32,
         scaling_factor,
     })
+}
+
+/// The largest `N` + 1 over the `keys` of the form `{prefix}N.…` (blocks, layers or resnets
+/// counted by their indices), 0 when there are none.
+pub(crate) fn count_indexed<S: AsRef<str>>(
+    keys: impl IntoIterator<Item = S>,
+    prefix: &str,
+) -> usize {
+    keys.into_iter()
+        .filter_map(|k| {
+            k.as_ref()
+                .strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |m| m + 1)
 }

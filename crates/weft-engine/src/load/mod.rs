@@ -9,6 +9,7 @@ pub mod detect;
 pub mod file;
 pub mod keymap;
 pub mod placement;
+pub(crate) mod renaming;
 
 use std::path::{Path, PathBuf};
 

@@ -2,8 +2,12 @@
 //!
 //! The weight tree is diffusers' (`down_blocks.0.resnets.0.conv1.weight`, ...). LDM single-file
 //! checkpoints are renamed at the loading boundary (`crate::load`), never here.
+//!
+//! The encoder half (embeddings, `conv_in`, down blocks, mid block) is `encoder::UNetEncoder`,
+//! which the ControlNet builds on too; this file adds the up path.
 
 pub mod blocks;
+pub(crate) mod encoder;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -12,9 +16,9 @@ use crate::ops::conv::Conv2d;
 use crate::ops::norm::{group_norm, GroupNorm};
 
 use crate::unet::blocks::{
-    conv_same, sinusoidal_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, TimestepEmbedding,
-    Transformer2D, Transformer2DConfig, Upsample2D,
+    conv_same, sinusoidal_embedding, ResnetBlock2D, Transformer2D, Upsample2D,
 };
+use crate::unet::encoder::{resnet, transformer, UNetEncoder};
 
 /// How attention heads are chosen per level.
 #[derive(Debug, Clone, PartialEq)]
@@ -283,14 +287,6 @@ impl UNetControl {
 }
 
 #[derive(Debug)]
-pub(crate) struct DownLevel {
-    pub(crate) resnets: Vec<ResnetBlock2D>,
-    pub(crate) attentions: Vec<Transformer2D>,
-    pub(crate) downsampler: Option<Downsample2D>,
-    pub(crate) span: tracing::Span,
-}
-
-#[derive(Debug)]
 pub(crate) struct UpLevel {
     pub(crate) resnets: Vec<ResnetBlock2D>,
     pub(crate) attentions: Vec<Transformer2D>,
@@ -298,21 +294,16 @@ pub(crate) struct UpLevel {
     pub(crate) span: tracing::Span,
 }
 
-/// The denoising UNet of SD1.x/SD2.x/SDXL.
+/// The denoising UNet of SD1.x/SD2.x/SDXL: the encoder half (embeddings, `conv_in`, down blocks,
+/// mid block; shared with the ControlNet, see `unet/encoder.rs`), then the up path over its
+/// skips.
 #[derive(Debug)]
 pub struct UNet2DConditionModel {
-    pub(crate) conv_in: Conv2d,
-    pub(crate) time_embedding: TimestepEmbedding,
-    pub(crate) add_embedding: Option<TimestepEmbedding>,
-    pub(crate) down: Vec<DownLevel>,
-    pub(crate) mid_resnets: [ResnetBlock2D; 2],
-    pub(crate) mid_attention: Transformer2D,
+    pub(crate) encoder: UNetEncoder,
     pub(crate) up: Vec<UpLevel>,
     pub(crate) conv_norm_out: GroupNorm,
     pub(crate) conv_out: Conv2d,
     config: UNetConfig,
-    dtype: DType,
-    device: Device,
     span: tracing::Span,
 }
 
@@ -322,95 +313,13 @@ impl UNet2DConditionModel {
         cfg.validate().map_err(candle_core::Error::Msg)?;
         let ch = &cfg.block_out_channels;
         let levels = ch.len();
-        let temb = cfg.time_embed_dim();
-        let groups = cfg.norm_num_groups;
-        let resnet = |vb: VarBuilder, i: usize, o: usize| {
-            ResnetBlock2D::new(
-                vb,
-                ResnetConfig {
-                    in_channels: i,
-                    out_channels: o,
-                    temb_channels: Some(temb),
-                    groups,
-                    eps: cfg.norm_eps,
-                },
-            )
-        };
-        let transformer = |vb: VarBuilder, level: usize, c: usize, depth: usize| {
-            Transformer2D::new(
-                vb,
-                Transformer2DConfig {
-                    channels: c,
-                    context_dim: cfg.context_dim,
-                    heads: cfg.heads_at(level, c),
-                    depth,
-                    groups,
-                    use_linear_projection: cfg.use_linear_projection,
-                },
-            )
-        };
-
-        let conv_in = conv_same(cfg.in_channels, ch[0], 3, vb.pp("conv_in"))?;
-        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch[0], temb)?;
-        let add_embedding = match cfg.adm_in_channels {
-            Some(adm) => Some(TimestepEmbedding::new(vb.pp("add_embedding"), adm, temb)?),
-            None => None,
-        };
+        let encoder = UNetEncoder::new(vb.clone(), cfg, "unet")?;
 
         // Channels of every skip, in push order, so the up path knows what it concatenates.
-        let mut skips = vec![ch[0]];
-        let mut down = Vec::with_capacity(levels);
-        let vb_down = vb.pp("down_blocks");
-        let mut prev = ch[0];
-        for (level, &out) in ch.iter().enumerate() {
-            let vb_l = vb_down.pp(level);
-            let depth = cfg.transformer_depth[level];
-            let mut resnets = Vec::new();
-            let mut attentions = Vec::new();
-            for j in 0..cfg.layers_per_block {
-                let input = if j == 0 { prev } else { out };
-                resnets.push(resnet(vb_l.pp("resnets").pp(j), input, out)?);
-                if depth > 0 {
-                    attentions.push(transformer(vb_l.pp("attentions").pp(j), level, out, depth)?);
-                }
-                skips.push(out);
-            }
-            let downsampler = if level + 1 < levels {
-                skips.push(out);
-                Some(Downsample2D::new(
-                    vb_l.pp("downsamplers").pp(0),
-                    out,
-                    false,
-                )?)
-            } else {
-                None
-            };
-            prev = out;
-            let span = tracing::trace_span!("down_block", level);
-            down.push(DownLevel {
-                resnets,
-                attentions,
-                downsampler,
-                span,
-            });
-        }
-
-        let last = ch[levels - 1];
-        let vb_mid = vb.pp("mid_block");
-        let mid_resnets = [
-            resnet(vb_mid.pp("resnets").pp(0), last, last)?,
-            resnet(vb_mid.pp("resnets").pp(1), last, last)?,
-        ];
-        let mid_attention = transformer(
-            vb_mid.pp("attentions").pp(0),
-            levels - 1,
-            last,
-            cfg.mid_transformer_depth,
-        )?;
-
+        let mut skips = encoder.skip_channels().to_vec();
         let mut up = Vec::with_capacity(levels);
         let vb_up = vb.pp("up_blocks");
-        let mut prev = last;
+        let mut prev = ch[levels - 1];
         for i in 0..levels {
             let level = levels - 1 - i;
             let out = ch[level];
@@ -423,9 +332,10 @@ impl UNet2DConditionModel {
                     .pop()
                     .ok_or_else(|| candle_core::Error::Msg("unet skip bookkeeping".into()))?;
                 let input = if j == 0 { prev } else { out };
-                resnets.push(resnet(vb_l.pp("resnets").pp(j), input + skip, out)?);
+                resnets.push(resnet(cfg, vb_l.pp("resnets").pp(j), input + skip, out)?);
                 if depth > 0 {
-                    attentions.push(transformer(vb_l.pp("attentions").pp(j), level, out, depth)?);
+                    let vb_a = vb_l.pp("attentions").pp(j);
+                    attentions.push(transformer(cfg, vb_a, level, out, depth)?);
                 }
             }
             let upsampler = if i + 1 < levels {
@@ -443,21 +353,15 @@ impl UNet2DConditionModel {
             });
         }
 
+        let groups = cfg.norm_num_groups;
         let conv_norm_out = group_norm(groups, ch[0], cfg.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = conv_same(ch[0], cfg.out_channels, 3, vb.pp("conv_out"))?;
         Ok(Self {
-            conv_in,
-            time_embedding,
-            add_embedding,
-            down,
-            mid_resnets,
-            mid_attention,
+            encoder,
             up,
             conv_norm_out,
             conv_out,
             config: cfg.clone(),
-            dtype: crate::device::compute_dtype(vb.device(), vb.dtype()),
-            device: vb.device().clone(),
             span: tracing::trace_span!("unet"),
         })
     }
@@ -469,21 +373,17 @@ impl UNet2DConditionModel {
 
     /// The dtype it computes in: f32 on the CPU, the weights' on a GPU.
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.encoder.dtype()
     }
 
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
-        &self.device
+        self.encoder.device()
     }
 
     /// Number of ControlNet down residuals this UNet takes (12 for SD1.5, 9 for SDXL).
     pub fn num_skips(&self) -> usize {
-        1 + self
-            .down
-            .iter()
-            .map(|l| l.resnets.len() + usize::from(l.downsampler.is_some()))
-            .sum::<usize>()
+        self.encoder.skip_channels().len()
     }
 
     /// One denoiser evaluation.
@@ -538,49 +438,22 @@ impl UNet2DConditionModel {
             );
         }
         let in_dtype = xs.dtype();
+        let dtype = self.dtype();
         let (batch, _, _, _) = xs.dims4()?;
-        let t: Vec<f32> = timesteps.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        if t.len() != batch {
-            candle_core::bail!("unet got {} timesteps for a batch of {batch}", t.len());
-        }
-        let xs = xs.to_dtype(self.dtype)?;
-        let context = context.to_dtype(self.dtype)?;
+        let t = self.encoder.timesteps(timesteps, batch)?;
+        let xs = xs.to_dtype(dtype)?;
+        let context = context.to_dtype(dtype)?;
+        let emb = self.encoder.embedding(&t, None, y)?;
 
-        let t_emb = sinusoidal_embedding(&t, self.config.block_out_channels[0], &self.device)?;
-        let mut emb = self.time_embedding.forward(&t_emb.to_dtype(self.dtype)?)?;
-        match (&self.add_embedding, y) {
-            (Some(add), Some(y)) => {
-                emb = (emb + add.forward(&y.to_dtype(self.dtype)?)?)?;
-            }
-            (Some(_), None) => candle_core::bail!("this unet needs the y (adm) vector"),
-            (None, Some(_)) => candle_core::bail!("this unet takes no y (adm) vector"),
-            (None, None) => {}
-        }
-
-        let mut additions = input.iter();
-        let mut add_input = |h: Tensor| -> Result<Tensor> {
-            match additions.next() {
-                Some(Some(r)) => h + r.to_dtype(self.dtype)?,
-                _ => Ok(h),
-            }
-        };
-        let mut h = add_input(self.conv_in.forward(&xs)?)?;
-        let mut skips = vec![h.clone()];
-        for level in &self.down {
-            let _enter = level.span.enter();
-            for (j, resnet) in level.resnets.iter().enumerate() {
-                h = resnet.forward(&h, Some(&emb))?;
-                if let Some(attn) = level.attentions.get(j) {
-                    h = attn.forward(&h, &context)?;
-                }
-                h = add_input(h)?;
-                skips.push(h.clone());
-            }
-            if let Some(down) = &level.downsampler {
-                h = add_input(down.forward(&h)?)?;
-                skips.push(h.clone());
-            }
-        }
+        let mut skips = Vec::with_capacity(self.num_skips());
+        let mut h = self.encoder.down(&xs, &emb, &context, |k, h| {
+            let h = match input.get(k) {
+                Some(Some(r)) => (h + r.to_dtype(dtype)?)?,
+                _ => h,
+            };
+            skips.push(h.clone());
+            Ok(h)
+        })?;
 
         if let Some(control) = control {
             if control.down.len() != skips.len() {
@@ -591,21 +464,16 @@ impl UNet2DConditionModel {
                 );
             }
             for (skip, residual) in skips.iter_mut().zip(control.down.iter()) {
-                *skip = (&*skip + residual.to_dtype(self.dtype)?)?;
+                *skip = (&*skip + residual.to_dtype(dtype)?)?;
             }
         }
 
-        {
-            let _enter = tracing::trace_span!("mid_block").entered();
-            h = self.mid_resnets[0].forward(&h, Some(&emb))?;
-            h = self.mid_attention.forward(&h, &context)?;
-            h = self.mid_resnets[1].forward(&h, Some(&emb))?;
-        }
+        h = self.encoder.mid(&h, &emb, &context)?;
         if let Some(mid) = mid {
-            h = (h + mid.to_dtype(self.dtype)?)?;
+            h = (h + mid.to_dtype(dtype)?)?;
         }
         if let Some(control) = control {
-            h = (h + control.mid.to_dtype(self.dtype)?)?;
+            h = (h + control.mid.to_dtype(dtype)?)?;
         }
 
         for level in &self.up {
