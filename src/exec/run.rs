@@ -1,5 +1,5 @@
 //! Running one prompt: plan, cache walk, node calls in order, events and the history record
-//! ([`PromptRun`]).
+//! (`PromptRun`).
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};

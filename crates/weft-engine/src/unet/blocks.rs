@@ -1,4 +1,4 @@
-//! Building blocks shared by the UNet, the VAE and (later) ControlNet, in diffusers layout.
+//! Building blocks shared by the UNet (and so the ControlNet, through its encoder) and the VAE, in diffusers layout.
 //!
 //! These follow diffusers exactly (exact erf GELU in GeGLU, f32 softmax), so parity with
 //! `diffusers.UNet2DConditionModel` is limited by float rounding only.
