@@ -59,6 +59,21 @@ case "${1:-}" in
             # The editor: unit tests, the production build, then browser tests against the real
             # server binary the cargo tests just built.
             (cd web && npm ci --no-audit --no-fund && npm test && npm run build)
+            # ComfyUI's own frontend, for the browser test that runs it against Weft (skipped
+            # without it).
+            if [ -z "${WEFT_COMFY_FRONTEND:-}" ]; then
+                if python3 -m pip --version >/dev/null 2>&1; then
+                    WEFT_COMFY_FRONTEND="$(comfy_frontend || true)"
+                    if [ -f "$WEFT_COMFY_FRONTEND/index.html" ]; then
+                        export WEFT_COMFY_FRONTEND
+                    else
+                        echo "note: could not fetch ComfyUI's frontend $COMFY_FRONTEND_VERSION from PyPI; its browser test is skipped" >&2
+                        unset WEFT_COMFY_FRONTEND
+                    fi
+                else
+                    echo "note: python3 with pip is not installed, so ComfyUI's frontend is not fetched and its browser test is skipped" >&2
+                fi
+            fi
             WEFT_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/weft" npm --prefix web run e2e
         fi
         ;;

@@ -468,7 +468,6 @@ impl UserFiles {
                 Some(_) => paths::resolve_existing_any(&root, &folder.joined())?,
                 None => None,
             };
-            let mut exists = on_disk.is_some();
             let mut files = Vec::new();
             if let (Some(real_root), Some(real)) = (&real_root, &on_disk) {
                 let mut found = Vec::new();
@@ -487,7 +486,6 @@ impl UserFiles {
                 let Some(rest) = parts.strip_prefix(folder.parts.as_slice()) else {
                     continue;
                 };
-                exists = true;
                 if rest.is_empty()
                     || (!recurse && rest.len() > 1)
                     || rest.iter().any(|p| p.starts_with('.'))
@@ -501,12 +499,9 @@ impl UserFiles {
                     created: workflow.created_at,
                 });
             }
-            if !exists {
-                return Err(UserDataError::NotFound(format!(
-                    "no folder '{}' in the user folder",
-                    folder.given
-                )));
-            }
+            // ComfyUI answers 404 for a folder that does not exist yet; its frontend asks for
+            // `workflows/` and `subgraphs/` on a new user's first load and reads 404 as empty.
+            // An empty list says the same without an error on every first visit.
             files.sort_by(|a, b| a.path.cmp(&b.path));
             Ok(files)
         })
@@ -647,6 +642,18 @@ impl UserFiles {
             })
         })
         .await
+    }
+
+    /// What the frontend reads when a known file of the user folder is not there yet: the
+    /// node-templates list (`comfy.templates.json`, an empty JSON list) and the user's stylesheet
+    /// (`user.css`, empty). ComfyUI answers 404 for them; an empty file means the same to its
+    /// frontend without a failed request (and a stylesheet served as JSON) on every load.
+    pub fn default_content(file: &str) -> Option<(&'static str, &'static str)> {
+        match UserPath::parse(file).ok()?.parts.as_slice() {
+            [name] if name == "comfy.templates.json" => Some(("application/json", "[]")),
+            [name] if name == "user.css" => Some(("text/css", "")),
+            _ => None,
+        }
     }
 
     /// Whether `file` is the user's stylesheet (`user.css`, served inline, as ComfyUI does).

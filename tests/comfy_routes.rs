@@ -83,6 +83,13 @@ async fn template_files_of_the_served_frontend_come_first() {
         (status, page.as_slice()),
         (200, b"<html></html>".as_slice())
     );
+    // What ComfyUI's frontend asks for on every load: providers' logos, and the stylesheet its
+    // page links beside itself (the user's `user.css`, empty when there is none).
+    let (status, body) = app.get("/templates/index_logo.json").await;
+    assert_eq!((status, body), (200, json!({})));
+    let (status, headers, css) = app.get_typed("/user.css").await;
+    assert_eq!((status, css.as_slice()), (200, b"".as_slice()));
+    assert!(headers.starts_with("text/css"), "{headers}");
 }
 
 #[actix_web::test]

@@ -190,11 +190,21 @@ async fn users_and_settings_follow_comfyui() {
 #[actix_web::test]
 async fn plain_files_are_saved_listed_read_moved_and_deleted() {
     let app = spawn_app().await;
-    // Nothing stored yet.
-    assert_eq!(
-        call(&app, "GET", "/userdata?dir=sub", b"").await.status,
-        404
-    );
+    // Nothing stored yet: a folder not made yet lists empty (ComfyUI 404s; its frontend reads that
+    // as empty), and the files the frontend reads on every load have empty defaults.
+    let reply = call(
+        &app,
+        "GET",
+        "/userdata?dir=workflows&recurse=true&full_info=true",
+        b"",
+    )
+    .await;
+    assert_eq!((reply.status, reply.json()), (200, json!([])));
+    let reply = call(&app, "GET", "/userdata/comfy.templates.json", b"").await;
+    assert_eq!((reply.status, reply.json()), (200, json!([])));
+    let reply = call(&app, "GET", "/userdata/user.css", b"").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers.get("content-type").unwrap(), "text/css");
     assert_eq!(app.get("/v2/userdata").await, (200, json!([])));
     assert_eq!(app.get("/v2/userdata?path=sub").await.0, 404);
     assert_eq!(call(&app, "GET", "/userdata/a.txt", b"").await.status, 404);
@@ -270,8 +280,8 @@ async fn plain_files_are_saved_listed_read_moved_and_deleted() {
     assert_eq!(call(&app, "GET", "/userdata", b"").await.status, 400);
     assert_eq!(call(&app, "GET", "/userdata?dir=", b"").await.status, 400);
     assert_eq!(
-        call(&app, "GET", "/userdata?dir=nope", b"").await.status,
-        404
+        call(&app, "GET", "/userdata?dir=nope", b"").await.json(),
+        json!([])
     );
     assert_eq!(
         app.get("/userdata?dir=sub").await.1,
@@ -494,9 +504,9 @@ async fn workflows_saved_through_userdata_are_library_workflows() {
             b""
         )
         .await
-        .status,
-        404,
-        "no workflows yet: the frontend reads 404 as none"
+        .json(),
+        json!([]),
+        "no workflows yet"
     );
     // The frontend's save: byte-exact content, full_info answer.
     let v1 = br#"{"nodes": [ {"id":1, "pos":[1.50, 2e2]} ], "links":[], "extra": {"note": "caf\u00e9"}}"#;

@@ -166,6 +166,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             )
             .service(web::scope("/internal").configure(internal::routes))
             .service(web::scope("/templates").configure(templates::routes))
+            .route("/user.css", web::get().to(userdata::user_css))
             .configure(comfy_routes);
         match web_root.filter(|root| root.join("index.html").is_file()) {
             Some(root) => {

@@ -34,6 +34,9 @@ fn stand_in(file: &str) -> Option<Json> {
         Some(json!([]))
     } else if file == "fuse_options.json" {
         Some(Json::Null)
+    } else if file == "index_logo.json" {
+        // Providers' logos by name: none.
+        Some(json!({}))
     } else {
         None
     }
@@ -77,6 +80,7 @@ mod tests {
         assert_eq!(stand_in("index.json"), Some(json!([])));
         assert_eq!(stand_in("index.zh-TW.json"), Some(json!([])));
         assert_eq!(stand_in("fuse_options.json"), Some(json!(null)));
+        assert_eq!(stand_in("index_logo.json"), Some(json!({})));
         assert_eq!(stand_in("index..json"), None);
         assert_eq!(stand_in("index.schema/x.json"), None);
         assert_eq!(stand_in("default.json"), None);

@@ -105,7 +105,22 @@ pub async fn get_file(
     req: HttpRequest,
     file: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let file = file.into_inner();
+    serve(&state, &req, file.into_inner()).await
+}
+
+/// `GET /user.css`: the user's stylesheet, which the frontend's page links beside itself.
+pub async fn user_css(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    serve(&state, &req, "user.css".to_owned()).await
+}
+
+async fn serve(
+    state: &AppState,
+    req: &HttpRequest,
+    file: String,
+) -> Result<HttpResponse, ApiError> {
     let css = UserFiles::is_user_css(&file);
     let disposition = ContentDisposition {
         disposition: if css {
@@ -115,7 +130,20 @@ pub async fn get_file(
         },
         parameters: Vec::new(),
     };
-    let mut response = match state.user.open(&file).await? {
+    let stored = match (
+        state.user.open(&file).await,
+        UserFiles::default_content(&file),
+    ) {
+        (Err(UserDataError::NotFound(_)), Some((mime, body))) => {
+            return Ok(HttpResponse::Ok()
+                .content_type(mime)
+                .insert_header((header::CONTENT_DISPOSITION, disposition))
+                .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                .body(body));
+        }
+        (opened, _) => opened?,
+    };
+    let mut response = match stored {
         Stored::Workflow(row) => HttpResponse::Ok()
             .content_type("application/json")
             .insert_header((header::CONTENT_DISPOSITION, disposition))
@@ -136,7 +164,7 @@ pub async fn get_file(
                 .map_err(|e| ApiError::NotFound(format!("cannot open '{file}': {e}")))?
                 .set_content_type(mime)
                 .set_content_disposition(disposition)
-                .into_response(&req)
+                .into_response(req)
         }
     };
     response.headers_mut().insert(

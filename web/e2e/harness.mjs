@@ -32,11 +32,16 @@ async function freePort() {
   });
 }
 
-/** Starts `weft serve --test-nodes` serving web/dist; resolves when /object_info answers. */
-export async function startServer({ testNodes = true, modelsDir } = {}) {
+/**
+ * Starts `weft serve --test-nodes` serving `webRoot` (default web/dist, the editor); resolves when
+ * /object_info answers.
+ */
+export async function startServer({ testNodes = true, modelsDir, webRoot } = {}) {
   const bin = weftBinary();
-  const dist = path.join(WEB_DIR, 'dist');
-  if (!fs.existsSync(path.join(dist, 'index.html'))) throw new Error('web/dist is missing: run `npm run build` first');
+  const dist = webRoot ?? path.join(WEB_DIR, 'dist');
+  if (!fs.existsSync(path.join(dist, 'index.html'))) {
+    throw new Error(webRoot ? `${webRoot} has no index.html` : 'web/dist is missing: run `npm run build` first');
+  }
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'weft-e2e-'));
   const models = modelsDir ?? process.env.WEFT_MODELS_DIR ?? path.join(dataDir, 'models');
   fs.mkdirSync(models, { recursive: true });

@@ -5,7 +5,8 @@
 // Env: WEFT_BIN (server binary; default ../target/debug/weft), CHROMIUM_BIN (/usr/bin/chromium),
 //      WEFT_MODELS_DIR (models for tests that need real diffusion nodes).
 // Each test file exports `name`, optional `requires` (node types the server must have; the test
-// is skipped otherwise) and `run(ctx)`. One server serves the run; every test gets a fresh
+// is skipped otherwise), optional `skip(objectInfo)` (a reason to skip, or null), optional
+// `allowExternal` (see below) and `run(ctx)`. One server serves the run; every test gets a fresh
 // browser profile.
 
 import fs from 'node:fs';
@@ -47,15 +48,18 @@ for (const file of files) {
     continue;
   }
   const browser = await launchBrowser();
-  // The editor fetches nothing from anywhere but its own server.
+  // The editor fetches nothing from anywhere but its own server. A test may name (`allowExternal`,
+  // regexps) requests it expects to outside hosts, and must block them itself (`ctx.route`); one
+  // that starts a server of its own allows it at run time (`allowRequests(regexp)`).
   const external = [];
+  const allowed = [...(mod.allowExternal ?? [])];
   browser.ctx.on('request', (r) => {
     const u = r.url();
-    if (!u.startsWith(server.url) && !/^(data|blob):/.test(u)) external.push(u);
+    if (!u.startsWith(server.url) && !/^(data|blob):/.test(u) && !allowed.some((re) => re.test(u))) external.push(u);
   });
   const started = Date.now();
   try {
-    await mod.run({ server, page: browser.page, ctx: browser.ctx, browser, objectInfo });
+    await mod.run({ server, page: browser.page, ctx: browser.ctx, browser, objectInfo, allowRequests: (re) => allowed.push(re) });
     if (browser.errors.length) throw new Error(`errors in the page: ${browser.errors.join(' | ')}`);
     if (external.length) throw new Error(`requests outside the server: ${external.join(', ')}`);
     console.log(`ok - ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
