@@ -15,6 +15,7 @@ mod internal;
 mod jobs;
 mod mask;
 mod models;
+mod png_text;
 mod prompt;
 mod settings;
 mod templates;
