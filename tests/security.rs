@@ -59,3 +59,162 @@ async fn png_text_chunks_inflate_only_up_to_a_limit() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["workflow"], workflow);
 }
+
+/// Status and headers of a GET.
+async fn head_of(url: &str) -> (u16, awc::http::header::HeaderMap) {
+    let response = awc::Client::default().get(url).send().await.unwrap();
+    (response.status().as_u16(), response.headers().clone())
+}
+
+fn header<'a>(headers: &'a awc::http::header::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+#[actix_web::test]
+async fn stored_files_are_never_run_by_a_browser() {
+    let app = spawn_app().await;
+    let script =
+        br#"<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.domain)</script></svg>"#;
+    // (name, shown inline, Content-Type served)
+    let cases = [
+        ("x.svg", false, "image/svg+xml"),
+        ("x.xhtml", false, "application/octet-stream"),
+        ("x.html", false, "application/octet-stream"),
+        ("x.htm", false, "application/octet-stream"),
+        ("x.js", false, "application/octet-stream"),
+        ("x.css", false, "application/octet-stream"),
+        ("x.xml", false, ""),
+        ("x.xsl", false, ""),
+        ("x.txt", false, "text/plain"),
+        ("x.bin", false, "application/octet-stream"),
+        ("x.png", true, "image/png"),
+        ("x.webp", true, "image/webp"),
+        ("x.mp4", true, "video/mp4"),
+        ("x.wav", true, "audio/"),
+    ];
+    for (name, inline, content_type) in cases {
+        let (body, ct) = multipart(&[("image", Some(name), script)]);
+        let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+        assert_eq!(
+            (status, reply["name"].as_str()),
+            (200, Some(name)),
+            "{reply}"
+        );
+        let (status, headers) =
+            head_of(&app.url(&format!("/view?filename={name}&type=input"))).await;
+        assert_eq!(status, 200, "{name}");
+        let disposition = header(&headers, "content-disposition");
+        let expected = if inline { "inline" } else { "attachment" };
+        assert!(disposition.starts_with(expected), "{name}: {disposition}");
+        assert!(
+            header(&headers, "content-type").starts_with(content_type),
+            "{name}: {:?}",
+            headers.get("content-type")
+        );
+        assert_eq!(
+            header(&headers, "x-content-type-options"),
+            "nosniff",
+            "{name}"
+        );
+        assert_eq!(
+            header(&headers, "content-security-policy"),
+            "default-src 'none'; sandbox",
+            "{name}"
+        );
+    }
+    // Re-encoded previews too.
+    std::fs::write(
+        app.data_dir().join("input/real.png"),
+        crate::server::png_bytes(2, 2, [1, 2, 3, 255]),
+    )
+    .unwrap();
+    let (status, headers) =
+        head_of(&app.url("/view?filename=real.png&type=input&preview=webp")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), "image/webp");
+    assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
+    assert!(header(&headers, "content-security-policy").contains("sandbox"));
+
+    // The user folder's files: downloads, typed as bytes when a browser could run them.
+    let response = awc::Client::default()
+        .post(app.url("/userdata/x.svg"))
+        .send_body(&script[..])
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let (status, headers) = head_of(&app.url("/userdata/x.svg")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), "application/octet-stream");
+    assert!(header(&headers, "content-disposition").starts_with("attachment"));
+    assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
+    assert!(header(&headers, "content-security-policy").contains("sandbox"));
+
+    // Every API response, errors included, says nosniff.
+    for path in [
+        "/queue",
+        "/object_info/StubImage",
+        "/view?filename=none.png",
+        "/nope",
+    ] {
+        let (_, headers) = head_of(&app.url(path)).await;
+        assert_eq!(
+            header(&headers, "x-content-type-options"),
+            "nosniff",
+            "{path}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn weft_s_editor_gets_a_content_security_policy_and_other_frontends_do_not() {
+    let editor = tempfile::tempdir().unwrap();
+    std::fs::write(
+        editor.path().join("index.html"),
+        r#"<!doctype html><meta name="generator" content="weft-editor" /><title>Weft</title>"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(editor.path().join("assets")).unwrap();
+    std::fs::write(editor.path().join("assets/a.js"), "1").unwrap();
+    let root = editor.path().to_path_buf();
+    let app = crate::helpers::spawn_app_with(move |c| c.web_root = Some(root)).await;
+    for path in ["/", "/index.html", "/assets/a.js"] {
+        let (status, headers) = head_of(&app.url(path)).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(
+            header(&headers, "content-security-policy"),
+            weft::api::EDITOR_CSP,
+            "{path}"
+        );
+        assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
+    }
+    let csp = weft::api::EDITOR_CSP;
+    for directive in [
+        "script-src 'self';",
+        "connect-src 'self';",
+        "img-src 'self' blob: data:;",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive}");
+    }
+    // The API's answers are not pages: no editor policy on them.
+    let (_, headers) = head_of(&app.url("/queue")).await;
+    assert_eq!(header(&headers, "content-security-policy"), "");
+
+    // Another frontend in the web root (ComfyUI's) is served without a policy it was not written
+    // for.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("index.html"),
+        "<!doctype html><title>ComfyUI</title>",
+    )
+    .unwrap();
+    let root = other.path().to_path_buf();
+    let app = crate::helpers::spawn_app_with(move |c| c.web_root = Some(root)).await;
+    let (status, headers) = head_of(&app.url("/")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-security-policy"), "");
+    assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
+}

@@ -170,7 +170,22 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(comfy_routes);
         match web_root.filter(|root| root.join("index.html").is_file()) {
             Some(root) => {
-                cfg.service(actix_files::Files::new("/", root).index_file("index.html"));
+                let editor = is_weft_editor(&root);
+                let files = actix_files::Files::new("/", root).index_file("index.html");
+                if editor {
+                    cfg.service(
+                        web::scope("")
+                            .wrap(
+                                actix_web::middleware::DefaultHeaders::new()
+                                    .add((header::CONTENT_SECURITY_POLICY, EDITOR_CSP)),
+                            )
+                            .service(files),
+                    );
+                } else {
+                    // Another frontend (ComfyUI's, which needs inline styles, workers and
+                    // more): served as it is, without a policy it was not written for.
+                    cfg.service(files);
+                }
             }
             None => {
                 cfg.route("/", web::get().to(editor_missing));
@@ -179,8 +194,26 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
     }
 }
 
+/// The Content-Security-Policy of Weft's own editor (`web/dist`): its scripts and styles come
+/// from the server, images also from `blob:` (previews) and `data:`, connections (HTTP and the
+/// socket) go to the server alone, and no other site may frame it.
+pub const EDITOR_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+    img-src 'self' blob: data:; media-src 'self' blob: data:; font-src 'self' data:; \
+    connect-src 'self'; worker-src 'self'; object-src 'none'; base-uri 'self'; \
+    form-action 'self'; frame-ancestors 'none'";
+
+/// Whether the web root holds Weft's editor (its `index.html` says so in a `generator` meta tag)
+/// rather than another frontend, such as ComfyUI's.
+fn is_weft_editor(root: &std::path::Path) -> bool {
+    std::fs::read_to_string(root.join("index.html"))
+        .is_ok_and(|html| html.contains(r#"<meta name="generator" content="weft-editor""#))
+}
+
 async fn editor_missing() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'none'"))
+        .body(
         "<!doctype html><title>Weft</title><h1>Weft is running</h1>\
          <p>The editor is not built. The API is available at <code>/prompt</code>, <code>/object_info</code>, \
          <code>/ws</code>; see the README.</p>",
