@@ -218,3 +218,105 @@ async fn weft_s_editor_gets_a_content_security_policy_and_other_frontends_do_not
     assert_eq!(header(&headers, "content-security-policy"), "");
     assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
 }
+
+#[actix_web::test]
+async fn other_sites_pages_cannot_drive_the_server() {
+    let app = spawn_app().await;
+    let host = app.base.trim_start_matches("http://").to_owned();
+    let port = host.rsplit_once(':').unwrap().1.to_owned();
+    let client = awc::Client::default();
+    let prompt = json!({"prompt": crate::helpers::invert_graph("origin")}).to_string();
+    let post = |headers: Vec<(String, String)>| {
+        let mut request = client.post(app.url("/prompt"));
+        for (name, value) in headers {
+            request = request.insert_header((name, value));
+        }
+        let body = prompt.clone();
+        async move { request.send_body(body).await.unwrap().status().as_u16() }
+    };
+    let get = |path: &str, headers: Vec<(String, String)>| {
+        let mut request = client.get(app.url(path));
+        for (name, value) in headers {
+            request = request.insert_header((name, value));
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let pair = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+
+    // Same host, another port: another site.
+    let other_port = vec![pair("Host", &host), pair("Origin", "http://127.0.0.1:9999")];
+    assert_eq!(post(other_port.clone()).await, 403);
+    assert_eq!(get("/queue", other_port.clone()).await, 403);
+    // The server's own origin.
+    let own = vec![
+        pair("Host", &host),
+        pair("Origin", &format!("http://{host}")),
+    ];
+    assert_eq!(post(own.clone()).await, 200);
+    assert_eq!(get("/queue", own).await, 200);
+
+    // Loopback spellings are checked like 127.0.0.1.
+    for name in [
+        "0.0.0.0",
+        "localhost.",
+        "foo.localhost",
+        "[::ffff:7f00:1]",
+        "192.168.1.5",
+    ] {
+        let spelled = format!("{name}:{port}");
+        let headers = vec![
+            pair("Host", &spelled),
+            pair("Origin", "http://evil.example"),
+        ];
+        assert_eq!(post(headers).await, 403, "{name}");
+        let headers = vec![
+            pair("Host", &spelled),
+            pair("Origin", &format!("http://{spelled}")),
+        ];
+        assert_eq!(post(headers).await, 200, "{name}");
+    }
+
+    // Sec-Fetch-Site: cross-site may read, not write.
+    let cross = vec![pair("Host", &host), pair("Sec-Fetch-Site", "cross-site")];
+    assert_eq!(post(cross.clone()).await, 403);
+    assert_eq!(get("/queue", cross).await, 200);
+
+    // The socket: the same checks on the handshake.
+    let ws_url = format!("ws://{host}/ws?clientId=spy");
+    let refused = client
+        .ws(&ws_url)
+        .origin("http://127.0.0.1:9999")
+        .connect()
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(awc::error::WsClientError::InvalidResponseStatus(s)) if s.as_u16() == 403
+        ),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    let refused = client
+        .ws(&ws_url)
+        .set_header("Sec-Fetch-Site", "cross-site")
+        .connect()
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(awc::error::WsClientError::InvalidResponseStatus(s)) if s.as_u16() == 403
+        ),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    let accepted = client
+        .ws(&ws_url)
+        .origin(format!("http://{host}").as_str())
+        .set_header("Sec-Fetch-Site", "same-origin")
+        .connect()
+        .await;
+    assert!(accepted.is_ok(), "{:?}", accepted.map(|_| ()));
+    // The server is up and queued only the allowed prompts.
+    let (status, queue) = app.get("/queue").await;
+    assert_eq!(status, 200, "{queue}");
+}

@@ -15,6 +15,7 @@ mod internal;
 mod jobs;
 mod mask;
 mod models;
+mod origin;
 mod png_text;
 mod prompt;
 mod settings;
@@ -26,7 +27,6 @@ pub mod ws;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use actix_web::dev::ServiceResponse;
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use serde_json::Value as Json;
@@ -35,6 +35,7 @@ use crate::api::error::ApiError;
 use crate::exec::Executor;
 use crate::userdata::UserFiles;
 
+pub use origin::origin_guard;
 pub use ws::Hub;
 
 /// Settings the API needs.
@@ -218,52 +219,4 @@ async fn editor_missing() -> HttpResponse {
          <p>The editor is not built. The API is available at <code>/prompt</code>, <code>/object_info</code>, \
          <code>/ws</code>; see the README.</p>",
     )
-}
-
-/// ComfyUI's origin guard: when the server is on loopback and a browser sends both Host and
-/// Origin, their host names must agree; otherwise 403. Stops other web pages from driving a local
-/// server. Use with `actix_web::middleware::from_fn`.
-pub async fn origin_guard(
-    req: actix_web::dev::ServiceRequest,
-    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
-) -> Result<
-    ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
-    actix_web::Error,
-> {
-    let host_of = |value: &str| -> String {
-        let without_scheme = value.split("://").last().unwrap_or(value);
-        let authority = without_scheme.split('/').next().unwrap_or_default();
-        if let Some(rest) = authority.strip_prefix('[') {
-            rest.split(']')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase()
-        } else {
-            authority
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase()
-        }
-    };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(host_of);
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|h| h.to_str().ok())
-        .map(host_of);
-    let loopback = |h: &str| h == "localhost" || h == "::1" || h.starts_with("127.");
-    if let (Some(host), Some(origin)) = (host, origin) {
-        if loopback(&host) && host != origin {
-            let response = HttpResponse::Forbidden().body("origin does not match host");
-            return Ok(req.into_response(response).map_into_right_body());
-        }
-    }
-    next.call(req)
-        .await
-        .map(ServiceResponse::map_into_left_body)
 }
