@@ -173,6 +173,11 @@ pub enum PathError {
     Escapes(String),
     #[error("path '{0}' is empty")]
     Empty(String),
+    #[error("path '{0}': '{1}' is a file, not a folder")]
+    NotAFolder(String, String),
+    /// The operating system's reason, without the server's path.
+    #[error("cannot create the folder '{0}': {1}")]
+    CannotCreate(String, String),
 }
 
 /// A model file in the model browser's listing (`/experiment/models/{folder}`).
@@ -567,29 +572,76 @@ pub fn resolve_model(
     Ok(path.is_file().then_some(path))
 }
 
-/// Resolves where a new file `subfolder/filename` goes inside `base`, creating the subfolder.
+/// Resolves where a new file `subfolder/filename` goes inside `base`, creating the subfolder
+/// ([`create_folder_inside`]: nothing is created outside `base`).
 pub fn resolve_new(base: &Path, subfolder: &str, filename: &str) -> Result<PathBuf, PathError> {
     let shown = format!("{subfolder}/{filename}");
     if filename.is_empty() || filename.contains('/') || filename.contains('\\') {
         return Err(PathError::Escapes(shown));
     }
-    let dir = join_relative(base, subfolder)?;
-    std::fs::create_dir_all(&dir).map_err(|_| PathError::Escapes(shown.clone()))?;
-    let real_dir = dir
-        .canonicalize()
-        .map_err(|_| PathError::Escapes(shown.clone()))?;
-    let real_base = base
-        .canonicalize()
-        .map_err(|_| PathError::Escapes(shown.clone()))?;
-    if !real_dir.starts_with(&real_base) {
-        return Err(PathError::Escapes(shown));
-    }
+    let real_dir = create_folder_inside(base, subfolder)?;
     let path = real_dir.join(filename);
     // A symlink already sitting at the target name must not redirect the write.
     if path.is_symlink() {
         return Err(PathError::Escapes(shown));
     }
     Ok(path)
+}
+
+/// Creates the folder `subfolder` inside `base` (which must exist) and returns its real path.
+/// Each part is checked before anything is made under it: an existing part (a symlink followed)
+/// must be a folder inside `base`, and only then is the next part looked at or created, so a
+/// symlink out of the folder leads to an error, never to a folder made outside.
+pub fn create_folder_inside(base: &Path, subfolder: &str) -> Result<PathBuf, PathError> {
+    join_relative(base, subfolder)?;
+    let real_base = base
+        .canonicalize()
+        .map_err(|e| PathError::CannotCreate(subfolder.to_owned(), e.to_string()))?;
+    let mut dir = real_base.clone();
+    for component in Path::new(subfolder).components() {
+        let Component::Normal(part) = component else {
+            continue;
+        };
+        let next = dir.join(part);
+        match std::fs::symlink_metadata(&next) {
+            Ok(_) => {
+                // A dangling symlink does not resolve: it leads nowhere inside.
+                let real = next
+                    .canonicalize()
+                    .map_err(|_| PathError::Escapes(subfolder.to_owned()))?;
+                if !real.starts_with(&real_base) {
+                    return Err(PathError::Escapes(subfolder.to_owned()));
+                }
+                if !real.is_dir() {
+                    return Err(PathError::NotAFolder(
+                        subfolder.to_owned(),
+                        part.to_string_lossy().into_owned(),
+                    ));
+                }
+                dir = real;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match std::fs::create_dir(&next) {
+                    Ok(()) => {}
+                    // Made by someone else meanwhile: look again, as above.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        let real = next
+                            .canonicalize()
+                            .map_err(|_| PathError::Escapes(subfolder.to_owned()))?;
+                        if !real.starts_with(&real_base) || !real.is_dir() {
+                            return Err(PathError::Escapes(subfolder.to_owned()));
+                        }
+                    }
+                    Err(e) => {
+                        return Err(PathError::CannotCreate(subfolder.to_owned(), e.to_string()))
+                    }
+                }
+                dir = next;
+            }
+            Err(e) => return Err(PathError::CannotCreate(subfolder.to_owned(), e.to_string())),
+        }
+    }
+    Ok(dir)
 }
 
 fn has_extension(path: &Path, extensions: &[&str]) -> bool {
@@ -791,6 +843,53 @@ mod tests {
             dirs.list_folder_files(FolderType::Input),
             ["new.png", "old.png"]
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn folders_are_created_only_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("input");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(base.join("real")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, base.join("out")).unwrap();
+        std::os::unix::fs::symlink(base.join("real"), base.join("alias")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), base.join("dangling")).unwrap();
+        std::fs::write(base.join("file"), b"x").unwrap();
+        let real_base = base.canonicalize().unwrap();
+
+        for sub in ["out/new", "out/new/deeper", "dangling/new"] {
+            assert_eq!(
+                create_folder_inside(&base, sub).unwrap_err(),
+                PathError::Escapes(sub.into())
+            );
+            assert_eq!(
+                resolve_new(&base, sub, "x.png").unwrap_err(),
+                PathError::Escapes(sub.into())
+            );
+        }
+        assert!(!outside.join("new").exists());
+        assert!(!dir.path().join("nowhere").exists());
+        assert_eq!(
+            create_folder_inside(&base, "file/sub").unwrap_err(),
+            PathError::NotAFolder("file/sub".into(), "file".into())
+        );
+        // Symlinks that stay inside are followed; new folders are made inside.
+        assert_eq!(
+            create_folder_inside(&base, "alias/a/b").unwrap(),
+            real_base.join("real/a/b")
+        );
+        assert_eq!(
+            resolve_new(&base, "./c", "x.png").unwrap(),
+            real_base.join("c/x.png")
+        );
+        assert_eq!(create_folder_inside(&base, "").unwrap(), real_base);
+        let long = "d".repeat(300);
+        assert!(matches!(
+            create_folder_inside(&base, &long),
+            Err(PathError::CannotCreate(..))
+        ));
     }
 
     #[test]

@@ -320,3 +320,88 @@ async fn other_sites_pages_cannot_drive_the_server() {
     let (status, queue) = app.get("/queue").await;
     assert_eq!(status, 200, "{queue}");
 }
+
+/// The `execution_error` of a finished prompt's history entry.
+pub(crate) fn history_error(entry: &serde_json::Value) -> serde_json::Value {
+    entry["status"]["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m[0] == "execution_error")
+        .map(|m| m[1].clone())
+        .unwrap_or_else(|| panic!("no execution_error in {entry:#}"))
+}
+
+#[cfg(unix)]
+#[actix_web::test]
+async fn no_folder_is_made_outside_the_data_folders_through_a_symlink() {
+    let app = spawn_app().await;
+    let outside = app.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    for folder in ["input", "output"] {
+        std::os::unix::fs::symlink(&outside, app.data_dir().join(folder).join("linkdir")).unwrap();
+    }
+    let png = crate::server::png_bytes(1, 1, [1, 2, 3, 255]);
+
+    // An upload into a new folder under the symlink: refused, and nothing made.
+    let (body, ct) = multipart(&[
+        ("subfolder", None, b"linkdir/newsub"),
+        ("image", Some("x.png"), &png),
+    ]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("'linkdir/newsub' leads outside"),
+        "{reply}"
+    );
+    assert!(!outside.join("newsub").exists());
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+
+    // SaveImage's prefix likewise: the node fails on filename_prefix and nothing is made.
+    let (status, body) = app
+        .post(
+            "/prompt",
+            json!({"prompt": crate::helpers::invert_graph("linkdir/newsub/img")}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
+    assert_eq!(entry["status"]["status_str"], "error");
+    let error = history_error(&entry);
+    assert_eq!(error["node_type"], "SaveImage");
+    let message = error["exception_message"].as_str().unwrap_or_default();
+    assert!(message.contains("filename_prefix"), "{message}");
+    assert!(!outside.join("newsub").exists());
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+
+    // A folder that is a file: a 400 that says so.
+    std::fs::write(app.data_dir().join("input/plain"), b"x").unwrap();
+    let (body, ct) = multipart(&[
+        ("subfolder", None, b"plain/sub"),
+        ("image", Some("x.png"), &png),
+    ]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("'plain' is a file, not a folder"),
+        "{reply}"
+    );
+
+    // New folders inside still work, for uploads and for SaveImage.
+    let (body, ct) = multipart(&[("subfolder", None, b"a/b"), ("image", Some("x.png"), &png)]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(app.data_dir().join("input/a/b/x.png").is_file());
+    app.queue_ok(
+        "/prompt",
+        json!({"prompt": crate::helpers::invert_graph("c/d/img")}),
+    )
+    .await;
+    assert!(app.data_dir().join("output/c/d/img_00001_.png").is_file());
+}

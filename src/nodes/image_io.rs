@@ -325,9 +325,9 @@ fn save_images(
         None => (String::new(), prefix.clone()),
     };
     let base = ctx.dirs.folder(folder);
-    let dir = paths::join_relative(base, &subfolder)
+    // Made only once every part is known to be inside the folder.
+    let dir = paths::create_folder_inside(base, &subfolder)
         .map_err(|e| NodeError::input("filename_prefix", e.to_string()))?;
-    std::fs::create_dir_all(&dir).map_err(|e| NodeError::file(dir.display(), e))?;
     let first_counter = next_counter(&dir, &name);
 
     let images = images.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
