@@ -405,3 +405,98 @@ async fn no_folder_is_made_outside_the_data_folders_through_a_symlink() {
     .await;
     assert!(app.data_dir().join("output/c/d/img_00001_.png").is_file());
 }
+
+#[actix_web::test]
+async fn long_file_names_and_folder_names_are_400s_not_500s() {
+    let app = spawn_app().await;
+    let png = crate::server::png_bytes(1, 1, [1, 2, 3, 255]);
+    let message = |reply: &serde_json::Value| {
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let long = format!("{}.png", "a".repeat(300));
+    let (body, ct) = multipart(&[("image", Some(&long), &png)]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        message(&reply).starts_with("image: the file name is 304 bytes long"),
+        "{reply}"
+    );
+
+    // The longest name that fits is taken; its numbered twin would not fit, and says so.
+    let longest = format!("{}.png", "b".repeat(251));
+    let (body, ct) = multipart(&[("image", Some(&longest), &png)]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(
+        (status, reply["name"].as_str()),
+        (200, Some(longest.as_str())),
+        "{reply}"
+    );
+    let other = crate::server::png_bytes(1, 1, [9, 9, 9, 255]);
+    let (body, ct) = multipart(&[("image", Some(&longest), &other)]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        message(&reply).starts_with("image: the file name is"),
+        "{reply}"
+    );
+    let (body, ct) = multipart(&[("image", Some("tab\there.png"), &png)]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 400, "{reply}");
+
+    // overwrite onto a folder of that name: a conflict naming image; without overwrite the
+    // upload takes the next free name.
+    std::fs::create_dir_all(app.data_dir().join("input/taken.png")).unwrap();
+    let (body, ct) = multipart(&[
+        ("overwrite", None, b"true"),
+        ("image", Some("taken.png"), &png),
+    ]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 409, "{reply}");
+    assert!(
+        message(&reply).starts_with("image: 'taken.png' is a folder"),
+        "{reply}"
+    );
+    assert!(app.data_dir().join("input/taken.png").is_dir());
+    let (body, ct) = multipart(&[("image", Some("taken.png"), &png)]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(
+        (status, reply["name"].as_str()),
+        (200, Some("taken (1).png")),
+        "{reply}"
+    );
+
+    // A 300-character subfolder, and a 300-character user file name.
+    let sub = "s".repeat(300);
+    let (body, ct) = multipart(&[
+        ("subfolder", None, sub.as_bytes()),
+        ("image", Some("x.png"), &png),
+    ]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        message(&reply).contains("cannot create the folder"),
+        "{reply}"
+    );
+    let (status, reply) = app
+        .post_raw(
+            &format!("/userdata/{}.json", "u".repeat(300)),
+            b"{}".to_vec(),
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, 400, "{reply}");
+
+    // Nothing half-written is left, and the server is up.
+    let leftovers: Vec<_> = std::fs::read_dir(app.data_dir().join("input"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(app.get("/queue").await.0, 200);
+}

@@ -94,6 +94,7 @@ pub(crate) async fn read_upload_form(
     if filename.is_empty() || filename == "." || filename == ".." {
         return Err(ApiError::BadRequest("invalid file name".into()));
     }
+    check_file_name(&filename)?;
     Ok(UploadForm {
         filename,
         data,
@@ -102,6 +103,26 @@ pub(crate) async fn read_upload_form(
         overwrite,
         fields,
     })
+}
+
+/// The longest file name, in bytes, that file systems take (Linux's `NAME_MAX`, macOS's, NTFS's
+/// in UTF-16 units).
+pub(crate) const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// An uploaded file's name must fit the file system and hold no control characters.
+fn check_file_name(name: &str) -> Result<(), ApiError> {
+    if name.len() > MAX_FILE_NAME_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "image: the file name is {} bytes long; at most {MAX_FILE_NAME_BYTES} are allowed",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "image: the file name contains control characters".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Where an upload goes.
@@ -133,24 +154,41 @@ pub(crate) fn upload_destination(
         };
         let mut counter = 1;
         while path.exists() {
-            if std::fs::read(&path).is_ok_and(|existing| Sha256::digest(&existing) == digest) {
+            if path.is_file()
+                && std::fs::read(&path).is_ok_and(|existing| Sha256::digest(&existing) == digest)
+            {
                 return Ok(Destination::Same(name));
             }
             name = format!("{stem} ({counter}){ext}");
+            check_file_name(&name)?;
             path = paths::resolve_new(base, subfolder, &name).map_err(path_error)?;
             counter += 1;
         }
+    } else if path.is_dir() {
+        return Err(ApiError::Conflict(format!(
+            "image: '{name}' is a folder; overwrite replaces files only"
+        )));
     }
     Ok(Destination::New(name, path))
 }
 
-/// Writes to a temporary name and renames, so a failed upload never leaves half a file.
+/// Writes to a temporary name and renames, so a failed upload never leaves half a file. The
+/// temporary name is short and hidden (listings leave it out) whatever the file's name.
 pub(crate) fn write_whole(path: &Path, data: &[u8]) -> Result<(), ApiError> {
-    let temporary = path.with_extension(format!("upload-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&temporary, data).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let temporary = path.with_file_name(format!(".upload-{}.tmp", uuid::Uuid::new_v4().simple()));
+    let failed = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::InvalidFilename => {
+            ApiError::BadRequest(format!("image: the file system refuses the name: {e}"))
+        }
+        std::io::ErrorKind::IsADirectory | std::io::ErrorKind::DirectoryNotEmpty => {
+            ApiError::Conflict("image: the name is taken by a folder".into())
+        }
+        _ => ApiError::Internal(e.to_string()),
+    };
+    std::fs::write(&temporary, data).map_err(failed)?;
     std::fs::rename(&temporary, path).map_err(|e| {
         let _ = std::fs::remove_file(&temporary);
-        ApiError::Internal(e.to_string())
+        failed(e)
     })
 }
 
