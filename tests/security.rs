@@ -500,3 +500,39 @@ async fn long_file_names_and_folder_names_are_400s_not_500s() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(app.get("/queue").await.0, 200);
 }
+
+#[actix_web::test]
+async fn nan_and_infinity_are_refused_at_validation_naming_the_input() {
+    let app = spawn_app().await;
+    for value in [
+        json!("NaN"),
+        json!("nan"),
+        json!("inf"),
+        json!("-Infinity"),
+        json!("1e999"),
+    ] {
+        let graph = json!({
+            "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8, "batch_size": 1}},
+            "2": {"class_type": "ImageScaleBy", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact", "scale_by": value}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "nan"}}
+        });
+        let (status, body) = app.post("/prompt", json!({"prompt": graph})).await;
+        assert_eq!(status, 400, "{value}: {body}");
+        let error = &body["node_errors"]["2"]["errors"][0];
+        assert_eq!(error["type"], "invalid_input_type", "{value}: {body}");
+        assert_eq!(
+            error["extra_info"]["input_name"], "scale_by",
+            "{value}: {body}"
+        );
+        assert!(
+            error["details"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not a finite number"),
+            "{value}: {body}"
+        );
+    }
+    // Nothing was queued.
+    let (_, queue) = app.get("/queue").await;
+    assert_eq!(queue["queue_pending"], json!([]));
+}
