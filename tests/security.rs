@@ -536,3 +536,34 @@ async fn nan_and_infinity_are_refused_at_validation_naming_the_input() {
     let (_, queue) = app.get("/queue").await;
     assert_eq!(queue["queue_pending"], json!([]));
 }
+
+#[actix_web::test]
+async fn a_huge_queue_number_is_refused_so_later_prompts_never_tie() {
+    let app = spawn_app().await;
+    let graph = crate::helpers::invert_graph("number");
+    for number in [
+        json!(1e308),
+        json!(-1e308),
+        json!(1125899906842625.0_f64),
+        json!("5"),
+    ] {
+        let (status, body) = app
+            .post("/prompt", json!({"prompt": graph, "number": number}))
+            .await;
+        assert_eq!(status, 400, "{number}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("number "), "{number}: {body}");
+    }
+    // The edge of the range is taken, and the counter still counts on from it.
+    let limit = (1u64 << 50) as f64;
+    let (status, body) = app
+        .post("/prompt", json!({"prompt": graph, "number": limit}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let first = body["number"].as_f64().unwrap();
+    let (_, body) = app.post("/prompt", json!({"prompt": graph})).await;
+    let second = body["number"].as_f64().unwrap();
+    let (_, body) = app.post("/prompt", json!({"prompt": graph})).await;
+    let third = body["number"].as_f64().unwrap();
+    assert!(first < second && second < third, "{first} {second} {third}");
+}
