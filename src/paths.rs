@@ -349,6 +349,78 @@ impl DataDirs {
 }
 
 impl DataDirs {
+    /// The folders whose paths are shown by name, each as given and as its real path, longest
+    /// first (so `input` is found before the data folder it is in).
+    fn labelled_folders(&self) -> Vec<(String, PathBuf)> {
+        let mut folders: Vec<(String, PathBuf)> = vec![
+            ("input".into(), self.input.clone()),
+            ("output".into(), self.output.clone()),
+            ("temp".into(), self.temp.clone()),
+            ("user".into(), self.user.clone()),
+            ("models".into(), self.models.clone()),
+            (String::new(), self.root.clone()),
+        ];
+        for extra in &self.extra_models {
+            folders.push((extra.folder.clone(), extra.path.clone()));
+        }
+        let real: Vec<(String, PathBuf)> = folders
+            .iter()
+            .filter_map(|(label, path)| Some((label.clone(), path.canonicalize().ok()?)))
+            .collect();
+        folders.extend(real);
+        folders.sort_by_key(|(_, path)| std::cmp::Reverse(path.as_os_str().len()));
+        folders.dedup_by(|a, b| a.1 == b.1);
+        folders
+    }
+
+    /// A path as a client may see it: relative to its data or model folder, named by the folder
+    /// (`input/sub/x.png`, `models/checkpoints/x.safetensors`, `loras/x.safetensors` for a folder
+    /// from `extra_model_paths.yaml`); a path in none of them by its file name alone. Never the
+    /// server's absolute path.
+    pub fn shown(&self, path: &Path) -> String {
+        for (label, folder) in self.labelled_folders() {
+            if let Ok(rest) = path.strip_prefix(&folder) {
+                let rest = rest.to_string_lossy();
+                return match (label.is_empty(), rest.is_empty()) {
+                    (true, _) => rest.into_owned(),
+                    (false, true) => label,
+                    (false, false) => format!("{label}/{rest}"),
+                };
+            }
+        }
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `text` with every absolute path of a data or model folder in it replaced as [`shown`]
+    /// would show it: for messages that come from code that knows only paths (the engine's load
+    /// and memory errors, the operating system's).
+    ///
+    /// [`shown`]: DataDirs::shown
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for (label, folder) in self.labelled_folders() {
+            if !folder.is_absolute() {
+                continue;
+            }
+            let folder = folder.to_string_lossy();
+            let (with_slash, label_slash) = (
+                format!("{folder}{}", std::path::MAIN_SEPARATOR),
+                if label.is_empty() {
+                    String::new()
+                } else {
+                    format!("{label}/")
+                },
+            );
+            out = out.replace(&with_slash, &label_slash);
+            if !label.is_empty() {
+                out = out.replace(folder.as_ref(), &label);
+            }
+        }
+        out
+    }
+
     /// Model files under every path of a model folder, for the model browser: hidden files and
     /// folders (and `.git`) left out, each path's files sorted by name, with their size and times.
     /// `None` for an unknown folder.
@@ -843,6 +915,47 @@ mod tests {
             dirs.list_folder_files(FolderType::Input),
             ["new.png", "old.png"]
         );
+    }
+
+    #[test]
+    fn paths_are_shown_relative_to_their_folders() {
+        let root = tempfile::tempdir().unwrap();
+        let mut dirs = DataDirs::new(&root.path().join("data"), &root.path().join("models"));
+        dirs.extra_models.push(ExtraModelFolder {
+            folder: "loras".into(),
+            path: root.path().join("elsewhere/loras"),
+            first: false,
+        });
+        dirs.create().unwrap();
+        let abs = |p: &str| root.path().join(p);
+        assert_eq!(dirs.shown(&abs("data/input/sub/x.png")), "input/sub/x.png");
+        assert_eq!(dirs.shown(&abs("data/output")), "output");
+        assert_eq!(dirs.shown(&abs("data/weft.db")), "weft.db");
+        assert_eq!(
+            dirs.shown(&abs("models/checkpoints/m.safetensors")),
+            "models/checkpoints/m.safetensors"
+        );
+        assert_eq!(
+            dirs.shown(&abs("elsewhere/loras/l.safetensors")),
+            "loras/l.safetensors"
+        );
+        assert_eq!(dirs.shown(Path::new("/somewhere/else/f.txt")), "f.txt");
+        // The real path of a folder is known too (resolve_existing returns real paths).
+        let real = dirs.input.canonicalize().unwrap().join("y.png");
+        assert_eq!(dirs.shown(&real), "input/y.png");
+
+        let message = format!(
+            "cannot load '{}': bad header; and {}: oops",
+            abs("models/checkpoints/m.safetensors").display(),
+            real.display()
+        );
+        assert_eq!(
+            dirs.redact(&message),
+            "cannot load 'models/checkpoints/m.safetensors': bad header; and input/y.png: oops"
+        );
+        assert!(!dirs
+            .redact(&message)
+            .contains(&*root.path().to_string_lossy()));
     }
 
     #[cfg(unix)]

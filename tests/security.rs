@@ -567,3 +567,40 @@ async fn a_huge_queue_number_is_refused_so_later_prompts_never_tie() {
     let third = body["number"].as_f64().unwrap();
     assert!(first < second && second < third, "{first} {second} {third}");
 }
+
+#[actix_web::test]
+async fn error_messages_name_files_relative_to_their_folders() {
+    let app = spawn_app().await;
+    let root = app.dir.path().to_string_lossy().into_owned();
+    std::fs::write(app.data_dir().join("input/bad.png"), b"not an image").unwrap();
+    let checkpoints = app.dir.path().join("models/checkpoints");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    std::fs::write(
+        checkpoints.join("broken.safetensors"),
+        b"\x08\0\0\0\0\0\0\0{garbage",
+    )
+    .unwrap();
+
+    let load_image = json!({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "bad.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}
+    });
+    let checkpoint = json!({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "broken.safetensors"}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "x"}}
+    });
+    for (graph, shown) in [
+        (load_image, "input/bad.png"),
+        (checkpoint, "models/checkpoints/broken.safetensors"),
+    ] {
+        let id = app.queue(graph, "paths").await;
+        let entry = app.wait_history(&id).await;
+        let error = history_error(&entry);
+        let message = error["exception_message"].as_str().unwrap_or_default();
+        assert!(message.contains(shown), "{message}");
+        let everything = error.to_string();
+        assert!(!everything.contains(&root), "{everything}");
+    }
+}
