@@ -255,6 +255,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         App::new()
             .wrap(middleware::from_fn(api::origin_guard))
             .wrap(middleware::Logger::new("%r %s %Dms").log_target("weft::http"))
+            // Outermost, so refusals get it too: no response is ever sniffed into another type.
+            .wrap(
+                middleware::DefaultHeaders::new()
+                    .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")),
+            )
             .configure(api::configure(state.clone()))
     })
     .workers(config.http_workers.max(1))

@@ -173,6 +173,11 @@ pub enum PathError {
     Escapes(String),
     #[error("path '{0}' is empty")]
     Empty(String),
+    #[error("path '{0}': '{1}' is a file, not a folder")]
+    NotAFolder(String, String),
+    /// The operating system's reason, without the server's path.
+    #[error("cannot create the folder '{0}': {1}")]
+    CannotCreate(String, String),
 }
 
 /// A model file in the model browser's listing (`/experiment/models/{folder}`).
@@ -344,6 +349,78 @@ impl DataDirs {
 }
 
 impl DataDirs {
+    /// The folders whose paths are shown by name, each as given and as its real path, longest
+    /// first (so `input` is found before the data folder it is in).
+    fn labelled_folders(&self) -> Vec<(String, PathBuf)> {
+        let mut folders: Vec<(String, PathBuf)> = vec![
+            ("input".into(), self.input.clone()),
+            ("output".into(), self.output.clone()),
+            ("temp".into(), self.temp.clone()),
+            ("user".into(), self.user.clone()),
+            ("models".into(), self.models.clone()),
+            (String::new(), self.root.clone()),
+        ];
+        for extra in &self.extra_models {
+            folders.push((extra.folder.clone(), extra.path.clone()));
+        }
+        let real: Vec<(String, PathBuf)> = folders
+            .iter()
+            .filter_map(|(label, path)| Some((label.clone(), path.canonicalize().ok()?)))
+            .collect();
+        folders.extend(real);
+        folders.sort_by_key(|(_, path)| std::cmp::Reverse(path.as_os_str().len()));
+        folders.dedup_by(|a, b| a.1 == b.1);
+        folders
+    }
+
+    /// A path as a client may see it: relative to its data or model folder, named by the folder
+    /// (`input/sub/x.png`, `models/checkpoints/x.safetensors`, `loras/x.safetensors` for a folder
+    /// from `extra_model_paths.yaml`); a path in none of them by its file name alone. Never the
+    /// server's absolute path.
+    pub fn shown(&self, path: &Path) -> String {
+        for (label, folder) in self.labelled_folders() {
+            if let Ok(rest) = path.strip_prefix(&folder) {
+                let rest = rest.to_string_lossy();
+                return match (label.is_empty(), rest.is_empty()) {
+                    (true, _) => rest.into_owned(),
+                    (false, true) => label,
+                    (false, false) => format!("{label}/{rest}"),
+                };
+            }
+        }
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `text` with every absolute path of a data or model folder in it replaced as [`shown`]
+    /// would show it: for messages that come from code that knows only paths (the engine's load
+    /// and memory errors, the operating system's).
+    ///
+    /// [`shown`]: DataDirs::shown
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for (label, folder) in self.labelled_folders() {
+            if !folder.is_absolute() {
+                continue;
+            }
+            let folder = folder.to_string_lossy();
+            let (with_slash, label_slash) = (
+                format!("{folder}{}", std::path::MAIN_SEPARATOR),
+                if label.is_empty() {
+                    String::new()
+                } else {
+                    format!("{label}/")
+                },
+            );
+            out = out.replace(&with_slash, &label_slash);
+            if !label.is_empty() {
+                out = out.replace(folder.as_ref(), &label);
+            }
+        }
+        out
+    }
+
     /// Model files under every path of a model folder, for the model browser: hidden files and
     /// folders (and `.git`) left out, each path's files sorted by name, with their size and times.
     /// `None` for an unknown folder.
@@ -567,29 +644,76 @@ pub fn resolve_model(
     Ok(path.is_file().then_some(path))
 }
 
-/// Resolves where a new file `subfolder/filename` goes inside `base`, creating the subfolder.
+/// Resolves where a new file `subfolder/filename` goes inside `base`, creating the subfolder
+/// ([`create_folder_inside`]: nothing is created outside `base`).
 pub fn resolve_new(base: &Path, subfolder: &str, filename: &str) -> Result<PathBuf, PathError> {
     let shown = format!("{subfolder}/{filename}");
     if filename.is_empty() || filename.contains('/') || filename.contains('\\') {
         return Err(PathError::Escapes(shown));
     }
-    let dir = join_relative(base, subfolder)?;
-    std::fs::create_dir_all(&dir).map_err(|_| PathError::Escapes(shown.clone()))?;
-    let real_dir = dir
-        .canonicalize()
-        .map_err(|_| PathError::Escapes(shown.clone()))?;
-    let real_base = base
-        .canonicalize()
-        .map_err(|_| PathError::Escapes(shown.clone()))?;
-    if !real_dir.starts_with(&real_base) {
-        return Err(PathError::Escapes(shown));
-    }
+    let real_dir = create_folder_inside(base, subfolder)?;
     let path = real_dir.join(filename);
     // A symlink already sitting at the target name must not redirect the write.
     if path.is_symlink() {
         return Err(PathError::Escapes(shown));
     }
     Ok(path)
+}
+
+/// Creates the folder `subfolder` inside `base` (which must exist) and returns its real path.
+/// Each part is checked before anything is made under it: an existing part (a symlink followed)
+/// must be a folder inside `base`, and only then is the next part looked at or created, so a
+/// symlink out of the folder leads to an error, never to a folder made outside.
+pub fn create_folder_inside(base: &Path, subfolder: &str) -> Result<PathBuf, PathError> {
+    join_relative(base, subfolder)?;
+    let real_base = base
+        .canonicalize()
+        .map_err(|e| PathError::CannotCreate(subfolder.to_owned(), e.to_string()))?;
+    let mut dir = real_base.clone();
+    for component in Path::new(subfolder).components() {
+        let Component::Normal(part) = component else {
+            continue;
+        };
+        let next = dir.join(part);
+        match std::fs::symlink_metadata(&next) {
+            Ok(_) => {
+                // A dangling symlink does not resolve: it leads nowhere inside.
+                let real = next
+                    .canonicalize()
+                    .map_err(|_| PathError::Escapes(subfolder.to_owned()))?;
+                if !real.starts_with(&real_base) {
+                    return Err(PathError::Escapes(subfolder.to_owned()));
+                }
+                if !real.is_dir() {
+                    return Err(PathError::NotAFolder(
+                        subfolder.to_owned(),
+                        part.to_string_lossy().into_owned(),
+                    ));
+                }
+                dir = real;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match std::fs::create_dir(&next) {
+                    Ok(()) => {}
+                    // Made by someone else meanwhile: look again, as above.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        let real = next
+                            .canonicalize()
+                            .map_err(|_| PathError::Escapes(subfolder.to_owned()))?;
+                        if !real.starts_with(&real_base) || !real.is_dir() {
+                            return Err(PathError::Escapes(subfolder.to_owned()));
+                        }
+                    }
+                    Err(e) => {
+                        return Err(PathError::CannotCreate(subfolder.to_owned(), e.to_string()))
+                    }
+                }
+                dir = next;
+            }
+            Err(e) => return Err(PathError::CannotCreate(subfolder.to_owned(), e.to_string())),
+        }
+    }
+    Ok(dir)
 }
 
 fn has_extension(path: &Path, extensions: &[&str]) -> bool {
@@ -791,6 +915,94 @@ mod tests {
             dirs.list_folder_files(FolderType::Input),
             ["new.png", "old.png"]
         );
+    }
+
+    #[test]
+    fn paths_are_shown_relative_to_their_folders() {
+        let root = tempfile::tempdir().unwrap();
+        let mut dirs = DataDirs::new(&root.path().join("data"), &root.path().join("models"));
+        dirs.extra_models.push(ExtraModelFolder {
+            folder: "loras".into(),
+            path: root.path().join("elsewhere/loras"),
+            first: false,
+        });
+        dirs.create().unwrap();
+        let abs = |p: &str| root.path().join(p);
+        assert_eq!(dirs.shown(&abs("data/input/sub/x.png")), "input/sub/x.png");
+        assert_eq!(dirs.shown(&abs("data/output")), "output");
+        assert_eq!(dirs.shown(&abs("data/weft.db")), "weft.db");
+        assert_eq!(
+            dirs.shown(&abs("models/checkpoints/m.safetensors")),
+            "models/checkpoints/m.safetensors"
+        );
+        assert_eq!(
+            dirs.shown(&abs("elsewhere/loras/l.safetensors")),
+            "loras/l.safetensors"
+        );
+        assert_eq!(dirs.shown(Path::new("/somewhere/else/f.txt")), "f.txt");
+        // The real path of a folder is known too (resolve_existing returns real paths).
+        let real = dirs.input.canonicalize().unwrap().join("y.png");
+        assert_eq!(dirs.shown(&real), "input/y.png");
+
+        let message = format!(
+            "cannot load '{}': bad header; and {}: oops",
+            abs("models/checkpoints/m.safetensors").display(),
+            real.display()
+        );
+        assert_eq!(
+            dirs.redact(&message),
+            "cannot load 'models/checkpoints/m.safetensors': bad header; and input/y.png: oops"
+        );
+        assert!(!dirs
+            .redact(&message)
+            .contains(&*root.path().to_string_lossy()));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn folders_are_created_only_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("input");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(base.join("real")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, base.join("out")).unwrap();
+        std::os::unix::fs::symlink(base.join("real"), base.join("alias")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), base.join("dangling")).unwrap();
+        std::fs::write(base.join("file"), b"x").unwrap();
+        let real_base = base.canonicalize().unwrap();
+
+        for sub in ["out/new", "out/new/deeper", "dangling/new"] {
+            assert_eq!(
+                create_folder_inside(&base, sub).unwrap_err(),
+                PathError::Escapes(sub.into())
+            );
+            assert_eq!(
+                resolve_new(&base, sub, "x.png").unwrap_err(),
+                PathError::Escapes(sub.into())
+            );
+        }
+        assert!(!outside.join("new").exists());
+        assert!(!dir.path().join("nowhere").exists());
+        assert_eq!(
+            create_folder_inside(&base, "file/sub").unwrap_err(),
+            PathError::NotAFolder("file/sub".into(), "file".into())
+        );
+        // Symlinks that stay inside are followed; new folders are made inside.
+        assert_eq!(
+            create_folder_inside(&base, "alias/a/b").unwrap(),
+            real_base.join("real/a/b")
+        );
+        assert_eq!(
+            resolve_new(&base, "./c", "x.png").unwrap(),
+            real_base.join("c/x.png")
+        );
+        assert_eq!(create_folder_inside(&base, "").unwrap(), real_base);
+        let long = "d".repeat(300);
+        assert!(matches!(
+            create_folder_inside(&base, &long),
+            Err(PathError::CannotCreate(..))
+        ));
     }
 
     #[test]

@@ -187,6 +187,13 @@ fn disk_info(path: String, meta: &std::fs::Metadata) -> FileInfo {
 }
 
 fn io_error(doing: &str, path: &Path, e: std::io::Error) -> UserDataError {
+    if e.kind() == std::io::ErrorKind::InvalidFilename {
+        // A name too long for the file system: the request's fault, said without the path.
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        return UserDataError::BadRequest(format!(
+            "cannot {doing} '{name}': the file system refuses the name ({e})"
+        ));
+    }
     tracing::warn!("cannot {doing} {}: {e}", path.display());
     UserDataError::Io(format!("cannot {doing} {}: {e}", path.display()))
 }

@@ -18,6 +18,7 @@ mod lora_nodes;
 mod memory;
 mod models;
 mod restart;
+mod security;
 pub(crate) mod server;
 mod userdata;
 mod workflow_files;

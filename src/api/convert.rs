@@ -40,29 +40,10 @@ pub fn editor_to_prompt(state: &AppState, editor: &Json) -> Result<Json, ApiErro
     Ok(converted.prompt)
 }
 
-/// The text chunks of a PNG (`prompt`, `workflow`, …).
+/// The text chunks of a PNG (`prompt`, `workflow`, …), decompressed within
+/// [`MAX_PNG_TEXT_BYTES`](crate::api::png_text::MAX_PNG_TEXT_BYTES).
 fn png_text(bytes: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
-    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    let reader = decoder
-        .read_info()
-        .map_err(|e| ApiError::BadRequest(format!("not a readable PNG: {e}")))?;
-    let info = reader.info();
-    let mut chunks: Vec<(String, String)> = info
-        .uncompressed_latin1_text
-        .iter()
-        .map(|t| (t.keyword.clone(), t.text.clone()))
-        .collect();
-    for t in &info.compressed_latin1_text {
-        if let Ok(text) = t.get_text() {
-            chunks.push((t.keyword.clone(), text));
-        }
-    }
-    for t in &info.utf8_text {
-        if let Ok(text) = t.get_text() {
-            chunks.push((t.keyword.clone(), text));
-        }
-    }
-    Ok(chunks)
+    crate::api::png_text::png_text_chunks(bytes).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 fn conversion_json(converted: EditorConversion) -> Json {

@@ -53,6 +53,10 @@ impl From<UserDataError> for ApiError {
             UserDataError::Path(crate::paths::PathError::Empty(path)) => {
                 ApiError::BadRequest(format!("path '{path}' is empty"))
             }
+            UserDataError::Path(
+                e @ (crate::paths::PathError::NotAFolder(..)
+                | crate::paths::PathError::CannotCreate(..)),
+            ) => ApiError::BadRequest(e.to_string()),
             UserDataError::Path(e) => ApiError::Forbidden(e.to_string()),
             UserDataError::BadRequest(message) => ApiError::BadRequest(message),
             UserDataError::NotFound(message) => ApiError::NotFound(message),

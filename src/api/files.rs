@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use actix_files::NamedFile;
 use actix_multipart::Multipart;
-use actix_web::http::header::{ContentDisposition, DispositionParam, DispositionType};
+use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -94,6 +94,7 @@ pub(crate) async fn read_upload_form(
     if filename.is_empty() || filename == "." || filename == ".." {
         return Err(ApiError::BadRequest("invalid file name".into()));
     }
+    check_file_name(&filename)?;
     Ok(UploadForm {
         filename,
         data,
@@ -102,6 +103,26 @@ pub(crate) async fn read_upload_form(
         overwrite,
         fields,
     })
+}
+
+/// The longest file name, in bytes, that file systems take (Linux's `NAME_MAX`, macOS's, NTFS's
+/// in UTF-16 units).
+pub(crate) const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// An uploaded file's name must fit the file system and hold no control characters.
+fn check_file_name(name: &str) -> Result<(), ApiError> {
+    if name.len() > MAX_FILE_NAME_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "image: the file name is {} bytes long; at most {MAX_FILE_NAME_BYTES} are allowed",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "image: the file name contains control characters".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Where an upload goes.
@@ -133,24 +154,41 @@ pub(crate) fn upload_destination(
         };
         let mut counter = 1;
         while path.exists() {
-            if std::fs::read(&path).is_ok_and(|existing| Sha256::digest(&existing) == digest) {
+            if path.is_file()
+                && std::fs::read(&path).is_ok_and(|existing| Sha256::digest(&existing) == digest)
+            {
                 return Ok(Destination::Same(name));
             }
             name = format!("{stem} ({counter}){ext}");
+            check_file_name(&name)?;
             path = paths::resolve_new(base, subfolder, &name).map_err(path_error)?;
             counter += 1;
         }
+    } else if path.is_dir() {
+        return Err(ApiError::Conflict(format!(
+            "image: '{name}' is a folder; overwrite replaces files only"
+        )));
     }
     Ok(Destination::New(name, path))
 }
 
-/// Writes to a temporary name and renames, so a failed upload never leaves half a file.
+/// Writes to a temporary name and renames, so a failed upload never leaves half a file. The
+/// temporary name is short and hidden (listings leave it out) whatever the file's name.
 pub(crate) fn write_whole(path: &Path, data: &[u8]) -> Result<(), ApiError> {
-    let temporary = path.with_extension(format!("upload-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&temporary, data).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let temporary = path.with_file_name(format!(".upload-{}.tmp", uuid::Uuid::new_v4().simple()));
+    let failed = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::InvalidFilename => {
+            ApiError::BadRequest(format!("image: the file system refuses the name: {e}"))
+        }
+        std::io::ErrorKind::IsADirectory | std::io::ErrorKind::DirectoryNotEmpty => {
+            ApiError::Conflict("image: the name is taken by a folder".into())
+        }
+        _ => ApiError::Internal(e.to_string()),
+    };
+    std::fs::write(&temporary, data).map_err(failed)?;
     std::fs::rename(&temporary, path).map_err(|e| {
         let _ = std::fs::remove_file(&temporary);
-        ApiError::Internal(e.to_string())
+        failed(e)
     })
 }
 
@@ -240,27 +278,83 @@ pub async fn view(
         let bytes = web::block(move || convert_image(&path, &channel, preview.as_deref()))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??;
-        return Ok(HttpResponse::Ok().content_type(bytes.1).body(bytes.0));
+        return Ok(HttpResponse::Ok()
+            .content_type(bytes.1)
+            .insert_header((header::CONTENT_SECURITY_POLICY, USER_FILE_CSP))
+            .body(bytes.0));
     }
 
-    let mut file = NamedFile::open_async(&path)
+    let file = NamedFile::open_async(&path)
         .await
         .map_err(|e| ApiError::NotFound(e.to_string()))?;
-    let mime = mime_guess::from_path(&path).first_or_octet_stream();
-    // Never let a browser run a stored file as a page or script.
-    let mime = match mime.subtype().as_str() {
-        "html" | "javascript" | "css" | "xhtml+xml" | "svg+xml" => {
-            mime_guess::mime::APPLICATION_OCTET_STREAM
-        }
-        _ => mime,
-    };
-    file = file
+    let (mime, disposition) = user_file_type(&path);
+    let mut response = file
         .set_content_type(mime)
         .set_content_disposition(ContentDisposition {
-            disposition: DispositionType::Inline,
+            disposition,
             parameters: vec![DispositionParam::Filename(filename.to_owned())],
-        });
-    Ok(file.into_response(&req))
+        })
+        .into_response(&req);
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(USER_FILE_CSP),
+    );
+    Ok(response)
+}
+
+/// The Content-Security-Policy of every stored file served back (`/view`, `/userdata`): should a
+/// browser render one as a page after all, it runs no script, loads nothing, and gets an origin
+/// of its own (`sandbox`), so it cannot reach the API.
+pub(crate) const USER_FILE_CSP: &str = "default-src 'none'; sandbox";
+
+/// How a stored file is served: raster images, audio and video (which a browser shows but never
+/// runs) inline with their type; anything else as a download. SVG and XML keep their type (an SVG
+/// still shows in an `<img>`, which runs no script), so only a navigation to them becomes a
+/// download; HTML, JavaScript and CSS are typed as bytes, as in ComfyUI.
+pub(crate) fn user_file_type(path: &Path) -> (mime_guess::Mime, DispositionType) {
+    use mime_guess::mime;
+    let guessed = mime_guess::from_path(path).first_or_octet_stream();
+    let inline = match guessed.type_() {
+        mime::IMAGE => matches!(
+            guessed.subtype().as_str(),
+            "png"
+                | "apng"
+                | "jpeg"
+                | "gif"
+                | "webp"
+                | "bmp"
+                | "avif"
+                | "tiff"
+                | "x-icon"
+                | "vnd.microsoft.icon"
+        ),
+        mime::AUDIO | mime::VIDEO => true,
+        _ => false,
+    };
+    if inline {
+        return (guessed, DispositionType::Inline);
+    }
+    let runnable = matches!(
+        guessed.subtype().as_str(),
+        "html" | "xhtml" | "javascript" | "ecmascript" | "css"
+    );
+    let mime = if runnable {
+        mime::APPLICATION_OCTET_STREAM
+    } else {
+        guessed
+    };
+    (mime, DispositionType::Attachment)
+}
+
+/// Whether a browser could render a type as a document or run it: HTML, XHTML, SVG, any XML
+/// (XSL included), JavaScript, CSS. (`mime` keeps a `+xml` suffix apart from the subtype:
+/// `image/svg+xml` has subtype `svg`.)
+pub(crate) fn document_like(mime: &mime_guess::Mime) -> bool {
+    mime.suffix() == Some(mime_guess::mime::XML)
+        || matches!(
+            mime.subtype().as_str(),
+            "html" | "xhtml" | "svg" | "xml" | "xsl" | "xslt" | "javascript" | "ecmascript" | "css"
+        )
 }
 
 /// `channel=rgb|a` and `preview=webp|jpeg[;quality]` re-encodings.

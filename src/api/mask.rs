@@ -126,7 +126,7 @@ fn composite(original: &Path, mask: &[u8]) -> Result<Vec<u8>, ApiError> {
     let mut encoder = png::Encoder::new(&mut out, pixels.width(), pixels.height());
     encoder.set_color(png::ColorType::Rgba);
     encoder.set_depth(png::BitDepth::Eight);
-    for (key, value) in text_chunks(original) {
+    for (key, value) in text_chunks(original)? {
         let latin1 = value.chars().all(|c| (c as u32) < 256);
         let added = if latin1 {
             encoder.add_text_chunk(key, value)
@@ -147,29 +147,15 @@ fn composite(original: &Path, mask: &[u8]) -> Result<Vec<u8>, ApiError> {
     Ok(out)
 }
 
-/// A PNG's `tEXt`, `zTXt` and `iTXt` chunks as (keyword, text); none for other formats.
-fn text_chunks(path: &Path) -> Vec<(String, String)> {
+/// A PNG's `tEXt`, `zTXt` and `iTXt` chunks as (keyword, text); none for other formats. Text that
+/// inflates past [`MAX_PNG_TEXT_BYTES`](crate::api::png_text::MAX_PNG_TEXT_BYTES) is refused.
+fn text_chunks(path: &Path) -> Result<Vec<(String, String)>, ApiError> {
     let Ok(file) = std::fs::File::open(path) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    let Ok(reader) = png::Decoder::new(std::io::BufReader::new(file)).read_info() else {
-        return Vec::new();
-    };
-    let info = reader.info();
-    let mut chunks: Vec<(String, String)> = info
-        .uncompressed_latin1_text
-        .iter()
-        .map(|t| (t.keyword.clone(), t.text.clone()))
-        .collect();
-    for chunk in &info.compressed_latin1_text {
-        if let Ok(text) = chunk.get_text() {
-            chunks.push((chunk.keyword.clone(), text));
-        }
+    match crate::api::png_text::png_text_chunks(std::io::BufReader::new(file)) {
+        Ok(chunks) => Ok(chunks),
+        Err(crate::api::png_text::PngTextError::NotPng(_)) => Ok(Vec::new()),
+        Err(e) => Err(ApiError::BadRequest(format!("original_ref: {e}"))),
     }
-    for chunk in &info.utf8_text {
-        if let Ok(text) = chunk.get_text() {
-            chunks.push((chunk.keyword.clone(), text));
-        }
-    }
-    chunks
 }

@@ -15,6 +15,8 @@ mod internal;
 mod jobs;
 mod mask;
 mod models;
+mod origin;
+mod png_text;
 mod prompt;
 mod settings;
 mod templates;
@@ -25,7 +27,6 @@ pub mod ws;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use actix_web::dev::ServiceResponse;
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use serde_json::Value as Json;
@@ -34,6 +35,7 @@ use crate::api::error::ApiError;
 use crate::exec::Executor;
 use crate::userdata::UserFiles;
 
+pub use origin::origin_guard;
 pub use ws::Hub;
 
 /// Settings the API needs.
@@ -170,7 +172,22 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .configure(comfy_routes);
         match web_root.filter(|root| root.join("index.html").is_file()) {
             Some(root) => {
-                cfg.service(actix_files::Files::new("/", root).index_file("index.html"));
+                let editor = is_weft_editor(&root);
+                let files = actix_files::Files::new("/", root).index_file("index.html");
+                if editor {
+                    cfg.service(
+                        web::scope("")
+                            .wrap(
+                                actix_web::middleware::DefaultHeaders::new()
+                                    .add((header::CONTENT_SECURITY_POLICY, EDITOR_CSP)),
+                            )
+                            .service(files),
+                    );
+                } else {
+                    // Another frontend (ComfyUI's, which needs inline styles, workers and
+                    // more): served as it is, without a policy it was not written for.
+                    cfg.service(files);
+                }
             }
             None => {
                 cfg.route("/", web::get().to(editor_missing));
@@ -179,58 +196,28 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
     }
 }
 
+/// The Content-Security-Policy of Weft's own editor (`web/dist`): its scripts and styles come
+/// from the server, images also from `blob:` (previews) and `data:`, connections (HTTP and the
+/// socket) go to the server alone, and no other site may frame it.
+pub const EDITOR_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+    img-src 'self' blob: data:; media-src 'self' blob: data:; font-src 'self' data:; \
+    connect-src 'self'; worker-src 'self'; object-src 'none'; base-uri 'self'; \
+    form-action 'self'; frame-ancestors 'none'";
+
+/// Whether the web root holds Weft's editor (its `index.html` says so in a `generator` meta tag)
+/// rather than another frontend, such as ComfyUI's.
+fn is_weft_editor(root: &std::path::Path) -> bool {
+    std::fs::read_to_string(root.join("index.html"))
+        .is_ok_and(|html| html.contains(r#"<meta name="generator" content="weft-editor""#))
+}
+
 async fn editor_missing() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'none'"))
+        .body(
         "<!doctype html><title>Weft</title><h1>Weft is running</h1>\
          <p>The editor is not built. The API is available at <code>/prompt</code>, <code>/object_info</code>, \
          <code>/ws</code>; see the README.</p>",
     )
-}
-
-/// ComfyUI's origin guard: when the server is on loopback and a browser sends both Host and
-/// Origin, their host names must agree; otherwise 403. Stops other web pages from driving a local
-/// server. Use with `actix_web::middleware::from_fn`.
-pub async fn origin_guard(
-    req: actix_web::dev::ServiceRequest,
-    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
-) -> Result<
-    ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
-    actix_web::Error,
-> {
-    let host_of = |value: &str| -> String {
-        let without_scheme = value.split("://").last().unwrap_or(value);
-        let authority = without_scheme.split('/').next().unwrap_or_default();
-        if let Some(rest) = authority.strip_prefix('[') {
-            rest.split(']')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase()
-        } else {
-            authority
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase()
-        }
-    };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(host_of);
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|h| h.to_str().ok())
-        .map(host_of);
-    let loopback = |h: &str| h == "localhost" || h == "::1" || h.starts_with("127.");
-    if let (Some(host), Some(origin)) = (host, origin) {
-        if loopback(&host) && host != origin {
-            let response = HttpResponse::Forbidden().body("origin does not match host");
-            return Ok(req.into_response(response).map_into_right_body());
-        }
-    }
-    next.call(req)
-        .await
-        .map(ServiceResponse::map_into_left_body)
 }

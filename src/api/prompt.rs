@@ -60,10 +60,7 @@ pub async fn post_prompt(
         .is_some_and(|f| f.as_bool().unwrap_or(!f.is_null()));
     let number = match body.get("number") {
         None | Some(Json::Null) => None,
-        Some(n) => Some(
-            n.as_f64()
-                .ok_or_else(|| ApiError::BadRequest("number must be a number".into()))?,
-        ),
+        Some(n) => Some(queue_number(n)?),
     };
     let prompt_id = match body.get("prompt_id") {
         None | Some(Json::Null) => None,
@@ -106,6 +103,26 @@ pub async fn post_prompt(
         }))),
         Err(e) => Err(submit_error(e, state.exec.registry(), state.exec.dirs())),
     }
+}
+
+/// The largest `number` a client may give, in magnitude: 2^50. The counter goes on from the
+/// highest number queued, one at a time; floats count in ones only up to 2^53, so from 2^50 there
+/// are still 7×10^15 prompts before two would tie (from 1e308, every later prompt ties).
+pub const MAX_QUEUE_NUMBER: f64 = (1u64 << 50) as f64;
+
+/// A client's `number` (ComfyUI's queue position): a finite JSON number within
+/// ±[`MAX_QUEUE_NUMBER`].
+fn queue_number(value: &Json) -> Result<f64, ApiError> {
+    let number = value
+        .as_f64()
+        .ok_or_else(|| ApiError::BadRequest(format!("number must be a number, got {value}")))?;
+    if !number.is_finite() || number.abs() > MAX_QUEUE_NUMBER {
+        return Err(ApiError::BadRequest(format!(
+            "number {value} is out of range: the queue takes numbers from -{max} to {max}",
+            max = MAX_QUEUE_NUMBER as u64
+        )));
+    }
+    Ok(number)
 }
 
 /// `GET /prompt`.

@@ -153,10 +153,10 @@ async fn serve(
                 mime_guess::mime::TEXT_CSS
             } else {
                 let mime = mime_guess::from_path(&path).first_or_octet_stream();
-                match mime.subtype().as_str() {
-                    "html" | "javascript" | "ecmascript" | "css" | "xhtml+xml" | "svg+xml"
-                    | "xml" => mime_guess::mime::APPLICATION_OCTET_STREAM,
-                    _ => mime,
+                if crate::api::files::document_like(&mime) {
+                    mime_guess::mime::APPLICATION_OCTET_STREAM
+                } else {
+                    mime
                 }
             };
             NamedFile::open_async(&path)
@@ -167,10 +167,13 @@ async fn serve(
                 .into_response(req)
         }
     };
-    response.headers_mut().insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        header::HeaderValue::from_static("nosniff"),
-    );
+    // `nosniff` is on every response (`app.rs`).
+    if !css {
+        response.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            header::HeaderValue::from_static(crate::api::files::USER_FILE_CSP),
+        );
+    }
     Ok(response)
 }
 

@@ -299,7 +299,7 @@ impl PromptRun<'_> {
                 node_id: node_id.to_owned(),
                 node_type: node_type.to_owned(),
                 executed: vec![],
-                exception_message: message,
+                exception_message: self.exec.dirs.redact(&message),
                 exception_type: VALIDATION_ERROR.into(),
                 traceback: vec![],
                 current_inputs: json!({}),
@@ -467,7 +467,7 @@ impl PromptRun<'_> {
                 self.report.push(NodeReport::failed(
                     node,
                     signature,
-                    &error.to_string(),
+                    &self.exec.dirs.redact(&error.to_string()),
                     millis,
                 ));
                 return Err(self.failure(node, &error, current_inputs()));
@@ -475,8 +475,12 @@ impl PromptRun<'_> {
             Err(panic) => {
                 let message = panic_message(&panic);
                 let error = NodeError::Failed(format!("node panicked: {message}"));
-                self.report
-                    .push(NodeReport::failed(node, signature, &message, millis));
+                self.report.push(NodeReport::failed(
+                    node,
+                    signature,
+                    &self.exec.dirs.redact(&message),
+                    millis,
+                ));
                 let mut stop = self.failure(node, &error, current_inputs());
                 if let Stop::Failed(info) = &mut stop {
                     info.exception_type = PANIC.into();
@@ -560,11 +564,14 @@ impl PromptRun<'_> {
     }
 
     /// A node's failure as `execution_error` reports it, with the error's causes as traceback.
+    /// Paths in the messages are shown relative to their folders ([`DataDirs::redact`]): the
+    /// engine's errors know only absolute paths.
     fn failure(&self, node: &PlanNode, error: &NodeError, current_inputs: Json) -> Stop {
-        let mut traceback = vec![error.to_string()];
+        let dirs = &self.exec.dirs;
+        let mut traceback = vec![dirs.redact(&error.to_string())];
         let mut source = std::error::Error::source(error);
         while let Some(cause) = source {
-            traceback.push(cause.to_string());
+            traceback.push(dirs.redact(&cause.to_string()));
             source = cause.source();
         }
         Stop::Failed(Box::new(ExecutionErrorInfo {
@@ -572,7 +579,7 @@ impl PromptRun<'_> {
             node_id: node.id.clone(),
             node_type: node.class_type.to_owned(),
             executed: vec![],
-            exception_message: error.to_string(),
+            exception_message: dirs.redact(&error.to_string()),
             exception_type: exception_type(error).to_owned(),
             traceback,
             current_inputs,

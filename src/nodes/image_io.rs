@@ -74,7 +74,7 @@ impl Node for LoadImage {
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let name = inputs.string("image")?;
         let path = Self::path(&ctx.dirs, name).map_err(|m| NodeError::input("image", m))?;
-        let (image, mask) = load_image_file(&path)?;
+        let (image, mask) = load_image_file(&path, &ctx.dirs.shown(&path))?;
         Ok(NodeOutput::values(vec![
             Value::Image(image),
             Value::Mask(mask),
@@ -91,7 +91,7 @@ impl Node for LoadImage {
             return Ok(String::new());
         };
         let path = Self::path(dirs, name).map_err(|m| NodeError::input("image", m))?;
-        let bytes = std::fs::read(&path).map_err(|e| NodeError::file(path.display(), e))?;
+        let bytes = std::fs::read(&path).map_err(|e| NodeError::file(dirs.shown(&path), e))?;
         Ok(hex::encode(Sha256::digest(&bytes)))
     }
 
@@ -104,22 +104,22 @@ impl Node for LoadImage {
 }
 
 /// An image file decoded to RGBA in 0–1 (EXIF orientation applied): pixels, width, height, and
-/// whether the file had an alpha channel.
-fn decode_rgba(path: &Path) -> Result<(Vec<f32>, usize, usize, bool), NodeError> {
+/// whether the file had an alpha channel. `shown`: the path as errors name it
+/// ([`DataDirs::shown`]).
+fn decode_rgba(path: &Path, shown: &str) -> Result<(Vec<f32>, usize, usize, bool), NodeError> {
     use image::ImageDecoder;
-    let shown = path.display();
     let reader = image::ImageReader::open(path)
-        .map_err(|e| NodeError::file(&shown, e))?
+        .map_err(|e| NodeError::file(shown, e))?
         .with_guessed_format()
-        .map_err(|e| NodeError::file(&shown, e))?;
+        .map_err(|e| NodeError::file(shown, e))?;
     let mut decoder = reader
         .into_decoder()
-        .map_err(|e| NodeError::file(&shown, format!("cannot decode image: {e}")))?;
+        .map_err(|e| NodeError::file(shown, format!("cannot decode image: {e}")))?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut decoded = image::DynamicImage::from_decoder(decoder)
-        .map_err(|e| NodeError::file(&shown, format!("cannot decode image: {e}")))?;
+        .map_err(|e| NodeError::file(shown, format!("cannot decode image: {e}")))?;
     decoded.apply_orientation(orientation);
     let has_alpha = decoded.color().has_alpha();
     let rgba = decoded.to_rgba32f();
@@ -127,9 +127,10 @@ fn decode_rgba(path: &Path) -> Result<(Vec<f32>, usize, usize, bool), NodeError>
     Ok((rgba.into_raw(), w, h, has_alpha))
 }
 
-/// Decodes an image file (EXIF orientation applied) into IMAGE `[1,H,W,3]` and MASK `[1,H,W]`.
-pub fn load_image_file(path: &Path) -> Result<(Tensor, Tensor), NodeError> {
-    let (raw, w, h, has_alpha) = decode_rgba(path)?;
+/// Decodes an image file (EXIF orientation applied) into IMAGE `[1,H,W,3]` and MASK `[1,H,W]`;
+/// `shown`: the path as errors name it ([`DataDirs::shown`]).
+pub fn load_image_file(path: &Path, shown: &str) -> Result<(Tensor, Tensor), NodeError> {
+    let (raw, w, h, has_alpha) = decode_rgba(path, shown)?;
     let mut rgb = Vec::with_capacity(w * h * 3);
     let mut mask = Vec::with_capacity(w * h);
     for px in raw.chunks_exact(4) {
@@ -179,7 +180,7 @@ impl Node for LoadImageMask {
             .position(|c| *c == channel)
             .ok_or_else(|| NodeError::input("channel", format!("unknown channel '{channel}'")))?;
         let path = LoadImage::path(&ctx.dirs, name).map_err(|m| NodeError::input("image", m))?;
-        let (raw, w, h, _) = decode_rgba(&path)?;
+        let (raw, w, h, _) = decode_rgba(&path, &ctx.dirs.shown(&path))?;
         // RGBA order: alpha is the fourth value.
         let mask: Vec<f32> = match index {
             0 => raw.chunks_exact(4).map(|px| 1.0 - px[3]).collect(),
@@ -325,9 +326,9 @@ fn save_images(
         None => (String::new(), prefix.clone()),
     };
     let base = ctx.dirs.folder(folder);
-    let dir = paths::join_relative(base, &subfolder)
+    // Made only once every part is known to be inside the folder.
+    let dir = paths::create_folder_inside(base, &subfolder)
         .map_err(|e| NodeError::input("filename_prefix", e.to_string()))?;
-    std::fs::create_dir_all(&dir).map_err(|e| NodeError::file(dir.display(), e))?;
     let first_counter = next_counter(&dir, &name);
 
     let images = images.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
@@ -353,7 +354,8 @@ fn save_images(
                 }
             }
         }
-        write_png(&path, &bytes, width, height, channels, &chunks, compression)?;
+        write_png(&path, &bytes, width, height, channels, &chunks, compression)
+            .map_err(|message| NodeError::file(ctx.dirs.shown(&path), message))?;
         refs.push(FileRef {
             filename,
             subfolder: subfolder.clone(),
@@ -444,7 +446,8 @@ fn ascii_json(value: &serde_json::Value) -> String {
     out
 }
 
-/// Writes 8-bit pixels as PNG with `tEXt` chunks.
+/// Writes 8-bit pixels as PNG with `tEXt` chunks; the error is a sentence without the path
+/// (the caller names the file as the client sees it).
 pub fn write_png(
     path: &Path,
     bytes: &[u8],
@@ -453,12 +456,11 @@ pub fn write_png(
     channels: usize,
     text_chunks: &[(String, String)],
     compression: png::Compression,
-) -> Result<(), NodeError> {
-    let shown = path.display();
-    let file = std::fs::File::create(path).map_err(|e| NodeError::file(&shown, e))?;
+) -> Result<(), String> {
+    let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
     let (w, h) = (
-        u32::try_from(width).map_err(|_| NodeError::file(&shown, "image too wide"))?,
-        u32::try_from(height).map_err(|_| NodeError::file(&shown, "image too tall"))?,
+        u32::try_from(width).map_err(|_| "image too wide".to_string())?,
+        u32::try_from(height).map_err(|_| "image too tall".to_string())?,
     );
     let mut encoder = png::Encoder::new(BufWriter::new(file), w, h);
     encoder.set_color(match channels {
@@ -472,16 +474,11 @@ pub fn write_png(
     for (key, value) in text_chunks {
         encoder
             .add_text_chunk(key.clone(), value.clone())
-            .map_err(|e| NodeError::file(&shown, format!("cannot add text chunk {key}: {e}")))?;
+            .map_err(|e| format!("cannot add text chunk {key}: {e}"))?;
     }
-    let mut writer = encoder
-        .write_header()
-        .map_err(|e| NodeError::file(&shown, e))?;
-    writer
-        .write_image_data(bytes)
-        .map_err(|e| NodeError::file(&shown, e))?;
-    writer.finish().map_err(|e| NodeError::file(&shown, e))?;
-    Ok(())
+    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+    writer.write_image_data(bytes).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())
 }
 
 /// Encodes 8-bit RGB pixels as PNG in memory (previews).

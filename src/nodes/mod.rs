@@ -233,7 +233,7 @@ pub fn file_fingerprint(
     let path = dirs
         .model_file(folder, name)
         .map_err(|m| NodeError::input(input, m))?;
-    let meta = std::fs::metadata(&path).map_err(|e| NodeError::file(path.display(), e))?;
+    let meta = std::fs::metadata(&path).map_err(|e| NodeError::file(dirs.shown(&path), e))?;
     let modified = meta
         .modified()
         .ok()

@@ -595,12 +595,27 @@ fn coerce_int(value: &Json) -> Result<i128, String> {
     }
 }
 
+/// Python's `float()`, but finite only: ComfyUI lets `"nan"` and `"inf"` through to the node,
+/// Weft refuses them here, where the message can name the input (a FLOAT input always means a
+/// finite number; NaN also passes every range check and has no JSON form to store).
 fn coerce_float(value: &Json) -> Result<f64, String> {
     match value {
         Json::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
-        Json::Number(n) => n.as_f64().ok_or_else(|| "number out of range".to_string()),
-        Json::String(s) => parse_python_float(s)
-            .ok_or_else(|| format!("could not convert string to float: {}", python_repr_str(s))),
+        Json::Number(n) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .ok_or_else(|| "number out of range".to_string()),
+        Json::String(s) => match parse_python_float(s) {
+            Some(f) if f.is_finite() => Ok(f),
+            Some(_) => Err(format!(
+                "{} is not a finite number; NaN and infinity are not accepted",
+                python_repr_str(s)
+            )),
+            None => Err(format!(
+                "could not convert string to float: {}",
+                python_repr_str(s)
+            )),
+        },
         Json::Null => {
             Err("float() argument must be a string or a real number, not 'NoneType'".into())
         }

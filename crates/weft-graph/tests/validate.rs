@@ -1006,28 +1006,35 @@ fn float_coercions_follow_python_float() {
     assert_eq!(float(json!("1e-1")), ConstValue::Float(0.1));
     assert_eq!(float(json!(true)), ConstValue::Float(1.0));
     assert_eq!(float(json!(false)), ConstValue::Float(0.0));
-    // NaN is neither smaller than min nor bigger than max, so it passes (as in Python).
-    match float(json!("nan")) {
-        ConstValue::Float(f) => assert!(f.is_nan()),
-        other => panic!("{other:?}"),
-    }
-    match float(json!("-NaN")) {
-        ConstValue::Float(f) => assert!(f.is_nan()),
-        other => panic!("{other:?}"),
-    }
 }
 
 #[test]
-fn infinite_floats_are_range_checked() {
-    for inf in ["inf", "+Infinity", " INF "] {
-        let e = widget_error("f", json!(inf));
-        assert_eq!(e.kind, ErrorKind::ValueBiggerThanMax, "{inf}");
-        assert_eq!(e.message, "Value inf bigger than max of 1.0");
-        assert_eq!(e.received_value, Some(json!(inf)));
+fn nan_and_infinity_are_refused_naming_the_input() {
+    // ComfyUI's `float()` takes them (NaN then passes every range check); Weft refuses them
+    // where the input can be named, rather than failing later in the worker.
+    for text in [
+        "nan",
+        "-NaN",
+        "inf",
+        "+Infinity",
+        " INF ",
+        "-infinity",
+        "1e400",
+    ] {
+        let e = widget_error("f", json!(text));
+        assert_eq!(e.kind, ErrorKind::InvalidInputType, "{text}");
+        assert_eq!(
+            e.message, "Failed to convert an input value to a FLOAT value",
+            "{text}"
+        );
+        let exception = e.exception_message.clone().unwrap_or_default();
+        assert!(
+            exception.ends_with("is not a finite number; NaN and infinity are not accepted"),
+            "{text}: {exception}"
+        );
+        assert!(e.details.starts_with("f, "), "{text}: {}", e.details);
+        assert_eq!(e.received_value, Some(json!(text)));
     }
-    let e = widget_error("f", json!("-infinity"));
-    assert_eq!(e.kind, ErrorKind::ValueSmallerThanMin);
-    assert_eq!(e.message, "Value -inf smaller than min of 0.0");
 }
 
 #[test]

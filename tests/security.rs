@@ -1,0 +1,606 @@
+//! Hostile inputs from an attacker-style review: each gets a 4xx that names what is wrong, and
+//! the server stays up.
+
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+use crate::server::multipart;
+
+/// A 1x1 PNG whose `workflow` zTXt chunk holds `workflow`.
+fn png_with_workflow(workflow: String) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, 1, 1);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().unwrap();
+        let text = png::text_metadata::ZTXtChunk::new("workflow", workflow);
+        writer.write_text_chunk(&text).unwrap();
+        writer.write_image_data(&[1, 2, 3, 4]).unwrap();
+    }
+    out
+}
+
+#[actix_web::test]
+async fn png_text_chunks_inflate_only_up_to_a_limit() {
+    let app = spawn_app().await;
+    // 64 MiB and a byte of spaces: a few hundred kilobytes on disk.
+    let bomb = png_with_workflow(" ".repeat((64 << 20) + 1));
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    let (status, body) = app
+        .post_raw("/api/weft/convert", bomb.clone(), "image/png")
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("more than 64 MiB"), "{body}");
+
+    // The mask editor reads the original's text chunks to keep them: the same limit, a 400
+    // naming original_ref, and nothing written.
+    std::fs::write(app.data_dir().join("output/bomb.png"), &bomb).unwrap();
+    let mask = crate::server::png_bytes(1, 1, [0, 0, 0, 0]);
+    let reference = json!({"filename": "bomb.png", "type": "output"}).to_string();
+    let (body, content_type) = multipart(&[
+        ("image", Some("m.png"), &mask),
+        ("original_ref", None, reference.as_bytes()),
+    ]);
+    let (status, body) = app.post_raw("/upload/mask", body, &content_type).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("original_ref:") && message.contains("64 MiB"),
+        "{body}"
+    );
+    assert!(!app.data_dir().join("input/m.png").exists());
+
+    // A PNG within the limit still gives back its workflow; the server is up.
+    let workflow = json!({"nodes": [], "links": [], "note": " ".repeat(1 << 20)});
+    let small = png_with_workflow(workflow.to_string());
+    let (status, body) = app.post_raw("/api/weft/convert", small, "image/png").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["workflow"], workflow);
+}
+
+/// Status and headers of a GET.
+async fn head_of(url: &str) -> (u16, awc::http::header::HeaderMap) {
+    let response = awc::Client::default().get(url).send().await.unwrap();
+    (response.status().as_u16(), response.headers().clone())
+}
+
+fn header<'a>(headers: &'a awc::http::header::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+#[actix_web::test]
+async fn stored_files_are_never_run_by_a_browser() {
+    let app = spawn_app().await;
+    let script =
+        br#"<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.domain)</script></svg>"#;
+    // (name, shown inline, Content-Type served)
+    let cases = [
+        ("x.svg", false, "image/svg+xml"),
+        ("x.xhtml", false, "application/octet-stream"),
+        ("x.html", false, "application/octet-stream"),
+        ("x.htm", false, "application/octet-stream"),
+        ("x.js", false, "application/octet-stream"),
+        ("x.css", false, "application/octet-stream"),
+        ("x.xml", false, ""),
+        ("x.xsl", false, ""),
+        ("x.txt", false, "text/plain"),
+        ("x.bin", false, "application/octet-stream"),
+        ("x.png", true, "image/png"),
+        ("x.webp", true, "image/webp"),
+        ("x.mp4", true, "video/mp4"),
+        ("x.wav", true, "audio/"),
+    ];
+    for (name, inline, content_type) in cases {
+        let (body, ct) = multipart(&[("image", Some(name), script)]);
+        let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+        assert_eq!(
+            (status, reply["name"].as_str()),
+            (200, Some(name)),
+            "{reply}"
+        );
+        let (status, headers) =
+            head_of(&app.url(&format!("/view?filename={name}&type=input"))).await;
+        assert_eq!(status, 200, "{name}");
+        let disposition = header(&headers, "content-disposition");
+        let expected = if inline { "inline" } else { "attachment" };
+        assert!(disposition.starts_with(expected), "{name}: {disposition}");
+        assert!(
+            header(&headers, "content-type").starts_with(content_type),
+            "{name}: {:?}",
+            headers.get("content-type")
+        );
+        assert_eq!(
+            header(&headers, "x-content-type-options"),
+            "nosniff",
+            "{name}"
+        );
+        assert_eq!(
+            header(&headers, "content-security-policy"),
+            "default-src 'none'; sandbox",
+            "{name}"
+        );
+    }
+    // Re-encoded previews too.
+    std::fs::write(
+        app.data_dir().join("input/real.png"),
+        crate::server::png_bytes(2, 2, [1, 2, 3, 255]),
+    )
+    .unwrap();
+    let (status, headers) =
+        head_of(&app.url("/view?filename=real.png&type=input&preview=webp")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), "image/webp");
+    assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
+    assert!(header(&headers, "content-security-policy").contains("sandbox"));
+
+    // The user folder's files: downloads, typed as bytes when a browser could run them.
+    let response = awc::Client::default()
+        .post(app.url("/userdata/x.svg"))
+        .send_body(&script[..])
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let (status, headers) = head_of(&app.url("/userdata/x.svg")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), "application/octet-stream");
+    assert!(header(&headers, "content-disposition").starts_with("attachment"));
+    assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
+    assert!(header(&headers, "content-security-policy").contains("sandbox"));
+
+    // Every API response, errors included, says nosniff.
+    for path in [
+        "/queue",
+        "/object_info/StubImage",
+        "/view?filename=none.png",
+        "/nope",
+    ] {
+        let (_, headers) = head_of(&app.url(path)).await;
+        assert_eq!(
+            header(&headers, "x-content-type-options"),
+            "nosniff",
+            "{path}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn weft_s_editor_gets_a_content_security_policy_and_other_frontends_do_not() {
+    let editor = tempfile::tempdir().unwrap();
+    std::fs::write(
+        editor.path().join("index.html"),
+        r#"<!doctype html><meta name="generator" content="weft-editor" /><title>Weft</title>"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(editor.path().join("assets")).unwrap();
+    std::fs::write(editor.path().join("assets/a.js"), "1").unwrap();
+    let root = editor.path().to_path_buf();
+    let app = crate::helpers::spawn_app_with(move |c| c.web_root = Some(root)).await;
+    for path in ["/", "/index.html", "/assets/a.js"] {
+        let (status, headers) = head_of(&app.url(path)).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(
+            header(&headers, "content-security-policy"),
+            weft::api::EDITOR_CSP,
+            "{path}"
+        );
+        assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
+    }
+    let csp = weft::api::EDITOR_CSP;
+    for directive in [
+        "script-src 'self';",
+        "connect-src 'self';",
+        "img-src 'self' blob: data:;",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive}");
+    }
+    // The API's answers are not pages: no editor policy on them.
+    let (_, headers) = head_of(&app.url("/queue")).await;
+    assert_eq!(header(&headers, "content-security-policy"), "");
+
+    // Another frontend in the web root (ComfyUI's) is served without a policy it was not written
+    // for.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("index.html"),
+        "<!doctype html><title>ComfyUI</title>",
+    )
+    .unwrap();
+    let root = other.path().to_path_buf();
+    let app = crate::helpers::spawn_app_with(move |c| c.web_root = Some(root)).await;
+    let (status, headers) = head_of(&app.url("/")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-security-policy"), "");
+    assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
+}
+
+#[actix_web::test]
+async fn other_sites_pages_cannot_drive_the_server() {
+    let app = spawn_app().await;
+    let host = app.base.trim_start_matches("http://").to_owned();
+    let port = host.rsplit_once(':').unwrap().1.to_owned();
+    let client = awc::Client::default();
+    let prompt = json!({"prompt": crate::helpers::invert_graph("origin")}).to_string();
+    let post = |headers: Vec<(String, String)>| {
+        let mut request = client.post(app.url("/prompt"));
+        for (name, value) in headers {
+            request = request.insert_header((name, value));
+        }
+        let body = prompt.clone();
+        async move { request.send_body(body).await.unwrap().status().as_u16() }
+    };
+    let get = |path: &str, headers: Vec<(String, String)>| {
+        let mut request = client.get(app.url(path));
+        for (name, value) in headers {
+            request = request.insert_header((name, value));
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let pair = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+
+    // Same host, another port: another site.
+    let other_port = vec![pair("Host", &host), pair("Origin", "http://127.0.0.1:9999")];
+    assert_eq!(post(other_port.clone()).await, 403);
+    assert_eq!(get("/queue", other_port.clone()).await, 403);
+    // The server's own origin.
+    let own = vec![
+        pair("Host", &host),
+        pair("Origin", &format!("http://{host}")),
+    ];
+    assert_eq!(post(own.clone()).await, 200);
+    assert_eq!(get("/queue", own).await, 200);
+
+    // Loopback spellings are checked like 127.0.0.1.
+    for name in [
+        "0.0.0.0",
+        "localhost.",
+        "foo.localhost",
+        "[::ffff:7f00:1]",
+        "192.168.1.5",
+    ] {
+        let spelled = format!("{name}:{port}");
+        let headers = vec![
+            pair("Host", &spelled),
+            pair("Origin", "http://evil.example"),
+        ];
+        assert_eq!(post(headers).await, 403, "{name}");
+        let headers = vec![
+            pair("Host", &spelled),
+            pair("Origin", &format!("http://{spelled}")),
+        ];
+        assert_eq!(post(headers).await, 200, "{name}");
+    }
+
+    // Sec-Fetch-Site: cross-site may read, not write.
+    let cross = vec![pair("Host", &host), pair("Sec-Fetch-Site", "cross-site")];
+    assert_eq!(post(cross.clone()).await, 403);
+    assert_eq!(get("/queue", cross).await, 200);
+
+    // The socket: the same checks on the handshake.
+    let ws_url = format!("ws://{host}/ws?clientId=spy");
+    let refused = client
+        .ws(&ws_url)
+        .origin("http://127.0.0.1:9999")
+        .connect()
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(awc::error::WsClientError::InvalidResponseStatus(s)) if s.as_u16() == 403
+        ),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    let refused = client
+        .ws(&ws_url)
+        .set_header("Sec-Fetch-Site", "cross-site")
+        .connect()
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(awc::error::WsClientError::InvalidResponseStatus(s)) if s.as_u16() == 403
+        ),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    let accepted = client
+        .ws(&ws_url)
+        .origin(format!("http://{host}").as_str())
+        .set_header("Sec-Fetch-Site", "same-origin")
+        .connect()
+        .await;
+    assert!(accepted.is_ok(), "{:?}", accepted.map(|_| ()));
+    // The server is up and queued only the allowed prompts.
+    let (status, queue) = app.get("/queue").await;
+    assert_eq!(status, 200, "{queue}");
+}
+
+/// The `execution_error` of a finished prompt's history entry.
+pub(crate) fn history_error(entry: &serde_json::Value) -> serde_json::Value {
+    entry["status"]["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m[0] == "execution_error")
+        .map(|m| m[1].clone())
+        .unwrap_or_else(|| panic!("no execution_error in {entry:#}"))
+}
+
+#[cfg(unix)]
+#[actix_web::test]
+async fn no_folder_is_made_outside_the_data_folders_through_a_symlink() {
+    let app = spawn_app().await;
+    let outside = app.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    for folder in ["input", "output"] {
+        std::os::unix::fs::symlink(&outside, app.data_dir().join(folder).join("linkdir")).unwrap();
+    }
+    let png = crate::server::png_bytes(1, 1, [1, 2, 3, 255]);
+
+    // An upload into a new folder under the symlink: refused, and nothing made.
+    let (body, ct) = multipart(&[
+        ("subfolder", None, b"linkdir/newsub"),
+        ("image", Some("x.png"), &png),
+    ]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("'linkdir/newsub' leads outside"),
+        "{reply}"
+    );
+    assert!(!outside.join("newsub").exists());
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+
+    // SaveImage's prefix likewise: the node fails on filename_prefix and nothing is made.
+    let (status, body) = app
+        .post(
+            "/prompt",
+            json!({"prompt": crate::helpers::invert_graph("linkdir/newsub/img")}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
+    assert_eq!(entry["status"]["status_str"], "error");
+    let error = history_error(&entry);
+    assert_eq!(error["node_type"], "SaveImage");
+    let message = error["exception_message"].as_str().unwrap_or_default();
+    assert!(message.contains("filename_prefix"), "{message}");
+    assert!(!outside.join("newsub").exists());
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+
+    // A folder that is a file: a 400 that says so.
+    std::fs::write(app.data_dir().join("input/plain"), b"x").unwrap();
+    let (body, ct) = multipart(&[
+        ("subfolder", None, b"plain/sub"),
+        ("image", Some("x.png"), &png),
+    ]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("'plain' is a file, not a folder"),
+        "{reply}"
+    );
+
+    // New folders inside still work, for uploads and for SaveImage.
+    let (body, ct) = multipart(&[("subfolder", None, b"a/b"), ("image", Some("x.png"), &png)]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(app.data_dir().join("input/a/b/x.png").is_file());
+    app.queue_ok(
+        "/prompt",
+        json!({"prompt": crate::helpers::invert_graph("c/d/img")}),
+    )
+    .await;
+    assert!(app.data_dir().join("output/c/d/img_00001_.png").is_file());
+}
+
+#[actix_web::test]
+async fn long_file_names_and_folder_names_are_400s_not_500s() {
+    let app = spawn_app().await;
+    let png = crate::server::png_bytes(1, 1, [1, 2, 3, 255]);
+    let message = |reply: &serde_json::Value| {
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let long = format!("{}.png", "a".repeat(300));
+    let (body, ct) = multipart(&[("image", Some(&long), &png)]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        message(&reply).starts_with("image: the file name is 304 bytes long"),
+        "{reply}"
+    );
+
+    // The longest name that fits is taken; its numbered twin would not fit, and says so.
+    let longest = format!("{}.png", "b".repeat(251));
+    let (body, ct) = multipart(&[("image", Some(&longest), &png)]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(
+        (status, reply["name"].as_str()),
+        (200, Some(longest.as_str())),
+        "{reply}"
+    );
+    let other = crate::server::png_bytes(1, 1, [9, 9, 9, 255]);
+    let (body, ct) = multipart(&[("image", Some(&longest), &other)]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        message(&reply).starts_with("image: the file name is"),
+        "{reply}"
+    );
+    let (body, ct) = multipart(&[("image", Some("tab\there.png"), &png)]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 400, "{reply}");
+
+    // overwrite onto a folder of that name: a conflict naming image; without overwrite the
+    // upload takes the next free name.
+    std::fs::create_dir_all(app.data_dir().join("input/taken.png")).unwrap();
+    let (body, ct) = multipart(&[
+        ("overwrite", None, b"true"),
+        ("image", Some("taken.png"), &png),
+    ]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 409, "{reply}");
+    assert!(
+        message(&reply).starts_with("image: 'taken.png' is a folder"),
+        "{reply}"
+    );
+    assert!(app.data_dir().join("input/taken.png").is_dir());
+    let (body, ct) = multipart(&[("image", Some("taken.png"), &png)]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(
+        (status, reply["name"].as_str()),
+        (200, Some("taken (1).png")),
+        "{reply}"
+    );
+
+    // A 300-character subfolder, and a 300-character user file name.
+    let sub = "s".repeat(300);
+    let (body, ct) = multipart(&[
+        ("subfolder", None, sub.as_bytes()),
+        ("image", Some("x.png"), &png),
+    ]);
+    let (status, reply) = app.post_raw("/upload/image", body, &ct).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        message(&reply).contains("cannot create the folder"),
+        "{reply}"
+    );
+    let (status, reply) = app
+        .post_raw(
+            &format!("/userdata/{}.json", "u".repeat(300)),
+            b"{}".to_vec(),
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, 400, "{reply}");
+
+    // Nothing half-written is left, and the server is up.
+    let leftovers: Vec<_> = std::fs::read_dir(app.data_dir().join("input"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(app.get("/queue").await.0, 200);
+}
+
+#[actix_web::test]
+async fn nan_and_infinity_are_refused_at_validation_naming_the_input() {
+    let app = spawn_app().await;
+    for value in [
+        json!("NaN"),
+        json!("nan"),
+        json!("inf"),
+        json!("-Infinity"),
+        json!("1e999"),
+    ] {
+        let graph = json!({
+            "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8, "batch_size": 1}},
+            "2": {"class_type": "ImageScaleBy", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact", "scale_by": value}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "nan"}}
+        });
+        let (status, body) = app.post("/prompt", json!({"prompt": graph})).await;
+        assert_eq!(status, 400, "{value}: {body}");
+        let error = &body["node_errors"]["2"]["errors"][0];
+        assert_eq!(error["type"], "invalid_input_type", "{value}: {body}");
+        assert_eq!(
+            error["extra_info"]["input_name"], "scale_by",
+            "{value}: {body}"
+        );
+        assert!(
+            error["details"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not a finite number"),
+            "{value}: {body}"
+        );
+    }
+    // Nothing was queued.
+    let (_, queue) = app.get("/queue").await;
+    assert_eq!(queue["queue_pending"], json!([]));
+}
+
+#[actix_web::test]
+async fn a_huge_queue_number_is_refused_so_later_prompts_never_tie() {
+    let app = spawn_app().await;
+    let graph = crate::helpers::invert_graph("number");
+    for number in [
+        json!(1e308),
+        json!(-1e308),
+        json!(1125899906842625.0_f64),
+        json!("5"),
+    ] {
+        let (status, body) = app
+            .post("/prompt", json!({"prompt": graph, "number": number}))
+            .await;
+        assert_eq!(status, 400, "{number}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("number "), "{number}: {body}");
+    }
+    // The edge of the range is taken, and the counter still counts on from it.
+    let limit = (1u64 << 50) as f64;
+    let (status, body) = app
+        .post("/prompt", json!({"prompt": graph, "number": limit}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let first = body["number"].as_f64().unwrap();
+    let (_, body) = app.post("/prompt", json!({"prompt": graph})).await;
+    let second = body["number"].as_f64().unwrap();
+    let (_, body) = app.post("/prompt", json!({"prompt": graph})).await;
+    let third = body["number"].as_f64().unwrap();
+    assert!(first < second && second < third, "{first} {second} {third}");
+}
+
+#[actix_web::test]
+async fn error_messages_name_files_relative_to_their_folders() {
+    let app = spawn_app().await;
+    let root = app.dir.path().to_string_lossy().into_owned();
+    std::fs::write(app.data_dir().join("input/bad.png"), b"not an image").unwrap();
+    let checkpoints = app.dir.path().join("models/checkpoints");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    std::fs::write(
+        checkpoints.join("broken.safetensors"),
+        b"\x08\0\0\0\0\0\0\0{garbage",
+    )
+    .unwrap();
+
+    let load_image = json!({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "bad.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}
+    });
+    let checkpoint = json!({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "broken.safetensors"}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "x"}}
+    });
+    for (graph, shown) in [
+        (load_image, "input/bad.png"),
+        (checkpoint, "models/checkpoints/broken.safetensors"),
+    ] {
+        let id = app.queue(graph, "paths").await;
+        let entry = app.wait_history(&id).await;
+        let error = history_error(&entry);
+        let message = error["exception_message"].as_str().unwrap_or_default();
+        assert!(message.contains(shown), "{message}");
+        let everything = error.to_string();
+        assert!(!everything.contains(&root), "{everything}");
+    }
+}
