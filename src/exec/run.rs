@@ -898,6 +898,144 @@ mod tests {
         );
     }
 
+    /// A real executor (test node pack, a store in a temporary folder) and a way to run one
+    /// submitted prompt through [`execute`] as the worker does, on a blocking thread.
+    struct Harness {
+        exec: Arc<Executor>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Harness {
+        async fn new() -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            let dirs = DataDirs::new(dir.path(), &dir.path().join("models"));
+            dirs.create().unwrap();
+            let store = crate::store::Store::open(&dir.path().join("weft.db"))
+                .await
+                .unwrap();
+            let (exec, _events) = Executor::start(
+                store,
+                Arc::new(Registry::with_test_nodes()),
+                Arc::new(dirs),
+                crate::exec::ExecConfig::default(),
+            )
+            .await
+            .unwrap();
+            Harness { exec, _dir: dir }
+        }
+
+        /// Submits `prompt`, claims it and runs it; the outcome and the per-node report.
+        async fn run(&self, prompt: Json) -> (Outcome, Vec<(String, NodeReportStatus)>) {
+            let submission = crate::exec::Submission {
+                prompt,
+                extra_data: Map::new(),
+                client_id: None,
+                front: false,
+                number: None,
+                prompt_id: None,
+                targets: None,
+            };
+            self.exec.submit(submission).await.unwrap();
+            let row = self.exec.store.claim_next().await.unwrap().unwrap();
+            let exec = Arc::clone(&self.exec);
+            let outcome = tokio::task::spawn_blocking(move || execute(&exec, &row))
+                .await
+                .unwrap();
+            let report = lock(&self.exec.last_report)
+                .as_ref()
+                .map(|r| {
+                    r.nodes
+                        .iter()
+                        .map(|n| (n.node_id.clone(), n.status))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (outcome, report)
+        }
+    }
+
+    fn image_chain(last: Json) -> Json {
+        json!({
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": last,
+        })
+    }
+
+    fn names(outcome: &Outcome) -> Vec<&str> {
+        outcome
+            .messages
+            .iter()
+            .filter_map(|m| m[0].as_str())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_run_executes_then_replays_from_the_cache_with_its_events_and_report() {
+        let h = Harness::new().await;
+        let preview = json!({"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}});
+        let (first, report) = h.run(image_chain(preview.clone())).await;
+        assert_eq!(first.status, PromptStatus::Done);
+        assert_eq!(
+            names(&first),
+            ["execution_start", "execution_cached", "execution_success"]
+        );
+        assert!(report.iter().all(|(_, s)| *s == NodeReportStatus::Executed));
+        assert!(first.outputs["3"]["images"].is_array() && first.meta["3"]["node_id"] == "3");
+
+        let (second, report) = h.run(image_chain(preview)).await;
+        assert_eq!(second.messages[1][1]["nodes"], json!(["1", "2", "3"]));
+        // The output node's UI is replayed into the history; nothing ran.
+        assert_eq!(second.outputs["3"], first.outputs["3"]);
+        assert_eq!(
+            report,
+            [
+                ("1".into(), NodeReportStatus::NotRun),
+                ("2".into(), NodeReportStatus::NotRun),
+                ("3".into(), NodeReportStatus::Cached)
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failing_node_stops_the_run_with_what_ran_before_it() {
+        let h = Harness::new().await;
+        let fail =
+            json!({"class_type": "TestFail", "inputs": {"value": ["2", 0], "message": "it broke"}});
+        let mut prompt = image_chain(fail);
+        prompt["4"] = json!({"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}});
+        let (outcome, report) = h.run(prompt).await;
+        assert_eq!(outcome.status, PromptStatus::Failed);
+        let error = &outcome.messages.last().unwrap()[1];
+        assert_eq!(outcome.messages.last().unwrap()[0], "execution_error");
+        assert_eq!(
+            (&error["node_id"], &error["node_type"]),
+            (&json!("3"), &json!("TestFail"))
+        );
+        assert_eq!(error["exception_type"], "weft.NodeError");
+        assert_eq!(error["exception_message"], "it broke");
+        assert_eq!(error["executed"], json!(["1", "2"]));
+        assert_eq!(error["current_inputs"]["message"], json!(["it broke"]));
+        assert_eq!(report.last().unwrap().1, NodeReportStatus::Failed);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_interrupt_stops_before_the_next_node() {
+        let h = Harness::new().await;
+        let preview = json!({"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}});
+        h.exec
+            .interrupt
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (outcome, _) = h.run(image_chain(preview)).await;
+        assert_eq!(outcome.status, PromptStatus::Interrupted);
+        let last = outcome.messages.last().unwrap();
+        assert_eq!(last[0], "execution_interrupted");
+        assert_eq!(
+            (&last[1]["node_id"], &last[1]["executed"]),
+            (&json!("1"), &json!([]))
+        );
+    }
+
     #[test]
     fn cached_values_count_no_readers_for_nodes_that_do_not_run() {
         let plan = plan();
