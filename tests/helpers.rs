@@ -322,6 +322,7 @@ pub fn context(app: &TestApp) -> weft::nodes::NodeContext {
             candle_core::Device::Cpu,
             candle_core::DType::F32,
         )),
+        png_text: Arc::default(),
     }
 }
 

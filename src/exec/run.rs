@@ -176,6 +176,7 @@ pub(crate) fn execute(exec: &Arc<Executor>, row: &PromptRow) -> Outcome {
             prompt_id: row.prompt_id.clone(),
             client: row.client_id.clone(),
         }),
+        png_text: Arc::default(),
         messages: Vec::new(),
         outputs: Map::new(),
         meta: Map::new(),
@@ -206,6 +207,7 @@ struct PromptRun<'a> {
     prompt: Arc<Json>,
     extra_pnginfo: Option<Arc<Json>>,
     reporter: Arc<dyn Reporter>,
+    png_text: Arc<std::sync::OnceLock<Vec<(String, String)>>>,
     /// The history's `status.messages`.
     messages: Vec<Json>,
     /// The history's `outputs` and `meta`, by node id.
@@ -453,6 +455,7 @@ impl PromptRun<'_> {
             interrupt: Arc::clone(&self.exec.interrupt),
             write_metadata: self.exec.config.write_metadata,
             models: Arc::clone(&self.exec.models),
+            png_text: Arc::clone(&self.png_text),
         };
         let node_impl = self.exec.node_impl(node.class_type);
         let span = tracing::info_span!("node", node_id = %node.id, class_type = node.class_type);

@@ -330,6 +330,9 @@ fn save_images(
     let dir = paths::create_folder_inside(base, &subfolder)
         .map_err(|e| NodeError::input("filename_prefix", e.to_string()))?;
     let first_counter = next_counter(&dir, &name);
+    if batch > 0 {
+        remember_counter(&dir, &name, first_counter + batch as u64 - 1);
+    }
 
     let images = images.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
     let mut refs = Vec::with_capacity(batch);
@@ -345,16 +348,20 @@ fn save_images(
         let filename = format!("{file_name_base}_{counter:05}_.png");
         let path = paths::resolve_new(base, &subfolder, &filename)
             .map_err(|e| NodeError::input("filename_prefix", e.to_string()))?;
-        let mut chunks: Vec<(String, String)> = Vec::new();
-        if ctx.write_metadata {
-            chunks.push(("prompt".into(), ascii_json(&ctx.prompt)));
-            if let Some(extra) = ctx.extra_pnginfo.as_deref().and_then(|e| e.as_object()) {
-                for (key, value) in extra {
-                    chunks.push((key.clone(), ascii_json(value)));
+        let chunks: &[(String, String)] = if ctx.write_metadata {
+            ctx.png_text.get_or_init(|| {
+                let mut chunks = vec![("prompt".into(), ascii_json(&ctx.prompt))];
+                if let Some(extra) = ctx.extra_pnginfo.as_deref().and_then(|e| e.as_object()) {
+                    for (key, value) in extra {
+                        chunks.push((key.clone(), ascii_json(value)));
+                    }
                 }
-            }
-        }
-        write_png(&path, &bytes, width, height, channels, &chunks, compression)
+                chunks
+            })
+        } else {
+            &[]
+        };
+        write_png(&path, &bytes, width, height, channels, chunks, compression)
             .map_err(|message| NodeError::file(ctx.dirs.shown(&path), message))?;
         refs.push(FileRef {
             filename,
@@ -406,8 +413,37 @@ fn chrono_like_now() -> (i64, u32, u32, u32, u32, u32) {
     )
 }
 
-/// 1 + the highest counter among files named `<name>_NNNNN_…` in `dir`.
+/// The last counter written per folder and name. ComfyUI scans the folder before every save; with
+/// thousands of images in it (a graph with a save on every node) that scan made a prompt's run
+/// time quadratic. The folder is scanned once per name now; the remembered counter is used while
+/// the file it would name is not there (so a file written by someone else is never overwritten:
+/// its presence sends the next save back to a scan).
+static COUNTERS: std::sync::Mutex<Option<std::collections::HashMap<(PathBuf, String), u64>>> =
+    std::sync::Mutex::new(None);
+
+fn remember_counter(dir: &Path, name: &str, last: u64) {
+    let mut counters = COUNTERS.lock().unwrap_or_else(|p| p.into_inner());
+    counters
+        .get_or_insert_with(Default::default)
+        .insert((dir.to_path_buf(), name.to_owned()), last);
+}
+
+/// The counter for the next save of `<name>_NNNNN_…` in `dir`: after the last one this server
+/// wrote there when its file is still free, else 1 + the highest on disk.
 fn next_counter(dir: &Path, name: &str) -> u64 {
+    let known = COUNTERS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|c| c.get(&(dir.to_path_buf(), name.to_owned())).copied());
+    match known {
+        Some(last) if !dir.join(format!("{name}_{:05}_.png", last + 1)).exists() => last + 1,
+        _ => scan_counter(dir, name),
+    }
+}
+
+/// 1 + the highest counter among files named `<name>_NNNNN_…` in `dir`.
+fn scan_counter(dir: &Path, name: &str) -> u64 {
     let mut highest = 0;
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -513,6 +549,21 @@ mod tests {
         }
         assert_eq!(next_counter(dir.path(), "ComfyUI"), 8);
         assert_eq!(next_counter(dir.path(), "New"), 1);
+    }
+
+    #[test]
+    fn the_remembered_counter_is_used_while_its_file_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a_00003_.png"), b"").unwrap();
+        assert_eq!(next_counter(dir.path(), "a"), 4);
+        remember_counter(dir.path(), "a", 4);
+        // Files this server did not write are not rescanned for...
+        std::fs::write(dir.path().join("a_00001_.png"), b"").unwrap();
+        assert_eq!(next_counter(dir.path(), "a"), 5);
+        // ...unless one takes the next name: then the folder is scanned again.
+        std::fs::write(dir.path().join("a_00005_.png"), b"").unwrap();
+        std::fs::write(dir.path().join("a_00009_.png"), b"").unwrap();
+        assert_eq!(next_counter(dir.path(), "a"), 10);
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub struct NodeContext {
     pub write_metadata: bool,
     /// Loaded models shared by every prompt.
     pub models: Arc<ModelManager>,
+    /// The PNG text chunks of this prompt's images, made once per prompt and shared by its
+    /// nodes (the prompt's JSON is as big as the graph, and every saved image carries it).
+    pub png_text: Arc<std::sync::OnceLock<Vec<(String, String)>>>,
 }
 
 impl NodeContext {

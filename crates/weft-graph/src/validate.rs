@@ -253,8 +253,15 @@ pub fn validate(
     // 5. An output is good when it and every ancestor are free of errors.
     let mut node_errors_by_index: HashMap<usize, Vec<String>> = HashMap::new();
     let mut good_outputs = Vec::new();
+    // Without a single error every output is good, and no walk is needed: one walk per output
+    // would cost outputs × nodes (a chain with a save on every node is quadratic).
+    let any_errors = local.values().any(|r| !r.errors.is_empty());
     for &output in &outputs {
-        let ancestors = ancestors_of(index_of[output], &local);
+        if !any_errors {
+            good_outputs.push(output);
+            continue;
+        }
+        let ancestors = ancestors_of([index_of[output]], &local);
         let bad: Vec<usize> = ancestors
             .iter()
             .copied()
@@ -873,9 +880,13 @@ pub fn fmt_float(f: f64) -> String {
     }
 }
 
-fn ancestors_of(start: usize, local: &HashMap<usize, LocalResult>) -> BTreeSet<usize> {
+/// The nodes `starts` read from, directly or not, and `starts` themselves.
+fn ancestors_of(
+    starts: impl IntoIterator<Item = usize>,
+    local: &HashMap<usize, LocalResult>,
+) -> BTreeSet<usize> {
     let mut seen = BTreeSet::new();
-    let mut stack = vec![start];
+    let mut stack: Vec<usize> = starts.into_iter().collect();
     while let Some(i) = stack.pop() {
         if seen.insert(i) {
             if let Some(result) = local.get(&i) {
@@ -943,10 +954,8 @@ fn build_plan(
     index_of: &HashMap<&str, usize>,
     good_outputs: &[&str],
 ) -> Plan {
-    let mut needed = BTreeSet::new();
-    for output in good_outputs {
-        needed.extend(ancestors_of(index_of[output], local));
-    }
+    // One walk from every output at once: each node is visited once however many outputs share it.
+    let needed = ancestors_of(good_outputs.iter().map(|o| index_of[o]), local);
 
     // Kahn's algorithm, ties broken by node id so the order users see is stable.
     let mut remaining_parents: HashMap<usize, usize> = HashMap::new();
