@@ -604,3 +604,118 @@ async fn error_messages_name_files_relative_to_their_folders() {
         assert!(!everything.contains(&root), "{everything}");
     }
 }
+
+/// A stored torch-style zip (what `torch.save` writes) holding `pickle` as `archive/data.pkl`.
+fn torch_zip(pickle: &[u8]) -> Vec<u8> {
+    let crc = pickle.iter().fold(!0u32, |mut crc, &b| {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+        crc
+    });
+    let name = b"archive/data.pkl";
+    // version needed, flags, method (stored), time, date, crc, sizes, name length, extra length
+    let mut common = [20u16, 0, 0, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect::<Vec<u8>>();
+    common.extend((!crc).to_le_bytes());
+    common.extend((pickle.len() as u32).to_le_bytes());
+    common.extend((pickle.len() as u32).to_le_bytes());
+    common.extend((name.len() as u16).to_le_bytes());
+    common.extend(0u16.to_le_bytes());
+    let mut out = 0x0403_4b50u32.to_le_bytes().to_vec();
+    out.extend(&common);
+    out.extend(name);
+    out.extend(pickle);
+    let cd_offset = out.len() as u32;
+    out.extend(0x0201_4b50u32.to_le_bytes());
+    out.extend(20u16.to_le_bytes());
+    out.extend(&common);
+    out.extend([0u8; 10]); // comment length, disk, attributes
+    out.extend(0u32.to_le_bytes()); // local header offset
+    out.extend(name);
+    let cd_size = out.len() as u32 - cd_offset;
+    out.extend(0x0605_4b50u32.to_le_bytes());
+    out.extend([0u8; 4]);
+    out.extend(1u16.to_le_bytes());
+    out.extend(1u16.to_le_bytes());
+    out.extend(cd_size.to_le_bytes());
+    out.extend(cd_offset.to_le_bytes());
+    out.extend(0u16.to_le_bytes());
+    out
+}
+
+/// A 644-byte pickle "memo bomb": a list doubled 22 times through the memo, then copied out of
+/// the memo again and again (gigabytes in a reader that copies memo entries).
+fn memo_bomb() -> Vec<u8> {
+    let mut p = b"\x80\x02]q\x00".to_vec();
+    for _ in 0..22 {
+        p.extend_from_slice(b"(h\x00h\x00tq\x00");
+    }
+    while p.len() < 643 {
+        p.extend_from_slice(b"h\x00");
+    }
+    p.push(b'.');
+    p
+}
+
+#[actix_web::test]
+async fn a_pickle_memo_bomb_is_refused_by_every_loader_and_the_server_goes_on() {
+    let app = spawn_app().await;
+    let models = app.dir.path().join("models");
+    crate::models::install_all(&models);
+    let bomb = torch_zip(&memo_bomb());
+    for folder in ["checkpoints", "vae"] {
+        std::fs::create_dir_all(models.join(folder)).unwrap();
+        std::fs::write(models.join(folder).join("bomb.ckpt"), &bomb).unwrap();
+    }
+    let decode = |loader: serde_json::Value, vae: serde_json::Value| {
+        json!({
+            "1": loader,
+            "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": vae}},
+            "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "bomb"}}
+        })
+    };
+    let cases = [
+        (
+            decode(
+                json!({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "bomb.ckpt"}}),
+                json!(["1", 2]),
+            ),
+            "CheckpointLoaderSimple",
+            "input 'ckpt_name'",
+        ),
+        (
+            decode(
+                json!({"class_type": "VAELoader", "inputs": {"vae_name": "bomb.ckpt"}}),
+                json!(["1", 0]),
+            ),
+            "VAELoader",
+            "input 'vae_name'",
+        ),
+    ];
+    for (graph, node, input) in cases {
+        let start = std::time::Instant::now();
+        let id = app.queue(graph, "bomb").await;
+        let entry = app.wait_history(&id).await;
+        assert!(start.elapsed() < std::time::Duration::from_secs(30));
+        let error = history_error(&entry);
+        assert_eq!(error["node_type"], node, "{error}");
+        let message = error["exception_message"].as_str().unwrap_or_default();
+        assert!(message.contains(input), "{message}");
+        assert!(message.contains("bomb.ckpt"), "{message}");
+        assert!(message.contains("refusing the pickle"), "{message}");
+        assert!(message.contains("memo or expansion bomb"), "{message}");
+    }
+
+    // The server is still up and the next prompt runs.
+    let graph = decode(
+        json!({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd1.safetensors"}}),
+        json!(["1", 2]),
+    );
+    app.queue_ok("/prompt", json!({"prompt": graph, "client_id": "bomb"}))
+        .await;
+}

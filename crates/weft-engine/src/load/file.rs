@@ -1,6 +1,7 @@
 //! Reading tensor files: safetensors (header checked first, then each tensor read from the file
 //! when asked for) and PyTorch zip pickles (`candle_core::pickle`, which interprets the pickle
-//! opcodes without executing any code).
+//! opcodes without executing any code, after [`crate::load::pickle_guard`] has walked them: every
+//! pickled file, whatever loads it, passes the guard first).
 //!
 //! Why not a memory map for safetensors: the mapped pages of a multi-GB checkpoint count in the
 //! process's resident memory until the map is closed, on top of the weights copied out of it.
@@ -16,7 +17,7 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::load::{LoadError, LoadErrorKind};
+use crate::load::{pickle_guard, LoadError, LoadErrorKind};
 
 enum Source {
     Safetensors(Vec<Shard>),
@@ -170,6 +171,10 @@ impl StateDict {
     }
 
     fn open_pickle(path: &Path) -> Result<Self, LoadError> {
+        // candle's reader copies memoised objects and trusts every length; a few hundred crafted
+        // bytes would fill memory before it returns, so the opcodes are walked first.
+        pickle_guard::check_zip_pickle(path)
+            .map_err(|e| LoadError::new(path, LoadErrorKind::UnsafePickle(e)))?;
         // LDM checkpoints nest the weights under "state_dict"; plain torch.save(state_dict) files
         // do not. The reader is defensive, but a malformed pickle must never take the process down,
         // so any panic inside it becomes an error too.
@@ -189,6 +194,29 @@ impl StateDict {
                 path,
                 LoadErrorKind::NotACheckpoint("the pickle holds no tensors".into()),
             ));
+        }
+        // The reader allocates a tensor's whole shape before reading its stored data, which
+        // comes from the file uncompressed: refuse shapes that need more than the file holds.
+        let file_len = std::fs::metadata(path)
+            .map_err(|e| LoadError::new(path, LoadErrorKind::Io(e)))?
+            .len();
+        for (name, info) in pth.tensor_infos() {
+            let dims = info.layout.shape().dims();
+            let bytes = dims
+                .iter()
+                .try_fold(info.dtype.size_in_bytes() as u64, |n, &d| {
+                    n.checked_mul(d as u64)
+                });
+            if bytes.is_none_or(|b| b > file_len) {
+                return Err(LoadError::new(
+                    path,
+                    LoadErrorKind::OversizedTensor {
+                        name: name.clone(),
+                        shape: dims.to_vec(),
+                        file_len,
+                    },
+                ));
+            }
         }
         let shapes = pth
             .tensor_infos()

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod detect;
 pub mod file;
 pub mod keymap;
+pub(crate) mod pickle_guard;
 pub mod placement;
 pub(crate) mod renaming;
 
@@ -54,6 +55,20 @@ pub enum LoadErrorKind {
     /// The file holds no tensors that could be read (an empty pickle, no shards); says why.
     #[error("not a checkpoint: {0}")]
     NotACheckpoint(String),
+    /// A pickled file the pickle guard refuses before reading it (a memo or expansion bomb, a
+    /// foreign global, an opcode or length the reader cannot take); says what and where.
+    #[error("refusing the pickle: {0}")]
+    UnsafePickle(String),
+    /// A pickled tensor whose shape needs more bytes than the whole file holds.
+    #[error("tensor '{name}' has shape {shape:?}, which needs more data than the file's {file_len} bytes")]
+    OversizedTensor {
+        /// The tensor's name in the file.
+        name: String,
+        /// The shape the pickle claims.
+        shape: Vec<usize>,
+        /// The file's length in bytes.
+        file_len: u64,
+    },
     /// A known kind of file this engine does not load; says which.
     #[error("unsupported format: {0}")]
     UnsupportedFormat(String),

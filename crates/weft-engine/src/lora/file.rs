@@ -1,17 +1,16 @@
-//! Reading adapter files. Safetensors go through `StateDict` (header checked against the file size
-//! before mapping); `.pt`/`.ckpt`/`.bin` zip pickles are first walked by `pickle_check` (foreign
-//! globals, unknown opcodes, bogus lengths and expansion bombs are refused with a message), then
-//! read by candle's pickle reader, which interprets the opcodes without executing anything and
-//! runs under `catch_unwind` in `StateDict`.
+//! Reading adapter files, through `StateDict` like every other model file: safetensors have their
+//! header checked against the file size; `.pt`/`.ckpt`/`.bin` zip pickles are walked by
+//! `load::pickle_guard` (foreign globals, unknown opcodes, bogus lengths, memo and expansion
+//! bombs, shapes larger than the file are refused with a message) before candle's pickle reader,
+//! which interprets the opcodes without executing anything, runs under `catch_unwind`.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 
 use crate::load::file::StateDict;
-use crate::lora::pickle_check::check_zip_pickle;
+use crate::load::LoadErrorKind;
 use crate::lora::{LoraError, LoraErrorKind};
 
 /// The tensors of one adapter file, in their stored dtypes, on the CPU.
@@ -31,26 +30,22 @@ impl LoraFile {
         if len == 0 {
             return Err(err(LoraErrorKind::Empty));
         }
-        if is_zip(path) {
-            check_zip_pickle(path).map_err(|e| err(LoraErrorKind::BadPickle(e)))?;
-        }
-        let sd = StateDict::open(path).map_err(|e| err(LoraErrorKind::Load(e.kind)))?;
-        // A tensor's data comes from the file, at least a byte per element: refuse shapes that
-        // claim more before the reader allocates them.
-        for (name, shape) in sd.shapes() {
-            let numel = shape
-                .iter()
-                .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
-                .unwrap_or(u64::MAX);
-            if numel > len {
-                return Err(err(LoraErrorKind::BadTensor {
-                    key: name.clone(),
+        let sd = StateDict::open(path).map_err(|e| {
+            err(match e.kind {
+                LoadErrorKind::UnsafePickle(reason) => LoraErrorKind::BadPickle(reason),
+                LoadErrorKind::OversizedTensor {
+                    name,
+                    shape,
+                    file_len,
+                } => LoraErrorKind::BadTensor {
+                    key: name,
                     reason: format!(
-                        "its shape {shape:?} needs more data than the file's {len} bytes"
+                        "its shape {shape:?} needs more data than the file's {file_len} bytes"
                     ),
-                }));
-            }
-        }
+                },
+                kind => LoraErrorKind::Load(kind),
+            })
+        })?;
         let mut tensors = HashMap::with_capacity(sd.shapes().len());
         for name in sd.shapes().keys() {
             // candle's pickle reader is defensive but not audited for panics on crafted strides;
@@ -96,13 +91,4 @@ impl LoraFile {
     pub fn tensors(&self) -> &HashMap<String, Tensor> {
         &self.tensors
     }
-}
-
-/// Whether the file starts like a zip archive (a torch >= 1.6 pickle).
-fn is_zip(path: &Path) -> bool {
-    let mut head = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map(|()| head == *b"PK\x03\x04")
-        .unwrap_or(false)
 }

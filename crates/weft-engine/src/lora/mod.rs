@@ -18,7 +18,6 @@ pub mod adapter;
 pub mod file;
 pub mod keys;
 pub mod patch;
-mod pickle_check;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,608 @@
+//! The guard every pickled tensor file passes before candle's pickle reader sees it
+//! (`StateDict::open` runs it for each `.ckpt`/`.pt`/`.pth`/`.bin`: checkpoints, VAEs,
+//! ControlNets, LoRAs, text encoders, and the header reads of `/api/weft/generate`).
+//!
+//! candle's reader never executes anything, but it silently drops entries built from unknown
+//! globals, allocates whatever length a string opcode claims, deep-copies memoised objects on
+//! every `BINPUT` and `BINGET`, and frees nested objects recursively, so a crafted pickle of a
+//! few hundred bytes can fill memory (a "memo bomb": one large list fetched from the memo again
+//! and again) or overflow the stack. This pass walks the opcodes of each `data.pkl` without
+//! building objects, mirroring what candle's reader would build, and refuses:
+//! - opcodes candle does not know, and globals a tensor file never needs (`os.system`, ...);
+//! - lengths past the end of the data, compressed pickles, pickles over [`MAX_PICKLE_BYTES`];
+//! - more than [`MAX_OPCODES`] opcodes, more than [`MAX_MEMO_ENTRIES`] memo entries, a stack
+//!   deeper than [`MAX_STACK`], objects nested deeper than [`MAX_DEPTH`];
+//! - building (copies made by the memo included) more objects than the pickle's size allows:
+//!   [`OBJECTS_FLOOR`] plus [`OBJECTS_PER_BYTE`] per pickle byte, never over [`MAX_OBJECTS`].
+//!   Since every object candle holds was built, this bounds both its memory and its time.
+//!
+//! Each refusal says which opcode, global or limit, and at which byte.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// The most objects candle's reader may build for one pickle, however large (a torch state dict
+/// needs a few dozen per tensor, so this allows well over 100k tensors while bounding memory to
+/// well under 1 GB).
+pub(crate) const MAX_OBJECTS: u64 = 5_000_000;
+/// Objects any pickle may build, whatever its size.
+pub(crate) const OBJECTS_FLOOR: u64 = 100_000;
+/// Objects a pickle may build per byte of pickle (a torch pickle builds about one per 5 bytes;
+/// only memo copies build more, and a real file copies globals and small tuples).
+pub(crate) const OBJECTS_PER_BYTE: u64 = 16;
+/// The largest `data.pkl` read (a state dict of 100k tensors pickles to ~20 MB).
+pub(crate) const MAX_PICKLE_BYTES: u64 = 256 * 1024 * 1024;
+/// The most opcodes walked in one pickle.
+pub(crate) const MAX_OPCODES: u64 = 64 * 1024 * 1024;
+/// The most distinct memo entries.
+pub(crate) const MAX_MEMO_ENTRIES: usize = 4_000_000;
+/// The deepest stack.
+pub(crate) const MAX_STACK: usize = 1_000_000;
+/// The deepest nesting of objects (a state dict nests about 6 deep; candle clones and drops
+/// nested objects recursively, so deep nesting would overflow the thread's stack).
+pub(crate) const MAX_DEPTH: u32 = 200;
+
+/// The globals a torch state dict uses.
+fn allowed_global(module: &str, name: &str) -> bool {
+    match module {
+        "collections" => name == "OrderedDict",
+        "torch._utils" => name.starts_with("_rebuild_"),
+        "torch._tensor" => name == "_rebuild_from_type_v2",
+        "torch" => name.ends_with("Storage") || name == "Size" || name == "device",
+        "torch.serialization" => name == "_get_layout",
+        _ => false,
+    }
+}
+
+/// Checks every `data.pkl` of the torch zip at `path`; `Err` says what is wrong.
+pub(crate) fn check_zip_pickle(path: &Path) -> Result<(), String> {
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let entries = zip_entries(&mut file)?;
+    let mut found = false;
+    for entry in entries.iter().filter(|e| e.name.ends_with("data.pkl")) {
+        found = true;
+        if entry.size > MAX_PICKLE_BYTES {
+            return Err(format!(
+                "'{}' is a pickle of {} bytes, over the {MAX_PICKLE_BYTES} allowed",
+                entry.name, entry.size
+            ));
+        }
+        if entry.method != 0 {
+            return Err(format!(
+                "'{}' is compressed (method {}); torch stores its pickles uncompressed",
+                entry.name, entry.method
+            ));
+        }
+        let data = read_entry(&mut file, entry)?;
+        check_pickle(&data).map_err(|e| format!("'{}': {e}", entry.name))?;
+    }
+    if !found {
+        return Err("the zip archive holds no data.pkl".into());
+    }
+    Ok(())
+}
+
+struct ZipEntry {
+    name: String,
+    method: u16,
+    size: u64,
+    local_offset: u64,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn read_at(file: &mut std::fs::File, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+    let mut buf = vec![0u8; len];
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut buf))
+        .map_err(|e| format!("zip structure points past the end of the file ({e})"))?;
+    Ok(buf)
+}
+
+/// The central directory of a zip (zip64 included).
+fn zip_entries(file: &mut std::fs::File) -> Result<Vec<ZipEntry>, String> {
+    let bad = |what: &str| format!("not a valid zip archive: {what}");
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let tail_len = len.min(22 + 65_535);
+    let tail = read_at(file, len - tail_len, tail_len as usize)?;
+    let eocd = (0..tail.len().saturating_sub(21))
+        .rev()
+        .find(|&i| u32_at(&tail, i) == Some(0x0605_4b50))
+        .ok_or_else(|| bad("no end of central directory"))?;
+    let mut count = u64::from(u16_at(&tail, eocd + 10).ok_or_else(|| bad("short end record"))?);
+    let mut cd_size = u64::from(u32_at(&tail, eocd + 12).ok_or_else(|| bad("short end record"))?);
+    let mut cd_offset = u64::from(u32_at(&tail, eocd + 16).ok_or_else(|| bad("short end record"))?);
+    if cd_offset == 0xFFFF_FFFF || count == 0xFFFF {
+        // Zip64: the locator sits just before the end record.
+        let locator = eocd
+            .checked_sub(20)
+            .filter(|&l| u32_at(&tail, l) == Some(0x0706_4b50))
+            .ok_or_else(|| bad("no zip64 locator"))?;
+        let z64 = u64_at(&tail, locator + 8).ok_or_else(|| bad("short zip64 locator"))?;
+        let record = read_at(file, z64, 56)?;
+        if u32_at(&record, 0) != Some(0x0606_4b50) {
+            return Err(bad("no zip64 end record"));
+        }
+        count = u64_at(&record, 32).ok_or_else(|| bad("short zip64 record"))?;
+        cd_size = u64_at(&record, 40).ok_or_else(|| bad("short zip64 record"))?;
+        cd_offset = u64_at(&record, 48).ok_or_else(|| bad("short zip64 record"))?;
+    }
+    if cd_offset.saturating_add(cd_size) > len || cd_size > 256 * 1024 * 1024 {
+        return Err(bad("central directory outside the file"));
+    }
+    let cd = read_at(file, cd_offset, cd_size as usize)?;
+    let mut entries = Vec::new();
+    let mut at = 0usize;
+    for _ in 0..count {
+        if u32_at(&cd, at) != Some(0x0201_4b50) {
+            return Err(bad("broken central directory"));
+        }
+        let field = |off: usize| u16_at(&cd, at + off).ok_or_else(|| bad("short entry"));
+        let method = field(10)?;
+        let name_len = usize::from(field(28)?);
+        let extra_len = usize::from(field(30)?);
+        let comment_len = usize::from(field(32)?);
+        let mut size = u64::from(u32_at(&cd, at + 24).ok_or_else(|| bad("short entry"))?);
+        let mut local_offset = u64::from(u32_at(&cd, at + 42).ok_or_else(|| bad("short entry"))?);
+        let name_at = at + 46;
+        let name = cd
+            .get(name_at..name_at + name_len)
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .ok_or_else(|| bad("short entry name"))?;
+        let extra = cd
+            .get(name_at + name_len..name_at + name_len + extra_len)
+            .ok_or_else(|| bad("short entry extra field"))?;
+        // The zip64 extra field holds the sizes and offset that did not fit, in this order.
+        let mut e = 0usize;
+        while e + 4 <= extra.len() {
+            let id = u16_at(extra, e).unwrap_or(0);
+            let data_len = usize::from(u16_at(extra, e + 2).unwrap_or(0));
+            if id == 0x0001 {
+                let mut p = e + 4;
+                if size == 0xFFFF_FFFF {
+                    size = u64_at(extra, p).ok_or_else(|| bad("short zip64 field"))?;
+                    p += 8;
+                }
+                if u32_at(&cd, at + 20) == Some(0xFFFF_FFFF) {
+                    p += 8;
+                }
+                if local_offset == 0xFFFF_FFFF {
+                    local_offset = u64_at(extra, p).ok_or_else(|| bad("short zip64 field"))?;
+                }
+            }
+            e += 4 + data_len;
+        }
+        entries.push(ZipEntry {
+            name,
+            method,
+            size,
+            local_offset,
+        });
+        at = name_at + name_len + extra_len + comment_len;
+    }
+    Ok(entries)
+}
+
+fn read_entry(file: &mut std::fs::File, entry: &ZipEntry) -> Result<Vec<u8>, String> {
+    let header = read_at(file, entry.local_offset, 30)?;
+    if u32_at(&header, 0) != Some(0x0403_4b50) {
+        return Err(format!("broken local header for '{}'", entry.name));
+    }
+    let name_len = u64::from(u16_at(&header, 26).unwrap_or(0));
+    let extra_len = u64::from(u16_at(&header, 28).unwrap_or(0));
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    let start = entry.local_offset + 30 + name_len + extra_len;
+    if start.saturating_add(entry.size) > file_len {
+        return Err(format!(
+            "'{}' claims {} bytes past the end of the file",
+            entry.name, entry.size
+        ));
+    }
+    read_at(file, start, entry.size as usize)
+}
+
+/// What one stack slot or memo entry stands for in candle's reader.
+#[derive(Clone, Copy)]
+struct Obj {
+    /// Objects it holds, itself included (what a copy of it builds).
+    size: u64,
+    /// How deeply it nests (1 for a scalar).
+    depth: u32,
+}
+
+impl Obj {
+    const SCALAR: Obj = Obj { size: 1, depth: 1 };
+
+    /// A new container holding `parts`.
+    fn holding(parts: &[Obj]) -> Obj {
+        parts.iter().fold(Obj::SCALAR, |o, p| Obj {
+            size: o.size.saturating_add(p.size),
+            depth: o.depth.max(p.depth.saturating_add(1)),
+        })
+    }
+}
+
+/// Walks the opcodes candle's reader understands, tracking what each stack slot and memo entry
+/// stands for and how many objects the reader would build (memo copies included).
+pub(crate) fn check_pickle(data: &[u8]) -> Result<(), String> {
+    let budget = OBJECTS_FLOOR
+        .saturating_add(OBJECTS_PER_BYTE.saturating_mul(data.len() as u64))
+        .min(MAX_OBJECTS);
+    // None marks a MARK on the stack.
+    let mut stack: Vec<Option<Obj>> = Vec::new();
+    let mut memo: HashMap<u32, Obj> = HashMap::new();
+    let mut built = 0u64;
+    let mut opcodes = 0u64;
+    let mut pos = 0usize;
+    let take = |pos: &mut usize, n: usize| -> Result<&[u8], String> {
+        let bytes = data
+            .get(*pos..pos.saturating_add(n))
+            .ok_or_else(|| format!("opcode argument at byte {pos} runs past the end"))?;
+        *pos += n;
+        Ok(bytes)
+    };
+    let line = |pos: &mut usize| -> Result<String, String> {
+        let rest = data.get(*pos..).unwrap_or_default();
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| format!("unterminated global name at byte {pos}"))?;
+        let text = String::from_utf8_lossy(&rest[..end]).into_owned();
+        *pos += end + 1;
+        Ok(text)
+    };
+    fn pop(stack: &mut Vec<Option<Obj>>) -> Result<Obj, String> {
+        stack
+            .pop()
+            .flatten()
+            .ok_or_else(|| "pickle pops an empty stack".to_string())
+    }
+    fn pop_to_mark(stack: &mut Vec<Option<Obj>>) -> Result<Vec<Obj>, String> {
+        let mark = stack
+            .iter()
+            .rposition(Option::is_none)
+            .ok_or_else(|| "pickle has no matching mark".to_string())?;
+        let parts = stack.split_off(mark + 1).into_iter().flatten().collect();
+        stack.pop();
+        Ok(parts)
+    }
+    fn u32_arg(bytes: &[u8]) -> u32 {
+        u32::from_le_bytes(bytes.try_into().unwrap_or([0; 4]))
+    }
+    loop {
+        let at = pos;
+        opcodes += 1;
+        if opcodes > MAX_OPCODES {
+            return Err(format!(
+                "the pickle runs past {MAX_OPCODES} opcodes (at byte {at})"
+            ));
+        }
+        let op = *take(&mut pos, 1)?.first().unwrap_or(&0);
+        // What the opcode pushes, and how many objects the reader builds for it.
+        let (pushed, cost): (Option<Obj>, u64) = match op {
+            0x80 => {
+                take(&mut pos, 1)?;
+                (None, 0)
+            }
+            b'c' => {
+                let module = line(&mut pos)?;
+                let name = line(&mut pos)?;
+                if !allowed_global(&module, &name) {
+                    return Err(format!(
+                        "global '{module}.{name}' at byte {at} is not part of a tensor file"
+                    ));
+                }
+                (Some(Obj::SCALAR), 1)
+            }
+            b'q' | b'r' => {
+                let id = if op == b'q' {
+                    u32::from(take(&mut pos, 1)?[0])
+                } else {
+                    u32_arg(take(&mut pos, 4)?)
+                };
+                // candle copies the top of the stack into the memo.
+                let top = stack.last().copied().flatten().ok_or_else(|| {
+                    format!("memo {id} written at byte {at} from an empty stack or a mark")
+                })?;
+                memo.insert(id, top);
+                if memo.len() > MAX_MEMO_ENTRIES {
+                    return Err(format!(
+                        "the pickle's memo grows past {MAX_MEMO_ENTRIES} entries (at byte {at})"
+                    ));
+                }
+                (None, top.size)
+            }
+            b'h' | b'j' => {
+                let id = if op == b'h' {
+                    u32::from(take(&mut pos, 1)?[0])
+                } else {
+                    u32_arg(take(&mut pos, 4)?)
+                };
+                let entry = *memo
+                    .get(&id)
+                    .ok_or_else(|| format!("memo {id} read at byte {at} was never written"))?;
+                // ...and copies the entry out again on every read.
+                (Some(entry), entry.size)
+            }
+            b'X' => {
+                let len = u32_arg(take(&mut pos, 4)?);
+                take(&mut pos, len as usize)?;
+                (Some(Obj::SCALAR), 1)
+            }
+            b'J' => {
+                take(&mut pos, 4)?;
+                (Some(Obj::SCALAR), 1)
+            }
+            b'K' => {
+                take(&mut pos, 1)?;
+                (Some(Obj::SCALAR), 1)
+            }
+            b'M' => {
+                take(&mut pos, 2)?;
+                (Some(Obj::SCALAR), 1)
+            }
+            b'G' => {
+                take(&mut pos, 8)?;
+                (Some(Obj::SCALAR), 1)
+            }
+            0x8a => {
+                let len = take(&mut pos, 1)?[0];
+                take(&mut pos, usize::from(len))?;
+                (Some(Obj::SCALAR), 1)
+            }
+            // candle reads DICT ('d') as an empty dict, without popping to the mark.
+            b')' | b'N' | 0x88 | 0x89 | b'}' | b'd' | b']' => (Some(Obj::SCALAR), 1),
+            b'(' => {
+                stack.push(None);
+                (None, 1)
+            }
+            b'Q' | 0x85 => (Some(Obj::holding(&[pop(&mut stack)?])), 1),
+            b't' => (Some(Obj::holding(&pop_to_mark(&mut stack)?)), 1),
+            0x86 => {
+                let parts = [pop(&mut stack)?, pop(&mut stack)?];
+                (Some(Obj::holding(&parts)), 1)
+            }
+            0x87 => {
+                let parts = [pop(&mut stack)?, pop(&mut stack)?, pop(&mut stack)?];
+                (Some(Obj::holding(&parts)), 1)
+            }
+            b'R' | b'b' | 0x81 => {
+                let parts = [pop(&mut stack)?, pop(&mut stack)?];
+                (Some(Obj::holding(&parts)), 1)
+            }
+            // Appending moves objects into the container below them; nothing new is built.
+            b'a' => {
+                let value = pop(&mut stack)?;
+                let list = pop(&mut stack)?;
+                (Some(Obj::holding(&[list, value])), 0)
+            }
+            b's' => {
+                let parts = [pop(&mut stack)?, pop(&mut stack)?];
+                let dict = pop(&mut stack)?;
+                let mut all = vec![dict];
+                all.extend(parts);
+                (Some(Obj::holding(&all)), 0)
+            }
+            b'e' | b'u' => {
+                let mut values = pop_to_mark(&mut stack)?;
+                values.push(pop(&mut stack)?);
+                (Some(Obj::holding(&values)), 0)
+            }
+            b'.' => return Ok(()),
+            other => {
+                return Err(format!(
+                    "opcode 0x{other:02x} at byte {at} is not supported by the tensor reader"
+                ))
+            }
+        };
+        built = built.saturating_add(cost);
+        if built > budget {
+            return Err(format!(
+                "the pickle builds more than {budget} objects from {} bytes (at byte {at}); \
+                 a memo or expansion bomb",
+                data.len()
+            ));
+        }
+        if let Some(obj) = pushed {
+            if obj.size > MAX_OBJECTS {
+                return Err(format!(
+                    "the pickle expands to more than {MAX_OBJECTS} objects (at byte {at})"
+                ));
+            }
+            if obj.depth > MAX_DEPTH {
+                return Err(format!(
+                    "the pickle nests objects more than {MAX_DEPTH} deep (at byte {at})"
+                ));
+            }
+            stack.push(Some(obj));
+        }
+        if stack.len() > MAX_STACK {
+            return Err(format!(
+                "the pickle's stack grows past {MAX_STACK} entries (at byte {at})"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_foreign_globals_and_unknown_opcodes() {
+        let evil = b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00lsR.";
+        let err = check_pickle(evil).unwrap_err();
+        assert!(err.contains("os.system"), "{err}");
+        let err = check_pickle(b"\x80\x02\x95.").unwrap_err();
+        assert!(err.contains("0x95"), "{err}");
+    }
+
+    #[test]
+    fn refuses_memo_bombs() {
+        // [x], then 40 times: put, [get, get] -> 2^40 objects once copied.
+        let mut p = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..40 {
+            p.extend_from_slice(b"(h\x00h\x00tq\x00");
+        }
+        p.push(b'.');
+        let err = check_pickle(&p).unwrap_err();
+        assert!(err.contains("bomb") || err.contains("expands"), "{err}");
+    }
+
+    /// The 644-byte bomb of the security review's kind: a list doubled 22 times through the memo
+    /// (4M objects), then fetched from the memo again and again, each fetch a full copy in
+    /// candle's reader. Each object alone stays under the size cap; the total does not.
+    pub(crate) fn memo_bomb() -> Vec<u8> {
+        let mut p = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..22 {
+            p.extend_from_slice(b"(h\x00h\x00tq\x00");
+        }
+        while p.len() < 643 {
+            p.extend_from_slice(b"h\x00");
+        }
+        p.push(b'.');
+        p
+    }
+
+    /// A stored (uncompressed) torch-style zip holding `pickle` as `archive/data.pkl`.
+    pub(crate) fn torch_zip(pickle: &[u8]) -> Vec<u8> {
+        fn crc32(data: &[u8]) -> u32 {
+            let mut crc = !0u32;
+            for &b in data {
+                crc ^= u32::from(b);
+                for _ in 0..8 {
+                    crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+                }
+            }
+            !crc
+        }
+        let name = b"archive/data.pkl";
+        let crc = crc32(pickle);
+        let mut out = Vec::new();
+        let common = |out: &mut Vec<u8>| {
+            out.extend_from_slice(&20u16.to_le_bytes()); // version needed
+            out.extend_from_slice(&0u16.to_le_bytes()); // flags
+            out.extend_from_slice(&0u16.to_le_bytes()); // stored
+            out.extend_from_slice(&0u32.to_le_bytes()); // time, date
+            out.extend_from_slice(&crc.to_le_bytes());
+            out.extend_from_slice(&(pickle.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(pickle.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes()); // extra
+        };
+        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        common(&mut out);
+        out.extend_from_slice(name);
+        out.extend_from_slice(pickle);
+        let cd_offset = out.len();
+        out.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        out.extend_from_slice(&20u16.to_le_bytes()); // version made by
+        common(&mut out);
+        out.extend_from_slice(&[0u8; 10]); // comment length, disk, internal and external attrs
+        out.extend_from_slice(&0u32.to_le_bytes()); // local header offset
+        out.extend_from_slice(name);
+        let cd_size = out.len() - cd_offset;
+        out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        out.extend_from_slice(&[0u8; 4]);
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&(cd_size as u32).to_le_bytes());
+        out.extend_from_slice(&(cd_offset as u32).to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn refuses_a_memo_bomb_of_repeated_copies() {
+        let bomb = memo_bomb();
+        assert_eq!(bomb.len(), 644);
+        let err = check_pickle(&bomb).unwrap_err();
+        assert!(err.contains("memo or expansion bomb"), "{err}");
+        // Without the doubling, repeated copies of a large list still hit the budget.
+        let mut p = b"\x80\x02](".to_vec();
+        for _ in 0..20_000 {
+            p.extend_from_slice(b"K\x01");
+        }
+        p.extend_from_slice(b"eq\x00");
+        for _ in 0..20_000 {
+            p.extend_from_slice(b"h\x00");
+        }
+        p.push(b'.');
+        let err = check_pickle(&p).unwrap_err();
+        assert!(err.contains("bomb"), "{err}");
+    }
+
+    #[test]
+    fn refuses_deep_nesting() {
+        let mut p = b"\x80\x02)".to_vec();
+        p.extend(std::iter::repeat_n(0x85u8, 100_000));
+        p.push(b'.');
+        let err = check_pickle(&p).unwrap_err();
+        assert!(err.contains("deep"), "{err}");
+    }
+
+    #[test]
+    fn every_pickled_file_is_guarded_at_the_loading_boundary() {
+        use crate::load::file::StateDict;
+        use crate::load::LoadErrorKind;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bomb.ckpt");
+        std::fs::write(&path, torch_zip(&memo_bomb())).unwrap();
+        let hwm = || -> Option<u64> {
+            let status = std::fs::read_to_string("/proc/self/status").ok()?;
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        };
+        let before = hwm();
+        let start = std::time::Instant::now();
+        let err = StateDict::open(&path).unwrap_err();
+        assert!(start.elapsed() < std::time::Duration::from_secs(2), "{err}");
+        assert!(matches!(err.kind, LoadErrorKind::UnsafePickle(_)), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("bomb.ckpt"), "{message}");
+        assert!(message.contains("refusing the pickle"), "{message}");
+        assert!(message.contains("memo or expansion bomb"), "{message}");
+        println!("{message}");
+        // The process's peak memory did not move by more than the test harness's noise.
+        if let (Some(before), Some(after)) = (before, hwm()) {
+            assert!(
+                after.saturating_sub(before) < 64 * 1024,
+                "{before} -> {after} KiB"
+            );
+        }
+        // A harmless pickle in the same container passes the guard and reaches candle's reader.
+        let plain = dir.path().join("plain.ckpt");
+        std::fs::write(
+            &plain,
+            torch_zip(b"\x80\x02}q\x00(X\x01\x00\x00\x00aK\x01u."),
+        )
+        .unwrap();
+        let err = StateDict::open(&plain).unwrap_err();
+        assert!(
+            matches!(err.kind, LoadErrorKind::NotACheckpoint(_)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_lengths_past_the_end() {
+        let err = check_pickle(b"\x80\x02X\xff\xff\xff\x7fab").unwrap_err();
+        assert!(err.contains("past the end"), "{err}");
+    }
+
+    #[test]
+    fn accepts_a_plain_dict() {
+        check_pickle(b"\x80\x02}q\x00(X\x01\x00\x00\x00aK\x01u.").unwrap();
+    }
+}
