@@ -19,7 +19,6 @@
 //! Each refusal says which opcode, global or limit, and at which byte.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// The most objects candle's reader may build for one pickle, however large (a torch state dict
@@ -55,161 +54,47 @@ fn allowed_global(module: &str, name: &str) -> bool {
     }
 }
 
-/// Checks every `data.pkl` of the torch zip at `path`; `Err` says what is wrong.
+/// Checks every `data.pkl` of the torch zip at `path`; `Err` says what is wrong. The archive is
+/// read with the `zip` crate, the reader candle itself uses, so both see the same entries.
 pub(crate) fn check_zip_pickle(path: &Path) -> Result<(), String> {
-    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let entries = zip_entries(&mut file)?;
-    let mut found = false;
-    for entry in entries.iter().filter(|e| e.name.ends_with("data.pkl")) {
-        found = true;
-        if entry.size > MAX_PICKLE_BYTES {
-            return Err(format!(
-                "'{}' is a pickle of {} bytes, over the {MAX_PICKLE_BYTES} allowed",
-                entry.name, entry.size
-            ));
-        }
-        if entry.method != 0 {
-            return Err(format!(
-                "'{}' is compressed (method {}); torch stores its pickles uncompressed",
-                entry.name, entry.method
-            ));
-        }
-        let data = read_entry(&mut file, entry)?;
-        check_pickle(&data).map_err(|e| format!("'{}': {e}", entry.name))?;
-    }
-    if !found {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut archive =
+        zip::ZipArchive::new(file).map_err(|e| format!("not a valid zip archive: {e}"))?;
+    let names = archive
+        .file_names()
+        .map(|name| name.map(|n| n.into_owned()))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|e| format!("not a valid zip archive: {e}"))?;
+    let pickles: Vec<String> = names
+        .into_iter()
+        .filter(|name| name.ends_with("data.pkl"))
+        .collect();
+    if pickles.is_empty() {
         return Err("the zip archive holds no data.pkl".into());
     }
+    for name in pickles {
+        let entry = archive
+            .by_name(&name)
+            .map_err(|e| format!("cannot read '{name}': {e}"))?;
+        if entry.size() > MAX_PICKLE_BYTES {
+            return Err(format!(
+                "'{name}' is a pickle of {} bytes, over the {MAX_PICKLE_BYTES} allowed",
+                entry.size()
+            ));
+        }
+        if entry.compression() != zip::CompressionMethod::Stored {
+            return Err(format!(
+                "'{name}' is compressed ({}); torch stores its pickles uncompressed",
+                entry.compression()
+            ));
+        }
+        let mut data = Vec::with_capacity(entry.size() as usize);
+        // At most the size checked above, whatever the entry claims while it is read.
+        std::io::Read::read_to_end(&mut std::io::Read::take(entry, MAX_PICKLE_BYTES), &mut data)
+            .map_err(|e| format!("cannot read '{name}': {e}"))?;
+        check_pickle(&data).map_err(|e| format!("'{name}': {e}"))?;
+    }
     Ok(())
-}
-
-struct ZipEntry {
-    name: String,
-    method: u16,
-    size: u64,
-    local_offset: u64,
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
-fn read_at(file: &mut std::fs::File, offset: u64, len: usize) -> Result<Vec<u8>, String> {
-    let mut buf = vec![0u8; len];
-    file.seek(SeekFrom::Start(offset))
-        .and_then(|_| file.read_exact(&mut buf))
-        .map_err(|e| format!("zip structure points past the end of the file ({e})"))?;
-    Ok(buf)
-}
-
-/// The central directory of a zip (zip64 included).
-fn zip_entries(file: &mut std::fs::File) -> Result<Vec<ZipEntry>, String> {
-    let bad = |what: &str| format!("not a valid zip archive: {what}");
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
-    let tail_len = len.min(22 + 65_535);
-    let tail = read_at(file, len - tail_len, tail_len as usize)?;
-    let eocd = (0..tail.len().saturating_sub(21))
-        .rev()
-        .find(|&i| u32_at(&tail, i) == Some(0x0605_4b50))
-        .ok_or_else(|| bad("no end of central directory"))?;
-    let mut count = u64::from(u16_at(&tail, eocd + 10).ok_or_else(|| bad("short end record"))?);
-    let mut cd_size = u64::from(u32_at(&tail, eocd + 12).ok_or_else(|| bad("short end record"))?);
-    let mut cd_offset = u64::from(u32_at(&tail, eocd + 16).ok_or_else(|| bad("short end record"))?);
-    if cd_offset == 0xFFFF_FFFF || count == 0xFFFF {
-        // Zip64: the locator sits just before the end record.
-        let locator = eocd
-            .checked_sub(20)
-            .filter(|&l| u32_at(&tail, l) == Some(0x0706_4b50))
-            .ok_or_else(|| bad("no zip64 locator"))?;
-        let z64 = u64_at(&tail, locator + 8).ok_or_else(|| bad("short zip64 locator"))?;
-        let record = read_at(file, z64, 56)?;
-        if u32_at(&record, 0) != Some(0x0606_4b50) {
-            return Err(bad("no zip64 end record"));
-        }
-        count = u64_at(&record, 32).ok_or_else(|| bad("short zip64 record"))?;
-        cd_size = u64_at(&record, 40).ok_or_else(|| bad("short zip64 record"))?;
-        cd_offset = u64_at(&record, 48).ok_or_else(|| bad("short zip64 record"))?;
-    }
-    if cd_offset.saturating_add(cd_size) > len || cd_size > 256 * 1024 * 1024 {
-        return Err(bad("central directory outside the file"));
-    }
-    let cd = read_at(file, cd_offset, cd_size as usize)?;
-    let mut entries = Vec::new();
-    let mut at = 0usize;
-    for _ in 0..count {
-        if u32_at(&cd, at) != Some(0x0201_4b50) {
-            return Err(bad("broken central directory"));
-        }
-        let field = |off: usize| u16_at(&cd, at + off).ok_or_else(|| bad("short entry"));
-        let method = field(10)?;
-        let name_len = usize::from(field(28)?);
-        let extra_len = usize::from(field(30)?);
-        let comment_len = usize::from(field(32)?);
-        let mut size = u64::from(u32_at(&cd, at + 24).ok_or_else(|| bad("short entry"))?);
-        let mut local_offset = u64::from(u32_at(&cd, at + 42).ok_or_else(|| bad("short entry"))?);
-        let name_at = at + 46;
-        let name = cd
-            .get(name_at..name_at + name_len)
-            .map(|n| String::from_utf8_lossy(n).into_owned())
-            .ok_or_else(|| bad("short entry name"))?;
-        let extra = cd
-            .get(name_at + name_len..name_at + name_len + extra_len)
-            .ok_or_else(|| bad("short entry extra field"))?;
-        // The zip64 extra field holds the sizes and offset that did not fit, in this order.
-        let mut e = 0usize;
-        while e + 4 <= extra.len() {
-            let id = u16_at(extra, e).unwrap_or(0);
-            let data_len = usize::from(u16_at(extra, e + 2).unwrap_or(0));
-            if id == 0x0001 {
-                let mut p = e + 4;
-                if size == 0xFFFF_FFFF {
-                    size = u64_at(extra, p).ok_or_else(|| bad("short zip64 field"))?;
-                    p += 8;
-                }
-                if u32_at(&cd, at + 20) == Some(0xFFFF_FFFF) {
-                    p += 8;
-                }
-                if local_offset == 0xFFFF_FFFF {
-                    local_offset = u64_at(extra, p).ok_or_else(|| bad("short zip64 field"))?;
-                }
-            }
-            e += 4 + data_len;
-        }
-        entries.push(ZipEntry {
-            name,
-            method,
-            size,
-            local_offset,
-        });
-        at = name_at + name_len + extra_len + comment_len;
-    }
-    Ok(entries)
-}
-
-fn read_entry(file: &mut std::fs::File, entry: &ZipEntry) -> Result<Vec<u8>, String> {
-    let header = read_at(file, entry.local_offset, 30)?;
-    if u32_at(&header, 0) != Some(0x0403_4b50) {
-        return Err(format!("broken local header for '{}'", entry.name));
-    }
-    let name_len = u64::from(u16_at(&header, 26).unwrap_or(0));
-    let extra_len = u64::from(u16_at(&header, 28).unwrap_or(0));
-    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
-    let start = entry.local_offset + 30 + name_len + extra_len;
-    if start.saturating_add(entry.size) > file_len {
-        return Err(format!(
-            "'{}' claims {} bytes past the end of the file",
-            entry.name, entry.size
-        ));
-    }
-    read_at(file, start, entry.size as usize)
 }
 
 /// What one stack slot or memo entry stands for in candle's reader.
