@@ -719,3 +719,47 @@ async fn a_pickle_memo_bomb_is_refused_by_every_loader_and_the_server_goes_on() 
     app.queue_ok("/prompt", json!({"prompt": graph, "client_id": "bomb"}))
         .await;
 }
+
+/// A body of tiny JSON values (`[0,0,0,…]`, 2 bytes each on the wire, dozens parsed) is refused
+/// before parsing, on every JSON route, and the server goes on; real workflows, whose values are
+/// bigger, are not (the editor templates and the 2,000-node prompt below pass).
+#[actix_web::test]
+async fn json_that_would_inflate_far_beyond_its_size_is_refused_before_parsing() {
+    let app = spawn_app().await;
+    let mut bomb = b"{\"prompt\": [".to_vec();
+    bomb.extend(std::iter::repeat_n(b"0,".as_slice(), 3 << 20).flatten());
+    bomb.extend(b"0]}");
+    for route in [
+        "/prompt",
+        "/api/weft/convert",
+        "/api/weft/generate",
+        "/settings",
+    ] {
+        let (status, body) = app.post_raw(route, bomb.clone(), "application/json").await;
+        assert_eq!(status, 400, "{route}: {body}");
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains("elements"), "{route}: {body}");
+    }
+    // A long chain of real nodes is far denser in bytes per value: accepted.
+    let mut prompt = serde_json::Map::new();
+    prompt.insert(
+        "1".into(),
+        json!({"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}),
+    );
+    for i in 2..2002 {
+        prompt.insert(
+            i.to_string(),
+            json!({"class_type": "ImageInvert", "inputs": {"image": [(i - 1).to_string(), 0]}}),
+        );
+    }
+    prompt.insert(
+        "out".into(),
+        json!({"class_type": "PreviewImage", "inputs": {"images": ["2001", 0]}}),
+    );
+    let body = serde_json::to_vec(&json!({"prompt": prompt})).unwrap();
+    let (status, answer) = app.post_raw("/prompt", body, "application/json").await;
+    assert_eq!(status, 200, "{answer}");
+}

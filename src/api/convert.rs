@@ -121,6 +121,7 @@ fn convert_body(
         }
         return Ok(json!({"workflow": workflow, "prompt": prompt, "warnings": warnings}));
     }
+    crate::api::check_json_memory(body)?;
     let input: Json = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
     if to_editor {

@@ -66,11 +66,57 @@ pub async fn blocking<R: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("a blocking task failed: {e}")))?
 }
 
+/// Bytes a parsed JSON element may take, counted per separator (`,` `[` `{`): serde_json's 32-byte
+/// `Value`, a map entry's key and index, and a growing vector's slack.
+const JSON_BYTES_PER_ELEMENT: usize = 48;
+/// Parsed JSON may take this much whatever the body's size, so small bodies are never refused.
+const JSON_MEMORY_FLOOR: usize = 64 << 20;
+/// Beyond the floor, parsed JSON may take this many times the body's bytes. Real workflows take
+/// 4 to 13 times (number-dense link lists are the densest); `[0,0,0,…]` takes 24.
+const JSON_MEMORY_FACTOR: usize = 16;
+
+/// Refuses, before parsing, a body whose JSON would take far more memory than its bytes: a 90 MB
+/// body of `[0,0,0,…]` (under the upload limit) used to inflate to gigabytes and abort the
+/// server. One pass over the bytes, strings skipped, nothing built.
+pub fn check_json_memory(body: &[u8]) -> Result<(), ApiError> {
+    let mut elements = 0usize;
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b',' | b'[' | b'{' => elements += 1,
+            _ => {}
+        }
+    }
+    let needed = elements.saturating_mul(JSON_BYTES_PER_ELEMENT);
+    let allowed = JSON_MEMORY_FLOOR.max(body.len().saturating_mul(JSON_MEMORY_FACTOR));
+    if needed > allowed {
+        return Err(ApiError::BadRequest(format!(
+            "the JSON body holds {elements} elements in {} bytes; parsing it would take about \
+             {} MB, more than {} MB allowed for a body this size",
+            body.len(),
+            needed >> 20,
+            allowed >> 20
+        )));
+    }
+    Ok(())
+}
+
 /// Parses a JSON body whatever its Content-Type (ComfyUI's clients send JSON as form data).
 pub fn parse_json_body(body: &[u8]) -> Result<Json, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Json::Object(Default::default()));
     }
+    check_json_memory(body)?;
     serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))
 }

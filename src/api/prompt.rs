@@ -233,7 +233,10 @@ pub async fn post_history(
 
 /// `POST /interrupt`: optional `{"prompt_id"}`; a body that is not JSON counts as `{}`.
 pub async fn post_interrupt(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
-    let body: Json = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let body: Json = crate::api::check_json_memory(&body)
+        .ok()
+        .and_then(|()| serde_json::from_slice(&body).ok())
+        .unwrap_or(json!({}));
     let prompt_id = body.get("prompt_id").and_then(Json::as_str);
     state.exec.interrupt(prompt_id);
     HttpResponse::Ok().finish()

@@ -8,6 +8,7 @@ use crate::api::error::ApiError;
 use crate::api::AppState;
 
 fn parse(body: &[u8]) -> Result<Json, ApiError> {
+    crate::api::check_json_memory(body)?;
     serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))
 }

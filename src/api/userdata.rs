@@ -36,6 +36,7 @@ pub async fn post_users(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    crate::api::check_json_memory(&body)?;
     let body: Json = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
     let Some(name) = body.get("username").and_then(Json::as_str) else {

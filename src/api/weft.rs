@@ -139,6 +139,7 @@ fn workflow_json(row: &WorkflowRow, with_content: bool) -> Json {
 }
 
 fn parse_body(body: &[u8]) -> Result<WorkflowBody<'_>, ApiError> {
+    crate::api::check_json_memory(body)?;
     let parsed: WorkflowBody<'_> = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     match parsed.workflow {
