@@ -342,6 +342,16 @@ impl UserFiles {
         root.canonicalize().ok()
     }
 
+    /// The user folder's real path and `folder`'s inside it, each `None` when not there (yet).
+    fn locate(root: &Path, folder: &UserPath) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+        let real_root = Self::real_root(root);
+        let on_disk = match &real_root {
+            Some(_) => paths::resolve_existing_any(root, &folder.joined())?,
+            None => None,
+        };
+        Ok((real_root, on_disk))
+    }
+
     /// `POST /users` on a single-user server, as ComfyUI does without `--multi-user`: the name
     /// is checked and recorded in `users.json` under a new id, which is returned (the server
     /// still serves only `default`).
@@ -464,17 +474,13 @@ impl UserFiles {
 
     /// `GET /userdata?dir=…`: the files under `dir` (recursively with `recurse`), with their
     /// paths relative to `dir`, sorted. Names starting with `.` are left out, as ComfyUI's glob
-    /// does. `NotFound` when the folder does not exist.
+    /// does. A folder that does not exist yet lists empty.
     pub async fn list(&self, dir: &str, recurse: bool) -> Result<Vec<FileInfo>> {
         let folder = UserPath::parse(dir)?;
         let workflows = self.store.workflow_files().await?;
         let root = self.root.clone();
         Self::blocking(move || {
-            let real_root = Self::real_root(&root);
-            let on_disk = match &real_root {
-                Some(_) => paths::resolve_existing_any(&root, &folder.joined())?,
-                None => None,
-            };
+            let (real_root, on_disk) = Self::locate(&root, &folder)?;
             let mut files = Vec::new();
             if let (Some(real_root), Some(real)) = (&real_root, &on_disk) {
                 let mut found = Vec::new();
@@ -522,11 +528,7 @@ impl UserFiles {
         let workflows = self.store.workflow_files().await?;
         let root = self.root.clone();
         Self::blocking(move || {
-            let real_root = Self::real_root(&root);
-            let on_disk = match &real_root {
-                Some(_) => paths::resolve_existing_any(&root, &folder.joined())?,
-                None => None,
-            };
+            let (real_root, on_disk) = Self::locate(&root, &folder)?;
             let prefix = |rel: &str| {
                 let base = folder.joined();
                 match (base.is_empty(), rel.is_empty()) {

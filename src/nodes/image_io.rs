@@ -418,13 +418,14 @@ fn chrono_like_now() -> (i64, u32, u32, u32, u32, u32) {
 /// time quadratic. The folder is scanned once per name now; the remembered counter is used while
 /// the file it would name is not there (so a file written by someone else is never overwritten:
 /// its presence sends the next save back to a scan).
-static COUNTERS: std::sync::Mutex<Option<std::collections::HashMap<(PathBuf, String), u64>>> =
-    std::sync::Mutex::new(None);
+static COUNTERS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<(PathBuf, String), u64>>,
+> = std::sync::LazyLock::new(Default::default);
 
 fn remember_counter(dir: &Path, name: &str, last: u64) {
-    let mut counters = COUNTERS.lock().unwrap_or_else(|p| p.into_inner());
-    counters
-        .get_or_insert_with(Default::default)
+    COUNTERS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
         .insert((dir.to_path_buf(), name.to_owned()), last);
 }
 
@@ -434,8 +435,8 @@ fn next_counter(dir: &Path, name: &str) -> u64 {
     let known = COUNTERS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .and_then(|c| c.get(&(dir.to_path_buf(), name.to_owned())).copied());
+        .get(&(dir.to_path_buf(), name.to_owned()))
+        .copied();
     match known {
         Some(last) if !dir.join(format!("{name}_{:05}_.png", last + 1)).exists() => last + 1,
         _ => scan_counter(dir, name),
