@@ -138,6 +138,7 @@ fn comfy_routes(cfg: &mut web::ServiceConfig) {
         .route("/free", web::post().to(prompt::post_free))
         .route("/object_info", web::get().to(info::object_info))
         .route("/object_info/{class}", web::get().to(info::object_info_one))
+        .route("/docs/{class}/{file}", web::get().to(info::node_docs))
         .route("/system_stats", web::get().to(info::system_stats))
         .route("/models", web::get().to(info::models))
         .route("/models/{folder}", web::get().to(info::models_in))
@@ -191,7 +192,9 @@ fn comfy_routes(cfg: &mut web::ServiceConfig) {
 /// ComfyUI routes that exist under `/api` only (ComfyUI declares them with the prefix).
 fn api_only_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/jobs", web::get().to(jobs::list))
-        .route("/jobs/{id}", web::get().to(jobs::get));
+        .route("/jobs/cancel", web::post().to(jobs::cancel_many))
+        .route("/jobs/{id}", web::get().to(jobs::get))
+        .route("/jobs/{id}/cancel", web::post().to(jobs::cancel));
 }
 
 /// Registers every route on an actix app.
