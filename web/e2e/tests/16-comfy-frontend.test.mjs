@@ -23,6 +23,9 @@ const TEMPLATE = path.join(WEB_DIR, '..', 'tests', 'fixtures', 'editor', 'workfl
 // The checkpoint ComfyUI's SD1.5 template (and the frontend's old built-in default graph) loads.
 const CKPT = 'v1-5-pruned-emaonly-fp16.safetensors';
 const PROMPT = 'weft e2e: a red bicycle leaning on a wall';
+// By hand: WEFT_E2E_CHECKPOINT=<file> runs the test on that checkpoint (symlinked in) instead of a
+// tiny generated one.
+const CHECKPOINT = process.env.WEFT_E2E_CHECKPOINT;
 
 /** Why the test cannot run against the frontend in `dir` (named by env variable `variable`), or null. */
 export const skipFor = (dir, variable) => {
@@ -65,7 +68,14 @@ export const run = (context) => runFrontend(FRONTEND, context);
 /** The whole test against the frontend whose static files are in `dir`. */
 export async function runFrontend(dir, { page, ctx, browser, allowRequests }) {
   const models = fs.mkdtempSync(path.join(os.tmpdir(), 'weft-e2e-models-'));
-  writeTinyCheckpoint(path.join(models, 'checkpoints'), CKPT);
+  if (CHECKPOINT) {
+    // A checkpoint of the user's (a full-size one, by hand), linked in from outside the models
+    // folder as ComfyUI users do.
+    fs.mkdirSync(path.join(models, 'checkpoints'));
+    fs.symlinkSync(path.resolve(CHECKPOINT), path.join(models, 'checkpoints', CKPT));
+  } else {
+    writeTinyCheckpoint(path.join(models, 'checkpoints'), CKPT);
+  }
   const server = await startServer({ webRoot: dir, modelsDir: models, testNodes: false });
   try {
     await runAgainst(server, { page, ctx, browser, allowRequests });
@@ -98,6 +108,13 @@ async function runAgainst(server, { page, ctx, browser, allowRequests }) {
     if (r.method() === 'GET' && r.url().startsWith(`${origin}/`)) failedGets.add(r.url());
   });
 
+  // The socket messages the page receives, to see the run's progress reach it.
+  const socketMessages = [];
+  page.on('websocket', (ws) =>
+    ws.on('framereceived', ({ payload }) => {
+      if (typeof payload === 'string') socketMessages.push(JSON.parse(payload));
+    }),
+  );
   await page.goto(origin);
   await appReady(page);
   // A new user gets the template browser (empty: Weft has no template packages; "Get Started with
@@ -173,6 +190,16 @@ async function runAgainst(server, { page, ctx, browser, allowRequests }) {
   assert.ok(fs.existsSync(file) && fs.statSync(file).size > 0, `${file} exists`);
   assert.equal(fs.readFileSync(file).subarray(1, 4).toString(), 'PNG');
 
+  // The page was told of every sampling step (what its progress bar shows).
+  const steps = socketMessages.filter((m) => m.type === 'progress' && m.data.prompt_id === promptId && m.data.node === '3');
+  assert.deepEqual(
+    steps.map((m) => [m.data.value, m.data.max]),
+    [
+      [1, 3],
+      [2, 3],
+      [3, 3],
+    ],
+  );
   // The SaveImage node shows it (drawn on the canvas from the node's loaded image)...
   await page.waitForFunction(
     (name) => {
