@@ -240,6 +240,9 @@ pub struct CondEntry {
     pub size: SizeConditioning,
     /// Controls in the order they were applied; what they add is summed.
     pub controls: Vec<Arc<dyn ControlHint>>,
+    /// The controls also go to the negative side when it has none (ComfyUI's
+    /// `control_apply_to_uncond`, set by the old ControlNetApply; see `share_controls`).
+    pub control_apply_to_uncond: bool,
 }
 
 impl CondEntry {
@@ -255,6 +258,7 @@ impl CondEntry {
             strength: 1.0,
             size: SizeConditioning::default(),
             controls: Vec::new(),
+            control_apply_to_uncond: false,
         }
     }
 
@@ -306,9 +310,10 @@ impl<'a> CfgDenoiser<'a> {
         latent_shape: &[usize],
         sampler_needs_uncond: bool,
     ) -> Result<Self> {
+        let negative = negative.map(|list| share_controls(positive, list));
         let positive = prepare(model, positive, latent_shape, PromptType::Positive)?;
         let negative = match negative {
-            Some(list) => prepare(model, list, latent_shape, PromptType::Negative)?,
+            Some(list) => prepare(model, &list, latent_shape, PromptType::Negative)?,
             None => Vec::new(),
         };
         let need_uncond =
@@ -420,6 +425,32 @@ impl Denoiser for CfgDenoiser<'_> {
             uncond: uncond.map(apply_mask).transpose()?,
         })
     }
+}
+
+/// The negative entries with the positive side's controls where ComfyUI gives them (its
+/// `apply_empty_x_to_equal_area` for `control`): when no whole-latent negative entry has a control
+/// of its own, the controls of each whole-latent positive entry marked `control_apply_to_uncond`
+/// replace those of the control-less whole-latent negative entries, taken in turn (a later
+/// positive entry's replacing an earlier one's when there are more positive than negative).
+fn share_controls(positive: &[CondEntry], negative: &[CondEntry]) -> Vec<CondEntry> {
+    let mut negative = negative.to_vec();
+    let whole = |e: &CondEntry| e.area.is_none();
+    if negative.iter().any(|e| whole(e) && !e.controls.is_empty()) {
+        return negative;
+    }
+    let free: Vec<usize> = (0..negative.len())
+        .filter(|&i| whole(&negative[i]))
+        .collect();
+    let shared = positive
+        .iter()
+        .filter(|e| e.control_apply_to_uncond && whole(e) && !e.controls.is_empty());
+    if free.is_empty() {
+        return negative;
+    }
+    for (k, entry) in shared.enumerate() {
+        negative[free[k % free.len()]].controls = entry.controls.clone();
+    }
+    negative
 }
 
 fn prepare(
@@ -636,4 +667,87 @@ pub fn prepare_noise_mask(mask: &Tensor, latent_shape: &[usize]) -> Result<Tenso
         resized.repeat((repeats, 1, 1, 1))?.narrow(0, 0, batch)?
     };
     resized.repeat((1, channels, 1, 1))?.contiguous()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Named(&'static str);
+
+    impl ControlHint for Named {
+        fn control(
+            &self,
+            _: &Tensor,
+            _: &Tensor,
+            _: f64,
+            _: &Tensor,
+            _: Option<&Tensor>,
+            _: &DiffusionModel,
+        ) -> Result<Option<UNetControl>> {
+            Ok(None)
+        }
+    }
+
+    fn entry(controls: &[&'static str], to_uncond: bool, area: bool) -> CondEntry {
+        let mut e = CondEntry::new(
+            Tensor::zeros((1, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+            None,
+        );
+        e.controls = controls
+            .iter()
+            .map(|&n| Arc::new(Named(n)) as Arc<dyn ControlHint>)
+            .collect();
+        e.control_apply_to_uncond = to_uncond;
+        if area {
+            e.area = Some(Area::Latent {
+                height: 1,
+                width: 1,
+                y: 0,
+                x: 0,
+            });
+        }
+        e
+    }
+
+    fn names(list: &[CondEntry]) -> Vec<Vec<String>> {
+        list.iter()
+            .map(|e| e.controls.iter().map(|c| format!("{c:?}")).collect())
+            .collect()
+    }
+
+    #[test]
+    fn controls_reach_the_negative_side_as_comfyui_gives_them() {
+        let n = |s: &str| format!("Named({s:?})");
+        // The old node's control goes to the control-less negative entry.
+        let shared = share_controls(&[entry(&["a"], true, false)], &[entry(&[], false, false)]);
+        assert_eq!(names(&shared), [vec![n("a")]]);
+        // Not without the flag (ControlNetApplyAdvanced), nor from an area entry.
+        for positive in [entry(&["a"], false, false), entry(&["a"], true, true)] {
+            let kept = share_controls(&[positive], &[entry(&[], false, false)]);
+            assert_eq!(names(&kept), [Vec::<String>::new()]);
+        }
+        // A negative entry with a control of its own: nothing changes anywhere.
+        let kept = share_controls(
+            &[entry(&["a"], true, false)],
+            &[entry(&[], false, false), entry(&["b"], false, false)],
+        );
+        assert_eq!(names(&kept), [vec![], vec![n("b")]]);
+        // Taken in turn over the whole-latent negative entries; a later one replaces an earlier.
+        let positive = [
+            entry(&["a"], true, false),
+            entry(&["b", "c"], true, false),
+            entry(&["d"], true, false),
+        ];
+        let negative = [
+            entry(&[], false, false),
+            entry(&[], false, true),
+            entry(&[], false, false),
+        ];
+        assert_eq!(
+            names(&share_controls(&positive, &negative)),
+            [vec![n("d")], vec![], vec![n("b"), n("c")]]
+        );
+    }
 }
