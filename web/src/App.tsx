@@ -351,6 +351,8 @@ export function App() {
 
   useEffect(() => {
     let cancelled = false;
+    // Until the draft is loaded the graph is empty: saving it then would replace the draft.
+    let booted = false;
     window.weft = { graph: useGraph, exec: useExec, ui: useUi };
     const boot = async () => {
       for (let attempt = 0; !cancelled; attempt++) {
@@ -372,6 +374,7 @@ export function App() {
           }
           performance.mark('weft-graph-loaded');
           useExec.getState().start();
+          booted = true;
           setPhase({ state: 'ready', viewport });
           return;
         } catch (e) {
@@ -383,7 +386,7 @@ export function App() {
       }
     };
     void boot();
-    const onUnload = () => saveDraftNow(useGraph.getState());
+    const onUnload = () => booted && saveDraftNow(useGraph.getState());
     window.addEventListener('beforeunload', onUnload);
     return () => {
       cancelled = true;
