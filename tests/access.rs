@@ -1,40 +1,15 @@
 //! Who may use the server (issue 20): the Host allowlist against DNS rebinding and the token,
 //! through the real server, for HTTP and the WebSocket handshake alike.
 
-use awc::http::header::HeaderMap;
 use serde_json::{json, Value as Json};
 use weft::api::access::{HostList, Token};
 use weft::app::AuthSetting;
 
-use crate::helpers::{invert_graph, spawn_app_with, TestApp};
+use crate::helpers::{invert_graph, spawn_app_with, Reply, TestApp};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 /// Same length as [`TOKEN`], last character different.
 const WRONG: &str = "test-token-0123456789abcdeF";
-
-/// What an HTTP request got back.
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Json {
-        serde_json::from_slice(&self.body).unwrap_or(Json::Null)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    }
-}
 
 /// `method path` with `headers`, and `body` when given.
 async fn send(
