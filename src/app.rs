@@ -393,6 +393,12 @@ fn log_exposure(config: &ServerConfig, addr: SocketAddr, access: &Access, source
     match (&access.token, source) {
         (Some(token), Some(source)) => {
             tracing::info!("authentication on: token {source}");
+            if token.reveal().len() < 16 {
+                tracing::warn!(
+                    "the token is {} characters long; one of 16 or more is much harder to guess",
+                    token.reveal().len()
+                );
+            }
             if source != "--auth-token" {
                 let file = config.data_dir.join(TOKEN_FILE);
                 // Printed, not logged: the log ring is served at /internal/logs.

@@ -39,16 +39,6 @@ pub struct Access {
     pub token: Option<Token>,
 }
 
-impl Default for Access {
-    /// Loopback hosts, no token: a server on 127.0.0.1 without options.
-    fn default() -> Self {
-        Access {
-            hosts: AllowedHosts::new(&HostList::default(), "127.0.0.1"),
-            token: None,
-        }
-    }
-}
-
 /// A `Host` name: an IP address (compared as an address, so `[::1]` and `[0::1]` agree) or a
 /// lower-case DNS name without its final dot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,11 +339,12 @@ fn verdict(access: &Access, req: &ServiceRequest) -> Option<HttpResponse> {
         });
     }
     let given = from_query.is_some() || bearer.is_some() || !cookies.is_empty();
-    tracing::warn!(
-        path = req.path(),
-        "refused: {}",
-        if given { "wrong token" } else { "no token" }
-    );
+    if given {
+        tracing::warn!(path = req.path(), "refused: wrong token");
+    } else {
+        // Every first visit and forgotten header: not worth a warning.
+        tracing::debug!(path = req.path(), "refused: no token");
+    }
     if page {
         return Some(login_page(from_query.is_some()));
     }
