@@ -4,6 +4,7 @@
 //! loopback port with a fresh data folder; `engine` and `editor_format` check pure functions
 //! against committed reference fixtures.
 
+mod access;
 mod cli;
 mod comfy_routes;
 mod controlnet_nodes;

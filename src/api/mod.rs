@@ -5,6 +5,7 @@
 //! call `exec` (or `store` for reads) and map the result; no handler waits on a node, and file IO
 //! runs on the blocking pool ([`blocking`]). Errors become responses only in `error.rs`.
 
+pub mod access;
 pub mod convert;
 mod custom_nodes;
 pub mod error;
@@ -35,7 +36,7 @@ use crate::api::error::ApiError;
 use crate::exec::Executor;
 use crate::userdata::UserFiles;
 
-pub use origin::origin_guard;
+pub use access::{access_guard, Access};
 pub use ws::Hub;
 
 /// Settings the API needs.
@@ -44,6 +45,8 @@ pub struct ApiConfig {
     pub max_upload_bytes: usize,
     /// The built editor (`web/dist`); `None` or missing serves a page that says how to build it.
     pub web_root: Option<PathBuf>,
+    /// The hosts answered and the token asked for ([`access`]).
+    pub access: Access,
 }
 
 /// Shared by every handler.
