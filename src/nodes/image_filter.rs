@@ -1,0 +1,484 @@
+//! Post-processing filters (ComfyUI's `comfy_extras/nodes_post_processing.py` and
+//! `nodes_morphology.py`): blending, Gaussian blur, sharpening, colour quantisation and
+//! morphology, computed as ComfyUI computes them.
+
+use crate::engine::resize::{Crop, UpscaleMethod};
+use crate::graph::spec::build::*;
+use crate::graph::spec::NodeSpec;
+use crate::graph::SlotType;
+use crate::nodes::mask::alpha_fix;
+use crate::nodes::pixels::{self, Pixels};
+use crate::nodes::{quantize, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
+
+pub fn register(registry: &mut Registry) {
+    registry.add(ImageBlend);
+    registry.add(ImageBlur);
+    registry.add(ImageQuantize);
+    registry.add(ImageSharpen);
+    registry.add(Morphology);
+}
+
+fn spec(
+    class_type: &'static str,
+    display_name: &'static str,
+    python_module: &'static str,
+    inputs: Vec<crate::graph::spec::InputSpec>,
+) -> NodeSpec {
+    NodeSpec {
+        python_module,
+        ..node(
+            class_type,
+            display_name,
+            "image/postprocessing",
+            inputs,
+            vec![output(SlotType::IMAGE, "IMAGE")],
+        )
+    }
+}
+
+const POST_PROCESSING: &str = "comfy_extras.nodes_post_processing";
+
+fn image_out(image: Pixels) -> Result<NodeOutput, NodeError> {
+    Ok(NodeOutput::values(vec![Value::Image(image.into_image()?)]))
+}
+
+const BLEND_MODES: &[&str] = &[
+    "normal",
+    "multiply",
+    "screen",
+    "overlay",
+    "soft_light",
+    "difference",
+];
+
+/// Mixes two images with a blend mode, `blend_factor` of the blend over `image1`.
+pub struct ImageBlend;
+
+impl Node for ImageBlend {
+    fn spec(&self) -> NodeSpec {
+        spec(
+            "ImageBlend",
+            "ImageBlend",
+            POST_PROCESSING,
+            vec![
+                required("image1", link(SlotType::IMAGE)),
+                required("image2", link(SlotType::IMAGE)),
+                required("blend_factor", float(0.5, 0.0, 1.0, 0.01)),
+                required("blend_mode", combo(BLEND_MODES)),
+            ],
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let first = Pixels::image(inputs.image("image1")?, "image1")?;
+        let mut second = alpha_fix(&first, Pixels::image(inputs.image("image2")?, "image2")?);
+        let factor = inputs.float("blend_factor")?;
+        let mode = inputs.string("blend_mode")?;
+        let blend: fn(f32, f32) -> f32 = match mode {
+            "normal" => |_, b| b,
+            "multiply" => |a, b| a * b,
+            "screen" => |a, b| 1.0 - (1.0 - a) * (1.0 - b),
+            "overlay" => |a, b| {
+                if a <= 0.5 {
+                    2.0 * a * b
+                } else {
+                    1.0 - 2.0 * (1.0 - a) * (1.0 - b)
+                }
+            },
+            "soft_light" => |a, b| {
+                if b <= 0.5 {
+                    a - (1.0 - 2.0 * b) * a * (1.0 - a)
+                } else {
+                    let g = if a <= 0.25 {
+                        ((16.0 * a - 12.0) * a + 4.0) * a
+                    } else {
+                        a.sqrt()
+                    };
+                    a + (2.0 * b - 1.0) * (g - a)
+                }
+            },
+            "difference" => |a, b| a - b,
+            other => {
+                return Err(NodeError::input(
+                    "blend_mode",
+                    format!("unknown blend mode '{other}'"),
+                ))
+            }
+        };
+        if (second.b, second.h, second.w) != (first.b, first.h, first.w) {
+            let n = pixels::count("image2", [second.b, first.h, first.w, second.c])?;
+            pixels::reserve(ctx, "image2", n, 2, "resizing image2")?;
+            second = second.resized(first.w, first.h, UpscaleMethod::Bicubic, Crop::Center)?;
+        }
+        // The batches broadcast as torch's do: equal, or one of them a single image.
+        let batch = match (first.b, second.b) {
+            (a, b) if a == b || b == 1 => a,
+            (1, b) => b,
+            (a, b) => {
+                return Err(NodeError::input(
+                    "image2",
+                    format!("has {b} images but image1 has {a}; give one image or as many"),
+                ))
+            }
+        };
+        let keep = (1.0 - factor) as f32;
+        let factor = factor as f32;
+        let mut out = Pixels::filled(batch, first.h, first.w, first.c, 0.0);
+        let n = first.h * first.w * first.c;
+        for i in 0..batch {
+            let (a, b) = (first.cyclic(i), second.cyclic(i));
+            let dst = &mut out.data[i * n..(i + 1) * n];
+            for ((o, a), b) in dst.iter_mut().zip(a).zip(b) {
+                *o = (a * keep + blend(*a, *b) * factor).clamp(0.0, 1.0);
+            }
+        }
+        image_out(out)
+    }
+}
+
+/// ComfyUI's `gaussian_kernel`: `size` x `size` samples of a Gaussian over [-1, 1]², normalised
+/// to sum 1 (so `sigma` is relative to the radius, not in pixels).
+fn gaussian_kernel(size: usize, sigma: f64) -> Vec<f32> {
+    let coords: Vec<f32> = (0..size)
+        .map(|i| {
+            if size == 1 {
+                -1.0
+            } else {
+                (-1.0 + 2.0 * i as f64 / (size - 1) as f64) as f32
+            }
+        })
+        .collect();
+    let two_sigma_sq = (2.0 * sigma * sigma) as f32;
+    let mut kernel = Vec::with_capacity(size * size);
+    for &y in &coords {
+        for &x in &coords {
+            let d = (x * x + y * y).sqrt();
+            kernel.push((-(d * d) / two_sigma_sq).exp());
+        }
+    }
+    let sum: f32 = kernel.iter().sum();
+    kernel.iter().map(|v| v / sum).collect()
+}
+
+/// torch's `reflect` padding index: the edge is not repeated (`-1` → `1`).
+fn reflect(i: isize, n: usize) -> usize {
+    let n = n as isize;
+    let i = if i < 0 { -i } else { i };
+    (if i >= n { 2 * (n - 1) - i } else { i }) as usize
+}
+
+/// Correlates every channel of `image` with a square `kernel` of radius `radius` over a reflected
+/// border (ComfyUI pads with `reflect`, then runs a grouped `conv2d`).
+fn convolve(
+    ctx: &NodeContext,
+    image: &Pixels,
+    kernel: &[f32],
+    radius: usize,
+    input: &str,
+) -> Result<Pixels, NodeError> {
+    if radius >= image.h || radius >= image.w {
+        return Err(NodeError::input(
+            input,
+            format!(
+                "{radius} must be smaller than the image's width and height ({}x{})",
+                image.w, image.h
+            ),
+        ));
+    }
+    let size = 2 * radius + 1;
+    let mut out = Pixels::filled(image.b, image.h, image.w, image.c, 0.0);
+    for b in 0..image.b {
+        ctx.check_interrupt()?;
+        for y in 0..image.h {
+            for x in 0..image.w {
+                for ch in 0..image.c {
+                    let mut acc = 0.0f32;
+                    for ky in 0..size {
+                        let sy = reflect(y as isize + ky as isize - radius as isize, image.h);
+                        let row = &kernel[ky * size..(ky + 1) * size];
+                        for (kx, k) in row.iter().enumerate() {
+                            let sx = reflect(x as isize + kx as isize - radius as isize, image.w);
+                            acc += k * image.data[image.at(b, sy, sx, ch)];
+                        }
+                    }
+                    let i = out.at(b, y, x, ch);
+                    out.data[i] = acc;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A Gaussian blur over a (2·radius+1)² window.
+pub struct ImageBlur;
+
+impl Node for ImageBlur {
+    fn spec(&self) -> NodeSpec {
+        spec(
+            "ImageBlur",
+            "ImageBlur",
+            POST_PROCESSING,
+            vec![
+                required("image", link(SlotType::IMAGE)),
+                required("blur_radius", int(1, 1, 31)),
+                required("sigma", float(1.0, 0.1, 10.0, 0.1)),
+            ],
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let image = Pixels::image(inputs.image("image")?, "image")?;
+        let radius = inputs.usize("blur_radius")?;
+        let kernel = gaussian_kernel(2 * radius + 1, inputs.float("sigma")?);
+        image_out(convolve(ctx, &image, &kernel, radius, "blur_radius")?)
+    }
+}
+
+/// Unsharp masking: the pixel minus `alpha`·10 times its Gaussian surround, clamped to 0..1.
+pub struct ImageSharpen;
+
+impl Node for ImageSharpen {
+    fn spec(&self) -> NodeSpec {
+        spec(
+            "ImageSharpen",
+            "ImageSharpen",
+            POST_PROCESSING,
+            vec![
+                required("image", link(SlotType::IMAGE)),
+                required("sharpen_radius", int(1, 1, 31)),
+                required("sigma", float(1.0, 0.1, 10.0, 0.01)),
+                required("alpha", float(1.0, 0.0, 5.0, 0.01)),
+            ],
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let image = Pixels::image(inputs.image("image")?, "image")?;
+        let radius = inputs.usize("sharpen_radius")?;
+        let size = 2 * radius + 1;
+        let scale = -(inputs.float("alpha")? * 10.0) as f32;
+        let mut kernel: Vec<f32> = gaussian_kernel(size, inputs.float("sigma")?)
+            .into_iter()
+            .map(|v| v * scale)
+            .collect();
+        let center = radius * size + radius;
+        let sum: f32 = kernel.iter().sum();
+        kernel[center] = kernel[center] - sum + 1.0;
+        let out = convolve(ctx, &image, &kernel, radius, "sharpen_radius")?;
+        image_out(out.map(|v| v.clamp(0.0, 1.0)))
+    }
+}
+
+const DITHERS: &[&str] = &[
+    "none",
+    "floyd-steinberg",
+    "bayer-2",
+    "bayer-4",
+    "bayer-8",
+    "bayer-16",
+];
+
+/// Reduces each image to at most `colors` colours (PIL's median cut), with optional dithering.
+pub struct ImageQuantize;
+
+impl Node for ImageQuantize {
+    fn spec(&self) -> NodeSpec {
+        spec(
+            "ImageQuantize",
+            "ImageQuantize",
+            POST_PROCESSING,
+            vec![
+                required("image", link(SlotType::IMAGE)),
+                required("colors", int(256, 1, 256)),
+                required("dither", combo(DITHERS)),
+            ],
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let image = Pixels::image(inputs.image("image")?, "image")?;
+        if image.c != 3 {
+            return Err(NodeError::input(
+                "image",
+                format!("needs an RGB image, got {} channels", image.c),
+            ));
+        }
+        let colors = inputs.usize("colors")?;
+        let dither = match inputs.string("dither")? {
+            "none" => quantize::Dither::None,
+            "floyd-steinberg" => quantize::Dither::FloydSteinberg,
+            other => match other.strip_prefix("bayer-").and_then(|o| o.parse().ok()) {
+                Some(order @ (2 | 4 | 8 | 16)) => quantize::Dither::Bayer(order),
+                _ => {
+                    return Err(NodeError::input(
+                        "dither",
+                        format!("unknown dither '{other}'"),
+                    ))
+                }
+            },
+        };
+        let mut out = Pixels::filled(image.b, image.h, image.w, 3, 0.0);
+        let n = image.h * image.w * 3;
+        for b in 0..image.b {
+            ctx.check_interrupt()?;
+            // ComfyUI: (image * 255).to(torch.uint8), a truncation.
+            let rgb: Vec<u8> = image.item(b).iter().map(|v| (v * 255.0) as u8).collect();
+            let quantized = quantize::quantize(&rgb, image.w, image.h, colors, dither);
+            for (o, v) in out.data[b * n..(b + 1) * n].iter_mut().zip(quantized) {
+                *o = f32::from(v) / 255.0;
+            }
+        }
+        image_out(out)
+    }
+}
+
+const MORPHOLOGY_OPERATIONS: &[&str] = &[
+    "erode",
+    "dilate",
+    "open",
+    "close",
+    "gradient",
+    "bottom_hat",
+    "top_hat",
+];
+
+/// Grey morphology with a square `kernel_size` window, as kornia computes it (ComfyUI's
+/// `Morphology`: geodesic borders, so only pixels inside the image count).
+pub struct Morphology;
+
+impl Node for Morphology {
+    fn spec(&self) -> NodeSpec {
+        spec(
+            "Morphology",
+            "ImageMorphology",
+            "comfy_extras.nodes_morphology",
+            vec![
+                required("image", link(SlotType::IMAGE)),
+                required("operation", combo(MORPHOLOGY_OPERATIONS)),
+                required("kernel_size", int(3, 3, 999)),
+            ],
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let image = Pixels::image(inputs.image("image")?, "image")?;
+        let k = inputs.usize("kernel_size")?;
+        let erode = |p: &Pixels| window_filter(p, k, false);
+        let dilate = |p: &Pixels| window_filter(p, k, true);
+        let minus = |a: Pixels, b: &Pixels| {
+            let data = a.data.iter().zip(&b.data).map(|(x, y)| x - y).collect();
+            Pixels { data, ..a }
+        };
+        ctx.check_interrupt()?;
+        let out = match inputs.string("operation")? {
+            "erode" => erode(&image),
+            "dilate" => dilate(&image),
+            "open" => dilate(&erode(&image)),
+            "close" => erode(&dilate(&image)),
+            "gradient" => minus(dilate(&image), &erode(&image)),
+            "top_hat" => {
+                let opened = dilate(&erode(&image));
+                minus(image, &opened)
+            }
+            "bottom_hat" => minus(erode(&dilate(&image)), &image),
+            other => {
+                return Err(NodeError::input(
+                    "operation",
+                    format!("unknown operation '{other}'"),
+                ))
+            }
+        };
+        image_out(out)
+    }
+}
+
+/// The max (`dilate`) or min over each pixel's `k` x `k` window, the window starting `k / 2`
+/// before it (kornia's origin), out-of-image pixels ignored. Separable, since a rectangle's max is
+/// the max of its rows' maxima.
+fn window_filter(p: &Pixels, k: usize, dilate: bool) -> Pixels {
+    let mut out = p.clone();
+    let mut line = Vec::new();
+    let mut result = Vec::new();
+    for b in 0..p.b {
+        for ch in 0..p.c {
+            for y in 0..p.h {
+                line.clear();
+                line.extend((0..p.w).map(|x| out.data[out.at(b, y, x, ch)]));
+                sliding_extreme(&line, k, dilate, &mut result);
+                for (x, v) in result.iter().enumerate() {
+                    let i = out.at(b, y, x, ch);
+                    out.data[i] = *v;
+                }
+            }
+            for x in 0..p.w {
+                line.clear();
+                line.extend((0..p.h).map(|y| out.data[out.at(b, y, x, ch)]));
+                sliding_extreme(&line, k, dilate, &mut result);
+                for (y, v) in result.iter().enumerate() {
+                    let i = out.at(b, y, x, ch);
+                    out.data[i] = *v;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `out[i]` = max (or min) of `line[i - k/2 ..= i - k/2 + k - 1]` clipped to the line, in O(n)
+/// with a monotonic queue of indices.
+fn sliding_extreme(line: &[f32], k: usize, max: bool, out: &mut Vec<f32>) {
+    let n = line.len();
+    let before = k / 2;
+    let after = k - 1 - before;
+    let better = |a: f32, b: f32| if max { a >= b } else { a <= b };
+    let mut queue = std::collections::VecDeque::new();
+    out.clear();
+    let mut next = 0;
+    for i in 0..n {
+        let end = (i + after).min(n - 1);
+        while next <= end {
+            while queue
+                .back()
+                .is_some_and(|&j: &usize| better(line[next], line[j]))
+            {
+                queue.pop_back();
+            }
+            queue.push_back(next);
+            next += 1;
+        }
+        let start = i.saturating_sub(before);
+        while queue.front().is_some_and(|&j| j < start) {
+            queue.pop_front();
+        }
+        out.push(line[*queue.front().expect("the window holds pixel i")]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sliding_extreme_matches_a_direct_scan() {
+        let line = [0.3, 0.9, 0.1, 0.5, 0.5, 0.0, 1.0, 0.2];
+        for k in 3..12 {
+            let mut got = Vec::new();
+            sliding_extreme(&line, k, true, &mut got);
+            for (i, v) in got.iter().enumerate() {
+                let lo = i.saturating_sub(k / 2);
+                let hi = (i + k - 1 - k / 2).min(line.len() - 1);
+                let want = line[lo..=hi].iter().cloned().fold(f32::MIN, f32::max);
+                assert_eq!(*v, want, "k={k} i={i}");
+            }
+        }
+    }
+
+    #[test]
+    fn reflect_does_not_repeat_the_edge() {
+        assert_eq!(reflect(-1, 5), 1);
+        assert_eq!(reflect(-2, 5), 2);
+        assert_eq!(reflect(5, 5), 3);
+        assert_eq!(reflect(6, 5), 2);
+    }
+}
