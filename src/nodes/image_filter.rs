@@ -393,10 +393,17 @@ impl Node for Morphology {
     }
 }
 
-/// The max (`dilate`) or min over each pixel's `k` x `k` window, the window starting `k / 2`
-/// before it (kornia's origin), out-of-image pixels ignored. Separable, since a rectangle's max is
-/// the max of its rows' maxima.
+/// The max (`dilate`) or min over each pixel's `k` x `k` window, out-of-image pixels ignored
+/// (kornia's geodesic border). Erosion's window starts `k / 2` before the pixel (kornia's origin);
+/// dilation's is reflected about it, as kornia 0.9 computes a Minkowski dilation (the two only
+/// differ for even `k`). Separable, since a rectangle's max is the max of its rows' maxima.
 fn window_filter(p: &Pixels, k: usize, dilate: bool) -> Pixels {
+    let before = if dilate { k - 1 - k / 2 } else { k / 2 };
+    let window = Window {
+        before,
+        after: k - 1 - before,
+        max: dilate,
+    };
     let mut out = p.clone();
     let mut line = Vec::new();
     let mut result = Vec::new();
@@ -405,7 +412,7 @@ fn window_filter(p: &Pixels, k: usize, dilate: bool) -> Pixels {
             for y in 0..p.h {
                 line.clear();
                 line.extend((0..p.w).map(|x| out.data[out.at(b, y, x, ch)]));
-                sliding_extreme(&line, k, dilate, &mut result);
+                window.apply(&line, &mut result);
                 for (x, v) in result.iter().enumerate() {
                     let i = out.at(b, y, x, ch);
                     out.data[i] = *v;
@@ -414,7 +421,7 @@ fn window_filter(p: &Pixels, k: usize, dilate: bool) -> Pixels {
             for x in 0..p.w {
                 line.clear();
                 line.extend((0..p.h).map(|y| out.data[out.at(b, y, x, ch)]));
-                sliding_extreme(&line, k, dilate, &mut result);
+                window.apply(&line, &mut result);
                 for (y, v) in result.iter().enumerate() {
                     let i = out.at(b, y, x, ch);
                     out.data[i] = *v;
@@ -425,33 +432,37 @@ fn window_filter(p: &Pixels, k: usize, dilate: bool) -> Pixels {
     out
 }
 
-/// `out[i]` = max (or min) of `line[i - k/2 ..= i - k/2 + k - 1]` clipped to the line, in O(n)
-/// with a monotonic queue of indices.
-fn sliding_extreme(line: &[f32], k: usize, max: bool, out: &mut Vec<f32>) {
-    let n = line.len();
-    let before = k / 2;
-    let after = k - 1 - before;
-    let better = |a: f32, b: f32| if max { a >= b } else { a <= b };
-    let mut queue = std::collections::VecDeque::new();
-    out.clear();
-    let mut next = 0;
-    for i in 0..n {
-        let end = (i + after).min(n - 1);
-        while next <= end {
-            while queue
-                .back()
-                .is_some_and(|&j: &usize| better(line[next], line[j]))
-            {
-                queue.pop_back();
+/// A 1-D window `before` values before and `after` after each position.
+struct Window {
+    before: usize,
+    after: usize,
+    max: bool,
+}
+
+impl Window {
+    /// `out[i]` = max (or min) of `line[i - before ..= i + after]` clipped to the line, in O(n)
+    /// with a monotonic queue of indices.
+    fn apply(&self, line: &[f32], out: &mut Vec<f32>) {
+        let n = line.len();
+        let better = |a: f32, b: f32| if self.max { a >= b } else { a <= b };
+        let mut queue = std::collections::VecDeque::new();
+        out.clear();
+        let mut next = 0;
+        for i in 0..n {
+            let end = (i + self.after).min(n - 1);
+            while next <= end {
+                while queue.back().is_some_and(|&j: &usize| better(line[next], line[j])) {
+                    queue.pop_back();
+                }
+                queue.push_back(next);
+                next += 1;
             }
-            queue.push_back(next);
-            next += 1;
+            let start = i.saturating_sub(self.before);
+            while queue.front().is_some_and(|&j| j < start) {
+                queue.pop_front();
+            }
+            out.push(line[*queue.front().expect("the window holds pixel i")]);
         }
-        let start = i.saturating_sub(before);
-        while queue.front().is_some_and(|&j| j < start) {
-            queue.pop_front();
-        }
-        out.push(line[*queue.front().expect("the window holds pixel i")]);
     }
 }
 
@@ -460,16 +471,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sliding_extreme_matches_a_direct_scan() {
+    fn sliding_window_matches_a_direct_scan() {
         let line = [0.3, 0.9, 0.1, 0.5, 0.5, 0.0, 1.0, 0.2];
-        for k in 3..12 {
-            let mut got = Vec::new();
-            sliding_extreme(&line, k, true, &mut got);
-            for (i, v) in got.iter().enumerate() {
-                let lo = i.saturating_sub(k / 2);
-                let hi = (i + k - 1 - k / 2).min(line.len() - 1);
-                let want = line[lo..=hi].iter().cloned().fold(f32::MIN, f32::max);
-                assert_eq!(*v, want, "k={k} i={i}");
+        for (before, after) in [(1, 1), (2, 1), (1, 2), (0, 5), (6, 3)] {
+            for max in [true, false] {
+                let mut got = Vec::new();
+                Window { before, after, max }.apply(&line, &mut got);
+                for (i, v) in got.iter().enumerate() {
+                    let window = &line[i.saturating_sub(before)..=(i + after).min(line.len() - 1)];
+                    let want = if max {
+                        window.iter().cloned().fold(f32::MIN, f32::max)
+                    } else {
+                        window.iter().cloned().fold(f32::MAX, f32::min)
+                    };
+                    assert_eq!(*v, want, "{before} {after} {max} i={i}");
+                }
             }
         }
     }

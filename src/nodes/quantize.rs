@@ -275,32 +275,23 @@ impl Heap {
     }
 }
 
-/// Pillow's mapping of a colour to a palette index: an exact match first (the first entry of
-/// that colour), else the entry nearest to the colour's 4x4x4 cache cell corner (the first on
-/// ties), which is what the palette cache holds.
+/// Pillow's mapping of a colour to a palette index (`ImagingPaletteCacheUpdate`): the entry
+/// nearest to the corner of the colour's 4x4x4 cache cell, the first on ties. Even a colour that
+/// is in the palette can map to a neighbour nearer that corner, as it does in Pillow (13.0).
 struct Mapper<'a> {
     palette: &'a [[u8; 3]],
-    exact: HashMap<[u8; 3], usize>,
     cache: std::cell::RefCell<HashMap<[u8; 3], usize>>,
 }
 
 impl<'a> Mapper<'a> {
     fn new(palette: &'a [[u8; 3]]) -> Mapper<'a> {
-        let mut exact = HashMap::new();
-        for (i, c) in palette.iter().enumerate() {
-            exact.entry(*c).or_insert(i);
-        }
         Mapper {
             palette,
-            exact,
             cache: Default::default(),
         }
     }
 
     fn closest(&self, p: [u8; 3]) -> usize {
-        if let Some(&i) = self.exact.get(&p) {
-            return i;
-        }
         let corner = p.map(|v| v & 0xfc);
         *self.cache.borrow_mut().entry(corner).or_insert_with(|| {
             let dist = |c: &[u8; 3]| {
@@ -374,9 +365,14 @@ mod tests {
     }
 
     #[test]
-    fn few_colours_are_kept_exactly() {
-        let rgb = [1, 2, 3, 200, 100, 50, 1, 2, 3, 9, 9, 9];
-        assert_eq!(quantize(&rgb, 4, 1, 256, Dither::None), rgb);
+    fn colours_map_through_their_cache_cell_corner() {
+        // (107, 106, 105) is in the palette, but its cell corner (104, 104, 104) is nearer
+        // (104, 103, 104): Pillow maps it there.
+        let rgb = [107, 106, 105, 104, 103, 104];
+        assert_eq!(
+            quantize(&rgb, 2, 1, 256, Dither::None),
+            [104, 103, 104, 104, 103, 104]
+        );
     }
 
     #[test]
