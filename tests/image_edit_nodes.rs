@@ -59,7 +59,9 @@ async fn every_node_matches_comfyui_reference_outputs() {
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let class = case["class"].as_str().unwrap();
-        let node = registry.node(class).unwrap_or_else(|| panic!("{class} is registered"));
+        let node = registry
+            .node(class)
+            .unwrap_or_else(|| panic!("{class} is registered"));
         let inputs = Inputs::new(
             case["inputs"]
                 .as_object()
@@ -105,7 +107,10 @@ async fn every_node_matches_comfyui_reference_outputs() {
     }
     let mut worst: Vec<_> = worst.into_iter().collect();
     worst.sort_by(|a, b| a.0.cmp(&b.0));
-    println!("{} cases; largest difference per class: {worst:?}", cases.len());
+    println!(
+        "{} cases; largest difference per class: {worst:?}",
+        cases.len()
+    );
 }
 
 #[actix_web::test]
@@ -116,7 +121,10 @@ async fn get_image_size_reports_width_height_and_batch() {
     let out = Registry::standard()
         .node("GetImageSize")
         .unwrap()
-        .run(&ctx, &Inputs::new(vec![("image".into(), Value::Image(image))]))
+        .run(
+            &ctx,
+            &Inputs::new(vec![("image".into(), Value::Image(image))]),
+        )
         .unwrap();
     let ints: Vec<i128> = out
         .values
@@ -182,11 +190,9 @@ async fn load_blur_grow_and_save_through_the_server() {
     run_ok(&app, graph).await;
 
     // The blur matches the node run directly on the same file (then truncated as SaveImage does).
-    let (image, mask) = weft::nodes::image_io::load_image_file(
-        &app.data_dir().join("input/edit.png"),
-        "edit.png",
-    )
-    .unwrap();
+    let (image, mask) =
+        weft::nodes::image_io::load_image_file(&app.data_dir().join("input/edit.png"), "edit.png")
+            .unwrap();
     let ctx = context(&app);
     let registry = Registry::standard();
     let blur = registry
@@ -269,16 +275,22 @@ async fn animated_png_and_webp_hold_every_frame_and_the_workflow() {
     }
     assert_eq!(frames.len(), 3);
     assert_ne!(frames[0], frames[1], "each image is its own frame");
-    let comf = bytes.windows(11).position(|w| w == b"comfprompt\0").unwrap();
+    let comf = bytes
+        .windows(11)
+        .position(|w| w == b"comfprompt\0")
+        .unwrap();
     let idat = bytes.windows(4).position(|w| w == b"IDAT").unwrap();
-    assert!(comf > idat, "metadata follows the image data, as ComfyUI writes it");
+    assert!(
+        comf > idat,
+        "metadata follows the image data, as ComfyUI writes it"
+    );
 
     // WebP: lossless frames equal to the APNG's, 125 ms each, the prompt in EXIF.
     let path = app.data_dir().join("output/awebp_00001_.webp");
     let bytes = std::fs::read(&path).unwrap();
     use image::{AnimationDecoder, ImageDecoder};
-    let mut decoder = image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(&bytes))
-        .expect("a WebP file");
+    let mut decoder =
+        image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(&bytes)).expect("a WebP file");
     assert!(decoder.has_animation());
     let exif = decoder.exif_metadata().unwrap().expect("EXIF");
     assert!(exif.windows(8).any(|w| w == b"prompt:{"), "prompt in EXIF");
@@ -300,23 +312,79 @@ async fn object_info_lists_every_class_with_comfyui_inputs() {
     let app = spawn_app().await;
     let (status, info) = app.get("/object_info").await;
     assert_eq!(status, 200);
-    let expected: &[(&str, &str, &[&str], &[&str], &[&str])] = &[
+    // (class, category, required inputs, optional inputs, outputs)
+    type Declared<'a> = (&'a str, &'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+    let expected: &[Declared] = &[
         ("ImageToMask", "mask", &["image", "channel"], &[], &["MASK"]),
         ("MaskToImage", "mask", &["mask"], &[], &["IMAGE"]),
-        ("ImageColorToMask", "mask", &["image", "color"], &[], &["MASK"]),
-        ("SolidMask", "mask", &["value", "width", "height"], &[], &["MASK"]),
+        (
+            "ImageColorToMask",
+            "mask",
+            &["image", "color"],
+            &[],
+            &["MASK"],
+        ),
+        (
+            "SolidMask",
+            "mask",
+            &["value", "width", "height"],
+            &[],
+            &["MASK"],
+        ),
         ("InvertMask", "mask", &["mask"], &[], &["MASK"]),
-        ("CropMask", "mask", &["mask", "x", "y", "width", "height"], &[], &["MASK"]),
-        ("MaskComposite", "mask", &["destination", "source", "x", "y", "operation"], &[], &["MASK"]),
-        ("FeatherMask", "mask", &["mask", "left", "top", "right", "bottom"], &[], &["MASK"]),
-        ("GrowMask", "mask", &["mask", "expand", "tapered_corners"], &[], &["MASK"]),
+        (
+            "CropMask",
+            "mask",
+            &["mask", "x", "y", "width", "height"],
+            &[],
+            &["MASK"],
+        ),
+        (
+            "MaskComposite",
+            "mask",
+            &["destination", "source", "x", "y", "operation"],
+            &[],
+            &["MASK"],
+        ),
+        (
+            "FeatherMask",
+            "mask",
+            &["mask", "left", "top", "right", "bottom"],
+            &[],
+            &["MASK"],
+        ),
+        (
+            "GrowMask",
+            "mask",
+            &["mask", "expand", "tapered_corners"],
+            &[],
+            &["MASK"],
+        ),
         ("ThresholdMask", "mask", &["mask", "value"], &[], &["MASK"]),
-        ("JoinImageWithAlpha", "mask/compositing", &["image", "alpha"], &[], &["IMAGE"]),
-        ("SplitImageWithAlpha", "mask/compositing", &["image"], &[], &["IMAGE", "MASK"]),
+        (
+            "JoinImageWithAlpha",
+            "mask/compositing",
+            &["image", "alpha"],
+            &[],
+            &["IMAGE"],
+        ),
+        (
+            "SplitImageWithAlpha",
+            "mask/compositing",
+            &["image"],
+            &[],
+            &["IMAGE", "MASK"],
+        ),
         (
             "PorterDuffImageComposite",
             "mask/compositing",
-            &["source", "source_alpha", "destination", "destination_alpha", "mode"],
+            &[
+                "source",
+                "source_alpha",
+                "destination",
+                "destination_alpha",
+                "mode",
+            ],
             &[],
             &["IMAGE", "MASK"],
         ),
@@ -327,40 +395,137 @@ async fn object_info_lists_every_class_with_comfyui_inputs() {
             &["mask"],
             &["IMAGE"],
         ),
-        ("ImageBlend", "image/postprocessing", &["image1", "image2", "blend_factor", "blend_mode"], &[], &["IMAGE"]),
-        ("ImageBlur", "image/postprocessing", &["image", "blur_radius", "sigma"], &[], &["IMAGE"]),
-        ("ImageSharpen", "image/postprocessing", &["image", "sharpen_radius", "sigma", "alpha"], &[], &["IMAGE"]),
-        ("ImageQuantize", "image/postprocessing", &["image", "colors", "dither"], &[], &["IMAGE"]),
-        ("Morphology", "image/postprocessing", &["image", "operation", "kernel_size"], &[], &["IMAGE"]),
-        ("ImageCrop", "image/transform", &["image", "width", "height", "x", "y"], &[], &["IMAGE"]),
-        ("ImageFromBatch", "image/batch", &["image", "batch_index", "length"], &[], &["IMAGE"]),
-        ("RepeatImageBatch", "image/batch", &["image", "amount"], &[], &["IMAGE"]),
-        ("SaveAnimatedPNG", "image/animation", &["images", "filename_prefix", "fps", "compress_level"], &[], &[]),
         (
-            "SaveAnimatedWEBP",
+            "ImageBlend",
+            "image/postprocessing",
+            &["image1", "image2", "blend_factor", "blend_mode"],
+            &[],
+            &["IMAGE"],
+        ),
+        (
+            "ImageBlur",
+            "image/postprocessing",
+            &["image", "blur_radius", "sigma"],
+            &[],
+            &["IMAGE"],
+        ),
+        (
+            "ImageSharpen",
+            "image/postprocessing",
+            &["image", "sharpen_radius", "sigma", "alpha"],
+            &[],
+            &["IMAGE"],
+        ),
+        (
+            "ImageQuantize",
+            "image/postprocessing",
+            &["image", "colors", "dither"],
+            &[],
+            &["IMAGE"],
+        ),
+        (
+            "Morphology",
+            "image/postprocessing",
+            &["image", "operation", "kernel_size"],
+            &[],
+            &["IMAGE"],
+        ),
+        (
+            "ImageCrop",
+            "image/transform",
+            &["image", "width", "height", "x", "y"],
+            &[],
+            &["IMAGE"],
+        ),
+        (
+            "ImageFromBatch",
+            "image/batch",
+            &["image", "batch_index", "length"],
+            &[],
+            &["IMAGE"],
+        ),
+        (
+            "RepeatImageBatch",
+            "image/batch",
+            &["image", "amount"],
+            &[],
+            &["IMAGE"],
+        ),
+        (
+            "SaveAnimatedPNG",
             "image/animation",
-            &["images", "filename_prefix", "fps", "lossless", "quality", "method"],
+            &["images", "filename_prefix", "fps", "compress_level"],
             &[],
             &[],
         ),
-        ("ImageFlip", "image/transform", &["image", "flip_method"], &[], &["IMAGE"]),
-        ("ImageRotate", "image/transform", &["image", "rotation"], &[], &["IMAGE"]),
+        (
+            "SaveAnimatedWEBP",
+            "image/animation",
+            &[
+                "images",
+                "filename_prefix",
+                "fps",
+                "lossless",
+                "quality",
+                "method",
+            ],
+            &[],
+            &[],
+        ),
+        (
+            "ImageFlip",
+            "image/transform",
+            &["image", "flip_method"],
+            &[],
+            &["IMAGE"],
+        ),
+        (
+            "ImageRotate",
+            "image/transform",
+            &["image", "rotation"],
+            &[],
+            &["IMAGE"],
+        ),
         (
             "ImageStitch",
             "image/transform",
-            &["image1", "direction", "match_image_size", "spacing_width", "spacing_color"],
+            &[
+                "image1",
+                "direction",
+                "match_image_size",
+                "spacing_width",
+                "spacing_color",
+            ],
             &["image2"],
             &["IMAGE"],
         ),
         (
             "ResizeAndPadImage",
             "image/transform",
-            &["image", "target_width", "target_height", "padding_color", "interpolation"],
+            &[
+                "image",
+                "target_width",
+                "target_height",
+                "padding_color",
+                "interpolation",
+            ],
             &[],
             &["IMAGE"],
         ),
-        ("GetImageSize", "image", &["image"], &[], &["INT", "INT", "INT"]),
-        ("ImageAddNoise", "image", &["image", "seed", "strength"], &[], &["IMAGE"]),
+        (
+            "GetImageSize",
+            "image",
+            &["image"],
+            &[],
+            &["INT", "INT", "INT"],
+        ),
+        (
+            "ImageAddNoise",
+            "image",
+            &["image", "seed", "strength"],
+            &[],
+            &["IMAGE"],
+        ),
     ];
     for (class, category, required, optional, outputs) in expected {
         let node = &info[*class];
@@ -387,7 +552,10 @@ async fn object_info_lists_every_class_with_comfyui_inputs() {
         info["PorterDuffImageComposite"]["input"]["required"]["mode"][1]["default"],
         "DST"
     );
-    assert_eq!(info["GetImageSize"]["output_name"], json!(["width", "height", "batch_size"]));
+    assert_eq!(
+        info["GetImageSize"]["output_name"],
+        json!(["width", "height", "batch_size"])
+    );
     assert_eq!(info["SaveAnimatedWEBP"]["output_node"], true);
     assert_eq!(
         info["ImageBlur"]["input"]["required"]["sigma"],
@@ -412,9 +580,7 @@ async fn run_failing(app: &TestApp, graph: Json) -> Json {
 #[actix_web::test]
 async fn bad_inputs_fail_their_node_and_name_the_input() {
     let app = spawn_app().await;
-    let image = |batch: u32| {
-        json!({"class_type": "EmptyImage", "inputs": {"width": 11, "height": 9, "batch_size": batch, "color": 0xffffff}})
-    };
+    let image = |batch: u32| json!({"class_type": "EmptyImage", "inputs": {"width": 11, "height": 9, "batch_size": batch, "color": 0xffffff}});
     let cases = [
         (
             json!({

@@ -451,7 +451,10 @@ impl Window {
         for i in 0..n {
             let end = (i + self.after).min(n - 1);
             while next <= end {
-                while queue.back().is_some_and(|&j: &usize| better(line[next], line[j])) {
+                while queue
+                    .back()
+                    .is_some_and(|&j: &usize| better(line[next], line[j]))
+                {
                     queue.pop_back();
                 }
                 queue.push_back(next);

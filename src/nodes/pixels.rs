@@ -47,7 +47,7 @@ impl Pixels {
         }
         let (h, w) = (dims[dims.len() - 2], dims[dims.len() - 1]);
         let data = flat(tensor)?;
-        let b = if h * w == 0 { 0 } else { data.len() / (h * w) };
+        let b = data.len().checked_div(h * w).unwrap_or(0);
         Ok(Pixels {
             data,
             b,
