@@ -15,6 +15,7 @@ use candle_core::{Device, Tensor};
 use serde_json::{json, Value as Json};
 use weft::nodes::{Inputs, Registry, Value};
 
+use crate::engine::util::max_abs_diff;
 use crate::helpers::{context, read_png, spawn_app, TestApp};
 
 fn fixture_dir() -> PathBuf {
@@ -82,21 +83,7 @@ async fn every_node_matches_comfyui_reference_outputs() {
                 Value::Image(t) | Value::Mask(t) => t.clone(),
                 other => panic!("{name}: unexpected output {other:?}"),
             };
-            assert_eq!(got.dims(), want.dims(), "{name}: shape");
-            let diff = if got.elem_count() == 0 {
-                0.0
-            } else {
-                (&got - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            };
+            let diff = max_abs_diff(&got, want);
             assert!(
                 diff <= tolerance,
                 "{name}: max difference {diff} > {tolerance}"
@@ -313,7 +300,13 @@ async fn object_info_lists_every_class_with_comfyui_inputs() {
     let (status, info) = app.get("/object_info").await;
     assert_eq!(status, 200);
     // (class, category, required inputs, optional inputs, outputs)
-    type Declared<'a> = (&'a str, &'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+    type Declared<'a> = (
+        &'a str,
+        &'a str,
+        &'a [&'a str],
+        &'a [&'a str],
+        &'a [&'a str],
+    );
     let expected: &[Declared] = &[
         ("ImageToMask", "mask", &["image", "channel"], &[], &["MASK"]),
         ("MaskToImage", "mask", &["mask"], &[], &["IMAGE"]),

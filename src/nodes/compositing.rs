@@ -21,16 +21,14 @@ fn spec(
     inputs: Vec<crate::graph::spec::InputSpec>,
     outputs: Vec<crate::graph::spec::OutputSpec>,
 ) -> NodeSpec {
-    NodeSpec {
-        python_module: "comfy_extras.nodes_compositing",
-        ..node(
-            class_type,
-            display_name,
-            "mask/compositing",
-            inputs,
-            outputs,
-        )
-    }
+    pixels::extras_node(
+        "comfy_extras.nodes_compositing",
+        class_type,
+        display_name,
+        "mask/compositing",
+        inputs,
+        outputs,
+    )
 }
 
 /// ComfyUI's `PorterDuffMode` names, in its order.

@@ -9,7 +9,7 @@ use crate::graph::spec::build::*;
 use crate::graph::spec::{HiddenInput, NodeSpec};
 use crate::graph::SlotType;
 use crate::nodes::image_io::{metadata, SaveTarget};
-use crate::nodes::pixels::Pixels;
+use crate::nodes::pixels::{extras_node, Pixels};
 use crate::nodes::{Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Ui};
 use crate::paths::FolderType;
 
@@ -25,8 +25,14 @@ fn spec(class_type: &'static str, inputs: Vec<crate::graph::spec::InputSpec>) ->
             ("extra_pnginfo", HiddenInput::ExtraPngInfo),
         ],
         output_node: true,
-        python_module: "comfy_extras.nodes_images",
-        ..node(class_type, class_type, "image/animation", inputs, vec![])
+        ..extras_node(
+            "comfy_extras.nodes_images",
+            class_type,
+            class_type,
+            "image/animation",
+            inputs,
+            vec![],
+        )
     }
 }
 
@@ -94,15 +100,39 @@ impl Frames {
     }
 }
 
-fn saved(target: &SaveTarget, filename: String) -> NodeOutput {
-    NodeOutput {
+/// Writes the bytes `encode` makes of the frames to the next `<prefix>_NNNNN_.<extension>` in
+/// the output folder, and reports it as one animated image.
+fn save_animation(
+    ctx: &NodeContext,
+    inputs: &Inputs,
+    extension: &str,
+    encode: impl FnOnce(&Frames, u32, &[(String, String)]) -> Result<Vec<u8>, String>,
+) -> Result<NodeOutput, NodeError> {
+    let frames = Frames::read(inputs)?;
+    let duration = Frames::duration_ms(inputs)?;
+    let prefix = inputs.string("filename_prefix")?;
+    let target = SaveTarget::reserve(
+        ctx,
+        prefix,
+        FolderType::Output,
+        frames.width,
+        frames.height,
+        1,
+        extension,
+    )?;
+    let filename = format!("{}_{:05}_.{extension}", target.name, target.first_counter);
+    let path = target.path(&filename)?;
+    let bytes = encode(&frames, duration, metadata(ctx))
+        .map_err(|e| NodeError::file(ctx.dirs.shown(&path), e))?;
+    std::fs::write(&path, bytes).map_err(|e| NodeError::file(ctx.dirs.shown(&path), e))?;
+    Ok(NodeOutput {
         values: vec![],
         ui: Some(Ui {
             images: vec![target.file_ref(filename, FolderType::Output)],
             animated: vec![true],
             ..Ui::default()
         }),
-    }
+    })
 }
 
 /// The batch as one animated PNG.
@@ -122,29 +152,15 @@ impl Node for SaveAnimatedPNG {
     }
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let frames = Frames::read(inputs)?;
-        let duration = Frames::duration_ms(inputs)?;
+        // The png crate has three deflate levels for zlib's ten.
         let compression = match inputs.int("compress_level")? {
             0..=2 => png::Compression::Fast,
             3..=6 => png::Compression::Default,
             _ => png::Compression::Best,
         };
-        let prefix = inputs.string("filename_prefix")?;
-        let target = SaveTarget::reserve(
-            ctx,
-            prefix,
-            FolderType::Output,
-            frames.width,
-            frames.height,
-            1,
-            "png",
-        )?;
-        let filename = format!("{}_{:05}_.png", target.name, target.first_counter);
-        let path = target.path(&filename)?;
-        let bytes = encode_apng(&frames, duration, compression, metadata(ctx))
-            .map_err(|e| NodeError::file(ctx.dirs.shown(&path), e))?;
-        std::fs::write(&path, bytes).map_err(|e| NodeError::file(ctx.dirs.shown(&path), e))?;
-        Ok(saved(&target, filename))
+        save_animation(ctx, inputs, "png", |frames, duration, text| {
+            encode_apng(frames, duration, compression, text)
+        })
     }
 }
 
@@ -218,24 +234,7 @@ impl Node for SaveAnimatedWEBP {
     }
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let frames = Frames::read(inputs)?;
-        let duration = Frames::duration_ms(inputs)?;
-        let prefix = inputs.string("filename_prefix")?;
-        let target = SaveTarget::reserve(
-            ctx,
-            prefix,
-            FolderType::Output,
-            frames.width,
-            frames.height,
-            1,
-            "webp",
-        )?;
-        let filename = format!("{}_{:05}_.webp", target.name, target.first_counter);
-        let path = target.path(&filename)?;
-        let bytes = encode_animated_webp(&frames, duration, metadata(ctx))
-            .map_err(|e| NodeError::file(ctx.dirs.shown(&path), e))?;
-        std::fs::write(&path, bytes).map_err(|e| NodeError::file(ctx.dirs.shown(&path), e))?;
-        Ok(saved(&target, filename))
+        save_animation(ctx, inputs, "webp", encode_animated_webp)
     }
 }
 

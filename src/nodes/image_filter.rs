@@ -8,7 +8,7 @@ use crate::graph::spec::NodeSpec;
 use crate::graph::SlotType;
 use crate::nodes::mask::alpha_fix;
 use crate::nodes::pixels::{self, Pixels};
-use crate::nodes::{quantize, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
+use crate::nodes::{quantize, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry};
 
 pub fn register(registry: &mut Registry) {
     registry.add(ImageBlend);
@@ -24,23 +24,17 @@ fn spec(
     python_module: &'static str,
     inputs: Vec<crate::graph::spec::InputSpec>,
 ) -> NodeSpec {
-    NodeSpec {
+    pixels::extras_node(
         python_module,
-        ..node(
-            class_type,
-            display_name,
-            "image/postprocessing",
-            inputs,
-            vec![output(SlotType::IMAGE, "IMAGE")],
-        )
-    }
+        class_type,
+        display_name,
+        "image/postprocessing",
+        inputs,
+        vec![output(SlotType::IMAGE, "IMAGE")],
+    )
 }
 
 const POST_PROCESSING: &str = "comfy_extras.nodes_post_processing";
-
-fn image_out(image: Pixels) -> Result<NodeOutput, NodeError> {
-    Ok(NodeOutput::values(vec![Value::Image(image.into_image()?)]))
-}
 
 const BLEND_MODES: &[&str] = &[
     "normal",
@@ -132,7 +126,7 @@ impl Node for ImageBlend {
                 *o = (a * keep + blend(*a, *b) * factor).clamp(0.0, 1.0);
             }
         }
-        image_out(out)
+        out.image_output()
     }
 }
 
@@ -231,7 +225,7 @@ impl Node for ImageBlur {
         let image = Pixels::image(inputs.image("image")?, "image")?;
         let radius = inputs.usize("blur_radius")?;
         let kernel = gaussian_kernel(2 * radius + 1, inputs.float("sigma")?);
-        image_out(convolve(ctx, &image, &kernel, radius, "blur_radius")?)
+        convolve(ctx, &image, &kernel, radius, "blur_radius")?.image_output()
     }
 }
 
@@ -266,7 +260,7 @@ impl Node for ImageSharpen {
         let sum: f32 = kernel.iter().sum();
         kernel[center] = kernel[center] - sum + 1.0;
         let out = convolve(ctx, &image, &kernel, radius, "sharpen_radius")?;
-        image_out(out.map(|v| v.clamp(0.0, 1.0)))
+        out.map(|v| v.clamp(0.0, 1.0)).image_output()
     }
 }
 
@@ -329,7 +323,7 @@ impl Node for ImageQuantize {
                 *o = f32::from(v) / 255.0;
             }
         }
-        image_out(out)
+        out.image_output()
     }
 }
 
@@ -389,7 +383,7 @@ impl Node for Morphology {
                 ))
             }
         };
-        image_out(out)
+        out.image_output()
     }
 }
 

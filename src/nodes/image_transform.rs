@@ -29,20 +29,14 @@ fn spec(
     category: &'static str,
     inputs: Vec<crate::graph::spec::InputSpec>,
 ) -> NodeSpec {
-    NodeSpec {
-        python_module: "comfy_extras.nodes_images",
-        ..node(
-            class_type,
-            display_name,
-            category,
-            inputs,
-            vec![output(SlotType::IMAGE, "IMAGE")],
-        )
-    }
-}
-
-fn image_out(image: Pixels) -> Result<NodeOutput, NodeError> {
-    Ok(NodeOutput::values(vec![Value::Image(image.into_image()?)]))
+    pixels::extras_node(
+        "comfy_extras.nodes_images",
+        class_type,
+        display_name,
+        category,
+        inputs,
+        vec![output(SlotType::IMAGE, "IMAGE")],
+    )
 }
 
 fn image_in(inputs: &Inputs, name: &str) -> Result<Pixels, NodeError> {
@@ -81,13 +75,13 @@ impl Node for ImageCrop {
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let image = image_in(inputs, "image")?;
         if image.w == 0 || image.h == 0 {
-            return image_out(image);
+            return image.image_output();
         }
         let x = inputs.usize("x")?.min(image.w - 1);
         let y = inputs.usize("y")?.min(image.h - 1);
         let w = inputs.usize("width")?.min(image.w - x);
         let h = inputs.usize("height")?.min(image.h - y);
-        image_out(crop(&image, x, y, w, h))
+        crop(&image, x, y, w, h).image_output()
     }
 }
 
@@ -113,7 +107,7 @@ impl Node for RepeatImageBatch {
         let batch = image.b.saturating_mul(amount);
         let n = pixels::count("amount", [batch, image.h, image.w, image.c])?;
         pixels::reserve(ctx, "amount", n, 0, &format!("{batch} images"))?;
-        image_out(image.repeat_to_batch(batch))
+        image.repeat_to_batch(batch).image_output()
     }
 }
 
@@ -143,11 +137,12 @@ impl Node for ImageFromBatch {
         let length = inputs.usize("length")?.min(image.b - index);
         let n = image.h * image.w * image.c;
         let data = image.data[index * n..(index + length) * n].to_vec();
-        image_out(Pixels {
+        (Pixels {
             data,
             b: length,
             ..image
         })
+        .image_output()
     }
 }
 
@@ -183,7 +178,7 @@ impl Node for ImageAddNoise {
             .zip(noise)
             .map(|(v, n)| (v + strength * n).clamp(0.0, 1.0))
             .collect();
-        image_out(Pixels { data, ..image })
+        (Pixels { data, ..image }).image_output()
     }
 }
 
@@ -215,7 +210,7 @@ impl Node for ImageStitch {
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let mut first = image_in(inputs, "image1")?;
         if inputs.get("image2").is_none() {
-            return image_out(first);
+            return first.image_output();
         }
         let mut second = image_in(inputs, "image2")?;
         let direction = inputs.string("direction")?;
@@ -315,7 +310,7 @@ impl Node for ImageStitch {
                 },
             );
         }
-        image_out(concat(&parts, horizontal)?)
+        concat(&parts, horizontal)?.image_output()
     }
 }
 
@@ -478,7 +473,7 @@ impl Node for ResizeAndPadImage {
                     .copy_from_slice(&resized.data[from..from + w * image.c]);
             }
         }
-        image_out(out)
+        out.image_output()
     }
 }
 
@@ -558,7 +553,7 @@ impl Node for ImageRotate {
             3 => (x, w - 1 - y),
             _ => (y, x),
         };
-        image_out(remap(&image, oh, ow, source))
+        remap(&image, oh, ow, source).image_output()
     }
 }
 
@@ -591,7 +586,7 @@ impl Node for ImageFlip {
         } else {
             image
         };
-        image_out(out)
+        out.image_output()
     }
 }
 

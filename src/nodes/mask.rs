@@ -8,7 +8,7 @@ use crate::graph::spec::NodeSpec;
 use crate::graph::SlotType;
 use crate::nodes::image_ops::MAX_RESOLUTION;
 use crate::nodes::pixels::{self, Pixels};
-use crate::nodes::{Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
+use crate::nodes::{Inputs, Node, NodeContext, NodeError, NodeOutput, Registry};
 
 pub fn register(registry: &mut Registry) {
     registry.add(ImageCompositeMasked);
@@ -24,25 +24,20 @@ pub fn register(registry: &mut Registry) {
     registry.add(ThresholdMask);
 }
 
-/// A declaration from `comfy_extras.nodes_mask`, category `mask` unless changed.
 fn spec(
     class_type: &'static str,
     display_name: &'static str,
     inputs: Vec<crate::graph::spec::InputSpec>,
     outputs: Vec<crate::graph::spec::OutputSpec>,
 ) -> NodeSpec {
-    NodeSpec {
-        python_module: "comfy_extras.nodes_mask",
-        ..node(class_type, display_name, "mask", inputs, outputs)
-    }
-}
-
-fn mask_out(mask: Pixels) -> Result<NodeOutput, NodeError> {
-    Ok(NodeOutput::values(vec![Value::Mask(mask.into_mask()?)]))
-}
-
-fn image_out(image: Pixels) -> Result<NodeOutput, NodeError> {
-    Ok(NodeOutput::values(vec![Value::Image(image.into_image()?)]))
+    pixels::extras_node(
+        "comfy_extras.nodes_mask",
+        class_type,
+        display_name,
+        "mask",
+        inputs,
+        outputs,
+    )
 }
 
 /// `x`, `y`, `width`, `height` widgets as ComfyUI declares them.
@@ -160,7 +155,7 @@ impl Node for ImageCompositeMasked {
             None => None,
         };
         let (x, y) = (inputs.usize("x")?, inputs.usize("y")?);
-        image_out(composite(destination, source, x, y, mask)?)
+        composite(destination, source, x, y, mask)?.image_output()
     }
 }
 
@@ -180,7 +175,7 @@ impl Node for MaskToImage {
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let mask = Pixels::mask(inputs.mask("mask")?, "mask")?;
         let data = mask.data.iter().flat_map(|v| [*v; 3]).collect();
-        image_out(Pixels { data, c: 3, ..mask })
+        (Pixels { data, c: 3, ..mask }).image_output()
     }
 }
 
@@ -219,11 +214,12 @@ impl Node for ImageToMask {
             ));
         }
         let data = image.data.chunks_exact(image.c).map(|p| p[index]).collect();
-        mask_out(Pixels {
+        (Pixels {
             data,
             c: 1,
             ..image
         })
+        .mask_output()
     }
 }
 
@@ -266,11 +262,12 @@ impl Node for ImageColorToMask {
                 }
             })
             .collect();
-        mask_out(Pixels {
+        (Pixels {
             data,
             c: 1,
             ..image
         })
+        .mask_output()
     }
 }
 
@@ -295,7 +292,7 @@ impl Node for SolidMask {
         let (w, h) = (inputs.usize("width")?, inputs.usize("height")?);
         let n = pixels::count("width", [1, h, w, 1])?;
         pixels::reserve(ctx, "width", n, 0, &format!("a {w}x{h} mask"))?;
-        mask_out(Pixels::filled(1, h, w, 1, inputs.float("value")? as f32))
+        Pixels::filled(1, h, w, 1, inputs.float("value")? as f32).mask_output()
     }
 }
 
@@ -313,7 +310,9 @@ impl Node for InvertMask {
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        mask_out(Pixels::mask(inputs.mask("mask")?, "mask")?.map(|v| 1.0 - v))
+        Pixels::mask(inputs.mask("mask")?, "mask")?
+            .map(|v| 1.0 - v)
+            .mask_output()
     }
 }
 
@@ -350,7 +349,7 @@ impl Node for CropMask {
         }
         let w = inputs.usize("width")?.min(mask.w - x);
         let h = inputs.usize("height")?.min(mask.h - y);
-        mask_out(crop(&mask, x, y, w, h))
+        crop(&mask, x, y, w, h).mask_output()
     }
 }
 
@@ -428,7 +427,7 @@ impl Node for MaskComposite {
                 }
             }
         }
-        mask_out(out.map(|v| v.clamp(0.0, 1.0)))
+        out.map(|v| v.clamp(0.0, 1.0)).mask_output()
     }
 }
 
@@ -500,7 +499,7 @@ impl Node for FeatherMask {
                 ((i as f64 + 1.0) / bottom as f64) as f32,
             );
         }
-        mask_out(m)
+        m.mask_output()
     }
 }
 
@@ -543,7 +542,7 @@ impl Node for GrowMask {
             }
             std::mem::swap(&mut m.data, &mut next);
         }
-        mask_out(m)
+        m.mask_output()
     }
 }
 
@@ -590,6 +589,6 @@ impl Node for ThresholdMask {
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let value = inputs.float("value")? as f32;
         let mask = Pixels::mask(inputs.mask("mask")?, "mask")?;
-        mask_out(mask.map(|v| f32::from(u8::from(v > value))))
+        mask.map(|v| f32::from(u8::from(v > value))).mask_output()
     }
 }

@@ -5,7 +5,23 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::engine::resize::{resize_image, Crop, UpscaleMethod};
-use crate::nodes::{NodeContext, NodeError};
+use crate::graph::spec::{build, InputSpec, NodeSpec, OutputSpec};
+use crate::nodes::{NodeContext, NodeError, NodeOutput, Value};
+
+/// A declaration of a node from ComfyUI's `comfy_extras` module `python_module`.
+pub fn extras_node(
+    python_module: &'static str,
+    class_type: &'static str,
+    display_name: &'static str,
+    category: &'static str,
+    inputs: Vec<InputSpec>,
+    outputs: Vec<OutputSpec>,
+) -> NodeSpec {
+    NodeSpec {
+        python_module,
+        ..build::node(class_type, display_name, category, inputs, outputs)
+    }
+}
 
 /// A batch `[b, h, w, c]`, row-major; a MASK is `c == 1`.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +159,16 @@ impl Pixels {
             (self.b, self.h, self.w, self.c),
             &Device::Cpu,
         )?)
+    }
+
+    /// A node's single IMAGE output.
+    pub fn image_output(self) -> Result<NodeOutput, NodeError> {
+        Ok(NodeOutput::values(vec![Value::Image(self.into_image()?)]))
+    }
+
+    /// A node's single MASK output.
+    pub fn mask_output(self) -> Result<NodeOutput, NodeError> {
+        Ok(NodeOutput::values(vec![Value::Mask(self.into_mask()?)]))
     }
 
     /// As a MASK `[B, H, W]` (channel 0 of each pixel).
