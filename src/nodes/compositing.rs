@@ -15,14 +15,16 @@ pub fn register(registry: &mut Registry) {
     registry.add(JoinImageWithAlpha);
 }
 
+/// A declaration from `comfy_extras.nodes_compositing`.
 fn spec(
     class_type: &'static str,
     display_name: &'static str,
     inputs: Vec<crate::graph::spec::InputSpec>,
     outputs: Vec<crate::graph::spec::OutputSpec>,
 ) -> NodeSpec {
+    let module = "comfy_extras.nodes_compositing";
     pixels::extras_node(
-        "comfy_extras.nodes_compositing",
+        module,
         class_type,
         display_name,
         "mask/compositing",

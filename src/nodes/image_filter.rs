@@ -130,28 +130,25 @@ impl Node for ImageBlend {
     }
 }
 
-/// ComfyUI's `gaussian_kernel`: `size` x `size` samples of a Gaussian over [-1, 1]², normalised
-/// to sum 1 (so `sigma` is relative to the radius, not in pixels).
-fn gaussian_kernel(size: usize, sigma: f64) -> Vec<f32> {
-    let coords: Vec<f32> = (0..size)
+/// ComfyUI's `gaussian_kernel` (`size` x `size` samples of a Gaussian over [-1, 1]², normalised
+/// to sum 1, so `sigma` is relative to the radius, not in pixels) as the 1-D factor it is the
+/// outer product of: exp(-(x² + y²)/2σ²) = exp(-x²/2σ²)·exp(-y²/2σ²), and the 2-D sum is the
+/// square of the 1-D one. Blurring by rows then columns costs 2·size taps a pixel, not size².
+fn gaussian_1d(size: usize, sigma: f64) -> Vec<f32> {
+    let two_sigma_sq = (2.0 * sigma * sigma) as f32;
+    let weights: Vec<f32> = (0..size)
         .map(|i| {
-            if size == 1 {
+            // torch.linspace(-1, 1, size)
+            let x = if size == 1 {
                 -1.0
             } else {
                 (-1.0 + 2.0 * i as f64 / (size - 1) as f64) as f32
-            }
+            };
+            (-(x * x) / two_sigma_sq).exp()
         })
         .collect();
-    let two_sigma_sq = (2.0 * sigma * sigma) as f32;
-    let mut kernel = Vec::with_capacity(size * size);
-    for &y in &coords {
-        for &x in &coords {
-            let d = (x * x + y * y).sqrt();
-            kernel.push((-(d * d) / two_sigma_sq).exp());
-        }
-    }
-    let sum: f32 = kernel.iter().sum();
-    kernel.iter().map(|v| v / sum).collect()
+    let sum: f32 = weights.iter().sum();
+    weights.iter().map(|w| w / sum).collect()
 }
 
 /// torch's `reflect` padding index: the edge is not repeated (`-1` → `1`).
@@ -161,15 +158,16 @@ fn reflect(i: isize, n: usize) -> usize {
     (if i >= n { 2 * (n - 1) - i } else { i }) as usize
 }
 
-/// Correlates every channel of `image` with a square `kernel` of radius `radius` over a reflected
-/// border (ComfyUI pads with `reflect`, then runs a grouped `conv2d`).
-fn convolve(
+/// Correlates every channel with the separable kernel `weights` ⊗ `weights` over a reflected
+/// border (ComfyUI pads with `reflect`, then runs a grouped `conv2d`). The radius must be smaller
+/// than both sides, as torch's reflect padding requires; `input` is named otherwise.
+fn gaussian_blur(
     ctx: &NodeContext,
     image: &Pixels,
-    kernel: &[f32],
-    radius: usize,
+    weights: &[f32],
     input: &str,
 ) -> Result<Pixels, NodeError> {
+    let radius = weights.len() / 2;
     if radius >= image.h || radius >= image.w {
         return Err(NodeError::input(
             input,
@@ -179,25 +177,46 @@ fn convolve(
             ),
         ));
     }
-    let size = 2 * radius + 1;
+    let taps = |n: usize| -> Vec<Vec<usize>> {
+        (0..n)
+            .map(|i| {
+                (0..weights.len())
+                    .map(|k| reflect(i as isize + k as isize - radius as isize, n))
+                    .collect()
+            })
+            .collect()
+    };
+    let (cols, rows) = (taps(image.w), taps(image.h));
+    let (w, c) = (image.w, image.c);
+    let mut across = Pixels::filled(image.b, image.h, image.w, image.c, 0.0);
+    for (src, dst) in image
+        .data
+        .chunks_exact(w * c)
+        .zip(across.data.chunks_exact_mut(w * c))
+    {
+        for (x, sources) in cols.iter().enumerate() {
+            for ch in 0..c {
+                dst[x * c + ch] = sources
+                    .iter()
+                    .zip(weights)
+                    .map(|(&sx, k)| k * src[sx * c + ch])
+                    .sum();
+            }
+        }
+    }
+    ctx.check_interrupt()?;
     let mut out = Pixels::filled(image.b, image.h, image.w, image.c, 0.0);
+    let plane = image.h * w * c;
     for b in 0..image.b {
-        ctx.check_interrupt()?;
-        for y in 0..image.h {
-            for x in 0..image.w {
-                for ch in 0..image.c {
-                    let mut acc = 0.0f32;
-                    for ky in 0..size {
-                        let sy = reflect(y as isize + ky as isize - radius as isize, image.h);
-                        let row = &kernel[ky * size..(ky + 1) * size];
-                        for (kx, k) in row.iter().enumerate() {
-                            let sx = reflect(x as isize + kx as isize - radius as isize, image.w);
-                            acc += k * image.data[image.at(b, sy, sx, ch)];
-                        }
-                    }
-                    let i = out.at(b, y, x, ch);
-                    out.data[i] = acc;
-                }
+        let src = &across.data[b * plane..(b + 1) * plane];
+        let dst = &mut out.data[b * plane..(b + 1) * plane];
+        for (y, sources) in rows.iter().enumerate() {
+            for i in 0..w * c {
+                dst[y * w * c + i] = sources
+                    .iter()
+                    .zip(weights)
+                    .map(|(&sy, k)| k * src[sy * w * c + i])
+                    .sum();
             }
         }
     }
@@ -224,8 +243,8 @@ impl Node for ImageBlur {
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let image = Pixels::image(inputs.image("image")?, "image")?;
         let radius = inputs.usize("blur_radius")?;
-        let kernel = gaussian_kernel(2 * radius + 1, inputs.float("sigma")?);
-        convolve(ctx, &image, &kernel, radius, "blur_radius")?.image_output()
+        let weights = gaussian_1d(2 * radius + 1, inputs.float("sigma")?);
+        gaussian_blur(ctx, &image, &weights, "blur_radius")?.image_output()
     }
 }
 
@@ -250,17 +269,22 @@ impl Node for ImageSharpen {
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let image = Pixels::image(inputs.image("image")?, "image")?;
         let radius = inputs.usize("sharpen_radius")?;
-        let size = 2 * radius + 1;
+        let weights = gaussian_1d(2 * radius + 1, inputs.float("sigma")?);
+        // ComfyUI's kernel is -10·alpha·G with 1 - sum(-10·alpha·G) added at the centre, so the
+        // result is -10·alpha·blur + (1 - that sum)·pixel.
         let scale = -(inputs.float("alpha")? * 10.0) as f32;
-        let mut kernel: Vec<f32> = gaussian_kernel(size, inputs.float("sigma")?)
-            .into_iter()
-            .map(|v| v * scale)
+        let sum: f32 = weights
+            .iter()
+            .flat_map(|a| weights.iter().map(move |b| a * b * scale))
+            .sum();
+        let blurred = gaussian_blur(ctx, &image, &weights, "sharpen_radius")?;
+        let data = blurred
+            .data
+            .iter()
+            .zip(&image.data)
+            .map(|(b, p)| (scale * b + (1.0 - sum) * p).clamp(0.0, 1.0))
             .collect();
-        let center = radius * size + radius;
-        let sum: f32 = kernel.iter().sum();
-        kernel[center] = kernel[center] - sum + 1.0;
-        let out = convolve(ctx, &image, &kernel, radius, "sharpen_radius")?;
-        out.map(|v| v.clamp(0.0, 1.0)).image_output()
+        Pixels { data, ..image }.image_output()
     }
 }
 
