@@ -626,6 +626,17 @@ async fn bad_inputs_fail_their_node_and_name_the_input() {
             "3",
             "input 'image2'",
         ),
+        (
+            json!({
+                "1": image(1),
+                "2": {"class_type": "ImageToMask", "inputs": {"image": ["1", 0], "channel": "red"}},
+                "3": {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["1", 0], "alpha": ["2", 0]}},
+                "4": {"class_type": "PorterDuffImageComposite", "inputs": {"source": ["3", 0], "source_alpha": ["2", 0], "destination": ["1", 0], "destination_alpha": ["2", 0], "mode": "SRC_OVER"}},
+                "5": save(json!(["4", 0]), "bad")
+            }),
+            "4",
+            "input 'source': has 4 channels but the destination has 3",
+        ),
     ];
     for (graph, node, message) in cases {
         let error = run_failing(&app, graph).await;

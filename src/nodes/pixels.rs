@@ -42,6 +42,9 @@ impl Pixels {
                 format!("expected an IMAGE [B,H,W,C], got shape {:?}", tensor.dims()),
             )
         })?;
+        if b * h * w * c == 0 {
+            return Err(empty(input, tensor));
+        }
         Ok(Pixels {
             data: flat(tensor)?,
             b,
@@ -184,6 +187,11 @@ impl Pixels {
             &Device::Cpu,
         )?)
     }
+}
+
+/// The nodes here have no meaning for a batch with no pixels (ComfyUI fails on them in torch).
+fn empty(input: &str, tensor: &Tensor) -> NodeError {
+    NodeError::input(input, format!("has no pixels (shape {:?})", tensor.dims()))
 }
 
 fn flat(tensor: &Tensor) -> Result<Vec<f32>, NodeError> {
