@@ -100,6 +100,68 @@ async fn every_node_matches_comfyui_reference_outputs() {
     );
 }
 
+/// Over 65,536 colours, Pillow's median cut works on colours with a bit per channel dropped; the
+/// fixture has hashes of ComfyUI's outputs for an image both sides draw from one formula.
+#[actix_web::test]
+async fn quantize_matches_pillow_on_a_many_coloured_image() {
+    use sha2::{Digest, Sha256};
+    let app = spawn_app().await;
+    let ctx = context(&app);
+    let meta: Json = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("cases.json")).expect("cases.json"),
+    )
+    .unwrap();
+    let (w, h) = (320usize, 240usize);
+    let mut levels = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            levels.extend([
+                (x * 7 + y * 13) % 256,
+                (x * x / 5 + y * 3) % 256,
+                ((x * 5) ^ (y * 11)) % 256,
+            ]);
+        }
+    }
+    let pixels: Vec<f32> = levels.iter().map(|&v| v as f32 / 255.0).collect();
+    let image = Tensor::from_vec(pixels, (1, h, w, 3), &Device::Cpu).unwrap();
+    let node = Registry::standard();
+    let node = node.node("ImageQuantize").unwrap();
+    for case in meta["large_quantize"].as_array().unwrap() {
+        let out = node
+            .run(
+                &ctx,
+                &Inputs::new(vec![
+                    ("image".into(), Value::Image(image.clone())),
+                    (
+                        "colors".into(),
+                        Value::Int(case["colors"].as_i64().unwrap().into()),
+                    ),
+                    (
+                        "dither".into(),
+                        Value::String(case["dither"].as_str().unwrap().into()),
+                    ),
+                ]),
+            )
+            .unwrap();
+        let Value::Image(out) = &out.values[0] else {
+            panic!()
+        };
+        let bytes: Vec<u8> = out
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| (v * 255.0).round() as u8)
+            .collect();
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            case["sha256"].as_str().unwrap(),
+            "{case}"
+        );
+    }
+}
+
 #[actix_web::test]
 async fn get_image_size_reports_width_height_and_batch() {
     let app = spawn_app().await;

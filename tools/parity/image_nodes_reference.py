@@ -11,6 +11,7 @@ same cases through Weft's registry.
 
 Run with /tmp/peer-venv/bin/python (torch, numpy, scipy, kornia, pillow, safetensors).
 """
+import hashlib
 import json
 import math
 import os
@@ -658,12 +659,25 @@ def main():
     case("add_noise", "ImageAddNoise", {"image": img("image_a"), "seed": 42, "strength": 0.3}, [add_noise(T["image_a"], 42, 0.3)])
     case("add_noise_big_seed", "ImageAddNoise", {"image": img("image_b"), "seed": 2**64 - 5, "strength": 1.0}, [add_noise(T["image_b"], 2**64 - 5, 1.0)])
 
+    # A 320x240 image with 73,551 colours: Pillow's histogram then drops a bit per channel (over
+    # 65,536 entries). Too big to commit: both sides draw it from this formula, and the fixture
+    # keeps a SHA-256 of the output's uint8 levels.
+    yy, xx = np.mgrid[0:240, 0:320]
+    big = np.stack([(xx * 7 + yy * 13) % 256, (xx * xx // 5 + yy * 3) % 256, ((xx * 5) ^ (yy * 11)) % 256], -1)
+    big = torch.from_numpy(big.astype(np.uint8)).float().unsqueeze(0) / 255
+    large = []
+    for colors, dither in [(16, "none"), (64, "floyd-steinberg"), (7, "bayer-8")]:
+        out = quantize(big, colors, dither)
+        levels = (out * 255).round().to(torch.uint8).numpy().tobytes()
+        large.append({"colors": colors, "dither": dither, "sha256": hashlib.sha256(levels).hexdigest()})
+
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(OUT, "reference.safetensors"))
     meta = {
         "generated_by": "tools/parity/image_nodes_reference.py",
         "versions": {"torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
                      "kornia": kornia.__version__, "pillow": PIL.__version__},
         "cases": cases,
+        "large_quantize": large,
     }
     with open(os.path.join(OUT, "cases.json"), "w") as f:
         json.dump(meta, f, indent=1)
