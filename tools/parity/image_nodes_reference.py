@@ -656,6 +656,10 @@ def main():
     case("resize_and_pad_area", "ResizeAndPadImage",
          {"image": img("image_a"), "target_width": 6, "target_height": 15, "padding_color": "black", "interpolation": "area"},
          [resize_and_pad(T["image_a"], 6, 15, "black", "area")])
+    for tw, th in [(7, 20), (30, 30)]:
+        case(f"resize_and_pad_lanczos_{tw}x{th}", "ResizeAndPadImage",
+             {"image": img("image_a"), "target_width": tw, "target_height": th, "padding_color": "white", "interpolation": "lanczos"},
+             [resize_and_pad(T["image_a"], tw, th, "white", "lanczos")], tol=1.01 / 255)
     case("add_noise", "ImageAddNoise", {"image": img("image_a"), "seed": 42, "strength": 0.3}, [add_noise(T["image_a"], 42, 0.3)])
     case("add_noise_big_seed", "ImageAddNoise", {"image": img("image_b"), "seed": 2**64 - 5, "strength": 1.0}, [add_noise(T["image_b"], 2**64 - 5, 1.0)])
 
