@@ -14,6 +14,7 @@ mod engine;
 mod examples;
 mod generate;
 mod helpers;
+mod image_edit_nodes;
 mod image_nodes;
 mod lora_nodes;
 mod memory;

@@ -6,14 +6,21 @@
 //! `NodeContext` (folders, progress, interrupt), which `exec` fills in. Adding a node touches one
 //! file here (its family's), plus its test.
 
+pub mod compositing;
 pub mod conditioning;
 pub mod controlnet;
+pub mod image_anim;
+pub mod image_filter;
 pub mod image_io;
 pub mod image_ops;
+pub mod image_transform;
 pub mod latent;
 pub mod loaders;
 pub mod lora;
+pub mod mask;
+mod pixels;
 pub mod preprocessors;
+mod quantize;
 pub mod sampling;
 pub mod testing;
 mod value;
@@ -81,6 +88,9 @@ pub struct Ui {
     pub images: Vec<FileRef>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub text: Vec<String>,
+    /// Whether each of `images` is animated (SaveAnimatedPNG/WEBP: `[true]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub animated: Vec<bool>,
 }
 
 /// A file a node wrote, as clients fetch it through `/view`.
@@ -271,6 +281,11 @@ impl Registry {
         sampling::register(&mut registry);
         image_io::register(&mut registry);
         image_ops::register(&mut registry);
+        image_transform::register(&mut registry);
+        image_filter::register(&mut registry);
+        image_anim::register(&mut registry);
+        mask::register(&mut registry);
+        compositing::register(&mut registry);
         preprocessors::register(&mut registry);
         registry
     }

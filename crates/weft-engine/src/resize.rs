@@ -92,6 +92,13 @@ pub fn common_upscale(
             }
         }
     }
+    if quantize {
+        // PIL keeps its intermediate image in 8 bits too: the horizontal pass is rounded and
+        // clipped before the vertical one (Lanczos overshoots are cut there).
+        for v in &mut tmp {
+            *v = (*v * 255.0).round().clamp(0.0, 255.0) / 255.0;
+        }
+    }
     let mut out = vec![0f32; planes * height * width];
     for p in 0..planes {
         for (y, taps) in rows.iter().enumerate() {
