@@ -159,6 +159,8 @@ fn core(
         freshness: Freshness::Pure,
         self_validated: &[],
         python_module: "nodes",
+        input_is_list: false,
+        output_is_list: &[],
     }
 }
 

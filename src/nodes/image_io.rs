@@ -68,6 +68,8 @@ impl Node for LoadImage {
             freshness: Freshness::ReadsFiles,
             self_validated: &["image"],
             python_module: "nodes",
+            input_is_list: false,
+            output_is_list: &[],
         }
     }
 
@@ -169,6 +171,8 @@ impl Node for LoadImageMask {
             freshness: Freshness::ReadsFiles,
             self_validated: &["image"],
             python_module: "nodes",
+            input_is_list: false,
+            output_is_list: &[],
         }
     }
 
@@ -229,6 +233,8 @@ impl Node for SaveImage {
             freshness: Freshness::Pure,
             self_validated: &[],
             python_module: "nodes",
+            input_is_list: false,
+            output_is_list: &[],
         }
     }
 
@@ -272,6 +278,8 @@ impl Node for PreviewImage {
             freshness: Freshness::Pure,
             self_validated: &[],
             python_module: "nodes",
+            input_is_list: false,
+            output_is_list: &[],
         }
     }
 

@@ -81,6 +81,18 @@ pub struct Ui {
     pub images: Vec<FileRef>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub text: Vec<String>,
+    /// Latent files written (SaveLatent).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub latents: Vec<FileRef>,
+}
+
+impl Ui {
+    /// Adds `other`'s entries after these (a node run once per list element shows them all).
+    pub fn append(&mut self, other: Ui) {
+        self.images.extend(other.images);
+        self.text.extend(other.text);
+        self.latents.extend(other.latents);
+    }
 }
 
 /// A file a node wrote, as clients fetch it through `/view`.

@@ -53,6 +53,8 @@ fn node(
         freshness: Freshness::Pure,
         self_validated: &[],
         python_module: "nodes",
+        input_is_list: false,
+        output_is_list: &[],
     }
 }
 

@@ -89,11 +89,18 @@ impl LatentFormat {
     }
 }
 
-/// A UNet with everything needed to sample it.
-#[derive(Debug)]
+/// A function from latent to latent (ComfyUI's `LATENT_OPERATION`): applied to samples by a
+/// node, or inside CFG through [`DiffusionModel::with_cfg_operation`].
+pub trait LatentOperation: std::fmt::Debug + Send + Sync {
+    /// The operation applied to `latent` (`[B, C, h, w]`, f32).
+    fn apply(&self, latent: &Tensor) -> Result<Tensor>;
+}
+
+/// A UNet with everything needed to sample it. Cloning shares the network and its weights.
+#[derive(Debug, Clone)]
 pub struct DiffusionModel {
     /// The denoising network.
-    pub unet: UNet2DConditionModel,
+    pub unet: Arc<UNet2DConditionModel>,
     /// Which architecture the checkpoint was detected as.
     pub family: ModelFamily,
     /// What the UNet predicts (epsilon or v), which picks the sampling config.
@@ -106,6 +113,9 @@ pub struct DiffusionModel {
     pub bytes: usize,
     /// The UNet's diffusers-named weights (shared with the model), for LoRA patching.
     pub weights: Option<Arc<std::collections::HashMap<String, Tensor>>>,
+    /// Operations applied, in order, to the conditional prediction before CFG combines it
+    /// (ComfyUI's `sampler_pre_cfg_function` as `LatentApplyOperationCFG` sets it).
+    pub cfg_operations: Vec<Arc<dyn LatentOperation>>,
 }
 
 impl DiffusionModel {
@@ -122,14 +132,23 @@ impl DiffusionModel {
             Prediction::V => SamplingConfig::sd_v(),
         });
         DiffusionModel {
-            unet,
+            unet: Arc::new(unet),
             family,
             prediction,
             sampling,
             latent: LatentFormat::for_family(family),
             bytes,
             weights: None,
+            cfg_operations: Vec::new(),
         }
+    }
+
+    /// The same model with `operation` applied to the guidance before CFG: to `cond − uncond`
+    /// (and `uncond` added back) when the negative side is evaluated, else to `cond`.
+    pub fn with_cfg_operation(&self, operation: Arc<dyn LatentOperation>) -> DiffusionModel {
+        let mut model = self.clone();
+        model.cfg_operations.push(operation);
+        model
     }
 
     /// Keeps the weights the UNet was built from.
@@ -399,9 +418,19 @@ impl Denoiser for CfgDenoiser<'_> {
             }
             None => x.clone(),
         };
-        let cond = self.eval_list(&self.positive, &x, sigma)?;
-        let (result, uncond) = if self.need_uncond {
-            let uncond = self.eval_list(&self.negative, &x, sigma)?;
+        let mut cond = self.eval_list(&self.positive, &x, sigma)?;
+        let uncond = if self.need_uncond {
+            Some(self.eval_list(&self.negative, &x, sigma)?)
+        } else {
+            None
+        };
+        for operation in &self.model.cfg_operations {
+            cond = match &uncond {
+                Some(uncond) => (operation.apply(&(&cond - uncond)?)? + uncond)?,
+                None => operation.apply(&cond)?,
+            };
+        }
+        let (result, uncond) = if let Some(uncond) = uncond {
             let result = (&uncond + ((&cond - &uncond)? * self.cfg)?)?;
             (result, Some(uncond))
         } else {
