@@ -112,6 +112,7 @@ impl Catalog for TestCatalog {
                 .map(|(_, name)| (*name).to_owned())
                 .collect(),
             ComboOptions::Files(FileList::InputImages) => vec!["example.png".into()],
+            ComboOptions::Files(FileList::InputLatents) => Vec::new(),
         }
     }
 

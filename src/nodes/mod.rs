@@ -11,9 +11,13 @@ pub mod controlnet;
 pub mod image_io;
 pub mod image_ops;
 pub mod latent;
+pub mod latent_files;
+pub mod latent_filters;
+pub mod latent_ops;
 pub mod loaders;
 pub mod lora;
 pub mod preprocessors;
+pub mod primitives;
 pub mod sampling;
 pub mod testing;
 mod value;
@@ -280,10 +284,14 @@ impl Registry {
         conditioning::register(&mut registry);
         controlnet::register(&mut registry);
         latent::register(&mut registry);
+        latent_ops::register(&mut registry);
+        latent_files::register(&mut registry);
+        latent_filters::register(&mut registry);
         sampling::register(&mut registry);
         image_io::register(&mut registry);
         image_ops::register(&mut registry);
         preprocessors::register(&mut registry);
+        primitives::register(&mut registry);
         registry
     }
 
@@ -337,6 +345,7 @@ pub fn combo_options(dirs: &DataDirs, options: &ComboOptions) -> Vec<String> {
     match options {
         ComboOptions::Static(list) => list.iter().map(|s| (*s).to_owned()).collect(),
         ComboOptions::Files(FileList::InputImages) => dirs.list_input_images(),
+        ComboOptions::Files(FileList::InputLatents) => dirs.list_input_files(&["latent"]),
         ComboOptions::Files(FileList::Models(folder)) => {
             dirs.list_models(folder).unwrap_or_default()
         }

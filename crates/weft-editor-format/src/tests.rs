@@ -27,6 +27,7 @@ impl Catalog for TestCatalog {
             }
             ComboOptions::Files(FileList::Models(_)) => Vec::new(),
             ComboOptions::Files(FileList::InputImages) => vec!["example.png".into()],
+            ComboOptions::Files(FileList::InputLatents) => Vec::new(),
         }
     }
 

@@ -84,6 +84,8 @@ pub enum ComboOptions {
 pub enum FileList {
     /// Image files at the top level of the input folder (LoadImage).
     InputImages,
+    /// `.latent` files at the top level of the input folder (LoadLatent).
+    InputLatents,
     /// Files of a model folder, recursively, with relative paths (`sub/x.safetensors`).
     Models(&'static str),
 }
