@@ -14,6 +14,7 @@ mod examples;
 mod generate;
 mod helpers;
 mod image_nodes;
+mod latent_nodes;
 mod lora_nodes;
 mod memory;
 mod models;

@@ -68,7 +68,7 @@ impl LatentOperation for TonemapReinhard {
         // Torch multiplies by the reciprocal, then scales back.
         let scaled = magnitude.broadcast_mul(&top.recip()?)?;
         let mapped = (&scaled / (&scaled + 1.0)?)?.broadcast_mul(&top)?;
-        normalized * mapped
+        normalized.broadcast_mul(&mapped)
     }
 }
 
