@@ -1140,6 +1140,126 @@ mod tests {
         );
     }
 
+    fn list(items: &[i128]) -> Value {
+        Value::List(Arc::new(items.iter().map(|&i| Value::Int(i)).collect()))
+    }
+
+    fn ints(value: &Value) -> Vec<i128> {
+        value
+            .elements()
+            .iter()
+            .map(|v| match v {
+                Value::Int(i) => *i,
+                other => panic!("not an int: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn spec(input_is_list: bool, output_is_list: &'static [bool]) -> crate::graph::NodeSpec {
+        use crate::graph::spec::build::*;
+        let mut spec = node(
+            "T",
+            "T",
+            "t",
+            vec![],
+            vec![output(crate::graph::SlotType::INT, "INT")],
+        );
+        spec.input_is_list = input_is_list;
+        spec.output_is_list = output_is_list;
+        spec
+    }
+
+    fn inputs(values: Vec<(&str, Value)>) -> Inputs {
+        Inputs::new(values.into_iter().map(|(n, v)| (n.to_owned(), v)).collect())
+    }
+
+    #[test]
+    fn a_plain_node_runs_once_per_list_element_shorter_lists_repeating_their_last() {
+        let given = inputs(vec![
+            ("a", list(&[1, 2, 3])),
+            ("b", list(&[10, 20])),
+            ("c", Value::Int(7)),
+        ]);
+        let runs = map_over_lists(&spec(false, &[]), given).unwrap();
+        let seen: Vec<Vec<i128>> = runs
+            .iter()
+            .map(|r| ["a", "b", "c"].map(|n| ints(r.get(n).unwrap())[0]).to_vec())
+            .collect();
+        assert_eq!(seen, [[1, 10, 7], [2, 20, 7], [3, 20, 7]]);
+        // Without lists, or for a list node, one run with the inputs as they are.
+        assert_eq!(
+            map_over_lists(&spec(false, &[]), inputs(vec![("a", Value::Int(1))]))
+                .unwrap()
+                .len(),
+            1
+        );
+        let whole = map_over_lists(&spec(true, &[]), inputs(vec![("a", list(&[1, 2]))])).unwrap();
+        assert_eq!(ints(whole[0].get("a").unwrap()), [1, 2]);
+        let error = map_over_lists(&spec(false, &[]), inputs(vec![("a", list(&[]))])).unwrap_err();
+        assert_eq!(error.to_string(), "input 'a': is an empty list");
+    }
+
+    #[test]
+    fn results_merge_into_lists_joining_list_outputs_and_uis() {
+        let out = |v: Value, image: &str| NodeOutput {
+            values: vec![v],
+            ui: Some(Ui {
+                text: vec![image.to_owned()],
+                ..Ui::default()
+            }),
+        };
+        // A plain output of several runs is the list of their values.
+        let merged = merge_outputs(
+            &spec(false, &[]),
+            vec![out(Value::Int(1), "x"), out(Value::Int(2), "y")],
+        );
+        assert_eq!(ints(&merged.values[0]), [1, 2]);
+        assert_eq!(merged.ui.unwrap().text, ["x", "y"]);
+        // List outputs are joined; a list of one is the value itself.
+        let merged = merge_outputs(
+            &spec(false, &[true]),
+            vec![out(list(&[1, 2]), "x"), out(Value::Int(3), "y")],
+        );
+        assert_eq!(ints(&merged.values[0]), [1, 2, 3]);
+        let merged = merge_outputs(&spec(true, &[true]), vec![out(list(&[5]), "x")]);
+        assert!(matches!(merged.values[0], Value::Int(5)));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_list_output_feeds_a_node_once_per_element_and_is_cached_whole() {
+        let h = Harness::new().await;
+        let prompt = json!({
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 3, "color": 0}},
+            "2": {"class_type": "RebatchImages", "inputs": {"images": ["1", 0], "batch_size": 2}},
+            "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+            "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+        });
+        let (first, _) = h.run(prompt.clone()).await;
+        assert_eq!(first.status, PromptStatus::Done);
+        assert_eq!(first.outputs["4"]["images"].as_array().unwrap().len(), 3);
+        let key = |id: &str| {
+            let plan = Workflow::from_api_json(&prompt).unwrap();
+            let catalog = h.exec.registry.catalog(&h.exec.dirs);
+            let plan = validate(&plan, &catalog, None).plan.unwrap();
+            plan.signatures(&vec![None; plan.nodes().len()])[plan.index_of(id).unwrap()].key
+        };
+        let inverted = lock(&h.exec.cache).get(&key("3")).unwrap();
+        let Value::List(batches) = &inverted.values[0] else {
+            panic!("a list: {:?}", inverted.values[0])
+        };
+        let sizes: Vec<usize> = batches
+            .iter()
+            .map(|b| match b {
+                Value::Image(t) => t.dim(0).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, [2, 1]);
+        let (second, report) = h.run(prompt).await;
+        assert_eq!(second.outputs["4"], first.outputs["4"]);
+        assert_eq!(report.last().unwrap().1, NodeReportStatus::Cached);
+    }
+
     #[test]
     fn cached_values_count_no_readers_for_nodes_that_do_not_run() {
         let plan = plan();
