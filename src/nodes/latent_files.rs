@@ -139,7 +139,7 @@ impl LoadLatent {
                 samples.dims()
             ));
         }
-        let marked = file.names().iter().any(|n| *n == FORMAT_VERSION_0);
+        let marked = file.names().contains(&FORMAT_VERSION_0);
         if marked {
             Ok(samples)
         } else {

@@ -1,8 +1,8 @@
 //! Latent arithmetic, batching, transforms and rebatching: LatentAdd, LatentSubtract,
 //! LatentMultiply, LatentInterpolate, LatentBatch, LatentBatchSeedBehavior (ComfyUI's
 //! `comfy_extras/nodes_latent.py`), LatentCompositeMasked (`nodes_mask.py`), LatentCrop,
-//! LatentFlip, LatentRotate (`nodes.py`), RebatchLatents and RebatchImages (`nodes_rebatch.py`,
-//! list nodes). Saving and loading latents is `latent_files`, latent operations `latent_filters`.
+//! LatentFlip, LatentRotate (`nodes.py`). Rebatching is `rebatch`, saving and loading latents
+//! `latent_files`, latent operations `latent_filters`.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -12,7 +12,7 @@ use crate::graph::spec::{InputSpec, NodeSpec, OutputSpec};
 use crate::graph::SlotType;
 use crate::nodes::image_ops::MAX_RESOLUTION;
 use crate::nodes::latent::{latent_out, latent_value, samples_dims};
-use crate::nodes::{Inputs, Latent, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
+use crate::nodes::{Inputs, Latent, Node, NodeContext, NodeError, NodeOutput, Registry};
 
 pub fn register(registry: &mut Registry) {
     registry.add(LatentBinary {
@@ -29,14 +29,22 @@ pub fn register(registry: &mut Registry) {
     registry.add(LatentBatchSeedBehavior);
     registry.add(LatentCompositeMasked);
     registry.add(LatentCrop);
-    registry.add(LatentFlip);
-    registry.add(LatentRotate);
-    registry.add(RebatchLatents);
-    registry.add(RebatchImages);
+    registry.add(LatentTransform {
+        class_type: "LatentFlip",
+        display_name: "Flip Latent",
+        choice: ("flip_method", FLIP_METHODS),
+        transform: flip_latent,
+    });
+    registry.add(LatentTransform {
+        class_type: "LatentRotate",
+        display_name: "Rotate Latent",
+        choice: ("rotation", ROTATIONS),
+        transform: rotate_latent,
+    });
 }
 
 /// A declaration from `comfy_extras/<module>.py`, whose display name is its class name.
-fn extras_spec(
+pub fn extras_spec(
     class_type: &'static str,
     module: &'static str,
     category: &'static str,
@@ -46,6 +54,16 @@ fn extras_spec(
     let mut spec = node(class_type, class_type, category, inputs, outputs);
     spec.python_module = module;
     spec
+}
+
+/// `samples1` and `samples2`, then `more`: the inputs of the nodes that combine two latents.
+fn two_latents(more: Vec<InputSpec>) -> Vec<InputSpec> {
+    let mut inputs = vec![
+        required("samples1", link(SlotType::LATENT)),
+        required("samples2", link(SlotType::LATENT)),
+    ];
+    inputs.extend(more);
+    inputs
 }
 
 /// `latent` with new samples; its noise mask and batch indices kept (ComfyUI's `samples.copy()`).
@@ -111,10 +129,7 @@ impl Node for LatentBinary {
             self.class_type,
             "comfy_extras.nodes_latent",
             "latent/advanced",
-            vec![
-                required("samples1", link(SlotType::LATENT)),
-                required("samples2", link(SlotType::LATENT)),
-            ],
+            two_latents(vec![]),
             latent_out(),
         )
     }
@@ -195,11 +210,7 @@ impl Node for LatentInterpolate {
             "LatentInterpolate",
             "comfy_extras.nodes_latent",
             "latent/advanced",
-            vec![
-                required("samples1", link(SlotType::LATENT)),
-                required("samples2", link(SlotType::LATENT)),
-                required("ratio", float(1.0, 0.0, 1.0, 0.01)),
-            ],
+            two_latents(vec![required("ratio", float(1.0, 0.0, 1.0, 0.01))]),
             latent_out(),
         )
     }
@@ -231,10 +242,7 @@ impl Node for LatentBatch {
             "LatentBatch",
             "comfy_extras.nodes_latent",
             "latent/batch",
-            vec![
-                required("samples1", link(SlotType::LATENT)),
-                required("samples2", link(SlotType::LATENT)),
-            ],
+            two_latents(vec![]),
             latent_out(),
         )
     }
@@ -487,53 +495,51 @@ fn flip(t: &Tensor, dim: usize) -> Result<Tensor, NodeError> {
 }
 
 const FLIP_METHODS: &[&str] = &["x-axis: vertically", "y-axis: horizontally"];
-
-/// Mirrors latents top to bottom (x-axis) or left to right (y-axis).
-pub struct LatentFlip;
-
-impl Node for LatentFlip {
-    fn spec(&self) -> NodeSpec {
-        node(
-            "LatentFlip",
-            "Flip Latent",
-            "latent/transform",
-            vec![
-                required("samples", link(SlotType::LATENT)),
-                required("flip_method", combo(FLIP_METHODS)),
-            ],
-            latent_out(),
-        )
-    }
-
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let latent = inputs.latent("samples")?;
-        samples_dims(latent, "samples")?;
-        let method = inputs.string("flip_method")?;
-        let samples = if method.starts_with('x') {
-            flip(&latent.samples, 2)?
-        } else if method.starts_with('y') {
-            flip(&latent.samples, 3)?
-        } else {
-            latent.samples.clone()
-        };
-        Ok(latent_value(with_samples(latent, samples)))
-    }
-}
-
 const ROTATIONS: &[&str] = &["none", "90 degrees", "180 degrees", "270 degrees"];
 
-/// Rotates latents clockwise by quarter turns (torch's `rot90` over dims [3, 2]).
-pub struct LatentRotate;
+/// LatentFlip: mirrors latents top to bottom (x-axis) or left to right (y-axis).
+fn flip_latent(samples: &Tensor, method: &str) -> Result<Tensor, NodeError> {
+    if method.starts_with('x') {
+        flip(samples, 2)
+    } else if method.starts_with('y') {
+        flip(samples, 3)
+    } else {
+        Ok(samples.clone())
+    }
+}
 
-impl Node for LatentRotate {
+/// LatentRotate: clockwise quarter turns (torch's `rot90` over dims [3, 2]: k=1 flips dim 2 then
+/// swaps, k=2 flips both, k=3 flips dim 3 then swaps).
+fn rotate_latent(samples: &Tensor, rotation: &str) -> Result<Tensor, NodeError> {
+    Ok(if rotation.starts_with("90") {
+        flip(samples, 2)?.transpose(2, 3)?.contiguous()?
+    } else if rotation.starts_with("180") {
+        flip(&flip(samples, 3)?, 2)?
+    } else if rotation.starts_with("270") {
+        flip(samples, 3)?.transpose(2, 3)?.contiguous()?
+    } else {
+        samples.clone()
+    })
+}
+
+/// A transform of `samples` picked by one combo (LatentFlip, LatentRotate; `nodes.py`).
+pub struct LatentTransform {
+    class_type: &'static str,
+    display_name: &'static str,
+    /// The combo's name and options.
+    choice: (&'static str, &'static [&'static str]),
+    transform: fn(&Tensor, &str) -> Result<Tensor, NodeError>,
+}
+
+impl Node for LatentTransform {
     fn spec(&self) -> NodeSpec {
         node(
-            "LatentRotate",
-            "Rotate Latent",
+            self.class_type,
+            self.display_name,
             "latent/transform",
             vec![
                 required("samples", link(SlotType::LATENT)),
-                required("rotation", combo(ROTATIONS)),
+                required(self.choice.0, combo(self.choice.1)),
             ],
             latent_out(),
         )
@@ -542,222 +548,8 @@ impl Node for LatentRotate {
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let latent = inputs.latent("samples")?;
         samples_dims(latent, "samples")?;
-        let rotation = inputs.string("rotation")?;
-        let s = &latent.samples;
-        // rot90(k, dims=[a, b]): k=1 flips b then swaps; k=2 flips both; k=3 flips a then swaps.
-        let samples = if rotation.starts_with("90") {
-            flip(s, 2)?.transpose(2, 3)?.contiguous()?
-        } else if rotation.starts_with("180") {
-            flip(&flip(s, 3)?, 2)?
-        } else if rotation.starts_with("270") {
-            flip(s, 3)?.transpose(2, 3)?.contiguous()?
-        } else {
-            s.clone()
-        };
+        let samples = (self.transform)(&latent.samples, inputs.string(self.choice.0)?)?;
         Ok(latent_value(with_samples(latent, samples)))
-    }
-}
-
-/// A batch being assembled by RebatchLatents: samples, masks and noise indices, all of one
-/// batch length.
-struct Pending {
-    samples: Tensor,
-    masks: Tensor,
-    indices: Vec<usize>,
-}
-
-impl Pending {
-    fn len(&self) -> usize {
-        self.indices.len()
-    }
-
-    /// Items `start..start + len` (clamped to the batch).
-    fn slice(&self, start: usize, len: usize) -> Result<Pending, NodeError> {
-        let len = len.min(self.len().saturating_sub(start));
-        Ok(Pending {
-            samples: self.samples.narrow(0, start, len)?,
-            masks: self.masks.narrow(0, start, len)?,
-            indices: self.indices[start..start + len].to_vec(),
-        })
-    }
-
-    fn join(self, next: Pending) -> Result<Pending, NodeError> {
-        if self.masks.dims()[1..] != next.masks.dims()[1..] {
-            return Err(NodeError::input(
-                "latents",
-                format!(
-                    "noise masks of sizes {:?} and {:?} cannot be batched together",
-                    &self.masks.dims()[2..],
-                    &next.masks.dims()[2..]
-                ),
-            ));
-        }
-        let mut indices = self.indices;
-        indices.extend(next.indices);
-        Ok(Pending {
-            samples: Tensor::cat(&[&self.samples, &next.samples], 0)?,
-            masks: Tensor::cat(&[&self.masks, &next.masks], 0)?,
-            indices,
-        })
-    }
-
-    /// The finished LATENT; a mask of all ones is dropped.
-    fn into_latent(self) -> Result<Value, NodeError> {
-        let mean = self.masks.mean_all()?.to_scalar::<f32>()?;
-        Ok(Value::Latent(Latent {
-            samples: self.samples,
-            noise_mask: (mean != 1.0).then_some(self.masks),
-            batch_index: Some(self.indices),
-        }))
-    }
-}
-
-/// Regroups a list of latent batches into batches of `batch_size` (a list node).
-pub struct RebatchLatents;
-
-impl RebatchLatents {
-    /// One input latent as a pending batch: its mask (ones at image size when it has none)
-    /// repeated to its batch, its indices (counting on from `offset` when it has none).
-    fn pending(latent: &Latent, offset: usize) -> Result<Pending, NodeError> {
-        let (b, _, h, w) = samples_dims(latent, "latents")?;
-        let masks = match &latent.noise_mask {
-            Some(mask) => {
-                let mask = if mask.dim(0)? < b {
-                    repeat_to_batch_size(mask, b)?
-                } else {
-                    mask.narrow(0, 0, b)?
-                };
-                mask.to_dtype(DType::F32)?
-            }
-            None => Tensor::ones((b, 1, h * 8, w * 8), DType::F32, &Device::Cpu)?,
-        };
-        let indices = match &latent.batch_index {
-            Some(indices) => indices.clone(),
-            None => (offset..offset + b).collect(),
-        };
-        if indices.len() != b {
-            return Err(NodeError::input(
-                "latents",
-                format!(
-                    "a latent has {b} samples but {} batch indices",
-                    indices.len()
-                ),
-            ));
-        }
-        Ok(Pending {
-            samples: latent.samples.clone(),
-            masks,
-            indices,
-        })
-    }
-}
-
-impl Node for RebatchLatents {
-    fn spec(&self) -> NodeSpec {
-        let mut spec = extras_spec(
-            "RebatchLatents",
-            "comfy_extras.nodes_rebatch",
-            "latent/batch",
-            vec![
-                required("latents", link(SlotType::LATENT)),
-                required("batch_size", int(1, 1, 4096)),
-            ],
-            latent_out(),
-        );
-        spec.display_name = "Rebatch Latents";
-        spec.input_is_list = true;
-        spec.output_is_list = &[true];
-        spec
-    }
-
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let batch_size = inputs.firsts().usize("batch_size")?;
-        let mut out = Vec::new();
-        let mut current: Option<Pending> = None;
-        let mut processed = 0;
-        for value in inputs.list("latents")? {
-            let Value::Latent(latent) = value else {
-                return Err(NodeError::input("latents", "expected LATENT values"));
-            };
-            let next = Self::pending(latent, processed)?;
-            processed += next.len();
-            let joined = match current.take() {
-                None => next,
-                Some(batch) if batch.samples.dims()[2..] != next.samples.dims()[2..] => {
-                    out.push(batch.slice(0, batch_size)?.into_latent()?);
-                    next
-                }
-                Some(batch) => batch.join(next)?,
-            };
-            current = Some(joined);
-            if let Some(batch) = current.take_if(|b| b.len() > batch_size) {
-                let whole = batch.len() / batch_size;
-                for i in 0..whole {
-                    out.push(batch.slice(i * batch_size, batch_size)?.into_latent()?);
-                }
-                current = (whole * batch_size < batch.len())
-                    .then(|| batch.slice(whole * batch_size, batch.len()))
-                    .transpose()?;
-            }
-        }
-        if let Some(batch) = current {
-            out.push(batch.slice(0, batch_size)?.into_latent()?);
-        }
-        Ok(NodeOutput::values(vec![Value::List(std::sync::Arc::new(
-            out,
-        ))]))
-    }
-}
-
-/// Regroups a list of image batches into batches of `batch_size` (a list node).
-pub struct RebatchImages;
-
-impl Node for RebatchImages {
-    fn spec(&self) -> NodeSpec {
-        let mut spec = extras_spec(
-            "RebatchImages",
-            "comfy_extras.nodes_rebatch",
-            "image/batch",
-            vec![
-                required("images", link(SlotType::IMAGE)),
-                required("batch_size", int(1, 1, 4096)),
-            ],
-            vec![output(SlotType::IMAGE, "IMAGE")],
-        );
-        spec.display_name = "Rebatch Images";
-        spec.input_is_list = true;
-        spec.output_is_list = &[true];
-        spec
-    }
-
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let batch_size = inputs.firsts().usize("batch_size")?;
-        let mut singles = Vec::new();
-        for value in inputs.list("images")? {
-            let Value::Image(images) = value else {
-                return Err(NodeError::input("images", "expected IMAGE values"));
-            };
-            for i in 0..images.dim(0)? {
-                singles.push(images.narrow(0, i, 1)?);
-            }
-        }
-        let mut out = Vec::new();
-        for chunk in singles.chunks(batch_size) {
-            if let Some(odd) = chunk.iter().find(|t| t.dims() != chunk[0].dims()) {
-                return Err(NodeError::input(
-                    "images",
-                    format!(
-                        "images of sizes {:?} and {:?} cannot be batched together",
-                        &chunk[0].dims()[1..],
-                        &odd.dims()[1..]
-                    ),
-                ));
-            }
-            out.push(Value::Image(Tensor::cat(chunk, 0)?));
-        }
-        Ok(NodeOutput::values(vec![Value::List(std::sync::Arc::new(
-            out,
-        ))]))
     }
 }
 

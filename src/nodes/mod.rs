@@ -18,6 +18,7 @@ pub mod loaders;
 pub mod lora;
 pub mod preprocessors;
 pub mod primitives;
+pub mod rebatch;
 pub mod sampling;
 pub mod testing;
 mod value;
@@ -287,6 +288,7 @@ impl Registry {
         latent_ops::register(&mut registry);
         latent_files::register(&mut registry);
         latent_filters::register(&mut registry);
+        rebatch::register(&mut registry);
         sampling::register(&mut registry);
         image_io::register(&mut registry);
         image_ops::register(&mut registry);
