@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use crate::engine::diffusion::LatentOperation;
 use crate::graph::spec::build::*;
@@ -153,7 +153,7 @@ impl LatentOperation for Sharpen {
                 }
             }
         }
-        let sharpened = Tensor::from_vec(out, (b, c, h, w), &Device::Cpu)?;
+        let sharpened = Tensor::from_vec(out, (b, c, h, w), latent.device())?;
         luminance.broadcast_mul(&sharpened)
     }
 }
