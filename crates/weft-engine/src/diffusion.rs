@@ -666,3 +666,89 @@ pub fn prepare_noise_mask(mask: &Tensor, latent_shape: &[usize]) -> Result<Tenso
     };
     resized.repeat((1, channels, 1, 1))?.contiguous()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `latent · 2`.
+    #[derive(Debug)]
+    struct Double;
+
+    impl LatentOperation for Double {
+        fn apply(&self, latent: &Tensor) -> Result<Tensor> {
+            latent * 2.0
+        }
+    }
+
+    fn tiny_model() -> DiffusionModel {
+        use crate::synth::synth_var_builder;
+        use crate::unet::{AttentionHeads, UNetConfig};
+        let config = UNetConfig {
+            block_out_channels: vec![32, 64, 64],
+            transformer_depth: vec![1, 1, 0],
+            heads: AttentionHeads::PerLevel(vec![8, 8, 8]),
+            context_dim: 48,
+            ..UNetConfig::sd15()
+        };
+        let unet = UNet2DConditionModel::new(synth_var_builder(DType::F32, &Device::Cpu), &config)
+            .unwrap();
+        DiffusionModel::new(unet, ModelFamily::Sd1, Prediction::Epsilon, 0)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// LatentApplyOperationCFG's pre-CFG step: `op(cond − uncond) + uncond` before CFG mixes
+    /// them, `op(cond)` when the negative side is not evaluated (cfg 1).
+    #[test]
+    fn cfg_operations_act_on_the_guidance_before_cfg() {
+        let model = tiny_model();
+        let doubled = model.with_cfg_operation(Arc::new(Double));
+        let context = |v: f32| Tensor::full(v, (1, 4, 48), &Device::Cpu).unwrap();
+        let (positive, negative) = (
+            [CondEntry::new(context(0.3), None)],
+            [CondEntry::new(context(-0.2), None)],
+        );
+        let shape = [1, 4, 8, 8];
+        let x = Tensor::full(0.5f32, &shape[..], &Device::Cpu).unwrap();
+        let denoise = |model: &DiffusionModel, cfg: f64| {
+            CfgDenoiser::new(model, &positive, Some(&negative), cfg, &shape, true)
+                .unwrap()
+                .denoise(&x, 5.0)
+                .unwrap()
+        };
+        let (plain, patched) = (denoise(&model, 3.0), denoise(&doubled, 3.0));
+        let uncond = plain.uncond.unwrap();
+        // uncond + 3 · (2 (cond − uncond) + uncond − uncond) = uncond + 2 (plain − uncond).
+        let expected = (&uncond + ((&plain.cond - &uncond).unwrap() * 2.0).unwrap()).unwrap();
+        assert!(max_diff(&patched.cond, &expected) < 1e-4);
+        assert!(
+            max_diff(&patched.cond, &plain.cond) > 1e-3,
+            "the operation changed something"
+        );
+        assert!(
+            max_diff(&patched.uncond.unwrap(), &uncond) == 0.0,
+            "uncond is left alone"
+        );
+        let single = |model: &DiffusionModel| {
+            CfgDenoiser::new(model, &positive, None, 1.0, &shape, false)
+                .unwrap()
+                .denoise(&x, 5.0)
+                .unwrap()
+                .cond
+        };
+        let expected = (single(&model) * 2.0).unwrap();
+        assert!(max_diff(&single(&doubled), &expected) < 1e-5);
+    }
+}
