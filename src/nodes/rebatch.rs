@@ -128,8 +128,23 @@ impl Node for RebatchLatents {
         spec
     }
 
-    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let batch_size = inputs.firsts().usize("batch_size")?;
+        // Latents without a noise mask get one of ones at image size (64 values per latent
+        // pixel), as ComfyUI makes them; batches are joined by copying.
+        let pixels: u64 = inputs
+            .list("latents")?
+            .iter()
+            .filter_map(|v| match v {
+                Value::Latent(l) => l
+                    .samples
+                    .dims4()
+                    .ok()
+                    .map(|(b, _, h, w)| (b * h * w) as u64),
+                _ => None,
+            })
+            .sum();
+        ctx.reserve_memory("latents", pixels * 64 * 4 * 2, "rebatching latents")?;
         let mut out = Vec::new();
         let mut current: Option<Pending> = None;
         let mut processed = 0;
