@@ -552,16 +552,20 @@ async fn primitives_feed_an_empty_latent_image() {
         "count": {"class_type": "PrimitiveInt", "inputs": {"value": 2}},
         "gain": {"class_type": "PrimitiveFloat", "inputs": {"value": 0.5}},
         "prefix": {"class_type": "PrimitiveString", "inputs": {"value": "prim"}},
-        "text": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "unused\ntext"}},
+        "text": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "latents/multi"}},
         "flag": {"class_type": "PrimitiveBoolean", "inputs": {"value": true}},
         "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": ["size", 0], "height": ["size", 0], "batch_size": ["count", 0]}},
         "mul": {"class_type": "LatentMultiply", "inputs": {"samples": ["empty", 0], "multiplier": ["gain", 0]}},
         "comp": {"class_type": "LatentCompositeMasked", "inputs": {"destination": ["mul", 0], "source": ["empty", 0], "x": 0, "y": 0, "resize_source": ["flag", 0]}},
         "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["comp", 0], "vae": ["ckpt", 2]}},
         "save": {"class_type": "SaveImage", "inputs": {"images": ["dec", 0], "filename_prefix": ["prefix", 0]}},
-        "enc": {"class_type": "CLIPTextEncode", "inputs": {"text": ["text", 0], "clip": ["ckpt", 1]}},
+        "keep": {"class_type": "SaveLatent", "inputs": {"samples": ["comp", 0], "filename_prefix": ["text", 0]}},
     });
     let entry = run_ok(&app, prompt).await;
+    assert_eq!(
+        entry["outputs"]["keep"]["latents"][0]["filename"],
+        "multi_00001_.latent"
+    );
     assert_eq!(
         entry["outputs"]["save"]["images"].as_array().unwrap().len(),
         2
