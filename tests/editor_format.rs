@@ -112,6 +112,7 @@ impl Catalog for TestCatalog {
                 .map(|(_, name)| (*name).to_owned())
                 .collect(),
             ComboOptions::Files(FileList::InputImages) => vec!["example.png".into()],
+            ComboOptions::Files(FileList::InputLatents) => Vec::new(),
         }
     }
 
@@ -159,6 +160,8 @@ fn core(
         freshness: Freshness::Pure,
         self_validated: &[],
         python_module: "nodes",
+        input_is_list: false,
+        output_is_list: &[],
     }
 }
 

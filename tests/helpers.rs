@@ -332,10 +332,15 @@ impl weft::nodes::Reporter for NoReporter {
 
 /// A context for calling a node directly, outside a prompt (for checks of exact values).
 pub fn context(app: &TestApp) -> weft::nodes::NodeContext {
+    context_in(app.exec.dirs().clone())
+}
+
+/// [`context`] over data folders of its own, without a server.
+pub fn context_in(dirs: weft::paths::DataDirs) -> weft::nodes::NodeContext {
     weft::nodes::NodeContext {
         node_id: "direct".into(),
         prompt_id: "direct".into(),
-        dirs: Arc::new(app.exec.dirs().clone()),
+        dirs: Arc::new(dirs),
         prompt: Arc::new(json!({})),
         extra_pnginfo: None,
         reporter: Arc::new(NoReporter),

@@ -16,6 +16,7 @@ mod generate;
 mod helpers;
 mod image_edit_nodes;
 mod image_nodes;
+mod latent_nodes;
 mod lora_nodes;
 mod memory;
 mod models;

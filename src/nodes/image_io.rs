@@ -36,18 +36,31 @@ pub struct LoadImage;
 
 impl LoadImage {
     fn path(dirs: &DataDirs, name: &str) -> Result<PathBuf, String> {
-        let (name, folder) = paths::split_annotation(name);
-        let base = dirs.folder(folder.unwrap_or(FolderType::Input));
-        let (subfolder, filename) = match name.rsplit_once('/') {
-            Some((sub, file)) => (sub, file),
-            None => ("", name),
-        };
-        match paths::resolve_existing(base, subfolder, filename) {
-            Ok(Some(path)) => Ok(path),
-            Ok(None) => Err(format!("Invalid image file: {name}")),
-            Err(e) => Err(e.to_string()),
-        }
+        annotated_input_file(dirs, name, "Invalid image file")
     }
+}
+
+/// The file an input names (`sub/x.png`, or `x.png [output]` for another data folder; ComfyUI's
+/// `get_annotated_filepath`), refusing names that leave the folder; `invalid` starts the error
+/// for a file that is not there (`Invalid image file: x.png`).
+pub fn annotated_input_file(dirs: &DataDirs, name: &str, invalid: &str) -> Result<PathBuf, String> {
+    let (name, folder) = paths::split_annotation(name);
+    let base = dirs.folder(folder.unwrap_or(FolderType::Input));
+    let (subfolder, filename) = match name.rsplit_once('/') {
+        Some((sub, file)) => (sub, file),
+        None => ("", name),
+    };
+    match paths::resolve_existing(base, subfolder, filename) {
+        Ok(Some(path)) => Ok(path),
+        Ok(None) => Err(format!("{invalid}: {name}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The SHA-256 of a file, as hex (ComfyUI's `IS_CHANGED` for files a node loads).
+pub fn file_sha256(dirs: &DataDirs, path: &Path) -> Result<String, NodeError> {
+    let bytes = std::fs::read(path).map_err(|e| NodeError::file(dirs.shown(path), e))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 impl Node for LoadImage {
@@ -68,6 +81,8 @@ impl Node for LoadImage {
             freshness: Freshness::ReadsFiles,
             self_validated: &["image"],
             python_module: "nodes",
+            input_is_list: false,
+            output_is_list: &[],
         }
     }
 
@@ -91,8 +106,7 @@ impl Node for LoadImage {
             return Ok(String::new());
         };
         let path = Self::path(dirs, name).map_err(|m| NodeError::input("image", m))?;
-        let bytes = std::fs::read(&path).map_err(|e| NodeError::file(dirs.shown(&path), e))?;
-        Ok(hex::encode(Sha256::digest(&bytes)))
+        file_sha256(dirs, &path)
     }
 
     fn check_input(&self, dirs: &DataDirs, _input: &str, value: &ConstValue) -> Result<(), String> {
@@ -169,6 +183,8 @@ impl Node for LoadImageMask {
             freshness: Freshness::ReadsFiles,
             self_validated: &["image"],
             python_module: "nodes",
+            input_is_list: false,
+            output_is_list: &[],
         }
     }
 
@@ -229,6 +245,8 @@ impl Node for SaveImage {
             freshness: Freshness::Pure,
             self_validated: &[],
             python_module: "nodes",
+            input_is_list: false,
+            output_is_list: &[],
         }
     }
 
@@ -272,6 +290,8 @@ impl Node for PreviewImage {
             freshness: Freshness::Pure,
             self_validated: &[],
             python_module: "nodes",
+            input_is_list: false,
+            output_is_list: &[],
         }
     }
 

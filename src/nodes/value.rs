@@ -76,6 +76,13 @@ pub enum Value {
     Guider(Arc<Guider>),
     /// A ControlNet, T2I-Adapter or Control-LoRA.
     ControlNet(Arc<crate::engine::controlnet::load::LoadedControl>),
+    /// A latent operation (`LATENT_OPERATION`): a function from latent to latent.
+    LatentOperation(Arc<dyn crate::engine::diffusion::LatentOperation>),
+    /// ComfyUI's list of values on one output slot (`OUTPUT_IS_LIST`, or a node run once per
+    /// element of a list input). Never nested and never of length 1 (that is the value itself);
+    /// only the executor builds and splits these, so a node sees one only as an input of a node
+    /// that declares `input_is_list` (read through [`Inputs::list`]).
+    List(Arc<Vec<Value>>),
 }
 
 impl Value {
@@ -98,6 +105,26 @@ impl Value {
             Value::Noise(_) => SlotType::NOISE,
             Value::Guider(_) => SlotType::GUIDER,
             Value::ControlNet(_) => SlotType::CONTROL_NET,
+            Value::LatentOperation(_) => SlotType::LATENT_OPERATION,
+            // The elements' type; an empty list matches anything.
+            Value::List(items) => items.first().map_or(SlotType::ANY, Value::slot_type),
+        }
+    }
+
+    /// The elements a list holds, or the value itself as a list of one.
+    pub fn elements(&self) -> &[Value] {
+        match self {
+            Value::List(items) => items,
+            single => std::slice::from_ref(single),
+        }
+    }
+
+    /// A list of `items`, or the one item itself (a list of one is the value, as in ComfyUI).
+    pub fn list(mut items: Vec<Value>) -> Value {
+        if items.len() == 1 {
+            items.pop().expect("one item")
+        } else {
+            Value::List(Arc::new(items))
         }
     }
 
@@ -110,7 +137,7 @@ impl Value {
                 | Value::Vae(_)
                 | Value::Guider(_)
                 | Value::ControlNet(_)
-        )
+        ) || matches!(self, Value::List(items) if items.iter().any(Value::holds_model))
     }
 
     /// Bytes held, for the cache budget.
@@ -124,7 +151,9 @@ impl Value {
             | Value::Clip(_)
             | Value::Vae(_)
             | Value::Guider(_)
-            | Value::ControlNet(_) => 64,
+            | Value::ControlNet(_)
+            | Value::LatentOperation(_) => 64,
+            Value::List(items) => items.iter().map(Value::byte_size).sum(),
             Value::Conditioning(list) => list.iter().map(CondEntry::byte_size).sum(),
             Value::Latent(l) => {
                 tensor_bytes(&l.samples) + l.noise_mask.as_ref().map_or(0, tensor_bytes)
@@ -154,6 +183,9 @@ impl Value {
             }
             Value::Sampler(name) => serde_json::Value::from(format!("SAMPLER {name}")),
             Value::Sigmas(s) => serde_json::Value::from(format!("SIGMAS ({} values)", s.len())),
+            Value::List(items) => {
+                serde_json::Value::from(format!("list of {} {}", items.len(), self.slot_type().0))
+            }
             other => serde_json::Value::from(other.slot_type().0),
         }
     }
@@ -189,6 +221,22 @@ impl Inputs {
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.values.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    /// An input of a node that declares `input_is_list`: the whole list it was given (a plain
+    /// value is a list of one).
+    pub fn list(&self, name: &str) -> Result<&[Value], NodeError> {
+        Ok(self.required(name)?.elements())
+    }
+
+    /// Each input's first element, as ComfyUI's list nodes read their settings (`batch_size[0]`).
+    pub fn firsts(&self) -> Inputs {
+        Inputs::new(
+            self.values
+                .iter()
+                .filter_map(|(n, v)| v.elements().first().map(|v| (n.clone(), v.clone())))
+                .collect(),
+        )
     }
 
     fn required(&self, name: &str) -> Result<&Value, NodeError> {
@@ -281,6 +329,12 @@ getter!(sampler, Sampler, Arc<str>, "SAMPLER");
 getter!(sigmas, Sigmas, Arc<Vec<f32>>, "SIGMAS");
 getter!(noise, Noise, NoiseSource, "NOISE");
 getter!(guider, Guider, Arc<Guider>, "GUIDER");
+getter!(
+    latent_operation,
+    LatentOperation,
+    Arc<dyn crate::engine::diffusion::LatentOperation>,
+    "LATENT_OPERATION"
+);
 getter!(
     control_net,
     ControlNet,

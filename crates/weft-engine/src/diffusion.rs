@@ -89,11 +89,18 @@ impl LatentFormat {
     }
 }
 
-/// A UNet with everything needed to sample it.
-#[derive(Debug)]
+/// A function from latent to latent (ComfyUI's `LATENT_OPERATION`): applied to samples by a
+/// node, or inside CFG through [`DiffusionModel::with_cfg_operation`].
+pub trait LatentOperation: std::fmt::Debug + Send + Sync {
+    /// The operation applied to `latent` (`[B, C, h, w]`, f32).
+    fn apply(&self, latent: &Tensor) -> Result<Tensor>;
+}
+
+/// A UNet with everything needed to sample it. Cloning shares the network and its weights.
+#[derive(Debug, Clone)]
 pub struct DiffusionModel {
     /// The denoising network.
-    pub unet: UNet2DConditionModel,
+    pub unet: Arc<UNet2DConditionModel>,
     /// Which architecture the checkpoint was detected as.
     pub family: ModelFamily,
     /// What the UNet predicts (epsilon or v), which picks the sampling config.
@@ -106,6 +113,9 @@ pub struct DiffusionModel {
     pub bytes: usize,
     /// The UNet's diffusers-named weights (shared with the model), for LoRA patching.
     pub weights: Option<Arc<std::collections::HashMap<String, Tensor>>>,
+    /// Operations applied, in order, to the conditional prediction before CFG combines it
+    /// (ComfyUI's `sampler_pre_cfg_function` as `LatentApplyOperationCFG` sets it).
+    pub cfg_operations: Vec<Arc<dyn LatentOperation>>,
 }
 
 impl DiffusionModel {
@@ -122,14 +132,23 @@ impl DiffusionModel {
             Prediction::V => SamplingConfig::sd_v(),
         });
         DiffusionModel {
-            unet,
+            unet: Arc::new(unet),
             family,
             prediction,
             sampling,
             latent: LatentFormat::for_family(family),
             bytes,
             weights: None,
+            cfg_operations: Vec::new(),
         }
+    }
+
+    /// The same model with `operation` applied to the guidance before CFG: to `cond − uncond`
+    /// (and `uncond` added back) when the negative side is evaluated, else to `cond`.
+    pub fn with_cfg_operation(&self, operation: Arc<dyn LatentOperation>) -> DiffusionModel {
+        let mut model = self.clone();
+        model.cfg_operations.push(operation);
+        model
     }
 
     /// Keeps the weights the UNet was built from.
@@ -404,9 +423,19 @@ impl Denoiser for CfgDenoiser<'_> {
             }
             None => x.clone(),
         };
-        let cond = self.eval_list(&self.positive, &x, sigma)?;
-        let (result, uncond) = if self.need_uncond {
-            let uncond = self.eval_list(&self.negative, &x, sigma)?;
+        let mut cond = self.eval_list(&self.positive, &x, sigma)?;
+        let uncond = if self.need_uncond {
+            Some(self.eval_list(&self.negative, &x, sigma)?)
+        } else {
+            None
+        };
+        for operation in &self.model.cfg_operations {
+            cond = match &uncond {
+                Some(uncond) => (operation.apply(&(&cond - uncond)?)? + uncond)?,
+                None => operation.apply(&cond)?,
+            };
+        }
+        let (result, uncond) = if let Some(uncond) = uncond {
             let result = (&uncond + ((&cond - &uncond)? * self.cfg)?)?;
             (result, Some(uncond))
         } else {
@@ -673,8 +702,13 @@ pub fn prepare_noise_mask(mask: &Tensor, latent_shape: &[usize]) -> Result<Tenso
 mod tests {
     use super::*;
 
-    #[derive(Debug)]
     struct Named(&'static str);
+
+    impl std::fmt::Debug for Named {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
 
     impl ControlHint for Named {
         fn control(
@@ -719,7 +753,7 @@ mod tests {
 
     #[test]
     fn controls_reach_the_negative_side_as_comfyui_gives_them() {
-        let n = |s: &str| format!("Named({s:?})");
+        let n = |s: &str| s.to_owned();
         // The old node's control goes to the control-less negative entry.
         let shared = share_controls(&[entry(&["a"], true, false)], &[entry(&[], false, false)]);
         assert_eq!(names(&shared), [vec![n("a")]]);
@@ -749,5 +783,86 @@ mod tests {
             names(&share_controls(&positive, &negative)),
             [vec![n("d")], vec![], vec![n("b"), n("c")]]
         );
+    }
+
+    /// `latent · 2`.
+    #[derive(Debug)]
+    struct Double;
+
+    impl LatentOperation for Double {
+        fn apply(&self, latent: &Tensor) -> Result<Tensor> {
+            latent * 2.0
+        }
+    }
+
+    fn tiny_model() -> DiffusionModel {
+        use crate::synth::synth_var_builder;
+        use crate::unet::{AttentionHeads, UNetConfig};
+        let config = UNetConfig {
+            block_out_channels: vec![32, 64, 64],
+            transformer_depth: vec![1, 1, 0],
+            heads: AttentionHeads::PerLevel(vec![8, 8, 8]),
+            context_dim: 48,
+            ..UNetConfig::sd15()
+        };
+        let unet = UNet2DConditionModel::new(synth_var_builder(DType::F32, &Device::Cpu), &config)
+            .unwrap();
+        DiffusionModel::new(unet, ModelFamily::Sd1, Prediction::Epsilon, 0)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// LatentApplyOperationCFG's pre-CFG step: `op(cond − uncond) + uncond` before CFG mixes
+    /// them, `op(cond)` when the negative side is not evaluated (cfg 1).
+    #[test]
+    fn cfg_operations_act_on_the_guidance_before_cfg() {
+        let model = tiny_model();
+        let doubled = model.with_cfg_operation(Arc::new(Double));
+        let context = |v: f32| Tensor::full(v, (1, 4, 48), &Device::Cpu).unwrap();
+        let (positive, negative) = (
+            [CondEntry::new(context(0.3), None)],
+            [CondEntry::new(context(-0.2), None)],
+        );
+        let shape = [1, 4, 8, 8];
+        let x = Tensor::full(0.5f32, &shape[..], &Device::Cpu).unwrap();
+        let denoise = |model: &DiffusionModel, cfg: f64| {
+            CfgDenoiser::new(model, &positive, Some(&negative), cfg, &shape, true)
+                .unwrap()
+                .denoise(&x, 5.0)
+                .unwrap()
+        };
+        let (plain, patched) = (denoise(&model, 3.0), denoise(&doubled, 3.0));
+        let uncond = plain.uncond.unwrap();
+        // uncond + 3 · (2 (cond − uncond) + uncond − uncond) = uncond + 2 (plain − uncond).
+        let expected = (&uncond + ((&plain.cond - &uncond).unwrap() * 2.0).unwrap()).unwrap();
+        assert!(max_diff(&patched.cond, &expected) < 1e-4);
+        assert!(
+            max_diff(&patched.cond, &plain.cond) > 1e-3,
+            "the operation changed something"
+        );
+        assert!(
+            max_diff(&patched.uncond.unwrap(), &uncond) == 0.0,
+            "uncond is left alone"
+        );
+        let single = |model: &DiffusionModel| {
+            CfgDenoiser::new(model, &positive, None, 1.0, &shape, false)
+                .unwrap()
+                .denoise(&x, 5.0)
+                .unwrap()
+                .cond
+        };
+        let expected = (single(&model) * 2.0).unwrap();
+        assert!(max_diff(&single(&doubled), &expected) < 1e-5);
     }
 }

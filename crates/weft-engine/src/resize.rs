@@ -60,10 +60,14 @@ pub fn common_upscale(
         let old_aspect = old_w as f64 / old_h as f64;
         let new_aspect = width as f64 / height as f64;
         let (mut x, mut y) = (0usize, 0usize);
+        // Python's `round` takes halves to the even neighbour (a 10x6 latent cut to 3:2 keeps
+        // its width).
         if old_aspect > new_aspect {
-            x = ((old_w as f64 - old_w as f64 * (new_aspect / old_aspect)) / 2.0).round() as usize;
+            x = ((old_w as f64 - old_w as f64 * (new_aspect / old_aspect)) / 2.0).round_ties_even()
+                as usize;
         } else if old_aspect < new_aspect {
-            y = ((old_h as f64 - old_h as f64 * (old_aspect / new_aspect)) / 2.0).round() as usize;
+            y = ((old_h as f64 - old_h as f64 * (old_aspect / new_aspect)) / 2.0).round_ties_even()
+                as usize;
         }
         samples = samples
             .narrow(2, y, old_h - 2 * y)?
