@@ -154,7 +154,10 @@ impl BrownianTree {
         let [w_seed, _h_seed, _a_seed] = seed_sequence::<3>(&entropy, &[]);
         // The root increment scales with the unrounded times; every later step uses rounded ones.
         let scale = (t1 - t0).sqrt() as f32;
-        let root_w = randn(w_seed, numel).into_iter().map(|v| v * scale).collect();
+        let root_w = randn(w_seed, numel)
+            .into_iter()
+            .map(|v| v * scale)
+            .collect();
         let root = Node {
             start: py_round(t0),
             end: py_round(t1),
@@ -355,7 +358,12 @@ impl BrownianNoise {
 
     /// One tree per batch item (`BatchedBrownianTree` given a list of seeds): item `i` of `shape`'s
     /// first dimension draws from the tree seeded with `seeds[i]`. `None` when the lengths differ.
-    pub fn per_item(shape: &[usize], sigma_min: f32, sigma_max: f32, seeds: &[u64]) -> Option<Self> {
+    pub fn per_item(
+        shape: &[usize],
+        sigma_min: f32,
+        sigma_max: f32,
+        seeds: &[u64],
+    ) -> Option<Self> {
         let (&batch, item) = shape.split_first()?;
         (batch == seeds.len())
             .then(|| Self::build(item.iter().product(), sigma_min, sigma_max, seeds))
@@ -410,15 +418,27 @@ mod tests {
         let cases: [(u64, &[u64], [u32; 4]); 6] = [
             (42, &[], [387750627, 2536650517, 4078839648, 2023786165]),
             (0, &[], [4025752534, 2687548107, 2326983537, 1576567101]),
-            (u64::MAX, &[], [1186816001, 310380770, 3217591682, 2718387704]),
+            (
+                u64::MAX,
+                &[],
+                [1186816001, 310380770, 3217591682, 2718387704],
+            ),
             (42, &[0, 0], [2102017995, 2891809698, 2144110403, 379559146]),
             (42, &[5, 3], [3084123560, 468215949, 242942938, 2650128260]),
-            (123, &[(1 << 33) + 7, 34], [3487174149, 607103877, 1268872164, 180559992]),
+            (
+                123,
+                &[(1 << 33) + 7, 34],
+                [3487174149, 607103877, 1268872164, 180559992],
+            ),
         ];
         for (entropy, key, want) in cases {
             let mut spawn = Vec::new();
             key.iter().for_each(|&k| int_words(k, &mut spawn));
-            assert_eq!(seed_sequence::<4>(&words(entropy), &spawn), want, "{entropy} {key:?}");
+            assert_eq!(
+                seed_sequence::<4>(&words(entropy), &spawn),
+                want,
+                "{entropy} {key:?}"
+            );
         }
     }
 

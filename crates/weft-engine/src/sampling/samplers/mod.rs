@@ -283,11 +283,13 @@ fn brownian_noise(x: &Tensor, sigmas: &[f64], seed: u64) -> BrownianNoise {
     // The sigmas came in as f32, so this is exact.
     let sigmas = sigmas.iter().map(|&s| s as f32);
     let max = sigmas.clone().fold(f32::NEG_INFINITY, f32::max);
-    let min = sigmas
-        .filter(|&s| s > 0.0)
-        .fold(f32::INFINITY, f32::min);
+    let min = sigmas.filter(|&s| s > 0.0).fold(f32::INFINITY, f32::min);
     // No positive sigma means no step ever draws noise; any interval will do.
-    let (min, max) = if min.is_finite() { (min, max) } else { (0.0, 0.0) };
+    let (min, max) = if min.is_finite() {
+        (min, max)
+    } else {
+        (0.0, 0.0)
+    };
     BrownianNoise::new(x.dims(), min, max, seed)
 }
 
