@@ -12,8 +12,8 @@
 //! - the root increment is `randn(W_seed) * sqrt(t1 - t0)`; a child's increment is the Brownian
 //!   bridge `mean + sqrt(var) * randn(parent's W_seed)` drawn from its parent's increment, the right
 //!   child taking `W_parent - W_left`;
-//! - every `randn` comes from a fresh torch CPU generator seeded with a 32-bit word of numpy's
-//!   `SeedSequence(entropy=seed, spawn_key=(key, depth), pool_size=24)`, where the root has key 0
+//! - every `randn` comes from a fresh torch CPU generator seeded with the first 32-bit word of numpy's
+//!   `SeedSequence(entropy=seed, spawn_key=(key, depth), pool_size=24)` ([`seed_sequence`]), where the root has key 0
 //!   and depth 0 and a child's key is `2 * key + (0 left | 1 right)`;
 //! - a query `(ta, tb)` is the left-to-right sum of the largest tree nodes that tile it.
 //!
@@ -23,7 +23,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::sampling::rng::TorchGenerator;
+use crate::sampling::rng::{int_words, seed_sequence, TorchGenerator};
 
 /// torchsde's `BrownianTree` defaults, as ComfyUI constructs it.
 const POOL_SIZE: usize = 24;
@@ -38,75 +38,6 @@ fn py_round(x: f64) -> f64 {
         return x;
     }
     format!("{x:.ROUND_DIGITS$}").parse().unwrap_or(x)
-}
-
-/// A Python int as numpy's `_int_to_uint32_array` splits it: little-endian 32-bit words, `[0]` for 0.
-fn int_words(mut n: u64, out: &mut Vec<u32>) {
-    if n == 0 {
-        out.push(0);
-    }
-    while n > 0 {
-        out.push(n as u32);
-        n >>= 32;
-    }
-}
-
-/// numpy's `SeedSequence(entropy, spawn_key=spawn_key, pool_size=POOL_SIZE).generate_state(N)`.
-fn seed_sequence<const N: usize>(entropy: &[u32], spawn_key: &[u32]) -> [u32; N] {
-    const INIT_A: u32 = 0x43b0_d7e5;
-    const MULT_A: u32 = 0x931e_8875;
-    const INIT_B: u32 = 0x8b51_f9dd;
-    const MULT_B: u32 = 0x58f3_8ded;
-    const MIX_MULT_L: u32 = 0xca01_f9dd;
-    const MIX_MULT_R: u32 = 0x4973_f715;
-    let mut assembled = entropy.to_vec();
-    if !spawn_key.is_empty() && assembled.len() < POOL_SIZE {
-        // numpy >= 1.19 pads the run entropy to the pool size when a spawn key follows.
-        assembled.resize(POOL_SIZE, 0);
-    }
-    assembled.extend_from_slice(spawn_key);
-
-    let mut hash_const = INIT_A;
-    let mut hashmix = |value: u32| {
-        let mut v = value ^ hash_const;
-        hash_const = hash_const.wrapping_mul(MULT_A);
-        v = v.wrapping_mul(hash_const);
-        v ^ (v >> 16)
-    };
-    let mix = |x: u32, y: u32| {
-        let r = MIX_MULT_L
-            .wrapping_mul(x)
-            .wrapping_sub(MIX_MULT_R.wrapping_mul(y));
-        r ^ (r >> 16)
-    };
-    let mut pool = [0u32; POOL_SIZE];
-    for (i, slot) in pool.iter_mut().enumerate() {
-        *slot = hashmix(assembled.get(i).copied().unwrap_or(0));
-    }
-    for src in 0..POOL_SIZE {
-        for dst in 0..POOL_SIZE {
-            if src != dst {
-                let h = hashmix(pool[src]);
-                pool[dst] = mix(pool[dst], h);
-            }
-        }
-    }
-    for &word in assembled.iter().skip(POOL_SIZE) {
-        for dst in 0..POOL_SIZE {
-            let h = hashmix(word);
-            pool[dst] = mix(pool[dst], h);
-        }
-    }
-
-    let mut hash_const = INIT_B;
-    let mut out = [0u32; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        let mut v = pool[i % POOL_SIZE] ^ hash_const;
-        hash_const = hash_const.wrapping_mul(MULT_B);
-        v = v.wrapping_mul(hash_const);
-        *o = v ^ (v >> 16);
-    }
-    out
 }
 
 /// One node of the tree: the interval `[start, end]` (rounded), split at its halfway point once a
@@ -151,7 +82,7 @@ impl BrownianTree {
         let (t0, t1) = (t0 as f64, t1 as f64);
         let mut entropy = Vec::new();
         int_words(seed, &mut entropy);
-        let [w_seed, _h_seed, _a_seed] = seed_sequence::<3>(&entropy, &[]);
+        let w_seed = seed_sequence(&entropy, &[], POOL_SIZE, 1)[0];
         // The root increment scales with the unrounded times; every later step uses rounded ones.
         let scale = (t1 - t0).sqrt() as f32;
         let root_w = randn(w_seed, numel)
@@ -246,7 +177,7 @@ impl BrownianTree {
         let mut spawn = Vec::new();
         int_words(key, &mut spawn);
         int_words(depth, &mut spawn);
-        let [w_seed, ..] = seed_sequence::<4>(&self.entropy, &spawn);
+        let w_seed = seed_sequence(&self.entropy, &spawn, POOL_SIZE, 1)[0];
         let child = |start, end, is_left: bool| Node {
             start,
             end,
@@ -405,42 +336,6 @@ fn sort(a: f32, b: f32) -> (f32, f32, f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn words(n: u64) -> Vec<u32> {
-        let mut w = Vec::new();
-        int_words(n, &mut w);
-        w
-    }
-
-    #[test]
-    fn seed_sequence_matches_numpy() {
-        // numpy 2.4: SeedSequence(entropy=e, spawn_key=k, pool_size=24).generate_state(4)
-        let cases: [(u64, &[u64], [u32; 4]); 6] = [
-            (42, &[], [387750627, 2536650517, 4078839648, 2023786165]),
-            (0, &[], [4025752534, 2687548107, 2326983537, 1576567101]),
-            (
-                u64::MAX,
-                &[],
-                [1186816001, 310380770, 3217591682, 2718387704],
-            ),
-            (42, &[0, 0], [2102017995, 2891809698, 2144110403, 379559146]),
-            (42, &[5, 3], [3084123560, 468215949, 242942938, 2650128260]),
-            (
-                123,
-                &[(1 << 33) + 7, 34],
-                [3487174149, 607103877, 1268872164, 180559992],
-            ),
-        ];
-        for (entropy, key, want) in cases {
-            let mut spawn = Vec::new();
-            key.iter().for_each(|&k| int_words(k, &mut spawn));
-            assert_eq!(
-                seed_sequence::<4>(&words(entropy), &spawn),
-                want,
-                "{entropy} {key:?}"
-            );
-        }
-    }
 
     #[test]
     fn rounding_matches_python() {
