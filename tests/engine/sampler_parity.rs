@@ -201,9 +201,7 @@ fn samplers_match_comfyui() {
                 scheduler.name() == "kl_optimal" && sampler.noise_kind() == NoiseKind::Brownian;
             let tol = if sampler.name() == "dpm_adaptive" {
                 2e-3
-            } else if sigma_ulp_limited {
-                5e-4
-            } else if ROUNDING_LIMITED.contains(&key.as_str()) {
+            } else if sigma_ulp_limited || ROUNDING_LIMITED.contains(&key.as_str()) {
                 5e-4
             } else {
                 1e-5
