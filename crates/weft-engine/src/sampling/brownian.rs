@@ -12,9 +12,10 @@
 //! - the root increment is `randn(W_seed) * sqrt(t1 - t0)`; a child's increment is the Brownian
 //!   bridge `mean + sqrt(var) * randn(parent's W_seed)` drawn from its parent's increment, the right
 //!   child taking `W_parent - W_left`;
-//! - every `randn` comes from a fresh torch CPU generator seeded with the first 32-bit word of numpy's
-//!   `SeedSequence(entropy=seed, spawn_key=(key, depth), pool_size=24)` ([`seed_sequence`]), where the root has key 0
-//!   and depth 0 and a child's key is `2 * key + (0 left | 1 right)`;
+//! - every `randn` comes from a fresh torch CPU generator seeded with the first 32-bit word of
+//!   numpy's `SeedSequence(entropy=seed, spawn_key=(key, depth), pool_size=24)`
+//!   ([`seed_sequence`]), where the root has key 0 and depth 0 and a child's key is
+//!   `2 * key + (0 left | 1 right)`;
 //! - a query `(ta, tb)` is the left-to-right sum of the largest tree nodes that tile it.
 //!
 //! The f32 arithmetic follows torch's: a Python float multiplying a tensor is first rounded to f32.
@@ -109,10 +110,8 @@ impl BrownianTree {
     }
 
     /// `tree(ta, tb)`: the increment `W(tb) - W(ta)`, `numel` values. Times outside `[t0, t1]` are
-    /// clamped to it (torchsde warns and clamps); `ta == tb` gives zeros.
-    ///
-    /// # Panics
-    /// Never for `ta <= tb`; `ta > tb` is an error in torchsde and returns zeros here.
+    /// clamped to it (torchsde warns and clamps); `ta == tb` gives zeros, and so does `ta > tb`
+    /// (an error in torchsde).
     pub fn increment(&mut self, ta: f32, tb: f32) -> Vec<f32> {
         let (start, end) = (self.nodes[0].start, self.nodes[0].end);
         let clamp = |t: f64| {
@@ -312,6 +311,8 @@ impl BrownianNoise {
     }
 
     /// `noise_sampler(sigma, sigma_next)`: all items' noise, flattened in the tensor's order.
+    /// (torch's f32 `sqrt` of `|dt|` is MKL's, not always correctly rounded, so a draw can be an
+    /// ulp off ComfyUI's; the increments themselves are exact.)
     pub fn sample(&mut self, sigma: f32, sigma_next: f32) -> Vec<f32> {
         let (lo, hi, sign) = sort(sigma, sigma_next);
         let sign = self.sign * sign;
