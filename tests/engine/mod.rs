@@ -1,5 +1,6 @@
 //! Engine parity tests against committed reference fixtures (`tools/parity/*.py` regenerate them).
 
+pub(crate) mod brownian_parity;
 pub(crate) mod clip_parity;
 pub(crate) mod controlnet_parity;
 pub(crate) mod load;

@@ -1,6 +1,6 @@
 //! Stochastic exponential-integrator samplers in half-log-SNR time `lambda = -ln sigma` (eps/v
-//! models, where alpha = 1): dpmpp_sde, dpmpp_2m_sde (midpoint / heun), dpmpp_3m_sde (Brownian
-//! noise, see the module docs of `samplers`), and er_sde, seeds_2, seeds_3 (default noise sampler).
+//! models, where alpha = 1): dpmpp_sde, dpmpp_2m_sde (midpoint / heun), dpmpp_3m_sde (Brownian-tree
+//! noise queried per step, see the module docs of `samplers`), and er_sde, seeds_2, seeds_3 (default noise sampler).
 //! All run with ComfyUI's defaults: eta = 1, s_noise = 1.
 
 use candle_core::Tensor;
@@ -18,21 +18,20 @@ pub(super) fn dpmpp_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor
             x = denoised;
             continue;
         }
-        let (ls, lt) = (-sigmas[i].ln(), -sigmas[i + 1].ln());
-        let h = lt - ls;
-        let ls1 = ls + R * h;
-        let sigma_s1 = (-ls1).exp();
+        let ls = -sigmas[i].ln();
+        let sigma_s1_f32 = midpoint_sigma(sigmas[i], sigmas[i + 1], R);
+        let sigma_s1 = sigma_s1_f32 as f64;
         // Step 1: ancestral step to sigma_s1.
         let (sd, su) = ancestral_step(sigmas[i], sigma_s1, 1.0);
         let h_ = -sd.ln() - ls;
-        let n = ctx.noise(&x)?;
+        let n = ctx.noise_between(&x, sigmas[i] as f32, sigma_s1_f32)?;
         let x2 = ctx.lin(&[(&x, (-h_).exp()), (&denoised, -(-h_).exp_m1()), (&n, su)])?;
         let denoised2 = ctx.model(&x2, sigma_s1)?.cond;
         // Step 2: ancestral step to sigma_next with the blended prediction.
         let (sd, su) = ancestral_step(sigmas[i], sigmas[i + 1], 1.0);
         let h_ = -sd.ln() - ls;
         let c = -(-h_).exp_m1();
-        let n = ctx.noise(&x)?;
+        let n = ctx.noise_between(&x, sigmas[i] as f32, sigmas[i + 1] as f32)?;
         x = ctx.lin(&[
             (&x, (-h_).exp()),
             (&denoised, c * (1.0 - fac)),
@@ -41,6 +40,16 @@ pub(super) fn dpmpp_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor
         ])?;
     }
     Ok(x)
+}
+
+/// dpmpp_sde's intermediate sigma `exp(-(lambda_s + r * h))` with `lambda = -ln sigma`, in f32 as
+/// torch computes it from ComfyUI's f32 sigmas: the Brownian tree is queried at exactly this time.
+/// (`ln`/`exp` are correctly rounded here; torch's SIMD ones are within an ulp of that.)
+fn midpoint_sigma(sigma: f64, sigma_next: f64, r: f64) -> f32 {
+    let lambda = |s: f64| -(s.ln() as f32);
+    let (ls, lt) = (lambda(sigma), lambda(sigma_next));
+    let ls1 = ls + (lt - ls) * r as f32;
+    (-(ls1 as f64)).exp() as f32
 }
 
 pub(super) fn dpmpp_2m_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64], heun: bool) -> Res<Tensor> {
@@ -78,7 +87,7 @@ pub(super) fn dpmpp_2m_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64], heun: bool
                 terms[1].1 += c;
                 terms.push((old, -c));
             }
-            let n = ctx.noise(&x)?;
+            let n = ctx.noise_between(&x, sigmas[i] as f32, sigmas[i + 1] as f32)?;
             terms.push((&n, sigmas[i + 1] * (-(-2.0 * h * ETA).exp_m1()).sqrt()));
             x = ctx.lin(&terms)?;
         }
@@ -129,7 +138,7 @@ pub(super) fn dpmpp_3m_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Ten
                 }
                 _ => {}
             }
-            let n = ctx.noise(&x)?;
+            let n = ctx.noise_between(&x, sigmas[i] as f32, sigmas[i + 1] as f32)?;
             terms.push((n, sigmas[i + 1] * (-(-2.0 * hh * ETA).exp_m1()).sqrt()));
             let refs: Vec<(&Tensor, f64)> = terms.iter().map(|(t, c)| (t, *c)).collect();
             x = ctx.lin(&refs)?;
