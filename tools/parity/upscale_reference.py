@@ -1,0 +1,232 @@
+"""Reference fixtures for Weft's upscale models (crates/weft-engine/src/upscale/,
+tests/engine/upscale_parity.rs, tests/upscale_nodes.rs).
+
+Run: /tmp/peer-venv/bin/python tools/parity/upscale_reference.py   (deterministic, CPU, seconds)
+Needs: torch, spandrel (0.4.2 was used), safetensors, numpy, pillow.
+
+What it does:
+- Builds tiny random-weight models (torch's default init, fixed seed) with spandrel's own
+  architecture classes: ESRGAN/RRDBNet with nf=8, nb=1 and a growth of gc=4 (spandrel fixes gc=32,
+  which would make each file ~1 MB; the script passes 4 through spandrel's RRDB block so that its
+  loader builds the same net), at scales 1, 2, 4 and 8, and Real-ESRGAN's pixel-unshuffle 2x and
+  1x variants; SRVGGNetCompact (num_feat=8, num_conv=2) at scales 2 and 4.
+- Saves each in the key layout it is named for: "old" (model.0, model.1.sub.N.RDB1.conv1.0, …),
+  "new" (Real-ESRGAN's conv_first, body.N.rdb1.conv1, conv_body, conv_up1, conv_hr, conv_last),
+  "bsrgan" (RRDB_trunk, trunk_conv, upconv1, HRconv), as .pth (torch.save, some wrapped in
+  {"params_ema": …}) or .safetensors, in tests/fixtures/upscale/.
+- Loads every file back with spandrel's ModelLoader (what ComfyUI's UpscaleModelLoader does),
+  checks the scale it detects, and writes reference.safetensors:
+  "<model>/small" = descriptor(image_small) (spandrel pads to the size requirements, clamps to
+  0..1 and crops), and for three models "<model>/tiled" = ComfyUI's comfy.utils.tiled_scale
+  (restated below from comfy/utils.py tiled_scale_multidim) with tile 12, overlap 4 on image_tiled.
+- For the end-to-end test: e2e_input.png (an RGB PNG), and "e2e/out" = ImageUpscaleWithModel's
+  result for esrgan_old_x4.pth on that PNG as LoadImage reads it ([1, H, W, 3], u8 / 255), i.e.
+  tiled_scale with tile 512 (one tile), clamped.
+- evil.pth: a torch.save'd file whose pickle calls os.system (a harmless echo) when unpickled;
+  Weft's pickle guard must refuse it before anything reads it.
+- unknown_keys.safetensors: tensors no upscale architecture has.
+"""
+import json
+import os
+import re
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import spandrel
+from spandrel import ModelLoader
+from spandrel.architectures.__arch_helpers import block as B
+from spandrel.architectures.Compact import Compact
+from spandrel.architectures.ESRGAN import ESRGAN
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "..", "tests", "fixtures", "upscale")
+
+GROWTH = 4
+_rrdb = B.RRDB
+
+
+def _small_growth_rrdb(*args, **kwargs):
+    kwargs["gc"] = GROWTH
+    return _rrdb(*args, **kwargs)
+
+
+# spandrel's RRDBNet builds its blocks with gc=32; the fixtures use gc=4 (see the docstring).
+B.RRDB = _small_growth_rrdb
+
+
+def old_to_new(sd, num_blocks, n_up):
+    """spandrel's old ESRGAN names -> Real-ESRGAN's names (the inverse of spandrel's map)."""
+    out = {}
+    for k, v in sd.items():
+        m = re.fullmatch(r"model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)", k)
+        if m:
+            out[f"body.{m[1]}.rdb{m[2]}.conv{m[3]}.{m[4]}"] = v
+            continue
+        m = re.fullmatch(r"model\.1\.sub\.(\d+)\.(weight|bias)", k)
+        if m and int(m[1]) == num_blocks:
+            out[f"conv_body.{m[2]}"] = v
+            continue
+        m = re.fullmatch(r"model\.(\d+)\.(weight|bias)", k)
+        i, kind = int(m[1]), m[2]
+        if i == 0:
+            out[f"conv_first.{kind}"] = v
+        elif i == 3 * n_up + 2:
+            out[f"conv_hr.{kind}"] = v
+        elif i == 3 * n_up + 4:
+            out[f"conv_last.{kind}"] = v
+        else:
+            assert i % 3 == 0, k
+            out[f"conv_up{i // 3}.{kind}"] = v
+    return out
+
+
+def new_to_bsrgan(sd):
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"^body\.(\d+)\.rdb(\d)", r"RRDB_trunk.\1.RDB\2", k)
+        k = k.replace("conv_body.", "trunk_conv.").replace("conv_hr.", "HRconv.")
+        k = re.sub(r"^conv_up(\d)", r"upconv\1", k)
+        out[k] = v
+    return out
+
+
+def esrgan(scale, in_nc=3, shuffle=None, seed=0):
+    torch.manual_seed(seed)
+    net = ESRGAN(in_nc=in_nc, out_nc=3, num_filters=8, num_blocks=1, scale=scale,
+                 shuffle_factor=shuffle)
+    return {k: v.contiguous() for k, v in net.state_dict().items()}
+
+
+def compact(scale, seed=0):
+    torch.manual_seed(seed)
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=scale)
+    sd = net.state_dict()
+    # PReLU slopes start at 0.25 everywhere; spread them so a wrong channel order shows.
+    for k in sd:
+        if sd[k].dim() == 1 and sd[k].shape[0] == 8 and "weight" in k:
+            sd[k] = torch.rand(8) * 0.5
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def log2(n):
+    return n.bit_length() - 1
+
+
+def models():
+    """name -> (state dict as saved, file extension, wrap in params_ema, scale ComfyUI uses)."""
+    m = {}
+    m["esrgan_old_x4"] = (esrgan(4, seed=1), "pth", False, 4)
+    m["esrgan_old_x1"] = (esrgan(1, seed=2), "safetensors", False, 1)
+    m["esrgan_new_x8"] = (old_to_new(esrgan(8, seed=3), 1, 3), "safetensors", False, 8)
+    # Real-ESRGAN x2/x1: pixel-unshuffle by 2/4, then the 4x net.
+    m["esrgan_new_x2"] = (old_to_new(esrgan(4, in_nc=12, shuffle=2, seed=4), 1, 2), "pth", True, 2)
+    m["esrgan_new_x1"] = (old_to_new(esrgan(4, in_nc=48, shuffle=4, seed=5), 1, 2), "safetensors",
+                          False, 1)
+    m["esrgan_bsrgan_x2"] = (new_to_bsrgan(old_to_new(esrgan(2, seed=6), 1, 1)), "pth", False, 2)
+    m["compact_x2"] = (compact(2, seed=7), "safetensors", False, 2)
+    m["compact_x4"] = (compact(4, seed=8), "pth", False, 4)
+    return m
+
+
+def tiled_scale(samples, function, tile, overlap, scale, out_channels=3):
+    """comfy/utils.py tiled_scale -> tiled_scale_multidim (2 dims, one scale), restated."""
+    dims = 2
+    out_shape = [samples.shape[0], out_channels] + [round(a * scale) for a in samples.shape[2:]]
+    output = torch.empty(out_shape)
+    for b in range(samples.shape[0]):
+        s = samples[b:b + 1]
+        if all(s.shape[d + 2] <= tile for d in range(dims)):
+            output[b:b + 1] = function(s)
+            continue
+        out = torch.zeros([1] + out_shape[1:])
+        out_div = torch.zeros([1] + out_shape[1:])
+        positions = []
+        for d in range(dims):
+            size = s.shape[d + 2]
+            if size <= tile:
+                positions.append([0])
+            else:
+                ps = list(range(0, size - overlap, max(1, tile - overlap)))
+                if ps[-1] + tile < size:
+                    ps.append(size - tile)
+                positions.append(ps)
+        for py in positions[0]:
+            for px in positions[1]:
+                s_in = s
+                corner = []
+                for d, it in enumerate((py, px)):
+                    pos = max(0, min(s.shape[d + 2] - overlap, it))
+                    length = min(tile, s.shape[d + 2] - pos)
+                    s_in = s_in.narrow(d + 2, pos, length)
+                    corner.append(round(pos * scale))
+                ps = function(s_in)
+                mask = torch.ones_like(ps)
+                for d in range(2, dims + 2):
+                    feather = round(overlap * scale)
+                    if feather >= mask.shape[d]:
+                        continue
+                    for t in range(feather):
+                        a = (t + 1) / feather
+                        mask.narrow(d, t, 1).mul_(a)
+                        mask.narrow(d, mask.shape[d] - 1 - t, 1).mul_(a)
+                o = out.narrow(2, corner[0], mask.shape[2]).narrow(3, corner[1], mask.shape[3])
+                od = out_div.narrow(2, corner[0], mask.shape[2]).narrow(3, corner[1], mask.shape[3])
+                o.add_(ps * mask)
+                od.add_(mask)
+        output[b:b + 1] = out / out_div
+    return output
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    image_small = torch.rand(1, 3, 7, 5, generator=g)
+    image_tiled = torch.rand(1, 3, 14, 22, generator=g)
+    ref = {"image_small": image_small, "image_tiled": image_tiled}
+    manifest = {}
+    with torch.inference_mode():
+        for name, (sd, ext, wrap, scale) in models().items():
+            path = os.path.join(OUT, f"{name}.{ext}")
+            if ext == "pth":
+                torch.save({"params_ema": sd} if wrap else sd, path)
+            else:
+                save_file(sd, path)
+            desc = ModelLoader().load_from_file(path)
+            assert desc.scale == scale, (name, desc.scale)
+            ref[f"{name}/small"] = desc(image_small).contiguous()
+            if name in ("esrgan_old_x4", "esrgan_new_x2", "compact_x2"):
+                ref[f"{name}/tiled"] = tiled_scale(image_tiled, desc, 12, 4, desc.scale)
+            manifest[name] = {"file": os.path.basename(path), "scale": scale,
+                              "architecture": desc.architecture.id, "tags": desc.tags,
+                              "bytes": os.path.getsize(path)}
+
+        # End to end: the PNG LoadImage reads, through ImageUpscaleWithModel (tile 512: one tile).
+        rng = np.random.default_rng(0)
+        pixels = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(os.path.join(OUT, "e2e_input.png"))
+        image = torch.from_numpy(pixels.astype(np.float32) / 255.0)[None]
+        desc = ModelLoader().load_from_file(os.path.join(OUT, "esrgan_old_x4.pth"))
+        s = tiled_scale(image.movedim(-1, -3), desc, 512, 32, desc.scale)
+        ref["e2e/out"] = torch.clamp(s.movedim(-3, -1), 0, 1).contiguous()
+
+    save_file(ref, os.path.join(OUT, "reference.safetensors"))
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo weft-upscale-test-payload",))
+
+    torch.save({"model.0.weight": Payload()}, os.path.join(OUT, "evil.pth"))
+    save_file({"encoder.layer.0.weight": torch.zeros(4, 4), "head.bias": torch.zeros(4)},
+              os.path.join(OUT, "unknown_keys.safetensors"))
+
+    manifest["versions"] = {"torch": torch.__version__, "spandrel": spandrel.__version__}
+    with open(os.path.join(OUT, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
