@@ -16,6 +16,7 @@ pub mod lora;
 pub mod preprocessors;
 pub mod sampling;
 pub mod testing;
+pub mod upscale;
 mod value;
 
 use std::collections::HashMap;
@@ -272,6 +273,7 @@ impl Registry {
         image_io::register(&mut registry);
         image_ops::register(&mut registry);
         preprocessors::register(&mut registry);
+        upscale::register(&mut registry);
         registry
     }
 

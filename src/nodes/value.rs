@@ -6,6 +6,7 @@ use candle_core::Tensor;
 
 use crate::engine::clip::encode::TextEncoder;
 use crate::engine::diffusion::{CondEntry, DiffusionModel};
+use crate::engine::upscale::UpscaleModel;
 use crate::engine::vae::AutoEncoderKL;
 use crate::graph::{ConstValue, SlotType};
 use crate::nodes::NodeError;
@@ -76,6 +77,8 @@ pub enum Value {
     Guider(Arc<Guider>),
     /// A ControlNet, T2I-Adapter or Control-LoRA.
     ControlNet(Arc<crate::engine::controlnet::load::LoadedControl>),
+    /// An image upscale model.
+    UpscaleModel(Arc<UpscaleModel>),
 }
 
 impl Value {
@@ -98,6 +101,7 @@ impl Value {
             Value::Noise(_) => SlotType::NOISE,
             Value::Guider(_) => SlotType::GUIDER,
             Value::ControlNet(_) => SlotType::CONTROL_NET,
+            Value::UpscaleModel(_) => SlotType::UPSCALE_MODEL,
         }
     }
 
@@ -110,6 +114,7 @@ impl Value {
                 | Value::Vae(_)
                 | Value::Guider(_)
                 | Value::ControlNet(_)
+                | Value::UpscaleModel(_)
         )
     }
 
@@ -124,7 +129,8 @@ impl Value {
             | Value::Clip(_)
             | Value::Vae(_)
             | Value::Guider(_)
-            | Value::ControlNet(_) => 64,
+            | Value::ControlNet(_)
+            | Value::UpscaleModel(_) => 64,
             Value::Conditioning(list) => list.iter().map(CondEntry::byte_size).sum(),
             Value::Latent(l) => {
                 tensor_bytes(&l.samples) + l.noise_mask.as_ref().map_or(0, tensor_bytes)
@@ -154,6 +160,9 @@ impl Value {
             }
             Value::Sampler(name) => serde_json::Value::from(format!("SAMPLER {name}")),
             Value::Sigmas(s) => serde_json::Value::from(format!("SIGMAS ({} values)", s.len())),
+            Value::UpscaleModel(m) => {
+                serde_json::Value::from(format!("UPSCALE_MODEL {}", m.describe()))
+            }
             other => serde_json::Value::from(other.slot_type().0),
         }
     }
@@ -286,4 +295,10 @@ getter!(
     ControlNet,
     Arc<crate::engine::controlnet::load::LoadedControl>,
     "CONTROL_NET"
+);
+getter!(
+    upscale_model,
+    UpscaleModel,
+    Arc<UpscaleModel>,
+    "UPSCALE_MODEL"
 );

@@ -33,7 +33,11 @@ const MODELS: &[(&str, usize, &str)] = &[
     ("esrgan_old_x1.safetensors", 1, "ESRGAN 1x 8nf 1nb"),
     ("esrgan_new_x8.safetensors", 8, "ESRGAN 8x 8nf 1nb"),
     ("esrgan_new_x2.pth", 2, "ESRGAN 2x 8nf 1nb unshuffle"),
-    ("esrgan_new_x1.safetensors", 1, "ESRGAN 1x 8nf 1nb unshuffle"),
+    (
+        "esrgan_new_x1.safetensors",
+        1,
+        "ESRGAN 1x 8nf 1nb unshuffle",
+    ),
     ("esrgan_bsrgan_x2.pth", 2, "ESRGAN 2x 8nf 1nb"),
     ("compact_x2.safetensors", 2, "Compact 2x 8nf 2nc"),
     ("compact_x4.pth", 4, "Compact 4x 8nf 2nc"),

@@ -46,6 +46,8 @@ impl SlotType {
     pub const GUIDER: SlotType = SlotType("GUIDER");
     /// A loaded ControlNet, T2I-Adapter or Control-LoRA.
     pub const CONTROL_NET: SlotType = SlotType("CONTROL_NET");
+    /// A loaded image upscale model (ESRGAN, Real-ESRGAN Compact, …).
+    pub const UPSCALE_MODEL: SlotType = SlotType("UPSCALE_MODEL");
 
     /// The type name as ComfyUI spells it, e.g. `"IMAGE"`.
     pub fn name(self) -> &'static str {

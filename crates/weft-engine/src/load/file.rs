@@ -187,7 +187,11 @@ impl StateDict {
         // Upscale models trained with BasicSR nest theirs under "params_ema" (or "params").
         let nested = ["state_dict", "params_ema", "params"]
             .into_iter()
-            .find_map(|key| read(Some(key)).ok().filter(|p| !p.tensor_infos().is_empty()));
+            .find_map(|key| {
+                read(Some(key))
+                    .ok()
+                    .filter(|p| !p.tensor_infos().is_empty())
+            });
         let pth = match nested {
             Some(p) => p,
             None => read(None)

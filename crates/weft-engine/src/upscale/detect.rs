@@ -261,7 +261,11 @@ fn compact(
             let s = (shuffled / c).isqrt();
             (s > 0 && s * s == shuffled / c).then_some((s, c))
         })
-        .ok_or_else(|| bad(format!("the last layer's {shuffled} channels are no c*scale²")))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "the last layer's {shuffled} channels are no c*scale²"
+            ))
+        })?;
     Ok(Detected {
         architecture: Architecture::Compact(compact::Config {
             in_channels,
@@ -289,8 +293,15 @@ mod tests {
         for b in 0..2 {
             for r in 1..=3 {
                 for c in 1..=5 {
-                    let (o, i) = if c == 5 { (8, 8 + 16) } else { (4, 8 + 4 * (c - 1)) };
-                    s.insert(format!("model.1.sub.{b}.RDB{r}.conv{c}.0.weight"), conv(o, i));
+                    let (o, i) = if c == 5 {
+                        (8, 8 + 16)
+                    } else {
+                        (4, 8 + 4 * (c - 1))
+                    };
+                    s.insert(
+                        format!("model.1.sub.{b}.RDB{r}.conv{c}.0.weight"),
+                        conv(o, i),
+                    );
                 }
             }
         }
@@ -336,7 +347,11 @@ mod tests {
     fn unknown_weights_name_every_layout_looked_for() {
         let shapes = HashMap::from([("encoder.weight".to_string(), vec![4, 4])]);
         let err = detect(&shapes).unwrap_err().to_string();
-        for name in ["ESRGAN (model.0.weight", "Real-ESRGAN (conv_first.weight", "Compact"] {
+        for name in [
+            "ESRGAN (model.0.weight",
+            "Real-ESRGAN (conv_first.weight",
+            "Compact",
+        ] {
             assert!(err.contains(name), "{err}");
         }
     }

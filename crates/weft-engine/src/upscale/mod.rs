@@ -59,7 +59,11 @@ impl UpscaleModel {
     }
 
     /// Reads `sd`, detects its architecture and builds it in `dtype` on `device`.
-    pub fn load(sd: &Arc<StateDict>, dtype: DType, device: &Device) -> std::result::Result<Self, LoadError> {
+    pub fn load(
+        sd: &Arc<StateDict>,
+        dtype: DType,
+        device: &Device,
+    ) -> std::result::Result<Self, LoadError> {
         let detected = detect(sd.shapes()).map_err(|kind| LoadError::new(sd.path(), kind))?;
         Renaming::new(detected.names)
             .warn_unused("upscale model tensors not used by its architecture")
@@ -69,7 +73,11 @@ impl UpscaleModel {
     }
 
     /// Opens the file at `path` and loads it as [`UpscaleModel::load`].
-    pub fn load_file(path: &Path, dtype: DType, device: &Device) -> std::result::Result<Self, LoadError> {
+    pub fn load_file(
+        path: &Path,
+        dtype: DType,
+        device: &Device,
+    ) -> std::result::Result<Self, LoadError> {
         Self::load(&Arc::new(StateDict::open(path)?), dtype, device)
     }
 
@@ -86,7 +94,11 @@ impl UpscaleModel {
                 c.scale(),
                 c.num_feat,
                 c.num_block,
-                if c.unshuffle.is_some() { " unshuffle" } else { "" }
+                if c.unshuffle.is_some() {
+                    " unshuffle"
+                } else {
+                    ""
+                }
             ),
             Architecture::Compact(c) => {
                 format!("Compact {}x {}nf {}nc", c.scale, c.num_feat, c.num_conv)
@@ -175,7 +187,11 @@ impl UpscaleModel {
 /// (`torch.nn.functional.pad(mode="reflect")`).
 pub(crate) fn pad_reflect_to_multiple(x: &Tensor, factor: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
-    pad_end(x, h.next_multiple_of(factor) - h, w.next_multiple_of(factor) - w)
+    pad_end(
+        x,
+        h.next_multiple_of(factor) - h,
+        w.next_multiple_of(factor) - w,
+    )
 }
 
 /// `x` padded by `pad_h` rows at the bottom and `pad_w` columns at the right as spandrel's

@@ -125,8 +125,7 @@ fn checked(t: Tensor, channels: usize, h: usize, w: usize) -> candle_core::Resul
             [1, channels, h, w]
         );
     }
-    t.to_device(&Device::Cpu)?
-        .to_dtype(candle_core::DType::F32)
+    t.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)
 }
 
 #[cfg(test)]

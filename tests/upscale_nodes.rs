@@ -1,0 +1,254 @@
+//! UpscaleModelLoader and ImageUpscaleWithModel through the real server, with the tiny models of
+//! `tools/parity/upscale_reference.py` (tests/fixtures/upscale/) copied into
+//! `models/upscale_models`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value as Json};
+use weft::nodes::{Inputs, Node, NodeError, Reporter, Value};
+
+use crate::helpers::{context, read_png, spawn_app, TestApp};
+use crate::security::history_error;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upscale")
+}
+
+/// A server with `files` from the fixtures in `models/upscale_models` and the PNG in `input/`.
+async fn app_with(files: &[&str]) -> TestApp {
+    let app = spawn_app().await;
+    let folder = app.dir.path().join("models/upscale_models");
+    std::fs::create_dir_all(&folder).unwrap();
+    for file in files {
+        std::fs::copy(fixtures().join(file), folder.join(file)).unwrap();
+    }
+    let input = app.data_dir().join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::copy(
+        fixtures().join("e2e_input.png"),
+        input.join("e2e_input.png"),
+    )
+    .unwrap();
+    app
+}
+
+fn upscale_graph(model: &str, image: Json, prefix: &str) -> Json {
+    json!({
+        "1": image,
+        "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": model}},
+        "3": {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}}
+    })
+}
+
+fn load_image() -> Json {
+    json!({"class_type": "LoadImage", "inputs": {"image": "e2e_input.png"}})
+}
+
+/// The reference's "e2e/out" ([1, H, W, 3] in 0..1) as SaveImage writes it: 255x, clipped,
+/// truncated.
+fn reference_pixels() -> (usize, usize, Vec<u8>) {
+    let reference = candle_core::safetensors::load(
+        fixtures().join("reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let out = &reference["e2e/out"];
+    let (_, h, w, _) = out.dims4().unwrap();
+    let values = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let pixels = values
+        .iter()
+        .map(|v| (v * 255.0).clamp(0.0, 255.0) as u8)
+        .collect();
+    (w, h, pixels)
+}
+
+#[actix_web::test]
+async fn load_image_upscale_and_save_match_comfyui() {
+    let app = app_with(&["esrgan_old_x4.pth"]).await;
+    let mut ws = app.ws("up").await;
+    let id = app
+        .queue(upscale_graph("esrgan_old_x4.pth", load_image(), "up"), "up")
+        .await;
+    let events = ws.until_done(&id).await;
+    let entry = app.wait_history(&id).await;
+    assert_eq!(entry["status"]["status_str"], "success", "{entry:#}");
+    // One tile (the image is smaller than 512): one progress step on the upscale node.
+    let progress: Vec<&Json> = events
+        .iter()
+        .filter(|e| e["type"] == "progress" && e["data"]["node"] == "3")
+        .collect();
+    assert_eq!(progress.len(), 1, "{events:#?}");
+    assert_eq!(
+        (&progress[0]["data"]["value"], &progress[0]["data"]["max"]),
+        (&json!(1), &json!(1))
+    );
+    let (w, h, _, pixels) = read_png(&app.data_dir().join("output/up_00001_.png"));
+    let (want_w, want_h, want) = reference_pixels();
+    assert_eq!((w as usize, h as usize), (want_w, want_h));
+    assert_eq!((w, h), (16 * 4, 12 * 4));
+    // Truncation to 8 bits can fall either side of a level where the floats differ by 1e-7.
+    let worst = pixels
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0);
+    assert!(worst <= 1, "largest difference {worst} levels");
+    let off = pixels.iter().zip(&want).filter(|(a, b)| a != b).count();
+    assert!(off * 100 < pixels.len(), "{off} of {} differ", pixels.len());
+}
+
+#[actix_web::test]
+async fn object_info_declares_both_nodes_as_comfyui_does() {
+    let app = app_with(&["esrgan_old_x4.pth", "compact_x2.safetensors"]).await;
+    let (status, info) = app.get("/object_info").await;
+    assert_eq!(status, 200);
+    let loader = &info["UpscaleModelLoader"];
+    assert_eq!(loader["display_name"], "Load Upscale Model");
+    assert_eq!(loader["category"], "loaders");
+    assert_eq!(loader["output"], json!(["UPSCALE_MODEL"]));
+    assert_eq!(loader["output_name"], json!(["UPSCALE_MODEL"]));
+    assert_eq!(loader["python_module"], "comfy_extras.nodes_upscale_model");
+    assert_eq!(
+        loader["input"]["required"]["model_name"][0],
+        json!(["compact_x2.safetensors", "esrgan_old_x4.pth"])
+    );
+    let upscale = &info["ImageUpscaleWithModel"];
+    assert_eq!(upscale["display_name"], "Upscale Image (using Model)");
+    assert_eq!(upscale["category"], "image/upscaling");
+    assert_eq!(
+        upscale["input"]["required"],
+        json!({"upscale_model": ["UPSCALE_MODEL"], "image": ["IMAGE"]})
+    );
+    assert_eq!(upscale["output"], json!(["IMAGE"]));
+    assert_eq!(upscale["output_node"], false);
+
+    // The model browser and the folder lists know the folder.
+    let (status, files) = app.get("/experiment/models/upscale_models").await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(names, ["compact_x2.safetensors", "esrgan_old_x4.pth"]);
+    let (_, folders) = app.get("/models").await;
+    assert!(folders
+        .as_array()
+        .unwrap()
+        .contains(&json!("upscale_models")));
+    let (_, listed) = app.get("/models/upscale_models").await;
+    assert_eq!(
+        listed,
+        json!(["compact_x2.safetensors", "esrgan_old_x4.pth"])
+    );
+    let (_, paths) = app.get("/internal/folder_paths").await;
+    let folder = app.dir.path().join("models/upscale_models");
+    assert_eq!(
+        paths["upscale_models"],
+        json!([folder.display().to_string()])
+    );
+}
+
+#[actix_web::test]
+async fn bad_model_files_fail_naming_the_input_and_the_file() {
+    let app = app_with(&["unknown_keys.safetensors", "evil.pth"]).await;
+    let cases = [
+        ("unknown_keys.safetensors", "unknown model family"),
+        ("evil.pth", "refusing the pickle"),
+    ];
+    for (file, why) in cases {
+        let id = app
+            .queue(upscale_graph(file, load_image(), "bad"), "bad")
+            .await;
+        let entry = app.wait_history(&id).await;
+        let error = history_error(&entry);
+        assert_eq!(error["node_type"], "UpscaleModelLoader", "{error}");
+        let message = error["exception_message"].as_str().unwrap_or_default();
+        assert!(message.contains("input 'model_name'"), "{message}");
+        assert!(
+            message.contains(&format!("models/upscale_models/{file}")),
+            "{message}"
+        );
+        assert!(message.contains(why), "{message}");
+    }
+    // The unknown file's error lists what was looked for.
+    let id = app
+        .queue(
+            upscale_graph("unknown_keys.safetensors", load_image(), "bad"),
+            "bad",
+        )
+        .await;
+    let message = history_error(&app.wait_history(&id).await)["exception_message"].to_string();
+    assert!(
+        message.contains("Real-ESRGAN (conv_first.weight"),
+        "{message}"
+    );
+}
+
+/// Progress as a node reports it.
+#[derive(Default)]
+struct Steps(Mutex<Vec<(u64, u64)>>);
+
+impl Reporter for Steps {
+    fn progress(&self, _: &str, value: u64, max: u64) {
+        self.0.lock().unwrap().push((value, max));
+    }
+    fn preview(&self, _: &str, _: Vec<u8>, _: bool) {}
+}
+
+/// A 600 x 40 image is two 512-pixel tiles (at 0 and 480, overlapping by 32): a progress step
+/// after each, and an interrupt stops after the first.
+#[actix_web::test]
+async fn tiles_report_progress_and_an_interrupt_stops_between_them() {
+    let app = app_with(&["compact_x2.safetensors"]).await;
+    let wide = json!({"class_type": "EmptyImage", "inputs": {"width": 600, "height": 40, "batch_size": 1, "color": 0x336699}});
+    let mut ws = app.ws("tiles").await;
+    let id = app
+        .queue(
+            upscale_graph("compact_x2.safetensors", wide, "wide"),
+            "tiles",
+        )
+        .await;
+    let events = ws.until_done(&id).await;
+    let steps: Vec<(Json, Json)> = events
+        .iter()
+        .filter(|e| e["type"] == "progress" && e["data"]["node"] == "3")
+        .map(|e| (e["data"]["value"].clone(), e["data"]["max"].clone()))
+        .collect();
+    assert_eq!(steps, [(json!(1), json!(2)), (json!(2), json!(2))]);
+    let (w, h, _, _) = read_png(&app.data_dir().join("output/wide_00001_.png"));
+    assert_eq!((w, h), (1200, 80));
+
+    // Called directly with the interrupt flag up: the first tile runs, then it stops.
+    let mut ctx = context(&app);
+    let steps = Arc::new(Steps::default());
+    ctx.reporter = steps.clone();
+    ctx.interrupt
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let model = ctx
+        .models
+        .upscale(
+            &app.dir
+                .path()
+                .join("models/upscale_models/compact_x2.safetensors"),
+        )
+        .unwrap();
+    let image = candle_core::Tensor::zeros(
+        (1, 40, 600, 3),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let inputs = Inputs::new(vec![
+        ("upscale_model".into(), Value::UpscaleModel(model)),
+        ("image".into(), Value::Image(image)),
+    ]);
+    let node = weft::nodes::upscale::ImageUpscaleWithModel;
+    let result = node.run(&ctx, &inputs);
+    assert!(matches!(result, Err(NodeError::Interrupted)), "{result:?}");
+    assert_eq!(*steps.0.lock().unwrap(), [(1, 2)]);
+}
