@@ -98,6 +98,21 @@ async fn load_image_upscale_and_save_match_comfyui() {
     assert!(worst <= 1, "largest difference {worst} levels");
     let off = pixels.iter().zip(&want).filter(|(a, b)| a != b).count();
     assert!(off * 100 < pixels.len(), "{off} of {} differ", pixels.len());
+
+    // A SwinIR file (a {"params": …} pickle) through the same graph.
+    let swin = "swinir_classical_x2.pth";
+    std::fs::copy(
+        fixtures().join(swin),
+        app.dir.path().join("models/upscale_models").join(swin),
+    )
+    .unwrap();
+    app.queue_ok(
+        "/prompt",
+        json!({"prompt": upscale_graph(swin, load_image(), "swin")}),
+    )
+    .await;
+    let (w, h, _, _) = read_png(&app.data_dir().join("output/swin_00001_.png"));
+    assert_eq!((w, h), (16 * 2, 12 * 2));
 }
 
 #[actix_web::test]

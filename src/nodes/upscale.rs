@@ -1,6 +1,6 @@
 //! Upscale models: UpscaleModelLoader and ImageUpscaleWithModel, as ComfyUI's
-//! `comfy_extras/nodes_upscale_model.py`: the model (ESRGAN, Real-ESRGAN Compact, detected from its
-//! weights by `engine::upscale`) runs over 512-pixel tiles overlapping by 32, blended with
+//! `comfy_extras/nodes_upscale_model.py`: the model (ESRGAN, Real-ESRGAN Compact, SwinIR, detected
+//! from its weights by `engine::upscale`) runs over 512-pixel tiles overlapping by 32, blended with
 //! `comfy.utils.tiled_scale`'s feathered masks; when the memory for a tile is not there, the tile
 //! is halved, down to 128. One progress step per tile; an interrupt stops between tiles.
 

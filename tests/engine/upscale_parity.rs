@@ -2,7 +2,9 @@
 //! wrote the tiny random-weight models and `reference.safetensors` in `tests/fixtures/upscale/`:
 //! "<model>/small" is spandrel's `ImageModelDescriptor(image_small)` (padding, clamp, crop), and
 //! "<model>/tiled" ComfyUI's `comfy.utils.tiled_scale` with tile 12, overlap 4 over it. Tolerance
-//! 1e-4 (f32 on both sides; the differences are summation order).
+//! 1e-4 (f32 on both sides; the differences are summation order). The SwinIR classical and
+//! real-world files have num_feat 8 where SwinIR fixes 64; the script builds those with
+//! spandrel's classes and calls them through spandrel's descriptor (see its docstring).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,6 +43,26 @@ const MODELS: &[(&str, usize, &str)] = &[
     ("esrgan_bsrgan_x2.pth", 2, "ESRGAN 2x 8nf 1nb"),
     ("compact_x2.safetensors", 2, "Compact 2x 8nf 2nc"),
     ("compact_x4.pth", 4, "Compact 4x 8nf 2nc"),
+    (
+        "swinir_classical_x2.pth",
+        2,
+        "SwinIR 2x 12dim [2, 2] w4 classical",
+    ),
+    (
+        "swinir_lightweight_x3.safetensors",
+        3,
+        "SwinIR 3x 12dim [2, 2] w4 lightweight",
+    ),
+    (
+        "swinir_realworld_x4.safetensors",
+        4,
+        "SwinIR 4x 12dim [2, 2] w4 real-world",
+    ),
+    (
+        "swinir_restore_x1.pth",
+        1,
+        "SwinIR 1x 12dim [2] w7 restoration",
+    ),
 ];
 
 #[test]

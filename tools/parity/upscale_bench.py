@@ -38,7 +38,7 @@ def main():
         cpu = (time.process_time() - cpu0) / runs
     print(f"torch {torch.__version__} spandrel, {torch.get_num_threads()} threads, cpu f32: "
           f"ESRGAN 4x 64nf 23nb 128x128 -> {tuple(out.shape)}: median {statistics.median(times):.2f} s "
-          f"over {runs} runs ({', '.join(f'{t:.2f}' for t in times)}); {cpu:.1} CPU s per run")
+          f"over {runs} runs ({', '.join(f'{t:.2f}' for t in times)}); {cpu:.1f} CPU s per run")
 
 
 if __name__ == "__main__":

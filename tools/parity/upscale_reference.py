@@ -9,7 +9,14 @@ What it does:
   architecture classes: ESRGAN/RRDBNet with nf=8, nb=1 and a growth of gc=4 (spandrel fixes gc=32,
   which would make each file ~1 MB; the script passes 4 through spandrel's RRDB block so that its
   loader builds the same net), at scales 1, 2, 4 and 8, and Real-ESRGAN's pixel-unshuffle 2x and
-  1x variants; SRVGGNetCompact (num_feat=8, num_conv=2) at scales 2 and 4.
+  1x variants; SRVGGNetCompact (num_feat=8, num_conv=2) at scales 2 and 4; SwinIR (embed_dim 12,
+  window 4, training size 16, two residual groups of two blocks) with each head: classical
+  (pixel shuffle, 2x), lightweight (one pixel shuffle, 3x, "3conv" residuals), real-world
+  (nearest+conv, 4x), and none (restoration, 7-pixel windows: img_range 255, one group).
+  SwinIR's classical and real-world heads fix num_feat=64 (~600 KB of weights); the script
+  swaps those heads for the same layers with num_feat=8 after building the net, so those two
+  files are loaded here by building the net the same way and wrapping it in spandrel's
+  ImageModelDescriptor with SwinIR's size requirements (spandrel's loader would build 64).
 - Saves each in the key layout it is named for: "old" (model.0, model.1.sub.N.RDB1.conv1.0, …),
   "new" (Real-ESRGAN's conv_first, body.N.rdb1.conv1, conv_body, conv_up1, conv_hr, conv_last),
   "bsrgan" (RRDB_trunk, trunk_conv, upconv1, HRconv), as .pth (torch.save, some wrapped in
@@ -38,8 +45,11 @@ from safetensors.torch import save_file
 import spandrel
 from spandrel import ModelLoader
 from spandrel.architectures.__arch_helpers import block as B
+from spandrel import ImageModelDescriptor, SizeRequirements
 from spandrel.architectures.Compact import Compact
 from spandrel.architectures.ESRGAN import ESRGAN
+from spandrel.architectures.SwinIR import SwinIR, SwinIRArch
+from spandrel.architectures.SwinIR.__arch.SwinIR import Upsample
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "..", "tests", "fixtures", "upscale")
@@ -114,6 +124,47 @@ def compact(scale, seed=0):
         if sd[k].dim() == 1 and sd[k].shape[0] == 8 and "weight" in k:
             sd[k] = torch.rand(8) * 0.5
     return {k: v.contiguous() for k, v in sd.items()}
+
+
+SWIN_FEAT = 8
+
+
+def swinir(upsampler, scale, window=4, depths=(2, 2), heads=(2, 3), resi="1conv", seed=0):
+    """A tiny SwinIR; returns (net, whether spandrel's loader can build it)."""
+    torch.manual_seed(seed)
+    net = SwinIR(img_size=16 if window == 4 else 14, in_chans=3, embed_dim=12, depths=list(depths),
+                 num_heads=list(heads), window_size=window, mlp_ratio=2.0, upscale=scale,
+                 img_range=255.0 if window == 7 else 1.0, upsampler=upsampler,
+                 resi_connection=resi)
+    if upsampler in ("pixelshuffle", "nearest+conv"):
+        nf = SWIN_FEAT
+        net.conv_before_upsample[0] = torch.nn.Conv2d(12, nf, 3, 1, 1)
+        net.conv_last = torch.nn.Conv2d(nf, 3, 3, 1, 1)
+        if upsampler == "pixelshuffle":
+            net.upsample = Upsample(scale, nf)
+        else:
+            for i in range(1, scale.bit_length()):
+                setattr(net, f"conv_up{i}", torch.nn.Conv2d(nf, nf, 3, 1, 1))
+            net.conv_hr = torch.nn.Conv2d(nf, nf, 3, 1, 1)
+        # Widen the output so that the comparison sees its detail.
+        net.conv_last.weight.data *= 8
+    # Relative position tables start at zero-ish; make them matter.
+    for name, p in net.named_parameters():
+        if "relative_position_bias_table" in name:
+            p.data.normal_(0, 0.5)
+    return net.eval()
+
+
+def swinir_models():
+    """name -> (net, ext, scale, whether spandrel's loader builds it)."""
+    return {
+        "swinir_classical_x2": (swinir("pixelshuffle", 2, seed=9), "pth", 2, False),
+        "swinir_lightweight_x3": (swinir("pixelshuffledirect", 3, resi="3conv", seed=10),
+                                  "safetensors", 3, True),
+        "swinir_realworld_x4": (swinir("nearest+conv", 4, seed=11), "safetensors", 4, False),
+        "swinir_restore_x1": (swinir("", 1, window=7, depths=(2,), heads=(3,), seed=12), "pth", 1,
+                              True),
+    }
 
 
 def log2(n):
@@ -206,6 +257,26 @@ def main():
                 ref[f"{name}/tiled"] = tiled_scale(image_tiled, desc, 12, 4, desc.scale)
             manifest[name] = {"file": os.path.basename(path), "scale": scale,
                               "architecture": desc.architecture.id, "tags": desc.tags,
+                              "bytes": os.path.getsize(path)}
+
+        for name, (net, ext, scale, loadable) in swinir_models().items():
+            path = os.path.join(OUT, f"{name}.{ext}")
+            sd = {k: v.contiguous() for k, v in net.state_dict().items()}
+            if ext == "pth":
+                torch.save({"params": sd}, path)
+            else:
+                save_file(sd, path)
+            if loadable:
+                desc = ModelLoader().load_from_file(path)
+                assert desc.scale == scale, (name, desc.scale)
+            else:
+                desc = ImageModelDescriptor(net, sd, architecture=SwinIRArch(), purpose="SR",
+                                            tags=[], supports_half=False, supports_bfloat16=True,
+                                            scale=scale, input_channels=3, output_channels=3,
+                                            size_requirements=SizeRequirements(minimum=16))
+            ref[f"{name}/small"] = desc(image_small).contiguous()
+            manifest[name] = {"file": os.path.basename(path), "scale": scale,
+                              "architecture": "SwinIR", "spandrel_loader": loadable,
                               "bytes": os.path.getsize(path)}
 
         # End to end: the PNG LoadImage reads, through ImageUpscaleWithModel (tile 512: one tile).

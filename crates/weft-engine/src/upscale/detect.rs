@@ -4,20 +4,23 @@
 //! Layouts: ESRGAN's old `model.N` names (`model.1.sub.N.RDB1.conv1.0`), Real-ESRGAN's
 //! (`conv_first`, `body.N.rdb1.conv1`, `conv_body`, `conv_upN`, `conv_hr`, `conv_last`), BSRGAN's
 //! (`RRDB_trunk`, `trunk_conv`, `upconvN`, `HRconv`), and SRVGGNetCompact's (`body.N`). A common
-//! `module.` or `netG.` prefix (DataParallel, BasicSR) is ignored.
+//! `module.` or `netG.` prefix (DataParallel, BasicSR) is ignored. SwinIR's names are its own.
 
 use std::collections::HashMap;
 
 use crate::load::LoadErrorKind;
+use crate::upscale::swinir::{self, Upsampler};
 use crate::upscale::{compact, esrgan};
 
 /// An architecture with its shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Architecture {
     /// ESRGAN / Real-ESRGAN / BSRGAN RRDBNet.
     Esrgan(esrgan::Config),
     /// Real-ESRGAN's SRVGGNetCompact.
     Compact(compact::Config),
+    /// SwinIR (classical, lightweight, real-world, denoising/JPEG).
+    SwinIr(swinir::Config),
 }
 
 /// What [`detect`] found.
@@ -31,6 +34,15 @@ pub struct Detected {
 
 /// The marker keys of each layout, for the error when none matches.
 const MARKERS: &[(&str, &[&str])] = &[
+    (
+        "SwinIR",
+        &[
+            "layers.0.residual_group.blocks.0.norm1.weight",
+            "conv_first.weight",
+            "layers.0.residual_group.blocks.0.mlp.fc1.bias",
+            "layers.0.residual_group.blocks.0.attn.relative_position_index",
+        ],
+    ),
     (
         "ESRGAN",
         &["model.0.weight", "model.1.sub.0.RDB1.conv1.0.weight"],
@@ -67,6 +79,11 @@ pub fn detect(shapes: &HashMap<String, Vec<usize>>) -> Result<Detected, LoadErro
         .map(|k| (&k[prefix.len()..], k.as_str()))
         .collect();
     let has_all = |names: &[&str]| names.iter().all(|n| keys.contains_key(n));
+    if keys.contains_key("conv_first.1.weight") {
+        return Err(LoadErrorKind::UnsupportedFormat(
+            "SwinIR with a pixel-unshuffle start (conv_first.1) is not supported".into(),
+        ));
+    }
     if keys.contains_key("model.1.sub.0.RDB1.conv1x1.weight") {
         return Err(LoadErrorKind::UnsupportedFormat(
             "ESRGAN+ (conv1x1 residual paths) is not supported".into(),
@@ -80,6 +97,7 @@ pub fn detect(shapes: &HashMap<String, Vec<usize>>) -> Result<Detected, LoadErro
         Some("ESRGAN") => old_name,
         Some("Real-ESRGAN") => new_name,
         Some("BSRGAN") => bsrgan_name,
+        Some("SwinIR") => return swin_ir(shapes, &keys),
         Some(_) => return compact(shapes, &keys),
         None => {
             return Err(LoadErrorKind::UnknownFamily {
@@ -273,6 +291,116 @@ fn compact(
             num_feat,
             num_conv: (last - 2) / 2,
             scale,
+        }),
+        names,
+    })
+}
+
+/// SwinIR, as spandrel reads it: the head from which layers exist, sizes from the first
+/// convolution, the MLP and the relative position index, the training size from the first
+/// shifted block's mask (64 without one), depths and heads per residual group.
+fn swin_ir(
+    shapes: &HashMap<String, Vec<usize>>,
+    keys: &HashMap<&str, &str>,
+) -> Result<Detected, LoadErrorKind> {
+    let names: HashMap<String, String> = keys
+        .iter()
+        .map(|(k, file)| (k.to_string(), file.to_string()))
+        .collect();
+    let has = |name: &str| names.contains_key(name);
+    let dims = |name: &str| -> Result<&[usize], LoadErrorKind> {
+        let key = names
+            .get(name)
+            .ok_or_else(|| LoadErrorKind::MissingTensor(name.to_string()))?;
+        let d = shapes[key].as_slice();
+        if d.is_empty() || d.contains(&0) {
+            return Err(LoadErrorKind::BadConfig(format!("'{key}' has shape {d:?}")));
+        }
+        Ok(d)
+    };
+    let bad = |why: String| LoadErrorKind::BadConfig(why);
+    let first = dims("conv_first.weight")?;
+    if first.len() != 4 {
+        return Err(bad(format!("conv_first.weight has shape {first:?}")));
+    }
+    let (embed_dim, channels) = (first[0], first[1]);
+    let out = if has("conv_last.weight") {
+        dims("conv_last.weight")?[0]
+    } else {
+        channels
+    };
+    if out != channels {
+        return Err(bad(format!("{channels} channels in, {out} out")));
+    }
+    let block = "layers.0.residual_group.blocks.0";
+    let window = dims(&format!("{block}.attn.relative_position_index"))?[0].isqrt();
+    let (upsampler, scale) = if has("conv_before_upsample.0.weight") {
+        let num_feat = dims("conv_before_upsample.0.weight")?[0];
+        if has("conv_up1.weight") {
+            let ups = (1..)
+                .take_while(|i| has(&format!("conv_up{i}.weight")))
+                .count();
+            (Upsampler::NearestConv { num_feat }, 1 << ups)
+        } else {
+            let mut scale = 1;
+            for i in (0..).step_by(2) {
+                let Ok(d) = dims(&format!("upsample.{i}.weight")) else {
+                    break;
+                };
+                scale *= (d[0] / d[1].max(1)).isqrt();
+            }
+            (Upsampler::PixelShuffle { num_feat }, scale)
+        }
+    } else if has("upsample.0.weight") {
+        let shuffled = dims("upsample.0.bias")?[0];
+        (Upsampler::PixelShuffleDirect, (shuffled / out).isqrt())
+    } else {
+        (Upsampler::None, 1)
+    };
+    let layers = (0..)
+        .take_while(|i| has(&format!("layers.{i}.residual_group.blocks.0.norm1.weight")))
+        .count();
+    let mut depths = Vec::with_capacity(layers);
+    let mut num_heads = Vec::with_capacity(layers);
+    for i in 0..layers {
+        let group = format!("layers.{i}.residual_group.blocks");
+        depths.push(
+            (0..)
+                .take_while(|j| has(&format!("{group}.{j}.norm1.weight")))
+                .count(),
+        );
+        let table = dims(&format!("{group}.0.attn.relative_position_bias_table"))?;
+        let heads = table.get(1).copied().unwrap_or(0);
+        if heads == 0 || embed_dim % heads != 0 || table[0] != (2 * window - 1).pow(2) {
+            return Err(bad(format!(
+                "layer {i}'s relative position table has shape {table:?} for {embed_dim} \
+                 channels and {window}-pixel windows"
+            )));
+        }
+        num_heads.push(heads);
+    }
+    let img_size = match dims("layers.0.residual_group.blocks.1.attn_mask") {
+        Ok(d) => d[0].isqrt() * window,
+        Err(_) => 64,
+    };
+    if window == 0 || scale == 0 {
+        return Err(bad(format!("window {window}, scale {scale}")));
+    }
+    Ok(Detected {
+        architecture: Architecture::SwinIr(swinir::Config {
+            channels,
+            embed_dim,
+            depths,
+            num_heads,
+            window_size: window,
+            mlp_hidden: dims(&format!("{block}.mlp.fc1.bias"))?[0],
+            img_size,
+            scale,
+            upsampler,
+            three_conv: !has("conv_after_body.weight"),
+            patch_norm: has("patch_embed.norm.weight"),
+            // spandrel: the JPEG models are the only ones with 7-pixel windows, and work in 0..255.
+            img_range: if window == 7 { 255.0 } else { 1.0 },
         }),
         names,
     })

@@ -1,6 +1,6 @@
 //! Image upscale models (ComfyUI's UPSCALE_MODEL, loaded there by spandrel): ESRGAN/RRDBNet in
 //! its old, Real-ESRGAN and BSRGAN layouts (with Real-ESRGAN's pixel-unshuffle 2x/1x variants and
-//! 8x), and Real-ESRGAN's SRVGGNetCompact. The architecture, scale and sizes come from the
+//! 8x), Real-ESRGAN's SRVGGNetCompact, and SwinIR. The architecture, scale and sizes come from the
 //! weights (`detect`); `tile` is ComfyUI's tiled scaling with feathered blending.
 //!
 //! [`UpscaleModel::upscale`] is what spandrel's `ImageModelDescriptor.__call__` does with one
@@ -9,6 +9,7 @@
 pub mod compact;
 pub mod detect;
 pub mod esrgan;
+pub mod swinir;
 pub mod tile;
 
 use std::path::Path;
@@ -23,11 +24,13 @@ use crate::load::LoadError;
 use crate::upscale::compact::SrvggCompact;
 use crate::upscale::detect::{detect, Architecture};
 use crate::upscale::esrgan::RrdbNet;
+use crate::upscale::swinir::SwinIr;
 
 #[derive(Debug)]
 enum Net {
     Esrgan(RrdbNet),
     Compact(SrvggCompact),
+    SwinIr(SwinIr),
 }
 
 /// A loaded upscale model.
@@ -50,6 +53,7 @@ impl UpscaleModel {
         let net = match architecture {
             Architecture::Esrgan(cfg) => Net::Esrgan(RrdbNet::new(vb, cfg)?),
             Architecture::Compact(cfg) => Net::Compact(SrvggCompact::new(vb, cfg)?),
+            Architecture::SwinIr(cfg) => Net::SwinIr(SwinIr::new(vb, cfg)?),
         };
         Ok(Self {
             net,
@@ -103,6 +107,19 @@ impl UpscaleModel {
             Architecture::Compact(c) => {
                 format!("Compact {}x {}nf {}nc", c.scale, c.num_feat, c.num_conv)
             }
+            Architecture::SwinIr(c) => format!(
+                "SwinIR {}x {}dim {:?} w{} {}",
+                c.scale,
+                c.embed_dim,
+                c.depths,
+                c.window_size,
+                match c.upsampler {
+                    swinir::Upsampler::PixelShuffle { .. } => "classical",
+                    swinir::Upsampler::PixelShuffleDirect => "lightweight",
+                    swinir::Upsampler::NearestConv { .. } => "real-world",
+                    swinir::Upsampler::None => "restoration",
+                }
+            ),
         }
     }
 
@@ -111,6 +128,7 @@ impl UpscaleModel {
         match &self.architecture {
             Architecture::Esrgan(c) => c.scale(),
             Architecture::Compact(c) => c.scale,
+            Architecture::SwinIr(c) => c.scale,
         }
     }
 
@@ -119,6 +137,7 @@ impl UpscaleModel {
         match &self.architecture {
             Architecture::Esrgan(c) => c.image_channels(),
             Architecture::Compact(c) => c.in_channels,
+            Architecture::SwinIr(c) => c.channels,
         }
     }
 
@@ -127,6 +146,7 @@ impl UpscaleModel {
         match &self.architecture {
             Architecture::Esrgan(c) => c.out_channels,
             Architecture::Compact(c) => c.out_channels,
+            Architecture::SwinIr(c) => c.channels,
         }
     }
 
@@ -135,6 +155,7 @@ impl UpscaleModel {
         match &self.architecture {
             Architecture::Esrgan(c) => (2, if c.unshuffle.is_some() { 4 } else { 1 }),
             Architecture::Compact(_) => (0, 1),
+            Architecture::SwinIr(_) => (16, 1),
         }
     }
 
@@ -148,6 +169,13 @@ impl UpscaleModel {
                 4 * c.num_feat * c.scale() * c.scale(),
             ),
             Architecture::Compact(c) => (4 * c.num_feat, 3 * c.out_channels * c.scale * c.scale),
+            // Per token: the MLP's hidden layer and the attention scores of its window, per head.
+            Architecture::SwinIr(c) => (
+                4 * c.embed_dim
+                    + c.mlp_hidden
+                    + c.num_heads.iter().max().unwrap_or(&1) * c.window_size * c.window_size,
+                4 * 64 * c.scale * c.scale,
+            ),
         };
         4 * (lr.max(hr) as u64) * (h as u64) * (w as u64)
     }
@@ -174,6 +202,7 @@ impl UpscaleModel {
         let out = match &self.net {
             Net::Esrgan(net) => net.forward(&x)?,
             Net::Compact(net) => net.forward(&x)?,
+            Net::SwinIr(net) => net.forward(&x)?,
         };
         let s = self.scale();
         out.clamp(0f32, 1f32)?
