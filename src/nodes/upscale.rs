@@ -89,7 +89,7 @@ impl Node for ImageUpscaleWithModel {
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let model = inputs.upscale_model("upscale_model")?;
         let image = inputs.image("image")?;
-        let (batch, _, _, channels) = image.dims4().map_err(|_| {
+        let (_, _, _, channels) = image.dims4().map_err(|_| {
             NodeError::input(
                 "image",
                 format!("expected an IMAGE [B,H,W,C], got shape {:?}", image.dims()),
@@ -105,12 +105,7 @@ impl Node for ImageUpscaleWithModel {
                 ),
             ));
         }
-        let scaled = upscale(
-            ctx,
-            model,
-            &image.permute((0, 3, 1, 2))?.contiguous()?,
-            batch,
-        )?;
+        let scaled = upscale(ctx, model, &image.permute((0, 3, 1, 2))?.contiguous()?)?;
         Ok(NodeOutput::values(vec![Value::Image(
             scaled
                 .clamp(0f32, 1f32)?
@@ -122,13 +117,8 @@ impl Node for ImageUpscaleWithModel {
 
 /// `image` (`[B, C, H, W]`) through `model` in tiles, halving the tile while the memory for one
 /// is short (reserved up front, or a device allocation that failed).
-fn upscale(
-    ctx: &NodeContext,
-    model: &UpscaleModel,
-    image: &Tensor,
-    batch: usize,
-) -> Result<Tensor, NodeError> {
-    let (_, _, height, width) = image.dims4()?;
+fn upscale(ctx: &NodeContext, model: &UpscaleModel, image: &Tensor) -> Result<Tensor, NodeError> {
+    let (batch, _, height, width) = image.dims4()?;
     let scale = model.scale();
     let out_channels = model.out_channels();
     // The result, the blend's sums and the clamped, permuted copy, in f32.

@@ -25,7 +25,7 @@ What it does:
   checks the scale it detects, and writes reference.safetensors:
   "<model>/small" = descriptor(image_small) (spandrel pads to the size requirements, clamps to
   0..1 and crops), and for three models "<model>/tiled" = ComfyUI's comfy.utils.tiled_scale
-  (restated below from comfy/utils.py tiled_scale_multidim) with tile 12, overlap 4 on image_tiled.
+  (unet_vae_reference.py restates it) with tile 12, overlap 4 on image_tiled.
 - For the end-to-end test: e2e_input.png (an RGB PNG), and "e2e/out" = ImageUpscaleWithModel's
   result for esrgan_old_x4.pth on that PNG as LoadImage reads it ([1, H, W, 3], u8 / 255), i.e.
   tiled_scale with tile 512 (one tile), clamped.
@@ -36,6 +36,7 @@ What it does:
 import json
 import os
 import re
+import sys
 
 import numpy as np
 import torch
@@ -44,6 +45,9 @@ from safetensors.torch import save_file
 
 import spandrel
 from spandrel import ModelLoader
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from unet_vae_reference import tiled_scale as comfy_tiled_scale  # noqa: E402
 from spandrel.architectures.__arch_helpers import block as B
 from spandrel import ImageModelDescriptor, SizeRequirements
 from spandrel.architectures.Compact import Compact
@@ -187,53 +191,12 @@ def models():
     return m
 
 
-def tiled_scale(samples, function, tile, overlap, scale, out_channels=3):
-    """comfy/utils.py tiled_scale -> tiled_scale_multidim (2 dims, one scale), restated."""
-    dims = 2
-    out_shape = [samples.shape[0], out_channels] + [round(a * scale) for a in samples.shape[2:]]
-    output = torch.empty(out_shape)
-    for b in range(samples.shape[0]):
-        s = samples[b:b + 1]
-        if all(s.shape[d + 2] <= tile for d in range(dims)):
-            output[b:b + 1] = function(s)
-            continue
-        out = torch.zeros([1] + out_shape[1:])
-        out_div = torch.zeros([1] + out_shape[1:])
-        positions = []
-        for d in range(dims):
-            size = s.shape[d + 2]
-            if size <= tile:
-                positions.append([0])
-            else:
-                ps = list(range(0, size - overlap, max(1, tile - overlap)))
-                if ps[-1] + tile < size:
-                    ps.append(size - tile)
-                positions.append(ps)
-        for py in positions[0]:
-            for px in positions[1]:
-                s_in = s
-                corner = []
-                for d, it in enumerate((py, px)):
-                    pos = max(0, min(s.shape[d + 2] - overlap, it))
-                    length = min(tile, s.shape[d + 2] - pos)
-                    s_in = s_in.narrow(d + 2, pos, length)
-                    corner.append(round(pos * scale))
-                ps = function(s_in)
-                mask = torch.ones_like(ps)
-                for d in range(2, dims + 2):
-                    feather = round(overlap * scale)
-                    if feather >= mask.shape[d]:
-                        continue
-                    for t in range(feather):
-                        a = (t + 1) / feather
-                        mask.narrow(d, t, 1).mul_(a)
-                        mask.narrow(d, mask.shape[d] - 1 - t, 1).mul_(a)
-                o = out.narrow(2, corner[0], mask.shape[2]).narrow(3, corner[1], mask.shape[3])
-                od = out_div.narrow(2, corner[0], mask.shape[2]).narrow(3, corner[1], mask.shape[3])
-                o.add_(ps * mask)
-                od.add_(mask)
-        output[b:b + 1] = out / out_div
-    return output
+def tiled_scale(samples, function, tile, overlap, scale):
+    """comfy/utils.py tiled_scale: unet_vae_reference.py's restatement of tiled_scale_multidim.
+
+    Current ComfyUI also adds a last tile at `size - tile` when the others end short of the edge;
+    with tile > overlap they never do, so the two agree."""
+    return comfy_tiled_scale(samples, function, (tile, tile), overlap, scale, 3, False)
 
 
 def main():

@@ -81,11 +81,6 @@ impl SrvggCompact {
         })
     }
 
-    /// The shape it was built with.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// `x`: `[B, in_channels, H, W]` f32 in 0..1; returns `[B, out_channels, H*scale, W*scale]`,
     /// not clamped.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -243,16 +243,20 @@ fn bsrgan_name(key: &str, _: &OldLayout) -> Option<String> {
     Some(key.to_string())
 }
 
+/// The file's keys (without the common prefix) as the model's names.
+fn own_names(keys: &HashMap<&str, &str>) -> HashMap<String, String> {
+    keys.iter()
+        .map(|(k, file)| (k.to_string(), file.to_string()))
+        .collect()
+}
+
 /// SRVGGNetCompact: `body.0` is the first convolution, the last `body.N` the one before the
 /// pixel shuffle, whose channels are `out_channels * scale²`.
 fn compact(
     shapes: &HashMap<String, Vec<usize>>,
     keys: &HashMap<&str, &str>,
 ) -> Result<Detected, LoadErrorKind> {
-    let names: HashMap<String, String> = keys
-        .iter()
-        .map(|(k, file)| (k.to_string(), file.to_string()))
-        .collect();
+    let names = own_names(keys);
     let len = (0..)
         .take_while(|i| names.contains_key(&format!("body.{i}.weight")))
         .count();
@@ -303,10 +307,7 @@ fn swin_ir(
     shapes: &HashMap<String, Vec<usize>>,
     keys: &HashMap<&str, &str>,
 ) -> Result<Detected, LoadErrorKind> {
-    let names: HashMap<String, String> = keys
-        .iter()
-        .map(|(k, file)| (k.to_string(), file.to_string()))
-        .collect();
+    let names = own_names(keys);
     let has = |name: &str| names.contains_key(name);
     let dims = |name: &str| -> Result<&[usize], LoadErrorKind> {
         let key = names

@@ -147,11 +147,6 @@ impl RrdbNet {
         })
     }
 
-    /// The shape it was built with.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// `x`: `[B, image_channels, H, W]` f32 in 0..1; returns `[B, out_channels, H*scale,
     /// W*scale]`, not clamped.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -386,11 +386,6 @@ impl SwinIr {
         })
     }
 
-    /// The shape it was built with.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// `x`: `[B, channels, H, W]` f32 in 0..1; returns `[B, channels, H*scale, W*scale]`, not
     /// clamped.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
