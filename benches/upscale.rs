@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             num_grow: 32,
             upsamples: 2,
             unshuffle: None,
+            plus: false,
         });
         (
             UpscaleModel::new(synth_var_builder(DType::F32, &device), &shape)?,

@@ -41,6 +41,7 @@ const MODELS: &[(&str, usize, &str)] = &[
         "ESRGAN 1x 8nf 1nb unshuffle",
     ),
     ("esrgan_bsrgan_x2.pth", 2, "ESRGAN 2x 8nf 1nb"),
+    ("esrgan_plus_x2.safetensors", 2, "ESRGAN+ 2x 8nf 1nb"),
     ("compact_x2.safetensors", 2, "Compact 2x 8nf 2nc"),
     ("compact_x4.pth", 4, "Compact 4x 8nf 2nc"),
     (

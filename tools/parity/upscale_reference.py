@@ -19,7 +19,7 @@ What it does:
   ImageModelDescriptor with SwinIR's size requirements (spandrel's loader would build 64).
 - Saves each in the key layout it is named for: "old" (model.0, model.1.sub.N.RDB1.conv1.0, …),
   "new" (Real-ESRGAN's conv_first, body.N.rdb1.conv1, conv_body, conv_up1, conv_hr, conv_last),
-  "bsrgan" (RRDB_trunk, trunk_conv, upconv1, HRconv), as .pth (torch.save, some wrapped in
+  "bsrgan" (RRDB_trunk, trunk_conv, upconv1, HRconv), ESRGAN+'s (the old names and conv1x1), as .pth (torch.save, some wrapped in
   {"params_ema": …}) or .safetensors, in tests/fixtures/upscale/.
 - Loads every file back with spandrel's ModelLoader (what ComfyUI's UpscaleModelLoader does),
   checks the scale it detects, and writes reference.safetensors:
@@ -107,10 +107,10 @@ def new_to_bsrgan(sd):
     return out
 
 
-def esrgan(scale, in_nc=3, shuffle=None, seed=0):
+def esrgan(scale, in_nc=3, shuffle=None, seed=0, plus=False):
     torch.manual_seed(seed)
     net = ESRGAN(in_nc=in_nc, out_nc=3, num_filters=8, num_blocks=1, scale=scale,
-                 shuffle_factor=shuffle)
+                 shuffle_factor=shuffle, plus=plus)
     sd = net.state_dict()
     # Centre the output on grey and widen it, so that few values are clamped away.
     last = max(int(k.split(".")[1]) for k in sd if re.fullmatch(r"model\.\d+\.weight", k))
@@ -186,6 +186,7 @@ def models():
     m["esrgan_new_x1"] = (old_to_new(esrgan(4, in_nc=48, shuffle=4, seed=5), 1, 2), "safetensors",
                           False, 1)
     m["esrgan_bsrgan_x2"] = (new_to_bsrgan(old_to_new(esrgan(2, seed=6), 1, 1)), "pth", False, 2)
+    m["esrgan_plus_x2"] = (esrgan(2, seed=13, plus=True), "safetensors", False, 2)
     m["compact_x2"] = (compact(2, seed=7), "safetensors", False, 2)
     m["compact_x4"] = (compact(4, seed=8), "pth", False, 4)
     return m

@@ -48,6 +48,10 @@ const MARKERS: &[(&str, &[&str])] = &[
         &["model.0.weight", "model.1.sub.0.RDB1.conv1.0.weight"],
     ),
     (
+        "ESRGAN+",
+        &["model.0.weight", "model.1.sub.0.RDB1.conv1x1.weight"],
+    ),
+    (
         "Real-ESRGAN",
         &[
             "conv_first.weight",
@@ -84,17 +88,12 @@ pub fn detect(shapes: &HashMap<String, Vec<usize>>) -> Result<Detected, LoadErro
             "SwinIR with a pixel-unshuffle start (conv_first.1) is not supported".into(),
         ));
     }
-    if keys.contains_key("model.1.sub.0.RDB1.conv1x1.weight") {
-        return Err(LoadErrorKind::UnsupportedFormat(
-            "ESRGAN+ (conv1x1 residual paths) is not supported".into(),
-        ));
-    }
     let layout = MARKERS
         .iter()
         .find(|(_, markers)| has_all(markers))
         .map(|(name, _)| *name);
     let rename: fn(&str, &OldLayout) -> Option<String> = match layout {
-        Some("ESRGAN") => old_name,
+        Some("ESRGAN" | "ESRGAN+") => old_name,
         Some("Real-ESRGAN") => new_name,
         Some("BSRGAN") => bsrgan_name,
         Some("SwinIR") => return swin_ir(shapes, &keys),
@@ -140,6 +139,7 @@ pub fn detect(shapes: &HashMap<String, Vec<usize>>) -> Result<Detected, LoadErro
         num_grow: shape("body.0.rdb1.conv1.weight")?[0],
         upsamples: count(&names, "conv_up", ".weight"),
         unshuffle,
+        plus: names.contains_key("body.0.rdb1.conv1x1.weight"),
     };
     if config.upsamples > 3 {
         return Err(LoadErrorKind::BadConfig(format!(
@@ -202,11 +202,14 @@ fn old_name(key: &str, old: &OldLayout) -> Option<String> {
         if block == old.blocks {
             return Some(format!("conv_body.{param}"));
         }
-        // RDB1.conv1.0.weight -> rdb1.conv1.weight
+        // RDB1.conv1.0.weight -> rdb1.conv1.weight; ESRGAN+'s RDB1.conv1x1.weight keeps its name.
         let (rdb, conv_param) = param.split_once('.')?;
-        let (conv, param) = conv_param.split_once(".0.")?;
         let rdb = rdb.strip_prefix("RDB")?;
-        return Some(format!("body.{block}.rdb{rdb}.{conv}.{param}"));
+        let conv_param = match conv_param.split_once(".0.") {
+            Some((conv, param)) => format!("{conv}.{param}"),
+            None => conv_param.to_string(),
+        };
+        return Some(format!("body.{block}.rdb{rdb}.{conv_param}"));
     }
     let n = old.upsamples;
     let name = match index {

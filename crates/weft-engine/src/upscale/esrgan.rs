@@ -28,6 +28,9 @@ pub struct Config {
     pub upsamples: usize,
     /// Real-ESRGAN's pixel-unshuffle factor (2 or 4) before `conv_first`, or `None`.
     pub unshuffle: Option<usize>,
+    /// ESRGAN+: each dense block adds a 1x1 convolution of its input to its second output, and
+    /// its second output to its fourth (`conv1x1`).
+    pub plus: bool,
 }
 
 impl Config {
@@ -60,6 +63,8 @@ fn lrelu(xs: &Tensor) -> Result<Tensor> {
 #[derive(Debug)]
 struct DenseBlock {
     convs: Vec<Conv2d>,
+    /// ESRGAN+'s extra residual path (no bias).
+    conv1x1: Option<Conv2d>,
 }
 
 impl DenseBlock {
@@ -71,14 +76,28 @@ impl DenseBlock {
                 conv3x3(nf + i * gc, out, vb.pp(format!("conv{}", i + 1)))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { convs })
+        let conv1x1 = if cfg.plus {
+            let weight = vb.get((gc, nf, 1, 1), "conv1x1.weight")?;
+            Some(Conv2d::new(weight, None, Conv2dConfig::default()))
+        } else {
+            None
+        };
+        Ok(Self { convs, conv1x1 })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut features = vec![x.clone()];
-        for conv in &self.convs[..4] {
+        for (i, conv) in self.convs[..4].iter().enumerate() {
             let input = Tensor::cat(&features, 1)?;
-            features.push(lrelu(&conv.forward(&input)?)?);
+            let mut out = lrelu(&conv.forward(&input)?)?;
+            if let Some(extra) = &self.conv1x1 {
+                if i == 1 {
+                    out = (out + extra.forward(x)?)?;
+                } else if i == 3 {
+                    out = (out + &features[2])?;
+                }
+            }
+            features.push(out);
         }
         let out = self.convs[4].forward(&Tensor::cat(&features, 1)?)?;
         (out * 0.2)? + x

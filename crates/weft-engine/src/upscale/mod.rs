@@ -94,7 +94,8 @@ impl UpscaleModel {
     pub fn describe(&self) -> String {
         match &self.architecture {
             Architecture::Esrgan(c) => format!(
-                "ESRGAN {}x {}nf {}nb{}",
+                "ESRGAN{} {}x {}nf {}nb{}",
+                if c.plus { "+" } else { "" },
                 c.scale(),
                 c.num_feat,
                 c.num_block,
