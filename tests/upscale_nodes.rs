@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value as Json};
-use weft::nodes::{Inputs, Node, NodeError, Reporter, Value};
+use weft::nodes::{Inputs, Node, NodeContext, NodeError, Reporter, Value};
 
 use crate::helpers::{context, read_png, spawn_app, TestApp};
 use crate::security::history_error;
@@ -204,6 +204,24 @@ async fn bad_model_files_fail_naming_the_input_and_the_file() {
     );
 }
 
+/// For calling ImageUpscaleWithModel directly: records `ctx`'s progress, and gives inputs of
+/// compact_x2 (loaded through `ctx`'s model manager) and a grey `w` x `h` image.
+fn direct_run(app: &TestApp, ctx: &mut NodeContext, w: usize, h: usize) -> (Arc<Steps>, Inputs) {
+    let steps = Arc::new(Steps::default());
+    ctx.reporter = steps.clone();
+    let path = app
+        .dir
+        .path()
+        .join("models/upscale_models/compact_x2.safetensors");
+    let model = ctx.models.upscale(&path).unwrap();
+    let image = candle_core::Tensor::full(0.5f32, (1, h, w, 3), &candle_core::Device::Cpu).unwrap();
+    let inputs = Inputs::new(vec![
+        ("upscale_model".into(), Value::UpscaleModel(model)),
+        ("image".into(), Value::Image(image)),
+    ]);
+    (steps, inputs)
+}
+
 /// Progress as a node reports it.
 #[derive(Default)]
 struct Steps(Mutex<Vec<(u64, u64)>>);
@@ -240,30 +258,50 @@ async fn tiles_report_progress_and_an_interrupt_stops_between_them() {
 
     // Called directly with the interrupt flag up: the first tile runs, then it stops.
     let mut ctx = context(&app);
-    let steps = Arc::new(Steps::default());
-    ctx.reporter = steps.clone();
     ctx.interrupt
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let model = ctx
-        .models
-        .upscale(
-            &app.dir
-                .path()
-                .join("models/upscale_models/compact_x2.safetensors"),
-        )
-        .unwrap();
-    let image = candle_core::Tensor::zeros(
-        (1, 40, 600, 3),
-        candle_core::DType::F32,
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let inputs = Inputs::new(vec![
-        ("upscale_model".into(), Value::UpscaleModel(model)),
-        ("image".into(), Value::Image(image)),
-    ]);
-    let node = weft::nodes::upscale::ImageUpscaleWithModel;
-    let result = node.run(&ctx, &inputs);
+    let (steps, inputs) = direct_run(&app, &mut ctx, 600, 40);
+    let result = weft::nodes::upscale::ImageUpscaleWithModel.run(&ctx, &inputs);
     assert!(matches!(result, Err(NodeError::Interrupted)), "{result:?}");
     assert_eq!(*steps.0.lock().unwrap(), [(1, 2)]);
+}
+
+/// When the memory for a 512-pixel tile is not there, ComfyUI halves the tile: here the result
+/// and a 256-pixel tile fit and a 512-pixel one does not, so the 600 x 40 image runs as three
+/// 256-pixel tiles (at 0, 224 and 448).
+#[actix_web::test]
+async fn a_tile_that_does_not_fit_is_halved() {
+    let app = app_with(&["compact_x2.safetensors"]).await;
+    let memory = crate::memory::FakeMemory::new();
+    let mut ctx = context(&app);
+    ctx.models = Arc::new(weft::engine::manager::ModelManager::with_probe(
+        1 << 30,
+        candle_core::Device::Cpu,
+        Some(candle_core::DType::F32),
+        memory.probe(),
+    ));
+    let (w, h) = (600, 40);
+    let (steps, inputs) = direct_run(&app, &mut ctx, w, h);
+    let model = inputs.upscale_model("upscale_model").unwrap();
+    let result = (3 * 4 * 3 * (2 * w) * (2 * h)) as u64;
+    let tile = |side: usize| model.activation_bytes(h.min(side), w.min(side));
+    memory.set_free(result + (tile(256) + tile(512)) / 2);
+    let out = weft::nodes::upscale::ImageUpscaleWithModel
+        .run(&ctx, &inputs)
+        .unwrap();
+    let Value::Image(out) = &out.values[0] else {
+        panic!("an IMAGE")
+    };
+    assert_eq!(out.dims(), &[1, 2 * h, 2 * w, 3]);
+    assert_eq!(*steps.0.lock().unwrap(), [(1, 3), (2, 3), (3, 3)]);
+
+    // Not even 128-pixel tiles fit: out of memory, naming the input.
+    memory.set_free(result);
+    let err = weft::nodes::upscale::ImageUpscaleWithModel
+        .run(&ctx, &inputs)
+        .unwrap_err();
+    assert!(
+        matches!(&err, NodeError::OutOfMemory { input, .. } if input == "image"),
+        "{err}"
+    );
 }
