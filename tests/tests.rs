@@ -23,5 +23,6 @@ mod models;
 mod restart;
 mod security;
 pub(crate) mod server;
+mod upscale_nodes;
 mod userdata;
 mod workflow_files;

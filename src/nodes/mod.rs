@@ -28,6 +28,7 @@ mod quantize;
 pub mod rebatch;
 pub mod sampling;
 pub mod testing;
+pub mod upscale;
 mod value;
 
 use std::collections::HashMap;
@@ -310,6 +311,7 @@ impl Registry {
         compositing::register(&mut registry);
         preprocessors::register(&mut registry);
         primitives::register(&mut registry);
+        upscale::register(&mut registry);
         registry
     }
 

@@ -6,6 +6,7 @@ use candle_core::Tensor;
 
 use crate::engine::clip::encode::TextEncoder;
 use crate::engine::diffusion::{CondEntry, DiffusionModel};
+use crate::engine::upscale::UpscaleModel;
 use crate::engine::vae::AutoEncoderKL;
 use crate::graph::{ConstValue, SlotType};
 use crate::nodes::NodeError;
@@ -83,6 +84,8 @@ pub enum Value {
     /// only the executor builds and splits these, so a node sees one only as an input of a node
     /// that declares `input_is_list` (read through [`Inputs::list`]).
     List(Arc<Vec<Value>>),
+    /// An image upscale model.
+    UpscaleModel(Arc<UpscaleModel>),
 }
 
 impl Value {
@@ -106,6 +109,7 @@ impl Value {
             Value::Guider(_) => SlotType::GUIDER,
             Value::ControlNet(_) => SlotType::CONTROL_NET,
             Value::LatentOperation(_) => SlotType::LATENT_OPERATION,
+            Value::UpscaleModel(_) => SlotType::UPSCALE_MODEL,
             // The elements' type; an empty list matches anything.
             Value::List(items) => items.first().map_or(SlotType::ANY, Value::slot_type),
         }
@@ -137,6 +141,7 @@ impl Value {
                 | Value::Vae(_)
                 | Value::Guider(_)
                 | Value::ControlNet(_)
+                | Value::UpscaleModel(_)
         ) || matches!(self, Value::List(items) if items.iter().any(Value::holds_model))
     }
 
@@ -152,7 +157,8 @@ impl Value {
             | Value::Vae(_)
             | Value::Guider(_)
             | Value::ControlNet(_)
-            | Value::LatentOperation(_) => 64,
+            | Value::LatentOperation(_)
+            | Value::UpscaleModel(_) => 64,
             Value::List(items) => items.iter().map(Value::byte_size).sum(),
             Value::Conditioning(list) => list.iter().map(CondEntry::byte_size).sum(),
             Value::Latent(l) => {
@@ -185,6 +191,9 @@ impl Value {
             Value::Sigmas(s) => serde_json::Value::from(format!("SIGMAS ({} values)", s.len())),
             Value::List(items) => {
                 serde_json::Value::from(format!("list of {} {}", items.len(), self.slot_type().0))
+            }
+            Value::UpscaleModel(m) => {
+                serde_json::Value::from(format!("UPSCALE_MODEL {}", m.describe()))
             }
             other => serde_json::Value::from(other.slot_type().0),
         }
@@ -340,4 +349,10 @@ getter!(
     ControlNet,
     Arc<crate::engine::controlnet::load::LoadedControl>,
     "CONTROL_NET"
+);
+getter!(
+    upscale_model,
+    UpscaleModel,
+    Arc<UpscaleModel>,
+    "UPSCALE_MODEL"
 );

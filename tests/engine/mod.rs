@@ -9,5 +9,6 @@ pub(crate) mod preprocess_parity;
 pub(crate) mod rng_parity;
 pub(crate) mod sampler_parity;
 pub(crate) mod unet_parity;
+pub(crate) mod upscale_parity;
 pub(crate) mod util;
 pub(crate) mod vae_parity;

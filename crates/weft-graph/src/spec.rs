@@ -49,6 +49,8 @@ impl SlotType {
     /// A function from latent to latent (`LatentOperationSharpen`, …), applied by
     /// `LatentApplyOperation` or inside CFG.
     pub const LATENT_OPERATION: SlotType = SlotType("LATENT_OPERATION");
+    /// A loaded image upscale model (ESRGAN, Real-ESRGAN Compact, …).
+    pub const UPSCALE_MODEL: SlotType = SlotType("UPSCALE_MODEL");
 
     /// The type name as ComfyUI spells it, e.g. `"IMAGE"`.
     pub fn name(self) -> &'static str {
