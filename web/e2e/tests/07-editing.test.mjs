@@ -19,7 +19,7 @@ export async function run({ server, page, ctx, objectInfo }) {
   const box = await pane.boundingBox();
   await page.mouse.dblclick(box.x + 120, box.y + box.height - 120);
   await page.getByTestId('searchbox').waitFor();
-  await page.keyboard.type('invert');
+  await page.keyboard.type('invert image');
   await page.waitForTimeout(50);
   await screenshot(page, '07-search-box');
   await page.keyboard.press('Enter');
