@@ -8,6 +8,7 @@
 
 pub mod conditioning;
 pub mod controlnet;
+pub mod custom_sampling;
 pub mod image_io;
 pub mod image_ops;
 pub mod latent;
@@ -269,6 +270,7 @@ impl Registry {
         controlnet::register(&mut registry);
         latent::register(&mut registry);
         sampling::register(&mut registry);
+        custom_sampling::register(&mut registry);
         image_io::register(&mut registry);
         image_ops::register(&mut registry);
         preprocessors::register(&mut registry);

@@ -69,8 +69,8 @@ pub enum Value {
     Vae(Arc<AutoEncoderKL>),
     Conditioning(Arc<Vec<CondEntry>>),
     Latent(Latent),
-    /// A sampler name from `SAMPLER_NAMES`.
-    Sampler(Arc<str>),
+    /// A sampler with the options its node set.
+    Sampler(Arc<crate::engine::sampling::samplers::SamplerConfig>),
     Sigmas(Arc<Vec<f32>>),
     Noise(NoiseSource),
     Guider(Arc<Guider>),
@@ -152,7 +152,9 @@ impl Value {
             Value::Conditioning(c) => {
                 serde_json::Value::from(format!("CONDITIONING ({} entries)", c.len()))
             }
-            Value::Sampler(name) => serde_json::Value::from(format!("SAMPLER {name}")),
+            Value::Sampler(s) => {
+                serde_json::Value::from(format!("SAMPLER {}", s.sampler.name()))
+            }
             Value::Sigmas(s) => serde_json::Value::from(format!("SIGMAS ({} values)", s.len())),
             other => serde_json::Value::from(other.slot_type().0),
         }
@@ -277,7 +279,12 @@ getter!(
     "CONDITIONING"
 );
 getter!(latent, Latent, Latent, "LATENT");
-getter!(sampler, Sampler, Arc<str>, "SAMPLER");
+getter!(
+    sampler,
+    Sampler,
+    Arc<crate::engine::sampling::samplers::SamplerConfig>,
+    "SAMPLER"
+);
 getter!(sigmas, Sigmas, Arc<Vec<f32>>, "SIGMAS");
 getter!(noise, Noise, NoiseSource, "NOISE");
 getter!(guider, Guider, Arc<Guider>, "GUIDER");

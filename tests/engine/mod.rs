@@ -2,6 +2,7 @@
 
 pub(crate) mod clip_parity;
 pub(crate) mod controlnet_parity;
+pub(crate) mod custom_sampling_parity;
 pub(crate) mod load;
 pub(crate) mod lora_parity;
 pub(crate) mod preprocess_parity;
