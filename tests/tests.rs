@@ -7,6 +7,7 @@
 mod cli;
 mod comfy_routes;
 mod controlnet_nodes;
+mod custom_sampling_nodes;
 mod diffusion;
 mod editor_format;
 mod engine;

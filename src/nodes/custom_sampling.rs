@@ -303,7 +303,13 @@ static SIGMA_NODES: &[SigmaNode] = &[
         class_type: "PolyexponentialScheduler",
         category: SCHEDULERS,
         python_module: CUSTOM_SAMPLER,
-        inputs: || [bounds(), vec![required("rho", float(1.0, 0.0, 100.0, 0.01))]].concat(),
+        inputs: || {
+            [
+                bounds(),
+                vec![required("rho", float(1.0, 0.0, 100.0, 0.01))],
+            ]
+            .concat()
+        },
         outputs: sigmas_out,
         run: |i| {
             let (min, max) = positive_bounds(i)?;
@@ -403,7 +409,10 @@ static SIGMA_NODES: &[SigmaNode] = &[
                 .ok_or_else(|| {
                     NodeError::input(
                         "model_type",
-                        format!("'{model_type}' is not one of {}", AYS_MODEL_TYPES.join(", ")),
+                        format!(
+                            "'{model_type}' is not one of {}",
+                            AYS_MODEL_TYPES.join(", ")
+                        ),
                     )
                 })?;
             Ok(vec![sigmas])

@@ -152,9 +152,7 @@ impl Value {
             Value::Conditioning(c) => {
                 serde_json::Value::from(format!("CONDITIONING ({} entries)", c.len()))
             }
-            Value::Sampler(s) => {
-                serde_json::Value::from(format!("SAMPLER {}", s.sampler.name()))
-            }
+            Value::Sampler(s) => serde_json::Value::from(format!("SAMPLER {}", s.sampler.name())),
             Value::Sigmas(s) => serde_json::Value::from(format!("SIGMAS ({} values)", s.len())),
             other => serde_json::Value::from(other.slot_type().0),
         }

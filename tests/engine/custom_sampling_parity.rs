@@ -61,7 +61,12 @@ fn sigma_lists_match_comfyui() {
     for n in [1usize, 5, 20] {
         for rho in [1.0, 0.5, 2.5] {
             let ours = polyexponential(n, 0.0291675, 14.614642, rho);
-            check(&mut failures, &format!("poly/{n}/{rho:?}/default"), &ours, &fx);
+            check(
+                &mut failures,
+                &format!("poly/{n}/{rho:?}/default"),
+                &ours,
+                &fx,
+            );
             let ours = polyexponential(n, 0.1, 80.0, rho);
             check(&mut failures, &format!("poly/{n}/{rho:?}/wide"), &ours, &fx);
         }
@@ -70,7 +75,12 @@ fn sigma_lists_match_comfyui() {
         let ours = laplace(n, 0.0291675, 14.614642, 0.0, 0.5);
         check(&mut failures, &format!("laplace/{n}/0.0/0.5"), &ours, &fx);
     }
-    check(&mut failures, "vp/10/10.0/0.5/0.01", &vp(10, 10.0, 0.5, 0.01), &fx);
+    check(
+        &mut failures,
+        "vp/10/10.0/0.5/0.01",
+        &vp(10, 10.0, 0.5, 0.01),
+        &fx,
+    );
     let ours = laplace(10, 0.0291675, 14.614642, 0.5, 1.0);
     check(&mut failures, "laplace/10/0.5/1.0", &ours, &fx);
     for n in [5usize, 20] {
@@ -201,7 +211,12 @@ fn sampler_options_match_comfyui() {
     ];
     let noise = prepare_noise(&[1, 4, 8, 8], 42, None, &Device::Cpu).expect("noise");
     let x = ms
-        .noise_scaling(sigmas[0] as f64, &noise, &noise.zeros_like().expect("z"), true)
+        .noise_scaling(
+            sigmas[0] as f64,
+            &noise,
+            &noise.zeros_like().expect("z"),
+            true,
+        )
         .expect("scale");
     let mut failures = Vec::new();
     for (key, sampler, opts) in cases {
@@ -218,7 +233,11 @@ fn sampler_options_match_comfyui() {
         let err = max_abs_diff(&out, &fx[&format!("sample/{key}")]);
         // dpm_adaptive's PID controller turns last-bit differences of its error estimate into
         // slightly different step sizes (torch computes the step maths in f32, we in f64).
-        let tolerance = if key.starts_with("dpm_adaptive") { 5e-4 } else { 1e-4 };
+        let tolerance = if key.starts_with("dpm_adaptive") {
+            5e-4
+        } else {
+            1e-4
+        };
         if err > tolerance {
             failures.push(format!("{key}: max abs error {err}"));
         }

@@ -189,7 +189,10 @@ mod tests {
     #[test]
     fn split_denoise_follows_python_slices() {
         let s = [4.0, 3.0, 2.0, 1.0, 0.0];
-        assert_eq!(split_denoise(&s, 0.5), (vec![4.0, 3.0, 2.0], vec![2.0, 1.0, 0.0]));
+        assert_eq!(
+            split_denoise(&s, 0.5),
+            (vec![4.0, 3.0, 2.0], vec![2.0, 1.0, 0.0])
+        );
         assert_eq!(split_denoise(&s, 0.0), (vec![], vec![0.0]));
         assert_eq!(split_denoise(&s, 1.0), (vec![4.0], s.to_vec()));
     }

@@ -200,7 +200,14 @@ impl Sampler {
         seed: u64,
         callback: &mut StepCallback<'_>,
     ) -> Result<Tensor, SamplingError> {
-        self.sample_with(&SamplerOptions::default(), denoiser, x, sigmas, seed, callback)
+        self.sample_with(
+            &SamplerOptions::default(),
+            denoiser,
+            x,
+            sigmas,
+            seed,
+            callback,
+        )
     }
 
     /// [`Sampler::sample`] with the options a sampler node set (ComfyUI's `extra_options`);
