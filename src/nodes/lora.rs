@@ -159,10 +159,7 @@ fn patch_model(
     let vb = placed_var_builder(patched.clone(), dtype, model.unet.device());
     let unet = UNet2DConditionModel::new(vb, model.unet.config())
         .map_err(|e| NodeError::engine("rebuilding the patched model", e))?;
-    Ok(Arc::new(
-        DiffusionModel::new(unet, model.family, model.prediction, model.bytes)
-            .with_weights(patched),
-    ))
+    Ok(Arc::new(model.with_unet(unet, patched)))
 }
 
 /// A rebuilt text model with the weights it was built from.

@@ -14,6 +14,7 @@ pub mod image_ops;
 pub mod latent;
 pub mod loaders;
 pub mod lora;
+pub mod model_patches;
 pub mod preprocessors;
 pub mod sampling;
 pub mod testing;
@@ -266,6 +267,7 @@ impl Registry {
         };
         loaders::register(&mut registry);
         lora::register(&mut registry);
+        model_patches::register(&mut registry);
         conditioning::register(&mut registry);
         controlnet::register(&mut registry);
         latent::register(&mut registry);

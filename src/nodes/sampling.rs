@@ -159,7 +159,8 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
         job.cfg,
         &shape,
         needs_uncond,
-    )?;
+    )?
+    .with_schedule(&job.sigmas);
     if let Some(mask) = &job.latent.noise_mask {
         denoiser = denoiser.with_inpaint(
             prepare_noise_mask(mask, &shape)?,

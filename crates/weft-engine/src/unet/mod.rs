@@ -12,6 +12,7 @@ pub(crate) mod encoder;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::diffusion::patches::UNetPatches;
 use crate::ops::conv::Conv2d;
 use crate::ops::norm::{group_norm, GroupNorm};
 
@@ -424,6 +425,20 @@ impl UNet2DConditionModel {
         y: Option<&Tensor>,
         control: &UNetControl,
     ) -> Result<Tensor> {
+        self.forward_patched(xs, timesteps, context, y, control, &UNetPatches::default())
+    }
+
+    /// [`Self::forward_controlled`] with a model's UNet patches (FreeU's output-block patch)
+    /// applied where ComfyUI's `openaimodel.py` applies them.
+    pub fn forward_patched(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+        control: &UNetControl,
+        patches: &UNetPatches,
+    ) -> Result<Tensor> {
         let (input, mid) = match &control.encoder {
             Some(e) => (e.input.as_slice(), e.mid.as_ref()),
             None => (&[][..], None),
@@ -479,9 +494,12 @@ impl UNet2DConditionModel {
         for level in &self.up {
             let _enter = level.span.enter();
             for (j, resnet) in level.resnets.iter().enumerate() {
-                let skip = skips
+                let mut skip = skips
                     .pop()
                     .ok_or_else(|| candle_core::Error::Msg("unet skip bookkeeping".into()))?;
+                for patch in &patches.output_block {
+                    (h, skip) = patch.patch(h, skip)?;
+                }
                 h = Tensor::cat(&[&h, &skip], 1)?;
                 h = resnet.forward(&h, Some(&emb))?;
                 if let Some(attn) = level.attentions.get(j) {

@@ -4,8 +4,14 @@
 //! Follows `comfy/samplers.py` (`calc_cond_batch`, `get_area_and_mult`, `cfg_function`,
 //! `KSamplerX0Inpaint`) and `comfy/model_base.py` (`SDXL.encode_adm`, `SDXLRefiner.encode_adm`).
 
+pub mod freeu;
+pub mod guidance;
+pub mod patches;
+
 use crate::device::{to_compute, to_host};
 use std::sync::Arc;
+
+use patches::ModelPatches;
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -89,11 +95,12 @@ impl LatentFormat {
     }
 }
 
-/// A UNet with everything needed to sample it.
-#[derive(Debug)]
+/// A UNet with everything needed to sample it. Cloning is cheap: the UNet and its weights are
+/// shared; a clone differs only in its patches and model sampling (see [`patches`]).
+#[derive(Debug, Clone)]
 pub struct DiffusionModel {
-    /// The denoising network.
-    pub unet: UNet2DConditionModel,
+    /// The denoising network, shared by every patched clone.
+    pub unet: Arc<UNet2DConditionModel>,
     /// Which architecture the checkpoint was detected as.
     pub family: ModelFamily,
     /// What the UNet predicts (epsilon or v), which picks the sampling config.
@@ -106,6 +113,8 @@ pub struct DiffusionModel {
     pub bytes: usize,
     /// The UNet's diffusers-named weights (shared with the model), for LoRA patching.
     pub weights: Option<Arc<std::collections::HashMap<String, Tensor>>>,
+    /// Sampling-time hooks set by patch nodes (ComfyUI's `model_options`).
+    pub patches: ModelPatches,
 }
 
 impl DiffusionModel {
@@ -122,13 +131,28 @@ impl DiffusionModel {
             Prediction::V => SamplingConfig::sd_v(),
         });
         DiffusionModel {
-            unet,
+            unet: Arc::new(unet),
             family,
             prediction,
             sampling,
             latent: LatentFormat::for_family(family),
             bytes,
             weights: None,
+            patches: ModelPatches::default(),
+        }
+    }
+
+    /// This model with another UNet and its weights (a LoRA's), keeping the patches and model
+    /// sampling, as ComfyUI's patched model keeps its `model_options` under a LoRA.
+    pub fn with_unet(
+        &self,
+        unet: UNet2DConditionModel,
+        weights: std::collections::HashMap<String, Tensor>,
+    ) -> Self {
+        DiffusionModel {
+            unet: Arc::new(unet),
+            weights: Some(Arc::new(weights)),
+            ..self.clone()
         }
     }
 
@@ -287,6 +311,8 @@ pub struct CfgDenoiser<'a> {
     /// Skip the negative side at cfg 1 (ComfyUI's cfg1 optimisation), unless the sampler needs it.
     need_uncond: bool,
     inpaint: Option<Inpaint>,
+    /// The run's sigmas, for patches that depend on the whole schedule.
+    schedule: Vec<f64>,
 }
 
 struct Inpaint {
@@ -320,7 +346,14 @@ impl<'a> CfgDenoiser<'a> {
             cfg,
             need_uncond,
             inpaint: None,
+            schedule: Vec::new(),
         })
+    }
+
+    /// Tells the denoiser the run's sigmas (DifferentialDiffusion's mask depends on them).
+    pub fn with_schedule(mut self, sigmas: &[f32]) -> Self {
+        self.schedule = sigmas.iter().map(|&s| s as f64).collect();
+        self
     }
 
     /// Keeps the latent outside `mask` (1 = resample) fixed, as ComfyUI's `KSamplerX0Inpaint`.
@@ -364,12 +397,13 @@ impl<'a> CfgDenoiser<'a> {
                     control = control.sum(&own)?;
                 }
             }
-            let output = self.model.unet.forward_controlled(
+            let output = self.model.unet.forward_patched(
                 &x_in,
                 &timesteps,
                 &context,
                 y.as_ref(),
                 &control,
+                &self.model.patches.unet,
             )?;
             let denoised =
                 self.model
@@ -391,28 +425,39 @@ impl<'a> CfgDenoiser<'a> {
 
 impl Denoiser for CfgDenoiser<'_> {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Denoised> {
-        let x = match &self.inpaint {
-            Some(inpaint) => {
+        // The step's mask (a patch may reshape it per sigma) serves both blends, as in ComfyUI's
+        // KSamplerX0Inpaint.
+        let mask = match &self.inpaint {
+            Some(inpaint) => Some(match &self.model.patches.denoise_mask {
+                Some(f) => f.mask(sigma, &inpaint.mask, &self.schedule, &self.model.sampling)?,
+                None => inpaint.mask.clone(),
+            }),
+            None => None,
+        };
+        let x = match (&self.inpaint, &mask) {
+            (Some(inpaint), Some(mask)) => {
                 let known = (&inpaint.latent + inpaint.noise.affine(sigma, 0.0)?)?;
-                let keep = inpaint.mask.affine(-1.0, 1.0)?;
-                ((x * &inpaint.mask)? + (known * &keep)?)?
+                let keep = mask.affine(-1.0, 1.0)?;
+                ((x * mask)? + (known * &keep)?)?
             }
-            None => x.clone(),
+            _ => x.clone(),
         };
         let cond = self.eval_list(&self.positive, &x, sigma)?;
-        let (result, uncond) = if self.need_uncond {
-            let uncond = self.eval_list(&self.negative, &x, sigma)?;
-            let result = (&uncond + ((&cond - &uncond)? * self.cfg)?)?;
-            (result, Some(uncond))
+        let uncond = if self.need_uncond {
+            Some(self.eval_list(&self.negative, &x, sigma)?)
         } else {
-            (cond, None)
+            None
         };
+        let (result, uncond) =
+            self.model
+                .patches
+                .combine(&x, sigma, self.cfg, &self.model.sampling, cond, uncond)?;
         let apply_mask = |t: Tensor| -> Result<Tensor> {
-            match &self.inpaint {
-                Some(inpaint) => {
-                    (t * &inpaint.mask)? + (&inpaint.latent * inpaint.mask.affine(-1.0, 1.0)?)?
+            match (&self.inpaint, &mask) {
+                (Some(inpaint), Some(mask)) => {
+                    (t * mask)? + (&inpaint.latent * mask.affine(-1.0, 1.0)?)?
                 }
-                None => Ok(t),
+                _ => Ok(t),
             }
         };
         Ok(Denoised {

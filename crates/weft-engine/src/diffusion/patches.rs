@@ -1,0 +1,228 @@
+//! Model patches: the hooks ComfyUI keeps in `ModelPatcher.model_options`, applied while sampling
+//! without copying a weight.
+//!
+//! A MODEL value is an `Arc<DiffusionModel>` whose UNet is itself shared, so a patch node clones
+//! the handle ([`DiffusionModel::patched`]), adds a hook to its [`ModelPatches`] and returns the
+//! clone; the input model is unchanged and both share every weight. The CFG denoiser calls the
+//! hooks where ComfyUI's `sampling_function` / `cfg_function` do:
+//!
+//! 1. the UNet runs on the positive and (unless cfg is 1) negative conditioning, with the
+//!    [`UNetPatches`] (FreeU's skip filter, attention scales) applied inside it;
+//! 2. each [`PreCfg`] hook rewrites the (cond, uncond) predictions (`sampler_pre_cfg_function`:
+//!    APG, TCFG), in the order they were added;
+//! 3. the [`CfgFunction`], if any, replaces `uncond + (cond - uncond) * cfg`
+//!    (`sampler_cfg_function`: RescaleCFG; the last one set wins, as in ComfyUI);
+//! 4. each [`PostCfg`] hook rewrites the combined prediction (`sampler_post_cfg_function`:
+//!    CFGZeroStar, Epsilon Scaling, and any other post-CFG operation), in order;
+//! 5. an inpainting mask is applied last, after a [`DenoiseMaskFunction`]
+//!    (`denoise_mask_function`: DifferentialDiffusion) has reshaped it for this step.
+//!
+//! The model-sampling override (`ModelSamplingDiscrete` etc.) is not a hook: the clone simply
+//! carries another [`crate::sampling::model_sampling::ModelSamplingDiscrete`].
+//!
+//! Every hook sees denoised predictions (`x0`), f32 on the host, `[B, C, H, W]`, and `sigma` as
+//! one number, since every latent in a batch shares the step's sigma.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use candle_core::{Result, Tensor};
+
+use crate::diffusion::DiffusionModel;
+use crate::sampling::model_sampling::ModelSamplingDiscrete;
+
+/// What a CFG-level hook sees (ComfyUI's `args` dict).
+#[derive(Debug, Clone, Copy)]
+pub struct CfgArgs<'a> {
+    /// The sampler's `x` at this call (`args["input"]`), after inpainting blends it.
+    pub x: &'a Tensor,
+    /// The step's sigma.
+    pub sigma: f64,
+    /// The CFG scale (`cond_scale`).
+    pub cond_scale: f64,
+    /// The positive prediction (`cond_denoised`).
+    pub cond: &'a Tensor,
+    /// The negative prediction (`uncond_denoised`); `None` when ComfyUI's cfg-1 shortcut skipped
+    /// it (cfg 1, or no negative conditioning).
+    pub uncond: Option<&'a Tensor>,
+    /// The model sampling in effect (the patched one, if any).
+    pub sampling: &'a ModelSamplingDiscrete,
+}
+
+/// `sampler_pre_cfg_function`: rewrites the two predictions before they are combined. Runs only
+/// when both exist (every ComfyUI pre-CFG hook returns its input otherwise).
+pub trait PreCfg: Send + Sync + Debug {
+    /// Returns the new (cond, uncond).
+    fn pre_cfg(&self, args: &CfgArgs<'_>, cond: Tensor, uncond: Tensor)
+        -> Result<(Tensor, Tensor)>;
+}
+
+/// `sampler_cfg_function`: combines the two predictions instead of plain CFG. Runs only when the
+/// negative prediction exists (with cfg 1 every ComfyUI cfg function gives the positive one).
+pub trait CfgFunction: Send + Sync + Debug {
+    /// The combined denoised prediction (ComfyUI's hook returns `x - that`; this returns it
+    /// directly).
+    fn cfg(&self, args: &CfgArgs<'_>) -> Result<Tensor>;
+}
+
+/// `sampler_post_cfg_function`: rewrites the combined prediction.
+pub trait PostCfg: Send + Sync + Debug {
+    /// The new combined prediction from `denoised`.
+    fn post_cfg(&self, args: &CfgArgs<'_>, denoised: Tensor) -> Result<Tensor>;
+}
+
+/// `denoise_mask_function`: the inpainting mask to use at `sigma`, given the run's schedule.
+pub trait DenoiseMaskFunction: Send + Sync + Debug {
+    /// `mask` is the latent-shaped mask (1 = resample); `schedule` the run's sigmas.
+    fn mask(
+        &self,
+        sigma: f64,
+        mask: &Tensor,
+        schedule: &[f64],
+        sampling: &ModelSamplingDiscrete,
+    ) -> Result<Tensor>;
+}
+
+/// A patch on one of the UNet's output (up-path) blocks, ComfyUI's `output_block_patch`: gets
+/// the hidden state and the skip it is about to be concatenated with, returns both.
+pub trait OutputBlockPatch: Send + Sync + Debug {
+    /// `h` and `skip` are `[B, C, H, W]` in the UNet's dtype.
+    fn patch(&self, h: Tensor, skip: Tensor) -> Result<(Tensor, Tensor)>;
+}
+
+/// Patches applied inside the UNet's forward pass.
+#[derive(Debug, Clone, Default)]
+pub struct UNetPatches {
+    /// `output_block_patch`es, applied in order before each up-path concatenation.
+    pub output_block: Vec<Arc<dyn OutputBlockPatch>>,
+}
+
+impl UNetPatches {
+    /// Whether no patch is set (the plain forward pass runs).
+    pub fn is_empty(&self) -> bool {
+        self.output_block.is_empty()
+    }
+}
+
+/// Everything patched onto a model handle (ComfyUI's `model_options`).
+#[derive(Debug, Clone, Default)]
+pub struct ModelPatches {
+    /// Pre-CFG hooks, in the order they were added.
+    pub pre_cfg: Vec<Arc<dyn PreCfg>>,
+    /// The CFG combination, if replaced.
+    pub cfg_function: Option<Arc<dyn CfgFunction>>,
+    /// Post-CFG hooks, in the order they were added.
+    pub post_cfg: Vec<Arc<dyn PostCfg>>,
+    /// The per-step inpainting mask, if replaced.
+    pub denoise_mask: Option<Arc<dyn DenoiseMaskFunction>>,
+    /// Patches inside the UNet.
+    pub unet: UNetPatches,
+}
+
+impl ModelPatches {
+    /// Combines `cond` and `uncond` as ComfyUI's `cfg_function` does: pre-CFG hooks, the CFG
+    /// function (or plain CFG), then the post-CFG hooks. Without `uncond` the result is `cond`
+    /// through the post-CFG hooks.
+    pub fn combine(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        cond_scale: f64,
+        sampling: &ModelSamplingDiscrete,
+        cond: Tensor,
+        uncond: Option<Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (cond, uncond) = match uncond {
+            Some(mut uncond) => {
+                let mut cond = cond;
+                for hook in &self.pre_cfg {
+                    let (c, u) = (cond.clone(), uncond.clone());
+                    let args = CfgArgs {
+                        x,
+                        sigma,
+                        cond_scale,
+                        cond: &c,
+                        uncond: Some(&u),
+                        sampling,
+                    };
+                    (cond, uncond) = hook.pre_cfg(&args, cond, uncond)?;
+                }
+                (cond, Some(uncond))
+            }
+            None => (cond, None),
+        };
+        let args = CfgArgs {
+            x,
+            sigma,
+            cond_scale,
+            cond: &cond,
+            uncond: uncond.as_ref(),
+            sampling,
+        };
+        let mut result = match (&uncond, &self.cfg_function) {
+            (Some(_), Some(f)) => f.cfg(&args)?,
+            (Some(uncond), None) => (uncond + ((&cond - uncond)? * cond_scale)?)?,
+            (None, _) => cond.clone(),
+        };
+        for hook in &self.post_cfg {
+            result = hook.post_cfg(&args, result)?;
+        }
+        Ok((result, uncond))
+    }
+}
+
+impl DiffusionModel {
+    /// A clone of this model handle with `patch` applied to its patches; the UNet, its weights and
+    /// the input model are shared, never copied.
+    pub fn patched(&self, patch: impl FnOnce(&mut ModelPatches)) -> DiffusionModel {
+        let mut model = self.clone();
+        patch(&mut model.patches);
+        model
+    }
+
+    /// A clone of this handle that samples with `sampling` instead (ComfyUI's `model_sampling`
+    /// object patch).
+    pub fn with_sampling(&self, sampling: ModelSamplingDiscrete) -> DiffusionModel {
+        DiffusionModel {
+            sampling,
+            ..self.clone()
+        }
+    }
+}
+
+/// Per-batch-element reductions over `[B, ...]` tensors, as the guidance formulas use them.
+pub mod batch {
+    use candle_core::{DType, Result, Tensor};
+
+    /// `sum(a * b)` over all but the first dimension, per batch element, in f64.
+    pub fn dot(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
+        let batch = a.dim(0)?;
+        (a * b)?
+            .reshape((batch, ()))?
+            .sum(1)?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()
+    }
+
+    /// `t` scaled per batch element by `scales`.
+    pub fn scale(t: &Tensor, scales: &[f64]) -> Result<Tensor> {
+        let mut shape = vec![scales.len()];
+        shape.extend(std::iter::repeat_n(1, t.rank() - 1));
+        let s: Vec<f32> = scales.iter().map(|&v| v as f32).collect();
+        t.broadcast_mul(&Tensor::from_vec(s, shape, t.device())?)
+    }
+
+    /// torch's `std` (unbiased) over all but the first dimension, per batch element.
+    pub fn std(t: &Tensor) -> Result<Vec<f64>> {
+        let batch = t.dim(0)?;
+        let flat = t.reshape((batch, ()))?.to_dtype(DType::F64)?;
+        let n = flat.dim(1)? as f64;
+        let mean = flat.mean_keepdim(1)?;
+        let var = flat
+            .broadcast_sub(&mean)?
+            .sqr()?
+            .sum(1)?
+            .affine(1.0 / (n - 1.0), 0.0)?;
+        var.sqrt()?.to_vec1::<f64>()
+    }
+}
