@@ -17,6 +17,7 @@ mod helpers;
 mod image_nodes;
 mod lora_nodes;
 mod memory;
+mod model_patch_nodes;
 mod models;
 mod restart;
 mod security;

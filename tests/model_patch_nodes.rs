@@ -1,0 +1,174 @@
+//! The model patch nodes through the real server on a tiny SD1 checkpoint: declarations, that a
+//! patch changes the image and neutral settings do not (bit for bit), that the input model is left
+//! unpatched, and input errors. The maths is checked in `engine::model_patches_parity`.
+
+use serde_json::{json, Value as Json};
+
+use crate::helpers::{read_png, spawn_app, TestApp};
+use crate::models::install_all;
+
+async fn app_with_models() -> TestApp {
+    let app = spawn_app().await;
+    install_all(&app.dir.path().join("models"));
+    app
+}
+
+/// Loader → `patches` (a chain of (id, node without its "model" input)) → KSampler → SaveImage.
+fn graph(patches: &[(&str, Json)], prefix: &str, sampler: &str) -> Json {
+    let mut g = json!({
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd1.safetensors"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a red barn"}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "fog"}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["k", 0], "vae": ["ckpt", 2]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["dec", 0], "filename_prefix": prefix}}
+    });
+    let nodes = g.as_object_mut().expect("object");
+    let mut model = json!(["ckpt", 0]);
+    for (id, node) in patches {
+        let mut node = node.clone();
+        node["inputs"]["model"] = model;
+        nodes.insert((*id).to_string(), node);
+        model = json!([id, 0]);
+    }
+    nodes.insert(
+        "k".into(),
+        json!({"class_type": "KSampler", "inputs": {"model": model, "seed": 4, "steps": 3, "cfg": 6.0,
+               "sampler_name": sampler, "scheduler": "karras", "positive": ["pos", 0], "negative": ["neg", 0],
+               "latent_image": ["latent", 0], "denoise": 1.0}}),
+    );
+    g
+}
+
+async fn pixels(app: &TestApp, patches: &[(&str, Json)], prefix: &str) -> Vec<u8> {
+    app.queue_ok("/prompt", json!({"prompt": graph(patches, prefix, "euler")}))
+        .await;
+    read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png"))).3
+}
+
+fn freeu(class: &str, b: f64, s: f64) -> Json {
+    json!({"class_type": class, "inputs": {"b1": b, "b2": b, "s1": s, "s2": s}})
+}
+
+#[actix_web::test]
+async fn object_info_declares_comfyui_inputs() {
+    let app = spawn_app().await;
+    for (class, inputs, output, category) in [
+        ("RescaleCFG", &["model", "multiplier"][..], "MODEL", "advanced/model"),
+        ("ModelSamplingDiscrete", &["model", "sampling", "zsnr"], "MODEL", "advanced/model"),
+        ("CFGZeroStar", &["model"], "patched_model", "advanced/guidance"),
+        ("Epsilon Scaling", &["model", "scaling_factor"], "MODEL", "model/patch/unet"),
+        ("APG", &["model", "eta", "norm_threshold", "momentum"], "MODEL", "sampling/custom_sampling"),
+        ("TCFG", &["model"], "patched_model", "advanced/guidance"),
+        ("FreeU", &["model", "b1", "b2", "s1", "s2"], "MODEL", "model_patches"),
+        ("FreeU_V2", &["model", "b1", "b2", "s1", "s2"], "MODEL", "model_patches"),
+    ] {
+        let (status, info) = app.get(&format!("/object_info/{}", class.replace(' ', "%20"))).await;
+        assert_eq!(status, 200, "{class}");
+        let node = &info[class];
+        let order: Vec<&str> = node["input_order"]["required"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{class}: {info}"))
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(order, inputs, "{class}");
+        assert_eq!(node["output_name"], json!([output]), "{class}");
+        assert_eq!(node["category"], category, "{class}");
+    }
+    let (_, info) = app.get("/object_info/FreeU_V2").await;
+    assert_eq!(info["FreeU_V2"]["input"]["required"]["b1"][1]["default"], 1.3);
+    let (_, info) = app.get("/object_info/ModelSamplingDiscrete").await;
+    assert_eq!(
+        info["ModelSamplingDiscrete"]["input"]["required"]["sampling"][0],
+        json!(["eps", "v_prediction", "lcm", "x0"])
+    );
+    let (_, info) = app.get("/object_info/APG").await;
+    assert_eq!(info["APG"]["display_name"], "Adaptive Projected Guidance");
+}
+
+#[actix_web::test]
+async fn patches_change_the_image_and_neutral_settings_do_not() {
+    let app = app_with_models().await;
+    let plain = pixels(&app, &[], "plain").await;
+    // The chain: FreeU → RescaleCFG → KSampler.
+    let patched = pixels(
+        &app,
+        &[
+            ("freeu", freeu("FreeU", 1.1, 0.9)),
+            ("rescale", json!({"class_type": "RescaleCFG", "inputs": {"multiplier": 0.7}})),
+        ],
+        "patched",
+    )
+    .await;
+    assert_ne!(patched, plain);
+    // Neutral settings give the unpatched image exactly.
+    let neutral = pixels(
+        &app,
+        &[
+            ("f1", freeu("FreeU", 1.0, 1.0)),
+            ("f2", freeu("FreeU_V2", 1.0, 1.0)),
+            ("rescale", json!({"class_type": "RescaleCFG", "inputs": {"multiplier": 0.0}})),
+            ("eps", json!({"class_type": "Epsilon Scaling", "inputs": {"scaling_factor": 1.0}})),
+            ("ms", json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "eps", "zsnr": false}})),
+        ],
+        "neutral",
+    )
+    .await;
+    assert_eq!(neutral, plain);
+    // Each other patch runs and changes the image.
+    for (i, node) in [
+        freeu("FreeU_V2", 1.3, 0.2),
+        json!({"class_type": "CFGZeroStar", "inputs": {}}),
+        json!({"class_type": "Epsilon Scaling", "inputs": {"scaling_factor": 1.05}}),
+        json!({"class_type": "APG", "inputs": {"eta": 0.5, "norm_threshold": 2.0, "momentum": 0.3}}),
+        json!({"class_type": "TCFG", "inputs": {}}),
+        json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "v_prediction", "zsnr": true}}),
+        json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "lcm", "zsnr": false}}),
+        json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "x0", "zsnr": false}}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let prefix = format!("p{i}");
+        let px = pixels(&app, &[("patch", node.clone())], &prefix).await;
+        assert_ne!(px, plain, "{node}");
+    }
+}
+
+#[actix_web::test]
+async fn a_patch_leaves_its_input_model_alone() {
+    let app = app_with_models().await;
+    let plain = pixels(&app, &[], "alone").await;
+    // One prompt samples the loader's model and a FreeU clone of it; the plain branch is unchanged.
+    let mut g = graph(&[("freeu", freeu("FreeU", 1.5, 0.5))], "branch", "euler");
+    let nodes = g.as_object_mut().unwrap();
+    let mut k2 = nodes["k"].clone();
+    k2["inputs"]["model"] = json!(["ckpt", 0]);
+    nodes.insert("k2".into(), k2);
+    nodes.insert("dec2".into(), json!({"class_type": "VAEDecode", "inputs": {"samples": ["k2", 0], "vae": ["ckpt", 2]}}));
+    nodes.insert("save2".into(), json!({"class_type": "SaveImage", "inputs": {"images": ["dec2", 0], "filename_prefix": "unpatched"}}));
+    app.queue_ok("/prompt", json!({"prompt": g})).await;
+    let unpatched = read_png(&app.data_dir().join("output/unpatched_00001_.png")).3;
+    let patched = read_png(&app.data_dir().join("output/branch_00001_.png")).3;
+    assert_eq!(unpatched, plain);
+    assert_ne!(patched, plain);
+}
+
+#[actix_web::test]
+async fn bad_inputs_name_the_node_input() {
+    let app = app_with_models().await;
+    for (node, input) in [
+        (json!({"class_type": "RescaleCFG", "inputs": {"multiplier": 1.5}}), "multiplier"),
+        (json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "flow", "zsnr": false}}), "sampling"),
+        (json!({"class_type": "Epsilon Scaling", "inputs": {"scaling_factor": 0.1}}), "scaling_factor"),
+        (freeu("FreeU", 11.0, 0.5), "b1"),
+    ] {
+        let (status, body) = app
+            .post("/prompt", json!({"prompt": graph(&[("patch", node)], "bad", "euler")}))
+            .await;
+        assert_eq!(status, 400, "{body}");
+        let name = body["node_errors"]["patch"]["errors"][0]["extra_info"]["input_name"].as_str();
+        assert_eq!(name, Some(input), "{body}");
+    }
+}
