@@ -41,8 +41,11 @@ fn graph(patches: &[(&str, Json)], prefix: &str, sampler: &str) -> Json {
 }
 
 async fn pixels(app: &TestApp, patches: &[(&str, Json)], prefix: &str) -> Vec<u8> {
-    app.queue_ok("/prompt", json!({"prompt": graph(patches, prefix, "euler")}))
-        .await;
+    app.queue_ok(
+        "/prompt",
+        json!({"prompt": graph(patches, prefix, "euler")}),
+    )
+    .await;
     read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png"))).3
 }
 
@@ -54,16 +57,54 @@ fn freeu(class: &str, b: f64, s: f64) -> Json {
 async fn object_info_declares_comfyui_inputs() {
     let app = spawn_app().await;
     for (class, inputs, output, category) in [
-        ("RescaleCFG", &["model", "multiplier"][..], "MODEL", "advanced/model"),
-        ("ModelSamplingDiscrete", &["model", "sampling", "zsnr"], "MODEL", "advanced/model"),
-        ("CFGZeroStar", &["model"], "patched_model", "advanced/guidance"),
-        ("Epsilon Scaling", &["model", "scaling_factor"], "MODEL", "model/patch/unet"),
-        ("APG", &["model", "eta", "norm_threshold", "momentum"], "MODEL", "sampling/custom_sampling"),
+        (
+            "RescaleCFG",
+            &["model", "multiplier"][..],
+            "MODEL",
+            "advanced/model",
+        ),
+        (
+            "ModelSamplingDiscrete",
+            &["model", "sampling", "zsnr"],
+            "MODEL",
+            "advanced/model",
+        ),
+        (
+            "CFGZeroStar",
+            &["model"],
+            "patched_model",
+            "advanced/guidance",
+        ),
+        (
+            "Epsilon Scaling",
+            &["model", "scaling_factor"],
+            "MODEL",
+            "model/patch/unet",
+        ),
+        (
+            "APG",
+            &["model", "eta", "norm_threshold", "momentum"],
+            "MODEL",
+            "sampling/custom_sampling",
+        ),
         ("TCFG", &["model"], "patched_model", "advanced/guidance"),
-        ("FreeU", &["model", "b1", "b2", "s1", "s2"], "MODEL", "model_patches"),
-        ("FreeU_V2", &["model", "b1", "b2", "s1", "s2"], "MODEL", "model_patches"),
+        (
+            "FreeU",
+            &["model", "b1", "b2", "s1", "s2"],
+            "MODEL",
+            "model_patches",
+        ),
+        (
+            "FreeU_V2",
+            &["model", "b1", "b2", "s1", "s2"],
+            "MODEL",
+            "model_patches",
+        ),
+        ("DifferentialDiffusion", &["model"], "MODEL", "_for_testing"),
     ] {
-        let (status, info) = app.get(&format!("/object_info/{}", class.replace(' ', "%20"))).await;
+        let (status, info) = app
+            .get(&format!("/object_info/{}", class.replace(' ', "%20")))
+            .await;
         assert_eq!(status, 200, "{class}");
         let node = &info[class];
         let order: Vec<&str> = node["input_order"]["required"]
@@ -77,7 +118,10 @@ async fn object_info_declares_comfyui_inputs() {
         assert_eq!(node["category"], category, "{class}");
     }
     let (_, info) = app.get("/object_info/FreeU_V2").await;
-    assert_eq!(info["FreeU_V2"]["input"]["required"]["b1"][1]["default"], 1.3);
+    assert_eq!(
+        info["FreeU_V2"]["input"]["required"]["b1"][1]["default"],
+        1.3
+    );
     let (_, info) = app.get("/object_info/ModelSamplingDiscrete").await;
     assert_eq!(
         info["ModelSamplingDiscrete"]["input"]["required"]["sampling"][0],
@@ -96,7 +140,10 @@ async fn patches_change_the_image_and_neutral_settings_do_not() {
         &app,
         &[
             ("freeu", freeu("FreeU", 1.1, 0.9)),
-            ("rescale", json!({"class_type": "RescaleCFG", "inputs": {"multiplier": 0.7}})),
+            (
+                "rescale",
+                json!({"class_type": "RescaleCFG", "inputs": {"multiplier": 0.7}}),
+            ),
         ],
         "patched",
     )
@@ -146,7 +193,10 @@ async fn a_patch_leaves_its_input_model_alone() {
     let mut k2 = nodes["k"].clone();
     k2["inputs"]["model"] = json!(["ckpt", 0]);
     nodes.insert("k2".into(), k2);
-    nodes.insert("dec2".into(), json!({"class_type": "VAEDecode", "inputs": {"samples": ["k2", 0], "vae": ["ckpt", 2]}}));
+    nodes.insert(
+        "dec2".into(),
+        json!({"class_type": "VAEDecode", "inputs": {"samples": ["k2", 0], "vae": ["ckpt", 2]}}),
+    );
     nodes.insert("save2".into(), json!({"class_type": "SaveImage", "inputs": {"images": ["dec2", 0], "filename_prefix": "unpatched"}}));
     app.queue_ok("/prompt", json!({"prompt": g})).await;
     let unpatched = read_png(&app.data_dir().join("output/unpatched_00001_.png")).3;
@@ -159,16 +209,74 @@ async fn a_patch_leaves_its_input_model_alone() {
 async fn bad_inputs_name_the_node_input() {
     let app = app_with_models().await;
     for (node, input) in [
-        (json!({"class_type": "RescaleCFG", "inputs": {"multiplier": 1.5}}), "multiplier"),
-        (json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "flow", "zsnr": false}}), "sampling"),
-        (json!({"class_type": "Epsilon Scaling", "inputs": {"scaling_factor": 0.1}}), "scaling_factor"),
+        (
+            json!({"class_type": "RescaleCFG", "inputs": {"multiplier": 1.5}}),
+            "multiplier",
+        ),
+        (
+            json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "flow", "zsnr": false}}),
+            "sampling",
+        ),
+        (
+            json!({"class_type": "Epsilon Scaling", "inputs": {"scaling_factor": 0.1}}),
+            "scaling_factor",
+        ),
         (freeu("FreeU", 11.0, 0.5), "b1"),
     ] {
         let (status, body) = app
-            .post("/prompt", json!({"prompt": graph(&[("patch", node)], "bad", "euler")}))
+            .post(
+                "/prompt",
+                json!({"prompt": graph(&[("patch", node)], "bad", "euler")}),
+            )
             .await;
         assert_eq!(status, 400, "{body}");
         let name = body["node_errors"]["patch"]["errors"][0]["extra_info"]["input_name"].as_str();
         assert_eq!(name, Some(input), "{body}");
     }
+}
+
+#[actix_web::test]
+async fn differential_diffusion_reshapes_a_soft_inpainting_mask() {
+    let app = app_with_models().await;
+    // Alpha 200 gives a constant soft mask of 1 - 200/255.
+    std::fs::write(
+        app.data_dir().join("input/soft.png"),
+        crate::server::png_bytes(64, 64, [180, 90, 30, 200]),
+    )
+    .unwrap();
+    let run = |patches: Vec<(&'static str, Json)>, prefix: &'static str| {
+        let mut g = graph(&patches, prefix, "euler");
+        let nodes = g.as_object_mut().unwrap();
+        nodes.insert(
+            "load".into(),
+            json!({"class_type": "LoadImage", "inputs": {"image": "soft.png"}}),
+        );
+        nodes.insert("masked".into(), json!({"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["latent", 0], "mask": ["load", 1]}}));
+        nodes.get_mut("k").unwrap()["inputs"]["latent_image"] = json!(["masked", 0]);
+        g
+    };
+    let mut out = Vec::new();
+    for (patches, prefix) in [
+        (vec![], "soft"),
+        (
+            vec![(
+                "dd",
+                json!({"class_type": "DifferentialDiffusion", "inputs": {}}),
+            )],
+            "dd",
+        ),
+        (
+            vec![(
+                "dd",
+                json!({"class_type": "DifferentialDiffusion", "inputs": {"strength": 0.5}}),
+            )],
+            "dd_half",
+        ),
+    ] {
+        app.queue_ok("/prompt", json!({"prompt": run(patches, prefix)}))
+            .await;
+        out.push(read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png"))).3);
+    }
+    assert_ne!(out[0], out[1]);
+    assert_ne!(out[1], out[2]);
 }

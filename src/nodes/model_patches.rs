@@ -1,13 +1,14 @@
 //! Model patch nodes: each takes a MODEL and returns a patched clone of the handle (weights
 //! shared, see `engine::diffusion::patches`): CFG-level guidance (RescaleCFG, CFGZeroStar,
-//! Epsilon Scaling, APG, TCFG), the model-sampling override (ModelSamplingDiscrete) and UNet
-//! patches (FreeU, FreeU_V2).
+//! Epsilon Scaling, APG, TCFG), the model-sampling override (ModelSamplingDiscrete), the
+//! inpainting-mask patch (DifferentialDiffusion) and UNet patches (FreeU, FreeU_V2).
 //!
 //! Each class is a table row: its declaration and a function from the input model and widgets
 //! to the patched model.
 
 use std::sync::Arc;
 
+use crate::engine::diffusion::differential::DifferentialDiffusion;
 use crate::engine::diffusion::freeu::{FreeU, FreeUVersion};
 use crate::engine::diffusion::guidance::{Apg, CfgZeroStar, EpsilonScaling, RescaleCfg, Tcfg};
 use crate::engine::diffusion::DiffusionModel;
@@ -219,5 +220,22 @@ static PATCH_NODES: &[PatchNode] = &[
         inputs: || freeu_inputs(1.3, 1.4),
         output_name: "MODEL",
         patch: |model, i| freeu(model, i, FreeUVersion::V2),
+    },
+    PatchNode {
+        class_type: "DifferentialDiffusion",
+        display_name: "Differential Diffusion",
+        category: "_for_testing",
+        python_module: "comfy_extras.nodes_differential_diffusion",
+        description: "",
+        inputs: || vec![optional("strength", float(1.0, 0.0, 1.0, 0.01))],
+        output_name: "MODEL",
+        patch: |model, i| {
+            let strength = match i.get("strength") {
+                Some(_) => i.float("strength")?,
+                None => 1.0,
+            };
+            let patch = DifferentialDiffusion { strength };
+            Ok(model.patched(|p| p.denoise_mask = Some(Arc::new(patch))))
+        },
     },
 ];

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 
 use super::util::max_abs_diff;
+use weft::engine::diffusion::differential::DifferentialDiffusion;
 use weft::engine::diffusion::freeu::{fourier_filter, FreeU, FreeUVersion};
 use weft::engine::diffusion::guidance::{Apg, CfgZeroStar, EpsilonScaling, RescaleCfg, Tcfg};
-use weft::engine::diffusion::patches::{ModelPatches, OutputBlockPatch};
+use weft::engine::diffusion::patches::{DenoiseMaskFunction, ModelPatches, OutputBlockPatch};
 use weft::engine::sampling::model_sampling::{Config, ModelSamplingDiscrete, Prediction};
 
 const FIXTURE: &str = concat!(
@@ -178,6 +179,32 @@ fn freeu_matches_comfyui() {
                 &format!("{k}/hsp"),
                 &skip,
                 &fx[&format!("{k}/hsp_out")],
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn differential_diffusion_matches_comfyui() {
+    let fx = load();
+    let ms = ModelSamplingDiscrete::new(&Config::sd_eps());
+    let schedule: Vec<f64> = fx["dd/sigmas"]
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let mut failures = Vec::new();
+    for strength in [1.0, 0.4] {
+        let patch = DifferentialDiffusion { strength };
+        for (i, &sigma) in schedule[..schedule.len() - 1].iter().enumerate() {
+            let ours = patch.mask(sigma, &fx["dd/mask"], &schedule, &ms).unwrap();
+            close(
+                &mut failures,
+                &format!("dd/{strength:?}/{i}"),
+                &ours,
+                &fx[&format!("dd/{strength:?}/{i}")],
             );
         }
     }

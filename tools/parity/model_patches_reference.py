@@ -166,6 +166,21 @@ def distilled(sigmas, original=50):
     return valid, skip
 
 
+def differential_diffusion(ms, sigma, denoise_mask, step_sigmas, strength):
+    sigma_to = ms.sigma_min
+    if step_sigmas[-1] > sigma_to:
+        sigma_to = step_sigmas[-1]
+    sigma_from = step_sigmas[0]
+    ts_from = ms.timestep(sigma_from)
+    ts_to = ms.timestep(sigma_to)
+    current_ts = ms.timestep(sigma[0])
+    threshold = (current_ts - ts_to) / (ts_from - ts_to)
+    binary_mask = (denoise_mask >= threshold).to(denoise_mask.dtype)
+    if strength and strength < 1:
+        return strength * binary_mask + (1 - strength) * denoise_mask
+    return binary_mask
+
+
 def main():
     g = torch.Generator().manual_seed(7)
     rnd = lambda *s: torch.randn(*s, generator=g)
@@ -219,6 +234,14 @@ def main():
     c_skip = 0.25 / (st ** 2 + 0.25)
     c_out = st / (st ** 2 + 0.25) ** 0.5
     out["ms/lcm_denoised"] = c_out * x0 + c_skip * x
+    # DifferentialDiffusion's per-step mask over a karras schedule (whose last sigma is 0).
+    dmask = torch.rand(1, 4, 6, 6, generator=g)
+    out["dd/mask"] = dmask
+    karras = ref.get_sigmas_karras(6, float(ms.sigma_min), float(ms.sigma_max))
+    out["dd/sigmas"] = karras
+    for strength in [1.0, 0.4]:
+        for i, sg in enumerate(karras[:-1]):
+            out[f"dd/{strength}/{i}"] = differential_diffusion(ms, sg.reshape(1), dmask, karras, strength)
     out = {k: v.float().contiguous().clone() for k, v in out.items()}
     save_file(out, OUT, metadata={"torch_version": torch.__version__})
     print("wrote", OUT, os.path.getsize(OUT), "bytes")

@@ -4,6 +4,7 @@
 //! Follows `comfy/samplers.py` (`calc_cond_batch`, `get_area_and_mult`, `cfg_function`,
 //! `KSamplerX0Inpaint`) and `comfy/model_base.py` (`SDXL.encode_adm`, `SDXLRefiner.encode_adm`).
 
+pub mod differential;
 pub mod freeu;
 pub mod guidance;
 pub mod patches;
