@@ -101,6 +101,39 @@ async fn object_info_declares_comfyui_inputs() {
             "model_patches",
         ),
         ("DifferentialDiffusion", &["model"], "MODEL", "_for_testing"),
+        (
+            "PerpNeg",
+            &["model", "empty_conditioning", "neg_scale"],
+            "MODEL",
+            "_for_testing",
+        ),
+        (
+            "PerpNegGuider",
+            &[
+                "model",
+                "positive",
+                "negative",
+                "empty_conditioning",
+                "cfg",
+                "neg_scale",
+            ],
+            "GUIDER",
+            "_for_testing",
+        ),
+        (
+            "DualCFGGuider",
+            &[
+                "model",
+                "cond1",
+                "cond2",
+                "negative",
+                "cfg_conds",
+                "cfg_cond2_negative",
+                "style",
+            ],
+            "GUIDER",
+            "sampling/custom_sampling/guiders",
+        ),
     ] {
         let (status, info) = app
             .get(&format!("/object_info/{}", class.replace(' ', "%20")))
@@ -279,4 +312,70 @@ async fn differential_diffusion_reshapes_a_soft_inpainting_mask() {
     }
     assert_ne!(out[0], out[1]);
     assert_ne!(out[1], out[2]);
+}
+
+/// SamplerCustomAdvanced with the guider node `guider` (its model, positive and negative inputs
+/// linked by the caller) on tiny SD1; returns the saved pixels.
+async fn guided(app: &TestApp, guider: Json, prefix: &str) -> Vec<u8> {
+    let g = json!({
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd1.safetensors"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a red barn"}},
+        "pos2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "snow"}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "fog"}},
+        "empty": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": 8}},
+        "sel": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "sig": {"class_type": "BasicScheduler", "inputs": {"model": ["ckpt", 0], "scheduler": "karras", "steps": 3, "denoise": 1.0}},
+        "guide": guider,
+        "adv": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["noise", 0], "guider": ["guide", 0], "sampler": ["sel", 0],
+                "sigmas": ["sig", 0], "latent_image": ["latent", 0]}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["adv", 0], "vae": ["ckpt", 2]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["dec", 0], "filename_prefix": prefix}}
+    });
+    app.queue_ok("/prompt", json!({"prompt": g})).await;
+    read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png"))).3
+}
+
+#[actix_web::test]
+async fn dual_cfg_and_perp_neg_guiders_reduce_to_cfg_and_otherwise_differ() {
+    let app = app_with_models().await;
+    let cfg = |negative: &str| json!({"class_type": "CFGGuider", "inputs": {"model": ["ckpt", 0], "positive": ["pos", 0], "negative": [negative, 0], "cfg": 6.0}});
+    let dual = |cond2: &str, style: &str| {
+        json!({"class_type": "DualCFGGuider", "inputs": {"model": ["ckpt", 0], "cond1": ["pos", 0], "cond2": [cond2, 0],
+               "negative": ["neg", 0], "cfg_conds": 4.0, "cfg_cond2_negative": 6.0, "style": style}})
+    };
+    let perp = |neg_scale: f64| {
+        json!({"class_type": "PerpNegGuider", "inputs": {"model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0],
+               "empty_conditioning": ["empty", 0], "cfg": 6.0, "neg_scale": neg_scale}})
+    };
+    let plain = guided(&app, cfg("neg"), "cfg").await;
+    // cond1 = cond2 leaves plain CFG between cond2 and the negative.
+    assert_eq!(
+        guided(&app, dual("pos", "regular"), "dual_same").await,
+        plain
+    );
+    assert_ne!(guided(&app, dual("pos2", "regular"), "dual").await, plain);
+    assert_ne!(
+        guided(&app, dual("pos2", "nested"), "dual_nested").await,
+        plain
+    );
+    // neg_scale 0 is CFG against the empty prompt.
+    let against_empty = guided(&app, cfg("empty"), "cfg_empty").await;
+    assert_eq!(guided(&app, perp(0.0), "perp0").await, against_empty);
+    assert_ne!(guided(&app, perp(1.0), "perp1").await, against_empty);
+    // The deprecated PerpNeg patch runs through KSampler.
+    let mut g = graph(
+        &[(
+            "perp",
+            json!({"class_type": "PerpNeg", "inputs": {"empty_conditioning": ["pos", 0], "neg_scale": 1.0}}),
+        )],
+        "perp_node",
+        "euler",
+    );
+    g["empty"] =
+        json!({"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}});
+    g["perp"]["inputs"]["empty_conditioning"] = json!(["empty", 0]);
+    app.queue_ok("/prompt", json!({"prompt": g})).await;
+    assert!(app.data_dir().join("output/perp_node_00001_.png").exists());
 }

@@ -1,7 +1,8 @@
 //! ComfyUI's custom-sampling building blocks beyond the basics in `sampling.rs`: sampler nodes
 //! that set a sampler's options (`comfy.samplers.ksampler(name, extra_options)`), the scheduler
-//! nodes with their own parameters, and sigma-list operations
-//! (`comfy_extras/nodes_custom_sampler.py`, `nodes_align_your_steps.py`).
+//! nodes with their own parameters, sigma-list operations, and the guiders that combine more than
+//! two conditionings (DualCFGGuider, PerpNegGuider)
+//! (`comfy_extras/nodes_custom_sampler.py`, `nodes_align_your_steps.py`, `nodes_perpneg.py`).
 //!
 //! Each class is a table row: its name, inputs and a function from inputs to the value, so the
 //! shared `Node` plumbing is written once.
@@ -16,8 +17,10 @@ use crate::engine::sampling::schedulers::beta;
 use crate::graph::spec::build::*;
 use crate::graph::spec::{InputKind, InputSpec, NodeSpec, OutputSpec};
 use crate::graph::SlotType;
-use crate::nodes::sampling::{sigma_input, sigmas_out, spec, steps_input};
-use crate::nodes::{Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
+use crate::nodes::sampling::{cfg_input, sigma_input, sigmas_out, spec, steps_input};
+use crate::nodes::{
+    Guider, GuiderKind, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value,
+};
 
 pub fn register(registry: &mut Registry) {
     for node in SAMPLER_NODES {
@@ -26,6 +29,8 @@ pub fn register(registry: &mut Registry) {
     for node in SIGMA_NODES {
         registry.add(node.clone());
     }
+    registry.add(DualCfgGuider);
+    registry.add(PerpNegGuider);
 }
 
 const SAMPLERS: &str = "sampling/custom_sampling/samplers";
@@ -443,3 +448,98 @@ static SIGMA_NODES: &[SigmaNode] = &[
         },
     },
 ];
+
+const GUIDERS: &str = "sampling/custom_sampling/guiders";
+
+fn guider_output() -> Vec<OutputSpec> {
+    vec![output(SlotType::GUIDER, "GUIDER")]
+}
+
+/// Two positive conditionings: `cond1` against `cond2` at `cfg_conds`, `cond2` against the
+/// negative at `cfg_cond2_negative` ("regular"), or CFG nested the other way ("nested").
+pub struct DualCfgGuider;
+
+impl Node for DualCfgGuider {
+    fn spec(&self) -> NodeSpec {
+        spec(
+            "DualCFGGuider",
+            "DualCFGGuider",
+            GUIDERS,
+            vec![
+                required("model", link(SlotType::MODEL)),
+                required("cond1", link(SlotType::CONDITIONING)),
+                required("cond2", link(SlotType::CONDITIONING)),
+                required("negative", link(SlotType::CONDITIONING)),
+                required("cfg_conds", cfg_input()),
+                required("cfg_cond2_negative", cfg_input()),
+                required("style", combo(&["regular", "nested"])),
+            ],
+            guider_output(),
+        )
+    }
+
+    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let nested = match inputs.string("style")? {
+            "regular" => false,
+            "nested" => true,
+            other => {
+                return Err(NodeError::input(
+                    "style",
+                    format!("'{other}' is not one of regular, nested"),
+                ))
+            }
+        };
+        let guider = Guider {
+            model: Arc::clone(inputs.model("model")?),
+            positive: Arc::clone(inputs.conditioning("cond1")?),
+            negative: Some(Arc::clone(inputs.conditioning("negative")?)),
+            cfg: inputs.float("cfg_conds")?,
+            kind: GuiderKind::Dual {
+                middle: Arc::clone(inputs.conditioning("cond2")?),
+                cfg2: inputs.float("cfg_cond2_negative")?,
+                nested,
+            },
+        };
+        Ok(NodeOutput::values(vec![Value::Guider(Arc::new(guider))]))
+    }
+}
+
+/// Perp-Neg: only the part of the negative perpendicular to the positive (both taken relative to
+/// the empty prompt) steers away.
+pub struct PerpNegGuider;
+
+impl Node for PerpNegGuider {
+    fn spec(&self) -> NodeSpec {
+        NodeSpec {
+            python_module: "comfy_extras.nodes_perpneg",
+            ..spec(
+                "PerpNegGuider",
+                "PerpNegGuider",
+                "_for_testing",
+                vec![
+                    required("model", link(SlotType::MODEL)),
+                    required("positive", link(SlotType::CONDITIONING)),
+                    required("negative", link(SlotType::CONDITIONING)),
+                    required("empty_conditioning", link(SlotType::CONDITIONING)),
+                    required("cfg", cfg_input()),
+                    required("neg_scale", float(1.0, 0.0, 100.0, 0.01)),
+                ],
+                guider_output(),
+            )
+        }
+    }
+
+    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let guider = Guider {
+            model: Arc::clone(inputs.model("model")?),
+            positive: Arc::clone(inputs.conditioning("positive")?),
+            negative: Some(Arc::clone(inputs.conditioning("negative")?)),
+            cfg: inputs.float("cfg")?,
+            kind: GuiderKind::PerpNeg {
+                empty: Arc::clone(inputs.conditioning("empty_conditioning")?),
+                neg_scale: inputs.float("neg_scale")?,
+            },
+        };
+        Ok(NodeOutput::values(vec![Value::Guider(Arc::new(guider))]))
+    }
+}

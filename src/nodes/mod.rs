@@ -32,7 +32,7 @@ use crate::graph::spec::{ComboOptions, FileList, NodeSpec};
 use crate::graph::{Catalog, ConstValue};
 use crate::paths::DataDirs;
 
-pub use value::{Clip, Guider, Inputs, Latent, NoiseSource, Value};
+pub use value::{Clip, Guider, GuiderKind, Inputs, Latent, NoiseSource, Value};
 
 /// One node class.
 pub trait Node: Send + Sync + 'static {

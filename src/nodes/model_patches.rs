@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use crate::engine::diffusion::differential::DifferentialDiffusion;
 use crate::engine::diffusion::freeu::{FreeU, FreeUVersion};
-use crate::engine::diffusion::guidance::{Apg, CfgZeroStar, EpsilonScaling, RescaleCfg, Tcfg};
+use crate::engine::diffusion::guidance::{
+    Apg, CfgZeroStar, EpsilonScaling, PerpNeg, RescaleCfg, Tcfg,
+};
 use crate::engine::diffusion::DiffusionModel;
 use crate::engine::sampling::model_sampling::{Config, ModelSamplingDiscrete, Prediction};
 use crate::graph::spec::build::*;
@@ -236,6 +238,27 @@ static PATCH_NODES: &[PatchNode] = &[
             };
             let patch = DifferentialDiffusion { strength };
             Ok(model.patched(|p| p.denoise_mask = Some(Arc::new(patch))))
+        },
+    },
+    PatchNode {
+        class_type: "PerpNeg",
+        display_name: "Perp-Neg (DEPRECATED by PerpNegGuider)",
+        category: "_for_testing",
+        python_module: "comfy_extras.nodes_perpneg",
+        description: "",
+        inputs: || {
+            vec![
+                required("empty_conditioning", link(SlotType::CONDITIONING)),
+                required("neg_scale", float(1.0, 0.0, 100.0, 0.01)),
+            ]
+        },
+        output_name: "MODEL",
+        patch: |model, i| {
+            let patch = PerpNeg {
+                empty: [Arc::clone(i.conditioning("empty_conditioning")?)],
+                neg_scale: i.float("neg_scale")?,
+            };
+            Ok(model.patched(|p| p.cfg_function = Some(Arc::new(patch))))
         },
     },
 ];

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
-use crate::engine::diffusion::{prepare_noise_mask, CfgDenoiser, CondEntry, DiffusionModel};
+use crate::engine::diffusion::{
+    prepare_noise_mask, CfgDenoiser, CondEntry, DiffusionModel, Guidance,
+};
 use crate::engine::memory;
 use crate::engine::sampling::rng::prepare_noise;
 use crate::engine::sampling::samplers::{
@@ -22,7 +24,8 @@ use crate::graph::spec::build::*;
 use crate::graph::spec::{InputKind, InputSpec, NodeSpec, OutputSpec};
 use crate::graph::SlotType;
 use crate::nodes::{
-    Guider, Inputs, Latent, Node, NodeContext, NodeError, NodeOutput, NoiseSource, Registry, Value,
+    Guider, GuiderKind, Inputs, Latent, Node, NodeContext, NodeError, NodeOutput, NoiseSource,
+    Registry, Value,
 };
 
 pub fn register(registry: &mut Registry) {
@@ -98,6 +101,7 @@ struct SamplingJob<'a> {
     positive: &'a [CondEntry],
     negative: Option<&'a [CondEntry]>,
     cfg: f64,
+    guidance: Guidance<'a>,
     sampler: SamplerConfig,
     sigmas: Vec<f32>,
     latent: &'a Latent,
@@ -160,7 +164,8 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
         &shape,
         needs_uncond,
     )?
-    .with_schedule(&job.sigmas);
+    .with_schedule(&job.sigmas)
+    .with_guidance(job.guidance)?;
     if let Some(mask) = &job.latent.noise_mask {
         denoiser = denoiser.with_inpaint(
             prepare_noise_mask(mask, &shape)?,
@@ -259,6 +264,7 @@ impl Node for KSampler {
                 positive: inputs.conditioning("positive")?,
                 negative: Some(inputs.conditioning("negative")?),
                 cfg: inputs.float("cfg")?,
+                guidance: Guidance::Cfg,
                 sampler: SamplerConfig::plain(sampler),
                 sigmas,
                 latent: inputs.latent("latent_image")?,
@@ -329,6 +335,7 @@ impl Node for KSamplerAdvanced {
                 positive: inputs.conditioning("positive")?,
                 negative: Some(inputs.conditioning("negative")?),
                 cfg: inputs.float("cfg")?,
+                guidance: Guidance::Cfg,
                 sampler: SamplerConfig::plain(sampler),
                 sigmas,
                 latent,
@@ -384,6 +391,7 @@ impl Node for SamplerCustom {
                 positive: inputs.conditioning("positive")?,
                 negative: Some(inputs.conditioning("negative")?),
                 cfg: inputs.float("cfg")?,
+                guidance: Guidance::Cfg,
                 sampler: inputs.sampler("sampler")?.as_ref().clone(),
                 sigmas: inputs.sigmas("sigmas")?.as_ref().clone(),
                 latent: inputs.latent("latent_image")?,
@@ -426,6 +434,7 @@ impl Node for SamplerCustomAdvanced {
                 positive: &guider.positive,
                 negative: guider.negative.as_deref().map(|v| v.as_slice()),
                 cfg: guider.cfg,
+                guidance: guider.kind.guidance(),
                 sampler: inputs.sampler("sampler")?.as_ref().clone(),
                 sigmas: inputs.sigmas("sigmas")?.as_ref().clone(),
                 latent: inputs.latent("latent_image")?,
@@ -696,6 +705,7 @@ impl Node for CfgGuider {
             positive: Arc::clone(inputs.conditioning("positive")?),
             negative: Some(Arc::clone(inputs.conditioning("negative")?)),
             cfg: inputs.float("cfg")?,
+            kind: GuiderKind::Cfg,
         };
         Ok(NodeOutput::values(vec![Value::Guider(Arc::new(guider))]))
     }
@@ -724,6 +734,7 @@ impl Node for BasicGuider {
             positive: Arc::clone(inputs.conditioning("conditioning")?),
             negative: None,
             cfg: 1.0,
+            kind: GuiderKind::Cfg,
         };
         Ok(NodeOutput::values(vec![Value::Guider(Arc::new(guider))]))
     }

@@ -51,6 +51,48 @@ pub struct Guider {
     pub positive: Arc<Vec<CondEntry>>,
     pub negative: Option<Arc<Vec<CondEntry>>>,
     pub cfg: f64,
+    pub kind: GuiderKind,
+}
+
+/// How a guider combines its predictions beyond plain CFG.
+#[derive(Debug, Clone)]
+pub enum GuiderKind {
+    /// CFGGuider, BasicGuider.
+    Cfg,
+    /// DualCFGGuider: `cfg` is `cfg_conds`.
+    Dual {
+        middle: Arc<Vec<CondEntry>>,
+        cfg2: f64,
+        nested: bool,
+    },
+    /// PerpNegGuider.
+    PerpNeg {
+        empty: Arc<Vec<CondEntry>>,
+        neg_scale: f64,
+    },
+}
+
+impl GuiderKind {
+    /// The engine's view, borrowing the conditionings.
+    pub fn guidance(&self) -> crate::engine::diffusion::Guidance<'_> {
+        use crate::engine::diffusion::Guidance;
+        match self {
+            GuiderKind::Cfg => Guidance::Cfg,
+            GuiderKind::Dual {
+                middle,
+                cfg2,
+                nested,
+            } => Guidance::Dual {
+                middle,
+                cfg2: *cfg2,
+                nested: *nested,
+            },
+            GuiderKind::PerpNeg { empty, neg_scale } => Guidance::PerpNeg {
+                empty,
+                neg_scale: *neg_scale,
+            },
+        }
+    }
 }
 
 /// A value on a link or a constant input.

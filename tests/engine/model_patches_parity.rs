@@ -11,7 +11,9 @@ use candle_core::{Device, Tensor};
 use super::util::max_abs_diff;
 use weft::engine::diffusion::differential::DifferentialDiffusion;
 use weft::engine::diffusion::freeu::{fourier_filter, FreeU, FreeUVersion};
-use weft::engine::diffusion::guidance::{Apg, CfgZeroStar, EpsilonScaling, RescaleCfg, Tcfg};
+use weft::engine::diffusion::guidance::{
+    perp_neg, Apg, CfgZeroStar, EpsilonScaling, PerpNeg, RescaleCfg, Tcfg,
+};
 use weft::engine::diffusion::patches::{DenoiseMaskFunction, ModelPatches, OutputBlockPatch};
 use weft::engine::sampling::model_sampling::{Config, ModelSamplingDiscrete, Prediction};
 
@@ -38,7 +40,7 @@ fn cfg_hooks_match_comfyui() {
     let (x, cond, uncond) = (&fx["x"], &fx["cond"], &fx["uncond"]);
     let run = |patches: &ModelPatches, c: &Tensor, u: &Tensor, sigma: f64| {
         patches
-            .combine(x, sigma, 6.5, &ms, c.clone(), Some(u.clone()))
+            .combine(x, sigma, 6.5, &ms, c.clone(), Some(u.clone()), &[])
             .expect("combine")
             .0
     };
@@ -133,7 +135,7 @@ fn cfg_hooks_match_comfyui() {
     );
     // Without a negative prediction every hook leaves the positive one alone.
     let (alone, _) = all
-        .combine(x, 3.7, 1.0, &ms, cond.clone(), None)
+        .combine(x, 3.7, 1.0, &ms, cond.clone(), None, &[])
         .expect("combine");
     let expected = (x - (x - cond).unwrap().affine(1.0 / 0.98, 0.0).unwrap()).unwrap();
     close(&mut failures, "no uncond", &alone, &expected);

@@ -166,6 +166,13 @@ def distilled(sigmas, original=50):
     return valid, skip
 
 
+def perp_neg(noise_pred_pos, noise_pred_neg, noise_pred_nocond, neg_scale, cond_scale):
+    pos = noise_pred_pos - noise_pred_nocond
+    neg = noise_pred_neg - noise_pred_nocond
+    perp = neg - ((torch.mul(neg, pos).sum()) / (torch.norm(pos) ** 2)) * pos
+    return noise_pred_nocond + cond_scale * (pos - perp * neg_scale)
+
+
 def differential_diffusion(ms, sigma, denoise_mask, step_sigmas, strength):
     sigma_to = ms.sigma_min
     if step_sigmas[-1] > sigma_to:
@@ -234,6 +241,11 @@ def main():
     c_skip = 0.25 / (st ** 2 + 0.25)
     c_out = st / (st ** 2 + 0.25) ** 0.5
     out["ms/lcm_denoised"] = c_out * x0 + c_skip * x
+    # Perp-Neg (the guider's combination, and the PerpNeg node's cfg function with Epsilon Scaling
+    # after it) with cond2 as the empty prompt's prediction.
+    pn = perp_neg(cond, uncond, cond2, 0.7, scale)
+    out["perp_neg"] = pn
+    out["perp_neg_node"] = cfg_function(x, cond, uncond, scale, sigma, cfg_fn=lambda a: x - perp_neg(a["cond_denoised"], a["uncond_denoised"], cond2, 0.7, scale), post=[epsilon_scaling(1.02)])
     # DifferentialDiffusion's per-step mask over a karras schedule (whose last sigma is 0).
     dmask = torch.rand(1, 4, 6, 6, generator=g)
     out["dd/mask"] = dmask

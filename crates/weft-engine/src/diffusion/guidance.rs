@@ -1,12 +1,14 @@
 //! The CFG-level patches of ComfyUI's guidance nodes, as [`patches`](super::patches) hooks:
 //! RescaleCFG (`nodes_model_advanced.py`), CFGZeroStar (`nodes_cfg.py`), Epsilon Scaling
-//! (`nodes_eps.py`), APG (`nodes_apg.py`) and TCFG (`nodes_tcfg.py`).
+//! (`nodes_eps.py`), APG (`nodes_apg.py`), TCFG (`nodes_tcfg.py`) and Perp-Neg
+//! (`nodes_perpneg.py`).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{Result, Tensor};
 
 use super::patches::{batch, CfgArgs, CfgFunction, PostCfg, PreCfg};
+use super::CondEntry;
 
 /// RescaleCFG: CFG in v-prediction space, its std rescaled towards the positive prediction's
 /// (`multiplier` 0 = plain CFG).
@@ -219,5 +221,51 @@ impl PreCfg for Tcfg {
         }
         let u_td = (batch::scale(&u, &ka)? + batch::scale(&c, &kb)?)?;
         Ok((cond, (args.x - u_td)?))
+    }
+}
+
+/// ComfyUI's `perp_neg` on denoised predictions: with `pos = cond - empty` and
+/// `neg = uncond - empty`, the part of `neg` perpendicular to `pos` (projections over the whole
+/// batch, as torch's `sum()` and `norm()`), scaled by `neg_scale`, is subtracted:
+/// `empty + cfg * (pos - neg_scale * perp)`.
+pub fn perp_neg(
+    cond: &Tensor,
+    uncond: &Tensor,
+    empty: &Tensor,
+    neg_scale: f64,
+    cond_scale: f64,
+) -> Result<Tensor> {
+    let pos = (cond - empty)?;
+    let neg = (uncond - empty)?;
+    let whole = |a: &Tensor, b: &Tensor| -> Result<f64> {
+        (a * b)?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()
+    };
+    let k = whole(&neg, &pos)? / whole(&pos, &pos)?;
+    let perp = (&neg - pos.affine(k, 0.0)?)?;
+    empty + (pos - perp.affine(neg_scale, 0.0)?)?.affine(cond_scale, 0.0)?
+}
+
+/// The PerpNeg node's CFG function: Perp-Neg against the prediction for `empty`.
+#[derive(Debug, Clone)]
+pub struct PerpNeg {
+    /// The empty prompt (`empty_conditioning`), evaluated as an extra conditioning.
+    pub empty: [Arc<Vec<CondEntry>>; 1],
+    /// Weight of the perpendicular negative.
+    pub neg_scale: f64,
+}
+
+impl CfgFunction for PerpNeg {
+    fn cfg(&self, args: &CfgArgs<'_>) -> Result<Tensor> {
+        let (Some(uncond), Some(empty)) = (args.uncond, args.extra.first()) else {
+            return Ok(args.cond.clone());
+        };
+        perp_neg(args.cond, uncond, empty, self.neg_scale, args.cond_scale)
+    }
+
+    fn extra_conds(&self) -> &[Arc<Vec<CondEntry>>] {
+        &self.empty
     }
 }

@@ -314,6 +314,49 @@ pub struct CfgDenoiser<'a> {
     inpaint: Option<Inpaint>,
     /// The run's sigmas, for patches that depend on the whole schedule.
     schedule: Vec<f64>,
+    /// How the predictions combine.
+    mode: Mode,
+    latent_shape: Vec<usize>,
+    /// The CFG function's extra conditionings (PerpNeg's empty prompt), prepared.
+    extra: Vec<Vec<PreparedCond>>,
+}
+
+/// How a guider combines predictions (ComfyUI's `CFGGuider` and its subclasses).
+#[derive(Debug, Clone, Copy)]
+pub enum Guidance<'c> {
+    /// `CFGGuider`/`BasicGuider`: the model's CFG with its patches.
+    Cfg,
+    /// `DualCFGGuider`: `middle` is `cond2`; the denoiser's cfg is `cfg_conds` and `cfg2`
+    /// `cfg_cond2_negative`; `nested` is the "nested" style.
+    Dual {
+        /// The second conditioning (evaluated as a negative prompt).
+        middle: &'c [CondEntry],
+        /// Scale between `middle` and the negative.
+        cfg2: f64,
+        /// ComfyUI's "nested" style instead of "regular".
+        nested: bool,
+    },
+    /// `PerpNegGuider`: the negative's part perpendicular to the positive, both relative to the
+    /// empty prompt's prediction, is subtracted.
+    PerpNeg {
+        /// The empty prompt.
+        empty: &'c [CondEntry],
+        /// Weight of the perpendicular negative.
+        neg_scale: f64,
+    },
+}
+
+enum Mode {
+    Cfg,
+    Dual {
+        middle: Vec<PreparedCond>,
+        cfg2: f64,
+        nested: bool,
+    },
+    PerpNeg {
+        empty: Vec<PreparedCond>,
+        neg_scale: f64,
+    },
 }
 
 struct Inpaint {
@@ -340,6 +383,14 @@ impl<'a> CfgDenoiser<'a> {
         };
         let need_uncond =
             !negative.is_empty() && (sampler_needs_uncond || (cfg - 1.0).abs() > 1e-9);
+        let extra = match &model.patches.cfg_function {
+            Some(f) => f
+                .extra_conds()
+                .iter()
+                .map(|list| prepare(model, list, latent_shape, PromptType::Negative))
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
         Ok(CfgDenoiser {
             model,
             positive,
@@ -348,7 +399,35 @@ impl<'a> CfgDenoiser<'a> {
             need_uncond,
             inpaint: None,
             schedule: Vec::new(),
+            mode: Mode::Cfg,
+            extra,
+            latent_shape: latent_shape.to_vec(),
         })
+    }
+
+    /// Combines the predictions as `guidance` says (DualCFGGuider, PerpNegGuider) instead of
+    /// plain CFG.
+    pub fn with_guidance(mut self, guidance: Guidance<'_>) -> Result<Self> {
+        let prep = |list: &[CondEntry]| {
+            prepare(self.model, list, &self.latent_shape, PromptType::Negative)
+        };
+        self.mode = match guidance {
+            Guidance::Cfg => Mode::Cfg,
+            Guidance::Dual {
+                middle,
+                cfg2,
+                nested,
+            } => Mode::Dual {
+                middle: prep(middle)?,
+                cfg2,
+                nested,
+            },
+            Guidance::PerpNeg { empty, neg_scale } => Mode::PerpNeg {
+                empty: prep(empty)?,
+                neg_scale,
+            },
+        };
+        Ok(self)
     }
 
     /// Tells the denoiser the run's sigmas (DifferentialDiffusion's mask depends on them).
@@ -367,6 +446,105 @@ impl<'a> CfgDenoiser<'a> {
             noise,
         });
         Ok(self)
+    }
+
+    /// The combined prediction and the negative one (for CFG++ samplers) at `(x, sigma)`.
+    fn guide(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
+        let patches = &self.model.patches;
+        let sampling = &self.model.sampling;
+        let near = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
+        // A conditioning ComfyUI leaves out predicts zeros (calc_cond_batch's empty sum).
+        let eval_or_zeros = |list: &[PreparedCond], skip: bool| -> Result<Tensor> {
+            if skip {
+                x.zeros_like()
+            } else {
+                self.eval_list(list, x, sigma)
+            }
+        };
+        match &self.mode {
+            Mode::Cfg => {
+                let cond = self.eval_list(&self.positive, x, sigma)?;
+                let uncond = if self.need_uncond {
+                    Some(self.eval_list(&self.negative, x, sigma)?)
+                } else if !self.extra.is_empty() {
+                    // ComfyUI still calls a CFG function that evaluates its own conditionings,
+                    // with the skipped negative predicting zeros.
+                    Some(x.zeros_like()?)
+                } else {
+                    None
+                };
+                let extra = self
+                    .extra
+                    .iter()
+                    .map(|list| self.eval_list(list, x, sigma))
+                    .collect::<Result<Vec<_>>>()?;
+                patches.combine(x, sigma, self.cfg, sampling, cond, uncond, &extra)
+            }
+            Mode::Dual {
+                middle,
+                cfg2,
+                nested,
+            } => {
+                let (cfg1, cfg2) = (self.cfg, *cfg2);
+                let skip_negative = !nested && near(cfg2, 1.0);
+                let skip_middle = skip_negative && near(cfg1, 1.0);
+                let negative = eval_or_zeros(&self.negative, skip_negative)?;
+                let middle = eval_or_zeros(middle, skip_middle)?;
+                let positive = self.eval_list(&self.positive, x, sigma)?;
+                if *nested {
+                    let text = patches.cfg_and_post(
+                        x,
+                        sigma,
+                        cfg1,
+                        sampling,
+                        &positive,
+                        Some(&middle),
+                        &[],
+                    )?;
+                    let result = (&negative + ((text - &negative)? * cfg2)?)?;
+                    Ok((result, Some(negative)))
+                } else {
+                    let base = patches.cfg_and_post(
+                        x,
+                        sigma,
+                        cfg2,
+                        sampling,
+                        &middle,
+                        Some(&negative),
+                        &[],
+                    )?;
+                    let result = (base + ((&positive - &middle)? * cfg1)?)?;
+                    Ok((result, Some(negative)))
+                }
+            }
+            Mode::PerpNeg { empty, neg_scale } => {
+                let skip_negative = near(*neg_scale, 0.0);
+                let skip_empty = skip_negative && near(self.cfg, 1.0);
+                let positive = self.eval_list(&self.positive, x, sigma)?;
+                let negative = eval_or_zeros(&self.negative, skip_negative)?;
+                let empty = eval_or_zeros(empty, skip_empty)?;
+                let (positive, negative) = if skip_negative {
+                    (positive, negative)
+                } else {
+                    patches.pre_cfg_all(x, sigma, self.cfg, sampling, positive, negative)?
+                };
+                let mut result =
+                    guidance::perp_neg(&positive, &negative, &empty, *neg_scale, self.cfg)?;
+                let args = patches::CfgArgs {
+                    x,
+                    sigma,
+                    cond_scale: self.cfg,
+                    cond: &positive,
+                    uncond: Some(&negative),
+                    sampling,
+                    extra: &[],
+                };
+                for hook in &patches.post_cfg {
+                    result = hook.post_cfg(&args, result)?;
+                }
+                Ok((result, Some(negative)))
+            }
+        }
     }
 
     fn eval_list(&self, list: &[PreparedCond], x: &Tensor, sigma: f64) -> Result<Tensor> {
@@ -443,16 +621,7 @@ impl Denoiser for CfgDenoiser<'_> {
             }
             _ => x.clone(),
         };
-        let cond = self.eval_list(&self.positive, &x, sigma)?;
-        let uncond = if self.need_uncond {
-            Some(self.eval_list(&self.negative, &x, sigma)?)
-        } else {
-            None
-        };
-        let (result, uncond) =
-            self.model
-                .patches
-                .combine(&x, sigma, self.cfg, &self.model.sampling, cond, uncond)?;
+        let (result, uncond) = self.guide(&x, sigma)?;
         let apply_mask = |t: Tensor| -> Result<Tensor> {
             match (&self.inpaint, &mask) {
                 (Some(inpaint), Some(mask)) => {

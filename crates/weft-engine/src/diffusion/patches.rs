@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 
-use crate::diffusion::DiffusionModel;
+use crate::diffusion::{CondEntry, DiffusionModel};
 use crate::sampling::model_sampling::ModelSamplingDiscrete;
 
 /// What a CFG-level hook sees (ComfyUI's `args` dict).
@@ -47,6 +47,9 @@ pub struct CfgArgs<'a> {
     pub uncond: Option<&'a Tensor>,
     /// The model sampling in effect (the patched one, if any).
     pub sampling: &'a ModelSamplingDiscrete,
+    /// The predictions for the CFG function's [`CfgFunction::extra_conds`], in order (empty for
+    /// the other hooks).
+    pub extra: &'a [Tensor],
 }
 
 /// `sampler_pre_cfg_function`: rewrites the two predictions before they are combined. Runs only
@@ -63,6 +66,13 @@ pub trait CfgFunction: Send + Sync + Debug {
     /// The combined denoised prediction (ComfyUI's hook returns `x - that`; this returns it
     /// directly).
     fn cfg(&self, args: &CfgArgs<'_>) -> Result<Tensor>;
+
+    /// Conditionings the function needs the model's prediction for (PerpNeg's empty prompt,
+    /// evaluated as a negative); the denoiser evaluates them each step and passes the results
+    /// in [`CfgArgs::extra`].
+    fn extra_conds(&self) -> &[Arc<Vec<CondEntry>>] {
+        &[]
+    }
 }
 
 /// `sampler_post_cfg_function`: rewrites the combined prediction.
@@ -120,9 +130,10 @@ pub struct ModelPatches {
 }
 
 impl ModelPatches {
-    /// Combines `cond` and `uncond` as ComfyUI's `cfg_function` does: pre-CFG hooks, the CFG
-    /// function (or plain CFG), then the post-CFG hooks. Without `uncond` the result is `cond`
-    /// through the post-CFG hooks.
+    /// Combines `cond` and `uncond` as ComfyUI's `sampling_function` does: pre-CFG hooks, then
+    /// [`Self::cfg_and_post`]. Without `uncond` the result is `cond` through the post-CFG hooks.
+    /// `extra` holds the predictions for the CFG function's extra conditionings.
+    #[allow(clippy::too_many_arguments)]
     pub fn combine(
         &self,
         x: &Tensor,
@@ -131,43 +142,84 @@ impl ModelPatches {
         sampling: &ModelSamplingDiscrete,
         cond: Tensor,
         uncond: Option<Tensor>,
+        extra: &[Tensor],
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (cond, uncond) = match uncond {
-            Some(mut uncond) => {
-                let mut cond = cond;
-                for hook in &self.pre_cfg {
-                    let (c, u) = (cond.clone(), uncond.clone());
-                    let args = CfgArgs {
-                        x,
-                        sigma,
-                        cond_scale,
-                        cond: &c,
-                        uncond: Some(&u),
-                        sampling,
-                    };
-                    (cond, uncond) = hook.pre_cfg(&args, cond, uncond)?;
-                }
-                (cond, Some(uncond))
+            Some(uncond) => {
+                let (c, u) = self.pre_cfg_all(x, sigma, cond_scale, sampling, cond, uncond)?;
+                (c, Some(u))
             }
             None => (cond, None),
         };
+        let result = self.cfg_and_post(
+            x,
+            sigma,
+            cond_scale,
+            sampling,
+            &cond,
+            uncond.as_ref(),
+            extra,
+        )?;
+        Ok((result, uncond))
+    }
+
+    /// The pre-CFG hooks in order.
+    pub fn pre_cfg_all(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        cond_scale: f64,
+        sampling: &ModelSamplingDiscrete,
+        mut cond: Tensor,
+        mut uncond: Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        for hook in &self.pre_cfg {
+            let (c, u) = (cond.clone(), uncond.clone());
+            let args = CfgArgs {
+                x,
+                sigma,
+                cond_scale,
+                cond: &c,
+                uncond: Some(&u),
+                sampling,
+                extra: &[],
+            };
+            (cond, uncond) = hook.pre_cfg(&args, cond, uncond)?;
+        }
+        Ok((cond, uncond))
+    }
+
+    /// ComfyUI's `cfg_function`: the CFG function (or plain CFG) then the post-CFG hooks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cfg_and_post(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        cond_scale: f64,
+        sampling: &ModelSamplingDiscrete,
+        cond: &Tensor,
+        uncond: Option<&Tensor>,
+        extra: &[Tensor],
+    ) -> Result<Tensor> {
         let args = CfgArgs {
             x,
             sigma,
             cond_scale,
-            cond: &cond,
-            uncond: uncond.as_ref(),
+            cond,
+            uncond,
             sampling,
+            extra,
         };
-        let mut result = match (&uncond, &self.cfg_function) {
+        let mut result = match (uncond, &self.cfg_function) {
             (Some(_), Some(f)) => f.cfg(&args)?,
-            (Some(uncond), None) => (uncond + ((&cond - uncond)? * cond_scale)?)?,
+            (Some(uncond), None) => (uncond + ((cond - uncond)? * cond_scale)?)?,
             (None, _) => cond.clone(),
         };
+        let args = CfgArgs { extra: &[], ..args };
         for hook in &self.post_cfg {
             result = hook.post_cfg(&args, result)?;
         }
-        Ok((result, uncond))
+        Ok(result)
     }
 }
 
