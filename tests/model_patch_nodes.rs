@@ -379,3 +379,30 @@ async fn dual_cfg_and_perp_neg_guiders_reduce_to_cfg_and_otherwise_differ() {
     app.queue_ok("/prompt", json!({"prompt": g})).await;
     assert!(app.data_dir().join("output/perp_node_00001_.png").exists());
 }
+
+#[actix_web::test]
+async fn attention_multiply_nodes_scale_attention_weights() {
+    let app = app_with_models().await;
+    let plain = pixels(&app, &[], "att_plain").await;
+    let node = |class: &str, q: f64| json!({"class_type": class, "inputs": {"q": q, "k": 1.0, "v": 1.0, "out": 1.0}});
+    for class in ["UNetSelfAttentionMultiply", "UNetCrossAttentionMultiply"] {
+        let same = pixels(&app, &[("att", node(class, 1.0))], &format!("{class}_1")).await;
+        assert_eq!(same, plain, "{class}");
+        let scaled = pixels(&app, &[("att", node(class, 1.7))], &format!("{class}_2")).await;
+        assert_ne!(scaled, plain, "{class}");
+    }
+    // CLIPAttentionMultiply changes the prompt's encoding, hence the image.
+    let mut g = graph(&[], "clip_att", "euler");
+    g["catt"] = json!({"class_type": "CLIPAttentionMultiply", "inputs": {"clip": ["ckpt", 1], "q": 1.0, "k": 1.0, "v": 2.0, "out": 0.5}});
+    g["pos"]["inputs"]["clip"] = json!(["catt", 0]);
+    app.queue_ok("/prompt", json!({"prompt": g})).await;
+    let clip_scaled = read_png(&app.data_dir().join("output/clip_att_00001_.png")).3;
+    assert_ne!(clip_scaled, plain);
+    let (_, info) = app.get("/object_info/CLIPAttentionMultiply").await;
+    let order = &info["CLIPAttentionMultiply"]["input_order"]["required"];
+    assert_eq!(order, &json!(["clip", "q", "k", "v", "out"]));
+    assert_eq!(
+        info["CLIPAttentionMultiply"]["category"],
+        "_for_testing/attention_experiments"
+    );
+}

@@ -6,6 +6,7 @@
 //! `NodeContext` (folders, progress, interrupt), which `exec` fills in. Adding a node touches one
 //! file here (its family's), plus its test.
 
+pub mod attention_multiply;
 pub mod conditioning;
 pub mod controlnet;
 pub mod custom_sampling;
@@ -268,6 +269,7 @@ impl Registry {
         loaders::register(&mut registry);
         lora::register(&mut registry);
         model_patches::register(&mut registry);
+        attention_multiply::register(&mut registry);
         conditioning::register(&mut registry);
         controlnet::register(&mut registry);
         latent::register(&mut registry);

@@ -133,6 +133,23 @@ fn cfg_hooks_match_comfyui() {
         &run(&all, cond, uncond, 3.7),
         &fx["all"],
     );
+    let pn = perp_neg(cond, uncond, &fx["cond2"], 0.7, 6.5).expect("perp_neg");
+    close(&mut failures, "perp_neg", &pn, &fx["perp_neg"]);
+    let node = ModelPatches {
+        cfg_function: Some(Arc::new(PerpNeg {
+            empty: [Arc::new(Vec::new())],
+            neg_scale: 0.7,
+        })),
+        post_cfg: vec![Arc::new(EpsilonScaling {
+            scaling_factor: 1.02,
+        })],
+        ..ModelPatches::default()
+    };
+    let extra = [fx["cond2"].clone()];
+    let (ours, _) = node
+        .combine(x, 3.7, 6.5, &ms, cond.clone(), Some(uncond.clone()), &extra)
+        .expect("combine");
+    close(&mut failures, "perp_neg_node", &ours, &fx["perp_neg_node"]);
     // Without a negative prediction every hook leaves the positive one alone.
     let (alone, _) = all
         .combine(x, 3.7, 1.0, &ms, cond.clone(), None, &[])
