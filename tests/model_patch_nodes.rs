@@ -406,3 +406,44 @@ async fn attention_multiply_nodes_scale_attention_weights() {
         "_for_testing/attention_experiments"
     );
 }
+
+#[actix_web::test]
+async fn patch_model_add_downscale_shrinks_a_block_inside_its_window() {
+    let app = app_with_models().await;
+    let plain = pixels(&app, &[], "ds_plain").await;
+    let node = |start: f64, end: f64, after_skip: bool, down: &str| {
+        json!({"class_type": "PatchModelAddDownscale", "inputs": {"block_number": 1, "downscale_factor": 2.0,
+               "start_percent": start, "end_percent": end, "downscale_after_skip": after_skip,
+               "downscale_method": down, "upscale_method": "bicubic"}})
+    };
+    // An empty window (start after end) changes nothing.
+    assert_eq!(
+        pixels(&app, &[("ds", node(0.9, 0.5, true, "bicubic"))], "ds_none").await,
+        plain
+    );
+    let after = pixels(&app, &[("ds", node(0.0, 1.0, true, "bicubic"))], "ds_after").await;
+    assert_ne!(after, plain);
+    let before = pixels(&app, &[("ds", node(0.0, 1.0, false, "area"))], "ds_before").await;
+    assert_ne!(before, after);
+    // bislerp is declared (as in ComfyUI) but not implemented: a clear error on that input.
+    let id = app
+        .queue(
+            graph(
+                &[("ds", node(0.0, 1.0, true, "bislerp"))],
+                "ds_bad",
+                "euler",
+            ),
+            "ds",
+        )
+        .await;
+    let entry = app.wait_history(&id).await;
+    let error = &entry["status"]["messages"][2][1];
+    assert_eq!(error["node_id"], "ds");
+    assert!(
+        error["exception_message"]
+            .as_str()
+            .unwrap()
+            .contains("downscale_method"),
+        "{error}"
+    );
+}

@@ -9,11 +9,13 @@
 use std::sync::Arc;
 
 use crate::engine::diffusion::differential::DifferentialDiffusion;
+use crate::engine::diffusion::downscale::{DownscaleBlock, UpscaleToSkip};
 use crate::engine::diffusion::freeu::{FreeU, FreeUVersion};
 use crate::engine::diffusion::guidance::{
     Apg, CfgZeroStar, EpsilonScaling, PerpNeg, RescaleCfg, Tcfg,
 };
 use crate::engine::diffusion::DiffusionModel;
+use crate::engine::resize::UpscaleMethod;
 use crate::engine::sampling::model_sampling::{Config, ModelSamplingDiscrete, Prediction};
 use crate::graph::spec::build::*;
 use crate::graph::spec::{InputSpec, NodeSpec};
@@ -92,6 +94,50 @@ fn freeu_inputs(b1: f64, b2: f64) -> Vec<InputSpec> {
         required("s1", float(0.9, 0.0, 10.0, 0.01)),
         required("s2", float(0.2, 0.0, 10.0, 0.01)),
     ]
+}
+
+/// `PatchModelAddDownscale.upscale_methods`.
+const DOWNSCALE_METHODS: &[&str] = &["bicubic", "nearest-exact", "bilinear", "area", "bislerp"];
+
+fn scale_method(inputs: &Inputs, name: &str) -> Result<UpscaleMethod, NodeError> {
+    let method = inputs.string(name)?;
+    match UpscaleMethod::parse(method) {
+        Some(m) if method != "lanczos" => Ok(m),
+        _ if method == "bislerp" => Err(NodeError::input(name, "bislerp is not supported yet")),
+        _ => Err(NodeError::input(
+            name,
+            format!("'{method}' is not one of {}", DOWNSCALE_METHODS.join(", ")),
+        )),
+    }
+}
+
+fn add_downscale(model: &DiffusionModel, i: &Inputs) -> Result<DiffusionModel, NodeError> {
+    let factor = i.float("downscale_factor")?;
+    if factor <= 0.0 {
+        return Err(NodeError::input(
+            "downscale_factor",
+            "must be greater than 0",
+        ));
+    }
+    let down = DownscaleBlock {
+        block: i.usize("block_number")?,
+        factor,
+        sigma_start: model.sampling.percent_to_sigma(i.float("start_percent")?),
+        sigma_end: model.sampling.percent_to_sigma(i.float("end_percent")?),
+        method: scale_method(i, "downscale_method")?,
+    };
+    let up = UpscaleToSkip {
+        method: scale_method(i, "upscale_method")?,
+    };
+    let after_skip = i.bool("downscale_after_skip")?;
+    Ok(model.patched(|p| {
+        if after_skip {
+            p.unet.input_block_after_skip.push(Arc::new(down));
+        } else {
+            p.unet.input_block.push(Arc::new(down));
+        }
+        p.unet.output_block.push(Arc::new(up));
+    }))
 }
 
 const ADVANCED_MODEL: &str = "advanced/model";
@@ -239,6 +285,26 @@ static PATCH_NODES: &[PatchNode] = &[
             let patch = DifferentialDiffusion { strength };
             Ok(model.patched(|p| p.denoise_mask = Some(Arc::new(patch))))
         },
+    },
+    PatchNode {
+        class_type: "PatchModelAddDownscale",
+        display_name: "PatchModelAddDownscale (Kohya Deep Shrink)",
+        category: "_for_testing",
+        python_module: "comfy_extras.nodes_model_downscale",
+        description: "",
+        inputs: || {
+            vec![
+                required("block_number", int(3, 1, 32)),
+                required("downscale_factor", float(2.0, 0.1, 9.0, 0.001)),
+                required("start_percent", float(0.0, 0.0, 1.0, 0.001)),
+                required("end_percent", float(0.35, 0.0, 1.0, 0.001)),
+                required("downscale_after_skip", boolean(true)),
+                required("downscale_method", combo(DOWNSCALE_METHODS)),
+                required("upscale_method", combo(DOWNSCALE_METHODS)),
+            ]
+        },
+        output_name: "MODEL",
+        patch: add_downscale,
     },
     PatchNode {
         class_type: "PerpNeg",

@@ -5,6 +5,7 @@
 //! `KSamplerX0Inpaint`) and `comfy/model_base.py` (`SDXL.encode_adm`, `SDXLRefiner.encode_adm`).
 
 pub mod differential;
+pub mod downscale;
 pub mod freeu;
 pub mod guidance;
 pub mod patches;
@@ -583,6 +584,7 @@ impl<'a> CfgDenoiser<'a> {
                 y.as_ref(),
                 &control,
                 &self.model.patches.unet,
+                sigma,
             )?;
             let denoised =
                 self.model

@@ -100,18 +100,23 @@ pub trait OutputBlockPatch: Send + Sync + Debug {
     fn patch(&self, h: Tensor, skip: Tensor) -> Result<(Tensor, Tensor)>;
 }
 
+/// A patch on the UNet's input (down-path) blocks, ComfyUI's `input_block_patch` and
+/// `input_block_patch_after_skip`.
+pub trait InputBlockPatch: Send + Sync + Debug {
+    /// `h` is the output of input block `block` (LDM numbering: 0 is `conv_in`, then each resnet
+    /// (+ attention) and each downsampler in order) at noise level `sigma`.
+    fn patch(&self, h: Tensor, block: usize, sigma: f64) -> Result<Tensor>;
+}
+
 /// Patches applied inside the UNet's forward pass.
 #[derive(Debug, Clone, Default)]
 pub struct UNetPatches {
+    /// `input_block_patch`es: change an input block's output before it is kept as a skip.
+    pub input_block: Vec<Arc<dyn InputBlockPatch>>,
+    /// `input_block_patch_after_skip`es: change only what continues down the UNet.
+    pub input_block_after_skip: Vec<Arc<dyn InputBlockPatch>>,
     /// `output_block_patch`es, applied in order before each up-path concatenation.
     pub output_block: Vec<Arc<dyn OutputBlockPatch>>,
-}
-
-impl UNetPatches {
-    /// Whether no patch is set (the plain forward pass runs).
-    pub fn is_empty(&self) -> bool {
-        self.output_block.is_empty()
-    }
 }
 
 /// Everything patched onto a model handle (ComfyUI's `model_options`).

@@ -425,11 +425,14 @@ impl UNet2DConditionModel {
         y: Option<&Tensor>,
         control: &UNetControl,
     ) -> Result<Tensor> {
-        self.forward_patched(xs, timesteps, context, y, control, &UNetPatches::default())
+        let none = UNetPatches::default();
+        self.forward_patched(xs, timesteps, context, y, control, &none, 0.0)
     }
 
-    /// [`Self::forward_controlled`] with a model's UNet patches (FreeU's output-block patch)
-    /// applied where ComfyUI's `openaimodel.py` applies them.
+    /// [`Self::forward_controlled`] with a model's UNet patches (FreeU's output-block patch,
+    /// PatchModelAddDownscale's input-block one) applied where ComfyUI's `openaimodel.py` applies
+    /// them; `sigma` is the step's noise level, which some patches depend on.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_patched(
         &self,
         xs: &Tensor,
@@ -438,6 +441,7 @@ impl UNet2DConditionModel {
         y: Option<&Tensor>,
         control: &UNetControl,
         patches: &UNetPatches,
+        sigma: f64,
     ) -> Result<Tensor> {
         let (input, mid) = match &control.encoder {
             Some(e) => (e.input.as_slice(), e.mid.as_ref()),
@@ -462,11 +466,17 @@ impl UNet2DConditionModel {
 
         let mut skips = Vec::with_capacity(self.num_skips());
         let mut h = self.encoder.down(&xs, &emb, &context, |k, h| {
-            let h = match input.get(k) {
+            let mut h = match input.get(k) {
                 Some(Some(r)) => (h + r.to_dtype(dtype)?)?,
                 _ => h,
             };
+            for patch in &patches.input_block {
+                h = patch.patch(h, k, sigma)?;
+            }
             skips.push(h.clone());
+            for patch in &patches.input_block_after_skip {
+                h = patch.patch(h, k, sigma)?;
+            }
             Ok(h)
         })?;
 
