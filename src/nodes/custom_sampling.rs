@@ -17,10 +17,8 @@ use crate::engine::sampling::schedulers::beta;
 use crate::graph::spec::build::*;
 use crate::graph::spec::{InputKind, InputSpec, NodeSpec, OutputSpec};
 use crate::graph::SlotType;
-use crate::nodes::sampling::{cfg_input, sigma_input, sigmas_out, spec, steps_input};
-use crate::nodes::{
-    Guider, GuiderKind, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value,
-};
+use crate::nodes::sampling::{cfg_input, guider_value, sigma_input, sigmas_out, spec, steps_input};
+use crate::nodes::{GuiderKind, Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
 
 pub fn register(registry: &mut Registry) {
     for node in SAMPLER_NODES {
@@ -451,7 +449,7 @@ static SIGMA_NODES: &[SigmaNode] = &[
 
 const GUIDERS: &str = "sampling/custom_sampling/guiders";
 
-fn guider_output() -> Vec<OutputSpec> {
+fn guider_slot() -> Vec<OutputSpec> {
     vec![output(SlotType::GUIDER, "GUIDER")]
 }
 
@@ -474,7 +472,7 @@ impl Node for DualCfgGuider {
                 required("cfg_cond2_negative", cfg_input()),
                 required("style", combo(&["regular", "nested"])),
             ],
-            guider_output(),
+            guider_slot(),
         )
     }
 
@@ -489,18 +487,13 @@ impl Node for DualCfgGuider {
                 ))
             }
         };
-        let guider = Guider {
-            model: Arc::clone(inputs.model("model")?),
-            positive: Arc::clone(inputs.conditioning("cond1")?),
-            negative: Some(Arc::clone(inputs.conditioning("negative")?)),
-            cfg: inputs.float("cfg_conds")?,
-            kind: GuiderKind::Dual {
-                middle: Arc::clone(inputs.conditioning("cond2")?),
-                cfg2: inputs.float("cfg_cond2_negative")?,
-                nested,
-            },
+        let kind = GuiderKind::Dual {
+            middle: Arc::clone(inputs.conditioning("cond2")?),
+            cfg2: inputs.float("cfg_cond2_negative")?,
+            nested,
         };
-        Ok(NodeOutput::values(vec![Value::Guider(Arc::new(guider))]))
+        let cfg = inputs.float("cfg_conds")?;
+        guider_value(inputs, "cond1", Some("negative"), cfg, kind)
     }
 }
 
@@ -524,22 +517,17 @@ impl Node for PerpNegGuider {
                     required("cfg", cfg_input()),
                     required("neg_scale", float(1.0, 0.0, 100.0, 0.01)),
                 ],
-                guider_output(),
+                guider_slot(),
             )
         }
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let guider = Guider {
-            model: Arc::clone(inputs.model("model")?),
-            positive: Arc::clone(inputs.conditioning("positive")?),
-            negative: Some(Arc::clone(inputs.conditioning("negative")?)),
-            cfg: inputs.float("cfg")?,
-            kind: GuiderKind::PerpNeg {
-                empty: Arc::clone(inputs.conditioning("empty_conditioning")?),
-                neg_scale: inputs.float("neg_scale")?,
-            },
+        let kind = GuiderKind::PerpNeg {
+            empty: Arc::clone(inputs.conditioning("empty_conditioning")?),
+            neg_scale: inputs.float("neg_scale")?,
         };
-        Ok(NodeOutput::values(vec![Value::Guider(Arc::new(guider))]))
+        let cfg = inputs.float("cfg")?;
+        guider_value(inputs, "positive", Some("negative"), cfg, kind)
     }
 }

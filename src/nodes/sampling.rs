@@ -700,14 +700,8 @@ impl Node for CfgGuider {
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let guider = Guider {
-            model: Arc::clone(inputs.model("model")?),
-            positive: Arc::clone(inputs.conditioning("positive")?),
-            negative: Some(Arc::clone(inputs.conditioning("negative")?)),
-            cfg: inputs.float("cfg")?,
-            kind: GuiderKind::Cfg,
-        };
-        Ok(NodeOutput::values(vec![Value::Guider(Arc::new(guider))]))
+        let cfg = inputs.float("cfg")?;
+        guider_value(inputs, "positive", Some("negative"), cfg, GuiderKind::Cfg)
     }
 }
 
@@ -729,13 +723,27 @@ impl Node for BasicGuider {
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let guider = Guider {
-            model: Arc::clone(inputs.model("model")?),
-            positive: Arc::clone(inputs.conditioning("conditioning")?),
-            negative: None,
-            cfg: 1.0,
-            kind: GuiderKind::Cfg,
-        };
-        Ok(NodeOutput::values(vec![Value::Guider(Arc::new(guider))]))
+        guider_value(inputs, "conditioning", None, 1.0, GuiderKind::Cfg)
     }
+}
+
+/// A GUIDER from the node's `model` and the named conditioning inputs.
+pub(super) fn guider_value(
+    inputs: &Inputs,
+    positive: &str,
+    negative: Option<&str>,
+    cfg: f64,
+    kind: GuiderKind,
+) -> Result<NodeOutput, NodeError> {
+    let guider = Guider {
+        model: Arc::clone(inputs.model("model")?),
+        positive: Arc::clone(inputs.conditioning(positive)?),
+        negative: match negative {
+            Some(name) => Some(Arc::clone(inputs.conditioning(name)?)),
+            None => None,
+        },
+        cfg,
+        kind,
+    };
+    Ok(NodeOutput::values(vec![Value::Guider(Arc::new(guider))]))
 }
