@@ -89,6 +89,12 @@ async fn object_info_declares_comfyui_inputs() {
         ),
         ("TCFG", &["model"], "patched_model", "advanced/guidance"),
         (
+            "PerturbedAttentionGuidance",
+            &["model", "scale"],
+            "MODEL",
+            "model_patches/unet",
+        ),
+        (
             "FreeU",
             &["model", "b1", "b2", "s1", "s2"],
             "MODEL",
@@ -191,6 +197,7 @@ async fn patches_change_the_image_and_neutral_settings_do_not() {
             ("rescale", json!({"class_type": "RescaleCFG", "inputs": {"multiplier": 0.0}})),
             ("eps", json!({"class_type": "Epsilon Scaling", "inputs": {"scaling_factor": 1.0}})),
             ("ms", json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "eps", "zsnr": false}})),
+            ("pag", json!({"class_type": "PerturbedAttentionGuidance", "inputs": {"scale": 0.0}})),
         ],
         "neutral",
     )
@@ -203,6 +210,7 @@ async fn patches_change_the_image_and_neutral_settings_do_not() {
         json!({"class_type": "Epsilon Scaling", "inputs": {"scaling_factor": 1.05}}),
         json!({"class_type": "APG", "inputs": {"eta": 0.5, "norm_threshold": 2.0, "momentum": 0.3}}),
         json!({"class_type": "TCFG", "inputs": {}}),
+        json!({"class_type": "PerturbedAttentionGuidance", "inputs": {"scale": 3.0}}),
         json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "v_prediction", "zsnr": true}}),
         json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "lcm", "zsnr": false}}),
         json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "x0", "zsnr": false}}),

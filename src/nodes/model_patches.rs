@@ -12,13 +12,13 @@ use crate::engine::diffusion::differential::DifferentialDiffusion;
 use crate::engine::diffusion::downscale::{DownscaleBlock, UpscaleToSkip};
 use crate::engine::diffusion::freeu::{FreeU, FreeUVersion};
 use crate::engine::diffusion::guidance::{
-    Apg, CfgZeroStar, EpsilonScaling, PerpNeg, RescaleCfg, Tcfg,
+    Apg, CfgZeroStar, EpsilonScaling, PerpNeg, PerturbedAttention, RescaleCfg, Tcfg,
 };
 use crate::engine::diffusion::DiffusionModel;
 use crate::engine::resize::UpscaleMethod;
 use crate::engine::sampling::model_sampling::{Config, ModelSamplingDiscrete, Prediction};
 use crate::graph::spec::build::*;
-use crate::graph::spec::{InputSpec, NodeSpec};
+use crate::graph::spec::{InputKind, InputSpec, NodeSpec};
 use crate::graph::SlotType;
 use crate::nodes::{Inputs, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
 
@@ -305,6 +305,30 @@ static PATCH_NODES: &[PatchNode] = &[
         },
         output_name: "MODEL",
         patch: add_downscale,
+    },
+    PatchNode {
+        class_type: "PerturbedAttentionGuidance",
+        display_name: "PerturbedAttentionGuidance",
+        category: "model_patches/unet",
+        python_module: "comfy_extras.nodes_pag",
+        description: "",
+        inputs: || {
+            vec![required(
+                "scale",
+                InputKind::Float {
+                    default: 3.0,
+                    min: 0.0,
+                    max: 100.0,
+                    step: 0.01,
+                    round: Some(0.01),
+                },
+            )]
+        },
+        output_name: "MODEL",
+        patch: |model, i| {
+            let scale = i.float("scale")?;
+            Ok(model.patched(|p| p.post_cfg.push(Arc::new(PerturbedAttention { scale }))))
+        },
     },
     PatchNode {
         class_type: "PerpNeg",

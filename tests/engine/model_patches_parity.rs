@@ -40,7 +40,7 @@ fn cfg_hooks_match_comfyui() {
     let (x, cond, uncond) = (&fx["x"], &fx["cond"], &fx["uncond"]);
     let run = |patches: &ModelPatches, c: &Tensor, u: &Tensor, sigma: f64| {
         patches
-            .combine(x, sigma, 6.5, &ms, c.clone(), Some(u.clone()), &[])
+            .combine(x, sigma, 6.5, &ms, c.clone(), Some(u.clone()), &[], None)
             .expect("combine")
             .0
     };
@@ -147,12 +147,21 @@ fn cfg_hooks_match_comfyui() {
     };
     let extra = [fx["cond2"].clone()];
     let (ours, _) = node
-        .combine(x, 3.7, 6.5, &ms, cond.clone(), Some(uncond.clone()), &extra)
+        .combine(
+            x,
+            3.7,
+            6.5,
+            &ms,
+            cond.clone(),
+            Some(uncond.clone()),
+            &extra,
+            None,
+        )
         .expect("combine");
     close(&mut failures, "perp_neg_node", &ours, &fx["perp_neg_node"]);
     // Without a negative prediction every hook leaves the positive one alone.
     let (alone, _) = all
-        .combine(x, 3.7, 1.0, &ms, cond.clone(), None, &[])
+        .combine(x, 3.7, 1.0, &ms, cond.clone(), None, &[], None)
         .expect("combine");
     let expected = (x - (x - cond).unwrap().affine(1.0 / 0.98, 0.0).unwrap()).unwrap();
     close(&mut failures, "no uncond", &alone, &expected);

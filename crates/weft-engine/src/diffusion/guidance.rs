@@ -1,13 +1,13 @@
 //! The CFG-level patches of ComfyUI's guidance nodes, as [`patches`](super::patches) hooks:
 //! RescaleCFG (`nodes_model_advanced.py`), CFGZeroStar (`nodes_cfg.py`), Epsilon Scaling
-//! (`nodes_eps.py`), APG (`nodes_apg.py`), TCFG (`nodes_tcfg.py`) and Perp-Neg
-//! (`nodes_perpneg.py`).
+//! (`nodes_eps.py`), APG (`nodes_apg.py`), TCFG (`nodes_tcfg.py`), Perp-Neg (`nodes_perpneg.py`)
+//! and PerturbedAttentionGuidance (`nodes_pag.py`).
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Result, Tensor};
 
-use super::patches::{batch, CfgArgs, CfgFunction, PostCfg, PreCfg};
+use super::patches::{batch, AttentionReplace, CfgArgs, CfgFunction, PostCfg, PreCfg};
 use super::CondEntry;
 
 /// RescaleCFG: CFG in v-prediction space, its std rescaled towards the positive prediction's
@@ -267,5 +267,37 @@ impl CfgFunction for PerpNeg {
 
     fn extra_conds(&self) -> &[Arc<Vec<CondEntry>>] {
         &self.empty
+    }
+}
+
+/// PerturbedAttentionGuidance: the positive prediction is computed again with the middle block's
+/// self-attention replaced by its values (identity attention), and the combined prediction moves
+/// away from that perturbed one: `denoised + (cond - perturbed) * scale`.
+#[derive(Debug, Clone)]
+pub struct PerturbedAttention {
+    /// Guidance scale (0 = off).
+    pub scale: f64,
+}
+
+/// PAG's `perturbed_attention`: the attention output is `v`.
+#[derive(Debug, Clone, Copy)]
+struct IdentityAttention;
+
+impl AttentionReplace for IdentityAttention {
+    fn attention(&self, _q: &Tensor, _k: &Tensor, v: &Tensor, _heads: usize) -> Result<Tensor> {
+        Ok(v.clone())
+    }
+}
+
+impl PostCfg for PerturbedAttention {
+    fn post_cfg(&self, args: &CfgArgs<'_>, denoised: Tensor) -> Result<Tensor> {
+        let Some(eval) = args.eval_positive else {
+            candle_core::bail!("PerturbedAttentionGuidance needs the model to run again");
+        };
+        if self.scale == 0.0 {
+            return Ok(denoised);
+        }
+        let perturbed = eval(&|unet| unet.mid_self_attention = Some(Arc::new(IdentityAttention)))?;
+        denoised + (args.cond - perturbed)?.affine(self.scale, 0.0)?
     }
 }

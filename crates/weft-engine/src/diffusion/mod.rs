@@ -453,6 +453,11 @@ impl<'a> CfgDenoiser<'a> {
     fn guide(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
         let patches = &self.model.patches;
         let sampling = &self.model.sampling;
+        let eval_positive = |change: &dyn Fn(&mut patches::UNetPatches)| {
+            let mut unet = patches.unet.clone();
+            change(&mut unet);
+            self.eval_list_with(&self.positive, x, sigma, &unet)
+        };
         let near = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
         // A conditioning ComfyUI leaves out predicts zeros (calc_cond_batch's empty sum).
         let eval_or_zeros = |list: &[PreparedCond], skip: bool| -> Result<Tensor> {
@@ -479,7 +484,16 @@ impl<'a> CfgDenoiser<'a> {
                     .iter()
                     .map(|list| self.eval_list(list, x, sigma))
                     .collect::<Result<Vec<_>>>()?;
-                patches.combine(x, sigma, self.cfg, sampling, cond, uncond, &extra)
+                patches.combine(
+                    x,
+                    sigma,
+                    self.cfg,
+                    sampling,
+                    cond,
+                    uncond,
+                    &extra,
+                    Some(&eval_positive),
+                )
             }
             Mode::Dual {
                 middle,
@@ -498,9 +512,9 @@ impl<'a> CfgDenoiser<'a> {
                         sigma,
                         cfg1,
                         sampling,
-                        &positive,
-                        Some(&middle),
+                        (&positive, Some(&middle)),
                         &[],
+                        Some(&eval_positive),
                     )?;
                     let result = (&negative + ((text - &negative)? * cfg2)?)?;
                     Ok((result, Some(negative)))
@@ -510,9 +524,9 @@ impl<'a> CfgDenoiser<'a> {
                         sigma,
                         cfg2,
                         sampling,
-                        &middle,
-                        Some(&negative),
+                        (&middle, Some(&negative)),
                         &[],
+                        Some(&eval_positive),
                     )?;
                     let result = (base + ((&positive - &middle)? * cfg1)?)?;
                     Ok((result, Some(negative)))
@@ -539,6 +553,7 @@ impl<'a> CfgDenoiser<'a> {
                     uncond: Some(&negative),
                     sampling,
                     extra: &[],
+                    eval_positive: Some(&eval_positive),
                 };
                 for hook in &patches.post_cfg {
                     result = hook.post_cfg(&args, result)?;
@@ -549,6 +564,17 @@ impl<'a> CfgDenoiser<'a> {
     }
 
     fn eval_list(&self, list: &[PreparedCond], x: &Tensor, sigma: f64) -> Result<Tensor> {
+        self.eval_list_with(list, x, sigma, &self.model.patches.unet)
+    }
+
+    /// [`Self::eval_list`] with the given UNet patches instead of the model's.
+    fn eval_list_with(
+        &self,
+        list: &[PreparedCond],
+        x: &Tensor,
+        sigma: f64,
+        unet_patches: &patches::UNetPatches,
+    ) -> Result<Tensor> {
         let (batch, channels, h, w) = x.dims4()?;
         let mut out = Tensor::zeros((batch, channels, h, w), DType::F32, x.device())?;
         let mut counts = Tensor::full(1e-37f32, (batch, channels, h, w), x.device())?;
@@ -583,7 +609,7 @@ impl<'a> CfgDenoiser<'a> {
                 &context,
                 y.as_ref(),
                 &control,
-                &self.model.patches.unet,
+                unet_patches,
                 sigma,
             )?;
             let denoised =

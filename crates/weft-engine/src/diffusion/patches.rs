@@ -31,8 +31,13 @@ use candle_core::{Result, Tensor};
 use crate::diffusion::{CondEntry, DiffusionModel};
 use crate::sampling::model_sampling::ModelSamplingDiscrete;
 
+/// Evaluates the positive conditioning at the hook's `(x, sigma)` with the model's UNet patches
+/// changed by the given function (what PAG's `calc_cond_batch` with modified `model_options`
+/// does).
+pub type EvalPositive<'a> = dyn Fn(&dyn Fn(&mut UNetPatches)) -> Result<Tensor> + 'a;
+
 /// What a CFG-level hook sees (ComfyUI's `args` dict).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct CfgArgs<'a> {
     /// The sampler's `x` at this call (`args["input"]`), after inpainting blends it.
     pub x: &'a Tensor,
@@ -50,6 +55,9 @@ pub struct CfgArgs<'a> {
     /// The predictions for the CFG function's [`CfgFunction::extra_conds`], in order (empty for
     /// the other hooks).
     pub extra: &'a [Tensor],
+    /// Runs the model on the positive conditioning again, with other UNet patches; `None` where
+    /// the caller cannot (parity tests on bare tensors).
+    pub eval_positive: Option<&'a EvalPositive<'a>>,
 }
 
 /// `sampler_pre_cfg_function`: rewrites the two predictions before they are combined. Runs only
@@ -108,9 +116,19 @@ pub trait InputBlockPatch: Send + Sync + Debug {
     fn patch(&self, h: Tensor, block: usize, sigma: f64) -> Result<Tensor>;
 }
 
+/// A replacement for self-attention (ComfyUI's `attn1` replace patch): q, k and v are the
+/// projected `[B, N, heads * head_dim]` tokens; returns the attention output before `to_out`.
+pub trait AttentionReplace: Send + Sync + Debug {
+    /// The attention output, `[B, N, heads * head_dim]`.
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor>;
+}
+
 /// Patches applied inside the UNet's forward pass.
 #[derive(Debug, Clone, Default)]
 pub struct UNetPatches {
+    /// Replaces the self-attention of every transformer block in the middle block (the
+    /// `("middle", 0)` attn1 replace patch).
+    pub mid_self_attention: Option<Arc<dyn AttentionReplace>>,
     /// `input_block_patch`es: change an input block's output before it is kept as a skip.
     pub input_block: Vec<Arc<dyn InputBlockPatch>>,
     /// `input_block_patch_after_skip`es: change only what continues down the UNet.
@@ -148,6 +166,7 @@ impl ModelPatches {
         cond: Tensor,
         uncond: Option<Tensor>,
         extra: &[Tensor],
+        eval_positive: Option<&EvalPositive<'_>>,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (cond, uncond) = match uncond {
             Some(uncond) => {
@@ -161,9 +180,9 @@ impl ModelPatches {
             sigma,
             cond_scale,
             sampling,
-            &cond,
-            uncond.as_ref(),
+            (&cond, uncond.as_ref()),
             extra,
+            eval_positive,
         )?;
         Ok((result, uncond))
     }
@@ -188,6 +207,7 @@ impl ModelPatches {
                 uncond: Some(&u),
                 sampling,
                 extra: &[],
+                eval_positive: None,
             };
             (cond, uncond) = hook.pre_cfg(&args, cond, uncond)?;
         }
@@ -195,16 +215,15 @@ impl ModelPatches {
     }
 
     /// ComfyUI's `cfg_function`: the CFG function (or plain CFG) then the post-CFG hooks.
-    #[allow(clippy::too_many_arguments)]
     pub fn cfg_and_post(
         &self,
         x: &Tensor,
         sigma: f64,
         cond_scale: f64,
         sampling: &ModelSamplingDiscrete,
-        cond: &Tensor,
-        uncond: Option<&Tensor>,
+        (cond, uncond): (&Tensor, Option<&Tensor>),
         extra: &[Tensor],
+        eval_positive: Option<&EvalPositive<'_>>,
     ) -> Result<Tensor> {
         let args = CfgArgs {
             x,
@@ -214,6 +233,7 @@ impl ModelPatches {
             uncond,
             sampling,
             extra,
+            eval_positive,
         };
         let mut result = match (uncond, &self.cfg_function) {
             (Some(_), Some(f)) => f.cfg(&args)?,

@@ -493,7 +493,8 @@ impl UNet2DConditionModel {
             }
         }
 
-        h = self.encoder.mid(&h, &emb, &context)?;
+        let mid_attention = patches.mid_self_attention.as_deref();
+        h = self.encoder.mid_with(&h, &emb, &context, mid_attention)?;
         if let Some(mid) = mid {
             h = (h + mid.to_dtype(dtype)?)?;
         }
