@@ -19,16 +19,19 @@ build_editor() {
 
 # ComfyUI's official frontend: the `comfyui-frontend-package` wheel from PyPI, unpacked once into
 # a cache folder; prints the folder of its static files. WEFT_COMFY_FRONTEND_VERSION picks the
-# version (the one the browser test pins by default).
+# version (the one the browser test pins by default); an argument picks another.
 COMFY_FRONTEND_VERSION="${WEFT_COMFY_FRONTEND_VERSION:-1.58.1}"
+# The early-2025 frontend the browser tests also run (users who have not updated theirs).
+COMFY_FRONTEND_EARLY_VERSION=1.12.14
 comfy_frontend() {
-    local dir="${XDG_CACHE_HOME:-$HOME/.cache}/weft/comfyui-frontend/$COMFY_FRONTEND_VERSION"
+    local version="${1:-$COMFY_FRONTEND_VERSION}"
+    local dir="${XDG_CACHE_HOME:-$HOME/.cache}/weft/comfyui-frontend/$version"
     if [ ! -f "$dir/static/index.html" ]; then
         command -v python3 >/dev/null 2>&1 || { echo "python3 (with pip) is needed to fetch the ComfyUI frontend" >&2; exit 1; }
         local tmp
         tmp="$(mktemp -d)"
         python3 -m pip download --quiet --no-deps --only-binary=:all: \
-            "comfyui-frontend-package==$COMFY_FRONTEND_VERSION" -d "$tmp" >&2
+            "comfyui-frontend-package==$version" -d "$tmp" >&2
         rm -rf "$dir.partial" && mkdir -p "$dir.partial"
         python3 -m zipfile -e "$tmp"/comfyui_frontend_package-*.whl "$dir.partial"
         rm -rf "$dir" && mkdir -p "$dir"
@@ -38,6 +41,23 @@ comfy_frontend() {
     echo "$dir/static"
 }
 
+# Exports variable $1 as the static folder of frontend version $2 unless it is set already; says
+# why the browser test is skipped when the frontend cannot be fetched.
+fetch_frontend() {
+    local variable="$1" version="$2" static
+    [ -n "${!variable:-}" ] && return 0
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "note: python3 with pip is not installed, so ComfyUI's frontend $version is not fetched and its browser test is skipped" >&2
+        return 0
+    fi
+    static="$(comfy_frontend "$version" || true)"
+    if [ -f "$static/index.html" ]; then
+        export "$variable=$static"
+    else
+        echo "note: could not fetch ComfyUI's frontend $version from PyPI; its browser test is skipped" >&2
+    fi
+}
+
 case "${1:-}" in
     comfy-frontend)
         shift
@@ -45,7 +65,7 @@ case "${1:-}" in
         exec cargo run --release --locked -- serve --web-root "$static" "$@"
         ;;
     comfy-frontend-path)
-        comfy_frontend
+        comfy_frontend "${2:-}"
         ;;
     serve)
         shift
@@ -59,21 +79,10 @@ case "${1:-}" in
             # The editor: unit tests, the production build, then browser tests against the real
             # server binary the cargo tests just built.
             (cd web && npm ci --no-audit --no-fund && npm test && npm run build)
-            # ComfyUI's own frontend, for the browser test that runs it against Weft (skipped
-            # without it).
-            if [ -z "${WEFT_COMFY_FRONTEND:-}" ]; then
-                if python3 -m pip --version >/dev/null 2>&1; then
-                    WEFT_COMFY_FRONTEND="$(comfy_frontend || true)"
-                    if [ -f "$WEFT_COMFY_FRONTEND/index.html" ]; then
-                        export WEFT_COMFY_FRONTEND
-                    else
-                        echo "note: could not fetch ComfyUI's frontend $COMFY_FRONTEND_VERSION from PyPI; its browser test is skipped" >&2
-                        unset WEFT_COMFY_FRONTEND
-                    fi
-                else
-                    echo "note: python3 with pip is not installed, so ComfyUI's frontend is not fetched and its browser test is skipped" >&2
-                fi
-            fi
+            # ComfyUI's own frontend, newest pinned and early-2025, for the browser tests that run
+            # them against Weft (each skipped without it).
+            fetch_frontend WEFT_COMFY_FRONTEND "$COMFY_FRONTEND_VERSION"
+            fetch_frontend WEFT_COMFY_FRONTEND_EARLY "$COMFY_FRONTEND_EARLY_VERSION"
             WEFT_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/weft" npm --prefix web run e2e
         fi
         ;;

@@ -1,7 +1,7 @@
 //! Wiring: builds the store, registry, executor and HTTP server from a configuration. With
 //! `main.rs`, the only code that sees every layer; tests start servers through it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,7 +9,8 @@ use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 use serde_json::Value as Json;
 
-use crate::api::{self, ApiConfig, AppState, Hub};
+use crate::api::access::{AllowedHosts, HostList, Token};
+use crate::api::{self, Access, ApiConfig, AppState, Hub};
 use candle_core::DType;
 
 use crate::engine::device::{default_model_budget, DeviceChoice};
@@ -116,6 +117,98 @@ pub struct ServerConfig {
     pub web_root: Option<PathBuf>,
     pub http_workers: usize,
     pub compute: ComputeConfig,
+    /// `--allowed-hosts`: hosts answered besides loopback and the listen address.
+    pub allowed_hosts: HostList,
+    /// `--auth-token`, `--no-auth`, or neither.
+    pub auth: AuthSetting,
+}
+
+/// Whether the server asks for a token.
+#[derive(Debug, Clone, Default)]
+pub enum AuthSetting {
+    /// On when listening beyond loopback ([`auth_by_default`]), with the token kept in the data
+    /// folder's [`TOKEN_FILE`].
+    #[default]
+    Default,
+    /// `--auth-token`: on, with this token.
+    Token(Token),
+    /// `--no-auth`: off wherever the server listens.
+    Off,
+}
+
+/// The token file in the data folder, made at the first start that needs it.
+pub const TOKEN_FILE: &str = "auth_token";
+
+/// Whether a server listening on `listen` asks for a token unless told otherwise: anywhere but
+/// loopback (`127.0.0.1`, `::1`, `localhost`), other machines can reach it.
+pub fn auth_by_default(listen: &str) -> bool {
+    let address = listen.trim_start_matches('[').trim_end_matches(']');
+    match address.parse::<IpAddr>() {
+        Ok(ip) => !ip.is_loopback(),
+        Err(_) => !address.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// The token in force and where it came from (for the start-up log), or `None` when auth is off.
+fn resolve_auth(
+    setting: &AuthSetting,
+    listen: &str,
+    data_dir: &Path,
+) -> anyhow::Result<Option<(Token, &'static str)>> {
+    Ok(match setting {
+        AuthSetting::Off => None,
+        AuthSetting::Token(token) => Some((token.clone(), "--auth-token")),
+        AuthSetting::Default if auth_by_default(listen) => {
+            Some(read_or_create_token(&data_dir.join(TOKEN_FILE))?)
+        }
+        AuthSetting::Default => None,
+    })
+}
+
+/// The token in `path`, or a new random one written there, readable by the owner alone.
+fn read_or_create_token(path: &Path) -> anyhow::Result<(Token, &'static str)> {
+    use std::io::Write;
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("cannot create {}", folder.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            let token = Token::generate();
+            writeln!(file, "{}", token.reveal())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write the token file {}", path.display()))?;
+            Ok((token, "generated now, kept in the token file"))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            let token = Token::parse(&text).map_err(|e| {
+                anyhow::anyhow!("the token file {} is not usable: {e}", path.display())
+            })?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        "the token file {} was readable by others (mode {:o}); made it 0600",
+                        path.display(),
+                        mode & 0o777
+                    );
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                }
+            }
+            Ok((token, "from the token file"))
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("cannot create the token file {}", path.display()))
+        }
+    }
 }
 
 impl ServerConfig {
@@ -140,6 +233,8 @@ impl ServerConfig {
             web_root: None,
             http_workers: 2,
             compute: ComputeConfig::default(),
+            allowed_hosts: HostList::default(),
+            auth: AuthSetting::Default,
         }
     }
 }
@@ -180,6 +275,11 @@ async fn build_executor(
 /// Opens the store (running migrations, recovering from a crash), starts the worker and binds the
 /// HTTP server. The returned `server` future must be awaited or spawned.
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    let auth = resolve_auth(&config.auth, &config.listen, &config.data_dir)?;
+    let access = Access {
+        hosts: AllowedHosts::new(&config.allowed_hosts, &config.listen),
+        token: auth.as_ref().map(|(token, _)| token.clone()),
+    };
     let mut dirs = DataDirs::new(&config.data_dir, &config.models_dir);
     for (dir, given) in [
         (&mut dirs.input, &config.input_dir),
@@ -248,13 +348,20 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         config: ApiConfig {
             max_upload_bytes: config.max_upload_mb << 20,
             web_root: config.web_root.clone(),
+            access: access.clone(),
         },
         user,
     });
     let server = HttpServer::new(move || {
         App::new()
-            .wrap(middleware::from_fn(api::origin_guard))
-            .wrap(middleware::Logger::new("%r %s %Dms").log_target("weft::http"))
+            // Hosts, origins and the token: before every route, the socket included.
+            .wrap(middleware::from_fn(api::access_guard))
+            .wrap(
+                // The request line without `token` values.
+                middleware::Logger::new("%{request}xi %s %Dms")
+                    .custom_request_replace("request", api::access::logged_request)
+                    .log_target("weft::http"),
+            )
             // Outermost, so refusals get it too: no response is ever sniffed into another type.
             .wrap(
                 middleware::DefaultHeaders::new()
@@ -270,11 +377,54 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .addrs()
         .first()
         .context("the server bound no address")?;
+    log_exposure(&config, addr, &access, auth.map(|(_, source)| source));
     Ok(RunningServer {
         addr,
         exec,
         server: server.run(),
     })
+}
+
+/// Says at start-up what the server exposes: where it listens, whether it asks for a token,
+/// which hosts it answers to; prints a token it made or read from its file, once.
+fn log_exposure(config: &ServerConfig, addr: SocketAddr, access: &Access, source: Option<&str>) {
+    tracing::info!("Weft listening on http://{addr}");
+    let beyond_loopback = auth_by_default(&config.listen);
+    match (&access.token, source) {
+        (Some(token), Some(source)) => {
+            tracing::info!("authentication on: token {source}");
+            if token.reveal().len() < 16 {
+                tracing::warn!(
+                    "the token is {} characters long; one of 16 or more is much harder to guess",
+                    token.reveal().len()
+                );
+            }
+            if source != "--auth-token" {
+                let file = config.data_dir.join(TOKEN_FILE);
+                // Printed, not logged: the log ring is served at /internal/logs.
+                eprintln!(
+                    "\nWeft access token (kept in {}):\n\n    {}\n\nOpen http://{addr}/?token={} \
+                     in a browser, or send `Authorization: Bearer TOKEN`.\n",
+                    file.display(),
+                    token.reveal(),
+                    token.reveal()
+                );
+            }
+        }
+        _ if beyond_loopback => tracing::warn!(
+            "authentication OFF (--no-auth) while listening on {}: anyone on the network can \
+             queue prompts, read outputs and change files",
+            config.listen
+        ),
+        _ => tracing::info!("authentication off (listening on loopback only)"),
+    }
+    match &access.hosts {
+        AllowedHosts::Any => tracing::warn!(
+            "Host check OFF (--allowed-hosts '*'): a web page can reach the server through DNS \
+             rebinding"
+        ),
+        hosts => tracing::info!("allowed hosts: {hosts}"),
+    }
 }
 
 /// The result of `weft run`.
@@ -393,4 +543,77 @@ pub async fn run_headless(
         outputs: entry.and_then(|e| e.outputs).unwrap_or(Json::Null),
         error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_is_on_by_default_beyond_loopback() {
+        for listen in [
+            "127.0.0.1",
+            "127.0.0.5",
+            "::1",
+            "[::1]",
+            "localhost",
+            "LOCALHOST",
+        ] {
+            assert!(!auth_by_default(listen), "{listen}");
+        }
+        for listen in [
+            "0.0.0.0",
+            "::",
+            "[::]",
+            "192.168.1.5",
+            "fd00::1",
+            "weft.lan",
+        ] {
+            assert!(auth_by_default(listen), "{listen}");
+        }
+    }
+
+    #[test]
+    fn the_default_token_is_made_once_private_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        // Loopback: no token, no file.
+        assert!(resolve_auth(&AuthSetting::Default, "127.0.0.1", &data)
+            .unwrap()
+            .is_none());
+        assert!(!data.join(TOKEN_FILE).exists());
+        let (first, _) = resolve_auth(&AuthSetting::Default, "0.0.0.0", &data)
+            .unwrap()
+            .unwrap();
+        let file = data.join(TOKEN_FILE);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // The next start reads the same token.
+        let (again, source) = resolve_auth(&AuthSetting::Default, "192.168.1.5", &data)
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.reveal(), first.reveal());
+        assert_eq!(source, "from the token file");
+        // --auth-token and --no-auth win over the default, and leave the file alone.
+        let given = Token::parse("given-token").unwrap();
+        let (token, _) = resolve_auth(&AuthSetting::Token(given), "0.0.0.0", &data)
+            .unwrap()
+            .unwrap();
+        assert_eq!(token.reveal(), "given-token");
+        assert!(resolve_auth(&AuthSetting::Off, "0.0.0.0", &data)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap().trim(),
+            first.reveal()
+        );
+        // A file that is not a token stops the start with its path.
+        std::fs::write(&file, "not a token\n").unwrap();
+        let error = resolve_auth(&AuthSetting::Default, "0.0.0.0", &data).unwrap_err();
+        assert!(error.to_string().contains(TOKEN_FILE), "{error}");
+    }
 }

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use weft::app::{self, ComputeConfig, ServerConfig};
+use weft::api::access::{HostList, Token};
+use weft::app::{self, AuthSetting, ComputeConfig, ServerConfig};
 use weft::exec::Event;
 
 #[derive(Parser)]
@@ -82,6 +83,20 @@ struct ServeArgs {
     /// The built editor to serve at `/`.
     #[arg(long, default_value = "web/dist")]
     web_root: PathBuf,
+    /// Host names and addresses (comma-separated, each with an optional `:port`) the server
+    /// answers to besides loopback (`localhost`, `127.0.0.1`, `[::1]`) and the --listen address;
+    /// other `Host`s get a 403, against DNS rebinding. `*` turns the check off.
+    #[arg(long, value_name = "HOSTS", value_parser = clap::value_parser!(HostList))]
+    allowed_hosts: Option<HostList>,
+    /// Ask every request for this token (`Authorization: Bearer`, the `weft_token` cookie or
+    /// `?token=`). Default: a random token kept in the data folder's `auth_token` file when
+    /// --listen is not loopback; none on loopback.
+    #[arg(long, value_name = "TOKEN", value_parser = parse_token, conflicts_with = "no_auth")]
+    auth_token: Option<Token>,
+    /// Ask for no token, even when listening beyond loopback: anyone who reaches the port can
+    /// queue prompts.
+    #[arg(long)]
+    no_auth: bool,
     /// Also register the test node pack (slow, failing and panicking nodes).
     #[arg(long, hide = true)]
     test_nodes: bool,
@@ -104,6 +119,10 @@ struct ComputeArgs {
     /// layer while sampling (slower, instead of failing), as ComfyUI's lowvram mode does.
     #[arg(long, value_name = "MB")]
     gpu_memory: Option<usize>,
+}
+
+fn parse_token(text: &str) -> Result<Token, String> {
+    Token::parse(text)
 }
 
 impl ComputeArgs {
@@ -183,8 +202,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.web_root = Some(args.web_root);
     config.test_nodes = args.test_nodes;
     config.compute = args.compute.config()?;
+    config.allowed_hosts = args.allowed_hosts.unwrap_or_default();
+    config.auth = match (args.auth_token, args.no_auth) {
+        (Some(token), _) => AuthSetting::Token(token),
+        (None, true) => AuthSetting::Off,
+        (None, false) => AuthSetting::Default,
+    };
     let running = app::start(config).await?;
-    tracing::info!("Weft listening on http://{}", running.addr);
     let handle = running.server.handle();
     actix_web::rt::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {

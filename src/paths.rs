@@ -332,11 +332,16 @@ impl DataDirs {
 
     /// Image files at the top level of the input folder, sorted (LoadImage's list).
     pub fn list_input_images(&self) -> Vec<String> {
+        self.list_input_files(IMAGE_EXTENSIONS)
+    }
+
+    /// Files at the top level of the input folder with one of `extensions`, sorted.
+    pub fn list_input_files(&self, extensions: &[&str]) -> Vec<String> {
         let mut files = Vec::new();
         if let Ok(entries) = std::fs::read_dir(&self.input) {
             for entry in entries.flatten() {
                 let path = entry.path();
-                if path.is_file() && has_extension(&path, IMAGE_EXTENSIONS) {
+                if path.is_file() && has_extension(&path, extensions) {
                     if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
                         files.push(name.to_owned());
                     }

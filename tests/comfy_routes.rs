@@ -780,3 +780,106 @@ async fn jobs_list_the_queue_and_the_history_with_filters_and_pages() {
     let (_, body) = app.get("/api/jobs?status=pending,in_progress").await;
     assert_eq!(ids(&body), Vec::<String>::new());
 }
+
+/// The newest frontend's queue panel cancels through these (1.58.1: `cancelJob`, `cancelJobs`).
+#[actix_web::test]
+async fn jobs_are_cancelled_by_id_pending_or_running_one_at_a_time_or_many() {
+    let app = spawn_app().await;
+    let finished = app.queue(invert_graph("done"), "c").await;
+    app.wait_history(&finished).await;
+    let running = app.queue(sleeper(60.0), "c").await;
+    wait_running(&app, &running).await;
+    let pending = app.queue(invert_graph("p1"), "c").await;
+    let (more, stays) = (
+        app.queue(invert_graph("p2"), "c").await,
+        app.queue(invert_graph("p3"), "c").await,
+    );
+
+    // A pending job leaves the queue; cancelling it again is no error.
+    for _ in 0..2 {
+        let (status, body) = app
+            .post(&format!("/api/jobs/{pending}/cancel"), json!({}))
+            .await;
+        assert_eq!(
+            (status, body),
+            (200, json!({"id": pending, "cancelled": true}))
+        );
+    }
+    let (_, queue) = app.get("/queue").await;
+    assert_eq!(queue["queue_pending"].as_array().unwrap().len(), 2);
+
+    // Unknown: 404; completed: 409; both with ComfyUI's error shape.
+    let (status, body) = app.post("/api/jobs/no-such-job/cancel", json!({})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("Job not found: no-such-job"))
+    );
+    let (status, body) = app
+        .post(&format!("/api/jobs/{finished}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 409);
+    assert!(
+        body["error"].as_str().unwrap().contains("completed"),
+        "{body}"
+    );
+
+    // Many at once: the running one is interrupted, the pending one leaves, the rest are sorted.
+    let (status, body) = app
+        .post(
+            "/api/jobs/cancel",
+            json!({"job_ids": [running, more, finished, "nope"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"cancelled": [running, more], "not_found": ["nope"], "already_finished": [finished]})
+    );
+    let entry = app.wait_history(&running).await;
+    assert_eq!(entry["status"]["status_str"], "error", "{entry}");
+    let (_, job) = app.get(&format!("/api/jobs/{running}")).await;
+    assert_eq!(job["status"], "cancelled");
+    // The job nobody cancelled still runs.
+    let entry = app.wait_history(&stays).await;
+    assert_eq!(entry["status"]["status_str"], "success", "{entry}");
+
+    // Bad bodies name what is expected.
+    for bad in [json!({}), json!({"job_ids": "x"}), json!({"job_ids": [1]})] {
+        let (status, body) = app.post("/api/jobs/cancel", bad.clone()).await;
+        assert_eq!(status, 400, "{bad}");
+        assert!(
+            body["error"].as_str().unwrap().contains("job_ids"),
+            "{body}"
+        );
+    }
+    let many: Vec<String> = (0..101).map(|i| format!("id-{i}")).collect();
+    let (status, _) = app.post("/api/jobs/cancel", json!({"job_ids": many})).await;
+    assert_eq!(status, 400);
+    // Under /api only, as the rest of the jobs API.
+    let (status, _) = app.post(&format!("/jobs/{stays}/cancel"), json!({})).await;
+    assert_eq!(status, 404);
+}
+
+/// The frontend's node help panel reads `/docs/{class}/{locale}.md` for core nodes.
+#[actix_web::test]
+async fn node_help_pages_are_written_from_the_declarations() {
+    let app = spawn_app().await;
+    for locale in ["en", "zh"] {
+        let (status, content_type, body) =
+            app.get_typed(&format!("/docs/KSampler/{locale}.md")).await;
+        assert_eq!(status, 200);
+        assert_eq!(content_type, "text/markdown; charset=utf-8");
+        let page = String::from_utf8(body).unwrap();
+        assert!(page.starts_with("# KSampler\n"), "{page}");
+        assert!(page.contains("| `cfg` | FLOAT | 8 | 0 to 100 |"), "{page}");
+    }
+    for missing in ["/docs/NoSuchNode/en.md", "/docs/KSampler/en.html"] {
+        let (status, content_type, _) = app.get_typed(missing).await;
+        // Not HTML: the frontend treats an HTML answer as a page of its own.
+        assert_eq!(
+            (status, content_type.as_str()),
+            (404, "text/plain; charset=utf-8"),
+            "{missing}"
+        );
+    }
+}

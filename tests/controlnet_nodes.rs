@@ -192,6 +192,49 @@ async fn strength_zero_and_the_step_window_leave_the_result_as_without_controlne
     .await;
 }
 
+/// ComfyUI's old ControlNetApply also gives its control to the negative side when that has none
+/// (`control_apply_to_uncond`): the same image as ControlNetApplyAdvanced on both sides. (Without
+/// this, Weft differed from ComfyUI by up to 20/255 on a full-size SD1.5 ControlNet graph.)
+#[actix_web::test]
+async fn the_old_apply_node_controls_the_negative_side_too_as_comfyui_does() {
+    let app = app_with_controlnets().await;
+    run(
+        &app,
+        graph(
+            0.8,
+            0.0,
+            1.0,
+            "hint.png",
+            "tiny_sd1.safetensors",
+            "advanced",
+        ),
+    )
+    .await;
+    let old = |prefix: &str, negative: Json| {
+        let mut g = graph(0.8, 0.0, 1.0, "hint.png", "tiny_sd1.safetensors", prefix);
+        g["a"] = json!({"class_type": "ControlNetApply", "inputs": {"conditioning": ["6", 0], "control_net": ["c", 0],
+            "image": ["l", 0], "strength": 0.8}});
+        g["3"]["inputs"]["positive"] = json!(["a", 0]);
+        g["3"]["inputs"]["negative"] = negative;
+        g
+    };
+    run(&app, old("old", json!(["7", 0]))).await;
+    assert!(pixels(&app, "old") == pixels(&app, "advanced"));
+
+    // A negative side with a control of its own keeps it alone.
+    let mut own = old("own", json!(["n", 0]));
+    own["n"] = json!({"class_type": "ControlNetApply", "inputs": {"conditioning": ["7", 0], "control_net": ["c", 0],
+        "image": ["l", 0], "strength": 0.3}});
+    run(&app, own).await;
+    let mut both = graph(0.8, 0.0, 1.0, "hint.png", "tiny_sd1.safetensors", "both");
+    both["a"]["inputs"]["negative"] = json!(["7", 0]);
+    both["3"]["inputs"]["negative"] = json!(["n", 0]);
+    both["n"] = json!({"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["7", 0], "negative": ["7", 0],
+        "control_net": ["c", 0], "image": ["l", 0], "strength": 0.3, "start_percent": 0.0, "end_percent": 1.0}});
+    run(&app, both).await;
+    assert!(pixels(&app, "own") == pixels(&app, "both"));
+}
+
 #[actix_web::test]
 async fn wrong_family_and_corrupt_controlnets_are_clear_errors() {
     let app = app_with_controlnets().await;

@@ -112,6 +112,7 @@ impl Catalog for TestCatalog {
                 .map(|(_, name)| (*name).to_owned())
                 .collect(),
             ComboOptions::Files(FileList::InputImages) => vec!["example.png".into()],
+            ComboOptions::Files(FileList::InputLatents) => Vec::new(),
         }
     }
 
@@ -159,6 +160,8 @@ fn core(
         freshness: Freshness::Pure,
         self_validated: &[],
         python_module: "nodes",
+        input_is_list: false,
+        output_is_list: &[],
     }
 }
 
@@ -664,13 +667,23 @@ fn with_weft_registry_only_the_diffusion_nodes_are_missing() {
         let again = editor_to_api(&editor, &registry).unwrap();
         assert_eq!(again.prompt, conversion.prompt, "{name}");
     }
-    // A node type Weft lacks (here UpscaleModelLoader) keeps its raw widget values, and the node
-    // it feeds keeps the link.
-    let esrgan = convert("esrgan_example", &registry).prompt;
-    assert_eq!(esrgan["13"]["class_type"], json!("UpscaleModelLoader"));
+    // A node type Weft lacks (here GLIGENLoader) keeps its raw widget values, and the node it
+    // feeds keeps the link.
+    let gligen = convert("gligen_textbox_example", &registry).prompt;
+    assert_eq!(gligen["10"]["class_type"], json!("GLIGENLoader"));
     assert_eq!(
-        esrgan["13"]["_meta"]["widgets_values"],
-        json!(["RealESRGAN_x4plus.safetensors"])
+        gligen["10"]["_meta"]["widgets_values"],
+        json!(["gligen_sd14_textbox_pruned.safetensors"])
+    );
+    assert_eq!(
+        gligen["21"]["inputs"]["gligen_textbox_model"],
+        json!(["10", 0])
+    );
+    // UpscaleModelLoader is Weft's own now: its widget becomes its input.
+    let esrgan = convert("esrgan_example", &registry).prompt;
+    assert_eq!(
+        esrgan["13"]["inputs"]["model_name"],
+        json!("RealESRGAN_x4plus.safetensors")
     );
     assert_eq!(esrgan["14"]["inputs"]["upscale_model"], json!(["13", 0]));
 }

@@ -187,6 +187,30 @@ impl TestApp {
     }
 }
 
+/// A response: status, a header's value by name, and the body.
+pub struct Reply {
+    pub status: u16,
+    pub headers: awc::http::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Json {
+        serde_json::from_slice(&self.body).unwrap_or(Json::Null)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
 pub struct WsClient {
     connection: actix_codec::Framed<awc::BoxedSocket, ws::Codec>,
 }
@@ -308,10 +332,15 @@ impl weft::nodes::Reporter for NoReporter {
 
 /// A context for calling a node directly, outside a prompt (for checks of exact values).
 pub fn context(app: &TestApp) -> weft::nodes::NodeContext {
+    context_in(app.exec.dirs().clone())
+}
+
+/// [`context`] over data folders of its own, without a server.
+pub fn context_in(dirs: weft::paths::DataDirs) -> weft::nodes::NodeContext {
     weft::nodes::NodeContext {
         node_id: "direct".into(),
         prompt_id: "direct".into(),
-        dirs: Arc::new(app.exec.dirs().clone()),
+        dirs: Arc::new(dirs),
         prompt: Arc::new(json!({})),
         extra_pnginfo: None,
         reporter: Arc::new(NoReporter),

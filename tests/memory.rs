@@ -12,12 +12,12 @@ use crate::models::{install_all, tensor_bytes};
 
 /// A fake machine: `/proc/meminfo`, `/proc/self/cgroup` and a cgroup v2 folder, rewritten at
 /// will (the server reads them again before every load and every large computation).
-struct FakeMemory {
+pub(crate) struct FakeMemory {
     dir: tempfile::TempDir,
 }
 
 impl FakeMemory {
-    fn new() -> FakeMemory {
+    pub(crate) fn new() -> FakeMemory {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("cgroup")).unwrap();
         std::fs::write(
@@ -31,7 +31,7 @@ impl FakeMemory {
         fake
     }
 
-    fn probe(&self) -> MemoryProbe {
+    pub(crate) fn probe(&self) -> MemoryProbe {
         MemoryProbe {
             cgroup_root: self.dir.path().join("cgroup"),
             self_cgroup: self.dir.path().join("self_cgroup"),
@@ -40,7 +40,7 @@ impl FakeMemory {
     }
 
     /// A container limit leaving `free` bytes for Weft beyond its reserve.
-    fn set_free(&self, free: u64) {
+    pub(crate) fn set_free(&self, free: u64) {
         let cgroup: PathBuf = self.dir.path().join("cgroup");
         std::fs::write(cgroup.join("memory.max"), format!("{}\n", free + RESERVE)).unwrap();
         std::fs::write(cgroup.join("memory.current"), "0\n").unwrap();

@@ -221,7 +221,11 @@ async fn weft_s_editor_gets_a_content_security_policy_and_other_frontends_do_not
 
 #[actix_web::test]
 async fn other_sites_pages_cannot_drive_the_server() {
-    let app = spawn_app().await;
+    // Hosts beyond loopback are allowed here so the origin checks on them can be seen.
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.allowed_hosts = "0.0.0.0,192.168.1.5".parse().unwrap()
+    })
+    .await;
     let host = app.base.trim_start_matches("http://").to_owned();
     let port = host.rsplit_once(':').unwrap().1.to_owned();
     let client = awc::Client::default();

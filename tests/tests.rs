@@ -4,6 +4,7 @@
 //! loopback port with a fresh data folder; `engine` and `editor_format` check pure functions
 //! against committed reference fixtures.
 
+mod access;
 mod cli;
 mod comfy_routes;
 mod controlnet_nodes;
@@ -14,7 +15,9 @@ mod engine;
 mod examples;
 mod generate;
 mod helpers;
+mod image_edit_nodes;
 mod image_nodes;
+mod latent_nodes;
 mod lora_nodes;
 mod memory;
 mod model_patch_nodes;
@@ -22,5 +25,6 @@ mod models;
 mod restart;
 mod security;
 pub(crate) mod server;
+mod upscale_nodes;
 mod userdata;
 mod workflow_files;

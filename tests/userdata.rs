@@ -6,32 +6,8 @@ use std::path::Path;
 use actix_web::http::Method;
 use serde_json::{json, Value as Json};
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, Reply, TestApp};
 use crate::restart::{free_port, Server};
-
-/// A response: status, a header's value by name, and the body.
-struct Reply {
-    status: u16,
-    headers: actix_web::http::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Json {
-        serde_json::from_slice(&self.body).unwrap_or(Json::Null)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
 
 async fn call_at(base: &str, method: &str, path: &str, body: &[u8]) -> Reply {
     let client = awc::Client::builder()

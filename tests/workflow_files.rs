@@ -85,7 +85,10 @@ async fn comfyui_templates_queue_as_editor_files_and_run() {
 
     // A template that needs nodes Weft lacks is refused with their names, nothing queued.
     let (status, body) = app
-        .post("/prompt", json!({"prompt": template("esrgan_example")}))
+        .post(
+            "/prompt",
+            json!({"prompt": template("gligen_textbox_example")}),
+        )
         .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["type"], "missing_node_type");
@@ -93,7 +96,7 @@ async fn comfyui_templates_queue_as_editor_files_and_run() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("UpscaleModelLoader"),
+            .contains("GLIGENLoader"),
         "{body}"
     );
 }

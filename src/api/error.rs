@@ -23,6 +23,9 @@ pub enum ApiError {
     /// ComfyUI's 400 with `error` and `node_errors` (already rendered).
     #[error("prompt rejected")]
     Prompt(Json),
+    /// No token, or a wrong one, on a server that asks for one.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -71,6 +74,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) | ApiError::Prompt(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -90,12 +94,20 @@ impl ResponseError for ApiError {
             ApiError::Plain(_, message) => message_error(message),
             other => plain_error(error_type(other), &other.to_string()),
         };
-        HttpResponse::build(self.status_code()).json(body)
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized(_) = self {
+            response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, WWW_AUTHENTICATE));
+        }
+        response.json(body)
     }
 }
 
+/// The challenge every 401 carries: a token, sent as `Authorization: Bearer`.
+pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"weft\"";
+
 fn error_type(error: &ApiError) -> &'static str {
     match error {
+        ApiError::Unauthorized(_) => "unauthorized",
         ApiError::Forbidden(_) => "forbidden",
         ApiError::NotFound(_) => "not_found",
         ApiError::PayloadTooLarge(_) => "payload_too_large",

@@ -38,6 +38,23 @@ pub async fn object_info_one(state: web::Data<AppState>, path: web::Path<String>
     HttpResponse::Ok().json(Json::Object(map))
 }
 
+/// `GET /docs/{class}/{locale}.md`: the node's help page, written from its declaration (in
+/// English whatever the locale: the declarations are).
+pub async fn node_docs(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (class, file) = path.into_inner();
+    match (state.exec.registry().spec(&class), file.ends_with(".md")) {
+        (Some(spec), true) => HttpResponse::Ok()
+            .content_type("text/markdown; charset=utf-8")
+            .body(crate::wire::node_docs::markdown(spec)),
+        _ => HttpResponse::NotFound()
+            .content_type("text/plain; charset=utf-8")
+            .body(format!("no help page for {class}/{file}")),
+    }
+}
+
 /// Total and available memory in bytes, from `/proc/meminfo` where there is one.
 fn memory() -> (u64, u64) {
     let Ok(text) = std::fs::read_to_string("/proc/meminfo") else {

@@ -150,3 +150,85 @@ pub async fn get(
         .map(|job| HttpResponse::Ok().json(job))
         .ok_or_else(|| ApiError::Plain(StatusCode::NOT_FOUND, format!("Job not found: {id}")))
 }
+
+/// What cancelling one job came to.
+enum Cancelled {
+    /// Taken out of the queue, interrupted (or to be, once it starts), or cancelled before.
+    Yes,
+    /// No job has this id.
+    Unknown,
+    /// Completed or failed; its status.
+    Finished(&'static str),
+}
+
+async fn cancel_job(state: &AppState, id: &str) -> Result<Cancelled, ApiError> {
+    if state.exec.cancel(id).await? {
+        return Ok(Cancelled::Yes);
+    }
+    let Some(row) = state.exec.store().prompt(id).await? else {
+        return Ok(Cancelled::Unknown);
+    };
+    // Cancelling twice is not an error (a double click, a retried request); a prompt taken off
+    // the queue before it ran has no job status, and counts as cancelled too.
+    Ok(match JobStatus::of(row.status) {
+        None | Some(JobStatus::Cancelled) => Cancelled::Yes,
+        Some(status) => Cancelled::Finished(status.name()),
+    })
+}
+
+/// `POST /api/jobs/{id}/cancel`: a pending job leaves the queue, a running one is interrupted.
+/// 404 for an unknown id, 409 for a job that completed or failed.
+pub async fn cancel(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    match cancel_job(&state, &id).await? {
+        Cancelled::Yes => Ok(HttpResponse::Ok().json(serde_json::json!({
+            "id": id,
+            "cancelled": true,
+        }))),
+        Cancelled::Unknown => Err(ApiError::Plain(
+            StatusCode::NOT_FOUND,
+            format!("Job not found: {id}"),
+        )),
+        Cancelled::Finished(status) => Err(ApiError::Plain(
+            StatusCode::CONFLICT,
+            format!("Job {id} has already finished ({status})"),
+        )),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct CancelMany {
+    job_ids: Vec<String>,
+}
+
+/// `POST /api/jobs/cancel` `{"job_ids": [...]}`: cancels each; says which were cancelled, which
+/// are unknown and which had finished.
+pub async fn cancel_many(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    crate::api::check_json_memory(&body)?;
+    let request: CancelMany = serde_json::from_slice(&body)
+        .map_err(|e| invalid(format!("expected {{\"job_ids\": [\"<id>\", ...]}}: {e}")))?;
+    if request.job_ids.len() > MAX_IDS {
+        return Err(invalid(format!(
+            "job_ids must contain at most {MAX_IDS} values"
+        )));
+    }
+    let (mut cancelled, mut not_found, mut finished) = (Vec::new(), Vec::new(), Vec::new());
+    for id in request.job_ids {
+        match cancel_job(&state, &id).await? {
+            Cancelled::Yes => cancelled.push(id),
+            Cancelled::Unknown => not_found.push(id),
+            Cancelled::Finished(_) => finished.push(id),
+        }
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "cancelled": cancelled,
+        "not_found": not_found,
+        "already_finished": finished,
+    })))
+}

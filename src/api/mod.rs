@@ -5,6 +5,7 @@
 //! call `exec` (or `store` for reads) and map the result; no handler waits on a node, and file IO
 //! runs on the blocking pool ([`blocking`]). Errors become responses only in `error.rs`.
 
+pub mod access;
 pub mod convert;
 mod custom_nodes;
 pub mod error;
@@ -35,7 +36,7 @@ use crate::api::error::ApiError;
 use crate::exec::Executor;
 use crate::userdata::UserFiles;
 
-pub use origin::origin_guard;
+pub use access::{access_guard, Access};
 pub use ws::Hub;
 
 /// Settings the API needs.
@@ -44,6 +45,8 @@ pub struct ApiConfig {
     pub max_upload_bytes: usize,
     /// The built editor (`web/dist`); `None` or missing serves a page that says how to build it.
     pub web_root: Option<PathBuf>,
+    /// The hosts answered and the token asked for ([`access`]).
+    pub access: Access,
 }
 
 /// Shared by every handler.
@@ -138,6 +141,7 @@ fn comfy_routes(cfg: &mut web::ServiceConfig) {
         .route("/free", web::post().to(prompt::post_free))
         .route("/object_info", web::get().to(info::object_info))
         .route("/object_info/{class}", web::get().to(info::object_info_one))
+        .route("/docs/{class}/{file}", web::get().to(info::node_docs))
         .route("/system_stats", web::get().to(info::system_stats))
         .route("/models", web::get().to(info::models))
         .route("/models/{folder}", web::get().to(info::models_in))
@@ -191,7 +195,9 @@ fn comfy_routes(cfg: &mut web::ServiceConfig) {
 /// ComfyUI routes that exist under `/api` only (ComfyUI declares them with the prefix).
 fn api_only_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/jobs", web::get().to(jobs::list))
-        .route("/jobs/{id}", web::get().to(jobs::get));
+        .route("/jobs/cancel", web::post().to(jobs::cancel_many))
+        .route("/jobs/{id}", web::get().to(jobs::get))
+        .route("/jobs/{id}/cancel", web::post().to(jobs::cancel));
 }
 
 /// Registers every route on an actix app.

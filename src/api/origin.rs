@@ -1,6 +1,6 @@
-//! Browser-origin checks: other web pages must not drive the server through the user's browser
-//! (queue workflows, write files, read the socket). ComfyUI's `create_origin_only_middleware`,
-//! made stricter:
+//! Browser-origin checks, run by [`super::access::access_guard`]: other web pages must not drive
+//! the server through the user's browser (queue workflows, write files, read the socket).
+//! ComfyUI's `create_origin_only_middleware`, made stricter:
 //!
 //! - `Origin` must name the server the request was sent to: host name and port, as ComfyUI
 //!   compares them, except that an `Origin` without a port means its scheme's default port (80,
@@ -10,37 +10,11 @@
 //!   `localhost.`, `foo.localhost`) or any IP address (`127.0.0.1`, `0.0.0.0`, `[::ffff:7f00:1]`,
 //!   a LAN address), where ComfyUI checks only names that resolve to loopback. A `Host` that is
 //!   another DNS name is left alone, as in ComfyUI, for reverse proxies that pass their upstream's
-//!   name (a `Host` allowlist is the way to close that, later).
+//!   name (the `Host` allowlist in [`super::access`] closes that).
 //! - `Sec-Fetch-Site: cross-site` on anything but a plain read (`GET`, `HEAD`, `OPTIONS`), and on
 //!   any WebSocket handshake, is refused whatever the `Host`.
 
-use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, header::HeaderMap, Method};
-use actix_web::HttpResponse;
-
-/// The middleware (`actix_web::middleware::from_fn`): 403 with the reason for a request another
-/// site's page made.
-pub async fn origin_guard(
-    req: ServiceRequest,
-    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
-) -> Result<
-    ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
-    actix_web::Error,
-> {
-    if let Some(reason) = refusal(req.method(), req.headers()) {
-        tracing::warn!(
-            path = req.path(),
-            "refused a cross-origin request: {reason}"
-        );
-        let response = HttpResponse::Forbidden()
-            .content_type("text/plain; charset=utf-8")
-            .body(reason);
-        return Ok(req.into_response(response).map_into_right_body());
-    }
-    next.call(req)
-        .await
-        .map(ServiceResponse::map_into_left_body)
-}
 
 /// Why a request is refused as another site's, or `None`.
 pub fn refusal(method: &Method, headers: &HeaderMap) -> Option<String> {
@@ -103,7 +77,7 @@ pub fn refusal(method: &Method, headers: &HeaderMap) -> Option<String> {
 
 /// `host[:port]` (or `[v6]:port`) as its lower-case host name (brackets kept off) and port;
 /// `None` when it is not one.
-fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
+pub(super) fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
     if authority.is_empty() || authority.contains(['/', '@', ' ']) {
         return None;
     }

@@ -15,7 +15,7 @@ use crate::graph::spec::{types_compatible, Freshness};
 use crate::graph::{
     validate, CacheKey, ConstValue, Plan, PlanInput, PlanNode, Signature, Workflow,
 };
-use crate::nodes::{Inputs, NodeContext, NodeError, NodeOutput, Reporter, Value};
+use crate::nodes::{Inputs, NodeContext, NodeError, NodeOutput, Reporter, Ui, Value};
 use crate::store::{now_ms, PromptRow, PromptStatus};
 use crate::wire::errors::{exception_type, PANIC, VALIDATION_ERROR};
 use crate::wire::queue::{executor_crashed, node_meta};
@@ -273,7 +273,7 @@ impl PromptRun<'_> {
                         previous.get(&node.id),
                     );
                     let inputs = values.inputs(node);
-                    let (output, millis) = self.call(node, signature, &inputs)?;
+                    let (output, millis) = self.call(node, signature, inputs)?;
                     let output = self.record(node, signature, output, reason, millis);
                     values.store(&plan, i, output);
                 } else {
@@ -415,13 +415,15 @@ impl PromptRun<'_> {
         Ok(())
     }
 
-    /// Runs a node (under `catch_unwind`), after checking for an interrupt; returns its checked
-    /// output and how long it took.
+    /// Runs a node after checking for an interrupt: once, or once per element when list inputs
+    /// feed a node that takes single values ([`map_over_lists`]), the results merged as ComfyUI's
+    /// `merge_result_data` does ([`merge_outputs`]). Returns the checked output and how long it
+    /// took.
     fn call(
         &mut self,
         node: &PlanNode,
         signature: &Signature,
-        inputs: &Inputs,
+        inputs: Inputs,
     ) -> Result<(NodeOutput, f64), Stop> {
         if self
             .exec
@@ -437,6 +439,34 @@ impl PromptRun<'_> {
             },
             false,
         );
+        let spec = self.exec.spec_of(node.class_type);
+        let runs =
+            map_over_lists(spec, inputs).map_err(|error| self.failure(node, &error, Json::Null))?;
+        let mut outputs = Vec::with_capacity(runs.len());
+        let mut millis = 0.0;
+        for (index, inputs) in runs.iter().enumerate() {
+            if index > 0
+                && self
+                    .exec
+                    .interrupt
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(Stop::interrupted_at(node));
+            }
+            let (output, run_millis) = self.call_once(node, signature, inputs)?;
+            outputs.push(output);
+            millis += run_millis;
+        }
+        Ok((merge_outputs(spec, outputs), millis))
+    }
+
+    /// One call of a node's `run` under `catch_unwind`, with its outputs checked.
+    fn call_once(
+        &mut self,
+        node: &PlanNode,
+        signature: &Signature,
+        inputs: &Inputs,
+    ) -> Result<(NodeOutput, f64), Stop> {
         let current_inputs = || {
             Json::Object(
                 inputs
@@ -762,6 +792,67 @@ fn parents(node: &PlanNode) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
+/// The calls a node makes for `inputs` (ComfyUI's `map_node_over_list`): a node that declares
+/// `input_is_list` runs once with the lists; any other node runs once per element of its longest
+/// list input, a shorter list giving its last element to the later calls, a plain value the same
+/// value to every call.
+fn map_over_lists(spec: &crate::graph::NodeSpec, inputs: Inputs) -> Result<Vec<Inputs>, NodeError> {
+    if spec.input_is_list || !inputs.iter().any(|(_, v)| matches!(v, Value::List(_))) {
+        return Ok(vec![inputs]);
+    }
+    if let Some((name, _)) = inputs.iter().find(|(_, v)| v.elements().is_empty()) {
+        return Err(NodeError::input(name, "is an empty list"));
+    }
+    let runs = inputs
+        .iter()
+        .map(|(_, v)| v.elements().len())
+        .max()
+        .unwrap_or(1);
+    Ok((0..runs)
+        .map(|i| {
+            Inputs::new(
+                inputs
+                    .iter()
+                    .map(|(name, v)| {
+                        let items = v.elements();
+                        (name.to_owned(), items[i.min(items.len() - 1)].clone())
+                    })
+                    .collect(),
+            )
+        })
+        .collect())
+}
+
+/// One output from the calls of [`map_over_lists`] (ComfyUI's `merge_result_data`): each slot a
+/// list of one value per call, or for an `output_is_list` slot the calls' lists joined; a list of
+/// one is the value itself. The calls' UIs are joined in order.
+fn merge_outputs(spec: &crate::graph::NodeSpec, mut outputs: Vec<NodeOutput>) -> NodeOutput {
+    if outputs.len() == 1 && !spec.output_is_list.iter().any(|&list| list) {
+        return outputs.pop().expect("one output");
+    }
+    let values = (0..spec.outputs.len())
+        .map(|slot| {
+            let items = outputs
+                .iter()
+                .filter_map(|o| o.values.get(slot))
+                .flat_map(|v| match (spec.output_is_list(slot), v) {
+                    (true, list) => list.elements().to_vec(),
+                    (false, single) => vec![single.clone()],
+                })
+                .collect();
+            Value::list(items)
+        })
+        .collect();
+    let mut ui: Option<Ui> = None;
+    for part in outputs.into_iter().filter_map(|o| o.ui) {
+        match &mut ui {
+            None => ui = Some(part),
+            Some(ui) => ui.append(part),
+        }
+    }
+    NodeOutput { values, ui }
+}
+
 /// A node must return one value per declared output, each of a compatible type.
 fn check_outputs(spec: &crate::graph::NodeSpec, values: &[Value]) -> Result<(), String> {
     if values.len() != spec.outputs.len() {
@@ -772,12 +863,22 @@ fn check_outputs(spec: &crate::graph::NodeSpec, values: &[Value]) -> Result<(), 
         ));
     }
     for (index, (value, declared)) in values.iter().zip(&spec.outputs).enumerate() {
-        if !types_compatible(value.slot_type().0, declared.ty.0) {
+        if matches!(value, Value::List(_)) && !spec.output_is_list(index) {
+            return Err(format!(
+                "output {index} ({}) is a list but is not declared as one",
+                declared.name
+            ));
+        }
+        if let Some(item) = value
+            .elements()
+            .iter()
+            .find(|item| !types_compatible(item.slot_type().0, declared.ty.0))
+        {
             return Err(format!(
                 "output {index} ({}) should be {} but the node produced {}",
                 declared.name,
                 declared.ty.0,
-                value.slot_type().0
+                item.slot_type().0
             ));
         }
     }
@@ -1037,6 +1138,126 @@ mod tests {
             (&last[1]["node_id"], &last[1]["executed"]),
             (&json!("1"), &json!([]))
         );
+    }
+
+    fn list(items: &[i128]) -> Value {
+        Value::List(Arc::new(items.iter().map(|&i| Value::Int(i)).collect()))
+    }
+
+    fn ints(value: &Value) -> Vec<i128> {
+        value
+            .elements()
+            .iter()
+            .map(|v| match v {
+                Value::Int(i) => *i,
+                other => panic!("not an int: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn spec(input_is_list: bool, output_is_list: &'static [bool]) -> crate::graph::NodeSpec {
+        use crate::graph::spec::build::*;
+        let mut spec = node(
+            "T",
+            "T",
+            "t",
+            vec![],
+            vec![output(crate::graph::SlotType::INT, "INT")],
+        );
+        spec.input_is_list = input_is_list;
+        spec.output_is_list = output_is_list;
+        spec
+    }
+
+    fn inputs(values: Vec<(&str, Value)>) -> Inputs {
+        Inputs::new(values.into_iter().map(|(n, v)| (n.to_owned(), v)).collect())
+    }
+
+    #[test]
+    fn a_plain_node_runs_once_per_list_element_shorter_lists_repeating_their_last() {
+        let given = inputs(vec![
+            ("a", list(&[1, 2, 3])),
+            ("b", list(&[10, 20])),
+            ("c", Value::Int(7)),
+        ]);
+        let runs = map_over_lists(&spec(false, &[]), given).unwrap();
+        let seen: Vec<Vec<i128>> = runs
+            .iter()
+            .map(|r| ["a", "b", "c"].map(|n| ints(r.get(n).unwrap())[0]).to_vec())
+            .collect();
+        assert_eq!(seen, [[1, 10, 7], [2, 20, 7], [3, 20, 7]]);
+        // Without lists, or for a list node, one run with the inputs as they are.
+        assert_eq!(
+            map_over_lists(&spec(false, &[]), inputs(vec![("a", Value::Int(1))]))
+                .unwrap()
+                .len(),
+            1
+        );
+        let whole = map_over_lists(&spec(true, &[]), inputs(vec![("a", list(&[1, 2]))])).unwrap();
+        assert_eq!(ints(whole[0].get("a").unwrap()), [1, 2]);
+        let error = map_over_lists(&spec(false, &[]), inputs(vec![("a", list(&[]))])).unwrap_err();
+        assert_eq!(error.to_string(), "input 'a': is an empty list");
+    }
+
+    #[test]
+    fn results_merge_into_lists_joining_list_outputs_and_uis() {
+        let out = |v: Value, image: &str| NodeOutput {
+            values: vec![v],
+            ui: Some(Ui {
+                text: vec![image.to_owned()],
+                ..Ui::default()
+            }),
+        };
+        // A plain output of several runs is the list of their values.
+        let merged = merge_outputs(
+            &spec(false, &[]),
+            vec![out(Value::Int(1), "x"), out(Value::Int(2), "y")],
+        );
+        assert_eq!(ints(&merged.values[0]), [1, 2]);
+        assert_eq!(merged.ui.unwrap().text, ["x", "y"]);
+        // List outputs are joined; a list of one is the value itself.
+        let merged = merge_outputs(
+            &spec(false, &[true]),
+            vec![out(list(&[1, 2]), "x"), out(Value::Int(3), "y")],
+        );
+        assert_eq!(ints(&merged.values[0]), [1, 2, 3]);
+        let merged = merge_outputs(&spec(true, &[true]), vec![out(list(&[5]), "x")]);
+        assert!(matches!(merged.values[0], Value::Int(5)));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_list_output_feeds_a_node_once_per_element_and_is_cached_whole() {
+        let h = Harness::new().await;
+        let prompt = json!({
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 3, "color": 0}},
+            "2": {"class_type": "RebatchImages", "inputs": {"images": ["1", 0], "batch_size": 2}},
+            "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+            "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+        });
+        let (first, _) = h.run(prompt.clone()).await;
+        assert_eq!(first.status, PromptStatus::Done);
+        assert_eq!(first.outputs["4"]["images"].as_array().unwrap().len(), 3);
+        let key = |id: &str| {
+            let plan = Workflow::from_api_json(&prompt).unwrap();
+            let catalog = h.exec.registry.catalog(&h.exec.dirs);
+            let plan = validate(&plan, &catalog, None).plan.unwrap();
+            plan.signatures(&vec![None; plan.nodes().len()])[plan.index_of(id).unwrap()].key
+        };
+        let inverted = lock(&h.exec.cache).get(&key("3")).unwrap();
+        let Value::List(batches) = &inverted.values[0] else {
+            panic!("a list: {:?}", inverted.values[0])
+        };
+        let sizes: Vec<usize> = batches
+            .iter()
+            .map(|b| match b {
+                Value::Image(t) => t.dim(0).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, [2, 1]);
+        let (second, report) = h.run(prompt).await;
+        assert_eq!(second.outputs["4"], first.outputs["4"]);
+        assert_eq!(report.last().unwrap().1, NodeReportStatus::Cached);
     }
 
     #[test]

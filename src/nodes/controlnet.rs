@@ -3,7 +3,9 @@
 //! or a Control-LoRA (see `engine::controlnet::apply::AppliedControl` for how each is evaluated):
 //! the hint image is resized to the latent size × 8 (nearest-exact, centre crop), residuals and
 //! adapter features are scaled by the strength and only added while the sigma is inside the
-//! start/end window, and several controls on one conditioning add up. Whether a control fits the
+//! start/end window, and several controls on one conditioning add up. The old ControlNetApply's
+//! control also reaches a negative side that has none (`CondEntry::control_apply_to_uncond`), as in
+//! ComfyUI; ControlNetApplyAdvanced says for each side. Whether a control fits the
 //! model is only known when sampling, so that error comes from the sampler and names the apply
 //! node and its `control_net` input.
 
@@ -208,6 +210,7 @@ fn attach(
     hint: Tensor,
     timing: ControlTiming,
     origin: String,
+    apply_to_uncond: bool,
 ) -> Vec<Value> {
     let applied: Arc<dyn ControlHint> = Arc::new(AppliedControl::new(
         Arc::clone(control),
@@ -223,6 +226,7 @@ fn attach(
                 .map(|entry| {
                     let mut entry = entry.clone();
                     entry.controls.push(Arc::clone(&applied));
+                    entry.control_apply_to_uncond = apply_to_uncond;
                     entry
                 })
                 .collect();
@@ -282,6 +286,8 @@ impl Node for ControlNetApply {
             hint,
             timing(strength, 0.0, 1.0),
             origin(ctx, "ControlNetApply"),
+            // As in ComfyUI: the old node's control also reaches the negative side.
+            true,
         )))
     }
 }
@@ -337,6 +343,7 @@ impl Node for ControlNetApplyAdvanced {
             hint,
             timing(strength, start, end),
             origin(ctx, "ControlNetApplyAdvanced"),
+            false,
         )))
     }
 }

@@ -36,18 +36,31 @@ pub struct LoadImage;
 
 impl LoadImage {
     fn path(dirs: &DataDirs, name: &str) -> Result<PathBuf, String> {
-        let (name, folder) = paths::split_annotation(name);
-        let base = dirs.folder(folder.unwrap_or(FolderType::Input));
-        let (subfolder, filename) = match name.rsplit_once('/') {
-            Some((sub, file)) => (sub, file),
-            None => ("", name),
-        };
-        match paths::resolve_existing(base, subfolder, filename) {
-            Ok(Some(path)) => Ok(path),
-            Ok(None) => Err(format!("Invalid image file: {name}")),
-            Err(e) => Err(e.to_string()),
-        }
+        annotated_input_file(dirs, name, "Invalid image file")
     }
+}
+
+/// The file an input names (`sub/x.png`, or `x.png [output]` for another data folder; ComfyUI's
+/// `get_annotated_filepath`), refusing names that leave the folder; `invalid` starts the error
+/// for a file that is not there (`Invalid image file: x.png`).
+pub fn annotated_input_file(dirs: &DataDirs, name: &str, invalid: &str) -> Result<PathBuf, String> {
+    let (name, folder) = paths::split_annotation(name);
+    let base = dirs.folder(folder.unwrap_or(FolderType::Input));
+    let (subfolder, filename) = match name.rsplit_once('/') {
+        Some((sub, file)) => (sub, file),
+        None => ("", name),
+    };
+    match paths::resolve_existing(base, subfolder, filename) {
+        Ok(Some(path)) => Ok(path),
+        Ok(None) => Err(format!("{invalid}: {name}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The SHA-256 of a file, as hex (ComfyUI's `IS_CHANGED` for files a node loads).
+pub fn file_sha256(dirs: &DataDirs, path: &Path) -> Result<String, NodeError> {
+    let bytes = std::fs::read(path).map_err(|e| NodeError::file(dirs.shown(path), e))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 impl Node for LoadImage {
@@ -68,6 +81,8 @@ impl Node for LoadImage {
             freshness: Freshness::ReadsFiles,
             self_validated: &["image"],
             python_module: "nodes",
+            input_is_list: false,
+            output_is_list: &[],
         }
     }
 
@@ -91,8 +106,7 @@ impl Node for LoadImage {
             return Ok(String::new());
         };
         let path = Self::path(dirs, name).map_err(|m| NodeError::input("image", m))?;
-        let bytes = std::fs::read(&path).map_err(|e| NodeError::file(dirs.shown(&path), e))?;
-        Ok(hex::encode(Sha256::digest(&bytes)))
+        file_sha256(dirs, &path)
     }
 
     fn check_input(&self, dirs: &DataDirs, _input: &str, value: &ConstValue) -> Result<(), String> {
@@ -169,6 +183,8 @@ impl Node for LoadImageMask {
             freshness: Freshness::ReadsFiles,
             self_validated: &["image"],
             python_module: "nodes",
+            input_is_list: false,
+            output_is_list: &[],
         }
     }
 
@@ -229,6 +245,8 @@ impl Node for SaveImage {
             freshness: Freshness::Pure,
             self_validated: &[],
             python_module: "nodes",
+            input_is_list: false,
+            output_is_list: &[],
         }
     }
 
@@ -272,6 +290,8 @@ impl Node for PreviewImage {
             freshness: Freshness::Pure,
             self_validated: &[],
             python_module: "nodes",
+            input_is_list: false,
+            output_is_list: &[],
         }
     }
 
@@ -320,23 +340,10 @@ fn save_images(
             format!("an image has 1 to 4 channels, got {channels}"),
         ));
     }
-    let prefix = expand_placeholders(prefix, width, height);
-    let (subfolder, name) = match prefix.rsplit_once('/') {
-        Some((sub, name)) => (sub.to_owned(), name.to_owned()),
-        None => (String::new(), prefix.clone()),
-    };
-    let base = ctx.dirs.folder(folder);
-    // Made only once every part is known to be inside the folder.
-    let dir = paths::create_folder_inside(base, &subfolder)
-        .map_err(|e| NodeError::input("filename_prefix", e.to_string()))?;
-    let first_counter = next_counter(&dir, &name);
-    if batch > 0 {
-        remember_counter(&dir, &name, first_counter + batch as u64 - 1);
-    }
-
+    let target = SaveTarget::reserve(ctx, prefix, folder, width, height, batch, "png")?;
     let images = images.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
     let mut refs = Vec::with_capacity(batch);
-    for (b, counter) in (0..batch).zip(first_counter..) {
+    for (b, counter) in (0..batch).zip(target.first_counter..) {
         ctx.check_interrupt()?;
         let pixels: Vec<f32> = images.get(b)?.flatten_all()?.to_vec1()?;
         // ComfyUI: clip(255 * x, 0, 255).astype(uint8), a truncation.
@@ -344,32 +351,95 @@ fn save_images(
             .iter()
             .map(|v| (v * 255.0).clamp(0.0, 255.0) as u8)
             .collect();
-        let file_name_base = name.replace("%batch_num%", &b.to_string());
+        let file_name_base = target.name.replace("%batch_num%", &b.to_string());
         let filename = format!("{file_name_base}_{counter:05}_.png");
-        let path = paths::resolve_new(base, &subfolder, &filename)
-            .map_err(|e| NodeError::input("filename_prefix", e.to_string()))?;
-        let chunks: &[(String, String)] = if ctx.write_metadata {
-            ctx.png_text.get_or_init(|| {
-                let mut chunks = vec![("prompt".into(), ascii_json(&ctx.prompt))];
-                if let Some(extra) = ctx.extra_pnginfo.as_deref().and_then(|e| e.as_object()) {
-                    for (key, value) in extra {
-                        chunks.push((key.clone(), ascii_json(value)));
-                    }
-                }
-                chunks
-            })
-        } else {
-            &[]
-        };
-        write_png(&path, &bytes, width, height, channels, chunks, compression)
-            .map_err(|message| NodeError::file(ctx.dirs.shown(&path), message))?;
-        refs.push(FileRef {
-            filename,
-            subfolder: subfolder.clone(),
-            folder_type: folder.name().to_owned(),
-        });
+        let path = target.path(&filename)?;
+        write_png(
+            &path,
+            &bytes,
+            width,
+            height,
+            channels,
+            metadata(ctx),
+            compression,
+        )
+        .map_err(|message| NodeError::file(ctx.dirs.shown(&path), message))?;
+        refs.push(target.file_ref(filename, folder));
     }
     Ok(refs)
+}
+
+/// Where a save writes: the folder, the subfolder and name from the prefix, and the first free
+/// counter (ComfyUI's `get_save_image_path`).
+pub(crate) struct SaveTarget {
+    base: PathBuf,
+    pub subfolder: String,
+    pub name: String,
+    pub first_counter: u64,
+}
+
+impl SaveTarget {
+    /// Resolves `prefix` (placeholders, subfolders) in `folder` and claims `count` counters for
+    /// files ending in `extension`; the subfolder is made only once it is known to be inside.
+    pub fn reserve(
+        ctx: &NodeContext,
+        prefix: &str,
+        folder: FolderType,
+        width: usize,
+        height: usize,
+        count: usize,
+        extension: &str,
+    ) -> Result<SaveTarget, NodeError> {
+        let prefix = expand_placeholders(prefix, width, height);
+        let (subfolder, name) = match prefix.rsplit_once('/') {
+            Some((sub, name)) => (sub.to_owned(), name.to_owned()),
+            None => (String::new(), prefix.clone()),
+        };
+        let base = ctx.dirs.folder(folder).to_path_buf();
+        let dir = paths::create_folder_inside(&base, &subfolder)
+            .map_err(|e| NodeError::input("filename_prefix", e.to_string()))?;
+        let first_counter = next_counter(&dir, &name, extension);
+        if count > 0 {
+            remember_counter(&dir, &name, first_counter + count as u64 - 1);
+        }
+        Ok(SaveTarget {
+            base,
+            subfolder,
+            name,
+            first_counter,
+        })
+    }
+
+    /// The path of a new file `filename` in the target's subfolder.
+    pub fn path(&self, filename: &str) -> Result<PathBuf, NodeError> {
+        paths::resolve_new(&self.base, &self.subfolder, filename)
+            .map_err(|e| NodeError::input("filename_prefix", e.to_string()))
+    }
+
+    pub fn file_ref(&self, filename: String, folder: FolderType) -> FileRef {
+        FileRef {
+            filename,
+            subfolder: self.subfolder.clone(),
+            folder_type: folder.name().to_owned(),
+        }
+    }
+}
+
+/// The prompt's metadata as (key, ASCII JSON) pairs: `prompt`, then each `extra_pnginfo` entry
+/// (the editor workflow); none with `--disable-metadata`. Made once per prompt.
+pub(crate) fn metadata(ctx: &NodeContext) -> &[(String, String)] {
+    if !ctx.write_metadata {
+        return &[];
+    }
+    ctx.png_text.get_or_init(|| {
+        let mut chunks = vec![("prompt".into(), ascii_json(&ctx.prompt))];
+        if let Some(extra) = ctx.extra_pnginfo.as_deref().and_then(|e| e.as_object()) {
+            for (key, value) in extra {
+                chunks.push((key.clone(), ascii_json(value)));
+            }
+        }
+        chunks
+    })
 }
 
 fn expand_placeholders(prefix: &str, width: usize, height: usize) -> String {
@@ -431,14 +501,20 @@ fn remember_counter(dir: &Path, name: &str, last: u64) {
 
 /// The counter for the next save of `<name>_NNNNN_…` in `dir`: after the last one this server
 /// wrote there when its file is still free, else 1 + the highest on disk.
-fn next_counter(dir: &Path, name: &str) -> u64 {
+fn next_counter(dir: &Path, name: &str, extension: &str) -> u64 {
     let known = COUNTERS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&(dir.to_path_buf(), name.to_owned()))
         .copied();
     match known {
-        Some(last) if !dir.join(format!("{name}_{:05}_.png", last + 1)).exists() => last + 1,
+        Some(last)
+            if !dir
+                .join(format!("{name}_{:05}_.{extension}", last + 1))
+                .exists() =>
+        {
+            last + 1
+        }
         _ => scan_counter(dir, name),
     }
 }
@@ -548,23 +624,23 @@ mod tests {
         ] {
             std::fs::write(dir.path().join(f), b"").unwrap();
         }
-        assert_eq!(next_counter(dir.path(), "ComfyUI"), 8);
-        assert_eq!(next_counter(dir.path(), "New"), 1);
+        assert_eq!(next_counter(dir.path(), "ComfyUI", "png"), 8);
+        assert_eq!(next_counter(dir.path(), "New", "png"), 1);
     }
 
     #[test]
     fn the_remembered_counter_is_used_while_its_file_is_free() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a_00003_.png"), b"").unwrap();
-        assert_eq!(next_counter(dir.path(), "a"), 4);
+        assert_eq!(next_counter(dir.path(), "a", "png"), 4);
         remember_counter(dir.path(), "a", 4);
         // Files this server did not write are not rescanned for...
         std::fs::write(dir.path().join("a_00001_.png"), b"").unwrap();
-        assert_eq!(next_counter(dir.path(), "a"), 5);
+        assert_eq!(next_counter(dir.path(), "a", "png"), 5);
         // ...unless one takes the next name: then the folder is scanned again.
         std::fs::write(dir.path().join("a_00005_.png"), b"").unwrap();
         std::fs::write(dir.path().join("a_00009_.png"), b"").unwrap();
-        assert_eq!(next_counter(dir.path(), "a"), 10);
+        assert_eq!(next_counter(dir.path(), "a", "png"), 10);
     }
 
     #[test]

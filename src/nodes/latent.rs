@@ -44,15 +44,21 @@ fn spec(
     node(class_type, display_name, category, inputs, outputs)
 }
 
-fn latent_out() -> Vec<OutputSpec> {
+/// A single LATENT output declaration.
+pub fn latent_out() -> Vec<OutputSpec> {
     vec![output(SlotType::LATENT, "LATENT")]
 }
 
-fn latent_value(latent: Latent) -> NodeOutput {
+/// One LATENT output.
+pub fn latent_value(latent: Latent) -> NodeOutput {
     NodeOutput::values(vec![Value::Latent(latent)])
 }
 
-fn samples_dims(latent: &Latent, input: &str) -> Result<(usize, usize, usize, usize), NodeError> {
+/// The dims of `latent`'s samples, or an error on `input` when they are not `[B, C, h, w]`.
+pub fn samples_dims(
+    latent: &Latent,
+    input: &str,
+) -> Result<(usize, usize, usize, usize), NodeError> {
     latent.samples.dims4().map_err(|_| {
         NodeError::input(
             input,

@@ -20,7 +20,8 @@ pub fn register(registry: &mut Registry) {
     registry.add(DualClipLoader);
 }
 
-fn files(folder: &'static str) -> InputKind {
+/// A drop-down of the files in model folder `folder`.
+pub(crate) fn files(folder: &'static str) -> InputKind {
     InputKind::Combo {
         options: ComboOptions::Files(FileList::Models(folder)),
         default: None,

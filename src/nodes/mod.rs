@@ -7,18 +7,31 @@
 //! file here (its family's), plus its test.
 
 pub mod attention_multiply;
+pub mod compositing;
 pub mod conditioning;
 pub mod controlnet;
 pub mod custom_sampling;
+pub mod image_anim;
+pub mod image_filter;
 pub mod image_io;
 pub mod image_ops;
+pub mod image_transform;
 pub mod latent;
+pub mod latent_files;
+pub mod latent_filters;
+pub mod latent_ops;
 pub mod loaders;
 pub mod lora;
+pub mod mask;
 pub mod model_patches;
+mod pixels;
 pub mod preprocessors;
+pub mod primitives;
+mod quantize;
+pub mod rebatch;
 pub mod sampling;
 pub mod testing;
+pub mod upscale;
 mod value;
 
 use std::collections::HashMap;
@@ -84,6 +97,22 @@ pub struct Ui {
     pub images: Vec<FileRef>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub text: Vec<String>,
+    /// Whether each of `images` is animated (SaveAnimatedPNG/WEBP: `[true]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub animated: Vec<bool>,
+    /// Latent files written (SaveLatent).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub latents: Vec<FileRef>,
+}
+
+impl Ui {
+    /// Adds `other`'s entries after these (a node run once per list element shows them all).
+    pub fn append(&mut self, other: Ui) {
+        self.images.extend(other.images);
+        self.text.extend(other.text);
+        self.animated.extend(other.animated);
+        self.latents.extend(other.latents);
+    }
 }
 
 /// A file a node wrote, as clients fetch it through `/view`.
@@ -273,11 +302,22 @@ impl Registry {
         conditioning::register(&mut registry);
         controlnet::register(&mut registry);
         latent::register(&mut registry);
+        latent_ops::register(&mut registry);
+        latent_files::register(&mut registry);
+        latent_filters::register(&mut registry);
+        rebatch::register(&mut registry);
         sampling::register(&mut registry);
         custom_sampling::register(&mut registry);
         image_io::register(&mut registry);
         image_ops::register(&mut registry);
+        image_transform::register(&mut registry);
+        image_filter::register(&mut registry);
+        image_anim::register(&mut registry);
+        mask::register(&mut registry);
+        compositing::register(&mut registry);
         preprocessors::register(&mut registry);
+        primitives::register(&mut registry);
+        upscale::register(&mut registry);
         registry
     }
 
@@ -331,6 +371,7 @@ pub fn combo_options(dirs: &DataDirs, options: &ComboOptions) -> Vec<String> {
     match options {
         ComboOptions::Static(list) => list.iter().map(|s| (*s).to_owned()).collect(),
         ComboOptions::Files(FileList::InputImages) => dirs.list_input_images(),
+        ComboOptions::Files(FileList::InputLatents) => dirs.list_input_files(&["latent"]),
         ComboOptions::Files(FileList::Models(folder)) => {
             dirs.list_models(folder).unwrap_or_default()
         }

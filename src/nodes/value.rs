@@ -6,6 +6,7 @@ use candle_core::Tensor;
 
 use crate::engine::clip::encode::TextEncoder;
 use crate::engine::diffusion::{CondEntry, DiffusionModel};
+use crate::engine::upscale::UpscaleModel;
 use crate::engine::vae::AutoEncoderKL;
 use crate::graph::{ConstValue, SlotType};
 use crate::nodes::NodeError;
@@ -118,6 +119,15 @@ pub enum Value {
     Guider(Arc<Guider>),
     /// A ControlNet, T2I-Adapter or Control-LoRA.
     ControlNet(Arc<crate::engine::controlnet::load::LoadedControl>),
+    /// A latent operation (`LATENT_OPERATION`): a function from latent to latent.
+    LatentOperation(Arc<dyn crate::engine::diffusion::LatentOperation>),
+    /// ComfyUI's list of values on one output slot (`OUTPUT_IS_LIST`, or a node run once per
+    /// element of a list input). Never nested and never of length 1 (that is the value itself);
+    /// only the executor builds and splits these, so a node sees one only as an input of a node
+    /// that declares `input_is_list` (read through [`Inputs::list`]).
+    List(Arc<Vec<Value>>),
+    /// An image upscale model.
+    UpscaleModel(Arc<UpscaleModel>),
 }
 
 impl Value {
@@ -140,6 +150,27 @@ impl Value {
             Value::Noise(_) => SlotType::NOISE,
             Value::Guider(_) => SlotType::GUIDER,
             Value::ControlNet(_) => SlotType::CONTROL_NET,
+            Value::LatentOperation(_) => SlotType::LATENT_OPERATION,
+            Value::UpscaleModel(_) => SlotType::UPSCALE_MODEL,
+            // The elements' type; an empty list matches anything.
+            Value::List(items) => items.first().map_or(SlotType::ANY, Value::slot_type),
+        }
+    }
+
+    /// The elements a list holds, or the value itself as a list of one.
+    pub fn elements(&self) -> &[Value] {
+        match self {
+            Value::List(items) => items,
+            single => std::slice::from_ref(single),
+        }
+    }
+
+    /// A list of `items`, or the one item itself (a list of one is the value, as in ComfyUI).
+    pub fn list(mut items: Vec<Value>) -> Value {
+        if items.len() == 1 {
+            items.pop().expect("one item")
+        } else {
+            Value::List(Arc::new(items))
         }
     }
 
@@ -152,7 +183,8 @@ impl Value {
                 | Value::Vae(_)
                 | Value::Guider(_)
                 | Value::ControlNet(_)
-        )
+                | Value::UpscaleModel(_)
+        ) || matches!(self, Value::List(items) if items.iter().any(Value::holds_model))
     }
 
     /// Bytes held, for the cache budget.
@@ -166,7 +198,10 @@ impl Value {
             | Value::Clip(_)
             | Value::Vae(_)
             | Value::Guider(_)
-            | Value::ControlNet(_) => 64,
+            | Value::ControlNet(_)
+            | Value::LatentOperation(_)
+            | Value::UpscaleModel(_) => 64,
+            Value::List(items) => items.iter().map(Value::byte_size).sum(),
             Value::Conditioning(list) => list.iter().map(CondEntry::byte_size).sum(),
             Value::Latent(l) => {
                 tensor_bytes(&l.samples) + l.noise_mask.as_ref().map_or(0, tensor_bytes)
@@ -196,6 +231,12 @@ impl Value {
             }
             Value::Sampler(s) => serde_json::Value::from(format!("SAMPLER {}", s.sampler.name())),
             Value::Sigmas(s) => serde_json::Value::from(format!("SIGMAS ({} values)", s.len())),
+            Value::List(items) => {
+                serde_json::Value::from(format!("list of {} {}", items.len(), self.slot_type().0))
+            }
+            Value::UpscaleModel(m) => {
+                serde_json::Value::from(format!("UPSCALE_MODEL {}", m.describe()))
+            }
             other => serde_json::Value::from(other.slot_type().0),
         }
     }
@@ -231,6 +272,22 @@ impl Inputs {
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.values.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    /// An input of a node that declares `input_is_list`: the whole list it was given (a plain
+    /// value is a list of one).
+    pub fn list(&self, name: &str) -> Result<&[Value], NodeError> {
+        Ok(self.required(name)?.elements())
+    }
+
+    /// Each input's first element, as ComfyUI's list nodes read their settings (`batch_size[0]`).
+    pub fn firsts(&self) -> Inputs {
+        Inputs::new(
+            self.values
+                .iter()
+                .filter_map(|(n, v)| v.elements().first().map(|v| (n.clone(), v.clone())))
+                .collect(),
+        )
     }
 
     fn required(&self, name: &str) -> Result<&Value, NodeError> {
@@ -329,8 +386,20 @@ getter!(sigmas, Sigmas, Arc<Vec<f32>>, "SIGMAS");
 getter!(noise, Noise, NoiseSource, "NOISE");
 getter!(guider, Guider, Arc<Guider>, "GUIDER");
 getter!(
+    latent_operation,
+    LatentOperation,
+    Arc<dyn crate::engine::diffusion::LatentOperation>,
+    "LATENT_OPERATION"
+);
+getter!(
     control_net,
     ControlNet,
     Arc<crate::engine::controlnet::load::LoadedControl>,
     "CONTROL_NET"
+);
+getter!(
+    upscale_model,
+    UpscaleModel,
+    Arc<UpscaleModel>,
+    "UPSCALE_MODEL"
 );

@@ -52,7 +52,7 @@ pub fn node_info(spec: &NodeSpec, dirs: &DataDirs) -> Json {
         "input": input,
         "input_order": input_order,
         "output": spec.outputs.iter().map(|o| o.ty.0).collect::<Vec<_>>(),
-        "output_is_list": spec.outputs.iter().map(|_| false).collect::<Vec<_>>(),
+        "output_is_list": (0..spec.outputs.len()).map(|slot| spec.output_is_list(slot)).collect::<Vec<_>>(),
         "output_name": spec.outputs.iter().map(|o| o.name).collect::<Vec<_>>(),
         "name": spec.class_type,
         "display_name": spec.display_name,
@@ -61,6 +61,11 @@ pub fn node_info(spec: &NodeSpec, dirs: &DataDirs) -> Json {
         "category": spec.category,
         "output_node": spec.output_node,
     });
+    // ComfyUI's V3 schema reports `is_input_list`; classic nodes leave it out, as here for the
+    // nodes that run element by element.
+    if spec.input_is_list {
+        info["is_input_list"] = Json::Bool(true);
+    }
     if spec.outputs.iter().any(|o| o.tooltip.is_some()) {
         info["output_tooltips"] = json!(spec
             .outputs

@@ -5,9 +5,7 @@
 //! on a [1,4,8,8] latent, seed 42, 10 steps, for every (sampler, scheduler) pair.
 //! Tolerances: sigmas 1e-5 relative (+1e-6 absolute); final latents 1e-5 max abs error, for the
 //! deterministic samplers and the default-noise-sampler ones (our noise is bit-identical to torch's).
-//! The Brownian-tree SDE samplers run in both with the same stand-in noise (a torch generator seeded with
-//! `seed`, one randn per interval) instead of torchsde's tree, so their maths is compared exactly but
-//! bit-parity with ComfyUI's torchsde noise is not claimed.
+//! The Brownian-tree SDE samplers draw from torchsde's tree in both (see brownian_parity.rs).
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
@@ -15,7 +13,9 @@ use candle_core::{Device, Tensor};
 use crate::helpers::COMFY_SAMPLERS;
 use weft::engine::sampling::model_sampling::{Config, ModelSamplingDiscrete};
 use weft::engine::sampling::rng::prepare_noise;
-use weft::engine::sampling::samplers::{Denoised, Denoiser, Sampler, StepInfo, SAMPLER_NAMES};
+use weft::engine::sampling::samplers::{
+    Denoised, Denoiser, NoiseKind, Sampler, StepInfo, SAMPLER_NAMES,
+};
 use weft::engine::sampling::schedulers::{ksampler_sigmas, Scheduler, SCHEDULER_NAMES};
 
 const FIXTURE: &str = concat!(
@@ -38,9 +38,9 @@ const ROUNDING_LIMITED: &[&str] = &[
     "sample/res_multistep/normal",
     "sample/res_multistep_ancestral/normal",
 ];
-const CFG: f64 = 3.0;
+pub(crate) const CFG: f64 = 3.0;
 
-fn load() -> HashMap<String, Tensor> {
+pub(crate) fn load() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(FIXTURE, &Device::Cpu).expect("fixture loads")
 }
 
@@ -69,7 +69,7 @@ impl Denoiser for Analytic {
     }
 }
 
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+pub(crate) fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .and_then(|d| d.abs())
         .and_then(|d| d.flatten_all())
@@ -86,7 +86,20 @@ fn run(
     cfg: f64,
 ) -> (Tensor, usize) {
     let sigmas = ksampler_sigmas(ms, scheduler, sampler.name(), 10, 1.0);
-    let noise = prepare_noise(&[1, 4, 8, 8], 42, None, &Device::Cpu).expect("noise");
+    run_analytic(sampler, &sigmas, 42, fx, ms, cfg)
+}
+
+/// Samples a [1,4,8,8] latent of `seed` down `sigmas` with the analytic denoiser of the fixture's
+/// `mu_cond`/`mu_uncond`; returns the result and the number of callbacks.
+pub(crate) fn run_analytic(
+    sampler: Sampler,
+    sigmas: &[f32],
+    seed: u64,
+    fx: &HashMap<String, Tensor>,
+    ms: &ModelSamplingDiscrete,
+    cfg: f64,
+) -> (Tensor, usize) {
+    let noise = prepare_noise(&[1, 4, 8, 8], seed, None, &Device::Cpu).expect("noise");
     let latent = noise.zeros_like().expect("zeros");
     let x = ms
         .noise_scaling(
@@ -108,7 +121,7 @@ fn run(
         Ok(())
     };
     let out = sampler
-        .sample(&mut model, &x, &sigmas, 42, &mut cb)
+        .sample(&mut model, &x, sigmas, seed, &mut cb)
         .expect("sampling runs");
     (out, steps)
 }
@@ -181,9 +194,14 @@ fn samplers_match_comfyui() {
             // level (~1e-6), so rounding differences move every later step: the same python maths
             // run in f64 differs from the f32 fixture by 0.6e-3..1.3e-3 (linear_quadratic 2e-6),
             // and we differ from it by at most 7.2e-4. Checked at 2e-3.
+            // FIXME: kl_optimal's sigmas come from torch's f32 `tan` (MKL, not correctly rounded),
+            // so some differ from ours by an ulp; the SDE samplers' Brownian tree resolves times to
+            // 1e-6, where that moves the noise by ~1e-3 of its size. Measured 1.9e-4.
+            let sigma_ulp_limited =
+                scheduler.name() == "kl_optimal" && sampler.noise_kind() == NoiseKind::Brownian;
             let tol = if sampler.name() == "dpm_adaptive" {
                 2e-3
-            } else if ROUNDING_LIMITED.contains(&key.as_str()) {
+            } else if sigma_ulp_limited || ROUNDING_LIMITED.contains(&key.as_str()) {
                 5e-4
             } else {
                 1e-5

@@ -110,7 +110,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, ns, eta=1., s_noise=1.):
     return x
 
 CASES = {
-    # name: (sampler function, Brownian stand-in noise?, options)
+    # name: (sampler function, Brownian-tree noise?, options)
     "euler_ancestral/eta0.5_s0.8": (sample_euler_ancestral, False, dict(eta=0.5, s_noise=0.8)),
     "euler_ancestral/eta0": (sample_euler_ancestral, False, dict(eta=0.0, s_noise=1.0)),
     "euler_ancestral_cfg_pp/eta0.5_s0.7": (ref.sample_euler_ancestral_cfg_pp, False, dict(eta=0.5, s_noise=0.7)),
@@ -162,7 +162,7 @@ def main():
     for key, (fn, brownian, opts) in CASES.items():
         x = noise * torch.sqrt(1.0 + sigmas[0] ** 2.0)
         model = ref.Model(mu_c, mu_u)
-        ns = ref.brownian_standin(x, SEED) if brownian else ref.default_noise_sampler(x, SEED)
+        ns = ref.brownian_noise_sampler(x, sigmas, SEED) if brownian else ref.default_noise_sampler(x, SEED)
         with torch.no_grad():
             out[f"sample/{key}"] = fn(model, x, sigmas, ns, **opts).float()
     out = {k: (v if isinstance(v, torch.Tensor) else torch.tensor(v)).float().contiguous().clone() for k, v in out.items()}

@@ -1,7 +1,7 @@
 """Reference fixtures for the samplers and schedulers (crates/weft-engine/src/sampling/{schedulers,samplers}).
 
-Run: `python sampling/scripts/sampler_reference.py` (needs torch, numpy, scipy, safetensors).
-Writes sampling/tests/fixtures/sampler_reference.safetensors.
+Run: `python tools/parity/sampler_reference.py` (needs torch, numpy, scipy, safetensors, torchsde).
+Writes tests/fixtures/sampling/sampler_reference.safetensors.
 
 The maths is ComfyUI's: the scheduler functions of comfy/samplers.py, ModelSamplingDiscrete of
 comfy/model_sampling.py, the sample_* functions of comfy/k_diffusion/sampling.py (with deis.py and
@@ -11,7 +11,7 @@ wrapper replaced by an analytic denoiser: data ~ N(mu, s^2) per element gives th
 D(x, sigma) = (s^2 x + sigma^2 mu) / (s^2 + sigma^2). A CFG pair (mu_cond, mu_uncond, scale 3) gives
 the cfg_pp samplers their uncond prediction. Noise: comfy/sample.py prepare_noise(seed=42) and, for the
 ancestral samplers, ComfyUI's default_noise_sampler (CPU generator seeded with seed + 1).
-SDE samplers that use torchsde's BrownianTree run with a plain-randn stand-in noise sampler (see below).
+SDE samplers draw from torchsde's BrownianTree as ComfyUI's BrownianTreeNoiseSampler does (pip install torchsde).
 """
 import math, os
 from functools import partial
@@ -917,13 +917,30 @@ def sample_unipc(model, x, sigmas, ns, variant='bh1'):
     return x / _vp_alpha(timesteps[-1])
 
 
-# SDE samplers: ComfyUI draws their noise from torchsde's BrownianTree(seed). Here (as in the Rust
-# NoiseSource::Brownian) the noise sampler is a plain CPU generator seeded with `seed` giving one
-# randn(x.shape) per queried interval, so the sampler maths is compared exactly; torchsde's own
-# increments are not reproduced.
-def brownian_standin(x, seed):
-    g = torch.Generator(device="cpu"); g.manual_seed(seed)
-    return lambda sigma, sigma_next: torch.randn(x.size(), dtype=x.dtype, generator=g)
+# SDE samplers: ComfyUI's BrownianTreeNoiseSampler (comfy/k_diffusion/sampling.py, with its
+# BatchedBrownianTree) over torchsde.BrownianTree, as the samplers build it: cpu=True, the tree on
+# [min positive sigma, max sigma] seeded with the prompt's seed (one int: one tree over the whole
+# batch; a list: one tree per batch item), noise = increment / sqrt(|dt|), negated for a step down.
+class BrownianTreeNoise:
+    def __init__(self, x, sigma_min, sigma_max, seed):
+        import torchsde
+        t0, t1 = torch.as_tensor(sigma_min), torch.as_tensor(sigma_max)
+        self.sign = 1 if t0 < t1 else -1
+        t0, t1 = (t0, t1) if t0 < t1 else (t1, t0)
+        self.batched = isinstance(seed, (list, tuple))
+        w0 = torch.zeros_like(x)[0] if self.batched else torch.zeros_like(x)
+        seeds = seed if self.batched else [seed]
+        self.trees = [torchsde.BrownianTree(t0.cpu(), w0.cpu(), t1.cpu(), entropy=s) for s in seeds]
+
+    def __call__(self, sigma, sigma_next):
+        a, b = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+        lo, hi, sign = (a, b, 1) if a < b else (b, a, -1)
+        w = torch.stack([t(lo.cpu().float(), hi.cpu().float()) for t in self.trees]) * (self.sign * sign)
+        w = w if self.batched else w[0]
+        return w / (b - a).abs().sqrt()
+
+def brownian_noise_sampler(x, sigmas, seed):
+    return BrownianTreeNoise(x, sigmas[sigmas > 0].min(), sigmas.max(), seed)
 
 def sample_dpmpp_sde(model, x, sigmas, ns, eta=1., s_noise=1., r=1 / 2):
     sigma_fn = lambda l: l.neg().exp(); lambda_fn = lambda s: s.log().neg()
@@ -1075,7 +1092,7 @@ def main():
             max_denoise = math.isclose(sigma_max, float(sigmas[0]), rel_tol=1e-05) or float(sigmas[0]) > sigma_max
             x = noise * (torch.sqrt(1.0 + sigmas[0] ** 2.0) if max_denoise else sigmas[0]) + latent
             model = Model(mu_c, mu_u)
-            ns = brownian_standin(x, SEED) if name in BROWNIAN else default_noise_sampler(x, SEED)
+            ns = brownian_noise_sampler(x, sigmas, SEED) if name in BROWNIAN else default_noise_sampler(x, SEED)
             with torch.no_grad():
                 out[f"sample/{name}/{sched}"] = fn(model, x, sigmas, ns).float().contiguous()
     save_file({k: v.contiguous() for k, v in out.items()}, OUT, metadata={"torch_version": torch.__version__})

@@ -33,10 +33,10 @@ async function freePort() {
 }
 
 /**
- * Starts `weft serve --test-nodes` serving `webRoot` (default web/dist, the editor); resolves when
- * /object_info answers.
+ * Starts `weft serve --test-nodes` serving `webRoot` (default web/dist, the editor), asking for
+ * `token` when given (`--auth-token`); resolves when /object_info answers.
  */
-export async function startServer({ testNodes = true, modelsDir, webRoot } = {}) {
+export async function startServer({ testNodes = true, modelsDir, webRoot, token } = {}) {
   const bin = weftBinary();
   const dist = webRoot ?? path.join(WEB_DIR, 'dist');
   if (!fs.existsSync(path.join(dist, 'index.html'))) {
@@ -48,6 +48,8 @@ export async function startServer({ testNodes = true, modelsDir, webRoot } = {})
   const port = await freePort();
   const args = ['serve', '--listen', '127.0.0.1', '--port', String(port), '--data-dir', dataDir, '--models-dir', models, '--web-root', dist];
   if (testNodes) args.push('--test-nodes');
+  if (token) args.push('--auth-token', token);
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
   const log = fs.openSync(path.join(dataDir, 'server.log'), 'a');
   const child = spawn(bin, args, { stdio: ['ignore', log, log] });
   const url = `http://127.0.0.1:${port}`;
@@ -57,7 +59,7 @@ export async function startServer({ testNodes = true, modelsDir, webRoot } = {})
   for (;;) {
     if (exited !== null) throw new Error(`weft exited with ${exited}; log: ${fs.readFileSync(path.join(dataDir, 'server.log'), 'utf8').slice(-2000)}`);
     try {
-      const r = await fetch(`${url}/object_info`);
+      const r = await fetch(`${url}/object_info`, { headers });
       if (r.ok) break;
     } catch {
       /* not up yet */

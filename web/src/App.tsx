@@ -8,7 +8,7 @@ import { useGraph, loadDraft, saveDraftNow } from './store/graph';
 import type { AnyNode, CNode } from './store/graph';
 import { useExec } from './store/exec';
 import { useUi, toast } from './store/ui';
-import { api } from './lib/api';
+import { api, needsToken, tokenUrl } from './lib/api';
 import { chooseDefaultGraph } from './lib/defaultGraph';
 import { missingTypes } from './lib/workflow';
 import { nodeTypes } from './components/NodeView';
@@ -325,12 +325,34 @@ function SidePanel() {
   );
 }
 
+/** Shown when the server answers 401: asks for the token and reopens the page with `?token=`,
+ * which makes the server set its cookie. */
+function TokenForm() {
+  const [token, setToken] = useState('');
+  return (
+    <form
+      className="boot token-form"
+      data-testid="token-form"
+      onSubmit={(e) => {
+        e.preventDefault();
+        if (token.trim()) location.assign(tokenUrl(location.href, token));
+      }}
+    >
+      <p>This Weft server asks for its access token (printed when it starts, and kept in its data folder's auth_token file).</p>
+      <input type="password" aria-label="token" autoFocus autoComplete="current-password" value={token} onChange={(e) => setToken(e.target.value)} />
+      <button type="submit">Open</button>
+    </form>
+  );
+}
+
 export function App() {
-  const [phase, setPhase] = useState<{ state: 'loading' | 'ready' | 'error'; message?: string; viewport?: Viewport }>({ state: 'loading' });
+  const [phase, setPhase] = useState<{ state: 'loading' | 'ready' | 'error' | 'token'; message?: string; viewport?: Viewport }>({ state: 'loading' });
   useShortcuts();
 
   useEffect(() => {
     let cancelled = false;
+    // Until the draft is loaded the graph is empty: saving it then would replace the draft.
+    let booted = false;
     window.weft = { graph: useGraph, exec: useExec, ui: useUi };
     const boot = async () => {
       for (let attempt = 0; !cancelled; attempt++) {
@@ -352,16 +374,19 @@ export function App() {
           }
           performance.mark('weft-graph-loaded');
           useExec.getState().start();
+          booted = true;
           setPhase({ state: 'ready', viewport });
           return;
         } catch (e) {
+          // Retrying cannot help: the server wants its token (see TokenForm).
+          if (needsToken(e)) return setPhase({ state: 'token' });
           setPhase({ state: 'error', message: `Cannot reach the Weft server (${(e as Error).message}); retrying…` });
           await new Promise((r) => setTimeout(r, Math.min(5000, 500 * (attempt + 1))));
         }
       }
     };
     void boot();
-    const onUnload = () => saveDraftNow(useGraph.getState());
+    const onUnload = () => booted && saveDraftNow(useGraph.getState());
     window.addEventListener('beforeunload', onUnload);
     return () => {
       cancelled = true;
@@ -377,6 +402,8 @@ export function App() {
           <SidePanel />
           {phase.state === 'ready' ? (
             <Canvas initialViewport={phase.viewport} />
+          ) : phase.state === 'token' ? (
+            <TokenForm />
           ) : (
             <div className="boot" data-testid="boot">
               {phase.state === 'loading' ? 'Loading node definitions…' : phase.message}

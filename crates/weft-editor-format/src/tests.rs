@@ -27,6 +27,7 @@ impl Catalog for TestCatalog {
             }
             ComboOptions::Files(FileList::Models(_)) => Vec::new(),
             ComboOptions::Files(FileList::InputImages) => vec!["example.png".into()],
+            ComboOptions::Files(FileList::InputLatents) => Vec::new(),
         }
     }
 
@@ -53,6 +54,8 @@ fn node(
         freshness: Freshness::Pure,
         self_validated: &[],
         python_module: "nodes",
+        input_is_list: false,
+        output_is_list: &[],
     }
 }
 

@@ -1,6 +1,6 @@
 //! Tensor maths on candle: the diffusion models (CLIP text encoders, UNet, VAE, ControlNet), their
 //! loaders and key maps, LoRA, the samplers and schedulers, tokenization, preprocessors and image
-//! resizing.
+//! resizing, and image upscale models.
 //!
 //! Invariant: knows nothing about graphs, HTTP, SQL or tokio, so it can be tested with tensors
 //! alone.
@@ -22,4 +22,5 @@ pub mod sampling;
 pub mod synth;
 pub mod tokenizer;
 pub mod unet;
+pub mod upscale;
 pub mod vae;

@@ -45,6 +45,7 @@ use crate::load::{LoadError, LoadErrorKind};
 use crate::memory::{self, MemoryProbe, MemoryReading, OutOfMemory};
 use crate::tokenizer::ClipBpe;
 use crate::unet::UNet2DConditionModel;
+use crate::upscale::UpscaleModel;
 use crate::vae::AutoEncoderKL;
 
 /// Everything a single-file checkpoint gives (ComfyUI's MODEL, CLIP, VAE).
@@ -127,6 +128,7 @@ enum Loaded {
     Checkpoint(Arc<LoadedCheckpoint>),
     Vae(Arc<AutoEncoderKL>),
     Control(Arc<LoadedControl>),
+    Upscale(Arc<UpscaleModel>),
 }
 
 impl Loaded {
@@ -135,6 +137,7 @@ impl Loaded {
             Loaded::Checkpoint(c) => Loaded::Checkpoint(Arc::clone(c)),
             Loaded::Vae(v) => Loaded::Vae(Arc::clone(v)),
             Loaded::Control(c) => Loaded::Control(Arc::clone(c)),
+            Loaded::Upscale(u) => Loaded::Upscale(Arc::clone(u)),
         }
     }
 
@@ -149,6 +152,7 @@ impl Loaded {
             }
             Loaded::Vae(v) => Arc::strong_count(v) > 1,
             Loaded::Control(c) => Arc::strong_count(c) > 1,
+            Loaded::Upscale(u) => Arc::strong_count(u) > 1,
         }
     }
 }
@@ -597,6 +601,29 @@ impl ModelManager {
         match loaded {
             Loaded::Control(c) => Ok(c),
             _ => unreachable!("reuse only accepts control models"),
+        }
+    }
+
+    /// An upscale model file (UpscaleModelLoader), loaded once while it stays unchanged on disk
+    /// and counted against the budget like the others.
+    pub fn upscale(&self, path: &Path) -> Result<Arc<UpscaleModel>, LoadError> {
+        let loaded = self.get_or_load(
+            path,
+            |l| matches!(l, Loaded::Upscale(_)),
+            || {
+                let sd = StateDict::open(path)?;
+                let dtype = self.weight_dtype(sd.float_dtype(""));
+                Ok((crate::upscale::file_bytes(&sd, dtype), (sd, dtype)))
+            },
+            // Small, and run on every tile: whole on the device.
+            |(sd, dtype), _| {
+                let model = UpscaleModel::load(&Arc::new(sd), dtype, &self.device)?;
+                Ok((Loaded::Upscale(Arc::new(model)), 0))
+            },
+        )?;
+        match loaded {
+            Loaded::Upscale(u) => Ok(u),
+            _ => unreachable!("reuse only accepts upscale models"),
         }
     }
 

@@ -60,10 +60,14 @@ pub fn common_upscale(
         let old_aspect = old_w as f64 / old_h as f64;
         let new_aspect = width as f64 / height as f64;
         let (mut x, mut y) = (0usize, 0usize);
+        // Python's `round` takes halves to the even neighbour (a 10x6 latent cut to 3:2 keeps
+        // its width).
         if old_aspect > new_aspect {
-            x = ((old_w as f64 - old_w as f64 * (new_aspect / old_aspect)) / 2.0).round() as usize;
+            x = ((old_w as f64 - old_w as f64 * (new_aspect / old_aspect)) / 2.0).round_ties_even()
+                as usize;
         } else if old_aspect < new_aspect {
-            y = ((old_h as f64 - old_h as f64 * (old_aspect / new_aspect)) / 2.0).round() as usize;
+            y = ((old_h as f64 - old_h as f64 * (old_aspect / new_aspect)) / 2.0).round_ties_even()
+                as usize;
         }
         samples = samples
             .narrow(2, y, old_h - 2 * y)?
@@ -90,6 +94,13 @@ pub fn common_upscale(
             for (x, taps) in cols.iter().enumerate() {
                 dst[x] = taps.iter().map(|&(i, w)| src[i] * w).sum();
             }
+        }
+    }
+    if quantize {
+        // PIL keeps its intermediate image in 8 bits too: the horizontal pass is rounded and
+        // clipped before the vertical one (Lanczos overshoots are cut there).
+        for v in &mut tmp {
+            *v = (*v * 255.0).round().clamp(0.0, 255.0) / 255.0;
         }
     }
     let mut out = vec![0f32; planes * height * width];

@@ -46,6 +46,11 @@ impl SlotType {
     pub const GUIDER: SlotType = SlotType("GUIDER");
     /// A loaded ControlNet, T2I-Adapter or Control-LoRA.
     pub const CONTROL_NET: SlotType = SlotType("CONTROL_NET");
+    /// A function from latent to latent (`LatentOperationSharpen`, …), applied by
+    /// `LatentApplyOperation` or inside CFG.
+    pub const LATENT_OPERATION: SlotType = SlotType("LATENT_OPERATION");
+    /// A loaded image upscale model (ESRGAN, Real-ESRGAN Compact, …).
+    pub const UPSCALE_MODEL: SlotType = SlotType("UPSCALE_MODEL");
 
     /// The type name as ComfyUI spells it, e.g. `"IMAGE"`.
     pub fn name(self) -> &'static str {
@@ -81,6 +86,8 @@ pub enum ComboOptions {
 pub enum FileList {
     /// Image files at the top level of the input folder (LoadImage).
     InputImages,
+    /// `.latent` files at the top level of the input folder (LoadLatent).
+    InputLatents,
     /// Files of a model folder, recursively, with relative paths (`sub/x.safetensors`).
     Models(&'static str),
 }
@@ -243,12 +250,23 @@ pub struct NodeSpec {
     pub self_validated: &'static [&'static str],
     /// `"nodes"` for ComfyUI core nodes, `"comfy_extras.…"` for extras, `"weft"` for our own.
     pub python_module: &'static str,
+    /// ComfyUI's `INPUT_IS_LIST`: the node runs once with every input as the whole list it was
+    /// given (a plain value is a list of one), instead of once per list element.
+    pub input_is_list: bool,
+    /// ComfyUI's `OUTPUT_IS_LIST`, by output slot (missing slots are false): the output is a list
+    /// whose elements each feed a separate run of the nodes it links to.
+    pub output_is_list: &'static [bool],
 }
 
 impl NodeSpec {
     /// The declared input called `name`, or None if the class has no such input.
     pub fn input(&self, name: &str) -> Option<&InputSpec> {
         self.inputs.iter().find(|i| i.name == name)
+    }
+
+    /// Whether output `slot` is a list (`OUTPUT_IS_LIST`).
+    pub fn output_is_list(&self, slot: usize) -> bool {
+        self.output_is_list.get(slot).copied().unwrap_or(false)
     }
 }
 
@@ -378,6 +396,8 @@ pub mod build {
             freshness: Freshness::Pure,
             self_validated: &[],
             python_module: "nodes",
+            input_is_list: false,
+            output_is_list: &[],
         }
     }
 

@@ -23,6 +23,19 @@ export function apiUrl(path: string): string {
   return `${base()}${path}`;
 }
 
+/** Whether `e` is the 401 of a server that asks for a token (none sent, or a wrong one). */
+export function needsToken(e: unknown): boolean {
+  return e instanceof ApiError && e.status === 401;
+}
+
+/** `href` with `?token=`: opening it makes the server keep the token in a cookie and send the
+ * browser back to `href` without it. */
+export function tokenUrl(href: string, token: string): string {
+  const url = new URL(href);
+  url.searchParams.set('token', token.trim());
+  return url.toString();
+}
+
 async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
   const init: RequestInit = { method, headers: {} };
   if (body instanceof FormData) init.body = body;

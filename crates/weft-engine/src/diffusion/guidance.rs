@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Result, Tensor};
 
 use super::patches::{batch, AttentionReplace, CfgArgs, CfgFunction, PostCfg, PreCfg};
-use super::CondEntry;
+use super::{CondEntry, LatentOperation};
 
 /// RescaleCFG: CFG in v-prediction space, its std rescaled towards the positive prediction's
 /// (`multiplier` 0 = plain CFG).
@@ -126,8 +126,11 @@ impl PreCfg for Apg {
         &self,
         args: &CfgArgs<'_>,
         cond: Tensor,
-        uncond: Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+        uncond: Option<Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let Some(uncond) = uncond else {
+            return Ok((cond, None));
+        };
         let mut guidance = (&cond - &uncond)?;
         {
             let mut state = self
@@ -167,7 +170,7 @@ impl PreCfg for Apg {
         let modified = (orthogonal + parallel.affine(self.eta, 0.0)?)?;
         let new_cond =
             ((&uncond + modified)? + (&cond - &uncond)?.affine(1.0 / args.cond_scale, 0.0)?)?;
-        Ok((new_cond, uncond))
+        Ok((new_cond, Some(uncond)))
     }
 }
 
@@ -181,8 +184,11 @@ impl PreCfg for Tcfg {
         &self,
         args: &CfgArgs<'_>,
         cond: Tensor,
-        uncond: Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+        uncond: Option<Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let Some(uncond) = uncond else {
+            return Ok((cond, None));
+        };
         let c = (args.x - &cond)?;
         let u = (args.x - &uncond)?;
         let (uu, cc, uc) = (
@@ -220,7 +226,7 @@ impl PreCfg for Tcfg {
             kb.push(k * b);
         }
         let u_td = (batch::scale(&u, &ka)? + batch::scale(&c, &kb)?)?;
-        Ok((cond, (args.x - u_td)?))
+        Ok((cond, Some((args.x - u_td)?)))
     }
 }
 
@@ -299,5 +305,25 @@ impl PostCfg for PerturbedAttention {
         }
         let perturbed = eval(&|unet| unet.mid_self_attention = Some(Arc::new(IdentityAttention)))?;
         denoised + (args.cond - perturbed)?.affine(self.scale, 0.0)?
+    }
+}
+
+/// LatentApplyOperationCFG's pre-CFG function: the operation applied to the guidance
+/// `cond - uncond` (the negative added back), or to `cond` when the negative side was skipped.
+#[derive(Debug, Clone)]
+pub struct CfgOperation(pub Arc<dyn LatentOperation>);
+
+impl PreCfg for CfgOperation {
+    fn pre_cfg(
+        &self,
+        _args: &CfgArgs<'_>,
+        cond: Tensor,
+        uncond: Option<Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let cond = match &uncond {
+            Some(uncond) => (self.0.apply(&(&cond - uncond)?)? + uncond)?,
+            None => self.0.apply(&cond)?,
+        };
+        Ok((cond, uncond))
     }
 }

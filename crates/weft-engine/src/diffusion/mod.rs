@@ -97,6 +97,13 @@ impl LatentFormat {
     }
 }
 
+/// A function from latent to latent (ComfyUI's `LATENT_OPERATION`): applied to samples by a
+/// node, or inside CFG through [`DiffusionModel::with_cfg_operation`].
+pub trait LatentOperation: std::fmt::Debug + Send + Sync {
+    /// The operation applied to `latent` (`[B, C, h, w]`, f32).
+    fn apply(&self, latent: &Tensor) -> Result<Tensor>;
+}
+
 /// A UNet with everything needed to sample it. Cloning is cheap: the UNet and its weights are
 /// shared; a clone differs only in its patches and model sampling (see [`patches`]).
 #[derive(Debug, Clone)]
@@ -156,6 +163,12 @@ impl DiffusionModel {
             weights: Some(Arc::new(weights)),
             ..self.clone()
         }
+    }
+
+    /// The same model with `operation` applied to the guidance before CFG: to `cond − uncond`
+    /// (and `uncond` added back) when the negative side is evaluated, else to `cond`.
+    pub fn with_cfg_operation(&self, operation: Arc<dyn LatentOperation>) -> DiffusionModel {
+        self.patched(|p| p.pre_cfg.push(Arc::new(guidance::CfgOperation(operation))))
     }
 
     /// Keeps the weights the UNet was built from.
@@ -266,6 +279,9 @@ pub struct CondEntry {
     pub size: SizeConditioning,
     /// Controls in the order they were applied; what they add is summed.
     pub controls: Vec<Arc<dyn ControlHint>>,
+    /// The controls also go to the negative side when it has none (ComfyUI's
+    /// `control_apply_to_uncond`, set by the old ControlNetApply; see `share_controls`).
+    pub control_apply_to_uncond: bool,
 }
 
 impl CondEntry {
@@ -281,6 +297,7 @@ impl CondEntry {
             strength: 1.0,
             size: SizeConditioning::default(),
             controls: Vec::new(),
+            control_apply_to_uncond: false,
         }
     }
 
@@ -377,9 +394,10 @@ impl<'a> CfgDenoiser<'a> {
         latent_shape: &[usize],
         sampler_needs_uncond: bool,
     ) -> Result<Self> {
+        let negative = negative.map(|list| share_controls(positive, list));
         let positive = prepare(model, positive, latent_shape, PromptType::Positive)?;
         let negative = match negative {
-            Some(list) => prepare(model, list, latent_shape, PromptType::Negative)?,
+            Some(list) => prepare(model, &list, latent_shape, PromptType::Negative)?,
             None => Vec::new(),
         };
         let need_uncond =
@@ -541,7 +559,18 @@ impl<'a> CfgDenoiser<'a> {
                 let (positive, negative) = if skip_negative {
                     (positive, negative)
                 } else {
-                    patches.pre_cfg_all(x, sigma, self.cfg, sampling, positive, negative)?
+                    let (p, n) = patches.pre_cfg_all(
+                        x,
+                        sigma,
+                        self.cfg,
+                        sampling,
+                        positive,
+                        Some(negative),
+                    )?;
+                    let n = n.ok_or_else(|| {
+                        candle_core::Error::Msg("a pre-CFG hook dropped the negative".into())
+                    })?;
+                    (p, n)
                 };
                 let mut result =
                     guidance::perp_neg(&positive, &negative, &empty, *neg_scale, self.cfg)?;
@@ -663,6 +692,32 @@ impl Denoiser for CfgDenoiser<'_> {
             uncond: uncond.map(apply_mask).transpose()?,
         })
     }
+}
+
+/// The negative entries with the positive side's controls where ComfyUI gives them (its
+/// `apply_empty_x_to_equal_area` for `control`): when no whole-latent negative entry has a control
+/// of its own, the controls of each whole-latent positive entry marked `control_apply_to_uncond`
+/// replace those of the control-less whole-latent negative entries, taken in turn (a later
+/// positive entry's replacing an earlier one's when there are more positive than negative).
+fn share_controls(positive: &[CondEntry], negative: &[CondEntry]) -> Vec<CondEntry> {
+    let mut negative = negative.to_vec();
+    let whole = |e: &CondEntry| e.area.is_none();
+    if negative.iter().any(|e| whole(e) && !e.controls.is_empty()) {
+        return negative;
+    }
+    let free: Vec<usize> = (0..negative.len())
+        .filter(|&i| whole(&negative[i]))
+        .collect();
+    let shared = positive
+        .iter()
+        .filter(|e| e.control_apply_to_uncond && whole(e) && !e.controls.is_empty());
+    if free.is_empty() {
+        return negative;
+    }
+    for (k, entry) in shared.enumerate() {
+        negative[free[k % free.len()]].controls = entry.controls.clone();
+    }
+    negative
 }
 
 fn prepare(
@@ -879,4 +934,173 @@ pub fn prepare_noise_mask(mask: &Tensor, latent_shape: &[usize]) -> Result<Tenso
         resized.repeat((repeats, 1, 1, 1))?.narrow(0, 0, batch)?
     };
     resized.repeat((1, channels, 1, 1))?.contiguous()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Named(&'static str);
+
+    impl std::fmt::Debug for Named {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl ControlHint for Named {
+        fn control(
+            &self,
+            _: &Tensor,
+            _: &Tensor,
+            _: f64,
+            _: &Tensor,
+            _: Option<&Tensor>,
+            _: &DiffusionModel,
+        ) -> Result<Option<UNetControl>> {
+            Ok(None)
+        }
+    }
+
+    fn entry(controls: &[&'static str], to_uncond: bool, area: bool) -> CondEntry {
+        let mut e = CondEntry::new(
+            Tensor::zeros((1, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+            None,
+        );
+        e.controls = controls
+            .iter()
+            .map(|&n| Arc::new(Named(n)) as Arc<dyn ControlHint>)
+            .collect();
+        e.control_apply_to_uncond = to_uncond;
+        if area {
+            e.area = Some(Area::Latent {
+                height: 1,
+                width: 1,
+                y: 0,
+                x: 0,
+            });
+        }
+        e
+    }
+
+    fn names(list: &[CondEntry]) -> Vec<Vec<String>> {
+        list.iter()
+            .map(|e| e.controls.iter().map(|c| format!("{c:?}")).collect())
+            .collect()
+    }
+
+    #[test]
+    fn controls_reach_the_negative_side_as_comfyui_gives_them() {
+        let n = |s: &str| s.to_owned();
+        // The old node's control goes to the control-less negative entry.
+        let shared = share_controls(&[entry(&["a"], true, false)], &[entry(&[], false, false)]);
+        assert_eq!(names(&shared), [vec![n("a")]]);
+        // Not without the flag (ControlNetApplyAdvanced), nor from an area entry.
+        for positive in [entry(&["a"], false, false), entry(&["a"], true, true)] {
+            let kept = share_controls(&[positive], &[entry(&[], false, false)]);
+            assert_eq!(names(&kept), [Vec::<String>::new()]);
+        }
+        // A negative entry with a control of its own: nothing changes anywhere.
+        let kept = share_controls(
+            &[entry(&["a"], true, false)],
+            &[entry(&[], false, false), entry(&["b"], false, false)],
+        );
+        assert_eq!(names(&kept), [vec![], vec![n("b")]]);
+        // Taken in turn over the whole-latent negative entries; a later one replaces an earlier.
+        let positive = [
+            entry(&["a"], true, false),
+            entry(&["b", "c"], true, false),
+            entry(&["d"], true, false),
+        ];
+        let negative = [
+            entry(&[], false, false),
+            entry(&[], false, true),
+            entry(&[], false, false),
+        ];
+        assert_eq!(
+            names(&share_controls(&positive, &negative)),
+            [vec![n("d")], vec![], vec![n("b"), n("c")]]
+        );
+    }
+
+    /// `latent · 2`.
+    #[derive(Debug)]
+    struct Double;
+
+    impl LatentOperation for Double {
+        fn apply(&self, latent: &Tensor) -> Result<Tensor> {
+            latent * 2.0
+        }
+    }
+
+    fn tiny_model() -> DiffusionModel {
+        use crate::synth::synth_var_builder;
+        use crate::unet::{AttentionHeads, UNetConfig};
+        let config = UNetConfig {
+            block_out_channels: vec![32, 64, 64],
+            transformer_depth: vec![1, 1, 0],
+            heads: AttentionHeads::PerLevel(vec![8, 8, 8]),
+            context_dim: 48,
+            ..UNetConfig::sd15()
+        };
+        let unet = UNet2DConditionModel::new(synth_var_builder(DType::F32, &Device::Cpu), &config)
+            .unwrap();
+        DiffusionModel::new(unet, ModelFamily::Sd1, Prediction::Epsilon, 0)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// LatentApplyOperationCFG's pre-CFG step: `op(cond − uncond) + uncond` before CFG mixes
+    /// them, `op(cond)` when the negative side is not evaluated (cfg 1).
+    #[test]
+    fn cfg_operations_act_on_the_guidance_before_cfg() {
+        let model = tiny_model();
+        let doubled = model.with_cfg_operation(Arc::new(Double));
+        let context = |v: f32| Tensor::full(v, (1, 4, 48), &Device::Cpu).unwrap();
+        let (positive, negative) = (
+            [CondEntry::new(context(0.3), None)],
+            [CondEntry::new(context(-0.2), None)],
+        );
+        let shape = [1, 4, 8, 8];
+        let x = Tensor::full(0.5f32, &shape[..], &Device::Cpu).unwrap();
+        let denoise = |model: &DiffusionModel, cfg: f64| {
+            CfgDenoiser::new(model, &positive, Some(&negative), cfg, &shape, true)
+                .unwrap()
+                .denoise(&x, 5.0)
+                .unwrap()
+        };
+        let (plain, patched) = (denoise(&model, 3.0), denoise(&doubled, 3.0));
+        let uncond = plain.uncond.unwrap();
+        // uncond + 3 · (2 (cond − uncond) + uncond − uncond) = uncond + 2 (plain − uncond).
+        let expected = (&uncond + ((&plain.cond - &uncond).unwrap() * 2.0).unwrap()).unwrap();
+        assert!(max_diff(&patched.cond, &expected) < 1e-4);
+        assert!(
+            max_diff(&patched.cond, &plain.cond) > 1e-3,
+            "the operation changed something"
+        );
+        assert!(
+            max_diff(&patched.uncond.unwrap(), &uncond) == 0.0,
+            "uncond is left alone"
+        );
+        let single = |model: &DiffusionModel| {
+            CfgDenoiser::new(model, &positive, None, 1.0, &shape, false)
+                .unwrap()
+                .denoise(&x, 5.0)
+                .unwrap()
+                .cond
+        };
+        let expected = (single(&model) * 2.0).unwrap();
+        assert!(max_diff(&single(&doubled), &expected) < 1e-5);
+    }
 }

@@ -9,7 +9,7 @@
 //! 1. the UNet runs on the positive and (unless cfg is 1) negative conditioning, with the
 //!    [`UNetPatches`] (FreeU's skip filter, attention scales) applied inside it;
 //! 2. each [`PreCfg`] hook rewrites the (cond, uncond) predictions (`sampler_pre_cfg_function`:
-//!    APG, TCFG), in the order they were added;
+//!    APG, TCFG, LatentApplyOperationCFG), in the order they were added;
 //! 3. the [`CfgFunction`], if any, replaces `uncond + (cond - uncond) * cfg`
 //!    (`sampler_cfg_function`: RescaleCFG; the last one set wins, as in ComfyUI);
 //! 4. each [`PostCfg`] hook rewrites the combined prediction (`sampler_post_cfg_function`:
@@ -60,14 +60,17 @@ pub struct CfgArgs<'a> {
     pub eval_positive: Option<&'a EvalPositive<'a>>,
 }
 
-/// `sampler_pre_cfg_function`: rewrites the two predictions before they are combined. Runs only
-/// when both exist (every ComfyUI pre-CFG hook returns its input otherwise).
+/// `sampler_pre_cfg_function`: rewrites the predictions before they are combined. `uncond` is
+/// `None` when the negative side was skipped (ComfyUI's `conds_out` then has one entry).
 pub trait PreCfg: Send + Sync + Debug {
     /// Returns the new (cond, uncond).
-    fn pre_cfg(&self, args: &CfgArgs<'_>, cond: Tensor, uncond: Tensor)
-        -> Result<(Tensor, Tensor)>;
+    fn pre_cfg(
+        &self,
+        args: &CfgArgs<'_>,
+        cond: Tensor,
+        uncond: Option<Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)>;
 }
-
 /// `sampler_cfg_function`: combines the two predictions instead of plain CFG. Runs only when the
 /// negative prediction exists (with cfg 1 every ComfyUI cfg function gives the positive one).
 pub trait CfgFunction: Send + Sync + Debug {
@@ -168,13 +171,7 @@ impl ModelPatches {
         extra: &[Tensor],
         eval_positive: Option<&EvalPositive<'_>>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (cond, uncond) = match uncond {
-            Some(uncond) => {
-                let (c, u) = self.pre_cfg_all(x, sigma, cond_scale, sampling, cond, uncond)?;
-                (c, Some(u))
-            }
-            None => (cond, None),
-        };
+        let (cond, uncond) = self.pre_cfg_all(x, sigma, cond_scale, sampling, cond, uncond)?;
         let result = self.cfg_and_post(
             x,
             sigma,
@@ -195,8 +192,8 @@ impl ModelPatches {
         cond_scale: f64,
         sampling: &ModelSamplingDiscrete,
         mut cond: Tensor,
-        mut uncond: Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+        mut uncond: Option<Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         for hook in &self.pre_cfg {
             let (c, u) = (cond.clone(), uncond.clone());
             let args = CfgArgs {
@@ -204,7 +201,7 @@ impl ModelPatches {
                 sigma,
                 cond_scale,
                 cond: &c,
-                uncond: Some(&u),
+                uncond: u.as_ref(),
                 sampling,
                 extra: &[],
                 eval_positive: None,
@@ -215,6 +212,7 @@ impl ModelPatches {
     }
 
     /// ComfyUI's `cfg_function`: the CFG function (or plain CFG) then the post-CFG hooks.
+    #[allow(clippy::too_many_arguments)]
     pub fn cfg_and_post(
         &self,
         x: &Tensor,

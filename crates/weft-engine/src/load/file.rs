@@ -184,9 +184,17 @@ impl StateDict {
                 .map_err(|_| candle_core::Error::Msg("pickle reader failed".into()))
                 .and_then(|r| r)
         };
-        let pth = match read(Some("state_dict")) {
-            Ok(p) if !p.tensor_infos().is_empty() => p,
-            _ => read(None)
+        // Upscale models trained with BasicSR nest theirs under "params_ema" (or "params").
+        let nested = ["state_dict", "params_ema", "params"]
+            .into_iter()
+            .find_map(|key| {
+                read(Some(key))
+                    .ok()
+                    .filter(|p| !p.tensor_infos().is_empty())
+            });
+        let pth = match nested {
+            Some(p) => p,
+            None => read(None)
                 .map_err(|e| LoadError::new(path, LoadErrorKind::NotACheckpoint(e.to_string())))?,
         };
         if pth.tensor_infos().is_empty() {

@@ -14,6 +14,7 @@ use candle_core::Tensor;
 use super::aux::{detect_resolution, resize_image_with_pad};
 use super::cv::{remap_linear, resize_cubic_f64, Interpolation};
 use super::{run_aux, Result};
+use crate::sampling::rng::{int_words, seed_sequence};
 
 const OP: &str = "ShufflePreprocessor";
 
@@ -118,56 +119,12 @@ impl NumpyPcg64 {
 
 /// `SeedSequence(seed).generate_state(4, np.uint64)`.
 fn seed_sequence_state(seed: u64) -> [u64; 4] {
-    const INIT_A: u32 = 0x43b0d7e5;
-    const MULT_A: u32 = 0x931e8875;
-    const INIT_B: u32 = 0x8b51f9dd;
-    const MULT_B: u32 = 0x58f38ded;
-    const MIX_L: u32 = 0xca01f9dd;
-    const MIX_R: u32 = 0x4973f715;
-    let mut entropy = vec![seed as u32];
-    if seed >> 32 != 0 {
-        entropy.push((seed >> 32) as u32);
-    }
-    let mut hash_const = INIT_A;
-    let mut hashmix = |v: u32| -> u32 {
-        let mut v = v ^ hash_const;
-        hash_const = hash_const.wrapping_mul(MULT_A);
-        v = v.wrapping_mul(hash_const);
-        v ^ (v >> 16)
-    };
-    let mix = |x: u32, y: u32| -> u32 {
-        let r = MIX_L.wrapping_mul(x).wrapping_sub(MIX_R.wrapping_mul(y));
-        r ^ (r >> 16)
-    };
-    let mut pool = [0u32; 4];
-    for (i, p) in pool.iter_mut().enumerate() {
-        *p = hashmix(entropy.get(i).copied().unwrap_or(0));
-    }
-    for src in 0..4 {
-        for dst in 0..4 {
-            if src != dst {
-                let h = hashmix(pool[src]);
-                pool[dst] = mix(pool[dst], h);
-            }
-        }
-    }
-    for &e in entropy.iter().skip(4) {
-        for p in pool.iter_mut() {
-            let h = hashmix(e);
-            *p = mix(*p, h);
-        }
-    }
-    let mut hc = INIT_B;
-    let mut out32 = [0u32; 8];
-    for (i, o) in out32.iter_mut().enumerate() {
-        let mut v = pool[i % 4] ^ hc;
-        hc = hc.wrapping_mul(MULT_B);
-        v = v.wrapping_mul(hc);
-        *o = v ^ (v >> 16);
-    }
+    let mut entropy = Vec::new();
+    int_words(seed, &mut entropy);
+    let words = seed_sequence(&entropy, &[], 4, 8);
     let mut out = [0u64; 4];
-    for (k, o) in out.iter_mut().enumerate() {
-        *o = out32[2 * k] as u64 | ((out32[2 * k + 1] as u64) << 32);
+    for (o, pair) in out.iter_mut().zip(words.chunks_exact(2)) {
+        *o = pair[0] as u64 | ((pair[1] as u64) << 32);
     }
     out
 }

@@ -17,6 +17,9 @@
 //! `avx_mathfun.h` polynomial `log`/`sincos`, while the non-SIMD build uses libm. Both are offered
 //! ([`NormalKernel`]); the default is the x86 SIMD one since that is what ComfyUI users on x86 get.
 //! The scalar path uses libm `log1p`/`sin`/`cos` in double, which Rust's std also calls.
+//!
+//! numpy's `SeedSequence` ([`seed_sequence`]) is here too: torchsde seeds its generators with it, and
+//! `np.random.default_rng` starts from it.
 
 use candle_core::{Device, Shape, Tensor};
 
@@ -286,6 +289,82 @@ mod mathfun {
     }
 }
 
+/// A non-negative Python int as numpy's `_int_to_uint32_array` splits it, appended to `out`:
+/// little-endian 32-bit words, `[0]` for 0.
+pub fn int_words(mut n: u64, out: &mut Vec<u32>) {
+    if n == 0 {
+        out.push(0);
+    }
+    while n > 0 {
+        out.push(n as u32);
+        n >>= 32;
+    }
+}
+
+/// numpy's `SeedSequence(entropy, spawn_key=spawn_key, pool_size=pool_size).generate_state(n_words)`
+/// (uint32 words; a uint64 state is pairs of them, low word first). `entropy` and `spawn_key` are
+/// the ints' words from [`int_words`], the spawn key's ints one after another.
+pub fn seed_sequence(
+    entropy: &[u32],
+    spawn_key: &[u32],
+    pool_size: usize,
+    n_words: usize,
+) -> Vec<u32> {
+    const INIT_A: u32 = 0x43b0_d7e5;
+    const MULT_A: u32 = 0x931e_8875;
+    const INIT_B: u32 = 0x8b51_f9dd;
+    const MULT_B: u32 = 0x58f3_8ded;
+    const MIX_MULT_L: u32 = 0xca01_f9dd;
+    const MIX_MULT_R: u32 = 0x4973_f715;
+    let mut assembled = entropy.to_vec();
+    if !spawn_key.is_empty() && assembled.len() < pool_size {
+        // numpy >= 1.19 pads the run entropy to the pool size when a spawn key follows.
+        assembled.resize(pool_size, 0);
+    }
+    assembled.extend_from_slice(spawn_key);
+
+    let mut hash_const = INIT_A;
+    let mut hashmix = |value: u32| {
+        let mut v = value ^ hash_const;
+        hash_const = hash_const.wrapping_mul(MULT_A);
+        v = v.wrapping_mul(hash_const);
+        v ^ (v >> 16)
+    };
+    let mix = |x: u32, y: u32| {
+        let r = MIX_MULT_L
+            .wrapping_mul(x)
+            .wrapping_sub(MIX_MULT_R.wrapping_mul(y));
+        r ^ (r >> 16)
+    };
+    let mut pool: Vec<u32> = (0..pool_size)
+        .map(|i| hashmix(assembled.get(i).copied().unwrap_or(0)))
+        .collect();
+    for src in 0..pool_size {
+        for dst in 0..pool_size {
+            if src != dst {
+                let h = hashmix(pool[src]);
+                pool[dst] = mix(pool[dst], h);
+            }
+        }
+    }
+    for &word in assembled.iter().skip(pool_size) {
+        for p in pool.iter_mut() {
+            let h = hashmix(word);
+            *p = mix(*p, h);
+        }
+    }
+
+    let mut hash_const = INIT_B;
+    (0..n_words)
+        .map(|i| {
+            let mut v = pool[i % pool_size] ^ hash_const;
+            hash_const = hash_const.wrapping_mul(MULT_B);
+            v = v.wrapping_mul(hash_const);
+            v ^ (v >> 16)
+        })
+        .collect()
+}
+
 /// ComfyUI's `prepare_noise(latent, seed, noise_inds)` (`comfy/sample.py`).
 ///
 /// Without `batch_index` the whole batch is one `randn(shape)`. With it, ComfyUI draws one
@@ -367,6 +446,42 @@ mod tests {
         let want = [1.5410f32, -0.2934, -2.1788, 0.5684];
         for (a, b) in v.iter().zip(want) {
             assert!((a - b).abs() < 1e-4, "{v:?}");
+        }
+    }
+
+    fn words(n: u64) -> Vec<u32> {
+        let mut w = Vec::new();
+        int_words(n, &mut w);
+        w
+    }
+
+    #[test]
+    fn seed_sequence_matches_numpy() {
+        // numpy 2.4: SeedSequence(entropy=e, spawn_key=k, pool_size=24).generate_state(4)
+        let cases: [(u64, &[u64], [u32; 4]); 6] = [
+            (42, &[], [387750627, 2536650517, 4078839648, 2023786165]),
+            (0, &[], [4025752534, 2687548107, 2326983537, 1576567101]),
+            (
+                u64::MAX,
+                &[],
+                [1186816001, 310380770, 3217591682, 2718387704],
+            ),
+            (42, &[0, 0], [2102017995, 2891809698, 2144110403, 379559146]),
+            (42, &[5, 3], [3084123560, 468215949, 242942938, 2650128260]),
+            (
+                123,
+                &[(1 << 33) + 7, 34],
+                [3487174149, 607103877, 1268872164, 180559992],
+            ),
+        ];
+        for (entropy, key, want) in cases {
+            let mut spawn = Vec::new();
+            key.iter().for_each(|&k| int_words(k, &mut spawn));
+            assert_eq!(
+                seed_sequence(&words(entropy), &spawn, 24, 4),
+                want,
+                "{entropy} {key:?}"
+            );
         }
     }
 }

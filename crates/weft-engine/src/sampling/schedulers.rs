@@ -173,11 +173,14 @@ pub fn karras(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f32> {
     let min_inv_rho = sigma_min.powf(1.0 / rho);
     let max_inv_rho = sigma_max.powf(1.0 / rho);
     let ramp = linspace_f32(0.0, 1.0, n.max(1));
+    // In f32 as torch runs it (each Python float rounded to f32 first), so the sigmas have torch's
+    // bits: the SDE samplers' Brownian tree resolves times to 1e-6, where one ulp of a sigma shows.
+    let (span, top) = ((min_inv_rho - max_inv_rho) as f32, max_inv_rho as f32);
     let mut out: Vec<f32> = if n == 0 {
         Vec::new()
     } else {
         ramp.into_iter()
-            .map(|r| (max_inv_rho + r as f64 * (min_inv_rho - max_inv_rho)).powf(rho) as f32)
+            .map(|r| ((r * span + top) as f64).powf(rho) as f32)
             .collect()
     };
     out.push(0.0);

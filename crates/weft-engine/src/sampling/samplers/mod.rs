@@ -7,12 +7,13 @@
 //! Noise: ancestral/stochastic samplers draw from ComfyUI's `default_noise_sampler`, i.e. a torch CPU
 //! generator seeded with `seed + 1` that yields `randn(x.shape)` per call (`NoiseSource::Default`),
 //! which is bit-compatible with ComfyUI when its sampling runs on the CPU. (On a CUDA device ComfyUI
-//! seeds a CUDA generator instead, which is not reproduced.) The SDE samplers use torchsde's
-//! `BrownianTree` in ComfyUI; here `NoiseSource::Brownian` gives independent unit-normal increments
-//! per queried interval from a generator seeded with `seed`. That has the right distribution for
-//! every interval the samplers query (each interval is queried once and intervals do not overlap),
-//! but it is not bit-identical to torchsde. sa_solver(_pece) uses the default noise sampler, as in
-//! ComfyUI.
+//! seeds a CUDA generator instead, which is not reproduced.) The SDE samplers (dpmpp_sde,
+//! dpmpp_2m_sde(_heun), dpmpp_3m_sde and their `_gpu` twins) draw from ComfyUI's
+//! `BrownianTreeNoiseSampler` over `[min positive sigma, max sigma]` seeded with `seed`, i.e.
+//! torchsde's Brownian tree, reproduced bit for bit in [`crate::sampling::brownian`]; each draw
+//! names its step (`noise_between`). (The `_gpu` twins build the same tree on the CUDA device in
+//! ComfyUI, whose generator is not reproduced; on the CPU they match.) sa_solver(_pece) uses the
+//! default noise sampler, as in ComfyUI.
 //!
 //! Callback quirks kept from ComfyUI: uni_pc(_bh2) reports after each step with the VP-scaled state
 //! (`x / sqrt(1 + sigma^2)`); dpm_adaptive reports every attempt (accepted or rejected) after it ran.
@@ -28,6 +29,7 @@ mod unipc;
 
 use candle_core::Tensor;
 
+use crate::sampling::brownian::BrownianNoise;
 use crate::sampling::model_sampling::{Config, ModelSamplingDiscrete};
 use crate::sampling::rng::TorchGenerator;
 use crate::sampling::SamplingError;
@@ -149,7 +151,7 @@ pub enum NoiseKind {
     None,
     /// `default_noise_sampler`: torch CPU generator seeded with `seed + 1`.
     Default,
-    /// ComfyUI uses a torchsde Brownian tree seeded with `seed`; approximated here.
+    /// `BrownianTreeNoiseSampler`: torchsde's Brownian tree seeded with `seed`.
     Brownian,
 }
 
@@ -233,7 +235,7 @@ impl Sampler {
             NoiseKind::Default => {
                 NoiseSource::Default(TorchGenerator::manual_seed(seed.wrapping_add(1)))
             }
-            NoiseKind::Brownian => NoiseSource::Brownian(TorchGenerator::manual_seed(seed)),
+            NoiseKind::Brownian => NoiseSource::Brownian(brownian_noise(x, &sigmas, seed)),
         };
         let mut ctx = Ctx {
             name: self.name(),
@@ -307,10 +309,26 @@ fn sa_solver_tau_interval() -> (f64, f64) {
     (ms.percent_to_sigma(0.2), ms.percent_to_sigma(0.8))
 }
 
+/// ComfyUI's `BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed, cpu=True)`, with
+/// `sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()` in f32 as the samplers take them.
+fn brownian_noise(x: &Tensor, sigmas: &[f64], seed: u64) -> BrownianNoise {
+    // The sigmas came in as f32, so this is exact.
+    let sigmas = sigmas.iter().map(|&s| s as f32);
+    let max = sigmas.clone().fold(f32::NEG_INFINITY, f32::max);
+    let min = sigmas.filter(|&s| s > 0.0).fold(f32::INFINITY, f32::min);
+    // No positive sigma means no step ever draws noise; any interval will do.
+    let (min, max) = if min.is_finite() {
+        (min, max)
+    } else {
+        (0.0, 0.0)
+    };
+    BrownianNoise::new(x.dims(), min, max, seed)
+}
+
 enum NoiseSource {
     Off,
     Default(TorchGenerator),
-    Brownian(TorchGenerator),
+    Brownian(BrownianNoise),
 }
 
 /// Shared state of one sampling run: the model, the callback and the noise stream.
@@ -364,15 +382,29 @@ impl Ctx<'_, '_> {
         (self.callback)(info).map_err(|Interrupted| SamplingError::Interrupted { step })
     }
 
-    /// `noise_sampler(sigma, sigma_next)`: a unit normal tensor shaped like `like`.
+    /// `noise_sampler(sigma, sigma_next)` of a sampler whose noise does not depend on the step: a
+    /// unit normal tensor shaped like `like`.
     fn noise(&mut self, like: &Tensor) -> Res<Tensor> {
         let r = match &mut self.noise {
-            NoiseSource::Default(g) | NoiseSource::Brownian(g) => {
-                g.randn(like.shape(), like.device())
-            }
+            NoiseSource::Default(g) => g.randn(like.shape(), like.device()),
             NoiseSource::Off => Tensor::zeros_like(like),
+            NoiseSource::Brownian(_) => Err(candle_core::Error::Msg(
+                "the Brownian tree is queried with the step's sigmas".into(),
+            )),
         };
         let r = r.and_then(|t| t.to_dtype(like.dtype()));
+        r.map_err(|e| self.err(e))
+    }
+
+    /// `noise_sampler(sigma, sigma_next)` for the step `sigma -> sigma_next` (f32 values, as ComfyUI
+    /// passes its f32 sigmas): the Brownian tree's noise over that interval, or [`Self::noise`].
+    fn noise_between(&mut self, like: &Tensor, sigma: f32, sigma_next: f32) -> Res<Tensor> {
+        let NoiseSource::Brownian(tree) = &mut self.noise else {
+            return self.noise(like);
+        };
+        let data = tree.sample(sigma, sigma_next);
+        let r = Tensor::from_vec(data, like.shape(), like.device())
+            .and_then(|t| t.to_dtype(like.dtype()));
         r.map_err(|e| self.err(e))
     }
 

@@ -1,6 +1,6 @@
 //! Stochastic exponential-integrator samplers in half-log-SNR time `lambda = -ln sigma` (eps/v
-//! models, where alpha = 1): dpmpp_sde, dpmpp_2m_sde (midpoint / heun), dpmpp_3m_sde (Brownian
-//! noise, see the module docs of `samplers`), and er_sde, seeds_2, seeds_3 (default noise sampler).
+//! models, where alpha = 1): dpmpp_sde, dpmpp_2m_sde (midpoint / heun), dpmpp_3m_sde (Brownian-tree
+//! noise queried per step, see the module docs of `samplers`), and er_sde, seeds_2, seeds_3 (default noise sampler).
 //! dpmpp_sde, dpmpp_2m_sde and dpmpp_3m_sde take the sampler nodes' `eta`, `s_noise` (and `r`,
 //! `solver_type`); the others run with ComfyUI's defaults, eta = 1 and s_noise = 1.
 
@@ -21,14 +21,13 @@ pub(super) fn dpmpp_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor
             x = denoised;
             continue;
         }
-        let (ls, lt) = (-sigmas[i].ln(), -sigmas[i + 1].ln());
-        let h = lt - ls;
-        let ls1 = ls + r * h;
-        let sigma_s1 = (-ls1).exp();
+        let ls = -sigmas[i].ln();
+        let sigma_s1_f32 = midpoint_sigma(sigmas[i], sigmas[i + 1], r);
+        let sigma_s1 = sigma_s1_f32 as f64;
         // Step 1: ancestral step to sigma_s1.
         let (sd, su) = ancestral_step(sigmas[i], sigma_s1, eta);
         let h_ = -sd.ln() - ls;
-        let n = ctx.noise(&x)?;
+        let n = ctx.noise_between(&x, sigmas[i] as f32, sigma_s1_f32)?;
         let x2 = ctx.lin(&[
             (&x, (-h_).exp()),
             (&denoised, -(-h_).exp_m1()),
@@ -39,7 +38,7 @@ pub(super) fn dpmpp_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor
         let (sd, su) = ancestral_step(sigmas[i], sigmas[i + 1], eta);
         let h_ = -sd.ln() - ls;
         let c = -(-h_).exp_m1();
-        let n = ctx.noise(&x)?;
+        let n = ctx.noise_between(&x, sigmas[i] as f32, sigmas[i + 1] as f32)?;
         x = ctx.lin(&[
             (&x, (-h_).exp()),
             (&denoised, c * (1.0 - fac)),
@@ -48,6 +47,16 @@ pub(super) fn dpmpp_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor
         ])?;
     }
     Ok(x)
+}
+
+/// dpmpp_sde's intermediate sigma `exp(-(lambda_s + r * h))` with `lambda = -ln sigma`, in f32 as
+/// torch computes it from ComfyUI's f32 sigmas: the Brownian tree is queried at exactly this time.
+/// (`ln`/`exp` are correctly rounded here; torch's SIMD ones are within an ulp of that.)
+fn midpoint_sigma(sigma: f64, sigma_next: f64, r: f64) -> f32 {
+    let lambda = |s: f64| -(s.ln() as f32);
+    let (ls, lt) = (lambda(sigma), lambda(sigma_next));
+    let ls1 = ls + (lt - ls) * r as f32;
+    (-(ls1 as f64)).exp() as f32
 }
 
 /// `sample_dpmpp_2m_sde` with the options `eta` and `s_noise` (default 1); `heun` is
@@ -89,7 +98,7 @@ pub(super) fn dpmpp_2m_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64], heun: bool
             }
             let n;
             if eta != 0.0 {
-                n = ctx.noise(&x)?;
+                n = ctx.noise_between(&x, sigmas[i] as f32, sigmas[i + 1] as f32)?;
                 let amount = sigmas[i + 1] * (-(-2.0 * h * eta).exp_m1()).sqrt() * s_noise;
                 terms.push((&n, amount));
             }
@@ -145,7 +154,7 @@ pub(super) fn dpmpp_3m_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Ten
                 _ => {}
             }
             if eta != 0.0 {
-                let n = ctx.noise(&x)?;
+                let n = ctx.noise_between(&x, sigmas[i] as f32, sigmas[i + 1] as f32)?;
                 let amount = sigmas[i + 1] * (-(-2.0 * hh * eta).exp_m1()).sqrt() * s_noise;
                 terms.push((n, amount));
             }
