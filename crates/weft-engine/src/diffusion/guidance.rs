@@ -93,6 +93,34 @@ impl PostCfg for EpsilonScaling {
     }
 }
 
+/// A pre-CFG hook that needs both predictions, as APG's and TCFG's, which return their input
+/// when the negative side was skipped.
+trait PairPreCfg: Send + Sync + std::fmt::Debug {
+    fn pre_cfg_pair(
+        &self,
+        args: &CfgArgs<'_>,
+        cond: Tensor,
+        uncond: Tensor,
+    ) -> Result<(Tensor, Tensor)>;
+}
+
+impl<T: PairPreCfg> PreCfg for T {
+    fn pre_cfg(
+        &self,
+        args: &CfgArgs<'_>,
+        cond: Tensor,
+        uncond: Option<Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        match uncond {
+            Some(uncond) => {
+                let (cond, uncond) = self.pre_cfg_pair(args, cond, uncond)?;
+                Ok((cond, Some(uncond)))
+            }
+            None => Ok((cond, None)),
+        }
+    }
+}
+
 /// APG (Adaptive Projected Guidance): the guidance `cond - uncond`, optionally averaged with
 /// momentum and norm-clipped, split into the part parallel to `cond` (scaled by `eta`) and the
 /// orthogonal rest.
@@ -121,16 +149,13 @@ impl Apg {
     }
 }
 
-impl PreCfg for Apg {
-    fn pre_cfg(
+impl PairPreCfg for Apg {
+    fn pre_cfg_pair(
         &self,
         args: &CfgArgs<'_>,
         cond: Tensor,
-        uncond: Option<Tensor>,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let Some(uncond) = uncond else {
-            return Ok((cond, None));
-        };
+        uncond: Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let mut guidance = (&cond - &uncond)?;
         {
             let mut state = self
@@ -170,7 +195,7 @@ impl PreCfg for Apg {
         let modified = (orthogonal + parallel.affine(self.eta, 0.0)?)?;
         let new_cond =
             ((&uncond + modified)? + (&cond - &uncond)?.affine(1.0 / args.cond_scale, 0.0)?)?;
-        Ok((new_cond, Some(uncond)))
+        Ok((new_cond, uncond))
     }
 }
 
@@ -179,16 +204,13 @@ impl PreCfg for Apg {
 #[derive(Debug, Clone, Copy)]
 pub struct Tcfg;
 
-impl PreCfg for Tcfg {
-    fn pre_cfg(
+impl PairPreCfg for Tcfg {
+    fn pre_cfg_pair(
         &self,
         args: &CfgArgs<'_>,
         cond: Tensor,
-        uncond: Option<Tensor>,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        let Some(uncond) = uncond else {
-            return Ok((cond, None));
-        };
+        uncond: Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let c = (args.x - &cond)?;
         let u = (args.x - &uncond)?;
         let (uu, cc, uc) = (
@@ -226,7 +248,7 @@ impl PreCfg for Tcfg {
             kb.push(k * b);
         }
         let u_td = (batch::scale(&u, &ka)? + batch::scale(&c, &kb)?)?;
-        Ok((cond, Some((args.x - u_td)?)))
+        Ok((cond, (args.x - u_td)?))
     }
 }
 
