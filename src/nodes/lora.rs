@@ -149,6 +149,14 @@ fn patch_model(
         .ok_or_else(|| NodeError::input("model", "no weights to patch"))?;
     let patched = apply(base, &[(lora.patch(Component::Unet), strength)])
         .map_err(|e| NodeError::input("lora_name", e.to_string()))?;
+    rebuild_unet(model, patched)
+}
+
+/// The model with its UNet rebuilt from `patched` weights (patches and model sampling kept).
+pub(super) fn rebuild_unet(
+    model: &DiffusionModel,
+    patched: HashMap<String, Tensor>,
+) -> Result<Arc<DiffusionModel>, NodeError> {
     // The patched weights keep the model's storage dtype (f16 stays f16 on the CPU; the UNet
     // widens per layer), not its compute dtype.
     let dtype = patched
@@ -159,26 +167,25 @@ fn patch_model(
     let vb = placed_var_builder(patched.clone(), dtype, model.unet.device());
     let unet = UNet2DConditionModel::new(vb, model.unet.config())
         .map_err(|e| NodeError::engine("rebuilding the patched model", e))?;
-    Ok(Arc::new(
-        DiffusionModel::new(unet, model.family, model.prediction, model.bytes)
-            .with_weights(patched),
-    ))
+    Ok(Arc::new(model.with_unet(unet, patched)))
 }
 
 /// A rebuilt text model with the weights it was built from.
 type PatchedEncoder = (crate::engine::clip::ClipTextModel, HashMap<String, Tensor>);
 
+/// How one text model's weights change: (its weights, which model) → patched weights.
+pub(super) type EncoderPatch<'a> =
+    dyn Fn(&HashMap<String, Tensor>, Component) -> Result<HashMap<String, Tensor>, NodeError> + 'a;
+
 fn patch_encoder(
     weights: Option<&HashMap<String, Tensor>>,
-    lora: &Lora,
     component: Component,
-    strength: f64,
+    patch: &EncoderPatch<'_>,
 ) -> Result<Option<PatchedEncoder>, NodeError> {
     let Some(weights) = weights else {
         return Ok(None);
     };
-    let patched = apply(weights, &[(lora.patch(component), strength)])
-        .map_err(|e| NodeError::input("lora_name", e.to_string()))?;
+    let patched = patch(weights, component)?;
     let (dtype, device) = weights
         .values()
         .next()
@@ -191,6 +198,14 @@ fn patch_encoder(
 }
 
 fn patch_clip(clip: &Clip, lora: &Lora, strength: f64) -> Result<Clip, NodeError> {
+    rebuild_clip(clip, &|weights, component| {
+        apply(weights, &[(lora.patch(component), strength)])
+            .map_err(|e| NodeError::input("lora_name", e.to_string()))
+    })
+}
+
+/// The CLIP with each of its text models rebuilt from `patch`ed weights.
+pub(super) fn rebuild_clip(clip: &Clip, patch: &EncoderPatch<'_>) -> Result<Clip, NodeError> {
     let encoder = &clip.encoder;
     let (l, g) = encoder.weights();
     let g_component = if encoder.kind() == TextEncoderKind::Sd2 {
@@ -198,8 +213,8 @@ fn patch_clip(clip: &Clip, lora: &Lora, strength: f64) -> Result<Clip, NodeError
     } else {
         Component::ClipG
     };
-    let l = patch_encoder(l, lora, Component::ClipL, strength)?;
-    let g = patch_encoder(g, lora, g_component, strength)?;
+    let l = patch_encoder(l, Component::ClipL, patch)?;
+    let g = patch_encoder(g, g_component, patch)?;
     let missing = || NodeError::input("clip", "the text encoder has no weights to patch");
     let new = match encoder.kind() {
         TextEncoderKind::Sd1 => {

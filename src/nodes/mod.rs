@@ -6,9 +6,11 @@
 //! `NodeContext` (folders, progress, interrupt), which `exec` fills in. Adding a node touches one
 //! file here (its family's), plus its test.
 
+pub mod attention_multiply;
 pub mod compositing;
 pub mod conditioning;
 pub mod controlnet;
+pub mod custom_sampling;
 pub mod image_anim;
 pub mod image_filter;
 pub mod image_io;
@@ -21,6 +23,7 @@ pub mod latent_ops;
 pub mod loaders;
 pub mod lora;
 pub mod mask;
+pub mod model_patches;
 mod pixels;
 pub mod preprocessors;
 pub mod primitives;
@@ -43,7 +46,7 @@ use crate::graph::spec::{ComboOptions, FileList, NodeSpec};
 use crate::graph::{Catalog, ConstValue};
 use crate::paths::DataDirs;
 
-pub use value::{Clip, Guider, Inputs, Latent, NoiseSource, Value};
+pub use value::{Clip, Guider, GuiderKind, Inputs, Latent, NoiseSource, Value};
 
 /// One node class.
 pub trait Node: Send + Sync + 'static {
@@ -294,6 +297,8 @@ impl Registry {
         };
         loaders::register(&mut registry);
         lora::register(&mut registry);
+        model_patches::register(&mut registry);
+        attention_multiply::register(&mut registry);
         conditioning::register(&mut registry);
         controlnet::register(&mut registry);
         latent::register(&mut registry);
@@ -302,6 +307,7 @@ impl Registry {
         latent_filters::register(&mut registry);
         rebatch::register(&mut registry);
         sampling::register(&mut registry);
+        custom_sampling::register(&mut registry);
         image_io::register(&mut registry);
         image_ops::register(&mut registry);
         image_transform::register(&mut registry);

@@ -8,10 +8,14 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
-use crate::engine::diffusion::{prepare_noise_mask, CfgDenoiser, CondEntry, DiffusionModel};
+use crate::engine::diffusion::{
+    prepare_noise_mask, CfgDenoiser, CondEntry, DiffusionModel, Guidance,
+};
 use crate::engine::memory;
 use crate::engine::sampling::rng::prepare_noise;
-use crate::engine::sampling::samplers::{Interrupted, Sampler, StepInfo, SAMPLER_NAMES};
+use crate::engine::sampling::samplers::{
+    Interrupted, Sampler, SamplerConfig, StepInfo, SAMPLER_NAMES,
+};
 use crate::engine::sampling::schedulers::{
     exponential, karras, ksampler_sigmas, sd_turbo, split_sigmas, step_window, Scheduler,
     SCHEDULER_NAMES,
@@ -20,7 +24,8 @@ use crate::graph::spec::build::*;
 use crate::graph::spec::{InputKind, InputSpec, NodeSpec, OutputSpec};
 use crate::graph::SlotType;
 use crate::nodes::{
-    Guider, Inputs, Latent, Node, NodeContext, NodeError, NodeOutput, NoiseSource, Registry, Value,
+    Guider, GuiderKind, Inputs, Latent, Node, NodeContext, NodeError, NodeOutput, NoiseSource,
+    Registry, Value,
 };
 
 pub fn register(registry: &mut Registry) {
@@ -40,7 +45,7 @@ pub fn register(registry: &mut Registry) {
     registry.add(BasicGuider);
 }
 
-fn spec(
+pub(super) fn spec(
     class_type: &'static str,
     display_name: &'static str,
     category: &'static str,
@@ -53,7 +58,7 @@ fn spec(
     }
 }
 
-fn cfg_input() -> InputKind {
+pub(super) fn cfg_input() -> InputKind {
     InputKind::Float {
         default: 8.0,
         min: 0.0,
@@ -63,7 +68,7 @@ fn cfg_input() -> InputKind {
     }
 }
 
-fn steps_input() -> InputKind {
+pub(super) fn steps_input() -> InputKind {
     int(20, 1, 10000)
 }
 
@@ -96,7 +101,8 @@ struct SamplingJob<'a> {
     positive: &'a [CondEntry],
     negative: Option<&'a [CondEntry]>,
     cfg: f64,
-    sampler: Sampler,
+    guidance: Guidance<'a>,
+    sampler: SamplerConfig,
     sigmas: Vec<f32>,
     latent: &'a Latent,
 }
@@ -149,7 +155,7 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
     let x = model
         .sampling
         .noise_scaling(first_sigma, &noise, &scaled, max_denoise)?;
-    let needs_uncond = job.sampler.name().contains("cfg_pp");
+    let needs_uncond = job.sampler.sampler.name().contains("cfg_pp");
     let mut denoiser = CfgDenoiser::new(
         model,
         job.positive,
@@ -157,7 +163,9 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
         job.cfg,
         &shape,
         needs_uncond,
-    )?;
+    )?
+    .with_schedule(&job.sigmas)
+    .with_guidance(job.guidance)?;
     if let Some(mask) = &job.latent.noise_mask {
         denoiser = denoiser.with_inpaint(
             prepare_noise_mask(mask, &shape)?,
@@ -178,9 +186,14 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
         last_denoised = Some(step.denoised.clone());
         Ok(())
     };
-    let result = job
-        .sampler
-        .sample(&mut denoiser, &x, &job.sigmas, seed, &mut callback);
+    let result = job.sampler.sampler.sample_with(
+        &job.sampler.options,
+        &mut denoiser,
+        &x,
+        &job.sigmas,
+        seed,
+        &mut callback,
+    );
     let result = match result {
         Ok(result) => result,
         Err(e) if ctx.check_interrupt().is_err() => {
@@ -251,7 +264,8 @@ impl Node for KSampler {
                 positive: inputs.conditioning("positive")?,
                 negative: Some(inputs.conditioning("negative")?),
                 cfg: inputs.float("cfg")?,
-                sampler,
+                guidance: Guidance::Cfg,
+                sampler: SamplerConfig::plain(sampler),
                 sigmas,
                 latent: inputs.latent("latent_image")?,
             },
@@ -321,7 +335,8 @@ impl Node for KSamplerAdvanced {
                 positive: inputs.conditioning("positive")?,
                 negative: Some(inputs.conditioning("negative")?),
                 cfg: inputs.float("cfg")?,
-                sampler,
+                guidance: Guidance::Cfg,
+                sampler: SamplerConfig::plain(sampler),
                 sigmas,
                 latent,
             },
@@ -376,7 +391,8 @@ impl Node for SamplerCustom {
                 positive: inputs.conditioning("positive")?,
                 negative: Some(inputs.conditioning("negative")?),
                 cfg: inputs.float("cfg")?,
-                sampler: parse_sampler(inputs.sampler("sampler")?, "sampler")?,
+                guidance: Guidance::Cfg,
+                sampler: inputs.sampler("sampler")?.as_ref().clone(),
                 sigmas: inputs.sigmas("sigmas")?.as_ref().clone(),
                 latent: inputs.latent("latent_image")?,
             },
@@ -418,7 +434,8 @@ impl Node for SamplerCustomAdvanced {
                 positive: &guider.positive,
                 negative: guider.negative.as_deref().map(|v| v.as_slice()),
                 cfg: guider.cfg,
-                sampler: parse_sampler(inputs.sampler("sampler")?, "sampler")?,
+                guidance: guider.kind.guidance(),
+                sampler: inputs.sampler("sampler")?.as_ref().clone(),
                 sigmas: inputs.sigmas("sigmas")?.as_ref().clone(),
                 latent: inputs.latent("latent_image")?,
             },
@@ -445,13 +462,14 @@ impl Node for KSamplerSelect {
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let name = inputs.string("sampler_name")?;
-        parse_sampler(name, "sampler_name")?;
-        Ok(NodeOutput::values(vec![Value::Sampler(Arc::from(name))]))
+        let sampler = parse_sampler(inputs.string("sampler_name")?, "sampler_name")?;
+        Ok(NodeOutput::values(vec![Value::Sampler(Arc::new(
+            SamplerConfig::plain(sampler),
+        ))]))
     }
 }
 
-fn sigmas_out() -> Vec<OutputSpec> {
+pub(super) fn sigmas_out() -> Vec<OutputSpec> {
     vec![output(SlotType::SIGMAS, "SIGMAS")]
 }
 
@@ -497,7 +515,7 @@ impl Node for BasicScheduler {
     }
 }
 
-fn sigma_input(default: f64) -> InputKind {
+pub(super) fn sigma_input(default: f64) -> InputKind {
     InputKind::Float {
         default,
         min: 0.0,
@@ -682,13 +700,8 @@ impl Node for CfgGuider {
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let guider = Guider {
-            model: Arc::clone(inputs.model("model")?),
-            positive: Arc::clone(inputs.conditioning("positive")?),
-            negative: Some(Arc::clone(inputs.conditioning("negative")?)),
-            cfg: inputs.float("cfg")?,
-        };
-        Ok(NodeOutput::values(vec![Value::Guider(Arc::new(guider))]))
+        let cfg = inputs.float("cfg")?;
+        guider_value(inputs, "positive", Some("negative"), cfg, GuiderKind::Cfg)
     }
 }
 
@@ -710,12 +723,27 @@ impl Node for BasicGuider {
     }
 
     fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let guider = Guider {
-            model: Arc::clone(inputs.model("model")?),
-            positive: Arc::clone(inputs.conditioning("conditioning")?),
-            negative: None,
-            cfg: 1.0,
-        };
-        Ok(NodeOutput::values(vec![Value::Guider(Arc::new(guider))]))
+        guider_value(inputs, "conditioning", None, 1.0, GuiderKind::Cfg)
     }
+}
+
+/// A GUIDER from the node's `model` and the named conditioning inputs.
+pub(super) fn guider_value(
+    inputs: &Inputs,
+    positive: &str,
+    negative: Option<&str>,
+    cfg: f64,
+    kind: GuiderKind,
+) -> Result<NodeOutput, NodeError> {
+    let guider = Guider {
+        model: Arc::clone(inputs.model("model")?),
+        positive: Arc::clone(inputs.conditioning(positive)?),
+        negative: match negative {
+            Some(name) => Some(Arc::clone(inputs.conditioning(name)?)),
+            None => None,
+        },
+        cfg,
+        kind,
+    };
+    Ok(NodeOutput::values(vec![Value::Guider(Arc::new(guider))]))
 }

@@ -52,6 +52,48 @@ pub struct Guider {
     pub positive: Arc<Vec<CondEntry>>,
     pub negative: Option<Arc<Vec<CondEntry>>>,
     pub cfg: f64,
+    pub kind: GuiderKind,
+}
+
+/// How a guider combines its predictions beyond plain CFG.
+#[derive(Debug, Clone)]
+pub enum GuiderKind {
+    /// CFGGuider, BasicGuider.
+    Cfg,
+    /// DualCFGGuider: `cfg` is `cfg_conds`.
+    Dual {
+        middle: Arc<Vec<CondEntry>>,
+        cfg2: f64,
+        nested: bool,
+    },
+    /// PerpNegGuider.
+    PerpNeg {
+        empty: Arc<Vec<CondEntry>>,
+        neg_scale: f64,
+    },
+}
+
+impl GuiderKind {
+    /// The engine's view, borrowing the conditionings.
+    pub fn guidance(&self) -> crate::engine::diffusion::Guidance<'_> {
+        use crate::engine::diffusion::Guidance;
+        match self {
+            GuiderKind::Cfg => Guidance::Cfg,
+            GuiderKind::Dual {
+                middle,
+                cfg2,
+                nested,
+            } => Guidance::Dual {
+                middle,
+                cfg2: *cfg2,
+                nested: *nested,
+            },
+            GuiderKind::PerpNeg { empty, neg_scale } => Guidance::PerpNeg {
+                empty,
+                neg_scale: *neg_scale,
+            },
+        }
+    }
 }
 
 /// A value on a link or a constant input.
@@ -70,8 +112,8 @@ pub enum Value {
     Vae(Arc<AutoEncoderKL>),
     Conditioning(Arc<Vec<CondEntry>>),
     Latent(Latent),
-    /// A sampler name from `SAMPLER_NAMES`.
-    Sampler(Arc<str>),
+    /// A sampler with the options its node set.
+    Sampler(Arc<crate::engine::sampling::samplers::SamplerConfig>),
     Sigmas(Arc<Vec<f32>>),
     Noise(NoiseSource),
     Guider(Arc<Guider>),
@@ -187,7 +229,7 @@ impl Value {
             Value::Conditioning(c) => {
                 serde_json::Value::from(format!("CONDITIONING ({} entries)", c.len()))
             }
-            Value::Sampler(name) => serde_json::Value::from(format!("SAMPLER {name}")),
+            Value::Sampler(s) => serde_json::Value::from(format!("SAMPLER {}", s.sampler.name())),
             Value::Sigmas(s) => serde_json::Value::from(format!("SIGMAS ({} values)", s.len())),
             Value::List(items) => {
                 serde_json::Value::from(format!("list of {} {}", items.len(), self.slot_type().0))
@@ -334,7 +376,12 @@ getter!(
     "CONDITIONING"
 );
 getter!(latent, Latent, Latent, "LATENT");
-getter!(sampler, Sampler, Arc<str>, "SAMPLER");
+getter!(
+    sampler,
+    Sampler,
+    Arc<crate::engine::sampling::samplers::SamplerConfig>,
+    "SAMPLER"
+);
 getter!(sigmas, Sigmas, Arc<Vec<f32>>, "SIGMAS");
 getter!(noise, Noise, NoiseSource, "NOISE");
 getter!(guider, Guider, Arc<Guider>, "GUIDER");

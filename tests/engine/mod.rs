@@ -3,8 +3,10 @@
 pub(crate) mod brownian_parity;
 pub(crate) mod clip_parity;
 pub(crate) mod controlnet_parity;
+pub(crate) mod custom_sampling_parity;
 pub(crate) mod load;
 pub(crate) mod lora_parity;
+pub(crate) mod model_patches_parity;
 pub(crate) mod preprocess_parity;
 pub(crate) mod rng_parity;
 pub(crate) mod sampler_parity;

@@ -44,11 +44,11 @@ pub(crate) fn load() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(FIXTURE, &Device::Cpu).expect("fixture loads")
 }
 
-struct Analytic {
-    mu_cond: Tensor,
-    mu_uncond: Tensor,
-    cfg: f64,
-    calls: usize,
+pub(crate) struct Analytic {
+    pub(crate) mu_cond: Tensor,
+    pub(crate) mu_uncond: Tensor,
+    pub(crate) cfg: f64,
+    pub(crate) calls: usize,
 }
 
 impl Denoiser for Analytic {

@@ -621,16 +621,22 @@ class PIDStepSizeController:
         self.h *= factor
         return accept
 
-def sample_dpm_adaptive(model, x, sigmas, ns, order=3, rtol=0.05, atol=0.0078, h_init=0.05, pcoeff=0., icoeff=1., dcoeff=0., accept_safety=0.81):
+def sample_dpm_adaptive(model, x, sigmas, ns, order=3, rtol=0.05, atol=0.0078, h_init=0.05, pcoeff=0., icoeff=1., dcoeff=0., accept_safety=0.81, eta=0., s_noise=1.):
+    """DPMSolver.dpm_solver_adaptive with its order and eta branches (noise from `ns`, which
+    ComfyUI leaves unseeded)."""
     sigma_min = sigmas[-1]
     if sigma_min == 0:
         sigma_min = sigmas[-2]
     sig = lambda t: t.neg().exp()
+    tf = lambda s: s.log().neg()
     def eps(cache, key, x, t):
         if key in cache:
             return cache[key], cache
         e = (x - model(x, sig(t))) / sig(t)
         return e, {key: e, **cache}
+    def step1(x, t, tn, cache):
+        e, cache = eps(cache, 'eps', x, t)
+        return x - sig(tn) * (tn - t).expm1() * e, cache
     def step2(x, t, tn, r1=1 / 2, cache=None):
         h = tn - t
         e, cache = eps(cache, 'eps', x, t)
@@ -647,23 +653,33 @@ def sample_dpm_adaptive(model, x, sigmas, ns, order=3, rtol=0.05, atol=0.0078, h
         u2 = x - sig(s2) * (r2 * h).expm1() * e - sig(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (e1 - e)
         e2, cache = eps(cache, 'eps_r2', u2, s2)
         return x - sig(tn) * h.expm1() * e - sig(tn) / r2 * (h.expm1() / h - 1) * (e2 - e), cache
-    t_start, t_end = -torch.tensor(sigmas[0]).log(), -torch.tensor(sigma_min).log()
+    t_start, t_end = tf(torch.as_tensor(sigmas[0])), tf(torch.as_tensor(sigma_min))
     forward = t_end > t_start
     h_init = abs(h_init) * (1 if forward else -1)
     atol, rtol = torch.tensor(atol), torch.tensor(rtol)
     s, x_prev = t_start, x
     pid = PIDStepSizeController(h_init, pcoeff, icoeff, dcoeff, order, accept_safety)
     while s < t_end - 1e-5 if forward else s > t_end + 1e-5:
-        t = torch.minimum(t_end, s + pid.h) if forward else torch.maximum(t_end, s + pid.h)
         cache = {}
+        t = torch.minimum(t_end, s + pid.h) if forward else torch.maximum(t_end, s + pid.h)
+        if eta:
+            sd, su = get_ancestral_step(sig(s), sig(t), eta)
+            t_ = torch.minimum(t_end, tf(sd))
+            su = (sig(t) ** 2 - sig(t_) ** 2) ** 0.5
+        else:
+            t_, su = t, 0.
         _, cache = eps(cache, 'eps', x, s)
-        x_low, cache = step2(x, s, t, r1=1 / 3, cache=cache)
-        x_high, cache = step3(x, s, t, cache=cache)
+        if order == 2:
+            x_low, cache = step1(x, s, t_, cache)
+            x_high, cache = step2(x, s, t_, cache=cache)
+        else:
+            x_low, cache = step2(x, s, t_, r1=1 / 3, cache=cache)
+            x_high, cache = step3(x, s, t_, cache=cache)
         delta = torch.maximum(atol, rtol * torch.maximum(x_low.abs(), x_prev.abs()))
         error = torch.linalg.norm((x_low - x_high) / delta) / x.numel() ** 0.5
         if pid.propose_step(error):
             x_prev = x_low
-            x = x_high
+            x = x_high + su * s_noise * ns(sig(s), sig(t))
             s = t
     return x
 

@@ -4,6 +4,7 @@
 //! Everything here is pure tensor maths: the model is reached only through the
 //! [`samplers::Denoiser`] trait, so this module knows nothing about UNets, graphs or HTTP.
 pub mod brownian;
+pub mod custom_schedules;
 pub mod model_sampling;
 pub mod rng;
 pub mod samplers;

@@ -23,6 +23,11 @@ pub enum Prediction {
     Eps,
     /// v-prediction (SD2.x 768-v).
     V,
+    /// Latent Consistency Models (ComfyUI's `LCM`): eps, blended with the input by the
+    /// consistency boundary conditions at `timestep * 10`.
+    Lcm,
+    /// The network predicts the denoised latent itself (ComfyUI's `X0`).
+    X0,
 }
 
 /// Plain data describing a discrete schedule; presets cover every SD model ComfyUI's defaults build.
@@ -67,6 +72,9 @@ pub struct ModelSamplingDiscrete {
     sigmas: Vec<f32>,
     log_sigmas: Vec<f32>,
     prediction: Prediction,
+    /// Timesteps per table entry: 1, or 20 for the 50-entry LCM table
+    /// (`ModelSamplingDiscreteDistilled`).
+    skip_steps: usize,
 }
 
 /// torch's CPU `linspace` for one element: the first half counts up from `start`, the second half
@@ -133,6 +141,63 @@ impl ModelSamplingDiscrete {
             sigmas,
             log_sigmas,
             prediction: cfg.prediction,
+            skip_steps: 1,
+        }
+    }
+
+    /// The same table with another denoiser formula.
+    pub fn with_prediction(self, prediction: Prediction) -> Self {
+        Self { prediction, ..self }
+    }
+
+    /// `ModelSamplingDiscreteDistilled` (LCM): every `timesteps / original_timesteps`-th entry of
+    /// the table counted from the top, `original_timesteps` (50) entries in all.
+    pub fn distilled(self, original_timesteps: usize) -> Self {
+        let n = self.sigmas.len();
+        let original = original_timesteps.clamp(1, n);
+        let skip = n / original;
+        let mut valid = vec![0.0f32; original];
+        for x in 0..original {
+            valid[original - 1 - x] = self.sigmas[n - 1 - x * skip];
+        }
+        Self {
+            skip_steps: skip,
+            ..self.with_sigmas(valid)
+        }
+    }
+
+    /// `rescale_zero_terminal_snr_sigmas`: shifts and scales sqrt(alpha_bar) so the last entry has
+    /// (almost) zero SNR, keeping the first; in f32 like ComfyUI's float tables.
+    pub fn zero_terminal_snr(self) -> Self {
+        let sqrt_ab: Vec<f32> = self
+            .sigmas
+            .iter()
+            .map(|s| (1.0 / (s * s + 1.0)).sqrt())
+            .collect();
+        let (first, last) = (sqrt_ab[0], sqrt_ab[sqrt_ab.len() - 1]);
+        let factor = first / (first - last);
+        let mut sigmas: Vec<f32> = sqrt_ab
+            .iter()
+            .map(|a| {
+                let a = (a - last) * factor;
+                let ab = a * a;
+                ((1.0 - ab) / ab).sqrt()
+            })
+            .collect();
+        let ab_last = 4.897_345_2e-8f32;
+        if let Some(last) = sigmas.last_mut() {
+            *last = ((1.0 - ab_last) / ab_last).sqrt();
+        }
+        self.with_sigmas(sigmas)
+    }
+
+    /// `set_sigmas`: a new table (its logarithm computed in f32).
+    fn with_sigmas(self, sigmas: Vec<f32>) -> Self {
+        let log_sigmas = sigmas.iter().map(|s| s.ln()).collect();
+        Self {
+            sigmas,
+            log_sigmas,
+            ..self
         }
     }
 
@@ -168,13 +233,14 @@ impl ModelSamplingDiscrete {
                 best_dist = dist;
             }
         }
-        best
+        best * self.skip_steps + (self.skip_steps - 1)
     }
 
     /// `sigma(timestep)`: log-linear interpolation of the table at a fractional timestep (f32 maths).
     pub fn sigma(&self, timestep: f32) -> f32 {
         let last = (self.sigmas.len() - 1) as f32;
-        let t = timestep.clamp(0.0, last);
+        let skip = self.skip_steps as f32;
+        let t = ((timestep - (skip - 1.0)) / skip).clamp(0.0, last);
         let low = t.floor();
         let high = t.ceil();
         let w = t - low;
@@ -208,7 +274,8 @@ impl ModelSamplingDiscrete {
     }
 
     /// Turns the network output into the denoised estimate D(x, sigma). Shapes `[B, C, H, W]`.
-    /// eps: `x - sigma * eps`; v: `x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1)`.
+    /// eps: `x - sigma * eps`; v: `x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1)`; lcm:
+    /// `c_out * (x - sigma * eps) + c_skip * x`; x0: the output itself.
     pub fn calculate_denoised(
         &self,
         sigma: f64,
@@ -221,6 +288,15 @@ impl ModelSamplingDiscrete {
                 let s2 = sigma * sigma + 1.0;
                 model_input.affine(1.0 / s2, 0.0)? - model_output.affine(sigma / s2.sqrt(), 0.0)?
             }
+            Prediction::Lcm => {
+                let x0 = (model_input - model_output.affine(sigma, 0.0)?)?;
+                let t = self.timestep(sigma as f32) as f64 * 10.0;
+                const SIGMA_DATA2: f64 = 0.25;
+                let c_skip = SIGMA_DATA2 / (t * t + SIGMA_DATA2);
+                let c_out = t / (t * t + SIGMA_DATA2).sqrt();
+                x0.affine(c_out, 0.0)? + model_input.affine(c_skip, 0.0)?
+            }
+            Prediction::X0 => Ok(model_output.clone()),
         }
     }
 

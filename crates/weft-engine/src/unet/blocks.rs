@@ -157,6 +157,22 @@ impl Attention {
             .contiguous()
     }
 
+    /// Self-attention with the attention itself replaced (ComfyUI's `attn1` replace patch): the
+    /// projections run as usual, `replace` maps q, k, v (`[B, N, inner]`) to the attention
+    /// output, and `to_out` follows.
+    pub(crate) fn forward_replaced(
+        &self,
+        xs: &Tensor,
+        replace: &dyn crate::diffusion::patches::AttentionReplace,
+    ) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let q = self.to_q.forward(xs)?;
+        let k = self.to_k.forward(xs)?;
+        let v = self.to_v.forward(xs)?;
+        self.to_out
+            .forward(&replace.attention(&q, &k, &v, self.heads)?)
+    }
+
     /// `xs`: [B, N, C]; `context`: [B, M, C_ctx] (self-attention when `None`). Returns [B, N, C].
     pub(crate) fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let _enter = self.span.enter();
@@ -220,9 +236,19 @@ impl BasicTransformerBlock {
         })
     }
 
-    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        context: &Tensor,
+        self_attention: Option<&dyn crate::diffusion::patches::AttentionReplace>,
+    ) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
+        let normed = self.norm1.forward(xs)?;
+        let attended = match self_attention {
+            Some(replace) => self.attn1.forward_replaced(&normed, replace)?,
+            None => self.attn1.forward(&normed, None)?,
+        };
+        let xs = (attended + xs)?;
         let xs = (self
             .attn2
             .forward(&self.norm2.forward(&xs)?, Some(context))?
@@ -288,6 +314,16 @@ impl Transformer2D {
 
     /// `xs`: [B, C, H, W]; `context`: [B, M, C_ctx]. Returns [B, C, H, W].
     pub(crate) fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        self.forward_with(xs, context, None)
+    }
+
+    /// [`Self::forward`] with every block's self-attention replaced by `self_attention`.
+    pub(crate) fn forward_with(
+        &self,
+        xs: &Tensor,
+        context: &Tensor,
+        self_attention: Option<&dyn crate::diffusion::patches::AttentionReplace>,
+    ) -> Result<Tensor> {
         let _enter = self.span.enter();
         let (b, c, h, w) = xs.dims4()?;
         let to_tokens =
@@ -298,7 +334,7 @@ impl Transformer2D {
             Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
         };
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context)?;
+            tokens = block.forward(&tokens, context, self_attention)?;
         }
         let to_image = |t: &Tensor| -> Result<Tensor> {
             t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()

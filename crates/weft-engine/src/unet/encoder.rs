@@ -255,9 +255,22 @@ impl UNetEncoder {
 
     /// The mid block (resnet, attention, resnet) on the down blocks' output `h`.
     pub(crate) fn mid(&self, h: &Tensor, emb: &Tensor, context: &Tensor) -> Result<Tensor> {
+        self.mid_with(h, emb, context, None)
+    }
+
+    /// [`Self::mid`] with the mid block's self-attentions replaced (PAG's perturbed pass).
+    pub(crate) fn mid_with(
+        &self,
+        h: &Tensor,
+        emb: &Tensor,
+        context: &Tensor,
+        self_attention: Option<&dyn crate::diffusion::patches::AttentionReplace>,
+    ) -> Result<Tensor> {
         let _enter = tracing::trace_span!("mid_block").entered();
         let h = self.mid_resnets[0].forward(h, Some(emb))?;
-        let h = self.mid_attention.forward(&h, context)?;
+        let h = self
+            .mid_attention
+            .forward_with(&h, context, self_attention)?;
         self.mid_resnets[1].forward(&h, Some(emb))
     }
 }

@@ -12,6 +12,7 @@ pub(crate) mod encoder;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::diffusion::patches::UNetPatches;
 use crate::ops::conv::Conv2d;
 use crate::ops::norm::{group_norm, GroupNorm};
 
@@ -424,6 +425,24 @@ impl UNet2DConditionModel {
         y: Option<&Tensor>,
         control: &UNetControl,
     ) -> Result<Tensor> {
+        let none = UNetPatches::default();
+        self.forward_patched(xs, timesteps, context, y, control, &none, 0.0)
+    }
+
+    /// [`Self::forward_controlled`] with a model's UNet patches (FreeU's output-block patch,
+    /// PatchModelAddDownscale's input-block one) applied where ComfyUI's `openaimodel.py` applies
+    /// them; `sigma` is the step's noise level, which some patches depend on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_patched(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+        control: &UNetControl,
+        patches: &UNetPatches,
+        sigma: f64,
+    ) -> Result<Tensor> {
         let (input, mid) = match &control.encoder {
             Some(e) => (e.input.as_slice(), e.mid.as_ref()),
             None => (&[][..], None),
@@ -447,11 +466,17 @@ impl UNet2DConditionModel {
 
         let mut skips = Vec::with_capacity(self.num_skips());
         let mut h = self.encoder.down(&xs, &emb, &context, |k, h| {
-            let h = match input.get(k) {
+            let mut h = match input.get(k) {
                 Some(Some(r)) => (h + r.to_dtype(dtype)?)?,
                 _ => h,
             };
+            for patch in &patches.input_block {
+                h = patch.patch(h, k, sigma)?;
+            }
             skips.push(h.clone());
+            for patch in &patches.input_block_after_skip {
+                h = patch.patch(h, k, sigma)?;
+            }
             Ok(h)
         })?;
 
@@ -468,7 +493,8 @@ impl UNet2DConditionModel {
             }
         }
 
-        h = self.encoder.mid(&h, &emb, &context)?;
+        let mid_attention = patches.mid_self_attention.as_deref();
+        h = self.encoder.mid_with(&h, &emb, &context, mid_attention)?;
         if let Some(mid) = mid {
             h = (h + mid.to_dtype(dtype)?)?;
         }
@@ -479,9 +505,12 @@ impl UNet2DConditionModel {
         for level in &self.up {
             let _enter = level.span.enter();
             for (j, resnet) in level.resnets.iter().enumerate() {
-                let skip = skips
+                let mut skip = skips
                     .pop()
                     .ok_or_else(|| candle_core::Error::Msg("unet skip bookkeeping".into()))?;
+                for patch in &patches.output_block {
+                    (h, skip) = patch.patch(h, skip)?;
+                }
                 h = Tensor::cat(&[&h, &skip], 1)?;
                 h = resnet.forward(&h, Some(&emb))?;
                 if let Some(attn) = level.attentions.get(j) {

@@ -7,11 +7,13 @@ use candle_core::Tensor;
 
 use crate::sampling::samplers::{ancestral_step, Ctx, Res};
 
+/// `sample_euler_ancestral` with the options `eta` and `s_noise` (both default 1).
 pub(super) fn euler_ancestral(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor> {
+    let (eta, s_noise) = (ctx.opts.eta_or(1.0), ctx.opts.s_noise());
     let mut x = x.clone();
     for i in 0..sigmas.len() - 1 {
         let denoised = ctx.model(&x, sigmas[i])?.cond;
-        let (down, up) = ancestral_step(sigmas[i], sigmas[i + 1], 1.0);
+        let (down, up) = ancestral_step(sigmas[i], sigmas[i + 1], eta);
         ctx.step(i, &x, &denoised, sigmas[i])?;
         if down == 0.0 {
             x = denoised;
@@ -19,7 +21,7 @@ pub(super) fn euler_ancestral(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<
             // x + d * (down - sigma) with d = (x - D) / sigma, then + noise * up.
             let ratio = (down - sigmas[i]) / sigmas[i];
             let n = ctx.noise(&x)?;
-            x = ctx.lin(&[(&x, 1.0 + ratio), (&denoised, -ratio), (&n, up)])?;
+            x = ctx.lin(&[(&x, 1.0 + ratio), (&denoised, -ratio), (&n, s_noise * up)])?;
         }
     }
     Ok(x)
@@ -75,11 +77,13 @@ pub(super) fn dpm_2_ancestral(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<
     Ok(x)
 }
 
+/// `sample_dpmpp_2s_ancestral` with the options `eta` and `s_noise` (both default 1).
 pub(super) fn dpmpp_2s_ancestral(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor> {
+    let (eta, s_noise) = (ctx.opts.eta_or(1.0), ctx.opts.s_noise());
     let mut x = x.clone();
     for i in 0..sigmas.len() - 1 {
         let denoised = ctx.model(&x, sigmas[i])?.cond;
-        let (down, up) = ancestral_step(sigmas[i], sigmas[i + 1], 1.0);
+        let (down, up) = ancestral_step(sigmas[i], sigmas[i + 1], eta);
         ctx.step(i, &x, &denoised, sigmas[i])?;
         if down == 0.0 {
             let ratio = (down - sigmas[i]) / sigmas[i];
@@ -99,7 +103,7 @@ pub(super) fn dpmpp_2s_ancestral(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> R
         }
         if sigmas[i + 1] > 0.0 {
             let n = ctx.noise(&x)?;
-            x = ctx.lin(&[(&x, 1.0), (&n, up)])?;
+            x = ctx.lin(&[(&x, 1.0), (&n, s_noise * up)])?;
         }
     }
     Ok(x)

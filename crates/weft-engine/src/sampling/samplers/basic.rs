@@ -97,21 +97,9 @@ pub(super) fn dpm_2(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor> {
 }
 
 /// Integral over [t[i], t[i+1]] of the j-th Lagrange basis polynomial through t[i], ..., t[i-order+1].
-/// ComfyUI uses scipy `quad`, which is exact for these (degree <= 3) polynomials; so is the 4-point
-/// Gauss-Legendre rule used here (exact to degree 7).
+/// ComfyUI uses scipy `quad`, which is exact for these (degree `order - 1`) polynomials; so is the
+/// Gauss-Legendre rule used here, with enough points for the degree (`n` points: exact to `2n - 1`).
 fn linear_multistep_coeff(order: usize, t: &[f64], i: usize, j: usize) -> f64 {
-    const NODES: [f64; 4] = [
-        -0.861_136_311_594_052_6,
-        -0.339_981_043_584_856_3,
-        0.339_981_043_584_856_3,
-        0.861_136_311_594_052_6,
-    ];
-    const WEIGHTS: [f64; 4] = [
-        0.347_854_845_137_453_9,
-        0.652_145_154_862_546_1,
-        0.652_145_154_862_546_1,
-        0.347_854_845_137_453_9,
-    ];
     let (a, b) = (t[i], t[i + 1]);
     let basis = |tau: f64| {
         let mut prod = 1.0;
@@ -124,17 +112,42 @@ fn linear_multistep_coeff(order: usize, t: &[f64], i: usize, j: usize) -> f64 {
     };
     let half = 0.5 * (b - a);
     let mid = 0.5 * (a + b);
-    NODES
-        .iter()
-        .zip(WEIGHTS)
+    gauss_legendre(order.div_ceil(2).max(4))
+        .into_iter()
         .map(|(n, w)| w * basis(mid + half * n))
         .sum::<f64>()
         * half
 }
 
-/// `sample_lms` (order 4): linear multistep on the stored derivatives; the last step returns D.
+/// The `n`-point Gauss-Legendre nodes and weights on [-1, 1] (Newton's method on P_n).
+fn gauss_legendre(n: usize) -> Vec<(f64, f64)> {
+    (0..n)
+        .map(|k| {
+            let mut x = (std::f64::consts::PI * (k as f64 + 0.75) / (n as f64 + 0.5)).cos();
+            let mut derivative = 1.0;
+            for _ in 0..100 {
+                // P_n(x) and P_n'(x) by the three-term recurrence.
+                let (mut p0, mut p1) = (1.0, x);
+                for m in 2..=n {
+                    let p2 = ((2 * m - 1) as f64 * x * p1 - (m - 1) as f64 * p0) / m as f64;
+                    p0 = p1;
+                    p1 = p2;
+                }
+                derivative = n as f64 * (x * p1 - p0) / (x * x - 1.0);
+                let dx = p1 / derivative;
+                x -= dx;
+                if dx.abs() < 1e-15 {
+                    break;
+                }
+            }
+            (x, 2.0 / ((1.0 - x * x) * derivative * derivative))
+        })
+        .collect()
+}
+
+/// `sample_lms` (option `order`, default 4): linear multistep on the stored derivatives; the last step returns D.
 pub(super) fn lms(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor> {
-    const ORDER: usize = 4;
+    let order = ctx.opts.order.unwrap_or(4).max(1);
     // ComfyUI integrates on the f32 sigma table as numpy values.
     let mut x = x.clone();
     let mut ds: Vec<Tensor> = Vec::new();
@@ -142,14 +155,14 @@ pub(super) fn lms(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor> {
         let denoised = ctx.model(&x, sigmas[i])?.cond;
         let d = to_d(ctx, &x, sigmas[i], &denoised)?;
         ds.push(d);
-        if ds.len() > ORDER {
+        if ds.len() > order {
             ds.remove(0);
         }
         ctx.step(i, &x, &denoised, sigmas[i])?;
         if sigmas[i + 1] == 0.0 {
             x = denoised;
         } else {
-            let cur_order = (i + 1).min(ORDER);
+            let cur_order = (i + 1).min(order);
             let mut terms: Vec<(&Tensor, f64)> = vec![(&x, 1.0)];
             for (j, d) in ds.iter().rev().enumerate().take(cur_order) {
                 terms.push((d, linear_multistep_coeff(cur_order, sigmas, i, j)));

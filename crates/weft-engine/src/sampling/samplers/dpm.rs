@@ -186,21 +186,29 @@ fn sigma_f32(t: f32) -> f32 {
     (-t).exp()
 }
 
-/// ComfyUI's `dpm_adaptive`: `DPMSolver.dpm_solver_adaptive` (order 3, rtol 0.05, atol 0.0078,
-/// h_init 0.05, I-controller, accept_safety 0.81, eta 0) from `sigmas[0]` to the last non-zero sigma;
-/// the schedule's intermediate sigmas are ignored and there is no final denoise. Each attempt costs
-/// 3 model calls (DPM-Solver-2 with r1 = 1/3 and DPM-Solver-3 share their first two).
+/// ComfyUI's `dpm_adaptive`: `DPMSolver.dpm_solver_adaptive` from `sigmas[0]` to the last non-zero
+/// sigma; the schedule's intermediate sigmas are ignored and there is no final denoise. Options and
+/// defaults: order 3 (or 2), rtol 0.05, atol 0.0078, h_init 0.05, pcoeff 0, icoeff 1, dcoeff 0
+/// (an I-controller), accept_safety 0.81, eta 0, s_noise 1. An order-3 attempt costs 3 model calls
+/// (DPM-Solver-2 with r1 = 1/3 and DPM-Solver-3 share their first two), order 2 costs 2
+/// (DPM-Solver-1 and -2).
 ///
 /// As in ComfyUI the callback runs after every attempt, accepted or rejected, with the attempt
 /// index as `step` (the number of attempts is not known in advance; `total` is `len(sigmas) - 1`),
 /// the state after the attempt and the denoised prediction at the attempt's start.
 /// Times are kept in f32 like the torch scalars they mirror, so the step sizes match ComfyUI's.
 pub(super) fn dpm_adaptive(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor> {
-    const RTOL: f64 = 0.05;
-    const ATOL: f64 = 0.0078;
-    const H_INIT: f64 = 0.05;
-    const ORDER: f64 = 3.0;
-    const ACCEPT_SAFETY: f64 = 0.81;
+    let o = ctx.opts.clone();
+    let order = o.order.unwrap_or(3);
+    let (rtol, atol) = (o.rtol.unwrap_or(0.05), o.atol.unwrap_or(0.0078));
+    let h_init = o.h_init.unwrap_or(0.05);
+    let (eta, s_noise) = (o.eta_or(0.0), o.s_noise());
+    if order != 2 && order != 3 {
+        return Err(SamplingError::InvalidSigmas {
+            sampler: ctx.name,
+            reason: format!("order must be 2 or 3, got {order}"),
+        });
+    }
     let n = sigmas.len() - 1;
     let mut sigma_min = sigmas[n];
     if sigma_min == 0.0 {
@@ -217,15 +225,14 @@ pub(super) fn dpm_adaptive(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Ten
     let t_end = -(sigma_min as f32).ln();
     let forward = t_end > t_start;
     let mut pid = PidStepSize::new(
-        if forward { H_INIT } else { -H_INIT },
-        0.0,
-        1.0,
-        0.0,
-        ORDER,
-        ACCEPT_SAFETY,
+        if forward { h_init } else { -h_init },
+        o.pcoeff.unwrap_or(0.0),
+        o.icoeff.unwrap_or(1.0),
+        o.dcoeff.unwrap_or(0.0),
+        order as f64,
+        o.accept_safety.unwrap_or(0.81),
     );
     let numel = x.elem_count() as f64;
-    let (r1, r2) = (1.0f32 / 3.0, 2.0f32 / 3.0);
     let mut s = t_start;
     let mut x = x.clone();
     let mut x_prev = x.clone();
@@ -240,30 +247,27 @@ pub(super) fn dpm_adaptive(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Ten
         } else {
             (s + pid.h as f32).max(t_end)
         };
+        // With eta, the deterministic step stops at the ancestral sigma_down and noise makes up
+        // the rest.
+        let (t_, su) = if eta != 0.0 {
+            // In f32, like the torch scalars.
+            let (ss, st) = (sigma_f32(s), sigma_f32(t));
+            let eta = eta as f32;
+            let up = (eta * (st * st * (ss * ss - st * st) / (ss * ss)).sqrt()).min(st);
+            let sd = (st * st - up * up).sqrt();
+            let t_ = t_end.min(-sd.ln());
+            let st_ = sigma_f32(t_);
+            (t_, (st * st - st_ * st_).sqrt() as f64)
+        } else {
+            (t, 0.0)
+        };
         let (e, denoised) = eps(ctx, &x, s as f64)?;
-        let h = t - s;
-        let (s1, s2) = (s + r1 * h, s + r2 * h);
-        let (h, r1d, r2d) = (h as f64, r1 as f64, r2 as f64);
-        let sn = sigma_f32(t) as f64;
-        let u1 = ctx.lin(&[
-            (&x, 1.0),
-            (&e, -(sigma_f32(s1) as f64) * (r1d * h).exp_m1()),
-        ])?;
-        let (e1, _) = eps(ctx, &u1, s1 as f64)?;
-        // Low order: DPM-Solver-2 with r1 = 1/3.
-        let c_low = sn / (2.0 * r1d) * h.exp_m1();
-        let x_low = ctx.lin(&[(&x, 1.0), (&e, -sn * h.exp_m1() + c_low), (&e1, -c_low)])?;
-        // High order: DPM-Solver-3.
-        let c2 = sigma_f32(s2) as f64 * (r2d / r1d) * ((r2d * h).exp_m1() / (r2d * h) - 1.0);
-        let u2 = ctx.lin(&[
-            (&x, 1.0),
-            (&e, -(sigma_f32(s2) as f64) * (r2d * h).exp_m1() + c2),
-            (&e1, -c2),
-        ])?;
-        let (e2, _) = eps(ctx, &u2, s2 as f64)?;
-        let c3 = sn / r2d * (h.exp_m1() / h - 1.0);
-        let x_high = ctx.lin(&[(&x, 1.0), (&e, -sn * h.exp_m1() + c3), (&e2, -c3)])?;
-        let error = error_norm(&x_low, &x_high, &x_prev, RTOL, ATOL).map_err(|err| ctx.err(err))?
+        let (x_low, x_high) = if order == 2 {
+            adaptive_pair_2(ctx, &x, &e, s, t_)?
+        } else {
+            adaptive_pair_3(ctx, &x, &e, s, t_)?
+        };
+        let error = error_norm(&x_low, &x_high, &x_prev, rtol, atol).map_err(|err| ctx.err(err))?
             / numel.sqrt();
         if !error.is_finite() {
             return Err(SamplingError::Diverged {
@@ -273,13 +277,52 @@ pub(super) fn dpm_adaptive(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Ten
         }
         if pid.propose_step(error) {
             x_prev = x_low;
-            x = x_high;
+            let n = ctx.noise(&x_high)?;
+            x = ctx.lin(&[(&x_high, 1.0), (&n, su * s_noise)])?;
             s = t;
         }
         ctx.step(attempt, &x, &denoised, sigma_f32(s) as f64)?;
         attempt += 1;
     }
     Ok(x)
+}
+
+/// Order 2: DPM-Solver-1 (low) and DPM-Solver-2 with r1 = 1/2 (high), 1 extra model call.
+fn adaptive_pair_2(ctx: &mut Ctx, x: &Tensor, e: &Tensor, s: f32, t: f32) -> Res<(Tensor, Tensor)> {
+    let r1 = 0.5f32;
+    let h = t - s;
+    let s1 = s + r1 * h;
+    let (h, r1d) = (h as f64, r1 as f64);
+    let sn = sigma_f32(t) as f64;
+    let x_low = ctx.lin(&[(x, 1.0), (e, -sn * h.exp_m1())])?;
+    let u1 = ctx.lin(&[(x, 1.0), (e, -(sigma_f32(s1) as f64) * (r1d * h).exp_m1())])?;
+    let (e1, _) = eps(ctx, &u1, s1 as f64)?;
+    let c = sn / (2.0 * r1d) * h.exp_m1();
+    let x_high = ctx.lin(&[(x, 1.0), (e, -sn * h.exp_m1() + c), (&e1, -c)])?;
+    Ok((x_low, x_high))
+}
+
+/// Order 3: DPM-Solver-2 with r1 = 1/3 (low) and DPM-Solver-3 (high), 2 extra model calls.
+fn adaptive_pair_3(ctx: &mut Ctx, x: &Tensor, e: &Tensor, s: f32, t: f32) -> Res<(Tensor, Tensor)> {
+    let (r1, r2) = (1.0f32 / 3.0, 2.0f32 / 3.0);
+    let h = t - s;
+    let (s1, s2) = (s + r1 * h, s + r2 * h);
+    let (h, r1d, r2d) = (h as f64, r1 as f64, r2 as f64);
+    let sn = sigma_f32(t) as f64;
+    let u1 = ctx.lin(&[(x, 1.0), (e, -(sigma_f32(s1) as f64) * (r1d * h).exp_m1())])?;
+    let (e1, _) = eps(ctx, &u1, s1 as f64)?;
+    let c_low = sn / (2.0 * r1d) * h.exp_m1();
+    let x_low = ctx.lin(&[(x, 1.0), (e, -sn * h.exp_m1() + c_low), (&e1, -c_low)])?;
+    let c2 = sigma_f32(s2) as f64 * (r2d / r1d) * ((r2d * h).exp_m1() / (r2d * h) - 1.0);
+    let u2 = ctx.lin(&[
+        (x, 1.0),
+        (e, -(sigma_f32(s2) as f64) * (r2d * h).exp_m1() + c2),
+        (&e1, -c2),
+    ])?;
+    let (e2, _) = eps(ctx, &u2, s2 as f64)?;
+    let c3 = sn / r2d * (h.exp_m1() / h - 1.0);
+    let x_high = ctx.lin(&[(x, 1.0), (e, -sn * h.exp_m1() + c3), (&e2, -c3)])?;
+    Ok((x_low, x_high))
 }
 
 /// `||(x_low - x_high) / max(atol, rtol * max(|x_low|, |x_prev|))||_2` in f32 like torch.

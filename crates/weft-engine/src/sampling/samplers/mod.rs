@@ -22,6 +22,7 @@ mod ancestral;
 mod basic;
 mod dpm;
 mod multistep;
+mod options;
 mod sa_solver;
 mod sde;
 mod unipc;
@@ -32,6 +33,8 @@ use crate::sampling::brownian::BrownianNoise;
 use crate::sampling::model_sampling::{Config, ModelSamplingDiscrete};
 use crate::sampling::rng::TorchGenerator;
 use crate::sampling::SamplingError;
+
+pub use options::{SamplerConfig, SamplerOptions, SolverType};
 
 /// Output of one model evaluation at `(x, sigma)`.
 #[derive(Debug, Clone)]
@@ -180,6 +183,9 @@ impl Sampler {
             | Seeds3
             | SaSolver
             | SaSolverPece => NoiseKind::Default,
+            // Its ancestral noise (eta > 0) comes from an unseeded generator in ComfyUI; the seeded
+            // default sampler is used here so that runs repeat.
+            DpmAdaptive => NoiseKind::Default,
             DpmppSde | DpmppSdeGpu | Dpmpp2mSde | Dpmpp2mSdeGpu | Dpmpp2mSdeHeun
             | Dpmpp2mSdeHeunGpu | Dpmpp3mSde | Dpmpp3mSdeGpu => NoiseKind::Brownian,
             _ => NoiseKind::None,
@@ -190,6 +196,27 @@ impl Sampler {
     /// down `sigmas`; `seed` is the KSampler noise seed. Returns the final latent (shape of `x`).
     pub fn sample(
         self,
+        denoiser: &mut dyn Denoiser,
+        x: &Tensor,
+        sigmas: &[f32],
+        seed: u64,
+        callback: &mut StepCallback<'_>,
+    ) -> Result<Tensor, SamplingError> {
+        self.sample_with(
+            &SamplerOptions::default(),
+            denoiser,
+            x,
+            sigmas,
+            seed,
+            callback,
+        )
+    }
+
+    /// [`Sampler::sample`] with the options a sampler node set (ComfyUI's `extra_options`);
+    /// options the sampler does not take are ignored, as ComfyUI's keyword arguments would be.
+    pub fn sample_with(
+        self,
+        options: &SamplerOptions,
         denoiser: &mut dyn Denoiser,
         x: &Tensor,
         sigmas: &[f32],
@@ -216,6 +243,7 @@ impl Sampler {
             callback,
             noise,
             total: sigmas.len().saturating_sub(1),
+            opts: options,
         };
         if sigmas.len() <= 1 {
             return Ok(x.clone());
@@ -227,7 +255,8 @@ impl Sampler {
             EulerCfgPp => ancestral::euler_ancestral_cfg_pp(&mut ctx, x, &sigmas, 0.0, 0.0),
             EulerAncestral => ancestral::euler_ancestral(&mut ctx, x, &sigmas),
             EulerAncestralCfgPp => {
-                ancestral::euler_ancestral_cfg_pp(&mut ctx, x, &sigmas, 1.0, 1.0)
+                let (eta, s_noise) = (options.eta_or(1.0), options.s_noise());
+                ancestral::euler_ancestral_cfg_pp(&mut ctx, x, &sigmas, eta, s_noise)
             }
             Heun => basic::heun(&mut ctx, x, &sigmas),
             Heunpp2 => basic::heunpp2(&mut ctx, x, &sigmas),
@@ -242,7 +271,10 @@ impl Sampler {
             DpmppSde | DpmppSdeGpu => sde::dpmpp_sde(&mut ctx, x, &sigmas),
             Dpmpp2m => dpm::dpmpp_2m(&mut ctx, x, &sigmas),
             Dpmpp2mCfgPp => dpm::dpmpp_2m_cfg_pp(&mut ctx, x, &sigmas),
-            Dpmpp2mSde | Dpmpp2mSdeGpu => sde::dpmpp_2m_sde(&mut ctx, x, &sigmas, false),
+            Dpmpp2mSde | Dpmpp2mSdeGpu => {
+                let heun = options.solver_type == Some(SolverType::Heun);
+                sde::dpmpp_2m_sde(&mut ctx, x, &sigmas, heun)
+            }
             Dpmpp2mSdeHeun | Dpmpp2mSdeHeunGpu => sde::dpmpp_2m_sde(&mut ctx, x, &sigmas, true),
             Dpmpp3mSde | Dpmpp3mSdeGpu => sde::dpmpp_3m_sde(&mut ctx, x, &sigmas),
             Ddpm => ancestral::ddpm(&mut ctx, x, &sigmas),
@@ -306,6 +338,7 @@ pub(crate) struct Ctx<'a, 'b> {
     callback: &'a mut StepCallback<'b>,
     noise: NoiseSource,
     total: usize,
+    opts: &'a SamplerOptions,
 }
 
 type Res<T> = Result<T, SamplingError>;

@@ -1,15 +1,18 @@
 //! Stochastic exponential-integrator samplers in half-log-SNR time `lambda = -ln sigma` (eps/v
 //! models, where alpha = 1): dpmpp_sde, dpmpp_2m_sde (midpoint / heun), dpmpp_3m_sde (Brownian-tree
 //! noise queried per step, see the module docs of `samplers`), and er_sde, seeds_2, seeds_3 (default noise sampler).
-//! All run with ComfyUI's defaults: eta = 1, s_noise = 1.
+//! dpmpp_sde, dpmpp_2m_sde and dpmpp_3m_sde take the sampler nodes' `eta`, `s_noise` (and `r`,
+//! `solver_type`); the others run with ComfyUI's defaults, eta = 1 and s_noise = 1.
 
 use candle_core::Tensor;
 
 use crate::sampling::samplers::{ancestral_step, Ctx, Res};
 
+/// `sample_dpmpp_sde` with the options `eta`, `s_noise` (default 1) and `r` (default 1/2).
 pub(super) fn dpmpp_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor> {
-    const R: f64 = 0.5;
-    let fac = 1.0 / (2.0 * R);
+    let (eta, s_noise) = (ctx.opts.eta_or(1.0), ctx.opts.s_noise());
+    let r = ctx.opts.r.unwrap_or(0.5);
+    let fac = 1.0 / (2.0 * r);
     let mut x = x.clone();
     for i in 0..sigmas.len() - 1 {
         let denoised = ctx.model(&x, sigmas[i])?.cond;
@@ -19,16 +22,20 @@ pub(super) fn dpmpp_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor
             continue;
         }
         let ls = -sigmas[i].ln();
-        let sigma_s1_f32 = midpoint_sigma(sigmas[i], sigmas[i + 1], R);
+        let sigma_s1_f32 = midpoint_sigma(sigmas[i], sigmas[i + 1], r);
         let sigma_s1 = sigma_s1_f32 as f64;
         // Step 1: ancestral step to sigma_s1.
-        let (sd, su) = ancestral_step(sigmas[i], sigma_s1, 1.0);
+        let (sd, su) = ancestral_step(sigmas[i], sigma_s1, eta);
         let h_ = -sd.ln() - ls;
         let n = ctx.noise_between(&x, sigmas[i] as f32, sigma_s1_f32)?;
-        let x2 = ctx.lin(&[(&x, (-h_).exp()), (&denoised, -(-h_).exp_m1()), (&n, su)])?;
+        let x2 = ctx.lin(&[
+            (&x, (-h_).exp()),
+            (&denoised, -(-h_).exp_m1()),
+            (&n, s_noise * su),
+        ])?;
         let denoised2 = ctx.model(&x2, sigma_s1)?.cond;
         // Step 2: ancestral step to sigma_next with the blended prediction.
-        let (sd, su) = ancestral_step(sigmas[i], sigmas[i + 1], 1.0);
+        let (sd, su) = ancestral_step(sigmas[i], sigmas[i + 1], eta);
         let h_ = -sd.ln() - ls;
         let c = -(-h_).exp_m1();
         let n = ctx.noise_between(&x, sigmas[i] as f32, sigmas[i + 1] as f32)?;
@@ -36,7 +43,7 @@ pub(super) fn dpmpp_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor
             (&x, (-h_).exp()),
             (&denoised, c * (1.0 - fac)),
             (&denoised2, c * fac),
-            (&n, su),
+            (&n, s_noise * su),
         ])?;
     }
     Ok(x)
@@ -52,8 +59,10 @@ fn midpoint_sigma(sigma: f64, sigma_next: f64, r: f64) -> f32 {
     (-(ls1 as f64)).exp() as f32
 }
 
+/// `sample_dpmpp_2m_sde` with the options `eta` and `s_noise` (default 1); `heun` is
+/// `solver_type == "heun"`. No noise is drawn when `eta` is 0, as in ComfyUI.
 pub(super) fn dpmpp_2m_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64], heun: bool) -> Res<Tensor> {
-    const ETA: f64 = 1.0;
+    let (eta, s_noise) = (ctx.opts.eta_or(1.0), ctx.opts.s_noise());
     let mut x = x.clone();
     let mut old_denoised: Option<Tensor> = None;
     let mut h_last = 0.0;
@@ -66,10 +75,10 @@ pub(super) fn dpmpp_2m_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64], heun: bool
         } else {
             let (ls, lt) = (-sigmas[i].ln(), -sigmas[i + 1].ln());
             h = lt - ls;
-            let h_eta = h * (ETA + 1.0);
+            let h_eta = h * (eta + 1.0);
             let a = -(-h_eta).exp_m1();
             let mut terms: Vec<(&Tensor, f64)> = vec![
-                (&x, sigmas[i + 1] / sigmas[i] * (-h * ETA).exp()),
+                (&x, sigmas[i + 1] / sigmas[i] * (-h * eta).exp()),
                 (&denoised, a),
             ];
             let c = match &old_denoised {
@@ -87,8 +96,12 @@ pub(super) fn dpmpp_2m_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64], heun: bool
                 terms[1].1 += c;
                 terms.push((old, -c));
             }
-            let n = ctx.noise_between(&x, sigmas[i] as f32, sigmas[i + 1] as f32)?;
-            terms.push((&n, sigmas[i + 1] * (-(-2.0 * h * ETA).exp_m1()).sqrt()));
+            let n;
+            if eta != 0.0 {
+                n = ctx.noise_between(&x, sigmas[i] as f32, sigmas[i + 1] as f32)?;
+                let amount = sigmas[i + 1] * (-(-2.0 * h * eta).exp_m1()).sqrt() * s_noise;
+                terms.push((&n, amount));
+            }
             x = ctx.lin(&terms)?;
         }
         old_denoised = Some(denoised);
@@ -97,8 +110,10 @@ pub(super) fn dpmpp_2m_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64], heun: bool
     Ok(x)
 }
 
+/// `sample_dpmpp_3m_sde` with the options `eta` and `s_noise` (default 1); no noise is drawn
+/// when `eta` is 0, as in ComfyUI.
 pub(super) fn dpmpp_3m_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Tensor> {
-    const ETA: f64 = 1.0;
+    let (eta, s_noise) = (ctx.opts.eta_or(1.0), ctx.opts.s_noise());
     let mut x = x.clone();
     let (mut den1, mut den2): (Option<Tensor>, Option<Tensor>) = (None, None);
     let (mut h, mut h1, mut h2): (Option<f64>, Option<f64>, Option<f64>) = (None, None, None);
@@ -111,11 +126,11 @@ pub(super) fn dpmpp_3m_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Ten
             let (ls, lt) = (-sigmas[i].ln(), -sigmas[i + 1].ln());
             let hh = lt - ls;
             h = Some(hh);
-            let h_eta = hh * (ETA + 1.0);
+            let h_eta = hh * (eta + 1.0);
             let a = -(-h_eta).exp_m1();
             let phi2 = (-h_eta).exp_m1() / h_eta + 1.0;
             let mut terms: Vec<(Tensor, f64)> = vec![
-                (x.clone(), sigmas[i + 1] / sigmas[i] * (-hh * ETA).exp()),
+                (x.clone(), sigmas[i + 1] / sigmas[i] * (-hh * eta).exp()),
                 (denoised.clone(), a),
             ];
             match (&den1, &den2, h1, h2) {
@@ -138,8 +153,11 @@ pub(super) fn dpmpp_3m_sde(ctx: &mut Ctx, x: &Tensor, sigmas: &[f64]) -> Res<Ten
                 }
                 _ => {}
             }
-            let n = ctx.noise_between(&x, sigmas[i] as f32, sigmas[i + 1] as f32)?;
-            terms.push((n, sigmas[i + 1] * (-(-2.0 * hh * ETA).exp_m1()).sqrt()));
+            if eta != 0.0 {
+                let n = ctx.noise_between(&x, sigmas[i] as f32, sigmas[i + 1] as f32)?;
+                let amount = sigmas[i + 1] * (-(-2.0 * hh * eta).exp_m1()).sqrt() * s_noise;
+                terms.push((n, amount));
+            }
             let refs: Vec<(&Tensor, f64)> = terms.iter().map(|(t, c)| (t, *c)).collect();
             x = ctx.lin(&refs)?;
         }

@@ -4,8 +4,16 @@
 //! Follows `comfy/samplers.py` (`calc_cond_batch`, `get_area_and_mult`, `cfg_function`,
 //! `KSamplerX0Inpaint`) and `comfy/model_base.py` (`SDXL.encode_adm`, `SDXLRefiner.encode_adm`).
 
+pub mod differential;
+pub mod downscale;
+pub mod freeu;
+pub mod guidance;
+pub mod patches;
+
 use crate::device::{to_compute, to_host};
 use std::sync::Arc;
+
+use patches::ModelPatches;
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -96,10 +104,11 @@ pub trait LatentOperation: std::fmt::Debug + Send + Sync {
     fn apply(&self, latent: &Tensor) -> Result<Tensor>;
 }
 
-/// A UNet with everything needed to sample it. Cloning shares the network and its weights.
+/// A UNet with everything needed to sample it. Cloning is cheap: the UNet and its weights are
+/// shared; a clone differs only in its patches and model sampling (see [`patches`]).
 #[derive(Debug, Clone)]
 pub struct DiffusionModel {
-    /// The denoising network.
+    /// The denoising network, shared by every patched clone.
     pub unet: Arc<UNet2DConditionModel>,
     /// Which architecture the checkpoint was detected as.
     pub family: ModelFamily,
@@ -113,9 +122,8 @@ pub struct DiffusionModel {
     pub bytes: usize,
     /// The UNet's diffusers-named weights (shared with the model), for LoRA patching.
     pub weights: Option<Arc<std::collections::HashMap<String, Tensor>>>,
-    /// Operations applied, in order, to the conditional prediction before CFG combines it
-    /// (ComfyUI's `sampler_pre_cfg_function` as `LatentApplyOperationCFG` sets it).
-    pub cfg_operations: Vec<Arc<dyn LatentOperation>>,
+    /// Sampling-time hooks set by patch nodes (ComfyUI's `model_options`).
+    pub patches: ModelPatches,
 }
 
 impl DiffusionModel {
@@ -139,16 +147,28 @@ impl DiffusionModel {
             latent: LatentFormat::for_family(family),
             bytes,
             weights: None,
-            cfg_operations: Vec::new(),
+            patches: ModelPatches::default(),
+        }
+    }
+
+    /// This model with another UNet and its weights (a LoRA's), keeping the patches and model
+    /// sampling, as ComfyUI's patched model keeps its `model_options` under a LoRA.
+    pub fn with_unet(
+        &self,
+        unet: UNet2DConditionModel,
+        weights: std::collections::HashMap<String, Tensor>,
+    ) -> Self {
+        DiffusionModel {
+            unet: Arc::new(unet),
+            weights: Some(Arc::new(weights)),
+            ..self.clone()
         }
     }
 
     /// The same model with `operation` applied to the guidance before CFG: to `cond − uncond`
     /// (and `uncond` added back) when the negative side is evaluated, else to `cond`.
     pub fn with_cfg_operation(&self, operation: Arc<dyn LatentOperation>) -> DiffusionModel {
-        let mut model = self.clone();
-        model.cfg_operations.push(operation);
-        model
+        self.patched(|p| p.pre_cfg.push(Arc::new(guidance::CfgOperation(operation))))
     }
 
     /// Keeps the weights the UNet was built from.
@@ -310,6 +330,51 @@ pub struct CfgDenoiser<'a> {
     /// Skip the negative side at cfg 1 (ComfyUI's cfg1 optimisation), unless the sampler needs it.
     need_uncond: bool,
     inpaint: Option<Inpaint>,
+    /// The run's sigmas, for patches that depend on the whole schedule.
+    schedule: Vec<f64>,
+    /// How the predictions combine.
+    mode: Mode,
+    latent_shape: Vec<usize>,
+    /// The CFG function's extra conditionings (PerpNeg's empty prompt), prepared.
+    extra: Vec<Vec<PreparedCond>>,
+}
+
+/// How a guider combines predictions (ComfyUI's `CFGGuider` and its subclasses).
+#[derive(Debug, Clone, Copy)]
+pub enum Guidance<'c> {
+    /// `CFGGuider`/`BasicGuider`: the model's CFG with its patches.
+    Cfg,
+    /// `DualCFGGuider`: `middle` is `cond2`; the denoiser's cfg is `cfg_conds` and `cfg2`
+    /// `cfg_cond2_negative`; `nested` is the "nested" style.
+    Dual {
+        /// The second conditioning (evaluated as a negative prompt).
+        middle: &'c [CondEntry],
+        /// Scale between `middle` and the negative.
+        cfg2: f64,
+        /// ComfyUI's "nested" style instead of "regular".
+        nested: bool,
+    },
+    /// `PerpNegGuider`: the negative's part perpendicular to the positive, both relative to the
+    /// empty prompt's prediction, is subtracted.
+    PerpNeg {
+        /// The empty prompt.
+        empty: &'c [CondEntry],
+        /// Weight of the perpendicular negative.
+        neg_scale: f64,
+    },
+}
+
+enum Mode {
+    Cfg,
+    Dual {
+        middle: Vec<PreparedCond>,
+        cfg2: f64,
+        nested: bool,
+    },
+    PerpNeg {
+        empty: Vec<PreparedCond>,
+        neg_scale: f64,
+    },
 }
 
 struct Inpaint {
@@ -337,6 +402,14 @@ impl<'a> CfgDenoiser<'a> {
         };
         let need_uncond =
             !negative.is_empty() && (sampler_needs_uncond || (cfg - 1.0).abs() > 1e-9);
+        let extra = match &model.patches.cfg_function {
+            Some(f) => f
+                .extra_conds()
+                .iter()
+                .map(|list| prepare(model, list, latent_shape, PromptType::Negative))
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
         Ok(CfgDenoiser {
             model,
             positive,
@@ -344,7 +417,42 @@ impl<'a> CfgDenoiser<'a> {
             cfg,
             need_uncond,
             inpaint: None,
+            schedule: Vec::new(),
+            mode: Mode::Cfg,
+            extra,
+            latent_shape: latent_shape.to_vec(),
         })
+    }
+
+    /// Combines the predictions as `guidance` says (DualCFGGuider, PerpNegGuider) instead of
+    /// plain CFG.
+    pub fn with_guidance(mut self, guidance: Guidance<'_>) -> Result<Self> {
+        let prep = |list: &[CondEntry]| {
+            prepare(self.model, list, &self.latent_shape, PromptType::Negative)
+        };
+        self.mode = match guidance {
+            Guidance::Cfg => Mode::Cfg,
+            Guidance::Dual {
+                middle,
+                cfg2,
+                nested,
+            } => Mode::Dual {
+                middle: prep(middle)?,
+                cfg2,
+                nested,
+            },
+            Guidance::PerpNeg { empty, neg_scale } => Mode::PerpNeg {
+                empty: prep(empty)?,
+                neg_scale,
+            },
+        };
+        Ok(self)
+    }
+
+    /// Tells the denoiser the run's sigmas (DifferentialDiffusion's mask depends on them).
+    pub fn with_schedule(mut self, sigmas: &[f32]) -> Self {
+        self.schedule = sigmas.iter().map(|&s| s as f64).collect();
+        self
     }
 
     /// Keeps the latent outside `mask` (1 = resample) fixed, as ComfyUI's `KSamplerX0Inpaint`.
@@ -359,7 +467,143 @@ impl<'a> CfgDenoiser<'a> {
         Ok(self)
     }
 
+    /// The combined prediction and the negative one (for CFG++ samplers) at `(x, sigma)`.
+    fn guide(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
+        let patches = &self.model.patches;
+        let sampling = &self.model.sampling;
+        let eval_positive = |change: &dyn Fn(&mut patches::UNetPatches)| {
+            let mut unet = patches.unet.clone();
+            change(&mut unet);
+            self.eval_list_with(&self.positive, x, sigma, &unet)
+        };
+        let near = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
+        // A conditioning ComfyUI leaves out predicts zeros (calc_cond_batch's empty sum).
+        let eval_or_zeros = |list: &[PreparedCond], skip: bool| -> Result<Tensor> {
+            if skip {
+                x.zeros_like()
+            } else {
+                self.eval_list(list, x, sigma)
+            }
+        };
+        match &self.mode {
+            Mode::Cfg => {
+                let cond = self.eval_list(&self.positive, x, sigma)?;
+                let uncond = if self.need_uncond {
+                    Some(self.eval_list(&self.negative, x, sigma)?)
+                } else if !self.extra.is_empty() {
+                    // ComfyUI still calls a CFG function that evaluates its own conditionings,
+                    // with the skipped negative predicting zeros.
+                    Some(x.zeros_like()?)
+                } else {
+                    None
+                };
+                let extra = self
+                    .extra
+                    .iter()
+                    .map(|list| self.eval_list(list, x, sigma))
+                    .collect::<Result<Vec<_>>>()?;
+                patches.combine(
+                    x,
+                    sigma,
+                    self.cfg,
+                    sampling,
+                    cond,
+                    uncond,
+                    &extra,
+                    Some(&eval_positive),
+                )
+            }
+            Mode::Dual {
+                middle,
+                cfg2,
+                nested,
+            } => {
+                let (cfg1, cfg2) = (self.cfg, *cfg2);
+                let skip_negative = !nested && near(cfg2, 1.0);
+                let skip_middle = skip_negative && near(cfg1, 1.0);
+                let negative = eval_or_zeros(&self.negative, skip_negative)?;
+                let middle = eval_or_zeros(middle, skip_middle)?;
+                let positive = self.eval_list(&self.positive, x, sigma)?;
+                if *nested {
+                    let text = patches.cfg_and_post(
+                        x,
+                        sigma,
+                        cfg1,
+                        sampling,
+                        (&positive, Some(&middle)),
+                        &[],
+                        Some(&eval_positive),
+                    )?;
+                    let result = (&negative + ((text - &negative)? * cfg2)?)?;
+                    Ok((result, Some(negative)))
+                } else {
+                    let base = patches.cfg_and_post(
+                        x,
+                        sigma,
+                        cfg2,
+                        sampling,
+                        (&middle, Some(&negative)),
+                        &[],
+                        Some(&eval_positive),
+                    )?;
+                    let result = (base + ((&positive - &middle)? * cfg1)?)?;
+                    Ok((result, Some(negative)))
+                }
+            }
+            Mode::PerpNeg { empty, neg_scale } => {
+                let skip_negative = near(*neg_scale, 0.0);
+                let skip_empty = skip_negative && near(self.cfg, 1.0);
+                let positive = self.eval_list(&self.positive, x, sigma)?;
+                let negative = eval_or_zeros(&self.negative, skip_negative)?;
+                let empty = eval_or_zeros(empty, skip_empty)?;
+                let (positive, negative) = if skip_negative {
+                    (positive, negative)
+                } else {
+                    let (p, n) = patches.pre_cfg_all(
+                        x,
+                        sigma,
+                        self.cfg,
+                        sampling,
+                        positive,
+                        Some(negative),
+                    )?;
+                    let n = n.ok_or_else(|| {
+                        candle_core::Error::Msg("a pre-CFG hook dropped the negative".into())
+                    })?;
+                    (p, n)
+                };
+                let mut result =
+                    guidance::perp_neg(&positive, &negative, &empty, *neg_scale, self.cfg)?;
+                let args = patches::CfgArgs {
+                    x,
+                    sigma,
+                    cond_scale: self.cfg,
+                    cond: &positive,
+                    uncond: Some(&negative),
+                    sampling,
+                    extra: &[],
+                    eval_positive: Some(&eval_positive),
+                };
+                for hook in &patches.post_cfg {
+                    result = hook.post_cfg(&args, result)?;
+                }
+                Ok((result, Some(negative)))
+            }
+        }
+    }
+
     fn eval_list(&self, list: &[PreparedCond], x: &Tensor, sigma: f64) -> Result<Tensor> {
+        self.eval_list_with(list, x, sigma, &self.model.patches.unet)
+    }
+
+    /// [`Self::eval_list`] with the given UNet patches instead of the model's.
+    fn eval_list_with(
+        &self,
+        list: &[PreparedCond],
+        x: &Tensor,
+        sigma: f64,
+        unet_patches: &patches::UNetPatches,
+    ) -> Result<Tensor> {
         let (batch, channels, h, w) = x.dims4()?;
         let mut out = Tensor::zeros((batch, channels, h, w), DType::F32, x.device())?;
         let mut counts = Tensor::full(1e-37f32, (batch, channels, h, w), x.device())?;
@@ -388,12 +632,14 @@ impl<'a> CfgDenoiser<'a> {
                     control = control.sum(&own)?;
                 }
             }
-            let output = self.model.unet.forward_controlled(
+            let output = self.model.unet.forward_patched(
                 &x_in,
                 &timesteps,
                 &context,
                 y.as_ref(),
                 &control,
+                unet_patches,
+                sigma,
             )?;
             let denoised =
                 self.model
@@ -415,38 +661,30 @@ impl<'a> CfgDenoiser<'a> {
 
 impl Denoiser for CfgDenoiser<'_> {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Denoised> {
-        let x = match &self.inpaint {
-            Some(inpaint) => {
+        // The step's mask (a patch may reshape it per sigma) serves both blends, as in ComfyUI's
+        // KSamplerX0Inpaint.
+        let mask = match &self.inpaint {
+            Some(inpaint) => Some(match &self.model.patches.denoise_mask {
+                Some(f) => f.mask(sigma, &inpaint.mask, &self.schedule, &self.model.sampling)?,
+                None => inpaint.mask.clone(),
+            }),
+            None => None,
+        };
+        let x = match (&self.inpaint, &mask) {
+            (Some(inpaint), Some(mask)) => {
                 let known = (&inpaint.latent + inpaint.noise.affine(sigma, 0.0)?)?;
-                let keep = inpaint.mask.affine(-1.0, 1.0)?;
-                ((x * &inpaint.mask)? + (known * &keep)?)?
+                let keep = mask.affine(-1.0, 1.0)?;
+                ((x * mask)? + (known * &keep)?)?
             }
-            None => x.clone(),
+            _ => x.clone(),
         };
-        let mut cond = self.eval_list(&self.positive, &x, sigma)?;
-        let uncond = if self.need_uncond {
-            Some(self.eval_list(&self.negative, &x, sigma)?)
-        } else {
-            None
-        };
-        for operation in &self.model.cfg_operations {
-            cond = match &uncond {
-                Some(uncond) => (operation.apply(&(&cond - uncond)?)? + uncond)?,
-                None => operation.apply(&cond)?,
-            };
-        }
-        let (result, uncond) = if let Some(uncond) = uncond {
-            let result = (&uncond + ((&cond - &uncond)? * self.cfg)?)?;
-            (result, Some(uncond))
-        } else {
-            (cond, None)
-        };
+        let (result, uncond) = self.guide(&x, sigma)?;
         let apply_mask = |t: Tensor| -> Result<Tensor> {
-            match &self.inpaint {
-                Some(inpaint) => {
-                    (t * &inpaint.mask)? + (&inpaint.latent * inpaint.mask.affine(-1.0, 1.0)?)?
+            match (&self.inpaint, &mask) {
+                (Some(inpaint), Some(mask)) => {
+                    (t * mask)? + (&inpaint.latent * mask.affine(-1.0, 1.0)?)?
                 }
-                None => Ok(t),
+                _ => Ok(t),
             }
         };
         Ok(Denoised {
