@@ -12,9 +12,9 @@ pub fn markdown(spec: &NodeSpec) -> String {
     if !spec.description.is_empty() {
         let _ = write!(page, "{}\n\n", spec.description);
     }
-    let _ = write!(
+    let _ = writeln!(
         page,
-        "Class `{}` in category `{}`.{}\n",
+        "Class `{}` in category `{}`.{}",
         spec.class_type,
         spec.category,
         if spec.output_node {
