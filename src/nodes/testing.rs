@@ -16,6 +16,7 @@ pub fn register(registry: &mut Registry) {
     registry.add(TestSleep);
     registry.add(TestFail);
     registry.add(TestPanic);
+    registry.add(TestAbort);
     registry.add(TestPreview);
 }
 
@@ -140,6 +141,24 @@ impl Node for TestPanic {
 
     fn run(&self, _ctx: &NodeContext, _inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         panic!("TestPanic node panicked on purpose")
+    }
+}
+
+/// Aborts the whole process, as an allocation failure does: what crash recovery and quarantine
+/// are tested with.
+pub struct TestAbort;
+
+impl Node for TestAbort {
+    fn spec(&self) -> NodeSpec {
+        spec(
+            "TestAbort",
+            vec![required("value", link(SlotType::ANY))],
+            vec![output(SlotType::ANY, "value")],
+        )
+    }
+
+    fn run(&self, _ctx: &NodeContext, _inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        std::process::abort()
     }
 }
 
