@@ -12,6 +12,7 @@ pub mod api;
 pub mod app;
 pub mod exec;
 pub mod generate;
+pub mod images;
 pub mod logs;
 pub mod nodes;
 pub mod paths;

@@ -115,6 +115,11 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the server (SIGKILL) and waits for it to exit.
     pub(crate) fn stop(&mut self) {
         let _ = self.child.kill();

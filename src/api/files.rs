@@ -363,8 +363,8 @@ fn convert_image(
     channel: &str,
     preview: Option<&str>,
 ) -> Result<(Vec<u8>, &'static str), ApiError> {
-    let image =
-        image::open(path).map_err(|e| ApiError::BadRequest(format!("not an image: {e}")))?;
+    let image = crate::images::open(path)
+        .map_err(|e| ApiError::BadRequest(format!("not an image: {e}")))?;
     let mut image = match channel {
         "rgb" => image::DynamicImage::ImageRgb8(image.to_rgb8()),
         "a" => {

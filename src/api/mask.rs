@@ -102,12 +102,12 @@ fn original_path(dirs: &DataDirs, original_ref: &str) -> Result<PathBuf, ApiErro
 
 /// The original's pixels with the mask's alpha, as a PNG with the original's text chunks.
 fn composite(original: &Path, mask: &[u8]) -> Result<Vec<u8>, ApiError> {
-    let mut pixels = image::open(original)
+    let mut pixels = crate::images::open(original)
         .map_err(|e| {
             ApiError::BadRequest(format!("original_ref: the original is not an image: {e}"))
         })?
         .to_rgba8();
-    let mask = image::load_from_memory(mask)
+    let mask = crate::images::from_memory(mask)
         .map_err(|e| ApiError::BadRequest(format!("image: the mask is not an image: {e}")))?
         .to_rgba8();
     if mask.dimensions() != pixels.dimensions() {

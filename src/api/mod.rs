@@ -7,6 +7,7 @@
 
 pub mod convert;
 mod custom_nodes;
+mod encoding;
 pub mod error;
 mod files;
 mod generate;
@@ -35,6 +36,7 @@ use crate::api::error::ApiError;
 use crate::exec::Executor;
 use crate::userdata::UserFiles;
 
+pub use encoding::content_encoding_guard;
 pub use origin::origin_guard;
 pub use ws::Hub;
 
