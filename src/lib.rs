@@ -11,6 +11,7 @@
 pub mod api;
 pub mod app;
 pub mod exec;
+pub mod fuzzing;
 pub mod generate;
 pub mod images;
 pub mod logs;

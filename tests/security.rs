@@ -978,3 +978,30 @@ async fn a_gzip_bomb_stops_at_the_body_limit_without_inflating() {
     // And it is still up.
     assert!(server.get("/prompt").await["exec_info"].is_object());
 }
+
+#[actix_web::test]
+async fn an_upload_that_ends_inside_a_part_is_a_400_not_a_hang() {
+    // Found by fuzzing: after a line that begins like the boundary but is not it, a body that
+    // ends without its closing boundary left the request waiting until the client gave up.
+    let app = spawn_app().await;
+    let (body, content_type) = multipart(&[
+        ("image", Some("m.png"), b"\x89PNG"),
+        ("type", None, b"input"),
+    ]);
+    let end = b"--weftboundary1234--\r\n";
+    assert!(body.ends_with(end));
+    let mut body = body[..body.len() - end.len()].to_vec();
+    body.extend_from_slice(b"--weftXboundary1234--\r\n");
+    let request = app.post_raw("/upload/image", body, &content_type);
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(10), request)
+        .await
+        .expect("the upload is answered");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("malformed multipart body"),
+        "{body}"
+    );
+}

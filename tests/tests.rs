@@ -11,6 +11,7 @@ mod diffusion;
 mod editor_format;
 mod engine;
 mod examples;
+mod fuzz_corpus;
 mod generate;
 mod helpers;
 mod image_nodes;

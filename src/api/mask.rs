@@ -5,8 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use actix_multipart::Multipart;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value as Json;
 
 use crate::api::error::ApiError;
@@ -19,9 +18,10 @@ use crate::paths::{self, DataDirs, FolderType, PathError};
 /// `output`; a `filename` ending in ` [input]` etc. names its folder).
 pub async fn upload_mask(
     state: web::Data<AppState>,
-    payload: Multipart,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let mut form = read_upload_form(payload, state.config.max_upload_bytes).await?;
+    let mut form = read_upload_form(req.headers(), payload, state.config.max_upload_bytes).await?;
     let original_ref = form
         .fields
         .remove("original_ref")
