@@ -277,3 +277,42 @@ async fn a_prompt_that_kills_the_server_twice_is_quarantined_and_can_be_requeued
     let server = Server::start(&data, &models, free_port()).await;
     assert_quarantined(&bad, &server.wait_history(&bad).await);
 }
+
+/// Sends SIGTERM (what a service manager stops a server with) and waits for a clean exit.
+async fn terminate(server: &mut Server) {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    wait_exit(server).await;
+}
+
+/// Waits until `id` is the running prompt.
+async fn wait_running(server: &Server, id: &str) {
+    for _ in 0..400 {
+        if server.get("/queue").await["queue_running"][0][1] == id {
+            return;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{id} never started running");
+}
+
+#[cfg(unix)]
+#[actix_web::test]
+async fn stopping_the_server_cleanly_is_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, models) = (dir.path().join("data"), dir.path().join("models"));
+    let mut server = Server::start(&data, &models, free_port()).await;
+    let long = server.queue(graph("long", 2.0)).await;
+    // Stopped twice while it runs: each time it goes back to the queue, never quarantined.
+    for _ in 0..2 {
+        wait_running(&server, &long).await;
+        terminate(&mut server).await;
+        drop(server);
+        server = Server::start(&data, &models, free_port()).await;
+    }
+    let entry = server.wait_history(&long).await;
+    assert_eq!(entry["status"]["status_str"], "success", "{entry}");
+}

@@ -493,6 +493,20 @@ impl Executor {
         Ok(number)
     }
 
+    /// A clean shutdown: takes no new prompt, and puts the running one back in the queue so that
+    /// it runs again at the next start without counting as a crash (see [`QUARANTINE_AFTER`]).
+    pub async fn shut_down(&self) {
+        self.pause();
+        match self.store.release_running().await {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::info!(prompt_id = %id, "stopped while running; it runs again at the next start");
+                }
+            }
+            Err(e) => tracing::error!("cannot put the running prompt back in the queue: {e:#}"),
+        }
+    }
+
     /// Stops taking new prompts; the running one finishes.
     pub fn pause(&self) {
         self.paused.store(true, Ordering::SeqCst);

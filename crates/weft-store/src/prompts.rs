@@ -340,6 +340,18 @@ impl Store {
         Ok(recovery)
     }
 
+    /// At a clean shutdown: prompts being run go back to pending, their crash count untouched
+    /// (stopping the server is not a crash). Returns their ids.
+    pub async fn release_running(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "UPDATE prompts SET status = 'pending', started_at = NULL WHERE status = 'running' \
+             RETURNING prompt_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .doing("releasing the running prompt at shutdown")
+    }
+
     /// Pending prompts in the order they will run.
     pub async fn pending(&self) -> Result<Vec<PromptRow>, StoreError> {
         let rows = sqlx::query(&format!(
