@@ -110,8 +110,11 @@ pub fn websocket_frames(data: &[u8]) {
     }
 }
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as `fuzz/` and the corpus replay name them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("api_workflow", api_workflow),
     ("editor_workflow", editor_workflow),
     ("safetensors_header", safetensors_header),
