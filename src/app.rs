@@ -253,7 +253,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     });
     let server = HttpServer::new(move || {
         App::new()
-            .wrap(middleware::from_fn(api::request_guard))
+            .wrap(middleware::from_fn(api::content_encoding_guard))
+            .wrap(middleware::from_fn(api::origin_guard))
             .wrap(middleware::Logger::new("%r %s %Dms").log_target("weft::http"))
             // Outermost, so refusals get it too: no response is ever sniffed into another type.
             .wrap(

@@ -3,10 +3,32 @@
 //! inflated bytes count against `--max-upload-size` (413 past it): a 100 KB gzip bomb that
 //! inflates to 100 GB stops at the limit, after one network chunk (a few KB, inflated at most
 //! about 1000 times) past it. Every other encoding, several encodings stacked, and any encoding
-//! on a multipart upload (actix-multipart reads the raw bytes) are refused (`api::request_guard`) with 415 rather
+//! on a multipart upload (actix-multipart reads the raw bytes) are refused here with 415 rather
 //! than read as if they were plain.
 
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap};
+use actix_web::HttpResponse;
+
+/// The middleware (`actix_web::middleware::from_fn`): 415 with the reason for a body in an
+/// encoding the server does not inflate.
+pub async fn content_encoding_guard(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<
+    ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
+    actix_web::Error,
+> {
+    if let Some(reason) = refusal(req.headers()) {
+        let response = HttpResponse::UnsupportedMediaType()
+            .content_type("text/plain; charset=utf-8")
+            .body(reason);
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
 
 /// Why a request body's encoding is refused, or `None` when it is plain, gzip or deflate.
 pub fn refusal(headers: &HeaderMap) -> Option<String> {

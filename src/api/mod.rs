@@ -28,8 +28,7 @@ pub mod ws;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::{header, StatusCode};
+use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use serde_json::Value as Json;
 
@@ -37,6 +36,8 @@ use crate::api::error::ApiError;
 use crate::exec::Executor;
 use crate::userdata::UserFiles;
 
+pub use encoding::content_encoding_guard;
+pub use origin::origin_guard;
 pub use ws::Hub;
 
 /// Settings the API needs.
@@ -65,36 +66,6 @@ pub async fn blocking<R: Send + 'static>(
     web::block(work)
         .await
         .map_err(|e| ApiError::Internal(format!("a blocking task failed: {e}")))?
-}
-
-/// The middleware (`actix_web::middleware::from_fn`) every request passes before its route: 403
-/// with the reason for a request another site's page made ([`origin::refusal`]), 415 for a body
-/// in an encoding the server does not inflate ([`encoding::refusal`]).
-pub async fn request_guard(
-    req: ServiceRequest,
-    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
-) -> Result<
-    ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
-    actix_web::Error,
-> {
-    let refused = if let Some(reason) = origin::refusal(req.method(), req.headers()) {
-        tracing::warn!(
-            path = req.path(),
-            "refused a cross-origin request: {reason}"
-        );
-        Some((StatusCode::FORBIDDEN, reason))
-    } else {
-        encoding::refusal(req.headers()).map(|r| (StatusCode::UNSUPPORTED_MEDIA_TYPE, r))
-    };
-    if let Some((status, reason)) = refused {
-        let response = HttpResponse::build(status)
-            .content_type("text/plain; charset=utf-8")
-            .body(reason);
-        return Ok(req.into_response(response).map_into_right_body());
-    }
-    next.call(req)
-        .await
-        .map(ServiceResponse::map_into_left_body)
 }
 
 /// Bytes a parsed JSON element may take, counted per separator (`,` `[` `{`): serde_json's 32-byte

@@ -14,7 +14,33 @@
 //! - `Sec-Fetch-Site: cross-site` on anything but a plain read (`GET`, `HEAD`, `OPTIONS`), and on
 //!   any WebSocket handshake, is refused whatever the `Host`.
 
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, header::HeaderMap, Method};
+use actix_web::HttpResponse;
+
+/// The middleware (`actix_web::middleware::from_fn`): 403 with the reason for a request another
+/// site's page made.
+pub async fn origin_guard(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<
+    ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
+    actix_web::Error,
+> {
+    if let Some(reason) = refusal(req.method(), req.headers()) {
+        tracing::warn!(
+            path = req.path(),
+            "refused a cross-origin request: {reason}"
+        );
+        let response = HttpResponse::Forbidden()
+            .content_type("text/plain; charset=utf-8")
+            .body(reason);
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
 
 /// Why a request is refused as another site's, or `None`.
 pub fn refusal(method: &Method, headers: &HeaderMap) -> Option<String> {
