@@ -354,6 +354,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     });
     let server = HttpServer::new(move || {
         App::new()
+            // Request encodings (gzip and deflate only, inflated within the body limit).
+            .wrap(middleware::from_fn(api::content_encoding_guard))
             // Hosts, origins and the token: before every route, the socket included.
             .wrap(middleware::from_fn(api::access_guard))
             .wrap(

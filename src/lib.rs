@@ -11,7 +11,9 @@
 pub mod api;
 pub mod app;
 pub mod exec;
+pub mod fuzzing;
 pub mod generate;
+pub mod images;
 pub mod logs;
 pub mod nodes;
 pub mod paths;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -180,6 +181,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM (what service managers send); false if
+/// neither can be listened for.
+async fn stop_requested() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                ctrl_c = tokio::signal::ctrl_c() => ctrl_c.is_ok(),
+                _ = term.recv() => true,
+            };
+        }
+    }
+    tokio::signal::ctrl_c().await.is_ok()
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(&args.data_dir);
     config.listen = args.listen;
@@ -210,9 +227,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let running = app::start(config).await?;
     let handle = running.server.handle();
+    let exec = Arc::clone(&running.exec);
     actix_web::rt::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        if stop_requested().await {
             tracing::info!("shutting down");
+            exec.shut_down().await;
             handle.stop(true).await;
         }
     });

@@ -239,10 +239,13 @@ async fn load_blur_grow_and_save_through_the_server() {
     run_ok(&app, graph).await;
 
     // The blur matches the node run directly on the same file (then truncated as SaveImage does).
-    let (image, mask) =
-        weft::nodes::image_io::load_image_file(&app.data_dir().join("input/edit.png"), "edit.png")
-            .unwrap();
     let ctx = context(&app);
+    let (image, mask) = weft::nodes::image_io::load_image_file(
+        &ctx,
+        &app.data_dir().join("input/edit.png"),
+        "edit.png",
+    )
+    .unwrap();
     let registry = Registry::standard();
     let blur = registry
         .node("ImageBlur")

@@ -767,3 +767,245 @@ async fn json_that_would_inflate_far_beyond_its_size_is_refused_before_parsing()
     let (status, answer) = app.post_raw("/prompt", body, "application/json").await;
     assert_eq!(status, 200, "{answer}");
 }
+
+/// A PNG of a few dozen bytes whose header declares `width`x`height` RGBA, its pixel data one
+/// zero byte (a zlib stream): a decompression bomb as far as the header goes.
+fn png_declaring(width: u32, height: u32, depth: png::BitDepth) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgba);
+    encoder.set_depth(depth);
+    let mut writer = encoder.write_header().unwrap();
+    let one_zero_byte = [0x78, 0x9c, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01];
+    writer
+        .write_chunk(png::chunk::IDAT, &one_zero_byte)
+        .unwrap();
+    writer.finish().unwrap();
+    out
+}
+
+/// The `execution_error` of a finished prompt's history entry.
+fn execution_error(entry: &serde_json::Value) -> &serde_json::Value {
+    entry["status"]["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m[0] == "execution_error"))
+        .map(|m| &m[1])
+        .unwrap_or_else(|| panic!("no execution_error in {entry}"))
+}
+
+#[actix_web::test]
+async fn images_declaring_huge_sizes_are_refused_quickly_naming_the_input_or_field() {
+    let app = spawn_app().await;
+    let bomb = png_declaring(100_000, 100_000, png::BitDepth::Eight);
+    assert!(bomb.len() < 1024, "{} bytes", bomb.len());
+    std::fs::write(app.data_dir().join("input/bomb.png"), &bomb).unwrap();
+    // 16384² is within the sides, but at 16 bits per channel over the byte budget.
+    let deep = png_declaring(16384, 16384, png::BitDepth::Sixteen);
+    std::fs::write(app.data_dir().join("input/deep.png"), &deep).unwrap();
+    let started = std::time::Instant::now();
+
+    // LoadImage and LoadImageMask: a node error on input `image`, naming the size.
+    for (node, file, size) in [
+        (
+            json!({"class_type": "LoadImage", "inputs": {"image": "bomb.png"}}),
+            "bomb.png",
+            "100000x100000",
+        ),
+        (
+            json!({"class_type": "LoadImage", "inputs": {"image": "deep.png"}}),
+            "deep.png",
+            "16384x16384",
+        ),
+        (
+            json!({"class_type": "LoadImageMask", "inputs": {"image": "bomb.png", "channel": "alpha"}}),
+            "bomb.png",
+            "100000x100000",
+        ),
+    ] {
+        // (TestSleep passes any value on, so a MASK can reach an output node.)
+        let prompt = json!({
+            "1": node,
+            "2": {"class_type": "TestSleep", "inputs": {"value": ["1", 0], "seconds": 0.0}},
+            "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}
+        });
+        let id = app.queue(prompt, "bombs").await;
+        let entry = app.wait_history(&id).await;
+        let error = execution_error(&entry);
+        assert_eq!(error["node_id"], "1", "{error}");
+        assert_eq!(error["exception_type"], "weft.InputError", "{error}");
+        let message = error["exception_message"].as_str().unwrap();
+        assert!(
+            message.contains("image") && message.contains(file) && message.contains(size),
+            "{message}"
+        );
+    }
+
+    // The mask editor's upload: a 400 naming the field the bomb came in.
+    let original = crate::server::png_bytes(1, 1, [0, 0, 0, 255]);
+    std::fs::write(app.data_dir().join("input/orig.png"), &original).unwrap();
+    let reference = json!({"filename": "orig.png", "type": "input"}).to_string();
+    let (body, content_type) = multipart(&[
+        ("image", Some("m.png"), &bomb),
+        ("original_ref", None, reference.as_bytes()),
+    ]);
+    let (status, body) = app.post_raw("/upload/mask", body, &content_type).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("image:") && message.contains("100000x100000"),
+        "{body}"
+    );
+    // As the original, it names original_ref.
+    let reference = json!({"filename": "bomb.png", "type": "input"}).to_string();
+    let (body, content_type) = multipart(&[
+        ("image", Some("m.png"), &original),
+        ("original_ref", None, reference.as_bytes()),
+    ]);
+    let (status, body) = app.post_raw("/upload/mask", body, &content_type).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("original_ref:") && message.contains("100000x100000"),
+        "{body}"
+    );
+
+    // `/view` re-encodings decode the file too.
+    let (status, _, body) = app
+        .get_typed("/view?filename=bomb.png&type=input&channel=rgb")
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        String::from_utf8_lossy(&body).contains("100000x100000"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// `bytes` gzip-compressed.
+fn gzip(bytes: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    for chunk in bytes {
+        encoder.write_all(&chunk).unwrap();
+    }
+    encoder.finish().unwrap()
+}
+
+#[actix_web::test]
+async fn compressed_bodies_are_inflated_within_the_body_limit_or_refused() {
+    let app = spawn_app().await;
+    let client = awc::Client::default();
+    let send = |path: &str, encoding: &str, content_type: &str, body: Vec<u8>| {
+        client
+            .post(app.url(path))
+            .insert_header(("content-encoding", encoding.to_owned()))
+            .insert_header(("content-type", content_type.to_owned()))
+            .send_body(body)
+    };
+    // A gzip JSON body is read as ComfyUI's aiohttp reads it.
+    let prompt = json!({"prompt": {
+        "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8, "batch_size": 1}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}
+    }});
+    let body = gzip(std::iter::once(prompt.to_string().into_bytes()));
+    let mut response = send("/prompt", "gzip", "application/json", body)
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "{:?}",
+        response.body().await
+    );
+
+    // Other encodings, stacked ones and compressed uploads: 415 with the reason.
+    let (form, form_type) = multipart(&[("image", Some("a.png"), b"x")]);
+    for (path, encoding, content_type, body) in [
+        ("/prompt", "br", "application/json", b"{}".to_vec()),
+        ("/prompt", "gzip, gzip", "application/json", b"{}".to_vec()),
+        (
+            "/upload/image",
+            "gzip",
+            form_type.as_str(),
+            gzip(std::iter::once(form.clone())),
+        ),
+    ] {
+        let mut response = send(path, encoding, content_type, body).await.unwrap();
+        let text = String::from_utf8_lossy(&response.body().await.unwrap()).into_owned();
+        assert_eq!(response.status().as_u16(), 415, "{encoding}: {text}");
+        assert!(text.contains("Content-Encoding"), "{text}");
+    }
+    assert!(!app.data_dir().join("input/a.png").exists());
+}
+
+#[actix_web::test]
+async fn a_gzip_bomb_stops_at_the_body_limit_without_inflating() {
+    use crate::restart::{free_port, Server};
+    let dir = tempfile::tempdir().unwrap();
+    let (data, models) = (dir.path().join("data"), dir.path().join("models"));
+    let server = Server::start_with(
+        &data,
+        &models,
+        free_port(),
+        &["--max-upload-size".as_ref(), "8".as_ref()],
+    )
+    .await;
+    // 1 GiB of zeros in about a megabyte.
+    let bomb = gzip((0..1024).map(|_| vec![0u8; 1 << 20]));
+    assert!(bomb.len() < 2 << 20, "{} bytes", bomb.len());
+    let mut response = awc::Client::default()
+        .post(format!("{}/prompt", server.base))
+        .insert_header(("content-encoding", "gzip"))
+        .insert_header(("content-type", "application/json"))
+        .send_body(bomb)
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        413,
+        "{:?}",
+        response.body().await
+    );
+    // The server inflated a little past the 8 MiB limit and no further.
+    let peak_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(peak_kib < 400 << 10, "peak RSS {} MiB", peak_kib >> 10);
+    // And it is still up.
+    assert!(server.get("/prompt").await["exec_info"].is_object());
+}
+
+#[actix_web::test]
+async fn an_upload_that_ends_inside_a_part_is_a_400_not_a_hang() {
+    // Found by fuzzing: after a line that begins like the boundary but is not it, a body that
+    // ends without its closing boundary left the request waiting until the client gave up.
+    let app = spawn_app().await;
+    let (body, content_type) = multipart(&[
+        ("image", Some("m.png"), b"\x89PNG"),
+        ("type", None, b"input"),
+    ]);
+    let end = b"--weftboundary1234--\r\n";
+    assert!(body.ends_with(end));
+    let mut body = body[..body.len() - end.len()].to_vec();
+    body.extend_from_slice(b"--weftXboundary1234--\r\n");
+    let request = app.post_raw("/upload/image", body, &content_type);
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(10), request)
+        .await
+        .expect("the upload is answered");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("malformed multipart body"),
+        "{body}"
+    );
+}

@@ -13,6 +13,7 @@ mod diffusion;
 mod editor_format;
 mod engine;
 mod examples;
+mod fuzz_corpus;
 mod generate;
 mod helpers;
 mod image_edit_nodes;

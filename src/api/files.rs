@@ -6,10 +6,16 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use actix_files::NamedFile;
-use actix_multipart::Multipart;
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use actix_multipart::{Multipart, MultipartError};
+use actix_web::error::PayloadError;
 use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
+use futures_util::Stream;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -30,26 +36,74 @@ pub(crate) struct UploadForm {
     pub fields: HashMap<String, String>,
 }
 
-/// Reads an upload's multipart body, refusing more than `limit` bytes in all.
+/// The request body, noting when it has ended (see [`next_part`]).
+struct Watched<S> {
+    body: S,
+    ended: Rc<Cell<bool>>,
+}
+
+impl<S: Stream + Unpin> Stream for Watched<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let next = Pin::new(&mut self.body).poll_next(cx);
+        if let Poll::Ready(None) = next {
+            self.ended.set(true);
+        }
+        next
+    }
+}
+
+/// The next item of a multipart stream, or a 400 if the body has ended and the stream still
+/// waits: actix-multipart waits forever for more data when a body ends inside a part after a
+/// line that begins like the boundary but is not it (found by fuzzing: the request hung until
+/// the client gave up). Every part is read to its end before the next is asked for, so nothing
+/// else could wake it.
+async fn next_part<T>(
+    stream: &mut (impl Stream<Item = Result<T, MultipartError>> + Unpin),
+    ended: &Cell<bool>,
+) -> Result<Option<T>, ApiError> {
+    let malformed =
+        |e: &dyn std::fmt::Display| ApiError::BadRequest(format!("malformed multipart body: {e}"));
+    let next = std::future::poll_fn(|cx| match Pin::new(&mut *stream).poll_next(cx) {
+        Poll::Pending if ended.get() => Poll::Ready(Some(Err(None))),
+        next => next.map(|item| item.map(|r| r.map_err(Some))),
+    })
+    .await;
+    match next {
+        None => Ok(None),
+        Some(Ok(item)) => Ok(Some(item)),
+        Some(Err(Some(e))) => Err(malformed(&e)),
+        Some(Err(None)) => Err(malformed(&"the body ended inside a part")),
+    }
+}
+
+/// Reads an upload's multipart body (`headers` give its boundary), refusing more than `limit`
+/// bytes in all.
 pub(crate) async fn read_upload_form(
-    mut payload: Multipart,
+    headers: &header::HeaderMap,
+    body: impl Stream<Item = Result<web::Bytes, PayloadError>> + Unpin + 'static,
     limit: usize,
 ) -> Result<UploadForm, ApiError> {
+    let ended = Rc::new(Cell::new(false));
+    let mut payload = Multipart::new(
+        headers,
+        Watched {
+            body,
+            ended: Rc::clone(&ended),
+        },
+    );
     let mut image: Option<(String, Vec<u8>)> = None;
     let mut fields = HashMap::new();
     let mut total = 0usize;
-    while let Some(field) = payload.next().await {
-        let mut field =
-            field.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+    while let Some(mut field) = next_part(&mut payload, &ended).await? {
         let name = field.name().unwrap_or_default().to_owned();
         let filename = field
             .content_disposition()
             .and_then(|cd| cd.get_filename())
             .map(str::to_owned);
         let mut data = Vec::new();
-        while let Some(chunk) = field.next().await {
-            let chunk = chunk
-                .map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+        while let Some(chunk) = next_part(&mut field, &ended).await? {
             total += chunk.len();
             if total > limit {
                 return Err(ApiError::PayloadTooLarge(format!(
@@ -200,9 +254,10 @@ pub(crate) fn uploaded(name: &str, subfolder: &str, folder: FolderType) -> HttpR
 /// `POST /upload/image`: multipart fields `image` (the file), `type`, `subfolder`, `overwrite`.
 pub async fn upload_image(
     state: web::Data<AppState>,
-    payload: Multipart,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let form = read_upload_form(payload, state.config.max_upload_bytes).await?;
+    let form = read_upload_form(req.headers(), payload, state.config.max_upload_bytes).await?;
     let (folder, subfolder) = (form.folder, form.subfolder.clone());
     let base = state.exec.dirs().folder(folder).to_path_buf();
     let name = blocking(move || {
@@ -363,8 +418,8 @@ fn convert_image(
     channel: &str,
     preview: Option<&str>,
 ) -> Result<(Vec<u8>, &'static str), ApiError> {
-    let image =
-        image::open(path).map_err(|e| ApiError::BadRequest(format!("not an image: {e}")))?;
+    let image = crate::images::open(path)
+        .map_err(|e| ApiError::BadRequest(format!("not an image: {e}")))?;
     let mut image = match channel {
         "rgb" => image::DynamicImage::ImageRgb8(image.to_rgb8()),
         "a" => {

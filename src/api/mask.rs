@@ -5,8 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use actix_multipart::Multipart;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value as Json;
 
 use crate::api::error::ApiError;
@@ -19,9 +18,10 @@ use crate::paths::{self, DataDirs, FolderType, PathError};
 /// `output`; a `filename` ending in ` [input]` etc. names its folder).
 pub async fn upload_mask(
     state: web::Data<AppState>,
-    payload: Multipart,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let mut form = read_upload_form(payload, state.config.max_upload_bytes).await?;
+    let mut form = read_upload_form(req.headers(), payload, state.config.max_upload_bytes).await?;
     let original_ref = form
         .fields
         .remove("original_ref")
@@ -102,12 +102,12 @@ fn original_path(dirs: &DataDirs, original_ref: &str) -> Result<PathBuf, ApiErro
 
 /// The original's pixels with the mask's alpha, as a PNG with the original's text chunks.
 fn composite(original: &Path, mask: &[u8]) -> Result<Vec<u8>, ApiError> {
-    let mut pixels = image::open(original)
+    let mut pixels = crate::images::open(original)
         .map_err(|e| {
             ApiError::BadRequest(format!("original_ref: the original is not an image: {e}"))
         })?
         .to_rgba8();
-    let mask = image::load_from_memory(mask)
+    let mask = crate::images::from_memory(mask)
         .map_err(|e| ApiError::BadRequest(format!("image: the mask is not an image: {e}")))?
         .to_rgba8();
     if mask.dimensions() != pixels.dimensions() {

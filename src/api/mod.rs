@@ -8,8 +8,9 @@
 pub mod access;
 pub mod convert;
 mod custom_nodes;
+mod encoding;
 pub mod error;
-mod files;
+pub(crate) mod files;
 mod generate;
 mod info;
 mod internal;
@@ -17,7 +18,7 @@ mod jobs;
 mod mask;
 mod models;
 mod origin;
-mod png_text;
+pub(crate) mod png_text;
 mod prompt;
 mod settings;
 mod templates;
@@ -37,6 +38,7 @@ use crate::exec::Executor;
 use crate::userdata::UserFiles;
 
 pub use access::{access_guard, Access};
+pub use encoding::content_encoding_guard;
 pub use ws::Hub;
 
 /// Settings the API needs.

@@ -75,7 +75,7 @@ pub async fn preview(
                 }
             })?;
         let image = match previews.images.first() {
-            Some(file) => image::open(file).ok(),
+            Some(file) => crate::images::open(file).ok(),
             None => previews.safetensors.as_deref().and_then(cover_image),
         };
         let image = image
@@ -121,7 +121,7 @@ fn cover_image(safetensors: &Path) -> Option<image::DynamicImage> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(covers.first()?)
         .ok()?;
-    image::load_from_memory(&bytes).ok()
+    crate::images::from_memory(&bytes).ok()
 }
 
 #[derive(serde::Deserialize)]

@@ -265,7 +265,7 @@ pub async fn connect(
     Ok(response)
 }
 
-fn feature_flags(text: &str, previews: &AtomicU8, max_upload: usize) -> Option<String> {
+pub(crate) fn feature_flags(text: &str, previews: &AtomicU8, max_upload: usize) -> Option<String> {
     let message: Json = serde_json::from_str(text).ok()?;
     if message["type"] != "feature_flags" {
         return None;

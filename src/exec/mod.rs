@@ -138,6 +138,21 @@ pub struct Executor {
     wake: Notify,
 }
 
+/// A prompt running when the server stopped this many times in a row is not run again by itself.
+const QUARANTINE_AFTER: i64 = 2;
+/// The history `reason` of a quarantined prompt.
+const QUARANTINE_REASON: &str =
+    "quarantined: the server stopped while this prompt was running, twice in a row";
+
+/// The `exception_message` of a quarantined prompt: what happened and how to run it again.
+fn quarantine_message(prompt_id: &str, crashes: i64) -> String {
+    format!(
+        "the server stopped while this prompt was running at {crashes} restarts in a row (it may \
+         have crashed the server: out of memory, an abort); it is not run again automatically. \
+         POST /api/weft/queue/{prompt_id}/requeue queues it again"
+    )
+}
+
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (node panics are caught,
 /// but a poisoned lock must never take the server down).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -147,22 +162,28 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Executor {
-    /// Builds the executor and recovers from an earlier crash: prompts left running are marked
-    /// interrupted. Returns the executor and the stream of its events.
+    /// Builds the executor and recovers from an earlier crash: a prompt left running runs again,
+    /// first, unless it was also running at the crash before (then it is quarantined). Returns the executor and the stream of its events.
     pub async fn start(
         store: Store,
         registry: Arc<Registry>,
         dirs: Arc<DataDirs>,
         config: ExecConfig,
     ) -> Result<(Arc<Executor>, mpsc::UnboundedReceiver<Envelope>), StoreError> {
-        const REASON: &str = "the server stopped while this prompt was running";
-        let recovered = store
-            .recover_interrupted(REASON, |id, now| {
-                crate::wire::queue::interrupted_by_restart(id, now, REASON)
+        let recovery = store
+            .recover_after_crash(QUARANTINE_AFTER, QUARANTINE_REASON, |id, crashes, now| {
+                crate::wire::queue::quarantined(id, now, &quarantine_message(id, crashes))
             })
             .await?;
-        for id in &recovered {
-            tracing::warn!(prompt_id = %id, "prompt was running when the server stopped; marked interrupted");
+        for id in &recovery.requeued {
+            tracing::warn!(prompt_id = %id, "prompt was running when the server stopped; it runs again");
+        }
+        for id in &recovery.quarantined {
+            tracing::error!(
+                prompt_id = %id,
+                "the server stopped while this prompt was running, {QUARANTINE_AFTER} times in a row; \
+                 quarantined (POST /api/weft/queue/{id}/requeue runs it again)"
+            );
         }
         let (events, receiver) = mpsc::unbounded_channel();
         let executor = Arc::new(Executor {
@@ -470,6 +491,20 @@ impl Executor {
             self.emit_status().await;
         }
         Ok(number)
+    }
+
+    /// A clean shutdown: takes no new prompt, and puts the running one back in the queue so that
+    /// it runs again at the next start without counting as a crash (see [`QUARANTINE_AFTER`]).
+    pub async fn shut_down(&self) {
+        self.pause();
+        match self.store.release_running().await {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::info!(prompt_id = %id, "stopped while running; it runs again at the next start");
+                }
+            }
+            Err(e) => tracing::error!("cannot put the running prompt back in the queue: {e:#}"),
+        }
     }
 
     /// Stops taking new prompts; the running one finishes.

@@ -89,7 +89,7 @@ impl Node for LoadImage {
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let name = inputs.string("image")?;
         let path = Self::path(&ctx.dirs, name).map_err(|m| NodeError::input("image", m))?;
-        let (image, mask) = load_image_file(&path, &ctx.dirs.shown(&path))?;
+        let (image, mask) = load_image_file(ctx, &path, &ctx.dirs.shown(&path))?;
         Ok(NodeOutput::values(vec![
             Value::Image(image),
             Value::Mask(mask),
@@ -117,24 +117,36 @@ impl Node for LoadImage {
     }
 }
 
+/// Bytes a node holds per pixel while turning a decoded image into tensors: RGBA as f32, then
+/// the IMAGE's three channels and the MASK's one.
+const LOAD_BYTES_PER_PIXEL: u64 = (4 + 3 + 1) * 4;
+
 /// An image file decoded to RGBA in 0–1 (EXIF orientation applied): pixels, width, height, and
 /// whether the file had an alpha channel. `shown`: the path as errors name it
-/// ([`DataDirs::shown`]).
-fn decode_rgba(path: &Path, shown: &str) -> Result<(Vec<f32>, usize, usize, bool), NodeError> {
-    use image::ImageDecoder;
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| NodeError::file(shown, e))?
-        .with_guessed_format()
-        .map_err(|e| NodeError::file(shown, e))?;
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| NodeError::file(shown, format!("cannot decode image: {e}")))?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut decoded = image::DynamicImage::from_decoder(decoder)
-        .map_err(|e| NodeError::file(shown, format!("cannot decode image: {e}")))?;
-    decoded.apply_orientation(orientation);
+/// ([`DataDirs::shown`]). A file declaring more than [`crate::images`] allows is an error on
+/// input `image`, and memory for the tensors is reserved before anything is decoded.
+fn decode_rgba(
+    ctx: &NodeContext,
+    path: &Path,
+    shown: &str,
+) -> Result<(Vec<f32>, usize, usize, bool), NodeError> {
+    let decoded = crate::images::open_reserving(
+        path,
+        |e| match e {
+            e @ crate::images::DecodeError::TooLarge { .. } => {
+                NodeError::input("image", format!("{shown}: {e}"))
+            }
+            e => NodeError::file(shown, e),
+        },
+        |w, h| {
+            let what = format!("loading {shown} ({w}x{h})");
+            ctx.reserve_memory(
+                "image",
+                u64::from(w) * u64::from(h) * LOAD_BYTES_PER_PIXEL,
+                &what,
+            )
+        },
+    )?;
     let has_alpha = decoded.color().has_alpha();
     let rgba = decoded.to_rgba32f();
     let (w, h) = (rgba.width() as usize, rgba.height() as usize);
@@ -143,8 +155,12 @@ fn decode_rgba(path: &Path, shown: &str) -> Result<(Vec<f32>, usize, usize, bool
 
 /// Decodes an image file (EXIF orientation applied) into IMAGE `[1,H,W,3]` and MASK `[1,H,W]`;
 /// `shown`: the path as errors name it ([`DataDirs::shown`]).
-pub fn load_image_file(path: &Path, shown: &str) -> Result<(Tensor, Tensor), NodeError> {
-    let (raw, w, h, has_alpha) = decode_rgba(path, shown)?;
+pub fn load_image_file(
+    ctx: &NodeContext,
+    path: &Path,
+    shown: &str,
+) -> Result<(Tensor, Tensor), NodeError> {
+    let (raw, w, h, has_alpha) = decode_rgba(ctx, path, shown)?;
     let mut rgb = Vec::with_capacity(w * h * 3);
     let mut mask = Vec::with_capacity(w * h);
     for px in raw.chunks_exact(4) {
@@ -196,7 +212,7 @@ impl Node for LoadImageMask {
             .position(|c| *c == channel)
             .ok_or_else(|| NodeError::input("channel", format!("unknown channel '{channel}'")))?;
         let path = LoadImage::path(&ctx.dirs, name).map_err(|m| NodeError::input("image", m))?;
-        let (raw, w, h, _) = decode_rgba(&path, &ctx.dirs.shown(&path))?;
+        let (raw, w, h, _) = decode_rgba(ctx, &path, &ctx.dirs.shown(&path))?;
         // RGBA order: alpha is the fourth value.
         let mask: Vec<f32> = match index {
             0 => raw.chunks_exact(4).map(|px| 1.0 - px[3]).collect(),

@@ -15,7 +15,14 @@ pub fn register(registry: &mut Registry) {
     registry.add(StubImage);
     registry.add(TestSleep);
     registry.add(TestFail);
-    registry.add(TestPanic);
+    registry.add(TestCrash {
+        class_type: "TestPanic",
+        crash: || panic!("TestPanic node panicked on purpose"),
+    });
+    registry.add(TestCrash {
+        class_type: "TestAbort",
+        crash: || std::process::abort(),
+    });
     registry.add(TestPreview);
 }
 
@@ -126,20 +133,25 @@ impl Node for TestFail {
     }
 }
 
-/// Panics, to show a panic fails one prompt and not the server.
-pub struct TestPanic;
+/// Fails the hard way: `TestPanic` panics (a panic fails one prompt, not the server);
+/// `TestAbort` aborts the whole process, as an allocation failure does (what crash recovery and
+/// quarantine are tested with).
+pub struct TestCrash {
+    class_type: &'static str,
+    crash: fn() -> !,
+}
 
-impl Node for TestPanic {
+impl Node for TestCrash {
     fn spec(&self) -> NodeSpec {
         spec(
-            "TestPanic",
+            self.class_type,
             vec![required("value", link(SlotType::ANY))],
             vec![output(SlotType::ANY, "value")],
         )
     }
 
     fn run(&self, _ctx: &NodeContext, _inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        panic!("TestPanic node panicked on purpose")
+        (self.crash)()
     }
 }
 

@@ -9,6 +9,10 @@ use crate::nodes::NodeError;
 pub const VALIDATION_ERROR: &str = "weft.ValidationError";
 /// A node panicked; the panic was caught and the server goes on.
 pub const PANIC: &str = "weft.Panic";
+/// A prompt the server stopped under twice in a row: kept in history, not run again by itself.
+pub const QUARANTINED: &str = "weft.Quarantined";
+/// The worker itself failed (node panics are caught; this is the rest).
+pub const EXECUTOR_ERROR: &str = "weft.ExecutorError";
 
 /// The `exception_type` reported in `execution_error` for a node's failure.
 pub fn exception_type(error: &NodeError) -> &'static str {

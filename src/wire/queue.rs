@@ -64,20 +64,32 @@ pub fn node_meta(node_id: &str) -> Json {
     json!({"node_id": node_id, "display_node": node_id, "parent_node": null, "real_node_id": node_id})
 }
 
-/// The history messages of a prompt that was running when the server stopped.
-pub fn interrupted_by_restart(prompt_id: &str, timestamp: i64, reason: &str) -> Json {
-    json!([[
-        "execution_interrupted",
-        {"prompt_id": prompt_id, "node_id": null, "node_type": null, "executed": [], "timestamp": timestamp, "reason": reason}
-    ]])
+/// The history messages of a prompt quarantined because the server stopped while it ran, at
+/// `crashes` restarts in a row: `execution_error` with every field clients parse, on no node.
+pub fn quarantined(prompt_id: &str, timestamp: i64, why: &str) -> Json {
+    json!([error_on_no_node(
+        prompt_id,
+        timestamp,
+        crate::wire::errors::QUARANTINED,
+        why
+    )])
 }
 
-/// The history message of a prompt whose worker failed (node panics are caught; this is the rest):
-/// an `execution_error` with every field clients parse, on no node.
+/// The history message of a prompt whose worker failed (node panics are caught; this is the rest).
 pub fn executor_crashed(prompt_id: &str, why: &str) -> Json {
+    error_on_no_node(
+        prompt_id,
+        crate::store::now_ms(),
+        crate::wire::errors::EXECUTOR_ERROR,
+        why,
+    )
+}
+
+/// An `execution_error` history message with every field clients parse, on no node.
+fn error_on_no_node(prompt_id: &str, timestamp: i64, exception_type: &str, why: &str) -> Json {
     json!(["execution_error", {
         "prompt_id": prompt_id, "node_id": "", "node_type": "", "executed": [],
-        "exception_message": why, "exception_type": "weft.ExecutorError", "traceback": [why],
-        "current_inputs": {}, "current_outputs": [], "timestamp": crate::store::now_ms(),
+        "exception_message": why, "exception_type": exception_type, "traceback": [why],
+        "current_inputs": {}, "current_outputs": [], "timestamp": timestamp,
     }])
 }

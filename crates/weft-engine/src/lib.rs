@@ -11,6 +11,7 @@ pub mod clip;
 pub mod controlnet;
 pub mod device;
 pub mod diffusion;
+pub mod fuzzing;
 pub mod load;
 pub mod lora;
 pub mod manager;

@@ -20,7 +20,7 @@ use sqlx::sqlite::{
 };
 
 pub use jobs::{JobFilter, JobOrder};
-pub use prompts::{NewPrompt, PromptRow, PromptStatus};
+pub use prompts::{NewPrompt, PromptRow, PromptStatus, Recovery};
 pub use workflows::{
     FileImport, FileMove, FileSave, WorkflowFileRow, WorkflowRow, WorkflowVersionRow,
 };

@@ -48,6 +48,15 @@ impl PromptStatus {
     }
 }
 
+/// What crash recovery did with the prompts a crash left running, by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Back in the queue, to run again (they had not crashed the server before).
+    pub requeued: Vec<String>,
+    /// Running at too many crashes in a row: failed history entries, not run again.
+    pub quarantined: Vec<String>,
+}
+
 /// A prompt to put in the queue.
 #[derive(Debug, Clone)]
 pub struct NewPrompt {
@@ -274,44 +283,73 @@ impl Store {
         Ok(())
     }
 
-    /// After a restart: prompts left running by a crash become interrupted history entries with a
-    /// reason. Returns their ids. Pending prompts are untouched and run in their original order.
-    /// `messages(prompt_id, now)` gives the history messages to store for each (the store keeps
-    /// documents opaque; their shape is the caller's).
-    pub async fn recover_interrupted(
+    /// After a restart: each prompt left running by a crash has its crash count raised. One that
+    /// has now been running at `quarantine_after` crashes in a row is quarantined: a failed history
+    /// entry with `reason` and the messages `quarantined(prompt_id, crashes, now)` gives (the store
+    /// keeps documents opaque; their shape is the caller's). The others go back to pending under
+    /// their old number, so they run again first. Pending prompts are untouched.
+    pub async fn recover_after_crash(
         &self,
+        quarantine_after: i64,
         reason: &str,
-        messages: impl Fn(&str, i64) -> serde_json::Value,
-    ) -> Result<Vec<String>, StoreError> {
+        quarantined: impl Fn(&str, i64, i64) -> serde_json::Value,
+    ) -> Result<Recovery, StoreError> {
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .doing("starting crash recovery")?;
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT prompt_id FROM prompts WHERE status = 'running' ORDER BY seq",
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT prompt_id, crash_count + 1 FROM prompts WHERE status = 'running' ORDER BY seq",
         )
         .fetch_all(&mut *tx)
         .await
         .doing("finding prompts left running")?;
         let now = now_ms();
-        for id in &ids {
-            let messages = messages(id, now);
-            sqlx::query(
-                "UPDATE prompts SET status = 'interrupted', reason = ?, finished_at = ?, \
-                 outputs = COALESCE(outputs, '{}'), status_messages = ?, meta = COALESCE(meta, '{}'), in_history = 1 \
-                 WHERE prompt_id = ?",
-            )
-            .bind(reason)
-            .bind(now)
-            .bind(messages.to_string())
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .doing("marking a prompt interrupted")?;
+        let mut recovery = Recovery::default();
+        for (id, crashes) in rows {
+            if crashes >= quarantine_after {
+                sqlx::query(
+                    "UPDATE prompts SET status = 'failed', crash_count = ?, reason = ?, finished_at = ?, \
+                     outputs = COALESCE(outputs, '{}'), status_messages = ?, meta = COALESCE(meta, '{}'), \
+                     in_history = 1 WHERE prompt_id = ?",
+                )
+                .bind(crashes)
+                .bind(reason)
+                .bind(now)
+                .bind(quarantined(&id, crashes, now).to_string())
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .doing("quarantining a prompt")?;
+                recovery.quarantined.push(id);
+            } else {
+                sqlx::query(
+                    "UPDATE prompts SET status = 'pending', crash_count = ?, started_at = NULL \
+                     WHERE prompt_id = ?",
+                )
+                .bind(crashes)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .doing("re-queueing a prompt left running")?;
+                recovery.requeued.push(id);
+            }
         }
         tx.commit().await.doing("committing crash recovery")?;
-        Ok(ids)
+        Ok(recovery)
+    }
+
+    /// At a clean shutdown: prompts being run go back to pending, their crash count untouched
+    /// (stopping the server is not a crash). Returns their ids.
+    pub async fn release_running(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "UPDATE prompts SET status = 'pending', started_at = NULL WHERE status = 'running' \
+             RETURNING prompt_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .doing("releasing the running prompt at shutdown")
     }
 
     /// Pending prompts in the order they will run.
@@ -398,13 +436,13 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Puts a finished (interrupted, failed, cancelled or done) prompt back at the end of the
-    /// queue under the same id. Returns its new number, or None if no such finished prompt exists.
+    /// Puts a finished (interrupted, failed, quarantined, cancelled or done) prompt back at the end
+    /// of the queue under the same id, with its crash count cleared. Returns its new number, or None if no such finished prompt exists.
     pub async fn requeue(&self, prompt_id: &str) -> Result<Option<f64>, StoreError> {
         let number = self.next_number().await?;
         let done = sqlx::query(
             "UPDATE prompts SET status = 'pending', number = ?, reason = NULL, started_at = NULL, finished_at = NULL, \
-             outputs = NULL, status_messages = NULL, meta = NULL, in_history = 0 \
+             outputs = NULL, status_messages = NULL, meta = NULL, in_history = 0, crash_count = 0 \
              WHERE prompt_id = ? AND status NOT IN ('pending', 'running')",
         )
         .bind(number)
@@ -548,20 +586,33 @@ mod tests {
             "a running id cannot be reused"
         );
 
-        // Simulate a crash: reopen the same file.
+        // Simulate a crash: reopen the same file. The prompt left running runs again, first.
         drop(store);
         let store = Store::open(&dir.path().join("db.sqlite")).await.unwrap();
-        assert_eq!(
-            store
-                .recover_interrupted("killed", |_, _| json!([]))
-                .await
-                .unwrap(),
-            ["b"]
-        );
+        let quarantined = |id: &str, crashes, _| json!([id, crashes]);
+        let recovery = store
+            .recover_after_crash(2, "killed twice", quarantined)
+            .await
+            .unwrap();
+        assert_eq!(recovery.requeued, ["b"]);
+        assert!(recovery.quarantined.is_empty());
+        assert_eq!(store.claim_next().await.unwrap().unwrap().prompt_id, "b");
+
+        // Running at a second crash in a row: quarantined, in the history, not run again.
+        drop(store);
+        let store = Store::open(&dir.path().join("db.sqlite")).await.unwrap();
+        let recovery = store
+            .recover_after_crash(2, "killed twice", quarantined)
+            .await
+            .unwrap();
+        assert_eq!(recovery.quarantined, ["b"]);
         let entry = store.history_entry("b").await.unwrap().unwrap();
-        assert_eq!(entry.status, PromptStatus::Interrupted);
-        assert_eq!(entry.reason.as_deref(), Some("killed"));
+        assert_eq!(entry.status, PromptStatus::Failed);
+        assert_eq!(entry.reason.as_deref(), Some("killed twice"));
+        assert_eq!(entry.status_messages, Some(json!(["b", 2])));
         assert_eq!(store.queue_remaining().await.unwrap(), 2);
+
+        // Re-queued by hand, it starts again from no crashes: one more crash re-runs it.
         assert!(store.requeue("b").await.unwrap().is_some());
         let order: Vec<String> = store
             .pending()
@@ -571,6 +622,14 @@ mod tests {
             .map(|p| p.prompt_id)
             .collect();
         assert_eq!(order, ["c", "a", "b"]);
+        store.cancel_all_pending().await.unwrap();
+        assert!(store.requeue("b").await.unwrap().is_some());
+        assert_eq!(store.claim_next().await.unwrap().unwrap().prompt_id, "b");
+        let recovery = store
+            .recover_after_crash(2, "killed twice", quarantined)
+            .await
+            .unwrap();
+        assert_eq!(recovery.requeued, ["b"]);
     }
 
     #[tokio::test]

@@ -34,7 +34,7 @@ struct Shard {
 
 /// A tensor's place in a safetensors file.
 #[derive(Debug, Clone)]
-struct TensorEntry {
+pub(crate) struct TensorEntry {
     /// `None`: a dtype candle cannot hold (reading it is an error naming the dtype).
     dtype: Result<DType, String>,
     shape: Vec<usize>,
@@ -376,9 +376,9 @@ fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize
 
 /// Reads a safetensors header and checks it against the file size, so truncated files and lying
 /// headers give precise errors before any tensor is read; returns where each tensor lies.
-fn check_safetensors_header(
+pub(crate) fn check_safetensors_header(
     path: &Path,
-    file: &mut std::fs::File,
+    file: &mut impl Read,
     header_len: u64,
     file_len: u64,
 ) -> Result<HashMap<String, TensorEntry>, LoadError> {

@@ -323,6 +323,7 @@ pub(crate) fn check_pickle(data: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::torch_zip;
 
     #[test]
     fn refuses_foreign_globals_and_unknown_opcodes() {
@@ -358,54 +359,6 @@ mod tests {
         }
         p.push(b'.');
         p
-    }
-
-    /// A stored (uncompressed) torch-style zip holding `pickle` as `archive/data.pkl`.
-    pub(crate) fn torch_zip(pickle: &[u8]) -> Vec<u8> {
-        fn crc32(data: &[u8]) -> u32 {
-            let mut crc = !0u32;
-            for &b in data {
-                crc ^= u32::from(b);
-                for _ in 0..8 {
-                    crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-                }
-            }
-            !crc
-        }
-        let name = b"archive/data.pkl";
-        let crc = crc32(pickle);
-        let mut out = Vec::new();
-        let common = |out: &mut Vec<u8>| {
-            out.extend_from_slice(&20u16.to_le_bytes()); // version needed
-            out.extend_from_slice(&0u16.to_le_bytes()); // flags
-            out.extend_from_slice(&0u16.to_le_bytes()); // stored
-            out.extend_from_slice(&0u32.to_le_bytes()); // time, date
-            out.extend_from_slice(&crc.to_le_bytes());
-            out.extend_from_slice(&(pickle.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(pickle.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            out.extend_from_slice(&0u16.to_le_bytes()); // extra
-        };
-        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
-        common(&mut out);
-        out.extend_from_slice(name);
-        out.extend_from_slice(pickle);
-        let cd_offset = out.len();
-        out.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
-        out.extend_from_slice(&20u16.to_le_bytes()); // version made by
-        common(&mut out);
-        out.extend_from_slice(&[0u8; 10]); // comment length, disk, internal and external attrs
-        out.extend_from_slice(&0u32.to_le_bytes()); // local header offset
-        out.extend_from_slice(name);
-        let cd_size = out.len() - cd_offset;
-        out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
-        out.extend_from_slice(&[0u8; 4]);
-        out.extend_from_slice(&1u16.to_le_bytes());
-        out.extend_from_slice(&1u16.to_le_bytes());
-        out.extend_from_slice(&(cd_size as u32).to_le_bytes());
-        out.extend_from_slice(&(cd_offset as u32).to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out
     }
 
     #[test]
