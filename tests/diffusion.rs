@@ -762,3 +762,62 @@ async fn extra_model_paths_add_an_a1111_install_s_folders() {
         "{error}"
     );
 }
+
+/// ConditioningSetTimestepRange (prompt switching) and ConditioningSetAreaStrength.
+#[actix_web::test]
+async fn timestep_ranges_switch_prompts_and_area_strength_weights_entries() {
+    let app = app_with_models().await;
+    let image =
+        |prefix: &str| read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png"))).3;
+    let graph = |prefix: &str, extra: Json, positive: Json| {
+        let mut g = default_workflow("tiny_sd1.safetensors", "euler", "normal", 5, prefix);
+        g["3"]["inputs"]["steps"] = json!(6);
+        g["10"] = json!({"class_type": "CLIPTextEncode", "inputs": {"text": "a castle at night", "clip": ["4", 1]}});
+        for (id, node) in extra.as_object().unwrap() {
+            g[id] = node.clone();
+        }
+        g["3"]["inputs"]["positive"] = positive;
+        g
+    };
+    let range = |input: &str, start: f64, end: f64| json!({"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": [input, 0], "start": start, "end": end}});
+    let combine = |a: &str, b: &str| json!({"class_type": "ConditioningCombine", "inputs": {"conditioning_1": [a, 0], "conditioning_2": [b, 0]}});
+    run_ok(&app, graph("plain", json!({}), json!(["6", 0]))).await;
+    run_ok(&app, graph("castle", json!({}), json!(["10", 0]))).await;
+    // The whole schedule: the same as no range.
+    run_ok(
+        &app,
+        graph("whole", json!({"r": range("6", 0.0, 1.0)}), json!(["r", 0])),
+    )
+    .await;
+    assert!(image("whole") == image("plain"));
+    // The first prompt for the first half, the castle for the rest: unlike either.
+    let switch =
+        json!({"a": range("6", 0.0, 0.5), "b": range("10", 0.5, 1.0), "c": combine("a", "b")});
+    run_ok(&app, graph("switch", switch, json!(["c", 0]))).await;
+    let switched = image("switch");
+    assert!(switched != image("plain") && switched != image("castle"));
+    // An entry outside its range at every step adds nothing to the other's prediction.
+    let never = json!({"n": range("10", 1.0, 1.0), "c": combine("6", "n")});
+    run_ok(&app, graph("never", never, json!(["c", 0]))).await;
+    assert!(image("never") == image("plain"));
+
+    // Strength weighs overlapping entries: 1 is the default, 3 tilts the mix toward the castle.
+    let strength = |input: &str, s: f64| json!({"class_type": "ConditioningSetAreaStrength", "inputs": {"conditioning": [input, 0], "strength": s}});
+    run_ok(
+        &app,
+        graph("mix", json!({"c": combine("6", "10")}), json!(["c", 0])),
+    )
+    .await;
+    let one = json!({"s": strength("10", 1.0), "c": combine("6", "s")});
+    run_ok(&app, graph("one", one, json!(["c", 0]))).await;
+    assert!(image("one") == image("mix"));
+    let three = json!({"s": strength("10", 3.0), "c": combine("6", "s")});
+    run_ok(&app, graph("three", three, json!(["c", 0]))).await;
+    assert!(image("three") != image("mix"));
+
+    let (_, info) = app.get("/object_info/ConditioningSetTimestepRange").await;
+    let node = &info["ConditioningSetTimestepRange"];
+    assert_eq!(node["category"], "advanced/conditioning");
+    assert_eq!(node["input"]["required"]["end"][1]["default"], 1.0);
+    assert_eq!(node["input"]["required"]["start"][1]["step"], 0.001);
+}

@@ -28,6 +28,8 @@ pub fn register(registry: &mut Registry) {
     registry.add(ConditioningSetAreaPercentage);
     registry.add(ConditioningSetMask);
     registry.add(ConditioningZeroOut);
+    registry.add(ConditioningSetAreaStrength);
+    registry.add(ConditioningSetTimestepRange);
 }
 
 fn spec(
@@ -545,6 +547,60 @@ impl Node for ConditioningZeroOut {
             if let Some(pooled) = &entry.pooled {
                 entry.pooled = Some(pooled.zeros_like()?);
             }
+            Ok(())
+        })
+    }
+}
+
+/// Sets the weight of each entry's prediction where it applies (ComfyUI's `strength`).
+pub struct ConditioningSetAreaStrength;
+
+impl Node for ConditioningSetAreaStrength {
+    fn spec(&self) -> NodeSpec {
+        spec(
+            "ConditioningSetAreaStrength",
+            "ConditioningSetAreaStrength",
+            "conditioning",
+            vec![
+                required("conditioning", link(SlotType::CONDITIONING)),
+                required("strength", float(1.0, 0.0, 10.0, 0.01)),
+            ],
+            conditioning_out(),
+        )
+    }
+
+    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let strength = inputs.float("strength")?;
+        map_entries(inputs, |entry| {
+            entry.strength = strength;
+            Ok(())
+        })
+    }
+}
+
+/// Makes each entry count only between two fractions of the schedule (ComfyUI's
+/// `start_percent`/`end_percent`): outside them the sampler leaves it out.
+pub struct ConditioningSetTimestepRange;
+
+impl Node for ConditioningSetTimestepRange {
+    fn spec(&self) -> NodeSpec {
+        spec(
+            "ConditioningSetTimestepRange",
+            "ConditioningSetTimestepRange",
+            "advanced/conditioning",
+            vec![
+                required("conditioning", link(SlotType::CONDITIONING)),
+                required("start", float(0.0, 0.0, 1.0, 0.001)),
+                required("end", float(1.0, 0.0, 1.0, 0.001)),
+            ],
+            conditioning_out(),
+        )
+    }
+
+    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let range = (inputs.float("start")?, inputs.float("end")?);
+        map_entries(inputs, |entry| {
+            entry.percent_range = Some(range);
             Ok(())
         })
     }

@@ -80,6 +80,8 @@ export async function runFrontend(dir, { page, ctx, browser, allowRequests }) {
   try {
     await runAgainst(server, { page, ctx, browser, allowRequests });
   } finally {
+    // Leave the page first: requests it still makes once the server is gone would be errors.
+    await page.goto('about:blank').catch(() => {});
     await server.stop();
     fs.rmSync(models, { recursive: true, force: true });
   }

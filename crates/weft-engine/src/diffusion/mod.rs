@@ -282,6 +282,9 @@ pub struct CondEntry {
     /// The controls also go to the negative side when it has none (ComfyUI's
     /// `control_apply_to_uncond`, set by the old ControlNetApply; see `share_controls`).
     pub control_apply_to_uncond: bool,
+    /// The part of the schedule, as (start, end) fractions, in which the entry counts (ComfyUI's
+    /// `start_percent`/`end_percent`, ConditioningSetTimestepRange); None for all of it.
+    pub percent_range: Option<(f64, f64)>,
 }
 
 impl CondEntry {
@@ -298,6 +301,7 @@ impl CondEntry {
             size: SizeConditioning::default(),
             controls: Vec::new(),
             control_apply_to_uncond: false,
+            percent_range: None,
         }
     }
 
@@ -319,6 +323,9 @@ struct PreparedCond {
     /// `[B, C, area_h, area_w]` weights.
     mult: Tensor,
     controls: Vec<Arc<dyn ControlHint>>,
+    /// (highest, lowest) sigma at which the entry counts: ComfyUI skips it above the first and
+    /// below the second (`timestep_start`, `timestep_end`).
+    sigmas: Option<(f64, f64)>,
 }
 
 /// The CFG denoiser over conditioning lists, with optional inpainting mask.
@@ -609,6 +616,11 @@ impl<'a> CfgDenoiser<'a> {
         let mut counts = Tensor::full(1e-37f32, (batch, channels, h, w), x.device())?;
         let timestep = self.model.sampling.timestep(sigma as f32) as f32;
         for cond in list {
+            if let Some((highest, lowest)) = cond.sigmas {
+                if sigma > highest || sigma < lowest {
+                    continue;
+                }
+            }
             let (ah, aw, ay, ax) = cond.area;
             let x_area = x.narrow(2, ay, ah)?.narrow(3, ax, aw)?.contiguous()?;
             // The sampler's values are f32 on the host; the model's inputs go to its device.
@@ -818,6 +830,12 @@ fn prepare(
             area,
             mult,
             controls: entry.controls.clone(),
+            sigmas: entry.percent_range.map(|(start, end)| {
+                (
+                    model.sampling.percent_to_sigma(start),
+                    model.sampling.percent_to_sigma(end),
+                )
+            }),
         });
     }
     Ok(prepared)
