@@ -90,6 +90,16 @@ impl Server {
         )
     }
 
+    /// Posts a request that makes the server abort: it may die before it answers, so a dropped
+    /// connection is not an error here.
+    async fn post_fatal(&self, path: &str) {
+        let _ = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .send_json(&json!({}))
+            .await;
+    }
+
     async fn queue(&self, prompt: Json) -> String {
         let (status, body) = self.post("/prompt", json!({"prompt": prompt})).await;
         assert_eq!(status, 200, "{body}");
@@ -245,7 +255,7 @@ async fn a_prompt_that_kills_the_server_twice_is_quarantined_and_can_be_requeued
         .await;
     let innocent = server.queue(graph("innocent", 0.0)).await;
     // The bad prompt aborts the process as soon as it runs.
-    server.post("/api/weft/queue/resume", json!({})).await;
+    server.post_fatal("/api/weft/queue/resume").await;
     wait_exit(&mut server).await;
     drop(server);
 
@@ -264,11 +274,14 @@ async fn a_prompt_that_kills_the_server_twice_is_quarantined_and_can_be_requeued
     assert_eq!(queue["queue_pending"], json!([]), "{queue}");
 
     // Re-queued by hand, it runs again and starts from no crashes: after taking the server down
-    // it is re-run once more at the next start, and quarantined at the one after.
+    // it is re-run once more at the next start, and quarantined at the one after. The queue is
+    // paused so that the requeue is answered before the prompt takes the server down.
+    server.post("/api/weft/queue/pause", json!({})).await;
     let (status, body) = server
         .post(&format!("/api/weft/queue/{bad}/requeue"), json!({}))
         .await;
     assert_eq!(status, 200, "{body}");
+    server.post_fatal("/api/weft/queue/resume").await;
     wait_exit(&mut server).await;
     drop(server);
     let mut server = Server::spawn(&data, &models, free_port(), &[]);
