@@ -4,7 +4,8 @@ and prints the largest and mean pixel difference of each case.
 
 Not part of CI: it needs both servers running with the same model files under the same names
 (the peer's `sd15-random.safetensors`, `lora-random.safetensors`, `controlnet-random.safetensors`,
-and with --sdxl `sdxl-base-random.safetensors`). Every graph is 64x64 and a few steps, so a case
+and with --sdxl `sdxl-base-random.safetensors` and `sdxl-controlnet-random.safetensors`, which
+`tools/make_peer_sdxl_controlnet.py` writes). Every graph is 64x64 and a few steps, so a case
 takes about a minute on 2 cores (a release build of Weft is faster than a debug one).
 
     python tools/peer_parity.py --peer http://127.0.0.1:8188 --weft http://127.0.0.1:8190
@@ -112,6 +113,20 @@ def sdxl():
     return g
 
 
+def sdxl_controlnet():
+    """An SDXL ControlNet (diffusers layout) on the SDXL base, strong enough to move pixels by
+    tens of levels: strength 4 over the first 75% of the steps."""
+    g = sdxl()
+    g["11"] = {"class_type": "LoadImage", "inputs": {"image": "parity_hint.png"}}
+    g["12"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "sdxl-controlnet-random.safetensors"}}
+    g["13"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["6", 0], "negative": ["7", 0], "control_net": ["12", 0], "image": ["11", 0],
+        "strength": 4.0, "start_percent": 0.0, "end_percent": 0.75}}
+    g["3"]["inputs"].update({"positive": ["13", 0], "negative": ["13", 1], "sampler_name": "dpmpp_2m",
+                             "scheduler": "karras"})
+    return g
+
+
 def cases(full, with_sdxl):
     """(name, graph) for every case."""
     out = []
@@ -124,7 +139,7 @@ def cases(full, with_sdxl):
     out += [(f"controlnet {k}", controlnet(k)) for k in ("old", "advanced-window", "stacked", "mixed-dpmpp_2m")]
     out += [("lora", lora()), ("img2img", img2img()), ("inpaint", img2img(inpaint=True))]
     if with_sdxl:
-        out += [("sdxl base", sdxl())]
+        out += [("sdxl base", sdxl()), ("sdxl controlnet (diffusers layout) 4.0, window 0-0.75", sdxl_controlnet())]
     return out
 
 
@@ -182,7 +197,7 @@ def main():
     ap.add_argument("--weft", default="http://127.0.0.1:8190")
     ap.add_argument("--only", help="regular expression on case names")
     ap.add_argument("--full", action="store_true", help="every sampler with every scheduler")
-    ap.add_argument("--sdxl", action="store_true", help="add the SDXL base case")
+    ap.add_argument("--sdxl", action="store_true", help="add the SDXL base and SDXL ControlNet cases")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
