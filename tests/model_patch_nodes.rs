@@ -108,6 +108,12 @@ async fn object_info_declares_comfyui_inputs() {
         ),
         ("DifferentialDiffusion", &["model"], "MODEL", "_for_testing"),
         (
+            "SelfAttentionGuidance",
+            &["model", "scale", "blur_sigma"],
+            "MODEL",
+            "_for_testing",
+        ),
+        (
             "PerpNeg",
             &["model", "empty_conditioning", "neg_scale"],
             "MODEL",
@@ -211,6 +217,7 @@ async fn patches_change_the_image_and_neutral_settings_do_not() {
         json!({"class_type": "APG", "inputs": {"eta": 0.5, "norm_threshold": 2.0, "momentum": 0.3}}),
         json!({"class_type": "TCFG", "inputs": {}}),
         json!({"class_type": "PerturbedAttentionGuidance", "inputs": {"scale": 3.0}}),
+        json!({"class_type": "SelfAttentionGuidance", "inputs": {"scale": 0.5, "blur_sigma": 2.0}}),
         json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "v_prediction", "zsnr": true}}),
         json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "lcm", "zsnr": false}}),
         json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "x0", "zsnr": false}}),
