@@ -28,26 +28,12 @@ fn write_wide_checkpoint(path: &Path, in_channels: usize) {
     candle_core::safetensors::save(&tensors, path).unwrap();
 }
 
-/// A 40x48 RGBA picture whose right half is transparent (LoadImage's mask: 1 there).
+/// A 48x40 RGBA picture whose right half is transparent (LoadImage's mask: 1 there).
 fn half_masked_png() -> Vec<u8> {
-    let (w, h) = (48u32, 40u32);
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, w, h);
-    encoder.set_color(png::ColorType::Rgba);
-    encoder.set_depth(png::BitDepth::Eight);
-    let data: Vec<u8> = (0..w * h)
-        .flat_map(|i| {
-            let (x, y) = (i % w, i / w);
-            let alpha = if x < w / 2 { 255 } else { 0 };
-            [(x * 5) as u8, (y * 6) as u8, 120, alpha]
-        })
-        .collect();
-    encoder
-        .write_header()
-        .unwrap()
-        .write_image_data(&data)
-        .unwrap();
-    out
+    crate::generate::png(48, 40, |x, y| {
+        let alpha = if x < 24 { 255 } else { 0 };
+        [(x * 5) as u8, (y * 6) as u8, 120, alpha]
+    })
 }
 
 async fn app_with_models() -> TestApp {

@@ -6,6 +6,7 @@ use candle_core::{DType, Tensor};
 use crate::engine::device::{to_compute, to_host};
 use crate::engine::manager::ModelManager;
 use crate::engine::memory;
+use crate::engine::ops::math::round_half_even;
 use crate::engine::resize::{common_upscale, Crop, UpscaleMethod};
 use crate::engine::vae::AutoEncoderKL;
 use crate::graph::spec::build::*;
@@ -734,7 +735,7 @@ impl Node for VaeEncodeForInpaint {
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let vae = inputs.vae("vae")?;
         let prepared = inpaint_pixels(vae, inputs.image("pixels")?, inputs.mask("mask")?)?;
-        let rounded = prepared.mask.round()?;
+        let rounded = round_half_even(&prepared.mask)?;
         let grow = inputs.usize("grow_mask_by")?;
         let grown = if grow == 0 {
             rounded
@@ -744,7 +745,7 @@ impl Node for VaeEncodeForInpaint {
         let latent = encode_image(ctx, vae, &prepared.greyed)?;
         Ok(latent_value(Latent {
             samples: latent,
-            noise_mask: Some(grown.round()?),
+            noise_mask: Some(round_half_even(&grown)?),
             batch_index: None,
         }))
     }
@@ -792,7 +793,9 @@ pub(crate) fn inpaint_pixels(
     let pixels = pixels.narrow(1, oy, nh)?.narrow(2, ox, nw)?;
     let mask = mask.narrow(2, oy, nh)?.narrow(3, ox, nw)?;
     // Masked pixels become 0.5 grey: (p - 0.5) · (1 − round(m)) + 0.5.
-    let keep = mask.round()?.affine(-1.0, 1.0)?.permute((0, 2, 3, 1))?;
+    let keep = round_half_even(&mask)?
+        .affine(-1.0, 1.0)?
+        .permute((0, 2, 3, 1))?;
     let rgb = pixels.narrow(3, 0, 3)?;
     let greyed = (rgb.affine(1.0, -0.5)?.broadcast_mul(&keep)? + 0.5)?;
     Ok(InpaintPixels { mask, greyed })

@@ -75,20 +75,24 @@ fn freeu(
     inputs: &Inputs,
     version: FreeUVersion,
 ) -> Result<DiffusionModel, NodeError> {
-    let base_channels = model
+    let patch = FreeU {
+        version,
+        base_channels: model_channels(model)?,
+        level1: (inputs.float("b1")?, inputs.float("s1")?),
+        level2: (inputs.float("b2")?, inputs.float("s2")?),
+    };
+    Ok(model.patched(|p| p.unet.output_block.push(Arc::new(patch))))
+}
+
+/// The channels of the UNet's first level (ComfyUI's `model_channels`).
+fn model_channels(model: &DiffusionModel) -> Result<usize, NodeError> {
+    model
         .unet
         .config()
         .block_out_channels
         .first()
         .copied()
-        .ok_or_else(|| NodeError::input("model", "the UNet has no blocks"))?;
-    let patch = FreeU {
-        version,
-        base_channels,
-        level1: (inputs.float("b1")?, inputs.float("s1")?),
-        level2: (inputs.float("b2")?, inputs.float("s2")?),
-    };
-    Ok(model.patched(|p| p.unet.output_block.push(Arc::new(patch))))
+        .ok_or_else(|| NodeError::input("model", "the UNet has no blocks"))
 }
 
 fn freeu_inputs(b1: f64, b2: f64) -> Vec<InputSpec> {
@@ -434,15 +438,8 @@ static PATCH_NODES: &[PatchNode] = &[
         },
         output_name: "MODEL",
         patch: |model, i| {
-            let model_channels = model
-                .unet
-                .config()
-                .block_out_channels
-                .first()
-                .copied()
-                .ok_or_else(|| NodeError::input("model", "the UNet has no blocks"))?;
             let patch = HyperTile::new(
-                model_channels,
+                model_channels(model)?,
                 i.usize("tile_size")?,
                 i.usize("swap_size")?,
                 i.usize("max_depth")?,

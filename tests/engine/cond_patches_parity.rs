@@ -1,30 +1,54 @@
-//! Parity of the inpainting / InstructPix2Pix concat channels and of ModelSamplingContinuousEDM
-//! against `tools/parity/cond_patches_reference.py` (ComfyUI's `concat_cond`, `IP2P.concat_cond`,
+//! Parity of issue 17's conditioning and model patches against ComfyUI's formulas: the
+//! inpainting / InstructPix2Pix concat channels and ModelSamplingContinuousEDM against
+//! `tools/parity/cond_patches_reference.py` (`concat_cond`, `IP2P.concat_cond`,
 //! `resize_to_batch_size`, `ModelSamplingContinuousEDM` with EPS / V_PREDICTION / EDM, the
-//! Playground v2.5 latent format). Tolerance: 1e-5 max abs error (f32 maths on values of order 1);
-//! sigma tables 1e-5 relative.
+//! Playground v2.5 latent format; tolerance 1e-5 relative to the largest value), and SAG,
+//! HyperTile and ToMe against their own scripts (see each test).
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 use super::util::max_abs_diff;
 use weft::engine::diffusion::concat::{resize_to_batch_size, ConcatKind, PreparedConcat};
-use weft::engine::diffusion::{prepare_noise_mask, CondEntry, DiffusionModel, LatentFormat};
+use weft::engine::diffusion::hypertile::{find_hw_candidates, HyperTile, PythonRandom};
+use weft::engine::diffusion::sag::{gaussian_blur_2d, SelfAttentionGuidance};
+use weft::engine::diffusion::tome::Matching;
+use weft::engine::diffusion::{
+    prepare_noise_mask, CfgDenoiser, CondEntry, DiffusionModel, LatentFormat,
+};
 use weft::engine::load::detect::{ModelFamily, Prediction as Family};
 use weft::engine::sampling::model_sampling::{ModelSamplingDiscrete, Prediction};
+use weft::engine::sampling::samplers::Denoiser;
 use weft::engine::synth::synth_var_builder;
 use weft::engine::unet::{AttentionHeads, UNet2DConditionModel, UNetConfig};
 
-const FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/sampling/cond_patches_reference.safetensors"
-);
+/// `tests/fixtures/sampling/{name}_reference.safetensors`.
+fn load_named(name: &str) -> HashMap<String, Tensor> {
+    let path = format!(
+        "{}/tests/fixtures/sampling/{name}_reference.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    candle_core::safetensors::load(path, &Device::Cpu).expect("fixture loads")
+}
 
 fn load() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(FIXTURE, &Device::Cpu).expect("fixture loads")
+    load_named("cond_patches")
 }
 
 fn check(failures: &mut Vec<String>, key: &str, ours: &Tensor, want: &Tensor) {
+    check_within(failures, key, ours, want, 1e-5);
+}
+
+/// Records a failure when `ours` differs from `want` by more than `tolerance` relative to
+/// `want`'s largest magnitude (at least 1).
+fn check_within(
+    failures: &mut Vec<String>,
+    key: &str,
+    ours: &Tensor,
+    want: &Tensor,
+    tolerance: f32,
+) {
     if ours.dims() != want.dims() {
         failures.push(format!(
             "{key}: shape {:?}, want {:?}",
@@ -44,14 +68,21 @@ fn check(failures: &mut Vec<String>, key: &str, ours: &Tensor, want: &Tensor) {
         .unwrap()
         .max(1.0);
     let err = max_abs_diff(&ours, &want) / scale;
-    if err > 1e-5 {
+    if err > tolerance {
         failures.push(format!("{key}: max error {err} (relative to {scale})"));
     }
 }
 
+/// A model (SD1 family, epsilon) on a UNet of `config` with the synthetic weights.
+fn model_of(config: &UNetConfig) -> DiffusionModel {
+    let unet = UNet2DConditionModel::new(synth_var_builder(DType::F32, &Device::Cpu), config)
+        .expect("tiny unet");
+    DiffusionModel::new(unet, ModelFamily::Sd1, Family::Epsilon, 0)
+}
+
 /// A tiny SD1-family model whose UNet takes `in_channels`.
 fn tiny_model(in_channels: usize) -> DiffusionModel {
-    let config = UNetConfig {
+    model_of(&UNetConfig {
         in_channels,
         block_out_channels: vec![32, 32],
         transformer_depth: vec![1, 0],
@@ -60,10 +91,12 @@ fn tiny_model(in_channels: usize) -> DiffusionModel {
         context_dim: 16,
         layers_per_block: 1,
         ..UNetConfig::sd15()
-    };
-    let unet = UNet2DConditionModel::new(synth_var_builder(DType::F32, &Device::Cpu), &config)
-        .expect("tiny unet");
-    DiffusionModel::new(unet, ModelFamily::Sd1, Family::Epsilon, 0)
+    })
+}
+
+/// The tiny SD1 UNet of `unet_vae_reference.py` with its synthetic weights, as a model.
+fn sd1_tiny() -> DiffusionModel {
+    model_of(&super::util::tiny_unet_config("sd1_tiny"))
 }
 
 fn entry(image: Option<&Tensor>, mask: Option<&Tensor>) -> CondEntry {
@@ -157,8 +190,6 @@ fn concat_channels_match_comfyui() {
 /// error and its prediction depends on the entry's concat image.
 #[test]
 fn a_nine_channel_unet_samples_with_its_concat() {
-    use weft::engine::diffusion::CfgDenoiser;
-    use weft::engine::sampling::samplers::Denoiser;
     let fx = load();
     let model = tiny_model(9);
     let shape = [1usize, 4, 8, 8];
@@ -251,59 +282,36 @@ fn continuous_edm_sampling_matches_comfyui() {
 
 /// SelfAttentionGuidance's denoiser output on the tiny SD1 UNet against
 /// `tools/parity/sag_reference.py` (ComfyUI's nodes_sag.py on the same diffusers model):
-/// the recorded attention, the blurred negative prediction and the guided result. Tolerance: 1e-4
-/// relative to the largest value (three UNet evaluations in f32).
+/// the negative prediction, the guided result and the blur. Tolerance: 1e-4 relative to the
+/// largest value (three UNet evaluations in f32).
 #[test]
 fn self_attention_guidance_matches_comfyui_on_a_tiny_unet() {
-    use weft::engine::diffusion::sag::{gaussian_blur_2d, SelfAttentionGuidance};
-    use weft::engine::diffusion::CfgDenoiser;
-    use weft::engine::sampling::samplers::Denoiser;
-    let fx = candle_core::safetensors::load(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/sampling/sag_reference.safetensors"
-        ),
-        &Device::Cpu,
-    )
-    .expect("fixture loads");
-    let config = super::util::tiny_unet_config("sd1_tiny");
-    let unet = UNet2DConditionModel::new(synth_var_builder(DType::F32, &Device::Cpu), &config)
-        .expect("tiny unet");
-    let model = DiffusionModel::new(unet, ModelFamily::Sd1, Family::Epsilon, 0);
-    let sag = SelfAttentionGuidance::patch(&model, 0.7, 2.0);
+    let fx = load_named("sag");
+    let sag = SelfAttentionGuidance::patch(&sd1_tiny(), 0.7, 2.0);
     let positive = [CondEntry::new(fx["positive"].clone(), None)];
     let negative = [CondEntry::new(fx["negative"].clone(), None)];
-    let x = &fx["x"];
-    let sigma = fx["sigma"].to_vec1::<f32>().unwrap()[0] as f64;
-    let denoised = CfgDenoiser::new(&sag, &positive, Some(&negative), 5.0, x.dims(), false)
-        .unwrap()
-        .denoise(x, sigma)
-        .unwrap();
-    let mut failures = Vec::new();
-    let mut close = |key: &str, ours: &Tensor, want: &Tensor| {
-        let scale = want
-            .abs()
+    let (x, sigma) = (&fx["x"], sigma_of(&fx));
+    let denoise = |cfg: f64| {
+        CfgDenoiser::new(&sag, &positive, Some(&negative), cfg, x.dims(), false)
             .unwrap()
-            .max_all()
+            .denoise(x, sigma)
             .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let err = max_abs_diff(ours, want) / scale.max(1.0);
-        if err > 1e-4 {
-            failures.push(format!("{key}: max error {err}"));
-        }
     };
-    close("uncond", denoised.uncond.as_ref().unwrap(), &fx["uncond"]);
-    close("result", &denoised.cond, &fx["result"]);
+    let denoised = denoise(5.0);
+    let mut failures = Vec::new();
+    let uncond = denoised.uncond.as_ref().unwrap();
+    check_within(&mut failures, "uncond", uncond, &fx["uncond"], 1e-4);
+    check_within(&mut failures, "result", &denoised.cond, &fx["result"], 1e-4);
     let blurred = gaussian_blur_2d(&fx["blur/in"], 9, 1.3).unwrap();
-    close("blur", &blurred, &fx["blur/out"]);
+    check_within(&mut failures, "blur", &blurred, &fx["blur/out"], 1e-5);
     // SAG acts even at cfg 1, where the negative side is otherwise skipped.
-    let at_cfg1 = CfgDenoiser::new(&sag, &positive, Some(&negative), 1.0, x.dims(), false)
-        .unwrap()
-        .denoise(x, sigma)
-        .unwrap();
-    assert!(at_cfg1.uncond.is_some());
+    assert!(denoise(1.0).uncond.is_some());
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The fixture's sigma (an SD table entry, so its timestep is exact).
+fn sigma_of(fx: &HashMap<String, Tensor>) -> f64 {
+    fx["sigma"].to_vec1::<f32>().unwrap()[0] as f64
 }
 
 /// HyperTile on the tiny SD1 UNet against `tools/parity/hypertile_reference.py` (newer ComfyUI's
@@ -313,68 +321,43 @@ fn self_attention_guidance_matches_comfyui_on_a_tiny_unet() {
 /// relative to the largest value.
 #[test]
 fn hypertile_matches_comfyui_on_a_tiny_unet() {
-    use std::sync::Arc;
-    use weft::engine::diffusion::hypertile::{find_hw_candidates, HyperTile, PythonRandom};
-    use weft::engine::diffusion::CfgDenoiser;
-    use weft::engine::sampling::samplers::Denoiser;
-    let fx = candle_core::safetensors::load(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/sampling/hypertile_reference.safetensors"
-        ),
-        &Device::Cpu,
-    )
-    .expect("fixture loads");
-    let draws: Vec<i64> = fx["random/draws"].to_vec1().unwrap();
-    let mut ours = Vec::new();
+    let fx = load_named("hypertile");
+    let mut draws = Vec::new();
     for counter in 1..40u64 {
         for n in [1u32, 2, 3, 7] {
-            ours.push(PythonRandom::seeded(counter).randbelow(n) as i64);
+            draws.push(PythonRandom::seeded(counter).randbelow(n) as i64);
         }
     }
-    assert_eq!(ours, draws);
-    let hw: Vec<Vec<i64>> = fx["hw"].to_vec2().unwrap();
-    for (row, (n, aspect)) in hw.iter().zip([
+    assert_eq!(draws, fx["random/draws"].to_vec1::<i64>().unwrap());
+    let cases = [
         (384, 1.5),
         (256, 1.0),
         (60, 1.5),
         (70, 1.3),
         (96, 0.75),
         (7, 2.0),
-    ]) {
+    ];
+    let hw: Vec<Vec<i64>> = fx["hw"].to_vec2().unwrap();
+    for (row, (n, aspect)) in hw.iter().zip(cases) {
         let (h, w) = find_hw_candidates(n, aspect);
         assert_eq!(vec![h as i64, w as i64], *row, "{n} tokens at {aspect}");
     }
 
-    let sigma = fx["sigma"].to_vec1::<f32>().unwrap()[0] as f64;
-    let config = super::util::tiny_unet_config("sd1_tiny");
+    let sigma = sigma_of(&fx);
     let mut failures = Vec::new();
     for (name, (tile, swap, depth, scale_depth)) in [
         ("square", (32, 2, 0, false)),
         ("wide_deep", (32, 3, 1, true)),
     ] {
-        let unet = UNet2DConditionModel::new(synth_var_builder(DType::F32, &Device::Cpu), &config)
-            .expect("tiny unet");
-        let model = DiffusionModel::new(unet, ModelFamily::Sd1, Family::Epsilon, 0);
-        let patch = HyperTile::new(32, tile, swap, depth, scale_depth);
-        let model = model.patched(|p| p.unet.self_attention.push(Arc::new(patch)));
+        let patch = Arc::new(HyperTile::new(32, tile, swap, depth, scale_depth));
+        let model = sd1_tiny().patched(|p| p.unet.self_attention.push(patch));
         let x = &fx[&format!("{name}/x")];
         let positive = [CondEntry::new(fx[&format!("{name}/context")].clone(), None)];
         let mut denoiser = CfgDenoiser::new(&model, &positive, None, 1.0, x.dims(), false).unwrap();
         for step in 0..2 {
             let ours = denoiser.denoise(x, sigma).unwrap().cond;
-            let want = &fx[&format!("{name}/denoised/{step}")];
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let err = max_abs_diff(&ours, want) / scale.max(1.0);
-            if err > 1e-4 {
-                failures.push(format!("{name} step {step}: max error {err}"));
-            }
+            let key = format!("{name}/denoised/{step}");
+            check_within(&mut failures, &key, &ours, &fx[&key], 1e-4);
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -386,15 +369,8 @@ fn hypertile_matches_comfyui_on_a_tiny_unet() {
 /// merged. Tolerance: 1e-6.
 #[test]
 fn token_merging_matches_comfyui() {
-    use weft::engine::diffusion::tome::Matching;
-    let fx = candle_core::safetensors::load(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/sampling/tome_reference.safetensors"
-        ),
-        &Device::Cpu,
-    )
-    .expect("fixture loads");
+    let fx = load_named("tome");
+    let mut failures = Vec::new();
     for (name, (h, w, ratio)) in [
         ("even", (8, 8, 0.3)),
         ("odd", (7, 9, 0.5)),
@@ -415,7 +391,8 @@ fn token_merging_matches_comfyui() {
             .unwrap()[0];
         assert_eq!(merged.dim(1).unwrap() as i64, want_tokens, "{name}");
         let roundtrip = matching.unmerge(&merged.affine(2.0, 1.0).unwrap()).unwrap();
-        let err = max_abs_diff(&roundtrip, &fx[&format!("{name}/roundtrip")]);
-        assert!(err < 1e-6, "{name}: max error {err}");
+        let key = format!("{name}/roundtrip");
+        check_within(&mut failures, &key, &roundtrip, &fx[&key], 1e-6);
     }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -8,6 +8,7 @@
 use candle_core::{DType, Result, Tensor};
 
 use crate::diffusion::{CondEntry, DiffusionModel};
+use crate::ops::math::round_half_even;
 use crate::resize::{common_upscale, Crop, UpscaleMethod};
 
 /// What a UNet's extra input channels hold.
@@ -134,7 +135,7 @@ fn latent_mask(mask: &Tensor, batch: usize, h: usize, w: usize) -> Result<Tensor
     } else {
         mask
     };
-    resize_to_batch_size(&mask.round()?, batch)
+    resize_to_batch_size(&round_half_even(&mask)?, batch)
 }
 
 /// ComfyUI's `blank_inpaint_image_like`: pixel-space black in SD latent space.

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 
 use crate::device::to_host;
 use crate::diffusion::patches::{AttentionReplace, CfgArgs, PostCfg};
@@ -183,7 +183,7 @@ pub fn gaussian_blur_2d(img: &Tensor, kernel_size: usize, sigma: f64) -> Result<
 /// torch's `F.pad(.., mode="reflect")` by `pad` on both spatial axes of `[B, C, H, W]`.
 fn reflect_pad(img: &Tensor, pad: usize) -> Result<Tensor> {
     let mut out = img.clone();
-    for dim in [D::Minus2, D::Minus1] {
+    for dim in [2, 3] {
         let n = out.dim(dim)?;
         if pad >= n {
             candle_core::bail!("cannot reflect-pad {n} pixels by {pad}");
@@ -202,7 +202,7 @@ fn reflect_pad(img: &Tensor, pad: usize) -> Result<Tensor> {
             })
             .collect();
         let index = Tensor::from_vec(index, n + 2 * pad, img.device())?;
-        out = out.index_select(&index, dim.to_index(out.shape(), "reflect_pad")?)?;
+        out = out.index_select(&index, dim)?;
     }
     Ok(out)
 }

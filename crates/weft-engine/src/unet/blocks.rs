@@ -349,12 +349,8 @@ impl Transformer2D {
         })
     }
 
-    /// `xs`: [B, C, H, W]; `context`: [B, M, C_ctx]. Returns [B, C, H, W].
-    pub(crate) fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        self.forward_with(xs, context, &SelfAttentionHooks::default())
-    }
-
-    /// [`Self::forward`] with the blocks' self-attention patched.
+    /// `xs`: [B, C, H, W]; `context`: [B, M, C_ctx], with the blocks' self-attention patched.
+    /// Returns [B, C, H, W].
     pub(crate) fn forward_with(
         &self,
         xs: &Tensor,
