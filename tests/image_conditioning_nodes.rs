@@ -68,7 +68,7 @@ fn inpaint_template(prefix: &str) -> Json {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/editor/expected/inpaint_example.json");
     let mut prompt: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    prompt["33"]["inputs"]["megapixels"] = json!(0.004);
+    prompt["33"]["inputs"]["megapixels"] = json!(0.01);
     prompt["3"]["inputs"]["steps"] = json!(3);
     prompt["9"]["inputs"]["filename_prefix"] = json!(prefix);
     prompt
