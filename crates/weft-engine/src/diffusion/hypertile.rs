@@ -101,15 +101,15 @@ pub fn find_hw_candidates(hw: usize, aspect_ratio: f64) -> (usize, usize) {
     if h * w == hw {
         return (h, w);
     }
-    if h > 0 && hw % h == 0 {
+    if h > 0 && hw.is_multiple_of(h) {
         return (h, hw / h);
     }
-    if w > 0 && hw % w == 0 {
+    if w > 0 && hw.is_multiple_of(w) {
         return (hw / w, w);
     }
     // `iterative_closest_divisors`: the first pair with the nearest ratio.
     let mut best: Option<((usize, usize), f64)> = None;
-    for i in (2..=hw).filter(|i| hw % i == 0) {
+    for i in (2..=hw).filter(|&i| hw.is_multiple_of(i)) {
         let pair = (i, hw / i);
         let distance = (pair.1 as f64 / pair.0 as f64 - aspect_ratio).abs();
         if best.is_none_or(|(_, d)| distance < d) {
@@ -124,7 +124,7 @@ pub fn find_hw_candidates(hw: usize, aspect_ratio: f64) -> (usize, usize) {
 pub fn random_divisor(value: usize, min_value: usize, max_options: usize, counter: u64) -> usize {
     let min_value = min_value.min(value).max(1);
     let options: Vec<usize> = (min_value..=value)
-        .filter(|i| value % i == 0)
+        .filter(|&i| value.is_multiple_of(i))
         .take(max_options.max(1))
         .map(|d| value / d)
         .collect();
