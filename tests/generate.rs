@@ -17,7 +17,7 @@ fn fixture(name: &str) -> std::path::PathBuf {
 }
 
 /// An RGBA PNG whose pixels come from `f(x, y)`.
-fn png(width: u32, height: u32, f: impl Fn(u32, u32) -> [u8; 4]) -> Vec<u8> {
+pub(crate) fn png(width: u32, height: u32, f: impl Fn(u32, u32) -> [u8; 4]) -> Vec<u8> {
     let mut out = Vec::new();
     {
         let mut encoder = png::Encoder::new(&mut out, width, height);

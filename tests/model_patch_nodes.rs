@@ -108,6 +108,30 @@ async fn object_info_declares_comfyui_inputs() {
         ),
         ("DifferentialDiffusion", &["model"], "MODEL", "_for_testing"),
         (
+            "SelfAttentionGuidance",
+            &["model", "scale", "blur_sigma"],
+            "MODEL",
+            "_for_testing",
+        ),
+        (
+            "HyperTile",
+            &[
+                "model",
+                "tile_size",
+                "swap_size",
+                "max_depth",
+                "scale_depth",
+            ],
+            "MODEL",
+            "_for_testing",
+        ),
+        (
+            "TomePatchModel",
+            &["model", "ratio"],
+            "MODEL",
+            "_for_testing",
+        ),
+        (
             "PerpNeg",
             &["model", "empty_conditioning", "neg_scale"],
             "MODEL",
@@ -198,6 +222,9 @@ async fn patches_change_the_image_and_neutral_settings_do_not() {
             ("eps", json!({"class_type": "Epsilon Scaling", "inputs": {"scaling_factor": 1.0}})),
             ("ms", json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "eps", "zsnr": false}})),
             ("pag", json!({"class_type": "PerturbedAttentionGuidance", "inputs": {"scale": 0.0}})),
+            // Tiles as large as the latent, no tokens merged.
+            ("ht", json!({"class_type": "HyperTile", "inputs": {"tile_size": 2048, "swap_size": 2, "max_depth": 0, "scale_depth": false}})),
+            ("tome", json!({"class_type": "TomePatchModel", "inputs": {"ratio": 0.0}})),
         ],
         "neutral",
     )
@@ -211,6 +238,9 @@ async fn patches_change_the_image_and_neutral_settings_do_not() {
         json!({"class_type": "APG", "inputs": {"eta": 0.5, "norm_threshold": 2.0, "momentum": 0.3}}),
         json!({"class_type": "TCFG", "inputs": {}}),
         json!({"class_type": "PerturbedAttentionGuidance", "inputs": {"scale": 3.0}}),
+        json!({"class_type": "SelfAttentionGuidance", "inputs": {"scale": 0.5, "blur_sigma": 2.0}}),
+        json!({"class_type": "HyperTile", "inputs": {"tile_size": 32, "swap_size": 1, "max_depth": 0, "scale_depth": false}}),
+        json!({"class_type": "TomePatchModel", "inputs": {"ratio": 0.5}}),
         json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "v_prediction", "zsnr": true}}),
         json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "lcm", "zsnr": false}}),
         json!({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "x0", "zsnr": false}}),

@@ -16,6 +16,7 @@ mod examples;
 mod fuzz_corpus;
 mod generate;
 mod helpers;
+mod image_conditioning_nodes;
 mod image_edit_nodes;
 mod image_nodes;
 mod latent_nodes;

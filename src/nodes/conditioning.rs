@@ -30,6 +30,7 @@ pub fn register(registry: &mut Registry) {
     registry.add(ConditioningZeroOut);
     registry.add(ConditioningSetAreaStrength);
     registry.add(ConditioningSetTimestepRange);
+    registry.add(ClipTextEncodeControlnet);
 }
 
 fn spec(
@@ -601,6 +602,39 @@ impl Node for ConditioningSetTimestepRange {
         let range = (inputs.float("start")?, inputs.float("end")?);
         map_entries(inputs, |entry| {
             entry.percent_range = Some(range);
+            Ok(())
+        })
+    }
+}
+
+/// Encodes a prompt for the ControlNets only: each entry's ControlNets attend to it instead of the
+/// entry's own text (ComfyUI's `cross_attn_controlnet` and `pooled_output_controlnet`).
+pub struct ClipTextEncodeControlnet;
+
+impl Node for ClipTextEncodeControlnet {
+    fn spec(&self) -> NodeSpec {
+        let mut spec = spec(
+            "CLIPTextEncodeControlnet",
+            "CLIPTextEncodeControlnet",
+            "_for_testing/conditioning",
+            vec![
+                required("clip", link(SlotType::CLIP)),
+                required("conditioning", link(SlotType::CONDITIONING)),
+                required("text", multiline("")),
+            ],
+            conditioning_out(),
+        );
+        spec.python_module = "comfy_extras.nodes_cond";
+        spec
+    }
+
+    fn run(&self, _ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let clip = inputs.clip("clip")?;
+        let tokens = clip.encoder.tokenize(inputs.string("text")?, None);
+        let encoded = encode_tokens(clip, &tokens)?;
+        map_entries(inputs, |entry| {
+            entry.controlnet_context = Some(encoded.context.clone());
+            entry.controlnet_pooled = Some(encoded.pooled.clone());
             Ok(())
         })
     }

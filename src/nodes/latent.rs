@@ -6,6 +6,7 @@ use candle_core::{DType, Tensor};
 use crate::engine::device::{to_compute, to_host};
 use crate::engine::manager::ModelManager;
 use crate::engine::memory;
+use crate::engine::ops::math::round_half_even;
 use crate::engine::resize::{common_upscale, Crop, UpscaleMethod};
 use crate::engine::vae::AutoEncoderKL;
 use crate::graph::spec::build::*;
@@ -627,14 +628,7 @@ impl Node for VaeEncode {
     }
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let vae = inputs.vae("vae")?;
-        let pixels = crop_to_factor(inputs.image("pixels")?, vae.config().downscale_factor())?;
-        let x = image_to_vae(&pixels, "pixels")?;
-        ensure_encode_memory(ctx, vae, &x)?;
-        let latent = vae
-            .encode(&to_vae_dtype(vae, &x)?)?
-            .mode()
-            .apply(&to_host)?;
+        let latent = encode_image(ctx, inputs.vae("vae")?, inputs.image("pixels")?)?;
         Ok(latent_value(Latent::new(latent)))
     }
 }
@@ -740,56 +734,87 @@ impl Node for VaeEncodeForInpaint {
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let vae = inputs.vae("vae")?;
-        let factor = vae.config().downscale_factor().max(1);
-        let pixels = inputs.image("pixels")?;
-        let (_, h, w, _) = pixels
-            .dims4()
-            .map_err(|_| NodeError::input("pixels", "expected an IMAGE [B,H,W,C]"))?;
-        let mask = inputs.mask("mask")?;
-        let mask = match mask.rank() {
-            2 => mask.unsqueeze(0)?,
-            3 => mask.clone(),
-            _ => {
-                return Err(NodeError::input(
-                    "mask",
-                    format!("expected a mask [B,H,W], got {:?}", mask.dims()),
-                ))
-            }
-        };
-        let mask = common_upscale(
-            &mask.unsqueeze(1)?.to_dtype(DType::F32)?,
-            w,
-            h,
-            UpscaleMethod::Bilinear,
-            Crop::Disabled,
-        )?;
-        let (nh, nw) = ((h / factor) * factor, (w / factor) * factor);
-        let (oy, ox) = ((h % factor) / 2, (w % factor) / 2);
-        let pixels = pixels.narrow(1, oy, nh)?.narrow(2, ox, nw)?;
-        let mask = mask.narrow(2, oy, nh)?.narrow(3, ox, nw)?;
-        let rounded = mask.round()?;
+        let prepared = inpaint_pixels(vae, inputs.image("pixels")?, inputs.mask("mask")?)?;
+        let rounded = round_half_even(&prepared.mask)?;
         let grow = inputs.usize("grow_mask_by")?;
         let grown = if grow == 0 {
-            rounded.clone()
+            rounded
         } else {
             grow_mask(&rounded, grow)?
         };
-        // Masked pixels become 0.5 grey: (p - 0.5) · (1 − m) + 0.5.
-        let keep = rounded.affine(-1.0, 1.0)?.permute((0, 2, 3, 1))?;
-        let rgb = pixels.narrow(3, 0, 3)?;
-        let greyed = (rgb.affine(1.0, -0.5)?.broadcast_mul(&keep)? + 0.5)?;
-        let x = image_to_vae(&greyed, "pixels")?;
-        ensure_encode_memory(ctx, vae, &x)?;
-        let latent = vae
-            .encode(&to_vae_dtype(vae, &x)?)?
-            .mode()
-            .apply(&to_host)?;
+        let latent = encode_image(ctx, vae, &prepared.greyed)?;
         Ok(latent_value(Latent {
             samples: latent,
-            noise_mask: Some(grown.round()?),
+            noise_mask: Some(round_half_even(&grown)?),
             batch_index: None,
         }))
     }
+}
+
+/// An image and mask made ready for an inpainting encode, as ComfyUI's VAEEncodeForInpaint and
+/// InpaintModelConditioning make them.
+pub(crate) struct InpaintPixels {
+    /// `[B, 1, H, W]`: the mask resized bilinearly to the image, then cropped with it.
+    pub mask: Tensor,
+    /// `[B, H, W, 3]`: the image cropped (centred) to a multiple of the VAE's cell, with the
+    /// pixels under the rounded mask set to 0.5 grey.
+    pub greyed: Tensor,
+}
+
+/// See [`InpaintPixels`].
+pub(crate) fn inpaint_pixels(
+    vae: &AutoEncoderKL,
+    pixels: &Tensor,
+    mask: &Tensor,
+) -> Result<InpaintPixels, NodeError> {
+    let factor = vae.config().downscale_factor().max(1);
+    let (_, h, w, _) = pixels
+        .dims4()
+        .map_err(|_| NodeError::input("pixels", "expected an IMAGE [B,H,W,C]"))?;
+    let mask = match mask.rank() {
+        2 => mask.unsqueeze(0)?,
+        3 => mask.clone(),
+        _ => {
+            return Err(NodeError::input(
+                "mask",
+                format!("expected a mask [B,H,W], got {:?}", mask.dims()),
+            ))
+        }
+    };
+    let mask = common_upscale(
+        &mask.unsqueeze(1)?.to_dtype(DType::F32)?,
+        w,
+        h,
+        UpscaleMethod::Bilinear,
+        Crop::Disabled,
+    )?;
+    let (nh, nw) = ((h / factor) * factor, (w / factor) * factor);
+    let (oy, ox) = ((h % factor) / 2, (w % factor) / 2);
+    let pixels = pixels.narrow(1, oy, nh)?.narrow(2, ox, nw)?;
+    let mask = mask.narrow(2, oy, nh)?.narrow(3, ox, nw)?;
+    // Masked pixels become 0.5 grey: (p - 0.5) · (1 − round(m)) + 0.5.
+    let keep = round_half_even(&mask)?
+        .affine(-1.0, 1.0)?
+        .permute((0, 2, 3, 1))?;
+    let rgb = pixels.narrow(3, 0, 3)?;
+    let greyed = (rgb.affine(1.0, -0.5)?.broadcast_mul(&keep)? + 0.5)?;
+    Ok(InpaintPixels { mask, greyed })
+}
+
+/// An IMAGE batch encoded by `vae` (cropped, centred, to a multiple of its cell; RGB; the
+/// distribution's mean), on the host, after the memory check.
+pub(crate) fn encode_image(
+    ctx: &NodeContext,
+    vae: &AutoEncoderKL,
+    pixels: &Tensor,
+) -> Result<Tensor, NodeError> {
+    let pixels = crop_to_factor(pixels, vae.config().downscale_factor())?;
+    let x = image_to_vae(&pixels, "pixels")?;
+    ensure_encode_memory(ctx, vae, &x)?;
+    Ok(vae
+        .encode(&to_vae_dtype(vae, &x)?)?
+        .mode()
+        .apply(&to_host)?)
 }
 
 /// ComfyUI's mask growth: a box convolution of size `k` with padding ⌈(k−1)/2⌉, clamped to 1.

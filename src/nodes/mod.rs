@@ -12,6 +12,7 @@ pub mod conditioning;
 pub mod controlnet;
 pub mod custom_sampling;
 pub mod image_anim;
+pub mod image_conditioning;
 pub mod image_filter;
 pub mod image_io;
 pub mod image_ops;
@@ -300,6 +301,7 @@ impl Registry {
         model_patches::register(&mut registry);
         attention_multiply::register(&mut registry);
         conditioning::register(&mut registry);
+        image_conditioning::register(&mut registry);
         controlnet::register(&mut registry);
         latent::register(&mut registry);
         latent_ops::register(&mut registry);

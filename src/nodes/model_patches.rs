@@ -1,6 +1,7 @@
 //! Model patch nodes: each takes a MODEL and returns a patched clone of the handle (weights
 //! shared, see `engine::diffusion::patches`): CFG-level guidance (RescaleCFG, CFGZeroStar,
-//! Epsilon Scaling, APG, TCFG), the model-sampling override (ModelSamplingDiscrete), the
+//! Epsilon Scaling, APG, TCFG), the model-sampling overrides (ModelSamplingDiscrete,
+//! ModelSamplingContinuousEDM), the
 //! inpainting-mask patch (DifferentialDiffusion) and UNet patches (FreeU, FreeU_V2).
 //!
 //! Each class is a table row: its declaration and a function from the input model and widgets
@@ -14,7 +15,10 @@ use crate::engine::diffusion::freeu::{FreeU, FreeUVersion};
 use crate::engine::diffusion::guidance::{
     Apg, CfgZeroStar, EpsilonScaling, PerpNeg, PerturbedAttention, RescaleCfg, Tcfg,
 };
-use crate::engine::diffusion::DiffusionModel;
+use crate::engine::diffusion::hypertile::HyperTile;
+use crate::engine::diffusion::sag::SelfAttentionGuidance;
+use crate::engine::diffusion::tome::TokenMerging;
+use crate::engine::diffusion::{DiffusionModel, LatentFormat};
 use crate::engine::resize::UpscaleMethod;
 use crate::engine::sampling::model_sampling::{Config, ModelSamplingDiscrete, Prediction};
 use crate::graph::spec::build::*;
@@ -71,20 +75,24 @@ fn freeu(
     inputs: &Inputs,
     version: FreeUVersion,
 ) -> Result<DiffusionModel, NodeError> {
-    let base_channels = model
+    let patch = FreeU {
+        version,
+        base_channels: model_channels(model)?,
+        level1: (inputs.float("b1")?, inputs.float("s1")?),
+        level2: (inputs.float("b2")?, inputs.float("s2")?),
+    };
+    Ok(model.patched(|p| p.unet.output_block.push(Arc::new(patch))))
+}
+
+/// The channels of the UNet's first level (ComfyUI's `model_channels`).
+fn model_channels(model: &DiffusionModel) -> Result<usize, NodeError> {
+    model
         .unet
         .config()
         .block_out_channels
         .first()
         .copied()
-        .ok_or_else(|| NodeError::input("model", "the UNet has no blocks"))?;
-    let patch = FreeU {
-        version,
-        base_channels,
-        level1: (inputs.float("b1")?, inputs.float("s1")?),
-        level2: (inputs.float("b2")?, inputs.float("s2")?),
-    };
-    Ok(model.patched(|p| p.unet.output_block.push(Arc::new(patch))))
+        .ok_or_else(|| NodeError::input("model", "the UNet has no blocks"))
 }
 
 fn freeu_inputs(b1: f64, b2: f64) -> Vec<InputSpec> {
@@ -94,6 +102,56 @@ fn freeu_inputs(b1: f64, b2: f64) -> Vec<InputSpec> {
         required("s1", float(0.9, 0.0, 10.0, 0.01)),
         required("s2", float(0.2, 0.0, 10.0, 0.01)),
     ]
+}
+
+/// ModelSamplingContinuousEDM's `sampling` choices.
+const EDM_SAMPLINGS: &[&str] = &[
+    "v_prediction",
+    "edm",
+    "edm_playground_v2.5",
+    "eps",
+    "cosmos_rflow",
+];
+
+/// ModelSamplingContinuousEDM: the continuous EDM schedule between the two sigmas with the chosen
+/// prediction; Playground v2.5 also brings its latent format.
+fn continuous_edm(model: &DiffusionModel, i: &Inputs) -> Result<DiffusionModel, NodeError> {
+    let (prediction, sigma_data, latent) = match i.string("sampling")? {
+        "eps" => (Prediction::Eps, 1.0, None),
+        "v_prediction" => (Prediction::V, 1.0, None),
+        "edm" => (Prediction::Edm, 0.5, None),
+        "edm_playground_v2.5" => (
+            Prediction::Edm,
+            0.5,
+            Some(LatentFormat::sdxl_playground_2_5()),
+        ),
+        "cosmos_rflow" => {
+            return Err(NodeError::input(
+                "sampling",
+                "cosmos_rflow is for Cosmos models, which Weft does not run",
+            ))
+        }
+        other => {
+            return Err(NodeError::input(
+                "sampling",
+                format!("'{other}' is not one of {}", EDM_SAMPLINGS.join(", ")),
+            ))
+        }
+    };
+    let (sigma_min, sigma_max) = (i.float("sigma_min")?, i.float("sigma_max")?);
+    if !(sigma_min > 0.0 && sigma_max > 0.0) {
+        return Err(NodeError::input(
+            "sigma_min",
+            "sigma_min and sigma_max must be above 0 (their logarithms span the schedule)",
+        ));
+    }
+    let sampling =
+        ModelSamplingDiscrete::continuous_edm(sigma_min, sigma_max, sigma_data, prediction);
+    let mut patched = model.with_sampling(sampling);
+    if let Some(latent) = latent {
+        patched.latent = latent;
+    }
+    Ok(patched)
 }
 
 /// `PatchModelAddDownscale.upscale_methods`.
@@ -192,6 +250,22 @@ static PATCH_NODES: &[PatchNode] = &[
             };
             Ok(model.with_sampling(sampling))
         },
+    },
+    PatchNode {
+        class_type: "ModelSamplingContinuousEDM",
+        display_name: "ModelSamplingContinuousEDM",
+        category: ADVANCED_MODEL,
+        python_module: "comfy_extras.nodes_model_advanced",
+        description: "",
+        inputs: || {
+            vec![
+                required("sampling", combo(EDM_SAMPLINGS)),
+                required("sigma_max", float(120.0, 0.0, 1000.0, 0.001)),
+                required("sigma_min", float(0.002, 0.0, 1000.0, 0.001)),
+            ]
+        },
+        output_name: "MODEL",
+        patch: continuous_edm,
     },
     PatchNode {
         class_type: "CFGZeroStar",
@@ -328,6 +402,63 @@ static PATCH_NODES: &[PatchNode] = &[
         patch: |model, i| {
             let scale = i.float("scale")?;
             Ok(model.patched(|p| p.post_cfg.push(Arc::new(PerturbedAttention { scale }))))
+        },
+    },
+    PatchNode {
+        class_type: "SelfAttentionGuidance",
+        display_name: "Self-Attention Guidance",
+        category: "_for_testing",
+        python_module: "comfy_extras.nodes_sag",
+        description: "",
+        inputs: || {
+            vec![
+                required("scale", float(0.5, -2.0, 5.0, 0.01)),
+                required("blur_sigma", float(2.0, 0.0, 10.0, 0.1)),
+            ]
+        },
+        output_name: "MODEL",
+        patch: |model, i| {
+            let (scale, blur_sigma) = (i.float("scale")?, i.float("blur_sigma")?);
+            Ok(SelfAttentionGuidance::patch(model, scale, blur_sigma))
+        },
+    },
+    PatchNode {
+        class_type: "HyperTile",
+        display_name: "HyperTile",
+        category: "_for_testing",
+        python_module: "comfy_extras.nodes_hypertile",
+        description: "",
+        inputs: || {
+            vec![
+                required("tile_size", int(256, 1, 2048)),
+                required("swap_size", int(2, 1, 128)),
+                required("max_depth", int(0, 0, 10)),
+                required("scale_depth", boolean(false)),
+            ]
+        },
+        output_name: "MODEL",
+        patch: |model, i| {
+            let patch = HyperTile::new(
+                model_channels(model)?,
+                i.usize("tile_size")?,
+                i.usize("swap_size")?,
+                i.usize("max_depth")?,
+                i.bool("scale_depth")?,
+            );
+            Ok(model.patched(|p| p.unet.self_attention.push(Arc::new(patch))))
+        },
+    },
+    PatchNode {
+        class_type: "TomePatchModel",
+        display_name: "TomePatchModel",
+        category: "_for_testing",
+        python_module: "comfy_extras.nodes_tomesd",
+        description: "",
+        inputs: || vec![required("ratio", float(0.3, 0.0, 1.0, 0.01))],
+        output_name: "MODEL",
+        patch: |model, i| {
+            let patch = TokenMerging::new(i.float("ratio")?);
+            Ok(model.patched(|p| p.unet.self_attention.push(Arc::new(patch))))
         },
     },
     PatchNode {

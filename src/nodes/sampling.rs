@@ -136,8 +136,13 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
     let needed = memory::unet_activation_bytes(batch, h, w, model.unet.dtype().size_in_bytes());
     let what = format!("sampling {} latent(s) of {w}x{h}", shape[0]);
     ctx.reserve_memory("latent_image", needed, &what)?;
-    let scale = model.latent.scale_factor;
-    let scaled = (&samples * scale)?;
+    // ComfyUI leaves an all-zero (empty) latent unshifted.
+    let empty = samples.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
+    let scaled = if empty {
+        samples.clone()
+    } else {
+        model.latent.process_in(&samples)?
+    };
     let (noise, seed) = match job.noise {
         NoiseSource::Random(seed) => (
             prepare_noise(
@@ -165,6 +170,7 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
         needs_uncond,
     )?
     .with_schedule(&job.sigmas)
+    .with_latent_image(scaled.clone())
     .with_guidance(job.guidance)?;
     if let Some(mask) = &job.latent.noise_mask {
         denoiser = denoiser.with_inpaint(
@@ -202,9 +208,9 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
         }
         Err(e) => return Err(NodeError::engine("sampling failed", e)),
     };
-    let out = (result / scale)?;
+    let out = model.latent.process_out(&result)?;
     let denoised = match last_denoised {
-        Some(d) => (d / scale)?,
+        Some(d) => model.latent.process_out(&d)?,
         None => out.clone(),
     };
     let keep = |samples: Tensor| Latent {

@@ -14,7 +14,9 @@ use weft::engine::diffusion::freeu::{fourier_filter, FreeU, FreeUVersion};
 use weft::engine::diffusion::guidance::{
     perp_neg, Apg, CfgZeroStar, EpsilonScaling, PerpNeg, RescaleCfg, Tcfg,
 };
-use weft::engine::diffusion::patches::{DenoiseMaskFunction, ModelPatches, OutputBlockPatch};
+use weft::engine::diffusion::patches::{
+    DenoiseMaskFunction, ModelPatches, OutputBlockPatch, Reruns,
+};
 use weft::engine::sampling::model_sampling::{Config, ModelSamplingDiscrete, Prediction};
 
 const FIXTURE: &str = concat!(
@@ -40,7 +42,16 @@ fn cfg_hooks_match_comfyui() {
     let (x, cond, uncond) = (&fx["x"], &fx["cond"], &fx["uncond"]);
     let run = |patches: &ModelPatches, c: &Tensor, u: &Tensor, sigma: f64| {
         patches
-            .combine(x, sigma, 6.5, &ms, c.clone(), Some(u.clone()), &[], None)
+            .combine(
+                x,
+                sigma,
+                6.5,
+                &ms,
+                c.clone(),
+                Some(u.clone()),
+                &[],
+                Reruns::default(),
+            )
             .expect("combine")
             .0
     };
@@ -155,13 +166,13 @@ fn cfg_hooks_match_comfyui() {
             cond.clone(),
             Some(uncond.clone()),
             &extra,
-            None,
+            Reruns::default(),
         )
         .expect("combine");
     close(&mut failures, "perp_neg_node", &ours, &fx["perp_neg_node"]);
     // Without a negative prediction every hook leaves the positive one alone.
     let (alone, _) = all
-        .combine(x, 3.7, 1.0, &ms, cond.clone(), None, &[], None)
+        .combine(x, 3.7, 1.0, &ms, cond.clone(), None, &[], Reruns::default())
         .expect("combine");
     let expected = (x - (x - cond).unwrap().affine(1.0 / 0.98, 0.0).unwrap()).unwrap();
     close(&mut failures, "no uncond", &alone, &expected);
@@ -272,7 +283,7 @@ fn model_sampling_variants_match_comfyui() {
     let lcm = base.clone().distilled(50).with_prediction(Prediction::Lcm);
     let ts: Vec<f32> = [14.6f32, 3.0, 1.0, 0.5, 0.03]
         .iter()
-        .map(|&s| lcm.timestep(s) as f32)
+        .map(|&s| lcm.timestep(s))
         .collect();
     assert_eq!(ts, fx["ms/lcm_timestep"].to_vec1::<f32>().unwrap());
     let sig: Vec<f32> = [999.0f32, 500.0, 37.5, 0.0]

@@ -27,7 +27,7 @@ impl DenoiseMaskFunction for DifferentialDiffusion {
         };
         let sigma_min = sampling.sigma_min() as f64;
         let sigma_to = if last > sigma_min { last } else { sigma_min };
-        let ts = |s: f64| sampling.timestep(s as f32) as f32;
+        let ts = |s: f64| sampling.timestep(s as f32);
         let (ts_from, ts_to, current) = (ts(first), ts(sigma_to), ts(sigma));
         // Integer timesteps divided as torch does (true division, NaN/inf when from == to).
         let threshold = (current - ts_to) / (ts_from - ts_to);

@@ -4,11 +4,15 @@
 //! Follows `comfy/samplers.py` (`calc_cond_batch`, `get_area_and_mult`, `cfg_function`,
 //! `KSamplerX0Inpaint`) and `comfy/model_base.py` (`SDXL.encode_adm`, `SDXLRefiner.encode_adm`).
 
+pub mod concat;
 pub mod differential;
 pub mod downscale;
 pub mod freeu;
 pub mod guidance;
+pub mod hypertile;
 pub mod patches;
+pub mod sag;
+pub mod tome;
 
 use crate::device::{to_compute, to_host};
 use std::sync::Arc;
@@ -34,6 +38,9 @@ pub struct LatentFormat {
     pub rgb_factors: [[f32; 3]; 4],
     /// Added to each RGB value before the preview is mapped from `[-1, 1]` to 0–255.
     pub rgb_bias: [f32; 3],
+    /// Per-channel (mean, std) the VAE's latents are standardised with before the scale
+    /// (Playground v2.5's `latents_mean`/`latents_std`); `None` for a plain scale.
+    pub standardise: Option<([f32; 4], [f32; 4])>,
 }
 
 impl LatentFormat {
@@ -49,6 +56,7 @@ impl LatentFormat {
                 [-0.2120, -0.2616, -0.7177],
             ],
             rgb_bias: [0.0; 3],
+            standardise: None,
         }
     }
 
@@ -64,7 +72,60 @@ impl LatentFormat {
                 [-0.3165, -0.2492, -0.2188],
             ],
             rgb_bias: [0.1084, -0.0175, -0.0011],
+            standardise: None,
         }
+    }
+
+    /// Playground v2.5's SDXL latents (ComfyUI's `SDXL_Playground_2_5`).
+    pub fn sdxl_playground_2_5() -> Self {
+        LatentFormat {
+            channels: 4,
+            scale_factor: 0.5,
+            rgb_factors: [
+                [0.3920, 0.4054, 0.4549],
+                [-0.2634, -0.0196, 0.0653],
+                [0.0568, 0.1687, -0.0755],
+                [-0.3112, -0.2359, -0.2076],
+            ],
+            rgb_bias: [0.0; 3],
+            standardise: Some((
+                [-1.6574, 1.886, -1.383, 2.5155],
+                [8.4927, 5.9022, 6.5498, 5.2299],
+            )),
+        }
+    }
+
+    /// A VAE latent `[B, C, h, w]` in the model's space (ComfyUI's `process_in`).
+    pub fn process_in(&self, latent: &Tensor) -> Result<Tensor> {
+        match self.standardise {
+            None => latent * self.scale_factor,
+            Some((mean, std)) => {
+                let (mean, std) = (
+                    self.per_channel(&mean, latent)?,
+                    self.per_channel(&std, latent)?,
+                );
+                (latent.broadcast_sub(&mean)? * self.scale_factor)?.broadcast_div(&std)
+            }
+        }
+    }
+
+    /// A sampled latent back in the VAE's space (ComfyUI's `process_out`).
+    pub fn process_out(&self, latent: &Tensor) -> Result<Tensor> {
+        match self.standardise {
+            None => latent / self.scale_factor,
+            Some((mean, std)) => {
+                let (mean, std) = (
+                    self.per_channel(&mean, latent)?,
+                    self.per_channel(&std, latent)?,
+                );
+                (latent.broadcast_mul(&std)? / self.scale_factor)?.broadcast_add(&mean)
+            }
+        }
+    }
+
+    /// `values` as a `[1, C, 1, 1]` tensor like `like`.
+    fn per_channel(&self, values: &[f32; 4], like: &Tensor) -> Result<Tensor> {
+        Tensor::from_slice(values, (1, 4, 1, 1), like.device())?.to_dtype(like.dtype())
     }
 
     /// The latent format a model family uses.
@@ -285,6 +346,18 @@ pub struct CondEntry {
     /// The part of the schedule, as (start, end) fractions, in which the entry counts (ComfyUI's
     /// `start_percent`/`end_percent`, ConditioningSetTimestepRange); None for all of it.
     pub percent_range: Option<(f64, f64)>,
+    /// `[B, C, h, w]` VAE latent (unscaled) that inpainting and InstructPix2Pix UNets take as
+    /// extra input channels (ComfyUI's `concat_latent_image`; see [`concat`]).
+    pub concat_latent_image: Option<Tensor>,
+    /// `[B, 1, H, W]` mask for an inpainting UNet's mask channel (ComfyUI's `concat_mask`); the
+    /// sampler's noise mask when `None`.
+    pub concat_mask: Option<Tensor>,
+    /// `[1, tokens, context_dim]` text the ControlNets on this entry attend to instead of
+    /// `context` (ComfyUI's `cross_attn_controlnet`, CLIPTextEncodeControlnet).
+    pub controlnet_context: Option<Tensor>,
+    /// The pooled output encoded with `controlnet_context` (ComfyUI's
+    /// `pooled_output_controlnet`); kept with the entry, no SD ControlNet reads it.
+    pub controlnet_pooled: Option<Tensor>,
 }
 
 impl CondEntry {
@@ -302,15 +375,28 @@ impl CondEntry {
             controls: Vec::new(),
             control_apply_to_uncond: false,
             percent_range: None,
+            concat_latent_image: None,
+            concat_mask: None,
+            controlnet_context: None,
+            controlnet_pooled: None,
         }
     }
 
-    /// Bytes held by the context, pooled and mask tensors (controls not counted).
+    /// Bytes held by the entry's tensors (controls not counted).
     pub fn byte_size(&self) -> usize {
         let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        bytes(&self.context)
-            + self.pooled.as_ref().map_or(0, bytes)
-            + self.mask.as_ref().map_or(0, bytes)
+        [
+            &self.pooled,
+            &self.mask,
+            &self.concat_latent_image,
+            &self.concat_mask,
+            &self.controlnet_context,
+            &self.controlnet_pooled,
+        ]
+        .into_iter()
+        .map(|t| t.as_ref().map_or(0, bytes))
+        .sum::<usize>()
+            + bytes(&self.context)
     }
 }
 
@@ -326,6 +412,10 @@ struct PreparedCond {
     /// (highest, lowest) sigma at which the entry counts: ComfyUI skips it above the first and
     /// below the second (`timestep_start`, `timestep_end`).
     sigmas: Option<(f64, f64)>,
+    /// The entry's own inputs for the UNet's extra channels.
+    concat: concat::PreparedConcat,
+    /// What the entry's ControlNets attend to instead of `context`.
+    controlnet_context: Option<Tensor>,
 }
 
 /// The CFG denoiser over conditioning lists, with optional inpainting mask.
@@ -344,6 +434,9 @@ pub struct CfgDenoiser<'a> {
     latent_shape: Vec<usize>,
     /// The CFG function's extra conditionings (PerpNeg's empty prompt), prepared.
     extra: Vec<Vec<PreparedCond>>,
+    /// The scaled input latent, for inpainting UNets' masked-image channels (ComfyUI's
+    /// `latent_image`); zeros when not given.
+    latent_image: Option<Tensor>,
 }
 
 /// How a guider combines predictions (ComfyUI's `CFGGuider` and its subclasses).
@@ -407,8 +500,10 @@ impl<'a> CfgDenoiser<'a> {
             Some(list) => prepare(model, &list, latent_shape, PromptType::Negative)?,
             None => Vec::new(),
         };
-        let need_uncond =
-            !negative.is_empty() && (sampler_needs_uncond || (cfg - 1.0).abs() > 1e-9);
+        let need_uncond = !negative.is_empty()
+            && (sampler_needs_uncond
+                || model.patches.disable_cfg1_optimization
+                || (cfg - 1.0).abs() > 1e-9);
         let extra = match &model.patches.cfg_function {
             Some(f) => f
                 .extra_conds()
@@ -428,6 +523,7 @@ impl<'a> CfgDenoiser<'a> {
             mode: Mode::Cfg,
             extra,
             latent_shape: latent_shape.to_vec(),
+            latent_image: None,
         })
     }
 
@@ -462,6 +558,13 @@ impl<'a> CfgDenoiser<'a> {
         self
     }
 
+    /// Tells the denoiser the scaled input latent, which an inpainting UNet sees through its
+    /// masked-image channels when no conditioning entry brings its own image.
+    pub fn with_latent_image(mut self, latent_image: Tensor) -> Self {
+        self.latent_image = Some(latent_image);
+        self
+    }
+
     /// Keeps the latent outside `mask` (1 = resample) fixed, as ComfyUI's `KSamplerX0Inpaint`.
     /// `mask`: `[B or 1, 1 or C, h, w]` already at latent size; `latent` the scaled input latent.
     pub fn with_inpaint(mut self, mask: Tensor, latent: Tensor, noise: Tensor) -> Result<Self> {
@@ -483,6 +586,13 @@ impl<'a> CfgDenoiser<'a> {
             change(&mut unet);
             self.eval_list_with(&self.positive, x, sigma, &unet)
         };
+        // A re-run of the negative conditioning counts as a positive side, as in ComfyUI.
+        let eval_negative_at =
+            |x_at: &Tensor| self.eval_list_with(&self.negative, x_at, sigma, &patches.unet);
+        let reruns = patches::Reruns {
+            positive: Some(&eval_positive),
+            negative_at: Some(&eval_negative_at),
+        };
         let near = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
         // A conditioning ComfyUI leaves out predicts zeros (calc_cond_batch's empty sum).
         let eval_or_zeros = |list: &[PreparedCond], skip: bool| -> Result<Tensor> {
@@ -492,11 +602,18 @@ impl<'a> CfgDenoiser<'a> {
                 self.eval_list(list, x, sigma)
             }
         };
+        let negative_or_zeros = |skip: bool| -> Result<Tensor> {
+            if skip {
+                x.zeros_like()
+            } else {
+                self.eval_negative(x, sigma)
+            }
+        };
         match &self.mode {
             Mode::Cfg => {
                 let cond = self.eval_list(&self.positive, x, sigma)?;
                 let uncond = if self.need_uncond {
-                    Some(self.eval_list(&self.negative, x, sigma)?)
+                    Some(self.eval_negative(x, sigma)?)
                 } else if !self.extra.is_empty() {
                     // ComfyUI still calls a CFG function that evaluates its own conditionings,
                     // with the skipped negative predicting zeros.
@@ -509,16 +626,7 @@ impl<'a> CfgDenoiser<'a> {
                     .iter()
                     .map(|list| self.eval_list(list, x, sigma))
                     .collect::<Result<Vec<_>>>()?;
-                patches.combine(
-                    x,
-                    sigma,
-                    self.cfg,
-                    sampling,
-                    cond,
-                    uncond,
-                    &extra,
-                    Some(&eval_positive),
-                )
+                patches.combine(x, sigma, self.cfg, sampling, cond, uncond, &extra, reruns)
             }
             Mode::Dual {
                 middle,
@@ -528,7 +636,7 @@ impl<'a> CfgDenoiser<'a> {
                 let (cfg1, cfg2) = (self.cfg, *cfg2);
                 let skip_negative = !nested && near(cfg2, 1.0);
                 let skip_middle = skip_negative && near(cfg1, 1.0);
-                let negative = eval_or_zeros(&self.negative, skip_negative)?;
+                let negative = negative_or_zeros(skip_negative)?;
                 let middle = eval_or_zeros(middle, skip_middle)?;
                 let positive = self.eval_list(&self.positive, x, sigma)?;
                 if *nested {
@@ -539,7 +647,7 @@ impl<'a> CfgDenoiser<'a> {
                         sampling,
                         (&positive, Some(&middle)),
                         &[],
-                        Some(&eval_positive),
+                        reruns,
                     )?;
                     let result = (&negative + ((text - &negative)? * cfg2)?)?;
                     Ok((result, Some(negative)))
@@ -551,7 +659,7 @@ impl<'a> CfgDenoiser<'a> {
                         sampling,
                         (&middle, Some(&negative)),
                         &[],
-                        Some(&eval_positive),
+                        reruns,
                     )?;
                     let result = (base + ((&positive - &middle)? * cfg1)?)?;
                     Ok((result, Some(negative)))
@@ -561,7 +669,7 @@ impl<'a> CfgDenoiser<'a> {
                 let skip_negative = near(*neg_scale, 0.0);
                 let skip_empty = skip_negative && near(self.cfg, 1.0);
                 let positive = self.eval_list(&self.positive, x, sigma)?;
-                let negative = eval_or_zeros(&self.negative, skip_negative)?;
+                let negative = negative_or_zeros(skip_negative)?;
                 let empty = eval_or_zeros(empty, skip_empty)?;
                 let (positive, negative) = if skip_negative {
                     (positive, negative)
@@ -590,6 +698,7 @@ impl<'a> CfgDenoiser<'a> {
                     sampling,
                     extra: &[],
                     eval_positive: Some(&eval_positive),
+                    eval_negative_at: Some(&eval_negative_at),
                 };
                 for hook in &patches.post_cfg {
                     result = hook.post_cfg(&args, result)?;
@@ -603,6 +712,19 @@ impl<'a> CfgDenoiser<'a> {
         self.eval_list_with(list, x, sigma, &self.model.patches.unet)
     }
 
+    /// The negative side's evaluation: [`Self::eval_list`] with the patches that act on it only.
+    fn eval_negative(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        let patches = &self.model.patches;
+        match &patches.uncond_mid_first_self_attention {
+            Some(replace) => {
+                let mut unet = patches.unet.clone();
+                unet.mid_first_self_attention = Some(Arc::clone(replace));
+                self.eval_list_with(&self.negative, x, sigma, &unet)
+            }
+            None => self.eval_list(&self.negative, x, sigma),
+        }
+    }
+
     /// [`Self::eval_list`] with the given UNet patches instead of the model's.
     fn eval_list_with(
         &self,
@@ -614,7 +736,7 @@ impl<'a> CfgDenoiser<'a> {
         let (batch, channels, h, w) = x.dims4()?;
         let mut out = Tensor::zeros((batch, channels, h, w), DType::F32, x.device())?;
         let mut counts = Tensor::full(1e-37f32, (batch, channels, h, w), x.device())?;
-        let timestep = self.model.sampling.timestep(sigma as f32) as f32;
+        let timestep = self.model.sampling.timestep(sigma as f32);
         for cond in list {
             if let Some((highest, lowest)) = cond.sigmas {
                 if sigma > highest || sigma < lowest {
@@ -631,21 +753,49 @@ impl<'a> CfgDenoiser<'a> {
                 dtype,
             )?;
             let timesteps = Tensor::full(timestep, batch, device)?;
-            let context = to_compute(&cond.context, device, dtype)?.repeat((batch, 1, 1))?;
+            let batched = |t: &Tensor| to_compute(t, device, dtype)?.repeat((batch, 1, 1));
+            let context = batched(&cond.context)?;
             let y = match &cond.y {
                 Some(y) => Some(to_compute(y, device, dtype)?.repeat((batch, 1))?),
                 None => None,
             };
             let mut control = UNetControl::default();
-            for hint in &cond.controls {
-                let own =
-                    hint.control(&x_in, &timesteps, sigma, &context, y.as_ref(), self.model)?;
-                if let Some(own) = own {
-                    control = control.sum(&own)?;
+            if !cond.controls.is_empty() {
+                let control_context = match &cond.controlnet_context {
+                    Some(c) => batched(c)?,
+                    None => context.clone(),
+                };
+                for hint in &cond.controls {
+                    let own = hint.control(
+                        &x_in,
+                        &timesteps,
+                        sigma,
+                        &control_context,
+                        y.as_ref(),
+                        self.model,
+                    )?;
+                    if let Some(own) = own {
+                        control = control.sum(&own)?;
+                    }
                 }
             }
+            // Inpainting and InstructPix2Pix UNets take their extra channels after x (ComfyUI's
+            // `c_concat`, cut to the entry's area like x); controls see x alone.
+            let concat = cond.concat.build(
+                self.model.concat_kind(),
+                x,
+                self.inpaint.as_ref().map(|i| &i.mask),
+                self.latent_image.as_ref(),
+            )?;
+            let unet_in = match concat {
+                Some(concat) => {
+                    let concat = concat.narrow(2, ay, ah)?.narrow(3, ax, aw)?;
+                    Tensor::cat(&[&x_in, &to_compute(&concat, device, dtype)?], 1)?
+                }
+                None => x_in.clone(),
+            };
             let output = self.model.unet.forward_patched(
-                &x_in,
+                &unet_in,
                 &timesteps,
                 &context,
                 y.as_ref(),
@@ -836,6 +986,8 @@ fn prepare(
                     model.sampling.percent_to_sigma(end),
                 )
             }),
+            concat: concat::PreparedConcat::new(model, entry, latent_shape)?,
+            controlnet_context: entry.controlnet_context.clone(),
         });
     }
     Ok(prepared)

@@ -36,6 +36,20 @@ use crate::sampling::model_sampling::ModelSamplingDiscrete;
 /// does).
 pub type EvalPositive<'a> = dyn Fn(&dyn Fn(&mut UNetPatches)) -> Result<Tensor> + 'a;
 
+/// Evaluates the negative conditioning at another `x` (same sigma, the model's UNet patches),
+/// as a positive side (what SAG's `calc_cond_batch(model, [uncond], ...)` does).
+pub type EvalNegativeAt<'a> = dyn Fn(&Tensor) -> Result<Tensor> + 'a;
+
+/// The model evaluations a CFG-level hook may ask for; `None` where the caller cannot run the
+/// model (parity tests on bare tensors).
+#[derive(Clone, Copy, Default)]
+pub struct Reruns<'a> {
+    /// See [`EvalPositive`].
+    pub positive: Option<&'a EvalPositive<'a>>,
+    /// See [`EvalNegativeAt`].
+    pub negative_at: Option<&'a EvalNegativeAt<'a>>,
+}
+
 /// What a CFG-level hook sees (ComfyUI's `args` dict).
 #[derive(Clone, Copy)]
 pub struct CfgArgs<'a> {
@@ -58,6 +72,9 @@ pub struct CfgArgs<'a> {
     /// Runs the model on the positive conditioning again, with other UNet patches; `None` where
     /// the caller cannot (parity tests on bare tensors).
     pub eval_positive: Option<&'a EvalPositive<'a>>,
+    /// Runs the model on the negative conditioning at another `x`; `None` where the caller
+    /// cannot.
+    pub eval_negative_at: Option<&'a EvalNegativeAt<'a>>,
 }
 
 /// `sampler_pre_cfg_function`: rewrites the predictions before they are combined. `uncond` is
@@ -126,18 +143,42 @@ pub trait AttentionReplace: Send + Sync + Debug {
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor>;
 }
 
+/// What a [`SelfAttentionPatch`] gives back to undo its change on the attention output.
+pub type UndoAttentionPatch = Box<dyn FnOnce(Tensor) -> Result<Tensor>>;
+
+/// ComfyUI's `attn1_patch` with its `attn1_output_patch` (HyperTile, ToMe): rewrites the
+/// sources of a self-attention's queries, keys and values (the block's normed hidden states
+/// `[B, N, C]`), and the attention output (after `to_out`) back. Applies to every transformer
+/// block of the UNet.
+pub trait SelfAttentionPatch: Send + Sync + Debug {
+    /// The new (query, key, value) sources and the undo for the output; `latent_hw` is the UNet
+    /// input's height and width (ComfyUI's `original_shape[-2:]`).
+    fn before(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        latent_hw: (usize, usize),
+    ) -> Result<(Tensor, Tensor, Tensor, UndoAttentionPatch)>;
+}
+
 /// Patches applied inside the UNet's forward pass.
 #[derive(Debug, Clone, Default)]
 pub struct UNetPatches {
     /// Replaces the self-attention of every transformer block in the middle block (the
     /// `("middle", 0)` attn1 replace patch).
     pub mid_self_attention: Option<Arc<dyn AttentionReplace>>,
+    /// Replaces the self-attention of the middle block's first transformer block only (the
+    /// `("middle", 0, 0)` attn1 replace patch); wins over `mid_self_attention` there.
+    pub mid_first_self_attention: Option<Arc<dyn AttentionReplace>>,
     /// `input_block_patch`es: change an input block's output before it is kept as a skip.
     pub input_block: Vec<Arc<dyn InputBlockPatch>>,
     /// `input_block_patch_after_skip`es: change only what continues down the UNet.
     pub input_block_after_skip: Vec<Arc<dyn InputBlockPatch>>,
     /// `output_block_patch`es, applied in order before each up-path concatenation.
     pub output_block: Vec<Arc<dyn OutputBlockPatch>>,
+    /// `attn1_patch`/`attn1_output_patch` pairs, in the order they were added.
+    pub self_attention: Vec<Arc<dyn SelfAttentionPatch>>,
 }
 
 /// Everything patched onto a model handle (ComfyUI's `model_options`).
@@ -153,6 +194,11 @@ pub struct ModelPatches {
     pub denoise_mask: Option<Arc<dyn DenoiseMaskFunction>>,
     /// Patches inside the UNet.
     pub unet: UNetPatches,
+    /// The `("middle", 0, 0)` attn1 replace for the negative side's evaluations only (ComfyUI's
+    /// replace sees `cond_or_uncond`; SAG records the negative prediction's attention there).
+    pub uncond_mid_first_self_attention: Option<Arc<dyn AttentionReplace>>,
+    /// Evaluate the negative side even at cfg 1 (ComfyUI's `disable_cfg1_optimization`).
+    pub disable_cfg1_optimization: bool,
 }
 
 impl ModelPatches {
@@ -169,7 +215,7 @@ impl ModelPatches {
         cond: Tensor,
         uncond: Option<Tensor>,
         extra: &[Tensor],
-        eval_positive: Option<&EvalPositive<'_>>,
+        reruns: Reruns<'_>,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (cond, uncond) = self.pre_cfg_all(x, sigma, cond_scale, sampling, cond, uncond)?;
         let result = self.cfg_and_post(
@@ -179,7 +225,7 @@ impl ModelPatches {
             sampling,
             (&cond, uncond.as_ref()),
             extra,
-            eval_positive,
+            reruns,
         )?;
         Ok((result, uncond))
     }
@@ -205,6 +251,7 @@ impl ModelPatches {
                 sampling,
                 extra: &[],
                 eval_positive: None,
+                eval_negative_at: None,
             };
             (cond, uncond) = hook.pre_cfg(&args, cond, uncond)?;
         }
@@ -221,7 +268,7 @@ impl ModelPatches {
         sampling: &ModelSamplingDiscrete,
         (cond, uncond): (&Tensor, Option<&Tensor>),
         extra: &[Tensor],
-        eval_positive: Option<&EvalPositive<'_>>,
+        reruns: Reruns<'_>,
     ) -> Result<Tensor> {
         let args = CfgArgs {
             x,
@@ -231,7 +278,8 @@ impl ModelPatches {
             uncond,
             sampling,
             extra,
-            eval_positive,
+            eval_positive: reruns.positive,
+            eval_negative_at: reruns.negative_at,
         };
         let mut result = match (uncond, &self.cfg_function) {
             (Some(_), Some(f)) => f.cfg(&args)?,

@@ -83,6 +83,20 @@ fn lanes_sum(xs: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + rest
 }
 
+/// `torch.round` of every element: halves go to the even neighbour (candle's `round` takes them
+/// away from zero, which rounds a mask's 0.5 the other way). Computed in f32 on the host; the
+/// result has `t`'s shape, dtype and device.
+pub fn round_half_even(t: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    let values: Vec<f32> = t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f32::round_ties_even)
+        .collect();
+    candle_core::Tensor::from_vec(values, t.shape(), t.device())?.to_dtype(t.dtype())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::ops::math::{exp, softmax_rows_in_place};

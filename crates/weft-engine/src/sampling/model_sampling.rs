@@ -1,5 +1,7 @@
 //! ComfyUI's `ModelSamplingDiscrete` (`comfy/model_sampling.py`): the 1000-step VP schedule of SD1.x,
-//! SD2.x and SDXL expressed in sigma space, plus the eps / v-prediction denoiser formulas.
+//! SD2.x and SDXL expressed in sigma space, plus the eps / v-prediction denoiser formulas; and
+//! `ModelSamplingContinuousEDM` (ModelSamplingContinuousEDM's node), a log-uniform table whose
+//! timestep is `0.25 ln sigma`, with `sigma_data` in the input and output scalings.
 //!
 //! Precision follows ComfyUI: the beta schedule and cumulative products are computed in f64, then the
 //! sigma table and its logarithm are stored as f32 (`set_sigmas` casts with `.float()`), and the
@@ -28,6 +30,8 @@ pub enum Prediction {
     Lcm,
     /// The network predicts the denoised latent itself (ComfyUI's `X0`).
     X0,
+    /// Karras et al.'s EDM preconditioning (ComfyUI's `EDM`): `x · c_skip + out · c_out`.
+    Edm,
 }
 
 /// Plain data describing a discrete schedule; presets cover every SD model ComfyUI's defaults build.
@@ -66,7 +70,7 @@ impl Config {
     }
 }
 
-/// The discrete VP schedule in sigma space.
+/// The discrete VP schedule in sigma space, or the continuous EDM one ([`Self::continuous_edm`]).
 #[derive(Debug, Clone)]
 pub struct ModelSamplingDiscrete {
     sigmas: Vec<f32>,
@@ -75,6 +79,10 @@ pub struct ModelSamplingDiscrete {
     /// Timesteps per table entry: 1, or 20 for the 50-entry LCM table
     /// (`ModelSamplingDiscreteDistilled`).
     skip_steps: usize,
+    /// The data's standard deviation in the input and output scalings (1 but for EDM's 0.5).
+    sigma_data: f64,
+    /// `ModelSamplingContinuousEDM`: timesteps are `0.25 ln sigma` rather than table indices.
+    continuous: bool,
 }
 
 /// torch's CPU `linspace` for one element: the first half counts up from `start`, the second half
@@ -142,7 +150,33 @@ impl ModelSamplingDiscrete {
             log_sigmas,
             prediction: cfg.prediction,
             skip_steps: 1,
+            sigma_data: 1.0,
+            continuous: false,
         }
+    }
+
+    /// ComfyUI's `ModelSamplingContinuousEDM` with `set_parameters(sigma_min, sigma_max,
+    /// sigma_data)`: 1000 sigmas log-uniform from `sigma_min` to `sigma_max` (torch's f32
+    /// `linspace(ln min, ln max).exp()`), continuous timesteps.
+    pub fn continuous_edm(
+        sigma_min: f64,
+        sigma_max: f64,
+        sigma_data: f64,
+        prediction: Prediction,
+    ) -> Self {
+        let sigmas: Vec<f32> = linspace_f32(sigma_min.ln() as f32, sigma_max.ln() as f32, 1000)
+            .into_iter()
+            .map(f32::exp)
+            .collect();
+        Self {
+            sigmas: Vec::new(),
+            log_sigmas: Vec::new(),
+            prediction,
+            skip_steps: 1,
+            sigma_data,
+            continuous: true,
+        }
+        .with_sigmas(sigmas)
     }
 
     /// The same table with another denoiser formula.
@@ -221,8 +255,18 @@ impl ModelSamplingDiscrete {
         self.sigmas[self.sigmas.len() - 1]
     }
 
-    /// `timestep(sigma)`: index of the table entry nearest in log space (first one on ties).
-    pub fn timestep(&self, sigma: f32) -> usize {
+    /// `timestep(sigma)`: index of the table entry nearest in log space (first one on ties), or
+    /// `0.25 ln sigma` for the continuous schedule.
+    pub fn timestep(&self, sigma: f32) -> f32 {
+        if self.continuous {
+            return 0.25 * sigma.ln();
+        }
+        self.timestep_index(sigma) as f32
+    }
+
+    /// The discrete table index nearest `sigma` (what [`Self::timestep`] gives for a discrete
+    /// schedule).
+    fn timestep_index(&self, sigma: f32) -> usize {
         let log_sigma = sigma.ln();
         let mut best = 0;
         let mut best_dist = f32::INFINITY;
@@ -236,8 +280,12 @@ impl ModelSamplingDiscrete {
         best * self.skip_steps + (self.skip_steps - 1)
     }
 
-    /// `sigma(timestep)`: log-linear interpolation of the table at a fractional timestep (f32 maths).
+    /// `sigma(timestep)`: log-linear interpolation of the table at a fractional timestep (f32
+    /// maths), or `exp(timestep / 0.25)` for the continuous schedule.
     pub fn sigma(&self, timestep: f32) -> f32 {
+        if self.continuous {
+            return (timestep / 0.25).exp();
+        }
         let last = (self.sigmas.len() - 1) as f32;
         let skip = self.skip_steps as f32;
         let t = ((timestep - (skip - 1.0)) / skip).clamp(0.0, last);
@@ -258,6 +306,10 @@ impl ModelSamplingDiscrete {
             return 0.0;
         }
         let percent = 1.0 - percent;
+        if self.continuous {
+            let log_min = (self.sigma_min() as f64).ln();
+            return (((self.sigma_max() as f64).ln() - log_min) * percent + log_min).exp();
+        }
         self.sigma((percent * 999.0) as f32) as f64
     }
 
@@ -268,14 +320,17 @@ impl ModelSamplingDiscrete {
             || first_sigma > max_sigma
     }
 
-    /// Scales the sampler state for the network input: `x / sqrt(sigma^2 + 1)`. Shape preserved.
+    /// Scales the sampler state for the network input: `x / sqrt(sigma^2 + sigma_data^2)`. Shape
+    /// preserved.
     pub fn calculate_input(&self, sigma: f64, x: &Tensor) -> Result<Tensor> {
-        x.affine(1.0 / (sigma * sigma + 1.0).sqrt(), 0.0)
+        let sd = self.sigma_data;
+        x.affine(1.0 / (sigma * sigma + sd * sd).sqrt(), 0.0)
     }
 
     /// Turns the network output into the denoised estimate D(x, sigma). Shapes `[B, C, H, W]`.
-    /// eps: `x - sigma * eps`; v: `x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1)`; lcm:
-    /// `c_out * (x - sigma * eps) + c_skip * x`; x0: the output itself.
+    /// eps: `x - sigma * eps`; v: `x sd^2 / (sigma^2 + sd^2) - v sigma sd / sqrt(sigma^2 + sd^2)`
+    /// (`sd` = sigma_data); edm: the same with `+`; lcm: `c_out * (x - sigma * eps) + c_skip *
+    /// x`; x0: the output itself.
     pub fn calculate_denoised(
         &self,
         sigma: f64,
@@ -284,13 +339,20 @@ impl ModelSamplingDiscrete {
     ) -> Result<Tensor> {
         match self.prediction {
             Prediction::Eps => model_input - model_output.affine(sigma, 0.0)?,
-            Prediction::V => {
-                let s2 = sigma * sigma + 1.0;
-                model_input.affine(1.0 / s2, 0.0)? - model_output.affine(sigma / s2.sqrt(), 0.0)?
+            Prediction::V | Prediction::Edm => {
+                let sd = self.sigma_data;
+                let s2 = sigma * sigma + sd * sd;
+                let skip = model_input.affine(sd * sd / s2, 0.0)?;
+                let out = model_output.affine(sigma * sd / s2.sqrt(), 0.0)?;
+                if self.prediction == Prediction::Edm {
+                    skip + out
+                } else {
+                    skip - out
+                }
             }
             Prediction::Lcm => {
                 let x0 = (model_input - model_output.affine(sigma, 0.0)?)?;
-                let t = self.timestep(sigma as f32) as f64 * 10.0;
+                let t = self.timestep_index(sigma as f32) as f64 * 10.0;
                 const SIGMA_DATA2: f64 = 0.25;
                 let c_skip = SIGMA_DATA2 / (t * t + SIGMA_DATA2);
                 let c_out = t / (t * t + SIGMA_DATA2).sqrt();
@@ -335,8 +397,8 @@ mod tests {
             "{}",
             ms.sigma_max()
         );
-        assert_eq!(ms.timestep(ms.sigma_max()), 999);
-        assert_eq!(ms.timestep(ms.sigma_min()), 0);
+        assert_eq!(ms.timestep(ms.sigma_max()), 999.0);
+        assert_eq!(ms.timestep(ms.sigma_min()), 0.0);
         // exp(f32 ln sigma) is within an ulp or two of the table value, as in torch.
         assert!((ms.sigma(999.0) - ms.sigma_max()).abs() < 1e-5);
         assert!(ms.is_max_denoise(ms.sigma_max() as f64));

@@ -142,8 +142,8 @@ pub fn ddim_uniform(ms: &ModelSamplingDiscrete, steps: usize) -> Vec<f32> {
 
 /// `normal_scheduler` (and "sgm_uniform" with `sgm = true`): uniform in timestep space.
 pub fn normal(ms: &ModelSamplingDiscrete, steps: usize, sgm: bool) -> Vec<f32> {
-    let start = ms.timestep(ms.sigma_max()) as f32;
-    let end = ms.timestep(ms.sigma_min()) as f32;
+    let start = ms.timestep(ms.sigma_max());
+    let end = ms.timestep(ms.sigma_min());
     let mut append_zero = true;
     let timesteps = if sgm {
         let mut t = linspace_f32(start, end, steps + 1);

@@ -6,6 +6,9 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
+use std::sync::Arc;
+
+use crate::diffusion::patches::{AttentionReplace, SelfAttentionPatch};
 use crate::ops::attention::scaled_dot_product;
 use crate::ops::conv::{conv2d, Conv2d};
 use crate::ops::layers::{self, LayerNorm, Linear};
@@ -157,33 +160,46 @@ impl Attention {
             .contiguous()
     }
 
-    /// Self-attention with the attention itself replaced (ComfyUI's `attn1` replace patch): the
-    /// projections run as usual, `replace` maps q, k, v (`[B, N, inner]`) to the attention
-    /// output, and `to_out` follows.
-    pub(crate) fn forward_replaced(
+    /// Attention with queries from `q_src` and keys and values from `k_src`/`v_src`, the
+    /// attention itself replaced by `replace` if given (ComfyUI's `attn1` replace patch: it maps
+    /// the projected q, k, v, `[B, N, inner]`, to the output before `to_out`). When a
+    /// self-attention patch gave the queries another batch, the keys and values are viewed with
+    /// the queries' batch, as ComfyUI's attention functions view them.
+    pub(crate) fn attend(
         &self,
-        xs: &Tensor,
-        replace: &dyn crate::diffusion::patches::AttentionReplace,
+        q_src: &Tensor,
+        k_src: &Tensor,
+        v_src: &Tensor,
+        replace: Option<&dyn AttentionReplace>,
     ) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let q = self.to_q.forward(xs)?;
-        let k = self.to_k.forward(xs)?;
-        let v = self.to_v.forward(xs)?;
-        self.to_out
-            .forward(&replace.attention(&q, &k, &v, self.heads)?)
+        let q = self.to_q.forward(q_src)?;
+        let (mut k, mut v) = (self.to_k.forward(k_src)?, self.to_v.forward(v_src)?);
+        let (batch, _, inner) = q.dims3()?;
+        if k.dim(0)? != batch {
+            k = k.reshape((batch, (), inner))?;
+            v = v.reshape((batch, (), inner))?;
+        }
+        let out = match replace {
+            Some(replace) => replace.attention(&q, &k, &v, self.heads)?,
+            None => {
+                let (q, k, v) = (
+                    self.split_heads(&q)?,
+                    self.split_heads(&k)?,
+                    self.split_heads(&v)?,
+                );
+                let out = scaled_dot_product(&q, &k, &v)?;
+                let (b, h, n, d) = out.dims4()?;
+                out.transpose(1, 2)?.reshape((b, n, h * d))?
+            }
+        };
+        self.to_out.forward(&out)
     }
 
     /// `xs`: [B, N, C]; `context`: [B, M, C_ctx] (self-attention when `None`). Returns [B, N, C].
     pub(crate) fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        let _enter = self.span.enter();
         let context = context.unwrap_or(xs);
-        let q = self.split_heads(&self.to_q.forward(xs)?)?;
-        let k = self.split_heads(&self.to_k.forward(context)?)?;
-        let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let out = scaled_dot_product(&q, &k, &v)?;
-        let (b, h, n, d) = out.dims4()?;
-        let out = out.transpose(1, 2)?.reshape((b, n, h * d))?;
-        self.to_out.forward(&out)
+        self.attend(xs, context, context, None)
     }
 }
 
@@ -240,14 +256,24 @@ impl BasicTransformerBlock {
         &self,
         xs: &Tensor,
         context: &Tensor,
-        self_attention: Option<&dyn crate::diffusion::patches::AttentionReplace>,
+        self_attention: Option<&dyn AttentionReplace>,
+        hooks: &SelfAttentionHooks<'_>,
     ) -> Result<Tensor> {
         let _enter = self.span.enter();
         let normed = self.norm1.forward(xs)?;
-        let attended = match self_attention {
-            Some(replace) => self.attn1.forward_replaced(&normed, replace)?,
-            None => self.attn1.forward(&normed, None)?,
-        };
+        // ComfyUI's order: every attn1 patch, the attention (or its replacement), then every
+        // attn1 output patch.
+        let (mut q, mut k, mut v) = (normed.clone(), normed.clone(), normed);
+        let mut undo = Vec::with_capacity(hooks.patches.len());
+        for patch in hooks.patches {
+            let before = patch.before(q, k, v, hooks.latent_hw)?;
+            (q, k, v) = (before.0, before.1, before.2);
+            undo.push(before.3);
+        }
+        let mut attended = self.attn1.attend(&q, &k, &v, self_attention)?;
+        for undo in undo {
+            attended = undo(attended)?;
+        }
         let xs = (attended + xs)?;
         let xs = (self
             .attn2
@@ -255,6 +281,17 @@ impl BasicTransformerBlock {
             + &xs)?;
         self.ff.forward(&self.norm3.forward(&xs)?)? + xs
     }
+}
+
+/// What a model's patches change in the self-attention of a [`Transformer2D`]'s blocks.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct SelfAttentionHooks<'a> {
+    /// Replaces the attention of the first block, and of the others (`attn1` replace patches).
+    pub(crate) replace: [Option<&'a dyn AttentionReplace>; 2],
+    /// `attn1_patch`es with their output patches, in order.
+    pub(crate) patches: &'a [Arc<dyn SelfAttentionPatch>],
+    /// The UNet input's (h, w), which the patches lay tokens out by.
+    pub(crate) latent_hw: (usize, usize),
 }
 
 /// Input/output projection of a [`Transformer2D`]: a 1x1 conv (SD1) or a linear layer (SD2/XL).
@@ -312,18 +349,15 @@ impl Transformer2D {
         })
     }
 
-    /// `xs`: [B, C, H, W]; `context`: [B, M, C_ctx]. Returns [B, C, H, W].
-    pub(crate) fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        self.forward_with(xs, context, None)
-    }
-
-    /// [`Self::forward`] with every block's self-attention replaced by `self_attention`.
+    /// `xs`: [B, C, H, W]; `context`: [B, M, C_ctx], with the blocks' self-attention patched.
+    /// Returns [B, C, H, W].
     pub(crate) fn forward_with(
         &self,
         xs: &Tensor,
         context: &Tensor,
-        self_attention: Option<&dyn crate::diffusion::patches::AttentionReplace>,
+        hooks: &SelfAttentionHooks<'_>,
     ) -> Result<Tensor> {
+        let [first, rest] = hooks.replace;
         let _enter = self.span.enter();
         let (b, c, h, w) = xs.dims4()?;
         let to_tokens =
@@ -333,8 +367,9 @@ impl Transformer2D {
             Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
             Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
         };
-        for block in &self.blocks {
-            tokens = block.forward(&tokens, context, self_attention)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let self_attention = if i == 0 { first } else { rest };
+            tokens = block.forward(&tokens, context, self_attention, hooks)?;
         }
         let to_image = |t: &Tensor| -> Result<Tensor> {
             t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()

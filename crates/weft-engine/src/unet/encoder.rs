@@ -12,8 +12,8 @@ use candle_nn::VarBuilder;
 
 use crate::ops::conv::Conv2d;
 use crate::unet::blocks::{
-    conv_same, sinusoidal_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, TimestepEmbedding,
-    Transformer2D, Transformer2DConfig,
+    conv_same, sinusoidal_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, SelfAttentionHooks,
+    TimestepEmbedding, Transformer2D, Transformer2DConfig,
 };
 use crate::unet::UNetConfig;
 
@@ -229,6 +229,18 @@ impl UNetEncoder {
         xs: &Tensor,
         emb: &Tensor,
         context: &Tensor,
+        skip: impl FnMut(usize, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        self.down_with(xs, emb, context, &SelfAttentionHooks::default(), skip)
+    }
+
+    /// [`Self::down`] with the transformers' self-attention patched.
+    pub(crate) fn down_with(
+        &self,
+        xs: &Tensor,
+        emb: &Tensor,
+        context: &Tensor,
+        hooks: &SelfAttentionHooks<'_>,
         mut skip: impl FnMut(usize, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let mut k = 0;
@@ -242,7 +254,7 @@ impl UNetEncoder {
             for (j, resnet) in level.resnets.iter().enumerate() {
                 h = resnet.forward(&h, Some(emb))?;
                 if let Some(attn) = level.attentions.get(j) {
-                    h = attn.forward(&h, context)?;
+                    h = attn.forward_with(&h, context, hooks)?;
                 }
                 h = next(h)?;
             }
@@ -255,22 +267,21 @@ impl UNetEncoder {
 
     /// The mid block (resnet, attention, resnet) on the down blocks' output `h`.
     pub(crate) fn mid(&self, h: &Tensor, emb: &Tensor, context: &Tensor) -> Result<Tensor> {
-        self.mid_with(h, emb, context, None)
+        self.mid_with(h, emb, context, &SelfAttentionHooks::default())
     }
 
-    /// [`Self::mid`] with the mid block's self-attentions replaced (PAG's perturbed pass).
+    /// [`Self::mid`] with the mid block's self-attentions patched (PAG's perturbed pass, SAG's
+    /// recording one).
     pub(crate) fn mid_with(
         &self,
         h: &Tensor,
         emb: &Tensor,
         context: &Tensor,
-        self_attention: Option<&dyn crate::diffusion::patches::AttentionReplace>,
+        hooks: &SelfAttentionHooks<'_>,
     ) -> Result<Tensor> {
         let _enter = tracing::trace_span!("mid_block").entered();
         let h = self.mid_resnets[0].forward(h, Some(emb))?;
-        let h = self
-            .mid_attention
-            .forward_with(&h, context, self_attention)?;
+        let h = self.mid_attention.forward_with(&h, context, hooks)?;
         self.mid_resnets[1].forward(&h, Some(emb))
     }
 }

@@ -17,7 +17,7 @@ use crate::ops::conv::Conv2d;
 use crate::ops::norm::{group_norm, GroupNorm};
 
 use crate::unet::blocks::{
-    conv_same, sinusoidal_embedding, ResnetBlock2D, Transformer2D, Upsample2D,
+    conv_same, sinusoidal_embedding, ResnetBlock2D, SelfAttentionHooks, Transformer2D, Upsample2D,
 };
 use crate::unet::encoder::{resnet, transformer, UNetEncoder};
 
@@ -458,27 +458,34 @@ impl UNet2DConditionModel {
         }
         let in_dtype = xs.dtype();
         let dtype = self.dtype();
-        let (batch, _, _, _) = xs.dims4()?;
+        let (batch, _, latent_h, latent_w) = xs.dims4()?;
+        let hooks = SelfAttentionHooks {
+            replace: [None, None],
+            patches: &patches.self_attention,
+            latent_hw: (latent_h, latent_w),
+        };
         let t = self.encoder.timesteps(timesteps, batch)?;
         let xs = xs.to_dtype(dtype)?;
         let context = context.to_dtype(dtype)?;
         let emb = self.encoder.embedding(&t, None, y)?;
 
         let mut skips = Vec::with_capacity(self.num_skips());
-        let mut h = self.encoder.down(&xs, &emb, &context, |k, h| {
-            let mut h = match input.get(k) {
-                Some(Some(r)) => (h + r.to_dtype(dtype)?)?,
-                _ => h,
-            };
-            for patch in &patches.input_block {
-                h = patch.patch(h, k, sigma)?;
-            }
-            skips.push(h.clone());
-            for patch in &patches.input_block_after_skip {
-                h = patch.patch(h, k, sigma)?;
-            }
-            Ok(h)
-        })?;
+        let mut h = self
+            .encoder
+            .down_with(&xs, &emb, &context, &hooks, |k, h| {
+                let mut h = match input.get(k) {
+                    Some(Some(r)) => (h + r.to_dtype(dtype)?)?,
+                    _ => h,
+                };
+                for patch in &patches.input_block {
+                    h = patch.patch(h, k, sigma)?;
+                }
+                skips.push(h.clone());
+                for patch in &patches.input_block_after_skip {
+                    h = patch.patch(h, k, sigma)?;
+                }
+                Ok(h)
+            })?;
 
         if let Some(control) = control {
             if control.down.len() != skips.len() {
@@ -494,7 +501,15 @@ impl UNet2DConditionModel {
         }
 
         let mid_attention = patches.mid_self_attention.as_deref();
-        h = self.encoder.mid_with(&h, &emb, &context, mid_attention)?;
+        let first = patches
+            .mid_first_self_attention
+            .as_deref()
+            .or(mid_attention);
+        let mid_hooks = SelfAttentionHooks {
+            replace: [first, mid_attention],
+            ..hooks
+        };
+        h = self.encoder.mid_with(&h, &emb, &context, &mid_hooks)?;
         if let Some(mid) = mid {
             h = (h + mid.to_dtype(dtype)?)?;
         }
@@ -514,7 +529,7 @@ impl UNet2DConditionModel {
                 h = Tensor::cat(&[&h, &skip], 1)?;
                 h = resnet.forward(&h, Some(&emb))?;
                 if let Some(attn) = level.attentions.get(j) {
-                    h = attn.forward(&h, &context)?;
+                    h = attn.forward_with(&h, &context, &hooks)?;
                 }
             }
             if let Some(upsampler) = &level.upsampler {

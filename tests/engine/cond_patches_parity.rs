@@ -1,0 +1,398 @@
+//! Parity of issue 17's conditioning and model patches against ComfyUI's formulas: the
+//! inpainting / InstructPix2Pix concat channels and ModelSamplingContinuousEDM against
+//! `tools/parity/cond_patches_reference.py` (`concat_cond`, `IP2P.concat_cond`,
+//! `resize_to_batch_size`, `ModelSamplingContinuousEDM` with EPS / V_PREDICTION / EDM, the
+//! Playground v2.5 latent format; tolerance 1e-5 relative to the largest value), and SAG,
+//! HyperTile and ToMe against their own scripts (see each test).
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::util::max_abs_diff;
+use weft::engine::diffusion::concat::{resize_to_batch_size, ConcatKind, PreparedConcat};
+use weft::engine::diffusion::hypertile::{find_hw_candidates, HyperTile, PythonRandom};
+use weft::engine::diffusion::sag::{gaussian_blur_2d, SelfAttentionGuidance};
+use weft::engine::diffusion::tome::Matching;
+use weft::engine::diffusion::{
+    prepare_noise_mask, CfgDenoiser, CondEntry, DiffusionModel, LatentFormat,
+};
+use weft::engine::load::detect::{ModelFamily, Prediction as Family};
+use weft::engine::sampling::model_sampling::{ModelSamplingDiscrete, Prediction};
+use weft::engine::sampling::samplers::Denoiser;
+use weft::engine::synth::synth_var_builder;
+use weft::engine::unet::{AttentionHeads, UNet2DConditionModel, UNetConfig};
+
+/// `tests/fixtures/sampling/{name}_reference.safetensors`.
+fn load_named(name: &str) -> HashMap<String, Tensor> {
+    let path = format!(
+        "{}/tests/fixtures/sampling/{name}_reference.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    candle_core::safetensors::load(path, &Device::Cpu).expect("fixture loads")
+}
+
+fn load() -> HashMap<String, Tensor> {
+    load_named("cond_patches")
+}
+
+fn check(failures: &mut Vec<String>, key: &str, ours: &Tensor, want: &Tensor) {
+    check_within(failures, key, ours, want, 1e-5);
+}
+
+/// Records a failure when `ours` differs from `want` by more than `tolerance` relative to
+/// `want`'s largest magnitude (at least 1).
+fn check_within(
+    failures: &mut Vec<String>,
+    key: &str,
+    ours: &Tensor,
+    want: &Tensor,
+    tolerance: f32,
+) {
+    if ours.dims() != want.dims() {
+        failures.push(format!(
+            "{key}: shape {:?}, want {:?}",
+            ours.dims(),
+            want.dims()
+        ));
+        return;
+    }
+    let ours = ours.to_dtype(DType::F32).unwrap();
+    let want = want.to_dtype(DType::F32).unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .max(1.0);
+    let err = max_abs_diff(&ours, &want) / scale;
+    if err > tolerance {
+        failures.push(format!("{key}: max error {err} (relative to {scale})"));
+    }
+}
+
+/// A model (SD1 family, epsilon) on a UNet of `config` with the synthetic weights.
+fn model_of(config: &UNetConfig) -> DiffusionModel {
+    let unet = UNet2DConditionModel::new(synth_var_builder(DType::F32, &Device::Cpu), config)
+        .expect("tiny unet");
+    DiffusionModel::new(unet, ModelFamily::Sd1, Family::Epsilon, 0)
+}
+
+/// A tiny SD1-family model whose UNet takes `in_channels`.
+fn tiny_model(in_channels: usize) -> DiffusionModel {
+    model_of(&UNetConfig {
+        in_channels,
+        block_out_channels: vec![32, 32],
+        transformer_depth: vec![1, 0],
+        mid_transformer_depth: 1,
+        heads: AttentionHeads::PerLevel(vec![2, 2]),
+        context_dim: 16,
+        layers_per_block: 1,
+        ..UNetConfig::sd15()
+    })
+}
+
+/// The tiny SD1 UNet of `unet_vae_reference.py` with its synthetic weights, as a model.
+fn sd1_tiny() -> DiffusionModel {
+    model_of(&super::util::tiny_unet_config("sd1_tiny"))
+}
+
+fn entry(image: Option<&Tensor>, mask: Option<&Tensor>) -> CondEntry {
+    let mut e = CondEntry::new(
+        Tensor::zeros((1, 2, 16), DType::F32, &Device::Cpu).unwrap(),
+        None,
+    );
+    e.concat_latent_image = image.cloned();
+    e.concat_mask = mask.cloned();
+    e
+}
+
+#[test]
+fn concat_channels_match_comfyui() {
+    let fx = load();
+    let (noise, latent) = (&fx["concat/noise"], &fx["concat/latent"]);
+    let (image, pixel_mask) = (&fx["concat/image"], &fx["concat/pixel_mask"]);
+    let shape = noise.dims().to_vec();
+    let noise_mask = prepare_noise_mask(&fx["concat/noise_mask"], &shape).unwrap();
+    let mut failures = Vec::new();
+    check(
+        &mut failures,
+        "prepared_noise_mask",
+        &noise_mask,
+        &fx["concat/prepared_noise_mask"],
+    );
+
+    let inpaint = tiny_model(9);
+    assert_eq!(inpaint.concat_kind(), Some(ConcatKind::Inpaint));
+    let build = |model: &DiffusionModel, e: &CondEntry, mask: Option<&Tensor>| {
+        PreparedConcat::new(model, e, &shape)
+            .unwrap()
+            .build(model.concat_kind(), noise, mask, Some(latent))
+            .unwrap()
+            .expect("a concat")
+    };
+    let cases = [
+        (
+            "inpaint_entry",
+            entry(Some(image), Some(pixel_mask)),
+            Some(&noise_mask),
+        ),
+        (
+            "inpaint_entry_no_mask",
+            entry(Some(image), Some(pixel_mask)),
+            None,
+        ),
+        ("inpaint_noise_mask", entry(None, None), Some(&noise_mask)),
+        ("inpaint_image_only", entry(Some(image), None), None),
+        ("inpaint_nothing", entry(None, None), None),
+    ];
+    for (key, e, mask) in &cases {
+        let ours = build(&inpaint, e, *mask);
+        check(&mut failures, key, &ours, &fx[&format!("concat/{key}")]);
+    }
+
+    let ip2p = tiny_model(8);
+    assert_eq!(ip2p.concat_kind(), Some(ConcatKind::InstructPix2Pix));
+    let ours = build(&ip2p, &entry(Some(image), None), Some(&noise_mask));
+    check(&mut failures, "ip2p_image", &ours, &fx["concat/ip2p_image"]);
+    let ours = build(&ip2p, &entry(None, None), None);
+    check(
+        &mut failures,
+        "ip2p_nothing",
+        &ours,
+        &fx["concat/ip2p_nothing"],
+    );
+
+    // A plain 4-channel UNet takes nothing, whatever the entry carries.
+    let plain = tiny_model(4);
+    assert_eq!(plain.concat_kind(), None);
+    let none = PreparedConcat::new(&plain, &entry(Some(image), Some(pixel_mask)), &shape)
+        .unwrap()
+        .build(None, noise, Some(&noise_mask), Some(latent))
+        .unwrap();
+    assert!(none.is_none());
+
+    for n in [1usize, 2, 3, 7] {
+        let ours = resize_to_batch_size(&fx["batch/in"], n).unwrap();
+        check(
+            &mut failures,
+            &format!("batch/{n}"),
+            &ours,
+            &fx[&format!("batch/{n}")],
+        );
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The samplers see an inpainting UNet's extra channels: a 9-channel model denoises without
+/// error and its prediction depends on the entry's concat image.
+#[test]
+fn a_nine_channel_unet_samples_with_its_concat() {
+    let fx = load();
+    let model = tiny_model(9);
+    let shape = [1usize, 4, 8, 8];
+    let x = Tensor::full(0.3f32, &shape[..], &Device::Cpu).unwrap();
+    let denoise = |entries: &[CondEntry]| {
+        CfgDenoiser::new(&model, entries, None, 1.0, &shape, false)
+            .unwrap()
+            .with_latent_image(x.zeros_like().unwrap())
+            .denoise(&x, 2.0)
+            .unwrap()
+            .cond
+    };
+    let plain = denoise(&[entry(None, None)]);
+    let with_image = denoise(&[entry(
+        Some(&fx["concat/image"]),
+        Some(&fx["concat/pixel_mask"]),
+    )]);
+    assert_eq!(plain.dims(), &shape);
+    assert!(max_abs_diff(&plain, &with_image) > 1e-4);
+}
+
+#[test]
+fn continuous_edm_sampling_matches_comfyui() {
+    let fx = load();
+    let (x, out) = (&fx["edm/x"], &fx["edm/out"]);
+    let mut failures = Vec::new();
+    for (name, (smin, smax, sd, prediction)) in [
+        ("v_prediction", (0.002, 120.0, 1.0, Prediction::V)),
+        ("edm", (0.002, 120.0, 0.5, Prediction::Edm)),
+        ("eps", (0.03, 14.6, 1.0, Prediction::Eps)),
+    ] {
+        let ms = ModelSamplingDiscrete::continuous_edm(smin, smax, sd, prediction);
+        let key = |k: &str| format!("edm/{name}/{k}");
+        let vec = |v: Vec<f32>| Tensor::new(v, &Device::Cpu).unwrap();
+        check(
+            &mut failures,
+            &key("sigmas"),
+            &vec(ms.sigmas().to_vec()),
+            &fx[&key("sigmas")],
+        );
+        let ts = [80.0f32, 3.3, 0.05].map(|s| ms.timestep(s)).to_vec();
+        check(
+            &mut failures,
+            &key("timestep"),
+            &vec(ts),
+            &fx[&key("timestep")],
+        );
+        let sig = [1.2f32, -0.4, -1.5].map(|t| ms.sigma(t)).to_vec();
+        check(&mut failures, &key("sigma"), &vec(sig), &fx[&key("sigma")]);
+        let percents = [0.0, 0.25, 0.5, 0.9, 1.0]
+            .map(|p| ms.percent_to_sigma(p))
+            .to_vec();
+        let percents = Tensor::new(percents, &Device::Cpu).unwrap();
+        check(
+            &mut failures,
+            &key("percent"),
+            &percents,
+            &fx[&key("percent")],
+        );
+        let sigma = 2.7f32 as f64;
+        check(
+            &mut failures,
+            &key("input"),
+            &ms.calculate_input(sigma, x).unwrap(),
+            &fx[&key("input")],
+        );
+        let denoised = ms.calculate_denoised(sigma, out, x).unwrap();
+        check(
+            &mut failures,
+            &key("denoised"),
+            &denoised,
+            &fx[&key("denoised")],
+        );
+    }
+    let playground = LatentFormat::sdxl_playground_2_5();
+    check(
+        &mut failures,
+        "playground/in",
+        &playground.process_in(x).unwrap(),
+        &fx["playground/in"],
+    );
+    check(
+        &mut failures,
+        "playground/out",
+        &playground.process_out(x).unwrap(),
+        &fx["playground/out"],
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// SelfAttentionGuidance's denoiser output on the tiny SD1 UNet against
+/// `tools/parity/sag_reference.py` (ComfyUI's nodes_sag.py on the same diffusers model):
+/// the negative prediction, the guided result and the blur. Tolerance: 1e-4 relative to the
+/// largest value (three UNet evaluations in f32).
+#[test]
+fn self_attention_guidance_matches_comfyui_on_a_tiny_unet() {
+    let fx = load_named("sag");
+    let sag = SelfAttentionGuidance::patch(&sd1_tiny(), 0.7, 2.0);
+    let positive = [CondEntry::new(fx["positive"].clone(), None)];
+    let negative = [CondEntry::new(fx["negative"].clone(), None)];
+    let (x, sigma) = (&fx["x"], sigma_of(&fx));
+    let denoise = |cfg: f64| {
+        CfgDenoiser::new(&sag, &positive, Some(&negative), cfg, x.dims(), false)
+            .unwrap()
+            .denoise(x, sigma)
+            .unwrap()
+    };
+    let denoised = denoise(5.0);
+    let mut failures = Vec::new();
+    let uncond = denoised.uncond.as_ref().unwrap();
+    check_within(&mut failures, "uncond", uncond, &fx["uncond"], 1e-4);
+    check_within(&mut failures, "result", &denoised.cond, &fx["result"], 1e-4);
+    let blurred = gaussian_blur_2d(&fx["blur/in"], 9, 1.3).unwrap();
+    check_within(&mut failures, "blur", &blurred, &fx["blur/out"], 1e-5);
+    // SAG acts even at cfg 1, where the negative side is otherwise skipped.
+    assert!(denoise(1.0).uncond.is_some());
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The fixture's sigma (an SD table entry, so its timestep is exact).
+fn sigma_of(fx: &HashMap<String, Tensor>) -> f64 {
+    fx["sigma"].to_vec1::<f32>().unwrap()[0] as f64
+}
+
+/// HyperTile on the tiny SD1 UNet against `tools/parity/hypertile_reference.py` (newer ComfyUI's
+/// nodes_hypertile.py where attention.py applies attn1 patches): two denoiser calls in a row (the
+/// counter moves on, so the tiles change), on a square latent and on a wide one with two tiled
+/// depths; and Python's `random` draws and `find_hw_candidates` directly. Tolerance: 1e-4
+/// relative to the largest value.
+#[test]
+fn hypertile_matches_comfyui_on_a_tiny_unet() {
+    let fx = load_named("hypertile");
+    let mut draws = Vec::new();
+    for counter in 1..40u64 {
+        for n in [1u32, 2, 3, 7] {
+            draws.push(PythonRandom::seeded(counter).randbelow(n) as i64);
+        }
+    }
+    assert_eq!(draws, fx["random/draws"].to_vec1::<i64>().unwrap());
+    let cases = [
+        (384, 1.5),
+        (256, 1.0),
+        (60, 1.5),
+        (70, 1.3),
+        (96, 0.75),
+        (7, 2.0),
+    ];
+    let hw: Vec<Vec<i64>> = fx["hw"].to_vec2().unwrap();
+    for (row, (n, aspect)) in hw.iter().zip(cases) {
+        let (h, w) = find_hw_candidates(n, aspect);
+        assert_eq!(vec![h as i64, w as i64], *row, "{n} tokens at {aspect}");
+    }
+
+    let sigma = sigma_of(&fx);
+    let mut failures = Vec::new();
+    for (name, (tile, swap, depth, scale_depth)) in [
+        ("square", (32, 2, 0, false)),
+        ("wide_deep", (32, 3, 1, true)),
+    ] {
+        let patch = Arc::new(HyperTile::new(32, tile, swap, depth, scale_depth));
+        let model = sd1_tiny().patched(|p| p.unet.self_attention.push(patch));
+        let x = &fx[&format!("{name}/x")];
+        let positive = [CondEntry::new(fx[&format!("{name}/context")].clone(), None)];
+        let mut denoiser = CfgDenoiser::new(&model, &positive, None, 1.0, x.dims(), false).unwrap();
+        for step in 0..2 {
+            let ours = denoiser.denoise(x, sigma).unwrap().cond;
+            let key = format!("{name}/denoised/{step}");
+            check_within(&mut failures, &key, &ours, &fx[&key], 1e-4);
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Token merging's merge and unmerge against `tools/parity/tome_reference.py` (ComfyUI's
+/// `bipartite_soft_matching_random2d` with the same destination draw): the merged token count and
+/// `unmerge(merge(x) * 2 + 1)`, on an even grid with a batch of 2, an odd grid and everything
+/// merged. Tolerance: 1e-6.
+#[test]
+fn token_merging_matches_comfyui() {
+    let fx = load_named("tome");
+    let mut failures = Vec::new();
+    for (name, (h, w, ratio)) in [
+        ("even", (8, 8, 0.3)),
+        ("odd", (7, 9, 0.5)),
+        ("all", (6, 6, 1.0)),
+    ] {
+        let x = &fx[&format!("{name}/x")];
+        let cells: Vec<usize> = fx[&format!("{name}/cells")]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|c| c as usize)
+            .collect();
+        let r = (x.dim(1).unwrap() as f64 * ratio) as usize;
+        let matching = Matching::new(x, (w, h), &cells, r).unwrap();
+        let merged = matching.merge(x).unwrap();
+        let want_tokens = fx[&format!("{name}/merged_tokens")]
+            .to_vec1::<i64>()
+            .unwrap()[0];
+        assert_eq!(merged.dim(1).unwrap() as i64, want_tokens, "{name}");
+        let roundtrip = matching.unmerge(&merged.affine(2.0, 1.0).unwrap()).unwrap();
+        let key = format!("{name}/roundtrip");
+        check_within(&mut failures, &key, &roundtrip, &fx[&key], 1e-6);
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
