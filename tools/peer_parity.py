@@ -127,6 +127,83 @@ def sdxl_controlnet():
     return g
 
 
+def patched(*patches):
+    """The default graph with MODEL patch nodes chained between the loader and the sampler; each
+    patch is (class_type, inputs without `model`)."""
+    g = default_graph()
+    model = ["4", 0]
+    for i, (class_type, inputs) in enumerate(patches):
+        node = str(20 + i)
+        g[node] = {"class_type": class_type, "inputs": {**inputs, "model": model}}
+        model = [node, 0]
+    g["3"]["inputs"]["model"] = model
+    return g
+
+
+def latent_ops():
+    """Latent maths and transforms between the sampler and the decode, at 128x128 (LatentCrop's
+    smallest crop is 64)."""
+    g = default_graph()
+    g["5"]["inputs"].update({"width": 128, "height": 128})
+    g["20"] = {"class_type": "LatentFlip", "inputs": {"samples": ["3", 0], "flip_method": "x-axis: vertically"}}
+    g["21"] = {"class_type": "LatentRotate", "inputs": {"samples": ["20", 0], "rotation": "90 degrees"}}
+    g["22"] = {"class_type": "LatentMultiply", "inputs": {"samples": ["21", 0], "multiplier": 0.8}}
+    g["23"] = {"class_type": "LatentInterpolate", "inputs": {"samples1": ["22", 0], "samples2": ["3", 0], "ratio": 0.3}}
+    g["24"] = {"class_type": "LatentAdd", "inputs": {"samples1": ["23", 0], "samples2": ["21", 0]}}
+    g["25"] = {"class_type": "LatentSubtract", "inputs": {"samples1": ["24", 0], "samples2": ["22", 0]}}
+    g["26"] = {"class_type": "LatentCrop", "inputs": {"samples": ["25", 0], "width": 64, "height": 72, "x": 16, "y": 24}}
+    g["27"] = {"class_type": "SolidMask", "inputs": {"value": 0.7, "width": 24, "height": 24}}
+    g["28"] = {"class_type": "LatentCompositeMasked", "inputs": {"destination": ["3", 0], "source": ["26", 0],
+               "x": 8, "y": 16, "resize_source": False, "mask": ["27", 0]}}
+    g["8"]["inputs"]["samples"] = ["28", 0]
+    return g
+
+
+def image_ops():
+    """Image filters, masks and compositing after the decode."""
+    g = default_graph()
+    g["11"] = {"class_type": "LoadImage", "inputs": {"image": "parity_hint.png"}}
+    g["20"] = {"class_type": "ImageBlur", "inputs": {"image": ["8", 0], "blur_radius": 3, "sigma": 1.0}}
+    g["21"] = {"class_type": "ImageSharpen", "inputs": {"image": ["20", 0], "sharpen_radius": 1, "sigma": 1.0, "alpha": 0.8}}
+    g["22"] = {"class_type": "ImageBlend", "inputs": {"image1": ["21", 0], "image2": ["11", 0], "blend_factor": 0.4,
+               "blend_mode": "overlay"}}
+    g["23"] = {"class_type": "ImageQuantize", "inputs": {"image": ["22", 0], "colors": 16, "dither": "floyd-steinberg"}}
+    g["24"] = {"class_type": "ImageToMask", "inputs": {"image": ["11", 0], "channel": "red"}}
+    g["25"] = {"class_type": "ThresholdMask", "inputs": {"mask": ["24", 0], "value": 0.5}}
+    g["26"] = {"class_type": "GrowMask", "inputs": {"mask": ["25", 0], "expand": 2, "tapered_corners": True}}
+    g["27"] = {"class_type": "FeatherMask", "inputs": {"mask": ["26", 0], "left": 4, "top": 6, "right": 8, "bottom": 2}}
+    g["28"] = {"class_type": "MaskComposite", "inputs": {"destination": ["27", 0], "source": ["11", 1], "x": 4, "y": 4,
+               "operation": "multiply"}}
+    g["29"] = {"class_type": "ImageCompositeMasked", "inputs": {"destination": ["8", 0], "source": ["23", 0], "x": 0,
+               "y": 0, "resize_source": False, "mask": ["28", 0]}}
+    g["9"]["inputs"]["images"] = ["29", 0]
+    return g
+
+
+def node_cases():
+    """Graphs of ComfyUI's core nodes beyond the default graph's (issue 17's check)."""
+    perp_neg = patched(("PerpNeg", {"empty_conditioning": ["30", 0], "neg_scale": 1.0}))
+    perp_neg["30"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}}
+    # At 64x64 the deepest blocks are 1x1, where FreeU_V2's min-max rescaling is 0/0: ComfyUI's
+    # latents are NaN there too, so the case runs at 128x128.
+    freeu_v2 = patched(("FreeU_V2", {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}))
+    freeu_v2["5"]["inputs"].update({"width": 128, "height": 128})
+    return [
+        ("nodes FreeU + RescaleCFG", patched(("FreeU", {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}),
+                                             ("RescaleCFG", {"multiplier": 0.7}))),
+        ("nodes FreeU_V2 128x128", freeu_v2),
+        ("nodes SelfAttentionGuidance", patched(("SelfAttentionGuidance", {"scale": 0.5, "blur_sigma": 2.0}))),
+        ("nodes PerpNeg", perp_neg),
+        ("nodes ModelSamplingDiscrete v_prediction zsnr", patched(("ModelSamplingDiscrete", {"sampling": "v_prediction",
+                                                                                           "zsnr": True}))),
+        ("nodes PatchModelAddDownscale", patched(("PatchModelAddDownscale", {
+            "block_number": 3, "downscale_factor": 2.0, "start_percent": 0.0, "end_percent": 0.35,
+            "downscale_after_skip": True, "downscale_method": "bicubic", "upscale_method": "bicubic"}))),
+        ("nodes latent flip/rotate/maths/crop/composite", latent_ops()),
+        ("nodes image blur/sharpen/blend/quantize, masks, composite", image_ops()),
+    ]
+
+
 def cases(full, with_sdxl):
     """(name, graph) for every case."""
     out = []
@@ -138,6 +215,7 @@ def cases(full, with_sdxl):
     out += [(f"sde {s} normal seed {seed}", with_sampler(s, "normal", seed)) for s in SDE for seed in (0, 123, 2**64 - 1)]
     out += [(f"controlnet {k}", controlnet(k)) for k in ("old", "advanced-window", "stacked", "mixed-dpmpp_2m")]
     out += [("lora", lora()), ("img2img", img2img()), ("inpaint", img2img(inpaint=True))]
+    out += node_cases()
     if with_sdxl:
         out += [("sdxl base", sdxl()), ("sdxl controlnet (diffusers layout) 4.0, window 0-0.75", sdxl_controlnet())]
     return out
