@@ -14,6 +14,7 @@ mod editor_format;
 mod engine;
 mod examples;
 mod fuzz_corpus;
+mod gligen_nodes;
 mod generate;
 mod helpers;
 mod image_edit_nodes;

@@ -285,6 +285,10 @@ pub struct CondEntry {
     /// The part of the schedule, as (start, end) fractions, in which the entry counts (ComfyUI's
     /// `start_percent`/`end_percent`, ConditioningSetTimestepRange); None for all of it.
     pub percent_range: Option<(f64, f64)>,
+    /// GLIGEN text boxes (ComfyUI's `gligen`): while the entry is evaluated, the UNet runs with
+    /// their middle patch too. They also go to the negative side when it has none (see
+    /// `share_with_negative`).
+    pub gligen: Option<crate::gligen::Grounding>,
 }
 
 impl CondEntry {
@@ -302,6 +306,7 @@ impl CondEntry {
             controls: Vec::new(),
             control_apply_to_uncond: false,
             percent_range: None,
+            gligen: None,
         }
     }
 
@@ -311,6 +316,7 @@ impl CondEntry {
         bytes(&self.context)
             + self.pooled.as_ref().map_or(0, bytes)
             + self.mask.as_ref().map_or(0, bytes)
+            + self.gligen.as_ref().map_or(0, |g| g.byte_size())
     }
 }
 
@@ -326,6 +332,8 @@ struct PreparedCond {
     /// (highest, lowest) sigma at which the entry counts: ComfyUI skips it above the first and
     /// below the second (`timestep_start`, `timestep_end`).
     sigmas: Option<(f64, f64)>,
+    /// The entry's own UNet patch (its GLIGEN boxes), added to the model's while it is evaluated.
+    middle: Option<Arc<dyn patches::MiddlePatch>>,
 }
 
 /// The CFG denoiser over conditioning lists, with optional inpainting mask.
@@ -401,7 +409,7 @@ impl<'a> CfgDenoiser<'a> {
         latent_shape: &[usize],
         sampler_needs_uncond: bool,
     ) -> Result<Self> {
-        let negative = negative.map(|list| share_controls(positive, list));
+        let negative = negative.map(|list| share_with_negative(positive, list));
         let positive = prepare(model, positive, latent_shape, PromptType::Positive)?;
         let negative = match negative {
             Some(list) => prepare(model, &list, latent_shape, PromptType::Negative)?,
@@ -644,6 +652,17 @@ impl<'a> CfgDenoiser<'a> {
                     control = control.sum(&own)?;
                 }
             }
+            // ComfyUI appends a conditioning's own patches to the model's.
+            let with_own;
+            let unet_patches = match &cond.middle {
+                Some(patch) => {
+                    let mut patches = unet_patches.clone();
+                    patches.middle.push(Arc::clone(patch));
+                    with_own = patches;
+                    &with_own
+                }
+                None => unet_patches,
+            };
             let output = self.model.unet.forward_patched(
                 &x_in,
                 &timesteps,
@@ -706,30 +725,59 @@ impl Denoiser for CfgDenoiser<'_> {
     }
 }
 
-/// The negative entries with the positive side's controls where ComfyUI gives them (its
-/// `apply_empty_x_to_equal_area` for `control`): when no whole-latent negative entry has a control
-/// of its own, the controls of each whole-latent positive entry marked `control_apply_to_uncond`
-/// replace those of the control-less whole-latent negative entries, taken in turn (a later
-/// positive entry's replacing an earlier one's when there are more positive than negative).
-fn share_controls(positive: &[CondEntry], negative: &[CondEntry]) -> Vec<CondEntry> {
+/// The negative entries with the positive side's controls and GLIGEN boxes where ComfyUI gives
+/// them (`apply_empty_x_to_equal_area` for `control`, then for `gligen`).
+fn share_with_negative(positive: &[CondEntry], negative: &[CondEntry]) -> Vec<CondEntry> {
     let mut negative = negative.to_vec();
     let whole = |e: &CondEntry| e.area.is_none();
-    if negative.iter().any(|e| whole(e) && !e.controls.is_empty()) {
-        return negative;
+    let controls = positive
+        .iter()
+        .filter(|e| e.control_apply_to_uncond && whole(e) && !e.controls.is_empty())
+        .map(|e| e.controls.clone())
+        .collect();
+    share_kind(
+        controls,
+        &mut negative,
+        |e| !e.controls.is_empty(),
+        |e, controls| e.controls = controls,
+    );
+    let gligen = positive
+        .iter()
+        .filter(|e| whole(e))
+        .filter_map(|e| e.gligen.clone())
+        .collect();
+    share_kind(
+        gligen,
+        &mut negative,
+        |e| e.gligen.is_some(),
+        |e, gligen| e.gligen = Some(gligen),
+    );
+    negative
+}
+
+/// `apply_empty_x_to_equal_area` for one kind of value: when no whole-latent negative entry `has`
+/// one of its own, each of the whole-latent positive entries' values (`shared`, in order) is
+/// `put` on the whole-latent negative entries taken in turn, a later value replacing an earlier
+/// one when there are more values than entries.
+fn share_kind<T>(
+    shared: Vec<T>,
+    negative: &mut [CondEntry],
+    has: impl Fn(&CondEntry) -> bool,
+    put: impl Fn(&mut CondEntry, T),
+) {
+    let whole = |e: &CondEntry| e.area.is_none();
+    if negative.iter().any(|e| whole(e) && has(e)) {
+        return;
     }
     let free: Vec<usize> = (0..negative.len())
         .filter(|&i| whole(&negative[i]))
         .collect();
-    let shared = positive
-        .iter()
-        .filter(|e| e.control_apply_to_uncond && whole(e) && !e.controls.is_empty());
     if free.is_empty() {
-        return negative;
+        return;
     }
-    for (k, entry) in shared.enumerate() {
-        negative[free[k % free.len()]].controls = entry.controls.clone();
+    for (k, value) in shared.into_iter().enumerate() {
+        put(&mut negative[free[k % free.len()]], value);
     }
-    negative
 }
 
 fn prepare(
@@ -836,6 +884,11 @@ fn prepare(
                     model.sampling.percent_to_sigma(end),
                 )
             }),
+            middle: entry
+                .gligen
+                .as_ref()
+                .map(|g| g.patch(batch, ah, aw))
+                .transpose()?,
         });
     }
     Ok(prepared)
@@ -1011,15 +1064,15 @@ mod tests {
     fn controls_reach_the_negative_side_as_comfyui_gives_them() {
         let n = |s: &str| s.to_owned();
         // The old node's control goes to the control-less negative entry.
-        let shared = share_controls(&[entry(&["a"], true, false)], &[entry(&[], false, false)]);
+        let shared = share_with_negative(&[entry(&["a"], true, false)], &[entry(&[], false, false)]);
         assert_eq!(names(&shared), [vec![n("a")]]);
         // Not without the flag (ControlNetApplyAdvanced), nor from an area entry.
         for positive in [entry(&["a"], false, false), entry(&["a"], true, true)] {
-            let kept = share_controls(&[positive], &[entry(&[], false, false)]);
+            let kept = share_with_negative(&[positive], &[entry(&[], false, false)]);
             assert_eq!(names(&kept), [Vec::<String>::new()]);
         }
         // A negative entry with a control of its own: nothing changes anywhere.
-        let kept = share_controls(
+        let kept = share_with_negative(
             &[entry(&["a"], true, false)],
             &[entry(&[], false, false), entry(&["b"], false, false)],
         );
@@ -1036,7 +1089,7 @@ mod tests {
             entry(&[], false, false),
         ];
         assert_eq!(
-            names(&share_controls(&positive, &negative)),
+            names(&share_with_negative(&positive, &negative)),
             [vec![n("d")], vec![], vec![n("b"), n("c")]]
         );
     }

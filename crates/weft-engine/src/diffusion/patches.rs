@@ -126,6 +126,15 @@ pub trait AttentionReplace: Send + Sync + Debug {
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor>;
 }
 
+/// ComfyUI's `middle_patch`: rewrites a transformer block's hidden state between its
+/// self-attention (added back) and its cross-attention (GLIGEN's fusers).
+pub trait MiddlePatch: Send + Sync + Debug {
+    /// `x` is the `[B, N, C]` hidden state of a block of transformer `transformer_index`: ComfyUI's
+    /// count of the UNet's transformers from 0 through the input, middle and output blocks, which
+    /// every block of one transformer shares.
+    fn patch(&self, x: Tensor, transformer_index: usize) -> Result<Tensor>;
+}
+
 /// Patches applied inside the UNet's forward pass.
 #[derive(Debug, Clone, Default)]
 pub struct UNetPatches {
@@ -138,6 +147,9 @@ pub struct UNetPatches {
     pub input_block_after_skip: Vec<Arc<dyn InputBlockPatch>>,
     /// `output_block_patch`es, applied in order before each up-path concatenation.
     pub output_block: Vec<Arc<dyn OutputBlockPatch>>,
+    /// `middle_patch`es, applied in order in every transformer block (a conditioning's GLIGEN
+    /// boxes add theirs while it is evaluated).
+    pub middle: Vec<Arc<dyn MiddlePatch>>,
 }
 
 /// Everything patched onto a model handle (ComfyUI's `model_options`).

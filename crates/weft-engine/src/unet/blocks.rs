@@ -3,9 +3,12 @@
 //! These follow diffusers exactly (exact erf GELU in GeGLU, f32 softmax), so parity with
 //! `diffusers.UNet2DConditionModel` is limited by float rounding only.
 
+use std::sync::Arc;
+
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
+use crate::diffusion::patches::MiddlePatch;
 use crate::ops::attention::scaled_dot_product;
 use crate::ops::conv::{conv2d, Conv2d};
 use crate::ops::layers::{self, LayerNorm, Linear};
@@ -189,25 +192,42 @@ impl Attention {
 
 /// GeGLU feed-forward: proj to 2*inner, value * gelu(gate) with the exact erf GELU, then back.
 #[derive(Debug)]
-struct FeedForward {
+pub(crate) struct FeedForward {
     proj: Linear,
     out: Linear,
     inner: usize,
 }
 
 impl FeedForward {
-    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+    pub(crate) fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         let inner = dim * 4;
         let proj = layers::linear(dim, inner * 2, vb.pp("net").pp("0").pp("proj"))?;
         let out = layers::linear(inner, dim, vb.pp("net").pp("2"))?;
         Ok(Self { proj, out, inner })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(xs)?;
         let value = h.narrow(D::Minus1, 0, self.inner)?;
         let gate = h.narrow(D::Minus1, self.inner, self.inner)?;
         self.out.forward(&(value * gate.gelu_erf()?)?)
+    }
+}
+
+/// The middle patches a transformer applies to its blocks, with its index among the UNet's
+/// transformers (ComfyUI's `transformer_index`).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct MiddlePatches<'a> {
+    pub patches: &'a [Arc<dyn MiddlePatch>],
+    pub transformer_index: usize,
+}
+
+impl MiddlePatches<'_> {
+    fn apply(&self, mut xs: Tensor) -> Result<Tensor> {
+        for patch in self.patches {
+            xs = patch.patch(xs, self.transformer_index)?;
+        }
+        Ok(xs)
     }
 }
 
@@ -241,6 +261,7 @@ impl BasicTransformerBlock {
         xs: &Tensor,
         context: &Tensor,
         self_attention: Option<&dyn crate::diffusion::patches::AttentionReplace>,
+        middle: MiddlePatches<'_>,
     ) -> Result<Tensor> {
         let _enter = self.span.enter();
         let normed = self.norm1.forward(xs)?;
@@ -248,7 +269,7 @@ impl BasicTransformerBlock {
             Some(replace) => self.attn1.forward_replaced(&normed, replace)?,
             None => self.attn1.forward(&normed, None)?,
         };
-        let xs = (attended + xs)?;
+        let xs = middle.apply((attended + xs)?)?;
         let xs = (self
             .attn2
             .forward(&self.norm2.forward(&xs)?, Some(context))?
@@ -314,15 +335,17 @@ impl Transformer2D {
 
     /// `xs`: [B, C, H, W]; `context`: [B, M, C_ctx]. Returns [B, C, H, W].
     pub(crate) fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        self.forward_with(xs, context, None)
+        self.forward_with(xs, context, None, MiddlePatches::default())
     }
 
-    /// [`Self::forward`] with every block's self-attention replaced by `self_attention`.
+    /// [`Self::forward`] with every block's self-attention replaced by `self_attention` and the
+    /// `middle` patches applied in every block.
     pub(crate) fn forward_with(
         &self,
         xs: &Tensor,
         context: &Tensor,
         self_attention: Option<&dyn crate::diffusion::patches::AttentionReplace>,
+        middle: MiddlePatches<'_>,
     ) -> Result<Tensor> {
         let _enter = self.span.enter();
         let (b, c, h, w) = xs.dims4()?;
@@ -334,7 +357,7 @@ impl Transformer2D {
             Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
         };
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context, self_attention)?;
+            tokens = block.forward(&tokens, context, self_attention, middle)?;
         }
         let to_image = |t: &Tensor| -> Result<Tensor> {
             t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()

@@ -7,13 +7,16 @@
 //! Weight names are diffusers' (`time_embedding`, `add_embedding`, `conv_in`, `down_blocks.N`,
 //! `mid_block`), under the builder the model gives.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::diffusion::patches::MiddlePatch;
 use crate::ops::conv::Conv2d;
 use crate::unet::blocks::{
-    conv_same, sinusoidal_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, TimestepEmbedding,
-    Transformer2D, Transformer2DConfig,
+    conv_same, sinusoidal_embedding, Downsample2D, MiddlePatches, ResnetBlock2D, ResnetConfig,
+    TimestepEmbedding, Transformer2D, Transformer2DConfig,
 };
 use crate::unet::UNetConfig;
 
@@ -229,8 +232,27 @@ impl UNetEncoder {
         xs: &Tensor,
         emb: &Tensor,
         context: &Tensor,
+        skip: impl FnMut(usize, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        self.down_with(xs, emb, context, &[], skip)
+    }
+
+    /// The number of transformers in the down blocks (the mid block's is the next index).
+    pub(crate) fn down_transformers(&self) -> usize {
+        self.down.iter().map(|level| level.attentions.len()).sum()
+    }
+
+    /// [`Self::down`] with the `middle` patches applied in every transformer, each with its
+    /// index (the down blocks' transformers are numbered from 0).
+    pub(crate) fn down_with(
+        &self,
+        xs: &Tensor,
+        emb: &Tensor,
+        context: &Tensor,
+        middle: &[Arc<dyn MiddlePatch>],
         mut skip: impl FnMut(usize, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
+        let mut transformer_index = 0;
         let mut k = 0;
         let mut next = |h: Tensor| {
             k += 1;
@@ -242,7 +264,12 @@ impl UNetEncoder {
             for (j, resnet) in level.resnets.iter().enumerate() {
                 h = resnet.forward(&h, Some(emb))?;
                 if let Some(attn) = level.attentions.get(j) {
-                    h = attn.forward(&h, context)?;
+                    let middle = MiddlePatches {
+                        patches: middle,
+                        transformer_index,
+                    };
+                    h = attn.forward_with(&h, context, None, middle)?;
+                    transformer_index += 1;
                 }
                 h = next(h)?;
             }
@@ -255,22 +282,24 @@ impl UNetEncoder {
 
     /// The mid block (resnet, attention, resnet) on the down blocks' output `h`.
     pub(crate) fn mid(&self, h: &Tensor, emb: &Tensor, context: &Tensor) -> Result<Tensor> {
-        self.mid_with(h, emb, context, None)
+        self.mid_with(h, emb, context, None, MiddlePatches::default())
     }
 
-    /// [`Self::mid`] with the mid block's self-attentions replaced (PAG's perturbed pass).
+    /// [`Self::mid`] with the mid block's self-attentions replaced (PAG's perturbed pass) and the
+    /// `middle` patches applied.
     pub(crate) fn mid_with(
         &self,
         h: &Tensor,
         emb: &Tensor,
         context: &Tensor,
         self_attention: Option<&dyn crate::diffusion::patches::AttentionReplace>,
+        middle: MiddlePatches<'_>,
     ) -> Result<Tensor> {
         let _enter = tracing::trace_span!("mid_block").entered();
         let h = self.mid_resnets[0].forward(h, Some(emb))?;
         let h = self
             .mid_attention
-            .forward_with(&h, context, self_attention)?;
+            .forward_with(&h, context, self_attention, middle)?;
         self.mid_resnets[1].forward(&h, Some(emb))
     }
 }

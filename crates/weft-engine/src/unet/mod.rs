@@ -17,7 +17,7 @@ use crate::ops::conv::Conv2d;
 use crate::ops::norm::{group_norm, GroupNorm};
 
 use crate::unet::blocks::{
-    conv_same, sinusoidal_embedding, ResnetBlock2D, Transformer2D, Upsample2D,
+    conv_same, sinusoidal_embedding, MiddlePatches, ResnetBlock2D, Transformer2D, Upsample2D,
 };
 use crate::unet::encoder::{resnet, transformer, UNetEncoder};
 
@@ -465,7 +465,8 @@ impl UNet2DConditionModel {
         let emb = self.encoder.embedding(&t, None, y)?;
 
         let mut skips = Vec::with_capacity(self.num_skips());
-        let mut h = self.encoder.down(&xs, &emb, &context, |k, h| {
+        let middle = patches.middle.as_slice();
+        let mut h = self.encoder.down_with(&xs, &emb, &context, middle, |k, h| {
             let mut h = match input.get(k) {
                 Some(Some(r)) => (h + r.to_dtype(dtype)?)?,
                 _ => h,
@@ -494,7 +495,16 @@ impl UNet2DConditionModel {
         }
 
         let mid_attention = patches.mid_self_attention.as_deref();
-        h = self.encoder.mid_with(&h, &emb, &context, mid_attention)?;
+        // ComfyUI's `transformer_index`: the down blocks' transformers, the mid block's, then the
+        // up blocks'.
+        let mut transformer_index = self.encoder.down_transformers();
+        let mid_middle = MiddlePatches {
+            patches: middle,
+            transformer_index,
+        };
+        h = self
+            .encoder
+            .mid_with(&h, &emb, &context, mid_attention, mid_middle)?;
         if let Some(mid) = mid {
             h = (h + mid.to_dtype(dtype)?)?;
         }
@@ -514,7 +524,12 @@ impl UNet2DConditionModel {
                 h = Tensor::cat(&[&h, &skip], 1)?;
                 h = resnet.forward(&h, Some(&emb))?;
                 if let Some(attn) = level.attentions.get(j) {
-                    h = attn.forward(&h, &context)?;
+                    transformer_index += 1;
+                    let middle = MiddlePatches {
+                        patches: middle,
+                        transformer_index,
+                    };
+                    h = attn.forward_with(&h, &context, None, middle)?;
                 }
             }
             if let Some(upsampler) = &level.upsampler {
