@@ -333,13 +333,9 @@ impl Transformer2D {
         })
     }
 
-    /// `xs`: [B, C, H, W]; `context`: [B, M, C_ctx]. Returns [B, C, H, W].
-    pub(crate) fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        self.forward_with(xs, context, None, MiddlePatches::default())
-    }
-
-    /// [`Self::forward`] with every block's self-attention replaced by `self_attention` and the
-    /// `middle` patches applied in every block.
+    /// `xs`: [B, C, H, W]; `context`: [B, M, C_ctx]. Returns [B, C, H, W]. Every block's
+    /// self-attention is replaced by `self_attention`, when given, and the `middle` patches are
+    /// applied in every block.
     pub(crate) fn forward_with(
         &self,
         xs: &Tensor,
