@@ -702,6 +702,20 @@ mod tests {
         assert_eq!(enc.layer_for(Some(-3)), ClipLayer::Last);
     }
 
+    /// `return_pooled="unprojected"`: bigG's pooled output before its projection (16 wide, not
+    /// the projected 8), the context unchanged.
+    #[test]
+    fn unprojected_pooled_output_skips_the_projection() -> Result<(), ClipError> {
+        let enc = TextEncoder::sdxl(tiny(DType::F32), tiny(DType::F32), Arc::new(ClipBpe::new()));
+        let tokens = enc.tokenize("a cat", None);
+        let projected = enc.encode_tokens(&tokens, None)?;
+        let unprojected = enc.encode_tokens_unprojected(&tokens, None)?;
+        assert_eq!(projected.pooled.dims(), &[1, 8]);
+        assert_eq!(unprojected.pooled.dims(), &[1, 16]);
+        assert_eq!(max_abs(&projected.context, &unprojected.context), 0.0);
+        Ok(())
+    }
+
     #[test]
     fn half_precision_weights_give_f32_outputs_close_to_f32() -> Result<(), ClipError> {
         let bpe = Arc::new(ClipBpe::new());

@@ -1094,6 +1094,51 @@ mod tests {
         );
     }
 
+    /// GLIGEN boxes go to the negative side as ComfyUI's `apply_empty_x_to_equal_area` gives
+    /// them: from every whole-latent positive entry, to the whole-latent negative entries in turn,
+    /// unless one of those has boxes of its own.
+    #[test]
+    fn gligen_boxes_reach_the_negative_side_as_comfyui_gives_them() {
+        use crate::gligen::{FuserConfig, Gligen, GligenConfig, Grounding, TextBox};
+        let config = GligenConfig {
+            key_dim: 8,
+            position_in_dim: 8,
+            position_out_dim: 8,
+            fusers: vec![FuserConfig::for_dims(8, 768)],
+        };
+        let vb = crate::synth::synth_var_builder(DType::F32, &Device::Cpu);
+        let model = Arc::new(Gligen::new(vb, &config).unwrap());
+        let text_box = TextBox {
+            embedding: Tensor::zeros((1, 8), DType::F32, &Device::Cpu).unwrap(),
+            height: 1,
+            width: 1,
+            y: 0,
+            x: 0,
+        };
+        // An entry whose grounding has `boxes` boxes (0: none).
+        let grounded = |boxes: usize, area: bool| {
+            let mut e = entry(&[], false, area);
+            e.gligen = (boxes > 0).then(|| Grounding {
+                model: Arc::clone(&model),
+                boxes: vec![text_box.clone(); boxes],
+            });
+            e
+        };
+        let counts = |list: &[CondEntry]| -> Vec<usize> {
+            list.iter()
+                .map(|e| e.gligen.as_ref().map_or(0, |g| g.boxes.len()))
+                .collect()
+        };
+        let positive = [grounded(1, false), grounded(2, true), grounded(3, false)];
+        let negative = [grounded(0, false), grounded(0, true), grounded(0, false)];
+        assert_eq!(
+            counts(&share_with_negative(&positive, &negative)),
+            [1, 0, 3]
+        );
+        let own = [grounded(0, false), grounded(4, false)];
+        assert_eq!(counts(&share_with_negative(&positive, &own)), [0, 4]);
+    }
+
     /// `latent · 2`.
     #[derive(Debug)]
     struct Double;
