@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use serde_json::{json, Value as Json};
-use weft::engine::synth::synth_tensor;
 use weft::nodes::{Inputs, Node, Value};
 
 use crate::helpers::{comfy_template, context, read_png, shrink_editor_workflow, TestApp};
@@ -71,22 +70,14 @@ fn write_tiny_gligen(path: &Path, gate: f32) {
     ] {
         shapes.push((format!("position_net.{name}"), shape));
     }
-    let mut tensors: HashMap<String, Tensor> = shapes
-        .into_iter()
-        .map(|(k, s)| {
-            let t = synth_tensor(&k, s).unwrap();
-            (k, t)
-        })
-        .collect();
+    let mut gates = HashMap::new();
     for (block, _) in SD2_TINY_TRANSFORMERS {
         for alpha in ["alpha_attn", "alpha_dense"] {
             let key = format!("{block}.1.transformer_blocks.0.fuser.{alpha}");
-            let value = Tensor::new(gate, &candle_core::Device::Cpu).unwrap();
-            tensors.insert(key, value);
+            gates.insert(key, Tensor::new(gate, &candle_core::Device::Cpu).unwrap());
         }
     }
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    candle_core::safetensors::save(&tensors, path).unwrap();
+    crate::engine::gligen_parity::write_synthetic(path, shapes, gates);
 }
 
 /// A server with tiny files under the names ComfyUI's templates use: the SD2-like tiny model
@@ -112,7 +103,8 @@ async fn app_with_template_files() -> TestApp {
     let upscale = models.join("upscale_models");
     std::fs::create_dir_all(&upscale).unwrap();
     std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upscale/esrgan_plus_x2.safetensors"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/upscale/esrgan_plus_x2.safetensors"),
         upscale.join("RealESRGAN_x4plus.safetensors"),
     )
     .unwrap();
@@ -137,11 +129,19 @@ fn image_size(app: &TestApp, entry: &Json, node: &str) -> (u32, u32) {
 #[actix_web::test]
 async fn comfyui_gligen_and_esrgan_templates_run_on_tiny_files() {
     let app = app_with_template_files().await;
-    let entry = run(&app, shrink_editor_workflow(comfy_template("gligen_textbox_example"))).await;
+    let entry = run(
+        &app,
+        shrink_editor_workflow(comfy_template("gligen_textbox_example")),
+    )
+    .await;
     assert_eq!(image_size(&app, &entry, "9"), (32, 32));
 
     // The tiny VAE decodes 8x8 latents to 32x32 images; the tiny ESRGAN doubles them.
-    let entry = run(&app, shrink_editor_workflow(comfy_template("esrgan_example"))).await;
+    let entry = run(
+        &app,
+        shrink_editor_workflow(comfy_template("esrgan_example")),
+    )
+    .await;
     assert_eq!(image_size(&app, &entry, "16"), (32, 32));
     assert_eq!(image_size(&app, &entry, "9"), (64, 64));
 
@@ -260,7 +260,10 @@ async fn boxes_accumulate_on_every_entry_in_latent_pixels() {
     assert_eq!(list.len(), 2);
     for e in list.iter() {
         let boxes = &e.gligen.as_ref().unwrap().boxes;
-        let geometry: Vec<_> = boxes.iter().map(|b| (b.height, b.width, b.y, b.x)).collect();
+        let geometry: Vec<_> = boxes
+            .iter()
+            .map(|b| (b.height, b.width, b.y, b.x))
+            .collect();
         assert_eq!(geometry, [(8, 12, 1, 5), (8, 12, 1, 0)]);
         assert_eq!(boxes[0].embedding.dims(), &[1, KEY_DIM]);
         assert_eq!(boxes[0].embedding.dtype(), DType::F32);
@@ -282,7 +285,10 @@ async fn object_info_declares_both_nodes_as_comfyui_does_and_bad_files_fail() {
     assert_eq!(loader["output"], json!(["GLIGEN"]));
     assert_eq!(
         loader["input"]["required"]["gligen_name"][0],
-        json!(["gated_off.safetensors", "gligen_sd14_textbox_pruned.safetensors"])
+        json!([
+            "gated_off.safetensors",
+            "gligen_sd14_textbox_pruned.safetensors"
+        ])
     );
     let apply = &info["GLIGENTextBoxApply"];
     assert_eq!(apply["category"], "conditioning/gligen");
@@ -302,7 +308,16 @@ async fn object_info_declares_both_nodes_as_comfyui_does_and_bad_files_fail() {
     );
     assert_eq!(
         apply["input_order"]["required"],
-        json!(["conditioning_to", "clip", "gligen_textbox_model", "text", "width", "height", "x", "y"])
+        json!([
+            "conditioning_to",
+            "clip",
+            "gligen_textbox_model",
+            "text",
+            "width",
+            "height",
+            "x",
+            "y"
+        ])
     );
 
     // A checkpoint is not a GLIGEN file: the loader's input is named with why.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use weft::engine::diffusion::patches::UNetPatches;
 use weft::engine::gligen::{Gligen, Grounding, TextBox, MAX_BOXES};
+use weft::engine::load::file::StateDict;
 use weft::engine::synth::{synth_tensor, synth_var_builder};
 use weft::engine::unet::{UNet2DConditionModel, UNetControl};
 
@@ -35,21 +36,36 @@ pub(crate) fn write_reference_file(dir: &Path) -> PathBuf {
         &std::fs::read_to_string(fixtures().join("gligen_keys.json")).unwrap(),
     )
     .unwrap();
-    let mut tensors: HashMap<String, Tensor> = keys
+    let gates = reference()
+        .into_iter()
+        .filter(|(k, _)| k.contains(".fuser.alpha_"))
+        .collect();
+    let path = dir.join("gligen_reference.safetensors");
+    write_synthetic(&path, keys, gates);
+    path
+}
+
+/// Writes a safetensors file of the synthetic tensors `shapes` (key, shape) and `given` ones.
+pub(crate) fn write_synthetic(
+    path: &Path,
+    shapes: Vec<(String, Vec<usize>)>,
+    given: HashMap<String, Tensor>,
+) {
+    let mut tensors: HashMap<String, Tensor> = shapes
         .into_iter()
         .map(|(k, shape)| {
             let t = synth_tensor(&k, shape).unwrap();
             (k, t)
         })
         .collect();
-    tensors.extend(
-        reference()
-            .into_iter()
-            .filter(|(k, _)| k.contains(".fuser.alpha_")),
-    );
-    let path = dir.join("gligen_reference.safetensors");
-    candle_core::safetensors::save(&tensors, &path).unwrap();
-    path
+    tensors.extend(given);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    candle_core::safetensors::save(&tensors, path).unwrap();
+}
+
+fn load(path: &Path) -> Gligen {
+    let file = std::sync::Arc::new(StateDict::open(path).unwrap());
+    Gligen::load(&file, DType::F32, &Device::Cpu).unwrap()
 }
 
 fn boxes(fx: &HashMap<String, Tensor>) -> Vec<TextBox> {
@@ -67,9 +83,7 @@ fn boxes(fx: &HashMap<String, Tensor>) -> Vec<TextBox> {
 fn position_net_fusers_and_the_unet_patch_match_comfyui() {
     let fx = reference();
     let dir = tempfile::tempdir().unwrap();
-    let model = std::sync::Arc::new(
-        Gligen::load_file(&write_reference_file(dir.path()), DType::F32, &Device::Cpu).unwrap(),
-    );
+    let model = std::sync::Arc::new(load(&write_reference_file(dir.path())));
     assert_eq!(model.config().fusers.len(), 11);
     assert_eq!(model.config().key_dim, 768);
 
@@ -107,7 +121,11 @@ fn position_net_fusers_and_the_unet_patch_match_comfyui() {
         unet.forward_patched(x, t, context, None, &UNetControl::default(), patches, 1.0)
             .unwrap()
     };
-    check("unet_plain", &forward(&UNetPatches::default()), &fx["unet_plain"]);
+    check(
+        "unet_plain",
+        &forward(&UNetPatches::default()),
+        &fx["unet_plain"],
+    );
     check("unet_gligen", &forward(&patches), &fx["unet_gligen"]);
     assert!(failures.is_empty(), "{failures:?}");
 }
@@ -116,7 +134,7 @@ fn position_net_fusers_and_the_unet_patch_match_comfyui() {
 fn too_many_boxes_and_mismatched_unets_are_errors() {
     let fx = reference();
     let dir = tempfile::tempdir().unwrap();
-    let model = Gligen::load_file(&write_reference_file(dir.path()), DType::F32, &Device::Cpu).unwrap();
+    let model = load(&write_reference_file(dir.path()));
     let one = boxes(&fx).remove(0);
     let many = vec![one; MAX_BOXES + 1];
     let err = model.grounding_tokens(&many, 8, 8).unwrap_err().to_string();

@@ -640,7 +640,7 @@ impl ModelManager {
             || {
                 let sd = StateDict::open(path)?;
                 let dtype = self.weight_dtype(sd.float_dtype(""));
-                Ok((crate::gligen::file_bytes(&sd, dtype), (sd, dtype)))
+                Ok((sd.loaded_bytes("", |_| dtype), (sd, dtype)))
             },
             // Run in every transformer block while sampling: whole on the device.
             |(sd, dtype), _| {

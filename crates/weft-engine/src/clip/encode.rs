@@ -531,9 +531,9 @@ impl TextEncoder {
                       name: &str|
          -> Result<Option<EncodedText>, ClipError> {
             match (slot, chunks) {
-                (Some((_, enc)), Some(chunks)) => {
-                    Ok(Some(enc.encode_token_weights_pooled(chunks, clip_skip, pooled)?))
-                }
+                (Some((_, enc)), Some(chunks)) => Ok(Some(
+                    enc.encode_token_weights_pooled(chunks, clip_skip, pooled)?,
+                )),
                 (Some(_), None) => Err(ClipError::InvalidInput(format!(
                     "no tokens for the clip_{name} encoder"
                 ))),

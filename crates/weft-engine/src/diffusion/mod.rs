@@ -1064,7 +1064,8 @@ mod tests {
     fn controls_reach_the_negative_side_as_comfyui_gives_them() {
         let n = |s: &str| s.to_owned();
         // The old node's control goes to the control-less negative entry.
-        let shared = share_with_negative(&[entry(&["a"], true, false)], &[entry(&[], false, false)]);
+        let shared =
+            share_with_negative(&[entry(&["a"], true, false)], &[entry(&[], false, false)]);
         assert_eq!(names(&shared), [vec![n("a")]]);
         // Not without the flag (ControlNetApplyAdvanced), nor from an area entry.
         for positive in [entry(&["a"], false, false), entry(&["a"], true, true)] {

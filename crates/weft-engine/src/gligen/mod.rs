@@ -12,7 +12,6 @@
 //! `position_net.*`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -159,7 +158,11 @@ impl PositionNet {
         let masks = masks.unsqueeze(2)?;
         let unmasked = masks.affine(-1.0, 1.0)?;
         let dtype = boxes.dtype();
-        let null = |t: &Tensor| t.to_device(boxes.device())?.to_dtype(dtype)?.reshape((1, 1, ()));
+        let null = |t: &Tensor| {
+            t.to_device(boxes.device())?
+                .to_dtype(dtype)?
+                .reshape((1, 1, ()))
+        };
         let position = fourier_embedding(boxes)?;
         let positive = (positive.broadcast_mul(&masks)?
             + unmasked.broadcast_mul(&null(&self.null_positive)?)?)?;
@@ -272,19 +275,11 @@ impl Gligen {
         dtype: DType,
         device: &Device,
     ) -> std::result::Result<Self, LoadError> {
-        let (config, names) = layout(sd.shapes()).map_err(|kind| LoadError::new(sd.path(), kind))?;
+        let (config, names) =
+            layout(sd.shapes()).map_err(|kind| LoadError::new(sd.path(), kind))?;
         Renaming::new(names)
             .warn_unused("gligen tensors not used")
             .build(sd, dtype, device, |vb| Gligen::new(vb, &config))
-    }
-
-    /// Opens the file at `path` and loads it as [`Gligen::load`].
-    pub fn load_file(
-        path: &Path,
-        dtype: DType,
-        device: &Device,
-    ) -> std::result::Result<Self, LoadError> {
-        Self::load(&Arc::new(StateDict::open(path)?), dtype, device)
     }
 
     /// The model's shape.
@@ -295,7 +290,12 @@ impl Gligen {
     /// ComfyUI's `set_position` for one latent: the boxes' corners as fractions of a latent
     /// `height` x `width` (its area), padded to [`MAX_BOXES`], through the position net. Returns
     /// `[1, MAX_BOXES, position_out_dim]` f32 on the model's device.
-    pub fn grounding_tokens(&self, boxes: &[TextBox], height: usize, width: usize) -> Result<Tensor> {
+    pub fn grounding_tokens(
+        &self,
+        boxes: &[TextBox],
+        height: usize,
+        width: usize,
+    ) -> Result<Tensor> {
         if boxes.len() > MAX_BOXES {
             candle_core::bail!(
                 "gligen takes at most {MAX_BOXES} text boxes per conditioning, got {}",
@@ -311,7 +311,8 @@ impl Gligen {
             // Python divides in f64; torch.tensor stores f32.
             let (x1, y1) = (b.x as f64 / w, b.y as f64 / h);
             let (x2, y2) = ((b.x + b.width) as f64 / w, (b.y + b.height) as f64 / h);
-            corners[4 * i..4 * i + 4].copy_from_slice(&[x1 as f32, y1 as f32, x2 as f32, y2 as f32]);
+            corners[4 * i..4 * i + 4]
+                .copy_from_slice(&[x1 as f32, y1 as f32, x2 as f32, y2 as f32]);
             masks[i] = 1.0;
             let e = b.embedding.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
             if e.elem_count() != key_dim {
@@ -333,7 +334,9 @@ impl Gligen {
         let device = &self.device;
         let corners = Tensor::from_vec(corners, (1, MAX_BOXES, 4), device)?;
         let masks = Tensor::from_vec(masks, (1, MAX_BOXES), device)?;
-        let embeddings = Tensor::cat(&embeddings, 0)?.unsqueeze(0)?.to_device(device)?;
+        let embeddings = Tensor::cat(&embeddings, 0)?
+            .unsqueeze(0)?
+            .to_device(device)?;
         self.position_net.forward(&corners, &masks, &embeddings)
     }
 
@@ -357,11 +360,6 @@ impl Gligen {
         }
         fuser.forward(x, &tokens.to_device(x.device())?.to_dtype(x.dtype())?)
     }
-}
-
-/// Bytes the weights of `sd` take in `dtype`, for the memory budget.
-pub fn file_bytes(sd: &StateDict, dtype: DType) -> usize {
-    sd.loaded_bytes("", |_| dtype)
 }
 
 /// A conditioning entry's boxes as a UNet middle patch.
@@ -466,11 +464,26 @@ mod tests {
     #[test]
     fn fusers_are_ordered_by_part_and_block_number_as_comfyui_reads_them() {
         let s = shapes(&[
-            ("output_blocks.10.1.transformer_blocks.0.fuser.linear.weight", &[64, 768]),
-            ("output_blocks.3.1.transformer_blocks.0.fuser.linear.weight", &[128, 768]),
-            ("middle_block.1.transformer_blocks.0.fuser.linear.weight", &[256, 768]),
-            ("input_blocks.1.1.transformer_blocks.0.fuser.linear.weight", &[32, 768]),
-            ("input_blocks.1.1.transformer_blocks.0.fuser.alpha_attn", &[]),
+            (
+                "output_blocks.10.1.transformer_blocks.0.fuser.linear.weight",
+                &[64, 768],
+            ),
+            (
+                "output_blocks.3.1.transformer_blocks.0.fuser.linear.weight",
+                &[128, 768],
+            ),
+            (
+                "middle_block.1.transformer_blocks.0.fuser.linear.weight",
+                &[256, 768],
+            ),
+            (
+                "input_blocks.1.1.transformer_blocks.0.fuser.linear.weight",
+                &[32, 768],
+            ),
+            (
+                "input_blocks.1.1.transformer_blocks.0.fuser.alpha_attn",
+                &[],
+            ),
             ("position_net.null_positive_feature", &[768]),
             ("position_net.linears.4.weight", &[768, 512]),
         ]);

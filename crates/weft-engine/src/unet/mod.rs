@@ -466,20 +466,22 @@ impl UNet2DConditionModel {
 
         let mut skips = Vec::with_capacity(self.num_skips());
         let middle = patches.middle.as_slice();
-        let mut h = self.encoder.down_with(&xs, &emb, &context, middle, |k, h| {
-            let mut h = match input.get(k) {
-                Some(Some(r)) => (h + r.to_dtype(dtype)?)?,
-                _ => h,
-            };
-            for patch in &patches.input_block {
-                h = patch.patch(h, k, sigma)?;
-            }
-            skips.push(h.clone());
-            for patch in &patches.input_block_after_skip {
-                h = patch.patch(h, k, sigma)?;
-            }
-            Ok(h)
-        })?;
+        let mut h = self
+            .encoder
+            .down_with(&xs, &emb, &context, middle, |k, h| {
+                let mut h = match input.get(k) {
+                    Some(Some(r)) => (h + r.to_dtype(dtype)?)?,
+                    _ => h,
+                };
+                for patch in &patches.input_block {
+                    h = patch.patch(h, k, sigma)?;
+                }
+                skips.push(h.clone());
+                for patch in &patches.input_block_after_skip {
+                    h = patch.patch(h, k, sigma)?;
+                }
+                Ok(h)
+            })?;
 
         if let Some(control) = control {
             if control.down.len() != skips.len() {
