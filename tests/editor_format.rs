@@ -667,17 +667,16 @@ fn with_weft_registry_only_the_diffusion_nodes_are_missing() {
         let again = editor_to_api(&editor, &registry).unwrap();
         assert_eq!(again.prompt, conversion.prompt, "{name}");
     }
-    // A node type Weft lacks (here GLIGENLoader) keeps its raw widget values, and the node it
-    // feeds keeps the link.
+    // GLIGENLoader and GLIGENTextBoxApply are Weft's own now: their widgets become inputs.
     let gligen = convert("gligen_textbox_example", &registry).prompt;
-    assert_eq!(gligen["10"]["class_type"], json!("GLIGENLoader"));
     assert_eq!(
-        gligen["10"]["_meta"]["widgets_values"],
-        json!(["gligen_sd14_textbox_pruned.safetensors"])
+        gligen["10"]["inputs"]["gligen_name"],
+        json!("gligen_sd14_textbox_pruned.safetensors")
     );
     assert_eq!(
-        gligen["21"]["inputs"]["gligen_textbox_model"],
-        json!(["10", 0])
+        gligen["21"]["inputs"],
+        json!({"conditioning_to": ["24", 0], "clip": ["4", 1], "gligen_textbox_model": ["10", 0],
+               "text": "purple galaxy bottle", "width": 192, "height": 304, "x": 176, "y": 272})
     );
     // UpscaleModelLoader is Weft's own now: its widget becomes its input.
     let esrgan = convert("esrgan_example", &registry).prompt;

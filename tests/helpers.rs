@@ -378,6 +378,10 @@ pub fn shrink_editor_workflow(mut workflow: Json) -> Json {
             }
             "KSampler" => values[2] = json!(3),
             "ImageScaleToTotalPixels" => values[1] = json!(0.01),
+            "ImageScale" => {
+                values[1] = json!(96);
+                values[2] = json!(96);
+            }
             _ => {}
         }
     }

@@ -15,6 +15,7 @@ mod engine;
 mod examples;
 mod fuzz_corpus;
 mod generate;
+mod gligen_nodes;
 mod helpers;
 mod image_conditioning_nodes;
 mod image_edit_nodes;

@@ -83,20 +83,21 @@ async fn comfyui_templates_queue_as_editor_files_and_run() {
     app.queue_ok("/prompt", json!({"prompt": small("sdxlturbo_example")}))
         .await;
 
-    // A template that needs nodes Weft lacks is refused with their names, nothing queued.
-    let (status, body) = app
-        .post(
-            "/prompt",
-            json!({"prompt": template("gligen_textbox_example")}),
-        )
-        .await;
+    // A workflow that needs nodes Weft lacks is refused with their names, nothing queued.
+    let mut unknown = template("default");
+    for node in unknown["nodes"].as_array_mut().unwrap() {
+        if node["type"] == "CheckpointLoaderSimple" {
+            node["type"] = json!("GLIGENXLLoader");
+        }
+    }
+    let (status, body) = app.post("/prompt", json!({"prompt": unknown})).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["type"], "missing_node_type");
     assert!(
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("GLIGENLoader"),
+            .contains("GLIGENXLLoader"),
         "{body}"
     );
 }

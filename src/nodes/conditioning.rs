@@ -54,8 +54,8 @@ fn value(list: Vec<CondEntry>) -> Value {
 /// Textual inversions from `models/embeddings` (`embedding:name` in a prompt), found and read as
 /// ComfyUI's `load_embed` does: `name`, `name.safetensors`, `.pt`, `.bin`; the tensor for this
 /// encoder (`clip_l`/`clip_g` in SDXL files), else `string_to_param`, else the first tensor.
-struct EmbeddingFiles<'a> {
-    dirs: &'a DataDirs,
+pub(crate) struct EmbeddingFiles<'a> {
+    pub(crate) dirs: &'a DataDirs,
 }
 
 impl EmbeddingLookup for EmbeddingFiles<'_> {

@@ -11,6 +11,7 @@ pub mod compositing;
 pub mod conditioning;
 pub mod controlnet;
 pub mod custom_sampling;
+pub mod gligen;
 pub mod image_anim;
 pub mod image_conditioning;
 pub mod image_filter;
@@ -320,6 +321,7 @@ impl Registry {
         preprocessors::register(&mut registry);
         primitives::register(&mut registry);
         upscale::register(&mut registry);
+        gligen::register(&mut registry);
         registry
     }
 

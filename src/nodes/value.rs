@@ -6,6 +6,7 @@ use candle_core::Tensor;
 
 use crate::engine::clip::encode::TextEncoder;
 use crate::engine::diffusion::{CondEntry, DiffusionModel};
+use crate::engine::gligen::Gligen;
 use crate::engine::upscale::UpscaleModel;
 use crate::engine::vae::AutoEncoderKL;
 use crate::graph::{ConstValue, SlotType};
@@ -128,6 +129,8 @@ pub enum Value {
     List(Arc<Vec<Value>>),
     /// An image upscale model.
     UpscaleModel(Arc<UpscaleModel>),
+    /// A GLIGEN model.
+    Gligen(Arc<Gligen>),
 }
 
 impl Value {
@@ -152,6 +155,7 @@ impl Value {
             Value::ControlNet(_) => SlotType::CONTROL_NET,
             Value::LatentOperation(_) => SlotType::LATENT_OPERATION,
             Value::UpscaleModel(_) => SlotType::UPSCALE_MODEL,
+            Value::Gligen(_) => SlotType::GLIGEN,
             // The elements' type; an empty list matches anything.
             Value::List(items) => items.first().map_or(SlotType::ANY, Value::slot_type),
         }
@@ -184,6 +188,7 @@ impl Value {
                 | Value::Guider(_)
                 | Value::ControlNet(_)
                 | Value::UpscaleModel(_)
+                | Value::Gligen(_)
         ) || matches!(self, Value::List(items) if items.iter().any(Value::holds_model))
     }
 
@@ -200,7 +205,8 @@ impl Value {
             | Value::Guider(_)
             | Value::ControlNet(_)
             | Value::LatentOperation(_)
-            | Value::UpscaleModel(_) => 64,
+            | Value::UpscaleModel(_)
+            | Value::Gligen(_) => 64,
             Value::List(items) => items.iter().map(Value::byte_size).sum(),
             Value::Conditioning(list) => list.iter().map(CondEntry::byte_size).sum(),
             Value::Latent(l) => {
@@ -403,3 +409,4 @@ getter!(
     Arc<UpscaleModel>,
     "UPSCALE_MODEL"
 );
+getter!(gligen, Gligen, Arc<Gligen>, "GLIGEN");

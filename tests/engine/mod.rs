@@ -5,6 +5,7 @@ pub(crate) mod clip_parity;
 pub(crate) mod cond_patches_parity;
 pub(crate) mod controlnet_parity;
 pub(crate) mod custom_sampling_parity;
+pub(crate) mod gligen_parity;
 pub(crate) mod load;
 pub(crate) mod lora_parity;
 pub(crate) mod model_patches_parity;

@@ -34,6 +34,7 @@ use crate::clip::model::ClipTextModel;
 use crate::controlnet::load::{load_control, ControlModel, LoadedControl};
 use crate::device::weight_dtype;
 use crate::diffusion::DiffusionModel;
+use crate::gligen::Gligen;
 use crate::load::checkpoint::{
     clip_components, load_vae_file, load_vae_ldm, split_components, unet_ldm_names, ClipComponent,
     UNET_PREFIX, VAE_PREFIX,
@@ -129,6 +130,7 @@ enum Loaded {
     Vae(Arc<AutoEncoderKL>),
     Control(Arc<LoadedControl>),
     Upscale(Arc<UpscaleModel>),
+    Gligen(Arc<Gligen>),
 }
 
 impl Loaded {
@@ -138,6 +140,7 @@ impl Loaded {
             Loaded::Vae(v) => Loaded::Vae(Arc::clone(v)),
             Loaded::Control(c) => Loaded::Control(Arc::clone(c)),
             Loaded::Upscale(u) => Loaded::Upscale(Arc::clone(u)),
+            Loaded::Gligen(g) => Loaded::Gligen(Arc::clone(g)),
         }
     }
 
@@ -153,6 +156,7 @@ impl Loaded {
             Loaded::Vae(v) => Arc::strong_count(v) > 1,
             Loaded::Control(c) => Arc::strong_count(c) > 1,
             Loaded::Upscale(u) => Arc::strong_count(u) > 1,
+            Loaded::Gligen(g) => Arc::strong_count(g) > 1,
         }
     }
 }
@@ -624,6 +628,29 @@ impl ModelManager {
         match loaded {
             Loaded::Upscale(u) => Ok(u),
             _ => unreachable!("reuse only accepts upscale models"),
+        }
+    }
+
+    /// A GLIGEN file (GLIGENLoader), loaded once while it stays unchanged on disk and counted
+    /// against the budget like the others.
+    pub fn gligen(&self, path: &Path) -> Result<Arc<Gligen>, LoadError> {
+        let loaded = self.get_or_load(
+            path,
+            |l| matches!(l, Loaded::Gligen(_)),
+            || {
+                let sd = StateDict::open(path)?;
+                let dtype = self.weight_dtype(sd.float_dtype(""));
+                Ok((sd.loaded_bytes("", |_| dtype), (sd, dtype)))
+            },
+            // Run in every transformer block while sampling: whole on the device.
+            |(sd, dtype), _| {
+                let model = Gligen::load(&Arc::new(sd), dtype, &self.device)?;
+                Ok((Loaded::Gligen(Arc::new(model)), 0))
+            },
+        )?;
+        match loaded {
+            Loaded::Gligen(g) => Ok(g),
+            _ => unreachable!("reuse only accepts gligen models"),
         }
     }
 

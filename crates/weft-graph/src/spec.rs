@@ -51,6 +51,8 @@ impl SlotType {
     pub const LATENT_OPERATION: SlotType = SlotType("LATENT_OPERATION");
     /// A loaded image upscale model (ESRGAN, Real-ESRGAN Compact, …).
     pub const UPSCALE_MODEL: SlotType = SlotType("UPSCALE_MODEL");
+    /// A loaded GLIGEN model (text boxes' position net and fusers).
+    pub const GLIGEN: SlotType = SlotType("GLIGEN");
 
     /// The type name as ComfyUI spells it, e.g. `"IMAGE"`.
     pub fn name(self) -> &'static str {

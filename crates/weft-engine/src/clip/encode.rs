@@ -159,6 +159,16 @@ impl ClipEncoder {
         chunks: &[TokenChunk],
         clip_skip: Option<isize>,
     ) -> Result<EncodedText, ClipError> {
+        self.encode_token_weights_pooled(chunks, clip_skip, Pooled::Configured)
+    }
+
+    /// [`Self::encode_token_weights`] with the pooled output `pooled` asks for.
+    fn encode_token_weights_pooled(
+        &self,
+        chunks: &[TokenChunk],
+        clip_skip: Option<isize>,
+        pooled: Pooled,
+    ) -> Result<EncodedText, ClipError> {
         let _enter = self.span.enter();
         let special = self.cfg.special_tokens;
         let has_weights = chunks.iter().flatten().any(|t| t.weight != 1.0);
@@ -187,7 +197,8 @@ impl ClipEncoder {
             _ => out.last_hidden_state,
         }
         .apply(&to_host)?;
-        let pooled = match (self.cfg.return_projected_pooled, out.projected) {
+        let projected = pooled == Pooled::Configured && self.cfg.return_projected_pooled;
+        let pooled = match (projected, out.projected) {
             (true, Some(p)) => p,
             _ => out.pooled,
         };
@@ -345,6 +356,15 @@ pub struct PromptTokens {
     pub g: Option<Vec<TokenChunk>>,
 }
 
+/// Which pooled output an encoding returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pooled {
+    /// The encoder's own choice ([`ClipEncoderConfig::return_projected_pooled`]).
+    Configured,
+    /// Before the text projection (ComfyUI's `return_pooled="unprojected"`).
+    Unprojected,
+}
+
 /// A prompt's conditioning, as ComfyUI's `CLIPTextEncode` outputs it.
 #[derive(Debug, Clone)]
 pub struct Conditioning {
@@ -487,14 +507,33 @@ impl TextEncoder {
         tokens: &PromptTokens,
         clip_skip: Option<isize>,
     ) -> Result<Conditioning, ClipError> {
+        self.encode_tokens_pooled(tokens, clip_skip, Pooled::Configured)
+    }
+
+    /// [`Self::encode_tokens`] with every encoder's pooled output taken before its text
+    /// projection (`encode_from_tokens(.., return_pooled="unprojected")`, GLIGEN's box prompts).
+    pub fn encode_tokens_unprojected(
+        &self,
+        tokens: &PromptTokens,
+        clip_skip: Option<isize>,
+    ) -> Result<Conditioning, ClipError> {
+        self.encode_tokens_pooled(tokens, clip_skip, Pooled::Unprojected)
+    }
+
+    fn encode_tokens_pooled(
+        &self,
+        tokens: &PromptTokens,
+        clip_skip: Option<isize>,
+        pooled: Pooled,
+    ) -> Result<Conditioning, ClipError> {
         let encode = |slot: &Option<(SdTokenizer, ClipEncoder)>,
                       chunks: &Option<Vec<TokenChunk>>,
                       name: &str|
          -> Result<Option<EncodedText>, ClipError> {
             match (slot, chunks) {
-                (Some((_, enc)), Some(chunks)) => {
-                    Ok(Some(enc.encode_token_weights(chunks, clip_skip)?))
-                }
+                (Some((_, enc)), Some(chunks)) => Ok(Some(
+                    enc.encode_token_weights_pooled(chunks, clip_skip, pooled)?,
+                )),
                 (Some(_), None) => Err(ClipError::InvalidInput(format!(
                     "no tokens for the clip_{name} encoder"
                 ))),
@@ -661,6 +700,20 @@ mod tests {
         assert_eq!(enc.layer_for(Some(-2)), ClipLayer::Hidden(-2));
         // Deeper than the 2-layer model: ComfyUI falls back to "last".
         assert_eq!(enc.layer_for(Some(-3)), ClipLayer::Last);
+    }
+
+    /// `return_pooled="unprojected"`: bigG's pooled output before its projection (16 wide, not
+    /// the projected 8), the context unchanged.
+    #[test]
+    fn unprojected_pooled_output_skips_the_projection() -> Result<(), ClipError> {
+        let enc = TextEncoder::sdxl(tiny(DType::F32), tiny(DType::F32), Arc::new(ClipBpe::new()));
+        let tokens = enc.tokenize("a cat", None);
+        let projected = enc.encode_tokens(&tokens, None)?;
+        let unprojected = enc.encode_tokens_unprojected(&tokens, None)?;
+        assert_eq!(projected.pooled.dims(), &[1, 8]);
+        assert_eq!(unprojected.pooled.dims(), &[1, 16]);
+        assert_eq!(max_abs(&projected.context, &unprojected.context), 0.0);
+        Ok(())
     }
 
     #[test]

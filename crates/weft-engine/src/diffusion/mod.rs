@@ -358,6 +358,10 @@ pub struct CondEntry {
     /// The pooled output encoded with `controlnet_context` (ComfyUI's
     /// `pooled_output_controlnet`); kept with the entry, no SD ControlNet reads it.
     pub controlnet_pooled: Option<Tensor>,
+    /// GLIGEN text boxes (ComfyUI's `gligen`): while the entry is evaluated, the UNet runs with
+    /// their middle patch too. They also go to the negative side when it has none (see
+    /// `share_with_negative`).
+    pub gligen: Option<crate::gligen::Grounding>,
 }
 
 impl CondEntry {
@@ -379,6 +383,7 @@ impl CondEntry {
             concat_mask: None,
             controlnet_context: None,
             controlnet_pooled: None,
+            gligen: None,
         }
     }
 
@@ -397,6 +402,7 @@ impl CondEntry {
         .map(|t| t.as_ref().map_or(0, bytes))
         .sum::<usize>()
             + bytes(&self.context)
+            + self.gligen.as_ref().map_or(0, |g| g.byte_size())
     }
 }
 
@@ -416,6 +422,8 @@ struct PreparedCond {
     concat: concat::PreparedConcat,
     /// What the entry's ControlNets attend to instead of `context`.
     controlnet_context: Option<Tensor>,
+    /// The entry's own UNet patch (its GLIGEN boxes), added to the model's while it is evaluated.
+    middle: Option<Arc<dyn patches::MiddlePatch>>,
 }
 
 /// The CFG denoiser over conditioning lists, with optional inpainting mask.
@@ -494,7 +502,7 @@ impl<'a> CfgDenoiser<'a> {
         latent_shape: &[usize],
         sampler_needs_uncond: bool,
     ) -> Result<Self> {
-        let negative = negative.map(|list| share_controls(positive, list));
+        let negative = negative.map(|list| share_with_negative(positive, list));
         let positive = prepare(model, positive, latent_shape, PromptType::Positive)?;
         let negative = match negative {
             Some(list) => prepare(model, &list, latent_shape, PromptType::Negative)?,
@@ -794,6 +802,17 @@ impl<'a> CfgDenoiser<'a> {
                 }
                 None => x_in.clone(),
             };
+            // ComfyUI appends a conditioning's own patches to the model's.
+            let with_own;
+            let unet_patches = match &cond.middle {
+                Some(patch) => {
+                    let mut patches = unet_patches.clone();
+                    patches.middle.push(Arc::clone(patch));
+                    with_own = patches;
+                    &with_own
+                }
+                None => unet_patches,
+            };
             let output = self.model.unet.forward_patched(
                 &unet_in,
                 &timesteps,
@@ -856,30 +875,59 @@ impl Denoiser for CfgDenoiser<'_> {
     }
 }
 
-/// The negative entries with the positive side's controls where ComfyUI gives them (its
-/// `apply_empty_x_to_equal_area` for `control`): when no whole-latent negative entry has a control
-/// of its own, the controls of each whole-latent positive entry marked `control_apply_to_uncond`
-/// replace those of the control-less whole-latent negative entries, taken in turn (a later
-/// positive entry's replacing an earlier one's when there are more positive than negative).
-fn share_controls(positive: &[CondEntry], negative: &[CondEntry]) -> Vec<CondEntry> {
+/// The negative entries with the positive side's controls and GLIGEN boxes where ComfyUI gives
+/// them (`apply_empty_x_to_equal_area` for `control`, then for `gligen`).
+fn share_with_negative(positive: &[CondEntry], negative: &[CondEntry]) -> Vec<CondEntry> {
     let mut negative = negative.to_vec();
     let whole = |e: &CondEntry| e.area.is_none();
-    if negative.iter().any(|e| whole(e) && !e.controls.is_empty()) {
-        return negative;
+    let controls = positive
+        .iter()
+        .filter(|e| e.control_apply_to_uncond && whole(e) && !e.controls.is_empty())
+        .map(|e| e.controls.clone())
+        .collect();
+    share_kind(
+        controls,
+        &mut negative,
+        |e| !e.controls.is_empty(),
+        |e, controls| e.controls = controls,
+    );
+    let gligen = positive
+        .iter()
+        .filter(|e| whole(e))
+        .filter_map(|e| e.gligen.clone())
+        .collect();
+    share_kind(
+        gligen,
+        &mut negative,
+        |e| e.gligen.is_some(),
+        |e, gligen| e.gligen = Some(gligen),
+    );
+    negative
+}
+
+/// `apply_empty_x_to_equal_area` for one kind of value: when no whole-latent negative entry `has`
+/// one of its own, each of the whole-latent positive entries' values (`shared`, in order) is
+/// `put` on the whole-latent negative entries taken in turn, a later value replacing an earlier
+/// one when there are more values than entries.
+fn share_kind<T>(
+    shared: Vec<T>,
+    negative: &mut [CondEntry],
+    has: impl Fn(&CondEntry) -> bool,
+    put: impl Fn(&mut CondEntry, T),
+) {
+    let whole = |e: &CondEntry| e.area.is_none();
+    if negative.iter().any(|e| whole(e) && has(e)) {
+        return;
     }
     let free: Vec<usize> = (0..negative.len())
         .filter(|&i| whole(&negative[i]))
         .collect();
-    let shared = positive
-        .iter()
-        .filter(|e| e.control_apply_to_uncond && whole(e) && !e.controls.is_empty());
     if free.is_empty() {
-        return negative;
+        return;
     }
-    for (k, entry) in shared.enumerate() {
-        negative[free[k % free.len()]].controls = entry.controls.clone();
+    for (k, value) in shared.into_iter().enumerate() {
+        put(&mut negative[free[k % free.len()]], value);
     }
-    negative
 }
 
 fn prepare(
@@ -988,6 +1036,11 @@ fn prepare(
             }),
             concat: concat::PreparedConcat::new(model, entry, latent_shape)?,
             controlnet_context: entry.controlnet_context.clone(),
+            middle: entry
+                .gligen
+                .as_ref()
+                .map(|g| g.patch(batch, ah, aw))
+                .transpose()?,
         });
     }
     Ok(prepared)
@@ -1163,15 +1216,16 @@ mod tests {
     fn controls_reach_the_negative_side_as_comfyui_gives_them() {
         let n = |s: &str| s.to_owned();
         // The old node's control goes to the control-less negative entry.
-        let shared = share_controls(&[entry(&["a"], true, false)], &[entry(&[], false, false)]);
+        let shared =
+            share_with_negative(&[entry(&["a"], true, false)], &[entry(&[], false, false)]);
         assert_eq!(names(&shared), [vec![n("a")]]);
         // Not without the flag (ControlNetApplyAdvanced), nor from an area entry.
         for positive in [entry(&["a"], false, false), entry(&["a"], true, true)] {
-            let kept = share_controls(&[positive], &[entry(&[], false, false)]);
+            let kept = share_with_negative(&[positive], &[entry(&[], false, false)]);
             assert_eq!(names(&kept), [Vec::<String>::new()]);
         }
         // A negative entry with a control of its own: nothing changes anywhere.
-        let kept = share_controls(
+        let kept = share_with_negative(
             &[entry(&["a"], true, false)],
             &[entry(&[], false, false), entry(&["b"], false, false)],
         );
@@ -1188,9 +1242,54 @@ mod tests {
             entry(&[], false, false),
         ];
         assert_eq!(
-            names(&share_controls(&positive, &negative)),
+            names(&share_with_negative(&positive, &negative)),
             [vec![n("d")], vec![], vec![n("b"), n("c")]]
         );
+    }
+
+    /// GLIGEN boxes go to the negative side as ComfyUI's `apply_empty_x_to_equal_area` gives
+    /// them: from every whole-latent positive entry, to the whole-latent negative entries in turn,
+    /// unless one of those has boxes of its own.
+    #[test]
+    fn gligen_boxes_reach_the_negative_side_as_comfyui_gives_them() {
+        use crate::gligen::{FuserConfig, Gligen, GligenConfig, Grounding, TextBox};
+        let config = GligenConfig {
+            key_dim: 8,
+            position_in_dim: 8,
+            position_out_dim: 8,
+            fusers: vec![FuserConfig::for_dims(8, 768)],
+        };
+        let vb = crate::synth::synth_var_builder(DType::F32, &Device::Cpu);
+        let model = Arc::new(Gligen::new(vb, &config).unwrap());
+        let text_box = TextBox {
+            embedding: Tensor::zeros((1, 8), DType::F32, &Device::Cpu).unwrap(),
+            height: 1,
+            width: 1,
+            y: 0,
+            x: 0,
+        };
+        // An entry whose grounding has `boxes` boxes (0: none).
+        let grounded = |boxes: usize, area: bool| {
+            let mut e = entry(&[], false, area);
+            e.gligen = (boxes > 0).then(|| Grounding {
+                model: Arc::clone(&model),
+                boxes: vec![text_box.clone(); boxes],
+            });
+            e
+        };
+        let counts = |list: &[CondEntry]| -> Vec<usize> {
+            list.iter()
+                .map(|e| e.gligen.as_ref().map_or(0, |g| g.boxes.len()))
+                .collect()
+        };
+        let positive = [grounded(1, false), grounded(2, true), grounded(3, false)];
+        let negative = [grounded(0, false), grounded(0, true), grounded(0, false)];
+        assert_eq!(
+            counts(&share_with_negative(&positive, &negative)),
+            [1, 0, 3]
+        );
+        let own = [grounded(0, false), grounded(4, false)];
+        assert_eq!(counts(&share_with_negative(&positive, &own)), [0, 4]);
     }
 
     /// `latent · 2`.

@@ -162,6 +162,15 @@ pub trait SelfAttentionPatch: Send + Sync + Debug {
     ) -> Result<(Tensor, Tensor, Tensor, UndoAttentionPatch)>;
 }
 
+/// ComfyUI's `middle_patch`: rewrites a transformer block's hidden state between its
+/// self-attention (added back) and its cross-attention (GLIGEN's fusers).
+pub trait MiddlePatch: Send + Sync + Debug {
+    /// `x` is the `[B, N, C]` hidden state of a block of transformer `transformer_index`: ComfyUI's
+    /// count of the UNet's transformers from 0 through the input, middle and output blocks, which
+    /// every block of one transformer shares.
+    fn patch(&self, x: Tensor, transformer_index: usize) -> Result<Tensor>;
+}
+
 /// Patches applied inside the UNet's forward pass.
 #[derive(Debug, Clone, Default)]
 pub struct UNetPatches {
@@ -179,6 +188,9 @@ pub struct UNetPatches {
     pub output_block: Vec<Arc<dyn OutputBlockPatch>>,
     /// `attn1_patch`/`attn1_output_patch` pairs, in the order they were added.
     pub self_attention: Vec<Arc<dyn SelfAttentionPatch>>,
+    /// `middle_patch`es, applied in order in every transformer block (a conditioning's GLIGEN
+    /// boxes add theirs while it is evaluated).
+    pub middle: Vec<Arc<dyn MiddlePatch>>,
 }
 
 /// Everything patched onto a model handle (ComfyUI's `model_options`).

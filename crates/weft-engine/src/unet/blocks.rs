@@ -3,12 +3,12 @@
 //! These follow diffusers exactly (exact erf GELU in GeGLU, f32 softmax), so parity with
 //! `diffusers.UNet2DConditionModel` is limited by float rounding only.
 
+use std::sync::Arc;
+
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
-use std::sync::Arc;
-
-use crate::diffusion::patches::{AttentionReplace, SelfAttentionPatch};
+use crate::diffusion::patches::{AttentionReplace, MiddlePatch, SelfAttentionPatch};
 use crate::ops::attention::scaled_dot_product;
 use crate::ops::conv::{conv2d, Conv2d};
 use crate::ops::layers::{self, LayerNorm, Linear};
@@ -205,25 +205,42 @@ impl Attention {
 
 /// GeGLU feed-forward: proj to 2*inner, value * gelu(gate) with the exact erf GELU, then back.
 #[derive(Debug)]
-struct FeedForward {
+pub(crate) struct FeedForward {
     proj: Linear,
     out: Linear,
     inner: usize,
 }
 
 impl FeedForward {
-    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+    pub(crate) fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         let inner = dim * 4;
         let proj = layers::linear(dim, inner * 2, vb.pp("net").pp("0").pp("proj"))?;
         let out = layers::linear(inner, dim, vb.pp("net").pp("2"))?;
         Ok(Self { proj, out, inner })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(xs)?;
         let value = h.narrow(D::Minus1, 0, self.inner)?;
         let gate = h.narrow(D::Minus1, self.inner, self.inner)?;
         self.out.forward(&(value * gate.gelu_erf()?)?)
+    }
+}
+
+/// The middle patches a transformer applies to its blocks, with its index among the UNet's
+/// transformers (ComfyUI's `transformer_index`).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct MiddlePatches<'a> {
+    pub patches: &'a [Arc<dyn MiddlePatch>],
+    pub transformer_index: usize,
+}
+
+impl MiddlePatches<'_> {
+    fn apply(&self, mut xs: Tensor) -> Result<Tensor> {
+        for patch in self.patches {
+            xs = patch.patch(xs, self.transformer_index)?;
+        }
+        Ok(xs)
     }
 }
 
@@ -274,7 +291,7 @@ impl BasicTransformerBlock {
         for undo in undo {
             attended = undo(attended)?;
         }
-        let xs = (attended + xs)?;
+        let xs = hooks.middle.apply((attended + xs)?)?;
         let xs = (self
             .attn2
             .forward(&self.norm2.forward(&xs)?, Some(context))?
@@ -292,6 +309,8 @@ pub(crate) struct SelfAttentionHooks<'a> {
     pub(crate) patches: &'a [Arc<dyn SelfAttentionPatch>],
     /// The UNet input's (h, w), which the patches lay tokens out by.
     pub(crate) latent_hw: (usize, usize),
+    /// `middle_patch`es (GLIGEN), with the transformer's index.
+    pub(crate) middle: MiddlePatches<'a>,
 }
 
 /// Input/output projection of a [`Transformer2D`]: a 1x1 conv (SD1) or a linear layer (SD2/XL).
@@ -349,8 +368,8 @@ impl Transformer2D {
         })
     }
 
-    /// `xs`: [B, C, H, W]; `context`: [B, M, C_ctx], with the blocks' self-attention patched.
-    /// Returns [B, C, H, W].
+    /// `xs`: [B, C, H, W]; `context`: [B, M, C_ctx], with the blocks' self-attention patched and
+    /// the `middle` patches applied in every block. Returns [B, C, H, W].
     pub(crate) fn forward_with(
         &self,
         xs: &Tensor,

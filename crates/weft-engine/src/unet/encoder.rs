@@ -7,12 +7,14 @@
 //! Weight names are diffusers' (`time_embedding`, `add_embedding`, `conv_in`, `down_blocks.N`,
 //! `mid_block`), under the builder the model gives.
 
+
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::ops::conv::Conv2d;
 use crate::unet::blocks::{
-    conv_same, sinusoidal_embedding, Downsample2D, ResnetBlock2D, ResnetConfig, SelfAttentionHooks,
+    conv_same, sinusoidal_embedding, Downsample2D, MiddlePatches, ResnetBlock2D, ResnetConfig,
+    SelfAttentionHooks,
     TimestepEmbedding, Transformer2D, Transformer2DConfig,
 };
 use crate::unet::UNetConfig;
@@ -234,7 +236,13 @@ impl UNetEncoder {
         self.down_with(xs, emb, context, &SelfAttentionHooks::default(), skip)
     }
 
-    /// [`Self::down`] with the transformers' self-attention patched.
+    /// The number of transformers in the down blocks (the mid block's is the next index).
+    pub(crate) fn down_transformers(&self) -> usize {
+        self.down.iter().map(|level| level.attentions.len()).sum()
+    }
+
+    /// [`Self::down`] with the transformers' self-attention patched and the `middle` patches
+    /// applied in every transformer, each with its index (the down blocks' are numbered from 0).
     pub(crate) fn down_with(
         &self,
         xs: &Tensor,
@@ -243,6 +251,7 @@ impl UNetEncoder {
         hooks: &SelfAttentionHooks<'_>,
         mut skip: impl FnMut(usize, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
+        let mut transformer_index = 0;
         let mut k = 0;
         let mut next = |h: Tensor| {
             k += 1;
@@ -254,7 +263,15 @@ impl UNetEncoder {
             for (j, resnet) in level.resnets.iter().enumerate() {
                 h = resnet.forward(&h, Some(emb))?;
                 if let Some(attn) = level.attentions.get(j) {
-                    h = attn.forward_with(&h, context, hooks)?;
+                    let hooks = SelfAttentionHooks {
+                        middle: MiddlePatches {
+                            transformer_index,
+                            ..hooks.middle
+                        },
+                        ..*hooks
+                    };
+                    h = attn.forward_with(&h, context, &hooks)?;
+                    transformer_index += 1;
                 }
                 h = next(h)?;
             }
@@ -271,7 +288,7 @@ impl UNetEncoder {
     }
 
     /// [`Self::mid`] with the mid block's self-attentions patched (PAG's perturbed pass, SAG's
-    /// recording one).
+    /// recording one) and the `middle` patches applied (the caller sets the transformer index).
     pub(crate) fn mid_with(
         &self,
         h: &Tensor,

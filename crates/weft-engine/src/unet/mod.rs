@@ -17,7 +17,8 @@ use crate::ops::conv::Conv2d;
 use crate::ops::norm::{group_norm, GroupNorm};
 
 use crate::unet::blocks::{
-    conv_same, sinusoidal_embedding, ResnetBlock2D, SelfAttentionHooks, Transformer2D, Upsample2D,
+    conv_same, sinusoidal_embedding, MiddlePatches, ResnetBlock2D, SelfAttentionHooks,
+    Transformer2D, Upsample2D,
 };
 use crate::unet::encoder::{resnet, transformer, UNetEncoder};
 
@@ -463,6 +464,10 @@ impl UNet2DConditionModel {
             replace: [None, None],
             patches: &patches.self_attention,
             latent_hw: (latent_h, latent_w),
+            middle: MiddlePatches {
+                patches: &patches.middle,
+                transformer_index: 0,
+            },
         };
         let t = self.encoder.timesteps(timesteps, batch)?;
         let xs = xs.to_dtype(dtype)?;
@@ -505,8 +510,15 @@ impl UNet2DConditionModel {
             .mid_first_self_attention
             .as_deref()
             .or(mid_attention);
+        // ComfyUI's `transformer_index`: the down blocks' transformers, the mid block's, then the
+        // up blocks'.
+        let mut transformer_index = self.encoder.down_transformers();
         let mid_hooks = SelfAttentionHooks {
             replace: [first, mid_attention],
+            middle: MiddlePatches {
+                transformer_index,
+                ..hooks.middle
+            },
             ..hooks
         };
         h = self.encoder.mid_with(&h, &emb, &context, &mid_hooks)?;
@@ -529,6 +541,14 @@ impl UNet2DConditionModel {
                 h = Tensor::cat(&[&h, &skip], 1)?;
                 h = resnet.forward(&h, Some(&emb))?;
                 if let Some(attn) = level.attentions.get(j) {
+                    transformer_index += 1;
+                    let hooks = SelfAttentionHooks {
+                        middle: MiddlePatches {
+                            transformer_index,
+                            ..hooks.middle
+                        },
+                        ..hooks
+                    };
                     h = attn.forward_with(&h, &context, &hooks)?;
                 }
             }
