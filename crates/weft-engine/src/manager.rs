@@ -38,6 +38,7 @@ use crate::load::checkpoint::{
     clip_components, load_vae_file, load_vae_ldm, split_components, unet_ldm_names, ClipComponent,
     UNET_PREFIX, VAE_PREFIX,
 };
+use crate::clip_vision::{clip_vision_from_weights, ClipVisionModel, StyleAdapter, UNCLIP_CHECKPOINT_PREFIX};
 use crate::load::detect::{detect_unet, detect_vae_ldm, distinguishing_keys, ModelFamily};
 use crate::load::file::StateDict;
 use crate::load::placement::{placed_var_builder, Placement};
@@ -57,6 +58,9 @@ pub struct LoadedCheckpoint {
     pub clip: Option<Arc<TextEncoder>>,
     /// The VAE; `None` when the file has no `first_stage_model.` weights.
     pub vae: Option<Arc<AutoEncoderKL>>,
+    /// The CLIP vision tower of an SD2.1 unCLIP checkpoint (`embedder.model.visual.`), which
+    /// unCLIPCheckpointLoader outputs; `None` for other files.
+    pub clip_vision: Option<Arc<ClipVisionModel>>,
     /// Bytes of the weights in memory.
     pub bytes: usize,
 }
@@ -129,6 +133,8 @@ enum Loaded {
     Vae(Arc<AutoEncoderKL>),
     Control(Arc<LoadedControl>),
     Upscale(Arc<UpscaleModel>),
+    ClipVision(Arc<ClipVisionModel>),
+    Style(Arc<StyleAdapter>),
 }
 
 impl Loaded {
@@ -138,6 +144,8 @@ impl Loaded {
             Loaded::Vae(v) => Loaded::Vae(Arc::clone(v)),
             Loaded::Control(c) => Loaded::Control(Arc::clone(c)),
             Loaded::Upscale(u) => Loaded::Upscale(Arc::clone(u)),
+            Loaded::ClipVision(c) => Loaded::ClipVision(Arc::clone(c)),
+            Loaded::Style(s) => Loaded::Style(Arc::clone(s)),
         }
     }
 
@@ -149,10 +157,15 @@ impl Loaded {
                     || Arc::strong_count(&c.model) > 1
                     || c.clip.as_ref().is_some_and(|x| Arc::strong_count(x) > 1)
                     || c.vae.as_ref().is_some_and(|x| Arc::strong_count(x) > 1)
+                    || c.clip_vision
+                        .as_ref()
+                        .is_some_and(|x| Arc::strong_count(x) > 1)
             }
             Loaded::Vae(v) => Arc::strong_count(v) > 1,
             Loaded::Control(c) => Arc::strong_count(c) > 1,
             Loaded::Upscale(u) => Arc::strong_count(u) > 1,
+            Loaded::ClipVision(c) => Arc::strong_count(c) > 1,
+            Loaded::Style(s) => Arc::strong_count(s) > 1,
         }
     }
 }
@@ -627,6 +640,56 @@ impl ModelManager {
         }
     }
 
+    /// A CLIP vision file (CLIPVisionLoader): HF `vision_model.*` or OpenCLIP `visual.*`.
+    pub fn clip_vision(&self, path: &Path) -> Result<Arc<ClipVisionModel>, LoadError> {
+        let loaded = self.get_or_load(
+            path,
+            |l| matches!(l, Loaded::ClipVision(_)),
+            || {
+                let sd = StateDict::open(path)?;
+                let dtype = self.weight_dtype(sd.float_dtype(""));
+                Ok((sd.loaded_bytes("", |_| dtype), (sd, dtype)))
+            },
+            // Run once per image: whole on the device.
+            |(sd, dtype), _| {
+                let tensors = sd.get_prefixed("")?;
+                let prefix = crate::clip_vision::convert::file_prefix(&mut tensors.keys());
+                let model = clip_vision_from_weights(&tensors, prefix, dtype, &self.device)
+                    .map_err(|e| LoadError::new(path, LoadErrorKind::BadConfig(e.to_string())))?;
+                Ok((Loaded::ClipVision(Arc::new(model)), 0))
+            },
+        )?;
+        match loaded {
+            Loaded::ClipVision(c) => Ok(c),
+            _ => unreachable!("reuse only accepts clip vision models"),
+        }
+    }
+
+    /// A T2I style model file (StyleModelLoader).
+    pub fn style_model(&self, path: &Path) -> Result<Arc<StyleAdapter>, LoadError> {
+        let loaded = self.get_or_load(
+            path,
+            |l| matches!(l, Loaded::Style(_)),
+            || {
+                let sd = StateDict::open(path)?;
+                let dtype = self.weight_dtype(sd.float_dtype(""));
+                Ok((sd.loaded_bytes("", |_| dtype), (sd, dtype)))
+            },
+            |(sd, dtype), _| {
+                let bad = |m: String| LoadError::new(path, LoadErrorKind::BadConfig(m));
+                let tensors = sd.get_prefixed("")?;
+                let model = StyleAdapter::from_weights(&tensors, dtype, &self.device)
+                    .map_err(|e| bad(e.to_string()))?
+                    .ok_or_else(|| bad("not a style model: no style_embedding".into()))?;
+                Ok((Loaded::Style(Arc::new(model)), 0))
+            },
+        )?;
+        match loaded {
+            Loaded::Style(s) => Ok(s),
+            _ => unreachable!("reuse only accepts style models"),
+        }
+    }
+
     /// Unloads every model (`POST /free` with `unload_models`).
     pub fn unload_all(&self) {
         self.lock().entries.clear();
@@ -737,6 +800,19 @@ impl ModelManager {
             Some(Arc::new(encoder))
         };
         drop(clips);
+        // Counted in `bytes` already: the estimate is of every tensor in the file.
+        let clip_vision = if sd
+            .shapes()
+            .keys()
+            .any(|k| k.starts_with(UNCLIP_CHECKPOINT_PREFIX))
+        {
+            let tensors = sd.get_prefixed(UNCLIP_CHECKPOINT_PREFIX)?;
+            let model = clip_vision_from_weights(&tensors, "", dtype, &self.device)
+                .map_err(|e| fail(LoadErrorKind::BadConfig(e.to_string())))?;
+            Some(Arc::new(model))
+        } else {
+            None
+        };
         let model_bytes: usize = weights.values().map(tensor_bytes).sum();
         let model = DiffusionModel::new(unet, family, detected.prediction, model_bytes)
             .with_weights(weights);
@@ -744,6 +820,7 @@ impl ModelManager {
             model: Arc::new(model),
             clip,
             vae,
+            clip_vision,
             bytes,
         };
         Ok((checkpoint, placement.host_bytes()))
