@@ -27,7 +27,7 @@ fn load(file: &str) -> HashMap<String, Tensor> {
 
 fn model(file: &str) -> ClipVisionModel {
     let tensors = load(file);
-    let prefix = file_prefix(&mut tensors.keys());
+    let prefix = file_prefix(&tensors);
     clip_vision_from_weights(&tensors, prefix, DType::F32, &Device::Cpu).expect(file)
 }
 
@@ -70,7 +70,7 @@ fn clip_vision_matches_transformers_and_comfyui_preprocessing() {
                         &format!("{tag}/{part}"),
                         got,
                         &reference[&format!("{tag}/{part}")],
-                        1e-4,
+                        2e-5,
                     );
                 }
             }
@@ -119,7 +119,7 @@ fn style_adapter_matches_comfyui() {
     let tokens = style
         .forward(&reference["tiny_h/image_wide/center/last_hidden_state"])
         .unwrap();
-    check("style", &tokens, &reference["style/tokens"], 1e-4);
+    check("style", &tokens, &reference["style/tokens"], 1e-5);
     // Not a style model: no `style_embedding`.
     let other = load("clip_vision_tiny_h.safetensors");
     assert!(StyleAdapter::from_weights(&other, DType::F32, &Device::Cpu)

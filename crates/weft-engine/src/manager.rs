@@ -653,7 +653,7 @@ impl ModelManager {
             // Run once per image: whole on the device.
             |(sd, dtype), _| {
                 let tensors = sd.get_prefixed("")?;
-                let prefix = crate::clip_vision::convert::file_prefix(&mut tensors.keys());
+                let prefix = crate::clip_vision::convert::file_prefix(&tensors);
                 let model = clip_vision_from_weights(&tensors, prefix, dtype, &self.device)
                     .map_err(|e| LoadError::new(path, LoadErrorKind::BadConfig(e.to_string())))?;
                 Ok((Loaded::ClipVision(Arc::new(model)), 0))

@@ -246,7 +246,8 @@ impl ClipVisionModel {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((batch, side * side, 3 * p * p))?;
-        let embeds = patches.broadcast_matmul(&operand(&self.patch_embedding, &patches)?.t()?)?;
+        let kernel = operand(&self.patch_embedding, &patches)?.t()?.contiguous()?;
+        let embeds = patches.broadcast_matmul(&kernel)?;
         let class = operand(&self.class_embedding, &embeds)?
             .reshape((1, 1, self.cfg.hidden_size))?
             .repeat((batch, 1, 1))?;
@@ -315,7 +316,15 @@ pub fn preprocess(image: &Tensor, size: usize, crop: bool) -> Result<Tensor, Cli
             .narrow(2, top, size.min(new_h))?
             .narrow(3, left, size.min(new_w))?;
     }
-    let levels = ((pixels * 255.0)?.clamp(0f32, 255f32)?.round()? / 255.0)?;
+    // torch.round takes halves to the even neighbour; candle's `round` takes them away from 0.
+    let shape = pixels.shape().clone();
+    let levels: Vec<f32> = pixels
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(|v| (255.0 * v).clamp(0.0, 255.0).round_ties_even() / 255.0)
+        .collect();
+    let levels = Tensor::from_vec(levels, shape, &Device::Cpu)?;
     let mean = Tensor::new(&MEAN, &Device::Cpu)?.reshape((1, 3, 1, 1))?;
     let std = Tensor::new(&STD, &Device::Cpu)?.reshape((1, 3, 1, 1))?;
     Ok(levels.broadcast_sub(&mean)?.broadcast_div(&std)?)
@@ -357,12 +366,13 @@ mod tests {
     #[test]
     fn preprocess_keeps_a_square_image_of_the_right_size() -> Result<(), ClipError> {
         let image = Tensor::full(0.5f32, (1, 12, 12, 3), &Device::Cpu)?;
+        // 127.5 levels: an even 128.
         let pixels = preprocess(&image, 12, true)?;
         let red = pixels.get(0)?.get(0)?.get(0)?.get(0)?.to_scalar::<f32>()?;
-        let expected = ((0.5f32 * 255.0).round() / 255.0 - MEAN[0]) / STD[0];
+        let expected = (128.0 / 255.0 - MEAN[0]) / STD[0];
         assert!((red - expected).abs() < 1e-6);
         // A constant image stays constant through the antialiased resize.
-        let wide = Tensor::full(0.5f32, (1, 7, 30, 3), &Device::Cpu)?;
+        let wide = Tensor::full(0.25f32, (1, 7, 30, 3), &Device::Cpu)?;
         let pixels = preprocess(&wide, 12, true)?;
         assert_eq!(pixels.dims(), &[1, 3, 12, 12]);
         let red = pixels.get(0)?.get(0)?;

@@ -429,7 +429,7 @@ impl<'a> CfgDenoiser<'a> {
         };
         let positive = prep(positive, PromptType::Positive)?;
         let negative = match negative {
-            Some(list) => prep(&list, PromptType::Negative)?,
+            Some(list) => prep(list.as_slice(), PromptType::Negative)?,
             None => Vec::new(),
         };
         let need_uncond =
@@ -438,7 +438,7 @@ impl<'a> CfgDenoiser<'a> {
             Some(f) => f
                 .extra_conds()
                 .iter()
-                .map(|list| prep(list, PromptType::Negative))
+                .map(|list| prep(list.as_slice(), PromptType::Negative))
                 .collect::<Result<_>>()?,
             None => Vec::new(),
         };

@@ -16,7 +16,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::sampling::rng::TorchGenerator;
-use crate::unet::sinusoidal_embedding;
+use crate::unet::blocks::sinusoidal_embedding;
 
 /// One unCLIPConditioning on a conditioning entry.
 #[derive(Debug, Clone)]
