@@ -23,8 +23,14 @@ async fn app() -> TestApp {
     // The tiny SD1 context is 48 wide; the tower's states 32.
     write_style_model(&models.join("style_models/style_tiny.safetensors"), 32, 48);
     for (name, rgba) in [
-        ("sdxl_revision_text_prompts_ref_image1.png", [200, 60, 20, 255]),
-        ("sdxl_revision_text_prompts_ref_image2.png", [20, 90, 200, 255]),
+        (
+            "sdxl_revision_text_prompts_ref_image1.png",
+            [200, 60, 20, 255],
+        ),
+        (
+            "sdxl_revision_text_prompts_ref_image2.png",
+            [20, 90, 200, 255],
+        ),
     ] {
         std::fs::write(
             app.data_dir().join("input").join(name),
@@ -43,7 +49,12 @@ async fn run(app: &TestApp, prompt: Json) -> Json {
 async fn saved(app: &TestApp, entry: &Json) -> Vec<u8> {
     let outputs = entry["outputs"].as_object().unwrap();
     let image = outputs.values().next().unwrap()["images"][0].clone();
-    read_png(&app.data_dir().join("output").join(image["filename"].as_str().unwrap())).3
+    read_png(
+        &app.data_dir()
+            .join("output")
+            .join(image["filename"].as_str().unwrap()),
+    )
+    .3
 }
 
 /// ComfyUI's unCLIP example: unCLIPCheckpointLoader → CLIPVisionEncode → unCLIPConditioning
@@ -75,7 +86,10 @@ async fn unclip_checkpoint_and_conditioning_steer_the_image() {
     let again = saved(&app, &run(&app, unclip_graph(1.0, 0.0, "again")).await).await;
     let merged = saved(&app, &run(&app, unclip_graph(1.0, 0.5, "merged")).await).await;
     assert_ne!(without, one, "the image embedding reaches the UNet");
-    assert_eq!(one, again, "the noise augmentation is seeded by the sampler");
+    assert_eq!(
+        one, again,
+        "the noise augmentation is seeded by the sampler"
+    );
     assert_ne!(one, merged, "a second embedding is merged in");
 }
 
@@ -86,9 +100,7 @@ async fn unclip_loader_refuses_a_checkpoint_without_a_vision_tower() {
     graph["4"]["inputs"]["ckpt_name"] = json!("tiny_sd1.safetensors");
     let (status, body) = app.post("/prompt", json!({"prompt": graph})).await;
     assert_eq!(status, 200, "{body}");
-    let entry = app
-        .wait_history(body["prompt_id"].as_str().unwrap())
-        .await;
+    let entry = app.wait_history(body["prompt_id"].as_str().unwrap()).await;
     assert_eq!(entry["status"]["status_str"], "error", "{entry:#}");
     assert!(
         entry.to_string().contains("no CLIP vision weights"),
@@ -132,7 +144,11 @@ async fn style_model_tokens_join_the_prompt() {
     let full = saved(&app, &run(&app, style_graph(1.0, "multiply", "full")).await).await;
     let half = saved(&app, &run(&app, style_graph(0.5, "multiply", "half")).await).await;
     // attn_bias only builds a mask SD UNets do not read: the tokens go in unscaled.
-    let bias = saved(&app, &run(&app, style_graph(0.5, "attn_bias", "bias")).await).await;
+    let bias = saved(
+        &app,
+        &run(&app, style_graph(0.5, "attn_bias", "bias")).await,
+    )
+    .await;
     assert_ne!(full, half);
     assert_eq!(full, bias);
 }
@@ -142,11 +158,17 @@ async fn object_info_declares_the_image_prompt_nodes() {
     let app = app().await;
     let (_, info) = app.get("/object_info").await;
     let encode = &info["CLIPVisionEncode"];
-    assert_eq!(encode["input"]["required"]["crop"][0], json!(["center", "none"]));
+    assert_eq!(
+        encode["input"]["required"]["crop"][0],
+        json!(["center", "none"])
+    );
     assert_eq!(encode["output"], json!(["CLIP_VISION_OUTPUT"]));
     assert_eq!(encode["category"], "conditioning");
     let loader = &info["unCLIPCheckpointLoader"];
-    assert_eq!(loader["output"], json!(["MODEL", "CLIP", "VAE", "CLIP_VISION"]));
+    assert_eq!(
+        loader["output"],
+        json!(["MODEL", "CLIP", "VAE", "CLIP_VISION"])
+    );
     assert_eq!(
         loader["input"]["required"]["ckpt_name"][0]
             .as_array()

@@ -73,13 +73,19 @@ pub(crate) fn clip_weights(
         projection_dim: projection,
         eos_token_id: 49407,
     };
+    recorded(|vb| {
+        ClipTextModel::new(vb, &config).expect("tiny clip builds");
+    })
+}
+
+/// The synthetic weights `build` asks for, by name.
+fn recorded(build: impl FnOnce(VarBuilder)) -> HashMap<String, Tensor> {
     let recorded = Arc::new(Mutex::new(HashMap::new()));
-    let vb = VarBuilder::from_backend(
+    build(VarBuilder::from_backend(
         Box::new(Recorder(Arc::clone(&recorded))),
         DType::F32,
         Device::Cpu,
-    );
-    ClipTextModel::new(vb, &config).expect("tiny clip builds");
+    ));
     let map = recorded.lock().unwrap().clone();
     map
 }
@@ -98,15 +104,9 @@ pub(crate) fn clip_vision_weights(projection: usize) -> HashMap<String, Tensor> 
         image_size: 16,
         projection_dim: projection,
     };
-    let recorded = Arc::new(Mutex::new(HashMap::new()));
-    let vb = VarBuilder::from_backend(
-        Box::new(Recorder(Arc::clone(&recorded))),
-        DType::F32,
-        Device::Cpu,
-    );
-    ClipVisionModel::new(vb, &config).expect("tiny clip vision builds");
-    let map = recorded.lock().unwrap().clone();
-    map
+    recorded(|vb| {
+        ClipVisionModel::new(vb, &config).expect("tiny clip vision builds");
+    })
 }
 
 /// A tiny CLIP vision file in `models/clip_vision` (HF names).
@@ -191,7 +191,10 @@ fn to_openclip_visual(hf: &HashMap<String, Tensor>, prefix: &str) -> HashMap<Str
             "vision_model.post_layernorm.weight" => "ln_post.weight",
             "vision_model.post_layernorm.bias" => "ln_post.bias",
             "visual_projection.weight" => {
-                out.insert(format!("{prefix}proj"), t.t().unwrap().contiguous().unwrap());
+                out.insert(
+                    format!("{prefix}proj"),
+                    t.t().unwrap().contiguous().unwrap(),
+                );
                 continue;
             }
             _ => {

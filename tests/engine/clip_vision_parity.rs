@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+use weft::engine::clip::ClipActivation;
 use weft::engine::clip_vision::convert::file_prefix;
 use weft::engine::clip_vision::{
     clip_vision_from_weights, preprocess, ClipVisionModel, StyleAdapter,
 };
-use weft::engine::clip::ClipActivation;
 use weft::engine::diffusion::unclip::{unclip_adm, NoiseAugmentor, UnclipCond};
 
 use crate::engine::util::max_abs_diff;
@@ -40,7 +40,11 @@ fn check(name: &str, got: &Tensor, expected: &Tensor, tolerance: f32) {
 fn clip_vision_matches_transformers_and_comfyui_preprocessing() {
     let reference = load("reference.safetensors");
     for (name, file, act) in [
-        ("tiny_h", "clip_vision_tiny_h.safetensors", ClipActivation::Gelu),
+        (
+            "tiny_h",
+            "clip_vision_tiny_h.safetensors",
+            ClipActivation::Gelu,
+        ),
         (
             "tiny_l",
             "clip_vision_tiny_l.safetensors",
@@ -60,7 +64,9 @@ fn clip_vision_matches_transformers_and_comfyui_preprocessing() {
                     &reference[&format!("{tag}/pixel_values")],
                     1e-5,
                 );
-                let out = model.encode_image(&reference[image], crop == "center").unwrap();
+                let out = model
+                    .encode_image(&reference[image], crop == "center")
+                    .unwrap();
                 for (part, got) in [
                     ("last_hidden_state", &out.last_hidden_state),
                     ("penultimate_hidden_states", &out.penultimate_hidden_states),
@@ -112,10 +118,14 @@ fn unclip_noise_augmentation_matches_comfyui() {
 #[test]
 fn style_adapter_matches_comfyui() {
     let reference = load("reference.safetensors");
-    let style = StyleAdapter::from_weights(&load("style_tiny.safetensors"), DType::F32, &Device::Cpu)
-        .unwrap()
-        .expect("a style model");
-    assert_eq!((style.width(), style.tokens(), style.context_dim()), (32, 3, 16));
+    let style =
+        StyleAdapter::from_weights(&load("style_tiny.safetensors"), DType::F32, &Device::Cpu)
+            .unwrap()
+            .expect("a style model");
+    assert_eq!(
+        (style.width(), style.tokens(), style.context_dim()),
+        (32, 3, 16)
+    );
     let tokens = style
         .forward(&reference["tiny_h/image_wide/center/last_hidden_state"])
         .unwrap();

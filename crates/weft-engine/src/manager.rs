@@ -31,6 +31,9 @@ use sha2::{Digest, Sha256};
 use crate::clip::convert::{hf_clip_from_ldm, infer_clip_config, openclip_to_hf, strip_prefix};
 use crate::clip::encode::TextEncoder;
 use crate::clip::model::ClipTextModel;
+use crate::clip_vision::{
+    clip_vision_from_weights, ClipVisionModel, StyleAdapter, UNCLIP_CHECKPOINT_PREFIX,
+};
 use crate::controlnet::load::{load_control, ControlModel, LoadedControl};
 use crate::device::weight_dtype;
 use crate::diffusion::DiffusionModel;
@@ -38,7 +41,6 @@ use crate::load::checkpoint::{
     clip_components, load_vae_file, load_vae_ldm, split_components, unet_ldm_names, ClipComponent,
     UNET_PREFIX, VAE_PREFIX,
 };
-use crate::clip_vision::{clip_vision_from_weights, ClipVisionModel, StyleAdapter, UNCLIP_CHECKPOINT_PREFIX};
 use crate::load::detect::{detect_unet, detect_vae_ldm, distinguishing_keys, ModelFamily};
 use crate::load::file::StateDict;
 use crate::load::placement::{placed_var_builder, Placement};
@@ -642,21 +644,14 @@ impl ModelManager {
 
     /// A CLIP vision file (CLIPVisionLoader): HF `vision_model.*` or OpenCLIP `visual.*`.
     pub fn clip_vision(&self, path: &Path) -> Result<Arc<ClipVisionModel>, LoadError> {
-        let loaded = self.get_or_load(
+        let loaded = self.small_model(
             path,
             |l| matches!(l, Loaded::ClipVision(_)),
-            || {
-                let sd = StateDict::open(path)?;
-                let dtype = self.weight_dtype(sd.float_dtype(""));
-                Ok((sd.loaded_bytes("", |_| dtype), (sd, dtype)))
-            },
-            // Run once per image: whole on the device.
-            |(sd, dtype), _| {
-                let tensors = sd.get_prefixed("")?;
+            |tensors, dtype| {
                 let prefix = crate::clip_vision::convert::file_prefix(&tensors);
                 let model = clip_vision_from_weights(&tensors, prefix, dtype, &self.device)
-                    .map_err(|e| LoadError::new(path, LoadErrorKind::BadConfig(e.to_string())))?;
-                Ok((Loaded::ClipVision(Arc::new(model)), 0))
+                    .map_err(|e| e.to_string())?;
+                Ok(Loaded::ClipVision(Arc::new(model)))
             },
         )?;
         match loaded {
@@ -667,27 +662,44 @@ impl ModelManager {
 
     /// A T2I style model file (StyleModelLoader).
     pub fn style_model(&self, path: &Path) -> Result<Arc<StyleAdapter>, LoadError> {
-        let loaded = self.get_or_load(
+        let loaded = self.small_model(
             path,
             |l| matches!(l, Loaded::Style(_)),
-            || {
-                let sd = StateDict::open(path)?;
-                let dtype = self.weight_dtype(sd.float_dtype(""));
-                Ok((sd.loaded_bytes("", |_| dtype), (sd, dtype)))
-            },
-            |(sd, dtype), _| {
-                let bad = |m: String| LoadError::new(path, LoadErrorKind::BadConfig(m));
-                let tensors = sd.get_prefixed("")?;
+            |tensors, dtype| {
                 let model = StyleAdapter::from_weights(&tensors, dtype, &self.device)
-                    .map_err(|e| bad(e.to_string()))?
-                    .ok_or_else(|| bad("not a style model: no style_embedding".into()))?;
-                Ok((Loaded::Style(Arc::new(model)), 0))
+                    .map_err(|e| e.to_string())?
+                    .ok_or("not a style model: no style_embedding")?;
+                Ok(Loaded::Style(Arc::new(model)))
             },
         )?;
         match loaded {
             Loaded::Style(s) => Ok(s),
             _ => unreachable!("reuse only accepts style models"),
         }
+    }
+
+    /// A model built from every tensor of its file, in the file's weight dtype, run once per
+    /// node call and so whole on the device; `build` says what is wrong with a file it refuses.
+    fn small_model(
+        &self,
+        path: &Path,
+        reuse: impl Fn(&Loaded) -> bool,
+        build: impl FnOnce(HashMap<String, Tensor>, DType) -> Result<Loaded, String>,
+    ) -> Result<Loaded, LoadError> {
+        self.get_or_load(
+            path,
+            reuse,
+            || {
+                let sd = StateDict::open(path)?;
+                let dtype = self.weight_dtype(sd.float_dtype(""));
+                Ok((sd.loaded_bytes("", |_| dtype), (sd, dtype)))
+            },
+            |(sd, dtype), _| {
+                let loaded = build(sd.get_prefixed("")?, dtype)
+                    .map_err(|m| LoadError::new(path, LoadErrorKind::BadConfig(m)))?;
+                Ok((loaded, 0))
+            },
+        )
     }
 
     /// Unloads every model (`POST /free` with `unload_models`).

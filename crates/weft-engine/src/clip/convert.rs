@@ -116,7 +116,12 @@ pub fn openclip_to_hf(sd: &HashMap<String, Tensor>) -> Result<HashMap<String, Te
             _ => tracing::trace!(key = key.as_str(), "ignoring non-text-encoder openclip key"),
         }
     }
-    openclip_resblocks(sd, "transformer.resblocks.", "text_model.encoder.layers.", &mut out)?;
+    openclip_resblocks(
+        sd,
+        "transformer.resblocks.",
+        "text_model.encoder.layers.",
+        &mut out,
+    )?;
     Ok(out)
 }
 
@@ -196,13 +201,7 @@ pub(crate) fn openclip_resblocks(
 /// and bigG). The activation cannot be read from weights: quick GELU for 768 wide (OpenAI
 /// CLIP-L), exact GELU otherwise (OpenCLIP).
 pub fn infer_clip_config(sd: &HashMap<String, Tensor>) -> Result<ClipConfig, ClipError> {
-    let dims = |key: &str| -> Result<Vec<usize>, ClipError> {
-        sd.get(key)
-            .map(|t| t.dims().to_vec())
-            .ok_or_else(|| ClipError::MissingWeight {
-                key: key.to_string(),
-            })
-    };
+    let dims = |key: &str| weight_dims(sd, key);
     let tok = dims("text_model.embeddings.token_embedding.weight")?;
     let pos = dims("text_model.embeddings.position_embedding.weight")?;
     let fc1 = dims("text_model.encoder.layers.0.mlp.fc1.weight")?;
@@ -213,12 +212,7 @@ pub fn infer_clip_config(sd: &HashMap<String, Tensor>) -> Result<ClipConfig, Cli
             "unexpected embedding or mlp shapes {tok:?} {pos:?} {fc1:?}"
         )));
     };
-    let num_hidden_layers = sd
-        .keys()
-        .filter_map(|k| k.strip_prefix("text_model.encoder.layers."))
-        .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
-        .max()
-        .map_or(0, |m| m + 1);
+    let num_hidden_layers = layer_count(sd.keys(), "text_model.encoder.layers.");
     let projection_dim = match sd.get("text_projection.weight") {
         Some(t) => Some(t.dim(0)?),
         None => None,
@@ -247,6 +241,26 @@ pub fn infer_clip_config(sd: &HashMap<String, Tensor>) -> Result<ClipConfig, Cli
         projection_dim,
         eos_token_id: 49407,
     })
+}
+
+/// The shape of weight `key`, or which weight is missing.
+pub(crate) fn weight_dims(
+    sd: &HashMap<String, Tensor>,
+    key: &str,
+) -> Result<Vec<usize>, ClipError> {
+    sd.get(key)
+        .map(|t| t.dims().to_vec())
+        .ok_or_else(|| ClipError::MissingWeight {
+            key: key.to_string(),
+        })
+}
+
+/// How many numbered layers (`{prefix}N.…`) the keys hold: the highest N plus one.
+pub(crate) fn layer_count<'a>(keys: impl Iterator<Item = &'a String>, prefix: &str) -> usize {
+    keys.filter_map(|k| k.strip_prefix(prefix))
+        .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |m| m + 1)
 }
 
 fn bad(key: &str, e: candle_core::Error) -> ClipError {

@@ -469,7 +469,11 @@ impl EncoderLayer {
     }
 
     /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`.
-    pub(crate) fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
         let h = self
             .self_attn

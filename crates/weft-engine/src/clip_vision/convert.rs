@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
-use crate::clip::convert::openclip_resblocks;
+use crate::clip::convert::{layer_count, openclip_resblocks, weight_dims};
 use crate::clip::model::ClipActivation;
 use crate::clip::ClipError;
 use crate::clip_vision::model::ClipVisionConfig;
@@ -51,27 +51,27 @@ pub fn vision_weights(
     }
     let mut out = HashMap::new();
     for (key, tensor) in &inner {
-        let name = match key.as_str() {
-            "class_embedding" => "vision_model.embeddings.class_embedding",
-            "conv1.weight" => "vision_model.embeddings.patch_embedding.weight",
-            "positional_embedding" => "vision_model.embeddings.position_embedding.weight",
-            "ln_pre.weight" => "vision_model.pre_layrnorm.weight",
-            "ln_pre.bias" => "vision_model.pre_layrnorm.bias",
-            "ln_post.weight" => "vision_model.post_layernorm.weight",
-            "ln_post.bias" => "vision_model.post_layernorm.bias",
-            "proj" => {
-                let t = tensor
-                    .t()
-                    .and_then(|t| t.contiguous())
-                    .map_err(|e| ClipError::BadWeight {
-                        key: format!("{prefix}proj"),
-                        reason: e.to_string(),
+        let name =
+            match key.as_str() {
+                "class_embedding" => "vision_model.embeddings.class_embedding",
+                "conv1.weight" => "vision_model.embeddings.patch_embedding.weight",
+                "positional_embedding" => "vision_model.embeddings.position_embedding.weight",
+                "ln_pre.weight" => "vision_model.pre_layrnorm.weight",
+                "ln_pre.bias" => "vision_model.pre_layrnorm.bias",
+                "ln_post.weight" => "vision_model.post_layernorm.weight",
+                "ln_post.bias" => "vision_model.post_layernorm.bias",
+                "proj" => {
+                    let t = tensor.t().and_then(|t| t.contiguous()).map_err(|e| {
+                        ClipError::BadWeight {
+                            key: format!("{prefix}proj"),
+                            reason: e.to_string(),
+                        }
                     })?;
-                out.insert("visual_projection.weight".to_string(), t);
-                continue;
-            }
-            _ => continue,
-        };
+                    out.insert("visual_projection.weight".to_string(), t);
+                    continue;
+                }
+                _ => continue,
+            };
         out.insert(name.to_string(), tensor.clone());
     }
     openclip_resblocks(
@@ -89,13 +89,7 @@ pub fn vision_weights(
 /// say is ComfyUI's: 16 heads (all three of its configs), quick GELU for the 24-layer ViT-L
 /// (OpenAI) and exact GELU otherwise (OpenCLIP), LayerNorm epsilon 1e-5.
 pub fn infer_vision_config(sd: &HashMap<String, Tensor>) -> Result<ClipVisionConfig, ClipError> {
-    let dims = |key: &str| -> Result<Vec<usize>, ClipError> {
-        sd.get(key)
-            .map(|t| t.dims().to_vec())
-            .ok_or_else(|| ClipError::MissingWeight {
-                key: key.to_string(),
-            })
-    };
+    let dims = |key: &str| weight_dims(sd, key);
     let patch = dims("vision_model.embeddings.patch_embedding.weight")?;
     let positions = dims("vision_model.embeddings.position_embedding.weight")?;
     let fc1 = dims("vision_model.encoder.layers.0.mlp.fc1.weight")?;
@@ -124,12 +118,7 @@ pub fn infer_vision_config(sd: &HashMap<String, Tensor>) -> Result<ClipVisionCon
              grid plus the class token"
         )));
     }
-    let num_hidden_layers = sd
-        .keys()
-        .filter_map(|k| k.strip_prefix("vision_model.encoder.layers."))
-        .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
-        .max()
-        .map_or(0, |m| m + 1);
+    let num_hidden_layers = layer_count(sd.keys(), "vision_model.encoder.layers.");
     Ok(ClipVisionConfig {
         hidden_size,
         intermediate_size,

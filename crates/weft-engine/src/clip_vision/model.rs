@@ -246,7 +246,9 @@ impl ClipVisionModel {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((batch, side * side, 3 * p * p))?;
-        let kernel = operand(&self.patch_embedding, &patches)?.t()?.contiguous()?;
+        let kernel = operand(&self.patch_embedding, &patches)?
+            .t()?
+            .contiguous()?;
         let embeds = patches.broadcast_matmul(&kernel)?;
         let class = operand(&self.class_embedding, &embeds)?
             .reshape((1, 1, self.cfg.hidden_size))?
@@ -264,7 +266,9 @@ impl ClipVisionModel {
         }
         let penultimate_hidden_states =
             penultimate_hidden_states.expect("new() refuses towers of fewer than two layers");
-        let pooled = self.post_layernorm.forward(&xs.narrow(1, 0, 1)?.squeeze(1)?)?;
+        let pooled = self
+            .post_layernorm
+            .forward(&xs.narrow(1, 0, 1)?.squeeze(1)?)?;
         let image_embeds = self.visual_projection.forward(&pooled)?;
         Ok(ClipVisionOutput {
             last_hidden_state: xs,

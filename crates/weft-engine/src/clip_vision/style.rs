@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::clip::convert::openclip_resblocks;
+use crate::clip::convert::{layer_count, openclip_resblocks};
 use crate::clip::model::{ClipActivation, EncoderLayer, LayerShape};
 use crate::clip::ClipError;
 use crate::device::compute_dtype;
@@ -60,12 +60,13 @@ impl StyleAdapter {
         shape.check()?;
         let mut hf = HashMap::new();
         openclip_resblocks(sd, "transformer_layes.", "layers.", &mut hf)?;
-        let depth = hf
-            .keys()
-            .filter_map(|k| k.strip_prefix("layers.")?.split('.').next()?.parse::<usize>().ok())
-            .max()
-            .map_or(0, |m| m + 1);
-        for key in ["ln_pre.weight", "ln_pre.bias", "ln_post.weight", "ln_post.bias"] {
+        let depth = layer_count(hf.keys(), "layers.");
+        for key in [
+            "ln_pre.weight",
+            "ln_pre.bias",
+            "ln_post.weight",
+            "ln_post.bias",
+        ] {
             let t = sd.get(key).ok_or_else(|| missing(key))?;
             hf.insert(key.to_string(), t.clone());
         }

@@ -424,9 +424,8 @@ impl<'a> CfgDenoiser<'a> {
         seed: u64,
     ) -> Result<Self> {
         let negative = negative.map(|list| share_controls(positive, list));
-        let prep = |list: &[CondEntry], prompt_type| {
-            prepare(model, list, latent_shape, prompt_type, seed)
-        };
+        let prep =
+            |list: &[CondEntry], prompt_type| prepare(model, list, latent_shape, prompt_type, seed);
         let positive = prep(positive, PromptType::Positive)?;
         let negative = match negative {
             Some(list) => prep(list.as_slice(), PromptType::Negative)?,

@@ -50,7 +50,11 @@ impl NoiseAugmentor {
     /// for SDXL).
     pub fn new(dim: usize) -> Self {
         // `betas_for_alpha_bar` in float64, the buffers stored as float32.
-        let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+        let alpha_bar = |t: f64| {
+            ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+                .cos()
+                .powi(2)
+        };
         let mut cumprod = 1.0f64;
         let (mut sqrt_ac, mut sqrt_1m) = (Vec::with_capacity(LEVELS), Vec::with_capacity(LEVELS));
         for i in 0..LEVELS {
@@ -162,7 +166,10 @@ mod tests {
         };
         let single = unclip_adm(&[one(2.0)], &aug, 0.05, 3)?;
         let unit = unclip_adm(&[one(1.0)], &aug, 0.05, 3)?;
-        let diff = (single - (unit * 2.0)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (single - (unit * 2.0)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(diff < 1e-6);
         let merged = unclip_adm(&[one(1.0), one(1.0)], &aug, 0.0, 3)?;
         assert_eq!(merged.dims(), &[1, 32]);
