@@ -564,7 +564,7 @@ fn weft_declarations_convert_templates_like_comfyui() {
         );
         checked.push(name);
     }
-    // FIXME: grows as the upscale-model, GLIGEN and CLIP-vision nodes land.
+    // FIXME: grows as the upscale-model and GLIGEN nodes land.
     assert_eq!(
         checked,
         [
@@ -576,6 +576,7 @@ fn weft_declarations_convert_templates_like_comfyui() {
             "sdxlturbo_example",
             "inpaint_example",
             "hiresfix_latent_workflow",
+            "sdxl_revision_text_prompts",
             "area_composition"
         ]
     );

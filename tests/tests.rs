@@ -6,6 +6,7 @@
 
 mod access;
 mod cli;
+mod clip_vision_nodes;
 mod comfy_routes;
 mod controlnet_nodes;
 mod custom_sampling_nodes;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::engine::clip::encode::TextEncoder;
-use crate::engine::manager::{bpe, clip_file};
+use crate::engine::manager::{bpe, clip_file, LoadedCheckpoint};
 use crate::graph::spec::build::*;
 use crate::graph::spec::{ComboOptions, FileList, Freshness, InputKind, NodeSpec, OutputSpec};
 use crate::graph::{ConstValue, SlotType};
@@ -29,7 +29,7 @@ pub(crate) fn files(folder: &'static str) -> InputKind {
     }
 }
 
-fn loader_spec(
+pub(crate) fn loader_spec(
     class_type: &'static str,
     display_name: &'static str,
     category: &'static str,
@@ -44,7 +44,7 @@ fn loader_spec(
     }
 }
 
-fn checkpoint_outputs() -> Vec<OutputSpec> {
+pub(crate) fn checkpoint_outputs() -> Vec<OutputSpec> {
     vec![
         OutputSpec {
             ty: SlotType::MODEL,
@@ -67,11 +67,26 @@ fn checkpoint_outputs() -> Vec<OutputSpec> {
 }
 
 fn load_checkpoint(ctx: &NodeContext, name: &str) -> Result<NodeOutput, NodeError> {
+    let loaded = open_checkpoint(ctx, name)?;
+    Ok(NodeOutput::values(checkpoint_values(name, &loaded)?))
+}
+
+/// The checkpoint `name` from `models/checkpoints`, through the model manager.
+pub(crate) fn open_checkpoint(
+    ctx: &NodeContext,
+    name: &str,
+) -> Result<Arc<LoadedCheckpoint>, NodeError> {
     let path = ctx.model_path("checkpoints", "ckpt_name", name)?;
-    let loaded = ctx
-        .models
+    ctx.models
         .checkpoint(&path)
-        .map_err(|e| NodeError::model_load("ckpt_name", e))?;
+        .map_err(|e| NodeError::model_load("ckpt_name", e))
+}
+
+/// A checkpoint's MODEL, CLIP and VAE outputs.
+pub(crate) fn checkpoint_values(
+    name: &str,
+    loaded: &LoadedCheckpoint,
+) -> Result<Vec<Value>, NodeError> {
     let clip = loaded.clip.as_ref().ok_or_else(|| {
         NodeError::input("ckpt_name", format!("{name} has no text encoder weights"))
     })?;
@@ -81,14 +96,14 @@ fn load_checkpoint(ctx: &NodeContext, name: &str) -> Result<NodeOutput, NodeErro
             format!("{name} has no VAE weights; load one with VAELoader"),
         )
     })?;
-    Ok(NodeOutput::values(vec![
+    Ok(vec![
         Value::Model(Arc::clone(&loaded.model)),
         Value::Clip(Clip {
             encoder: Arc::clone(clip),
             clip_skip: None,
         }),
         Value::Vae(Arc::clone(vae)),
-    ]))
+    ])
 }
 
 /// Loads a single-file checkpoint (SD1.x, SD2.x, SDXL base or refiner, detected from its weights).

@@ -7,6 +7,7 @@
 //! file here (its family's), plus its test.
 
 pub mod attention_multiply;
+pub mod clip_vision;
 pub mod compositing;
 pub mod conditioning;
 pub mod controlnet;
@@ -303,6 +304,7 @@ impl Registry {
         attention_multiply::register(&mut registry);
         conditioning::register(&mut registry);
         image_conditioning::register(&mut registry);
+        clip_vision::register(&mut registry);
         controlnet::register(&mut registry);
         latent::register(&mut registry);
         latent_ops::register(&mut registry);

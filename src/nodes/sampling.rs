@@ -168,6 +168,7 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
         job.cfg,
         &shape,
         needs_uncond,
+        seed,
     )?
     .with_schedule(&job.sigmas)
     .with_latent_image(scaled.clone())

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use crate::engine::clip::encode::TextEncoder;
+use crate::engine::clip_vision::{ClipVisionModel, ClipVisionOutput, StyleAdapter};
 use crate::engine::diffusion::{CondEntry, DiffusionModel};
 use crate::engine::gligen::Gligen;
 use crate::engine::upscale::UpscaleModel;
@@ -131,6 +132,12 @@ pub enum Value {
     UpscaleModel(Arc<UpscaleModel>),
     /// A GLIGEN model.
     Gligen(Arc<Gligen>),
+    /// A CLIP vision encoder.
+    ClipVision(Arc<ClipVisionModel>),
+    /// A CLIP vision encoder's output for a batch of images.
+    ClipVisionOutput(Arc<ClipVisionOutput>),
+    /// A T2I style model.
+    StyleModel(Arc<StyleAdapter>),
 }
 
 impl Value {
@@ -156,6 +163,9 @@ impl Value {
             Value::LatentOperation(_) => SlotType::LATENT_OPERATION,
             Value::UpscaleModel(_) => SlotType::UPSCALE_MODEL,
             Value::Gligen(_) => SlotType::GLIGEN,
+            Value::ClipVision(_) => SlotType::CLIP_VISION,
+            Value::ClipVisionOutput(_) => SlotType::CLIP_VISION_OUTPUT,
+            Value::StyleModel(_) => SlotType::STYLE_MODEL,
             // The elements' type; an empty list matches anything.
             Value::List(items) => items.first().map_or(SlotType::ANY, Value::slot_type),
         }
@@ -189,6 +199,8 @@ impl Value {
                 | Value::ControlNet(_)
                 | Value::UpscaleModel(_)
                 | Value::Gligen(_)
+                | Value::ClipVision(_)
+                | Value::StyleModel(_)
         ) || matches!(self, Value::List(items) if items.iter().any(Value::holds_model))
     }
 
@@ -206,7 +218,10 @@ impl Value {
             | Value::ControlNet(_)
             | Value::LatentOperation(_)
             | Value::UpscaleModel(_)
-            | Value::Gligen(_) => 64,
+            | Value::Gligen(_)
+            | Value::ClipVision(_)
+            | Value::StyleModel(_) => 64,
+            Value::ClipVisionOutput(o) => o.byte_size(),
             Value::List(items) => items.iter().map(Value::byte_size).sum(),
             Value::Conditioning(list) => list.iter().map(CondEntry::byte_size).sum(),
             Value::Latent(l) => {
@@ -403,6 +418,14 @@ getter!(
     Arc<crate::engine::controlnet::load::LoadedControl>,
     "CONTROL_NET"
 );
+getter!(clip_vision, ClipVision, Arc<ClipVisionModel>, "CLIP_VISION");
+getter!(
+    clip_vision_output,
+    ClipVisionOutput,
+    Arc<ClipVisionOutput>,
+    "CLIP_VISION_OUTPUT"
+);
+getter!(style_model, StyleModel, Arc<StyleAdapter>, "STYLE_MODEL");
 getter!(
     upscale_model,
     UpscaleModel,

@@ -195,7 +195,7 @@ fn a_nine_channel_unet_samples_with_its_concat() {
     let shape = [1usize, 4, 8, 8];
     let x = Tensor::full(0.3f32, &shape[..], &Device::Cpu).unwrap();
     let denoise = |entries: &[CondEntry]| {
-        CfgDenoiser::new(&model, entries, None, 1.0, &shape, false)
+        CfgDenoiser::new(&model, entries, None, 1.0, &shape, false, 0)
             .unwrap()
             .with_latent_image(x.zeros_like().unwrap())
             .denoise(&x, 2.0)
@@ -292,7 +292,7 @@ fn self_attention_guidance_matches_comfyui_on_a_tiny_unet() {
     let negative = [CondEntry::new(fx["negative"].clone(), None)];
     let (x, sigma) = (&fx["x"], sigma_of(&fx));
     let denoise = |cfg: f64| {
-        CfgDenoiser::new(&sag, &positive, Some(&negative), cfg, x.dims(), false)
+        CfgDenoiser::new(&sag, &positive, Some(&negative), cfg, x.dims(), false, 0)
             .unwrap()
             .denoise(x, sigma)
             .unwrap()
@@ -353,7 +353,7 @@ fn hypertile_matches_comfyui_on_a_tiny_unet() {
         let model = sd1_tiny().patched(|p| p.unet.self_attention.push(patch));
         let x = &fx[&format!("{name}/x")];
         let positive = [CondEntry::new(fx[&format!("{name}/context")].clone(), None)];
-        let mut denoiser = CfgDenoiser::new(&model, &positive, None, 1.0, x.dims(), false).unwrap();
+        let mut denoiser = CfgDenoiser::new(&model, &positive, None, 1.0, x.dims(), false, 0).unwrap();
         for step in 0..2 {
             let ours = denoiser.denoise(x, sigma).unwrap().cond;
             let key = format!("{name}/denoised/{step}");

@@ -1,4 +1,5 @@
-//! Tensor maths on candle: the diffusion models (CLIP text encoders, UNet, VAE, ControlNet), their
+//! Tensor maths on candle: the diffusion models (CLIP text and vision encoders, UNet, VAE,
+//! ControlNet, style adapters), their
 //! loaders and key maps, LoRA, the samplers and schedulers, tokenization, preprocessors and image
 //! resizing, and image upscale models.
 //!
@@ -8,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod clip;
+pub mod clip_vision;
 pub mod controlnet;
 pub mod device;
 pub mod diffusion;

@@ -31,6 +31,9 @@ use sha2::{Digest, Sha256};
 use crate::clip::convert::{hf_clip_from_ldm, infer_clip_config, openclip_to_hf, strip_prefix};
 use crate::clip::encode::TextEncoder;
 use crate::clip::model::ClipTextModel;
+use crate::clip_vision::{
+    clip_vision_from_weights, ClipVisionModel, StyleAdapter, UNCLIP_CHECKPOINT_PREFIX,
+};
 use crate::controlnet::load::{load_control, ControlModel, LoadedControl};
 use crate::device::weight_dtype;
 use crate::diffusion::DiffusionModel;
@@ -58,6 +61,9 @@ pub struct LoadedCheckpoint {
     pub clip: Option<Arc<TextEncoder>>,
     /// The VAE; `None` when the file has no `first_stage_model.` weights.
     pub vae: Option<Arc<AutoEncoderKL>>,
+    /// The CLIP vision tower of an SD2.1 unCLIP checkpoint (`embedder.model.visual.`), which
+    /// unCLIPCheckpointLoader outputs; `None` for other files.
+    pub clip_vision: Option<Arc<ClipVisionModel>>,
     /// Bytes of the weights in memory.
     pub bytes: usize,
 }
@@ -131,6 +137,8 @@ enum Loaded {
     Control(Arc<LoadedControl>),
     Upscale(Arc<UpscaleModel>),
     Gligen(Arc<Gligen>),
+    ClipVision(Arc<ClipVisionModel>),
+    Style(Arc<StyleAdapter>),
 }
 
 impl Loaded {
@@ -141,6 +149,8 @@ impl Loaded {
             Loaded::Control(c) => Loaded::Control(Arc::clone(c)),
             Loaded::Upscale(u) => Loaded::Upscale(Arc::clone(u)),
             Loaded::Gligen(g) => Loaded::Gligen(Arc::clone(g)),
+            Loaded::ClipVision(c) => Loaded::ClipVision(Arc::clone(c)),
+            Loaded::Style(s) => Loaded::Style(Arc::clone(s)),
         }
     }
 
@@ -152,11 +162,16 @@ impl Loaded {
                     || Arc::strong_count(&c.model) > 1
                     || c.clip.as_ref().is_some_and(|x| Arc::strong_count(x) > 1)
                     || c.vae.as_ref().is_some_and(|x| Arc::strong_count(x) > 1)
+                    || c.clip_vision
+                        .as_ref()
+                        .is_some_and(|x| Arc::strong_count(x) > 1)
             }
             Loaded::Vae(v) => Arc::strong_count(v) > 1,
             Loaded::Control(c) => Arc::strong_count(c) > 1,
             Loaded::Upscale(u) => Arc::strong_count(u) > 1,
             Loaded::Gligen(g) => Arc::strong_count(g) > 1,
+            Loaded::ClipVision(c) => Arc::strong_count(c) > 1,
+            Loaded::Style(s) => Arc::strong_count(s) > 1,
         }
     }
 }
@@ -654,6 +669,66 @@ impl ModelManager {
         }
     }
 
+    /// A CLIP vision file (CLIPVisionLoader): HF `vision_model.*` or OpenCLIP `visual.*`.
+    pub fn clip_vision(&self, path: &Path) -> Result<Arc<ClipVisionModel>, LoadError> {
+        let loaded = self.small_model(
+            path,
+            |l| matches!(l, Loaded::ClipVision(_)),
+            |tensors, dtype| {
+                let prefix = crate::clip_vision::convert::file_prefix(&tensors);
+                let model = clip_vision_from_weights(&tensors, prefix, dtype, &self.device)
+                    .map_err(|e| e.to_string())?;
+                Ok(Loaded::ClipVision(Arc::new(model)))
+            },
+        )?;
+        match loaded {
+            Loaded::ClipVision(c) => Ok(c),
+            _ => unreachable!("reuse only accepts clip vision models"),
+        }
+    }
+
+    /// A T2I style model file (StyleModelLoader).
+    pub fn style_model(&self, path: &Path) -> Result<Arc<StyleAdapter>, LoadError> {
+        let loaded = self.small_model(
+            path,
+            |l| matches!(l, Loaded::Style(_)),
+            |tensors, dtype| {
+                let model = StyleAdapter::from_weights(&tensors, dtype, &self.device)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("not a style model: no style_embedding")?;
+                Ok(Loaded::Style(Arc::new(model)))
+            },
+        )?;
+        match loaded {
+            Loaded::Style(s) => Ok(s),
+            _ => unreachable!("reuse only accepts style models"),
+        }
+    }
+
+    /// A model built from every tensor of its file, in the file's weight dtype, run once per
+    /// node call and so whole on the device; `build` says what is wrong with a file it refuses.
+    fn small_model(
+        &self,
+        path: &Path,
+        reuse: impl Fn(&Loaded) -> bool,
+        build: impl FnOnce(HashMap<String, Tensor>, DType) -> Result<Loaded, String>,
+    ) -> Result<Loaded, LoadError> {
+        self.get_or_load(
+            path,
+            reuse,
+            || {
+                let sd = StateDict::open(path)?;
+                let dtype = self.weight_dtype(sd.float_dtype(""));
+                Ok((sd.loaded_bytes("", |_| dtype), (sd, dtype)))
+            },
+            |(sd, dtype), _| {
+                let loaded = build(sd.get_prefixed("")?, dtype)
+                    .map_err(|m| LoadError::new(path, LoadErrorKind::BadConfig(m)))?;
+                Ok((loaded, 0))
+            },
+        )
+    }
+
     /// Unloads every model (`POST /free` with `unload_models`).
     pub fn unload_all(&self) {
         self.lock().entries.clear();
@@ -764,6 +839,19 @@ impl ModelManager {
             Some(Arc::new(encoder))
         };
         drop(clips);
+        // Counted in `bytes` already: the estimate is of every tensor in the file.
+        let clip_vision = if sd
+            .shapes()
+            .keys()
+            .any(|k| k.starts_with(UNCLIP_CHECKPOINT_PREFIX))
+        {
+            let tensors = sd.get_prefixed(UNCLIP_CHECKPOINT_PREFIX)?;
+            let model = clip_vision_from_weights(&tensors, "", dtype, &self.device)
+                .map_err(|e| fail(LoadErrorKind::BadConfig(e.to_string())))?;
+            Some(Arc::new(model))
+        } else {
+            None
+        };
         let model_bytes: usize = weights.values().map(tensor_bytes).sum();
         let model = DiffusionModel::new(unet, family, detected.prediction, model_bytes)
             .with_weights(weights);
@@ -771,6 +859,7 @@ impl ModelManager {
             model: Arc::new(model),
             clip,
             vae,
+            clip_vision,
             bytes,
         };
         Ok((checkpoint, placement.host_bytes()))

@@ -20,6 +20,10 @@ pub enum UpscaleMethod {
     Bicubic,
     /// `lanczos`: PIL's Lanczos-3 on 8-bit quantized values.
     Lanczos,
+    /// `interpolate(mode="bicubic", antialias=True)`, which ComfyUI's CLIP vision preprocessing
+    /// uses (not among the node's choices): Keys' cubic with A = -0.5 whose support widens by the
+    /// scale when downscaling, taps cut at the border and renormalised, as PIL's filter.
+    BicubicAntialias,
 }
 
 impl UpscaleMethod {
@@ -180,6 +184,7 @@ fn axis_weights(method: UpscaleMethod, input: usize, output: usize) -> Vec<Taps>
                 (start..end.min(input)).map(|i| (i, 1.0 / count)).collect()
             }
             UpscaleMethod::Lanczos => lanczos_taps(o, scale, input),
+            UpscaleMethod::BicubicAntialias => antialias_cubic_taps(o, input, output),
         })
         .collect()
 }
@@ -190,6 +195,43 @@ fn cubic_weights(t: f64) -> [f64; 4] {
     let near = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
     let far = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
     [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)]
+}
+
+/// Torch's `_upsample_bicubic2d_aa` weights (`HelperInterpCubic::aa_filter`, A = -0.5), in
+/// torch's float arithmetic for f32 tensors: the window `[center - support + 0.5, center +
+/// support + 0.5)` truncated toward zero and kept inside the input, weights normalised to sum 1.
+fn antialias_cubic_taps(o: usize, input: usize, output: usize) -> Taps {
+    const A: f32 = -0.5;
+    let filter = |x: f32| {
+        let x = x.abs();
+        if x < 1.0 {
+            ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+        } else {
+            0.0
+        }
+    };
+    let scale = input as f32 / output.max(1) as f32;
+    let support: f32 = if scale >= 1.0 { 2.0 * scale } else { 2.0 };
+    let invscale: f32 = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
+    let center = (scale as f64 * (o as f64 + 0.5)) as f32;
+    // `static_cast<int64_t>` truncates toward zero.
+    let start = ((center as f64 - support as f64 + 0.5) as i64).max(0) as usize;
+    let end = ((center as f64 + support as f64 + 0.5) as i64).clamp(0, input as i64) as usize;
+    let mut taps: Vec<(usize, f32)> = (start..end)
+        .map(|i| {
+            let x = ((i as f64 - center as f64 + 0.5) * invscale as f64) as f32;
+            (i, filter(x))
+        })
+        .collect();
+    let total: f32 = taps.iter().map(|t| t.1).sum();
+    if total != 0.0 {
+        for t in &mut taps {
+            t.1 /= total;
+        }
+    }
+    taps
 }
 
 /// PIL-style Lanczos-3: the kernel widens when downscaling, weights normalised.

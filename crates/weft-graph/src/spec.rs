@@ -53,6 +53,12 @@ impl SlotType {
     pub const UPSCALE_MODEL: SlotType = SlotType("UPSCALE_MODEL");
     /// A loaded GLIGEN model (text boxes' position net and fusers).
     pub const GLIGEN: SlotType = SlotType("GLIGEN");
+    /// A loaded CLIP vision encoder.
+    pub const CLIP_VISION: SlotType = SlotType("CLIP_VISION");
+    /// What a CLIP vision encoder made of an image (embeddings and hidden states).
+    pub const CLIP_VISION_OUTPUT: SlotType = SlotType("CLIP_VISION_OUTPUT");
+    /// A loaded T2I style model.
+    pub const STYLE_MODEL: SlotType = SlotType("STYLE_MODEL");
 
     /// The type name as ComfyUI spells it, e.g. `"IMAGE"`.
     pub fn name(self) -> &'static str {

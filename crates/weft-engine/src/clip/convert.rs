@@ -112,69 +112,87 @@ pub fn openclip_to_hf(sd: &HashMap<String, Tensor>) -> Result<HashMap<String, Te
                     .map_err(|e| bad(key, e))?;
                 out.insert("text_projection.weight".to_string(), t);
             }
-            _ => {
-                let Some(rest) = key.strip_prefix("transformer.resblocks.") else {
-                    tracing::trace!(key = key.as_str(), "ignoring non-text-encoder openclip key");
-                    continue;
+            _ if key.starts_with("transformer.resblocks.") => {}
+            _ => tracing::trace!(key = key.as_str(), "ignoring non-text-encoder openclip key"),
+        }
+    }
+    openclip_resblocks(
+        sd,
+        "transformer.resblocks.",
+        "text_model.encoder.layers.",
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// OpenCLIP residual blocks (`{from}N.attn.in_proj_weight`, `ln_1`, `mlp.c_fc`, ...) in `sd` to
+/// HF encoder layers (`{to}N.self_attn.q_proj.weight`, `layer_norm1`, `mlp.fc1`, ...) in `out`:
+/// the packed `in_proj` rows are split into q, k, v in that order. Used by the text and vision
+/// towers and the T2I style adapter, whose blocks are all laid out this way.
+pub(crate) fn openclip_resblocks(
+    sd: &HashMap<String, Tensor>,
+    from: &str,
+    to: &str,
+    out: &mut HashMap<String, Tensor>,
+) -> Result<(), ClipError> {
+    for (key, tensor) in sd {
+        let Some(rest) = key.strip_prefix(from) else {
+            continue;
+        };
+        let Some((index, leaf)) = rest.split_once('.') else {
+            return Err(ClipError::BadWeight {
+                key: key.clone(),
+                reason: "resblock key without a parameter name".to_string(),
+            });
+        };
+        let index: usize = index.parse().map_err(|_| ClipError::BadWeight {
+            key: key.clone(),
+            reason: format!("resblock index '{index}' is not a number"),
+        })?;
+        let layer = format!("{to}{index}");
+        match leaf {
+            "attn.in_proj_weight" | "attn.in_proj_bias" => {
+                let param = if leaf.ends_with("weight") {
+                    "weight"
+                } else {
+                    "bias"
                 };
-                let Some((index, leaf)) = rest.split_once('.') else {
+                let rows = tensor.dim(0).map_err(|e| bad(key, e))?;
+                if rows % 3 != 0 {
                     return Err(ClipError::BadWeight {
                         key: key.clone(),
-                        reason: "resblock key without a parameter name".to_string(),
+                        reason: format!("{rows} rows cannot split into q, k, v"),
                     });
-                };
-                let index: usize = index.parse().map_err(|_| ClipError::BadWeight {
-                    key: key.clone(),
-                    reason: format!("resblock index '{index}' is not a number"),
-                })?;
-                let layer = format!("text_model.encoder.layers.{index}");
-                match leaf {
-                    "attn.in_proj_weight" | "attn.in_proj_bias" => {
-                        let param = if leaf.ends_with("weight") {
-                            "weight"
-                        } else {
-                            "bias"
-                        };
-                        let rows = tensor.dim(0).map_err(|e| bad(key, e))?;
-                        if rows % 3 != 0 {
-                            return Err(ClipError::BadWeight {
-                                key: key.clone(),
-                                reason: format!("{rows} rows cannot split into q, k, v"),
-                            });
-                        }
-                        let d = rows / 3;
-                        for (i, name) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
-                            let part = tensor
-                                .narrow(0, i * d, d)
-                                .and_then(|t| t.contiguous())
-                                .map_err(|e| bad(key, e))?;
-                            out.insert(format!("{layer}.self_attn.{name}.{param}"), part);
-                        }
+                }
+                let d = rows / 3;
+                for (i, name) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+                    let part = tensor
+                        .narrow(0, i * d, d)
+                        .and_then(|t| t.contiguous())
+                        .map_err(|e| bad(key, e))?;
+                    out.insert(format!("{layer}.self_attn.{name}.{param}"), part);
+                }
+            }
+            _ => {
+                let mapped = [
+                    ("attn.out_proj.", "self_attn.out_proj."),
+                    ("ln_1.", "layer_norm1."),
+                    ("ln_2.", "layer_norm2."),
+                    ("mlp.c_fc.", "mlp.fc1."),
+                    ("mlp.c_proj.", "mlp.fc2."),
+                ]
+                .iter()
+                .find_map(|(from, to)| leaf.strip_prefix(from).map(|p| format!("{to}{p}")));
+                match mapped {
+                    Some(name) => {
+                        out.insert(format!("{layer}.{name}"), tensor.clone());
                     }
-                    _ => {
-                        let mapped = [
-                            ("attn.out_proj.", "self_attn.out_proj."),
-                            ("ln_1.", "layer_norm1."),
-                            ("ln_2.", "layer_norm2."),
-                            ("mlp.c_fc.", "mlp.fc1."),
-                            ("mlp.c_proj.", "mlp.fc2."),
-                        ]
-                        .iter()
-                        .find_map(|(from, to)| leaf.strip_prefix(from).map(|p| format!("{to}{p}")));
-                        match mapped {
-                            Some(name) => {
-                                out.insert(format!("{layer}.{name}"), tensor.clone());
-                            }
-                            None => {
-                                tracing::trace!(key = key.as_str(), "ignoring unknown resblock key")
-                            }
-                        }
-                    }
+                    None => tracing::trace!(key = key.as_str(), "ignoring unknown resblock key"),
                 }
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Infers the text-encoder shape from HF-named weights: width and vocabulary from the token
@@ -183,13 +201,7 @@ pub fn openclip_to_hf(sd: &HashMap<String, Tensor>) -> Result<HashMap<String, Te
 /// and bigG). The activation cannot be read from weights: quick GELU for 768 wide (OpenAI
 /// CLIP-L), exact GELU otherwise (OpenCLIP).
 pub fn infer_clip_config(sd: &HashMap<String, Tensor>) -> Result<ClipConfig, ClipError> {
-    let dims = |key: &str| -> Result<Vec<usize>, ClipError> {
-        sd.get(key)
-            .map(|t| t.dims().to_vec())
-            .ok_or_else(|| ClipError::MissingWeight {
-                key: key.to_string(),
-            })
-    };
+    let dims = |key: &str| weight_dims(sd, key);
     let tok = dims("text_model.embeddings.token_embedding.weight")?;
     let pos = dims("text_model.embeddings.position_embedding.weight")?;
     let fc1 = dims("text_model.encoder.layers.0.mlp.fc1.weight")?;
@@ -200,12 +212,7 @@ pub fn infer_clip_config(sd: &HashMap<String, Tensor>) -> Result<ClipConfig, Cli
             "unexpected embedding or mlp shapes {tok:?} {pos:?} {fc1:?}"
         )));
     };
-    let num_hidden_layers = sd
-        .keys()
-        .filter_map(|k| k.strip_prefix("text_model.encoder.layers."))
-        .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
-        .max()
-        .map_or(0, |m| m + 1);
+    let num_hidden_layers = layer_count(sd.keys(), "text_model.encoder.layers.");
     let projection_dim = match sd.get("text_projection.weight") {
         Some(t) => Some(t.dim(0)?),
         None => None,
@@ -234,6 +241,26 @@ pub fn infer_clip_config(sd: &HashMap<String, Tensor>) -> Result<ClipConfig, Cli
         projection_dim,
         eos_token_id: 49407,
     })
+}
+
+/// The shape of weight `key`, or which weight is missing.
+pub(crate) fn weight_dims(
+    sd: &HashMap<String, Tensor>,
+    key: &str,
+) -> Result<Vec<usize>, ClipError> {
+    sd.get(key)
+        .map(|t| t.dims().to_vec())
+        .ok_or_else(|| ClipError::MissingWeight {
+            key: key.to_string(),
+        })
+}
+
+/// How many numbered layers (`{prefix}N.…`) the keys hold: the highest N plus one.
+pub(crate) fn layer_count<'a>(keys: impl Iterator<Item = &'a String>, prefix: &str) -> usize {
+    keys.filter_map(|k| k.strip_prefix(prefix))
+        .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |m| m + 1)
 }
 
 fn bad(key: &str, e: candle_core::Error) -> ClipError {

@@ -92,6 +92,44 @@ impl ClipConfig {
     }
 }
 
+/// The shape of one pre-LN transformer layer, shared by the CLIP text and vision towers and the
+/// T2I style adapter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LayerShape {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    pub hidden_act: ClipActivation,
+    pub layer_norm_eps: f64,
+}
+
+impl LayerShape {
+    /// Fails when the width does not split into the heads.
+    pub fn check(&self) -> Result<(), ClipError> {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
+            return Err(ClipError::InvalidConfig(format!(
+                "hidden size {} is not a multiple of {} heads",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl ClipConfig {
+    pub(crate) fn layer_shape(&self) -> LayerShape {
+        LayerShape {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_attention_heads: self.num_attention_heads,
+            hidden_act: self.hidden_act,
+            layer_norm_eps: self.layer_norm_eps,
+        }
+    }
+}
+
 /// What `forward` computes besides the final-LN last layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ClipForwardOptions {
@@ -134,13 +172,8 @@ impl ClipTextModel {
     /// Builds the model from `vb` rooted at the HF key tree (`text_model.*`,
     /// `text_projection.weight` when `cfg.projection_dim` is set).
     pub fn new(vb: VarBuilder, cfg: &ClipConfig) -> Result<Self, ClipError> {
-        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
-        {
-            return Err(ClipError::InvalidConfig(format!(
-                "hidden size {} is not a multiple of {} heads",
-                cfg.hidden_size, cfg.num_attention_heads
-            )));
-        }
+        let shape = cfg.layer_shape();
+        shape.check()?;
         let tm = vb.pp("text_model");
         let emb = tm.pp("embeddings");
         let token_embedding =
@@ -152,7 +185,7 @@ impl ClipTextModel {
         )?;
         let layers_vb = tm.pp("encoder").pp("layers");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::new(layers_vb.pp(i), cfg))
+            .map(|i| EncoderLayer::new(layers_vb.pp(i), &shape))
             .collect::<Result<Vec<_>, ClipError>>()?;
         let final_layer_norm = layer_norm(
             cfg.hidden_size,
@@ -270,7 +303,7 @@ impl ClipTextModel {
         let mask = causal_mask(seq, token_embeds.device())?;
         let mut intermediate = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, &mask)?;
+            xs = layer.forward(&xs, Some(&mask))?;
             if Some(i) == intermediate_index {
                 intermediate = Some(xs.clone());
             }
@@ -338,7 +371,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(vb: VarBuilder, cfg: &ClipConfig) -> Result<Self, ClipError> {
+    fn new(vb: VarBuilder, cfg: &LayerShape) -> Result<Self, ClipError> {
         let d = cfg.hidden_size;
         Ok(Self {
             q_proj: linear(d, d, vb.pp("q_proj"))?,
@@ -351,8 +384,9 @@ impl Attention {
         })
     }
 
-    /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`; `mask` is `[seq, seq]` f32.
-    fn forward(&self, xs: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`; `mask` is `[seq, seq]` f32 (the text
+    /// tower's causal mask; the vision tower attends everywhere).
+    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
         let (b, t, d) = xs.dims3()?;
         let dtype = xs.dtype();
@@ -368,8 +402,11 @@ impl Attention {
         // Scores and softmax in f32 so half-precision weights do not overflow here.
         let scores = q
             .matmul(&k.transpose(2, 3)?.contiguous()?)?
-            .to_dtype(DType::F32)?
-            .broadcast_add(mask)?;
+            .to_dtype(DType::F32)?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
         let out = probs
             .matmul(&v)?
@@ -389,7 +426,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(vb: VarBuilder, cfg: &ClipConfig) -> Result<Self, ClipError> {
+    fn new(vb: VarBuilder, cfg: &LayerShape) -> Result<Self, ClipError> {
         Ok(Self {
             fc1: linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("fc1"))?,
             fc2: linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("fc2"))?,
@@ -409,8 +446,10 @@ impl Mlp {
     }
 }
 
+/// One pre-LN transformer layer with HF names (`layer_norm1`, `self_attn.{q,k,v,out}_proj`,
+/// `layer_norm2`, `mlp.fc1`, `mlp.fc2`).
 #[derive(Debug, Clone)]
-struct EncoderLayer {
+pub(crate) struct EncoderLayer {
     layer_norm1: LayerNorm,
     self_attn: Attention,
     layer_norm2: LayerNorm,
@@ -419,7 +458,7 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(vb: VarBuilder, cfg: &ClipConfig) -> Result<Self, ClipError> {
+    pub(crate) fn new(vb: VarBuilder, cfg: &LayerShape) -> Result<Self, ClipError> {
         Ok(Self {
             layer_norm1: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
             self_attn: Attention::new(vb.pp("self_attn"), cfg)?,
@@ -429,7 +468,12 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    /// `[batch, seq, hidden]` -> `[batch, seq, hidden]`.
+    pub(crate) fn forward(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
         let h = self
             .self_attn

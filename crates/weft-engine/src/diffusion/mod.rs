@@ -2,7 +2,8 @@
 //! conditioning entries ComfyUI attaches to prompts, and the CFG denoiser the samplers call.
 //!
 //! Follows `comfy/samplers.py` (`calc_cond_batch`, `get_area_and_mult`, `cfg_function`,
-//! `KSamplerX0Inpaint`) and `comfy/model_base.py` (`SDXL.encode_adm`, `SDXLRefiner.encode_adm`).
+//! `KSamplerX0Inpaint`) and `comfy/model_base.py` (`SDXL.encode_adm`, `SDXLRefiner.encode_adm`,
+//! `SD21UNCLIP.encode_adm`; the unCLIP part is in `unclip`).
 
 pub mod concat;
 pub mod differential;
@@ -13,6 +14,7 @@ pub mod hypertile;
 pub mod patches;
 pub mod sag;
 pub mod tome;
+pub mod unclip;
 
 use crate::device::{to_compute, to_host};
 use std::sync::Arc;
@@ -238,12 +240,19 @@ impl DiffusionModel {
         self
     }
 
-    /// Whether conditioning needs SDXL's pooled/size vector.
+    /// Whether the UNet takes a `y` vector: SDXL's pooled/size vector, or an SD2.1 unCLIP
+    /// model's image embedding.
     pub fn uses_adm(&self) -> bool {
         matches!(
             self.family,
             ModelFamily::SdxlBase | ModelFamily::SdxlRefiner
-        )
+        ) || self.is_unclip()
+    }
+
+    /// An SD2.1 unCLIP model: the SD2 family with an adm input (`label_emb`), which takes the
+    /// noise-augmented CLIP vision embedding and its level (ComfyUI's `SD21UNCLIP`).
+    pub fn is_unclip(&self) -> bool {
+        self.family == ModelFamily::Sd2 && self.unet.config().adm_in_channels.is_some()
     }
 }
 
@@ -362,6 +371,9 @@ pub struct CondEntry {
     /// their middle patch too. They also go to the negative side when it has none (see
     /// `share_with_negative`).
     pub gligen: Option<crate::gligen::Grounding>,
+    /// unCLIPConditioning's image embeddings in the order applied (ComfyUI's
+    /// `unclip_conditioning`): an unCLIP model's `y`, SDXL's pooled output ("revision").
+    pub unclip: Vec<unclip::UnclipCond>,
 }
 
 impl CondEntry {
@@ -384,6 +396,7 @@ impl CondEntry {
             controlnet_context: None,
             controlnet_pooled: None,
             gligen: None,
+            unclip: Vec::new(),
         }
     }
 
@@ -403,6 +416,11 @@ impl CondEntry {
         .sum::<usize>()
             + bytes(&self.context)
             + self.gligen.as_ref().map_or(0, |g| g.byte_size())
+            + self
+                .unclip
+                .iter()
+                .map(|u| bytes(&u.image_embeds))
+                .sum::<usize>()
     }
 }
 
@@ -445,6 +463,8 @@ pub struct CfgDenoiser<'a> {
     /// The scaled input latent, for inpainting UNets' masked-image channels (ComfyUI's
     /// `latent_image`); zeros when not given.
     latent_image: Option<Tensor>,
+    /// The sampler's seed, which unCLIP's noise augmentation draws from.
+    seed: u64,
 }
 
 /// How a guider combines predictions (ComfyUI's `CFGGuider` and its subclasses).
@@ -493,7 +513,8 @@ struct Inpaint {
 }
 
 impl<'a> CfgDenoiser<'a> {
-    /// Prepares conditioning for latents of `latent_shape` (`[B, C, h, w]`).
+    /// Prepares conditioning for latents of `latent_shape` (`[B, C, h, w]`); `seed` is the
+    /// sampler's (unCLIP embeddings are noised from it, as ComfyUI's `encode_adm`).
     pub fn new(
         model: &'a DiffusionModel,
         positive: &[CondEntry],
@@ -501,11 +522,14 @@ impl<'a> CfgDenoiser<'a> {
         cfg: f64,
         latent_shape: &[usize],
         sampler_needs_uncond: bool,
+        seed: u64,
     ) -> Result<Self> {
         let negative = negative.map(|list| share_with_negative(positive, list));
-        let positive = prepare(model, positive, latent_shape, PromptType::Positive)?;
+        let prep =
+            |list: &[CondEntry], prompt_type| prepare(model, list, latent_shape, prompt_type, seed);
+        let positive = prep(positive, PromptType::Positive)?;
         let negative = match negative {
-            Some(list) => prepare(model, &list, latent_shape, PromptType::Negative)?,
+            Some(list) => prep(list.as_slice(), PromptType::Negative)?,
             None => Vec::new(),
         };
         let need_uncond = !negative.is_empty()
@@ -516,7 +540,7 @@ impl<'a> CfgDenoiser<'a> {
             Some(f) => f
                 .extra_conds()
                 .iter()
-                .map(|list| prepare(model, list, latent_shape, PromptType::Negative))
+                .map(|list| prep(list.as_slice(), PromptType::Negative))
                 .collect::<Result<_>>()?,
             None => Vec::new(),
         };
@@ -532,6 +556,7 @@ impl<'a> CfgDenoiser<'a> {
             extra,
             latent_shape: latent_shape.to_vec(),
             latent_image: None,
+            seed,
         })
     }
 
@@ -539,7 +564,13 @@ impl<'a> CfgDenoiser<'a> {
     /// plain CFG.
     pub fn with_guidance(mut self, guidance: Guidance<'_>) -> Result<Self> {
         let prep = |list: &[CondEntry]| {
-            prepare(self.model, list, &self.latent_shape, PromptType::Negative)
+            prepare(
+                self.model,
+                list,
+                &self.latent_shape,
+                PromptType::Negative,
+                self.seed,
+            )
         };
         self.mode = match guidance {
             Guidance::Cfg => Mode::Cfg,
@@ -935,6 +966,7 @@ fn prepare(
     list: &[CondEntry],
     latent_shape: &[usize],
     prompt_type: PromptType,
+    seed: u64,
 ) -> Result<Vec<PreparedCond>> {
     let &[batch, channels, h, w] = latent_shape else {
         candle_core::bail!("latent must be [B, C, h, w], got {latent_shape:?}");
@@ -1018,7 +1050,7 @@ fn prepare(
             }
         };
         let y = if model.uses_adm() {
-            Some(adm_vector(model, entry, h, w, prompt_type)?)
+            Some(adm_vector(model, entry, h, w, prompt_type, seed)?)
         } else {
             None
         };
@@ -1080,19 +1112,54 @@ fn mask_bounds(mask: &Tensor, h: usize, w: usize) -> Result<(usize, usize, usize
     Ok((y1 - y0, x1 - x0, y0, x0))
 }
 
-/// SDXL's `y`: pooled output plus size embeddings (`SDXL.encode_adm` / `SDXLRefiner.encode_adm`).
+/// The UNet's `y`: SDXL's pooled output (or its unCLIP "revision" replacement) plus size
+/// embeddings (`SDXL.encode_adm` / `SDXLRefiner.encode_adm`), or an unCLIP model's image
+/// embedding (`SD21UNCLIP.encode_adm`: zeros without one).
 fn adm_vector(
     model: &DiffusionModel,
     entry: &CondEntry,
     h: usize,
     w: usize,
     prompt_type: PromptType,
+    seed: u64,
 ) -> Result<Tensor> {
-    let pooled = match &entry.pooled {
-        Some(p) => p.to_dtype(DType::F32)?,
-        None => candle_core::bail!(
-            "this SDXL model needs a pooled text output; use a CLIP from an SDXL checkpoint"
-        ),
+    let adm_channels = model.unet.config().adm_in_channels.unwrap_or(0);
+    // ComfyUI passes the sampler's seed minus 10 (two's complement below 10).
+    let unclip_seed = seed.wrapping_sub(10);
+    if model.is_unclip() {
+        if entry.unclip.is_empty() {
+            return Tensor::zeros((1, adm_channels), DType::F32, &Device::Cpu);
+        }
+        let augmentor = unclip::NoiseAugmentor::new(adm_channels / 2);
+        return unclip::unclip_adm(
+            &entry.unclip,
+            &augmentor,
+            unclip::UNCLIP_MERGE_NOISE,
+            unclip_seed,
+        );
+    }
+    let pooled = if !entry.unclip.is_empty() {
+        // SDXL's pooled width: what the size embeddings leave of the adm input.
+        let sizes = match model.family {
+            ModelFamily::SdxlRefiner => 5,
+            _ => 6,
+        };
+        let dim = adm_channels.saturating_sub(sizes * 256);
+        let augmentor = unclip::NoiseAugmentor::new(dim);
+        unclip::unclip_adm(
+            &entry.unclip,
+            &augmentor,
+            unclip::SDXL_MERGE_NOISE,
+            unclip_seed,
+        )?
+        .narrow(1, 0, dim)?
+    } else {
+        match &entry.pooled {
+            Some(p) => p.to_dtype(DType::F32)?,
+            None => candle_core::bail!(
+                "this SDXL model needs a pooled text output; use a CLIP from an SDXL checkpoint"
+            ),
+        }
     };
     let pooled = if pooled.rank() == 1 {
         pooled.unsqueeze(0)?
@@ -1344,7 +1411,7 @@ mod tests {
         let shape = [1, 4, 8, 8];
         let x = Tensor::full(0.5f32, &shape[..], &Device::Cpu).unwrap();
         let denoise = |model: &DiffusionModel, cfg: f64| {
-            CfgDenoiser::new(model, &positive, Some(&negative), cfg, &shape, true)
+            CfgDenoiser::new(model, &positive, Some(&negative), cfg, &shape, true, 0)
                 .unwrap()
                 .denoise(&x, 5.0)
                 .unwrap()
@@ -1363,7 +1430,7 @@ mod tests {
             "uncond is left alone"
         );
         let single = |model: &DiffusionModel| {
-            CfgDenoiser::new(model, &positive, None, 1.0, &shape, false)
+            CfgDenoiser::new(model, &positive, None, 1.0, &shape, false, 0)
                 .unwrap()
                 .denoise(&x, 5.0)
                 .unwrap()

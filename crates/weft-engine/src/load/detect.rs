@@ -4,7 +4,9 @@
 //! (tiny) config.
 //!
 //! Rules (UNet keys in LDM layout, prefix removed):
-//! - `label_emb.0.0.weight` present (adm input of width `a`): SDXL-class. Refiner when `a == 2560`
+//! - `label_emb.0.0.weight` present with transformers on the first level and linear projections:
+//!   SD2.1 unCLIP, reported as `Sd2` (the adm input marks it, `DiffusionModel::is_unclip`).
+//! - `label_emb.0.0.weight` present otherwise (adm input of width `a`): SDXL-class. Refiner when `a == 2560`
 //!   or `a - 5*256 == context_dim` (the refiner's pooled vector is as wide as its bigG-only
 //!   context); otherwise base (`a == 2816`, or `a - 6*256 > 0`).
 //! - otherwise SD2 when the transformers project linearly (`proj_in.weight` is 2-D), SD1 when they
@@ -198,6 +200,11 @@ pub fn detect_unet(sd: &StateDict, prefix: &str) -> Result<DetectedUnet, LoadErr
     let adm_in_channels = shape("label_emb.0.0.weight").and_then(|s| s.get(1).copied());
 
     let family = match adm_in_channels {
+        // SD2.1 unCLIP (adm 2048 for -H, 1536 for -L, twice the image embedding): SD2's UNet
+        // with attention on its first level, which SDXL never has.
+        Some(_) if use_linear_projection && transformer_depth.first() > Some(&0) => {
+            ModelFamily::Sd2
+        }
         Some(a) if a == 2560 || a.checked_sub(5 * 256) == Some(context_dim) => {
             ModelFamily::SdxlRefiner
         }
