@@ -353,7 +353,8 @@ fn hypertile_matches_comfyui_on_a_tiny_unet() {
         let model = sd1_tiny().patched(|p| p.unet.self_attention.push(patch));
         let x = &fx[&format!("{name}/x")];
         let positive = [CondEntry::new(fx[&format!("{name}/context")].clone(), None)];
-        let mut denoiser = CfgDenoiser::new(&model, &positive, None, 1.0, x.dims(), false, 0).unwrap();
+        let mut denoiser =
+            CfgDenoiser::new(&model, &positive, None, 1.0, x.dims(), false, 0).unwrap();
         for step in 0..2 {
             let ours = denoiser.denoise(x, sigma).unwrap().cond;
             let key = format!("{name}/denoised/{step}");

@@ -2,8 +2,8 @@
 
 pub(crate) mod brownian_parity;
 pub(crate) mod clip_parity;
-pub(crate) mod cond_patches_parity;
 pub(crate) mod clip_vision_parity;
+pub(crate) mod cond_patches_parity;
 pub(crate) mod controlnet_parity;
 pub(crate) mod custom_sampling_parity;
 pub(crate) mod gligen_parity;

@@ -7,15 +7,13 @@
 //! Weight names are diffusers' (`time_embedding`, `add_embedding`, `conv_in`, `down_blocks.N`,
 //! `mid_block`), under the builder the model gives.
 
-
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::ops::conv::Conv2d;
 use crate::unet::blocks::{
     conv_same, sinusoidal_embedding, Downsample2D, MiddlePatches, ResnetBlock2D, ResnetConfig,
-    SelfAttentionHooks,
-    TimestepEmbedding, Transformer2D, Transformer2DConfig,
+    SelfAttentionHooks, TimestepEmbedding, Transformer2D, Transformer2DConfig,
 };
 use crate::unet::UNetConfig;
 
