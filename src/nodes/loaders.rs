@@ -1,4 +1,5 @@
-//! Model loaders: CheckpointLoaderSimple, CheckpointLoader, VAELoader.
+//! Model loaders: CheckpointLoaderSimple, CheckpointLoader, VAELoader, CLIPLoader,
+//! DualCLIPLoader and UNETLoader.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ pub fn register(registry: &mut Registry) {
     registry.add(VaeLoader);
     registry.add(ClipLoader);
     registry.add(DualClipLoader);
+    registry.add(UnetLoader);
 }
 
 /// A drop-down of the files in model folder `folder`.
@@ -289,5 +291,53 @@ impl Node for DualClipLoader {
             file_fingerprint(dirs, "text_encoders", constants, "clip_name1")?,
             file_fingerprint(dirs, "text_encoders", constants, "clip_name2")?
         ))
+    }
+}
+
+/// Loads a diffusion model alone (ComfyUI's "Load Diffusion Model"): a UNet file in the LDM layout,
+/// bare or under `model.diffusion_model.`, from `models/diffusion_models` or `models/unet`.
+pub struct UnetLoader;
+
+impl Node for UnetLoader {
+    fn spec(&self) -> NodeSpec {
+        loader_spec(
+            "UNETLoader",
+            "Load Diffusion Model",
+            "advanced/loaders",
+            vec![
+                required("unet_name", files("diffusion_models")),
+                required(
+                    "weight_dtype",
+                    combo(&["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]),
+                ),
+            ],
+            vec![output(SlotType::MODEL, "MODEL")],
+            "",
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let name = inputs.string("unet_name")?;
+        let dtype = inputs.string("weight_dtype")?;
+        if dtype != "default" {
+            // Candle has no fp8 matmul: the weights keep the file's precision (or --dtype).
+            tracing::info!(weight_dtype = dtype, "fp8 weights are not supported; loading at the default precision");
+        }
+        let path = ctx.model_path("diffusion_models", "unet_name", name)?;
+        let loaded = ctx
+            .models
+            .checkpoint(&path)
+            .map_err(|e| NodeError::model_load("unet_name", e))?;
+        Ok(NodeOutput::values(vec![Value::Model(Arc::clone(
+            &loaded.model,
+        ))]))
+    }
+
+    fn fingerprint(
+        &self,
+        dirs: &DataDirs,
+        constants: &[(String, ConstValue)],
+    ) -> Result<String, NodeError> {
+        file_fingerprint(dirs, "diffusion_models", constants, "unet_name")
     }
 }

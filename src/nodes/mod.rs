@@ -23,7 +23,9 @@ pub mod latent_ops;
 pub mod loaders;
 pub mod lora;
 pub mod mask;
+pub mod model_merging;
 pub mod model_patches;
+pub mod model_saving;
 mod pixels;
 pub mod preprocessors;
 pub mod primitives;
@@ -299,6 +301,8 @@ impl Registry {
         lora::register(&mut registry);
         model_patches::register(&mut registry);
         attention_multiply::register(&mut registry);
+        model_merging::register(&mut registry);
+        model_saving::register(&mut registry);
         conditioning::register(&mut registry);
         controlnet::register(&mut registry);
         latent::register(&mut registry);

@@ -157,9 +157,21 @@ pub fn load_vae_ldm(
     device: &Device,
 ) -> Result<AutoEncoderKL, LoadError> {
     let names = vae_ldm_names(sd, prefix, cfg.block_out_channels.len());
-    Renaming::new(names)
+    build_vae(Renaming::new(names), sd, cfg, dtype, device)
+}
+
+/// Builds a VAE that keeps the weights it took, for saving.
+fn build_vae(
+    renaming: Renaming,
+    sd: &Arc<StateDict>,
+    cfg: &VaeConfig,
+    dtype: DType,
+    device: &Device,
+) -> Result<AutoEncoderKL, LoadError> {
+    let (vae, weights) = renaming
         .squeeze_trailing_ones()
-        .build(sd, dtype, device, |vb| AutoEncoderKL::new(vb, cfg))
+        .build_keeping(sd, dtype, device, |vb| AutoEncoderKL::new(vb, cfg))?;
+    Ok(vae.with_weights(weights))
 }
 
 /// A loaded single-file checkpoint.
@@ -237,9 +249,7 @@ pub fn load_vae_file(
                 .keys()
                 .filter_map(|k| Some((k.strip_prefix(prefix)?.to_string(), k.clone())))
                 .collect();
-            return Renaming::new(names)
-                .squeeze_trailing_ones()
-                .build(&sd, dtype, device, |vb| AutoEncoderKL::new(vb, &cfg));
+            return build_vae(Renaming::new(names), &sd, &cfg, dtype, device);
         }
     }
     Err(LoadError::new(
@@ -500,9 +510,7 @@ pub fn load_vae_diffusers(
     let cfg = vae_config_from_diffusers(&read_json(&cfg_path)?)
         .map_err(|e| LoadError::new(&cfg_path, LoadErrorKind::BadConfig(e)))?;
     let sd = Arc::new(open_component(dir, "diffusion_pytorch_model")?);
-    Renaming::new(identity_names(&sd))
-        .squeeze_trailing_ones()
-        .build(&sd, dtype, device, |vb| AutoEncoderKL::new(vb, &cfg))
+    build_vae(Renaming::new(identity_names(&sd)), &sd, &cfg, dtype, device)
 }
 
 /// Loads a diffusers pipeline folder: unet/, vae/, and the raw weights of text_encoder/ and
