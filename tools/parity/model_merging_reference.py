@@ -179,7 +179,12 @@ for name, (info, patcher) in cases.items():
         expected["{}/{}".format(name, k)] = v.contiguous()
 
 # LoRA extraction: the truncated SVD product before the clamp.
-diffs = {"linear": torch.randn(24, 40), "wide": torch.randn(40, 24), "conv": torch.randn(8, 6, 3, 3)}
+# "decaying": 160 x 200 with singular values 0.8^i, past the sizes Weft solves exactly.
+q1, _ = torch.linalg.qr(torch.randn(160, 160))
+q2, _ = torch.linalg.qr(torch.randn(200, 160))
+decaying = (q1 * (0.8 ** torch.arange(160.0))) @ q2.T
+diffs = {"linear": torch.randn(24, 40), "wide": torch.randn(40, 24), "conv": torch.randn(8, 6, 3, 3),
+         "decaying": decaying.contiguous()}
 for name, diff in diffs.items():
     inputs["diff/" + name] = diff
     out_dim, in_dim = diff.shape[0:2]

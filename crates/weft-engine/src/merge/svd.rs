@@ -1,16 +1,21 @@
 //! The top singular triplets of a matrix, for LoRA extraction: ComfyUI takes them from
 //! `torch.linalg.svd`; candle has no SVD, so they come from subspace iteration (randomised
 //! range finder with power steps, Halko et al. 2011) and a Jacobi eigensolver on the small
-//! projected Gram matrix, all in f64. When the rank asked for (plus oversampling) reaches the
-//! matrix's smaller side the subspace is the whole space and the result is exact.
+//! projected Gram matrix, all in f64. When the rank asked for (plus oversampling) nears the
+//! matrix's smaller side, or that side is small, the subspace is the whole space and the result
+//! is exact.
 
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 /// Extra directions the subspace keeps beyond the rank asked for.
 const OVERSAMPLE: usize = 10;
-/// Power steps: each sharpens the subspace towards the top singular vectors.
-const POWER_STEPS: usize = 8;
+/// Power steps: each sharpens the subspace towards the top singular vectors (a flat spectrum, as
+/// of random matrices, needs the most).
+const POWER_STEPS: usize = 16;
+/// Up to this smaller side, or when the subspace would cover half of it, the whole space is
+/// taken: exact, and cheap at that size.
+const EXACT_SIDE: usize = 64;
 
 /// `(U·diag(S), Vh)` of the top `rank` singular triplets of the 2-D `a` (any float dtype):
 /// `[m, r]` and `[r, n]` f64 tensors on the CPU, `r = min(rank, m, n)`, singular values
@@ -30,6 +35,7 @@ pub(crate) fn top_singular(a: &Tensor, rank: usize) -> candle_core::Result<(Tens
     }
     let r = rank.min(m);
     let k = (r + OVERSAMPLE).min(m);
+    let k = if m <= EXACT_SIDE || 2 * k >= m { m } else { k };
     let q = if k == m {
         Tensor::eye(m, DType::F64, &Device::Cpu)?
     } else {
@@ -203,8 +209,8 @@ mod tests {
 
     #[test]
     fn a_low_rank_matrix_is_found_exactly_by_subspace_iteration() {
-        // Rank 3, 40 x 60: the subspace of 3 + oversampling holds it.
-        let a = matrix(40, 3, 2).matmul(&matrix(3, 60, 3)).unwrap();
+        // Rank 3, 100 x 150 (past the exact sizes): the subspace of 3 + oversampling holds it.
+        let a = matrix(100, 3, 2).matmul(&matrix(3, 150, 3)).unwrap();
         let (us, vh) = top_singular(&a, 3).unwrap();
         assert!(max_abs(&us.matmul(&vh).unwrap(), &a) < 1e-8);
         let (us, vh) = top_singular(&a.t().unwrap(), 3).unwrap();
