@@ -16,6 +16,8 @@ use serde_json::Value;
 use weft::engine::merge::extract::{low_rank_factors, quantile, CLAMP_QUANTILE};
 use weft::engine::merge::{block_strength, merge, MergeStrength};
 
+use crate::engine::util::max_abs_diff;
+
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/model_merging")
@@ -33,18 +35,8 @@ fn part(all: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> 
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-    (f(a) - f(b))
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    max_abs_diff(&f(a), &f(b))
 }
 
 #[test]
