@@ -1,7 +1,8 @@
 //! Model merging and saving through the server: two tiny SD1 checkpoints merged (UNet and text
 //! encoder), saved with CheckpointSave, CLIPSave and VAESave, and loaded back with the loaders
 //! give the in-memory merge's pixels exactly; a LoRA extracted with LoraSave from a model
-//! difference loads with LoraLoader and patches every module; UNETLoader reads a bare UNet file.
+//! difference loads with LoraLoader and patches every module; UNETLoader reads a bare UNet file
+//! and DiffusersLoader a diffusers folder made from the same weights, with the same pixels.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -207,4 +208,57 @@ async fn unet_loader_reads_a_bare_unet_file() {
     sample(&mut plain, json!(["a", 0]), json!(["a", 1]), json!(["a", 2]), "full");
     run(&app, plain).await;
     assert!(pixels(&app, "unet_only") == pixels(&app, "full"));
+}
+
+/// Writes the tiny SD1 checkpoint `ckpt` as a diffusers pipeline folder at `root`.
+fn write_diffusers_folder(ckpt: &Path, root: &Path) {
+    use weft::engine::load::keymap::{unet_ldm_to_diffusers, vae_ldm_to_diffusers};
+    let all = candle_core::safetensors::load(ckpt, &candle_core::Device::Cpu).unwrap();
+    let mut parts: HashMap<&str, HashMap<String, Tensor>> = HashMap::new();
+    for (key, t) in all {
+        let (sub, name) = if let Some(k) = key.strip_prefix("model.diffusion_model.") {
+            ("unet", unet_ldm_to_diffusers(k, 2).unwrap())
+        } else if let Some(k) = key.strip_prefix("first_stage_model.") {
+            ("vae", vae_ldm_to_diffusers(k, 3).unwrap())
+        } else if let Some(k) = key.strip_prefix("cond_stage_model.transformer.") {
+            ("text_encoder", k.to_string())
+        } else {
+            continue;
+        };
+        parts.entry(sub).or_default().insert(name, t);
+    }
+    let fixture = |name: &str| crate::engine::util::fixture_path(name);
+    for (sub, tensors) in parts {
+        let dir = root.join(sub);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = if sub == "text_encoder" { "model.safetensors" } else { "diffusion_pytorch_model.safetensors" };
+        candle_core::safetensors::save(&tensors, dir.join(file)).unwrap();
+        let config = match sub {
+            "unet" => Some("unet_config_sd1_tiny.json"),
+            "vae" => Some("vae_config_tiny.json"),
+            _ => None,
+        };
+        if let Some(config) = config {
+            std::fs::copy(fixture(config), dir.join("config.json")).unwrap();
+        }
+    }
+    std::fs::write(root.join("model_index.json"), "{}").unwrap();
+}
+
+#[actix_web::test]
+async fn diffusers_loader_reads_a_pipeline_folder() {
+    let app = app_with_two_checkpoints().await;
+    let models = app.dir.path().join("models");
+    write_diffusers_folder(&models.join("checkpoints/a.safetensors"), &models.join("diffusers/tiny/sd1"));
+
+    let (_, info) = app.get("/object_info/DiffusersLoader").await;
+    assert_eq!(info["DiffusersLoader"]["input"]["required"]["model_path"][0], json!(["tiny/sd1"]));
+
+    let mut graph = json!({"dl": {"class_type": "DiffusersLoader", "inputs": {"model_path": "tiny/sd1"}}});
+    sample(&mut graph, json!(["dl", 0]), json!(["dl", 1]), json!(["dl", 2]), "pipeline");
+    run(&app, graph).await;
+    let mut plain = json!({"a": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}}});
+    sample(&mut plain, json!(["a", 0]), json!(["a", 1]), json!(["a", 2]), "full");
+    run(&app, plain).await;
+    assert!(pixels(&app, "pipeline") == pixels(&app, "full"));
 }

@@ -376,6 +376,9 @@ pub fn combo_options(dirs: &DataDirs, options: &ComboOptions) -> Vec<String> {
         ComboOptions::Static(list) => list.iter().map(|s| (*s).to_owned()).collect(),
         ComboOptions::Files(FileList::InputImages) => dirs.list_input_images(),
         ComboOptions::Files(FileList::InputLatents) => dirs.list_input_files(&["latent"]),
+        ComboOptions::Files(FileList::Pipelines(folder)) => {
+            dirs.list_pipelines(folder).unwrap_or_default()
+        }
         ComboOptions::Files(FileList::Models(folder)) => {
             dirs.list_models(folder).unwrap_or_default()
         }
