@@ -46,14 +46,38 @@ fn sample(graph: &mut Json, model: Json, clip: Json, vae: Json, prefix: &str) {
     let add = |nodes: &mut serde_json::Map<String, Json>, id: &str, node: Json| {
         nodes.insert(id.to_string(), node);
     };
-    add(nodes, "p", json!({"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "a house"}}));
-    add(nodes, "n", json!({"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "blurry"}}));
-    add(nodes, "e", json!({"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}));
-    add(nodes, "k", json!({"class_type": "KSampler", "inputs": {"model": model, "seed": 3, "steps": 2, "cfg": 5.0,
+    add(
+        nodes,
+        "p",
+        json!({"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "a house"}}),
+    );
+    add(
+        nodes,
+        "n",
+        json!({"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "blurry"}}),
+    );
+    add(
+        nodes,
+        "e",
+        json!({"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}),
+    );
+    add(
+        nodes,
+        "k",
+        json!({"class_type": "KSampler", "inputs": {"model": model, "seed": 3, "steps": 2, "cfg": 5.0,
         "sampler_name": "euler", "scheduler": "normal", "positive": ["p", 0], "negative": ["n", 0],
-        "latent_image": ["e", 0], "denoise": 1.0}}));
-    add(nodes, "d", json!({"class_type": "VAEDecode", "inputs": {"samples": ["k", 0], "vae": vae}}));
-    add(nodes, "s", json!({"class_type": "SaveImage", "inputs": {"images": ["d", 0], "filename_prefix": prefix}}));
+        "latent_image": ["e", 0], "denoise": 1.0}}),
+    );
+    add(
+        nodes,
+        "d",
+        json!({"class_type": "VAEDecode", "inputs": {"samples": ["k", 0], "vae": vae}}),
+    );
+    add(
+        nodes,
+        "s",
+        json!({"class_type": "SaveImage", "inputs": {"images": ["d", 0], "filename_prefix": prefix}}),
+    );
 }
 
 async fn run(app: &TestApp, prompt: Json) -> Json {
@@ -84,20 +108,40 @@ async fn a_saved_merge_loads_back_with_the_same_pixels() {
         "clip_save": {"class_type": "CLIPSave", "inputs": {"clip": ["c", 0], "filename_prefix": "clip/merged"}},
         "vae_save": {"class_type": "VAESave", "inputs": {"vae": ["a", 2], "filename_prefix": "vae/merged_vae"}}
     });
-    sample(&mut merged, json!(["m", 0]), json!(["c", 0]), json!(["a", 2]), "in_memory");
+    sample(
+        &mut merged,
+        json!(["m", 0]),
+        json!(["c", 0]),
+        json!(["a", 2]),
+        "in_memory",
+    );
     run(&app, merged).await;
 
     let mut plain = json!({"a": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}}});
-    sample(&mut plain, json!(["a", 0]), json!(["a", 1]), json!(["a", 2]), "plain");
+    sample(
+        &mut plain,
+        json!(["a", 0]),
+        json!(["a", 1]),
+        json!(["a", 2]),
+        "plain",
+    );
     run(&app, plain).await;
-    assert!(pixels(&app, "in_memory") != pixels(&app, "plain"), "the merge changes the image");
+    assert!(
+        pixels(&app, "in_memory") != pixels(&app, "plain"),
+        "the merge changes the image"
+    );
 
     // The checkpoint in ComfyUI's layout, with the prompt in its header.
-    let saved = app.data_dir().join("output/checkpoints/merged_00001_.safetensors");
+    let saved = app
+        .data_dir()
+        .join("output/checkpoints/merged_00001_.safetensors");
     let bytes = std::fs::read(&saved).unwrap();
     let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: Json = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
-    assert!(header["__metadata__"]["prompt"].as_str().unwrap().contains("ModelMergeSimple"));
+    assert!(header["__metadata__"]["prompt"]
+        .as_str()
+        .unwrap()
+        .contains("ModelMergeSimple"));
     assert_eq!(header["__metadata__"]["modelspec.predict_key"], "epsilon");
     for key in [
         "model.diffusion_model.input_blocks.1.1.proj_in.weight",
@@ -107,25 +151,61 @@ async fn a_saved_merge_loads_back_with_the_same_pixels() {
     ] {
         assert!(header.get(key).is_some(), "{key} missing");
     }
-    assert_eq!(header["first_stage_model.decoder.mid.attn_1.q.weight"]["shape"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        header["first_stage_model.decoder.mid.attn_1.q.weight"]["shape"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
 
-    copy_output(&app, "checkpoints/merged_00001_.safetensors", "checkpoints/merged.safetensors");
+    copy_output(
+        &app,
+        "checkpoints/merged_00001_.safetensors",
+        "checkpoints/merged.safetensors",
+    );
     let mut reloaded = json!({"r": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "merged.safetensors"}}});
-    sample(&mut reloaded, json!(["r", 0]), json!(["r", 1]), json!(["r", 2]), "reloaded");
+    sample(
+        &mut reloaded,
+        json!(["r", 0]),
+        json!(["r", 1]),
+        json!(["r", 2]),
+        "reloaded",
+    );
     run(&app, reloaded).await;
-    assert!(pixels(&app, "reloaded") == pixels(&app, "in_memory"), "the saved checkpoint differs");
+    assert!(
+        pixels(&app, "reloaded") == pixels(&app, "in_memory"),
+        "the saved checkpoint differs"
+    );
 
     // CLIPSave and VAESave files load with CLIPLoader and VAELoader.
-    copy_output(&app, "clip/merged_clip_l_00001_.safetensors", "text_encoders/merged_clip_l.safetensors");
-    copy_output(&app, "vae/merged_vae_00001_.safetensors", "vae/merged_vae.safetensors");
+    copy_output(
+        &app,
+        "clip/merged_clip_l_00001_.safetensors",
+        "text_encoders/merged_clip_l.safetensors",
+    );
+    copy_output(
+        &app,
+        "vae/merged_vae_00001_.safetensors",
+        "vae/merged_vae.safetensors",
+    );
     let mut parts = json!({
         "r": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "merged.safetensors"}},
         "cl": {"class_type": "CLIPLoader", "inputs": {"clip_name": "merged_clip_l.safetensors", "type": "stable_diffusion"}},
         "vl": {"class_type": "VAELoader", "inputs": {"vae_name": "merged_vae.safetensors"}}
     });
-    sample(&mut parts, json!(["r", 0]), json!(["cl", 0]), json!(["vl", 0]), "parts");
+    sample(
+        &mut parts,
+        json!(["r", 0]),
+        json!(["cl", 0]),
+        json!(["vl", 0]),
+        "parts",
+    );
     run(&app, parts).await;
-    assert!(pixels(&app, "parts") == pixels(&app, "in_memory"), "the saved text encoder or VAE differs");
+    assert!(
+        pixels(&app, "parts") == pixels(&app, "in_memory"),
+        "the saved text encoder or VAE differs"
+    );
 }
 
 #[actix_web::test]
@@ -142,7 +222,11 @@ async fn merges_stack_with_loras_and_an_extracted_lora_loads() {
             "lora_type": "standard", "bias_diff": true, "model_diff": ["d", 0], "text_encoder_diff": ["dc", 0]}}
     });
     run(&app, graph).await;
-    copy_output(&app, "loras/extracted_00001_.safetensors", "loras/extracted.safetensors");
+    copy_output(
+        &app,
+        "loras/extracted_00001_.safetensors",
+        "loras/extracted.safetensors",
+    );
 
     let mut with_lora = json!({
         "b": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}},
@@ -152,22 +236,55 @@ async fn merges_stack_with_loras_and_an_extracted_lora_loads() {
         "m": {"class_type": "ModelMergeBlocks", "inputs": {"model1": ["l", 0], "model2": ["b", 0],
             "input": 1.0, "middle": 0.0, "out": 1.0}}
     });
-    sample(&mut with_lora, json!(["l", 0]), json!(["l", 1]), json!(["b", 2]), "b_plus_lora");
+    sample(
+        &mut with_lora,
+        json!(["l", 0]),
+        json!(["l", 1]),
+        json!(["b", 2]),
+        "b_plus_lora",
+    );
     let entry = run(&app, with_lora.clone()).await;
     let report = entry["outputs"]["l"]["text"].as_array().unwrap();
-    assert!(report[0].as_str().unwrap().contains("modules patched"), "{report:?}");
-    assert_eq!(report.len(), 1, "every key of the extracted lora matched: {report:?}");
+    assert!(
+        report[0].as_str().unwrap().contains("modules patched"),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.len(),
+        1,
+        "every key of the extracted lora matched: {report:?}"
+    );
 
     let mut plain_a = json!({"a": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}}});
-    sample(&mut plain_a, json!(["a", 0]), json!(["a", 1]), json!(["a", 2]), "a");
+    sample(
+        &mut plain_a,
+        json!(["a", 0]),
+        json!(["a", 1]),
+        json!(["a", 2]),
+        "a",
+    );
     run(&app, plain_a).await;
     let mut plain_b = json!({"b": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}}});
-    sample(&mut plain_b, json!(["b", 0]), json!(["b", 1]), json!(["b", 2]), "b");
+    sample(
+        &mut plain_b,
+        json!(["b", 0]),
+        json!(["b", 1]),
+        json!(["b", 2]),
+        "b",
+    );
     run(&app, plain_b).await;
     let distance = |x: &[u8], y: &[u8]| -> f64 {
-        x.iter().zip(y).map(|(p, q)| (*p as f64 - *q as f64).abs()).sum::<f64>() / x.len() as f64
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (*p as f64 - *q as f64).abs())
+            .sum::<f64>()
+            / x.len() as f64
     };
-    let (a, b, b_lora) = (pixels(&app, "a"), pixels(&app, "b"), pixels(&app, "b_plus_lora"));
+    let (a, b, b_lora) = (
+        pixels(&app, "a"),
+        pixels(&app, "b"),
+        pixels(&app, "b_plus_lora"),
+    );
     assert!(
         distance(&b_lora, &a) < distance(&b, &a) / 2.0,
         "b + lora(a - b) is not near a: {} vs {}",
@@ -186,7 +303,11 @@ async fn merges_stack_with_loras_and_an_extracted_lora_loads() {
 async fn unet_loader_reads_a_bare_unet_file() {
     let app = app_with_two_checkpoints().await;
     let models = app.dir.path().join("models");
-    let all = candle_core::safetensors::load(models.join("checkpoints/a.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let all = candle_core::safetensors::load(
+        models.join("checkpoints/a.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let unet: HashMap<String, Tensor> = all
         .into_iter()
         .filter_map(|(k, t)| Some((k.strip_prefix("model.diffusion_model.")?.to_string(), t)))
@@ -202,10 +323,22 @@ async fn unet_loader_reads_a_bare_unet_file() {
         "a": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
         "u": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_unet.safetensors", "weight_dtype": "default"}}
     });
-    sample(&mut graph, json!(["u", 0]), json!(["a", 1]), json!(["a", 2]), "unet_only");
+    sample(
+        &mut graph,
+        json!(["u", 0]),
+        json!(["a", 1]),
+        json!(["a", 2]),
+        "unet_only",
+    );
     run(&app, graph).await;
     let mut plain = json!({"a": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}}});
-    sample(&mut plain, json!(["a", 0]), json!(["a", 1]), json!(["a", 2]), "full");
+    sample(
+        &mut plain,
+        json!(["a", 0]),
+        json!(["a", 1]),
+        json!(["a", 2]),
+        "full",
+    );
     run(&app, plain).await;
     assert!(pixels(&app, "unet_only") == pixels(&app, "full"));
 }
@@ -231,7 +364,11 @@ fn write_diffusers_folder(ckpt: &Path, root: &Path) {
     for (sub, tensors) in parts {
         let dir = root.join(sub);
         std::fs::create_dir_all(&dir).unwrap();
-        let file = if sub == "text_encoder" { "model.safetensors" } else { "diffusion_pytorch_model.safetensors" };
+        let file = if sub == "text_encoder" {
+            "model.safetensors"
+        } else {
+            "diffusion_pytorch_model.safetensors"
+        };
         candle_core::safetensors::save(&tensors, dir.join(file)).unwrap();
         let config = match sub {
             "unet" => Some("unet_config_sd1_tiny.json"),
@@ -249,16 +386,35 @@ fn write_diffusers_folder(ckpt: &Path, root: &Path) {
 async fn diffusers_loader_reads_a_pipeline_folder() {
     let app = app_with_two_checkpoints().await;
     let models = app.dir.path().join("models");
-    write_diffusers_folder(&models.join("checkpoints/a.safetensors"), &models.join("diffusers/tiny/sd1"));
+    write_diffusers_folder(
+        &models.join("checkpoints/a.safetensors"),
+        &models.join("diffusers/tiny/sd1"),
+    );
 
     let (_, info) = app.get("/object_info/DiffusersLoader").await;
-    assert_eq!(info["DiffusersLoader"]["input"]["required"]["model_path"][0], json!(["tiny/sd1"]));
+    assert_eq!(
+        info["DiffusersLoader"]["input"]["required"]["model_path"][0],
+        json!(["tiny/sd1"])
+    );
 
-    let mut graph = json!({"dl": {"class_type": "DiffusersLoader", "inputs": {"model_path": "tiny/sd1"}}});
-    sample(&mut graph, json!(["dl", 0]), json!(["dl", 1]), json!(["dl", 2]), "pipeline");
+    let mut graph =
+        json!({"dl": {"class_type": "DiffusersLoader", "inputs": {"model_path": "tiny/sd1"}}});
+    sample(
+        &mut graph,
+        json!(["dl", 0]),
+        json!(["dl", 1]),
+        json!(["dl", 2]),
+        "pipeline",
+    );
     run(&app, graph).await;
     let mut plain = json!({"a": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}}});
-    sample(&mut plain, json!(["a", 0]), json!(["a", 1]), json!(["a", 2]), "full");
+    sample(
+        &mut plain,
+        json!(["a", 0]),
+        json!(["a", 1]),
+        json!(["a", 2]),
+        "full",
+    );
     run(&app, plain).await;
     assert!(pixels(&app, "pipeline") == pixels(&app, "full"));
 }

@@ -322,7 +322,10 @@ impl Node for UnetLoader {
         let dtype = inputs.string("weight_dtype")?;
         if dtype != "default" {
             // Candle has no fp8 matmul: the weights keep the file's precision (or --dtype).
-            tracing::info!(weight_dtype = dtype, "fp8 weights are not supported; loading at the default precision");
+            tracing::info!(
+                weight_dtype = dtype,
+                "fp8 weights are not supported; loading at the default precision"
+            );
         }
         let path = ctx.model_path("diffusion_models", "unet_name", name)?;
         let loaded = ctx
@@ -378,12 +381,14 @@ impl Node for DiffusersLoader {
             .models
             .diffusers(&root)
             .map_err(|e| NodeError::model_load("model_path", e))?;
-        let clip = loaded.clip.as_ref().ok_or_else(|| {
-            NodeError::input("model_path", format!("{name} has no text encoder"))
-        })?;
-        let vae = loaded.vae.as_ref().ok_or_else(|| {
-            NodeError::input("model_path", format!("{name} has no VAE"))
-        })?;
+        let clip = loaded
+            .clip
+            .as_ref()
+            .ok_or_else(|| NodeError::input("model_path", format!("{name} has no text encoder")))?;
+        let vae = loaded
+            .vae
+            .as_ref()
+            .ok_or_else(|| NodeError::input("model_path", format!("{name} has no VAE")))?;
         Ok(NodeOutput::values(vec![
             Value::Model(Arc::clone(&loaded.model)),
             Value::Clip(Clip {
@@ -416,8 +421,17 @@ impl Node for DiffusersLoader {
                 .flatten()
                 .filter_map(|e| {
                     let meta = e.metadata().ok()?;
-                    let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
-                    Some(format!("{}:{}:{}", e.path().display(), meta.len(), modified.as_nanos()))
+                    let modified = meta
+                        .modified()
+                        .ok()?
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()?;
+                    Some(format!(
+                        "{}:{}:{}",
+                        e.path().display(),
+                        meta.len(),
+                        modified.as_nanos()
+                    ))
                 })
                 .collect();
             files.sort();

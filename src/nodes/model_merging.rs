@@ -164,10 +164,7 @@ impl Node for ModelMerge {
                 "advanced/model_merging/model_specific",
                 "comfy_extras.nodes_model_merging_model_specific",
             ),
-            _ => (
-                "advanced/model_merging",
-                "comfy_extras.nodes_model_merging",
-            ),
+            _ => ("advanced/model_merging", "comfy_extras.nodes_model_merging"),
         };
         NodeSpec {
             python_module,
@@ -234,7 +231,10 @@ fn merge_models(
     model2: &DiffusionModel,
     strength_of: impl Fn(&str) -> MergeStrength,
 ) -> Result<Arc<DiffusionModel>, NodeError> {
-    let (w1, w2) = (unet_weights(model1, "model1")?, unet_weights(model2, "model2")?);
+    let (w1, w2) = (
+        unet_weights(model1, "model1")?,
+        unet_weights(model2, "model2")?,
+    );
     let (merged, report) =
         merge(w1, w2, strength_of).map_err(|e| NodeError::input("model2", e.to_string()))?;
     if report.merged == 0 {

@@ -32,11 +32,7 @@ pub fn register(registry: &mut Registry) {
 }
 
 /// An output node of `comfy_extras.nodes_model_merging` with the hidden prompt inputs.
-fn save_spec(
-    class_type: &'static str,
-    inputs: Vec<InputSpec>,
-    category: &'static str,
-) -> NodeSpec {
+fn save_spec(class_type: &'static str, inputs: Vec<InputSpec>, category: &'static str) -> NodeSpec {
     NodeSpec {
         python_module: "comfy_extras.nodes_model_merging",
         hidden: vec![
@@ -50,10 +46,7 @@ fn save_spec(
 
 /// The prompt's metadata for a safetensors header (empty with `--disable-metadata`, as ComfyUI
 /// writes it then), after `first` entries.
-fn header_metadata(
-    ctx: &NodeContext,
-    first: BTreeMap<String, String>,
-) -> BTreeMap<String, String> {
+fn header_metadata(ctx: &NodeContext, first: BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut out = first;
     out.extend(metadata(ctx).iter().cloned());
     out
@@ -112,10 +105,16 @@ impl Node for CheckpointSave {
         let clip = inputs.clip("clip")?;
         let vae = inputs.vae("vae")?;
         let unet = model.weights.as_deref().ok_or_else(|| {
-            NodeError::input("model", "this model was not loaded from a file, so it cannot be saved")
+            NodeError::input(
+                "model",
+                "this model was not loaded from a file, so it cannot be saved",
+            )
         })?;
         let vae_weights = vae.weights().ok_or_else(|| {
-            NodeError::input("vae", "this VAE was not loaded from a file, so it cannot be saved")
+            NodeError::input(
+                "vae",
+                "this VAE was not loaded from a file, so it cannot be saved",
+            )
         })?;
         let parts = CheckpointParts {
             unet,
@@ -171,7 +170,10 @@ impl Node for ClipSave {
         let metadata = header_metadata(ctx, BTreeMap::new());
         let files = clip_save_files(&clip_weights(clip));
         if files.is_empty() {
-            return Err(NodeError::input("clip", "the text encoder has no weights to save"));
+            return Err(NodeError::input(
+                "clip",
+                "the text encoder has no weights to save",
+            ));
         }
         for (suffix, tensors) in files {
             let prefix = match suffix {
@@ -203,7 +205,10 @@ impl Node for VaeSave {
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let vae = inputs.vae("vae")?;
         let weights = vae.weights().ok_or_else(|| {
-            NodeError::input("vae", "this VAE was not loaded from a file, so it cannot be saved")
+            NodeError::input(
+                "vae",
+                "this VAE was not loaded from a file, so it cannot be saved",
+            )
         })?;
         let tensors = vae_ldm(weights, vae.config().block_out_channels.len())
             .map_err(|e| NodeError::input("vae", e))?;

@@ -53,15 +53,16 @@ fn merges_match_comfyui() {
         if let Some(patch) = case.get("model1_patch") {
             // A whole-weight patch applied before the merge (a LoRA, in Weft stored first).
             let key = patch[0].as_str().unwrap();
-            let (patched, _) = merge(
-                &base,
-                &part(&inputs, "patch/"),
-                |k| if k == key {
-                    MergeStrength { model: 1.0, patch: patch[1].as_f64().unwrap() }
+            let (patched, _) = merge(&base, &part(&inputs, "patch/"), |k| {
+                if k == key {
+                    MergeStrength {
+                        model: 1.0,
+                        patch: patch[1].as_f64().unwrap(),
+                    }
                 } else {
                     MergeStrength::ratio(1.0)
-                },
-            )
+                }
+            })
             .unwrap();
             base = patched;
             tolerance = 2e-3;
@@ -94,7 +95,11 @@ fn merges_match_comfyui() {
             assert!(diff <= tolerance, "{name}/{key}: {diff}");
         }
         if name != "simple_one" {
-            assert_eq!(report.shape_mismatches, vec!["input_blocks.0.0.weight"], "{name}");
+            assert_eq!(
+                report.shape_mismatches,
+                vec!["input_blocks.0.0.weight"],
+                "{name}"
+            );
         }
     }
 }

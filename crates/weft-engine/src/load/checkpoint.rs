@@ -168,9 +168,10 @@ fn build_vae(
     dtype: DType,
     device: &Device,
 ) -> Result<AutoEncoderKL, LoadError> {
-    let (vae, weights) = renaming
-        .squeeze_trailing_ones()
-        .build_keeping(sd, dtype, device, |vb| AutoEncoderKL::new(vb, cfg))?;
+    let (vae, weights) =
+        renaming
+            .squeeze_trailing_ones()
+            .build_keeping(sd, dtype, device, |vb| AutoEncoderKL::new(vb, cfg))?;
     Ok(vae.with_weights(weights))
 }
 

@@ -71,7 +71,11 @@ pub fn extract_into<'a>(
             key: key.clone(),
             source,
         };
-        let half = |t: &Tensor| t.to_device(&Device::Cpu)?.to_dtype(DType::F16)?.contiguous();
+        let half = |t: &Tensor| {
+            t.to_device(&Device::Cpu)?
+                .to_dtype(DType::F16)?
+                .contiguous()
+        };
         if let Some(module) = key.strip_suffix(".weight") {
             let full = options.lora_type == LoraType::FullDiff || diff.rank() < 2;
             if full {
@@ -83,7 +87,10 @@ pub fn extract_into<'a>(
             }
             let (up, down) = lora_pair(diff, options.rank).map_err(fail)?;
             out.insert(format!("{module}.lora_up.weight"), half(&up).map_err(fail)?);
-            out.insert(format!("{module}.lora_down.weight"), half(&down).map_err(fail)?);
+            out.insert(
+                format!("{module}.lora_down.weight"),
+                half(&down).map_err(fail)?,
+            );
             written += 1;
         } else if let Some(module) = key.strip_suffix(".bias").filter(|_| options.bias_diff) {
             out.insert(format!("{module}.diff_b"), half(diff).map_err(fail)?);
@@ -190,12 +197,20 @@ mod tests {
         };
         assert_eq!(
             keys(LoraType::Standard, true),
-            ["m.lin.diff_b", "m.lin.lora_down.weight", "m.lin.lora_up.weight", "m.norm.diff"]
+            [
+                "m.lin.diff_b",
+                "m.lin.lora_down.weight",
+                "m.lin.lora_up.weight",
+                "m.norm.diff"
+            ]
         );
         assert_eq!(
             keys(LoraType::Standard, false),
             ["m.lin.lora_down.weight", "m.lin.lora_up.weight"]
         );
-        assert_eq!(keys(LoraType::FullDiff, false), ["m.lin.diff", "m.norm.diff"]);
+        assert_eq!(
+            keys(LoraType::FullDiff, false),
+            ["m.lin.diff", "m.norm.diff"]
+        );
     }
 }

@@ -132,7 +132,11 @@ fn checkpoint_clip(clip: &ClipWeights<'_>) -> Result<BTreeMap<String, Tensor>, S
     let missing = |which: &str| format!("the text encoder has no {which} weights to save");
     let mut out = BTreeMap::new();
     let mut put = |prefix: &str, tensors: BTreeMap<String, Tensor>| {
-        out.extend(tensors.into_iter().map(|(k, t)| (format!("{prefix}{k}"), t)));
+        out.extend(
+            tensors
+                .into_iter()
+                .map(|(k, t)| (format!("{prefix}{k}"), t)),
+        );
     };
     match clip.kind {
         TextEncoderKind::Sd1 => put(
@@ -177,7 +181,9 @@ fn clip_l_layout(weights: &HashMap<String, Tensor>) -> BTreeMap<String, Tensor> 
 /// strips the `clip_x.` and `transformer.` prefixes). ComfyUI names its SD2 file without a suffix
 /// and leaves its keys under `clip_h.transformer.`, which no loader reads back; Weft writes the
 /// same file name with the plain HF names.
-pub fn clip_save_files(clip: &ClipWeights<'_>) -> Vec<(Option<&'static str>, BTreeMap<String, Tensor>)> {
+pub fn clip_save_files(
+    clip: &ClipWeights<'_>,
+) -> Vec<(Option<&'static str>, BTreeMap<String, Tensor>)> {
     let all = |w: &HashMap<String, Tensor>| -> BTreeMap<String, Tensor> {
         w.iter().map(|(k, t)| (k.clone(), t.clone())).collect()
     };
@@ -205,7 +211,10 @@ pub fn hf_to_openclip(
             "text_model.embeddings.token_embedding.weight" => "token_embedding.weight".to_string(),
             "text_model.embeddings.position_embedding.weight" => "positional_embedding".to_string(),
             "text_projection.weight" => {
-                let t = tensor.t().and_then(|t| t.contiguous()).map_err(|e| e.to_string())?;
+                let t = tensor
+                    .t()
+                    .and_then(|t| t.contiguous())
+                    .map_err(|e| e.to_string())?;
                 out.insert("text_projection".to_string(), t);
                 continue;
             }
@@ -251,7 +260,9 @@ pub fn hf_to_openclip(
     }
     for ((block, param), parts) in qkv {
         let [Some(q), Some(k), Some(v)] = parts else {
-            return Err(format!("{block}: q, k and v projections must all be present"));
+            return Err(format!(
+                "{block}: q, k and v projections must all be present"
+            ));
         };
         let joined = Tensor::cat(&[q, k, v], 0).map_err(|e| e.to_string())?;
         out.insert(format!("{block}.attn.in_proj_{param}"), joined);
@@ -280,25 +291,47 @@ mod tests {
     #[test]
     fn openclip_names_round_trip() {
         let mut hf = HashMap::new();
-        hf.insert("text_model.embeddings.token_embedding.weight".to_string(), t(&[5, 4], 0.0));
-        hf.insert("text_model.embeddings.position_embedding.weight".to_string(), t(&[3, 4], 1.0));
-        hf.insert("text_model.final_layer_norm.weight".to_string(), t(&[4], 2.0));
+        hf.insert(
+            "text_model.embeddings.token_embedding.weight".to_string(),
+            t(&[5, 4], 0.0),
+        );
+        hf.insert(
+            "text_model.embeddings.position_embedding.weight".to_string(),
+            t(&[3, 4], 1.0),
+        );
+        hf.insert(
+            "text_model.final_layer_norm.weight".to_string(),
+            t(&[4], 2.0),
+        );
         hf.insert("text_projection.weight".to_string(), t(&[2, 4], 3.0));
-        for (i, name) in ["q_proj", "k_proj", "v_proj", "out_proj"].iter().enumerate() {
+        for (i, name) in ["q_proj", "k_proj", "v_proj", "out_proj"]
+            .iter()
+            .enumerate()
+        {
             let layer = format!("text_model.encoder.layers.0.self_attn.{name}");
             hf.insert(format!("{layer}.weight"), t(&[4, 4], 10.0 * i as f32));
             hf.insert(format!("{layer}.bias"), t(&[4], 7.0 * i as f32));
         }
-        hf.insert("text_model.encoder.layers.0.mlp.fc1.weight".to_string(), t(&[8, 4], 5.0));
+        hf.insert(
+            "text_model.encoder.layers.0.mlp.fc1.weight".to_string(),
+            t(&[8, 4], 5.0),
+        );
         let open = hf_to_openclip(&hf).unwrap();
-        assert_eq!(open["transformer.resblocks.0.attn.in_proj_weight"].dims(), &[12, 4]);
+        assert_eq!(
+            open["transformer.resblocks.0.attn.in_proj_weight"].dims(),
+            &[12, 4]
+        );
         assert_eq!(open["text_projection"].dims(), &[4, 2]);
         let open: HashMap<String, Tensor> = open.into_iter().collect();
         let back = openclip_to_hf(&open).unwrap();
         assert_eq!(back.len(), hf.len());
         for (k, v) in &hf {
             let got = back[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(got, v.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{k}");
+            assert_eq!(
+                got,
+                v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{k}"
+            );
         }
     }
 
@@ -318,7 +351,10 @@ mod tests {
             .iter()
             .map(|k| (vae_ldm_to_diffusers(k, 4).unwrap(), t(&[2], 0.0)))
             .collect();
-        weights.insert("decoder.mid_block.attentions.0.to_q.weight".into(), t(&[2, 2], 0.0));
+        weights.insert(
+            "decoder.mid_block.attentions.0.to_q.weight".into(),
+            t(&[2, 2], 0.0),
+        );
         let out = vae_ldm(&weights, 4).unwrap();
         for k in ldm {
             assert!(out.contains_key(k), "{k}");

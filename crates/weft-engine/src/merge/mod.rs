@@ -231,7 +231,11 @@ mod tests {
         assert_eq!(block_strength("input_blocks.1.0.x", &prefixes), Some(0.1));
         assert_eq!(block_strength("output_blocks.1.0.x", &prefixes), Some(0.3));
         assert_eq!(block_strength("time_embed.0.weight", &prefixes), Some(0.1));
-        let sd1 = [("time_embed.", 0.0), ("input_blocks.1.", 0.4), ("input_blocks.10.", 0.7)];
+        let sd1 = [
+            ("time_embed.", 0.0),
+            ("input_blocks.1.", 0.4),
+            ("input_blocks.10.", 0.7),
+        ];
         assert_eq!(block_strength("input_blocks.10.0.x", &sd1), Some(0.7));
         assert_eq!(block_strength("input_blocks.1.0.x", &sd1), Some(0.4));
         assert_eq!(block_strength("x", &[]), None);

@@ -64,10 +64,7 @@ pub(crate) fn top_singular(a: &Tensor, rank: usize) -> candle_core::Result<(Tens
     let w = Tensor::from_vec(w, (k, r), &Device::Cpu)?;
     let s = Tensor::new(sigma.as_slice(), &Device::Cpu)?;
     let u_s = q.matmul(&w)?.broadcast_mul(&s.unsqueeze(0)?)?;
-    let vh = w
-        .t()?
-        .matmul(&b)?
-        .broadcast_div(&safe(&s)?.unsqueeze(1)?)?;
+    let vh = w.t()?.matmul(&b)?.broadcast_div(&safe(&s)?.unsqueeze(1)?)?;
     Ok((u_s, vh))
 }
 
@@ -93,10 +90,7 @@ fn orthonormal_columns(y: &Tensor) -> candle_core::Result<Tensor> {
     let mut cols: Vec<Vec<f64>> = (0..k)
         .map(|j| rows.iter().map(|r| r[j]).collect())
         .collect();
-    let scale = cols
-        .iter()
-        .map(|c| dot(c, c).sqrt())
-        .fold(0.0f64, f64::max);
+    let scale = cols.iter().map(|c| dot(c, c).sqrt()).fold(0.0f64, f64::max);
     for j in 0..k {
         for _ in 0..2 {
             for i in 0..j {
@@ -221,7 +215,23 @@ mod tests {
     fn a_zero_matrix_gives_zero_factors() {
         let a = Tensor::zeros((4, 7), DType::F32, &Device::Cpu).unwrap();
         let (us, vh) = top_singular(&a, 2).unwrap();
-        assert_eq!(us.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap(), 0.0);
-        assert_eq!(vh.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap(), 0.0);
+        assert_eq!(
+            us.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap(),
+            0.0
+        );
+        assert_eq!(
+            vh.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap(),
+            0.0
+        );
     }
 }

@@ -109,12 +109,11 @@ pub fn write_safetensors(
         file.write_all(&(header.len() as u64).to_le_bytes())?;
         file.write_all(&header)?;
         for (name, tensor) in &order {
-            let bytes = tensor_bytes(tensor, stored(tensor).0).map_err(|source| {
-                SaveErrorKind::Tensor {
+            let bytes =
+                tensor_bytes(tensor, stored(tensor).0).map_err(|source| SaveErrorKind::Tensor {
                     key: (*name).clone(),
                     source,
-                }
-            })?;
+                })?;
             file.write_all(&bytes)?;
         }
         file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -159,10 +158,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.safetensors");
         let mut tensors = BTreeMap::new();
-        let a = Tensor::arange(0f32, 6.0, &Device::Cpu).unwrap().reshape((2, 3)).unwrap();
+        let a = Tensor::arange(0f32, 6.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
         tensors.insert("a".to_string(), a.clone());
         tensors.insert("b".to_string(), a.to_dtype(DType::F16).unwrap());
-        tensors.insert("ids".to_string(), Tensor::arange(0i64, 4, &Device::Cpu).unwrap());
+        tensors.insert(
+            "ids".to_string(),
+            Tensor::arange(0i64, 4, &Device::Cpu).unwrap(),
+        );
         let metadata = BTreeMap::from([("prompt".to_string(), "{}".to_string())]);
         write_safetensors(&path, &tensors, Some(&metadata)).unwrap();
         let bytes = std::fs::read(&path).unwrap();
@@ -171,7 +176,10 @@ mod tests {
         let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
         assert_eq!(header["__metadata__"]["prompt"], "{}");
         let back = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-        assert_eq!(back["a"].to_vec2::<f32>().unwrap(), a.to_vec2::<f32>().unwrap());
+        assert_eq!(
+            back["a"].to_vec2::<f32>().unwrap(),
+            a.to_vec2::<f32>().unwrap()
+        );
         assert_eq!(back["b"].dtype(), DType::F16);
         assert_eq!(back["ids"].to_vec1::<i64>().unwrap(), vec![0, 1, 2, 3]);
         assert!(!dir.path().join("x.safetensors.partial").exists());
