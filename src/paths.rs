@@ -330,6 +330,56 @@ impl DataDirs {
         Some(files)
     }
 
+    /// Folders under a model folder (and its extra names) holding a `model_index.json`, at any
+    /// depth up to 8, as sorted `sub/name` strings (DiffusersLoader's list, as ComfyUI walks
+    /// `models/diffusers`).
+    pub fn list_pipelines(&self, folder: &str) -> Option<Vec<String>> {
+        fn walk(base: &Path, dir: &Path, depth: usize, out: &mut Vec<String>) {
+            if dir.join("model_index.json").is_file() {
+                if let Some(relative) = dir.strip_prefix(base).ok().and_then(|r| r.to_str()) {
+                    if !relative.is_empty() {
+                        out.push(relative.replace('\\', "/"));
+                    }
+                }
+            }
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            if depth == 0 {
+                return;
+            }
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(base, &path, depth - 1, out);
+                }
+            }
+        }
+        let mut folders = Vec::new();
+        for base in self.model_folders(folder)? {
+            walk(&base, &base, 8, &mut folders);
+        }
+        folders.sort();
+        folders.dedup();
+        Some(folders)
+    }
+
+    /// A folder named by DiffusersLoader's list (`sub/name`) inside the model folder `folder`:
+    /// the first of its folders that has it, refusing names that leave it.
+    pub fn model_subfolder(&self, folder: &str, name: &str) -> Result<PathBuf, String> {
+        let bases = self
+            .model_folders(folder)
+            .ok_or_else(|| format!("no model folder named {folder}"))?;
+        for base in &bases {
+            match resolve_existing_any(base, name) {
+                Ok(Some(path)) if path.is_dir() => return Ok(path),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(format!("folder '{name}' not found in models/{folder}"))
+    }
+
     /// Image files at the top level of the input folder, sorted (LoadImage's list).
     pub fn list_input_images(&self) -> Vec<String> {
         self.list_input_files(IMAGE_EXTENSIONS)

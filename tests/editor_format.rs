@@ -113,6 +113,7 @@ impl Catalog for TestCatalog {
                 .collect(),
             ComboOptions::Files(FileList::InputImages) => vec!["example.png".into()],
             ComboOptions::Files(FileList::InputLatents) => Vec::new(),
+            ComboOptions::Files(FileList::Pipelines(_)) => Vec::new(),
         }
     }
 

@@ -24,6 +24,7 @@ mod image_nodes;
 mod latent_nodes;
 mod lora_nodes;
 mod memory;
+mod model_merging_nodes;
 mod model_patch_nodes;
 mod models;
 mod restart;

@@ -1,4 +1,5 @@
-//! Model loaders: CheckpointLoaderSimple, CheckpointLoader, VAELoader.
+//! Model loaders: CheckpointLoaderSimple, CheckpointLoader, VAELoader, CLIPLoader,
+//! DualCLIPLoader, UNETLoader and DiffusersLoader.
 
 use std::sync::Arc;
 
@@ -18,6 +19,8 @@ pub fn register(registry: &mut Registry) {
     registry.add(VaeLoader);
     registry.add(ClipLoader);
     registry.add(DualClipLoader);
+    registry.add(UnetLoader);
+    registry.add(DiffusersLoader);
 }
 
 /// A drop-down of the files in model folder `folder`.
@@ -304,5 +307,151 @@ impl Node for DualClipLoader {
             file_fingerprint(dirs, "text_encoders", constants, "clip_name1")?,
             file_fingerprint(dirs, "text_encoders", constants, "clip_name2")?
         ))
+    }
+}
+
+/// Loads a diffusion model alone (ComfyUI's "Load Diffusion Model"): a UNet file in the LDM layout,
+/// bare or under `model.diffusion_model.`, from `models/diffusion_models` or `models/unet`.
+pub struct UnetLoader;
+
+impl Node for UnetLoader {
+    fn spec(&self) -> NodeSpec {
+        loader_spec(
+            "UNETLoader",
+            "Load Diffusion Model",
+            "advanced/loaders",
+            vec![
+                required("unet_name", files("diffusion_models")),
+                required(
+                    "weight_dtype",
+                    combo(&["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]),
+                ),
+            ],
+            vec![output(SlotType::MODEL, "MODEL")],
+            "",
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let name = inputs.string("unet_name")?;
+        let dtype = inputs.string("weight_dtype")?;
+        if dtype != "default" {
+            // Candle has no fp8 matmul: the weights keep the file's precision (or --dtype).
+            tracing::info!(
+                weight_dtype = dtype,
+                "fp8 weights are not supported; loading at the default precision"
+            );
+        }
+        let path = ctx.model_path("diffusion_models", "unet_name", name)?;
+        let loaded = ctx
+            .models
+            .checkpoint(&path)
+            .map_err(|e| NodeError::model_load("unet_name", e))?;
+        Ok(NodeOutput::values(vec![Value::Model(Arc::clone(
+            &loaded.model,
+        ))]))
+    }
+
+    fn fingerprint(
+        &self,
+        dirs: &DataDirs,
+        constants: &[(String, ConstValue)],
+    ) -> Result<String, NodeError> {
+        file_fingerprint(dirs, "diffusion_models", constants, "unet_name")
+    }
+}
+
+/// Loads a diffusers pipeline folder from `models/diffusers` (`unet/`, `vae/`, `text_encoder/`,
+/// `text_encoder_2/`), ComfyUI's deprecated DiffusersLoader.
+pub struct DiffusersLoader;
+
+impl Node for DiffusersLoader {
+    fn spec(&self) -> NodeSpec {
+        let model_path = InputKind::Combo {
+            options: ComboOptions::Files(FileList::Pipelines("diffusers")),
+            default: None,
+            image_upload: false,
+        };
+        loader_spec(
+            "DiffusersLoader",
+            "DiffusersLoader",
+            "advanced/loaders/deprecated",
+            vec![required("model_path", model_path)],
+            vec![
+                output(SlotType::MODEL, "MODEL"),
+                output(SlotType::CLIP, "CLIP"),
+                output(SlotType::VAE, "VAE"),
+            ],
+            "",
+        )
+    }
+
+    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
+        let name = inputs.string("model_path")?;
+        let root = ctx
+            .dirs
+            .model_subfolder("diffusers", name)
+            .map_err(|m| NodeError::input("model_path", m))?;
+        let loaded = ctx
+            .models
+            .diffusers(&root)
+            .map_err(|e| NodeError::model_load("model_path", e))?;
+        let clip = loaded
+            .clip
+            .as_ref()
+            .ok_or_else(|| NodeError::input("model_path", format!("{name} has no text encoder")))?;
+        let vae = loaded
+            .vae
+            .as_ref()
+            .ok_or_else(|| NodeError::input("model_path", format!("{name} has no VAE")))?;
+        Ok(NodeOutput::values(vec![
+            Value::Model(Arc::clone(&loaded.model)),
+            Value::Clip(Clip {
+                encoder: Arc::clone(clip),
+                clip_skip: None,
+            }),
+            Value::Vae(Arc::clone(vae)),
+        ]))
+    }
+
+    fn fingerprint(
+        &self,
+        dirs: &DataDirs,
+        constants: &[(String, ConstValue)],
+    ) -> Result<String, NodeError> {
+        let Some((_, ConstValue::String(name))) = constants.iter().find(|(n, _)| n == "model_path")
+        else {
+            return Ok(String::new());
+        };
+        let root = dirs
+            .model_subfolder("diffusers", name)
+            .map_err(|m| NodeError::input("model_path", m))?;
+        // The weight files' sizes and times stand for the folder.
+        let mut parts = vec![root.display().to_string()];
+        for sub in ["unet", "vae", "text_encoder", "text_encoder_2"] {
+            let Ok(entries) = std::fs::read_dir(root.join(sub)) else {
+                continue;
+            };
+            let mut files: Vec<String> = entries
+                .flatten()
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    let modified = meta
+                        .modified()
+                        .ok()?
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()?;
+                    Some(format!(
+                        "{}:{}:{}",
+                        e.path().display(),
+                        meta.len(),
+                        modified.as_nanos()
+                    ))
+                })
+                .collect();
+            files.sort();
+            parts.extend(files);
+        }
+        Ok(parts.join("|"))
     }
 }

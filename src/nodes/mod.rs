@@ -26,7 +26,9 @@ pub mod latent_ops;
 pub mod loaders;
 pub mod lora;
 pub mod mask;
+pub mod model_merging;
 pub mod model_patches;
+pub mod model_saving;
 mod pixels;
 pub mod preprocessors;
 pub mod primitives;
@@ -302,6 +304,8 @@ impl Registry {
         lora::register(&mut registry);
         model_patches::register(&mut registry);
         attention_multiply::register(&mut registry);
+        model_merging::register(&mut registry);
+        model_saving::register(&mut registry);
         conditioning::register(&mut registry);
         image_conditioning::register(&mut registry);
         clip_vision::register(&mut registry);
@@ -378,6 +382,9 @@ pub fn combo_options(dirs: &DataDirs, options: &ComboOptions) -> Vec<String> {
         ComboOptions::Static(list) => list.iter().map(|s| (*s).to_owned()).collect(),
         ComboOptions::Files(FileList::InputImages) => dirs.list_input_images(),
         ComboOptions::Files(FileList::InputLatents) => dirs.list_input_files(&["latent"]),
+        ComboOptions::Files(FileList::Pipelines(folder)) => {
+            dirs.list_pipelines(folder).unwrap_or_default()
+        }
         ComboOptions::Files(FileList::Models(folder)) => {
             dirs.list_models(folder).unwrap_or_default()
         }

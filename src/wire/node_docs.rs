@@ -93,6 +93,9 @@ fn widget(input: &InputSpec) -> (String, String) {
                 ComboOptions::Files(FileList::InputImages) => {
                     "an image in the input folder".to_owned()
                 }
+                ComboOptions::Files(FileList::Pipelines(folder)) => {
+                    format!("a diffusers folder in `models/{folder}`")
+                }
                 ComboOptions::Files(FileList::InputLatents) => {
                     "a `.latent` file in the input folder".to_owned()
                 }

@@ -9,6 +9,7 @@ pub(crate) mod custom_sampling_parity;
 pub(crate) mod gligen_parity;
 pub(crate) mod load;
 pub(crate) mod lora_parity;
+pub(crate) mod merge_parity;
 pub(crate) mod model_patches_parity;
 pub(crate) mod preprocess_parity;
 pub(crate) mod rng_parity;

@@ -28,6 +28,7 @@ impl Catalog for TestCatalog {
             ComboOptions::Files(FileList::Models(_)) => Vec::new(),
             ComboOptions::Files(FileList::InputImages) => vec!["example.png".into()],
             ComboOptions::Files(FileList::InputLatents) => Vec::new(),
+            ComboOptions::Files(FileList::Pipelines(_)) => Vec::new(),
         }
     }
 

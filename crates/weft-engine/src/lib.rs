@@ -19,6 +19,7 @@ pub mod load;
 pub mod lora;
 pub mod manager;
 pub mod memory;
+pub mod merge;
 pub mod ops;
 pub mod preprocess;
 pub mod resize;

@@ -39,7 +39,8 @@ use crate::device::weight_dtype;
 use crate::diffusion::DiffusionModel;
 use crate::gligen::Gligen;
 use crate::load::checkpoint::{
-    clip_components, load_vae_file, load_vae_ldm, split_components, unet_ldm_names, ClipComponent,
+    clip_components, detect_unet_diffusers, diffusers_text_encoders, load_vae_diffusers,
+    load_vae_file, load_vae_ldm, open_component, split_components, unet_ldm_names, ClipComponent,
     UNET_PREFIX, VAE_PREFIX,
 };
 use crate::load::detect::{detect_unet, detect_vae_ldm, distinguishing_keys, ModelFamily};
@@ -581,6 +582,34 @@ impl ModelManager {
         }
     }
 
+    /// A diffusers pipeline folder (DiffusersLoader): `unet/`, `vae/`, `text_encoder/` and
+    /// `text_encoder_2/`, loaded once while its UNet weights file stays unchanged (that file
+    /// stands for the folder), whole on the device.
+    pub fn diffusers(&self, root: &Path) -> Result<Arc<LoadedCheckpoint>, LoadError> {
+        let unet_dir = root.join("unet");
+        let unet_file = open_component(&unet_dir, "diffusion_pytorch_model")?
+            .path()
+            .to_path_buf();
+        let loaded = self.get_or_load(
+            &unet_file,
+            |l| matches!(l, Loaded::Checkpoint(_)),
+            || {
+                let sd = open_component(&unet_dir, "diffusion_pytorch_model")?;
+                let dtype = self.weight_dtype(sd.float_dtype(""));
+                // The UNet dominates; the VAE and text encoders are counted when loaded.
+                Ok((sd.loaded_bytes("", |_| dtype), (sd, dtype)))
+            },
+            |(sd, dtype), _| {
+                let ckpt = self.load_diffusers(root, sd, dtype)?;
+                Ok((Loaded::Checkpoint(Arc::new(ckpt)), 0))
+            },
+        )?;
+        match loaded {
+            Loaded::Checkpoint(c) => Ok(c),
+            _ => unreachable!("reuse only accepts checkpoints"),
+        }
+    }
+
     /// A standalone VAE file, with the latent scale of the family it will be used with.
     pub fn vae(&self, path: &Path, scale: f64) -> Result<Arc<AutoEncoderKL>, LoadError> {
         let dtype = self.vae_dtype();
@@ -752,6 +781,66 @@ impl ModelManager {
             offloaded,
             memory: self.probe.read(),
         }
+    }
+
+    /// Builds a diffusers pipeline's models: the UNet from its map of (diffusers-named) weights,
+    /// kept for LoRA and merges as a checkpoint's are.
+    fn load_diffusers(
+        &self,
+        root: &Path,
+        sd: StateDict,
+        dtype: DType,
+    ) -> Result<LoadedCheckpoint, LoadError> {
+        let path = sd.path().to_path_buf();
+        let fail = |kind: LoadErrorKind| LoadError {
+            path: path.clone(),
+            kind,
+        };
+        let detected = detect_unet_diffusers(&root.join("unet"))?;
+        let mut weights = HashMap::new();
+        for key in sd.shapes().keys() {
+            let tensor = sd
+                .get(key)?
+                .to_dtype(dtype)
+                .and_then(|t| t.to_device(&self.device))
+                .map_err(|e| fail(LoadErrorKind::Tensor(e)))?;
+            weights.insert(key.clone(), tensor);
+        }
+        let vb = placed_var_builder(weights.clone(), dtype, &self.device);
+        let unet = UNet2DConditionModel::new(vb, &detected.config)
+            .map_err(|e| fail(LoadErrorKind::Tensor(e)))?;
+        let vae = load_vae_diffusers(&root.join("vae"), self.vae_dtype(), &self.device)?;
+        let family = detected.family;
+        // The text encoders under the prefixes `text_encoder` looks them up by.
+        let clips: Vec<ClipComponent> = diffusers_text_encoders(root)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, tensors))| ClipComponent {
+                prefix: match family {
+                    ModelFamily::SdxlBase => format!("conditioner.embedders.{i}."),
+                    _ => format!("{name}."),
+                },
+                tensors: prefixed(tensors, "transformer."),
+            })
+            .collect();
+        let clip = if clips.is_empty() {
+            None
+        } else {
+            let encoder = text_encoder(family, &clips, dtype, &self.device)
+                .map_err(|m| fail(LoadErrorKind::BadConfig(m)))?;
+            Some(Arc::new(encoder))
+        };
+        let model_bytes: usize = weights.values().map(tensor_bytes).sum();
+        let model = DiffusionModel::new(unet, family, detected.prediction, model_bytes)
+            .with_weights(weights);
+        Ok(LoadedCheckpoint {
+            model: Arc::new(model),
+            clip,
+            vae: Some(Arc::new(vae)),
+            // A diffusers folder's image encoder is not read (no loader of ComfyUI's reads it).
+            clip_vision: None,
+            bytes: model_bytes,
+        })
     }
 
     /// Builds a checkpoint's models from `sd`, tensor by tensor: each is read from the file and

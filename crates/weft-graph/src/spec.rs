@@ -98,6 +98,9 @@ pub enum FileList {
     InputLatents,
     /// Files of a model folder, recursively, with relative paths (`sub/x.safetensors`).
     Models(&'static str),
+    /// Folders under a model folder that hold a `model_index.json` (diffusers pipelines), with
+    /// relative paths (DiffusersLoader).
+    Pipelines(&'static str),
 }
 
 /// What kind of value an input takes, with its widget options.

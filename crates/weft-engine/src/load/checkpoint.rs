@@ -157,9 +157,22 @@ pub fn load_vae_ldm(
     device: &Device,
 ) -> Result<AutoEncoderKL, LoadError> {
     let names = vae_ldm_names(sd, prefix, cfg.block_out_channels.len());
-    Renaming::new(names)
-        .squeeze_trailing_ones()
-        .build(sd, dtype, device, |vb| AutoEncoderKL::new(vb, cfg))
+    build_vae(Renaming::new(names), sd, cfg, dtype, device)
+}
+
+/// Builds a VAE that keeps the weights it took, for saving.
+fn build_vae(
+    renaming: Renaming,
+    sd: &Arc<StateDict>,
+    cfg: &VaeConfig,
+    dtype: DType,
+    device: &Device,
+) -> Result<AutoEncoderKL, LoadError> {
+    let (vae, weights) =
+        renaming
+            .squeeze_trailing_ones()
+            .build_keeping(sd, dtype, device, |vb| AutoEncoderKL::new(vb, cfg))?;
+    Ok(vae.with_weights(weights))
 }
 
 /// A loaded single-file checkpoint.
@@ -237,9 +250,7 @@ pub fn load_vae_file(
                 .keys()
                 .filter_map(|k| Some((k.strip_prefix(prefix)?.to_string(), k.clone())))
                 .collect();
-            return Renaming::new(names)
-                .squeeze_trailing_ones()
-                .build(&sd, dtype, device, |vb| AutoEncoderKL::new(vb, &cfg));
+            return build_vae(Renaming::new(names), &sd, &cfg, dtype, device);
         }
     }
     Err(LoadError::new(
@@ -451,16 +462,22 @@ pub fn load_unet_diffusers(
     dtype: DType,
     device: &Device,
 ) -> Result<(DetectedUnet, UNet2DConditionModel), LoadError> {
-    let cfg_path = dir.join("config.json");
-    let (config, family) = unet_config_from_diffusers(&read_json(&cfg_path)?)
-        .map_err(|e| LoadError::new(&cfg_path, LoadErrorKind::BadConfig(e)))?;
+    let detected = detect_unet_diffusers(dir)?;
     let sd = Arc::new(open_component(dir, "diffusion_pytorch_model")?);
     let unet = Renaming::new(identity_names(&sd))
         .squeeze_trailing_ones()
         .build(&sd, dtype, device, |vb| {
-            UNet2DConditionModel::new(vb, &config)
+            UNet2DConditionModel::new(vb, &detected.config)
         })?;
-    // The folder's scheduler config says what the model predicts.
+    Ok((detected, unet))
+}
+
+/// The family, config and prediction of a diffusers `unet/` folder: its `config.json`, and the
+/// pipeline's `scheduler/scheduler_config.json` for what the model predicts.
+pub fn detect_unet_diffusers(dir: &Path) -> Result<DetectedUnet, LoadError> {
+    let cfg_path = dir.join("config.json");
+    let (config, family) = unet_config_from_diffusers(&read_json(&cfg_path)?)
+        .map_err(|e| LoadError::new(&cfg_path, LoadErrorKind::BadConfig(e)))?;
     let sched = dir
         .parent()
         .map(|p| p.join("scheduler").join("scheduler_config.json"));
@@ -480,14 +497,29 @@ pub fn load_unet_diffusers(
         ),
         _ => (Prediction::Epsilon, PredictionSource::FamilyDefault),
     };
-    let detected = DetectedUnet {
+    Ok(DetectedUnet {
         family,
         config,
         prediction,
         zero_terminal_snr: false,
         prediction_source: source,
-    };
-    Ok((detected, unet))
+    })
+}
+
+/// The raw HF-named weights of a pipeline's `text_encoder/` and `text_encoder_2/`
+/// (model[.fp16].safetensors), those present, in that order.
+pub fn diffusers_text_encoders(
+    root: &Path,
+) -> Result<Vec<(String, HashMap<String, Tensor>)>, LoadError> {
+    let mut text_encoders = Vec::new();
+    for name in ["text_encoder", "text_encoder_2"] {
+        let dir = root.join(name);
+        if dir.is_dir() {
+            let sd = open_component(&dir, "model")?;
+            text_encoders.push((name.to_string(), sd.get_prefixed("")?));
+        }
+    }
+    Ok(text_encoders)
 }
 
 /// Loads `root/vae` (config.json + diffusion_pytorch_model[.fp16].safetensors).
@@ -500,9 +532,7 @@ pub fn load_vae_diffusers(
     let cfg = vae_config_from_diffusers(&read_json(&cfg_path)?)
         .map_err(|e| LoadError::new(&cfg_path, LoadErrorKind::BadConfig(e)))?;
     let sd = Arc::new(open_component(dir, "diffusion_pytorch_model")?);
-    Renaming::new(identity_names(&sd))
-        .squeeze_trailing_ones()
-        .build(&sd, dtype, device, |vb| AutoEncoderKL::new(vb, &cfg))
+    build_vae(Renaming::new(identity_names(&sd)), &sd, &cfg, dtype, device)
 }
 
 /// Loads a diffusers pipeline folder: unet/, vae/, and the raw weights of text_encoder/ and
@@ -514,14 +544,7 @@ pub fn load_diffusers_folder(
 ) -> Result<DiffusersPipeline, LoadError> {
     let (detected, unet) = load_unet_diffusers(&root.join("unet"), dtype, device)?;
     let vae = load_vae_diffusers(&root.join("vae"), dtype, device)?;
-    let mut text_encoders = Vec::new();
-    for name in ["text_encoder", "text_encoder_2"] {
-        let dir = root.join(name);
-        if dir.is_dir() {
-            let sd = open_component(&dir, "model")?;
-            text_encoders.push((name.to_string(), sd.get_prefixed("")?));
-        }
-    }
+    let text_encoders = diffusers_text_encoders(root)?;
     Ok(DiffusersPipeline {
         detected,
         unet,

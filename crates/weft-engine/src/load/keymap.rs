@@ -161,3 +161,57 @@ pub fn invert(
         .filter_map(|ldm| map(&ldm).map(|d| (d, ldm)))
         .collect()
 }
+
+/// Maps one diffusers VAE key back to its LDM name (the inverse of [`vae_ldm_to_diffusers`]);
+/// `None` for keys that are not VAE weights.
+pub fn vae_diffusers_to_ldm(key: &str, levels: usize) -> Option<String> {
+    if key.starts_with("quant_conv.") || key.starts_with("post_quant_conv.") {
+        return Some(key.to_string());
+    }
+    let (side, rest) = key.split_once('.')?;
+    if side != "encoder" && side != "decoder" {
+        return None;
+    }
+    let resnet = |r: &str| r.replace("conv_shortcut", "nin_shortcut");
+    if rest.starts_with("conv_in.") || rest.starts_with("conv_out.") {
+        return Some(key.to_string());
+    }
+    if let Some(r) = rest.strip_prefix("conv_norm_out.") {
+        return Some(format!("{side}.norm_out.{r}"));
+    }
+    if let Some(r) = rest.strip_prefix("mid_block.") {
+        if let Some(r) = r.strip_prefix("resnets.") {
+            let (k, r) = r.split_once('.')?;
+            let k: usize = k.parse().ok()?;
+            return Some(format!("{side}.mid.block_{}.{}", k + 1, resnet(r)));
+        }
+        let r = r.strip_prefix("attentions.0.")?;
+        let (name, param) = r.rsplit_once('.')?;
+        let ldm = match name {
+            "group_norm" => "norm",
+            "to_q" => "q",
+            "to_k" => "k",
+            "to_v" => "v",
+            "to_out.0" => "proj_out",
+            _ => return None,
+        };
+        return Some(format!("{side}.mid.attn_1.{ldm}.{param}"));
+    }
+    if side == "encoder" {
+        let r = rest.strip_prefix("down_blocks.")?;
+        let (i, r) = r.split_once('.')?;
+        if let Some(r) = r.strip_prefix("resnets.") {
+            return Some(format!("encoder.down.{i}.block.{}", resnet(r)));
+        }
+        let r = r.strip_prefix("downsamplers.0.conv.")?;
+        return Some(format!("encoder.down.{i}.downsample.conv.{r}"));
+    }
+    let r = rest.strip_prefix("up_blocks.")?;
+    let (i, r) = r.split_once('.')?;
+    let b = levels.checked_sub(1)?.checked_sub(i.parse().ok()?)?;
+    if let Some(r) = r.strip_prefix("resnets.") {
+        return Some(format!("decoder.up.{b}.block.{}", resnet(r)));
+    }
+    let r = r.strip_prefix("upsamplers.0.conv.")?;
+    Some(format!("decoder.up.{b}.upsample.conv.{r}"))
+}

@@ -81,6 +81,8 @@ struct RenamingBackend<S: Source> {
     context: S::Context,
     file: Arc<FileTensors>,
     squeeze_trailing_ones: bool,
+    /// Every tensor served, by model name, as the model got it (see [`Renaming::build_keeping`]).
+    served: Option<Arc<Mutex<HashMap<String, Tensor>>>>,
 }
 
 impl<S: Source> RenamingBackend<S> {
@@ -126,7 +128,11 @@ impl<S: Source> candle_nn::var_builder::SimpleBackend for RenamingBackend<S> {
                 found: t.dims().to_vec(),
             }));
         };
-        t.to_dtype(dtype)?.to_device(dev)
+        let t = t.to_dtype(dtype)?.to_device(dev)?;
+        if let Some(Ok(mut served)) = self.served.as_ref().map(|s| s.lock()) {
+            served.insert(name.to_string(), t.clone());
+        }
+        Ok(t)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
@@ -190,6 +196,35 @@ impl<S: Source> Renaming<S> {
         device: &Device,
         build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
     ) -> Result<T, LoadError> {
+        self.build_inner(sd, dtype, device, None, build)
+    }
+
+    /// [`Renaming::build`], also returning every tensor the model took, by model name, as it
+    /// took them (the same tensors, shared): the weights a saver writes back.
+    pub(crate) fn build_keeping<T>(
+        self,
+        sd: &Arc<StateDict>,
+        dtype: DType,
+        device: &Device,
+        build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
+    ) -> Result<(T, HashMap<String, Tensor>), LoadError> {
+        let served = Arc::new(Mutex::new(HashMap::new()));
+        let model = self.build_inner(sd, dtype, device, Some(Arc::clone(&served)), build)?;
+        let served = match Arc::try_unwrap(served) {
+            Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+            Err(shared) => shared.lock().map(|m| m.clone()).unwrap_or_default(),
+        };
+        Ok((model, served))
+    }
+
+    fn build_inner<T>(
+        self,
+        sd: &Arc<StateDict>,
+        dtype: DType,
+        device: &Device,
+        served: Option<Arc<Mutex<HashMap<String, Tensor>>>>,
+        build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
+    ) -> Result<T, LoadError> {
         let mapped: Option<Vec<String>> = self.unused_warning.map(|_| {
             self.names
                 .values()
@@ -207,6 +242,7 @@ impl<S: Source> Renaming<S> {
             context: self.context,
             file: Arc::clone(&file),
             squeeze_trailing_ones: self.squeeze_trailing_ones,
+            served,
         };
         let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
         let model = build(vb).map_err(|e| {

@@ -296,6 +296,8 @@ pub struct AutoEncoderKL {
     quant_conv: Conv2d,
     post_quant_conv: Conv2d,
     config: VaeConfig,
+    /// The diffusers-named weights it was built from (shared with its layers), for saving.
+    weights: Option<std::sync::Arc<std::collections::HashMap<String, Tensor>>>,
 }
 
 impl AutoEncoderKL {
@@ -332,7 +334,19 @@ impl AutoEncoderKL {
             quant_conv: conv2d(2 * lc, 2 * lc, 1, Default::default(), vb.pp("quant_conv"))?,
             post_quant_conv: conv2d(lc, lc, 1, Default::default(), vb.pp("post_quant_conv"))?,
             config: cfg.clone(),
+            weights: None,
         })
+    }
+
+    /// Keeps the diffusers-named weights the VAE was built from (VAESave, CheckpointSave).
+    pub fn with_weights(mut self, weights: std::collections::HashMap<String, Tensor>) -> Self {
+        self.weights = Some(std::sync::Arc::new(weights));
+        self
+    }
+
+    /// The weights it was built from, when its loader kept them.
+    pub fn weights(&self) -> Option<&std::collections::HashMap<String, Tensor>> {
+        self.weights.as_deref()
     }
 
     /// The architecture and scaling factor.

@@ -285,6 +285,7 @@ impl Catalog for TestCatalog {
             ComboOptions::Static(list) => list.iter().map(|s| (*s).to_owned()).collect(),
             ComboOptions::Files(FileList::InputImages) => self.input_images.clone(),
             ComboOptions::Files(FileList::InputLatents) => Vec::new(),
+            ComboOptions::Files(FileList::Pipelines(_)) => Vec::new(),
             ComboOptions::Files(FileList::Models("checkpoints")) => self.checkpoints.clone(),
             ComboOptions::Files(FileList::Models(_)) => Vec::new(),
         }
