@@ -12,6 +12,7 @@ pub mod controlnet;
 pub mod device;
 pub mod diffusion;
 pub mod fuzzing;
+pub mod hypernetwork;
 pub mod load;
 pub mod lora;
 pub mod manager;

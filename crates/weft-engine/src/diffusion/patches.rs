@@ -162,6 +162,14 @@ pub trait SelfAttentionPatch: Send + Sync + Debug {
     ) -> Result<(Tensor, Tensor, Tensor, UndoAttentionPatch)>;
 }
 
+/// ComfyUI's `attn2_patch`: rewrites the sources of a cross-attention's queries (the block's
+/// normed hidden states `[B, N, C]`), keys and values (the text context `[B, M, C_ctx]`) before
+/// the projections. Applies to every transformer block of the UNet.
+pub trait CrossAttentionPatch: Send + Sync + Debug {
+    /// The new (query, key, value) sources.
+    fn before(&self, q: Tensor, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor, Tensor)>;
+}
+
 /// Patches applied inside the UNet's forward pass.
 #[derive(Debug, Clone, Default)]
 pub struct UNetPatches {
@@ -179,6 +187,8 @@ pub struct UNetPatches {
     pub output_block: Vec<Arc<dyn OutputBlockPatch>>,
     /// `attn1_patch`/`attn1_output_patch` pairs, in the order they were added.
     pub self_attention: Vec<Arc<dyn SelfAttentionPatch>>,
+    /// `attn2_patch`es, in the order they were added.
+    pub cross_attention: Vec<Arc<dyn CrossAttentionPatch>>,
 }
 
 /// Everything patched onto a model handle (ComfyUI's `model_options`).

@@ -462,6 +462,7 @@ impl UNet2DConditionModel {
         let hooks = SelfAttentionHooks {
             replace: [None, None],
             patches: &patches.self_attention,
+            cross_patches: &patches.cross_attention,
             latent_hw: (latent_h, latent_w),
         };
         let t = self.encoder.timesteps(timesteps, batch)?;
