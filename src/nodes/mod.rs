@@ -11,6 +11,7 @@ pub mod compositing;
 pub mod conditioning;
 pub mod controlnet;
 pub mod custom_sampling;
+pub mod hypernetwork;
 pub mod image_anim;
 pub mod image_conditioning;
 pub mod image_filter;
@@ -298,6 +299,7 @@ impl Registry {
         };
         loaders::register(&mut registry);
         lora::register(&mut registry);
+        hypernetwork::register(&mut registry);
         model_patches::register(&mut registry);
         attention_multiply::register(&mut registry);
         conditioning::register(&mut registry);

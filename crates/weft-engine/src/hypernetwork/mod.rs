@@ -118,9 +118,14 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// Builds the MLP from one state dict's entries, in file order, as ComfyUI walks them: the
-    /// `.weight` names in order, each a linear layer (then the activation unless it is the last
-    /// one and `activate_output` is off), and with `layer_norm` the next name its LayerNorm.
+    /// Builds the MLP from one state dict's entries as ComfyUI walks them: the `.weight` names in
+    /// order, each a linear layer (then the activation unless it is the last one and
+    /// `activate_output` is off), and with `layer_norm` the next name its LayerNorm.
+    ///
+    /// ComfyUI takes the dict's order, which a saved Sequential's state dict has as its numeric
+    /// layer order (`linear.2` before `linear.10`); that natural order is used here, since neither
+    /// a safetensors header nor candle's pickle reader (it reverses each SETITEMS batch) keeps
+    /// the file's.
     fn build(entries: &[(String, Tensor)], options: &Options) -> std::result::Result<Mlp, String> {
         let get = |name: &str| {
             entries
@@ -129,10 +134,11 @@ impl Mlp {
                 .map(|(_, t)| t.clone())
                 .ok_or_else(|| format!("'{name}' is missing"))
         };
-        let names: Vec<&str> = entries
+        let mut names: Vec<&str> = entries
             .iter()
             .filter_map(|(k, _)| k.strip_suffix(".weight"))
             .collect();
+        names.sort_by_key(|name| natural_key(name));
         let mut layers = Vec::new();
         let mut i = 0;
         while i < names.len() {
@@ -307,6 +313,13 @@ impl CrossAttentionPatch for Hypernetwork {
     }
 }
 
+/// A name's sort key: its dot-separated parts, numbers by value.
+fn natural_key(name: &str) -> Vec<(u64, &str)> {
+    name.split('.')
+        .map(|p| p.parse::<u64>().map_or((u64::MAX, p), |n| (n, "")))
+        .collect()
+}
+
 /// Each width's two state dicts, their entries in file order.
 type Widths = Vec<(usize, [Vec<(String, Tensor)>; 2])>;
 
@@ -338,7 +351,9 @@ fn from_pickle(root: &PickleValue) -> std::result::Result<(Options, Widths), Str
         };
         let width = usize::try_from(*width).map_err(|_| format!("negative width {width}"))?;
         let PickleValue::List(pair) = value else {
-            return Err(format!("hypernetwork {width} is not a list of two state dicts"));
+            return Err(format!(
+                "hypernetwork {width} is not a list of two state dicts"
+            ));
         };
         let state_dict = |i: usize| -> std::result::Result<Vec<(String, Tensor)>, String> {
             let Some(PickleValue::Dict(sd)) = pair.get(i) else {
@@ -357,15 +372,13 @@ fn from_pickle(root: &PickleValue) -> std::result::Result<(Options, Widths), Str
     Ok((options, widths))
 }
 
-/// The layers of a flattened file (`768.0.linear.0.weight`), each state dict's names in natural
-/// order (`linear.2` before `linear.10`), since a safetensors header keeps no order. A flat file
-/// has no place for the options, so ComfyUI's defaults apply.
+/// The layers of a flattened file (`768.0.linear.0.weight`). A flat file has no place for the
+/// options, so ComfyUI's defaults apply.
 fn from_flat(sd: &StateDict) -> std::result::Result<(Options, Widths), LoadError> {
     let mut by_width: BTreeMap<usize, [Vec<String>; 2]> = BTreeMap::new();
     for name in sd.shapes().keys() {
         let mut parts = name.splitn(3, '.');
-        let (Some(width), Some(index), Some(_)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(width), Some(index), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         let (Ok(width), Ok(index)) = (width.parse::<usize>(), index.parse::<usize>()) else {
@@ -375,15 +388,9 @@ fn from_flat(sd: &StateDict) -> std::result::Result<(Options, Widths), LoadError
             names.push(name.clone());
         }
     }
-    let natural = |name: &String| -> Vec<(u64, String)> {
-        name.split('.')
-            .map(|p| p.parse::<u64>().map_or((u64::MAX, p.to_string()), |n| (n, String::new())))
-            .collect()
-    };
     let mut widths = Vec::new();
-    for (width, [mut k, mut v]) in by_width {
-        let read = |names: &mut Vec<String>| -> std::result::Result<_, LoadError> {
-            names.sort_by_key(natural);
+    for (width, [k, v]) in by_width {
+        let read = |names: &[String]| -> std::result::Result<_, LoadError> {
             names
                 .iter()
                 .map(|n| {
@@ -392,7 +399,50 @@ fn from_flat(sd: &StateDict) -> std::result::Result<(Options, Widths), LoadError
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()
         };
-        widths.push((width, [read(&mut k)?, read(&mut v)?]));
+        widths.push((width, [read(&k)?, read(&v)?]));
     }
     Ok((Options::default(), widths))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzzing::torch_zip;
+
+    #[test]
+    fn a_pickle_with_a_foreign_global_is_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("evil.pt");
+        std::fs::write(
+            &path,
+            torch_zip(b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00lsR."),
+        )
+        .unwrap();
+        let err = Hypernetwork::open(&path).unwrap_err();
+        assert!(matches!(err.kind, LoadErrorKind::UnsafePickle(_)), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("evil.pt") && message.contains("os.system"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_file_without_layers_or_with_an_unknown_activation_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.pt");
+        // {"activation_func": "gelu"}
+        std::fs::write(
+            &path,
+            torch_zip(
+                b"\x80\x02}q\x00X\x0f\x00\x00\x00activation_funcq\x01X\x04\x00\x00\x00gelus.",
+            ),
+        )
+        .unwrap();
+        let err = Hypernetwork::open(&path).unwrap_err().to_string();
+        assert!(err.contains("unsupported activation_func 'gelu'"), "{err}");
+        std::fs::write(&path, torch_zip(b"\x80\x02}q\x00.")).unwrap();
+        let err = Hypernetwork::open(&path).unwrap_err().to_string();
+        assert!(err.contains("no hypernetwork layers"), "{err}");
+    }
 }
