@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sag_reference import sd_sigmas  # noqa: E402
+from hypertile_reference import attend  # noqa: E402
 from synth import fill_synth  # noqa: E402
 from unet_vae_reference import UNETS  # noqa: E402
 
@@ -103,14 +104,7 @@ class PatchedAttention:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         k_src, v_src = shift(self.hypernet, self.strength, context, context)
-        q, k, v = attn.to_q(hidden_states), attn.to_k(k_src), attn.to_v(v_src)
-        b, _, inner = q.shape
-        heads = attn.heads
-        d = inner // heads
-        q, k, v = map(lambda t: t.reshape(b, -1, heads, d).permute(0, 2, 1, 3), (q, k, v))
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        out = out.permute(0, 2, 1, 3).reshape(b, -1, inner)
-        return attn.to_out[1](attn.to_out[0](out))
+        return attend(attn, hidden_states, k_src, v_src)
 
 
 def a1111_module(width, g, layer_norm, activation):
