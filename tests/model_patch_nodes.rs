@@ -485,3 +485,70 @@ async fn patch_model_add_downscale_shrinks_a_block_inside_its_window() {
         "{error}"
     );
 }
+
+/// HypernetworkLoader: declared as in ComfyUI with `models/hypernetworks` listed; an A1111 `.pt`
+/// (the parity fixture, whose widths 48 and 32 are the tiny SD1's context and first level) changes
+/// the image, strength 0 gives the unpatched image bit for bit, and a pickle with a foreign global
+/// is refused with an error naming the node and the file. The maths is checked in
+/// `engine::cond_patches_parity::hypernetwork_matches_comfyui_on_a_tiny_unet`.
+#[actix_web::test]
+async fn hypernetwork_loader_patches_attention() {
+    let app = app_with_models().await;
+    let dir = app.dir.path().join("models/hypernetworks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/sampling/hypernetwork_relu_ln.pt"
+    );
+    std::fs::copy(fixture, dir.join("tiny.pt")).unwrap();
+    std::fs::write(
+        dir.join("evil.pt"),
+        weft::engine::fuzzing::torch_zip(b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00lsR."),
+    )
+    .unwrap();
+
+    let (status, info) = app.get("/object_info/HypernetworkLoader").await;
+    assert_eq!(status, 200);
+    let node = &info["HypernetworkLoader"];
+    assert_eq!(
+        node["input_order"]["required"],
+        json!(["model", "hypernetwork_name", "strength"])
+    );
+    let required = &node["input"]["required"];
+    assert_eq!(
+        required["hypernetwork_name"][0],
+        json!(["evil.pt", "tiny.pt"])
+    );
+    assert_eq!(
+        required["strength"][1],
+        json!({"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01})
+    );
+    assert_eq!(node["output"], json!(["MODEL"]));
+    assert_eq!(node["category"], "loaders");
+
+    let hn = |name: &str, strength: f64| {
+        json!({"class_type": "HypernetworkLoader",
+               "inputs": {"hypernetwork_name": name, "strength": strength}})
+    };
+    let plain = pixels(&app, &[], "hn_plain").await;
+    let patched = pixels(&app, &[("hn", hn("tiny.pt", 1.0))], "hn_on").await;
+    assert_ne!(patched, plain);
+    let zero = pixels(&app, &[("hn", hn("tiny.pt", 0.0))], "hn_zero").await;
+    assert_eq!(zero, plain);
+
+    let id = app
+        .queue(
+            graph(&[("hn", hn("evil.pt", 1.0))], "hn_evil", "euler"),
+            "hn",
+        )
+        .await;
+    let entry = app.wait_history(&id).await;
+    let error = &entry["status"]["messages"][2][1];
+    assert_eq!(error["node_id"], "hn");
+    assert_eq!(error["node_type"], "HypernetworkLoader");
+    let message = error["exception_message"].as_str().unwrap();
+    assert!(
+        message.contains("evil.pt") && message.contains("os.system"),
+        "{error}"
+    );
+}

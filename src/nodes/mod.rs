@@ -13,6 +13,7 @@ pub mod conditioning;
 pub mod controlnet;
 pub mod custom_sampling;
 pub mod gligen;
+pub mod hypernetwork;
 pub mod image_anim;
 pub mod image_conditioning;
 pub mod image_filter;
@@ -302,6 +303,7 @@ impl Registry {
         };
         loaders::register(&mut registry);
         lora::register(&mut registry);
+        hypernetwork::register(&mut registry);
         model_patches::register(&mut registry);
         attention_multiply::register(&mut registry);
         model_merging::register(&mut registry);

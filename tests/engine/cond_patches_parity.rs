@@ -397,3 +397,84 @@ fn token_merging_matches_comfyui() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// HypernetworkLoader's patch against `tools/parity/hypernetwork_reference.py` (ComfyUI's
+/// `load_hypernetwork_patch` walk and `hypernetwork_patch`, applied as attn1 and attn2 patches):
+/// the activations on a probe (1e-6), the shifted keys and values of the text context (1e-5), and
+/// one denoiser call of the tiny SD1 UNet (1e-4 relative to the largest value) for an A1111 `.pt`
+/// with relu and layer norms (widths 48 and 32: cross- and level-0 self-attention), one with mish
+/// on its output at a negative strength, and a flattened `.safetensors`.
+#[test]
+fn hypernetwork_matches_comfyui_on_a_tiny_unet() {
+    use weft::engine::hypernetwork::{Activation, Hypernetwork};
+    let fx = load_named("hypernetwork");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampling");
+    let mut failures = Vec::new();
+    let probe = &fx["act/probe"];
+    for name in [
+        "linear",
+        "relu",
+        "leakyrelu",
+        "elu",
+        "swish",
+        "tanh",
+        "sigmoid",
+        "softsign",
+        "mish",
+    ] {
+        let ours = Activation::parse(name).unwrap().forward(probe).unwrap();
+        check_within(
+            &mut failures,
+            name,
+            &ours,
+            &fx[&format!("act/{name}")],
+            1e-6,
+        );
+    }
+    let sigma = sigma_of(&fx);
+    let (x, context) = (&fx["x"], &fx["context"]);
+    let positive = [CondEntry::new(context.clone(), None)];
+    let denoise = |model: &DiffusionModel| {
+        let mut denoiser = CfgDenoiser::new(model, &positive, None, 1.0, x.dims(), false).unwrap();
+        denoiser.denoise(x, sigma).unwrap().cond
+    };
+    let plain = denoise(&sd1_tiny());
+    check_within(
+        &mut failures,
+        "unpatched",
+        &plain,
+        &fx["unpatched/denoised"],
+        1e-4,
+    );
+    for (name, file, strength) in [
+        ("relu_ln", "hypernetwork_relu_ln.pt", 0.7),
+        ("mish", "hypernetwork_mish.pt", -1.5),
+        ("flat", "hypernetwork_flat.safetensors", 1.0),
+    ] {
+        let mut net = Hypernetwork::open(&dir.join(file)).unwrap();
+        net.strength = strength;
+        let (k, v) = net.shift(context.clone(), context.clone()).unwrap();
+        check_within(
+            &mut failures,
+            &format!("{name}/k48"),
+            &k,
+            &fx[&format!("{name}/k48")],
+            1e-5,
+        );
+        check_within(
+            &mut failures,
+            &format!("{name}/v48"),
+            &v,
+            &fx[&format!("{name}/v48")],
+            1e-5,
+        );
+        let net = Arc::new(net);
+        let model = sd1_tiny().patched(|p| {
+            p.unet.self_attention.push(net.clone());
+            p.unet.cross_attention.push(net);
+        });
+        let key = format!("{name}/denoised");
+        check_within(&mut failures, &key, &denoise(&model), &fx[&key], 1e-4);
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -112,15 +112,20 @@ class PatchedAttn1:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         n, context, value = self.patch.hypertile_in(hidden_states, hidden_states, hidden_states, self.shape[0])
-        q, k, v = attn.to_q(n), attn.to_k(context), attn.to_v(value)
-        b, _, inner = q.shape
-        heads = attn.heads
-        d = inner // heads
-        q, k, v = map(lambda t: t.reshape(b, -1, heads, d).permute(0, 2, 1, 3), (q, k, v))
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        out = out.permute(0, 2, 1, 3).reshape(b, -1, inner)
-        out = attn.to_out[1](attn.to_out[0](out))
-        return self.patch.hypertile_out(out)
+        return self.patch.hypertile_out(attend(attn, n, context, value))
+
+
+def attend(attn, n, context, value):
+    """The projections of patched sources, `attention_basic` (keys and values viewed with the
+    queries' batch) and to_out."""
+    q, k, v = attn.to_q(n), attn.to_k(context), attn.to_v(value)
+    b, _, inner = q.shape
+    heads = attn.heads
+    d = inner // heads
+    q, k, v = map(lambda t: t.reshape(b, -1, heads, d).permute(0, 2, 1, 3), (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    out = out.permute(0, 2, 1, 3).reshape(b, -1, inner)
+    return attn.to_out[1](attn.to_out[0](out))
 
 
 def main():

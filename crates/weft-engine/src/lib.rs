@@ -15,6 +15,7 @@ pub mod device;
 pub mod diffusion;
 pub mod fuzzing;
 pub mod gligen;
+pub mod hypernetwork;
 pub mod load;
 pub mod lora;
 pub mod manager;

@@ -171,6 +171,14 @@ pub trait MiddlePatch: Send + Sync + Debug {
     fn patch(&self, x: Tensor, transformer_index: usize) -> Result<Tensor>;
 }
 
+/// ComfyUI's `attn2_patch`: rewrites the sources of a cross-attention's queries (the block's
+/// normed hidden states `[B, N, C]`), keys and values (the text context `[B, M, C_ctx]`) before
+/// the projections. Applies to every transformer block of the UNet.
+pub trait CrossAttentionPatch: Send + Sync + Debug {
+    /// The new (query, key, value) sources.
+    fn before(&self, q: Tensor, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor, Tensor)>;
+}
+
 /// Patches applied inside the UNet's forward pass.
 #[derive(Debug, Clone, Default)]
 pub struct UNetPatches {
@@ -191,6 +199,8 @@ pub struct UNetPatches {
     /// `middle_patch`es, applied in order in every transformer block (a conditioning's GLIGEN
     /// boxes add theirs while it is evaluated).
     pub middle: Vec<Arc<dyn MiddlePatch>>,
+    /// `attn2_patch`es, in the order they were added.
+    pub cross_attention: Vec<Arc<dyn CrossAttentionPatch>>,
 }
 
 /// Everything patched onto a model handle (ComfyUI's `model_options`).

@@ -9,6 +9,7 @@ pub mod detect;
 pub mod file;
 pub mod keymap;
 pub(crate) mod pickle_guard;
+pub mod pickle_tree;
 pub mod placement;
 pub(crate) mod renaming;
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
-use crate::diffusion::patches::{AttentionReplace, MiddlePatch, SelfAttentionPatch};
+use crate::diffusion::patches::{
+    AttentionReplace, CrossAttentionPatch, MiddlePatch, SelfAttentionPatch,
+};
 use crate::ops::attention::scaled_dot_product;
 use crate::ops::conv::{conv2d, Conv2d};
 use crate::ops::layers::{self, LayerNorm, Linear};
@@ -195,12 +197,6 @@ impl Attention {
         };
         self.to_out.forward(&out)
     }
-
-    /// `xs`: [B, N, C]; `context`: [B, M, C_ctx] (self-attention when `None`). Returns [B, N, C].
-    pub(crate) fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        let context = context.unwrap_or(xs);
-        self.attend(xs, context, context, None)
-    }
 }
 
 /// GeGLU feed-forward: proj to 2*inner, value * gelu(gate) with the exact erf GELU, then back.
@@ -292,21 +288,24 @@ impl BasicTransformerBlock {
             attended = undo(attended)?;
         }
         let xs = hooks.middle.apply((attended + xs)?)?;
-        let xs = (self
-            .attn2
-            .forward(&self.norm2.forward(&xs)?, Some(context))?
-            + &xs)?;
+        let (mut q, mut k, mut v) = (self.norm2.forward(&xs)?, context.clone(), context.clone());
+        for patch in hooks.cross_patches {
+            (q, k, v) = patch.before(q, k, v)?;
+        }
+        let xs = (self.attn2.attend(&q, &k, &v, None)? + &xs)?;
         self.ff.forward(&self.norm3.forward(&xs)?)? + xs
     }
 }
 
-/// What a model's patches change in the self-attention of a [`Transformer2D`]'s blocks.
+/// What a model's patches change in the attention of a [`Transformer2D`]'s blocks.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct SelfAttentionHooks<'a> {
     /// Replaces the attention of the first block, and of the others (`attn1` replace patches).
     pub(crate) replace: [Option<&'a dyn AttentionReplace>; 2],
     /// `attn1_patch`es with their output patches, in order.
     pub(crate) patches: &'a [Arc<dyn SelfAttentionPatch>],
+    /// `attn2_patch`es on the cross-attention, in order.
+    pub(crate) cross_patches: &'a [Arc<dyn CrossAttentionPatch>],
     /// The UNet input's (h, w), which the patches lay tokens out by.
     pub(crate) latent_hw: (usize, usize),
     /// `middle_patch`es (GLIGEN), with the transformer's index.

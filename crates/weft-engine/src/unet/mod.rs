@@ -463,6 +463,7 @@ impl UNet2DConditionModel {
         let hooks = SelfAttentionHooks {
             replace: [None, None],
             patches: &patches.self_attention,
+            cross_patches: &patches.cross_attention,
             latent_hw: (latent_h, latent_w),
             middle: MiddlePatches {
                 patches: &patches.middle,
