@@ -435,7 +435,8 @@ fn hypernetwork_matches_comfyui_on_a_tiny_unet() {
     let (x, context) = (&fx["x"], &fx["context"]);
     let positive = [CondEntry::new(context.clone(), None)];
     let denoise = |model: &DiffusionModel| {
-        let mut denoiser = CfgDenoiser::new(model, &positive, None, 1.0, x.dims(), false).unwrap();
+        let mut denoiser =
+            CfgDenoiser::new(model, &positive, None, 1.0, x.dims(), false, 0).unwrap();
         denoiser.denoise(x, sigma).unwrap().cond
     };
     let plain = denoise(&sd1_tiny());

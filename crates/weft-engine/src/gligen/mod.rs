@@ -230,7 +230,10 @@ impl GatedSelfAttentionDense {
         let visual = x.dim(1)?;
         let objects = self.linear.forward(&objects.to_dtype(x.dtype())?)?;
         let tokens = self.norm1.forward(&Tensor::cat(&[x, &objects], 1)?)?;
-        let attended = self.attn.forward(&tokens, None)?.narrow(1, 0, visual)?;
+        let attended = self
+            .attn
+            .attend(&tokens, &tokens, &tokens, None)?
+            .narrow(1, 0, visual)?;
         let x = (x + attended.affine(f64::from(self.gate_attn), 0.0)?)?;
         let dense = self.ff.forward(&self.norm2.forward(&x)?)?;
         x + dense.affine(f64::from(self.gate_dense), 0.0)?
