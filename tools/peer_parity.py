@@ -180,6 +180,25 @@ def image_ops():
     return g
 
 
+def inpaint_model_conditioning():
+    """InpaintModelConditioning on a 4-channel model: the concat image is unused, the noise mask
+    inpaints."""
+    g = default_graph()
+    g["11"] = {"class_type": "LoadImage", "inputs": {"image": "parity_hint.png"}}
+    g["20"] = {"class_type": "InpaintModelConditioning", "inputs": {"positive": ["6", 0], "negative": ["7", 0],
+               "vae": ["4", 2], "pixels": ["11", 0], "mask": ["11", 1], "noise_mask": True}}
+    g["3"]["inputs"].update({"positive": ["20", 0], "negative": ["20", 1], "latent_image": ["20", 2]})
+    return g
+
+
+def merged_with_lora():
+    """ModelMergeSimple of the LoRA-patched model with the plain one."""
+    g = lora()
+    g["20"] = {"class_type": "ModelMergeSimple", "inputs": {"model1": ["10", 0], "model2": ["4", 0], "ratio": 0.4}}
+    g["3"]["inputs"]["model"] = ["20", 0]
+    return g
+
+
 def node_cases():
     """Graphs of ComfyUI's core nodes beyond the default graph's (issue 17's check)."""
     perp_neg = patched(("PerpNeg", {"empty_conditioning": ["30", 0], "neg_scale": 1.0}))
@@ -199,6 +218,10 @@ def node_cases():
         ("nodes PatchModelAddDownscale", patched(("PatchModelAddDownscale", {
             "block_number": 3, "downscale_factor": 2.0, "start_percent": 0.0, "end_percent": 0.35,
             "downscale_after_skip": True, "downscale_method": "bicubic", "upscale_method": "bicubic"}))),
+        ("nodes ModelSamplingContinuousEDM v_prediction", patched(("ModelSamplingContinuousEDM", {
+            "sampling": "v_prediction", "sigma_max": 120.0, "sigma_min": 0.002}))),
+        ("nodes InpaintModelConditioning", inpaint_model_conditioning()),
+        ("nodes ModelMergeSimple 0.4 (LoRA-patched, plain)", merged_with_lora()),
         ("nodes latent flip/rotate/maths/crop/composite", latent_ops()),
         ("nodes image blur/sharpen/blend/quantize, masks, composite", image_ops()),
     ]
