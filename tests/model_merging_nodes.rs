@@ -331,15 +331,7 @@ async fn unet_loader_reads_a_bare_unet_file() {
         "unet_only",
     );
     run(&app, graph).await;
-    let mut plain = json!({"a": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}}});
-    sample(
-        &mut plain,
-        json!(["a", 0]),
-        json!(["a", 1]),
-        json!(["a", 2]),
-        "full",
-    );
-    run(&app, plain).await;
+    run_checkpoint_a(&app, "full").await;
     assert!(pixels(&app, "unet_only") == pixels(&app, "full"));
 }
 
@@ -407,14 +399,19 @@ async fn diffusers_loader_reads_a_pipeline_folder() {
         "pipeline",
     );
     run(&app, graph).await;
+    run_checkpoint_a(&app, "full").await;
+    assert!(pixels(&app, "pipeline") == pixels(&app, "full"));
+}
+
+/// Samples with checkpoint `a` loaded whole, saving under `prefix`: the reference image.
+async fn run_checkpoint_a(app: &TestApp, prefix: &str) {
     let mut plain = json!({"a": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}}});
     sample(
         &mut plain,
         json!(["a", 0]),
         json!(["a", 1]),
         json!(["a", 2]),
-        "full",
+        prefix,
     );
-    run(&app, plain).await;
-    assert!(pixels(&app, "pipeline") == pixels(&app, "full"));
+    run(app, plain).await;
 }

@@ -678,18 +678,13 @@ impl ModelManager {
     /// A GLIGEN file (GLIGENLoader), loaded once while it stays unchanged on disk and counted
     /// against the budget like the others.
     pub fn gligen(&self, path: &Path) -> Result<Arc<Gligen>, LoadError> {
-        let loaded = self.get_or_load(
+        // Run in every transformer block while sampling: whole on the device.
+        let loaded = self.whole_model(
             path,
             |l| matches!(l, Loaded::Gligen(_)),
-            || {
-                let sd = StateDict::open(path)?;
-                let dtype = self.weight_dtype(sd.float_dtype(""));
-                Ok((sd.loaded_bytes("", |_| dtype), (sd, dtype)))
-            },
-            // Run in every transformer block while sampling: whole on the device.
-            |(sd, dtype), _| {
+            |sd, dtype| {
                 let model = Gligen::load(&Arc::new(sd), dtype, &self.device)?;
-                Ok((Loaded::Gligen(Arc::new(model)), 0))
+                Ok(Loaded::Gligen(Arc::new(model)))
             },
         )?;
         match loaded {
@@ -742,6 +737,19 @@ impl ModelManager {
         reuse: impl Fn(&Loaded) -> bool,
         build: impl FnOnce(HashMap<String, Tensor>, DType) -> Result<Loaded, String>,
     ) -> Result<Loaded, LoadError> {
+        self.whole_model(path, reuse, |sd, dtype| {
+            build(sd.get_prefixed("")?, dtype)
+                .map_err(|m| LoadError::new(path, LoadErrorKind::BadConfig(m)))
+        })
+    }
+
+    /// A model whole on the device, in the file's weight dtype, counted at its loaded size.
+    fn whole_model(
+        &self,
+        path: &Path,
+        reuse: impl Fn(&Loaded) -> bool,
+        build: impl FnOnce(StateDict, DType) -> Result<Loaded, LoadError>,
+    ) -> Result<Loaded, LoadError> {
         self.get_or_load(
             path,
             reuse,
@@ -750,11 +758,7 @@ impl ModelManager {
                 let dtype = self.weight_dtype(sd.float_dtype(""));
                 Ok((sd.loaded_bytes("", |_| dtype), (sd, dtype)))
             },
-            |(sd, dtype), _| {
-                let loaded = build(sd.get_prefixed("")?, dtype)
-                    .map_err(|m| LoadError::new(path, LoadErrorKind::BadConfig(m)))?;
-                Ok((loaded, 0))
-            },
+            |(sd, dtype), _| Ok((build(sd, dtype)?, 0)),
         )
     }
 
