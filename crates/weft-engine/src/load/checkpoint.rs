@@ -453,7 +453,7 @@ pub struct DiffusersPipeline {
     /// The `vae/` model.
     pub vae: AutoEncoderKL,
     /// `("text_encoder", weights)`, `("text_encoder_2", weights)`: HF transformers names, raw.
-    pub text_encoders: Vec<(String, HashMap<String, Tensor>)>,
+    pub text_encoders: Vec<NamedWeights>,
 }
 
 /// Loads `root/unet` (config.json + diffusion_pytorch_model[.fp16].safetensors).
@@ -506,11 +506,12 @@ pub fn detect_unet_diffusers(dir: &Path) -> Result<DetectedUnet, LoadError> {
     })
 }
 
+/// A component's name and its weights by name.
+pub type NamedWeights = (String, HashMap<String, Tensor>);
+
 /// The raw HF-named weights of a pipeline's `text_encoder/` and `text_encoder_2/`
 /// (model[.fp16].safetensors), those present, in that order.
-pub fn diffusers_text_encoders(
-    root: &Path,
-) -> Result<Vec<(String, HashMap<String, Tensor>)>, LoadError> {
+pub fn diffusers_text_encoders(root: &Path) -> Result<Vec<NamedWeights>, LoadError> {
     let mut text_encoders = Vec::new();
     for name in ["text_encoder", "text_encoder_2"] {
         let dir = root.join(name);

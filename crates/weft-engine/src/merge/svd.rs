@@ -151,6 +151,8 @@ fn symmetric_eigen(a: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
                     row[p] = c * x - s * y;
                     row[q] = s * x + c * y;
                 }
+                // Rows p and q change together, so one index walks both.
+                #[allow(clippy::needless_range_loop)]
                 for k in 0..n {
                     let (x, y) = (a[p][k], a[q][k]);
                     a[p][k] = c * x - s * y;
