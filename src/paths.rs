@@ -25,6 +25,9 @@ pub const MODEL_FOLDERS: &[&str] = &[
     "hypernetworks",
     "photomaker",
     "classifiers",
+    // The ControlNet preprocessors' networks (`lllyasviel/Annotators` files), found at any depth
+    // so comfyui_controlnet_aux's `ckpts/` tree can be linked or configured here as it is.
+    "annotators",
 ];
 
 /// File extensions that count as model weights in model-folder listings.
@@ -285,6 +288,28 @@ impl DataDirs {
             }
         }
         Err(format!("model file '{name}' not found in models/{folder}"))
+    }
+
+    /// An annotator weight file by its published file name: the first file of that name under
+    /// the annotator folders at any depth (`models/annotators/x.pth`, or comfyui_controlnet_aux's
+    /// `ckpts/lllyasviel/Annotators/x.pth` linked or configured as `annotators`), shallowest first.
+    pub fn annotator_file(&self, file_name: &str) -> Option<PathBuf> {
+        let mut found: Vec<String> = Vec::new();
+        for dir in self.model_folders("annotators")? {
+            let mut files = Vec::new();
+            list_files_recursive(&dir, &dir, &mut files, MODEL_EXTENSIONS, 8, true);
+            found.clear();
+            found.extend(
+                files
+                    .into_iter()
+                    .filter(|f| f.rsplit('/').next() == Some(file_name)),
+            );
+            found.sort_by_key(|f| (f.matches('/').count(), f.clone()));
+            if let Some(first) = found.first() {
+                return Some(dir.join(first));
+            }
+        }
+        None
     }
 
     /// The folders a model folder name covers, main one first: ComfyUI also reads T2I-Adapters

@@ -6,6 +6,7 @@
 //! `NodeContext` (folders, progress, interrupt), which `exec` fills in. Adding a node touches one
 //! file here (its family's), plus its test.
 
+pub mod annotators;
 pub mod attention_multiply;
 pub mod clip_vision;
 pub mod compositing;
@@ -327,6 +328,7 @@ impl Registry {
         mask::register(&mut registry);
         compositing::register(&mut registry);
         preprocessors::register(&mut registry);
+        annotators::register(&mut registry);
         primitives::register(&mut registry);
         upscale::register(&mut registry);
         gligen::register(&mut registry);

@@ -42,7 +42,7 @@ fn spec(
 }
 
 /// The aux pack's nodes: category and module, and their `resolution` input.
-fn aux(
+pub(crate) fn aux(
     class_type: &'static str,
     display_name: &'static str,
     category: &'static str,
@@ -59,17 +59,17 @@ fn aux(
     )
 }
 
-fn image_out(result: preprocess::Result<Tensor>) -> Result<NodeOutput, NodeError> {
+pub(crate) fn image_out(result: preprocess::Result<Tensor>) -> Result<NodeOutput, NodeError> {
     let image = result.map_err(|e| NodeError::input("image", e.to_string()))?;
     Ok(NodeOutput::values(vec![Value::Image(image)]))
 }
 
-fn resolution(inputs: &Inputs) -> Result<u32, NodeError> {
+pub(crate) fn resolution(inputs: &Inputs) -> Result<u32, NodeError> {
     u32::try_from(inputs.int("resolution")?)
         .map_err(|_| NodeError::input("resolution", "out of range"))
 }
 
-fn u32_input(inputs: &Inputs, name: &str) -> Result<u32, NodeError> {
+pub(crate) fn u32_input(inputs: &Inputs, name: &str) -> Result<u32, NodeError> {
     u32::try_from(inputs.int(name)?).map_err(|_| NodeError::input(name, "out of range"))
 }
 

@@ -10,6 +10,7 @@
 
 pub mod clip;
 pub mod clip_vision;
+pub mod annotators;
 pub mod controlnet;
 pub mod device;
 pub mod diffusion;

@@ -18,6 +18,7 @@
 //! diffusion model's weights that do not fit kept in RAM and streamed per layer while sampling
 //! ([`crate::load::placement`], ComfyUI's lowvram), instead of failing.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -140,6 +141,8 @@ enum Loaded {
     Gligen(Arc<Gligen>),
     ClipVision(Arc<ClipVisionModel>),
     Style(Arc<StyleAdapter>),
+    /// A ControlNet preprocessor's network (`crate::annotators`), of whichever type its loader built.
+    Annotator(Arc<dyn Any + Send + Sync>),
 }
 
 impl Loaded {
@@ -152,6 +155,7 @@ impl Loaded {
             Loaded::Gligen(g) => Loaded::Gligen(Arc::clone(g)),
             Loaded::ClipVision(c) => Loaded::ClipVision(Arc::clone(c)),
             Loaded::Style(s) => Loaded::Style(Arc::clone(s)),
+            Loaded::Annotator(a) => Loaded::Annotator(Arc::clone(a)),
         }
     }
 
@@ -173,6 +177,7 @@ impl Loaded {
             Loaded::Gligen(g) => Arc::strong_count(g) > 1,
             Loaded::ClipVision(c) => Arc::strong_count(c) > 1,
             Loaded::Style(s) => Arc::strong_count(s) > 1,
+            Loaded::Annotator(a) => Arc::strong_count(a) > 1,
         }
     }
 }
@@ -726,6 +731,36 @@ impl ModelManager {
         match loaded {
             Loaded::Style(s) => Ok(s),
             _ => unreachable!("reuse only accepts style models"),
+        }
+    }
+
+    /// A ControlNet preprocessor's network (`crate::annotators`): `T` built by `load` from the
+    /// file's tensors, always in f32 (the annotators' references run in f32, and their maps are
+    /// thresholded), whole on the device, counted against the budget like the other models. The
+    /// same file loaded as another type is another entry.
+    pub fn annotator<T: Send + Sync + 'static>(
+        &self,
+        path: &Path,
+        load: impl FnOnce(&Arc<StateDict>, &Device) -> Result<T, LoadError>,
+    ) -> Result<Arc<T>, LoadError> {
+        let is_t = |l: &Loaded| matches!(l, Loaded::Annotator(a) if a.is::<T>());
+        let loaded = self.get_or_load(
+            path,
+            is_t,
+            || {
+                let sd = StateDict::open(path)?;
+                Ok((sd.loaded_bytes("", |_| DType::F32), sd))
+            },
+            |sd, _| {
+                let model = load(&Arc::new(sd), &self.device)?;
+                Ok((Loaded::Annotator(Arc::new(model)), 0))
+            },
+        )?;
+        match loaded {
+            Loaded::Annotator(a) => a
+                .downcast::<T>()
+                .map_err(|_| unreachable!("reuse only accepts this annotator type")),
+            _ => unreachable!("reuse only accepts annotators"),
         }
     }
 

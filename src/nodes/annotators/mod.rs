@@ -1,0 +1,104 @@
+//! comfyui_controlnet_aux's preprocessors that run a network (depth, normals, pose, segmentation,
+//! line segments, line art, soft edges), with the pack's class names, inputs and outputs so its
+//! workflows run unchanged. The networks are in `engine::annotators`; their weight files, under
+//! their published names, are found anywhere below `models/annotators/` (so the pack's own
+//! `ckpts/` tree can be linked there) and loaded through the model manager.
+//!
+//! One file per annotator family; each declares its nodes and the files they read.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::Device;
+
+use crate::engine::load::{file::StateDict, LoadError};
+use crate::graph::spec::{Freshness, InputSpec, NodeSpec};
+use crate::nodes::{NodeContext, NodeError, Registry};
+use crate::paths::DataDirs;
+
+pub fn register(_registry: &mut Registry) {}
+
+/// A published annotator weight file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnotatorFile {
+    /// The file name as published (`ControlNetHED.pth`).
+    pub name: &'static str,
+    /// Where it is published (`https://huggingface.co/lllyasviel/Annotators`).
+    pub published: &'static str,
+}
+
+/// The `lllyasviel/Annotators` repository, where most of these files are published.
+pub const LLLYASVIEL: &str = "https://huggingface.co/lllyasviel/Annotators";
+
+impl AnnotatorFile {
+    /// A file of the `lllyasviel/Annotators` repository.
+    pub const fn lllyasviel(name: &'static str) -> AnnotatorFile {
+        AnnotatorFile {
+            name,
+            published: LLLYASVIEL,
+        }
+    }
+
+    /// What to tell a user whose models folder lacks the file.
+    pub fn missing(&self) -> String {
+        format!(
+            "annotator file '{}' not found: put it in models/annotators/ (any subfolder, or link \
+             comfyui_controlnet_aux's ckpts folder there); it is published at {}",
+            self.name, self.published
+        )
+    }
+
+    /// Its path under the annotator folders, or the error that says where to put it.
+    pub fn path(&self, dirs: &DataDirs) -> Result<PathBuf, NodeError> {
+        dirs.annotator_file(self.name)
+            .ok_or_else(|| NodeError::Failed(self.missing()))
+    }
+
+    /// Loads it through the model manager as `T` (once while the file stays unchanged).
+    pub fn load<T: Send + Sync + 'static>(
+        &self,
+        ctx: &NodeContext,
+        load: impl FnOnce(&Arc<StateDict>, &Device) -> Result<T, LoadError>,
+    ) -> Result<Arc<T>, NodeError> {
+        let path = self.path(&ctx.dirs)?;
+        ctx.models
+            .annotator(&path, load)
+            .map_err(|e| NodeError::Failed(format!("annotator '{}': {e}", self.name)))
+    }
+
+    /// The cache token of a node reading these files: each one's path, size and modification
+    /// time (a missing file fails here, before anything runs).
+    pub fn fingerprint(dirs: &DataDirs, files: &[AnnotatorFile]) -> Result<String, NodeError> {
+        files
+            .iter()
+            .map(|f| {
+                let path = f.path(dirs)?;
+                let meta = std::fs::metadata(&path)
+                    .map_err(|e| NodeError::file(dirs.shown(&path), e))?;
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                Ok(format!("{}:{}:{}", path.display(), meta.len(), modified))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| v.join(";"))
+    }
+}
+
+pub(crate) use crate::nodes::preprocessors::{image_out, resolution, u32_input};
+
+/// An aux node's declaration (`image`, the node's own inputs, `resolution`; one IMAGE out) for a
+/// node that reads annotator files: their fingerprints join its cache key.
+pub(crate) fn aux_spec(
+    class_type: &'static str,
+    display_name: &'static str,
+    category: &'static str,
+    inputs: Vec<InputSpec>,
+) -> NodeSpec {
+    NodeSpec {
+        freshness: Freshness::ReadsFiles,
+        ..crate::nodes::preprocessors::aux(class_type, display_name, category, inputs)
+    }
+}
