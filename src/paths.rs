@@ -841,6 +841,25 @@ fn list_files_recursive(
 #[cfg(test)]
 mod tests {
     #[test]
+    fn annotator_files_are_found_at_any_depth_shallowest_first() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = super::DataDirs::new(root.path(), &root.path().join("models"));
+        let annotators = root.path().join("models/annotators");
+        let deep = annotators.join("ckpts/lllyasviel/Annotators");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("ControlNetHED.pth"), b"x").unwrap();
+        std::fs::write(deep.join("netG.pth"), b"x").unwrap();
+        std::fs::write(annotators.join("netG.pth"), b"x").unwrap();
+        assert_eq!(
+            dirs.annotator_file("ControlNetHED.pth"),
+            Some(deep.join("ControlNetHED.pth"))
+        );
+        assert_eq!(dirs.annotator_file("netG.pth"), Some(annotators.join("netG.pth")));
+        assert_eq!(dirs.annotator_file("sk_model.pth"), None);
+        assert_eq!(dirs.annotator_file("Annotators"), None);
+    }
+
+    #[test]
     fn model_folders_include_comfyuis_extra_names() {
         let root = tempfile::tempdir().unwrap();
         let dirs = super::DataDirs::new(root.path(), &root.path().join("models"));

@@ -737,7 +737,7 @@ impl ModelManager {
     /// A ControlNet preprocessor's network (`crate::annotators`): `T` built by `load` from the
     /// file's tensors, always in f32 (the annotators' references run in f32, and their maps are
     /// thresholded), whole on the device, counted against the budget like the other models. The
-    /// same file loaded as another type is another entry.
+    /// same file loaded as another type replaces it.
     pub fn annotator<T: Send + Sync + 'static>(
         &self,
         path: &Path,
@@ -1125,5 +1125,29 @@ mod tests {
         assert_eq!(vae_dtype(None), DType::F32);
         assert_eq!(vae_dtype(Some(DType::BF16)), DType::BF16);
         assert_eq!(vae_dtype(Some(DType::F32)), DType::F32);
+    }
+
+    #[test]
+    fn annotators_load_once_per_type_and_count_against_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("net.safetensors");
+        let w = Tensor::zeros((16, 16), DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("w".to_string(), w)]), &path).unwrap();
+        let manager = ModelManager::new(1 << 30, Device::Cpu, Some(DType::F16));
+        let loads = std::sync::atomic::AtomicUsize::new(0);
+        let load = |sd: &Arc<StateDict>, _: &Device| {
+            loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            sd.get("w")
+        };
+        let a = manager.annotator(&path, load).unwrap();
+        let b = manager.annotator(&path, load).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Counted in f32 whatever `--dtype` says.
+        assert_eq!(manager.stats().bytes, 16 * 16 * 4);
+        // The same file as another type loads again, in place of the first.
+        let other = manager.annotator(&path, |_, _| Ok(7u8)).unwrap();
+        assert_eq!(*other, 7);
+        assert_eq!(manager.stats().models, 1);
     }
 }
