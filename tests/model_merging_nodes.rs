@@ -312,12 +312,28 @@ async fn unet_loader_reads_a_bare_unet_file() {
         .into_iter()
         .filter_map(|(k, t)| Some((k.strip_prefix("model.diffusion_model.")?.to_string(), t)))
         .collect();
+    // The same UNet in diffusers' layout, as a pipeline's `unet/` weights file on its own.
+    let diffusers: HashMap<String, Tensor> = unet
+        .iter()
+        .map(|(k, t)| {
+            let name = weft::engine::load::keymap::unet_ldm_to_diffusers(k, 2).unwrap();
+            (name, t.clone())
+        })
+        .collect();
     std::fs::create_dir_all(models.join("unet")).unwrap();
     candle_core::safetensors::save(&unet, models.join("unet/tiny_unet.safetensors")).unwrap();
+    candle_core::safetensors::save(
+        &diffusers,
+        models.join("unet/tiny_unet_diffusers.safetensors"),
+    )
+    .unwrap();
 
     let (_, info) = app.get("/object_info/UNETLoader").await;
     let options = &info["UNETLoader"]["input"]["required"]["unet_name"][0];
-    assert_eq!(options, &json!(["tiny_unet.safetensors"]));
+    assert_eq!(
+        options,
+        &json!(["tiny_unet.safetensors", "tiny_unet_diffusers.safetensors"])
+    );
 
     let mut graph = json!({
         "a": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
@@ -330,9 +346,14 @@ async fn unet_loader_reads_a_bare_unet_file() {
         json!(["a", 2]),
         "unet_only",
     );
-    run(&app, graph).await;
+    run(&app, graph.clone()).await;
     run_checkpoint_a(&app, "full").await;
     assert!(pixels(&app, "unet_only") == pixels(&app, "full"));
+
+    graph["u"]["inputs"]["unet_name"] = json!("tiny_unet_diffusers.safetensors");
+    graph["s"]["inputs"]["filename_prefix"] = json!("unet_diffusers");
+    run(&app, graph).await;
+    assert!(pixels(&app, "unet_diffusers") == pixels(&app, "full"));
 }
 
 /// Writes the tiny SD1 checkpoint `ckpt` as a diffusers pipeline folder at `root`.

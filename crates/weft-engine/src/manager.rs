@@ -44,7 +44,10 @@ use crate::load::checkpoint::{
     load_vae_file, load_vae_ldm, open_component, split_components, unet_ldm_names, ClipComponent,
     UNET_PREFIX, VAE_PREFIX,
 };
-use crate::load::detect::{detect_unet, detect_vae_ldm, distinguishing_keys, ModelFamily};
+use crate::load::detect::{
+    detect_unet, detect_unet_diffusers_layout, detect_vae_ldm, distinguishing_keys,
+    is_diffusers_unet, ModelFamily,
+};
 use crate::load::file::StateDict;
 use crate::load::placement::{placed_var_builder, Placement};
 use crate::load::{LoadError, LoadErrorKind};
@@ -900,15 +903,26 @@ impl ModelManager {
         };
         let sd = Arc::new(sd);
         let components = split_components(&sd);
-        let prefix = components.unet.clone().ok_or_else(|| {
-            fail(LoadErrorKind::UnknownFamily {
-                looked_for: distinguishing_keys(UNET_PREFIX),
-            })
-        })?;
-        let detected = detect_unet(&sd, &prefix).map_err(fail)?;
         // The UNet is built from a map of its diffusers-named weights, which the model keeps: a
         // LoRA patches a copy-on-write copy of that map without reading the file again.
-        let names = unet_ldm_names(&sd, &prefix, detected.config.layers_per_block);
+        let (detected, names, prefix) = match components.unet.clone() {
+            Some(prefix) => {
+                let detected = detect_unet(&sd, &prefix).map_err(fail)?;
+                let names = unet_ldm_names(&sd, &prefix, detected.config.layers_per_block);
+                (detected, names, prefix)
+            }
+            // A bare UNet in diffusers' layout (UNETLoader reads those too): its names are ours.
+            None if is_diffusers_unet(&sd) => {
+                let detected = detect_unet_diffusers_layout(&sd).map_err(fail)?;
+                let names = sd.shapes().keys().map(|k| (k.clone(), k.clone())).collect();
+                (detected, names, String::new())
+            }
+            None => {
+                return Err(fail(LoadErrorKind::UnknownFamily {
+                    looked_for: distinguishing_keys(UNET_PREFIX),
+                }))
+            }
+        };
         let placement = if on_device >= bytes {
             Placement::resident(bytes)
         } else {

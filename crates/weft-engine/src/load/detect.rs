@@ -198,7 +198,58 @@ pub fn detect_unet(sd: &StateDict, prefix: &str) -> Result<DetectedUnet, LoadErr
         .map(|s| s.len() == 2)
         .ok_or_else(|| unknown(prefix))?;
     let adm_in_channels = shape("label_emb.0.0.weight").and_then(|s| s.get(1).copied());
+    let last = levels * per - 1;
+    finish_unet(
+        sd,
+        UnetShape {
+            in_channels: conv_in[1],
+            out_channels,
+            block_out_channels,
+            layers_per_block,
+            transformer_depth,
+            mid_transformer_depth,
+            context_dim,
+            use_linear_projection,
+            adm_in_channels,
+        },
+        &format!("{prefix}output_blocks.{last}.1.transformer_blocks.0.norm1.bias"),
+    )
+    .ok_or_else(|| unknown(prefix))?
+}
 
+/// What the weights of a UNet say of it, in either key layout.
+struct UnetShape {
+    in_channels: usize,
+    out_channels: usize,
+    block_out_channels: Vec<usize>,
+    layers_per_block: usize,
+    transformer_depth: Vec<usize>,
+    mid_transformer_depth: usize,
+    context_dim: usize,
+    use_linear_projection: bool,
+    adm_in_channels: Option<usize>,
+}
+
+/// Family, heads and prediction from a UNet's shape (`None`: a class-embedding width no family
+/// has). `last_norm`: the last output transformer's `norm1.bias` key, whose spread tells SD2's
+/// v-prediction models from its epsilon ones (ComfyUI's rule).
+fn finish_unet(
+    sd: &StateDict,
+    shape: UnetShape,
+    last_norm: &str,
+) -> Option<Result<DetectedUnet, LoadErrorKind>> {
+    let UnetShape {
+        in_channels,
+        out_channels,
+        block_out_channels,
+        layers_per_block,
+        transformer_depth,
+        mid_transformer_depth,
+        context_dim,
+        use_linear_projection,
+        adm_in_channels,
+    } = shape;
+    let levels = block_out_channels.len();
     let family = match adm_in_channels {
         // SD2.1 unCLIP (adm 2048 for -H, 1536 for -L, twice the image embedding): SD2's UNet
         // with attention on its first level, which SDXL never has.
@@ -209,7 +260,7 @@ pub fn detect_unet(sd: &StateDict, prefix: &str) -> Result<DetectedUnet, LoadErr
             ModelFamily::SdxlRefiner
         }
         Some(a) if a == 2816 || a > 6 * 256 => ModelFamily::SdxlBase,
-        Some(_) => return Err(unknown(prefix)),
+        Some(_) => return None,
         None if use_linear_projection => ModelFamily::Sd2,
         None => ModelFamily::Sd1,
     };
@@ -218,7 +269,7 @@ pub fn detect_unet(sd: &StateDict, prefix: &str) -> Result<DetectedUnet, LoadErr
         _ => AttentionHeads::HeadDim(64),
     };
     let config = UNetConfig {
-        in_channels: conv_in[1],
+        in_channels,
         out_channels,
         block_out_channels,
         layers_per_block,
@@ -231,7 +282,9 @@ pub fn detect_unet(sd: &StateDict, prefix: &str) -> Result<DetectedUnet, LoadErr
         norm_num_groups: 32,
         norm_eps: 1e-5,
     };
-    config.validate().map_err(bad)?;
+    if let Err(e) = config.validate() {
+        return Some(Err(bad(e)));
+    }
 
     let (prediction, zero_terminal_snr, prediction_source) = if sd.contains("v_pred") {
         (
@@ -240,8 +293,7 @@ pub fn detect_unet(sd: &StateDict, prefix: &str) -> Result<DetectedUnet, LoadErr
             PredictionSource::KeyMarker("v_pred".into()),
         )
     } else if family == ModelFamily::Sd2 && config.in_channels == 4 {
-        let last = levels * per - 1;
-        let key = format!("{prefix}output_blocks.{last}.1.transformer_blocks.0.norm1.bias");
+        let key = last_norm.to_string();
         match sd.get(&key).ok().and_then(|t| population_std(&t)) {
             Some(std) => {
                 let p = if std > 0.09 {
@@ -256,13 +308,80 @@ pub fn detect_unet(sd: &StateDict, prefix: &str) -> Result<DetectedUnet, LoadErr
     } else {
         (Prediction::Epsilon, false, PredictionSource::FamilyDefault)
     };
-    Ok(DetectedUnet {
+    Some(Ok(DetectedUnet {
         family,
         config,
         prediction,
         zero_terminal_snr,
         prediction_source,
-    })
+    }))
+}
+
+/// Whether a file is a bare UNet in diffusers' key layout (a `unet/` weights file on its own, as
+/// ComfyUI's UNETLoader also reads).
+pub fn is_diffusers_unet(sd: &StateDict) -> bool {
+    sd.contains("conv_in.weight") && sd.contains("down_blocks.0.resnets.0.conv1.weight")
+}
+
+/// Infers the UNet architecture and family from a bare diffusers-layout UNet's shapes (no
+/// config.json beside it): levels, widths and depths are counted from the key names.
+pub fn detect_unet_diffusers_layout(sd: &StateDict) -> Result<DetectedUnet, LoadErrorKind> {
+    let shapes = sd.shapes();
+    let shape = |k: &str| shapes.get(k).map(Vec::as_slice);
+    let missing = |k: &str| bad(format!("diffusers-layout UNet without {k}"));
+    let dim = |k: &str, i: usize| {
+        shape(k)
+            .and_then(|s| s.get(i).copied())
+            .ok_or_else(|| missing(k))
+    };
+    let levels = count_indexed(shapes.keys(), "down_blocks.");
+    let layers_per_block = count_indexed(shapes.keys(), "down_blocks.0.resnets.");
+    if levels == 0 || layers_per_block == 0 {
+        return Err(missing("down_blocks.0.resnets.0"));
+    }
+    let depth_of =
+        |block: &str| count_indexed(shapes.keys(), &format!("{block}.transformer_blocks."));
+    let mut block_out_channels = Vec::with_capacity(levels);
+    let mut transformer_depth = Vec::with_capacity(levels);
+    for i in 0..levels {
+        block_out_channels.push(dim(&format!("down_blocks.{i}.resnets.0.conv1.weight"), 0)?);
+        transformer_depth.push(depth_of(&format!("down_blocks.{i}.attentions.0")));
+    }
+    for i in 0..levels {
+        let up = depth_of(&format!("up_blocks.{i}.attentions.0"));
+        if up != transformer_depth[levels - 1 - i] {
+            return Err(bad(format!(
+                "up block {i} has transformer depth {up}, its down level has {}",
+                transformer_depth[levels - 1 - i]
+            )));
+        }
+    }
+    let attn_key = shapes
+        .keys()
+        .filter(|k| k.ends_with("transformer_blocks.0.attn2.to_k.weight"))
+        .min()
+        .ok_or_else(|| missing("a transformer's attn2.to_k.weight"))?;
+    let proj_key = attn_key.replace("transformer_blocks.0.attn2.to_k.weight", "proj_in.weight");
+    let last_level = levels - 1;
+    finish_unet(
+        sd,
+        UnetShape {
+            in_channels: dim("conv_in.weight", 1)?,
+            out_channels: dim("conv_out.weight", 0)?,
+            block_out_channels,
+            layers_per_block,
+            transformer_depth,
+            mid_transformer_depth: depth_of("mid_block.attentions.0"),
+            context_dim: dim(attn_key, 1)?,
+            use_linear_projection: shape(&proj_key).ok_or_else(|| missing(&proj_key))?.len()
+                == 2,
+            adm_in_channels: shape("add_embedding.linear_1.weight").and_then(|s| s.get(1).copied()),
+        },
+        &format!(
+            "up_blocks.{last_level}.attentions.{layers_per_block}.transformer_blocks.0.norm1.bias"
+        ),
+    )
+    .ok_or_else(|| bad("a class embedding of a width no SD family has".into()))?
 }
 
 fn population_std(t: &candle_core::Tensor) -> Option<f64> {
