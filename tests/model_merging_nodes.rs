@@ -352,8 +352,27 @@ async fn unet_loader_reads_a_bare_unet_file() {
 
     graph["u"]["inputs"]["unet_name"] = json!("tiny_unet_diffusers.safetensors");
     graph["s"]["inputs"]["filename_prefix"] = json!("unet_diffusers");
-    run(&app, graph).await;
+    run(&app, graph.clone()).await;
     assert!(pixels(&app, "unet_diffusers") == pixels(&app, "full"));
+
+    // fp8 weights (rounded as torch rounds them, widened per layer): near the full-precision
+    // image, not equal to it.
+    let full = pixels(&app, "full");
+    for dtype in ["fp8_e4m3fn", "fp8_e5m2"] {
+        graph["u"]["inputs"]["weight_dtype"] = json!(dtype);
+        graph["s"]["inputs"]["filename_prefix"] = json!(dtype);
+        run(&app, graph.clone()).await;
+        let fp8 = pixels(&app, dtype);
+        assert_eq!(fp8.len(), full.len());
+        assert!(fp8 != full, "{dtype} gave the full-precision pixels");
+        let mean = fp8
+            .iter()
+            .zip(&full)
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+            .sum::<f64>()
+            / full.len() as f64;
+        assert!(mean < 12.0, "{dtype}: mean difference {mean} levels");
+    }
 }
 
 /// Writes the tiny SD1 checkpoint `ckpt` as a diffusers pipeline folder at `root`.

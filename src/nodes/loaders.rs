@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::engine::load::fp8::Fp8Format;
 use crate::engine::clip::encode::TextEncoder;
 use crate::engine::manager::{bpe, clip_file, LoadedCheckpoint};
 use crate::graph::spec::build::*;
@@ -334,18 +335,12 @@ impl Node for UnetLoader {
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let name = inputs.string("unet_name")?;
-        let dtype = inputs.string("weight_dtype")?;
-        if dtype != "default" {
-            // Candle has no fp8 matmul: the weights keep the file's precision (or --dtype).
-            tracing::info!(
-                weight_dtype = dtype,
-                "fp8 weights are not supported; loading at the default precision"
-            );
-        }
+        // "default" keeps the file's precision (or --dtype); the fp8 ones round the weights.
+        let fp8 = Fp8Format::parse(inputs.string("weight_dtype")?);
         let path = ctx.model_path("diffusion_models", "unet_name", name)?;
         let loaded = ctx
             .models
-            .checkpoint(&path)
+            .checkpoint_as(&path, fp8)
             .map_err(|e| NodeError::model_load("unet_name", e))?;
         Ok(NodeOutput::values(vec![Value::Model(Arc::clone(
             &loaded.model,

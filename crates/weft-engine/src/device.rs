@@ -148,10 +148,11 @@ impl DeviceChoice {
 /// the weights (each layer widens its weights per call, [`crate::ops::cast`]; f16
 /// arithmetic there is slower and less exact), the weights' own on a GPU.
 pub fn compute_dtype(device: &Device, weights: DType) -> DType {
-    if device.is_cpu() {
-        DType::F32
-    } else {
-        weights
+    match weights {
+        _ if device.is_cpu() => DType::F32,
+        // fp8 weights compute in f16, as ComfyUI's manual cast does on GPUs.
+        DType::F8E4M3 => DType::F16,
+        _ => weights,
     }
 }
 

@@ -49,6 +49,7 @@ use crate::load::detect::{
     is_diffusers_unet, ModelFamily,
 };
 use crate::load::file::StateDict;
+use crate::load::fp8::Fp8Format;
 use crate::load::placement::{placed_var_builder, Placement};
 use crate::load::{LoadError, LoadErrorKind};
 use crate::memory::{self, MemoryProbe, MemoryReading, OutOfMemory};
@@ -71,6 +72,9 @@ pub struct LoadedCheckpoint {
     pub clip_vision: Option<Arc<ClipVisionModel>>,
     /// Bytes of the weights in memory.
     pub bytes: usize,
+    /// The fp8 format its diffusion model's weights were rounded to (UNETLoader's
+    /// `weight_dtype`), `None` for the file's own precision.
+    pub fp8: Option<Fp8Format>,
 }
 
 /// A file as the file system knows it: the same inode, size and time is the same bytes.
@@ -567,20 +571,34 @@ impl ModelManager {
 
     /// The checkpoint at `path`, loaded once while it stays unchanged on disk.
     pub fn checkpoint(&self, path: &Path) -> Result<Arc<LoadedCheckpoint>, LoadError> {
+        self.checkpoint_as(path, None)
+    }
+
+    /// The checkpoint (or bare diffusion model file) at `path` with its diffusion model's
+    /// weights rounded to `fp8` (UNETLoader's `weight_dtype`); one entry per format.
+    pub fn checkpoint_as(
+        &self,
+        path: &Path,
+        fp8: Option<Fp8Format>,
+    ) -> Result<Arc<LoadedCheckpoint>, LoadError> {
         let loaded = self.get_or_load(
             path,
-            |l| matches!(l, Loaded::Checkpoint(_)),
+            |l| matches!(l, Loaded::Checkpoint(c) if c.fp8 == fp8),
             || {
                 // UNet and text encoders in the weights' dtype, the VAE in its own.
                 let sd = StateDict::open(path)?;
-                let weights = self.weight_dtype(sd.float_dtype(UNET_PREFIX));
+                let weights = match fp8 {
+                    Some(f) => f.storage(),
+                    None => self.weight_dtype(sd.float_dtype(UNET_PREFIX)),
+                };
                 let vae = self.vae_dtype();
                 let bytes = sd.loaded_bytes(VAE_PREFIX, |_| vae) + sd.loaded_bytes("", |_| weights)
                     - sd.loaded_bytes(VAE_PREFIX, |_| weights);
                 Ok((bytes, (sd, weights, bytes)))
             },
             |(sd, weights, bytes), on_device| {
-                let (ckpt, offloaded) = self.load_checkpoint(sd, weights, bytes, on_device)?;
+                let (ckpt, offloaded) =
+                    self.load_checkpoint(sd, weights, fp8, bytes, on_device)?;
                 Ok((Loaded::Checkpoint(Arc::new(ckpt)), offloaded))
             },
         )?;
@@ -882,6 +900,7 @@ impl ModelManager {
             // A diffusers folder's image encoder is not read (no loader of ComfyUI's reads it).
             clip_vision: None,
             bytes: model_bytes,
+            fp8: None,
         })
     }
 
@@ -893,6 +912,7 @@ impl ModelManager {
         &self,
         sd: StateDict,
         dtype: DType,
+        fp8: Option<Fp8Format>,
         bytes: usize,
         on_device: usize,
     ) -> Result<(LoadedCheckpoint, usize), LoadError> {
@@ -947,9 +967,12 @@ impl ModelManager {
         }
         let mut weights = HashMap::new();
         for (name, key) in names {
-            let tensor = sd
-                .get(&key)?
-                .to_dtype(dtype)
+            let tensor = sd.get(&key)?;
+            let tensor = match fp8 {
+                Some(f) => f.quantize(&tensor),
+                None => tensor.to_dtype(dtype),
+            };
+            let tensor = tensor
                 .and_then(|t| t.to_device(&placement.device_for(&name, &self.device)))
                 .map_err(|e| fail(LoadErrorKind::Tensor(e)))?;
             weights.insert(name, tensor);
@@ -973,6 +996,11 @@ impl ModelManager {
         };
         let clips = clip_components(&sd, &components)?;
         let family = detected.family;
+        // fp8 is for the diffusion model only; the encoders keep the file's precision.
+        let dtype = match fp8 {
+            Some(_) => self.weight_dtype(sd.float_dtype("")),
+            None => dtype,
+        };
         let clip = if clips.is_empty() {
             None
         } else {
@@ -1003,6 +1031,7 @@ impl ModelManager {
             vae,
             clip_vision,
             bytes,
+            fp8,
         };
         Ok((checkpoint, placement.host_bytes()))
     }

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod detect;
 pub mod file;
+pub mod fp8;
 pub mod keymap;
 pub(crate) mod pickle_guard;
 pub mod pickle_tree;

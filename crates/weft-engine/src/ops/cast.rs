@@ -24,7 +24,7 @@ pub fn to_dtype(t: &Tensor, dtype: DType) -> Result<Tensor> {
     }
     let widens = matches!(t.device(), Device::Cpu)
         && dtype == DType::F32
-        && matches!(t.dtype(), DType::F16 | DType::BF16);
+        && matches!(t.dtype(), DType::F16 | DType::BF16 | DType::F8E4M3);
     if widens {
         t.contiguous()?.apply_op1_no_bwd(&Widen)
     } else {
@@ -71,7 +71,20 @@ impl CustomOp1 for Widen {
                 .par_chunks_mut(CHUNK)
                 .zip(src[start..end].par_chunks(CHUNK))
                 .for_each(|(dst, src)| src.convert_to_f32_slice(dst)),
-            _ => candle_core::bail!("only f16 and bf16 widen to f32"),
+            CpuStorage::F8E4M3(src) => {
+                // 256 values: a table is faster than decoding each byte.
+                let table: Vec<f32> = (0..=255u8)
+                    .map(|b| float8::F8E4M3::from_bits(b).to_f32())
+                    .collect();
+                out.par_chunks_mut(CHUNK)
+                    .zip(src[start..end].par_chunks(CHUNK))
+                    .for_each(|(dst, src)| {
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d = table[usize::from(s.to_bits())];
+                        }
+                    })
+            }
+            _ => candle_core::bail!("only f16, bf16 and f8e4m3 widen to f32"),
         }
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
