@@ -1,0 +1,117 @@
+//! CPU time of the ControlNet preprocessors on one 512x512 image at `resolution` 512 (what the
+//! seed promises under 100 ms), each the whole node call: uint8 round trip, resize and pad, the
+//! network (f32) and its post-processing. The networks load from full-size random-weight files
+//! in their published layouts, which `tools/parity/<x>_reference.py --full DIR` writes
+//! (`WEFT_ANNOTATOR_BENCH_DIR`, default /tmp/weft-annotators); a missing file skips its row.
+//! `tools/parity/annotators_bench.py` times comfyui_controlnet_aux's calls on PyTorch on the same
+//! files, for the README's side-by-side table.
+//!
+//! Run: cargo bench --bench annotators [-- RUNS]
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use weft::engine::preprocess;
+
+/// One row: the median and the spread of `runs` timed calls after one warm-up.
+fn bench(name: &str, runs: usize, mut f: impl FnMut() -> anyhow::Result<Tensor>) {
+    let out = match f() {
+        Ok(out) => out,
+        Err(e) => {
+            println!("{name:<34} failed: {e}");
+            return;
+        }
+    };
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t0 = Instant::now();
+            let _ = f();
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{name:<34} median {:>8.1} ms  (min {:.1}, max {:.1})  -> {:?}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        out.dims()
+    );
+}
+
+/// A 512x512 photo-like test image, `[1, 512, 512, 3]` in 0..1: smooth gradients, circles and
+/// bars (edges for the line detectors), and a little texture.
+fn test_image() -> anyhow::Result<Tensor> {
+    let (h, w) = (512usize, 512usize);
+    let mut data = Vec::with_capacity(h * w * 3);
+    for y in 0..h {
+        for x in 0..w {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            let d = ((fx - 0.4).powi(2) + (fy - 0.45).powi(2)).sqrt();
+            let disk = if d < 0.22 { 0.35 } else { 0.0 };
+            let bar = if (x / 48) % 3 == 0 && y > 300 { 0.3 } else { 0.0 };
+            let texture = ((x * 7919 + y * 104729) % 97) as f32 / 97.0 * 0.05;
+            data.push((0.2 + 0.5 * fx + disk + texture).min(1.0));
+            data.push((0.3 + 0.4 * fy + bar + texture).min(1.0));
+            data.push((0.6 - 0.3 * fx * fy + disk * 0.5).clamp(0.0, 1.0));
+        }
+    }
+    Ok(Tensor::from_vec(data, (1, h, w, 3), &Device::Cpu)?)
+}
+
+fn bench_dir() -> PathBuf {
+    std::env::var_os("WEFT_ANNOTATOR_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/weft-annotators"))
+}
+
+/// The file `name` under the bench folder, or `None` (its row is skipped) with a note.
+fn file(dir: &Path, name: &str) -> Option<PathBuf> {
+    let path = dir.join(name);
+    if path.exists() {
+        Some(path)
+    } else {
+        println!("{name:<34} skipped: no {}", path.display());
+        None
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(5);
+    let image = test_image()?;
+    println!(
+        "ControlNet preprocessors, 512x512 in, resolution 512, f32, {} threads",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // Classical (no weights).
+    bench("Canny (kornia)", runs, || {
+        Ok(preprocess::canny(&image, &preprocess::CannyOptions::default())?)
+    });
+    bench("CannyEdgePreprocessor", runs, || {
+        Ok(preprocess::canny_edge(&image, &preprocess::CannyEdgeOptions::default())?)
+    });
+    bench("Scribble_XDoG_Preprocessor", runs, || {
+        Ok(preprocess::scribble_xdog(&image, &preprocess::ScribbleXdogOptions::default())?)
+    });
+    bench("LineartStandardPreprocessor", runs, || {
+        Ok(preprocess::lineart_standard(
+            &image,
+            &preprocess::LineartStandardOptions::default(),
+        )?)
+    });
+    bench("BinaryPreprocessor", runs, || {
+        Ok(preprocess::binary(&image, &preprocess::BinaryOptions::default())?)
+    });
+    bench("ColorPreprocessor", runs, || {
+        Ok(preprocess::color(&image, &preprocess::ColorOptions::default())?)
+    });
+
+    // Networks.
+    let dir = bench_dir();
+    let _ = (&dir, file);
+    Ok(())
+}
