@@ -10,6 +10,36 @@ pub mod layers;
 pub mod math;
 pub mod norm;
 
+/// torch's `F.pad(.., mode="reflect")` by `pad` on both spatial axes of `[B, C, H, W]`.
+pub(crate) fn reflect_pad(
+    img: &candle_core::Tensor,
+    pad: usize,
+) -> candle_core::Result<candle_core::Tensor> {
+    let mut out = img.clone();
+    for dim in [2, 3] {
+        let n = out.dim(dim)?;
+        if pad >= n {
+            candle_core::bail!("cannot reflect-pad {n} pixels by {pad}");
+        }
+        let index: Vec<u32> = (0..n + 2 * pad)
+            .map(|i| {
+                let i = i as i64 - pad as i64;
+                let reflected = if i < 0 {
+                    -i
+                } else if i >= n as i64 {
+                    2 * (n as i64 - 1) - i
+                } else {
+                    i
+                };
+                reflected as u32
+            })
+            .collect();
+        let index = candle_core::Tensor::from_vec(index, n + 2 * pad, img.device())?;
+        out = out.index_select(&index, dim)?;
+    }
+    Ok(out)
+}
+
 /// The largest absolute difference between two tensors, for the ops' tests.
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
