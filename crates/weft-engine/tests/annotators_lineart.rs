@@ -199,3 +199,23 @@ fn a_file_of_the_other_kind_is_refused() {
     let err = AnimeUnet::load(&open("sk_model.pth"), &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("sk_model.pth"), "{err}");
 }
+
+/// The full-size files of `lineart_reference.py --full DIR` (published sizes: 64 channels, 3
+/// residual blocks, 8 U-Net levels) load and run; set `WEFT_LINEART_FULL=DIR`.
+#[test]
+#[ignore = "needs WEFT_LINEART_FULL, full-size files written by the reference script"]
+fn full_size_files_load_and_run() {
+    let dir = PathBuf::from(std::env::var("WEFT_LINEART_FULL").expect("WEFT_LINEART_FULL"));
+    let image = Tensor::rand(0f32, 1f32, (1, 200, 300, 3), &Device::Cpu).unwrap();
+    for name in ["sk_model.pth", "sk_model2.pth"] {
+        let sd = Arc::new(StateDict::open(&dir.join(name)).unwrap());
+        let model = LineartGenerator::load(&sd, &Device::Cpu).unwrap();
+        let out = lineart(&image, &model, 256).unwrap();
+        assert_eq!(out.dims(), &[1, 256, 384, 3]);
+    }
+    let sd = Arc::new(StateDict::open(&dir.join("netG.pth")).unwrap());
+    let model = AnimeUnet::load(&sd, &Device::Cpu).unwrap();
+    assert_eq!(model.depth(), 8);
+    let out = lineart_anime(&image, &model, 256).unwrap();
+    assert_eq!(out.dims(), &[1, 256, 384, 3]);
+}
