@@ -14,6 +14,7 @@ use crate::load::file::StateDict;
 use crate::load::renaming::Renaming;
 use crate::load::{LoadError, LoadErrorKind};
 use crate::ops::conv::Conv2d;
+use crate::ops::conv_transpose::conv_transpose2d;
 use crate::ops::norm::GroupNorm;
 use crate::ops::reflect_pad;
 use crate::preprocess::aux::{detect_resolution, hwc3, resize_image_with_pad};
@@ -68,14 +69,14 @@ impl ConvTranspose {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.contiguous()?.conv_transpose2d(
+        conv_transpose2d(
+            x,
             &self.weight,
+            Some(&self.bias),
+            self.stride,
             self.padding,
             self.output_padding,
-            self.stride,
-            1,
-        )?;
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        )
     }
 }
 

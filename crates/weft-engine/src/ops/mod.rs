@@ -1,11 +1,14 @@
-//! Weft's own versions of the tensor ops where candle's generic CPU op was measurably slow at the
-//! SD shapes (`benches/ops.rs`): convolution, GroupNorm(+SiLU) and attention. Each op runs its own
-//! kernel on the CPU in f32 and falls back to candle's op on every other device and dtype, so
-//! CUDA and Metal builds go through candle as before. Each file says what candle's op did wrong.
+//! Weft's own versions of the tensor ops where candle's generic CPU op was measurably slow:
+//! convolution, GroupNorm(+SiLU) and attention at the SD shapes (`benches/ops.rs`), each running
+//! its own kernel on the CPU in f32 and falling back to candle's op on every other device and
+//! dtype, so CUDA and Metal builds go through candle as before; and the transposed convolution of
+//! the line-art annotators, restated in candle ops around one matmul. Each file says what
+//! candle's op did wrong.
 
 pub mod attention;
 pub mod cast;
 pub mod conv;
+pub mod conv_transpose;
 pub mod layers;
 pub mod math;
 pub mod norm;
