@@ -16,7 +16,11 @@ use crate::graph::spec::{Freshness, InputSpec, NodeSpec};
 use crate::nodes::{NodeContext, NodeError, Registry};
 use crate::paths::DataDirs;
 
-pub fn register(_registry: &mut Registry) {}
+pub mod lineart;
+
+pub fn register(registry: &mut Registry) {
+    lineart::register(registry);
+}
 
 /// A published annotator weight file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +77,8 @@ impl AnnotatorFile {
             .iter()
             .map(|f| {
                 let path = f.path(dirs)?;
-                let meta = std::fs::metadata(&path)
-                    .map_err(|e| NodeError::file(dirs.shown(&path), e))?;
+                let meta =
+                    std::fs::metadata(&path).map_err(|e| NodeError::file(dirs.shown(&path), e))?;
                 let modified = meta
                     .modified()
                     .ok()

@@ -176,33 +176,6 @@ pub fn gaussian_blur_2d(img: &Tensor, kernel_size: usize, sigma: f64) -> Result<
     let kernel2d = kernel2d
         .reshape((1, 1, kernel_size, kernel_size))?
         .repeat((channels, 1, 1, 1))?;
-    let padded = reflect_pad(img, kernel_size / 2)?;
+    let padded = crate::ops::reflect_pad(img, kernel_size / 2)?;
     padded.conv2d(&kernel2d, 0, 1, 1, channels)
-}
-
-/// torch's `F.pad(.., mode="reflect")` by `pad` on both spatial axes of `[B, C, H, W]`.
-fn reflect_pad(img: &Tensor, pad: usize) -> Result<Tensor> {
-    let mut out = img.clone();
-    for dim in [2, 3] {
-        let n = out.dim(dim)?;
-        if pad >= n {
-            candle_core::bail!("cannot reflect-pad {n} pixels by {pad}");
-        }
-        let index: Vec<u32> = (0..n + 2 * pad)
-            .map(|i| {
-                let i = i as i64 - pad as i64;
-                let reflected = if i < 0 {
-                    -i
-                } else if i >= n as i64 {
-                    2 * (n as i64 - 1) - i
-                } else {
-                    i
-                };
-                reflected as u32
-            })
-            .collect();
-        let index = Tensor::from_vec(index, n + 2 * pad, img.device())?;
-        out = out.index_select(&index, dim)?;
-    }
-    Ok(out)
 }
