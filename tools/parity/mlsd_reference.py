@@ -14,7 +14,7 @@ It also draws random segments, many of them crossing or outside the canvas, with
 
 Writes tests/fixtures/annotators/mlsd/: mlsd_large_512_fp32.pth (narrow net),
 reference.safetensors (inputs, network outputs, segments, maps), lines.safetensors (the line
-check), manifest.json (cases, versions).
+check), e2e_input.png (the astronaut input, for the server test), manifest.json (cases, versions).
 
 Options:
   --full DIR   write a full-size random-weight mlsd_large_512_fp32.pth into DIR (published layout)
@@ -248,6 +248,8 @@ def main():
                                   "dist_threshold": thr_d, "resolution": res,
                                   "segments": int(len(lines))})
     save_file(ref, os.path.join(OUT, "reference.safetensors"))
+    # The end-to-end test's LoadImage input (the astronaut case's image).
+    cv2.imwrite(os.path.join(OUT, "e2e_input.png"), cv2.cvtColor(imgs["astronaut"], cv2.COLOR_RGB2BGR))
     save_file(line_check(), os.path.join(OUT, "lines.safetensors"))
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
