@@ -85,6 +85,18 @@ impl Weights<'_> {
         LoadError::new(self.sd.path(), LoadErrorKind::Tensor(e))
     }
 
+    /// A `nn.Sequential(conv, BatchNorm, activation)` at `name` (`{name}.0`, `{name}.1`).
+    fn seq(
+        &self,
+        name: &str,
+        geometry: (usize, usize, usize),
+        tflite_pad: bool,
+        act: Act,
+    ) -> std::result::Result<ConvBn, LoadError> {
+        let bn = format!("{name}.1");
+        self.conv_bn(&format!("{name}.0"), Some(&bn), geometry, tflite_pad, act)
+    }
+
     /// `conv` (`{conv}.weight`, optional `{conv}.bias`) followed by the BatchNorm `bn` (None: a
     /// plain convolution).
     fn conv_bn(
@@ -296,13 +308,7 @@ impl Mlsd {
     /// Builds the net from a `mlsd_large_512_fp32.pth` state dict (f32 on `device`).
     pub fn load(sd: &Arc<StateDict>, device: &Device) -> std::result::Result<Self, LoadError> {
         let w = Weights { sd, device };
-        let first = w.conv_bn(
-            "backbone.features.0.0",
-            Some("backbone.features.0.1"),
-            (2, 0, 1),
-            true,
-            Act::Relu6,
-        )?;
+        let first = w.seq("backbone.features.0", (2, 0, 1), true, Act::Relu6)?;
         let mut backbone = vec![InvertedResidual {
             layers: vec![first],
             residual: false,
@@ -314,24 +320,12 @@ impl Mlsd {
             let mut layers = Vec::new();
             let mut k = 0;
             if expands {
-                layers.push(w.conv_bn(
-                    &format!("{p}.0.0"),
-                    Some(&format!("{p}.0.1")),
-                    (1, 0, 1),
-                    false,
-                    Act::Relu6,
-                )?);
+                layers.push(w.seq(&format!("{p}.0"), (1, 0, 1), false, Act::Relu6)?);
                 k = 1;
             }
             let tflite = stride == 2;
             let pad = if tflite { 0 } else { 1 };
-            layers.push(w.conv_bn(
-                &format!("{p}.{k}.0"),
-                Some(&format!("{p}.{k}.1")),
-                (stride, pad, 1),
-                tflite,
-                Act::Relu6,
-            )?);
+            layers.push(w.seq(&format!("{p}.{k}"), (stride, pad, 1), tflite, Act::Relu6)?);
             layers.push(w.conv_bn(
                 &format!("{p}.{}", k + 1),
                 Some(&format!("{p}.{}", k + 2)),
@@ -347,24 +341,7 @@ impl Mlsd {
                 residual: stride == 1 && c_in == c_out,
             });
         }
-        let one = |name: &str| {
-            w.conv_bn(
-                &format!("{name}.0"),
-                Some(&format!("{name}.1")),
-                (1, 0, 1),
-                false,
-                Act::Relu,
-            )
-        };
-        let three = |name: &str| {
-            w.conv_bn(
-                &format!("{name}.0"),
-                Some(&format!("{name}.1")),
-                (1, 1, 1),
-                false,
-                Act::Relu,
-            )
-        };
+        let seq = |name: &str, padding: usize| w.seq(name, (1, padding, 1), false, Act::Relu);
         let mut stages = Vec::new();
         for (i, (a, b)) in [(15, 16), (17, 18), (19, 20), (21, 22)]
             .into_iter()
@@ -372,25 +349,19 @@ impl Mlsd {
         {
             stages.push((
                 BlockA {
-                    conv_b: one(&format!("block{a}.conv1"))?,
-                    conv_a: one(&format!("block{a}.conv2"))?,
+                    conv_b: seq(&format!("block{a}.conv1"), 0)?,
+                    conv_a: seq(&format!("block{a}.conv2"), 0)?,
                     upscale: i > 0,
                 },
                 BlockB {
-                    conv1: three(&format!("block{b}.conv1"))?,
-                    conv2: three(&format!("block{b}.conv2"))?,
+                    conv1: seq(&format!("block{b}.conv1"), 1)?,
+                    conv2: seq(&format!("block{b}.conv2"), 1)?,
                 },
             ));
         }
         let head = vec![
-            w.conv_bn(
-                "block23.conv1.0",
-                Some("block23.conv1.1"),
-                (1, 5, 5),
-                false,
-                Act::Relu,
-            )?,
-            three("block23.conv2")?,
+            w.seq("block23.conv1", (1, 5, 5), false, Act::Relu)?,
+            seq("block23.conv2", 1)?,
             w.conv_bn("block23.conv3", None, (1, 0, 1), false, Act::None)?,
         ];
         let outputs = w.shape("block23.conv3.weight")?[0];
@@ -464,7 +435,8 @@ fn net_input(img: &ImageU8, device: &Device) -> Result<Tensor> {
 }
 
 /// `pred_lines`'s decoding of the `[9, h, w]` map (row-major values): the segments (x1, y1,
-/// x2, y2) in input pixels, best centre first.
+/// x2, y2) in input pixels, best centre first. The thresholds are f32 because numpy 2 compares
+/// the float32 score and length with the Python floats in float32.
 pub fn decode(
     tp: &[f32],
     h: usize,
