@@ -6,6 +6,7 @@
 
 mod access;
 mod annotators_lineart;
+mod annotators_mlsd;
 mod cli;
 mod clip_vision_nodes;
 mod comfy_routes;

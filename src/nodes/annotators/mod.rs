@@ -17,9 +17,11 @@ use crate::nodes::{NodeContext, NodeError, Registry};
 use crate::paths::DataDirs;
 
 pub mod lineart;
+pub mod mlsd;
 
 pub fn register(registry: &mut Registry) {
     lineart::register(registry);
+    mlsd::register(registry);
 }
 
 /// A published annotator weight file.

@@ -10,6 +10,7 @@
 //! `crate::preprocess`, whose uint8 image type and OpenCV-exact primitives these reuse.
 
 pub mod lineart;
+pub mod mlsd;
 
 use candle_core::{DType, Device, Tensor};
 

@@ -21,6 +21,7 @@ pub mod canny;
 pub mod color;
 pub mod cv;
 pub mod cv_canny;
+pub mod cv_draw;
 pub mod lineart;
 pub mod normal;
 pub mod shuffle;
