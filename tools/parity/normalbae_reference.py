@@ -18,6 +18,8 @@ differ from B5 and Weft has to read them from the weights; the decoder's widths 
 NNET's Decoder hardcodes its widths in `forward` (`feat_map.view(B, 512 + 4, -1)`), so the tiny
 decoder's forward restates the eval branch with the widths taken from the tensors; the script
 checks that restatement against the original Decoder.forward on the full-size net first.
+The fixture also holds each case's normals from the same net run in float64, which shows how far
+float32 rounding alone moves them (torch's own f32 result differs from it by ~5e-5 to 7e-5).
 BN statistics and affine parameters are randomised, and the weights scaled so that the maps
 have contrast (checked). Saved as torch.save({"model": state_dict}) with the "module." prefix
 that NormalBaeDetector's load_checkpoint strips.
@@ -260,6 +262,12 @@ def main():
         t[f"{name}.input"] = img
         t[f"{name}.padded"] = padded
         t[f"{name}.normal"] = np.ascontiguousarray(normal.astype(np.float32))
+        # the same net in float64: how far float32 rounding alone moves the normals
+        with torch.no_grad():
+            exact = check.double()(net_input(padded).double())[0][-1][0, :3].numpy()
+            check.float()
+        t[f"{name}.normal_f64"] = np.ascontiguousarray(exact.astype(np.float32))
+        print(name, "torch f32 vs f64 normals", float(np.abs(exact - normal).max()))
         t[f"{name}.out"] = np.ascontiguousarray(out)
         spread = [int(out[..., c].max()) - int(out[..., c].min()) for c in range(3)]
         print(name, img.shape, "->", out.shape, "per-channel range", spread, "std", float(out.std()))
