@@ -29,7 +29,10 @@ common_annotator_call (uint8 by truncation), resize_image_with_pad(resolution, I
 ImageNet normalisation, net, normal[:, :3] -> ((n + 1) * 0.5).clip(0, 1) * 255 -> uint8, HWC3,
 remove_pad.
 
---full DIR writes a full-size random scannet.pt (published layout) into DIR.
+--full DIR writes a full-size random scannet.pt (published layout) into DIR, and
+normalbae_full_reference.safetensors (one 64x96 input and the full net's normals) for the engine
+test's ignored full-size check (WEFT_NORMALBAE_FULL=DIR cargo test -p weft-engine --test
+annotators_normalbae -- --ignored).
 --bench prints the PyTorch time of the node's call at 512x512 (full-size net, 2 threads).
 """
 import argparse
@@ -226,6 +229,13 @@ def main():
         if opt.full:
             os.makedirs(opt.full, exist_ok=True)
             save(full, os.path.join(opt.full, "scannet.pt"))
+            # a check of the full-size structure (B5's repeats and widths): the normals of one
+            # 64x96 input, for crates/weft-engine/tests/annotators_normalbae.rs's ignored test
+            img = cv2.resize(skimage.data.coffee(), (96, 64), interpolation=cv2.INTER_AREA)
+            with torch.no_grad():
+                normal = full(net_input(img))[0][-1][0, :3].numpy()
+            save_file({"input": img, "normal": np.ascontiguousarray(normal)},
+                      os.path.join(opt.full, "normalbae_full_reference.safetensors"))
         if opt.bench:
             torch.set_num_threads(2)
             img = cv2.resize(skimage.data.astronaut(), (512, 512), interpolation=cv2.INTER_AREA)

@@ -55,6 +55,24 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// `[H, W, 3]` uint8 -> `[1, 3, H, W]`, `/255` and ImageNet-normalised as the detector does.
+fn normalised(u8_hwc: &Tensor) -> Tensor {
+    let x = u8_hwc
+        .to_dtype(DType::F32)
+        .unwrap()
+        .permute((2, 0, 1))
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let stat = |v: [f32; 3]| Tensor::new(&v, &Device::Cpu).unwrap().reshape((1, 3, 1, 1)).unwrap();
+    (x / 255.0)
+        .unwrap()
+        .broadcast_sub(&stat([0.485, 0.456, 0.406]))
+        .unwrap()
+        .broadcast_div(&stat([0.229, 0.224, 0.225]))
+        .unwrap()
+}
+
 const CASES: [(&str, u32); 3] = [
     ("astronaut_r64", 64),
     ("coffee_r80", 80),
@@ -74,27 +92,7 @@ fn network_matches_nnet() {
             u8_image(&t[&format!("{name}.padded")]),
             "{name}: padded input"
         );
-        let x = t[&format!("{name}.padded")]
-            .to_dtype(DType::F32)
-            .unwrap()
-            .permute((2, 0, 1))
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let mean = Tensor::new(&[0.485f32, 0.456, 0.406], &Device::Cpu)
-            .unwrap()
-            .reshape((1, 3, 1, 1))
-            .unwrap();
-        let std = Tensor::new(&[0.229f32, 0.224, 0.225], &Device::Cpu)
-            .unwrap()
-            .reshape((1, 3, 1, 1))
-            .unwrap();
-        let x = (x / 255.0)
-            .unwrap()
-            .broadcast_sub(&mean)
-            .unwrap()
-            .broadcast_div(&std)
-            .unwrap();
+        let x = normalised(&t[&format!("{name}.padded")]);
         let normal = net.forward(&x).expect("forward").squeeze(0).unwrap();
         let torch32 = &t[&format!("{name}.normal")];
         let exact = &t[&format!("{name}.normal_f64")];
@@ -142,4 +140,24 @@ fn wrong_file_is_refused() {
         err.to_string().contains("conv_stem"),
         "unexpected error: {err}"
     );
+}
+
+/// The full-size structure (B5's stage repeats and widths, the 2048-wide decoder): a file written
+/// by `normalbae_reference.py --full DIR`, with `WEFT_NORMALBAE_FULL=DIR`.
+#[test]
+#[ignore = "needs a full-size file: WEFT_NORMALBAE_FULL=DIR from normalbae_reference.py --full DIR"]
+fn full_size_file_matches() {
+    let dir = PathBuf::from(std::env::var("WEFT_NORMALBAE_FULL").expect("WEFT_NORMALBAE_FULL"));
+    let sd = StateDict::open(&dir.join("scannet.pt")).expect("scannet.pt opens");
+    let net = NormalBae::load(&Arc::new(sd), &Device::Cpu).expect("scannet.pt loads");
+    let t = candle_core::safetensors::load(
+        dir.join("normalbae_full_reference.safetensors"),
+        &Device::Cpu,
+    )
+    .expect("reference loads");
+    let x = normalised(&t["input"]);
+    let normal = net.forward(&x).expect("forward").squeeze(0).unwrap();
+    let diff = max_abs(&normal, &t["normal"]);
+    println!("full size: normals max abs diff {diff:.2e}");
+    assert!(diff < 5e-4, "full size: normals differ by {diff}");
 }
