@@ -24,7 +24,11 @@ async fn app_with(sub: Option<&str>) -> TestApp {
     }
     let input = app.data_dir().join("input");
     std::fs::create_dir_all(&input).unwrap();
-    std::fs::copy(fixtures().join("e2e_input.png"), input.join("e2e_input.png")).unwrap();
+    std::fs::copy(
+        fixtures().join("e2e_input.png"),
+        input.join("e2e_input.png"),
+    )
+    .unwrap();
     app
 }
 
@@ -53,7 +57,8 @@ async fn normal_map_matches_the_pack_from_either_folder_layout() {
     let (want_w, want_h, want) = reference();
     for (sub, prefix) in [("", "bae"), ("ckpts/lllyasviel/Annotators", "bae_ckpts")] {
         let app = app_with(Some(sub)).await;
-        app.queue_ok("/prompt", json!({"prompt": graph(prefix)})).await;
+        app.queue_ok("/prompt", json!({"prompt": graph(prefix)}))
+            .await;
         let (w, h, _, pixels) =
             read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png")));
         assert_eq!((w as usize, h as usize), (want_w, want_h), "{sub}");
@@ -65,6 +70,32 @@ async fn normal_map_matches_the_pack_from_either_folder_layout() {
             .unwrap_or(0);
         assert!(worst <= 1, "{sub}: largest difference {worst} levels");
     }
+}
+
+#[actix_web::test]
+async fn object_info_declares_the_node_as_the_pack_does() {
+    let app = app_with(None).await;
+    let (status, info) = app.get("/object_info/BAE-NormalMapPreprocessor").await;
+    assert_eq!(status, 200);
+    let node = &info["BAE-NormalMapPreprocessor"];
+    assert_eq!(node["display_name"], "BAE Normal Map");
+    assert_eq!(
+        node["category"],
+        "ControlNet Preprocessors/Normal and Depth Estimators"
+    );
+    let required = &node["input"]["required"];
+    assert_eq!(required["image"], json!(["IMAGE"]));
+    assert_eq!(required["resolution"][0], "INT");
+    assert_eq!(
+        (
+            &required["resolution"][1]["default"],
+            &required["resolution"][1]["min"],
+            &required["resolution"][1]["max"],
+            &required["resolution"][1]["step"],
+        ),
+        (&json!(512), &json!(64), &json!(16384), &json!(64))
+    );
+    assert_eq!(node["output"], json!(["IMAGE"]));
 }
 
 #[actix_web::test]

@@ -64,7 +64,12 @@ fn normalised(u8_hwc: &Tensor) -> Tensor {
         .unwrap()
         .unsqueeze(0)
         .unwrap();
-    let stat = |v: [f32; 3]| Tensor::new(&v, &Device::Cpu).unwrap().reshape((1, 3, 1, 1)).unwrap();
+    let stat = |v: [f32; 3]| {
+        Tensor::new(&v, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 3, 1, 1))
+            .unwrap()
+    };
     (x / 255.0)
         .unwrap()
         .broadcast_sub(&stat([0.485, 0.456, 0.406]))
@@ -104,7 +109,10 @@ fn network_matches_nnet() {
              f32 {theirs:.2e}"
         );
         assert!(diff < 5e-4, "{name}: normals differ by {diff}");
-        assert!(ours < 3.0 * theirs, "{name}: {ours} from f64, torch f32 {theirs}");
+        assert!(
+            ours < 3.0 * theirs,
+            "{name}: {ours} from f64, torch f32 {theirs}"
+        );
     }
 }
 

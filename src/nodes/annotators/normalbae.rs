@@ -38,6 +38,10 @@ impl Node for BaeNormalMapPreprocessor {
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let net = SCANNET.load(ctx, NormalBae::load)?;
-        image_out(normal_map(&net, inputs.image("image")?, resolution(inputs)?))
+        image_out(normal_map(
+            &net,
+            inputs.image("image")?,
+            resolution(inputs)?,
+        ))
     }
 }

@@ -82,13 +82,18 @@ impl Conv {
         let (_, _, h, w) = x.dims4()?;
         let ((top, bottom), (left, right)) = match self.pad {
             Pad::Fixed(p) => ((p, p), (p, p)),
-            Pad::Same => (
-                same_pad(h, k, self.stride),
-                same_pad(w, k, self.stride),
-            ),
+            Pad::Same => (same_pad(h, k, self.stride), same_pad(w, k, self.stride)),
         };
         if self.depthwise {
-            return depthwise(x, &self.weight, self.bias.as_ref(), self.stride, top, left, (bottom, right));
+            return depthwise(
+                x,
+                &self.weight,
+                self.bias.as_ref(),
+                self.stride,
+                top,
+                left,
+                (bottom, right),
+            );
         }
         let symmetric = top == bottom && left == right && top == left;
         let (x, padding) = if symmetric {
@@ -132,7 +137,9 @@ fn depthwise(
     let oh = (h + top + end.0 - k) / stride + 1;
     let ow = (w + left + end.1 - k) / stride + 1;
     if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 {
-        let xp = x.pad_with_zeros(2, top, end.0)?.pad_with_zeros(3, left, end.1)?;
+        let xp = x
+            .pad_with_zeros(2, top, end.0)?
+            .pad_with_zeros(3, left, end.1)?;
         let out = xp.conv2d(weight, 0, stride, 1, c)?;
         return match bias {
             Some(bias) => out.broadcast_add(&bias.reshape((1, c, 1, 1))?),
@@ -189,8 +196,13 @@ impl SqueezeExcite {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, _, _) = x.dims4()?;
         let s = x.mean_keepdim((2, 3))?.reshape((b, c))?;
-        let s = s.matmul(&self.reduce_w.t()?)?.broadcast_add(&self.reduce_b)?.silu()?;
-        let s = s.matmul(&self.expand_w.t()?)?.broadcast_add(&self.expand_b)?;
+        let s = s
+            .matmul(&self.reduce_w.t()?)?
+            .broadcast_add(&self.reduce_b)?
+            .silu()?;
+        let s = s
+            .matmul(&self.expand_w.t()?)?
+            .broadcast_add(&self.expand_b)?;
         x.broadcast_mul(&candle_nn::ops::sigmoid(&s)?.reshape((b, c, 1, 1))?)
     }
 }
@@ -377,7 +389,12 @@ impl Weights<'_> {
     fn block(&self, p: &str, stride: usize, inverted: bool) -> Result<Block> {
         let conv = |conv: &str, bn: &str, stride: usize| {
             let bn = format!("{p}.{bn}");
-            self.conv(&format!("{p}.{conv}"), Some((&bn, ENCODER_BN_EPS)), stride, Pad::Same)
+            self.conv(
+                &format!("{p}.{conv}"),
+                Some((&bn, ENCODER_BN_EPS)),
+                stride,
+                Pad::Same,
+            )
         };
         let (expand, mut depthwise, project) = if inverted {
             (
@@ -386,7 +403,11 @@ impl Weights<'_> {
                 conv("conv_pwl", "bn3", 1)?,
             )
         } else {
-            (None, conv("conv_dw", "bn1", stride)?, conv("conv_pw", "bn2", 1)?)
+            (
+                None,
+                conv("conv_dw", "bn1", stride)?,
+                conv("conv_pw", "bn2", 1)?,
+            )
         };
         depthwise.depthwise = true;
         let se = if self.has(&format!("{p}.se.conv_reduce.weight")) {
@@ -425,7 +446,10 @@ fn stages(shapes: &HashMap<String, Vec<usize>>) -> std::result::Result<Vec<Vec<b
     loop {
         let s = stages.len();
         let mut blocks = vec![];
-        while shapes.contains_key(&format!("{ENCODER}.blocks.{s}.{}.conv_dw.weight", blocks.len())) {
+        while shapes.contains_key(&format!(
+            "{ENCODER}.blocks.{s}.{}.conv_dw.weight",
+            blocks.len()
+        )) {
             let b = blocks.len();
             blocks.push(shapes.contains_key(&format!("{ENCODER}.blocks.{s}.{b}.conv_pwl.weight")));
         }
@@ -470,7 +494,14 @@ impl NormalBae {
         let stages = stages(&shapes)
             .map_err(|msg| LoadError::new(sd.path(), LoadErrorKind::BadConfig(msg)))?;
         Renaming::new(names).build(sd, DType::F32, device, |vb| {
-            Self::new(&Weights { vb, shapes: &shapes }, &stages, device)
+            Self::new(
+                &Weights {
+                    vb,
+                    shapes: &shapes,
+                },
+                &stages,
+                device,
+            )
         })
     }
 
@@ -579,21 +610,22 @@ impl NormalBae {
     /// `((n + 1) * 0.5).clip(0, 1) * 255` to uint8 (truncated) with xyz as RGB, `remove_pad`.
     pub fn detect(&self, img: &ImageU8, resolution: u32) -> crate::preprocess::Result<ImageU8> {
         let cand = |source| PreprocessError::Candle { op: OP, source };
-        let padded = resize_image_with_pad(
-            OP,
-            img,
-            detect_resolution(resolution),
-            Interpolation::Cubic,
-        )?;
+        let padded =
+            resize_image_with_pad(OP, img, detect_resolution(resolution), Interpolation::Cubic)?;
         let x = image_tensor(OP, &padded.image, &self.device)?;
         let (h, w) = (padded.image.height, padded.image.width);
         let map = (|| {
-            let mean = Tensor::new(&[0.485f32, 0.456, 0.406], &self.device)?.reshape((1, 3, 1, 1))?;
-            let std = Tensor::new(&[0.229f32, 0.224, 0.225], &self.device)?.reshape((1, 3, 1, 1))?;
+            let mean =
+                Tensor::new(&[0.485f32, 0.456, 0.406], &self.device)?.reshape((1, 3, 1, 1))?;
+            let std =
+                Tensor::new(&[0.229f32, 0.224, 0.225], &self.device)?.reshape((1, 3, 1, 1))?;
             let x = (x / 255.0)?.broadcast_sub(&mean)?.broadcast_div(&std)?;
             let n = self.forward(&x)?;
             let n = (((n + 1.0)? * 0.5)?.clamp(0f32, 1f32)? * 255.0)?.clamp(0f32, 255f32)?;
-            n.squeeze(0)?.permute((1, 2, 0))?.flatten_all()?.to_vec1::<f32>()
+            n.squeeze(0)?
+                .permute((1, 2, 0))?
+                .flatten_all()?
+                .to_vec1::<f32>()
         })()
         .map_err(cand)?;
         let rgb = ImageU8 {
