@@ -169,3 +169,29 @@ fn full_size_file_matches() {
     println!("full size: normals max abs diff {diff:.2e}");
     assert!(diff < 5e-4, "full size: normals differ by {diff}");
 }
+
+#[test]
+fn keys_without_the_module_prefix_load_too() {
+    // load_checkpoint strips "module." where present: the same weights saved without it (as
+    // safetensors) give the same network.
+    let sd = StateDict::open(&dir().join("scannet.pt")).expect("scannet.pt opens");
+    let plain: HashMap<String, Tensor> = sd
+        .shapes()
+        .keys()
+        .filter(|k| !k.ends_with("num_batches_tracked"))
+        .map(|k| {
+            let name = k.strip_prefix("module.").expect("prefixed").to_string();
+            (name, sd.get(k).expect("tensor"))
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("scannet.safetensors");
+    candle_core::safetensors::save(&plain, &path).unwrap();
+    let unprefixed = NormalBae::load(&Arc::new(StateDict::open(&path).unwrap()), &Device::Cpu)
+        .expect("unprefixed file loads");
+    let t = fixture();
+    let x = normalised(&t["astronaut_r64.padded"]);
+    let a = net().forward(&x).unwrap();
+    let b = unprefixed.forward(&x).unwrap();
+    assert_eq!(max_abs(&a, &b), 0.0);
+}
