@@ -2,7 +2,7 @@
 crates/weft-engine/tests/annotators_normalbae.rs, tests/annotators_normalbae.rs).
 
 Run: /tmp/peer-venv/bin/python tools/parity/normalbae_reference.py [--full DIR] [--bench]
-Versions used: controlnet-aux 0.0.10 (its NNET, geffnet copy and Decoder), torch 2.15 (CPU),
+Versions used: controlnet-aux 0.0.10 (its NNET, geffnet copy and Decoder), timm 1.0.31, torch 2.15 (CPU),
 opencv-python, scikit-image, safetensors.
 
 The network is controlnet_aux.normalbae's NNET: the encoder is geffnet's tf_efficientnet_b5_ap
@@ -10,7 +10,8 @@ The network is controlnet_aux.normalbae's NNET: the encoder is geffnet's tf_effi
 (before bn2) feed the decoder; the decoder in eval mode ("test") refines at every pixel (the
 uncertainty-guided point sampling is the training branch only). comfyui_controlnet_aux's newer
 copy builds the same encoder with timm (`tf_efficientnet_b5.ap_in1k`, the same key names) and
-picks the same tensors (its module list lacks the separate act1, hence indices 3,4,5,7,10).
+picks the same tensors (its module list lacks the separate act1, hence indices 3,4,5,7,10);
+the script checks that (bit-identical features, timm 1.0.31).
 
 Fixture net (tests/fixtures/annotators/normalbae/scannet.pt): the same geffnet builder with
 channel multiplier 0.2 and depth multiplier 0.5 (B5 is 1.6 and 2.2), so stage repeats and widths
@@ -218,6 +219,25 @@ def check_restatement():
     return full
 
 
+def check_timm_encoder(full):
+    """comfyui_controlnet_aux builds the encoder with timm ('tf_efficientnet_b5.ap_in1k',
+    num_classes=0) and reads its features 3, 4, 5, 7, 10: the same keys and the same tensors as
+    geffnet's features 4, 5, 6, 8, 11."""
+    import timm
+
+    t = timm.create_model("tf_efficientnet_b5.ap_in1k", pretrained=False, num_classes=0).eval()
+    t.load_state_dict(full.encoder.original_model.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ours = full.encoder(x)
+        pack = [x]
+        for k, v in t._modules.items():
+            for m in (v._modules.values() if k == "blocks" else [v]):
+                pack.append(m(pack[-1]))
+    for a, b in zip([4, 5, 6, 8, 11], [3, 4, 5, 7, 10]):
+        assert torch.equal(ours[a], pack[b]), "timm's encoder differs from geffnet's"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--full", metavar="DIR")
@@ -249,7 +269,7 @@ def main():
             print(f"normalbae 512x512: {np.median(times) * 1000:.0f} ms (median of 3, 2 threads)")
         return
 
-    check_restatement()
+    check_timm_encoder(check_restatement())
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
     model = randomise(TinyNNET(), 2, scale=1.6)
