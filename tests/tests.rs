@@ -7,6 +7,7 @@
 mod access;
 mod annotators_lineart;
 mod annotators_mlsd;
+mod annotators_normalbae;
 mod cli;
 mod clip_vision_nodes;
 mod comfy_routes;

@@ -18,10 +18,12 @@ use crate::paths::DataDirs;
 
 pub mod lineart;
 pub mod mlsd;
+pub mod normalbae;
 
 pub fn register(registry: &mut Registry) {
     lineart::register(registry);
     mlsd::register(registry);
+    normalbae::register(registry);
 }
 
 /// A published annotator weight file.

@@ -11,6 +11,7 @@
 
 pub mod lineart;
 pub mod mlsd;
+pub mod normalbae;
 
 use candle_core::{DType, Device, Tensor};
 

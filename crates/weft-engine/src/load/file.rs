@@ -184,8 +184,9 @@ impl StateDict {
                 .map_err(|_| candle_core::Error::Msg("pickle reader failed".into()))
                 .and_then(|r| r)
         };
-        // Upscale models trained with BasicSR nest theirs under "params_ema" (or "params").
-        let nested = ["state_dict", "params_ema", "params"]
+        // Upscale models trained with BasicSR nest theirs under "params_ema" (or "params"), some
+        // annotators (NormalBae's scannet.pt) under "model".
+        let nested = ["state_dict", "params_ema", "params", "model"]
             .into_iter()
             .find_map(|key| {
                 read(Some(key))
