@@ -18,6 +18,7 @@ position table; DPT features 16, out_channels [8, 16, 24, 32]) with deterministi
                                `infer_image`'s result), `<case>.output` (uint8 map, the node's
                                IMAGE * 255)
   reference.json               cases, resolutions, sizes, versions
+  astronaut.png                the first case's input, for the end-to-end test
 
 Run (the pack's source must be importable; the script looks in --pack-src):
   git --git-dir=<mirror of Fannovel16/comfyui_controlnet_aux> archive HEAD src/custom_controlnet_aux \
@@ -143,6 +144,8 @@ def fixtures():
         tensors[f"{case}.output"] = out_u8
         meta["cases"][case] = {"resolution": res, "input": list(img.shape), "output": list(out_u8.shape)}
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.path.join(OUT, "reference.safetensors"))
+    # the end-to-end test's LoadImage input
+    cv2.imwrite(os.path.join(OUT, "astronaut.png"), cv2.cvtColor(tensors["astronaut.input"], cv2.COLOR_RGB2BGR))
     meta["versions"] = {"torch": torch.__version__, "cv2": cv2.__version__, "numpy": np.__version__}
     with open(os.path.join(OUT, "reference.json"), "w") as f:
         json.dump(meta, f, indent=1)

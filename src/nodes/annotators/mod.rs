@@ -16,7 +16,11 @@ use crate::graph::spec::{Freshness, InputSpec, NodeSpec};
 use crate::nodes::{NodeContext, NodeError, Registry};
 use crate::paths::DataDirs;
 
-pub fn register(_registry: &mut Registry) {}
+pub mod depth;
+
+pub fn register(registry: &mut Registry) {
+    depth::register(registry);
+}
 
 /// A published annotator weight file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
