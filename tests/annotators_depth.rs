@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value as Json};
 
-use crate::helpers::{read_png, spawn_app};
+use crate::helpers::{max_level_diff, read_png, spawn_app};
 use crate::security::history_error;
 
 fn fixtures() -> PathBuf {
@@ -34,7 +34,11 @@ async fn depth_anything_v2_runs_as_the_pack_does() {
     std::fs::copy(fixtures().join(file), folder.join(file)).unwrap();
     let input = app.data_dir().join("input");
     std::fs::create_dir_all(&input).unwrap();
-    std::fs::copy(fixtures().join("astronaut.png"), input.join("astronaut.png")).unwrap();
+    std::fs::copy(
+        fixtures().join("astronaut.png"),
+        input.join("astronaut.png"),
+    )
+    .unwrap();
 
     let (_, info) = app.get("/object_info/DepthAnythingV2Preprocessor").await;
     let node = &info["DepthAnythingV2Preprocessor"];
@@ -67,12 +71,7 @@ async fn depth_anything_v2_runs_as_the_pack_does() {
     assert_eq!(want.dims(), [h as usize, w as usize, 3]);
     let want: Vec<u8> = want.flatten_all().unwrap().to_vec1().unwrap();
     // SaveImage truncates 255 * (level / 255), which may land one level below.
-    let worst = pixels
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap_or(0);
+    let worst = max_level_diff(&pixels, &want);
     assert!(worst <= 1, "largest difference {worst} levels");
 
     // A file the folder lacks: the error names it and where it is published.

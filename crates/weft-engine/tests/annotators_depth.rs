@@ -17,7 +17,9 @@ fn dir() -> PathBuf {
 }
 
 fn u8_values(t: &Tensor) -> Vec<u8> {
-    t.flatten_all().and_then(|t| t.to_vec1()).expect("uint8 tensor")
+    t.flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("uint8 tensor")
 }
 
 #[test]
@@ -29,7 +31,10 @@ fn depth_anything_v2_matches_the_pack() {
         (cfg.embed_dim, cfg.depth, cfg.heads, cfg.ffn, cfg.pos_side),
         (128, 4, 2, Ffn::Mlp(128), 9)
     );
-    assert_eq!((cfg.features, cfg.out_channels, cfg.layers), (16, [8, 16, 24, 32], [0, 1, 2, 3]));
+    assert_eq!(
+        (cfg.features, cfg.out_channels, cfg.layers),
+        (16, [8, 16, 24, 32], [0, 1, 2, 3])
+    );
     let reference: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir().join("reference.safetensors"), &Device::Cpu)
             .expect("reference");
@@ -46,11 +51,17 @@ fn depth_anything_v2_matches_the_pack() {
         // The network's depth at the image's size, against the pack's `infer_image`.
         let depth = model.infer_image(&img).expect("depth");
         let expected = &reference[&format!("{case}.depth")];
-        let range = expected.max_all().and_then(|t| t.to_scalar::<f32>()).expect("max");
+        let range = expected
+            .max_all()
+            .and_then(|t| t.to_scalar::<f32>())
+            .expect("max");
         let diff = (depth - expected)
             .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
             .expect("diff");
-        assert!(diff <= 1e-4 * range, "{case}: depth differs by {diff} (range {range})");
+        assert!(
+            diff <= 1e-4 * range,
+            "{case}: depth differs by {diff} (range {range})"
+        );
 
         // The node's map, within one level.
         let image = (input.to_dtype(DType::F32).expect("f32") / 255.0)

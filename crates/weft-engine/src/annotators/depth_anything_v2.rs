@@ -522,10 +522,10 @@ impl DptHead {
         let path = self.fusion[2].forward(&path, Some(&layers[2]), size(&layers[1])?)?;
         let path = self.fusion[1].forward(&path, Some(&layers[1]), (h1, w1))?;
         let path = self.fusion[0].forward(&path, Some(&layers[0]), (2 * h1, 2 * w1))?;
-        let out = self
-            .output_conv1
-            .forward(&path)?
-            .upsample_bilinear2d(gh * patch, gw * patch, true)?;
+        let out =
+            self.output_conv1
+                .forward(&path)?
+                .upsample_bilinear2d(gh * patch, gw * patch, true)?;
         self.output_conv2b
             .forward(&self.output_conv2a.forward(&out)?.relu()?)?
             .relu()
@@ -640,7 +640,10 @@ pub fn input_size(h: usize, w: usize, patch: usize) -> (usize, usize) {
             y
         }
     };
-    (fit(scale * h as f64) as usize, fit(scale * w as f64) as usize)
+    (
+        fit(scale * h as f64) as usize,
+        fit(scale * w as f64) as usize,
+    )
 }
 
 /// The image / 255 in f64, cv2-bicubic resized to `nh x nw`, normalised, as `[1, 3, nh, nw]` f32.
