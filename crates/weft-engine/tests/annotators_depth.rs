@@ -83,3 +83,22 @@ fn depth_anything_v2_matches_the_pack() {
         assert!(worst <= 1, "{case}: map differs by {worst} levels");
     }
 }
+
+/// A full-size file (`depth_anything_v2_reference.py --full DIR [--encoder vits]`) loads and maps
+/// a 512x512 image: `WEFT_DEPTH_ANYTHING_FILE=DIR/depth_anything_v2_vits.pth cargo test -p
+/// weft-engine --test annotators_depth -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs a full-size file named by WEFT_DEPTH_ANYTHING_FILE"]
+fn full_size_file_loads_and_runs() {
+    let Some(path) = std::env::var_os("WEFT_DEPTH_ANYTHING_FILE") else {
+        return;
+    };
+    let sd = Arc::new(StateDict::open(std::path::Path::new(&path)).expect("file"));
+    let model = DepthAnythingV2::load(&sd, &Device::Cpu).expect("loads");
+    println!("{:?}", model.config());
+    let image = Tensor::rand(0f32, 1f32, (1, 512, 512, 3), &Device::Cpu).expect("image");
+    let start = std::time::Instant::now();
+    let out = depth_anything_v2(&model, &image, 512).expect("runs");
+    println!("{:?} in {:.2?}", out.dims(), start.elapsed());
+    assert_eq!(out.dims(), [1, 512, 512, 3]);
+}
