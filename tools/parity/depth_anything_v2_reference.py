@@ -14,9 +14,10 @@ position table; DPT features 16, out_channels [8, 16, 24, 32]) with deterministi
 `depth_anything_v2_vits.pth` is: a plain state dict with the official `pretrained.*` /
 `depth_head.*` keys. Writes tests/fixtures/annotators/depth/:
   depth_anything_v2_vits.pth   the tiny network
+  depth_anything_v2_vitg.pth   ViT-g's SwiGLU blocks, narrower (width 64, one head), first case only
   reference.safetensors        per case: `<case>.input` (uint8 HxWx3), `<case>.depth` (f32 HxW,
                                `infer_image`'s result), `<case>.output` (uint8 map, the node's
-                               IMAGE * 255)
+                               IMAGE * 255); `vitg.<case>.*` for the second net
   reference.json               cases, resolutions, sizes, versions
   astronaut.png                the first case's input, for the end-to-end test
 
@@ -74,17 +75,17 @@ def common_annotator_call(model, tensor_image, resolution, **kwargs):
     return torch.stack(outs)
 
 
-def tiny_model():
+def tiny_model(width=128, heads=2, ffn="mlp"):
     torch.manual_seed(0)
     model = DepthAnythingV2(encoder="vits", features=16, out_channels=[8, 16, 24, 32])
     # head width 64 as in every published size (Weft reads heads = width / 64); a 9x9 position
     # table (img_size 126) keeps the file small and is interpolated to the 37x37 grid as usual
     model.pretrained = DinoVisionTransformer(
-        img_size=126, patch_size=14, embed_dim=128, depth=4, num_heads=2, mlp_ratio=1,
-        block_fn=partial(Block, attn_class=MemEffAttention), init_values=1.0, ffn_layer="mlp",
+        img_size=126, patch_size=14, embed_dim=width, depth=4, num_heads=heads, mlp_ratio=1,
+        block_fn=partial(Block, attn_class=MemEffAttention), init_values=1.0, ffn_layer=ffn,
         block_chunks=0, num_register_tokens=0, interpolate_antialias=False, interpolate_offset=0.1)
     model.intermediate_layer_idx = {"vits": [0, 1, 2, 3]}
-    model.depth_head = DPTHead(128, 16, False, out_channels=[8, 16, 24, 32], use_clstoken=False)
+    model.depth_head = DPTHead(width, 16, False, out_channels=[8, 16, 24, 32], use_clstoken=False)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -143,6 +144,17 @@ def fixtures():
         tensors[f"{case}.depth"] = depth.astype(np.float32)
         tensors[f"{case}.output"] = out_u8
         meta["cases"][case] = {"resolution": res, "input": list(img.shape), "output": list(out_u8.shape)}
+    # ViT-g's blocks (SwiGLU feed-forward, `mlp.w12`/`mlp.w3`) on a narrower net, first case only
+    giant = tiny_model(width=64, heads=1, ffn="swiglufused")
+    torch.save(giant.state_dict(), os.path.join(OUT, "depth_anything_v2_vitg.pth"))
+    case, img, res = inputs()[0]
+    depth = giant.infer_image(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), input_size=518, max_depth=1)
+    out = common_annotator_call(DepthAnythingV2Detector(giant, "depth_anything_v2_vitg.pth"), to_comfy(img), res, max_depth=1)
+    out_u8 = np.round(out[0].numpy() * 255.0).astype(np.uint8)
+    print(f"vitg {case}: depth {depth.min():.4f}..{depth.max():.4f}, map {len(np.unique(out_u8))} levels")
+    assert len(np.unique(out_u8)) > 100, "degenerate map"
+    tensors[f"vitg.{case}.depth"] = depth.astype(np.float32)
+    tensors[f"vitg.{case}.output"] = out_u8
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.path.join(OUT, "reference.safetensors"))
     # the end-to-end test's LoadImage input
     cv2.imwrite(os.path.join(OUT, "astronaut.png"), cv2.cvtColor(tensors["astronaut.input"], cv2.COLOR_RGB2BGR))
