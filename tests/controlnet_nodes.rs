@@ -570,12 +570,7 @@ async fn diff_controlnet_loader_adds_the_model_and_partial_union_files_are_refus
     assert!(full != pixels(&app, "plain"));
     // (file - model) + model is the file up to f32 rounding.
     let diff = pixels(&app, "diff");
-    let max = full
-        .iter()
-        .zip(&diff)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
+    let max = crate::helpers::max_level_diff(&full, &diff);
     assert!(max <= 1, "difference controlnet differs by {max} levels");
     assert!(pixels(&app, "diff_loader_plain_file") == full);
 

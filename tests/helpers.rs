@@ -314,6 +314,15 @@ pub fn read_png(path: &Path) -> (u32, u32, Vec<(String, String)>, Vec<u8>) {
     (info.width, info.height, texts, pixels)
 }
 
+/// The largest difference between two 8-bit images, in levels.
+pub fn max_level_diff(a: &[u8], b: &[u8]) -> u8 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0)
+}
+
 /// A small graph of utility nodes: StubImage → ImageInvert → SaveImage.
 pub fn invert_graph(prefix: &str) -> Json {
     json!({

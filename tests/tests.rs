@@ -8,6 +8,7 @@ mod access;
 mod annotators_lineart;
 mod annotators_mlsd;
 mod annotators_normalbae;
+mod annotators_depth;
 mod cli;
 mod clip_vision_nodes;
 mod comfy_routes;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value as Json};
 use weft::nodes::{Inputs, Node, NodeContext, NodeError, Reporter, Value};
 
-use crate::helpers::{context, read_png, spawn_app, TestApp};
+use crate::helpers::{context, max_level_diff, read_png, spawn_app, TestApp};
 use crate::security::history_error;
 
 fn fixtures() -> PathBuf {
@@ -89,12 +89,7 @@ async fn load_image_upscale_and_save_match_comfyui() {
     assert_eq!((w as usize, h as usize), (want_w, want_h));
     assert_eq!((w, h), (16 * 4, 12 * 4));
     // Truncation to 8 bits can fall either side of a level where the floats differ by 1e-7.
-    let worst = pixels
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap_or(0);
+    let worst = max_level_diff(&pixels, &want);
     assert!(worst <= 1, "largest difference {worst} levels");
     let off = pixels.iter().zip(&want).filter(|(a, b)| a != b).count();
     assert!(off * 100 < pixels.len(), "{off} of {} differ", pixels.len());

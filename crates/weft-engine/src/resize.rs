@@ -190,7 +190,7 @@ fn axis_weights(method: UpscaleMethod, input: usize, output: usize) -> Vec<Taps>
 }
 
 /// PyTorch's bicubic convolution weights (A = -0.75) for offset `t` in [0, 1).
-fn cubic_weights(t: f64) -> [f64; 4] {
+pub(crate) fn cubic_weights(t: f64) -> [f64; 4] {
     const A: f64 = -0.75;
     let near = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
     let far = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;

@@ -16,11 +16,13 @@ use crate::graph::spec::{Freshness, InputSpec, NodeSpec};
 use crate::nodes::{NodeContext, NodeError, Registry};
 use crate::paths::DataDirs;
 
+pub mod depth;
 pub mod lineart;
 pub mod mlsd;
 pub mod normalbae;
 
 pub fn register(registry: &mut Registry) {
+    depth::register(registry);
     lineart::register(registry);
     mlsd::register(registry);
     normalbae::register(registry);

@@ -12,6 +12,7 @@
 pub mod lineart;
 pub mod mlsd;
 pub mod normalbae;
+pub mod depth_anything_v2;
 
 use candle_core::{DType, Device, Tensor};
 
