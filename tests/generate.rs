@@ -597,3 +597,61 @@ async fn every_request_shape_runs_with_f16_models_close_to_f32() {
         }
     }
 }
+
+/// The one-request API with `preprocess_condition: true` for each control type Weft preprocesses:
+/// the classical ones need nothing, the network ones their annotator file (the tiny parity
+/// fixtures, in the published layouts) under `models/annotators/`; a missing file is a 400
+/// naming it, and a type without a preprocessor is refused.
+#[actix_web::test]
+async fn each_control_type_preprocesses_its_condition_image() {
+    let app = app_with_models().await;
+    let annotators = app.dir.path().join("models/annotators");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/annotators");
+    for (family, file) in [
+        ("lineart", "sk_model.pth"),
+        ("normalbae", "scannet.pt"),
+        ("mlsd", "mlsd_large_512_fp32.pth"),
+        ("depth", "depth_anything_v2_vits.pth"),
+    ] {
+        std::fs::create_dir_all(&annotators).unwrap();
+        std::fs::copy(fixtures.join(family).join(file), annotators.join(file)).unwrap();
+    }
+    let request = |kind: &str| {
+        json!({
+            "prompt": "a house", "model": "sd15_tiny",
+            "controlnet": [{"type": kind, "model": "control_v11p_sd15_canny", "condition_image": "photo.png", "preprocess_condition": true}],
+            "scheduler": {"steps": 1}, "hyperparameters": {"seed": 1, "width": 64, "height": 64},
+        })
+    };
+    for (kind, class) in [
+        ("canny", "Canny"),
+        ("scribble", "Scribble_XDoG_Preprocessor"),
+        ("lineart", "LineArtPreprocessor"),
+        ("depth", "DepthAnythingV2Preprocessor"),
+        ("normal", "BAE-NormalMapPreprocessor"),
+        ("mlsd", "M-LSDPreprocessor"),
+    ] {
+        let compiled = compile(&app, &request(kind)).await;
+        let classes: Vec<&str> = compiled["prompt"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter_map(|n| n["class_type"].as_str())
+            .collect();
+        assert!(classes.contains(&class), "{kind}: {classes:?}");
+        let entry = app.queue_ok("/api/weft/generate", request(kind)).await;
+        assert_eq!(entry["status"]["status_str"], "success", "{kind}");
+    }
+
+    std::fs::remove_file(annotators.join("scannet.pt")).unwrap();
+    let (status, body) = app.post("/api/weft/generate", request("normal")).await;
+    assert_eq!(status, 400, "{body:#}");
+    let text = body.to_string();
+    assert!(
+        text.contains("controlnet[0].preprocess_condition") && text.contains("'scannet.pt' not found"),
+        "{text}"
+    );
+    let (status, body) = app.post("/api/weft/generate", request("segmentation")).await;
+    assert_eq!(status, 400, "{body:#}");
+    assert!(body.to_string().contains("no segmentation preprocessor"), "{body}");
+}

@@ -403,7 +403,7 @@ fn add_controlnets(
         };
         let mut hint = g.load_image(&image_name);
         if preprocess {
-            hint = preprocessor(g, entry, hint, set.width.min(set.height))?;
+            hint = preprocessor(g, dirs, entry, hint, set.width.min(set.height))?;
         }
         let mut control_net = g.load_controlnet(&choice.name, entry.kind);
         if choice.union {
@@ -558,16 +558,26 @@ fn strip_ext(name: &str) -> &str {
     file.rsplit_once('.').map_or(file, |(stem, _)| stem)
 }
 
-/// Inserts the preprocessor for `entry`'s type; types that need an estimator model are refused.
+/// Inserts the preprocessor for `entry`'s type. The types with a network need its annotator file
+/// in `models/annotators/`: a missing one is refused here, naming the file and where it is
+/// published, rather than failing on the node.
 fn preprocessor(
     g: &mut Graph,
+    dirs: &DataDirs,
     entry: &ControlNetEntry,
     image: Link,
     short_side: u32,
 ) -> Result<Link, RequestError> {
+    use crate::nodes::annotators::{depth, lineart, mlsd, normalbae, AnnotatorFile};
     // The aux pack's preprocessors work at a resolution (short side); the apply node resizes
     // their output to the latent anyway, so work at the output's short side.
     let resolution = short_side.clamp(64, 16384);
+    let field = format!("{}.preprocess_condition", entry.field);
+    let need = |file: AnnotatorFile| {
+        dirs.annotator_file(file.name)
+            .map(|_| ())
+            .ok_or_else(|| RequestError::new(&field, file.missing()))
+    };
     let id = match entry.kind {
         ControlType::Canny => g.add(
             "Canny",
@@ -579,14 +589,41 @@ fn preprocessor(
             "Scribble lines",
             json!({"image": image, "threshold": 32, "resolution": resolution}),
         ),
-        ControlType::Lineart => g.add(
-            "LineartStandardPreprocessor",
-            "Lineart",
-            json!({"image": image, "guassian_sigma": 6.0, "intensity_threshold": 8, "resolution": resolution}),
-        ),
+        ControlType::Lineart => {
+            need(lineart::SK_MODEL)?;
+            g.add(
+                "LineArtPreprocessor",
+                "Lineart",
+                json!({"image": image, "coarse": "disable", "resolution": resolution}),
+            )
+        }
+        ControlType::Depth => {
+            need(depth::DEPTH_ANYTHING_V2_SMALL)?;
+            g.add(
+                "DepthAnythingV2Preprocessor",
+                "Depth map",
+                json!({"image": image, "ckpt_name": depth::DEPTH_ANYTHING_V2_SMALL.name, "resolution": resolution}),
+            )
+        }
+        ControlType::Normal => {
+            need(normalbae::SCANNET)?;
+            g.add(
+                "BAE-NormalMapPreprocessor",
+                "Normal map",
+                json!({"image": image, "resolution": resolution}),
+            )
+        }
+        ControlType::Mlsd => {
+            need(mlsd::MLSD_FILE)?;
+            g.add(
+                "M-LSDPreprocessor",
+                "Line segments",
+                json!({"image": image, "score_threshold": 0.1, "dist_threshold": 0.1, "resolution": resolution}),
+            )
+        }
         other => {
             return Err(RequestError::new(
-                format!("{}.preprocess_condition", entry.field),
+                field,
                 format!(
                     "Weft has no {} preprocessor yet (it needs an estimator model); pass a ready {} map as condition_image with preprocess_condition: false",
                     other.name(),

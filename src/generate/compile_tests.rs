@@ -195,6 +195,16 @@ impl Layout {
             b"this is not a model file",
         )
         .unwrap();
+        // The annotator files of the network preprocessors: the compiler only looks for them.
+        for file in [
+            "annotators/sk_model.pth",
+            "annotators/scannet.pt",
+            "annotators/mlsd_large_512_fp32.pth",
+            "annotators/ckpts/depth-anything/Depth-Anything-V2-Small/depth_anything_v2_vits.pth",
+        ] {
+            std::fs::create_dir_all(l.model(file).parent().unwrap()).unwrap();
+            std::fs::write(l.model(file), b"").unwrap();
+        }
         let input = &l.dirs.input;
         write_png(&input.join("start.png"), 64, 64);
         write_png(&input.join("photo.png"), 48, 40);
@@ -771,7 +781,7 @@ fn controlnet_errors_name_the_entry() {
 #[test]
 fn types_without_a_preprocessor_are_refused_on_preprocess_condition() {
     let layout = Layout::full();
-    for kind in ["depth", "pose", "normal", "segmentation", "mlsd"] {
+    for kind in ["pose", "segmentation"] {
         // From the init image, preprocessing is the default.
         let from_init = json!({"type": kind, "model": "control_v11p_sd15_canny"});
         // From its own image, only when asked for.
@@ -787,5 +797,40 @@ fn types_without_a_preprocessor_are_refused_on_preprocess_condition() {
                 &format!("Weft has no {kind} preprocessor yet"),
             );
         }
+    }
+}
+
+#[test]
+fn network_preprocessors_compile_with_their_files_and_name_them_without() {
+    let layout = Layout::full();
+    for (kind, class, file) in [
+        ("depth", "DepthAnythingV2Preprocessor", "depth_anything_v2_vits.pth"),
+        ("normal", "BAE-NormalMapPreprocessor", "scannet.pt"),
+        ("mlsd", "M-LSDPreprocessor", "mlsd_large_512_fp32.pth"),
+        ("lineart", "LineArtPreprocessor", "sk_model.pth"),
+    ] {
+        let request = json!({"prompt": "x", "model": "sd15_tiny", "controlnet": [
+            {"type": kind, "model": "control_v11p_sd15_canny", "condition_image": "photo.png", "preprocess_condition": true}]});
+        let compiled = layout.compile(&request).unwrap();
+        let classes: Vec<&str> = compiled
+            .prompt
+            .as_object()
+            .unwrap()
+            .values()
+            .filter_map(|n| n["class_type"].as_str())
+            .collect();
+        assert!(classes.contains(&class), "{kind}: {classes:?}");
+
+        // Without the file: a 400 naming it and where it is published.
+        let path = layout.dirs.annotator_file(file).unwrap();
+        let moved = path.with_extension("away");
+        std::fs::rename(&path, &moved).unwrap();
+        assert_refused(
+            &layout,
+            request,
+            "controlnet[0].preprocess_condition",
+            &format!("annotator file '{file}' not found: put it in models/annotators/"),
+        );
+        std::fs::rename(&moved, &path).unwrap();
     }
 }

@@ -17,7 +17,7 @@ const CATEGORY: &str = "ControlNet Preprocessors/Normal and Depth Estimators";
 
 /// The files the node offers, in the pack's order, each where depth-anything publishes it (the
 /// giant one is listed by the pack but not published yet).
-const DEPTH_ANYTHING_V2: [AnnotatorFile; 4] = [
+pub const DEPTH_ANYTHING_V2: [AnnotatorFile; 4] = [
     AnnotatorFile {
         name: "depth_anything_v2_vitg.pth",
         published: "https://huggingface.co/depth-anything/Depth-Anything-V2-Giant",
@@ -35,6 +35,9 @@ const DEPTH_ANYTHING_V2: [AnnotatorFile; 4] = [
         published: "https://huggingface.co/depth-anything/Depth-Anything-V2-Small",
     },
 ];
+
+/// The small model, which the one-request API's depth preprocessing uses.
+pub const DEPTH_ANYTHING_V2_SMALL: AnnotatorFile = DEPTH_ANYTHING_V2[3];
 
 const CKPT_NAMES: &[&str] = &[
     "depth_anything_v2_vitg.pth",
