@@ -416,7 +416,7 @@ golden! {
 
     // ControlNets.
 
-    /// Each preprocessor Weft has: scribble and lineart from the init image (preprocessed by
+    /// Preprocessors: scribble and lineart (its network) from the init image (preprocessed by
     /// default), canny from its own image with preprocess_condition; the preprocessors work at
     /// the short side, at least 64. Lineart has two SD1 files, so the request names one.
     controlnet_preprocessors: json!({
