@@ -8,9 +8,9 @@
 
 #![warn(missing_docs)]
 
+pub mod annotators;
 pub mod clip;
 pub mod clip_vision;
-pub mod annotators;
 pub mod controlnet;
 pub mod device;
 pub mod diffusion;

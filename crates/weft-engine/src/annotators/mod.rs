@@ -9,6 +9,8 @@
 //! against the model budget like ControlNets. The classical, weight-free preprocessors live in
 //! `crate::preprocess`, whose uint8 image type and OpenCV-exact primitives these reuse.
 
+pub mod openpose;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::preprocess::{ImageU8, PreprocessError, Result};
@@ -51,7 +53,13 @@ pub fn u8_from_clipped(h: usize, w: usize, values: &[f32]) -> ImageU8 {
         channels: 1,
         data: values
             .iter()
-            .map(|&x| if x.is_nan() { 0 } else { x.clamp(0.0, 255.0) as u8 })
+            .map(|&x| {
+                if x.is_nan() {
+                    0
+                } else {
+                    x.clamp(0.0, 255.0) as u8
+                }
+            })
             .collect(),
     }
 }
