@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import skimage.data
 import torch
+from PIL import Image
 from safetensors.numpy import save_file
 
 import controlnet_aux.open_pose.model as cna_model
@@ -267,6 +268,8 @@ def main():
     tensors, meta = {}, {"cases": [], "narrow": NARROW}
     for name, img in imgs.items():
         tensors[f"{name}.input"] = img
+    # The end-to-end test's LoadImage input (its map is astronaut_256's).
+    Image.fromarray(imgs["astronaut"]).save(os.path.join(OUT, "astronaut.png"))
     for name, img_name, res, body, xinsr in CASES:
         detected, pose_json, padded, candidate, subset = openpose_call(body_est, imgs[img_name], res, body, xinsr)
         tensors[f"{name}.map"] = detected
