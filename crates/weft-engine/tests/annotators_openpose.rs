@@ -213,3 +213,21 @@ fn hands_and_faces_are_refused() {
     let err = openpose::openpose_image(&net(), &img, &opts).unwrap_err();
     assert!(err.to_string().contains("detect_hand"), "{err}");
 }
+
+/// A full-size file (`openpose_reference.py --full DIR`, then `OPENPOSE_FULL=DIR/body_pose_model.pth`)
+/// loads and runs: the published widths are read from the shapes like the narrowed ones.
+#[test]
+#[ignore = "needs a full-size body_pose_model.pth (OPENPOSE_FULL)"]
+fn full_size_file_loads() {
+    let Ok(path) = std::env::var("OPENPOSE_FULL") else {
+        return;
+    };
+    let sd = Arc::new(StateDict::open(std::path::Path::new(&path)).expect("weights"));
+    let net = BodyNet::load(&sd, &Device::Cpu).expect("body net");
+    let x = Tensor::zeros((1, 3, 64, 48), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let (paf, heat) = net.forward(&x).unwrap();
+    assert_eq!(
+        (paf.dims(), heat.dims()),
+        (&[1, 38, 8, 6][..], &[1, 19, 8, 6][..])
+    );
+}
