@@ -215,6 +215,9 @@ def calibration():
 CASES = [
     # name, image, resolution, include_body, xinsr
     ("astronaut_256", "astronaut", 256, True, False),
+    # Below 184 pixels the image is enlarged for the net (Lanczos on uint8) and the maps shrunk
+    # back (INTER_AREA on float).
+    ("astronaut_128", "astronaut", 128, True, False),
     ("coffee_320", "coffee", 320, True, False),
     ("astronaut_512_xinsr", "astronaut", 512, True, True),
 ]

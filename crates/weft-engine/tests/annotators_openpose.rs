@@ -171,12 +171,14 @@ fn check_case(fx: &HashMap<String, Tensor>, net: &BodyNet, case: &serde_json::Va
         );
         assert_eq!(differing, 0, "{name}: map differs");
 
-        // The whole node call through Weft's net: exact where the net's f32 noise (~3e-4 on
-        // heatmaps reaching 11) flips no near-tie; the fixture's astronaut_256 is such a case.
+        // The whole node call through Weft's net. Its f32 sums differ from torch's by ~3e-4 on
+        // heatmaps reaching 11 (the narrowed test net's last layers are scaled up), which flips
+        // near-ties in coffee_320 (a smoothed peak 1.4e-5 above the 0.1 threshold, two
+        // neighbours 4e-4 apart): there a few joints move. The other cases are exact.
         let (full, _) = openpose::openpose_image(net, &img, &opts).unwrap();
         let (fd, fm) = compare(&full, &want);
         println!("{name}: through Weft's net: {fd} values differ, max {fm} levels");
-        if name == "astronaut_256" {
+        if name != "coffee_320" {
             assert_eq!(fd, 0, "{name}: node map differs");
         }
         let want_pose = &case["pose"];

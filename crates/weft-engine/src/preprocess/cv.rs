@@ -449,6 +449,67 @@ fn lanczos4_coeffs(x: f32) -> [f32; 8] {
     coeffs.map(|c| c * inv)
 }
 
+/// Per destination index: the 8 edge-replicated source indices and their Lanczos weights
+/// (`fx = (d + 0.5) * scale - 0.5` in f32, as `cv::resize` computes it).
+fn lanczos_taps(ssize: usize, dsize: usize) -> Vec<([usize; 8], [f32; 8])> {
+    let scale = 1.0 / (dsize as f64 / ssize as f64);
+    (0..dsize)
+        .map(|d| {
+            let f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+            let s = f.floor();
+            let idx = std::array::from_fn(|k| {
+                (s as isize + k as isize - 3).clamp(0, ssize as isize - 1) as usize
+            });
+            (idx, lanczos4_coeffs(f - s))
+        })
+        .collect()
+}
+
+/// `cv2.resize(img, (dw, dh), interpolation=cv2.INTER_LANCZOS4)` on uint8: the weights as 11-bit
+/// fixed point (`cvRound(w * 2048)`), integer sums, `(v + 2^21) >> 22` saturated.
+pub fn resize_lanczos4_u8(src: &ImageU8, dw: usize, dh: usize) -> ImageU8 {
+    if (dw, dh) == (src.width, src.height) {
+        return src.clone();
+    }
+    if dw == 0 || dh == 0 || src.width == 0 || src.height == 0 {
+        return ImageU8::zeros(dh, dw, src.channels);
+    }
+    let c = src.channels;
+    let fixed = |taps: Vec<([usize; 8], [f32; 8])>| -> Vec<([usize; 8], [i64; 8])> {
+        taps.into_iter()
+            .map(|(i, w)| {
+                (
+                    i,
+                    w.map(|v| cv_round(v * COEF_SCALE).clamp(-32768, 32767) as i64),
+                )
+            })
+            .collect()
+    };
+    let (xt, yt) = (
+        fixed(lanczos_taps(src.width, dw)),
+        fixed(lanczos_taps(src.height, dh)),
+    );
+    let rows: Vec<Vec<i64>> = (0..src.height)
+        .map(|y| {
+            let mut row = vec![0i64; dw * c];
+            for (dx, (idx, a)) in xt.iter().enumerate() {
+                for ch in 0..c {
+                    row[dx * c + ch] = (0..8).map(|k| src.at(y, idx[k], ch) as i64 * a[k]).sum();
+                }
+            }
+            row
+        })
+        .collect();
+    let mut out = ImageU8::zeros(dh, dw, c);
+    for (dy, (idx, b)) in yt.iter().enumerate() {
+        for x in 0..dw * c {
+            let v: i64 = (0..8).map(|k| rows[idx[k]][x] * b[k]).sum();
+            out.data[dy * dw * c + x] = ((v + (1 << 21)) >> 22).clamp(0, 255) as u8;
+        }
+    }
+    out
+}
+
 /// `cv2.resize(plane, (dw, dh))` of a one-channel f32 image with INTER_LANCZOS4 (enlarging) or
 /// INTER_AREA (shrinking), as openpose's `smart_resize` picks them. Lanczos: f32 taps from
 /// `(d + 0.5) * scale - 0.5`, edge-replicated, horizontal then vertical sums in tap order (OpenCV's
@@ -500,20 +561,7 @@ pub fn resize_plane_f32(
         }
         return out;
     }
-    let taps = |ssize: usize, dsize: usize| -> Vec<([usize; 8], [f32; 8])> {
-        let scale = 1.0 / (dsize as f64 / ssize as f64);
-        (0..dsize)
-            .map(|d| {
-                let f = ((d as f64 + 0.5) * scale - 0.5) as f32;
-                let s = f.floor();
-                let idx = std::array::from_fn(|k| {
-                    (s as isize + k as isize - 3).clamp(0, ssize as isize - 1) as usize
-                });
-                (idx, lanczos4_coeffs(f - s))
-            })
-            .collect()
-    };
-    let (xt, yt) = (taps(sw, dw), taps(sh, dh));
+    let (xt, yt) = (lanczos_taps(sw, dw), lanczos_taps(sh, dh));
     let rows: Vec<Vec<f32>> = (0..sh)
         .map(|y| {
             let row = &src[y * sw..(y + 1) * sw];

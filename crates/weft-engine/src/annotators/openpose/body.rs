@@ -120,24 +120,7 @@ fn scaled_input(bgr: &ImageU8) -> (ImageU8, usize, usize) {
     let resized = if k < 1.0 {
         cv::resize(bgr, dw, dh, Interpolation::Area)
     } else {
-        // Enlarging (detect resolutions below 184): Lanczos per channel in f32, saturated; OpenCV
-        // uses 11-bit fixed-point taps on uint8 here, so this can differ by a level.
-        let c = bgr.channels;
-        let mut out = ImageU8::zeros(dh, dw, c);
-        for ch in 0..c {
-            let plane: Vec<f32> = bgr
-                .data
-                .iter()
-                .skip(ch)
-                .step_by(c)
-                .map(|&v| v as f32)
-                .collect();
-            let r = cv::resize_plane_f32(&plane, bgr.height, bgr.width, dh, dw, true);
-            for (i, v) in r.iter().enumerate() {
-                out.data[i * c + ch] = v.round_ties_even().clamp(0.0, 255.0) as u8;
-            }
-        }
-        out
+        cv::resize_lanczos4_u8(bgr, dw, dh)
     };
     let ph = dh.div_ceil(STRIDE) * STRIDE;
     let pw = dw.div_ceil(STRIDE) * STRIDE;
