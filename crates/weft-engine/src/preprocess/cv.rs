@@ -502,9 +502,10 @@ pub fn resize_lanczos4_u8(src: &ImageU8, dw: usize, dh: usize) -> ImageU8 {
         .collect();
     let mut out = ImageU8::zeros(dh, dw, c);
     for (dy, (idx, b)) in yt.iter().enumerate() {
-        for x in 0..dw * c {
+        let dst = &mut out.data[dy * dw * c..(dy + 1) * dw * c];
+        for (x, d) in dst.iter_mut().enumerate() {
             let v: i64 = (0..8).map(|k| rows[idx[k]][x] * b[k]).sum();
-            out.data[dy * dw * c + x] = ((v + (1 << 21)) >> 22).clamp(0, 255) as u8;
+            *d = ((v + (1 << 21)) >> 22).clamp(0, 255) as u8;
         }
     }
     out
