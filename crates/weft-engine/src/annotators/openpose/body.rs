@@ -433,6 +433,15 @@ fn assemble(conns: &[Option<Vec<Connection>>], candidate: &[Peak]) -> Vec<[f64; 
 /// `Body.__call__` on a BGR uint8 image.
 pub fn detect_body(net: &BodyNet, bgr: &ImageU8) -> Result<BodyResult> {
     let (padded, dh, dw) = scaled_input(bgr);
+    if dh == 0 || dw == 0 {
+        // The pack fails here too (an empty resize): an image some 300 times wider than high.
+        return Err(PreprocessError::TooSmall {
+            op: OP,
+            height: bgr.height,
+            width: bgr.width,
+            reason: "the body net's 184-pixel-high copy would be empty",
+        });
+    }
     let x = net_input(&padded, net.device())?;
     let (paf, heat) = net
         .forward(&x)
