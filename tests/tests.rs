@@ -9,6 +9,7 @@ mod annotators_lineart;
 mod annotators_mlsd;
 mod annotators_normalbae;
 mod annotators_depth;
+mod annotators_openpose;
 mod cli;
 mod clip_vision_nodes;
 mod comfy_routes;

@@ -138,6 +138,9 @@ pub enum Value {
     ClipVisionOutput(Arc<ClipVisionOutput>),
     /// A T2I style model.
     StyleModel(Arc<StyleAdapter>),
+    /// POSE_KEYPOINT: one OpenPose JSON frame (`people`, `canvas_height`, `canvas_width`) per
+    /// image, as comfyui_controlnet_aux's pose nodes emit it.
+    PoseKeypoint(Arc<Vec<serde_json::Value>>),
 }
 
 impl Value {
@@ -166,6 +169,7 @@ impl Value {
             Value::ClipVision(_) => SlotType::CLIP_VISION,
             Value::ClipVisionOutput(_) => SlotType::CLIP_VISION_OUTPUT,
             Value::StyleModel(_) => SlotType::STYLE_MODEL,
+            Value::PoseKeypoint(_) => SlotType::POSE_KEYPOINT,
             // The elements' type; an empty list matches anything.
             Value::List(items) => items.first().map_or(SlotType::ANY, Value::slot_type),
         }
@@ -229,6 +233,7 @@ impl Value {
             }
             Value::Sampler(_) | Value::Noise(_) => 32,
             Value::Sigmas(s) => s.len() * 4,
+            Value::PoseKeypoint(frames) => frames.iter().map(|f| f.to_string().len()).sum(),
         }
     }
 

@@ -59,6 +59,8 @@ impl SlotType {
     pub const CLIP_VISION_OUTPUT: SlotType = SlotType("CLIP_VISION_OUTPUT");
     /// A loaded T2I style model.
     pub const STYLE_MODEL: SlotType = SlotType("STYLE_MODEL");
+    /// Poses in the OpenPose JSON format, one frame per image (comfyui_controlnet_aux).
+    pub const POSE_KEYPOINT: SlotType = SlotType("POSE_KEYPOINT");
 
     /// The type name as ComfyUI spells it, e.g. `"IMAGE"`.
     pub fn name(self) -> &'static str {

@@ -20,12 +20,14 @@ pub mod depth;
 pub mod lineart;
 pub mod mlsd;
 pub mod normalbae;
+pub mod openpose;
 
 pub fn register(registry: &mut Registry) {
     depth::register(registry);
     lineart::register(registry);
     mlsd::register(registry);
     normalbae::register(registry);
+    openpose::register(registry);
 }
 
 /// A published annotator weight file.

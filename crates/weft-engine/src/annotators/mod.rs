@@ -13,6 +13,7 @@ pub mod lineart;
 pub mod mlsd;
 pub mod normalbae;
 pub mod depth_anything_v2;
+pub mod openpose;
 
 use candle_core::{DType, Device, Tensor};
 

@@ -417,6 +417,180 @@ pub fn resize_cubic_f64(src: &[f64], sh: usize, sw: usize, dh: usize, dw: usize)
     out
 }
 
+/// OpenCV `interpolateLanczos4` (4.x): the 8 taps around `x` in 0..1, normalised in f32; a tap at
+/// distance ~0 takes the whole weight.
+fn lanczos4_coeffs(x: f32) -> [f32; 8] {
+    const S45: f64 = std::f64::consts::FRAC_1_SQRT_2;
+    const CS: [[f64; 2]; 8] = [
+        [1.0, 0.0],
+        [-S45, -S45],
+        [0.0, 1.0],
+        [S45, -S45],
+        [-1.0, 0.0],
+        [S45, S45],
+        [0.0, -1.0],
+        [-S45, S45],
+    ];
+    let y0 = -((x + 3.0) as f64) * std::f64::consts::PI * 0.25;
+    let (s0, c0) = (y0.sin(), y0.cos());
+    let mut coeffs = [0f32; 8];
+    let mut sum = 0f32;
+    for (i, c) in coeffs.iter_mut().enumerate() {
+        let d = x + 3.0 - i as f32;
+        *c = if d.abs() >= 1e-6 {
+            let y = -(d as f64) * std::f64::consts::PI * 0.25;
+            ((CS[i][0] * s0 + CS[i][1] * c0) / (y * y)) as f32
+        } else {
+            1e30
+        };
+        sum += *c;
+    }
+    let inv = 1.0 / sum;
+    coeffs.map(|c| c * inv)
+}
+
+/// Per destination index: the 8 edge-replicated source indices and their Lanczos weights
+/// (`fx = (d + 0.5) * scale - 0.5` in f32, as `cv::resize` computes it).
+fn lanczos_taps(ssize: usize, dsize: usize) -> Vec<([usize; 8], [f32; 8])> {
+    let scale = 1.0 / (dsize as f64 / ssize as f64);
+    (0..dsize)
+        .map(|d| {
+            let f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+            let s = f.floor();
+            let idx = std::array::from_fn(|k| {
+                (s as isize + k as isize - 3).clamp(0, ssize as isize - 1) as usize
+            });
+            (idx, lanczos4_coeffs(f - s))
+        })
+        .collect()
+}
+
+/// `cv2.resize(img, (dw, dh), interpolation=cv2.INTER_LANCZOS4)` on uint8: the weights as 11-bit
+/// fixed point (`cvRound(w * 2048)`), integer sums, `(v + 2^21) >> 22` saturated.
+pub fn resize_lanczos4_u8(src: &ImageU8, dw: usize, dh: usize) -> ImageU8 {
+    if (dw, dh) == (src.width, src.height) {
+        return src.clone();
+    }
+    if dw == 0 || dh == 0 || src.width == 0 || src.height == 0 {
+        return ImageU8::zeros(dh, dw, src.channels);
+    }
+    let c = src.channels;
+    let fixed = |taps: Vec<([usize; 8], [f32; 8])>| -> Vec<([usize; 8], [i64; 8])> {
+        taps.into_iter()
+            .map(|(i, w)| {
+                (
+                    i,
+                    w.map(|v| cv_round(v * COEF_SCALE).clamp(-32768, 32767) as i64),
+                )
+            })
+            .collect()
+    };
+    let (xt, yt) = (
+        fixed(lanczos_taps(src.width, dw)),
+        fixed(lanczos_taps(src.height, dh)),
+    );
+    let rows: Vec<Vec<i64>> = (0..src.height)
+        .map(|y| {
+            let mut row = vec![0i64; dw * c];
+            for (dx, (idx, a)) in xt.iter().enumerate() {
+                for ch in 0..c {
+                    row[dx * c + ch] = (0..8).map(|k| src.at(y, idx[k], ch) as i64 * a[k]).sum();
+                }
+            }
+            row
+        })
+        .collect();
+    let mut out = ImageU8::zeros(dh, dw, c);
+    for (dy, (idx, b)) in yt.iter().enumerate() {
+        let dst = &mut out.data[dy * dw * c..(dy + 1) * dw * c];
+        for (x, d) in dst.iter_mut().enumerate() {
+            let v: i64 = (0..8).map(|k| rows[idx[k]][x] * b[k]).sum();
+            *d = ((v + (1 << 21)) >> 22).clamp(0, 255) as u8;
+        }
+    }
+    out
+}
+
+/// `cv2.resize(plane, (dw, dh))` of a one-channel f32 image with INTER_LANCZOS4 (enlarging) or
+/// INTER_AREA (shrinking), as openpose's `smart_resize` picks them. Lanczos: f32 taps from
+/// `(d + 0.5) * scale - 0.5`, edge-replicated, horizontal then vertical sums in tap order (OpenCV's
+/// SIMD vertical pass may fuse multiply-adds: differences of an ulp). Area: the general
+/// `computeResizeAreaTab` weights in f32 (integer ratios too: same means, rounding aside).
+pub fn resize_plane_f32(
+    src: &[f32],
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    lanczos: bool,
+) -> Vec<f32> {
+    if (sh, sw) == (dh, dw) {
+        return src.to_vec();
+    }
+    if dh == 0 || dw == 0 || sh == 0 || sw == 0 {
+        return vec![0.0; dh * dw];
+    }
+    if !lanczos {
+        let xtab = area_tab(sw, dw, sw as f64 / dw as f64);
+        let ytab = area_tab(sh, dh, sh as f64 / dh as f64);
+        let mut out = vec![0f32; dh * dw];
+        let mut buf = vec![0f32; dw];
+        let mut sum = vec![0f32; dw];
+        let mut prev: Option<usize> = None;
+        for yt in &ytab {
+            buf.iter_mut().for_each(|v| *v = 0.0);
+            let row = &src[yt.s * sw..(yt.s + 1) * sw];
+            for xt in &xtab {
+                buf[xt.d] += row[xt.s] * xt.alpha;
+            }
+            if prev != Some(yt.d) {
+                if let Some(p) = prev {
+                    out[p * dw..(p + 1) * dw].copy_from_slice(&sum);
+                }
+                for (s, &b) in sum.iter_mut().zip(&buf) {
+                    *s = yt.alpha * b;
+                }
+                prev = Some(yt.d);
+            } else {
+                for (s, &b) in sum.iter_mut().zip(&buf) {
+                    *s += yt.alpha * b;
+                }
+            }
+        }
+        if let Some(p) = prev {
+            out[p * dw..(p + 1) * dw].copy_from_slice(&sum);
+        }
+        return out;
+    }
+    let (xt, yt) = (lanczos_taps(sw, dw), lanczos_taps(sh, dh));
+    let rows: Vec<Vec<f32>> = (0..sh)
+        .map(|y| {
+            let row = &src[y * sw..(y + 1) * sw];
+            xt.iter()
+                .map(|(idx, a)| {
+                    let mut v = 0f32;
+                    for k in 0..8 {
+                        v += row[idx[k]] * a[k];
+                    }
+                    v
+                })
+                .collect()
+        })
+        .collect();
+    let mut out = vec![0f32; dh * dw];
+    for (dy, (idx, b)) in yt.iter().enumerate() {
+        let o = &mut out[dy * dw..(dy + 1) * dw];
+        for (x, v) in o.iter_mut().enumerate() {
+            let mut s = rows[idx[0]][x] * b[0];
+            for k in 1..8 {
+                s += rows[idx[k]][x] * b[k];
+            }
+            *v = s;
+        }
+    }
+    out
+}
+
 /// `cv2.pyrUp` on uint8: 5-tap binomial upsampling to 2H x 2W, `(sum + 32) >> 6`. OpenCV reflects the
 /// top/left border (101) but replicates the bottom/right one; both are kept here. Needs H, W >= 2.
 pub fn pyr_up(src: &ImageU8) -> ImageU8 {
