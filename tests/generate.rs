@@ -612,6 +612,7 @@ async fn each_control_type_preprocesses_its_condition_image() {
         ("normalbae", "scannet.pt"),
         ("mlsd", "mlsd_large_512_fp32.pth"),
         ("depth", "depth_anything_v2_vits.pth"),
+        ("openpose", "body_pose_model.pth"),
     ] {
         std::fs::create_dir_all(&annotators).unwrap();
         std::fs::copy(fixtures.join(family).join(file), annotators.join(file)).unwrap();
@@ -630,6 +631,7 @@ async fn each_control_type_preprocesses_its_condition_image() {
         ("depth", "DepthAnythingV2Preprocessor"),
         ("normal", "BAE-NormalMapPreprocessor"),
         ("mlsd", "M-LSDPreprocessor"),
+        ("pose", "OpenposePreprocessor"),
     ] {
         let compiled = compile(&app, &request(kind)).await;
         let classes: Vec<&str> = compiled["prompt"]

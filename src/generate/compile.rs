@@ -568,7 +568,7 @@ fn preprocessor(
     image: Link,
     short_side: u32,
 ) -> Result<Link, RequestError> {
-    use crate::nodes::annotators::{depth, lineart, mlsd, normalbae, AnnotatorFile};
+    use crate::nodes::annotators::{depth, lineart, mlsd, normalbae, openpose, AnnotatorFile};
     // The aux pack's preprocessors work at a resolution (short side); the apply node resizes
     // their output to the latent anyway, so work at the output's short side.
     let resolution = short_side.clamp(64, 16384);
@@ -611,6 +611,16 @@ fn preprocessor(
                 "BAE-NormalMapPreprocessor",
                 "Normal map",
                 json!({"image": image, "resolution": resolution}),
+            )
+        }
+        ControlType::Pose => {
+            // The body only: Weft's OpenPose has no hand or face networks yet.
+            need(openpose::BODY)?;
+            g.add(
+                "OpenposePreprocessor",
+                "Pose",
+                json!({"image": image, "detect_hand": "disable", "detect_body": "enable",
+                       "detect_face": "disable", "resolution": resolution}),
             )
         }
         ControlType::Mlsd => {

@@ -200,6 +200,7 @@ impl Layout {
             "annotators/sk_model.pth",
             "annotators/scannet.pt",
             "annotators/mlsd_large_512_fp32.pth",
+            "annotators/body_pose_model.pth",
             "annotators/ckpts/depth-anything/Depth-Anything-V2-Small/depth_anything_v2_vits.pth",
         ] {
             std::fs::create_dir_all(l.model(file).parent().unwrap()).unwrap();
@@ -781,7 +782,7 @@ fn controlnet_errors_name_the_entry() {
 #[test]
 fn types_without_a_preprocessor_are_refused_on_preprocess_condition() {
     let layout = Layout::full();
-    for kind in ["pose", "segmentation"] {
+    for kind in ["segmentation"] {
         // From the init image, preprocessing is the default.
         let from_init = json!({"type": kind, "model": "control_v11p_sd15_canny"});
         // From its own image, only when asked for.
@@ -808,6 +809,7 @@ fn network_preprocessors_compile_with_their_files_and_name_them_without() {
         ("normal", "BAE-NormalMapPreprocessor", "scannet.pt"),
         ("mlsd", "M-LSDPreprocessor", "mlsd_large_512_fp32.pth"),
         ("lineart", "LineArtPreprocessor", "sk_model.pth"),
+        ("pose", "OpenposePreprocessor", "body_pose_model.pth"),
     ] {
         let request = json!({"prompt": "x", "model": "sd15_tiny", "controlnet": [
             {"type": kind, "model": "control_v11p_sd15_canny", "condition_image": "photo.png", "preprocess_condition": true}]});

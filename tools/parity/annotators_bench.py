@@ -27,7 +27,7 @@ NETWORK_SCRIPTS = [
     "hed_reference.py",
     "lineart_reference.py",
     "mlsd_reference.py",
-    "depth_reference.py",
+    "depth_anything_v2_reference.py",
     "openpose_reference.py",
     "normalbae_reference.py",
 ]
