@@ -10,7 +10,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor};
+use weft::engine::annotators;
+use weft::engine::annotators::depth_anything_v2::DepthAnythingV2;
+use weft::engine::annotators::lineart::{AnimeUnet, LineartGenerator};
+use weft::engine::annotators::mlsd::{Mlsd, MlsdOptions};
+use weft::engine::annotators::normalbae::NormalBae;
+use weft::engine::annotators::openpose::{BodyNet, OpenposeOptions};
+use weft::engine::load::file::StateDict;
 use weft::engine::preprocess;
 
 /// One row: the median and the spread of `runs` timed calls after one warm-up.
@@ -110,8 +119,66 @@ fn main() -> anyhow::Result<()> {
         Ok(preprocess::color(&image, &preprocess::ColorOptions::default())?)
     });
 
-    // Networks.
+    // Networks, each loaded once (the node loads through the model manager, once per file).
     let dir = bench_dir();
-    let _ = (&dir, file);
+    let device = Device::Cpu;
+    let open = |name: &str| -> Option<Arc<StateDict>> {
+        let path = file(&dir, name)?;
+        match StateDict::open(&path) {
+            Ok(sd) => Some(Arc::new(sd)),
+            Err(e) => {
+                println!("{name:<34} failed to open: {e}");
+                None
+            }
+        }
+    };
+    if let Some(sd) = open("sk_model.pth") {
+        let net = LineartGenerator::load(&sd, &device)?;
+        bench("LineArtPreprocessor", runs, || {
+            Ok(annotators::lineart::lineart(&image, &net, 512)?)
+        });
+    }
+    if let Some(sd) = open("netG.pth") {
+        let net = AnimeUnet::load(&sd, &device)?;
+        bench("AnimeLineArtPreprocessor", runs, || {
+            Ok(annotators::lineart::lineart_anime(&image, &net, 512)?)
+        });
+    }
+    if let Some(sd) = open("mlsd_large_512_fp32.pth") {
+        let net = Mlsd::load(&sd, &device)?;
+        let opts = MlsdOptions {
+            score_threshold: 0.1,
+            dist_threshold: 0.1,
+            resolution: 512,
+        };
+        bench("M-LSDPreprocessor", runs, || {
+            Ok(annotators::mlsd::mlsd(&net, &image, &opts)?)
+        });
+    }
+    if let Some(sd) = open("scannet.pt") {
+        let net = NormalBae::load(&sd, &device)?;
+        bench("BAE-NormalMapPreprocessor", runs, || {
+            Ok(annotators::normalbae::normal_map(&net, &image, 512)?)
+        });
+    }
+    if let Some(sd) = open("depth_anything_v2_vits.pth") {
+        let net = DepthAnythingV2::load(&sd, &device)?;
+        bench("DepthAnythingV2Preprocessor vits", runs, || {
+            Ok(annotators::depth_anything_v2::depth_anything_v2(&net, &image, 512)?)
+        });
+    }
+    if let Some(sd) = open("body_pose_model.pth") {
+        let net = BodyNet::load(&sd, &device)?;
+        let opts = OpenposeOptions {
+            resolution: 512,
+            include_body: true,
+            include_hand: false,
+            include_face: false,
+            xinsr_stick_scaling: false,
+        };
+        bench("OpenposePreprocessor (body)", runs, || {
+            Ok(annotators::openpose::openpose(&image, &net, &opts)?.0)
+        });
+    }
     Ok(())
 }
