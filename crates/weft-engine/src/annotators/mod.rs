@@ -9,6 +9,9 @@
 //! against the model budget like ControlNets. The classical, weight-free preprocessors live in
 //! `crate::preprocess`, whose uint8 image type and OpenCV-exact primitives these reuse.
 
+pub mod hed;
+pub mod pidinet;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::preprocess::{ImageU8, PreprocessError, Result};
