@@ -5,6 +5,7 @@
 //! against committed reference fixtures.
 
 mod access;
+mod annotators_hed;
 mod cli;
 mod clip_vision_nodes;
 mod comfy_routes;

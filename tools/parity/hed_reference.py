@@ -17,8 +17,9 @@ numpy 2.4, scikit-image 0.26.
   pixel-difference convolutions as they are; Weft folds them into plain kernels at load.
 - Random weights get a data-dependent scaling (each conv's output brought to unit spread on
   the test image, the side outputs centred) so that the maps have real contrast; checked below.
-- Saved in the published layouts: ControlNetHED.pth is a torch.save'd state dict;
-  table5_pidinet.pth holds {"state_dict": {"module.<name>": ...}}.
+- Saved in the published layouts: ControlNetHED.pth is a torch.save'd state dict (f16 in the
+  published file and with --full, f32 in the fixture); table5_pidinet.pth holds
+  {"state_dict": {"module.<name>": ...}} in f32.
 - The node calls are the pack's (Fannovel16/comfyui_controlnet_aux: node_wrappers/hed.py,
   pidinet.py, scribble.py; src/custom_controlnet_aux/hed, pidi, util.py; utils.py
   common_annotator_call), restated here on top of the same cv2/numpy calls, because PyPI's
@@ -361,7 +362,9 @@ def main_full(out_dir):
     """Full-size random files under the published names and layouts."""
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(0)
-    save_hed(ControlNetHED_Apache2(), os.path.join(out_dir, "ControlNetHED.pth"))
+    # The published ControlNetHED.pth is stored in f16 (29 MB); table5_pidinet.pth in f32.
+    hed = ControlNetHED_Apache2().half()
+    save_hed(hed, os.path.join(out_dir, "ControlNetHED.pth"))
     save_pidi(pidinet(), os.path.join(out_dir, "table5_pidinet.pth"))
     print("wrote", os.listdir(out_dir))
 

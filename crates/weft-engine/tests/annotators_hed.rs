@@ -184,3 +184,38 @@ fn scribble_steps_match_opencv() {
     println!("nms: {count} pixels differ");
     assert_eq!((max, count), (0, 0), "nms");
 }
+
+/// Timing of the full-size nets at 512x512 (files from `hed_reference.py --full DIR`, run with
+/// `WEFT_HED_FULL=DIR cargo test --release -p weft-engine --test annotators_hed -- --ignored`).
+#[test]
+#[ignore]
+fn full_size_timing() {
+    let Ok(full) = std::env::var("WEFT_HED_FULL") else {
+        return;
+    };
+    let full = PathBuf::from(full);
+    let open = |name: &str| Arc::new(StateDict::open(&full.join(name)).unwrap());
+    let hed_net = ControlNetHed::load(&open("ControlNetHED.pth"), &Device::Cpu).unwrap();
+    let pidi_net = PiDiNet::load(&open("table5_pidinet.pth"), &Device::Cpu).unwrap();
+    let x = (Tensor::rand(0f32, 1f32, (1, 512, 512, 3), &Device::Cpu).unwrap()).clone();
+    let time = |label: &str, f: &dyn Fn() -> Tensor| {
+        f();
+        let mut t: Vec<f64> = (0..3)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                f();
+                start.elapsed().as_secs_f64()
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        println!("{label}: median {:.0} ms", t[1] * 1000.0);
+    };
+    let opts = |safe, scribble| HedOptions { safe, scribble, resolution: 512 };
+    time("HEDPreprocessor", &|| hed::hed(&hed_net, &x, &opts(false, false)).unwrap());
+    time("FakeScribblePreprocessor", &|| hed::hed(&hed_net, &x, &opts(true, true)).unwrap());
+    let popts = |safe, scribble| PidiOptions { safe, scribble, resolution: 512 };
+    time("PiDiNetPreprocessor", &|| pidinet::pidinet(&pidi_net, &x, &popts(false, false)).unwrap());
+    time("Scribble_PiDiNet_Preprocessor", &|| {
+        pidinet::pidinet(&pidi_net, &x, &popts(true, true)).unwrap()
+    });
+}

@@ -16,7 +16,11 @@ use crate::graph::spec::{Freshness, InputSpec, NodeSpec};
 use crate::nodes::{NodeContext, NodeError, Registry};
 use crate::paths::DataDirs;
 
-pub fn register(_registry: &mut Registry) {}
+pub mod hed;
+
+pub fn register(registry: &mut Registry) {
+    hed::register(registry);
+}
 
 /// A published annotator weight file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
