@@ -63,33 +63,8 @@ OUT = os.path.join(HERE, "..", "..", "tests", "fixtures", "annotators", "hed")
 
 
 # ---------------------------------------------------------------- pack helpers (util.py, utils.py)
-def HWC3(x):
-    assert x.dtype == np.uint8
-    if x.ndim == 2:
-        x = x[:, :, None]
-    if x.shape[2] == 1:
-        return np.concatenate([x, x, x], axis=2)
-    return x
-
-
-def pad64(x):
-    return int(np.ceil(float(x) / 64.0) * 64 - x)
-
-
-def resize_image_with_pad(img, resolution, upscale_method="INTER_CUBIC"):
-    img = HWC3(img)
-    H_raw, W_raw, _ = img.shape
-    k = float(resolution) / float(min(H_raw, W_raw))
-    H_target = int(np.round(float(H_raw) * k))
-    W_target = int(np.round(float(W_raw) * k))
-    img = cv2.resize(img, (W_target, H_target), interpolation=getattr(cv2, upscale_method) if k > 1 else cv2.INTER_AREA)
-    H_pad, W_pad = pad64(H_target), pad64(W_target)
-    img_padded = np.pad(img, [[0, H_pad], [0, W_pad], [0, 0]], mode="edge")
-
-    def remove_pad(x):
-        return np.ascontiguousarray(x[:H_target, :W_target, ...].copy())
-
-    return np.ascontiguousarray(img_padded), remove_pad
+# HWC3, resize_image_with_pad and common_annotator_call as preprocess_reference.py restates them.
+from preprocess_reference import HWC3, common_annotator_call, resize_image_with_pad  # noqa: E402
 
 
 def nms(x, t, s):
@@ -119,15 +94,6 @@ def scribble(detected_map):
     detected_map[detected_map > 4] = 255
     detected_map[detected_map < 255] = 0
     return detected_map
-
-
-def common_annotator_call(model, tensor_image, **kwargs):
-    """utils.py: uint8 by truncation, one image at a time; returns the uint8 results."""
-    outs = []
-    for image in tensor_image:
-        np_image = np.asarray(image.cpu() * 255.0, dtype=np.uint8)
-        outs.append(model(np_image, **kwargs))
-    return np.stack(outs)
 
 
 # ---------------------------------------------------------------- the pack's detectors

@@ -79,75 +79,73 @@ fn max_diff(got: &[f32], want: &Tensor) -> f32 {
     got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
 }
 
-#[test]
-fn hed_side_outputs_match() {
+/// Checks an intermediate f32 map (`net`'s on the padded input) against `key.<case>` within
+/// `tolerance`.
+fn check_map(key: &str, tolerance: f32, net: impl Fn(&ImageU8) -> (usize, usize, Vec<f32>)) {
     let f = fixtures();
-    let net = hed_net();
     for (name, res) in CASES {
         let img = image_u8(&f[&format!("in.{name}")]);
-        let padded = resize_image_with_pad("test", &img, res as usize, Interpolation::Cubic).unwrap();
-        let (h, w, logits) = net.edge_logits(&padded.image).unwrap();
-        let want = &f[&format!("hed_mean.{name}.r{res}")];
+        let padded =
+            resize_image_with_pad("test", &img, res as usize, Interpolation::Cubic).unwrap();
+        let (h, w, got) = net(&padded.image);
+        let want = &f[&format!("{key}.{name}.r{res}")];
         assert_eq!(want.dims(), [h, w]);
-        let d = max_diff(&logits, want);
-        println!("hed mean side output {name}: max diff {d:e}");
-        assert!(d < 1e-4, "{name}: {d}");
+        let d = max_diff(&got, want);
+        println!("{key} {name}: max diff {d:e}");
+        assert!(d < tolerance, "{key} {name}: {d}");
     }
 }
 
 #[test]
+fn hed_side_outputs_match() {
+    let net = hed_net();
+    check_map("hed_mean", 1e-4, |img| net.edge_logits(img).unwrap());
+}
+
+#[test]
 fn pidinet_map_matches() {
-    let f = fixtures();
     let net = pidi_net();
+    check_map("pidi_sigmoid", 1e-4, |img| net.edge_map(img).unwrap());
+}
+
+/// Runs each `(fixture name, safe, scribble)` of `runs` through `node` on every case and checks
+/// it with [`report`].
+fn check_nodes(runs: [(&str, bool, bool); 4], node: impl Fn(&Tensor, bool, bool, u32) -> Tensor) {
+    let f = fixtures();
     for (name, res) in CASES {
-        let img = image_u8(&f[&format!("in.{name}")]);
-        let padded = resize_image_with_pad("test", &img, res as usize, Interpolation::Cubic).unwrap();
-        let (h, w, map) = net.edge_map(&padded.image).unwrap();
-        let want = &f[&format!("pidi_sigmoid.{name}.r{res}")];
-        assert_eq!(want.dims(), [h, w]);
-        let d = max_diff(&map, want);
-        println!("pidinet sigmoid map {name}: max diff {d:e}");
-        assert!(d < 1e-4, "{name}: {d}");
+        let x = comfy_image(&image_u8(&f[&format!("in.{name}")]));
+        for (run, safe, scribble) in runs {
+            report(&f, run, name, res, &node(&x, safe, scribble, res), 4);
+        }
     }
 }
 
 #[test]
 fn hed_nodes_match() {
     let net = hed_net();
-    let f = fixtures();
-    for (name, res) in CASES {
-        let img = image_u8(&f[&format!("in.{name}")]);
-        let x = comfy_image(&img);
-        for (run, safe, scribble) in [
-            ("hed", false, false),
-            ("hed_safe", true, false),
-            ("fake_scribble_safe", true, true),
-            ("fake_scribble", false, true),
-        ] {
-            let out = hed::hed(&net, &x, &HedOptions { safe, scribble, resolution: res }).unwrap();
-            report(&f, run, name, res, &out, 4);
-        }
-    }
+    let runs = [
+        ("hed", false, false),
+        ("hed_safe", true, false),
+        ("fake_scribble_safe", true, true),
+        ("fake_scribble", false, true),
+    ];
+    check_nodes(runs, |x, safe, scribble, resolution| {
+        hed::hed(&net, x, &HedOptions { safe, scribble, resolution }).unwrap()
+    });
 }
 
 #[test]
 fn pidinet_nodes_match() {
     let net = pidi_net();
-    let f = fixtures();
-    for (name, res) in CASES {
-        let img = image_u8(&f[&format!("in.{name}")]);
-        let x = comfy_image(&img);
-        for (run, safe, scribble) in [
-            ("pidi", false, false),
-            ("pidi_safe", true, false),
-            ("pidi_scribble_safe", true, true),
-            ("pidi_scribble", false, true),
-        ] {
-            let out = pidinet::pidinet(&net, &x, &PidiOptions { safe, scribble, resolution: res })
-                .unwrap();
-            report(&f, run, name, res, &out, 4);
-        }
-    }
+    let runs = [
+        ("pidi", false, false),
+        ("pidi_safe", true, false),
+        ("pidi_scribble_safe", true, true),
+        ("pidi_scribble", false, true),
+    ];
+    check_nodes(runs, |x, safe, scribble, resolution| {
+        pidinet::pidinet(&net, x, &PidiOptions { safe, scribble, resolution }).unwrap()
+    });
 }
 
 /// Compares one node result with its fixture: soft maps within 1 level, scribbles (0/255)

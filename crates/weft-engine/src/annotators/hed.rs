@@ -16,7 +16,7 @@ use candle_nn::Conv2dConfig;
 use crate::load::file::StateDict;
 use crate::load::{LoadError, LoadErrorKind};
 use crate::ops::conv::Conv2d;
-use crate::preprocess::aux::{detect_resolution, hwc3, resize_image_with_pad};
+use crate::preprocess::aux::{detect_resolution, hwc3, resize_image_with_pad, Padded};
 use crate::preprocess::cv::{dilate3_f32, gaussian_blur_f32, gaussian_blur_u8, Interpolation};
 use crate::preprocess::{run_aux, ImageU8, PreprocessError, Result};
 
@@ -223,36 +223,53 @@ pub fn hed(net: &ControlNetHed, image: &Tensor, opts: &HedOptions) -> Result<Ten
         "HEDPreprocessor"
     };
     let _span = tracing::trace_span!("hed").entered();
+    let map = |img: &ImageU8| {
+        let (h, w, logits) = net.edge_logits(img)?;
+        let levels = logits.iter().map(|&m| {
+            let edge = 1.0 / (1.0 + (-f64::from(m)).exp());
+            if opts.safe {
+                safe_u8(edge as f32)
+            } else {
+                trunc_u8(edge * 255.0)
+            }
+        });
+        Ok(grey(h, w, levels))
+    };
+    detect(op, image, opts.resolution, map, |padded, map| {
+        padded.remove_pad(&if opts.scribble { scribble(&map) } else { map })
+    })
+}
+
+/// The detector frame of the soft-edge nodes: per image of `image`, the aux uint8 round trip,
+/// `resize_image_with_pad` (INTER_CUBIC) to `resolution`, `map` (the padded image to a
+/// one-channel map), `finish` (what the node does around `remove_pad`), three channels.
+pub(super) fn detect(
+    op: &'static str,
+    image: &Tensor,
+    resolution: u32,
+    map: impl Fn(&ImageU8) -> Result<ImageU8>,
+    finish: impl Fn(&Padded, ImageU8) -> ImageU8,
+) -> Result<Tensor> {
     run_aux(op, image, |img| {
         let padded = resize_image_with_pad(
             op,
             img,
-            detect_resolution(opts.resolution),
+            detect_resolution(resolution),
             Interpolation::Cubic,
         )?;
-        let (h, w, logits) = net.edge_logits(&padded.image)?;
-        let data = logits
-            .iter()
-            .map(|&m| {
-                let edge = 1.0 / (1.0 + (-f64::from(m)).exp());
-                if opts.safe {
-                    safe_u8(edge as f32)
-                } else {
-                    trunc_u8(edge * 255.0)
-                }
-            })
-            .collect();
-        let mut map = ImageU8 {
-            height: h,
-            width: w,
-            channels: 1,
-            data,
-        };
-        if opts.scribble {
-            map = scribble(&map);
-        }
-        Ok(hwc3(&padded.remove_pad(&map)))
+        let map = map(&padded.image)?;
+        Ok(hwc3(&finish(&padded, map)))
     })
+}
+
+/// A one-channel image of `levels`, row-major.
+pub(super) fn grey(height: usize, width: usize, levels: impl Iterator<Item = u8>) -> ImageU8 {
+    ImageU8 {
+        height,
+        width,
+        channels: 1,
+        data: levels.collect(),
+    }
 }
 
 /// numpy's `.clip(0, 255).astype(np.uint8)`: truncation, NaN to 0.
@@ -291,15 +308,7 @@ pub fn nms(map: &ImageU8) -> ImageU8 {
             }
         }
     }
-    ImageU8 {
-        height: h,
-        width: w,
-        channels: 1,
-        data: kept
-            .into_iter()
-            .map(|v| if v > 127.0 { 255 } else { 0 })
-            .collect(),
-    }
+    grey(h, w, kept.into_iter().map(|v| if v > 127.0 { 255 } else { 0 }))
 }
 
 /// The detectors' scribble step on a one-channel map: `nms`, `cv2.GaussianBlur(.., 3.0)` on uint8,

@@ -17,11 +17,9 @@ use candle_nn::Conv2dConfig;
 use crate::load::file::StateDict;
 use crate::load::{LoadError, LoadErrorKind};
 use crate::ops::conv::Conv2d;
-use crate::preprocess::aux::{detect_resolution, hwc3, resize_image_with_pad};
-use crate::preprocess::cv::Interpolation;
-use crate::preprocess::{run_aux, ImageU8, PreprocessError, Result};
+use crate::preprocess::{ImageU8, PreprocessError, Result};
 
-use super::hed::{conv_config, safe_u8, scribble, trunc_u8, Weights};
+use super::hed::{conv_config, detect, grey, safe_u8, scribble, trunc_u8, Weights};
 use super::map_values;
 
 /// The pixel-difference type of each of the 16 layers in `carv4` (the init block, then the
@@ -361,34 +359,22 @@ pub fn pidinet(net: &PiDiNet, image: &Tensor, opts: &PidiOptions) -> Result<Tens
         "PiDiNetPreprocessor"
     };
     let _span = tracing::trace_span!("pidinet").entered();
-    run_aux(op, image, |img| {
-        let padded = resize_image_with_pad(
-            op,
-            img,
-            detect_resolution(opts.resolution),
-            Interpolation::Cubic,
-        )?;
-        let (h, w, edge) = net.edge_map(&padded.image)?;
-        let data = edge
-            .iter()
-            .map(|&e| {
-                if opts.safe {
-                    safe_u8(e)
-                } else {
-                    trunc_u8(f64::from(e * 255.0))
-                }
-            })
-            .collect();
-        let map = ImageU8 {
-            height: h,
-            width: w,
-            channels: 1,
-            data,
-        };
-        Ok(hwc3(&if opts.scribble {
+    let map = |img: &ImageU8| {
+        let (h, w, edge) = net.edge_map(img)?;
+        let levels = edge.iter().map(|&e| {
+            if opts.safe {
+                safe_u8(e)
+            } else {
+                trunc_u8(f64::from(e * 255.0))
+            }
+        });
+        Ok(grey(h, w, levels))
+    };
+    detect(op, image, opts.resolution, map, |padded, map| {
+        if opts.scribble {
             scribble(&padded.remove_pad(&scribble(&map)))
         } else {
             padded.remove_pad(&map)
-        }))
+        }
     })
 }
