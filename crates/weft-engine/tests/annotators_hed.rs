@@ -50,13 +50,25 @@ fn levels(out: &Tensor) -> (usize, usize, Vec<u8>) {
     for px in v.chunks_exact(3) {
         assert!(px[0] == px[1] && px[1] == px[2], "channels differ");
     }
-    (h, w, v.iter().step_by(3).map(|&x| (x * 255.0).round() as u8).collect())
+    (
+        h,
+        w,
+        v.iter()
+            .step_by(3)
+            .map(|&x| (x * 255.0).round() as u8)
+            .collect(),
+    )
 }
 
 /// (max abs difference in levels, count of differing pixels).
 fn compare(got: &[u8], want: &[u8]) -> (u8, usize) {
     assert_eq!(got.len(), want.len(), "size mismatch");
-    let max = got.iter().zip(want).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+    let max = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0);
     (max, got.iter().zip(want).filter(|(a, b)| a != b).count())
 }
 
@@ -76,7 +88,10 @@ fn pidi_net() -> PiDiNet {
 fn max_diff(got: &[f32], want: &Tensor) -> f32 {
     let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(got.len(), want.len());
-    got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    got.iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Checks an intermediate f32 map (`net`'s on the padded input) against `key.<case>` within
@@ -130,7 +145,16 @@ fn hed_nodes_match() {
         ("fake_scribble", false, true),
     ];
     check_nodes(runs, |x, safe, scribble, resolution| {
-        hed::hed(&net, x, &HedOptions { safe, scribble, resolution }).unwrap()
+        hed::hed(
+            &net,
+            x,
+            &HedOptions {
+                safe,
+                scribble,
+                resolution,
+            },
+        )
+        .unwrap()
     });
 }
 
@@ -144,7 +168,16 @@ fn pidinet_nodes_match() {
         ("pidi_scribble", false, true),
     ];
     check_nodes(runs, |x, safe, scribble, resolution| {
-        pidinet::pidinet(&net, x, &PidiOptions { safe, scribble, resolution }).unwrap()
+        pidinet::pidinet(
+            &net,
+            x,
+            &PidiOptions {
+                safe,
+                scribble,
+                resolution,
+            },
+        )
+        .unwrap()
     });
 }
 
@@ -163,7 +196,10 @@ fn report(
     let (h, w, got) = levels(out);
     assert_eq!((h, w), (want.height, want.width), "{key}");
     let (max, count) = compare(&got, &want.data);
-    println!("{key}: max diff {max} levels, {count} of {} pixels differ", got.len());
+    println!(
+        "{key}: max diff {max} levels, {count} of {} pixels differ",
+        got.len()
+    );
     if run.contains("scribble") {
         assert!(count <= scribble_pixels, "{key}: {count} pixels differ");
     } else {
@@ -176,7 +212,11 @@ fn scribble_steps_match_opencv() {
     let f = fixtures();
     let sparse = image_u8(&f["cv.sparse"]);
     let blur = cv::gaussian_blur_u8(&sparse, 3.0);
-    assert_eq!(blur.data, image_u8(&f["cv.blur3_u8.sparse"]).data, "uint8 blur");
+    assert_eq!(
+        blur.data,
+        image_u8(&f["cv.blur3_u8.sparse"]).data,
+        "uint8 blur"
+    );
     let hed_map = image_u8(&f["hed.coffee.r80"]);
     let (max, count) = compare(&hed::nms(&hed_map).data, &image_u8(&f["cv.nms.hed"]).data);
     println!("nms: {count} pixels differ");
@@ -208,11 +248,25 @@ fn full_size_timing() {
         t.sort_by(f64::total_cmp);
         println!("{label}: median {:.0} ms", t[1] * 1000.0);
     };
-    let opts = |safe, scribble| HedOptions { safe, scribble, resolution: 512 };
-    time("HEDPreprocessor", &|| hed::hed(&hed_net, &x, &opts(false, false)).unwrap());
-    time("FakeScribblePreprocessor", &|| hed::hed(&hed_net, &x, &opts(true, true)).unwrap());
-    let popts = |safe, scribble| PidiOptions { safe, scribble, resolution: 512 };
-    time("PiDiNetPreprocessor", &|| pidinet::pidinet(&pidi_net, &x, &popts(false, false)).unwrap());
+    let opts = |safe, scribble| HedOptions {
+        safe,
+        scribble,
+        resolution: 512,
+    };
+    time("HEDPreprocessor", &|| {
+        hed::hed(&hed_net, &x, &opts(false, false)).unwrap()
+    });
+    time("FakeScribblePreprocessor", &|| {
+        hed::hed(&hed_net, &x, &opts(true, true)).unwrap()
+    });
+    let popts = |safe, scribble| PidiOptions {
+        safe,
+        scribble,
+        resolution: 512,
+    };
+    time("PiDiNetPreprocessor", &|| {
+        pidinet::pidinet(&pidi_net, &x, &popts(false, false)).unwrap()
+    });
     time("Scribble_PiDiNet_Preprocessor", &|| {
         pidinet::pidinet(&pidi_net, &x, &popts(true, true)).unwrap()
     });

@@ -62,7 +62,10 @@ impl<'a> Weights<'a> {
     ) -> std::result::Result<Tensor, LoadError> {
         let found = self.shape(name)?;
         let fits = found.len() == expected.len()
-            && found.iter().zip(expected).all(|(f, e)| e.is_none_or(|e| e == *f));
+            && found
+                .iter()
+                .zip(expected)
+                .all(|(f, e)| e.is_none_or(|e| e == *f));
         if !fits {
             return Err(self.error(LoadErrorKind::BadShape {
                 name: self.key(name),
@@ -145,8 +148,12 @@ impl ControlNetHed {
                 convs.push(conv);
                 channels = out;
             }
-            let (projection, _) =
-                w.conv(&format!("{prefix}.projection"), channels, 1, conv_config(0, 1))?;
+            let (projection, _) = w.conv(
+                &format!("{prefix}.projection"),
+                channels,
+                1,
+                conv_config(0, 1),
+            )?;
             blocks.push(HedBlock { convs, projection });
         }
         if blocks.is_empty() {
@@ -251,12 +258,8 @@ pub(super) fn detect(
     finish: impl Fn(&Padded, ImageU8) -> ImageU8,
 ) -> Result<Tensor> {
     run_aux(op, image, |img| {
-        let padded = resize_image_with_pad(
-            op,
-            img,
-            detect_resolution(resolution),
-            Interpolation::Cubic,
-        )?;
+        let padded =
+            resize_image_with_pad(op, img, detect_resolution(resolution), Interpolation::Cubic)?;
         let map = map(&padded.image)?;
         Ok(hwc3(&finish(&padded, map)))
     })
@@ -294,8 +297,16 @@ pub fn nms(map: &ImageU8) -> ImageU8 {
     const LINES: [[[bool; 3]; 3]; 4] = [
         [[false; 3], [true; 3], [false; 3]],
         [[false, true, false]; 3],
-        [[true, false, false], [false, true, false], [false, false, true]],
-        [[false, false, true], [false, true, false], [true, false, false]],
+        [
+            [true, false, false],
+            [false, true, false],
+            [false, false, true],
+        ],
+        [
+            [false, false, true],
+            [false, true, false],
+            [true, false, false],
+        ],
     ];
     let (h, w) = (map.height, map.width);
     let x: Vec<f32> = map.data.iter().map(|&v| f32::from(v)).collect();
@@ -308,7 +319,11 @@ pub fn nms(map: &ImageU8) -> ImageU8 {
             }
         }
     }
-    grey(h, w, kept.into_iter().map(|v| if v > 127.0 { 255 } else { 0 }))
+    grey(
+        h,
+        w,
+        kept.into_iter().map(|v| if v > 127.0 { 255 } else { 0 }),
+    )
 }
 
 /// The detectors' scribble step on a one-channel map: `nms`, `cv2.GaussianBlur(.., 3.0)` on uint8,

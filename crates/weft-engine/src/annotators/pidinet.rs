@@ -176,12 +176,8 @@ impl PiDiNet {
             for j in 1..=count {
                 let name = format!("block{}_{j}", s + 1);
                 let shortcut = if w.has(&format!("{name}.shortcut.weight")) {
-                    let (conv, out) = w.conv(
-                        &format!("{name}.shortcut"),
-                        channels,
-                        1,
-                        conv_config(0, 1),
-                    )?;
+                    let (conv, out) =
+                        w.conv(&format!("{name}.shortcut"), channels, 1, conv_config(0, 1))?;
                     Some((conv, out))
                 } else {
                     None
@@ -305,14 +301,23 @@ fn pdc_conv(
 fn side(w: &Weights, i: usize, planes: usize) -> std::result::Result<Side, LoadError> {
     let mut channels = planes;
     let dilation = if w.has(&format!("dilations.{i}.conv1.weight")) {
-        let (conv1, dil) =
-            w.conv(&format!("dilations.{i}.conv1"), planes, 1, conv_config(0, 1))?;
+        let (conv1, dil) = w.conv(
+            &format!("dilations.{i}.conv1"),
+            planes,
+            1,
+            conv_config(0, 1),
+        )?;
         let dilated = [5, 7, 9, 11]
             .iter()
             .enumerate()
             .map(|(k, &d)| {
-                w.conv(&format!("dilations.{i}.conv2_{}", k + 1), dil, 3, conv_config(d, d))
-                    .map(|(c, _)| c)
+                w.conv(
+                    &format!("dilations.{i}.conv2_{}", k + 1),
+                    dil,
+                    3,
+                    conv_config(d, d),
+                )
+                .map(|(c, _)| c)
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         channels = dil;
@@ -321,14 +326,23 @@ fn side(w: &Weights, i: usize, planes: usize) -> std::result::Result<Side, LoadE
         None
     };
     let attention = if w.has(&format!("attentions.{i}.conv1.weight")) {
-        let (conv1, mid) =
-            w.conv(&format!("attentions.{i}.conv1"), channels, 1, conv_config(0, 1))?;
+        let (conv1, mid) = w.conv(
+            &format!("attentions.{i}.conv1"),
+            channels,
+            1,
+            conv_config(0, 1),
+        )?;
         let (conv2, _) = w.conv(&format!("attentions.{i}.conv2"), mid, 3, conv_config(1, 1))?;
         Some(Csam { conv1, conv2 })
     } else {
         None
     };
-    let (reduce, _) = w.conv(&format!("conv_reduces.{i}.conv"), channels, 1, conv_config(0, 1))?;
+    let (reduce, _) = w.conv(
+        &format!("conv_reduces.{i}.conv"),
+        channels,
+        1,
+        conv_config(0, 1),
+    )?;
     Ok(Side {
         dilation,
         attention,

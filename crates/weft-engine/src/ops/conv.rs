@@ -248,9 +248,11 @@ impl CustomOp1 for Depthwise {
                                         *o += k * v;
                                     }
                                 } else {
-                                    for x in x_lo..x_hi {
+                                    for (x, o) in
+                                        out_row.iter_mut().enumerate().take(x_hi).skip(x_lo)
+                                    {
                                         let in_x = (x * stride) as isize + x_shift;
-                                        out_row[x] += k * src_row[in_x as usize];
+                                        *o += k * src_row[in_x as usize];
                                     }
                                 }
                             }

@@ -565,8 +565,16 @@ pub fn gaussian_blur_u8(src: &ImageU8, sigma: f64) -> ImageU8 {
     // OpenCV shrinks the kernel to 1 along a side of length 1.
     let n = ((sigma * 6.0 + 1.0).round_ties_even() as usize) | 1;
     let (kx, ky) = (
-        if w == 1 { vec![256] } else { gaussian_kernel_u8(n, sigma) },
-        if h == 1 { vec![256] } else { gaussian_kernel_u8(n, sigma) },
+        if w == 1 {
+            vec![256]
+        } else {
+            gaussian_kernel_u8(n, sigma)
+        },
+        if h == 1 {
+            vec![256]
+        } else {
+            gaussian_kernel_u8(n, sigma)
+        },
     );
     let (rx, ry) = (kx.len() / 2, ky.len() / 2);
     let mut rows = vec![0u32; h * w * c];
@@ -577,7 +585,8 @@ pub fn gaussian_blur_u8(src: &ImageU8, sigma: f64) -> ImageU8 {
                     .iter()
                     .enumerate()
                     .map(|(t, &k)| {
-                        k * src.at(y, reflect101(x as isize + t as isize - rx as isize, w), ch) as u32
+                        k * src.at(y, reflect101(x as isize + t as isize - rx as isize, w), ch)
+                            as u32
                     })
                     .sum();
             }
@@ -588,7 +597,12 @@ pub fn gaussian_blur_u8(src: &ImageU8, sigma: f64) -> ImageU8 {
         let taps: Vec<(usize, u64)> = ky
             .iter()
             .enumerate()
-            .map(|(t, &k)| (reflect101(y as isize + t as isize - ry as isize, h), k as u64))
+            .map(|(t, &k)| {
+                (
+                    reflect101(y as isize + t as isize - ry as isize, h),
+                    k as u64,
+                )
+            })
             .collect();
         for i in 0..w * c {
             let acc: u64 = taps
