@@ -38,7 +38,11 @@ fn reference(key: &str) -> Vec<u8> {
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    reference[key].flatten_all().unwrap().to_vec1::<u8>().unwrap()
+    reference[key]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap()
 }
 
 fn node(class_type: &str, safe: &str) -> Json {
@@ -82,11 +86,17 @@ async fn soft_edge_nodes_match_the_pack() {
     let entry = app.wait_history(&id).await;
     assert_eq!(entry["status"]["status_str"], "success", "{entry:#}");
     for prefix in ["hed", "fake_scribble_safe", "pidi_safe", "pidi_scribble"] {
-        let (w, h, _, pixels) = read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png")));
+        let (w, h, _, pixels) =
+            read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png")));
         assert_eq!((w, h), (107, 80), "{prefix}");
         let want = reference(&format!("{prefix}.coffee.r80"));
         let got: Vec<u8> = pixels.chunks_exact(3).map(|p| p[0]).collect();
-        let worst = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap_or(0);
         let off = got.iter().zip(&want).filter(|(a, b)| a != b).count();
         println!("{prefix}: max diff {worst} levels, {off} pixels differ");
         if prefix.contains("scribble") {
@@ -140,7 +150,11 @@ async fn object_info_declares_the_pack_inputs() {
             "{class_type}"
         );
         let inputs = &node["input"]["required"];
-        assert_eq!(inputs["safe"][0], json!(["enable", "disable"]), "{class_type}");
+        assert_eq!(
+            inputs["safe"][0],
+            json!(["enable", "disable"]),
+            "{class_type}"
+        );
         assert_eq!(inputs["resolution"][1]["default"], 512, "{class_type}");
         assert_eq!(node["output"], json!(["IMAGE"]), "{class_type}");
     }

@@ -54,7 +54,8 @@ impl<'a> Weights<'a> {
             .ok_or_else(|| self.error(LoadErrorKind::MissingTensor(self.key(name))))
     }
 
-    /// `name` as f32 on the CPU, checked against `expected` (`None`: any size there).
+    /// `name` as f32 on the CPU, checked against `expected` (`None`: any size there, shown as 0
+    /// in the error).
     pub(super) fn cpu(
         &self,
         name: &str,
