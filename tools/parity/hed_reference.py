@@ -18,7 +18,8 @@ numpy 2.4, scikit-image 0.26.
 - Random weights get a data-dependent scaling (each conv's output brought to unit spread on
   the test image, the side outputs centred) so that the maps have real contrast; checked below.
 - Saved in the published layouts: ControlNetHED.pth is a torch.save'd state dict (f16 in the
-  published file and with --full, f32 in the fixture); table5_pidinet.pth holds
+  published file and with --full; the fixture has it in f32, and in f16 as ControlNetHED_f16.pth);
+  table5_pidinet.pth holds
   {"state_dict": {"module.<name>": ...}} in f32.
 - The node calls are the pack's (Fannovel16/comfyui_controlnet_aux: node_wrappers/hed.py,
   pidinet.py, scribble.py; src/custom_controlnet_aux/hed, pidi, util.py; utils.py
@@ -269,6 +270,10 @@ def main_fixtures():
     save_hed(make_hed(probe), hed_path)
     save_pidi(make_pidi(probe), pidi_path)
     hed = load_hed_like_pack(hed_path, NarrowHED())
+    # The published file is f16: the same weights in half, to check that Weft widens them.
+    half = NarrowHED()
+    half.load_state_dict(hed.state_dict())
+    save_hed(half.half(), os.path.join(OUT, "ControlNetHED_f16.pth"))
     pidi = load_pidi_like_pack(pidi_path, narrow_pidinet())
 
     t = {f"in.{k}": v for k, v in ins.items()}

@@ -117,6 +117,15 @@ fn hed_side_outputs_match() {
     check_map("hed_mean", 1e-4, |img| net.edge_logits(img).unwrap());
 }
 
+/// The published `ControlNetHED.pth` is stored in f16: the same weights in half load, widened to
+/// f32, and give nearly the same map (the difference is the weights' rounding).
+#[test]
+fn hed_loads_f16_weights() {
+    let sd = Arc::new(StateDict::open(&dir().join("ControlNetHED_f16.pth")).unwrap());
+    let net = ControlNetHed::load(&sd, &Device::Cpu).unwrap();
+    check_map("hed_mean", 0.05, |img| net.edge_logits(img).unwrap());
+}
+
 #[test]
 fn pidinet_map_matches() {
     let net = pidi_net();
