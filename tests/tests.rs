@@ -10,6 +10,7 @@ mod annotators_mlsd;
 mod annotators_normalbae;
 mod annotators_depth;
 mod annotators_openpose;
+mod annotators_hed;
 mod cli;
 mod clip_vision_nodes;
 mod comfy_routes;

@@ -17,6 +17,7 @@ use crate::nodes::{NodeContext, NodeError, Registry};
 use crate::paths::DataDirs;
 
 pub mod depth;
+pub mod hed;
 pub mod lineart;
 pub mod mlsd;
 pub mod normalbae;
@@ -24,6 +25,7 @@ pub mod openpose;
 
 pub fn register(registry: &mut Registry) {
     depth::register(registry);
+    hed::register(registry);
     lineart::register(registry);
     mlsd::register(registry);
     normalbae::register(registry);

@@ -14,6 +14,8 @@ pub mod mlsd;
 pub mod normalbae;
 pub mod depth_anything_v2;
 pub mod openpose;
+pub mod hed;
+pub mod pidinet;
 
 use candle_core::{DType, Device, Tensor};
 

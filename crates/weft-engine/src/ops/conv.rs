@@ -8,7 +8,8 @@
 //! when one image is larger: a 512x512x128 input would otherwise need a 1.2 GB buffer), and the
 //! weight seen as `[C_out, C_in*kh*kw]` multiplies it, so the product is already NCHW and is
 //! written, bias added, straight into its place in the output. A 1x1 stride-1 unpadded
-//! convolution is that matmul on the input itself. Other devices, dtypes and grouped
+//! convolution is that matmul on the input itself. A depthwise convolution (one kernel per
+//! channel, PiDiNet's) is a direct loop per channel plane. Other devices, dtypes and grouped
 //! convolutions use candle's conv2d.
 
 use std::ops::Range;
@@ -120,6 +121,9 @@ pub fn conv2d_forward(
     if uses_cpu_kernel(xs, config) && weight.dtype() == DType::F32 {
         return cpu_conv2d(xs, weight, bias, config, 1);
     }
+    if is_depthwise(xs, weight, config)? {
+        return cpu_depthwise(xs, weight, bias, config);
+    }
     let out = xs.conv2d_with_algo(
         weight,
         config.padding,
@@ -137,6 +141,130 @@ pub fn conv2d_forward(
 /// Whether our kernel runs `xs` (the weights are widened to its dtype first).
 fn uses_cpu_kernel(xs: &Tensor, config: &Conv2dConfig) -> bool {
     matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32 && config.groups == 1
+}
+
+/// A depthwise convolution on the CPU in f32: one kernel per channel (`groups == C_in == C_out`).
+fn is_depthwise(xs: &Tensor, weight: &Tensor, config: &Conv2dConfig) -> Result<bool> {
+    if !matches!(xs.device(), Device::Cpu)
+        || xs.dtype() != DType::F32
+        || weight.dtype() != DType::F32
+        || config.groups < 2
+    {
+        return Ok(false);
+    }
+    let (_, c_in, _, _) = xs.dims4()?;
+    let (c_out, per_group, _, _) = weight.dims4()?;
+    Ok(per_group == 1 && c_in == config.groups && c_out == config.groups)
+}
+
+/// candle runs a grouped convolution as one convolution per group, which made PiDiNet's
+/// depthwise layers (60 to 240 channels at 512x512) the bulk of its time; here each output
+/// plane is accumulated tap by tap from its own input plane, the planes in parallel.
+fn cpu_depthwise(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    config: &Conv2dConfig,
+) -> Result<Tensor> {
+    let (_, channels, height, width) = xs.dims4()?;
+    let (_, _, kernel_h, kernel_w) = weight.dims4()?;
+    let kernels = weight.flatten_all()?.to_vec1::<f32>()?;
+    let bias = match bias {
+        Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+        None => vec![0.0; channels],
+    };
+    if bias.len() != channels {
+        candle_core::bail!(
+            "conv2d bias has {} values for {channels} output channels",
+            bias.len()
+        );
+    }
+    let geometry = Geometry {
+        channels,
+        height,
+        width,
+        kernel_h,
+        kernel_w,
+        stride: config.stride,
+        padding: config.padding,
+        dilation: config.dilation,
+        upsample: 1,
+    };
+    geometry.out_size()?;
+    xs.contiguous()?.apply_op1_no_bwd(&Depthwise {
+        geometry,
+        kernels,
+        bias,
+    })
+}
+
+/// [`cpu_depthwise`]'s kernel: `kernels` `[C, kh * kw]`, `bias` `[C]`.
+struct Depthwise {
+    geometry: Geometry,
+    kernels: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl CustomOp1 for Depthwise {
+    fn name(&self) -> &'static str {
+        "weft-depthwise-conv"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        let data = contiguous_f32(storage, layout)?;
+        let (batch, _, _, _) = layout.shape().dims4()?;
+        let (out_h, out_w) = g.out_size()?;
+        let (plane, taps) = (g.height * g.width, g.kernel_h * g.kernel_w);
+        let (stride, padding) = (g.stride, g.padding as isize);
+        let mut out = vec![0f32; batch * g.channels * out_h * out_w];
+        if out_h * out_w > 0 {
+            out.par_chunks_mut(out_h * out_w)
+                .enumerate()
+                .for_each(|(index, dst)| {
+                    let channel = index % g.channels;
+                    let src = &data[index * plane..(index + 1) * plane];
+                    let kernel = &self.kernels[channel * taps..(channel + 1) * taps];
+                    dst.fill(self.bias[channel]);
+                    for i in 0..g.kernel_h {
+                        for j in 0..g.kernel_w {
+                            let k = kernel[i * g.kernel_w + j];
+                            let x_shift = (j * g.dilation) as isize - padding;
+                            let (x_lo, x_hi) = valid_columns(out_w, stride, x_shift, g.width);
+                            for y in 0..out_h {
+                                let in_y = (y * stride + i * g.dilation) as isize - padding;
+                                if in_y < 0 || in_y >= g.height as isize || x_lo >= x_hi {
+                                    continue;
+                                }
+                                let src_row = &src[in_y as usize * g.width..][..g.width];
+                                let out_row = &mut dst[y * out_w..][..out_w];
+                                if stride == 1 {
+                                    let from = (x_lo as isize + x_shift) as usize;
+                                    let span = x_hi - x_lo;
+                                    for (o, &v) in out_row[x_lo..x_hi]
+                                        .iter_mut()
+                                        .zip(&src_row[from..from + span])
+                                    {
+                                        *o += k * v;
+                                    }
+                                } else {
+                                    for (x, o) in
+                                        out_row.iter_mut().enumerate().take(x_hi).skip(x_lo)
+                                    {
+                                        let in_x = (x * stride) as isize + x_shift;
+                                        *o += k * src_row[in_x as usize];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((batch, g.channels, out_h, out_w)),
+        ))
+    }
 }
 
 /// Sizes of one convolution, in the input's terms.
@@ -510,6 +638,18 @@ mod tests {
         check((2, 4, 9, 7), (3, 3, 3), cfg(1, 2, 1));
         check((1, 4, 10, 8), (5, 3, 3), cfg(0, 2, 1));
         check((3, 2, 11, 6), (4, 3, 3), cfg(2, 3, 1));
+    }
+
+    #[test]
+    fn depthwise_matches_candle() {
+        let depthwise = |padding, stride, dilation, channels| Conv2dConfig {
+            groups: channels,
+            ..cfg(padding, stride, dilation)
+        };
+        check((2, 4, 9, 7), (4, 3, 3), depthwise(1, 1, 1, 4));
+        check((1, 3, 12, 10), (3, 5, 5), depthwise(2, 1, 1, 3));
+        check((1, 5, 11, 8), (5, 3, 3), depthwise(1, 2, 2, 5));
+        check((1, 2, 6, 6), (2, 5, 5), depthwise(0, 1, 1, 2));
     }
 
     #[test]

@@ -679,16 +679,135 @@ pub fn otsu_threshold(gray: &ImageU8) -> u8 {
     max_val
 }
 
-/// OpenCV `getGaussianKernel(n, sigma, CV_32F)`: `exp(-x^2 / 2 sigma^2)` normalised, computed in f64
-/// (OpenCV uses a bit-exact soft-double) and rounded to f32.
-pub(crate) fn gaussian_kernel(n: usize, sigma: f64) -> Vec<f32> {
-    let s2 = -0.5 / (sigma * sigma);
-    let half = (n as f64 - 1.0) * 0.5;
-    let t: Vec<f64> = (0..n)
-        .map(|i| (s2 * (i as f64 - half) * (i as f64 - half)).exp())
+/// OpenCV `getGaussianKernelBitExact(n, sigma)` for odd `n` and `sigma > 0`: `exp(-x^2 / 2 sigma^2)`
+/// over the half kernel, normalised by `1 / (2 sum + 1)` with the centre `1 * (1 / sum)`, in f64
+/// (OpenCV's soft-double gives the same correctly rounded operations; only `exp` may differ in
+/// its last bit).
+fn gaussian_kernel_f64(n: usize, sigma: f64) -> Vec<f64> {
+    let scale = -0.125 / (sigma * sigma);
+    let half = n / 2;
+    // x = 2 (i - half), so x^2 / 8 = (i - half)^2 / 2.
+    let t: Vec<f64> = (0..half)
+        .map(|i| {
+            let x = 2.0 * i as f64 + 1.0 - n as f64;
+            (x * x * scale).exp()
+        })
         .collect();
-    let sum: f64 = t.iter().sum();
-    t.iter().map(|v| (v / sum) as f32).collect()
+    let sum = t.iter().fold(0f64, |a, v| a + v) * 2.0 + 1.0;
+    let mul = 1.0 / sum;
+    let mut k = vec![mul; n];
+    for (i, v) in t.iter().enumerate() {
+        k[i] = v * mul;
+        k[n - 1 - i] = v * mul;
+    }
+    k
+}
+
+/// OpenCV `getGaussianKernel(n, sigma, CV_32F)`: the bit-exact f64 kernel rounded to f32.
+pub(crate) fn gaussian_kernel(n: usize, sigma: f64) -> Vec<f32> {
+    gaussian_kernel_f64(n, sigma)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
+}
+
+/// The uint8 Gaussian kernel in 8-bit fixed point (`getGaussianKernelFixedPoint_ED`): the outer taps
+/// rounded with the error carried inwards, the centre taking what makes the sum exactly 256.
+fn gaussian_kernel_u8(n: usize, sigma: f64) -> Vec<u32> {
+    let k = gaussian_kernel_f64(n, sigma);
+    let half = n / 2;
+    let mut fixed = vec![0i64; n];
+    let (mut err, mut sum) = (0f64, 0i64);
+    for i in 0..half {
+        let adj = k[i] * 256.0 + err;
+        let v = adj.round_ties_even() as i64;
+        err = adj - v as f64;
+        fixed[i] = v;
+        fixed[n - 1 - i] = v;
+        sum += v;
+    }
+    fixed[half] = 256 - 2 * sum;
+    fixed.into_iter().map(|v| v.max(0) as u32).collect()
+}
+
+/// `cv2.GaussianBlur(img_u8, (0, 0), sigma)`: OpenCV's bit-exact uint8 path (`GaussianBlurFixedPoint`):
+/// kernel size `round(sigma * 6 + 1) | 1`, 8-bit fixed-point taps, rows to 8.8 fixed point, columns to
+/// 16.16, rounded; BORDER_REFLECT_101. Integer arithmetic throughout, so it matches exactly.
+pub fn gaussian_blur_u8(src: &ImageU8, sigma: f64) -> ImageU8 {
+    let _span = tracing::trace_span!("cv_gaussian_blur_u8").entered();
+    let (h, w, c) = (src.height, src.width, src.channels);
+    // OpenCV shrinks the kernel to 1 along a side of length 1.
+    let n = ((sigma * 6.0 + 1.0).round_ties_even() as usize) | 1;
+    let (kx, ky) = (
+        if w == 1 {
+            vec![256]
+        } else {
+            gaussian_kernel_u8(n, sigma)
+        },
+        if h == 1 {
+            vec![256]
+        } else {
+            gaussian_kernel_u8(n, sigma)
+        },
+    );
+    let (rx, ry) = (kx.len() / 2, ky.len() / 2);
+    let mut rows = vec![0u32; h * w * c];
+    for y in 0..h {
+        for x in 0..w {
+            for ch in 0..c {
+                rows[(y * w + x) * c + ch] = kx
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &k)| {
+                        k * src.at(y, reflect101(x as isize + t as isize - rx as isize, w), ch)
+                            as u32
+                    })
+                    .sum();
+            }
+        }
+    }
+    let mut out = ImageU8::zeros(h, w, c);
+    for y in 0..h {
+        let taps: Vec<(usize, u64)> = ky
+            .iter()
+            .enumerate()
+            .map(|(t, &k)| {
+                (
+                    reflect101(y as isize + t as isize - ry as isize, h),
+                    k as u64,
+                )
+            })
+            .collect();
+        for i in 0..w * c {
+            let acc: u64 = taps
+                .iter()
+                .map(|&(sy, k)| k * rows[sy * w * c + i] as u64)
+                .sum();
+            out.data[y * w * c + i] = ((acc + (1 << 15)) >> 16).min(255) as u8;
+        }
+    }
+    out
+}
+
+/// `cv2.dilate(src_f32, kernel)` of one plane with a 3x3 structuring element (`kernel[dy][dx]`,
+/// anchored at its centre) and the default border, which never wins the maximum.
+pub fn dilate3_f32(src: &[f32], h: usize, w: usize, kernel: [[bool; 3]; 3]) -> Vec<f32> {
+    let mut out = vec![0f32; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let mut m = f32::NEG_INFINITY;
+            for (dy, row) in kernel.iter().enumerate() {
+                for (dx, &on) in row.iter().enumerate() {
+                    let (yy, xx) = ((y + dy) as isize - 1, (x + dx) as isize - 1);
+                    if on && yy >= 0 && xx >= 0 && (yy as usize) < h && (xx as usize) < w {
+                        m = m.max(src[yy as usize * w + xx as usize]);
+                    }
+                }
+            }
+            out[y * w + x] = m;
+        }
+    }
+    out
 }
 
 /// `cv2.GaussianBlur(img_f32, (0, 0), sigma)` on an interleaved f32 image: kernel size
