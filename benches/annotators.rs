@@ -15,10 +15,12 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use weft::engine::annotators;
 use weft::engine::annotators::depth_anything_v2::DepthAnythingV2;
+use weft::engine::annotators::hed::{ControlNetHed, HedOptions};
 use weft::engine::annotators::lineart::{AnimeUnet, LineartGenerator};
 use weft::engine::annotators::mlsd::{Mlsd, MlsdOptions};
 use weft::engine::annotators::normalbae::NormalBae;
 use weft::engine::annotators::openpose::{BodyNet, OpenposeOptions};
+use weft::engine::annotators::pidinet::{PiDiNet, PidiOptions};
 use weft::engine::load::file::StateDict;
 use weft::engine::preprocess;
 
@@ -132,6 +134,31 @@ fn main() -> anyhow::Result<()> {
             }
         }
     };
+    if let Some(sd) = open("ControlNetHED.pth") {
+        let net = ControlNetHed::load(&sd, &device)?;
+        for (name, scribble) in [("HEDPreprocessor", false), ("FakeScribblePreprocessor", true)] {
+            let opts = HedOptions {
+                safe: true,
+                scribble,
+                resolution: 512,
+            };
+            bench(name, runs, || Ok(annotators::hed::hed(&net, &image, &opts)?));
+        }
+    }
+    if let Some(sd) = open("table5_pidinet.pth") {
+        let net = PiDiNet::load(&sd, &device)?;
+        for (name, scribble) in [
+            ("PiDiNetPreprocessor", false),
+            ("Scribble_PiDiNet_Preprocessor", true),
+        ] {
+            let opts = PidiOptions {
+                safe: true,
+                scribble,
+                resolution: 512,
+            };
+            bench(name, runs, || Ok(annotators::pidinet::pidinet(&net, &image, &opts)?));
+        }
+    }
     if let Some(sd) = open("sk_model.pth") {
         let net = LineartGenerator::load(&sd, &device)?;
         bench("LineArtPreprocessor", runs, || {

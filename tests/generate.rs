@@ -613,6 +613,7 @@ async fn each_control_type_preprocesses_its_condition_image() {
         ("mlsd", "mlsd_large_512_fp32.pth"),
         ("depth", "depth_anything_v2_vits.pth"),
         ("openpose", "body_pose_model.pth"),
+        ("hed", "ControlNetHED.pth"),
     ] {
         std::fs::create_dir_all(&annotators).unwrap();
         std::fs::copy(fixtures.join(family).join(file), annotators.join(file)).unwrap();
@@ -626,7 +627,7 @@ async fn each_control_type_preprocesses_its_condition_image() {
     };
     for (kind, class) in [
         ("canny", "Canny"),
-        ("scribble", "Scribble_XDoG_Preprocessor"),
+        ("scribble", "FakeScribblePreprocessor"),
         ("lineart", "LineArtPreprocessor"),
         ("depth", "DepthAnythingV2Preprocessor"),
         ("normal", "BAE-NormalMapPreprocessor"),

@@ -568,7 +568,7 @@ fn preprocessor(
     image: Link,
     short_side: u32,
 ) -> Result<Link, RequestError> {
-    use crate::nodes::annotators::{depth, lineart, mlsd, normalbae, openpose, AnnotatorFile};
+    use crate::nodes::annotators::{depth, hed, lineart, mlsd, normalbae, openpose, AnnotatorFile};
     // The aux pack's preprocessors work at a resolution (short side); the apply node resizes
     // their output to the latent anyway, so work at the output's short side.
     let resolution = short_side.clamp(64, 16384);
@@ -584,11 +584,14 @@ fn preprocessor(
             "Canny edges",
             json!({"image": image, "low_threshold": 0.4, "high_threshold": 0.8}),
         ),
-        ControlType::Scribble => g.add(
-            "Scribble_XDoG_Preprocessor",
-            "Scribble lines",
-            json!({"image": image, "threshold": 32, "resolution": resolution}),
-        ),
+        ControlType::Scribble => {
+            need(hed::HED_FILE)?;
+            g.add(
+                "FakeScribblePreprocessor",
+                "Scribble lines",
+                json!({"image": image, "safe": "enable", "resolution": resolution}),
+            )
+        }
         ControlType::Lineart => {
             need(lineart::SK_MODEL)?;
             g.add(

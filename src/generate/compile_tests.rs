@@ -201,6 +201,7 @@ impl Layout {
             "annotators/scannet.pt",
             "annotators/mlsd_large_512_fp32.pth",
             "annotators/body_pose_model.pth",
+            "annotators/ControlNetHED.pth",
             "annotators/ckpts/depth-anything/Depth-Anything-V2-Small/depth_anything_v2_vits.pth",
         ] {
             std::fs::create_dir_all(l.model(file).parent().unwrap()).unwrap();
@@ -810,6 +811,7 @@ fn network_preprocessors_compile_with_their_files_and_name_them_without() {
         ("mlsd", "M-LSDPreprocessor", "mlsd_large_512_fp32.pth"),
         ("lineart", "LineArtPreprocessor", "sk_model.pth"),
         ("pose", "OpenposePreprocessor", "body_pose_model.pth"),
+        ("scribble", "FakeScribblePreprocessor", "ControlNetHED.pth"),
     ] {
         let request = json!({"prompt": "x", "model": "sd15_tiny", "controlnet": [
             {"type": kind, "model": "control_v11p_sd15_canny", "condition_image": "photo.png", "preprocess_condition": true}]});
