@@ -2,16 +2,10 @@
 //! `tools/parity/depth_anything_v2_reference.py` (tests/fixtures/annotators/depth/) placed as
 //! comfyui_controlnet_aux's `ckpts/` tree keeps it, under `models/annotators/`.
 
-use std::path::PathBuf;
-
 use serde_json::{json, Value as Json};
 
-use crate::helpers::{max_level_diff, read_png, spawn_app};
+use crate::helpers::{add_annotators, annotator_fixture, max_level_diff, read_png, spawn_app};
 use crate::security::history_error;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/annotators/depth")
-}
 
 fn graph(ckpt: &str, prefix: &str) -> Json {
     json!({
@@ -26,19 +20,12 @@ fn graph(ckpt: &str, prefix: &str) -> Json {
 async fn depth_anything_v2_runs_as_the_pack_does() {
     let app = spawn_app().await;
     let file = "depth_anything_v2_vits.pth";
-    let folder = app
-        .dir
-        .path()
-        .join("models/annotators/ckpts/depth-anything/Depth-Anything-V2-Small");
-    std::fs::create_dir_all(&folder).unwrap();
-    std::fs::copy(fixtures().join(file), folder.join(file)).unwrap();
-    let input = app.data_dir().join("input");
-    std::fs::create_dir_all(&input).unwrap();
-    std::fs::copy(
-        fixtures().join("astronaut.png"),
-        input.join("astronaut.png"),
-    )
-    .unwrap();
+    add_annotators(
+        &app,
+        "depth",
+        &[(file, "ckpts/depth-anything/Depth-Anything-V2-Small")],
+        Some("astronaut.png"),
+    );
 
     let (_, info) = app.get("/object_info/DepthAnythingV2Preprocessor").await;
     let node = &info["DepthAnythingV2Preprocessor"];
@@ -63,7 +50,7 @@ async fn depth_anything_v2_runs_as_the_pack_does() {
         .await;
     let (w, h, _, pixels) = read_png(&app.data_dir().join("output/depth_00001_.png"));
     let reference = candle_core::safetensors::load(
-        fixtures().join("reference.safetensors"),
+        annotator_fixture("depth", "reference.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();

@@ -3,21 +3,15 @@
 //! `tools/parity/hed_reference.py` (tests/fixtures/annotators/hed/): LoadImage -> node ->
 //! SaveImage equals the pack's result within 1 level (scribbles: a few pixels).
 
-use std::path::PathBuf;
-
 use serde_json::{json, Value as Json};
 
-use crate::helpers::{read_png, spawn_app, TestApp};
+use crate::helpers::{add_annotators, annotator_fixture, read_png, spawn_app, TestApp};
 use crate::security::history_error;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/annotators/hed")
-}
 
 /// Writes the reference's coffee input (72x96) as `input/coffee.png`.
 fn write_input(app: &TestApp) {
     let reference = candle_core::safetensors::load(
-        fixtures().join("reference.safetensors"),
+        annotator_fixture("hed", "reference.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();
@@ -34,7 +28,7 @@ fn write_input(app: &TestApp) {
 
 fn reference(key: &str) -> Vec<u8> {
     let reference = candle_core::safetensors::load(
-        fixtures().join("reference.safetensors"),
+        annotator_fixture("hed", "reference.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();
@@ -57,19 +51,15 @@ fn save(from: &str, prefix: &str) -> Json {
 async fn soft_edge_nodes_match_the_pack() {
     let app = spawn_app().await;
     // HED's file directly in models/annotators, PiDiNet's in the pack's own ckpts tree there.
-    let annotators = app.dir.path().join("models/annotators");
-    let ckpts = annotators.join("ckpts/lllyasviel/Annotators");
-    std::fs::create_dir_all(&ckpts).unwrap();
-    std::fs::copy(
-        fixtures().join("ControlNetHED.pth"),
-        annotators.join("ControlNetHED.pth"),
-    )
-    .unwrap();
-    std::fs::copy(
-        fixtures().join("table5_pidinet.pth"),
-        ckpts.join("table5_pidinet.pth"),
-    )
-    .unwrap();
+    add_annotators(
+        &app,
+        "hed",
+        &[
+            ("ControlNetHED.pth", ""),
+            ("table5_pidinet.pth", "ckpts/lllyasviel/Annotators"),
+        ],
+        None,
+    );
     write_input(&app);
     let graph = json!({
         "1": {"class_type": "LoadImage", "inputs": {"image": "coffee.png"}},

@@ -2,44 +2,31 @@
 //! random-weight files of `tools/parity/lineart_reference.py` (tests/fixtures/annotators/lineart/):
 //! LoadImage -> node -> SaveImage against the pack's results, and the error for a missing file.
 
-use std::path::PathBuf;
-
 use serde_json::json;
 
-use crate::helpers::{read_png, spawn_app, TestApp};
+use crate::helpers::{add_annotators, annotator_fixture, read_png, spawn_app, TestApp};
 use crate::security::history_error;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/annotators/lineart")
-}
 
 /// A server with sk_model2.pth in `models/annotators/`, netG.pth in the pack's
 /// `ckpts/lllyasviel/Annotators/` tree below it, and the PNG in `input/`.
 async fn app() -> TestApp {
     let app = spawn_app().await;
-    let annotators = app.dir.path().join("models/annotators");
-    let ckpts = annotators.join("ckpts/lllyasviel/Annotators");
-    std::fs::create_dir_all(&ckpts).unwrap();
-    std::fs::copy(
-        fixtures().join("sk_model2.pth"),
-        annotators.join("sk_model2.pth"),
-    )
-    .unwrap();
-    std::fs::copy(fixtures().join("netG.pth"), ckpts.join("netG.pth")).unwrap();
-    let input = app.data_dir().join("input");
-    std::fs::create_dir_all(&input).unwrap();
-    std::fs::copy(
-        fixtures().join("e2e_input.png"),
-        input.join("e2e_input.png"),
-    )
-    .unwrap();
+    add_annotators(
+        &app,
+        "lineart",
+        &[
+            ("sk_model2.pth", ""),
+            ("netG.pth", "ckpts/lllyasviel/Annotators"),
+        ],
+        Some("e2e_input.png"),
+    );
     app
 }
 
 /// The reference's uint8 map `name` as (width, height, RGB bytes).
 fn reference(name: &str) -> (u32, u32, Vec<u8>) {
     let r = candle_core::safetensors::load(
-        fixtures().join("reference.safetensors"),
+        annotator_fixture("lineart", "reference.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();

@@ -2,34 +2,20 @@
 //! random-weight `mlsd_large_512_fp32.pth` of `tools/parity/mlsd_reference.py`
 //! (tests/fixtures/annotators/mlsd/), the saved map equal to the aux node's.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{json, Value as Json};
 
-use crate::helpers::{read_png, spawn_app, TestApp};
+use crate::helpers::{add_annotators, annotator_fixture, read_png, spawn_app, TestApp};
 use crate::security::history_error;
 
 const FILE: &str = "mlsd_large_512_fp32.pth";
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/annotators/mlsd")
-}
-
 /// A server with the input PNG, and the weights in `models/annotators/<sub>` (none: no file).
 async fn app_with(sub: Option<&str>) -> TestApp {
     let app = spawn_app().await;
-    if let Some(sub) = sub {
-        let folder = app.dir.path().join("models/annotators").join(sub);
-        std::fs::create_dir_all(&folder).unwrap();
-        std::fs::copy(fixtures().join(FILE), folder.join(FILE)).unwrap();
-    }
-    let input = app.data_dir().join("input");
-    std::fs::create_dir_all(&input).unwrap();
-    std::fs::copy(
-        fixtures().join("e2e_input.png"),
-        input.join("e2e_input.png"),
-    )
-    .unwrap();
+    let files: Vec<(&str, &str)> = sub.map(|s| (FILE, s)).into_iter().collect();
+    add_annotators(&app, "mlsd", &files, Some("e2e_input.png"));
     app
 }
 
@@ -45,7 +31,7 @@ fn graph(prefix: &str) -> Json {
 
 fn reference_map() -> Vec<u8> {
     let refs = candle_core::safetensors::load(
-        fixtures().join("reference.safetensors"),
+        annotator_fixture("mlsd", "reference.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();

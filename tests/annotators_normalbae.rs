@@ -3,32 +3,16 @@
 //! `models/annotators/`, then under comfyui_controlnet_aux's `ckpts/lllyasviel/Annotators/` tree;
 //! the saved PNG against the pack's result within 1 level; a missing file names the file.
 
-use std::path::PathBuf;
-
 use serde_json::{json, Value as Json};
 
-use crate::helpers::{read_png, spawn_app, TestApp};
+use crate::helpers::{add_annotators, annotator_fixture, read_png, spawn_app, TestApp};
 use crate::security::history_error;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/annotators/normalbae")
-}
 
 /// A server with the input PNG, and `scannet.pt` under `models/annotators/<sub>` if given.
 async fn app_with(sub: Option<&str>) -> TestApp {
     let app = spawn_app().await;
-    if let Some(sub) = sub {
-        let folder = app.dir.path().join("models/annotators").join(sub);
-        std::fs::create_dir_all(&folder).unwrap();
-        std::fs::copy(fixtures().join("scannet.pt"), folder.join("scannet.pt")).unwrap();
-    }
-    let input = app.data_dir().join("input");
-    std::fs::create_dir_all(&input).unwrap();
-    std::fs::copy(
-        fixtures().join("e2e_input.png"),
-        input.join("e2e_input.png"),
-    )
-    .unwrap();
+    let files: Vec<(&str, &str)> = sub.map(|s| ("scannet.pt", s)).into_iter().collect();
+    add_annotators(&app, "normalbae", &files, Some("e2e_input.png"));
     app
 }
 
@@ -43,7 +27,7 @@ fn graph(prefix: &str) -> Json {
 /// The pack's node result on the e2e input (the fixture's astronaut at resolution 64).
 fn reference() -> (usize, usize, Vec<u8>) {
     let t = candle_core::safetensors::load(
-        fixtures().join("reference.safetensors"),
+        annotator_fixture("normalbae", "reference.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();

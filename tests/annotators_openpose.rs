@@ -4,36 +4,19 @@
 //! `models/annotators/` or in a `ckpts/lllyasviel/Annotators/` tree below it; without the file the
 //! error names it.
 
-use std::path::PathBuf;
-
 use serde_json::{json, Value as Json};
 
-use crate::helpers::{read_png, spawn_app, TestApp};
+use crate::helpers::{add_annotators, annotator_fixture, read_png, spawn_app, TestApp};
 use crate::security::history_error;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/annotators/openpose")
-}
 
 /// A server with the weights at `models/annotators/<sub>` (none when `sub` is None) and the input.
 async fn app_with(sub: Option<&str>) -> TestApp {
     let app = spawn_app().await;
-    if let Some(sub) = sub {
-        let folder = app.dir.path().join("models/annotators").join(sub);
-        std::fs::create_dir_all(&folder).unwrap();
-        std::fs::copy(
-            fixtures().join("body_pose_model.pth"),
-            folder.join("body_pose_model.pth"),
-        )
-        .unwrap();
-    }
-    let input = app.data_dir().join("input");
-    std::fs::create_dir_all(&input).unwrap();
-    std::fs::copy(
-        fixtures().join("astronaut.png"),
-        input.join("astronaut.png"),
-    )
-    .unwrap();
+    let files: Vec<(&str, &str)> = sub
+        .map(|s| ("body_pose_model.pth", s))
+        .into_iter()
+        .collect();
+    add_annotators(&app, "openpose", &files, Some("astronaut.png"));
     app
 }
 
@@ -50,7 +33,7 @@ fn graph(prefix: &str, detect_hand: &str) -> Json {
 /// The pack's map for this input at resolution 256 (`astronaut_256.map`, uint8 HWC).
 fn reference_map() -> (usize, usize, Vec<u8>) {
     let fx = candle_core::safetensors::load(
-        fixtures().join("openpose_ref.safetensors"),
+        annotator_fixture("openpose", "openpose_ref.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();

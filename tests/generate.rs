@@ -606,7 +606,6 @@ async fn every_request_shape_runs_with_f16_models_close_to_f32() {
 async fn each_control_type_preprocesses_its_condition_image() {
     let app = app_with_models().await;
     let annotators = app.dir.path().join("models/annotators");
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/annotators");
     for (family, file) in [
         ("lineart", "sk_model.pth"),
         ("normalbae", "scannet.pt"),
@@ -615,8 +614,7 @@ async fn each_control_type_preprocesses_its_condition_image() {
         ("openpose", "body_pose_model.pth"),
         ("hed", "ControlNetHED.pth"),
     ] {
-        std::fs::create_dir_all(&annotators).unwrap();
-        std::fs::copy(fixtures.join(family).join(file), annotators.join(file)).unwrap();
+        crate::helpers::add_annotators(&app, family, &[(file, "")], None);
     }
     let request = |kind: &str| {
         json!({
@@ -651,10 +649,16 @@ async fn each_control_type_preprocesses_its_condition_image() {
     assert_eq!(status, 400, "{body:#}");
     let text = body.to_string();
     assert!(
-        text.contains("controlnet[0].preprocess_condition") && text.contains("'scannet.pt' not found"),
+        text.contains("controlnet[0].preprocess_condition")
+            && text.contains("'scannet.pt' not found"),
         "{text}"
     );
-    let (status, body) = app.post("/api/weft/generate", request("segmentation")).await;
+    let (status, body) = app
+        .post("/api/weft/generate", request("segmentation"))
+        .await;
     assert_eq!(status, 400, "{body:#}");
-    assert!(body.to_string().contains("no segmentation preprocessor"), "{body}");
+    assert!(
+        body.to_string().contains("no segmentation preprocessor"),
+        "{body}"
+    );
 }

@@ -461,3 +461,27 @@ pub fn assert_close_pixels(label: &str, got: &[u8], expected: &[u8], tolerance: 
     );
     mean_diff
 }
+
+/// `tests/fixtures/annotators/<family>/<name>`: the annotator parity fixtures.
+pub fn annotator_fixture(family: &str, name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/annotators")
+        .join(family)
+        .join(name)
+}
+
+/// Copies the annotator fixtures `files` of `family` into `models/annotators/<sub>` (each
+/// `(file, sub)`: `""` for the folder itself, or the pack's `ckpts/...` tree below it) and the
+/// fixture PNG `input` (if any) into the input folder.
+pub fn add_annotators(app: &TestApp, family: &str, files: &[(&str, &str)], input: Option<&str>) {
+    for (file, sub) in files {
+        let folder = app.dir.path().join("models/annotators").join(sub);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::copy(annotator_fixture(family, file), folder.join(file)).unwrap();
+    }
+    if let Some(input) = input {
+        let folder = app.data_dir().join("input");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::copy(annotator_fixture(family, input), folder.join(input)).unwrap();
+    }
+}

@@ -17,6 +17,9 @@ use weft_engine::preprocess::aux::resize_image_with_pad;
 use weft_engine::preprocess::cv::{self, Interpolation};
 use weft_engine::preprocess::ImageU8;
 
+mod common;
+use common::image_u8;
+
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/annotators/hed")
 }
@@ -24,16 +27,6 @@ fn dir() -> PathBuf {
 fn fixtures() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir().join("reference.safetensors"), &Device::Cpu)
         .expect("fixture file")
-}
-
-fn image_u8(t: &Tensor) -> ImageU8 {
-    let d = t.dims();
-    ImageU8 {
-        height: d[0],
-        width: d[1],
-        channels: if d.len() == 3 { d[2] } else { 1 },
-        data: t.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
-    }
 }
 
 /// The IMAGE the script fed its nodes: `u8 / 255` in f32 (a division, as numpy's), `[1, H, W, 3]`.

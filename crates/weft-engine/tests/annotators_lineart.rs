@@ -14,6 +14,9 @@ use weft_engine::preprocess::aux::resize_image_with_pad;
 use weft_engine::preprocess::cv::{self, Interpolation};
 use weft_engine::preprocess::ImageU8;
 
+mod common;
+use common::max_abs;
+
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/annotators/lineart")
 }
@@ -53,18 +56,7 @@ fn aux_u8(input: &Tensor) -> ImageU8 {
 fn levels(out: &Tensor, want: &Tensor) -> f32 {
     let want = want.to_dtype(DType::F32).unwrap().unsqueeze(0).unwrap();
     assert_eq!(out.dims(), want.dims());
-    max_diff(&(out * 255.0).unwrap(), &want)
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    max_abs(&(out * 255.0).unwrap(), &want)
 }
 
 fn resolution(r: &HashMap<String, Tensor>, case: &str) -> u32 {
@@ -108,7 +100,7 @@ fn net_diff(
     } else {
         (x / 255.0).unwrap()
     };
-    max_diff(&forward(&x).squeeze(0).unwrap().squeeze(0).unwrap(), want)
+    max_abs(&forward(&x).squeeze(0).unwrap().squeeze(0).unwrap(), want)
 }
 
 fn feed_diff(ours: &ImageU8, want: &ImageU8) -> u8 {

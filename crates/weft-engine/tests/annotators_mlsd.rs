@@ -18,22 +18,15 @@ use weft_engine::annotators::mlsd::{self, Mlsd, MlsdOptions};
 use weft_engine::load::file::StateDict;
 use weft_engine::preprocess::{cv_draw, ImageU8};
 
+mod common;
+use common::image_u8;
+
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/annotators/mlsd")
 }
 
 fn fixture(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir().join(name), &Device::Cpu).expect("fixture file")
-}
-
-fn image_u8(t: &Tensor) -> ImageU8 {
-    let d = t.dims();
-    ImageU8 {
-        height: d[0],
-        width: d[1],
-        channels: if d.len() == 3 { d[2] } else { 1 },
-        data: t.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
-    }
 }
 
 fn net() -> Mlsd {

@@ -16,7 +16,9 @@ use weft_engine::annotators::normalbae::{normal_map, NormalBae};
 use weft_engine::load::file::StateDict;
 use weft_engine::preprocess::aux::resize_image_with_pad;
 use weft_engine::preprocess::cv::Interpolation;
-use weft_engine::preprocess::ImageU8;
+
+mod common;
+use common::{image_u8, max_abs};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/annotators/normalbae")
@@ -30,29 +32,6 @@ fn fixture() -> HashMap<String, Tensor> {
 fn net() -> NormalBae {
     let sd = StateDict::open(&dir().join("scannet.pt")).expect("scannet.pt opens");
     NormalBae::load(&Arc::new(sd), &Device::Cpu).expect("scannet.pt loads")
-}
-
-fn u8_image(t: &Tensor) -> ImageU8 {
-    let (height, width, channels) = t.dims3().unwrap();
-    ImageU8 {
-        height,
-        width,
-        channels,
-        data: t.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
-    }
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// `[H, W, 3]` uint8 -> `[1, 3, H, W]`, `/255` and ImageNet-normalised as the detector does.
@@ -89,12 +68,12 @@ fn network_matches_nnet() {
     let t = fixture();
     let net = net();
     for (name, res) in CASES {
-        let input = u8_image(&t[&format!("{name}.input")]);
+        let input = image_u8(&t[&format!("{name}.input")]);
         let padded = resize_image_with_pad("test", &input, res as usize, Interpolation::Cubic)
             .expect("resize");
         assert_eq!(
             padded.image,
-            u8_image(&t[&format!("{name}.padded")]),
+            image_u8(&t[&format!("{name}.padded")]),
             "{name}: padded input"
         );
         let x = normalised(&t[&format!("{name}.padded")]);

@@ -14,6 +14,9 @@ use weft_engine::preprocess::aux::{detect_resolution, resize_image_with_pad};
 use weft_engine::preprocess::cv::Interpolation;
 use weft_engine::preprocess::ImageU8;
 
+mod common;
+use common::{image_u8, max_abs};
+
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/annotators/openpose")
 }
@@ -31,29 +34,6 @@ fn meta() -> serde_json::Value {
 fn net() -> BodyNet {
     let sd = Arc::new(StateDict::open(&dir().join("body_pose_model.pth")).expect("weights"));
     BodyNet::load(&sd, &Device::Cpu).expect("body net")
-}
-
-fn image_u8(t: &Tensor) -> ImageU8 {
-    let d = t.dims();
-    ImageU8 {
-        height: d[0],
-        width: d[1],
-        channels: d[2],
-        data: t.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
-    }
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// (differing values, max difference in levels).
