@@ -66,8 +66,10 @@ async fn two_hundred_prompts_on_three_workers_run_exactly_once() {
     let started = Instant::now();
     let mut ids = Vec::new();
     for i in 0..200 {
-        // Sent round-robin: which worker runs a prompt is the queue's business.
-        ids.push(workers[i % 3].queue(graph(&format!("p{i}"), 0.02)).await);
+        // Sent round-robin: which worker runs a prompt is the queue's business. Each sleeps a
+        // little differently, so no worker answers it from its output cache.
+        let sleep = 0.01 + i as f64 * 1e-6;
+        ids.push(workers[i % 3].queue(graph(&format!("p{i}"), sleep)).await);
     }
     for id in &ids {
         let entry = workers[2].wait_history(id).await;

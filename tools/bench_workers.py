@@ -36,9 +36,10 @@ def call(base, path, body=None):
 
 
 def graph(i):
+    # A different duration per prompt, so no worker answers the sleep from its output cache.
     return {
         "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8, "batch_size": 1}},
-        "2": {"class_type": "TestSleep", "inputs": {"value": ["1", 0], "seconds": SECONDS}},
+        "2": {"class_type": "TestSleep", "inputs": {"value": ["1", 0], "seconds": SECONDS + i * 1e-6}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": f"p{i}"}},
     }
 

@@ -158,18 +158,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{NewPrompt, PromptStatus};
-
-    fn item(id: &str, number: f64) -> NewPrompt {
-        NewPrompt {
-            prompt_id: id.into(),
-            number,
-            prompt: json!({}),
-            extra_data: json!({}),
-            outputs_to_execute: vec!["9".into()],
-            client_id: None,
-        }
-    }
+    use crate::prompts::tests::item;
+    use crate::PromptStatus;
 
     async fn finish(store: &Store, id: &str) {
         store

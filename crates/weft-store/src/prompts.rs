@@ -565,11 +565,11 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn item(id: &str, number: f64) -> NewPrompt {
+    pub(crate) fn item(id: &str, number: f64) -> NewPrompt {
         NewPrompt {
             prompt_id: id.into(),
             number,
