@@ -121,6 +121,39 @@ pub struct ServerConfig {
     pub allowed_hosts: HostList,
     /// `--auth-token`, `--no-auth`, or neither.
     pub auth: AuthSetting,
+    /// `--database`: the queue, history and library in this PostgreSQL database, shared with
+    /// other workers; `None`: `weft.db` (SQLite) in `data_dir`.
+    pub database: Option<DatabaseConfig>,
+}
+
+/// A PostgreSQL database that workers share.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `postgres://…`.
+    pub url: String,
+    /// How long a worker's claim on a prompt holds without renewal, in milliseconds: a killed
+    /// worker's prompt runs elsewhere after at most this long.
+    pub lease_ms: i64,
+}
+
+/// Where the store lives.
+enum Database<'a> {
+    Sqlite(&'a Path),
+    Postgres(&'a DatabaseConfig),
+}
+
+impl Database<'_> {
+    async fn open(&self) -> anyhow::Result<Store> {
+        match self {
+            Database::Sqlite(path) => Store::open(path)
+                .await
+                .with_context(|| format!("cannot open the database {}", path.display())),
+            Database::Postgres(config) => Ok(Store::connect(&config.url)
+                .await
+                .context("cannot open the PostgreSQL database")?
+                .with_lease_ms(config.lease_ms)),
+        }
+    }
 }
 
 /// Whether the server asks for a token.
@@ -235,6 +268,7 @@ impl ServerConfig {
             compute: ComputeConfig::default(),
             allowed_hosts: HostList::default(),
             auth: AuthSetting::Default,
+            database: None,
         }
     }
 }
@@ -248,7 +282,7 @@ pub struct RunningServer {
 
 async fn build_executor(
     dirs: DataDirs,
-    db_path: &Path,
+    database: Database<'_>,
     test_nodes: bool,
     config: ExecConfig,
 ) -> anyhow::Result<(
@@ -261,9 +295,7 @@ async fn build_executor(
             dirs.root.display()
         )
     })?;
-    let store = Store::open(db_path)
-        .await
-        .with_context(|| format!("cannot open the database {}", db_path.display()))?;
+    let store = database.open().await?;
     let registry = if test_nodes {
         Registry::with_test_nodes()
     } else {
@@ -321,9 +353,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         device,
         dtype,
     };
+    let sqlite_file = config.data_dir.join("weft.db");
+    let database = match &config.database {
+        Some(database) => Database::Postgres(database),
+        None => Database::Sqlite(&sqlite_file),
+    };
     let (exec, events) = build_executor(
         dirs,
-        &config.data_dir.join("weft.db"),
+        database,
         config.test_nodes,
         exec_config,
     )
@@ -380,6 +417,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .first()
         .context("the server bound no address")?;
     log_exposure(&config, addr, &access, auth.map(|(_, source)| source));
+    exec.set_address(addr.to_string());
+    if exec.store().is_shared() {
+        tracing::info!(worker = exec.store().worker_id(), "sharing the PostgreSQL queue with other workers");
+    }
     Ok(RunningServer {
         addr,
         exec,
@@ -449,7 +490,7 @@ pub async fn run_headless(
     let queue_dir = tempfile::tempdir().context("cannot create a temporary folder")?;
     let (exec, mut events) = build_executor(
         dirs,
-        &queue_dir.path().join("run.db"),
+        Database::Sqlite(&queue_dir.path().join("run.db")),
         false,
         ExecConfig {
             model_budget: model_budget(

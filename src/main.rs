@@ -98,6 +98,16 @@ struct ServeArgs {
     /// queue prompts.
     #[arg(long)]
     no_auth: bool,
+    /// Keep the queue, history, workflow library and user data in this PostgreSQL database
+    /// (`postgres://user:password@host/db`, or `postgres:///db?host=/socket/dir`) instead of
+    /// `weft.db` in --data-dir, shared with every other `weft serve` given the same URL: each
+    /// runs prompts from the one queue. Default: the `WEFT_DATABASE_URL` environment variable.
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// With --database: how long a worker's claim on a running prompt holds without renewal (it
+    /// renews three times per lease); a killed worker's prompt runs on another after this.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    lease_seconds: f64,
     /// Also register the test node pack (slow, failing and panicking nodes).
     #[arg(long, hide = true)]
     test_nodes: bool,
@@ -225,6 +235,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, true) => AuthSetting::Off,
         (None, false) => AuthSetting::Default,
     };
+    config.database = args
+        .database
+        .or_else(|| std::env::var("WEFT_DATABASE_URL").ok())
+        .filter(|url| !url.is_empty())
+        .map(|url| app::DatabaseConfig {
+            url,
+            lease_ms: (args.lease_seconds * 1000.0).round().max(100.0) as i64,
+        });
     let running = app::start(config).await?;
     let handle = running.server.handle();
     let exec = Arc::clone(&running.exec);

@@ -100,13 +100,13 @@ impl Server {
             .await;
     }
 
-    async fn queue(&self, prompt: Json) -> String {
+    pub(crate) async fn queue(&self, prompt: Json) -> String {
         let (status, body) = self.post("/prompt", json!({"prompt": prompt})).await;
         assert_eq!(status, 200, "{body}");
         body["prompt_id"].as_str().unwrap().to_owned()
     }
 
-    async fn wait_history(&self, id: &str) -> Json {
+    pub(crate) async fn wait_history(&self, id: &str) -> Json {
         for _ in 0..1200 {
             let history = self.get(&format!("/history/{id}")).await;
             if let Some(entry) = history.get(id) {
@@ -145,7 +145,7 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-fn graph(prefix: &str, sleep: f64) -> Json {
+pub(crate) fn graph(prefix: &str, sleep: f64) -> Json {
     json!({
         "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8, "batch_size": 1}},
         "2": {"class_type": "TestSleep", "inputs": {"value": ["1", 0], "seconds": sleep}},

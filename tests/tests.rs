@@ -34,6 +34,7 @@ mod model_merging_nodes;
 mod model_patch_nodes;
 mod models;
 mod restart;
+mod workers;
 mod security;
 pub(crate) mod server;
 mod upscale_nodes;

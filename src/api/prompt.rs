@@ -238,7 +238,9 @@ pub async fn post_interrupt(state: web::Data<AppState>, body: web::Bytes) -> Htt
         .and_then(|()| serde_json::from_slice(&body).ok())
         .unwrap_or(json!({}));
     let prompt_id = body.get("prompt_id").and_then(Json::as_str);
-    state.exec.interrupt(prompt_id);
+    if let Err(e) = state.exec.interrupt_anywhere(prompt_id).await {
+        tracing::error!("cannot ask another worker to interrupt: {e:#}");
+    }
     HttpResponse::Ok().finish()
 }
 

@@ -19,6 +19,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/queue/{id}/front", web::post().to(front))
         .route("/queue/{id}/requeue", web::post().to(requeue))
         .route("/cache", web::get().to(cache))
+        .route("/workers", web::get().to(workers))
         .route("/workflows", web::get().to(list_workflows))
         .route("/workflows", web::post().to(create_workflow))
         .route("/workflows/{id}", web::get().to(get_workflow))
@@ -37,6 +38,43 @@ async fn queue_state(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         "paused": state.exec.is_paused(),
         "running": state.exec.running_prompt(),
         "pending": store.pending().await?.iter().map(|p| p.prompt_id.clone()).collect::<Vec<_>>(),
+    })))
+}
+
+/// The workers running prompts from this queue: on PostgreSQL every worker seen lately, on
+/// SQLite this one.
+async fn workers(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let exec = &state.exec;
+    let store = exec.store();
+    let this = store.worker_id();
+    let workers: Vec<Json> = if store.is_shared() {
+        store
+            .workers(exec.worker_seen_within_ms())
+            .await?
+            .into_iter()
+            .map(|w| {
+                json!({
+                    "worker_id": w.worker_id,
+                    "address": w.address,
+                    "running": w.running,
+                    "started_at": w.started_at,
+                    "seen_at": w.seen_at,
+                    "this": w.worker_id == this,
+                })
+            })
+            .collect()
+    } else {
+        vec![json!({
+            "worker_id": this,
+            "address": exec.address(),
+            "running": exec.running_prompt(),
+            "this": true,
+        })]
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "database": if store.is_shared() { "postgres" } else { "sqlite" },
+        "paused": exec.is_paused(),
+        "workers": workers,
     })))
 }
 

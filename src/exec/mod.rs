@@ -23,7 +23,7 @@ use crate::graph::workflow::WorkflowFormatError;
 use crate::graph::{validate, NodeErrors, PromptError, Signature, Workflow};
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
-use crate::store::{NewPrompt, Store, StoreError};
+use crate::store::{Lease, NewPrompt, Store, StoreError};
 
 pub use crate::wire::{Event, ExecutionErrorInfo};
 pub use cache::{CachedOutput, EntryInfo, OutputCache};
@@ -136,7 +136,16 @@ pub struct Executor {
     cancel_requested: Mutex<std::collections::HashSet<String>>,
     paused: AtomicBool,
     wake: Notify,
+    /// Where this worker serves HTTP, as other workers list it (`GET /api/weft/workers`).
+    address: Mutex<String>,
 }
+
+/// How often a worker on a shared queue (PostgreSQL) looks for work when it has none: other
+/// workers' submissions do not wake it.
+const SHARED_POLL: Duration = Duration::from_millis(200);
+/// How often an idle worker on a shared queue recovers prompts whose worker's lease ran out and
+/// reports itself alive.
+const SHARED_HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// A prompt running when the server stopped this many times in a row is not run again by itself.
 const QUARANTINE_AFTER: i64 = 2;
@@ -151,6 +160,27 @@ fn quarantine_message(prompt_id: &str, crashes: i64) -> String {
          have crashed the server: out of memory, an abort); it is not run again automatically. \
          POST /api/weft/queue/{prompt_id}/requeue queues it again"
     )
+}
+
+/// Recovers the prompts left running by a crash: all of them on SQLite (called at start), those
+/// whose worker's lease ran out on a shared queue (at start and then regularly, by every worker).
+async fn recover(store: &Store) -> Result<(), StoreError> {
+    let recovery = store
+        .recover_after_crash(QUARANTINE_AFTER, QUARANTINE_REASON, |id, crashes, now| {
+            crate::wire::queue::quarantined(id, now, &quarantine_message(id, crashes))
+        })
+        .await?;
+    for id in &recovery.requeued {
+        tracing::warn!(prompt_id = %id, "prompt was running when its worker stopped; it runs again");
+    }
+    for id in &recovery.quarantined {
+        tracing::error!(
+            prompt_id = %id,
+            "the server stopped while this prompt was running, {QUARANTINE_AFTER} times in a row; \
+             quarantined (POST /api/weft/queue/{id}/requeue runs it again)"
+        );
+    }
+    Ok(())
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (node panics are caught,
@@ -170,21 +200,7 @@ impl Executor {
         dirs: Arc<DataDirs>,
         config: ExecConfig,
     ) -> Result<(Arc<Executor>, mpsc::UnboundedReceiver<Envelope>), StoreError> {
-        let recovery = store
-            .recover_after_crash(QUARANTINE_AFTER, QUARANTINE_REASON, |id, crashes, now| {
-                crate::wire::queue::quarantined(id, now, &quarantine_message(id, crashes))
-            })
-            .await?;
-        for id in &recovery.requeued {
-            tracing::warn!(prompt_id = %id, "prompt was running when the server stopped; it runs again");
-        }
-        for id in &recovery.quarantined {
-            tracing::error!(
-                prompt_id = %id,
-                "the server stopped while this prompt was running, {QUARANTINE_AFTER} times in a row; \
-                 quarantined (POST /api/weft/queue/{id}/requeue runs it again)"
-            );
-        }
+        recover(&store).await?;
         let (events, receiver) = mpsc::unbounded_channel();
         let executor = Arc::new(Executor {
             store,
@@ -209,6 +225,7 @@ impl Executor {
             cancel_requested: Mutex::new(Default::default()),
             paused: AtomicBool::new(false),
             wake: Notify::new(),
+            address: Mutex::new(String::new()),
         });
         // When memory is short the manager may ask for the cached outputs back: they hold model
         // handles (a loader's MODEL, CLIP, VAE) and tensors that keep memory alive.
@@ -347,9 +364,43 @@ impl Executor {
             })
     }
 
+    /// Sets where this worker serves HTTP, for the list of workers.
+    pub fn set_address(&self, address: String) {
+        *lock(&self.address) = address;
+    }
+
+    /// Where this worker serves HTTP (empty before it listens).
+    pub fn address(&self) -> String {
+        lock(&self.address).clone()
+    }
+
+    /// A worker not heard from for this long is no longer listed: it reports every second when
+    /// idle and at each lease renewal when running.
+    pub fn worker_seen_within_ms(&self) -> i64 {
+        (3 * self.store.lease_ms()).max(10_000)
+    }
+
+    /// On a shared queue: recovers prompts whose worker died and says this one is alive.
+    async fn housekeeping(&self) {
+        if let Err(e) = recover(&self.store).await {
+            tracing::error!("cannot recover prompts of stopped workers: {e:#}");
+        }
+        let running = self.running_prompt();
+        if let Err(e) = self.store.heartbeat(&self.address(), running.as_deref()).await {
+            tracing::warn!("cannot record this worker: {e:#}");
+        }
+    }
+
     /// The worker loop: runs queued prompts one at a time, forever.
     pub async fn run_worker(self: Arc<Self>) {
+        let mut last_housekeeping: Option<std::time::Instant> = None;
         loop {
+            if self.store.is_shared()
+                && last_housekeeping.is_none_or(|t| t.elapsed() >= SHARED_HOUSEKEEPING)
+            {
+                self.housekeeping().await;
+                last_housekeeping = Some(std::time::Instant::now());
+            }
             if self.paused.load(Ordering::SeqCst) {
                 self.wait_for_work().await;
                 continue;
@@ -371,8 +422,46 @@ impl Executor {
     }
 
     async fn wait_for_work(&self) {
-        // The timeout is a safety net only; every state change notifies.
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.wake.notified()).await;
+        // Alone on the queue, the timeout is a safety net only: every state change notifies.
+        // Sharing it, other workers' submissions do not, so it is the poll interval.
+        let timeout = if self.store.is_shared() {
+            SHARED_POLL
+        } else {
+            Duration::from_secs(5)
+        };
+        let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
+    }
+
+    /// On a shared queue, while `prompt_id` runs: renews its lease a few times per lease, raises
+    /// the interrupt another worker asked for, and stops the run if the lease was lost (the
+    /// prompt was recovered and runs elsewhere). Ends when the returned handle is aborted.
+    fn keep_lease(self: &Arc<Self>, prompt_id: &str) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.store.is_shared() {
+            return None;
+        }
+        let this = Arc::clone(self);
+        let prompt_id = prompt_id.to_owned();
+        let every = Duration::from_millis((self.store.lease_ms() / 3).max(50) as u64);
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = this.store.heartbeat(&this.address(), Some(&prompt_id)).await {
+                    tracing::warn!("cannot record this worker: {e:#}");
+                }
+                match this.store.renew_lease(&prompt_id).await {
+                    Ok(Lease::Held { interrupt: false }) => {}
+                    Ok(Lease::Held { interrupt: true }) => {
+                        this.interrupt.store(true, Ordering::SeqCst);
+                    }
+                    Ok(Lease::Lost) => {
+                        tracing::error!(prompt_id = %prompt_id, "lease lost: the prompt was recovered by another worker; stopping it here");
+                        this.interrupt.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(prompt_id = %prompt_id, "cannot renew the lease: {e:#}"),
+                }
+            }
+        }))
     }
 
     async fn run_one(self: &Arc<Self>, row: crate::store::PromptRow) {
@@ -384,10 +473,14 @@ impl Executor {
             .store(cancelled_while_claiming, Ordering::SeqCst);
         self.emit_status().await;
 
+        let lease = self.keep_lease(&prompt_id);
         let span = tracing::info_span!("prompt", prompt_id = %prompt_id);
         let this = Arc::clone(self);
         let outcome =
             tokio::task::spawn_blocking(move || span.in_scope(|| run::execute(&this, &row))).await;
+        if let Some(lease) = lease {
+            lease.abort();
+        }
         let outcome = outcome.unwrap_or_else(|e| run::Outcome::crashed(&prompt_id, &e.to_string()));
 
         if let Err(e) = self
@@ -437,7 +530,20 @@ impl Executor {
         }
     }
 
-    /// Cancels a pending prompt, or interrupts it if it is running. False if it is neither.
+    /// Interrupts a prompt wherever it runs: here at once, or on another worker sharing the
+    /// queue at its next lease renewal. Without an id, the prompt running here.
+    pub async fn interrupt_anywhere(&self, prompt_id: Option<&str>) -> Result<bool, StoreError> {
+        if self.interrupt(prompt_id) {
+            return Ok(true);
+        }
+        match prompt_id {
+            Some(id) if self.store.is_shared() => self.store.request_interrupt(id).await,
+            _ => Ok(false),
+        }
+    }
+
+    /// Cancels a pending prompt, or interrupts it if it is running (here or, on a shared queue,
+    /// on another worker). False if it is neither.
     pub async fn cancel(&self, prompt_id: &str) -> Result<bool, StoreError> {
         if self.interrupt(Some(prompt_id)) {
             return Ok(true);
@@ -458,6 +564,11 @@ impl Executor {
             .await?
             .iter()
             .any(|p| p.prompt_id == prompt_id);
+        if claimed && self.store.is_shared() {
+            // Running on another worker, or claimed here and not started: the flag in its row
+            // reaches whichever worker runs it; ours for the second case.
+            self.store.request_interrupt(prompt_id).await?;
+        }
         if claimed {
             lock(&self.cancel_requested).insert(prompt_id.to_owned());
             self.interrupt(Some(prompt_id));
@@ -497,6 +608,9 @@ impl Executor {
     /// it runs again at the next start without counting as a crash (see [`QUARANTINE_AFTER`]).
     pub async fn shut_down(&self) {
         self.pause();
+        if let Err(e) = self.store.sign_off().await {
+            tracing::warn!("cannot remove this worker from the list: {e:#}");
+        }
         match self.store.release_running().await {
             Ok(ids) => {
                 for id in ids {

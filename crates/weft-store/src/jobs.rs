@@ -40,15 +40,28 @@ impl Store {
         if filter.statuses.is_empty() || empty_ids {
             return Ok((Vec::new(), 0));
         }
-        let marks = |n: usize| vec!["?"; n].join(", ");
+        // Placeholders `$1`, `$2`, … in the order the values are bound below.
+        let mut bound = 0;
+        let mut marks = |n: usize| {
+            let marks: Vec<String> = (bound + 1..=bound + n).map(|i| format!("${i}")).collect();
+            bound += n;
+            marks.join(", ")
+        };
         let mut conditions = vec![format!("status IN ({})", marks(filter.statuses.len()))];
         if filter.workflow_id.is_some() {
-            conditions
-                .push("json_extract(extra_data, '$.extra_pnginfo.workflow.id') = ?".to_owned());
+            let mark = marks(1);
+            conditions.push(format!(
+                "{} = {mark}",
+                self.dialect(
+                    "json_extract(extra_data, '$.extra_pnginfo.workflow.id')",
+                    "(extra_data::jsonb #>> '{extra_pnginfo,workflow,id}')",
+                )
+            ));
         }
         if let Some(ids) = &filter.ids {
             conditions.push(format!("prompt_id IN ({})", marks(ids.len())));
         }
+        let (limit, offset) = (marks(1), marks(1));
         let condition = conditions.join(" AND ");
         let direction = if filter.descending { "DESC" } else { "ASC" };
         let order = match filter.order {
@@ -60,11 +73,12 @@ impl Store {
         };
         let count_sql = format!("SELECT COUNT(*) FROM prompts WHERE {condition}");
         let rows_sql = format!(
-            "SELECT {COLUMNS} FROM prompts WHERE {condition} ORDER BY {order} LIMIT ? OFFSET ?"
+            "SELECT {COLUMNS} FROM prompts WHERE {condition} ORDER BY {order} LIMIT {limit} OFFSET {offset}"
         );
 
         // One read transaction, so the page and the total describe the same moment.
-        let mut tx = self.pool.begin().await.doing("starting to list jobs")?;
+        let begin = self.dialect("BEGIN", "BEGIN ISOLATION LEVEL REPEATABLE READ");
+        let mut tx = self.pool.begin_with(begin).await.doing("starting to list jobs")?;
         let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
         let mut rows = sqlx::query(&rows_sql);
         for status in &filter.statuses {
@@ -81,7 +95,8 @@ impl Store {
         }
         let total = count.fetch_one(&mut *tx).await.doing("counting jobs")?;
         let rows = rows
-            .bind(filter.limit.unwrap_or(-1))
+            // No limit: the largest one (PostgreSQL refuses SQLite's -1).
+            .bind(filter.limit.unwrap_or(i64::MAX))
             .bind(filter.offset.max(0))
             .fetch_all(&mut *tx)
             .await
@@ -119,7 +134,17 @@ mod tests {
     #[tokio::test]
     async fn jobs_filter_sort_and_page() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).await.unwrap();
+        jobs_scenario(Store::open(&dir.path().join("db.sqlite")).await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn jobs_on_postgres() {
+        if let Some((_server, store)) = crate::test_postgres().await {
+            jobs_scenario(store).await;
+        }
+    }
+
+    async fn jobs_scenario(store: Store) {
         for (i, (id, workflow)) in [("a", Some("w1")), ("b", None), ("c", Some("w1"))]
             .into_iter()
             .enumerate()

@@ -1,5 +1,13 @@
-//! Durable state in SQLite (through sqlx): the prompt queue and its history (also listed as jobs),
-//! saved workflows and image records. The schema lives in `migrations/`, which run at open.
+//! Durable state in SQLite or PostgreSQL (through sqlx's `Any` driver): the prompt queue and its
+//! history (also listed as jobs), saved workflows and image records. The schema lives in
+//! `migrations/sqlite` and `migrations/postgres` (the same tables, each in its dialect), which run
+//! at open.
+//!
+//! One SQL text serves both databases wherever their dialects agree (placeholders are `$1`, `$2`,
+//! …, which SQLite reads too); the few statements that differ are chosen by [`Backend`] next to
+//! each other. SQLite is the embedded default, one server per file; PostgreSQL lets many workers
+//! share one queue: each claims with `FOR UPDATE SKIP LOCKED` and holds a lease on its prompt
+//! (`leases`).
 //!
 //! Invariant: the only place with SQL. Imports no other Weft layer; documents are opaque JSON here.
 //! A prompt row is written (and committed) before its id is handed to the client, so a crash never
@@ -8,18 +16,22 @@
 #![warn(missing_docs)]
 
 mod jobs;
+mod leases;
 mod prompts;
+pub mod testing;
 mod workflows;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 
 pub use jobs::{JobFilter, JobOrder};
+pub use leases::{Lease, WorkerRow};
 pub use prompts::{NewPrompt, PromptRow, PromptStatus, Recovery};
 pub use workflows::{
     FileImport, FileMove, FileSave, WorkflowFileRow, WorkflowRow, WorkflowVersionRow,
@@ -59,32 +71,149 @@ impl<T> SqlContext<T> for Result<T, sqlx::Error> {
     }
 }
 
+/// Which database a store is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// One file, one server (the default).
+    Sqlite,
+    /// A server many workers share.
+    Postgres,
+}
+
 /// The database handle; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+    /// This process's worker id: the owner written into the prompts it claims.
+    worker_id: Arc<str>,
+    /// How long a claim or a renewal holds a prompt, in milliseconds (PostgreSQL).
+    lease_ms: i64,
 }
 
+/// How long a lease holds unless told otherwise: a worker renews well within it, and a killed
+/// worker's prompt runs elsewhere after at most this long.
+pub const DEFAULT_LEASE_MS: i64 = 30_000;
+
+pub(crate) type Tx = Transaction<'static, Any>;
+
 impl Store {
-    /// Opens (creating if needed) the database at `path` in WAL mode and runs the migrations.
+    /// Opens (creating if needed) the SQLite database at `path` in WAL mode and runs the
+    /// migrations.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite://")
-            .doing("building connection options")?
+        let url = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a committed prompt survives power loss, not just a process kill.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
+            .to_url_lossy();
+        let options = AnyConnectOptions::from_url(&url).doing("building connection options")?;
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // FULL: a committed prompt survives power loss, not just a process kill.
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await
             .doing("opening the database")?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store::new(pool, Backend::Sqlite))
     }
+
+    /// Connects to the PostgreSQL database at `url` (`postgres://user@host/db`, or
+    /// `postgres:///db?host=/run/postgresql` for a unix socket) and runs the migrations, which
+    /// take an advisory lock, so workers starting together migrate once.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::Sql {
+                doing: "reading the database URL",
+                source: sqlx::Error::Configuration(
+                    "expected a postgres:// or postgresql:// URL".into(),
+                ),
+            });
+        }
+        let options = AnyConnectOptions::from_str(url).doing("reading the database URL")?;
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .doing("connecting to PostgreSQL")?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Store::new(pool, Backend::Postgres))
+    }
+
+    fn new(pool: AnyPool, backend: Backend) -> Store {
+        Store {
+            pool,
+            backend,
+            worker_id: leases::new_worker_id().into(),
+            lease_ms: DEFAULT_LEASE_MS,
+        }
+    }
+
+    /// The same store with leases of `lease_ms` milliseconds.
+    pub fn with_lease_ms(mut self, lease_ms: i64) -> Store {
+        self.lease_ms = lease_ms.max(1);
+        self
+    }
+
+    /// How long a claim or a renewal holds a prompt, in milliseconds.
+    pub fn lease_ms(&self) -> i64 {
+        self.lease_ms
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// True when other processes may run prompts from the same queue (PostgreSQL): crash
+    /// recovery is then by lease, not at start.
+    pub fn is_shared(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
+    /// This process's worker id (`host:pid:random`), as written into the prompts it claims.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// A write transaction: SQLite takes the write lock at once (`BEGIN IMMEDIATE`), so two
+    /// writers never deadlock upgrading; PostgreSQL locks rows as it goes.
+    pub(crate) async fn begin_write(&self, doing: &'static str) -> Result<Tx, StoreError> {
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        self.pool.begin_with(begin).await.doing(doing)
+    }
+
+    /// The statement for this database: `sqlite` or `postgres`, for the few that differ.
+    pub(crate) fn dialect<T>(&self, sqlite: T, postgres: T) -> T {
+        match self.backend {
+            Backend::Sqlite => sqlite,
+            Backend::Postgres => postgres,
+        }
+    }
+}
+
+/// A store on a fresh throw-away PostgreSQL server, or None (the test skips) when none can be
+/// started; keep the server alive as long as the store.
+#[cfg(test)]
+pub(crate) async fn test_postgres() -> Option<(testing::TestPostgres, Store)> {
+    let server = testing::TestPostgres::start()?;
+    let store = Store::connect(&server.url("postgres"))
+        .await
+        .expect("connect to the test server");
+    Some((server, store))
 }
 
 /// Milliseconds since the Unix epoch.

@@ -1,10 +1,11 @@
 //! The queue and history: one row per prompt, from acceptance to deletion.
 
 use serde_json::Value as Json;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::{now_ms, SqlContext, Store, StoreError};
+use crate::leases::PG_NOW_MS;
+use crate::{now_ms, Backend, SqlContext, Store, StoreError};
 
 /// Where a prompt is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +125,7 @@ fn parse_optional_json(prompt_id: &str, text: Option<String>) -> Result<Option<J
     text.map(|t| parse_json(prompt_id, &t)).transpose()
 }
 
-fn row_to_prompt(row: &SqliteRow) -> Result<PromptRow, StoreError> {
+fn row_to_prompt(row: &AnyRow) -> Result<PromptRow, StoreError> {
     let prompt_id: String = row.get("prompt_id");
     let outputs_to_execute: Json =
         parse_json(&prompt_id, row.get::<&str, _>("outputs_to_execute"))?;
@@ -154,7 +155,7 @@ fn row_to_prompt(row: &SqliteRow) -> Result<PromptRow, StoreError> {
     })
 }
 
-pub(crate) fn rows_to_prompts(rows: &[SqliteRow]) -> Result<Vec<PromptRow>, StoreError> {
+pub(crate) fn rows_to_prompts(rows: &[AnyRow]) -> Result<Vec<PromptRow>, StoreError> {
     rows.iter().map(row_to_prompt).collect()
 }
 
@@ -171,13 +172,9 @@ impl Store {
     /// Stores a new pending prompt. Replaces an older prompt with the same id that is no longer
     /// queued or running (ComfyUI lets a client reuse a prompt id; its history is overwritten).
     pub async fn enqueue(&self, item: &NewPrompt) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .doing("starting to enqueue")?;
+        let mut tx = self.begin_write("starting to enqueue").await?;
         let busy: Option<String> = sqlx::query_scalar(
-            "SELECT status FROM prompts WHERE prompt_id = ? AND status IN ('pending', 'running')",
+            "SELECT status FROM prompts WHERE prompt_id = $1 AND status IN ('pending', 'running')",
         )
         .bind(&item.prompt_id)
         .fetch_optional(&mut *tx)
@@ -192,14 +189,14 @@ impl Store {
                 )),
             });
         }
-        sqlx::query("DELETE FROM prompts WHERE prompt_id = ?")
+        sqlx::query("DELETE FROM prompts WHERE prompt_id = $1")
             .bind(&item.prompt_id)
             .execute(&mut *tx)
             .await
             .doing("replacing an old prompt with the same id")?;
         sqlx::query(
             "INSERT INTO prompts (prompt_id, number, status, prompt, extra_data, outputs_to_execute, client_id, created_at) \
-             VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7)",
         )
         .bind(&item.prompt_id)
         .bind(item.number)
@@ -218,7 +215,7 @@ impl Store {
     /// True when a prompt with this id is pending or running.
     pub async fn is_queued(&self, prompt_id: &str) -> Result<bool, StoreError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM prompts WHERE prompt_id = ? AND status IN ('pending', 'running')",
+            "SELECT COUNT(*) FROM prompts WHERE prompt_id = $1 AND status IN ('pending', 'running')",
         )
         .bind(prompt_id)
         .fetch_one(&self.pool)
@@ -227,16 +224,15 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Takes the first pending prompt (lowest number, then oldest) and marks it running, in one
-    /// transaction, so two workers could never take the same prompt.
+    /// Takes the first pending prompt (lowest number, then oldest) and marks it running, owned by
+    /// this worker under a lease, in one transaction, so two workers could never take the same
+    /// prompt: SQLite's write lock serialises claims; on PostgreSQL each worker locks the row it
+    /// takes and skips rows others have locked, so claims do not wait on each other.
     pub async fn claim_next(&self) -> Result<Option<PromptRow>, StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .doing("starting to claim a prompt")?;
+        let mut tx = self.begin_write("starting to claim a prompt").await?;
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM prompts WHERE status = 'pending' ORDER BY number, seq LIMIT 1"
+            "SELECT {COLUMNS} FROM prompts WHERE status = 'pending' ORDER BY number, seq LIMIT 1{}",
+            self.dialect("", " FOR UPDATE SKIP LOCKED")
         ))
         .fetch_optional(&mut *tx)
         .await
@@ -244,10 +240,16 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let mut prompt = row_to_prompt(&row)?;
         let now = now_ms();
-        sqlx::query("UPDATE prompts SET status = 'running', started_at = ? WHERE seq = ?")
-            .bind(now)
-            .bind(prompt.seq)
-            .execute(&mut *tx)
+        sqlx::query(&format!(
+            "UPDATE prompts SET status = 'running', started_at = $1, worker_id = $3, \
+             lease_until = {} + $4, interrupt_requested = 0 WHERE seq = $2",
+            self.dialect("$1", PG_NOW_MS)
+        ))
+        .bind(now)
+        .bind(prompt.seq)
+        .bind(self.worker_id())
+        .bind(self.lease_ms)
+        .execute(&mut *tx)
             .await
             .doing("marking a prompt running")?;
         tx.commit().await.doing("committing a claimed prompt")?;
@@ -266,20 +268,30 @@ impl Store {
         status_messages: &Json,
         meta: &Json,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE prompts SET status = ?, reason = ?, finished_at = ?, outputs = ?, status_messages = ?, meta = ?, \
-             in_history = 1 WHERE prompt_id = ?",
-        )
-        .bind(status.as_str())
+        // On a shared queue only while this worker still owns it: a worker whose lease ran out
+        // must not overwrite the run of whichever worker took the prompt over.
+        let query = sqlx::query(self.dialect(
+            "UPDATE prompts SET status = $1, reason = $2, finished_at = $3, outputs = $4, status_messages = $5, meta = $6, \
+             in_history = 1 WHERE prompt_id = $7",
+            "UPDATE prompts SET status = $1, reason = $2, finished_at = $3, outputs = $4, status_messages = $5, meta = $6, \
+             in_history = 1, lease_until = NULL WHERE prompt_id = $7 AND status = 'running' AND worker_id = $8",
+        ));
+        let query = query
+            .bind(status.as_str())
         .bind(reason)
         .bind(now_ms())
         .bind(outputs.to_string())
         .bind(status_messages.to_string())
         .bind(meta.to_string())
-        .bind(prompt_id)
-        .execute(&self.pool)
-        .await
-        .doing("recording a finished prompt")?;
+        .bind(prompt_id);
+        let query = match self.backend {
+            Backend::Sqlite => query,
+            Backend::Postgres => query.bind(self.worker_id()),
+        };
+        query
+            .execute(&self.pool)
+            .await
+            .doing("recording a finished prompt")?;
         Ok(())
     }
 
@@ -294,14 +306,15 @@ impl Store {
         reason: &str,
         quarantined: impl Fn(&str, i64, i64) -> serde_json::Value,
     ) -> Result<Recovery, StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .doing("starting crash recovery")?;
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT prompt_id, crash_count + 1 FROM prompts WHERE status = 'running' ORDER BY seq",
-        )
+        let mut tx = self.begin_write("starting crash recovery").await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(&self.dialect(
+            "SELECT prompt_id, crash_count + 1 FROM prompts WHERE status = 'running' ORDER BY seq"
+                .to_owned(),
+            format!(
+                "SELECT prompt_id, crash_count + 1 FROM prompts WHERE status = 'running' \
+                 AND lease_until < {PG_NOW_MS} ORDER BY seq FOR UPDATE SKIP LOCKED"
+            ),
+        ))
         .fetch_all(&mut *tx)
         .await
         .doing("finding prompts left running")?;
@@ -310,9 +323,9 @@ impl Store {
         for (id, crashes) in rows {
             if crashes >= quarantine_after {
                 sqlx::query(
-                    "UPDATE prompts SET status = 'failed', crash_count = ?, reason = ?, finished_at = ?, \
-                     outputs = COALESCE(outputs, '{}'), status_messages = ?, meta = COALESCE(meta, '{}'), \
-                     in_history = 1 WHERE prompt_id = ?",
+                    "UPDATE prompts SET status = 'failed', crash_count = $1, reason = $2, finished_at = $3, \
+                     outputs = COALESCE(outputs, '{}'), status_messages = $4, meta = COALESCE(meta, '{}'), \
+                     in_history = 1, worker_id = NULL, lease_until = NULL WHERE prompt_id = $5",
                 )
                 .bind(crashes)
                 .bind(reason)
@@ -325,8 +338,8 @@ impl Store {
                 recovery.quarantined.push(id);
             } else {
                 sqlx::query(
-                    "UPDATE prompts SET status = 'pending', crash_count = ?, started_at = NULL \
-                     WHERE prompt_id = ?",
+                    "UPDATE prompts SET status = 'pending', crash_count = $1, started_at = NULL, \
+                     worker_id = NULL, lease_until = NULL WHERE prompt_id = $2",
                 )
                 .bind(crashes)
                 .bind(&id)
@@ -340,14 +353,23 @@ impl Store {
         Ok(recovery)
     }
 
-    /// At a clean shutdown: prompts being run go back to pending, their crash count untouched
-    /// (stopping the server is not a crash). Returns their ids.
+    /// At a clean shutdown: prompts this worker is running go back to pending, their crash count
+    /// untouched (stopping the server is not a crash). Returns their ids. On SQLite every running
+    /// prompt is this worker's.
     pub async fn release_running(&self) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(
-            "UPDATE prompts SET status = 'pending', started_at = NULL WHERE status = 'running' \
-             RETURNING prompt_id",
-        )
-        .fetch_all(&self.pool)
+        let query = match self.backend {
+            Backend::Sqlite => sqlx::query_scalar(
+                "UPDATE prompts SET status = 'pending', started_at = NULL WHERE status = 'running' \
+                 RETURNING prompt_id",
+            ),
+            Backend::Postgres => sqlx::query_scalar(
+                "UPDATE prompts SET status = 'pending', started_at = NULL, worker_id = NULL, \
+                 lease_until = NULL WHERE status = 'running' AND worker_id = $1 RETURNING prompt_id",
+            )
+            .bind(self.worker_id()),
+        };
+        query
+            .fetch_all(&self.pool)
         .await
         .doing("releasing the running prompt at shutdown")
     }
@@ -387,7 +409,7 @@ impl Store {
         let mut cancelled = Vec::new();
         for id in ids {
             let done = sqlx::query(
-                "UPDATE prompts SET status = 'cancelled', finished_at = ? WHERE prompt_id = ? AND status = 'pending'",
+                "UPDATE prompts SET status = 'cancelled', finished_at = $1 WHERE prompt_id = $2 AND status = 'pending'",
             )
             .bind(now_ms())
             .bind(id)
@@ -404,7 +426,7 @@ impl Store {
     /// Cancels every pending prompt; returns how many.
     pub async fn cancel_all_pending(&self) -> Result<u64, StoreError> {
         let done = sqlx::query(
-            "UPDATE prompts SET status = 'cancelled', finished_at = ? WHERE status = 'pending'",
+            "UPDATE prompts SET status = 'cancelled', finished_at = $1 WHERE status = 'pending'",
         )
         .bind(now_ms())
         .execute(&self.pool)
@@ -415,18 +437,14 @@ impl Store {
 
     /// Moves a pending prompt ahead of every other pending one. False if it is not pending.
     pub async fn move_to_front(&self, prompt_id: &str) -> Result<bool, StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .doing("starting to reorder the queue")?;
+        let mut tx = self.begin_write("starting to reorder the queue").await?;
         let min: Option<f64> =
             sqlx::query_scalar("SELECT MIN(number) FROM prompts WHERE status = 'pending'")
                 .fetch_one(&mut *tx)
                 .await
                 .doing("reading the queue front")?;
         let done =
-            sqlx::query("UPDATE prompts SET number = ? WHERE prompt_id = ? AND status = 'pending'")
+            sqlx::query("UPDATE prompts SET number = $1 WHERE prompt_id = $2 AND status = 'pending'")
                 .bind(min.unwrap_or(0.0) - 1.0)
                 .bind(prompt_id)
                 .execute(&mut *tx)
@@ -441,9 +459,9 @@ impl Store {
     pub async fn requeue(&self, prompt_id: &str) -> Result<Option<f64>, StoreError> {
         let number = self.next_number().await?;
         let done = sqlx::query(
-            "UPDATE prompts SET status = 'pending', number = ?, reason = NULL, started_at = NULL, finished_at = NULL, \
+            "UPDATE prompts SET status = 'pending', number = $1, reason = NULL, started_at = NULL, finished_at = NULL, \
              outputs = NULL, status_messages = NULL, meta = NULL, in_history = 0, crash_count = 0 \
-             WHERE prompt_id = ? AND status NOT IN ('pending', 'running')",
+             WHERE prompt_id = $2 AND status NOT IN ('pending', 'running')",
         )
         .bind(number)
         .bind(prompt_id)
@@ -470,7 +488,7 @@ impl Store {
             (None, None) => (0, total),
         };
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM prompts WHERE in_history = 1 ORDER BY finished_at, seq LIMIT ? OFFSET ?"
+            "SELECT {COLUMNS} FROM prompts WHERE in_history = 1 ORDER BY finished_at, seq LIMIT $1 OFFSET $2"
         ))
         .bind(count)
         .bind(start)
@@ -483,7 +501,7 @@ impl Store {
     /// Any stored prompt by id (queued, running or finished).
     pub async fn prompt(&self, prompt_id: &str) -> Result<Option<PromptRow>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM prompts WHERE prompt_id = ?"
+            "SELECT {COLUMNS} FROM prompts WHERE prompt_id = $1"
         ))
         .bind(prompt_id)
         .fetch_optional(&self.pool)
@@ -503,7 +521,7 @@ impl Store {
     /// Removes finished prompts from history (the queue is untouched).
     pub async fn delete_history(&self, ids: &[String]) -> Result<(), StoreError> {
         for id in ids {
-            sqlx::query("DELETE FROM prompts WHERE prompt_id = ? AND in_history = 1")
+            sqlx::query("DELETE FROM prompts WHERE prompt_id = $1 AND in_history = 1")
                 .bind(id)
                 .execute(&self.pool)
                 .await
@@ -531,7 +549,7 @@ impl Store {
         folder_type: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO images (prompt_id, node_id, filename, subfolder, folder_type, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO images (prompt_id, node_id, filename, subfolder, folder_type, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(prompt_id)
         .bind(node_id)
@@ -547,11 +565,11 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn item(id: &str, number: f64) -> NewPrompt {
+    pub(crate) fn item(id: &str, number: f64) -> NewPrompt {
         NewPrompt {
             prompt_id: id.into(),
             number,
@@ -635,7 +653,17 @@ mod tests {
     #[tokio::test]
     async fn history_paging_follows_comfyui() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).await.unwrap();
+        history_paging(Store::open(&dir.path().join("db.sqlite")).await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn history_paging_on_postgres() {
+        if let Some((_server, store)) = crate::test_postgres().await {
+            history_paging(store).await;
+        }
+    }
+
+    async fn history_paging(store: Store) {
         for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
             store.enqueue(&item(id, i as f64)).await.unwrap();
             let p = store.claim_next().await.unwrap().unwrap();

@@ -5,9 +5,9 @@
 //! `workflows/`, through which ComfyUI's frontend lists, opens, saves, renames and deletes it.
 //! The `*_workflow_file` methods are that view; they keep the library the one copy.
 
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::Row;
 
-use crate::{now_ms, SqlContext, Store, StoreError};
+use crate::{now_ms, SqlContext, Store, StoreError, Tx};
 
 /// The current version of a saved workflow.
 #[derive(Debug, Clone)]
@@ -96,7 +96,7 @@ pub enum FileImport {
     AlreadyImported,
 }
 
-fn to_workflow(row: &sqlx::sqlite::SqliteRow) -> WorkflowRow {
+fn to_workflow(row: &sqlx::any::AnyRow) -> WorkflowRow {
     WorkflowRow {
         id: row.get("id"),
         name: row.get("name"),
@@ -109,10 +109,9 @@ fn to_workflow(row: &sqlx::sqlite::SqliteRow) -> WorkflowRow {
     }
 }
 
-type Tx = Transaction<'static, Sqlite>;
 
 async fn row_by_id(tx: &mut Tx, id: &str) -> Result<Option<WorkflowRow>, StoreError> {
-    let row = sqlx::query("SELECT * FROM workflows WHERE id = ?")
+    let row = sqlx::query("SELECT * FROM workflows WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut **tx)
         .await
@@ -121,7 +120,7 @@ async fn row_by_id(tx: &mut Tx, id: &str) -> Result<Option<WorkflowRow>, StoreEr
 }
 
 async fn row_by_file(tx: &mut Tx, file: &str) -> Result<Option<WorkflowRow>, StoreError> {
-    let row = sqlx::query("SELECT * FROM workflows WHERE file = ?")
+    let row = sqlx::query("SELECT * FROM workflows WHERE file = $1")
         .bind(file)
         .fetch_optional(&mut **tx)
         .await
@@ -138,7 +137,7 @@ async fn free_file(tx: &mut Tx, wanted: &str, except_id: &str) -> Result<String,
     let mut candidate = wanted.to_owned();
     let mut n = 2;
     loop {
-        let holder: Option<String> = sqlx::query_scalar("SELECT id FROM workflows WHERE file = ?")
+        let holder: Option<String> = sqlx::query_scalar("SELECT id FROM workflows WHERE file = $1")
             .bind(&candidate)
             .fetch_optional(&mut **tx)
             .await
@@ -164,7 +163,7 @@ async fn insert_workflow(
     now: i64,
 ) -> Result<WorkflowRow, StoreError> {
     sqlx::query(
-        "INSERT INTO workflows (id, name, description, version, content, file, created_at, updated_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
+        "INSERT INTO workflows (id, name, description, version, content, file, created_at, updated_at) VALUES ($1, $2, $3, 1, $4, $5, $6, $7)",
     )
     .bind(id)
     .bind(name)
@@ -199,7 +198,7 @@ async fn insert_version(
     now: i64,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO workflow_versions (workflow_id, version, name, description, content, saved_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO workflow_versions (workflow_id, version, name, description, content, saved_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(id)
     .bind(version)
@@ -223,7 +222,7 @@ async fn add_version(
     now: i64,
 ) -> Result<WorkflowRow, StoreError> {
     let next = current.version + 1;
-    sqlx::query("UPDATE workflows SET name = ?, description = ?, version = ?, content = ?, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE workflows SET name = $1, description = $2, version = $3, content = $4, updated_at = $5 WHERE id = $6")
         .bind(name)
         .bind(description)
         .bind(next)
@@ -245,7 +244,7 @@ async fn add_version(
 }
 
 async fn delete_by_id(tx: &mut Tx, id: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM workflows WHERE id = ?")
+    sqlx::query("DELETE FROM workflows WHERE id = $1")
         .bind(id)
         .execute(&mut **tx)
         .await
@@ -254,10 +253,6 @@ async fn delete_by_id(tx: &mut Tx, id: &str) -> Result<(), StoreError> {
 }
 
 impl Store {
-    async fn begin(&self, doing: &'static str) -> Result<Tx, StoreError> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.doing(doing)
-    }
-
     /// Saves a new workflow as version 1, with the file `file` or, when another workflow has
     /// it, the first free `stem (n).json`.
     pub async fn create_workflow(
@@ -269,7 +264,7 @@ impl Store {
         file: &str,
     ) -> Result<WorkflowRow, StoreError> {
         let now = now_ms();
-        let mut tx = self.begin("starting to save a workflow").await?;
+        let mut tx = self.begin_write("starting to save a workflow").await?;
         let file = free_file(&mut tx, file, id).await?;
         let row = insert_workflow(&mut tx, id, name, description, content, &file, now).await?;
         tx.commit().await.doing("committing a workflow")?;
@@ -286,7 +281,7 @@ impl Store {
         content: &str,
     ) -> Result<Option<WorkflowRow>, StoreError> {
         let now = now_ms();
-        let mut tx = self.begin("starting to update a workflow").await?;
+        let mut tx = self.begin_write("starting to update a workflow").await?;
         let Some(current) = row_by_id(&mut tx, id).await? else {
             return Ok(None);
         };
@@ -302,7 +297,7 @@ impl Store {
         id: &str,
         wanted: &str,
     ) -> Result<Option<WorkflowRow>, StoreError> {
-        let mut tx = self.begin("starting to rename a workflow file").await?;
+        let mut tx = self.begin_write("starting to rename a workflow file").await?;
         let Some(current) = row_by_id(&mut tx, id).await? else {
             return Ok(None);
         };
@@ -311,7 +306,7 @@ impl Store {
         }
         let file = free_file(&mut tx, wanted, id).await?;
         let now = now_ms();
-        sqlx::query("UPDATE workflows SET file = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE workflows SET file = $1, updated_at = $2 WHERE id = $3")
             .bind(&file)
             .bind(now)
             .bind(id)
@@ -328,7 +323,7 @@ impl Store {
 
     /// The current version of the workflow `id`, or None if there is no such workflow.
     pub async fn workflow(&self, id: &str) -> Result<Option<WorkflowRow>, StoreError> {
-        let row = sqlx::query("SELECT * FROM workflows WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM workflows WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -338,7 +333,7 @@ impl Store {
 
     /// The workflow whose file is `file` (its path under `workflows/`), if any.
     pub async fn workflow_by_file(&self, file: &str) -> Result<Option<WorkflowRow>, StoreError> {
-        let row = sqlx::query("SELECT * FROM workflows WHERE file = ?")
+        let row = sqlx::query("SELECT * FROM workflows WHERE file = $1")
             .bind(file)
             .fetch_optional(&self.pool)
             .await
@@ -357,9 +352,10 @@ impl Store {
 
     /// Every workflow as a file (without content), by file name.
     pub async fn workflow_files(&self) -> Result<Vec<WorkflowFileRow>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(self.dialect(
             "SELECT id, file, length(CAST(content AS BLOB)) AS size, created_at, updated_at FROM workflows ORDER BY file",
-        )
+            "SELECT id, file, octet_length(content)::BIGINT AS size, created_at, updated_at FROM workflows ORDER BY file COLLATE \"C\"",
+        ))
         .fetch_all(&self.pool)
         .await
         .doing("listing workflow files")?;
@@ -377,7 +373,7 @@ impl Store {
 
     /// Deletes a workflow and its versions; false if there was none.
     pub async fn delete_workflow(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM workflows WHERE id = ?")
+        let done = sqlx::query("DELETE FROM workflows WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await
@@ -387,7 +383,7 @@ impl Store {
 
     /// Deletes the workflow whose file is `file`, with its versions; false if there was none.
     pub async fn delete_workflow_file(&self, file: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM workflows WHERE file = ?")
+        let done = sqlx::query("DELETE FROM workflows WHERE file = $1")
             .bind(file)
             .execute(&self.pool)
             .await
@@ -398,7 +394,7 @@ impl Store {
     /// Every kept version of a workflow, oldest first.
     pub async fn workflow_versions(&self, id: &str) -> Result<Vec<WorkflowVersionRow>, StoreError> {
         let rows =
-            sqlx::query("SELECT * FROM workflow_versions WHERE workflow_id = ? ORDER BY version")
+            sqlx::query("SELECT * FROM workflow_versions WHERE workflow_id = $1 ORDER BY version")
                 .bind(id)
                 .fetch_all(&self.pool)
                 .await
@@ -426,7 +422,7 @@ impl Store {
         overwrite: bool,
     ) -> Result<FileSave, StoreError> {
         let now = now_ms();
-        let mut tx = self.begin("starting to save a workflow file").await?;
+        let mut tx = self.begin_write("starting to save a workflow file").await?;
         let saved = match row_by_file(&mut tx, file).await? {
             Some(_) if !overwrite => return Ok(FileSave::Exists),
             Some(current) => FileSave::Updated(
@@ -458,7 +454,7 @@ impl Store {
         name: &str,
         overwrite: bool,
     ) -> Result<FileMove, StoreError> {
-        let mut tx = self.begin("starting to move a workflow file").await?;
+        let mut tx = self.begin_write("starting to move a workflow file").await?;
         let Some(source) = row_by_file(&mut tx, from).await? else {
             return Ok(FileMove::NoSource);
         };
@@ -472,7 +468,7 @@ impl Store {
             delete_by_id(&mut tx, &target.id).await?;
         }
         let now = now_ms();
-        sqlx::query("UPDATE workflows SET file = ?, name = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE workflows SET file = $1, name = $2, updated_at = $3 WHERE id = $4")
             .bind(to)
             .bind(name)
             .bind(now)
@@ -501,9 +497,9 @@ impl Store {
         sha256: &str,
     ) -> Result<FileImport, StoreError> {
         let now = now_ms();
-        let mut tx = self.begin("starting to import a workflow file").await?;
+        let mut tx = self.begin_write("starting to import a workflow file").await?;
         let seen: Option<i64> = sqlx::query_scalar(
-            "SELECT imported_at FROM workflow_file_imports WHERE file = ? AND sha256 = ?",
+            "SELECT imported_at FROM workflow_file_imports WHERE file = $1 AND sha256 = $2",
         )
         .bind(file)
         .bind(sha256)
@@ -531,7 +527,7 @@ impl Store {
             ),
         };
         sqlx::query(
-            "INSERT INTO workflow_file_imports (file, sha256, imported_at) VALUES (?, ?, ?)",
+            "INSERT INTO workflow_file_imports (file, sha256, imported_at) VALUES ($1, $2, $3)",
         )
         .bind(file)
         .bind(sha256)
@@ -548,15 +544,20 @@ impl Store {
 mod tests {
     use super::*;
 
-    async fn store() -> (tempfile::TempDir, Store) {
+    #[tokio::test]
+    async fn files_are_unique_and_follow_saves_moves_and_imports() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db")).await.unwrap();
-        (dir, store)
+        workflow_files(Store::open(&dir.path().join("t.db")).await.unwrap()).await;
     }
 
     #[tokio::test]
-    async fn files_are_unique_and_follow_saves_moves_and_imports() {
-        let (_dir, store) = store().await;
+    async fn workflow_files_on_postgres() {
+        if let Some((_server, store)) = crate::test_postgres().await {
+            workflow_files(store).await;
+        }
+    }
+
+    async fn workflow_files(store: Store) {
         let a = store
             .create_workflow("a", "flow", "", "{}", "flow.json")
             .await
