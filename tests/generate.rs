@@ -499,7 +499,7 @@ async fn bad_requests_are_400s_naming_the_field_and_nothing_is_queued() {
         (
             with(json!({"controlnet": ["depth"], "init_image": "start.png"})),
             "controlnet[0].preprocess_condition",
-            "no depth preprocessor",
+            "annotator file 'depth_anything_v2_vits.pth' not found",
         ),
         (
             with(
