@@ -34,7 +34,11 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestApp {
     adjust(&mut config);
     let running = app::start(config).await.expect("server starts");
     actix_web::rt::spawn(running.server);
+    // Pooled connections are dropped before the server's 5 s keep-alive closes them: reusing
+    // one the server has just closed fails the request with `Disconnected` (a test driving two
+    // servers leaves one idle that long).
     let client = awc::Client::builder()
+        .connector(awc::Connector::new().conn_keep_alive(Duration::from_secs(2)))
         .timeout(Duration::from_secs(60))
         .finish();
     TestApp {
