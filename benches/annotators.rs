@@ -60,7 +60,11 @@ fn test_image() -> anyhow::Result<Tensor> {
             let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
             let d = ((fx - 0.4).powi(2) + (fy - 0.45).powi(2)).sqrt();
             let disk = if d < 0.22 { 0.35 } else { 0.0 };
-            let bar = if (x / 48) % 3 == 0 && y > 300 { 0.3 } else { 0.0 };
+            let bar = if (x / 48) % 3 == 0 && y > 300 {
+                0.3
+            } else {
+                0.0
+            };
             let texture = ((x * 7919 + y * 104729) % 97) as f32 / 97.0 * 0.05;
             data.push((0.2 + 0.5 * fx + disk + texture).min(1.0));
             data.push((0.3 + 0.4 * fy + bar + texture).min(1.0));
@@ -100,13 +104,22 @@ fn main() -> anyhow::Result<()> {
 
     // Classical (no weights).
     bench("Canny (kornia)", runs, || {
-        Ok(preprocess::canny(&image, &preprocess::CannyOptions::default())?)
+        Ok(preprocess::canny(
+            &image,
+            &preprocess::CannyOptions::default(),
+        )?)
     });
     bench("CannyEdgePreprocessor", runs, || {
-        Ok(preprocess::canny_edge(&image, &preprocess::CannyEdgeOptions::default())?)
+        Ok(preprocess::canny_edge(
+            &image,
+            &preprocess::CannyEdgeOptions::default(),
+        )?)
     });
     bench("Scribble_XDoG_Preprocessor", runs, || {
-        Ok(preprocess::scribble_xdog(&image, &preprocess::ScribbleXdogOptions::default())?)
+        Ok(preprocess::scribble_xdog(
+            &image,
+            &preprocess::ScribbleXdogOptions::default(),
+        )?)
     });
     bench("LineartStandardPreprocessor", runs, || {
         Ok(preprocess::lineart_standard(
@@ -115,10 +128,16 @@ fn main() -> anyhow::Result<()> {
         )?)
     });
     bench("BinaryPreprocessor", runs, || {
-        Ok(preprocess::binary(&image, &preprocess::BinaryOptions::default())?)
+        Ok(preprocess::binary(
+            &image,
+            &preprocess::BinaryOptions::default(),
+        )?)
     });
     bench("ColorPreprocessor", runs, || {
-        Ok(preprocess::color(&image, &preprocess::ColorOptions::default())?)
+        Ok(preprocess::color(
+            &image,
+            &preprocess::ColorOptions::default(),
+        )?)
     });
 
     // Networks, each loaded once (the node loads through the model manager, once per file).
@@ -136,13 +155,18 @@ fn main() -> anyhow::Result<()> {
     };
     if let Some(sd) = open("ControlNetHED.pth") {
         let net = ControlNetHed::load(&sd, &device)?;
-        for (name, scribble) in [("HEDPreprocessor", false), ("FakeScribblePreprocessor", true)] {
+        for (name, scribble) in [
+            ("HEDPreprocessor", false),
+            ("FakeScribblePreprocessor", true),
+        ] {
             let opts = HedOptions {
                 safe: true,
                 scribble,
                 resolution: 512,
             };
-            bench(name, runs, || Ok(annotators::hed::hed(&net, &image, &opts)?));
+            bench(name, runs, || {
+                Ok(annotators::hed::hed(&net, &image, &opts)?)
+            });
         }
     }
     if let Some(sd) = open("table5_pidinet.pth") {
@@ -156,7 +180,9 @@ fn main() -> anyhow::Result<()> {
                 scribble,
                 resolution: 512,
             };
-            bench(name, runs, || Ok(annotators::pidinet::pidinet(&net, &image, &opts)?));
+            bench(name, runs, || {
+                Ok(annotators::pidinet::pidinet(&net, &image, &opts)?)
+            });
         }
     }
     if let Some(sd) = open("sk_model.pth") {
@@ -191,7 +217,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(sd) = open("depth_anything_v2_vits.pth") {
         let net = DepthAnythingV2::load(&sd, &device)?;
         bench("DepthAnythingV2Preprocessor vits", runs, || {
-            Ok(annotators::depth_anything_v2::depth_anything_v2(&net, &image, 512)?)
+            Ok(annotators::depth_anything_v2::depth_anything_v2(
+                &net, &image, 512,
+            )?)
         });
     }
     if let Some(sd) = open("body_pose_model.pth") {

@@ -358,13 +358,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         Some(database) => Database::Postgres(database),
         None => Database::Sqlite(&sqlite_file),
     };
-    let (exec, events) = build_executor(
-        dirs,
-        database,
-        config.test_nodes,
-        exec_config,
-    )
-    .await?;
+    let (exec, events) = build_executor(dirs, database, config.test_nodes, exec_config).await?;
 
     let user = Arc::new(UserFiles::new(&exec.dirs().user, exec.store().clone()));
     match user.import_workflow_files().await {
@@ -419,7 +413,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     log_exposure(&config, addr, &access, auth.map(|(_, source)| source));
     exec.set_address(addr.to_string());
     if exec.store().is_shared() {
-        tracing::info!(worker = exec.store().worker_id(), "sharing the PostgreSQL queue with other workers");
+        tracing::info!(
+            worker = exec.store().worker_id(),
+            "sharing the PostgreSQL queue with other workers"
+        );
     }
     Ok(RunningServer {
         addr,

@@ -854,7 +854,10 @@ mod tests {
             dirs.annotator_file("ControlNetHED.pth"),
             Some(deep.join("ControlNetHED.pth"))
         );
-        assert_eq!(dirs.annotator_file("netG.pth"), Some(annotators.join("netG.pth")));
+        assert_eq!(
+            dirs.annotator_file("netG.pth"),
+            Some(annotators.join("netG.pth"))
+        );
         assert_eq!(dirs.annotator_file("sk_model.pth"), None);
         assert_eq!(dirs.annotator_file("Annotators"), None);
     }

@@ -5,12 +5,12 @@
 //! against committed reference fixtures.
 
 mod access;
+mod annotators_depth;
+mod annotators_hed;
 mod annotators_lineart;
 mod annotators_mlsd;
 mod annotators_normalbae;
-mod annotators_depth;
 mod annotators_openpose;
-mod annotators_hed;
 mod cli;
 mod clip_vision_nodes;
 mod comfy_routes;
@@ -34,9 +34,9 @@ mod model_merging_nodes;
 mod model_patch_nodes;
 mod models;
 mod restart;
-mod workers;
 mod security;
 pub(crate) mod server;
 mod upscale_nodes;
 mod userdata;
+mod workers;
 mod workflow_files;

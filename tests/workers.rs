@@ -81,7 +81,10 @@ async fn two_hundred_prompts_on_three_workers_run_exactly_once() {
     for worker in &workers {
         let history = worker.get("/history").await;
         assert_eq!(history.as_object().unwrap().len(), 200);
-        assert_eq!(worker.get("/prompt").await["exec_info"]["queue_remaining"], 0);
+        assert_eq!(
+            worker.get("/prompt").await["exec_info"]["queue_remaining"],
+            0
+        );
     }
     // Each prompt saved its one image once, on one worker.
     let saved = outputs(dir.path(), 3);
@@ -92,7 +95,11 @@ async fn two_hundred_prompts_on_three_workers_run_exactly_once() {
     }
     assert_eq!(all.len(), 200, "{per_worker:?}");
     for i in 0..200 {
-        assert_eq!(all.get(&format!("p{i}_00001_.png")), Some(&1), "p{i} ran once");
+        assert_eq!(
+            all.get(&format!("p{i}_00001_.png")),
+            Some(&1),
+            "p{i} ran once"
+        );
     }
     assert!(
         per_worker.iter().filter(|&&n| n > 0).count() >= 2,
@@ -107,8 +114,13 @@ async fn a_killed_workers_prompt_finishes_on_another() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut workers =
-        start_workers(dir.path(), &pg.url("postgres"), 2, &["--lease-seconds", "1"]).await;
+    let mut workers = start_workers(
+        dir.path(),
+        &pg.url("postgres"),
+        2,
+        &["--lease-seconds", "1"],
+    )
+    .await;
     // The second worker waits, so the first one takes the prompt.
     workers[1].post("/api/weft/queue/pause", json!({})).await;
     let id = workers[0].queue(graph("long", 2.0)).await;
@@ -121,11 +133,17 @@ async fn a_killed_workers_prompt_finishes_on_another() {
     assert_eq!(entry["status"]["status_str"], "success", "{entry}");
     assert_eq!(outputs(dir.path(), 2)[1], ["long_00001_.png"]);
     assert!(outputs(dir.path(), 2)[0].is_empty());
-    eprintln!("recovered and finished {:.2?} after the kill", killed.elapsed());
+    eprintln!(
+        "recovered and finished {:.2?} after the kill",
+        killed.elapsed()
+    );
 
     // And the list of workers shows the live one only, soon.
     let listed = workers[1].get("/api/weft/workers").await;
-    assert!(listed["workers"].as_array().is_some_and(|w| !w.is_empty()), "{listed}");
+    assert!(
+        listed["workers"].as_array().is_some_and(|w| !w.is_empty()),
+        "{listed}"
+    );
 }
 
 #[actix_web::test]
@@ -134,8 +152,13 @@ async fn cancel_and_interrupt_reach_the_worker_running_the_prompt() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let workers =
-        start_workers(dir.path(), &pg.url("postgres"), 2, &["--lease-seconds", "1"]).await;
+    let workers = start_workers(
+        dir.path(),
+        &pg.url("postgres"),
+        2,
+        &["--lease-seconds", "1"],
+    )
+    .await;
     workers[1].post("/api/weft/queue/pause", json!({})).await;
     let slow = workers[0].queue(graph("slow", 60.0)).await;
     wait_running_on(&workers[0], &slow).await;
@@ -147,9 +170,19 @@ async fn cancel_and_interrupt_reach_the_worker_running_the_prompt() {
     assert_eq!(status, 200, "{body}");
     // Running on worker 0, interrupted through worker 1.
     let asked = Instant::now();
-    workers[1].post("/interrupt", json!({"prompt_id": slow})).await;
+    workers[1]
+        .post("/interrupt", json!({"prompt_id": slow}))
+        .await;
     let entry = workers[0].wait_history(&slow).await;
     assert_eq!(entry["status"]["status_str"], "error", "{entry}");
-    assert!(asked.elapsed() < Duration::from_secs(10), "{:?}", asked.elapsed());
-    assert!(workers[0].get(&format!("/history/{pending}")).await.get(&pending).is_none());
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(workers[0]
+        .get(&format!("/history/{pending}"))
+        .await
+        .get(&pending)
+        .is_none());
 }

@@ -386,7 +386,11 @@ impl Executor {
             tracing::error!("cannot recover prompts of stopped workers: {e:#}");
         }
         let running = self.running_prompt();
-        if let Err(e) = self.store.heartbeat(&self.address(), running.as_deref()).await {
+        if let Err(e) = self
+            .store
+            .heartbeat(&self.address(), running.as_deref())
+            .await
+        {
             tracing::warn!("cannot record this worker: {e:#}");
         }
     }
@@ -445,7 +449,11 @@ impl Executor {
         Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = this.store.heartbeat(&this.address(), Some(&prompt_id)).await {
+                if let Err(e) = this
+                    .store
+                    .heartbeat(&this.address(), Some(&prompt_id))
+                    .await
+                {
                     tracing::warn!("cannot record this worker: {e:#}");
                 }
                 match this.store.renew_lease(&prompt_id).await {
@@ -458,7 +466,9 @@ impl Executor {
                         this.interrupt.store(true, Ordering::SeqCst);
                         return;
                     }
-                    Err(e) => tracing::warn!(prompt_id = %prompt_id, "cannot renew the lease: {e:#}"),
+                    Err(e) => {
+                        tracing::warn!(prompt_id = %prompt_id, "cannot renew the lease: {e:#}")
+                    }
                 }
             }
         }))

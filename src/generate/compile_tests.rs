@@ -806,7 +806,11 @@ fn types_without_a_preprocessor_are_refused_on_preprocess_condition() {
 fn network_preprocessors_compile_with_their_files_and_name_them_without() {
     let layout = Layout::full();
     for (kind, class, file) in [
-        ("depth", "DepthAnythingV2Preprocessor", "depth_anything_v2_vits.pth"),
+        (
+            "depth",
+            "DepthAnythingV2Preprocessor",
+            "depth_anything_v2_vits.pth",
+        ),
         ("normal", "BAE-NormalMapPreprocessor", "scannet.pt"),
         ("mlsd", "M-LSDPreprocessor", "mlsd_large_512_fp32.pth"),
         ("lineart", "LineArtPreprocessor", "sk_model.pth"),

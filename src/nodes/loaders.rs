@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::engine::load::fp8::Fp8Format;
 use crate::engine::clip::encode::TextEncoder;
+use crate::engine::load::fp8::Fp8Format;
 use crate::engine::manager::{bpe, clip_file, LoadedCheckpoint};
 use crate::graph::spec::build::*;
 use crate::graph::spec::{ComboOptions, FileList, Freshness, InputKind, NodeSpec, OutputSpec};

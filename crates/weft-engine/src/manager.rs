@@ -597,8 +597,7 @@ impl ModelManager {
                 Ok((bytes, (sd, weights, bytes)))
             },
             |(sd, weights, bytes), on_device| {
-                let (ckpt, offloaded) =
-                    self.load_checkpoint(sd, weights, fp8, bytes, on_device)?;
+                let (ckpt, offloaded) = self.load_checkpoint(sd, weights, fp8, bytes, on_device)?;
                 Ok((Loaded::Checkpoint(Arc::new(ckpt)), offloaded))
             },
         )?;

@@ -78,7 +78,11 @@ impl Store {
 
         // One read transaction, so the page and the total describe the same moment.
         let begin = self.dialect("BEGIN", "BEGIN ISOLATION LEVEL REPEATABLE READ");
-        let mut tx = self.pool.begin_with(begin).await.doing("starting to list jobs")?;
+        let mut tx = self
+            .pool
+            .begin_with(begin)
+            .await
+            .doing("starting to list jobs")?;
         let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
         let mut rows = sqlx::query(&rows_sql);
         for status in &filter.statuses {

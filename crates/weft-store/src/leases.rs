@@ -186,11 +186,17 @@ mod tests {
             workers.push(Store::connect(&url).await.unwrap());
         }
         for i in 0..100 {
-            workers[i % 4].enqueue(&item(&format!("p{i}"), i as f64)).await.unwrap();
+            workers[i % 4]
+                .enqueue(&item(&format!("p{i}"), i as f64))
+                .await
+                .unwrap();
         }
         // `front`: a negative number runs first, whoever claims.
         workers[0].enqueue(&item("urgent", -1.0)).await.unwrap();
-        assert_eq!(workers[1].claim_next().await.unwrap().unwrap().prompt_id, "urgent");
+        assert_eq!(
+            workers[1].claim_next().await.unwrap().unwrap().prompt_id,
+            "urgent"
+        );
         finish(&workers[1], "urgent").await;
 
         let claims = workers.iter().map(|store| {
@@ -211,7 +217,11 @@ mod tests {
             total += mine.len();
             seen.extend(mine);
         }
-        assert_eq!((total, seen.len()), (100, 100), "each prompt claimed exactly once");
+        assert_eq!(
+            (total, seen.len()),
+            (100, 100),
+            "each prompt claimed exactly once"
+        );
         assert_eq!(workers[2].history(None, None).await.unwrap().len(), 101);
         assert_eq!(workers[3].queue_remaining().await.unwrap(), 0);
     }
@@ -230,19 +240,32 @@ mod tests {
         let quarantined = |id: &str, crashes, _| json!([id, crashes]);
         // Within the lease nothing is recovered; the owner renews and sees interrupts asked
         // anywhere.
-        let none = live.recover_after_crash(2, "twice", quarantined).await.unwrap();
+        let none = live
+            .recover_after_crash(2, "twice", quarantined)
+            .await
+            .unwrap();
         assert!(none.requeued.is_empty());
         assert!(live.request_interrupt("a").await.unwrap());
-        assert!(!live.request_interrupt("b").await.unwrap(), "b is not running");
+        assert!(
+            !live.request_interrupt("b").await.unwrap(),
+            "b is not running"
+        );
         assert_eq!(
             dead.renew_lease("a").await.unwrap(),
             Lease::Held { interrupt: true }
         );
-        assert_eq!(live.renew_lease("a").await.unwrap(), Lease::Lost, "not live's");
+        assert_eq!(
+            live.renew_lease("a").await.unwrap(),
+            Lease::Lost,
+            "not live's"
+        );
 
         // The owner stops renewing: after the lease, any worker re-queues it, first in line.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let recovery = live.recover_after_crash(2, "twice", quarantined).await.unwrap();
+        let recovery = live
+            .recover_after_crash(2, "twice", quarantined)
+            .await
+            .unwrap();
         assert_eq!(recovery.requeued, ["a"]);
         assert_eq!(dead.renew_lease("a").await.unwrap(), Lease::Lost);
         let again = live.claim_next().await.unwrap().unwrap();
@@ -260,7 +283,10 @@ mod tests {
         // Lost a second time in a row: quarantined in the history.
         assert_eq!(dead.claim_next().await.unwrap().unwrap().prompt_id, "a");
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let recovery = live.recover_after_crash(2, "twice", quarantined).await.unwrap();
+        let recovery = live
+            .recover_after_crash(2, "twice", quarantined)
+            .await
+            .unwrap();
         assert_eq!(recovery.quarantined, ["a"]);
         let entry = live.history_entry("a").await.unwrap().unwrap();
         assert_eq!(entry.status, PromptStatus::Failed);

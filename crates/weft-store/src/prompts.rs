@@ -250,8 +250,8 @@ impl Store {
         .bind(self.worker_id())
         .bind(self.lease_ms)
         .execute(&mut *tx)
-            .await
-            .doing("marking a prompt running")?;
+        .await
+        .doing("marking a prompt running")?;
         tx.commit().await.doing("committing a claimed prompt")?;
         prompt.status = PromptStatus::Running;
         prompt.started_at = Some(now);
@@ -278,12 +278,12 @@ impl Store {
         ));
         let query = query
             .bind(status.as_str())
-        .bind(reason)
-        .bind(now_ms())
-        .bind(outputs.to_string())
-        .bind(status_messages.to_string())
-        .bind(meta.to_string())
-        .bind(prompt_id);
+            .bind(reason)
+            .bind(now_ms())
+            .bind(outputs.to_string())
+            .bind(status_messages.to_string())
+            .bind(meta.to_string())
+            .bind(prompt_id);
         let query = match self.backend {
             Backend::Sqlite => query,
             Backend::Postgres => query.bind(self.worker_id()),
@@ -370,8 +370,8 @@ impl Store {
         };
         query
             .fetch_all(&self.pool)
-        .await
-        .doing("releasing the running prompt at shutdown")
+            .await
+            .doing("releasing the running prompt at shutdown")
     }
 
     /// Pending prompts in the order they will run.
@@ -443,13 +443,14 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await
                 .doing("reading the queue front")?;
-        let done =
-            sqlx::query("UPDATE prompts SET number = $1 WHERE prompt_id = $2 AND status = 'pending'")
-                .bind(min.unwrap_or(0.0) - 1.0)
-                .bind(prompt_id)
-                .execute(&mut *tx)
-                .await
-                .doing("moving a prompt to the front")?;
+        let done = sqlx::query(
+            "UPDATE prompts SET number = $1 WHERE prompt_id = $2 AND status = 'pending'",
+        )
+        .bind(min.unwrap_or(0.0) - 1.0)
+        .bind(prompt_id)
+        .execute(&mut *tx)
+        .await
+        .doing("moving a prompt to the front")?;
         tx.commit().await.doing("committing the new order")?;
         Ok(done.rows_affected() > 0)
     }

@@ -177,7 +177,15 @@ impl TestPostgres {
     pub fn url(&self, name: &str) -> String {
         if name != "postgres" {
             let _ = Command::new(program(&bin_dir(), "createdb"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "weft", name])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "weft",
+                    name,
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();

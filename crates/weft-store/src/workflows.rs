@@ -109,7 +109,6 @@ fn to_workflow(row: &sqlx::any::AnyRow) -> WorkflowRow {
     }
 }
 
-
 async fn row_by_id(tx: &mut Tx, id: &str) -> Result<Option<WorkflowRow>, StoreError> {
     let row = sqlx::query("SELECT * FROM workflows WHERE id = $1")
         .bind(id)
@@ -297,7 +296,9 @@ impl Store {
         id: &str,
         wanted: &str,
     ) -> Result<Option<WorkflowRow>, StoreError> {
-        let mut tx = self.begin_write("starting to rename a workflow file").await?;
+        let mut tx = self
+            .begin_write("starting to rename a workflow file")
+            .await?;
         let Some(current) = row_by_id(&mut tx, id).await? else {
             return Ok(None);
         };
@@ -497,7 +498,9 @@ impl Store {
         sha256: &str,
     ) -> Result<FileImport, StoreError> {
         let now = now_ms();
-        let mut tx = self.begin_write("starting to import a workflow file").await?;
+        let mut tx = self
+            .begin_write("starting to import a workflow file")
+            .await?;
         let seen: Option<i64> = sqlx::query_scalar(
             "SELECT imported_at FROM workflow_file_imports WHERE file = $1 AND sha256 = $2",
         )

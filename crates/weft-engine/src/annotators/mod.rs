@@ -9,12 +9,12 @@
 //! against the model budget like ControlNets. The classical, weight-free preprocessors live in
 //! `crate::preprocess`, whose uint8 image type and OpenCV-exact primitives these reuse.
 
+pub mod depth_anything_v2;
+pub mod hed;
 pub mod lineart;
 pub mod mlsd;
 pub mod normalbae;
-pub mod depth_anything_v2;
 pub mod openpose;
-pub mod hed;
 pub mod pidinet;
 
 use candle_core::{DType, Device, Tensor};

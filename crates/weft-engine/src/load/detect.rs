@@ -373,8 +373,7 @@ pub fn detect_unet_diffusers_layout(sd: &StateDict) -> Result<DetectedUnet, Load
             transformer_depth,
             mid_transformer_depth: depth_of("mid_block.attentions.0"),
             context_dim: dim(attn_key, 1)?,
-            use_linear_projection: shape(&proj_key).ok_or_else(|| missing(&proj_key))?.len()
-                == 2,
+            use_linear_projection: shape(&proj_key).ok_or_else(|| missing(&proj_key))?.len() == 2,
             adm_in_channels: shape("add_embedding.linear_1.weight").and_then(|s| s.get(1).copied()),
         },
         &format!(

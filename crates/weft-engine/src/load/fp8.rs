@@ -47,7 +47,11 @@ impl Fp8Format {
     /// `x` rounded to this format's nearest value (ties to even), saturated; NaN stays NaN.
     pub fn round(self, x: f32) -> f32 {
         if x == 0.0 || !x.is_finite() {
-            return if x.is_nan() { x } else { x.clamp(-self.grid().2, self.grid().2) };
+            return if x.is_nan() {
+                x
+            } else {
+                x.clamp(-self.grid().2, self.grid().2)
+            };
         }
         let (mantissa, min_exp, max) = self.grid();
         // The binade's exponent (subnormal f32s are far below every fp8 value: they round to 0).
@@ -85,18 +89,76 @@ mod tests {
     #[test]
     fn rounds_as_torch() {
         let x = [
-            0.0, 1.0, -1.0, 0.3, 1.125, 1.0625, 1.1875, 3.14159, -0.0001, 1e-5, 3e-6, 2.5e-3,
-            0.0156, 300.0, 447.0, 460.0, 500.0, 57344.0, 60000.0, 1e-9, 0.013671875,
+            0.0,
+            1.0,
+            -1.0,
+            0.3,
+            1.125,
+            1.0625,
+            1.1875,
+            3.14159,
+            -0.0001,
+            1e-5,
+            3e-6,
+            2.5e-3,
+            0.0156,
+            300.0,
+            447.0,
+            460.0,
+            500.0,
+            57344.0,
+            60000.0,
+            1e-9,
+            0.013671875,
             0.01416015625,
         ];
         let e4m3 = [
-            0.0, 1.0, -1.0, 0.3125, 1.125, 1.0, 1.25, 3.25, -0.0, 0.0, 0.0, 0.001953125, 0.015625,
-            288.0, 448.0, 448.0, 448.0, 448.0, 448.0, 0.0, 0.013671875, 0.013671875,
+            0.0,
+            1.0,
+            -1.0,
+            0.3125,
+            1.125,
+            1.0,
+            1.25,
+            3.25,
+            -0.0,
+            0.0,
+            0.0,
+            0.001953125,
+            0.015625,
+            288.0,
+            448.0,
+            448.0,
+            448.0,
+            448.0,
+            448.0,
+            0.0,
+            0.013671875,
+            0.013671875,
         ];
         let e5m2 = [
-            0.0, 1.0, -1.0, 0.3125, 1.0, 1.0, 1.25, 3.0, -0.0001068115234375, 1.52587890625e-05,
-            0.0, 0.00244140625, 0.015625, 320.0, 448.0, 448.0, 512.0, 57344.0, 57344.0, 0.0,
-            0.013671875, 0.013671875,
+            0.0,
+            1.0,
+            -1.0,
+            0.3125,
+            1.0,
+            1.0,
+            1.25,
+            3.0,
+            -0.0001068115234375,
+            1.52587890625e-05,
+            0.0,
+            0.00244140625,
+            0.015625,
+            320.0,
+            448.0,
+            448.0,
+            512.0,
+            57344.0,
+            57344.0,
+            0.0,
+            0.013671875,
+            0.013671875,
         ];
         for ((&v, &a), &b) in x.iter().zip(&e4m3).zip(&e5m2) {
             assert_eq!(Fp8Format::E4M3Fn.round(v), a, "e4m3fn of {v}");
@@ -106,12 +168,20 @@ mod tests {
 
     #[test]
     fn storage_holds_the_rounded_values_exactly() {
-        let x: Vec<f32> = (0..4000).map(|i| ((i as f32) * 0.731).sin() * 3.0).collect();
+        let x: Vec<f32> = (0..4000)
+            .map(|i| ((i as f32) * 0.731).sin() * 3.0)
+            .collect();
         let t = Tensor::from_vec(x.clone(), (40, 100), &candle_core::Device::Cpu).unwrap();
         for f in [Fp8Format::E4M3Fn, Fp8Format::E5M2] {
             let q = f.quantize(&t).unwrap();
             assert_eq!(q.dtype(), f.storage());
-            let back: Vec<f32> = q.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let back: Vec<f32> = q
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let want: Vec<f32> = x.iter().map(|&v| f.round(v)).collect();
             assert_eq!(back, want);
         }
