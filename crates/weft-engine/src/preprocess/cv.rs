@@ -8,6 +8,7 @@
 //! Each function says which OpenCV call it reproduces and where it can differ.
 
 use super::ImageU8;
+use rayon::prelude::*;
 
 /// OpenCV interpolation flags used by the aux nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -813,48 +814,71 @@ pub fn dilate3_f32(src: &[f32], h: usize, w: usize, kernel: [[bool; 3]; 3]) -> V
 /// `cv2.GaussianBlur(img_f32, (0, 0), sigma)` on an interleaved f32 image: kernel size
 /// `round(sigma * 8 + 1) | 1` (the float-image rule), separable, BORDER_REFLECT_101, rows then columns.
 /// f32 sums; OpenCV's SIMD/IPP kernels may sum in another order (differences of a few ulp).
+///
+/// Each pass runs tap by tap over a whole contiguous row (a border-padded copy for the row pass), so
+/// the compiler vectorises across pixels while every pixel still sums its taps in OpenCV's scalar
+/// order; rows run in parallel. σ = 6 at 512² is 49 taps: plain per-pixel loops took ~190 ms.
 pub fn gaussian_blur_f32(src: &[f32], h: usize, w: usize, c: usize, sigma: f64) -> Vec<f32> {
     let _span = tracing::trace_span!("cv_gaussian_blur").entered();
     let n = ((sigma * 8.0 + 1.0).round_ties_even() as usize) | 1;
     let k = gaussian_kernel(n, sigma);
     let r = n / 2;
-    let mut tmp = vec![0f32; h * w * c];
-    for y in 0..h {
-        for x in 0..w {
-            for ch in 0..c {
-                let px = |dx: isize| src[(y * w + reflect101(x as isize + dx, w)) * c + ch];
-                let acc = if n <= 5 {
-                    // SymmRowSmallFilter: centre tap, then symmetric pairs.
-                    let mut a = px(0) * k[r];
-                    for j in 1..=r {
-                        a += (px(-(j as isize)) + px(j as isize)) * k[r + j];
-                    }
-                    a
-                } else {
-                    let mut a = 0f32;
-                    for (t, kv) in k.iter().enumerate() {
-                        a += px(t as isize - r as isize) * kv;
-                    }
-                    a
-                };
-                tmp[(y * w + x) * c + ch] = acc;
+    let row = w * c;
+    if row == 0 || h == 0 {
+        return Vec::new();
+    }
+    let mut tmp = vec![0f32; h * row];
+    tmp.par_chunks_mut(row).enumerate().for_each(|(y, out)| {
+        let line = &src[y * row..(y + 1) * row];
+        let padded: Vec<f32> = (0..w + 2 * r)
+            .flat_map(|xp| {
+                let x = reflect101(xp as isize - r as isize, w);
+                line[x * c..(x + 1) * c].iter().copied()
+            })
+            .collect();
+        let tap = |t: usize| &padded[t * c..t * c + row];
+        if n <= 5 {
+            // SymmRowSmallFilter: centre tap, then symmetric pairs.
+            axpy_pairs(out, tap(r), None, k[r], true);
+            for j in 1..=r {
+                axpy_pairs(out, tap(r - j), Some(tap(r + j)), k[r + j], false);
+            }
+        } else {
+            for (t, &kv) in k.iter().enumerate() {
+                axpy_pairs(out, tap(t), None, kv, t == 0);
             }
         }
-    }
-    let mut out = vec![0f32; h * w * c];
-    for y in 0..h {
-        for x in 0..w {
-            for ch in 0..c {
-                let px = |dy: isize| tmp[(reflect101(y as isize + dy, h) * w + x) * c + ch];
-                let mut a = px(0) * k[r];
-                for j in 1..=r {
-                    a += (px(-(j as isize)) + px(j as isize)) * k[r + j];
-                }
-                out[(y * w + x) * c + ch] = a;
-            }
+    });
+    let mut out = vec![0f32; h * row];
+    out.par_chunks_mut(row).enumerate().for_each(|(y, o)| {
+        let line = |dy: isize| {
+            let yy = reflect101(y as isize + dy, h);
+            &tmp[yy * row..(yy + 1) * row]
+        };
+        axpy_pairs(o, line(0), None, k[r], true);
+        for j in 1..=r as isize {
+            axpy_pairs(o, line(-j), Some(line(j)), k[r + j as usize], false);
         }
-    }
+    });
     out
+}
+
+/// `out = a * k` (`first`) or `out += a * k`, with `a` replaced by `a + b` when `b` is given: one
+/// tap (or symmetric tap pair) of a separable filter over a row, in the scalar kernels' rounding order.
+fn axpy_pairs(out: &mut [f32], a: &[f32], b: Option<&[f32]>, k: f32, first: bool) {
+    match (b, first) {
+        (None, true) => out.iter_mut().zip(a).for_each(|(o, &a)| *o = a * k),
+        (None, false) => out.iter_mut().zip(a).for_each(|(o, &a)| *o += a * k),
+        (Some(b), true) => {
+            out.iter_mut()
+                .zip(a.iter().zip(b))
+                .for_each(|(o, (&a, &b))| *o = (a + b) * k)
+        }
+        (Some(b), false) => out
+            .iter_mut()
+            .zip(a.iter().zip(b))
+            .for_each(|(o, (&a, &b))| *o += (a + b) * k),
+    }
 }
 
 /// `cv2.Sobel(src_f32, CV_32F, dx, dy, ksize=3)` for (1, 0) or (0, 1) on one plane, BORDER_REFLECT_101.
@@ -922,11 +946,16 @@ pub fn pad_edge(src: &ImageU8, ph: usize, pw: usize) -> ImageU8 {
     let (h, w, c) = (src.height, src.width, src.channels);
     let (nh, nw) = (h + ph, w + pw);
     let mut out = ImageU8::zeros(nh, nw, c);
-    for y in 0..nh {
-        for x in 0..nw {
-            for ch in 0..c {
-                out.data[(y * nw + x) * c + ch] = src.at(y.min(h - 1), x.min(w - 1), ch);
-            }
+    if h == 0 || w == 0 {
+        return out;
+    }
+    let (row, new_row) = (w * c, nw * c);
+    for (y, dst) in out.data.chunks_exact_mut(new_row).enumerate() {
+        let line = &src.data[y.min(h - 1) * row..][..row];
+        dst[..row].copy_from_slice(line);
+        let last = &line[row - c..];
+        for px in dst[row..].chunks_exact_mut(c) {
+            px.copy_from_slice(last);
         }
     }
     out
