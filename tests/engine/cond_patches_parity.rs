@@ -317,7 +317,8 @@ fn sigma_of(fx: &HashMap<String, Tensor>) -> f64 {
 /// HyperTile on the tiny SD1 UNet against `tools/parity/hypertile_reference.py` (newer ComfyUI's
 /// nodes_hypertile.py where attention.py applies attn1 patches): two denoiser calls in a row (the
 /// counter moves on, so the tiles change), on a square latent and on a wide one with two tiled
-/// depths; and Python's `random` draws and `find_hw_candidates` directly. Tolerance: 1e-4
+/// depths; at cfg 3 with a negative prompt (ComfyUI's one batched call for both); and Python's
+/// `random` draws and `find_hw_candidates` directly. Tolerance: 1e-4
 /// relative to the largest value.
 #[test]
 fn hypertile_matches_comfyui_on_a_tiny_unet() {
@@ -360,6 +361,20 @@ fn hypertile_matches_comfyui_on_a_tiny_unet() {
             let key = format!("{name}/denoised/{step}");
             check_within(&mut failures, &key, &ours, &fx[&key], 1e-4);
         }
+    }
+    // At cfg 3 ComfyUI batches both prompts into one call, which draws once: Weft's two calls
+    // share the draws.
+    let patch = Arc::new(HyperTile::new(32, 32, 3, 1, true));
+    let model = sd1_tiny().patched(|p| p.unet.self_attention.push(patch));
+    let x = &fx["cfg/x"];
+    let positive = [CondEntry::new(fx["cfg/positive"].clone(), None)];
+    let negative = [CondEntry::new(fx["cfg/negative"].clone(), None)];
+    let mut denoiser =
+        CfgDenoiser::new(&model, &positive, Some(&negative), 3.0, x.dims(), false, 0).unwrap();
+    for step in 0..2 {
+        let ours = denoiser.denoise(x, sigma).unwrap().cond;
+        let key = format!("cfg/denoised/{step}");
+        check_within(&mut failures, &key, &ours, &fx[&key], 1e-4);
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }

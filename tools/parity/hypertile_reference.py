@@ -9,8 +9,9 @@ Transcribed from newer ComfyUI's comfy_extras/nodes_hypertile.py (`random_diviso
 output patch), applied where comfy/ldm/modules/attention.py applies attn1 patches: to the normed
 hidden states before the projections, the keys and values from the untiled tokens, and
 `attention_basic`'s `reshape(b, -1, heads, dim_head)` view of them with the queries' batch.
-Each fixture denoises with the positive prompt only (cfg 1), one UNet call per step as in
-ComfyUI, at a sigma of the SD table.
+The square and wide fixtures denoise with the positive prompt only (cfg 1), one UNet call per
+step as in ComfyUI; the cfg one at cfg 3 with the negative prompt in the same batched call, as
+calc_cond_batch runs them. All at a sigma of the SD table.
 """
 import math
 import os
@@ -154,6 +155,28 @@ def main():
             with torch.no_grad():
                 eps = model(x / (sigma ** 2 + 1.0) ** 0.5, torch.tensor([float(t)]), encoder_hidden_states=context).sample
             out[f"{name}/denoised/{step}"] = x - eps * sigma
+    # cfg > 1: ComfyUI's calc_cond_batch runs the positive and negative prompts as one batch of 2,
+    # so each patched attention draws its tiles once for both.
+    model = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, norm_num_groups=32, **kwargs)
+    model.eval()
+    fill_synth(model)
+    patch = HyperTile(kwargs["block_out_channels"][0], 32, 3, 1, True)
+    shape = [None]
+    for module in model.modules():
+        if isinstance(module, BasicTransformerBlock):
+            module.attn1.set_processor(PatchedAttn1(patch, shape))
+    x = torch.randn(1, 4, 16, 24, generator=g) * 3.0
+    positive = torch.randn(1, 5, kwargs["cross_attention_dim"], generator=g)
+    negative = torch.randn(1, 5, kwargs["cross_attention_dim"], generator=g)
+    shape[0] = [2] + list(x.shape[1:])
+    out["cfg/x"], out["cfg/positive"], out["cfg/negative"] = x, positive, negative
+    cfg = 3.0
+    for step in range(2):
+        with torch.no_grad():
+            eps = model(torch.cat([x, x]) / (sigma ** 2 + 1.0) ** 0.5, torch.tensor([float(t)] * 2),
+                        encoder_hidden_states=torch.cat([negative, positive])).sample
+        uncond, cond = (x - eps * sigma).chunk(2)
+        out[f"cfg/denoised/{step}"] = uncond + (cond - uncond) * cfg
     # Python's random as random_divisor uses it.
     draws = []
     for counter in range(1, 40):

@@ -2,6 +2,8 @@
 //! the widest transformer levels are cut into tiles, each attending on its own, and put back
 //! after. Tile counts are picked among the divisors of the token grid with Python's `random`
 //! seeded by a counter that every patched call advances (two draws per call), as ComfyUI does.
+//! ComfyUI draws once for the positive and negative sides it batches into one call; the
+//! denoiser rewinds the counter between Weft's two calls to match (`UNetPatches::draw_states`).
 //!
 //! As in ComfyUI, only the queries are tiled: the keys and values keep every token, and the
 //! attention splits them into as many contiguous runs as there are tiles (its batch view).
@@ -90,6 +92,14 @@ impl SelfAttentionPatch for HyperTile {
                 .reshape((b, hw, c))
         });
         Ok((tiled, k, v, untile))
+    }
+
+    fn draw_state(&self) -> Option<u64> {
+        Some(self.counter.load(Ordering::Relaxed))
+    }
+
+    fn set_draw_state(&self, state: u64) {
+        self.counter.store(state, Ordering::Relaxed);
     }
 }
 

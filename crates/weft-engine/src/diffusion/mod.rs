@@ -650,8 +650,13 @@ impl<'a> CfgDenoiser<'a> {
         };
         match &self.mode {
             Mode::Cfg => {
+                let shared_draws = (self.need_uncond && self.batched_by_comfy(sigma))
+                    .then(|| patches.unet.draw_states());
                 let cond = self.eval_list(&self.positive, x, sigma)?;
                 let uncond = if self.need_uncond {
+                    if let Some(states) = &shared_draws {
+                        patches.unet.restore_draw_states(states);
+                    }
                     Some(self.eval_negative(x, sigma)?)
                 } else if !self.extra.is_empty() {
                     // ComfyUI still calls a CFG function that evaluates its own conditionings,
@@ -745,6 +750,38 @@ impl<'a> CfgDenoiser<'a> {
                 Ok((result, Some(negative)))
             }
         }
+    }
+
+    /// Whether ComfyUI evaluates the positive and negative sides at `sigma` as one batched UNet
+    /// call (`calc_cond_batch` concatenates entries of one area with the same controls and
+    /// patches): one active entry a side, alike but for the text and mask. Weft runs them as
+    /// two calls; patches that draw random numbers per call (HyperTile) must then draw once.
+    fn batched_by_comfy(&self, sigma: f64) -> bool {
+        let active = |list: &[PreparedCond]| -> Vec<usize> {
+            (0..list.len())
+                .filter(|&i| {
+                    list[i]
+                        .sigmas
+                        .is_none_or(|(high, low)| sigma <= high && sigma >= low)
+                })
+                .collect()
+        };
+        let (pos, neg) = (active(&self.positive), active(&self.negative));
+        let (&[p], &[n]) = (pos.as_slice(), neg.as_slice()) else {
+            return false;
+        };
+        let (p, n) = (&self.positive[p], &self.negative[n]);
+        let same_controls = p.controls.len() == n.controls.len()
+            && p.controls
+                .iter()
+                .zip(&n.controls)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        let same_middle = match (&p.middle, &n.middle) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        p.area == n.area && same_controls && same_middle
     }
 
     fn eval_list(&self, list: &[PreparedCond], x: &Tensor, sigma: f64) -> Result<Tensor> {

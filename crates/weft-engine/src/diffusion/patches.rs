@@ -160,6 +160,15 @@ pub trait SelfAttentionPatch: Send + Sync + Debug {
         v: Tensor,
         latent_hw: (usize, usize),
     ) -> Result<(Tensor, Tensor, Tensor, UndoAttentionPatch)>;
+
+    /// Where the patch's per-call random draws stand (HyperTile's counter); `None` if it draws
+    /// none. See [`UNetPatches::draw_states`].
+    fn draw_state(&self) -> Option<u64> {
+        None
+    }
+
+    /// Puts the draws back to a state [`Self::draw_state`] gave.
+    fn set_draw_state(&self, _state: u64) {}
 }
 
 /// ComfyUI's `middle_patch`: rewrites a transformer block's hidden state between its
@@ -201,6 +210,24 @@ pub struct UNetPatches {
     pub middle: Vec<Arc<dyn MiddlePatch>>,
     /// `attn2_patch`es, in the order they were added.
     pub cross_attention: Vec<Arc<dyn CrossAttentionPatch>>,
+}
+
+impl UNetPatches {
+    /// The self-attention patches' draw states. Where ComfyUI batches the positive and negative
+    /// sides into one UNet call, its patches draw once for both; Weft runs two calls and puts the
+    /// draws back with [`Self::restore_draw_states`] before the second.
+    pub fn draw_states(&self) -> Vec<Option<u64>> {
+        self.self_attention.iter().map(|p| p.draw_state()).collect()
+    }
+
+    /// Puts back what [`Self::draw_states`] returned.
+    pub fn restore_draw_states(&self, states: &[Option<u64>]) {
+        for (patch, state) in self.self_attention.iter().zip(states) {
+            if let Some(state) = state {
+                patch.set_draw_state(*state);
+            }
+        }
+    }
 }
 
 /// Everything patched onto a model handle (ComfyUI's `model_options`).
