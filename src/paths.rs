@@ -296,6 +296,11 @@ impl DataDirs {
     pub fn annotator_file(&self, file_name: &str) -> Option<PathBuf> {
         let mut found: Vec<String> = Vec::new();
         for dir in self.model_folders("annotators")? {
+            // The shallowest place wins anyway: skip the walk when the file is right there.
+            let direct = dir.join(file_name);
+            if direct.is_file() {
+                return Some(direct);
+            }
             let mut files = Vec::new();
             list_files_recursive(&dir, &dir, &mut files, MODEL_EXTENSIONS, 8, true);
             found.clear();

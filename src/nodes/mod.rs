@@ -275,7 +275,12 @@ pub fn file_fingerprint(
     let path = dirs
         .model_file(folder, name)
         .map_err(|m| NodeError::input(input, m))?;
-    let meta = std::fs::metadata(&path).map_err(|e| NodeError::file(dirs.shown(&path), e))?;
+    path_fingerprint(dirs, &path)
+}
+
+/// A file's cache token: its path, size and modification time.
+pub fn path_fingerprint(dirs: &DataDirs, path: &std::path::Path) -> Result<String, NodeError> {
+    let meta = std::fs::metadata(path).map_err(|e| NodeError::file(dirs.shown(path), e))?;
     let modified = meta
         .modified()
         .ok()

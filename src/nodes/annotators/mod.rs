@@ -85,17 +85,7 @@ impl AnnotatorFile {
     pub fn fingerprint(dirs: &DataDirs, files: &[AnnotatorFile]) -> Result<String, NodeError> {
         files
             .iter()
-            .map(|f| {
-                let path = f.path(dirs)?;
-                let meta =
-                    std::fs::metadata(&path).map_err(|e| NodeError::file(dirs.shown(&path), e))?;
-                let modified = meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos());
-                Ok(format!("{}:{}:{}", path.display(), meta.len(), modified))
-            })
+            .map(|f| crate::nodes::path_fingerprint(dirs, &f.path(dirs)?))
             .collect::<Result<Vec<_>, _>>()
             .map(|v| v.join(";"))
     }
