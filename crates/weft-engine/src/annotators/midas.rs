@@ -107,7 +107,7 @@ impl Config {
                 .collect::<std::result::Result<_, String>>()?;
         if stages.len() < 2 {
             return Err(format!(
-                "{} ResNet stages, DPT-Hybrid reads out two and needs a third",
+                "{} ResNet stages, DPT-Hybrid reads out the first two",
                 stages.len()
             ));
         }
