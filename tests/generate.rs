@@ -246,6 +246,16 @@ fn cases() -> Vec<(&'static str, Json)> {
     ]
 }
 
+/// The class types of a compiled request's graph.
+fn class_types(compiled: &Json) -> Vec<String> {
+    compiled["prompt"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|n| n["class_type"].as_str().map(str::to_string))
+        .collect()
+}
+
 async fn compile(app: &TestApp, request: &Json) -> Json {
     let (status, body) = app
         .post("/api/weft/generate/compile", request.clone())
@@ -633,16 +643,32 @@ async fn each_control_type_preprocesses_its_condition_image() {
         ("pose", "OpenposePreprocessor"),
     ] {
         let compiled = compile(&app, &request(kind)).await;
-        let classes: Vec<&str> = compiled["prompt"]
-            .as_object()
-            .unwrap()
-            .values()
-            .filter_map(|n| n["class_type"].as_str())
-            .collect();
-        assert!(classes.contains(&class), "{kind}: {classes:?}");
+        let classes = class_types(&compiled);
+        assert!(classes.iter().any(|c| c == class), "{kind}: {classes:?}");
         let entry = app.queue_ok("/api/weft/generate", request(kind)).await;
         assert_eq!(entry["status"]["status_str"], "success", "{kind}");
     }
+
+    // Depth without Depth Anything V2 small falls back to MiDaS; without either, a 400 naming both.
+    std::fs::remove_file(annotators.join("depth_anything_v2_vits.pth")).unwrap();
+    crate::helpers::add_annotators(&app, "midas", &[("dpt_hybrid-midas-501f0c75.pt", "")], None);
+    let compiled = compile(&app, &request("depth")).await;
+    let classes = class_types(&compiled);
+    assert!(
+        classes.iter().any(|c| c == "MiDaS-DepthMapPreprocessor"),
+        "{classes:?}"
+    );
+    let entry = app.queue_ok("/api/weft/generate", request("depth")).await;
+    assert_eq!(entry["status"]["status_str"], "success", "depth by MiDaS");
+    std::fs::remove_file(annotators.join("dpt_hybrid-midas-501f0c75.pt")).unwrap();
+    let (status, body) = app.post("/api/weft/generate", request("depth")).await;
+    assert_eq!(status, 400, "{body:#}");
+    let text = body.to_string();
+    assert!(
+        text.contains("'depth_anything_v2_vits.pth' not found")
+            && text.contains("'dpt_hybrid-midas-501f0c75.pt' not found"),
+        "{text}"
+    );
 
     std::fs::remove_file(annotators.join("scannet.pt")).unwrap();
     let (status, body) = app.post("/api/weft/generate", request("normal")).await;

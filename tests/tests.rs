@@ -8,6 +8,7 @@ mod access;
 mod annotators_depth;
 mod annotators_hed;
 mod annotators_lineart;
+mod annotators_midas;
 mod annotators_mlsd;
 mod annotators_normalbae;
 mod annotators_openpose;

@@ -568,7 +568,9 @@ fn preprocessor(
     image: Link,
     short_side: u32,
 ) -> Result<Link, RequestError> {
-    use crate::nodes::annotators::{depth, hed, lineart, mlsd, normalbae, openpose, AnnotatorFile};
+    use crate::nodes::annotators::{
+        depth, hed, lineart, midas, mlsd, normalbae, openpose, AnnotatorFile,
+    };
     // The aux pack's preprocessors work at a resolution (short side); the apply node resizes
     // their output to the latent anyway, so work at the output's short side.
     let resolution = short_side.clamp(64, 16384);
@@ -600,14 +602,32 @@ fn preprocessor(
                 json!({"image": image, "coarse": "disable", "resolution": resolution}),
             )
         }
-        ControlType::Depth => {
-            need(depth::DEPTH_ANYTHING_V2_SMALL)?;
-            g.add(
+        // Depth Anything V2 small where its file is, else MiDaS (issue 19's rule).
+        ControlType::Depth => match (
+            need(depth::DEPTH_ANYTHING_V2_SMALL),
+            need(midas::MIDAS_FILE),
+        ) {
+            (Ok(()), _) => g.add(
                 "DepthAnythingV2Preprocessor",
                 "Depth map",
                 json!({"image": image, "ckpt_name": depth::DEPTH_ANYTHING_V2_SMALL.name, "resolution": resolution}),
-            )
-        }
+            ),
+            (Err(_), Ok(())) => g.add(
+                "MiDaS-DepthMapPreprocessor",
+                "Depth map",
+                json!({"image": image, "a": std::f64::consts::TAU, "bg_threshold": 0.1, "resolution": resolution}),
+            ),
+            (Err(_), Err(_)) => {
+                return Err(RequestError::new(
+                    &field,
+                    format!(
+                        "{}. Or, as the fallback: {}",
+                        depth::DEPTH_ANYTHING_V2_SMALL.missing(),
+                        midas::MIDAS_FILE.missing()
+                    ),
+                ))
+            }
+        },
         ControlType::Normal => {
             need(normalbae::SCANNET)?;
             g.add(

@@ -802,6 +802,38 @@ fn types_without_a_preprocessor_are_refused_on_preprocess_condition() {
     }
 }
 
+/// Depth without Depth Anything V2 small: MiDaS where its file is; without either, the error
+/// names both files.
+#[test]
+fn depth_falls_back_to_midas() {
+    let layout = Layout::full();
+    let request = json!({"prompt": "x", "model": "sd15_tiny", "controlnet": [
+        {"type": "depth", "model": "control_v11p_sd15_canny", "condition_image": "photo.png", "preprocess_condition": true}]});
+    let small = layout
+        .dirs
+        .annotator_file("depth_anything_v2_vits.pth")
+        .unwrap();
+    std::fs::remove_file(small).unwrap();
+    for file in ["depth_anything_v2_vits.pth", "dpt_hybrid-midas-501f0c75.pt"] {
+        assert_refused(
+            &layout,
+            request.clone(),
+            "controlnet[0].preprocess_condition",
+            &format!("annotator file '{file}' not found"),
+        );
+    }
+    std::fs::write(layout.model("annotators/dpt_hybrid-midas-501f0c75.pt"), b"").unwrap();
+    let compiled = layout.compile(&request).unwrap();
+    let midas = compiled
+        .prompt
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|n| n["class_type"] == "MiDaS-DepthMapPreprocessor")
+        .expect("MiDaS node");
+    assert_eq!(midas["inputs"]["bg_threshold"], 0.1);
+}
+
 #[test]
 fn network_preprocessors_compile_with_their_files_and_name_them_without() {
     let layout = Layout::full();

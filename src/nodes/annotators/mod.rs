@@ -19,6 +19,7 @@ use crate::paths::DataDirs;
 pub mod depth;
 pub mod hed;
 pub mod lineart;
+pub mod midas;
 pub mod mlsd;
 pub mod normalbae;
 pub mod openpose;
@@ -27,6 +28,7 @@ pub fn register(registry: &mut Registry) {
     depth::register(registry);
     hed::register(registry);
     lineart::register(registry);
+    midas::register(registry);
     mlsd::register(registry);
     normalbae::register(registry);
     openpose::register(registry);

@@ -14,16 +14,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
-use super::{map_values, u8_from_clipped};
+pub use super::dpt::Ffn;
+use super::dpt::{DepthOut, Refine, VitBlock};
+use super::{load_published, map_values, u8_from_clipped};
 use crate::load::file::StateDict;
-use crate::load::renaming::Renaming;
-use crate::load::{LoadError, LoadErrorKind};
-use crate::ops::attention::scaled_dot_product;
+use crate::load::LoadError;
 use crate::ops::conv::{conv2d, Conv2d};
-use crate::ops::layers::{layer_norm, linear, LayerNorm, Linear};
+use crate::ops::layers::{layer_norm, LayerNorm};
 use crate::preprocess::aux::{detect_resolution, hwc3, resize_image_with_pad};
 use crate::preprocess::cv::{resize_cubic_f64, Interpolation};
 use crate::preprocess::{run_aux, ImageU8, PreprocessError, Result};
@@ -39,15 +39,6 @@ const HEAD_DIM: usize = 64;
 const POS_OFFSET: f64 = 0.1;
 const MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 const STD: [f64; 3] = [0.229, 0.224, 0.225];
-
-/// The feed-forward layer of the ViT blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ffn {
-    /// `mlp.fc1` -> exact GELU -> `mlp.fc2` (ViT-S/B/L), with its hidden width.
-    Mlp(usize),
-    /// `mlp.w12` -> SiLU(first half) * second half -> `mlp.w3` (ViT-g), with its hidden width.
-    SwiGlu(usize),
-}
 
 /// The shape of a Depth Anything V2 network, read from its weights.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,89 +133,13 @@ impl Config {
     }
 }
 
-#[derive(Debug)]
-enum FeedForward {
-    Mlp { fc1: Linear, fc2: Linear },
-    SwiGlu { w12: Linear, w3: Linear },
-}
-
-impl FeedForward {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            FeedForward::Mlp { fc1, fc2 } => fc2.forward(&fc1.forward(x)?.gelu_erf()?),
-            FeedForward::SwiGlu { w12, w3 } => {
-                let x12 = w12.forward(x)?;
-                let half = x12.dim(D::Minus1)? / 2;
-                let gated = (x12.narrow(D::Minus1, 0, half)?.silu()?
-                    * x12.narrow(D::Minus1, half, half)?)?;
-                w3.forward(&gated)
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Block {
-    norm1: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
-    ls1: Tensor,
-    norm2: LayerNorm,
-    ffn: FeedForward,
-    ls2: Tensor,
-    heads: usize,
-}
-
-impl Block {
-    fn new(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
-        let d = cfg.embed_dim;
-        let ffn = match cfg.ffn {
-            Ffn::Mlp(h) => FeedForward::Mlp {
-                fc1: linear(d, h, vb.pp("mlp.fc1"))?,
-                fc2: linear(h, d, vb.pp("mlp.fc2"))?,
-            },
-            Ffn::SwiGlu(h) => FeedForward::SwiGlu {
-                w12: linear(d, 2 * h, vb.pp("mlp.w12"))?,
-                w3: linear(h, d, vb.pp("mlp.w3"))?,
-            },
-        };
-        Ok(Block {
-            norm1: layer_norm(d, 1e-6, vb.pp("norm1"))?,
-            qkv: linear(d, 3 * d, vb.pp("attn.qkv"))?,
-            proj: linear(d, d, vb.pp("attn.proj"))?,
-            ls1: vb.get(d, "ls1.gamma")?,
-            norm2: layer_norm(d, 1e-6, vb.pp("norm2"))?,
-            ffn,
-            ls2: vb.get(d, "ls2.gamma")?,
-            heads: cfg.heads,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        let hd = c / self.heads;
-        let qkv = self
-            .qkv
-            .forward(&self.norm1.forward(x)?)?
-            .reshape((b, n, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let part = |i: usize| qkv.get(i)?.contiguous();
-        let attn = scaled_dot_product(&part(0)?, &part(1)?, &part(2)?)?
-            .transpose(1, 2)?
-            .reshape((b, n, c))?;
-        let x = (x + self.proj.forward(&attn)?.broadcast_mul(&self.ls1)?)?;
-        let ff = self.ffn.forward(&self.norm2.forward(&x)?)?;
-        x + ff.broadcast_mul(&self.ls2)?
-    }
-}
-
 /// The DINOv2 backbone.
 #[derive(Debug)]
 struct Vit {
     patch_embed: Conv2d,
     cls_token: Tensor,
     pos_embed: Tensor,
-    blocks: Vec<Block>,
+    blocks: Vec<VitBlock>,
     norm: LayerNorm,
 }
 
@@ -240,7 +155,7 @@ impl Vit {
             cls_token: vb.get((1, 1, d), "cls_token")?,
             pos_embed: vb.get((1, cfg.pos_side * cfg.pos_side + 1, d), "pos_embed")?,
             blocks: (0..cfg.depth)
-                .map(|i| Block::new(vb.pp(format!("blocks.{i}")), cfg))
+                .map(|i| VitBlock::new(vb.pp(format!("blocks.{i}")), d, cfg.heads, cfg.ffn, true))
                 .collect::<candle_core::Result<_>>()?,
             norm: layer_norm(d, 1e-6, vb.pp("norm"))?,
         })
@@ -357,101 +272,19 @@ enum Resize {
     Down(Conv2d),
 }
 
-/// `ResidualConvUnit`: `x + conv2(relu(conv1(relu(x))))`.
-#[derive(Debug)]
-struct ResidualUnit {
-    conv1: Conv2d,
-    conv2: Conv2d,
-}
-
-impl ResidualUnit {
-    fn new(f: usize, vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(ResidualUnit {
-            conv1: conv2d(f, f, 3, padded(), vb.pp("conv1"))?,
-            conv2: conv2d(f, f, 3, padded(), vb.pp("conv2"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.conv1.forward(&x.relu()?)?;
-        x + self.conv2.forward(&y.relu()?)?
-    }
-}
-
-/// `FeatureFusionBlock`: the skip through a residual unit added, a second unit, a bilinear
-/// resize (corners aligned) and a 1x1 convolution.
-#[derive(Debug)]
-struct Fusion {
-    skip: Option<ResidualUnit>,
-    unit: ResidualUnit,
-    out_conv: Conv2d,
-}
-
-impl Fusion {
-    fn new(f: usize, with_skip: bool, vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(Fusion {
-            skip: if with_skip {
-                Some(ResidualUnit::new(f, vb.pp("resConfUnit1"))?)
-            } else {
-                None
-            },
-            unit: ResidualUnit::new(f, vb.pp("resConfUnit2"))?,
-            out_conv: conv2d(f, f, 1, Conv2dConfig::default(), vb.pp("out_conv"))?,
-        })
-    }
-
-    fn forward(
-        &self,
-        x: &Tensor,
-        skip: Option<&Tensor>,
-        size: (usize, usize),
-    ) -> candle_core::Result<Tensor> {
-        let x = match (&self.skip, skip) {
-            (Some(unit), Some(s)) => (x + unit.forward(s)?)?,
-            _ => x.clone(),
-        };
-        let x = self
-            .unit
-            .forward(&x)?
-            .upsample_bilinear2d(size.0, size.1, true)?;
-        self.out_conv.forward(&x)
-    }
-}
-
-fn padded() -> Conv2dConfig {
-    Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    }
-}
-
-/// A bias-free 3x3 convolution (`scratch.layerN_rn`).
-fn conv3_no_bias(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
-    Ok(Conv2d::new(
-        vb.get((cout, cin, 3, 3), "weight")?,
-        None,
-        padded(),
-    ))
-}
-
 /// The DPT head.
 #[derive(Debug)]
 struct DptHead {
     projects: Vec<Conv2d>,
     resize: Vec<Resize>,
-    layer_rn: Vec<Conv2d>,
-    /// refinenet1..4.
-    fusion: Vec<Fusion>,
-    output_conv1: Conv2d,
-    output_conv2a: Conv2d,
-    output_conv2b: Conv2d,
+    refine: Refine,
+    out: DepthOut,
 }
 
 impl DptHead {
     fn new(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
         let oc = cfg.out_channels;
         let f = cfg.features;
-        let one = Conv2dConfig::default();
         let resize = vec![
             Resize::Deconv(PatchDeconv::new(oc[0], 4, vb.pp("resize_layers.0"))?),
             Resize::Deconv(PatchDeconv::new(oc[1], 2, vb.pp("resize_layers.1"))?),
@@ -469,27 +302,22 @@ impl DptHead {
             )?),
         ];
         let scratch = vb.pp("scratch");
+        let one = Conv2dConfig::default();
         Ok(DptHead {
             projects: (0..4)
                 .map(|i| conv2d(cfg.embed_dim, oc[i], 1, one, vb.pp(format!("projects.{i}"))))
                 .collect::<candle_core::Result<_>>()?,
             resize,
-            layer_rn: (0..4)
-                .map(|i| conv3_no_bias(oc[i], f, scratch.pp(format!("layer{}_rn", i + 1))))
-                .collect::<candle_core::Result<_>>()?,
-            // refinenet4 gets no skip: its resConfUnit1 is stored but unused
-            fusion: (1..=4)
-                .map(|i| Fusion::new(f, i != 4, scratch.pp(format!("refinenet{i}"))))
-                .collect::<candle_core::Result<_>>()?,
-            output_conv1: conv2d(f, f / 2, 3, padded(), scratch.pp("output_conv1"))?,
-            output_conv2a: conv2d(
-                f / 2,
+            refine: Refine::new(scratch.clone(), oc, f)?,
+            out: DepthOut::new(
+                [
+                    scratch.pp("output_conv1"),
+                    scratch.pp("output_conv2.0"),
+                    scratch.pp("output_conv2.2"),
+                ],
+                f,
                 cfg.head_hidden,
-                3,
-                padded(),
-                scratch.pp("output_conv2.0"),
             )?,
-            output_conv2b: conv2d(cfg.head_hidden, 1, 1, one, scratch.pp("output_conv2.2"))?,
         })
     }
 
@@ -506,29 +334,17 @@ impl DptHead {
             let (b, _, d) = x.dims3()?;
             let x = x.transpose(1, 2)?.reshape((b, d, gh, gw))?;
             let x = self.projects[i].forward(&x)?;
-            let x = match &self.resize[i] {
+            layers.push(match &self.resize[i] {
                 Resize::Deconv(t) => t.forward(&x)?,
                 Resize::Identity => x,
                 Resize::Down(c) => c.forward(&x)?,
-            };
-            layers.push(self.layer_rn[i].forward(&x)?);
+            });
         }
-        let size = |t: &Tensor| -> candle_core::Result<(usize, usize)> {
-            let (_, _, h, w) = t.dims4()?;
-            Ok((h, w))
-        };
-        let (h1, w1) = size(&layers[0])?;
-        let path = self.fusion[3].forward(&layers[3], None, size(&layers[2])?)?;
-        let path = self.fusion[2].forward(&path, Some(&layers[2]), size(&layers[1])?)?;
-        let path = self.fusion[1].forward(&path, Some(&layers[1]), (h1, w1))?;
-        let path = self.fusion[0].forward(&path, Some(&layers[0]), (2 * h1, 2 * w1))?;
-        let out =
-            self.output_conv1
-                .forward(&path)?
-                .upsample_bilinear2d(gh * patch, gw * patch, true)?;
-        self.output_conv2b
-            .forward(&self.output_conv2a.forward(&out)?.relu()?)?
-            .relu()
+        let maps: [Tensor; 4] = layers
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("the DPT head takes four layers".into()))?;
+        let path = self.refine.forward(&maps)?;
+        self.out.forward(&path, (gh * patch, gw * patch))
     }
 }
 
@@ -554,12 +370,7 @@ impl DepthAnythingV2 {
 
     /// Reads a published-layout file (`depth_anything_v2_vits.pth`, ...) in f32 onto `device`.
     pub fn load(sd: &Arc<StateDict>, device: &Device) -> std::result::Result<Self, LoadError> {
-        let config = Config::detect(sd.shapes())
-            .map_err(|e| LoadError::new(sd.path(), LoadErrorKind::BadConfig(e)))?;
-        let names = sd.shapes().keys().map(|k| (k.clone(), k.clone())).collect();
-        Renaming::new(names).build(sd, DType::F32, device, |vb| {
-            DepthAnythingV2::new(vb, &config)
-        })
+        load_published(sd, device, Config::detect, DepthAnythingV2::new)
     }
 
     /// Its shape.

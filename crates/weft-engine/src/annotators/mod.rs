@@ -10,15 +10,24 @@
 //! `crate::preprocess`, whose uint8 image type and OpenCV-exact primitives these reuse.
 
 pub mod depth_anything_v2;
+pub mod dpt;
 pub mod hed;
 pub mod lineart;
+pub mod midas;
 pub mod mlsd;
 pub mod normalbae;
 pub mod openpose;
 pub mod pidinet;
 
-use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::sync::Arc;
 
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::load::file::StateDict;
+use crate::load::renaming::Renaming;
+use crate::load::{LoadError, LoadErrorKind};
 use crate::preprocess::{ImageU8, PreprocessError, Result};
 
 /// `[1, C, H, W]` f32 with the image's 0..255 values (numpy's `torch.from_numpy(img).float()`
@@ -68,4 +77,26 @@ pub fn u8_from_clipped(h: usize, w: usize, values: &[f32]) -> ImageU8 {
             })
             .collect(),
     }
+}
+
+/// TF "same" padding of one side for a kernel `k` at `stride` (geffnet's `_calc_same_pad`, timm's
+/// `pad_same`): `(before, after)`, the odd pixel at the end.
+pub fn same_pad(size: usize, k: usize, stride: usize) -> (usize, usize) {
+    let total = ((size.div_ceil(stride) - 1) * stride + k).saturating_sub(size);
+    (total / 2, total - total / 2)
+}
+
+/// Builds a net from a file in its published layout, in f32 on `device`: the configuration
+/// `detect` reads from the tensor shapes (its message becomes the file's `BadConfig`), the
+/// tensors under their own names.
+pub fn load_published<C, T>(
+    sd: &Arc<StateDict>,
+    device: &Device,
+    detect: impl FnOnce(&HashMap<String, Vec<usize>>) -> std::result::Result<C, String>,
+    build: impl FnOnce(VarBuilder, &C) -> candle_core::Result<T>,
+) -> std::result::Result<T, LoadError> {
+    let config =
+        detect(sd.shapes()).map_err(|e| LoadError::new(sd.path(), LoadErrorKind::BadConfig(e)))?;
+    let names = sd.shapes().keys().map(|k| (k.clone(), k.clone())).collect();
+    Renaming::new(names).build(sd, DType::F32, device, |vb| build(vb, &config))
 }

@@ -25,7 +25,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use crate::annotators::{image_tensor, u8_from_clipped};
+use crate::annotators::{image_tensor, same_pad, u8_from_clipped};
 use crate::load::file::StateDict;
 use crate::load::renaming::Renaming;
 use crate::load::{LoadError, LoadErrorKind};
@@ -112,12 +112,6 @@ impl Conv {
         };
         Conv2d::new(self.weight.clone(), self.bias.clone(), config).forward(&x)
     }
-}
-
-/// geffnet's `_calc_same_pad`, split as `Conv2dSame` splits it (the odd pixel at the end).
-fn same_pad(size: usize, k: usize, stride: usize) -> (usize, usize) {
-    let total = ((size.div_ceil(stride) - 1) * stride + k).saturating_sub(size);
-    (total / 2, total - total / 2)
 }
 
 /// A depthwise convolution (`groups == channels`, weight `[C, 1, k, k]`) with zero padding

@@ -54,28 +54,49 @@ pub fn normal_from_depth(image: &Tensor, opts: &NormalFromDepthOptions) -> Resul
             .chunks_exact(c)
             .map(|px| px[0] as f32)
             .collect();
-        let min = depth.iter().copied().fold(f32::INFINITY, f32::min);
-        let max_shifted = depth
-            .iter()
-            .map(|&d| d - min)
-            .fold(f32::NEG_INFINITY, f32::max);
-        let gx = sobel3_f32(&depth, h, w, true);
-        let gy = sobel3_f32(&depth, h, w, false);
         let mut out = ImageU8::zeros(h, w, 3);
-        for i in 0..h * w {
+        for (px, n) in out.data.chunks_exact_mut(3).zip(gradient_normals(
+            &depth,
+            h,
+            w,
+            opts.a,
+            opts.bg_threshold,
+        )) {
+            px.copy_from_slice(&n);
+        }
+        Ok(p.remove_pad(&out))
+    })
+}
+
+/// MiDaS's normal of a depth plane (`MidasDetector.__call__`'s `depth_and_normal` branch, numpy in
+/// f32): the 3x3 Sobel gradients x and y (reflect-101), zeroed where the min-max normalised depth
+/// is below `bg_threshold`, with `z = a`, normalised, as `uint8(clip(n * 127.5 + 127.5))` per
+/// component `[x, y, z]`.
+pub fn gradient_normals(
+    depth: &[f32],
+    h: usize,
+    w: usize,
+    a: f32,
+    bg_threshold: f32,
+) -> Vec<[u8; 3]> {
+    let min = depth.iter().copied().fold(f32::INFINITY, f32::min);
+    let max_shifted = depth
+        .iter()
+        .map(|&d| d - min)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let gx = sobel3_f32(depth, h, w, true);
+    let gy = sobel3_f32(depth, h, w, false);
+    (0..h * w)
+        .map(|i| {
             // A flat depth gives 0 / 0 = NaN here, which never compares below the threshold: as in numpy.
-            let background = (depth[i] - min) / max_shifted < opts.bg_threshold;
+            let background = (depth[i] - min) / max_shifted < bg_threshold;
             let (x, y) = if background {
                 (0.0, 0.0)
             } else {
                 (gx[i], gy[i])
             };
-            let z = opts.a;
-            let norm = (x * x + y * y + z * z).sqrt();
-            for (k, v) in [x, y, z].into_iter().enumerate() {
-                out.data[i * 3 + k] = ((v / norm) * 127.5 + 127.5).clamp(0.0, 255.0) as u8;
-            }
-        }
-        Ok(p.remove_pad(&out))
-    })
+            let norm = (x * x + y * y + a * a).sqrt();
+            [x, y, a].map(|v| ((v / norm) * 127.5 + 127.5).clamp(0.0, 255.0) as u8)
+        })
+        .collect()
 }
