@@ -11,6 +11,7 @@ mod annotators_lineart;
 mod annotators_mlsd;
 mod annotators_normalbae;
 mod annotators_openpose;
+mod annotators_uniformer;
 mod cli;
 mod clip_vision_nodes;
 mod comfy_routes;

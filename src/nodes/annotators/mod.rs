@@ -22,6 +22,7 @@ pub mod lineart;
 pub mod mlsd;
 pub mod normalbae;
 pub mod openpose;
+pub mod uniformer;
 
 pub fn register(registry: &mut Registry) {
     depth::register(registry);
@@ -30,6 +31,7 @@ pub fn register(registry: &mut Registry) {
     mlsd::register(registry);
     normalbae::register(registry);
     openpose::register(registry);
+    uniformer::register(registry);
 }
 
 /// A published annotator weight file.
