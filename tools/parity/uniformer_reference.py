@@ -36,7 +36,10 @@ with the ADE palette, one direct forward (a random normalised 64x96 input, the 4
 features and the decode head's 1/4 logits) and two node cases (input, output map, the class map
 at the padded size and its top-1 minus top-2 logit margin), e2e_input.png.
 
---full DIR writes a full-size random upernet_global_small.pth (published config and layout) to DIR.
+--full DIR writes a full-size random upernet_global_small.pth (published config and layout) to DIR,
+and uniformer_full_reference.safetensors (a random 64x96 input and the full net's head logits) for
+the engine test's ignored full-size check (WEFT_UNIFORMER_FULL=DIR cargo test -p weft-engine
+--test annotators_uniformer -- --ignored).
 --bench prints the PyTorch time of the node's call at 512x512 on a 512x512 image (full-size net,
 2 threads, median of 3 after a warm-up).
 """
@@ -254,6 +257,14 @@ def main():
         path = os.path.join(opt.full or tmp, FILE)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         save(mods, full, path)
+        if opt.full:
+            # a check of the full-size structure: the head's logits for one random 64x96 input,
+            # for crates/weft-engine/tests/annotators_uniformer.rs's ignored test
+            x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+            with torch.no_grad():
+                logits = full.decode_head(full.backbone(x))
+            save_file({"input": x.numpy(), "logits": logits.numpy()},
+                      os.path.join(opt.full, "uniformer_full_reference.safetensors"))
         if opt.bench:
             torch.set_num_threads(2)
             det = segmentor(mods, full_config, path)

@@ -17,7 +17,7 @@ use weft_engine::preprocess::aux::resize_image_with_pad;
 use weft_engine::preprocess::cv::Interpolation;
 
 mod common;
-use common::{fixture_dir, image_u8, max_abs};
+use common::{comfy_image, fixture_dir, image_u8, max_abs};
 
 /// A top-1 minus top-2 logit gap below which f32 rounding may flip the argmax.
 const TIE: f32 = 1e-3;
@@ -106,13 +106,7 @@ fn node_matches_the_pack() {
         );
 
         // the node's map: the IMAGE tensor through run_aux
-        let image = t[&format!("{name}.input")]
-            .to_dtype(DType::F32)
-            .unwrap()
-            .affine(1.0 / 255.0, 0.0)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
+        let image = comfy_image(&t[&format!("{name}.input")]);
         let out = semantic_segmentation(&net, &image, res).expect("node");
         let got = image_u8(
             &(out.squeeze(0).unwrap() * 255.0)
@@ -141,4 +135,24 @@ fn node_matches_the_pack() {
             }
         }
     }
+}
+
+/// The full-size published structure (UniFormer-S, 512-wide head) from `--full DIR`.
+#[test]
+#[ignore = "needs WEFT_UNIFORMER_FULL=DIR from uniformer_reference.py --full DIR"]
+fn full_size_file_matches_the_pack() {
+    let dir = std::path::PathBuf::from(
+        std::env::var("WEFT_UNIFORMER_FULL").expect("set WEFT_UNIFORMER_FULL"),
+    );
+    let sd = StateDict::open(&dir.join("upernet_global_small.pth")).expect("opens");
+    let net = UniFormer::load(&Arc::new(sd), &Device::Cpu).expect("loads");
+    let t = candle_core::safetensors::load(
+        dir.join("uniformer_full_reference.safetensors"),
+        &Device::Cpu,
+    )
+    .expect("reference loads");
+    let logits = net.forward(&t["input"]).expect("forward");
+    let d = max_abs(&logits, &t["logits"]);
+    println!("full-size logits: max abs diff {d:e}");
+    assert!(d < 1e-3, "full-size logits: {d}");
 }

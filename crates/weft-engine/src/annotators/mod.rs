@@ -272,12 +272,15 @@ impl Weights<'_> {
     }
 }
 
+/// Tensor shapes by name.
+pub(crate) type Shapes = HashMap<String, Vec<usize>>;
+
 /// The tensors of `sd` under their model names, with their shapes: the keys without `module.`
 /// (DataParallel's prefix) when `probe` is found under it, else as they are.
 pub(crate) fn model_names(
     sd: &StateDict,
     probe: &str,
-) -> std::result::Result<(HashMap<String, String>, HashMap<String, Vec<usize>>), LoadError> {
+) -> std::result::Result<(HashMap<String, String>, Shapes), LoadError> {
     let prefix = ["module.", ""]
         .into_iter()
         .find(|p| sd.contains(&format!("{p}{probe}")))
