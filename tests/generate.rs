@@ -611,7 +611,7 @@ async fn every_request_shape_runs_with_f16_models_close_to_f32() {
 /// The one-request API with `preprocess_condition: true` for each control type Weft preprocesses:
 /// the classical ones need nothing, the network ones their annotator file (the tiny parity
 /// fixtures, in the published layouts) under `models/annotators/`; a missing file is a 400
-/// naming it, and a type without a preprocessor is refused.
+/// naming it.
 #[actix_web::test]
 async fn each_control_type_preprocesses_its_condition_image() {
     let app = app_with_models().await;
@@ -623,6 +623,7 @@ async fn each_control_type_preprocesses_its_condition_image() {
         ("depth", "depth_anything_v2_vits.pth"),
         ("openpose", "body_pose_model.pth"),
         ("hed", "ControlNetHED.pth"),
+        ("uniformer", "upernet_global_small.pth"),
     ] {
         crate::helpers::add_annotators(&app, family, &[(file, "")], None);
     }
@@ -641,6 +642,7 @@ async fn each_control_type_preprocesses_its_condition_image() {
         ("normal", "BAE-NormalMapPreprocessor"),
         ("mlsd", "M-LSDPreprocessor"),
         ("pose", "OpenposePreprocessor"),
+        ("segmentation", "UniFormer-SemSegPreprocessor"),
     ] {
         let compiled = compile(&app, &request(kind)).await;
         let classes = class_types(&compiled);
@@ -679,12 +681,14 @@ async fn each_control_type_preprocesses_its_condition_image() {
             && text.contains("'scannet.pt' not found"),
         "{text}"
     );
+    std::fs::remove_file(annotators.join("upernet_global_small.pth")).unwrap();
     let (status, body) = app
         .post("/api/weft/generate", request("segmentation"))
         .await;
     assert_eq!(status, 400, "{body:#}");
     assert!(
-        body.to_string().contains("no segmentation preprocessor"),
+        body.to_string()
+            .contains("'upernet_global_small.pth' not found"),
         "{body}"
     );
 }

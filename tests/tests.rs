@@ -12,6 +12,7 @@ mod annotators_midas;
 mod annotators_mlsd;
 mod annotators_normalbae;
 mod annotators_openpose;
+mod annotators_uniformer;
 mod cli;
 mod clip_vision_nodes;
 mod comfy_routes;

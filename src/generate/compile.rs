@@ -569,7 +569,7 @@ fn preprocessor(
     short_side: u32,
 ) -> Result<Link, RequestError> {
     use crate::nodes::annotators::{
-        depth, hed, lineart, midas, mlsd, normalbae, openpose, AnnotatorFile,
+        depth, hed, lineart, midas, mlsd, normalbae, openpose, uniformer, AnnotatorFile,
     };
     // The aux pack's preprocessors work at a resolution (short side); the apply node resizes
     // their output to the latent anyway, so work at the output's short side.
@@ -654,15 +654,13 @@ fn preprocessor(
                 json!({"image": image, "score_threshold": 0.1, "dist_threshold": 0.1, "resolution": resolution}),
             )
         }
-        other => {
-            return Err(RequestError::new(
-                field,
-                format!(
-                    "Weft has no {} preprocessor yet (it needs an estimator model); pass a ready {} map as condition_image with preprocess_condition: false",
-                    other.name(),
-                    other.name()
-                ),
-            ))
+        ControlType::Segmentation => {
+            need(uniformer::UPERNET_GLOBAL_SMALL)?;
+            g.add(
+                "UniFormer-SemSegPreprocessor",
+                "Segmentation",
+                json!({"image": image, "resolution": resolution}),
+            )
         }
     };
     Ok(out(&id, 0))

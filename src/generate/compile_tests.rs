@@ -202,6 +202,7 @@ impl Layout {
             "annotators/mlsd_large_512_fp32.pth",
             "annotators/body_pose_model.pth",
             "annotators/ControlNetHED.pth",
+            "annotators/upernet_global_small.pth",
             "annotators/ckpts/depth-anything/Depth-Anything-V2-Small/depth_anything_v2_vits.pth",
         ] {
             std::fs::create_dir_all(l.model(file).parent().unwrap()).unwrap();
@@ -780,28 +781,6 @@ fn controlnet_errors_name_the_entry() {
     );
 }
 
-#[test]
-fn types_without_a_preprocessor_are_refused_on_preprocess_condition() {
-    let layout = Layout::full();
-    for kind in ["segmentation"] {
-        // From the init image, preprocessing is the default.
-        let from_init = json!({"type": kind, "model": "control_v11p_sd15_canny"});
-        // From its own image, only when asked for.
-        let asked = json!({"type": kind, "model": "control_v11p_sd15_canny", "condition_image": "photo.png", "preprocess_condition": true});
-        for (i, entry) in [from_init, asked].into_iter().enumerate() {
-            let mut controlnets = vec![json!("canny"); i];
-            controlnets.push(entry);
-            let request = json!({"prompt": "x", "model": "sd15_tiny", "init_image": "start.png", "controlnet": controlnets});
-            assert_refused(
-                &layout,
-                request,
-                &format!("controlnet[{i}].preprocess_condition"),
-                &format!("Weft has no {kind} preprocessor yet"),
-            );
-        }
-    }
-}
-
 /// Depth without Depth Anything V2 small: MiDaS where its file is; without either, the error
 /// names both files.
 #[test]
@@ -848,6 +827,11 @@ fn network_preprocessors_compile_with_their_files_and_name_them_without() {
         ("lineart", "LineArtPreprocessor", "sk_model.pth"),
         ("pose", "OpenposePreprocessor", "body_pose_model.pth"),
         ("scribble", "FakeScribblePreprocessor", "ControlNetHED.pth"),
+        (
+            "segmentation",
+            "UniFormer-SemSegPreprocessor",
+            "upernet_global_small.pth",
+        ),
     ] {
         let request = json!({"prompt": "x", "model": "sd15_tiny", "controlnet": [
             {"type": kind, "model": "control_v11p_sd15_canny", "condition_image": "photo.png", "preprocess_condition": true}]});

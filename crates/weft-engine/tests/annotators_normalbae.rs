@@ -18,7 +18,7 @@ use weft_engine::preprocess::aux::resize_image_with_pad;
 use weft_engine::preprocess::cv::Interpolation;
 
 mod common;
-use common::{image_u8, max_abs};
+use common::{comfy_image, image_u8, max_abs};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/annotators/normalbae")
@@ -100,13 +100,7 @@ fn node_map_matches_pack() {
     let t = fixture();
     let net = net();
     for (name, res) in CASES {
-        let input = t[&format!("{name}.input")]
-            .to_dtype(DType::F32)
-            .unwrap()
-            .affine(1.0 / 255.0, 0.0)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
+        let input = comfy_image(&t[&format!("{name}.input")]);
         let out = normal_map(&net, &input, res).expect("normal map");
         let levels = (out.squeeze(0).unwrap() * 255.0).unwrap().round().unwrap();
         let want = t[&format!("{name}.out")].to_dtype(DType::F32).unwrap();

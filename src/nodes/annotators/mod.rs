@@ -23,6 +23,7 @@ pub mod midas;
 pub mod mlsd;
 pub mod normalbae;
 pub mod openpose;
+pub mod uniformer;
 
 pub fn register(registry: &mut Registry) {
     depth::register(registry);
@@ -32,6 +33,7 @@ pub fn register(registry: &mut Registry) {
     mlsd::register(registry);
     normalbae::register(registry);
     openpose::register(registry);
+    uniformer::register(registry);
 }
 
 /// A published annotator weight file.
@@ -93,7 +95,7 @@ impl AnnotatorFile {
     }
 }
 
-pub(crate) use crate::nodes::preprocessors::{image_out, resolution, u32_input};
+pub(crate) use crate::nodes::preprocessors::{image_out, resolution};
 
 /// An aux node's declaration (`image`, the node's own inputs, `resolution`; one IMAGE out) for a
 /// node that reads annotator files: their fingerprints join its cache key.

@@ -18,16 +18,19 @@ pub mod mlsd;
 pub mod normalbae;
 pub mod openpose;
 pub mod pidinet;
+pub mod uniformer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+use rayon::prelude::*;
 
 use crate::load::file::StateDict;
 use crate::load::renaming::Renaming;
 use crate::load::{LoadError, LoadErrorKind};
+use crate::ops::conv::Conv2d;
 use crate::preprocess::{ImageU8, PreprocessError, Result};
 
 /// `[1, C, H, W]` f32 with the image's 0..255 values (numpy's `torch.from_numpy(img).float()`
@@ -79,8 +82,73 @@ pub fn u8_from_clipped(h: usize, w: usize, values: &[f32]) -> ImageU8 {
     }
 }
 
-/// TF "same" padding of one side for a kernel `k` at `stride` (geffnet's `_calc_same_pad`, timm's
-/// `pad_same`): `(before, after)`, the odd pixel at the end.
+/// How a convolution pads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pad {
+    /// TensorFlow's "same": `ceil(size / stride)` outputs, the padding split with the odd pixel
+    /// at the end (geffnet's `Conv2dSame` / static padding).
+    Same,
+    /// PyTorch's symmetric padding.
+    Fixed(usize),
+}
+
+/// A convolution with its batch norm folded in.
+#[derive(Debug)]
+pub(crate) struct Conv {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) stride: usize,
+    pub(crate) pad: Pad,
+    pub(crate) depthwise: bool,
+}
+
+impl Conv {
+    pub(crate) fn kernel(&self) -> usize {
+        self.weight.dims().get(2).copied().unwrap_or(1)
+    }
+
+    pub(crate) fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let k = self.kernel();
+        let (_, _, h, w) = x.dims4()?;
+        let ((top, bottom), (left, right)) = match self.pad {
+            Pad::Fixed(p) => ((p, p), (p, p)),
+            Pad::Same => (same_pad(h, k, self.stride), same_pad(w, k, self.stride)),
+        };
+        if self.depthwise {
+            return depthwise(
+                x,
+                &self.weight,
+                self.bias.as_ref(),
+                self.stride,
+                top,
+                left,
+                (bottom, right),
+            );
+        }
+        let symmetric = top == bottom && left == right && top == left;
+        let (x, padding) = if symmetric {
+            (x.clone(), top)
+        } else {
+            (
+                x.pad_with_zeros(2, top, bottom)?
+                    .pad_with_zeros(3, left, right)?,
+                0,
+            )
+        };
+        let config = Conv2dConfig {
+            padding,
+            stride: self.stride,
+            ..Default::default()
+        };
+        Conv2d::new(self.weight.clone(), self.bias.clone(), config).forward(&x)
+    }
+}
+
+/// geffnet's `_calc_same_pad`, split as `Conv2dSame` splits it (the odd pixel at the end).
 pub fn same_pad(size: usize, k: usize, stride: usize) -> (usize, usize) {
     let total = ((size.div_ceil(stride) - 1) * stride + k).saturating_sub(size);
     (total / 2, total - total / 2)
@@ -99,4 +167,199 @@ pub fn load_published<C, T>(
         detect(sd.shapes()).map_err(|e| LoadError::new(sd.path(), LoadErrorKind::BadConfig(e)))?;
     let names = sd.shapes().keys().map(|k| (k.clone(), k.clone())).collect();
     Renaming::new(names).build(sd, DType::F32, device, |vb| build(vb, &config))
+}
+
+/// A depthwise convolution (`groups == channels`, weight `[C, 1, k, k]`) with zero padding
+/// `top`/`left` (and `end` = bottom/right). On the CPU a direct loop per plane: candle's grouped
+/// convolution runs one convolution per channel, thousands of them in B5's wide stages.
+pub(crate) fn depthwise(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    top: usize,
+    left: usize,
+    end: (usize, usize),
+) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let k = weight.dim(2)?;
+    let oh = (h + top + end.0 - k) / stride + 1;
+    let ow = (w + left + end.1 - k) / stride + 1;
+    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 {
+        let xp = x
+            .pad_with_zeros(2, top, end.0)?
+            .pad_with_zeros(3, left, end.1)?;
+        let out = xp.conv2d(weight, 0, stride, 1, c)?;
+        return match bias {
+            Some(bias) => out.broadcast_add(&bias.reshape((1, c, 1, 1))?),
+            None => Ok(out),
+        };
+    }
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let ws = weight.flatten_all()?.to_vec1::<f32>()?;
+    let bs = match bias {
+        Some(bias) => bias.to_vec1::<f32>()?,
+        None => vec![0.0; c],
+    };
+    let mut out = vec![0f32; b * c * oh * ow];
+    out.par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(plane, o)| {
+            let ch = plane % c;
+            let src = &xs[plane * h * w..(plane + 1) * h * w];
+            let kern = &ws[ch * k * k..(ch + 1) * k * k];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0f32;
+                    for ky in 0..k {
+                        let iy = (oy * stride + ky) as isize - top as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        let row = &src[iy as usize * w..(iy as usize + 1) * w];
+                        for kx in 0..k {
+                            let ix = (ox * stride + kx) as isize - left as isize;
+                            if ix >= 0 && ix < w as isize {
+                                acc += row[ix as usize] * kern[ky * k + kx];
+                            }
+                        }
+                    }
+                    o[oy * ow + ox] = acc + bs[ch];
+                }
+            }
+        });
+    Tensor::from_vec(out, (b, c, oh, ow), x.device())
+}
+
+/// The file's tensors under their model names (without `module.`), with their shapes.
+pub(crate) struct Weights<'a> {
+    pub(crate) vb: VarBuilder<'a>,
+    pub(crate) shapes: &'a HashMap<String, Vec<usize>>,
+}
+
+impl Weights<'_> {
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.shapes.contains_key(name)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> candle_core::Result<Tensor> {
+        let shape = self
+            .shapes
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor '{name}'")))?;
+        self.vb.get(shape.as_slice(), name)
+    }
+
+    /// Convolution `conv` (`.weight`, optional `.bias`) with batch norm `bn` folded in.
+    pub(crate) fn conv(
+        &self,
+        conv: &str,
+        bn: Option<(&str, f64)>,
+        stride: usize,
+        pad: Pad,
+    ) -> candle_core::Result<Conv> {
+        let mut weight = self.get(&format!("{conv}.weight"))?;
+        if weight.rank() == 3 {
+            // Conv1d with kernel 1: the same maths as a 1x1 Conv2d.
+            weight = weight.unsqueeze(3)?;
+        }
+        let mut bias = if self.has(&format!("{conv}.bias")) {
+            Some(self.get(&format!("{conv}.bias"))?)
+        } else {
+            None
+        };
+        if let Some((bn, eps)) = bn {
+            let gamma = self.get(&format!("{bn}.weight"))?;
+            let beta = self.get(&format!("{bn}.bias"))?;
+            let mean = self.get(&format!("{bn}.running_mean"))?;
+            let var = self.get(&format!("{bn}.running_var"))?;
+            let scale = gamma.broadcast_div(&(var + eps)?.sqrt()?)?;
+            weight = weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
+            let shifted = match bias {
+                Some(b) => (b - &mean)?,
+                None => mean.neg()?,
+            };
+            bias = Some((shifted * &scale)?.add(&beta)?);
+        }
+        Ok(Conv {
+            weight,
+            bias,
+            stride,
+            pad,
+            depthwise: false,
+        })
+    }
+}
+
+/// Tensor shapes by name.
+pub(crate) type Shapes = HashMap<String, Vec<usize>>;
+
+/// The tensors of `sd` under their model names, with their shapes: the keys without `module.`
+/// (DataParallel's prefix) when `probe` is found under it, else as they are.
+pub(crate) fn model_names(
+    sd: &StateDict,
+    probe: &str,
+) -> std::result::Result<(HashMap<String, String>, Shapes), LoadError> {
+    let prefix = ["module.", ""]
+        .into_iter()
+        .find(|p| sd.contains(&format!("{p}{probe}")))
+        .ok_or_else(|| {
+            LoadError::new(
+                sd.path(),
+                LoadErrorKind::UnknownFamily {
+                    looked_for: vec![format!("module.{probe}"), probe.to_string()],
+                },
+            )
+        })?;
+    let mut names = HashMap::new();
+    let mut shapes = HashMap::new();
+    for (key, shape) in sd.shapes() {
+        if let Some(name) = key.strip_prefix(prefix) {
+            names.insert(name.to_string(), key.clone());
+            shapes.insert(name.to_string(), shape.clone());
+        }
+    }
+    Ok((names, shapes))
+}
+
+/// Linear interpolation of `x` along `dim` to `out` samples, as `F.interpolate(mode="bilinear")`
+/// does per axis: torch's source indices and weights in f32, with `align_corners` or half-pixel
+/// centres (`scale * (o + 0.5) - 0.5`, clamped at 0).
+pub(crate) fn interpolate_axis(
+    x: &Tensor,
+    dim: usize,
+    out: usize,
+    align_corners: bool,
+) -> candle_core::Result<Tensor> {
+    let len = x.dim(dim)?;
+    if len == out {
+        return Ok(x.clone());
+    }
+    let scale = match (align_corners, out > 1) {
+        (true, true) => (len - 1) as f32 / (out - 1) as f32,
+        (true, false) => 0.0,
+        (false, _) => len as f32 / out as f32,
+    };
+    let (mut i0, mut i1, mut l0, mut l1) = (vec![], vec![], vec![], vec![]);
+    for o in 0..out {
+        let real = if align_corners {
+            scale * o as f32
+        } else {
+            (scale * (o as f32 + 0.5) - 0.5).max(0.0)
+        };
+        let i = (real as usize).min(len - 1);
+        let lambda = (real - i as f32).clamp(0.0, 1.0);
+        i0.push(i as u32);
+        i1.push((i + usize::from(i < len - 1)) as u32);
+        l0.push(1.0 - lambda);
+        l1.push(lambda);
+    }
+    let dev = x.device();
+    let mut shape = vec![1; x.rank()];
+    shape[dim] = out;
+    let a = x.index_select(&Tensor::new(i0, dev)?, dim)?;
+    let b = x.index_select(&Tensor::new(i1, dev)?, dim)?;
+    let l0 = Tensor::new(l0, dev)?.reshape(shape.as_slice())?;
+    let l1 = Tensor::new(l1, dev)?.reshape(shape.as_slice())?;
+    a.broadcast_mul(&l0)? + b.broadcast_mul(&l1)?
 }

@@ -21,15 +21,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Conv2dConfig, VarBuilder};
-use rayon::prelude::*;
+use candle_core::{DType, Device, Result, Tensor};
 
-use crate::annotators::{image_tensor, same_pad, u8_from_clipped};
+use crate::annotators::{
+    image_tensor, interpolate_axis, model_names, u8_from_clipped, Conv, Pad, Weights,
+};
 use crate::load::file::StateDict;
 use crate::load::renaming::Renaming;
 use crate::load::{LoadError, LoadErrorKind};
-use crate::ops::conv::Conv2d;
 use crate::preprocess::aux::{detect_resolution, hwc3, resize_image_with_pad};
 use crate::preprocess::cv::Interpolation;
 use crate::preprocess::{run_aux, ImageU8, PreprocessError};
@@ -47,134 +46,6 @@ const ENCODER_BN_EPS: f64 = 1e-3;
 /// PyTorch's default, the decoder's batch norms.
 const DECODER_BN_EPS: f64 = 1e-5;
 const ENCODER: &str = "encoder.original_model";
-
-/// How a convolution pads.
-#[derive(Debug, Clone, Copy)]
-enum Pad {
-    /// TensorFlow's "same": `ceil(size / stride)` outputs, the padding split with the odd pixel
-    /// at the end (geffnet's `Conv2dSame` / static padding).
-    Same,
-    /// PyTorch's symmetric padding.
-    Fixed(usize),
-}
-
-/// A convolution with its batch norm folded in.
-#[derive(Debug)]
-struct Conv {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    stride: usize,
-    pad: Pad,
-    depthwise: bool,
-}
-
-impl Conv {
-    fn kernel(&self) -> usize {
-        self.weight.dims().get(2).copied().unwrap_or(1)
-    }
-
-    fn out_channels(&self) -> usize {
-        self.weight.dims()[0]
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let k = self.kernel();
-        let (_, _, h, w) = x.dims4()?;
-        let ((top, bottom), (left, right)) = match self.pad {
-            Pad::Fixed(p) => ((p, p), (p, p)),
-            Pad::Same => (same_pad(h, k, self.stride), same_pad(w, k, self.stride)),
-        };
-        if self.depthwise {
-            return depthwise(
-                x,
-                &self.weight,
-                self.bias.as_ref(),
-                self.stride,
-                top,
-                left,
-                (bottom, right),
-            );
-        }
-        let symmetric = top == bottom && left == right && top == left;
-        let (x, padding) = if symmetric {
-            (x.clone(), top)
-        } else {
-            (
-                x.pad_with_zeros(2, top, bottom)?
-                    .pad_with_zeros(3, left, right)?,
-                0,
-            )
-        };
-        let config = Conv2dConfig {
-            padding,
-            stride: self.stride,
-            ..Default::default()
-        };
-        Conv2d::new(self.weight.clone(), self.bias.clone(), config).forward(&x)
-    }
-}
-
-/// A depthwise convolution (`groups == channels`, weight `[C, 1, k, k]`) with zero padding
-/// `top`/`left` (and `end` = bottom/right). On the CPU a direct loop per plane: candle's grouped
-/// convolution runs one convolution per channel, thousands of them in B5's wide stages.
-fn depthwise(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    top: usize,
-    left: usize,
-    end: (usize, usize),
-) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let k = weight.dim(2)?;
-    let oh = (h + top + end.0 - k) / stride + 1;
-    let ow = (w + left + end.1 - k) / stride + 1;
-    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 {
-        let xp = x
-            .pad_with_zeros(2, top, end.0)?
-            .pad_with_zeros(3, left, end.1)?;
-        let out = xp.conv2d(weight, 0, stride, 1, c)?;
-        return match bias {
-            Some(bias) => out.broadcast_add(&bias.reshape((1, c, 1, 1))?),
-            None => Ok(out),
-        };
-    }
-    let xs = x.flatten_all()?.to_vec1::<f32>()?;
-    let ws = weight.flatten_all()?.to_vec1::<f32>()?;
-    let bs = match bias {
-        Some(bias) => bias.to_vec1::<f32>()?,
-        None => vec![0.0; c],
-    };
-    let mut out = vec![0f32; b * c * oh * ow];
-    out.par_chunks_mut(oh * ow)
-        .enumerate()
-        .for_each(|(plane, o)| {
-            let ch = plane % c;
-            let src = &xs[plane * h * w..(plane + 1) * h * w];
-            let kern = &ws[ch * k * k..(ch + 1) * k * k];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = 0f32;
-                    for ky in 0..k {
-                        let iy = (oy * stride + ky) as isize - top as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let row = &src[iy as usize * w..(iy as usize + 1) * w];
-                        for kx in 0..k {
-                            let ix = (ox * stride + kx) as isize - left as isize;
-                            if ix >= 0 && ix < w as isize {
-                                acc += row[ix as usize] * kern[ky * k + kx];
-                            }
-                        }
-                    }
-                    o[oy * ow + ox] = acc + bs[ch];
-                }
-            }
-        });
-    Tensor::from_vec(out, (b, c, oh, ow), x.device())
-}
 
 /// Squeeze-and-excitation: the channel mean through two 1x1 convolutions (swish between) gates
 /// the channels by a sigmoid.
@@ -275,38 +146,7 @@ fn norm_normalize(x: &Tensor) -> Result<Tensor> {
 
 /// `F.interpolate(x, size, mode="bilinear", align_corners=True)` on `[B, C, H, W]`.
 pub fn resize_align_corners(x: &Tensor, height: usize, width: usize) -> Result<Tensor> {
-    interpolate_axis(&interpolate_axis(x, 3, width)?, 2, height)
-}
-
-/// Linear interpolation along `dim` with PyTorch's align_corners source indices and weights.
-fn interpolate_axis(x: &Tensor, dim: usize, out: usize) -> Result<Tensor> {
-    let len = x.dim(dim)?;
-    if len == out {
-        return Ok(x.clone());
-    }
-    let scale = if out > 1 {
-        (len - 1) as f32 / (out - 1) as f32
-    } else {
-        0.0
-    };
-    let (mut i0, mut i1, mut l0, mut l1) = (vec![], vec![], vec![], vec![]);
-    for o in 0..out {
-        let real = scale * o as f32;
-        let i = (real as usize).min(len - 1);
-        let lambda = (real - i as f32).clamp(0.0, 1.0);
-        i0.push(i as u32);
-        i1.push((i + usize::from(i < len - 1)) as u32);
-        l0.push(1.0 - lambda);
-        l1.push(lambda);
-    }
-    let dev = x.device();
-    let mut shape = vec![1; x.rank()];
-    shape[dim] = out;
-    let a = x.index_select(&Tensor::new(i0, dev)?, dim)?;
-    let b = x.index_select(&Tensor::new(i1, dev)?, dim)?;
-    let l0 = Tensor::new(l0, dev)?.reshape(shape.as_slice())?;
-    let l1 = Tensor::new(l1, dev)?.reshape(shape.as_slice())?;
-    a.broadcast_mul(&l0)? + b.broadcast_mul(&l1)?
+    interpolate_axis(&interpolate_axis(x, 3, width, true)?, 2, height, true)
 }
 
 fn upsample2x(x: &Tensor) -> Result<Tensor> {
@@ -327,59 +167,7 @@ pub struct NormalBae {
     device: Device,
 }
 
-/// The file's tensors under their model names (without `module.`), with their shapes.
-struct Weights<'a> {
-    vb: VarBuilder<'a>,
-    shapes: &'a HashMap<String, Vec<usize>>,
-}
-
 impl Weights<'_> {
-    fn has(&self, name: &str) -> bool {
-        self.shapes.contains_key(name)
-    }
-
-    fn get(&self, name: &str) -> Result<Tensor> {
-        let shape = self
-            .shapes
-            .get(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor '{name}'")))?;
-        self.vb.get(shape.as_slice(), name)
-    }
-
-    /// Convolution `conv` (`.weight`, optional `.bias`) with batch norm `bn` folded in.
-    fn conv(&self, conv: &str, bn: Option<(&str, f64)>, stride: usize, pad: Pad) -> Result<Conv> {
-        let mut weight = self.get(&format!("{conv}.weight"))?;
-        if weight.rank() == 3 {
-            // Conv1d with kernel 1: the same maths as a 1x1 Conv2d.
-            weight = weight.unsqueeze(3)?;
-        }
-        let mut bias = if self.has(&format!("{conv}.bias")) {
-            Some(self.get(&format!("{conv}.bias"))?)
-        } else {
-            None
-        };
-        if let Some((bn, eps)) = bn {
-            let gamma = self.get(&format!("{bn}.weight"))?;
-            let beta = self.get(&format!("{bn}.bias"))?;
-            let mean = self.get(&format!("{bn}.running_mean"))?;
-            let var = self.get(&format!("{bn}.running_var"))?;
-            let scale = gamma.broadcast_div(&(var + eps)?.sqrt()?)?;
-            weight = weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
-            let shifted = match bias {
-                Some(b) => (b - &mean)?,
-                None => mean.neg()?,
-            };
-            bias = Some((shifted * &scale)?.add(&beta)?);
-        }
-        Ok(Conv {
-            weight,
-            bias,
-            stride,
-            pad,
-            depthwise: false,
-        })
-    }
-
     fn block(&self, p: &str, stride: usize, inverted: bool) -> Result<Block> {
         let conv = |conv: &str, bn: &str, stride: usize| {
             let bn = format!("{p}.{bn}");
@@ -465,26 +253,7 @@ fn stages(shapes: &HashMap<String, Vec<usize>>) -> std::result::Result<Vec<Vec<b
 impl NormalBae {
     /// Loads `scannet.pt` (or a file of the same layout, any widths and stage depths) in f32.
     pub fn load(sd: &Arc<StateDict>, device: &Device) -> std::result::Result<Self, LoadError> {
-        let stem = format!("{ENCODER}.conv_stem.weight");
-        let prefix = ["module.", ""]
-            .into_iter()
-            .find(|p| sd.contains(&format!("{p}{stem}")))
-            .ok_or_else(|| {
-                LoadError::new(
-                    sd.path(),
-                    LoadErrorKind::UnknownFamily {
-                        looked_for: vec![format!("module.{stem}"), stem.clone()],
-                    },
-                )
-            })?;
-        let mut names = HashMap::new();
-        let mut shapes = HashMap::new();
-        for (key, shape) in sd.shapes() {
-            if let Some(name) = key.strip_prefix(prefix) {
-                names.insert(name.to_string(), key.clone());
-                shapes.insert(name.to_string(), shape.clone());
-            }
-        }
+        let (names, shapes) = model_names(sd, &format!("{ENCODER}.conv_stem.weight"))?;
         let stages = stages(&shapes)
             .map_err(|msg| LoadError::new(sd.path(), LoadErrorKind::BadConfig(msg)))?;
         Renaming::new(names).build(sd, DType::F32, device, |vb| {
@@ -645,6 +414,7 @@ pub fn normal_map(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::annotators::same_pad;
 
     #[test]
     fn same_padding_matches_geffnet() {

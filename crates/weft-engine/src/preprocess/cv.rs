@@ -259,6 +259,7 @@ fn generic_coeffs(
     dsize: usize,
     inv_scale: f64,
     kernel: Kernel,
+    rows: bool,
 ) -> Vec<(isize, [f32; 4])> {
     let scale = 1.0 / inv_scale;
     let ksize: isize = if kernel == Kernel::Cubic { 4 } else { 2 };
@@ -275,7 +276,10 @@ fn generic_coeffs(
                 s = fx.floor() as isize;
                 f = fx - s as f32;
             }
-            if kernel != Kernel::Cubic {
+            // OpenCV moves border taps onto the edge for columns only; a linear row past the
+            // edge keeps its fraction over the clamped rows, which the fixed-point vertical pass
+            // rounds differently from one full-weight row.
+            if kernel != Kernel::Cubic && !(rows && kernel == Kernel::Linear) {
                 if s < k2 - 1 && s < 0 {
                     f = 0.0;
                     s = 0;
@@ -315,8 +319,8 @@ fn resize_generic(
     let c = src.channels;
     let width = dw * c;
     let clampi = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
-    let xc = generic_coeffs(src.width, dw, inv_sx, kernel);
-    let yc = generic_coeffs(src.height, dh, inv_sy, kernel);
+    let xc = generic_coeffs(src.width, dw, inv_sx, kernel, false);
+    let yc = generic_coeffs(src.height, dh, inv_sy, kernel, true);
     let mut out = ImageU8::zeros(dh, dw, c);
     if kernel == Kernel::Cubic {
         let hrows: Vec<Vec<f32>> = (0..src.height)
@@ -387,8 +391,8 @@ fn resize_generic(
 /// `cv2.resize` INTER_CUBIC of a one-channel f64 image (`resizeGeneric_` with `HResizeCubic<double, double,
 /// float>`: f32 weights, f64 sums), as `make_noise_disk` uses on numpy's uniform noise.
 pub fn resize_cubic_f64(src: &[f64], sh: usize, sw: usize, dh: usize, dw: usize) -> Vec<f64> {
-    let xc = generic_coeffs(sw, dw, dw as f64 / sw as f64, Kernel::Cubic);
-    let yc = generic_coeffs(sh, dh, dh as f64 / sh as f64, Kernel::Cubic);
+    let xc = generic_coeffs(sw, dw, dw as f64 / sw as f64, Kernel::Cubic, false);
+    let yc = generic_coeffs(sh, dh, dh as f64 / sh as f64, Kernel::Cubic, true);
     let clampi = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
     let hrows: Vec<Vec<f64>> = (0..sh)
         .map(|sy| {
@@ -964,6 +968,26 @@ pub fn pad_edge(src: &ImageU8, ph: usize, pw: usize) -> ImageU8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linear_rows_past_the_edge_keep_their_fraction() {
+        // cv2.resize(src, (24, 16), interpolation=cv2.INTER_LINEAR), opencv-python 5.1: row 0
+        // lies above the first source row's centre.
+        let src = ImageU8 {
+            height: 2,
+            width: 3,
+            channels: 1,
+            data: vec![95, 130, 194, 217, 207, 235],
+        };
+        let out = resize(&src, 24, 16, Interpolation::Linear);
+        assert_eq!(
+            out.data[..24],
+            [
+                95, 95, 95, 95, 97, 101, 106, 110, 115, 119, 123, 128, 134, 142, 150, 158, 166,
+                174, 182, 190, 194, 194, 194, 194
+            ]
+        );
+    }
 
     #[test]
     fn reflect101_folds() {

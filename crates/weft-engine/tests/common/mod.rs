@@ -37,3 +37,14 @@ pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// A `[H, W, C]` uint8 tensor as a one-image IMAGE batch `[1, H, W, C]` of 0..1 values.
+pub fn comfy_image(u8_hwc: &Tensor) -> Tensor {
+    u8_hwc
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .affine(1.0 / 255.0, 0.0)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+}
