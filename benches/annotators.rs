@@ -17,10 +17,12 @@ use weft::engine::annotators;
 use weft::engine::annotators::depth_anything_v2::DepthAnythingV2;
 use weft::engine::annotators::hed::{ControlNetHed, HedOptions};
 use weft::engine::annotators::lineart::{AnimeUnet, LineartGenerator};
+use weft::engine::annotators::midas::{Midas, MidasMap};
 use weft::engine::annotators::mlsd::{Mlsd, MlsdOptions};
 use weft::engine::annotators::normalbae::NormalBae;
 use weft::engine::annotators::openpose::{BodyNet, OpenposeOptions};
 use weft::engine::annotators::pidinet::{PiDiNet, PidiOptions};
+use weft::engine::annotators::uniformer::UniFormer;
 use weft::engine::load::file::StateDict;
 use weft::engine::preprocess;
 
@@ -218,6 +220,20 @@ fn main() -> anyhow::Result<()> {
         let net = DepthAnythingV2::load(&sd, &device)?;
         bench("DepthAnythingV2Preprocessor vits", runs, || {
             Ok(annotators::depth_anything_v2::depth_anything_v2(
+                &net, &image, 512,
+            )?)
+        });
+    }
+    if let Some(sd) = open("dpt_hybrid-midas-501f0c75.pt") {
+        let net = Midas::load(&sd, &device)?;
+        bench("MiDaS-DepthMapPreprocessor", runs, || {
+            Ok(annotators::midas::midas(&net, &image, 512, MidasMap::Depth)?)
+        });
+    }
+    if let Some(sd) = open("upernet_global_small.pth") {
+        let net = UniFormer::load(&sd, &device)?;
+        bench("UniFormer-SemSegPreprocessor", runs, || {
+            Ok(annotators::uniformer::semantic_segmentation(
                 &net, &image, 512,
             )?)
         });

@@ -30,6 +30,8 @@ NETWORK_SCRIPTS = [
     "depth_anything_v2_reference.py",
     "openpose_reference.py",
     "normalbae_reference.py",
+    "midas_reference.py",
+    "uniformer_reference.py",
 ]
 
 
