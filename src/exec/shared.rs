@@ -60,7 +60,10 @@ pub(super) fn checkpoints_of(prompt: &Json) -> Vec<String> {
 /// An event as other workers relay it, or None for those that stay here (previews; events for
 /// a prompt without a client, which nobody gets).
 fn to_remote(envelope: &Envelope) -> Option<Json> {
-    if matches!(envelope.event, Event::Preview { .. } | Event::Relayed { .. }) {
+    if matches!(
+        envelope.event,
+        Event::Preview { .. } | Event::Relayed { .. }
+    ) {
         return None;
     }
     let (route, client) = match &envelope.route {
@@ -423,7 +426,9 @@ mod tests {
 
     #[test]
     fn batches_stay_small_and_keep_the_order() {
-        let messages: Vec<Json> = (0..300).map(|i| json!({"i": i, "pad": "x".repeat(40)})).collect();
+        let messages: Vec<Json> = (0..300)
+            .map(|i| json!({"i": i, "pad": "x".repeat(40)}))
+            .collect();
         let payloads = batches("w", messages);
         assert!(payloads.len() > 1);
         let mut seen = Vec::new();
@@ -431,7 +436,13 @@ mod tests {
             assert!(payload.len() < 7900, "{}", payload.len());
             let batch: Json = serde_json::from_str(payload).unwrap();
             assert_eq!(batch["worker"], "w");
-            seen.extend(batch["events"].as_array().unwrap().iter().map(|m| m["i"].clone()));
+            seen.extend(
+                batch["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["i"].clone()),
+            );
         }
         assert_eq!(seen, (0..300).map(Json::from).collect::<Vec<_>>());
     }

@@ -56,7 +56,10 @@ pub enum Event {
     },
     /// An event of a prompt running on another worker sharing the queue, as that worker sent
     /// it (`type` and `data`), relayed to this worker's sockets.
-    Relayed { name: String, data: Json },
+    Relayed {
+        name: String,
+        data: Json,
+    },
 }
 
 /// The body of `execution_error`.
