@@ -41,8 +41,8 @@ async fn queue_state(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     })))
 }
 
-/// The workers running prompts from this queue: on PostgreSQL every worker seen lately, on
-/// SQLite this one.
+/// The workers running prompts from this queue, with what each offers (device, model budget,
+/// loaded checkpoints): on PostgreSQL every worker seen lately, on SQLite this one.
 async fn workers(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let exec = &state.exec;
     let store = exec.store();
