@@ -389,4 +389,40 @@ async fn a_prompt_goes_to_the_worker_with_its_checkpoint_loaded() {
         started.elapsed()
     );
     assert_eq!(outputs(dir.path(), 2)[1], ["elsewhere_00001_.png"]);
+
+    // Worker 0 idle again with the checkpoint, then frozen (SIGSTOP: listed as idle, claiming
+    // nothing): worker 1, which has let its copy go, leaves it the prompt for the grace period
+    // only, then runs it itself.
+    workers[1]
+        .post("/free", json!({"unload_models": true, "free_memory": true}))
+        .await;
+    workers[0].wait_history(&busy).await;
+    actix_web::rt::time::sleep(Duration::from_millis(1200)).await;
+    let listed = wait_workers(&workers[1], 2).await;
+    let holder = listed.iter().find(|w| w["this"] == false).unwrap();
+    assert!(holder["running"].is_null(), "{holder}");
+    assert_eq!(holder["checkpoints"], json!(["tiny.safetensors"]));
+    signal(&workers[0], "-STOP");
+    let started = Instant::now();
+    let id = workers[1].queue(checkpoint_graph("starved")).await;
+    let entry = workers[1].wait_history(&id).await;
+    let waited = started.elapsed();
+    signal(&workers[0], "-CONT");
+    assert_eq!(entry["status"]["status_str"], "success", "{entry}");
+    assert_eq!(outputs(dir.path(), 2)[1].len(), 2);
+    assert!(
+        waited > Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+    eprintln!(
+        "left to a frozen worker with the checkpoint, then run by another after {waited:.2?}"
+    );
+}
+
+fn signal(server: &Server, which: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, &server.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
 }
