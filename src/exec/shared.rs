@@ -334,12 +334,11 @@ impl Executor {
             .map(|p| (p.prompt_id.clone(), checkpoints_of(&p.prompt)))
             .filter(|(_, names)| !names.is_empty())
             .collect();
-        let mut deferred = lock(&self.deferred);
-        deferred.retain(|id, _| wanted.iter().any(|(w, _)| w == id));
+        // Prompts no longer at the head are forgotten.
+        lock(&self.deferred).retain(|id, _| wanted.iter().any(|(w, _)| w == id));
         if wanted.is_empty() {
             return Ok((!head.is_empty(), Vec::new()));
         }
-        drop(deferred);
         let mine = self.loaded_checkpoints();
         let workers = self.store.workers(PLACEMENT_SEEN_MS).await?;
         let me = self.store.worker_id();
