@@ -324,11 +324,17 @@ async fn pause_through_one_worker_pauses_every_worker() {
 
 /// A prompt that loads `tiny.safetensors` and saves its VAE's decoding under `prefix`.
 fn checkpoint_graph(prefix: &str) -> Json {
+    sleeping_checkpoint_graph(prefix, 0.0)
+}
+
+/// [`checkpoint_graph`] that also sleeps `seconds` before saving.
+fn sleeping_checkpoint_graph(prefix: &str, seconds: f64) -> Json {
     json!({
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}}
+        "7": {"class_type": "TestSleep", "inputs": {"value": ["8", 0], "seconds": seconds}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": prefix}}
     })
 }
 
@@ -377,8 +383,11 @@ async fn a_prompt_goes_to_the_worker_with_its_checkpoint_loaded() {
     assert_eq!(saved[0].len(), 6, "{saved:?}");
     assert!(saved[1].is_empty(), "{saved:?}");
 
-    // While worker 0 is busy, worker 1 does not wait for it.
-    let busy = workers[0].queue(graph("busy", 3.0)).await;
+    // While worker 0 is busy (placement sends it this prompt too), worker 1 does not wait for
+    // it.
+    let busy = workers[1]
+        .queue(sleeping_checkpoint_graph("busy", 3.0))
+        .await;
     wait_running_on(&workers[0], &busy).await;
     let started = Instant::now();
     let id = workers[1].queue(checkpoint_graph("elsewhere")).await;
@@ -409,7 +418,10 @@ async fn a_prompt_goes_to_the_worker_with_its_checkpoint_loaded() {
     let waited = started.elapsed();
     signal(&workers[0], "-CONT");
     assert_eq!(entry["status"]["status_str"], "success", "{entry}");
-    assert_eq!(outputs(dir.path(), 2)[1].len(), 2);
+    assert_eq!(
+        outputs(dir.path(), 2)[1],
+        ["elsewhere_00001_.png", "starved_00001_.png"]
+    );
     assert!(
         waited > Duration::from_millis(1500) && waited < Duration::from_secs(6),
         "{waited:?}"

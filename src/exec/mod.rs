@@ -156,8 +156,9 @@ pub struct Executor {
 /// hears nothing from the other workers (its listener is reconnecting), or while placement
 /// passes prompts over.
 const SHARED_POLL: Duration = Duration::from_millis(200);
-/// How often it looks anyway when it does hear them (a new prompt wakes it): a safety net.
-const SHARED_SAFETY_POLL: Duration = Duration::from_secs(2);
+/// How often it looks anyway when it does hear them (a new prompt wakes it): a safety net, and
+/// the pace of its housekeeping (recovering dead workers' prompts, its heartbeat).
+const SHARED_SAFETY_POLL: Duration = SHARED_HOUSEKEEPING;
 /// How often an idle worker on a shared queue recovers prompts whose worker's lease ran out and
 /// reports itself alive.
 const SHARED_HOUSEKEEPING: Duration = Duration::from_secs(1);
