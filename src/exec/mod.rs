@@ -506,12 +506,14 @@ impl Executor {
         let cancelled_while_claiming = lock(&self.cancel_requested).remove(&prompt_id);
         self.interrupt
             .store(cancelled_while_claiming, Ordering::SeqCst);
-        if self.store.is_shared() {
-            // Busy now, for the others' placement.
+        let prompt = row.prompt.clone();
+        // Busy now, for the others' placement (which only looks at workers holding checkpoints).
+        let placed = self.store.is_shared()
+            && (self.holds_checkpoints() || !shared::checkpoints_of(&prompt).is_empty());
+        if placed {
             self.report().await;
         }
         self.emit_status().await;
-        let prompt = row.prompt.clone();
 
         let lease = self.keep_lease(&prompt_id);
         let span = tracing::info_span!("prompt", prompt_id = %prompt_id);
@@ -539,7 +541,7 @@ impl Executor {
         }
         *lock(&self.running) = None;
         self.used_checkpoints(&prompt);
-        if self.store.is_shared() {
+        if placed {
             // Idle again, with what it loaded.
             self.report().await;
         }

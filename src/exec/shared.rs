@@ -280,6 +280,11 @@ impl Executor {
         names
     }
 
+    /// Whether this worker holds a checkpoint a prompt named.
+    pub(super) fn holds_checkpoints(&self) -> bool {
+        !self.loaded_checkpoints().is_empty()
+    }
+
     /// Remembers the checkpoints a prompt used, for [`Executor::loaded_checkpoints`].
     pub(super) fn used_checkpoints(&self, prompt: &Json) {
         let mut recent = lock(&self.recent_checkpoints);
