@@ -183,7 +183,8 @@ async fn cancel_and_interrupt_reach_the_worker_running_the_prompt() {
     };
     let dir = tempfile::tempdir().unwrap();
     let url = pg.url("postgres");
-    let lease = ["--lease-seconds", "1"];
+    // Leases renewed every 10 s: the interrupt arrives by notification, well before.
+    let lease = ["--lease-seconds", "30"];
     let mut workers = start_workers(dir.path(), &url, 1, &lease).await;
     let slow = workers[0].queue(graph("slow", 60.0)).await;
     wait_running_on(&workers[0], &slow).await;
@@ -204,11 +205,9 @@ async fn cancel_and_interrupt_reach_the_worker_running_the_prompt() {
         .await;
     let entry = workers[0].wait_history(&slow).await;
     assert_eq!(entry["status"]["status_str"], "error", "{entry}");
-    assert!(
-        asked.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        asked.elapsed()
-    );
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    eprintln!("interrupted on worker 0 {took:.2?} after asking worker 1");
     assert!(workers[0]
         .get(&format!("/history/{pending}"))
         .await

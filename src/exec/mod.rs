@@ -578,13 +578,14 @@ impl Executor {
     }
 
     /// Interrupts a prompt wherever it runs: here at once, or on another worker sharing the
-    /// queue at its next lease renewal. Without an id, the prompt running here.
+    /// queue as soon as it hears (a notification; at its next lease renewal at the latest).
+    /// Without an id, the prompt running here.
     pub async fn interrupt_anywhere(&self, prompt_id: Option<&str>) -> Result<bool, StoreError> {
         if self.interrupt(prompt_id) {
             return Ok(true);
         }
         match prompt_id {
-            Some(id) if self.store.is_shared() => self.store.request_interrupt(id).await,
+            Some(id) if self.store.is_shared() => self.request_interrupt_anywhere(id).await,
             _ => Ok(false),
         }
     }
@@ -614,7 +615,7 @@ impl Executor {
         if claimed && self.store.is_shared() {
             // Running on another worker, or claimed here and not started: the flag in its row
             // reaches whichever worker runs it; ours for the second case.
-            self.store.request_interrupt(prompt_id).await?;
+            self.request_interrupt_anywhere(prompt_id).await?;
         }
         if claimed {
             lock(&self.cancel_requested).insert(prompt_id.to_owned());

@@ -8,6 +8,8 @@
 //! - Wake-ups: a new, re-queued or released prompt and a resume are announced on [`QUEUE`]; idle
 //!   workers wake at once and keep a slow poll only as a safety net.
 //! - Pause: one flag in the database, read by every claim; [`QUEUE`] tells the workers.
+//! - Interrupts: the flag in the prompt's row, read by its worker as it renews its lease, and a
+//!   notification on [`QUEUE`] that it hears at once.
 //! - Placement: a worker passes over a prompt whose checkpoint it has not loaded while another
 //!   live, idle worker has it, for [`PLACEMENT_GRACE`] at most (so nothing waits longer).
 
@@ -25,11 +27,13 @@ use crate::wire::Event;
 
 /// The channel of execution and status events.
 const EVENTS: &str = "weft_events";
-/// The channel of queue changes: [`NEW_WORK`], [`PAUSED`], [`RESUMED`].
+/// The channel of queue changes: [`NEW_WORK`], [`PAUSED`], [`RESUMED`], and [`INTERRUPT`]
+/// followed by a prompt id.
 const QUEUE: &str = "weft_queue";
 const NEW_WORK: &str = "work";
 const PAUSED: &str = "paused";
 const RESUMED: &str = "resumed";
+const INTERRUPT: &str = "interrupt:";
 
 /// Events are batched into notifications of about this many bytes (NOTIFY takes 8000; a single
 /// larger event is spilled to a table by the store).
@@ -205,6 +209,11 @@ impl Executor {
                 self.refresh_pause().await;
             }
             if notification.channel == QUEUE {
+                if let Some(id) = notification.payload.strip_prefix(INTERRUPT) {
+                    // Only if it runs here; the flag in its row stays for the other cases.
+                    self.interrupt(Some(id));
+                    continue;
+                }
                 match notification.payload.as_str() {
                     PAUSED => self.paused.store(true, Ordering::SeqCst),
                     RESUMED => self.paused.store(false, Ordering::SeqCst),
@@ -234,6 +243,25 @@ impl Executor {
         if let Err(e) = self.store.notify(QUEUE, NEW_WORK).await {
             tracing::warn!("cannot tell the other workers of new work: {e:#}");
         }
+    }
+
+    /// Asks whichever worker runs `prompt_id` to interrupt it: the flag in its row (read at
+    /// each lease renewal) and a notification (heard at once). False if it is not running.
+    pub(super) async fn request_interrupt_anywhere(
+        &self,
+        prompt_id: &str,
+    ) -> Result<bool, StoreError> {
+        let running = self.store.request_interrupt(prompt_id).await?;
+        if running {
+            if let Err(e) = self
+                .store
+                .notify(QUEUE, &format!("{INTERRUPT}{prompt_id}"))
+                .await
+            {
+                tracing::warn!("cannot tell the other workers of an interrupt: {e:#}");
+            }
+        }
+        Ok(running)
     }
 
     /// Pauses or resumes the queue: on a shared queue for every worker (a flag in the database
