@@ -202,6 +202,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_listener_whose_connection_dies_listens_again() {
+        let Some((server, store)) = crate::test_postgres().await else {
+            return;
+        };
+        let other = Store::connect(&server.url("postgres")).await.unwrap();
+        let mut listener = other.listen(&["a"]).await.unwrap().unwrap();
+        store.notify("a", "before").await.unwrap();
+        assert_eq!(listener.recv().await.unwrap().payload, "before");
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(killed, [true]);
+        // What is sent while it reconnects is lost; what comes after arrives.
+        let sender = tokio::spawn(async move {
+            loop {
+                store.notify("a", "after").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let n = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Ok(n) = listener.recv().await {
+                    return n;
+                }
+            }
+        })
+        .await
+        .expect("notifications again after reconnecting");
+        sender.abort();
+        assert_eq!(n.payload, "after");
+    }
+
+    #[tokio::test]
     async fn a_paused_queue_is_claimed_by_no_worker() {
         let Some((server, store)) = crate::test_postgres().await else {
             return;
