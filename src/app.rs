@@ -304,14 +304,14 @@ async fn build_executor(
     Ok(Executor::start(store, Arc::new(registry), Arc::new(dirs), config).await?)
 }
 
-/// Opens the store (running migrations, recovering from a crash), starts the worker and binds the
-/// HTTP server. The returned `server` future must be awaited or spawned.
-pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
-    let auth = resolve_auth(&config.auth, &config.listen, &config.data_dir)?;
-    let access = Access {
-        hosts: AllowedHosts::new(&config.allowed_hosts, &config.listen),
-        token: auth.as_ref().map(|(token, _)| token.clone()),
-    };
+/// Builds the folders and the executor (opening the store, recovering from a crash) of a
+/// server or worker; the worker is not started yet.
+async fn prepare(
+    config: &ServerConfig,
+) -> anyhow::Result<(
+    Arc<Executor>,
+    tokio::sync::mpsc::UnboundedReceiver<crate::exec::Envelope>,
+)> {
     let mut dirs = DataDirs::new(&config.data_dir, &config.models_dir);
     for (dir, given) in [
         (&mut dirs.input, &config.input_dir),
@@ -358,7 +358,42 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         Some(database) => Database::Postgres(database),
         None => Database::Sqlite(&sqlite_file),
     };
-    let (exec, events) = build_executor(dirs, database, config.test_nodes, exec_config).await?;
+    build_executor(dirs, database, config.test_nodes, exec_config).await
+}
+
+/// `--worker-only`: runs prompts from the shared queue (PostgreSQL) without serving HTTP; its
+/// events reach clients through the workers that do. Returns the executor, its worker started.
+pub async fn start_worker_only(config: ServerConfig) -> anyhow::Result<Arc<Executor>> {
+    if config.database.is_none() {
+        anyhow::bail!(
+            "--worker-only takes its prompts from a shared queue: give --database postgres://… \
+             (or WEFT_DATABASE_URL)"
+        );
+    }
+    let (exec, events) = prepare(&config).await?;
+    // Published for the other workers' sockets; none here.
+    let mut events = exec.share_events(events, false);
+    actix_web::rt::spawn(async move { while events.recv().await.is_some() {} });
+    exec.spawn_worker()
+        .context("cannot start the worker thread")?;
+    tracing::info!(
+        worker = exec.store().worker_id(),
+        "running prompts from the shared queue without serving HTTP (--worker-only)"
+    );
+    Ok(exec)
+}
+
+/// Opens the store (running migrations, recovering from a crash), starts the worker and binds the
+/// HTTP server. The returned `server` future must be awaited or spawned.
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    let auth = resolve_auth(&config.auth, &config.listen, &config.data_dir)?;
+    let access = Access {
+        hosts: AllowedHosts::new(&config.allowed_hosts, &config.listen),
+        token: auth.as_ref().map(|(token, _)| token.clone()),
+    };
+    let (exec, events) = prepare(&config).await?;
+    // On a shared queue, this worker's events go to the others and theirs come here.
+    let events = exec.share_events(events, true);
 
     let user = Arc::new(UserFiles::new(&exec.dirs().user, exec.store().clone()));
     match user.import_workflow_files().await {

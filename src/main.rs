@@ -108,6 +108,10 @@ struct ServeArgs {
     /// renews three times per lease); a killed worker's prompt runs on another after this.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     lease_seconds: f64,
+    /// With --database: run prompts from the shared queue without serving HTTP (no port, no
+    /// editor); clients connect to the workers that serve it and get this one's events there.
+    #[arg(long)]
+    worker_only: bool,
     /// Also register the test node pack (slow, failing and panicking nodes).
     #[arg(long, hide = true)]
     test_nodes: bool,
@@ -243,6 +247,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             url,
             lease_ms: (args.lease_seconds * 1000.0).round().max(100.0) as i64,
         });
+    if args.worker_only {
+        let exec = app::start_worker_only(config).await?;
+        if !stop_requested().await {
+            // No signal to wait for: run until killed.
+            std::future::pending::<()>().await;
+        }
+        tracing::info!("shutting down");
+        exec.shut_down().await;
+        return Ok(());
+    }
     let running = app::start(config).await?;
     let handle = running.server.handle();
     let exec = Arc::clone(&running.exec);

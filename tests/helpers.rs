@@ -147,21 +147,7 @@ impl TestApp {
 
     /// [`TestApp::ws`] with more query parameters (`&preview=0`).
     pub async fn ws_with(&self, client_id: &str, query: &str) -> WsClient {
-        let url = format!(
-            "{}/ws?clientId={client_id}{query}",
-            self.base.replace("http://", "ws://")
-        );
-        let (_, connection) = self
-            .client
-            .ws(url)
-            .connect()
-            .await
-            .expect("websocket connects");
-        let mut client = WsClient { connection };
-        let hello = client.next_json().await.expect("status on connect");
-        assert_eq!(hello["type"], "status");
-        assert_eq!(hello["data"]["sid"], client_id);
-        client
+        WsClient::connect(&self.client, &self.base, client_id, query).await
     }
 
     /// Waits until the prompt is in history (polling, for tests without a socket).
@@ -225,6 +211,26 @@ pub enum WsFrame {
 }
 
 impl WsClient {
+    /// Connects to the socket of the server at `base` (`http://host:port`) as `client_id`, and
+    /// reads its first `status`.
+    pub async fn connect(
+        client: &awc::Client,
+        base: &str,
+        client_id: &str,
+        query: &str,
+    ) -> WsClient {
+        let url = format!(
+            "{}/ws?clientId={client_id}{query}",
+            base.replace("http://", "ws://")
+        );
+        let (_, connection) = client.ws(url).connect().await.expect("websocket connects");
+        let mut client = WsClient { connection };
+        let hello = client.next_json().await.expect("status on connect");
+        assert_eq!(hello["type"], "status");
+        assert_eq!(hello["data"]["sid"], client_id);
+        client
+    }
+
     pub async fn next_frame(&mut self) -> Option<WsFrame> {
         loop {
             let frame =

@@ -47,7 +47,12 @@ impl Server {
     }
 
     /// Starts `weft serve` without waiting for it to listen.
-    fn spawn(data: &Path, models: &Path, port: u16, more: &[&std::ffi::OsStr]) -> Server {
+    pub(crate) fn spawn(
+        data: &Path,
+        models: &Path,
+        port: u16,
+        more: &[&std::ffi::OsStr],
+    ) -> Server {
         let child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(["serve", "--test-nodes", "--port", &port.to_string()])
             .arg("--data-dir")

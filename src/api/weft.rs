@@ -35,14 +35,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 async fn queue_state(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.exec.store();
     Ok(HttpResponse::Ok().json(json!({
-        "paused": state.exec.is_paused(),
+        "paused": state.exec.is_paused().await?,
         "running": state.exec.running_prompt(),
         "pending": store.pending().await?.iter().map(|p| p.prompt_id.clone()).collect::<Vec<_>>(),
     })))
 }
 
-/// The workers running prompts from this queue: on PostgreSQL every worker seen lately, on
-/// SQLite this one.
+/// The workers running prompts from this queue, with what each offers (device, model budget,
+/// loaded checkpoints): on PostgreSQL every worker seen lately, on SQLite this one.
 async fn workers(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let exec = &state.exec;
     let store = exec.store();
@@ -59,33 +59,41 @@ async fn workers(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
                     "running": w.running,
                     "started_at": w.started_at,
                     "seen_at": w.seen_at,
+                    "device": w.device,
+                    "memory_budget": w.memory_budget,
+                    "checkpoints": w.checkpoints,
                     "this": w.worker_id == this,
                 })
             })
             .collect()
     } else {
+        let (device, memory_budget, checkpoints) = exec.offer();
         vec![json!({
             "worker_id": this,
             "address": exec.address(),
             "running": exec.running_prompt(),
+            "device": device,
+            "memory_budget": memory_budget,
+            "checkpoints": checkpoints,
             "this": true,
         })]
     };
     Ok(HttpResponse::Ok().json(json!({
         "database": if store.is_shared() { "postgres" } else { "sqlite" },
-        "paused": exec.is_paused(),
+        "paused": exec.is_paused().await?,
         "workers": workers,
     })))
 }
 
-async fn pause(state: web::Data<AppState>) -> HttpResponse {
-    state.exec.pause();
-    HttpResponse::Ok().json(json!({"paused": true}))
+/// Pauses the queue: every worker sharing it stops taking prompts (the running ones finish).
+async fn pause(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.exec.set_paused(true).await?;
+    Ok(HttpResponse::Ok().json(json!({"paused": true})))
 }
 
-async fn resume(state: web::Data<AppState>) -> HttpResponse {
-    state.exec.resume();
-    HttpResponse::Ok().json(json!({"paused": false}))
+async fn resume(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.exec.set_paused(false).await?;
+    Ok(HttpResponse::Ok().json(json!({"paused": false})))
 }
 
 async fn cancel(

@@ -6,7 +6,9 @@
 //! rely on it); a client that announced `supports_preview_metadata` in its `feature_flags` gets
 //! type 4 frames instead. Weft addition: `?preview=0` on the socket's URL turns them off, for
 //! scripts that read only text. Clients that subscribed through `/internal/logs/subscribe` also get
-//! a `logs` event with each batch of new log lines.
+//! a `logs` event with each batch of new log lines. On a shared queue the stream also carries the
+//! other workers' events (`Event::Relayed`, routed alike; `exec::shared`), so a client gets its
+//! prompts' events whichever worker runs them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, Ordering};

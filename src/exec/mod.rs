@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod run;
+mod shared;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,15 +135,30 @@ pub struct Executor {
     running: Mutex<Option<String>>,
     /// Cancels that arrived while a prompt was being claimed, applied as soon as it starts.
     cancel_requested: Mutex<std::collections::HashSet<String>>,
+    /// The queue's pause: the flag itself alone on SQLite, a copy of the database's on a shared
+    /// queue (kept by notifications; every claim reads the database's).
     paused: AtomicBool,
+    /// Shutting down: this worker takes no new prompt.
+    stopping: AtomicBool,
+    /// On a shared queue: notifications from the other workers arrive (else idle workers poll
+    /// fast).
+    listening: AtomicBool,
+    /// Checkpoints this worker's prompts used lately, by name (placement).
+    recent_checkpoints: Mutex<Vec<String>>,
+    /// Prompts placement passes over, left to a better placed worker.
+    deferred: Mutex<shared::Deferred>,
     wake: Notify,
     /// Where this worker serves HTTP, as other workers list it (`GET /api/weft/workers`).
     address: Mutex<String>,
 }
 
-/// How often a worker on a shared queue (PostgreSQL) looks for work when it has none: other
-/// workers' submissions do not wake it.
+/// How often a worker on a shared queue (PostgreSQL) looks for work when it has none while it
+/// hears nothing from the other workers (its listener is reconnecting), or while placement
+/// passes prompts over.
 const SHARED_POLL: Duration = Duration::from_millis(200);
+/// How often it looks anyway when it does hear them (a new prompt wakes it): a safety net, and
+/// the pace of its housekeeping (recovering dead workers' prompts, its heartbeat).
+const SHARED_SAFETY_POLL: Duration = SHARED_HOUSEKEEPING;
 /// How often an idle worker on a shared queue recovers prompts whose worker's lease ran out and
 /// reports itself alive.
 const SHARED_HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -224,6 +240,10 @@ impl Executor {
             running: Mutex::new(None),
             cancel_requested: Mutex::new(Default::default()),
             paused: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
+            recent_checkpoints: Mutex::new(Vec::new()),
+            deferred: Mutex::new(Default::default()),
             wake: Notify::new(),
             address: Mutex::new(String::new()),
         });
@@ -338,7 +358,7 @@ impl Executor {
             })
             .await?;
         tracing::info!(number, outputs = plan.outputs().len(), "prompt queued");
-        self.wake.notify_one();
+        self.announce_work().await;
         self.emit_status().await;
         Ok(Submitted {
             prompt_id,
@@ -380,19 +400,14 @@ impl Executor {
         (3 * self.store.lease_ms()).max(10_000)
     }
 
-    /// On a shared queue: recovers prompts whose worker died and says this one is alive.
+    /// On a shared queue: recovers prompts whose worker died, says this one is alive and reads
+    /// the pause flag again (in case a notification was missed).
     async fn housekeeping(&self) {
         if let Err(e) = recover(&self.store).await {
             tracing::error!("cannot recover prompts of stopped workers: {e:#}");
         }
-        let running = self.running_prompt();
-        if let Err(e) = self
-            .store
-            .heartbeat(&self.address(), running.as_deref())
-            .await
-        {
-            tracing::warn!("cannot record this worker: {e:#}");
-        }
+        self.report().await;
+        self.refresh_pause().await;
     }
 
     /// The worker loop: runs queued prompts one at a time, forever.
@@ -405,11 +420,22 @@ impl Executor {
                 self.housekeeping().await;
                 last_housekeeping = Some(std::time::Instant::now());
             }
-            if self.paused.load(Ordering::SeqCst) {
-                self.wait_for_work().await;
+            if self.paused.load(Ordering::SeqCst) || self.stopping.load(Ordering::SeqCst) {
+                self.wait_for_work(false).await;
                 continue;
             }
-            let claimed = match self.store.claim_next().await {
+            let mut passed_over = Vec::new();
+            if self.store.is_shared() {
+                match self.placement().await {
+                    Ok((false, _)) => {
+                        self.wait_for_work(false).await;
+                        continue;
+                    }
+                    Ok((true, skip)) => passed_over = skip,
+                    Err(e) => tracing::warn!("cannot read the queue for placement: {e:#}"),
+                }
+            }
+            let claimed = match self.store.claim_next_except(&passed_over).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::error!("cannot read the queue: {e:#}");
@@ -418,20 +444,25 @@ impl Executor {
                 }
             };
             let Some(row) = claimed else {
-                self.wait_for_work().await;
+                self.wait_for_work(!passed_over.is_empty()).await;
                 continue;
             };
             self.run_one(row).await;
         }
     }
 
-    async fn wait_for_work(&self) {
+    /// Waits until woken (new work, a resume) or a poll interval passes; `soon` while prompts
+    /// are passed over for placement, whose grace runs out by itself.
+    async fn wait_for_work(&self, soon: bool) {
         // Alone on the queue, the timeout is a safety net only: every state change notifies.
-        // Sharing it, other workers' submissions do not, so it is the poll interval.
-        let timeout = if self.store.is_shared() {
+        // Sharing it, other workers' changes arrive as notifications, and without them the
+        // timeout is the poll interval.
+        let timeout = if !self.store.is_shared() {
+            Duration::from_secs(5)
+        } else if soon || !self.listening.load(Ordering::SeqCst) {
             SHARED_POLL
         } else {
-            Duration::from_secs(5)
+            SHARED_SAFETY_POLL
         };
         let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
     }
@@ -449,13 +480,7 @@ impl Executor {
         Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = this
-                    .store
-                    .heartbeat(&this.address(), Some(&prompt_id))
-                    .await
-                {
-                    tracing::warn!("cannot record this worker: {e:#}");
-                }
+                this.report().await;
                 match this.store.renew_lease(&prompt_id).await {
                     Ok(Lease::Held { interrupt: false }) => {}
                     Ok(Lease::Held { interrupt: true }) => {
@@ -481,6 +506,13 @@ impl Executor {
         let cancelled_while_claiming = lock(&self.cancel_requested).remove(&prompt_id);
         self.interrupt
             .store(cancelled_while_claiming, Ordering::SeqCst);
+        let prompt = row.prompt.clone();
+        // Busy now, for the others' placement (which only looks at workers holding checkpoints).
+        let placed = self.store.is_shared()
+            && (self.holds_checkpoints() || !shared::checkpoints_of(&prompt).is_empty());
+        if placed {
+            self.report().await;
+        }
         self.emit_status().await;
 
         let lease = self.keep_lease(&prompt_id);
@@ -508,6 +540,11 @@ impl Executor {
             tracing::error!(prompt_id = %prompt_id, "cannot record the result: {e:#}");
         }
         *lock(&self.running) = None;
+        self.used_checkpoints(&prompt);
+        if placed {
+            // Idle again, with what it loaded.
+            self.report().await;
+        }
         self.emit_status().await;
         self.emit(
             Route::Client(client),
@@ -541,13 +578,14 @@ impl Executor {
     }
 
     /// Interrupts a prompt wherever it runs: here at once, or on another worker sharing the
-    /// queue at its next lease renewal. Without an id, the prompt running here.
+    /// queue as soon as it hears (a notification; at its next lease renewal at the latest).
+    /// Without an id, the prompt running here.
     pub async fn interrupt_anywhere(&self, prompt_id: Option<&str>) -> Result<bool, StoreError> {
         if self.interrupt(prompt_id) {
             return Ok(true);
         }
         match prompt_id {
-            Some(id) if self.store.is_shared() => self.store.request_interrupt(id).await,
+            Some(id) if self.store.is_shared() => self.request_interrupt_anywhere(id).await,
             _ => Ok(false),
         }
     }
@@ -577,7 +615,7 @@ impl Executor {
         if claimed && self.store.is_shared() {
             // Running on another worker, or claimed here and not started: the flag in its row
             // reaches whichever worker runs it; ours for the second case.
-            self.store.request_interrupt(prompt_id).await?;
+            self.request_interrupt_anywhere(prompt_id).await?;
         }
         if claimed {
             lock(&self.cancel_requested).insert(prompt_id.to_owned());
@@ -608,7 +646,7 @@ impl Executor {
     pub async fn requeue(&self, prompt_id: &str) -> Result<Option<f64>, StoreError> {
         let number = self.store.requeue(prompt_id).await?;
         if number.is_some() {
-            self.wake.notify_one();
+            self.announce_work().await;
             self.emit_status().await;
         }
         Ok(number)
@@ -617,32 +655,22 @@ impl Executor {
     /// A clean shutdown: takes no new prompt, and puts the running one back in the queue so that
     /// it runs again at the next start without counting as a crash (see [`QUARANTINE_AFTER`]).
     pub async fn shut_down(&self) {
-        self.pause();
+        self.stopping.store(true, Ordering::SeqCst);
         if let Err(e) = self.store.sign_off().await {
             tracing::warn!("cannot remove this worker from the list: {e:#}");
         }
         match self.store.release_running().await {
             Ok(ids) => {
-                for id in ids {
+                for id in &ids {
                     tracing::info!(prompt_id = %id, "stopped while running; it runs again at the next start");
+                }
+                if !ids.is_empty() {
+                    // On a shared queue another worker runs it now.
+                    self.announce_work().await;
                 }
             }
             Err(e) => tracing::error!("cannot put the running prompt back in the queue: {e:#}"),
         }
-    }
-
-    /// Stops taking new prompts; the running one finishes.
-    pub fn pause(&self) {
-        self.paused.store(true, Ordering::SeqCst);
-    }
-
-    pub fn resume(&self) {
-        self.paused.store(false, Ordering::SeqCst);
-        self.wake.notify_one();
-    }
-
-    pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::SeqCst)
     }
 
     /// `POST /free`: `unload_models` drops loaded weights, `free_memory` also the output cache

@@ -54,6 +54,12 @@ pub enum Event {
         image: Vec<u8>,
         is_png: bool,
     },
+    /// An event of a prompt running on another worker sharing the queue, as that worker sent
+    /// it (`type` and `data`), relayed to this worker's sockets.
+    Relayed {
+        name: String,
+        data: Json,
+    },
 }
 
 /// The body of `execution_error`.
@@ -73,7 +79,7 @@ pub struct ExecutionErrorInfo {
 
 impl Event {
     /// The `type` field.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             Event::Status { .. } => "status",
             Event::ExecutionStart { .. } => "execution_start",
@@ -85,6 +91,7 @@ impl Event {
             Event::ExecutionError(_) => "execution_error",
             Event::ExecutionInterrupted { .. } => "execution_interrupted",
             Event::Preview { .. } => "preview",
+            Event::Relayed { name, .. } => name,
         }
     }
 
@@ -170,6 +177,7 @@ impl Event {
                 "real_node_id": node,
                 "image_type": if *is_png { "image/png" } else { "image/jpeg" },
             }),
+            Event::Relayed { data, .. } => data.clone(),
         }
     }
 

@@ -823,6 +823,17 @@ impl ModelManager {
         memory::return_freed_memory();
     }
 
+    /// The files of the checkpoints loaded now (workers sharing a queue advertise them, so a
+    /// prompt goes preferably where its checkpoint is).
+    pub fn loaded_checkpoints(&self) -> Vec<PathBuf> {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|e| matches!(e.loaded, Loaded::Checkpoint(_)))
+            .map(|e| e.path.clone())
+            .collect()
+    }
+
     /// What is loaded, the budget and the memory figures now.
     pub fn stats(&self) -> ModelStats {
         let (models, bytes, offloaded) = {

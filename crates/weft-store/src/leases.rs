@@ -36,6 +36,27 @@ pub struct WorkerRow {
     pub seen_at: i64,
     /// The prompt it is running, if any.
     pub running: Option<String>,
+    /// Its device (`cpu`, `cuda:0`).
+    pub device: String,
+    /// Its model budget, in bytes.
+    pub memory_budget: i64,
+    /// The checkpoints it holds loaded, by the names prompts give them.
+    pub checkpoints: Vec<String>,
+}
+
+/// What a worker reports of itself at each heartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerReport<'a> {
+    /// Where it serves HTTP (`host:port`), or empty for a worker without HTTP.
+    pub address: &'a str,
+    /// The prompt it is running, if any.
+    pub running: Option<&'a str>,
+    /// Its device (`cpu`, `cuda:0`).
+    pub device: &'a str,
+    /// Its model budget, in bytes.
+    pub memory_budget: i64,
+    /// The checkpoints it holds loaded, by the names prompts give them.
+    pub checkpoints: &'a [String],
 }
 
 /// A worker id unique among live processes: host, process id and the clock's nanoseconds.
@@ -92,20 +113,26 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Records that this worker is alive, where it serves HTTP and what it runs (PostgreSQL; a
-    /// no-op on SQLite).
-    pub async fn heartbeat(&self, address: &str, running: Option<&str>) -> Result<(), StoreError> {
+    /// Records that this worker is alive, where it serves HTTP, what it runs and what it offers
+    /// (PostgreSQL; a no-op on SQLite).
+    pub async fn heartbeat(&self, report: &WorkerReport<'_>) -> Result<(), StoreError> {
         if self.backend == Backend::Sqlite {
             return Ok(());
         }
+        let checkpoints = serde_json::to_string(report.checkpoints).unwrap_or_else(|_| "[]".into());
         sqlx::query(&format!(
-            "INSERT INTO workers (worker_id, address, started_at, seen_at, running) \
-             VALUES ($1, $2, {PG_NOW_MS}, {PG_NOW_MS}, $3) \
-             ON CONFLICT (worker_id) DO UPDATE SET address = $2, seen_at = {PG_NOW_MS}, running = $3"
+            "INSERT INTO workers (worker_id, address, started_at, seen_at, running, device, \
+             memory_budget, checkpoints) \
+             VALUES ($1, $2, {PG_NOW_MS}, {PG_NOW_MS}, $3, $4, $5, $6) \
+             ON CONFLICT (worker_id) DO UPDATE SET address = $2, seen_at = {PG_NOW_MS}, \
+             running = $3, device = $4, memory_budget = $5, checkpoints = $6"
         ))
         .bind(self.worker_id())
-        .bind(address)
-        .bind(running)
+        .bind(report.address)
+        .bind(report.running)
+        .bind(report.device)
+        .bind(report.memory_budget)
+        .bind(checkpoints)
         .execute(&self.pool)
         .await
         .doing("recording this worker")?;
@@ -118,8 +145,8 @@ impl Store {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(&format!(
-            "SELECT worker_id, address, started_at, seen_at, running FROM workers \
-             WHERE seen_at >= {PG_NOW_MS} - $1 ORDER BY worker_id"
+            "SELECT worker_id, address, started_at, seen_at, running, device, memory_budget, \
+             checkpoints FROM workers WHERE seen_at >= {PG_NOW_MS} - $1 ORDER BY worker_id"
         ))
         .bind(within_ms)
         .fetch_all(&self.pool)
@@ -133,6 +160,10 @@ impl Store {
                 started_at: row.get("started_at"),
                 seen_at: row.get("seen_at"),
                 running: row.get("running"),
+                device: row.get("device"),
+                memory_budget: row.get("memory_budget"),
+                checkpoints: serde_json::from_str(row.get::<&str, _>("checkpoints"))
+                    .unwrap_or_default(),
             })
             .collect())
     }
@@ -298,11 +329,26 @@ mod tests {
         let Some((_server, store)) = crate::test_postgres().await else {
             return;
         };
-        store.heartbeat("127.0.0.1:1", Some("p")).await.unwrap();
+        let checkpoints = ["sd/tiny.safetensors".to_owned()];
+        store
+            .heartbeat(&WorkerReport {
+                address: "127.0.0.1:1",
+                running: Some("p"),
+                device: "cpu",
+                memory_budget: 1 << 30,
+                checkpoints: &checkpoints,
+            })
+            .await
+            .unwrap();
         let workers = store.workers(60_000).await.unwrap();
         assert_eq!(workers.len(), 1);
         assert_eq!(workers[0].worker_id, store.worker_id());
         assert_eq!(workers[0].running.as_deref(), Some("p"));
+        assert_eq!(
+            (workers[0].device.as_str(), workers[0].memory_budget),
+            ("cpu", 1 << 30)
+        );
+        assert_eq!(workers[0].checkpoints, checkpoints);
         store.sign_off().await.unwrap();
         assert!(store.workers(60_000).await.unwrap().is_empty());
     }

@@ -7,7 +7,7 @@
 //! …, which SQLite reads too); the few statements that differ are chosen by [`Backend`] next to
 //! each other. SQLite is the embedded default, one server per file; PostgreSQL lets many workers
 //! share one queue: each claims with `FOR UPDATE SKIP LOCKED` and holds a lease on its prompt
-//! (`leases`).
+//! (`leases`), and they tell each other of events through `LISTEN`/`NOTIFY` (`notify`).
 //!
 //! Invariant: the only place with SQL. Imports no other Weft layer; documents are opaque JSON here.
 //! A prompt row is written (and committed) before its id is handed to the client, so a crash never
@@ -17,6 +17,7 @@
 
 mod jobs;
 mod leases;
+mod notify;
 mod prompts;
 pub mod testing;
 mod workflows;
@@ -31,7 +32,8 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 
 pub use jobs::{JobFilter, JobOrder};
-pub use leases::{Lease, WorkerRow};
+pub use leases::{Lease, WorkerReport, WorkerRow};
+pub use notify::{Listener, Notification};
 pub use prompts::{NewPrompt, PromptRow, PromptStatus, Recovery};
 pub use workflows::{
     FileImport, FileMove, FileSave, WorkflowFileRow, WorkflowRow, WorkflowVersionRow,
@@ -89,6 +91,8 @@ pub struct Store {
     worker_id: Arc<str>,
     /// How long a claim or a renewal holds a prompt, in milliseconds (PostgreSQL).
     lease_ms: i64,
+    /// A native pool for `LISTEN`/`NOTIFY` (PostgreSQL).
+    notify: Option<sqlx::PgPool>,
 }
 
 /// How long a lease holds unless told otherwise: a worker renews well within it, and a killed
@@ -147,7 +151,9 @@ impl Store {
             .await
             .doing("connecting to PostgreSQL")?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Store::new(pool, Backend::Postgres))
+        let mut store = Store::new(pool, Backend::Postgres);
+        store.notify = Some(notify::notify_pool(url).await?);
+        Ok(store)
     }
 
     fn new(pool: AnyPool, backend: Backend) -> Store {
@@ -156,6 +162,7 @@ impl Store {
             backend,
             worker_id: leases::new_worker_id().into(),
             lease_ms: DEFAULT_LEASE_MS,
+            notify: None,
         }
     }
 

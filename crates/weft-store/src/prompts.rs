@@ -229,14 +229,40 @@ impl Store {
     /// prompt: SQLite's write lock serialises claims; on PostgreSQL each worker locks the row it
     /// takes and skips rows others have locked, so claims do not wait on each other.
     pub async fn claim_next(&self) -> Result<Option<PromptRow>, StoreError> {
+        self.claim_next_except(&[]).await
+    }
+
+    /// [`Store::claim_next`] passing over the prompts in `skip` (left for a better placed
+    /// worker). On a shared queue, nothing is claimed while the queue is paused
+    /// ([`Store::set_paused`]): the flag is read in the claiming statement.
+    pub async fn claim_next_except(
+        &self,
+        skip: &[String],
+    ) -> Result<Option<PromptRow>, StoreError> {
         let mut tx = self.begin_write("starting to claim a prompt").await?;
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM prompts WHERE status = 'pending' ORDER BY number, seq LIMIT 1{}",
-            self.dialect("", " FOR UPDATE SKIP LOCKED")
-        ))
-        .fetch_optional(&mut *tx)
-        .await
-        .doing("finding the next prompt")?;
+        let skipped = if skip.is_empty() {
+            String::new()
+        } else {
+            let places: Vec<String> = (1..=skip.len()).map(|i| format!("${i}")).collect();
+            format!(" AND prompt_id NOT IN ({})", places.join(", "))
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM prompts WHERE status = 'pending'{skipped}{} \
+             ORDER BY number, seq LIMIT 1{}",
+            self.dialect(
+                "",
+                " AND NOT EXISTS (SELECT 1 FROM queue_control WHERE paused <> 0)"
+            ),
+            self.dialect("", " FOR UPDATE OF prompts SKIP LOCKED")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in skip {
+            query = query.bind(id);
+        }
+        let row = query
+            .fetch_optional(&mut *tx)
+            .await
+            .doing("finding the next prompt")?;
         let Some(row) = row else { return Ok(None) };
         let mut prompt = row_to_prompt(&row)?;
         let now = now_ms();
@@ -382,6 +408,18 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .doing("listing pending prompts")?;
+        rows_to_prompts(&rows)
+    }
+
+    /// The first `limit` pending prompts in the order they will run.
+    pub async fn pending_head(&self, limit: i64) -> Result<Vec<PromptRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM prompts WHERE status = 'pending' ORDER BY number, seq LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .doing("listing the next prompts")?;
         rows_to_prompts(&rows)
     }
 
