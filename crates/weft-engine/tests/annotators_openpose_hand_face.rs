@@ -304,3 +304,20 @@ fn enabled_parts_need_their_nets() {
     let err = openpose::openpose_image(&nets, &img, &all_on(64)).unwrap_err();
     assert!(err.to_string().contains("detect_hand"), "{err}");
 }
+
+/// Full-size files (`openpose_hand_face_reference.py --full DIR`, then `OPENPOSE_FULL_DIR=DIR`)
+/// load and run: the published widths are read from the shapes like the narrowed ones.
+#[test]
+#[ignore = "needs full-size hand_pose_model.pth and facenet.pth (OPENPOSE_FULL_DIR)"]
+fn full_size_files_load() {
+    let Ok(dir) = std::env::var("OPENPOSE_FULL_DIR") else {
+        return;
+    };
+    let dir = std::path::Path::new(&dir);
+    let open = |name: &str| Arc::new(StateDict::open(&dir.join(name)).expect("weights"));
+    let hand = HandNet::load(&open("hand_pose_model.pth"), &Device::Cpu).expect("hand net");
+    let face = FaceNet::load(&open("facenet.pth"), &Device::Cpu).expect("face net");
+    let x = Tensor::zeros((1, 3, 64, 48), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(hand.0.forward(&x).unwrap().dims(), &[1, 22, 8, 6]);
+    assert_eq!(face.0.forward(&x).unwrap().dims(), &[1, 71, 8, 6]);
+}
