@@ -20,7 +20,9 @@ use weft::engine::annotators::lineart::{AnimeUnet, LineartGenerator};
 use weft::engine::annotators::midas::{Midas, MidasMap};
 use weft::engine::annotators::mlsd::{Mlsd, MlsdOptions};
 use weft::engine::annotators::normalbae::NormalBae;
-use weft::engine::annotators::openpose::{BodyNet, OpenposeOptions};
+use weft::engine::annotators::openpose::{
+    BodyNet, FaceNet, HandNet, OpenposeNets, OpenposeOptions,
+};
 use weft::engine::annotators::pidinet::{PiDiNet, PidiOptions};
 use weft::engine::annotators::uniformer::UniFormer;
 use weft::engine::load::file::StateDict;
@@ -240,16 +242,37 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(sd) = open("body_pose_model.pth") {
         let net = BodyNet::load(&sd, &device)?;
-        let opts = OpenposeOptions {
+        let mut opts = OpenposeOptions {
             resolution: 512,
             include_body: true,
             include_hand: false,
             include_face: false,
             xinsr_stick_scaling: false,
         };
+        let body_only = OpenposeNets {
+            body: &net,
+            hand: None,
+            face: None,
+        };
         bench("OpenposePreprocessor (body)", runs, || {
-            Ok(annotators::openpose::openpose(&image, &net, &opts)?.0)
+            Ok(annotators::openpose::openpose(&image, &body_only, &opts)?.0)
         });
+        if let (Some(hand), Some(face)) = (open("hand_pose_model.pth"), open("facenet.pth")) {
+            let (hand, face) = (
+                HandNet::load(&hand, &device)?,
+                FaceNet::load(&face, &device)?,
+            );
+            let nets = OpenposeNets {
+                body: &net,
+                hand: Some(&hand),
+                face: Some(&face),
+            };
+            opts.include_hand = true;
+            opts.include_face = true;
+            bench("OpenposePreprocessor (body+hand+face)", runs, || {
+                Ok(annotators::openpose::openpose(&image, &nets, &opts)?.0)
+            });
+        }
     }
     Ok(())
 }

@@ -637,7 +637,7 @@ fn preprocessor(
             )
         }
         ControlType::Pose => {
-            // The body only: Weft's OpenPose has no hand or face networks yet.
+            // The body only: hands and faces would need two more annotator files.
             need(openpose::BODY)?;
             g.add(
                 "OpenposePreprocessor",

@@ -158,6 +158,8 @@ def detect_poses(body_est, oriImg):
 
 
 def encode_poses_as_dict(poses, canvas_height, canvas_width):
+    """The pack's encode_poses_as_dict (not in PyPI controlnet_aux 0.0.10): `poses` are PoseResults
+    (`.body.keypoints`, `.face`, `.left_hand`, `.right_hand`)."""
     def compress(keypoints):
         if not keypoints:
             return None
@@ -165,8 +167,8 @@ def encode_poses_as_dict(poses, canvas_height, canvas_width):
 
     return {
         "people": [
-            {"pose_keypoints_2d": compress(p), "face_keypoints_2d": None,
-             "hand_left_keypoints_2d": None, "hand_right_keypoints_2d": None}
+            {"pose_keypoints_2d": compress(p.body.keypoints), "face_keypoints_2d": compress(p.face),
+             "hand_left_keypoints_2d": compress(p.left_hand), "hand_right_keypoints_2d": compress(p.right_hand)}
             for p in poses
         ],
         "canvas_height": canvas_height,
@@ -183,7 +185,9 @@ def openpose_call(body_est, image_u8, resolution, include_body=True, xinsr=False
         for p in poses:
             canvas = draw_bodypose(canvas, p, xinsr)
     detected = HWC3(remove_pad(canvas))
-    return detected, encode_poses_as_dict(poses, detected.shape[0], detected.shape[1]), img, candidate, subset
+    results = [SimpleNamespace(body=SimpleNamespace(keypoints=p), face=None, left_hand=None, right_hand=None)
+               for p in poses]
+    return detected, encode_poses_as_dict(results, detected.shape[0], detected.shape[1]), img, candidate, subset
 
 
 def raw_outputs(body_est, padded):

@@ -1,11 +1,14 @@
 //! comfyui_controlnet_aux's `OpenposePreprocessor` (`node_wrappers/openpose.py`): the pose map of
-//! the OpenPose body network and the poses as POSE_KEYPOINT (the OpenPose JSON frames, one per
-//! image). Hand and face detection (`detect_hand`, `detect_face`) are not implemented: enabling
-//! them fails with a message saying so, rather than giving a map that differs from the pack's.
+//! the OpenPose body network, with hands (`hand_pose_model.pth`) and faces (`facenet.pth`) where
+//! `detect_hand` / `detect_face` are enabled, and the poses as POSE_KEYPOINT (the OpenPose JSON
+//! frames, one per image). The pack loads all three files whatever the switches; Weft reads the
+//! hand and face files only when their detection is on.
 
 use std::sync::Arc;
 
-use crate::engine::annotators::openpose::{self, BodyNet, OpenposeOptions};
+use crate::engine::annotators::openpose::{
+    self, BodyNet, FaceNet, HandNet, OpenposeNets, OpenposeOptions,
+};
 use crate::graph::spec::build::*;
 use crate::graph::spec::{ComboOptions, InputKind, NodeSpec};
 use crate::graph::{ConstValue, SlotType};
@@ -16,6 +19,10 @@ use super::{aux_spec, resolution, AnnotatorFile};
 
 /// The body network's published file.
 pub const BODY: AnnotatorFile = AnnotatorFile::lllyasviel("body_pose_model.pth");
+/// The hand network's published file.
+pub const HAND: AnnotatorFile = AnnotatorFile::lllyasviel("hand_pose_model.pth");
+/// The face network's published file.
+pub const FACE: AnnotatorFile = AnnotatorFile::lllyasviel("facenet.pth");
 
 pub fn register(registry: &mut Registry) {
     registry.add(OpenposePreprocessor);
@@ -47,7 +54,14 @@ fn enabled(inputs: &Inputs, name: &str, default: bool) -> Result<bool, NodeError
     }
 }
 
-/// OpenPose Pose: the body (hands and faces not yet) as the pack draws it, plus the JSON poses.
+/// A switch's value among the graph's constants (`"enable"` when not a constant, as the default).
+fn switch_on(constants: &[(String, ConstValue)], name: &str) -> bool {
+    !constants
+        .iter()
+        .any(|(k, v)| k == name && matches!(v, ConstValue::String(s) if s == "disable"))
+}
+
+/// OpenPose Pose: body, hands and faces as the pack draws them, plus the JSON poses.
 pub struct OpenposePreprocessor;
 
 impl Node for OpenposePreprocessor {
@@ -73,9 +87,16 @@ impl Node for OpenposePreprocessor {
     fn fingerprint(
         &self,
         dirs: &DataDirs,
-        _constants: &[(String, ConstValue)],
+        constants: &[(String, ConstValue)],
     ) -> Result<String, NodeError> {
-        AnnotatorFile::fingerprint(dirs, &[BODY])
+        let mut files = vec![BODY];
+        if switch_on(constants, "detect_hand") {
+            files.push(HAND);
+        }
+        if switch_on(constants, "detect_face") {
+            files.push(FACE);
+        }
+        AnnotatorFile::fingerprint(dirs, &files)
     }
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
@@ -87,21 +108,21 @@ impl Node for OpenposePreprocessor {
             xinsr_stick_scaling: enabled(inputs, "scale_stick_for_xinsr_cn", false)?,
         };
         let image = inputs.image("image")?;
-        // Refuse hands/faces before loading anything.
-        if opts.include_hand || opts.include_face {
-            let name = if opts.include_hand {
-                "detect_hand"
-            } else {
-                "detect_face"
-            };
-            return Err(NodeError::input(
-                name,
-                "hand and face detection are not implemented in Weft yet: set detect_hand and \
-                 detect_face to disable",
-            ));
-        }
-        let net = BODY.load(ctx, BodyNet::load)?;
-        let (maps, frames) = openpose::openpose(image, &net, &opts)
+        let body = BODY.load(ctx, BodyNet::load)?;
+        let hand = opts
+            .include_hand
+            .then(|| HAND.load(ctx, HandNet::load))
+            .transpose()?;
+        let face = opts
+            .include_face
+            .then(|| FACE.load(ctx, FaceNet::load))
+            .transpose()?;
+        let nets = OpenposeNets {
+            body: &body,
+            hand: hand.as_deref(),
+            face: face.as_deref(),
+        };
+        let (maps, frames) = openpose::openpose(image, &nets, &opts)
             .map_err(|e| NodeError::input("image", e.to_string()))?;
         Ok(NodeOutput::values(vec![
             Value::Image(maps),

@@ -104,9 +104,26 @@ impl Planes {
 
 /// `util.smart_resize_k` / `smart_resize` on one f32 plane: INTER_AREA when the size sum shrinks,
 /// INTER_LANCZOS4 otherwise.
-fn smart_resize_plane(src: &[f32], sh: usize, sw: usize, dh: usize, dw: usize) -> Vec<f32> {
+pub(crate) fn smart_resize_plane(
+    src: &[f32],
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+) -> Vec<f32> {
     let k = (dh + dw) as f64 / (sh + sw) as f64;
     cv::resize_plane_f32(src, sh, sw, dh, dw, k >= 1.0)
+}
+
+/// `util.smart_resize` / `smart_resize_k` of a uint8 image to `ht x wt` (truncated): INTER_AREA
+/// when the (unrounded) size sum shrinks, INTER_LANCZOS4 otherwise.
+pub(crate) fn smart_resize_u8(img: &ImageU8, ht: f64, wt: f64) -> ImageU8 {
+    let (dh, dw) = (ht as usize, wt as usize);
+    if (ht + wt) / ((img.height + img.width) as f64) < 1.0 {
+        cv::resize(img, dw, dh, Interpolation::Area)
+    } else {
+        cv::resize_lanczos4_u8(img, dw, dh)
+    }
 }
 
 /// The net's input at the first scale: `smart_resize_k` of the BGR image, padded right/down to
@@ -116,12 +133,7 @@ fn scaled_input(bgr: &ImageU8) -> (ImageU8, usize, usize) {
     let ht = bgr.height as f64 * scale;
     let wt = bgr.width as f64 * scale;
     let (dh, dw) = (ht as usize, wt as usize);
-    let k = (ht + wt) / (bgr.height + bgr.width) as f64;
-    let resized = if k < 1.0 {
-        cv::resize(bgr, dw, dh, Interpolation::Area)
-    } else {
-        cv::resize_lanczos4_u8(bgr, dw, dh)
-    };
+    let resized = smart_resize_u8(bgr, ht, wt);
     let ph = dh.div_ceil(STRIDE) * STRIDE;
     let pw = dw.div_ceil(STRIDE) * STRIDE;
     let c = resized.channels;
@@ -203,11 +215,17 @@ fn gaussian_kernel(sigma: f64) -> Vec<f64> {
     phi
 }
 
-/// numpy's pairwise summation of a short contiguous f64 array (up to 128 elements: eight
-/// interleaved accumulators, combined pairwise, then the tail in order).
+/// numpy's pairwise summation of a contiguous f64 array (`pairwise_sum`: below 8 elements in order;
+/// up to 128, eight interleaved accumulators combined pairwise, then the tail in order; above,
+/// halves at a multiple of 8, recursively).
 pub(crate) fn numpy_sum(v: &[f64]) -> f64 {
     if v.len() < 8 {
         return v.iter().fold(0.0, |a, &b| a + b);
+    }
+    if v.len() > 128 {
+        let half = v.len() / 2;
+        let half = half - half % 8;
+        return numpy_sum(&v[..half]) + numpy_sum(&v[half..]);
     }
     let mut r = [0f64; 8];
     r.copy_from_slice(&v[..8]);

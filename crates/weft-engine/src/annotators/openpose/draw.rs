@@ -164,25 +164,45 @@ pub fn line(img: &mut ImageU8, mut p1: (i64, i64), mut p2: (i64, i64), color: [u
 
 /// `cv2.fillConvexPoly(img, pts, color)` (LINE_8, shift 0).
 pub fn fill_convex_poly(img: &mut ImageU8, v: &[(i64, i64)], color: [u8; 3]) {
+    fill_convex_poly_shifted(img, v, color, 0);
+}
+
+/// OpenCV's `FillConvexPoly` (LINE_8) on vertices with `shift` fractional bits: the outline by
+/// `Line` (shift 0) or `Line2` (sub-pixel), then 16.16 fixed-point edge walking.
+fn fill_convex_poly_shifted(img: &mut ImageU8, v: &[(i64, i64)], color: [u8; 3], shift: u32) {
     let npts = v.len();
     if npts == 0 {
         return;
     }
+    let delta = (1i64 << shift) >> 1;
     let (delta1, delta2) = (XY_ONE >> 1, XY_ONE >> 1);
-    let mut p0 = v[npts - 1];
+    let up = |p: (i64, i64)| (p.0 << (XY_SHIFT - shift), p.1 << (XY_SHIFT - shift));
+    let mut p0 = up(v[npts - 1]);
     let (mut xmin, mut xmax, mut ymin, mut ymax) = (v[0].0, v[0].0, v[0].1, v[0].1);
     let mut imin = 0;
-    for (i, &p) in v.iter().enumerate() {
-        if p.1 < ymin {
-            ymin = p.1;
+    for (i, &raw) in v.iter().enumerate() {
+        if raw.1 < ymin {
+            ymin = raw.1;
             imin = i;
         }
-        ymax = ymax.max(p.1);
-        xmax = xmax.max(p.0);
-        xmin = xmin.min(p.0);
-        line(img, p0, p, color);
+        ymax = ymax.max(raw.1);
+        xmax = xmax.max(raw.0);
+        xmin = xmin.min(raw.0);
+        let p = up(raw);
+        if shift == 0 {
+            line(
+                img,
+                (p0.0 >> XY_SHIFT, p0.1 >> XY_SHIFT),
+                (p.0 >> XY_SHIFT, p.1 >> XY_SHIFT),
+                color,
+            );
+        } else {
+            line2(img, p0, p, color);
+        }
         p0 = p;
     }
+    let (xmin, xmax) = ((xmin + delta) >> shift, (xmax + delta) >> shift);
+    let (ymin, ymax) = ((ymin + delta) >> shift, (ymax + delta) >> shift);
     let (w, h) = (img.width as i64, img.height as i64);
     if npts < 3 || xmax < 0 || ymax < 0 || xmin >= w || ymin >= h {
         return;
@@ -217,10 +237,10 @@ pub fn fill_convex_poly(img: &mut ImageU8, v: &[(i64, i64)], color: [u8; 3]) {
                     if !more {
                         break;
                     }
-                    let ty = v[idx].1;
+                    let ty = (v[idx].1 + delta) >> shift;
                     if ty > y {
-                        let xs = v[idx0].0 << XY_SHIFT;
-                        let xe = v[idx].0 << XY_SHIFT;
+                        let xs = v[idx0].0 << (XY_SHIFT - shift);
+                        let xe = v[idx].0 << (XY_SHIFT - shift);
                         e.ye = ty;
                         e.dx = ((xe - xs) * 2 + (ty - y)) / (2 * (ty - y));
                         e.x = xs;
@@ -253,6 +273,108 @@ pub fn fill_convex_poly(img: &mut ImageU8, v: &[(i64, i64)], color: [u8; 3]) {
         if y > ymax {
             break;
         }
+    }
+}
+
+/// OpenCV's `Line2`: an 8-connected line between 16.16 fixed-point points, each step's minor
+/// coordinate rounded, the end point set too.
+fn line2(img: &mut ImageU8, mut p1: (i64, i64), mut p2: (i64, i64), color: [u8; 3]) {
+    let (w, h) = (img.width as i64, img.height as i64);
+    if !clip_line(w << XY_SHIFT, h << XY_SHIFT, &mut p1, &mut p2) {
+        return;
+    }
+    let (dx, dy) = (p2.0 - p1.0, p2.1 - p1.1);
+    let (ax, ay) = (dx.abs(), dy.abs());
+    let x_major = ax > ay;
+    // Walk along the major axis in increasing order.
+    if (x_major && dx < 0) || (!x_major && dy < 0) {
+        std::mem::swap(&mut p1, &mut p2);
+    }
+    let (x_step, y_step, mut ecount) = if x_major {
+        (
+            XY_ONE,
+            ((p2.1 - p1.1) << XY_SHIFT) / (ax | 1),
+            (p2.0 - p1.0) >> XY_SHIFT,
+        )
+    } else {
+        (
+            ((p2.0 - p1.0) << XY_SHIFT) / (ay | 1),
+            XY_ONE,
+            (p2.1 - p1.1) >> XY_SHIFT,
+        )
+    };
+    let half = XY_ONE >> 1;
+    put(
+        img,
+        (p2.0 + half) >> XY_SHIFT,
+        (p2.1 + half) >> XY_SHIFT,
+        color,
+    );
+    let (mut x, mut y) = (p1.0 + half, p1.1 + half);
+    if x_major {
+        x >>= XY_SHIFT;
+        while ecount >= 0 {
+            put(img, x, y >> XY_SHIFT, color);
+            x += 1;
+            y += y_step;
+            ecount -= 1;
+        }
+    } else {
+        y >>= XY_SHIFT;
+        while ecount >= 0 {
+            put(img, x >> XY_SHIFT, y, color);
+            x += x_step;
+            y += 1;
+            ecount -= 1;
+        }
+    }
+}
+
+/// `cv2.line(img, p0, p1, color, thickness)` (LINE_8, shift 0): thickness 1 is [`line`]; thicker
+/// lines are OpenCV's `ThickLine`, a filled quadrilateral in 16.16 fixed point plus a filled disc
+/// at each end.
+pub fn thick_line(
+    img: &mut ImageU8,
+    p0: (i64, i64),
+    p1: (i64, i64),
+    color: [u8; 3],
+    thickness: i64,
+) {
+    if thickness <= 1 {
+        line(img, p0, p1, color);
+        return;
+    }
+    let (p0, p1) = (
+        (p0.0 << XY_SHIFT, p0.1 << XY_SHIFT),
+        (p1.0 << XY_SHIFT, p1.1 << XY_SHIFT),
+    );
+    let inv = 1.0 / XY_ONE as f64;
+    let dx = (p0.0 - p1.0) as f64 * inv;
+    let dy = (p1.1 - p0.1) as f64 * inv;
+    let r = dx * dx + dy * dy;
+    let odd = thickness & 1;
+    let thick = thickness << (XY_SHIFT - 1);
+    if r.abs() > f64::EPSILON {
+        let r = (thick as f64 + odd as f64 * XY_ONE as f64 * 0.5) / r.sqrt();
+        let dpx = (dy * r).round_ties_even() as i64;
+        let dpy = (dx * r).round_ties_even() as i64;
+        let pts = [
+            (p0.0 + dpx, p0.1 + dpy),
+            (p0.0 - dpx, p0.1 - dpy),
+            (p1.0 - dpx, p1.1 - dpy),
+            (p1.0 + dpx, p1.1 + dpy),
+        ];
+        fill_convex_poly_shifted(img, &pts, color, XY_SHIFT);
+    }
+    let radius = (thick + (XY_ONE >> 1)) >> XY_SHIFT;
+    for p in [p0, p1] {
+        let half = XY_ONE >> 1;
+        fill_circle(
+            img,
+            ((p.0 + half) >> XY_SHIFT, (p.1 + half) >> XY_SHIFT),
+            radius,
+            color,
+        );
     }
 }
 

@@ -1,13 +1,14 @@
 //! OpenPose (comfyui_controlnet_aux `OpenposePreprocessor`, `open_pose/__init__.py`): the body
 //! network of `body_pose_model.pth`, its peak/limb/person post-processing ([`body`]), and the pose
 //! map drawn with OpenCV's primitives ([`draw`]) on a black canvas, plus the pose in the OpenPose
-//! JSON format the pack emits as POSE_KEYPOINT.
-//!
-//! Hands (`hand_pose_model.pth`) and faces (`facenet.pth`) are not implemented: [`openpose`]
-//! refuses `include_hand` / `include_face` rather than drawing a different map.
+//! JSON format the pack emits as POSE_KEYPOINT. With `detect_hand` / `detect_face`, the hand net
+//! (`hand_pose_model.pth`, [`hand`]) and the face net (`facenet.pth`, [`face`]) run on boxes placed
+//! from each person's body keypoints, and their keypoints are drawn and reported too.
 
 pub mod body;
 pub mod draw;
+pub mod face;
+pub mod hand;
 pub mod net;
 
 use std::sync::Mutex;
@@ -20,7 +21,9 @@ use crate::preprocess::cv::Interpolation;
 use crate::preprocess::{run_aux, ImageU8, PreprocessError, Result};
 
 pub use body::{body_from_outputs, body_input, detect_body, BodyResult, Peak};
-pub use net::BodyNet;
+pub use face::FaceNet;
+pub use hand::HandNet;
+pub use net::{BodyNet, CpmNet};
 
 const OP: &str = "OpenposePreprocessor";
 
@@ -31,9 +34,9 @@ pub struct OpenposeOptions {
     pub resolution: u32,
     /// `detect_body`: draw the body (detection runs regardless, as in the pack).
     pub include_body: bool,
-    /// `detect_hand` (not supported yet).
+    /// `detect_hand`: find, draw and report hands (needs the hand net).
     pub include_hand: bool,
-    /// `detect_face` (not supported yet).
+    /// `detect_face`: find, draw and report faces (needs the face net).
     pub include_face: bool,
     /// `scale_stick_for_xinsr_cn`: thicker limbs on large canvases.
     pub xinsr_stick_scaling: bool,
@@ -41,6 +44,35 @@ pub struct OpenposeOptions {
 
 /// A body keypoint normalised by the detection canvas (`x / W`, `y / H`).
 pub type Keypoint = Option<(f64, f64)>;
+
+/// A hand or face keypoint normalised by the canvas, in float32 as the pack computes it (-1 / W
+/// or -1 / H where the pack marks a part as missing).
+pub type PartPoint = (f32, f32);
+
+/// The nets a call uses: the hand and face nets only where their detection is enabled.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenposeNets<'a> {
+    /// `body_pose_model.pth`.
+    pub body: &'a BodyNet,
+    /// `hand_pose_model.pth`.
+    pub hand: Option<&'a HandNet>,
+    /// `facenet.pth`.
+    pub face: Option<&'a FaceNet>,
+}
+
+/// One person (`PoseResult`): body keypoints, hands and face (None where not detected or not
+/// asked for).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pose {
+    /// The 18 body keypoints.
+    pub body: [Keypoint; 18],
+    /// Left hand, 21 points.
+    pub left_hand: Option<Vec<PartPoint>>,
+    /// Right hand, 21 points.
+    pub right_hand: Option<Vec<PartPoint>>,
+    /// Face points, one per face map with a peak.
+    pub face: Option<Vec<PartPoint>>,
+}
 
 /// The limbs' colours (and the joints'), RGB, in `draw_bodypose`'s order.
 const COLORS: [[u8; 3]; 18] = [
@@ -64,8 +96,8 @@ const COLORS: [[u8; 3]; 18] = [
     [255, 0, 85],
 ];
 
-/// `format_body_result` then `detect_poses`' normalisation: per person, 18 keypoints.
-pub fn people(result: &BodyResult, height: usize, width: usize) -> Vec<[Keypoint; 18]> {
+/// `format_body_result`: per person, the 18 body keypoints in pixels.
+pub fn pixel_keypoints(result: &BodyResult) -> Vec<[Option<(f64, f64)>; 18]> {
     result
         .subset
         .iter()
@@ -75,7 +107,45 @@ pub fn people(result: &BodyResult, height: usize, width: usize) -> Vec<[Keypoint
                 (idx >= 0)
                     .then(|| result.candidate.get(idx as usize))
                     .flatten()
-                    .map(|p| (p.x as f64 / width as f64, p.y as f64 / height as f64))
+                    .map(|p| (p.x as f64, p.y as f64))
+            })
+        })
+        .collect()
+}
+
+/// `format_body_result` then `detect_poses`' normalisation: per person, 18 keypoints.
+pub fn people(result: &BodyResult, height: usize, width: usize) -> Vec<[Keypoint; 18]> {
+    pixel_keypoints(result)
+        .iter()
+        .map(|kps| kps.map(|k| k.map(|(x, y)| (x / width as f64, y / height as f64))))
+        .collect()
+}
+
+/// `OpenposeDetector.detect_poses` after the body net: each person's hands and face where their
+/// nets are given, on the BGR canvas `bgr` the body was found on.
+pub fn detect_poses(
+    result: &BodyResult,
+    bgr: &ImageU8,
+    hand_net: Option<&HandNet>,
+    face_net: Option<&FaceNet>,
+) -> Result<Vec<Pose>> {
+    let (h, w) = (bgr.height as f64, bgr.width as f64);
+    pixel_keypoints(result)
+        .iter()
+        .map(|kps| {
+            let (left_hand, right_hand) = match hand_net {
+                Some(net) => hand::detect_hands(net, kps, bgr)?,
+                None => (None, None),
+            };
+            let face = match face_net {
+                Some(net) => face::detect_face(net, kps, bgr)?,
+                None => None,
+            };
+            Ok(Pose {
+                body: kps.map(|k| k.map(|(x, y)| (x / w, y / h))),
+                left_hand,
+                right_hand,
+                face,
             })
         })
         .collect()
@@ -121,8 +191,8 @@ pub fn draw_bodypose(canvas: &mut ImageU8, keypoints: &[Keypoint; 18], xinsr_sti
 }
 
 /// `encode_poses_as_dict`: the OpenPose JSON frame (`people`, `canvas_height`, `canvas_width`).
-pub fn pose_json(people: &[[Keypoint; 18]], canvas_height: usize, canvas_width: usize) -> Value {
-    let compress = |kps: &[Keypoint; 18]| -> Value {
+pub fn pose_json(people: &[Pose], canvas_height: usize, canvas_width: usize) -> Value {
+    let body = |kps: &[Keypoint; 18]| -> Value {
         kps.iter()
             .flat_map(|k| match k {
                 Some((x, y)) => [*x, *y, 1.0],
@@ -131,35 +201,49 @@ pub fn pose_json(people: &[[Keypoint; 18]], canvas_height: usize, canvas_width: 
             .collect::<Vec<f64>>()
             .into()
     };
+    // Empty or absent lists are null, as `compress_keypoints` gives them.
+    let parts = |kps: &Option<Vec<PartPoint>>| -> Value {
+        match kps {
+            Some(k) if !k.is_empty() => k
+                .iter()
+                .flat_map(|&(x, y)| [f64::from(x), f64::from(y), 1.0])
+                .collect::<Vec<f64>>()
+                .into(),
+            _ => Value::Null,
+        }
+    };
     json!({
         "people": people.iter().map(|p| json!({
-            "pose_keypoints_2d": compress(p),
-            "face_keypoints_2d": null,
-            "hand_left_keypoints_2d": null,
-            "hand_right_keypoints_2d": null,
+            "pose_keypoints_2d": body(&p.body),
+            "face_keypoints_2d": parts(&p.face),
+            "hand_left_keypoints_2d": parts(&p.left_hand),
+            "hand_right_keypoints_2d": parts(&p.right_hand),
         })).collect::<Vec<_>>(),
         "canvas_height": canvas_height,
         "canvas_width": canvas_width,
     })
 }
 
+const OP_NEEDS: &str = "is enabled but its network was not loaded";
+
 /// `OpenposeDetector.__call__` on one uint8 image: the pose map (at the resized, unpadded size)
 /// and its JSON frame.
 pub fn openpose_image(
-    net: &BodyNet,
+    nets: &OpenposeNets,
     img: &ImageU8,
     opts: &OpenposeOptions,
 ) -> Result<(ImageU8, Value)> {
-    if opts.include_hand || opts.include_face {
-        return Err(PreprocessError::BadOption {
-            op: OP,
-            name: if opts.include_hand {
-                "detect_hand"
-            } else {
-                "detect_face"
-            },
-            reason: "hand and face detection are not implemented yet: set it to disable".into(),
-        });
+    for (on, net, name) in [
+        (opts.include_hand, nets.hand.is_some(), "detect_hand"),
+        (opts.include_face, nets.face.is_some(), "detect_face"),
+    ] {
+        if on && !net {
+            return Err(PreprocessError::BadOption {
+                op: OP,
+                name,
+                reason: OP_NEEDS.into(),
+            });
+        }
     }
     let padded = resize_image_with_pad(
         OP,
@@ -167,11 +251,18 @@ pub fn openpose_image(
         detect_resolution(opts.resolution),
         Interpolation::Cubic,
     )?;
-    let result = detect_body(net, &bgr(&padded.image))?;
-    Ok(render(&result, &padded, opts))
+    let bgr = bgr(&padded.image);
+    let result = detect_body(nets.body, &bgr)?;
+    let poses = detect_poses(
+        &result,
+        &bgr,
+        nets.hand.filter(|_| opts.include_hand),
+        nets.face.filter(|_| opts.include_face),
+    )?;
+    Ok(render(&poses, &padded, opts))
 }
 
-/// `BGR` copy of an RGB image (the detector flips the channels before the body net).
+/// `BGR` copy of an RGB image (the detector flips the channels before the nets).
 pub fn bgr(rgb: &ImageU8) -> ImageU8 {
     ImageU8 {
         data: rgb
@@ -183,19 +274,34 @@ pub fn bgr(rgb: &ImageU8) -> ImageU8 {
     }
 }
 
-/// The end of `OpenposeDetector.__call__`: the people of `result` (found on `padded`'s image)
-/// drawn on a black canvas of that size, cropped back by `remove_pad`, and the JSON frame.
-pub fn render(result: &BodyResult, padded: &Padded, opts: &OpenposeOptions) -> (ImageU8, Value) {
-    let rgb = &padded.image;
-    let people = people(result, rgb.height, rgb.width);
-    let mut canvas = ImageU8::zeros(rgb.height, rgb.width, 3);
-    if opts.include_body {
-        for p in &people {
-            draw_bodypose(&mut canvas, p, opts.xinsr_stick_scaling);
+/// `draw_poses`: body, then left and right hands, then face, person by person, on a black canvas.
+pub fn draw_poses(poses: &[Pose], height: usize, width: usize, opts: &OpenposeOptions) -> ImageU8 {
+    let mut canvas = ImageU8::zeros(height, width, 3);
+    for p in poses {
+        if opts.include_body {
+            draw_bodypose(&mut canvas, &p.body, opts.xinsr_stick_scaling);
+        }
+        if opts.include_hand {
+            for hand in [&p.left_hand, &p.right_hand].into_iter().flatten() {
+                hand::draw_handpose(&mut canvas, hand);
+            }
+        }
+        if opts.include_face {
+            if let Some(face) = &p.face {
+                face::draw_facepose(&mut canvas, face);
+            }
         }
     }
+    canvas
+}
+
+/// The end of `OpenposeDetector.__call__`: the poses (found on `padded`'s image) drawn on a black
+/// canvas of that size, cropped back by `remove_pad`, and the JSON frame.
+pub fn render(poses: &[Pose], padded: &Padded, opts: &OpenposeOptions) -> (ImageU8, Value) {
+    let rgb = &padded.image;
+    let canvas = draw_poses(poses, rgb.height, rgb.width, opts);
     let map = hwc3(&padded.remove_pad(&canvas));
-    let frame = pose_json(&people, map.height, map.width);
+    let frame = pose_json(poses, map.height, map.width);
     (map, frame)
 }
 
@@ -203,12 +309,12 @@ pub fn render(result: &BodyResult, padded: &Padded, opts: &OpenposeOptions) -> (
 /// frame per image.
 pub fn openpose(
     image: &Tensor,
-    net: &BodyNet,
+    nets: &OpenposeNets,
     opts: &OpenposeOptions,
 ) -> Result<(Tensor, Vec<Value>)> {
     let frames = Mutex::new(Vec::new());
     let maps = run_aux(OP, image, |img| {
-        let (map, frame) = openpose_image(net, img, opts)?;
+        let (map, frame) = openpose_image(nets, img, opts)?;
         frames
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -12,6 +12,9 @@ use candle_nn::Conv2dConfig;
 use crate::load::file::StateDict;
 use crate::load::{LoadError, LoadErrorKind};
 use crate::ops::conv::Conv2d;
+use crate::preprocess::{ImageU8, PreprocessError, Result as PreResult};
+
+use super::body::net_input;
 
 /// One step of a layer chain.
 #[derive(Debug)]
@@ -91,6 +94,12 @@ fn f32_on(sd: &StateDict, name: &str, device: &Device) -> Result<Tensor, LoadErr
         .map_err(|e| LoadError::new(sd.path(), LoadErrorKind::Tensor(e)))
 }
 
+/// The VGG-19 layers every OpenPose trunk starts with (`"pool"`: a 2x2 max pool).
+const VGG_HEAD: [&str; 13] = [
+    "conv1_1", "conv1_2", "pool", "conv2_1", "conv2_2", "pool", "conv3_1", "conv3_2", "conv3_3",
+    "conv3_4", "pool", "conv4_1", "conv4_2",
+];
+
 fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -108,23 +117,7 @@ pub struct BodyNet {
 impl BodyNet {
     /// Builds the net from a `body_pose_model.pth` (always f32).
     pub fn load(sd: &Arc<StateDict>, device: &Device) -> Result<Self, LoadError> {
-        let trunk = names(&[
-            "conv1_1",
-            "conv1_2",
-            "pool",
-            "conv2_1",
-            "conv2_2",
-            "pool",
-            "conv3_1",
-            "conv3_2",
-            "conv3_3",
-            "conv3_4",
-            "pool",
-            "conv4_1",
-            "conv4_2",
-            "conv4_3_CPM",
-            "conv4_4_CPM",
-        ]);
+        let trunk = names(&[&VGG_HEAD[..], &["conv4_3_CPM", "conv4_4_CPM"]].concat());
         // The pack's no_relu_layers lists Mconv7_stage6_L1 twice and Mconv7_stage6_L2 never, so
         // the last heatmap layer keeps its ReLU.
         let no_relu: Vec<String> = (2..=5)
@@ -178,5 +171,86 @@ impl BodyNet {
             out = Some((paf, heat));
         }
         out.ok_or_else(|| candle_core::Error::Msg("body net without stages".into()))
+    }
+}
+
+/// The hand and face nets (`handpose_model` of `hand_pose_model.pth`, 22 heatmaps; `FaceNet` of
+/// `facenet.pth`, 71 heatmaps) share one layout: a VGG trunk to `conv5_3_CPM`, stage 1
+/// (`conv6_1_CPM`, `conv6_2_CPM`), then stages 2-6 (`Mconv1_stage{i}` .. `Mconv7_stage{i}`), each fed
+/// the previous stage's heatmaps concatenated with the trunk's features. Only the last stage's maps
+/// are used (`Hand` takes the model's output, `Face` its `hs[-1]`).
+#[derive(Debug)]
+pub struct CpmNet {
+    trunk: Chain,
+    stages: Vec<Chain>,
+    device: Device,
+}
+
+impl CpmNet {
+    /// Builds the net from a `hand_pose_model.pth` or `facenet.pth` (always f32).
+    pub fn load(sd: &Arc<StateDict>, device: &Device) -> Result<Self, LoadError> {
+        let trunk = names(
+            &[
+                &VGG_HEAD[..],
+                &["conv4_3", "conv4_4", "conv5_1", "conv5_2", "conv5_3_CPM"],
+            ]
+            .concat(),
+        );
+        let no_relu: Vec<String> = (2..=6)
+            .map(|i| format!("Mconv7_stage{i}"))
+            .chain(["conv6_2_CPM".to_string()])
+            .collect();
+        let no_relu: Vec<&str> = no_relu.iter().map(String::as_str).collect();
+        let trunk = Chain::load(sd, device, &trunk, &no_relu)?;
+        let mut stages = vec![Chain::load(
+            sd,
+            device,
+            &names(&["conv6_1_CPM", "conv6_2_CPM"]),
+            &no_relu,
+        )?];
+        for stage in 2..=6 {
+            let layers: Vec<String> = (1..=7).map(|c| format!("Mconv{c}_stage{stage}")).collect();
+            stages.push(Chain::load(sd, device, &layers, &no_relu)?);
+        }
+        Ok(Self {
+            trunk,
+            stages,
+            device: device.clone(),
+        })
+    }
+
+    /// The device its weights are on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The last stage's maps for a BGR uint8 image: `(K, H/8, W/8)` and the values, map by map.
+    pub fn maps(&self, bgr: &ImageU8) -> PreResult<(usize, usize, usize, Vec<f32>)> {
+        let cand = |source| PreprocessError::Candle {
+            op: "OpenposePreprocessor",
+            source,
+        };
+        let out = self.forward(&net_input(bgr, &self.device)?).map_err(cand)?;
+        let (_, c, h, w) = out.dims4().map_err(cand)?;
+        let v = out
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(cand)?;
+        Ok((c, h, w, v))
+    }
+
+    /// `x`: `[1, 3, H, W]` (BGR, `/256 - 0.5`); returns the last stage's heatmaps `[1, K, H/8, W/8]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let features = self.trunk.forward(x)?;
+        let mut maps = features.clone();
+        for (i, stage) in self.stages.iter().enumerate() {
+            let input = if i == 0 {
+                features.clone()
+            } else {
+                Tensor::cat(&[&maps, &features], 1)?
+            };
+            maps = stage.forward(&input)?;
+        }
+        Ok(maps)
     }
 }
