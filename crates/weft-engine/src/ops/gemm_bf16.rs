@@ -12,15 +12,25 @@
 //! autocast. A layer packs its weight once ([`Packed`], kept by the layer) and only the
 //! activations per call.
 //!
-//! Blocking (Goto's): the micro-kernel keeps an `MR x NR` tile of C in 28 of the 32 zmm
-//! registers while it walks `KC` pairs of one A panel and one B panel; C is split into tiles of
-//! `MC_PANELS x NC_PANELS` micro-tiles which the rayon threads share, each tile written by one
-//! thread only. Runs where [`available`] says so (AVX-512F/BW and AVX512_BF16, checked at run
-//! time); callers keep their f32 path otherwise. AMX is not used: its intrinsics and even its
-//! feature detection are unstable in Rust 1.95.
+//! Two kernels, picked at run time ([`available`]; callers keep their f32 path where neither
+//! runs):
+//! - AMX-BF16 (Sapphire Rapids and later): `tdpbf16ps` multiplies a 16x32 bf16 tile of A by a
+//!   32x16 tile of B into a 16x16 f32 tile; a 32x32 block of C stays in four tile registers over
+//!   the whole of k. A is packed row-major (a tile is 16 rows of 16 pairs), B in the panels
+//!   above (a tile is 16 pairs of one half-panel), k padded to whole tiles. Its intrinsics (and
+//!   its feature detection) are unstable in Rust 1.95, so the instructions are `asm!`, the
+//!   feature is read with CPUID, and the kernel's permission to use tile state is asked for
+//!   once with `arch_prctl(ARCH_REQ_XCOMP_PERM)`.
+//! - AVX512_BF16: the micro-kernel keeps an `MR x NR` tile of C in 28 of the 32 zmm registers
+//!   while it walks `KC` pairs of one A panel and one B panel. On Sapphire Rapids `vdpbf16ps`
+//!   issues at about half the rate of f32 FMAs (measured), so there it is slower than the f32
+//!   path and only AMX pays; on Zen 4 it runs at twice the f32 rate.
 //!
-//! This is the one module of the crate with `unsafe` (SIMD intrinsics and the disjoint writes
-//! into C); each block says why it holds.
+//! Either way C is split into tiles of `MC_PANELS x NC_PANELS` blocks which the rayon threads
+//! share, each tile written by one thread only.
+//!
+//! This is the one module of the crate with `unsafe` (SIMD intrinsics, AMX `asm!` and the
+//! disjoint writes into C); each block says why it holds.
 #![allow(unsafe_code)]
 
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
@@ -40,20 +50,53 @@ const MC_PANELS: usize = 8;
 /// B panels per tile.
 const NC_PANELS: usize = 8;
 
-/// Whether this CPU runs the bf16 kernel (AVX-512F, AVX-512BW and AVX512_BF16).
-pub fn available() -> bool {
+/// Rows of C per AMX block (two tiles).
+const AMX_ROWS: usize = 32;
+/// k pairs per AMX tile.
+const AMX_PAIRS: usize = 16;
+
+/// The kernel a CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Amx,
+    Avx512,
+}
+
+/// The best kernel this CPU runs: AMX-BF16 (with AVX512_BF16 for the packing), else
+/// AVX512_BF16, else none. `WEFT_BF16_GEMM=avx512` skips AMX; `=off` turns both off.
+fn isa() -> Option<Isa> {
     #[cfg(target_arch = "x86_64")]
     {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            std::env::var_os("WEFT_NO_BF16_GEMM").is_none()
+        static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let choice = std::env::var("WEFT_BF16_GEMM").unwrap_or_default();
+            let avx512 = choice != "off"
                 && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512bf16")
+                && is_x86_feature_detected!("avx512bf16");
+            match () {
+                _ if !avx512 => None,
+                _ if choice != "avx512" && amx::enable() => Some(Isa::Amx),
+                _ => Some(Isa::Avx512),
+            }
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
-    false
+    None
+}
+
+/// Whether this CPU runs a bf16 kernel (AMX-BF16 or AVX512_BF16).
+pub fn available() -> bool {
+    isa().is_some()
+}
+
+/// The kernel in use, for benchmarks' headers: "amx", "avx512bf16" or "none".
+pub fn kernel_name() -> &'static str {
+    match isa() {
+        Some(Isa::Amx) => "amx",
+        Some(Isa::Avx512) => "avx512bf16",
+        None => "none",
+    }
 }
 
 /// Whether a layer with weights `weight` should run `xs` through this module: both on the CPU,
@@ -68,18 +111,30 @@ pub fn applies(xs: &Tensor, weight: &Tensor) -> bool {
 
 /// One operand packed for the kernel: its `lines` (rows of A, or columns of B) in panels of
 /// `width` lines, each panel holding, pair by pair along k, `width` u32 words of two bf16
-/// (the even k in the low half), zero past the last line and past an odd k.
-#[derive(Debug, Clone)]
+/// (the even k in the low half), zero past the last line and past an odd k. For AMX, A's
+/// panels are single rows (so A is row-major), k is padded to whole tiles and A's rows to
+/// whole blocks.
+#[derive(Clone)]
 pub struct Packed {
     data: Vec<u32>,
     lines: usize,
     depth: usize,
     width: usize,
+    /// Pairs per line, padding included.
+    pairs: usize,
+    isa: Isa,
+}
+
+/// Which operand a [`Packed`] is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Lhs,
+    Rhs,
 }
 
 impl Packed {
     fn pairs(&self) -> usize {
-        self.depth.div_ceil(2)
+        self.pairs
     }
 
     fn panels(&self) -> usize {
@@ -100,6 +155,32 @@ impl Packed {
     /// The number of lines (rows of A, columns of B).
     pub fn lines(&self) -> usize {
         self.lines
+    }
+}
+
+/// A layer's weight packed for the kernel on first use and kept (shared by the layer's clones).
+/// It is a second copy of the weight: a bf16 UNet holds 1.7 GB of panels beside its 1.7 GB of
+/// weights, which buys not repacking every weight at every step.
+#[derive(Clone, Default)]
+pub struct PackedWeight(std::sync::Arc<std::sync::OnceLock<Packed>>);
+
+impl PackedWeight {
+    /// The packed weight, packing it with `pack` on first use.
+    pub fn get_or_pack(&self, pack: impl FnOnce() -> Result<Packed>) -> Result<&Packed> {
+        if let Some(packed) = self.0.get() {
+            return Ok(packed);
+        }
+        let packed = pack()?;
+        Ok(self.0.get_or_init(|| packed))
+    }
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.get() {
+            Some(p) => write!(f, "PackedWeight({}x{})", p.lines, p.depth),
+            None => f.write_str("PackedWeight(not yet)"),
+        }
     }
 }
 
@@ -173,27 +254,34 @@ fn with_view<R>(t: &Tensor, as_rhs: bool, f: impl FnOnce(View) -> R) -> Result<R
     Ok(f(view))
 }
 
+/// The kernel in use, or an error for the packing entry points (callers check [`applies`]).
+fn isa_or_err() -> Result<Isa> {
+    isa().ok_or_else(|| candle_core::Error::Msg("no bf16 kernel on this CPU".into()))
+}
+
 /// `t` `[m, k]` packed as the left operand (a convolution's weight).
 pub fn pack_lhs(t: &Tensor) -> Result<Packed> {
-    with_view(t, false, |v| pack(v, MR))
+    let isa = isa_or_err()?;
+    with_view(t, false, |v| pack(v, Role::Lhs, isa))
 }
 
 /// `t` `[k, n]` packed as the right operand (a linear layer's weight, transposed).
 pub fn pack_rhs(t: &Tensor) -> Result<Packed> {
-    with_view(t, true, |v| pack(v, NR))
+    let isa = isa_or_err()?;
+    with_view(t, true, |v| pack(v, Role::Rhs, isa))
 }
 
 /// `a` `[m, k]` (packed by [`pack_lhs`]) times `b` `[k, n]` (f32 or bf16, any strides): `[m, n]`
 /// in f32.
 pub fn matmul_packed_lhs(a: &Packed, b: &Tensor) -> Result<Tensor> {
-    let b = with_view(b, true, |v| pack(v, NR))?;
+    let b = with_view(b, true, |v| pack(v, Role::Rhs, a.isa))?;
     product(a, &b)
 }
 
 /// `a` `[m, k]` (f32 or bf16, any strides) times `b` `[k, n]` (packed by [`pack_rhs`]): `[m, n]`
 /// in f32.
 pub fn matmul_packed_rhs(a: &Tensor, b: &Packed) -> Result<Tensor> {
-    let a = with_view(a, false, |v| pack(v, MR))?;
+    let a = with_view(a, false, |v| pack(v, Role::Lhs, b.isa))?;
     product(&a, b)
 }
 
@@ -201,13 +289,17 @@ pub fn matmul_packed_rhs(a: &Tensor, b: &Packed) -> Result<Tensor> {
 /// rounded to bf16 first. Without the instructions, both widened to f32 and multiplied by
 /// candle.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !available() || !matches!(a.device(), Device::Cpu) {
-        let a = crate::ops::cast::to_dtype(a, DType::F32)?;
-        let b = crate::ops::cast::to_dtype(b, DType::F32)?;
-        return a.matmul(&b);
+    match isa() {
+        Some(isa) if matches!(a.device(), Device::Cpu) => {
+            let a = with_view(a, false, |v| pack(v, Role::Lhs, isa))?;
+            matmul_packed_lhs(&a, b)
+        }
+        _ => {
+            let a = crate::ops::cast::to_dtype(a, DType::F32)?;
+            let b = crate::ops::cast::to_dtype(b, DType::F32)?;
+            a.matmul(&b)
+        }
     }
-    let a = with_view(a, false, |v| pack(v, MR))?;
-    matmul_packed_lhs(&a, b)
 }
 
 fn product(a: &Packed, b: &Packed) -> Result<Tensor> {
@@ -220,30 +312,50 @@ fn product(a: &Packed, b: &Packed) -> Result<Tensor> {
     }
     let (m, n) = (a.lines, b.lines);
     let mut c = vec![0f32; m * n];
-    gemm(a, b, &mut c);
+    match a.isa {
+        Isa::Amx => gemm_amx(a, b, &mut c),
+        Isa::Avx512 => gemm(a, b, &mut c),
+    }
     Tensor::from_vec(c, (m, n), &Device::Cpu)
 }
 
-/// Packs `view` in panels of `width` lines, the panels in parallel.
-fn pack(view: View, width: usize) -> Packed {
-    let pairs = view.depth.div_ceil(2);
-    let panels = view.lines.div_ceil(width);
+/// Packs `view` as `role` for `isa`'s kernel, the panels in parallel.
+fn pack(view: View, role: Role, isa: Isa) -> Packed {
+    let (width, pair_multiple, line_multiple) = match (isa, role) {
+        (Isa::Avx512, Role::Lhs) => (MR, 1, 1),
+        (Isa::Avx512, Role::Rhs) => (NR, 1, 1),
+        (Isa::Amx, Role::Lhs) => (1, AMX_PAIRS, AMX_ROWS),
+        (Isa::Amx, Role::Rhs) => (NR, AMX_PAIRS, 1),
+    };
+    let pairs = view.depth.div_ceil(2).next_multiple_of(pair_multiple);
+    let panels = view.lines.next_multiple_of(line_multiple).div_ceil(width);
     let mut data = vec![0u32; panels * pairs * width];
     if pairs > 0 {
-        data.par_chunks_mut(pairs * width)
+        // Small panels (AMX's single rows) go to the threads in groups.
+        let per_task = (4096 / (pairs * width)).max(1);
+        data.par_chunks_mut(per_task * pairs * width)
             .enumerate()
-            .for_each(|(panel, dst)| pack_panel(&view, panel * width, width, dst));
+            .for_each(|(task, chunk)| {
+                for (i, dst) in chunk.chunks_mut(pairs * width).enumerate() {
+                    pack_panel(&view, (task * per_task + i) * width, width, dst);
+                }
+            });
     }
     Packed {
         data,
         lines: view.lines,
         depth: view.depth,
         width,
+        pairs,
+        isa,
     }
 }
 
 /// Packs lines `first..first + width` (those that exist) into `dst` (zero on entry).
 fn pack_panel(view: &View, first: usize, width: usize, dst: &mut [u32]) {
+    if first >= view.lines {
+        return;
+    }
     let lines = width.min(view.lines - first);
     let pairs = view.depth.div_ceil(2);
     #[cfg(target_arch = "x86_64")]
@@ -255,7 +367,8 @@ fn pack_panel(view: &View, first: usize, width: usize, dst: &mut [u32]) {
                 match view.data {
                     Elems::F32(d) => {
                         let line = &d[start..start + view.depth];
-                        // SAFETY: `available()` checked AVX-512F/BW/BF16 on this CPU.
+                        // SAFETY: `available()` checked AVX-512F/BW/BF16 on this CPU; `dst`
+                        // holds at least `pairs * width` words.
                         unsafe { simd::pack_line_f32(line, l, width, dst) }
                     }
                     Elems::Bf16(d) => {
@@ -358,6 +471,190 @@ fn gemm(a: &Packed, b: &Packed, c: &mut [f32]) {
             }
         }
     });
+}
+
+/// 32-row blocks of A per AMX tile task (128 rows).
+const AMX_MC_BLOCKS: usize = 4;
+
+/// `c` (`a.lines x b.lines`, row-major) = A B with the AMX kernel: each 32x32 block of C is
+/// summed over the whole of k in tile registers, then copied into place.
+fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
+    let (m, n, pairs) = (a.lines, b.lines, a.pairs());
+    assert_eq!(c.len(), m * n, "C has room for the product");
+    assert!(a.width == 1 && b.width == NR && b.pairs() == pairs && pairs % AMX_PAIRS == 0);
+    assert!(a.data.len() >= m.next_multiple_of(AMX_ROWS) * pairs);
+    if pairs == 0 || m == 0 || n == 0 {
+        c.fill(0.0);
+        return;
+    }
+    let (blocks_m, b_panels) = (m.div_ceil(AMX_ROWS), b.panels());
+    let tiles_m = blocks_m.div_ceil(AMX_MC_BLOCKS);
+    let tiles_n = b_panels.div_ceil(NC_PANELS);
+    let c_ptr = CPtr(c.as_mut_ptr());
+    (0..tiles_m * tiles_n).into_par_iter().for_each(|tile| {
+        let (tm, tn) = (tile / tiles_n, tile % tiles_n);
+        let mut block = [0f32; AMX_ROWS * NR];
+        // SAFETY: `a.isa` is AMX, so `amx::enable` found AMX-BF16 and got the kernel's
+        // permission for tile state; the configuration is a valid palette-1 one.
+        unsafe { amx::load_config() };
+        for jp in tn * NC_PANELS..((tn + 1) * NC_PANELS).min(b_panels) {
+            let b_panel = b.panel_from(jp, 0);
+            let cols = NR.min(n - jp * NR);
+            for ib in tm * AMX_MC_BLOCKS..((tm + 1) * AMX_MC_BLOCKS).min(blocks_m) {
+                let a_rows = &a.data[ib * AMX_ROWS * pairs..(ib + 1) * AMX_ROWS * pairs];
+                // SAFETY: tiles are configured on this thread (above); `a_rows` holds 32 rows
+                // of `pairs` words and `b_panel` `pairs` rows of NR words (asserted above).
+                unsafe { amx::block(a_rows, b_panel, pairs, &mut block) };
+                for r in 0..AMX_ROWS.min(m - ib * AMX_ROWS) {
+                    let src = &block[r * NR..r * NR + cols];
+                    // SAFETY: row ib * 32 + r < m and columns jp * NR..+cols < n are inside C
+                    // and inside this task's tile, which no other task writes.
+                    unsafe {
+                        let dst = c_ptr.get().add((ib * AMX_ROWS + r) * n + jp * NR);
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols);
+                    }
+                }
+            }
+        }
+        // SAFETY: tiles were configured on this thread; releasing them ends their use here.
+        unsafe { amx::release() };
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+
+    use super::{AMX_PAIRS, AMX_ROWS, NR};
+
+    /// Palette 1, all eight tiles 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    static CONFIG: TileConfig = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+            t += 1;
+        }
+        TileConfig(c)
+    };
+
+    /// Whether the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22) and the
+    /// kernel lets this process use tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+    /// XFEATURE_XTILEDATA)`, Linux 5.16+).
+    pub(super) fn enable() -> bool {
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 7 exists on every CPU with AVX-512 (checked by the caller).
+        let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+        if leaf.edx & (1 << 22) == 0 || leaf.edx & (1 << 24) == 0 {
+            return false;
+        }
+        request_permission()
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn request_permission() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl with integer arguments only; it changes which state the kernel
+        // saves for this process, nothing in its memory.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    fn request_permission() -> bool {
+        false
+    }
+
+    /// Loads the tile configuration on this thread.
+    ///
+    /// # Safety
+    /// [`enable`] returned true.
+    pub(super) unsafe fn load_config() {
+        // SAFETY: CONFIG is a valid 64-byte palette-1 configuration (caller: AMX is usable).
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly)) }
+    }
+
+    /// Returns the tiles to their initial state on this thread.
+    ///
+    /// # Safety
+    /// [`enable`] returned true.
+    pub(super) unsafe fn release() {
+        // SAFETY: caller: AMX is usable.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) }
+    }
+
+    /// `out` (32 x NR, row-major) = the 32 rows of `a` (row-major, `pairs` words each) times
+    /// the B panel `b` (`pairs` rows of NR words).
+    ///
+    /// # Safety
+    /// Tiles are configured on this thread ([`load_config`]); `a` holds 32 * `pairs` words,
+    /// `b` `pairs` * NR; `pairs` is a multiple of 16.
+    pub(super) unsafe fn block(a: &[u32], b: &[u32], pairs: usize, out: &mut [f32; AMX_ROWS * NR]) {
+        debug_assert!(a.len() >= AMX_ROWS * pairs && b.len() >= pairs * NR);
+        let (a_stride, b_stride, out_stride) = (pairs * 4, NR * 4, NR * 4);
+        // SAFETY (all blocks below): every tile load reads 16 rows of 64 bytes at the given
+        // stride, inside `a` (rows 0..32, pairs kb..kb + 16) or `b` (pairs kb..kb + 16, words
+        // 0..32); the stores write the four 16x16 quarters of `out`.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            let (a, b) = (a.as_ptr(), b.as_ptr());
+            for kb in (0..pairs).step_by(AMX_PAIRS) {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tileloadd tmm7, [{b1} + {sb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a.add(kb),
+                    a1 = in(reg) a.add(16 * pairs + kb),
+                    b0 = in(reg) b.add(kb * NR),
+                    b1 = in(reg) b.add(kb * NR + 16),
+                    sa = in(reg) a_stride,
+                    sb = in(reg) b_stride,
+                    options(nostack, readonly)
+                );
+            }
+            let o = out.as_mut_ptr();
+            asm!(
+                "tilestored [{o0} + {s}*1], tmm0",
+                "tilestored [{o1} + {s}*1], tmm1",
+                "tilestored [{o2} + {s}*1], tmm2",
+                "tilestored [{o3} + {s}*1], tmm3",
+                o0 = in(reg) o,
+                o1 = in(reg) o.add(16),
+                o2 = in(reg) o.add(16 * NR),
+                o3 = in(reg) o.add(16 * NR + 16),
+                s = in(reg) out_stride,
+                options(nostack)
+            );
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod amx {
+    pub(super) fn enable() -> bool {
+        false
+    }
+    pub(super) unsafe fn load_config() {}
+    pub(super) unsafe fn release() {}
+    pub(super) unsafe fn block(_: &[u32], _: &[u32], _: usize, _: &mut [f32; 32 * 32]) {
+        unreachable!("AMX is off x86_64")
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -518,20 +815,44 @@ mod tests {
         round(a).matmul(&round(b)).unwrap()
     }
 
+    /// The kernels this CPU runs: AMX's and AVX512_BF16's where it has AMX.
+    fn kernels() -> Vec<Isa> {
+        match isa() {
+            Some(Isa::Amx) => vec![Isa::Amx, Isa::Avx512],
+            Some(Isa::Avx512) => vec![Isa::Avx512],
+            None => vec![],
+        }
+    }
+
+    /// `a b` with `isa`'s kernel, packing both per call.
+    fn with_kernel(isa: Isa, a: &Tensor, b: &Tensor) -> Tensor {
+        let a = with_view(a, false, |v| pack(v, Role::Lhs, isa)).unwrap();
+        let b = with_view(b, true, |v| pack(v, Role::Rhs, isa)).unwrap();
+        product(&a, &b).unwrap()
+    }
+
     fn check(m: usize, k: usize, n: usize) {
         let dev = Device::Cpu;
         let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
         let b = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
         let expected = reference(&a, &b);
         let exact = a.matmul(&b).unwrap();
+        let b16 = b.to_dtype(DType::BF16).unwrap();
+        let kernel_cases = kernels().into_iter().flat_map(|isa| {
+            [with_kernel(isa, &a, &b), with_kernel(isa, &a, &b16.t().unwrap().contiguous().unwrap().t().unwrap())]
+        });
         // f32 activations times bf16 weights, both layouts; transposed (strided) operands.
         let cases = [
             matmul(&a, &b).unwrap(),
-            matmul_packed_lhs(&pack_lhs(&a.to_dtype(DType::BF16).unwrap()).unwrap(), &b).unwrap(),
-            matmul_packed_rhs(&a, &pack_rhs(&b.to_dtype(DType::BF16).unwrap()).unwrap()).unwrap(),
             matmul(&a.t().unwrap().contiguous().unwrap().t().unwrap(), &b.t().unwrap().contiguous().unwrap().t().unwrap()).unwrap(),
             matmul(&a, &b.to_dtype(DType::BF16).unwrap().t().unwrap().contiguous().unwrap().t().unwrap()).unwrap(),
         ];
+        let mut cases: Vec<Tensor> = cases.into_iter().chain(kernel_cases).collect();
+        if available() {
+            let a16 = a.to_dtype(DType::BF16).unwrap();
+            cases.push(matmul_packed_lhs(&pack_lhs(&a16).unwrap(), &b).unwrap());
+            cases.push(matmul_packed_rhs(&a, &pack_rhs(&b16).unwrap()).unwrap());
+        }
         // Summation order only: relative to the size of the sum of |products|, ~k * 2^-24.
         let scale = (k as f32).sqrt().max(1.0);
         for got in &cases {
@@ -546,9 +867,7 @@ mod tests {
 
     #[test]
     fn odd_shapes_match_the_rounded_f32_product() {
-        if !available() {
-            eprintln!("no AVX512_BF16 here: only the fallback is tested");
-        }
+        println!("kernels tested: {:?} (in use: {})", kernels(), kernel_name());
         for (m, k, n) in [
             (1, 1, 1),
             (14, 2, 32),
