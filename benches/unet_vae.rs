@@ -64,9 +64,9 @@ fn main() -> anyhow::Result<()> {
     let (warmups, runs) = if device.is_cpu() { (1, 1) } else { (1, 5) };
     match choice {
         DeviceChoice::Cpu => println!(
-            "device: cpu ({} threads), weights {dtypes:?}, bf16 matmuls (AVX512_BF16): {}",
+            "device: cpu ({} threads), weights {dtypes:?}, bf16 matmul kernel: {}",
             candle_core::utils::get_num_threads(),
-            gemm_bf16::available()
+            gemm_bf16::kernel_name()
         ),
         other => println!("device: {other}, dtype {dtypes:?}"),
     }

@@ -58,9 +58,9 @@ fn best(runs: usize, mut f: impl FnMut() -> candle_core::Result<Tensor>) -> cand
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     println!(
-        "threads {}, bf16 kernel available: {}",
+        "threads {}, bf16 kernel: {}",
         candle_core::utils::get_num_threads(),
-        gemm_bf16::available()
+        gemm_bf16::kernel_name()
     );
     // (label, m, k, n): C[m, n] = A[m, k] B[k, n]; A is the weight for convolutions.
     let shapes = [

@@ -857,11 +857,15 @@ mod tests {
         let scale = (k as f32).sqrt().max(1.0);
         for got in &cases {
             assert_eq!(got.dims(), &[m, n]);
-            let diff = crate::ops::max_abs_diff(got, &expected);
-            assert!(diff < 1e-4 * scale, "{m}x{k}x{n}: {diff} from the bf16-rounded product");
-            // And from the exact f32 product, by bf16 rounding (2^-8 relative per operand).
+            // Without a kernel `matmul` widens instead: f32 arithmetic on unrounded f32 inputs.
+            if available() {
+                let diff = crate::ops::max_abs_diff(got, &expected);
+                assert!(diff < 1e-4 * scale, "{m}x{k}x{n}: {diff} from the bf16-rounded product");
+            }
+            // And from the exact f32 product, by bf16 rounding (2^-8 relative per operand, on
+            // products of normal samples up to ~10).
             let diff = crate::ops::max_abs_diff(got, &exact);
-            assert!(diff < 0.02 * scale, "{m}x{k}x{n}: {diff} from the f32 product");
+            assert!(diff < 0.1 * scale, "{m}x{k}x{n}: {diff} from the f32 product");
         }
     }
 
