@@ -113,7 +113,7 @@ pub fn applies(xs: &Tensor, weight: &Tensor) -> bool {
 /// `width` lines, each panel holding, pair by pair along k, `width` u32 words of two bf16
 /// (the even k in the low half), zero past the last line and past an odd k. For AMX, A's
 /// panels are single rows (so A is row-major), k is padded to whole tiles and A's rows to
-/// whole blocks.
+/// whole blocks and put in tile order ([`amx_tile_order`]).
 #[derive(Clone)]
 pub struct Packed {
     data: Vec<u32>,
@@ -330,7 +330,7 @@ fn pack(view: View, role: Role, isa: Isa) -> Packed {
     let pairs = view.depth.div_ceil(2).next_multiple_of(pair_multiple);
     let panels = view.lines.next_multiple_of(line_multiple).div_ceil(width);
     let mut data = vec![0u32; panels * pairs * width];
-    if pairs > 0 {
+    if pairs > 0 && view.lines > 0 {
         // Small panels (AMX's single rows) go to the threads in groups.
         let per_task = (4096 / (pairs * width)).max(1);
         data.par_chunks_mut(per_task * pairs * width)
@@ -341,6 +341,9 @@ fn pack(view: View, role: Role, isa: Isa) -> Packed {
                 }
             });
     }
+    if (isa, role) == (Isa::Amx, Role::Lhs) && pairs > 0 {
+        data = amx_tile_order(&data, pairs);
+    }
     Packed {
         data,
         lines: view.lines,
@@ -349,6 +352,27 @@ fn pack(view: View, role: Role, isa: Isa) -> Packed {
         pairs,
         isa,
     }
+}
+
+/// Row-major A (rows of `pairs` words, a whole number of 32-row blocks) in the order the AMX
+/// kernel reads it: block by block, 16 pairs at a time, the 32 rows' 16 words each. Every tile
+/// load is then 1 KiB of consecutive memory instead of 16 rows thousands of bytes apart (too
+/// many streams for the hardware prefetcher).
+fn amx_tile_order(rows: &[u32], pairs: usize) -> Vec<u32> {
+    let block = AMX_ROWS * pairs;
+    let mut out = vec![0u32; rows.len()];
+    out.par_chunks_mut(block)
+        .zip(rows.par_chunks(block))
+        .for_each(|(dst, src)| {
+            for kb in 0..pairs / AMX_PAIRS {
+                for r in 0..AMX_ROWS {
+                    let from = r * pairs + kb * AMX_PAIRS;
+                    let to = (kb * AMX_ROWS + r) * AMX_PAIRS;
+                    dst[to..to + AMX_PAIRS].copy_from_slice(&src[from..from + AMX_PAIRS]);
+                }
+            }
+        });
+    out
 }
 
 /// Packs lines `first..first + width` (those that exist) into `dst` (zero on entry).
@@ -588,18 +612,18 @@ mod amx {
         unsafe { asm!("tilerelease", options(nostack, nomem)) }
     }
 
-    /// `out` (32 x NR, row-major) = the 32 rows of `a` (row-major, `pairs` words each) times
-    /// the B panel `b` (`pairs` rows of NR words).
+    /// `out` (32 x NR, row-major) = the 32 rows of `a` (in tile order: for each 16 pairs, 32
+    /// rows of 16 words) times the B panel `b` (`pairs` rows of NR words).
     ///
     /// # Safety
     /// Tiles are configured on this thread ([`load_config`]); `a` holds 32 * `pairs` words,
     /// `b` `pairs` * NR; `pairs` is a multiple of 16.
     pub(super) unsafe fn block(a: &[u32], b: &[u32], pairs: usize, out: &mut [f32; AMX_ROWS * NR]) {
         debug_assert!(a.len() >= AMX_ROWS * pairs && b.len() >= pairs * NR);
-        let (a_stride, b_stride, out_stride) = (pairs * 4, NR * 4, NR * 4);
+        let (a_stride, b_stride, out_stride) = (AMX_PAIRS * 4, NR * 4, NR * 4);
         // SAFETY (all blocks below): every tile load reads 16 rows of 64 bytes at the given
-        // stride, inside `a` (rows 0..32, pairs kb..kb + 16) or `b` (pairs kb..kb + 16, words
-        // 0..32); the stores write the four 16x16 quarters of `out`.
+        // stride, inside `a` (the 32 rows of pairs kb..kb + 16: words 32 kb..32 kb + 512) or `b`
+        // (pairs kb..kb + 16, words 0..32); the stores write the four 16x16 quarters of `out`.
         unsafe {
             asm!(
                 "tilezero tmm0",
@@ -619,8 +643,8 @@ mod amx {
                     "tdpbf16ps tmm1, tmm4, tmm7",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a.add(kb),
-                    a1 = in(reg) a.add(16 * pairs + kb),
+                    a0 = in(reg) a.add(kb * AMX_ROWS),
+                    a1 = in(reg) a.add(kb * AMX_ROWS + 16 * AMX_PAIRS),
                     b0 = in(reg) b.add(kb * NR),
                     b1 = in(reg) b.add(kb * NR + 16),
                     sa = in(reg) a_stride,
