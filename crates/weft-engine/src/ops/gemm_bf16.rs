@@ -499,9 +499,13 @@ fn gemm(a: &Packed, b: &Packed, c: &mut [f32]) {
 
 /// 32-row blocks of A per AMX tile task (128 rows).
 const AMX_MC_BLOCKS: usize = 4;
+/// k pairs per AMX pass: a task's A rows (128 x 512 pairs) and B panels (8 x 32 x 512) for one
+/// pass, 768 KiB, stay in L2 while every block of its C tile is worked through.
+const AMX_KC: usize = 512;
 
-/// `c` (`a.lines x b.lines`, row-major) = A B with the AMX kernel: each 32x32 block of C is
-/// summed over the whole of k in tile registers, then copied into place.
+/// `c` (`a.lines x b.lines`, row-major) = A B with the AMX kernel: each task sums its tile of C
+/// in passes of `AMX_KC` pairs, 32x32 blocks in tile registers, into a buffer of its own, then
+/// copies it into place.
 fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
     let (m, n, pairs) = (a.lines, b.lines, a.pairs());
     assert_eq!(c.len(), m * n, "C has room for the product");
@@ -517,31 +521,42 @@ fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
     let c_ptr = CPtr(c.as_mut_ptr());
     (0..tiles_m * tiles_n).into_par_iter().for_each(|tile| {
         let (tm, tn) = (tile / tiles_n, tile % tiles_n);
-        let mut block = [0f32; AMX_ROWS * NR];
+        let a_blocks = tm * AMX_MC_BLOCKS..((tm + 1) * AMX_MC_BLOCKS).min(blocks_m);
+        let b_range = tn * NC_PANELS..((tn + 1) * NC_PANELS).min(b_panels);
+        // The task's tile of C, a whole number of blocks, row-major.
+        let acc_cols = b_range.len() * NR;
+        let mut acc = vec![0f32; a_blocks.len() * AMX_ROWS * acc_cols];
         // SAFETY: `a.isa` is AMX, so `amx::enable` found AMX-BF16 and got the kernel's
         // permission for tile state; the configuration is a valid palette-1 one.
         unsafe { amx::load_config() };
-        for jp in tn * NC_PANELS..((tn + 1) * NC_PANELS).min(b_panels) {
-            let b_panel = b.panel_from(jp, 0);
-            let cols = NR.min(n - jp * NR);
-            for ib in tm * AMX_MC_BLOCKS..((tm + 1) * AMX_MC_BLOCKS).min(blocks_m) {
-                let a_rows = &a.data[ib * AMX_ROWS * pairs..(ib + 1) * AMX_ROWS * pairs];
-                // SAFETY: tiles are configured on this thread (above); `a_rows` holds 32 rows
-                // of `pairs` words and `b_panel` `pairs` rows of NR words (asserted above).
-                unsafe { amx::block(a_rows, b_panel, pairs, &mut block) };
-                for r in 0..AMX_ROWS.min(m - ib * AMX_ROWS) {
-                    let src = &block[r * NR..r * NR + cols];
-                    // SAFETY: row ib * 32 + r < m and columns jp * NR..+cols < n are inside C
-                    // and inside this task's tile, which no other task writes.
-                    unsafe {
-                        let dst = c_ptr.get().add((ib * AMX_ROWS + r) * n + jp * NR);
-                        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols);
-                    }
+        for first in (0..pairs).step_by(AMX_KC) {
+            let depth = AMX_KC.min(pairs - first);
+            for (j, jp) in b_range.clone().enumerate() {
+                let b_panel = b.panel_from(jp, first);
+                for (i, ib) in a_blocks.clone().enumerate() {
+                    // This block's rows in tile order, from pair `first` on.
+                    let a_rows = &a.data[ib * AMX_ROWS * pairs + first * AMX_ROWS..];
+                    let out = &mut acc[i * AMX_ROWS * acc_cols + j * NR..];
+                    // SAFETY: tiles are configured on this thread (above); `a_rows` and
+                    // `b_panel` hold `depth` pairs (a multiple of 16) of the block and panel;
+                    // `out` holds 32 rows of `acc_cols` >= 32 floats but the last row's tail.
+                    unsafe { amx::block(a_rows, b_panel, depth, out, acc_cols, first > 0) };
                 }
             }
         }
         // SAFETY: tiles were configured on this thread; releasing them ends their use here.
         unsafe { amx::release() };
+        let (row0, col0) = (a_blocks.start * AMX_ROWS, b_range.start * NR);
+        let cols = acc_cols.min(n - col0);
+        for r in 0..(a_blocks.len() * AMX_ROWS).min(m - row0) {
+            let src = &acc[r * acc_cols..r * acc_cols + cols];
+            // SAFETY: row row0 + r < m and columns col0..col0 + cols <= n are inside C and
+            // inside this task's tile, which no other task writes.
+            unsafe {
+                let dst = c_ptr.get().add((row0 + r) * n + col0);
+                std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols);
+            }
+        }
     });
 }
 
@@ -612,26 +627,51 @@ mod amx {
         unsafe { asm!("tilerelease", options(nostack, nomem)) }
     }
 
-    /// `out` (32 x NR, row-major) = the 32 rows of `a` (in tile order: for each 16 pairs, 32
-    /// rows of 16 words) times the B panel `b` (`pairs` rows of NR words).
+    /// `out` (32 x NR, rows `ldo` floats apart) (+)= the 32 rows of `a` (in tile order: for
+    /// each 16 pairs, 32 rows of 16 words) times the B panel `b` (`pairs` rows of NR words);
+    /// `accumulate` adds to `out` instead of overwriting it.
     ///
     /// # Safety
-    /// Tiles are configured on this thread ([`load_config`]); `a` holds 32 * `pairs` words,
-    /// `b` `pairs` * NR; `pairs` is a multiple of 16.
-    pub(super) unsafe fn block(a: &[u32], b: &[u32], pairs: usize, out: &mut [f32; AMX_ROWS * NR]) {
-        debug_assert!(a.len() >= AMX_ROWS * pairs && b.len() >= pairs * NR);
-        let (a_stride, b_stride, out_stride) = (AMX_PAIRS * 4, NR * 4, NR * 4);
+    /// Tiles are configured on this thread ([`load_config`]); `pairs` is a multiple of 16.
+    pub(super) unsafe fn block(
+        a: &[u32],
+        b: &[u32],
+        pairs: usize,
+        out: &mut [f32],
+        ldo: usize,
+        accumulate: bool,
+    ) {
+        assert!(a.len() >= AMX_ROWS * pairs && b.len() >= pairs * NR);
+        assert!(ldo >= NR && out.len() >= (AMX_ROWS - 1) * ldo + NR);
+        let (a_stride, b_stride, out_stride) = (AMX_PAIRS * 4, NR * 4, ldo * 4);
+        let o = out.as_mut_ptr();
         // SAFETY (all blocks below): every tile load reads 16 rows of 64 bytes at the given
-        // stride, inside `a` (the 32 rows of pairs kb..kb + 16: words 32 kb..32 kb + 512) or `b`
-        // (pairs kb..kb + 16, words 0..32); the stores write the four 16x16 quarters of `out`.
+        // stride, inside `a` (the 32 rows of pairs kb..kb + 16: words 32 kb..32 kb + 512), `b`
+        // (pairs kb..kb + 16, words 0..32) or `out`; the stores write the four 16x16 quarters
+        // of `out`'s 32 x 32 block (asserted above).
         unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
+            if accumulate {
+                asm!(
+                    "tileloadd tmm0, [{o0} + {s}*1]",
+                    "tileloadd tmm1, [{o1} + {s}*1]",
+                    "tileloadd tmm2, [{o2} + {s}*1]",
+                    "tileloadd tmm3, [{o3} + {s}*1]",
+                    o0 = in(reg) o,
+                    o1 = in(reg) o.add(16),
+                    o2 = in(reg) o.add(16 * ldo),
+                    o3 = in(reg) o.add(16 * ldo + 16),
+                    s = in(reg) out_stride,
+                    options(nostack, readonly)
+                );
+            } else {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+            }
             let (a, b) = (a.as_ptr(), b.as_ptr());
             for kb in (0..pairs).step_by(AMX_PAIRS) {
                 asm!(
@@ -652,7 +692,6 @@ mod amx {
                     options(nostack, readonly)
                 );
             }
-            let o = out.as_mut_ptr();
             asm!(
                 "tilestored [{o0} + {s}*1], tmm0",
                 "tilestored [{o1} + {s}*1], tmm1",
@@ -660,8 +699,8 @@ mod amx {
                 "tilestored [{o3} + {s}*1], tmm3",
                 o0 = in(reg) o,
                 o1 = in(reg) o.add(16),
-                o2 = in(reg) o.add(16 * NR),
-                o3 = in(reg) o.add(16 * NR + 16),
+                o2 = in(reg) o.add(16 * ldo),
+                o3 = in(reg) o.add(16 * ldo + 16),
                 s = in(reg) out_stride,
                 options(nostack)
             );
@@ -676,7 +715,7 @@ mod amx {
     }
     pub(super) unsafe fn load_config() {}
     pub(super) unsafe fn release() {}
-    pub(super) unsafe fn block(_: &[u32], _: &[u32], _: usize, _: &mut [f32; 32 * 32]) {
+    pub(super) unsafe fn block(_: &[u32], _: &[u32], _: usize, _: &mut [f32], _: usize, _: bool) {
         unreachable!("AMX is off x86_64")
     }
 }
@@ -904,6 +943,7 @@ mod tests {
             (29, 33, 65),
             (3, 257, 5),
             (113, 300, 257),
+            (70, 2101, 40),
             (40, 513, 96),
         ] {
             check(m, k, n);
