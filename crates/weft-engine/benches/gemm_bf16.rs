@@ -36,9 +36,6 @@ fn models(dev: &Device) -> candle_core::Result<()> {
         let secs = warm(|| vae.decode(&z))?;
         println!("vae decode 512x512, {dtype:?} weights: {secs:.3} s");
     }
-    if std::env::args().any(|a| a == "models") {
-        models(&dev)?;
-    }
     Ok(())
 }
 

@@ -406,7 +406,7 @@ fn pack_panel(view: &View, first: usize, width: usize, dst: &mut [u32]) {
             }
             return;
         }
-        if view.line_stride == 1 && lines == width && width % 16 == 0 {
+        if view.line_stride == 1 && lines == width && width.is_multiple_of(16) {
             // Lines lie next to each other (B row-major: im2col columns): two k rows at a
             // time, interleaved.
             let rows = |kk: usize| kk * view.depth_stride + first..kk * view.depth_stride + first + width;
@@ -499,9 +499,10 @@ fn gemm(a: &Packed, b: &Packed, c: &mut [f32]) {
 
 /// 32-row blocks of A per AMX tile task (128 rows).
 const AMX_MC_BLOCKS: usize = 4;
-/// k pairs per AMX pass: a task's A rows (128 x 512 pairs) and B panels (8 x 32 x 512) for one
-/// pass, 768 KiB, stay in L2 while every block of its C tile is worked through.
-const AMX_KC: usize = 512;
+/// k pairs per AMX pass: a task's A rows (128 x 256 pairs) and B panels (8 x 32 x 256) for one
+/// pass, 384 KiB, stay in L2 while every block of its C tile is worked through, and one B panel
+/// (32 KiB) in L1 while it meets the task's A blocks.
+const AMX_KC: usize = 256;
 
 /// `c` (`a.lines x b.lines`, row-major) = A B with the AMX kernel: each task sums its tile of C
 /// in passes of `AMX_KC` pairs, 32x32 blocks in tile registers, into a buffer of its own, then
@@ -519,13 +520,16 @@ fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
     let tiles_m = blocks_m.div_ceil(AMX_MC_BLOCKS);
     let tiles_n = b_panels.div_ceil(NC_PANELS);
     let c_ptr = CPtr(c.as_mut_ptr());
-    (0..tiles_m * tiles_n).into_par_iter().for_each(|tile| {
+    // Each thread's buffer for a task's tile of C (reused: a fresh 128 KiB would be a fresh
+    // mmap, zeroed page by page, for tasks that take tens of microseconds when k is small).
+    let buffer = || vec![0f32; AMX_MC_BLOCKS * AMX_ROWS * NC_PANELS * NR];
+    (0..tiles_m * tiles_n).into_par_iter().for_each_init(buffer, |acc, tile| {
         let (tm, tn) = (tile / tiles_n, tile % tiles_n);
         let a_blocks = tm * AMX_MC_BLOCKS..((tm + 1) * AMX_MC_BLOCKS).min(blocks_m);
         let b_range = tn * NC_PANELS..((tn + 1) * NC_PANELS).min(b_panels);
-        // The task's tile of C, a whole number of blocks, row-major.
+        // The task's tile of C, a whole number of blocks, row-major (`first == 0` overwrites
+        // whatever the buffer held).
         let acc_cols = b_range.len() * NR;
-        let mut acc = vec![0f32; a_blocks.len() * AMX_ROWS * acc_cols];
         // SAFETY: `a.isa` is AMX, so `amx::enable` found AMX-BF16 and got the kernel's
         // permission for tile state; the configuration is a valid palette-1 one.
         unsafe { amx::load_config() };

@@ -131,6 +131,18 @@ impl UNetConfig {
         }
     }
 
+    /// A tiny SD1-shaped UNet for the crate's tests: 32/64/64 channels, context 48.
+    #[cfg(test)]
+    pub(crate) fn tiny_sd1() -> Self {
+        Self {
+            block_out_channels: vec![32, 64, 64],
+            transformer_depth: vec![1, 1, 0],
+            heads: AttentionHeads::PerLevel(vec![8, 8, 8]),
+            context_dim: 48,
+            ..Self::sd15()
+        }
+    }
+
     /// Heads of the attention at `level` with `channels` channels.
     pub fn heads_at(&self, level: usize, channels: usize) -> usize {
         match &self.heads {
@@ -603,13 +615,7 @@ mod tests {
     #[test]
     fn bf16_weights_stay_near_the_f32_model() {
         use crate::synth::synth_var_builder;
-        let config = UNetConfig {
-            block_out_channels: vec![32, 64, 64],
-            transformer_depth: vec![1, 1, 0],
-            heads: AttentionHeads::PerLevel(vec![8, 8, 8]),
-            context_dim: 48,
-            ..UNetConfig::sd15()
-        };
+        let config = UNetConfig::tiny_sd1();
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (2, 4, 16, 16), &dev).unwrap();
         let t = Tensor::new(&[999f32, 500.0], &dev).unwrap();
