@@ -5,7 +5,7 @@
 //! decode with f32 and with bf16 synthetic weights, as the root crate's `benches/unet_vae.rs`
 //! does, for machines where only this crate is built in release.
 //!
-//! Run: cargo bench -p weft-engine --bench gemm_bf16 [-- models]
+//! Run: cargo bench -p weft-engine --bench gemm_bf16 [-- models | unet | vae] [--no-gemm]
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -22,16 +22,24 @@ fn warm(f: impl Fn() -> candle_core::Result<Tensor>) -> candle_core::Result<f64>
     Ok(t0.elapsed().as_secs_f64())
 }
 
-fn models(dev: &Device) -> candle_core::Result<()> {
+/// `unet` and/or `vae`: which models to time.
+fn models(dev: &Device, unet: bool, vae: bool) -> candle_core::Result<()> {
     let x = Tensor::randn(0f32, 1.0, (2, 4, 64, 64), dev)?;
     let t = Tensor::new(&[999f32, 999.0], dev)?;
     let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), dev)?;
     let z = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), dev)?;
     for dtype in [DType::F32, DType::BF16] {
+        if !unet {
+            break;
+        }
         let unet = UNet2DConditionModel::new(synth_var_builder(dtype, dev), &UNetConfig::sd15())?;
         let secs = warm(|| unet.forward(&x, &t, &ctx, None, None))?;
         println!("unet step sd15 batch 2 64x64, {dtype:?} weights: {secs:.3} s");
-        drop(unet);
+    }
+    for dtype in [DType::F32, DType::BF16] {
+        if !vae {
+            break;
+        }
         let vae = AutoEncoderKL::new(synth_var_builder(dtype, dev), &VaeConfig::sd())?;
         let secs = warm(|| vae.decode(&z))?;
         println!("vae decode 512x512, {dtype:?} weights: {secs:.3} s");
@@ -40,7 +48,10 @@ fn models(dev: &Device) -> candle_core::Result<()> {
 }
 
 /// Best seconds of `runs` after one warm-up.
-fn best(runs: usize, mut f: impl FnMut() -> candle_core::Result<Tensor>) -> candle_core::Result<f64> {
+fn best(
+    runs: usize,
+    mut f: impl FnMut() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<f64> {
     f()?;
     let mut best = f64::INFINITY;
     for _ in 0..runs {
@@ -54,6 +65,8 @@ fn best(runs: usize, mut f: impl FnMut() -> candle_core::Result<Tensor>) -> cand
 
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
+    let args: Vec<String> = std::env::args().collect();
+    let only_models = args.iter().any(|a| a == "--no-gemm");
     println!(
         "threads {}, bf16 kernel: {}",
         candle_core::utils::get_num_threads(),
@@ -69,7 +82,7 @@ fn main() -> candle_core::Result<()> {
         ("linear ff 8192x320->2560", 8192, 320, 2560),
         ("linear ff 2048x640->5120", 2048, 640, 5120),
     ];
-    for (label, m, k, n) in shapes {
+    for (label, m, k, n) in shapes.into_iter().filter(|_| !only_models) {
         let flops = 2.0 * (m * k * n) as f64;
         let runs = if flops > 1e11 { 2 } else { 5 };
         let a = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
@@ -89,8 +102,9 @@ fn main() -> candle_core::Result<()> {
             g(both_s)
         );
     }
-    if std::env::args().any(|a| a == "models") {
-        models(&dev)?;
+    let asked = |name: &str| args.iter().any(|a| a == name || a == "models");
+    if asked("unet") || asked("vae") {
+        models(&dev, asked("unet"), asked("vae"))?;
     }
     Ok(())
 }

@@ -85,14 +85,28 @@ impl Conv2d {
     fn cpu_forward(&self, xs: &Tensor, upsample: usize) -> Result<Tensor> {
         let bias = cast::operand_opt(self.bias.as_ref(), xs)?;
         if gemm_bf16::applies(xs, &self.weight) {
-            let packed = self.packed.get_or_pack(|| {
-                gemm_bf16::pack_lhs(&self.weight.flatten_from(1)?)
-            })?;
+            let packed = self
+                .packed
+                .get_or_pack(|| gemm_bf16::pack_lhs(&self.weight.flatten_from(1)?))?;
             let kernel = Kernel::Bf16(packed);
-            return cpu_conv2d(xs, &self.weight, kernel, bias.as_ref(), &self.config, upsample);
+            return cpu_conv2d(
+                xs,
+                &self.weight,
+                kernel,
+                bias.as_ref(),
+                &self.config,
+                upsample,
+            );
         }
         let weight = cast::operand(&self.weight, xs)?;
-        cpu_conv2d(xs, &weight, Kernel::F32, bias.as_ref(), &self.config, upsample)
+        cpu_conv2d(
+            xs,
+            &weight,
+            Kernel::F32,
+            bias.as_ref(),
+            &self.config,
+            upsample,
+        )
     }
 
     /// The weight and bias on `xs`'s device in its dtype (the same tensors when they are).
@@ -413,11 +427,7 @@ fn cpu_conv2d(
     if pointwise && (batch == 1 || per_image > COL_BUDGET / 4) {
         let pixels = xs.reshape((batch, channels, height * width))?;
         for image in 0..batch {
-            place(
-                &times(&pixels.get(image)?)?,
-                image..image + 1,
-                0..out_h,
-            )?;
+            place(&times(&pixels.get(image)?)?, image..image + 1, 0..out_h)?;
         }
         return Ok(out);
     }
@@ -727,7 +737,12 @@ mod tests {
     fn bf16_weights_match_the_rounded_f32_convolution() {
         use candle_core::DType;
         let dev = Device::Cpu;
-        let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        let round = |t: &Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
         let shapes = [
             ((2, 5, 7, 9), (6, 3, 3), cfg(1, 1, 1), 1),
             ((1, 4, 10, 8), (5, 3, 3), cfg(0, 2, 1), 1),

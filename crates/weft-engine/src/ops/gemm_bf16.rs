@@ -409,7 +409,8 @@ fn pack_panel(view: &View, first: usize, width: usize, dst: &mut [u32]) {
         if view.line_stride == 1 && lines == width && width.is_multiple_of(16) {
             // Lines lie next to each other (B row-major: im2col columns): two k rows at a
             // time, interleaved.
-            let rows = |kk: usize| kk * view.depth_stride + first..kk * view.depth_stride + first + width;
+            let rows =
+                |kk: usize| kk * view.depth_stride + first..kk * view.depth_stride + first + width;
             for p in 0..pairs {
                 let out = &mut dst[p * width..(p + 1) * width];
                 let (k0, k1) = (2 * p, 2 * p + 1);
@@ -523,45 +524,47 @@ fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
     // Each thread's buffer for a task's tile of C (reused: a fresh 128 KiB would be a fresh
     // mmap, zeroed page by page, for tasks that take tens of microseconds when k is small).
     let buffer = || vec![0f32; AMX_MC_BLOCKS * AMX_ROWS * NC_PANELS * NR];
-    (0..tiles_m * tiles_n).into_par_iter().for_each_init(buffer, |acc, tile| {
-        let (tm, tn) = (tile / tiles_n, tile % tiles_n);
-        let a_blocks = tm * AMX_MC_BLOCKS..((tm + 1) * AMX_MC_BLOCKS).min(blocks_m);
-        let b_range = tn * NC_PANELS..((tn + 1) * NC_PANELS).min(b_panels);
-        // The task's tile of C, a whole number of blocks, row-major (`first == 0` overwrites
-        // whatever the buffer held).
-        let acc_cols = b_range.len() * NR;
-        // SAFETY: `a.isa` is AMX, so `amx::enable` found AMX-BF16 and got the kernel's
-        // permission for tile state; the configuration is a valid palette-1 one.
-        unsafe { amx::load_config() };
-        for first in (0..pairs).step_by(AMX_KC) {
-            let depth = AMX_KC.min(pairs - first);
-            for (j, jp) in b_range.clone().enumerate() {
-                let b_panel = b.panel_from(jp, first);
-                for (i, ib) in a_blocks.clone().enumerate() {
-                    // This block's rows in tile order, from pair `first` on.
-                    let a_rows = &a.data[ib * AMX_ROWS * pairs + first * AMX_ROWS..];
-                    let out = &mut acc[i * AMX_ROWS * acc_cols + j * NR..];
-                    // SAFETY: tiles are configured on this thread (above); `a_rows` and
-                    // `b_panel` hold `depth` pairs (a multiple of 16) of the block and panel;
-                    // `out` holds 32 rows of `acc_cols` >= 32 floats but the last row's tail.
-                    unsafe { amx::block(a_rows, b_panel, depth, out, acc_cols, first > 0) };
+    (0..tiles_m * tiles_n)
+        .into_par_iter()
+        .for_each_init(buffer, |acc, tile| {
+            let (tm, tn) = (tile / tiles_n, tile % tiles_n);
+            let a_blocks = tm * AMX_MC_BLOCKS..((tm + 1) * AMX_MC_BLOCKS).min(blocks_m);
+            let b_range = tn * NC_PANELS..((tn + 1) * NC_PANELS).min(b_panels);
+            // The task's tile of C, a whole number of blocks, row-major (`first == 0` overwrites
+            // whatever the buffer held).
+            let acc_cols = b_range.len() * NR;
+            // SAFETY: `a.isa` is AMX, so `amx::enable` found AMX-BF16 and got the kernel's
+            // permission for tile state; the configuration is a valid palette-1 one.
+            unsafe { amx::load_config() };
+            for first in (0..pairs).step_by(AMX_KC) {
+                let depth = AMX_KC.min(pairs - first);
+                for (j, jp) in b_range.clone().enumerate() {
+                    let b_panel = b.panel_from(jp, first);
+                    for (i, ib) in a_blocks.clone().enumerate() {
+                        // This block's rows in tile order, from pair `first` on.
+                        let a_rows = &a.data[ib * AMX_ROWS * pairs + first * AMX_ROWS..];
+                        let out = &mut acc[i * AMX_ROWS * acc_cols + j * NR..];
+                        // SAFETY: tiles are configured on this thread (above); `a_rows` and
+                        // `b_panel` hold `depth` pairs (a multiple of 16) of the block and panel;
+                        // `out` holds 32 rows of `acc_cols` >= 32 floats but the last row's tail.
+                        unsafe { amx::block(a_rows, b_panel, depth, out, acc_cols, first > 0) };
+                    }
                 }
             }
-        }
-        // SAFETY: tiles were configured on this thread; releasing them ends their use here.
-        unsafe { amx::release() };
-        let (row0, col0) = (a_blocks.start * AMX_ROWS, b_range.start * NR);
-        let cols = acc_cols.min(n - col0);
-        for r in 0..(a_blocks.len() * AMX_ROWS).min(m - row0) {
-            let src = &acc[r * acc_cols..r * acc_cols + cols];
-            // SAFETY: row row0 + r < m and columns col0..col0 + cols <= n are inside C and
-            // inside this task's tile, which no other task writes.
-            unsafe {
-                let dst = c_ptr.get().add((row0 + r) * n + col0);
-                std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols);
+            // SAFETY: tiles were configured on this thread; releasing them ends their use here.
+            unsafe { amx::release() };
+            let (row0, col0) = (a_blocks.start * AMX_ROWS, b_range.start * NR);
+            let cols = acc_cols.min(n - col0);
+            for r in 0..(a_blocks.len() * AMX_ROWS).min(m - row0) {
+                let src = &acc[r * acc_cols..r * acc_cols + cols];
+                // SAFETY: row row0 + r < m and columns col0..col0 + cols <= n are inside C and
+                // inside this task's tile, which no other task writes.
+                unsafe {
+                    let dst = c_ptr.get().add((row0 + r) * n + col0);
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols);
+                }
             }
-        }
-    });
+        });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -605,7 +608,13 @@ mod amx {
         const XFEATURE_XTILEDATA: libc::c_long = 18;
         // SAFETY: arch_prctl with integer arguments only; it changes which state the kernel
         // saves for this process, nothing in its memory.
-        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
     }
 
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -619,7 +628,9 @@ mod amx {
     /// [`enable`] returned true.
     pub(super) unsafe fn load_config() {
         // SAFETY: CONFIG is a valid 64-byte palette-1 configuration (caller: AMX is usable).
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly)) }
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly))
+        }
     }
 
     /// Returns the tiles to their initial state on this thread.
@@ -751,7 +762,9 @@ mod simd {
         }
         for (q, pair) in line[2 * p..].chunks(2).enumerate() {
             let lo = half::bf16::from_f32(pair[0]).to_bits();
-            let hi = pair.get(1).map_or(0, |&v| half::bf16::from_f32(v).to_bits());
+            let hi = pair
+                .get(1)
+                .map_or(0, |&v| half::bf16::from_f32(v).to_bits());
             dst[(p + q) * width + l] = super::word(lo, hi);
         }
     }
@@ -878,7 +891,12 @@ mod tests {
     /// The f32 product of the operands rounded to bf16: what the kernel computes up to f32
     /// summation order.
     fn reference(a: &Tensor, b: &Tensor) -> Tensor {
-        let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        let round = |t: &Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
         round(a).matmul(&round(b)).unwrap()
     }
 
@@ -906,13 +924,35 @@ mod tests {
         let exact = a.matmul(&b).unwrap();
         let b16 = b.to_dtype(DType::BF16).unwrap();
         let kernel_cases = kernels().into_iter().flat_map(|isa| {
-            [with_kernel(isa, &a, &b), with_kernel(isa, &a, &b16.t().unwrap().contiguous().unwrap().t().unwrap())]
+            [
+                with_kernel(isa, &a, &b),
+                with_kernel(
+                    isa,
+                    &a,
+                    &b16.t().unwrap().contiguous().unwrap().t().unwrap(),
+                ),
+            ]
         });
         // f32 activations times bf16 weights, both layouts; transposed (strided) operands.
         let cases = [
             matmul(&a, &b).unwrap(),
-            matmul(&a.t().unwrap().contiguous().unwrap().t().unwrap(), &b.t().unwrap().contiguous().unwrap().t().unwrap()).unwrap(),
-            matmul(&a, &b.to_dtype(DType::BF16).unwrap().t().unwrap().contiguous().unwrap().t().unwrap()).unwrap(),
+            matmul(
+                &a.t().unwrap().contiguous().unwrap().t().unwrap(),
+                &b.t().unwrap().contiguous().unwrap().t().unwrap(),
+            )
+            .unwrap(),
+            matmul(
+                &a,
+                &b.to_dtype(DType::BF16)
+                    .unwrap()
+                    .t()
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+                    .t()
+                    .unwrap(),
+            )
+            .unwrap(),
         ];
         let mut cases: Vec<Tensor> = cases.into_iter().chain(kernel_cases).collect();
         if available() {
@@ -927,18 +967,28 @@ mod tests {
             // Without a kernel `matmul` widens instead: f32 arithmetic on unrounded f32 inputs.
             if available() {
                 let diff = crate::ops::max_abs_diff(got, &expected);
-                assert!(diff < 1e-4 * scale, "{m}x{k}x{n}: {diff} from the bf16-rounded product");
+                assert!(
+                    diff < 1e-4 * scale,
+                    "{m}x{k}x{n}: {diff} from the bf16-rounded product"
+                );
             }
             // And from the exact f32 product, by bf16 rounding (2^-8 relative per operand, on
             // products of normal samples up to ~10).
             let diff = crate::ops::max_abs_diff(got, &exact);
-            assert!(diff < 0.1 * scale, "{m}x{k}x{n}: {diff} from the f32 product");
+            assert!(
+                diff < 0.1 * scale,
+                "{m}x{k}x{n}: {diff} from the f32 product"
+            );
         }
     }
 
     #[test]
     fn odd_shapes_match_the_rounded_f32_product() {
-        println!("kernels tested: {:?} (in use: {})", kernels(), kernel_name());
+        println!(
+            "kernels tested: {:?} (in use: {})",
+            kernels(),
+            kernel_name()
+        );
         for (m, k, n) in [
             (1, 1, 1),
             (14, 2, 32),

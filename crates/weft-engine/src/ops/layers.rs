@@ -157,10 +157,17 @@ mod tests {
     #[test]
     fn bf16_linear_matches_the_rounded_f32_layer() {
         let dev = Device::Cpu;
-        let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
-        for (batch, tokens, in_dim, out_dim, with_bias) in
-            [(2, 77, 33, 65, true), (1, 5, 320, 7, false), (2, 1, 1, 1, true)]
-        {
+        let round = |t: &Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        for (batch, tokens, in_dim, out_dim, with_bias) in [
+            (2, 77, 33, 65, true),
+            (1, 5, 320, 7, false),
+            (2, 1, 1, 1, true),
+        ] {
             let xs = Tensor::randn(0f32, 1.0, (batch, tokens, in_dim), &dev).unwrap();
             let weight = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &dev).unwrap();
             let bias = with_bias.then(|| Tensor::randn(0f32, 1.0, out_dim, &dev).unwrap());

@@ -629,13 +629,22 @@ mod tests {
         let diff = (&bf16 - &reference).unwrap().abs().unwrap();
         let max = diff.max_all().unwrap().to_scalar::<f32>().unwrap();
         let mean = diff.mean_all().unwrap().to_scalar::<f32>().unwrap();
-        let scale = reference.abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = reference
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         println!(
             "bf16 vs f32 unet: max abs {max:.3e}, mean abs {mean:.3e} (mean |out| {scale:.3e}), \
              bf16 kernel {}",
             crate::ops::gemm_bf16::available()
         );
-        assert!(mean < 0.02 * scale && max < 0.2 * scale.max(1.0), "{max} {mean} {scale}");
+        assert!(
+            mean < 0.02 * scale && max < 0.2 * scale.max(1.0),
+            "{max} {mean} {scale}"
+        );
     }
 
     fn full(v: f32) -> Tensor {
