@@ -102,7 +102,11 @@ fn main() -> anyhow::Result<()> {
     // VAEs stay in f32 on the CPU unless the weights are bf16 (`--dtype bf16`, as
     // `ModelManager::vae_dtype`); f16 weights are kept out of VAEs.
     let vae_dtypes: Vec<DType> = if device.is_cpu() {
-        let mut v: Vec<DType> = dtypes.iter().copied().filter(|d| *d != DType::F16).collect();
+        let mut v: Vec<DType> = dtypes
+            .iter()
+            .copied()
+            .filter(|d| *d != DType::F16)
+            .collect();
         if v.is_empty() {
             v.push(DType::F32);
         }
