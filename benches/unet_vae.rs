@@ -2,17 +2,19 @@
 //! 512x512, with synthetic weights. Compare with tools/parity/unet_vae_bench.py (PyTorch/diffusers,
 //! same shapes, same output format).
 //!
-//! Run: cargo bench --bench unet_vae                      (CPU: f32 weights, then f16-stored)
-//!      WEFT_BENCH_DTYPE=bf16 cargo bench --bench unet_vae (CPU: bf16-stored weights only)
+//! Run: cargo bench --bench unet_vae                      (CPU: f32, bf16, then f16-stored weights)
+//!      WEFT_BENCH_DTYPE=bf16 cargo bench --bench unet_vae (CPU: bf16 weights only)
 //!      WEFT_BENCH_DEVICE=cuda WEFT_BENCH_DTYPE=f16 cargo bench --features cuda --bench unet_vae
-//! On the CPU the arithmetic is f32 whatever the weights' dtype (they are widened per layer), so
-//! the f16-stored step is compared with the f32 one back to back. On a GPU each figure is the
-//! median of 5 runs after one warm-up (the first run loads kernels); on the CPU one run after one
-//! warm-up, each taking seconds.
+//! On the CPU, f16-stored weights are widened per layer and computed in f32; bf16 weights run
+//! their convolutions and linear layers as bf16 matmuls with f32 sums (`ops::gemm_bf16`) where
+//! the CPU has AVX512_BF16 (compare with `unet_vae_bench.py --channels-last --autocast bf16`),
+//! f32 otherwise. On a GPU each figure is the median of 5 runs after one warm-up (the first run
+//! loads kernels); on the CPU one run after one warm-up, each taking seconds.
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use weft::engine::device::{compute_dtype, gpu_memory, parse_dtype, DeviceChoice};
+use weft::engine::ops::gemm_bf16;
 use weft::engine::synth::synth_var_builder;
 use weft::engine::unet::{UNet2DConditionModel, UNetConfig};
 use weft::engine::vae::{AutoEncoderKL, VaeConfig};
@@ -56,14 +58,15 @@ fn main() -> anyhow::Result<()> {
     let device = choice.open()?;
     let dtypes = match std::env::var("WEFT_BENCH_DTYPE") {
         Ok(d) => vec![choice.check_dtype(parse_dtype(&d).map_err(anyhow::Error::msg)?)?],
-        Err(_) if device.is_cpu() => vec![DType::F32, DType::F16],
+        Err(_) if device.is_cpu() => vec![DType::F32, DType::BF16, DType::F16],
         Err(_) => vec![DType::F32],
     };
     let (warmups, runs) = if device.is_cpu() { (1, 1) } else { (1, 5) };
     match choice {
         DeviceChoice::Cpu => println!(
-            "device: cpu ({} threads), weights {dtypes:?}, arithmetic f32",
-            candle_core::utils::get_num_threads()
+            "device: cpu ({} threads), weights {dtypes:?}, bf16 matmul kernel: {}",
+            candle_core::utils::get_num_threads(),
+            gemm_bf16::kernel_name()
         ),
         other => println!("device: {other}, dtype {dtypes:?}"),
     }
@@ -85,22 +88,38 @@ fn main() -> anyhow::Result<()> {
             unet.forward(&x, &t, &ctx, None, None)
         })?;
         println!("unet step sd15 batch 2 64x64, {dtype:?} weights: {secs:.3} s");
-        steps.push(secs);
+        steps.push((dtype, secs));
     }
-    if let [f32_step, f16_step] = steps[..] {
-        println!("f16-stored / f32 unet step: {:.3}x", f16_step / f32_step);
+    let step_of = |wanted| steps.iter().find(|(d, _)| *d == wanted).map(|&(_, s)| s);
+    if let (Some(f32_step), true) = (step_of(DType::F32), device.is_cpu()) {
+        for other in [DType::BF16, DType::F16] {
+            if let Some(secs) = step_of(other) {
+                println!("{other:?} / F32 unet step: {:.3}x", secs / f32_step);
+            }
+        }
     }
 
-    // VAEs stay in f32 on the CPU (Weft keeps them there, as ComfyUI does).
-    let dtype = if device.is_cpu() {
-        DType::F32
+    // VAEs stay in f32 on the CPU unless the weights are bf16 (`--dtype bf16`, as
+    // `ModelManager::vae_dtype`); f16 weights are kept out of VAEs.
+    let vae_dtypes: Vec<DType> = if device.is_cpu() {
+        let mut v: Vec<DType> = dtypes
+            .iter()
+            .copied()
+            .filter(|d| *d != DType::F16)
+            .collect();
+        if v.is_empty() {
+            v.push(DType::F32);
+        }
+        v
     } else {
-        dtypes[0]
+        vec![dtypes[0]]
     };
-    let vae = AutoEncoderKL::new(synth_var_builder(dtype, &device), &VaeConfig::sd())?;
-    let z = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?.to_dtype(vae.dtype())?;
-    let secs = time(&device, warmups, runs, || vae.decode(&z))?;
-    println!("vae decode 512x512: {secs:.3} s");
+    for dtype in vae_dtypes {
+        let vae = AutoEncoderKL::new(synth_var_builder(dtype, &device), &VaeConfig::sd())?;
+        let z = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?.to_dtype(vae.dtype())?;
+        let secs = time(&device, warmups, runs, || vae.decode(&z))?;
+        println!("vae decode 512x512, {dtype:?} weights: {secs:.3} s");
+    }
     match peak_rss_mib() {
         Some(mib) => println!("peak rss: {mib:.0} MiB"),
         None => println!("peak rss: unavailable"),

@@ -3,10 +3,16 @@
 One SD1.5-size UNet step (batch 2, 4x64x64 latent, context 77x768) and one VAE decode to 512x512,
 random weights (timing does not depend on the values).
 Run: /opt/refpy/bin/python tools/parity/unet_vae_bench.py                     (CPU, f32)
+     python tools/parity/unet_vae_bench.py --channels-last --autocast bf16     (CPU, bf16 autocast)
+     python tools/parity/unet_vae_bench.py --matmul                            (GEMM GFLOP/s only)
      python tools/parity/unet_vae_bench.py --device cuda --dtype f16           (as WEFT_BENCH_*)
-On a GPU each figure is the median of 5 runs after one warm-up, as in the Rust bench.
+Each figure is the median of the runs after one warm-up (5 runs on a GPU, 1 on the CPU), as in
+the Rust bench; `--warmups 0` gives the cold figure. `--autocast bf16` keeps f32 weights and runs
+matmuls and convolutions in bf16 (torch.autocast), PyTorch's fastest CPU mode; `--matmul` prints
+torch's GFLOP/s at the shapes of `cargo bench -p weft-engine --bench gemm_bf16`.
 """
 import argparse
+import contextlib
 import resource
 import statistics
 import time
@@ -25,44 +31,90 @@ def timed(device, warmups, runs, fn):
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        fn().sum().item()  # reading a value waits for the work
+        fn().float().sum().item()  # reading a value waits for the work
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+# (label, m, k, n), as in crates/weft-engine/benches/gemm_bf16.rs.
+MATMUL_SHAPES = [
+    ("square 4096", 4096, 4096, 4096),
+    ("conv3x3 320 @64² (im2col chunk)", 320, 2880, 4096),
+    ("conv3x3 640 @32²x2", 640, 5760, 2048),
+    ("conv3x3 1280 @8²x2", 1280, 11520, 128),
+    ("linear 8192x320->320", 8192, 320, 320),
+    ("linear ff 8192x320->2560", 8192, 320, 2560),
+    ("linear ff 2048x640->5120", 2048, 640, 5120),
+]
+
+
+def matmul_bench():
+    print(f"threads {torch.get_num_threads()}, torch {torch.__version__}")
+    for label, m, k, n in MATMUL_SHAPES:
+        flops = 2.0 * m * k * n
+        runs = 2 if flops > 1e11 else 5
+        figures = []
+        for dtype in (torch.float32, torch.bfloat16):
+            a = torch.randn(m, k).to(dtype)
+            b = torch.randn(k, n).to(dtype)
+            a @ b
+            best = min(_once(lambda: a @ b) for _ in range(runs))
+            figures.append(flops / best / 1e9)
+        print(f"{label:34} {m}x{k}x{n}: f32 {figures[0]:6.1f} GFLOP/s, bf16 {figures[1]:6.1f}")
+
+
+def _once(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="f32", choices=DTYPES)
+    parser.add_argument("--autocast", choices=["bf16", "f16"], help="torch.autocast dtype")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC models and inputs")
+    parser.add_argument("--warmups", type=int, default=1)
+    parser.add_argument("--matmul", action="store_true", help="GEMM GFLOP/s only")
     args = parser.parse_args()
+    if args.matmul:
+        return matmul_bench()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    warmups, runs = (0, 1) if device.type == "cpu" else (1, 5)
+    warmups, runs = (args.warmups, 1) if device.type == "cpu" else (args.warmups, 5)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    autocast = (
+        torch.autocast(device.type, dtype=DTYPES[args.autocast])
+        if args.autocast
+        else contextlib.nullcontext()
+    )
     torch.manual_seed(0)
+    mode = f"dtype {args.dtype}, autocast {args.autocast or 'off'}, channels_last {args.channels_last}"
     if device.type == "cpu":
-        print(f"device: cpu ({torch.get_num_threads()} threads), dtype {args.dtype}, torch {torch.__version__}")
+        print(f"device: cpu ({torch.get_num_threads()} threads), {mode}, torch {torch.__version__}")
     else:
-        print(f"device: {args.device}, dtype {args.dtype}, torch {torch.__version__}")
+        print(f"device: {args.device}, {mode}, torch {torch.__version__}")
     t0 = time.perf_counter()
     unet = UNet2DConditionModel(
         sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
         layers_per_block=2, cross_attention_dim=768, attention_head_dim=8,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    ).eval().to(device, dtype)
+    ).eval().to(device, dtype, memory_format=memory_format)
     print(f"unet build (random weights): {time.perf_counter() - t0:.2f} s")
-    x = torch.randn(2, 4, 64, 64, device=device, dtype=dtype)
+    x = torch.randn(2, 4, 64, 64, device=device, dtype=dtype).to(memory_format=memory_format)
     t = torch.tensor([999.0, 999.0], device=device)
     ctx = torch.randn(2, 77, 768, device=device, dtype=dtype)
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         secs = timed(device, warmups, runs, lambda: unet(x, t, encoder_hidden_states=ctx).sample)
         print(f"unet step sd15 batch 2 64x64: {secs:.3f} s")
     del unet
     vae = AutoencoderKL(
         block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    ).eval().to(device, dtype)
-    z = torch.randn(1, 4, 64, 64, device=device, dtype=dtype)
-    with torch.no_grad():
+    ).eval().to(device, dtype, memory_format=memory_format)
+    z = torch.randn(1, 4, 64, 64, device=device, dtype=dtype).to(memory_format=memory_format)
+    with torch.no_grad(), autocast:
         secs = timed(device, warmups, runs, lambda: vae.decode(z).sample)
         print(f"vae decode 512x512: {secs:.3f} s")
     print(f"peak rss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

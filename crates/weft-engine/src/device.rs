@@ -126,8 +126,9 @@ impl DeviceChoice {
     }
 
     /// Checks a requested weight dtype: f32 and f16 everywhere, bf16 on CUDA and on the CPU
-    /// (where weights are widened to f32 per layer), not on Metal (its bf16 support depends on
-    /// the chip).
+    /// (where convolutions and linear layers multiply in bf16 with f32 sums on CPUs with AMX or
+    /// AVX512_BF16, `ops::gemm_bf16`, and widen to f32 elsewhere), not on Metal (its bf16
+    /// support depends on the chip).
     pub fn check_dtype(self, dtype: DType) -> std::result::Result<DType, DeviceError> {
         match (self, dtype) {
             (_, DType::F32 | DType::F16)
@@ -146,7 +147,8 @@ impl DeviceChoice {
 
 /// The dtype a model with weights in `weights` computes in on `device`: f32 on the CPU whatever
 /// the weights (each layer widens its weights per call, [`crate::ops::cast`]; f16
-/// arithmetic there is slower and less exact), the weights' own on a GPU.
+/// arithmetic there is slower and less exact; bf16 weights multiply in bf16 where the CPU can,
+/// [`crate::ops::gemm_bf16`], with f32 activations in and out), the weights' own on a GPU.
 pub fn compute_dtype(device: &Device, weights: DType) -> DType {
     match weights {
         _ if device.is_cpu() => DType::F32,

@@ -1408,16 +1408,9 @@ mod tests {
 
     fn tiny_model() -> DiffusionModel {
         use crate::synth::synth_var_builder;
-        use crate::unet::{AttentionHeads, UNetConfig};
-        let config = UNetConfig {
-            block_out_channels: vec![32, 64, 64],
-            transformer_depth: vec![1, 1, 0],
-            heads: AttentionHeads::PerLevel(vec![8, 8, 8]),
-            context_dim: 48,
-            ..UNetConfig::sd15()
-        };
-        let unet = UNet2DConditionModel::new(synth_var_builder(DType::F32, &Device::Cpu), &config)
-            .unwrap();
+        use crate::unet::UNetConfig;
+        let vb = synth_var_builder(DType::F32, &Device::Cpu);
+        let unet = UNet2DConditionModel::new(vb, &UNetConfig::tiny_sd1()).unwrap();
         DiffusionModel::new(unet, ModelFamily::Sd1, Prediction::Epsilon, 0)
     }
 

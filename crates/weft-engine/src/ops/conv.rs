@@ -10,7 +10,8 @@
 //! written, bias added, straight into its place in the output. A 1x1 stride-1 unpadded
 //! convolution is that matmul on the input itself. A depthwise convolution (one kernel per
 //! channel, PiDiNet's) is a direct loop per channel plane. Other devices, dtypes and grouped
-//! convolutions use candle's conv2d.
+//! convolutions use candle's conv2d. With bf16 weights on a CPU with AVX512_BF16 the matmul is
+//! [`crate::ops::gemm_bf16`]'s, on the weight packed once per layer (bf16 products, f32 sums).
 
 use std::ops::Range;
 
@@ -21,6 +22,7 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
 use crate::ops::cast;
+use crate::ops::gemm_bf16::{self, Packed, PackedWeight};
 
 /// Most floats one im2col chunk may hold (8 MiB). In `benches/ops.rs` this beat 4, 6 and 8 Mi
 /// floats at the VAE's 256- and 128-channel shapes (by 15-25%) and tied at the UNet's; 16 Mi and
@@ -33,6 +35,8 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     config: Conv2dConfig,
+    /// The weight as `[C_out, C_in*kh*kw]` for the bf16 kernel, packed on first use.
+    packed: PackedWeight,
 }
 
 impl Conv2d {
@@ -42,6 +46,7 @@ impl Conv2d {
             weight,
             bias,
             config,
+            packed: PackedWeight::default(),
         }
     }
 
@@ -67,8 +72,7 @@ impl Conv2d {
     /// upsampled tensor (268 MB before the VAE's last level) is never built.
     pub fn forward_upsampled_2x(&self, xs: &Tensor) -> Result<Tensor> {
         if uses_cpu_kernel(xs, &self.config) {
-            let (weight, bias) = self.weights_for(xs)?;
-            return cpu_conv2d(xs, &weight, bias.as_ref(), &self.config, 2);
+            return self.cpu_forward(xs, 2);
         }
         let (_, _, h, w) = xs.dims4()?;
         self.forward(&xs.upsample_nearest2d(2 * h, 2 * w)?)
@@ -76,6 +80,35 @@ impl Conv2d {
 }
 
 impl Conv2d {
+    /// Our CPU kernel on `xs` upsampled by `upsample`: the bf16 matmul on the packed weight
+    /// when it applies, the f32 one on the widened weight otherwise.
+    fn cpu_forward(&self, xs: &Tensor, upsample: usize) -> Result<Tensor> {
+        let bias = cast::operand_opt(self.bias.as_ref(), xs)?;
+        if gemm_bf16::applies(xs, &self.weight) {
+            let packed = self
+                .packed
+                .get_or_pack(|| gemm_bf16::pack_lhs(&self.weight.flatten_from(1)?))?;
+            let kernel = Kernel::Bf16(packed);
+            return cpu_conv2d(
+                xs,
+                &self.weight,
+                kernel,
+                bias.as_ref(),
+                &self.config,
+                upsample,
+            );
+        }
+        let weight = cast::operand(&self.weight, xs)?;
+        cpu_conv2d(
+            xs,
+            &weight,
+            Kernel::F32,
+            bias.as_ref(),
+            &self.config,
+            upsample,
+        )
+    }
+
     /// The weight and bias on `xs`'s device in its dtype (the same tensors when they are).
     fn weights_for(&self, xs: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         Ok((
@@ -87,6 +120,9 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if uses_cpu_kernel(xs, &self.config) {
+            return self.cpu_forward(xs, 1);
+        }
         let (weight, bias) = self.weights_for(xs)?;
         conv2d_forward(xs, &weight, bias.as_ref(), &self.config)
     }
@@ -119,7 +155,7 @@ pub fn conv2d_forward(
     config: &Conv2dConfig,
 ) -> Result<Tensor> {
     if uses_cpu_kernel(xs, config) && weight.dtype() == DType::F32 {
-        return cpu_conv2d(xs, weight, bias, config, 1);
+        return cpu_conv2d(xs, weight, Kernel::F32, bias, config, 1);
     }
     if is_depthwise(xs, weight, config)? {
         return cpu_depthwise(xs, weight, bias, config);
@@ -310,9 +346,20 @@ impl Geometry {
     }
 }
 
+/// How [`cpu_conv2d`] multiplies: by the (f32) weight tensor with candle, or by the packed weight
+/// with the bf16 kernel.
+#[derive(Clone, Copy)]
+enum Kernel<'a> {
+    F32,
+    Bf16(&'a Packed),
+}
+
+/// `weight`: `[C_out, C_in, kh, kw]`, f32 unless `kernel` is the packed weight (its dtype then
+/// does not matter); `bias`: f32.
 fn cpu_conv2d(
     xs: &Tensor,
     weight: &Tensor,
+    kernel: Kernel,
     bias: Option<&Tensor>,
     config: &Conv2dConfig,
     upsample: usize,
@@ -336,7 +383,15 @@ fn cpu_conv2d(
     };
     let (out_h, out_w) = geometry.out_size()?;
     let k = geometry.patch_len();
-    let weight = weight.contiguous()?.reshape((c_out, k))?;
+    let weight = match kernel {
+        Kernel::F32 => Some(weight.contiguous()?.reshape((c_out, k))?),
+        Kernel::Bf16(_) => None,
+    };
+    let times = |rhs: &Tensor| match (kernel, &weight) {
+        (Kernel::Bf16(packed), _) => gemm_bf16::matmul_packed_lhs(packed, rhs),
+        (Kernel::F32, Some(weight)) => weight.matmul(rhs),
+        (Kernel::F32, None) => candle_core::bail!("conv2d weight missing"),
+    };
     let xs = xs.contiguous()?;
     let bias = match bias {
         Some(bias) if bias.dims1()? == c_out => bias.contiguous()?,
@@ -372,11 +427,7 @@ fn cpu_conv2d(
     if pointwise && (batch == 1 || per_image > COL_BUDGET / 4) {
         let pixels = xs.reshape((batch, channels, height * width))?;
         for image in 0..batch {
-            place(
-                &weight.matmul(&pixels.get(image)?)?,
-                image..image + 1,
-                0..out_h,
-            )?;
+            place(&times(&pixels.get(image)?)?, image..image + 1, 0..out_h)?;
         }
         return Ok(out);
     }
@@ -392,7 +443,7 @@ fn cpu_conv2d(
                 images: images.clone(),
                 rows: 0..out_h,
             })?;
-            place(&weight.matmul(&col)?, images, 0..out_h)?;
+            place(&times(&col)?, images, 0..out_h)?;
         }
         return Ok(out);
     }
@@ -407,7 +458,7 @@ fn cpu_conv2d(
                 images: image..image + 1,
                 rows: rows.clone(),
             })?;
-            place(&weight.matmul(&col)?, image..image + 1, rows)?;
+            place(&times(&col)?, image..image + 1, rows)?;
         }
     }
     Ok(out)
@@ -677,6 +728,55 @@ mod tests {
             assert_eq!(got.dims(), expected.dims());
             let diff = crate::ops::max_abs_diff(&got, &expected);
             assert!(diff < 1e-4, "max abs diff {diff}");
+        }
+    }
+
+    /// bf16 weights: the same as candle's f32 convolution of the input and weights rounded to
+    /// bf16 (the bf16 kernel sums in f32); without the kernel, of the input as it is.
+    #[test]
+    fn bf16_weights_match_the_rounded_f32_convolution() {
+        use candle_core::DType;
+        let dev = Device::Cpu;
+        let round = |t: &Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let shapes = [
+            ((2, 5, 7, 9), (6, 3, 3), cfg(1, 1, 1), 1),
+            ((1, 4, 10, 8), (5, 3, 3), cfg(0, 2, 1), 1),
+            ((2, 3, 5, 7), (33, 3, 3), cfg(1, 1, 1), 2),
+            ((2, 16, 128, 128), (8, 3, 3), cfg(1, 1, 1), 1),
+            ((2, 64, 100, 100), (7, 1, 1), cfg(0, 1, 1), 1),
+            ((3, 8, 6, 6), (15, 1, 1), cfg(0, 1, 1), 1),
+        ];
+        for ((batch, c_in, h, w), (c_out, kh, kw), config, upsample) in shapes {
+            let xs = Tensor::randn(0f32, 1.0, (batch, c_in, h, w), &dev).unwrap();
+            let weight = Tensor::randn(0f32, 1.0, (c_out, c_in, kh, kw), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, c_out, &dev).unwrap();
+            let layer = Conv2d::new(
+                weight.to_dtype(DType::BF16).unwrap(),
+                Some(bias.to_dtype(DType::BF16).unwrap()),
+                config,
+            );
+            let input = xs.upsample_nearest2d(h * upsample, w * upsample).unwrap();
+            let expected = candle_nn::Conv2d::new(round(&weight), Some(round(&bias)), config)
+                .forward(&if crate::ops::gemm_bf16::available() {
+                    round(&input)
+                } else {
+                    input
+                })
+                .unwrap();
+            let got = if upsample == 2 {
+                layer.forward_upsampled_2x(&xs).unwrap()
+            } else {
+                layer.forward(&xs).unwrap()
+            };
+            assert_eq!(got.dtype(), DType::F32);
+            assert_eq!(got.dims(), expected.dims());
+            let diff = crate::ops::max_abs_diff(&got, &expected);
+            assert!(diff < 1e-3, "max abs diff {diff}");
         }
     }
 

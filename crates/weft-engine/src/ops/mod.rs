@@ -9,6 +9,7 @@ pub mod attention;
 pub mod cast;
 pub mod conv;
 pub mod conv_transpose;
+pub mod gemm_bf16;
 pub mod layers;
 pub mod math;
 pub mod norm;

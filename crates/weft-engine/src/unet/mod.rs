@@ -131,6 +131,18 @@ impl UNetConfig {
         }
     }
 
+    /// A tiny SD1-shaped UNet for the crate's tests: 32/64/64 channels, context 48.
+    #[cfg(test)]
+    pub(crate) fn tiny_sd1() -> Self {
+        Self {
+            block_out_channels: vec![32, 64, 64],
+            transformer_depth: vec![1, 1, 0],
+            heads: AttentionHeads::PerLevel(vec![8, 8, 8]),
+            context_dim: 48,
+            ..Self::sd15()
+        }
+    }
+
     /// Heads of the attention at `level` with `channels` channels.
     pub fn heads_at(&self, level: usize, channels: usize) -> usize {
         match &self.heads {
@@ -596,6 +608,44 @@ pub fn sdxl_adm(pooled: &Tensor, values: &[Vec<f32>]) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// bf16 weights on the CPU (bf16 matmuls through `ops::gemm_bf16` where the CPU has
+    /// AVX512_BF16, f32 arithmetic on widened weights otherwise) stay near the f32 model: a
+    /// tiny SD1-shaped UNet with the same synthetic weights, at CFG batch 2.
+    #[test]
+    fn bf16_weights_stay_near_the_f32_model() {
+        use crate::synth::synth_var_builder;
+        let config = UNetConfig::tiny_sd1();
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 16, 16), &dev).unwrap();
+        let t = Tensor::new(&[999f32, 500.0], &dev).unwrap();
+        let ctx = Tensor::randn(0f32, 1.0, (2, 7, 48), &dev).unwrap();
+        let run = |dtype| {
+            let unet = UNet2DConditionModel::new(synth_var_builder(dtype, &dev), &config).unwrap();
+            unet.forward(&x, &t, &ctx, None, None).unwrap()
+        };
+        let (reference, bf16) = (run(DType::F32), run(DType::BF16));
+        assert_eq!(bf16.dtype(), DType::F32);
+        let diff = (&bf16 - &reference).unwrap().abs().unwrap();
+        let max = diff.max_all().unwrap().to_scalar::<f32>().unwrap();
+        let mean = diff.mean_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = reference
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        println!(
+            "bf16 vs f32 unet: max abs {max:.3e}, mean abs {mean:.3e} (mean |out| {scale:.3e}), \
+             bf16 kernel {}",
+            crate::ops::gemm_bf16::available()
+        );
+        assert!(
+            mean < 0.02 * scale && max < 0.2 * scale.max(1.0),
+            "{max} {mean} {scale}"
+        );
+    }
 
     fn full(v: f32) -> Tensor {
         Tensor::full(v, (1, 1, 2, 2), &Device::Cpu).unwrap()

@@ -1,0 +1,1016 @@
+//! bf16 matrix products on the CPU with f32 accumulation, for models whose weights are kept in
+//! bf16 (`--dtype bf16`).
+//!
+//! Why our own: neither candle nor gemm 0.19 has a bf16 kernel (candle's CPU bf16 matmul widens
+//! both operands to f32, multiplies, and rounds the product back to bf16), and the crates that do
+//! either take and return bf16 only or are part of a whole inference framework. Here each
+//! operand is packed straight from its stored precision (f32 activations are rounded to bf16,
+//! nearest-even, while packing; bf16 weights are copied) into panels of bf16 pairs, the layout
+//! AVX512_BF16's `vdpbf16ps` reads: one instruction multiplies 16 pairs of one row of A by 16
+//! pairs of B's columns and adds both products to 16 f32 accumulators. The product comes out in
+//! f32, so the rest of the model (norms, softmax, residuals) stays f32, as under PyTorch's
+//! autocast. A layer packs its weight once ([`Packed`], kept by the layer) and only the
+//! activations per call.
+//!
+//! Two kernels, picked at run time ([`available`]; callers keep their f32 path where neither
+//! runs):
+//! - AMX-BF16 (Sapphire Rapids and later): `tdpbf16ps` multiplies a 16x32 bf16 tile of A by a
+//!   32x16 tile of B into a 16x16 f32 tile; a 32x32 block of C stays in four tile registers over
+//!   the whole of k. A is packed row-major (a tile is 16 rows of 16 pairs), B in the panels
+//!   above (a tile is 16 pairs of one half-panel), k padded to whole tiles. Its intrinsics (and
+//!   its feature detection) are unstable in Rust 1.95, so the instructions are `asm!`, the
+//!   feature is read with CPUID, and the kernel's permission to use tile state is asked for
+//!   once with `arch_prctl(ARCH_REQ_XCOMP_PERM)`.
+//! - AVX512_BF16: the micro-kernel keeps an `MR x NR` tile of C in 28 of the 32 zmm registers
+//!   while it walks `KC` pairs of one A panel and one B panel. On Sapphire Rapids `vdpbf16ps`
+//!   issues at about half the rate of f32 FMAs (measured), so there it is slower than the f32
+//!   path and only AMX pays; on Zen 4 it runs at twice the f32 rate.
+//!
+//! Either way C is split into tiles of `MC_PANELS x NC_PANELS` blocks which the rayon threads
+//! share, each tile written by one thread only.
+//!
+//! This is the one module of the crate with `unsafe` (SIMD intrinsics, AMX `asm!` and the
+//! disjoint writes into C); each block says why it holds.
+#![allow(unsafe_code)]
+
+use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+use half::bf16;
+use rayon::prelude::*;
+
+/// Rows of A per micro-tile.
+const MR: usize = 14;
+/// zmm registers (16 f32 lanes each) across a micro-tile's columns.
+const NV: usize = 2;
+/// Columns of B per micro-tile.
+const NR: usize = 16 * NV;
+/// k pairs per block: one B micro-panel (KC * NR * 4 bytes = 16 KiB) stays in L1.
+const KC: usize = 128;
+/// A panels per tile: the tile's A block (MC_PANELS * MR rows * KC pairs * 4 = 56 KiB) in L2.
+const MC_PANELS: usize = 8;
+/// B panels per tile.
+const NC_PANELS: usize = 8;
+
+/// Rows of C per AMX block (two tiles).
+const AMX_ROWS: usize = 32;
+/// k pairs per AMX tile.
+const AMX_PAIRS: usize = 16;
+
+/// The kernel a CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Amx,
+    Avx512,
+}
+
+/// The best kernel this CPU runs: AMX-BF16 (with AVX512_BF16 for the packing), else
+/// AVX512_BF16, else none. `WEFT_BF16_GEMM=avx512` skips AMX; `=off` turns both off.
+fn isa() -> Option<Isa> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let choice = std::env::var("WEFT_BF16_GEMM").unwrap_or_default();
+            let avx512 = choice != "off"
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512bf16");
+            match () {
+                _ if !avx512 => None,
+                _ if choice != "avx512" && amx::enable() => Some(Isa::Amx),
+                _ => Some(Isa::Avx512),
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// Whether this CPU runs a bf16 kernel (AMX-BF16 or AVX512_BF16).
+pub fn available() -> bool {
+    isa().is_some()
+}
+
+/// The kernel in use, for benchmarks' headers: "amx", "avx512bf16" or "none".
+pub fn kernel_name() -> &'static str {
+    match isa() {
+        Some(Isa::Amx) => "amx",
+        Some(Isa::Avx512) => "avx512bf16",
+        None => "none",
+    }
+}
+
+/// Whether a layer with weights `weight` should run `xs` through this module: both on the CPU,
+/// f32 activations, bf16 weights, and a CPU with the instructions.
+pub fn applies(xs: &Tensor, weight: &Tensor) -> bool {
+    matches!(xs.device(), Device::Cpu)
+        && matches!(weight.device(), Device::Cpu)
+        && xs.dtype() == DType::F32
+        && weight.dtype() == DType::BF16
+        && available()
+}
+
+/// One operand packed for the kernel: its `lines` (rows of A, or columns of B) in panels of
+/// `width` lines, each panel holding, pair by pair along k, `width` u32 words of two bf16
+/// (the even k in the low half), zero past the last line and past an odd k. For AMX, A's
+/// panels are single rows (so A is row-major), k is padded to whole tiles and A's rows to
+/// whole blocks and put in tile order ([`amx_tile_order`]).
+#[derive(Clone)]
+pub struct Packed {
+    data: Vec<u32>,
+    lines: usize,
+    depth: usize,
+    width: usize,
+    /// Pairs per line, padding included.
+    pairs: usize,
+    isa: Isa,
+}
+
+/// Which operand a [`Packed`] is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Lhs,
+    Rhs,
+}
+
+impl Packed {
+    fn pairs(&self) -> usize {
+        self.pairs
+    }
+
+    fn panels(&self) -> usize {
+        self.lines.div_ceil(self.width)
+    }
+
+    /// The words of panel `panel` from pair `first` on.
+    fn panel_from(&self, panel: usize, first: usize) -> &[u32] {
+        let len = self.pairs() * self.width;
+        &self.data[panel * len + first * self.width..(panel + 1) * len]
+    }
+
+    /// k, the length each line was packed with.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// The number of lines (rows of A, columns of B).
+    pub fn lines(&self) -> usize {
+        self.lines
+    }
+}
+
+/// A layer's weight packed for the kernel on first use and kept (shared by the layer's clones).
+/// It is a second copy of the weight: a bf16 UNet holds 1.7 GB of panels beside its 1.7 GB of
+/// weights, which buys not repacking every weight at every step.
+#[derive(Clone, Default)]
+pub struct PackedWeight(std::sync::Arc<std::sync::OnceLock<Packed>>);
+
+impl PackedWeight {
+    /// The packed weight, packing it with `pack` on first use.
+    pub fn get_or_pack(&self, pack: impl FnOnce() -> Result<Packed>) -> Result<&Packed> {
+        if let Some(packed) = self.0.get() {
+            return Ok(packed);
+        }
+        let packed = pack()?;
+        Ok(self.0.get_or_init(|| packed))
+    }
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.get() {
+            Some(p) => write!(f, "PackedWeight({}x{})", p.lines, p.depth),
+            None => f.write_str("PackedWeight(not yet)"),
+        }
+    }
+}
+
+/// The stored elements of an operand.
+#[derive(Clone, Copy)]
+enum Elems<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+/// A strided operand seen as `lines` lines of `depth` elements: element `(i, kk)` is at
+/// `i * line_stride + kk * depth_stride` in `data`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: Elems<'a>,
+    lines: usize,
+    depth: usize,
+    line_stride: usize,
+    depth_stride: usize,
+}
+
+impl View<'_> {
+    /// Element `(line, kk)` as bf16 bits; 0 past the depth (the odd k's partner).
+    fn bits(&self, line: usize, kk: usize) -> u16 {
+        if kk >= self.depth {
+            return 0;
+        }
+        let at = line * self.line_stride + kk * self.depth_stride;
+        match self.data {
+            Elems::F32(d) => bf16::from_f32(d[at]).to_bits(),
+            Elems::Bf16(d) => d[at].to_bits(),
+        }
+    }
+}
+
+/// Reads a 2-D CPU tensor's elements as a [`View`]: as A (`lines` = rows, `depth` = columns)
+/// or, `as_rhs`, as B (`lines` = columns, `depth` = rows).
+fn with_view<R>(t: &Tensor, as_rhs: bool, f: impl FnOnce(View) -> R) -> Result<R> {
+    let (rows, cols) = t.dims2()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("the bf16 matmul runs on the CPU only");
+    };
+    let start = layout.start_offset();
+    let data = match cpu {
+        CpuStorage::F32(v) => Elems::F32(&v[start..]),
+        CpuStorage::BF16(v) => Elems::Bf16(&v[start..]),
+        _ => candle_core::bail!("the bf16 matmul takes f32 or bf16, not {:?}", t.dtype()),
+    };
+    let (row_stride, col_stride) = match layout.stride() {
+        [r, c] => (*r, *c),
+        _ => candle_core::bail!("the bf16 matmul takes 2-D operands"),
+    };
+    let view = if as_rhs {
+        View {
+            data,
+            lines: cols,
+            depth: rows,
+            line_stride: col_stride,
+            depth_stride: row_stride,
+        }
+    } else {
+        View {
+            data,
+            lines: rows,
+            depth: cols,
+            line_stride: row_stride,
+            depth_stride: col_stride,
+        }
+    };
+    Ok(f(view))
+}
+
+/// The kernel in use, or an error for the packing entry points (callers check [`applies`]).
+fn isa_or_err() -> Result<Isa> {
+    isa().ok_or_else(|| candle_core::Error::Msg("no bf16 kernel on this CPU".into()))
+}
+
+/// `t` `[m, k]` packed as the left operand (a convolution's weight).
+pub fn pack_lhs(t: &Tensor) -> Result<Packed> {
+    let isa = isa_or_err()?;
+    with_view(t, false, |v| pack(v, Role::Lhs, isa))
+}
+
+/// `t` `[k, n]` packed as the right operand (a linear layer's weight, transposed).
+pub fn pack_rhs(t: &Tensor) -> Result<Packed> {
+    let isa = isa_or_err()?;
+    with_view(t, true, |v| pack(v, Role::Rhs, isa))
+}
+
+/// `a` `[m, k]` (packed by [`pack_lhs`]) times `b` `[k, n]` (f32 or bf16, any strides): `[m, n]`
+/// in f32.
+pub fn matmul_packed_lhs(a: &Packed, b: &Tensor) -> Result<Tensor> {
+    let b = with_view(b, true, |v| pack(v, Role::Rhs, a.isa))?;
+    product(a, &b)
+}
+
+/// `a` `[m, k]` (f32 or bf16, any strides) times `b` `[k, n]` (packed by [`pack_rhs`]): `[m, n]`
+/// in f32.
+pub fn matmul_packed_rhs(a: &Tensor, b: &Packed) -> Result<Tensor> {
+    let a = with_view(a, false, |v| pack(v, Role::Lhs, b.isa))?;
+    product(&a, b)
+}
+
+/// `a` `[m, k]` times `b` `[k, n]`, each f32 or bf16 with any strides: `[m, n]` in f32, both
+/// rounded to bf16 first. Without the instructions, both widened to f32 and multiplied by
+/// candle.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match isa() {
+        Some(isa) if matches!(a.device(), Device::Cpu) => {
+            let a = with_view(a, false, |v| pack(v, Role::Lhs, isa))?;
+            matmul_packed_lhs(&a, b)
+        }
+        _ => {
+            let a = crate::ops::cast::to_dtype(a, DType::F32)?;
+            let b = crate::ops::cast::to_dtype(b, DType::F32)?;
+            a.matmul(&b)
+        }
+    }
+}
+
+fn product(a: &Packed, b: &Packed) -> Result<Tensor> {
+    if a.depth != b.depth {
+        candle_core::bail!(
+            "bf16 matmul: the left operand has {} columns, the right {} rows",
+            a.depth,
+            b.depth
+        );
+    }
+    let (m, n) = (a.lines, b.lines);
+    let mut c = vec![0f32; m * n];
+    match a.isa {
+        Isa::Amx => gemm_amx(a, b, &mut c),
+        Isa::Avx512 => gemm(a, b, &mut c),
+    }
+    Tensor::from_vec(c, (m, n), &Device::Cpu)
+}
+
+/// Packs `view` as `role` for `isa`'s kernel, the panels in parallel.
+fn pack(view: View, role: Role, isa: Isa) -> Packed {
+    let (width, pair_multiple, line_multiple) = match (isa, role) {
+        (Isa::Avx512, Role::Lhs) => (MR, 1, 1),
+        (Isa::Avx512, Role::Rhs) => (NR, 1, 1),
+        (Isa::Amx, Role::Lhs) => (1, AMX_PAIRS, AMX_ROWS),
+        (Isa::Amx, Role::Rhs) => (NR, AMX_PAIRS, 1),
+    };
+    let pairs = view.depth.div_ceil(2).next_multiple_of(pair_multiple);
+    let panels = view.lines.next_multiple_of(line_multiple).div_ceil(width);
+    let mut data = vec![0u32; panels * pairs * width];
+    if pairs > 0 && view.lines > 0 {
+        // Small panels (AMX's single rows) go to the threads in groups.
+        let per_task = (4096 / (pairs * width)).max(1);
+        data.par_chunks_mut(per_task * pairs * width)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                for (i, dst) in chunk.chunks_mut(pairs * width).enumerate() {
+                    pack_panel(&view, (task * per_task + i) * width, width, dst);
+                }
+            });
+    }
+    if (isa, role) == (Isa::Amx, Role::Lhs) && pairs > 0 {
+        data = amx_tile_order(&data, pairs);
+    }
+    Packed {
+        data,
+        lines: view.lines,
+        depth: view.depth,
+        width,
+        pairs,
+        isa,
+    }
+}
+
+/// Row-major A (rows of `pairs` words, a whole number of 32-row blocks) in the order the AMX
+/// kernel reads it: block by block, 16 pairs at a time, the 32 rows' 16 words each. Every tile
+/// load is then 1 KiB of consecutive memory instead of 16 rows thousands of bytes apart (too
+/// many streams for the hardware prefetcher).
+fn amx_tile_order(rows: &[u32], pairs: usize) -> Vec<u32> {
+    let block = AMX_ROWS * pairs;
+    let mut out = vec![0u32; rows.len()];
+    out.par_chunks_mut(block)
+        .zip(rows.par_chunks(block))
+        .for_each(|(dst, src)| {
+            for kb in 0..pairs / AMX_PAIRS {
+                for r in 0..AMX_ROWS {
+                    let from = r * pairs + kb * AMX_PAIRS;
+                    let to = (kb * AMX_ROWS + r) * AMX_PAIRS;
+                    dst[to..to + AMX_PAIRS].copy_from_slice(&src[from..from + AMX_PAIRS]);
+                }
+            }
+        });
+    out
+}
+
+/// Packs lines `first..first + width` (those that exist) into `dst` (zero on entry).
+fn pack_panel(view: &View, first: usize, width: usize, dst: &mut [u32]) {
+    if first >= view.lines {
+        return;
+    }
+    let lines = width.min(view.lines - first);
+    let pairs = view.depth.div_ceil(2);
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        if view.depth_stride == 1 {
+            // Pairs lie next to each other (A row-major, a linear weight): line by line.
+            for l in 0..lines {
+                let start = (first + l) * view.line_stride;
+                match view.data {
+                    Elems::F32(d) => {
+                        let line = &d[start..start + view.depth];
+                        // SAFETY: `available()` checked AVX-512F/BW/BF16 on this CPU; `dst`
+                        // holds at least `pairs * width` words.
+                        unsafe { simd::pack_line_f32(line, l, width, dst) }
+                    }
+                    Elems::Bf16(d) => {
+                        let line = &d[start..start + view.depth];
+                        for (p, pair) in line.chunks(2).enumerate() {
+                            let hi = pair.get(1).map_or(0, |v| v.to_bits());
+                            dst[p * width + l] = word(pair[0].to_bits(), hi);
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        if view.line_stride == 1 && lines == width && width.is_multiple_of(16) {
+            // Lines lie next to each other (B row-major: im2col columns): two k rows at a
+            // time, interleaved.
+            let rows =
+                |kk: usize| kk * view.depth_stride + first..kk * view.depth_stride + first + width;
+            for p in 0..pairs {
+                let out = &mut dst[p * width..(p + 1) * width];
+                let (k0, k1) = (2 * p, 2 * p + 1);
+                match view.data {
+                    Elems::F32(d) => {
+                        let hi = (k1 < view.depth).then(|| &d[rows(k1)]);
+                        // SAFETY: as above.
+                        unsafe { simd::interleave_f32(&d[rows(k0)], hi, out) }
+                    }
+                    Elems::Bf16(d) => {
+                        let hi = (k1 < view.depth).then(|| &d[rows(k1)]);
+                        for (l, o) in out.iter_mut().enumerate() {
+                            *o = word(d[rows(k0)][l].to_bits(), hi.map_or(0, |h| h[l].to_bits()));
+                        }
+                    }
+                }
+            }
+            return;
+        }
+    }
+    for l in 0..lines {
+        for p in 0..pairs {
+            dst[p * width + l] = word(view.bits(first + l, 2 * p), view.bits(first + l, 2 * p + 1));
+        }
+    }
+}
+
+/// Two bf16 as one kernel word, `lo` (the even k) in the low half.
+fn word(lo: u16, hi: u16) -> u32 {
+    u32::from(lo) | (u32::from(hi) << 16)
+}
+
+/// A raw pointer to C that the tile tasks share; each writes only its own tile.
+#[derive(Clone, Copy)]
+struct CPtr(*mut f32);
+
+// SAFETY: the tasks that receive it write disjoint tiles of C (see `gemm`), and C outlives them
+// (the parallel loop returns before `gemm` does).
+unsafe impl Send for CPtr {}
+// SAFETY: as above.
+unsafe impl Sync for CPtr {}
+
+impl CPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `c` (`a.lines x b.lines`, row-major) = A B.
+fn gemm(a: &Packed, b: &Packed, c: &mut [f32]) {
+    let (m, n, pairs) = (a.lines, b.lines, a.pairs());
+    assert_eq!(c.len(), m * n, "C has room for the product");
+    assert!(a.width == MR && b.width == NR && b.pairs() == pairs);
+    if pairs == 0 || m == 0 || n == 0 {
+        c.fill(0.0);
+        return;
+    }
+    let (a_panels, b_panels) = (a.panels(), b.panels());
+    let tiles_m = a_panels.div_ceil(MC_PANELS);
+    let tiles_n = b_panels.div_ceil(NC_PANELS);
+    let c_ptr = CPtr(c.as_mut_ptr());
+    (0..tiles_m * tiles_n).into_par_iter().for_each(|tile| {
+        let (tm, tn) = (tile / tiles_n, tile % tiles_n);
+        let a_range = tm * MC_PANELS..((tm + 1) * MC_PANELS).min(a_panels);
+        let b_range = tn * NC_PANELS..((tn + 1) * NC_PANELS).min(b_panels);
+        for first in (0..pairs).step_by(KC) {
+            let depth = KC.min(pairs - first);
+            for jp in b_range.clone() {
+                let b_panel = b.panel_from(jp, first);
+                let cols = NR.min(n - jp * NR);
+                for ip in a_range.clone() {
+                    let a_panel = a.panel_from(ip, first);
+                    let rows = MR.min(m - ip * MR);
+                    // SAFETY: the micro-tile at (ip * MR, jp * NR), `rows x cols`, lies inside C
+                    // (`rows`, `cols` are clipped to m, n) and belongs to this task's tile only;
+                    // the panels hold at least `depth` pairs past `first`; `available()` held
+                    // when the operands were packed for this kernel.
+                    unsafe {
+                        let c_tile = c_ptr.get().add(ip * MR * n + jp * NR);
+                        simd::kernel(depth, a_panel, b_panel, c_tile, n, rows, cols, first > 0)
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// 32-row blocks of A per AMX tile task (128 rows).
+const AMX_MC_BLOCKS: usize = 4;
+/// k pairs per AMX pass: a task's A rows (128 x 256 pairs) and B panels (8 x 32 x 256) for one
+/// pass, 384 KiB, stay in L2 while every block of its C tile is worked through, and one B panel
+/// (32 KiB) in L1 while it meets the task's A blocks.
+const AMX_KC: usize = 256;
+
+/// `c` (`a.lines x b.lines`, row-major) = A B with the AMX kernel: each task sums its tile of C
+/// in passes of `AMX_KC` pairs, 32x32 blocks in tile registers, into a buffer of its own, then
+/// copies it into place.
+fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
+    let (m, n, pairs) = (a.lines, b.lines, a.pairs());
+    assert_eq!(c.len(), m * n, "C has room for the product");
+    assert!(a.width == 1 && b.width == NR && b.pairs() == pairs && pairs % AMX_PAIRS == 0);
+    assert!(a.data.len() >= m.next_multiple_of(AMX_ROWS) * pairs);
+    if pairs == 0 || m == 0 || n == 0 {
+        c.fill(0.0);
+        return;
+    }
+    let (blocks_m, b_panels) = (m.div_ceil(AMX_ROWS), b.panels());
+    let tiles_m = blocks_m.div_ceil(AMX_MC_BLOCKS);
+    let tiles_n = b_panels.div_ceil(NC_PANELS);
+    let c_ptr = CPtr(c.as_mut_ptr());
+    // Each thread's buffer for a task's tile of C (reused: a fresh 128 KiB would be a fresh
+    // mmap, zeroed page by page, for tasks that take tens of microseconds when k is small).
+    let buffer = || vec![0f32; AMX_MC_BLOCKS * AMX_ROWS * NC_PANELS * NR];
+    (0..tiles_m * tiles_n)
+        .into_par_iter()
+        .for_each_init(buffer, |acc, tile| {
+            let (tm, tn) = (tile / tiles_n, tile % tiles_n);
+            let a_blocks = tm * AMX_MC_BLOCKS..((tm + 1) * AMX_MC_BLOCKS).min(blocks_m);
+            let b_range = tn * NC_PANELS..((tn + 1) * NC_PANELS).min(b_panels);
+            // The task's tile of C, a whole number of blocks, row-major (`first == 0` overwrites
+            // whatever the buffer held).
+            let acc_cols = b_range.len() * NR;
+            // SAFETY: `a.isa` is AMX, so `amx::enable` found AMX-BF16 and got the kernel's
+            // permission for tile state; the configuration is a valid palette-1 one.
+            unsafe { amx::load_config() };
+            for first in (0..pairs).step_by(AMX_KC) {
+                let depth = AMX_KC.min(pairs - first);
+                for (j, jp) in b_range.clone().enumerate() {
+                    let b_panel = b.panel_from(jp, first);
+                    for (i, ib) in a_blocks.clone().enumerate() {
+                        // This block's rows in tile order, from pair `first` on.
+                        let a_rows = &a.data[ib * AMX_ROWS * pairs + first * AMX_ROWS..];
+                        let out = &mut acc[i * AMX_ROWS * acc_cols + j * NR..];
+                        // SAFETY: tiles are configured on this thread (above); `a_rows` and
+                        // `b_panel` hold `depth` pairs (a multiple of 16) of the block and panel;
+                        // `out` holds 32 rows of `acc_cols` >= 32 floats but the last row's tail.
+                        unsafe { amx::block(a_rows, b_panel, depth, out, acc_cols, first > 0) };
+                    }
+                }
+            }
+            // SAFETY: tiles were configured on this thread; releasing them ends their use here.
+            unsafe { amx::release() };
+            let (row0, col0) = (a_blocks.start * AMX_ROWS, b_range.start * NR);
+            let cols = acc_cols.min(n - col0);
+            for r in 0..(a_blocks.len() * AMX_ROWS).min(m - row0) {
+                let src = &acc[r * acc_cols..r * acc_cols + cols];
+                // SAFETY: row row0 + r < m and columns col0..col0 + cols <= n are inside C and
+                // inside this task's tile, which no other task writes.
+                unsafe {
+                    let dst = c_ptr.get().add((row0 + r) * n + col0);
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols);
+                }
+            }
+        });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+
+    use super::{AMX_PAIRS, AMX_ROWS, NR};
+
+    /// Palette 1, all eight tiles 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    static CONFIG: TileConfig = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+            t += 1;
+        }
+        TileConfig(c)
+    };
+
+    /// Whether the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22) and the
+    /// kernel lets this process use tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+    /// XFEATURE_XTILEDATA)`, Linux 5.16+).
+    pub(super) fn enable() -> bool {
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 7 exists on every CPU with AVX-512 (checked by the caller).
+        let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+        if leaf.edx & (1 << 22) == 0 || leaf.edx & (1 << 24) == 0 {
+            return false;
+        }
+        request_permission()
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn request_permission() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl with integer arguments only; it changes which state the kernel
+        // saves for this process, nothing in its memory.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    fn request_permission() -> bool {
+        false
+    }
+
+    /// Loads the tile configuration on this thread.
+    ///
+    /// # Safety
+    /// [`enable`] returned true.
+    pub(super) unsafe fn load_config() {
+        // SAFETY: CONFIG is a valid 64-byte palette-1 configuration (caller: AMX is usable).
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly))
+        }
+    }
+
+    /// Returns the tiles to their initial state on this thread.
+    ///
+    /// # Safety
+    /// [`enable`] returned true.
+    pub(super) unsafe fn release() {
+        // SAFETY: caller: AMX is usable.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) }
+    }
+
+    /// `out` (32 x NR, rows `ldo` floats apart) (+)= the 32 rows of `a` (in tile order: for
+    /// each 16 pairs, 32 rows of 16 words) times the B panel `b` (`pairs` rows of NR words);
+    /// `accumulate` adds to `out` instead of overwriting it.
+    ///
+    /// # Safety
+    /// Tiles are configured on this thread ([`load_config`]); `pairs` is a multiple of 16.
+    pub(super) unsafe fn block(
+        a: &[u32],
+        b: &[u32],
+        pairs: usize,
+        out: &mut [f32],
+        ldo: usize,
+        accumulate: bool,
+    ) {
+        assert!(a.len() >= AMX_ROWS * pairs && b.len() >= pairs * NR);
+        assert!(ldo >= NR && out.len() >= (AMX_ROWS - 1) * ldo + NR);
+        let (a_stride, b_stride, out_stride) = (AMX_PAIRS * 4, NR * 4, ldo * 4);
+        let o = out.as_mut_ptr();
+        // SAFETY (all blocks below): every tile load reads 16 rows of 64 bytes at the given
+        // stride, inside `a` (the 32 rows of pairs kb..kb + 16: words 32 kb..32 kb + 512), `b`
+        // (pairs kb..kb + 16, words 0..32) or `out`; the stores write the four 16x16 quarters
+        // of `out`'s 32 x 32 block (asserted above).
+        unsafe {
+            if accumulate {
+                asm!(
+                    "tileloadd tmm0, [{o0} + {s}*1]",
+                    "tileloadd tmm1, [{o1} + {s}*1]",
+                    "tileloadd tmm2, [{o2} + {s}*1]",
+                    "tileloadd tmm3, [{o3} + {s}*1]",
+                    o0 = in(reg) o,
+                    o1 = in(reg) o.add(16),
+                    o2 = in(reg) o.add(16 * ldo),
+                    o3 = in(reg) o.add(16 * ldo + 16),
+                    s = in(reg) out_stride,
+                    options(nostack, readonly)
+                );
+            } else {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+            }
+            let (a, b) = (a.as_ptr(), b.as_ptr());
+            for kb in (0..pairs).step_by(AMX_PAIRS) {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tileloadd tmm6, [{b0} + {sb}*1]",
+                    "tileloadd tmm7, [{b1} + {sb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a.add(kb * AMX_ROWS),
+                    a1 = in(reg) a.add(kb * AMX_ROWS + 16 * AMX_PAIRS),
+                    b0 = in(reg) b.add(kb * NR),
+                    b1 = in(reg) b.add(kb * NR + 16),
+                    sa = in(reg) a_stride,
+                    sb = in(reg) b_stride,
+                    options(nostack, readonly)
+                );
+            }
+            asm!(
+                "tilestored [{o0} + {s}*1], tmm0",
+                "tilestored [{o1} + {s}*1], tmm1",
+                "tilestored [{o2} + {s}*1], tmm2",
+                "tilestored [{o3} + {s}*1], tmm3",
+                o0 = in(reg) o,
+                o1 = in(reg) o.add(16),
+                o2 = in(reg) o.add(16 * ldo),
+                o3 = in(reg) o.add(16 * ldo + 16),
+                s = in(reg) out_stride,
+                options(nostack)
+            );
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod amx {
+    pub(super) fn enable() -> bool {
+        false
+    }
+    pub(super) unsafe fn load_config() {}
+    pub(super) unsafe fn release() {}
+    pub(super) unsafe fn block(_: &[u32], _: &[u32], _: usize, _: &mut [f32], _: usize, _: bool) {
+        unreachable!("AMX is off x86_64")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR, NV};
+
+    /// Packs one line of `depth` f32 (pairs adjacent) as line `l` of a panel `width` wide.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16; `dst` holds `depth.div_ceil(2) * width` words.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn pack_line_f32(line: &[f32], l: usize, width: usize, dst: &mut [u32]) {
+        let mut p = 0;
+        while 2 * p + 32 <= line.len() {
+            // SAFETY: 32 floats from 2p lie inside `line` (loop condition).
+            let words: [u32; 16] = unsafe {
+                let lo = _mm512_loadu_ps(line.as_ptr().add(2 * p));
+                let hi = _mm512_loadu_ps(line.as_ptr().add(2 * p + 16));
+                std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo))
+            };
+            for (j, w) in words.into_iter().enumerate() {
+                dst[(p + j) * width + l] = w;
+            }
+            p += 16;
+        }
+        for (q, pair) in line[2 * p..].chunks(2).enumerate() {
+            let lo = half::bf16::from_f32(pair[0]).to_bits();
+            let hi = pair
+                .get(1)
+                .map_or(0, |&v| half::bf16::from_f32(v).to_bits());
+            dst[(p + q) * width + l] = super::word(lo, hi);
+        }
+    }
+
+    /// `out[l]` = the pair (`lo[l]`, `hi[l]`) rounded to bf16 (`hi` zero when `None`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW and AVX512_BF16; all slices are as long as `out`, a multiple of 16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn interleave_f32(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
+        // 16-bit lane 2j takes lo[j] (lane j of the converted vector), 2j + 1 takes hi[j]
+        // (lane 16 + j).
+        let index: [u16; 32] = std::array::from_fn(|j| ((j % 2) * 16 + j / 2) as u16);
+        assert!(lo.len() >= out.len() && hi.is_none_or(|h| h.len() >= out.len()));
+        // SAFETY: `index` is 64 bytes.
+        let index = unsafe { _mm512_loadu_si512(index.as_ptr().cast()) };
+        for g in (0..out.len()).step_by(16) {
+            // SAFETY: g + 16 <= out.len() <= the lengths of lo and hi (out.len() % 16 == 0).
+            unsafe {
+                let l = _mm512_loadu_ps(lo.as_ptr().add(g));
+                let h = match hi {
+                    Some(h) => _mm512_loadu_ps(h.as_ptr().add(g)),
+                    None => _mm512_setzero_ps(),
+                };
+                let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(h, l));
+                let words = _mm512_permutexvar_epi16(index, both);
+                _mm512_storeu_si512(out.as_mut_ptr().add(g).cast(), words);
+            }
+        }
+    }
+
+    /// C[..rows, ..cols] (+)= A B over `depth` pairs of one A panel and one B panel; C's rows
+    /// are `ldc` apart; `accumulate` adds to C instead of overwriting it.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16; `a` and `b` hold `depth` pairs of a panel;
+    /// `c` points to `rows x cols` writable floats, rows `ldc` apart; rows <= MR, cols <= NR.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel(
+        depth: usize,
+        a: &[u32],
+        b: &[u32],
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        assert!(a.len() >= depth * MR && b.len() >= depth * NR);
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        for p in 0..depth {
+            // SAFETY: pair p of each panel is inside it (asserted above).
+            unsafe {
+                let mut bv = [_mm512_setzero_si512(); NV];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = _mm512_loadu_si512(b.add(p * NR + v * 16).cast());
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av: __m512bh =
+                        std::mem::transmute(_mm512_set1_epi32(*a.add(p * MR + r) as i32));
+                    for (x, bx) in row.iter_mut().zip(bv) {
+                        *x = _mm512_dpbf16_ps(*x, av, std::mem::transmute::<__m512i, __m512bh>(bx));
+                    }
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate().take(rows) {
+            for (v, &x) in row.iter().enumerate() {
+                let from = v * 16;
+                if from >= cols {
+                    break;
+                }
+                let mask: __mmask16 = if cols - from >= 16 {
+                    0xffff
+                } else {
+                    (1u16 << (cols - from)) - 1
+                };
+                // SAFETY: the masked lanes are columns < cols of row r < rows.
+                unsafe {
+                    let at = c.add(r * ldc + from);
+                    let x = if accumulate {
+                        _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, at))
+                    } else {
+                        x
+                    };
+                    _mm512_mask_storeu_ps(at, mask, x);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod simd {
+    pub(super) unsafe fn pack_line_f32(_: &[f32], _: usize, _: usize, _: &mut [u32]) {
+        unreachable!("available() is false off x86_64")
+    }
+    pub(super) unsafe fn interleave_f32(_: &[f32], _: Option<&[f32]>, _: &mut [u32]) {
+        unreachable!("available() is false off x86_64")
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel(
+        _: usize,
+        _: &[u32],
+        _: &[u32],
+        _: *mut f32,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: bool,
+    ) {
+        unreachable!("available() is false off x86_64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+
+    /// The f32 product of the operands rounded to bf16: what the kernel computes up to f32
+    /// summation order.
+    fn reference(a: &Tensor, b: &Tensor) -> Tensor {
+        let round = |t: &Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        round(a).matmul(&round(b)).unwrap()
+    }
+
+    /// The kernels this CPU runs: AMX's and AVX512_BF16's where it has AMX.
+    fn kernels() -> Vec<Isa> {
+        match isa() {
+            Some(Isa::Amx) => vec![Isa::Amx, Isa::Avx512],
+            Some(Isa::Avx512) => vec![Isa::Avx512],
+            None => vec![],
+        }
+    }
+
+    /// `a b` with `isa`'s kernel, packing both per call.
+    fn with_kernel(isa: Isa, a: &Tensor, b: &Tensor) -> Tensor {
+        let a = with_view(a, false, |v| pack(v, Role::Lhs, isa)).unwrap();
+        let b = with_view(b, true, |v| pack(v, Role::Rhs, isa)).unwrap();
+        product(&a, &b).unwrap()
+    }
+
+    fn check(m: usize, k: usize, n: usize) {
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
+        let expected = reference(&a, &b);
+        let exact = a.matmul(&b).unwrap();
+        let b16 = b.to_dtype(DType::BF16).unwrap();
+        let kernel_cases = kernels().into_iter().flat_map(|isa| {
+            [
+                with_kernel(isa, &a, &b),
+                with_kernel(
+                    isa,
+                    &a,
+                    &b16.t().unwrap().contiguous().unwrap().t().unwrap(),
+                ),
+            ]
+        });
+        // f32 activations times bf16 weights, both layouts; transposed (strided) operands.
+        let cases = [
+            matmul(&a, &b).unwrap(),
+            matmul(
+                &a.t().unwrap().contiguous().unwrap().t().unwrap(),
+                &b.t().unwrap().contiguous().unwrap().t().unwrap(),
+            )
+            .unwrap(),
+            matmul(
+                &a,
+                &b.to_dtype(DType::BF16)
+                    .unwrap()
+                    .t()
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+                    .t()
+                    .unwrap(),
+            )
+            .unwrap(),
+        ];
+        let mut cases: Vec<Tensor> = cases.into_iter().chain(kernel_cases).collect();
+        if available() {
+            let a16 = a.to_dtype(DType::BF16).unwrap();
+            cases.push(matmul_packed_lhs(&pack_lhs(&a16).unwrap(), &b).unwrap());
+            cases.push(matmul_packed_rhs(&a, &pack_rhs(&b16).unwrap()).unwrap());
+        }
+        // Summation order only: relative to the size of the sum of |products|, ~k * 2^-24.
+        let scale = (k as f32).sqrt().max(1.0);
+        for got in &cases {
+            assert_eq!(got.dims(), &[m, n]);
+            // Without a kernel `matmul` widens instead: f32 arithmetic on unrounded f32 inputs.
+            if available() {
+                let diff = crate::ops::max_abs_diff(got, &expected);
+                assert!(
+                    diff < 1e-4 * scale,
+                    "{m}x{k}x{n}: {diff} from the bf16-rounded product"
+                );
+            }
+            // And from the exact f32 product, by bf16 rounding (2^-8 relative per operand, on
+            // products of normal samples up to ~10).
+            let diff = crate::ops::max_abs_diff(got, &exact);
+            assert!(
+                diff < 0.1 * scale,
+                "{m}x{k}x{n}: {diff} from the f32 product"
+            );
+        }
+    }
+
+    #[test]
+    fn odd_shapes_match_the_rounded_f32_product() {
+        println!(
+            "kernels tested: {:?} (in use: {})",
+            kernels(),
+            kernel_name()
+        );
+        for (m, k, n) in [
+            (1, 1, 1),
+            (14, 2, 32),
+            (15, 3, 33),
+            (13, 31, 31),
+            (29, 33, 65),
+            (3, 257, 5),
+            (113, 300, 257),
+            (70, 2101, 40),
+            (40, 513, 96),
+        ] {
+            check(m, k, n);
+        }
+    }
+
+    #[test]
+    fn empty_depth_gives_zeros() {
+        let dev = Device::Cpu;
+        let a = Tensor::zeros((3, 0), DType::F32, &dev).unwrap();
+        let b = Tensor::zeros((0, 4), DType::F32, &dev).unwrap();
+        let c = matmul(&a, &b).unwrap();
+        assert_eq!(c.dims(), &[3, 4]);
+        assert_eq!(c.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+}
