@@ -229,7 +229,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(sd) = open("dpt_hybrid-midas-501f0c75.pt") {
         let net = Midas::load(&sd, &device)?;
         bench("MiDaS-DepthMapPreprocessor", runs, || {
-            Ok(annotators::midas::midas(&net, &image, 512, MidasMap::Depth)?)
+            Ok(annotators::midas::midas(
+                &net,
+                &image,
+                512,
+                MidasMap::Depth,
+            )?)
         });
     }
     if let Some(sd) = open("upernet_global_small.pth") {

@@ -51,6 +51,8 @@ fn time(
 }
 
 fn main() -> anyhow::Result<()> {
+    // The bf16 rows measure the bf16 kernels, as `--dtype bf16` turns them on in the server.
+    gemm_bf16::enable();
     let choice: DeviceChoice = std::env::var("WEFT_BENCH_DEVICE")
         .unwrap_or_else(|_| "cpu".into())
         .parse()

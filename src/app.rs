@@ -46,6 +46,9 @@ impl ComputeConfig {
             Some(dtype) => Some(self.device.check_dtype(dtype)?),
             None => None,
         };
+        if self.dtype == Some(DType::BF16) && device.is_cpu() {
+            crate::engine::ops::gemm_bf16::enable();
+        }
         let compute = crate::engine::device::compute_dtype(&device, dtype.unwrap_or(DType::F32));
         match dtype {
             Some(weights) => tracing::info!(device = %self.device,

@@ -56,7 +56,11 @@ async fn segmentation_matches_the_pack_from_either_folder_layout() {
     let (want_w, want_h, want, margin) = reference();
     for (class, sub, prefix) in [
         ("UniFormer-SemSegPreprocessor", "", "seg"),
-        ("SemSegPreprocessor", "ckpts/lllyasviel/Annotators", "seg_ckpts"),
+        (
+            "SemSegPreprocessor",
+            "ckpts/lllyasviel/Annotators",
+            "seg_ckpts",
+        ),
     ] {
         let app = app_with(Some(sub)).await;
         app.queue_ok("/prompt", json!({"prompt": graph(class, prefix)}))
@@ -71,7 +75,10 @@ async fn segmentation_matches_the_pack_from_either_folder_layout() {
             .filter(|(_, (a, b))| a != b)
             .map(|(p, _)| margin[p])
             .fold(0f32, f32::max);
-        assert!(unsure < 1e-3, "{class}: a pixel differs where the pack is sure ({unsure})");
+        assert!(
+            unsure < 1e-3,
+            "{class}: a pixel differs where the pack is sure ({unsure})"
+        );
     }
 }
 

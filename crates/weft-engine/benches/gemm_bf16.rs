@@ -64,6 +64,7 @@ fn best(
 }
 
 fn main() -> candle_core::Result<()> {
+    gemm_bf16::enable();
     let dev = Device::Cpu;
     let args: Vec<String> = std::env::args().collect();
     let only_models = args.iter().any(|a| a == "--no-gemm");

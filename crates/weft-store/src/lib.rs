@@ -86,6 +86,13 @@ pub enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Where a prompt's own bookkeeping is written (its claim, its end, its image records). On
+    /// SQLite a second pool at `synchronous = NORMAL`: these commits survive a killed process
+    /// as every commit does in WAL mode, and skip the fsync that `FULL` adds for power loss,
+    /// which would lose at most a claim (the prompt runs again) or an ending (recovered as an
+    /// interrupted run). The accept of a prompt, on `pool`, stays `FULL` and its fsync carries
+    /// these writes to disk too. On PostgreSQL the same pool.
+    bookkeeping: AnyPool,
     backend: Backend,
     /// This process's worker id: the owner written into the prompts it claims.
     worker_id: Arc<str>,
@@ -111,24 +118,12 @@ impl Store {
             .to_url_lossy();
         let options = AnyConnectOptions::from_url(&url).doing("building connection options")?;
         sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(4)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    // FULL: a committed prompt survives power loss, not just a process kill.
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await
-            .doing("opening the database")?;
+        // FULL: a committed prompt survives power loss, not just a process kill.
+        let pool = sqlite_pool(&options, 4, "FULL").await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store::new(pool, Backend::Sqlite))
+        let mut store = Store::new(pool, Backend::Sqlite);
+        store.bookkeeping = sqlite_pool(&options, 2, "NORMAL").await?;
+        Ok(store)
     }
 
     /// Connects to the PostgreSQL database at `url` (`postgres://user@host/db`, or
@@ -158,6 +153,7 @@ impl Store {
 
     fn new(pool: AnyPool, backend: Backend) -> Store {
         Store {
+            bookkeeping: pool.clone(),
             pool,
             backend,
             worker_id: leases::new_worker_id().into(),
@@ -196,11 +192,20 @@ impl Store {
     /// A write transaction: SQLite takes the write lock at once (`BEGIN IMMEDIATE`), so two
     /// writers never deadlock upgrading; PostgreSQL locks rows as it goes.
     pub(crate) async fn begin_write(&self, doing: &'static str) -> Result<Tx, StoreError> {
+        self.begin_write_on(&self.pool, doing).await
+    }
+
+    /// [`Self::begin_write`] on the bookkeeping pool (a prompt's claim).
+    pub(crate) async fn begin_bookkeeping(&self, doing: &'static str) -> Result<Tx, StoreError> {
+        self.begin_write_on(&self.bookkeeping, doing).await
+    }
+
+    async fn begin_write_on(&self, pool: &AnyPool, doing: &'static str) -> Result<Tx, StoreError> {
         let begin = match self.backend {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
-        self.pool.begin_with(begin).await.doing(doing)
+        pool.begin_with(begin).await.doing(doing)
     }
 
     /// The statement for this database: `sqlite` or `postgres`, for the few that differ.
@@ -210,6 +215,32 @@ impl Store {
             Backend::Postgres => postgres,
         }
     }
+}
+
+/// A pool on the SQLite file in WAL mode at the given `synchronous` level.
+async fn sqlite_pool(
+    options: &AnyConnectOptions,
+    connections: u32,
+    synchronous: &'static str,
+) -> Result<AnyPool, StoreError> {
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                conn.execute(
+                    format!(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;"
+                    )
+                    .as_str(),
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .connect_with(options.clone())
+        .await
+        .doing("opening the database")
 }
 
 /// A store on a fresh throw-away PostgreSQL server, or None (the test skips) when none can be

@@ -239,7 +239,7 @@ impl Store {
         &self,
         skip: &[String],
     ) -> Result<Option<PromptRow>, StoreError> {
-        let mut tx = self.begin_write("starting to claim a prompt").await?;
+        let mut tx = self.begin_bookkeeping("starting to claim a prompt").await?;
         let skipped = if skip.is_empty() {
             String::new()
         } else {
@@ -315,7 +315,7 @@ impl Store {
             Backend::Postgres => query.bind(self.worker_id()),
         };
         query
-            .execute(&self.pool)
+            .execute(&self.bookkeeping)
             .await
             .doing("recording a finished prompt")?;
         Ok(())
@@ -596,7 +596,7 @@ impl Store {
         .bind(subfolder)
         .bind(folder_type)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.bookkeeping)
         .await
         .doing("recording an image")?;
         Ok(())

@@ -735,6 +735,7 @@ mod tests {
     /// bf16 (the bf16 kernel sums in f32); without the kernel, of the input as it is.
     #[test]
     fn bf16_weights_match_the_rounded_f32_convolution() {
+        crate::ops::gemm_bf16::enable_in_this_test();
         use candle_core::DType;
         let dev = Device::Cpu;
         let round = |t: &Tensor| {

@@ -85,9 +85,49 @@ fn isa() -> Option<Isa> {
     None
 }
 
-/// Whether this CPU runs a bf16 kernel (AMX-BF16 or AVX512_BF16).
+/// Set by [`enable`].
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets layers with bf16 weights multiply through this module (the server does so for an
+/// explicit `--dtype bf16` on the CPU; `WEFT_BF16_GEMM=on`, `amx` or `avx512` does too). Off by
+/// default because each layer then keeps a packed copy of its weights beside the stored one
+/// (+1.7 GB for SD1.5), which the model manager's budget does not count yet: a checkpoint that
+/// merely happens to be stored in bf16 must not grow by half.
+pub fn enable() {
+    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(test)]
+thread_local! {
+    static TEST_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`enable`] for the calling thread only, so the crate's bf16 tests use the kernels without
+/// changing what other tests running beside them compute.
+#[cfg(test)]
+pub(crate) fn enable_in_this_test() {
+    TEST_THREAD.with(|t| t.set(true));
+}
+
+fn enabled() -> bool {
+    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    #[cfg(test)]
+    if TEST_THREAD.with(|t| t.get()) {
+        return true;
+    }
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+        || *FROM_ENV.get_or_init(|| {
+            matches!(
+                std::env::var("WEFT_BF16_GEMM").as_deref(),
+                Ok("on" | "amx" | "avx512")
+            )
+        })
+}
+
+/// Whether layers with bf16 weights multiply here: [`enable`]d, on a CPU with AMX-BF16 or
+/// AVX512_BF16.
 pub fn available() -> bool {
-    isa().is_some()
+    enabled() && isa().is_some()
 }
 
 /// The kernel in use, for benchmarks' headers: "amx", "avx512bf16" or "none".
@@ -383,7 +423,7 @@ fn pack_panel(view: &View, first: usize, width: usize, dst: &mut [u32]) {
     let lines = width.min(view.lines - first);
     let pairs = view.depth.div_ceil(2);
     #[cfg(target_arch = "x86_64")]
-    if available() {
+    if isa().is_some() {
         if view.depth_stride == 1 {
             // Pairs lie next to each other (A row-major, a linear weight): line by line.
             for l in 0..lines {
@@ -391,7 +431,7 @@ fn pack_panel(view: &View, first: usize, width: usize, dst: &mut [u32]) {
                 match view.data {
                     Elems::F32(d) => {
                         let line = &d[start..start + view.depth];
-                        // SAFETY: `available()` checked AVX-512F/BW/BF16 on this CPU; `dst`
+                        // SAFETY: `isa()` checked AVX-512F/BW/BF16 on this CPU; `dst`
                         // holds at least `pairs * width` words.
                         unsafe { simd::pack_line_f32(line, l, width, dst) }
                     }
@@ -486,7 +526,7 @@ fn gemm(a: &Packed, b: &Packed, c: &mut [f32]) {
                     let rows = MR.min(m - ip * MR);
                     // SAFETY: the micro-tile at (ip * MR, jp * NR), `rows x cols`, lies inside C
                     // (`rows`, `cols` are clipped to m, n) and belongs to this task's tile only;
-                    // the panels hold at least `depth` pairs past `first`; `available()` held
+                    // the panels hold at least `depth` pairs past `first`; `isa()` held
                     // when the operands were packed for this kernel.
                     unsafe {
                         let c_tile = c_ptr.get().add(ip * MR * n + jp * NR);
@@ -984,6 +1024,7 @@ mod tests {
 
     #[test]
     fn odd_shapes_match_the_rounded_f32_product() {
+        crate::ops::gemm_bf16::enable_in_this_test();
         println!(
             "kernels tested: {:?} (in use: {})",
             kernels(),
@@ -1006,6 +1047,7 @@ mod tests {
 
     #[test]
     fn empty_depth_gives_zeros() {
+        crate::ops::gemm_bf16::enable_in_this_test();
         let dev = Device::Cpu;
         let a = Tensor::zeros((3, 0), DType::F32, &dev).unwrap();
         let b = Tensor::zeros((0, 4), DType::F32, &dev).unwrap();

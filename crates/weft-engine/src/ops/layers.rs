@@ -156,6 +156,7 @@ mod tests {
     /// without bias.
     #[test]
     fn bf16_linear_matches_the_rounded_f32_layer() {
+        crate::ops::gemm_bf16::enable_in_this_test();
         let dev = Device::Cpu;
         let round = |t: &Tensor| {
             t.to_dtype(DType::BF16)

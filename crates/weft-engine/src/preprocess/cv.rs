@@ -873,11 +873,10 @@ fn axpy_pairs(out: &mut [f32], a: &[f32], b: Option<&[f32]>, k: f32, first: bool
     match (b, first) {
         (None, true) => out.iter_mut().zip(a).for_each(|(o, &a)| *o = a * k),
         (None, false) => out.iter_mut().zip(a).for_each(|(o, &a)| *o += a * k),
-        (Some(b), true) => {
-            out.iter_mut()
-                .zip(a.iter().zip(b))
-                .for_each(|(o, (&a, &b))| *o = (a + b) * k)
-        }
+        (Some(b), true) => out
+            .iter_mut()
+            .zip(a.iter().zip(b))
+            .for_each(|(o, (&a, &b))| *o = (a + b) * k),
         (Some(b), false) => out
             .iter_mut()
             .zip(a.iter().zip(b))

@@ -614,6 +614,7 @@ mod tests {
     /// tiny SD1-shaped UNet with the same synthetic weights, at CFG batch 2.
     #[test]
     fn bf16_weights_stay_near_the_f32_model() {
+        crate::ops::gemm_bf16::enable_in_this_test();
         use crate::synth::synth_var_builder;
         let config = UNetConfig::tiny_sd1();
         let dev = Device::Cpu;
