@@ -110,3 +110,41 @@ pub(crate) fn aux_spec(
         ..crate::nodes::preprocessors::aux(class_type, display_name, category, inputs)
     }
 }
+
+/// An aux node with no inputs of its own: `image` through one network file at `resolution`.
+pub(crate) struct PlainAnnotatorNode<T> {
+    pub class: &'static str,
+    pub display: &'static str,
+    pub category: &'static str,
+    pub file: AnnotatorFile,
+    pub load: fn(&Arc<StateDict>, &Device) -> Result<T, LoadError>,
+    pub map:
+        fn(&T, &candle_core::Tensor, u32) -> crate::engine::preprocess::Result<candle_core::Tensor>,
+}
+
+impl<T: Send + Sync + 'static> crate::nodes::Node for PlainAnnotatorNode<T> {
+    fn spec(&self) -> NodeSpec {
+        aux_spec(self.class, self.display, self.category, vec![])
+    }
+
+    fn fingerprint(
+        &self,
+        dirs: &DataDirs,
+        _constants: &[(String, crate::graph::ConstValue)],
+    ) -> Result<String, NodeError> {
+        AnnotatorFile::fingerprint(dirs, &[self.file])
+    }
+
+    fn run(
+        &self,
+        ctx: &NodeContext,
+        inputs: &crate::nodes::Inputs,
+    ) -> Result<crate::nodes::NodeOutput, NodeError> {
+        let net = self.file.load(ctx, self.load)?;
+        image_out((self.map)(
+            &net,
+            inputs.image("image")?,
+            resolution(inputs)?,
+        ))
+    }
+}

@@ -3,58 +3,30 @@
 //! UperNet from `upernet_global_small.pth`, the network in `engine::annotators::uniformer`.
 
 use crate::engine::annotators::uniformer::{semantic_segmentation, UniFormer};
-use crate::graph::spec::NodeSpec;
-use crate::graph::ConstValue;
-use crate::nodes::annotators::{aux_spec, image_out, resolution, AnnotatorFile};
-use crate::nodes::{Inputs, Node, NodeContext, NodeError, NodeOutput, Registry};
-use crate::paths::DataDirs;
+use crate::nodes::annotators::{AnnotatorFile, PlainAnnotatorNode};
+use crate::nodes::Registry;
 
+/// The segmentation map (each ADE20K class in its palette colour) at `resolution`; the pack
+/// registers the same class under both names.
 pub fn register(registry: &mut Registry) {
-    registry.add(SemSegPreprocessor {
-        class: "UniFormer-SemSegPreprocessor",
-        display: "UniFormer Segmentor",
-    });
-    registry.add(SemSegPreprocessor {
-        class: "SemSegPreprocessor",
-        display: "Semantic Segmentor (legacy, alias for UniFormer)",
-    });
+    for (class, display) in [
+        ("UniFormer-SemSegPreprocessor", "UniFormer Segmentor"),
+        (
+            "SemSegPreprocessor",
+            "Semantic Segmentor (legacy, alias for UniFormer)",
+        ),
+    ] {
+        registry.add(PlainAnnotatorNode {
+            class,
+            display,
+            category: "ControlNet Preprocessors/Semantic Segmentation",
+            file: UPERNET_GLOBAL_SMALL,
+            load: UniFormer::load,
+            map: semantic_segmentation,
+        });
+    }
 }
 
 /// `upernet_global_small.pth` of `lllyasviel/Annotators`.
 pub const UPERNET_GLOBAL_SMALL: AnnotatorFile =
     AnnotatorFile::lllyasviel("upernet_global_small.pth");
-
-/// The segmentation map (each ADE20K class in its palette colour) at `resolution`; the pack
-/// registers the same class under both names.
-pub struct SemSegPreprocessor {
-    class: &'static str,
-    display: &'static str,
-}
-
-impl Node for SemSegPreprocessor {
-    fn spec(&self) -> NodeSpec {
-        aux_spec(
-            self.class,
-            self.display,
-            "ControlNet Preprocessors/Semantic Segmentation",
-            vec![],
-        )
-    }
-
-    fn fingerprint(
-        &self,
-        dirs: &DataDirs,
-        _constants: &[(String, ConstValue)],
-    ) -> Result<String, NodeError> {
-        AnnotatorFile::fingerprint(dirs, &[UPERNET_GLOBAL_SMALL])
-    }
-
-    fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
-        let net = UPERNET_GLOBAL_SMALL.load(ctx, UniFormer::load)?;
-        image_out(semantic_segmentation(
-            &net,
-            inputs.image("image")?,
-            resolution(inputs)?,
-        ))
-    }
-}
