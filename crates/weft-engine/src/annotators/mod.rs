@@ -25,7 +25,6 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
-use rayon::prelude::*;
 
 use crate::load::file::StateDict;
 use crate::load::renaming::Renaming;
@@ -118,17 +117,6 @@ impl Conv {
             Pad::Fixed(p) => ((p, p), (p, p)),
             Pad::Same => (same_pad(h, k, self.stride), same_pad(w, k, self.stride)),
         };
-        if self.depthwise {
-            return depthwise(
-                x,
-                &self.weight,
-                self.bias.as_ref(),
-                self.stride,
-                top,
-                left,
-                (bottom, right),
-            );
-        }
         let symmetric = top == bottom && left == right && top == left;
         let (x, padding) = if symmetric {
             (x.clone(), top)
@@ -139,9 +127,13 @@ impl Conv {
                 0,
             )
         };
+        // A depthwise layer is a convolution with one group per channel, which `ops::conv` runs
+        // plane by plane on the CPU.
+        let groups = if self.depthwise { x.dim(1)? } else { 1 };
         let config = Conv2dConfig {
             padding,
             stride: self.stride,
+            groups,
             ..Default::default()
         };
         Conv2d::new(self.weight.clone(), self.bias.clone(), config).forward(&x)
@@ -167,68 +159,6 @@ pub fn load_published<C, T>(
         detect(sd.shapes()).map_err(|e| LoadError::new(sd.path(), LoadErrorKind::BadConfig(e)))?;
     let names = sd.shapes().keys().map(|k| (k.clone(), k.clone())).collect();
     Renaming::new(names).build(sd, DType::F32, device, |vb| build(vb, &config))
-}
-
-/// A depthwise convolution (`groups == channels`, weight `[C, 1, k, k]`) with zero padding
-/// `top`/`left` (and `end` = bottom/right). On the CPU a direct loop per plane: candle's grouped
-/// convolution runs one convolution per channel, thousands of them in B5's wide stages.
-pub(crate) fn depthwise(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    top: usize,
-    left: usize,
-    end: (usize, usize),
-) -> candle_core::Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let k = weight.dim(2)?;
-    let oh = (h + top + end.0 - k) / stride + 1;
-    let ow = (w + left + end.1 - k) / stride + 1;
-    if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 {
-        let xp = x
-            .pad_with_zeros(2, top, end.0)?
-            .pad_with_zeros(3, left, end.1)?;
-        let out = xp.conv2d(weight, 0, stride, 1, c)?;
-        return match bias {
-            Some(bias) => out.broadcast_add(&bias.reshape((1, c, 1, 1))?),
-            None => Ok(out),
-        };
-    }
-    let xs = x.flatten_all()?.to_vec1::<f32>()?;
-    let ws = weight.flatten_all()?.to_vec1::<f32>()?;
-    let bs = match bias {
-        Some(bias) => bias.to_vec1::<f32>()?,
-        None => vec![0.0; c],
-    };
-    let mut out = vec![0f32; b * c * oh * ow];
-    out.par_chunks_mut(oh * ow)
-        .enumerate()
-        .for_each(|(plane, o)| {
-            let ch = plane % c;
-            let src = &xs[plane * h * w..(plane + 1) * h * w];
-            let kern = &ws[ch * k * k..(ch + 1) * k * k];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = 0f32;
-                    for ky in 0..k {
-                        let iy = (oy * stride + ky) as isize - top as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let row = &src[iy as usize * w..(iy as usize + 1) * w];
-                        for kx in 0..k {
-                            let ix = (ox * stride + kx) as isize - left as isize;
-                            if ix >= 0 && ix < w as isize {
-                                acc += row[ix as usize] * kern[ky * k + kx];
-                            }
-                        }
-                    }
-                    o[oy * ow + ox] = acc + bs[ch];
-                }
-            }
-        });
-    Tensor::from_vec(out, (b, c, oh, ow), x.device())
 }
 
 /// The file's tensors under their model names (without `module.`), with their shapes.
