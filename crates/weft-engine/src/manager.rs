@@ -153,19 +153,6 @@ enum Loaded {
 }
 
 impl Loaded {
-    fn share(&self) -> Loaded {
-        match self {
-            Loaded::Checkpoint(c) => Loaded::Checkpoint(Arc::clone(c)),
-            Loaded::Vae(v) => Loaded::Vae(Arc::clone(v)),
-            Loaded::Control(c) => Loaded::Control(Arc::clone(c)),
-            Loaded::Upscale(u) => Loaded::Upscale(Arc::clone(u)),
-            Loaded::Gligen(g) => Loaded::Gligen(Arc::clone(g)),
-            Loaded::ClipVision(c) => Loaded::ClipVision(Arc::clone(c)),
-            Loaded::Style(s) => Loaded::Style(Arc::clone(s)),
-            Loaded::Annotator(a) => Loaded::Annotator(Arc::clone(a)),
-        }
-    }
-
     /// Whether anything beside the manager holds it (a running prompt, the output cache).
     fn in_use(&self) -> bool {
         match self {
@@ -406,26 +393,29 @@ impl ModelManager {
     /// The loaded model of `path`, or, on a miss, `plan` (which reads the file's header once:
     /// the model's bytes and what the load needs) and then `load` after making room for them,
     /// told how many of the bytes may go on the device (all, unless it can load partially).
-    fn get_or_load<P>(
+    /// `pick` says which loaded model serves the call (and is its typed handle): an entry of
+    /// the file it does not pick is replaced.
+    fn get_or_load<T: ?Sized, P>(
         &self,
         path: &Path,
-        reuse: impl Fn(&Loaded) -> bool,
+        pick: impl Fn(&Loaded) -> Option<Arc<T>>,
         plan: impl FnOnce() -> Result<(usize, P), LoadError>,
         load: impl FnOnce(P, usize) -> Result<(Loaded, usize), LoadError>,
-    ) -> Result<Loaded, LoadError> {
+    ) -> Result<Arc<T>, LoadError> {
         let (known, id, probe) = self.find(path)?;
         if known {
             let mut state = self.lock();
             state.clock += 1;
             let now = state.clock;
             // Looked up again by identity: `/free` may have run since `find`.
-            let entry = state
+            let found = state
                 .entries
                 .iter_mut()
-                .find(|e| e.ids.contains(&id) && reuse(&e.loaded));
-            if let Some(entry) = entry {
+                .filter(|e| e.ids.contains(&id))
+                .find_map(|e| pick(&e.loaded).map(|model| (e, model)));
+            if let Some((entry, model)) = found {
                 entry.last_used = now;
-                return Ok(entry.loaded.share());
+                return Ok(model);
             }
         }
         let (bytes, planned) = plan()?;
@@ -437,7 +427,12 @@ impl ModelManager {
         }
         .map_err(|oom| LoadError::new(path, LoadErrorKind::OutOfMemory(oom)))?;
         let (loaded, offloaded) = load(planned, on_device)?;
-        let shared = loaded.share();
+        let shared = pick(&loaded).ok_or_else(|| {
+            LoadError::new(
+                path,
+                LoadErrorKind::BadConfig("loaded as another kind of model".into()),
+            )
+        })?;
         let mut state = self.lock();
         state.clock += 1;
         let now = state.clock;
@@ -581,9 +576,12 @@ impl ModelManager {
         path: &Path,
         fp8: Option<Fp8Format>,
     ) -> Result<Arc<LoadedCheckpoint>, LoadError> {
-        let loaded = self.get_or_load(
+        self.get_or_load(
             path,
-            |l| matches!(l, Loaded::Checkpoint(c) if c.fp8 == fp8),
+            |l| match l {
+                Loaded::Checkpoint(c) if c.fp8 == fp8 => Some(Arc::clone(c)),
+                _ => None,
+            },
             || {
                 // UNet and text encoders in the weights' dtype, the VAE in its own.
                 let sd = StateDict::open(path)?;
@@ -600,11 +598,7 @@ impl ModelManager {
                 let (ckpt, offloaded) = self.load_checkpoint(sd, weights, fp8, bytes, on_device)?;
                 Ok((Loaded::Checkpoint(Arc::new(ckpt)), offloaded))
             },
-        )?;
-        match loaded {
-            Loaded::Checkpoint(c) => Ok(c),
-            _ => unreachable!("reuse only accepts checkpoints"),
-        }
+        )
     }
 
     /// A diffusers pipeline folder (DiffusersLoader): `unet/`, `vae/`, `text_encoder/` and
@@ -615,9 +609,12 @@ impl ModelManager {
         let unet_file = open_component(&unet_dir, "diffusion_pytorch_model")?
             .path()
             .to_path_buf();
-        let loaded = self.get_or_load(
+        self.get_or_load(
             &unet_file,
-            |l| matches!(l, Loaded::Checkpoint(_)),
+            |l| match l {
+                Loaded::Checkpoint(c) => Some(Arc::clone(c)),
+                _ => None,
+            },
             || {
                 let sd = open_component(&unet_dir, "diffusion_pytorch_model")?;
                 let dtype = self.weight_dtype(sd.float_dtype(""));
@@ -628,38 +625,38 @@ impl ModelManager {
                 let ckpt = self.load_diffusers(root, sd, dtype)?;
                 Ok((Loaded::Checkpoint(Arc::new(ckpt)), 0))
             },
-        )?;
-        match loaded {
-            Loaded::Checkpoint(c) => Ok(c),
-            _ => unreachable!("reuse only accepts checkpoints"),
-        }
+        )
     }
 
     /// A standalone VAE file, with the latent scale of the family it will be used with.
     pub fn vae(&self, path: &Path, scale: f64) -> Result<Arc<AutoEncoderKL>, LoadError> {
         let dtype = self.vae_dtype();
-        let loaded = self.get_or_load(
+        self.get_or_load(
             path,
-            |l| matches!(l, Loaded::Vae(v) if (v.config().scaling_factor - scale).abs() < 1e-9),
+            |l| match l {
+                Loaded::Vae(v) if (v.config().scaling_factor - scale).abs() < 1e-9 => {
+                    Some(Arc::clone(v))
+                }
+                _ => None,
+            },
             || Ok((StateDict::open(path)?.loaded_bytes("", |_| dtype), ())),
             // VAEs are small: always whole on the device.
             |(), _| {
                 let vae = load_vae_file(path, scale, dtype, &self.device)?;
                 Ok((Loaded::Vae(Arc::new(vae)), 0))
             },
-        )?;
-        match loaded {
-            Loaded::Vae(v) => Ok(v),
-            _ => unreachable!("reuse only accepts VAEs"),
-        }
+        )
     }
 
     /// A ControlNet, T2I-Adapter or Control-LoRA file (ControlNetLoader), loaded once while it
     /// stays unchanged on disk and counted against the budget like a checkpoint.
     pub fn control(&self, path: &Path) -> Result<Arc<LoadedControl>, LoadError> {
-        let loaded = self.get_or_load(
+        self.get_or_load(
             path,
-            |l| matches!(l, Loaded::Control(_)),
+            |l| match l {
+                Loaded::Control(m) => Some(Arc::clone(m)),
+                _ => None,
+            },
             || {
                 let sd = StateDict::open(path)?;
                 let dtype = self.weight_dtype(sd.float_dtype(""));
@@ -670,19 +667,18 @@ impl ModelManager {
                 let control = load_control(path, dtype, &self.device)?;
                 Ok((Loaded::Control(Arc::new(control)), 0))
             },
-        )?;
-        match loaded {
-            Loaded::Control(c) => Ok(c),
-            _ => unreachable!("reuse only accepts control models"),
-        }
+        )
     }
 
     /// An upscale model file (UpscaleModelLoader), loaded once while it stays unchanged on disk
     /// and counted against the budget like the others.
     pub fn upscale(&self, path: &Path) -> Result<Arc<UpscaleModel>, LoadError> {
-        let loaded = self.get_or_load(
+        self.get_or_load(
             path,
-            |l| matches!(l, Loaded::Upscale(_)),
+            |l| match l {
+                Loaded::Upscale(m) => Some(Arc::clone(m)),
+                _ => None,
+            },
             || {
                 let sd = StateDict::open(path)?;
                 let dtype = self.weight_dtype(sd.float_dtype(""));
@@ -693,65 +689,58 @@ impl ModelManager {
                 let model = UpscaleModel::load(&Arc::new(sd), dtype, &self.device)?;
                 Ok((Loaded::Upscale(Arc::new(model)), 0))
             },
-        )?;
-        match loaded {
-            Loaded::Upscale(u) => Ok(u),
-            _ => unreachable!("reuse only accepts upscale models"),
-        }
+        )
     }
 
     /// A GLIGEN file (GLIGENLoader), loaded once while it stays unchanged on disk and counted
     /// against the budget like the others.
     pub fn gligen(&self, path: &Path) -> Result<Arc<Gligen>, LoadError> {
         // Run in every transformer block while sampling: whole on the device.
-        let loaded = self.whole_model(
+        self.whole_model(
             path,
-            |l| matches!(l, Loaded::Gligen(_)),
+            |l| match l {
+                Loaded::Gligen(m) => Some(Arc::clone(m)),
+                _ => None,
+            },
             |sd, dtype| {
                 let model = Gligen::load(&Arc::new(sd), dtype, &self.device)?;
                 Ok(Loaded::Gligen(Arc::new(model)))
             },
-        )?;
-        match loaded {
-            Loaded::Gligen(g) => Ok(g),
-            _ => unreachable!("reuse only accepts gligen models"),
-        }
+        )
     }
 
     /// A CLIP vision file (CLIPVisionLoader): HF `vision_model.*` or OpenCLIP `visual.*`.
     pub fn clip_vision(&self, path: &Path) -> Result<Arc<ClipVisionModel>, LoadError> {
-        let loaded = self.small_model(
+        self.small_model(
             path,
-            |l| matches!(l, Loaded::ClipVision(_)),
+            |l| match l {
+                Loaded::ClipVision(m) => Some(Arc::clone(m)),
+                _ => None,
+            },
             |tensors, dtype| {
                 let prefix = crate::clip_vision::convert::file_prefix(&tensors);
                 let model = clip_vision_from_weights(&tensors, prefix, dtype, &self.device)
                     .map_err(|e| e.to_string())?;
                 Ok(Loaded::ClipVision(Arc::new(model)))
             },
-        )?;
-        match loaded {
-            Loaded::ClipVision(c) => Ok(c),
-            _ => unreachable!("reuse only accepts clip vision models"),
-        }
+        )
     }
 
     /// A T2I style model file (StyleModelLoader).
     pub fn style_model(&self, path: &Path) -> Result<Arc<StyleAdapter>, LoadError> {
-        let loaded = self.small_model(
+        self.small_model(
             path,
-            |l| matches!(l, Loaded::Style(_)),
+            |l| match l {
+                Loaded::Style(m) => Some(Arc::clone(m)),
+                _ => None,
+            },
             |tensors, dtype| {
                 let model = StyleAdapter::from_weights(&tensors, dtype, &self.device)
                     .map_err(|e| e.to_string())?
                     .ok_or("not a style model: no style_embedding")?;
                 Ok(Loaded::Style(Arc::new(model)))
             },
-        )?;
-        match loaded {
-            Loaded::Style(s) => Ok(s),
-            _ => unreachable!("reuse only accepts style models"),
-        }
+        )
     }
 
     /// A ControlNet preprocessor's network (`crate::annotators`): `T` built by `load` from the
@@ -763,10 +752,13 @@ impl ModelManager {
         path: &Path,
         load: impl FnOnce(&Arc<StateDict>, &Device) -> Result<T, LoadError>,
     ) -> Result<Arc<T>, LoadError> {
-        let is_t = |l: &Loaded| matches!(l, Loaded::Annotator(a) if a.is::<T>());
-        let loaded = self.get_or_load(
+        let as_t = |l: &Loaded| match l {
+            Loaded::Annotator(a) => Arc::clone(a).downcast::<T>().ok(),
+            _ => None,
+        };
+        self.get_or_load(
             path,
-            is_t,
+            as_t,
             || {
                 let sd = StateDict::open(path)?;
                 Ok((sd.loaded_bytes("", |_| DType::F32), sd))
@@ -775,39 +767,33 @@ impl ModelManager {
                 let model = load(&Arc::new(sd), &self.device)?;
                 Ok((Loaded::Annotator(Arc::new(model)), 0))
             },
-        )?;
-        match loaded {
-            Loaded::Annotator(a) => a
-                .downcast::<T>()
-                .map_err(|_| unreachable!("reuse only accepts this annotator type")),
-            _ => unreachable!("reuse only accepts annotators"),
-        }
+        )
     }
 
     /// A model built from every tensor of its file, in the file's weight dtype, run once per
     /// node call and so whole on the device; `build` says what is wrong with a file it refuses.
-    fn small_model(
+    fn small_model<T: ?Sized>(
         &self,
         path: &Path,
-        reuse: impl Fn(&Loaded) -> bool,
+        pick: impl Fn(&Loaded) -> Option<Arc<T>>,
         build: impl FnOnce(HashMap<String, Tensor>, DType) -> Result<Loaded, String>,
-    ) -> Result<Loaded, LoadError> {
-        self.whole_model(path, reuse, |sd, dtype| {
+    ) -> Result<Arc<T>, LoadError> {
+        self.whole_model(path, pick, |sd, dtype| {
             build(sd.get_prefixed("")?, dtype)
                 .map_err(|m| LoadError::new(path, LoadErrorKind::BadConfig(m)))
         })
     }
 
     /// A model whole on the device, in the file's weight dtype, counted at its loaded size.
-    fn whole_model(
+    fn whole_model<T: ?Sized>(
         &self,
         path: &Path,
-        reuse: impl Fn(&Loaded) -> bool,
+        pick: impl Fn(&Loaded) -> Option<Arc<T>>,
         build: impl FnOnce(StateDict, DType) -> Result<Loaded, LoadError>,
-    ) -> Result<Loaded, LoadError> {
+    ) -> Result<Arc<T>, LoadError> {
         self.get_or_load(
             path,
-            reuse,
+            pick,
             || {
                 let sd = StateDict::open(path)?;
                 let dtype = self.weight_dtype(sd.float_dtype(""));
