@@ -12,7 +12,7 @@ use crate::engine::diffusion::{
     prepare_noise_mask, CfgDenoiser, CondEntry, DiffusionModel, Guidance,
 };
 use crate::engine::memory;
-use crate::engine::sampling::rng::prepare_noise;
+use crate::engine::sampling::rng::prepare_noise_continuing;
 use crate::engine::sampling::samplers::{
     Interrupted, Sampler, SamplerConfig, StepInfo, SAMPLER_NAMES,
 };
@@ -144,15 +144,18 @@ fn run_sampler(ctx: &NodeContext, job: SamplingJob<'_>) -> Result<(Latent, Laten
         model.latent.process_in(&samples)?
     };
     let (noise, seed) = match job.noise {
-        NoiseSource::Random(seed) => (
-            prepare_noise(
+        NoiseSource::Random(seed) => {
+            let (noise, global) = prepare_noise_continuing(
                 &shape,
                 seed,
                 job.latent.batch_index.as_deref(),
                 samples.device(),
-            )?,
-            seed,
-        ),
+            )?;
+            // ComfyUI's noise seeded torch's global generator; ToMe draws on from there.
+            model.patches.unet.start_sampling(global);
+            (noise, seed)
+        }
+        // No noise, no seeding: the global generator goes on from wherever it was.
         NoiseSource::Disabled => (samples.zeros_like()?, 0),
     };
     let first_sigma = job.sigmas[0] as f64;

@@ -413,6 +413,48 @@ fn token_merging_matches_comfyui() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// ToMe's own draws against ComfyUI's: after `prepare_noise` (seed 123, a 7x9 latent whose 252
+/// noise values end in a ragged tail) each patched call draws its destinations with
+/// `torch.randint` from the same global generator (`tools/parity/tome_reference.py`, "global").
+/// Three calls in a row on a batch of two, as ComfyUI batches the positive and negative sides;
+/// Weft runs the sides one by one and rewinds the draw between them, as the denoiser does.
+/// Tolerance: 1e-6.
+#[test]
+fn token_merging_draws_from_comfyuis_global_stream() {
+    use weft::engine::diffusion::patches::{SelfAttentionPatch, UNetPatches};
+    use weft::engine::diffusion::tome::TokenMerging;
+    use weft::engine::sampling::rng::prepare_noise_continuing;
+    let fx = load_named("tome");
+    let setup = fx["global/seed"].to_vec1::<i64>().unwrap();
+    let (seed, h, w) = (setup[0] as u64, setup[1] as usize, setup[2] as usize);
+    let ratio = fx["global/ratio"].to_vec1::<f64>().unwrap()[0];
+    let patch = Arc::new(TokenMerging::new(ratio));
+    let unet = UNetPatches {
+        self_attention: vec![patch.clone()],
+        ..Default::default()
+    };
+    let (_, global) = prepare_noise_continuing(&[1, 4, h, w], seed, None, &Device::Cpu).unwrap();
+    unet.start_sampling(global);
+    let mut failures = Vec::new();
+    for call in 0..3 {
+        let x = &fx[&format!("global{call}/x")];
+        let states = unet.draw_states();
+        let mut sides = Vec::new();
+        for side in 0..2 {
+            if side == 1 {
+                unet.restore_draw_states(&states);
+            }
+            let q = x.narrow(0, side, 1).unwrap();
+            let (merged, _, _, undo) = patch.before(q.clone(), q.clone(), q, (h, w)).unwrap();
+            sides.push(undo(merged.affine(2.0, 1.0).unwrap()).unwrap());
+        }
+        let roundtrip = Tensor::cat(&sides, 0).unwrap();
+        let key = format!("global{call}/roundtrip");
+        check_within(&mut failures, &key, &roundtrip, &fx[&key], 1e-6);
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
 /// HypernetworkLoader's patch against `tools/parity/hypernetwork_reference.py` (ComfyUI's
 /// `load_hypernetwork_patch` walk and `hypernetwork_patch`, applied as attn1 and attn2 patches):
 /// the activations on a probe (1e-6), the shifted keys and values of the text context (1e-5), and

@@ -4,8 +4,9 @@ Run: `/tmp/peer-venv/bin/python tools/parity/tome_reference.py` (torch, safetens
 Writes tests/fixtures/sampling/tome_reference.safetensors.
 
 Transcribed from ComfyUI's comfy_extras/nodes_tomesd.py (`bipartite_soft_matching_random2d`,
-`get_functions`), with torch.randint's destination draw replaced by a stored one (ComfyUI draws
-it from torch's global generator). The fixture holds `unmerge(merge(x) * 2 + 1)`, which the
+`get_functions`), with torch.randint's destination draw passed in. The "even", "odd" and "all"
+cases store their draw; the "global" cases draw as ComfyUI does, from torch's global generator
+right after `prepare_noise` (comfy/sample.py) has seeded it and drawn the initial noise. The fixture holds `unmerge(merge(x) * 2 + 1)`, which the
 orders left by the unstable argsorts do not change, and the merged token count.
 """
 import math
@@ -88,6 +89,25 @@ def get_functions(x, ratio, original_shape, rand_idx):
     return (lambda y: y), (lambda y: y)
 
 
+def global_stream(out):
+    """ComfyUI's own draw: `prepare_noise` seeds torch's global generator and draws the noise of a
+    7x9 latent (252 values, a ragged tail), then each patched self-attention call draws its cells
+    with `torch.randint` from the same generator. Three calls, each on a batch of two (the
+    positive and negative sides as `calc_cond_batch` batches them)."""
+    seed, (h, w, c, ratio) = 123, (7, 9, 8, 0.4)
+    generator = torch.manual_seed(seed)
+    torch.randn((1, 4, h, w), generator=generator, device="cpu")
+    g = torch.Generator().manual_seed(9)
+    for call in range(3):
+        x = torch.randn(2, h * w, c, generator=g)
+        rand_idx = torch.randint(4, size=(h // 2, w // 2, 1), device=x.device)
+        m, u = get_functions(x, ratio, [2, 4, h, w], rand_idx)
+        out[f"global{call}/x"], out[f"global{call}/cells"] = x, rand_idx.reshape(-1)
+        out[f"global{call}/roundtrip"] = u(m(x) * 2 + 1)
+    out["global/seed"] = torch.tensor([seed, h, w], dtype=torch.int64)
+    out["global/ratio"] = torch.tensor([ratio], dtype=torch.float64)
+
+
 def main():
     g = torch.Generator().manual_seed(5)
     out = {}
@@ -99,6 +119,7 @@ def main():
         out[f"{name}/x"], out[f"{name}/cells"] = x, rand_idx.reshape(-1)
         out[f"{name}/merged_tokens"] = torch.tensor([merged.shape[1]], dtype=torch.int64)
         out[f"{name}/roundtrip"] = u(merged * 2 + 1)
+    global_stream(out)
     save_file({k: v.contiguous().clone() for k, v in out.items()}, OUT, metadata={"torch_version": torch.__version__})
     print("tome: wrote", len(out))
 

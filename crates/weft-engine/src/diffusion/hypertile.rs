@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Result, Tensor};
 
-use crate::diffusion::patches::{SelfAttentionPatch, UndoAttentionPatch};
+use crate::diffusion::patches::{DrawState, SelfAttentionPatch, UndoAttentionPatch};
 
 /// HyperTile's patch.
 #[derive(Debug)]
@@ -94,12 +94,14 @@ impl SelfAttentionPatch for HyperTile {
         Ok((tiled, k, v, untile))
     }
 
-    fn draw_state(&self) -> Option<u64> {
-        Some(self.counter.load(Ordering::Relaxed))
+    fn draw_state(&self) -> Option<DrawState> {
+        Some(DrawState::Counter(self.counter.load(Ordering::Relaxed)))
     }
 
-    fn set_draw_state(&self, state: u64) {
-        self.counter.store(state, Ordering::Relaxed);
+    fn set_draw_state(&self, state: &DrawState) {
+        if let DrawState::Counter(state) = state {
+            self.counter.store(*state, Ordering::Relaxed);
+        }
     }
 }
 

@@ -24,9 +24,11 @@
 //! one number, since every latent in a batch shares the step's sigma.
 
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{Result, Tensor};
+
+use crate::sampling::rng::TorchGenerator;
 
 use crate::diffusion::{CondEntry, DiffusionModel};
 use crate::sampling::model_sampling::ModelSamplingDiscrete;
@@ -161,14 +163,31 @@ pub trait SelfAttentionPatch: Send + Sync + Debug {
         latent_hw: (usize, usize),
     ) -> Result<(Tensor, Tensor, Tensor, UndoAttentionPatch)>;
 
-    /// Where the patch's per-call random draws stand (HyperTile's counter); `None` if it draws
-    /// none. See [`UNetPatches::draw_states`].
-    fn draw_state(&self) -> Option<u64> {
+    /// Where the patch's per-call random draws stand; `None` if it draws none. See
+    /// [`UNetPatches::draw_states`].
+    fn draw_state(&self) -> Option<DrawState> {
         None
     }
 
     /// Puts the draws back to a state [`Self::draw_state`] gave.
-    fn set_draw_state(&self, _state: u64) {}
+    fn set_draw_state(&self, _state: &DrawState) {}
+
+    /// A sampling run starts, with torch's global generator where ComfyUI's `prepare_noise`
+    /// leaves it; patches that draw from the global generator (ToMe) draw from this one.
+    fn start_sampling(&self, _global: &GlobalGenerator) {}
+}
+
+/// A sampling run's stand-in for torch's global CPU generator, shared by the patches that draw
+/// from it in the order ComfyUI's would.
+pub type GlobalGenerator = Arc<Mutex<TorchGenerator>>;
+
+/// Where a [`SelfAttentionPatch`]'s random draws stand.
+#[derive(Debug, Clone)]
+pub enum DrawState {
+    /// A draw counter (HyperTile seeds Python's `random` with it).
+    Counter(u64),
+    /// The global generator's whole state.
+    Global(Box<TorchGenerator>),
 }
 
 /// ComfyUI's `middle_patch`: rewrites a transformer block's hidden state between its
@@ -216,16 +235,24 @@ impl UNetPatches {
     /// The self-attention patches' draw states. Where ComfyUI batches the positive and negative
     /// sides into one UNet call, its patches draw once for both; Weft runs two calls and puts the
     /// draws back with [`Self::restore_draw_states`] before the second.
-    pub fn draw_states(&self) -> Vec<Option<u64>> {
+    pub fn draw_states(&self) -> Vec<Option<DrawState>> {
         self.self_attention.iter().map(|p| p.draw_state()).collect()
     }
 
     /// Puts back what [`Self::draw_states`] returned.
-    pub fn restore_draw_states(&self, states: &[Option<u64>]) {
+    pub fn restore_draw_states(&self, states: &[Option<DrawState>]) {
         for (patch, state) in self.self_attention.iter().zip(states) {
             if let Some(state) = state {
-                patch.set_draw_state(*state);
+                patch.set_draw_state(state);
             }
+        }
+    }
+
+    /// Starts a sampling run whose noise left torch's global generator at `global`.
+    pub fn start_sampling(&self, global: TorchGenerator) {
+        let global: GlobalGenerator = Arc::new(Mutex::new(global));
+        for patch in &self.self_attention {
+            patch.start_sampling(&global);
         }
     }
 }

@@ -4,25 +4,29 @@
 //!
 //! Each 2x2 cell of the token grid keeps one random "destination" token; of the others, the
 //! `ratio` share most similar (cosine) to some destination is averaged into it. ComfyUI draws the
-//! destinations from torch's global generator, whose state depends on the device and on what ran
-//! before; Weft draws them from Python's `random` seeded by a counter every patched call
-//! advances, so a run is reproducible. Which tokens merge where, and so the result, depends only
-//! on that draw: the orders ComfyUI's unstable argsort leaves are undone by the unmerge.
+//! destinations with `torch.randint` from torch's global generator, which `prepare_noise` has just
+//! seeded and used for the initial noise; Weft continues that same stream
+//! ([`SelfAttentionPatch::start_sampling`]), so on the CPU a run draws what ComfyUI's does. Which
+//! tokens merge where, and so the result, depends only on that draw: the orders ComfyUI's
+//! unstable argsort leaves are undone by the unmerge.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use candle_core::{DType, Result, Tensor};
 
-use crate::diffusion::hypertile::PythonRandom;
-use crate::diffusion::patches::{SelfAttentionPatch, UndoAttentionPatch};
+use crate::diffusion::patches::{
+    DrawState, GlobalGenerator, SelfAttentionPatch, UndoAttentionPatch,
+};
+use crate::sampling::rng::TorchGenerator;
 
 /// TomePatchModel's patch.
 #[derive(Debug)]
 pub struct TokenMerging {
     /// Share of the tokens merged away (`ratio`).
     pub ratio: f64,
-    /// Seed of the next destination draw.
-    counter: AtomicU64,
+    /// The global generator the draws come from: the running sampling's, else one at torch's
+    /// startup state.
+    global: Mutex<GlobalGenerator>,
 }
 
 impl TokenMerging {
@@ -30,8 +34,22 @@ impl TokenMerging {
     pub fn new(ratio: f64) -> Self {
         TokenMerging {
             ratio,
-            counter: AtomicU64::new(1),
+            global: Mutex::new(Arc::new(Mutex::new(TorchGenerator::torch_default()))),
         }
+    }
+
+    fn generator(&self) -> GlobalGenerator {
+        // A poisoned lock only means another sampling panicked; the generator is still whole.
+        Arc::clone(&self.global.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// `torch.randint(4, size=(hsy, wsx, 1))`: each cell's destination (0..4, row-major).
+    fn draw_cells(&self, count: usize) -> Vec<usize> {
+        let generator = self.generator();
+        let mut generator = generator.lock().unwrap_or_else(PoisonError::into_inner);
+        (0..count)
+            .map(|_| generator.randint_below(4) as usize)
+            .collect()
     }
 }
 
@@ -59,10 +77,7 @@ impl SelfAttentionPatch for TokenMerging {
         if r == 0 || h == 1 || w == 1 || h * w != n {
             return Ok((q, k, v, unchanged));
         }
-        let mut random = PythonRandom::seeded(self.counter.fetch_add(1, Ordering::Relaxed));
-        let cells: Vec<usize> = (0..hsy * wsx)
-            .map(|_| random.randbelow(4) as usize)
-            .collect();
+        let cells = self.draw_cells(hsy * wsx);
         let matching = Matching::new(&q, (w, h), &cells, r)?;
         let merged = matching.merge(&q)?;
         Ok((
@@ -71,6 +86,23 @@ impl SelfAttentionPatch for TokenMerging {
             v,
             Box::new(move |out: Tensor| matching.unmerge(&out)),
         ))
+    }
+
+    fn draw_state(&self) -> Option<DrawState> {
+        let generator = self.generator();
+        let generator = generator.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(DrawState::Global(Box::new(generator.clone())))
+    }
+
+    fn set_draw_state(&self, state: &DrawState) {
+        if let DrawState::Global(state) = state {
+            let generator = self.generator();
+            *generator.lock().unwrap_or_else(PoisonError::into_inner) = (**state).clone();
+        }
+    }
+
+    fn start_sampling(&self, global: &GlobalGenerator) {
+        *self.global.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(global);
     }
 }
 

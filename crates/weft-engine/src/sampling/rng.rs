@@ -115,6 +115,26 @@ impl TorchGenerator {
         (hi << 32) | lo
     }
 
+    /// The generator torch's global one is at startup (`default_rng_seed_val`), before anything
+    /// seeds it.
+    pub fn torch_default() -> Self {
+        Self::manual_seed(67_280_421_310_721)
+    }
+
+    /// One element of `torch.randint(range, ...)` on the CPU (`uniform_int_from_to_distribution`,
+    /// drawn serially): a 32-bit draw modulo the range, or a 64-bit one for ranges of 2^32 and more.
+    pub fn randint_below(&mut self, range: u64) -> u64 {
+        if range == 0 {
+            return 0;
+        }
+        let draw = if range >= 1 << 32 {
+            self.next_u64()
+        } else {
+            u64::from(self.next_u32())
+        };
+        draw % range
+    }
+
     /// `uniform_real_distribution<float>(0, 1)`: 24 random bits.
     pub fn uniform_f32(&mut self) -> f32 {
         (self.next_u32() & ((1 << 24) - 1)) as f32 * (1.0 / (1u32 << 24) as f32)
@@ -379,9 +399,22 @@ pub fn prepare_noise(
     batch_index: Option<&[usize]>,
     device: &Device,
 ) -> candle_core::Result<Tensor> {
+    prepare_noise_continuing(shape, seed, batch_index, device).map(|(noise, _)| noise)
+}
+
+/// [`prepare_noise`], also returning the generator as the draws leave it. ComfyUI seeds torch's
+/// *global* generator there (`torch.manual_seed`), and what runs later in the sampling without a
+/// generator of its own (ToMe's `torch.randint`) continues that stream.
+pub fn prepare_noise_continuing(
+    shape: &[usize],
+    seed: u64,
+    batch_index: Option<&[usize]>,
+    device: &Device,
+) -> candle_core::Result<(Tensor, TorchGenerator)> {
     let mut generator = TorchGenerator::manual_seed(seed);
     let Some(indices) = batch_index else {
-        return generator.randn(shape, device);
+        let noise = generator.randn(shape, device)?;
+        return Ok((noise, generator));
     };
     let Some((&batch, item_dims)) = shape.split_first() else {
         return Err(candle_core::Error::Msg(
@@ -395,7 +428,8 @@ pub fn prepare_noise(
         )));
     }
     let Some(&max_index) = indices.iter().max() else {
-        return generator.randn(shape, device);
+        let noise = generator.randn(shape, device)?;
+        return Ok((noise, generator));
     };
     let item_numel: usize = item_dims.iter().product();
     let mut draws: Vec<Option<Vec<f32>>> = vec![None; max_index + 1];
@@ -417,7 +451,7 @@ pub fn prepare_noise(
             }
         }
     }
-    Tensor::from_vec(out, shape, device)
+    Ok((Tensor::from_vec(out, shape, device)?, generator))
 }
 
 #[cfg(test)]
