@@ -536,3 +536,51 @@ fn hypernetwork_matches_comfyui_on_a_tiny_unet() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Hypernetwork dropout against `tools/parity/hypernetwork_reference.py` ("dropout" cases):
+/// ComfyUI leaves dropout on, drawing each mask from torch's global generator after
+/// `prepare_noise` (seed 77, a 1x4x16x16 latent), over the batch of both sides, negative first.
+/// Two denoiser calls in a row at cfg 3, for a (1, 2, 2, 1) relu file and one with layer norms and
+/// `last_layer_dropout`. Tolerance: 1e-4 relative to the largest value.
+#[test]
+fn hypernetwork_dropout_draws_comfyuis_masks() {
+    use weft::engine::hypernetwork::Hypernetwork;
+    use weft::engine::sampling::rng::prepare_noise_continuing;
+    let fx = load_named("hypernetwork");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampling");
+    let sigmas = fx["dropout/steps"].to_vec1::<f64>().unwrap();
+    let x = &fx["dropout/x"];
+    let positive = [CondEntry::new(fx["dropout/positive"].clone(), None)];
+    let negative = [CondEntry::new(fx["dropout/negative"].clone(), None)];
+    let cfg = 3.0;
+    let mut failures = Vec::new();
+    for name in ["dropout", "dropout_ln"] {
+        let mut net = Hypernetwork::open(&dir.join(format!("hypernetwork_{name}.pt"))).unwrap();
+        assert!(net.options.use_dropout, "{name}");
+        net.strength = 0.8;
+        let net = Arc::new(net);
+        let model = sd1_tiny().patched(|p| {
+            p.unet.self_attention.push(net.clone());
+            p.unet.cross_attention.push(net);
+        });
+        let (_, global) =
+            prepare_noise_continuing(&[1, 4, 16, 16], 77, None, &Device::Cpu).unwrap();
+        model.patches.unet.start_sampling(global);
+        let mut denoiser =
+            CfgDenoiser::new(&model, &positive, Some(&negative), cfg, x.dims(), false, 0).unwrap();
+        for (step, &sigma) in sigmas.iter().enumerate() {
+            let out = denoiser.denoise(x, sigma).unwrap();
+            let (cond, uncond) = (
+                &fx[&format!("{name}/cond/{step}")],
+                &fx[&format!("{name}/uncond/{step}")],
+            );
+            let want = (uncond + ((cond - uncond).unwrap() * cfg).unwrap()).unwrap();
+            let key = format!("{name}/{step}");
+            check_within(&mut failures, &key, &out.cond, &want, 1e-4);
+            if let Some(ours) = &out.uncond {
+                check_within(&mut failures, &format!("{key}/uncond"), ours, uncond, 1e-4);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -49,10 +49,13 @@ VALID_ACTIVATION = {
 
 
 def comfy_hypernetwork(sd):
-    """ComfyUI's load_hypernetwork_patch's dict walk (without the dropout layers)."""
+    """ComfyUI's load_hypernetwork_patch's dict walk. Its Sequentials stay in training mode, so
+    the dropout layers are active."""
     activation_func = sd.get('activation_func', 'linear')
     is_layer_norm = sd.get('is_layer_norm', False)
+    use_dropout = sd.get('use_dropout', False)
     activate_output = sd.get('activate_output', False)
+    last_layer_dropout = sd.get('last_layer_dropout', False)
     out = {}
     for d in sd:
         try:
@@ -67,6 +70,7 @@ def comfy_hypernetwork(sd):
             i = 0
             while i < len(linears):
                 last_layer = i == len(linears) - 1
+                penultimate_layer = i == len(linears) - 2
                 w, b = attn_weights[f"{linears[i]}.weight"], attn_weights[f"{linears[i]}.bias"]
                 layer = torch.nn.Linear(w.shape[1], w.shape[0])
                 layer.load_state_dict({"weight": w, "bias": b})
@@ -79,8 +83,10 @@ def comfy_hypernetwork(sd):
                     ln = torch.nn.LayerNorm(w.shape[0])
                     ln.load_state_dict({"weight": w, "bias": b})
                     layers.append(ln)
+                if use_dropout and (not last_layer) and (not penultimate_layer or last_layer_dropout):
+                    layers.append(torch.nn.Dropout(p=0.3))
                 i += 1
-            output.append(torch.nn.Sequential(*layers).eval())
+            output.append(torch.nn.Sequential(*layers))
         out[dim] = output
     return out
 
@@ -107,16 +113,19 @@ class PatchedAttention:
         return attend(attn, hidden_states, k_src, v_src)
 
 
-def a1111_module(width, g, layer_norm, activation):
-    """One MLP's state dict as A1111's HypernetworkModule names it (layer structure 1, 2, 1)."""
-    layers = [torch.nn.Linear(width, 2 * width)]
-    if activation:
-        layers.append(torch.nn.ReLU())
-    if layer_norm:
-        layers.append(torch.nn.LayerNorm(2 * width))
-    layers.append(torch.nn.Linear(2 * width, width))
-    if layer_norm:
-        layers.append(torch.nn.LayerNorm(width))
+def a1111_module(width, g, layer_norm, activation, structure=(1, 2, 1), dropout=False):
+    """One MLP's state dict as A1111's HypernetworkModule names it (layer structure 1, 2, 1 by
+    default; its dropout layers hold no weights but take their place in the numbering)."""
+    layers = []
+    for i, (a, b) in enumerate(zip(structure, structure[1:])):
+        layers.append(torch.nn.Linear(a * width, b * width))
+        last = i == len(structure) - 2
+        if activation and not last:
+            layers.append(torch.nn.ReLU())
+        if layer_norm:
+            layers.append(torch.nn.LayerNorm(b * width))
+        if dropout and not last:
+            layers.append(torch.nn.Dropout(p=0.3))
     seq = torch.nn.Sequential(*layers)
     with torch.no_grad():
         for p in seq.parameters():
@@ -127,6 +136,50 @@ def a1111_module(width, g, layer_norm, activation):
             super().__init__()
             self.linear = seq
     return Holder().state_dict()
+
+
+def dropout_cases(out, g, kwargs):
+    """Hypernetworks with dropout, as ComfyUI runs them at cfg 3: `prepare_noise` seeds torch's
+    global generator (seed 77) and draws the noise of a 1x4x16x16 latent, then two steps each run
+    the negative and positive sides as one UNet batch, negative first (`calc_cond_batch`), every
+    dropout drawing its mask over the whole batch from the global generator. Files: structure
+    (1, 2, 2, 1) with relu and `use_dropout` (dropout after the first layer only), and the same
+    with layer norms and `last_layer_dropout` (after every layer but the last: ComfyUI counts the
+    layer norms' names too)."""
+    files = {
+        "dropout": dict(activation_func="relu", is_layer_norm=False, last_layer_dropout=False),
+        "dropout_ln": dict(activation_func="relu", is_layer_norm=True, last_layer_dropout=True),
+    }
+    steps = (600, 300)
+    out["dropout/steps"] = torch.tensor([float(sd_sigmas()[t]) for t in steps], dtype=torch.float64)
+    x = torch.randn(1, 4, 16, 16, generator=g) * 3.0
+    positive = torch.randn(1, 5, kwargs["cross_attention_dim"], generator=g)
+    negative = torch.randn(1, 5, kwargs["cross_attention_dim"], generator=g)
+    out["dropout/x"], out["dropout/positive"], out["dropout/negative"] = x, positive, negative
+    for name, options in files.items():
+        layer_norm = options["is_layer_norm"]
+        sd = {w: [a1111_module(w, g, layer_norm, True, (1, 2, 2, 1), True) for _ in (0, 1)] for w in (48, 32)}
+        sd.update(use_dropout=True, activate_output=False, layer_structure=[1, 2, 2, 1], **options)
+        path = os.path.join(FIXTURES, f"hypernetwork_{name}.pt")
+        torch.save(sd, path)
+        model = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, norm_num_groups=32, **kwargs)
+        model.eval()
+        fill_synth(model)
+        hypernet = comfy_hypernetwork(torch.load(path, weights_only=True))
+        assert any(isinstance(m, torch.nn.Dropout) for nets in hypernet.values() for n in nets for m in n)
+        for module in model.modules():
+            if isinstance(module, BasicTransformerBlock):
+                module.attn1.set_processor(PatchedAttention(hypernet, 0.8))
+                module.attn2.set_processor(PatchedAttention(hypernet, 0.8))
+        generator = torch.manual_seed(77)
+        torch.randn((1, 4, 16, 16), generator=generator, device="cpu")
+        for step, t in enumerate(steps):
+            sigma = sd_sigmas()[t]
+            batch = torch.cat([x, x]) / (sigma ** 2 + 1.0) ** 0.5
+            with torch.no_grad():
+                eps = model(batch, torch.tensor([float(t)] * 2), encoder_hidden_states=torch.cat([negative, positive])).sample
+            uncond, cond = (x - eps * sigma).chunk(2)
+            out[f"{name}/uncond/{step}"], out[f"{name}/cond/{step}"] = uncond, cond
 
 
 def main():
@@ -184,6 +237,7 @@ def main():
         if hypernet:
             k, v = shift(hypernet, strength, context, context)
             out[f"{name}/k48"], out[f"{name}/v48"] = k, v
+    dropout_cases(out, g, kwargs)
     save_file({k: v.contiguous().clone() for k, v in out.items()},
               os.path.join(FIXTURES, "hypernetwork_reference.safetensors"),
               metadata={"torch_version": torch.__version__})

@@ -650,20 +650,17 @@ impl<'a> CfgDenoiser<'a> {
         };
         match &self.mode {
             Mode::Cfg => {
-                let shared_draws = (self.need_uncond && self.batched_by_comfy(sigma))
-                    .then(|| patches.unet.draw_states());
-                let cond = self.eval_list(&self.positive, x, sigma)?;
-                let uncond = if self.need_uncond {
-                    if let Some(states) = &shared_draws {
-                        patches.unet.restore_draw_states(states);
-                    }
-                    Some(self.eval_negative(x, sigma)?)
-                } else if !self.extra.is_empty() {
+                let (cond, uncond) = if self.need_uncond {
+                    let (cond, uncond) = self.eval_both_sides(x, sigma)?;
+                    (cond, Some(uncond))
+                } else {
+                    let cond = self.eval_list(&self.positive, x, sigma)?;
                     // ComfyUI still calls a CFG function that evaluates its own conditionings,
                     // with the skipped negative predicting zeros.
-                    Some(x.zeros_like()?)
-                } else {
-                    None
+                    let uncond = (!self.extra.is_empty())
+                        .then(|| x.zeros_like())
+                        .transpose()?;
+                    (cond, uncond)
                 };
                 let extra = self
                     .extra
@@ -750,6 +747,27 @@ impl<'a> CfgDenoiser<'a> {
                 Ok((result, Some(negative)))
             }
         }
+    }
+
+    /// The positive and negative predictions, with the random draws of the UNet's patches
+    /// (HyperTile, ToMe, hypernetwork dropout) as ComfyUI's: where it batches the two sides
+    /// (negative first) its patches draw once for the batch, so Weft rewinds the draws between
+    /// its two calls and tells each call its share; where it does not, it runs the negative side
+    /// first, and so does Weft.
+    fn eval_both_sides(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Tensor)> {
+        let unet = &self.model.patches.unet;
+        if !self.batched_by_comfy(sigma) {
+            let uncond = self.eval_negative(x, sigma)?;
+            return Ok((self.eval_list(&self.positive, x, sigma)?, uncond));
+        }
+        let states = unet.draw_states();
+        unet.set_batch_slot(patches::BatchSlot { index: 1, count: 2 });
+        let cond = self.eval_list(&self.positive, x, sigma);
+        unet.restore_draw_states(&states);
+        unet.set_batch_slot(patches::BatchSlot { index: 0, count: 2 });
+        let uncond = self.eval_negative(x, sigma);
+        unet.set_batch_slot(patches::BatchSlot::ALONE);
+        Ok((cond?, uncond?))
     }
 
     /// Whether ComfyUI evaluates the positive and negative sides at `sigma` as one batched UNet

@@ -24,7 +24,7 @@
 //! one number, since every latent in a batch shares the step's sigma.
 
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use candle_core::{Result, Tensor};
 
@@ -163,23 +163,26 @@ pub trait SelfAttentionPatch: Send + Sync + Debug {
         latent_hw: (usize, usize),
     ) -> Result<(Tensor, Tensor, Tensor, UndoAttentionPatch)>;
 
-    /// Where the patch's per-call random draws stand; `None` if it draws none. See
-    /// [`UNetPatches::draw_states`].
-    fn draw_state(&self) -> Option<DrawState> {
+    /// The patch's handle on the sampling run's global generator, if it draws from it (ToMe,
+    /// hypernetwork dropout).
+    fn global_draws(&self) -> Option<&GlobalDraws> {
         None
     }
 
+    /// Where the patch's per-call random draws stand; `None` if it draws none. See
+    /// [`UNetPatches::draw_states`].
+    fn draw_state(&self) -> Option<DrawState> {
+        self.global_draws()
+            .map(|g| DrawState::Global(Box::new(g.with(|s| s.generator.clone()))))
+    }
+
     /// Puts the draws back to a state [`Self::draw_state`] gave.
-    fn set_draw_state(&self, _state: &DrawState) {}
-
-    /// A sampling run starts, with torch's global generator where ComfyUI's `prepare_noise`
-    /// leaves it; patches that draw from the global generator (ToMe) draw from this one.
-    fn start_sampling(&self, _global: &GlobalGenerator) {}
+    fn set_draw_state(&self, state: &DrawState) {
+        if let (Some(g), DrawState::Global(generator)) = (self.global_draws(), state) {
+            g.with(|s| s.generator = (**generator).clone());
+        }
+    }
 }
-
-/// A sampling run's stand-in for torch's global CPU generator, shared by the patches that draw
-/// from it in the order ComfyUI's would.
-pub type GlobalGenerator = Arc<Mutex<TorchGenerator>>;
 
 /// Where a [`SelfAttentionPatch`]'s random draws stand.
 #[derive(Debug, Clone)]
@@ -188,6 +191,78 @@ pub enum DrawState {
     Counter(u64),
     /// The global generator's whole state.
     Global(Box<TorchGenerator>),
+}
+
+/// Which share of ComfyUI's batched UNet call a Weft pass is. ComfyUI runs the negative and the
+/// positive side as one batch, negative first (`calc_cond_batch`); Weft runs them one by one, so
+/// a draw over the whole batch (dropout's mask) takes this pass's share and skips the others'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSlot {
+    /// This pass's place in ComfyUI's batch.
+    pub index: usize,
+    /// How many passes ComfyUI's batch holds.
+    pub count: usize,
+}
+
+impl BatchSlot {
+    /// A pass ComfyUI runs on its own.
+    pub const ALONE: BatchSlot = BatchSlot { index: 0, count: 1 };
+}
+
+/// A sampling run's stand-in for torch's global CPU generator.
+#[derive(Debug, Clone)]
+pub struct GlobalStream {
+    /// The generator, as ComfyUI's would stand.
+    pub generator: TorchGenerator,
+    /// The pass being run.
+    pub slot: BatchSlot,
+}
+
+/// The global stream shared by every patch that draws from it, in the order ComfyUI's would.
+pub type GlobalGenerator = Arc<Mutex<GlobalStream>>;
+
+/// A patch's handle on the global stream: until a sampling run starts, a generator at torch's
+/// startup state.
+#[derive(Debug)]
+pub struct GlobalDraws(Mutex<GlobalGenerator>);
+
+impl GlobalDraws {
+    /// A handle on a fresh stream.
+    pub fn new() -> Self {
+        GlobalDraws(Mutex::new(Arc::new(Mutex::new(GlobalStream {
+            generator: TorchGenerator::torch_default(),
+            slot: BatchSlot::ALONE,
+        }))))
+    }
+
+    fn handle(&self) -> GlobalGenerator {
+        // A poisoned lock only means another sampling panicked; the generator is still whole.
+        Arc::clone(&self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Runs `f` on the stream.
+    pub fn with<R>(&self, f: impl FnOnce(&mut GlobalStream) -> R) -> R {
+        let handle = self.handle();
+        let mut stream = handle.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut stream)
+    }
+
+    fn attach(&self, global: &GlobalGenerator) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(global);
+    }
+}
+
+impl Default for GlobalDraws {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clone for GlobalDraws {
+    /// The clone draws from the same stream.
+    fn clone(&self) -> Self {
+        GlobalDraws(Mutex::new(self.handle()))
+    }
 }
 
 /// ComfyUI's `middle_patch`: rewrites a transformer block's hidden state between its
@@ -248,11 +323,22 @@ impl UNetPatches {
         }
     }
 
-    /// Starts a sampling run whose noise left torch's global generator at `global`.
+    /// Starts a sampling run whose noise left torch's global generator at `global`: every patch
+    /// drawing from the global generator now draws from this one stream.
     pub fn start_sampling(&self, global: TorchGenerator) {
-        let global: GlobalGenerator = Arc::new(Mutex::new(global));
-        for patch in &self.self_attention {
-            patch.start_sampling(&global);
+        let global: GlobalGenerator = Arc::new(Mutex::new(GlobalStream {
+            generator: global,
+            slot: BatchSlot::ALONE,
+        }));
+        for draws in self.self_attention.iter().filter_map(|p| p.global_draws()) {
+            draws.attach(&global);
+        }
+    }
+
+    /// Tells the patches drawing from the global stream which pass runs next.
+    pub fn set_batch_slot(&self, slot: BatchSlot) {
+        for draws in self.self_attention.iter().filter_map(|p| p.global_draws()) {
+            draws.with(|s| s.slot = slot);
         }
     }
 }

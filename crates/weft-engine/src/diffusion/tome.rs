@@ -6,27 +6,21 @@
 //! `ratio` share most similar (cosine) to some destination is averaged into it. ComfyUI draws the
 //! destinations with `torch.randint` from torch's global generator, which `prepare_noise` has just
 //! seeded and used for the initial noise; Weft continues that same stream
-//! ([`SelfAttentionPatch::start_sampling`]), so on the CPU a run draws what ComfyUI's does. Which
+//! ([`crate::diffusion::patches::UNetPatches::start_sampling`]), so on the CPU a run draws what ComfyUI's does. Which
 //! tokens merge where, and so the result, depends only on that draw: the orders ComfyUI's
 //! unstable argsort leaves are undone by the unmerge.
 
-use std::sync::{Arc, Mutex, PoisonError};
-
 use candle_core::{DType, Result, Tensor};
 
-use crate::diffusion::patches::{
-    DrawState, GlobalGenerator, SelfAttentionPatch, UndoAttentionPatch,
-};
-use crate::sampling::rng::TorchGenerator;
+use crate::diffusion::patches::{GlobalDraws, SelfAttentionPatch, UndoAttentionPatch};
 
 /// TomePatchModel's patch.
 #[derive(Debug)]
 pub struct TokenMerging {
     /// Share of the tokens merged away (`ratio`).
     pub ratio: f64,
-    /// The global generator the draws come from: the running sampling's, else one at torch's
-    /// startup state.
-    global: Mutex<GlobalGenerator>,
+    /// Where the destination draws come from.
+    draws: GlobalDraws,
 }
 
 impl TokenMerging {
@@ -34,22 +28,17 @@ impl TokenMerging {
     pub fn new(ratio: f64) -> Self {
         TokenMerging {
             ratio,
-            global: Mutex::new(Arc::new(Mutex::new(TorchGenerator::torch_default()))),
+            draws: GlobalDraws::new(),
         }
-    }
-
-    fn generator(&self) -> GlobalGenerator {
-        // A poisoned lock only means another sampling panicked; the generator is still whole.
-        Arc::clone(&self.global.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// `torch.randint(4, size=(hsy, wsx, 1))`: each cell's destination (0..4, row-major).
     fn draw_cells(&self, count: usize) -> Vec<usize> {
-        let generator = self.generator();
-        let mut generator = generator.lock().unwrap_or_else(PoisonError::into_inner);
-        (0..count)
-            .map(|_| generator.randint_below(4) as usize)
-            .collect()
+        self.draws.with(|s| {
+            (0..count)
+                .map(|_| s.generator.randint_below(4) as usize)
+                .collect()
+        })
     }
 }
 
@@ -88,21 +77,8 @@ impl SelfAttentionPatch for TokenMerging {
         ))
     }
 
-    fn draw_state(&self) -> Option<DrawState> {
-        let generator = self.generator();
-        let generator = generator.lock().unwrap_or_else(PoisonError::into_inner);
-        Some(DrawState::Global(Box::new(generator.clone())))
-    }
-
-    fn set_draw_state(&self, state: &DrawState) {
-        if let DrawState::Global(state) = state {
-            let generator = self.generator();
-            *generator.lock().unwrap_or_else(PoisonError::into_inner) = (**state).clone();
-        }
-    }
-
-    fn start_sampling(&self, global: &GlobalGenerator) {
-        *self.global.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(global);
+    fn global_draws(&self) -> Option<&GlobalDraws> {
+        Some(&self.draws)
     }
 }
 

@@ -8,15 +8,21 @@
 //! read with [`crate::load::pickle_tree`]), or a `.safetensors` with the same tensors flattened
 //! (`768.0.linear.0.weight`, and the options, if any, in its metadata).
 //!
-//! Dropout layers are not built: ComfyUI leaves its Sequential in training mode, so its dropout
-//! is random at inference; Weft runs the MLPs as an evaluation would.
+//! Dropout layers (`use_dropout`, p = 0.3) are built and active: ComfyUI leaves its Sequential in
+//! training mode, so each dropout draws a Bernoulli mask from torch's global generator, which
+//! `prepare_noise` seeded. Weft draws the same masks from that stream
+//! ([`crate::diffusion::patches::GlobalDraws`]), taking its pass's share where ComfyUI batches the
+//! negative and positive sides.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{Device, Module, Result, Tensor};
 
-use crate::diffusion::patches::{CrossAttentionPatch, SelfAttentionPatch, UndoAttentionPatch};
+use crate::diffusion::patches::{
+    BatchSlot, CrossAttentionPatch, GlobalDraws, GlobalStream, SelfAttentionPatch,
+    UndoAttentionPatch,
+};
 use crate::load::file::StateDict;
 use crate::load::pickle_tree::{read_pickle_tree, PickleValue};
 use crate::load::{LoadError, LoadErrorKind};
@@ -91,6 +97,10 @@ pub struct Options {
     pub layer_norm: bool,
     /// `activate_output`: the last linear layer is activated too.
     pub activate_output: bool,
+    /// `use_dropout`: dropout (p = 0.3) after the linear layers but the last two.
+    pub use_dropout: bool,
+    /// `last_layer_dropout`: with `use_dropout`, also after the last but one.
+    pub last_layer_dropout: bool,
 }
 
 impl Default for Options {
@@ -99,6 +109,8 @@ impl Default for Options {
             activation: Activation::Linear,
             layer_norm: false,
             activate_output: false,
+            use_dropout: false,
+            last_layer_dropout: false,
         }
     }
 }
@@ -109,7 +121,12 @@ enum Layer {
     Activation(Activation),
     /// torch's LayerNorm (eps 1e-5) over the last dimension.
     Norm(candle_nn::LayerNorm),
+    /// torch's Dropout in training mode, zeroing this share.
+    Dropout(f64),
 }
+
+/// Dropout's share (`torch.nn.Dropout(p=0.3)` in ComfyUI's walk).
+const DROPOUT: f64 = 0.3;
 
 /// One of the two MLPs of a width: ComfyUI's Sequential of its layers.
 #[derive(Debug, Clone)]
@@ -142,7 +159,9 @@ impl Mlp {
         let mut layers = Vec::new();
         let mut i = 0;
         while i < names.len() {
+            // As ComfyUI's walk, counted over every `.weight` name (layer norms included).
             let last = i + 1 == names.len();
+            let penultimate = i + 2 == names.len();
             let weight = get(&format!("{}.weight", names[i]))?;
             let bias = get(&format!("{}.bias", names[i]))?;
             if weight.rank() != 2 || bias.dims() != [weight.dims()[0]] {
@@ -166,13 +185,17 @@ impl Mlp {
                 let bias = get(&format!("{name}.bias"))?;
                 layers.push(Layer::Norm(candle_nn::LayerNorm::new(weight, bias, 1e-5)));
             }
+            if options.use_dropout && !last && (!penultimate || options.last_layer_dropout) {
+                layers.push(Layer::Dropout(DROPOUT));
+            }
             i += 1;
         }
         Ok(Mlp { layers })
     }
 
-    /// `x`: `[..., width]`, computed in the weights' dtype and returned in `x`'s.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x`: `[..., width]`, computed in the weights' dtype and returned in `x`'s; dropout masks
+    /// come from `draws`.
+    pub fn forward(&self, x: &Tensor, draws: &GlobalDraws) -> Result<Tensor> {
         let dtype = self
             .layers
             .iter()
@@ -187,6 +210,7 @@ impl Mlp {
                 Layer::Linear(lin) => lin.forward(&h)?,
                 Layer::Activation(a) => a.forward(&h)?,
                 Layer::Norm(norm) => norm.forward(&h)?,
+                Layer::Dropout(p) => draws.with(|stream| dropout(&h, *p, stream))?,
             };
         }
         h.to_dtype(x.dtype())
@@ -211,6 +235,7 @@ impl Mlp {
                         };
                         Layer::Norm(candle_nn::LayerNorm::new(weight, bias, 1e-5))
                     }
+                    Layer::Dropout(p) => Layer::Dropout(*p),
                 })
             })
             .collect::<Result<_>>()?;
@@ -227,6 +252,8 @@ pub struct Hypernetwork {
     pub options: Options,
     /// The factor on the MLPs' outputs.
     pub strength: f64,
+    /// Where dropout masks come from.
+    draws: GlobalDraws,
 }
 
 impl Hypernetwork {
@@ -263,6 +290,7 @@ impl Hypernetwork {
             nets,
             options,
             strength: 1.0,
+            draws: GlobalDraws::new(),
         })
     }
 
@@ -279,7 +307,12 @@ impl Hypernetwork {
             .iter()
             .map(|(w, [k, v])| Ok((*w, [k.to_device(device)?, v.to_device(device)?])))
             .collect::<Result<_>>()?;
-        Ok(Hypernetwork { nets, ..*self })
+        Ok(Hypernetwork {
+            nets,
+            options: self.options,
+            strength: self.strength,
+            draws: self.draws.clone(),
+        })
     }
 
     /// ComfyUI's `hypernetwork_patch.__call__`: shifts `k` and `v` when their width has MLPs.
@@ -287,8 +320,8 @@ impl Hypernetwork {
         let Some([mlp_k, mlp_v]) = self.nets.get(&k.dim(candle_core::D::Minus1)?) else {
             return Ok((k, v));
         };
-        let k = (&k + (mlp_k.forward(&k)? * self.strength)?)?;
-        let v = (&v + (mlp_v.forward(&v)? * self.strength)?)?;
+        let k = (&k + (mlp_k.forward(&k, &self.draws)? * self.strength)?)?;
+        let v = (&v + (mlp_v.forward(&v, &self.draws)? * self.strength)?)?;
         Ok((k, v))
     }
 }
@@ -304,6 +337,39 @@ impl SelfAttentionPatch for Hypernetwork {
         let (k, v) = self.shift(k, v)?;
         Ok((q, k, v, Box::new(Ok)))
     }
+
+    fn global_draws(&self) -> Option<&GlobalDraws> {
+        Some(&self.draws)
+    }
+}
+
+/// `F.dropout(x, p, training=True)` on the CPU: `bernoulli_(1 - p)` over the whole batched tensor
+/// (one 53-bit uniform per element, serially, kept where it is below `1 - p`), divided by
+/// `1 - p` in `x`'s dtype, times `x`. Of ComfyUI's batch, this pass's share of the mask is drawn
+/// and the others' skipped, so the stream ends where ComfyUI's does.
+fn dropout(x: &Tensor, p: f64, stream: &mut GlobalStream) -> Result<Tensor> {
+    let keep = 1.0 - p;
+    let scale = 1.0 / keep as f32;
+    let numel = x.elem_count();
+    let BatchSlot { index, count } = stream.slot;
+    let generator = &mut stream.generator;
+    for _ in 0..index * numel {
+        generator.next_u64();
+    }
+    let mask: Vec<f32> = (0..numel)
+        .map(|_| {
+            if generator.uniform_f64() < keep {
+                scale
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    for _ in 0..count.saturating_sub(index + 1) * numel {
+        generator.next_u64();
+    }
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
 }
 
 impl CrossAttentionPatch for Hypernetwork {
@@ -343,6 +409,8 @@ fn from_pickle(root: &PickleValue) -> std::result::Result<(Options, Widths), Str
         activation,
         layer_norm: flag("is_layer_norm"),
         activate_output: flag("activate_output"),
+        use_dropout: flag("use_dropout"),
+        last_layer_dropout: flag("last_layer_dropout"),
     };
     let mut widths = Vec::new();
     for (key, value) in entries {
