@@ -5,7 +5,8 @@ and prints the largest and mean pixel difference of each case.
 Not part of CI: it needs both servers running with the same model files under the same names
 (the peer's `sd15-random.safetensors`, `lora-random.safetensors`, `controlnet-random.safetensors`,
 and with --sdxl `sdxl-base-random.safetensors` and `sdxl-controlnet-random.safetensors`, which
-`tools/make_peer_sdxl_controlnet.py` writes). Every graph is 64x64 and a few steps, so a case
+`tools/make_peer_sdxl_controlnet.py` writes, and in `models/hypernetworks/` the
+`hypernetwork-random.pt` that `tools/make_peer_hypernetwork.py` writes). Every graph is 64x64 and a few steps, so a case
 takes about a minute on 2 cores (a release build of Weft is faster than a debug one).
 
     python tools/peer_parity.py --peer http://127.0.0.1:8188 --weft http://127.0.0.1:8190
@@ -207,12 +208,18 @@ def node_cases():
     # latents are NaN there too, so the case runs at 128x128.
     freeu_v2 = patched(("FreeU_V2", {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}))
     freeu_v2["5"]["inputs"].update({"width": 128, "height": 128})
+    # ToMe merges only at the full-resolution level; 128x128 gives it 256 tokens to draw cells for.
+    tome = patched(("TomePatchModel", {"ratio": 1.0}))
+    tome["5"]["inputs"].update({"width": 128, "height": 128})
+    hypernetwork = patched(("HypernetworkLoader", {"hypernetwork_name": "hypernetwork-random.pt", "strength": 0.7}))
     return [
         ("nodes FreeU + RescaleCFG", patched(("FreeU", {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}),
                                              ("RescaleCFG", {"multiplier": 0.7}))),
         ("nodes FreeU_V2 128x128", freeu_v2),
         ("nodes SelfAttentionGuidance", patched(("SelfAttentionGuidance", {"scale": 0.5, "blur_sigma": 2.0}))),
         ("nodes PerpNeg", perp_neg),
+        ("nodes TomePatchModel 1.0 128x128", tome),
+        ("nodes HypernetworkLoader 0.7 (dropout)", hypernetwork),
         ("nodes ModelSamplingDiscrete v_prediction zsnr", patched(("ModelSamplingDiscrete", {"sampling": "v_prediction",
                                                                                            "zsnr": True}))),
         ("nodes PatchModelAddDownscale", patched(("PatchModelAddDownscale", {
