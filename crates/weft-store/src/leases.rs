@@ -335,8 +335,14 @@ mod tests {
             return;
         };
         let models = ModelNames::from([
-            ("checkpoints".to_owned(), vec!["sd/tiny.safetensors".to_owned()]),
-            ("diffusion_models".to_owned(), vec!["u.safetensors".to_owned()]),
+            (
+                "checkpoints".to_owned(),
+                vec!["sd/tiny.safetensors".to_owned()],
+            ),
+            (
+                "diffusion_models".to_owned(),
+                vec!["u.safetensors".to_owned()],
+            ),
         ]);
         store
             .heartbeat(&WorkerReport {

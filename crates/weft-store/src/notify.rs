@@ -165,14 +165,14 @@ impl Store {
         Ok(Some(id))
     }
 
-    /// A preview another worker kept, with the prompt it belongs to and how many milliseconds
-    /// ago (database clock) it was kept; `None` once deleted (stale) or on SQLite.
-    pub async fn preview(&self, id: i64) -> Result<Option<(String, Vec<u8>, i64)>, StoreError> {
+    /// A preview another worker kept, with how many milliseconds ago (database clock) it was
+    /// kept; `None` once deleted (stale) or on SQLite.
+    pub async fn preview(&self, id: i64) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
         let Some(pool) = self.notify_pool() else {
             return Ok(None);
         };
         sqlx::query_as(&format!(
-            "SELECT prompt_id, image, {PG_NOW_MS} - created_at FROM previews WHERE id = $1"
+            "SELECT image, {PG_NOW_MS} - created_at FROM previews WHERE id = $1"
         ))
         .bind(id)
         .fetch_optional(pool)
@@ -255,8 +255,8 @@ mod tests {
         let first = store.keep_preview("p", &[1, 2, 3]).await.unwrap().unwrap();
         let second = store.keep_preview("p", &[4]).await.unwrap().unwrap();
         assert!(second > first);
-        let (prompt, image, age) = other.preview(first).await.unwrap().unwrap();
-        assert_eq!((prompt.as_str(), image.as_slice()), ("p", &[1u8, 2, 3][..]));
+        let (image, age) = other.preview(first).await.unwrap().unwrap();
+        assert_eq!(image, [1, 2, 3]);
         assert!((0..10_000).contains(&age), "{age}");
         // A stale row goes as the next preview is kept.
         sqlx::query("UPDATE previews SET created_at = created_at - 60000 WHERE id = $1")
