@@ -655,6 +655,28 @@ async fn previews_of_a_prompt_on_a_worker_only_one_reach_its_client_on_another()
         latencies.push(weft::store::now_ms() - ago.as_millis() as i64 - started);
     }
 
+    // SaveImageWebsocket's images are outputs, not step previews: every one arrives, in order.
+    let prompt = json!({
+        "img": {"class_type": "StubImage", "inputs": {"content": "NOISE", "height": 8, "width": 8, "batch_size": 6}},
+        "send": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["img", 0]}}
+    });
+    let id = queue_for(&a, "meta", prompt).await;
+    let frames = frames_until_done(&mut meta, &id).await;
+    ours.push(id);
+    let sent: Vec<&[u8]> = frames
+        .iter()
+        .filter_map(|(_, node, frame)| match frame {
+            WsFrame::Binary(frame) => {
+                assert_eq!(node.as_deref(), Some("send"));
+                Some(preview_frame(frame).2)
+            }
+            WsFrame::Text(_) => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 6);
+    assert!(sent.iter().all(|image| image.starts_with(PNG_SIGNATURE)));
+    assert!(sent.windows(2).all(|pair| pair[0] != pair[1]), "six different images");
+
     // The other client on A got none of it.
     while let Ok(Some(frame)) =
         actix_web::rt::time::timeout(Duration::from_millis(500), bystander.next_frame()).await
