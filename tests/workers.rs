@@ -12,6 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
 use weft::store::testing::TestPostgres;
 
 use crate::helpers::{WsClient, WsFrame};
@@ -507,31 +509,62 @@ async fn a_prompt_goes_to_the_worker_with_its_diffusion_model_loaded() {
     assert!(latents[1].is_empty(), "{latents:?}");
 }
 
-/// Reads a socket's frames until `executing {node: null}` of `prompt_id`: each event (text or
-/// the `type` of a binary frame: 1 or 4) with when it arrived and which node was executing.
-async fn frames_until_done(
+/// A frame a socket got, with when it arrived and which node of the prompt was executing.
+type Seen = (Instant, Option<String>, WsFrame);
+
+/// Reads a socket's frames into `frames` up to the first one `stop` picks, the node executing
+/// following `prompt_id`'s `executing` events.
+async fn read_frames(
     socket: &mut WsClient,
     prompt_id: &str,
-) -> Vec<(Instant, Option<String>, WsFrame)> {
-    let mut frames = Vec::new();
-    let mut node = None;
+    frames: &mut Vec<Seen>,
+    stop: impl Fn(&WsFrame) -> bool,
+) {
+    let mut node = frames.last().and_then(|(_, node, _)| node.clone());
     while let Some(frame) = socket.next_frame().await {
-        let done = match &frame {
-            WsFrame::Text(event) => {
-                let ours = event["data"]["prompt_id"] == prompt_id;
-                if ours && event["type"] == "executing" {
-                    node = event["data"]["node"].as_str().map(str::to_owned);
-                }
-                ours && event["type"] == "executing" && node.is_none()
+        if let WsFrame::Text(event) = &frame {
+            if event["type"] == "executing" && event["data"]["prompt_id"] == prompt_id {
+                node = event["data"]["node"].as_str().map(str::to_owned);
             }
-            WsFrame::Binary(_) => false,
-        };
+        }
+        let stopped = stop(&frame);
         frames.push((Instant::now(), node.clone(), frame));
-        if done {
-            return frames;
+        if stopped {
+            return;
         }
     }
     panic!("socket closed before {prompt_id} finished");
+}
+
+/// Reads a socket's frames until `executing {node: null}` of `prompt_id`.
+async fn frames_until_done(socket: &mut WsClient, prompt_id: &str) -> Vec<Seen> {
+    let mut frames = Vec::new();
+    read_frames(socket, prompt_id, &mut frames, |frame| {
+        matches!(frame, WsFrame::Text(e) if e["type"] == "executing"
+            && e["data"]["node"].is_null() && e["data"]["prompt_id"] == prompt_id)
+    })
+    .await;
+    frames
+}
+
+/// The `timestamp` of the first `kind` event among `frames` (the clock of the worker that ran
+/// the prompt).
+fn timestamp(frames: &[Seen], kind: &str) -> i64 {
+    frames
+        .iter()
+        .find_map(|(_, _, frame)| match frame {
+            WsFrame::Text(e) if e["type"] == kind => e["data"]["timestamp"].as_i64(),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+/// How many of `frames` are binary.
+fn binary_count(frames: &[Seen]) -> usize {
+    frames
+        .iter()
+        .filter(|(_, _, frame)| matches!(frame, WsFrame::Binary(_)))
+        .count()
 }
 
 /// A binary frame's event type (1: PREVIEW_IMAGE, 4: with metadata) and the image in it.
@@ -557,7 +590,7 @@ fn preview_frame(frame: &[u8]) -> (u32, Option<Json>, &[u8]) {
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 /// The mean time between a prompt's consecutive progress events of node `node`.
-fn step_time(frames: &[(Instant, Option<String>, WsFrame)], node: &str) -> Duration {
+fn step_time(frames: &[Seen], node: &str) -> Duration {
     let steps: Vec<Instant> = frames
         .iter()
         .filter_map(|(at, _, frame)| match frame {
@@ -593,7 +626,7 @@ async fn previews_of_a_prompt_on_a_worker_only_one_reach_its_client_on_another()
     let id = queue_for(&a, "watcher", sampling.clone()).await;
     let frames = frames_until_done(&mut watcher, &id).await;
     let mut ours = vec![id];
-    let previews: Vec<&(Instant, Option<String>, WsFrame)> = frames
+    let previews: Vec<&Seen> = frames
         .iter()
         .filter(|(_, _, f)| matches!(f, WsFrame::Binary(_)))
         .collect();
@@ -613,6 +646,46 @@ async fn previews_of_a_prompt_on_a_worker_only_one_reach_its_client_on_another()
     assert_eq!(saved(dir.path(), 2, ".png")[1], ["remote_00001_.png"]);
     let relayed_step = step_time(&frames, "3");
 
+    // A stalled database (the previews table locked for 4 s from the first preview on) holds up
+    // the relay, not sampling: the prompt takes as long on B as without, and the step previews
+    // of the stall go as one, the newest.
+    let mut run_times = Vec::new();
+    let mut stalled_previews = 0;
+    for (seed, stall) in [(6, true), (7, false)] {
+        sampling["3"]["inputs"]["seed"] = json!(seed);
+        let id = queue_for(&a, "watcher", sampling.clone()).await;
+        let mut frames = Vec::new();
+        if stall {
+            read_frames(&mut watcher, &id, &mut frames, |frame| {
+                matches!(frame, WsFrame::Binary(_))
+            })
+            .await;
+            let mut db = PgConnection::connect(&pg.url("postgres")).await.unwrap();
+            let mut lock = db.begin().await.unwrap();
+            sqlx::query("LOCK TABLE previews IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut *lock)
+                .await
+                .unwrap();
+            actix_web::rt::time::sleep(Duration::from_secs(4)).await;
+            lock.commit().await.unwrap();
+        }
+        frames.extend(frames_until_done(&mut watcher, &id).await);
+        run_times
+            .push(timestamp(&frames, "execution_success") - timestamp(&frames, "execution_start"));
+        if stall {
+            stalled_previews = binary_count(&frames);
+        }
+        ours.push(id);
+    }
+    assert!(
+        stalled_previews > 0 && stalled_previews < STEPS,
+        "{stalled_previews}"
+    );
+    assert!(
+        run_times[0] < run_times[1] + 3000,
+        "sampling waited on the stalled database: {run_times:?} ms"
+    );
+
     // A client asking for metadata gets type 4 frames; one preview right after the prompt
     // starts gives the latency from B to A's socket.
     let mut meta = WsClient::connect(&client, &a.base, "meta", "").await;
@@ -628,15 +701,7 @@ async fn previews_of_a_prompt_on_a_worker_only_one_reach_its_client_on_another()
         let id = queue_for(&a, "meta", prompt).await;
         let frames = frames_until_done(&mut meta, &id).await;
         ours.push(id.clone());
-        let started = frames
-            .iter()
-            .find_map(|(_, _, f)| match f {
-                WsFrame::Text(e) if e["type"] == "execution_start" => {
-                    e["data"]["timestamp"].as_i64()
-                }
-                _ => None,
-            })
-            .expect("execution_start");
+        let started = timestamp(&frames, "execution_start");
         let (arrived, node, frame) = frames
             .iter()
             .find_map(|(at, node, f)| match f {
@@ -675,7 +740,10 @@ async fn previews_of_a_prompt_on_a_worker_only_one_reach_its_client_on_another()
         .collect();
     assert_eq!(sent.len(), 6);
     assert!(sent.iter().all(|image| image.starts_with(PNG_SIGNATURE)));
-    assert!(sent.windows(2).all(|pair| pair[0] != pair[1]), "six different images");
+    assert!(
+        sent.windows(2).all(|pair| pair[0] != pair[1]),
+        "six different images"
+    );
 
     // The other client on A got none of it.
     while let Ok(Some(frame)) =
@@ -707,8 +775,11 @@ async fn previews_of_a_prompt_on_a_worker_only_one_reach_its_client_on_another()
     eprintln!(
         "{} of {STEPS} step previews relayed; preview from B to A's socket {latencies:?} ms after \
          the prompt started; step time on B {relayed_step:.1?} (relayed), alone on SQLite \
-         {alone_step:.1?}; load {}",
+         {alone_step:.1?}; with the previews table locked for 4 s: {stalled_previews} previews, \
+         the prompt ran {} ms on B (not locked: {} ms); load {}",
         previews.len(),
+        run_times[0],
+        run_times[1],
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
