@@ -15,7 +15,7 @@ use candle_core::DType;
 
 use crate::engine::device::{default_model_budget, DeviceChoice};
 use crate::engine::memory::{human, MemoryProbe};
-use crate::exec::{Event, ExecConfig, Executor, Submission};
+use crate::exec::{Event, ExecConfig, Executor, Route, Submission};
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
 use crate::store::Store;
@@ -375,7 +375,7 @@ pub async fn start_worker_only(config: ServerConfig) -> anyhow::Result<Arc<Execu
     }
     let (exec, events) = prepare(&config).await?;
     // Published for the other workers' sockets; none here.
-    let mut events = exec.share_events(events, false);
+    let mut events = exec.share_events(events, None);
     actix_web::rt::spawn(async move { while events.recv().await.is_some() {} });
     exec.spawn_worker()
         .context("cannot start the worker thread")?;
@@ -395,8 +395,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         token: auth.as_ref().map(|(token, _)| token.clone()),
     };
     let (exec, events) = prepare(&config).await?;
-    // On a shared queue, this worker's events go to the others and theirs come here.
-    let events = exec.share_events(events, true);
+    let hub = Hub::default();
+    // On a shared queue, this worker's events go to the others and theirs come here; their
+    // previews are read only when one of this worker's sockets takes them.
+    let sockets = hub.clone();
+    let events = exec.share_events(
+        events,
+        Some(Arc::new(move |route: &Route| sockets.wants_previews(route))),
+    );
 
     let user = Arc::new(UserFiles::new(&exec.dirs().user, exec.store().clone()));
     match user.import_workflow_files().await {
@@ -405,7 +411,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         Err(e) => tracing::warn!("cannot import the user folder's workflow files: {e}"),
     }
 
-    let hub = Hub::default();
     actix_web::rt::spawn(hub.clone().route(events));
     actix_web::rt::spawn(hub.clone().forward_logs(crate::logs::subscribe()));
     exec.spawn_worker()

@@ -15,7 +15,13 @@ async fn app_with_models() -> TestApp {
 }
 
 /// ComfyUI's default workflow (API format, as the frontend sends it) on a tiny checkpoint.
-fn default_workflow(ckpt: &str, sampler: &str, scheduler: &str, seed: u64, prefix: &str) -> Json {
+pub(crate) fn default_workflow(
+    ckpt: &str,
+    sampler: &str,
+    scheduler: &str,
+    seed: u64,
+    prefix: &str,
+) -> Json {
     json!({
         "3": {"inputs": {"seed": seed, "steps": 3, "cfg": 8, "sampler_name": sampler, "scheduler": scheduler, "denoise": 1,
                          "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]},

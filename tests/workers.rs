@@ -1,9 +1,10 @@
 //! Many `weft serve` workers on one PostgreSQL queue (issue 22): every prompt runs exactly once
 //! whichever worker it was sent to, a killed worker's prompt finishes on another, an interrupt
 //! sent to any worker reaches the one running the prompt, a socket on any worker gets the events
-//! of its prompts wherever they run, pause is the queue's, a `--worker-only` worker runs prompts,
-//! and a prompt goes preferably to the worker that has its checkpoint loaded. Each test starts
-//! its own PostgreSQL (`weft::store::testing`) and skips, saying why, where none can be started.
+//! and previews of its prompts wherever they run, pause is the queue's, a `--worker-only` worker
+//! runs prompts, and a prompt goes preferably to the worker that has its checkpoint or diffusion
+//! model loaded. Each test starts its own PostgreSQL (`weft::store::testing`) and skips, saying
+//! why, where none can be started.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -11,9 +12,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
 use weft::store::testing::TestPostgres;
 
-use crate::helpers::WsClient;
+use crate::helpers::{WsClient, WsFrame};
 use crate::models::{write_checkpoint, Tiny};
 use crate::restart::{free_port, graph, Server};
 
@@ -64,6 +67,11 @@ async fn queue_for(server: &Server, client_id: &str, prompt: Json) -> String {
 
 /// The images each worker saved, by worker.
 fn outputs(dir: &Path, workers: usize) -> Vec<Vec<String>> {
+    saved(dir, workers, ".png")
+}
+
+/// The files ending in `extension` each worker saved in its output folder, by worker.
+fn saved(dir: &Path, workers: usize, extension: &str) -> Vec<Vec<String>> {
     (0..workers)
         .map(|i| {
             let mut names: Vec<String> = std::fs::read_dir(dir.join(format!("w{i}/output")))
@@ -71,7 +79,7 @@ fn outputs(dir: &Path, workers: usize) -> Vec<Vec<String>> {
                     entries
                         .flatten()
                         .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|name| name.ends_with(".png"))
+                        .filter(|name| name.ends_with(extension))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -215,20 +223,15 @@ async fn cancel_and_interrupt_reach_the_worker_running_the_prompt() {
         .is_none());
 }
 
-#[actix_web::test]
-async fn a_socket_on_one_worker_gets_the_events_of_a_prompt_running_on_a_worker_only_one() {
-    let Some(pg) = TestPostgres::start() else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let url = pg.url("postgres");
-    let a = start_worker(dir.path(), &url, 0, &[]).await;
-    // A takes a long prompt, so the next one goes to B: a worker without HTTP.
+/// Worker A (`w0`), serving HTTP and busy with a long prompt, and B (`w1`), a `--worker-only`
+/// worker, which so runs the next prompts. Interrupt A's prompt when done.
+async fn busy_a_and_worker_only_b(dir: &Path, url: &str) -> (Server, Server) {
+    let a = start_worker(dir, url, 0, &[]).await;
     let blocker = a.queue(graph("blocker", 60.0)).await;
     wait_running_on(&a, &blocker).await;
-    let args = worker_args(&url, &["--worker-only"]);
+    let args = worker_args(url, &["--worker-only"]);
     let args: Vec<&std::ffi::OsStr> = args.iter().map(OsString::as_os_str).collect();
-    let b = Server::spawn(&dir.path().join("w1"), &dir.path().join("models"), 0, &args);
+    let b = Server::spawn(&dir.join("w1"), &dir.join("models"), 0, &args);
     let listed = wait_workers(&a, 2).await;
     assert!(
         listed
@@ -236,6 +239,16 @@ async fn a_socket_on_one_worker_gets_the_events_of_a_prompt_running_on_a_worker_
             .any(|w| w["address"] == "" && w["this"] == false),
         "B serves no HTTP: {listed:?}"
     );
+    (a, b)
+}
+
+#[actix_web::test]
+async fn a_socket_on_one_worker_gets_the_events_of_a_prompt_running_on_a_worker_only_one() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = busy_a_and_worker_only_b(dir.path(), &pg.url("postgres")).await;
 
     let client = awc::Client::default();
     let mut socket = WsClient::connect(&client, &a.base, "watcher", "").await;
@@ -356,28 +369,17 @@ async fn a_prompt_goes_to_the_worker_with_its_checkpoint_loaded() {
         "success"
     );
     workers.push(start_worker(dir.path(), &url, 1, &[]).await);
-    let mut advertised = false;
-    for _ in 0..200 {
-        let listed = wait_workers(&workers[1], 2).await;
-        let holder = listed.iter().find(|w| w["this"] == false).unwrap();
-        if holder["checkpoints"] == json!(["tiny.safetensors"]) {
-            assert_eq!(holder["device"], "cpu");
-            assert!(holder["memory_budget"].as_i64().unwrap() > 0);
-            advertised = true;
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(advertised, "worker 0 never advertised its checkpoint");
+    let holder = wait_advertised(&workers[1], "checkpoints", "tiny.safetensors").await;
+    assert_eq!(holder["checkpoints"], json!(["tiny.safetensors"]));
+    assert_eq!(holder["device"], "cpu");
+    assert!(holder["memory_budget"].as_i64().unwrap() > 0);
 
     // Sent to worker 1, one after another: each runs on worker 0, which has the model.
-    for i in 0..5 {
-        let id = workers[1]
-            .queue(checkpoint_graph(&format!("placed{i}")))
-            .await;
-        let entry = workers[1].wait_history(&id).await;
-        assert_eq!(entry["status"]["status_str"], "success", "{entry}");
-    }
+    run_each(
+        &workers[1],
+        (0..5).map(|i| checkpoint_graph(&format!("placed{i}"))),
+    )
+    .await;
     let saved = outputs(dir.path(), 2);
     assert_eq!(saved[0].len(), 6, "{saved:?}");
     assert!(saved[1].is_empty(), "{saved:?}");
@@ -427,6 +429,360 @@ async fn a_prompt_goes_to_the_worker_with_its_checkpoint_loaded() {
     );
     eprintln!(
         "left to a frozen worker with the checkpoint, then run by another after {waited:.2?}"
+    );
+}
+
+/// The other worker as `server` lists it, once it advertises `name` of the model folder
+/// `folder` loaded.
+async fn wait_advertised(server: &Server, folder: &str, name: &str) -> Json {
+    for _ in 0..200 {
+        let listed = wait_workers(server, 2).await;
+        let holder = listed.iter().find(|w| w["this"] == false).unwrap();
+        if holder["models"][folder] == json!([name]) {
+            return holder.clone();
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the other worker never advertised {folder}/{name}");
+}
+
+/// Queues each prompt on `server` once the one before it has finished, each a success.
+async fn run_each(server: &Server, prompts: impl Iterator<Item = Json>) {
+    for prompt in prompts {
+        let id = server.queue(prompt).await;
+        let entry = server.wait_history(&id).await;
+        assert_eq!(entry["status"]["status_str"], "success", "{entry}");
+    }
+}
+
+/// A prompt that loads only a diffusion model (`tiny_unet.safetensors`, UNETLoader) beside a
+/// text encoder and saves one step's latent under `prefix`.
+fn diffusion_model_graph(prefix: &str) -> Json {
+    json!({
+        "u": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_unet.safetensors", "weight_dtype": "default"}},
+        "c": {"class_type": "CLIPLoader", "inputs": {"clip_name": "clip_l_tiny.safetensors", "type": "stable_diffusion"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["c", 0], "text": "a boat"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {"model": ["u", 0], "seed": 3, "steps": 1, "cfg": 1.0, "sampler_name": "euler",
+              "scheduler": "normal", "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["3", 0], "filename_prefix": prefix}}
+    })
+}
+
+#[actix_web::test]
+async fn a_prompt_goes_to_the_worker_with_its_diffusion_model_loaded() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    for (file, tensors) in [
+        (
+            "diffusion_models/tiny_unet.safetensors",
+            crate::engine::load::ldm_tensors("sd1_tiny", "", candle_core::DType::F32),
+        ),
+        (
+            "text_encoders/clip_l_tiny.safetensors",
+            crate::models::clip_weights(48, None, weft::engine::clip::ClipActivation::QuickGelu),
+        ),
+    ] {
+        let path = models.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        candle_core::safetensors::save(&tensors, path).unwrap();
+    }
+    let url = pg.url("postgres");
+    // Worker 0 alone loads the diffusion model; then worker 1 joins.
+    let mut workers = start_workers(dir.path(), &url, 1, &[]).await;
+    run_each(&workers[0], std::iter::once(diffusion_model_graph("first"))).await;
+    workers.push(start_worker(dir.path(), &url, 1, &[]).await);
+    let holder = wait_advertised(&workers[1], "diffusion_models", "tiny_unet.safetensors").await;
+    assert_eq!(holder["checkpoints"], json!([]), "{holder}");
+
+    // Sent to worker 1: each runs on worker 0, which has the diffusion model.
+    run_each(
+        &workers[1],
+        (0..3).map(|i| diffusion_model_graph(&format!("placed{i}"))),
+    )
+    .await;
+    let latents = saved(dir.path(), 2, ".latent");
+    assert_eq!(latents[0].len(), 4, "{latents:?}");
+    assert!(latents[1].is_empty(), "{latents:?}");
+}
+
+/// A frame a socket got, with when it arrived and which node of the prompt was executing.
+type Seen = (Instant, Option<String>, WsFrame);
+
+/// Reads a socket's frames into `frames` up to the first one `stop` picks, the node executing
+/// following `prompt_id`'s `executing` events.
+async fn read_frames(
+    socket: &mut WsClient,
+    prompt_id: &str,
+    frames: &mut Vec<Seen>,
+    stop: impl Fn(&WsFrame) -> bool,
+) {
+    let mut node = frames.last().and_then(|(_, node, _)| node.clone());
+    while let Some(frame) = socket.next_frame().await {
+        if let WsFrame::Text(event) = &frame {
+            if event["type"] == "executing" && event["data"]["prompt_id"] == prompt_id {
+                node = event["data"]["node"].as_str().map(str::to_owned);
+            }
+        }
+        let stopped = stop(&frame);
+        frames.push((Instant::now(), node.clone(), frame));
+        if stopped {
+            return;
+        }
+    }
+    panic!("socket closed before {prompt_id} finished");
+}
+
+/// Reads a socket's frames until `executing {node: null}` of `prompt_id`.
+async fn frames_until_done(socket: &mut WsClient, prompt_id: &str) -> Vec<Seen> {
+    let mut frames = Vec::new();
+    read_frames(socket, prompt_id, &mut frames, |frame| {
+        matches!(frame, WsFrame::Text(e) if e["type"] == "executing"
+            && e["data"]["node"].is_null() && e["data"]["prompt_id"] == prompt_id)
+    })
+    .await;
+    frames
+}
+
+/// The `timestamp` of the first `kind` event among `frames` (the clock of the worker that ran
+/// the prompt).
+fn timestamp(frames: &[Seen], kind: &str) -> i64 {
+    frames
+        .iter()
+        .find_map(|(_, _, frame)| match frame {
+            WsFrame::Text(e) if e["type"] == kind => e["data"]["timestamp"].as_i64(),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+/// How many of `frames` are binary.
+fn binary_count(frames: &[Seen]) -> usize {
+    frames
+        .iter()
+        .filter(|(_, _, frame)| matches!(frame, WsFrame::Binary(_)))
+        .count()
+}
+
+/// A binary frame's event type (1: PREVIEW_IMAGE, 4: with metadata) and the image in it.
+fn preview_frame(frame: &[u8]) -> (u32, Option<Json>, &[u8]) {
+    let word = |at: usize| u32::from_be_bytes(frame[at..at + 4].try_into().unwrap());
+    match word(0) {
+        1 => {
+            assert_eq!(word(4), 2, "a PNG preview");
+            (1, None, &frame[8..])
+        }
+        4 => {
+            let end = 8 + word(4) as usize;
+            (
+                4,
+                serde_json::from_slice(&frame[8..end]).ok(),
+                &frame[end..],
+            )
+        }
+        other => panic!("unexpected binary frame type {other}"),
+    }
+}
+
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// The mean time between a prompt's consecutive progress events of node `node`.
+fn step_time(frames: &[Seen], node: &str) -> Duration {
+    let steps: Vec<Instant> = frames
+        .iter()
+        .filter_map(|(at, _, frame)| match frame {
+            WsFrame::Text(e) if e["type"] == "progress" && e["data"]["node"] == node => Some(*at),
+            _ => None,
+        })
+        .collect();
+    assert!(steps.len() > 2, "{} steps", steps.len());
+    (steps[steps.len() - 1] - steps[0]) / (steps.len() as u32 - 1)
+}
+
+#[actix_web::test]
+async fn previews_of_a_prompt_on_a_worker_only_one_reach_its_client_on_another() {
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(
+        &dir.path().join("models/checkpoints/tiny.safetensors"),
+        Tiny::Sd1,
+    );
+    let (a, b) = busy_a_and_worker_only_b(dir.path(), &pg.url("postgres")).await;
+    let client = awc::Client::default();
+    let mut watcher = WsClient::connect(&client, &a.base, "watcher", "").await;
+    let mut bystander = WsClient::connect(&client, &a.base, "bystander", "").await;
+
+    // Sampler step previews, as plain type 1 frames: a rate-limited share of the steps, each a
+    // PNG, all while the sampler node runs.
+    const STEPS: usize = 30;
+    let mut sampling =
+        crate::diffusion::default_workflow("tiny.safetensors", "euler", "normal", 5, "remote");
+    sampling["3"]["inputs"]["steps"] = json!(STEPS);
+    let id = queue_for(&a, "watcher", sampling.clone()).await;
+    let frames = frames_until_done(&mut watcher, &id).await;
+    let mut ours = vec![id];
+    let previews: Vec<&Seen> = frames
+        .iter()
+        .filter(|(_, _, f)| matches!(f, WsFrame::Binary(_)))
+        .collect();
+    assert!(
+        !previews.is_empty() && previews.len() <= STEPS,
+        "{} previews",
+        previews.len()
+    );
+    for (_, node, frame) in &previews {
+        let WsFrame::Binary(frame) = frame else {
+            unreachable!()
+        };
+        let (kind, _, image) = preview_frame(frame);
+        assert_eq!((kind, node.as_deref()), (1, Some("3")));
+        assert!(image.starts_with(PNG_SIGNATURE));
+    }
+    assert_eq!(saved(dir.path(), 2, ".png")[1], ["remote_00001_.png"]);
+    let relayed_step = step_time(&frames, "3");
+
+    // A stalled database (the previews table locked for 4 s from the first preview on) holds up
+    // the relay, not sampling: the prompt takes as long on B as without, and the step previews
+    // of the stall go as one, the newest.
+    let mut run_times = Vec::new();
+    let mut stalled_previews = 0;
+    for (seed, stall) in [(6, true), (7, false)] {
+        sampling["3"]["inputs"]["seed"] = json!(seed);
+        let id = queue_for(&a, "watcher", sampling.clone()).await;
+        let mut frames = Vec::new();
+        if stall {
+            read_frames(&mut watcher, &id, &mut frames, |frame| {
+                matches!(frame, WsFrame::Binary(_))
+            })
+            .await;
+            let mut db = PgConnection::connect(&pg.url("postgres")).await.unwrap();
+            let mut lock = db.begin().await.unwrap();
+            sqlx::query("LOCK TABLE previews IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut *lock)
+                .await
+                .unwrap();
+            actix_web::rt::time::sleep(Duration::from_secs(4)).await;
+            lock.commit().await.unwrap();
+        }
+        frames.extend(frames_until_done(&mut watcher, &id).await);
+        run_times
+            .push(timestamp(&frames, "execution_success") - timestamp(&frames, "execution_start"));
+        if stall {
+            stalled_previews = binary_count(&frames);
+        }
+        ours.push(id);
+    }
+    assert!(
+        stalled_previews > 0 && stalled_previews < STEPS,
+        "{stalled_previews}"
+    );
+    assert!(
+        run_times[0] < run_times[1] + 3000,
+        "sampling waited on the stalled database: {run_times:?} ms"
+    );
+
+    // A client asking for metadata gets type 4 frames; one preview right after the prompt
+    // starts gives the latency from B to A's socket.
+    let mut meta = WsClient::connect(&client, &a.base, "meta", "").await;
+    meta.send_text(r#"{"type":"feature_flags","data":{"supports_preview_metadata":true}}"#)
+        .await;
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let prompt = json!({
+            "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8 + i, "batch_size": 1}},
+            "2": {"class_type": "TestPreview", "inputs": {"value": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "meta"}}
+        });
+        let id = queue_for(&a, "meta", prompt).await;
+        let frames = frames_until_done(&mut meta, &id).await;
+        ours.push(id.clone());
+        let started = timestamp(&frames, "execution_start");
+        let (arrived, node, frame) = frames
+            .iter()
+            .find_map(|(at, node, f)| match f {
+                WsFrame::Binary(frame) => Some((*at, node, frame)),
+                _ => None,
+            })
+            .expect("the preview");
+        let (kind, metadata, image) = preview_frame(frame);
+        assert_eq!((kind, node.as_deref()), (4, Some("2")));
+        let metadata = metadata.expect("metadata");
+        assert_eq!(metadata["prompt_id"], id.as_str());
+        assert_eq!(metadata["node_id"], "2");
+        assert_eq!(metadata["image_type"], "image/png");
+        assert!(image.starts_with(PNG_SIGNATURE));
+        let ago = Instant::now() - arrived;
+        latencies.push(weft::store::now_ms() - ago.as_millis() as i64 - started);
+    }
+
+    // SaveImageWebsocket's images are outputs, not step previews: every one arrives, in order.
+    let prompt = json!({
+        "img": {"class_type": "StubImage", "inputs": {"content": "NOISE", "height": 8, "width": 8, "batch_size": 6}},
+        "send": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["img", 0]}}
+    });
+    let id = queue_for(&a, "meta", prompt).await;
+    let frames = frames_until_done(&mut meta, &id).await;
+    ours.push(id);
+    let sent: Vec<&[u8]> = frames
+        .iter()
+        .filter_map(|(_, node, frame)| match frame {
+            WsFrame::Binary(frame) => {
+                assert_eq!(node.as_deref(), Some("send"));
+                Some(preview_frame(frame).2)
+            }
+            WsFrame::Text(_) => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 6);
+    assert!(sent.iter().all(|image| image.starts_with(PNG_SIGNATURE)));
+    assert!(
+        sent.windows(2).all(|pair| pair[0] != pair[1]),
+        "six different images"
+    );
+
+    // The other client on A got none of it.
+    while let Ok(Some(frame)) =
+        actix_web::rt::time::timeout(Duration::from_millis(500), bystander.next_frame()).await
+    {
+        if let WsFrame::Text(event) = &frame {
+            let prompt = event["data"]["prompt_id"].as_str().unwrap_or_default();
+            assert!(!ours.iter().any(|id| id == prompt), "{event}");
+        }
+        assert!(
+            matches!(frame, WsFrame::Text(_)),
+            "a preview reached another client"
+        );
+    }
+
+    // The same sampling on a worker of its own (SQLite: nothing published), for its step time.
+    a.post("/interrupt", json!({})).await;
+    drop(b);
+    let solo = Server::start(
+        &dir.path().join("solo"),
+        &dir.path().join("models"),
+        free_port(),
+    )
+    .await;
+    let mut socket = WsClient::connect(&client, &solo.base, "solo", "").await;
+    let id = queue_for(&solo, "solo", sampling).await;
+    let alone_step = step_time(&frames_until_done(&mut socket, &id).await, "3");
+    latencies.sort();
+    eprintln!(
+        "{} of {STEPS} step previews relayed; preview from B to A's socket {latencies:?} ms after \
+         the prompt started; step time on B {relayed_step:.1?} (relayed), alone on SQLite \
+         {alone_step:.1?}; with the previews table locked for 4 s: {stalled_previews} previews, \
+         the prompt ran {} ms on B (not locked: {} ms); load {}",
+        previews.len(),
+        run_times[0],
+        run_times[1],
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
 }
 

@@ -8,7 +8,7 @@ use serde_json::{json, Value as Json};
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
-use crate::store::{WorkflowRow, WorkflowVersionRow};
+use crate::store::{ModelNames, WorkflowRow, WorkflowVersionRow};
 use crate::userdata::{workflow_file_name, WORKFLOWS};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -42,7 +42,8 @@ async fn queue_state(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 }
 
 /// The workers running prompts from this queue, with what each offers (device, model budget,
-/// loaded checkpoints): on PostgreSQL every worker seen lately, on SQLite this one.
+/// the model files it holds loaded by folder, and its checkpoints apart): on PostgreSQL every
+/// worker seen lately, on SQLite this one.
 async fn workers(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let exec = &state.exec;
     let store = exec.store();
@@ -61,20 +62,22 @@ async fn workers(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
                     "seen_at": w.seen_at,
                     "device": w.device,
                     "memory_budget": w.memory_budget,
-                    "checkpoints": w.checkpoints,
+                    "checkpoints": checkpoints(&w.models),
+                    "models": w.models,
                     "this": w.worker_id == this,
                 })
             })
             .collect()
     } else {
-        let (device, memory_budget, checkpoints) = exec.offer();
+        let (device, memory_budget, models) = exec.offer();
         vec![json!({
             "worker_id": this,
             "address": exec.address(),
             "running": exec.running_prompt(),
             "device": device,
             "memory_budget": memory_budget,
-            "checkpoints": checkpoints,
+            "checkpoints": checkpoints(&models),
+            "models": models,
             "this": true,
         })]
     };
@@ -83,6 +86,11 @@ async fn workers(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         "paused": exec.is_paused().await?,
         "workers": workers,
     })))
+}
+
+/// The checkpoints among a worker's loaded model files.
+fn checkpoints(models: &ModelNames) -> &[String] {
+    models.get("checkpoints").map_or(&[], Vec::as_slice)
 }
 
 /// Pauses the queue: every worker sharing it stops taking prompts (the running ones finish).

@@ -7,8 +7,9 @@
 //! type 4 frames instead. Weft addition: `?preview=0` on the socket's URL turns them off, for
 //! scripts that read only text. Clients that subscribed through `/internal/logs/subscribe` also get
 //! a `logs` event with each batch of new log lines. On a shared queue the stream also carries the
-//! other workers' events (`Event::Relayed`, routed alike; `exec::shared`), so a client gets its
-//! prompts' events whichever worker runs them.
+//! other workers' events (`Event::Relayed`, routed alike, and their previews as
+//! `Event::Preview`; `exec::shared`), so a client gets its prompts' events and previews whichever
+//! worker runs them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -121,15 +122,16 @@ impl Hub {
         }
     }
 
+    /// Whether a preview sent on `route` would reach a socket here (one that takes previews).
+    pub fn wants_previews(&self, route: &Route) -> bool {
+        targets(&self.lock(), route)
+            .iter()
+            .any(|client| client.previews.load(Ordering::Relaxed) != PREVIEWS_NONE)
+    }
+
     fn dispatch(&self, envelope: &Envelope) {
         let clients = self.lock();
-        let targets: Vec<&Client> = match &envelope.route {
-            Route::Broadcast | Route::ClientOrBroadcast(None) => clients.values().collect(),
-            Route::Client(Some(id)) | Route::ClientOrBroadcast(Some(id)) => {
-                clients.get(id).into_iter().collect()
-            }
-            Route::Client(None) => Vec::new(),
-        };
+        let targets = targets(&clients, &envelope.route);
         if let Event::Preview { image, .. } = &envelope.event {
             let metadata = envelope.event.data();
             let is_png = metadata["image_type"] == "image/png";
@@ -148,6 +150,17 @@ impl Hub {
         for client in targets {
             let _ = client.sender.send(Frame::Text(text.clone()));
         }
+    }
+}
+
+/// The clients an event on `route` goes to.
+fn targets<'a>(clients: &'a HashMap<String, Client>, route: &Route) -> Vec<&'a Client> {
+    match route {
+        Route::Broadcast | Route::ClientOrBroadcast(None) => clients.values().collect(),
+        Route::Client(Some(id)) | Route::ClientOrBroadcast(Some(id)) => {
+            clients.get(id).into_iter().collect()
+        }
+        Route::Client(None) => Vec::new(),
     }
 }
 

@@ -9,6 +9,8 @@ pub mod cache;
 pub mod run;
 mod shared;
 
+pub use shared::Audience;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -143,8 +145,8 @@ pub struct Executor {
     /// On a shared queue: notifications from the other workers arrive (else idle workers poll
     /// fast).
     listening: AtomicBool,
-    /// Checkpoints this worker's prompts used lately, by name (placement).
-    recent_checkpoints: Mutex<Vec<String>>,
+    /// Model files this worker's prompts used lately, by folder and name (placement).
+    recent_models: Mutex<Vec<shared::ModelFile>>,
     /// Prompts placement passes over, left to a better placed worker.
     deferred: Mutex<shared::Deferred>,
     wake: Notify,
@@ -242,7 +244,7 @@ impl Executor {
             paused: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             listening: AtomicBool::new(false),
-            recent_checkpoints: Mutex::new(Vec::new()),
+            recent_models: Mutex::new(Vec::new()),
             deferred: Mutex::new(Default::default()),
             wake: Notify::new(),
             address: Mutex::new(String::new()),
@@ -507,9 +509,9 @@ impl Executor {
         self.interrupt
             .store(cancelled_while_claiming, Ordering::SeqCst);
         let prompt = row.prompt.clone();
-        // Busy now, for the others' placement (which only looks at workers holding checkpoints).
-        let placed = self.store.is_shared()
-            && (self.holds_checkpoints() || !shared::checkpoints_of(&prompt).is_empty());
+        // Busy now, for the others' placement (which only looks at workers holding models).
+        let placed =
+            self.store.is_shared() && (self.holds_models() || !self.models_of(&prompt).is_empty());
         if placed {
             self.report().await;
         }
@@ -540,7 +542,7 @@ impl Executor {
             tracing::error!(prompt_id = %prompt_id, "cannot record the result: {e:#}");
         }
         *lock(&self.running) = None;
-        self.used_checkpoints(&prompt);
+        self.used_models(&prompt);
         if placed {
             // Idle again, with what it loaded.
             self.report().await;

@@ -135,6 +135,16 @@ impl Reporter for EventReporter {
     }
 
     fn preview(&self, node_id: &str, image: Vec<u8>, is_png: bool) {
+        self.send_image(node_id, image, is_png, false);
+    }
+
+    fn output_image(&self, node_id: &str, png: Vec<u8>) {
+        self.send_image(node_id, png, true, true);
+    }
+}
+
+impl EventReporter {
+    fn send_image(&self, node_id: &str, image: Vec<u8>, is_png: bool, output: bool) {
         self.executor.emit(
             Route::ClientOrBroadcast(self.client.clone()),
             Event::Preview {
@@ -142,6 +152,7 @@ impl Reporter for EventReporter {
                 node: node_id.to_owned(),
                 image,
                 is_png,
+                output,
             },
         );
     }

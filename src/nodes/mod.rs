@@ -197,6 +197,11 @@ impl NodeError {
 pub trait Reporter: Send + Sync {
     fn progress(&self, node_id: &str, value: u64, max: u64);
     fn preview(&self, node_id: &str, png_or_jpeg: Vec<u8>, is_png: bool);
+    /// A PNG the node sends over the socket as its result (SaveImageWebsocket): a preview frame
+    /// that, unlike a sampler step's, must reach the client even when newer ones follow.
+    fn output_image(&self, node_id: &str, png: Vec<u8>) {
+        self.preview(node_id, png, true);
+    }
 }
 
 /// What a running node may see of the world.

@@ -140,7 +140,7 @@ impl Node for SaveImageWebsocket {
             // ProgressBar.update_absolute(step, total, preview): the progress, then the image.
             ctx.progress(step as u64, batch as u64);
             ctx.reporter
-                .preview(&ctx.node_id, encode_png(&bytes, width, height), true);
+                .output_image(&ctx.node_id, encode_png(&bytes, width, height));
         }
         Ok(NodeOutput {
             values: vec![],

@@ -47,12 +47,14 @@ pub enum Event {
         executed: Vec<String>,
         timestamp: i64,
     },
-    /// A binary preview frame (a sampler step image).
+    /// A binary preview frame: a sampler step image, or with `output` an image a node sends
+    /// over the socket as its result (SaveImageWebsocket), which no newer one replaces.
     Preview {
         prompt_id: String,
         node: String,
         image: Vec<u8>,
         is_png: bool,
+        output: bool,
     },
     /// An event of a prompt running on another worker sharing the queue, as that worker sent
     /// it (`type` and `data`), relayed to this worker's sockets.

@@ -3,6 +3,8 @@
 //! A prompt whose lease ran out (its worker was killed or cut off) is recovered by any worker as
 //! after a crash (`Store::recover_after_crash`). On SQLite, one worker per file, these are no-ops.
 
+use std::collections::BTreeMap;
+
 use sqlx::Row;
 
 use crate::{Backend, SqlContext, Store, StoreError};
@@ -23,6 +25,10 @@ pub enum Lease {
     Lost,
 }
 
+/// Model files by model folder (`checkpoints`, `diffusion_models`), each by the name prompts
+/// give it.
+pub type ModelNames = BTreeMap<String, Vec<String>>;
+
 /// A worker sharing the queue, as it last reported itself.
 #[derive(Debug, Clone)]
 pub struct WorkerRow {
@@ -40,12 +46,12 @@ pub struct WorkerRow {
     pub device: String,
     /// Its model budget, in bytes.
     pub memory_budget: i64,
-    /// The checkpoints it holds loaded, by the names prompts give them.
-    pub checkpoints: Vec<String>,
+    /// The model files it holds loaded.
+    pub models: ModelNames,
 }
 
 /// What a worker reports of itself at each heartbeat.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct WorkerReport<'a> {
     /// Where it serves HTTP (`host:port`), or empty for a worker without HTTP.
     pub address: &'a str,
@@ -55,8 +61,8 @@ pub struct WorkerReport<'a> {
     pub device: &'a str,
     /// Its model budget, in bytes.
     pub memory_budget: i64,
-    /// The checkpoints it holds loaded, by the names prompts give them.
-    pub checkpoints: &'a [String],
+    /// The model files it holds loaded.
+    pub models: &'a ModelNames,
 }
 
 /// A worker id unique among live processes: host, process id and the clock's nanoseconds.
@@ -119,20 +125,20 @@ impl Store {
         if self.backend == Backend::Sqlite {
             return Ok(());
         }
-        let checkpoints = serde_json::to_string(report.checkpoints).unwrap_or_else(|_| "[]".into());
+        let models = serde_json::to_string(report.models).unwrap_or_else(|_| "{}".into());
         sqlx::query(&format!(
             "INSERT INTO workers (worker_id, address, started_at, seen_at, running, device, \
-             memory_budget, checkpoints) \
+             memory_budget, models) \
              VALUES ($1, $2, {PG_NOW_MS}, {PG_NOW_MS}, $3, $4, $5, $6) \
              ON CONFLICT (worker_id) DO UPDATE SET address = $2, seen_at = {PG_NOW_MS}, \
-             running = $3, device = $4, memory_budget = $5, checkpoints = $6"
+             running = $3, device = $4, memory_budget = $5, models = $6"
         ))
         .bind(self.worker_id())
         .bind(report.address)
         .bind(report.running)
         .bind(report.device)
         .bind(report.memory_budget)
-        .bind(checkpoints)
+        .bind(models)
         .execute(&self.pool)
         .await
         .doing("recording this worker")?;
@@ -146,7 +152,7 @@ impl Store {
         }
         let rows = sqlx::query(&format!(
             "SELECT worker_id, address, started_at, seen_at, running, device, memory_budget, \
-             checkpoints FROM workers WHERE seen_at >= {PG_NOW_MS} - $1 ORDER BY worker_id"
+             models FROM workers WHERE seen_at >= {PG_NOW_MS} - $1 ORDER BY worker_id"
         ))
         .bind(within_ms)
         .fetch_all(&self.pool)
@@ -162,8 +168,7 @@ impl Store {
                 running: row.get("running"),
                 device: row.get("device"),
                 memory_budget: row.get("memory_budget"),
-                checkpoints: serde_json::from_str(row.get::<&str, _>("checkpoints"))
-                    .unwrap_or_default(),
+                models: serde_json::from_str(row.get::<&str, _>("models")).unwrap_or_default(),
             })
             .collect())
     }
@@ -329,14 +334,23 @@ mod tests {
         let Some((_server, store)) = crate::test_postgres().await else {
             return;
         };
-        let checkpoints = ["sd/tiny.safetensors".to_owned()];
+        let models = ModelNames::from([
+            (
+                "checkpoints".to_owned(),
+                vec!["sd/tiny.safetensors".to_owned()],
+            ),
+            (
+                "diffusion_models".to_owned(),
+                vec!["u.safetensors".to_owned()],
+            ),
+        ]);
         store
             .heartbeat(&WorkerReport {
                 address: "127.0.0.1:1",
                 running: Some("p"),
                 device: "cpu",
                 memory_budget: 1 << 30,
-                checkpoints: &checkpoints,
+                models: &models,
             })
             .await
             .unwrap();
@@ -348,7 +362,7 @@ mod tests {
             (workers[0].device.as_str(), workers[0].memory_budget),
             ("cpu", 1 << 30)
         );
-        assert_eq!(workers[0].checkpoints, checkpoints);
+        assert_eq!(workers[0].models, models);
         store.sign_off().await.unwrap();
         assert!(store.workers(60_000).await.unwrap().is_empty());
     }

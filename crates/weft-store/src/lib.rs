@@ -32,7 +32,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 
 pub use jobs::{JobFilter, JobOrder};
-pub use leases::{Lease, WorkerReport, WorkerRow};
+pub use leases::{Lease, ModelNames, WorkerReport, WorkerRow};
 pub use notify::{Listener, Notification};
 pub use prompts::{NewPrompt, PromptRow, PromptStatus, Recovery};
 pub use workflows::{

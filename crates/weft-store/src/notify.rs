@@ -2,7 +2,8 @@
 //! queue's pause flag. Both go through a small native PostgreSQL pool beside the `Any` pool: a
 //! listener needs a connection of its own, and `pg_notify` returns `void`, which the `Any`
 //! driver cannot decode. On SQLite (one worker per file) there is nothing to tell: publishing
-//! is a no-op and there is no listener.
+//! is a no-op and there is no listener. Preview images travel by reference: kept in `previews`,
+//! their row's id sent.
 
 use std::str::FromStr;
 
@@ -18,6 +19,10 @@ const SPILLED: &str = "@spill:";
 /// Spilled payloads older than this are deleted as new ones come (every listener has read them
 /// long before).
 const SPILL_KEEP_MS: i64 = 60_000;
+
+/// Previews older than this are deleted as new ones are kept: a preview is relayed within
+/// milliseconds, or is stale.
+const PREVIEW_KEEP_MS: i64 = 10_000;
 
 /// A notification: its channel and payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,9 +68,9 @@ impl Listener {
 /// The native pool used for notifications, for the store to keep.
 pub(crate) async fn notify_pool(url: &str) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(url).doing("reading the database URL")?;
-    // One connection for a listener, two to publish from.
+    // One connection for a listener, two to publish from, one to read previews with.
     PgPoolOptions::new()
-        .max_connections(3)
+        .max_connections(4)
         .connect_with(options)
         .await
         .doing("connecting to PostgreSQL for notifications")
@@ -135,6 +140,46 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps a preview image of `prompt_id` for the other workers and returns its id, a
+    /// sequence number (PostgreSQL; `None` on SQLite, where no other worker reads it). Previews
+    /// older than [`PREVIEW_KEEP_MS`] are deleted in the same statement.
+    pub async fn keep_preview(
+        &self,
+        prompt_id: &str,
+        image: &[u8],
+    ) -> Result<Option<i64>, StoreError> {
+        let Some(pool) = self.notify_pool() else {
+            return Ok(None);
+        };
+        let id = sqlx::query_scalar(&format!(
+            "WITH stale AS (DELETE FROM previews WHERE created_at < {PG_NOW_MS} - $3) \
+             INSERT INTO previews (prompt_id, image, created_at) VALUES ($1, $2, {PG_NOW_MS}) \
+             RETURNING id"
+        ))
+        .bind(prompt_id)
+        .bind(image)
+        .bind(PREVIEW_KEEP_MS)
+        .fetch_one(pool)
+        .await
+        .doing("keeping a preview for the other workers")?;
+        Ok(Some(id))
+    }
+
+    /// A preview another worker kept, with how many milliseconds ago (database clock) it was
+    /// kept; `None` once deleted (stale) or on SQLite.
+    pub async fn preview(&self, id: i64) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+        let Some(pool) = self.notify_pool() else {
+            return Ok(None);
+        };
+        sqlx::query_as(&format!(
+            "SELECT image, {PG_NOW_MS} - created_at FROM previews WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .doing("reading another worker's preview")
+    }
+
     /// Pauses or resumes the shared queue: no worker claims a prompt while it is paused
     /// (PostgreSQL; SQLite's one worker keeps its pause in memory).
     pub async fn set_paused(&self, paused: bool) -> Result<(), StoreError> {
@@ -199,6 +244,34 @@ mod tests {
         let sqlite = Store::open(&dir.path().join("q.db")).await.unwrap();
         assert!(sqlite.listen(&["a"]).await.unwrap().is_none());
         sqlite.notify("a", "x").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn previews_are_kept_by_reference_and_deleted_when_stale() {
+        let Some((server, store)) = crate::test_postgres().await else {
+            return;
+        };
+        let other = Store::connect(&server.url("postgres")).await.unwrap();
+        let first = store.keep_preview("p", &[1, 2, 3]).await.unwrap().unwrap();
+        let second = store.keep_preview("p", &[4]).await.unwrap().unwrap();
+        assert!(second > first);
+        let (image, age) = other.preview(first).await.unwrap().unwrap();
+        assert_eq!(image, [1, 2, 3]);
+        assert!((0..10_000).contains(&age), "{age}");
+        // A stale row goes as the next preview is kept.
+        sqlx::query("UPDATE previews SET created_at = created_at - 60000 WHERE id = $1")
+            .bind(first)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        store.keep_preview("q", &[5]).await.unwrap();
+        assert!(other.preview(first).await.unwrap().is_none());
+        assert!(other.preview(second).await.unwrap().is_some());
+        // SQLite: one worker, nothing to keep.
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Store::open(&dir.path().join("q.db")).await.unwrap();
+        assert!(sqlite.keep_preview("p", &[1]).await.unwrap().is_none());
+        assert!(sqlite.preview(1).await.unwrap().is_none());
     }
 
     #[tokio::test]
