@@ -68,6 +68,48 @@ fn check(label: &str, got: &Tensor, want: &Tensor, tolerance: f32) {
     assert!(diff <= tolerance, "{label}: {diff} > {tolerance}");
 }
 
+/// LatentUpscale and LatentUpscaleBy with `bislerp` against ComfyUI's `comfy.utils.bislerp`
+/// (`tools/parity/bislerp_reference.py`): up by 2, by odd factors, down, one axis unchanged, a
+/// batch of two with a zero vector and equal and opposite neighbours. Tolerance: 5e-5 relative:
+/// near-opposite neighbours (dot -0.99) amplify f32 rounding through `acos` and `1 / sin`; a
+/// float32 transcription in numpy differs from torch by 1.2e-5 there too.
+#[test]
+fn latent_upscale_bislerp_matches_comfyui() {
+    let f =
+        candle_core::safetensors::load(fixture_dir().join("bislerp_ref.safetensors"), &Device::Cpu)
+            .expect("fixture file");
+    let x = &f["x"];
+    for (name, (width, height)) in [
+        ("up2", (20, 22)),
+        ("odd", (13, 9)),
+        ("down", (8, 8)),
+        ("same_w", (10, 17)),
+    ] {
+        let out = run(
+            "LatentUpscale",
+            vec![
+                ("samples", latent(x)),
+                ("upscale_method", Value::String("bislerp".into())),
+                ("width", Value::Int(width * 8)),
+                ("height", Value::Int(height * 8)),
+                ("crop", Value::String("disabled".into())),
+            ],
+        )
+        .unwrap();
+        check(&format!("bislerp {name}"), samples(&out), &f[name], 5e-5);
+    }
+    let by = run(
+        "LatentUpscaleBy",
+        vec![
+            ("samples", latent(x)),
+            ("upscale_method", Value::String("bislerp".into())),
+            ("scale_by", Value::Float(2.0)),
+        ],
+    )
+    .unwrap();
+    check("bislerp by 2", samples(&by), &f["up2"], 5e-5);
+}
+
 #[test]
 fn latent_nodes_match_comfyui_formulas() {
     let f = fixtures();

@@ -463,27 +463,14 @@ async fn patch_model_add_downscale_shrinks_a_block_inside_its_window() {
     assert_ne!(after, plain);
     let before = pixels(&app, &[("ds", node(0.0, 1.0, false, "area"))], "ds_before").await;
     assert_ne!(before, after);
-    // bislerp is declared (as in ComfyUI) but not implemented: a clear error on that input.
-    let id = app
-        .queue(
-            graph(
-                &[("ds", node(0.0, 1.0, true, "bislerp"))],
-                "ds_bad",
-                "euler",
-            ),
-            "ds",
-        )
-        .await;
-    let entry = app.wait_history(&id).await;
-    let error = &entry["status"]["messages"][2][1];
-    assert_eq!(error["node_id"], "ds");
-    assert!(
-        error["exception_message"]
-            .as_str()
-            .unwrap()
-            .contains("downscale_method"),
-        "{error}"
-    );
+    // bislerp (checked against ComfyUI in `latent_nodes::latent_upscale_bislerp_matches_comfyui`).
+    let slerped = pixels(
+        &app,
+        &[("ds", node(0.0, 1.0, true, "bislerp"))],
+        "ds_bislerp",
+    )
+    .await;
+    assert_ne!(slerped, after);
 }
 
 /// HypernetworkLoader: declared as in ComfyUI with `models/hypernetworks` listed; an A1111 `.pt`

@@ -15,8 +15,9 @@ use crate::graph::SlotType;
 use crate::nodes::image_ops::MAX_RESOLUTION;
 use crate::nodes::{Inputs, Latent, Node, NodeContext, NodeError, NodeOutput, Registry, Value};
 
-/// Resampling methods for latents; ComfyUI's "bislerp" is not offered yet.
-const LATENT_UPSCALE_METHODS: &[&str] = &["nearest-exact", "bilinear", "area", "bicubic"];
+/// Resampling methods for latents (`LatentUpscale.upscale_methods`).
+const LATENT_UPSCALE_METHODS: &[&str] =
+    &["nearest-exact", "bilinear", "area", "bicubic", "bislerp"];
 const CROP_METHODS: &[&str] = &["disabled", "center"];
 
 pub fn register(registry: &mut Registry) {

@@ -161,7 +161,6 @@ fn scale_method(inputs: &Inputs, name: &str) -> Result<UpscaleMethod, NodeError>
     let method = inputs.string(name)?;
     match UpscaleMethod::parse(method) {
         Some(m) if method != "lanczos" => Ok(m),
-        _ if method == "bislerp" => Err(NodeError::input(name, "bislerp is not supported yet")),
         _ => Err(NodeError::input(
             name,
             format!("'{method}' is not one of {}", DOWNSCALE_METHODS.join(", ")),

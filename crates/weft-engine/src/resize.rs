@@ -20,6 +20,10 @@ pub enum UpscaleMethod {
     Bicubic,
     /// `lanczos`: PIL's Lanczos-3 on 8-bit quantized values.
     Lanczos,
+    /// `bislerp`: bilinear in two passes (width, then height), each point a spherical
+    /// interpolation of the two source vectors across the channels, their norms interpolated
+    /// linearly (`comfy.utils.bislerp`).
+    Bislerp,
     /// `interpolate(mode="bicubic", antialias=True)`, which ComfyUI's CLIP vision preprocessing
     /// uses (not among the node's choices): Keys' cubic with A = -0.5 whose support widens by the
     /// scale when downscaling, taps cut at the border and renormalised, as PIL's filter.
@@ -36,6 +40,7 @@ impl UpscaleMethod {
             "area" => Some(UpscaleMethod::Area),
             "bicubic" => Some(UpscaleMethod::Bicubic),
             "lanczos" => Some(UpscaleMethod::Lanczos),
+            "bislerp" => Some(UpscaleMethod::Bislerp),
             _ => None,
         }
     }
@@ -78,6 +83,9 @@ pub fn common_upscale(
             .narrow(3, x, old_w - 2 * x)?;
     }
     let (_, _, in_h, in_w) = samples.dims4()?;
+    if method == UpscaleMethod::Bislerp {
+        return bislerp(&samples, width, height);
+    }
     let data: Vec<f32> = samples.contiguous()?.flatten_all()?.to_vec1()?;
     let planes = n * c;
     let quantize = method == UpscaleMethod::Lanczos;
@@ -158,7 +166,8 @@ fn axis_weights(method: UpscaleMethod, input: usize, output: usize) -> Vec<Taps>
                 let i = (((o as f64 + 0.5) * scale).floor() as usize).min(last);
                 vec![(i, 1.0)]
             }
-            UpscaleMethod::Bilinear => {
+            // `common_upscale` resamples bislerp itself; its taps would be the bilinear ones.
+            UpscaleMethod::Bilinear | UpscaleMethod::Bislerp => {
                 let src = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
                 let i0 = (src.floor() as usize).min(last);
                 let i1 = (i0 + 1).min(last);
@@ -187,6 +196,117 @@ fn axis_weights(method: UpscaleMethod, input: usize, output: usize) -> Vec<Taps>
             UpscaleMethod::BicubicAntialias => antialias_cubic_taps(o, input, output),
         })
         .collect()
+}
+
+/// `comfy.utils.bislerp` on `[N, C, H, W]`: along the width, then along the height, each output
+/// point slerps the channel vectors of its two source points.
+fn bislerp(samples: &Tensor, width: usize, height: usize) -> Result<Tensor> {
+    let (n, c, h, w) = samples.dims4()?;
+    let data: Vec<f32> = samples
+        .to_dtype(candle_core::DType::F32)?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1()?;
+    // Width pass: `[N, C, H, W]` → `[N, C, H, width]`.
+    let cols = bislerp_axis(w, width);
+    let mut wide = vec![0f32; n * c * h * width];
+    let (mut b1, mut b2, mut out) = (vec![0f32; c], vec![0f32; c], vec![0f32; c]);
+    for b in 0..n {
+        for y in 0..h {
+            for (x, &(i1, i2, r)) in cols.iter().enumerate() {
+                for ch in 0..c {
+                    let row = ((b * c + ch) * h + y) * w;
+                    (b1[ch], b2[ch]) = (data[row + i1], data[row + i2]);
+                }
+                slerp(&b1, &b2, r, &mut out);
+                for ch in 0..c {
+                    wide[((b * c + ch) * h + y) * width + x] = out[ch];
+                }
+            }
+        }
+    }
+    // Height pass: → `[N, C, height, width]`.
+    let rows = bislerp_axis(h, height);
+    let mut tall = vec![0f32; n * c * height * width];
+    for b in 0..n {
+        for (y, &(i1, i2, r)) in rows.iter().enumerate() {
+            for x in 0..width {
+                for ch in 0..c {
+                    let plane = (b * c + ch) * h;
+                    (b1[ch], b2[ch]) = (
+                        wide[(plane + i1) * width + x],
+                        wide[(plane + i2) * width + x],
+                    );
+                }
+                slerp(&b1, &b2, r, &mut out);
+                for ch in 0..c {
+                    tall[((b * c + ch) * height + y) * width + x] = out[ch];
+                }
+            }
+        }
+    }
+    Tensor::from_vec(tall, (n, c, height, width), &Device::Cpu)?
+        .to_dtype(samples.dtype())?
+        .to_device(samples.device())
+}
+
+/// `generate_bilinear_data`: per output index, the two source indices and the ratio, as ComfyUI
+/// gets them by bilinearly resizing `arange(old)` (and `arange(old) + 1`, its last entry kept at
+/// `old - 1`) with torch's f32 arithmetic, then truncating.
+fn bislerp_axis(old: usize, new: usize) -> Vec<(usize, usize, f32)> {
+    let scale = old as f32 / new as f32;
+    let last = old.saturating_sub(1);
+    let next = |i: usize| (i + 1).min(last) as f32;
+    (0..new)
+        .map(|o| {
+            // torch's `compute_source_index_and_lambda` (`align_corners=False`).
+            let (i0, i1, l0, l1) = if old == new {
+                (o, o, 1.0f32, 0.0f32)
+            } else {
+                let src = (scale * (o as f32 + 0.5) - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(last);
+                let l1 = (src - i0 as f32).clamp(0.0, 1.0);
+                let i1 = if i0 < last { i0 + 1 } else { i0 };
+                (i0, i1, 1.0 - l1, l1)
+            };
+            let first = i0 as f32 * l0 + i1 as f32 * l1;
+            let second = next(i0) * l0 + next(i1) * l1;
+            let truncate = |v: f32| (v.max(0.0) as usize).min(last);
+            (truncate(first), truncate(second), first - first.floor())
+        })
+        .collect()
+}
+
+/// ComfyUI's `slerp` of one pair of channel vectors at ratio `r` into `out`: the unit vectors'
+/// spherical interpolation scaled by the linearly interpolated norms; `b1` itself where they
+/// (nearly) coincide, the linear interpolation where they are (nearly) opposite.
+fn slerp(b1: &[f32], b2: &[f32], r: f32, out: &mut [f32]) {
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let (n1, n2) = (norm(b1), norm(b2));
+    let unit = |x: f32, n: f32| if n == 0.0 { 0.0 } else { x / n };
+    let dot: f32 = b1
+        .iter()
+        .zip(b2)
+        .map(|(&a, &b)| unit(a, n1) * unit(b, n2))
+        .sum();
+    // Python's thresholds, rounded to f32 as torch compares an f32 tensor with them.
+    if dot > (1.0f64 - 1e-5) as f32 {
+        out.copy_from_slice(b1);
+        return;
+    }
+    if dot < (1e-5f64 - 1.0) as f32 {
+        for ((o, &a), &b) in out.iter_mut().zip(b1).zip(b2) {
+            *o = a * (1.0 - r) + b * r;
+        }
+        return;
+    }
+    let omega = dot.acos();
+    let so = omega.sin();
+    let (w1, w2) = (((1.0 - r) * omega).sin() / so, (r * omega).sin() / so);
+    let scale = n1 * (1.0 - r) + n2 * r;
+    for ((o, &a), &b) in out.iter_mut().zip(b1).zip(b2) {
+        *o = (w1 * unit(a, n1) + w2 * unit(b, n2)) * scale;
+    }
 }
 
 /// PyTorch's bicubic convolution weights (A = -0.75) for offset `t` in [0, 1).
