@@ -44,7 +44,6 @@ import os
 import statistics
 import sys
 import time
-from functools import partial
 
 import cv2
 import numpy as np
@@ -54,6 +53,11 @@ import torch
 from safetensors.numpy import save_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+# the pack's `common_annotator_call` and the MiDaS fixtures' cases (astronaut 64x64 at resolution
+# 128: reflect pad 24, net 384x384; coffee 96x128 at 64, padded to 64x128: net 288x512, an 18x32
+# token grid)
+from midas_reference import common_annotator_call, inputs, to_comfy, to_u8  # noqa: E402
 OUT = os.path.join(HERE, "..", "..", "tests", "fixtures", "annotators", "zoe")
 FILE = "ZoeD_M12_N.pt"
 
@@ -62,17 +66,6 @@ def import_pack(src):
     sys.path.insert(0, src)
     global HWC3, resize_image_with_pad
     from custom_controlnet_aux.util import HWC3, resize_image_with_pad
-
-
-def common_annotator_call(model, tensor_image, resolution, **kwargs):
-    """utils.py `common_annotator_call` (no pbar): per image, uint8 by truncation, result / 255."""
-    detect_resolution = resolution if isinstance(resolution, int) and resolution >= 64 else 512
-    outs = []
-    for image in tensor_image:
-        np_image = np.asarray(image.cpu() * 255.0, dtype=np.uint8)
-        np_result = model(np_image, output_type="np", detect_resolution=detect_resolution, **kwargs)
-        outs.append(torch.from_numpy(np_result.astype(np.float32) / 255.0))
-    return torch.stack(outs)
 
 
 class PackZoeDetector:
@@ -188,22 +181,6 @@ def published_state_dict(model, indices=True):
         sd[f"core.core.pretrained.model.blocks.{i}.attn.relative_position_index"] = \
             gen_relative_position_index(blk.attn.window_size)
     return {"model": sd}
-
-
-def inputs():
-    astro = cv2.resize(skimage.data.astronaut(), (64, 64), interpolation=cv2.INTER_AREA)
-    coffee = cv2.resize(skimage.data.coffee(), (128, 96), interpolation=cv2.INTER_AREA)  # H=96, W=128
-    # (case, image, resolution): upscaled (INTER_CUBIC, 128 square: reflect pad 24, net 384x384)
-    # and downscaled (INTER_AREA, 64x85 padded to 64x128: net 384x640, a 24x40 token grid)
-    return [("astronaut", astro, 128), ("coffee", coffee, 64)]
-
-
-def to_comfy(u8):
-    return torch.from_numpy(u8.astype(np.float32) / 255.0)[None]
-
-
-def to_u8(out):
-    return np.round(out[0].numpy() * 255.0).astype(np.uint8)
 
 
 def fixtures():

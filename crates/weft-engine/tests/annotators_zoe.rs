@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture_dir, image_u8, max_abs};
+use common::{fixture_dir, image_u8, levels, max_abs};
 use weft_engine::annotators::image_tensor;
 use weft_engine::annotators::zoe::{core_input, zoe, Config, Zoe};
 use weft_engine::load::file::StateDict;
@@ -114,19 +114,7 @@ fn zoe_matches_the_pack() {
             .and_then(|t| t.unsqueeze(0))
             .expect("IMAGE");
         let out = zoe(&model, &image, resolution as u32).expect("node");
-        let expected = &reference[&format!("{case}.depth_map")];
-        assert_eq!(out.dims()[1..], *expected.dims(), "{case}: map size");
-        let got = (out * 255.0)
-            .and_then(|t| t.round()?.to_dtype(DType::U8)?.squeeze(0))
-            .expect("levels");
-        let (got, want) = (image_u8(&got).data, image_u8(expected).data);
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap_or(0);
-        let off = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        let (worst, off) = levels(&out, &reference[&format!("{case}.depth_map")], case);
         println!(
             "{case}: metric max diff {metric_diff:.2e} (max {metric_range:.2}); depth max diff \
              {depth_diff:.2e} (max {depth_range:.2}); map max diff {worst} level(s), {off} values off"

@@ -23,7 +23,7 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::beit::{Beit, BeitConfig};
 use super::dpt::{DepthOut, Refine, RefinePaths};
-use super::{interpolate_axis, load_published, map_values, u8_from_clipped};
+use super::{image_tensor, interpolate_axis, load_published, map_values, u8_from_clipped};
 use crate::load::file::StateDict;
 use crate::load::LoadError;
 use crate::ops::conv::{conv2d, Conv2d};
@@ -333,17 +333,11 @@ impl Zoe {
 
     /// The metric depth `[H, W]` of a uint8 RGB image (`image / 255`, then [`Zoe::infer`]).
     pub fn infer_image(&self, img: &ImageU8) -> Result<Tensor> {
-        let cand = |source| PreprocessError::Candle { op: OP, source };
-        let (h, w, c) = (img.height, img.width, img.channels);
-        let mut data = vec![0f32; 3 * h * w];
-        for (i, px) in img.data.chunks_exact(c).enumerate() {
-            for ch in 0..3 {
-                data[ch * h * w + i] = f32::from(px[ch.min(c - 1)]) / 255.0;
-            }
-        }
-        Tensor::from_vec(data, (1, 3, h, w), &self.device)
+        let (h, w) = (img.height, img.width);
+        let pixels = image_tensor(OP, &hwc3(img), &self.device)?;
+        (pixels / 255.0)
             .and_then(|x| self.infer(&x)?.reshape((h, w)))
-            .map_err(cand)
+            .map_err(|source| PreprocessError::Candle { op: OP, source })
     }
 
     /// `ZoeDetector.__call__` on one uint8 image: the depth between its 2nd and 85th
