@@ -54,7 +54,7 @@ impl BeitConfig {
         let depth = (0..)
             .take_while(|i| shapes.contains_key(&format!("{prefix}model.blocks.{i}.norm1.weight")))
             .count();
-        if depth == 0 || depth % 4 != 0 {
+        if depth == 0 || !depth.is_multiple_of(4) {
             return Err(format!(
                 "{depth} BEiT blocks: MiDaS reads out four evenly spaced ones"
             ));
@@ -62,7 +62,7 @@ impl BeitConfig {
         let table = "model.blocks.0.attn.relative_position_bias_table";
         let rows = dim(table, 0)?;
         let side = (rows.saturating_sub(3) as f64).sqrt().round() as usize;
-        if side * side + 3 != rows || side % 2 == 0 {
+        if side * side + 3 != rows || side.is_multiple_of(2) {
             return Err(format!(
                 "relative position table of {rows} rows is not a square window's"
             ));
@@ -183,22 +183,18 @@ impl Beit {
             .reshape((1, side, side, heads))?
             .permute((0, 3, 1, 2))?
             .contiguous()?;
+        // kept head-major, `[heads, cells]`, so the gather comes out in the bias's own layout
         let grid = interpolate_axis(
             &interpolate_axis(&grid, 2, nh, false)?.contiguous()?,
             3,
             nw,
             false,
         )?
-        .permute((0, 2, 3, 1))?
-        .reshape((nh * nw, heads))?;
-        let table = Tensor::cat(&[&grid, &table.narrow(0, side * side, 3)?], 0)?;
+        .reshape((heads, nh * nw))?;
+        let class_rows = table.narrow(0, side * side, 3)?.t()?;
+        let table = Tensor::cat(&[&grid, &class_rows], 1)?.contiguous()?;
         let n = gh * gw + 1;
-        table
-            .index_select(index, 0)?
-            .reshape((n, n, heads))?
-            .permute((2, 0, 1))?
-            .contiguous()?
-            .unsqueeze(0)
+        table.index_select(index, 1)?.reshape((1, heads, n, n))
     }
 }
 

@@ -103,10 +103,16 @@ impl Config {
                 attractors.len()
             ));
         }
+        let bins = dim("seed_bin_regressor._net.2.weight", 0)?;
+        if bins < 2 {
+            return Err(format!(
+                "{bins} depth bins: the binomial needs two at least"
+            ));
+        }
         Ok(Config {
             features: dim(&format!("{CORE}scratch.layer1_rn.weight"), 0)?,
             head_hidden: dim(&format!("{CORE}scratch.output_conv.2.weight"), 0)?,
-            bins: dim("seed_bin_regressor._net.2.weight", 0)?,
+            bins,
             seed_hidden: dim("seed_bin_regressor._net.0.weight", 0)?,
             embedding: dim("seed_projector._net.2.weight", 0)?,
             projector_hidden: dim("seed_projector._net.0.weight", 0)?,
