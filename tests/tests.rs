@@ -13,6 +13,7 @@ mod annotators_mlsd;
 mod annotators_normalbae;
 mod annotators_openpose;
 mod annotators_uniformer;
+mod annotators_zoe;
 mod cli;
 mod clip_vision_nodes;
 mod comfy_routes;

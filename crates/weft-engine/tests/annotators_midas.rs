@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture_dir, image_u8, max_abs};
+use common::{fixture_dir, image_u8, levels, max_abs};
 use weft_engine::annotators::midas::{midas, Config, Midas, MidasMap, Stage};
 use weft_engine::load::file::StateDict;
 use weft_engine::preprocess::aux::resize_image_with_pad;
@@ -49,18 +49,6 @@ fn check_config(
     assert_eq!(cfg.hooks, [8, 11]);
     assert_eq!([cfg.readout[0], cfg.readout[1], cfg.features], head);
     assert_eq!(cfg.head_hidden, 32);
-}
-
-/// The node's map against the reference's, in levels: (max diff, values off).
-fn levels(out: &Tensor, expected: &Tensor, what: &str) -> (u8, usize) {
-    assert_eq!(out.dims()[1..], *expected.dims(), "{what}: map size");
-    let got = (out * 255.0)
-        .and_then(|t| t.round()?.to_dtype(DType::U8)?.squeeze(0))
-        .expect("levels");
-    let (got, want) = (image_u8(&got).data, image_u8(expected).data);
-    let worst = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max();
-    let off = got.iter().zip(&want).filter(|(a, b)| a != b).count();
-    (worst.unwrap_or(0), off)
 }
 
 #[test]

@@ -24,6 +24,7 @@ pub mod mlsd;
 pub mod normalbae;
 pub mod openpose;
 pub mod uniformer;
+pub mod zoe;
 
 pub fn register(registry: &mut Registry) {
     depth::register(registry);
@@ -34,6 +35,7 @@ pub fn register(registry: &mut Registry) {
     normalbae::register(registry);
     openpose::register(registry);
     uniformer::register(registry);
+    zoe::register(registry);
 }
 
 /// A published annotator weight file.

@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 pub use super::dpt::Ffn;
-use super::dpt::{DepthOut, Refine, VitBlock};
+use super::dpt::{DepthOut, Refine, Resize, VitBlock};
 use super::{load_published, map_values, u8_from_clipped};
 use crate::load::file::StateDict;
 use crate::load::LoadError;
@@ -233,50 +233,11 @@ impl Vit {
     }
 }
 
-/// `ConvTranspose2d` with kernel = stride and no padding (the head's 4x and 2x resize layers):
-/// every input pixel spreads into its own `k x k` block, so it is one matmul.
-#[derive(Debug)]
-struct PatchDeconv {
-    /// `[C_in, C_out * k * k]`.
-    weight: Tensor,
-    bias: Tensor,
-    k: usize,
-}
-
-impl PatchDeconv {
-    fn new(c: usize, k: usize, vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(PatchDeconv {
-            weight: vb.get((c, c, k, k), "weight")?.reshape((c, c * k * k))?,
-            bias: vb.get(c, "bias")?,
-            k,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, cin, h, w) = x.dims4()?;
-        let k = self.k;
-        let cout = self.weight.dim(1)? / (k * k);
-        let cols = x.permute((0, 2, 3, 1))?.reshape((b * h * w, cin))?;
-        cols.matmul(&self.weight)?
-            .reshape((b, h, w, cout, k, k))?
-            .permute((0, 3, 1, 4, 2, 5))?
-            .reshape((b, cout, h * k, w * k))?
-            .broadcast_add(&self.bias.reshape((1, cout, 1, 1))?)
-    }
-}
-
-#[derive(Debug)]
-enum Resize {
-    Deconv(PatchDeconv),
-    Identity,
-    Down(Conv2d),
-}
-
 /// The DPT head.
 #[derive(Debug)]
 struct DptHead {
     projects: Vec<Conv2d>,
-    resize: Vec<Resize>,
+    resize: [Resize; 4],
     refine: Refine,
     out: DepthOut,
 }
@@ -285,22 +246,7 @@ impl DptHead {
     fn new(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
         let oc = cfg.out_channels;
         let f = cfg.features;
-        let resize = vec![
-            Resize::Deconv(PatchDeconv::new(oc[0], 4, vb.pp("resize_layers.0"))?),
-            Resize::Deconv(PatchDeconv::new(oc[1], 2, vb.pp("resize_layers.1"))?),
-            Resize::Identity,
-            Resize::Down(conv2d(
-                oc[3],
-                oc[3],
-                3,
-                Conv2dConfig {
-                    padding: 1,
-                    stride: 2,
-                    ..Default::default()
-                },
-                vb.pp("resize_layers.3"),
-            )?),
-        ];
+        let resize = Resize::dpt(oc, |i| vb.pp(format!("resize_layers.{i}")))?;
         let scratch = vb.pp("scratch");
         let one = Conv2dConfig::default();
         Ok(DptHead {
@@ -334,11 +280,7 @@ impl DptHead {
             let (b, _, d) = x.dims3()?;
             let x = x.transpose(1, 2)?.reshape((b, d, gh, gw))?;
             let x = self.projects[i].forward(&x)?;
-            layers.push(match &self.resize[i] {
-                Resize::Deconv(t) => t.forward(&x)?,
-                Resize::Identity => x,
-                Resize::Down(c) => c.forward(&x)?,
-            });
+            layers.push(self.resize[i].forward(x)?);
         }
         let maps: [Tensor; 4] = layers
             .try_into()

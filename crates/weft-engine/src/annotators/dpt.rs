@@ -1,14 +1,16 @@
 //! Pieces shared by the DPT depth networks (Depth Anything V2's DINOv2 + DPT head, MiDaS's
-//! DPT-Hybrid): the pre-norm ViT block (timm's and DINOv2's, with optional layer scale), and the
-//! DPT head's `scratch`: the `layerN_rn` projections, the RefineNet fusion chain and the output
-//! convolutions. The published files of both use the same names for these.
+//! DPT-Hybrid, Zoe's MiDaS BEiT): the pre-norm ViT block (timm's and DINOv2's, with optional layer
+//! scale; BEiT's, with its query/value biases and an attention bias), MiDaS's `project` readout, the
+//! patch-sized transposed convolution, and the DPT head's `scratch`: the `layerN_rn` projections,
+//! the RefineNet fusion chain and the output convolutions. The published files use the same names
+//! for these.
 
 use candle_core::{Module, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::ops::attention::scaled_dot_product;
 use crate::ops::conv::{conv2d, Conv2d};
-use crate::ops::layers::{layer_norm, linear, LayerNorm, Linear};
+use crate::ops::layers::{layer_norm, linear, linear_no_bias, LayerNorm, Linear};
 
 /// The feed-forward layer of the ViT blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +91,37 @@ impl VitBlock {
         })
     }
 
+    /// A BEiT block (timm's `Beit` block): `attn.qkv` without a bias of its own but with
+    /// `attn.q_bias` and `attn.v_bias` (the key's is zero), layer scale `gamma_1`/`gamma_2`, an
+    /// MLP `mlp` wide.
+    pub fn beit(vb: VarBuilder, dim: usize, heads: usize, mlp: usize) -> candle_core::Result<Self> {
+        let d = dim;
+        let qkv = linear_no_bias(d, 3 * d, vb.pp("attn.qkv"))?;
+        let q = vb.get(d, "attn.q_bias")?;
+        let bias = Tensor::cat(&[&q, &q.zeros_like()?, &vb.get(d, "attn.v_bias")?], 0)?;
+        Ok(VitBlock {
+            norm1: layer_norm(d, 1e-6, vb.pp("norm1"))?,
+            qkv: Linear::new(qkv.weight().clone(), Some(bias)),
+            proj: linear(d, d, vb.pp("attn.proj"))?,
+            ls1: Some(vb.get(d, "gamma_1")?),
+            norm2: layer_norm(d, 1e-6, vb.pp("norm2"))?,
+            ffn: FeedForward::Mlp {
+                fc1: linear(d, mlp, vb.pp("mlp.fc1"))?,
+                fc2: linear(mlp, d, vb.pp("mlp.fc2"))?,
+            },
+            ls2: Some(vb.get(d, "gamma_2")?),
+            heads,
+        })
+    }
+
     /// `[B, N, D]` tokens through the block.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_biased(x, None)
+    }
+
+    /// The same with `bias` (`[1, heads, N, N]`, BEiT's relative position bias) added to the
+    /// attention scores before the softmax.
+    pub fn forward_biased(&self, x: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let hd = c / self.heads;
         let qkv = self
@@ -99,9 +130,19 @@ impl VitBlock {
             .reshape((b, n, 3, self.heads, hd))?
             .permute((2, 0, 3, 1, 4))?;
         let part = |i: usize| qkv.get(i)?.contiguous();
-        let attn = scaled_dot_product(&part(0)?, &part(1)?, &part(2)?)?
-            .transpose(1, 2)?
-            .reshape((b, n, c))?;
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let attn = match bias {
+            None => scaled_dot_product(&q, &k, &v)?,
+            // the streaming kernel takes no bias: the plain form, scaled queries as timm's
+            Some(bias) => {
+                let scores = (q * (1.0 / (hd as f64).sqrt()))?
+                    .matmul(&k.t()?)?
+                    .broadcast_add(bias)?;
+                candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?
+            }
+        }
+        .transpose(1, 2)?
+        .reshape((b, n, c))?;
         let scaled = |y: Tensor, ls: &Option<Tensor>| match ls {
             Some(g) => y.broadcast_mul(g),
             None => Ok(y),
@@ -109,6 +150,111 @@ impl VitBlock {
         let x = (x + scaled(self.proj.forward(&attn)?, &self.ls1)?)?;
         let ff = self.ffn.forward(&self.norm2.forward(&x)?)?;
         x + scaled(ff, &self.ls2)?
+    }
+}
+
+/// MiDaS's `ProjectReadout` and the 1x1 convolution after it (`act_postprocessN.0` and `.3`):
+/// each patch token concatenated with the class token, `Linear(2D, D)` + GELU, as a
+/// `[B, C, gh, gw]` map.
+#[derive(Debug)]
+pub struct Readout {
+    project: Linear,
+    conv: Conv2d,
+}
+
+impl Readout {
+    /// From an `act_postprocessN` prefix, for `d`-wide tokens and `width` output channels.
+    pub fn new(vb: VarBuilder, d: usize, width: usize) -> candle_core::Result<Self> {
+        Ok(Readout {
+            project: linear(2 * d, d, vb.pp("0.project.0"))?,
+            conv: conv2d(d, width, 1, Conv2dConfig::default(), vb.pp("3"))?,
+        })
+    }
+
+    /// `[B, 1 + gh*gw, D]` tokens (class token first) to the map.
+    pub fn forward(&self, x: &Tensor, gh: usize, gw: usize) -> candle_core::Result<Tensor> {
+        let (b, _, d) = x.dims3()?;
+        let n = gh * gw;
+        let readout = x.narrow(1, 0, 1)?.broadcast_as((b, n, d))?;
+        let tokens = Tensor::cat(&[&x.narrow(1, 1, n)?, &readout], 2)?;
+        let y = self.project.forward(&tokens)?.gelu_erf()?;
+        self.conv
+            .forward(&y.transpose(1, 2)?.reshape((b, d, gh, gw))?)
+    }
+}
+
+/// `ConvTranspose2d` with kernel = stride and no padding (the DPT heads' 4x and 2x resize
+/// layers): every input pixel spreads into its own `k x k` block, so it is one matmul.
+#[derive(Debug)]
+pub struct PatchDeconv {
+    /// `[C_in, C_out * k * k]`.
+    weight: Tensor,
+    bias: Tensor,
+    k: usize,
+}
+
+impl PatchDeconv {
+    /// A `c`-channel layer with a `k x k` kernel (`weight`, `bias`).
+    pub fn new(c: usize, k: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(PatchDeconv {
+            weight: vb.get((c, c, k, k), "weight")?.reshape((c, c * k * k))?,
+            bias: vb.get(c, "bias")?,
+            k,
+        })
+    }
+
+    /// `[B, C, h, w]` to `[B, C, k h, k w]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, cin, h, w) = x.dims4()?;
+        let k = self.k;
+        let cout = self.weight.dim(1)? / (k * k);
+        let cols = x.permute((0, 2, 3, 1))?.reshape((b * h * w, cin))?;
+        cols.matmul(&self.weight)?
+            .reshape((b, h, w, cout, k, k))?
+            .permute((0, 3, 1, 4, 2, 5))?
+            .reshape((b, cout, h * k, w * k))?
+            .broadcast_add(&self.bias.reshape((1, cout, 1, 1))?)
+    }
+}
+
+/// How a DPT head brings each of its four maps to its scale: 4x and 2x up, as is, 2x down.
+#[derive(Debug)]
+pub enum Resize {
+    /// A [`PatchDeconv`].
+    Deconv(PatchDeconv),
+    /// Unchanged.
+    Identity,
+    /// A stride-2 3x3 convolution.
+    Down(Conv2d),
+}
+
+impl Resize {
+    /// The four resize layers of a DPT head with maps `widths` wide, from the `.0`..`.3`
+    /// prefixes `vb` gives.
+    pub fn dpt<'a>(
+        widths: [usize; 4],
+        vb: impl Fn(usize) -> VarBuilder<'a>,
+    ) -> candle_core::Result<[Resize; 4]> {
+        let stride2 = Conv2dConfig {
+            padding: 1,
+            stride: 2,
+            ..Default::default()
+        };
+        Ok([
+            Resize::Deconv(PatchDeconv::new(widths[0], 4, vb(0))?),
+            Resize::Deconv(PatchDeconv::new(widths[1], 2, vb(1))?),
+            Resize::Identity,
+            Resize::Down(conv2d(widths[3], widths[3], 3, stride2, vb(3))?),
+        ])
+    }
+
+    /// The map at its new scale.
+    pub fn forward(&self, x: Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Resize::Deconv(t) => t.forward(&x),
+            Resize::Identity => Ok(x),
+            Resize::Down(c) => c.forward(&x),
+        }
     }
 }
 
@@ -214,6 +360,15 @@ impl Refine {
 
     /// `path_1` (at twice the first map's size) from the four maps, finest first.
     pub fn forward(&self, maps: &[Tensor; 4]) -> candle_core::Result<Tensor> {
+        let RefinePaths {
+            paths: [.., path_1],
+            ..
+        } = self.forward_paths(maps)?;
+        Ok(path_1)
+    }
+
+    /// Every fusion's output, and `layer4_rn`'s (what Zoe's metric head reads).
+    pub fn forward_paths(&self, maps: &[Tensor; 4]) -> candle_core::Result<RefinePaths> {
         let mut layers = Vec::with_capacity(4);
         for (conv, x) in self.layer_rn.iter().zip(maps) {
             layers.push(conv.forward(x)?);
@@ -223,11 +378,24 @@ impl Refine {
             Ok((h, w))
         };
         let (h1, w1) = size(&layers[0])?;
-        let path = self.fusion[3].forward(&layers[3], None, size(&layers[2])?)?;
-        let path = self.fusion[2].forward(&path, Some(&layers[2]), size(&layers[1])?)?;
-        let path = self.fusion[1].forward(&path, Some(&layers[1]), (h1, w1))?;
-        self.fusion[0].forward(&path, Some(&layers[0]), (2 * h1, 2 * w1))
+        let path_4 = self.fusion[3].forward(&layers[3], None, size(&layers[2])?)?;
+        let path_3 = self.fusion[2].forward(&path_4, Some(&layers[2]), size(&layers[1])?)?;
+        let path_2 = self.fusion[1].forward(&path_3, Some(&layers[1]), (h1, w1))?;
+        let path_1 = self.fusion[0].forward(&path_2, Some(&layers[0]), (2 * h1, 2 * w1))?;
+        Ok(RefinePaths {
+            layer4_rn: layers.swap_remove(3),
+            paths: [path_4, path_3, path_2, path_1],
+        })
     }
+}
+
+/// The outputs of [`Refine::forward_paths`].
+#[derive(Debug)]
+pub struct RefinePaths {
+    /// `layer4_rn` of the coarsest map.
+    pub layer4_rn: Tensor,
+    /// `refinenet4` .. `refinenet1`'s outputs (`path_4` .. `path_1`), coarsest first.
+    pub paths: [Tensor; 4],
 }
 
 /// The depth output: a 3x3 convolution halving the width, a bilinear resize (corners aligned),
@@ -252,10 +420,22 @@ impl DepthOut {
 
     /// `[B, 1, h, w]` from the fused features.
     pub fn forward(&self, path: &Tensor, size: (usize, usize)) -> candle_core::Result<Tensor> {
+        Ok(self.forward_hidden(path, size)?.1)
+    }
+
+    /// The hidden map after its ReLU (`[B, hidden, h, w]`, Zoe's `out_conv` features) and the
+    /// depth.
+    pub fn forward_hidden(
+        &self,
+        path: &Tensor,
+        size: (usize, usize),
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let x = self
             .conv1
             .forward(path)?
             .upsample_bilinear2d(size.0, size.1, true)?;
-        self.conv3.forward(&self.conv2.forward(&x)?.relu()?)?.relu()
+        let hidden = self.conv2.forward(&x)?.relu()?;
+        let depth = self.conv3.forward(&hidden)?.relu()?;
+        Ok((hidden, depth))
     }
 }

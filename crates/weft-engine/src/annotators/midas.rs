@@ -18,12 +18,11 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
-use super::dpt::{DepthOut, Ffn, Refine, VitBlock};
+use super::dpt::{DepthOut, Ffn, Readout, Refine, VitBlock};
 use super::{load_published, map_values, same_pad, u8_from_clipped};
 use crate::load::file::StateDict;
 use crate::load::LoadError;
 use crate::ops::conv::{conv2d, Conv2d};
-use crate::ops::layers::{linear, Linear};
 use crate::ops::norm::{group_norm, GroupNorm};
 use crate::preprocess::aux::{detect_resolution, hwc3, resize_image_with_pad};
 use crate::preprocess::cv::Interpolation;
@@ -321,33 +320,6 @@ impl ResNet {
             out.push(x.clone());
         }
         Ok(out)
-    }
-}
-
-/// `ProjectReadout` and the 1x1 convolution after it: each patch token concatenated with the
-/// class token, `Linear(2D, D)` + GELU, as a `[B, C, gh, gw]` map.
-#[derive(Debug)]
-struct Readout {
-    project: Linear,
-    conv: Conv2d,
-}
-
-impl Readout {
-    fn new(vb: VarBuilder, d: usize, width: usize) -> candle_core::Result<Self> {
-        Ok(Readout {
-            project: linear(2 * d, d, vb.pp("0.project.0"))?,
-            conv: conv2d(d, width, 1, Conv2dConfig::default(), vb.pp("3"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, gh: usize, gw: usize) -> candle_core::Result<Tensor> {
-        let (b, _, d) = x.dims3()?;
-        let n = gh * gw;
-        let readout = x.narrow(1, 0, 1)?.broadcast_as((b, n, d))?;
-        let tokens = Tensor::cat(&[&x.narrow(1, 1, n)?, &readout], 2)?;
-        let y = self.project.forward(&tokens)?.gelu_erf()?;
-        self.conv
-            .forward(&y.transpose(1, 2)?.reshape((b, d, gh, gw))?)
     }
 }
 

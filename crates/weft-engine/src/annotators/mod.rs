@@ -9,6 +9,7 @@
 //! against the model budget like ControlNets. The classical, weight-free preprocessors live in
 //! `crate::preprocess`, whose uint8 image type and OpenCV-exact primitives these reuse.
 
+pub mod beit;
 pub mod depth_anything_v2;
 pub mod dpt;
 pub mod hed;
@@ -19,6 +20,7 @@ pub mod normalbae;
 pub mod openpose;
 pub mod pidinet;
 pub mod uniformer;
+pub mod zoe;
 
 use std::collections::HashMap;
 use std::sync::Arc;

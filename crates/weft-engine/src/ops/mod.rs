@@ -19,8 +19,21 @@ pub(crate) fn reflect_pad(
     img: &candle_core::Tensor,
     pad: usize,
 ) -> candle_core::Result<candle_core::Tensor> {
+    reflect_pad_hw(img, pad, pad)
+}
+
+/// torch's `F.pad(.., mode="reflect")` by `pad_h` rows above and below and `pad_w` columns left
+/// and right of `[B, C, H, W]`.
+pub(crate) fn reflect_pad_hw(
+    img: &candle_core::Tensor,
+    pad_h: usize,
+    pad_w: usize,
+) -> candle_core::Result<candle_core::Tensor> {
     let mut out = img.clone();
-    for dim in [2, 3] {
+    for (dim, pad) in [(2, pad_h), (3, pad_w)] {
+        if pad == 0 {
+            continue;
+        }
         let n = out.dim(dim)?;
         if pad >= n {
             candle_core::bail!("cannot reflect-pad {n} pixels by {pad}");

@@ -1,11 +1,11 @@
-//! What the annotator parity tests share: the fixtures' folder, uint8 maps as images, and the
-//! largest difference of two tensors. Each test binary includes it (`mod common;`) and uses what
+//! What the annotator parity tests share: the fixtures' folder, uint8 maps as images, the
+//! largest difference of two tensors, and a node's map against the reference's in levels. Each test binary includes it (`mod common;`) and uses what
 //! it needs.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use weft_engine::preprocess::ImageU8;
 
 /// `tests/fixtures/annotators/<family>` at the workspace root.
@@ -47,4 +47,17 @@ pub fn comfy_image(u8_hwc: &Tensor) -> Tensor {
         .unwrap()
         .unsqueeze(0)
         .unwrap()
+}
+
+/// A node's IMAGE `[1, H, W, C]` against the reference's uint8 map, in levels: (max diff,
+/// values off).
+pub fn levels(out: &Tensor, expected: &Tensor, what: &str) -> (u8, usize) {
+    assert_eq!(out.dims()[1..], *expected.dims(), "{what}: map size");
+    let got = (out * 255.0)
+        .and_then(|t| t.round()?.to_dtype(DType::U8)?.squeeze(0))
+        .expect("levels");
+    let (got, want) = (image_u8(&got).data, image_u8(expected).data);
+    let worst = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max();
+    let off = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+    (worst.unwrap_or(0), off)
 }
