@@ -25,6 +25,7 @@ use weft::engine::annotators::openpose::{
 };
 use weft::engine::annotators::pidinet::{PiDiNet, PidiOptions};
 use weft::engine::annotators::uniformer::UniFormer;
+use weft::engine::annotators::zoe::Zoe;
 use weft::engine::load::file::StateDict;
 use weft::engine::preprocess;
 
@@ -235,6 +236,12 @@ fn main() -> anyhow::Result<()> {
                 512,
                 MidasMap::Depth,
             )?)
+        });
+    }
+    if let Some(sd) = open("ZoeD_M12_N.pt") {
+        let net = Zoe::load(&sd, &device)?;
+        bench("Zoe-DepthMapPreprocessor", runs, || {
+            Ok(annotators::zoe::zoe(&net, &image, 512)?)
         });
     }
     if let Some(sd) = open("upernet_global_small.pth") {

@@ -45,7 +45,8 @@ async fn zoe_map_matches_the_pack_from_either_folder_layout() {
         );
         assert_eq!(node["output"], json!(["IMAGE"]));
 
-        app.queue_ok("/prompt", json!({"prompt": graph("zoe")})).await;
+        app.queue_ok("/prompt", json!({"prompt": graph("zoe")}))
+            .await;
         let (w, h, _, pixels) = read_png(&app.data_dir().join("output/zoe_00001_.png"));
         let want = &reference["astronaut.depth_map"];
         assert_eq!(want.dims(), [h as usize, w as usize, 3], "{sub}");

@@ -32,6 +32,7 @@ NETWORK_SCRIPTS = [
     "normalbae_reference.py",
     "midas_reference.py",
     "uniformer_reference.py",
+    "zoe_reference.py",
 ]
 
 
