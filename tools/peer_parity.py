@@ -181,6 +181,16 @@ def image_ops():
     return g
 
 
+def hires_fix_bislerp():
+    """A hires fix: the latent upscaled 1.5x with bislerp, then sampled again at denoise 0.5."""
+    g = default_graph()
+    g["20"] = {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["3", 0], "upscale_method": "bislerp",
+               "scale_by": 1.5}}
+    g["21"] = {"class_type": "KSampler", "inputs": {**g["3"]["inputs"], "latent_image": ["20", 0], "denoise": 0.5}}
+    g["8"]["inputs"]["samples"] = ["21", 0]
+    return g
+
+
 def inpaint_model_conditioning():
     """InpaintModelConditioning on a 4-channel model: the concat image is unused, the noise mask
     inpaints."""
@@ -230,6 +240,7 @@ def node_cases():
         ("nodes InpaintModelConditioning", inpaint_model_conditioning()),
         ("nodes ModelMergeSimple 0.4 (LoRA-patched, plain)", merged_with_lora()),
         ("nodes latent flip/rotate/maths/crop/composite", latent_ops()),
+        ("nodes LatentUpscaleBy bislerp 1.5 hires fix", hires_fix_bislerp()),
         ("nodes image blur/sharpen/blend/quantize, masks, composite", image_ops()),
     ]
 
