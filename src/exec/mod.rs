@@ -26,7 +26,7 @@ use crate::graph::workflow::WorkflowFormatError;
 use crate::graph::{validate, NodeErrors, PromptError, Signature, Workflow};
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
-use crate::store::{Lease, NewPrompt, Store, StoreError};
+use crate::store::{Lease, NewPrompt, QueueNumber, Store, StoreError};
 
 pub use crate::wire::{Event, ExecutionErrorInfo};
 pub use cache::{CachedOutput, EntryInfo, OutputCache};
@@ -331,25 +331,18 @@ impl Executor {
             .prompt_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         tracing::Span::current().record("prompt_id", prompt_id.as_str());
-        if self.store.is_queued(&prompt_id).await? {
-            return Err(SubmitError::DuplicateId(prompt_id));
-        }
         let number = match submission.number {
-            Some(n) => n,
-            None => {
-                let counter = self.store.next_number().await?;
-                if submission.front {
-                    -counter
-                } else {
-                    counter
-                }
-            }
+            Some(n) => QueueNumber::Given(n),
+            None => QueueNumber::Next {
+                front: submission.front,
+            },
         };
         let mut extra_data = submission.extra_data;
         if let Some(client_id) = &submission.client_id {
             extra_data.insert("client_id".into(), Json::from(client_id.as_str()));
         }
-        self.store
+        let number = self
+            .store
             .enqueue(&NewPrompt {
                 prompt_id: prompt_id.clone(),
                 number,
@@ -358,7 +351,11 @@ impl Executor {
                 outputs_to_execute: plan.outputs().to_vec(),
                 client_id: submission.client_id,
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyQueued(id) => SubmitError::DuplicateId(id),
+                e => e.into(),
+            })?;
         tracing::info!(number, outputs = plan.outputs().len(), "prompt queued");
         self.announce_work().await;
         self.emit_status().await;

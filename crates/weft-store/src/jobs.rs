@@ -113,7 +113,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NewPrompt;
+    use crate::{NewPrompt, QueueNumber};
     use serde_json::json;
 
     fn item(id: &str, number: f64, workflow_id: Option<&str>) -> NewPrompt {
@@ -123,7 +123,7 @@ mod tests {
         };
         NewPrompt {
             prompt_id: id.into(),
-            number,
+            number: QueueNumber::Given(number),
             prompt: json!({}),
             extra_data,
             outputs_to_execute: vec!["9".into()],

@@ -34,7 +34,7 @@ use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 pub use jobs::{JobFilter, JobOrder};
 pub use leases::{Lease, ModelNames, WorkerReport, WorkerRow};
 pub use notify::{Listener, Notification};
-pub use prompts::{NewPrompt, PromptRow, PromptStatus, Recovery};
+pub use prompts::{NewPrompt, PromptRow, PromptStatus, QueueNumber, Recovery};
 pub use workflows::{
     FileImport, FileMove, FileSave, WorkflowFileRow, WorkflowRow, WorkflowVersionRow,
 };
@@ -42,7 +42,10 @@ pub use workflows::{
 /// A store failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A query or transaction failed (also returned when `enqueue` finds the id already queued).
+    /// `enqueue` found a prompt with this id still queued or running.
+    #[error("prompt id '{0}' is already queued")]
+    AlreadyQueued(String),
+    /// A query or transaction failed.
     #[error("database error while {doing}: {source}")]
     Sql {
         /// What the store was doing, as a phrase for the message (`"reading a workflow"`).
