@@ -55,6 +55,9 @@ import transformers
 from safetensors.numpy import save_file
 from transformers import BitConfig, DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import midas_reference as M  # noqa: E402  (the pack's maps, common_annotator_call, weights)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "..", "tests", "fixtures", "annotators", "midas_hf")
 FOLDER = os.path.join("Intel", "dpt-hybrid-midas")
@@ -71,9 +74,9 @@ PREPROCESSOR = {
 
 
 def import_pack(src):
-    sys.path.insert(0, src)
+    M.import_pack(src)
     global HWC3, resize_image_with_pad
-    from custom_controlnet_aux.util import HWC3, resize_image_with_pad
+    HWC3, resize_image_with_pad = M.HWC3, M.resize_image_with_pad
 
 
 def config(full=True):
@@ -112,17 +115,6 @@ def save(model, proc, folder):
         json.dump(pre, f, indent=2)
 
 
-def common_annotator_call(model, tensor_image, resolution, **kwargs):
-    """utils.py `common_annotator_call` (no pbar): per image, uint8 by truncation, result / 255."""
-    detect_resolution = resolution if isinstance(resolution, int) and resolution >= 64 else 512
-    outs = []
-    for image in tensor_image:
-        np_image = np.asarray(image.cpu() * 255.0, dtype=np.uint8)
-        np_result = model(np_image, output_type="np", detect_resolution=detect_resolution, **kwargs)
-        outs.append(torch.from_numpy(np_result.astype(np.float32) / 255.0))
-    return torch.stack(outs)
-
-
 class PackMidasDetector:
     """The pack's `MidasDetector.__call__` (midas/transformers.py at HEAD) around a given model and
     processor (the pack builds them with from_pretrained); `last` keeps the processor's output and
@@ -145,43 +137,14 @@ class PackMidasDetector:
             depth = torch.nn.functional.interpolate(
                 depth.unsqueeze(1), size=(detected_map.shape[0], detected_map.shape[1]),
                 mode="bicubic", align_corners=False).squeeze()
-            depth_pt = depth.clone()
-            depth_pt -= torch.min(depth_pt)
-            depth_pt /= torch.max(depth_pt)
-            depth_pt = depth_pt.cpu().numpy()
-            depth_image = (depth_pt * 255.0).clip(0, 255).astype(np.uint8)
-            if depth_and_normal:
-                depth_np = depth.cpu().numpy()
-                x = cv2.Sobel(depth_np, cv2.CV_32F, 1, 0, ksize=3)
-                y = cv2.Sobel(depth_np, cv2.CV_32F, 0, 1, ksize=3)
-                z = np.ones_like(x) * a
-                x[depth_pt < bg_th] = 0
-                y[depth_pt < bg_th] = 0
-                normal = np.stack([x, y, z], axis=2)
-                normal /= np.sum(normal ** 2.0, axis=2, keepdims=True) ** 0.5
-                normal_image = (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)[:, :, ::-1]
-        depth_image = remove_pad(HWC3(depth_image))
-        if depth_and_normal:
-            return depth_image, remove_pad(HWC3(normal_image))
-        return depth_image
+            return M.maps(depth, a, bg_th, depth_and_normal, remove_pad)
 
 
 def tiny_model():
     torch.manual_seed(0)
     model = DPTForDepthEstimation(config(full=False)).eval()
-    g = torch.Generator().manual_seed(0)
+    M.randomise(model, ("position_embeddings", "cls_token"))
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * r)
-            elif name.endswith("bias"):
-                p.copy_(0.05 * r)
-            elif name.endswith(("position_embeddings", "cls_token")):
-                p.copy_(0.5 * r)
-            else:
-                fan_in = p[0].numel() if p.dim() > 1 else 1
-                p.copy_(r * (1.5 / fan_in) ** 0.5)
         # keep the final ReLU mostly open so the map is not flat
         model.head.head[4].weight.mul_(0.1)
         model.head.head[4].bias.fill_(2.0)
@@ -196,14 +159,6 @@ def inputs():
     return [("astronaut", astro, 256), ("coffee", coffee, 64)]
 
 
-def to_comfy(u8):
-    return torch.from_numpy(u8.astype(np.float32) / 255.0)[None]
-
-
-def to_u8(out):
-    return np.round(out[0].numpy() * 255.0).astype(np.uint8)
-
-
 def fixtures():
     model = tiny_model()
     proc = processor(model.config)
@@ -211,10 +166,10 @@ def fixtures():
     detector = PackMidasDetector(model, proc)
     tensors, meta = {}, {"a": A, "bg_threshold": BG_TH, "cases": {}}
     for case, img, res in inputs():
-        depth_map = to_u8(common_annotator_call(detector, to_comfy(img), res, a=A, bg_th=BG_TH))
+        depth_map = M.to_u8(M.common_annotator_call(detector, M.to_comfy(img), res, a=A, bg_th=BG_TH))
         last = detector.last
         normal = lambda image, **kw: detector(image, **kw)[1]
-        normal_map = to_u8(common_annotator_call(normal, to_comfy(img), res, a=A, bg_th=BG_TH,
+        normal_map = M.to_u8(M.common_annotator_call(normal, M.to_comfy(img), res, a=A, bg_th=BG_TH,
                                                  depth_and_normal=True))
         depth = last["depth"]
         zero = float((depth <= 0).mean())
@@ -260,13 +215,13 @@ def bench():
     model = full_model()
     detector = PackMidasDetector(model, processor(model.config))
     img = cv2.resize(skimage.data.astronaut(), (512, 512), interpolation=cv2.INTER_AREA)
-    image = to_comfy(img)
+    image = M.to_comfy(img)
     with torch.inference_mode():
-        common_annotator_call(detector, image, 512, a=A, bg_th=BG_TH)  # warm-up
+        M.common_annotator_call(detector, image, 512, a=A, bg_th=BG_TH)  # warm-up
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
-            common_annotator_call(detector, image, 512, a=A, bg_th=BG_TH)
+            M.common_annotator_call(detector, image, 512, a=A, bg_th=BG_TH)
             times.append(time.perf_counter() - t0)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, 2 threads, cpu f32: "
           f"MiDaS-DepthMapPreprocessor (Intel/dpt-hybrid-midas layout) 512x512 at resolution 512: "

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use common::{comfy_image, fixture_dir, image_u8, levels, max_abs};
+use common::{check_depth, check_depth_and_normal, comfy_image, fixture_dir, image_u8};
 use weft_engine::annotators::midas::{midas, Input, Midas, MidasMap, Stage};
 use weft_engine::load::file::StateDict;
 use weft_engine::preprocess::aux::resize_image_with_pad;
@@ -24,12 +24,16 @@ fn load(path: &Path) -> Midas {
     Midas::load(&sd, &Device::Cpu).expect("loads")
 }
 
-#[test]
-fn midas_from_the_transformers_folder_matches_the_pack() {
-    let dir = fixture_dir("midas_hf");
-    let model = load(&dir.join("Intel/dpt-hybrid-midas/model.safetensors"));
+/// The shape read from the weights and config.json: stages as (blocks, width, mid); [stem, ViT
+/// width, blocks, heads, MLP width, position grid side]; the read-out layers.
+fn check_config(
+    model: &Midas,
+    stages: [(usize, usize, usize); 3],
+    vit: [usize; 6],
+    hooks: [usize; 2],
+) {
     let cfg = model.config();
-    let stages: Vec<Stage> = [(1, 128, 32), (2, 128, 32), (1, 128, 32)]
+    let stages: Vec<Stage> = stages
         .iter()
         .map(|&(blocks, width, mid)| Stage { blocks, width, mid })
         .collect();
@@ -43,14 +47,23 @@ fn midas_from_the_transformers_folder_matches_the_pack() {
             cfg.mlp,
             cfg.pos_side
         ],
-        [32, 64, 4, 1, 64, 12]
+        vit
     );
-    assert_eq!(
-        cfg.hooks,
-        [1, 3],
-        "backbone_out_indices[2..] of config.json"
-    );
+    assert_eq!(cfg.hooks, hooks, "backbone_out_indices[2..] of config.json");
     assert_eq!(cfg.layer_norm_eps, 1e-12);
+}
+
+#[test]
+fn midas_from_the_transformers_folder_matches_the_pack() {
+    let dir = fixture_dir("midas_hf");
+    let model = load(&dir.join("Intel/dpt-hybrid-midas/model.safetensors"));
+    check_config(
+        &model,
+        [(1, 128, 32), (2, 128, 32), (1, 128, 32)],
+        [32, 64, 4, 1, 64, 12],
+        [1, 3],
+    );
+    let cfg = model.config();
     assert_eq!([cfg.readout[0], cfg.readout[1], cfg.features], [64, 64, 16]);
     let Input::Processor(processor) = model.input().clone() else {
         panic!("the transformers layout runs through the processor");
@@ -92,38 +105,15 @@ fn midas_from_the_transformers_folder_matches_the_pack() {
             .infer_processed(&padded.image, &processor)
             .expect("depth");
         let expected = &reference[&format!("{case}.depth")];
-        let range = expected
-            .max_all()
-            .and_then(|t| t.to_scalar::<f32>())
-            .expect("max");
-        let diff = max_abs(&depth, expected);
-        assert!(
-            diff <= 1e-4 * range,
-            "{case}: depth differs by {diff} (range {range})"
-        );
+        let note = check_depth(&depth, expected, 1e-4, case);
 
         let image = comfy_image(input);
         let run = |map| midas(&model, &image, resolution as u32, map).expect("node");
-        let (dw, doff) = levels(
-            &run(MidasMap::Depth),
-            &reference[&format!("{case}.depth_map")],
-            case,
-        );
         let normal = MidasMap::Normal {
             a,
             bg_threshold: 0.1,
         };
-        let (nw, noff) = levels(
-            &run(normal),
-            &reference[&format!("{case}.normal_map")],
-            case,
-        );
-        println!(
-            "{case}: depth max diff {diff:.2e} of {range:.2}; depth map max diff {dw} level(s), \
-             {doff} values off; normal map max diff {nw} level(s), {noff} values off"
-        );
-        assert!(dw <= 1, "{case}: depth map differs by {dw} levels");
-        assert!(nw <= 1, "{case}: normal map differs by {nw} levels");
+        check_depth_and_normal(case, &note, &run(MidasMap::Depth), &run(normal), &reference);
     }
 }
 
@@ -137,19 +127,12 @@ fn full_size_folder_loads_and_runs() {
         return;
     };
     let model = load(Path::new(&path));
-    let cfg = model.config();
-    assert_eq!(
-        [
-            cfg.stem,
-            cfg.embed_dim,
-            cfg.depth,
-            cfg.heads,
-            cfg.mlp,
-            cfg.pos_side
-        ],
-        [64, 768, 12, 12, 3072, 24]
+    check_config(
+        &model,
+        [(3, 256, 64), (4, 512, 128), (9, 1024, 256)],
+        [64, 768, 12, 12, 3072, 24],
+        [8, 11],
     );
-    assert_eq!(cfg.hooks, [8, 11]);
     let image = Tensor::rand(0f32, 1f32, (1, 512, 512, 3), &Device::Cpu).expect("image");
     let start = std::time::Instant::now();
     let out = midas(&model, &image, 512, MidasMap::Depth).expect("runs");

@@ -196,7 +196,7 @@ fn usize_field(json: &Json, name: &str) -> Option<usize> {
 fn apply_config(config: &mut Config, json: Option<&Json>) -> Result<(), String> {
     let get = |name: &str| json.and_then(|j| j.get(name));
     if let Some(heads) = json.and_then(|j| usize_field(j, "num_attention_heads")) {
-        if heads == 0 || config.embed_dim % heads != 0 {
+        if heads == 0 || !config.embed_dim.is_multiple_of(heads) {
             return Err(format!(
                 "{heads} attention heads do not divide the width {}",
                 config.embed_dim
@@ -252,7 +252,7 @@ fn processor(json: Option<&Json>, side: usize) -> Result<Processor, String> {
             _ => return Err(format!("processor size {size}")),
         },
     };
-    if height == 0 || width == 0 || height % 32 != 0 || width % 32 != 0 {
+    if height == 0 || width == 0 || !height.is_multiple_of(32) || !width.is_multiple_of(32) {
         return Err(format!(
             "processor size {height}x{width}: multiples of 32 expected"
         ));
