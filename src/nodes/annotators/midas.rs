@@ -1,8 +1,8 @@
 //! comfyui_controlnet_aux's MiDaS nodes (node_wrappers/midas.py): `MiDaS-DepthMapPreprocessor`
 //! and `MiDaS-NormalMapPreprocessor`, DPT-Hybrid (the network in `engine::annotators::midas`)
 //! from either of the two files the pack has read:
-//! - transformers' `Intel/dpt-hybrid-midas` folder (`model.safetensors` with its `config.json`
-//!   and `preprocessor_config.json`), which the pack loads through `DPTForDepthEstimation` since
+//! - transformers' `Intel/dpt-hybrid-midas` folder (`model.safetensors`, or `pytorch_model.bin`,
+//!   with its `config.json` and `preprocessor_config.json`), which the pack loads through `DPTForDepthEstimation` since
 //!   e8b689a: found as `.../Intel/dpt-hybrid-midas/model.safetensors` or in a hub cache's
 //!   `models--Intel--dpt-hybrid-midas/snapshots/<rev>/`, any depth under `models/annotators/`;
 //!   run as today's pack runs it (its processor's resize, the depth resized back);
@@ -34,13 +34,16 @@ pub const MIDAS_FILE: AnnotatorFile = AnnotatorFile::lllyasviel("dpt_hybrid-mida
 /// The Hugging Face repository today's pack loads through transformers.
 pub const MIDAS_HF_REPO: &str = "Intel/dpt-hybrid-midas";
 
-/// The weights of a [`MIDAS_HF_REPO`] folder (the JSON files are read beside them).
-const MIDAS_HF_WEIGHTS: &str = "model.safetensors";
+/// The weights of a [`MIDAS_HF_REPO`] folder (the JSON files are read beside them), in
+/// transformers' order of preference: safetensors, else the older pickle.
+const MIDAS_HF_WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 
 /// The net's file: the transformers folder's weights if there are any, else the `.pt`; the
 /// error names both.
 pub fn midas_path(dirs: &DataDirs) -> Result<PathBuf, NodeError> {
-    dirs.annotator_repo_file(MIDAS_HF_REPO, MIDAS_HF_WEIGHTS)
+    MIDAS_HF_WEIGHTS
+        .iter()
+        .find_map(|name| dirs.annotator_repo_file(MIDAS_HF_REPO, name))
         .or_else(|| dirs.annotator_file(MIDAS_FILE.name))
         .ok_or_else(|| NodeError::Failed(midas_missing()))
 }
@@ -49,10 +52,12 @@ pub fn midas_path(dirs: &DataDirs) -> Result<PathBuf, NodeError> {
 pub fn midas_missing() -> String {
     format!(
         "{}; or today's comfyui_controlnet_aux's transformers folder {MIDAS_HF_REPO} \
-         ({MIDAS_HF_WEIGHTS}, config.json, preprocessor_config.json) anywhere under \
+         ({} or {}, config.json, preprocessor_config.json) anywhere under \
          models/annotators/ (e.g. ckpts/{MIDAS_HF_REPO}/, or a Hugging Face cache's \
          models--{}/snapshots/<revision>/), published at https://huggingface.co/{MIDAS_HF_REPO}",
         MIDAS_FILE.missing(),
+        MIDAS_HF_WEIGHTS[0],
+        MIDAS_HF_WEIGHTS[1],
         MIDAS_HF_REPO.replace('/', "--"),
     )
 }

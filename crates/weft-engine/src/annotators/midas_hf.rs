@@ -1,6 +1,6 @@
-//! MiDaS DPT-Hybrid from transformers' `Intel/dpt-hybrid-midas` folder (`model.safetensors`,
-//! `config.json`, `preprocessor_config.json`), which comfyui_controlnet_aux loads through
-//! `DPTForDepthEstimation` since e8b689a. The maths is the published `.pt`'s
+//! MiDaS DPT-Hybrid from transformers' `Intel/dpt-hybrid-midas` folder (`model.safetensors` or
+//! `pytorch_model.bin`, `config.json`, `preprocessor_config.json`), which comfyui_controlnet_aux
+//! loads through `DPTForDepthEstimation` since e8b689a. The maths is the published `.pt`'s
 //! ([`super::midas::Midas`]), so the file's names are renamed to the `.pt`'s: BiT's
 //! `embedder`/`encoder.stages.S.layers.B` to timm's `stem`/`stages.S.blocks.B`, each ViT layer's
 //! separate query, key and value joined into `attn.qkv`, the neck's readout projections and
