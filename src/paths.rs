@@ -294,21 +294,48 @@ impl DataDirs {
     /// the annotator folders at any depth (`models/annotators/x.pth`, or comfyui_controlnet_aux's
     /// `ckpts/lllyasviel/Annotators/x.pth` linked or configured as `annotators`), shallowest first.
     pub fn annotator_file(&self, file_name: &str) -> Option<PathBuf> {
+        self.find_annotator(Some(file_name), |f| f.rsplit('/').next() == Some(file_name))
+    }
+
+    /// A file of a Hugging Face repository `repo` (`Intel/dpt-hybrid-midas`) under the annotator
+    /// folders at any depth, shallowest first: in a folder laid out as the repository
+    /// (`.../Intel/dpt-hybrid-midas/model.safetensors`, comfyui_controlnet_aux's `ckpts/` tree)
+    /// or in a hub cache's snapshot (`.../models--Intel--dpt-hybrid-midas/snapshots/<rev>/...`,
+    /// where transformers' `from_pretrained` keeps it).
+    pub fn annotator_repo_file(&self, repo: &str, file_name: &str) -> Option<PathBuf> {
+        let plain = format!("{repo}/{file_name}");
+        let cache = format!("models--{}/snapshots/", repo.replace('/', "--"));
+        self.find_annotator(None, |f| {
+            let in_plain = f == plain || f.ends_with(&format!("/{plain}"));
+            let in_cache = f.rsplit_once('/').is_some_and(|(dir, name)| {
+                name == file_name
+                    && dir
+                        .rsplit_once('/')
+                        .is_some_and(|(snapshots, _rev)| format!("{snapshots}/").ends_with(&cache))
+            });
+            in_plain || in_cache
+        })
+    }
+
+    /// The first file under the annotator folders (relative path, `/`-separated) that `matches`,
+    /// shallowest first; `direct` is tried at the top of each folder before walking it.
+    fn find_annotator(
+        &self,
+        direct: Option<&str>,
+        matches: impl Fn(&str) -> bool,
+    ) -> Option<PathBuf> {
         let mut found: Vec<String> = Vec::new();
         for dir in self.model_folders("annotators")? {
             // The shallowest place wins anyway: skip the walk when the file is right there.
-            let direct = dir.join(file_name);
-            if direct.is_file() {
-                return Some(direct);
+            if let Some(direct) = direct.map(|name| dir.join(name)) {
+                if direct.is_file() {
+                    return Some(direct);
+                }
             }
             let mut files = Vec::new();
             list_files_recursive(&dir, &dir, &mut files, MODEL_EXTENSIONS, 8, true);
             found.clear();
-            found.extend(
-                files
-                    .into_iter()
-                    .filter(|f| f.rsplit('/').next() == Some(file_name)),
-            );
+            found.extend(files.into_iter().filter(|f| matches(f)));
             found.sort_by_key(|f| (f.matches('/').count(), f.clone()));
             if let Some(first) = found.first() {
                 return Some(dir.join(first));
@@ -865,6 +892,34 @@ mod tests {
         );
         assert_eq!(dirs.annotator_file("sk_model.pth"), None);
         assert_eq!(dirs.annotator_file("Annotators"), None);
+    }
+
+    #[test]
+    fn repository_files_are_found_in_plain_and_hub_cache_folders() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = super::DataDirs::new(root.path(), &root.path().join("models"));
+        let annotators = root.path().join("models/annotators");
+        let repo = "Intel/dpt-hybrid-midas";
+        assert_eq!(dirs.annotator_repo_file(repo, "model.safetensors"), None);
+        let cache = annotators.join("hub/models--Intel--dpt-hybrid-midas/snapshots/abc123");
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::write(cache.join("model.safetensors"), b"x").unwrap();
+        // another repository's file of the same name is not it
+        let other = annotators.join("Intel/dpt-large");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("model.safetensors"), b"x").unwrap();
+        assert_eq!(
+            dirs.annotator_repo_file(repo, "model.safetensors"),
+            Some(cache.join("model.safetensors"))
+        );
+        let plain = annotators.join("ckpts/Intel/dpt-hybrid-midas");
+        std::fs::create_dir_all(&plain).unwrap();
+        std::fs::write(plain.join("model.safetensors"), b"x").unwrap();
+        assert_eq!(
+            dirs.annotator_repo_file(repo, "model.safetensors"),
+            Some(plain.join("model.safetensors")),
+            "shallower"
+        );
     }
 
     #[test]

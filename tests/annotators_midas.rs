@@ -2,7 +2,10 @@
 //! tiny DPT-Hybrid of `tools/parity/midas_reference.py` (tests/fixtures/annotators/midas/
 //! dpt_hybrid-midas-501f0c75.pt) under `models/annotators/`, then under comfyui_controlnet_aux's
 //! `ckpts/lllyasviel/Annotators/` tree: the saved PNGs against the pack's maps within 1 level,
-//! the declarations as the pack's, and a missing file named.
+//! the declarations as the pack's, and a missing file named. Then the transformers folder of
+//! `tools/parity/midas_hf_reference.py` (today's pack) under `ckpts/Intel/dpt-hybrid-midas/`
+//! beside the `.pt`: the folder wins, the `.pt` serves once it is gone, and without either the
+//! error names both.
 
 use serde_json::{json, Value as Json};
 
@@ -12,12 +15,90 @@ use crate::security::history_error;
 const FILE: &str = "dpt_hybrid-midas-501f0c75.pt";
 
 fn graph(class: &str, prefix: &str) -> Json {
+    graph_of(class, prefix, "astronaut.png", 128)
+}
+
+fn graph_of(class: &str, prefix: &str, image: &str, resolution: u32) -> Json {
     json!({
-        "1": {"class_type": "LoadImage", "inputs": {"image": "astronaut.png"}},
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
         "2": {"class_type": class, "inputs": {"image": ["1", 0], "a": std::f64::consts::TAU,
-              "bg_threshold": 0.1, "resolution": 128}},
+              "bg_threshold": 0.1, "resolution": resolution}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}}
     })
+}
+
+/// The saved `<prefix>_00001_.png` against a reference uint8 map: the largest difference.
+fn saved_against(app: &crate::helpers::TestApp, prefix: &str, want: &candle_core::Tensor) -> u8 {
+    let (w, h, _, pixels) = read_png(&app.data_dir().join(format!("output/{prefix}_00001_.png")));
+    assert_eq!(want.dims(), [h as usize, w as usize, 3], "{prefix}");
+    let want: Vec<u8> = want.flatten_all().unwrap().to_vec1().unwrap();
+    max_level_diff(&pixels, &want)
+}
+
+#[actix_web::test]
+async fn midas_reads_todays_transformers_folder_first() {
+    let load = |family| {
+        candle_core::safetensors::load(
+            annotator_fixture(family, "reference.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (hf, pt) = (load("midas_hf"), load("midas"));
+    let app = spawn_app().await;
+    let folder = "ckpts/Intel/dpt-hybrid-midas";
+    add_annotators(
+        &app,
+        "midas_hf/Intel/dpt-hybrid-midas",
+        &[
+            ("model.safetensors", folder),
+            ("config.json", folder),
+            ("preprocessor_config.json", folder),
+        ],
+        None,
+    );
+    add_annotators(&app, "midas_hf", &[], Some("coffee.png"));
+    add_annotators(&app, "midas", &[(FILE, "")], None);
+    for (class, map) in [
+        ("MiDaS-DepthMapPreprocessor", "depth_map"),
+        ("MiDaS-NormalMapPreprocessor", "normal_map"),
+    ] {
+        let prefix = format!("hf_{map}");
+        app.queue_ok(
+            "/prompt",
+            json!({"prompt": graph_of(class, &prefix, "coffee.png", 64)}),
+        )
+        .await;
+        // one level of truncation, here and in SaveImage
+        let worst = saved_against(&app, &prefix, &hf[&format!("coffee.{map}")]);
+        assert!(worst <= 1, "{class} from the folder: {worst} levels");
+    }
+    // Without the folder, the .pt (the same image and resolution are among its cases).
+    std::fs::remove_dir_all(app.dir.path().join("models/annotators/ckpts")).unwrap();
+    let prefix = "pt_depth_map";
+    app.queue_ok(
+        "/prompt",
+        json!({"prompt": graph_of("MiDaS-DepthMapPreprocessor", prefix, "coffee.png", 64)}),
+    )
+    .await;
+    let worst = saved_against(&app, prefix, &pt["coffee.depth_map"]);
+    assert!(worst <= 1, "from the .pt: {worst} levels");
+    // Without either: the error names both.
+    std::fs::remove_file(app.dir.path().join("models/annotators").join(FILE)).unwrap();
+    let id = app
+        .queue(
+            graph_of("MiDaS-DepthMapPreprocessor", "missing", "coffee.png", 64),
+            "missing",
+        )
+        .await;
+    let error = history_error(&app.wait_history(&id).await);
+    let message = error["exception_message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("'{FILE}' not found"))
+            && message.contains("Intel/dpt-hybrid-midas")
+            && message.contains("models--Intel--dpt-hybrid-midas"),
+        "{message}"
+    );
 }
 
 #[actix_web::test]

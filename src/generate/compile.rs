@@ -605,7 +605,9 @@ fn preprocessor(
         // Depth Anything V2 small where its file is, else MiDaS (issue 19's rule).
         ControlType::Depth => match (
             need(depth::DEPTH_ANYTHING_V2_SMALL),
-            need(midas::MIDAS_FILE),
+            midas::midas_path(dirs)
+                .map(|_| ())
+                .map_err(|_| RequestError::new(&field, midas::midas_missing())),
         ) {
             (Ok(()), _) => g.add(
                 "DepthAnythingV2Preprocessor",
@@ -623,7 +625,7 @@ fn preprocessor(
                     format!(
                         "{}. Or, as the fallback: {}",
                         depth::DEPTH_ANYTHING_V2_SMALL.missing(),
-                        midas::MIDAS_FILE.missing()
+                        midas::midas_missing()
                     ),
                 ))
             }

@@ -92,25 +92,31 @@ class PackMidasDetector:
             image_depth = image_depth.permute(2, 0, 1)[None]
             depth = self.model(image_depth)[0]
             self.last_depth = depth.numpy().copy()
-            depth_pt = depth.clone()
-            depth_pt -= torch.min(depth_pt)
-            depth_pt /= torch.max(depth_pt)
-            depth_pt = depth_pt.cpu().numpy()
-            depth_image = (depth_pt * 255.0).clip(0, 255).astype(np.uint8)
-            if depth_and_normal:
-                depth_np = depth.cpu().numpy()
-                x = cv2.Sobel(depth_np, cv2.CV_32F, 1, 0, ksize=3)
-                y = cv2.Sobel(depth_np, cv2.CV_32F, 0, 1, ksize=3)
-                z = np.ones_like(x) * a
-                x[depth_pt < bg_th] = 0
-                y[depth_pt < bg_th] = 0
-                normal = np.stack([x, y, z], axis=2)
-                normal /= np.sum(normal ** 2.0, axis=2, keepdims=True) ** 0.5
-                normal_image = (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)[:, :, ::-1]
-        depth_image = remove_pad(HWC3(depth_image))
-        if depth_and_normal:
-            return depth_image, remove_pad(HWC3(normal_image))
-        return depth_image
+            return maps(depth, a, bg_th, depth_and_normal, remove_pad)
+
+
+def maps(depth, a, bg_th, depth_and_normal, remove_pad):
+    """The pack's maps from the depth (the same code in its `.pt` and transformers versions): min-max
+    to uint8 by truncation, and with `depth_and_normal` the normal from the Sobel gradients."""
+    depth_pt = depth.clone()
+    depth_pt -= torch.min(depth_pt)
+    depth_pt /= torch.max(depth_pt)
+    depth_pt = depth_pt.cpu().numpy()
+    depth_image = (depth_pt * 255.0).clip(0, 255).astype(np.uint8)
+    if depth_and_normal:
+        depth_np = depth.cpu().numpy()
+        x = cv2.Sobel(depth_np, cv2.CV_32F, 1, 0, ksize=3)
+        y = cv2.Sobel(depth_np, cv2.CV_32F, 0, 1, ksize=3)
+        z = np.ones_like(x) * a
+        x[depth_pt < bg_th] = 0
+        y[depth_pt < bg_th] = 0
+        normal = np.stack([x, y, z], axis=2)
+        normal /= np.sum(normal ** 2.0, axis=2, keepdims=True) ** 0.5
+        normal_image = (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)[:, :, ::-1]
+    depth_image = remove_pad(HWC3(depth_image))
+    if depth_and_normal:
+        return depth_image, remove_pad(HWC3(normal_image))
+    return depth_image
 
 
 def build(vit_width=768, depth=12, heads=12, mlp_ratio=4.0, stem=64, layers=(3, 4, 9),
@@ -146,6 +152,16 @@ def build(vit_width=768, depth=12, heads=12, mlp_ratio=4.0, stem=64, layers=(3, 
 def tiny_model():
     model = build(vit_width=64, heads=1, mlp_ratio=1.0, stem=32, layers=(1, 2, 1),
                   channels=(128, 128, 256), features=16, num_classes=0)
+    randomise(model, ("pos_embed", "cls_token"))
+    with torch.no_grad():
+        # keep the final ReLU mostly open so the map is not flat
+        model.scratch.output_conv[4].bias.fill_(1.0)
+    return model
+
+
+def randomise(model, tables):
+    """Seeded weights with contrast: norms near 1, small biases, the `tables` (position table,
+    class token) at 0.5, the rest at 1.5 / fan-in variance."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -154,14 +170,11 @@ def tiny_model():
                 p.copy_(1.0 + 0.1 * r)
             elif name.endswith("bias"):
                 p.copy_(0.05 * r)
-            elif name.endswith(("pos_embed", "cls_token")):
+            elif name.endswith(tables):
                 p.copy_(0.5 * r)
             else:
                 fan_in = p[0].numel() if p.dim() > 1 else 1
                 p.copy_(r * (1.5 / fan_in) ** 0.5)
-        # keep the final ReLU mostly open so the map is not flat
-        model.scratch.output_conv[4].bias.fill_(1.0)
-    return model
 
 
 def inputs():

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture_dir, image_u8, levels, max_abs};
+use common::{check_depth, check_depth_and_normal, fixture_dir, image_u8};
 use weft_engine::annotators::midas::{midas, Config, Midas, MidasMap, Stage};
 use weft_engine::load::file::StateDict;
 use weft_engine::preprocess::aux::resize_image_with_pad;
@@ -72,40 +72,17 @@ fn midas_matches_the_pack() {
                 .expect("pad");
         let depth = model.infer(&padded.image).expect("depth");
         let expected = &reference[&format!("{case}.depth")];
-        let range = expected
-            .max_all()
-            .and_then(|t| t.to_scalar::<f32>())
-            .expect("max");
-        let diff = max_abs(&depth, expected);
-        assert!(
-            diff <= 1e-4 * range,
-            "{case}: depth differs by {diff} (range {range})"
-        );
+        let note = check_depth(&depth, expected, 1e-4, case);
 
         let image = (input.to_dtype(DType::F32).expect("f32") / 255.0)
             .and_then(|t| t.unsqueeze(0))
             .expect("IMAGE");
         let run = |map| midas(&model, &image, resolution as u32, map).expect("node");
-        let (dw, doff) = levels(
-            &run(MidasMap::Depth),
-            &reference[&format!("{case}.depth_map")],
-            case,
-        );
         let normal = MidasMap::Normal {
             a,
             bg_threshold: 0.1,
         };
-        let (nw, noff) = levels(
-            &run(normal),
-            &reference[&format!("{case}.normal_map")],
-            case,
-        );
-        println!(
-            "{case}: depth max diff {diff:.2e} of {range:.2}; depth map max diff {dw} level(s), \
-             {doff} values off; normal map max diff {nw} level(s), {noff} values off"
-        );
-        assert!(dw <= 1, "{case}: depth map differs by {dw} levels");
-        assert!(nw <= 1, "{case}: normal map differs by {nw} levels");
+        check_depth_and_normal(case, &note, &run(MidasMap::Depth), &run(normal), &reference);
     }
 }
 

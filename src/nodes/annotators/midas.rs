@@ -1,12 +1,19 @@
 //! comfyui_controlnet_aux's MiDaS nodes (node_wrappers/midas.py): `MiDaS-DepthMapPreprocessor`
-//! and `MiDaS-NormalMapPreprocessor`, both from `dpt_hybrid-midas-501f0c75.pt` (DPT-Hybrid, the
-//! network in `engine::annotators::midas`).
+//! and `MiDaS-NormalMapPreprocessor`, DPT-Hybrid (the network in `engine::annotators::midas`)
+//! from either of the two files the pack has read:
+//! - transformers' `Intel/dpt-hybrid-midas` folder (`model.safetensors`, or `pytorch_model.bin`,
+//!   with its `config.json` and `preprocessor_config.json`), which the pack loads through `DPTForDepthEstimation` since
+//!   e8b689a: found as `.../Intel/dpt-hybrid-midas/model.safetensors` or in a hub cache's
+//!   `models--Intel--dpt-hybrid-midas/snapshots/<rev>/`, any depth under `models/annotators/`;
+//!   run as today's pack runs it (its processor's resize, the depth resized back);
+//! - `dpt_hybrid-midas-501f0c75.pt` of lllyasviel/Annotators, which the pack read until June 2025
+//!   (the net on the padded image).
 //!
-//! The file, not the pack's current `Intel/dpt-hybrid-midas` transformers download: the pack read
-//! this file (and ran the net on the padded image) until June 2025, the issue names it, and it is
-//! what `models/annotators/` and the pack's `ckpts/` tree hold.
+//! Where both are there the folder wins: it is what today's pack runs.
 
 use std::f64::consts::PI;
+
+use std::path::PathBuf;
 
 use crate::engine::annotators::midas::{midas, Midas, MidasMap};
 use crate::graph::spec::build::*;
@@ -23,6 +30,37 @@ pub fn register(registry: &mut Registry) {
 
 /// `dpt_hybrid-midas-501f0c75.pt` of `lllyasviel/Annotators`.
 pub const MIDAS_FILE: AnnotatorFile = AnnotatorFile::lllyasviel("dpt_hybrid-midas-501f0c75.pt");
+
+/// The Hugging Face repository today's pack loads through transformers.
+pub const MIDAS_HF_REPO: &str = "Intel/dpt-hybrid-midas";
+
+/// The weights of a [`MIDAS_HF_REPO`] folder (the JSON files are read beside them), in
+/// transformers' order of preference: safetensors, else the older pickle.
+const MIDAS_HF_WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
+
+/// The net's file: the transformers folder's weights if there are any, else the `.pt`; the
+/// error names both.
+pub fn midas_path(dirs: &DataDirs) -> Result<PathBuf, NodeError> {
+    MIDAS_HF_WEIGHTS
+        .iter()
+        .find_map(|name| dirs.annotator_repo_file(MIDAS_HF_REPO, name))
+        .or_else(|| dirs.annotator_file(MIDAS_FILE.name))
+        .ok_or_else(|| NodeError::Failed(midas_missing()))
+}
+
+/// What to tell a user who has neither file.
+pub fn midas_missing() -> String {
+    format!(
+        "{}; or today's comfyui_controlnet_aux's transformers folder {MIDAS_HF_REPO} \
+         ({} or {}, config.json, preprocessor_config.json) anywhere under \
+         models/annotators/ (e.g. ckpts/{MIDAS_HF_REPO}/, or a Hugging Face cache's \
+         models--{}/snapshots/<revision>/), published at https://huggingface.co/{MIDAS_HF_REPO}",
+        MIDAS_FILE.missing(),
+        MIDAS_HF_WEIGHTS[0],
+        MIDAS_HF_WEIGHTS[1],
+        MIDAS_HF_REPO.replace('/', "--"),
+    )
+}
 
 /// The MiDaS depth map (`normal: false`) or normal map node; both take `a` and `bg_threshold`
 /// (the depth node passes them on unused, as the pack's does).
@@ -53,7 +91,7 @@ impl Node for MidasPreprocessor {
         dirs: &DataDirs,
         _constants: &[(String, ConstValue)],
     ) -> Result<String, NodeError> {
-        AnnotatorFile::fingerprint(dirs, &[MIDAS_FILE])
+        crate::nodes::path_fingerprint(dirs, &midas_path(dirs)?)
     }
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
@@ -65,7 +103,11 @@ impl Node for MidasPreprocessor {
         } else {
             MidasMap::Depth
         };
-        let net = MIDAS_FILE.load(ctx, Midas::load)?;
+        let path = midas_path(&ctx.dirs)?;
+        let net = ctx
+            .models
+            .annotator(&path, Midas::load)
+            .map_err(|e| NodeError::Failed(format!("annotator MiDaS: {e}")))?;
         image_out(midas(
             &net,
             inputs.image("image")?,

@@ -114,6 +114,16 @@ impl VitBlock {
         })
     }
 
+    /// The block with another LayerNorm epsilon (transformers' DPT layers use the config's
+    /// `layer_norm_eps`, 1e-12, where timm's blocks have 1e-6).
+    pub fn with_layer_norm_eps(self, eps: f64) -> Self {
+        VitBlock {
+            norm1: self.norm1.with_eps(eps),
+            norm2: self.norm2.with_eps(eps),
+            ..self
+        }
+    }
+
     /// `[B, N, D]` tokens through the block.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.forward_biased(x, None)

@@ -11,6 +11,10 @@
 //! padding to multiples of 64), `x / 127.5 - 1`, the net on the padded image, the depth min-max
 //! scaled to uint8 by truncation, or the normal from its Sobel gradients
 //! ([`gradient_normals`], channels reversed), `remove_pad`.
+//!
+//! The same net also loads from transformers' `Intel/dpt-hybrid-midas` folder, which the pack
+//! reads since e8b689a ([`super::midas_hf`]: its names renamed to these, its processor's input);
+//! the detector then runs as [`Input::Processor`] says.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +31,9 @@ use crate::ops::norm::{group_norm, GroupNorm};
 use crate::preprocess::aux::{detect_resolution, hwc3, resize_image_with_pad};
 use crate::preprocess::cv::Interpolation;
 use crate::preprocess::normal::gradient_normals;
+use crate::preprocess::resample::{resize_u8_antialias, Filter};
 use crate::preprocess::{run_aux, ImageU8, PreprocessError, Result};
+use crate::resize::{common_upscale, Crop, UpscaleMethod};
 
 const OP: &str = "MiDaS";
 
@@ -52,7 +58,7 @@ pub struct Stage {
 }
 
 /// The shape of a DPT-Hybrid network, read from its weights.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// ResNet stem width.
     pub stem: usize,
@@ -76,6 +82,8 @@ pub struct Config {
     pub features: usize,
     /// Width of the last hidden convolution (32).
     pub head_hidden: usize,
+    /// The ViT blocks' LayerNorm epsilon (timm's 1e-6; transformers' config says 1e-12).
+    pub layer_norm_eps: f64,
 }
 
 impl Config {
@@ -145,6 +153,7 @@ impl Config {
             ],
             features: dim("scratch.layer1_rn.weight", 0)?,
             head_hidden: dim("scratch.output_conv.2.weight", 0)?,
+            layer_norm_eps: 1e-6,
         })
     }
 }
@@ -337,7 +346,34 @@ pub struct Midas {
     down: Conv2d,
     refine: Refine,
     out: DepthOut,
+    input: Input,
     device: Device,
+}
+
+/// How the detector feeds the net and reads its depth.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The pack up to 2e4e7f6 (`dpt_hybrid-midas-501f0c75.pt`): the padded image itself,
+    /// `x / 127.5 - 1`, the depth at its size.
+    Padded,
+    /// Today's pack (transformers): the padded image through `DPTImageProcessor`, the depth
+    /// resized bicubically (torch's, corners not aligned) back to the padded size.
+    Processor(Processor),
+}
+
+/// What `DPTImageProcessor` does to the padded uint8 image (from `preprocessor_config.json`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Processor {
+    /// The size the image is resized to (the net's `image_size`).
+    pub height: usize,
+    /// Its width.
+    pub width: usize,
+    /// torchvision's antialiased uint8 resize with this filter (`resample`).
+    pub filter: Filter,
+    /// `image_mean / rescale_factor` per channel: the mean on 0..255, as torch fuses them.
+    pub mean: [f32; 3],
+    /// `image_std / rescale_factor`.
+    pub std: [f32; 3],
 }
 
 impl Midas {
@@ -380,6 +416,7 @@ impl Midas {
                         Ffn::Mlp(cfg.mlp),
                         false,
                     )
+                    .map(|b| b.with_layer_norm_eps(cfg.layer_norm_eps))
                 })
                 .collect::<candle_core::Result<_>>()?,
             readout: [
@@ -397,14 +434,30 @@ impl Midas {
                 cfg.features,
                 cfg.head_hidden,
             )?,
+            input: Input::Padded,
             device: vb.device().clone(),
             config: config.clone(),
         })
     }
 
-    /// Reads a published-layout file (`dpt_hybrid-midas-501f0c75.pt`) in f32 onto `device`.
+    /// Reads a published-layout file (`dpt_hybrid-midas-501f0c75.pt`), or transformers'
+    /// `model.safetensors` of `Intel/dpt-hybrid-midas` (with the `config.json` and
+    /// `preprocessor_config.json` beside it), in f32 onto `device`.
     pub fn load(sd: &Arc<StateDict>, device: &Device) -> std::result::Result<Self, LoadError> {
+        if super::midas_hf::is_hf_layout(sd.shapes()) {
+            return super::midas_hf::load(sd, device);
+        }
         load_published(sd, device, Config::detect, Midas::new)
+    }
+
+    /// The net with another detector input.
+    pub fn with_input(self, input: Input) -> Self {
+        Midas { input, ..self }
+    }
+
+    /// How the detector feeds it.
+    pub fn input(&self) -> &Input {
+        &self.input
     }
 
     /// Its shape.
@@ -422,6 +475,9 @@ impl Midas {
             .narrow(1, 1, side * side)?
             .reshape((1, side, side, d))?
             .permute((0, 3, 1, 2))?
+            // candle 0.11's same-size shortcut copies the storage, ignoring the permuted layout
+            // (a 384-side input, the stored grid's own, got a scrambled table)
+            .contiguous()?
             .upsample_bilinear2d(gh, gw, false)?
             .permute((0, 2, 3, 1))?
             .reshape((1, gh * gw, d))?;
@@ -461,12 +517,24 @@ impl Midas {
     /// The raw depth `[H, W]` of a uint8 RGB image whose sides are multiples of 32
     /// (`image / 127.5 - 1.0`).
     pub fn infer(&self, img: &ImageU8) -> Result<Tensor> {
+        self.infer_with(img, |v, _| f32::from(v) / 127.5 - 1.0)
+    }
+
+    /// The depth `[S, S]` at the net's size of a uint8 RGB image through `p` (resized, then
+    /// `(x - mean) / std`).
+    pub fn infer_processed(&self, img: &ImageU8, p: &Processor) -> Result<Tensor> {
+        let resized = resize_u8_antialias(img, p.height, p.width, p.filter);
+        self.infer_with(&resized, |v, ch| (f32::from(v) - p.mean[ch]) / p.std[ch])
+    }
+
+    /// The net on `img`'s channels (grey repeated), each value through `norm(value, channel)`.
+    fn infer_with(&self, img: &ImageU8, norm: impl Fn(u8, usize) -> f32) -> Result<Tensor> {
         let cand = |source| PreprocessError::Candle { op: OP, source };
         let (h, w, c) = (img.height, img.width, img.channels);
         let mut data = vec![0f32; 3 * h * w];
         for (i, px) in img.data.chunks_exact(c).enumerate() {
             for ch in 0..3 {
-                data[ch * h * w + i] = f32::from(px[ch.min(c - 1)]) / 127.5 - 1.0;
+                data[ch * h * w + i] = norm(px[ch.min(c - 1)], ch);
             }
         }
         Tensor::from_vec(data, (1, 3, h, w), &self.device)
@@ -474,12 +542,28 @@ impl Midas {
             .map_err(cand)
     }
 
+    /// The depth at the padded image's size, as the detector reads it.
+    fn depth_for(&self, padded: &ImageU8) -> Result<Tensor> {
+        let p = match &self.input {
+            Input::Padded => return self.infer(padded),
+            Input::Processor(p) => p,
+        };
+        let depth = self.infer_processed(padded, p)?;
+        let (h, w) = (padded.height, padded.width);
+        depth
+            .unsqueeze(0)
+            .and_then(|d| d.unsqueeze(0))
+            .and_then(|d| common_upscale(&d, w, h, UpscaleMethod::Bicubic, Crop::Disabled))
+            .and_then(|d| d.reshape((h, w)))
+            .map_err(|source| PreprocessError::Candle { op: OP, source })
+    }
+
     /// `MidasDetector.__call__` on one uint8 image: the depth map (min-max to uint8, three
     /// channels) or the normal map, at the resolution, pad removed.
     pub fn detect(&self, img: &ImageU8, resolution: u32, map: MidasMap) -> Result<ImageU8> {
         let padded =
             resize_image_with_pad(OP, img, detect_resolution(resolution), Interpolation::Cubic)?;
-        let depth = self.infer(&padded.image)?;
+        let depth = self.depth_for(&padded.image)?;
         let (h, w, values) = map_values(OP, &depth)?;
         let out = match map {
             MidasMap::Depth => {

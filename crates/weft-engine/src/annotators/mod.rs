@@ -15,6 +15,7 @@ pub mod dpt;
 pub mod hed;
 pub mod lineart;
 pub mod midas;
+pub mod midas_hf;
 pub mod mlsd;
 pub mod normalbae;
 pub mod openpose;

@@ -99,6 +99,13 @@ impl Module for LayerNorm {
     }
 }
 
+impl LayerNorm {
+    /// The same weights with another epsilon.
+    pub fn with_eps(self, eps: f64) -> Self {
+        LayerNorm { eps, ..self }
+    }
+}
+
 /// A LayerNorm read from `vb` (`weight`, `bias`).
 pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     let weight = vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.))?;

@@ -24,6 +24,7 @@ pub mod cv_canny;
 pub mod cv_draw;
 pub mod lineart;
 pub mod normal;
+pub mod resample;
 pub mod shuffle;
 pub mod tile;
 

@@ -3,6 +3,7 @@
 //! it needs.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
@@ -60,4 +61,39 @@ pub fn levels(out: &Tensor, expected: &Tensor, what: &str) -> (u8, usize) {
     let worst = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max();
     let off = got.iter().zip(&want).filter(|(a, b)| a != b).count();
     (worst.unwrap_or(0), off)
+}
+
+/// A depth node's two IMAGE outputs against the reference's `<case>.depth_map` and
+/// `<case>.normal_map`, each within one level (uint8 truncation on both sides); prints the
+/// differences after `depth_note` (the raw depth's).
+pub fn check_depth_and_normal(
+    case: &str,
+    depth_note: &str,
+    depth_map: &Tensor,
+    normal_map: &Tensor,
+    reference: &HashMap<String, Tensor>,
+) {
+    let (dw, doff) = levels(depth_map, &reference[&format!("{case}.depth_map")], case);
+    let (nw, noff) = levels(normal_map, &reference[&format!("{case}.normal_map")], case);
+    println!(
+        "{case}: {depth_note}; depth map max diff {dw} level(s), {doff} values off; normal map \
+         max diff {nw} level(s), {noff} values off"
+    );
+    assert!(dw <= 1, "{case}: depth map differs by {dw} levels");
+    assert!(nw <= 1, "{case}: normal map differs by {nw} levels");
+}
+
+/// A raw depth against the reference's, within `rel` of the reference's largest value; the
+/// note [`check_depth_and_normal`] prints.
+pub fn check_depth(depth: &Tensor, expected: &Tensor, rel: f32, case: &str) -> String {
+    let range = expected
+        .max_all()
+        .and_then(|t| t.to_scalar::<f32>())
+        .expect("max");
+    let diff = max_abs(depth, expected);
+    assert!(
+        diff <= rel * range,
+        "{case}: depth differs by {diff} (range {range})"
+    );
+    format!("depth max diff {diff:.2e} of {range:.2}")
 }
