@@ -541,7 +541,8 @@ fn hypernetwork_matches_comfyui_on_a_tiny_unet() {
 /// ComfyUI leaves dropout on, drawing each mask from torch's global generator after
 /// `prepare_noise` (seed 77, a 1x4x16x16 latent), over the batch of both sides, negative first.
 /// Two denoiser calls in a row at cfg 3, for a (1, 2, 2, 1) relu file and one with layer norms and
-/// `last_layer_dropout`. Tolerance: 1e-4 relative to the largest value.
+/// `last_layer_dropout`, and the first with prompts of 10 and 5 tokens (ComfyUI repeats the
+/// shorter to batch them, so the masks cover 10). Tolerance: 1e-4 relative to the largest value.
 #[test]
 fn hypernetwork_dropout_draws_comfyuis_masks() {
     use weft::engine::hypernetwork::Hypernetwork;
@@ -552,10 +553,17 @@ fn hypernetwork_dropout_draws_comfyuis_masks() {
     let x = &fx["dropout/x"];
     let positive = [CondEntry::new(fx["dropout/positive"].clone(), None)];
     let negative = [CondEntry::new(fx["dropout/negative"].clone(), None)];
+    let long_positive = [CondEntry::new(fx["dropout/long_positive"].clone(), None)];
     let cfg = 3.0;
     let mut failures = Vec::new();
-    for name in ["dropout", "dropout_ln"] {
-        let mut net = Hypernetwork::open(&dir.join(format!("hypernetwork_{name}.pt"))).unwrap();
+    // "long": the first file with a 10-token positive prompt beside the 5-token negative, which
+    // ComfyUI repeats to 10 tokens to batch them.
+    for (name, file, positive) in [
+        ("dropout", "dropout", &positive),
+        ("dropout_ln", "dropout_ln", &positive),
+        ("long", "dropout", &long_positive),
+    ] {
+        let mut net = Hypernetwork::open(&dir.join(format!("hypernetwork_{file}.pt"))).unwrap();
         assert!(net.options.use_dropout, "{name}");
         net.strength = 0.8;
         let net = Arc::new(net);
@@ -567,7 +575,7 @@ fn hypernetwork_dropout_draws_comfyuis_masks() {
             prepare_noise_continuing(&[1, 4, 16, 16], 77, None, &Device::Cpu).unwrap();
         model.patches.unet.start_sampling(global);
         let mut denoiser =
-            CfgDenoiser::new(&model, &positive, Some(&negative), cfg, x.dims(), false, 0).unwrap();
+            CfgDenoiser::new(&model, positive, Some(&negative), cfg, x.dims(), false, 0).unwrap();
         for (step, &sigma) in sigmas.iter().enumerate() {
             let out = denoiser.denoise(x, sigma).unwrap();
             let (cond, uncond) = (

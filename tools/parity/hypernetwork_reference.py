@@ -156,6 +156,10 @@ def dropout_cases(out, g, kwargs):
     positive = torch.randn(1, 5, kwargs["cross_attention_dim"], generator=g)
     negative = torch.randn(1, 5, kwargs["cross_attention_dim"], generator=g)
     out["dropout/x"], out["dropout/positive"], out["dropout/negative"] = x, positive, negative
+    # A positive prompt twice as long: ComfyUI still batches the sides, repeating the negative
+    # context to 10 tokens (`CONDCrossAttn.concat`), so the cross-attention masks cover 10.
+    long_positive = torch.randn(1, 10, kwargs["cross_attention_dim"], generator=g)
+    out["dropout/long_positive"] = long_positive
     for name, options in files.items():
         layer_norm = options["is_layer_norm"]
         sd = {w: [a1111_module(w, g, layer_norm, True, (1, 2, 2, 1), True) for _ in (0, 1)] for w in (48, 32)}
@@ -180,6 +184,18 @@ def dropout_cases(out, g, kwargs):
                 eps = model(batch, torch.tensor([float(t)] * 2), encoder_hidden_states=torch.cat([negative, positive])).sample
             uncond, cond = (x - eps * sigma).chunk(2)
             out[f"{name}/uncond/{step}"], out[f"{name}/cond/{step}"] = uncond, cond
+        if name != "dropout":
+            continue
+        generator = torch.manual_seed(77)
+        torch.randn((1, 4, 16, 16), generator=generator, device="cpu")
+        for step, t in enumerate(steps):
+            sigma = sd_sigmas()[t]
+            batch = torch.cat([x, x]) / (sigma ** 2 + 1.0) ** 0.5
+            context = torch.cat([negative.repeat(1, 2, 1), long_positive])
+            with torch.no_grad():
+                eps = model(batch, torch.tensor([float(t)] * 2), encoder_hidden_states=context).sample
+            uncond, cond = (x - eps * sigma).chunk(2)
+            out[f"long/uncond/{step}"], out[f"long/cond/{step}"] = uncond, cond
 
 
 def main():

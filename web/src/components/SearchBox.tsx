@@ -35,7 +35,9 @@ function Box({ search }: { search: SearchState }) {
 
   const resultsFor = (query: string) => {
     const all = { ...defs, ...VIRTUAL_DEFS };
-    let r = searchNodes(all, query, 200);
+    // Filtered by a dragged link's type, every match counts (the catalog passes 200 nodes with
+    // the aux preprocessors); the list scrolls.
+    let r = searchNodes(all, query, filterType ? Infinity : 200);
     if (filterType) {
       r = r.filter((d) => {
         if (filterType.wantInput) {
@@ -45,7 +47,7 @@ function Box({ search }: { search: SearchState }) {
         return (d.output ?? []).some((t) => typesCompatible(String(t), filterType.type));
       });
     }
-    return r.slice(0, 40);
+    return r.slice(0, filterType ? 200 : 40);
   };
   const results = useMemo(() => resultsFor(q), [defs, q, filterType]);
 

@@ -465,6 +465,10 @@ pub struct CfgDenoiser<'a> {
     latent_image: Option<Tensor>,
     /// The sampler's seed, which unCLIP's noise augmentation draws from.
     seed: u64,
+    /// While both sides run as shares of one ComfyUI batch: the token count ComfyUI pads both
+    /// text contexts to (the least common multiple, repeating the shorter), which dropout masks
+    /// drawn over the context depend on.
+    batch_tokens: std::cell::Cell<Option<usize>>,
 }
 
 /// How a guider combines predictions (ComfyUI's `CFGGuider` and its subclasses).
@@ -557,6 +561,7 @@ impl<'a> CfgDenoiser<'a> {
             latent_shape: latent_shape.to_vec(),
             latent_image: None,
             seed,
+            batch_tokens: std::cell::Cell::new(None),
         })
     }
 
@@ -761,12 +766,14 @@ impl<'a> CfgDenoiser<'a> {
             return Ok((self.eval_list(&self.positive, x, sigma)?, uncond));
         }
         let states = unet.draw_states();
+        self.batch_tokens.set(self.batch_token_count(sigma));
         unet.set_batch_slot(patches::BatchSlot { index: 1, count: 2 });
         let cond = self.eval_list(&self.positive, x, sigma);
         unet.restore_draw_states(&states);
         unet.set_batch_slot(patches::BatchSlot { index: 0, count: 2 });
         let uncond = self.eval_negative(x, sigma);
         unet.set_batch_slot(patches::BatchSlot::ALONE);
+        self.batch_tokens.set(None);
         Ok((cond?, uncond?))
     }
 
@@ -789,6 +796,12 @@ impl<'a> CfgDenoiser<'a> {
             return false;
         };
         let (p, n) = (&self.positive[p], &self.negative[n]);
+        // `CONDCrossAttn.can_concat`: contexts of other lengths batch when the shorter repeats
+        // at most 4 times into their least common multiple.
+        let (tp, tn) = (p.context.dim(1).unwrap_or(0), n.context.dim(1).unwrap_or(0));
+        if tp != tn && (tp.min(tn) == 0 || lcm(tp, tn) / tp.min(tn) > 4) {
+            return false;
+        }
         let same_controls = p.controls.len() == n.controls.len()
             && p.controls
                 .iter()
@@ -800,6 +813,21 @@ impl<'a> CfgDenoiser<'a> {
             _ => false,
         };
         p.area == n.area && same_controls && same_middle
+    }
+
+    /// The token count ComfyUI's batch of the two sides pads their contexts to, where it differs
+    /// from either's own.
+    fn batch_token_count(&self, sigma: f64) -> Option<usize> {
+        let active = |list: &[PreparedCond]| {
+            list.iter()
+                .find(|c| {
+                    c.sigmas
+                        .is_none_or(|(high, low)| sigma <= high && sigma >= low)
+                })
+                .and_then(|c| c.context.dim(1).ok())
+        };
+        let (tp, tn) = (active(&self.positive)?, active(&self.negative)?);
+        (tp != tn).then(|| lcm(tp, tn))
     }
 
     fn eval_list(&self, list: &[PreparedCond], x: &Tensor, sigma: f64) -> Result<Tensor> {
@@ -848,7 +876,14 @@ impl<'a> CfgDenoiser<'a> {
             )?;
             let timesteps = Tensor::full(timestep, batch, device)?;
             let batched = |t: &Tensor| to_compute(t, device, dtype)?.repeat((batch, 1, 1));
-            let context = batched(&cond.context)?;
+            let mut context = batched(&cond.context)?;
+            if let Some(tokens) = self.batch_tokens.get() {
+                // `CONDCrossAttn.concat`: repeated, which changes nothing but the draws.
+                let own = context.dim(1)?;
+                if own != tokens && own > 0 && tokens.is_multiple_of(own) {
+                    context = context.repeat((1, tokens / own, 1))?;
+                }
+            }
             let y = match &cond.y {
                 Some(y) => Some(to_compute(y, device, dtype)?.repeat((batch, 1))?),
                 None => None,
@@ -1279,6 +1314,22 @@ pub fn prepare_noise_mask(mask: &Tensor, latent_shape: &[usize]) -> Result<Tenso
         resized.repeat((repeats, 1, 1, 1))?.narrow(0, 0, batch)?
     };
     resized.repeat((1, channels, 1, 1))?.contiguous()
+}
+
+/// The least common multiple (`math.lcm`).
+fn lcm(a: usize, b: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    if a == 0 || b == 0 {
+        0
+    } else {
+        a / gcd(a, b) * b
+    }
 }
 
 #[cfg(test)]
