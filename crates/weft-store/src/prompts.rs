@@ -248,18 +248,6 @@ impl Store {
         Ok(number)
     }
 
-    /// True when a prompt with this id is pending or running.
-    pub async fn is_queued(&self, prompt_id: &str) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM prompts WHERE prompt_id = $1 AND status IN ('pending', 'running')",
-        )
-        .bind(prompt_id)
-        .fetch_one(&self.pool)
-        .await
-        .doing("looking up a prompt")?;
-        Ok(n > 0)
-    }
-
     /// Takes the first pending prompt (lowest number, then oldest) and marks it running, owned by
     /// this worker under a lease, in one transaction, so two workers could never take the same
     /// prompt: SQLite's write lock serialises claims; on PostgreSQL each worker locks the row it
