@@ -195,20 +195,11 @@ impl Store {
     /// A write transaction: SQLite takes the write lock at once (`BEGIN IMMEDIATE`), so two
     /// writers never deadlock upgrading; PostgreSQL locks rows as it goes.
     pub(crate) async fn begin_write(&self, doing: &'static str) -> Result<Tx, StoreError> {
-        self.begin_write_on(&self.pool, doing).await
-    }
-
-    /// [`Self::begin_write`] on the bookkeeping pool (a prompt's claim).
-    pub(crate) async fn begin_bookkeeping(&self, doing: &'static str) -> Result<Tx, StoreError> {
-        self.begin_write_on(&self.bookkeeping, doing).await
-    }
-
-    async fn begin_write_on(&self, pool: &AnyPool, doing: &'static str) -> Result<Tx, StoreError> {
         let begin = match self.backend {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
-        pool.begin_with(begin).await.doing(doing)
+        self.pool.begin_with(begin).await.doing(doing)
     }
 
     /// The statement for this database: `sqlite` or `postgres`, for the few that differ.
@@ -228,6 +219,9 @@ async fn sqlite_pool(
 ) -> Result<AnyPool, StoreError> {
     AnyPoolOptions::new()
         .max_connections(connections)
+        // sqlx pings a pooled connection before lending it, a round trip to its SQLite thread
+        // on every statement; a connection to a local file does not go stale.
+        .test_before_acquire(false)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 conn.execute(

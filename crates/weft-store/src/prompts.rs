@@ -173,29 +173,31 @@ pub(crate) fn rows_to_prompts(rows: &[AnyRow]) -> Result<Vec<PromptRow>, StoreEr
     rows.iter().map(row_to_prompt).collect()
 }
 
-/// One more than the largest queue number's magnitude so far. The largest and the smallest are
-/// read apart, each from the `number` index: one `MAX(ABS(number))` would scan every prompt
-/// ever run (10 ms a submit at 100,000).
-async fn next_number<'e>(
-    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
-) -> Result<f64, StoreError> {
-    let (max, min): (Option<f64>, Option<f64>) = sqlx::query_as(
-        "SELECT (SELECT MAX(number) FROM prompts), (SELECT MIN(number) FROM prompts)",
-    )
-    .fetch_one(db)
-    .await
-    .doing("reading the queue counter")?;
-    let largest = match (max, min) {
-        (Some(max), Some(min)) => max.max(-min),
-        _ => return Ok(0.0),
-    };
-    Ok(largest.floor() + 1.0)
+/// One more than the largest queue number's magnitude so far, as SQL over `hi` and `lo`, the
+/// largest and smallest numbers (NULL when no prompt is stored). Read apart, each from the
+/// `number` index: one `MAX(ABS(number))` would scan every prompt ever run (10 ms a submit at
+/// 100,000). The magnitude is never negative, so SQLite's truncating cast is a floor.
+fn next_number_sql(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "COALESCE(CAST(CAST(MAX(hi, -lo) AS INTEGER) + 1 AS REAL), 0.0)",
+        Backend::Postgres => "COALESCE(floor(GREATEST(hi, -lo)) + 1, 0.0)",
+    }
 }
+
+/// The `hi` and `lo` that [`next_number_sql`] reads.
+const NUMBER_BOUNDS: &str = "(SELECT (SELECT MAX(number) FROM prompts) AS hi, \
+     (SELECT MIN(number) FROM prompts) AS lo) AS bounds";
 
 impl Store {
     /// The next queue number: one more than any number handed out so far.
     pub async fn next_number(&self) -> Result<f64, StoreError> {
-        next_number(&self.pool).await
+        sqlx::query_scalar(&format!(
+            "SELECT {} FROM {NUMBER_BOUNDS}",
+            next_number_sql(self.backend)
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .doing("reading the queue counter")
     }
 
     /// Stores a new pending prompt and returns its queue number. Replaces an older prompt with
@@ -203,53 +205,71 @@ impl Store {
     /// its history is overwritten); one still queued or running is
     /// [`StoreError::AlreadyQueued`].
     pub async fn enqueue(&self, item: &NewPrompt) -> Result<f64, StoreError> {
-        let mut tx = self.begin_write("starting to enqueue").await?;
-        let busy: Option<String> = sqlx::query_scalar(
-            "SELECT status FROM prompts WHERE prompt_id = $1 AND status IN ('pending', 'running')",
-        )
-        .bind(&item.prompt_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .doing("checking the prompt id")?;
-        if busy.is_some() {
-            return Err(StoreError::AlreadyQueued(item.prompt_id.clone()));
-        }
-        let number = match item.number {
-            QueueNumber::Given(number) => number,
-            QueueNumber::Next { front } => {
-                let next = next_number(&mut *tx).await?;
-                if front {
-                    -next
-                } else {
-                    next
-                }
-            }
-        };
-        sqlx::query("DELETE FROM prompts WHERE prompt_id = $1")
-            .bind(&item.prompt_id)
-            .execute(&mut *tx)
+        // A new id, nearly always: one statement, atomic by itself, its number computed in it.
+        // Each statement is a round trip to the database.
+        let upsert = " WHERE true ON CONFLICT (prompt_id) DO NOTHING";
+        if let Some(number) = self
+            .insert_prompt(&self.pool, item, upsert)
             .await
-            .doing("replacing an old prompt with the same id")?;
+            .doing("storing a new prompt")?
+        {
+            return Ok(number);
+        }
+        let mut tx = self.begin_write("starting to enqueue").await?;
         sqlx::query(
-            "INSERT INTO prompts (prompt_id, number, status, prompt, extra_data, outputs_to_execute, client_id, created_at) \
-             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7)",
+            "DELETE FROM prompts WHERE prompt_id = $1 AND status NOT IN ('pending', 'running')",
         )
         .bind(&item.prompt_id)
-        .bind(number)
+        .execute(&mut *tx)
+        .await
+        .doing("replacing an old prompt with the same id")?;
+        let number = match self.insert_prompt(&mut *tx, item, "").await {
+            Ok(Some(number)) => number,
+            // What the delete left with this id is queued or running.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::AlreadyQueued(item.prompt_id.clone()))
+            }
+            other => other
+                .doing("storing a new prompt")?
+                .ok_or(StoreError::AlreadyQueued(item.prompt_id.clone()))?,
+        };
+        tx.commit().await.doing("committing a new prompt")?;
+        Ok(number)
+    }
+
+    /// Inserts `item` as pending, `tail` ending the statement (an upsert clause or nothing);
+    /// returns the number stored, or `None` where the upsert inserted nothing.
+    async fn insert_prompt<'e>(
+        &self,
+        db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+        item: &NewPrompt,
+        tail: &str,
+    ) -> Result<Option<f64>, sqlx::Error> {
+        // The number is bound and read (times 0 where the next one is computed) in every case:
+        // sqlx's Any driver gives PostgreSQL no type for a NULL or an unread parameter.
+        let next = next_number_sql(self.backend);
+        let (number, given) = match item.number {
+            QueueNumber::Given(number) => ("$2".to_owned(), number),
+            QueueNumber::Next { front: false } => (format!("({next}) + 0 * $2"), 0.0),
+            QueueNumber::Next { front: true } => (format!("-({next}) + 0 * $2"), 0.0),
+        };
+        sqlx::query_scalar(&format!(
+            "INSERT INTO prompts (prompt_id, number, status, prompt, extra_data, outputs_to_execute, client_id, created_at) \
+             SELECT $1, {number}, 'pending', $3, $4, $5, $6, $7 FROM {NUMBER_BOUNDS}{tail} RETURNING number"
+        ))
+        .bind(&item.prompt_id)
+        .bind(given)
         .bind(item.prompt.to_string())
         .bind(item.extra_data.to_string())
         .bind(Json::from(item.outputs_to_execute.clone()).to_string())
         .bind(&item.client_id)
         .bind(now_ms())
-        .execute(&mut *tx)
+        .fetch_optional(db)
         .await
-        .doing("storing a new prompt")?;
-        tx.commit().await.doing("committing a new prompt")?;
-        Ok(number)
     }
 
     /// Takes the first pending prompt (lowest number, then oldest) and marks it running, owned by
-    /// this worker under a lease, in one transaction, so two workers could never take the same
+    /// this worker under a lease, in one statement, so two workers could never take the same
     /// prompt: SQLite's write lock serialises claims; on PostgreSQL each worker locks the row it
     /// takes and skips rows others have locked, so claims do not wait on each other.
     pub async fn claim_next(&self) -> Result<Option<PromptRow>, StoreError> {
@@ -263,49 +283,38 @@ impl Store {
         &self,
         skip: &[String],
     ) -> Result<Option<PromptRow>, StoreError> {
-        let mut tx = self.begin_bookkeeping("starting to claim a prompt").await?;
+        // One statement, so one round trip and SQLite's own atomicity: the subquery picks the
+        // row and the update marks it in the same write.
         let skipped = if skip.is_empty() {
             String::new()
         } else {
-            let places: Vec<String> = (1..=skip.len()).map(|i| format!("${i}")).collect();
+            let places: Vec<String> = (4..4 + skip.len()).map(|i| format!("${i}")).collect();
             format!(" AND prompt_id NOT IN ({})", places.join(", "))
         };
         let sql = format!(
-            "SELECT {COLUMNS} FROM prompts WHERE status = 'pending'{skipped}{} \
-             ORDER BY number, seq LIMIT 1{}",
+            "UPDATE prompts SET status = 'running', started_at = $1, worker_id = $2, \
+             lease_until = {} + $3, interrupt_requested = 0 \
+             WHERE seq = (SELECT seq FROM prompts WHERE status = 'pending'{skipped}{} \
+             ORDER BY number, seq LIMIT 1{}) RETURNING {COLUMNS}",
+            self.dialect("$1", PG_NOW_MS),
             self.dialect(
                 "",
                 " AND NOT EXISTS (SELECT 1 FROM queue_control WHERE paused <> 0)"
             ),
             self.dialect("", " FOR UPDATE OF prompts SKIP LOCKED")
         );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(&sql)
+            .bind(now_ms())
+            .bind(self.worker_id())
+            .bind(self.lease_ms);
         for id in skip {
             query = query.bind(id);
         }
         let row = query
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.bookkeeping)
             .await
-            .doing("finding the next prompt")?;
-        let Some(row) = row else { return Ok(None) };
-        let mut prompt = row_to_prompt(&row)?;
-        let now = now_ms();
-        sqlx::query(&format!(
-            "UPDATE prompts SET status = 'running', started_at = $1, worker_id = $3, \
-             lease_until = {} + $4, interrupt_requested = 0 WHERE seq = $2",
-            self.dialect("$1", PG_NOW_MS)
-        ))
-        .bind(now)
-        .bind(prompt.seq)
-        .bind(self.worker_id())
-        .bind(self.lease_ms)
-        .execute(&mut *tx)
-        .await
-        .doing("marking a prompt running")?;
-        tx.commit().await.doing("committing a claimed prompt")?;
-        prompt.status = PromptStatus::Running;
-        prompt.started_at = Some(now);
-        Ok(Some(prompt))
+            .doing("claiming the next prompt")?;
+        row.as_ref().map(row_to_prompt).transpose()
     }
 
     /// Records how a prompt ended and makes it part of the history.
@@ -711,6 +720,73 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(recovery.requeued, ["b"]);
+    }
+
+    #[tokio::test]
+    async fn enqueue_numbers_and_reused_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        enqueue_numbers(Store::open(&dir.path().join("db.sqlite")).await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn enqueue_numbers_and_reused_ids_on_postgres() {
+        if let Some((_server, store)) = crate::test_postgres().await {
+            enqueue_numbers(store).await;
+        }
+    }
+
+    async fn enqueue_numbers(store: Store) {
+        let next = |id: &str, front: bool| NewPrompt {
+            number: QueueNumber::Next { front },
+            ..item(id, 0.0)
+        };
+        assert_eq!(store.enqueue(&next("a", false)).await.unwrap(), 0.0);
+        assert_eq!(store.enqueue(&next("b", false)).await.unwrap(), 1.0);
+        assert_eq!(store.enqueue(&next("c", true)).await.unwrap(), -2.0);
+        assert_eq!(store.enqueue(&item("d", 7.5)).await.unwrap(), 7.5);
+        assert_eq!(store.enqueue(&next("e", false)).await.unwrap(), 8.0);
+        assert_eq!(store.enqueue(&next("f", true)).await.unwrap(), -9.0);
+        // A pending id and a running one cannot be queued again.
+        assert!(matches!(
+            store.enqueue(&next("a", false)).await,
+            Err(StoreError::AlreadyQueued(id)) if id == "a"
+        ));
+        let running = store.claim_next().await.unwrap().unwrap();
+        assert_eq!(running.prompt_id, "f");
+        assert!(matches!(
+            store.enqueue(&item("f", 3.0)).await,
+            Err(StoreError::AlreadyQueued(_))
+        ));
+        // A finished one is replaced: out of the history, pending again under its new number.
+        let done = PromptStatus::Done;
+        store
+            .finish("f", done, None, &json!({}), &json!([]), &json!({}))
+            .await
+            .unwrap();
+        assert!(store.history_entry("f").await.unwrap().is_some());
+        // Its old number is gone with it, so the next is one past the largest left.
+        assert_eq!(store.enqueue(&next("f", false)).await.unwrap(), 9.0);
+        assert!(store.history_entry("f").await.unwrap().is_none());
+        let pending: Vec<(String, f64)> = store
+            .pending()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.prompt_id, p.number))
+            .collect();
+        let expected = [
+            ("c", -2.0),
+            ("a", 0.0),
+            ("b", 1.0),
+            ("d", 7.5),
+            ("e", 8.0),
+            ("f", 9.0),
+        ];
+        let expected: Vec<(String, f64)> = expected
+            .iter()
+            .map(|(id, n)| ((*id).to_owned(), *n))
+            .collect();
+        assert_eq!(pending, expected);
     }
 
     #[tokio::test]
