@@ -12,7 +12,11 @@ use crate::helpers::{add_annotators, annotator_fixture, max_level_diff, read_png
 use crate::security::history_error;
 
 const FIXTURE: &str = "oneformer/shi-labs/oneformer_ade20k_swin_large";
-const FILES: [&str; 3] = ["model.safetensors", "config.json", "preprocessor_config.json"];
+const FILES: [&str; 3] = [
+    "model.safetensors",
+    "config.json",
+    "preprocessor_config.json",
+];
 
 fn graph(class: &str, prefix: &str) -> Json {
     json!({

@@ -32,7 +32,13 @@ const TIE: f32 = 1e-5;
 
 /// Largest difference relative to the reference's largest magnitude.
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
-    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     max_abs(a, b) / scale.max(1e-6)
 }
 
@@ -87,7 +93,10 @@ fn oneformer_from_the_transformers_folder_matches_the_pack() {
             }
             assert_eq!(features[0].dims()[1..], *f0.dims());
             let mf = model.mask_features(&x).expect("pixel decoder");
-            let d = rel(&mf.squeeze(0).unwrap(), &reference[&format!("{case}.mask_features")]);
+            let d = rel(
+                &mf.squeeze(0).unwrap(),
+                &reference[&format!("{case}.mask_features")],
+            );
             println!("{case}: mask features max diff {d:.2e} (relative)");
             assert!(d < 1e-4, "{case}: mask features: {d}");
         }

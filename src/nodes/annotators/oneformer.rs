@@ -108,10 +108,9 @@ impl Node for OneFormerSegmentor {
 
     fn run(&self, ctx: &NodeContext, inputs: &Inputs) -> Result<NodeOutput, NodeError> {
         let path = self.0.path(&ctx.dirs)?;
-        let net = ctx
-            .models
-            .annotator(&path, load)
-            .map_err(|e| NodeError::Failed(format!("annotator OneFormer ({}): {e}", self.0.repo)))?;
+        let net = ctx.models.annotator(&path, load).map_err(|e| {
+            NodeError::Failed(format!("annotator OneFormer ({}): {e}", self.0.repo))
+        })?;
         image_out(semantic_segmentation(
             &net,
             inputs.image("image")?,

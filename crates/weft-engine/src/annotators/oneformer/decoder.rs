@@ -42,7 +42,10 @@ impl Attention {
         let b = net.get(&format!("{name}.in_proj_bias"))?;
         let c = w.dim(1)?;
         let part = |i: usize| -> Result<Linear> {
-            Ok(Linear::new(w.narrow(0, i * c, c)?, Some(b.narrow(0, i * c, c)?)))
+            Ok(Linear::new(
+                w.narrow(0, i * c, c)?,
+                Some(b.narrow(0, i * c, c)?),
+            ))
         };
         Ok(Attention {
             q: part(0)?,
@@ -87,7 +90,11 @@ impl Attention {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(0, 1)?.contiguous()?.reshape((lq, c))?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((lq, c))?;
         self.out.forward(&out)
     }
 }
@@ -215,7 +222,11 @@ impl Decoder {
                         heads,
                     )?,
                     cross_norm: ln(&format!("{p}.cross_attn.norm"))?,
-                    self_attn: Attention::separate(net, &format!("{p}.self_attn.self_attn"), heads)?,
+                    self_attn: Attention::separate(
+                        net,
+                        &format!("{p}.self_attn.self_attn"),
+                        heads,
+                    )?,
                     self_norm: ln(&format!("{p}.self_attn.norm"))?,
                     ffn: ffn(&format!("{p}.ffn"), "norm")?,
                 })
@@ -256,7 +267,8 @@ impl Decoder {
     ) -> Result<Prediction> {
         let device = mask_features.device();
         let hidden = self.queries.dim(1)?;
-        let tokens = |x: &Tensor| -> Result<Tensor> { x.flatten_from(2)?.squeeze(0)?.t()?.contiguous() };
+        let tokens =
+            |x: &Tensor| -> Result<Tensor> { x.flatten_from(2)?.squeeze(0)?.t()?.contiguous() };
         let mut features = vec![];
         let mut positions = vec![];
         let mut sizes = vec![];
@@ -323,7 +335,13 @@ impl Decoder {
     }
 
     /// `forward_prediction_heads` without the attention mask.
-    fn heads(&self, output: &Tensor, mask_features: &Tensor, h: usize, w: usize) -> Result<Prediction> {
+    fn heads(
+        &self,
+        output: &Tensor,
+        mask_features: &Tensor,
+        h: usize,
+        w: usize,
+    ) -> Result<Prediction> {
         let x = self.decoder_norm.forward(output)?;
         let class = self.class_embed.forward(&x)?;
         let embed = self.mask_embed.forward(&x)?;
@@ -360,5 +378,9 @@ pub fn semantic_scores(pred: &Prediction) -> Result<Tensor> {
     let classes = pred.class.dim(1)? - 1;
     let probs = candle_nn::ops::softmax_last_dim(&pred.class)?.narrow(D::Minus1, 0, classes)?;
     let masks = candle_nn::ops::sigmoid(&pred.masks)?.reshape((q, h * w))?;
-    probs.t()?.contiguous()?.matmul(&masks)?.reshape((classes, h, w))
+    probs
+        .t()?
+        .contiguous()?
+        .matmul(&masks)?
+        .reshape((classes, h, w))
 }

@@ -39,7 +39,8 @@ use crate::preprocess::{run_aux, ImageU8, PreprocessError, Result};
 use crate::tokenizer::{ClipBpe, END_OF_TEXT, START_OF_TEXT};
 
 const OP: &str = "OneFormer";
-const PROBE: &str = "model.pixel_level_module.encoder.embeddings.patch_embeddings.projection.weight";
+const PROBE: &str =
+    "model.pixel_level_module.encoder.embeddings.patch_embeddings.projection.weight";
 
 /// The net's tensors by name.
 pub(crate) type Net<'a> = Weights<'a>;
@@ -109,13 +110,20 @@ impl Processor {
                 _ => return Err(format!("processor size {s}")),
             },
         };
-        if matches!(size, Size::Edges { shortest: 0, .. } | Size::Exact { height: 0, .. } | Size::Exact { width: 0, .. }) {
+        if matches!(
+            size,
+            Size::Edges { shortest: 0, .. }
+                | Size::Exact { height: 0, .. }
+                | Size::Exact { width: 0, .. }
+        ) {
             return Err("processor size 0".into());
         }
         let resample = get("resample").and_then(Json::as_u64).unwrap_or(2);
         let filter = Filter::from_pil(resample)
             .ok_or_else(|| format!("resample {resample} is not supported"))?;
-        let rescale = get("rescale_factor").and_then(Json::as_f64).unwrap_or(1.0 / 255.0);
+        let rescale = get("rescale_factor")
+            .and_then(Json::as_f64)
+            .unwrap_or(1.0 / 255.0);
         Ok(Processor {
             size,
             filter,
@@ -167,7 +175,10 @@ impl Options {
         if get("pre_norm").and_then(Json::as_bool).unwrap_or(false) {
             return Err("pre_norm decoders are not supported".into());
         }
-        if get("enforce_input_proj").and_then(Json::as_bool).unwrap_or(false) {
+        if get("enforce_input_proj")
+            .and_then(Json::as_bool)
+            .unwrap_or(false)
+        {
             return Err("enforce_input_proj is not supported".into());
         }
         Ok(Options {
@@ -213,8 +224,12 @@ pub fn load(sd: &Arc<StateDict>, device: &Device) -> std::result::Result<OneForm
             },
         ));
     }
-    let options = Options::from_json(sibling_json(sd.path(), "config.json").map_err(bad)?.as_ref())
-        .map_err(bad)?;
+    let options = Options::from_json(
+        sibling_json(sd.path(), "config.json")
+            .map_err(bad)?
+            .as_ref(),
+    )
+    .map_err(bad)?;
     let processor = Processor::from_json(
         sibling_json(sd.path(), "preprocessor_config.json")
             .map_err(bad)?
@@ -273,7 +288,10 @@ impl OneFormer {
 
     /// The pixel decoder's mask features of `pixel_values`.
     pub fn mask_features(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
-        Ok(self.pixel.forward(&self.features(pixel_values)?)?.mask_features)
+        Ok(self
+            .pixel
+            .forward(&self.features(pixel_values)?)?
+            .mask_features)
     }
 
     /// The class and mask logits of `pixel_values` `[1, 3, H, W]` for the semantic task.
@@ -308,7 +326,10 @@ impl OneFormer {
         let scores = semantic_scores(&pred).map_err(cand)?;
         let scores = resize_antialias(&scores, img.height, img.width).map_err(cand)?;
         let (k, h, w) = scores.dims3().map_err(cand)?;
-        let v = scores.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(cand)?;
+        let v = scores
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(cand)?;
         Ok((0..h * w)
             .map(|p| {
                 // torch's argmax: the first of equal maxima
@@ -343,7 +364,10 @@ fn resize_antialias(x: &Tensor, height: usize, width: usize) -> candle_core::Res
     let (c, h, w) = x.dims3()?;
     let matrix = |input: usize, output: usize| -> candle_core::Result<Tensor> {
         let mut m = vec![0f32; output * input];
-        for (o, (lo, weights)) in axis_weights(Filter::Bilinear, input, output).iter().enumerate() {
+        for (o, (lo, weights)) in axis_weights(Filter::Bilinear, input, output)
+            .iter()
+            .enumerate()
+        {
             for (k, wt) in weights.iter().enumerate() {
                 m[o * input + lo + k] = *wt as f32;
             }
@@ -379,11 +403,22 @@ pub fn palette() -> Vec<[u8; 3]> {
 
 /// OpenCV's `HSV2RGB_b` (hue range 180): in f32, rounded half to even.
 fn hsv2rgb(h: u8, s: u8, v: u8) -> [u8; 3] {
-    let (mut h, s, v) = (f32::from(h), f32::from(s) * (1.0 / 255.0), f32::from(v) * (1.0 / 255.0));
+    let (mut h, s, v) = (
+        f32::from(h),
+        f32::from(s) * (1.0 / 255.0),
+        f32::from(v) * (1.0 / 255.0),
+    );
     let (b, g, r) = if s == 0.0 {
         (v, v, v)
     } else {
-        const SECTORS: [[usize; 3]; 6] = [[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]];
+        const SECTORS: [[usize; 3]; 6] = [
+            [1, 3, 0],
+            [1, 0, 2],
+            [3, 0, 1],
+            [0, 2, 1],
+            [0, 1, 3],
+            [2, 1, 0],
+        ];
         h *= 6.0 / 180.0;
         let mut sector = h.floor() as i32;
         h -= sector as f32;
@@ -391,7 +426,12 @@ fn hsv2rgb(h: u8, s: u8, v: u8) -> [u8; 3] {
             sector = 0;
             h = 0.0;
         }
-        let tab = [v, v * (1.0 - s), v * (1.0 - s * h), v * (1.0 - s * (1.0 - h))];
+        let tab = [
+            v,
+            v * (1.0 - s),
+            v * (1.0 - s * h),
+            v * (1.0 - s * (1.0 - h)),
+        ];
         let idx = SECTORS[sector as usize];
         (tab[idx[0]], tab[idx[1]], tab[idx[2]])
     };

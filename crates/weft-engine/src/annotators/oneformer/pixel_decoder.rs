@@ -17,6 +17,7 @@ use super::Net;
 use crate::annotators::{interpolate_axis, Conv, Pad};
 use crate::ops::layers::{LayerNorm, Linear};
 use crate::ops::norm::GroupNorm;
+use crate::sampling::model_sampling::linspace_f32;
 
 const PREFIX: &str = "model.pixel_level_module.decoder";
 /// `OneFormerPixelDecoderEncoderLayer`'s fixed levels and points.
@@ -61,24 +62,6 @@ pub fn sine_position(channels: usize, h: usize, w: usize, device: &Device) -> Re
         }
     }
     Tensor::from_vec(out, (1, 2 * feats, h, w), device)
-}
-
-/// torch's `linspace(start, end, steps)` in f32: from the start up to half way, from the end after.
-fn linspace(start: f32, end: f32, steps: usize) -> Vec<f32> {
-    if steps == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (steps - 1) as f32;
-    let half = steps / 2;
-    (0..steps)
-        .map(|i| {
-            if i < half {
-                start + step * i as f32
-            } else {
-                end - step * (steps - 1 - i) as f32
-            }
-        })
-        .collect()
 }
 
 #[derive(Debug)]
@@ -163,10 +146,15 @@ impl PixelDecoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let offsets = net.shape(&format!("{PREFIX}.encoder.layers.0.self_attn.sampling_offsets.weight"))?;
+        let offsets = net.shape(&format!(
+            "{PREFIX}.encoder.layers.0.self_attn.sampling_offsets.weight"
+        ))?;
         let heads = offsets[0] / (LEVELS * POINTS * 2);
         let conv_dim = offsets[1];
-        if heads == 0 || conv_dim % heads != 0 || offsets[0] != heads * LEVELS * POINTS * 2 {
+        if heads == 0
+            || !conv_dim.is_multiple_of(heads)
+            || offsets[0] != heads * LEVELS * POINTS * 2
+        {
             candle_core::bail!("sampling offsets of shape {offsets:?}");
         }
         Ok(PixelDecoder {
@@ -176,7 +164,12 @@ impl PixelDecoder {
             heads,
             adapter: ConvNorm::new(net, &format!("{PREFIX}.adapter_1"), 0, 1e-5)?,
             layer: ConvNorm::new(net, &format!("{PREFIX}.layer_1"), 1, 1e-5)?,
-            mask_projection: net.conv(&format!("{PREFIX}.mask_projection"), None, 1, Pad::Fixed(0))?,
+            mask_projection: net.conv(
+                &format!("{PREFIX}.mask_projection"),
+                None,
+                1,
+                Pad::Fixed(0),
+            )?,
         })
     }
 
@@ -196,7 +189,10 @@ impl PixelDecoder {
             let (_, c, h, w) = source.dims4()?;
             shapes.push((h, w));
             sources.push(source.flatten_from(2)?.squeeze(0)?.t()?);
-            let pos = sine_position(c, h, w, device)?.flatten_from(2)?.squeeze(0)?.t()?;
+            let pos = sine_position(c, h, w, device)?
+                .flatten_from(2)?
+                .squeeze(0)?
+                .t()?;
             positions.push(pos.broadcast_add(&self.level_embed.get(l)?.unsqueeze(0)?)?);
         }
         let mut hidden = Tensor::cat(&sources, 0)?.contiguous()?;
@@ -220,7 +216,9 @@ impl PixelDecoder {
         }
         let lateral = self.adapter.forward(&features[0])?;
         let (_, _, h, w) = lateral.dims4()?;
-        let coarse = out.last().ok_or_else(|| candle_core::Error::Msg("no levels".into()))?;
+        let coarse = out
+            .last()
+            .ok_or_else(|| candle_core::Error::Msg("no levels".into()))?;
         let up = interpolate_axis(&interpolate_axis(coarse, 2, h, false)?, 3, w, false)?;
         let fine = self.layer.forward(&(lateral + up)?)?.relu()?;
         let mask_features = self.mask_projection.forward(&fine)?;
@@ -235,8 +233,8 @@ impl PixelDecoder {
 fn reference_points(shapes: &[(usize, usize)]) -> Vec<[f32; 2]> {
     let mut out = vec![];
     for &(h, w) in shapes {
-        let ys = linspace(0.5, h as f32 - 0.5, h);
-        let xs = linspace(0.5, w as f32 - 0.5, w);
+        let ys = linspace_f32(0.5, h as f32 - 0.5, h);
+        let xs = linspace_f32(0.5, w as f32 - 0.5, w);
         for y in &ys {
             for x in &xs {
                 out.push([x / w as f32, y / h as f32]);
@@ -259,7 +257,10 @@ impl DeformLayer {
         let value = self.value_proj.forward(hidden)?;
         let offsets = self.sampling_offsets.forward(&query)?;
         let (len, c) = value.dims2()?;
-        let weights = self.attention_weights.forward(&query)?.reshape((len, heads, LEVELS * POINTS))?;
+        let weights =
+            self.attention_weights
+                .forward(&query)?
+                .reshape((len, heads, LEVELS * POINTS))?;
         let weights = candle_nn::ops::softmax_last_dim(&weights)?;
         let sampled = deformable_sample(
             &value.flatten_all()?.to_vec1::<f32>()?,
@@ -337,15 +338,4 @@ fn deformable_sample(
         }
     });
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn linspace_matches_torch_ends() {
-        assert_eq!(linspace(0.5, 4.5, 5), vec![0.5, 1.5, 2.5, 3.5, 4.5]);
-        assert_eq!(linspace(0.5, 0.5, 1), vec![0.5]);
-    }
 }

@@ -47,7 +47,9 @@ impl SwinConfig {
                 .map(Vec::as_slice)
                 .ok_or_else(|| format!("missing tensor '{k}'"))
         };
-        let proj = shape(&format!("{PREFIX}.embeddings.patch_embeddings.projection.weight"))?;
+        let proj = shape(&format!(
+            "{PREFIX}.embeddings.patch_embeddings.projection.weight"
+        ))?;
         let (embed_dim, patch) = match proj {
             [c, 3, p, q] if p == q => (*c, *p),
             other => return Err(format!("patch projection of shape {other:?}")),
@@ -55,7 +57,9 @@ impl SwinConfig {
         let (mut depths, mut heads, mut window) = (vec![], vec![], 0);
         for s in 0.. {
             let depth = (0..)
-                .take_while(|b| shapes.contains_key(&format!("{}.layernorm_before.weight", block(s, *b))))
+                .take_while(|b| {
+                    shapes.contains_key(&format!("{}.layernorm_before.weight", block(s, *b)))
+                })
                 .count();
             if depth == 0 {
                 break;
@@ -65,7 +69,11 @@ impl SwinConfig {
                 return Err(format!("relative position table of shape {table:?}"));
             };
             let side = (*side2 as f64).sqrt() as usize;
-            if side * side != *side2 || side % 2 == 0 || *h == 0 || (embed_dim << s) % h != 0 {
+            if side * side != *side2
+                || side.is_multiple_of(2)
+                || *h == 0
+                || !(embed_dim << s).is_multiple_of(*h)
+            {
                 return Err(format!("relative position table of shape {table:?}"));
             }
             window = side.div_ceil(2);
@@ -137,8 +145,12 @@ impl Swin {
     pub(crate) fn new(net: &Net, cfg: &SwinConfig) -> Result<Self> {
         let p = cfg.patch;
         let patch = Conv2d::new(
-            net.get(&format!("{PREFIX}.embeddings.patch_embeddings.projection.weight"))?,
-            Some(net.get(&format!("{PREFIX}.embeddings.patch_embeddings.projection.bias"))?),
+            net.get(&format!(
+                "{PREFIX}.embeddings.patch_embeddings.projection.weight"
+            ))?,
+            Some(net.get(&format!(
+                "{PREFIX}.embeddings.patch_embeddings.projection.bias"
+            ))?),
             Conv2dConfig {
                 stride: p,
                 ..Default::default()
@@ -155,7 +167,10 @@ impl Swin {
                             .iter()
                             .zip(["q_proj", "k_proj", "v_proj"])
                             .map(|(old, new)| {
-                                lin(&[&format!("attention.self.{old}"), &format!("attention.{new}")])
+                                lin(&[
+                                    &format!("attention.self.{old}"),
+                                    &format!("attention.{new}"),
+                                ])
                             })
                             .collect::<Result<Vec<_>>>()?;
                         let cat = |f: fn(&Linear) -> Option<Tensor>| -> Result<Option<Tensor>> {
@@ -193,7 +208,10 @@ impl Swin {
                 };
                 Ok(Stage {
                     blocks,
-                    norm: net.layer_norm(&format!("{PREFIX}.hidden_states_norms.stage{}", s + 1), 1e-5)?,
+                    norm: net.layer_norm(
+                        &format!("{PREFIX}.hidden_states_norms.stage{}", s + 1),
+                        1e-5,
+                    )?,
                     merge,
                 })
             })
@@ -226,7 +244,12 @@ impl Swin {
                 x = block_forward(blk, &x, h, w)?;
             }
             let normed = stage.norm.forward(&x)?;
-            maps.push(normed.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()?);
+            maps.push(
+                normed
+                    .reshape((b, h, w, c))?
+                    .permute((0, 3, 1, 2))?
+                    .contiguous()?,
+            );
             if let Some(merge) = &stage.merge {
                 let grid = x
                     .reshape((b, h, w, c))?
@@ -237,7 +260,11 @@ impl Swin {
                 // transformers' order: (row 0, col 0), (row 1, col 0), (row 0, col 1), (row 1, col 1)
                 let parts = [(0, 0), (1, 0), (0, 1), (1, 1)]
                     .iter()
-                    .map(|&(r, cc)| grid.narrow(2, r, 1)?.narrow(4, cc, 1)?.reshape((b, h2 * w2, c)))
+                    .map(|&(r, cc)| {
+                        grid.narrow(2, r, 1)?
+                            .narrow(4, cc, 1)?
+                            .reshape((b, h2 * w2, c))
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 x = merge
                     .reduction
