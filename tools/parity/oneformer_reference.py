@@ -261,6 +261,9 @@ def inputs():
 
 
 SHORTEST, LONGEST = 160, 320
+# The published ADE20K Swin-L processor: detectron2's MIN_SIZE_TEST / MAX_SIZE_TEST, which
+# transformers' conversion script (convert_to_hf_oneformer.py) wrote as size / max_size.
+FULL_SIZE = 640, 2560
 
 
 def fixtures():
@@ -316,7 +319,7 @@ def full_model():
 def bench():
     torch.set_num_threads(2)
     model = full_model()
-    seg = PackOneformerSegmentor(model, processor(512, 2048))
+    seg = PackOneformerSegmentor(model, processor(*FULL_SIZE))
     seg.last = {"features": None}
     img = cv2.resize(skimage.data.astronaut(), (512, 512), interpolation=cv2.INTER_AREA)
     image = M.to_comfy(img)
@@ -328,7 +331,7 @@ def bench():
             M.common_annotator_call(seg, image, 512)
             times.append(time.perf_counter() - t0)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, 2 threads, cpu f32: "
-          f"OneFormer-ADE20K-SemSegPreprocessor (Swin-L, 250 queries, processor shortest edge 512) "
+          f"OneFormer-ADE20K-SemSegPreprocessor (Swin-L, 250 queries, processor shortest edge {FULL_SIZE[0]}) "
           f"512x512 at resolution 512: median {statistics.median(times):.2f} s "
           f"({', '.join(f'{t:.2f}' for t in times)})")
 
@@ -343,7 +346,7 @@ def main():
     if args.full:
         model = full_model()
         folder = os.path.join(args.full, FOLDER)
-        save(model, folder, 512, 2048)
+        save(model, folder, *FULL_SIZE)
         print(f"wrote {folder}")
     if args.bench:
         bench()

@@ -33,12 +33,9 @@ pub struct OneFormerModel {
     display: &'static str,
     /// The Hugging Face repository the pack loads.
     pub repo: &'static str,
-    /// The detectron2 file name the pack maps to it (published with the original OneFormer).
+    /// The detectron2 file name the pack maps to it (published in the same repository).
     pub detectron2: AnnotatorFile,
 }
-
-/// Where the original detectron2 checkpoints are published.
-const SHI_LABS: &str = "https://huggingface.co/shi-labs";
 
 /// Swin-L trained on ADE20K (150 classes, 250 queries).
 pub const ADE20K: OneFormerModel = OneFormerModel {
@@ -47,7 +44,7 @@ pub const ADE20K: OneFormerModel = OneFormerModel {
     repo: "shi-labs/oneformer_ade20k_swin_large",
     detectron2: AnnotatorFile {
         name: "250_16_swin_l_oneformer_ade20k_160k.pth",
-        published: SHI_LABS,
+        published: "https://huggingface.co/shi-labs/oneformer_ade20k_swin_large",
     },
 };
 
@@ -58,7 +55,7 @@ pub const COCO: OneFormerModel = OneFormerModel {
     repo: "shi-labs/oneformer_coco_swin_large",
     detectron2: AnnotatorFile {
         name: "150_16_swin_l_oneformer_coco_100ep.pth",
-        published: SHI_LABS,
+        published: "https://huggingface.co/shi-labs/oneformer_coco_swin_large",
     },
 };
 

@@ -13,8 +13,8 @@
 //! position tables, the heads of the decoders from `sampling_offsets`, queries, classes and the
 //! task length from their tables). `config.json` gives what they do not say (`pre_norm`, which
 //! must be false as published, `use_task_norm`, `layer_norm_eps`), `preprocessor_config.json`
-//! the processor (`size` / `max_size`, `resample`, `image_mean`, `image_std`,
-//! `rescale_factor`); absent files mean transformers' defaults.
+//! the processor (`size`, `resample`, `image_mean`, `image_std`, `rescale_factor`); absent files
+//! mean transformers' defaults.
 
 pub mod decoder;
 pub mod pixel_decoder;
@@ -61,7 +61,7 @@ pub struct Processor {
 /// The processor's `size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Size {
-    /// `shortest_edge`, and `longest_edge` (or the older `max_size`) when given.
+    /// `shortest_edge` (or an int `size`), and `longest_edge` when given.
     Edges {
         /// The shortest edge's length after the resize.
         shortest: usize,
@@ -86,11 +86,12 @@ impl Processor {
         if !flag("do_resize") || !flag("do_rescale") || !flag("do_normalize") {
             return Err("a processor that does not resize, rescale and normalise".into());
         }
-        let max_size = get("max_size").and_then(Json::as_u64).map(|v| v as usize);
+        // transformers 5 reads `size` alone: an older file's `max_size` beside an int `size` no
+        // longer caps the longest edge (`get_size_dict` is not given it).
         let size = match get("size") {
             None => Size::Edges {
                 shortest: 800,
-                longest: Some(max_size.unwrap_or(1333)),
+                longest: Some(1333),
             },
             Some(s) => match (
                 usize_field(s, "shortest_edge"),
@@ -100,12 +101,12 @@ impl Processor {
             ) {
                 (Some(shortest), ..) => Size::Edges {
                     shortest,
-                    longest: usize_field(s, "longest_edge").or(max_size),
+                    longest: usize_field(s, "longest_edge"),
                 },
                 (None, Some(height), Some(width), _) => Size::Exact { height, width },
                 (.., Some(n)) => Size::Edges {
                     shortest: n as usize,
-                    longest: max_size,
+                    longest: None,
                 },
                 _ => return Err(format!("processor size {s}")),
             },
@@ -456,4 +457,33 @@ pub fn colour(classes: &[usize], height: usize, width: usize) -> ImageU8 {
 /// [`OneFormer::detect`], as `[B, H', W', 3]`.
 pub fn semantic_segmentation(net: &OneFormer, image: &Tensor, resolution: u32) -> Result<Tensor> {
     run_aux(OP, image, |img| net.detect(img, resolution))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_processor_reads_its_size_as_transformers_5() {
+        // the class defaults: shortest 800, longest 1333 (Python's round on the capped edge)
+        let p = Processor::from_json(None).unwrap();
+        assert_eq!(p.output_size(100, 500), (267, 1333));
+        // an int size with the older max_size: the cap is no longer read
+        let json = serde_json::json!({"size": 640, "max_size": 2560});
+        let p = Processor::from_json(Some(&json)).unwrap();
+        assert_eq!(p.output_size(100, 500), (640, 3200));
+        let json = serde_json::json!({"size": {"shortest_edge": 160, "longest_edge": 320}});
+        let p = Processor::from_json(Some(&json)).unwrap();
+        assert_eq!(p.output_size(333, 500), (160, 240));
+        assert_eq!(p.output_size(500, 333), (240, 160));
+        assert!(Processor::from_json(Some(&serde_json::json!({"resample": 1}))).is_err());
+    }
+
+    #[test]
+    fn task_ids_end_and_pad() {
+        let ids = task_ids(8);
+        assert_eq!(ids[0], START_OF_TEXT as f32);
+        assert_eq!(ids.iter().filter(|&&i| i == END_OF_TEXT as f32).count(), 1);
+        assert_eq!(task_ids(3), vec![START_OF_TEXT as f32, ids[1], END_OF_TEXT as f32]);
+    }
 }
