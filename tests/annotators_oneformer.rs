@@ -3,8 +3,9 @@
 //! (tests/fixtures/annotators/oneformer/shi-labs/oneformer_ade20k_swin_large/): under
 //! comfyui_controlnet_aux's `ckpts/shi-labs/...` tree for ADE20K and in a Hugging Face cache's
 //! snapshot for COCO (the same tiny net); the saved PNG equal to the pack's map (the parity test
-//! shows no pixel of this case off); the declarations as the pack's; without the folder the error
-//! names it, where it is published and the detectron2 file the pack maps to it.
+//! shows no pixel of this case off); the declarations as the pack's; without the folders the
+//! detectron2 checkpoint under `ckpts/lllyasviel/Annotators/` serves; without any, the error
+//! names the folder, where it is published and the checkpoint the pack maps to it.
 
 use serde_json::{json, Value as Json};
 
@@ -75,28 +76,33 @@ async fn oneformer_maps_match_the_pack_from_the_transformers_folders() {
         assert_eq!(max_level_diff(&pixels, &want), 0, "{class}");
     }
 
-    // Without the folder (only the detectron2 file the pack names): the error says what to get.
+    // Without the folders, the detectron2 checkpoint in the pack's ckpts tree: the same net (the
+    // processor its conversion wrote for this tiny net's classes: 800 / 1333, so another map).
     std::fs::remove_dir_all(app.dir.path().join("models/annotators/ckpts")).unwrap();
-    std::fs::write(
-        app.dir
-            .path()
-            .join("models/annotators/250_16_swin_l_oneformer_ade20k_160k.pth"),
-        b"not read",
-    )
-    .unwrap();
-    let id = app
-        .queue(
-            graph("OneFormer-ADE20K-SemSegPreprocessor", "missing"),
-            "missing",
-        )
+    std::fs::remove_dir_all(app.dir.path().join("models/annotators/hub")).unwrap();
+    let pth = "250_16_swin_l_oneformer_ade20k_160k.pth";
+    add_annotators(
+        &app,
+        "oneformer",
+        &[(pth, "ckpts/lllyasviel/Annotators")],
+        None,
+    );
+    let class = "OneFormer-ADE20K-SemSegPreprocessor";
+    app.queue_ok("/prompt", json!({"prompt": graph(class, "d2")}))
         .await;
+    let (w, h, _, _) = read_png(&app.data_dir().join("output/d2_00001_.png"));
+    assert_eq!(want.dims()[..2], [h as usize, w as usize], "from the .pth");
+
+    // Without either: the error names the folder, where it is published, and the checkpoint.
+    std::fs::remove_dir_all(app.dir.path().join("models/annotators/ckpts")).unwrap();
+    let id = app.queue(graph(class, "missing"), "missing").await;
     let error = history_error(&app.wait_history(&id).await);
     let message = error["exception_message"].as_str().unwrap_or_default();
     assert!(
         message.contains("shi-labs/oneformer_ade20k_swin_large")
             && message.contains("https://huggingface.co/shi-labs/oneformer_ade20k_swin_large")
-            && message.contains("250_16_swin_l_oneformer_ade20k_160k.pth")
-            && message.contains("not read"),
+            && message.contains(&format!("'{pth}' not found"))
+            && message.contains("lllyasviel/Annotators"),
         "{message}"
     );
 }

@@ -29,11 +29,12 @@ layers, 3 decoder layers, 1 query layer, 4 heads, FFN 64/64, 8 queries, 6 classe
 
 Writes tests/fixtures/annotators/oneformer/:
   shi-labs/oneformer_ade20k_swin_large/{model.safetensors, config.json, preprocessor_config.json}
+  250_16_swin_l_oneformer_ade20k_160k.pth  the same net in the detectron2 checkpoint's layout
+                         (`detectron2_state_dict`)
   reference.safetensors  `task_inputs` (the 77 ids as f32), `palette` (uint8 200x3), and per case:
                          `<case>.input` (uint8 HxWx3), `<case>.resized` (uint8, the processor's
                          resize), `<case>.class_logits` [Q, C+1], `<case>.mask_logits` [Q, h, w],
                          `<case>.features.N` (the backbone's stage N maps, first case only),
-                         `<case>.mask_features` (the pixel decoder's, first case only),
                          `<case>.classes` (int32 class map at the padded size),
                          `<case>.margin` (its best score less the second best),
                          `<case>.map` (uint8, the node's IMAGE * 255)
@@ -71,6 +72,7 @@ import midas_reference as M  # noqa: E402  (the pack's util, common_annotator_ca
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "..", "tests", "fixtures", "annotators", "oneformer")
 FOLDER = os.path.join("shi-labs", "oneformer_ade20k_swin_large")
+DETECTRON2 = "250_16_swin_l_oneformer_ade20k_160k.pth"
 # shi-labs/oneformer_ade20k_swin_large's preprocessor_config.json as far as it matters here
 # (`class_info_file` left out: the processor would fetch it from the hub; the net ignores it).
 PREPROCESSOR = {
@@ -271,6 +273,7 @@ def fixtures():
     proc = processor(SHORTEST, LONGEST)
     model = tiny_model(proc)
     save(model, os.path.join(OUT, FOLDER), SHORTEST, LONGEST)
+    torch.save(detectron2_state_dict(model, os.path.join(OUT, FOLDER)), os.path.join(OUT, DETECTRON2))
     seg = PackOneformerSegmentor(model, proc)
     tensors, meta = {"palette": palette(200)}, {"cases": {}}
     for n, (case, img, res) in enumerate(inputs()):
@@ -295,7 +298,6 @@ def fixtures():
         if n == 0:
             for i, f in enumerate(last["features"]):
                 tensors[f"{case}.features.{i}"] = f
-            tensors[f"{case}.mask_features"] = last["mask_features"]
         meta["cases"][case] = {"resolution": res, "input": list(img.shape),
                                "processed": list(last["pixel_values"].shape),
                                "output": list(out.shape), "class_pixels": counts}
@@ -309,6 +311,83 @@ def fixtures():
                         "numpy": np.__version__}
     with open(os.path.join(OUT, "reference.json"), "w") as f:
         json.dump(meta, f, indent=1)
+
+
+def detectron2_state_dict(model, folder):
+    """The saved folder's tensors under SHI-Labs' detectron2 names: transformers' conversion
+    (convert_to_hf_oneformer.py) run backwards, q/k/v joined again, nested under "model" as
+    detectron2's checkpointer saves them."""
+    import re
+    from safetensors.torch import load_file
+    sd = {k.removeprefix("model."): v for k, v in
+          load_file(os.path.join(folder, "model.safetensors")).items() if k.startswith("model.")}
+    out = {}
+    rules = [
+        (r"pixel_level_module\.encoder\.embeddings\.patch_embeddings\.projection\.", "backbone.patch_embed.proj."),
+        (r"pixel_level_module\.encoder\.embeddings\.norm\.", "backbone.patch_embed.norm."),
+        (r"pixel_level_module\.encoder\.hidden_states_norms\.stage(\d)\.",
+         lambda m: f"backbone.norm{int(m.group(1)) - 1}."),
+        (r"pixel_level_module\.encoder\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.*)",
+         lambda m: f"backbone.layers.{m.group(1)}.blocks.{m.group(2)}." + {
+             "layernorm_before": "norm1", "layernorm_after": "norm2",
+             "attention.self.relative_position_bias_table": "attn.relative_position_bias_table",
+             "attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1",
+             "output.dense": "mlp.fc2"}.get(m.group(3).rsplit(".", 1)[0] if not m.group(3).endswith("table")
+                                            else m.group(3), m.group(3).rsplit(".", 1)[0])
+         + ("" if m.group(3).endswith("table") else "." + m.group(3).rsplit(".", 1)[1])),
+        (r"pixel_level_module\.encoder\.encoder\.layers\.(\d+)\.downsample\.", r"backbone.layers.\1.downsample."),
+        (r"pixel_level_module\.decoder\.(adapter_1|layer_1)\.0\.weight", r"sem_seg_head.pixel_decoder.\1.weight"),
+        (r"pixel_level_module\.decoder\.(adapter_1|layer_1)\.1\.", r"sem_seg_head.pixel_decoder.\1.norm."),
+        (r"pixel_level_module\.decoder\.input_projections\.", "sem_seg_head.pixel_decoder.input_proj."),
+        (r"pixel_level_module\.decoder\.level_embed", "sem_seg_head.pixel_decoder.transformer.level_embed"),
+        (r"pixel_level_module\.decoder\.encoder\.layers\.(\d+)\.(fc1|fc2|self_attn_layer_norm|final_layer_norm)\.",
+         lambda m: f"sem_seg_head.pixel_decoder.transformer.encoder.layers.{m.group(1)}." + {
+             "fc1": "linear1", "fc2": "linear2", "self_attn_layer_norm": "norm1",
+             "final_layer_norm": "norm2"}[m.group(2)] + "."),
+        (r"pixel_level_module\.decoder\.encoder\.layers\.(\d+)\.self_attn\.",
+         r"sem_seg_head.pixel_decoder.transformer.encoder.layers.\1.self_attn."),
+        (r"pixel_level_module\.decoder\.mask_projection\.", "sem_seg_head.pixel_decoder.mask_features."),
+        (r"transformer_module\.queries_embedder\.", "sem_seg_head.predictor.query_embed."),
+        (r"transformer_module\.level_embed\.", "sem_seg_head.predictor.level_embed."),
+        (r"transformer_module\.decoder\.decoder_norm\.", "sem_seg_head.predictor.decoder_norm."),
+        (r"transformer_module\.decoder\.query_input_projection\.", "sem_seg_head.predictor.class_input_proj."),
+        (r"transformer_module\.decoder\.class_embed\.", "sem_seg_head.predictor.class_embed."),
+        (r"transformer_module\.decoder\.mask_embed\.layers\.(\d)\.0\.", r"sem_seg_head.predictor.mask_embed.layers.\1."),
+        (r"transformer_module\.decoder\.query_transformer\.decoder\.", "sem_seg_head.predictor.class_transformer.decoder."),
+        (r"transformer_module\.decoder\.layers\.(\d+)\.cross_attn\.", r"sem_seg_head.predictor.transformer_cross_attention_layers.\1."),
+        (r"transformer_module\.decoder\.layers\.(\d+)\.self_attn\.norm\.", r"sem_seg_head.predictor.transformer_self_attention_layers.\1.norm."),
+        (r"transformer_module\.decoder\.layers\.(\d+)\.self_attn\.self_attn\.out_proj\.",
+         r"sem_seg_head.predictor.transformer_self_attention_layers.\1.self_attn.out_proj."),
+        (r"transformer_module\.decoder\.layers\.(\d+)\.ffn\.", r"sem_seg_head.predictor.transformer_ffn_layers.\1."),
+        (r"task_encoder\.task_mlp\.layers\.(\d)\.0\.", r"task_mlp.layers.\1."),
+    ]
+    joined = {}
+    for k, v in sd.items():
+        m = re.match(r"(.*)\.attention\.self\.(query|key|value)\.(weight|bias)$", k)
+        m2 = re.match(r"transformer_module\.decoder\.layers\.(\d+)\.self_attn\.self_attn\.(q|k|v)_proj\.(weight|bias)$", k)
+        if m:
+            i = m.group(1).split(".")
+            name = f"backbone.layers.{i[-3]}.blocks.{i[-1]}.attn.qkv.{m.group(3)}"
+            joined.setdefault(name, {})[m.group(2)[0]] = v
+            continue
+        if m2:
+            name = (f"sem_seg_head.predictor.transformer_self_attention_layers.{m2.group(1)}.self_attn."
+                    f"in_proj_{m2.group(3)}")
+            joined.setdefault(name, {})[m2.group(2)] = v
+            continue
+        for pattern, repl in rules:
+            new, n = re.subn("^" + pattern, repl, k)
+            if n:
+                out[new] = v
+                break
+        else:
+            if not k.startswith("pixel_level_module.encoder.swin.layernorm."):  # unused, not in d2
+                raise KeyError(k)
+    for name, parts in joined.items():
+        out[name] = torch.cat([parts["q"], parts["k"], parts["v"]], 0)
+    # what detectron2's files carry besides (the text encoder's tensors, unread)
+    out["prompt_ctx.weight"] = torch.zeros(2, 4)
+    return {"model": {k: v.contiguous() for k, v in out.items()}, "iteration": 0}
 
 
 def full_model():

@@ -7,8 +7,9 @@
 //! `shi-labs/oneformer_ade20k_swin_large` / `shi-labs/oneformer_coco_swin_large`
 //! (`model.safetensors` or `pytorch_model.bin` with `config.json` and `preprocessor_config.json`),
 //! found as `.../shi-labs/<repo>/model.safetensors` or in a hub cache's
-//! `models--shi-labs--<repo>/snapshots/<rev>/`, any depth under `models/annotators/`. The
-//! detectron2 file is not read; where only it is there, the error says so.
+//! `models--shi-labs--<repo>/snapshots/<rev>/`, any depth under `models/annotators/`. Where only
+//! the detectron2 file is there (the pack fetched it from `lllyasviel/Annotators` before), the
+//! same net is read from it, with the processor the transformers conversion wrote.
 
 use std::path::PathBuf;
 
@@ -33,7 +34,7 @@ pub struct OneFormerModel {
     display: &'static str,
     /// The Hugging Face repository the pack loads.
     pub repo: &'static str,
-    /// The detectron2 file name the pack maps to it (published in the same repository).
+    /// The detectron2 checkpoint the pack maps to it (also in the Hugging Face repository).
     pub detectron2: AnnotatorFile,
 }
 
@@ -42,10 +43,7 @@ pub const ADE20K: OneFormerModel = OneFormerModel {
     class: "OneFormer-ADE20K-SemSegPreprocessor",
     display: "OneFormer ADE20K Segmentor",
     repo: "shi-labs/oneformer_ade20k_swin_large",
-    detectron2: AnnotatorFile {
-        name: "250_16_swin_l_oneformer_ade20k_160k.pth",
-        published: "https://huggingface.co/shi-labs/oneformer_ade20k_swin_large",
-    },
+    detectron2: AnnotatorFile::lllyasviel("250_16_swin_l_oneformer_ade20k_160k.pth"),
 };
 
 /// Swin-L trained on COCO (133 classes, 150 queries).
@@ -53,31 +51,26 @@ pub const COCO: OneFormerModel = OneFormerModel {
     class: "OneFormer-COCO-SemSegPreprocessor",
     display: "OneFormer COCO Segmentor",
     repo: "shi-labs/oneformer_coco_swin_large",
-    detectron2: AnnotatorFile {
-        name: "150_16_swin_l_oneformer_coco_100ep.pth",
-        published: "https://huggingface.co/shi-labs/oneformer_coco_swin_large",
-    },
+    detectron2: AnnotatorFile::lllyasviel("150_16_swin_l_oneformer_coco_100ep.pth"),
 };
 
 impl OneFormerModel {
-    /// The folder's weights, or the error naming the folder and where it is published.
+    /// The folder's weights, else the detectron2 checkpoint, or the error naming both and where
+    /// they are published.
     pub fn path(&self, dirs: &DataDirs) -> Result<PathBuf, NodeError> {
-        hf_weights(dirs, self.repo).ok_or_else(|| NodeError::Failed(self.missing(dirs)))
+        hf_weights(dirs, self.repo)
+            .or_else(|| dirs.annotator_file(self.detectron2.name))
+            .ok_or_else(|| NodeError::Failed(self.missing()))
     }
 
-    /// What to tell a user whose models folder lacks the transformers folder.
-    pub fn missing(&self, dirs: &DataDirs) -> String {
-        let found = match dirs.annotator_file(self.detectron2.name) {
-            Some(p) => format!(
-                " ({} is there, but that detectron2 checkpoint is not read)",
-                p.display()
-            ),
-            None => String::new(),
-        };
+    /// What to tell a user whose models folder has neither.
+    pub fn missing(&self) -> String {
         format!(
-            "OneFormer weights not found: comfyui_controlnet_aux runs '{}' from {}{found}",
+            "OneFormer weights not found: comfyui_controlnet_aux runs '{}' from the {}; or that \
+             detectron2 checkpoint itself: {}",
             self.detectron2.name,
-            hf_folder_hint(self.repo)
+            hf_folder_hint(self.repo),
+            self.detectron2.missing()
         )
     }
 }

@@ -56,8 +56,12 @@ impl Attention {
         })
     }
 
-    /// `OneFormerAttention`'s `q_proj`, `k_proj`, `v_proj`, `out_proj`.
+    /// `OneFormerAttention`'s `q_proj`, `k_proj`, `v_proj`, `out_proj` (packed in a detectron2
+    /// checkpoint).
     fn separate(net: &Net, name: &str, heads: usize) -> Result<Self> {
+        if net.has(&format!("{name}.in_proj_weight")) {
+            return Self::packed(net, name, heads);
+        }
         let lin = |n: &str| net.linear(&format!("{name}.{n}"));
         Ok(Attention {
             q: lin("q_proj")?,

@@ -17,20 +17,22 @@
 //! mean transformers' defaults.
 
 pub mod decoder;
+pub mod detectron2;
 pub mod pixel_decoder;
 pub mod swin;
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde_json::Value as Json;
 
 use self::decoder::{semantic_scores, Decoder, Prediction};
 use self::pixel_decoder::PixelDecoder;
 use self::swin::{Swin, SwinConfig, Tensor4};
 use super::midas_hf::{fused_triple, sibling_json, usize_field};
-use super::{load_published, Weights};
+use super::Weights;
 use crate::load::file::StateDict;
+use crate::load::renaming::Renaming;
 use crate::load::{LoadError, LoadErrorKind};
 use crate::preprocess::aux::{detect_resolution, resize_image_with_pad};
 use crate::preprocess::cv::Interpolation;
@@ -214,33 +216,45 @@ pub struct OneFormer {
     device: Device,
 }
 
-/// Loads transformers' `OneFormerForUniversalSegmentation` weights, its JSON files beside them.
+/// Loads transformers' `OneFormerForUniversalSegmentation` weights, its JSON files beside them,
+/// or a detectron2 checkpoint ([`detectron2`]) with the processor its conversion wrote.
 pub fn load(sd: &Arc<StateDict>, device: &Device) -> std::result::Result<OneFormer, LoadError> {
     let bad = |e: String| LoadError::new(sd.path(), LoadErrorKind::BadConfig(e));
-    if !sd.contains(PROBE) {
+    let (names, shapes, options, processor) = if detectron2::is_detectron2(sd.shapes()) {
+        let (names, shapes) = detectron2::names(sd.shapes());
+        let classes = sd.shapes()[detectron2::PROBE][0];
+        let options = Options::from_json(None).map_err(bad)?;
+        (names, shapes, options, detectron2::processor(classes))
+    } else if sd.contains(PROBE) {
+        let options = Options::from_json(
+            sibling_json(sd.path(), "config.json")
+                .map_err(bad)?
+                .as_ref(),
+        )
+        .map_err(bad)?;
+        let processor = Processor::from_json(
+            sibling_json(sd.path(), "preprocessor_config.json")
+                .map_err(bad)?
+                .as_ref(),
+        )
+        .map_err(bad)?;
+        let names = sd.shapes().keys().map(|k| (k.clone(), k.clone())).collect();
+        (names, sd.shapes().clone(), options, processor)
+    } else {
         return Err(LoadError::new(
             sd.path(),
             LoadErrorKind::UnknownFamily {
-                looked_for: vec![PROBE.to_string()],
+                looked_for: vec![PROBE.to_string(), detectron2::PROBE.to_string()],
             },
         ));
-    }
-    let options = Options::from_json(
-        sibling_json(sd.path(), "config.json")
-            .map_err(bad)?
-            .as_ref(),
-    )
-    .map_err(bad)?;
-    let processor = Processor::from_json(
-        sibling_json(sd.path(), "preprocessor_config.json")
-            .map_err(bad)?
-            .as_ref(),
-    )
-    .map_err(bad)?;
-    let shapes = sd.shapes();
-    load_published(sd, device, SwinConfig::detect, |vb, cfg| {
-        let net = Weights { vb, shapes };
-        OneFormer::new(&net, cfg, options, processor, device)
+    };
+    let cfg = SwinConfig::detect(&shapes).map_err(bad)?;
+    Renaming::new(names).build(sd, DType::F32, device, |vb| {
+        let net = Weights {
+            vb,
+            shapes: &shapes,
+        };
+        OneFormer::new(&net, &cfg, options, processor, device)
     })
 }
 
@@ -285,14 +299,6 @@ impl OneFormer {
     /// The backbone's four maps of `pixel_values` `[1, 3, H, W]`.
     pub fn features(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor4> {
         self.swin.forward(pixel_values)
-    }
-
-    /// The pixel decoder's mask features of `pixel_values`.
-    pub fn mask_features(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
-        Ok(self
-            .pixel
-            .forward(&self.features(pixel_values)?)?
-            .mask_features)
     }
 
     /// The class and mask logits of `pixel_values` `[1, 3, H, W]` for the semantic task.
@@ -484,6 +490,9 @@ mod tests {
         let ids = task_ids(8);
         assert_eq!(ids[0], START_OF_TEXT as f32);
         assert_eq!(ids.iter().filter(|&&i| i == END_OF_TEXT as f32).count(), 1);
-        assert_eq!(task_ids(3), vec![START_OF_TEXT as f32, ids[1], END_OF_TEXT as f32]);
+        assert_eq!(
+            task_ids(3),
+            vec![START_OF_TEXT as f32, ids[1], END_OF_TEXT as f32]
+        );
     }
 }

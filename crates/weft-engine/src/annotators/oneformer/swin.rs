@@ -163,29 +163,17 @@ impl Swin {
                     .map(|b| {
                         let base = block(s, b);
                         let lin = |names: &[&str]| net.linear(&pick(net.shapes, &base, names));
-                        let qkv = ["query", "key", "value"]
-                            .iter()
-                            .zip(["q_proj", "k_proj", "v_proj"])
-                            .map(|(old, new)| {
-                                lin(&[
-                                    &format!("attention.self.{old}"),
-                                    &format!("attention.{new}"),
-                                ])
-                            })
-                            .collect::<Result<Vec<_>>>()?;
-                        let cat = |f: fn(&Linear) -> Option<Tensor>| -> Result<Option<Tensor>> {
-                            qkv.iter()
-                                .map(f)
-                                .collect::<Option<Vec<_>>>()
-                                .map(|parts| Tensor::cat(&parts, 0))
-                                .transpose()
+                        // the detectron2 checkpoints keep q, k and v joined
+                        let joined = format!("{base}.attention.qkv");
+                        let qkv = if net.has(&format!("{joined}.weight")) {
+                            net.linear(&joined)?
+                        } else {
+                            separate_qkv(&lin)?
                         };
-                        let weight = cat(|l| Some(l.weight().clone()))?
-                            .ok_or_else(|| candle_core::Error::Msg("no qkv weight".into()))?;
                         let table = net.get(&bias_table(net.shapes, &base))?;
                         Ok(Block {
                             norm1: net.layer_norm(&format!("{base}.layernorm_before"), 1e-5)?,
-                            qkv: Linear::new(weight, cat(|l| l.bias().cloned())?),
+                            qkv,
                             proj: lin(&["attention.output.dense", "attention.o_proj"])?,
                             bias: relative_bias(&table, cfg.window, heads)?,
                             norm2: net.layer_norm(&format!("{base}.layernorm_after"), 1e-5)?,
@@ -275,6 +263,29 @@ impl Swin {
         maps.try_into()
             .map_err(|m: Vec<Tensor>| candle_core::Error::Msg(format!("{} Swin stages", m.len())))
     }
+}
+
+/// transformers' separate query, key and value joined into one projection.
+fn separate_qkv(lin: &dyn Fn(&[&str]) -> Result<Linear>) -> Result<Linear> {
+    let parts = ["query", "key", "value"]
+        .iter()
+        .zip(["q_proj", "k_proj", "v_proj"])
+        .map(|(old, new)| {
+            lin(&[
+                &format!("attention.self.{old}"),
+                &format!("attention.{new}"),
+            ])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let weights: Vec<Tensor> = parts.iter().map(|l| l.weight().clone()).collect();
+    let biases = parts
+        .iter()
+        .map(|l| l.bias().cloned())
+        .collect::<Option<Vec<_>>>();
+    Ok(Linear::new(
+        Tensor::cat(&weights, 0)?,
+        biases.map(|b| Tensor::cat(&b, 0)).transpose()?,
+    ))
 }
 
 /// Four feature maps, finest first.
