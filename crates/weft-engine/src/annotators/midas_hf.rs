@@ -257,25 +257,42 @@ fn processor(json: Option<&Json>, side: usize) -> Result<Processor, String> {
             "processor size {height}x{width}: multiples of 32 expected"
         ));
     }
-    let resample = get("resample").and_then(Json::as_u64).unwrap_or(3);
+    // bicubic; IMAGENET_STANDARD_MEAN and _STD are 0.5 each
+    let (filter, mean, std) = filter_and_norm(json, 3, [0.5; 3], [0.5; 3])?;
+    Ok(Processor {
+        height,
+        width,
+        filter,
+        mean,
+        std,
+    })
+}
+
+/// A transformers processor's resize filter (`resample`) and its `image_mean` and `image_std`
+/// on the 0..255 scale, each from `json` where it says, else the class's default given here.
+pub(crate) fn filter_and_norm(
+    json: Option<&Json>,
+    resample: u64,
+    mean: [f64; 3],
+    std: [f64; 3],
+) -> Result<(Filter, [f32; 3], [f32; 3]), String> {
+    let get = |name: &str| json.and_then(|j| j.get(name));
+    let resample = get("resample").and_then(Json::as_u64).unwrap_or(resample);
     let filter = Filter::from_pil(resample)
         .ok_or_else(|| format!("resample {resample} is not supported"))?;
     let rescale = get("rescale_factor")
         .and_then(Json::as_f64)
         .unwrap_or(1.0 / 255.0);
-    // IMAGENET_STANDARD_MEAN and _STD are 0.5 each
-    Ok(Processor {
-        height,
-        width,
+    Ok((
         filter,
-        mean: fused_triple(json, "image_mean", [0.5; 3], rescale)?,
-        std: fused_triple(json, "image_std", [0.5; 3], rescale)?,
-    })
+        fused_triple(json, "image_mean", mean, rescale)?,
+        fused_triple(json, "image_std", std, rescale)?,
+    ))
 }
 
 /// A processor's `image_mean` or `image_std` (`default` where absent) on the 0..255 scale, as
 /// torch fuses it with the rescale: an f32 tensor times `1 / rescale_factor` (taken as f32).
-pub(crate) fn fused_triple(
+fn fused_triple(
     json: Option<&Json>,
     name: &str,
     default: [f64; 3],

@@ -29,7 +29,7 @@ use serde_json::Value as Json;
 use self::decoder::{semantic_scores, Decoder, Prediction};
 use self::pixel_decoder::PixelDecoder;
 use self::swin::{Swin, SwinConfig, Tensor4};
-use super::midas_hf::{fused_triple, sibling_json, usize_field};
+use super::midas_hf::{filter_and_norm, sibling_json, usize_field};
 use super::Weights;
 use crate::load::file::StateDict;
 use crate::load::renaming::Renaming;
@@ -121,18 +121,14 @@ impl Processor {
         ) {
             return Err("processor size 0".into());
         }
-        let resample = get("resample").and_then(Json::as_u64).unwrap_or(2);
-        let filter = Filter::from_pil(resample)
-            .ok_or_else(|| format!("resample {resample} is not supported"))?;
-        let rescale = get("rescale_factor")
-            .and_then(Json::as_f64)
-            .unwrap_or(1.0 / 255.0);
+        // bilinear; IMAGENET_DEFAULT_MEAN / _STD
+        let (filter, mean, std) =
+            filter_and_norm(json, 2, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])?;
         Ok(Processor {
             size,
             filter,
-            // IMAGENET_DEFAULT_MEAN / _STD
-            mean: fused_triple(json, "image_mean", [0.485, 0.456, 0.406], rescale)?,
-            std: fused_triple(json, "image_std", [0.229, 0.224, 0.225], rescale)?,
+            mean,
+            std,
         })
     }
 
