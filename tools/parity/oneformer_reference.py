@@ -37,7 +37,9 @@ Writes tests/fixtures/annotators/oneformer/:
                          `<case>.features.N` (the backbone's stage N maps, first case only),
                          `<case>.classes` (int32 class map at the padded size),
                          `<case>.margin` (its best score less the second best),
-                         `<case>.map` (uint8, the node's IMAGE * 255)
+                         `<case>.map` (uint8, the node's IMAGE * 255); `resize.scores` (random
+                         [3, 40, 80]) resized as the post-processing does to 16x20 (`resize.shrunk`)
+                         and 97x130 (`resize.grown`)
   reference.json         cases, resolutions, versions
 
 Run: /tmp/peer-venv/bin/python tools/parity/oneformer_reference.py [--pack-src DIR]
@@ -302,6 +304,15 @@ def fixtures():
                                "processed": list(last["pixel_values"].shape),
                                "output": list(out.shape), "class_pixels": counts}
         seg.last = {"features": None}
+    # post_process_semantic_segmentation's resize when it shrinks (a resolution below a quarter
+    # of the processor's size): torchvision's antialiased bilinear on floats
+    g = torch.Generator().manual_seed(2)
+    scores = torch.rand(3, 40, 80, generator=g)
+    tensors["resize.scores"] = scores.numpy()
+    tensors["resize.shrunk"] = torchvision.transforms.v2.functional.resize(
+        scores[None], size=[16, 20], interpolation=torchvision.transforms.InterpolationMode.BILINEAR)[0].numpy()
+    tensors["resize.grown"] = torchvision.transforms.v2.functional.resize(
+        scores[None], size=[97, 130], interpolation=torchvision.transforms.InterpolationMode.BILINEAR)[0].numpy()
     print("task ids:", tensors["task_inputs"][:8])
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
               os.path.join(OUT, "reference.safetensors"))

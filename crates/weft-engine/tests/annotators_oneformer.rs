@@ -15,7 +15,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use common::{comfy_image, fixture_dir, image_u8, levels, max_abs};
 use weft_engine::annotators::oneformer::{
-    load, palette, semantic_segmentation, task_ids, OneFormer, Size,
+    load, palette, resize_antialias, semantic_segmentation, task_ids, OneFormer, Size,
 };
 use weft_engine::load::file::StateDict;
 use weft_engine::preprocess::aux::resize_image_with_pad;
@@ -71,6 +71,13 @@ fn oneformer_from_the_transformers_folder_matches_the_pack() {
         .map(|c| [c[0], c[1], c[2]])
         .collect();
     assert_eq!(palette(), want, "palette");
+    // the post-processing's resize, shrinking and growing
+    for (name, (h, w)) in [("shrunk", (16, 20)), ("grown", (97, 130))] {
+        let got = resize_antialias(&reference["resize.scores"], h, w).expect("resize");
+        let d = max_abs(&got, &reference[&format!("resize.{name}")]);
+        println!("scores {name}: max diff {d:.2e}");
+        assert!(d < 1e-5, "{name}: {d}");
+    }
 
     for (case, resolution) in [("astronaut", 128), ("coffee", 64)] {
         let input = &reference[&format!("{case}.input")];

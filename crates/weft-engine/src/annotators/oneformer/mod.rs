@@ -363,7 +363,7 @@ fn cand(source: candle_core::Error) -> PreprocessError {
 
 /// torchvision's `resize(antialias=True, BILINEAR)` of a float `[C, H, W]` tensor to
 /// `height` x `width`: the same taps per axis as its uint8 kernel, in f32.
-fn resize_antialias(x: &Tensor, height: usize, width: usize) -> candle_core::Result<Tensor> {
+pub fn resize_antialias(x: &Tensor, height: usize, width: usize) -> candle_core::Result<Tensor> {
     let (c, h, w) = x.dims3()?;
     let matrix = |input: usize, output: usize| -> candle_core::Result<Tensor> {
         let mut m = vec![0f32; output * input];
