@@ -11,6 +11,7 @@ mod annotators_lineart;
 mod annotators_midas;
 mod annotators_mlsd;
 mod annotators_normalbae;
+mod annotators_oneformer;
 mod annotators_openpose;
 mod annotators_uniformer;
 mod annotators_zoe;

@@ -19,7 +19,9 @@ use crate::engine::annotators::midas::{midas, Midas, MidasMap};
 use crate::graph::spec::build::*;
 use crate::graph::spec::NodeSpec;
 use crate::graph::ConstValue;
-use crate::nodes::annotators::{aux_spec, image_out, resolution, AnnotatorFile};
+use crate::nodes::annotators::{
+    aux_spec, hf_folder_hint, hf_weights, image_out, resolution, AnnotatorFile,
+};
 use crate::nodes::{Inputs, Node, NodeContext, NodeError, NodeOutput, Registry};
 use crate::paths::DataDirs;
 
@@ -34,16 +36,10 @@ pub const MIDAS_FILE: AnnotatorFile = AnnotatorFile::lllyasviel("dpt_hybrid-mida
 /// The Hugging Face repository today's pack loads through transformers.
 pub const MIDAS_HF_REPO: &str = "Intel/dpt-hybrid-midas";
 
-/// The weights of a [`MIDAS_HF_REPO`] folder (the JSON files are read beside them), in
-/// transformers' order of preference: safetensors, else the older pickle.
-const MIDAS_HF_WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
-
 /// The net's file: the transformers folder's weights if there are any, else the `.pt`; the
 /// error names both.
 pub fn midas_path(dirs: &DataDirs) -> Result<PathBuf, NodeError> {
-    MIDAS_HF_WEIGHTS
-        .iter()
-        .find_map(|name| dirs.annotator_repo_file(MIDAS_HF_REPO, name))
+    hf_weights(dirs, MIDAS_HF_REPO)
         .or_else(|| dirs.annotator_file(MIDAS_FILE.name))
         .ok_or_else(|| NodeError::Failed(midas_missing()))
 }
@@ -51,14 +47,9 @@ pub fn midas_path(dirs: &DataDirs) -> Result<PathBuf, NodeError> {
 /// What to tell a user who has neither file.
 pub fn midas_missing() -> String {
     format!(
-        "{}; or today's comfyui_controlnet_aux's transformers folder {MIDAS_HF_REPO} \
-         ({} or {}, config.json, preprocessor_config.json) anywhere under \
-         models/annotators/ (e.g. ckpts/{MIDAS_HF_REPO}/, or a Hugging Face cache's \
-         models--{}/snapshots/<revision>/), published at https://huggingface.co/{MIDAS_HF_REPO}",
+        "{}; or today's comfyui_controlnet_aux's {}",
         MIDAS_FILE.missing(),
-        MIDAS_HF_WEIGHTS[0],
-        MIDAS_HF_WEIGHTS[1],
-        MIDAS_HF_REPO.replace('/', "--"),
+        hf_folder_hint(MIDAS_HF_REPO)
     )
 }
 

@@ -22,6 +22,7 @@ pub mod lineart;
 pub mod midas;
 pub mod mlsd;
 pub mod normalbae;
+pub mod oneformer;
 pub mod openpose;
 pub mod uniformer;
 pub mod zoe;
@@ -33,6 +34,7 @@ pub fn register(registry: &mut Registry) {
     midas::register(registry);
     mlsd::register(registry);
     normalbae::register(registry);
+    oneformer::register(registry);
     openpose::register(registry);
     uniformer::register(registry);
     zoe::register(registry);
@@ -95,6 +97,30 @@ impl AnnotatorFile {
             .collect::<Result<Vec<_>, _>>()
             .map(|v| v.join(";"))
     }
+}
+
+/// The weights of a transformers folder (its JSON files are read beside them), in transformers'
+/// order of preference: safetensors, else the older pickle.
+pub const HF_WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
+
+/// The weights file of the Hugging Face repository `repo`'s folder under the annotator folders.
+pub fn hf_weights(dirs: &DataDirs, repo: &str) -> Option<PathBuf> {
+    HF_WEIGHTS
+        .iter()
+        .find_map(|name| dirs.annotator_repo_file(repo, name))
+}
+
+/// Where to put the Hugging Face repository `repo`'s folder (a comfyui_controlnet_aux `ckpts/`
+/// tree or a hub cache, anywhere under `models/annotators/`) and where it is published.
+pub fn hf_folder_hint(repo: &str) -> String {
+    format!(
+        "transformers folder {repo} ({} or {}, config.json, preprocessor_config.json) \
+         anywhere under models/annotators/ (e.g. ckpts/{repo}/, or a Hugging Face cache's \
+         models--{}/snapshots/<revision>/), published at https://huggingface.co/{repo}",
+        HF_WEIGHTS[0],
+        HF_WEIGHTS[1],
+        repo.replace('/', "--"),
+    )
 }
 
 pub(crate) use crate::nodes::preprocessors::{image_out, resolution};

@@ -173,7 +173,7 @@ fn names(shapes: &HashMap<String, Vec<usize>>) -> HashMap<String, (HfTensor, Vec
 }
 
 /// A JSON file beside the weights, if it is there.
-fn sibling_json(weights: &Path, name: &str) -> Result<Option<Json>, String> {
+pub(crate) fn sibling_json(weights: &Path, name: &str) -> Result<Option<Json>, String> {
     let Some(path) = weights.parent().map(|d| d.join(name)) else {
         return Ok(None);
     };
@@ -186,7 +186,7 @@ fn sibling_json(weights: &Path, name: &str) -> Result<Option<Json>, String> {
     }
 }
 
-fn usize_field(json: &Json, name: &str) -> Option<usize> {
+pub(crate) fn usize_field(json: &Json, name: &str) -> Option<usize> {
     json.get(name)?
         .as_u64()
         .and_then(|v| usize::try_from(v).ok())
@@ -257,34 +257,59 @@ fn processor(json: Option<&Json>, side: usize) -> Result<Processor, String> {
             "processor size {height}x{width}: multiples of 32 expected"
         ));
     }
-    let resample = get("resample").and_then(Json::as_u64).unwrap_or(3);
+    // bicubic; IMAGENET_STANDARD_MEAN and _STD are 0.5 each
+    let (filter, mean, std) = filter_and_norm(json, 3, [0.5; 3], [0.5; 3])?;
+    Ok(Processor {
+        height,
+        width,
+        filter,
+        mean,
+        std,
+    })
+}
+
+/// A transformers processor's resize filter (`resample`) and its `image_mean` and `image_std`
+/// on the 0..255 scale, each from `json` where it says, else the class's default given here.
+pub(crate) fn filter_and_norm(
+    json: Option<&Json>,
+    resample: u64,
+    mean: [f64; 3],
+    std: [f64; 3],
+) -> Result<(Filter, [f32; 3], [f32; 3]), String> {
+    let get = |name: &str| json.and_then(|j| j.get(name));
+    let resample = get("resample").and_then(Json::as_u64).unwrap_or(resample);
     let filter = Filter::from_pil(resample)
         .ok_or_else(|| format!("resample {resample} is not supported"))?;
     let rescale = get("rescale_factor")
         .and_then(Json::as_f64)
         .unwrap_or(1.0 / 255.0);
-    let triple = |name: &str| -> Result<[f32; 3], String> {
-        // IMAGENET_STANDARD_MEAN and _STD are 0.5 each
-        let v = get(name)
-            .cloned()
-            .unwrap_or_else(|| serde_json::json!([0.5, 0.5, 0.5]));
-        let vals: Vec<f64> = match &v {
-            Json::Array(a) => a.iter().filter_map(Json::as_f64).collect(),
-            other => other.as_f64().map(|x| vec![x; 3]).unwrap_or_default(),
-        };
-        match vals.as_slice() {
-            // torch's fused form: an f32 tensor times 1 / rescale_factor (taken as f32)
-            [a, b, c] => Ok([a, b, c].map(|x| (*x as f32) * (1.0 / rescale) as f32)),
-            _ => Err(format!("{name} {v}: three values expected")),
-        }
-    };
-    Ok(Processor {
-        height,
-        width,
+    Ok((
         filter,
-        mean: triple("image_mean")?,
-        std: triple("image_std")?,
-    })
+        fused_triple(json, "image_mean", mean, rescale)?,
+        fused_triple(json, "image_std", std, rescale)?,
+    ))
+}
+
+/// A processor's `image_mean` or `image_std` (`default` where absent) on the 0..255 scale, as
+/// torch fuses it with the rescale: an f32 tensor times `1 / rescale_factor` (taken as f32).
+fn fused_triple(
+    json: Option<&Json>,
+    name: &str,
+    default: [f64; 3],
+    rescale: f64,
+) -> Result<[f32; 3], String> {
+    let v = json
+        .and_then(|j| j.get(name))
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!(default));
+    let vals: Vec<f64> = match &v {
+        Json::Array(a) => a.iter().filter_map(Json::as_f64).collect(),
+        other => other.as_f64().map(|x| vec![x; 3]).unwrap_or_default(),
+    };
+    match vals.as_slice() {
+        [a, b, c] => Ok([a, b, c].map(|x| (*x as f32) * (1.0 / rescale) as f32)),
+        _ => Err(format!("{name} {v}: three values expected")),
+    }
 }
 
 /// Loads transformers' `DPTForDepthEstimation` (DPT-Hybrid) weights, its JSON files beside them.

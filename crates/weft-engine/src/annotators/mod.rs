@@ -18,6 +18,7 @@ pub mod midas;
 pub mod midas_hf;
 pub mod mlsd;
 pub mod normalbae;
+pub mod oneformer;
 pub mod openpose;
 pub mod pidinet;
 pub mod uniformer;
@@ -33,6 +34,7 @@ use crate::load::file::StateDict;
 use crate::load::renaming::Renaming;
 use crate::load::{LoadError, LoadErrorKind};
 use crate::ops::conv::Conv2d;
+use crate::ops::layers::{LayerNorm, Linear};
 use crate::preprocess::{ImageU8, PreprocessError, Result};
 
 /// `[1, C, H, W]` f32 with the image's 0..255 values (numpy's `torch.from_numpy(img).float()`
@@ -176,11 +178,30 @@ impl Weights<'_> {
     }
 
     pub(crate) fn get(&self, name: &str) -> candle_core::Result<Tensor> {
-        let shape = self
-            .shapes
+        self.vb.get(self.shape(name)?, name)
+    }
+
+    /// The shape of tensor `name`.
+    pub(crate) fn shape(&self, name: &str) -> candle_core::Result<&[usize]> {
+        self.shapes
             .get(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor '{name}'")))?;
-        self.vb.get(shape.as_slice(), name)
+            .map(Vec::as_slice)
+            .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor '{name}'")))
+    }
+
+    /// The linear layer `name` (`.weight`, optional `.bias`).
+    pub(crate) fn linear(&self, name: &str) -> candle_core::Result<Linear> {
+        let bias = format!("{name}.bias");
+        Ok(Linear::new(
+            self.get(&format!("{name}.weight"))?,
+            self.has(&bias).then(|| self.get(&bias)).transpose()?,
+        ))
+    }
+
+    /// The LayerNorm `name` (`.weight`, `.bias`).
+    pub(crate) fn layer_norm(&self, name: &str, eps: f64) -> candle_core::Result<LayerNorm> {
+        let size = self.shape(&format!("{name}.weight"))?[0];
+        crate::ops::layers::layer_norm(size, eps, self.vb.pp(name))
     }
 
     /// Convolution `conv` (`.weight`, optional `.bias`) with batch norm `bn` folded in.

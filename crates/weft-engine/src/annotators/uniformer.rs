@@ -30,7 +30,7 @@ use crate::load::file::StateDict;
 use crate::load::renaming::Renaming;
 use crate::load::{LoadError, LoadErrorKind};
 use crate::ops::attention::scaled_dot_product;
-use crate::ops::layers::{layer_norm, linear, LayerNorm, Linear};
+use crate::ops::layers::{LayerNorm, Linear};
 use crate::preprocess::aux::{detect_resolution, hwc3, resize_image_with_pad};
 use crate::preprocess::cv::{self, Interpolation};
 use crate::preprocess::{run_aux, ImageU8, PreprocessError};
@@ -300,23 +300,13 @@ impl Weights<'_> {
         .map(ConvModule)
     }
 
-    fn linear(&self, name: &str) -> Result<Linear> {
-        let shape = self.get(&format!("{name}.weight"))?.dims2()?;
-        linear(shape.1, shape.0, self.vb.pp(name))
-    }
-
-    fn norm(&self, name: &str, eps: f64) -> Result<LayerNorm> {
-        let size = self.get(&format!("{name}.weight"))?.dim(0)?;
-        layer_norm(size, eps, self.vb.pp(name))
-    }
-
     fn stage(&self, s: usize, blocks: &[bool]) -> Result<Stage> {
         let pe = format!("{BACKBONE}.patch_embed{s}");
         let proj = self.get(&format!("{pe}.proj.weight"))?;
         let (dim, patch) = (proj.dim(0)?, proj.dim(2)?);
         let embed = PatchEmbed {
             proj: self.conv(&format!("{pe}.proj"), None, patch, Pad::Fixed(0))?,
-            norm: self.norm(&format!("{pe}.norm"), PATCH_NORM_EPS)?,
+            norm: self.layer_norm(&format!("{pe}.norm"), PATCH_NORM_EPS)?,
         };
         let blocks = blocks
             .iter()
@@ -344,11 +334,11 @@ impl Weights<'_> {
                 }
                 Ok(Block::Attention(AttentionBlock {
                     pos_embed,
-                    norm1: self.norm(&format!("{p}.norm1"), NORM_EPS)?,
+                    norm1: self.layer_norm(&format!("{p}.norm1"), NORM_EPS)?,
                     qkv: self.linear(&format!("{p}.attn.qkv"))?,
                     proj: self.linear(&format!("{p}.attn.proj"))?,
                     heads: dim / HEAD_DIM,
-                    norm2: self.norm(&format!("{p}.norm2"), NORM_EPS)?,
+                    norm2: self.layer_norm(&format!("{p}.norm2"), NORM_EPS)?,
                     fc1: self.linear(&format!("{p}.mlp.fc1"))?,
                     fc2: self.linear(&format!("{p}.mlp.fc2"))?,
                 }))
@@ -357,7 +347,7 @@ impl Weights<'_> {
         Ok(Stage {
             embed,
             blocks,
-            norm: self.norm(&format!("{BACKBONE}.norm{s}"), NORM_EPS)?,
+            norm: self.layer_norm(&format!("{BACKBONE}.norm{s}"), NORM_EPS)?,
         })
     }
 

@@ -60,15 +60,16 @@ struct AxisTaps {
     precision: u32,
 }
 
-fn axis_taps(filter: Filter, input: usize, output: usize) -> AxisTaps {
+/// One axis of torch's antialiased resize (`_compute_index_ranges_weights`): per output index,
+/// the first source index and the normalised weights of the taps from there.
+pub fn axis_weights(filter: Filter, input: usize, output: usize) -> Vec<(usize, Vec<f64>)> {
     let scale = input as f64 / output as f64;
     let (support, inv) = if scale >= 1.0 {
         (filter.support() * scale, 1.0 / scale)
     } else {
         (filter.support(), 1.0)
     };
-    let mut max = 0f64;
-    let float: Vec<(usize, Vec<f64>)> = (0..output)
+    (0..output)
         .map(|i| {
             let center = scale * (i as f64 + 0.5);
             // C's truncating casts, as torch's
@@ -83,10 +84,17 @@ fn axis_taps(filter: Filter, input: usize, output: usize) -> AxisTaps {
             if total != 0.0 {
                 w.iter_mut().for_each(|v| *v /= total);
             }
-            max = w.iter().copied().fold(max, f64::max);
             (lo, w)
         })
-        .collect();
+        .collect()
+}
+
+fn axis_taps(filter: Filter, input: usize, output: usize) -> AxisTaps {
+    let float = axis_weights(filter, input, output);
+    let max = float
+        .iter()
+        .flat_map(|(_, w)| w.iter().copied())
+        .fold(0f64, f64::max);
     let mut precision = 0u32;
     while precision < 22 && ((0.5 + max * f64::from(1u32 << (precision + 1))) as i64) < (1 << 15) {
         precision += 1;

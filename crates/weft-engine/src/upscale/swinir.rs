@@ -107,20 +107,40 @@ impl Residual {
     }
 }
 
-/// A Swin Transformer block.
+/// A Swin Transformer block (also OneFormer's Swin backbone's, built from its own names).
 #[derive(Debug)]
-struct Block {
-    norm1: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
+pub(crate) struct Block {
+    pub(crate) norm1: LayerNorm,
+    pub(crate) qkv: Linear,
+    pub(crate) proj: Linear,
     /// `[heads, N, N]` for N = window²: the relative position bias of each pair in a window.
-    bias: Tensor,
-    norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    heads: usize,
-    window: usize,
-    shift: usize,
+    pub(crate) bias: Tensor,
+    pub(crate) norm2: LayerNorm,
+    pub(crate) fc1: Linear,
+    pub(crate) fc2: Linear,
+    pub(crate) heads: usize,
+    pub(crate) window: usize,
+    pub(crate) shift: usize,
+}
+
+/// `[heads, N, N]` for N = `ws`²: the `[(2ws-1)², heads]` table looked up at each pair's
+/// relative position (Swin's `relative_position_index`).
+pub(crate) fn relative_bias(table: &Tensor, ws: usize, heads: usize) -> Result<Tensor> {
+    let side = 2 * ws - 1;
+    let n = ws * ws;
+    let index: Vec<u32> = (0..n)
+        .flat_map(|i| (0..n).map(move |j| (i, j)))
+        .map(|(i, j)| {
+            let (yi, xi, yj, xj) = (i / ws, i % ws, j / ws, j % ws);
+            ((yi + ws - 1 - yj) * side + (xi + ws - 1 - xj)) as u32
+        })
+        .collect();
+    let index = Tensor::from_vec(index, n * n, table.device())?;
+    table
+        .index_select(&index, 0)?
+        .reshape((n, n, heads))?
+        .permute((2, 0, 1))?
+        .contiguous()
 }
 
 impl Block {
@@ -129,20 +149,7 @@ impl Block {
         let attn = vb.pp("attn");
         let side = 2 * ws - 1;
         let table = attn.get((side * side, heads), "relative_position_bias_table")?;
-        let n = ws * ws;
-        let index: Vec<u32> = (0..n)
-            .flat_map(|i| (0..n).map(move |j| (i, j)))
-            .map(|(i, j)| {
-                let (yi, xi, yj, xj) = (i / ws, i % ws, j / ws, j % ws);
-                ((yi + ws - 1 - yj) * side + (xi + ws - 1 - xj)) as u32
-            })
-            .collect();
-        let index = Tensor::from_vec(index, n * n, table.device())?;
-        let bias = table
-            .index_select(&index, 0)?
-            .reshape((n, n, heads))?
-            .permute((2, 0, 1))?
-            .contiguous()?;
+        let bias = relative_bias(&table, ws, heads)?;
         let mlp = vb.pp("mlp");
         Ok(Self {
             norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
@@ -166,9 +173,17 @@ impl Block {
     /// `x`: `[B, H*W, C]` tokens of an `h` x `w` image (multiples of the window).
     fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let (b, l, c) = x.dims3()?;
+        let y = self.norm1.forward(x)?.reshape((b, h, w, c))?;
+        let x = (x + self.window_attention(&y)?.reshape((b, l, c))?)?;
+        self.mlp(&x)
+    }
+
+    /// The (shifted) window attention of `y`, `[B, H, W, C]` with sides multiples of the window.
+    pub(crate) fn window_attention(&self, y: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = y.dims4()?;
         let ws = self.window;
         let s = self.shift as i32;
-        let mut y = self.norm1.forward(x)?.reshape((b, h, w, c))?;
+        let mut y = y.clone();
         if s > 0 {
             y = y.roll(-s, 1)?.roll(-s, 2)?;
         }
@@ -186,8 +201,12 @@ impl Block {
         if s > 0 {
             y = y.roll(s, 1)?.roll(s, 2)?;
         }
-        let x = (x + y.reshape((b, l, c))?)?;
-        let hidden = self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?;
+        Ok(y)
+    }
+
+    /// `x` plus the MLP of its second norm.
+    pub(crate) fn mlp(&self, x: &Tensor) -> Result<Tensor> {
+        let hidden = self.fc1.forward(&self.norm2.forward(x)?)?.gelu_erf()?;
         x + self.fc2.forward(&hidden)?
     }
 
