@@ -6,11 +6,11 @@
 //! `tools/parity/annotators_bench.py` times comfyui_controlnet_aux's calls on PyTorch on the same
 //! files, for the README's side-by-side table.
 //!
-//! Run: cargo bench --bench annotators [-- RUNS]
+//! Run: cargo bench --bench annotators [-- RUNS] [-- NAME] (only the rows whose name contains
+//! NAME)
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
-
-use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use weft::engine::annotators;
@@ -29,8 +29,18 @@ use weft::engine::annotators::zoe::Zoe;
 use weft::engine::load::file::StateDict;
 use weft::engine::preprocess;
 
+/// The part of a row's name given on the command line, if any.
+static ONLY: OnceLock<Option<String>> = OnceLock::new();
+
 /// One row: the median and the spread of `runs` timed calls after one warm-up.
 fn bench(name: &str, runs: usize, mut f: impl FnMut() -> anyhow::Result<Tensor>) {
+    if ONLY
+        .get()
+        .and_then(Option::as_ref)
+        .is_some_and(|only| !name.contains(only.as_str()))
+    {
+        return;
+    }
     let out = match f() {
         Ok(out) => out,
         Err(e) => {
@@ -101,6 +111,11 @@ fn main() -> anyhow::Result<()> {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(5);
+    // cargo passes `--bench` itself; a word that is not a number names the rows to run.
+    let only = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--") && a.parse::<usize>().is_err());
+    let _ = ONLY.set(only);
     let image = test_image()?;
     println!(
         "ControlNet preprocessors, 512x512 in, resolution 512, f32, {} threads",
@@ -248,6 +263,14 @@ fn main() -> anyhow::Result<()> {
         let net = UniFormer::load(&sd, &device)?;
         bench("UniFormer-SemSegPreprocessor", runs, || {
             Ok(annotators::uniformer::semantic_segmentation(
+                &net, &image, 512,
+            )?)
+        });
+    }
+    if let Some(sd) = open("shi-labs/oneformer_ade20k_swin_large/model.safetensors") {
+        let net = annotators::oneformer::load(&sd, &device)?;
+        bench("OneFormer-ADE20K-SemSegPreprocessor", runs, || {
+            Ok(annotators::oneformer::semantic_segmentation(
                 &net, &image, 512,
             )?)
         });
