@@ -14,7 +14,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use common::{fixture_dir, image_u8, levels, max_abs};
 use weft_engine::annotators::image_tensor;
-use weft_engine::annotators::zoe::{core_input, zoe, Config, Zoe};
+use weft_engine::annotators::zoe::{core_input, zoe, Config, Processor, Zoe};
 use weft_engine::load::file::StateDict;
 use weft_engine::preprocess::aux::resize_image_with_pad;
 use weft_engine::preprocess::cv::Interpolation;
@@ -41,20 +41,24 @@ fn check_config(
     );
     assert_eq!(b.hooks, hooks);
     assert_eq!(b.readout, readout);
+    let [bins] = cfg.heads.as_slice() else {
+        panic!("{} bins heads", cfg.heads.len())
+    };
     assert_eq!(
         [
             cfg.features,
             cfg.head_hidden,
-            cfg.bins,
-            cfg.seed_hidden,
+            bins.bins,
+            bins.seed_hidden,
             cfg.embedding,
             cfg.projector_hidden,
-            cfg.attractor_hidden,
-            cfg.binomial_hidden
+            bins.attractor_hidden,
+            bins.binomial_hidden
         ],
         head
     );
-    assert_eq!(cfg.attractors, [16, 8, 4, 1]);
+    assert_eq!(bins.attractors, [16, 8, 4, 1]);
+    assert!(bins.relative && cfg.router.is_none());
 }
 
 fn max(t: &Tensor) -> f32 {
@@ -87,7 +91,7 @@ fn zoe_matches_the_pack() {
             .expect("0..1");
 
         // one run of the net on the core's input
-        let (net_input, _) = core_input(&pixels).expect("core input");
+        let (net_input, _) = core_input(&pixels, &Processor::INFER).expect("core input");
         let metric = model
             .forward(&net_input)
             .and_then(|t| t.squeeze(0)?.squeeze(0))
