@@ -19,7 +19,7 @@ use crate::engine::annotators::midas::{midas, Midas, MidasMap};
 use crate::graph::spec::build::*;
 use crate::graph::spec::NodeSpec;
 use crate::graph::ConstValue;
-use crate::nodes::annotators::{aux_spec, image_out, resolution, AnnotatorFile};
+use crate::nodes::annotators::{aux_spec, image_out, resolution, AnnotatorFile, HfFolder};
 use crate::nodes::{Inputs, Node, NodeContext, NodeError, NodeOutput, Registry};
 use crate::paths::DataDirs;
 
@@ -31,35 +31,21 @@ pub fn register(registry: &mut Registry) {
 /// `dpt_hybrid-midas-501f0c75.pt` of `lllyasviel/Annotators`.
 pub const MIDAS_FILE: AnnotatorFile = AnnotatorFile::lllyasviel("dpt_hybrid-midas-501f0c75.pt");
 
-/// The Hugging Face repository today's pack loads through transformers.
-pub const MIDAS_HF_REPO: &str = "Intel/dpt-hybrid-midas";
-
-/// The weights of a [`MIDAS_HF_REPO`] folder (the JSON files are read beside them), in
-/// transformers' order of preference: safetensors, else the older pickle.
-const MIDAS_HF_WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
+/// The Hugging Face repository today's pack loads through transformers, before the `.pt`.
+pub const MIDAS_HF: HfFolder = HfFolder {
+    repo: "Intel/dpt-hybrid-midas",
+    file: MIDAS_FILE,
+};
 
 /// The net's file: the transformers folder's weights if there are any, else the `.pt`; the
 /// error names both.
 pub fn midas_path(dirs: &DataDirs) -> Result<PathBuf, NodeError> {
-    MIDAS_HF_WEIGHTS
-        .iter()
-        .find_map(|name| dirs.annotator_repo_file(MIDAS_HF_REPO, name))
-        .or_else(|| dirs.annotator_file(MIDAS_FILE.name))
-        .ok_or_else(|| NodeError::Failed(midas_missing()))
+    MIDAS_HF.path(dirs)
 }
 
 /// What to tell a user who has neither file.
 pub fn midas_missing() -> String {
-    format!(
-        "{}; or today's comfyui_controlnet_aux's transformers folder {MIDAS_HF_REPO} \
-         ({} or {}, config.json, preprocessor_config.json) anywhere under \
-         models/annotators/ (e.g. ckpts/{MIDAS_HF_REPO}/, or a Hugging Face cache's \
-         models--{}/snapshots/<revision>/), published at https://huggingface.co/{MIDAS_HF_REPO}",
-        MIDAS_FILE.missing(),
-        MIDAS_HF_WEIGHTS[0],
-        MIDAS_HF_WEIGHTS[1],
-        MIDAS_HF_REPO.replace('/', "--"),
-    )
+    MIDAS_HF.missing()
 }
 
 /// The MiDaS depth map (`normal: false`) or normal map node; both take `a` and `bg_threshold`
