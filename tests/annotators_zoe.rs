@@ -118,7 +118,8 @@ async fn zoe_reads_todays_transformers_folder_first() {
         None,
     );
     add_annotators(&app, "zoe", &[(FILE, "")], Some("astronaut.png"));
-    app.queue_ok("/prompt", json!({"prompt": graph("hf")})).await;
+    app.queue_ok("/prompt", json!({"prompt": graph("hf")}))
+        .await;
     // The pipeline truncates the depth to uint8 before the pack stretches the 2nd..85th
     // percentile span (167 levels here) over 255: where a value lands on the other side of a
     // level boundary (26 of 16384 in the engine's parity test) the map moves by 2 levels.
@@ -131,7 +132,8 @@ async fn zoe_reads_todays_transformers_folder_first() {
     );
     // Without the folder, the .pt (the same image at the same resolution).
     std::fs::remove_dir_all(app.dir.path().join("models/annotators/hub")).unwrap();
-    app.queue_ok("/prompt", json!({"prompt": graph("pt")})).await;
+    app.queue_ok("/prompt", json!({"prompt": graph("pt")}))
+        .await;
     let (worst, _) = saved_against(&app, "pt", &pt["astronaut.depth_map"]);
     assert!(worst <= 1, "from the .pt: {worst} levels");
     // Without either: the error names both.

@@ -52,11 +52,10 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import cv2
 import numpy as np
@@ -245,16 +244,10 @@ def bench(pack, folder):
     det = pack.ZoeDetector(model_name=folder)
     img = cv2.resize(M.skimage.data.astronaut(), (512, 512), interpolation=cv2.INTER_AREA)
     image = M.to_comfy(img)
-    with torch.inference_mode():
-        M.common_annotator_call(det, image, 512)  # warm-up
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            M.common_annotator_call(det, image, 512)
-            times.append(time.perf_counter() - t0)
+    timing = M.timed(lambda: M.common_annotator_call(det, image, 512))
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, 2 threads, cpu f32: "
           f"Zoe-DepthMapPreprocessor (Intel/zoedepth-nyu-kitti layout) 512x512 at resolution 512: "
-          f"median {statistics.median(times):.2f} s ({', '.join(f'{t:.2f}' for t in times)})")
+          f"{timing}")
 
 
 def main():
@@ -271,6 +264,8 @@ def main():
         print(f"wrote {folder}")
         if args.bench:
             bench(pack, folder)
+        if not args.full:
+            shutil.rmtree(root)
     else:
         fixtures(pack)
 

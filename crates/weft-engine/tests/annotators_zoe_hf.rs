@@ -13,12 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture_dir, image_u8, levels, max_abs};
-use weft_engine::annotators::image_tensor;
+use common::{fixture_dir, image_u8, levels, max_abs, padded_case};
 use weft_engine::annotators::zoe::{core_input, min_max_levels, percentile, zoe, Call, Zoe};
 use weft_engine::load::file::StateDict;
-use weft_engine::preprocess::aux::resize_image_with_pad;
-use weft_engine::preprocess::cv::Interpolation;
 
 /// Raw and post-processed depth: largest difference relative to the largest value (the
 /// log-binomial's softmax at temperatures down to 0.0212 amplifies f32 rounding: the `.pt`
@@ -39,7 +36,10 @@ fn max(t: &Tensor) -> f32 {
 fn check_depth(what: &str, got: &Tensor, want: &Tensor) -> f32 {
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
     let rel = max_abs(got, want) / max(want);
-    assert!(rel <= DEPTH_TOLERANCE, "{what}: relative difference {rel:.2e}");
+    assert!(
+        rel <= DEPTH_TOLERANCE,
+        "{what}: relative difference {rel:.2e}"
+    );
     rel
 }
 
@@ -54,9 +54,18 @@ fn zoe_hf_matches_the_pack() {
     assert!(cfg.heads.iter().all(|h| !h.relative && h.bins == 64));
     assert_eq!(cfg.heads[0].attractors, [16, 16, 16, 16]);
     let router = cfg.router.as_ref().expect("router");
-    assert_eq!((router.hidden, router.heads, router.mlp, router.domains), (128, 4, 32, 2));
-    assert_eq!((cfg.beit.embed_dim, cfg.beit.depth, cfg.beit.heads), (32, 4, 2));
-    assert_eq!((cfg.beit.hooks, cfg.beit.layer_norm_eps), ([0, 1, 2, 3], 1e-12));
+    assert_eq!(
+        (router.hidden, router.heads, router.mlp, router.domains),
+        (128, 4, 32, 2)
+    );
+    assert_eq!(
+        (cfg.beit.embed_dim, cfg.beit.depth, cfg.beit.heads),
+        (32, 4, 2)
+    );
+    assert_eq!(
+        (cfg.beit.hooks, cfg.beit.layer_norm_eps),
+        ([0, 1, 2, 3], 1e-12)
+    );
     let Call::Pipeline { processor, rescale } = model.call().clone() else {
         panic!("called as the .pt")
     };
@@ -65,20 +74,19 @@ fn zoe_hf_matches_the_pack() {
     let reference: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
             .expect("reference");
-    for (case, resolution) in [("astronaut", 128), ("coffee", 64)] {
+    for (case, resolution) in [("astronaut", 128u32), ("coffee", 64)] {
         let input = &reference[&format!("{case}.input")];
-        let padded =
-            resize_image_with_pad("test", &image_u8(input), resolution, Interpolation::Cubic)
-                .expect("pad");
-        let pixels = (image_tensor("test", &padded.image, &Device::Cpu).expect("pixels")
-            * f64::from(rescale))
-        .expect("rescaled");
+        let (padded, pixels) = padded_case(input, resolution);
+        let pixels = (pixels * f64::from(rescale)).expect("rescaled");
 
         // the net on the processor's output, through the voted head
         let (net_input, _) = core_input(&pixels, &processor).expect("processor");
         let raw_of = |domain| {
             let (depth, logits) = model.forward_domain(&net_input, domain).expect("net");
-            (depth.squeeze(0).and_then(|d| d.squeeze(0)).expect("raw"), logits)
+            (
+                depth.squeeze(0).and_then(|d| d.squeeze(0)).expect("raw"),
+                logits,
+            )
         };
         let (raw, logits) = raw_of(None);
         let raw_rel = check_depth(case, &raw, &reference[&format!("{case}.raw")]);
@@ -116,7 +124,7 @@ fn zoe_hf_matches_the_pack() {
         let image = (input.to_dtype(DType::F32).expect("f32") / 255.0)
             .and_then(|t| t.unsqueeze(0))
             .expect("IMAGE");
-        let out = zoe(&model, &image, resolution as u32).expect("node");
+        let out = zoe(&model, &image, resolution).expect("node");
         let want = &reference[&format!("{case}.depth_map")];
         let (worst, off) = levels(&out, want, case);
         // The pack stretches its 2nd..85th percentile span of uint8 levels over 255: where a
@@ -152,4 +160,53 @@ fn zoe_hf_matches_the_pack() {
             "{case}: map differs by {worst_steady} levels where the uint8 depth agrees"
         );
     }
+}
+
+/// A full-size folder (`zoe_hf_reference.py --full DIR`) loads with the published shape and maps
+/// a 512x512 image: `WEFT_ZOE_HF_FILE=DIR/Intel/zoedepth-nyu-kitti/model.safetensors cargo test
+/// -p weft-engine --test annotators_zoe_hf -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs a full-size folder's weights named by WEFT_ZOE_HF_FILE"]
+fn full_size_folder_loads_and_runs() {
+    let Some(path) = std::env::var_os("WEFT_ZOE_HF_FILE") else {
+        return;
+    };
+    let sd = Arc::new(StateDict::open(std::path::Path::new(&path)).expect("file"));
+    let model = Zoe::load(&sd, &Device::Cpu).expect("loads");
+    let cfg = model.config();
+    let b = &cfg.beit;
+    assert_eq!(
+        [b.embed_dim, b.depth, b.heads, b.mlp, b.patch, b.table_side],
+        [1024, 24, 16, 4096, 16, 47]
+    );
+    assert_eq!(
+        (b.hooks, b.readout),
+        ([5, 11, 17, 23], [256, 512, 1024, 1024])
+    );
+    assert_eq!(
+        (cfg.features, cfg.head_hidden, cfg.embedding),
+        (256, 32, 128)
+    );
+    for head in &cfg.heads {
+        assert_eq!(
+            (
+                head.bins,
+                head.seed_hidden,
+                head.attractor_hidden,
+                head.binomial_hidden
+            ),
+            (64, 64, 128, 40)
+        );
+        assert_eq!(head.attractors, [16, 16, 16, 16]);
+    }
+    let router = cfg.router.as_ref().expect("router");
+    assert_eq!(
+        (router.hidden, router.heads, router.mlp, router.domains),
+        (128, 4, 1024, 2)
+    );
+    let image = Tensor::rand(0f32, 1f32, (1, 512, 512, 3), &Device::Cpu).expect("image");
+    let start = std::time::Instant::now();
+    let out = zoe(&model, &image, 512).expect("runs");
+    println!("{:?} in {:.2?}", out.dims(), start.elapsed());
+    assert_eq!(out.dims(), [1, 512, 512, 3]);
 }

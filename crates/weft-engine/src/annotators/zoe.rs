@@ -27,8 +27,8 @@ use candle_core::{Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::beit::{Beit, BeitConfig};
-use super::zoe_router::{Router, RouterConfig};
 use super::dpt::{DepthOut, Refine, RefinePaths};
+use super::zoe_router::{Router, RouterConfig};
 use super::{image_tensor, interpolate_axis, load_published, map_values, u8_from_clipped};
 use crate::load::file::StateDict;
 use crate::load::LoadError;
@@ -482,7 +482,10 @@ impl Zoe {
 
         let embedding = resize_aligned(&embedding, lh, lw)?;
         let main = if head.relative {
-            Tensor::cat(&[&hidden, &resize_aligned(&rel_depth, lh, lw)?, &embedding], 1)?
+            Tensor::cat(
+                &[&hidden, &resize_aligned(&rel_depth, lh, lw)?, &embedding],
+                1,
+            )?
         } else {
             Tensor::cat(&[&hidden, &embedding], 1)?
         };
@@ -563,8 +566,9 @@ impl Zoe {
         let pixels = image_tensor(OP, &hwc3(img), &self.device)?;
         match &self.call {
             Call::Infer => (pixels / 255.0).and_then(|x| self.infer(&x)),
-            Call::Pipeline { processor, rescale } => (pixels * f64::from(*rescale))
-                .and_then(|x| self.infer_padded(&x, processor)),
+            Call::Pipeline { processor, rescale } => {
+                (pixels * f64::from(*rescale)).and_then(|x| self.infer_padded(&x, processor))
+            }
         }
         .and_then(|d| d.reshape((h, w)))
         .map_err(|source| PreprocessError::Candle { op: OP, source })

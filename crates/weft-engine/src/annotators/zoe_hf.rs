@@ -89,7 +89,10 @@ fn published(key: &str, domains: &[String]) -> Option<String> {
                 "resize" => 4,
                 _ => return None,
             };
-            core(format!("pretrained.act_postprocess{}.{k}.{p}", index(i)? + 1))
+            core(format!(
+                "pretrained.act_postprocess{}.{k}.{p}",
+                index(i)? + 1
+            ))
         }
         ["neck", ..] => core(dpt_scratch(&parts)?),
         ["relative_head", conv, p] => {
@@ -103,9 +106,7 @@ fn published(key: &str, domains: &[String]) -> Option<String> {
         }
         ["metric_head", "conv2", p] => Some(format!("conv2.{p}")),
         ["metric_head", "seed_projector", c, p] => Some(format!("seed_projector.{}.{p}", mlp(c)?)),
-        ["metric_head", "projectors", i, c, p] => {
-            Some(format!("projectors.{i}.{}.{p}", mlp(c)?))
-        }
+        ["metric_head", "projectors", i, c, p] => Some(format!("projectors.{i}.{}.{p}", mlp(c)?)),
         ["metric_head", "seed_bin_regressors", name, c, p] => Some(format!(
             "bins.{}.seed_bin_regressor.{}.{p}",
             domain(name)?,
@@ -245,8 +246,10 @@ fn processor(json: Option<&Json>) -> Result<(Processor, f32), String> {
     };
     // fractional or other multiples would give odd token grids, where transformers' fusion
     // resizes differently
-    let multiple = get("ensure_multiple_of").and_then(Json::as_f64).unwrap_or(32.0);
-    if multiple < 32.0 || multiple.fract() != 0.0 || multiple as usize % 32 != 0 {
+    let multiple = get("ensure_multiple_of")
+        .and_then(Json::as_f64)
+        .unwrap_or(32.0);
+    if multiple < 32.0 || multiple.fract() != 0.0 || !(multiple as usize).is_multiple_of(32) {
         return Err(format!(
             "ensure_multiple_of {multiple}: a multiple of 32 expected"
         ));
@@ -401,7 +404,10 @@ mod tests {
     #[test]
     fn the_processor_defaults_to_the_published_one() {
         let (p, rescale) = processor(None).unwrap();
-        assert_eq!((p.size, p.multiple, p.pad, p.keep_aspect_ratio), ((384, 512), 32, true, true));
+        assert_eq!(
+            (p.size, p.multiple, p.pad, p.keep_aspect_ratio),
+            ((384, 512), 32, true, true)
+        );
         assert_eq!((p.mean, p.std, rescale), ([0.5; 3], [0.5; 3], 1.0 / 255.0));
         let json = serde_json::json!({"size": {"height": 192, "width": 256}, "do_pad": false});
         let (p, _) = processor(Some(&json)).unwrap();

@@ -113,9 +113,13 @@ impl EncoderLayer {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let attn = scaled_dot_product(&split(&self.query)?, &split(&self.key)?, &split(&self.value)?)?
-            .transpose(1, 2)?
-            .reshape((b, n, d))?;
+        let attn = scaled_dot_product(
+            &split(&self.query)?,
+            &split(&self.key)?,
+            &split(&self.value)?,
+        )?
+        .transpose(1, 2)?
+        .reshape((b, n, d))?;
         let x = self.norm1.forward(&(x + self.out.forward(&attn)?)?)?;
         let ff = self.linear2.forward(&self.linear1.forward(&x)?.relu()?)?;
         self.norm2.forward(&(x + ff)?)
@@ -173,10 +177,7 @@ impl Router {
 /// `exp(i * -ln(10000) / d)` for even `i`, the sines of those then their cosines; `[1, n, d]`.
 fn positions(n: usize, d: usize, device: &candle_core::Device) -> candle_core::Result<Tensor> {
     let step = -(10000f32.ln()) / d as f32;
-    let div: Vec<f32> = (0..d)
-        .step_by(2)
-        .map(|i| (i as f32 * step).exp())
-        .collect();
+    let div: Vec<f32> = (0..d).step_by(2).map(|i| (i as f32 * step).exp()).collect();
     let mut out = Vec::with_capacity(n * d);
     for p in 0..n {
         let angles = div.iter().map(|v| p as f32 * v);
