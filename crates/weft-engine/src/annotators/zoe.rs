@@ -102,9 +102,10 @@ impl BinsConfig {
             ));
         }
         let binomial_in = dim("conditional_log_binomial.mlp.0.weight", 1)?;
-        let relative = match binomial_in - head_hidden.min(binomial_in) {
-            n if n == embedding => false,
-            n if n == embedding + 1 => true,
+        // the hidden map, the relative depth where it is read, the bin embedding
+        let relative = match binomial_in.checked_sub(head_hidden + embedding) {
+            Some(0) => false,
+            Some(1) => true,
             _ => {
                 return Err(format!(
                     "a log-binomial head reading {binomial_in} channels (hidden {head_hidden}, \
