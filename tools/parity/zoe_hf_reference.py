@@ -89,14 +89,16 @@ BINS = [
 def import_pack(src):
     """The pack's zoe/transformers.py, from `src` or else from the mirror."""
     path = os.path.join(src, "custom_controlnet_aux", "zoe", "transformers.py")
-    if not os.path.exists(path):
-        text = subprocess.check_output(["git", f"--git-dir={MIRROR}", "show", f"HEAD:{PACK_FILE}"])
-        path = os.path.join(tempfile.mkdtemp(), "pack_zoe_transformers.py")
-        with open(path, "wb") as f:
-            f.write(text)
-    spec = importlib.util.spec_from_file_location("pack_zoe_transformers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as tmp:
+        if not os.path.exists(path):
+            text = subprocess.check_output(
+                ["git", f"--git-dir={MIRROR}", "show", f"HEAD:{PACK_FILE}"])
+            path = os.path.join(tmp, "pack_zoe_transformers.py")
+            with open(path, "wb") as f:
+                f.write(text)
+        spec = importlib.util.spec_from_file_location("pack_zoe_transformers", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 
