@@ -43,7 +43,9 @@ Writes tests/fixtures/annotators/zoe_hf/:
   astronaut.png          the first case's input, for the end-to-end test
 
 Run: /tmp/peer-venv/bin/python tools/parity/zoe_hf_reference.py [--pack-src DIR]
-  ... --full DIR   write a full-size random-weight Intel/zoedepth-nyu-kitti folder under DIR
+  ... --full DIR   write a full-size random-weight Intel/zoedepth-nyu-kitti folder under DIR, and
+                   DIR/reference_full.safetensors (the first case's raw depth, logits and map
+                   through it, for the engine test's ignored full-size check)
   ... --bench      time the node's call at resolution 512 on a 512x512 image with the
                    full-size random net (one warm-up, median of 3, torch threads = 2)
 Versions: see reference.json (transformers 5.25, torch 2.x, torchvision 0.29, opencv 4.x).
@@ -135,8 +137,13 @@ def save(model, folder, full=True):
 
 
 def tiny_model():
+    return contrasted(config(full=False))
+
+
+def contrasted(cfg):
+    """The net with seeded weights that give its map contrast and its vote a clear winner."""
     torch.manual_seed(0)
-    model = ZoeDepthForDepthEstimation(config(full=False)).eval()
+    model = ZoeDepthForDepthEstimation(cfg).eval()
     M.randomise(model, ("relative_position_bias_table", "cls_token"))
     with torch.no_grad():
         head = model.metric_head
@@ -237,8 +244,22 @@ def fixtures(pack):
 
 
 def full_model():
-    torch.manual_seed(0)
-    return ZoeDepthForDepthEstimation(config(full=True)).eval()
+    return contrasted(config(full=True))
+
+
+def full_reference(pack, folder, out):
+    """The full-size net's raw depth, logits and map for the first case (astronaut 64x64 at
+    resolution 128: a 384x384 net input, a 24x24 token grid)."""
+    torch.set_num_threads(2)
+    det = detector(pack, folder)
+    case, img, res = M.inputs()[0]
+    depth_map = M.to_u8(M.common_annotator_call(det, M.to_comfy(img), res))
+    last = det.pipe.last
+    print(f"full {case}: raw {last['raw'].shape} {last['raw'].min():.4f}..{last['raw'].max():.4f}, "
+          f"logits {last['logits']}, map {len(np.unique(depth_map))} levels")
+    save_file({f"{case}.input": img, f"{case}.raw": last["raw"], f"{case}.logits": last["logits"],
+               f"{case}.depth_map": depth_map}, out)
+    print(f"wrote {out}")
 
 
 def bench(pack, folder):
@@ -264,6 +285,8 @@ def main():
         folder = os.path.join(root, FOLDER)
         save(full_model(), folder)
         print(f"wrote {folder}")
+        if args.full:
+            full_reference(pack, folder, os.path.join(root, "reference_full.safetensors"))
         if args.bench:
             bench(pack, folder)
         if not args.full:

@@ -162,9 +162,10 @@ fn zoe_hf_matches_the_pack() {
     }
 }
 
-/// A full-size folder (`zoe_hf_reference.py --full DIR`) loads with the published shape and maps
-/// a 512x512 image: `WEFT_ZOE_HF_FILE=DIR/Intel/zoedepth-nyu-kitti/model.safetensors cargo test
-/// -p weft-engine --test annotators_zoe_hf -- --ignored --nocapture`.
+/// A full-size folder (`zoe_hf_reference.py --full DIR`) loads with the published shape, matches
+/// the pack on the first case (`DIR/reference_full.safetensors`) and maps a 512x512 image:
+/// `WEFT_ZOE_HF_FILE=DIR/Intel/zoedepth-nyu-kitti/model.safetensors cargo test -p weft-engine
+/// --test annotators_zoe_hf -- --ignored --nocapture`.
 #[test]
 #[ignore = "needs a full-size folder's weights named by WEFT_ZOE_HF_FILE"]
 fn full_size_folder_loads_and_runs() {
@@ -204,6 +205,35 @@ fn full_size_folder_loads_and_runs() {
         (router.hidden, router.heads, router.mlp, router.domains),
         (128, 4, 1024, 2)
     );
+    let Call::Pipeline { processor, rescale } = model.call().clone() else {
+        panic!("called as the .pt")
+    };
+    let reference = std::path::Path::new(&path)
+        .ancestors()
+        .nth(3)
+        .map(|dir| dir.join("reference_full.safetensors"))
+        .filter(|p| p.exists());
+    if let Some(reference) = reference {
+        let reference = candle_core::safetensors::load(reference, &Device::Cpu).expect("ref");
+        let (_, pixels) = padded_case(&reference["astronaut.input"], 128);
+        let pixels = (pixels * f64::from(rescale)).expect("rescaled");
+        let (net_input, _) = core_input(&pixels, &processor).expect("processor");
+        let (raw, logits) = model.forward_domain(&net_input, None).expect("net");
+        let raw = raw.squeeze(0).and_then(|d| d.squeeze(0)).expect("raw");
+        let rel = check_depth("full", &raw, &reference["astronaut.raw"]);
+        let logits = logits.expect("logits").squeeze(0).expect("logits");
+        let logit_diff = max_abs(&logits, &reference["astronaut.logits"]);
+        let input = &reference["astronaut.input"];
+        let image = (input.to_dtype(DType::F32).expect("f32") / 255.0)
+            .and_then(|t| t.unsqueeze(0))
+            .expect("IMAGE");
+        let out = zoe(&model, &image, 128).expect("node");
+        let (worst, off) = levels(&out, &reference["astronaut.depth_map"], "full");
+        println!(
+            "full size: raw depth {rel:.2e} relative, logits {logit_diff:.1e}, map max diff \
+             {worst} level(s), {off} values off"
+        );
+    }
     let image = Tensor::rand(0f32, 1f32, (1, 512, 512, 3), &Device::Cpu).expect("image");
     let start = std::time::Instant::now();
     let out = zoe(&model, &image, 512).expect("runs");
