@@ -253,11 +253,18 @@ fn main() -> anyhow::Result<()> {
             )?)
         });
     }
-    if let Some(sd) = open("ZoeD_M12_N.pt") {
-        let net = Zoe::load(&sd, &device)?;
-        bench("Zoe-DepthMapPreprocessor", runs, || {
-            Ok(annotators::zoe::zoe(&net, &image, 512)?)
-        });
+    // the .pt, then today's transformers folder (`zoe_hf_reference.py --full DIR`)
+    for (name, file) in [
+        ("Zoe-DepthMapPreprocessor", "ZoeD_M12_N.pt"),
+        (
+            "Zoe-DepthMapPreprocessor (HF NK)",
+            "Intel/zoedepth-nyu-kitti/model.safetensors",
+        ),
+    ] {
+        if let Some(sd) = open(file) {
+            let net = Zoe::load(&sd, &device)?;
+            bench(name, runs, || Ok(annotators::zoe::zoe(&net, &image, 512)?));
+        }
     }
     if let Some(sd) = open("upernet_global_small.pth") {
         let net = UniFormer::load(&sd, &device)?;

@@ -231,16 +231,21 @@ def bench():
     detector = PackMidasDetector(build())
     img = cv2.resize(skimage.data.astronaut(), (512, 512), interpolation=cv2.INTER_AREA)
     image = to_comfy(img)
-    with torch.inference_mode():
-        common_annotator_call(detector, image, 512, a=A, bg_th=BG_TH)  # warm-up
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            common_annotator_call(detector, image, 512, a=A, bg_th=BG_TH)
-            times.append(time.perf_counter() - t0)
+    timing = timed(lambda: common_annotator_call(detector, image, 512, a=A, bg_th=BG_TH))
     print(f"torch {torch.__version__}, 2 threads, cpu f32: MiDaS-DepthMapPreprocessor (DPT-Hybrid) "
-          f"512x512 at resolution 512: median {statistics.median(times):.2f} s "
-          f"({', '.join(f'{t:.2f}' for t in times)})")
+          f"512x512 at resolution 512: {timing}")
+
+
+def timed(call, runs=3):
+    """`call()` after one warm-up, `runs` times, under inference mode: 'median X s (a, b, c)'."""
+    with torch.inference_mode():
+        call()
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+    return f"median {statistics.median(times):.2f} s ({', '.join(f'{t:.2f}' for t in times)})"
 
 
 def main():

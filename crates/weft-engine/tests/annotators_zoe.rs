@@ -12,12 +12,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture_dir, image_u8, levels, max_abs};
-use weft_engine::annotators::image_tensor;
-use weft_engine::annotators::zoe::{core_input, zoe, Config, Zoe};
+use common::{fixture_dir, levels, max_abs, padded_case};
+use weft_engine::annotators::zoe::{core_input, zoe, Config, Processor, Zoe};
 use weft_engine::load::file::StateDict;
-use weft_engine::preprocess::aux::resize_image_with_pad;
-use weft_engine::preprocess::cv::Interpolation;
 
 fn load(path: &Path) -> Zoe {
     let sd = Arc::new(StateDict::open(path).expect("file"));
@@ -41,20 +38,24 @@ fn check_config(
     );
     assert_eq!(b.hooks, hooks);
     assert_eq!(b.readout, readout);
+    let [bins] = cfg.heads.as_slice() else {
+        panic!("{} bins heads", cfg.heads.len())
+    };
     assert_eq!(
         [
             cfg.features,
             cfg.head_hidden,
-            cfg.bins,
-            cfg.seed_hidden,
+            bins.bins,
+            bins.seed_hidden,
             cfg.embedding,
             cfg.projector_hidden,
-            cfg.attractor_hidden,
-            cfg.binomial_hidden
+            bins.attractor_hidden,
+            bins.binomial_hidden
         ],
         head
     );
-    assert_eq!(cfg.attractors, [16, 8, 4, 1]);
+    assert_eq!(bins.attractors, [16, 8, 4, 1]);
+    assert!(bins.relative && cfg.router.is_none());
 }
 
 fn max(t: &Tensor) -> f32 {
@@ -78,16 +79,13 @@ fn zoe_matches_the_pack() {
     let reference: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
             .expect("reference");
-    for (case, resolution) in [("astronaut", 128), ("coffee", 64)] {
+    for (case, resolution) in [("astronaut", 128u32), ("coffee", 64)] {
         let input = &reference[&format!("{case}.input")];
-        let padded =
-            resize_image_with_pad("test", &image_u8(input), resolution, Interpolation::Cubic)
-                .expect("pad");
-        let pixels = (image_tensor("test", &padded.image, &Device::Cpu).expect("pixels") / 255.0)
-            .expect("0..1");
+        let (padded, pixels) = padded_case(input, resolution);
+        let pixels = (pixels / 255.0).expect("0..1");
 
         // one run of the net on the core's input
-        let (net_input, _) = core_input(&pixels).expect("core input");
+        let (net_input, _) = core_input(&pixels, &Processor::INFER).expect("core input");
         let metric = model
             .forward(&net_input)
             .and_then(|t| t.squeeze(0)?.squeeze(0))
@@ -113,7 +111,7 @@ fn zoe_matches_the_pack() {
         let image = (input.to_dtype(DType::F32).expect("f32") / 255.0)
             .and_then(|t| t.unsqueeze(0))
             .expect("IMAGE");
-        let out = zoe(&model, &image, resolution as u32).expect("node");
+        let out = zoe(&model, &image, resolution).expect("node");
         let (worst, off) = levels(&out, &reference[&format!("{case}.depth_map")], case);
         println!(
             "{case}: metric max diff {metric_diff:.2e} (max {metric_range:.2}); depth max diff \

@@ -19,9 +19,7 @@ use crate::engine::annotators::midas::{midas, Midas, MidasMap};
 use crate::graph::spec::build::*;
 use crate::graph::spec::NodeSpec;
 use crate::graph::ConstValue;
-use crate::nodes::annotators::{
-    aux_spec, hf_folder_hint, hf_weights, image_out, resolution, AnnotatorFile,
-};
+use crate::nodes::annotators::{aux_spec, image_out, resolution, AnnotatorFile, HfFolder};
 use crate::nodes::{Inputs, Node, NodeContext, NodeError, NodeOutput, Registry};
 use crate::paths::DataDirs;
 
@@ -33,24 +31,21 @@ pub fn register(registry: &mut Registry) {
 /// `dpt_hybrid-midas-501f0c75.pt` of `lllyasviel/Annotators`.
 pub const MIDAS_FILE: AnnotatorFile = AnnotatorFile::lllyasviel("dpt_hybrid-midas-501f0c75.pt");
 
-/// The Hugging Face repository today's pack loads through transformers.
-pub const MIDAS_HF_REPO: &str = "Intel/dpt-hybrid-midas";
+/// The Hugging Face repository today's pack loads through transformers, before the `.pt`.
+pub const MIDAS_HF: HfFolder = HfFolder {
+    repo: "Intel/dpt-hybrid-midas",
+    file: MIDAS_FILE,
+};
 
 /// The net's file: the transformers folder's weights if there are any, else the `.pt`; the
 /// error names both.
 pub fn midas_path(dirs: &DataDirs) -> Result<PathBuf, NodeError> {
-    hf_weights(dirs, MIDAS_HF_REPO)
-        .or_else(|| dirs.annotator_file(MIDAS_FILE.name))
-        .ok_or_else(|| NodeError::Failed(midas_missing()))
+    MIDAS_HF.path(dirs)
 }
 
 /// What to tell a user who has neither file.
 pub fn midas_missing() -> String {
-    format!(
-        "{}; or today's comfyui_controlnet_aux's {}",
-        MIDAS_FILE.missing(),
-        hf_folder_hint(MIDAS_HF_REPO)
-    )
+    MIDAS_HF.missing()
 }
 
 /// The MiDaS depth map (`normal: false`) or normal map node; both take `a` and `bg_threshold`

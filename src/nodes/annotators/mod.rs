@@ -6,7 +6,7 @@
 //!
 //! One file per annotator family; each declares its nodes and the files they read.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Device;
@@ -82,10 +82,7 @@ impl AnnotatorFile {
         ctx: &NodeContext,
         load: impl FnOnce(&Arc<StateDict>, &Device) -> Result<T, LoadError>,
     ) -> Result<Arc<T>, NodeError> {
-        let path = self.path(&ctx.dirs)?;
-        ctx.models
-            .annotator(&path, load)
-            .map_err(|e| NodeError::Failed(format!("annotator '{}': {e}", self.name)))
+        load_annotator(ctx, &self.path(&ctx.dirs)?, load)
     }
 
     /// The cache token of a node reading these files: each one's path, size and modification
@@ -99,12 +96,55 @@ impl AnnotatorFile {
     }
 }
 
-/// The weights of a transformers folder (its JSON files are read beside them), in transformers'
-/// order of preference: safetensors, else the older pickle.
-pub const HF_WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
+/// Loads the annotator file at `path` through the model manager as `T` (once while the file
+/// stays unchanged); errors name the file.
+fn load_annotator<T: Send + Sync + 'static>(
+    ctx: &NodeContext,
+    path: &Path,
+    load: impl FnOnce(&Arc<StateDict>, &Device) -> Result<T, LoadError>,
+) -> Result<Arc<T>, NodeError> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    ctx.models
+        .annotator(path, load)
+        .map_err(|e| NodeError::Failed(format!("annotator '{name}': {e}")))
+}
+
+/// The weights of a transformers folder, in transformers' order of preference: safetensors,
+/// else the older pickle (the JSON files are read beside them).
+const HF_WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
+
+/// A Hugging Face repository's transformers folder, which today's pack loads, read in
+/// preference to the published file the pack read before: found as `.../<repo>/<weights>` or in
+/// a hub cache's `models--<owner>--<name>/snapshots/<rev>/`, any depth under
+/// `models/annotators/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HfFolder {
+    /// The repository (`Intel/dpt-hybrid-midas`).
+    pub repo: &'static str,
+    /// The older published file.
+    pub file: AnnotatorFile,
+}
+
+impl HfFolder {
+    /// The folder's weights if there are any, else the file; the error names both.
+    pub fn path(&self, dirs: &DataDirs) -> Result<PathBuf, NodeError> {
+        hf_weights(dirs, self.repo)
+            .or_else(|| dirs.annotator_file(self.file.name))
+            .ok_or_else(|| NodeError::Failed(self.missing()))
+    }
+
+    /// What to tell a user who has neither.
+    pub fn missing(&self) -> String {
+        format!(
+            "{}; or today's comfyui_controlnet_aux's {}",
+            self.file.missing(),
+            hf_folder_hint(self.repo)
+        )
+    }
+}
 
 /// The weights file of the Hugging Face repository `repo`'s folder under the annotator folders.
-pub fn hf_weights(dirs: &DataDirs, repo: &str) -> Option<PathBuf> {
+fn hf_weights(dirs: &DataDirs, repo: &str) -> Option<PathBuf> {
     HF_WEIGHTS
         .iter()
         .find_map(|name| dirs.annotator_repo_file(repo, name))
@@ -112,7 +152,7 @@ pub fn hf_weights(dirs: &DataDirs, repo: &str) -> Option<PathBuf> {
 
 /// Where to put the Hugging Face repository `repo`'s folder (a comfyui_controlnet_aux `ckpts/`
 /// tree or a hub cache, anywhere under `models/annotators/`) and where it is published.
-pub fn hf_folder_hint(repo: &str) -> String {
+fn hf_folder_hint(repo: &str) -> String {
     format!(
         "transformers folder {repo} ({} or {}, config.json, preprocessor_config.json) \
          anywhere under models/annotators/ (e.g. ckpts/{repo}/, or a Hugging Face cache's \
@@ -121,6 +161,24 @@ pub fn hf_folder_hint(repo: &str) -> String {
         HF_WEIGHTS[1],
         repo.replace('/', "--"),
     )
+}
+
+/// Where a plain annotator node's network comes from.
+pub(crate) trait WeightSource {
+    /// The file to load, or the error that says where to get it.
+    fn locate(&self, dirs: &DataDirs) -> Result<PathBuf, NodeError>;
+}
+
+impl WeightSource for AnnotatorFile {
+    fn locate(&self, dirs: &DataDirs) -> Result<PathBuf, NodeError> {
+        self.path(dirs)
+    }
+}
+
+impl WeightSource for HfFolder {
+    fn locate(&self, dirs: &DataDirs) -> Result<PathBuf, NodeError> {
+        self.path(dirs)
+    }
 }
 
 pub(crate) use crate::nodes::preprocessors::{image_out, resolution};
@@ -140,17 +198,19 @@ pub(crate) fn aux_spec(
 }
 
 /// An aux node with no inputs of its own: `image` through one network file at `resolution`.
-pub(crate) struct PlainAnnotatorNode<T> {
+pub(crate) struct PlainAnnotatorNode<T, F = AnnotatorFile> {
     pub class: &'static str,
     pub display: &'static str,
     pub category: &'static str,
-    pub file: AnnotatorFile,
+    pub file: F,
     pub load: fn(&Arc<StateDict>, &Device) -> Result<T, LoadError>,
     pub map:
         fn(&T, &candle_core::Tensor, u32) -> crate::engine::preprocess::Result<candle_core::Tensor>,
 }
 
-impl<T: Send + Sync + 'static> crate::nodes::Node for PlainAnnotatorNode<T> {
+impl<T: Send + Sync + 'static, F: WeightSource + Send + Sync + 'static> crate::nodes::Node
+    for PlainAnnotatorNode<T, F>
+{
     fn spec(&self) -> NodeSpec {
         aux_spec(self.class, self.display, self.category, vec![])
     }
@@ -160,7 +220,7 @@ impl<T: Send + Sync + 'static> crate::nodes::Node for PlainAnnotatorNode<T> {
         dirs: &DataDirs,
         _constants: &[(String, crate::graph::ConstValue)],
     ) -> Result<String, NodeError> {
-        AnnotatorFile::fingerprint(dirs, &[self.file])
+        crate::nodes::path_fingerprint(dirs, &self.file.locate(dirs)?)
     }
 
     fn run(
@@ -168,7 +228,7 @@ impl<T: Send + Sync + 'static> crate::nodes::Node for PlainAnnotatorNode<T> {
         ctx: &NodeContext,
         inputs: &crate::nodes::Inputs,
     ) -> Result<crate::nodes::NodeOutput, NodeError> {
-        let net = self.file.load(ctx, self.load)?;
+        let net = load_annotator(ctx, &self.file.locate(&ctx.dirs)?, self.load)?;
         image_out((self.map)(
             &net,
             inputs.image("image")?,

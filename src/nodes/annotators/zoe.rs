@@ -1,12 +1,20 @@
 //! comfyui_controlnet_aux's `Zoe-DepthMapPreprocessor` (node_wrappers/zoe.py): metric depth by
-//! ZoeDepth N from `ZoeD_M12_N.pt`, the network in `engine::annotators::zoe`.
+//! ZoeDepth (the network in `engine::annotators::zoe`) from either of the two files the pack has
+//! read:
+//! - transformers' `Intel/zoedepth-nyu-kitti` folder (`model.safetensors`, or
+//!   `pytorch_model.bin`, with its `config.json` and `preprocessor_config.json`; ZoeDepth NK, two
+//!   domain heads), which the pack runs through the depth-estimation pipeline since e8b689a
+//!   (`engine::annotators::zoe_hf`): found as `.../Intel/zoedepth-nyu-kitti/model.safetensors` or
+//!   in a hub cache's `models--Intel--zoedepth-nyu-kitti/snapshots/<rev>/`, any depth under
+//!   `models/annotators/`; run as today's pack runs it (one run, no flip; the depth through
+//!   uint8 before the percentiles);
+//! - `ZoeD_M12_N.pt` of lllyasviel/Annotators (ZoeDepth N), which the pack read until June 2025
+//!   (`infer`'s flip averaging).
 //!
-//! The file, not the pack's current `Intel/zoedepth-nyu-kitti` transformers download: the pack
-//! read this file until June 2025, the issue names it, and it is what `models/annotators/` and the
-//! pack's `ckpts/` tree hold.
+//! Where both are there the folder wins: it is what today's pack runs.
 
 use crate::engine::annotators::zoe::{zoe, Zoe};
-use crate::nodes::annotators::{AnnotatorFile, PlainAnnotatorNode};
+use crate::nodes::annotators::{AnnotatorFile, HfFolder, PlainAnnotatorNode};
 use crate::nodes::Registry;
 
 /// `Zoe-DepthMapPreprocessor`: the depth map (near bright, between the 2nd and 85th percentiles)
@@ -16,7 +24,7 @@ pub fn register(registry: &mut Registry) {
         class: "Zoe-DepthMapPreprocessor",
         display: "Zoe Depth Map",
         category: "ControlNet Preprocessors/Normal and Depth Estimators",
-        file: ZOE_FILE,
+        file: ZOE_HF,
         load: Zoe::load,
         map: zoe,
     });
@@ -24,3 +32,9 @@ pub fn register(registry: &mut Registry) {
 
 /// `ZoeD_M12_N.pt` of `lllyasviel/Annotators`.
 pub const ZOE_FILE: AnnotatorFile = AnnotatorFile::lllyasviel("ZoeD_M12_N.pt");
+
+/// The Hugging Face repository today's pack loads through transformers, before the `.pt`.
+pub const ZOE_HF: HfFolder = HfFolder {
+    repo: "Intel/zoedepth-nyu-kitti",
+    file: ZOE_FILE,
+};

@@ -15,7 +15,7 @@ use super::interpolate_axis;
 use crate::ops::conv::{conv2d, Conv2d};
 
 /// The shape of a MiDaS BEiT backbone, read from its weights.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BeitConfig {
     /// Token width.
     pub embed_dim: usize,
@@ -34,6 +34,8 @@ pub struct BeitConfig {
     pub hooks: [usize; 4],
     /// Widths of the four readout maps (`act_postprocessN.3`).
     pub readout: [usize; 4],
+    /// The blocks' LayerNorm epsilon: timm's 1e-6 (transformers' BEiT has its config's, 1e-12).
+    pub layer_norm_eps: f64,
 }
 
 impl BeitConfig {
@@ -82,6 +84,7 @@ impl BeitConfig {
                 dim("act_postprocess3.3.weight", 0)?,
                 dim("act_postprocess4.3.weight", 0)?,
             ],
+            layer_norm_eps: 1e-6,
         })
     }
 }
@@ -124,7 +127,8 @@ impl Beit {
                     let vb = model.pp(format!("blocks.{i}"));
                     Ok(Block {
                         table: vb.get((rows, cfg.heads), "attn.relative_position_bias_table")?,
-                        block: VitBlock::beit(vb, d, cfg.heads, cfg.mlp)?,
+                        block: VitBlock::beit(vb, d, cfg.heads, cfg.mlp)?
+                            .with_layer_norm_eps(cfg.layer_norm_eps),
                     })
                 })
                 .collect::<candle_core::Result<_>>()?,

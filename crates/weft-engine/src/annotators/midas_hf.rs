@@ -36,7 +36,7 @@ pub fn is_hf_layout(shapes: &HashMap<String, Vec<usize>>) -> bool {
 }
 
 /// Where one published name's tensor comes from.
-enum HfTensor {
+pub(super) enum HfTensor {
     Key(String),
     /// Joined along the first dimension (query, key, value into `qkv`).
     Cat(Vec<String>),
@@ -71,20 +71,6 @@ impl Source for HfTensor {
 fn published(key: &str) -> Option<String> {
     let parts: Vec<&str> = key.split('.').collect();
     let rest = |r: &[&str]| r.join(".");
-    let fusion = |r: &[&str]| -> Option<String> {
-        let mapped: Vec<&str> = r
-            .iter()
-            .map(|p| match *p {
-                "projection" => "out_conv",
-                "residual_layer1" => "resConfUnit1",
-                "residual_layer2" => "resConfUnit2",
-                "convolution1" => "conv1",
-                "convolution2" => "conv2",
-                other => other,
-            })
-            .collect();
-        Some(mapped.join("."))
-    };
     let readout = |i: &str| match i {
         "2" => Some("3"),
         "3" => Some("4"),
@@ -126,28 +112,59 @@ fn published(key: &str) -> Option<String> {
         ["neck", "reassemble_stage", "layers", "3", "resize", p] => {
             format!("pretrained.act_postprocess4.4.{p}")
         }
-        ["neck", "convs", i, p] => format!("scratch.layer{}_rn.{p}", i.parse::<usize>().ok()? + 1),
-        ["neck", "fusion_stage", "layers", j, r @ ..] => {
-            let j: usize = j.parse().ok()?;
-            format!("scratch.refinenet{}.{}", 4usize.checked_sub(j)?, fusion(r)?)
-        }
+        ["neck", "convs" | "fusion_stage", ..] => dpt_scratch(&parts)?,
         ["head", "head", k, p] => format!("scratch.output_conv.{k}.{p}"),
         _ => return None,
     })
 }
 
-/// Published name -> source and shape, for every tensor of the file the net reads.
-fn names(shapes: &HashMap<String, Vec<usize>>) -> HashMap<String, (HfTensor, Vec<usize>)> {
-    let mut out: HashMap<String, (HfTensor, Vec<usize>)> = shapes
-        .iter()
-        .filter_map(|(k, shape)| Some((published(k)?, (HfTensor::Key(k.clone()), shape.clone()))))
-        .collect();
+/// The DPT `scratch` name of transformers' neck convolutions (`neck.convs.I`, to
+/// `scratch.layerI+1_rn`) and fusion stage (`neck.fusion_stage.layers.J`, coarsest first, to
+/// `scratch.refinenet4-J`), from the key's dot-separated `parts`.
+pub(super) fn dpt_scratch(parts: &[&str]) -> Option<String> {
+    match parts {
+        ["neck", "convs", i, p] => Some(format!(
+            "scratch.layer{}_rn.{p}",
+            i.parse::<usize>().ok()? + 1
+        )),
+        ["neck", "fusion_stage", "layers", j, r @ ..] => {
+            let j: usize = j.parse().ok()?;
+            let mapped: Vec<&str> = r
+                .iter()
+                .map(|p| match *p {
+                    "projection" => "out_conv",
+                    "residual_layer1" => "resConfUnit1",
+                    "residual_layer2" => "resConfUnit2",
+                    "convolution1" => "conv1",
+                    "convolution2" => "conv2",
+                    other => other,
+                })
+                .collect();
+            Some(format!(
+                "scratch.refinenet{}.{}",
+                4usize.checked_sub(j)?,
+                mapped.join(".")
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// For every layer `i` whose `{layer(i)}.query.weight` is in the file: its query, key and value
+/// `params` (`weight`, `bias`) joined along the first dimension as `{target(i)}.{param}`.
+pub(super) fn joined_qkv(
+    shapes: &HashMap<String, Vec<usize>>,
+    layer: impl Fn(usize) -> String,
+    target: impl Fn(usize) -> String,
+    params: &[&str],
+) -> Vec<(String, (HfTensor, Vec<usize>))> {
+    let mut out = Vec::new();
     for i in 0.. {
-        let layer = format!("dpt.encoder.layer.{i}.attention.attention");
+        let layer = layer(i);
         if !shapes.contains_key(&format!("{layer}.query.weight")) {
             break;
         }
-        for p in ["weight", "bias"] {
+        for p in params {
             let keys: Vec<String> = ["query", "key", "value"]
                 .iter()
                 .map(|q| format!("{layer}.{q}.{p}"))
@@ -163,12 +180,24 @@ fn names(shapes: &HashMap<String, Vec<usize>>) -> HashMap<String, (HfTensor, Vec
             if let Some(first) = shape.first_mut() {
                 *first = parts.iter().filter_map(|s| s.first()).sum();
             }
-            out.insert(
-                format!("pretrained.model.blocks.{i}.attn.qkv.{p}"),
-                (HfTensor::Cat(keys), shape),
-            );
+            out.push((format!("{}.{p}", target(i)), (HfTensor::Cat(keys), shape)));
         }
     }
+    out
+}
+
+/// Published name -> source and shape, for every tensor of the file the net reads.
+fn names(shapes: &HashMap<String, Vec<usize>>) -> HashMap<String, (HfTensor, Vec<usize>)> {
+    let mut out: HashMap<String, (HfTensor, Vec<usize>)> = shapes
+        .iter()
+        .filter_map(|(k, shape)| Some((published(k)?, (HfTensor::Key(k.clone()), shape.clone()))))
+        .collect();
+    out.extend(joined_qkv(
+        shapes,
+        |i| format!("dpt.encoder.layer.{i}.attention.attention"),
+        |i| format!("pretrained.model.blocks.{i}.attn.qkv"),
+        &["weight", "bias"],
+    ));
     out
 }
 

@@ -23,6 +23,8 @@ pub mod openpose;
 pub mod pidinet;
 pub mod uniformer;
 pub mod zoe;
+pub mod zoe_hf;
+pub mod zoe_router;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -27,6 +27,25 @@ pub fn image_u8(t: &Tensor) -> ImageU8 {
     }
 }
 
+/// A fixture case's uint8 `input` through `resize_image_with_pad` at `resolution` (cubic), and
+/// the padded image as a `[1, 3, H, W]` f32 tensor of 0..255 values.
+pub fn padded_case(
+    input: &Tensor,
+    resolution: u32,
+) -> (weft_engine::preprocess::aux::Padded, Tensor) {
+    let padded = weft_engine::preprocess::aux::resize_image_with_pad(
+        "test",
+        &image_u8(input),
+        resolution as usize,
+        weft_engine::preprocess::cv::Interpolation::Cubic,
+    )
+    .expect("pad");
+    let pixels =
+        weft_engine::annotators::image_tensor("test", &padded.image, &candle_core::Device::Cpu)
+            .expect("pixels");
+    (padded, pixels)
+}
+
 /// The largest absolute difference of two f32 tensors of one shape.
 pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
