@@ -54,7 +54,7 @@ impl ComputeConfig {
             Some(weights) => tracing::info!(device = %self.device,
                 "models run on {} with {weights:?} weights, computing in {compute:?}", self.device),
             None => tracing::info!(device = %self.device,
-                "models run on {} with weights kept as stored (f16/bf16 stay half size), computing in {compute:?}",
+                "models run on {} with f16/bf16 checkpoints widened to f32 at load where the budget holds them, else kept as stored, computing in {compute:?}",
                 self.device),
         }
         Ok((device, dtype))

@@ -216,15 +216,18 @@ async fn a_decode_that_does_not_fit_whole_falls_back_to_tiles() {
     );
 }
 
-/// An f16 checkpoint stays f16 in memory by default and computes in f32: the same pixels, to
-/// the bit, as the same file loaded with `--dtype f32`, in less memory.
+/// An f16 checkpoint on the CPU, by default: widened to f32 once at load when that fits (the
+/// budget and the memory free), else kept f16 and widened per layer; either way the pixels are
+/// those of the same file loaded with `--dtype f32`, to the bit.
 #[actix_web::test]
-async fn an_f16_checkpoint_stays_half_size_and_gives_the_f32_pixels() {
-    let stored = spawn_app_with(|_| {}).await;
+async fn an_f16_checkpoint_is_widened_at_load_when_it_fits_else_stays_half_size() {
     let widened = spawn_app_with(|c| c.compute.dtype = Some(candle_core::DType::F32)).await;
+    let roomy = spawn_app_with(|_| {}).await;
+    // A budget with room for the f16 weights (about 12 MB), not for an f32 copy (22 MB).
+    let tight = spawn_app_with(|c| c.model_budget_mb = Some(16)).await;
     let mut bytes = Vec::new();
     let mut images = Vec::new();
-    for app in [&stored, &widened] {
+    for app in [&widened, &roomy, &tight] {
         let models = app.dir.path().join("models");
         install_all(&models);
         let f32_file = models.join("checkpoints/tiny_sd1.safetensors");
@@ -243,13 +246,12 @@ async fn an_f16_checkpoint_stays_half_size_and_gives_the_f32_pixels() {
         bytes.push(stats["weft"]["model_bytes"].as_u64().unwrap());
         images.push(read_png(&app.data_dir().join("output/half_00001_.png")).3);
     }
-    assert_eq!(
-        images[0], images[1],
-        "widening f16 weights per layer is exact"
-    );
+    assert_eq!(images[0], images[1], "widening at load is exact");
+    assert_eq!(images[0], images[2], "widening per layer is exact");
+    assert_eq!(bytes[0], bytes[1], "widened at load when it fits");
     // UNet and CLIP at 2 bytes, the VAE kept at 4.
-    assert!(bytes[0] * 10 < bytes[1] * 6, "{bytes:?}");
-    let (_, stats) = stored.get("/system_stats").await;
+    assert!(bytes[2] * 10 < bytes[0] * 6, "{bytes:?}");
+    let (_, stats) = roomy.get("/system_stats").await;
     assert_eq!(stats["weft"]["weight_dtype"], "stored");
     assert_eq!(stats["weft"]["dtype"], "f32");
 }
