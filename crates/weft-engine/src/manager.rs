@@ -53,6 +53,7 @@ use crate::load::fp8::Fp8Format;
 use crate::load::placement::{placed_var_builder, Placement};
 use crate::load::{LoadError, LoadErrorKind};
 use crate::memory::{self, MemoryProbe, MemoryReading, OutOfMemory};
+use crate::ops::cast::to_dtype;
 use crate::tokenizer::ClipBpe;
 use crate::unet::UNet2DConditionModel;
 use crate::upscale::UpscaleModel;
@@ -881,9 +882,7 @@ impl ModelManager {
         let detected = detect_unet_diffusers(&root.join("unet"))?;
         let mut weights = HashMap::new();
         for key in sd.shapes().keys() {
-            let tensor = sd
-                .get(key)?
-                .to_dtype(dtype)
+            let tensor = to_dtype(&sd.get(key)?, dtype)
                 .and_then(|t| t.to_device(&self.device))
                 .map_err(|e| fail(LoadErrorKind::Tensor(e)))?;
             weights.insert(key.clone(), tensor);
@@ -992,7 +991,8 @@ impl ModelManager {
             let tensor = sd.get(&key)?;
             let tensor = match fp8 {
                 Some(f) => f.quantize(&tensor),
-                None => tensor.to_dtype(dtype),
+                // On every core: candle's own conversion runs element by element.
+                None => to_dtype(&tensor, dtype),
             };
             let tensor = tensor
                 .and_then(|t| t.to_device(&placement.device_for(&name, &self.device)))
@@ -1118,7 +1118,7 @@ fn clip_model(
         .map_err(|e| format!("text encoder under {}: {e}", component.prefix))?;
     let hf: HashMap<String, Tensor> = hf
         .into_iter()
-        .map(|(k, t)| t.to_dtype(dtype).map(|t| (k, t)))
+        .map(|(k, t)| to_dtype(&t, dtype).map(|t| (k, t)))
         .collect::<candle_core::Result<_>>()
         .map_err(|e| e.to_string())?;
     let vb = VarBuilder::from_tensors(hf.clone(), dtype, device);

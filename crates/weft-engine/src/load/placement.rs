@@ -103,7 +103,7 @@ impl PlacedTensors {
             .ok_or_else(|| candle_core::Error::CannotFindTensor {
                 path: name.to_owned(),
             })?;
-        t.to_dtype(dtype)
+        crate::ops::cast::to_dtype(t, dtype)
     }
 }
 
