@@ -39,7 +39,6 @@ Run: /tmp/peer-venv/bin/python tools/parity/midas_hf_reference.py [--pack-src DI
                    full-size random net (one warm-up, median of 3, torch threads = 2)
 Versions: see reference.json (transformers 5.25, torch 2.x, torchvision 0.29, opencv 4.x).
 """
-import argparse
 import json
 import os
 import statistics
@@ -229,11 +228,7 @@ def bench():
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--pack-src", default=os.environ.get("AUX_PACK_SRC", "/tmp/aux-pack/src"))
-    ap.add_argument("--full", metavar="DIR")
-    ap.add_argument("--bench", action="store_true")
-    args = ap.parse_args()
+    args = M.aux_args()
     import_pack(args.pack_src)
     if args.full:
         model = full_model()

@@ -248,12 +248,17 @@ def timed(call, runs=3):
     return f"median {statistics.median(times):.2f} s ({', '.join(f'{t:.2f}' for t in times)})"
 
 
-def main():
+def aux_args():
+    """The options every annotator reference takes: --pack-src, --full DIR, --bench."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--pack-src", default=os.environ.get("AUX_PACK_SRC", "/tmp/aux-pack/src"))
     ap.add_argument("--full", metavar="DIR")
     ap.add_argument("--bench", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main():
+    args = aux_args()
     import_pack(args.pack_src)
     if args.full:
         os.makedirs(args.full, exist_ok=True)

@@ -49,13 +49,10 @@ Run: /tmp/peer-venv/bin/python tools/parity/oneformer_reference.py [--pack-src D
                    full-size random net (one warm-up, median of 3, torch threads = 2)
 Versions: see reference.json (transformers 5.25, torch 2.x, torchvision 0.29, opencv 4.x).
 """
-import argparse
 import glob
 import json
 import os
-import statistics
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -413,25 +410,14 @@ def bench():
     seg.last = {"features": None}
     img = cv2.resize(skimage.data.astronaut(), (512, 512), interpolation=cv2.INTER_AREA)
     image = M.to_comfy(img)
-    with torch.inference_mode():
-        M.common_annotator_call(seg, image, 512)  # warm-up
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            M.common_annotator_call(seg, image, 512)
-            times.append(time.perf_counter() - t0)
+    timing = M.timed(lambda: M.common_annotator_call(seg, image, 512))
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, 2 threads, cpu f32: "
           f"OneFormer-ADE20K-SemSegPreprocessor (Swin-L, 250 queries, processor shortest edge {FULL_SIZE[0]}) "
-          f"512x512 at resolution 512: median {statistics.median(times):.2f} s "
-          f"({', '.join(f'{t:.2f}' for t in times)})")
+          f"512x512 at resolution 512: {timing}")
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--pack-src", default=os.environ.get("AUX_PACK_SRC", "/tmp/aux-pack/src"))
-    ap.add_argument("--full", metavar="DIR")
-    ap.add_argument("--bench", action="store_true")
-    args = ap.parse_args()
+    args = M.aux_args()
     M.import_pack(args.pack_src)
     if args.full:
         model = full_model()

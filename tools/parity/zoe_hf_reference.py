@@ -50,7 +50,6 @@ Run: /tmp/peer-venv/bin/python tools/parity/zoe_hf_reference.py [--pack-src DIR]
                    full-size random net (one warm-up, median of 3, torch threads = 2)
 Versions: see reference.json (transformers 5.25, torch 2.x, torchvision 0.29, opencv 4.x).
 """
-import argparse
 import importlib.util
 import json
 import os
@@ -274,11 +273,7 @@ def bench(pack, folder):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--pack-src", default=os.environ.get("AUX_PACK_SRC", "/tmp/aux-pack/src"))
-    ap.add_argument("--full", metavar="DIR")
-    ap.add_argument("--bench", action="store_true")
-    args = ap.parse_args()
+    args = M.aux_args()
     pack = import_pack(args.pack_src)
     if args.full or args.bench:
         root = args.full or tempfile.mkdtemp()

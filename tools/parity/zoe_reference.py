@@ -38,7 +38,6 @@ Run (the pack's util.py must be importable; the script looks in --pack-src):
 Nothing is downloaded: the core is built with `use_pretrained_midas=False`.
 Versions used: torch 2.x (see reference.json), timm 1.0.31, controlnet_aux 0.0.10, opencv-python 4.x.
 """
-import argparse
 import json
 import os
 import statistics
@@ -57,7 +56,7 @@ sys.path.insert(0, HERE)
 # the pack's `common_annotator_call` and the MiDaS fixtures' cases (astronaut 64x64 at resolution
 # 128: reflect pad 24, net 384x384; coffee 96x128 at 64, padded to 64x128: net 288x512, an 18x32
 # token grid)
-from midas_reference import common_annotator_call, inputs, to_comfy, to_u8  # noqa: E402
+from midas_reference import aux_args, common_annotator_call, inputs, to_comfy, to_u8  # noqa: E402
 OUT = os.path.join(HERE, "..", "..", "tests", "fixtures", "annotators", "zoe")
 FILE = "ZoeD_M12_N.pt"
 
@@ -232,11 +231,7 @@ def bench():
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--pack-src", default=os.environ.get("AUX_PACK_SRC", "/tmp/aux-pack/src"))
-    ap.add_argument("--full", metavar="DIR")
-    ap.add_argument("--bench", action="store_true")
-    args = ap.parse_args()
+    args = aux_args()
     import_pack(args.pack_src)
     if args.full:
         os.makedirs(args.full, exist_ok=True)
