@@ -1,28 +1,39 @@
 //! Scaled dot-product attention.
 //!
 //! Why our own: the plain form materialises all [B*H, N, M] scores at once (1 GiB for the UNet's
-//! 4096-token self-attention at batch 2), scales them in a pass of their own and runs a softmax
-//! with one libm `exp` per score; streaming that much memory cost more than the two matmuls. On
-//! the CPU in f32 this folds the scale into the (small) queries and, one head at a time, works
-//! through the queries in chunks whose scores fit in `SCORE_BUDGET` floats (about one core's L2
-//! cache), with a vectorised softmax in place (see [`crate::ops::math`]). Heads run in
-//! parallel when there are enough of them. Other devices and dtypes keep the plain form with the
-//! softmax in f32.
+//! 4096-token self-attention at batch 2) and runs a softmax with one libm `exp` per score; and
+//! gemm's kernels, called per query chunk, re-pack the keys each time and run short (head size
+//! 40) products at a fraction of their speed. On the CPU in f32 this is a flash attention: each
+//! task takes `ROWS x GROUPS` queries of one image through every head, and walks the keys in
+//! blocks of `KEYS`. A block's scores (one `ROWS x KEYS` tile, 12 KiB, in L1) come from a
+//! register-tiled kernel over keys packed once per head, get an online softmax (running max and
+//! sum per query, [`crate::ops::math::exp`]), and are multiplied into the queries' f32 outputs
+//! by a second register-tiled kernel; nothing of size N x M is ever stored. The kernels are
+//! generic over `pulp`'s SIMD types (AVX-512, AVX2, NEON, scalar), picked at run time. Other
+//! devices and dtypes keep the plain form with the softmax in f32.
 
-use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::ops::math::softmax_rows_in_place;
+use crate::ops::math::{exp, exp_minus_sum, lanes_max};
 
-/// Most score floats one query chunk may hold (1 MiB) when heads run in parallel.
-const SCORE_BUDGET: usize = 256 << 10;
-
-/// The same when one head at a time is split over all threads (16 MiB).
-const SCORE_BUDGET_ONE_HEAD: usize = 4 << 20;
+/// Query rows per score tile.
+const ROWS: usize = 12;
+/// Keys per block: one tile of scores is `ROWS x KEYS` floats.
+const KEYS: usize = 256;
+/// Row tiles per task (at most), so that a key block, packed, is reused from L2 by this many
+/// tiles before the next one is read.
+const GROUPS: usize = 8;
 
 /// softmax(q kᵀ / sqrt(d)) v over [B, H, N, D] queries and [B, H, M, D] keys and values, the
 /// softmax in f32. Returns [B, H, N, D] in q's dtype.
 pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    scaled_dot_product_on(pulp::Arch::new(), q, k, v)
+}
+
+/// [`scaled_dot_product`] with the CPU kernel compiled for `arch`'s vectors (tests try each).
+fn scaled_dot_product_on(arch: pulp::Arch, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let dtype = q.dtype();
     let head_dim = q.dim(D::Minus1)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
@@ -36,64 +47,458 @@ pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> 
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         return probs.matmul(&v)?.to_dtype(dtype);
     }
-    let (batch, heads, queries, _) = q.dims4()?;
-    let (_, _, keys, value_dim) = v.dims4()?;
-    let q = (q * scale)?.reshape((batch * heads, queries, head_dim))?;
-    let k = k.reshape((batch * heads, keys, head_dim))?;
-    let v = v.reshape((batch * heads, keys, value_dim))?;
-    // With fewer heads than threads (the VAE's single head), each matmul is split over the
-    // threads instead, and larger chunks keep gemm from re-packing the keys for every few rows.
-    let parallel_heads = batch * heads >= rayon::current_num_threads();
-    let budget = if parallel_heads {
-        SCORE_BUDGET
-    } else {
-        SCORE_BUDGET_ONE_HEAD
-    };
-    let rows = (budget / keys.max(1)).clamp(1, queries.max(1));
-    let one_head = |head: usize| -> Result<Tensor> {
-        let (q, k_t, v) = (q.get(head)?, k.get(head)?.t()?, v.get(head)?);
-        let mut chunks = Vec::with_capacity(queries.div_ceil(rows));
-        for first in (0..queries).step_by(rows) {
-            let scores = q
-                .narrow(0, first, rows.min(queries - first))?
-                .matmul(&k_t)?;
-            scores.inplace_op1(&SoftmaxLastDim)?;
-            chunks.push(scores.matmul(&v)?);
+    let (batch, heads, _, _) = q.dims4()?;
+    let (kb, kh, _, kd) = k.dims4()?;
+    let (vb, vh, keys, _) = v.dims4()?;
+    if (kb, kh, kd) != (batch, heads, head_dim) || (vb, vh) != (batch, heads) || k.dim(2)? != keys {
+        candle_core::bail!(
+            "attention: queries {:?}, keys {:?} and values {:?} do not fit together",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    // The kernel reads rows of the last dimension in place, whatever the other strides.
+    let rows_in_place = |t: &Tensor| -> Result<Tensor> {
+        if t.stride()[3] == 1 {
+            Ok(t.clone())
+        } else {
+            t.contiguous()
         }
-        Tensor::cat(&chunks, 0)
     };
-    let outs = if parallel_heads {
-        (0..batch * heads)
-            .into_par_iter()
-            .map(one_head)
-            .collect::<Result<Vec<_>>>()?
-    } else {
-        (0..batch * heads)
-            .map(one_head)
-            .collect::<Result<Vec<_>>>()?
-    };
-    Tensor::stack(&outs, 0)?.reshape((batch, heads, queries, value_dim))
+    // [B, N, H, Dv] out, seen as [B, H, N, Dv]: the UNet puts the heads back side by side next.
+    q.apply_op3_no_bwd(
+        &rows_in_place(k)?,
+        &rows_in_place(v)?,
+        &FlashAttention {
+            scale: scale as f32,
+            arch,
+        },
+    )?
+    .transpose(1, 2)
 }
 
-/// Softmax over the last dimension of a contiguous f32 tensor, in place.
-struct SoftmaxLastDim;
+struct FlashAttention {
+    scale: f32,
+    arch: pulp::Arch,
+}
 
-impl InplaceOp1 for SoftmaxLastDim {
-    fn name(&self) -> &'static str {
-        "weft-softmax-last-dim"
+/// One operand's rows: head `h` of image `b` has row `i` at `offset + b * batch_stride +
+/// h * head_stride + i * row_stride`, `dim` floats long.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    data: &'a [f32],
+    offset: usize,
+    batch_stride: usize,
+    head_stride: usize,
+    row_stride: usize,
+    heads: usize,
+    rows: usize,
+    dim: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn new(storage: &'a CpuStorage, layout: &Layout) -> Result<Self> {
+        let (dims, stride) = (layout.dims(), layout.stride());
+        if dims.len() != 4 || stride[3] != 1 {
+            candle_core::bail!("attention needs [B, H, N, D] rows laid out in place");
+        }
+        Ok(Self {
+            data: storage.as_slice::<f32>()?,
+            offset: layout.start_offset(),
+            batch_stride: stride[0],
+            head_stride: stride[1],
+            row_stride: stride[2],
+            heads: dims[1],
+            rows: dims[2],
+            dim: dims[3],
+        })
     }
 
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("softmax needs a contiguous tensor".into()))?;
-        let len = layout.dims().last().copied().unwrap_or(1);
-        match storage {
-            CpuStorage::F32(data) => {
-                softmax_rows_in_place(&mut data[start..end], len);
-                Ok(())
+    /// Row `i` of head `h` of image `b`.
+    fn row(&self, b: usize, h: usize, i: usize) -> &'a [f32] {
+        let start =
+            self.offset + b * self.batch_stride + h * self.head_stride + i * self.row_stride;
+        &self.data[start..start + self.dim]
+    }
+}
+
+impl CustomOp3 for FlashAttention {
+    fn name(&self) -> &'static str {
+        "weft-flash-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        q_layout: &Layout,
+        k: &CpuStorage,
+        k_layout: &Layout,
+        v: &CpuStorage,
+        v_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            Rows::new(q, q_layout)?,
+            Rows::new(k, k_layout)?,
+            Rows::new(v, v_layout)?,
+        );
+        let batch = q_layout.dims()[0];
+        let mut out = vec![0f32; batch * q.rows * q.heads * v.dim];
+        Flash {
+            q,
+            k,
+            v,
+            batch,
+            scale: self.scale,
+            arch: self.arch,
+            out: &mut out,
+        }
+        .run();
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from_dims(&[batch, q.rows, q.heads, v.dim]),
+        ))
+    }
+}
+
+struct Flash<'a> {
+    q: Rows<'a>,
+    k: Rows<'a>,
+    v: Rows<'a>,
+    batch: usize,
+    scale: f32,
+    arch: pulp::Arch,
+    /// [B, N, H, Dv].
+    out: &'a mut [f32],
+}
+
+/// Keys and values of every head, packed for the kernels: per head, the keys in panels of
+/// `2 * lanes` (for each of the D dimensions, that many keys' values side by side) and the
+/// values as rows padded to whole vectors, zeros past M.
+struct Packed {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    key_len: usize,
+    value_len: usize,
+    /// Dv rounded up to whole vectors.
+    value_dim: usize,
+}
+
+impl Packed {
+    fn new(k: &Rows, v: &Rows, batch: usize, lanes: usize) -> Self {
+        let panel = 2 * lanes;
+        let padded = k.rows.next_multiple_of(panel);
+        let value_dim = v.dim.next_multiple_of(lanes);
+        let (key_len, value_len) = (padded * k.dim, padded * value_dim);
+        let heads = batch * k.heads;
+        let mut keys = vec![0f32; heads * key_len];
+        let mut values = vec![0f32; heads * value_len];
+        if key_len > 0 {
+            keys.par_chunks_mut(key_len)
+                .enumerate()
+                .for_each(|(bh, dst)| {
+                    let (b, h) = (bh / k.heads, bh % k.heads);
+                    for j in 0..k.rows {
+                        let (p, lane) = (j / panel, j % panel);
+                        let base = p * k.dim * panel + lane;
+                        for (kk, &x) in k.row(b, h, j).iter().enumerate() {
+                            dst[base + kk * panel] = x;
+                        }
+                    }
+                });
+        }
+        if value_len > 0 {
+            values
+                .par_chunks_mut(value_len)
+                .enumerate()
+                .for_each(|(bh, dst)| {
+                    let (b, h) = (bh / v.heads, bh % v.heads);
+                    for (j, row) in dst.chunks_exact_mut(value_dim).take(v.rows).enumerate() {
+                        row[..v.dim].copy_from_slice(v.row(b, h, j));
+                    }
+                });
+        }
+        Self {
+            keys,
+            values,
+            key_len,
+            value_len,
+            value_dim,
+        }
+    }
+}
+
+/// The widest f32 vector the CPU has, in lanes.
+struct Lanes;
+
+impl WithSimd for Lanes {
+    type Output = usize;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) -> usize {
+        S::F32_LANES
+    }
+}
+
+impl Flash<'_> {
+    fn run(self) {
+        let Self {
+            q,
+            k,
+            v,
+            batch,
+            scale,
+            arch,
+            out,
+        } = self;
+        let (queries, keys) = (q.rows, k.rows);
+        if out.is_empty() || keys == 0 {
+            return;
+        }
+        let packed = Packed::new(&k, &v, batch, arch.dispatch(Lanes));
+        // Enough tasks for every thread several times over, each as many row tiles as allows.
+        let threads = rayon::current_num_threads();
+        let mut groups = GROUPS;
+        while groups > 1 && batch * queries.div_ceil(ROWS * groups) < 4 * threads {
+            groups /= 2;
+        }
+        let task_rows = ROWS * groups;
+        let row_len = q.heads * v.dim;
+        out.par_chunks_mut(queries * row_len)
+            .enumerate()
+            .flat_map(|(b, image)| {
+                image
+                    .par_chunks_mut(task_rows * row_len)
+                    .enumerate()
+                    .map(move |(t, out)| (b, t * task_rows, out))
+            })
+            .for_each(|(b, first, out)| {
+                arch.dispatch(Task {
+                    q: &q,
+                    packed: &packed,
+                    scale,
+                    b,
+                    first,
+                    out,
+                    row_len,
+                    keys,
+                    out_dim: v.dim,
+                })
+            });
+    }
+}
+
+/// The queries `first..` of image `b` that fit in `out` through every head.
+struct Task<'a> {
+    q: &'a Rows<'a>,
+    packed: &'a Packed,
+    scale: f32,
+    b: usize,
+    first: usize,
+    /// [rows, H, Dv].
+    out: &'a mut [f32],
+    row_len: usize,
+    keys: usize,
+    out_dim: usize,
+}
+
+impl WithSimd for Task<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Self {
+            q,
+            packed,
+            scale,
+            b,
+            first,
+            out,
+            row_len,
+            keys,
+            out_dim,
+        } = self;
+        let dim = q.dim;
+        let rows = out.len() / row_len;
+        let tiles = rows.div_ceil(ROWS);
+        let mut state = Tiles::new(tiles, dim, packed.value_dim);
+        for h in 0..q.heads {
+            state.reset();
+            // Each tile's queries dimension-major ([dim][ROWS]), for the score kernel.
+            for i in 0..rows {
+                let tile = &mut state.queries[(i / ROWS) * ROWS * dim..][..ROWS * dim];
+                for (kk, &x) in q.row(b, h, first + i).iter().enumerate() {
+                    tile[kk * ROWS + i % ROWS] = x * scale;
+                }
             }
-            _ => candle_core::bail!("weft softmax is f32 only"),
+            let bh = b * q.heads + h;
+            let head_keys = &packed.keys[bh * packed.key_len..(bh + 1) * packed.key_len];
+            let head_values = &packed.values[bh * packed.value_len..(bh + 1) * packed.value_len];
+            for block in (0..keys).step_by(KEYS) {
+                let len = KEYS.min(keys - block);
+                let block_keys = &head_keys[block * dim..];
+                let block_values = &head_values[block * packed.value_dim..];
+                for t in 0..tiles {
+                    state.tile(simd, t, block_keys, block_values, len);
+                }
+            }
+            for i in 0..rows {
+                let inv = 1.0 / state.sums[i];
+                let src = &state.outputs[i * packed.value_dim..][..out_dim];
+                let dst = &mut out[i * row_len + h * out_dim..][..out_dim];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = s * inv;
+                }
+            }
+        }
+    }
+}
+
+/// One task's running state over a head: its scaled queries, and per query the running max,
+/// sum and un-normalised output; the scratch tile of scores.
+struct Tiles {
+    dim: usize,
+    value_dim: usize,
+    queries: Vec<f32>,
+    maxes: Vec<f32>,
+    sums: Vec<f32>,
+    outputs: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+impl Tiles {
+    fn new(tiles: usize, dim: usize, value_dim: usize) -> Self {
+        let rows = tiles * ROWS;
+        Self {
+            dim,
+            value_dim,
+            queries: vec![0f32; rows * dim],
+            maxes: vec![f32::NEG_INFINITY; rows],
+            sums: vec![0f32; rows],
+            outputs: vec![0f32; rows * value_dim],
+            scores: vec![0f32; ROWS * KEYS],
+        }
+    }
+
+    fn reset(&mut self) {
+        self.queries.fill(0.0);
+        self.maxes.fill(f32::NEG_INFINITY);
+        self.sums.fill(0.0);
+        self.outputs.fill(0.0);
+    }
+
+    /// Row tile `t` through one block of `len` keys: scores, online softmax, outputs.
+    #[inline(always)]
+    fn tile<S: Simd>(&mut self, simd: S, t: usize, keys: &[f32], values: &[f32], len: usize) {
+        let (dim, value_dim) = (self.dim, self.value_dim);
+        let queries = &self.queries[t * ROWS * dim..(t + 1) * ROWS * dim];
+        let panel = 2 * S::F32_LANES;
+        for p in 0..len.div_ceil(panel) {
+            let panel_keys = &keys[p * dim * panel..(p + 1) * dim * panel];
+            let scores = &mut self.scores[p * panel..];
+            if S::F32_LANES >= 16 {
+                scores_kernel::<S, ROWS>(simd, queries, 0, dim, panel_keys, scores);
+            } else {
+                // Fewer vector registers (AVX2, NEON): half the rows at a time.
+                const HALF: usize = ROWS / 2;
+                scores_kernel::<S, HALF>(simd, queries, 0, dim, panel_keys, scores);
+                scores_kernel::<S, HALF>(simd, queries, HALF, dim, panel_keys, scores);
+            }
+        }
+        let outputs = &mut self.outputs[t * ROWS * value_dim..(t + 1) * ROWS * value_dim];
+        for r in 0..ROWS {
+            let i = t * ROWS + r;
+            let row = &mut self.scores[r * KEYS..r * KEYS + len];
+            let max = self.maxes[i].max(lanes_max(row));
+            let rescale = exp(self.maxes[i] - max);
+            self.sums[i] = self.sums[i] * rescale + exp_minus_sum(row, max);
+            self.maxes[i] = max;
+            if rescale != 1.0 {
+                for o in &mut outputs[r * value_dim..(r + 1) * value_dim] {
+                    *o *= rescale;
+                }
+            }
+        }
+        let vectors = value_dim / S::F32_LANES;
+        let widest = if S::F32_LANES >= 16 { 4 } else { 2 };
+        let mut first = 0;
+        while first < vectors {
+            let probs = &self.scores[..];
+            match (vectors - first).min(widest) {
+                1 => values_kernel::<S, 1>(simd, probs, len, values, value_dim, first, outputs),
+                2 => values_kernel::<S, 2>(simd, probs, len, values, value_dim, first, outputs),
+                3 => values_kernel::<S, 3>(simd, probs, len, values, value_dim, first, outputs),
+                _ => values_kernel::<S, 4>(simd, probs, len, values, value_dim, first, outputs),
+            }
+            first += widest.min(vectors - first);
+        }
+    }
+}
+
+/// `scores[r * KEYS + j]` = q_r · key j for the `R` rows `first..` of a tile's queries (`dim x
+/// ROWS`, dimension-major) and the `2 * lanes` keys of one panel (`dim` groups of that many
+/// floats): `2R` accumulators in registers.
+#[inline(always)]
+fn scores_kernel<S: Simd, const R: usize>(
+    simd: S,
+    queries: &[f32],
+    first: usize,
+    dim: usize,
+    panel: &[f32],
+    scores: &mut [f32],
+) {
+    let lanes = S::F32_LANES;
+    let (panel, _) = S::as_simd_f32s(panel);
+    let (panel, queries) = (&panel[..2 * dim], &queries[..dim * ROWS]);
+    let zero = simd.splat_f32s(0.0);
+    let mut acc = [[zero; 2]; R];
+    for (b, q) in panel.chunks_exact(2).zip(queries.chunks_exact(ROWS)) {
+        let q: &[f32; R] = q[first..first + R].try_into().expect("R query rows");
+        for (acc, &q) in acc.iter_mut().zip(q) {
+            let a = simd.splat_f32s(q);
+            acc[0] = simd.mul_add_f32s(a, b[0], acc[0]);
+            acc[1] = simd.mul_add_f32s(a, b[1], acc[1]);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let (row, _) = S::as_mut_simd_f32s(&mut scores[(first + r) * KEYS..][..2 * lanes]);
+        row[..2].copy_from_slice(acc);
+    }
+}
+
+/// `outputs[r][first..first + V vectors]` += Σ_j probs[r * KEYS + j] · values row j, for the
+/// `ROWS` rows, six at a time (`6V` accumulators in registers), over `len` keys.
+#[inline(always)]
+fn values_kernel<S: Simd, const V: usize>(
+    simd: S,
+    probs: &[f32],
+    len: usize,
+    values: &[f32],
+    value_dim: usize,
+    first: usize,
+    outputs: &mut [f32],
+) {
+    const SIX: usize = 6;
+    let vectors = value_dim / S::F32_LANES;
+    let (values, _) = S::as_simd_f32s(&values[..len * value_dim]);
+    let (outputs, _) = S::as_mut_simd_f32s(outputs);
+    for r0 in (0..ROWS).step_by(SIX) {
+        let p: [&[f32]; SIX] = std::array::from_fn(|r| &probs[(r0 + r) * KEYS..][..len]);
+        let mut acc = [[simd.splat_f32s(0.0); V]; SIX];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            acc.copy_from_slice(&outputs[(r0 + r) * vectors + first..][..V]);
+        }
+        for (j, row) in values.chunks_exact(vectors).enumerate() {
+            let row: &[S::f32s; V] = row[first..first + V].try_into().expect("V vectors");
+            for (acc, p) in acc.iter_mut().zip(&p) {
+                let p = simd.splat_f32s(p[j]);
+                for (acc, &x) in acc.iter_mut().zip(row) {
+                    *acc = simd.mul_add_f32s(p, x, *acc);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            outputs[(r0 + r) * vectors + first..][..V].copy_from_slice(acc);
         }
     }
 }
@@ -102,7 +507,7 @@ impl InplaceOp1 for SoftmaxLastDim {
 mod tests {
     use candle_core::{Device, Tensor};
 
-    use crate::ops::attention::scaled_dot_product;
+    use crate::ops::attention::{scaled_dot_product, scaled_dot_product_on};
 
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let (q, k, v) = (
@@ -134,6 +539,41 @@ mod tests {
         check(2, 3, 17, 17, 8);
         check(1, 1, 5, 77, 12);
         check(3, 2, 1, 1, 4);
+    }
+
+    /// Every vector width this CPU can run: scalar, AVX2 and the widest.
+    fn arches() -> Vec<pulp::Arch> {
+        let mut arches = vec![pulp::Arch::Scalar, pulp::Arch::new()];
+        #[cfg(target_arch = "x86_64")]
+        arches.extend(pulp::x86::V3::try_new().map(pulp::Arch::V3));
+        arches
+    }
+
+    #[test]
+    fn every_vector_width_matches_the_plain_form() {
+        let dev = Device::Cpu;
+        // Ragged query tiles (29 = 2 x 12 + 5), keys over two blocks and a part panel (300),
+        // values wider than the keys and not a whole vector (21), two images of three heads.
+        let q = Tensor::randn(0f32, 2.0, (2, 3, 29, 12), &dev).unwrap();
+        let k = Tensor::randn(0f32, 2.0, (2, 3, 300, 12), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 3, 300, 21), &dev).unwrap();
+        let expected = reference(&q, &k, &v);
+        for arch in arches() {
+            let got = scaled_dot_product_on(arch, &q, &k, &v).unwrap();
+            assert_eq!(got.dims(), &[2, 3, 29, 21]);
+            let diff = crate::ops::max_abs_diff(&got, &expected);
+            assert!(diff < 1e-4, "{arch:?}: max abs diff {diff}");
+        }
+    }
+
+    #[test]
+    fn mismatched_operands_are_an_error() {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((1, 2, 4, 8), candle_core::DType::F32, &dev).unwrap();
+        let k = Tensor::zeros((1, 2, 5, 6), candle_core::DType::F32, &dev).unwrap();
+        let v = Tensor::zeros((1, 2, 5, 8), candle_core::DType::F32, &dev).unwrap();
+        let err = scaled_dot_product(&q, &k, &v).unwrap_err().to_string();
+        assert!(err.contains("do not fit together"), "{err}");
     }
 
     #[test]

@@ -52,9 +52,29 @@ pub fn softmax_rows_in_place(xs: &mut [f32], len: usize) {
     })
 }
 
+/// Replaces every x of `xs` by e^(x - `shift`) and returns their sum, in one pass (sixteen
+/// independent lanes so that it vectorises).
+#[inline(always)]
+pub(crate) fn exp_minus_sum(xs: &mut [f32], shift: f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = xs.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for (lane, x) in lanes.iter_mut().zip(chunk) {
+            *x = exp(*x - shift);
+            *lane += *x;
+        }
+    }
+    let mut rest = 0f32;
+    for x in chunks.into_remainder() {
+        *x = exp(*x - shift);
+        rest += *x;
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
 /// Largest value, sixteen independent lanes so that it vectorises.
 #[inline(always)]
-fn lanes_max(xs: &[f32]) -> f32 {
+pub(crate) fn lanes_max(xs: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 16];
     let chunks = xs.chunks_exact(16);
     let rest = chunks
@@ -71,7 +91,7 @@ fn lanes_max(xs: &[f32]) -> f32 {
 
 /// Sum, sixteen independent lanes so that it vectorises.
 #[inline(always)]
-fn lanes_sum(xs: &[f32]) -> f32 {
+pub(crate) fn lanes_sum(xs: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
     let chunks = xs.chunks_exact(16);
     let rest: f32 = chunks.remainder().iter().sum();
