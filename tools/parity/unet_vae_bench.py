@@ -5,11 +5,14 @@ random weights (timing does not depend on the values).
 Run: /opt/refpy/bin/python tools/parity/unet_vae_bench.py                     (CPU, f32)
      python tools/parity/unet_vae_bench.py --channels-last --autocast bf16     (CPU, bf16 autocast)
      python tools/parity/unet_vae_bench.py --matmul                            (GEMM GFLOP/s only)
+     python tools/parity/unet_vae_bench.py --attention                         (SDPA only)
      python tools/parity/unet_vae_bench.py --device cuda --dtype f16           (as WEFT_BENCH_*)
 Each figure is the median of the runs after one warm-up (5 runs on a GPU, 1 on the CPU), as in
 the Rust bench; `--warmups 0` gives the cold figure. `--autocast bf16` keeps f32 weights and runs
 matmuls and convolutions in bf16 (torch.autocast), PyTorch's fastest CPU mode; `--matmul` prints
-torch's GFLOP/s at the shapes of `cargo bench -p weft-engine --bench gemm_bf16`.
+torch's GFLOP/s at the shapes of `cargo bench -p weft-engine --bench gemm_bf16`; `--attention`
+times `scaled_dot_product_attention` (what diffusers' UNet and VAE call) at the shapes of
+`cargo bench --bench ops -- attention`, in f32 and bf16 (median of 5 after a warm-up).
 """
 import argparse
 import contextlib
@@ -63,6 +66,22 @@ def matmul_bench():
         print(f"{label:34} {m}x{k}x{n}: f32 {figures[0]:6.1f} GFLOP/s, bf16 {figures[1]:6.1f}")
 
 
+# (heads x batch, queries, keys, head size), as in benches/ops.rs.
+ATTENTION_SHAPES = [(16, 4096, 4096, 40), (16, 4096, 77, 40), (16, 1024, 1024, 80), (1, 4096, 4096, 512)]
+
+
+def attention_bench():
+    print(f"threads {torch.get_num_threads()}, torch {torch.__version__}")
+    for bh, n, m, d in ATTENTION_SHAPES:
+        figures = []
+        for dtype in (torch.float32, torch.bfloat16):
+            q, k, v = (torch.randn(1, bh, rows, d, dtype=dtype) for rows in (n, m, m))
+            run = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            run()
+            figures.append(statistics.median(_once(run) for _ in range(5)) * 1e3)
+        print(f"attention bh={bh} n={n} m={m} d={d}: f32 {figures[0]:7.1f} ms, bf16 {figures[1]:7.1f} ms")
+
+
 def _once(fn):
     t0 = time.perf_counter()
     fn()
@@ -77,9 +96,12 @@ def main():
     parser.add_argument("--channels-last", action="store_true", help="NHWC models and inputs")
     parser.add_argument("--warmups", type=int, default=1)
     parser.add_argument("--matmul", action="store_true", help="GEMM GFLOP/s only")
+    parser.add_argument("--attention", action="store_true", help="SDPA times only")
     args = parser.parse_args()
     if args.matmul:
         return matmul_bench()
+    if args.attention:
+        return attention_bench()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     warmups, runs = (args.warmups, 1) if device.type == "cpu" else (args.warmups, 5)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
