@@ -8,13 +8,6 @@
 //! log lines for `api`; `userdata` is the user folder (settings, the frontend's files, the workflow
 //! library as `workflows/`) for `api`; `app` wires everything together.
 
-/// mimalloc instead of glibc's malloc: glibc hands every block over 32 MiB (a 512x512 VAE's
-/// activations are 134 MB each) to a fresh `mmap`, so every such tensor is paid again in page
-/// faults, and on the machines measured those cost 0.7 ms per MB (a 64 MB allocation, touched:
-/// 45.8 ms against 10.6 ms with mimalloc, which keeps freed segments for reuse).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub mod api;
 pub mod app;
 pub mod exec;
