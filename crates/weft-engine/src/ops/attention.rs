@@ -280,7 +280,6 @@ impl Flash<'_> {
                     b,
                     first,
                     out,
-                    row_len,
                     keys,
                     out_dim: v.dim,
                 })
@@ -297,7 +296,6 @@ struct Task<'a> {
     first: usize,
     /// [rows, H, Dv].
     out: &'a mut [f32],
-    row_len: usize,
     keys: usize,
     out_dim: usize,
 }
@@ -314,11 +312,10 @@ impl WithSimd for Task<'_> {
             b,
             first,
             out,
-            row_len,
             keys,
             out_dim,
         } = self;
-        let dim = q.dim;
+        let (dim, row_len) = (q.dim, q.heads * out_dim);
         let rows = out.len() / row_len;
         let tiles = rows.div_ceil(ROWS);
         let mut state = Tiles::new(tiles, dim, packed.value_dim);

@@ -41,10 +41,7 @@ pub fn softmax_rows_in_place(xs: &mut [f32], len: usize) {
     pulp::Arch::new().dispatch(|| {
         for row in xs.chunks_exact_mut(len) {
             let max = lanes_max(row);
-            for x in row.iter_mut() {
-                *x = exp(*x - max);
-            }
-            let inv = 1.0 / lanes_sum(row);
+            let inv = 1.0 / exp_minus_sum(row, max);
             for x in row.iter_mut() {
                 *x *= inv;
             }
@@ -87,20 +84,6 @@ pub(crate) fn lanes_max(xs: &[f32]) -> f32 {
         }
     }
     lanes.iter().fold(rest, |m, &v| m.max(v))
-}
-
-/// Sum, sixteen independent lanes so that it vectorises.
-#[inline(always)]
-pub(crate) fn lanes_sum(xs: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let chunks = xs.chunks_exact(16);
-    let rest: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += v;
-        }
-    }
-    lanes.iter().sum::<f32>() + rest
 }
 
 /// `torch.round` of every element: halves go to the even neighbour (candle's `round` takes them
