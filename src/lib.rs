@@ -8,6 +8,10 @@
 //! log lines for `api`; `userdata` is the user folder (settings, the frontend's files, the workflow
 //! library as `workflows/`) for `api`; `app` wires everything together.
 
+/// glibc's malloc with huge pages for large blocks (see `engine::allocator`).
+#[global_allocator]
+static ALLOCATOR: weft_engine::allocator::HugePages = weft_engine::allocator::HugePages;
+
 pub mod api;
 pub mod app;
 pub mod exec;

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod allocator;
 pub mod annotators;
 pub mod clip;
 pub mod clip_vision;

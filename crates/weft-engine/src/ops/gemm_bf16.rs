@@ -29,7 +29,7 @@
 //! Either way C is split into tiles of `MC_PANELS x NC_PANELS` blocks which the rayon threads
 //! share, each tile written by one thread only.
 //!
-//! This is the one module of the crate with `unsafe` (SIMD intrinsics, AMX `asm!` and the
+//! With `allocator.rs`, the crate's only module with `unsafe` (SIMD intrinsics, AMX `asm!` and the
 //! disjoint writes into C); each block says why it holds.
 #![allow(unsafe_code)]
 
