@@ -765,6 +765,9 @@ impl<'a> CfgDenoiser<'a> {
             let uncond = self.eval_negative(x, sigma)?;
             return Ok((self.eval_list(&self.positive, x, sigma)?, uncond));
         }
+        if let Some(both) = self.eval_both_in_one_call(x, sigma)? {
+            return Ok(both);
+        }
         let states = unet.draw_states();
         self.batch_tokens.set(self.batch_token_count(sigma));
         unet.set_batch_slot(patches::BatchSlot { index: 1, count: 2 });
@@ -855,10 +858,7 @@ impl<'a> CfgDenoiser<'a> {
         sigma: f64,
         unet_patches: &patches::UNetPatches,
     ) -> Result<Tensor> {
-        let (batch, channels, h, w) = x.dims4()?;
-        let mut out = Tensor::zeros((batch, channels, h, w), DType::F32, x.device())?;
-        let mut counts = Tensor::full(1e-37f32, (batch, channels, h, w), x.device())?;
-        let timestep = self.model.sampling.timestep(sigma as f32);
+        let mut sum = WeightedSum::new(x)?;
         for cond in list {
             if let Some((highest, lowest)) = cond.sigmas {
                 if sigma > highest || sigma < lowest {
@@ -866,28 +866,15 @@ impl<'a> CfgDenoiser<'a> {
                 }
             }
             let (ah, aw, ay, ax) = cond.area;
-            let x_area = x.narrow(2, ay, ah)?.narrow(3, ax, aw)?.contiguous()?;
-            // The sampler's values are f32 on the host; the model's inputs go to its device.
+            let EntryInputs {
+                x_area,
+                x_in,
+                timesteps,
+                context,
+                y,
+            } = self.entry_inputs(cond, x, sigma)?;
             let (dtype, device) = (self.model.unet.dtype(), self.model.unet.device());
-            let x_in = to_compute(
-                &self.model.sampling.calculate_input(sigma, &x_area)?,
-                device,
-                dtype,
-            )?;
-            let timesteps = Tensor::full(timestep, batch, device)?;
-            let batched = |t: &Tensor| to_compute(t, device, dtype)?.repeat((batch, 1, 1));
-            let mut context = batched(&cond.context)?;
-            if let Some(tokens) = self.batch_tokens.get() {
-                // `CONDCrossAttn.concat`: repeated, which changes nothing but the draws.
-                let own = context.dim(1)?;
-                if own != tokens && own > 0 && tokens.is_multiple_of(own) {
-                    context = context.repeat((1, tokens / own, 1))?;
-                }
-            }
-            let y = match &cond.y {
-                Some(y) => Some(to_compute(y, device, dtype)?.repeat((batch, 1))?),
-                None => None,
-            };
+            let batched = |t: &Tensor| to_compute(t, device, dtype)?.repeat((x.dim(0)?, 1, 1));
             let mut control = UNetControl::default();
             if !cond.controls.is_empty() {
                 let control_context = match &cond.controlnet_context {
@@ -943,21 +930,161 @@ impl<'a> CfgDenoiser<'a> {
                 unet_patches,
                 sigma,
             )?;
-            let denoised =
-                self.model
-                    .sampling
-                    .calculate_denoised(sigma, &to_host(&output)?, &x_area)?;
-            let weighted = (denoised * &cond.mult)?;
-            out = out.slice_assign(
-                &[0..batch, 0..channels, ay..ay + ah, ax..ax + aw],
-                &(out.narrow(2, ay, ah)?.narrow(3, ax, aw)? + weighted)?,
-            )?;
-            counts = counts.slice_assign(
-                &[0..batch, 0..channels, ay..ay + ah, ax..ax + aw],
-                &(counts.narrow(2, ay, ah)?.narrow(3, ax, aw)? + &cond.mult)?,
-            )?;
+            sum.add(cond, self.denoised(sigma, &output, &x_area)?)?;
         }
-        out / counts
+        sum.finish()
+    }
+
+    /// What the UNet takes for entry `cond` at `x`: the entry's area of `x` and its scaled
+    /// input, the timesteps, and the text (and SDXL vector) once per latent of the batch, in the
+    /// model's dtype on its device.
+    fn entry_inputs(&self, cond: &PreparedCond, x: &Tensor, sigma: f64) -> Result<EntryInputs> {
+        let batch = x.dim(0)?;
+        let (ah, aw, ay, ax) = cond.area;
+        let x_area = x.narrow(2, ay, ah)?.narrow(3, ax, aw)?.contiguous()?;
+        // The sampler's values are f32 on the host; the model's inputs go to its device.
+        let (dtype, device) = (self.model.unet.dtype(), self.model.unet.device());
+        let x_in = to_compute(
+            &self.model.sampling.calculate_input(sigma, &x_area)?,
+            device,
+            dtype,
+        )?;
+        let timestep = self.model.sampling.timestep(sigma as f32);
+        let timesteps = Tensor::full(timestep, batch, device)?;
+        let mut context = to_compute(&cond.context, device, dtype)?.repeat((batch, 1, 1))?;
+        if let Some(tokens) = self.batch_tokens.get() {
+            // `CONDCrossAttn.concat`: repeated, which changes nothing but the draws.
+            let own = context.dim(1)?;
+            if own != tokens && own > 0 && tokens.is_multiple_of(own) {
+                context = context.repeat((1, tokens / own, 1))?;
+            }
+        }
+        let y = match &cond.y {
+            Some(y) => Some(to_compute(y, device, dtype)?.repeat((batch, 1))?),
+            None => None,
+        };
+        Ok(EntryInputs {
+            x_area,
+            x_in,
+            timesteps,
+            context,
+            y,
+        })
+    }
+
+    /// The UNet's output for `x_area` as the denoised latent, on the host.
+    fn denoised(&self, sigma: f64, output: &Tensor, x_area: &Tensor) -> Result<Tensor> {
+        self.model
+            .sampling
+            .calculate_denoised(sigma, &to_host(output)?, x_area)
+    }
+
+    /// Both sides in one UNet call of twice the batch, as ComfyUI runs them, where that is
+    /// plainly the same computation as two calls: one entry a side that ComfyUI batches
+    /// ([`Self::batched_by_comfy`]), and nothing that differs between the sides but the text and
+    /// the weights (no controls, GLIGEN boxes, extra input channels or UNet patches, which may
+    /// draw random numbers per call). `None` otherwise, for the two calls.
+    ///
+    /// Why: at small latents a UNet call costs reading its weights (3.4 GB in f32 for SD1.5),
+    /// whatever the batch; one call for both sides reads them once.
+    fn eval_both_in_one_call(&self, x: &Tensor, sigma: f64) -> Result<Option<(Tensor, Tensor)>> {
+        let patches = &self.model.patches;
+        if !patches.unet.is_empty()
+            || patches.uncond_mid_first_self_attention.is_some()
+            || self.model.concat_kind().is_some()
+        {
+            return Ok(None);
+        }
+        let active = |list: &[PreparedCond]| {
+            list.iter().position(|c| {
+                c.sigmas
+                    .is_none_or(|(high, low)| sigma <= high && sigma >= low)
+            })
+        };
+        let (Some(p), Some(n)) = (active(&self.positive), active(&self.negative)) else {
+            return Ok(None);
+        };
+        let (positive, negative) = (&self.positive[p], &self.negative[n]);
+        let plain = |c: &PreparedCond| c.controls.is_empty() && c.middle.is_none();
+        if !plain(positive) || !plain(negative) {
+            return Ok(None);
+        }
+        self.batch_tokens.set(self.batch_token_count(sigma));
+        let inputs = self
+            .entry_inputs(positive, x, sigma)
+            .and_then(|p| Ok((p, self.entry_inputs(negative, x, sigma)?)));
+        self.batch_tokens.set(None);
+        let (p, n) = inputs?;
+        let y = match (&p.y, &n.y) {
+            (Some(p), Some(n)) => Some(Tensor::cat(&[p, n], 0)?),
+            (None, None) => None,
+            _ => return Ok(None),
+        };
+        let output = self.model.unet.forward_patched(
+            &Tensor::cat(&[&p.x_in, &n.x_in], 0)?,
+            &Tensor::cat(&[&p.timesteps, &n.timesteps], 0)?,
+            &Tensor::cat(&[&p.context, &n.context], 0)?,
+            y.as_ref(),
+            &UNetControl::default(),
+            &patches.unet,
+            sigma,
+        )?;
+        let batch = x.dim(0)?;
+        let side = |cond: &PreparedCond, half: usize, x_area: &Tensor| -> Result<Tensor> {
+            let mut sum = WeightedSum::new(x)?;
+            let output = output.narrow(0, half * batch, batch)?;
+            sum.add(cond, self.denoised(sigma, &output, x_area)?)?;
+            sum.finish()
+        };
+        Ok(Some((
+            side(positive, 0, &p.x_area)?,
+            side(negative, 1, &n.x_area)?,
+        )))
+    }
+}
+
+/// An entry's UNet inputs ([`CfgDenoiser::entry_inputs`]).
+struct EntryInputs {
+    x_area: Tensor,
+    x_in: Tensor,
+    timesteps: Tensor,
+    context: Tensor,
+    y: Option<Tensor>,
+}
+
+/// The entries' denoised latents, each weighted by its multiplier over its area, divided by
+/// the multipliers' sum (`calc_cond_batch`'s `out_conds / out_counts`).
+struct WeightedSum {
+    out: Tensor,
+    counts: Tensor,
+}
+
+impl WeightedSum {
+    fn new(x: &Tensor) -> Result<Self> {
+        let dims = x.dims4()?;
+        Ok(WeightedSum {
+            out: Tensor::zeros(dims, DType::F32, x.device())?,
+            counts: Tensor::full(1e-37f32, dims, x.device())?,
+        })
+    }
+
+    fn add(&mut self, cond: &PreparedCond, denoised: Tensor) -> Result<()> {
+        let (batch, channels, _, _) = self.out.dims4()?;
+        let (ah, aw, ay, ax) = cond.area;
+        let weighted = (denoised * &cond.mult)?;
+        let area = [0..batch, 0..channels, ay..ay + ah, ax..ax + aw];
+        let area_of = |t: &Tensor| t.narrow(2, ay, ah)?.narrow(3, ax, aw);
+        self.out = self
+            .out
+            .slice_assign(&area, &(area_of(&self.out)? + weighted)?)?;
+        self.counts = self
+            .counts
+            .slice_assign(&area, &(area_of(&self.counts)? + &cond.mult)?)?;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Tensor> {
+        self.out / self.counts
     }
 }
 
@@ -1537,5 +1664,49 @@ mod tests {
         };
         let expected = (single(&model) * 2.0).unwrap();
         assert!(max_diff(&single(&doubled), &expected) < 1e-5);
+    }
+
+    /// Leaves the UNet as it is, but makes it a patched one.
+    #[derive(Debug)]
+    struct NoOp;
+
+    impl patches::OutputBlockPatch for NoOp {
+        fn patch(&self, h: Tensor, skip: Tensor) -> Result<(Tensor, Tensor)> {
+            Ok((h, skip))
+        }
+    }
+
+    /// Both sides in one UNet call of twice the batch give what two calls give (a model with a
+    /// patch runs two), for two latents and texts of different lengths (padded to their least
+    /// common multiple, as ComfyUI's batch does).
+    #[test]
+    fn both_sides_in_one_call_match_two_calls() {
+        let model = tiny_model();
+        let patched = model.patched(|p| p.unet.output_block.push(Arc::new(NoOp)));
+        let context = |v: f32, tokens: usize| {
+            Tensor::arange(0f32, (tokens * 48) as f32, &Device::Cpu)
+                .and_then(|t| t.affine(0.001, f64::from(v)))
+                .and_then(|t| t.reshape((1, tokens, 48)))
+                .unwrap()
+        };
+        let (positive, negative) = (
+            [CondEntry::new(context(0.3, 4), None)],
+            [CondEntry::new(context(-0.2, 8), None)],
+        );
+        let shape = [2, 4, 8, 8];
+        let x = Tensor::randn(0f32, 1.0, &shape[..], &Device::Cpu).unwrap();
+        let denoise = |model: &DiffusionModel| {
+            let mut denoiser =
+                CfgDenoiser::new(model, &positive, Some(&negative), 3.0, &shape, true, 0).unwrap();
+            let one_call = denoiser.eval_both_in_one_call(&x, 5.0).unwrap().is_some();
+            (denoiser.denoise(&x, 5.0).unwrap(), one_call)
+        };
+        let ((one, took_one), (two, took_two)) = (denoise(&model), denoise(&patched));
+        assert!(took_one && !took_two, "{took_one} {took_two}");
+        // The same sums in another blocking: float rounding apart (3e-5 seen, after CFG x3).
+        assert!(max_diff(&one.cond, &two.cond) < 1e-4);
+        let (u1, u2) = (one.uncond.unwrap(), two.uncond.unwrap());
+        assert!(max_diff(&u1, &u2) < 1e-4);
+        assert!(max_diff(&u1, &one.cond) > 1e-3, "the sides differ");
     }
 }

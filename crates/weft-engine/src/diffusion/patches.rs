@@ -307,6 +307,28 @@ pub struct UNetPatches {
 }
 
 impl UNetPatches {
+    /// Whether no patch is set: the UNet runs as loaded.
+    pub fn is_empty(&self) -> bool {
+        let UNetPatches {
+            mid_self_attention,
+            mid_first_self_attention,
+            input_block,
+            input_block_after_skip,
+            output_block,
+            self_attention,
+            middle,
+            cross_attention,
+        } = self;
+        mid_self_attention.is_none()
+            && mid_first_self_attention.is_none()
+            && input_block.is_empty()
+            && input_block_after_skip.is_empty()
+            && output_block.is_empty()
+            && self_attention.is_empty()
+            && middle.is_empty()
+            && cross_attention.is_empty()
+    }
+
     /// The self-attention patches' draw states. Where ComfyUI batches the positive and negative
     /// sides into one UNet call, its patches draw once for both; Weft runs two calls and puts the
     /// draws back with [`Self::restore_draw_states`] before the second.
