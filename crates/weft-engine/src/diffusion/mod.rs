@@ -756,9 +756,10 @@ impl<'a> CfgDenoiser<'a> {
 
     /// The positive and negative predictions, with the random draws of the UNet's patches
     /// (HyperTile, ToMe, hypernetwork dropout) as ComfyUI's: where it batches the two sides
-    /// (negative first) its patches draw once for the batch, so Weft rewinds the draws between
-    /// its two calls and tells each call its share; where it does not, it runs the negative side
-    /// first, and so does Weft.
+    /// (negative first) Weft does too when the UNet is unpatched
+    /// ([`Self::eval_both_in_one_call`]); with patches, which draw once for ComfyUI's batch,
+    /// Weft runs two calls, rewinds the draws between them and tells each call its share;
+    /// where ComfyUI does not batch, it runs the negative side first, and so does Weft.
     fn eval_both_sides(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Tensor)> {
         let unet = &self.model.patches.unet;
         if !self.batched_by_comfy(sigma) {
@@ -783,7 +784,8 @@ impl<'a> CfgDenoiser<'a> {
     /// Whether ComfyUI evaluates the positive and negative sides at `sigma` as one batched UNet
     /// call (`calc_cond_batch` concatenates entries of one area with the same controls and
     /// patches): one active entry a side, alike but for the text and mask. Weft runs them as
-    /// two calls; patches that draw random numbers per call (HyperTile) must then draw once.
+    /// one call too unless something on the UNet differs or draws random numbers per call
+    /// (HyperTile), in which case it runs two whose draws add up to the one.
     fn batched_by_comfy(&self, sigma: f64) -> bool {
         let active = |list: &[PreparedCond]| -> Vec<usize> {
             (0..list.len())
