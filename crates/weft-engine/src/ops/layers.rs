@@ -4,7 +4,9 @@
 //! each widens its weights to the input's dtype first ([`crate::ops::cast`]), so an f16
 //! model computes in f32 on the CPU. The constructors read `vb` as candle-nn's do. A linear layer
 //! with bf16 weights multiplies with [`crate::ops::gemm_bf16`] instead on CPUs with AVX512_BF16
-//! (bf16 products, f32 sums and output).
+//! (bf16 products, f32 sums and output), and an f32 one with few rows beside its weight computes
+//! `(W x^T)^T` on the CPU, so gemm does not repack the weight (`Linear::few_rows_forward`): the
+//! same sums, in another order.
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Module, Result, Shape, Tensor,
