@@ -30,28 +30,26 @@ pub async fn content_encoding_guard(
     ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
     actix_web::Error,
 > {
-    let gzip = match body_encoding(req.headers()) {
-        BodyEncoding::Plain => None,
-        BodyEncoding::Inflate { gzip } => Some(gzip),
+    match body_encoding(req.headers()) {
+        BodyEncoding::Plain => {}
+        BodyEncoding::Inflate { gzip } => {
+            let limit = req
+                .app_data::<web::Data<AppState>>()
+                .map_or(usize::MAX, |state| state.config.max_upload_bytes);
+            let inflated = Inflate::new(req.take_payload(), gzip, limit);
+            req.set_payload(Payload::from(
+                Box::pin(inflated) as Pin<Box<dyn Stream<Item = _>>>
+            ));
+            // The routes now read a plain body of unknown length.
+            req.headers_mut().remove(header::CONTENT_ENCODING);
+            req.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         BodyEncoding::Refused(reason) => {
             let response = HttpResponse::UnsupportedMediaType()
                 .content_type("text/plain; charset=utf-8")
                 .body(reason);
             return Ok(req.into_response(response).map_into_right_body());
         }
-    };
-    if let Some(gzip) = gzip {
-        let limit = req
-            .app_data::<web::Data<AppState>>()
-            .map_or(usize::MAX, |state| state.config.max_upload_bytes);
-        let compressed = req.take_payload();
-        let inflated = Inflate::new(compressed, gzip, limit);
-        req.set_payload(Payload::from(
-            Box::pin(inflated) as Pin<Box<dyn Stream<Item = _>>>
-        ));
-        // The routes now read a plain body of unknown length.
-        req.headers_mut().remove(header::CONTENT_ENCODING);
-        req.headers_mut().remove(header::CONTENT_LENGTH);
     }
     next.call(req)
         .await

@@ -444,6 +444,14 @@ struct PreparedCond {
     middle: Option<Arc<dyn patches::MiddlePatch>>,
 }
 
+impl PreparedCond {
+    /// Whether the entry counts at `sigma` (ComfyUI skips it outside `timestep_start..end`).
+    fn active_at(&self, sigma: f64) -> bool {
+        self.sigmas
+            .is_none_or(|(highest, lowest)| sigma <= highest && sigma >= lowest)
+    }
+}
+
 /// The CFG denoiser over conditioning lists, with optional inpainting mask.
 pub struct CfgDenoiser<'a> {
     model: &'a DiffusionModel,
@@ -789,11 +797,7 @@ impl<'a> CfgDenoiser<'a> {
     fn batched_by_comfy(&self, sigma: f64) -> bool {
         let active = |list: &[PreparedCond]| -> Vec<usize> {
             (0..list.len())
-                .filter(|&i| {
-                    list[i]
-                        .sigmas
-                        .is_none_or(|(high, low)| sigma <= high && sigma >= low)
-                })
+                .filter(|&i| list[i].active_at(sigma))
                 .collect()
         };
         let (pos, neg) = (active(&self.positive), active(&self.negative));
@@ -825,10 +829,7 @@ impl<'a> CfgDenoiser<'a> {
     fn batch_token_count(&self, sigma: f64) -> Option<usize> {
         let active = |list: &[PreparedCond]| {
             list.iter()
-                .find(|c| {
-                    c.sigmas
-                        .is_none_or(|(high, low)| sigma <= high && sigma >= low)
-                })
+                .find(|c| c.active_at(sigma))
                 .and_then(|c| c.context.dim(1).ok())
         };
         let (tp, tn) = (active(&self.positive)?, active(&self.negative)?);
@@ -861,12 +862,7 @@ impl<'a> CfgDenoiser<'a> {
         unet_patches: &patches::UNetPatches,
     ) -> Result<Tensor> {
         let mut sum = WeightedSum::new(x)?;
-        for cond in list {
-            if let Some((highest, lowest)) = cond.sigmas {
-                if sigma > highest || sigma < lowest {
-                    continue;
-                }
-            }
+        for cond in list.iter().filter(|c| c.active_at(sigma)) {
             let (ah, aw, ay, ax) = cond.area;
             let EntryInputs {
                 x_area,
@@ -997,12 +993,7 @@ impl<'a> CfgDenoiser<'a> {
         {
             return Ok(None);
         }
-        let active = |list: &[PreparedCond]| {
-            list.iter().position(|c| {
-                c.sigmas
-                    .is_none_or(|(high, low)| sigma <= high && sigma >= low)
-            })
-        };
+        let active = |list: &[PreparedCond]| list.iter().position(|c| c.active_at(sigma));
         let (Some(p), Some(n)) = (active(&self.positive), active(&self.negative)) else {
             return Ok(None);
         };
