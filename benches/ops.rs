@@ -69,6 +69,35 @@ fn conv(
     Ok(())
 }
 
+/// The same convolution with bf16 weights (`--dtype bf16`: bf16 products, f32 sums) next to f32.
+fn conv_bf16(dev: &Device, b: usize, c_in: usize, c_out: usize, hw: usize, k: usize) -> Result<()> {
+    let x = Tensor::randn(0f32, 1.0, (b, c_in, hw, hw), dev)?;
+    let w = (Tensor::randn(0f32, 1.0, (c_out, c_in, k, k), dev)? * 0.02)?;
+    let bias = Tensor::randn(0f32, 1.0, c_out, dev)?;
+    let cfg = candle_nn::Conv2dConfig {
+        padding: k / 2,
+        ..Default::default()
+    };
+    let runs = runs_for(b * c_in * hw * hw * k * k).max(3);
+    let f32_conv = weft::engine::ops::conv::Conv2d::new(w.clone(), Some(bias.clone()), cfg);
+    let f32_ms = time_ms(runs, || f32_conv.forward(&x))?;
+    let bf16_conv = weft::engine::ops::conv::Conv2d::new(
+        w.to_dtype(candle_core::DType::BF16)?,
+        Some(bias),
+        cfg,
+    );
+    let bf16_ms = time_ms(runs, || bf16_conv.forward(&x))?;
+    let gflop = 2.0 * (b * c_out * c_in * k * k * hw * hw) as f64 / 1e9;
+    println!(
+        "{:<44} f32 {f32_ms:>9.1} ms   bf16 {bf16_ms:>9.1} ms ({:.0} GFLOP/s, {}) x{:.2}",
+        format!("conv{k}x{k} ({b},{c_in},{hw},{hw})->{c_out}"),
+        gflop / bf16_ms * 1e3,
+        weft::engine::ops::gemm_bf16::kernel_name(),
+        f32_ms / bf16_ms
+    );
+    Ok(())
+}
+
 fn group_norm(dev: &Device, b: usize, c: usize, hw: usize) -> Result<()> {
     let x = Tensor::randn(0f32, 1.0, (b, c, hw, hw), dev)?;
     let gamma = Tensor::randn(1f32, 0.1, c, dev)?;
@@ -141,6 +170,16 @@ fn main() -> Result<()> {
         // The VAE's two largest convolutions, right after upsampling.
         conv(&dev, 1, 512, 512, 256, 3, 1)?;
         conv(&dev, 1, 256, 256, 512, 3, 1)?;
+    }
+    if on("bf16conv") {
+        weft::engine::ops::gemm_bf16::enable();
+        conv_bf16(&dev, 2, 320, 320, 64, 3)?;
+        conv_bf16(&dev, 2, 640, 640, 32, 3)?;
+        conv_bf16(&dev, 2, 1280, 1280, 8, 3)?;
+        conv_bf16(&dev, 2, 320, 320, 64, 1)?;
+        conv_bf16(&dev, 1, 512, 512, 64, 3)?;
+        conv_bf16(&dev, 1, 256, 256, 256, 3)?;
+        conv_bf16(&dev, 1, 128, 128, 512, 3)?;
     }
     if on("upconv") {
         // The VAE's upsampler before its last level: nearest 2x, then a 3x3 conv.

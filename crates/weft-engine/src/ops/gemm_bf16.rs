@@ -33,6 +33,9 @@
 //! disjoint writes into C); each block says why it holds.
 #![allow(unsafe_code)]
 
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use half::bf16;
 use rayon::prelude::*;
@@ -325,6 +328,190 @@ pub fn matmul_packed_rhs(a: &Tensor, b: &Packed) -> Result<Tensor> {
     product(&a, b)
 }
 
+/// Columns of B per panel: a [`RhsPanels`] packs this many at a time.
+pub const PANEL: usize = NR;
+
+/// The right operand of [`matmul_packed_lhs_panels`], `[k, n]` for each of several images, which
+/// its owner packs one panel at a time as the product needs it: a convolution packs its im2col
+/// columns straight from the image, so the `[k, n]` matrix (nine times the input for a 3x3
+/// kernel) is never stored in f32, and each panel is multiplied while it is in cache.
+pub trait RhsPanels: Sync {
+    /// k, the rows of each image's B.
+    fn depth(&self) -> usize;
+    /// n, the columns of each image's B.
+    fn columns(&self) -> usize;
+    /// The number of images.
+    fn images(&self) -> usize;
+    /// Packs columns `first..first + PANEL` of image `image`'s B into `dst`: for every pair `p <
+    /// dst.len() / PANEL`, the `PANEL` words of rows `2p` and `2p + 1` ([`pack_pair`]), zero
+    /// past the last row and the last column.
+    fn pack(&self, image: usize, first: usize, dst: &mut [u32]);
+}
+
+/// Packs two rows of one panel, `lo` (row 2p) and `hi` (row 2p + 1, zero when `None`), rounded
+/// to bf16, into the panel's `PANEL` words of pair p.
+pub fn pack_pair(lo: &[f32; PANEL], hi: Option<&[f32; PANEL]>, dst: &mut [u32]) {
+    let dst = &mut dst[..PANEL];
+    #[cfg(target_arch = "x86_64")]
+    if isa().is_some() {
+        // SAFETY: `isa()` checked AVX-512F/BW/BF16 on this CPU; all three are PANEL (a multiple
+        // of 16) long.
+        unsafe { simd::interleave_f32(lo, hi.map(|h| &h[..]), dst) };
+        return;
+    }
+    for (l, d) in dst.iter_mut().enumerate() {
+        let hi = hi.map_or(0, |h| bf16::from_f32(h[l]).to_bits());
+        *d = word(bf16::from_f32(lo[l]).to_bits(), hi);
+    }
+}
+
+/// Most bytes of B panels one task packs at a time (its share of L2, beside A's pass and the
+/// tile of C).
+const PANELS_BYTES: usize = 1 << 20;
+
+/// `a` `[m, k]` (packed by [`pack_lhs`]) times each image's `b` `[k, n]`, plus `bias[row]` when
+/// given: `[images, m, n]` in f32. Each task packs a group of B panels of one image, multiplies
+/// all of A's rows (or its share of them) by them and writes its columns of the output, so B
+/// goes from its source to the kernel through the cache only.
+pub fn matmul_packed_lhs_panels(
+    a: &Packed,
+    b: &impl RhsPanels,
+    bias: Option<&[f32]>,
+) -> Result<Tensor> {
+    let (m, k, n, images) = (a.lines, b.depth(), b.columns(), b.images());
+    if a.depth != k {
+        candle_core::bail!(
+            "bf16 matmul: the left operand has {} columns, the right {k} rows",
+            a.depth
+        );
+    }
+    if bias.is_some_and(|bias| bias.len() != m) {
+        candle_core::bail!(
+            "bf16 matmul: a bias of {} values for {m} rows",
+            bias.map_or(0, <[f32]>::len)
+        );
+    }
+    let len = images * m * n;
+    let mut c: Vec<f32> = Vec::with_capacity(len);
+    let pairs = a.pairs();
+    match a.isa {
+        Isa::Amx if pairs > 0 && len > 0 => {
+            panels_amx(a, b, bias, &mut c.spare_capacity_mut()[..len]);
+            // SAFETY: `panels_amx` wrote every one of the `len` floats (its tasks cover every
+            // image, every column and every row).
+            unsafe { c.set_len(len) };
+        }
+        _ => {
+            // The AVX512_BF16 kernel (or k = 0): B packed whole, image by image.
+            c.resize(len, 0.0);
+            let panels = n.div_ceil(NR);
+            for (image, c) in c.chunks_mut((m * n).max(1)).enumerate().take(images) {
+                let mut data = vec![0u32; panels * pairs * NR];
+                if pairs > 0 {
+                    data.par_chunks_mut(pairs * NR)
+                        .enumerate()
+                        .for_each(|(jp, dst)| b.pack(image, jp * NR, dst));
+                    let packed = Packed {
+                        data,
+                        lines: n,
+                        depth: k,
+                        width: NR,
+                        pairs,
+                        isa: a.isa,
+                    };
+                    match a.isa {
+                        Isa::Amx => gemm_amx(a, &packed, c),
+                        Isa::Avx512 => gemm(a, &packed, c),
+                    }
+                }
+                if let Some(bias) = bias {
+                    for (row, &b) in c.chunks_mut(n.max(1)).zip(bias) {
+                        row.iter_mut().for_each(|v| *v += b);
+                    }
+                }
+            }
+        }
+    }
+    Tensor::from_vec(c, (images, m, n), &Device::Cpu)
+}
+
+/// [`matmul_packed_lhs_panels`] with the AMX kernel into `c` (`[images, m, n]`, every float
+/// written): tasks of one image, one group of B panels and a share of A's row blocks.
+fn panels_amx(a: &Packed, b: &impl RhsPanels, bias: Option<&[f32]>, c: &mut [MaybeUninit<f32>]) {
+    let (m, n, pairs, images) = (a.lines, b.columns(), a.pairs(), b.images());
+    assert!(a.width == 1 && pairs % AMX_PAIRS == 0 && c.len() == images * m * n);
+    let panels_n = n.div_ceil(NR);
+    let group = (PANELS_BYTES / (pairs * NR * 4))
+        .clamp(1, NC_PANELS)
+        .min(panels_n);
+    let groups = panels_n.div_ceil(group);
+    let chunks_m = m.div_ceil(AMX_ROWS).div_ceil(AMX_MC_BLOCKS);
+    // Enough tasks for every thread twice over: at the deep levels (8x8 pixels, one group) the
+    // row blocks are shared out too, each share packing the same panels.
+    let splits = (2 * rayon::current_num_threads())
+        .div_ceil(images * groups)
+        .clamp(1, chunks_m);
+    let chunks_per_split = chunks_m.div_ceil(splits);
+    let c_ptr = CPtr(c.as_mut_ptr().cast());
+    let buffers = || {
+        (
+            vec![0u32; group * pairs * NR],
+            vec![0f32; AMX_MC_BLOCKS * AMX_ROWS * group * NR],
+        )
+    };
+    (0..images * groups * splits)
+        .into_par_iter()
+        .for_each_init(buffers, |(panels, acc), task| {
+            let (image, rest) = (task / (groups * splits), task % (groups * splits));
+            let (g, split) = (rest / splits, rest % splits);
+            let group_panels = g * group..((g + 1) * group).min(panels_n);
+            let panel_len = pairs * NR;
+            for (j, jp) in group_panels.clone().enumerate() {
+                b.pack(
+                    image,
+                    jp * NR,
+                    &mut panels[j * panel_len..(j + 1) * panel_len],
+                );
+            }
+            let acc_cols = group_panels.len() * NR;
+            let col0 = group_panels.start * NR;
+            let cols = acc_cols.min(n - col0);
+            // SAFETY: `a.isa` is AMX, so `amx::enable` found AMX-BF16 and got the kernel's
+            // permission for tile state; the configuration is a valid palette-1 one.
+            unsafe { amx::load_config() };
+            let chunks = split * chunks_per_split..((split + 1) * chunks_per_split).min(chunks_m);
+            for chunk in chunks {
+                let blocks =
+                    chunk * AMX_MC_BLOCKS..((chunk + 1) * AMX_MC_BLOCKS).min(m.div_ceil(AMX_ROWS));
+                let panels = &panels[..];
+                amx_tile(
+                    a,
+                    blocks.clone(),
+                    group_panels.len(),
+                    |j, first| &panels[j * panel_len + first * NR..(j + 1) * panel_len],
+                    acc,
+                );
+                let row0 = blocks.start * AMX_ROWS;
+                let rows = (blocks.len() * AMX_ROWS).min(m - row0);
+                // SAFETY: rows row0..row0 + rows < m, columns col0..col0 + cols <= n of image
+                // `image` are this task's (tasks differ in image, column group or row chunk).
+                unsafe {
+                    write_tile(
+                        acc,
+                        acc_cols,
+                        rows,
+                        cols,
+                        c_ptr,
+                        ((image * m + row0) * n + col0, n),
+                        bias.map(|bias| &bias[row0..]),
+                    )
+                };
+            }
+            // SAFETY: tiles were configured on this thread; releasing them ends their use here.
+            unsafe { amx::release() };
+        });
+}
+
 /// `a` `[m, k]` times `b` `[k, n]`, each f32 or bf16 with any strides: `[m, n]` in f32, both
 /// rounded to bf16 first. Without the instructions, both widened to f32 and multiplied by
 /// candle.
@@ -570,41 +757,96 @@ fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
             let (tm, tn) = (tile / tiles_n, tile % tiles_n);
             let a_blocks = tm * AMX_MC_BLOCKS..((tm + 1) * AMX_MC_BLOCKS).min(blocks_m);
             let b_range = tn * NC_PANELS..((tn + 1) * NC_PANELS).min(b_panels);
-            // The task's tile of C, a whole number of blocks, row-major (`first == 0` overwrites
-            // whatever the buffer held).
             let acc_cols = b_range.len() * NR;
             // SAFETY: `a.isa` is AMX, so `amx::enable` found AMX-BF16 and got the kernel's
             // permission for tile state; the configuration is a valid palette-1 one.
             unsafe { amx::load_config() };
-            for first in (0..pairs).step_by(AMX_KC) {
-                let depth = AMX_KC.min(pairs - first);
-                for (j, jp) in b_range.clone().enumerate() {
-                    let b_panel = b.panel_from(jp, first);
-                    for (i, ib) in a_blocks.clone().enumerate() {
-                        // This block's rows in tile order, from pair `first` on.
-                        let a_rows = &a.data[ib * AMX_ROWS * pairs + first * AMX_ROWS..];
-                        let out = &mut acc[i * AMX_ROWS * acc_cols + j * NR..];
-                        // SAFETY: tiles are configured on this thread (above); `a_rows` and
-                        // `b_panel` hold `depth` pairs (a multiple of 16) of the block and panel;
-                        // `out` holds 32 rows of `acc_cols` >= 32 floats but the last row's tail.
-                        unsafe { amx::block(a_rows, b_panel, depth, out, acc_cols, first > 0) };
-                    }
-                }
-            }
+            amx_tile(
+                a,
+                a_blocks.clone(),
+                b_range.len(),
+                |j, first| b.panel_from(b_range.start + j, first),
+                acc,
+            );
             // SAFETY: tiles were configured on this thread; releasing them ends their use here.
             unsafe { amx::release() };
             let (row0, col0) = (a_blocks.start * AMX_ROWS, b_range.start * NR);
-            let cols = acc_cols.min(n - col0);
-            for r in 0..(a_blocks.len() * AMX_ROWS).min(m - row0) {
-                let src = &acc[r * acc_cols..r * acc_cols + cols];
-                // SAFETY: row row0 + r < m and columns col0..col0 + cols <= n are inside C and
-                // inside this task's tile, which no other task writes.
-                unsafe {
-                    let dst = c_ptr.get().add((row0 + r) * n + col0);
-                    std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols);
-                }
-            }
+            let rows = (a_blocks.len() * AMX_ROWS).min(m - row0);
+            // SAFETY: rows row0..row0 + rows <= m and columns col0.. (clipped to n) of C are
+            // this task's tile, which no other task writes.
+            unsafe {
+                write_tile(
+                    acc,
+                    acc_cols,
+                    rows,
+                    acc_cols.min(n - col0),
+                    c_ptr,
+                    (row0 * n + col0, n),
+                    None,
+                )
+            };
         });
+}
+
+/// Sums A's blocks `a_blocks` times the B panels `panel(j, first)` (`j < panels`, from pair
+/// `first` on) into `acc` (the blocks' rows, `panels * NR` floats each, row-major), in passes of
+/// `AMX_KC` pairs: the task's A rows and B panels for one pass stay in L2 while every block of
+/// its tile is worked through, and one B panel in L1 while it meets the task's A blocks. Tiles
+/// must be configured on this thread.
+fn amx_tile<'b>(
+    a: &Packed,
+    a_blocks: Range<usize>,
+    panels: usize,
+    panel: impl Fn(usize, usize) -> &'b [u32],
+    acc: &mut [f32],
+) {
+    let pairs = a.pairs();
+    let acc_cols = panels * NR;
+    assert!(acc.len() >= a_blocks.len() * AMX_ROWS * acc_cols);
+    for first in (0..pairs).step_by(AMX_KC) {
+        let depth = AMX_KC.min(pairs - first);
+        for j in 0..panels {
+            let b_panel = panel(j, first);
+            for (i, ib) in a_blocks.clone().enumerate() {
+                // This block's rows in tile order, from pair `first` on.
+                let a_rows = &a.data[ib * AMX_ROWS * pairs + first * AMX_ROWS..];
+                let out = &mut acc[i * AMX_ROWS * acc_cols + j * NR..];
+                // SAFETY: the caller configured tiles on this thread; `a_rows` and `b_panel`
+                // hold `depth` pairs (a multiple of 16) of the block and panel; `out` holds 32
+                // rows of `acc_cols` >= 32 floats (asserted above); `first == 0` overwrites
+                // whatever the buffer held.
+                unsafe { amx::block(a_rows, b_panel, depth, out, acc_cols, first > 0) };
+            }
+        }
+    }
+}
+
+/// Copies `rows x cols` of `acc` (rows `acc_cols` apart) to C at `at.0`, rows `at.1` apart,
+/// adding `bias[r]` to row `r` where given.
+///
+/// # Safety
+/// The `rows x cols` floats at `at` in C are writable and written by no other thread meanwhile.
+unsafe fn write_tile(
+    acc: &[f32],
+    acc_cols: usize,
+    rows: usize,
+    cols: usize,
+    c: CPtr,
+    at: (usize, usize),
+    bias: Option<&[f32]>,
+) {
+    let (offset, ldc) = at;
+    for r in 0..rows {
+        let src = &acc[r * acc_cols..r * acc_cols + cols];
+        let b = bias.map_or(0.0, |bias| bias[r]);
+        // SAFETY: the caller's promise for row r; raw writes, as C may not be initialised yet.
+        unsafe {
+            let dst = c.get().add(offset + r * ldc);
+            for (i, &s) in src.iter().enumerate() {
+                dst.add(i).write(s + b);
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
