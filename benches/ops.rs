@@ -136,6 +136,44 @@ fn attention(dev: &Device, bh: usize, n: usize, m: usize, d: usize) -> Result<()
     Ok(())
 }
 
+/// Weft's attention at `shapes` (bh, n, m, d) in f32, then under `--dtype bf16` (bf16 products
+/// on AMX where the CPU has it, f32 softmax): run last, since it turns the bf16 kernels on for
+/// the rest of the process.
+fn attention_bf16(dev: &Device, shapes: &[(usize, usize, usize, usize)]) -> Result<()> {
+    let inputs = shapes
+        .iter()
+        .map(|&(bh, n, m, d)| {
+            Ok((
+                Tensor::randn(0f32, 1.0, (1, bh, n, d), dev)?,
+                Tensor::randn(0f32, 1.0, (1, bh, m, d), dev)?,
+                Tensor::randn(0f32, 1.0, (1, bh, m, d), dev)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let time_all = || -> Result<Vec<f64>> {
+        inputs
+            .iter()
+            .map(|(q, k, v)| {
+                time_ms(5, || {
+                    weft::engine::ops::attention::scaled_dot_product(q, k, v)
+                })
+            })
+            .collect()
+    };
+    let f32_ms = time_all()?;
+    weft::engine::ops::gemm_bf16::enable();
+    let bf16_ms = time_all()?;
+    for ((&(bh, n, m, d), f), b) in shapes.iter().zip(f32_ms).zip(bf16_ms) {
+        println!(
+            "{:<44} f32 {f:>9.1} ms   bf16 {b:>9.1} ms ({}) x{:.2}",
+            format!("attention bh={bh} n={n} m={m} d={d}"),
+            weft::engine::ops::gemm_bf16::kernel_name(),
+            f / b
+        );
+    }
+    Ok(())
+}
+
 fn matmul(dev: &Device, m: usize, k: usize, n: usize) -> Result<()> {
     let a = Tensor::randn(0f32, 1.0, (m, k), dev)?;
     let b = Tensor::randn(0f32, 1.0, (k, n), dev)?;
@@ -171,16 +209,6 @@ fn main() -> Result<()> {
         conv(&dev, 1, 512, 512, 256, 3, 1)?;
         conv(&dev, 1, 256, 256, 512, 3, 1)?;
     }
-    if on("bf16conv") {
-        weft::engine::ops::gemm_bf16::enable();
-        conv_bf16(&dev, 2, 320, 320, 64, 3)?;
-        conv_bf16(&dev, 2, 640, 640, 32, 3)?;
-        conv_bf16(&dev, 2, 1280, 1280, 8, 3)?;
-        conv_bf16(&dev, 2, 320, 320, 64, 1)?;
-        conv_bf16(&dev, 1, 512, 512, 64, 3)?;
-        conv_bf16(&dev, 1, 256, 256, 256, 3)?;
-        conv_bf16(&dev, 1, 128, 128, 512, 3)?;
-    }
     if on("upconv") {
         // The VAE's upsampler before its last level: nearest 2x, then a 3x3 conv.
         let x = Tensor::randn(0f32, 1.0, (1, 256, 256, 256), &dev)?;
@@ -210,6 +238,28 @@ fn main() -> Result<()> {
         attention(&dev, 16, 1024, 1024, 80)?;
         // VAE mid-block attention at 64x64 (one head, 512 wide).
         attention(&dev, 1, 4096, 4096, 512)?;
+    }
+    // Last: these turn the bf16 kernels on for the rest of the process.
+    if on("bf16attention") {
+        attention_bf16(
+            &dev,
+            &[
+                (16, 4096, 4096, 40),
+                (16, 4096, 77, 40),
+                (16, 1024, 1024, 80),
+                (1, 4096, 4096, 512),
+            ],
+        )?;
+    }
+    if on("bf16conv") {
+        weft::engine::ops::gemm_bf16::enable();
+        conv_bf16(&dev, 2, 320, 320, 64, 3)?;
+        conv_bf16(&dev, 2, 640, 640, 32, 3)?;
+        conv_bf16(&dev, 2, 1280, 1280, 8, 3)?;
+        conv_bf16(&dev, 2, 320, 320, 64, 1)?;
+        conv_bf16(&dev, 1, 512, 512, 64, 3)?;
+        conv_bf16(&dev, 1, 256, 256, 256, 3)?;
+        conv_bf16(&dev, 1, 128, 128, 512, 3)?;
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, T
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
+use crate::ops::attention_amx;
 use crate::ops::math::{exp, exp_minus_sum, lanes_max};
 
 /// Query rows per score tile.
@@ -86,15 +87,15 @@ struct FlashAttention {
 /// One operand's rows: head `h` of image `b` has row `i` at `offset + b * batch_stride +
 /// h * head_stride + i * row_stride`, `dim` floats long.
 #[derive(Clone, Copy)]
-struct Rows<'a> {
+pub(crate) struct Rows<'a> {
     data: &'a [f32],
     offset: usize,
     batch_stride: usize,
     head_stride: usize,
     row_stride: usize,
-    heads: usize,
-    rows: usize,
-    dim: usize,
+    pub(crate) heads: usize,
+    pub(crate) rows: usize,
+    pub(crate) dim: usize,
 }
 
 impl<'a> Rows<'a> {
@@ -116,7 +117,7 @@ impl<'a> Rows<'a> {
     }
 
     /// Row `i` of head `h` of image `b`.
-    fn row(&self, b: usize, h: usize, i: usize) -> &'a [f32] {
+    pub(crate) fn row(&self, b: usize, h: usize, i: usize) -> &'a [f32] {
         let start =
             self.offset + b * self.batch_stride + h * self.head_stride + i * self.row_stride;
         &self.data[start..start + self.dim]
@@ -144,6 +145,13 @@ impl CustomOp3 for FlashAttention {
         );
         let batch = q_layout.dims()[0];
         let mut out = vec![0f32; batch * q.rows * q.heads * v.dim];
+        if attention_amx::available() && !out.is_empty() && k.rows > 0 {
+            attention_amx::run(&q, &k, &v, batch, self.scale, &mut out);
+            return Ok((
+                CpuStorage::F32(out),
+                Shape::from_dims(&[batch, q.rows, q.heads, v.dim]),
+            ));
+        }
         Flash {
             q,
             k,
@@ -560,6 +568,48 @@ mod tests {
             assert_eq!(got.dims(), &[2, 3, 29, 21]);
             let diff = crate::ops::max_abs_diff(&got, &expected);
             assert!(diff < 1e-4, "{arch:?}: max abs diff {diff}");
+        }
+    }
+
+    /// Under `--dtype bf16` with AMX: within bf16 rounding of the f32 result, and closer still
+    /// to the f32 attention of the queries, keys and values rounded to bf16 (what is left is
+    /// the probabilities' rounding).
+    #[test]
+    fn bf16_on_amx_matches_the_plain_form_within_rounding() {
+        crate::ops::gemm_bf16::enable_in_this_test();
+        if !crate::ops::attention_amx::available() {
+            println!("no AMX here: the f32 kernel ran");
+            return;
+        }
+        let dev = Device::Cpu;
+        let round = |t: &Tensor| {
+            t.to_dtype(candle_core::DType::BF16)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+        };
+        // (batch, heads, queries, keys, dim, value dim): the UNet's head sizes, a part block
+        // of queries, keys in several blocks with a part panel, cross-attention's 77 keys,
+        // an odd dimension, values wider than a panel and not a whole one.
+        for (b, h, n, m, d, dv) in [
+            (2, 3, 70, 77, 40, 40),
+            (1, 2, 64, 300, 80, 72),
+            (1, 1, 33, 129, 7, 5),
+            (2, 1, 40, 1, 160, 160),
+        ] {
+            let q = Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (b, h, m, d), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (b, h, m, dv), &dev).unwrap();
+            let got = scaled_dot_product(&q, &k, &v).unwrap();
+            assert_eq!(got.dims(), &[b, h, n, dv]);
+            let exact = crate::ops::max_abs_diff(&got, &reference(&q, &k, &v));
+            let rounded = crate::ops::max_abs_diff(&got, &reference(&q, &round(&k), &round(&v)));
+            println!("{b}x{h}x{n}x{m}x{d}x{dv}: {exact} from f32, {rounded} from rounded k, v");
+            assert!(exact < 0.05, "{exact} from the f32 attention");
+            assert!(
+                rounded < 0.02,
+                "{rounded} from the attention of rounded keys and values"
+            );
         }
     }
 

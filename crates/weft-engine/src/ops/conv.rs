@@ -603,10 +603,18 @@ struct Im2ColPanels<'a> {
     pixels: usize,
 }
 
-impl Im2ColPanels<'_> {
+impl<'a> Im2ColPanels<'a> {
     /// Row `kk` (input channel, kernel tap) of image `image`'s im2col matrix at the output
-    /// pixels `first..first + PANEL` (0 past the last).
-    fn gather(&self, image: usize, kk: usize, first: usize, out: &mut [f32; PANEL]) {
+    /// pixels `first..first + PANEL` (0 past the last): a run of the input itself where the
+    /// whole panel reads one stretch of one input row (most panels of a stride-1 convolution),
+    /// else gathered into `buf`.
+    fn row<'b>(
+        &'b self,
+        image: usize,
+        kk: usize,
+        first: usize,
+        buf: &'b mut [f32; PANEL],
+    ) -> &'b [f32; PANEL] {
         let g = &self.geometry;
         let taps = g.kernel_h * g.kernel_w;
         let (channel, tap) = (kk / taps, kk % taps);
@@ -614,50 +622,48 @@ impl Im2ColPanels<'_> {
         let (shift, source_w) = (g.upsample.trailing_zeros(), g.width / g.upsample);
         let plane = (g.height / g.upsample) * source_w;
         let offset = (image * g.channels + channel) * plane;
-        let src = &self.data[offset..offset + plane];
+        let src: &'a [f32] = &self.data[offset..offset + plane];
         let (stride, padding, dilation) = (g.stride as isize, g.padding as isize, g.dilation);
         let x_shift = (j * dilation) as isize - padding;
         let input_y = |y: usize| (y as isize * stride + (i * dilation) as isize) - padding;
         let (y, x0) = (first / self.out_w, first % self.out_w);
         if x0 + PANEL <= self.out_w {
-            // One output row: a run of one input row.
-            out.fill(0.0);
+            // One output row: a stretch of one input row.
             let in_y = input_y(y);
             if in_y < 0 || in_y >= g.height as isize {
-                return;
+                buf.fill(0.0);
+                return buf;
             }
             let src_row = &src[(in_y as usize >> shift) * source_w..][..source_w];
             let (lo, hi) = valid_columns(x0 + PANEL, g.stride, x_shift, g.width);
             let (lo, hi) = (lo.max(x0), hi.max(x0));
-            if lo >= hi {
-                return;
-            }
-            if g.stride == 1 && shift == 0 {
-                let from = (lo as isize + x_shift) as usize;
-                out[lo - x0..hi - x0].copy_from_slice(&src_row[from..from + (hi - lo)]);
-            } else {
-                for x in lo..hi {
-                    let in_x = (x as isize * stride + x_shift) as usize;
-                    out[x - x0] = src_row[in_x >> shift];
+            if g.stride == 1 && shift == 0 && (lo, hi) == (x0, x0 + PANEL) {
+                let from = (x0 as isize + x_shift) as usize;
+                if let Ok(run) = <&[f32; PANEL]>::try_from(&src_row[from..from + PANEL]) {
+                    return run;
                 }
             }
-            return;
+            buf.fill(0.0);
+            for x in lo..hi.max(lo) {
+                let in_x = (x as isize * stride + x_shift) as usize;
+                buf[x - x0] = src_row[in_x >> shift];
+            }
+            return buf;
         }
         // Across output rows (narrow images) or past the last pixel: pixel by pixel.
-        for (l, value) in out.iter_mut().enumerate() {
+        for (l, value) in buf.iter_mut().enumerate() {
             let q = first + l;
             *value = 0.0;
             if q >= self.pixels {
                 continue;
             }
-            let (in_y, in_x) = (
-                input_y(q / self.out_w),
-                (q % self.out_w) as isize * stride + x_shift,
-            );
+            let in_y = input_y(q / self.out_w);
+            let in_x = (q % self.out_w) as isize * stride + x_shift;
             if (0..g.height as isize).contains(&in_y) && (0..g.width as isize).contains(&in_x) {
                 *value = src[(in_y as usize >> shift) * source_w + (in_x as usize >> shift)];
             }
         }
+        buf
     }
 }
 
@@ -676,19 +682,16 @@ impl gemm_bf16::RhsPanels for Im2ColPanels<'_> {
 
     fn pack(&self, image: usize, first: usize, dst: &mut [u32]) {
         let depth = self.depth();
-        let (mut lo, mut hi) = ([0f32; PANEL], [0f32; PANEL]);
+        let (mut lo_buf, mut hi_buf) = ([0f32; PANEL], [0f32; PANEL]);
         for (p, words) in dst.chunks_exact_mut(PANEL).enumerate() {
             let (k0, k1) = (2 * p, 2 * p + 1);
             if k0 >= depth {
                 words.fill(0);
                 continue;
             }
-            self.gather(image, k0, first, &mut lo);
-            let hi = (k1 < depth).then(|| {
-                self.gather(image, k1, first, &mut hi);
-                &hi
-            });
-            gemm_bf16::pack_pair(&lo, hi, words);
+            let lo = self.row(image, k0, first, &mut lo_buf);
+            let hi = (k1 < depth).then(|| self.row(image, k1, first, &mut hi_buf));
+            gemm_bf16::pack_pair(lo, hi, words);
         }
     }
 }

@@ -365,6 +365,99 @@ pub fn pack_pair(lo: &[f32; PANEL], hi: Option<&[f32; PANEL]>, dst: &mut [u32]) 
     }
 }
 
+/// Rounds `src` to bf16 pairs: `dst[w]` holds `src[2w]` (low half) and `src[2w + 1]` (0 past
+/// the end); `dst` is `src.len().div_ceil(2)` long.
+pub fn round_to_pairs(src: &[f32], dst: &mut [u32]) {
+    assert_eq!(dst.len(), src.len().div_ceil(2), "one word per pair");
+    #[cfg(target_arch = "x86_64")]
+    if isa().is_some() {
+        // SAFETY: `isa()` checked AVX-512F and AVX512_BF16; `dst` holds a word per pair (above);
+        // a panel one line wide is the line's words in order.
+        unsafe { simd::pack_line_f32(src, 0, 1, dst) };
+        return;
+    }
+    for (d, pair) in dst.iter_mut().zip(src.chunks(2)) {
+        let hi = pair.get(1).map_or(0, |&v| bf16::from_f32(v).to_bits());
+        *d = word(bf16::from_f32(pair[0]).to_bits(), hi);
+    }
+}
+
+/// Rounds `TILE_ROWS` rows of `src` (`stride` floats apart, `cols` each, a multiple of
+/// `2 * TILE_PAIRS`) to bf16 pairs in tile order, as [`AmxTiles::block`] reads its `a`: for
+/// each `TILE_PAIRS` pairs, the rows' `TILE_PAIRS` words.
+pub fn round_rows_to_tiles(src: &[f32], stride: usize, cols: usize, dst: &mut [u32]) {
+    let group = 2 * TILE_PAIRS;
+    assert!(cols.is_multiple_of(group) && stride >= cols);
+    assert!(src.len() >= (TILE_ROWS - 1) * stride + cols && dst.len() >= TILE_ROWS * cols / 2);
+    #[cfg(target_arch = "x86_64")]
+    if isa().is_some() {
+        // SAFETY: `isa()` checked AVX-512F and AVX512_BF16; the sizes are asserted above.
+        unsafe { simd::round_rows_to_tiles(src, stride, cols, dst) };
+        return;
+    }
+    for r in 0..TILE_ROWS {
+        for g in 0..cols / group {
+            let at = (g * TILE_ROWS + r) * TILE_PAIRS;
+            let from = r * stride + g * group;
+            round_to_pairs(&src[from..from + group], &mut dst[at..at + TILE_PAIRS]);
+        }
+    }
+}
+
+/// Rows of A (and of C) in one [`AmxTiles::block`].
+pub const TILE_ROWS: usize = AMX_ROWS;
+/// k pairs in one AMX tile: [`AmxTiles::block`]'s depth is a multiple of this.
+pub const TILE_PAIRS: usize = AMX_PAIRS;
+
+/// Whether [`AmxTiles`] can be had: [`available`], with the AMX kernel.
+pub fn amx_available() -> bool {
+    available() && isa() == Some(Isa::Amx)
+}
+
+/// The AMX tile registers, configured on this thread while the value lives, for kernels other
+/// than the matmul's (the bf16 flash attention). Not `Send`: the configuration is per thread.
+pub struct AmxTiles(std::marker::PhantomData<*const ()>);
+
+impl AmxTiles {
+    /// Configures the tiles on this thread; `None` unless the CPU has AMX-BF16 (and it is not
+    /// turned off). Callers decide with [`amx_available`] whether to use it at all.
+    pub fn new() -> Option<Self> {
+        if isa() != Some(Isa::Amx) {
+            return None;
+        }
+        // SAFETY: the AMX kernel is in use, so `amx::enable` found AMX-BF16 and got the
+        // kernel's permission for tile state.
+        unsafe { amx::load_config() };
+        Some(Self(std::marker::PhantomData))
+    }
+
+    /// `out` (a `TILE_ROWS x PANEL` block, rows `ldo` floats apart) (+)= `a` times `b`: `a` the
+    /// block's rows as bf16 pairs in tile order (for each `TILE_PAIRS` pairs, the `TILE_ROWS`
+    /// rows' `TILE_PAIRS` words), `b` `pairs` rows of `PANEL` words (a panel); `accumulate`
+    /// adds to `out` instead of overwriting it.
+    pub fn block(
+        &mut self,
+        a: &[u32],
+        b: &[u32],
+        pairs: usize,
+        out: &mut [f32],
+        ldo: usize,
+        accumulate: bool,
+    ) {
+        assert!(pairs.is_multiple_of(TILE_PAIRS), "whole tiles of pairs");
+        // SAFETY: tiles are configured on this thread (this value exists); `block` asserts the
+        // operands' sizes itself.
+        unsafe { amx::block(a, b, pairs, out, ldo, accumulate) }
+    }
+}
+
+impl Drop for AmxTiles {
+    fn drop(&mut self) {
+        // SAFETY: `new` configured the tiles on this thread (the value cannot leave it).
+        unsafe { amx::release() }
+    }
+}
+
 /// Most bytes of B panels one task packs at a time (its share of L2, beside A's pass and the
 /// tile of C).
 const PANELS_BYTES: usize = 1 << 20;
@@ -1056,6 +1149,34 @@ mod simd {
         }
     }
 
+    /// [`super::round_rows_to_tiles`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16; the sizes are as that function asserts.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn round_rows_to_tiles(
+        src: &[f32],
+        stride: usize,
+        cols: usize,
+        dst: &mut [u32],
+    ) {
+        use super::{TILE_PAIRS, TILE_ROWS};
+        for r in 0..TILE_ROWS {
+            for g in 0..cols / (2 * TILE_PAIRS) {
+                // SAFETY: row r's 32 floats from column 32g lie inside `src`, and the 16 words at
+                // (g * TILE_ROWS + r) * 16 inside `dst` (the caller's sizes).
+                unsafe {
+                    let at = src.as_ptr().add(r * stride + g * 2 * TILE_PAIRS);
+                    let lo = _mm512_loadu_ps(at);
+                    let hi = _mm512_loadu_ps(at.add(16));
+                    let words: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                    let to = dst.as_mut_ptr().add((g * TILE_ROWS + r) * TILE_PAIRS);
+                    _mm512_storeu_si512(to.cast(), words);
+                }
+            }
+        }
+    }
+
     /// `out[l]` = the pair (`lo[l]`, `hi[l]`) rounded to bf16 (`hi` zero when `None`).
     ///
     /// # Safety
@@ -1152,6 +1273,9 @@ mod simd {
         unreachable!("available() is false off x86_64")
     }
     pub(super) unsafe fn interleave_f32(_: &[f32], _: Option<&[f32]>, _: &mut [u32]) {
+        unreachable!("available() is false off x86_64")
+    }
+    pub(super) unsafe fn round_rows_to_tiles(_: &[f32], _: usize, _: usize, _: &mut [u32]) {
         unreachable!("available() is false off x86_64")
     }
     #[allow(clippy::too_many_arguments)]

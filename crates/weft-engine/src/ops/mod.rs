@@ -6,6 +6,7 @@
 //! candle's op did wrong.
 
 pub mod attention;
+mod attention_amx;
 pub mod cast;
 pub mod conv;
 pub mod conv_transpose;

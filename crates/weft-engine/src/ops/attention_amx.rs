@@ -1,0 +1,316 @@
+//! Flash attention with bf16 products on AMX tiles and the softmax in f32: what
+//! [`crate::ops::attention`] runs on the CPU under `--dtype bf16` where the bf16 matmul uses AMX
+//! (PyTorch's bf16 autocast does the same: bf16 products, f32 softmax statistics).
+//!
+//! The f32 flash kernel spends most of its time in the two products at the UNet's head size of
+//! 40, where the vector units do four multiply-adds per score and value. Here both products run
+//! on [`AmxTiles`]: a block of `TILE_ROWS` queries (rounded to bf16 pairs, scaled first) meets
+//! the keys of one head in blocks of `KEYS`, packed once per head as AMX panels; each block's
+//! scores (`TILE_ROWS x KEYS` f32, 16 KiB) get the online softmax (running max and sum per
+//! query, [`crate::ops::math::exp`]) and, rounded to bf16, multiply the head's packed values into
+//! the queries' f32 outputs. A task takes up to `GROUPS` query blocks of one image through every
+//! head, so each key block is read once for all of them.
+
+use std::ops::Range;
+
+use pulp::{Simd, WithSimd};
+use rayon::prelude::*;
+
+use crate::ops::attention::Rows;
+use crate::ops::gemm_bf16::{self, AmxTiles, PANEL, TILE_PAIRS, TILE_ROWS};
+use crate::ops::math::{exp, exp_minus_sum, lanes_max};
+
+/// Keys per block (a multiple of `PANEL`).
+const KEYS: usize = 256;
+/// Query blocks per task (at most).
+const GROUPS: usize = 4;
+
+/// Whether [`run`] can: the bf16 matmul is on and uses AMX.
+pub(crate) fn available() -> bool {
+    gemm_bf16::amx_available()
+}
+
+/// Sizes of the packed operands of one head.
+#[derive(Clone, Copy)]
+struct Sizes {
+    /// Query/key dimension in pairs, a multiple of `TILE_PAIRS`.
+    dim_pairs: usize,
+    /// Keys in pairs, a multiple of `TILE_PAIRS` (so keys a multiple of `PANEL`).
+    key_pairs: usize,
+    /// Panels of `PANEL` value columns.
+    value_panels: usize,
+}
+
+impl Sizes {
+    fn key_len(&self) -> usize {
+        2 * self.key_pairs * self.dim_pairs
+    }
+
+    fn value_len(&self) -> usize {
+        self.value_panels * self.key_pairs * PANEL
+    }
+
+    /// Output columns per query, the value dimension padded to whole panels.
+    fn out_cols(&self) -> usize {
+        self.value_panels * PANEL
+    }
+}
+
+/// softmax(q kᵀ · `scale`) v into `out` ([B, N, H, Dv]) for `batch` images; `available()` must
+/// hold and there must be at least one key.
+pub(crate) fn run(q: &Rows, k: &Rows, v: &Rows, batch: usize, scale: f32, out: &mut [f32]) {
+    let (queries, keys) = (q.rows, k.rows);
+    let sizes = Sizes {
+        dim_pairs: q.dim.div_ceil(2).next_multiple_of(TILE_PAIRS),
+        key_pairs: keys.div_ceil(2).next_multiple_of(TILE_PAIRS),
+        value_panels: v.dim.div_ceil(PANEL),
+    };
+    let heads = batch * q.heads;
+    let mut packed_keys = vec![0u32; heads * sizes.key_len()];
+    let mut packed_values = vec![0u32; heads * sizes.value_len()];
+    packed_keys
+        .par_chunks_mut(sizes.key_len().max(1))
+        .zip(packed_values.par_chunks_mut(sizes.value_len().max(1)))
+        .enumerate()
+        .for_each(|(bh, (keys_dst, values_dst))| {
+            let (b, h) = (bh / q.heads, bh % q.heads);
+            pack_keys(k, b, h, sizes, keys_dst);
+            pack_values(v, b, h, sizes, values_dst);
+        });
+    // Enough tasks for every thread several times over.
+    let threads = rayon::current_num_threads();
+    let mut groups = GROUPS;
+    while groups > 1 && batch * queries.div_ceil(TILE_ROWS * groups) < 4 * threads {
+        groups /= 2;
+    }
+    let task_rows = TILE_ROWS * groups;
+    let row_len = q.heads * v.dim;
+    let arch = pulp::Arch::new();
+    out.par_chunks_mut(queries * row_len)
+        .enumerate()
+        .flat_map(|(b, image)| {
+            image
+                .par_chunks_mut(task_rows * row_len)
+                .enumerate()
+                .map(move |(t, out)| (b, t * task_rows, out))
+        })
+        .for_each(|(b, first, out)| {
+            let mut task = Task::new(sizes, out.len() / row_len, q.dim);
+            for h in 0..q.heads {
+                let bh = b * q.heads + h;
+                let head = Head {
+                    keys: &packed_keys[bh * sizes.key_len()..(bh + 1) * sizes.key_len()],
+                    values: &packed_values[bh * sizes.value_len()..(bh + 1) * sizes.value_len()],
+                };
+                task.head(arch, q, b, h, first, scale, keys, head);
+                task.write(h, v.dim, row_len, out);
+            }
+        });
+}
+
+/// Head `(b, h)`'s keys as B panels for the scores: panels of `PANEL` keys, for each pair of the
+/// dimension the panel's keys side by side.
+fn pack_keys(k: &Rows, b: usize, h: usize, sizes: Sizes, dst: &mut [u32]) {
+    let pairs = k.dim.div_ceil(2);
+    let mut words = vec![0u32; pairs];
+    for j in 0..k.rows {
+        gemm_bf16::round_to_pairs(k.row(b, h, j), &mut words);
+        let base = (j / PANEL) * sizes.dim_pairs * PANEL + j % PANEL;
+        for (p, &w) in words.iter().enumerate() {
+            dst[base + p * PANEL] = w;
+        }
+    }
+}
+
+/// Head `(b, h)`'s values as B panels for the outputs: panels of `PANEL` value columns, for each
+/// pair of keys the panel's columns side by side.
+fn pack_values(v: &Rows, b: usize, h: usize, sizes: Sizes, dst: &mut [u32]) {
+    let (mut lo, mut hi) = ([0f32; PANEL], [0f32; PANEL]);
+    for p in 0..v.rows.div_ceil(2) {
+        for panel in 0..sizes.value_panels {
+            let cols = panel * PANEL..((panel + 1) * PANEL).min(v.dim);
+            let width = cols.len();
+            lo[..width].copy_from_slice(&v.row(b, h, 2 * p)[cols.clone()]);
+            lo[width..].fill(0.0);
+            let hi = (2 * p + 1 < v.rows).then(|| {
+                hi[..width].copy_from_slice(&v.row(b, h, 2 * p + 1)[cols]);
+                hi[width..].fill(0.0);
+                &hi
+            });
+            let at = (panel * sizes.key_pairs + p) * PANEL;
+            gemm_bf16::pack_pair(&lo, hi, &mut dst[at..at + PANEL]);
+        }
+    }
+}
+
+/// One head's packed keys and values.
+struct Head<'a> {
+    keys: &'a [u32],
+    values: &'a [u32],
+}
+
+/// A task's queries and running state over one head, and its scratch.
+struct Task {
+    sizes: Sizes,
+    rows: usize,
+    /// Query blocks in tile order, scaled and rounded.
+    queries: Vec<u32>,
+    maxes: Vec<f32>,
+    sums: Vec<f32>,
+    /// Un-normalised outputs, `out_cols` per query.
+    outputs: Vec<f32>,
+    /// One block's scores, `KEYS` per query.
+    scores: Vec<f32>,
+    /// One block's probabilities, rounded, in tile order.
+    probs: Vec<u32>,
+    /// One query row, scaled, and its pairs.
+    scaled: Vec<f32>,
+    words: Vec<u32>,
+}
+
+impl Task {
+    fn new(sizes: Sizes, rows: usize, dim: usize) -> Self {
+        let padded = rows.next_multiple_of(TILE_ROWS);
+        Self {
+            sizes,
+            rows,
+            queries: vec![0; padded * sizes.dim_pairs],
+            maxes: vec![f32::NEG_INFINITY; padded],
+            sums: vec![0.0; padded],
+            outputs: vec![0.0; padded * sizes.out_cols()],
+            scores: vec![0.0; TILE_ROWS * KEYS],
+            probs: vec![0; TILE_ROWS * KEYS / 2],
+            scaled: vec![0.0; dim],
+            words: vec![0; dim.div_ceil(2)],
+        }
+    }
+
+    /// Runs the task's queries `first..` of image `b` through head `h` (every key).
+    #[allow(clippy::too_many_arguments)]
+    fn head(
+        &mut self,
+        arch: pulp::Arch,
+        q: &Rows,
+        b: usize,
+        h: usize,
+        first: usize,
+        scale: f32,
+        keys: usize,
+        head: Head,
+    ) {
+        let Sizes {
+            dim_pairs,
+            key_pairs,
+            ..
+        } = self.sizes;
+        let out_cols = self.sizes.out_cols();
+        self.maxes.fill(f32::NEG_INFINITY);
+        self.sums.fill(0.0);
+        self.outputs.fill(0.0);
+        let block_len = TILE_ROWS * dim_pairs;
+        for i in 0..self.rows {
+            for (s, &x) in self.scaled.iter_mut().zip(q.row(b, h, first + i)) {
+                *s = x * scale;
+            }
+            gemm_bf16::round_to_pairs(&self.scaled, &mut self.words);
+            let block = &mut self.queries[(i / TILE_ROWS) * block_len..][..block_len];
+            for (g, group) in self.words.chunks(TILE_PAIRS).enumerate() {
+                let at = (g * TILE_ROWS + i % TILE_ROWS) * TILE_PAIRS;
+                block[at..at + group.len()].copy_from_slice(group);
+            }
+        }
+        let Some(mut tiles) = AmxTiles::new() else {
+            unreachable!("attention_amx::run is called only where AMX is available")
+        };
+        for start in (0..keys).step_by(KEYS) {
+            let len = KEYS.min(keys - start);
+            let padded = len.next_multiple_of(PANEL);
+            for block in 0..self.rows.div_ceil(TILE_ROWS) {
+                let block_queries = &self.queries[block * block_len..][..block_len];
+                for j in 0..padded / PANEL {
+                    let panel = (start / PANEL + j) * dim_pairs * PANEL;
+                    tiles.block(
+                        block_queries,
+                        &head.keys[panel..panel + dim_pairs * PANEL],
+                        dim_pairs,
+                        &mut self.scores[j * PANEL..],
+                        KEYS,
+                        false,
+                    );
+                }
+                let rows = block * TILE_ROWS..(block + 1) * TILE_ROWS;
+                arch.dispatch(Softmax {
+                    task: self,
+                    rows,
+                    len,
+                    padded,
+                });
+                for panel in 0..self.sizes.value_panels {
+                    let at = (panel * key_pairs + start / 2) * PANEL;
+                    tiles.block(
+                        &self.probs,
+                        &head.values[at..at + padded / 2 * PANEL],
+                        padded / 2,
+                        &mut self.outputs[block * TILE_ROWS * out_cols + panel * PANEL..],
+                        out_cols,
+                        true,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Writes the task's normalised outputs of head `h` into `out` ([rows, H, Dv]).
+    fn write(&self, h: usize, value_dim: usize, row_len: usize, out: &mut [f32]) {
+        let out_cols = self.sizes.out_cols();
+        for i in 0..self.rows {
+            let inv = 1.0 / self.sums[i];
+            let src = &self.outputs[i * out_cols..][..value_dim];
+            let dst = &mut out[i * row_len + h * value_dim..][..value_dim];
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s * inv;
+            }
+        }
+    }
+}
+
+/// The online softmax of one block's scores for the task's queries `rows` (`len` keys, padded to
+/// `padded`): running max and sum updated, outputs rescaled, probabilities rounded into `probs`
+/// in tile order (zero past `len`). A `WithSimd` so that the loops (and `exp`) are compiled for
+/// the CPU's vectors.
+struct Softmax<'a> {
+    task: &'a mut Task,
+    rows: Range<usize>,
+    len: usize,
+    padded: usize,
+}
+
+impl WithSimd for Softmax<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let Self {
+            task,
+            rows,
+            len,
+            padded,
+        } = self;
+        let out_cols = task.sizes.out_cols();
+        for (r, i) in rows.enumerate() {
+            let row = &mut task.scores[r * KEYS..r * KEYS + padded];
+            let valid = &mut row[..len];
+            let max = task.maxes[i].max(lanes_max(valid));
+            let rescale = exp(task.maxes[i] - max);
+            task.sums[i] = task.sums[i] * rescale + exp_minus_sum(valid, max);
+            task.maxes[i] = max;
+            if rescale != 1.0 {
+                for o in &mut task.outputs[i * out_cols..(i + 1) * out_cols] {
+                    *o *= rescale;
+                }
+            }
+            row[len..].fill(0.0);
+        }
+        gemm_bf16::round_rows_to_tiles(&task.scores, KEYS, padded, &mut task.probs);
+    }
+}
