@@ -569,15 +569,16 @@ fn panels_amx(a: &Packed, b: &impl RhsPanels, bias: Option<&[f32]>, c: &mut [May
             let acc_cols = group_panels.len() * NR;
             let col0 = group_panels.start * NR;
             let cols = acc_cols.min(n - col0);
-            // SAFETY: `a.isa` is AMX, so `amx::enable` found AMX-BF16 and got the kernel's
-            // permission for tile state; the configuration is a valid palette-1 one.
-            unsafe { amx::load_config() };
+            let Some(mut tiles) = AmxTiles::new() else {
+                unreachable!("A was packed for the AMX kernel, so the CPU has it")
+            };
             let chunks = split * chunks_per_split..((split + 1) * chunks_per_split).min(chunks_m);
             for chunk in chunks {
                 let blocks =
                     chunk * AMX_MC_BLOCKS..((chunk + 1) * AMX_MC_BLOCKS).min(m.div_ceil(AMX_ROWS));
                 let panels = &panels[..];
                 amx_tile(
+                    &mut tiles,
                     a,
                     blocks.clone(),
                     group_panels.len(),
@@ -600,8 +601,6 @@ fn panels_amx(a: &Packed, b: &impl RhsPanels, bias: Option<&[f32]>, c: &mut [May
                     )
                 };
             }
-            // SAFETY: tiles were configured on this thread; releasing them ends their use here.
-            unsafe { amx::release() };
         });
 }
 
@@ -851,18 +850,18 @@ fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
             let a_blocks = tm * AMX_MC_BLOCKS..((tm + 1) * AMX_MC_BLOCKS).min(blocks_m);
             let b_range = tn * NC_PANELS..((tn + 1) * NC_PANELS).min(b_panels);
             let acc_cols = b_range.len() * NR;
-            // SAFETY: `a.isa` is AMX, so `amx::enable` found AMX-BF16 and got the kernel's
-            // permission for tile state; the configuration is a valid palette-1 one.
-            unsafe { amx::load_config() };
+            let Some(mut tiles) = AmxTiles::new() else {
+                unreachable!("A was packed for the AMX kernel, so the CPU has it")
+            };
             amx_tile(
+                &mut tiles,
                 a,
                 a_blocks.clone(),
                 b_range.len(),
                 |j, first| b.panel_from(b_range.start + j, first),
                 acc,
             );
-            // SAFETY: tiles were configured on this thread; releasing them ends their use here.
-            unsafe { amx::release() };
+            drop(tiles);
             let (row0, col0) = (a_blocks.start * AMX_ROWS, b_range.start * NR);
             let rows = (a_blocks.len() * AMX_ROWS).min(m - row0);
             // SAFETY: rows row0..row0 + rows <= m and columns col0.. (clipped to n) of C are
@@ -884,9 +883,9 @@ fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
 /// Sums A's blocks `a_blocks` times the B panels `panel(j, first)` (`j < panels`, from pair
 /// `first` on) into `acc` (the blocks' rows, `panels * NR` floats each, row-major), in passes of
 /// `AMX_KC` pairs: the task's A rows and B panels for one pass stay in L2 while every block of
-/// its tile is worked through, and one B panel in L1 while it meets the task's A blocks. Tiles
-/// must be configured on this thread.
+/// its tile is worked through, and one B panel in L1 while it meets the task's A blocks.
 fn amx_tile<'b>(
+    tiles: &mut AmxTiles,
     a: &Packed,
     a_blocks: Range<usize>,
     panels: usize,
@@ -904,11 +903,9 @@ fn amx_tile<'b>(
                 // This block's rows in tile order, from pair `first` on.
                 let a_rows = &a.data[ib * AMX_ROWS * pairs + first * AMX_ROWS..];
                 let out = &mut acc[i * AMX_ROWS * acc_cols + j * NR..];
-                // SAFETY: the caller configured tiles on this thread; `a_rows` and `b_panel`
-                // hold `depth` pairs (a multiple of 16) of the block and panel; `out` holds 32
-                // rows of `acc_cols` >= 32 floats (asserted above); `first == 0` overwrites
-                // whatever the buffer held.
-                unsafe { amx::block(a_rows, b_panel, depth, out, acc_cols, first > 0) };
+                // `depth` is a multiple of 16 (so is `pairs`, and AMX_KC); `first == 0`
+                // overwrites whatever the buffer held.
+                tiles.block(a_rows, b_panel, depth, out, acc_cols, first > 0);
             }
         }
     }
