@@ -150,12 +150,14 @@ fn attention_bf16(dev: &Device, shapes: &[(usize, usize, usize, usize)]) -> Resu
             ))
         })
         .collect::<Result<Vec<_>>>()?;
+    // The attention of a layer with bf16 weights multiplies in bf16.
+    let weight = Tensor::zeros((1, 1), candle_core::DType::BF16, dev)?;
     let time_all = || -> Result<Vec<f64>> {
         inputs
             .iter()
             .map(|(q, k, v)| {
                 time_ms(5, || {
-                    weft::engine::ops::attention::scaled_dot_product(q, k, v)
+                    weft::engine::ops::attention::scaled_dot_product_in_layer(&weight, q, k, v)
                 })
             })
             .collect()

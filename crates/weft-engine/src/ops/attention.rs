@@ -17,6 +17,7 @@ use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::ops::attention_amx;
+use crate::ops::gemm_bf16;
 use crate::ops::math::{exp, exp_minus_sum, lanes_max};
 
 /// Query rows per score tile.
@@ -30,11 +31,33 @@ const GROUPS: usize = 8;
 /// softmax(q kᵀ / sqrt(d)) v over [B, H, N, D] queries and [B, H, M, D] keys and values, the
 /// softmax in f32. Returns [B, H, N, D] in q's dtype.
 pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    scaled_dot_product_on(pulp::Arch::new(), q, k, v)
+    scaled_dot_product_on(pulp::Arch::new(), q, k, v, false)
+}
+
+/// [`scaled_dot_product`] inside a layer whose projections have the weight `weight`: where
+/// that layer multiplies in bf16 (`--dtype bf16` on a CPU whose bf16 matmul uses AMX, see
+/// [`crate::ops::gemm_bf16::applies`]), both products of the attention are bf16 too, the
+/// softmax f32 (`attention_amx`), as under PyTorch's bf16 autocast. Layers with f32 weights
+/// keep f32 products whatever other models run.
+pub fn scaled_dot_product_in_layer(
+    weight: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+) -> Result<Tensor> {
+    let bf16 = gemm_bf16::applies(q, weight) && attention_amx::available();
+    scaled_dot_product_on(pulp::Arch::new(), q, k, v, bf16)
 }
 
 /// [`scaled_dot_product`] with the CPU kernel compiled for `arch`'s vectors (tests try each).
-fn scaled_dot_product_on(arch: pulp::Arch, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+/// `bf16`: the products in bf16 on AMX tiles (the caller checked `attention_amx::available`).
+fn scaled_dot_product_on(
+    arch: pulp::Arch,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bf16: bool,
+) -> Result<Tensor> {
     let dtype = q.dtype();
     let head_dim = q.dim(D::Minus1)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
@@ -74,12 +97,15 @@ fn scaled_dot_product_on(arch: pulp::Arch, q: &Tensor, k: &Tensor, v: &Tensor) -
         &FlashAttention {
             scale: scale as f32,
             arch,
+            bf16,
         },
     )?
     .transpose(1, 2)
 }
 
 struct FlashAttention {
+    /// Both products in bf16 on AMX tiles.
+    bf16: bool,
     scale: f32,
     arch: pulp::Arch,
 }
@@ -145,7 +171,7 @@ impl CustomOp3 for FlashAttention {
         );
         let batch = q_layout.dims()[0];
         let mut out = vec![0f32; batch * q.rows * q.heads * v.dim];
-        if attention_amx::available() && !out.is_empty() && k.rows > 0 {
+        if self.bf16 && !out.is_empty() && k.rows > 0 {
             attention_amx::run(&q, &k, &v, batch, self.scale, &mut out);
             return Ok((
                 CpuStorage::F32(out),
@@ -512,7 +538,9 @@ fn values_kernel<S: Simd, const V: usize>(
 mod tests {
     use candle_core::{Device, Tensor};
 
-    use crate::ops::attention::{scaled_dot_product, scaled_dot_product_on};
+    use crate::ops::attention::{
+        scaled_dot_product, scaled_dot_product_in_layer, scaled_dot_product_on,
+    };
 
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
         let (q, k, v) = (
@@ -564,7 +592,7 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (2, 3, 300, 21), &dev).unwrap();
         let expected = reference(&q, &k, &v);
         for arch in arches() {
-            let got = scaled_dot_product_on(arch, &q, &k, &v).unwrap();
+            let got = scaled_dot_product_on(arch, &q, &k, &v, false).unwrap();
             assert_eq!(got.dims(), &[2, 3, 29, 21]);
             let diff = crate::ops::max_abs_diff(&got, &expected);
             assert!(diff < 1e-4, "{arch:?}: max abs diff {diff}");
@@ -600,7 +628,13 @@ mod tests {
             let q = Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (b, h, m, d), &dev).unwrap();
             let v = Tensor::randn(0f32, 1.0, (b, h, m, dv), &dev).unwrap();
-            let got = scaled_dot_product(&q, &k, &v).unwrap();
+            // f32 weights keep f32 products; bf16 weights bring bf16 ones.
+            let weight = Tensor::zeros((1, 1), candle_core::DType::F32, &dev).unwrap();
+            let f32_layer = scaled_dot_product_in_layer(&weight, &q, &k, &v).unwrap();
+            let plain = scaled_dot_product(&q, &k, &v).unwrap();
+            assert_eq!(crate::ops::max_abs_diff(&f32_layer, &plain), 0.0);
+            let weight = weight.to_dtype(candle_core::DType::BF16).unwrap();
+            let got = scaled_dot_product_in_layer(&weight, &q, &k, &v).unwrap();
             assert_eq!(got.dims(), &[b, h, n, dv]);
             let exact = crate::ops::max_abs_diff(&got, &reference(&q, &k, &v));
             let rounded = crate::ops::max_abs_diff(&got, &reference(&q, &round(&k), &round(&v)));

@@ -11,7 +11,7 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 use crate::diffusion::patches::{
     AttentionReplace, CrossAttentionPatch, MiddlePatch, SelfAttentionPatch,
 };
-use crate::ops::attention::scaled_dot_product;
+use crate::ops::attention::scaled_dot_product_in_layer;
 use crate::ops::conv::{conv2d, Conv2d};
 use crate::ops::layers::{self, LayerNorm, Linear};
 use crate::ops::norm::{group_norm, GroupNorm};
@@ -190,7 +190,7 @@ impl Attention {
                     self.split_heads(&k)?,
                     self.split_heads(&v)?,
                 );
-                let out = scaled_dot_product(&q, &k, &v)?;
+                let out = scaled_dot_product_in_layer(self.to_q.weight(), &q, &k, &v)?;
                 let (b, h, n, d) = out.dims4()?;
                 out.transpose(1, 2)?.reshape((b, n, h * d))?
             }

@@ -9,7 +9,7 @@ pub mod tiled;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::ops::attention::scaled_dot_product;
+use crate::ops::attention::scaled_dot_product_in_layer;
 use crate::ops::conv::{conv2d, Conv2d};
 use crate::ops::layers;
 use crate::ops::norm::{group_norm, GroupNorm};
@@ -98,7 +98,7 @@ impl AttentionBlock {
         let q = self.to_q.forward(&tokens)?.unsqueeze(1)?;
         let k = self.to_k.forward(&tokens)?.unsqueeze(1)?;
         let v = self.to_v.forward(&tokens)?.unsqueeze(1)?;
-        let out = scaled_dot_product(&q, &k, &v)?.squeeze(1)?;
+        let out = scaled_dot_product_in_layer(self.to_q.weight(), &q, &k, &v)?.squeeze(1)?;
         let out = self
             .to_out
             .forward(&out)?
