@@ -603,18 +603,12 @@ struct Im2ColPanels<'a> {
     pixels: usize,
 }
 
-impl<'a> Im2ColPanels<'a> {
+impl Im2ColPanels<'_> {
     /// Row `kk` (input channel, kernel tap) of image `image`'s im2col matrix at the output
-    /// pixels `first..first + PANEL` (0 past the last): a run of the input itself where the
-    /// whole panel reads one stretch of one input row (most panels of a stride-1 convolution),
-    /// else gathered into `buf`.
-    fn row<'b>(
-        &'b self,
-        image: usize,
-        kk: usize,
-        first: usize,
-        buf: &'b mut [f32; PANEL],
-    ) -> &'b [f32; PANEL] {
+    /// pixels `first..first + out.len()`, into `out` (0 past the last pixel): one stretch of an
+    /// input row per output row it spans, so the index arithmetic is paid per stretch, not per
+    /// pixel.
+    fn row(&self, image: usize, kk: usize, first: usize, out: &mut [f32]) {
         let g = &self.geometry;
         let taps = g.kernel_h * g.kernel_w;
         let (channel, tap) = (kk / taps, kk % taps);
@@ -622,48 +616,41 @@ impl<'a> Im2ColPanels<'a> {
         let (shift, source_w) = (g.upsample.trailing_zeros(), g.width / g.upsample);
         let plane = (g.height / g.upsample) * source_w;
         let offset = (image * g.channels + channel) * plane;
-        let src: &'a [f32] = &self.data[offset..offset + plane];
-        let (stride, padding, dilation) = (g.stride as isize, g.padding as isize, g.dilation);
-        let x_shift = (j * dilation) as isize - padding;
-        let input_y = |y: usize| (y as isize * stride + (i * dilation) as isize) - padding;
-        let (y, x0) = (first / self.out_w, first % self.out_w);
-        if x0 + PANEL <= self.out_w {
-            // One output row: a stretch of one input row.
-            let in_y = input_y(y);
+        let src = &self.data[offset..offset + plane];
+        let x_shift = (j * g.dilation) as isize - g.padding as isize;
+        let end = (first + out.len()).min(self.pixels);
+        out[end.saturating_sub(first)..].fill(0.0);
+        let mut q = first;
+        while q < end {
+            let (y, x0) = (q / self.out_w, q % self.out_w);
+            let x1 = self.out_w.min(x0 + end - q);
+            let seg = &mut out[q - first..q - first + (x1 - x0)];
+            q += x1 - x0;
+            let in_y = (y * g.stride + i * g.dilation) as isize - g.padding as isize;
             if in_y < 0 || in_y >= g.height as isize {
-                buf.fill(0.0);
-                return buf;
-            }
-            let src_row = &src[(in_y as usize >> shift) * source_w..][..source_w];
-            let (lo, hi) = valid_columns(x0 + PANEL, g.stride, x_shift, g.width);
-            let (lo, hi) = (lo.max(x0), hi.max(x0));
-            if g.stride == 1 && shift == 0 && (lo, hi) == (x0, x0 + PANEL) {
-                let from = (x0 as isize + x_shift) as usize;
-                if let Ok(run) = <&[f32; PANEL]>::try_from(&src_row[from..from + PANEL]) {
-                    return run;
-                }
-            }
-            buf.fill(0.0);
-            for x in lo..hi.max(lo) {
-                let in_x = (x as isize * stride + x_shift) as usize;
-                buf[x - x0] = src_row[in_x >> shift];
-            }
-            return buf;
-        }
-        // Across output rows (narrow images) or past the last pixel: pixel by pixel.
-        for (l, value) in buf.iter_mut().enumerate() {
-            let q = first + l;
-            *value = 0.0;
-            if q >= self.pixels {
+                seg.fill(0.0);
                 continue;
             }
-            let in_y = input_y(q / self.out_w);
-            let in_x = (q % self.out_w) as isize * stride + x_shift;
-            if (0..g.height as isize).contains(&in_y) && (0..g.width as isize).contains(&in_x) {
-                *value = src[(in_y as usize >> shift) * source_w + (in_x as usize >> shift)];
+            let src_row = &src[(in_y as usize >> shift) * source_w..][..source_w];
+            let (lo, hi) = valid_columns(x1, g.stride, x_shift, g.width);
+            let (lo, hi) = (lo.max(x0), hi.max(x0));
+            if lo >= hi {
+                seg.fill(0.0);
+                continue;
+            }
+            seg[..lo - x0].fill(0.0);
+            seg[hi - x0..].fill(0.0);
+            let dst = &mut seg[lo - x0..hi - x0];
+            if g.stride == 1 && shift == 0 {
+                let from = (lo as isize + x_shift) as usize;
+                dst.copy_from_slice(&src_row[from..from + dst.len()]);
+            } else {
+                for (x, d) in (lo..hi).zip(dst) {
+                    let in_x = (x as isize * g.stride as isize + x_shift) as usize;
+                    *d = src_row[in_x >> shift];
+                }
             }
         }
-        buf
     }
 }
 
@@ -680,18 +667,35 @@ impl gemm_bf16::RhsPanels for Im2ColPanels<'_> {
         self.images
     }
 
-    fn pack(&self, image: usize, first: usize, dst: &mut [u32]) {
-        let depth = self.depth();
-        let (mut lo_buf, mut hi_buf) = ([0f32; PANEL], [0f32; PANEL]);
-        for (p, words) in dst.chunks_exact_mut(PANEL).enumerate() {
+    fn pack(&self, image: usize, first: usize, panels: usize, dst: &mut [u32]) {
+        const MOST: usize = gemm_bf16::MAX_PANELS * PANEL;
+        let (depth, columns) = (self.depth(), panels * PANEL);
+        assert!(columns <= MOST, "at most MAX_PANELS panels");
+        let pairs = dst.len() / columns.max(1);
+        let (mut lo, mut hi) = ([0f32; MOST], [0f32; MOST]);
+        for p in 0..pairs {
             let (k0, k1) = (2 * p, 2 * p + 1);
-            if k0 >= depth {
-                words.fill(0);
-                continue;
+            if k0 < depth {
+                self.row(image, k0, first, &mut lo[..columns]);
             }
-            let lo = self.row(image, k0, first, &mut lo_buf);
-            let hi = (k1 < depth).then(|| self.row(image, k1, first, &mut hi_buf));
-            gemm_bf16::pack_pair(lo, hi, words);
+            if k1 < depth {
+                self.row(image, k1, first, &mut hi[..columns]);
+            }
+            for j in 0..panels {
+                let words = &mut dst[(j * pairs + p) * PANEL..][..PANEL];
+                if k0 >= depth {
+                    words.fill(0);
+                    continue;
+                }
+                let run = j * PANEL..(j + 1) * PANEL;
+                let Ok(lo) = <&[f32; PANEL]>::try_from(&lo[run.clone()]) else {
+                    unreachable!("a panel is PANEL columns")
+                };
+                let hi = (k1 < depth)
+                    .then(|| <&[f32; PANEL]>::try_from(&hi[run]).ok())
+                    .flatten();
+                gemm_bf16::pack_pair(lo, hi, words);
+            }
         }
     }
 }

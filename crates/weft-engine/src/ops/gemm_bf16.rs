@@ -328,8 +328,10 @@ pub fn matmul_packed_rhs(a: &Tensor, b: &Packed) -> Result<Tensor> {
     product(&a, b)
 }
 
-/// Columns of B per panel: a [`RhsPanels`] packs this many at a time.
+/// Columns of B per panel.
 pub const PANEL: usize = NR;
+/// Most panels a [`RhsPanels::pack`] call asks for.
+pub const MAX_PANELS: usize = NC_PANELS;
 
 /// The right operand of [`matmul_packed_lhs_panels`], `[k, n]` for each of several images, which
 /// its owner packs one panel at a time as the product needs it: a convolution packs its im2col
@@ -342,10 +344,11 @@ pub trait RhsPanels: Sync {
     fn columns(&self) -> usize;
     /// The number of images.
     fn images(&self) -> usize;
-    /// Packs columns `first..first + PANEL` of image `image`'s B into `dst`: for every pair `p <
-    /// dst.len() / PANEL`, the `PANEL` words of rows `2p` and `2p + 1` ([`pack_pair`]), zero
-    /// past the last row and the last column.
-    fn pack(&self, image: usize, first: usize, dst: &mut [u32]);
+    /// Packs the `panels` panels of columns from `first` (a multiple of `PANEL`) of image
+    /// `image`'s B into `dst`, one after the other: each `pairs = dst.len() / (panels * PANEL)`
+    /// pairs long, for every pair `p` the `PANEL` words of rows `2p` and `2p + 1`
+    /// ([`pack_pair`]), zero past the last row and the last column. At most `MAX_PANELS`.
+    fn pack(&self, image: usize, first: usize, panels: usize, dst: &mut [u32]);
 }
 
 /// Packs two rows of one panel, `lo` (row 2p) and `hi` (row 2p + 1, zero when `None`), rounded
@@ -503,7 +506,7 @@ pub fn matmul_packed_lhs_panels(
                 if pairs > 0 {
                     data.par_chunks_mut(pairs * NR)
                         .enumerate()
-                        .for_each(|(jp, dst)| b.pack(image, jp * NR, dst));
+                        .for_each(|(jp, dst)| b.pack(image, jp * NR, 1, dst));
                     let packed = Packed {
                         data,
                         lines: n,
@@ -559,13 +562,12 @@ fn panels_amx(a: &Packed, b: &impl RhsPanels, bias: Option<&[f32]>, c: &mut [May
             let (g, split) = (rest / splits, rest % splits);
             let group_panels = g * group..((g + 1) * group).min(panels_n);
             let panel_len = pairs * NR;
-            for (j, jp) in group_panels.clone().enumerate() {
-                b.pack(
-                    image,
-                    jp * NR,
-                    &mut panels[j * panel_len..(j + 1) * panel_len],
-                );
-            }
+            b.pack(
+                image,
+                group_panels.start * NR,
+                group_panels.len(),
+                &mut panels[..group_panels.len() * panel_len],
+            );
             let acc_cols = group_panels.len() * NR;
             let col0 = group_panels.start * NR;
             let cols = acc_cols.min(n - col0);
