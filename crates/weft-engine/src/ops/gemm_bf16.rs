@@ -581,7 +581,7 @@ fn panels_amx(a: &Packed, b: &impl RhsPanels, bias: Option<&[f32]>, c: &mut [May
                 let panels = &panels[..];
                 amx_tile(
                     &mut tiles,
-                    a,
+                    a.into(),
                     blocks.clone(),
                     group_panels.len(),
                     |j, first| &panels[j * panel_len + first * NR..(j + 1) * panel_len],
@@ -599,11 +599,142 @@ fn panels_amx(a: &Packed, b: &impl RhsPanels, bias: Option<&[f32]>, c: &mut [May
                         cols,
                         c_ptr,
                         ((image * m + row0) * n + col0, n),
-                        bias.map(|bias| &bias[row0..]),
+                        bias.map_or(Bias::None, |bias| Bias::Rows(&bias[row0..])),
                     )
                 };
             }
         });
+}
+
+/// `a` `[m, k]` (f32 or bf16, any strides) times `b` `[k, n]` (packed by [`pack_rhs`]), plus
+/// `bias[column]` when given: `[m, n]` in f32 (a linear layer). With AMX each task rounds its
+/// own rows of A straight into tile order and writes its rows of the product once, bias added:
+/// no packed copy of A, no zeroed product and no separate pass for the bias.
+pub fn matmul_packed_rhs_bias(a: &Tensor, b: &Packed, bias: Option<&[f32]>) -> Result<Tensor> {
+    let n = b.lines;
+    if let Some(bias) = bias.filter(|bias| bias.len() != n) {
+        candle_core::bail!(
+            "bf16 matmul: a bias of {} values for {n} columns",
+            bias.len()
+        );
+    }
+    if b.isa != Isa::Amx {
+        let c = matmul_packed_rhs(a, b)?;
+        return match bias {
+            Some(bias) => c.broadcast_add(&Tensor::from_slice(bias, n, &Device::Cpu)?),
+            None => Ok(c),
+        };
+    }
+    with_view(a, false, |view| rows_amx(view, b, bias))?
+}
+
+/// [`matmul_packed_rhs_bias`] with the AMX kernel: tasks of `AMX_MC_BLOCKS` row blocks of A
+/// and a share of B's panel groups (the groups are shared out only when there are too few row
+/// blocks to keep every thread busy, each share rounding the same rows).
+fn rows_amx(view: View, b: &Packed, bias: Option<&[f32]>) -> Result<Tensor> {
+    let (m, k, n, pairs) = (view.lines, view.depth, b.lines, b.pairs());
+    if k != b.depth {
+        candle_core::bail!(
+            "bf16 matmul: the left operand has {k} columns, the right {} rows",
+            b.depth
+        );
+    }
+    let len = m * n;
+    let mut c: Vec<f32> = Vec::with_capacity(len);
+    if len > 0 && pairs > 0 {
+        let blocks_m = m.div_ceil(AMX_ROWS);
+        let chunks = blocks_m.div_ceil(AMX_MC_BLOCKS);
+        let (b_panels, threads) = (b.panels(), rayon::current_num_threads());
+        let groups = b_panels.div_ceil(NC_PANELS);
+        let splits = (2 * threads).div_ceil(chunks).clamp(1, groups);
+        let groups_per_split = groups.div_ceil(splits);
+        let c_ptr = CPtr(c.spare_capacity_mut().as_mut_ptr().cast());
+        let buffers = || {
+            (
+                vec![0u32; AMX_MC_BLOCKS * AMX_ROWS * pairs],
+                vec![0f32; AMX_MC_BLOCKS * AMX_ROWS * NC_PANELS * NR],
+                vec![0u32; k.div_ceil(2)],
+            )
+        };
+        (0..chunks * splits).into_par_iter().for_each_init(
+            buffers,
+            |(a_tiles, acc, words), task| {
+                let (chunk, split) = (task / splits, task % splits);
+                let blocks = chunk * AMX_MC_BLOCKS..((chunk + 1) * AMX_MC_BLOCKS).min(blocks_m);
+                let row0 = blocks.start * AMX_ROWS;
+                let rows = (blocks.len() * AMX_ROWS).min(m - row0);
+                for r in 0..blocks.len() * AMX_ROWS {
+                    if r < rows {
+                        round_line(&view, row0 + r, words);
+                    }
+                    let (block, rr) = (r / AMX_ROWS, r % AMX_ROWS);
+                    for g in 0..pairs / AMX_PAIRS {
+                        let at = block * AMX_ROWS * pairs + (g * AMX_ROWS + rr) * AMX_PAIRS;
+                        let dst = &mut a_tiles[at..at + AMX_PAIRS];
+                        let from = (g * AMX_PAIRS).min(words.len());
+                        let have = if r < rows {
+                            (words.len() - from).min(AMX_PAIRS)
+                        } else {
+                            0
+                        };
+                        dst[..have].copy_from_slice(&words[from..from + have]);
+                        dst[have..].fill(0);
+                    }
+                }
+                let Some(mut tiles) = AmxTiles::new() else {
+                    unreachable!("B was packed for the AMX kernel, so the CPU has it")
+                };
+                let a = ATiles {
+                    data: a_tiles,
+                    pairs,
+                };
+                let mine = split * groups_per_split..((split + 1) * groups_per_split).min(groups);
+                for g in mine {
+                    let b_range = g * NC_PANELS..((g + 1) * NC_PANELS).min(b_panels);
+                    let acc_cols = b_range.len() * NR;
+                    amx_tile(
+                        &mut tiles,
+                        a,
+                        0..blocks.len(),
+                        b_range.len(),
+                        |j, first| b.panel_from(b_range.start + j, first),
+                        acc,
+                    );
+                    let col0 = b_range.start * NR;
+                    let cols = acc_cols.min(n - col0);
+                    let bias =
+                        bias.map_or(Bias::None, |bias| Bias::Columns(&bias[col0..col0 + cols]));
+                    // SAFETY: rows row0..row0 + rows <= m and columns col0..col0 + cols <= n are
+                    // this task's (tasks differ in row chunk or panel group).
+                    unsafe {
+                        write_tile(acc, acc_cols, rows, cols, c_ptr, (row0 * n + col0, n), bias)
+                    };
+                }
+            },
+        );
+        // SAFETY: the tasks wrote every float: each row chunk with every panel group.
+        unsafe { c.set_len(len) };
+    } else {
+        c.resize(len, 0.0);
+        if let Some(bias) = bias {
+            for row in c.chunks_mut(n.max(1)) {
+                row.copy_from_slice(bias);
+            }
+        }
+    }
+    Tensor::from_vec(c, (m, n), &Device::Cpu)
+}
+
+/// Line `line` of `view` rounded to bf16 pairs into `words` (`depth.div_ceil(2)` long).
+fn round_line(view: &View, line: usize, words: &mut [u32]) {
+    if let (Elems::F32(d), 1) = (view.data, view.depth_stride) {
+        let start = line * view.line_stride;
+        round_to_pairs(&d[start..start + view.depth], words);
+        return;
+    }
+    for (p, w) in words.iter_mut().enumerate() {
+        *w = word(view.bits(line, 2 * p), view.bits(line, 2 * p + 1));
+    }
 }
 
 /// `a` `[m, k]` times `b` `[k, n]`, each f32 or bf16 with any strides: `[m, n]` in f32, both
@@ -857,7 +988,7 @@ fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
             };
             amx_tile(
                 &mut tiles,
-                a,
+                a.into(),
                 a_blocks.clone(),
                 b_range.len(),
                 |j, first| b.panel_from(b_range.start + j, first),
@@ -876,10 +1007,35 @@ fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
                     acc_cols.min(n - col0),
                     c_ptr,
                     (row0 * n + col0, n),
-                    None,
+                    Bias::None,
                 )
             };
         });
+}
+
+/// A's rows for the AMX kernel: blocks of `AMX_ROWS` rows in tile order, `pairs` (a multiple
+/// of `AMX_PAIRS`) per row.
+#[derive(Clone, Copy)]
+struct ATiles<'a> {
+    data: &'a [u32],
+    pairs: usize,
+}
+
+impl<'a> From<&'a Packed> for ATiles<'a> {
+    fn from(a: &'a Packed) -> Self {
+        Self {
+            data: &a.data,
+            pairs: a.pairs(),
+        }
+    }
+}
+
+/// What [`write_tile`] adds: nothing, a value per row or a value per column.
+#[derive(Clone, Copy)]
+enum Bias<'a> {
+    None,
+    Rows(&'a [f32]),
+    Columns(&'a [f32]),
 }
 
 /// Sums A's blocks `a_blocks` times the B panels `panel(j, first)` (`j < panels`, from pair
@@ -888,13 +1044,13 @@ fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
 /// its tile is worked through, and one B panel in L1 while it meets the task's A blocks.
 fn amx_tile<'b>(
     tiles: &mut AmxTiles,
-    a: &Packed,
+    a: ATiles,
     a_blocks: Range<usize>,
     panels: usize,
     panel: impl Fn(usize, usize) -> &'b [u32],
     acc: &mut [f32],
 ) {
-    let pairs = a.pairs();
+    let ATiles { data, pairs } = a;
     let acc_cols = panels * NR;
     assert!(acc.len() >= a_blocks.len() * AMX_ROWS * acc_cols);
     for first in (0..pairs).step_by(AMX_KC) {
@@ -903,7 +1059,7 @@ fn amx_tile<'b>(
             let b_panel = panel(j, first);
             for (i, ib) in a_blocks.clone().enumerate() {
                 // This block's rows in tile order, from pair `first` on.
-                let a_rows = &a.data[ib * AMX_ROWS * pairs + first * AMX_ROWS..];
+                let a_rows = &data[ib * AMX_ROWS * pairs + first * AMX_ROWS..];
                 let out = &mut acc[i * AMX_ROWS * acc_cols + j * NR..];
                 // `depth` is a multiple of 16 (so is `pairs`, and AMX_KC); `first == 0`
                 // overwrites whatever the buffer held.
@@ -914,7 +1070,7 @@ fn amx_tile<'b>(
 }
 
 /// Copies `rows x cols` of `acc` (rows `acc_cols` apart) to C at `at.0`, rows `at.1` apart,
-/// adding `bias[r]` to row `r` where given.
+/// adding the bias of each row (`bias[r]`) or column (`bias[c]`) where given.
 ///
 /// # Safety
 /// The `rows x cols` floats at `at` in C are writable and written by no other thread meanwhile.
@@ -925,18 +1081,28 @@ unsafe fn write_tile(
     cols: usize,
     c: CPtr,
     at: (usize, usize),
-    bias: Option<&[f32]>,
+    bias: Bias,
 ) {
     let (offset, ldc) = at;
     for r in 0..rows {
         let src = &acc[r * acc_cols..r * acc_cols + cols];
-        let b = bias.map_or(0.0, |bias| bias[r]);
         // SAFETY: the caller's promise for row r; raw writes, as C may not be initialised yet.
-        unsafe {
-            let dst = c.get().add(offset + r * ldc);
-            for (i, &s) in src.iter().enumerate() {
-                dst.add(i).write(s + b);
-            }
+        let dst = unsafe { c.get().add(offset + r * ldc) };
+        let write = |i: usize, v: f32| {
+            // SAFETY: i < cols (the caller's promise for row r).
+            unsafe { dst.add(i).write(v) }
+        };
+        match bias {
+            Bias::None => src.iter().enumerate().for_each(|(i, &s)| write(i, s)),
+            Bias::Rows(bias) => src
+                .iter()
+                .enumerate()
+                .for_each(|(i, &s)| write(i, s + bias[r])),
+            Bias::Columns(bias) => src
+                .iter()
+                .zip(bias)
+                .enumerate()
+                .for_each(|(i, (&s, &b))| write(i, s + b)),
         }
     }
 }
@@ -1412,6 +1578,41 @@ mod tests {
             (40, 513, 96),
         ] {
             check(m, k, n);
+        }
+    }
+
+    /// A linear layer's product: rows of A rounded per task, the bias added per column, for
+    /// row counts around the task and block sizes, a strided A and odd k and n.
+    #[test]
+    fn rows_times_a_packed_weight_plus_bias_match_the_rounded_product() {
+        crate::ops::gemm_bf16::enable_in_this_test();
+        if !available() {
+            return;
+        }
+        let dev = Device::Cpu;
+        for (m, k, n) in [
+            (1, 5, 3),
+            (77, 768, 320),
+            (129, 33, 65),
+            (300, 640, 40),
+            (8, 1, 600),
+        ] {
+            let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
+            let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 3.0).collect();
+            let expected = reference(&a, &w)
+                .broadcast_add(&Tensor::from_slice(&bias, n, &dev).unwrap())
+                .unwrap();
+            let packed = pack_rhs(&w.to_dtype(DType::BF16).unwrap()).unwrap();
+            let strided = a.t().unwrap().contiguous().unwrap().t().unwrap();
+            for a in [&a, &strided] {
+                let got = matmul_packed_rhs_bias(a, &packed, Some(&bias)).unwrap();
+                let diff = crate::ops::max_abs_diff(&got, &expected);
+                let scale = (k as f32).sqrt().max(1.0);
+                assert!(diff < 1e-4 * scale, "{m}x{k}x{n}: {diff}");
+            }
+            let err = matmul_packed_rhs_bias(&a, &packed, Some(&bias[1..])).unwrap_err();
+            assert!(err.to_string().contains("bias"), "{err}");
         }
     }
 

@@ -57,11 +57,14 @@ impl Module for Linear {
             let mut dims = xs.dims().to_vec();
             let in_dim = dims.pop().unwrap_or(1);
             let rows = dims.iter().product::<usize>();
-            let ys = gemm_bf16::matmul_packed_rhs(&xs.reshape((rows, in_dim))?, packed)?;
-            let ys = match operand_opt(self.bias.as_ref(), xs)? {
-                Some(bias) => ys.broadcast_add(&bias)?,
-                None => ys,
-            };
+            let bias = operand_opt(self.bias.as_ref(), xs)?
+                .map(|bias| bias.to_vec1::<f32>())
+                .transpose()?;
+            let ys = gemm_bf16::matmul_packed_rhs_bias(
+                &xs.reshape((rows, in_dim))?,
+                packed,
+                bias.as_deref(),
+            )?;
             dims.push(packed.lines());
             return ys.reshape(dims);
         }
