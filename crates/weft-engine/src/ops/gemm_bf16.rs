@@ -1086,23 +1086,20 @@ unsafe fn write_tile(
     let (offset, ldc) = at;
     for r in 0..rows {
         let src = &acc[r * acc_cols..r * acc_cols + cols];
-        // SAFETY: the caller's promise for row r; raw writes, as C may not be initialised yet.
-        let dst = unsafe { c.get().add(offset + r * ldc) };
-        let write = |i: usize, v: f32| {
-            // SAFETY: i < cols (the caller's promise for row r).
-            unsafe { dst.add(i).write(v) }
-        };
+        // SAFETY: the caller's promise for row r; seen as `MaybeUninit`, as C may not be
+        // initialised yet.
+        let dst: &mut [MaybeUninit<f32>] =
+            unsafe { std::slice::from_raw_parts_mut(c.get().add(offset + r * ldc).cast(), cols) };
         match bias {
-            Bias::None => src.iter().enumerate().for_each(|(i, &s)| write(i, s)),
-            Bias::Rows(bias) => src
-                .iter()
-                .enumerate()
-                .for_each(|(i, &s)| write(i, s + bias[r])),
-            Bias::Columns(bias) => src
-                .iter()
-                .zip(bias)
-                .enumerate()
-                .for_each(|(i, (&s, &b))| write(i, s + b)),
+            Bias::None => dst.iter_mut().zip(src).for_each(|(d, &s)| {
+                d.write(s);
+            }),
+            Bias::Rows(bias) => dst.iter_mut().zip(src).for_each(|(d, &s)| {
+                d.write(s + bias[r]);
+            }),
+            Bias::Columns(bias) => dst.iter_mut().zip(src).zip(bias).for_each(|((d, &s), &b)| {
+                d.write(s + b);
+            }),
         }
     }
 }
