@@ -579,27 +579,26 @@ fn panels_amx(a: &Packed, b: &impl RhsPanels, bias: Option<&[f32]>, c: &mut [May
                 let blocks =
                     chunk * AMX_MC_BLOCKS..((chunk + 1) * AMX_MC_BLOCKS).min(m.div_ceil(AMX_ROWS));
                 let panels = &panels[..];
-                amx_tile(
-                    &mut tiles,
-                    a.into(),
-                    blocks.clone(),
-                    group_panels.len(),
-                    |j, first| &panels[j * panel_len + first * NR..(j + 1) * panel_len],
-                    acc,
-                );
                 let row0 = blocks.start * AMX_ROWS;
-                let rows = (blocks.len() * AMX_ROWS).min(m - row0);
+                let to = Dest {
+                    c: c_ptr,
+                    at: ((image * m + row0) * n + col0, n),
+                    rows: (blocks.len() * AMX_ROWS).min(m - row0),
+                    cols,
+                    bias: bias.map_or(Bias::None, |bias| Bias::Rows(&bias[row0..])),
+                };
+                let panel = |j, first| &panels[j * panel_len + first * NR..(j + 1) * panel_len];
                 // SAFETY: rows row0..row0 + rows < m, columns col0..col0 + cols <= n of image
                 // `image` are this task's (tasks differ in image, column group or row chunk).
                 unsafe {
-                    write_tile(
+                    tile_into(
+                        &mut tiles,
+                        a.into(),
+                        blocks.clone(),
+                        group_panels.len(),
+                        panel,
                         acc,
-                        acc_cols,
-                        rows,
-                        cols,
-                        c_ptr,
-                        ((image * m + row0) * n + col0, n),
-                        bias.map_or(Bias::None, |bias| Bias::Rows(&bias[row0..])),
+                        to,
                     )
                 };
             }
@@ -691,23 +690,29 @@ fn rows_amx(view: View, b: &Packed, bias: Option<&[f32]>) -> Result<Tensor> {
                 let mine = split * groups_per_split..((split + 1) * groups_per_split).min(groups);
                 for g in mine {
                     let b_range = g * NC_PANELS..((g + 1) * NC_PANELS).min(b_panels);
-                    let acc_cols = b_range.len() * NR;
-                    amx_tile(
-                        &mut tiles,
-                        a,
-                        0..blocks.len(),
-                        b_range.len(),
-                        |j, first| b.panel_from(b_range.start + j, first),
-                        acc,
-                    );
                     let col0 = b_range.start * NR;
-                    let cols = acc_cols.min(n - col0);
-                    let bias =
-                        bias.map_or(Bias::None, |bias| Bias::Columns(&bias[col0..col0 + cols]));
+                    let cols = (b_range.len() * NR).min(n - col0);
+                    let to = Dest {
+                        c: c_ptr,
+                        at: (row0 * n + col0, n),
+                        rows,
+                        cols,
+                        bias: bias
+                            .map_or(Bias::None, |bias| Bias::Columns(&bias[col0..col0 + cols])),
+                    };
+                    let panel = |j, first| b.panel_from(b_range.start + j, first);
                     // SAFETY: rows row0..row0 + rows <= m and columns col0..col0 + cols <= n are
                     // this task's (tasks differ in row chunk or panel group).
                     unsafe {
-                        write_tile(acc, acc_cols, rows, cols, c_ptr, (row0 * n + col0, n), bias)
+                        tile_into(
+                            &mut tiles,
+                            a,
+                            0..blocks.len(),
+                            b_range.len(),
+                            panel,
+                            acc,
+                            to,
+                        )
                     };
                 }
             },
@@ -982,32 +987,29 @@ fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
             let (tm, tn) = (tile / tiles_n, tile % tiles_n);
             let a_blocks = tm * AMX_MC_BLOCKS..((tm + 1) * AMX_MC_BLOCKS).min(blocks_m);
             let b_range = tn * NC_PANELS..((tn + 1) * NC_PANELS).min(b_panels);
-            let acc_cols = b_range.len() * NR;
             let Some(mut tiles) = AmxTiles::new() else {
                 unreachable!("A was packed for the AMX kernel, so the CPU has it")
             };
-            amx_tile(
-                &mut tiles,
-                a.into(),
-                a_blocks.clone(),
-                b_range.len(),
-                |j, first| b.panel_from(b_range.start + j, first),
-                acc,
-            );
-            drop(tiles);
             let (row0, col0) = (a_blocks.start * AMX_ROWS, b_range.start * NR);
-            let rows = (a_blocks.len() * AMX_ROWS).min(m - row0);
-            // SAFETY: rows row0..row0 + rows <= m and columns col0.. (clipped to n) of C are
+            let to = Dest {
+                c: c_ptr,
+                at: (row0 * n + col0, n),
+                rows: (a_blocks.len() * AMX_ROWS).min(m - row0),
+                cols: (b_range.len() * NR).min(n - col0),
+                bias: Bias::None,
+            };
+            let panel = |j, first| b.panel_from(b_range.start + j, first);
+            // SAFETY: rows row0..row0 + rows <= m and columns col0..col0 + cols <= n of C are
             // this task's tile, which no other task writes.
             unsafe {
-                write_tile(
+                tile_into(
+                    &mut tiles,
+                    a.into(),
+                    a_blocks,
+                    b_range.len(),
+                    panel,
                     acc,
-                    acc_cols,
-                    rows,
-                    acc_cols.min(n - col0),
-                    c_ptr,
-                    (row0 * n + col0, n),
-                    Bias::None,
+                    to,
                 )
             };
         });
@@ -1067,6 +1069,33 @@ fn amx_tile<'b>(
             }
         }
     }
+}
+
+/// Where a task's tile of C goes: `rows x cols` at `at.0` in C, rows `at.1` apart, plus `bias`.
+struct Dest<'a> {
+    c: CPtr,
+    at: (usize, usize),
+    rows: usize,
+    cols: usize,
+    bias: Bias<'a>,
+}
+
+/// [`amx_tile`] into `acc`, then the tile's first `to.rows x to.cols` written to C.
+///
+/// # Safety
+/// As [`write_tile`]'s, for `to`.
+unsafe fn tile_into<'b>(
+    tiles: &mut AmxTiles,
+    a: ATiles,
+    a_blocks: Range<usize>,
+    panels: usize,
+    panel: impl Fn(usize, usize) -> &'b [u32],
+    acc: &mut [f32],
+    to: Dest,
+) {
+    amx_tile(tiles, a, a_blocks, panels, panel, acc);
+    // SAFETY: the caller's promise.
+    unsafe { write_tile(acc, panels * NR, to.rows, to.cols, to.c, to.at, to.bias) }
 }
 
 /// Copies `rows x cols` of `acc` (rows `acc_cols` apart) to C at `at.0`, rows `at.1` apart,
