@@ -9,8 +9,10 @@
 //! register-tiled kernel over keys packed once per head, get an online softmax (running max and
 //! sum per query, [`crate::ops::math::exp`]), and are multiplied into the queries' f32 outputs
 //! by a second register-tiled kernel; nothing of size N x M is ever stored. The kernels are
-//! generic over `pulp`'s SIMD types (AVX-512, AVX2, NEON, scalar), picked at run time. Other
-//! devices and dtypes keep the plain form with the softmax in f32.
+//! generic over `pulp`'s SIMD types (AVX-512, AVX2, NEON, scalar), picked at run time. Inside a
+//! layer with bf16 weights under `--dtype bf16` on a CPU with AMX ([`scaled_dot_product_in_layer`])
+//! both products run in bf16 on AMX tiles instead (`attention_amx`). Other devices and dtypes keep
+//! the plain form with the softmax in f32.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use pulp::{Simd, WithSimd};

@@ -402,7 +402,7 @@ fn cpu_conv2d(
         }
     }
     if let Kernel::Bf16(packed) = kernel {
-        // The im2col columns go from the image to the kernel a panel at a time.
+        // The im2col columns go from the image to the kernel a group of panels at a time.
         let (storage, layout) = xs.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else {
             candle_core::bail!("the bf16 convolution runs on the CPU only");
@@ -593,7 +593,7 @@ impl CustomOp1 for Im2Col {
 }
 
 /// The im2col matrix of each image (`[C_in*kh*kw, H_out*W_out]`, as [`Im2Col`] builds it) for
-/// the bf16 kernel, packed a panel of output pixels at a time straight from the input.
+/// the bf16 kernel, packed a group of panels of output pixels at a time straight from the input.
 struct Im2ColPanels<'a> {
     /// The input, `[images, C_in, H, W]` (before any upsampling), contiguous.
     data: &'a [f32],
