@@ -213,11 +213,7 @@ impl Task {
                 *s = x * scale;
             }
             gemm_bf16::round_to_pairs(&self.scaled, &mut self.words);
-            let block = &mut self.queries[(i / TILE_ROWS) * block_len..][..block_len];
-            for (g, group) in self.words.chunks(TILE_PAIRS).enumerate() {
-                let at = (g * TILE_ROWS + i % TILE_ROWS) * TILE_PAIRS;
-                block[at..at + group.len()].copy_from_slice(group);
-            }
+            gemm_bf16::place_row_in_tiles(&self.words, i, dim_pairs, &mut self.queries);
         }
         let Some(mut tiles) = AmxTiles::new() else {
             unreachable!("attention_amx::run is called only where AMX is available")

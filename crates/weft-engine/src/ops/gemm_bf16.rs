@@ -407,6 +407,20 @@ pub fn round_rows_to_tiles(src: &[f32], stride: usize, cols: usize, dst: &mut [u
     }
 }
 
+/// Puts one row's bf16 pairs `words` as row `row` of the tile-ordered blocks `tiles` (`pairs`
+/// per row, a multiple of `TILE_PAIRS`; blocks of `TILE_ROWS` rows), zero past the words.
+pub fn place_row_in_tiles(words: &[u32], row: usize, pairs: usize, tiles: &mut [u32]) {
+    let (block, r) = (row / TILE_ROWS, row % TILE_ROWS);
+    for g in 0..pairs / TILE_PAIRS {
+        let at = block * TILE_ROWS * pairs + (g * TILE_ROWS + r) * TILE_PAIRS;
+        let dst = &mut tiles[at..at + TILE_PAIRS];
+        let from = (g * TILE_PAIRS).min(words.len());
+        let have = (words.len() - from).min(TILE_PAIRS);
+        dst[..have].copy_from_slice(&words[from..from + have]);
+        dst[have..].fill(0);
+    }
+}
+
 /// Rows of A (and of C) in one [`AmxTiles::block`].
 pub const TILE_ROWS: usize = AMX_ROWS;
 /// k pairs in one AMX tile: [`AmxTiles::block`]'s depth is a multiple of this.
@@ -663,22 +677,13 @@ fn rows_amx(view: View, b: &Packed, bias: Option<&[f32]>) -> Result<Tensor> {
                 let row0 = blocks.start * AMX_ROWS;
                 let rows = (blocks.len() * AMX_ROWS).min(m - row0);
                 for r in 0..blocks.len() * AMX_ROWS {
-                    if r < rows {
+                    let words: &[u32] = if r < rows {
                         round_line(&view, row0 + r, words);
-                    }
-                    let (block, rr) = (r / AMX_ROWS, r % AMX_ROWS);
-                    for g in 0..pairs / AMX_PAIRS {
-                        let at = block * AMX_ROWS * pairs + (g * AMX_ROWS + rr) * AMX_PAIRS;
-                        let dst = &mut a_tiles[at..at + AMX_PAIRS];
-                        let from = (g * AMX_PAIRS).min(words.len());
-                        let have = if r < rows {
-                            (words.len() - from).min(AMX_PAIRS)
-                        } else {
-                            0
-                        };
-                        dst[..have].copy_from_slice(&words[from..from + have]);
-                        dst[have..].fill(0);
-                    }
+                        words
+                    } else {
+                        &[]
+                    };
+                    place_row_in_tiles(words, r, pairs, a_tiles);
                 }
                 let Some(mut tiles) = AmxTiles::new() else {
                     unreachable!("B was packed for the AMX kernel, so the CPU has it")
