@@ -17,7 +17,7 @@ use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::ops::attention::Rows;
-use crate::ops::gemm_bf16::{self, AmxTiles, PANEL, TILE_PAIRS, TILE_ROWS};
+use crate::ops::gemm_bf16::{self, Tiles, PANEL, TILE_PAIRS, TILE_ROWS};
 use crate::ops::math::{exp, exp_minus_sum, lanes_max};
 
 /// Keys per block (a multiple of `PANEL`).
@@ -25,9 +25,9 @@ const KEYS: usize = 256;
 /// Query blocks per task (at most).
 const GROUPS: usize = 4;
 
-/// Whether [`run`] can: the bf16 matmul is on and uses AMX.
+/// Whether [`run`] can: the bf16 matmul is on (AMX or AVX512_BF16).
 pub(crate) fn available() -> bool {
-    gemm_bf16::amx_available()
+    gemm_bf16::available()
 }
 
 /// Sizes of the packed operands of one head.
@@ -215,8 +215,8 @@ impl Task {
             gemm_bf16::round_to_pairs(&self.scaled, &mut self.words);
             gemm_bf16::place_row_in_tiles(&self.words, i, dim_pairs, &mut self.queries);
         }
-        let Some(mut tiles) = AmxTiles::new() else {
-            unreachable!("attention_amx::run is called only where AMX is available")
+        let Some(mut tiles) = Tiles::new() else {
+            unreachable!("attention_amx::run is called only where a bf16 kernel is available")
         };
         for start in (0..keys).step_by(KEYS) {
             let len = KEYS.min(keys - start);
@@ -228,7 +228,7 @@ impl Task {
                     tiles.block(
                         block_queries,
                         &head.keys[panel..panel + dim_pairs * PANEL],
-                        dim_pairs,
+                        q.dim.div_ceil(2),
                         &mut self.scores[j * PANEL..],
                         KEYS,
                         false,

@@ -426,19 +426,80 @@ pub const TILE_ROWS: usize = AMX_ROWS;
 /// k pairs in one AMX tile: [`AmxTiles::block`]'s depth is a multiple of this.
 pub const TILE_PAIRS: usize = AMX_PAIRS;
 
-/// Whether [`AmxTiles`] can be had: [`available`], with the AMX kernel.
-pub fn amx_available() -> bool {
-    available() && isa() == Some(Isa::Amx)
+/// Blocks of `TILE_ROWS` rows of A times a panel of B, on AMX tiles or with the AVX512_BF16
+/// micro-kernel, for kernels other than the matmul's (the bf16 flash attention). Not `Send`: AMX
+/// tiles are configured per thread.
+pub struct Tiles(Kernel);
+
+impl Tiles {
+    /// The kernel of this CPU (configuring AMX tiles on this thread where it has them); `None`
+    /// where it has neither AMX-BF16 nor AVX512_BF16. Callers decide with [`available`] whether
+    /// to use it at all.
+    pub fn new() -> Option<Self> {
+        isa().map(|isa| Self(Kernel::new(isa)))
+    }
+
+    /// `out` (a `TILE_ROWS x PANEL` block, rows `ldo` floats apart) (+)= `a` times `b` over
+    /// `pairs` pairs: `a` the block's rows as bf16 pairs in tile order (for each `TILE_PAIRS`
+    /// pairs, the `TILE_ROWS` rows' `TILE_PAIRS` words), `b` rows of `PANEL` words (a panel),
+    /// both zero from `pairs` to the next multiple of `TILE_PAIRS` (AMX multiplies whole tiles;
+    /// the AVX512_BF16 kernel stops at `pairs`); `accumulate` adds to `out` instead of
+    /// overwriting it.
+    pub fn block(
+        &mut self,
+        a: &[u32],
+        b: &[u32],
+        pairs: usize,
+        out: &mut [f32],
+        ldo: usize,
+        accumulate: bool,
+    ) {
+        match &mut self.0 {
+            Kernel::Amx(tiles) => tiles.block(
+                a,
+                b,
+                pairs.next_multiple_of(TILE_PAIRS),
+                out,
+                ldo,
+                accumulate,
+            ),
+            Kernel::Avx512 => {
+                assert!(
+                    out.len() >= (TILE_ROWS - 1) * ldo + NR,
+                    "the block lies inside `out`"
+                );
+                // Eight rows at a time: 16 accumulators, and A's rows are 16 words apart.
+                const ROWS: usize = 8;
+                for r0 in (0..TILE_ROWS).step_by(ROWS) {
+                    // SAFETY: `Kernel::Avx512` exists only after `isa()` found AVX-512F and
+                    // AVX512_BF16; the kernel asserts that `a` and `b` hold `pairs` pairs; the
+                    // block's rows r0..r0 + 8, NR columns each, lie inside `out` (above).
+                    unsafe {
+                        simd::kernel::<ROWS, TILE_PAIRS, 1, { TILE_ROWS * TILE_PAIRS }>(
+                            pairs,
+                            &a[r0 * TILE_PAIRS..],
+                            b,
+                            out[r0 * ldo..].as_mut_ptr(),
+                            ldo,
+                            ROWS,
+                            NR,
+                            accumulate,
+                        )
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// The AMX tile registers, configured on this thread while the value lives, for kernels other
-/// than the matmul's (the bf16 flash attention). Not `Send`: the configuration is per thread.
-pub struct AmxTiles(std::marker::PhantomData<*const ()>);
+/// The AMX tile registers, configured on this thread while the value lives. Not `Send`: the
+/// configuration is per thread.
+struct AmxTiles(std::marker::PhantomData<*const ()>);
 
 impl AmxTiles {
     /// Configures the tiles on this thread; `None` unless the CPU has AMX-BF16 (and it is not
-    /// turned off). Callers decide with [`amx_available`] whether to use it at all.
-    pub fn new() -> Option<Self> {
+    /// turned off).
+    fn new() -> Option<Self> {
         if isa() != Some(Isa::Amx) {
             return None;
         }
@@ -452,7 +513,7 @@ impl AmxTiles {
     /// block's rows as bf16 pairs in tile order (for each `TILE_PAIRS` pairs, the `TILE_ROWS`
     /// rows' `TILE_PAIRS` words), `b` `pairs` rows of `PANEL` words (a panel); `accumulate`
     /// adds to `out` instead of overwriting it.
-    pub fn block(
+    fn block(
         &mut self,
         a: &[u32],
         b: &[u32],
@@ -503,61 +564,38 @@ pub fn matmul_packed_lhs_panels(
     }
     let len = images * m * n;
     let mut c: Vec<f32> = Vec::with_capacity(len);
-    let pairs = a.pairs();
-    match a.isa {
-        Isa::Amx if pairs > 0 && len > 0 => {
-            panels_amx(a, b, bias, &mut c.spare_capacity_mut()[..len]);
-            // SAFETY: `panels_amx` wrote every one of the `len` floats (its tasks cover every
-            // image, every column and every row).
-            unsafe { c.set_len(len) };
-        }
-        _ => {
-            // The AVX512_BF16 kernel (or k = 0): B packed whole, image by image.
-            c.resize(len, 0.0);
-            let panels = n.div_ceil(NR);
-            for (image, c) in c.chunks_mut((m * n).max(1)).enumerate().take(images) {
-                let mut data = vec![0u32; panels * pairs * NR];
-                if pairs > 0 {
-                    data.par_chunks_mut(pairs * NR)
-                        .enumerate()
-                        .for_each(|(jp, dst)| b.pack(image, jp * NR, 1, dst));
-                    let packed = Packed {
-                        data,
-                        lines: n,
-                        depth: k,
-                        width: NR,
-                        pairs,
-                        isa: a.isa,
-                    };
-                    match a.isa {
-                        Isa::Amx => gemm_amx(a, &packed, c),
-                        Isa::Avx512 => gemm(a, &packed, c),
-                    }
-                }
-                if let Some(bias) = bias {
-                    for (row, &b) in c.chunks_mut(n.max(1)).zip(bias) {
-                        row.iter_mut().for_each(|v| *v += b);
-                    }
-                }
+    if a.pairs() > 0 && len > 0 {
+        panel_tasks(a, b, bias, &mut c.spare_capacity_mut()[..len]);
+        // SAFETY: `panel_tasks` wrote every one of the `len` floats (its tasks cover every
+        // image, every column and every row).
+        unsafe { c.set_len(len) };
+    } else {
+        // k = 0: the product is zero, plus the bias.
+        c.resize(len, 0.0);
+        if let Some(bias) = bias {
+            for (row, &b) in c.chunks_mut(n.max(1)).zip(bias.iter().cycle()) {
+                row.fill(b);
             }
         }
     }
     Tensor::from_vec(c, (images, m, n), &Device::Cpu)
 }
 
-/// [`matmul_packed_lhs_panels`] with the AMX kernel into `c` (`[images, m, n]`, every float
-/// written): tasks of one image, one group of B panels and a share of A's row blocks.
-fn panels_amx(a: &Packed, b: &impl RhsPanels, bias: Option<&[f32]>, c: &mut [MaybeUninit<f32>]) {
+/// [`matmul_packed_lhs_panels`] into `c` (`[images, m, n]`, every float written): tasks of one
+/// image, one group of B panels and a share of A's row units.
+fn panel_tasks(a: &Packed, b: &impl RhsPanels, bias: Option<&[f32]>, c: &mut [MaybeUninit<f32>]) {
     let (m, n, pairs, images) = (a.lines, b.columns(), a.pairs(), b.images());
-    assert!(a.width == 1 && pairs % AMX_PAIRS == 0 && c.len() == images * m * n);
+    let (unit, chunk) = (unit_rows(a.isa), chunk_units(a.isa));
+    assert!(c.len() == images * m * n);
     let panels_n = n.div_ceil(NR);
     let group = (PANELS_BYTES / (pairs * NR * 4))
         .clamp(1, NC_PANELS)
         .min(panels_n);
     let groups = panels_n.div_ceil(group);
-    let chunks_m = m.div_ceil(AMX_ROWS).div_ceil(AMX_MC_BLOCKS);
+    let units_m = m.div_ceil(unit);
+    let chunks_m = units_m.div_ceil(chunk);
     // Enough tasks for every thread twice over: at the deep levels (8x8 pixels, one group) the
-    // row blocks are shared out too, each share packing the same panels.
+    // row units are shared out too, each share packing the same panels.
     let splits = (2 * rayon::current_num_threads())
         .div_ceil(images * groups)
         .clamp(1, chunks_m);
@@ -566,7 +604,7 @@ fn panels_amx(a: &Packed, b: &impl RhsPanels, bias: Option<&[f32]>, c: &mut [May
     let buffers = || {
         (
             vec![0u32; group * pairs * NR],
-            vec![0f32; AMX_MC_BLOCKS * AMX_ROWS * group * NR],
+            vec![0f32; chunk * unit * group * NR],
         )
     };
     (0..images * groups * splits)
@@ -585,19 +623,16 @@ fn panels_amx(a: &Packed, b: &impl RhsPanels, bias: Option<&[f32]>, c: &mut [May
             let acc_cols = group_panels.len() * NR;
             let col0 = group_panels.start * NR;
             let cols = acc_cols.min(n - col0);
-            let Some(mut tiles) = AmxTiles::new() else {
-                unreachable!("A was packed for the AMX kernel, so the CPU has it")
-            };
+            let mut kernel = Kernel::new(a.isa);
             let chunks = split * chunks_per_split..((split + 1) * chunks_per_split).min(chunks_m);
-            for chunk in chunks {
-                let blocks =
-                    chunk * AMX_MC_BLOCKS..((chunk + 1) * AMX_MC_BLOCKS).min(m.div_ceil(AMX_ROWS));
+            for ch in chunks {
+                let units = ch * chunk..((ch + 1) * chunk).min(units_m);
                 let panels = &panels[..];
-                let row0 = blocks.start * AMX_ROWS;
+                let row0 = units.start * unit;
                 let to = Dest {
                     c: c_ptr,
                     at: ((image * m + row0) * n + col0, n),
-                    rows: (blocks.len() * AMX_ROWS).min(m - row0),
+                    rows: (units.len() * unit).min(m - row0),
                     cols,
                     bias: bias.map_or(Bias::None, |bias| Bias::Rows(&bias[row0..])),
                 };
@@ -606,9 +641,9 @@ fn panels_amx(a: &Packed, b: &impl RhsPanels, bias: Option<&[f32]>, c: &mut [May
                 // `image` are this task's (tasks differ in image, column group or row chunk).
                 unsafe {
                     tile_into(
-                        &mut tiles,
+                        &mut kernel,
                         a.into(),
-                        blocks.clone(),
+                        units,
                         group_panels.len(),
                         panel,
                         acc,
@@ -620,9 +655,9 @@ fn panels_amx(a: &Packed, b: &impl RhsPanels, bias: Option<&[f32]>, c: &mut [May
 }
 
 /// `a` `[m, k]` (f32 or bf16, any strides) times `b` `[k, n]` (packed by [`pack_rhs`]), plus
-/// `bias[column]` when given: `[m, n]` in f32 (a linear layer). With AMX each task rounds its
-/// own rows of A straight into tile order and writes its rows of the product once, bias added:
-/// no packed copy of A, no zeroed product and no separate pass for the bias.
+/// `bias[column]` when given: `[m, n]` in f32 (a linear layer). Each task rounds its own rows of
+/// A straight into the kernel's order and writes its rows of the product once, bias added: no
+/// packed copy of A, no zeroed product and no separate pass for the bias.
 pub fn matmul_packed_rhs_bias(a: &Tensor, b: &Packed, bias: Option<&[f32]>) -> Result<Tensor> {
     let n = b.lines;
     if let Some(bias) = bias.filter(|bias| bias.len() != n) {
@@ -631,20 +666,13 @@ pub fn matmul_packed_rhs_bias(a: &Tensor, b: &Packed, bias: Option<&[f32]>) -> R
             bias.len()
         );
     }
-    if b.isa != Isa::Amx {
-        let c = matmul_packed_rhs(a, b)?;
-        return match bias {
-            Some(bias) => c.broadcast_add(&Tensor::from_slice(bias, n, &Device::Cpu)?),
-            None => Ok(c),
-        };
-    }
-    with_view(a, false, |view| rows_amx(view, b, bias))?
+    with_view(a, false, |view| row_tasks(view, b, bias))?
 }
 
-/// [`matmul_packed_rhs_bias`] with the AMX kernel: tasks of `AMX_MC_BLOCKS` row blocks of A
-/// and a share of B's panel groups (the groups are shared out only when there are too few row
-/// blocks to keep every thread busy, each share rounding the same rows).
-fn rows_amx(view: View, b: &Packed, bias: Option<&[f32]>) -> Result<Tensor> {
+/// [`matmul_packed_rhs_bias`]: tasks of a chunk of A's row units and a share of B's panel
+/// groups (the groups are shared out only when there are too few row chunks to keep every
+/// thread busy, each share rounding the same rows).
+fn row_tasks(view: View, b: &Packed, bias: Option<&[f32]>) -> Result<Tensor> {
     let (m, k, n, pairs) = (view.lines, view.depth, b.lines, b.pairs());
     if k != b.depth {
         candle_core::bail!(
@@ -655,8 +683,9 @@ fn rows_amx(view: View, b: &Packed, bias: Option<&[f32]>) -> Result<Tensor> {
     let len = m * n;
     let mut c: Vec<f32> = Vec::with_capacity(len);
     if len > 0 && pairs > 0 {
-        let blocks_m = m.div_ceil(AMX_ROWS);
-        let chunks = blocks_m.div_ceil(AMX_MC_BLOCKS);
+        let (unit, chunk) = (unit_rows(b.isa), chunk_units(b.isa));
+        let units_m = m.div_ceil(unit);
+        let chunks = units_m.div_ceil(chunk);
         let (b_panels, threads) = (b.panels(), rayon::current_num_threads());
         let groups = b_panels.div_ceil(NC_PANELS);
         let splits = (2 * threads).div_ceil(chunks).clamp(1, groups);
@@ -664,33 +693,45 @@ fn rows_amx(view: View, b: &Packed, bias: Option<&[f32]>) -> Result<Tensor> {
         let c_ptr = CPtr(c.spare_capacity_mut().as_mut_ptr().cast());
         let buffers = || {
             (
-                vec![0u32; AMX_MC_BLOCKS * AMX_ROWS * pairs],
-                vec![0f32; AMX_MC_BLOCKS * AMX_ROWS * NC_PANELS * NR],
+                vec![0u32; chunk * unit * pairs],
+                vec![0f32; chunk * unit * NC_PANELS * NR],
                 vec![0u32; k.div_ceil(2)],
             )
         };
         (0..chunks * splits).into_par_iter().for_each_init(
             buffers,
-            |(a_tiles, acc, words), task| {
-                let (chunk, split) = (task / splits, task % splits);
-                let blocks = chunk * AMX_MC_BLOCKS..((chunk + 1) * AMX_MC_BLOCKS).min(blocks_m);
-                let row0 = blocks.start * AMX_ROWS;
-                let rows = (blocks.len() * AMX_ROWS).min(m - row0);
-                for r in 0..blocks.len() * AMX_ROWS {
-                    let words: &[u32] = if r < rows {
-                        round_line(&view, row0 + r, words);
-                        words
-                    } else {
-                        &[]
-                    };
-                    place_row_in_tiles(words, r, pairs, a_tiles);
+            |(a_rows, acc, words), task| {
+                let (ch, split) = (task / splits, task % splits);
+                let units = ch * chunk..((ch + 1) * chunk).min(units_m);
+                let row0 = units.start * unit;
+                let rows = (units.len() * unit).min(m - row0);
+                match b.isa {
+                    Isa::Amx => {
+                        for r in 0..units.len() * AMX_ROWS {
+                            let words: &[u32] = if r < rows {
+                                round_line(&view, row0 + r, words);
+                                words
+                            } else {
+                                &[]
+                            };
+                            place_row_in_tiles(words, r, pairs, a_rows);
+                        }
+                    }
+                    Isa::Avx512 => {
+                        for (i, dst) in a_rows.chunks_mut(MR * pairs).take(units.len()).enumerate()
+                        {
+                            if (i + 1) * MR > rows {
+                                dst.fill(0);
+                            }
+                            pack_panel(&view, row0 + i * MR, MR, dst);
+                        }
+                    }
                 }
-                let Some(mut tiles) = AmxTiles::new() else {
-                    unreachable!("B was packed for the AMX kernel, so the CPU has it")
-                };
-                let a = ATiles {
-                    data: a_tiles,
+                let mut kernel = Kernel::new(b.isa);
+                let a = ARows {
+                    data: a_rows,
                     pairs,
+                    unit,
                 };
                 let mine = split * groups_per_split..((split + 1) * groups_per_split).min(groups);
                 for g in mine {
@@ -710,9 +751,9 @@ fn rows_amx(view: View, b: &Packed, bias: Option<&[f32]>) -> Result<Tensor> {
                     // this task's (tasks differ in row chunk or panel group).
                     unsafe {
                         tile_into(
-                            &mut tiles,
+                            &mut kernel,
                             a,
-                            0..blocks.len(),
+                            0..units.len(),
                             b_range.len(),
                             panel,
                             acc,
@@ -774,10 +815,7 @@ fn product(a: &Packed, b: &Packed) -> Result<Tensor> {
     }
     let (m, n) = (a.lines, b.lines);
     let mut c = vec![0f32; m * n];
-    match a.isa {
-        Isa::Amx => gemm_amx(a, b, &mut c),
-        Isa::Avx512 => gemm(a, b, &mut c),
-    }
+    gemm(a, b, &mut c);
     Tensor::from_vec(c, (m, n), &Device::Cpu)
 }
 
@@ -921,45 +959,6 @@ impl CPtr {
     }
 }
 
-/// `c` (`a.lines x b.lines`, row-major) = A B.
-fn gemm(a: &Packed, b: &Packed, c: &mut [f32]) {
-    let (m, n, pairs) = (a.lines, b.lines, a.pairs());
-    assert_eq!(c.len(), m * n, "C has room for the product");
-    assert!(a.width == MR && b.width == NR && b.pairs() == pairs);
-    if pairs == 0 || m == 0 || n == 0 {
-        c.fill(0.0);
-        return;
-    }
-    let (a_panels, b_panels) = (a.panels(), b.panels());
-    let tiles_m = a_panels.div_ceil(MC_PANELS);
-    let tiles_n = b_panels.div_ceil(NC_PANELS);
-    let c_ptr = CPtr(c.as_mut_ptr());
-    (0..tiles_m * tiles_n).into_par_iter().for_each(|tile| {
-        let (tm, tn) = (tile / tiles_n, tile % tiles_n);
-        let a_range = tm * MC_PANELS..((tm + 1) * MC_PANELS).min(a_panels);
-        let b_range = tn * NC_PANELS..((tn + 1) * NC_PANELS).min(b_panels);
-        for first in (0..pairs).step_by(KC) {
-            let depth = KC.min(pairs - first);
-            for jp in b_range.clone() {
-                let b_panel = b.panel_from(jp, first);
-                let cols = NR.min(n - jp * NR);
-                for ip in a_range.clone() {
-                    let a_panel = a.panel_from(ip, first);
-                    let rows = MR.min(m - ip * MR);
-                    // SAFETY: the micro-tile at (ip * MR, jp * NR), `rows x cols`, lies inside C
-                    // (`rows`, `cols` are clipped to m, n) and belongs to this task's tile only;
-                    // the panels hold at least `depth` pairs past `first`; `isa()` held
-                    // when the operands were packed for this kernel.
-                    unsafe {
-                        let c_tile = c_ptr.get().add(ip * MR * n + jp * NR);
-                        simd::kernel(depth, a_panel, b_panel, c_tile, n, rows, cols, first > 0)
-                    }
-                }
-            }
-        }
-    });
-}
-
 /// 32-row blocks of A per AMX tile task (128 rows).
 const AMX_MC_BLOCKS: usize = 4;
 /// k pairs per AMX pass: a task's A rows (128 x 256 pairs) and B panels (8 x 32 x 256) for one
@@ -967,39 +966,38 @@ const AMX_MC_BLOCKS: usize = 4;
 /// (32 KiB) in L1 while it meets the task's A blocks.
 const AMX_KC: usize = 256;
 
-/// `c` (`a.lines x b.lines`, row-major) = A B with the AMX kernel: each task sums its tile of C
-/// in passes of `AMX_KC` pairs, 32x32 blocks in tile registers, into a buffer of its own, then
-/// copies it into place.
-fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
+/// `c` (`a.lines x b.lines`, row-major) = A B: each task sums its tile of C (`chunk_units` of
+/// A's units by `NC_PANELS` panels of B) in passes of [`Kernel::pass`] pairs into a buffer of its
+/// own, then copies it into place.
+fn gemm(a: &Packed, b: &Packed, c: &mut [f32]) {
     let (m, n, pairs) = (a.lines, b.lines, a.pairs());
+    let unit = unit_rows(a.isa);
     assert_eq!(c.len(), m * n, "C has room for the product");
-    assert!(a.width == 1 && b.width == NR && b.pairs() == pairs && pairs % AMX_PAIRS == 0);
-    assert!(a.data.len() >= m.next_multiple_of(AMX_ROWS) * pairs);
+    assert!(b.width == NR && b.pairs() == pairs && b.isa == a.isa);
+    assert!(a.data.len() >= m.next_multiple_of(unit) * pairs);
     if pairs == 0 || m == 0 || n == 0 {
         c.fill(0.0);
         return;
     }
-    let (blocks_m, b_panels) = (m.div_ceil(AMX_ROWS), b.panels());
-    let tiles_m = blocks_m.div_ceil(AMX_MC_BLOCKS);
+    let (units_m, b_panels) = (m.div_ceil(unit), b.panels());
+    let chunk = chunk_units(a.isa);
+    let tiles_m = units_m.div_ceil(chunk);
     let tiles_n = b_panels.div_ceil(NC_PANELS);
     let c_ptr = CPtr(c.as_mut_ptr());
     // Each thread's buffer for a task's tile of C (reused: a fresh 128 KiB would be a fresh
     // mmap, zeroed page by page, for tasks that take tens of microseconds when k is small).
-    let buffer = || vec![0f32; AMX_MC_BLOCKS * AMX_ROWS * NC_PANELS * NR];
+    let buffer = || vec![0f32; chunk * unit * NC_PANELS * NR];
     (0..tiles_m * tiles_n)
         .into_par_iter()
         .for_each_init(buffer, |acc, tile| {
             let (tm, tn) = (tile / tiles_n, tile % tiles_n);
-            let a_blocks = tm * AMX_MC_BLOCKS..((tm + 1) * AMX_MC_BLOCKS).min(blocks_m);
+            let units = tm * chunk..((tm + 1) * chunk).min(units_m);
             let b_range = tn * NC_PANELS..((tn + 1) * NC_PANELS).min(b_panels);
-            let Some(mut tiles) = AmxTiles::new() else {
-                unreachable!("A was packed for the AMX kernel, so the CPU has it")
-            };
-            let (row0, col0) = (a_blocks.start * AMX_ROWS, b_range.start * NR);
+            let (row0, col0) = (units.start * unit, b_range.start * NR);
             let to = Dest {
                 c: c_ptr,
                 at: (row0 * n + col0, n),
-                rows: (a_blocks.len() * AMX_ROWS).min(m - row0),
+                rows: (units.len() * unit).min(m - row0),
                 cols: (b_range.len() * NR).min(n - col0),
                 bias: Bias::None,
             };
@@ -1008,9 +1006,9 @@ fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
             // this task's tile, which no other task writes.
             unsafe {
                 tile_into(
-                    &mut tiles,
+                    &mut Kernel::new(a.isa),
                     a.into(),
-                    a_blocks,
+                    units,
                     b_range.len(),
                     panel,
                     acc,
@@ -1020,19 +1018,96 @@ fn gemm_amx(a: &Packed, b: &Packed, c: &mut [f32]) {
         });
 }
 
-/// A's rows for the AMX kernel: blocks of `AMX_ROWS` rows in tile order, `pairs` (a multiple
-/// of `AMX_PAIRS`) per row.
+/// A's rows as a kernel reads them, in units of `unit` rows: AMX blocks of `AMX_ROWS` rows in
+/// tile order, or AVX512_BF16 panels of `MR` rows; unit `u` from pair `first` on starts at
+/// `(u * pairs + first) * unit`, `pairs` per row.
 #[derive(Clone, Copy)]
-struct ATiles<'a> {
+struct ARows<'a> {
     data: &'a [u32],
     pairs: usize,
+    unit: usize,
 }
 
-impl<'a> From<&'a Packed> for ATiles<'a> {
+impl<'a> From<&'a Packed> for ARows<'a> {
     fn from(a: &'a Packed) -> Self {
         Self {
             data: &a.data,
             pairs: a.pairs(),
+            unit: unit_rows(a.isa),
+        }
+    }
+}
+
+/// Rows of A per kernel call: an AMX block or an AVX512_BF16 panel.
+fn unit_rows(isa: Isa) -> usize {
+    match isa {
+        Isa::Amx => AMX_ROWS,
+        Isa::Avx512 => MR,
+    }
+}
+
+/// Units of A's rows per task: 128 rows for AMX, `MC_PANELS` panels (112 rows) for AVX512_BF16,
+/// which with a group of B panels make a tile of C that stays in L2.
+fn chunk_units(isa: Isa) -> usize {
+    match isa {
+        Isa::Amx => AMX_MC_BLOCKS,
+        Isa::Avx512 => MC_PANELS,
+    }
+}
+
+/// A task's kernel: the AMX tiles configured on its thread, or the AVX512_BF16 micro-kernel.
+enum Kernel {
+    Amx(AmxTiles),
+    Avx512,
+}
+
+impl Kernel {
+    /// The kernel for operands packed for `isa` (which `isa()` returned, so the CPU has it).
+    fn new(isa: Isa) -> Self {
+        match isa {
+            Isa::Amx => match AmxTiles::new() {
+                Some(tiles) => Self::Amx(tiles),
+                None => unreachable!("operands were packed for the AMX kernel, so the CPU has it"),
+            },
+            Isa::Avx512 => Self::Avx512,
+        }
+    }
+
+    /// k pairs per pass over a task's tile: what keeps its A rows and B panels in L2.
+    fn pass(&self) -> usize {
+        match self {
+            Self::Amx(_) => AMX_KC,
+            Self::Avx512 => KC,
+        }
+    }
+
+    /// `out` (one unit of rows x `NR`, rows `ldo` apart) (+)= `a` (one unit of A's rows from
+    /// some pair on) times `b` (a panel from the same pair on), over `depth` pairs.
+    fn unit(&mut self, a: &[u32], b: &[u32], depth: usize, out: &mut [f32], ldo: usize, add: bool) {
+        match self {
+            Self::Amx(tiles) => tiles.block(a, b, depth, out, ldo, add),
+            Self::Avx512 => {
+                assert!(a.len() >= depth * MR && b.len() >= depth * NR);
+                assert!(
+                    out.len() >= (MR - 1) * ldo + NR,
+                    "the block lies inside `out`"
+                );
+                // SAFETY: `Self::Avx512` exists only for operands packed after `isa()` found
+                // AVX-512F and AVX512_BF16; the panels hold `depth` pairs and `out` the
+                // `MR x NR` block (asserted above).
+                unsafe {
+                    simd::kernel::<MR, 1, MR, { 16 * MR }>(
+                        depth,
+                        a,
+                        b,
+                        out.as_mut_ptr(),
+                        ldo,
+                        MR,
+                        NR,
+                        add,
+                    )
+                }
+            }
         }
     }
 }
@@ -1045,32 +1120,32 @@ enum Bias<'a> {
     Columns(&'a [f32]),
 }
 
-/// Sums A's blocks `a_blocks` times the B panels `panel(j, first)` (`j < panels`, from pair
-/// `first` on) into `acc` (the blocks' rows, `panels * NR` floats each, row-major), in passes of
-/// `AMX_KC` pairs: the task's A rows and B panels for one pass stay in L2 while every block of
-/// its tile is worked through, and one B panel in L1 while it meets the task's A blocks.
-fn amx_tile<'b>(
-    tiles: &mut AmxTiles,
-    a: ATiles,
-    a_blocks: Range<usize>,
+/// Sums A's units `units` times the B panels `panel(j, first)` (`j < panels`, from pair `first`
+/// on) into `acc` (the units' rows, `panels * NR` floats each, row-major), in passes of
+/// [`Kernel::pass`] pairs: the task's A rows and B panels for one pass stay in L2 while every
+/// unit of its tile is worked through, and one B panel in L1 while it meets the task's A units.
+fn sum_tile<'b>(
+    kernel: &mut Kernel,
+    a: ARows,
+    units: Range<usize>,
     panels: usize,
     panel: impl Fn(usize, usize) -> &'b [u32],
     acc: &mut [f32],
 ) {
-    let ATiles { data, pairs } = a;
+    let ARows { data, pairs, unit } = a;
     let acc_cols = panels * NR;
-    assert!(acc.len() >= a_blocks.len() * AMX_ROWS * acc_cols);
-    for first in (0..pairs).step_by(AMX_KC) {
-        let depth = AMX_KC.min(pairs - first);
+    assert!(acc.len() >= units.len() * unit * acc_cols);
+    let pass = kernel.pass();
+    for first in (0..pairs).step_by(pass) {
+        let depth = pass.min(pairs - first);
         for j in 0..panels {
             let b_panel = panel(j, first);
-            for (i, ib) in a_blocks.clone().enumerate() {
-                // This block's rows in tile order, from pair `first` on.
-                let a_rows = &data[ib * AMX_ROWS * pairs + first * AMX_ROWS..];
-                let out = &mut acc[i * AMX_ROWS * acc_cols + j * NR..];
-                // `depth` is a multiple of 16 (so is `pairs`, and AMX_KC); `first == 0`
+            for (i, u) in units.clone().enumerate() {
+                let a_rows = &data[(u * pairs + first) * unit..];
+                let out = &mut acc[i * unit * acc_cols + j * NR..];
+                // With AMX `depth` is a multiple of 16 (so are `pairs` and AMX_KC); `first == 0`
                 // overwrites whatever the buffer held.
-                tiles.block(a_rows, b_panel, depth, out, acc_cols, first > 0);
+                kernel.unit(a_rows, b_panel, depth, out, acc_cols, first > 0);
             }
         }
     }
@@ -1085,20 +1160,20 @@ struct Dest<'a> {
     bias: Bias<'a>,
 }
 
-/// [`amx_tile`] into `acc`, then the tile's first `to.rows x to.cols` written to C.
+/// [`sum_tile`] into `acc`, then the tile's first `to.rows x to.cols` written to C.
 ///
 /// # Safety
 /// As [`write_tile`]'s, for `to`.
 unsafe fn tile_into<'b>(
-    tiles: &mut AmxTiles,
-    a: ATiles,
-    a_blocks: Range<usize>,
+    kernel: &mut Kernel,
+    a: ARows,
+    units: Range<usize>,
     panels: usize,
     panel: impl Fn(usize, usize) -> &'b [u32],
     acc: &mut [f32],
     to: Dest,
 ) {
-    amx_tile(tiles, a, a_blocks, panels, panel, acc);
+    sum_tile(kernel, a, units, panels, panel, acc);
     // SAFETY: the caller's promise.
     unsafe { write_tile(acc, panels * NR, to.rows, to.cols, to.c, to.at, to.bias) }
 }
@@ -1315,7 +1390,7 @@ mod amx {
 mod simd {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR, NV};
+    use super::{NR, NV};
 
     /// Packs one line of `depth` f32 (pairs adjacent) as line `l` of a panel `width` wide.
     ///
@@ -1400,15 +1475,24 @@ mod simd {
         }
     }
 
-    /// C[..rows, ..cols] (+)= A B over `depth` pairs of one A panel and one B panel; C's rows
-    /// are `ldc` apart; `accumulate` adds to C instead of overwriting it.
+    /// C[..rows, ..cols] (+)= A B over `depth` pairs of `R` rows of A and one B panel; C's rows
+    /// are `ldc` apart; `accumulate` adds to C instead of overwriting it. A's word for row `r`
+    /// and pair `p` is at `(p / 16) * GROUP + (p % 16) * PAIR + r * ROW`: an `MR`-row panel is
+    /// `<MR, 1, MR, {16 * MR}>`, a block of AMX tile order (16 pairs of 32 rows at a time)
+    /// `<R, 16, 1, 512>`. The strides are constants, so every load is an immediate offset.
     ///
     /// # Safety
-    /// The CPU has AVX-512F and AVX512_BF16; `a` and `b` hold `depth` pairs of a panel;
-    /// `c` points to `rows x cols` writable floats, rows `ldc` apart; rows <= MR, cols <= NR.
+    /// The CPU has AVX-512F and AVX512_BF16; `a` holds `R` rows of `depth` pairs in that layout
+    /// and `b` `depth` pairs of a panel; `c` points to `rows x cols` writable floats, rows `ldc`
+    /// apart; rows <= R, cols <= NR.
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel(
+    pub(super) unsafe fn kernel<
+        const R: usize,
+        const ROW: usize,
+        const PAIR: usize,
+        const GROUP: usize,
+    >(
         depth: usize,
         a: &[u32],
         b: &[u32],
@@ -1418,21 +1502,34 @@ mod simd {
         cols: usize,
         accumulate: bool,
     ) {
-        assert!(a.len() >= depth * MR && b.len() >= depth * NR);
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let last = depth
+            .checked_sub(1)
+            .map_or(0, |p| (p / 16) * GROUP + (p % 16) * PAIR);
+        assert!(depth == 0 || a.len() > last + (R - 1) * ROW);
+        assert!(b.len() >= depth * NR && rows <= R && cols <= NR);
+        let mut acc = [[_mm512_setzero_ps(); NV]; R];
         let (a, b) = (a.as_ptr(), b.as_ptr());
-        for p in 0..depth {
-            // SAFETY: pair p of each panel is inside it (asserted above).
-            unsafe {
-                let mut bv = [_mm512_setzero_si512(); NV];
-                for (v, x) in bv.iter_mut().enumerate() {
-                    *x = _mm512_loadu_si512(b.add(p * NR + v * 16).cast());
-                }
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let av: __m512bh =
-                        std::mem::transmute(_mm512_set1_epi32(*a.add(p * MR + r) as i32));
-                    for (x, bx) in row.iter_mut().zip(bv) {
-                        *x = _mm512_dpbf16_ps(*x, av, std::mem::transmute::<__m512i, __m512bh>(bx));
+        for g in 0..depth.div_ceil(16) {
+            for q in 0..16.min(depth - 16 * g) {
+                let p = 16 * g + q;
+                // SAFETY: pair p of the panel and of each of A's rows is inside them (asserted
+                // above: the last pair's word of the last row is).
+                unsafe {
+                    let mut bv = [_mm512_setzero_si512(); NV];
+                    for (v, x) in bv.iter_mut().enumerate() {
+                        *x = _mm512_loadu_si512(b.add(p * NR + v * 16).cast());
+                    }
+                    let a = a.add(g * GROUP + q * PAIR);
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        let av: __m512bh =
+                            std::mem::transmute(_mm512_set1_epi32(*a.add(r * ROW) as i32));
+                        for (x, bx) in row.iter_mut().zip(bv) {
+                            *x = _mm512_dpbf16_ps(
+                                *x,
+                                av,
+                                std::mem::transmute::<__m512i, __m512bh>(bx),
+                            );
+                        }
                     }
                 }
             }
@@ -1475,7 +1572,12 @@ mod simd {
         unreachable!("available() is false off x86_64")
     }
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel(
+    pub(super) unsafe fn kernel<
+        const R: usize,
+        const ROW: usize,
+        const PAIR: usize,
+        const GROUP: usize,
+    >(
         _: usize,
         _: &[u32],
         _: &[u32],
