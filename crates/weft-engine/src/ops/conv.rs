@@ -28,6 +28,7 @@ use rayon::prelude::*;
 
 use crate::ops::cast;
 use crate::ops::gemm_bf16::{self, Packed, PackedWeight, PANEL};
+use crate::ops::winograd::{self, WinogradWeight};
 
 /// Most floats one im2col chunk may hold (8 MiB). In `benches/ops.rs` this beat 4, 6 and 8 Mi
 /// floats at the VAE's 256- and 128-channel shapes (by 15-25%) and tied at the UNet's; 16 Mi and
@@ -42,6 +43,8 @@ pub struct Conv2d {
     config: Conv2dConfig,
     /// The weight as `[C_out, C_in*kh*kw]` for the bf16 kernel, packed on first use.
     packed: PackedWeight,
+    /// The weight transformed for [`winograd::conv`], on first use by a large image.
+    winograd: PackedWeight<WinogradWeight>,
 }
 
 impl Conv2d {
@@ -52,6 +55,7 @@ impl Conv2d {
             bias,
             config,
             packed: PackedWeight::default(),
+            winograd: PackedWeight::default(),
         }
     }
 
@@ -90,6 +94,9 @@ impl Conv2d {
     fn cpu_forward(&self, xs: &Tensor, upsample: usize) -> Result<Tensor> {
         let bias = cast::operand_opt(self.bias.as_ref(), xs)?;
         if gemm_bf16::applies(xs, &self.weight) {
+            if let Some(out) = self.winograd_forward(xs, bias.as_ref(), upsample)? {
+                return Ok(out);
+            }
             let packed = self
                 .packed
                 .get_or_pack(|| gemm_bf16::pack_lhs(&self.weight.flatten_from(1)?))?;
@@ -112,6 +119,44 @@ impl Conv2d {
             &self.config,
             upsample,
         )
+    }
+
+    /// [`winograd::conv`] where it [`winograd::applies`] (3x3, stride 1, a large output), else
+    /// `None`.
+    fn winograd_forward(
+        &self,
+        xs: &Tensor,
+        bias: Option<&Tensor>,
+        upsample: usize,
+    ) -> Result<Option<Tensor>> {
+        let (images, channels, h, w) = xs.dims4()?;
+        let (_, _, kh, kw) = self.weight.dims4()?;
+        let c = &self.config;
+        let (height, width) = (h * upsample, w * upsample);
+        let pixels = (height + 2 * c.padding).saturating_sub(kh - 1)
+            * (width + 2 * c.padding).saturating_sub(kw - 1);
+        if c.groups != 1 || !winograd::applies((kh, kw), c.stride, c.dilation, pixels) {
+            return Ok(None);
+        }
+        let weight = self
+            .winograd
+            .get_or_pack(|| winograd::pack_weight(&self.weight))?;
+        let xs = xs.contiguous()?;
+        let (storage, layout) = xs.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("the bf16 convolution runs on the CPU only");
+        };
+        let input = winograd::Input {
+            data: contiguous_f32(cpu, layout)?,
+            images,
+            channels,
+            height,
+            width,
+            padding: c.padding,
+            upsample,
+        };
+        let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+        winograd::conv(weight, &input, bias.as_deref()).map(Some)
     }
 
     /// The weight and bias on `xs`'s device in its dtype (the same tensors when they are).
@@ -881,7 +926,7 @@ mod tests {
             ((2, 5, 7, 9), (6, 3, 3), cfg(1, 1, 1), 1),
             ((1, 4, 10, 8), (5, 3, 3), cfg(0, 2, 1), 1),
             ((2, 3, 5, 7), (33, 3, 3), cfg(1, 1, 1), 2),
-            ((2, 16, 128, 128), (8, 3, 3), cfg(1, 1, 1), 1),
+            ((2, 16, 120, 128), (8, 3, 3), cfg(1, 1, 1), 1),
             ((2, 64, 100, 100), (7, 1, 1), cfg(0, 1, 1), 1),
             ((3, 8, 6, 6), (15, 1, 1), cfg(0, 1, 1), 1),
             // Whole panels within one output row (copied runs), with an odd k ...

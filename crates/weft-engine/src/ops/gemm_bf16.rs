@@ -176,8 +176,24 @@ enum Role {
 }
 
 impl Packed {
-    fn pairs(&self) -> usize {
+    /// Pairs per line, padding included.
+    pub(crate) fn pairs(&self) -> usize {
         self.pairs
+    }
+
+    /// Rows per unit of this A (an AMX block or an AVX512_BF16 panel; see [`sum_tile`]).
+    pub(crate) fn unit_rows(&self) -> usize {
+        unit_rows(self.isa)
+    }
+
+    /// Units of rows a task should take at a time ([`sum_tile`]'s `units`).
+    pub(crate) fn chunk_units(&self) -> usize {
+        chunk_units(self.isa)
+    }
+
+    /// The kernel for this operand, for [`sum_tile`].
+    pub(crate) fn kernel(&self) -> Kernel {
+        Kernel::new(self.isa)
     }
 
     fn panels(&self) -> usize {
@@ -203,13 +219,25 @@ impl Packed {
 
 /// A layer's weight packed for the kernel on first use and kept (shared by the layer's clones).
 /// It is a second copy of the weight: a bf16 UNet holds 1.7 GB of panels beside its 1.7 GB of
-/// weights, which buys not repacking every weight at every step.
-#[derive(Clone, Default)]
-pub struct PackedWeight(std::sync::Arc<std::sync::OnceLock<Packed>>);
+/// weights, which buys not repacking every weight at every step. `T` is [`Packed`], or another
+/// packing of it (a convolution's Winograd transform).
+pub struct PackedWeight<T = Packed>(std::sync::Arc<std::sync::OnceLock<T>>);
 
-impl PackedWeight {
+impl<T> Clone for PackedWeight<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> Default for PackedWeight<T> {
+    fn default() -> Self {
+        Self(Default::default())
+    }
+}
+
+impl<T> PackedWeight<T> {
     /// The packed weight, packing it with `pack` on first use.
-    pub fn get_or_pack(&self, pack: impl FnOnce() -> Result<Packed>) -> Result<&Packed> {
+    pub fn get_or_pack(&self, pack: impl FnOnce() -> Result<T>) -> Result<&T> {
         if let Some(packed) = self.0.get() {
             return Ok(packed);
         }
@@ -218,12 +246,18 @@ impl PackedWeight {
     }
 }
 
-impl std::fmt::Debug for PackedWeight {
+impl<T: std::fmt::Debug> std::fmt::Debug for PackedWeight<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0.get() {
-            Some(p) => write!(f, "PackedWeight({}x{})", p.lines, p.depth),
+            Some(p) => write!(f, "PackedWeight({p:?})"),
             None => f.write_str("PackedWeight(not yet)"),
         }
+    }
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.lines, self.depth)
     }
 }
 
@@ -494,7 +528,7 @@ impl Tiles {
 
 /// The AMX tile registers, configured on this thread while the value lives. Not `Send`: the
 /// configuration is per thread.
-struct AmxTiles(std::marker::PhantomData<*const ()>);
+pub(crate) struct AmxTiles(std::marker::PhantomData<*const ()>);
 
 impl AmxTiles {
     /// Configures the tiles on this thread; `None` unless the CPU has AMX-BF16 (and it is not
@@ -945,7 +979,7 @@ fn word(lo: u16, hi: u16) -> u32 {
 
 /// A raw pointer to C that the tile tasks share; each writes only its own tile.
 #[derive(Clone, Copy)]
-struct CPtr(*mut f32);
+pub(crate) struct CPtr(pub(crate) *mut f32);
 
 // SAFETY: the tasks that receive it write disjoint tiles of C (see `gemm`), and C outlives them
 // (the parallel loop returns before `gemm` does).
@@ -954,7 +988,7 @@ unsafe impl Send for CPtr {}
 unsafe impl Sync for CPtr {}
 
 impl CPtr {
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -1022,7 +1056,7 @@ fn gemm(a: &Packed, b: &Packed, c: &mut [f32]) {
 /// tile order, or AVX512_BF16 panels of `MR` rows; unit `u` from pair `first` on starts at
 /// `(u * pairs + first) * unit`, `pairs` per row.
 #[derive(Clone, Copy)]
-struct ARows<'a> {
+pub(crate) struct ARows<'a> {
     data: &'a [u32],
     pairs: usize,
     unit: usize,
@@ -1056,7 +1090,7 @@ fn chunk_units(isa: Isa) -> usize {
 }
 
 /// A task's kernel: the AMX tiles configured on its thread, or the AVX512_BF16 micro-kernel.
-enum Kernel {
+pub(crate) enum Kernel {
     Amx(AmxTiles),
     Avx512,
 }
@@ -1124,7 +1158,7 @@ enum Bias<'a> {
 /// on) into `acc` (the units' rows, `panels * NR` floats each, row-major), in passes of
 /// [`Kernel::pass`] pairs: the task's A rows and B panels for one pass stay in L2 while every
 /// unit of its tile is worked through, and one B panel in L1 while it meets the task's A units.
-fn sum_tile<'b>(
+pub(crate) fn sum_tile<'b>(
     kernel: &mut Kernel,
     a: ARows,
     units: Range<usize>,

@@ -14,6 +14,7 @@ pub mod gemm_bf16;
 pub mod layers;
 pub mod math;
 pub mod norm;
+mod winograd;
 
 /// torch's `F.pad(.., mode="reflect")` by `pad` on both spatial axes of `[B, C, H, W]`.
 pub(crate) fn reflect_pad(

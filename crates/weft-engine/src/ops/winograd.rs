@@ -1,0 +1,516 @@
+//! 3x3 convolutions with stride 1 by Winograd's F(2x2, 3x3), for the bf16 kernel: each 2x2 tile
+//! of output pixels is `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`, where `d` is the tile's 4x4 input patch, so a
+//! layer is 16 matrix products `U[ξ] V[ξ]` of `C_out x C_in` by `C_in x tiles` (16 multiplies per
+//! tile and channel pair instead of the direct form's 36: 2.25x fewer). On a CPU whose bf16
+//! kernel already runs near its peak (Zen 4's AVX512_BF16: the VAE decode's direct convolutions
+//! at 300-380 GFLOP/s of ~470), fewer multiplies is the only way left to a faster convolution.
+//!
+//! The weight is transformed once per layer (`U = G g Gᵀ` in f32 from the stored weight, then
+//! rounded to bf16 and packed as 16 left operands). A task takes one image's group of tiles and
+//! every output channel: for each row `a` of `Bᵀ` it computes `V[a, b]` for the four `b` from
+//! the input rows straight into bf16 panels, multiplies each by `U[a, b]` and folds the product
+//! into the four output planes of its tiles (`Aᵀ`'s coefficients are 0 and ±1), then writes the
+//! tiles' pixels, bias added. Nothing of the size of the input times 16 is ever stored.
+//!
+//! Numerics: the transforms add and subtract neighbouring inputs (and halve weights) in f32
+//! before the bf16 rounding, so the products see values of the same size as the direct form's;
+//! the tests bound the difference from the f32 convolution.
+//!
+//! `unsafe`: the tasks write their tiles' pixels into one output buffer through a shared
+//! pointer (tiles are disjoint), as the matmul's tasks do in `gemm_bf16`.
+#![allow(unsafe_code)]
+
+use std::mem::MaybeUninit;
+
+use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
+
+use crate::ops::gemm_bf16::{self, ARows, CPtr, Packed, MAX_PANELS, PANEL};
+
+/// `Bᵀ`'s rows: each takes two of the patch's four rows (or columns), as (index, sign).
+const BT: [[(usize, f32); 2]; 4] = [
+    [(0, 1.0), (2, -1.0)],
+    [(1, 1.0), (2, 1.0)],
+    [(2, 1.0), (1, -1.0)],
+    [(1, 1.0), (3, -1.0)],
+];
+/// `Aᵀ`: the tile's first output row (column) is `M0 + M1 + M2`, the second `M1 - M2 - M3`.
+const AT: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+/// `G`, which spreads the 3 taps over the 4 points.
+const G: [[f32; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
+
+/// Most bytes of a task's four output planes (`4 * C_out * tiles` floats): they, the task's
+/// panels of `V` for one row of `Bᵀ` and one product stay in L2.
+const OUT_BYTES: usize = 512 << 10;
+
+/// Whether a convolution goes through [`conv`]: 3x3, stride 1, no dilation, and enough output
+/// pixels (128x128 and more: the VAE's upper levels, SDXL's first UNet level at 1024²) that the
+/// 16 packed copies of its weight (16/9 of the direct form's) pay for themselves.
+pub(crate) fn applies(
+    kernel: (usize, usize),
+    stride: usize,
+    dilation: usize,
+    pixels: usize,
+) -> bool {
+    kernel == (3, 3) && stride == 1 && dilation == 1 && pixels >= 128 * 128
+}
+
+/// A layer's weight transformed and packed for [`conv`].
+pub struct WinogradWeight {
+    /// `U[ξ]`, `ξ = 4a + b`, each `[C_out, C_in]` packed as the left operand.
+    terms: Vec<Packed>,
+    c_out: usize,
+    c_in: usize,
+}
+
+impl std::fmt::Debug for WinogradWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WinogradWeight({}x{}x3x3)", self.c_out, self.c_in)
+    }
+}
+
+/// `weight` (`[C_out, C_in, 3, 3]`, any float dtype) as the 16 packed `U[ξ] = (G g Gᵀ)[a, b]`.
+pub fn pack_weight(weight: &Tensor) -> Result<WinogradWeight> {
+    let (c_out, c_in, kh, kw) = weight.dims4()?;
+    if (kh, kw) != (3, 3) {
+        candle_core::bail!("a Winograd F(2x2, 3x3) convolution needs a 3x3 kernel, not {kh}x{kw}");
+    }
+    let taps: Vec<f32> = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut u = vec![vec![0f32; c_out * c_in]; 16];
+    for (oc, g) in taps.chunks_exact(9).enumerate() {
+        // t = G g (4x3), then u = t Gᵀ (4x4).
+        let t: [[f32; 3]; 4] = std::array::from_fn(|a| {
+            std::array::from_fn(|j| (0..3).map(|i| G[a][i] * g[3 * i + j]).sum())
+        });
+        for (a, t) in t.iter().enumerate() {
+            for (b, gb) in G.iter().enumerate() {
+                u[4 * a + b][oc] = (0..3).map(|j| t[j] * gb[j]).sum();
+            }
+        }
+    }
+    let terms = u
+        .into_iter()
+        .map(|u| gemm_bf16::pack_lhs(&Tensor::from_vec(u, (c_out, c_in), &Device::Cpu)?))
+        .collect::<Result<_>>()?;
+    Ok(WinogradWeight { terms, c_out, c_in })
+}
+
+/// The input of [`conv`]: `[images, C_in, H, W]` f32, contiguous, read through nearest
+/// `upsample`-fold upsampling (a power of two) and zero padding of `padding`.
+pub struct Input<'a> {
+    pub data: &'a [f32],
+    pub images: usize,
+    pub channels: usize,
+    /// Height and width after upsampling.
+    pub height: usize,
+    pub width: usize,
+    pub padding: usize,
+    pub upsample: usize,
+}
+
+impl Input<'_> {
+    /// Input row `y` (after upsampling, before padding: may be out of range) of `channel`, at
+    /// columns `x0..x0 + out.len()` (likewise), zero outside the image.
+    fn row(&self, image: usize, channel: usize, y: isize, x0: isize, out: &mut [f32]) {
+        if y < 0 || y >= self.height as isize {
+            out.fill(0.0);
+            return;
+        }
+        let shift = self.upsample.trailing_zeros();
+        let source_w = self.width >> shift;
+        let plane = (self.height >> shift) * source_w;
+        let at = (image * self.channels + channel) * plane + (y as usize >> shift) * source_w;
+        let src = &self.data[at..at + source_w];
+        let lo = (-x0).clamp(0, out.len() as isize) as usize;
+        let hi = (self.width as isize - x0).clamp(lo as isize, out.len() as isize) as usize;
+        out[..lo].fill(0.0);
+        out[hi..].fill(0.0);
+        let from = (x0 + lo as isize) as usize;
+        if shift == 0 {
+            out[lo..hi].copy_from_slice(&src[from..from + hi - lo]);
+        } else {
+            for (x, o) in (from..).zip(&mut out[lo..hi]) {
+                *o = src[x >> shift];
+            }
+        }
+    }
+}
+
+/// A task's scratch (kept per thread).
+struct Scratch {
+    /// `V[a, b]` for the four `b`, each as `panels` B panels of `pairs` pairs.
+    v: Vec<u32>,
+    /// One product, `unit rows x cols`.
+    product: Vec<f32>,
+    /// The four output planes (`2dy + dx`), `C_out x cols` each.
+    planes: Vec<f32>,
+    /// Two input rows, their combination, and the four `V[a, b]` rows of two channels.
+    rows: [Vec<f32>; 3],
+    v_rows: [Vec<f32>; 8],
+}
+
+/// The Winograd F(2x2, 3x3) convolution of `x` with `w` plus `bias[channel]`:
+/// `[images, C_out, H_out, W_out]` in f32, `H_out = H + 2 * padding - 2`.
+pub fn conv(w: &WinogradWeight, x: &Input, bias: Option<&[f32]>) -> Result<Tensor> {
+    let (m, c_in) = (w.c_out, w.c_in);
+    if x.channels != c_in {
+        candle_core::bail!(
+            "conv2d input has {} channels, the kernel expects {c_in}",
+            x.channels
+        );
+    }
+    if bias.is_some_and(|b| b.len() != m) {
+        candle_core::bail!(
+            "conv2d bias has {} values for {m} output channels",
+            bias.map_or(0, <[f32]>::len)
+        );
+    }
+    let (out_h, out_w) = (
+        (x.height + 2 * x.padding).saturating_sub(2),
+        (x.width + 2 * x.padding).saturating_sub(2),
+    );
+    let len = x.images * m * out_h * out_w;
+    let mut c: Vec<f32> = Vec::with_capacity(len);
+    if len == 0 {
+        return Tensor::from_vec(c, (x.images, m, out_h, out_w), &Device::Cpu);
+    }
+    let (tiles_w, tiles) = (out_w.div_ceil(2), out_h.div_ceil(2) * out_w.div_ceil(2));
+    let panels = (OUT_BYTES / (16 * m) / PANEL).clamp(1, MAX_PANELS);
+    let cols = panels * PANEL;
+    let groups = tiles.div_ceil(cols);
+    let pairs = w.terms[0].pairs();
+    let (unit, chunk) = (w.terms[0].unit_rows(), w.terms[0].chunk_units());
+    let units_m = m.div_ceil(unit);
+    let scratch = || Scratch {
+        v: vec![0; 4 * panels * pairs * PANEL],
+        product: vec![0.0; chunk * unit * cols],
+        planes: vec![0.0; 4 * m * cols],
+        rows: std::array::from_fn(|_| vec![0.0; 2 * cols + 2]),
+        v_rows: std::array::from_fn(|_| vec![0.0; cols]),
+    };
+    let c_ptr = CPtr(c.spare_capacity_mut().as_mut_ptr().cast());
+    let geometry = Tiles {
+        width: tiles_w,
+        count: tiles,
+        out: (out_h, out_w),
+    };
+    (0..x.images * groups)
+        .into_par_iter()
+        .for_each_init(scratch, |s, task| {
+            let (image, group) = (task / groups, task % groups);
+            let first = group * cols;
+            let mut kernel = w.terms[0].kernel();
+            s.planes.fill(0.0);
+            for a in 0..4 {
+                transform_input(x, image, a, first, cols, geometry, pairs, s);
+                for b in 0..4 {
+                    let term = &w.terms[4 * a + b];
+                    let v = &s.v[b * panels * pairs * PANEL..(b + 1) * panels * pairs * PANEL];
+                    let panel = |j: usize, from: usize| {
+                        &v[(j * pairs + from) * PANEL..(j + 1) * pairs * PANEL]
+                    };
+                    for ch in 0..units_m.div_ceil(chunk) {
+                        let units = ch * chunk..((ch + 1) * chunk).min(units_m);
+                        let row0 = units.start * unit;
+                        let rows = (units.len() * unit).min(m - row0);
+                        gemm_bf16::sum_tile(
+                            &mut kernel,
+                            ARows::from(term),
+                            units,
+                            panels,
+                            panel,
+                            &mut s.product,
+                        );
+                        fold(&s.product[..rows * cols], a, b, row0, m, &mut s.planes);
+                    }
+                }
+            }
+            // SAFETY: the task's tiles `first..first + cols` of image `image` are its own (tasks
+            // differ in image or group), and `write_tiles` writes only their pixels, inside the
+            // `len` floats of `c`.
+            unsafe { write_tiles(&s.planes, m, image, first, cols, geometry, bias, c_ptr) };
+        });
+    // SAFETY: every output pixel lies in exactly one tile, every tile in one task's group, and
+    // each task wrote all of its tiles' pixels (`write_tiles`).
+    unsafe { c.set_len(len) };
+    Tensor::from_vec(c, (x.images, m, out_h, out_w), &Device::Cpu)
+}
+
+/// The output's tiling: `count` tiles, `width` per row, over `out` pixels.
+#[derive(Clone, Copy)]
+struct Tiles {
+    width: usize,
+    count: usize,
+    out: (usize, usize),
+}
+
+impl Tiles {
+    /// The stretches of one tile row among tiles `first..first + cols`: (tile row, first tile
+    /// column, tiles, offset of the first among the group's columns).
+    fn segments(
+        self,
+        first: usize,
+        cols: usize,
+    ) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+        let end = (first + cols).min(self.count);
+        let mut t = first;
+        std::iter::from_fn(move || {
+            if t >= end {
+                return None;
+            }
+            let (ty, tx) = (t / self.width, t % self.width);
+            let n = (self.width - tx).min(end - t);
+            let segment = (ty, tx, n, t - first);
+            t += n;
+            Some(segment)
+        })
+    }
+}
+
+/// Packs `V[a, b] = (Bᵀ d B)[a, b]` for the four `b` of row `a`, for tiles `first..first + cols`
+/// of image `image` (zero past the last tile), into `s.v`: channel pairs as bf16 pairs.
+#[allow(clippy::too_many_arguments)]
+fn transform_input(
+    x: &Input,
+    image: usize,
+    a: usize,
+    first: usize,
+    cols: usize,
+    tiles: Tiles,
+    pairs: usize,
+    s: &mut Scratch,
+) {
+    let panels = cols / PANEL;
+    let [(i1, s1), (i2, s2)] = BT[a];
+    for p in 0..pairs {
+        for half in 0..2 {
+            let channel = 2 * p + half;
+            let v_rows = &mut s.v_rows[4 * half..4 * half + 4];
+            for row in v_rows.iter_mut() {
+                row.fill(0.0);
+            }
+            if channel >= x.channels {
+                continue;
+            }
+            for (ty, tx, n, at) in tiles.segments(first, cols) {
+                // The patch rows i1 and i2 of tiles tx..tx + n, and their combination.
+                let y0 = (2 * ty) as isize - x.padding as isize;
+                let x0 = (2 * tx) as isize - x.padding as isize;
+                let span = 2 * n + 2;
+                let [r1, r2, comb] = &mut s.rows;
+                x.row(image, channel, y0 + i1 as isize, x0, &mut r1[..span]);
+                x.row(image, channel, y0 + i2 as isize, x0, &mut r2[..span]);
+                for ((c, &u), &v) in comb[..span].iter_mut().zip(&r1[..span]).zip(&r2[..span]) {
+                    *c = s1 * u + s2 * v;
+                }
+                for (b, v_row) in v_rows.iter_mut().enumerate() {
+                    let [(j1, t1), (j2, t2)] = BT[b];
+                    for (t, v) in v_row[at..at + n].iter_mut().enumerate() {
+                        *v = t1 * comb[2 * t + j1] + t2 * comb[2 * t + j2];
+                    }
+                }
+            }
+        }
+        for b in 0..4 {
+            let v = &mut s.v[b * panels * pairs * PANEL..(b + 1) * panels * pairs * PANEL];
+            for j in 0..panels {
+                let run = j * PANEL..(j + 1) * PANEL;
+                let Ok(lo) = <&[f32; PANEL]>::try_from(&s.v_rows[b][run.clone()]) else {
+                    unreachable!("a panel is PANEL columns")
+                };
+                let hi = (2 * p + 1 < x.channels)
+                    .then(|| <&[f32; PANEL]>::try_from(&s.v_rows[4 + b][run]).ok())
+                    .flatten();
+                gemm_bf16::pack_pair(lo, hi, &mut v[(j * pairs + p) * PANEL..][..PANEL]);
+            }
+        }
+    }
+}
+
+/// Adds the product `M[a, b]` of rows `row0..` (`product`, `cols` per row) into the four output
+/// planes (`C_out x cols` each) with `Aᵀ`'s coefficients.
+fn fold(product: &[f32], a: usize, b: usize, row0: usize, m: usize, planes: &mut [f32]) {
+    let cols = planes.len() / (4 * m);
+    for (dy, at_y) in AT.iter().enumerate() {
+        for (dx, at_x) in AT.iter().enumerate() {
+            let coef = at_y[a] * at_x[b];
+            if coef == 0.0 {
+                continue;
+            }
+            let plane = &mut planes[(2 * dy + dx) * m * cols..][..m * cols];
+            let dst = &mut plane[row0 * cols..row0 * cols + product.len()];
+            if coef > 0.0 {
+                dst.iter_mut().zip(product).for_each(|(d, &p)| *d += p);
+            } else {
+                dst.iter_mut().zip(product).for_each(|(d, &p)| *d -= p);
+            }
+        }
+    }
+}
+
+/// Writes the pixels of tiles `first..first + cols` of image `image` from the output planes into
+/// C (`[images, C_out, H_out, W_out]`), bias added.
+///
+/// # Safety
+/// Those pixels of C are writable and written by no other thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn write_tiles(
+    planes: &[f32],
+    m: usize,
+    image: usize,
+    first: usize,
+    cols: usize,
+    tiles: Tiles,
+    bias: Option<&[f32]>,
+    c: CPtr,
+) {
+    let (out_h, out_w) = tiles.out;
+    for r in 0..m {
+        let add = bias.map_or(0.0, |b| b[r]);
+        for (ty, tx, n, at) in tiles.segments(first, cols) {
+            for dy in 0..2 {
+                let y = 2 * ty + dy;
+                if y >= out_h {
+                    break;
+                }
+                let x0 = 2 * tx;
+                let width = (2 * n).min(out_w - x0);
+                // SAFETY: row y < out_h, columns x0..x0 + width <= out_w of channel r of image
+                // `image` belong to this task's tiles (the caller's promise); seen as
+                // `MaybeUninit`, as C is not initialised yet.
+                let dst: &mut [MaybeUninit<f32>] = unsafe {
+                    let at = ((image * m + r) * out_h + y) * out_w + x0;
+                    std::slice::from_raw_parts_mut(c.get().add(at).cast(), width)
+                };
+                let even = &planes[(2 * dy) * m * cols + r * cols + at..][..n];
+                let odd = &planes[(2 * dy + 1) * m * cols + r * cols + at..][..n];
+                for (x, d) in dst.iter_mut().enumerate() {
+                    let v = if x % 2 == 0 { even[x / 2] } else { odd[x / 2] };
+                    d.write(v + add);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Module, Tensor};
+    use candle_nn::Conv2dConfig;
+
+    use super::*;
+
+    #[test]
+    fn matches_the_f32_convolution_within_bf16_rounding() {
+        gemm_bf16::enable_in_this_test();
+        if !gemm_bf16::available() {
+            // No bf16 kernel on this CPU: nothing here runs.
+            return;
+        }
+        let dev = Device::Cpu;
+        // (batch, C_in, H, W), C_out, padding, upsample.
+        let shapes = [
+            // Odd sizes and an odd C_in (a channel without its pair) ...
+            ((2, 5, 7, 9), 3, 1, 1),
+            // ... no padding, ...
+            ((1, 4, 10, 8), 17, 0, 1),
+            // ... read through the upsampling, with more output channels than one row chunk,
+            ((2, 3, 5, 7), 130, 1, 2),
+            // ... several tile groups, each spanning tile rows, ...
+            ((1, 8, 40, 50), 9, 1, 1),
+            // ... a wider padding.
+            ((1, 40, 9, 33), 6, 2, 1),
+        ];
+        for ((batch, c_in, h, w), c_out, padding, upsample) in shapes {
+            let xs = Tensor::randn(0f32, 1.0, (batch, c_in, h, w), &dev).unwrap();
+            let weight = Tensor::randn(0f32, 1.0, (c_out, c_in, 3, 3), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, c_out, &dev).unwrap();
+            let config = Conv2dConfig {
+                padding,
+                ..Default::default()
+            };
+            let upsampled = xs.upsample_nearest2d(h * upsample, w * upsample).unwrap();
+            let expected = candle_nn::Conv2d::new(weight.clone(), Some(bias.clone()), config)
+                .forward(&upsampled)
+                .unwrap();
+            let packed = pack_weight(&weight.to_dtype(DType::BF16).unwrap()).unwrap();
+            let data = xs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let input = Input {
+                data: &data,
+                images: batch,
+                channels: c_in,
+                height: h * upsample,
+                width: w * upsample,
+                padding,
+                upsample,
+            };
+            let got = conv(&packed, &input, Some(&bias.to_vec1::<f32>().unwrap())).unwrap();
+            assert_eq!(got.dims(), expected.dims());
+            // The direct form in bf16 (rounded operands, f32 sums) against the same f32
+            // convolution: Winograd's transforms round sums and differences of neighbours, about
+            // twice the direct form's error (measured 1.6-2x in the mean).
+            let round = |t: &Tensor| {
+                t.to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+            };
+            let direct = candle_nn::Conv2d::new(round(&weight), Some(bias), config)
+                .forward(&round(&upsampled))
+                .unwrap();
+            let mean = |a: &Tensor| {
+                let d = (a - &expected).unwrap().abs().unwrap();
+                d.mean_all().unwrap().to_scalar::<f32>().unwrap()
+            };
+            let (max, direct_max) = (
+                crate::ops::max_abs_diff(&got, &expected),
+                crate::ops::max_abs_diff(&direct, &expected),
+            );
+            let (mean, direct_mean) = (mean(&got), mean(&direct));
+            assert!(
+                mean < 2.5 * direct_mean && max < 5.0 * direct_max,
+                "{c_in}->{c_out}: mean diff {mean} (direct {direct_mean}), max {max} ({direct_max})"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kernel_other_than_3x3_or_a_wrong_bias_is_an_error() {
+        gemm_bf16::enable_in_this_test();
+        let dev = Device::Cpu;
+        let weight = Tensor::zeros((2, 2, 1, 1), DType::F32, &dev).unwrap();
+        let err = pack_weight(&weight).unwrap_err().to_string();
+        assert!(err.contains("3x3 kernel, not 1x1"), "{err}");
+        if !gemm_bf16::available() {
+            return;
+        }
+        let packed = pack_weight(&Tensor::zeros((2, 2, 3, 3), DType::F32, &dev).unwrap()).unwrap();
+        let data = vec![0f32; 2 * 4 * 4];
+        let input = Input {
+            data: &data,
+            images: 1,
+            channels: 2,
+            height: 4,
+            width: 4,
+            padding: 1,
+            upsample: 1,
+        };
+        let err = conv(&packed, &input, Some(&[0.0; 3]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bias has 3 values for 2 output channels"),
+            "{err}"
+        );
+        let three = Input {
+            channels: 3,
+            ..input
+        };
+        assert!(conv(&packed, &three, None).is_err());
+    }
+}
