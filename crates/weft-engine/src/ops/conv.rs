@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use crate::ops::cast;
 use crate::ops::gemm_bf16::{self, Packed, PackedWeight, PANEL};
-use crate::ops::winograd::{self, WinogradWeight};
+use crate::ops::winograd::{self, Precision, WinogradWeight};
 
 /// Most floats one im2col chunk may hold (8 MiB). In `benches/ops.rs` this beat 4, 6 and 8 Mi
 /// floats at the VAE's 256- and 128-channel shapes (by 15-25%) and tied at the UNet's; 16 Mi and
@@ -93,10 +93,16 @@ impl Conv2d {
     /// when it applies, the f32 one on the widened weight otherwise.
     fn cpu_forward(&self, xs: &Tensor, upsample: usize) -> Result<Tensor> {
         let bias = cast::operand_opt(self.bias.as_ref(), xs)?;
-        if gemm_bf16::applies(xs, &self.weight) {
-            if let Some(out) = self.winograd_forward(xs, bias.as_ref(), upsample)? {
-                return Ok(out);
-            }
+        let bf16 = gemm_bf16::applies(xs, &self.weight);
+        let precision = if bf16 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+        if let Some(out) = self.winograd_forward(xs, bias.as_ref(), upsample, precision)? {
+            return Ok(out);
+        }
+        if bf16 {
             let packed = self
                 .packed
                 .get_or_pack(|| gemm_bf16::pack_lhs(&self.weight.flatten_from(1)?))?;
@@ -128,6 +134,7 @@ impl Conv2d {
         xs: &Tensor,
         bias: Option<&Tensor>,
         upsample: usize,
+        precision: Precision,
     ) -> Result<Option<Tensor>> {
         let (images, channels, h, w) = xs.dims4()?;
         let (_, _, kh, kw) = self.weight.dims4()?;
@@ -135,12 +142,16 @@ impl Conv2d {
         let (height, width) = (h * upsample, w * upsample);
         let pixels = (height + 2 * c.padding).saturating_sub(kh - 1)
             * (width + 2 * c.padding).saturating_sub(kw - 1);
-        if c.groups != 1 || !winograd::applies((kh, kw), c.stride, c.dilation, pixels) {
+        if c.groups != 1 || !winograd::applies(precision, (kh, kw), c.stride, c.dilation, pixels) {
             return Ok(None);
         }
         let weight = self
             .winograd
-            .get_or_pack(|| winograd::pack_weight(&self.weight))?;
+            .get_or_pack(|| winograd::pack_weight(&self.weight, precision))?;
+        if weight.precision() != precision {
+            // Packed for the other kernel (the bf16 switch changed since): the direct form.
+            return Ok(None);
+        }
         let xs = xs.contiguous()?;
         let (storage, layout) = xs.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else {

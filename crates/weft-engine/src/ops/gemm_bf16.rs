@@ -58,11 +58,15 @@ const AMX_ROWS: usize = 32;
 /// k pairs per AMX tile.
 const AMX_PAIRS: usize = 16;
 
-/// The kernel a CPU runs.
+/// The kernel an operand is packed for: the bf16 kernel the CPU runs, or (for
+/// [`pack_lhs_f32`] only) the f32 one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isa {
     Amx,
     Avx512,
+    /// AVX-512F multiply-adds on f32 words, the AVX512_BF16 kernel's blocking and tasks
+    /// (Winograd's f32 products, [`crate::ops::winograd`]).
+    F32,
 }
 
 /// The best kernel this CPU runs: AMX-BF16 (with AVX512_BF16 for the packing), else
@@ -138,7 +142,7 @@ pub fn kernel_name() -> &'static str {
     match isa() {
         Some(Isa::Amx) => "amx",
         Some(Isa::Avx512) => "avx512bf16",
-        None => "none",
+        Some(Isa::F32) | None => "none",
     }
 }
 
@@ -342,6 +346,29 @@ pub fn pack_lhs(t: &Tensor) -> Result<Packed> {
     with_view(t, false, |v| pack(v, Role::Lhs, isa))
 }
 
+/// Whether [`pack_lhs_f32`] can: a CPU with AVX-512F. `WEFT_F32_KERNEL=off` says no.
+pub fn f32_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            std::env::var("WEFT_F32_KERNEL").as_deref() != Ok("off")
+                && is_x86_feature_detected!("avx512f")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `t` `[m, k]` (f32 or bf16) packed as the left operand of the f32 kernel (one f32 word per
+/// element): [`sum_tile`] then multiplies it by B panels of f32 words.
+pub fn pack_lhs_f32(t: &Tensor) -> Result<Packed> {
+    if !f32_available() {
+        candle_core::bail!("no AVX-512F on this CPU for the f32 kernel");
+    }
+    with_view(t, false, |v| pack(v, Role::Lhs, Isa::F32))
+}
+
 /// `t` `[k, n]` packed as the right operand (a linear layer's weight, transposed).
 pub fn pack_rhs(t: &Tensor) -> Result<Packed> {
     let isa = isa_or_err()?;
@@ -497,6 +524,7 @@ impl Tiles {
                 ldo,
                 accumulate,
             ),
+            Kernel::F32 => unreachable!("`Tiles::new` takes the CPU's bf16 kernel"),
             Kernel::Avx512 => {
                 assert!(
                     out.len() >= (TILE_ROWS - 1) * ldo + NR,
@@ -751,13 +779,13 @@ fn row_tasks(view: View, b: &Packed, bias: Option<&[f32]>) -> Result<Tensor> {
                             place_row_in_tiles(words, r, pairs, a_rows);
                         }
                     }
-                    Isa::Avx512 => {
+                    Isa::Avx512 | Isa::F32 => {
                         for (i, dst) in a_rows.chunks_mut(MR * pairs).take(units.len()).enumerate()
                         {
                             if (i + 1) * MR > rows {
                                 dst.fill(0);
                             }
-                            pack_panel(&view, row0 + i * MR, MR, dst);
+                            pack_lines(&view, row0 + i * MR, MR, b.isa, dst);
                         }
                     }
                 }
@@ -856,12 +884,16 @@ fn product(a: &Packed, b: &Packed) -> Result<Tensor> {
 /// Packs `view` as `role` for `isa`'s kernel, the panels in parallel.
 fn pack(view: View, role: Role, isa: Isa) -> Packed {
     let (width, pair_multiple, line_multiple) = match (isa, role) {
-        (Isa::Avx512, Role::Lhs) => (MR, 1, 1),
-        (Isa::Avx512, Role::Rhs) => (NR, 1, 1),
+        (Isa::Avx512 | Isa::F32, Role::Lhs) => (MR, 1, 1),
+        (Isa::Avx512 | Isa::F32, Role::Rhs) => (NR, 1, 1),
         (Isa::Amx, Role::Lhs) => (1, AMX_PAIRS, AMX_ROWS),
         (Isa::Amx, Role::Rhs) => (NR, AMX_PAIRS, 1),
     };
-    let pairs = view.depth.div_ceil(2).next_multiple_of(pair_multiple);
+    let words = match isa {
+        Isa::F32 => view.depth,
+        Isa::Amx | Isa::Avx512 => view.depth.div_ceil(2),
+    };
+    let pairs = words.next_multiple_of(pair_multiple);
     let panels = view.lines.next_multiple_of(line_multiple).div_ceil(width);
     let mut data = vec![0u32; panels * pairs * width];
     if pairs > 0 && view.lines > 0 {
@@ -871,7 +903,8 @@ fn pack(view: View, role: Role, isa: Isa) -> Packed {
             .enumerate()
             .for_each(|(task, chunk)| {
                 for (i, dst) in chunk.chunks_mut(pairs * width).enumerate() {
-                    pack_panel(&view, (task * per_task + i) * width, width, dst);
+                    let first = (task * per_task + i) * width;
+                    pack_lines(&view, first, width, isa, dst);
                 }
             });
     }
@@ -907,6 +940,27 @@ fn amx_tile_order(rows: &[u32], pairs: usize) -> Vec<u32> {
             }
         });
     out
+}
+
+/// Packs lines `first..first + width` of `view` as one panel for `isa`'s kernel.
+fn pack_lines(view: &View, first: usize, width: usize, isa: Isa, dst: &mut [u32]) {
+    match isa {
+        Isa::F32 => pack_panel_f32(view, first, width, dst),
+        Isa::Amx | Isa::Avx512 => pack_panel(view, first, width, dst),
+    }
+}
+
+/// Lines `first..first + width` (those that exist) as f32 words into `dst` (zero on entry).
+fn pack_panel_f32(view: &View, first: usize, width: usize, dst: &mut [u32]) {
+    for l in 0..width.min(view.lines.saturating_sub(first)) {
+        for kk in 0..view.depth {
+            let at = (first + l) * view.line_stride + kk * view.depth_stride;
+            dst[kk * width + l] = match view.data {
+                Elems::F32(d) => d[at].to_bits(),
+                Elems::Bf16(d) => d[at].to_f32().to_bits(),
+            };
+        }
+    }
 }
 
 /// Packs lines `first..first + width` (those that exist) into `dst` (zero on entry).
@@ -1076,7 +1130,7 @@ impl<'a> From<&'a Packed> for ARows<'a> {
 fn unit_rows(isa: Isa) -> usize {
     match isa {
         Isa::Amx => AMX_ROWS,
-        Isa::Avx512 => MR,
+        Isa::Avx512 | Isa::F32 => MR,
     }
 }
 
@@ -1085,14 +1139,16 @@ fn unit_rows(isa: Isa) -> usize {
 fn chunk_units(isa: Isa) -> usize {
     match isa {
         Isa::Amx => AMX_MC_BLOCKS,
-        Isa::Avx512 => MC_PANELS,
+        Isa::Avx512 | Isa::F32 => MC_PANELS,
     }
 }
 
-/// A task's kernel: the AMX tiles configured on its thread, or the AVX512_BF16 micro-kernel.
+/// A task's kernel: the AMX tiles configured on its thread, the AVX512_BF16 micro-kernel, or
+/// its f32 twin.
 pub(crate) enum Kernel {
     Amx(AmxTiles),
     Avx512,
+    F32,
 }
 
 impl Kernel {
@@ -1104,6 +1160,7 @@ impl Kernel {
                 None => unreachable!("operands were packed for the AMX kernel, so the CPU has it"),
             },
             Isa::Avx512 => Self::Avx512,
+            Isa::F32 => Self::F32,
         }
     }
 
@@ -1111,7 +1168,7 @@ impl Kernel {
     fn pass(&self) -> usize {
         match self {
             Self::Amx(_) => AMX_KC,
-            Self::Avx512 => KC,
+            Self::Avx512 | Self::F32 => KC,
         }
     }
 
@@ -1120,26 +1177,23 @@ impl Kernel {
     fn unit(&mut self, a: &[u32], b: &[u32], depth: usize, out: &mut [f32], ldo: usize, add: bool) {
         match self {
             Self::Amx(tiles) => tiles.block(a, b, depth, out, ldo, add),
-            Self::Avx512 => {
+            Self::Avx512 | Self::F32 => {
                 assert!(a.len() >= depth * MR && b.len() >= depth * NR);
                 assert!(
                     out.len() >= (MR - 1) * ldo + NR,
                     "the block lies inside `out`"
                 );
+                let (c, f32) = (out.as_mut_ptr(), matches!(self, Self::F32));
                 // SAFETY: `Self::Avx512` exists only for operands packed after `isa()` found
-                // AVX-512F and AVX512_BF16; the panels hold `depth` pairs and `out` the
-                // `MR x NR` block (asserted above).
+                // AVX-512F and AVX512_BF16, `Self::F32` only after `f32_available()` found
+                // AVX-512F; the panels hold `depth` words and `out` the `MR x NR` block
+                // (asserted above).
                 unsafe {
-                    simd::kernel::<MR, 1, MR, { 16 * MR }>(
-                        depth,
-                        a,
-                        b,
-                        out.as_mut_ptr(),
-                        ldo,
-                        MR,
-                        NR,
-                        add,
-                    )
+                    if f32 {
+                        simd::kernel_f32::<MR, 1, MR, { 16 * MR }>(depth, a, b, c, ldo, MR, NR, add)
+                    } else {
+                        simd::kernel::<MR, 1, MR, { 16 * MR }>(depth, a, b, c, ldo, MR, NR, add)
+                    }
                 }
             }
         }
@@ -1536,6 +1590,56 @@ mod simd {
         cols: usize,
         accumulate: bool,
     ) {
+        // SAFETY: the caller's promise, and this function's features.
+        unsafe { body::<R, ROW, PAIR, GROUP, false>(depth, a, b, c, ldc, rows, cols, accumulate) }
+    }
+
+    /// [`kernel`] on f32 words (one element each instead of a pair): one `vfmadd` per word and
+    /// accumulator where [`kernel`] has one `vdpbf16ps`.
+    ///
+    /// # Safety
+    /// As [`kernel`]'s, with AVX-512F only, and words for pairs.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel_f32<
+        const R: usize,
+        const ROW: usize,
+        const PAIR: usize,
+        const GROUP: usize,
+    >(
+        depth: usize,
+        a: &[u32],
+        b: &[u32],
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: the caller's promise, and this function's features (the bf16 instruction is
+        // not compiled in: `F32` is a constant).
+        unsafe { body::<R, ROW, PAIR, GROUP, true>(depth, a, b, c, ldc, rows, cols, accumulate) }
+    }
+
+    /// [`kernel`] and [`kernel_f32`], inlined into each with its features.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn body<
+        const R: usize,
+        const ROW: usize,
+        const PAIR: usize,
+        const GROUP: usize,
+        const F32: bool,
+    >(
+        depth: usize,
+        a: &[u32],
+        b: &[u32],
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
         let last = depth
             .checked_sub(1)
             .map_or(0, |p| (p / 16) * GROUP + (p % 16) * PAIR);
@@ -1555,14 +1659,21 @@ mod simd {
                     }
                     let a = a.add(g * GROUP + q * PAIR);
                     for (r, row) in acc.iter_mut().enumerate() {
-                        let av: __m512bh =
-                            std::mem::transmute(_mm512_set1_epi32(*a.add(r * ROW) as i32));
+                        let word = _mm512_set1_epi32(*a.add(r * ROW) as i32);
                         for (x, bx) in row.iter_mut().zip(bv) {
-                            *x = _mm512_dpbf16_ps(
-                                *x,
-                                av,
-                                std::mem::transmute::<__m512i, __m512bh>(bx),
-                            );
+                            *x = if F32 {
+                                _mm512_fmadd_ps(
+                                    _mm512_castsi512_ps(word),
+                                    _mm512_castsi512_ps(bx),
+                                    *x,
+                                )
+                            } else {
+                                _mm512_dpbf16_ps(
+                                    *x,
+                                    std::mem::transmute::<__m512i, __m512bh>(word),
+                                    std::mem::transmute::<__m512i, __m512bh>(bx),
+                                )
+                            };
                         }
                     }
                 }
@@ -1604,6 +1715,24 @@ mod simd {
     }
     pub(super) unsafe fn round_rows_to_tiles(_: &[f32], _: usize, _: usize, _: &mut [u32]) {
         unreachable!("available() is false off x86_64")
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel_f32<
+        const R: usize,
+        const ROW: usize,
+        const PAIR: usize,
+        const GROUP: usize,
+    >(
+        _: usize,
+        _: &[u32],
+        _: &[u32],
+        _: *mut f32,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: bool,
+    ) {
+        unreachable!("f32_available() is false off x86_64")
     }
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn kernel<
@@ -1648,7 +1777,7 @@ mod tests {
         match isa() {
             Some(Isa::Amx) => vec![Isa::Amx, Isa::Avx512],
             Some(Isa::Avx512) => vec![Isa::Avx512],
-            None => vec![],
+            Some(Isa::F32) | None => vec![],
         }
     }
 

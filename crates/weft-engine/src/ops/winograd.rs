@@ -48,16 +48,32 @@ const G: [[f32; 3]; 4] = [
 /// panels of `V` for one row of `Bᵀ` and one product stay in L2.
 const OUT_BYTES: usize = 512 << 10;
 
+/// The products' precision: bf16 operands (the bf16 kernel, for bf16 weights) or f32 (the f32
+/// kernel, AVX-512F).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Precision {
+    Bf16,
+    F32,
+}
+
 /// Whether a convolution goes through [`conv`]: 3x3, stride 1, no dilation, and enough output
 /// pixels (128x128 and more: the VAE's upper levels, SDXL's first UNet level at 1024²) that the
-/// 16 packed copies of its weight (16/9 of the direct form's) pay for themselves.
+/// 16 packed copies of its weight (16/9 of the direct form's) pay for themselves; in f32, on a
+/// CPU with AVX-512F. `WEFT_WINOGRAD=off` turns it off.
 pub(crate) fn applies(
+    precision: Precision,
     kernel: (usize, usize),
     stride: usize,
     dilation: usize,
     pixels: usize,
 ) -> bool {
-    kernel == (3, 3) && stride == 1 && dilation == 1 && pixels >= 128 * 128
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("WEFT_WINOGRAD").as_deref() == Ok("off"));
+    !off && (precision == Precision::Bf16 || gemm_bf16::f32_available())
+        && kernel == (3, 3)
+        && stride == 1
+        && dilation == 1
+        && pixels >= 128 * 128
 }
 
 /// A layer's weight transformed and packed for [`conv`].
@@ -66,6 +82,14 @@ pub struct WinogradWeight {
     terms: Vec<Packed>,
     c_out: usize,
     c_in: usize,
+    precision: Precision,
+}
+
+impl WinogradWeight {
+    /// The precision it was packed for.
+    pub(crate) fn precision(&self) -> Precision {
+        self.precision
+    }
 }
 
 impl std::fmt::Debug for WinogradWeight {
@@ -74,8 +98,9 @@ impl std::fmt::Debug for WinogradWeight {
     }
 }
 
-/// `weight` (`[C_out, C_in, 3, 3]`, any float dtype) as the 16 packed `U[ξ] = (G g Gᵀ)[a, b]`.
-pub fn pack_weight(weight: &Tensor) -> Result<WinogradWeight> {
+/// `weight` (`[C_out, C_in, 3, 3]`, any float dtype) as the 16 packed `U[ξ] = (G g Gᵀ)[a, b]`
+/// (computed in f32, then rounded for `precision`).
+pub(crate) fn pack_weight(weight: &Tensor, precision: Precision) -> Result<WinogradWeight> {
     let (c_out, c_in, kh, kw) = weight.dims4()?;
     if (kh, kw) != (3, 3) {
         candle_core::bail!("a Winograd F(2x2, 3x3) convolution needs a 3x3 kernel, not {kh}x{kw}");
@@ -95,9 +120,20 @@ pub fn pack_weight(weight: &Tensor) -> Result<WinogradWeight> {
     }
     let terms = u
         .into_iter()
-        .map(|u| gemm_bf16::pack_lhs(&Tensor::from_vec(u, (c_out, c_in), &Device::Cpu)?))
+        .map(|u| {
+            let u = Tensor::from_vec(u, (c_out, c_in), &Device::Cpu)?;
+            match precision {
+                Precision::Bf16 => gemm_bf16::pack_lhs(&u),
+                Precision::F32 => gemm_bf16::pack_lhs_f32(&u),
+            }
+        })
         .collect::<Result<_>>()?;
-    Ok(WinogradWeight { terms, c_out, c_in })
+    Ok(WinogradWeight {
+        terms,
+        c_out,
+        c_in,
+        precision,
+    })
 }
 
 /// The input of [`conv`]: `[images, C_in, H, W]` f32, contiguous, read through nearest
@@ -207,7 +243,7 @@ pub fn conv(w: &WinogradWeight, x: &Input, bias: Option<&[f32]>) -> Result<Tenso
             let mut kernel = w.terms[0].kernel();
             s.planes.fill(0.0);
             for a in 0..4 {
-                transform_input(x, image, a, first, cols, geometry, pairs, s);
+                transform_input(x, image, a, first, cols, geometry, w.precision, pairs, s);
                 for b in 0..4 {
                     let term = &w.terms[4 * a + b];
                     let v = &s.v[b * panels * pairs * PANEL..(b + 1) * panels * pairs * PANEL];
@@ -273,7 +309,8 @@ impl Tiles {
 }
 
 /// Packs `V[a, b] = (Bᵀ d B)[a, b]` for the four `b` of row `a`, for tiles `first..first + cols`
-/// of image `image` (zero past the last tile), into `s.v`: channel pairs as bf16 pairs.
+/// of image `image` (zero past the last tile), into `s.v`: `words` per tile, channel pairs as
+/// bf16 pairs or channels as f32 words.
 #[allow(clippy::too_many_arguments)]
 fn transform_input(
     x: &Input,
@@ -282,14 +319,19 @@ fn transform_input(
     first: usize,
     cols: usize,
     tiles: Tiles,
-    pairs: usize,
+    precision: Precision,
+    words: usize,
     s: &mut Scratch,
 ) {
     let panels = cols / PANEL;
     let [(i1, s1), (i2, s2)] = BT[a];
-    for p in 0..pairs {
-        for half in 0..2 {
-            let channel = 2 * p + half;
+    let per_word = match precision {
+        Precision::Bf16 => 2,
+        Precision::F32 => 1,
+    };
+    for p in 0..words {
+        for half in 0..per_word {
+            let channel = per_word * p + half;
             let v_rows = &mut s.v_rows[4 * half..4 * half + 4];
             for row in v_rows.iter_mut() {
                 row.fill(0.0);
@@ -317,16 +359,23 @@ fn transform_input(
             }
         }
         for b in 0..4 {
-            let v = &mut s.v[b * panels * pairs * PANEL..(b + 1) * panels * pairs * PANEL];
+            let v = &mut s.v[b * panels * words * PANEL..(b + 1) * panels * words * PANEL];
             for j in 0..panels {
                 let run = j * PANEL..(j + 1) * PANEL;
+                let dst = &mut v[(j * words + p) * PANEL..][..PANEL];
+                if precision == Precision::F32 {
+                    for (d, &x) in dst.iter_mut().zip(&s.v_rows[b][run]) {
+                        *d = x.to_bits();
+                    }
+                    continue;
+                }
                 let Ok(lo) = <&[f32; PANEL]>::try_from(&s.v_rows[b][run.clone()]) else {
                     unreachable!("a panel is PANEL columns")
                 };
                 let hi = (2 * p + 1 < x.channels)
                     .then(|| <&[f32; PANEL]>::try_from(&s.v_rows[4 + b][run]).ok())
                     .flatten();
-                gemm_bf16::pack_pair(lo, hi, &mut v[(j * pairs + p) * PANEL..][..PANEL]);
+                gemm_bf16::pack_pair(lo, hi, dst);
             }
         }
     }
@@ -438,7 +487,8 @@ mod tests {
             let expected = candle_nn::Conv2d::new(weight.clone(), Some(bias.clone()), config)
                 .forward(&upsampled)
                 .unwrap();
-            let packed = pack_weight(&weight.to_dtype(DType::BF16).unwrap()).unwrap();
+            let packed =
+                pack_weight(&weight.to_dtype(DType::BF16).unwrap(), Precision::Bf16).unwrap();
             let data = xs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let input = Input {
                 data: &data,
@@ -449,7 +499,8 @@ mod tests {
                 padding,
                 upsample,
             };
-            let got = conv(&packed, &input, Some(&bias.to_vec1::<f32>().unwrap())).unwrap();
+            let bias_values = bias.to_vec1::<f32>().unwrap();
+            let got = conv(&packed, &input, Some(&bias_values)).unwrap();
             assert_eq!(got.dims(), expected.dims());
             // The direct form in bf16 (rounded operands, f32 sums) against the same f32
             // convolution: Winograd's transforms round sums and differences of neighbours, about
@@ -476,6 +527,17 @@ mod tests {
                 mean < 2.5 * direct_mean && max < 5.0 * direct_max,
                 "{c_in}->{c_out}: mean diff {mean} (direct {direct_mean}), max {max} ({direct_max})"
             );
+            if gemm_bf16::f32_available() {
+                // In f32 only the order of the sums differs.
+                let packed = pack_weight(&weight, Precision::F32).unwrap();
+                let got = conv(&packed, &input, Some(&bias_values)).unwrap();
+                let max = crate::ops::max_abs_diff(&got, &expected);
+                let spread = (9.0 * c_in as f32).sqrt();
+                assert!(
+                    max < 1e-5 * spread,
+                    "{c_in}->{c_out} in f32: max diff {max}"
+                );
+            }
         }
     }
 
@@ -484,12 +546,15 @@ mod tests {
         gemm_bf16::enable_in_this_test();
         let dev = Device::Cpu;
         let weight = Tensor::zeros((2, 2, 1, 1), DType::F32, &dev).unwrap();
-        let err = pack_weight(&weight).unwrap_err().to_string();
+        let err = pack_weight(&weight, Precision::Bf16)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("3x3 kernel, not 1x1"), "{err}");
         if !gemm_bf16::available() {
             return;
         }
-        let packed = pack_weight(&Tensor::zeros((2, 2, 3, 3), DType::F32, &dev).unwrap()).unwrap();
+        let weight = Tensor::zeros((2, 2, 3, 3), DType::F32, &dev).unwrap();
+        let packed = pack_weight(&weight, Precision::Bf16).unwrap();
         let data = vec![0f32; 2 * 4 * 4];
         let input = Input {
             data: &data,
