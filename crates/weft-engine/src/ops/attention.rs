@@ -10,15 +10,16 @@
 //! sum per query, [`crate::ops::math::exp`]), and are multiplied into the queries' f32 outputs
 //! by a second register-tiled kernel; nothing of size N x M is ever stored. The kernels are
 //! generic over `pulp`'s SIMD types (AVX-512, AVX2, NEON, scalar), picked at run time. Inside a
-//! layer with bf16 weights under `--dtype bf16` on a CPU with AMX ([`scaled_dot_product_in_layer`])
-//! both products run in bf16 on AMX tiles instead (`attention_amx`). Other devices and dtypes keep
+//! layer with bf16 weights under `--dtype bf16` on a CPU with AMX-BF16 or AVX512_BF16
+//! ([`scaled_dot_product_in_layer`])
+//! both products run in bf16 (AMX tiles or AVX512_BF16) instead (`attention_bf16`). Other devices and dtypes keep
 //! the plain form with the softmax in f32.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::ops::attention_amx;
+use crate::ops::attention_bf16;
 use crate::ops::gemm_bf16;
 use crate::ops::math::{exp, exp_minus_sum, lanes_max};
 
@@ -39,7 +40,7 @@ pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> 
 /// [`scaled_dot_product`] inside a layer whose projections have the weight `weight`: where
 /// that layer multiplies in bf16 (`--dtype bf16` on a CPU whose bf16 matmul uses AMX, see
 /// [`crate::ops::gemm_bf16::applies`]), both products of the attention are bf16 too, the
-/// softmax f32 (`attention_amx`), as under PyTorch's bf16 autocast. Layers with f32 weights
+/// softmax f32 (`attention_bf16`), as under PyTorch's bf16 autocast. Layers with f32 weights
 /// keep f32 products whatever other models run.
 pub fn scaled_dot_product_in_layer(
     weight: &Tensor,
@@ -47,12 +48,12 @@ pub fn scaled_dot_product_in_layer(
     k: &Tensor,
     v: &Tensor,
 ) -> Result<Tensor> {
-    let bf16 = gemm_bf16::applies(q, weight) && attention_amx::available();
+    let bf16 = gemm_bf16::applies(q, weight) && attention_bf16::available();
     scaled_dot_product_on(pulp::Arch::new(), q, k, v, bf16)
 }
 
 /// [`scaled_dot_product`] with the CPU kernel compiled for `arch`'s vectors (tests try each).
-/// `bf16`: the products in bf16 on AMX tiles (the caller checked `attention_amx::available`).
+/// `bf16`: the products in bf16 (the caller checked `attention_bf16::available`).
 fn scaled_dot_product_on(
     arch: pulp::Arch,
     q: &Tensor,
@@ -174,7 +175,7 @@ impl CustomOp3 for FlashAttention {
         let batch = q_layout.dims()[0];
         let mut out = vec![0f32; batch * q.rows * q.heads * v.dim];
         if self.bf16 && !out.is_empty() && k.rows > 0 {
-            attention_amx::run(&q, &k, &v, batch, self.scale, &mut out);
+            attention_bf16::run(&q, &k, &v, batch, self.scale, &mut out);
             return Ok((
                 CpuStorage::F32(out),
                 Shape::from_dims(&[batch, q.rows, q.heads, v.dim]),
@@ -601,14 +602,14 @@ mod tests {
         }
     }
 
-    /// Under `--dtype bf16` with AMX: within bf16 rounding of the f32 result, and closer still
+    /// Under `--dtype bf16` (AMX or AVX512_BF16): within bf16 rounding of the f32 result, and closer still
     /// to the f32 attention of the queries, keys and values rounded to bf16 (what is left is
     /// the probabilities' rounding).
     #[test]
-    fn bf16_on_amx_matches_the_plain_form_within_rounding() {
+    fn bf16_products_match_the_plain_form_within_rounding() {
         crate::ops::gemm_bf16::enable_in_this_test();
-        if !crate::ops::attention_amx::available() {
-            println!("no AMX here: the f32 kernel ran");
+        if !crate::ops::attention_bf16::available() {
+            println!("no bf16 kernel here: the f32 kernel ran");
             return;
         }
         let dev = Device::Cpu;

@@ -26,8 +26,11 @@
 //!   issues at about half the rate of f32 FMAs (measured), so there it is slower than the f32
 //!   path and only AMX pays; on Zen 4 it runs at twice the f32 rate.
 //!
-//! Either way C is split into tiles of `MC_PANELS x NC_PANELS` blocks which the rayon threads
-//! share, each tile written by one thread only.
+//! Either way C is split into tiles (a task's chunk of A's rows by a group of B panels) which
+//! the rayon threads share, each summed by one thread in passes over k ([`sum_tile`]) into a
+//! buffer of its own and written once. A convolution's tasks pack their own B panels straight
+//! from the image, a linear layer's their own rows of A. The AVX512_BF16 kernel has an f32 twin
+//! (`vfmadd` on f32 words in the same panels) that only [`crate::ops::winograd`] uses.
 //!
 //! With `allocator.rs`, the crate's only module with `unsafe` (SIMD intrinsics, AMX `asm!` and the
 //! disjoint writes into C); each block says why it holds.

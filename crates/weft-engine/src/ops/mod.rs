@@ -6,7 +6,7 @@
 //! candle's op did wrong.
 
 pub mod attention;
-mod attention_amx;
+mod attention_bf16;
 pub mod cast;
 pub mod conv;
 pub mod conv_transpose;

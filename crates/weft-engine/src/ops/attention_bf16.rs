@@ -1,10 +1,10 @@
-//! Flash attention with bf16 products on AMX tiles and the softmax in f32: what
-//! [`crate::ops::attention`] runs on the CPU under `--dtype bf16` where the bf16 matmul uses AMX
-//! (PyTorch's bf16 autocast does the same: bf16 products, f32 softmax statistics).
+//! Flash attention with bf16 products and the softmax in f32: what [`crate::ops::attention`]
+//! runs on the CPU under `--dtype bf16` (PyTorch's bf16 autocast does the same: bf16 products,
+//! f32 softmax statistics), on AMX tiles or, on Zen 4, the AVX512_BF16 micro-kernel ([`Tiles`]).
 //!
 //! The f32 flash kernel spends most of its time in the two products at the UNet's head size of
 //! 40, where the vector units do four multiply-adds per score and value. Here both products run
-//! on [`AmxTiles`]: a block of `TILE_ROWS` queries (rounded to bf16 pairs, scaled first) meets
+//! on [`Tiles`]: a block of `TILE_ROWS` queries (rounded to bf16 pairs, scaled first) meets
 //! the keys of one head in blocks of `KEYS`, packed once per head as AMX panels; each block's
 //! scores (`TILE_ROWS x KEYS` f32, 16 KiB) get the online softmax (running max and sum per
 //! query, [`crate::ops::math::exp`]) and, rounded to bf16, multiply the head's packed values into
@@ -216,7 +216,7 @@ impl Task {
             gemm_bf16::place_row_in_tiles(&self.words, i, dim_pairs, &mut self.queries);
         }
         let Some(mut tiles) = Tiles::new() else {
-            unreachable!("attention_amx::run is called only where a bf16 kernel is available")
+            unreachable!("attention_bf16::run is called only where a bf16 kernel is available")
         };
         for start in (0..keys).step_by(KEYS) {
             let len = KEYS.min(keys - start);
