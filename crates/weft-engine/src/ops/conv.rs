@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use crate::ops::cast;
 use crate::ops::gemm_bf16::{self, Packed, PackedWeight, PANEL};
-use crate::ops::winograd::{self, Precision, WinogradWeight};
+use crate::ops::winograd::{self, Plan, Precision, WinogradWeight};
 
 /// Most floats one im2col chunk may hold (8 MiB). In `benches/ops.rs` this beat 4, 6 and 8 Mi
 /// floats at the VAE's 256- and 128-channel shapes (by 15-25%) and tied at the UNet's; 16 Mi and
@@ -142,12 +142,19 @@ impl Conv2d {
         let (height, width) = (h * upsample, w * upsample);
         let pixels = (height + 2 * c.padding).saturating_sub(kh - 1)
             * (width + 2 * c.padding).saturating_sub(kw - 1);
-        if c.groups != 1 || !winograd::applies(precision, (kh, kw), c.stride, c.dilation, pixels) {
-            return Ok(None);
-        }
-        let weight = self
-            .winograd
-            .get_or_pack(|| winograd::pack_weight(&self.weight, precision))?;
+        let plan = winograd::plan(precision, (kh, kw), c.stride, c.dilation, pixels, images);
+        let per_call;
+        let weight = match plan {
+            _ if c.groups != 1 => return Ok(None),
+            None => return Ok(None),
+            Some(Plan::Kept) => self
+                .winograd
+                .get_or_pack(|| winograd::pack_weight(&self.weight, precision))?,
+            Some(Plan::PerCall) => {
+                per_call = winograd::pack_weight(&self.weight, precision)?;
+                &per_call
+            }
+        };
         if weight.precision() != precision {
             // Packed for the other kernel (the bf16 switch changed since): the direct form.
             return Ok(None);
@@ -933,11 +940,12 @@ mod tests {
                 .to_dtype(DType::F32)
                 .unwrap()
         };
+        // All below `winograd::plan`'s sizes: this is the direct form (`winograd` tests its own).
         let shapes = [
             ((2, 5, 7, 9), (6, 3, 3), cfg(1, 1, 1), 1),
             ((1, 4, 10, 8), (5, 3, 3), cfg(0, 2, 1), 1),
             ((2, 3, 5, 7), (33, 3, 3), cfg(1, 1, 1), 2),
-            ((2, 16, 120, 128), (8, 3, 3), cfg(1, 1, 1), 1),
+            ((1, 16, 60, 128), (8, 3, 3), cfg(1, 1, 1), 1),
             ((2, 64, 100, 100), (7, 1, 1), cfg(0, 1, 1), 1),
             ((3, 8, 6, 6), (15, 1, 1), cfg(0, 1, 1), 1),
             // Whole panels within one output row (copied runs), with an odd k ...

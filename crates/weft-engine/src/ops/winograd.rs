@@ -23,6 +23,7 @@
 use std::mem::MaybeUninit;
 
 use candle_core::{DType, Device, Result, Tensor};
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::ops::gemm_bf16::{self, ARows, CPtr, Packed, MAX_PANELS, PANEL};
@@ -56,24 +57,62 @@ pub(crate) enum Precision {
     F32,
 }
 
-/// Whether a convolution goes through [`conv`]: 3x3, stride 1, no dilation, and enough output
-/// pixels (128x128 and more: the VAE's upper levels, SDXL's first UNet level at 1024²) that the
-/// 16 packed copies of its weight (16/9 of the direct form's) pay for themselves; in f32, on a
-/// CPU with AVX-512F. `WEFT_WINOGRAD=off` turns it off.
-pub(crate) fn applies(
+/// How a convolution runs through [`conv`], if it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// With the layer's transformed weight, kept: large outputs (128x128 and more per image: the
+    /// VAE's upper levels, SDXL's first UNet level at 1024²), where the 16 packed copies of the
+    /// weight (16/9 of the direct form's) pay for themselves.
+    Kept,
+    /// With the weight transformed for this call only: smaller outputs with enough pixels in all
+    /// images ([`per_call_from`]: the SD1.5 UNet's upper levels with CFG), where the transform
+    /// costs little beside the products and keeping it would add 16/9 of the UNet's
+    /// convolutions.
+    PerCall,
+}
+
+/// Output pixels, over all images, from which a convolution runs as [`Plan::PerCall`]: in f32
+/// the SD1.5 UNet's 32x32 level with CFG and up (its step took 11.6-12.8 s without, 10.9 s from
+/// the 64x64 level, 9.8-10.0 s from the 32x32 level, 10.9 s from the 16x16 level); in bf16,
+/// whose products are twice as fast beside the same transforms, the 64x64 level (6.5-7.1 s
+/// against 7.3 s; 7.3-7.7 s from the 32x32 level). `WEFT_WINOGRAD_PER_CALL` overrides both.
+fn per_call_from(precision: Precision) -> usize {
+    static FROM: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let from = FROM.get_or_init(|| {
+        std::env::var("WEFT_WINOGRAD_PER_CALL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    from.unwrap_or(match precision {
+        Precision::F32 => 2 * 32 * 32,
+        Precision::Bf16 => 2 * 64 * 64,
+    })
+}
+
+/// Whether (and how) a convolution goes through [`conv`]: 3x3, stride 1, no dilation, a large
+/// enough output (`pixels` per image, of `images`); in f32, on a CPU with AVX-512F.
+/// `WEFT_WINOGRAD=off` turns it off.
+pub(crate) fn plan(
     precision: Precision,
     kernel: (usize, usize),
     stride: usize,
     dilation: usize,
     pixels: usize,
-) -> bool {
+    images: usize,
+) -> Option<Plan> {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var("WEFT_WINOGRAD").as_deref() == Ok("off"));
-    !off && (precision == Precision::Bf16 || gemm_bf16::f32_available())
+    let fits = !off
+        && (precision == Precision::Bf16 || gemm_bf16::f32_available())
         && kernel == (3, 3)
         && stride == 1
-        && dilation == 1
-        && pixels >= 128 * 128
+        && dilation == 1;
+    match () {
+        _ if !fits => None,
+        _ if pixels >= 128 * 128 => Some(Plan::Kept),
+        _ if pixels * images >= per_call_from(precision) => Some(Plan::PerCall),
+        _ => None,
+    }
 }
 
 /// A layer's weight transformed and packed for [`conv`].
@@ -106,20 +145,17 @@ pub(crate) fn pack_weight(weight: &Tensor, precision: Precision) -> Result<Winog
         candle_core::bail!("a Winograd F(2x2, 3x3) convolution needs a 3x3 kernel, not {kh}x{kw}");
     }
     let taps: Vec<f32> = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    // U[4a + b][oc] = Σ_ij G[a][i] g[i][j] G[b][j], one term per task.
     let mut u = vec![vec![0f32; c_out * c_in]; 16];
-    for (oc, g) in taps.chunks_exact(9).enumerate() {
-        // t = G g (4x3), then u = t Gᵀ (4x4).
-        let t: [[f32; 3]; 4] = std::array::from_fn(|a| {
-            std::array::from_fn(|j| (0..3).map(|i| G[a][i] * g[3 * i + j]).sum())
-        });
-        for (a, t) in t.iter().enumerate() {
-            for (b, gb) in G.iter().enumerate() {
-                u[4 * a + b][oc] = (0..3).map(|j| t[j] * gb[j]).sum();
-            }
+    u.par_iter_mut().enumerate().for_each(|(ab, u)| {
+        let (ga, gb) = (G[ab / 4], G[ab % 4]);
+        let coef: [f32; 9] = std::array::from_fn(|ij| ga[ij / 3] * gb[ij % 3]);
+        for (u, g) in u.iter_mut().zip(taps.chunks_exact(9)) {
+            *u = coef.iter().zip(g).map(|(c, g)| c * g).sum();
         }
-    }
+    });
     let terms = u
-        .into_iter()
+        .into_par_iter()
         .map(|u| {
             let u = Tensor::from_vec(u, (c_out, c_in), &Device::Cpu)?;
             match precision {
@@ -152,6 +188,7 @@ pub struct Input<'a> {
 impl Input<'_> {
     /// Input row `y` (after upsampling, before padding: may be out of range) of `channel`, at
     /// columns `x0..x0 + out.len()` (likewise), zero outside the image.
+    #[inline(always)]
     fn row(&self, image: usize, channel: usize, y: isize, x0: isize, out: &mut [f32]) {
         if y < 0 || y >= self.height as isize {
             out.fill(0.0);
@@ -185,8 +222,9 @@ struct Scratch {
     product: Vec<f32>,
     /// The four output planes (`2dy + dx`), `C_out x cols` each.
     planes: Vec<f32>,
-    /// Two input rows, their combination, and the four `V[a, b]` rows of two channels.
-    rows: [Vec<f32>; 3],
+    /// Two input rows, the even and odd columns of their combination, and the four `V[a, b]`
+    /// rows of two channels.
+    rows: [Vec<f32>; 4],
     v_rows: [Vec<f32>; 8],
 }
 
@@ -221,7 +259,6 @@ pub fn conv(w: &WinogradWeight, x: &Input, bias: Option<&[f32]>) -> Result<Tenso
     let groups = tiles.div_ceil(cols);
     let pairs = w.terms[0].pairs();
     let (unit, chunk) = (w.terms[0].unit_rows(), w.terms[0].chunk_units());
-    let units_m = m.div_ceil(unit);
     let scratch = || Scratch {
         v: vec![0; 4 * panels * pairs * PANEL],
         product: vec![0.0; chunk * unit * cols],
@@ -229,52 +266,102 @@ pub fn conv(w: &WinogradWeight, x: &Input, bias: Option<&[f32]>) -> Result<Tenso
         rows: std::array::from_fn(|_| vec![0.0; 2 * cols + 2]),
         v_rows: std::array::from_fn(|_| vec![0.0; cols]),
     };
-    let c_ptr = CPtr(c.spare_capacity_mut().as_mut_ptr().cast());
-    let geometry = Tiles {
-        width: tiles_w,
-        count: tiles,
-        out: (out_h, out_w),
+    let job = Job {
+        w,
+        x,
+        bias,
+        c: CPtr(c.spare_capacity_mut().as_mut_ptr().cast()),
+        tiles: Tiles {
+            width: tiles_w,
+            count: tiles,
+            out: (out_h, out_w),
+        },
+        panels,
+        groups,
     };
+    let arch = pulp::Arch::new();
     (0..x.images * groups)
         .into_par_iter()
         .for_each_init(scratch, |s, task| {
-            let (image, group) = (task / groups, task % groups);
-            let first = group * cols;
-            let mut kernel = w.terms[0].kernel();
-            s.planes.fill(0.0);
-            for a in 0..4 {
-                transform_input(x, image, a, first, cols, geometry, w.precision, pairs, s);
-                for b in 0..4 {
-                    let term = &w.terms[4 * a + b];
-                    let v = &s.v[b * panels * pairs * PANEL..(b + 1) * panels * pairs * PANEL];
-                    let panel = |j: usize, from: usize| {
-                        &v[(j * pairs + from) * PANEL..(j + 1) * pairs * PANEL]
-                    };
-                    for ch in 0..units_m.div_ceil(chunk) {
-                        let units = ch * chunk..((ch + 1) * chunk).min(units_m);
-                        let row0 = units.start * unit;
-                        let rows = (units.len() * unit).min(m - row0);
-                        gemm_bf16::sum_tile(
-                            &mut kernel,
-                            ARows::from(term),
-                            units,
-                            panels,
-                            panel,
-                            &mut s.product,
-                        );
-                        fold(&s.product[..rows * cols], a, b, row0, m, &mut s.planes);
-                    }
-                }
-            }
-            // SAFETY: the task's tiles `first..first + cols` of image `image` are its own (tasks
-            // differ in image or group), and `write_tiles` writes only their pixels, inside the
-            // `len` floats of `c`.
-            unsafe { write_tiles(&s.planes, m, image, first, cols, geometry, bias, c_ptr) };
+            arch.dispatch(Task { job: &job, s, task })
         });
     // SAFETY: every output pixel lies in exactly one tile, every tile in one task's group, and
     // each task wrote all of its tiles' pixels (`write_tiles`).
     unsafe { c.set_len(len) };
     Tensor::from_vec(c, (x.images, m, out_h, out_w), &Device::Cpu)
+}
+
+/// What every task of one [`conv`] call shares.
+struct Job<'a> {
+    w: &'a WinogradWeight,
+    x: &'a Input<'a>,
+    bias: Option<&'a [f32]>,
+    c: CPtr,
+    tiles: Tiles,
+    /// B panels (of `PANEL` tiles) per task.
+    panels: usize,
+    /// Tasks per image.
+    groups: usize,
+}
+
+/// One task, as a `WithSimd` so that the transforms, folds and writes (inlined into it) are
+/// compiled for the CPU's widest vectors.
+struct Task<'a> {
+    job: &'a Job<'a>,
+    s: &'a mut Scratch,
+    task: usize,
+}
+
+impl WithSimd for Task<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let Self { job, s, task } = self;
+        let Job {
+            w,
+            x,
+            bias,
+            c,
+            tiles,
+            panels,
+            groups,
+        } = *job;
+        let (m, cols, pairs) = (w.c_out, panels * PANEL, w.terms[0].pairs());
+        let (unit, chunk) = (w.terms[0].unit_rows(), w.terms[0].chunk_units());
+        let units_m = m.div_ceil(unit);
+        let (image, group) = (task / groups, task % groups);
+        let first = group * cols;
+        let mut kernel = w.terms[0].kernel();
+        s.planes.fill(0.0);
+        for a in 0..4 {
+            transform_input(x, image, a, first, cols, tiles, w.precision, pairs, s);
+            for b in 0..4 {
+                let term = &w.terms[4 * a + b];
+                let v = &s.v[b * panels * pairs * PANEL..(b + 1) * panels * pairs * PANEL];
+                let panel =
+                    |j: usize, from: usize| &v[(j * pairs + from) * PANEL..(j + 1) * pairs * PANEL];
+                for ch in 0..units_m.div_ceil(chunk) {
+                    let units = ch * chunk..((ch + 1) * chunk).min(units_m);
+                    let row0 = units.start * unit;
+                    let rows = (units.len() * unit).min(m - row0);
+                    gemm_bf16::sum_tile(
+                        &mut kernel,
+                        ARows::from(term),
+                        units,
+                        panels,
+                        panel,
+                        &mut s.product,
+                    );
+                    fold(&s.product[..rows * cols], a, b, row0, m, &mut s.planes);
+                }
+            }
+        }
+        // SAFETY: the task's tiles `first..first + cols` of image `image` are its own (tasks
+        // differ in image or group), and `write_tiles` writes only their pixels, inside the
+        // output (`c`, as long as `[images, C_out, H_out, W_out]`).
+        unsafe { write_tiles(&s.planes, m, image, first, cols, tiles, bias, c) };
+    }
 }
 
 /// The output's tiling: `count` tiles, `width` per row, over `out` pixels.
@@ -288,6 +375,7 @@ struct Tiles {
 impl Tiles {
     /// The stretches of one tile row among tiles `first..first + cols`: (tile row, first tile
     /// column, tiles, offset of the first among the group's columns).
+    #[inline(always)]
     fn segments(
         self,
         first: usize,
@@ -312,6 +400,7 @@ impl Tiles {
 /// of image `image` (zero past the last tile), into `s.v`: `words` per tile, channel pairs as
 /// bf16 pairs or channels as f32 words.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn transform_input(
     x: &Input,
     image: usize,
@@ -340,21 +429,35 @@ fn transform_input(
                 continue;
             }
             for (ty, tx, n, at) in tiles.segments(first, cols) {
-                // The patch rows i1 and i2 of tiles tx..tx + n, and their combination.
+                // The patch rows i1 and i2 of tiles tx..tx + n, combined (`Bᵀ d`'s row a) and
+                // split into even and odd columns, so that `(Bᵀ d B)[a, b]` for tile t is
+                // E[t] - E[t+1], O[t] + E[t+1], E[t+1] - O[t], O[t] - O[t+1]: `B`'s columns
+                // as whole-vector operations.
                 let y0 = (2 * ty) as isize - x.padding as isize;
                 let x0 = (2 * tx) as isize - x.padding as isize;
                 let span = 2 * n + 2;
-                let [r1, r2, comb] = &mut s.rows;
+                let [r1, r2, even, odd] = &mut s.rows;
                 x.row(image, channel, y0 + i1 as isize, x0, &mut r1[..span]);
                 x.row(image, channel, y0 + i2 as isize, x0, &mut r2[..span]);
-                for ((c, &u), &v) in comb[..span].iter_mut().zip(&r1[..span]).zip(&r2[..span]) {
-                    *c = s1 * u + s2 * v;
+                let pairs = r1[..span].chunks_exact(2).zip(r2[..span].chunks_exact(2));
+                for ((e, o), (p1, p2)) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                    *e = s1 * p1[0] + s2 * p2[0];
+                    *o = s1 * p1[1] + s2 * p2[1];
                 }
-                for (b, v_row) in v_rows.iter_mut().enumerate() {
-                    let [(j1, t1), (j2, t2)] = BT[b];
-                    for (t, v) in v_row[at..at + n].iter_mut().enumerate() {
-                        *v = t1 * comb[2 * t + j1] + t2 * comb[2 * t + j2];
-                    }
+                let (e0, e1) = (&even[..n], &even[1..=n]);
+                let (o0, o1) = (&odd[..n], &odd[1..=n]);
+                let [v0, v1, v2, v3] = v_rows else {
+                    unreachable!("four rows of V per channel")
+                };
+                let (v0, v1) = (&mut v0[at..at + n], &mut v1[at..at + n]);
+                let (v2, v3) = (&mut v2[at..at + n], &mut v3[at..at + n]);
+                for (t, (v0, v1)) in v0.iter_mut().zip(v1.iter_mut()).enumerate() {
+                    *v0 = e0[t] - e1[t];
+                    *v1 = o0[t] + e1[t];
+                }
+                for (t, (v2, v3)) in v2.iter_mut().zip(v3.iter_mut()).enumerate() {
+                    *v2 = e1[t] - o0[t];
+                    *v3 = o0[t] - o1[t];
                 }
             }
         }
@@ -383,6 +486,7 @@ fn transform_input(
 
 /// Adds the product `M[a, b]` of rows `row0..` (`product`, `cols` per row) into the four output
 /// planes (`C_out x cols` each) with `Aᵀ`'s coefficients.
+#[inline(always)]
 fn fold(product: &[f32], a: usize, b: usize, row0: usize, m: usize, planes: &mut [f32]) {
     let cols = planes.len() / (4 * m);
     for (dy, at_y) in AT.iter().enumerate() {
@@ -408,6 +512,7 @@ fn fold(product: &[f32], a: usize, b: usize, row0: usize, m: usize, planes: &mut
 /// # Safety
 /// Those pixels of C are writable and written by no other thread meanwhile.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 unsafe fn write_tiles(
     planes: &[f32],
     m: usize,
@@ -438,9 +543,13 @@ unsafe fn write_tiles(
                 };
                 let even = &planes[(2 * dy) * m * cols + r * cols + at..][..n];
                 let odd = &planes[(2 * dy + 1) * m * cols + r * cols + at..][..n];
-                for (x, d) in dst.iter_mut().enumerate() {
-                    let v = if x % 2 == 0 { even[x / 2] } else { odd[x / 2] };
-                    d.write(v + add);
+                let both = even.iter().zip(odd);
+                for (d, (&e, &o)) in dst.chunks_exact_mut(2).zip(both) {
+                    d[0].write(e + add);
+                    d[1].write(o + add);
+                }
+                if width % 2 == 1 {
+                    dst[width - 1].write(even[width / 2] + add);
                 }
             }
         }
