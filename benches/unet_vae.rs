@@ -4,12 +4,16 @@
 //!
 //! Run: cargo bench --bench unet_vae                      (CPU: f32, bf16, then f16-stored weights)
 //!      WEFT_BENCH_DTYPE=bf16 cargo bench --bench unet_vae (CPU: bf16 weights only)
+//!      WEFT_BENCH_ONLY=unet cargo bench --bench unet_vae  (only the step, or `vae`: for profiles)
+//!      WEFT_BENCH_RUNS=5 cargo bench --bench unet_vae     (the median of 5 timed runs)
+//!      WEFT_BENCH_KEEP_MB=0 cargo bench --bench unet_vae  (keep no freed blocks: `allocator`)
 //!      WEFT_BENCH_DEVICE=cuda WEFT_BENCH_DTYPE=f16 cargo bench --features cuda --bench unet_vae
 //! On the CPU, f16-stored weights are widened per layer and computed in f32; bf16 weights run
 //! their convolutions and linear layers as bf16 matmuls with f32 sums (`ops::gemm_bf16`) where
 //! the CPU has AVX512_BF16 (compare with `unet_vae_bench.py --channels-last --autocast bf16`),
 //! f32 otherwise. On a GPU each figure is the median of 5 runs after one warm-up (the first run
-//! loads kernels); on the CPU one run after one warm-up, each taking seconds.
+//! loads kernels); on the CPU one run after one warm-up, each taking seconds,
+//! unless `WEFT_BENCH_RUNS` says otherwise.
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -38,6 +42,7 @@ fn time(
         run()?;
     }
     device.synchronize()?;
+    let (_, hits0, misses0) = weft::engine::allocator::kept_stats();
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t0 = Instant::now();
@@ -47,6 +52,14 @@ fn time(
         times.push(t0.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
+    if device.is_cpu() {
+        let (_, hits, misses) = weft::engine::allocator::kept_stats();
+        println!(
+            "  large blocks per timed run: {} reused, {} from the system",
+            (hits - hits0) / runs as u64,
+            (misses - misses0) / runs as u64
+        );
+    }
     Ok(times[times.len() / 2])
 }
 
@@ -63,7 +76,22 @@ fn main() -> anyhow::Result<()> {
         Err(_) if device.is_cpu() => vec![DType::F32, DType::BF16, DType::F16],
         Err(_) => vec![DType::F32],
     };
-    let (warmups, runs) = if device.is_cpu() { (1, 1) } else { (1, 5) };
+    let runs = match std::env::var("WEFT_BENCH_RUNS") {
+        Ok(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| anyhow::anyhow!("WEFT_BENCH_RUNS={n}: expected a count of runs"))?,
+        Err(_) if device.is_cpu() => 1,
+        Err(_) => 5,
+    };
+    let warmups = 1;
+    if let Ok(mb) = std::env::var("WEFT_BENCH_KEEP_MB") {
+        let mb: usize = mb
+            .parse()
+            .map_err(|_| anyhow::anyhow!("WEFT_BENCH_KEEP_MB={mb}: expected MiB"))?;
+        weft::engine::allocator::set_kept_limit(mb << 20);
+    }
     match choice {
         DeviceChoice::Cpu => println!(
             "device: cpu ({} threads), weights {dtypes:?}, bf16 matmul kernel: {}",
@@ -73,8 +101,15 @@ fn main() -> anyhow::Result<()> {
         other => println!("device: {other}, dtype {dtypes:?}"),
     }
 
+    let only = std::env::var("WEFT_BENCH_ONLY").ok();
+    let (unet_on, vae_on) = match only.as_deref() {
+        None => (true, true),
+        Some("unet") => (true, false),
+        Some("vae") => (false, true),
+        Some(other) => anyhow::bail!("WEFT_BENCH_ONLY={other}: expected `unet` or `vae`"),
+    };
     let mut steps = Vec::new();
-    for &dtype in &dtypes {
+    for &dtype in dtypes.iter().filter(|_| unet_on) {
         let compute = compute_dtype(&device, dtype);
         let t0 = Instant::now();
         let unet =
@@ -116,12 +151,17 @@ fn main() -> anyhow::Result<()> {
     } else {
         vec![dtypes[0]]
     };
-    for dtype in vae_dtypes {
+    for dtype in vae_dtypes.into_iter().filter(|_| vae_on) {
         let vae = AutoEncoderKL::new(synth_var_builder(dtype, &device), &VaeConfig::sd())?;
         let z = Tensor::randn(0f32, 1.0, (1, 4, 64, 64), &device)?.to_dtype(vae.dtype())?;
         let secs = time(&device, warmups, runs, || vae.decode(&z))?;
         println!("vae decode 512x512, {dtype:?} weights: {secs:.3} s");
     }
+    let (kept, hits, misses) = weft::engine::allocator::kept_stats();
+    println!(
+        "allocator: {hits} large blocks reused, {misses} from the system, {:.0} MiB kept at the end",
+        kept as f64 / (1 << 20) as f64
+    );
     match peak_rss_mib() {
         Some(mib) => println!("peak rss: {mib:.0} MiB"),
         None => println!("peak rss: unavailable"),

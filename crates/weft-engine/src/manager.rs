@@ -29,6 +29,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use sha2::{Digest, Sha256};
 
+use crate::allocator;
 use crate::clip::convert::{hf_clip_from_ldm, infer_clip_config, openclip_to_hf, strip_prefix};
 use crate::clip::encode::TextEncoder;
 use crate::clip::model::ClipTextModel;
@@ -502,6 +503,8 @@ impl ModelManager {
             }
         }
         let fits = |r: &MemoryReading| r.available.saturating_sub(memory::RESERVE) >= needed as u64;
+        // Freed activations the allocator keeps for reuse are not this model's to lose to.
+        allocator::release_kept();
         let mut reading = self.probe.read();
         if fits(&reading) {
             return Ok(());
@@ -588,6 +591,7 @@ impl ModelManager {
 
     /// Whether `needed` bytes are available now, without unloading anything.
     pub fn fits_now(&self, needed: u64) -> bool {
+        allocator::release_kept();
         self.probe.read().available.saturating_sub(memory::RESERVE) >= needed
     }
 

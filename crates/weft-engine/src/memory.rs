@@ -204,6 +204,7 @@ pub struct OutOfMemory {
 /// stay counted against the container after the model is unloaded; the next memory check would
 /// then refuse what in fact fits.
 pub fn return_freed_memory() {
+    crate::allocator::release_kept();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]
     // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free lists and returns
