@@ -16,7 +16,7 @@
 //! kernel's zeroing (`clear_page_erms`) took 5-9% of a bf16 step in profiles. So a freed block
 //! of 4 MiB or more is kept (up to [`KEEP_BYTES`] in all, oldest given back first, and adding at
 //! most [`KEEP_SPARE`] to the peak) and handed out again for the next request of its size
-//! class. [`release_kept`] gives them all back; `memory::return_freed_memory` and the model
+//! class, or shrunk for a smaller one. [`release_kept`] gives them all back; `memory::return_freed_memory` and the model
 //! manager's memory checks call it, so kept blocks never count against a model.
 //!
 //! A global allocator needs `unsafe`; like the kernels in `ops`, this module allows it.
@@ -33,11 +33,12 @@ const HUGE_FROM: usize = 4 << 20;
 pub const KEEP_BYTES: usize = 768 << 20;
 static KEEP_LIMIT: AtomicUsize = AtomicUsize::new(KEEP_BYTES);
 /// The most bytes kept blocks may add to the process's peak (see [`Kept`]). In an SD1.5 UNet
-/// step (bf16, 512x512, batch 2: 394 blocks of 4 MiB and more) 128 MiB let 387 be reused and
-/// added 160 MiB to the bench's peak; 0 reused 300, 256 MiB all of them for 320 MiB.
+/// step (512x512, batch 2) 381 of the 394 blocks of 4 MiB and more were reused in bf16 and 541
+/// of 602 in f32, adding 73 and 113 MiB to the bench's peak. (Before bigger blocks were shrunk
+/// for smaller requests, a spare of 0 let 300 of the 394 be reused, 256 MiB all, for 320 MiB.)
 const KEEP_SPARE: usize = 128 << 20;
 /// The most freed blocks kept.
-const KEEP_SLOTS: usize = 48;
+const KEEP_SLOTS: usize = 64;
 /// The alignment every kept block is allocated with, so that any two of a size class are
 /// interchangeable (requests for more go to the system as they are). Not more than malloc's
 /// own: a block aligned beyond it is not calloc's, and `System` zeroes it by writing every page.
@@ -105,19 +106,25 @@ impl Kept {
         }
     }
 
-    /// The most recently kept block of `class`, taken out of the table. With none, gives the
-    /// oldest blocks to `free`, as many as the request's size or until no more than `floor`
-    /// bytes stay kept, and returns None.
+    /// A kept block for a request of `class`, taken out of the table: the most recently kept
+    /// of that class, else the smallest bigger one (to be shrunk: its pages need no zeroing).
+    /// With neither, gives the oldest blocks to `free`, as many as the request's size or until
+    /// no more than `floor` bytes stay kept, and returns None.
     fn take(
         &mut self,
         class: usize,
         floor: usize,
         mut free: impl FnMut(usize, usize),
-    ) -> Option<usize> {
-        let found = (0..KEEP_SLOTS)
+    ) -> Option<Slot> {
+        let same = (0..KEEP_SLOTS)
             .filter(|&i| self.slots[i].addr != 0 && self.slots[i].class == class)
             .max_by_key(|&i| self.slots[i].tick);
-        let Some(i) = found else {
+        let bigger = || {
+            (0..KEEP_SLOTS)
+                .filter(|&i| self.slots[i].addr != 0 && self.slots[i].class > class)
+                .min_by_key(|&i| self.slots[i].class)
+        };
+        let Some(i) = same.or_else(bigger) else {
             self.misses += 1;
             let mut freed = 0;
             while freed < class && self.bytes > floor {
@@ -130,7 +137,7 @@ impl Kept {
         self.hits += 1;
         let slot = std::mem::replace(&mut self.slots[i], EMPTY);
         self.bytes -= slot.class;
-        Some(slot.addr)
+        Some(slot)
     }
 
     fn oldest(&self) -> Option<usize> {
@@ -250,8 +257,23 @@ impl HugePages {
     /// system (whose fresh pages calloc need not zero).
     fn alloc_keepable(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         let real = kept_layout(layout.size());
-        if let Some(addr) = kept().take(real.size(), KEEP_SPARE, free_kept) {
-            let ptr = addr as *mut u8;
+        let kept = kept().take(real.size(), KEEP_SPARE, free_kept);
+        // A bigger block is shrunk in place: glibc splits a heap chunk, or `mremap`s a mapped
+        // one, keeping the pages that stay and giving back the rest.
+        let reused = kept.map(|slot| match slot.class == real.size() {
+            true => slot.addr as *mut u8,
+            // SAFETY: the block is a `System` block of this layout, now out of the table, and
+            // `real` is smaller and non-zero. On failure the block is unchanged and freed.
+            false => unsafe {
+                let old = Layout::from_size_align_unchecked(slot.class, KEEP_ALIGN);
+                let ptr = System.realloc(slot.addr as *mut u8, old, real.size());
+                if ptr.is_null() {
+                    free_kept(slot.addr, slot.class);
+                }
+                ptr
+            },
+        });
+        if let Some(ptr) = reused.filter(|p| !p.is_null()) {
             if zeroed {
                 // SAFETY: the block holds at least `layout.size()` bytes and is ours now.
                 unsafe { std::ptr::write_bytes(ptr, 0, layout.size()) };
@@ -374,6 +396,13 @@ mod tests {
             );
             assert_eq!(*big.add(layout.size() - 1), 0);
             a.dealloc(big, Layout::from_size_align(3 * HUGE_FROM, 8).unwrap());
+            // A smaller request may get a bigger kept block, shrunk.
+            let small = Layout::from_size_align(HUGE_FROM, 8).unwrap();
+            let z = a.alloc_zeroed(small);
+            assert!(!z.is_null());
+            assert!(std::slice::from_raw_parts(z, small.size()).iter().all(|&b| b == 0));
+            std::ptr::write_bytes(z, 3, small.size());
+            a.dealloc(z, small);
         }
         release_kept();
     }
@@ -383,42 +412,48 @@ mod tests {
         let mut k = Kept::new();
         let freed = std::cell::RefCell::new(Vec::new());
         let free = |addr, class| freed.borrow_mut().push((addr, class));
+        let addr = |slot: Option<Slot>| slot.map(|s| (s.addr, s.class));
         k.keep(0x1000, 100, 250, free);
         k.keep(0x2000, 100, 250, free);
         k.keep(0x3000, 120, 250, free);
         k.keep(0x4000, 300, 250, free);
         assert_eq!(
-            k.take(100, 0, free),
-            Some(0x2000),
-            "the newest of its class"
+            addr(k.take(100, 0, free)),
+            Some((0x2000, 100)),
+            "its class, newest first"
         );
-        assert_eq!(k.bytes, 120);
-        k.keep(0x2000, 100, 250, free);
         assert_eq!(
-            k.take(40, 250, free),
-            None,
-            "nothing given back within the spare bytes"
+            addr(k.take(90, 0, free)),
+            Some((0x3000, 120)),
+            "else the smallest bigger"
         );
-        assert_eq!(k.take(40, 0, free), None);
-        k.drain(free);
+        assert_eq!(k.bytes, 0);
+        k.keep(0x3000, 120, 250, free);
+        k.keep(0x2000, 100, 250, free);
+        let nothing = addr(k.take(140, 250, free));
+        assert_eq!(nothing, None, "nothing given back within the spare bytes");
+        assert_eq!(addr(k.take(140, 0, free)), None);
         assert_eq!(
             *freed.borrow(),
             [
                 (0x1000, 100), // the oldest, to stay within the limit
                 (0x4000, 300), // over the limit: never kept
-                (0x3000, 120), // the oldest, to make room for the 40 nothing kept could serve
-                (0x2000, 100), // drained
+                (0x3000, 120), // the oldest, to make room for the 140 nothing kept could serve
+                (0x2000, 100), // and the next, to give back at least 140
             ]
         );
-        assert_eq!((k.bytes, k.hits, k.misses), (0, 1, 2));
+        assert_eq!((k.bytes, k.hits, k.misses), (0, 2, 2));
         for i in 1..=KEEP_SLOTS + 3 {
             k.keep(i, 1, usize::MAX, free);
         }
+        let oldest = [(1, 1), (2, 1), (3, 1)];
         assert_eq!(
             freed.borrow()[4..],
-            [(1, 1), (2, 1), (3, 1)],
+            oldest,
             "a full table gives back its oldest"
         );
+        k.drain(free);
+        assert_eq!((freed.borrow().len(), k.bytes), (4 + KEEP_SLOTS + 3, 0));
     }
 
     #[test]
