@@ -400,7 +400,9 @@ mod tests {
             let small = Layout::from_size_align(HUGE_FROM, 8).unwrap();
             let z = a.alloc_zeroed(small);
             assert!(!z.is_null());
-            assert!(std::slice::from_raw_parts(z, small.size()).iter().all(|&b| b == 0));
+            assert!(std::slice::from_raw_parts(z, small.size())
+                .iter()
+                .all(|&b| b == 0));
             std::ptr::write_bytes(z, 3, small.size());
             a.dealloc(z, small);
         }
