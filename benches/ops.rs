@@ -241,6 +241,21 @@ fn main() -> Result<()> {
         // VAE mid-block attention at 64x64 (one head, 512 wide).
         attention(&dev, 1, 4096, 4096, 512)?;
     }
+    if on("geglu") {
+        // The feed-forward gate of the UNet's first level: 2 x 4096 rows of 2 x 1280.
+        for dtype in [candle_core::DType::F32, candle_core::DType::BF16] {
+            let h = Tensor::randn(0f32, 1.0, (2, 4096, 2560), &dev)?.to_dtype(dtype)?;
+            let candle = time_ms(5, || {
+                h.narrow(2, 0, 1280)? * h.narrow(2, 1280, 1280)?.gelu_erf()?
+            })?;
+            let ours = time_ms(5, || weft::engine::ops::geglu::geglu(&h))?;
+            report(
+                &format!("geglu (2,4096,2x1280) {dtype:?}"),
+                candle,
+                Some(ours),
+            );
+        }
+    }
     // Last: these turn the bf16 kernels on for the rest of the process.
     if on("bf16attention") {
         attention_bf16(

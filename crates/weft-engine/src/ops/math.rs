@@ -33,6 +33,32 @@ pub fn exp(x: f32) -> f32 {
     y * f32::from_bits(((exponent + 127) as u32) << 23)
 }
 
+/// The exact (erf) GELU, `x/2 (1 + erf(x/√2))`, as plain arithmetic that vectorises (libm's
+/// `erff` is a call per element). `erfc(|x|/√2)` comes from Numerical Recipes' Chebyshev fit
+/// (`erfcc`, fractional error under 1.2e-7) on [`exp`]; the negative side is `x/2 erfc`, so its
+/// small tail keeps its relative precision instead of cancelling in `1 + erf`.
+#[inline(always)]
+pub fn gelu_erf(x: f32) -> f32 {
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let mut p = 0.170_872_77;
+    p = p * t - 0.822_152_23;
+    p = p * t + 1.488_515_9;
+    p = p * t - 1.135_203_98;
+    p = p * t + 0.278_868_07;
+    p = p * t - 0.186_288_06;
+    p = p * t + 0.096_784_18;
+    p = p * t + 0.374_091_96;
+    p = p * t + 1.000_023_7;
+    p = p * t - 1.265_512_2;
+    let half_x_erfc = 0.5 * x * t * exp(p - z * z);
+    if x >= 0.0 {
+        x - half_x_erfc
+    } else {
+        half_x_erfc
+    }
+}
+
 /// Softmax of each `len`-long row of `xs`, in place.
 pub fn softmax_rows_in_place(xs: &mut [f32], len: usize) {
     if len == 0 {
@@ -102,7 +128,7 @@ pub fn round_half_even(t: &candle_core::Tensor) -> candle_core::Result<candle_co
 
 #[cfg(test)]
 mod tests {
-    use crate::ops::math::{exp, softmax_rows_in_place};
+    use crate::ops::math::{exp, gelu_erf, softmax_rows_in_place};
 
     #[test]
     fn exp_is_within_a_few_ulp_of_libm() {
@@ -116,6 +142,25 @@ mod tests {
         assert!(worst < 3e-7, "worst relative error {worst}");
         assert!(exp(-1000.0) < 2e-38 && exp(-1000.0) >= 0.0);
         assert!(exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn gelu_erf_matches_candles_libm_form() {
+        let xs: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 2.5e-3).collect();
+        let want = candle_core::Tensor::new(xs.as_slice(), &candle_core::Device::Cpu)
+            .and_then(|t| t.gelu_erf())
+            .and_then(|t| t.to_vec1::<f32>())
+            .unwrap();
+        for (&x, &w) in xs.iter().zip(&want) {
+            let got = gelu_erf(x);
+            assert!(
+                (got - w).abs() <= 4e-7 * w.abs().max(1.0),
+                "gelu({x}) = {got}, want {w}"
+            );
+        }
+        assert!(gelu_erf(-200.0).abs() < 1e-30);
+        assert_eq!(gelu_erf(200.0), 200.0);
+        assert!(gelu_erf(f32::NAN).is_nan());
     }
 
     #[test]

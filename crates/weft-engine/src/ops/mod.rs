@@ -10,6 +10,7 @@ mod attention_bf16;
 pub mod cast;
 pub mod conv;
 pub mod conv_transpose;
+pub mod geglu;
 pub mod gemm_bf16;
 pub mod layers;
 pub mod math;

@@ -204,7 +204,6 @@ impl Attention {
 pub(crate) struct FeedForward {
     proj: Linear,
     out: Linear,
-    inner: usize,
 }
 
 impl FeedForward {
@@ -212,14 +211,12 @@ impl FeedForward {
         let inner = dim * 4;
         let proj = layers::linear(dim, inner * 2, vb.pp("net").pp("0").pp("proj"))?;
         let out = layers::linear(inner, dim, vb.pp("net").pp("2"))?;
-        Ok(Self { proj, out, inner })
+        Ok(Self { proj, out })
     }
 
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(xs)?;
-        let value = h.narrow(D::Minus1, 0, self.inner)?;
-        let gate = h.narrow(D::Minus1, self.inner, self.inner)?;
-        self.out.forward(&(value * gate.gelu_erf()?)?)
+        self.out.forward(&crate::ops::geglu::geglu(&h)?)
     }
 }
 
