@@ -92,6 +92,12 @@ fn main() -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("WEFT_BENCH_KEEP_MB={mb}: expected MiB"))?;
         weft::engine::allocator::set_kept_limit(mb << 20);
     }
+    if let Ok(mb) = std::env::var("WEFT_BENCH_SPARE_MB") {
+        let mb: usize = mb
+            .parse()
+            .map_err(|_| anyhow::anyhow!("WEFT_BENCH_SPARE_MB={mb}: expected MiB"))?;
+        weft::engine::allocator::set_kept_spare(mb << 20);
+    }
     match choice {
         DeviceChoice::Cpu => println!(
             "device: cpu ({} threads), weights {dtypes:?}, bf16 matmul kernel: {}",

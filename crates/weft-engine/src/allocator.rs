@@ -36,7 +36,8 @@ static KEEP_LIMIT: AtomicUsize = AtomicUsize::new(KEEP_BYTES);
 /// step (512x512, batch 2) 381 of the 394 blocks of 4 MiB and more were reused in bf16 and 541
 /// of 602 in f32, adding 73 and 113 MiB to the bench's peak. (Before bigger blocks were shrunk
 /// for smaller requests, a spare of 0 let 300 of the 394 be reused, 256 MiB all, for 320 MiB.)
-const KEEP_SPARE: usize = 128 << 20;
+pub const KEEP_SPARE: usize = 128 << 20;
+static SPARE_LIMIT: AtomicUsize = AtomicUsize::new(KEEP_SPARE);
 /// The most freed blocks kept.
 const KEEP_SLOTS: usize = 64;
 /// The alignment every kept block is allocated with, so that any two of a size class are
@@ -219,6 +220,12 @@ pub fn set_kept_limit(bytes: usize) {
     release_kept();
 }
 
+/// Sets how many bytes kept blocks may add to the peak ([`KEEP_SPARE`] by default; the
+/// benchmarks try others).
+pub fn set_kept_spare(bytes: usize) {
+    SPARE_LIMIT.store(bytes, Ordering::Relaxed);
+}
+
 /// Bytes held in kept blocks now, and how many requests were served from them and from the
 /// system since the start.
 pub fn kept_stats() -> (usize, u64, u64) {
@@ -257,7 +264,7 @@ impl HugePages {
     /// system (whose fresh pages calloc need not zero).
     fn alloc_keepable(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         let real = kept_layout(layout.size());
-        let kept = kept().take(real.size(), KEEP_SPARE, free_kept);
+        let kept = kept().take(real.size(), SPARE_LIMIT.load(Ordering::Relaxed), free_kept);
         // A bigger block is shrunk in place: glibc splits a heap chunk, or `mremap`s a mapped
         // one, keeping the pages that stay and giving back the rest.
         let reused = kept.map(|slot| match slot.class == real.size() {

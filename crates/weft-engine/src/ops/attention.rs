@@ -67,9 +67,11 @@ fn scaled_dot_product_on(
     let cpu_kernel =
         matches!(q.device(), Device::Cpu) && [q, k, v].iter().all(|t| t.dtype() == DType::F32);
     if !cpu_kernel {
-        let q = q.to_dtype(DType::F32)?;
-        let k = k.to_dtype(DType::F32)?;
-        let v = v.to_dtype(DType::F32)?;
+        // Callers may pass heads as strided views (`[B, N, H, D]` transposed); the matmuls
+        // want each head's rows packed.
+        let q = q.to_dtype(DType::F32)?.contiguous()?;
+        let k = k.to_dtype(DType::F32)?.contiguous()?;
+        let v = v.to_dtype(DType::F32)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         return probs.matmul(&v)?.to_dtype(dtype);
@@ -94,16 +96,17 @@ fn scaled_dot_product_on(
         }
     };
     // [B, N, H, Dv] out, seen as [B, H, N, Dv]: the UNet puts the heads back side by side next.
-    q.apply_op3_no_bwd(
-        &rows_in_place(k)?,
-        &rows_in_place(v)?,
-        &FlashAttention {
-            scale: scale as f32,
-            arch,
-            bf16,
-        },
-    )?
-    .transpose(1, 2)
+    rows_in_place(q)?
+        .apply_op3_no_bwd(
+            &rows_in_place(k)?,
+            &rows_in_place(v)?,
+            &FlashAttention {
+                scale: scale as f32,
+                arch,
+                bf16,
+            },
+        )?
+        .transpose(1, 2)
 }
 
 struct FlashAttention {
@@ -445,7 +448,7 @@ impl Tiles {
             let row = &mut self.scores[r * KEYS..r * KEYS + len];
             let max = self.maxes[i].max(lanes_max(row));
             let rescale = exp(self.maxes[i] - max);
-            self.sums[i] = self.sums[i] * rescale + exp_minus_sum(row, max);
+            self.sums[i] = self.sums[i] * rescale + exp_minus_sum::<true>(row, max);
             self.maxes[i] = max;
             if rescale != 1.0 {
                 for o in &mut outputs[r * value_dim..(r + 1) * value_dim] {
@@ -621,12 +624,13 @@ mod tests {
         };
         // (batch, heads, queries, keys, dim, value dim): the UNet's head sizes, a part block
         // of queries, keys in several blocks with a part panel, cross-attention's 77 keys,
-        // an odd dimension, values wider than a panel and not a whole one.
+        // an odd dimension, values wider than a panel and not a whole one, or half of one.
         for (b, h, n, m, d, dv) in [
             (2, 3, 70, 77, 40, 40),
             (1, 2, 64, 300, 80, 72),
             (1, 1, 33, 129, 7, 5),
             (2, 1, 40, 1, 160, 160),
+            (1, 2, 32, 64, 48, 48),
         ] {
             let q = Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (b, h, m, d), &dev).unwrap();

@@ -39,6 +39,8 @@ struct Sizes {
     key_pairs: usize,
     /// Panels of `PANEL` value columns.
     value_panels: usize,
+    /// Value columns (the last panel's columns past them are zero).
+    value_dim: usize,
 }
 
 impl Sizes {
@@ -64,6 +66,7 @@ pub(crate) fn run(q: &Rows, k: &Rows, v: &Rows, batch: usize, scale: f32, out: &
         dim_pairs: q.dim.div_ceil(2).next_multiple_of(TILE_PAIRS),
         key_pairs: keys.div_ceil(2).next_multiple_of(TILE_PAIRS),
         value_panels: v.dim.div_ceil(PANEL),
+        value_dim: v.dim,
     };
     let heads = batch * q.heads;
     let mut packed_keys = vec![0u32; heads * sizes.key_len()];
@@ -229,6 +232,7 @@ impl Task {
                         block_queries,
                         &head.keys[panel..panel + dim_pairs * PANEL],
                         q.dim.div_ceil(2),
+                        PANEL,
                         &mut self.scores[j * PANEL..],
                         KEYS,
                         false,
@@ -247,6 +251,7 @@ impl Task {
                         &self.probs,
                         &head.values[at..at + padded / 2 * PANEL],
                         padded / 2,
+                        PANEL.min(self.sizes.value_dim - panel * PANEL),
                         &mut self.outputs[block * TILE_ROWS * out_cols + panel * PANEL..],
                         out_cols,
                         true,
@@ -298,7 +303,7 @@ impl WithSimd for Softmax<'_> {
             let valid = &mut row[..len];
             let max = task.maxes[i].max(lanes_max(valid));
             let rescale = exp(task.maxes[i] - max);
-            task.sums[i] = task.sums[i] * rescale + exp_minus_sum(valid, max);
+            task.sums[i] = task.sums[i] * rescale + exp_minus_sum::<true>(valid, max);
             task.maxes[i] = max;
             if rescale != 1.0 {
                 for o in &mut task.outputs[i * out_cols..(i + 1) * out_cols] {

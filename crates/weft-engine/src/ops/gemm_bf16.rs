@@ -508,12 +508,16 @@ impl Tiles {
     /// pairs, the `TILE_ROWS` rows' `TILE_PAIRS` words), `b` rows of `PANEL` words (a panel),
     /// both zero from `pairs` to the next multiple of `TILE_PAIRS` (AMX multiplies whole tiles;
     /// the AVX512_BF16 kernel stops at `pairs`); `accumulate` adds to `out` instead of
-    /// overwriting it.
+    /// overwriting it. Only the first `cols` columns are needed: the AVX512_BF16 kernel computes
+    /// half a panel where that covers them (a head of 40 values is one panel and 8 columns),
+    /// AMX whole tiles.
+    #[allow(clippy::too_many_arguments)]
     pub fn block(
         &mut self,
         a: &[u32],
         b: &[u32],
         pairs: usize,
+        cols: usize,
         out: &mut [f32],
         ldo: usize,
         accumulate: bool,
@@ -530,26 +534,46 @@ impl Tiles {
             Kernel::F32 => unreachable!("`Tiles::new` takes the CPU's bf16 kernel"),
             Kernel::Avx512 => {
                 assert!(
-                    out.len() >= (TILE_ROWS - 1) * ldo + NR,
+                    cols <= NR && out.len() >= (TILE_ROWS - 1) * ldo + cols,
                     "the block lies inside `out`"
                 );
-                // Eight rows at a time: 16 accumulators, and A's rows are 16 words apart.
-                const ROWS: usize = 8;
-                for r0 in (0..TILE_ROWS).step_by(ROWS) {
-                    // SAFETY: `Kernel::Avx512` exists only after `isa()` found AVX-512F and
-                    // AVX512_BF16; the kernel asserts that `a` and `b` hold `pairs` pairs; the
-                    // block's rows r0..r0 + 8, NR columns each, lie inside `out` (above).
-                    unsafe {
-                        simd::kernel::<ROWS, TILE_PAIRS, 1, { TILE_ROWS * TILE_PAIRS }>(
-                            pairs,
-                            &a[r0 * TILE_PAIRS..],
-                            b,
-                            out[r0 * ldo..].as_mut_ptr(),
-                            ldo,
-                            ROWS,
-                            NR,
-                            accumulate,
-                        )
+                // 16 accumulators either way: eight rows by two vectors, or sixteen by one.
+                // A's rows are 16 words apart.
+                const GROUP: usize = TILE_ROWS * TILE_PAIRS;
+                if cols <= 16 {
+                    for r0 in (0..TILE_ROWS).step_by(16) {
+                        // SAFETY: `Kernel::Avx512` exists only after `isa()` found AVX-512F and
+                        // AVX512_BF16; the kernel asserts that `a` and `b` hold `pairs` pairs;
+                        // the block's rows r0..r0 + 16, `cols` columns each, lie inside `out`
+                        // (above).
+                        unsafe {
+                            simd::kernel::<16, TILE_PAIRS, 1, GROUP, 1>(
+                                pairs,
+                                &a[r0 * TILE_PAIRS..],
+                                b,
+                                out[r0 * ldo..].as_mut_ptr(),
+                                ldo,
+                                16,
+                                cols,
+                                accumulate,
+                            )
+                        }
+                    }
+                } else {
+                    for r0 in (0..TILE_ROWS).step_by(8) {
+                        // SAFETY: as above, rows r0..r0 + 8.
+                        unsafe {
+                            simd::kernel::<8, TILE_PAIRS, 1, GROUP, NV>(
+                                pairs,
+                                &a[r0 * TILE_PAIRS..],
+                                b,
+                                out[r0 * ldo..].as_mut_ptr(),
+                                ldo,
+                                8,
+                                cols,
+                                accumulate,
+                            )
+                        }
                     }
                 }
             }
@@ -1195,7 +1219,7 @@ impl Kernel {
                     if f32 {
                         simd::kernel_f32::<MR, 1, MR, { 16 * MR }>(depth, a, b, c, ldo, MR, NR, add)
                     } else {
-                        simd::kernel::<MR, 1, MR, { 16 * MR }>(depth, a, b, c, ldo, MR, NR, add)
+                        simd::kernel::<MR, 1, MR, { 16 * MR }, NV>(depth, a, b, c, ldo, MR, NR, add)
                     }
                 }
             }
@@ -1566,16 +1590,17 @@ mod simd {
         }
     }
 
-    /// C[..rows, ..cols] (+)= A B over `depth` pairs of `R` rows of A and one B panel; C's rows
-    /// are `ldc` apart; `accumulate` adds to C instead of overwriting it. A's word for row `r`
-    /// and pair `p` is at `(p / 16) * GROUP + (p % 16) * PAIR + r * ROW`: an `MR`-row panel is
-    /// `<MR, 1, MR, {16 * MR}>`, a block of AMX tile order (16 pairs of 32 rows at a time)
-    /// `<R, 16, 1, 512>`. The strides are constants, so every load is an immediate offset.
+    /// C[..rows, ..cols] (+)= A B over `depth` pairs of `R` rows of A and the first `W` vectors
+    /// (`16 W` columns) of one B panel; C's rows are `ldc` apart; `accumulate` adds to C instead
+    /// of overwriting it. A's word for row `r` and pair `p` is at `(p / 16) * GROUP + (p % 16) *
+    /// PAIR + r * ROW`: an `MR`-row panel is `<MR, 1, MR, {16 * MR}, NV>`, a block of AMX tile
+    /// order (16 pairs of 32 rows at a time) `<R, 16, 1, 512, W>`. The strides are constants, so
+    /// every load is an immediate offset.
     ///
     /// # Safety
     /// The CPU has AVX-512F and AVX512_BF16; `a` holds `R` rows of `depth` pairs in that layout
     /// and `b` `depth` pairs of a panel; `c` points to `rows x cols` writable floats, rows `ldc`
-    /// apart; rows <= R, cols <= NR.
+    /// apart; rows <= R, cols <= 16 W <= NR.
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn kernel<
@@ -1583,6 +1608,7 @@ mod simd {
         const ROW: usize,
         const PAIR: usize,
         const GROUP: usize,
+        const W: usize,
     >(
         depth: usize,
         a: &[u32],
@@ -1594,7 +1620,9 @@ mod simd {
         accumulate: bool,
     ) {
         // SAFETY: the caller's promise, and this function's features.
-        unsafe { body::<R, ROW, PAIR, GROUP, false>(depth, a, b, c, ldc, rows, cols, accumulate) }
+        unsafe {
+            body::<R, ROW, PAIR, GROUP, W, false>(depth, a, b, c, ldc, rows, cols, accumulate)
+        }
     }
 
     /// [`kernel`] on f32 words (one element each instead of a pair): one `vfmadd` per word and
@@ -1621,7 +1649,9 @@ mod simd {
     ) {
         // SAFETY: the caller's promise, and this function's features (the bf16 instruction is
         // not compiled in: `F32` is a constant).
-        unsafe { body::<R, ROW, PAIR, GROUP, true>(depth, a, b, c, ldc, rows, cols, accumulate) }
+        unsafe {
+            body::<R, ROW, PAIR, GROUP, NV, true>(depth, a, b, c, ldc, rows, cols, accumulate)
+        }
     }
 
     /// [`kernel`] and [`kernel_f32`], inlined into each with its features.
@@ -1632,6 +1662,7 @@ mod simd {
         const ROW: usize,
         const PAIR: usize,
         const GROUP: usize,
+        const W: usize,
         const F32: bool,
     >(
         depth: usize,
@@ -1647,8 +1678,8 @@ mod simd {
             .checked_sub(1)
             .map_or(0, |p| (p / 16) * GROUP + (p % 16) * PAIR);
         assert!(depth == 0 || a.len() > last + (R - 1) * ROW);
-        assert!(b.len() >= depth * NR && rows <= R && cols <= NR);
-        let mut acc = [[_mm512_setzero_ps(); NV]; R];
+        assert!(W <= NV && b.len() >= depth * NR && rows <= R && cols <= 16 * W);
+        let mut acc = [[_mm512_setzero_ps(); W]; R];
         let (a, b) = (a.as_ptr(), b.as_ptr());
         for g in 0..depth.div_ceil(16) {
             for q in 0..16.min(depth - 16 * g) {
@@ -1656,7 +1687,7 @@ mod simd {
                 // SAFETY: pair p of the panel and of each of A's rows is inside them (asserted
                 // above: the last pair's word of the last row is).
                 unsafe {
-                    let mut bv = [_mm512_setzero_si512(); NV];
+                    let mut bv = [_mm512_setzero_si512(); W];
                     for (v, x) in bv.iter_mut().enumerate() {
                         *x = _mm512_loadu_si512(b.add(p * NR + v * 16).cast());
                     }
@@ -1743,6 +1774,7 @@ mod simd {
         const ROW: usize,
         const PAIR: usize,
         const GROUP: usize,
+        const W: usize,
     >(
         _: usize,
         _: &[u32],
