@@ -2,8 +2,8 @@
 //! convolution, GroupNorm(+SiLU) and attention at the SD shapes (`benches/ops.rs`), each running
 //! its own kernel on the CPU in f32 and falling back to candle's op on every other device and
 //! dtype, so CUDA and Metal builds go through candle as before; and the transposed convolution of
-//! the line-art annotators, restated in candle ops around one matmul. Each file says what
-//! candle's op did wrong.
+//! the line-art annotators, restated in candle ops around one matmul; residual additions into a
+//! layer's fresh output. Each file says what candle's op did wrong.
 
 pub mod attention;
 mod attention_bf16;
@@ -15,6 +15,7 @@ pub mod gemm_bf16;
 pub mod layers;
 pub mod math;
 pub mod norm;
+pub mod residual;
 mod winograd;
 
 /// torch's `F.pad(.., mode="reflect")` by `pad` on both spatial axes of `[B, C, H, W]`.

@@ -15,6 +15,7 @@ use crate::ops::attention::scaled_dot_product_in_layer;
 use crate::ops::conv::{conv2d, Conv2d};
 use crate::ops::layers::{self, LayerNorm, Linear};
 use crate::ops::norm::{group_norm, GroupNorm};
+use crate::ops::residual;
 
 /// A 3x3 (or other odd) convolution with "same" padding.
 pub(crate) fn conv_same(
@@ -107,7 +108,7 @@ impl ResnetBlock2D {
             Some(conv) => conv.forward(xs)?,
             None => xs.clone(),
         };
-        shortcut + h
+        residual::add_into(h, &shortcut)
     }
 }
 
@@ -290,8 +291,9 @@ impl BasicTransformerBlock {
         for patch in hooks.cross_patches {
             (q, k, v) = patch.before(q, k, v)?;
         }
-        let xs = (self.attn2.attend(&q, &k, &v, None)? + &xs)?;
-        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+        // Both outputs are fresh (each layer's `to_out`/`out` has just written them).
+        let xs = residual::add_into(self.attn2.attend(&q, &k, &v, None)?, &xs)?;
+        residual::add_into(self.ff.forward(&self.norm3.forward(&xs)?)?, &xs)
     }
 }
 
@@ -394,7 +396,7 @@ impl Transformer2D {
             Projection::Conv(conv) => conv.forward(&to_image(&tokens)?)?,
             Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)?,
         };
-        out + xs
+        residual::add_into(out, xs)
     }
 }
 
