@@ -26,6 +26,28 @@ pub fn add_into(fresh: Tensor, skip: &Tensor) -> Result<Tensor> {
     Ok(fresh)
 }
 
+/// `fresh + per_channel` for `fresh` `[B, C, ...]` and `per_channel` `[B, C, 1, ...]` (a
+/// resnet's time embedding), written into `fresh`'s storage on the same terms as [`add_into`].
+pub fn add_channels_into(fresh: Tensor, per_channel: &Tensor) -> Result<Tensor> {
+    let dims = fresh.dims();
+    let in_place = matches!(fresh.device(), Device::Cpu)
+        && fresh.dtype() == DType::F32
+        && per_channel.dtype() == DType::F32
+        && dims.len() >= 2
+        && per_channel.dims().len() == dims.len()
+        && per_channel.dims()[..2] == dims[..2]
+        && per_channel.dims()[2..].iter().all(|&d| d == 1)
+        && fresh.is_contiguous()
+        && per_channel.is_contiguous();
+    if !in_place {
+        return fresh.broadcast_add(per_channel);
+    }
+    fresh.inplace_op2(per_channel, &AddInPlace)?;
+    Ok(fresh)
+}
+
+/// Adds the second operand into the first, element by element, or one value per run of
+/// `len / other_len` elements where the second is shorter (a value per channel).
 struct AddInPlace;
 
 /// Elements per rayon task: large enough that a task outweighs its scheduling.
@@ -52,14 +74,30 @@ impl InplaceOp2 for AddInPlace {
         let (CpuStorage::F32(dst), CpuStorage::F32(src)) = (dst, src) else {
             candle_core::bail!("add_into: both operands must be f32");
         };
-        dst[d0..d1]
-            .par_chunks_mut(CHUNK)
-            .zip(src[s0..s1].par_chunks(CHUNK))
-            .for_each(|(d, s)| {
-                for (d, &s) in d.iter_mut().zip(s) {
-                    *d += s;
-                }
-            });
+        let (dst, src) = (&mut dst[d0..d1], &src[s0..s1]);
+        if src.len() == dst.len() {
+            dst.par_chunks_mut(CHUNK)
+                .zip(src.par_chunks(CHUNK))
+                .for_each(|(d, s)| {
+                    for (d, &s) in d.iter_mut().zip(s) {
+                        *d += s;
+                    }
+                });
+            return Ok(());
+        }
+        if src.is_empty() || !dst.len().is_multiple_of(src.len()) {
+            candle_core::bail!(
+                "add_into: {} values do not spread over {}",
+                src.len(),
+                dst.len()
+            );
+        }
+        let run = dst.len() / src.len();
+        dst.par_chunks_mut(run).zip(src).for_each(|(d, &s)| {
+            for d in d {
+                *d += s;
+            }
+        });
         Ok(())
     }
 }
@@ -68,7 +106,7 @@ impl InplaceOp2 for AddInPlace {
 mod tests {
     use candle_core::{DType, Device, Tensor};
 
-    use super::add_into;
+    use super::{add_channels_into, add_into};
 
     #[test]
     fn adds_in_place_or_falls_back_to_candle() {
@@ -95,6 +133,16 @@ mod tests {
         let got = add_into(half(&want), &half(&want)).unwrap();
         assert_eq!(got.dtype(), DType::BF16);
         assert_eq!(got.dims(), want.dims());
+        // A value per channel, and where the shapes do not fit, candle's broadcast (or error).
+        let temb = Tensor::randn(0f32, 1.0, (2, 3, 1, 1), &dev).unwrap();
+        let want = a.broadcast_add(&temb).unwrap();
+        let got = add_channels_into(a.copy().unwrap(), &temb).unwrap();
+        assert_eq!(crate::ops::max_abs_diff(&got, &want), 0.0);
+        let row = Tensor::randn(0f32, 1.0, (1, 1, 1, 70), &dev).unwrap();
+        let want = a.broadcast_add(&row).unwrap();
+        let got = add_channels_into(a.copy().unwrap(), &row).unwrap();
+        assert_eq!(crate::ops::max_abs_diff(&got, &want), 0.0);
+        assert!(add_channels_into(a.copy().unwrap(), &wide).is_err());
         // Mismatched shapes are candle's error, not a panic.
         assert!(add_into(a, &wide).is_err());
     }

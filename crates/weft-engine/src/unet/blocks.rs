@@ -99,7 +99,7 @@ impl ResnetBlock2D {
                     .forward(&temb.silu()?)?
                     .unsqueeze(D::Minus1)?
                     .unsqueeze(D::Minus1)?;
-                h.broadcast_add(&t)?
+                residual::add_channels_into(h, &t)?
             }
             _ => h,
         };
@@ -283,10 +283,16 @@ impl BasicTransformerBlock {
             undo.push(before.3);
         }
         let mut attended = self.attn1.attend(&q, &k, &v, self_attention)?;
+        // `to_out`'s output is fresh; what a patch's undo returns may not be.
+        let fresh = undo.is_empty();
         for undo in undo {
             attended = undo(attended)?;
         }
-        let xs = hooks.middle.apply((attended + xs)?)?;
+        let sum = match fresh {
+            true => residual::add_into(attended, xs)?,
+            false => (attended + xs)?,
+        };
+        let xs = hooks.middle.apply(sum)?;
         let (mut q, mut k, mut v) = (self.norm2.forward(&xs)?, context.clone(), context.clone());
         for patch in hooks.cross_patches {
             (q, k, v) = patch.before(q, k, v)?;
