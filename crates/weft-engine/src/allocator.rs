@@ -54,14 +54,19 @@ fn size_class(size: usize) -> usize {
     size.next_multiple_of((1 << size.max(1).ilog2()) / 16)
 }
 
+/// Sizes from this on go to the system as they are: rounding them to a class could overflow,
+/// and no request that large can be met anyway.
+const KEEP_BELOW: usize = isize::MAX as usize / 2;
+
 /// Whether a block of this layout goes through the kept blocks.
 fn keepable(layout: &Layout) -> bool {
-    layout.size() >= HUGE_FROM && layout.align() <= KEEP_ALIGN
+    (HUGE_FROM..KEEP_BELOW).contains(&layout.size()) && layout.align() <= KEEP_ALIGN
 }
 
 /// The layout a keepable block is really allocated with.
 fn kept_layout(size: usize) -> Layout {
-    // A keepable size is far below isize::MAX rounded to a page, so this cannot fail.
+    // A keepable size is below half of isize::MAX (`KEEP_BELOW`), and its class at most a
+    // sixteenth more, so this cannot fail.
     Layout::from_size_align(size_class(size), KEEP_ALIGN).unwrap_or_else(|_| unreachable!())
 }
 
@@ -359,6 +364,20 @@ unsafe impl GlobalAlloc for HugePages {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_impossible_size_is_a_failed_allocation_not_a_panic() {
+        let a = HugePages;
+        for size in [KEEP_BELOW, isize::MAX as usize - 4096] {
+            let layout = Layout::from_size_align(size, 16).unwrap();
+            assert!(!keepable(&layout));
+            // SAFETY: a non-zero size; nothing is allocated (asserted).
+            unsafe {
+                assert!(a.alloc(layout).is_null());
+                assert!(a.alloc_zeroed(layout).is_null());
+            }
+        }
+    }
 
     #[test]
     fn blocks_small_and_large_are_usable_and_keep_their_contents() {
