@@ -6,8 +6,9 @@
 //! most of their time there. [`exp`] is plain arithmetic (Cephes' `expf`: range reduction by
 //! ln 2, a degree-5 polynomial, the exponent written into the float's bits), about 1e-7 relative
 //! error, and the loops run under [`pulp::Arch::dispatch`], which compiles them for the widest
-//! vector instructions the CPU has. No fused multiply-add is introduced implicitly, so every instruction
-//! set gives the same bits ([`exp_fused`] asks for them where its callers are compiled with FMA).
+//! vector instructions the CPU has. No fused multiply-add is introduced implicitly, so every
+//! instruction set gives the same bits ([`exp_fused`] asks for them where its callers are
+//! compiled with FMA).
 
 /// e^x for x in [-87, 88] (inputs outside are clamped, giving about 1.6e-38 and 1.65e38).
 #[inline(always)]

@@ -1,10 +1,9 @@
 //! Residual additions into a layer's fresh output: `fresh += skip` in place.
 //!
 //! Why: candle's `+` allocates a third tensor for each of the UNet's residuals (about 90 per
-//! step, up to 10 MiB each at 512²); where the allocator has no freed block of that size the
-//! kernel zeroes new pages for it (a quarter to a half of the step's `clear_page` time in an
-//! f32 profile), and the sum is written to cold memory. Adding into the layer's output, which is
-//! in cache and dead after the sum, costs neither.
+//! step, up to 10 MiB each at 512²) and writes the sum to memory that is not in cache. Adding
+//! into the layer's output, which is dead after the sum, allocates nothing: an f32 step at 512²
+//! takes 109 fewer large blocks (547 to 438) and peaks about 50 MiB lower.
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Result, Tensor};
 use rayon::prelude::*;
@@ -13,13 +12,7 @@ use rayon::prelude::*;
 /// the CPU (else candle's `+`). `fresh` must be a tensor nothing else holds, such as the output
 /// a layer has just returned: its storage is overwritten.
 pub fn add_into(fresh: Tensor, skip: &Tensor) -> Result<Tensor> {
-    let in_place = matches!(fresh.device(), Device::Cpu)
-        && fresh.dtype() == DType::F32
-        && skip.dtype() == DType::F32
-        && fresh.dims() == skip.dims()
-        && fresh.is_contiguous()
-        && skip.is_contiguous();
-    if !in_place {
+    if !(on_cpu_in_f32(&fresh, skip) && fresh.dims() == skip.dims()) {
         return fresh + skip;
     }
     fresh.inplace_op2(skip, &AddInPlace)?;
@@ -29,21 +22,24 @@ pub fn add_into(fresh: Tensor, skip: &Tensor) -> Result<Tensor> {
 /// `fresh + per_channel` for `fresh` `[B, C, ...]` and `per_channel` `[B, C, 1, ...]` (a
 /// resnet's time embedding), written into `fresh`'s storage on the same terms as [`add_into`].
 pub fn add_channels_into(fresh: Tensor, per_channel: &Tensor) -> Result<Tensor> {
-    let dims = fresh.dims();
-    let in_place = matches!(fresh.device(), Device::Cpu)
-        && fresh.dtype() == DType::F32
-        && per_channel.dtype() == DType::F32
-        && dims.len() >= 2
-        && per_channel.dims().len() == dims.len()
-        && per_channel.dims()[..2] == dims[..2]
-        && per_channel.dims()[2..].iter().all(|&d| d == 1)
-        && fresh.is_contiguous()
-        && per_channel.is_contiguous();
-    if !in_place {
+    let (dims, along) = (fresh.dims(), per_channel.dims());
+    let per_channel_shape = dims.len() >= 2
+        && along.len() == dims.len()
+        && along[..2] == dims[..2]
+        && along[2..].iter().all(|&d| d == 1);
+    if !(on_cpu_in_f32(&fresh, per_channel) && per_channel_shape) {
         return fresh.broadcast_add(per_channel);
     }
     fresh.inplace_op2(per_channel, &AddInPlace)?;
     Ok(fresh)
+}
+
+/// Whether our kernel can add `other` into `fresh`: both contiguous f32 on the CPU.
+fn on_cpu_in_f32(fresh: &Tensor, other: &Tensor) -> bool {
+    matches!(fresh.device(), Device::Cpu)
+        && [fresh, other]
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.is_contiguous())
 }
 
 /// Adds the second operand into the first, element by element, or one value per run of
