@@ -373,18 +373,35 @@ impl DataDirs {
     /// `sub/name.ext` strings.
     pub fn list_models(&self, folder: &str) -> Option<Vec<String>> {
         let mut files = Vec::new();
-        // Config files are YAML, everything else weights.
-        let extensions: &[&str] = if folder == "configs" {
-            &["yaml", "yml", "json"]
-        } else {
-            MODEL_EXTENSIONS
-        };
+        let extensions = model_extensions(folder);
         for dir in self.model_folders(folder)? {
             list_files_recursive(&dir, &dir, &mut files, extensions, 8, true);
         }
         files.sort();
         files.dedup();
         Some(files)
+    }
+
+    /// Whether `name` is one of [`DataDirs::list_models`]'s names for `folder`. A plain name
+    /// (no hidden `.git`, no `..`, no deeper than the list goes) is looked up where it would be,
+    /// a `stat` or two; anything else, and a name not found that way, is looked for in the list.
+    /// Validation asks this of every model a prompt names, twice per prompt (at the queue and
+    /// at the run), and a LoRA folder may hold thousands of files.
+    pub fn has_model(&self, folder: &str, name: &str) -> bool {
+        let plain = |name: &str| {
+            let parts: Vec<&str> = name.split('/').collect();
+            !name.contains('\\')
+                && parts.len() <= 9
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && *p != "." && *p != ".." && *p != ".git")
+                && has_extension(Path::new(name), model_extensions(folder))
+        };
+        if plain(name) && self.model_file(folder, name).is_ok() {
+            return true;
+        }
+        self.list_models(folder)
+            .is_some_and(|names| names.iter().any(|n| n == name))
     }
 
     /// Folders under a model folder (and its extra names) holding a `model_index.json`, at any
@@ -834,6 +851,16 @@ fn has_extension(path: &Path, extensions: &[&str]) -> bool {
         .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// The extensions [`DataDirs::list_models`] lists in `folder`: config files are YAML (or JSON),
+/// everything else weights.
+fn model_extensions(folder: &str) -> &'static [&'static str] {
+    if folder == "configs" {
+        &["yaml", "yml", "json"]
+    } else {
+        MODEL_EXTENSIONS
+    }
+}
+
 /// Files with one of `extensions` under `dir`, as `/`-joined paths relative to `root`;
 /// `hidden`: also names starting with a dot (never `.git`).
 fn list_files_recursive(
@@ -920,6 +947,66 @@ mod tests {
             Some(plain.join("model.safetensors")),
             "shallower"
         );
+    }
+
+    #[test]
+    fn a_model_is_found_by_name_exactly_when_the_list_has_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = super::DataDirs::new(root.path(), &root.path().join("models"));
+        let deep = (0..8)
+            .map(|i| format!("d{i}"))
+            .collect::<Vec<_>>()
+            .join("/");
+        let files = [
+            "loras/a.safetensors",
+            "loras/sub/b.SAFETENSORS",
+            "loras/.hidden.pt",
+            "loras/.git/c.safetensors",
+            "loras/d.txt",
+            &format!("loras/{deep}/e.safetensors"),
+            &format!("loras/{deep}/d8/f.safetensors"),
+            "t2i_adapter/g.pth",
+            "configs/h.yaml",
+            "configs/i.safetensors",
+        ];
+        for file in files {
+            let path = root.path().join("models").join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"x").unwrap();
+        }
+        std::fs::create_dir_all(root.path().join("models/loras/dir.safetensors")).unwrap();
+        let names = [
+            "a.safetensors",
+            "sub/b.SAFETENSORS",
+            ".hidden.pt",
+            ".git/c.safetensors",
+            "d.txt",
+            &format!("{deep}/e.safetensors"),
+            &format!("{deep}/d8/f.safetensors"),
+            "dir.safetensors",
+            "sub/../a.safetensors",
+            "./a.safetensors",
+            "sub//b.SAFETENSORS",
+            "/a.safetensors",
+            "missing.safetensors",
+            "g.pth",
+            "h.yaml",
+            "i.safetensors",
+            "",
+        ];
+        for folder in ["loras", "controlnet", "configs"] {
+            let listed = dirs.list_models(folder).unwrap();
+            for name in names {
+                assert_eq!(
+                    dirs.has_model(folder, name),
+                    listed.iter().any(|n| n == name),
+                    "{folder}/{name} in {listed:?}"
+                );
+            }
+        }
+        assert!(dirs.has_model("loras", &format!("{deep}/e.safetensors")));
+        assert!(dirs.has_model("controlnet", "g.pth"));
+        assert!(!dirs.has_model("nowhere", "a.safetensors"));
     }
 
     #[test]

@@ -352,6 +352,50 @@ async fn validation_errors_are_reported_per_node_in_comfyui_shape() {
     assert_eq!(queue["queue_pending"], json!([]));
 }
 
+/// A model combo accepts exactly the names `/object_info` lists (found by path, not by listing
+/// the folder), and a name it rejects gets the list.
+#[actix_web::test]
+async fn a_model_name_is_valid_exactly_when_it_is_listed() {
+    let app = spawn_app().await;
+    let folder = app.dir.path().join("models/upscale_models");
+    std::fs::create_dir_all(folder.join("sub/.git")).unwrap();
+    for file in ["a.pth", "sub/b.safetensors", "sub/.git/c.pth", "notes.txt"] {
+        std::fs::write(folder.join(file), b"not a model").unwrap();
+    }
+    let (_, info) = app.get("/object_info/UpscaleModelLoader").await;
+    let listed = &info["UpscaleModelLoader"]["input"]["required"]["model_name"][0];
+    assert_eq!(*listed, json!(["a.pth", "sub/b.safetensors"]));
+    let graph = |model: &str| {
+        json!({"prompt": {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": model}},
+            "3": {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]}},
+            "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "m"}}
+        }})
+    };
+    for model in ["a.pth", "sub/b.safetensors"] {
+        let (status, body) = app.post("/prompt", graph(model)).await;
+        assert_eq!(status, 200, "{model}: {body}");
+    }
+    for model in [
+        "sub/.git/c.pth",
+        "notes.txt",
+        "sub/../a.pth",
+        "sub//b.safetensors",
+        "missing.pth",
+        "",
+    ] {
+        let (status, body) = app.post("/prompt", graph(model)).await;
+        assert_eq!(status, 400, "{model}: {body}");
+        let error = &body["node_errors"]["2"]["errors"][0];
+        assert_eq!(error["type"], "value_not_in_list", "{model}: {body}");
+        assert_eq!(
+            error["details"],
+            format!("model_name: '{model}' not in ['a.pth', 'sub/b.safetensors']"),
+        );
+    }
+}
+
 #[actix_web::test]
 async fn body_is_json_whatever_the_content_type_and_api_twin_routes_work() {
     let app = spawn_app().await;

@@ -420,6 +420,13 @@ impl Catalog for RegistryCatalog<'_> {
         combo_options(self.dirs, options)
     }
 
+    fn combo_has(&self, options: &ComboOptions, value: &str) -> bool {
+        match options {
+            ComboOptions::Files(FileList::Models(folder)) => self.dirs.has_model(folder, value),
+            _ => combo_options(self.dirs, options).iter().any(|o| o == value),
+        }
+    }
+
     fn check_input(&self, spec: &NodeSpec, input: &str, value: &ConstValue) -> Result<(), String> {
         match self.registry.node(spec.class_type) {
             Some(node) => node.check_input(self.dirs, input, value),

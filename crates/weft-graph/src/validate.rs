@@ -24,6 +24,12 @@ pub trait Catalog {
     fn spec(&self, class_type: &str) -> Option<&NodeSpec>;
     /// The options of a combo, resolved now (file lists are read at validation time).
     fn combo_options(&self, options: &ComboOptions) -> Vec<String>;
+    /// Whether `value` is one of the combo's options, as [`Catalog::combo_options`] would list
+    /// them. The default lists them; a catalog may answer faster (a model file found by its
+    /// name, where the list walks a whole folder).
+    fn combo_has(&self, options: &ComboOptions, value: &str) -> bool {
+        self.combo_options(options).iter().any(|o| o == value)
+    }
     /// The node's own check of an input it validates itself (ComfyUI's `VALIDATE_INPUTS`).
     fn check_input(&self, spec: &NodeSpec, input: &str, value: &ConstValue) -> Result<(), String>;
 }
@@ -524,25 +530,25 @@ fn check_constant(
                 ));
             }
         }
-        (InputKind::Combo { options, .. }, ConstValue::String(v)) => {
+        // Python's `val not in options`: the options are strings, so a number or a boolean
+        // never matches, not even 1 against the option "1" (`v` is its str(), for the message
+        // only). The list is read only for the message.
+        (InputKind::Combo { options, .. }, ConstValue::String(v))
+            if !value.is_string() || !catalog.combo_has(options, v) =>
+        {
             let list = catalog.combo_options(options);
-            // Python's `val not in options`: the options are strings, so a number or a boolean
-            // never matches, not even 1 against the option "1" (`v` is its str(), for the
-            // message only).
-            if !value.is_string() || !list.iter().any(|o| o == v) {
-                let shown = if list.len() > 20 {
-                    format!("(list of length {})", list.len())
-                } else {
-                    python_repr_list(&list)
-                };
-                let mut error = NodeError::new(
-                    ErrorKind::ValueNotInList,
-                    "Value not in list",
-                    format!("{name}: '{v}' not in {shown}"),
-                );
-                error.received_value = Some(value.clone());
-                return Err(error);
-            }
+            let shown = if list.len() > 20 {
+                format!("(list of length {})", list.len())
+            } else {
+                python_repr_list(&list)
+            };
+            let mut error = NodeError::new(
+                ErrorKind::ValueNotInList,
+                "Value not in list",
+                format!("{name}: '{v}' not in {shown}"),
+            );
+            error.received_value = Some(value.clone());
+            return Err(error);
         }
         _ => {}
     }
