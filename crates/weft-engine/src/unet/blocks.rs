@@ -202,6 +202,13 @@ impl Attention {
 }
 
 /// GeGLU feed-forward: proj to 2*inner, value * gelu(gate) with the exact erf GELU, then back.
+/// Rows at a time through a [`FeedForward`]: its projection is 8 times as wide as its input (84 MB
+/// at SD1.5's 64x64 level with CFG in f32, 168 MB at SDXL's at 1024²), a chunk's 10 MB. The 512²
+/// SD1.5 step peaked at 3743-3762 MiB instead of 3804-3848 MiB, at the same speed within this
+/// machine's noise (9.3-10.4 s per step either way, alternating). Well above the rows where
+/// [`Linear`] turns to its few-rows form (284 for SD1.5's 320 → 2560).
+const FEED_FORWARD_ROWS: usize = 1024;
+
 #[derive(Debug)]
 pub(crate) struct FeedForward {
     proj: Linear,
@@ -217,6 +224,25 @@ impl FeedForward {
     }
 
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut dims = xs.dims().to_vec();
+        let width = dims.pop().unwrap_or(1);
+        let rows = dims.iter().product::<usize>();
+        if rows <= FEED_FORWARD_ROWS {
+            return self.rows_forward(xs);
+        }
+        let flat = xs.reshape((rows, width))?;
+        let parts = (0..rows)
+            .step_by(FEED_FORWARD_ROWS)
+            .map(|start| {
+                self.rows_forward(&flat.narrow(0, start, FEED_FORWARD_ROWS.min(rows - start))?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ys = Tensor::cat(&parts, 0)?;
+        dims.push(ys.dim(1)?);
+        ys.reshape(dims)
+    }
+
+    fn rows_forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(xs)?;
         self.out.forward(&crate::ops::geglu::geglu(&h)?)
     }
@@ -507,5 +533,36 @@ impl TimestepEmbedding {
     /// [B, in_dim] -> [B, out_dim].
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.linear_2.forward(&self.linear_1.forward(xs)?.silu()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+
+    /// The feed-forward in chunks of rows gives what one pass over all rows gives: more rows
+    /// than a chunk (and not a multiple of it), in f32 and on bf16 weights.
+    #[test]
+    fn the_feed_forward_in_chunks_matches_one_pass() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F32, DType::BF16] {
+            let ff = FeedForward::new(crate::synth::synth_var_builder(dtype, &dev), 16).unwrap();
+            let rows = 2 * FEED_FORWARD_ROWS + 37;
+            let xs = Tensor::randn(0f32, 1.0, (2, rows / 2 + 1, 16), &dev).unwrap();
+            let chunked = ff.forward(&xs).unwrap();
+            let whole = ff.rows_forward(&xs).unwrap();
+            assert_eq!(chunked.dims(), [2, rows / 2 + 1, 16]);
+            let diff = (&chunked - &whole)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff <= 1e-5, "{dtype:?}: {diff}");
+        }
     }
 }
