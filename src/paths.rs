@@ -386,7 +386,9 @@ impl DataDirs {
     /// (no hidden `.git`, no `..`, no deeper than the list goes) is looked up where it would be,
     /// a `stat` or two; anything else, and a name not found that way, is looked for in the list.
     /// Validation asks this of every model a prompt names, twice per prompt (at the queue and
-    /// at the run), and a LoRA folder may hold thousands of files.
+    /// at the run), and a LoRA folder may hold thousands of files. (On a file system that
+    /// ignores case, a name in another case is found by its path though the list spells it
+    /// differently: accepted, and it loads.)
     pub fn has_model(&self, folder: &str, name: &str) -> bool {
         let plain = |name: &str| {
             let parts: Vec<&str> = name.split('/').collect();

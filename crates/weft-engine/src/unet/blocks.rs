@@ -554,14 +554,7 @@ mod tests {
             let chunked = ff.forward(&xs).unwrap();
             let whole = ff.rows_forward(&xs).unwrap();
             assert_eq!(chunked.dims(), [2, rows / 2 + 1, 16]);
-            let diff = (&chunked - &whole)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::ops::max_abs_diff(&chunked, &whole);
             assert!(diff <= 1e-5, "{dtype:?}: {diff}");
         }
     }
