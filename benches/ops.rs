@@ -185,6 +185,24 @@ fn matmul(dev: &Device, m: usize, k: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// `x [m, k]` by a linear weight `[n, k]`: candle's matmul (gemm's kernels) against the f32
+/// kernel of `gemm_bf16` with the weight packed once.
+fn linear_f32(dev: &Device, m: usize, k: usize, n: usize) -> Result<()> {
+    use weft::engine::ops::gemm_bf16;
+    let x = Tensor::randn(0f32, 1.0, (m, k), dev)?;
+    let w = Tensor::randn(0f32, 1.0, (n, k), dev)?;
+    let candle = time_ms(5, || x.matmul(&w.t()?))?;
+    let packed = gemm_bf16::pack_rhs_f32(&w.t()?)?;
+    let ours = time_ms(5, || gemm_bf16::matmul_packed_rhs(&x, &packed))?;
+    let gflops = |ms: f64| 2.0 * (m * k * n) as f64 / (ms * 1e6);
+    println!(
+        "linear f32 {m}x{k} by {n}x{k}: gemm {candle:.1} ms ({:.0} GFLOP/s), packed f32 kernel {ours:.1} ms ({:.0} GFLOP/s)",
+        gflops(candle),
+        gflops(ours)
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let dev = Device::Cpu;
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
@@ -193,6 +211,12 @@ fn main() -> Result<()> {
     if on("matmul") {
         matmul(&dev, 1024, 1024, 1024)?;
         matmul(&dev, 320, 2880, 4096)?;
+    }
+    if on("linear") {
+        linear_f32(&dev, 8192, 320, 2560)?;
+        linear_f32(&dev, 8192, 1280, 320)?;
+        linear_f32(&dev, 8192, 320, 320)?;
+        linear_f32(&dev, 2048, 640, 5120)?;
     }
     if on("conv") {
         // UNet, batch 2.

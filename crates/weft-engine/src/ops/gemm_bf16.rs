@@ -372,6 +372,14 @@ pub fn pack_lhs_f32(t: &Tensor) -> Result<Packed> {
     with_view(t, false, |v| pack(v, Role::Lhs, Isa::F32))
 }
 
+/// `t` `[k, n]` (f32 or bf16) packed as the right operand of the f32 kernel.
+pub fn pack_rhs_f32(t: &Tensor) -> Result<Packed> {
+    if !f32_available() {
+        candle_core::bail!("no AVX-512F on this CPU for the f32 kernel");
+    }
+    with_view(t, true, |v| pack(v, Role::Rhs, Isa::F32))
+}
+
 /// `t` `[k, n]` packed as the right operand (a linear layer's weight, transposed).
 pub fn pack_rhs(t: &Tensor) -> Result<Packed> {
     let isa = isa_or_err()?;
