@@ -201,7 +201,6 @@ impl Attention {
     }
 }
 
-/// GeGLU feed-forward: proj to 2*inner, value * gelu(gate) with the exact erf GELU, then back.
 /// Rows at a time through a [`FeedForward`]: its projection is 8 times as wide as its input (84 MB
 /// at SD1.5's 64x64 level with CFG in f32, 168 MB at SDXL's at 1024²), a chunk's 10 MB. The 512²
 /// SD1.5 step peaked at 3743-3762 MiB instead of 3804-3848 MiB, at the same speed within this
@@ -209,6 +208,7 @@ impl Attention {
 /// [`Linear`] turns to its few-rows form (284 for SD1.5's 320 → 2560).
 const FEED_FORWARD_ROWS: usize = 1024;
 
+/// GeGLU feed-forward: proj to 2*inner, value * gelu(gate) with the exact erf GELU, then back.
 #[derive(Debug)]
 pub(crate) struct FeedForward {
     proj: Linear,
