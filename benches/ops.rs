@@ -69,6 +69,27 @@ fn conv(
     Ok(())
 }
 
+/// Weft's f32 3x3 convolution alone at the shapes that run as Winograd per call, as the direct
+/// form's GFLOP/s (`WEFT_WINOGRAD=off` times the direct form itself).
+fn conv_f32(dev: &Device, b: usize, c_in: usize, c_out: usize, hw: usize) -> Result<()> {
+    let x = Tensor::randn(0f32, 1.0, (b, c_in, hw, hw), dev)?;
+    let w = (Tensor::randn(0f32, 1.0, (c_out, c_in, 3, 3), dev)? * 0.02)?;
+    let bias = Tensor::randn(0f32, 1.0, c_out, dev)?;
+    let cfg = candle_nn::Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    let ours = weft::engine::ops::conv::Conv2d::new(w, Some(bias), cfg);
+    let ms = time_ms(5, || ours.forward(&x))?;
+    let gflop = 2.0 * (b * c_out * c_in * 9 * hw * hw) as f64 / 1e9;
+    println!(
+        "{:<44} weft {ms:>9.1} ms ({:.0} GFLOP/s direct-equivalent)",
+        format!("conv3x3 ({b},{c_in},{hw},{hw})->{c_out}"),
+        gflop / ms * 1e3
+    );
+    Ok(())
+}
+
 /// The same convolution with bf16 weights (`--dtype bf16`: bf16 products, f32 sums) next to f32.
 fn conv_bf16(dev: &Device, b: usize, c_in: usize, c_out: usize, hw: usize, k: usize) -> Result<()> {
     let x = Tensor::randn(0f32, 1.0, (b, c_in, hw, hw), dev)?;
@@ -242,6 +263,14 @@ fn main() -> Result<()> {
         // The VAE's two largest convolutions, right after upsampling.
         conv(&dev, 1, 512, 512, 256, 3, 1)?;
         conv(&dev, 1, 256, 256, 512, 3, 1)?;
+    }
+    if on("winograd") {
+        // The SD1.5 UNet's 3x3 convolutions at its two upper levels, batch 2 (CFG).
+        conv_f32(&dev, 2, 320, 320, 64)?;
+        conv_f32(&dev, 2, 960, 320, 64)?;
+        conv_f32(&dev, 2, 640, 640, 32)?;
+        conv_f32(&dev, 2, 1920, 640, 32)?;
+        conv_f32(&dev, 2, 1280, 1280, 32)?;
     }
     if on("upconv") {
         // The VAE's upsampler before its last level: nearest 2x, then a 3x3 conv.
