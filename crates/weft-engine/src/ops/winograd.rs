@@ -29,7 +29,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::ops::gemm_bf16::{self, ARows, CPtr, Packed, MAX_PANELS, PANEL};
+use crate::ops::gemm_bf16::{self, CPtr, PackedStack, MAX_PANELS, PANEL};
 
 /// `Bᵀ`'s rows: each takes two of the patch's four rows, as (index, sign). (Applied to columns,
 /// `B` is written out in `transform_input`.)
@@ -115,7 +115,7 @@ pub(crate) fn plan(
 /// A layer's weight transformed and packed for [`conv`].
 pub struct WinogradWeight {
     /// `U[ξ]`, `ξ = 4a + b`, each `[C_out, C_in]` packed as the left operand.
-    terms: Vec<Packed>,
+    terms: PackedStack,
     c_out: usize,
     c_in: usize,
     precision: Precision,
@@ -154,47 +154,19 @@ pub(crate) fn pack_weight(weight: &Tensor, precision: Precision) -> Result<Winog
         candle_core::bail!("a Winograd F(2x2, 3x3) convolution needs a 3x3 kernel, not {kh}x{kw}");
     }
     let taps: Vec<f32> = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    // U[4a + b][oc] = Σ_ij G[a][i] g[i][j] G[b][j] = (G (G g)ᵀ)ᵀ: each task takes a chunk of
-    // kernels and writes all 16 terms of each, so the weight is read once (a task per term read
-    // it 16 times: 1.8% of an f32 step, where the UNet transforms per call).
-    const CHUNK: usize = 4096;
-    let kernels = c_out * c_in;
-    let mut u = vec![vec![0f32; kernels]; 16];
-    let mut chunks: Vec<Vec<&mut [f32]>> = (0..kernels.div_ceil(CHUNK))
-        .map(|_| Vec::with_capacity(16))
-        .collect();
-    for term in &mut u {
-        for (chunk, part) in chunks.iter_mut().zip(term.chunks_mut(CHUNK)) {
-            chunk.push(part);
-        }
-    }
-    chunks
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(c, mut terms)| {
-            let len = terms.first().map_or(0, |t| t.len());
-            for (t, g) in taps[c * CHUNK * 9..].chunks_exact(9).take(len).enumerate() {
-                // G times each column of g, then G times each row of that.
-                let columns: [[f32; 4]; 3] =
-                    std::array::from_fn(|j| spread([g[j], g[3 + j], g[6 + j]]));
-                for a in 0..4 {
-                    let row = spread(std::array::from_fn(|j| columns[j][a]));
-                    for (b, &value) in row.iter().enumerate() {
-                        terms[4 * a + b][t] = value;
-                    }
-                }
+    // U[4a + b][oc][ic] = Σ_ij G[a][i] g[i][j] G[b][j] = (G (G g)ᵀ)ᵀ: all 16 terms of a kernel
+    // at once, written straight into their packed places, so the weight is read once and
+    // nothing of its size is stored in f32 (a per-call transform was 2% of an f32 UNet step).
+    let terms =
+        gemm_bf16::pack_lhs_stack(16, c_out, c_in, precision == Precision::F32, |oc, ic, u| {
+            let g = &taps[(oc * c_in + ic) * 9..][..9];
+            // G times each column of g, then G times each row of that.
+            let columns: [[f32; 4]; 3] =
+                std::array::from_fn(|j| spread([g[j], g[3 + j], g[6 + j]]));
+            for (a, u) in u.chunks_exact_mut(4).enumerate() {
+                u.copy_from_slice(&spread(std::array::from_fn(|j| columns[j][a])));
             }
-        });
-    let terms = u
-        .into_par_iter()
-        .map(|u| {
-            let u = Tensor::from_vec(u, (c_out, c_in), &Device::Cpu)?;
-            match precision {
-                Precision::Bf16 => gemm_bf16::pack_lhs(&u),
-                Precision::F32 => gemm_bf16::pack_lhs_f32(&u),
-            }
-        })
-        .collect::<Result<_>>()?;
+        })?;
     Ok(WinogradWeight {
         terms,
         c_out,
@@ -288,8 +260,8 @@ pub fn conv(w: &WinogradWeight, x: &Input, bias: Option<&[f32]>) -> Result<Tenso
     let panels = (OUT_BYTES / (16 * m) / PANEL).clamp(1, MAX_PANELS);
     let cols = panels * PANEL;
     let groups = tiles.div_ceil(cols);
-    let pairs = w.terms[0].pairs();
-    let (unit, chunk) = (w.terms[0].unit_rows(), w.terms[0].chunk_units());
+    let pairs = w.terms.pairs();
+    let (unit, chunk) = (w.terms.unit_rows(), w.terms.chunk_units());
     let scratch = || Scratch {
         v: vec![0; 4 * panels * pairs * PANEL],
         product: vec![0.0; chunk * unit * cols],
@@ -358,17 +330,16 @@ impl WithSimd for Task<'_> {
             panels,
             groups,
         } = *job;
-        let (m, cols, pairs) = (w.c_out, panels * PANEL, w.terms[0].pairs());
-        let (unit, chunk) = (w.terms[0].unit_rows(), w.terms[0].chunk_units());
+        let (m, cols, pairs) = (w.c_out, panels * PANEL, w.terms.pairs());
+        let (unit, chunk) = (w.terms.unit_rows(), w.terms.chunk_units());
         let units_m = m.div_ceil(unit);
         let (image, group) = (task / groups, task % groups);
         let first = group * cols;
-        let mut kernel = w.terms[0].kernel();
+        let mut kernel = w.terms.kernel();
         s.planes.fill(0.0);
         for a in 0..4 {
             transform_input(x, image, a, first, cols, tiles, w.precision, pairs, s);
             for b in 0..4 {
-                let term = &w.terms[4 * a + b];
                 let v = &s.v[b * panels * pairs * PANEL..(b + 1) * panels * pairs * PANEL];
                 let panel =
                     |j: usize, from: usize| &v[(j * pairs + from) * PANEL..(j + 1) * pairs * PANEL];
@@ -378,7 +349,7 @@ impl WithSimd for Task<'_> {
                     let rows = (units.len() * unit).min(m - row0);
                     gemm_bf16::sum_tile(
                         &mut kernel,
-                        ARows::from(term),
+                        w.terms.term(4 * a + b),
                         units,
                         panels,
                         panel,
