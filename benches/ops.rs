@@ -39,6 +39,22 @@ fn runs_for(elems: usize) -> usize {
     }
 }
 
+/// A random input `(b, c_in, hw, hw)`, a `k x k` weight scaled as a trained one's and a bias.
+fn conv_operands(
+    dev: &Device,
+    b: usize,
+    c_in: usize,
+    c_out: usize,
+    hw: usize,
+    k: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    Ok((
+        Tensor::randn(0f32, 1.0, (b, c_in, hw, hw), dev)?,
+        (Tensor::randn(0f32, 1.0, (c_out, c_in, k, k), dev)? * 0.02)?,
+        Tensor::randn(0f32, 1.0, c_out, dev)?,
+    ))
+}
+
 fn conv(
     dev: &Device,
     b: usize,
@@ -48,9 +64,7 @@ fn conv(
     k: usize,
     stride: usize,
 ) -> Result<()> {
-    let x = Tensor::randn(0f32, 1.0, (b, c_in, hw, hw), dev)?;
-    let w = (Tensor::randn(0f32, 1.0, (c_out, c_in, k, k), dev)? * 0.02)?;
-    let bias = Tensor::randn(0f32, 1.0, c_out, dev)?;
+    let (x, w, bias) = conv_operands(dev, b, c_in, c_out, hw, k)?;
     let cfg = candle_nn::Conv2dConfig {
         padding: k / 2,
         stride,
@@ -72,9 +86,7 @@ fn conv(
 /// Weft's f32 3x3 convolution alone at the shapes that run as Winograd per call, as the direct
 /// form's GFLOP/s (`WEFT_WINOGRAD=off` times the direct form itself).
 fn conv_f32(dev: &Device, b: usize, c_in: usize, c_out: usize, hw: usize) -> Result<()> {
-    let x = Tensor::randn(0f32, 1.0, (b, c_in, hw, hw), dev)?;
-    let w = (Tensor::randn(0f32, 1.0, (c_out, c_in, 3, 3), dev)? * 0.02)?;
-    let bias = Tensor::randn(0f32, 1.0, c_out, dev)?;
+    let (x, w, bias) = conv_operands(dev, b, c_in, c_out, hw, 3)?;
     let cfg = candle_nn::Conv2dConfig {
         padding: 1,
         ..Default::default()
@@ -92,9 +104,7 @@ fn conv_f32(dev: &Device, b: usize, c_in: usize, c_out: usize, hw: usize) -> Res
 
 /// The same convolution with bf16 weights (`--dtype bf16`: bf16 products, f32 sums) next to f32.
 fn conv_bf16(dev: &Device, b: usize, c_in: usize, c_out: usize, hw: usize, k: usize) -> Result<()> {
-    let x = Tensor::randn(0f32, 1.0, (b, c_in, hw, hw), dev)?;
-    let w = (Tensor::randn(0f32, 1.0, (c_out, c_in, k, k), dev)? * 0.02)?;
-    let bias = Tensor::randn(0f32, 1.0, c_out, dev)?;
+    let (x, w, bias) = conv_operands(dev, b, c_in, c_out, hw, k)?;
     let cfg = candle_nn::Conv2dConfig {
         padding: k / 2,
         ..Default::default()
