@@ -371,10 +371,12 @@ mod tests {
         for size in [KEEP_BELOW, isize::MAX as usize - 4096] {
             let layout = Layout::from_size_align(size, 16).unwrap();
             assert!(!keepable(&layout));
-            // SAFETY: a non-zero size; nothing is allocated (asserted).
+            // SAFETY: a non-zero size; nothing is allocated (asserted). `black_box`: in a
+            // release build LLVM otherwise drops a `malloc` whose result is only compared with
+            // null and takes it as not null.
             unsafe {
-                assert!(a.alloc(layout).is_null());
-                assert!(a.alloc_zeroed(layout).is_null());
+                assert!(std::hint::black_box(a.alloc(layout)).is_null());
+                assert!(std::hint::black_box(a.alloc_zeroed(layout)).is_null());
             }
         }
     }

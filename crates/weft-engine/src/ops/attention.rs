@@ -20,6 +20,7 @@ use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::ops::attention_bf16;
+use crate::ops::buffer;
 use crate::ops::gemm_bf16;
 use crate::ops::math::{exp, exp_minus_sum, lanes_max};
 
@@ -176,7 +177,7 @@ impl CustomOp3 for FlashAttention {
             Rows::new(v, v_layout)?,
         );
         let batch = q_layout.dims()[0];
-        let mut out = vec![0f32; batch * q.rows * q.heads * v.dim];
+        let mut out = buffer::zeros(batch * q.rows * q.heads * v.dim);
         if self.bf16 && !out.is_empty() && k.rows > 0 {
             attention_bf16::run(&q, &k, &v, batch, self.scale, &mut out);
             return Ok((
@@ -231,8 +232,8 @@ impl Packed {
         let value_dim = v.dim.next_multiple_of(lanes);
         let (key_len, value_len) = (padded * k.dim, padded * value_dim);
         let heads = batch * k.heads;
-        let mut keys = vec![0f32; heads * key_len];
-        let mut values = vec![0f32; heads * value_len];
+        let mut keys = buffer::zeros(heads * key_len);
+        let mut values = buffer::zeros(heads * value_len);
         if key_len > 0 {
             keys.par_chunks_mut(key_len)
                 .enumerate()

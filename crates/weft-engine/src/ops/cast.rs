@@ -12,6 +12,8 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, T
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use crate::ops::buffer;
+
 /// Elements one task converts (256 KiB of f32: big enough to amortise the task, small enough to
 /// spread a layer's weight over every core).
 const CHUNK: usize = 64 << 10;
@@ -59,9 +61,7 @@ impl CustomOp1 for Widen {
         let (start, end) = layout
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("widening needs a contiguous tensor".into()))?;
-        // Zeroed allocation: a fresh large block comes zeroed from the kernel, so this costs no
-        // extra pass.
-        let mut out = vec![0f32; end - start];
+        let mut out = buffer::zeros(end - start);
         match storage {
             CpuStorage::F16(src) => out
                 .par_chunks_mut(CHUNK)

@@ -26,9 +26,9 @@ use candle_core::{
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use crate::ops::cast;
 use crate::ops::gemm_bf16::{self, Packed, PackedWeight, PANEL};
 use crate::ops::winograd::{self, Plan, Precision, WinogradWeight};
+use crate::ops::{buffer, cast};
 
 /// Most floats one im2col chunk may hold (8 MiB). In `benches/ops.rs` this beat 4, 6 and 8 Mi
 /// floats at the VAE's 256- and 128-channel shapes (by 15-25%) and tied at the UNet's; 16 Mi and
@@ -165,7 +165,7 @@ impl Conv2d {
             candle_core::bail!("the bf16 convolution runs on the CPU only");
         };
         let input = winograd::Input {
-            data: contiguous_f32(cpu, layout)?,
+            data: buffer::contiguous_f32(cpu, layout, "conv")?,
             images,
             channels,
             height,
@@ -316,12 +316,12 @@ impl CustomOp1 for Depthwise {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = &self.geometry;
-        let data = contiguous_f32(storage, layout)?;
+        let data = buffer::contiguous_f32(storage, layout, "conv")?;
         let (batch, _, _, _) = layout.shape().dims4()?;
         let (out_h, out_w) = g.out_size()?;
         let (plane, taps) = (g.height * g.width, g.kernel_h * g.kernel_w);
         let (stride, padding) = (g.stride, g.padding as isize);
-        let mut out = vec![0f32; batch * g.channels * out_h * out_w];
+        let mut out = buffer::zeros(batch * g.channels * out_h * out_w);
         if out_h * out_w > 0 {
             out.par_chunks_mut(out_h * out_w)
                 .enumerate()
@@ -471,7 +471,7 @@ fn cpu_conv2d(
             candle_core::bail!("the bf16 convolution runs on the CPU only");
         };
         let panels = Im2ColPanels {
-            data: contiguous_f32(cpu, layout)?,
+            data: buffer::contiguous_f32(cpu, layout, "conv")?,
             geometry,
             images: batch,
             out_w,
@@ -491,7 +491,11 @@ fn cpu_conv2d(
     };
     // Every matmul result is written (plus the bias) straight into its place in `out`, so there
     // is no concatenation and no separate pass for the bias.
-    let out = Tensor::zeros((batch, c_out, out_h, out_w), DType::F32, xs.device())?;
+    let out = Tensor::from_vec(
+        buffer::zeros::<f32>(batch * c_out * out_h * out_w),
+        (batch, c_out, out_h, out_w),
+        xs.device(),
+    )?;
     let place = |product: &Tensor, images: Range<usize>, rows: Range<usize>| {
         out.inplace_op3(
             product,
@@ -574,8 +578,8 @@ impl InplaceOp3 for PlaceProduct {
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<()> {
-        let product = contiguous_f32(product, product_layout)?;
-        let bias = contiguous_f32(bias, bias_layout)?;
+        let product = buffer::contiguous_f32(product, product_layout, "conv")?;
+        let bias = buffer::contiguous_f32(bias, bias_layout, "conv")?;
         let (start, end) = out_layout
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("conv output must be contiguous".into()))?;
@@ -605,13 +609,6 @@ impl InplaceOp3 for PlaceProduct {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("conv needs contiguous tensors".into()))?;
-    Ok(&storage.as_slice::<f32>()?[start..end])
-}
-
 /// The im2col matrix of `images` for the output rows `rows`: [C_in*kh*kw, images*rows*W_out],
 /// row `(c, i, j)` holding input channel `c` shifted by kernel tap `(i, j)` for each image in
 /// turn, zero outside the input.
@@ -628,14 +625,14 @@ impl CustomOp1 for Im2Col {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = &self.geometry;
-        let data = contiguous_f32(storage, layout)?;
+        let data = buffer::contiguous_f32(storage, layout, "conv")?;
         let (_, out_w) = g.out_size()?;
         let plane = (g.height / g.upsample) * (g.width / g.upsample);
         let taps = g.kernel_h * g.kernel_w;
         let pixels = self.rows.len() * out_w;
         let images = self.images.len();
         let row_len = images * pixels;
-        let mut col = vec![0f32; g.patch_len() * row_len];
+        let mut col = buffer::zeros(g.patch_len() * row_len);
         if row_len > 0 {
             col.par_chunks_mut(taps * row_len)
                 .enumerate()

@@ -11,7 +11,7 @@ use half::bf16;
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::ops::math;
+use crate::ops::{buffer, math};
 
 /// `h[.., :n] * gelu_erf(h[.., n:])` for `h` whose last dimension is `2n`.
 pub fn geglu(h: &Tensor) -> Result<Tensor> {
@@ -72,7 +72,7 @@ fn rows<T: Copy + Send + Sync + Default>(
     get: impl Fn(T) -> f32 + Sync,
     put: impl Fn(f32) -> T + Sync,
 ) -> Vec<T> {
-    let mut dst = vec![T::default(); src.len() / 2];
+    let mut dst = buffer::zeros::<T>(src.len() / 2);
     if inner > 0 {
         dst.par_chunks_mut(inner * ROWS_PER_TASK)
             .zip(src.par_chunks(2 * inner * ROWS_PER_TASK))

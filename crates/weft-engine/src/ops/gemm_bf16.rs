@@ -43,6 +43,8 @@ use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
+use crate::ops::buffer;
+
 /// Rows of A per micro-tile.
 const MR: usize = 14;
 /// zmm registers (16 f32 lanes each) across a micro-tile's columns.
@@ -888,7 +890,7 @@ fn product(a: &Packed, b: &Packed) -> Result<Tensor> {
         );
     }
     let (m, n) = (a.lines, b.lines);
-    let mut c = vec![0f32; m * n];
+    let mut c = buffer::zeros(m * n);
     gemm(a, b, &mut c);
     Tensor::from_vec(c, (m, n), &Device::Cpu)
 }

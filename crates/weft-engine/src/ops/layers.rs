@@ -6,17 +6,17 @@
 //! with bf16 weights multiplies with [`crate::ops::gemm_bf16`] instead on CPUs with AVX512_BF16
 //! (bf16 products, f32 sums and output), and an f32 one with few rows beside its weight computes
 //! `(W x^T)^T` on the CPU, so gemm does not repack the weight (`Linear::few_rows_forward`): the
-//! same sums, in another order.
+//! same sums, in another order. Any other f32 linear layer on the CPU is one gemm call into an
+//! output that starts as the bias ([`crate::ops::linear_f32`]), not candle's matmul (one
+//! `memset` on the calling thread) and a second pass for the bias.
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Module, Result, Shape, Tensor,
-};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use rayon::prelude::*;
 
 use crate::device::compute_dtype;
 use crate::ops::cast::{operand, operand_opt, to_dtype};
 use crate::ops::gemm_bf16::{self, PackedWeight};
+use crate::ops::{buffer, linear_f32, transpose};
 
 /// `x W^T + b`, as `candle_nn::Linear`.
 #[derive(Debug, Clone)]
@@ -71,6 +71,9 @@ impl Module for Linear {
         if let Some(ys) = self.few_rows_forward(xs)? {
             return Ok(ys);
         }
+        if let Some(ys) = self.cpu_f32_forward(xs)? {
+            return Ok(ys);
+        }
         candle_nn::Linear::new(
             operand(&self.weight, xs)?,
             operand_opt(self.bias.as_ref(), xs)?,
@@ -80,6 +83,36 @@ impl Module for Linear {
 }
 
 impl Linear {
+    /// `x W^T + b` for an f32 input on the CPU through [`linear_f32`] (no serial zeroing, the
+    /// bias written before the product instead of added after it); `None` elsewhere.
+    fn cpu_f32_forward(&self, xs: &Tensor) -> Result<Option<Tensor>> {
+        if !matches!(xs.device(), Device::Cpu) || xs.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let (out_dim, in_dim) = self.weight.dims2()?;
+        let mut dims = xs.dims().to_vec();
+        if dims.pop() != Some(in_dim) {
+            candle_core::bail!(
+                "linear: an input of {:?} for a layer of {in_dim} inputs",
+                xs.dims()
+            );
+        }
+        let rows = dims.iter().product::<usize>();
+        let weight = operand(&self.weight, xs)?;
+        let bias = operand_opt(self.bias.as_ref(), xs)?;
+        let what = "a linear layer";
+        let ys = buffer::with_f32(xs, what, |x| {
+            buffer::with_f32(&weight, what, |w| match &bias {
+                Some(bias) => buffer::with_f32(bias, what, |b| {
+                    linear_f32::linear(x, (rows, in_dim), w, out_dim, Some(b))
+                })?,
+                None => linear_f32::linear(x, (rows, in_dim), w, out_dim, None),
+            })?
+        })??;
+        dims.push(out_dim);
+        Ok(Some(Tensor::from_vec(ys, dims, &Device::Cpu)?))
+    }
+
     /// `x W^T + b` as `(W x^T)^T + b`, for an f32 input on the CPU with few rows (tokens) beside
     /// the weight's size; `None` where the usual product is cheaper.
     ///
@@ -103,85 +136,10 @@ impl Linear {
         let weight = operand(&self.weight, xs)?.contiguous()?;
         let xs_2d = xs.reshape((rows, in_dim))?;
         let product = weight.matmul(&xs_2d.t()?)?;
-        let ys = match operand_opt(self.bias.as_ref(), xs)? {
-            Some(bias) => product.apply_op2_no_bwd(&bias.contiguous()?, &TransposeAddBias)?,
-            None => product.apply_op1_no_bwd(&TransposeAddBias)?,
-        };
+        let ys = transpose::swap_last_two(&product, operand_opt(self.bias.as_ref(), xs)?.as_ref())?;
         dims.pop();
         dims.push(out_dim);
         Ok(Some(ys.reshape(dims)?))
-    }
-}
-
-/// `[r, c]` (contiguous f32) to `[c, r]`, plus a bias of `r` values along the new rows.
-/// Written here because candle's copy of a transposed tensor walks it element by element on
-/// one thread; this goes block by block (a 32x32 block's source rows and destination rows
-/// stay in L1) on every core.
-struct TransposeAddBias;
-
-impl TransposeAddBias {
-    fn run(src: &CpuStorage, layout: &Layout, bias: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
-        let (rows, cols) = layout.shape().dims2()?;
-        let (CpuStorage::F32(src), Some((start, end))) = (src, layout.contiguous_offsets()) else {
-            candle_core::bail!("linear: the transposed product must be contiguous f32");
-        };
-        let src = &src[start..end];
-        if bias.is_some_and(|b| b.len() != rows) {
-            candle_core::bail!(
-                "linear: a bias of {} values for {rows} outputs",
-                bias.map_or(0, <[f32]>::len)
-            );
-        }
-        const BLOCK: usize = 32;
-        let mut out = vec![0f32; rows * cols];
-        if rows > 0 {
-            out.par_chunks_mut(BLOCK * rows)
-                .enumerate()
-                .for_each(|(block, dst)| {
-                    let first = block * BLOCK;
-                    let count = dst.len() / rows;
-                    for r0 in (0..rows).step_by(BLOCK) {
-                        for r in r0..(r0 + BLOCK).min(rows) {
-                            let add = bias.map_or(0.0, |b| b[r]);
-                            let line = &src[r * cols + first..r * cols + first + count];
-                            for (c, v) in line.iter().enumerate() {
-                                dst[c * rows + r] = v + add;
-                            }
-                        }
-                    }
-                });
-        }
-        Ok((CpuStorage::F32(out), Shape::from((cols, rows))))
-    }
-}
-
-impl CustomOp1 for TransposeAddBias {
-    fn name(&self) -> &'static str {
-        "weft-transpose-add-bias"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        Self::run(storage, layout, None)
-    }
-}
-
-impl CustomOp2 for TransposeAddBias {
-    fn name(&self) -> &'static str {
-        "weft-transpose-add-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-        bias: &CpuStorage,
-        bias_layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(b), Some((start, end))) = (bias, bias_layout.contiguous_offsets())
-        else {
-            candle_core::bail!("linear: the bias must be contiguous f32");
-        };
-        Self::run(storage, layout, Some(&b[start..end]))
     }
 }
 

@@ -7,15 +7,18 @@
 
 pub mod attention;
 mod attention_bf16;
+mod buffer;
 pub mod cast;
 pub mod conv;
 pub mod conv_transpose;
 pub mod geglu;
 pub mod gemm_bf16;
 pub mod layers;
+mod linear_f32;
 pub mod math;
 pub mod norm;
 pub mod residual;
+pub mod transpose;
 mod winograd;
 
 /// torch's `F.pad(.., mode="reflect")` by `pad` on both spatial axes of `[B, C, H, W]`.

@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Module, Result, 
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::ops::{cast, math};
+use crate::ops::{buffer, cast, math};
 
 /// GroupNorm over [B, C, ...] with a per-channel scale and shift, read from `vb` like
 /// `candle_nn::group_norm` (`weight`, `bias`).
@@ -124,13 +124,6 @@ struct GroupNormOp {
     silu: bool,
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("group norm needs contiguous tensors".into()))?;
-    Ok(&storage.as_slice::<f32>()?[start..end])
-}
-
 impl CustomOp3 for GroupNormOp {
     fn name(&self) -> &'static str {
         "weft-group-norm"
@@ -145,15 +138,15 @@ impl CustomOp3 for GroupNormOp {
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let src = contiguous_f32(xs, xs_layout)?;
-        let weight = contiguous_f32(weight, weight_layout)?;
-        let bias = contiguous_f32(bias, bias_layout)?;
+        let src = buffer::contiguous_f32(xs, xs_layout, "group norm")?;
+        let weight = buffer::contiguous_f32(weight, weight_layout, "group norm")?;
+        let bias = buffer::contiguous_f32(bias, bias_layout, "group norm")?;
         let dims = xs_layout.dims();
         let channels = dims[1];
         let spatial: usize = dims[2..].iter().product();
         let group_channels = channels / self.num_groups;
         let group_len = group_channels * spatial;
-        let mut dst = vec![0f32; src.len()];
+        let mut dst = buffer::zeros(src.len());
         if group_len > 0 {
             dst.par_chunks_mut(group_len)
                 .zip(src.par_chunks(group_len))

@@ -25,10 +25,11 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Storage, Tensor};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
+use crate::ops::buffer;
 use crate::ops::gemm_bf16::{self, CPtr, PackedStack, MAX_PANELS, PANEL};
 
 /// `Bᵀ`'s rows: each takes two of the patch's four rows, as (index, sign). (Applied to columns,
@@ -153,7 +154,13 @@ pub(crate) fn pack_weight(weight: &Tensor, precision: Precision) -> Result<Winog
     if (kh, kw) != (3, 3) {
         candle_core::bail!("a Winograd F(2x2, 3x3) convolution needs a 3x3 kernel, not {kh}x{kw}");
     }
-    let taps: Vec<f32> = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    // Read in place: a copy of the weight was a serial memcpy (and fresh pages) per call.
+    let weight = weight.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = weight.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("a Winograd convolution runs on the CPU only");
+    };
+    let taps = buffer::contiguous_f32(cpu, layout, "a Winograd convolution")?;
     // U[4a + b][oc][ic] = Σ_ij G[a][i] g[i][j] G[b][j] = (G (G g)ᵀ)ᵀ: all 16 terms of a kernel
     // at once, written straight into their packed places, so the weight is read once and
     // nothing of its size is stored in f32 (a per-call transform was 2% of an f32 UNet step).

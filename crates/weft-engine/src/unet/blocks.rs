@@ -16,6 +16,7 @@ use crate::ops::conv::{conv2d, Conv2d};
 use crate::ops::layers::{self, LayerNorm, Linear};
 use crate::ops::norm::{group_norm, GroupNorm};
 use crate::ops::residual;
+use crate::ops::transpose::swap_last_two;
 
 /// A 3x3 (or other odd) convolution with "same" padding.
 pub(crate) fn conv_same(
@@ -202,11 +203,12 @@ impl Attention {
 }
 
 /// Rows at a time through a [`FeedForward`]: its projection is 8 times as wide as its input (84 MB
-/// at SD1.5's 64x64 level with CFG in f32, 168 MB at SDXL's at 1024²), a chunk's 10 MB. The 512²
-/// SD1.5 step peaked at 3743-3762 MiB instead of 3804-3848 MiB, at the same speed within this
-/// machine's noise (9.3-10.4 s per step either way, alternating). Well above the rows where
-/// [`Linear`] turns to its few-rows form (284 for SD1.5's 320 → 2560).
-const FEED_FORWARD_ROWS: usize = 1024;
+/// at SD1.5's 64x64 level with CFG in f32, 168 MB at SDXL's at 1024²), a chunk's half that at
+/// most. Not fewer rows: gemm packs both weights again for every chunk on one thread while the
+/// other cores wait. With 1024 rows the 512² SD1.5 step took 8.57-10.02 s against 8.48-8.94 s
+/// with 4096 (alternating, same binary), and peaked no lower (3716-3719 MiB against 3686-3716).
+/// Well above the rows where [`Linear`] turns to its few-rows form (284 for SD1.5's 320 → 2560).
+const FEED_FORWARD_ROWS: usize = 4096;
 
 /// GeGLU feed-forward: proj to 2*inner, value * gelu(gate) with the exact erf GELU, then back.
 #[derive(Debug)]
@@ -410,8 +412,9 @@ impl Transformer2D {
         let [first, rest] = hooks.replace;
         let _enter = self.span.enter();
         let (b, c, h, w) = xs.dims4()?;
+        // [B, C, H*W] and [B, H*W, C] are each other's transposes (on every core on the CPU).
         let to_tokens =
-            |t: &Tensor| -> Result<Tensor> { t.permute((0, 2, 3, 1))?.reshape((b, h * w, c)) };
+            |t: &Tensor| -> Result<Tensor> { swap_last_two(&t.reshape((b, c, h * w))?, None) };
         let normed = self.norm.forward(xs)?;
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
@@ -421,9 +424,8 @@ impl Transformer2D {
             let self_attention = if i == 0 { first } else { rest };
             tokens = block.forward(&tokens, context, self_attention, hooks)?;
         }
-        let to_image = |t: &Tensor| -> Result<Tensor> {
-            t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()
-        };
+        let to_image =
+            |t: &Tensor| -> Result<Tensor> { swap_last_two(t, None)?.reshape((b, c, h, w)) };
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_image(&tokens)?)?,
             Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)?,
