@@ -359,7 +359,7 @@ impl WithSimd for Task<'_> {
         let (dim, row_len) = (q.dim, q.heads * out_dim);
         let rows = out.len() / row_len;
         let tiles = rows.div_ceil(ROWS);
-        let mut state = Tiles::new(tiles, dim, packed.value_dim);
+        let mut state = Tiles::new(tiles, dim, packed.value_dim, out_dim);
         for h in 0..q.heads {
             state.reset();
             // Each tile's queries dimension-major ([dim][ROWS]), for the score kernel.
@@ -397,6 +397,8 @@ impl WithSimd for Task<'_> {
 struct Tiles {
     dim: usize,
     value_dim: usize,
+    /// The values' own width (`value_dim` is it rounded up to whole vectors).
+    values_width: usize,
     queries: Vec<f32>,
     maxes: Vec<f32>,
     sums: Vec<f32>,
@@ -405,11 +407,12 @@ struct Tiles {
 }
 
 impl Tiles {
-    fn new(tiles: usize, dim: usize, value_dim: usize) -> Self {
+    fn new(tiles: usize, dim: usize, value_dim: usize, values_width: usize) -> Self {
         let rows = tiles * ROWS;
         Self {
             dim,
             value_dim,
+            values_width,
             queries: vec![0f32; rows * dim],
             maxes: vec![f32::NEG_INFINITY; rows],
             sums: vec![0f32; rows],
@@ -458,6 +461,19 @@ impl Tiles {
             }
         }
         let vectors = value_dim / S::F32_LANES;
+        #[cfg(target_arch = "x86_64")]
+        if S::F32_LANES == 16 && self.values_width % 16 == 8 && (2..=4).contains(&vectors) {
+            // The last vector is half padding (a head of 40 values is 2.5 vectors).
+            if let Some(v4) = pulp::x86::V4::try_new() {
+                let probs = &self.scores[..];
+                v4.vectorize(|| match vectors {
+                    2 => values_kernel_half::<1>(v4, probs, len, values, value_dim, outputs),
+                    3 => values_kernel_half::<2>(v4, probs, len, values, value_dim, outputs),
+                    _ => values_kernel_half::<3>(v4, probs, len, values, value_dim, outputs),
+                });
+                return;
+            }
+        }
         let widest = if S::F32_LANES >= 16 { 4 } else { 2 };
         let mut first = 0;
         while first < vectors {
@@ -541,6 +557,57 @@ fn values_kernel<S: Simd, const V: usize>(
     }
 }
 
+/// [`values_kernel`] for 16-lane vectors over all of a row of `V` whole vectors and half of
+/// one (`value_dim` = `16 (V + 1)`, the last 8 floats padding): the half is multiplied as one
+/// 8-lane vector. Zen 4 runs a 16-lane multiply-add as two 8-lane ones, so for a head of 40
+/// values this is 5 halves per key and row instead of 6 (the f32 attention at 64x64 took
+/// 0.276-0.290 s instead of 0.292-0.302 s, `benches/ops.rs`, alternating); CPUs with two full-width units
+/// take the same time either way.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn values_kernel_half<const V: usize>(
+    simd: pulp::x86::V4,
+    probs: &[f32],
+    len: usize,
+    values: &[f32],
+    value_dim: usize,
+    outputs: &mut [f32],
+) {
+    use pulp::{f32x16, f32x8};
+    const SIX: usize = 6;
+    let full =
+        |x: &[f32]| -> f32x16 { pulp::cast::<[f32; 16], _>(x[..16].try_into().expect("16")) };
+    let half = |x: &[f32]| -> f32x8 { pulp::cast::<[f32; 8], _>(x[..8].try_into().expect("8")) };
+    let values = &values[..len * value_dim];
+    for r0 in (0..ROWS).step_by(SIX) {
+        let p: [&[f32]; SIX] = std::array::from_fn(|r| &probs[(r0 + r) * KEYS..][..len]);
+        let mut acc: [[f32x16; V]; SIX] = std::array::from_fn(|r| {
+            std::array::from_fn(|v| full(&outputs[(r0 + r) * value_dim + 16 * v..]))
+        });
+        let mut tail: [f32x8; SIX] =
+            std::array::from_fn(|r| half(&outputs[(r0 + r) * value_dim + 16 * V..]));
+        for (j, row) in values.chunks_exact(value_dim).enumerate() {
+            let x: [f32x16; V] = std::array::from_fn(|v| full(&row[16 * v..]));
+            let x_tail = half(&row[16 * V..]);
+            for r in 0..SIX {
+                let weight = p[r][j];
+                let wide = simd.splat_f32x16(weight);
+                for (acc, &x) in acc[r].iter_mut().zip(&x) {
+                    *acc = simd.mul_add_f32x16(wide, x, *acc);
+                }
+                tail[r] = simd.mul_add_f32x8(simd.splat_f32x8(weight), x_tail, tail[r]);
+            }
+        }
+        for r in 0..SIX {
+            let row = &mut outputs[(r0 + r) * value_dim..][..value_dim];
+            for (v, acc) in acc[r].iter().enumerate() {
+                row[16 * v..16 * (v + 1)].copy_from_slice(&pulp::cast::<_, [f32; 16]>(*acc));
+            }
+            row[16 * V..16 * V + 8].copy_from_slice(&pulp::cast::<_, [f32; 8]>(tail[r]));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor};
@@ -587,6 +654,21 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         arches.extend(pulp::x86::V3::try_new().map(pulp::Arch::V3));
         arches
+    }
+
+    #[test]
+    fn values_of_whole_vectors_and_a_half_match_the_plain_form() {
+        // 40 (a UNet head), 24 and 56: two, one and three 16-lane vectors and a half.
+        for dv in [40, 24, 56] {
+            let dev = Device::Cpu;
+            let q = Tensor::randn(0f32, 1.0, (2, 2, 29, 40), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (2, 2, 300, 40), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (2, 2, 300, dv), &dev).unwrap();
+            let got = scaled_dot_product(&q, &k, &v).unwrap();
+            assert_eq!(got.dims(), &[2, 2, 29, dv]);
+            let diff = crate::ops::max_abs_diff(&got, &reference(&q, &k, &v));
+            assert!(diff < 1e-4, "{dv}: max abs diff {diff}");
+        }
     }
 
     #[test]

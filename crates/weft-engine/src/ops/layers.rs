@@ -42,6 +42,12 @@ impl Linear {
         &self.weight
     }
 
+    /// Whether `xs` goes through the layer's packed bf16 weight ([`gemm_bf16`]), packed once,
+    /// rather than a product that packs the weight again on every call.
+    pub fn keeps_its_weight_packed(&self, xs: &Tensor) -> bool {
+        gemm_bf16::applies(xs, &self.weight)
+    }
+
     /// The bias, `[out]`; `None` when the layer has none.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()

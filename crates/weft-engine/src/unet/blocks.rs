@@ -203,12 +203,18 @@ impl Attention {
 }
 
 /// Rows at a time through a [`FeedForward`]: its projection is 8 times as wide as its input (84 MB
-/// at SD1.5's 64x64 level with CFG in f32, 168 MB at SDXL's at 1024²), a chunk's half that at
-/// most. Not fewer rows: gemm packs both weights again for every chunk on one thread while the
-/// other cores wait. With 1024 rows the 512² SD1.5 step took 8.57-10.02 s against 8.48-8.94 s
-/// with 4096 (alternating, same binary), and peaked no lower (3716-3719 MiB against 3686-3716).
-/// Well above the rows where [`Linear`] turns to its few-rows form (284 for SD1.5's 320 → 2560).
-const FEED_FORWARD_ROWS: usize = 4096;
+/// at SD1.5's 64x64 level with CFG in f32, 168 MB at SDXL's at 1024²), a chunk's 10 MB. The 512²
+/// SD1.5 step peaked at 3743-3762 MiB instead of 3804-3848 MiB, at the same speed within this
+/// machine's noise (9.3-10.4 s per step either way, alternating). Well above the rows where
+/// [`Linear`] turns to its few-rows form (284 for SD1.5's 320 → 2560).
+const FEED_FORWARD_ROWS: usize = 1024;
+
+/// [`FEED_FORWARD_ROWS`] where the layers' products pack their weights on every call (f32
+/// layers: gemm packs both weights again for each chunk, on one thread while the other cores
+/// wait). Alternating, same binary: the f32 512² SD1.5 step took 8.57-10.02 s with 1024 rows and
+/// 8.48-8.94 s with 4096, and peaked no higher (3716-3719 MiB against 3686-3716). bf16 layers
+/// keep their weights packed, so they keep the smaller chunks (4096 rows peaked 64 MiB higher).
+const FEED_FORWARD_ROWS_REPACKED: usize = 4096;
 
 /// GeGLU feed-forward: proj to 2*inner, value * gelu(gate) with the exact erf GELU, then back.
 #[derive(Debug)]
@@ -229,15 +235,18 @@ impl FeedForward {
         let mut dims = xs.dims().to_vec();
         let width = dims.pop().unwrap_or(1);
         let rows = dims.iter().product::<usize>();
-        if rows <= FEED_FORWARD_ROWS {
+        let chunk = if self.proj.keeps_its_weight_packed(xs) {
+            FEED_FORWARD_ROWS
+        } else {
+            FEED_FORWARD_ROWS_REPACKED
+        };
+        if rows <= chunk {
             return self.rows_forward(xs);
         }
         let flat = xs.reshape((rows, width))?;
         let parts = (0..rows)
-            .step_by(FEED_FORWARD_ROWS)
-            .map(|start| {
-                self.rows_forward(&flat.narrow(0, start, FEED_FORWARD_ROWS.min(rows - start))?)
-            })
+            .step_by(chunk)
+            .map(|start| self.rows_forward(&flat.narrow(0, start, chunk.min(rows - start))?))
             .collect::<Result<Vec<_>>>()?;
         let ys = Tensor::cat(&parts, 0)?;
         dims.push(ys.dim(1)?);
@@ -551,7 +560,7 @@ mod tests {
         let dev = Device::Cpu;
         for dtype in [DType::F32, DType::BF16] {
             let ff = FeedForward::new(crate::synth::synth_var_builder(dtype, &dev), 16).unwrap();
-            let rows = 2 * FEED_FORWARD_ROWS + 37;
+            let rows = 2 * FEED_FORWARD_ROWS_REPACKED + 37;
             let xs = Tensor::randn(0f32, 1.0, (2, rows / 2 + 1, 16), &dev).unwrap();
             let chunked = ff.forward(&xs).unwrap();
             let whole = ff.rows_forward(&xs).unwrap();
