@@ -71,9 +71,15 @@ pub(crate) enum Plan {
 
 /// Output pixels, over all images, from which a convolution runs as [`Plan::PerCall`]: in f32
 /// the SD1.5 UNet's 32x32 level with CFG and up (its step took 11.6-12.8 s without, 10.9 s from
-/// the 64x64 level, 9.8-10.0 s from the 32x32 level, 10.9 s from the 16x16 level); in bf16,
-/// whose products are twice as fast beside the same transforms, the 64x64 level (6.5-7.1 s
-/// against 7.3 s; 7.3-7.7 s from the 32x32 level). `WEFT_WINOGRAD_PER_CALL` overrides both.
+/// the 64x64 level, 9.8-10.0 s from the 32x32 level, 10.9 s from the 16x16 level; again on
+/// 2026-12-07, from the 16x16 level 8.98/9.71 s against 8.85/8.67 s and 185 MiB more); in
+/// bf16 the 16x16 level and up. bf16 had started at the 64x64 level (6.5-7.1 s against 7.3 s
+/// from the 32x32 level then); once the transforms packed in place and the calling thread
+/// stopped holding the others up, from the 16x16 level took the same time (six alternating
+/// steps each, 5.08-5.88 s against 5.18-6.24 s, medians 5.46 and 5.45 s) and peaked 245 MiB
+/// lower (3257-3269 MiB against 3506-3515): those layers no longer keep a packed bf16 copy of
+/// their weight. The default graph's bf16 image went from 0.50 to 0.62 levels (mean) from the
+/// f32 one. `WEFT_WINOGRAD_PER_CALL` overrides both.
 fn per_call_from(precision: Precision) -> usize {
     static FROM: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let from = FROM.get_or_init(|| {
@@ -83,8 +89,20 @@ fn per_call_from(precision: Precision) -> usize {
     });
     from.unwrap_or(match precision {
         Precision::F32 => 2 * 32 * 32,
-        Precision::Bf16 => 2 * 64 * 64,
+        Precision::Bf16 => 2 * 16 * 16,
     })
+}
+
+#[cfg(test)]
+thread_local! {
+    static OFF_IN_TEST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `WEFT_WINOGRAD=off` for the calling thread only: tests of the direct form at sizes
+/// [`plan`] would take.
+#[cfg(test)]
+pub(crate) fn off_in_this_test() {
+    OFF_IN_TEST.with(|off| off.set(true));
 }
 
 /// Whether (and how) a convolution goes through [`conv`]: 3x3, stride 1, no dilation, a large
@@ -100,6 +118,8 @@ pub(crate) fn plan(
 ) -> Option<Plan> {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var("WEFT_WINOGRAD").as_deref() == Ok("off"));
+    #[cfg(test)]
+    let off = off || OFF_IN_TEST.with(|off| off.get());
     let fits = !off
         && (precision == Precision::Bf16 || gemm_bf16::f32_available())
         && kernel == (3, 3)
