@@ -25,7 +25,7 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{DType, Device, Result, Storage, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
@@ -174,17 +174,12 @@ pub(crate) fn pack_weight(weight: &Tensor, precision: Precision) -> Result<Winog
     if (kh, kw) != (3, 3) {
         candle_core::bail!("a Winograd F(2x2, 3x3) convolution needs a 3x3 kernel, not {kh}x{kw}");
     }
-    // Read in place: a copy of the weight was a serial memcpy (and fresh pages) per call.
-    let weight = weight.to_dtype(DType::F32)?.contiguous()?;
-    let (storage, layout) = weight.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("a Winograd convolution runs on the CPU only");
-    };
-    let taps = buffer::contiguous_f32(cpu, layout, "a Winograd convolution")?;
     // U[4a + b][oc][ic] = Σ_ij G[a][i] g[i][j] G[b][j] = (G (G g)ᵀ)ᵀ: all 16 terms of a kernel
-    // at once, written straight into their packed places, so the weight is read once and
-    // nothing of its size is stored in f32 (a per-call transform was 2% of an f32 UNet step).
-    let terms =
+    // at once, written straight into their packed places, so the weight is read once (in place:
+    // a copy was a serial memcpy per call) and nothing of its size is stored in f32 (a per-call
+    // transform was 2% of an f32 UNet step).
+    let weight = weight.to_dtype(DType::F32)?;
+    let terms = buffer::with_f32(&weight, "a Winograd convolution", |taps| {
         gemm_bf16::pack_lhs_stack(16, c_out, c_in, precision == Precision::F32, |oc, ic, u| {
             let g = &taps[(oc * c_in + ic) * 9..][..9];
             // G times each column of g, then G times each row of that.
@@ -193,7 +188,8 @@ pub(crate) fn pack_weight(weight: &Tensor, precision: Precision) -> Result<Winog
             for (a, u) in u.chunks_exact_mut(4).enumerate() {
                 u.copy_from_slice(&spread(std::array::from_fn(|j| columns[j][a])));
             }
-        })?;
+        })
+    })??;
     Ok(WinogradWeight {
         terms,
         c_out,
