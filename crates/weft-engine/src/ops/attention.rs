@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use crate::ops::attention_bf16;
 use crate::ops::buffer;
 use crate::ops::gemm_bf16;
-use crate::ops::math::{exp, exp_minus_sum, lanes_max};
+use crate::ops::math::{exp, exp_minus_sum, row_max};
 
 /// Query rows per score tile.
 const ROWS: usize = 12;
@@ -450,7 +450,7 @@ impl Tiles {
         for r in 0..ROWS {
             let i = t * ROWS + r;
             let row = &mut self.scores[r * KEYS..r * KEYS + len];
-            let max = self.maxes[i].max(lanes_max(row));
+            let max = self.maxes[i].max(row_max(simd, row));
             let rescale = exp(self.maxes[i] - max);
             self.sums[i] = self.sums[i] * rescale + exp_minus_sum::<true>(row, max);
             self.maxes[i] = max;

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::ops::attention::Rows;
 use crate::ops::gemm_bf16::{self, Tiles, PANEL, TILE_PAIRS, TILE_ROWS};
-use crate::ops::math::{exp, exp_minus_sum, lanes_max};
+use crate::ops::math::{exp, exp_minus_sum, row_max};
 
 /// Keys per block (a multiple of `PANEL`).
 const KEYS: usize = 256;
@@ -290,7 +290,7 @@ impl WithSimd for Softmax<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self, _: S) {
+    fn with_simd<S: Simd>(self, simd: S) {
         let Self {
             task,
             rows,
@@ -301,7 +301,7 @@ impl WithSimd for Softmax<'_> {
         for (r, i) in rows.enumerate() {
             let row = &mut task.scores[r * KEYS..r * KEYS + padded];
             let valid = &mut row[..len];
-            let max = task.maxes[i].max(lanes_max(valid));
+            let max = task.maxes[i].max(row_max(simd, valid));
             let rescale = exp(task.maxes[i] - max);
             task.sums[i] = task.sums[i] * rescale + exp_minus_sum::<true>(valid, max);
             task.maxes[i] = max;
