@@ -69,28 +69,25 @@ pub(crate) enum Plan {
     PerCall,
 }
 
-/// Output pixels, over all images, from which a convolution runs as [`Plan::PerCall`]: in f32
-/// the SD1.5 UNet's 32x32 level with CFG and up (its step took 11.6-12.8 s without, 10.9 s from
-/// the 64x64 level, 9.8-10.0 s from the 32x32 level, 10.9 s from the 16x16 level; again on
-/// 2026-12-07, from the 16x16 level 8.98/9.71 s against 8.85/8.67 s and 185 MiB more); in
-/// bf16 the 16x16 level and up. bf16 had started at the 64x64 level (6.5-7.1 s against 7.3 s
-/// from the 32x32 level then); once the transforms packed in place and the calling thread
-/// stopped holding the others up, from the 16x16 level took the same time (six alternating
-/// steps each, 5.08-5.88 s against 5.18-6.24 s, medians 5.46 and 5.45 s) and peaked 245 MiB
-/// lower (3257-3269 MiB against 3506-3515): those layers no longer keep a packed bf16 copy of
-/// their weight. The default graph's bf16 image went from 0.50 to 0.62 levels (mean) from the
-/// f32 one. `WEFT_WINOGRAD_PER_CALL` overrides both.
-fn per_call_from(precision: Precision) -> usize {
+/// Output pixels, over all images, from which a convolution runs as [`Plan::PerCall`]: the
+/// SD1.5 UNet's 32x32 level with CFG and up, in f32 and in bf16. In f32 its step took 11.6-12.8
+/// s without, 10.9 s from the 64x64 level, 9.8-10.0 s from the 32x32 level, 10.9 s from the
+/// 16x16 level (again on 2026-12-07: from the 16x16 level 8.98/9.71 s against 8.85/8.67 s and
+/// 185 MiB more). In bf16, from the 16x16 level had measured as fast as from the 64x64 level
+/// (six alternating steps each, medians 5.46 and 5.45 s) and peaked 245 MiB lower, and was kept
+/// for a day; per layer it was not: at 16x16 each call's transform of a 1280x2560 weight (16
+/// terms, 105 MB, fresh pages each time) made that convolution 169 ms against 89 ms in the
+/// direct form, and three alternating steps from the 32x32 level against the 16x16 level took
+/// 4.81/4.83/4.91 s against 4.97/5.23/5.03 s (peak 3468 against 3261 MiB).
+/// `WEFT_WINOGRAD_PER_CALL` overrides it.
+fn per_call_from() -> usize {
     static FROM: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let from = FROM.get_or_init(|| {
         std::env::var("WEFT_WINOGRAD_PER_CALL")
             .ok()
             .and_then(|v| v.parse().ok())
     });
-    from.unwrap_or(match precision {
-        Precision::F32 => 2 * 32 * 32,
-        Precision::Bf16 => 2 * 16 * 16,
-    })
+    from.unwrap_or(2 * 32 * 32)
 }
 
 #[cfg(test)]
@@ -128,7 +125,7 @@ pub(crate) fn plan(
     match () {
         _ if !fits => None,
         _ if pixels >= 128 * 128 => Some(Plan::Kept),
-        _ if pixels * images >= per_call_from(precision) => Some(Plan::PerCall),
+        _ if pixels * images >= per_call_from() => Some(Plan::PerCall),
         _ => None,
     }
 }
