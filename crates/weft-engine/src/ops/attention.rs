@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use crate::ops::attention_bf16;
 use crate::ops::buffer;
 use crate::ops::gemm_bf16;
-use crate::ops::math::{exp, exp_minus_sum, row_max};
+use crate::ops::math::online_softmax_block;
 
 /// Query rows per score tile.
 const ROWS: usize = 12;
@@ -450,10 +450,8 @@ impl Tiles {
         for r in 0..ROWS {
             let i = t * ROWS + r;
             let row = &mut self.scores[r * KEYS..r * KEYS + len];
-            let max = self.maxes[i].max(row_max(simd, row));
-            let rescale = exp(self.maxes[i] - max);
-            self.sums[i] = self.sums[i] * rescale + exp_minus_sum::<true>(row, max);
-            self.maxes[i] = max;
+            let rescale =
+                online_softmax_block(simd, row, &mut self.maxes[i], &mut self.sums[i]);
             if rescale != 1.0 {
                 for o in &mut outputs[r * value_dim..(r + 1) * value_dim] {
                     *o *= rescale;

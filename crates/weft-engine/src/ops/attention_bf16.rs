@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::ops::attention::Rows;
 use crate::ops::gemm_bf16::{self, Tiles, PANEL, TILE_PAIRS, TILE_ROWS};
-use crate::ops::math::{exp, exp_minus_sum, row_max};
+use crate::ops::math::online_softmax_block;
 
 /// Keys per block (a multiple of `PANEL`).
 const KEYS: usize = 256;
@@ -301,10 +301,8 @@ impl WithSimd for Softmax<'_> {
         for (r, i) in rows.enumerate() {
             let row = &mut task.scores[r * KEYS..r * KEYS + padded];
             let valid = &mut row[..len];
-            let max = task.maxes[i].max(row_max(simd, valid));
-            let rescale = exp(task.maxes[i] - max);
-            task.sums[i] = task.sums[i] * rescale + exp_minus_sum::<true>(valid, max);
-            task.maxes[i] = max;
+            let rescale =
+                online_softmax_block(simd, valid, &mut task.maxes[i], &mut task.sums[i]);
             if rescale != 1.0 {
                 for o in &mut task.outputs[i * out_cols..(i + 1) * out_cols] {
                     *o *= rescale;
