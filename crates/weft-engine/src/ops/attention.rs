@@ -450,8 +450,7 @@ impl Tiles {
         for r in 0..ROWS {
             let i = t * ROWS + r;
             let row = &mut self.scores[r * KEYS..r * KEYS + len];
-            let rescale =
-                online_softmax_block(simd, row, &mut self.maxes[i], &mut self.sums[i]);
+            let rescale = online_softmax_block(simd, row, &mut self.maxes[i], &mut self.sums[i]);
             if rescale != 1.0 {
                 for o in &mut outputs[r * value_dim..(r + 1) * value_dim] {
                     *o *= rescale;

@@ -301,8 +301,7 @@ impl WithSimd for Softmax<'_> {
         for (r, i) in rows.enumerate() {
             let row = &mut task.scores[r * KEYS..r * KEYS + padded];
             let valid = &mut row[..len];
-            let rescale =
-                online_softmax_block(simd, valid, &mut task.maxes[i], &mut task.sums[i]);
+            let rescale = online_softmax_block(simd, valid, &mut task.maxes[i], &mut task.sums[i]);
             if rescale != 1.0 {
                 for o in &mut task.outputs[i * out_cols..(i + 1) * out_cols] {
                     *o *= rescale;

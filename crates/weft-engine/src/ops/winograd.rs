@@ -29,8 +29,8 @@ use candle_core::{DType, Device, Result, Tensor};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::ops::buffer;
 use crate::ops::gemm_bf16::{self, CPtr, PackedStack, MAX_PANELS, PANEL};
+use crate::ops::{buffer, cast};
 
 /// `Bᵀ`'s rows: each takes two of the patch's four rows, as (index, sign). (Applied to columns,
 /// `B` is written out in `transform_input`.)
@@ -175,7 +175,9 @@ pub(crate) fn pack_weight(weight: &Tensor, precision: Precision) -> Result<Winog
     // at once, written straight into their packed places, so the weight is read once (in place:
     // a copy was a serial memcpy per call) and nothing of its size is stored in f32 (a per-call
     // transform was 2% of an f32 UNet step).
-    let weight = weight.to_dtype(DType::F32)?;
+    // f16 and bf16 weights widened on every core (candle's `to_dtype` is one element at a time on
+    // one thread, and a per-call transform widens the weight every call).
+    let weight = cast::to_dtype(weight, DType::F32)?;
     let terms = buffer::with_f32(&weight, "a Winograd convolution", |taps| {
         gemm_bf16::pack_lhs_stack(16, c_out, c_in, precision == Precision::F32, |oc, ic, u| {
             let g = &taps[(oc * c_in + ic) * 9..][..9];
@@ -668,6 +670,16 @@ mod tests {
                     max < 1e-5 * spread,
                     "{c_in}->{c_out} in f32: max diff {max}"
                 );
+                // An f16-stored weight is widened exactly: the same product as its f32 copy.
+                let half = weight.to_dtype(DType::F16).unwrap();
+                let widened = half.to_dtype(DType::F32).unwrap();
+                let from_half = pack_weight(&half, Precision::F32).unwrap();
+                let from_widened = pack_weight(&widened, Precision::F32).unwrap();
+                let (a, b) = (
+                    conv(&from_half, &input, Some(&bias_values)).unwrap(),
+                    conv(&from_widened, &input, Some(&bias_values)).unwrap(),
+                );
+                assert_eq!(crate::ops::max_abs_diff(&a, &b), 0.0, "{c_in}->{c_out} f16");
             }
         }
     }
