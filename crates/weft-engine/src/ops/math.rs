@@ -150,8 +150,9 @@ pub(crate) fn lanes_max(xs: &[f32]) -> f32 {
 
 /// [`lanes_max`] inside a pulp `WithSimd` task (the attention's softmax, once per row of
 /// scores): four vectors of maxima instead of one. `lanes_max`'s `f32::max` compiles to a max,
-/// a NaN test and a blend per vector, each waiting on the last, which made it a fifth of the
-/// softmax; `max_f32s` is the bare instruction.
+/// a NaN test and a blend per vector, each waiting on the last; `max_f32s` is the bare
+/// instruction (`cargo bench --bench ops -- attention`, 4096 keys, 40 wide, alternating: f32
+/// 278-292 -> 265-278 ms, bf16 210-211 -> 195-207 ms).
 #[inline(always)]
 pub(crate) fn row_max<S: pulp::Simd>(simd: S, xs: &[f32]) -> f32 {
     let (vectors, rest) = S::as_simd_f32s(xs);

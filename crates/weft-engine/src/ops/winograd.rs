@@ -74,9 +74,10 @@ pub(crate) enum Plan {
 /// s without, 10.9 s from the 64x64 level, 9.8-10.0 s from the 32x32 level, 10.9 s from the
 /// 16x16 level (again on 2026-12-07: from the 16x16 level 8.98/9.71 s against 8.85/8.67 s and
 /// 185 MiB more). In bf16, from the 16x16 level had measured as fast as from the 64x64 level
-/// (six alternating steps each, medians 5.46 and 5.45 s) and peaked 245 MiB lower, and was kept
-/// for a day; per layer it was not: at 16x16 each call's transform of a 1280x2560 weight (16
-/// terms, 105 MB, fresh pages each time) made that convolution 169 ms against 89 ms in the
+/// (six alternating steps each, medians 5.46 and 5.45 s) and peaked 245 MiB lower, so it was
+/// the rule for a few hours; timed layer by layer it was not as fast: at 16x16 the per-call
+/// transform of a 1280x2560 weight (16 terms, 105 MB, each call from the system: 11 more large
+/// blocks per step missed the kept ones) made that convolution 169 ms against 89 ms in the
 /// direct form, and three alternating steps from the 32x32 level against the 16x16 level took
 /// 4.81/4.83/4.91 s against 4.97/5.23/5.03 s (peak 3468 against 3261 MiB).
 /// `WEFT_WINOGRAD_PER_CALL` overrides it.
