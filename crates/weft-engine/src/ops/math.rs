@@ -119,16 +119,7 @@ pub(crate) fn exp_minus_sum<const FUSED: bool>(xs: &mut [f32], shift: f32) -> f3
         *x = exp(*x - shift);
         rest += *x;
     }
-    // Halves folded onto each other: a sum of sixteen in four steps, not sixteen dependent adds
-    // (once per row of the attention's scores).
-    let mut width = 8;
-    while width > 0 {
-        for i in 0..width {
-            lanes[i] += lanes[i + width];
-        }
-        width /= 2;
-    }
-    lanes[0] + rest
+    lanes.iter().sum::<f32>() + rest
 }
 
 /// Largest value, sixteen independent lanes so that it vectorises.
