@@ -172,13 +172,13 @@ pub(crate) fn pack_weight(weight: &Tensor, precision: Precision) -> Result<Winog
     if (kh, kw) != (3, 3) {
         candle_core::bail!("a Winograd F(2x2, 3x3) convolution needs a 3x3 kernel, not {kh}x{kw}");
     }
+    // f16 and bf16 weights widened on every core (candle's `to_dtype` is one element at a time on
+    // one thread, and a per-call transform widens the weight every call).
+    let weight = cast::to_dtype(weight, DType::F32)?;
     // U[4a + b][oc][ic] = Σ_ij G[a][i] g[i][j] G[b][j] = (G (G g)ᵀ)ᵀ: all 16 terms of a kernel
     // at once, written straight into their packed places, so the weight is read once (in place:
     // a copy was a serial memcpy per call) and nothing of its size is stored in f32 (a per-call
     // transform was 2% of an f32 UNet step).
-    // f16 and bf16 weights widened on every core (candle's `to_dtype` is one element at a time on
-    // one thread, and a per-call transform widens the weight every call).
-    let weight = cast::to_dtype(weight, DType::F32)?;
     let terms = buffer::with_f32(&weight, "a Winograd convolution", |taps| {
         gemm_bf16::pack_lhs_stack(16, c_out, c_in, precision == Precision::F32, |oc, ic, u| {
             let g = &taps[(oc * c_in + ic) * 9..][..9];
