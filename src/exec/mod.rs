@@ -287,9 +287,14 @@ impl Executor {
 
     async fn emit_status(&self) {
         match self.store.queue_remaining().await {
-            Ok(queue_remaining) => self.emit(Route::Broadcast, Event::Status { queue_remaining }),
+            Ok(queue_remaining) => self.emit_queue_length(queue_remaining),
             Err(e) => tracing::error!("cannot count the queue: {e:#}"),
         }
+    }
+
+    /// `status` with a count a write just returned (the queue's hot path: accept, claim, end).
+    fn emit_queue_length(&self, queue_remaining: i64) {
+        self.emit(Route::Broadcast, Event::Status { queue_remaining });
     }
 
     /// Validates and queues a prompt. The prompt is committed before this returns.
@@ -341,7 +346,7 @@ impl Executor {
         if let Some(client_id) = &submission.client_id {
             extra_data.insert("client_id".into(), Json::from(client_id.as_str()));
         }
-        let number = self
+        let queued = self
             .store
             .enqueue(&NewPrompt {
                 prompt_id: prompt_id.clone(),
@@ -356,12 +361,16 @@ impl Executor {
                 StoreError::AlreadyQueued(id) => SubmitError::DuplicateId(id),
                 e => e.into(),
             })?;
-        tracing::info!(number, outputs = plan.outputs().len(), "prompt queued");
+        tracing::info!(
+            number = queued.number,
+            outputs = plan.outputs().len(),
+            "prompt queued"
+        );
         self.announce_work().await;
-        self.emit_status().await;
+        self.emit_queue_length(queued.queue_remaining);
         Ok(Submitted {
             prompt_id,
-            number,
+            number: queued.number,
             node_errors: validation.node_errors,
         })
     }
@@ -442,11 +451,11 @@ impl Executor {
                     continue;
                 }
             };
-            let Some(row) = claimed else {
+            let Some(claimed) = claimed else {
                 self.wait_for_work(!passed_over.is_empty()).await;
                 continue;
             };
-            self.run_one(row).await;
+            self.run_one(claimed).await;
         }
     }
 
@@ -498,7 +507,8 @@ impl Executor {
         }))
     }
 
-    async fn run_one(self: &Arc<Self>, row: crate::store::PromptRow) {
+    async fn run_one(self: &Arc<Self>, claimed: crate::store::Claimed) {
+        let row = claimed.prompt;
         let prompt_id = row.prompt_id.clone();
         let client = row.client_id.clone();
         *lock(&self.running) = Some(prompt_id.clone());
@@ -512,7 +522,7 @@ impl Executor {
         if placed {
             self.report().await;
         }
-        self.emit_status().await;
+        self.emit_queue_length(claimed.queue_remaining);
 
         let lease = self.keep_lease(&prompt_id);
         let span = tracing::info_span!("prompt", prompt_id = %prompt_id);
@@ -524,7 +534,7 @@ impl Executor {
         }
         let outcome = outcome.unwrap_or_else(|e| run::Outcome::crashed(&prompt_id, &e.to_string()));
 
-        if let Err(e) = self
+        let remaining = self
             .store
             .finish(
                 &prompt_id,
@@ -534,8 +544,8 @@ impl Executor {
                 &Json::from(outcome.messages_json()),
                 &outcome.meta,
             )
-            .await
-        {
+            .await;
+        if let Err(e) = &remaining {
             tracing::error!(prompt_id = %prompt_id, "cannot record the result: {e:#}");
         }
         *lock(&self.running) = None;
@@ -544,7 +554,10 @@ impl Executor {
             // Idle again, with what it loaded.
             self.report().await;
         }
-        self.emit_status().await;
+        match remaining {
+            Ok(remaining) => self.emit_queue_length(remaining),
+            Err(_) => self.emit_status().await,
+        }
         self.emit(
             Route::Client(client),
             Event::Executing {

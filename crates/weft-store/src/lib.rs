@@ -34,7 +34,7 @@ use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 pub use jobs::{JobFilter, JobOrder};
 pub use leases::{Lease, ModelNames, WorkerReport, WorkerRow};
 pub use notify::{Listener, Notification};
-pub use prompts::{NewPrompt, PromptRow, PromptStatus, QueueNumber, Recovery};
+pub use prompts::{Claimed, NewPrompt, PromptRow, PromptStatus, QueueNumber, Queued, Recovery};
 pub use workflows::{
     FileImport, FileMove, FileSave, WorkflowFileRow, WorkflowRow, WorkflowVersionRow,
 };

@@ -325,7 +325,7 @@ mod tests {
         assert!(!other.is_paused().await.unwrap());
         // Passing over a prompt claims the next one.
         let claimed = other.claim_next_except(&["a".into()]).await.unwrap();
-        assert_eq!(claimed.unwrap().prompt_id, "b");
+        assert_eq!(claimed.unwrap().prompt.prompt_id, "b");
         assert_eq!(store.claim_next().await.unwrap().unwrap().prompt_id, "a");
     }
 }

@@ -184,6 +184,35 @@ fn next_number_sql(backend: Backend) -> &'static str {
     }
 }
 
+/// How many prompts are queued or running besides the one whose id is the SQL `id`: read in a
+/// write's `RETURNING`, it gives `status`'s count with that write's round trip. The written row
+/// is left out and its own part added by the caller, so the figure does not depend on whether the
+/// subquery sees the row before the write (PostgreSQL) or after it (SQLite).
+fn queued_besides(id: &str) -> String {
+    format!(
+        "(SELECT COUNT(*) FROM prompts AS other WHERE other.status IN ('pending', 'running') \
+         AND other.prompt_id <> {id})"
+    )
+}
+
+/// What [`Store::enqueue`] stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Queued {
+    /// The prompt's queue number.
+    pub number: f64,
+    /// Prompts queued or running, this one included, as the write left them.
+    pub queue_remaining: i64,
+}
+
+/// What [`Store::claim_next_except`] took.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The prompt, now running.
+    pub prompt: PromptRow,
+    /// Prompts queued or running, this one included, as the claim left them.
+    pub queue_remaining: i64,
+}
+
 /// The `hi` and `lo` that [`next_number_sql`] reads.
 const NUMBER_BOUNDS: &str = "(SELECT (SELECT MAX(number) FROM prompts) AS hi, \
      (SELECT MIN(number) FROM prompts) AS lo) AS bounds";
@@ -200,20 +229,20 @@ impl Store {
         .doing("reading the queue counter")
     }
 
-    /// Stores a new pending prompt and returns its queue number. Replaces an older prompt with
+    /// Stores a new pending prompt and returns its queue number and the queue's length. Replaces an older prompt with
     /// the same id that is no longer queued or running (ComfyUI lets a client reuse a prompt id;
     /// its history is overwritten); one still queued or running is
     /// [`StoreError::AlreadyQueued`].
-    pub async fn enqueue(&self, item: &NewPrompt) -> Result<f64, StoreError> {
+    pub async fn enqueue(&self, item: &NewPrompt) -> Result<Queued, StoreError> {
         // A new id, nearly always: one statement, atomic by itself, its number computed in it.
         // Each statement is a round trip to the database.
         let upsert = " WHERE true ON CONFLICT (prompt_id) DO NOTHING";
-        if let Some(number) = self
+        if let Some(queued) = self
             .insert_prompt(&self.pool, item, upsert)
             .await
             .doing("storing a new prompt")?
         {
-            return Ok(number);
+            return Ok(queued);
         }
         let mut tx = self.begin_write("starting to enqueue").await?;
         sqlx::query(
@@ -223,8 +252,8 @@ impl Store {
         .execute(&mut *tx)
         .await
         .doing("replacing an old prompt with the same id")?;
-        let number = match self.insert_prompt(&mut *tx, item, "").await {
-            Ok(Some(number)) => number,
+        let queued = match self.insert_prompt(&mut *tx, item, "").await {
+            Ok(Some(queued)) => queued,
             // What the delete left with this id is queued or running.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 return Err(StoreError::AlreadyQueued(item.prompt_id.clone()))
@@ -234,17 +263,17 @@ impl Store {
                 .ok_or(StoreError::AlreadyQueued(item.prompt_id.clone()))?,
         };
         tx.commit().await.doing("committing a new prompt")?;
-        Ok(number)
+        Ok(queued)
     }
 
     /// Inserts `item` as pending, `tail` ending the statement (an upsert clause or nothing);
-    /// returns the number stored, or `None` where the upsert inserted nothing.
+    /// returns what was stored, or `None` where the upsert inserted nothing.
     async fn insert_prompt<'e>(
         &self,
         db: impl sqlx::Executor<'e, Database = sqlx::Any>,
         item: &NewPrompt,
         tail: &str,
-    ) -> Result<Option<f64>, sqlx::Error> {
+    ) -> Result<Option<Queued>, sqlx::Error> {
         // The number is bound and read (times 0 where the next one is computed) in every case:
         // sqlx's Any driver gives PostgreSQL no type for a NULL or an unread parameter.
         let next = next_number_sql(self.backend);
@@ -253,9 +282,11 @@ impl Store {
             QueueNumber::Next { front: false } => (format!("({next}) + 0 * $2"), 0.0),
             QueueNumber::Next { front: true } => (format!("-({next}) + 0 * $2"), 0.0),
         };
-        sqlx::query_scalar(&format!(
+        let row: Option<(f64, i64)> = sqlx::query_as(&format!(
             "INSERT INTO prompts (prompt_id, number, status, prompt, extra_data, outputs_to_execute, client_id, created_at) \
-             SELECT $1, {number}, 'pending', $3, $4, $5, $6, $7 FROM {NUMBER_BOUNDS}{tail} RETURNING number"
+             SELECT $1, {number}, 'pending', $3, $4, $5, $6, $7 FROM {NUMBER_BOUNDS}{tail} \
+             RETURNING number, {} + 1",
+            queued_besides("$1")
         ))
         .bind(&item.prompt_id)
         .bind(given)
@@ -265,7 +296,11 @@ impl Store {
         .bind(&item.client_id)
         .bind(now_ms())
         .fetch_optional(db)
-        .await
+        .await?;
+        Ok(row.map(|(number, queue_remaining)| Queued {
+            number,
+            queue_remaining,
+        }))
     }
 
     /// Takes the first pending prompt (lowest number, then oldest) and marks it running, owned by
@@ -273,16 +308,13 @@ impl Store {
     /// prompt: SQLite's write lock serialises claims; on PostgreSQL each worker locks the row it
     /// takes and skips rows others have locked, so claims do not wait on each other.
     pub async fn claim_next(&self) -> Result<Option<PromptRow>, StoreError> {
-        self.claim_next_except(&[]).await
+        Ok(self.claim_next_except(&[]).await?.map(|c| c.prompt))
     }
 
     /// [`Store::claim_next`] passing over the prompts in `skip` (left for a better placed
     /// worker). On a shared queue, nothing is claimed while the queue is paused
     /// ([`Store::set_paused`]): the flag is read in the claiming statement.
-    pub async fn claim_next_except(
-        &self,
-        skip: &[String],
-    ) -> Result<Option<PromptRow>, StoreError> {
+    pub async fn claim_next_except(&self, skip: &[String]) -> Result<Option<Claimed>, StoreError> {
         // One statement, so one round trip and SQLite's own atomicity: the subquery picks the
         // row and the update marks it in the same write.
         let skipped = if skip.is_empty() {
@@ -295,13 +327,14 @@ impl Store {
             "UPDATE prompts SET status = 'running', started_at = $1, worker_id = $2, \
              lease_until = {} + $3, interrupt_requested = 0 \
              WHERE seq = (SELECT seq FROM prompts WHERE status = 'pending'{skipped}{} \
-             ORDER BY number, seq LIMIT 1{}) RETURNING {COLUMNS}",
+             ORDER BY number, seq LIMIT 1{}) RETURNING {COLUMNS}, {} + 1 AS queue_remaining",
             self.dialect("$1", PG_NOW_MS),
             self.dialect(
                 "",
                 " AND NOT EXISTS (SELECT 1 FROM queue_control WHERE paused <> 0)"
             ),
-            self.dialect("", " FOR UPDATE OF prompts SKIP LOCKED")
+            self.dialect("", " FOR UPDATE OF prompts SKIP LOCKED"),
+            queued_besides("prompts.prompt_id")
         );
         let mut query = sqlx::query(&sql)
             .bind(now_ms())
@@ -314,10 +347,17 @@ impl Store {
             .fetch_optional(&self.bookkeeping)
             .await
             .doing("claiming the next prompt")?;
-        row.as_ref().map(row_to_prompt).transpose()
+        row.map(|row| {
+            Ok(Claimed {
+                prompt: row_to_prompt(&row)?,
+                queue_remaining: row.get("queue_remaining"),
+            })
+        })
+        .transpose()
     }
 
-    /// Records how a prompt ended and makes it part of the history.
+    /// Records how a prompt ended and makes it part of the history; returns how many prompts are
+    /// still queued or running.
     pub async fn finish(
         &self,
         prompt_id: &str,
@@ -326,16 +366,22 @@ impl Store {
         outputs: &Json,
         status_messages: &Json,
         meta: &Json,
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         // On a shared queue only while this worker still owns it: a worker whose lease ran out
         // must not overwrite the run of whichever worker took the prompt over.
-        let query = sqlx::query(self.dialect(
-            "UPDATE prompts SET status = $1, reason = $2, finished_at = $3, outputs = $4, status_messages = $5, meta = $6, \
-             in_history = 1 WHERE prompt_id = $7",
-            "UPDATE prompts SET status = $1, reason = $2, finished_at = $3, outputs = $4, status_messages = $5, meta = $6, \
-             in_history = 1, lease_until = NULL WHERE prompt_id = $7 AND status = 'running' AND worker_id = $8",
-        ));
-        let query = query
+        // The count comes back with the write (the prompt, ended, no longer counts), so the
+        // `status` event after a run costs no round trip of its own.
+        let sql = format!(
+            "{} RETURNING {}",
+            self.dialect(
+                "UPDATE prompts SET status = $1, reason = $2, finished_at = $3, outputs = $4, status_messages = $5, meta = $6, \
+                 in_history = 1 WHERE prompt_id = $7",
+                "UPDATE prompts SET status = $1, reason = $2, finished_at = $3, outputs = $4, status_messages = $5, meta = $6, \
+                 in_history = 1, lease_until = NULL WHERE prompt_id = $7 AND status = 'running' AND worker_id = $8",
+            ),
+            queued_besides("$7")
+        );
+        let query = sqlx::query_scalar(&sql)
             .bind(status.as_str())
             .bind(reason)
             .bind(now_ms())
@@ -347,11 +393,15 @@ impl Store {
             Backend::Sqlite => query,
             Backend::Postgres => query.bind(self.worker_id()),
         };
-        query
-            .execute(&self.bookkeeping)
+        let remaining = query
+            .fetch_optional(&self.bookkeeping)
             .await
             .doing("recording a finished prompt")?;
-        Ok(())
+        match remaining {
+            Some(remaining) => Ok(remaining),
+            // Nothing written (on a shared queue, the lease was lost): counted on its own.
+            None => self.queue_remaining().await,
+        }
     }
 
     /// After a restart: each prompt left running by a crash has its crash count raised. One that
@@ -740,32 +790,61 @@ pub(crate) mod tests {
             number: QueueNumber::Next { front },
             ..item(id, 0.0)
         };
-        assert_eq!(store.enqueue(&next("a", false)).await.unwrap(), 0.0);
-        assert_eq!(store.enqueue(&next("b", false)).await.unwrap(), 1.0);
-        assert_eq!(store.enqueue(&next("c", true)).await.unwrap(), -2.0);
-        assert_eq!(store.enqueue(&item("d", 7.5)).await.unwrap(), 7.5);
-        assert_eq!(store.enqueue(&next("e", false)).await.unwrap(), 8.0);
-        assert_eq!(store.enqueue(&next("f", true)).await.unwrap(), -9.0);
+        // Each write also says how long the queue is after it (the `status` events' count).
+        let queued = |number, queue_remaining| Queued {
+            number,
+            queue_remaining,
+        };
+        assert_eq!(
+            store.enqueue(&next("a", false)).await.unwrap(),
+            queued(0.0, 1)
+        );
+        assert_eq!(
+            store.enqueue(&next("b", false)).await.unwrap(),
+            queued(1.0, 2)
+        );
+        assert_eq!(
+            store.enqueue(&next("c", true)).await.unwrap(),
+            queued(-2.0, 3)
+        );
+        assert_eq!(
+            store.enqueue(&item("d", 7.5)).await.unwrap(),
+            queued(7.5, 4)
+        );
+        assert_eq!(
+            store.enqueue(&next("e", false)).await.unwrap(),
+            queued(8.0, 5)
+        );
+        assert_eq!(
+            store.enqueue(&next("f", true)).await.unwrap(),
+            queued(-9.0, 6)
+        );
         // A pending id and a running one cannot be queued again.
         assert!(matches!(
             store.enqueue(&next("a", false)).await,
             Err(StoreError::AlreadyQueued(id)) if id == "a"
         ));
-        let running = store.claim_next().await.unwrap().unwrap();
-        assert_eq!(running.prompt_id, "f");
+        let running = store.claim_next_except(&[]).await.unwrap().unwrap();
+        assert_eq!(running.prompt.prompt_id, "f");
+        assert_eq!(running.queue_remaining, 6);
         assert!(matches!(
             store.enqueue(&item("f", 3.0)).await,
             Err(StoreError::AlreadyQueued(_))
         ));
         // A finished one is replaced: out of the history, pending again under its new number.
         let done = PromptStatus::Done;
-        store
+        let remaining = store
             .finish("f", done, None, &json!({}), &json!([]), &json!({}))
             .await
             .unwrap();
+        assert_eq!(remaining, 5);
+        assert_eq!(store.queue_remaining().await.unwrap(), 5);
         assert!(store.history_entry("f").await.unwrap().is_some());
         // Its old number is gone with it, so the next is one past the largest left.
-        assert_eq!(store.enqueue(&next("f", false)).await.unwrap(), 9.0);
+        assert_eq!(
+            store.enqueue(&next("f", false)).await.unwrap(),
+            queued(9.0, 6)
+        );
         assert!(store.history_entry("f").await.unwrap().is_none());
         let pending: Vec<(String, f64)> = store
             .pending()
