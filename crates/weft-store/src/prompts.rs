@@ -791,34 +791,22 @@ pub(crate) mod tests {
             ..item(id, 0.0)
         };
         // Each write also says how long the queue is after it (the `status` events' count).
-        let queued = |number, queue_remaining| Queued {
-            number,
-            queue_remaining,
-        };
-        assert_eq!(
-            store.enqueue(&next("a", false)).await.unwrap(),
-            queued(0.0, 1)
-        );
-        assert_eq!(
-            store.enqueue(&next("b", false)).await.unwrap(),
-            queued(1.0, 2)
-        );
-        assert_eq!(
-            store.enqueue(&next("c", true)).await.unwrap(),
-            queued(-2.0, 3)
-        );
-        assert_eq!(
-            store.enqueue(&item("d", 7.5)).await.unwrap(),
-            queued(7.5, 4)
-        );
-        assert_eq!(
-            store.enqueue(&next("e", false)).await.unwrap(),
-            queued(8.0, 5)
-        );
-        assert_eq!(
-            store.enqueue(&next("f", true)).await.unwrap(),
-            queued(-9.0, 6)
-        );
+        let cases = [
+            (next("a", false), 0.0, 1),
+            (next("b", false), 1.0, 2),
+            (next("c", true), -2.0, 3),
+            (item("d", 7.5), 7.5, 4),
+            (next("e", false), 8.0, 5),
+            (next("f", true), -9.0, 6),
+        ];
+        for (prompt, number, queue_remaining) in cases {
+            let queued = store.enqueue(&prompt).await.unwrap();
+            let expected = Queued {
+                number,
+                queue_remaining,
+            };
+            assert_eq!(queued, expected, "{}", prompt.prompt_id);
+        }
         // A pending id and a running one cannot be queued again.
         assert!(matches!(
             store.enqueue(&next("a", false)).await,
@@ -843,7 +831,10 @@ pub(crate) mod tests {
         // Its old number is gone with it, so the next is one past the largest left.
         assert_eq!(
             store.enqueue(&next("f", false)).await.unwrap(),
-            queued(9.0, 6)
+            Queued {
+                number: 9.0,
+                queue_remaining: 6
+            }
         );
         assert!(store.history_entry("f").await.unwrap().is_none());
         let pending: Vec<(String, f64)> = store
