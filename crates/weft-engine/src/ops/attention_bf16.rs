@@ -6,10 +6,14 @@
 //! 40, where the vector units do four multiply-adds per score and value. Here both products run
 //! on [`Tiles`]: a block of `TILE_ROWS` queries (rounded to bf16 pairs, scaled first) meets
 //! the keys of one head in blocks of `KEYS`, packed once per head as AMX panels; each block's
-//! scores (`TILE_ROWS x KEYS` f32, 16 KiB) get the online softmax (running max and sum per
+//! scores (`TILE_ROWS x KEYS` f32, 32 KiB) get the online softmax (running max and sum per
 //! query, [`crate::ops::math::exp`]) and, rounded to bf16, multiply the head's packed values into
 //! the queries' f32 outputs. A task takes up to `GROUPS` query blocks of one image through every
-//! head, so each key block is read once for all of them.
+//! head, so each key block is read once for all of them. On the AVX512_BF16 kernel, a last
+//! panel of at most 8 value columns (a head of 40: 32 + 8) is folded, two key pairs to a
+//! vector (`gemm_bf16::Panel::Folded`): half the multiply-adds of that panel, and the
+//! 4096-token attention of bh=16, d=40 in 175-180 ms against 194-204 ms (`cargo bench --bench
+//! ops -- bf16attention`, four alternating rounds).
 
 use std::ops::Range;
 
@@ -17,7 +21,7 @@ use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::ops::attention::Rows;
-use crate::ops::gemm_bf16::{self, Tiles, PANEL, TILE_PAIRS, TILE_ROWS};
+use crate::ops::gemm_bf16::{self, Panel, Tiles, FOLDED_COLS, PANEL, TILE_PAIRS, TILE_ROWS};
 use crate::ops::math::online_softmax_block;
 
 /// Keys per block (a multiple of `PANEL`).
@@ -41,6 +45,9 @@ struct Sizes {
     value_panels: usize,
     /// Value columns (the last panel's columns past them are zero).
     value_dim: usize,
+    /// Whether the last panel of values is packed folded (`gemm_bf16::fold_pairs`): at most
+    /// `FOLDED_COLS` columns, on a kernel that folds panels.
+    folded_tail: bool,
 }
 
 impl Sizes {
@@ -56,17 +63,37 @@ impl Sizes {
     fn out_cols(&self) -> usize {
         self.value_panels * PANEL
     }
+
+    /// Whether value panel `panel` is packed folded.
+    fn folded(&self, panel: usize) -> bool {
+        self.folded_tail && panel + 1 == self.value_panels
+    }
+
+    /// Where the words of value pair `p` of panel `panel` start: a plain panel has `PANEL` words
+    /// per pair, a folded one `FOLDED_COLS` (16 for each two pairs).
+    fn value_at(&self, panel: usize, p: usize) -> usize {
+        let width = if self.folded(panel) {
+            FOLDED_COLS
+        } else {
+            PANEL
+        };
+        panel * self.key_pairs * PANEL + p * width
+    }
 }
 
 /// softmax(q kᵀ · `scale`) v into `out` ([B, N, H, Dv]) for `batch` images; `available()` must
 /// hold and there must be at least one key.
 pub(crate) fn run(q: &Rows, k: &Rows, v: &Rows, batch: usize, scale: f32, out: &mut [f32]) {
     let (queries, keys) = (q.rows, k.rows);
+    let value_panels = v.dim.div_ceil(PANEL);
     let sizes = Sizes {
         dim_pairs: q.dim.div_ceil(2).next_multiple_of(TILE_PAIRS),
         key_pairs: keys.div_ceil(2).next_multiple_of(TILE_PAIRS),
-        value_panels: v.dim.div_ceil(PANEL),
+        value_panels,
         value_dim: v.dim,
+        folded_tail: gemm_bf16::folds_panels()
+            && value_panels > 0
+            && v.dim - (value_panels - 1) * PANEL <= FOLDED_COLS,
     };
     let heads = batch * q.heads;
     let mut packed_keys = vec![0u32; heads * sizes.key_len()];
@@ -126,9 +153,13 @@ fn pack_keys(k: &Rows, b: usize, h: usize, sizes: Sizes, dst: &mut [u32]) {
 }
 
 /// Head `(b, h)`'s values as B panels for the outputs: panels of `PANEL` value columns, for each
-/// pair of keys the panel's columns side by side.
+/// pair of keys the panel's columns side by side; a folded last panel (`Sizes::folded_tail`)
+/// has each two pairs' columns interleaved instead.
 fn pack_values(v: &Rows, b: usize, h: usize, sizes: Sizes, dst: &mut [u32]) {
     let (mut lo, mut hi) = ([0f32; PANEL], [0f32; PANEL]);
+    // The even pair's words of a folded panel, waiting for the odd pair's.
+    let mut even = [0u32; PANEL];
+    let mut words = [0u32; PANEL];
     for p in 0..v.rows.div_ceil(2) {
         for panel in 0..sizes.value_panels {
             let cols = panel * PANEL..((panel + 1) * PANEL).min(v.dim);
@@ -140,8 +171,22 @@ fn pack_values(v: &Rows, b: usize, h: usize, sizes: Sizes, dst: &mut [u32]) {
                 hi[width..].fill(0.0);
                 &hi
             });
-            let at = (panel * sizes.key_pairs + p) * PANEL;
-            gemm_bf16::pack_pair(&lo, hi, &mut dst[at..at + PANEL]);
+            if !sizes.folded(panel) {
+                let at = sizes.value_at(panel, p);
+                gemm_bf16::pack_pair(&lo, hi, &mut dst[at..at + PANEL]);
+                continue;
+            }
+            gemm_bf16::pack_pair(&lo, hi, &mut words);
+            if p % 2 == 0 {
+                even = words;
+                words.fill(0);
+                // Folded with the odd pair after it, or with zeros where there is none.
+                if 2 * p + 2 < v.rows {
+                    continue;
+                }
+            }
+            let at = sizes.value_at(panel, p - p % 2);
+            gemm_bf16::fold_pairs(&even, &words, &mut dst[at..at + 2 * FOLDED_COLS]);
         }
     }
 }
@@ -201,11 +246,7 @@ impl Task {
         keys: usize,
         head: Head,
     ) {
-        let Sizes {
-            dim_pairs,
-            key_pairs,
-            ..
-        } = self.sizes;
+        let dim_pairs = self.sizes.dim_pairs;
         let out_cols = self.sizes.out_cols();
         self.maxes.fill(f32::NEG_INFINITY);
         self.sums.fill(0.0);
@@ -230,7 +271,7 @@ impl Task {
                     let panel = (start / PANEL + j) * dim_pairs * PANEL;
                     tiles.block(
                         block_queries,
-                        &head.keys[panel..panel + dim_pairs * PANEL],
+                        Panel::Plain(&head.keys[panel..panel + dim_pairs * PANEL]),
                         q.dim.div_ceil(2),
                         PANEL,
                         &mut self.scores[j * PANEL..],
@@ -246,16 +287,15 @@ impl Task {
                     padded,
                 });
                 for panel in 0..self.sizes.value_panels {
-                    let at = (panel * key_pairs + start / 2) * PANEL;
-                    tiles.block(
-                        &self.probs,
-                        &head.values[at..at + padded / 2 * PANEL],
-                        padded / 2,
-                        PANEL.min(self.sizes.value_dim - panel * PANEL),
-                        &mut self.outputs[block * TILE_ROWS * out_cols + panel * PANEL..],
-                        out_cols,
-                        true,
-                    );
+                    let at = self.sizes.value_at(panel, start / 2);
+                    let cols = PANEL.min(self.sizes.value_dim - panel * PANEL);
+                    let out = &mut self.outputs[block * TILE_ROWS * out_cols + panel * PANEL..];
+                    let values = if self.sizes.folded(panel) {
+                        Panel::Folded(&head.values[at..at + padded / 2 * FOLDED_COLS])
+                    } else {
+                        Panel::Plain(&head.values[at..at + padded / 2 * PANEL])
+                    };
+                    tiles.block(&self.probs, values, padded / 2, cols, out, out_cols, true);
                 }
             }
         }

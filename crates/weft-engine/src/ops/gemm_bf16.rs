@@ -477,6 +477,25 @@ pub const TILE_ROWS: usize = AMX_ROWS;
 /// k pairs in one AMX tile: [`AmxTiles::block`]'s depth is a multiple of this.
 pub const TILE_PAIRS: usize = AMX_PAIRS;
 
+/// Columns a folded panel holds at most ([`Panel::Folded`]).
+pub const FOLDED_COLS: usize = 8;
+
+/// Whether [`Panel::Folded`] multiplies here: on the AVX512_BF16 kernel. AMX multiplies whole
+/// tiles, so its panels are never folded.
+pub fn folds_panels() -> bool {
+    isa() == Some(Isa::Avx512)
+}
+
+/// Two pairs' words of a panel of at most [`FOLDED_COLS`] columns, folded into the 16 words of a
+/// folded panel's pair of pairs: word `2i` is column `i` of the first pair (`even`), word
+/// `2i + 1` of the second (`odd`).
+pub fn fold_pairs(even: &[u32], odd: &[u32], dst: &mut [u32]) {
+    for (i, (&e, &o)) in even.iter().zip(odd).take(FOLDED_COLS).enumerate() {
+        dst[2 * i] = e;
+        dst[2 * i + 1] = o;
+    }
+}
+
 /// Blocks of `TILE_ROWS` rows of A times a panel of B, on AMX tiles or with the AVX512_BF16
 /// micro-kernel, for kernels other than the matmul's (the bf16 flash attention). Not `Send`: AMX
 /// tiles are configured per thread.
@@ -492,78 +511,94 @@ impl Tiles {
 
     /// `out` (a `TILE_ROWS x PANEL` block, rows `ldo` floats apart) (+)= `a` times `b` over
     /// `pairs` pairs: `a` the block's rows as bf16 pairs in tile order (for each `TILE_PAIRS`
-    /// pairs, the `TILE_ROWS` rows' `TILE_PAIRS` words), `b` rows of `PANEL` words (a panel),
-    /// both zero from `pairs` to the next multiple of `TILE_PAIRS` (AMX multiplies whole tiles;
-    /// the AVX512_BF16 kernel stops at `pairs`); `accumulate` adds to `out` instead of
-    /// overwriting it. Only the first `cols` columns are needed: the AVX512_BF16 kernel computes
-    /// half a panel where that covers them (a head of 40 values is one panel and 8 columns),
-    /// AMX whole tiles.
+    /// pairs, the `TILE_ROWS` rows' `TILE_PAIRS` words), `b` a panel ([`Panel`]), both zero
+    /// from `pairs` to the next multiple of `TILE_PAIRS` (AMX multiplies whole tiles; the
+    /// AVX512_BF16 kernel stops at `pairs`); `accumulate` adds to `out` instead of overwriting
+    /// it. Only the first `cols` columns are needed: the AVX512_BF16 kernel computes half a
+    /// panel where that covers them, and a folded panel's 8 columns two pairs to a vector (a
+    /// head of 40 values is one panel and 8 columns), AMX whole tiles.
     #[allow(clippy::too_many_arguments)]
     pub fn block(
         &mut self,
         a: &[u32],
-        b: &[u32],
+        b: Panel,
         pairs: usize,
         cols: usize,
         out: &mut [f32],
         ldo: usize,
         accumulate: bool,
     ) {
-        match &mut self.0 {
-            Kernel::Amx(tiles) => tiles.block(
-                a,
-                b,
-                pairs.next_multiple_of(TILE_PAIRS),
-                out,
-                ldo,
-                accumulate,
-            ),
+        let tiles = match &mut self.0 {
+            Kernel::Amx(tiles) => tiles,
             Kernel::F32 => unreachable!("`Tiles::new` takes the CPU's bf16 kernel"),
             Kernel::Avx512 => {
                 assert!(
-                    cols <= NR && out.len() >= (TILE_ROWS - 1) * ldo + cols,
+                    cols <= b.columns() && out.len() >= (TILE_ROWS - 1) * ldo + cols,
                     "the block lies inside `out`"
                 );
-                // 16 accumulators either way: eight rows by two vectors, or sixteen by one.
+                // 16 accumulators each way: eight rows by two vectors, or sixteen by one.
                 // A's rows are 16 words apart.
                 const GROUP: usize = TILE_ROWS * TILE_PAIRS;
-                if cols <= 16 {
-                    for r0 in (0..TILE_ROWS).step_by(16) {
-                        // SAFETY: `Kernel::Avx512` exists only after `isa()` found AVX-512F and
-                        // AVX512_BF16; the kernel asserts that `a` and `b` hold `pairs` pairs;
-                        // the block's rows r0..r0 + 16, `cols` columns each, lie inside `out`
-                        // (above).
-                        unsafe {
-                            simd::kernel::<16, TILE_PAIRS, 1, GROUP, 1>(
-                                pairs,
-                                &a[r0 * TILE_PAIRS..],
-                                b,
-                                out[r0 * ldo..].as_mut_ptr(),
-                                ldo,
-                                16,
-                                cols,
-                                accumulate,
-                            )
-                        }
-                    }
+                let rows = if matches!(b, Panel::Plain(_)) && cols > 16 {
+                    8
                 } else {
-                    for r0 in (0..TILE_ROWS).step_by(8) {
-                        // SAFETY: as above, rows r0..r0 + 8.
-                        unsafe {
-                            simd::kernel::<8, TILE_PAIRS, 1, GROUP, NV>(
-                                pairs,
-                                &a[r0 * TILE_PAIRS..],
-                                b,
-                                out[r0 * ldo..].as_mut_ptr(),
-                                ldo,
-                                8,
-                                cols,
-                                accumulate,
-                            )
+                    16
+                };
+                for r0 in (0..TILE_ROWS).step_by(rows) {
+                    let (a, c) = (&a[r0 * TILE_PAIRS..], out[r0 * ldo..].as_mut_ptr());
+                    // SAFETY: `Kernel::Avx512` exists only after `isa()` found AVX-512F and
+                    // AVX512_BF16; the kernels assert that `a` and `b` hold `pairs` pairs; the
+                    // block's rows r0..r0 + rows, `cols` columns each, lie inside `out` (above).
+                    unsafe {
+                        match b {
+                            Panel::Folded(b) => simd::kernel_folded::<16, TILE_PAIRS, GROUP>(
+                                pairs, a, b, c, ldo, cols, accumulate,
+                            ),
+                            Panel::Plain(b) if rows == 16 => {
+                                simd::kernel::<16, TILE_PAIRS, 1, GROUP, 1>(
+                                    pairs, a, b, c, ldo, 16, cols, accumulate,
+                                )
+                            }
+                            Panel::Plain(b) => simd::kernel::<8, TILE_PAIRS, 1, GROUP, NV>(
+                                pairs, a, b, c, ldo, 8, cols, accumulate,
+                            ),
                         }
                     }
                 }
+                return;
             }
+        };
+        let Panel::Plain(b) = b else {
+            unreachable!("panels are folded only where `folds_panels` says")
+        };
+        tiles.block(
+            a,
+            b,
+            pairs.next_multiple_of(TILE_PAIRS),
+            out,
+            ldo,
+            accumulate,
+        );
+    }
+}
+
+/// The B operand of [`Tiles::block`]: one panel's words.
+#[derive(Clone, Copy)]
+pub enum Panel<'a> {
+    /// `PANEL` words per pair.
+    Plain(&'a [u32]),
+    /// At most [`FOLDED_COLS`] columns, each two pairs' words in 16 ([`fold_pairs`]): a vector
+    /// then does two pairs' work where a plain panel leaves half its lanes zero. Only where
+    /// [`folds_panels`], and over an even number of pairs.
+    Folded(&'a [u32]),
+}
+
+impl Panel<'_> {
+    /// The most columns the panel holds.
+    fn columns(&self) -> usize {
+        match self {
+            Panel::Plain(_) => PANEL,
+            Panel::Folded(_) => FOLDED_COLS,
         }
     }
 }
@@ -1763,6 +1798,66 @@ mod simd {
         }
     }
 
+    /// [`kernel`] for a folded panel ([`super::fold_pairs`]: for each two pairs, 16 words, the
+    /// even lanes the first pair's columns and the odd lanes the second's) of at most 8 columns:
+    /// each row's two words of the two pairs are broadcast as one 64-bit value, so the even
+    /// lanes sum the even pairs and the odd lanes the odd ones; adjacent lanes are added at the
+    /// end. A in tile order as in [`kernel`] with `PAIR` 1 (a row's pairs side by side).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16; `c` points to `R` rows of `cols` writable floats,
+    /// `ldc` apart.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn kernel_folded<const R: usize, const ROW: usize, const GROUP: usize>(
+        depth: usize,
+        a: &[u32],
+        b: &[u32],
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        let last = depth
+            .checked_sub(1)
+            .map_or(0, |p| (p / 16) * GROUP + p % 16);
+        assert!(depth.is_multiple_of(2) && cols <= 8 && b.len() >= depth * 8);
+        assert!(depth == 0 || a.len() > last + (R - 1) * ROW);
+        let mut acc = [_mm512_setzero_ps(); R];
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        for p in (0..depth).step_by(2) {
+            // SAFETY: pairs p and p + 1 (p even, so in one group of 16) of each of A's rows and
+            // their 16 folded words are inside `a` and `b` (asserted above).
+            unsafe {
+                let bv = _mm512_loadu_si512(b.add(p * 8).cast());
+                let a = a.add((p / 16) * GROUP + p % 16);
+                for (r, x) in acc.iter_mut().enumerate() {
+                    let words = _mm512_set1_epi64(a.add(r * ROW).cast::<i64>().read_unaligned());
+                    *x = _mm512_dpbf16_ps(
+                        *x,
+                        std::mem::transmute::<__m512i, __m512bh>(words),
+                        std::mem::transmute::<__m512i, __m512bh>(bv),
+                    );
+                }
+            }
+        }
+        let mask: __mmask16 = (1u16 << cols) - 1;
+        for (r, &x) in acc.iter().enumerate() {
+            // Lanes 2i and 2i + 1 summed, then the even lanes moved to the front: column i.
+            let sums = _mm512_add_ps(x, _mm512_permute_ps::<0b10_11_00_01>(x));
+            let row = _mm512_maskz_compress_ps(0x5555, sums);
+            // SAFETY: the masked lanes are columns < cols of row r < R.
+            unsafe {
+                let at = c.add(r * ldc);
+                let row = if accumulate {
+                    _mm512_add_ps(row, _mm512_maskz_loadu_ps(mask, at))
+                } else {
+                    row
+                };
+                _mm512_mask_storeu_ps(at, mask, row);
+            }
+        }
+    }
+
     /// [`kernel`] on f32 words (one element each instead of a pair): one `vfmadd` per word and
     /// accumulator where [`kernel`] has one `vdpbf16ps`.
     ///
@@ -1879,6 +1974,18 @@ mod simd {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod simd {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel_folded<const R: usize, const ROW: usize, const GROUP: usize>(
+        _: usize,
+        _: &[u32],
+        _: &[u32],
+        _: *mut f32,
+        _: usize,
+        _: usize,
+        _: bool,
+    ) {
+        unreachable!("available() is false off x86_64")
+    }
     pub(super) unsafe fn pack_line_f32(_: &[f32], _: usize, _: usize, _: &mut [u32]) {
         unreachable!("available() is false off x86_64")
     }
@@ -2116,6 +2223,49 @@ mod tests {
             }
             let err = matmul_packed_rhs_bias(&a, &packed, Some(&bias[1..])).unwrap_err();
             assert!(err.to_string().contains("bias"), "{err}");
+        }
+    }
+
+    /// A folded panel (two pairs in one vector's lanes) multiplies to what the plain panel
+    /// does, up to the order of the sums, for each width up to `FOLDED_COLS`, overwriting and
+    /// accumulating.
+    #[test]
+    fn a_folded_panel_gives_the_plain_panels_product() {
+        enable_in_this_test();
+        let Some(mut tiles) = Tiles::new().filter(|_| folds_panels()) else {
+            println!("no AVX512_BF16 kernel here: nothing folds");
+            return;
+        };
+        let pairs = 48;
+        // Small integers and halves: every product and sum exact in f32, in any order.
+        let value = |i: usize| ((i * 7919) % 13) as f32 * 0.5 - 3.0;
+        let pair = |i: usize| {
+            let round = |x: f32| bf16::from_f32(x).to_bits();
+            word(round(value(2 * i)), round(value(2 * i + 1)))
+        };
+        let a: Vec<u32> = (0..TILE_ROWS * pairs).map(pair).collect();
+        for cols in 1..=FOLDED_COLS {
+            let plain: Vec<u32> = (0..pairs * PANEL)
+                .map(|i| if i % PANEL < cols { pair(i + 5) } else { 0 })
+                .collect();
+            let mut folded = vec![0u32; pairs * FOLDED_COLS];
+            for p in (0..pairs).step_by(2) {
+                fold_pairs(
+                    &plain[p * PANEL..],
+                    &plain[(p + 1) * PANEL..],
+                    &mut folded[p * FOLDED_COLS..(p + 2) * FOLDED_COLS],
+                );
+            }
+            let ldo = 11;
+            for accumulate in [false, true] {
+                let start: Vec<f32> = (0..TILE_ROWS * ldo).map(value).collect();
+                let (mut want, mut got) = (start.clone(), start);
+                let plain_panel = Panel::Plain(&plain);
+                tiles.block(&a, plain_panel, pairs, cols, &mut want, ldo, accumulate);
+                let folded_panel = Panel::Folded(&folded);
+                tiles.block(&a, folded_panel, pairs, cols, &mut got, ldo, accumulate);
+                assert_eq!(got, want, "{cols} columns, accumulate {accumulate}");
+            }
         }
     }
 
