@@ -189,11 +189,11 @@ fn next_number_sql(backend: Backend) -> &'static str {
 /// is left out and its own part added by the caller, so the figure does not depend on whether the
 /// subquery sees the row before the write (PostgreSQL) or after it (SQLite).
 fn queued_besides(id: &str) -> String {
-    format!(
-        "(SELECT COUNT(*) FROM prompts AS other WHERE other.status IN ('pending', 'running') \
-         AND other.prompt_id <> {id})"
-    )
+    format!("(SELECT COUNT(*) FROM prompts AS other WHERE other.{IN_QUEUE} AND other.prompt_id <> {id})")
 }
+
+/// The rows `status` counts: queued or running.
+const IN_QUEUE: &str = "status IN ('pending', 'running')";
 
 /// What [`Store::enqueue`] stored.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -229,7 +229,8 @@ impl Store {
         .doing("reading the queue counter")
     }
 
-    /// Stores a new pending prompt and returns its queue number and the queue's length. Replaces an older prompt with
+    /// Stores a new pending prompt and returns its queue number and the queue's length. Replaces
+    /// an older prompt with
     /// the same id that is no longer queued or running (ComfyUI lets a client reuse a prompt id;
     /// its history is overwritten); one still queued or running is
     /// [`StoreError::AlreadyQueued`].
@@ -519,7 +520,7 @@ impl Store {
 
     /// Pending plus running, as `queue_remaining` counts them.
     pub async fn queue_remaining(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM prompts WHERE status IN ('pending', 'running')")
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM prompts WHERE {IN_QUEUE}"))
             .fetch_one(&self.pool)
             .await
             .doing("counting the queue")
