@@ -64,8 +64,11 @@ fn time(
 }
 
 fn main() -> anyhow::Result<()> {
-    // The bf16 rows measure the bf16 kernels, as `--dtype bf16` turns them on in the server.
-    gemm_bf16::enable();
+    // The bf16 rows measure what `--dtype bf16` runs in the server: the bf16 kernels where they
+    // outrun f32 arithmetic, else bf16 weights widened per layer.
+    if gemm_bf16::outruns_f32() {
+        gemm_bf16::enable();
+    }
     let choice: DeviceChoice = std::env::var("WEFT_BENCH_DEVICE")
         .unwrap_or_else(|_| "cpu".into())
         .parse()
@@ -102,7 +105,11 @@ fn main() -> anyhow::Result<()> {
         DeviceChoice::Cpu => println!(
             "device: cpu ({} threads), weights {dtypes:?}, bf16 matmul kernel: {}",
             candle_core::utils::get_num_threads(),
-            gemm_bf16::kernel_name()
+            if gemm_bf16::available() {
+                gemm_bf16::kernel_name()
+            } else {
+                "none (bf16 weights widen to f32)"
+            }
         ),
         other => println!("device: {other}, dtype {dtypes:?}"),
     }
@@ -142,17 +149,18 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    // VAEs stay in f32 on the CPU unless the weights are bf16 (`--dtype bf16`, as
-    // `ModelManager::vae_dtype`); f16 weights are kept out of VAEs.
+    // VAEs stay in f32 on the CPU unless the weights are bf16 (`--dtype bf16`) and the bf16
+    // kernel runs, as `ModelManager::vae_dtype`; f16 weights are kept out of VAEs.
     let vae_dtypes: Vec<DType> = if device.is_cpu() {
         let mut v: Vec<DType> = dtypes
             .iter()
-            .copied()
-            .filter(|d| *d != DType::F16)
+            .map(|&d| match d {
+                DType::BF16 if gemm_bf16::available() => d,
+                _ => DType::F32,
+            })
             .collect();
-        if v.is_empty() {
-            v.push(DType::F32);
-        }
+        v.sort_by_key(|d| *d != DType::F32);
+        v.dedup();
         v
     } else {
         vec![dtypes[0]]

@@ -47,7 +47,15 @@ impl ComputeConfig {
             None => None,
         };
         if self.dtype == Some(DType::BF16) && device.is_cpu() {
-            crate::engine::ops::gemm_bf16::enable();
+            use crate::engine::ops::gemm_bf16;
+            if gemm_bf16::outruns_f32() {
+                gemm_bf16::enable();
+            } else {
+                tracing::info!(
+                    kernel = gemm_bf16::kernel_name(),
+                    "bf16 weights widen to f32 per layer: this CPU's bf16 products are not faster than its f32 ones"
+                );
+            }
         }
         let compute = crate::engine::device::compute_dtype(&device, dtype.unwrap_or(DType::F32));
         match dtype {

@@ -343,12 +343,16 @@ impl ModelManager {
         Ok(self.weight_dtype(StateDict::open(path)?.float_dtype("")))
     }
 
-    /// The VAEs' dtype: f32 unless f32 weights were refused: the SD and SDXL VAE decoders
-    /// overflow f16 (black or NaN images; ComfyUI keeps VAEs out of f16 for the same reason),
-    /// and VAEs are small, so on the CPU they stay in f32 even when the rest is kept in f16.
+    /// The VAEs' dtype: f32 unless bf16 weights were asked for where bf16 arithmetic runs (a
+    /// GPU, or the CPU's bf16 kernel, [`crate::ops::gemm_bf16::available`]): the SD and SDXL VAE
+    /// decoders overflow f16 (black or NaN images; ComfyUI keeps VAEs out of f16 for the same
+    /// reason), and VAEs are small, so on the CPU they stay in f32 even when the rest is kept in
+    /// f16, or in bf16 widened per layer (slower than f32 weights, for 170 MB).
     pub fn vae_dtype(&self) -> DType {
         match self.weights {
-            Some(DType::BF16) => DType::BF16,
+            Some(DType::BF16) if !self.device.is_cpu() || crate::ops::gemm_bf16::available() => {
+                DType::BF16
+            }
             _ => DType::F32,
         }
     }
@@ -1192,7 +1196,14 @@ mod tests {
         let vae_dtype = |dtype: Option<DType>| ModelManager::new(0, Device::Cpu, dtype).vae_dtype();
         assert_eq!(vae_dtype(Some(DType::F16)), DType::F32);
         assert_eq!(vae_dtype(None), DType::F32);
-        assert_eq!(vae_dtype(Some(DType::BF16)), DType::BF16);
+        // bf16 only where the bf16 kernel runs: off until enabled, then where the CPU has it.
+        let bf16_vae = || match crate::ops::gemm_bf16::available() {
+            true => DType::BF16,
+            false => DType::F32,
+        };
+        assert_eq!(vae_dtype(Some(DType::BF16)), bf16_vae());
+        crate::ops::gemm_bf16::enable_in_this_test();
+        assert_eq!(vae_dtype(Some(DType::BF16)), bf16_vae());
         assert_eq!(vae_dtype(Some(DType::F32)), DType::F32);
     }
 

@@ -101,7 +101,8 @@ fn isa() -> Option<Isa> {
 static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Lets layers with bf16 weights multiply through this module (the server does so for an
-/// explicit `--dtype bf16` on the CPU; `WEFT_BF16_GEMM=on`, `amx` or `avx512` does too). Off by
+/// explicit `--dtype bf16` on a CPU where the kernel [`outruns_f32`]; `WEFT_BF16_GEMM=on`, `amx`
+/// or `avx512` does too, on any CPU with the instructions). Off by
 /// default because each layer then keeps a packed copy of its weights beside the stored one
 /// (+1.7 GB for SD1.5), which the model manager's budget does not count yet: a checkpoint that
 /// merely happens to be stored in bf16 must not grow by half.
@@ -140,6 +141,35 @@ fn enabled() -> bool {
 /// AVX512_BF16.
 pub fn available() -> bool {
     enabled() && isa().is_some()
+}
+
+/// Whether this CPU's bf16 kernel outruns its f32 arithmetic, so that `--dtype bf16` should
+/// [`enable`] it: AMX always; AVX512_BF16 everywhere but on Intel's cores. Those (Cooper Lake,
+/// Sapphire, Emerald and Granite Rapids) issue `vdpbf16ps` on one port and 512-bit f32 FMAs on
+/// two, so the bf16 kernel does half the f32 rate: on an Emerald Rapids VM without AMX, 120-137
+/// GFLOP/s against gemm's 165-245 in f32 at the UNet's shapes (`--bench gemm_bf16`), and a bf16
+/// UNet step took 13.5 s against 10.6-11.9 s with the weights widened per layer instead. Zen 4
+/// runs it at twice its f32 rate. `WEFT_BF16_GEMM=avx512` still forces the kernel.
+pub fn outruns_f32() -> bool {
+    match isa() {
+        Some(Isa::Amx) => true,
+        Some(Isa::Avx512) => !intel(),
+        Some(Isa::F32) | None => false,
+    }
+}
+
+/// Whether CPUID's vendor string (leaf 0: EBX, EDX, ECX) is Intel's.
+fn intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 0 exists on every x86_64 CPU.
+        let leaf = unsafe { std::arch::x86_64::__cpuid(0) };
+        let vendor = [leaf.ebx, leaf.edx, leaf.ecx].map(u32::to_le_bytes);
+        vendor.concat() == b"GenuineIntel"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// The kernel in use, for benchmarks' headers: "amx", "avx512bf16" or "none".
@@ -2266,6 +2296,15 @@ mod tests {
                 tiles.block(&a, folded_panel, pairs, cols, &mut got, ldo, accumulate);
                 assert_eq!(got, want, "{cols} columns, accumulate {accumulate}");
             }
+        }
+    }
+
+    #[test]
+    fn the_bf16_kernel_is_chosen_only_where_it_outruns_f32() {
+        match isa() {
+            Some(Isa::Amx) => assert!(outruns_f32()),
+            Some(Isa::Avx512) => assert_eq!(outruns_f32(), !intel()),
+            Some(Isa::F32) | None => assert!(!outruns_f32()),
         }
     }
 
