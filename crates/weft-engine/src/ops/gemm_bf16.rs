@@ -148,7 +148,7 @@ pub fn available() -> bool {
 /// Sapphire, Emerald and Granite Rapids) issue `vdpbf16ps` on one port and 512-bit f32 FMAs on
 /// two, so the bf16 kernel does half the f32 rate: on an Emerald Rapids VM without AMX, 120-137
 /// GFLOP/s against gemm's 165-245 in f32 at the UNet's shapes (`--bench gemm_bf16`), and a bf16
-/// UNet step took 13.5 s against 10.6-11.9 s with the weights widened per layer instead. Zen 4
+/// UNet step took 13.5 s against 9.7-11.9 s with the weights widened per layer instead. Zen 4
 /// runs it at twice its f32 rate. `WEFT_BF16_GEMM=avx512` still forces the kernel.
 pub fn outruns_f32() -> bool {
     match isa() {
@@ -2296,15 +2296,6 @@ mod tests {
                 tiles.block(&a, folded_panel, pairs, cols, &mut got, ldo, accumulate);
                 assert_eq!(got, want, "{cols} columns, accumulate {accumulate}");
             }
-        }
-    }
-
-    #[test]
-    fn the_bf16_kernel_is_chosen_only_where_it_outruns_f32() {
-        match isa() {
-            Some(Isa::Amx) => assert!(outruns_f32()),
-            Some(Isa::Avx512) => assert_eq!(outruns_f32(), !intel()),
-            Some(Isa::F32) | None => assert!(!outruns_f32()),
         }
     }
 
