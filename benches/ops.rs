@@ -217,7 +217,8 @@ fn matmul(dev: &Device, m: usize, k: usize, n: usize) -> Result<()> {
 }
 
 /// `x [m, k]` by a linear weight `[n, k]`: candle's matmul (gemm's kernels) against the f32
-/// kernel of `gemm_bf16` with the weight packed once.
+/// kernel of `gemm_bf16` with the weight packed once and `x` packed by each task, as a layer
+/// would call it (`matmul_packed_rhs_bias`).
 fn linear_f32(dev: &Device, m: usize, k: usize, n: usize) -> Result<()> {
     use weft::engine::ops::gemm_bf16;
     let x = Tensor::randn(0f32, 1.0, (m, k), dev)?;
@@ -234,7 +235,7 @@ fn linear_f32(dev: &Device, m: usize, k: usize, n: usize) -> Result<()> {
         return Ok(());
     }
     let packed = gemm_bf16::pack_rhs_f32(&w.t()?)?;
-    let ours = time_ms(5, || gemm_bf16::matmul_packed_rhs(&x, &packed))?;
+    let ours = time_ms(5, || gemm_bf16::matmul_packed_rhs_bias(&x, &packed, None))?;
     println!(
         "{shape}, packed f32 kernel {ours:.1} ms ({:.0} GFLOP/s)",
         gflops(ours)

@@ -10,8 +10,9 @@
 //!      WEFT_BENCH_DEVICE=cuda WEFT_BENCH_DTYPE=f16 cargo bench --features cuda --bench unet_vae
 //! On the CPU, f16-stored weights are widened per layer and computed in f32; bf16 weights run
 //! their convolutions and linear layers as bf16 matmuls with f32 sums (`ops::gemm_bf16`) where
-//! the CPU has AVX512_BF16 (compare with `unet_vae_bench.py --channels-last --autocast bf16`),
-//! f32 otherwise. On a GPU each figure is the median of 5 runs after one warm-up (the first run
+//! that kernel outruns f32 (`gemm_bf16::outruns_f32`: AMX, or AVX512_BF16 off Intel), as the
+//! server does, and are widened per layer like f16 elsewhere; compare with
+//! `unet_vae_bench.py --channels-last --autocast bf16`. On a GPU each figure is the median of 5 runs after one warm-up (the first run
 //! loads kernels); on the CPU one run after one warm-up, each taking seconds,
 //! unless `WEFT_BENCH_RUNS` says otherwise.
 use std::time::Instant;
