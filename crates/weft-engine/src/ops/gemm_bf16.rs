@@ -1081,7 +1081,9 @@ fn stack_for(
     // A task packs one unit of rows (an AVX-512 panel, or an AMX block of single-row panels)
     // of every operand.
     let unit = unit_rows(isa);
-    let mut data = vec![0u32; count * len];
+    // Zeroed by every core: a per-call Winograd weight (up to 210 MB) usually gets a block the
+    // allocator kept, which `vec!` would zero on this thread alone while the others wait.
+    let mut data = buffer::zeros(count * len);
     let mut units: Vec<Vec<&mut [u32]>> = (0..len / (unit * pairs).max(1))
         .map(|_| Vec::with_capacity(count))
         .collect();
