@@ -12,13 +12,14 @@
 //! their convolutions and linear layers as bf16 matmuls with f32 sums (`ops::gemm_bf16`) where
 //! that kernel outruns f32 (`gemm_bf16::outruns_f32`: AMX, or AVX512_BF16 off Intel), as the
 //! server does, and are widened per layer like f16 elsewhere; compare with
-//! `unet_vae_bench.py --channels-last --autocast bf16`. On a GPU each figure is the median of 5 runs after one warm-up (the first run
-//! loads kernels); on the CPU one run after one warm-up, each taking seconds,
-//! unless `WEFT_BENCH_RUNS` says otherwise.
+//! `unet_vae_bench.py --channels-last --autocast bf16`. On a GPU each figure is the median of 5
+//! runs after one warm-up (the first run loads kernels); on the CPU one run after one warm-up,
+//! each taking seconds, unless `WEFT_BENCH_RUNS` says otherwise.
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use weft::engine::device::{compute_dtype, gpu_memory, parse_dtype, DeviceChoice};
+use weft::engine::manager::ModelManager;
 use weft::engine::ops::gemm_bf16;
 use weft::engine::synth::synth_var_builder;
 use weft::engine::unet::{UNet2DConditionModel, UNetConfig};
@@ -150,15 +151,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    // VAEs stay in f32 on the CPU unless the weights are bf16 (`--dtype bf16`) and the bf16
-    // kernel runs, as `ModelManager::vae_dtype`; f16 weights are kept out of VAEs.
+    // On the CPU each VAE row runs in the dtype the server would give it (`vae_dtype`: f32
+    // unless bf16 weights meet the bf16 kernel; f16 is kept out of VAEs).
     let vae_dtypes: Vec<DType> = if device.is_cpu() {
         let mut v: Vec<DType> = dtypes
             .iter()
-            .map(|&d| match d {
-                DType::BF16 if gemm_bf16::available() => d,
-                _ => DType::F32,
-            })
+            .map(|&d| ModelManager::new(0, device.clone(), d).vae_dtype())
             .collect();
         v.sort_by_key(|d| *d != DType::F32);
         v.dedup();

@@ -127,8 +127,8 @@ impl DeviceChoice {
 
     /// Checks a requested weight dtype: f32 and f16 everywhere, bf16 on CUDA and on the CPU
     /// (where convolutions and linear layers multiply in bf16 with f32 sums on CPUs where that
-    /// outruns f32, `ops::gemm_bf16::outruns_f32`, and widen to f32 elsewhere), not on Metal (its bf16
-    /// support depends on the chip).
+    /// outruns f32, `ops::gemm_bf16::outruns_f32`, and widen to f32 elsewhere), not on Metal
+    /// (its bf16 support depends on the chip).
     pub fn check_dtype(self, dtype: DType) -> std::result::Result<DType, DeviceError> {
         match (self, dtype) {
             (_, DType::F32 | DType::F16)
