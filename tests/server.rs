@@ -607,6 +607,73 @@ async fn events_go_only_to_the_submitting_client() {
 }
 
 #[actix_web::test]
+async fn an_idle_worker_runs_a_prompt_at_once_and_one_that_waited_is_validated_again() {
+    let app = spawn_app().await;
+    let mut ws = app.ws("handoff").await;
+    // Idle: the prompt is stored already running (handed to the worker), not pending.
+    let slow = json!({
+        "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8, "batch_size": 1}},
+        "2": {"class_type": "TestSleep", "inputs": {"value": ["1", 0], "seconds": 1.5}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "slow"}}
+    });
+    let first = app.queue(slow, "handoff").await;
+    let (_, queue) = app.get("/queue").await;
+    assert_eq!(queue["queue_running"][0][1], first.as_str(), "{queue}");
+    assert_eq!(queue["queue_pending"], json!([]));
+    // Behind it, a prompt reading an input image that is gone by the time it runs fails
+    // validation then, as ComfyUI's would, and names the node.
+    std::fs::write(
+        app.data_dir().join("input/gone.png"),
+        png_bytes(4, 4, [255, 0, 0, 255]),
+    )
+    .unwrap();
+    let reads = json!({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "gone.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "gone"}}
+    });
+    let second = app.queue(reads, "handoff").await;
+    let (_, queue) = app.get("/queue").await;
+    assert_eq!(queue["queue_pending"][0][1], second.as_str(), "{queue}");
+    std::fs::remove_file(app.data_dir().join("input/gone.png")).unwrap();
+
+    // The handed-over run sends what ComfyUI's does, in its order.
+    let events = ws.until_done(&first).await;
+    assert_eq!(
+        names(&events),
+        [
+            "execution_start",
+            "execution_cached",
+            "executing:1",
+            "executing:2",
+            "executing:3",
+            "executed:3",
+            "execution_success",
+            "executing"
+        ]
+    );
+    assert_eq!(
+        app.wait_history(&first).await["status"]["status_str"],
+        "success"
+    );
+    let failed = app.wait_history(&second).await;
+    assert_eq!(failed["status"]["status_str"], "error");
+    let error = &failed["status"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m[0] == "execution_error")
+        .unwrap()[1];
+    assert_eq!(error["node_id"], "1", "{error}");
+    assert!(
+        error["exception_message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer valid"),
+        "{error}"
+    );
+}
+
+#[actix_web::test]
 async fn queue_control_cancel_front_pause_resume_and_history_paging() {
     let app = spawn_app().await;
     let (status, _) = app.post("/api/weft/queue/pause", json!({})).await;

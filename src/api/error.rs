@@ -136,6 +136,10 @@ pub fn submit_error(error: SubmitError, registry: &Registry, dirs: &DataDirs) ->
             json!({}),
         )),
         SubmitError::Store(e) => e.into(),
+        e @ SubmitError::Crashed(_) => {
+            tracing::error!("{e}");
+            ApiError::Internal(e.to_string())
+        }
         SubmitError::Invalid {
             failure,
             node_errors,

@@ -6,6 +6,7 @@
 //! of `Executor` and forwards its `Envelope`s).
 
 pub mod cache;
+mod handoff;
 pub mod run;
 mod shared;
 
@@ -26,7 +27,7 @@ use crate::graph::workflow::WorkflowFormatError;
 use crate::graph::{validate, NodeErrors, PromptError, Signature, Workflow};
 use crate::nodes::Registry;
 use crate::paths::DataDirs;
-use crate::store::{Lease, NewPrompt, QueueNumber, Store, StoreError};
+use crate::store::{Claimed, Lease, NewPrompt, QueueNumber, Queued, Store, StoreError};
 
 pub use crate::wire::{Event, ExecutionErrorInfo};
 pub use cache::{CachedOutput, EntryInfo, OutputCache};
@@ -120,6 +121,9 @@ pub enum SubmitError {
     DuplicateId(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Storing the prompt panicked.
+    #[error("storing the prompt crashed: {0}")]
+    Crashed(String),
 }
 
 /// The executor and its queue; shared by the API and the worker task.
@@ -150,6 +154,8 @@ pub struct Executor {
     /// Prompts placement passes over, left to a better placed worker.
     deferred: Mutex<shared::Deferred>,
     wake: Notify,
+    /// A prompt accepted while the worker is idle, handed straight to it.
+    handoff: handoff::Handoff,
     /// Where this worker serves HTTP, as other workers list it (`GET /api/weft/workers`).
     address: Mutex<String>,
 }
@@ -247,6 +253,7 @@ impl Executor {
             recent_models: Mutex::new(Vec::new()),
             deferred: Mutex::new(Default::default()),
             wake: Notify::new(),
+            handoff: Default::default(),
             address: Mutex::new(String::new()),
         });
         // When memory is short the manager may ask for the cached outputs back: they hold model
@@ -346,33 +353,78 @@ impl Executor {
         if let Some(client_id) = &submission.client_id {
             extra_data.insert("client_id".into(), Json::from(client_id.as_str()));
         }
-        let queued = self
-            .store
-            .enqueue(&NewPrompt {
-                prompt_id: prompt_id.clone(),
-                number,
-                prompt: coerced,
-                extra_data: Json::Object(extra_data),
-                outputs_to_execute: plan.outputs().to_vec(),
-                client_id: submission.client_id,
-            })
-            .await
-            .map_err(|e| match e {
-                StoreError::AlreadyQueued(id) => SubmitError::DuplicateId(id),
-                e => e.into(),
-            })?;
+        let item = NewPrompt {
+            prompt_id: prompt_id.clone(),
+            number,
+            prompt: coerced,
+            extra_data: Json::Object(extra_data),
+            outputs_to_execute: plan.outputs().to_vec(),
+            client_id: submission.client_id,
+        };
+        let outputs = plan.outputs().len();
+        let handed_over = !self.store.is_shared()
+            && !self.paused.load(Ordering::SeqCst)
+            && !self.stopping.load(Ordering::SeqCst)
+            && self.handoff.reserve();
+        let queued = if handed_over {
+            // On a task of its own: once stored as claimed, the prompt must reach the worker
+            // even if the client goes away and this request is dropped.
+            let this = Arc::clone(self);
+            tokio::spawn(async move { this.hand_over(item, plan).await })
+                .await
+                .map_err(|e| {
+                    self.handoff.release();
+                    self.wake.notify_one();
+                    SubmitError::Crashed(e.to_string())
+                })?
+        } else {
+            self.store.enqueue(&item).await
+        }
+        .map_err(|e| match e {
+            StoreError::AlreadyQueued(id) => SubmitError::DuplicateId(id),
+            e => e.into(),
+        })?;
         tracing::info!(
             number = queued.number,
-            outputs = plan.outputs().len(),
+            outputs,
+            handed_over,
             "prompt queued"
         );
-        self.announce_work().await;
+        if !handed_over {
+            self.announce_work().await;
+        }
         self.emit_queue_length(queued.queue_remaining);
         Ok(Submitted {
             prompt_id,
             number: queued.number,
             node_errors: validation.node_errors,
         })
+    }
+
+    /// Stores `item` claimed by this worker, which waits for it, and hands it over with `plan`;
+    /// on failure the worker goes back to the queue.
+    async fn hand_over(
+        &self,
+        item: NewPrompt,
+        plan: crate::graph::Plan,
+    ) -> Result<Queued, StoreError> {
+        let stored = self.store.enqueue_claimed(&item).await;
+        let queued = match stored {
+            Ok(claimed) => {
+                let queued = Queued {
+                    number: claimed.prompt.number,
+                    queue_remaining: claimed.queue_remaining,
+                };
+                self.handoff.deliver(handoff::Ready { claimed, plan });
+                Ok(queued)
+            }
+            Err(e) => {
+                self.handoff.release();
+                Err(e)
+            }
+        };
+        self.wake.notify_one();
+        queued
     }
 
     /// Starts the worker on a thread of its own with its own runtime, so it is independent of
@@ -432,6 +484,17 @@ impl Executor {
                 self.wait_for_work(false).await;
                 continue;
             }
+            match self.handoff.next() {
+                handoff::Next::Run(ready) => {
+                    self.run_one(ready.claimed, Some(ready.plan)).await;
+                    continue;
+                }
+                handoff::Next::Wait => {
+                    self.wait_for_work(false).await;
+                    continue;
+                }
+                handoff::Next::Claim => {}
+            }
             let mut passed_over = Vec::new();
             if self.store.is_shared() {
                 match self.placement().await {
@@ -452,10 +515,13 @@ impl Executor {
                 }
             };
             let Some(claimed) = claimed else {
+                if !self.store.is_shared() {
+                    self.handoff.idle();
+                }
                 self.wait_for_work(!passed_over.is_empty()).await;
                 continue;
             };
-            self.run_one(claimed).await;
+            self.run_one(claimed, None).await;
         }
     }
 
@@ -507,7 +573,8 @@ impl Executor {
         }))
     }
 
-    async fn run_one(self: &Arc<Self>, claimed: crate::store::Claimed) {
+    /// Runs a claimed prompt; `plan`, where its accept's validation is still fresh (handed over).
+    async fn run_one(self: &Arc<Self>, claimed: Claimed, plan: Option<crate::graph::Plan>) {
         let row = claimed.prompt;
         let prompt_id = row.prompt_id.clone();
         let client = row.client_id.clone();
@@ -528,7 +595,8 @@ impl Executor {
         let span = tracing::info_span!("prompt", prompt_id = %prompt_id);
         let this = Arc::clone(self);
         let outcome =
-            tokio::task::spawn_blocking(move || span.in_scope(|| run::execute(&this, &row))).await;
+            tokio::task::spawn_blocking(move || span.in_scope(|| run::execute(&this, &row, plan)))
+                .await;
         if let Some(lease) = lease {
             lease.abort();
         }

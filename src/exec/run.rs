@@ -175,11 +175,13 @@ impl Stop {
     }
 }
 
-/// Runs one claimed prompt on the current (blocking) thread.
-pub(crate) fn execute(exec: &Arc<Executor>, row: &PromptRow) -> Outcome {
+/// Runs one claimed prompt on the current (blocking) thread; `plan`, where its accept's
+/// validation may stand for the run's own.
+pub(crate) fn execute(exec: &Arc<Executor>, row: &PromptRow, plan: Option<Plan>) -> Outcome {
     let mut run = PromptRun {
         exec,
         row,
+        accepted_plan: plan,
         prompt: Arc::new(row.prompt.clone()),
         extra_pnginfo: row.extra_data.get("extra_pnginfo").cloned().map(Arc::new),
         reporter: Arc::new(EventReporter {
@@ -213,6 +215,8 @@ pub(crate) fn execute(exec: &Arc<Executor>, row: &PromptRow) -> Outcome {
 struct PromptRun<'a> {
     exec: &'a Arc<Executor>,
     row: &'a PromptRow,
+    /// The plan the prompt's accept validated, where the prompt was handed straight over.
+    accepted_plan: Option<Plan>,
     /// What every node's context shares: the prompt (saved into images), the workflow to embed,
     /// where progress goes.
     prompt: Arc<Json>,
@@ -303,8 +307,12 @@ impl PromptRun<'_> {
         result
     }
 
-    /// Validates the stored prompt again (files may have changed since it was queued).
-    fn plan(&self) -> Result<Plan, Stop> {
+    /// Validates the stored prompt again (files may have changed since it was queued), unless it
+    /// was handed over straight from its accept.
+    fn plan(&mut self) -> Result<Plan, Stop> {
+        if let Some(plan) = self.accepted_plan.take() {
+            return Ok(plan);
+        }
         let row = self.row;
         let fail = |node_id: &str, node_type: &str, message: String| {
             Stop::Failed(Box::new(ExecutionErrorInfo {
@@ -1053,7 +1061,7 @@ mod tests {
             self.exec.submit(submission).await.unwrap();
             let row = self.exec.store.claim_next().await.unwrap().unwrap();
             let exec = Arc::clone(&self.exec);
-            let outcome = tokio::task::spawn_blocking(move || execute(&exec, &row))
+            let outcome = tokio::task::spawn_blocking(move || execute(&exec, &row, None))
                 .await
                 .unwrap();
             let report = lock(&self.exec.last_report)

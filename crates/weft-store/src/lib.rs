@@ -21,6 +21,7 @@ mod notify;
 mod prompts;
 pub mod testing;
 mod workflows;
+mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -30,6 +31,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
+
+use writer::Writer;
 
 pub use jobs::{JobFilter, JobOrder};
 pub use leases::{Lease, ModelNames, WorkerReport, WorkerRow};
@@ -89,13 +92,15 @@ pub enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Where a new prompt is written: on SQLite one connection of `pool`, held (`writer`).
+    accept: Writer,
     /// Where a prompt's own bookkeeping is written (its claim, its end, its image records). On
-    /// SQLite a second pool at `synchronous = NORMAL`: these commits survive a killed process
-    /// as every commit does in WAL mode, and skip the fsync that `FULL` adds for power loss,
-    /// which would lose at most a claim (the prompt runs again) or an ending (recovered as an
-    /// interrupted run). The accept of a prompt, on `pool`, stays `FULL` and its fsync carries
-    /// these writes to disk too. On PostgreSQL the same pool.
-    bookkeeping: AnyPool,
+    /// SQLite a connection of its own at `synchronous = NORMAL`: these commits survive a killed
+    /// process as every commit does in WAL mode, and skip the fsync that `FULL` adds for power
+    /// loss, which would lose at most a claim (the prompt runs again) or an ending (recovered
+    /// as an interrupted run). The accept of a prompt stays `FULL` and its fsync carries these
+    /// writes to disk too. On PostgreSQL the pool.
+    bookkeeping: Writer,
     backend: Backend,
     /// This process's worker id: the owner written into the prompts it claims.
     worker_id: Arc<str>,
@@ -125,7 +130,8 @@ impl Store {
         let pool = sqlite_pool(&options, 4, "FULL").await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         let mut store = Store::new(pool, Backend::Sqlite);
-        store.bookkeeping = sqlite_pool(&options, 2, "NORMAL").await?;
+        store.accept = Writer::held(store.pool.clone());
+        store.bookkeeping = Writer::held(sqlite_pool(&options, 1, "NORMAL").await?);
         Ok(store)
     }
 
@@ -156,7 +162,8 @@ impl Store {
 
     fn new(pool: AnyPool, backend: Backend) -> Store {
         Store {
-            bookkeeping: pool.clone(),
+            accept: Writer::Pooled(pool.clone()),
+            bookkeeping: Writer::Pooled(pool.clone()),
             pool,
             backend,
             worker_id: leases::new_worker_id().into(),

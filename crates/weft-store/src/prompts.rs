@@ -235,15 +235,54 @@ impl Store {
     /// its history is overwritten); one still queued or running is
     /// [`StoreError::AlreadyQueued`].
     pub async fn enqueue(&self, item: &NewPrompt) -> Result<Queued, StoreError> {
+        Ok(self.insert(item, false).await?.0)
+    }
+
+    /// [`Store::enqueue`] for a worker with nothing to do: the prompt is stored already claimed
+    /// by this worker, as [`Store::claim_next`] would leave it, so the worker runs it without a
+    /// claim of its own. The caller hands it over; only a worker alone on its queue may (on a
+    /// shared one the prompt is for whichever worker is best placed).
+    pub async fn enqueue_claimed(&self, item: &NewPrompt) -> Result<Claimed, StoreError> {
+        let (queued, seq, now) = self.insert(item, true).await?;
+        Ok(Claimed {
+            prompt: PromptRow {
+                seq,
+                prompt_id: item.prompt_id.clone(),
+                number: queued.number,
+                status: PromptStatus::Running,
+                prompt: item.prompt.clone(),
+                extra_data: item.extra_data.clone(),
+                outputs_to_execute: item.outputs_to_execute.clone(),
+                client_id: item.client_id.clone(),
+                reason: None,
+                created_at: now,
+                started_at: Some(now),
+                finished_at: None,
+                outputs: None,
+                status_messages: None,
+                meta: None,
+            },
+            queue_remaining: queued.queue_remaining,
+        })
+    }
+
+    /// Stores `item`, pending or (`claimed`) running on this worker; returns what was stored,
+    /// the row's `seq` and the time written as its creation (and start).
+    async fn insert(
+        &self,
+        item: &NewPrompt,
+        claimed: bool,
+    ) -> Result<(Queued, i64, i64), StoreError> {
+        let now = now_ms();
         // A new id, nearly always: one statement, atomic by itself, its number computed in it.
         // Each statement is a round trip to the database.
         let upsert = " WHERE true ON CONFLICT (prompt_id) DO NOTHING";
-        if let Some(queued) = self
-            .insert_prompt(&self.pool, item, upsert)
-            .await
-            .doing("storing a new prompt")?
-        {
-            return Ok(queued);
+        let mut conn = self.accept.conn().await.doing("storing a new prompt")?;
+        let inserted = self
+            .insert_prompt(&mut *conn, item, claimed, now, upsert)
+            .await;
+        if let Some(stored) = conn.settle(inserted).doing("storing a new prompt")? {
+            return Ok((stored.0, stored.1, now));
         }
         let mut tx = self.begin_write("starting to enqueue").await?;
         sqlx::query(
@@ -253,8 +292,8 @@ impl Store {
         .execute(&mut *tx)
         .await
         .doing("replacing an old prompt with the same id")?;
-        let queued = match self.insert_prompt(&mut *tx, item, "").await {
-            Ok(Some(queued)) => queued,
+        let stored = match self.insert_prompt(&mut *tx, item, claimed, now, "").await {
+            Ok(Some(stored)) => stored,
             // What the delete left with this id is queued or running.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 return Err(StoreError::AlreadyQueued(item.prompt_id.clone()))
@@ -264,17 +303,20 @@ impl Store {
                 .ok_or(StoreError::AlreadyQueued(item.prompt_id.clone()))?,
         };
         tx.commit().await.doing("committing a new prompt")?;
-        Ok(queued)
+        Ok((stored.0, stored.1, now))
     }
 
-    /// Inserts `item` as pending, `tail` ending the statement (an upsert clause or nothing);
-    /// returns what was stored, or `None` where the upsert inserted nothing.
+    /// Inserts `item` as pending or (`claimed`) running on this worker, created (and started)
+    /// at `now`, `tail` ending the statement (an upsert clause or nothing); returns what was
+    /// stored and its `seq`, or `None` where the upsert inserted nothing.
     async fn insert_prompt<'e>(
         &self,
         db: impl sqlx::Executor<'e, Database = sqlx::Any>,
         item: &NewPrompt,
+        claimed: bool,
+        now: i64,
         tail: &str,
-    ) -> Result<Option<Queued>, sqlx::Error> {
+    ) -> Result<Option<(Queued, i64)>, sqlx::Error> {
         // The number is bound and read (times 0 where the next one is computed) in every case:
         // sqlx's Any driver gives PostgreSQL no type for a NULL or an unread parameter.
         let next = next_number_sql(self.backend);
@@ -283,10 +325,16 @@ impl Store {
             QueueNumber::Next { front: false } => (format!("({next}) + 0 * $2"), 0.0),
             QueueNumber::Next { front: true } => (format!("-({next}) + 0 * $2"), 0.0),
         };
-        let row: Option<(f64, i64)> = sqlx::query_as(&format!(
-            "INSERT INTO prompts (prompt_id, number, status, prompt, extra_data, outputs_to_execute, client_id, created_at) \
-             SELECT $1, {number}, 'pending', $3, $4, $5, $6, $7 FROM {NUMBER_BOUNDS}{tail} \
-             RETURNING number, {} + 1",
+        // A claimed row is as `claim_next_except` leaves one: running, started now, this
+        // worker's, under a lease.
+        let row: Option<(f64, i64, i64)> = sqlx::query_as(&format!(
+            "INSERT INTO prompts (prompt_id, number, status, prompt, extra_data, outputs_to_execute, client_id, created_at, \
+             started_at, worker_id, lease_until) \
+             SELECT $1, {number}, CASE WHEN $8 = 1 THEN 'running' ELSE 'pending' END, $3, $4, $5, $6, $7, \
+             CASE WHEN $8 = 1 THEN $7 END, CASE WHEN $8 = 1 THEN $9 END, CASE WHEN $8 = 1 THEN {} + $10 END \
+             FROM {NUMBER_BOUNDS}{tail} \
+             RETURNING number, {} + 1, seq",
+            self.dialect("$7", PG_NOW_MS),
             queued_besides("$1")
         ))
         .bind(&item.prompt_id)
@@ -295,12 +343,20 @@ impl Store {
         .bind(item.extra_data.to_string())
         .bind(Json::from(item.outputs_to_execute.clone()).to_string())
         .bind(&item.client_id)
-        .bind(now_ms())
+        .bind(now)
+        .bind(i64::from(claimed))
+        .bind(self.worker_id())
+        .bind(self.lease_ms)
         .fetch_optional(db)
         .await?;
-        Ok(row.map(|(number, queue_remaining)| Queued {
-            number,
-            queue_remaining,
+        Ok(row.map(|(number, queue_remaining, seq)| {
+            (
+                Queued {
+                    number,
+                    queue_remaining,
+                },
+                seq,
+            )
         }))
     }
 
@@ -344,10 +400,13 @@ impl Store {
         for id in skip {
             query = query.bind(id);
         }
-        let row = query
-            .fetch_optional(&self.bookkeeping)
+        let mut conn = self
+            .bookkeeping
+            .conn()
             .await
             .doing("claiming the next prompt")?;
+        let row = query.fetch_optional(&mut *conn).await;
+        let row = conn.settle(row).doing("claiming the next prompt")?;
         row.map(|row| {
             Ok(Claimed {
                 prompt: row_to_prompt(&row)?,
@@ -394,9 +453,14 @@ impl Store {
             Backend::Sqlite => query,
             Backend::Postgres => query.bind(self.worker_id()),
         };
-        let remaining = query
-            .fetch_optional(&self.bookkeeping)
+        let mut conn = self
+            .bookkeeping
+            .conn()
             .await
+            .doing("recording a finished prompt")?;
+        let remaining = query.fetch_optional(&mut *conn).await;
+        let remaining = conn
+            .settle(remaining)
             .doing("recording a finished prompt")?;
         match remaining {
             Some(remaining) => Ok(remaining),
@@ -671,7 +735,7 @@ impl Store {
         subfolder: &str,
         folder_type: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO images (prompt_id, node_id, filename, subfolder, folder_type, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(prompt_id)
@@ -679,10 +743,10 @@ impl Store {
         .bind(filename)
         .bind(subfolder)
         .bind(folder_type)
-        .bind(now_ms())
-        .execute(&self.bookkeeping)
-        .await
-        .doing("recording an image")?;
+        .bind(now_ms());
+        let mut conn = self.bookkeeping.conn().await.doing("recording an image")?;
+        let done = query.execute(&mut *conn).await;
+        conn.settle(done).doing("recording an image")?;
         Ok(())
     }
 }
@@ -771,6 +835,61 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(recovery.requeued, ["b"]);
+    }
+
+    #[tokio::test]
+    async fn a_prompt_stored_claimed_is_as_a_claim_leaves_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        stored_claimed(Store::open(&path).await.unwrap()).await;
+        // Left running by a crash, it is recovered as the claimed one is: both run again.
+        let store = Store::open(&path).await.unwrap();
+        let mut recovery = store
+            .recover_after_crash(2, "killed twice", |_, _, _| json!([]))
+            .await
+            .unwrap();
+        recovery.requeued.sort();
+        assert_eq!(recovery.requeued, ["a", "h"]);
+        assert_eq!(store.claim_next().await.unwrap().unwrap().prompt_id, "a");
+        assert_eq!(store.claim_next().await.unwrap().unwrap().prompt_id, "h");
+    }
+
+    #[tokio::test]
+    async fn a_prompt_stored_claimed_is_as_a_claim_leaves_one_on_postgres() {
+        if let Some((_server, store)) = crate::test_postgres().await {
+            stored_claimed(store).await;
+        }
+    }
+
+    /// Stores "h" claimed behind one pending prompt, and leaves it running.
+    async fn stored_claimed(store: Store) {
+        store.enqueue(&item("a", 0.0)).await.unwrap();
+        let claimed = store.enqueue_claimed(&item("h", 1.0)).await.unwrap();
+        assert_eq!(claimed.queue_remaining, 2);
+        let row = claimed.prompt;
+        assert_eq!((row.prompt_id.as_str(), row.number), ("h", 1.0));
+        assert_eq!(row.status, PromptStatus::Running);
+        assert_eq!(row.started_at, Some(row.created_at));
+        // What the database holds is what the worker was handed.
+        let running = store.running().await.unwrap();
+        assert_eq!(running.len(), 1);
+        let stored = &running[0];
+        assert_eq!(
+            (stored.seq, &stored.prompt, &stored.outputs_to_execute),
+            (row.seq, &row.prompt, &row.outputs_to_execute)
+        );
+        assert_eq!(stored.started_at, row.started_at);
+        // It is this worker's, under a lease like any claim, and not claimed again.
+        assert!(matches!(
+            store.renew_lease("h").await,
+            Ok(crate::Lease::Held { interrupt: false })
+        ));
+        assert_eq!(store.claim_next().await.unwrap().unwrap().prompt_id, "a");
+        assert!(store.claim_next().await.unwrap().is_none());
+        assert!(matches!(
+            store.enqueue_claimed(&item("h", 2.0)).await,
+            Err(StoreError::AlreadyQueued(id)) if id == "h"
+        ));
     }
 
     #[tokio::test]
