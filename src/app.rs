@@ -419,7 +419,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         Err(e) => tracing::warn!("cannot import the user folder's workflow files: {e}"),
     }
 
-    actix_web::rt::spawn(hub.clone().route(events));
+    let sockets = hub.clone();
+    if !exec.deliver_directly(Box::new(move |envelope| sockets.dispatch(envelope))) {
+        actix_web::rt::spawn(hub.clone().route(events));
+    }
     actix_web::rt::spawn(hub.clone().forward_logs(crate::logs::subscribe()));
     exec.spawn_worker()
         .context("cannot start the worker thread")?;

@@ -115,7 +115,8 @@ impl Hub {
         }
     }
 
-    /// Forwards executor events to clients until the executor goes away.
+    /// Forwards executor events to clients until the executor goes away (on a shared queue;
+    /// alone on one, the executor calls [`Hub::dispatch`] itself).
     pub async fn route(self, mut events: mpsc::UnboundedReceiver<Envelope>) {
         while let Some(envelope) = events.recv().await {
             self.dispatch(&envelope);
@@ -129,7 +130,8 @@ impl Hub {
             .any(|client| client.previews.load(Ordering::Relaxed) != PREVIEWS_NONE)
     }
 
-    fn dispatch(&self, envelope: &Envelope) {
+    /// Sends an event to the sockets its route names, on the calling thread.
+    pub fn dispatch(&self, envelope: &Envelope) {
         let clients = self.lock();
         let targets = targets(&clients, &envelope.route);
         if let Event::Preview { image, .. } = &envelope.event {

@@ -52,6 +52,9 @@ pub struct Envelope {
     pub event: Event,
 }
 
+/// Hands an event to whoever routes it to sockets, on the emitting thread.
+pub type Deliver = Box<dyn Fn(&Envelope) + Send + Sync>;
+
 /// Settings of the executor.
 #[derive(Debug, Clone)]
 pub struct ExecConfig {
@@ -137,6 +140,8 @@ pub struct Executor {
     last_signatures: Mutex<HashMap<String, Signature>>,
     last_report: Mutex<Option<PromptReport>>,
     events: mpsc::UnboundedSender<Envelope>,
+    /// Where events go instead of `events`, when set ([`Executor::deliver_directly`]).
+    direct: std::sync::OnceLock<Deliver>,
     interrupt: Arc<AtomicBool>,
     running: Mutex<Option<String>>,
     /// Cancels that arrived while a prompt was being claimed, applied as soon as it starts.
@@ -244,6 +249,7 @@ impl Executor {
             last_signatures: Mutex::new(HashMap::new()),
             last_report: Mutex::new(None),
             events,
+            direct: std::sync::OnceLock::new(),
             interrupt: Arc::new(AtomicBool::new(false)),
             running: Mutex::new(None),
             cancel_requested: Mutex::new(Default::default()),
@@ -288,8 +294,23 @@ impl Executor {
     }
 
     fn emit(&self, route: Route, event: Event) {
-        // The receiver only goes away when the server shuts down.
-        let _ = self.events.send(Envelope { route, event });
+        let envelope = Envelope { route, event };
+        match self.direct.get() {
+            Some(deliver) => deliver(&envelope),
+            // The receiver only goes away when the server shuts down.
+            None => {
+                let _ = self.events.send(envelope);
+            }
+        }
+    }
+
+    /// Alone on a queue, events go from the thread that emits them straight to `deliver` (the
+    /// sockets' hub) instead of through the channel [`Executor::start`] returned: one thread
+    /// hand-off less for each (the channel's reader woken, then each socket's writer). On a
+    /// shared queue they stay on the channel, which also publishes them to the other workers,
+    /// in order; false there, and nothing changes.
+    pub fn deliver_directly(&self, deliver: Deliver) -> bool {
+        !self.store.is_shared() && self.direct.set(deliver).is_ok()
     }
 
     async fn emit_status(&self) {
@@ -392,8 +413,8 @@ impl Executor {
         );
         if !handed_over {
             self.announce_work().await;
+            self.emit_queue_length(queued.queue_remaining);
         }
-        self.emit_queue_length(queued.queue_remaining);
         Ok(Submitted {
             prompt_id,
             number: queued.number,
@@ -415,6 +436,8 @@ impl Executor {
                     number: claimed.prompt.number,
                     queue_remaining: claimed.queue_remaining,
                 };
+                // The accept's `status` before any event of the run, as ComfyUI sends them.
+                self.emit_queue_length(queued.queue_remaining);
                 self.handoff.deliver(handoff::Ready { claimed, plan });
                 Ok(queued)
             }
