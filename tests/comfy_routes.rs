@@ -511,11 +511,7 @@ async fn internal_routes_serve_logs_folder_paths_and_files() {
 }
 
 fn sleeper(seconds: f64) -> Json {
-    json!({
-        "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8, "batch_size": 1}},
-        "2": {"class_type": "TestSleep", "inputs": {"value": ["1", 0], "seconds": seconds}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "sleep"}}
-    })
+    crate::helpers::sleeper("sleep", seconds)
 }
 
 fn ids(body: &Json) -> Vec<String> {

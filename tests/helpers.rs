@@ -334,6 +334,16 @@ pub fn max_level_diff(a: &[u8], b: &[u8]) -> u8 {
 }
 
 /// A small graph of utility nodes: StubImage → ImageInvert → SaveImage.
+/// A white 8x8 image held `seconds` by `TestSleep` (progress in 20 steps, interruptible), then
+/// saved under `prefix`.
+pub fn sleeper(prefix: &str, seconds: f64) -> Json {
+    json!({
+        "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8, "batch_size": 1}},
+        "2": {"class_type": "TestSleep", "inputs": {"value": ["1", 0], "seconds": seconds}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}}
+    })
+}
+
 pub fn invert_graph(prefix: &str) -> Json {
     json!({
         "1": {"class_type": "StubImage", "inputs": {"content": "BLACK", "height": 16, "width": 24, "batch_size": 1}},

@@ -150,13 +150,7 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-pub(crate) fn graph(prefix: &str, sleep: f64) -> Json {
-    json!({
-        "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8, "batch_size": 1}},
-        "2": {"class_type": "TestSleep", "inputs": {"value": ["1", 0], "seconds": sleep}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}}
-    })
-}
+pub(crate) use crate::helpers::sleeper as graph;
 
 #[actix_web::test]
 async fn sigkill_while_running_loses_no_prompt_and_keeps_history() {

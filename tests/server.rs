@@ -2,7 +2,9 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::helpers::{find, invert_graph, names, read_png, spawn_app, spawn_app_with, WsFrame};
+use crate::helpers::{
+    find, invert_graph, names, read_png, sleeper, spawn_app, spawn_app_with, WsFrame,
+};
 
 #[actix_web::test]
 async fn a_run_sends_comfyui_events_in_order_and_saves_a_png_with_metadata() {
@@ -507,12 +509,7 @@ async fn object_info_describes_every_node() {
 async fn interrupt_stops_the_running_node_and_the_next_prompt_runs() {
     let app = spawn_app().await;
     let mut ws = app.ws("i").await;
-    let slow = json!({
-        "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8, "batch_size": 1}},
-        "2": {"class_type": "TestSleep", "inputs": {"value": ["1", 0], "seconds": 30.0}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "slow"}}
-    });
-    let slow_id = app.queue(slow, "i").await;
+    let slow_id = app.queue(sleeper("slow", 30.0), "i").await;
     let next_id = app.queue(invert_graph("after"), "i").await;
     // Wait for the sleeper to report progress, then interrupt it.
     loop {
@@ -611,12 +608,7 @@ async fn an_idle_worker_runs_a_prompt_at_once_and_one_that_waited_is_validated_a
     let app = spawn_app().await;
     let mut ws = app.ws("handoff").await;
     // Idle: the prompt is stored already running (handed to the worker), not pending.
-    let slow = json!({
-        "1": {"class_type": "StubImage", "inputs": {"content": "WHITE", "height": 8, "width": 8, "batch_size": 1}},
-        "2": {"class_type": "TestSleep", "inputs": {"value": ["1", 0], "seconds": 1.5}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "slow"}}
-    });
-    let first = app.queue(slow, "handoff").await;
+    let first = app.queue(sleeper("slow", 1.5), "handoff").await;
     let (_, queue) = app.get("/queue").await;
     assert_eq!(queue["queue_running"][0][1], first.as_str(), "{queue}");
     assert_eq!(queue["queue_pending"], json!([]));
