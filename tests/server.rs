@@ -6,6 +6,18 @@ use crate::helpers::{
     find, invert_graph, names, read_png, sleeper, spawn_app, spawn_app_with, WsFrame,
 };
 
+/// The events (as `names` lists them) of a run of a 3-node chain none of which was cached.
+const THREE_NODES_RUN: [&str; 8] = [
+    "execution_start",
+    "execution_cached",
+    "executing:1",
+    "executing:2",
+    "executing:3",
+    "executed:3",
+    "execution_success",
+    "executing",
+];
+
 #[actix_web::test]
 async fn a_run_sends_comfyui_events_in_order_and_saves_a_png_with_metadata() {
     let app = spawn_app().await;
@@ -23,19 +35,7 @@ async fn a_run_sends_comfyui_events_in_order_and_saves_a_png_with_metadata() {
     let prompt_id = body["prompt_id"].as_str().unwrap().to_owned();
 
     let events = ws.until_done(&prompt_id).await;
-    assert_eq!(
-        names(&events),
-        [
-            "execution_start",
-            "execution_cached",
-            "executing:1",
-            "executing:2",
-            "executing:3",
-            "executed:3",
-            "execution_success",
-            "executing"
-        ]
-    );
+    assert_eq!(names(&events), THREE_NODES_RUN);
     // status (queued) comes before execution_start, and a final status before executing null.
     let first_status = events.iter().position(|e| e["type"] == "status").unwrap();
     let start = events
@@ -630,19 +630,7 @@ async fn an_idle_worker_runs_a_prompt_at_once_and_one_that_waited_is_validated_a
 
     // The handed-over run sends what ComfyUI's does, in its order.
     let events = ws.until_done(&first).await;
-    assert_eq!(
-        names(&events),
-        [
-            "execution_start",
-            "execution_cached",
-            "executing:1",
-            "executing:2",
-            "executing:3",
-            "executed:3",
-            "execution_success",
-            "executing"
-        ]
-    );
+    assert_eq!(names(&events), THREE_NODES_RUN);
     assert_eq!(
         app.wait_history(&first).await["status"]["status_str"],
         "success"
