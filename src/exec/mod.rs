@@ -429,7 +429,7 @@ impl Executor {
         item: NewPrompt,
         plan: crate::graph::Plan,
     ) -> Result<Queued, StoreError> {
-        let stored = self.store.enqueue_claimed(&item).await;
+        let stored = self.store.enqueue_claimed(item).await;
         let queued = match stored {
             Ok(claimed) => {
                 let queued = Queued {

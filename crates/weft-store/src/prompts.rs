@@ -242,18 +242,19 @@ impl Store {
     /// by this worker, as [`Store::claim_next`] would leave it, so the worker runs it without a
     /// claim of its own. The caller hands it over; only a worker alone on its queue may (on a
     /// shared one the prompt is for whichever worker is best placed).
-    pub async fn enqueue_claimed(&self, item: &NewPrompt) -> Result<Claimed, StoreError> {
-        let (queued, seq, now) = self.insert(item, true).await?;
+    pub async fn enqueue_claimed(&self, item: NewPrompt) -> Result<Claimed, StoreError> {
+        let (queued, seq, now) = self.insert(&item, true).await?;
+        // The row the worker runs is what was written, moved rather than read back.
         Ok(Claimed {
             prompt: PromptRow {
                 seq,
-                prompt_id: item.prompt_id.clone(),
+                prompt_id: item.prompt_id,
                 number: queued.number,
                 status: PromptStatus::Running,
-                prompt: item.prompt.clone(),
-                extra_data: item.extra_data.clone(),
-                outputs_to_execute: item.outputs_to_execute.clone(),
-                client_id: item.client_id.clone(),
+                prompt: item.prompt,
+                extra_data: item.extra_data,
+                outputs_to_execute: item.outputs_to_execute,
+                client_id: item.client_id,
                 reason: None,
                 created_at: now,
                 started_at: Some(now),
@@ -864,7 +865,7 @@ pub(crate) mod tests {
     /// Stores "h" claimed behind one pending prompt, and leaves it running.
     async fn stored_claimed(store: Store) {
         store.enqueue(&item("a", 0.0)).await.unwrap();
-        let claimed = store.enqueue_claimed(&item("h", 1.0)).await.unwrap();
+        let claimed = store.enqueue_claimed(item("h", 1.0)).await.unwrap();
         assert_eq!(claimed.queue_remaining, 2);
         let row = claimed.prompt;
         assert_eq!((row.prompt_id.as_str(), row.number), ("h", 1.0));
@@ -887,7 +888,7 @@ pub(crate) mod tests {
         assert_eq!(store.claim_next().await.unwrap().unwrap().prompt_id, "a");
         assert!(store.claim_next().await.unwrap().is_none());
         assert!(matches!(
-            store.enqueue_claimed(&item("h", 2.0)).await,
+            store.enqueue_claimed(item("h", 2.0)).await,
             Err(StoreError::AlreadyQueued(id)) if id == "h"
         ));
     }
